@@ -1,0 +1,5 @@
+"""beatd: a periodic scheduler daemon (a beat service) for Python task queues."""
+
+from beatd.config.pyfile import crontab
+
+__all__ = ["crontab"]

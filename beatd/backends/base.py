@@ -1,0 +1,154 @@
+"""The one interface every backend implements: leader lease, run state, queues.
+
+The scheduler core never sees a backend; the loop in `beatd.scheduler` and the worker do. Every
+backend passes the same contract tests (`tests/backends/contract.py`).
+
+Errors: `TransientBackendError` means "unreachable or busy, nothing was written, try again";
+`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from beatd.core import EntryState
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof of leadership: publishing is refused unless the token and epoch still hold."""
+
+    node: str
+    token: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    node: str
+    epoch: int
+    expires_in: float  # seconds of lease left, as the backend sees it
+    config_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """Advance one entry's state, but only if its persisted horizon is still `expected`."""
+
+    state: EntryState
+    expected: datetime | None  # None: the entry has no persisted state yet
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to enqueue together with its entry's state write."""
+
+    entry: str
+    id: str
+    queue: str
+    priority: int | None
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to one worker; `receipt` proves the claim when acknowledging."""
+
+    id: str
+    queue: str
+    body: str
+    deliveries: int  # how many times it has been handed out, this time included
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    body: str
+    reason: str
+    failed_at: datetime
+    deliveries: int
+
+
+class Backend(Protocol):
+    url: str  # for logs: never includes a password
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise TransientBackendError when the backend cannot be reached."""
+
+    # --- leadership -----------------------------------------------------------------------
+
+    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+        """Take the lease if nobody holds it (or it expired); each take increments the epoch.
+
+        Returns None when another node holds it. Idempotent for the holder: a node that already
+        holds the lease gets it back renewed with the same token and epoch.
+        """
+
+    def renew_lease(self, lease: Lease, ttl: float) -> bool:
+        """Extend the lease by `ttl` only if `lease` still holds it; False when lost."""
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give the lease up at once (clean shutdown) if still held; a no-op otherwise."""
+
+    def leader(self) -> LeaderInfo | None:
+        """Who holds the lease now, if anyone."""
+
+    # --- run state ------------------------------------------------------------------------
+
+    def load_states(self) -> dict[str, EntryState]:
+        """Every entry's persisted state."""
+
+    def commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> set[str]:
+        """Apply state writes and enqueue their messages, atomically with the lease check.
+
+        Raises LeaseLost (nothing written) when `lease` no longer holds. A write whose entry's
+        persisted horizon differs from `expected` is skipped with its messages; the names of
+        such entries are returned so the caller can resync them.
+        """
+
+    def forget(self, lease: Lease, entries: Sequence[str]) -> None:
+        """Drop the state of entries removed from the configuration."""
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
+        """Add messages outside any lease (worker retries, dead-letter requeues)."""
+
+    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        """Hand out the next ready message (highest priority first, then oldest).
+
+        The claim lasts `visibility` seconds unless extended; when it lapses the message is
+        delivered again. Returns None when nothing is ready.
+        """
+
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        """Keep a claim alive (heartbeat); False when it was lost to another worker."""
+
+    def ack(self, delivery: Delivery) -> None:
+        """The run finished: remove the message for good."""
+
+    def release(self, delivery: Delivery) -> None:
+        """Give the message back unprocessed (drain on shutdown); its delivery is not counted."""
+
+    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+        """Replace the claimed message by `body`, ready again after `delay` seconds."""
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the claimed message to the dead-letter queue with a reason."""
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+    def requeue_dead(self, message_id: str | None) -> int:
+        """Move one dead letter (or all, for None) back to its queue; how many moved."""
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting or in flight per queue."""

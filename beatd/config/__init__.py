@@ -1,0 +1,112 @@
+"""Loading schedule files (`*.yaml`, `*.yml`, `*.py`) into one validated `Config`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from beatd.config.entries import CronSpec
+from beatd.config.model import Config, Entry, MissedPolicy, QueueSettings
+from beatd.config.pyfile import crontab, read_python_file
+from beatd.config.source import SourceFile
+from beatd.config.yamlfile import read_yaml_file
+from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
+from beatd.errors import ConfigError, Problem
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def schedule_files(paths: Sequence[str], *, yaml_only: bool = False) -> list[str]:
+    """The files named by `paths` (directories expand to their schedule files, sorted)."""
+    suffixes = YAML_SUFFIXES if yaml_only else (*YAML_SUFFIXES, ".py")
+    files: list[str] = []
+    problems = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(str(p) for p in sorted(path.iterdir()) if p.suffix in suffixes)
+        elif path.is_file():
+            if path.suffix in suffixes:
+                files.append(str(path))
+            elif path.suffix == ".py":
+                problems.append(Problem(name, 1, 1, "--yaml-only: not executing a Python file"))
+            else:
+                problems.append(Problem(name, 1, 1, "not a schedule file (*.yaml, *.yml, *.py)"))
+        else:
+            problems.append(Problem(name, 1, 1, "no such file or directory"))
+    if problems:
+        raise ConfigError(problems)
+    if not files:
+        kinds = "*.yaml" if yaml_only else "*.yaml or *.py"
+        raise ConfigError([Problem(", ".join(paths), 1, 1, f"no schedule files ({kinds})")])
+    return files
+
+
+def load_config(
+    paths: Sequence[str],
+    *,
+    default_timezone: str = "UTC",
+    yaml_only: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Config:
+    """Read and merge every schedule file; raise ConfigError with all problems found."""
+    sources: list[SourceFile] = []
+    for path in schedule_files(paths, yaml_only=yaml_only):
+        if path.endswith(".py"):
+            sources.append(read_python_file(path, default_timezone))
+        else:
+            sources.append(read_yaml_file(path, default_timezone, max_bytes))
+    return merge(sources)
+
+
+def merge(sources: Sequence[SourceFile]) -> Config:
+    problems = [p for s in sources for p in s.problems]
+    entries: dict[str, Entry] = {}
+    first_seen: dict[str, str] = {}
+    queues: dict[str, QueueSettings] = {}
+    imports: list[str] = []
+    for source in sources:
+        for name, (line, column) in source.entry_lines.items():
+            if name in first_seen:
+                problems.append(
+                    Problem(
+                        source.path,
+                        line,
+                        column,
+                        f"also defined in {first_seen[name]}; entry names must be unique "
+                        "across schedule files",
+                        name,
+                    )
+                )
+            else:
+                first_seen[name] = f"{source.path}:{line}"
+        for entry in source.entries:
+            entries.setdefault(entry.name, entry)
+        for name, settings in source.queues.items():
+            if name in queues and queues[name] != settings:
+                problems.append(
+                    Problem(
+                        source.path,
+                        1,
+                        1,
+                        f"queue {name} is configured differently in another schedule file",
+                    )
+                )
+            queues.setdefault(name, settings)
+        imports.extend(i for i in source.imports if i not in imports)
+    if problems:
+        raise ConfigError(problems)
+    return Config(entries, queues, tuple(imports), tuple(s.path for s in sources))
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CronSpec",
+    "Entry",
+    "MissedPolicy",
+    "QueueSettings",
+    "crontab",
+    "load_config",
+    "schedule_files",
+]

@@ -1,0 +1,139 @@
+"""Python schedule files: a `beat_schedule` in Celery's dictionary format.
+
+A Python file is code and runs as such when loaded; `beatd check --yaml-only` reviews changes
+without executing anything.
+"""
+
+from __future__ import annotations
+
+import runpy
+import traceback
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from beatd.config.entries import (
+    ENTRY_FIELDS,
+    CronSpec,
+    EntryReader,
+    build_entry,
+    describe_value,
+    suggest,
+    to_timezone,
+)
+from beatd.config.source import SourceFile
+from beatd.errors import Problem
+
+CELERY_FIELDS = ("schedule", "options", "relative")
+OPTION_FIELDS = {"queue": "queue", "expires": "expires", "priority": "priority"}
+
+
+def crontab(
+    minute: str | int | Iterable[int] = "*",
+    hour: str | int | Iterable[int] = "*",
+    day_of_week: str | int | Iterable[int] = "*",
+    day_of_month: str | int | Iterable[int] = "*",
+    month_of_year: str | int | Iterable[int] = "*",
+) -> CronSpec:
+    """Celery's `crontab` keywords and meaning: every field must match, both day fields too."""
+    fields = [minute, hour, day_of_month, month_of_year, day_of_week]
+    return CronSpec(" ".join(_cron_field(f) for f in fields), both_days=True)
+
+
+def _cron_field(value: str | int | Iterable[int]) -> str:
+    if isinstance(value, str):
+        return value.replace(" ", "")
+    if isinstance(value, int):
+        return str(value)
+    return ",".join(str(v) for v in sorted(value))
+
+
+def read_python_file(path: str, default_timezone: str) -> SourceFile:
+    source = SourceFile(path)
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    try:
+        namespace = runpy.run_path(path, run_name="beatd_schedule")
+    except Exception as exc:  # the user's code: report whatever it raised
+        line = _failing_line(exc, path)
+        message = f"running this Python schedule file failed: {type(exc).__name__}: {exc}"
+        source.problems.append(Problem(path, line, 1, message))
+        return source
+    schedule = namespace.get("beat_schedule")
+    if not isinstance(schedule, Mapping):
+        message = "defines no beat_schedule dictionary (Celery's format: {'name': {...}})"
+        source.problems.append(Problem(path, 1, 1, message))
+        return source
+    zone = default_timezone
+    zone_value = namespace.get("timezone")
+    if zone_value is not None:
+        try:
+            zone = to_timezone(zone_value)
+        except ValueError as exc:
+            source.problems.append(Problem(path, *_line_of(text, "timezone"), f"timezone: {exc}"))
+    for name, spec in schedule.items():
+        position = _line_of(text, str(name))
+        source.entry_lines[str(name)] = position
+        _read_entry(source, str(name), spec, zone, lambda _f, _k, p=position: p)
+    return source
+
+
+def _read_entry(source: SourceFile, name: str, spec: Any, zone: str, locate: Any) -> None:
+    if not isinstance(spec, Mapping):
+        message = f"expected a dictionary of fields, got {describe_value(spec)}"
+        source.problems.append(Problem(source.path, *locate(None, True), message, name))
+        return
+    checker = EntryReader(source.path, name, spec, locate)
+    checker.check_keys((*ENTRY_FIELDS, *CELERY_FIELDS))
+    raw = {k: v for k, v in spec.items() if k in ENTRY_FIELDS}
+    if spec.get("relative"):
+        checker.problem("relative", "relative=True is not supported: beatd's slots are anchored")
+    if "schedule" in spec:
+        _translate_schedule(checker, spec["schedule"], raw)
+    options = spec.get("options", {})
+    if not isinstance(options, Mapping):
+        checker.problem("options", f"expected a dictionary, got {describe_value(options)}")
+    else:
+        for key, value in options.items():
+            if key not in OPTION_FIELDS:
+                hint = suggest(str(key), list(OPTION_FIELDS))
+                checker.problem(f"options.{key}", "unknown option" + hint)
+            else:
+                raw.setdefault(OPTION_FIELDS[key], value)
+    reader = EntryReader(source.path, name, raw, locate)
+    entry = build_entry(reader, {}, zone) if not checker.problems else None
+    source.problems.extend(checker.problems + reader.problems)
+    if entry is not None:
+        source.entries.append(entry)
+
+
+def _translate_schedule(checker: EntryReader, value: Any, raw: dict[str, Any]) -> None:
+    if isinstance(value, bool):
+        checker.problem("schedule", f"expected seconds, a timedelta or crontab(), got {value!r}")
+    elif isinstance(value, int | float | timedelta):
+        seconds = value.total_seconds() if isinstance(value, timedelta) else value
+        raw["every"] = int(seconds) if seconds == int(seconds) else seconds
+    elif isinstance(value, CronSpec):
+        raw["cron"] = value
+    else:
+        checker.problem(
+            "schedule",
+            f"expected seconds, a timedelta or beatd.crontab(...), got {describe_value(value)}",
+        )
+
+
+def _line_of(text: str, name: str) -> tuple[int, int]:
+    """Where `name` first appears as a quoted literal; the start of the file otherwise."""
+    for quote in ("'", '"'):
+        index = text.find(f"{quote}{name}{quote}")
+        if index >= 0:
+            line = text.count("\n", 0, index) + 1
+            return line, index - (text.rfind("\n", 0, index) + 1) + 1
+    return 1, 1
+
+
+def _failing_line(exc: BaseException, path: str) -> int:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+    return frames[-1].lineno or 1 if frames else 1

@@ -1,0 +1,272 @@
+"""The scheduler core: pure, clock-free decisions about which runs are due.
+
+Given the entries, the persisted state of each entry and "now", `Planner.tick(now)` says what to
+publish and what was missed, and `Planner.next_wake()` when to look again. Nothing here reads a
+clock, sleeps or touches a backend: the loop in `beatd.scheduler` does, and tests drive this
+object directly with made-up times.
+
+A heap holds one item per entry, its next due time, so a tick costs work in proportion to the
+runs that are due, not to the number of entries.
+
+Every slot of every entry ends exactly once: published on time, published late (more than
+`misfire_grace` after it was due), or missed with a reason from `MissReason`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from beatd.config.model import Entry, MissedPolicy
+from beatd.schedules import IntervalSchedule
+
+
+class MissReason(StrEnum):
+    SKIPPED = "skipped"  # missed while nobody published, and the policy does not run it
+    BEYOND_CATCH_UP = "beyond_catch_up"  # catch_up, but older than the newest max_catch_up
+    DISABLED = "disabled"  # the entry was disabled when the slot came
+
+
+@dataclass(frozen=True, slots=True)
+class EntryState:
+    """What is persisted per entry: the newest slot accounted for, and the newest published.
+
+    `last_slot` is the horizon: every slot up to it has ended (published or missed), every slot
+    after it is still to come. `identity` is the schedule it was measured against.
+    """
+
+    entry: str
+    last_slot: datetime
+    last_published: datetime | None
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One slot to publish."""
+
+    entry: Entry
+    slot: datetime
+    due: datetime  # the slot plus its jitter
+    late: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to write for one entry, all or nothing: its runs and its new state.
+
+    `previous` is the state this decision was computed from; a backend applies the decision only
+    while the persisted state still matches it (a compare-and-set on the horizon).
+    """
+
+    entry: Entry
+    previous: EntryState | None
+    state: EntryState
+    runs: tuple[Run, ...] = ()
+    missed: Mapping[MissReason, int] = field(default_factory=dict)
+    following: datetime | None = None  # the entry's first slot after this decision
+
+    @property
+    def due_count(self) -> int:
+        return len(self.runs) + sum(self.missed.values())
+
+
+@dataclass(slots=True)
+class _Slot:
+    entry: Entry
+    state: EntryState
+    generation: int
+    next_slot: datetime | None = None
+    next_due: datetime | None = None
+
+
+class Planner:
+    """Decides, tick by tick, what each entry publishes and misses."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._generation = 0
+        self.next_fire_computations = 0  # counted so tests can check a tick's cost
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        return {name: s.entry for name, s in self._slots.items()}
+
+    def state(self, name: str) -> EntryState | None:
+        slot = self._slots.get(name)
+        return slot.state if slot else None
+
+    def next_due(self, name: str) -> datetime | None:
+        slot = self._slots.get(name)
+        return slot.next_due if slot else None
+
+    def load(
+        self, entries: Iterable[Entry], states: Mapping[str, EntryState], now: datetime
+    ) -> tuple[list[Decision], list[str]]:
+        """Take a (new) configuration.
+
+        Returns the baseline decisions to persist (entries new or with a changed schedule start
+        from `now`, so history is not replayed) and the names of entries that were removed.
+        """
+        baselines: list[Decision] = []
+        wanted = {}
+        for entry in entries:
+            wanted[entry.name] = entry
+            current = self._slots.get(entry.name)
+            state = current.state if current else states.get(entry.name)
+            if state is None or state.identity != entry.identity:
+                published = state.last_published if state else None
+                fresh = EntryState(entry.name, now, published, entry.identity)
+                baselines.append(Decision(entry, state, fresh))
+                state = fresh
+            if current is not None and current.entry == entry and current.state == state:
+                continue
+            self._track(entry, state)
+        removed = [name for name in self._slots if name not in wanted]
+        for name in removed:
+            del self._slots[name]
+        return baselines, removed
+
+    def _track(self, entry: Entry, state: EntryState) -> None:
+        slot = _Slot(entry, state, generation=0)
+        self._slots[entry.name] = slot
+        self._schedule_next(slot, state.last_slot)
+
+    def _schedule_next(self, slot: _Slot, after: datetime) -> None:
+        self.next_fire_computations += 1
+        self._set_next(slot, slot.entry.schedule.next_after(after))
+
+    def _set_next(self, slot: _Slot, nxt: datetime | None) -> None:
+        self._generation += 1
+        slot.generation = self._generation
+        slot.next_slot = nxt
+        slot.next_due = nxt + slot.entry.jitter_for(nxt) if nxt is not None else None
+        if slot.next_due is not None:
+            heapq.heappush(self._heap, (slot.next_due, slot.generation, slot.entry.name))
+
+    def next_wake(self) -> datetime | None:
+        """When the earliest pending run is due; None when nothing will ever be due."""
+        heap = self._heap
+        while heap:
+            due, generation, name = heap[0]
+            slot = self._slots.get(name)
+            if slot is not None and slot.generation == generation and slot.next_due == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def tick(self, now: datetime) -> list[Decision]:
+        """Everything due at `now`. Nothing changes until `settle` (or `release`) is called."""
+        decisions = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, generation, name = heapq.heappop(heap)
+            slot = self._slots.get(name)
+            if slot is None or slot.generation != generation or slot.next_due != due:
+                continue
+            decisions.append(self._decide(slot, now))
+        return decisions
+
+    def settle(self, decisions: Iterable[Decision]) -> None:
+        """The decisions were persisted: move each entry on to its next slot."""
+        for decision in decisions:
+            slot = self._slots.get(decision.entry.name)
+            if slot is None or slot.entry is not decision.entry:
+                continue
+            slot.state = decision.state
+            if decision.runs or decision.missed:
+                self._set_next(slot, decision.following)
+
+    def release(self, decisions: Iterable[Decision]) -> None:
+        """The decisions were not persisted: they will be decided again at the next tick."""
+        for decision in decisions:
+            slot = self._slots.get(decision.entry.name)
+            if slot is not None and slot.next_due is not None:
+                heapq.heappush(self._heap, (slot.next_due, slot.generation, slot.entry.name))
+
+    def resync(self, state: EntryState | None, name: str) -> None:
+        """Another writer moved this entry on: continue from what is persisted."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return
+        if state is None or state.identity != slot.entry.identity:
+            return
+        slot.state = state
+        self._schedule_next(slot, state.last_slot)
+
+    def _decide(self, slot: _Slot, now: datetime) -> Decision:
+        entry, state = slot.entry, slot.state
+        keep = _KEEP[entry.missed] if entry.enabled else 0
+        if keep is None:
+            keep = entry.max_catch_up
+        overdue, timely, overdue_count, newest, following = self._pending(slot, now, keep)
+        missed: dict[MissReason, int] = {}
+        if not entry.enabled:
+            runs: list[Run] = []
+            missed[MissReason.DISABLED] = overdue_count + len(timely)
+        else:
+            runs = [Run(entry, s, d, late=True) for s, d in overdue]
+            runs += [Run(entry, s, d, late=False) for s, d in timely]
+            dropped = overdue_count - len(overdue)
+            if dropped:
+                catch_up = entry.missed is MissedPolicy.CATCH_UP
+                missed[MissReason.BEYOND_CATCH_UP if catch_up else MissReason.SKIPPED] = dropped
+        published = runs[-1].slot if runs else state.last_published
+        new_state = EntryState(entry.name, newest, published, entry.identity)
+        return Decision(entry, state, new_state, tuple(runs), missed, following)
+
+    def _pending(
+        self, slot: _Slot, now: datetime, keep: int
+    ) -> tuple[
+        deque[tuple[datetime, datetime]],
+        list[tuple[datetime, datetime]],
+        int,
+        datetime,
+        datetime | None,
+    ]:
+        """Walk the due slots of one entry, from its next slot up to `now`.
+
+        Returns the newest `keep` overdue (slot, due) pairs, the timely ones, how many were
+        overdue in all, the newest due slot, and the first slot not yet due. One next-fire
+        computation per due slot; long interval gaps are skipped arithmetically.
+        """
+        entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
+        overdue: deque[tuple[datetime, datetime]] = deque(maxlen=keep)
+        timely: list[tuple[datetime, datetime]] = []
+        overdue_count = 0
+        current, due = slot.next_slot, slot.next_due
+        assert current is not None and due is not None
+        newest = current
+        while True:
+            if now - due > grace:
+                overdue.append((current, due))
+                overdue_count += 1
+            else:
+                timely.append((current, due))
+            newest = current
+            if isinstance(schedule, IntervalSchedule):
+                skip = schedule.count_between(current, now - grace - schedule.every) - keep
+                if skip > 0:
+                    overdue_count += skip
+                    current += schedule.every * skip
+                    newest = current
+                    overdue.clear()
+            self.next_fire_computations += 1
+            following = schedule.next_after(current)
+            if following is None:
+                return overdue, timely, overdue_count, newest, None
+            due = following + entry.jitter_for(following)
+            if due > now:
+                return overdue, timely, overdue_count, newest, following
+            current = following
+
+
+_KEEP = {MissedPolicy.SKIP: 0, MissedPolicy.RUN_ONCE: 1, MissedPolicy.CATCH_UP: None}

@@ -1,0 +1,351 @@
+"""The daemon loop: wires the clock, the leader lease, the backend and the pure core.
+
+`Scheduler.step()` does one round (reload, leadership, publish) and says how long to sleep: until
+the next due time, the next lease renewal or standby attempt, or half the watchdog interval,
+whichever is first. Signals and schedule-file changes wake it early. There is no polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+
+from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
+from beatd.clock import Clock
+from beatd.config import Config
+from beatd.core import Decision, MissReason, Planner
+from beatd.errors import BackendError, ConfigError, LeaseLost
+from beatd.message import RunMessage, format_slot, run_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    node: str = field(default_factory=socket.gethostname)
+    lease_ttl: float = 10.0
+    batch_size: int = 1000
+    watchdog_interval: float | None = None  # seconds; pinged at half of it
+    max_backoff: float = 5.0
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_ttl / 3
+
+    @property
+    def standby_interval(self) -> float:
+        return min(1.0, self.lease_ttl / 3)
+
+
+@dataclass
+class Totals:
+    """Running counts since start, for the summary log line, `beatd status` and metrics."""
+
+    due: int = 0
+    published: int = 0
+    late: int = 0
+    missed: dict[MissReason, int] = field(default_factory=dict)
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    leader_changes: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        backend: Backend,
+        load_config: Callable[[], Config],
+        clock: Clock,
+        settings: SchedulerSettings | None = None,
+        *,
+        config: Config | None = None,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.settings = settings or SchedulerSettings()
+        self._load_config = load_config
+        self.config = config if config is not None else load_config()
+        self.planner = Planner()
+        self.lease: Lease | None = None
+        self.totals = Totals()
+        self.wake = threading.Event()
+        self._reload_requested = False
+        self._lease_deadline = 0.0  # monotonic: stop publishing past this without a renewal
+        self._renew_at = 0.0
+        self._acquire_at = 0.0
+        self._retry_at = 0.0  # monotonic: backoff after a backend error
+        self._backoff = 0.0
+        self._backend_down = False
+        self._adopted = False
+        self.on_event: Callable[[str], None] = lambda _event: None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is not None
+
+    def request_reload(self) -> None:
+        """Reload the schedule files at the next step (SIGHUP, a changed file)."""
+        self._reload_requested = True
+        self.wake.set()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            delay = self.step()
+            self.on_event("step")
+            self.clock.sleep(delay, self.wake)
+            self.wake.clear()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.lease is not None:
+            try:
+                self.backend.release_lease(self.lease)
+                log.info("released the lease node=%s epoch=%d", self.lease.node, self.lease.epoch)
+            except BackendError as exc:
+                log.warning("could not release the lease (it will expire): %s", exc)
+            self.lease = None
+
+    def step(self) -> float:
+        """One round; returns the seconds to sleep before the next."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        mono = self.clock.monotonic()
+        if mono >= self._retry_at:
+            try:
+                self._lead(mono)
+                if self.lease is not None and not self._adopted:
+                    self._adopt()
+                if self.lease is not None:
+                    self._publish()
+                self._backend_recovered()
+            except BackendError as exc:
+                self._backend_failed(exc)
+        return self._delay()
+
+    def _delay(self) -> float:
+        mono = self.clock.monotonic()
+        if self._retry_at > mono:
+            return self._retry_at - mono
+        deadlines = []
+        if self.lease is not None:
+            deadlines.append(self._renew_at)
+            wake = self.planner.next_wake()
+            if wake is not None:
+                deadlines.append(mono + (wake - self.clock.now()).total_seconds())
+        else:
+            deadlines.append(self._acquire_at)
+        if self.settings.watchdog_interval:
+            deadlines.append(mono + self.settings.watchdog_interval / 2)
+        return max(0.0, min(deadlines) - mono)
+
+    # --- configuration -------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        try:
+            config = self._load_config()
+        except ConfigError as exc:
+            self.totals.reloads_failed += 1
+            log.error(
+                "reload refused, keeping the last good configuration (%d entries):\n%s",
+                len(self.config.entries),
+                exc,
+            )
+            self.on_event("reload_failed")
+            return False
+        self.config = config
+        self.totals.reloads_ok += 1
+        self._adopted = False
+        log.info("reloaded %d entries config=%s", len(config.entries), config.fingerprint)
+        self.on_event("reloaded")
+        return True
+
+    def _adopt(self) -> None:
+        """Bring the planner in line with the configuration and the persisted state.
+
+        Entries new to the backend, or whose schedule changed, start from now; entries no
+        longer configured are forgotten. Retried at the next step if the backend fails.
+        """
+        assert self.lease is not None
+        states = self.backend.load_states()
+        now = self.clock.now()
+        baselines, _ = self.planner.load(self.config.entries.values(), states, now)
+        gone = sorted(name for name in states if name not in self.config.entries)
+        if gone:
+            self.backend.forget(self.lease, gone)
+            log.info("forgot %d entries no longer configured", len(gone))
+        for batch in _chunks(iter(baselines), self.settings.batch_size):
+            writes = [
+                StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
+            ]
+            rejected = self.backend.commit(self.lease, writes, [])
+            if rejected:
+                self._resync(rejected)
+        self._adopted = True
+
+    # --- leadership ----------------------------------------------------------------------
+
+    def _lead(self, mono: float) -> None:
+        ttl = self.settings.lease_ttl
+        if self.lease is not None:
+            if mono >= self._lease_deadline:
+                log.warning(
+                    "no lease renewal in time; stepping down node=%s epoch=%d",
+                    self.lease.node,
+                    self.lease.epoch,
+                )
+                self._step_down()
+            elif mono >= self._renew_at:
+                if self.backend.renew_lease(self.lease, ttl):
+                    self._lease_deadline = mono + ttl * 0.9
+                    self._renew_at = mono + self.settings.renew_interval
+                else:
+                    log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
+                    self._step_down()
+            return
+        if mono < self._acquire_at:
+            return
+        self._acquire_at = mono + self.settings.standby_interval
+        lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
+        if lease is None:
+            return
+        self.lease = lease
+        self._lease_deadline = mono + ttl * 0.9
+        self._renew_at = mono + self.settings.renew_interval
+        self.totals.leader_changes += 1
+        log.info("became leader node=%s epoch=%d", lease.node, lease.epoch)
+        self.planner = Planner()
+        self._adopted = False
+        self.on_event("leader")
+
+    def _step_down(self) -> None:
+        self.lease = None
+        self.planner = Planner()
+        self._acquire_at = self.clock.monotonic() + self.settings.standby_interval
+        self.on_event("standby")
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        now = self.clock.now()
+        decisions = self.planner.tick(now)
+        if decisions:
+            self._commit(decisions, now)
+
+    def _commit(self, decisions: list[Decision], now: datetime) -> None:
+        assert self.lease is not None
+        published = late = 0
+        missed = 0
+        pending = iter(decisions)
+        for batch in _chunks(pending, self.settings.batch_size):
+            messages = [m for d in batch for m in self._messages(d)]
+            writes = [
+                StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
+            ]
+            try:
+                rejected = self.backend.commit(self.lease, writes, messages)
+            except LeaseLost as exc:
+                self.planner.release([*batch, *pending])
+                log.warning("%s; now standby", exc)
+                self._step_down()
+                return
+            except BackendError:
+                self.planner.release([*batch, *pending])
+                raise
+            done = [d for d in batch if d.entry.name not in rejected]
+            self.planner.settle(done)
+            if rejected:
+                self._resync(rejected)
+            for decision in done:
+                self._account(decision)
+                published += len(decision.runs)
+                late += sum(r.late for r in decision.runs)
+                missed += sum(decision.missed.values())
+        if published or missed:
+            nxt = self.planner.next_wake()
+            log.info(
+                "published=%d late=%d missed=%d next_due=%s",
+                published,
+                late,
+                missed,
+                format_slot(nxt) if nxt else "never",
+            )
+
+    def _messages(self, decision: Decision) -> Iterator[Outgoing]:
+        published_at = self.clock.now()
+        entry = decision.entry
+        for run in decision.runs:
+            message = RunMessage(
+                id=run_id(entry.name, run.slot),
+                task=entry.task,
+                entry=entry.name,
+                scheduled_for=run.slot,
+                published_at=published_at,
+                queue=entry.queue,
+                args=entry.args,
+                kwargs=entry.kwargs,
+                expires_at=published_at + entry.expires if entry.expires else None,
+                priority=entry.priority,
+                headers=entry.headers,
+            )
+            yield Outgoing(entry.name, message.id, entry.queue, entry.priority, message.to_json())
+
+    def _account(self, decision: Decision) -> None:
+        self.totals.due += decision.due_count
+        for run in decision.runs:
+            self.totals.published += 1
+            self.totals.late += run.late
+            log.debug(
+                "publish entry=%s slot=%s due=%s late=%s",
+                run.entry.name,
+                format_slot(run.slot),
+                run.due.isoformat(),
+                run.late,
+            )
+        for reason, count in decision.missed.items():
+            self.totals.missed[reason] = self.totals.missed.get(reason, 0) + count
+            log.debug("missed entry=%s reason=%s count=%d", decision.entry.name, reason, count)
+
+    def _resync(self, names: set[str]) -> None:
+        states = self.backend.load_states()
+        for name in names:
+            log.warning("entry=%s was moved on by another writer; resyncing", name)
+            self.planner.resync(states.get(name), name)
+
+    # --- backend health ------------------------------------------------------------------
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.1), self.settings.max_backoff)
+        self._retry_at = self.clock.monotonic() + self._backoff
+        if not self._backend_down:
+            log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
+            self._backend_down = True
+            self.on_event("backend_down")
+
+    def _backend_recovered(self) -> None:
+        self._backoff = 0.0
+        if self._backend_down:
+            log.info("backend %s reachable again", self.backend.url)
+            self._backend_down = False
+            self.on_event("backend_up")
+
+
+def _chunks(items: Iterator[Decision], size: int) -> Iterator[list[Decision]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def run_for(scheduler: Scheduler, seconds: float) -> None:
+    """Drive the loop for a span of (possibly fake) time; used by tests and benchmarks."""
+    end = scheduler.clock.monotonic() + seconds
+    while scheduler.clock.monotonic() < end:
+        delay = scheduler.step()
+        scheduler.clock.sleep(min(delay, end - scheduler.clock.monotonic()), scheduler.wake)
+        scheduler.wake.clear()

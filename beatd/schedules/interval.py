@@ -1,0 +1,62 @@
+"""Fixed intervals on a grid anchored at an instant (the Unix epoch by default).
+
+Slots are `anchor + k * every`: elapsed time, unaffected by DST, and the same on every node and
+after every restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from beatd.durations import format_duration
+from beatd.errors import ScheduleError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalSchedule:
+    every: timedelta
+    anchor: datetime = EPOCH
+
+    def __post_init__(self) -> None:
+        seconds = self.every.total_seconds()
+        if seconds <= 0:
+            raise ScheduleError(f"interval must be positive, got {format_duration(self.every)}")
+        if seconds != int(seconds):
+            raise ScheduleError(
+                f"interval must be a whole number of seconds, got {seconds:g}s "
+                "(a run's id is its slot to the second)"
+            )
+        if self.anchor.tzinfo is None:
+            raise ScheduleError("anchor must carry a timezone")
+
+    @property
+    def seconds(self) -> int:
+        return int(self.every.total_seconds())
+
+    def next_after(self, t: datetime) -> datetime:
+        step = self.seconds
+        elapsed = (t - self.anchor) // timedelta(seconds=1)
+        k = elapsed // step + 1
+        return (self.anchor + timedelta(seconds=k * step)).astimezone(UTC)
+
+    def count_between(self, start: datetime, end: datetime) -> int:
+        """How many slots lie in (start, end]."""
+        if end <= start:
+            return 0
+        step = self.seconds
+        first = (start - self.anchor) // timedelta(seconds=1) // step
+        last = (end - self.anchor) // timedelta(seconds=1) // step
+        return max(0, last - first)
+
+    def describe(self) -> str:
+        text = f"every {format_duration(self.every)}"
+        if self.anchor != EPOCH:
+            text += f" from {self.anchor.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        return text
+
+    @property
+    def spec(self) -> str:
+        return f"every {self.seconds}s anchor {self.anchor.astimezone(UTC).isoformat()}"

@@ -1,0 +1,80 @@
+"""Process glue for the daemons: logging set-up, signals and schedule-file watching."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+SCHEDULE_SUFFIXES = (".yaml", ".yml", ".py")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Configure the root logger once, on stderr; no timestamps of our own under journald."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def on_signals(stop: threading.Event, wake: threading.Event, reload: Callable[[], None]) -> None:
+    """SIGTERM/SIGINT stop the loop; SIGHUP reloads the configuration."""
+
+    def stop_handler(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    def reload_handler(_signum: int, _frame: FrameType | None) -> None:
+        reload()
+
+    signal.signal(signal.SIGTERM, stop_handler)
+    signal.signal(signal.SIGINT, stop_handler)
+    signal.signal(signal.SIGHUP, reload_handler)
+
+
+def watch_schedule_files(
+    paths: Sequence[str], stop: threading.Event, changed: Callable[[], None]
+) -> threading.Thread:
+    """Call `changed` when a schedule file under `paths` is written, added or removed."""
+    from watchfiles import watch
+
+    targets = [str(Path(p).resolve()) for p in paths if Path(p).exists()]
+
+    def interesting(_change: object, path: str) -> bool:
+        return path.endswith(SCHEDULE_SUFFIXES)
+
+    def loop() -> None:
+        for _changes in watch(*targets, watch_filter=interesting, stop_event=stop, debounce=300):
+            changed()
+
+    thread = threading.Thread(target=loop, name="beatd-watch", daemon=True)
+    if targets:
+        thread.start()
+    return thread

@@ -1,0 +1,215 @@
+"""The contract every backend passes: run these against each implementation.
+
+A test module subclasses `BackendContract` and provides a `backend` fixture (a fresh, empty
+backend) and a `backend_factory` fixture (a second handle on the same storage, as another
+process would have).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from beatd.backends.base import Backend, Outgoing, StateWrite
+from beatd.core import EntryState
+from beatd.errors import LeaseLost
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def state(entry: str, minute: int, published: int | None = None) -> EntryState:
+    slot = T0 + timedelta(minutes=minute)
+    last = T0 + timedelta(minutes=published) if published is not None else None
+    return EntryState(entry, slot, last, "every 60s")
+
+
+def message(
+    entry: str, minute: int, queue: str = "default", priority: int | None = None
+) -> Outgoing:
+    run = f"{entry}@{(T0 + timedelta(minutes=minute)):%Y-%m-%dT%H:%M:%SZ}"
+    return Outgoing(entry, run, queue, priority, f'{{"id": "{run}"}}')
+
+
+class BackendContract:
+    # --- leadership -----------------------------------------------------------------------
+
+    def test_one_leader_at_a_time(self, backend: Backend) -> None:
+        first = backend.acquire_lease("a", 10)
+        assert first is not None
+        assert backend.acquire_lease("b", 10) is None
+        info = backend.leader()
+        assert info is not None and info.node == "a" and info.epoch == first.epoch
+
+    def test_acquire_again_by_holder_keeps_token_and_epoch(self, backend: Backend) -> None:
+        first = backend.acquire_lease("a", 10)
+        again = backend.acquire_lease("a", 10)
+        assert first == again
+
+    def test_release_lets_a_standby_take_over_with_a_new_epoch(self, backend: Backend) -> None:
+        first = backend.acquire_lease("a", 10)
+        assert first is not None
+        backend.release_lease(first)
+        assert backend.leader() is None
+        second = backend.acquire_lease("b", 10)
+        assert second is not None and second.epoch == first.epoch + 1
+        assert not backend.renew_lease(first, 10)
+
+    def test_expired_lease_passes_on(
+        self, backend: Backend, advance: Callable[[float], None]
+    ) -> None:
+        first = backend.acquire_lease("a", 1)
+        assert first is not None
+        advance(1.5)
+        second = backend.acquire_lease("b", 10)
+        assert second is not None and second.epoch > first.epoch
+        assert not backend.renew_lease(first, 10)
+
+    def test_renew_extends(self, backend: Backend, advance: Callable[[float], None]) -> None:
+        lease = backend.acquire_lease("a", 2)
+        assert lease is not None
+        advance(1.5)
+        assert backend.renew_lease(lease, 2)
+        advance(1.5)
+        assert backend.acquire_lease("b", 2) is None
+
+    # --- run state ------------------------------------------------------------------------
+
+    def test_commit_writes_state_and_messages_together(self, backend: Backend) -> None:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        assert backend.commit(lease, [StateWrite(state("e", 0), None)], []) == set()
+        rejected = backend.commit(
+            lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
+        )
+        assert rejected == set()
+        assert backend.load_states() == {"e": state("e", 1, 1)}
+        assert backend.queue_depths() == {"default": 1}
+
+    def test_commit_is_compare_and_set_on_the_horizon(self, backend: Backend) -> None:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        backend.commit(
+            lease, [StateWrite(state("e", 5), None), StateWrite(state("f", 0), None)], []
+        )
+        stale = StateWrite(state("e", 6, 6), state("e", 4).last_slot)
+        fresh = StateWrite(state("f", 1, 1), state("f", 0).last_slot)
+        rejected = backend.commit(lease, [stale, fresh], [message("e", 6), message("f", 1)])
+        assert rejected == {"e"}
+        assert backend.load_states()["e"] == state("e", 5)
+        assert backend.queue_depths() == {"default": 1}
+        # a new entry's baseline is refused when a state already exists
+        assert backend.commit(lease, [StateWrite(state("e", 9), None)], []) == {"e"}
+
+    def test_commit_without_the_lease_writes_nothing(
+        self, backend: Backend, backend_factory: Callable[[], Backend]
+    ) -> None:
+        old = backend.acquire_lease("a", 10)
+        assert old is not None
+        backend.release_lease(old)
+        other = backend_factory()
+        new = other.acquire_lease("b", 10)
+        assert new is not None
+        with pytest.raises(LeaseLost):
+            backend.commit(old, [StateWrite(state("e", 1, 1), None)], [message("e", 1)])
+        assert backend.load_states() == {}
+        assert backend.queue_depths() == {}
+
+    def test_forget_drops_state(self, backend: Backend) -> None:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        backend.commit(
+            lease, [StateWrite(state("e", 0), None), StateWrite(state("f", 0), None)], []
+        )
+        backend.forget(lease, ["e"])
+        assert set(backend.load_states()) == {"f"}
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def test_claim_ack(self, backend: Backend) -> None:
+        backend.enqueue([message("e", 1)])
+        delivery = backend.claim(["default"], "w1", 30)
+        assert delivery is not None and delivery.deliveries == 1
+        assert backend.claim(["default"], "w2", 30) is None
+        backend.ack(delivery)
+        assert backend.queue_depths() == {}
+
+    def test_priority_then_age(self, backend: Backend) -> None:
+        backend.enqueue(
+            [message("low", 1, priority=1), message("mid", 1), message("high", 1, priority=9)]
+        )
+        backend.enqueue([message("high2", 1, priority=9)])
+        order = []
+        while (d := backend.claim(["default"], "w", 30)) is not None:
+            order.append(d.id.split("@")[0])
+            backend.ack(d)
+        assert order == ["high", "high2", "mid", "low"]
+
+    def test_only_named_queues(self, backend: Backend) -> None:
+        backend.enqueue([message("a", 1, queue="q1"), message("b", 1, queue="q2")])
+        delivery = backend.claim(["q2"], "w", 30)
+        assert delivery is not None and delivery.queue == "q2"
+
+    def test_lapsed_claim_is_delivered_again(
+        self, backend: Backend, advance: Callable[[float], None]
+    ) -> None:
+        backend.enqueue([message("e", 1)])
+        first = backend.claim(["default"], "w1", 1)
+        assert first is not None
+        advance(1.5)
+        second = backend.claim(["default"], "w2", 30)
+        assert second is not None and second.id == first.id and second.deliveries == 2
+        backend.ack(first)  # the first worker's late ack must not remove the second's claim
+        assert backend.queue_depths() == {"default": 1}
+        assert not backend.extend(first, 30)
+        backend.ack(second)
+        assert backend.queue_depths() == {}
+
+    def test_extend_keeps_the_claim(
+        self, backend: Backend, advance: Callable[[float], None]
+    ) -> None:
+        backend.enqueue([message("e", 1)])
+        first = backend.claim(["default"], "w1", 2)
+        assert first is not None
+        advance(1.5)
+        assert backend.extend(first, 2)
+        advance(1.5)
+        assert backend.claim(["default"], "w2", 30) is None
+
+    def test_release_gives_back_without_counting(self, backend: Backend) -> None:
+        backend.enqueue([message("e", 1)])
+        first = backend.claim(["default"], "w1", 30)
+        assert first is not None
+        backend.release(first)
+        again = backend.claim(["default"], "w2", 30)
+        assert again is not None and again.deliveries == 1
+
+    def test_retry_replaces_body_after_delay(
+        self, backend: Backend, advance: Callable[[float], None]
+    ) -> None:
+        backend.enqueue([message("e", 1)])
+        first = backend.claim(["default"], "w1", 30)
+        assert first is not None
+        backend.retry(first, '{"attempt": 2}', 2)
+        assert backend.claim(["default"], "w1", 30) is None
+        advance(2.5)
+        again = backend.claim(["default"], "w1", 30)
+        assert again is not None and again.body == '{"attempt": 2}'
+
+    def test_dead_letters_and_requeue(self, backend: Backend) -> None:
+        backend.enqueue([message("a", 1), message("b", 1)])
+        for _ in range(2):
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None
+            backend.dead_letter(delivery, "boom")
+        dead = backend.dead_letters()
+        assert [(d.id.split("@")[0], d.reason, d.deliveries) for d in dead] == [
+            ("a", "boom", 1),
+            ("b", "boom", 1),
+        ]
+        assert backend.queue_depths() == {}
+        assert backend.requeue_dead(dead[0].id) == 1
+        assert [d.id for d in backend.dead_letters()] == [dead[1].id]
+        assert backend.requeue_dead(None) == 1
+        assert backend.queue_depths() == {"default": 2}

@@ -1,0 +1,68 @@
+"""The SQLite backend against the contract, plus what only a file can do (fill up)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from beatd.backends.base import StateWrite
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.errors import TransientBackendError
+from tests.backends.contract import BackendContract, message, state
+
+
+class Wall:
+    """A wall clock shared by every handle on the same file, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def wall() -> Wall:
+    return Wall()
+
+
+@pytest.fixture
+def backend_factory(tmp_path: Path, wall: Wall) -> Callable[[], SQLiteBackend]:
+    return lambda: SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall)
+
+
+@pytest.fixture
+def backend(backend_factory: Callable[[], SQLiteBackend]) -> SQLiteBackend:
+    return backend_factory()
+
+
+@pytest.fixture
+def advance(wall: Wall) -> Callable[[float], None]:
+    def move(seconds: float) -> None:
+        wall.now += seconds
+
+    return move
+
+
+class TestSQLiteContract(BackendContract):
+    pass
+
+
+def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBackend) -> None:
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    backend.commit(lease, [StateWrite(state("e", 0), None)], [])
+    db = backend._connection()
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    big = [message("e", 1)] * 1
+    huge = big[0].__class__(big[0].entry, big[0].id, "default", None, "x" * 200_000)
+    with pytest.raises(TransientBackendError, match="full"):
+        backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
+    assert backend.load_states() == {"e": state("e", 0)}
+    assert backend.queue_depths() == {}
+    db.execute("PRAGMA max_page_count = 1073741823")
+    backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
+    assert backend.load_states() == {"e": state("e", 1, 1)}

@@ -1,0 +1,325 @@
+"""The pure scheduler core under a made-up clock: nothing here sleeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beatd.config.model import Entry, MissedPolicy
+from beatd.core import Decision, EntryState, MissReason, Planner
+from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def every(name: str, seconds: int, **kw: object) -> Entry:
+    return Entry(
+        name=name, task="t.task", schedule=IntervalSchedule(timedelta(seconds=seconds)), **kw
+    )  # type: ignore[arg-type]
+
+
+def cron(name: str, expr: str, tz: str = "UTC", **kw: object) -> Entry:
+    return Entry(name=name, task="t.task", schedule=CronSchedule.parse(expr, tz), timezone=tz, **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class Store:
+    """The persisted side, as a backend would keep it, with everything ever published."""
+
+    states: dict[str, EntryState] = field(default_factory=dict)
+    published: list[tuple[str, datetime, bool]] = field(default_factory=list)
+    missed: Counter[tuple[str, MissReason]] = field(default_factory=Counter)
+
+    def commit(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            assert self.states.get(d.entry.name) == d.previous
+            self.states[d.entry.name] = d.state
+            self.published += [(r.entry.name, r.slot, r.late) for r in d.runs]
+            for reason, n in d.missed.items():
+                self.missed[(d.entry.name, reason)] += n
+
+
+def start(entries: list[Entry], store: Store, now: datetime) -> Planner:
+    planner = Planner()
+    baselines, _ = planner.load(entries, store.states, now)
+    store.commit(baselines)
+    return planner
+
+
+def tick(planner: Planner, store: Store, now: datetime) -> list[Decision]:
+    decisions = planner.tick(now)
+    store.commit(decisions)
+    planner.settle(decisions)
+    return decisions
+
+
+def run_until(planner: Planner, store: Store, now: datetime, end: datetime) -> datetime:
+    """Wake exactly when the planner asks to, as the daemon loop does, until `end`."""
+    while True:
+        wake = planner.next_wake()
+        if wake is None or wake > end:
+            return end
+        now = max(now, wake)
+        tick(planner, store, now)
+
+
+def test_interval_publishes_each_slot_on_time() -> None:
+    store = Store()
+    planner = start([every("a", 10)], store, T0)
+    run_until(planner, store, T0, T0 + timedelta(seconds=60))
+    assert [s for _, s, _ in store.published] == [
+        T0 + timedelta(seconds=10 * k) for k in range(1, 7)
+    ]
+    assert all(not late for *_, late in store.published)
+
+
+def test_restart_neither_repeats_nor_forgets() -> None:
+    store = Store()
+    planner = start([every("a", 10)], store, T0)
+    run_until(planner, store, T0, T0 + timedelta(seconds=30))
+    again = start([every("a", 10)], store, T0 + timedelta(seconds=35))
+    run_until(again, store, T0 + timedelta(seconds=35), T0 + timedelta(seconds=50))
+    slots = [s for _, s, _ in store.published]
+    assert slots == [T0 + timedelta(seconds=10 * k) for k in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "published", "missed"),
+    [
+        (MissedPolicy.SKIP, [], {MissReason.SKIPPED: 10}),
+        (MissedPolicy.RUN_ONCE, [10], {MissReason.SKIPPED: 9}),
+        (MissedPolicy.CATCH_UP, [6, 7, 8, 9, 10], {MissReason.BEYOND_CATCH_UP: 5}),
+    ],
+    ids=["skip", "run_once", "catch_up_beyond_max"],
+)
+def test_downtime_by_policy(
+    policy: MissedPolicy, published: list[int], missed: dict[MissReason, int]
+) -> None:
+    entry = every("a", 60, missed=policy, max_catch_up=5, misfire_grace=timedelta(seconds=10))
+    store = Store()
+    start([entry], store, T0)
+    # Down for ten minutes and a half: slots 12:01 ... 12:10 were never published.
+    restart = T0 + timedelta(minutes=10, seconds=30)
+    planner = start([entry], store, restart)
+    decisions = tick(planner, store, restart)
+    assert [s for _, s, _ in store.published] == [T0 + timedelta(minutes=m) for m in published]
+    assert all(late for *_, late in store.published)
+    assert {r: n for (_, r), n in store.missed.items()} == missed
+    assert sum(d.due_count for d in decisions) == 10
+    assert planner.next_wake() == T0 + timedelta(minutes=11)
+
+
+def test_catch_up_within_max_publishes_every_missed_slot_oldest_first() -> None:
+    entry = every("a", 60, missed=MissedPolicy.CATCH_UP, max_catch_up=100)
+    store = Store()
+    start([entry], store, T0)
+    planner = start([entry], store, T0 + timedelta(hours=1))
+    tick(planner, store, T0 + timedelta(hours=1))
+    assert [s for _, s, _ in store.published] == [T0 + timedelta(minutes=m) for m in range(1, 61)]
+    # 12:59 and 13:00 are within the 60-s grace: on time, not late
+    assert [late for *_, late in store.published].count(False) == 2
+    assert not store.missed
+
+
+def test_late_within_running_daemon_is_published_late() -> None:
+    store = Store()
+    planner = start([every("a", 3600)], store, T0)
+    tick(planner, store, T0 + timedelta(hours=1, minutes=5))
+    assert store.published == [("a", T0 + timedelta(hours=1), True)]
+
+
+def test_tick_cost_grows_with_runs_due_not_entries() -> None:
+    entries = [every(f"e{i}", 60 * (1 + i % 7)) for i in range(2000)]
+    store = Store()
+    planner = start(entries, store, T0)
+    now = T0
+    for _ in range(30):
+        now = planner.next_wake() or now
+        before = planner.next_fire_computations
+        decisions = tick(planner, store, now)
+        assert planner.next_fire_computations - before == sum(d.due_count for d in decisions)
+        assert sum(d.due_count for d in decisions) == sum(len(d.runs) for d in decisions)
+
+
+def test_hundred_thousand_entries() -> None:
+    entries = [every(f"e{i}", 60 * (1 + i % 60)) for i in range(100_000)]
+    store = Store()
+    planner = start(entries, store, T0 + timedelta(seconds=1))
+    assert len(planner) == 100_000
+    wake = planner.next_wake()
+    assert wake == T0 + timedelta(minutes=1)
+    before = planner.next_fire_computations
+    decisions = tick(planner, store, wake)
+    # due now: every entry whose period (in minutes) divides the minutes since the epoch
+    minute = int(wake.timestamp()) // 60
+    expected = sum(1 for i in range(100_000) if minute % (1 + i % 60) == 0)
+    assert len(decisions) == expected
+    assert planner.next_fire_computations - before == expected
+
+
+def test_entry_added_later_starts_from_now() -> None:
+    store = Store()
+    planner = start([every("a", 60)], store, T0)
+    later = T0 + timedelta(minutes=5, seconds=30)
+    baselines, removed = planner.load([every("a", 60), every("b", 60)], store.states, later)
+    store.commit(baselines)
+    assert [d.entry.name for d in baselines] == ["b"] and removed == []
+    assert store.states["b"].last_slot == later
+    assert planner.next_due("b") == T0 + timedelta(minutes=6)
+
+
+def test_changed_schedule_does_not_replay_history() -> None:
+    store = Store()
+    start([every("a", 3600)], store, T0)
+    later = T0 + timedelta(minutes=30)
+    planner = start([every("a", 60)], store, later)
+    assert store.states["a"].last_slot == later
+    tick(planner, store, later + timedelta(minutes=1))
+    assert [s for _, s, _ in store.published] == [T0 + timedelta(minutes=31)]
+    assert not store.missed
+
+
+def test_removed_entry_stops() -> None:
+    store = Store()
+    planner = start([every("a", 60), every("b", 60)], store, T0)
+    _, removed = planner.load([every("a", 60)], store.states, T0)
+    assert removed == ["b"]
+    run_until(planner, store, T0, T0 + timedelta(minutes=3))
+    assert {name for name, _, _ in store.published} == {"a"}
+
+
+def test_disabled_entry_counts_its_slots_as_missed() -> None:
+    store = Store()
+    planner = start([every("a", 60, enabled=False)], store, T0)
+    run_until(planner, store, T0, T0 + timedelta(minutes=5))
+    assert store.published == []
+    assert store.missed == Counter({("a", MissReason.DISABLED): 5})
+
+
+def test_released_decisions_are_decided_again() -> None:
+    store = Store()
+    planner = start([every("a", 60)], store, T0)
+    decisions = planner.tick(T0 + timedelta(minutes=1))
+    planner.release(decisions)
+    assert planner.next_wake() == T0 + timedelta(minutes=1)
+    tick(planner, store, T0 + timedelta(minutes=1, seconds=5))
+    assert store.published == [("a", T0 + timedelta(minutes=1), False)]
+
+
+def test_jitter_delays_the_due_time_but_not_the_slot() -> None:
+    entry = every("a", 60, jitter=timedelta(seconds=30))
+    store = Store()
+    planner = start([entry], store, T0)
+    wake = planner.next_wake()
+    assert wake is not None
+    slot = T0 + timedelta(minutes=1)
+    assert wake == slot + entry.jitter_for(slot)
+    assert timedelta(0) <= wake - slot < timedelta(seconds=30)
+    assert planner.tick(wake - timedelta(milliseconds=1)) == []
+    tick(planner, store, wake)
+    assert store.published == [("a", slot, False)]
+
+
+def test_one_off_runs_once_then_leaves_the_heap() -> None:
+    entry = Entry(name="once", task="t.task", schedule=OnceSchedule(T0 + timedelta(minutes=1)))
+    store = Store()
+    planner = start([entry], store, T0)
+    run_until(planner, store, T0, T0 + timedelta(days=1))
+    assert store.published == [("once", T0 + timedelta(minutes=1), False)]
+    assert planner.next_wake() is None
+
+
+def test_spring_forward_day_fixed_time_runs_once() -> None:
+    entry = cron("nightly", "30 2 * * *", "Europe/Berlin")
+    store = Store()
+    planner = start([entry], store, datetime(2026, 3, 28, 12, tzinfo=UTC))
+    run_until(planner, store, T0, datetime(2026, 3, 31, tzinfo=UTC))
+    assert [s for _, s, _ in store.published] == [
+        datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # 02:30 does not exist: 03:00 CEST
+        datetime(2026, 3, 30, 0, 30, tzinfo=UTC),
+    ]
+
+
+def test_decision_carries_previous_state_for_compare_and_set() -> None:
+    store = Store()
+    planner = start([every("a", 60)], store, T0)
+    (decision,) = planner.tick(T0 + timedelta(minutes=1))
+    assert decision.previous == store.states["a"]
+    assert decision.state == replace(
+        decision.previous,  # type: ignore[arg-type]
+        last_slot=T0 + timedelta(minutes=1),
+        last_published=T0 + timedelta(minutes=1),
+    )
+
+
+# --- every slot ends exactly once, whatever happens ---------------------------------------------
+
+_entries = st.lists(
+    st.one_of(
+        st.builds(
+            lambda s, p, g: ("every", s, p, g),
+            st.sampled_from([1, 5, 7, 60, 90, 3600]),
+            st.sampled_from(list(MissedPolicy)),
+            st.sampled_from([1, 3, 60]),
+        ),
+        st.builds(
+            lambda e, p, g: ("cron", e, p, g),
+            st.sampled_from(["* * * * *", "*/5 * * * *", "0 * * * *", "*/10 * * * * *"]),
+            st.sampled_from(list(MissedPolicy)),
+            st.sampled_from([1, 3, 60]),
+        ),
+    ),
+    min_size=1,
+    max_size=6,
+)
+_events = st.lists(
+    st.tuples(st.sampled_from(["run", "down", "late_tick"]), st.integers(1, 900)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_entries, _events, st.integers(1, 5))
+def test_every_slot_ends_exactly_once(specs: list, events: list, max_catch_up: int) -> None:
+    entries = []
+    for i, (kind, value, policy, grace) in enumerate(specs):
+        options = {
+            "missed": policy,
+            "max_catch_up": max_catch_up,
+            "misfire_grace": timedelta(seconds=grace),
+        }
+        if kind == "every":
+            entries.append(every(f"e{i}", value, **options))
+        else:
+            entries.append(cron(f"e{i}", value, **options))
+    store = Store()
+    now = T0
+    planner = start(entries, store, now)
+    for kind, seconds in events:
+        end = now + timedelta(seconds=seconds)
+        if kind == "run":
+            now = run_until(planner, store, now, end)
+        elif kind == "late_tick":
+            now = end
+            tick(planner, store, now)
+        else:  # the daemon is down, then restarts from what was persisted
+            now = end
+            planner = start(entries, store, now)
+            tick(planner, store, now)
+    for entry in entries:
+        horizon = store.states[entry.name].last_slot
+        expected = []
+        t = T0
+        while (t := entry.schedule.next_after(t)) is not None and t <= horizon:  # type: ignore[assignment]
+            expected.append(t)
+        published = [s for name, s, _ in store.published if name == entry.name]
+        missed = sum(n for (name, _), n in store.missed.items() if name == entry.name)
+        assert published == sorted(set(published)), "a slot was published twice"
+        assert set(published) <= set(expected)
+        assert len(published) + missed == len(expected), "a slot was lost or counted twice"

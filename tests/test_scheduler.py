@@ -1,0 +1,188 @@
+"""The daemon loop on a fake clock against real SQLite files: nothing sleeps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.clock import FakeClock
+from beatd.config import Config, ConfigError
+from beatd.config.model import Entry, MissedPolicy
+from beatd.errors import Problem
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+
+
+def every(name: str, seconds: int, **kw: object) -> Entry:
+    schedule = IntervalSchedule(timedelta(seconds=seconds))
+    return Entry(name=name, task="t.task", schedule=schedule, **kw)  # type: ignore[arg-type]
+
+
+def config(*entries: Entry) -> Config:
+    return Config({e.name: e for e in entries})
+
+
+def published(backend: SQLiteBackend) -> list[dict]:
+    db = backend._connection()
+    return [json.loads(body) for (body,) in db.execute("SELECT body FROM message ORDER BY seq")]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def open_db(tmp_path: Path, clock: FakeClock) -> Callable[[], SQLiteBackend]:
+    return lambda: SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+
+
+def scheduler(
+    backend: SQLiteBackend, clock: FakeClock, cfg: Config, node: str = "a", ttl: float = 10
+) -> Scheduler:
+    return Scheduler(backend, lambda: cfg, clock, SchedulerSettings(node=node, lease_ttl=ttl))
+
+
+def test_publishes_each_slot_once_with_the_documented_message(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    backend = open_db()
+    entry = every("tick", 10, kwargs={"n": 1}, priority=7, expires=timedelta(seconds=30))
+    beat = scheduler(backend, clock, config(entry))
+    run_for(beat, 35)
+    messages = published(backend)
+    assert [m["id"] for m in messages] == [
+        "tick@2026-03-01T12:00:10Z",
+        "tick@2026-03-01T12:00:20Z",
+        "tick@2026-03-01T12:00:30Z",
+    ]
+    first = messages[0]
+    assert first == {
+        "v": 1,
+        "id": "tick@2026-03-01T12:00:10Z",
+        "task": "t.task",
+        "args": [],
+        "kwargs": {"n": 1},
+        "entry": "tick",
+        "scheduled_for": "2026-03-01T12:00:10Z",
+        "published_at": "2026-03-01T12:00:10.000Z",
+        "expires_at": "2026-03-01T12:00:40.000Z",
+        "queue": "default",
+        "priority": 7,
+        "headers": {},
+        "attempt": 1,
+    }
+    assert beat.totals.published == 3 and beat.totals.late == 0
+
+
+def test_sleeps_until_the_next_due_time_or_lease_renewal(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    beat = scheduler(open_db(), clock, config(every("hourly", 3600)), ttl=30)
+    assert beat.step() == pytest.approx(10.0)  # renew the 30-s lease every 10 s
+    quiet = scheduler(open_db(), clock, config(every("fast", 2)), node="b", ttl=30)
+    quiet.step()  # standby: the lease is held by the first
+    assert quiet.step() == pytest.approx(1.0)  # standbys try once a second
+
+
+def test_standby_takes_over_when_the_leader_stops_without_loss_or_repeat(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    cfg = config(every("tick", 1, missed=MissedPolicy.CATCH_UP, misfire_grace=timedelta(seconds=1)))
+    leader = scheduler(open_db(), clock, cfg, "a", ttl=5)
+    standby = scheduler(open_db(), clock, cfg, "b", ttl=5)
+    for _ in range(10):  # both run side by side for 10 s
+        leader.step()
+        standby.step()
+        clock.advance(1)
+    assert leader.is_leader and not standby.is_leader
+    # the leader dies (is never stepped again); the standby keeps trying once a second
+    for _ in range(8):
+        standby.step()
+        clock.advance(1)
+    assert standby.is_leader
+    ids = [m["id"] for m in published(open_db())]
+    assert len(ids) == len(set(ids)), "a slot was published twice"
+    slots = sorted(datetime.fromisoformat(i.split("@")[1]) for i in ids)
+    expected = [T0.replace(microsecond=0) + timedelta(seconds=k) for k in range(1, 18)]
+    assert slots == expected
+    assert standby.totals.late > 0  # the slots during the gap came late, not lost
+
+
+def test_deposed_leader_publishes_nothing(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    cfg = config(every("tick", 1))
+    paused = scheduler(open_db(), clock, cfg, "a", ttl=3)
+    paused.step()
+    assert paused.is_leader
+    clock.advance(4)  # paused past its lease, say by SIGSTOP
+    other = scheduler(open_db(), clock, cfg, "b", ttl=3)
+    other.step()
+    assert other.is_leader
+    before = len(published(open_db()))
+    # Wakes up believing it leads: its monotonic deadline has passed, so it steps down.
+    paused.step()
+    assert not paused.is_leader
+    assert len(published(open_db())) == before
+
+
+def test_broken_reload_keeps_the_last_good_config(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    good = config(every("tick", 10))
+    loads: list[Config | ConfigError] = [good]
+
+    def load() -> Config:
+        result = loads[-1]
+        if isinstance(result, ConfigError):
+            raise result
+        return result
+
+    beat = Scheduler(open_db(), load, clock, SchedulerSettings(node="a"))
+    run_for(beat, 15)
+    loads.append(ConfigError([Problem("s.yaml", 3, 5, "bad", "tick", "every")]))
+    beat.request_reload()
+    run_for(beat, 10)
+    assert beat.totals.reloads_failed == 1
+    assert beat.config is good
+    assert len(published(open_db())) == 2
+
+
+def test_reload_adds_and_removes_entries(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    cfgs = [config(every("a", 10))]
+    beat = Scheduler(open_db(), lambda: cfgs[-1], clock, SchedulerSettings(node="n"))
+    run_for(beat, 15)
+    cfgs.append(config(every("b", 10)))
+    beat.request_reload()
+    run_for(beat, 20)
+    ids = [m["id"] for m in published(open_db())]
+    assert ids == ["a@2026-03-01T12:00:10Z", "b@2026-03-01T12:00:20Z", "b@2026-03-01T12:00:30Z"]
+    assert set(open_db().load_states()) == {"b"}
+
+
+def test_backend_errors_are_survived_and_retried(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    backend = open_db()
+    beat = scheduler(backend, clock, config(every("tick", 1, misfire_grace=timedelta(seconds=1))))
+    run_for(beat, 3)
+    db = backend._connection()
+    db.execute("PRAGMA query_only = 1")  # every write now fails, as on a read-only file
+    run_for(beat, 5)
+    assert beat.is_leader
+    db.execute("PRAGMA query_only = 0")
+    run_for(beat, 5)
+    ids = [m["id"] for m in published(open_db())]
+    assert len(ids) == len(set(ids))
+    # run_once: the slots during the outage were missed, the newest published late
+    assert beat.totals.missed and beat.totals.late >= 1
