@@ -20,6 +20,8 @@ def parse_duration(value: object) -> timedelta:
     text = value.strip().lower().replace(" ", "")
     if text and _is_number(text):
         return timedelta(seconds=float(text))
+    sign = -1 if text.startswith("-") else 1
+    text = text.lstrip("-")
     total = 0.0
     pos = 0
     for match in _PART.finditer(text):
@@ -32,11 +34,13 @@ def parse_duration(value: object) -> timedelta:
             f"cannot read {value!r} as a duration: use a number of seconds or "
             "units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)"
         )
-    return timedelta(seconds=total)
+    return timedelta(seconds=sign * total)
 
 
 def format_duration(delta: timedelta) -> str:
     """The shortest unit form of a whole-second duration, the inverse of parse_duration."""
+    if delta < timedelta(0):
+        return "-" + format_duration(-delta)
     seconds = int(delta.total_seconds())
     if seconds != delta.total_seconds():
         return f"{delta.total_seconds():g}s"

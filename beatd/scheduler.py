@@ -120,12 +120,14 @@ class Scheduler:
         mono = self.clock.monotonic()
         if mono >= self._retry_at:
             try:
-                self._lead(mono)
+                used_backend = self._lead(mono)
                 if self.lease is not None and not self._adopted:
                     self._adopt()
+                    used_backend = True
                 if self.lease is not None:
-                    self._publish()
-                self._backend_recovered()
+                    used_backend |= self._publish()
+                if used_backend:
+                    self._backend_recovered()
             except BackendError as exc:
                 self._backend_failed(exc)
         return self._delay()
@@ -192,7 +194,8 @@ class Scheduler:
 
     # --- leadership ----------------------------------------------------------------------
 
-    def _lead(self, mono: float) -> None:
+    def _lead(self, mono: float) -> bool:
+        """Renew, acquire or give up the lease; True when the backend was asked."""
         ttl = self.settings.lease_ttl
         if self.lease is not None:
             if mono >= self._lease_deadline:
@@ -202,20 +205,22 @@ class Scheduler:
                     self.lease.epoch,
                 )
                 self._step_down()
-            elif mono >= self._renew_at:
+                return False
+            if mono >= self._renew_at:
                 if self.backend.renew_lease(self.lease, ttl):
                     self._lease_deadline = mono + ttl * 0.9
                     self._renew_at = mono + self.settings.renew_interval
                 else:
                     log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
                     self._step_down()
-            return
+                return True
+            return False
         if mono < self._acquire_at:
-            return
-        self._acquire_at = mono + self.settings.standby_interval
+            return False
         lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
+        self._acquire_at = mono + self.settings.standby_interval
         if lease is None:
-            return
+            return True
         self.lease = lease
         self._lease_deadline = mono + ttl * 0.9
         self._renew_at = mono + self.settings.renew_interval
@@ -224,6 +229,7 @@ class Scheduler:
         self.planner = Planner()
         self._adopted = False
         self.on_event("leader")
+        return True
 
     def _step_down(self) -> None:
         self.lease = None
@@ -233,11 +239,12 @@ class Scheduler:
 
     # --- publishing ----------------------------------------------------------------------
 
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
         now = self.clock.now()
         decisions = self.planner.tick(now)
         if decisions:
             self._commit(decisions, now)
+        return bool(decisions)
 
     def _commit(self, decisions: list[Decision], now: datetime) -> None:
         assert self.lease is not None

@@ -294,7 +294,8 @@ class SQLiteBackend:
             ).fetchall()
             if not row:
                 return None
-            return Delivery(*row[0], receipt=receipt)
+            message_id, queue, body, deliveries = row[0]
+            return Delivery(message_id, queue, body, deliveries, receipt)
 
         return self._run(work)
 

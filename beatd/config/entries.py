@@ -85,7 +85,8 @@ def describe_value(value: object) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 # --- converters: value -> converted value, or ValueError with the user's message ---------------
@@ -236,10 +237,10 @@ class EntryReader:
         line, column = self.locate(field, at_key)
         self.problems.append(Problem(self.path, line, column, message, self.entry, field))
 
-    def check_keys(self, allowed: tuple[str, ...]) -> None:
+    def check_keys(self, allowed: tuple[str, ...], what: str = "field") -> None:
         for key in self.raw:
             if key not in allowed:
-                self.problem(key, "unknown field" + suggest(key, allowed), at_key=True)
+                self.problem(key, f"unknown {what}" + suggest(key, allowed), at_key=True)
 
     def read(self, field: str, convert: Callable[[Any], Any], default: Any = None) -> Any:
         if field not in self.raw:

@@ -81,7 +81,8 @@ def read_python_file(path: str, default_timezone: str) -> SourceFile:
 def _read_entry(source: SourceFile, name: str, spec: Any, zone: str, locate: Any) -> None:
     if not isinstance(spec, Mapping):
         message = f"expected a dictionary of fields, got {describe_value(spec)}"
-        source.problems.append(Problem(source.path, *locate(None, True), message, name))
+        line, column = locate(None, True)
+        source.problems.append(Problem(source.path, line, column, message, name))
         return
     checker = EntryReader(source.path, name, spec, locate)
     checker.check_keys((*ENTRY_FIELDS, *CELERY_FIELDS))

@@ -37,7 +37,7 @@ def read_yaml_file(path: str, default_timezone: str, max_bytes: int) -> SourceFi
         )
         return source
     top = EntryReader(path, None, document, _locator(document))
-    top.check_keys(SECTIONS)
+    top.check_keys(SECTIONS, what="section")
     for section in ("defaults", "entries", "queues"):
         if section in document and not isinstance(document[section], YamlMap | type(None)):
             top.problem(section, f"expected a mapping, got {describe_value(document[section])}")

@@ -1,0 +1,3 @@
+from beatd.cli import main
+
+main()

@@ -1,0 +1,292 @@
+"""Schedule files to entries: every field, every error, located and reported together."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from beatd.config import ConfigError, MissedPolicy, load_config
+from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def errors(paths: list[str], **kw: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(paths, **kw)  # type: ignore[arg-type]
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_examples_load() -> None:
+    config = load_config([str(REPO / "schedules")])
+    assert set(config.entries) >= {"daily-report", "cleanup", "monday-digest", "new-year-greeting"}
+    report = config.entries["daily-report"]
+    assert report.timezone == "Asia/Shanghai"
+    assert isinstance(report.schedule, CronSchedule)
+    assert report.schedule.next_after(datetime(2026, 11, 26, tzinfo=UTC)) == datetime(
+        2026, 11, 27, 0, 0, tzinfo=UTC
+    )  # 08:00 in Shanghai
+    assert isinstance(config.entries["cleanup"].schedule, IntervalSchedule)
+    assert isinstance(config.entries["new-year-greeting"].schedule, OnceSchedule)
+    assert config.imports == ("examples.tasks",)
+
+
+def test_every_field_and_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """
+        defaults:
+          timezone: Europe/Berlin
+          queue: reports
+          missed: catch_up
+        entries:
+          full:
+            task: reports.nightly
+            args: [1, "two"]
+            kwargs: {fmt: pdf}
+            priority: 9
+            headers: {team: data}
+            description: Nightly report
+            cron: "30 2 * * *"
+            jitter: 30s
+            expires: 10m
+            max_catch_up: 5
+            misfire_grace: 2m
+          minimal:
+            task: x.y
+            every: 1h30m
+            queue: other
+            timezone: UTC
+            anchor: "2026-01-01T00:15:00"
+        """,
+    )
+    config = load_config([path])
+    full, minimal = config.entries["full"], config.entries["minimal"]
+    assert (full.task, full.args, dict(full.kwargs)) == (
+        "reports.nightly",
+        (1, "two"),
+        {"fmt": "pdf"},
+    )
+    assert (full.queue, full.priority, dict(full.headers)) == ("reports", 9, {"team": "data"})
+    assert full.timezone == "Europe/Berlin" and full.missed is MissedPolicy.CATCH_UP
+    assert (full.jitter, full.expires) == (timedelta(seconds=30), timedelta(minutes=10))
+    assert (full.max_catch_up, full.misfire_grace) == (5, timedelta(minutes=2))
+    assert full.source == f"{path}:7"
+    assert minimal.queue == "other" and minimal.missed is MissedPolicy.CATCH_UP
+    assert minimal.misfire_grace == timedelta(seconds=60)
+    assert minimal.schedule.next_after(datetime(2026, 1, 1, 0, 20, tzinfo=UTC)) == datetime(
+        2026, 1, 1, 1, 45, tzinfo=UTC
+    )
+
+
+def test_misfire_grace_defaults_to_the_smaller_of_period_and_a_minute(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """
+        entries:
+          fast: {task: a.b, every: 10s}
+          seconds: {task: a.b, cron: "*/15 * * * * *"}
+          slow: {task: a.b, cron: "0 * * * *"}
+        """,
+    )
+    entries = load_config([path]).entries
+    assert entries["fast"].misfire_grace == timedelta(seconds=10)
+    assert entries["seconds"].misfire_grace == timedelta(seconds=15)
+    assert entries["slow"].misfire_grace == timedelta(seconds=60)
+
+
+def test_all_errors_of_all_files_are_reported_together(tmp_path: Path) -> None:
+    a = write(
+        tmp_path,
+        "a.yaml",
+        """\
+        defaults:
+          timezone: Europe/Berln
+        entries:
+          nightly:
+            task: reports.nightly
+            cronn: "0 8 * * *"
+          broken-cron:
+            task: reports.x
+            cron: "0 25 * * *"
+          two:
+            task: x.y
+            every: 5m
+            cron: "* * * * *"
+          bad-types:
+            task: x.y
+            every: 0
+            priority: high
+            enabled: NO
+            missed: catchup
+            timezone: Mars/Base
+          time:
+            task: x.y
+            every: 12:30
+          never:
+            task: x.y
+            cron: "0 0 31 2 *"
+          notask:
+            every: 10s
+          jit:
+            task: a.b
+            every: 10s
+            jitter: 20s
+          bad-task:
+            task: "not a task"
+            at: tomorrow
+        """,
+    )
+    b = write(tmp_path, "b.yaml", "entries:\n  nightly:\n    task: other.task\n    every: 1h\n")
+    assert errors([a, b]) == [
+        f"{a}:2:13: field timezone: unknown timezone 'Europe/Berln'; did you mean 'Europe/Berlin'?",
+        f"{a}:4:3: entry nightly: no schedule: give exactly one of every, cron or at",
+        f"{a}:6:5: entry nightly: field cronn: unknown field; did you mean 'cron'?",
+        f"{a}:9:11: entry broken-cron: field cron: invalid cron expression '0 25 * * *': "
+        "hour field: 25 is out of range 0-23",
+        f"{a}:13:5: entry two: field cron: over-determined schedule: specify only one of every, "
+        "cron or at (got every and cron)",
+        f"{a}:16:12: entry bad-types: field every: must be positive, got 0",
+        f"{a}:17:15: entry bad-types: field priority: expected a whole number 0-9 (9 highest), "
+        "got string 'high'",
+        f"{a}:18:14: entry bad-types: field enabled: expected true or false, got string 'NO'",
+        f"{a}:19:13: entry bad-types: field missed: expected one of skip, run_once, catch_up, "
+        "got string 'catchup'; did you mean 'catch_up'?",
+        f"{a}:20:15: entry bad-types: field timezone: unknown timezone 'Mars/Base'",
+        f"{a}:23:12: entry time: field every: cannot read '12:30' as a duration: use a number of "
+        "seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
+        f"{a}:26:11: entry never: field cron: invalid cron expression '0 0 31 2 *': it can never "
+        "fire (no month has the days it asks for)",
+        f"{a}:27:3: entry notask: missing required field 'task'",
+        f"{a}:32:13: entry jit: field jitter: jitter 20s must be shorter than the schedule's "
+        "period 10s",
+        f"{a}:34:11: entry bad-task: field task: 'not a task' is not a dotted task name such as "
+        "'reports.nightly'",
+        f"{a}:35:9: entry bad-task: field at: 'tomorrow' is not an ISO date and time such as "
+        "2026-12-24T18:00:00",
+        f"{b}:2:3: entry nightly: also defined in {a}:4; entry names must be unique across "
+        "schedule files",
+    ]
+
+
+def test_unknown_section_and_wrong_shapes(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "entry:\n  x: {}\nentries:\n  a: 5\nimports: tasks\n")
+    assert errors([path]) == [
+        f"{path}:1:1: field entry: unknown section; did you mean 'entries'?",
+    ]
+    path = write(tmp_path, "t.yaml", "entries:\n  a: 5\nimports: tasks\n")
+    assert errors([path]) == [
+        f"{path}:2:6: entry a: expected a mapping of fields, got number 5",
+        f"{path}:3:10: field imports: expected a list of module names such as myapp.tasks",
+    ]
+
+
+def test_missing_paths_and_empty_directories(tmp_path: Path) -> None:
+    assert errors([str(tmp_path / "nope")]) == [
+        f"{tmp_path / 'nope'}:1:1: no such file or directory"
+    ]
+    assert errors([str(tmp_path)]) == [f"{tmp_path}:1:1: no schedule files (*.yaml or *.py)"]
+
+
+def test_naive_at_is_read_in_the_entry_timezone(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        'entries:\n  once: {task: a.b, at: "2027-01-01T00:00:00", timezone: Pacific/Auckland}\n',
+    )
+    schedule = load_config([path]).entries["once"].schedule
+    assert schedule.next_after(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+        2026, 12, 31, 11, 0, tzinfo=UTC
+    )
+
+
+# --- Python schedule files ----------------------------------------------------------------------
+
+
+def test_python_beat_schedule_in_celerys_format(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "celeryconfig.py",
+        """\
+        from datetime import timedelta
+        from beatd import crontab
+
+        timezone = "Europe/Berlin"
+        beat_schedule = {
+            "every-30s": {"task": "tasks.add", "schedule": 30.0, "args": (16, 16)},
+            "every-5m": {"task": "tasks.ping", "schedule": timedelta(minutes=5)},
+            "monday-morning": {
+                "task": "tasks.report",
+                "schedule": crontab(hour=7, minute=30, day_of_week=1),
+                "kwargs": {"fmt": "pdf"},
+                "options": {"queue": "reports", "expires": 600, "priority": 9},
+            },
+            "first-monday": {
+                "task": "tasks.report",
+                "schedule": crontab(minute=0, hour=9, day_of_month="1-7", day_of_week="mon"),
+            },
+        }
+        """,
+    )
+    entries = load_config([path]).entries
+    assert entries["every-30s"].args == (16, 16)
+    assert entries["every-30s"].schedule == IntervalSchedule(timedelta(seconds=30))
+    assert entries["every-5m"].schedule == IntervalSchedule(timedelta(minutes=5))
+    monday = entries["monday-morning"]
+    assert (monday.queue, monday.expires, monday.priority) == ("reports", timedelta(minutes=10), 9)
+    assert monday.timezone == "Europe/Berlin"
+    assert monday.schedule.next_after(datetime(2026, 11, 25, tzinfo=UTC)) == datetime(
+        2026, 11, 30, 6, 30, tzinfo=UTC
+    )
+    # Celery's crontab: both day fields must match, so the first Monday of the month only
+    first = entries["first-monday"].schedule
+    assert first.next_after(datetime(2026, 11, 25, tzinfo=UTC)) == datetime(
+        2026, 12, 7, 8, 0, tzinfo=UTC
+    )
+
+
+def test_python_file_errors_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "bad.py",
+        """\
+        beat_schedule = {
+            "solar": {"task": "a.b", "schedule": object()},
+            "opts": {"task": "a.b", "schedule": 10, "options": {"queu": "x"}},
+            "rel": {"task": "a.b", "schedule": 10, "relative": True},
+        }
+        """,
+    )
+    assert errors([path]) == [
+        f"{path}:2:5: entry solar: field schedule: expected seconds, a timedelta or "
+        "beatd.crontab(...), got an object",
+        f"{path}:3:5: entry opts: field options.queu: unknown option; did you mean 'queue'?",
+        f"{path}:4:5: entry rel: field relative: relative=True is not supported: beatd's slots "
+        "are anchored",
+    ]
+
+
+def test_python_file_that_raises(tmp_path: Path) -> None:
+    path = write(tmp_path, "boom.py", "x = 1\nraise RuntimeError('no config today')\n")
+    assert errors([path]) == [
+        f"{path}:2:1: running this Python schedule file failed: RuntimeError: no config today"
+    ]
+
+
+def test_yaml_only_never_runs_python(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    write(tmp_path, "code.py", f"open({str(marker)!r}, 'w').close()\nbeat_schedule = {{}}\n")
+    write(tmp_path, "s.yaml", "entries:\n  a: {task: a.b, every: 1m}\n")
+    config = load_config([str(tmp_path)], yaml_only=True)
+    assert list(config.entries) == ["a"] and not marker.exists()

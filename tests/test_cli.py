@@ -1,0 +1,155 @@
+"""`beatd check` and `beatd next`, in-process with click's runner."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from beatd.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def beatd(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["next"], ["run"], ["worker"], ["dead"]])
+def test_help_on_every_command(command: list[str]) -> None:
+    code, out, _ = beatd(*command, "--help")
+    assert code == 0 and out.startswith("Usage: ")
+
+
+def test_check_prints_the_table_of_the_shipped_examples() -> None:
+    code, out, err = beatd("check", str(REPO / "schedules"))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT", "DUE", "(UTC)"]
+    report = next(line for line in lines if line.startswith("daily-report "))
+    assert "examples.tasks.daily_report" in report
+    assert "at 08:00, every day" in report and "Asia/Shanghai" in report
+    assert report.rstrip().endswith("T00:00:00Z")  # 08:00 in Shanghai is midnight UTC
+    assert lines[-1] == "5 entries OK in 1 file(s)"
+
+
+def test_check_reports_every_error_on_stderr_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            entries:
+              a:
+                task: x.y
+                every: -5s
+              b:
+                task: x.y
+                cron: "61 * * * *"
+            """
+        )
+    )
+    code, out, err = beatd("check", str(path))
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"{path}:4:12: entry a: field every: must be positive, got '-5s'",
+        f"{path}:7:11: entry b: field cron: invalid cron expression '61 * * * *': minute field: "
+        "61 is out of range 0-59",
+    ]
+
+
+def test_next_cron_json_naive_after_is_read_in_tz() -> None:
+    code, out, _ = beatd(
+        "next",
+        "--cron",
+        "30 2 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--after",
+        "2026-03-28T12:00",
+        "-n",
+        "3",
+        "--json",
+    )
+    assert code == 0
+    assert json.loads(out) == [
+        "2026-03-29T01:00:00Z",
+        "2026-03-30T00:30:00Z",
+        "2026-03-31T00:30:00Z",
+    ]
+
+
+def test_next_after_is_exclusive() -> None:
+    code, out, _ = beatd(
+        "next", "--every", "10s", "--after", "2026-01-01T00:00:10Z", "-n", "2", "--json"
+    )
+    assert code == 0 and json.loads(out) == ["2026-01-01T00:00:20Z", "2026-01-01T00:00:30Z"]
+
+
+def test_next_for_configured_entries_as_json() -> None:
+    code, out, _ = beatd(
+        "next",
+        "-s",
+        str(REPO / "schedules"),
+        "--after",
+        "2026-11-26T00:00:00Z",
+        "-n",
+        "2",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["daily-report"] == ["2026-11-27T00:00:00Z", "2026-11-28T00:00:00Z"]
+    assert data["cleanup"] == ["2026-11-26T00:30:00Z", "2026-11-26T01:00:00Z"]
+    assert data["new-year-greeting"] == ["2026-12-31T11:00:00Z"]
+
+
+def test_next_one_entry_as_text() -> None:
+    code, out, _ = beatd(
+        "next",
+        "daily-report",
+        "-s",
+        str(REPO / "schedules"),
+        "--after",
+        "2026-11-26T00:00:00Z",
+        "-n",
+        "1",
+    )
+    assert code == 0
+    assert out.splitlines() == [
+        "daily-report: at 08:00, every day (Asia/Shanghai)",
+        "  2026-11-27T00:00:00Z  2026-11-27T08:00:00+08:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--cron", "0 25 * * *"],
+            "beatd: --cron: invalid cron expression '0 25 * * *': hour field: "
+            "25 is out of range 0-23",
+        ),
+        (
+            ["--every", "soon"],
+            "beatd: --every: cannot read 'soon' as a duration: use a number of "
+            "seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
+        ),
+        (["--cron", "* * * * *", "--tz", "Mars/Base"], "beatd: --tz: unknown timezone 'Mars/Base'"),
+        (
+            ["--cron", "* * * * *", "--after", "yesterday"],
+            "beatd: --after: 'yesterday' is not an ISO date and time such as 2026-12-24T18:00:00",
+        ),
+        (
+            ["nosuch", "-s", str(REPO / "schedules")],
+            f"beatd: ENTRY: no entry named 'nosuch' in {REPO / 'schedules' / 'examples.yaml'}",
+        ),
+    ],
+    ids=["bad_cron", "bad_every", "bad_tz", "bad_after", "unknown_entry"],
+)
+def test_next_bad_input_exits_2(args: list[str], message: str) -> None:
+    code, out, err = beatd("next", *args)
+    assert (code, out, err.strip()) == (2, "", message)

@@ -1,0 +1,222 @@
+"""`beatd run` as real processes sharing one SQLite file: kills, reloads, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EVERY_SECOND = """\
+entries:
+  tick:
+    task: t.tick
+    every: 1s
+    missed: catch_up
+"""
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+class Daemon:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def launch(node: str, *args: str, preexec: Callable[[], None] | None = None) -> Daemon:
+        log = tmp_path / f"{node}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "beatd",
+            "run",
+            "--node",
+            node,
+            "--broker",
+            f"sqlite:///{tmp_path / 'beatd.db'}",
+            "-s",
+            str(tmp_path / "schedules"),
+            "--log-level",
+            "debug",
+            *args,
+        ]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, preexec_fn=preexec
+            )
+        daemon = Daemon(proc, log)
+        daemons.append(daemon)
+        return daemon
+
+    (tmp_path / "schedules").mkdir()
+    yield launch
+    for daemon in daemons:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+def messages(db: Path) -> list[dict]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db, timeout=10) as conn:
+        rows = conn.execute("SELECT body FROM message ORDER BY seq").fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
+def slots(db: Path) -> list[datetime]:
+    return [datetime.fromisoformat(m["scheduled_for"]) for m in messages(db)]
+
+
+def leader_node(db: Path) -> str | None:
+    with sqlite3.connect(db, timeout=10) as conn:
+        row = conn.execute("SELECT node FROM lease WHERE expires_at > ?", (time.time(),)).fetchone()
+    return row[0] if row else None
+
+
+def assert_contiguous(found: list[datetime], step: timedelta) -> None:
+    assert len(found) == len(set(found)), "a slot was published twice"
+    ordered = sorted(found)
+    gaps = [b - a for a, b in pairwise(ordered) if b - a != step]
+    assert not gaps, f"slots lost: gaps {gaps}"
+
+
+def test_kill_9_of_the_leader_standby_takes_over_no_slot_lost_or_repeated(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a", "--lease-ttl", "2s")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    b = start("b", "--lease-ttl", "2s")
+    wait_for(lambda: "beatd run node=b" in b.text(), what="b to start")
+    time.sleep(1.5)
+    assert leader_node(db) == "a"
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    killed_at = time.time()
+    before = len(messages(db))
+    wait_for(lambda: leader_node(db) == "b", what="b to take over")
+    took_over = time.time() - killed_at
+    wait_for(lambda: len(messages(db)) >= before + 3, what="b to publish")
+    assert took_over <= 2 + 1 + 0.5  # the TTL plus a second of standby attempts
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(timeout=10) == 0
+    assert_contiguous(slots(db), timedelta(seconds=1))
+    assert "became leader node=b" in b.text()
+
+
+def test_sigterm_releases_the_lease_at_once(tmp_path: Path, start: Callable[..., Daemon]) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a", "--lease-ttl", "30s")
+    wait_for(lambda: len(messages(db)) >= 1, what="a to publish")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0
+    assert leader_node(db) is None
+    assert "released the lease node=a" in a.text()
+
+
+def test_reload_with_a_broken_file_keeps_running_the_last_good_one(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    schedule = tmp_path / "schedules" / "s.yaml"
+    schedule.write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a")
+    wait_for(lambda: len(messages(db)) >= 1, what="a to publish")
+    schedule.write_text(EVERY_SECOND + "  broken:\n    task: t.x\n    every: soon\n")
+    wait_for(lambda: "reload refused" in a.text(), what="the reload to be refused")
+    assert f"{schedule}:8:12: entry broken: field every: cannot read 'soon'" in a.text()
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 2, what="publishing to go on")
+    # fixed and extended: the new entry starts from now, via SIGHUP this time
+    schedule.write_text(EVERY_SECOND + "  added:\n    task: t.added\n    every: 1s\n")
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(m["entry"] == "added" for m in messages(db)), what="the added entry")
+    assert a.proc.poll() is None
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0
+    assert_contiguous(
+        [s for s, m in zip(slots(db), messages(db), strict=True) if m["entry"] == "tick"],
+        timedelta(seconds=1),
+    )
+
+
+def test_full_disk_is_reported_and_survived_nothing_committed_lost(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    a.proc.send_signal(signal.SIGTERM)
+    a.proc.wait(timeout=10)
+    committed = slots(db)
+    # Files may not grow past their current size: SQLite's next WAL append fails (EFBIG).
+    limit = max(p.stat().st_size for p in tmp_path.glob("beatd.db*"))
+
+    def cap_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    b = start("b", preexec=cap_file_size)
+    wait_for(lambda: "unavailable, retrying with backoff" in b.text(), what="the error to show")
+    time.sleep(2)
+    assert b.proc.poll() is None, "the daemon died on a full disk"
+    assert b.text().count("unavailable, retrying with backoff") == 1, "logged once, not per retry"
+    assert slots(db)[: len(committed)] == committed
+    resource.prlimit(b.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+    wait_for(lambda: "reachable again" in b.text(), what="recovery")
+    wait_for(lambda: len(slots(db)) >= len(committed) + 2, what="publishing to resume")
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(timeout=10) == 0
+    assert_contiguous(slots(db), timedelta(seconds=1))  # catch_up filled the outage
+
+
+def test_bad_config_exits_2_without_touching_the_database(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text("entries:\n  x:\n    task: a.b\n")
+    a = start("a")
+    assert a.proc.wait(timeout=20) == 2
+    assert "entry x: no schedule" in a.text()
+    assert not (tmp_path / "beatd.db").exists()
+
+
+def test_python_dash_m_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "beatd", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        check=True,
+    )
+    assert "Usage:" in out.stdout and textwrap.dedent(out.stdout).count("run") >= 1
