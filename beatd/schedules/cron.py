@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -170,7 +171,8 @@ def _nearest_weekday(year: int, month: int, day: int, length: int) -> int:
 
 
 def _parse_day_of_month(text: str, expr: str) -> tuple[set[int], bool, bool, set[int]]:
-    plain, extras = [], []
+    plain: list[str] = []
+    extras: list[str] = []
     for item in text.split(","):
         (extras if item.upper().endswith(("L", "W")) else plain).append(item)
     days = _parse_values(",".join(plain), DAY_OF_MONTH, expr) if plain else set()
@@ -189,7 +191,8 @@ def _parse_day_of_month(text: str, expr: str) -> tuple[set[int], bool, bool, set
 
 
 def _parse_day_of_week(text: str, expr: str) -> tuple[set[int], set[int], set[tuple[int, int]]]:
-    plain, extras = [], []
+    plain: list[str] = []
+    extras: list[str] = []
     for item in text.split(","):
         (extras if ("#" in item or item.upper().endswith("L")) else plain).append(item)
     weekdays = _parse_values(",".join(plain), DAY_OF_WEEK, expr) if plain else set()
@@ -424,8 +427,8 @@ def describe(expr: CronExpression) -> str:
     return f"{_describe_time(expr)}, {_describe_days(expr)}"
 
 
-def _list(values: tuple[int, ...] | list[int], names: list[str] | None = None) -> str:
-    items = [names[v] if names else str(v) for v in values]
+def _list(values: Sequence[int | str], names: Sequence[str] | None = None) -> str:
+    items = [names[v] if names and isinstance(v, int) else str(v) for v in values]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
