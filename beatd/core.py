@@ -270,3 +270,40 @@ class Planner:
 
 
 _KEEP = {MissedPolicy.SKIP: 0, MissedPolicy.RUN_ONCE: 1, MissedPolicy.CATCH_UP: None}
+
+
+COUNT_FIELDS = ("due", "published", "late", *(f"missed_{r.value}" for r in MissReason))
+
+
+class RunCounts:
+    """Per-entry counts since start: due, published, late, and missed by reason.
+
+    One small list per entry, so 100,000 entries cost a few megabytes, read at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self._by_entry: dict[str, list[int]] = {}
+
+    def add(self, decision: Decision) -> None:
+        counts = self._by_entry.get(decision.entry.name)
+        if counts is None:
+            counts = self._by_entry[decision.entry.name] = [0] * len(COUNT_FIELDS)
+        counts[0] += decision.due_count
+        counts[1] += len(decision.runs)
+        counts[2] += sum(run.late for run in decision.runs)
+        for reason, count in decision.missed.items():
+            counts[_MISSED_INDEX[reason]] += count
+
+    def get(self, entry: str) -> dict[str, int]:
+        counts = self._by_entry.get(entry, [0] * len(COUNT_FIELDS))
+        return dict(zip(COUNT_FIELDS, counts, strict=True))
+
+    def items(self) -> Iterable[tuple[str, list[int]]]:
+        return self._by_entry.items()
+
+    def total(self, field: str) -> int:
+        index = COUNT_FIELDS.index(field)
+        return sum(counts[index] for counts in self._by_entry.values())
+
+
+_MISSED_INDEX = {reason: COUNT_FIELDS.index(f"missed_{reason.value}") for reason in MissReason}

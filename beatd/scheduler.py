@@ -18,7 +18,7 @@ from itertools import islice
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
 from beatd.config import Config
-from beatd.core import Decision, MissReason, Planner
+from beatd.core import Decision, Planner, RunCounts
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, format_slot, run_id
 
@@ -44,15 +44,13 @@ class SchedulerSettings:
 
 @dataclass
 class Totals:
-    """Running counts since start, for the summary log line, `beatd status` and metrics."""
+    """Running counts since start, for `beatd status` and metrics (runs: see `RunCounts`)."""
 
-    due: int = 0
-    published: int = 0
-    late: int = 0
-    missed: dict[MissReason, int] = field(default_factory=dict)
     reloads_ok: int = 0
     reloads_failed: int = 0
+    last_reload_ok: bool = True
     leader_changes: int = 0
+    backend_up: bool = True
 
 
 class Scheduler:
@@ -73,6 +71,8 @@ class Scheduler:
         self.planner = Planner()
         self.lease: Lease | None = None
         self.totals = Totals()
+        self.counts = RunCounts()
+        self.observe_delay: Callable[[float], None] = lambda _seconds: None
         self.wake = threading.Event()
         self._reload_requested = False
         self._lease_deadline = 0.0  # monotonic: stop publishing past this without a renewal
@@ -155,6 +155,7 @@ class Scheduler:
             config = self._load_config()
         except ConfigError as exc:
             self.totals.reloads_failed += 1
+            self.totals.last_reload_ok = False
             log.error(
                 "reload refused, keeping the last good configuration (%d entries):\n%s",
                 len(self.config.entries),
@@ -164,6 +165,7 @@ class Scheduler:
             return False
         self.config = config
         self.totals.reloads_ok += 1
+        self.totals.last_reload_ok = True
         self._adopted = False
         log.info("reloaded %d entries config=%s", len(config.entries), config.fingerprint)
         self.on_event("reloaded")
@@ -243,16 +245,17 @@ class Scheduler:
         now = self.clock.now()
         decisions = self.planner.tick(now)
         if decisions:
-            self._commit(decisions, now)
+            self._commit(decisions)
         return bool(decisions)
 
-    def _commit(self, decisions: list[Decision], now: datetime) -> None:
+    def _commit(self, decisions: list[Decision]) -> None:
         assert self.lease is not None
         published = late = 0
         missed = 0
         pending = iter(decisions)
         for batch in _chunks(pending, self.settings.batch_size):
-            messages = [m for d in batch for m in self._messages(d)]
+            published_at = self.clock.now()
+            messages = [m for d in batch for m in self._messages(d, published_at)]
             writes = [
                 StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
             ]
@@ -271,7 +274,7 @@ class Scheduler:
             if rejected:
                 self._resync(rejected)
             for decision in done:
-                self._account(decision)
+                self._account(decision, published_at)
                 published += len(decision.runs)
                 late += sum(r.late for r in decision.runs)
                 missed += sum(decision.missed.values())
@@ -285,8 +288,7 @@ class Scheduler:
                 format_slot(nxt) if nxt else "never",
             )
 
-    def _messages(self, decision: Decision) -> Iterator[Outgoing]:
-        published_at = self.clock.now()
+    def _messages(self, decision: Decision, published_at: datetime) -> Iterator[Outgoing]:
         entry = decision.entry
         for run in decision.runs:
             message = RunMessage(
@@ -304,11 +306,10 @@ class Scheduler:
             )
             yield Outgoing(entry.name, message.id, entry.queue, entry.priority, message.to_json())
 
-    def _account(self, decision: Decision) -> None:
-        self.totals.due += decision.due_count
+    def _account(self, decision: Decision, published_at: datetime) -> None:
+        self.counts.add(decision)
         for run in decision.runs:
-            self.totals.published += 1
-            self.totals.late += run.late
+            self.observe_delay((published_at - run.due).total_seconds())
             log.debug(
                 "publish entry=%s slot=%s due=%s late=%s",
                 run.entry.name,
@@ -317,7 +318,6 @@ class Scheduler:
                 run.late,
             )
         for reason, count in decision.missed.items():
-            self.totals.missed[reason] = self.totals.missed.get(reason, 0) + count
             log.debug("missed entry=%s reason=%s count=%d", decision.entry.name, reason, count)
 
     def _resync(self, names: set[str]) -> None:
@@ -331,6 +331,7 @@ class Scheduler:
     def _backend_failed(self, exc: BackendError) -> None:
         self._backoff = min(max(self._backoff * 2, 0.1), self.settings.max_backoff)
         self._retry_at = self.clock.monotonic() + self._backoff
+        self.totals.backend_up = False
         if not self._backend_down:
             log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
             self._backend_down = True
@@ -338,6 +339,7 @@ class Scheduler:
 
     def _backend_recovered(self) -> None:
         self._backoff = 0.0
+        self.totals.backend_up = True
         if self._backend_down:
             log.info("backend %s reachable again", self.backend.url)
             self._backend_down = False

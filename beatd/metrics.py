@@ -1,0 +1,204 @@
+"""Prometheus metrics, /healthz and /readyz on one small HTTP server.
+
+Per-entry series are produced at scrape time by collectors reading the scheduler's (or worker's)
+state, not kept as one metric object per entry: 100,000 entries stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+
+from beatd.core import COUNT_FIELDS, EntryState, MissReason
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from beatd.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
+DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+STANDBY_STATE_TTL = 10.0  # seconds a standby reuses the persisted states it read
+
+
+def _ts(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
+
+
+class SchedulerCollector(Collector):
+    """Reads a scheduler at scrape time."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._states: Mapping[str, EntryState] = {}
+        self._states_read = float("-inf")
+        self._lock = threading.Lock()
+
+    def _persisted_states(self) -> Mapping[str, EntryState]:
+        """A standby's view of each entry, from the backend (cached for a few seconds)."""
+        with self._lock:
+            if time.monotonic() - self._states_read > STANDBY_STATE_TTL:
+                try:
+                    self._states = self.scheduler.backend.load_states()
+                except Exception as exc:  # a scrape must not fail because the backend did
+                    log.debug("metrics: cannot read persisted states: %s", exc)
+                self._states_read = time.monotonic()
+            return self._states
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.scheduler
+        lease = s.lease
+        yield _gauge("beatd_entries", "Entries in the loaded configuration.", len(s.config.entries))
+        yield _gauge(
+            "beatd_is_leader", "1 while this scheduler holds the lease.", int(lease is not None)
+        )
+        yield _gauge(
+            "beatd_leader_epoch",
+            "Fencing epoch of the lease this scheduler holds (0: none).",
+            lease.epoch if lease else 0,
+        )
+        yield _counter(
+            "beatd_leader_changes", "Times this scheduler became leader.", s.totals.leader_changes
+        )
+        yield _gauge("beatd_backend_up", "1 while the backend answers.", int(s.totals.backend_up))
+        reloads = CounterMetricFamily(
+            "beatd_config_reloads", "Configuration reloads by result.", labels=["result"]
+        )
+        reloads.add_metric(["success"], s.totals.reloads_ok)
+        reloads.add_metric(["failure"], s.totals.reloads_failed)
+        yield reloads
+        yield _gauge(
+            "beatd_config_last_reload_success",
+            "1 when the last reload succeeded (or none failed since start).",
+            int(s.totals.last_reload_ok),
+        )
+        yield from self._run_counts()
+        yield from self._entry_times()
+
+    def _run_counts(self) -> Iterator[Metric]:
+        due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
+        published = CounterMetricFamily("beatd_runs_published", "Runs published.", labels=["entry"])
+        late = CounterMetricFamily(
+            "beatd_runs_late", "Runs published later than misfire_grace.", labels=["entry"]
+        )
+        missed = CounterMetricFamily(
+            "beatd_runs_missed",
+            "Slots that were not published, by reason.",
+            labels=["entry", "reason"],
+        )
+        reasons = [(COUNT_FIELDS.index(f"missed_{r.value}"), r.value) for r in MissReason]
+        for entry, counts in self.scheduler.counts.items():
+            due.add_metric([entry], counts[0])
+            published.add_metric([entry], counts[1])
+            late.add_metric([entry], counts[2])
+            for index, reason in reasons:
+                if counts[index]:
+                    missed.add_metric([entry, reason], counts[index])
+        yield from (due, published, late, missed)
+
+    def _entry_times(self) -> Iterator[Metric]:
+        s = self.scheduler
+        next_due = GaugeMetricFamily(
+            "beatd_next_due_timestamp_seconds",
+            "When the entry is next due (Unix time).",
+            labels=["entry"],
+        )
+        last = GaugeMetricFamily(
+            "beatd_last_published_timestamp_seconds",
+            "Slot of the entry's last published run (Unix time).",
+            labels=["entry"],
+        )
+        leading = s.lease is not None
+        states = {} if leading else self._persisted_states()
+        for name, entry in s.config.entries.items():
+            if leading:
+                due, state = s.planner.next_due(name), s.planner.state(name)
+            else:
+                state = states.get(name)
+                due = entry.schedule.next_after(state.last_slot) if state else None
+            if (value := _ts(due)) is not None:
+                next_due.add_metric([name], value)
+            if state is not None and (value := _ts(state.last_published)) is not None:
+                last.add_metric([name], value)
+        yield from (next_due, last)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def register_scheduler(registry: CollectorRegistry, scheduler: Scheduler) -> None:
+    """Add the scheduler's collector and its publish-delay histogram to `registry`."""
+    registry.register(SchedulerCollector(scheduler))
+    delay = Histogram(
+        "beatd_publish_delay_seconds",
+        "Published time minus due time (the slot plus its jitter).",
+        buckets=DELAY_BUCKETS,
+        registry=registry,
+    )
+    scheduler.observe_delay = delay.observe
+
+
+class Health(Protocol):
+    def __call__(self) -> tuple[bool, str]: ...
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz on one port, served from a daemon thread."""
+
+    def __init__(self, address: str, registry: CollectorRegistry, ready: Health) -> None:
+        host, _, port = address.rpartition(":")
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if path == "/healthz":
+                return _text(start_response, "200 OK", "ok\n")
+            if path == "/readyz":
+                ok, why = ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                return _text(start_response, status, why + "\n")
+            if path == "/metrics":
+                body: Iterable[bytes] = metrics_app(environ, start_response)
+                return body
+            return _text(start_response, "404 Not Found", "not found: try /metrics\n")
+
+        self._server = make_server(
+            host.strip("[]"), int(port), app, ThreadingWSGIServer, _QuietHandler
+        )
+        self.port: int = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="beatd-metrics", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _text(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [text.encode()]

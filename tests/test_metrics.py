@@ -1,0 +1,174 @@
+"""Metric values after real events, read back through the Prometheus text format."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.clock import FakeClock
+from beatd.config import Config, ConfigError
+from beatd.config.model import Entry, MissedPolicy
+from beatd.errors import Problem
+from beatd.metrics import MetricsServer, register_scheduler
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+
+
+def every(name: str, seconds: int, **kw: object) -> Entry:
+    schedule = IntervalSchedule(timedelta(seconds=seconds))
+    return Entry(name=name, task="t.task", schedule=schedule, **kw)  # type: ignore[arg-type]
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def open_db(tmp_path: Path, clock: FakeClock) -> Callable[[], SQLiteBackend]:
+    return lambda: SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+
+
+def observed(backend: SQLiteBackend, clock: FakeClock, config: Config, node: str = "a"):
+    configs = [config]
+
+    def load() -> Config:
+        if isinstance(configs[-1], ConfigError):
+            raise configs[-1]
+        return configs[-1]
+
+    beat = Scheduler(backend, load, clock, SchedulerSettings(node=node), config=config)
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    return beat, registry, configs
+
+
+def test_published_late_and_delay(open_db: Callable[[], SQLiteBackend], clock: FakeClock) -> None:
+    grace = timedelta(seconds=2)
+    cfg = Config({"a": every("a", 10, misfire_grace=grace)})
+    beat, registry, _ = observed(open_db(), clock, cfg)
+    run_for(beat, 25)  # 12:00:10 and 12:00:20 on time
+    clock.advance(7)  # the process stalls past 12:00:30 + grace: that run goes out late
+    beat.step()
+    s = scrape(registry)
+    assert value(s, "beatd_runs_published_total", entry="a") == 3
+    assert value(s, "beatd_runs_late_total", entry="a") == 1
+    assert value(s, "beatd_runs_due_total", entry="a") == 3
+    assert value(s, "beatd_publish_delay_seconds_count") == 3
+    assert value(s, "beatd_publish_delay_seconds_bucket", le="0.001") == 2
+    assert value(s, "beatd_publish_delay_seconds_sum") == pytest.approx(2.5)
+    assert value(s, "beatd_is_leader") == 1 and value(s, "beatd_leader_epoch") == 1
+    assert value(s, "beatd_entries") == 1 and value(s, "beatd_backend_up") == 1
+    assert (
+        value(s, "beatd_last_published_timestamp_seconds", entry="a")
+        == datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC).timestamp()
+    )
+    assert (
+        value(s, "beatd_next_due_timestamp_seconds", entry="a")
+        == datetime(2026, 3, 1, 12, 0, 40, tzinfo=UTC).timestamp()
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "published", "missed"),
+    [(MissedPolicy.SKIP, 0, 12), (MissedPolicy.RUN_ONCE, 1, 11), (MissedPolicy.CATCH_UP, 5, 7)],
+    ids=["skip", "run_once", "catch_up"],
+)
+def test_total_outage_of_every_scheduler_gives_exact_missed_counts(
+    open_db: Callable[[], SQLiteBackend],
+    clock: FakeClock,
+    policy: MissedPolicy,
+    published: int,
+    missed: int,
+) -> None:
+    entry = every("a", 10, missed=policy, max_catch_up=5, misfire_grace=timedelta(seconds=1))
+    cfg = Config({"a": entry})
+    first, _, _ = observed(open_db(), clock, cfg)
+    run_for(first, 15)
+    first.shutdown()
+    clock.advance(120)  # every scheduler is down for 12 slots
+    second, registry, _ = observed(open_db(), clock, cfg, node="b")
+    second.step()
+    s = scrape(registry)
+    reason = "beyond_catch_up" if policy is MissedPolicy.CATCH_UP else "skipped"
+    assert value(s, "beatd_runs_due_total", entry="a") == 12
+    assert value(s, "beatd_runs_published_total", entry="a") == published
+    assert value(s, "beatd_runs_missed_total", entry="a", reason=reason) == missed
+    assert value(s, "beatd_runs_late_total", entry="a") == published
+
+
+def test_reload_failure(open_db: Callable[[], SQLiteBackend], clock: FakeClock) -> None:
+    beat, registry, configs = observed(open_db(), clock, Config({"a": every("a", 10)}))
+    beat.step()
+    configs.append(ConfigError([Problem("s.yaml", 1, 1, "broken")]))  # type: ignore[arg-type]
+    beat.request_reload()
+    beat.step()
+    s = scrape(registry)
+    assert value(s, "beatd_config_reloads_total", result="failure") == 1
+    assert value(s, "beatd_config_reloads_total", result="success") == 0
+    assert value(s, "beatd_config_last_reload_success") == 0
+
+
+def test_standby_shows_persisted_last_published(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    cfg = Config({"a": every("a", 10)})
+    leader, _, _ = observed(open_db(), clock, cfg, node="a")
+    standby, registry, _ = observed(open_db(), clock, cfg, node="b")
+    for _ in range(25):
+        leader.step()
+        standby.step()
+        clock.advance(1)
+    s = scrape(registry)
+    assert value(s, "beatd_is_leader") == 0
+    assert (
+        value(s, "beatd_last_published_timestamp_seconds", entry="a")
+        == datetime(2026, 3, 1, 12, 0, 20, tzinfo=UTC).timestamp()
+    )
+    assert (
+        value(s, "beatd_next_due_timestamp_seconds", entry="a")
+        == datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC).timestamp()
+    )
+
+
+def test_http_endpoints(open_db: Callable[[], SQLiteBackend], clock: FakeClock) -> None:
+    beat, registry, _ = observed(open_db(), clock, Config({"a": every("a", 10)}))
+    beat.step()
+    ready = {"ok": True}
+    server = MetricsServer("127.0.0.1:0", registry, lambda: (ready["ok"], "backend down"))
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(f"{base}/metrics") as response:
+            assert b"beatd_is_leader 1.0" in response.read()
+        with urllib.request.urlopen(f"{base}/healthz") as response:
+            assert response.read() == b"ok\n"
+        with urllib.request.urlopen(f"{base}/readyz") as response:
+            assert response.status == 200
+        ready["ok"] = False
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{base}/readyz")
+        assert info.value.code == 503 and info.value.read() == b"backend down\n"
+    finally:
+        server.stop()

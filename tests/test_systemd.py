@@ -1,0 +1,121 @@
+"""The notify protocol against a real datagram socket, and the shipped unit files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from beatd.systemd import Notifier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield sock, path
+    sock.close()
+
+
+def receive(sock: socket.socket) -> list[str]:
+    return sock.recv(4096).decode().split("\n")
+
+
+def test_messages(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.enabled and notifier.watchdog_interval is None
+    notifier.ready("leader, 3 entries")
+    assert receive(sock) == ["READY=1", "STATUS=leader, 3 entries"]
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    notifier.reloading()
+    reloading, stamp = receive(sock)
+    assert reloading == "RELOADING=1"
+    assert before <= int(stamp.removeprefix("MONOTONIC_USEC=")) <= before + 5_000_000
+    notifier.stopping()
+    assert receive(sock) == ["STOPPING=1"]
+
+
+def test_abstract_socket_address() -> None:
+    name = f"beatd-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(5)
+    try:
+        Notifier({"NOTIFY_SOCKET": "@" + name}).status("standby")
+        assert receive(sock) == ["STATUS=standby"]
+    finally:
+        sock.close()
+
+
+def test_watchdog_pings_are_rate_limited(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    assert notifier.watchdog_interval == pytest.approx(0.4)
+    notifier.watchdog()
+    notifier.watchdog()  # too soon: not sent
+    time.sleep(0.11)
+    notifier.watchdog()
+    sock.settimeout(0.2)
+    assert [receive(sock), receive(sock)] == [["WATCHDOG=1"], ["WATCHDOG=1"]]
+    with pytest.raises(TimeoutError):
+        receive(sock)
+
+
+def test_watchdog_for_another_pid_is_ignored() -> None:
+    notifier = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert notifier.watchdog_interval is None and not notifier.enabled
+    notifier.ready("ignored")  # no socket: a no-op
+
+
+def unit_copy(tmp_path: Path, name: str, as_name: str) -> Path:
+    text = (REPO / "systemd" / name).read_text()
+    beatd = shutil.which("beatd") or str(Path(sys.executable).parent / "beatd")
+    target = tmp_path / as_name
+    target.write_text(text.replace("/usr/local/bin/beatd", beatd))
+    return target
+
+
+needs_systemd = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+@needs_systemd
+def test_units_verify(tmp_path: Path) -> None:
+    units = [
+        unit_copy(tmp_path, "beatd.service", "beatd.service"),
+        unit_copy(tmp_path, "beatd-worker@.service", "beatd-worker@default.service"),
+    ]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def exposure(unit: Path) -> float:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    line = next(x for x in result.stdout.splitlines() if "Overall exposure level" in x)
+    return float(line.split(":")[1].split()[0])
+
+
+@needs_systemd
+def test_security_scores(tmp_path: Path) -> None:
+    assert exposure(unit_copy(tmp_path, "beatd.service", "beatd.service")) <= 1.5
+    worker = unit_copy(tmp_path, "beatd-worker@.service", "beatd-worker@default.service")
+    assert exposure(worker) <= 2.0
