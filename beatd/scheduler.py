@@ -32,6 +32,7 @@ class SchedulerSettings:
     batch_size: int = 1000
     watchdog_interval: float | None = None  # seconds; pinged at half of it
     max_backoff: float = 5.0
+    max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
 
     @property
     def renew_interval(self) -> float:
@@ -51,6 +52,8 @@ class Totals:
     last_reload_ok: bool = True
     leader_changes: int = 0
     backend_up: bool = True
+    clock_skew: float = 0.0  # our clock minus the backend's, at the last check
+    config_drift: bool = False  # the leader runs a configuration that differs from ours
 
 
 class Scheduler:
@@ -82,6 +85,7 @@ class Scheduler:
         self._backoff = 0.0
         self._backend_down = False
         self._adopted = False
+        self._announced = ""
         self.on_event: Callable[[str], None] = lambda _event: None
 
     @property
@@ -178,6 +182,15 @@ class Scheduler:
         longer configured are forgotten. Retried at the next step if the backend fails.
         """
         assert self.lease is not None
+        if self._announced != self.config.fingerprint:  # reloaded: tell standbys what we run
+            held = self.backend.acquire_lease(
+                self.settings.node, self.settings.lease_ttl, self.config.fingerprint
+            )
+            if held != self.lease:
+                log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
+                self._step_down()
+                return
+            self._announced = self.config.fingerprint
         states = self.backend.load_states()
         now = self.clock.now()
         baselines, _ = self.planner.load(self.config.entries.values(), states, now)
@@ -209,6 +222,9 @@ class Scheduler:
                 self._step_down()
                 return False
             if mono >= self._renew_at:
+                if not self._clock_agrees():
+                    self._step_down()
+                    return True
                 if self.backend.renew_lease(self.lease, ttl):
                     self._lease_deadline = mono + ttl * 0.9
                     self._renew_at = mono + self.settings.renew_interval
@@ -219,19 +235,63 @@ class Scheduler:
             return False
         if mono < self._acquire_at:
             return False
-        lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
         self._acquire_at = mono + self.settings.standby_interval
+        if not self._clock_agrees():
+            return True
+        lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
         if lease is None:
+            self._check_drift()
             return True
         self.lease = lease
+        self._announced = self.config.fingerprint
         self._lease_deadline = mono + ttl * 0.9
         self._renew_at = mono + self.settings.renew_interval
         self.totals.leader_changes += 1
+        self.totals.config_drift = False
         log.info("became leader node=%s epoch=%d", lease.node, lease.epoch)
         self.planner = Planner()
         self._adopted = False
         self.on_event("leader")
         return True
+
+    def _clock_agrees(self) -> bool:
+        """Compare our wall clock with the backend's; a node far off must not lead."""
+        before = self.clock.now().timestamp()
+        server = self.backend.server_time()
+        after = self.clock.now().timestamp()
+        skew = (before + after) / 2 - server
+        was_ok = abs(self.totals.clock_skew) <= self.settings.max_clock_skew
+        self.totals.clock_skew = skew
+        if abs(skew) <= self.settings.max_clock_skew:
+            if not was_ok:
+                log.info("clock agrees with the backend again (skew %.3f s)", skew)
+            return True
+        if was_ok:
+            log.error(
+                "refusing leadership: this node's clock is %+.3f s off the backend's (limit "
+                "%.1f s); a leader with a wrong clock would publish runs at the wrong time. "
+                "Fix time synchronisation (chrony, systemd-timesyncd) on node=%s",
+                skew,
+                self.settings.max_clock_skew,
+                self.settings.node,
+            )
+        return False
+
+    def _check_drift(self) -> None:
+        """A standby whose configuration differs from the leader's says so, once per change."""
+        leader = self.backend.leader()
+        drift = bool(
+            leader and leader.config_hash and leader.config_hash != self.config.fingerprint
+        )
+        if drift and not self.totals.config_drift and leader is not None:
+            log.warning(
+                "configuration drift: leader node=%s runs config=%s, this standby has config=%s; "
+                "deploy the same schedule files to every node",
+                leader.node,
+                leader.config_hash,
+                self.config.fingerprint,
+            )
+        self.totals.config_drift = drift
 
     def _step_down(self) -> None:
         self.lease = None

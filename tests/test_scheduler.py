@@ -193,3 +193,45 @@ def test_backend_errors_are_survived_and_retried(
     assert len(ids) == len(set(ids))
     # run_once: the slots during the outage were missed, the newest published late
     assert beat.counts.total("missed_skipped") >= 1 and beat.counts.total("late") >= 1
+
+
+def test_a_node_whose_clock_is_off_refuses_leadership(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backend's clock runs an hour behind ours: leading would publish an hour early.
+    backend = SQLiteBackend(
+        tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp() - 3600
+    )
+    beat = scheduler(backend, clock, config(every("tick", 1)))
+    run_for(beat, 5)
+    assert not beat.is_leader
+    assert beat.totals.clock_skew == pytest.approx(3600)
+    assert published(backend) == []
+    refusals = [r for r in caplog.records if "refusing leadership" in r.message]
+    assert len(refusals) == 1, "said once, not once a second"
+    assert (
+        refusals[0]
+        .getMessage()
+        .startswith(
+            "refusing leadership: this node's clock is +3600.000 s off the backend's (limit 1.0 s)"
+        )
+    )
+
+
+def test_standby_reports_config_drift(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours, theirs = config(every("tick", 10)), config(every("tick", 20))
+    leader = scheduler(open_db(), clock, theirs, "a")
+    standby = scheduler(open_db(), clock, ours, "b")
+    leader.step()
+    standby.step()
+    assert standby.totals.config_drift
+    assert f"leader node=a runs config={theirs.fingerprint}" in caplog.text
+    # the leader reloads the same files as the standby: the drift is gone
+    leader._load_config = lambda: ours
+    leader.request_reload()
+    leader.step()
+    clock.advance(1)
+    standby.step()
+    assert not standby.totals.config_drift

@@ -82,6 +82,12 @@ class Backend(Protocol):
     def ping(self) -> None:
         """Raise TransientBackendError when the backend cannot be reached."""
 
+    def server_time(self) -> float:
+        """The backend's clock as Unix time, which every node's clock is checked against."""
+
+    def persistence_warnings(self) -> list[str]:
+        """Settings of the backend under which beatd's guarantees cannot hold, explained."""
+
     # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:

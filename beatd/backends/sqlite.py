@@ -136,6 +136,12 @@ class SQLiteBackend:
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
 
+    def server_time(self) -> float:
+        return self._now()  # every process sharing the file shares this host's clock
+
+    def persistence_warnings(self) -> list[str]:
+        return []
+
     # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
