@@ -61,7 +61,9 @@ DAY_OF_WEEK = _Field("day of week", 0, 7, DAY_NAMES)
 
 
 def _error(expr: str, spec: _Field, message: str) -> ScheduleError:
-    return ScheduleError(f"invalid cron expression {expr!r}: {spec.name} field: {message}")
+    return ScheduleError(
+        f"invalid cron expression {expr!r}: {spec.name} field: {message}", field=spec.name
+    )
 
 
 def _number(text: str, spec: _Field, expr: str) -> int:
@@ -204,8 +206,10 @@ def _parse_day_of_week(text: str, expr: str) -> tuple[set[int], set[int], set[tu
             if not k_text.isdigit() or not 1 <= int(k_text) <= 5:
                 raise _error(expr, DAY_OF_WEEK, f"in {item!r} the week must be 1-5")
             nth.add((_number(day_text, DAY_OF_WEEK, expr) % 7, int(k_text)))
-        else:
+        elif item[:-1]:
             last.add(_number(item[:-1], DAY_OF_WEEK, expr) % 7)
+        else:
+            raise _error(expr, DAY_OF_WEEK, "L needs a weekday before it, such as 5L (last Friday)")
     return weekdays, last, nth
 
 
@@ -273,9 +277,10 @@ class CronExpression:
             has_seconds=has_seconds,
         )
         if parsed.next_wall(datetime(1999, 12, 31, 23, 59, 59)) is None:
+            days = _list(sorted(rule.days)) if rule.days else "the days asked for"
             raise ScheduleError(
-                f"invalid cron expression {text!r}: it can never fire "
-                "(no month has the days it asks for)"
+                f"invalid cron expression {text!r}: it can never fire: "
+                f"{_list(parsed.months, _MONTHS)} never has day {days}"
             )
         return parsed
 
@@ -349,10 +354,14 @@ class CronSchedule:
         w: datetime | None = wall
         while w is not None:
             w = self.expression.next_wall(w)
-            if w is not None:
-                best = self._instant_after(w, t)
-                if best is not None:
-                    break
+            if w is None:
+                break
+            best = self._instant_after(w, t)
+            if best is not None:
+                break
+            gap_end = self._gap_end(w)
+            if gap_end is not None:  # nothing in this gap fires: resume after it
+                w = gap_end - _SECOND
         if local.fold == 0:
             second_pass = self._second_pass_after(t, local)
             if second_pass is not None and (best is None or second_pass < best):
@@ -382,6 +391,19 @@ class CronSchedule:
             (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
         )
         return jump if jump > t else None
+
+    def _gap_end(self, wall: datetime) -> datetime | None:
+        """The wall time at which the spring-forward gap containing `wall` ends, if any."""
+        first = wall.replace(tzinfo=self.timezone)
+        before = first.utcoffset()
+        after = first.replace(fold=1).utcoffset()
+        assert before is not None and after is not None
+        if before >= after:
+            return None
+        jump = _transition(
+            (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
+        )
+        return (jump + after).replace(tzinfo=None)
 
     def _second_pass_after(self, t: datetime, local: datetime) -> datetime | None:
         """When `t` is in the first pass of a repeated hour, the first fire in its second pass."""

@@ -167,7 +167,7 @@ def test_all_errors_of_all_files_are_reported_together(tmp_path: Path) -> None:
         f"{a}:23:12: entry time: field every: cannot read '12:30' as a duration: use a number of "
         "seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
         f"{a}:26:11: entry never: field cron: invalid cron expression '0 0 31 2 *': it can never "
-        "fire (no month has the days it asks for)",
+        "fire: February never has day 31",
         f"{a}:27:3: entry notask: missing required field 'task'",
         f"{a}:32:13: entry jit: field jitter: jitter 20s must be shorter than the schedule's "
         "period 10s",
