@@ -277,10 +277,10 @@ class CronExpression:
             has_seconds=has_seconds,
         )
         if parsed.next_wall(datetime(1999, 12, 31, 23, 59, 59)) is None:
-            days = _list(sorted(rule.days)) if rule.days else "the days asked for"
+            wanted = _list(sorted(rule.days)) if rule.days else "the days asked for"
             raise ScheduleError(
                 f"invalid cron expression {text!r}: it can never fire: "
-                f"{_list(parsed.months, _MONTHS)} never has day {days}"
+                f"{_list(parsed.months, _MONTHS)} never has day {wanted}"
             )
         return parsed
 
