@@ -1,4 +1,5 @@
-"""Backends by URL scheme: `sqlite:///relative.db`, `sqlite:////absolute.db`, `redis://...`."""
+"""Backends by URL scheme: `sqlite:///relative.db`, `sqlite:////absolute.db`, and Redis as
+`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path/redis.sock`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ def default_broker() -> str:
     return "sqlite:///beatd.db"
 
 
-def open_backend(url: str) -> Backend:
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def open_backend(url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> Backend:
+    """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from beatd.backends.sqlite import SQLiteBackend
@@ -29,7 +34,16 @@ def open_backend(url: str) -> Backend:
                 "sqlite:////absolute/path.db"
             )
         return SQLiteBackend(url[len(prefix) :])
-    raise BeatdError(f"unsupported broker URL scheme {scheme!r} in {url!r}: use sqlite://")
+    if scheme in REDIS_SCHEMES:
+        from beatd.backends.redis import RedisBackend
+
+        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout)
+    from beatd.backends.redis import redact
+
+    raise BeatdError(
+        f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
+        "use sqlite://, redis://, rediss:// or unix://"
+    )
 
 
 __all__ = [

@@ -153,6 +153,9 @@ class Backend(Protocol):
 
     def dead_letters(self) -> list[DeadLetter]: ...
 
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters as they are (used when migrating between backends)."""
+
     def requeue_dead(self, message_id: str | None) -> int:
         """Move one dead letter (or all, for None) back to its queue; how many moved."""
 

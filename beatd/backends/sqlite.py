@@ -361,6 +361,26 @@ class SQLiteBackend:
             DeadLetter(i, q, b, r, datetime.fromtimestamp(f, UTC), d) for i, q, b, r, f, d in rows
         ]
 
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        self._run(
+            lambda db: db.executemany(
+                "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
+                "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.id,
+                        d.queue,
+                        DEFAULT_PRIORITY,
+                        d.body,
+                        d.reason,
+                        d.failed_at.timestamp(),
+                        d.deliveries,
+                    )
+                    for d in letters
+                ],
+            )
+        )
+
     def requeue_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
 

@@ -1,8 +1,10 @@
 """The contract every backend passes: run these against each implementation.
 
 A test module subclasses `BackendContract` and provides a `backend` fixture (a fresh, empty
-backend) and a `backend_factory` fixture (a second handle on the same storage, as another
-process would have).
+backend), a `backend_factory` fixture (a second handle on the same storage, as another process
+would have) and an `advance(seconds)` fixture that lets time pass for the backend. Durations in
+the time-dependent tests are multiples of `unit` seconds: 1 where `advance` moves a fake clock,
+less where it has to sleep because the backend keeps time itself (Redis's clock).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def message(
 
 
 class BackendContract:
+    @pytest.fixture
+    def unit(self) -> float:
+        return 1.0
+
     # --- leadership -----------------------------------------------------------------------
 
     def test_one_leader_at_a_time(self, backend: Backend) -> None:
@@ -57,22 +63,24 @@ class BackendContract:
         assert not backend.renew_lease(first, 10)
 
     def test_expired_lease_passes_on(
-        self, backend: Backend, advance: Callable[[float], None]
+        self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
-        first = backend.acquire_lease("a", 1)
+        first = backend.acquire_lease("a", 1 * unit)
         assert first is not None
-        advance(1.5)
+        advance(1.5 * unit)
         second = backend.acquire_lease("b", 10)
         assert second is not None and second.epoch > first.epoch
         assert not backend.renew_lease(first, 10)
 
-    def test_renew_extends(self, backend: Backend, advance: Callable[[float], None]) -> None:
-        lease = backend.acquire_lease("a", 2)
+    def test_renew_extends(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = backend.acquire_lease("a", 2 * unit)
         assert lease is not None
-        advance(1.5)
-        assert backend.renew_lease(lease, 2)
-        advance(1.5)
-        assert backend.acquire_lease("b", 2) is None
+        advance(1.5 * unit)
+        assert backend.renew_lease(lease, 2 * unit)
+        advance(1.5 * unit)
+        assert backend.acquire_lease("b", 2 * unit) is None
 
     # --- run state ------------------------------------------------------------------------
 
@@ -152,12 +160,12 @@ class BackendContract:
         assert delivery is not None and delivery.queue == "q2"
 
     def test_lapsed_claim_is_delivered_again(
-        self, backend: Backend, advance: Callable[[float], None]
+        self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
         backend.enqueue([message("e", 1)])
-        first = backend.claim(["default"], "w1", 1)
+        first = backend.claim(["default"], "w1", 1 * unit)
         assert first is not None
-        advance(1.5)
+        advance(1.5 * unit)
         second = backend.claim(["default"], "w2", 30)
         assert second is not None and second.id == first.id and second.deliveries == 2
         backend.ack(first)  # the first worker's late ack must not remove the second's claim
@@ -167,14 +175,14 @@ class BackendContract:
         assert backend.queue_depths() == {}
 
     def test_extend_keeps_the_claim(
-        self, backend: Backend, advance: Callable[[float], None]
+        self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
         backend.enqueue([message("e", 1)])
-        first = backend.claim(["default"], "w1", 2)
+        first = backend.claim(["default"], "w1", 2 * unit)
         assert first is not None
-        advance(1.5)
-        assert backend.extend(first, 2)
-        advance(1.5)
+        advance(1.5 * unit)
+        assert backend.extend(first, 2 * unit)
+        advance(1.5 * unit)
         assert backend.claim(["default"], "w2", 30) is None
 
     def test_release_gives_back_without_counting(self, backend: Backend) -> None:
@@ -186,14 +194,14 @@ class BackendContract:
         assert again is not None and again.deliveries == 1
 
     def test_retry_replaces_body_after_delay(
-        self, backend: Backend, advance: Callable[[float], None]
+        self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
         backend.enqueue([message("e", 1)])
         first = backend.claim(["default"], "w1", 30)
         assert first is not None
-        backend.retry(first, '{"attempt": 2}', 2)
+        backend.retry(first, '{"attempt": 2}', 2 * unit)
         assert backend.claim(["default"], "w1", 30) is None
-        advance(2.5)
+        advance(2.5 * unit)
         again = backend.claim(["default"], "w1", 30)
         assert again is not None and again.body == '{"attempt": 2}'
 

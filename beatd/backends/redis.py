@@ -1,0 +1,489 @@
+"""Redis: the lease, the run state and the queues of several hosts in one Redis (7.0 or later).
+
+Every write that must be atomic is one Lua script, and every script checks what it guards in
+the same step: the lease token and epoch before a commit, the claimant before an ack. Times
+(lease expiry, retry delays, claim deadlines) are Redis's clock (`TIME`, `PEXPIRE`), never a
+client's. Every call is bounded: one attempt, no client-side retries, socket timeouts of
+`op_timeout`, so a hung Redis costs a caller about `op_timeout`, then TransientBackendError.
+
+Keys (`beatd` is the namespace; docs/redis.md has the full table):
+  beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
+  beatd:epoch             string  the fencing epoch, INCR on every fresh take of the lease
+  beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
+  beatd:queues            set     every queue name ever written to
+  beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
+                                  consumer group `workers`; acknowledged entries are deleted
+  beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
+  beatd:dead              stream  dead letters with reason, deliveries, failed_at
+
+A claim's deadline lives in the stream's pending list: a claim made with visibility V sets the
+entry's delivery time back by RECLAIM_IDLE - V (XCLAIM ... IDLE), so `XAUTOCLAIM` with min-idle
+RECLAIM_IDLE takes over exactly the claims whose own visibility lapsed, whatever each claimant
+chose. The delivery count of the pending entry is the claim's generation: the receipt carries
+it, so a worker whose claim was taken over (the count moved on) can no longer ack or extend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import secrets
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from beatd.backends.base import DeadLetter, Delivery, LeaderInfo, Lease, Outgoing, StateWrite
+from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
+from beatd.core import EntryState
+from beatd.errors import BackendError, LeaseLost, TransientBackendError
+
+T = TypeVar("T")
+
+BANDS = ("high", "normal", "low")  # read in this order
+RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
+# error replies that mean "busy or failing over, try again", not "wrong"
+TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+# no CLIENT SETINFO on connect: one reply less to wait for, one command less to allow by ACL
+NO_CLIENT_SETINFO: dict[str, None] = (
+    {"driver_info": None}  # redis-py 8
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+# URL options that would undo the bound on every call (redis-py lets the URL override kwargs)
+UNBOUNDING_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "timeout",
+    "retry_on_timeout",
+    "retry_on_error",
+)
+
+
+def band(priority: int | None) -> int:
+    """Index into BANDS: 7-9 high, 4-6 or unset normal, 0-3 low."""
+    if priority is None or 4 <= priority <= 6:
+        return 1
+    return 0 if priority > 6 else 2
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***`, for logs and metrics."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{user}:***@{host}"
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        shown += "?" + urlencode(
+            [(k, "***" if k == "password" else v) for k, v in pairs], safe="*/"
+        )
+    return shown
+
+
+def _us(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+def _from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+def _pack_state(state: EntryState) -> str:
+    published = "null" if state.last_published is None else str(_us(state.last_published))
+    return f"[{_us(state.last_slot)},{published},{json.dumps(state.identity)}]"
+
+
+def _unpack_state(entry: str, value: str) -> EntryState:
+    slot, published, identity = json.loads(value)
+    return EntryState(
+        entry, _from_us(slot), None if published is None else _from_us(published), identity
+    )
+
+
+def _json(items: Sequence[str | int]) -> str:
+    # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisBackend:
+    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
+        if not namespace:
+            raise BackendError("the Redis namespace must not be empty: use e.g. 'beatd'")
+        if op_timeout <= 0:
+            raise BackendError(f"op_timeout must be positive, got {op_timeout!r}")
+        self.url = redact(url)
+        options = [k for k, _ in parse_qsl(urlsplit(url).query) if k in UNBOUNDING_OPTIONS]
+        if options:
+            raise BackendError(
+                f"cannot use Redis URL {self.url}: {', '.join(options)} would override the "
+                f"per-call timeout of {op_timeout} s that keeps every call well inside the "
+                "lease; remove it from the URL (the timeout follows the lease TTL)"
+            )
+        self.namespace = namespace
+        self.op_timeout = op_timeout
+        try:
+            self._redis: redis.Redis = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=op_timeout,
+                socket_connect_timeout=op_timeout,
+                # one attempt per call: a retry after a timeout could double the wait and
+                # re-send a write that the server may still execute (see the module doc)
+                retry=Retry(NoBackoff(), 0),
+                retry_on_error=[],
+                health_check_interval=0,
+                protocol=2,  # RESP2: no HELLO round trip before the first command
+                **NO_CLIENT_SETINFO,
+            )
+        except ValueError as exc:  # redis-py's complaint about the URL, e.g. a bad scheme
+            raise BackendError(f"cannot use Redis URL {self.url}: {exc}") from None
+
+    # --- keys, calls and errors ----------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def _stream(self, queue: str, band_index: int) -> str:
+        return self._key("queue", queue, BANDS[band_index])
+
+    def _do(self, what: str, call: Callable[[], T]) -> T:
+        """Run one Redis call (or pipeline), turning redis-py's errors into backend errors."""
+        try:
+            return call()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise BackendError(f"{self.url}: {what}: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # TimeoutError is not a ConnectionError in redis-py: both mean "try again", except
+            # a server certificate that fails verification, which waiting will not fix
+            error = BackendError if _untrusted(exc) else TransientBackendError
+            raise error(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
+        except (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError) as exc:
+            raise TransientBackendError(f"{self.url}: {what}: {exc}") from exc
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if text.startswith(LEASE_LOST):
+                raise LeaseLost(text) from None
+            if text.startswith(TRANSIENT_REPLIES):
+                raise TransientBackendError(f"{self.url}: {what}: {text}") from exc
+            raise BackendError(f"{self.url}: {what}: {text}") from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        script = SCRIPTS[name]
+
+        def call() -> Any:
+            try:
+                return self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # a restarted Redis: send it in full once
+                return self._redis.eval(script.source, len(keys), *keys, *args)
+
+        return self._do(name, call)
+
+    def _cmd(self, *args: str | int) -> Any:
+        """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""
+        call = self._redis.execute_command
+        return self._do(str(args[0]).lower(), lambda: call(*args))  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def ping(self) -> None:
+        self._cmd("PING")
+
+    def server_time(self) -> float:
+        """Redis's clock, in seconds since the epoch (for the scheduler's clock-skew check)."""
+        seconds, micros = self._cmd("TIME")
+        return int(seconds) + int(micros) / 1_000_000
+
+    def persistence_warnings(self) -> list[str]:
+        """What in Redis's configuration breaks beatd's guarantees: what, consequence, fix."""
+        try:
+            config: dict[str, str] = {}
+            for name in ("appendonly", "save", "maxmemory-policy"):
+                config.update(self._cmd("CONFIG GET", name))
+        except TransientBackendError:
+            raise
+        except BackendError as exc:  # CONFIG renamed, disabled or not allowed for this user
+            return [
+                f"cannot check the persistence settings of Redis at {self.url}: CONFIG GET "
+                f"failed ({exc.__cause__ or exc}); beatd's guarantees need appendonly yes and "
+                "maxmemory-policy noeviction: check them by hand, or allow beatd's user "
+                "CONFIG GET (+config|get)"
+            ]
+        return _warnings(self.url, config)
+
+    # --- leadership -----------------------------------------------------------------------
+
+    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+        keys = (self._key("lease"), self._key("epoch"))
+        token = secrets.token_hex(16)
+        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash))
+        if reply is None:
+            return None
+        return Lease(node, reply[0], int(reply[1]))
+
+    def renew_lease(self, lease: Lease, ttl: float) -> bool:
+        args = (lease.token, lease.epoch, _ms(ttl))
+        return bool(self._eval("renew", (self._key("lease"),), args))
+
+    def release_lease(self, lease: Lease) -> None:
+        self._eval("release", (self._key("lease"),), (lease.token,))
+
+    def leader(self) -> LeaderInfo | None:
+        def call() -> list[Any]:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._key("lease"))
+                pipe.pttl(self._key("lease"))
+                return pipe.execute()
+
+        held, pttl = self._do("leader", call)
+        if not held or pttl <= 0:
+            return None
+        return LeaderInfo(held["node"], int(held["epoch"]), pttl / 1000, held.get("config", ""))
+
+    # --- run state ------------------------------------------------------------------------
+
+    def load_states(self) -> dict[str, EntryState]:
+        raw: dict[str, str] = self._cmd("HGETALL", self._key("state"))
+        return {entry: _unpack_state(entry, value) for entry, value in raw.items()}
+
+    def commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> set[str]:
+        keys = [self._key("lease"), self._key("state"), self._key("queues")]
+        index: dict[tuple[str, int], int] = {}
+        flat_writes: list[str] = []
+        for write in writes:
+            expected = "" if write.expected is None else f"[{_us(write.expected)},"
+            flat_writes += (write.state.entry, expected, _pack_state(write.state))
+        flat_messages: list[str | int] = []
+        for m in messages:
+            where = (m.queue, band(m.priority))
+            k = index.get(where)
+            if k is None:
+                keys.append(self._stream(*where))
+                k = index[where] = len(keys)
+            flat_messages += (k, m.entry, m.id, m.body)
+        queues = sorted({m.queue for m in messages})
+        args = (lease.token, lease.epoch, _json(queues), _json(flat_writes), _json(flat_messages))
+        return set(self._fenced("commit", lease, keys, args))
+
+    def forget(self, lease: Lease, entries: Sequence[str]) -> None:
+        keys = (self._key("lease"), self._key("state"))
+        self._fenced("forget", lease, keys, (lease.token, lease.epoch, *entries))
+
+    def _fenced(
+        self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        """Run a script that refuses to write unless `lease` (token and epoch) still holds."""
+        try:
+            return self._eval(name, keys, args)
+        except LeaseLost as exc:
+            holder = str(exc).removeprefix(LEASE_LOST + " ")
+            raise LeaseLost(
+                f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
+            ) from None
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
+        if not messages:
+            return
+        keys = [self._key("queues")]
+        index: dict[str, int] = {}
+        queues = sorted({m.queue for m in messages})
+        delay_ms = _ms(delay) if delay > 0 else 0
+        args: list[str | int] = [delay_ms, len(queues), *queues]
+        for m in messages:
+            b = band(m.priority)
+            key = self._key("delayed", m.queue) if delay_ms else self._stream(m.queue, b)
+            k = index.get(key)
+            if k is None:
+                keys.append(key)
+                k = index[key] = len(keys)
+            args += (k, m.id, _delayed_member(b, m.id, m.body) if delay_ms else m.body)
+        self._eval("enqueue", keys, args)
+
+    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        names = list(dict.fromkeys(queues))
+        if not names:
+            return None
+        n = len(names)
+        keys = [self._key("delayed", q) for q in names]
+        keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
+        args = (consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS)
+        reply = self._eval("claim", keys, args)
+        if reply is None:
+            return None
+        k, entry_id, message_id, body, deliveries, count = reply
+        b, i = divmod(k - 1 - n, n)
+        receipt = f"{b}/{entry_id}/{count}/{consumer}"
+        return Delivery(message_id, names[i], body, int(deliveries), receipt)
+
+    def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
+        """The stream, band and (entry id, consumer, count) that a receipt names."""
+        b, entry_id, count, consumer = delivery.receipt.split("/", 3)
+        return self._stream(delivery.queue, int(b)), int(b), [entry_id, consumer, int(count)]
+
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        stream, _, claim = self._claimed(delivery)
+        return bool(self._eval("extend", (stream,), (*claim, _idle_for(visibility))))
+
+    def ack(self, delivery: Delivery) -> None:
+        stream, _, claim = self._claimed(delivery)
+        self._eval("ack", (stream,), claim)
+
+    def release(self, delivery: Delivery) -> None:
+        stream, _, claim = self._claimed(delivery)
+        self._eval("release_claim", (stream,), claim)
+
+    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+        stream, b, claim = self._claimed(delivery)
+        keys = (stream, self._key("delayed", delivery.queue))
+        member = _delayed_member(b, delivery.id, body)
+        self._eval("retry", keys, (*claim, _ms(delay) if delay > 0 else 0, member))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        stream, b, claim = self._claimed(delivery)
+        keys = (stream, self._key("dead"))
+        self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
+
+    def _dead(self) -> list[tuple[str, dict[str, str]]]:
+        entries: list[tuple[str, dict[str, str]]] = self._cmd("XRANGE", self._key("dead"), "-", "+")
+        return entries
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                f["id"],
+                f["queue"],
+                f["body"],
+                f["reason"],
+                datetime.fromtimestamp(int(f["failed_at"]) / 1000, UTC),
+                int(f["deliveries"]),
+            )
+            for _, f in self._dead()
+        ]
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters as they are, in the normal band (migration from another backend)."""
+
+        def call() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                for d in letters:
+                    fields = {
+                        "id": d.id,
+                        "queue": d.queue,
+                        "band": 1,
+                        "body": d.body,
+                        "reason": d.reason,
+                        "deliveries": d.deliveries,
+                        "failed_at": round(d.failed_at.timestamp() * 1000),
+                    }
+                    pipe.xadd(self._key("dead"), fields)  # type: ignore[arg-type]
+                pipe.execute()
+
+        if letters:
+            self._do("add dead letters", call)
+
+    def requeue_dead(self, message_id: str | None) -> int:
+        keys = [self._key("dead"), self._key("queues")]
+        index: dict[str, int] = {}
+        args: list[str | int] = []
+        for entry_id, f in self._dead():
+            if message_id is not None and f["id"] != message_id:
+                continue
+            key = self._stream(f["queue"], int(f["band"]))
+            k = index.get(key)
+            if k is None:
+                keys.append(key)
+                k = index[key] = len(keys)
+            args += (entry_id, k, f["queue"])
+        if not args:
+            return 0
+        return int(self._eval("requeue", keys, args))
+
+    def queue_depths(self) -> dict[str, int]:
+        queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
+
+        def call() -> list[int]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    for b in range(len(BANDS)):
+                        pipe.xlen(self._stream(q, b))
+                    pipe.zcard(self._key("delayed", q))
+                return pipe.execute()
+
+        counts = self._do("queue depths", call) if queues else []
+        width = len(BANDS) + 1
+        depths = {q: sum(counts[i * width : (i + 1) * width]) for i, q in enumerate(queues)}
+        return {q: depth for q, depth in depths.items() if depth}
+
+
+def _untrusted(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _idle_for(visibility: float) -> int:
+    """The idle time to give a fresh claim so that it lapses after `visibility` seconds."""
+    ms = _ms(visibility)
+    if ms > RECLAIM_IDLE_MS:
+        raise BackendError(
+            f"visibility {visibility} s is longer than the Redis backend's limit of "
+            f"{RECLAIM_IDLE_MS // 1000} s: use a shorter visibility and extend the claim"
+        )
+    return RECLAIM_IDLE_MS - ms
+
+
+def _delayed_member(band_index: int, message_id: str, body: str) -> str:
+    """A delayed zset member: unique (a nonce) even when the same run is retried twice."""
+    return _json([band_index, message_id, body, secrets.token_hex(8)])
+
+
+def _warnings(url: str, config: dict[str, str]) -> list[str]:
+    warnings = []
+    save = config.get("save", "")
+    if config.get("appendonly") != "yes":
+        if not save:
+            warnings.append(
+                f"Redis at {url} does not persist anything (appendonly no, save ''): after a "
+                "Redis restart the fencing epoch starts again from 1, every entry's last "
+                "published slot and every queued run are gone, and runs due during the outage "
+                "are silently skipped; enable AOF (appendonly yes in redis.conf, or CONFIG SET "
+                "appendonly yes)"
+            )
+        else:
+            warnings.append(
+                f"Redis at {url} persists only RDB snapshots (appendonly no, save '{save}'): "
+                "a crash loses every write since the last snapshot, so the fencing epoch and "
+                "the run state go back in time and runs already published can be published "
+                "again; enable AOF (appendonly yes in redis.conf, or CONFIG SET appendonly yes)"
+            )
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        warnings.append(
+            f"Redis at {url} evicts keys when memory is full (maxmemory-policy {policy}): the "
+            "lease, the run state or queued runs can vanish without an error, so runs can be "
+            "skipped or repeated; set maxmemory-policy noeviction (in redis.conf, or CONFIG SET)"
+        )
+    return warnings

@@ -1,0 +1,317 @@
+"""The Lua scripts behind the Redis backend: each one is a single atomic step on the server.
+
+`PRELUDE` (helpers shared by every script) is prepended to each; scripts are sent by SHA and
+loaded on a NOSCRIPT reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+GROUP = "workers"
+LEASE_LOST = "LEASELOST"
+
+PRELUDE = f"""
+local G = '{GROUP}'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ensure_stream(key)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('XGROUP', 'CREATE', key, G, '0', 'MKSTREAM')
+  end
+end
+local function fields(list)
+  local f = {{}}
+  for j = 1, #list, 2 do f[list[j]] = list[j + 1] end
+  return f
+end
+local function owns(key, id, consumer, count)
+  local p = redis.call('XPENDING', key, G, id, id, 1)
+  return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)
+end
+local function entry_fields(key, id)
+  local r = redis.call('XRANGE', key, id, id)
+  if #r == 0 then return nil end
+  return fields(r[1][2])
+end
+"""
+
+# KEYS lease, epoch; ARGV node, token, ttl_ms, config -> {token, epoch} or nil
+ACQUIRE = """
+local held = redis.call('HMGET', KEYS[1], 'node', 'token', 'epoch')
+if held[1] then
+  if held[1] ~= ARGV[1] then return false end
+  redis.call('HSET', KEYS[1], 'config', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {held[2], held[3]}
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {ARGV[2], tostring(epoch)}
+"""
+
+# KEYS lease; ARGV token, epoch, ttl_ms -> 1 extended, 0 not held
+RENEW = """
+local held = redis.call('HMGET', KEYS[1], 'token', 'epoch')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS lease; ARGV token -> 1 released, 0 not held
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+CHECK_LEASE = f"""
+local function check_lease(key, token, epoch)
+  local held = redis.call('HMGET', key, 'token', 'epoch', 'node')
+  if held[1] == token and held[2] == epoch then return nil end
+  local now = held[3] and ('node ' .. held[3] .. ' holds epoch ' .. held[2]) or 'nobody holds it'
+  return redis.error_reply('{LEASE_LOST} ' .. now)
+end
+"""
+
+# KEYS lease, state, queues, stream...
+# ARGV token, epoch, then three JSON arrays (a few big arguments parse far faster than
+# thousands of small ones, on both sides): the queue names; the writes, flat, as
+# (entry, expected, state)... where expected is '' for "no state yet", else the prefix
+# '[<last_slot_us>,' of the stored state; the messages, flat, as (k, entry, id, body)... where
+# k indexes KEYS. -> the rejected entry names; an error reply LEASELOST and nothing written
+COMMIT = (
+    CHECK_LEASE
+    + """
+local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
+if lost then return lost end
+local queues, writes, messages = cjson.decode(ARGV[3]), cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
+local rejected, skip = {}, {}
+for i = 1, #writes, 3 do
+  local entry, expected = writes[i], writes[i + 1]
+  local current = redis.call('HGET', KEYS[2], entry)
+  local ok
+  if expected == '' then
+    ok = not current
+  else
+    ok = current and string.sub(current, 1, #expected) == expected
+  end
+  if ok then
+    redis.call('HSET', KEYS[2], entry, writes[i + 2])
+  else
+    rejected[#rejected + 1] = entry
+    skip[entry] = true
+  end
+end
+for k = 4, #KEYS do ensure_stream(KEYS[k]) end
+for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
+for i = 1, #messages, 4 do
+  if not skip[messages[i + 1]] then
+    redis.call('XADD', KEYS[messages[i]], '*', 'id', messages[i + 2], 'body', messages[i + 3])
+  end
+end
+return rejected
+"""
+)
+
+# KEYS lease, state; ARGV token, epoch, entry...
+FORGET = (
+    CHECK_LEASE
+    + """
+local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
+if lost then return lost end
+for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+return 0
+"""
+)
+
+# KEYS queues, target...; ARGV delay_ms, nqueues, queue..., (k, id, body-or-member)...
+# target k is a stream (delay 0) or a delayed zset whose member is [band, id, body, nonce]
+ENQUEUE = """
+local delay, nqueues = tonumber(ARGV[1]), tonumber(ARGV[2])
+for q = 3, 2 + nqueues do redis.call('SADD', KEYS[1], ARGV[q]) end
+local ready = now_ms() + delay
+for i = 3 + nqueues, #ARGV, 3 do
+  local key = KEYS[tonumber(ARGV[i])]
+  if delay > 0 then
+    redis.call('ZADD', key, ready, ARGV[i + 2])
+  else
+    ensure_stream(key)
+    redis.call('XADD', key, '*', 'id', ARGV[i + 1], 'body', ARGV[i + 2])
+  end
+end
+return 0
+"""
+
+# KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2)
+# ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms
+# -> nil, or {key index, entry id, message id, body, deliveries, pending count}
+CLAIM = """
+local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+for i = 1, n do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, 100)
+  for _, member in ipairs(due) do
+    local m = cjson.decode(member)
+    local key = KEYS[n + m[1] * n + i]
+    ensure_stream(key)
+    redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
+    redis.call('ZREM', KEYS[i], member)
+  end
+end
+-- the group's last delivered id and pending count, or nil when there is no stream
+local function group_info(key)
+  if redis.call('EXISTS', key) == 0 then return nil end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local info = fields(g)
+    if info['name'] == G then return info['last-delivered-id'], info['pending'] end
+  end
+  redis.call('XGROUP', 'CREATE', key, G, '0')
+  return '0-0', 0
+end
+local function older(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+local function hand_out(k, entry)
+  local id = entry[1]
+  redis.call('XCLAIM', KEYS[k], G, consumer, 0, id, 'IDLE', idle, 'JUSTID')
+  local count = redis.call('XPENDING', KEYS[k], G, id, id, 1)[1][4]
+  local f = fields(entry[2])
+  return {k, id, f['id'], f['body'], (tonumber(f['d']) or 0) + count, count}
+end
+for b = 0, 2 do
+  local lasts = {}
+  for i = 1, n do
+    local k = n + b * n + i
+    local pending
+    lasts[i], pending = group_info(KEYS[k])
+    if lasts[i] and pending > 0 then
+      local cursor = '0-0'
+      repeat
+        local r = redis.call('XAUTOCLAIM', KEYS[k], G, consumer, reclaim, cursor, 'COUNT', 1)
+        cursor = r[1]
+        if r[2][1] then return hand_out(k, r[2][1]) end
+      until cursor == '0-0'
+    end
+  end
+  local best, best_k
+  for i = 1, n do
+    if lasts[i] then
+      local k = n + b * n + i
+      local head = redis.call('XRANGE', KEYS[k], '(' .. lasts[i], '+', 'COUNT', 1)[1]
+      if head and (not best or older(head[1], best)) then best, best_k = head[1], k end
+    end
+  end
+  if best then
+    local key = KEYS[best_k]
+    local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', 1, 'STREAMS', key, '>')
+    return hand_out(best_k, r[1][2][1])
+  end
+end
+return false
+"""
+
+# KEYS stream; ARGV entry id, consumer, count, idle_ms -> 1 extended, 0 lost
+EXTEND = """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+redis.call('XCLAIM', KEYS[1], G, ARGV[2], 0, ARGV[1], 'IDLE', ARGV[4], 'JUSTID')
+return 1
+"""
+
+# KEYS stream; ARGV entry id, consumer, count -> 1 removed, 0 not ours
+ACK = """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+redis.call('XACK', KEYS[1], G, ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS stream; ARGV entry id, consumer, count -> 1 given back, 0 not ours
+RELEASE_CLAIM = """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+local f = entry_fields(KEYS[1], ARGV[1])
+if f then
+  local before = (tonumber(f['d']) or 0) + tonumber(ARGV[3]) - 1
+  redis.call('XADD', KEYS[1], '*', 'id', f['id'], 'body', f['body'], 'd', before)
+end
+redis.call('XACK', KEYS[1], G, ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS stream, delayed; ARGV entry id, consumer, count, delay_ms, member [band, id, body, nonce]
+RETRY = """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+local delay = tonumber(ARGV[4])
+if delay > 0 then
+  redis.call('ZADD', KEYS[2], now_ms() + delay, ARGV[5])
+else
+  local m = cjson.decode(ARGV[5])
+  redis.call('XADD', KEYS[1], '*', 'id', m[2], 'body', m[3])
+end
+redis.call('XACK', KEYS[1], G, ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS stream, dead; ARGV entry id, consumer, count, queue, band, reason, deliveries
+DEAD_LETTER = """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+local f = entry_fields(KEYS[1], ARGV[1])
+if f then
+  redis.call('XADD', KEYS[2], '*', 'id', f['id'], 'queue', ARGV[4], 'band', ARGV[5],
+    'body', f['body'], 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
+end
+redis.call('XACK', KEYS[1], G, ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS dead, queues, stream...; ARGV (dead entry id, k, queue)... -> how many moved
+REQUEUE = """
+local moved = 0
+for i = 1, #ARGV, 3 do
+  local f = entry_fields(KEYS[1], ARGV[i])
+  if f then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    ensure_stream(key)
+    redis.call('XADD', key, '*', 'id', f['id'], 'body', f['body'])
+    redis.call('SADD', KEYS[2], ARGV[i + 2])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = PRELUDE + source
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+SCRIPTS = {
+    name: _Script(source)
+    for name, source in {
+        "acquire": ACQUIRE,
+        "renew": RENEW,
+        "release": RELEASE,
+        "commit": COMMIT,
+        "forget": FORGET,
+        "enqueue": ENQUEUE,
+        "claim": CLAIM,
+        "extend": EXTEND,
+        "ack": ACK,
+        "release_claim": RELEASE_CLAIM,
+        "retry": RETRY,
+        "dead_letter": DEAD_LETTER,
+        "requeue": REQUEUE,
+    }.items()
+}

@@ -1,0 +1,660 @@
+"""The Redis backend against the contract, and what only Redis can do.
+
+Every test talks to a real `redis-server` on a free port: one shared by the module (flushed
+before each test) or, for the tests that pause, kill or reconfigure it, one of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from beatd.backends import open_backend
+from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
+from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
+from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
+from tests.backends.contract import BackendContract, message, state
+from tests.redis_server import RedisServer, free_port
+
+DOCS = Path(__file__).parents[2] / "docs" / "redis.md"
+NO_PERSISTENCE = (
+    "Redis at {url} does not persist anything (appendonly no, save ''): after a Redis restart "
+    "the fencing epoch starts again from 1, every entry's last published slot and every queued "
+    "run are gone, and runs due during the outage are silently skipped; enable AOF (appendonly "
+    "yes in redis.conf, or CONFIG SET appendonly yes)"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis.Redis]:
+    client = server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def backend_factory(server: RedisServer, admin: redis.Redis) -> Iterator[Callable[[], Backend]]:
+    made: list[RedisBackend] = []
+
+    def make() -> RedisBackend:
+        made.append(RedisBackend(server.url))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(backend_factory: Callable[[], RedisBackend]) -> RedisBackend:
+    return backend_factory()
+
+
+@pytest.fixture
+def advance() -> Callable[[float], None]:
+    return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
+
+
+class TestRedisContract(BackendContract):
+    @pytest.fixture
+    def unit(self) -> float:
+        return 0.5
+
+
+def snapshot(server: RedisServer) -> dict[bytes, bytes]:
+    """Every key's serialized value: equal snapshots mean nothing was written."""
+    raw = redis.Redis(port=server.port)
+    try:
+        return {key: raw.dump(key) for key in sorted(raw.keys())}  # type: ignore[misc]
+    finally:
+        raw.close()
+
+
+def pending(admin: redis.Redis, stream: str) -> list[tuple[str, int]]:
+    return [
+        (p["consumer"], p["times_delivered"])
+        for p in admin.xpending_range(stream, "workers", "-", "+", 10)
+    ]
+
+
+# --- fencing ------------------------------------------------------------------------------
+
+
+def test_commit_script_called_directly_with_a_stale_token_or_epoch_changes_nothing(
+    backend: RedisBackend, server: RedisServer, admin: redis.Redis
+) -> None:
+    old = backend.acquire_lease("a", 30)
+    assert old is not None
+    backend.release_lease(old)
+    new = backend.acquire_lease("a", 30)
+    assert new is not None and new.epoch == 2 and new.token != old.token
+    backend.commit(new, [StateWrite(state("e", 0), None)], [])
+    before = snapshot(server)
+    keys = ["beatd:lease", "beatd:state", "beatd:queues", "beatd:queue:default:normal"]
+    slot = admin.hget("beatd:state", "e")
+    assert slot is not None
+    expected = slot.split(",")[0] + ","
+
+    def call(token: str, epoch: int) -> object:
+        writes = json.dumps(["e", expected, '[1,null,"x"]'])
+        messages = json.dumps([4, "e", "e@2026-03-01T12:01:00Z", "{}"])
+        args = [token, epoch, '["default"]', writes, messages]
+        return admin.eval(SCRIPTS["commit"].source, len(keys), *keys, *args)
+
+    for token, epoch in [
+        (old.token, old.epoch),  # the previous holder, as it was
+        (old.token, new.epoch),  # an old token with the current epoch
+        (new.token, old.epoch),  # the current token with an old epoch
+        ("0" * 32, new.epoch),  # a guessed token
+    ]:
+        with pytest.raises(redis.ResponseError) as caught:
+            call(token, epoch)
+        assert str(caught.value) == "LEASELOST node a holds epoch 2"
+        assert snapshot(server) == before
+    assert call(new.token, new.epoch) == []
+    assert admin.hget("beatd:state", "e") == '[1,null,"x"]'
+    assert admin.xlen("beatd:queue:default:normal") == 1
+
+
+def test_commit_with_an_expired_lease_is_refused_with_who_holds_it(
+    backend: RedisBackend,
+) -> None:
+    lease = backend.acquire_lease("a", 0.2)
+    assert lease is not None
+    time.sleep(0.3)
+    with pytest.raises(LeaseLost) as caught:
+        backend.commit(lease, [StateWrite(state("e", 0), None)], [message("e", 0)])
+    assert str(caught.value) == "lease epoch 1 of a is no longer held (nobody holds it)"
+    taken = backend.acquire_lease("b", 10)
+    assert taken is not None and taken.epoch == 2
+    with pytest.raises(LeaseLost) as caught:
+        backend.forget(lease, ["e"])
+    assert str(caught.value) == "lease epoch 1 of a is no longer held (node b holds epoch 2)"
+    assert backend.load_states() == {}
+    assert backend.queue_depths() == {}
+
+
+def test_holder_reacquiring_extends_the_lease_and_stores_its_config_hash(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    first = backend.acquire_lease("a", 0.5, "cfg1")
+    again = backend.acquire_lease("a", 30, "cfg2")
+    assert first == again
+    assert 29_000 < admin.pttl("beatd:lease") <= 30_000
+    info = backend.leader()
+    assert info is not None
+    assert (info.node, info.epoch, info.config_hash) == ("a", 1, "cfg2")
+    assert 29 < info.expires_in <= 30
+    assert admin.get("beatd:epoch") == "1"
+
+
+def test_a_batch_refused_for_memory_writes_nothing_and_passes_once_memory_is_back(
+    backend: RedisBackend, admin: redis.Redis, server: RedisServer
+) -> None:
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    backend.commit(lease, [StateWrite(state("e", 0), None)], [])
+    write = StateWrite(state("e", 1, 1), state("e", 0).last_slot)
+    before = snapshot(server)
+    admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(TransientBackendError) as caught:
+            backend.commit(lease, [write], [message("e", 1)])
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert re.fullmatch(
+        re.escape(
+            f"{server.url}: commit: command not allowed when used memory > 'maxmemory'. "
+            f"script: {SCRIPTS['commit'].sha}, on @user_script:"
+        )
+        + r"\d+\.",
+        str(caught.value),
+    )
+    assert snapshot(server) == before
+    assert backend.commit(lease, [write], [message("e", 1)]) == set()
+    assert backend.queue_depths() == {"default": 1}
+
+
+# --- connection: URLs, namespaces, users, TLS --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://beatd:s3cret@10.0.0.5:6390/2", "redis://beatd:***@10.0.0.5:6390/2"),
+        ("rediss://:s3cret@cache.example:6380/0", "rediss://:***@cache.example:6380/0"),
+        ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
+        ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+    ],
+    ids=["user_and_password", "password_only_tls", "unix_query_password", "no_password"],
+)
+def test_url_for_logs_never_shows_the_password(url: str, shown: str) -> None:
+    backend = RedisBackend(url)
+    assert backend.url == shown
+    backend.close()
+
+
+def test_url_options_that_would_unbound_calls_are_refused() -> None:
+    with pytest.raises(BackendError) as caught:
+        RedisBackend("redis://:pw@10.0.0.5/0?socket_timeout=30&retry_on_timeout=yes")
+    assert str(caught.value) == (
+        "cannot use Redis URL redis://:***@10.0.0.5/0?socket_timeout=30&retry_on_timeout=yes: "
+        "socket_timeout, retry_on_timeout would override the per-call timeout of 2.0 s that "
+        "keeps every call well inside the lease; remove it from the URL (the timeout follows "
+        "the lease TTL)"
+    )
+
+
+def test_open_backend_by_scheme(server: RedisServer, admin: redis.Redis) -> None:
+    backend = open_backend(f"unix://{server.socket}?db=0", namespace="blue", op_timeout=0.5)
+    assert isinstance(backend, RedisBackend)
+    assert (backend.namespace, backend.op_timeout) == ("blue", 0.5)
+    assert backend.acquire_lease("a", 10) is not None
+    assert admin.hget("blue:lease", "node") == "a"
+    backend.close()
+    with pytest.raises(BeatdError) as caught:
+        open_backend("amqp://guest:guest@localhost//")
+    assert str(caught.value) == (
+        "unsupported broker URL scheme 'amqp' in 'amqp://guest:***@localhost//': "
+        "use sqlite://, redis://, rediss:// or unix://"
+    )
+
+
+def test_namespaces_share_one_redis_without_seeing_each_other(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    blue = RedisBackend(server.url, namespace="blue")
+    green = RedisBackend(server.url, namespace="green")
+    lease = blue.acquire_lease("a", 10)
+    other = green.acquire_lease("b", 10)
+    assert lease is not None and other is not None
+    assert (lease.epoch, other.epoch) == (1, 1)
+    blue.commit(lease, [StateWrite(state("e", 0), None)], [message("e", 0)])
+    assert green.load_states() == {}
+    assert green.queue_depths() == {}
+    assert green.claim(["default"], "w", 30) is None
+    assert blue.queue_depths() == {"default": 1}
+    assert sorted(admin.keys()) == [
+        "blue:epoch",
+        "blue:lease",
+        "blue:queue:default:normal",
+        "blue:queues",
+        "blue:state",
+        "green:epoch",
+        "green:lease",
+    ]
+    blue.close()
+    green.close()
+
+
+def exercise(backend: Backend) -> None:
+    """Every operation once, as the scheduler and a worker use them."""
+    lease = backend.acquire_lease("a", 10, "cfg")
+    assert lease is not None and backend.renew_lease(lease, 10)
+    assert backend.commit(lease, [StateWrite(state("e", 0), None)], [message("e", 0)]) == set()
+    backend.forget(lease, ["gone"])
+    assert backend.leader() is not None and set(backend.load_states()) == {"e"}
+    backend.enqueue([message("f", 0, priority=9)], delay=0.05)
+    time.sleep(0.1)
+    first = backend.claim(["default"], "w", 30)
+    assert first is not None and first.id.startswith("f@") and backend.extend(first, 30)
+    backend.retry(first, "{}", 0)
+    again = backend.claim(["default"], "w", 30)
+    assert again is not None
+    backend.dead_letter(again, "boom")
+    assert backend.requeue_dead(None) == 1
+    while (delivery := backend.claim(["default"], "w", 30)) is not None:
+        backend.release(delivery)
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+    assert backend.queue_depths() == {} and backend.dead_letters() == []
+    backend.add_dead_letters([DeadLetter("g@1", "default", "{}", "moved", datetime.now(UTC), 1)])
+    assert [d.id for d in backend.dead_letters()] == ["g@1"]
+    backend.release_lease(lease)
+    backend.server_time()
+
+
+def documented_acl(user: str, password: str) -> list[str]:
+    """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
+    line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
+    words = line.split()
+    words[2] = user
+    return [">" + password if w == ">CHANGE-ME" else w for w in words]
+
+
+def test_acl_user_with_the_documented_permissions_can_do_everything(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    admin.execute_command(*documented_acl("beatd", "s3cret"))
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        exercise(backend)
+        assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_acl_user_without_config_get_gets_one_warning_not_a_crash(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "+config|get"]
+    admin.execute_command(*acl)
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        assert backend.persistence_warnings() == [
+            f"cannot check the persistence settings of Redis at {backend.url}: CONFIG GET "
+            "failed (this user has no permissions to run the 'config|get' command); beatd's "
+            "guarantees need appendonly yes and maxmemory-policy noeviction: check them by "
+            "hand, or allow beatd's user CONFIG GET (+config|get)"
+        ]
+        wrong = RedisBackend(f"redis://beatd:wrong@127.0.0.1:{server.port}/0")
+        with pytest.raises(BackendError) as caught:
+            wrong.ping()
+        assert type(caught.value) is BackendError  # not transient: waiting will not fix it
+        assert str(caught.value) == (
+            f"redis://beatd:***@127.0.0.1:{server.port}/0: ping: "
+            "invalid username-password pair or user is disabled."
+        )
+        backend.close()
+        wrong.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1, via openssl."""
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for command in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout s.key -out s.csr",
+        "x509 -req -in s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+        "-extfile san.ext -out s.pem",
+    ]:
+        subprocess.run(
+            ["openssl", *command.split()], cwd=directory, check=True, capture_output=True
+        )
+    return directory / "ca.pem", directory / "s.pem", directory / "s.key"
+
+
+def test_rediss_verifies_the_server_certificate_by_default(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-auth-clients", "no"]
+    tls += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
+    server = RedisServer(tmp_path / "redis", extra=tls).start()
+    try:
+        untrusted = RedisBackend(f"rediss://localhost:{tls_port}/0")
+        with pytest.raises(BackendError) as caught:
+            untrusted.ping()
+        assert type(caught.value) is BackendError  # not transient: waiting will not fix it
+        assert re.fullmatch(
+            re.escape(
+                f"rediss://localhost:{tls_port}/0: ping: ConnectionError: Error 1 connecting to "
+                f"localhost:{tls_port}. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+                "failed: self-signed certificate in certificate chain (_ssl.c:"
+            )
+            + r"\d+\)\.",
+            str(caught.value),
+        )
+        trusted = RedisBackend(f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}")
+        exercise(trusted)
+        untrusted.close()
+        trusted.close()
+    finally:
+        server.stop()
+
+
+# --- outages: a paused Redis, a restarted Redis, persistence settings ---------------------
+
+
+def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path).start()
+    op_timeout = 0.2
+    try:
+        backend = RedisBackend(server.url, op_timeout=op_timeout)
+        backend.ping()
+        ghost = Lease("a", "0" * 32, 7)
+        claimed = Delivery("x@1", "q2", "{}", 1, "1/0-1/1/ghost")  # never held: late runs no-op
+        calls: dict[str, Callable[[], object]] = {
+            "ping": backend.ping,
+            "server_time": backend.server_time,
+            "persistence_warnings": backend.persistence_warnings,
+            "acquire_lease": lambda: backend.acquire_lease("b", 30),
+            "renew_lease": lambda: backend.renew_lease(ghost, 30),
+            "release_lease": lambda: backend.release_lease(ghost),
+            "leader": backend.leader,
+            "load_states": backend.load_states,
+            "commit": lambda: backend.commit(ghost, [StateWrite(state("e", 0), None)], []),
+            "forget": lambda: backend.forget(ghost, ["e"]),
+            "enqueue": lambda: backend.enqueue([message("e", 1)]),
+            "claim": lambda: backend.claim(["q2"], "w", 30),
+            "extend": lambda: backend.extend(claimed, 30),
+            "ack": lambda: backend.ack(claimed),
+            "release": lambda: backend.release(claimed),
+            "retry": lambda: backend.retry(claimed, "{}", 0),
+            "dead_letter": lambda: backend.dead_letter(claimed, "boom"),
+            "dead_letters": backend.dead_letters,
+            "requeue_dead": lambda: backend.requeue_dead(None),
+            "queue_depths": backend.queue_depths,
+        }
+        admin = server.client()
+        for script in SCRIPTS.values():  # as on a Redis in use, so late calls do run
+            admin.script_load(script.source)
+        admin.close()
+        server.pause()
+        slow = {}
+        try:
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(TransientBackendError) as caught:
+                    call()
+                assert "TimeoutError: Timeout reading from socket" in str(caught.value), name
+                slow[name] = time.monotonic() - started
+        finally:
+            server.resume()
+        assert {name: took for name, took in slow.items() if took > op_timeout + 0.2} == {}
+        assert min(slow.values()) >= op_timeout - 0.05
+        time.sleep(0.2)  # Redis now runs what it had received while stopped, then we look
+
+        # the acquire whose reply was lost was executed after all: "b" holds a lease whose
+        # token it never saw, so it can publish nothing until it asks again and learns it
+        info = backend.leader()
+        assert info is not None and (info.node, info.epoch) == ("b", 1)
+        lease = backend.acquire_lease("b", 30)
+        assert lease is not None and lease.epoch == 1
+        assert backend.commit(lease, [StateWrite(state("e", 0), None)], [message("e", 0)]) == set()
+        assert backend.queue_depths() == {"default": 2}  # the late enqueue, and this commit
+        assert set(backend.load_states()) == {"e"}
+        assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=server.url)]
+        backend.close()
+    finally:
+        server.stop()
+
+
+def test_restart_with_aof_keeps_lease_epoch_state_queues_and_claims(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, persistent=True).start()
+    try:
+        backend = RedisBackend(server.url)
+        assert backend.persistence_warnings() == []
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        backend.commit(
+            lease, [StateWrite(state("e", 3, 2), None)], [message("e", 2), message("e", 3)]
+        )
+        claimed = backend.claim(["default"], "w1", 60)
+        assert claimed is not None
+        backend.dead_letter(claimed, "boom")
+        claimed = backend.claim(["default"], "w1", 60)
+        assert claimed is not None
+
+        server.kill()  # SIGKILL: only what the AOF already holds survives
+        with pytest.raises(TransientBackendError):
+            backend.ping()
+        server.start()
+
+        assert backend.load_states() == {"e": state("e", 3, 2)}
+        info = backend.leader()
+        assert info is not None and (info.node, info.epoch) == ("a", 1)
+        assert backend.renew_lease(lease, 60)
+        assert [(d.id, d.reason) for d in backend.dead_letters()] == [
+            ("e@2026-03-01T12:02:00Z", "boom")
+        ]
+        assert backend.queue_depths() == {"default": 1}
+        assert backend.claim(["default"], "w2", 60) is None  # the claim and its deadline survived
+        assert backend.extend(claimed, 60)
+        backend.ack(claimed)
+        assert backend.queue_depths() == {}
+        backend.release_lease(lease)
+        taken = backend.acquire_lease("b", 60)
+        assert taken is not None and taken.epoch == 2  # the fencing epoch did not go back
+        backend.close()
+    finally:
+        server.stop()
+
+
+def test_persistence_warnings_say_what_breaks_and_how_to_fix_it(
+    backend: RedisBackend, admin: redis.Redis, server: RedisServer
+) -> None:
+    assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=server.url)]
+    admin.config_set("save", "900 1")
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        assert backend.persistence_warnings() == [
+            f"Redis at {server.url} persists only RDB snapshots (appendonly no, save '900 1'): "
+            "a crash loses every write since the last snapshot, so the fencing epoch and the run "
+            "state go back in time and runs already published can be published again; enable "
+            "AOF (appendonly yes in redis.conf, or CONFIG SET appendonly yes)",
+            f"Redis at {server.url} evicts keys when memory is full (maxmemory-policy "
+            "allkeys-lru): the lease, the run state or queued runs can vanish without an error, "
+            "so runs can be skipped or repeated; set maxmemory-policy noeviction (in redis.conf, "
+            "or CONFIG SET)",
+        ]
+    finally:
+        admin.config_set("save", "")
+        admin.config_set("maxmemory-policy", "noeviction")
+
+
+# --- queues: bands, delays, reclaim --------------------------------------------------------
+
+
+def test_priority_bands_are_read_highest_first_then_oldest_across_queues(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    for entry, queue, priority in [
+        ("p0", "q1", 0),
+        ("p9", "q2", 9),
+        ("none", "q1", None),
+        ("p3", "q2", 3),
+        ("p7", "q1", 7),
+        ("p4", "q2", 4),
+        ("p6", "q1", 6),
+    ]:
+        backend.enqueue([message(entry, 1, queue=queue, priority=priority)])
+        time.sleep(0.002)  # stream ids are milliseconds: across queues, age is to the ms
+    assert {k: admin.xlen(k) for k in sorted(admin.keys("beatd:queue:*"))} == {
+        "beatd:queue:q1:high": 1,
+        "beatd:queue:q1:low": 1,
+        "beatd:queue:q1:normal": 2,
+        "beatd:queue:q2:high": 1,
+        "beatd:queue:q2:low": 1,
+        "beatd:queue:q2:normal": 1,
+    }
+    assert backend.queue_depths() == {"q1": 4, "q2": 3}
+    order = []
+    while (delivery := backend.claim(["q1", "q2"], "w", 30)) is not None:
+        order.append((delivery.id.split("@")[0], delivery.queue))
+        backend.ack(delivery)
+    assert order == [
+        ("p9", "q2"),
+        ("p7", "q1"),
+        ("none", "q1"),
+        ("p4", "q2"),
+        ("p6", "q1"),
+        ("p0", "q1"),
+        ("p3", "q2"),
+    ]
+    assert backend.queue_depths() == {}
+
+
+def test_retry_waits_in_the_delayed_set_then_returns_to_its_band(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    backend.enqueue([message("e", 1, priority=8)])
+    first = backend.claim(["default"], "w", 30)
+    assert first is not None
+    backend.retry(first, '{"attempt": 2}', 0.6)
+    assert admin.zcard("beatd:delayed:default") == 1
+    assert admin.xlen("beatd:queue:default:high") == 0
+    assert backend.queue_depths() == {"default": 1}
+    assert backend.claim(["default"], "w", 30) is None
+    time.sleep(0.7)
+    again = backend.claim(["default"], "w", 30)
+    assert again is not None
+    assert (again.id, again.body, again.deliveries) == (first.id, '{"attempt": 2}', 1)
+    assert admin.zcard("beatd:delayed:default") == 0
+    assert admin.xlen("beatd:queue:default:high") == 1
+    backend.retry(again, '{"attempt": 3}', 0)  # no delay: straight back into the stream
+    third = backend.claim(["default"], "w", 30)
+    assert third is not None and (third.body, third.deliveries) == ('{"attempt": 3}', 1)
+
+
+def test_lapsed_claims_are_taken_over_with_counted_deliveries(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    stream = "beatd:queue:default:normal"
+    backend.enqueue([message("e", 1)])
+    first = backend.claim(["default"], "w1", 0.3)
+    assert first is not None and first.deliveries == 1
+    assert pending(admin, stream) == [("w1", 1)]
+    time.sleep(0.4)
+    second = backend.claim(["default"], "w2", 0.3)  # XAUTOCLAIM counts the delivery
+    assert second is not None and second.deliveries == 2
+    assert pending(admin, stream) == [("w2", 2)]
+    time.sleep(0.4)
+    third = backend.claim(["default"], "w3", 30)
+    assert third is not None and third.deliveries == 3
+    assert pending(admin, stream) == [("w3", 3)]
+    idle = admin.xpending_range(stream, "workers", "-", "+", 1)[0]["time_since_delivered"]
+    assert RECLAIM_IDLE_MS - 30_000 <= idle < RECLAIM_IDLE_MS - 29_000
+    assert backend.claim(["default"], "w4", 30) is None  # the third claim's own 30 s hold
+    backend.release(third)  # handing it back does not count as a delivery
+    fourth = backend.claim(["default"], "w4", 30)
+    assert fourth is not None and (fourth.id, fourth.deliveries) == (first.id, 3)
+    assert pending(admin, stream) == [("w4", 1)]
+    assert [f["d"] for _, f in admin.xrange(stream)] == ["2"]
+
+
+def test_a_deposed_claimant_changes_nothing(backend: RedisBackend, admin: redis.Redis) -> None:
+    stream = "beatd:queue:default:normal"
+    backend.enqueue([message("e", 1)])
+    first = backend.claim(["default"], "w1", 0.3)
+    assert first is not None
+    time.sleep(0.4)
+    # the same worker name claims it again: the receipt's claim count tells the claims apart
+    second = backend.claim(["default"], "w1", 30)
+    assert second is not None and second.deliveries == 2
+    before = admin.xrange(stream)
+    assert not backend.extend(first, 30)
+    backend.ack(first)
+    backend.release(first)
+    backend.retry(first, "{}", 0)
+    backend.dead_letter(first, "boom")
+    assert admin.xrange(stream) == before
+    assert pending(admin, stream) == [("w1", 2)]
+    assert backend.dead_letters() == []
+    assert admin.zcard("beatd:delayed:default") == 0
+    backend.ack(second)
+    assert backend.queue_depths() == {}
+    assert admin.xlen(stream) == 0
+
+
+def test_dead_letters_added_by_a_migration_read_back_and_requeue(backend: RedisBackend) -> None:
+    failed = datetime(2026, 3, 1, 12, 0, 0, 125000, tzinfo=UTC)
+    letters = [
+        DeadLetter("e@2026-03-01T12:00:00Z", "q1", '{"a": 1}', "boom", failed, 3),
+        DeadLetter("f@2026-03-01T12:00:00Z", "q2", '{"b": 2}', "expired", failed, 1),
+    ]
+    backend.add_dead_letters(letters)
+    assert backend.dead_letters() == letters
+    assert backend.requeue_dead("f@2026-03-01T12:00:00Z") == 1
+    delivery = backend.claim(["q2"], "w", 30)
+    assert delivery is not None
+    assert (delivery.id, delivery.body, delivery.deliveries) == (letters[1].id, '{"b": 2}', 1)
+    assert backend.dead_letters() == letters[:1]
+
+
+def test_bodies_travel_unchanged_through_every_path(backend: RedisBackend) -> None:
+    body = '{"k": "é 🎉 \\"quoted\\" back\\\\slash /\\n\\u0001 ✓", "n": [1, null]}'
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    outgoing = Outgoing("e", "e@1", "default", None, body)
+    backend.commit(lease, [StateWrite(state("e", 1, 1), None)], [outgoing])
+    first = backend.claim(["default"], "w", 30)
+    assert first is not None and first.body == body
+    backend.retry(first, body + " ", 0.05)
+    time.sleep(0.1)
+    again = backend.claim(["default"], "w", 30)
+    assert again is not None and again.body == body + " "
+    backend.dead_letter(again, "boom ✗")
+    assert [(d.body, d.reason) for d in backend.dead_letters()] == [(body + " ", "boom ✗")]
+    backend.requeue_dead(None)
+    last = backend.claim(["default"], "w", 30)
+    assert last is not None and last.body == body + " "
