@@ -84,12 +84,21 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.proc.wait()
 
 
-def messages(db: Path) -> list[dict]:
+def query(db: Path, sql: str, *params: object) -> list[tuple]:
+    """Read the daemon's database; nothing yet while the daemon is still creating it."""
     if not db.exists():
         return []
     with sqlite3.connect(db, timeout=10) as conn:
-        rows = conn.execute("SELECT body FROM message ORDER BY seq").fetchall()
-    return [json.loads(body) for (body,) in rows]
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+
+
+def messages(db: Path) -> list[dict]:
+    return [json.loads(body) for (body,) in query(db, "SELECT body FROM message ORDER BY seq")]
 
 
 def slots(db: Path) -> list[datetime]:
@@ -97,9 +106,8 @@ def slots(db: Path) -> list[datetime]:
 
 
 def leader_node(db: Path) -> str | None:
-    with sqlite3.connect(db, timeout=10) as conn:
-        row = conn.execute("SELECT node FROM lease WHERE expires_at > ?", (time.time(),)).fetchone()
-    return row[0] if row else None
+    rows = query(db, "SELECT node FROM lease WHERE expires_at > ?", time.time())
+    return rows[0][0] if rows else None
 
 
 def assert_contiguous(found: list[datetime], step: timedelta) -> None:
