@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,10 +26,12 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
     from beatd.scheduler import Scheduler
+    from beatd.worker import Worker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
+DEFAULT_WORKER_METRICS_ADDR = "127.0.0.1:9478"
 DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STANDBY_STATE_TTL = 10.0  # seconds a standby reuses the persisted states it read
 
@@ -153,6 +156,69 @@ def register_scheduler(registry: CollectorRegistry, scheduler: Scheduler) -> Non
         registry=registry,
     )
     scheduler.observe_delay = delay.observe
+
+
+class WorkerCollector(Collector):
+    """Reads a worker's outcome counts, and the backend's queue depths, at scrape time.
+
+    The worker's parent process settles every run, so its counts cover all its children.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.worker.stats
+        tasks = CounterMetricFamily(
+            "beatd_tasks", "Task runs by outcome.", labels=["task", "outcome"]
+        )
+        for (task, outcome), count in sorted(stats.outcomes.items()):
+            tasks.add_metric([task, outcome.value], count)
+        yield tasks
+        for name, times, doc in (
+            ("success", stats.last_success, "Last successful run of the entry (Unix time)."),
+            ("failure", stats.last_failure, "Last failed run of the entry (Unix time)."),
+        ):
+            family = GaugeMetricFamily(
+                f"beatd_entry_last_{name}_timestamp_seconds", doc, labels=["entry"]
+            )
+            for entry, when in sorted(times.items()):
+                family.add_metric([entry], when.timestamp())
+            yield family
+        depth = GaugeMetricFamily(
+            "beatd_queue_depth", "Runs waiting or in flight.", labels=["queue"]
+        )
+        dead = GaugeMetricFamily(
+            "beatd_dead_letters", "Runs in the dead-letter queue.", labels=["queue"]
+        )
+        try:
+            depths = self.worker.backend.queue_depths()
+            letters = Counter(d.queue for d in self.worker.backend.dead_letters())
+        except Exception as exc:  # a scrape must not fail because the backend did
+            log.debug("metrics: cannot read queue depths: %s", exc)
+        else:
+            for queue in sorted({*self.worker.settings.queues, *depths}):
+                depth.add_metric([queue], depths.get(queue, 0))
+            for queue in sorted({*self.worker.settings.queues, *letters}):
+                dead.add_metric([queue], letters.get(queue, 0))
+        yield depth
+        yield dead
+
+
+TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def register_worker(registry: CollectorRegistry, worker: Worker) -> None:
+    """Add the worker's collector and its task-duration histogram to `registry`."""
+    registry.register(WorkerCollector(worker))
+    duration = Histogram(
+        "beatd_task_duration_seconds",
+        "How long task runs took, from start to settlement.",
+        labelnames=["task"],
+        buckets=TASK_BUCKETS,
+        registry=registry,
+    )
+    worker.stats.observe_duration = lambda task, seconds: duration.labels(task).observe(seconds)
 
 
 class Health(Protocol):

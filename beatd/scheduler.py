@@ -155,6 +155,7 @@ class Scheduler:
     # --- configuration -------------------------------------------------------------------
 
     def reload(self) -> bool:
+        self.on_event("reloading")
         try:
             config = self._load_config()
         except ConfigError as exc:

@@ -89,9 +89,19 @@ class WorkerStats:
     outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
     last_success: dict[str, datetime] = field(default_factory=dict)
     last_failure: dict[str, datetime] = field(default_factory=dict)
+    observe_duration: Callable[[str, float], None] = lambda _task, _seconds: None
 
-    def record(self, task: str, entry: str | None, outcome: Outcome, when: datetime) -> None:
+    def record(
+        self,
+        task: str,
+        entry: str | None,
+        outcome: Outcome,
+        when: datetime,
+        duration: float | None = None,
+    ) -> None:
         self.outcomes[task, outcome] += 1
+        if duration is not None:
+            self.observe_duration(task, duration)
         if entry is not None and outcome is Outcome.SUCCEEDED:
             self.last_success[entry] = when
         elif entry is not None and outcome in FAILURES:
@@ -483,13 +493,15 @@ class Worker:
         task = message.task if message else "?"
         attempt = message.attempt if message else "?"
         head = f"task={task} id={delivery.id} attempt={attempt} outcome={outcome}"
+        duration = self.clock.monotonic() - job.started if job is not None else None
         if job is not None:
-            fields = {"duration": f"{self.clock.monotonic() - job.started:.3f}s", **fields}
+            fields = {"duration": f"{duration:.3f}s", **fields}
             if job.lost:
                 fields["claim"] = "lost"
 
         def report() -> None:
-            self.stats.record(task, message.entry if message else None, outcome, self.clock.now())
+            entry = message.entry if message else None
+            self.stats.record(task, entry, outcome, self.clock.now(), duration)
             line = " ".join([head, *(f"{k}={v}" for k, v in fields.items())])
             log.log(
                 LEVELS.get(outcome, logging.ERROR),

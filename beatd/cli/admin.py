@@ -1,0 +1,87 @@
+"""Operating commands: dead letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from beatd.backends import DeadLetter
+from beatd.cli.common import bad_option, daemon_options, fail, main, open_broker, slot_text
+from beatd.errors import BeatdError
+from beatd.service import setup_logging
+
+
+@main.group()
+def dead() -> None:
+    """Inspect and requeue dead letters: runs that failed for good or could not run."""
+
+
+@dead.command(name="list")
+@daemon_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def dead_list(broker: str, log_level: str, log_format: str, as_json: bool) -> None:
+    """Show the dead-letter queue, oldest first, with the reason of each."""
+    setup_logging(log_level, log_format)
+    backend = open_broker(broker)
+    try:
+        letters = backend.dead_letters()
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        backend.close()
+    rows = [_dead_row(d) for d in letters]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("ID", "TASK", "QUEUE", "FAILED AT (UTC)", "DELIVERIES", "REASON")]
+    table += [
+        (r["id"], r["task"], r["queue"], r["failed_at"], str(r["deliveries"]), r["reason"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
+    click.echo(f"{len(rows)} dead letter(s)")
+
+
+def _dead_row(letter: DeadLetter) -> dict[str, Any]:
+    try:
+        message: Any = json.loads(letter.body)
+    except ValueError:
+        message = letter.body
+    task = message.get("task", "?") if isinstance(message, dict) else "?"
+    return {
+        "id": letter.id,
+        "task": task,
+        "queue": letter.queue,
+        "failed_at": slot_text(letter.failed_at),
+        "deliveries": letter.deliveries,
+        "reason": letter.reason,
+        "message": message,
+    }
+
+
+@dead.command(name="retry")
+@daemon_options
+@click.argument("message_id", metavar="ID", required=False)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+def dead_retry(
+    broker: str, log_level: str, log_format: str, message_id: str | None, everything: bool
+) -> None:
+    """Put a dead letter (by run ID) or all of them back on their queues."""
+    setup_logging(log_level, log_format)
+    if (message_id is None) == (not everything):
+        bad_option("ID/--all", "give a run ID or --all, not both and not neither")
+    backend = open_broker(broker)
+    try:
+        moved = backend.requeue_dead(None if everything else message_id)
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        backend.close()
+    if message_id is not None and moved == 0:
+        bad_option("ID", f"no dead letter with id {message_id!r} (see beatd dead list)")
+    click.echo(f"requeued {moved} dead letter(s)")

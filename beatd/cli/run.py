@@ -1,0 +1,182 @@
+"""`beatd run`: the scheduler daemon."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry
+
+from beatd.backends import Backend
+from beatd.cli.common import (
+    config_options,
+    daemon_options,
+    main,
+    metrics_option,
+    open_broker,
+    read_config,
+    seconds_option,
+    start_metrics,
+)
+from beatd.cli.workers import start_embedded_worker, worker_options
+from beatd.clock import SystemClock
+from beatd.config import Config, load_config
+from beatd.errors import BeatdError
+from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
+from beatd.scheduler import Scheduler, SchedulerSettings
+from beatd.service import on_signals, setup_logging, watch_schedule_files
+from beatd.systemd import Notifier
+
+log = logging.getLogger("beatd")
+
+
+@main.command()
+@config_options
+@daemon_options
+@click.option(
+    "--lease-ttl",
+    envvar="BEATD_LEASE_TTL",
+    default="10s",
+    show_default=True,
+    help="How long a leader's lease lasts without renewal; a standby takes over after it.",
+)
+@click.option(
+    "--node",
+    envvar="BEATD_NODE",
+    default=lambda: f"{socket.gethostname()}-{os.getpid()}",
+    show_default="HOSTNAME-PID",
+    help="This scheduler's name in the lease and in logs; unique per process.",
+)
+@click.option(
+    "--watch/--no-watch",
+    envvar="BEATD_WATCH",
+    default=True,
+    show_default=True,
+    help="Reload when a schedule file changes (SIGHUP always reloads).",
+)
+@click.option(
+    "--max-clock-skew",
+    envvar="BEATD_MAX_CLOCK_SKEW",
+    default="1s",
+    show_default=True,
+    help="Refuse leadership while this node's clock is further than this from the backend's.",
+)
+@metrics_option(DEFAULT_METRICS_ADDR)
+@click.option(
+    "--with-worker",
+    envvar="BEATD_WITH_WORKER",
+    is_flag=True,
+    help="Also run the published tasks, in this process (the one-command quickstart).",
+)
+@worker_options
+def run(
+    schedules: tuple[str, ...],
+    timezone: str,
+    max_file_size: int,
+    broker: str,
+    log_level: str,
+    log_format: str,
+    lease_ttl: str,
+    node: str,
+    watch: bool,
+    max_clock_skew: str,
+    metrics_addr: str,
+    with_worker: bool,
+    **worker_flags: Any,
+) -> None:
+    """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
+    setup_logging(log_level, log_format)
+    ttl = seconds_option("--lease-ttl", lease_ttl)
+    skew = seconds_option("--max-clock-skew", max_clock_skew)
+    config = read_config(schedules, timezone, max_file_size)
+    backend = open_broker(broker, op_timeout=ttl / 5)  # a hung backend cannot outlast the lease
+    warn_about_backend(backend)
+
+    def load() -> Config:
+        return load_config(schedules, default_timezone=timezone, max_bytes=max_file_size)
+
+    notifier = Notifier()
+    settings = SchedulerSettings(
+        node=node,
+        lease_ttl=ttl,
+        watchdog_interval=notifier.watchdog_interval,
+        max_clock_skew=skew,
+    )
+    scheduler = Scheduler(backend, load, SystemClock(), settings, config=config)
+    scheduler.on_event = systemd_events(notifier, scheduler)
+    registry = CollectorRegistry()
+    register_scheduler(registry, scheduler)
+    stop = threading.Event()
+    on_signals(stop, scheduler.wake, scheduler.request_reload)
+    if watch:
+        watch_schedule_files(schedules, stop, scheduler.request_reload)
+    log.info(
+        "beatd run node=%s broker=%s entries=%d config=%s",
+        node,
+        backend.url,
+        len(config.entries),
+        config.fingerprint,
+    )
+    worker = None
+    if with_worker:
+        worker = start_embedded_worker(broker, config, scheduler, stop, worker_flags)
+        register_worker(registry, worker.worker)
+    server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
+    try:
+        scheduler.run(stop)
+    finally:
+        notifier.stopping()
+        if server is not None:
+            server.stop()
+        backend.close()
+        if worker is not None:
+            worker.finish()
+
+
+def warn_about_backend(backend: Backend) -> None:
+    """Say at start, clearly, when the backend's settings void beatd's guarantees."""
+    try:
+        warnings = backend.persistence_warnings()
+    except BeatdError as exc:
+        log.warning("could not check the backend's settings: %s", exc)
+        return
+    for warning in warnings:
+        log.warning("%s", warning)
+
+
+def status_line(scheduler: Scheduler) -> str:
+    if not scheduler.totals.backend_up:
+        return f"backend {scheduler.backend.url} unavailable"
+    role = "leader" if scheduler.is_leader else "standby"
+    return f"{role}, {len(scheduler.config.entries)} entries"
+
+
+def readiness(scheduler: Scheduler) -> tuple[bool, str]:
+    return scheduler.totals.backend_up, status_line(scheduler)
+
+
+def systemd_events(notifier: Notifier, scheduler: Scheduler) -> Callable[[str], None]:
+    """Turn the loop's events into notify messages: READY once the backend answered, RELOADING
+    around reloads, STATUS on leadership changes, a watchdog ping from every step."""
+    ready = False
+
+    def on_event(event: str) -> None:
+        nonlocal ready
+        if event == "step":
+            notifier.watchdog()
+            if not ready and scheduler.totals.backend_up:
+                ready = True
+                notifier.ready(status_line(scheduler))
+        elif event == "reloading":
+            notifier.reloading()
+        elif event in ("reloaded", "reload_failed"):
+            notifier.ready(status_line(scheduler))
+        else:
+            notifier.status(status_line(scheduler))
+
+    return on_event

@@ -1,0 +1,135 @@
+"""`beatd check` and `beatd next`: validate and preview schedules."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import click
+
+from beatd.cli.common import bad_option, config_options, main, read_config, slot_text
+from beatd.config import Entry
+from beatd.config.entries import to_datetime, to_every, to_timezone
+from beatd.errors import ScheduleError
+from beatd.schedules import CronSchedule, IntervalSchedule, Schedule
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--yaml-only", is_flag=True, help="Skip Python schedule files: run no code.")
+@config_options
+def check(
+    paths: tuple[str, ...],
+    yaml_only: bool,
+    schedules: tuple[str, ...],
+    timezone: str,
+    max_file_size: int,
+) -> None:
+    """Validate schedule files and show each entry with its next due time."""
+    config = read_config(paths or schedules, timezone, max_file_size, yaml_only)
+    now = datetime.now(UTC)
+    rows = [("ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT DUE (UTC)")]
+    for entry in config.entries.values():
+        upcoming = entry.schedule.next_after(now)
+        due = slot_text(upcoming) if upcoming else "never"
+        state = "" if entry.enabled else " (disabled)"
+        rows.append(
+            (entry.name + state, entry.task, entry.schedule.describe(), entry.timezone, due)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    count = len(config.entries)
+    click.echo(
+        f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
+    )
+
+
+@main.command(name="next")
+@click.argument("entry", required=False)
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--after", help="Start after this ISO time (exclusive); naive times are in --tz.")
+@click.option("--cron", "cron", help="An ad-hoc cron expression instead of configured entries.")
+@click.option("--every", "every", help="An ad-hoc interval such as 30s or 1h30m.")
+@click.option("--tz", "tz", help="Timezone for --cron and for a naive --after.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
+@config_options
+def next_command(
+    entry: str | None,
+    count: int,
+    after: str | None,
+    cron: str | None,
+    every: str | None,
+    tz: str | None,
+    as_json: bool,
+    schedules: tuple[str, ...],
+    timezone: str,
+    max_file_size: int,
+) -> None:
+    """Show the next due times of configured entries, or of --cron / --every."""
+    zone_name = tz or timezone
+    try:
+        zone_name = to_timezone(zone_name)
+    except ValueError as exc:
+        bad_option("--tz", str(exc))
+    start = datetime.now(UTC)
+    if after is not None:
+        try:
+            start = to_datetime(after, zone_name)
+        except ValueError as exc:
+            bad_option("--after", str(exc))
+    if cron is not None or every is not None:
+        if entry is not None or (cron is not None and every is not None):
+            bad_option("--cron/--every", "give one of --cron, --every or an ENTRY, not several")
+        schedule = _adhoc_schedule(cron, every, zone_name)
+        times = _upcoming(schedule, start, count)
+        if as_json:
+            click.echo(json.dumps([slot_text(t) for t in times]))
+        else:
+            click.echo(schedule.describe())
+            for t in times:
+                click.echo(f"{slot_text(t)}  {t.astimezone(ZoneInfo(zone_name)).isoformat()}")
+        return
+    config = read_config(schedules, timezone, max_file_size)
+    entries = list(config.entries.values())
+    if entry is not None:
+        if entry not in config.entries:
+            bad_option("ENTRY", f"no entry named {entry!r} in {', '.join(config.sources)}")
+        entries = [config.entries[entry]]
+    _print_entries(entries, start, count, as_json)
+
+
+def _adhoc_schedule(cron: str | None, every: str | None, zone: str) -> Schedule:
+    try:
+        if cron is not None:
+            return CronSchedule.parse(cron, zone)
+        assert every is not None
+        return IntervalSchedule(to_every(every))
+    except ScheduleError as exc:
+        bad_option("--cron", str(exc))
+    except ValueError as exc:
+        bad_option("--every", str(exc))
+
+
+def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
+    times: list[datetime] = []
+    t: datetime | None = start
+    while len(times) < count:
+        t = schedule.next_after(t) if t is not None else None
+        if t is None:
+            break
+        times.append(t)
+    return times
+
+
+def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: bool) -> None:
+    table = {e.name: _upcoming(e.schedule, start, count) for e in entries}
+    if as_json:
+        click.echo(json.dumps({name: [slot_text(t) for t in ts] for name, ts in table.items()}))
+        return
+    for entry in entries:
+        click.echo(f"{entry.name}: {entry.schedule.describe()} ({entry.timezone})")
+        zone = ZoneInfo(entry.timezone)
+        for t in table[entry.name]:
+            click.echo(f"  {slot_text(t)}  {t.astimezone(zone).isoformat()}")

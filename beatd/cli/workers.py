@@ -1,0 +1,275 @@
+"""`beatd worker`, and the worker embedded in `beatd run --with-worker`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry
+
+from beatd.backends import Backend
+from beatd.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_RUNTIME,
+    Decorated,
+    bad_option,
+    config_options,
+    daemon_options,
+    fail,
+    main,
+    metrics_option,
+    open_broker,
+    read_config,
+    seconds_option,
+    start_metrics,
+)
+from beatd.config import Config
+from beatd.errors import BeatdError
+from beatd.metrics import DEFAULT_WORKER_METRICS_ADDR, register_worker
+from beatd.scheduler import Scheduler
+from beatd.service import setup_logging
+from beatd.tasks import TaskError, import_task_modules, registry
+from beatd.worker import Worker, WorkerSettings
+
+log = logging.getLogger("beatd")
+
+
+def worker_options(func: Decorated) -> Decorated:
+    """The flags `worker` and `run --with-worker` share."""
+    options = [
+        click.option(
+            "--app",
+            "-A",
+            "apps",
+            multiple=True,
+            envvar="BEATD_APP",
+            help="Task module to import, such as myapp.tasks (repeatable; the variable is "
+            "space-separated). The schedule files' imports: are imported too.",
+        ),
+        click.option(
+            "--queues",
+            "-Q",
+            envvar="BEATD_QUEUES",
+            show_default="every queue the schedule files name, else default",
+            help="Comma-separated queues to take runs from.",
+        ),
+        click.option(
+            "--concurrency",
+            "-c",
+            envvar="BEATD_CONCURRENCY",
+            type=click.IntRange(min=1),
+            show_default="the number of CPUs",
+            help="Tasks run at the same time (child processes or threads).",
+        ),
+        click.option(
+            "--pool",
+            envvar="BEATD_POOL",
+            type=click.Choice(["process", "thread"]),
+            default="process",
+            show_default=True,
+            help="Processes (hard time limits) or threads (I/O-bound tasks, soft time limits).",
+        ),
+        click.option(
+            "--max-tasks-per-child",
+            envvar="BEATD_MAX_TASKS_PER_CHILD",
+            type=click.IntRange(min=1),
+            help="Replace a child process after this many tasks.",
+        ),
+        click.option(
+            "--max-memory-per-child",
+            envvar="BEATD_MAX_MEMORY_PER_CHILD",
+            type=click.IntRange(min=1),
+            help="Replace a child process whose resident memory exceeds this many MiB after a "
+            "task.",
+        ),
+        click.option(
+            "--visibility-timeout",
+            envvar="BEATD_VISIBILITY_TIMEOUT",
+            default="30s",
+            show_default=True,
+            help="A run whose worker stops heartbeating is delivered again after this long.",
+        ),
+        click.option(
+            "--max-deliveries",
+            envvar="BEATD_MAX_DELIVERIES",
+            type=click.IntRange(min=1),
+            default=5,
+            show_default=True,
+            help="Dead-letter a run delivered more often than this without finishing.",
+        ),
+        click.option(
+            "--drain-timeout",
+            envvar="BEATD_DRAIN_TIMEOUT",
+            default="30s",
+            show_default=True,
+            help="On SIGTERM, wait this long for running tasks before releasing their runs.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_worker(backend: Backend, config: Config | None, flags: dict[str, Any]) -> Worker:
+    """Import the task modules and configure a worker from the command line's flags."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like celery: `-A examples.tasks` from a checkout
+    modules = tuple(dict.fromkeys([*flags["apps"], *(config.imports if config else ())]))
+    try:
+        import_task_modules(modules)
+    except TaskError as exc:
+        click.echo(f"beatd: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if not registry:
+        bad_option(
+            "--app",
+            "no tasks to run: name the modules that define them with -A/--app pkg.module or "
+            "under imports: in a schedule file",
+        )
+    entries = list(config.entries.values()) if config else []
+    if flags["queues"]:
+        queues = tuple(q.strip() for q in flags["queues"].split(",") if q.strip())
+        if not queues:
+            bad_option("--queues", f"no queue names in {flags['queues']!r}")
+    else:
+        queues = tuple(sorted({e.queue for e in entries})) or ("default",)
+    settings = WorkerSettings(
+        queues=queues,
+        concurrency=flags["concurrency"] or os.cpu_count() or 1,
+        pool=flags["pool"],
+        modules=modules,
+        visibility_timeout=seconds_option("--visibility-timeout", flags["visibility_timeout"]),
+        max_deliveries=flags["max_deliveries"],
+        max_tasks_per_child=flags["max_tasks_per_child"],
+        max_memory_per_child=flags["max_memory_per_child"],
+        drain_timeout=seconds_option("--drain-timeout", flags["drain_timeout"]),
+    )
+    for entry in entries:
+        if entry.queue in queues and entry.task not in registry:
+            log.warning(
+                "entry=%s task=%s is not registered in this worker: its runs will go to the "
+                "dead-letter queue; import its module with -A/--app or imports:",
+                entry.name,
+                entry.task,
+            )
+    return Worker(backend, registry, settings)
+
+
+def on_stop_signals(graceful: Callable[[], None], abort: Callable[[], None]) -> None:
+    """SIGTERM or SIGINT drains; a second SIGINT stops at once."""
+    stopping = False
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        name = signal.Signals(signum).name
+        if not stopping:
+            stopping = True
+            log.info("received %s: finishing running tasks (SIGINT again stops at once)", name)
+            graceful()
+        elif signum == signal.SIGINT:
+            log.warning("received SIGINT again: stopping now; unfinished runs are released")
+            abort()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class EmbeddedWorker:
+    """`run --with-worker`: the worker's loop in a thread beside the scheduler's."""
+
+    def __init__(self, worker: Worker, backend: Backend, stop: Callable[[], None]) -> None:
+        self.worker = worker
+        self.backend = backend
+        self.stop_scheduler = stop
+        self.failed = False
+        self.thread = threading.Thread(target=self._main, name="beatd-worker")
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.worker.run()
+        except BeatdError as exc:
+            log.error("the worker failed, stopping: %s", exc)
+            self.failed = True
+            self.stop_scheduler()
+        except Exception:
+            log.exception("the worker failed, stopping")
+            self.failed = True
+            self.stop_scheduler()
+        finally:
+            self.backend.close()
+
+    def finish(self) -> None:
+        """Drain the worker after the scheduler stopped; exit 1 if it had failed."""
+        self.worker.stop()
+        while self.thread.is_alive():
+            self.thread.join(0.2)  # a timed join lets a second SIGINT through
+        if self.failed:
+            sys.exit(EXIT_RUNTIME)
+
+
+def start_embedded_worker(
+    broker: str, config: Config, scheduler: Scheduler, stop: threading.Event, flags: dict[str, Any]
+) -> EmbeddedWorker:
+    backend = open_broker(broker)
+    worker = build_worker(backend, config, flags)
+
+    def graceful() -> None:
+        stop.set()
+        scheduler.wake.set()
+        worker.stop()
+
+    on_stop_signals(graceful, worker.abort)
+    notify = scheduler.on_event
+
+    def on_event(event: str) -> None:
+        notify(event)
+        if event == "step":
+            worker.nudge()  # whatever was just published runs now, not at the next poll
+
+    scheduler.on_event = on_event
+    return EmbeddedWorker(worker, backend, graceful)
+
+
+@main.command()
+@config_options
+@daemon_options
+@worker_options
+@metrics_option(DEFAULT_WORKER_METRICS_ADDR)
+def worker(
+    schedules: tuple[str, ...],
+    timezone: str,
+    max_file_size: int,
+    broker: str,
+    log_level: str,
+    log_format: str,
+    metrics_addr: str,
+    **flags: Any,
+) -> None:
+    """Run the published tasks: each run at least once, with retries and dead letters."""
+    setup_logging(log_level, log_format)
+    source = click.get_current_context().get_parameter_source("schedules")
+    config = None
+    if source is not click.core.ParameterSource.DEFAULT or os.path.exists(schedules[0]):
+        config = read_config(schedules, timezone, max_file_size)
+    backend = open_broker(broker)
+    runner = build_worker(backend, config, flags)
+    registry = CollectorRegistry()
+    register_worker(registry, runner)
+    server = start_metrics(metrics_addr, registry, lambda: (True, "worker running"))
+    on_stop_signals(runner.stop, runner.abort)
+    try:
+        runner.run()
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        if server is not None:
+            server.stop()
+        backend.close()
