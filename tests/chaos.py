@@ -1,0 +1,147 @@
+"""A standalone, repeatable fault run: kill -9 leaders again and again, then count slots.
+
+    python -m tests.chaos --kills 50                      # SQLite, three schedulers
+    python -m tests.chaos --kills 50 --broker redis       # a private redis-server on a free port
+
+Every entry fires each second with `missed: catch_up`, so every slot between the first and the
+last published one must be in the queue exactly once. Prints slots expected, published,
+duplicated and lost, and exits non-zero on any duplicate or loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from beatd.backends import open_backend
+from beatd.backends.base import Backend
+
+SCHEDULE = """\
+defaults:
+  missed: catch_up
+  max_catch_up: 1000
+entries:
+"""
+
+
+def start_scheduler(node: str, broker: str, workdir: Path, ttl: str) -> subprocess.Popen[bytes]:
+    log = (workdir / f"{node}.log").open("ab")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "beatd",
+            "run",
+            "--node",
+            node,
+            "--broker",
+            broker,
+            "-s",
+            str(workdir / "schedules"),
+            "--lease-ttl",
+            ttl,
+            "--no-watch",
+            "--metrics-addr",
+            "off",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+
+
+def drain(backend: Backend, queue: str) -> list[dict[str, object]]:
+    """Take every message out of the queue (acknowledging it) and return the bodies."""
+    bodies = []
+    while (delivery := backend.claim([queue], "chaos", 60)) is not None:
+        bodies.append(json.loads(delivery.body))
+        backend.ack(delivery)
+    return bodies
+
+
+def count(bodies: list[dict[str, object]], entries: int) -> tuple[int, int, int, int]:
+    """(expected, published, duplicated, lost) over every entry's first..last published slot."""
+    expected = published = duplicated = lost = 0
+    for i in range(entries):
+        slots = Counter(
+            datetime.fromisoformat(str(b["scheduled_for"])) for b in bodies if b["entry"] == f"e{i}"
+        )
+        if not slots:
+            continue
+        first, last = min(slots), max(slots)
+        span = int((last - first) / timedelta(seconds=1)) + 1
+        expected += span
+        published += sum(slots.values())
+        duplicated += sum(n - 1 for n in slots.values() if n > 1)
+        lost += span - len(slots)
+    return expected, published, duplicated, lost
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--schedulers", type=int, default=3)
+    parser.add_argument("--entries", type=int, default=20)
+    parser.add_argument("--ttl", default="2s")
+    parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="beatd-chaos-"))
+    (workdir / "schedules").mkdir()
+    lines = [f"  e{i}:\n    task: chaos.tick\n    every: 1s\n" for i in range(args.entries)]
+    (workdir / "schedules" / "chaos.yaml").write_text(SCHEDULE + "".join(lines))
+    server = None
+    if args.broker == "redis":
+        from tests.redis_server import RedisServer
+
+        server = RedisServer(workdir / "redis", persistent=True).start()
+        broker = server.url
+    else:
+        broker = f"sqlite:///{workdir / 'beatd.db'}"
+    nodes = {
+        f"n{i}": start_scheduler(f"n{i}", broker, workdir, args.ttl) for i in range(args.schedulers)
+    }
+    backend = open_backend(broker)
+    try:
+        time.sleep(3)
+        for kill in range(args.kills):
+            leader = backend.leader()
+            if leader is not None and leader.node in nodes:
+                nodes[leader.node].send_signal(signal.SIGKILL)
+                nodes[leader.node].wait()
+                time.sleep(rng.uniform(0.0, 1.5))
+                nodes[leader.node] = start_scheduler(leader.node, broker, workdir, args.ttl)
+            time.sleep(rng.uniform(1.0, 3.0))
+            print(
+                f"kill {kill + 1}/{args.kills}: leader was {leader.node if leader else None}",
+                flush=True,
+            )
+        time.sleep(float(args.ttl.rstrip("s")) + 2)  # let the last leader catch up
+    finally:
+        for proc in nodes.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in nodes.values():
+            proc.wait(timeout=30)
+    expected, published, duplicated, lost = count(drain(backend, "default"), args.entries)
+    backend.close()
+    if server is not None:
+        server.stop()
+    print(f"slots expected={expected} published={published} duplicated={duplicated} lost={lost}")
+    print(f"logs in {workdir}")
+    return 1 if duplicated or lost else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
