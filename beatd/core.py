@@ -87,11 +87,16 @@ class _Slot:
 class Planner:
     """Decides, tick by tick, what each entry publishes and misses."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick_budget: int | None = None, walk_limit: int | None = None) -> None:
         self._slots: dict[str, _Slot] = {}
         self._heap: list[tuple[datetime, int, str]] = []
         self._generation = 0
         self.next_fire_computations = 0  # counted so tests can check a tick's cost
+        # A tick stops taking entries once it has spent this many next-fire computations (about
+        # 1.5 s), so catching up after long downtime never holds the loop past a lease renewal:
+        # what is left is still due and is taken at the next tick.
+        self.tick_budget = tick_budget or TICK_BUDGET
+        self.walk_limit = walk_limit or WALK_LIMIT
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -111,7 +116,7 @@ class Planner:
     def load(
         self, entries: Iterable[Entry], states: Mapping[str, EntryState], now: datetime
     ) -> tuple[list[Decision], list[str]]:
-        """Take a (new) configuration.
+        """Take a (new) configuration, with every entry's state as persisted now.
 
         Returns the baseline decisions to persist (entries new or with a changed schedule start
         from `now`, so history is not replayed) and the names of entries that were removed.
@@ -121,7 +126,7 @@ class Planner:
         for entry in entries:
             wanted[entry.name] = entry
             current = self._slots.get(entry.name)
-            state = current.state if current else states.get(entry.name)
+            state = states.get(entry.name)  # persisted: a baseline not yet written is redone
             if state is None or state.identity != entry.identity:
                 published = state.last_published if state else None
                 fresh = EntryState(entry.name, now, published, entry.identity)
@@ -167,7 +172,10 @@ class Planner:
         """Everything due at `now`. Nothing changes until `settle` (or `release`) is called."""
         decisions = []
         heap = self._heap
+        spent = self.next_fire_computations
         while heap and heap[0][0] <= now:
+            if self.next_fire_computations - spent >= self.tick_budget:
+                break
             due, generation, name = heapq.heappop(heap)
             slot = self._slots.get(name)
             if slot is None or slot.generation != generation or slot.next_due != due:
@@ -192,83 +200,110 @@ class Planner:
             if slot is not None and slot.next_due is not None:
                 heapq.heappush(self._heap, (slot.next_due, slot.generation, slot.entry.name))
 
-    def resync(self, state: EntryState | None, name: str) -> None:
-        """Another writer moved this entry on: continue from what is persisted."""
+    def resync(self, state: EntryState | None, name: str) -> bool:
+        """Another writer moved this entry on: continue from what is persisted.
+
+        False when the persisted state cannot be continued from (missing, or for another
+        schedule): the caller must `load` the configuration again to write a baseline.
+        """
         slot = self._slots.get(name)
         if slot is None:
-            return
+            return True
         if state is None or state.identity != slot.entry.identity:
-            return
+            return False
         slot.state = state
         self._schedule_next(slot, state.last_slot)
+        return True
 
     def _decide(self, slot: _Slot, now: datetime) -> Decision:
         entry, state = slot.entry, slot.state
         keep = _KEEP[entry.missed] if entry.enabled else 0
         if keep is None:
             keep = entry.max_catch_up
-        overdue, timely, overdue_count, newest, following = self._pending(slot, now, keep)
-        missed: dict[MissReason, int] = {}
+        walk = self._walk(slot, now, keep)
+        reason = MissReason.SKIPPED
         if not entry.enabled:
-            runs: list[Run] = []
-            missed[MissReason.DISABLED] = overdue_count + len(timely)
+            reason = MissReason.DISABLED
+        elif entry.missed is MissedPolicy.CATCH_UP:
+            reason = MissReason.BEYOND_CATCH_UP
+        dropped = walk.overdue_count - len(walk.overdue)
+        missed = {reason: dropped} if dropped else {}
+        if not walk.done:
+            # As far as one tick goes: account for the slots known to be too old to publish,
+            # and leave the newest `keep` overdue ones to be walked again at the next tick.
+            assert walk.last_dropped is not None
+            new_state = EntryState(
+                entry.name, walk.last_dropped, state.last_published, entry.identity
+            )
+            resume = walk.overdue[0][0] if walk.overdue else walk.following
+            return Decision(entry, state, new_state, (), missed, resume)
+        runs: list[Run] = []
+        if not entry.enabled:
+            missed = {reason: walk.overdue_count + len(walk.timely)}
         else:
-            runs = [Run(entry, s, d, late=True) for s, d in overdue]
-            runs += [Run(entry, s, d, late=False) for s, d in timely]
-            dropped = overdue_count - len(overdue)
-            if dropped:
-                catch_up = entry.missed is MissedPolicy.CATCH_UP
-                missed[MissReason.BEYOND_CATCH_UP if catch_up else MissReason.SKIPPED] = dropped
+            runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
+            runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
         published = runs[-1].slot if runs else state.last_published
-        new_state = EntryState(entry.name, newest, published, entry.identity)
-        return Decision(entry, state, new_state, tuple(runs), missed, following)
+        new_state = EntryState(entry.name, walk.newest, published, entry.identity)
+        return Decision(entry, state, new_state, tuple(runs), missed, walk.following)
 
-    def _pending(
-        self, slot: _Slot, now: datetime, keep: int
-    ) -> tuple[
-        deque[tuple[datetime, datetime]],
-        list[tuple[datetime, datetime]],
-        int,
-        datetime,
-        datetime | None,
-    ]:
-        """Walk the due slots of one entry, from its next slot up to `now`.
+    def _walk(self, slot: _Slot, now: datetime, keep: int) -> _Walk:
+        """Walk the due slots of one entry, from its next slot towards `now`.
 
-        Returns the newest `keep` overdue (slot, due) pairs, the timely ones, how many were
-        overdue in all, the newest due slot, and the first slot not yet due. One next-fire
-        computation per due slot; long interval gaps are skipped arithmetically.
+        One next-fire computation per due slot; long interval gaps are skipped arithmetically,
+        and a walk through more than `walk_limit` overdue slots stops early (`done` False).
         """
         entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
-        overdue: deque[tuple[datetime, datetime]] = deque(maxlen=keep)
-        timely: list[tuple[datetime, datetime]] = []
-        overdue_count = 0
         current, due = slot.next_slot, slot.next_due
         assert current is not None and due is not None
-        newest = current
+        walk = _Walk(deque(maxlen=keep), newest=current)
+        limit = max(self.walk_limit, 2 * keep + 2)
+        steps = 0
         while True:
             if now - due > grace:
-                overdue.append((current, due))
-                overdue_count += 1
+                if len(walk.overdue) == keep:
+                    walk.last_dropped = walk.overdue[0][0] if keep else current
+                walk.overdue.append((current, due))
+                walk.overdue_count += 1
             else:
-                timely.append((current, due))
-            newest = current
+                walk.timely.append((current, due))
+            walk.newest = current
             if isinstance(schedule, IntervalSchedule):
                 skip = schedule.count_between(current, now - grace - schedule.every) - keep
                 if skip > 0:
-                    overdue_count += skip
+                    walk.overdue_count += skip
                     current += schedule.every * skip
-                    newest = current
-                    overdue.clear()
+                    walk.newest = walk.last_dropped = current
+                    walk.overdue.clear()
             self.next_fire_computations += 1
-            following = schedule.next_after(current)
-            if following is None:
-                return overdue, timely, overdue_count, newest, None
-            due = following + entry.jitter_for(following)
+            steps += 1
+            walk.following = schedule.next_after(current)
+            if walk.following is None:
+                return walk
+            due = walk.following + entry.jitter_for(walk.following)
             if due > now:
-                return overdue, timely, overdue_count, newest, following
-            current = following
+                return walk
+            if steps >= limit and now - due > grace:
+                walk.done = False
+                return walk
+            current = walk.following
 
 
+@dataclass(slots=True)
+class _Walk:
+    """What walking one entry's due slots found."""
+
+    overdue: deque[tuple[datetime, datetime]]  # the newest `keep` overdue (slot, due) pairs
+    newest: datetime  # the newest slot walked
+    timely: list[tuple[datetime, datetime]] = field(default_factory=list)
+    overdue_count: int = 0
+    last_dropped: datetime | None = None  # the newest overdue slot not kept
+    following: datetime | None = None  # the first slot after the walk
+    done: bool = True  # False: stopped at the walk limit before reaching now
+
+
+WALK_LIMIT = 20_000
+TICK_BUDGET = 100_000
 _KEEP = {MissedPolicy.SKIP: 0, MissedPolicy.RUN_ONCE: 1, MissedPolicy.CATCH_UP: None}
 
 

@@ -33,6 +33,7 @@ class SchedulerSettings:
     watchdog_interval: float | None = None  # seconds; pinged at half of it
     max_backoff: float = 5.0
     max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
+    tick_budget: int | None = None  # next-fire computations per tick (core.TICK_BUDGET)
 
     @property
     def renew_interval(self) -> float:
@@ -71,7 +72,7 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self._load_config = load_config
         self.config = config if config is not None else load_config()
-        self.planner = Planner()
+        self.planner = Planner(self.settings.tick_budget)
         self.lease: Lease | None = None
         self.totals = Totals()
         self.counts = RunCounts()
@@ -126,7 +127,11 @@ class Scheduler:
             try:
                 used_backend = self._lead(mono)
                 if self.lease is not None and not self._adopted:
-                    self._adopt()
+                    try:
+                        self._adopt()
+                    except LeaseLost as exc:
+                        log.warning("%s; now standby", exc)
+                        self._step_down()
                     used_backend = True
                 if self.lease is not None:
                     used_backend |= self._publish()
@@ -250,7 +255,7 @@ class Scheduler:
         self.totals.leader_changes += 1
         self.totals.config_drift = False
         log.info("became leader node=%s epoch=%d", lease.node, lease.epoch)
-        self.planner = Planner()
+        self.planner = Planner(self.settings.tick_budget)
         self._adopted = False
         self.on_event("leader")
         return True
@@ -296,7 +301,7 @@ class Scheduler:
 
     def _step_down(self) -> None:
         self.lease = None
-        self.planner = Planner()
+        self.planner = Planner(self.settings.tick_budget)
         self._acquire_at = self.clock.monotonic() + self.settings.standby_interval
         self.on_event("standby")
 
@@ -382,10 +387,13 @@ class Scheduler:
             log.debug("missed entry=%s reason=%s count=%d", decision.entry.name, reason, count)
 
     def _resync(self, names: set[str]) -> None:
+        """Entries whose persisted state was not what a decision expected: continue from the
+        backend's state, or adopt the configuration again where there is none to continue."""
         states = self.backend.load_states()
-        for name in names:
-            log.warning("entry=%s was moved on by another writer; resyncing", name)
-            self.planner.resync(states.get(name), name)
+        for name in sorted(names):
+            log.warning("entry=%s: persisted state differs from ours; resyncing", name)
+            if not self.planner.resync(states.get(name), name):
+                self._adopted = False
 
     # --- backend health ------------------------------------------------------------------
 

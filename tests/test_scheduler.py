@@ -13,9 +13,9 @@ from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
-from beatd.errors import Problem
+from beatd.errors import Problem, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
-from beatd.schedules import IntervalSchedule
+from beatd.schedules import CronSchedule, IntervalSchedule
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -235,3 +235,73 @@ def test_standby_reports_config_drift(
     clock.advance(1)
     standby.step()
     assert not standby.totals.config_drift
+
+
+class FailsFirstCommit(SQLiteBackend):
+    """A real SQLite backend whose first commit fails as a full disk would."""
+
+    failures = 1
+
+    def commit(self, lease, writes, messages):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise TransientBackendError("database or disk is full")
+        return super().commit(lease, writes, messages)
+
+
+def test_new_entries_survive_a_failed_baseline_write(tmp_path: Path, clock: FakeClock) -> None:
+    backend = FailsFirstCommit(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, config(every("tick", 10)))
+    run_for(beat, 65)
+    assert [m["id"] for m in published(backend)] == [
+        f"tick@2026-03-01T12:00:{s}Z" for s in ("10", "20", "30", "40", "50")
+    ] + ["tick@2026-03-01T12:01:00Z"]
+
+
+def test_catching_up_many_cron_entries_is_done_in_bounded_ticks(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    entries = [
+        Entry(
+            name=f"c{i}",
+            task="t.task",
+            schedule=CronSchedule.parse("* * * * *"),
+            missed=MissedPolicy.RUN_ONCE,
+        )
+        for i in range(50)
+    ]
+    cfg = Config({e.name: e for e in entries})
+    first = scheduler(open_db(), clock, cfg)
+    first.step()
+    first.shutdown()
+    clock.advance(86400)  # a day down: 1,440 missed slots per entry, 72,000 in all
+    settings = SchedulerSettings(node="b", tick_budget=10_000)
+    beat = Scheduler(open_db(), lambda: cfg, clock, settings)
+    ticks = 0
+    while beat.counts.total("due") < 50 * 1440:
+        before = beat.planner.next_fire_computations
+        beat.step()
+        assert beat.is_leader
+        assert beat.planner.next_fire_computations - before <= 10_000 + 1440
+        ticks += 1
+        clock.advance(0.001)
+    assert ticks > 5  # the work was spread over several steps, each renewing the lease
+    # run_once: 11:59 is the newest missed slot (late); 12:00 is within the grace (on time)
+    assert beat.counts.total("published") == 100 and beat.counts.total("late") == 50
+    assert beat.counts.total("missed_skipped") == 50 * 1438
+    ids = sorted(m["id"].split("@")[1] for m in published(open_db()))
+    assert ids == ["2026-03-02T11:59:00Z"] * 50 + ["2026-03-02T12:00:00Z"] * 50
+
+
+def test_an_entry_whose_state_vanished_is_adopted_again(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    backend = open_db()
+    beat = scheduler(backend, clock, config(every("tick", 10)))
+    run_for(beat, 15)
+    backend._connection().execute("DELETE FROM entry_state")  # lost behind the leader's back
+    run_for(beat, 20)
+    ids = [m["id"] for m in published(backend)]
+    # 12:00:20 is rejected (no state to compare with) and re-decided from a new baseline
+    assert ids[0] == "tick@2026-03-01T12:00:10Z" and ids[-1] == "tick@2026-03-01T12:00:30Z"
+    assert len(ids) == len(set(ids)) and backend.load_states()["tick"].last_slot.second == 30

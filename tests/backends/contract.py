@@ -171,6 +171,12 @@ class BackendContract:
         backend.ack(first)  # the first worker's late ack must not remove the second's claim
         assert backend.queue_depths() == {"default": 1}
         assert not backend.extend(first, 30)
+        # nor may it retry, release or dead-letter what is now the second worker's
+        backend.retry(first, '{"stale": true}', 0)
+        backend.release(first)
+        backend.dead_letter(first, "stale")
+        assert backend.dead_letters() == []
+        assert backend.claim(["default"], "w3", 30) is None
         backend.ack(second)
         assert backend.queue_depths() == {}
 
