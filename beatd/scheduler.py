@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 
+from beatd import celery_protocol
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
 from beatd.config import Config
@@ -370,7 +371,13 @@ class Scheduler:
                 priority=entry.priority,
                 headers=entry.headers,
             )
-            yield Outgoing(entry.name, message.id, entry.queue, entry.priority, message.to_json())
+            if entry.protocol == "celery":
+                body = celery_protocol.encode(message, origin=f"beatd@{self.settings.node}")
+            else:
+                body = message.to_json()
+            yield Outgoing(
+                entry.name, message.id, entry.queue, entry.priority, body, entry.protocol or "beatd"
+            )
 
     def _account(self, decision: Decision, published_at: datetime) -> None:
         self.counts.add(decision)

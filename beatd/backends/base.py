@@ -44,13 +44,18 @@ class StateWrite:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to enqueue together with its entry's state write."""
+    """One message to enqueue together with its entry's state write.
+
+    `protocol` says how `body` is encoded and where it goes: `beatd` (a run message for beatd's
+    worker) or `celery` (a kombu envelope for Celery's workers; Redis only, `commit` only).
+    """
 
     entry: str
     id: str
     queue: str
     priority: int | None
     body: str
+    protocol: str = "beatd"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
+  Q, Q\x06\x16{3,6,9}      list    runs of a `protocol: celery` queue Q, in kombu's own layout
+                                  and outside the namespace (see beatd.celery_protocol)
 
 A claim's deadline lives in the stream's pending list: a claim made with visibility V sets the
 entry's delivery time back by RECLAIM_IDLE - V (XCLAIM ... IDLE), so `XAUTOCLAIM` with min-idle
@@ -38,6 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from beatd import celery_protocol
 from beatd.backends.base import DeadLetter, Delivery, LeaderInfo, Lease, Outgoing, StateWrite
 from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
 from beatd.core import EntryState
@@ -266,22 +269,28 @@ class RedisBackend:
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
         keys = [self._key("lease"), self._key("state"), self._key("queues")]
-        index: dict[tuple[str, int], int] = {}
         flat_writes: list[str] = []
         for write in writes:
             expected = "" if write.expected is None else f"[{_us(write.expected)},"
             flat_writes += (write.state.entry, expected, _pack_state(write.state))
+        # streams first, then Celery's lists: the script tells them apart by position
+        targets = [self._target(m) for m in messages]
+        streams = sorted({key for key, is_list in targets if not is_list})
+        lists = sorted({key for key, is_list in targets if is_list})
+        keys += streams + lists
+        index = {key: k for k, key in enumerate(keys, 1)}
         flat_messages: list[str | int] = []
-        for m in messages:
-            where = (m.queue, band(m.priority))
-            k = index.get(where)
-            if k is None:
-                keys.append(self._stream(*where))
-                k = index[where] = len(keys)
-            flat_messages += (k, m.entry, m.id, m.body)
-        queues = sorted({m.queue for m in messages})
-        args = (lease.token, lease.epoch, _json(queues), _json(flat_writes), _json(flat_messages))
-        return set(self._fenced("commit", lease, keys, args))
+        for m, (key, _) in zip(messages, targets, strict=True):
+            flat_messages += (index[key], m.entry, m.id, m.body)
+        queues = sorted({m.queue for m in messages if m.protocol != "celery"})
+        flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams))
+        return set(self._fenced("commit", lease, keys, (lease.token, lease.epoch, *flat)))
+
+    def _target(self, message: Outgoing) -> tuple[str, bool]:
+        """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
+        if message.protocol == "celery":
+            return celery_protocol.list_name(message.queue, message.priority), True
+        return self._stream(message.queue, band(message.priority)), False
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
         keys = (self._key("lease"), self._key("state"))

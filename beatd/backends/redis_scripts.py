@@ -76,12 +76,15 @@ local function check_lease(key, token, epoch)
 end
 """
 
-# KEYS lease, state, queues, stream...
+# KEYS lease, state, queues, stream..., list...
 # ARGV token, epoch, then three JSON arrays (a few big arguments parse far faster than
 # thousands of small ones, on both sides): the queue names; the writes, flat, as
 # (entry, expected, state)... where expected is '' for "no state yet", else the prefix
 # '[<last_slot_us>,' of the stored state; the messages, flat, as (k, entry, id, body)... where
-# k indexes KEYS. -> the rejected entry names; an error reply LEASELOST and nothing written
+# k indexes KEYS; then the number of streams (default: all). KEYS[4 .. 3 + streams] are
+# beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
+# kombu's Redis transport does). -> the rejected entry names; an error reply LEASELOST and
+# nothing written
 COMMIT = (
     CHECK_LEASE
     + """
@@ -105,11 +108,17 @@ for i = 1, #writes, 3 do
     skip[entry] = true
   end
 end
-for k = 4, #KEYS do ensure_stream(KEYS[k]) end
+local last_stream = ARGV[6] and 3 + tonumber(ARGV[6]) or #KEYS
+for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
 for i = 1, #messages, 4 do
   if not skip[messages[i + 1]] then
-    redis.call('XADD', KEYS[messages[i]], '*', 'id', messages[i + 2], 'body', messages[i + 3])
+    local k = messages[i]
+    if k > last_stream then
+      redis.call('LPUSH', KEYS[k], messages[i + 3])
+    else
+      redis.call('XADD', KEYS[k], '*', 'id', messages[i + 2], 'body', messages[i + 3])
+    end
   end
 end
 return rejected

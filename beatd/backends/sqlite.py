@@ -229,6 +229,13 @@ class SQLiteBackend:
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
+        celery = [m.entry for m in messages if m.protocol == "celery"]
+        if celery:
+            raise BackendError(
+                f"entry {celery[0]} uses protocol celery, which needs a Redis broker (Redis "
+                "transport only); SQLite stores beatd's own messages only"
+            )
+
         def work(db: sqlite3.Connection) -> set[str]:
             self._check_lease(db, lease)
             rejected: set[str] = set()

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -68,10 +69,36 @@ def config_options(func: Decorated) -> Decorated:
             show_default=True,
             help="Refuse schedule files larger than this many bytes.",
         ),
+        click.option(
+            "--celery-config",
+            envvar="BEATD_CELERY_CONFIG",
+            expose_value=False,
+            callback=_remember,
+            help="Also read a Celery beat_schedule: a config MODULE, or MODULE:APP.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def celery_config() -> str | None:
+    """The --celery-config of the running command, if any."""
+    value = click.get_current_context().meta.get("beatd.celery_config")
+    return str(value) if value else None
+
+
+def schedule_paths(paths: Sequence[str]) -> tuple[str, ...]:
+    """`paths`, except that --celery-config alone does not also read ./schedules."""
+    ctx = click.get_current_context()
+    source = ctx.get_parameter_source("schedules")
+    if (
+        celery_config()
+        and source is click.core.ParameterSource.DEFAULT
+        and not ctx.params.get("paths")
+    ):
+        return tuple(p for p in paths if Path(p).exists())
+    return tuple(paths)
 
 
 def read_config(
@@ -83,7 +110,11 @@ def read_config(
         bad_option("--timezone", str(exc))
     try:
         return load_config(
-            paths, default_timezone=zone, yaml_only=yaml_only, max_bytes=max_file_size
+            schedule_paths(paths),
+            default_timezone=zone,
+            yaml_only=yaml_only,
+            max_bytes=max_file_size,
+            celery_config=celery_config(),
         )
     except BeatdError as exc:
         fail(exc)

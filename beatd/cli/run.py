@@ -10,23 +10,29 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend
+from beatd.backends.redis import RedisBackend, redact
 from beatd.cli.common import (
+    celery_config,
     config_options,
     daemon_options,
+    fail,
     main,
     metrics_option,
     open_broker,
     read_config,
+    schedule_paths,
     seconds_option,
     start_metrics,
 )
 from beatd.cli.workers import start_embedded_worker, worker_options
 from beatd.clock import SystemClock
 from beatd.config import Config, load_config
-from beatd.errors import BeatdError
+from beatd.config.celeryconf import read_celery_config
+from beatd.errors import BeatdError, ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.service import on_signals, setup_logging, watch_schedule_files
@@ -94,11 +100,21 @@ def run(
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
     config = read_config(schedules, timezone, max_file_size)
+    broker = celery_broker(broker)
     backend = open_broker(broker, op_timeout=ttl / 5)  # a hung backend cannot outlast the lease
     warn_about_backend(backend)
+    paths, celery = schedule_paths(schedules), celery_config()
+    try:
+        check_transport(config, backend)
+    except ConfigError as exc:
+        fail(exc)
 
     def load() -> Config:
-        return load_config(schedules, default_timezone=timezone, max_bytes=max_file_size)
+        loaded = load_config(
+            paths, default_timezone=timezone, max_bytes=max_file_size, celery_config=celery
+        )
+        check_transport(loaded, backend)
+        return loaded
 
     notifier = Notifier()
     settings = SchedulerSettings(
@@ -136,6 +152,42 @@ def run(
         backend.close()
         if worker is not None:
             worker.finish()
+
+
+def celery_broker(broker: str) -> str:
+    """--broker, unless it was left at its default and the Celery config names a broker."""
+    ctx = click.get_current_context()
+    spec = celery_config()
+    if not spec or ctx.get_parameter_source("broker") is not ParameterSource.DEFAULT:
+        return broker
+    url = read_celery_config(spec, "UTC").broker_url
+    if url is None:
+        return broker
+    log.info("broker from the Celery config %s: %s", spec, redact(url))
+    return url
+
+
+def check_transport(config: Config, backend: Backend) -> None:
+    """Celery's protocol is written to Redis only: refuse it on any other backend."""
+    if isinstance(backend, RedisBackend):
+        return
+    celery = [e for e in config.entries.values() if e.protocol == "celery"]
+    if celery:
+        first = min(celery, key=lambda e: e.name)
+        path, _, line = first.source.rpartition(":")
+        raise ConfigError(
+            [
+                Problem(
+                    path or first.source,
+                    int(line) if line.isdigit() else 1,
+                    1,
+                    f"protocol celery needs a Redis broker (Redis transport only), but the "
+                    f"broker is {backend.url}; {len(celery)} entries use it. Point --broker at "
+                    "the Redis your Celery workers use (redis://HOST:PORT/DB)",
+                    first.name,
+                )
+            ]
+        )
 
 
 def warn_about_backend(backend: Backend) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from beatd.config.celeryconf import read_celery_config
 from beatd.config.entries import CronSpec
 from beatd.config.model import Config, Entry, MissedPolicy, QueueSettings
 from beatd.config.pyfile import crontab, read_python_file
@@ -48,14 +50,18 @@ def load_config(
     default_timezone: str = "UTC",
     yaml_only: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    celery_config: str | None = None,
 ) -> Config:
-    """Read and merge every schedule file; raise ConfigError with all problems found."""
+    """Read and merge every schedule file, and the Celery config module `celery_config` if
+    given (then `paths` may be empty); raise ConfigError with all problems found."""
     sources: list[SourceFile] = []
-    for path in schedule_files(paths, yaml_only=yaml_only):
+    for path in schedule_files(paths, yaml_only=yaml_only) if paths or not celery_config else ():
         if path.endswith(".py"):
             sources.append(read_python_file(path, default_timezone))
         else:
             sources.append(read_yaml_file(path, default_timezone, max_bytes))
+    if celery_config:
+        sources.append(read_celery_config(celery_config, default_timezone).source)
     return merge(sources)
 
 
@@ -96,6 +102,10 @@ def merge(sources: Sequence[SourceFile]) -> Config:
         imports.extend(i for i in source.imports if i not in imports)
     if problems:
         raise ConfigError(problems)
+    for name, entry in entries.items():  # an entry's protocol, when unset, is its queue's
+        if entry.protocol is None:
+            protocol = queues[entry.queue].protocol if entry.queue in queues else "beatd"
+            entries[name] = replace(entry, protocol=protocol)
     return Config(entries, queues, tuple(imports), tuple(s.path for s in sources))
 
 

@@ -26,6 +26,7 @@ SCHEDULE_FIELDS = ("every", "cron", "at")
 DEFAULTABLE_FIELDS = (
     "timezone",
     "queue",
+    "protocol",
     "priority",
     "headers",
     "enabled",
@@ -47,6 +48,7 @@ ENTRY_FIELDS = (
 DEFAULT_GRACE = timedelta(seconds=60)
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+PROTOCOLS = ("beatd", "celery")
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")
 
 # Where a problem is: given a field (None for the entry itself) and whether the key rather than
@@ -110,6 +112,14 @@ def to_queue_name(value: object) -> str:
     if not QUEUE_NAME.match(text):
         raise ValueError(f"{text!r} is not a queue name (letters, digits and _ . : -)")
     return text
+
+
+def to_protocol(value: object) -> str:
+    if value not in PROTOCOLS:
+        hint = suggest(value, PROTOCOLS) if isinstance(value, str) else ""
+        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}, got {value!r}{hint}")
+    assert isinstance(value, str)
+    return value
 
 
 def to_json(value: object) -> Any:
@@ -215,6 +225,7 @@ def to_every(value: object) -> timedelta:
 DEFAULT_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "timezone": to_timezone,
     "queue": to_queue_name,
+    "protocol": to_protocol,
     "priority": to_priority,
     "headers": to_mapping,
     "enabled": to_bool,

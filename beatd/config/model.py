@@ -31,6 +31,7 @@ class Entry:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     queue: str = "default"
+    protocol: str | None = None  # beatd or celery; None: the queue's (beatd unless configured)
     priority: int | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -81,7 +82,7 @@ class Config:
 
 
 def _entry_fields(entry: Entry) -> dict[str, Any]:
-    return {
+    fields = {
         "name": entry.name,
         "task": entry.task,
         "schedule": entry.schedule.spec,
@@ -97,6 +98,9 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
         "max_catch_up": entry.max_catch_up,
         "misfire_grace": entry.misfire_grace.total_seconds(),
     }
+    if entry.protocol not in (None, "beatd"):  # beatd's own format hashes as it always did
+        fields["protocol"] = entry.protocol
+    return fields
 
 
 _PERIOD_PROBE = datetime(2001, 1, 1, tzinfo=UTC)

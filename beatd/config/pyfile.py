@@ -20,10 +20,13 @@ from beatd.config.entries import (
     build_entry,
     describe_value,
     suggest,
+    to_priority,
     to_timezone,
 )
 from beatd.config.source import SourceFile
 from beatd.errors import Problem
+
+DEFAULT_QUEUE = "celery"  # Celery's task_default_queue
 
 CELERY_FIELDS = ("schedule", "options", "relative")
 OPTION_FIELDS = {"queue": "queue", "expires": "expires", "priority": "priority"}
@@ -78,7 +81,14 @@ def read_python_file(path: str, default_timezone: str) -> SourceFile:
     return source
 
 
-def _read_entry(source: SourceFile, name: str, spec: Any, zone: str, locate: Any) -> None:
+def _read_entry(
+    source: SourceFile, name: str, spec: Any, zone: str, locate: Any, *, celery: bool = False
+) -> None:
+    """One beat_schedule entry; `celery` reads it as `celery beat` would (see read_celery_config).
+
+    A Celery config's entries default to Celery's queue `celery` and protocol, and its
+    `priority` option is Celery's (on Redis 0 is highest), turned into beatd's 9 - p.
+    """
     if not isinstance(spec, Mapping):
         message = f"expected a dictionary of fields, got {describe_value(spec)}"
         line, column = locate(None, True)
@@ -95,12 +105,19 @@ def _read_entry(source: SourceFile, name: str, spec: Any, zone: str, locate: Any
     if not isinstance(options, Mapping):
         checker.problem("options", f"expected a dictionary, got {describe_value(options)}")
     else:
-        for key, value in options.items():
-            if key not in OPTION_FIELDS:
-                hint = suggest(str(key), list(OPTION_FIELDS))
-                checker.problem(f"options.{key}", "unknown option" + hint)
-            else:
-                raw.setdefault(OPTION_FIELDS[key], value)
+        _read_options(checker, options, raw, celery)
+    if celery:
+        raw.setdefault("queue", DEFAULT_QUEUE)
+        raw.setdefault("protocol", "celery")
+    routing_key = options.get("routing_key") if isinstance(options, Mapping) else None
+    queue = raw.get("queue", "default")
+    if routing_key is not None and routing_key != queue:
+        checker.problem(
+            "options.routing_key",
+            f"routing_key {routing_key!r} differs from the queue {queue!r}: beatd writes each "
+            "run onto its queue's Redis list directly, as Celery does for a direct exchange "
+            "(where the routing key is the queue name); give the target as queue instead",
+        )
     reader = EntryReader(source.path, name, raw, locate)
     entry = build_entry(reader, {}, zone) if not checker.problems else None
     source.problems.extend(checker.problems + reader.problems)
@@ -108,7 +125,30 @@ def _read_entry(source: SourceFile, name: str, spec: Any, zone: str, locate: Any
         source.entries.append(entry)
 
 
+def _read_options(
+    checker: EntryReader, options: Mapping[Any, Any], raw: dict[str, Any], celery: bool
+) -> None:
+    for key, value in options.items():
+        if key == "routing_key":
+            continue  # checked against the queue once that is known
+        if key not in OPTION_FIELDS:
+            hint = suggest(str(key), [*OPTION_FIELDS, "routing_key"])
+            checker.problem(f"options.{key}", "unknown option" + hint)
+        elif key == "priority" and celery:
+            try:
+                celery_value = to_priority(value)
+            except ValueError as exc:
+                checker.problem("options.priority", f"{exc} (Celery's scale: 0 highest on Redis)")
+                continue
+            if celery_value is not None:
+                raw.setdefault("priority", 9 - celery_value)  # the inverse of beatd's 9 - p
+        else:
+            raw.setdefault(OPTION_FIELDS[key], value)
+
+
 def _translate_schedule(checker: EntryReader, value: Any, raw: dict[str, Any]) -> None:
+    kind = type(value)
+    celery_kind = kind.__name__ if kind.__module__ == "celery.schedules" else ""
     if isinstance(value, bool):
         checker.problem("schedule", f"expected seconds, a timedelta or crontab(), got {value!r}")
     elif isinstance(value, int | float | timedelta):
@@ -116,6 +156,23 @@ def _translate_schedule(checker: EntryReader, value: Any, raw: dict[str, Any]) -
         raw["every"] = int(seconds) if seconds == int(seconds) else seconds
     elif isinstance(value, CronSpec):
         raw["cron"] = value
+    elif celery_kind == "crontab":
+        fields = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+        raw["cron"] = crontab(*(getattr(value, f"_orig_{f}") for f in fields))
+    elif celery_kind == "schedule":
+        if value.relative:
+            checker.problem(
+                "schedule", "schedule(relative=True) is not supported: beatd's slots are anchored"
+            )
+        else:
+            _translate_schedule(checker, value.run_every, raw)
+    elif celery_kind:
+        checker.problem(
+            "schedule",
+            f"a Celery {celery_kind} schedule cannot be honoured: beatd has intervals and cron "
+            "expressions only; replace it with crontab(...) or seconds, or keep this entry in "
+            "celery beat",
+        )
     else:
         checker.problem(
             "schedule",

@@ -9,7 +9,7 @@ from beatd.config.entries import (
     Locate,
     build_entry,
     describe_value,
-    suggest,
+    to_protocol,
     to_queue_name,
 )
 from beatd.config.model import QueueSettings
@@ -19,7 +19,6 @@ from beatd.errors import ConfigError, Problem
 
 SECTIONS = ("defaults", "entries", "queues", "imports")
 QUEUE_FIELDS = ("protocol",)
-PROTOCOLS = ("beatd",)
 
 
 def read_yaml_file(path: str, default_timezone: str, max_bytes: int) -> SourceFile:
@@ -90,16 +89,8 @@ def _read_queues(source: SourceFile, queues: YamlMap) -> None:
         except ValueError as exc:
             reader.problem(None, f"queue {exc}", at_key=True)
         reader.check_keys(QUEUE_FIELDS)
-        source.queues[name] = QueueSettings(name, reader.read("protocol", _to_protocol, "beatd"))
+        source.queues[name] = QueueSettings(name, reader.read("protocol", to_protocol, "beatd"))
         source.problems.extend(reader.problems)
-
-
-def _to_protocol(value: object) -> str:
-    if value not in PROTOCOLS:
-        hint = suggest(value, PROTOCOLS) if isinstance(value, str) else ""
-        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}, got {value!r}{hint}")
-    assert isinstance(value, str)
-    return value
 
 
 def _read_imports(source: SourceFile, document: YamlMap, top: EntryReader) -> None:

@@ -1,0 +1,404 @@
+"""Celery interoperability: runs published by beatd, executed by a real, unmodified Celery worker
+against a private redis-server; a Celery beat_schedule read and checked against Celery's own
+schedule arithmetic. Celery is a test dependency only: beatd never imports it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from celery import Celery
+from celery.schedules import crontab
+from click.testing import CliRunner
+
+from beatd import celery_protocol
+from beatd.backends.base import Lease, Outgoing, StateWrite
+from beatd.backends.redis import RedisBackend
+from beatd.cli import main
+from beatd.clock import FakeClock
+from beatd.config import Config, load_config
+from beatd.config.celeryconf import read_celery_config
+from beatd.config.model import Entry
+from beatd.core import EntryState
+from beatd.errors import LeaseLost
+from beatd.message import RunMessage
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import OnceSchedule
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+CELERY = str(Path(sys.executable).with_name("celery"))
+SEP = "\x06\x16"
+
+WORKER_APP = """
+import json, os
+from celery import Celery
+
+app = Celery("celery_app", broker=os.environ["BROKER"])
+app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
+
+@app.task(name="tasks.record", bind=True)
+def record(self, *args, **kwargs):
+    with open(os.environ["OUT"], "a") as out:
+        out.write(json.dumps({
+            "id": self.request.id, "args": args, "kwargs": kwargs,
+            "queue": self.request.delivery_info["routing_key"],
+            "entry": getattr(self.request, "beatd_entry", None),
+            "origin": self.request.origin,
+        }) + "\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def redis_url(server: RedisServer) -> Iterator[str]:
+    server.client().flushall()
+    yield server.url
+
+
+def entry(name: str, at: datetime, queue: str = "celery", **kw: Any) -> Entry:
+    return Entry(
+        name=name,
+        task="tasks.record",
+        schedule=OnceSchedule(at),
+        queue=queue,
+        protocol="celery",
+        **kw,
+    )
+
+
+def publish(url: str, clock: FakeClock, entries: list[Entry], seconds: float) -> None:
+    backend = RedisBackend(url)
+    cfg = Config({e.name: e for e in entries})
+    beat = Scheduler(
+        backend,
+        lambda: cfg,
+        clock,
+        SchedulerSettings(node="n1", lease_ttl=10, max_clock_skew=86_400),
+    )
+    run_for(beat, seconds)
+    beat.shutdown()
+    backend.close()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_stock_celery_worker_runs_what_beatd_published(tmp_path: Path, redis_url: str) -> None:
+    # a clock two hours behind: runs expiring after a minute are stale when the worker sees them
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    clock = FakeClock(start)
+    s = lambda n: start + timedelta(seconds=n)  # noqa: E731
+    entries = [
+        entry("plain", s(1), args=(1, 2)),
+        entry("with-kwargs", s(2), kwargs={"word": "grüß", "n": 3}, expires=timedelta(days=1)),
+        entry("report", s(3), queue="reports", args=("apac",)),
+        entry("stale", s(4), args=("never",), expires=timedelta(seconds=60)),
+        # priorities 9 (highest) .. 0, published in this order into one queue
+        entry("p9", s(5), queue="prio", priority=9),
+        entry("p0", s(6), queue="prio", priority=0),
+        entry("p4", s(7), queue="prio", priority=4),
+        entry("unset", s(8), queue="prio"),
+        entry("p2", s(9), queue="prio", priority=2),
+    ]
+    publish(redis_url, clock, entries, 12)
+    admin = redis_client(redis_url)
+    waiting = {k: admin.llen(k) for k in admin.keys("*") if not k.startswith("beatd:")}
+    assert waiting == {
+        "celery": 3,
+        "reports": 1,
+        "prio": 2,
+        f"prio{SEP}3": 1,
+        f"prio{SEP}6": 1,
+        f"prio{SEP}9": 1,
+    }
+    (tmp_path / "celery_app.py").write_text(WORKER_APP)
+    out, log = tmp_path / "out.jsonl", tmp_path / "worker.log"
+    env = {**os.environ, "BROKER": redis_url, "OUT": str(out), "PYTHONPATH": str(tmp_path)}
+    args = [CELERY, "-A", "celery_app", "worker", "-Q", "celery,reports,prio", "-P", "solo"]
+    args += ["-c", "1", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle"]
+    args += ["--without-heartbeat", "-l", "info", "--logfile", str(log), "-n", "w1@test"]
+    worker = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    try:
+        lines = lambda: out.read_text().splitlines() if out.exists() else []  # noqa: E731
+        wait_for(lambda: len(lines()) >= 8, 30, f"8 runs; worker log:\n{_tail(log)}")
+        wait_for(lambda: "stale@" in _tail(log), 10, "the expired run to be discarded")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    runs = [json.loads(line) for line in lines()]
+    by_entry = {r["entry"]: r for r in runs}
+    assert by_entry["plain"] == {
+        "id": f"plain@{s(1):%Y-%m-%dT%H:%M:%SZ}",
+        "args": [1, 2],
+        "kwargs": {},
+        "queue": "celery",
+        "entry": "plain",
+        "origin": "beatd@n1",
+    }
+    assert by_entry["with-kwargs"]["kwargs"] == {"word": "grüß", "n": 3}
+    assert by_entry["report"]["queue"] == "reports"
+    assert "stale" not in by_entry
+    assert f"Discarding revoked task: tasks.record[stale@{s(4):%Y-%m-%dT%H:%M:%SZ}]" in _tail(log)
+    # kombu asks the lists 0-2, 3-5, 6-8, 9 in that order (Celery's Redis priority: 0 highest)
+    assert [r["entry"] for r in runs if r["queue"] == "prio"] == ["p9", "unset", "p4", "p2", "p0"]
+    assert [k for k in admin.keys("*") if not k.startswith(("beatd:", "_kombu", "_celery"))] == []
+    assert admin.hlen("unacked") == 0
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def test_the_envelope_matches_what_celery_itself_writes(redis_url: str) -> None:
+    app = Celery("ref", broker=redis_url)
+    expires_at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for priority in (None, 9, 5, 1, 0):
+        admin = redis_client(redis_url)
+        admin.flushall()
+        celery_pri = celery_protocol.celery_priority(priority)
+        app.send_task(
+            "tasks.add",
+            args=(2, "é"),
+            kwargs={"k": [1]},
+            queue="reports",
+            priority=celery_pri,
+            expires=expires_at,
+        )
+        [theirs_key] = [k for k in admin.keys("*") if not k.startswith("_kombu")]
+        theirs = json.loads(admin.lpop(theirs_key))
+        message = RunMessage(
+            id="e@2031-01-02T03:00:00Z",
+            task="tasks.add",
+            entry="e",
+            scheduled_for=datetime(2031, 1, 2, 3, tzinfo=UTC),
+            published_at=datetime(2031, 1, 2, 3, tzinfo=UTC),
+            queue="reports",
+            args=(2, "é"),
+            kwargs={"k": [1]},
+            expires_at=expires_at,
+            priority=priority,
+        )
+        ours = celery_protocol.envelope(message, origin="beatd@n1")
+        assert celery_protocol.list_name("reports", priority) == theirs_key
+        assert ours.keys() == theirs.keys()
+        assert ours["headers"].keys() - theirs["headers"].keys() == {
+            "beatd_entry",
+            "beatd_scheduled_for",
+            "beatd_published_at",
+        }
+        assert theirs["headers"].keys() <= ours["headers"].keys()
+        for field in ("lang", "task", "expires", "retries", "timelimit", "argsrepr", "kwargsrepr"):
+            assert ours["headers"][field] == theirs["headers"][field], field
+        same = ("content-type", "content-encoding")
+        assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}
+        assert base64.b64decode(ours["body"]) and json.loads(
+            base64.b64decode(ours["body"])
+        ) == json.loads(base64.b64decode(theirs["body"]))
+        props = ("delivery_mode", "delivery_info", "priority", "body_encoding")
+        assert {k: ours["properties"][k] for k in props} == {
+            k: theirs["properties"][k] for k in props
+        }
+        assert ours["properties"].keys() - {"expiration"} <= theirs["properties"].keys()
+
+
+def test_celery_messages_keep_the_fencing_rules(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    slot = datetime(2030, 1, 1, tzinfo=UTC)
+    write = StateWrite(EntryState("e", slot, slot, "x"), None)
+    message = Outgoing("e", "e@1", "celery", 9, "{}", "celery")
+    stale = Lease("a", "other-token", lease.epoch)
+    with pytest.raises(LeaseLost):
+        backend.commit(stale, [write], [message])
+    admin = redis_client(redis_url)
+    assert admin.llen("celery") == 0
+    assert backend.commit(lease, [write], [message]) == set()
+    assert admin.lrange("celery", 0, -1) == ["{}"]
+    assert backend.commit(lease, [write], [message]) == {"e"}  # the slot moved on: not again
+    assert admin.llen("celery") == 1
+    assert backend.queue_depths() == {}
+    backend.close()
+
+
+CELERYCONFIG = """
+from datetime import timedelta
+from celery.schedules import crontab
+
+broker_url = "redis://127.0.0.1:1/0"
+timezone = "Europe/Berlin"
+beat_schedule = {
+    "weekday-report": {
+        "task": "reports.daily",
+        "schedule": crontab(hour=7, minute=30, day_of_week="mon-fri"),
+        "args": ("apac",),
+        "options": {"queue": "reports", "routing_key": "reports", "expires": 600, "priority": 0},
+    },
+    "quarter-hourly": {"task": "tasks.poll", "schedule": crontab(minute="*/15")},
+    "first-monday": {
+        "task": "tasks.monthly",
+        "schedule": crontab(0, 6, day_of_week=1, day_of_month="1-7"),
+    },
+    "every-30s": {"task": "tasks.ping", "schedule": 30.0, "kwargs": {"x": 1}},
+    "every-5m": {"task": "tasks.sync", "schedule": timedelta(minutes=5)},
+}
+"""
+
+
+def _load_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str) -> str:
+    (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def test_a_celery_beat_schedule_fires_when_celery_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_module(tmp_path, monkeypatch, "celeryconfig_ok", CELERYCONFIG)
+    config = load_config([], celery_config=module)
+    report = config.entries["weekday-report"]
+    assert (report.queue, report.protocol, report.priority, report.expires) == (
+        "reports",
+        "celery",
+        9,
+        timedelta(seconds=600),
+    )
+    assert config.entries["every-30s"].queue == "celery"
+    assert read_celery_config(module, "UTC").broker_url == "redis://127.0.0.1:1/0"
+    namespace: dict[str, Any] = {}
+    exec(CELERYCONFIG, namespace)  # Celery's own objects, to compare with
+    app = Celery("cmp")
+    app.conf.timezone = "Europe/Berlin"
+    zone = ZoneInfo("Europe/Berlin")
+    # non-DST days across a year, at awkward moments (on a slot, just before, month ends)
+    starts = [
+        datetime(2026, 1, 30, 7, 29, 59, tzinfo=zone),
+        datetime(2026, 2, 27, 23, 50, tzinfo=zone),
+        datetime(2026, 5, 4, 6, 0, tzinfo=zone),
+        datetime(2026, 7, 31, 7, 30, tzinfo=zone),
+        datetime(2026, 11, 30, 12, 14, 59, tzinfo=zone),
+    ]
+    checked = 0
+    for name, spec in namespace["beat_schedule"].items():
+        theirs = spec["schedule"]
+        if not isinstance(theirs, crontab):
+            theirs = _celery_interval(app, theirs)
+        theirs.app = app
+        ours = config.entries[name].schedule
+        for start in starts:
+            t = start
+            for _ in range(4):  # a few fires in a row
+                if not isinstance(spec["schedule"], crontab):  # Celery's intervals follow the
+                    step = int(theirs.run_every.total_seconds())  # last run: put it on the grid
+                    t = datetime.fromtimestamp(t.timestamp() // step * step, zone)
+                theirs.nowfun = lambda t=t: t
+                expected = t + theirs.remaining_estimate(t)
+                got = ours.next_after(t)
+                if got is None or got.astimezone(zone).utcoffset() != t.utcoffset():
+                    break  # a DST change lies between: Celery's arithmetic differs there
+                assert got == expected.astimezone(UTC), (name, t)
+                checked += 1
+                t = expected.astimezone(zone)
+    assert checked >= 80
+
+
+def _celery_interval(app: Celery, every: Any) -> Any:
+    from celery.schedules import maybe_schedule
+
+    return maybe_schedule(every, False, app)
+
+
+BAD = """
+from celery.schedules import crontab, schedule, solar
+
+CELERYBEAT_SCHEDULE = {
+    "sunrise": {"task": "t.a", "schedule": solar.__new__(solar)},  # needs ephem to build
+    "relative": {"task": "t.b", "schedule": schedule(60, relative=True)},
+    "rk": {"task": "t.c", "schedule": 60, "options": {"routing_key": "x"}},
+    "ex": {"task": "t.d", "schedule": 60, "options": {"exchange": "x"}},
+}
+"""
+
+
+def test_check_reports_what_beatd_cannot_honour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_module(tmp_path, monkeypatch, "celeryconfig_bad", BAD)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["check", "--celery-config", module])
+    path = str(tmp_path / f"{module}.py")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"{path}:5:5: entry sunrise: field schedule: a Celery solar schedule cannot be "
+        "honoured: beatd has intervals and cron expressions only; replace it with crontab(...) "
+        "or seconds, or keep this entry in celery beat",
+        f"{path}:6:5: entry relative: field schedule: schedule(relative=True) is not supported: "
+        "beatd's slots are anchored",
+        f"{path}:7:5: entry rk: field options.routing_key: routing_key 'x' differs from the "
+        "queue 'celery': beatd writes each run onto its queue's Redis list directly, as Celery "
+        "does for a direct exchange (where the routing key is the queue name); give the target "
+        "as queue instead",
+        f"{path}:8:5: entry ex: field options.exchange: unknown option",
+    ]
+    hints = read_celery_config(module, "UTC").hints
+    assert hints == [
+        f"{module}: CELERYBEAT_SCHEDULE is Celery's old name for beat_schedule; rename it "
+        "(read anyway)"
+    ]
+
+
+def test_celery_protocol_on_sqlite_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_module(tmp_path, monkeypatch, "celeryconfig_sqlite", CELERYCONFIG)
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'b.db'}"
+    result = CliRunner().invoke(
+        main, ["run", "--celery-config", module, "--broker", db, "--metrics-addr", "off"]
+    )
+    assert result.exit_code == 2, result.output
+    path = tmp_path / f"{module}.py"
+    assert result.stderr.splitlines()[-1] == (
+        f"{path}:19:1: entry every-30s: protocol celery needs a Redis broker (Redis transport "
+        f"only), but the broker is {db}; 5 entries use it. Point --broker at the Redis your "
+        "Celery workers use (redis://HOST:PORT/DB)"
+    )
+
+
+def test_beatd_never_imports_celery_or_kombu() -> None:
+    code = (
+        "import sys, beatd.cli, beatd.scheduler, beatd.celery_protocol, beatd.config.celeryconf; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
