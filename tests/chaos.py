@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Container
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -58,6 +59,17 @@ def start_scheduler(node: str, broker: str, workdir: Path, ttl: str) -> subproce
         stderr=subprocess.STDOUT,
         cwd=workdir,
     )
+
+
+def live_leader(backend: Backend, nodes: Container[str], timeout: float) -> str:
+    """The leading node once it is one still running (a killed one holds its lease a while)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = backend.leader()
+        if leader is not None and leader.node in nodes:
+            return leader.node
+        time.sleep(0.1)
+    raise SystemExit(f"no running scheduler took the lease within {timeout:g} s")
 
 
 def drain(backend: Backend, queue: str) -> list[dict[str, object]]:
@@ -116,17 +128,17 @@ def main() -> int:
     try:
         time.sleep(3)
         for kill in range(args.kills):
-            leader = backend.leader()
-            if leader is not None and leader.node in nodes:
-                nodes[leader.node].send_signal(signal.SIGKILL)
-                nodes[leader.node].wait()
-                time.sleep(rng.uniform(0.0, 1.5))
-                nodes[leader.node] = start_scheduler(leader.node, broker, workdir, args.ttl)
+            leader = live_leader(backend, nodes, float(args.ttl.rstrip("s")) + 5)
+            victim = nodes.pop(leader)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            time.sleep(rng.uniform(0.0, 1.5))
+            # a fresh name, as HOSTNAME-PID gives: under the old one the new process would just
+            # take back its predecessor's lease, and no standby would ever have to take over
+            node = f"{leader.split('.')[0]}.{kill + 1}"
+            nodes[node] = start_scheduler(node, broker, workdir, args.ttl)
+            print(f"kill {kill + 1}/{args.kills}: leader was {leader}", flush=True)
             time.sleep(rng.uniform(1.0, 3.0))
-            print(
-                f"kill {kill + 1}/{args.kills}: leader was {leader.node if leader else None}",
-                flush=True,
-            )
         time.sleep(float(args.ttl.rstrip("s")) + 2)  # let the last leader catch up
     finally:
         for proc in nodes.values():

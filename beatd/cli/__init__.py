@@ -1,6 +1,6 @@
 """The `beatd` command line. Every daemon setting is a flag with a `BEATD_*` variable."""
 
-from beatd.cli import admin, run, schedules, workers
+from beatd.cli import admin, migrate, run, schedules, status, workers
 from beatd.cli.common import main
 
-__all__ = ["admin", "main", "run", "schedules", "workers"]
+__all__ = ["admin", "main", "migrate", "run", "schedules", "status", "workers"]

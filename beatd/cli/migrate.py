@@ -1,0 +1,105 @@
+"""`beatd migrate`: move the run state and dead letters to another backend (SQLite to Redis)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+import click
+
+from beatd.backends import Backend
+from beatd.cli.common import bad_option, fail, main, open_broker
+from beatd.errors import BeatdError
+from beatd.migrate import migrate as migrate_states
+from beatd.service import setup_logging
+
+
+def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    ctx.meta["beatd.namespace"] = value  # where open_broker looks, as for the daemons
+    return value
+
+
+@main.command()
+@click.option(
+    "--from",
+    "source_url",
+    required=True,
+    metavar="URL",
+    help="The backend to move from, e.g. sqlite:///beatd.db.",
+)
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    metavar="URL",
+    help="The backend to move to, e.g. redis://host:6379/0.",
+)
+@click.option(
+    "--namespace",
+    envvar="BEATD_NAMESPACE",
+    default="beatd",
+    show_default=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_remember_namespace,
+    help="Key prefix on Redis (the one the daemons will use).",
+)
+@click.option(
+    "--log-level",
+    envvar="BEATD_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="warning",
+    show_default=True,
+)
+def migrate(source_url: str, target_url: str, log_level: str) -> None:
+    """Move every entry's last published slot and the dead letters to another backend.
+
+    Stop every `beatd run` on both sides first, and let the workers finish the runs already
+    queued on the source. Then start every `beatd run` and `beatd worker` with the new
+    --broker: each entry goes on from the slot after its last published one, so no run is
+    repeated or skipped.
+    """
+    setup_logging(log_level, "text")
+    if source_url == target_url:
+        bad_option("--to", f"is the same backend as --from ({source_url!r})")
+    _require_existing_sqlite("--from", source_url)
+    source = open_broker(source_url)
+    target = open_broker(target_url)
+    try:
+        _refuse_undone_runs(source)
+        report = migrate_states(source, target)
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        source.close()
+        target.close()
+    click.echo(
+        f"moved {report.states} entry state(s) and {report.dead_letters} dead letter(s) "
+        f"from {source.url} to {target.url}"
+    )
+    if report.skipped:
+        click.echo(
+            f"kept {len(report.skipped)} entry state(s) that {target.url} already had: "
+            + ", ".join(report.skipped)
+        )
+
+
+def _require_existing_sqlite(option: str, url: str) -> None:
+    """Opening a missing SQLite file would create an empty one and move nothing."""
+    if urlsplit(url).scheme != "sqlite":
+        return
+    path = url.removeprefix("sqlite:///")
+    if path and not os.path.exists(path):
+        bad_option(option, f"no database at {path} (from {url}); check the path")
+
+
+def _refuse_undone_runs(source: Backend) -> None:
+    """Runs still queued on the source would be stranded there once the workers move."""
+    depths = source.queue_depths()
+    if depths:
+        waiting = " ".join(f"{queue}={n}" for queue, n in sorted(depths.items()))
+        raise BeatdError(
+            f"{source.url} still holds {sum(depths.values())} undone run(s) ({waiting}); "
+            "after the move no worker would run them: stop every `beatd run`, let the workers "
+            f"on {source.url} finish them, then migrate again"
+        )

@@ -1,0 +1,252 @@
+"""`beatd status`: the leader, each entry's last and next run, queue depths and dead letters.
+
+Everything but the run counts comes from the backend, so it is the same whichever node asks.
+Late and missed counts are not persisted: each `beatd run` counts what it decided since it
+started and serves the counts on /metrics. `--metrics-url` reads them from there (every
+scheduler's URL, summed); without it the counts are shown as unknown, and an entry nobody is
+publishing shows up as overdue instead, from its persisted horizon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from prometheus_client.parser import text_string_to_metric_families
+
+from beatd.backends import Backend, LeaderInfo
+from beatd.cli.common import (
+    EXIT_RUNTIME,
+    config_options,
+    daemon_options,
+    fail,
+    main,
+    open_broker,
+    read_config,
+    slot_text,
+)
+from beatd.config import Config
+from beatd.core import EntryState
+from beatd.errors import BeatdError
+from beatd.service import setup_logging
+
+COUNTED = {
+    "beatd_runs_due_total": "due",
+    "beatd_runs_published_total": "published",
+    "beatd_runs_late_total": "late",
+}
+MISSED = "beatd_runs_missed_total"
+
+
+@dataclass
+class RunTotals:
+    """Counts of one entry, summed over the schedulers whose /metrics were read."""
+
+    due: int = 0
+    published: int = 0
+    late: int = 0
+    missed: Counter[str] = field(default_factory=Counter)
+
+
+def read_counts(urls: Sequence[str], timeout: float = 5.0) -> dict[str, RunTotals]:
+    """Per-entry run counts from each scheduler's /metrics, summed."""
+    totals: dict[str, RunTotals] = {}
+    for url in urls:
+        target = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+        try:
+            with urllib.request.urlopen(target, timeout=timeout) as response:
+                text = response.read().decode()
+        except (OSError, urllib.error.URLError) as exc:
+            click.echo(
+                f"beatd: --metrics-url: cannot read {target}: {exc}; is `beatd run` serving "
+                "metrics there (--metrics-addr)?",
+                err=True,
+            )
+            sys.exit(EXIT_RUNTIME)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                entry = sample.labels.get("entry")
+                if entry is None:
+                    continue
+                counts = totals.setdefault(entry, RunTotals())
+                if sample.name in COUNTED:
+                    attr = COUNTED[sample.name]
+                    setattr(counts, attr, getattr(counts, attr) + int(sample.value))
+                elif sample.name == MISSED:
+                    counts.missed[sample.labels["reason"]] += int(sample.value)
+    return totals
+
+
+def entry_rows(
+    config: Config | None,
+    states: dict[str, EntryState],
+    counts: dict[str, RunTotals] | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """One row per configured entry (or per persisted entry when no configuration is known)."""
+    rows = []
+    names = sorted(config.entries) if config is not None else sorted(states)
+    for name in names:
+        state = states.get(name)
+        row: dict[str, Any] = {
+            "entry": name,
+            "last_published": _time(state.last_published if state else None),
+            "horizon": _time(state.last_slot if state else None),
+            "next_due": None,
+            "overdue_seconds": None,
+            "adopted": state is not None,
+        }
+        if config is not None:
+            entry = config.entries[name]
+            row["adopted"] = state is not None and state.identity == entry.identity
+            # A leader starts an entry new to it (or with a changed schedule) from now.
+            after = state.last_slot if state is not None and row["adopted"] else now
+            slot = entry.schedule.next_after(after)
+            if slot is not None:
+                due = slot + entry.jitter_for(slot)
+                row["next_due"] = _time(due)
+                if now - due > entry.misfire_grace:
+                    row["overdue_seconds"] = round((now - due).total_seconds(), 3)
+        total = counts.get(name, RunTotals()) if counts is not None else None
+        row["due"] = total.due if total else None
+        row["published"] = total.published if total else None
+        row["late"] = total.late if total else None
+        row["missed"] = dict(sorted(total.missed.items())) if total else None
+        rows.append(row)
+    return rows
+
+
+def queue_rows(backend: Backend) -> list[dict[str, Any]]:
+    depths = backend.queue_depths()
+    letters = Counter(letter.queue for letter in backend.dead_letters())
+    return [
+        {"queue": q, "depth": depths.get(q, 0), "dead_letters": letters.get(q, 0)}
+        for q in sorted({*depths, *letters})
+    ]
+
+
+def leader_row(info: LeaderInfo | None, config: Config | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {
+        "node": info.node,
+        "epoch": info.epoch,
+        "lease_left_seconds": round(info.expires_in, 3),
+        "config": info.config_hash or None,
+        "same_config": None if config is None else info.config_hash == config.fingerprint,
+    }
+
+
+def _time(moment: datetime | None) -> str | None:
+    return slot_text(moment) if moment is not None else None
+
+
+@main.command()
+@config_options
+@daemon_options
+@click.option(
+    "--metrics-url",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="A scheduler's metrics, such as http://127.0.0.1:9477 (repeatable: one per `beatd "
+    "run`, summed), for the late and missed counts, which only the schedulers keep.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(
+    schedules: tuple[str, ...],
+    timezone: str,
+    max_file_size: int,
+    broker: str,
+    log_level: str,
+    log_format: str,
+    metrics_urls: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show the leader, each entry's last and next run, queue depths and dead letters."""
+    setup_logging(log_level, log_format)
+    source = click.get_current_context().get_parameter_source("schedules")
+    config = None
+    if source is not click.core.ParameterSource.DEFAULT or os.path.exists(schedules[0]):
+        config = read_config(schedules, timezone, max_file_size)
+    counts = read_counts(metrics_urls) if metrics_urls else None
+    backend = open_broker(broker)
+    try:
+        info = backend.leader()
+        states = backend.load_states()
+        queues = queue_rows(backend)
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        backend.close()
+    now = datetime.fromtimestamp(time.time(), UTC)
+    report = {
+        "backend": backend.url,
+        "now": _time(now),
+        "config": config.fingerprint if config is not None else None,
+        "leader": leader_row(info, config),
+        "entries": entry_rows(config, states, counts, now),
+        "queues": queues,
+        "counts_from": list(metrics_urls),
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for line in render(report):
+            click.echo(line)
+
+
+def render(report: dict[str, Any]) -> Iterable[str]:
+    yield f"backend  {report['backend']}"
+    leader = report["leader"]
+    if leader is None:
+        yield "leader   none: no scheduler holds the lease, nothing is being published"
+    else:
+        drift = {True: "", False: " (differs from these schedule files)", None: ""}
+        yield (
+            f"leader   node={leader['node']} epoch={leader['epoch']} "
+            f"lease_left={leader['lease_left_seconds']:.1f}s "
+            f"config={leader['config'] or '?'}{drift[leader['same_config']]}"
+        )
+    yield ""
+    table = [("ENTRY", "LAST PUBLISHED", "NEXT DUE", "LATE", "MISSED")]
+    for row in report["entries"]:
+        nxt = row["next_due"] or "never"
+        if row["overdue_seconds"] is not None:
+            nxt += f" (overdue {row['overdue_seconds']:.0f}s)"
+        elif not row["adopted"]:
+            nxt += " (new)"
+        missed = row["missed"]
+        missed_text = "-" if missed is None else str(sum(missed.values()))
+        if missed:
+            missed_text += " (" + ", ".join(f"{k} {v}" for k, v in missed.items()) + ")"
+        late = "-" if row["late"] is None else str(row["late"])
+        table.append((row["entry"], row["last_published"] or "never", nxt, late, missed_text))
+    yield from _table(table)
+    yield f"{len(report['entries'])} entries"
+    if not report["counts_from"]:
+        yield "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)"
+    else:
+        yield "late/missed: since each scheduler started, from " + ", ".join(report["counts_from"])
+    yield ""
+    queues = [("QUEUE", "DEPTH", "DEAD LETTERS")]
+    queues += [(q["queue"], str(q["depth"]), str(q["dead_letters"])) for q in report["queues"]]
+    yield from _table(queues)
+    if not report["queues"]:
+        yield "no messages waiting and no dead letters"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> Iterable[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -1,0 +1,219 @@
+"""`beatd migrate`: SQLite to Redis in-process, and end to end between real `beatd run`s."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from beatd.backends.base import StateWrite
+from beatd.backends.redis import RedisBackend
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.cli import main
+from tests.backends.contract import message, state
+from tests.redis_server import RedisServer
+from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path / "redis", persistent=True).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[SQLiteBackend]:
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def target(server: RedisServer) -> Iterator[RedisBackend]:
+    backend = RedisBackend(server.url)
+    yield backend
+    backend.close()
+
+
+def beatd(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help() -> None:
+    code, out, _ = beatd("migrate", "--help")
+    assert code == 0 and out.startswith("Usage: main migrate [OPTIONS]")
+
+
+def test_moves_states_and_dead_letters_and_keeps_what_the_target_has(
+    sqlite: SQLiteBackend, target: RedisBackend, server: RedisServer, tmp_path: Path
+) -> None:
+    lease = sqlite.acquire_lease("old", 30)
+    assert lease is not None
+    sqlite.commit(
+        lease,
+        [StateWrite(state("e", 3, 2), None), StateWrite(state("f", 5), None)],
+        [message("e", 3)],
+    )
+    delivery = sqlite.claim(["default"], "w", 30)
+    assert delivery is not None
+    sqlite.dead_letter(delivery, "boom")
+    sqlite.release_lease(lease)
+    held = target.acquire_lease("new", 30)
+    assert held is not None
+    target.commit(held, [StateWrite(state("f", 9), None)], [])  # already moved on there
+    target.release_lease(held)
+
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+
+    assert (code, err) == (0, "")
+    assert out == (
+        f"moved 1 entry state(s) and 1 dead letter(s) from {source} to {server.url}\n"
+        f"kept 1 entry state(s) that {server.url} already had: f\n"
+    )
+    assert target.load_states() == {"e": state("e", 3, 2), "f": state("f", 9)}
+    assert [(d.id, d.queue, d.body, d.reason, d.deliveries) for d in target.dead_letters()] == [
+        ("e@2026-03-01T12:03:00Z", "default", '{"id": "e@2026-03-01T12:03:00Z"}', "boom", 1)
+    ]
+    assert target.leader() is None  # the migration's own lease is released
+
+
+def test_refuses_while_a_scheduler_leads_the_source(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    lease = sqlite.acquire_lease("host1", 30)
+    assert lease is not None
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"the source {source} has a running leader (node=host1); stop every `beatd run` "
+        "before migrating\n"
+    )
+    assert target.load_states() == {}
+
+
+def test_refuses_while_the_target_has_a_leader(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    assert target.acquire_lease("redis-host", 30) is not None
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, _, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert code == 1
+    assert err == (
+        f"the target {server.url} has a running leader (node=redis-host); stop every "
+        "`beatd run` before migrating\n"
+    )
+
+
+def test_refuses_while_runs_wait_on_the_source_queues(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    sqlite.enqueue([message("e", 1), message("e", 2), message("r", 1, queue="reports")])
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{source} still holds 3 undone run(s) (default=2 reports=1); after the move no worker "
+        f"would run them: stop every `beatd run`, let the workers on {source} finish them, then "
+        "migrate again\n"
+    )
+    assert target.load_states() == {}
+
+
+def test_a_missing_source_file_or_the_same_url_twice_is_bad_input(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    missing = f"sqlite:///{tmp_path / 'nope.db'}"
+    code, _, err = beatd("migrate", "--from", missing, "--to", server.url)
+    assert (code, err) == (
+        2,
+        f"beatd: --from: no database at {tmp_path / 'nope.db'} (from {missing}); check the path\n",
+    )
+    assert not (tmp_path / "nope.db").exists()
+    code, _, err = beatd("migrate", "--from", server.url, "--to", server.url)
+    assert (code, err) == (2, f"beatd: --to: is the same backend as --from ({server.url!r})\n")
+
+
+# --- end to end: beatd run on SQLite, stop, migrate, beatd run on Redis --------------------
+
+
+def run_daemon(tmp_path: Path, node: str, broker: str) -> subprocess.Popen[bytes]:
+    with (tmp_path / f"{node}.log").open("wb") as log:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "beatd", "run", "--node", node, "--broker", broker),
+                *("-s", str(tmp_path / "schedules"), "--lease-ttl", "2s", "--no-watch"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+
+
+def redis_slots(admin: redis.Redis) -> list[datetime]:
+    entries: Any = admin.xrange("beatd:queue:default:normal")
+    return [datetime.fromisoformat(json.loads(f["body"])["scheduled_for"]) for _, f in entries]
+
+
+def test_sqlite_to_redis_end_to_end_neither_repeats_nor_skips_a_slot(
+    tmp_path: Path, server: RedisServer
+) -> None:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    source = f"sqlite:///{db}"
+    old = run_daemon(tmp_path, "old", source)
+    try:
+        sqlite = SQLiteBackend(db)
+        wait_for(lambda: sum(sqlite.queue_depths().values()) >= 3, what="publishing on SQLite")
+    finally:
+        old.send_signal(signal.SIGTERM)
+    assert old.wait(10) == 0
+    # what a worker on SQLite does before the move: run (here: take) every queued run
+    done: list[datetime] = []
+    while (delivery := sqlite.claim(["default"], "w", 30)) is not None:
+        done.append(datetime.fromisoformat(json.loads(delivery.body)["scheduled_for"]))
+        sqlite.ack(delivery)
+    sqlite.close()
+
+    moved = subprocess.run(
+        [sys.executable, "-m", "beatd", "migrate", "--from", source, "--to", server.url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert (moved.returncode, moved.stderr) == (0, "")
+    assert moved.stdout == (
+        f"moved 1 entry state(s) and 0 dead letter(s) from {source} to {server.url}\n"
+    )
+    time.sleep(2)  # the move takes a while: runs due meanwhile are caught up on Redis
+
+    admin = server.client()
+    started = datetime.now(UTC)
+    new = run_daemon(tmp_path, "new", server.url)
+    try:
+        wait_for(lambda: len(redis_slots(admin)) >= 5, what="publishing on Redis")
+    finally:
+        new.send_signal(signal.SIGTERM)
+    assert new.wait(10) == 0
+    after = redis_slots(admin)
+    admin.close()
+    assert after[0] == max(done) + timedelta(seconds=1)  # the next slot, not a repeat
+    assert_contiguous(done + after, timedelta(seconds=1))
+    assert after[0] < started - timedelta(seconds=1)  # the gap of the move was caught up

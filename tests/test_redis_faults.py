@@ -1,0 +1,384 @@
+"""Faults on Redis, as real processes: `beatd run` and `beatd worker` against a real redis-server.
+
+Leaders are killed and frozen, Redis is frozen and restarted, a worker is killed mid-task; every
+test then counts what was published and run. (A commit sent straight to the script with a stale
+token or epoch is in tests/backends/test_redis.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from beatd.backends.base import Outgoing
+from beatd.backends.redis import RedisBackend
+from beatd.errors import TransientBackendError
+from beatd.message import RunMessage
+from tests.redis_server import RedisServer
+from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
+from tests.worker_tasks import events
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TTL = 2.0  # seconds: the lease of every scheduler here; calls are bounded by TTL / 5
+SECOND = timedelta(seconds=1)
+STREAM = "beatd:queue:default:normal"
+DOWN = "unavailable, retrying with backoff"
+UP = "reachable again"
+
+
+def adding(entries: int, out: Path) -> str:
+    """A schedule of `entries` entries every second whose task appends its run to `out`."""
+    lines = ["defaults:\n  missed: catch_up\nentries:\n"]
+    for i in range(entries):
+        lines.append(
+            f"  e{i}:\n    task: tests.worker_tasks.add\n    every: 1s\n    args: ['{out}', 1, 2]\n"
+        )
+    return "".join(lines)
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+        self.name, self.popen, self.log = name, popen, log
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far (a line still being written is skipped)."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
+
+    def messages(self) -> list[str]:
+        return [r["msg"] for r in self.records()]
+
+    def count(self, fragment: str) -> int:
+        return sum(fragment in m for m in self.messages())
+
+    def first(self, fragment: str) -> tuple[float, str]:
+        """When (epoch seconds) and what was logged first containing `fragment`."""
+        for r in self.records():
+            if fragment in r["msg"]:
+                moment = datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+                return moment.timestamp(), r["msg"]
+        raise AssertionError(f"{self.name} never logged {fragment!r}")
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def stop(self) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(15)
+
+
+class Cluster:
+    """One persistent redis-server and the beatd processes started against it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.server = RedisServer(tmp_path / "redis", persistent=True).start()
+        self.admin: redis.Redis = self.server.client()
+        self.procs: list[Proc] = []
+
+    def schedule(self, text: str) -> None:
+        (self.dir / "schedules").mkdir()
+        (self.dir / "schedules" / "s.yaml").write_text(text)
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        log = self.dir / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-m", "beatd", *argv, "--broker", self.server.url]
+        if (self.dir / "schedules" / "s.yaml").exists():
+            argv += ["-s", str(self.dir / "schedules")]
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [*argv, "--log-format", "json"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=env,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def _started(self, proc: Proc, line: str) -> Proc:
+        wait_for(lambda: proc.count(line) or proc.popen.poll() is not None, what=proc.name)
+        assert proc.count(line) == 1, proc.log.read_text()
+        return proc
+
+    def scheduler(self, node: str) -> Proc:
+        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch"]
+        return self._started(self._start(node, argv), f"beatd run node={node} ")
+
+    def worker(self, name: str, *args: str) -> Proc:
+        argv = ["worker", "-A", "tests.worker_tasks", "--pool", "process", *args]
+        return self._started(self._start(name, argv), "ready: ")
+
+    def leader(self) -> str | None:
+        node: Any = self.admin.hget("beatd:lease", "node")
+        return None if node is None else str(node)
+
+    def published(self) -> list[dict[str, Any]]:
+        """Every message still in the default stream (no worker here to take them)."""
+        entries: Any = self.admin.xrange(STREAM)
+        return [json.loads(f["body"]) for _, f in entries]
+
+    def slots(self) -> list[datetime]:
+        return [datetime.fromisoformat(m["scheduled_for"]) for m in self.published()]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGCONT)
+                proc.popen.kill()
+                proc.popen.wait()
+        self.admin.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(tmp_path)
+    yield started
+    started.close()
+
+
+def completed(out: Path) -> dict[str, list[datetime]]:
+    """Runs the task recorded, per entry, in order (one line per completion)."""
+    runs: dict[str, list[datetime]] = {}
+    for event in events(out):
+        entry, slot = event[1].split("@")
+        runs.setdefault(entry, []).append(datetime.fromisoformat(slot))
+    return runs
+
+
+def assert_each_once_and_contiguous(runs: dict[str, list[datetime]], entries: int) -> None:
+    assert sorted(runs) == sorted(f"e{i}" for i in range(entries))
+    for slots in runs.values():
+        assert_contiguous(slots, SECOND)  # no slot twice, none lost between first and last
+
+
+# --- the leader dies or freezes -----------------------------------------------------------
+
+
+def test_kill_9_of_the_leader_a_standby_publishes_within_ttl_plus_1s_nothing_twice_or_lost(
+    cluster: Cluster,
+) -> None:
+    cluster.schedule(EVERY_SECOND)
+    a = cluster.scheduler("a")
+    wait_for(lambda: len(cluster.slots()) >= 2, what="a to publish")
+    standbys = {"b": cluster.scheduler("b"), "c": cluster.scheduler("c")}
+    assert cluster.leader() == "a"
+
+    a.signal(signal.SIGKILL)
+    a.popen.wait()
+    killed_at = time.time()
+
+    def after_kill() -> list[float]:
+        return [
+            datetime.fromisoformat(m["published_at"]).timestamp()
+            for m in cluster.published()
+            if datetime.fromisoformat(m["published_at"]).timestamp() > killed_at
+        ]
+
+    wait_for(after_kill, timeout=TTL + 5, what="a standby to publish")
+    took_over = min(after_kill()) - killed_at
+    successor = cluster.leader()
+    assert successor in standbys
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 3, what="the successor to go on")
+    assert [proc.stop() for proc in standbys.values()] == [0, 0]
+
+    assert took_over <= TTL + 1.0, f"the first publish after the kill took {took_over:.2f} s"
+    assert_contiguous(cluster.slots(), SECOND)
+    assert {n: p.count("became leader") for n, p in standbys.items()} == {
+        n: int(n == successor) for n in standbys
+    }
+    assert cluster.admin.get("beatd:epoch") == "2"
+
+
+def test_a_leader_frozen_past_its_lease_wakes_up_as_standby_and_publishes_nothing(
+    cluster: Cluster,
+) -> None:
+    cluster.schedule(EVERY_SECOND)
+    a = cluster.scheduler("a")
+    wait_for(lambda: len(cluster.slots()) >= 2, what="a to publish")
+    b = cluster.scheduler("b")
+    a.signal(signal.SIGSTOP)
+    wait_for(lambda: cluster.leader() == "b", timeout=TTL + 3, what="b to take over")
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 2, what="b to publish")
+    a.signal(signal.SIGCONT)
+    stepped_down = (
+        "no lease renewal in time; stepping down node=a epoch=1",  # it woke up in its sleep
+        "lease epoch 1 of a is no longer held (node b holds epoch 2); now standby",  # mid-tick
+    )
+    wait_for(lambda: any(a.count(line) for line in stepped_down), what="a to step down")
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 2, what="b to go on")
+    assert [a.stop(), b.stop()] == [0, 0]
+
+    assert sum(a.count(line) for line in stepped_down) == 1
+    assert (a.count("became leader"), b.count("became leader")) == (1, 1)
+    assert_contiguous(cluster.slots(), SECOND)
+    assert cluster.admin.get("beatd:epoch") == "2"
+
+
+# --- Redis freezes or restarts --------------------------------------------------------------
+
+
+def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caught_up(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    cluster.schedule(adding(1, out))
+    a = cluster.scheduler("a")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    b = cluster.scheduler("b")
+    w = cluster.worker("w", "-c", "1", "--visibility-timeout", "5s")
+    daemons = (a, b, w)
+    wait_for(lambda: len(events(out)) >= 2, what="runs to complete")
+    probe = RedisBackend(cluster.server.url, op_timeout=TTL / 5)  # as `beatd run` opens it
+    probe.ping()
+
+    cluster.server.pause()
+    paused_at = time.time()
+    took = []
+    for call in (probe.ping, probe.load_states, lambda: probe.claim(["default"], "probe", 5)):
+        started = time.monotonic()
+        with pytest.raises(TransientBackendError):
+            call()
+        took.append(time.monotonic() - started)
+    wait_for(lambda: all(d.count(DOWN) for d in daemons), what="every daemon to notice")
+    time.sleep(max(0.0, paused_at + 30 - time.time()))
+    assert [d.popen.poll() for d in daemons] == [None, None, None]
+    cluster.server.resume()
+    resumed_at = time.time()
+    wait_for(lambda: all(d.count(UP) for d in daemons), what="every daemon to reconnect")
+    wait_for(
+        lambda: max(completed(out)["e0"]).timestamp() >= resumed_at + 2,
+        what="runs after the outage to complete",
+    )
+    probe.close()
+    assert [d.stop() for d in daemons] == [0, 0, 0]
+
+    assert all(t < TTL / 5 + 0.1 for t in took), took
+    assert {d.name: (d.count(DOWN), d.count(UP)) for d in daemons} == {
+        "a": (1, 1),
+        "b": (1, 1),
+        "w": (1, 1),
+    }
+    # each noticed within its longest sleep plus one bounded call: a timeout, not a hang
+    url = re.escape(cluster.server.url)
+    pattern = rf"backend {url} {DOWN}: {url}: \w+: TimeoutError: Timeout reading from socket"
+    for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 1.0, 2.0)):
+        noticed_at, line = daemon.first(DOWN)
+        assert re.fullmatch(pattern, line), line
+        assert noticed_at - paused_at <= longest_sleep + op_timeout + 0.5, daemon.name
+    runs = completed(out)
+    assert_each_once_and_contiguous(runs, 1)  # catch_up published the 30 s gap, each run once
+    assert min(runs["e0"]).timestamp() < paused_at - 1
+    assert max(runs["e0"]).timestamp() > resumed_at + 1
+
+
+def test_redis_restarted_with_aof_under_load_both_daemons_recover_nothing_twice_or_lost(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    entries = 20
+    cluster.schedule(adding(entries, out))
+    a = cluster.scheduler("a")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    b = cluster.scheduler("b")
+    w = cluster.worker("w", "-c", "2", "--visibility-timeout", "10s")
+    daemons = (a, b, w)
+    wait_for(lambda: len(events(out)) >= 3 * entries, what="runs to complete")
+
+    cluster.server.kill()  # SIGKILL: only what the AOF holds comes back
+    killed_at = time.time()
+    wait_for(lambda: all(d.count(DOWN) for d in daemons), what="every daemon to notice")
+    time.sleep(max(0.0, killed_at + TTL + 0.5 - time.time()))  # down for longer than the lease
+    cluster.server.start()
+    restarted_at = time.time()
+    wait_for(lambda: all(d.count(UP) for d in daemons), what="every daemon to reconnect")
+    wait_for(
+        lambda: all(max(s).timestamp() >= restarted_at + 2 for s in completed(out).values()),
+        what="runs after the restart to complete",
+    )
+    assert [d.stop() for d in daemons] == [0, 0, 0]
+
+    assert {d.name: (d.count(DOWN), d.count(UP)) for d in daemons} == {
+        "a": (1, 1),
+        "b": (1, 1),
+        "w": (1, 1),
+    }
+    runs = completed(out)
+    assert_each_once_and_contiguous(runs, entries)
+    assert all(min(s).timestamp() < killed_at - 1 for s in runs.values())
+    # the lease lapsed while Redis was down; the epoch went on from the AOF, not back to 1
+    assert cluster.admin.get("beatd:epoch") == "2"
+    assert cluster.admin.xlen(STREAM) == 0
+
+
+# --- a worker dies mid-task -----------------------------------------------------------------
+
+
+def test_kill_9_of_a_worker_mid_task_another_claims_the_run_after_the_visibility_timeout(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    first = cluster.worker("first", "-c", "1", "--visibility-timeout", "1s")
+    now = datetime.now(UTC)
+    message = RunMessage(
+        id="long@1",
+        task="tests.worker_tasks.slow",
+        entry="long",
+        scheduled_for=now,
+        published_at=now,
+        queue="default",
+        args=(str(out), 0.5),
+    )
+    backend = RedisBackend(cluster.server.url)
+    backend.enqueue([Outgoing("long", "long@1", "default", None, message.to_json())])
+    wait_for(lambda: events(out), what="the task to start")
+    first.signal(signal.SIGKILL)
+    assert first.popen.wait() == -signal.SIGKILL
+    orphan = int(events(out)[0][4])
+    wait_for(lambda: not os.path.exists(f"/proc/{orphan}/stat") or zombie(orphan), what="exit")
+    second = cluster.worker("second", "-c", "1", "--visibility-timeout", "1s")
+    wait_for(lambda: len(events(out)) == 3, what="the run to be delivered again and finish")
+    assert second.stop() == 0
+
+    assert [(e[0], e[1], e[3]) for e in events(out)] == [
+        ("start", "long@1", "1"),  # delivery 1: killed with its worker, never finished
+        ("start", "long@1", "2"),
+        ("end", "long@1", "2"),
+    ]
+    lines = [re.sub(r" duration=\S+", "", m) for m in second.messages() if m.startswith("task=")]
+    assert lines == ["task=tests.worker_tasks.slow id=long@1 attempt=1 outcome=succeeded"]
+    assert backend.queue_depths() == {}
+    assert cluster.admin.xpending(STREAM, "workers")["pending"] == 0
+    backend.close()
+
+
+def zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

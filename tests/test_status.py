@@ -1,0 +1,173 @@
+"""`beatd status` against both backends: a real SQLite file and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from beatd.backends import Backend, open_backend
+from beatd.backends.base import Outgoing, StateWrite
+from beatd.cli import main
+from beatd.config import load_config
+from beatd.core import EntryState
+from tests.redis_server import RedisServer, free_port
+
+SCHEDULES = """\
+entries:
+  tick:
+    task: t.tick
+    every: 10s
+  stalled:
+    task: t.stalled
+    every: 1m
+  fresh:
+    task: t.fresh
+    every: 1h
+"""
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'beatd.db'}"
+        return
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def arrange(backend: Backend, schedules: Path, now: datetime) -> None:
+    """A leader that published `tick` on time and last ran `stalled` ten minutes ago."""
+    config = load_config([str(schedules)])
+    lease = backend.acquire_lease("node-a", 30, config.fingerprint)
+    assert lease is not None
+    tick = now.replace(microsecond=0) - timedelta(seconds=now.second % 10)
+    stalled = now.replace(second=0, microsecond=0) - timedelta(minutes=10)
+    entries = config.entries
+    writes = [
+        StateWrite(EntryState("tick", tick, tick, entries["tick"].identity), None),
+        StateWrite(EntryState("stalled", stalled, stalled, entries["stalled"].identity), None),
+    ]
+    messages = [
+        Outgoing("tick", f"tick@{i}", "default", None, json.dumps({"task": "t.tick"}))
+        for i in range(3)
+    ]
+    messages.append(Outgoing("stalled", "stalled@1", "reports", None, '{"task": "t.stalled"}'))
+    assert backend.commit(lease, writes, messages) == set()
+    delivery = backend.claim(["reports"], "test", 30)
+    assert delivery is not None
+    backend.dead_letter(delivery, "failed for good")
+
+
+def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path) -> None:
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "s.yaml").write_text(SCHEDULES)
+    backend = open_backend(broker)
+    now = datetime.now(UTC)
+    try:
+        arrange(backend, schedules, now)
+    finally:
+        backend.close()
+    args = ["status", "--broker", broker, "-s", str(schedules)]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    fingerprint = load_config([str(schedules)]).fingerprint
+    lease_left = report["leader"].pop("lease_left_seconds")
+    assert 25 < lease_left <= 30
+    assert report["leader"] == {
+        "node": "node-a",
+        "epoch": 1,
+        "config": fingerprint,
+        "same_config": True,
+    }
+    assert report["config"] == fingerprint and report["counts_from"] == []
+    rows = {row.pop("entry"): row for row in report["entries"]}
+    tick = now.replace(microsecond=0) - timedelta(seconds=now.second % 10)
+    stalled = now.replace(second=0, microsecond=0) - timedelta(minutes=10)
+    text = "%Y-%m-%dT%H:%M:%SZ"
+    unknown = {"due": None, "published": None, "late": None, "missed": None}
+    assert rows["tick"] == {
+        "last_published": tick.strftime(text),
+        "horizon": tick.strftime(text),
+        "next_due": (tick + timedelta(seconds=10)).strftime(text),
+        "overdue_seconds": None,
+        "adopted": True,
+        **unknown,
+    }
+    overdue = rows["stalled"].pop("overdue_seconds")
+    assert 9 * 60 - 1 <= overdue <= 9 * 60 + 60
+    assert rows["stalled"] == {
+        "last_published": stalled.strftime(text),
+        "horizon": stalled.strftime(text),
+        "next_due": (stalled + timedelta(minutes=1)).strftime(text),
+        "adopted": True,
+        **unknown,
+    }
+    fresh = datetime.fromisoformat(rows["fresh"].pop("next_due"))
+    assert rows["fresh"] == {
+        "last_published": None,
+        "horizon": None,
+        "overdue_seconds": None,
+        "adopted": False,
+        **unknown,
+    }
+    assert now < fresh <= now + timedelta(hours=1) and fresh.minute == fresh.second == 0
+    assert report["queues"] == [
+        {"queue": "default", "depth": 3, "dead_letters": 0},
+        {"queue": "reports", "depth": 0, "dead_letters": 1},
+    ]
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].startswith("leader   node=node-a epoch=1 lease_left=")
+    assert lines[1].endswith(f"s config={fingerprint}")
+    assert lines[3].split() == ["ENTRY", "LAST", "PUBLISHED", "NEXT", "DUE", "LATE", "MISSED"]
+    assert lines[5].split()[:3] == ["stalled", stalled.strftime(text), rows["stalled"]["next_due"]]
+    assert lines[5].split()[3] == "(overdue"
+    assert lines[6].split() == ["tick", tick.strftime(text), rows["tick"]["next_due"], "-", "-"]
+    assert lines[7:] == [
+        "3 entries",
+        "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
+        "",
+        "QUEUE    DEPTH  DEAD LETTERS",
+        "default  3      0",
+        "reports  0      1",
+    ]
+
+
+def test_status_without_a_leader_or_schedule_files(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./schedules here: the entries come from the backend alone
+    result = CliRunner().invoke(main, ["status", "--broker", broker])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        "leader   none: no scheduler holds the lease, nothing is being published",
+        "",
+        "ENTRY  LAST PUBLISHED  NEXT DUE  LATE  MISSED",
+        "0 entries",
+        "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
+        "",
+        "QUEUE  DEPTH  DEAD LETTERS",
+        "no messages waiting and no dead letters",
+    ]
+
+
+def test_an_unreachable_metrics_url_is_an_error(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        main, ["status", "--broker", f"sqlite:///{tmp_path / 'db'}", "--metrics-url", url]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"beatd: --metrics-url: cannot read {url}/metrics: ")
+    assert result.output.endswith("is `beatd run` serving metrics there (--metrics-addr)?\n")
