@@ -215,10 +215,16 @@ class EmbeddedWorker:
             sys.exit(EXIT_RUNTIME)
 
 
+def open_worker_broker(broker: str, flags: dict[str, Any], limit: float = 2.0) -> Backend:
+    """The worker's backend, each call bounded well inside the visibility timeout."""
+    visibility = seconds_option("--visibility-timeout", flags["visibility_timeout"])
+    return open_broker(broker, op_timeout=min(limit, visibility / 5))
+
+
 def start_embedded_worker(
     broker: str, config: Config, scheduler: Scheduler, stop: threading.Event, flags: dict[str, Any]
 ) -> EmbeddedWorker:
-    backend = open_broker(broker)
+    backend = open_worker_broker(broker, flags, limit=scheduler.settings.lease_ttl / 5)
     worker = build_worker(backend, config, flags)
 
     def graceful() -> None:
@@ -259,7 +265,7 @@ def worker(
     config = None
     if source is not click.core.ParameterSource.DEFAULT or os.path.exists(schedules[0]):
         config = read_config(schedules, timezone, max_file_size)
-    backend = open_broker(broker)
+    backend = open_worker_broker(broker, flags)
     runner = build_worker(backend, config, flags)
     registry = CollectorRegistry()
     register_worker(registry, runner)
