@@ -76,6 +76,17 @@ class SchedulerCollector(Collector):
             "beatd_leader_changes", "Times this scheduler became leader.", s.totals.leader_changes
         )
         yield _gauge("beatd_backend_up", "1 while the backend answers.", int(s.totals.backend_up))
+        yield _gauge(
+            "beatd_clock_skew_seconds",
+            "This node's clock minus the backend's, at the last check (leadership is refused "
+            "beyond --max-clock-skew).",
+            s.totals.clock_skew,
+        )
+        yield _gauge(
+            "beatd_config_drift",
+            "1 while the leader runs a configuration that differs from this node's.",
+            int(s.totals.config_drift),
+        )
         reloads = CounterMetricFamily(
             "beatd_config_reloads", "Configuration reloads by result.", labels=["result"]
         )

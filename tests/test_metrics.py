@@ -172,3 +172,24 @@ def test_http_endpoints(open_db: Callable[[], SQLiteBackend], clock: FakeClock) 
         assert info.value.code == 503 and info.value.read() == b"backend down\n"
     finally:
         server.stop()
+
+
+def test_clock_skew_and_config_drift(tmp_path: Path, clock: FakeClock) -> None:
+    skewed = SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp() - 5)
+    beat, registry, _ = observed(skewed, clock, Config({"a": every("a", 10)}))
+    beat.step()
+    s = scrape(registry)
+    assert value(s, "beatd_clock_skew_seconds") == pytest.approx(5)
+    assert value(s, "beatd_is_leader") == 0
+    leader_db = SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    leader, _, _ = observed(leader_db, clock, Config({"a": every("a", 20)}), node="l")
+    leader.step()
+    standby, registry, _ = observed(
+        SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp()),
+        clock,
+        Config({"a": every("a", 10)}),
+        node="s",
+    )
+    standby.step()
+    s = scrape(registry)
+    assert value(s, "beatd_config_drift") == 1 and value(s, "beatd_clock_skew_seconds") == 0

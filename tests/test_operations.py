@@ -46,6 +46,8 @@ R = TypeVar("R")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 SCHEDULER_METRICS = {
+    "beatd_clock_skew_seconds",
+    "beatd_config_drift",
     "beatd_entries",
     "beatd_is_leader",
     "beatd_leader_epoch",
