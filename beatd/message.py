@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 VERSION = 1
@@ -34,6 +35,7 @@ class MessageError(ValueError):
     """A message that cannot be read: not JSON, or a required field missing or mistyped."""
 
 
+@lru_cache(maxsize=4096)  # every run of a burst shares its slot, and formats it twice
 def format_slot(moment: datetime) -> str:
     """A slot as `YYYY-MM-DDTHH:MM:SSZ`, the form used in run ids."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

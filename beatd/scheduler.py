@@ -383,6 +383,9 @@ class Scheduler:
         self.counts.add(decision)
         for run in decision.runs:
             self.observe_delay((published_at - run.due).total_seconds())
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        for run in decision.runs:
             log.debug(
                 "publish entry=%s slot=%s due=%s late=%s",
                 run.entry.name,

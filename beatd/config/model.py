@@ -69,16 +69,17 @@ class Config:
     queues: Mapping[str, QueueSettings] = field(default_factory=dict)
     imports: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    # A short hash of everything that decides what is published, equal on agreeing nodes;
+    # computed once, since a standby announces it every second.
+    fingerprint: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def fingerprint(self) -> str:
-        """A short hash of everything that decides what is published; equal on agreeing nodes."""
+    def __post_init__(self) -> None:
         digest = hashlib.sha256()
         for entry in sorted(self.entries.values(), key=lambda e: e.name):
             digest.update(json.dumps(_entry_fields(entry), sort_keys=True, default=str).encode())
         for queue in sorted(self.queues.values(), key=lambda q: q.name):
             digest.update(f"{queue.name}:{queue.protocol}".encode())
-        return digest.hexdigest()[:16]
+        object.__setattr__(self, "fingerprint", digest.hexdigest()[:16])
 
 
 def _entry_fields(entry: Entry) -> dict[str, Any]:

@@ -6,7 +6,7 @@ after every restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from beatd.durations import format_duration
@@ -19,6 +19,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class IntervalSchedule:
     every: timedelta
     anchor: datetime = EPOCH
+    spec: str = field(init=False, compare=False, repr=False)  # canonical text, made once
 
     def __post_init__(self) -> None:
         seconds = self.every.total_seconds()
@@ -31,6 +32,8 @@ class IntervalSchedule:
             )
         if self.anchor.tzinfo is None:
             raise ScheduleError("anchor must carry a timezone")
+        anchor = self.anchor.astimezone(UTC).isoformat()
+        object.__setattr__(self, "spec", f"every {int(seconds)}s anchor {anchor}")
 
     @property
     def seconds(self) -> int:
@@ -56,7 +59,3 @@ class IntervalSchedule:
         if self.anchor != EPOCH:
             text += f" from {self.anchor.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
         return text
-
-    @property
-    def spec(self) -> str:
-        return f"every {self.seconds}s anchor {self.anchor.astimezone(UTC).isoformat()}"

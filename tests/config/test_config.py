@@ -290,3 +290,21 @@ def test_yaml_only_never_runs_python(tmp_path: Path) -> None:
     write(tmp_path, "s.yaml", "entries:\n  a: {task: a.b, every: 1m}\n")
     config = load_config([str(tmp_path)], yaml_only=True)
     assert list(config.entries) == ["a"] and not marker.exists()
+
+
+def test_fingerprint_is_computed_once_per_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A standby announces it every second: recomputing it for 100,000 entries took a core.
+    from beatd.config import model
+
+    calls = []
+    original = model._entry_fields
+    monkeypatch.setattr(model, "_entry_fields", lambda e: calls.append(e) or original(e))
+    path = write(
+        tmp_path, "s.yaml", "entries:\n  a: {task: a.b, every: 1m}\n  b: {task: a.b, every: 2m}\n"
+    )
+    config = load_config([path])
+    first = config.fingerprint
+    assert [config.fingerprint for _ in range(5)] == [first] * 5
+    assert len(calls) == 2
