@@ -193,3 +193,35 @@ def test_clock_skew_and_config_drift(tmp_path: Path, clock: FakeClock) -> None:
     standby.step()
     s = scrape(registry)
     assert value(s, "beatd_config_drift") == 1 and value(s, "beatd_clock_skew_seconds") == 0
+
+
+def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_an_error() -> None:
+    import socket
+
+    import click
+    from click.testing import CliRunner
+
+    from beatd.cli.common import metrics_option, start_metrics
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+
+    @click.command()
+    @metrics_option(address)
+    def serve_one(metrics_addr: str) -> None:
+        server = start_metrics(metrics_addr, CollectorRegistry(), lambda: (True, "ok"))
+        click.echo("serving" if server else "not serving")
+
+    try:
+        # the variable set for the test suite would override the default: clear it here
+        default = CliRunner().invoke(serve_one, [], env={"BEATD_METRICS_ADDR": None})
+        assert (default.exit_code, default.stdout) == (0, "not serving\n")
+        explicit = CliRunner().invoke(serve_one, ["--metrics-addr", address])
+        assert explicit.exit_code == 2
+        assert explicit.stderr.startswith(
+            f"beatd: --metrics-addr: cannot serve metrics at '{address}'"
+        )
+    finally:
+        taken.close()

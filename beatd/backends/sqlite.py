@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS message (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,

@@ -211,4 +211,14 @@ def start_metrics(
     try:
         return MetricsServer(address, registry, ready)
     except (OSError, ValueError) as exc:
-        bad_option("--metrics-addr", f"cannot serve metrics at {address!r}: {exc}")
+        source = click.get_current_context().get_parameter_source("metrics_addr")
+        if source is not click.core.ParameterSource.DEFAULT:
+            bad_option("--metrics-addr", f"cannot serve metrics at {address!r}: {exc}")
+        # Several daemons on one host (the SQLite default's standby) share the default port.
+        log.warning(
+            "serving no metrics: the default address %s is taken (%s), perhaps by another beatd "
+            "on this host; give each process its own --metrics-addr",
+            address,
+            exc,
+        )
+        return None
