@@ -1,0 +1,1 @@
+"""Peer drivers: run by the peers' venv Python (`bench/.peers`), never importing beatd."""

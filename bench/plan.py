@@ -1,0 +1,98 @@
+"""Which scenario runs with which parameters, in the full run and in `--quick`.
+
+Each job is (group, scenario module, parameters); `url` of "sqlite" or "redis" is filled in by
+`bench.run` with a fresh SQLite file or the bench's own redis-server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Job = tuple[str, str, dict[str, Any]]
+BACKENDS = ("sqlite", "redis")
+TOOLS = ("beatd", "celery-beat", "redbeat", "apscheduler")
+
+
+def jobs(quick: bool) -> list[Job]:
+    counts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    out: list[Job] = []
+    for backend in BACKENDS:
+        for n in counts:
+            out.append(("throughput", "throughput", {"url": backend, "count": n}))
+    for backend in BACKENDS:
+        out.append(
+            ("delay", "delay", {"url": backend, "count": 10_000, "window": 10 if quick else 60})
+        )
+    for backend in BACKENDS:
+        for n in counts:
+            out.append(
+                (
+                    "cost",
+                    "cost",
+                    {
+                        "url": backend,
+                        "count": n,
+                        "mode": "steady",
+                        "runs": 20_000 if quick else 200_000,
+                    },
+                )
+            )
+        out.append(
+            (
+                "idle",
+                "cost",
+                {
+                    "url": backend,
+                    "count": 10_000 if quick else 100_000,
+                    "mode": "idle",
+                    "window": 5 if quick else 30,
+                },
+            )
+        )
+    for n in (20_000,) if quick else (1_000, 10_000, 100_000):
+        out.append(
+            (
+                "startup",
+                "startup",
+                {"url": "sqlite", "count": n, "standby_window": 0 if quick or n < 100_000 else 5},
+            )
+        )
+    if not quick:
+        out.append(("startup", "startup", {"url": "redis", "count": 100_000}))
+    for backend in BACKENDS:
+        out.append(("worker", "worker", {"url": backend, "count": 2_000 if quick else 20_000}))
+    for backend in BACKENDS:
+        out.append(
+            (
+                "failover",
+                "failover",
+                {"url": backend, "kills": 3 if quick else 20, "lease_ttl": 2 if quick else 5},
+            )
+        )
+    steady = ((1_000, 10),) if quick else ((10_000, 40), (1_000, 20))
+    for n, window in steady:
+        for tool in TOOLS:
+            out.append(
+                (
+                    "compare",
+                    "compare",
+                    {"url": "redis", "tool": tool, "mode": "steady", "count": n, "window": window},
+                )
+            )
+    if not quick:
+        for tool in TOOLS:
+            out.append(
+                (
+                    "burst",
+                    "compare",
+                    {
+                        "url": "redis",
+                        "tool": tool,
+                        "mode": "burst",
+                        "count": 10_000,
+                        "cap": 60,
+                        "margin": 15,
+                    },
+                )
+            )
+    return out

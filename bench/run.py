@@ -1,0 +1,212 @@
+"""Run every benchmark, write the raw figures, the Markdown report and the plots.
+
+    python -m bench.run            # the full run (about 25 minutes on 2 cores)
+    python -m bench.run --quick    # the smoke test (under 5 minutes)
+    python -m bench.run --only throughput,delay
+    python -m bench.report bench/results/DATE.json   # the report again from raw figures
+
+Each scenario runs in its own process, one after another, so its peak RSS is its own and no two
+measurements share the CPU. The peers (celery, RedBeat, APScheduler) and matplotlib are
+installed into `bench/.peers/` on first use. The full run writes `bench/results/DATE.json`,
+`docs/benchmarks.md` and `docs/bench-*.png`; `--quick` writes `bench/results/DATE-quick.json`
+and its report and plots next to it, leaving docs/ alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import peers, plan, report
+from bench.common import RESULT_MARK
+from bench.redisserver import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DOCS = REPO / "docs"
+JOB_TIMEOUT = 900
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="beatd benchmarks against its peers")
+    parser.add_argument("--quick", action="store_true", help="the short smoke-test run")
+    parser.add_argument("--only", help="comma-separated groups: " + ", ".join(_groups()))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace those groups in today's results file, keep the others",
+    )
+    args = parser.parse_args()
+    started = time.monotonic()
+    jobs = plan.jobs(args.quick)
+    if args.only:
+        wanted = set(args.only.split(","))
+        jobs = [job for job in jobs if job[0] in wanted]
+    peers.ensure_venv(log=_say)
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "scenarios": {}}
+    results["machine"]["load_before"] = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="beatd-bench-") as tmp:
+        work = Path(tmp)
+        server = RedisServer(work / "redis").start()
+        results["machine"]["redis_server"] = server.version()
+        try:
+            for index, (group, module, params) in enumerate(jobs, 1):
+                params = _resolve(params, work, server, index)
+                label = f"{group} " + " ".join(
+                    f"{k}={v}"
+                    for k, v in params.items()
+                    if k in ("count", "tool", "mode", "backend_name")
+                )
+                _say(f"[{index}/{len(jobs)}] {label} ...")
+                result = run_job(module, params)
+                server.flush()
+                results["scenarios"].setdefault(group, []).append(result)
+                _say(f"    {_brief(result)}")
+        finally:
+            server.stop()
+    results["machine"]["load_after"] = os.getloadavg()
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    if args.merge:
+        results = _merged(results, args.quick)
+    write(results, args.quick)
+    _say(f"done in {results['elapsed_s']:.0f} s")
+
+
+def run_job(module: str, params: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.common", module, json.dumps(params)]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {JOB_TIMEOUT} s", "params": _public(params)}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK) :])
+            result["params"] = _public(params)
+            return result
+    return {"error": (done.stderr or done.stdout)[-2000:], "params": _public(params)}
+
+
+def _stem(quick: bool) -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if quick else "")
+
+
+def _merged(results: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Today's results with the groups just run replaced; the re-run is noted."""
+    path = RESULTS / f"{_stem(quick)}.json"
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    old["scenarios"].update(results["scenarios"])
+    reruns = old["machine"].setdefault("reruns", [])
+    reruns.append({"groups": sorted(results["scenarios"]), **results["machine"]})
+    return old
+
+
+def write(results: dict[str, Any], quick: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = _stem(quick)
+    path = RESULTS / f"{stem}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    _say(f"wrote {path.relative_to(REPO)}")
+    out_dir, doc = (RESULTS, RESULTS / f"{stem}.md") if quick else (DOCS, DOCS / "benchmarks.md")
+    plots = report.plot(path, out_dir, prefix=f"{stem}-" if quick else "bench-")
+    doc.write_text(report.markdown(results, plots, doc.parent, path.relative_to(REPO)))
+    _say(f"wrote {doc.relative_to(REPO)} and {len(plots)} plot(s)")
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "beatd"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+    )
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "beatd_commit": commit + ("+uncommitted" if dirty else ""),
+        "peers": peers.versions(),
+    }
+
+
+def _resolve(params: dict[str, Any], work: Path, server: RedisServer, index: int) -> dict[str, Any]:
+    params = dict(params, workdir=str(work / f"job-{index}"))
+    Path(params["workdir"]).mkdir(parents=True, exist_ok=True)
+    if params.get("url") == "sqlite":
+        params["url"] = f"sqlite:///{work}/job-{index}/beatd.db"
+    elif params.get("url") == "redis":
+        params["url"] = server.url
+        params["redis_pid"] = server.pid
+    params["backend_name"] = params["url"].split(":", 1)[0]
+    return params
+
+
+def _public(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in ("workdir", "url", "redis_pid")}
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "ERROR " + result["error"].strip().splitlines()[-1][:200]
+    keys = (
+        "runs_per_s",
+        "publish_wall_s",
+        "landed_pct",
+        "lost",
+        "duplicates",
+        "cpu_us_per_run",
+        "cpu_ms_per_s",
+        "first_publish_s",
+        "daemon_peak_rss_mb",
+        "tasks_per_s",
+        "queued_pct",
+        "all_queued_s",
+    )
+    parts = [f"{k}={result[k]}" for k in keys if k in result]
+    for name in ("delay_s", "gap_s"):
+        if isinstance(result.get(name), dict) and result[name].get("p50") is not None:
+            d = result[name]
+            parts.append(f"{name} p50={d['p50']:.3f} p99={d.get('p99', 0):.3f} max={d['max']:.3f}")
+    return " ".join(parts)
+
+
+def _groups() -> list[str]:
+    return sorted({job[0] for job in plan.jobs(False)})
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
