@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -168,6 +169,17 @@ def daemon_options(func: Decorated) -> Decorated:
 def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
     ctx.meta[f"beatd.{param.name}"] = value
     return value
+
+
+def read_optional_config(
+    schedules: Sequence[str], timezone: str, max_file_size: int
+) -> Config | None:
+    """The configuration, for commands that can do without one: none when --schedules was
+    left at its default and there is no ./schedules (a worker host needs no schedule files)."""
+    source = click.get_current_context().get_parameter_source("schedules")
+    if source is click.core.ParameterSource.DEFAULT and not os.path.exists(schedules[0]):
+        return None
+    return read_config(schedules, timezone, max_file_size)
 
 
 def open_broker(url: str, op_timeout: float = 2.0) -> Backend:

@@ -10,7 +10,6 @@ publishing shows up as overdue instead, from its persisted horizon.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -32,7 +31,7 @@ from beatd.cli.common import (
     fail,
     main,
     open_broker,
-    read_config,
+    read_optional_config,
     slot_text,
 )
 from beatd.config import Config
@@ -175,10 +174,7 @@ def status(
 ) -> None:
     """Show the leader, each entry's last and next run, queue depths and dead letters."""
     setup_logging(log_level, log_format)
-    source = click.get_current_context().get_parameter_source("schedules")
-    config = None
-    if source is not click.core.ParameterSource.DEFAULT or os.path.exists(schedules[0]):
-        config = read_config(schedules, timezone, max_file_size)
+    config = read_optional_config(schedules, timezone, max_file_size)
     counts = read_counts(metrics_urls) if metrics_urls else None
     backend = open_broker(broker)
     try:

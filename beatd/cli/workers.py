@@ -26,7 +26,7 @@ from beatd.cli.common import (
     main,
     metrics_option,
     open_broker,
-    read_config,
+    read_optional_config,
     seconds_option,
     start_metrics,
 )
@@ -261,10 +261,7 @@ def worker(
 ) -> None:
     """Run the published tasks: each run at least once, with retries and dead letters."""
     setup_logging(log_level, log_format)
-    source = click.get_current_context().get_parameter_source("schedules")
-    config = None
-    if source is not click.core.ParameterSource.DEFAULT or os.path.exists(schedules[0]):
-        config = read_config(schedules, timezone, max_file_size)
+    config = read_optional_config(schedules, timezone, max_file_size)
     backend = open_worker_broker(broker, flags)
     runner = build_worker(backend, config, flags)
     registry = CollectorRegistry()
