@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.message import RunMessage
 from tests.redis_server import free_port
+from tests.test_daemon import query
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
@@ -182,18 +182,6 @@ def _serving(proc: Proc) -> bool:
         return get(f"http://127.0.0.1:{proc.port}/healthz")[0] == 200
     except OSError:
         return False
-
-
-def query(db: Path, sql: str, *params: object) -> list[tuple]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db, timeout=10) as conn:
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise
 
 
 def published(db: Path, entry: str) -> list[tuple[datetime, datetime]]:
