@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from beatd.message import RunMessage
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import OnceSchedule
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -96,14 +96,6 @@ def publish(url: str, clock: FakeClock, entries: list[Entry], seconds: float) ->
     run_for(beat, seconds)
     beat.shutdown()
     backend.close()
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_a_stock_celery_worker_runs_what_beatd_published(tmp_path: Path, redis_url: str) -> None:

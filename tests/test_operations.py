@@ -37,6 +37,7 @@ from beatd.cli import main
 from beatd.message import RunMessage
 from tests.redis_server import free_port
 from tests.test_daemon import query
+from tests.waiting import wait_for
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
@@ -90,16 +91,6 @@ entries:
 """
 GRACE = timedelta(seconds=1)  # the default misfire_grace of a 1 s interval
 SECOND = timedelta(seconds=1)
-
-
-def wait_for(condition: Callable[[], R], timeout: float = 20.0, what: str = "") -> R:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 
 
 def get(url: str) -> tuple[int, str]:
