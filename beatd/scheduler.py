@@ -7,6 +7,7 @@ whichever is first. Signals and schedule-file changes wake it early. There is no
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -18,10 +19,10 @@ from itertools import islice
 from beatd import celery_protocol
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
-from beatd.config import Config
+from beatd.config import Config, Entry
 from beatd.core import Decision, Planner, RunCounts
 from beatd.errors import BackendError, ConfigError, LeaseLost
-from beatd.message import RunMessage, format_slot, run_id
+from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Scheduler:
         self._backend_down = False
         self._adopted = False
         self._announced = ""
+        self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
         self.on_event: Callable[[str], None] = lambda _event: None
 
     @property
@@ -175,6 +177,7 @@ class Scheduler:
             self.on_event("reload_failed")
             return False
         self.config = config
+        self._templates.clear()
         self.totals.reloads_ok += 1
         self.totals.last_reload_ok = True
         self._adopted = False
@@ -213,6 +216,9 @@ class Scheduler:
             if rejected:
                 self._resync(rejected)
         self._adopted = True
+        # The configuration and the planner's state now live until the next reload: keep the
+        # cyclic collector from walking them again and again while runs are published.
+        gc.freeze()
 
     # --- leadership ----------------------------------------------------------------------
 
@@ -309,53 +315,104 @@ class Scheduler:
     # --- publishing ----------------------------------------------------------------------
 
     def _publish(self) -> bool:
-        now = self.clock.now()
-        decisions = self.planner.tick(now)
-        if decisions:
-            self._commit(decisions)
-        return bool(decisions)
-
-    def _commit(self, decisions: list[Decision]) -> None:
+        """Publish what is due, a batch at a time, with one batch's commit in flight: the next
+        batch is decided while the backend works on the last, and the first runs of a burst go
+        out before the rest is decided. True when the backend was asked."""
         assert self.lease is not None
-        published = late = 0
-        missed = 0
-        pending = iter(decisions)
-        for batch in _chunks(pending, self.settings.batch_size):
-            published_at = self.clock.now()
-            messages = [m for d in batch for m in self._messages(d, published_at)]
-            writes = [
-                StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
-            ]
-            try:
-                rejected = self.backend.commit(self.lease, writes, messages)
-            except LeaseLost as exc:
-                self.planner.release([*batch, *pending])
-                log.warning("%s; now standby", exc)
-                self._step_down()
-                return
-            except BackendError:
-                self.planner.release([*batch, *pending])
+        lease = self.lease
+        before = self.counts.totals()
+        sent: _Sent | None = None  # committed, outcome not yet read
+        batch: list[Decision] = []  # decided, not yet sent
+        try:
+            for batch in _chunks(
+                self.planner.decide_due(self.clock.now()), self.settings.batch_size
+            ):
+                published_at = self.clock.now()
+                writes = [
+                    StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
+                ]
+                messages = self._messages(batch, published_at)
+                if sent is not None:
+                    self._conclude(sent)
+                sent = _Sent(batch, published_at, self.backend.send_commit(lease, writes, messages))
+                batch = []
+            if sent is not None:
+                self._conclude(sent)
+        except BackendError as exc:
+            self.planner.release(batch)
+            if not isinstance(exc, LeaseLost):
                 raise
-            done = [d for d in batch if d.entry.name not in rejected]
-            self.planner.settle(done)
-            if rejected:
-                self._resync(rejected)
-            for decision in done:
-                self._account(decision, published_at)
-                published += len(decision.runs)
-                late += sum(r.late for r in decision.runs)
-                missed += sum(decision.missed.values())
-        if published or missed:
-            nxt = self.planner.next_wake()
-            log.info(
-                "published=%d late=%d missed=%d next_due=%s",
-                published,
-                late,
-                missed,
-                format_slot(nxt) if nxt else "never",
-            )
+            log.warning("%s; now standby", exc)
+            self._step_down()
+        self._log_step(before)
+        return sent is not None
 
-    def _messages(self, decision: Decision, published_at: datetime) -> Iterator[Outgoing]:
+    def _conclude(self, sent: _Sent) -> None:
+        """Wait for a batch's commit, then move its entries on (or resync the rejected)."""
+        try:
+            rejected = sent.outcome()
+        except BackendError:
+            self.planner.release(sent.batch)
+            raise
+        done = [d for d in sent.batch if d.entry.name not in rejected] if rejected else sent.batch
+        self.planner.settle(done)
+        if rejected:
+            self._resync(rejected)
+        for decision in done:
+            self._account(decision, sent.published_at)
+
+    def _log_step(self, before: dict[str, int]) -> None:
+        after = self.counts.totals()
+        if after["due"] == before["due"]:
+            return
+        nxt = self.planner.next_wake()
+        log.info(
+            "published=%d late=%d missed=%d next_due=%s",
+            after["published"] - before["published"],
+            after["late"] - before["late"],
+            after["due"] - after["published"] - before["due"] + before["published"],
+            format_slot(nxt) if nxt else "never",
+        )
+
+    def _messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
+        stamp = format_time(published_at)
+        messages: list[Outgoing] = []
+        for decision in batch:
+            entry = decision.entry
+            if not decision.runs:
+                continue
+            if entry.protocol == "celery":
+                messages += self._celery_messages(decision, published_at)
+                continue
+            template = self._template(entry)
+            expires = format_time(published_at + entry.expires) if entry.expires else None
+            for run in decision.runs:
+                slot = format_slot(run.slot)
+                body = template.render(slot, stamp, expires)
+                messages.append(
+                    Outgoing(
+                        entry.name, run_id(entry.name, run.slot), entry.queue, entry.priority, body
+                    )
+                )
+        return messages
+
+    def _template(self, entry: Entry) -> RunTemplate:
+        """The entry's message template, made at its first run and kept while it is loaded."""
+        known = self._templates.get(entry.name)
+        if known is None or known[0] is not entry:
+            template = RunTemplate(
+                entry=entry.name,
+                task=entry.task,
+                queue=entry.queue,
+                args=entry.args,
+                kwargs=entry.kwargs,
+                priority=entry.priority,
+                headers=entry.headers,
+            )
+            known = self._templates[entry.name] = (entry, template)
+        return known[1]
+
+    def _celery_messages(self, decision: Decision, published_at: datetime) -> Iterator[Outgoing]:
         entry = decision.entry
         for run in decision.runs:
             message = RunMessage(
@@ -371,13 +428,8 @@ class Scheduler:
                 priority=entry.priority,
                 headers=entry.headers,
             )
-            if entry.protocol == "celery":
-                body = celery_protocol.encode(message, origin=f"beatd@{self.settings.node}")
-            else:
-                body = message.to_json()
-            yield Outgoing(
-                entry.name, message.id, entry.queue, entry.priority, body, entry.protocol or "beatd"
-            )
+            body = celery_protocol.encode(message, origin=f"beatd@{self.settings.node}")
+            yield Outgoing(entry.name, message.id, entry.queue, entry.priority, body, "celery")
 
     def _account(self, decision: Decision, published_at: datetime) -> None:
         self.counts.add(decision)
@@ -423,6 +475,13 @@ class Scheduler:
             log.info("backend %s reachable again", self.backend.url)
             self._backend_down = False
             self.on_event("backend_up")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    batch: list[Decision]
+    published_at: datetime
+    outcome: Callable[[], set[str]]
 
 
 def _chunks(items: Iterator[Decision], size: int) -> Iterator[list[Decision]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -41,6 +42,16 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def tune_collector() -> None:
+    """Run CPython's cyclic garbage collector less often than its default, every 700 objects.
+
+    What a scheduler keeps (entries, planner state) is frozen out of the collector's sight once
+    adopted (`Scheduler`), and what publishing makes dies young, by reference counting. With
+    the default thresholds, collections were a third of the cost of a 100,000-run burst.
+    """
+    gc.set_threshold(50_000, 20, 20)
 
 
 def on_signals(stop: threading.Event, wake: threading.Event, reload: Callable[[], None]) -> None:

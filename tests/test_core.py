@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -250,8 +250,8 @@ def test_decision_carries_previous_state_for_compare_and_set() -> None:
     planner = start([every("a", 60)], store, T0)
     (decision,) = planner.tick(T0 + timedelta(minutes=1))
     assert decision.previous == store.states["a"]
-    assert decision.state == replace(
-        decision.previous,  # type: ignore[arg-type]
+    assert decision.previous is not None
+    assert decision.state == decision.previous._replace(
         last_slot=T0 + timedelta(minutes=1),
         last_published=T0 + timedelta(minutes=1),
     )

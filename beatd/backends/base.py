@@ -9,10 +9,10 @@ Errors: `TransientBackendError` means "unreachable or busy, nothing was written,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from beatd.core import EntryState
 
@@ -34,16 +34,14 @@ class LeaderInfo:
     config_hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class StateWrite:
+class StateWrite(NamedTuple):  # made per entry and run published, so cheap tuples
     """Advance one entry's state, but only if its persisted horizon is still `expected`."""
 
     state: EntryState
     expected: datetime | None  # None: the entry has no persisted state yet
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to enqueue together with its entry's state write.
 
     `protocol` says how `body` is encoded and where it goes: `beatd` (a run message for beatd's
@@ -125,6 +123,13 @@ class Backend(Protocol):
         persisted horizon differs from `expected` is skipped with its messages; the names of
         such entries are returned so the caller can resync them.
         """
+
+    def send_commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> Callable[[], set[str]]:
+        """`commit`, split in two so the caller can work while the backend does: the returned
+        function waits for the outcome (or raises what `commit` raises). A backend may do all
+        the work at once and raise here. Wait for one before sending the next."""
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
         """Drop the state of entries removed from the configuration."""

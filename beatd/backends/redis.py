@@ -33,6 +33,8 @@ import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from json.encoder import encode_basestring as _string
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -92,6 +94,7 @@ def redact(url: str) -> str:
     return shown
 
 
+@lru_cache(maxsize=4096)  # the runs of a burst share their slots
 def _us(moment: datetime) -> int:
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
@@ -103,7 +106,7 @@ def _from_us(value: int) -> datetime:
 
 def _pack_state(state: EntryState) -> str:
     published = "null" if state.last_published is None else str(_us(state.last_published))
-    return f"[{_us(state.last_slot)},{published},{json.dumps(state.identity)}]"
+    return f"[{_us(state.last_slot)},{published},{_string(state.identity)}]"
 
 
 def _unpack_state(entry: str, value: str) -> EntryState:
@@ -113,9 +116,10 @@ def _unpack_state(entry: str, value: str) -> EntryState:
     )
 
 
-def _json(items: Sequence[str | int]) -> str:
-    # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
-    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+# UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
+_json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":")
+).encode
 
 
 def _ms(seconds: float) -> int:
@@ -187,15 +191,40 @@ class RedisBackend:
             raise BackendError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
 
     def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        return self._send(name, keys, args)()
+
+    def _send(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Callable[[], Any]:
+        """Send one script call; the returned function waits for its reply.
+
+        Between the two the caller can work while Redis runs the script; the connection stays
+        out of the pool until the reply is read, so each call must be waited for.
+        """
         script = SCRIPTS[name]
+        pool = self._redis.connection_pool
+        connection = self._do(name, pool.get_connection)
 
-        def call() -> Any:
+        def send(command: str, body: str) -> None:
+            connection.send_command(command, body, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+
+        def reply() -> Any:
             try:
-                return self._redis.evalsha(script.sha, len(keys), *keys, *args)
+                return connection.read_response()
             except redis.exceptions.NoScriptError:  # a restarted Redis: send it in full once
-                return self._redis.eval(script.source, len(keys), *keys, *args)
+                send("EVAL", script.source)
+                return connection.read_response()
 
-        return self._do(name, call)
+        def wait() -> Any:
+            try:
+                return self._do(name, reply)
+            finally:
+                pool.release(connection)
+
+        try:
+            self._do(name, lambda: send("EVALSHA", script.sha))
+        except BackendError:
+            pool.release(connection)
+            raise
+        return wait
 
     def _cmd(self, *args: str | int) -> Any:
         """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""
@@ -268,6 +297,11 @@ class RedisBackend:
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
+        return self.send_commit(lease, writes, messages)()
+
+    def send_commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> Callable[[], set[str]]:
         keys = [self._key("lease"), self._key("state"), self._key("queues")]
         flat_writes: list[str] = []
         for write in writes:
@@ -284,7 +318,8 @@ class RedisBackend:
             flat_messages += (index[key], m.entry, m.id, m.body)
         queues = sorted({m.queue for m in messages if m.protocol != "celery"})
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams))
-        return set(self._fenced("commit", lease, keys, (lease.token, lease.epoch, *flat)))
+        wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
+        return lambda: set(wait())
 
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
@@ -299,14 +334,24 @@ class RedisBackend:
     def _fenced(
         self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
-        """Run a script that refuses to write unless `lease` (token and epoch) still holds."""
-        try:
-            return self._eval(name, keys, args)
-        except LeaseLost as exc:
-            holder = str(exc).removeprefix(LEASE_LOST + " ")
-            raise LeaseLost(
-                f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
-            ) from None
+        return self._send_fenced(name, lease, keys, args)()
+
+    def _send_fenced(
+        self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Callable[[], Any]:
+        """Send a script that refuses to write unless `lease` (token and epoch) still holds."""
+        wait = self._send(name, keys, args)
+
+        def fenced() -> Any:
+            try:
+                return wait()
+            except LeaseLost as exc:
+                holder = str(exc).removeprefix(LEASE_LOST + " ")
+                raise LeaseLost(
+                    f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
+                ) from None
+
+        return fenced
 
     # --- queues ---------------------------------------------------------------------------
 

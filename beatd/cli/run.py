@@ -35,7 +35,7 @@ from beatd.config.celeryconf import read_celery_config
 from beatd.errors import BeatdError, ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
 from beatd.scheduler import Scheduler, SchedulerSettings
-from beatd.service import on_signals, setup_logging, watch_schedule_files
+from beatd.service import on_signals, setup_logging, tune_collector, watch_schedule_files
 from beatd.systemd import Notifier
 
 log = logging.getLogger("beatd")
@@ -97,6 +97,7 @@ def run(
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log_level, log_format)
+    tune_collector()
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
     config = read_config(schedules, timezone, max_file_size)

@@ -19,6 +19,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from beatd.errors import ScheduleError
@@ -338,15 +339,27 @@ class CronExpression:
 class CronSchedule:
     expression: CronExpression
     timezone: ZoneInfo
+    # Entries that share an expression and zone share one schedule (see `parse`) and, at a
+    # burst, ask it for the fire after the same slot: the answers are kept for a while.
+    _fires: dict[datetime, datetime | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(
         cls, text: str, timezone: str | ZoneInfo = "UTC", *, both_days: bool = False
     ) -> CronSchedule:
         zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
-        return cls(CronExpression.parse(text, both_days=both_days), zone)
+        return _parse_schedule(text, zone, both_days)
 
     def next_after(self, t: datetime) -> datetime | None:
+        fires = self._fires
+        if t in fires:
+            return fires[t]
+        if len(fires) >= 64:
+            fires.clear()
+        fire = fires[t] = self._next_after(t)
+        return fire
+
+    def _next_after(self, t: datetime) -> datetime | None:
         zone = self.timezone
         local = t.astimezone(zone)
         wall = local.replace(tzinfo=None)
@@ -429,6 +442,11 @@ class CronSchedule:
     def spec(self) -> str:
         days = " both-days" if self.expression.both_days else ""
         return f"cron {self.expression.text}{days} tz {self.timezone.key}"
+
+
+@lru_cache(maxsize=1024)
+def _parse_schedule(text: str, zone: ZoneInfo, both_days: bool) -> CronSchedule:
+    return CronSchedule(CronExpression.parse(text, both_days=both_days), zone)
 
 
 def _transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:

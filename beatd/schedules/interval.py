@@ -32,30 +32,27 @@ class IntervalSchedule:
             )
         if self.anchor.tzinfo is None:
             raise ScheduleError("anchor must carry a timezone")
-        anchor = self.anchor.astimezone(UTC).isoformat()
-        object.__setattr__(self, "spec", f"every {int(seconds)}s anchor {anchor}")
+        anchor = self.anchor.astimezone(UTC)  # slots come out in UTC without converting each
+        object.__setattr__(self, "anchor", anchor)
+        object.__setattr__(self, "spec", f"every {int(seconds)}s anchor {anchor.isoformat()}")
 
     @property
     def seconds(self) -> int:
         return int(self.every.total_seconds())
 
     def next_after(self, t: datetime) -> datetime:
-        step = self.seconds
-        elapsed = (t - self.anchor) // timedelta(seconds=1)
-        k = elapsed // step + 1
-        return (self.anchor + timedelta(seconds=k * step)).astimezone(UTC)
+        return self.anchor + self.every * ((t - self.anchor) // self.every + 1)
 
     def count_between(self, start: datetime, end: datetime) -> int:
         """How many slots lie in (start, end]."""
         if end <= start:
             return 0
-        step = self.seconds
-        first = (start - self.anchor) // timedelta(seconds=1) // step
-        last = (end - self.anchor) // timedelta(seconds=1) // step
+        first = (start - self.anchor) // self.every
+        last = (end - self.anchor) // self.every
         return max(0, last - first)
 
     def describe(self) -> str:
         text = f"every {format_duration(self.every)}"
         if self.anchor != EPOCH:
-            text += f" from {self.anchor.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+            text += f" from {self.anchor:%Y-%m-%dT%H:%M:%SZ}"
         return text

@@ -27,6 +27,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 def steady(params: dict[str, Any]) -> dict[str, Any]:
     from beatd.clock import FakeClock
     from beatd.scheduler import Scheduler, run_for
+    from beatd.service import tune_collector
+
+    tune_collector()  # as `beatd run` does
 
     url, count = params["url"], params["count"]
     window = min(600.0, max(5.0, params["runs"] / (RUNS_PER_ENTRY_SECOND * count)))

@@ -35,6 +35,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     cfg = config(same_instant(count, EVERY))
     from beatd.clock import FakeClock
     from beatd.scheduler import Scheduler
+    from beatd.service import tune_collector
+
+    tune_collector()  # as `beatd run` does
 
     slot = math.ceil(time.time() / EVERY) * EVERY  # the next shared slot, in real time terms
     clock = FakeClock(utc(slot) - timedelta(seconds=1))
