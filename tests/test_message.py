@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from beatd.message import MessageError, RunMessage, run_id
+from beatd.message import MessageError, RunMessage, RunTemplate, format_slot, format_time, run_id
 
 SLOT = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
 
@@ -75,3 +76,41 @@ def test_bad_messages(text: str, error: str) -> None:
     with pytest.raises(MessageError) as info:
         RunMessage.from_json(text)
     assert str(info.value) == error
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"entry": "tick", "task": "t.tick", "queue": "default"},
+        {
+            "entry": 'naïve "quoted" \\ entry\n',
+            "task": "reports.nightly",
+            "queue": "rapports-été",
+            "args": (1, "a", [2.5, None, True], {"k": "ü"}),
+            "kwargs": {"fmt": "pdf", "nested": {"x": [1, 2]}},
+            "priority": 0,
+            "headers": {"team": "data", "trace": None},
+        },
+        {"entry": "e", "task": "t", "queue": "q", "priority": 9, "kwargs": {}, "headers": {}},
+    ],
+    ids=["plain", "unicode_quotes_and_nesting", "empty_mappings"],
+)
+@pytest.mark.parametrize("expires", [None, timedelta(minutes=10)], ids=["no_expiry", "expiry"])
+def test_template_writes_what_the_message_writes(
+    fields: dict[str, Any], expires: timedelta | None
+) -> None:
+    published = SLOT + timedelta(seconds=0.125)
+    expires_at = published + expires if expires else None
+    message = RunMessage(
+        id=run_id(fields["entry"], SLOT),
+        scheduled_for=SLOT,
+        published_at=published,
+        expires_at=expires_at,
+        **fields,
+    )
+    template = RunTemplate(**fields)
+    text = template.render(
+        format_slot(SLOT), format_time(published), format_time(expires_at) if expires_at else None
+    )
+    assert text == message.to_json()
+    assert RunMessage.from_json(text) == message

@@ -305,3 +305,71 @@ def test_an_entry_whose_state_vanished_is_adopted_again(
     # 12:00:20 is rejected (no state to compare with) and re-decided from a new baseline
     assert ids[0] == "tick@2026-03-01T12:00:10Z" and ids[-1] == "tick@2026-03-01T12:00:30Z"
     assert len(ids) == len(set(ids)) and backend.load_states()["tick"].last_slot.second == 30
+
+
+class RecordsCommits(SQLiteBackend):
+    """A real SQLite backend that notes how far the planner had decided at each send and wait,
+    and can fail one commit's outcome as a lost connection would."""
+
+    beat: Scheduler
+    fail_wait: int | None = None
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[str, int]] = []
+
+    def send_commit(self, lease, writes, messages):  # type: ignore[no-untyped-def]
+        self.events.append(("send", self.beat.planner.next_fire_computations))
+        outcome = super().send_commit(lease, writes, messages)
+        number = len(self.events)
+
+        def wait() -> set[str]:
+            self.events.append(("wait", self.beat.planner.next_fire_computations))
+            if self.fail_wait == number:
+                raise TransientBackendError("connection reset by peer")
+            return outcome()
+
+        return wait
+
+
+def burst(tmp_path: Path, clock: FakeClock, count: int) -> tuple[RecordsCommits, Scheduler]:
+    backend = RecordsCommits(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    hourly = IntervalSchedule(
+        timedelta(hours=1), anchor=T0.replace(microsecond=0) + timedelta(seconds=2)
+    )
+    entries = (Entry(name=f"e{i:04d}", task="t.task", schedule=hourly) for i in range(count))
+    cfg = config(*entries)
+    beat = Scheduler(backend, lambda: cfg, clock, SchedulerSettings(node="a", batch_size=1000))
+    backend.beat = beat
+    beat.step()  # leader, baseline states
+    backend.events.clear()
+    clock.advance(2)  # onto the shared slot
+    return backend, beat
+
+
+def test_a_burst_goes_out_a_batch_at_a_time_deciding_the_next_meanwhile(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    backend, beat = burst(tmp_path, clock, 2500)
+    start = beat.planner.next_fire_computations
+    beat.step()
+    assert [(what, n - start) for what, n in backend.events] == [
+        ("send", 1000),
+        ("wait", 2000),  # the second batch was decided while the first was committed
+        ("send", 2000),
+        ("wait", 2500),
+        ("send", 2500),
+        ("wait", 2500),
+    ]
+    assert len(published(backend)) == 2500
+
+
+def test_a_commit_lost_mid_burst_loses_and_repeats_nothing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    backend, beat = burst(tmp_path, clock, 2500)
+    backend.fail_wait = 3  # the second batch's outcome, after the third was decided
+    run_for(beat, 5)
+    ids = [m["id"] for m in published(backend)]
+    assert len(ids) == len(set(ids)) == 2500
+    assert beat.counts.total("published") < 2500  # the lost outcome's runs count as unknown

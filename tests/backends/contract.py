@@ -124,6 +124,35 @@ class BackendContract:
         assert backend.load_states() == {}
         assert backend.queue_depths() == {}
 
+    def test_send_commit_then_wait_is_a_commit(self, backend: Backend) -> None:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        backend.commit(lease, [StateWrite(state("e", 0), None)], [])
+        first = backend.send_commit(
+            lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
+        )
+        assert first() == set()
+        # sent from the state before the first: refused, the caller resyncs
+        second = backend.send_commit(
+            lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
+        )
+        assert second() == {"e"}
+        assert backend.load_states() == {"e": state("e", 1, 1)}
+        assert backend.queue_depths() == {"default": 1}
+
+    def test_send_commit_without_the_lease_raises_when_sent_or_waited_for(
+        self, backend: Backend, backend_factory: Callable[[], Backend]
+    ) -> None:
+        old = backend.acquire_lease("a", 10)
+        assert old is not None
+        backend.release_lease(old)
+        new = backend_factory().acquire_lease("b", 10)
+        assert new is not None
+        with pytest.raises(LeaseLost):
+            backend.send_commit(old, [StateWrite(state("e", 1, 1), None)], [message("e", 1)])()
+        assert backend.load_states() == {}
+        assert backend.queue_depths() == {}
+
     def test_forget_drops_state(self, backend: Backend) -> None:
         lease = backend.acquire_lease("a", 10)
         assert lease is not None

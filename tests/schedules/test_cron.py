@@ -557,3 +557,24 @@ def test_never_fires_and_bare_l(expr: str, message: str) -> None:
     with pytest.raises(ScheduleError) as error:
         CronSchedule.parse(expr, "UTC")
     assert str(error.value) == message
+
+
+def test_entries_with_one_expression_share_one_schedule() -> None:
+    berlin = CronSchedule.parse("30 2 * * *", "Europe/Berlin")
+    assert CronSchedule.parse("30 2 * * *", ZoneInfo("Europe/Berlin")) is berlin
+    assert CronSchedule.parse("30 2 * * *", "Europe/Paris") is not berlin
+    assert CronSchedule.parse("30 2 * * *", "Europe/Berlin", both_days=True) is not berlin
+
+
+def test_remembered_fires_are_the_computed_ones() -> None:
+    # a fresh schedule (not the shared one) for each question computes without memory
+    expr = "*/7 1-3 * * *"
+    shared = CronSchedule.parse(expr, "Europe/London")
+    t = utc("2026-03-28T23:00:00Z")
+    for _ in range(200):  # across the spring-forward night, each asked twice
+        fresh = CronSchedule(shared.expression, shared.timezone)
+        expected = fresh.next_after(t)
+        assert shared.next_after(t) == expected
+        assert shared.next_after(t) == expected
+        assert expected is not None
+        t = expected
