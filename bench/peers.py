@@ -21,7 +21,15 @@ REQUIREMENTS = (
     "matplotlib>=3.8",
     "py-spy>=0.3",
 )
-DISTRIBUTIONS = ("celery", "kombu", "celery-redbeat", "APScheduler", "redis", "matplotlib")
+DISTRIBUTIONS = (
+    "celery",
+    "kombu",
+    "billiard",
+    "celery-redbeat",
+    "APScheduler",
+    "redis",
+    "matplotlib",
+)
 STAMP = VENV / "requirements.json"
 
 
@@ -66,3 +74,8 @@ def versions() -> dict[str, str]:
 
 def py_spy() -> Path:
     return VENV / "bin" / "py-spy"
+
+
+def celery() -> Path:
+    """The `celery` command of the peers' Celery (scenario 5 starts a worker with it)."""
+    return VENV / "bin" / "celery"

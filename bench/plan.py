@@ -59,8 +59,11 @@ def jobs(quick: bool) -> list[Job]:
         )
     if not quick:
         out.append(("startup", "startup", {"url": "redis", "count": 100_000}))
+    tasks = 2_000 if quick else 20_000
     for backend in BACKENDS:
-        out.append(("worker", "worker", {"url": backend, "count": 2_000 if quick else 20_000}))
+        out.append(("worker", "worker", {"url": backend, "count": tasks}))
+    # the same no-op tasks for a real Celery worker, in beatd's Celery-protocol messages
+    out.append(("worker", "worker", {"url": "redis", "count": tasks, "tool": "celery"}))
     for backend in BACKENDS:
         out.append(
             (

@@ -332,7 +332,18 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
         (
             "5. Worker: no-op tasks, `--concurrency 2`",
             "worker",
-            ["backend", "tasks", "tasks_per_s", "seconds_to_empty", "worker_main_cpu_s"],
+            [
+                "tool",
+                "backend",
+                "tasks",
+                "executed",
+                "tasks_per_s",
+                "seconds_to_empty",
+                "main_cpu_us_per_task",
+                "pool_cpu_us_per_task",
+                "worker_main_cpu_s",
+                "worker_pool_cpu_s",
+            ],
         ),
         (
             "6. Failover: kill -9 of the leader, two `beatd run`, 100 entries every second",
@@ -357,6 +368,9 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
         if not rows:
             out += ["Not measured in this run.", ""]
             continue
+        if key == "worker":
+            rows = [{"tool": "beatd", **r} for r in rows]  # rows from before Celery's joined
+            out.append(_workers(rows))
         body = [
             [_field(r, c) for c in columns]
             if "error" not in r
@@ -365,6 +379,75 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
         ]
         out.append(_table(columns, body))
     return "\n".join(out)
+
+
+def _workers(rows: list[Result]) -> str:
+    """beatd's worker beside Celery's on the same number of no-op tasks, both on Redis."""
+    out = []
+    for celery in _ok([r for r in rows if r["tool"] == "celery"]):
+        beatd = next(
+            (
+                r
+                for r in _ok(rows)
+                if (r["tool"], r["backend"], r["tasks"]) == ("beatd", "redis", celery["tasks"])
+            ),
+            None,
+        )
+        by_tool = {"beatd": beatd, "celery": celery} if beatd else {"celery": celery}
+        version = celery.get("celery", "")
+        header = ["", "`beatd worker`", f"Celery {version} worker (prefork)"]
+        body = [
+            [label, *(_cell(by_tool, tool, get, fmt, better) for tool in ("beatd", "celery"))]
+            for label, get, fmt, better in _WORKER
+        ]
+        out += [
+            f"**beatd's worker beside a Celery worker: {celery['tasks']:,} no-op tasks on Redis, "
+            "`--concurrency 2`**",
+            "",
+            _table(header, body),
+            "The same run and redis-server, one worker at a time. The Celery worker is an "
+            "unmodified `celery worker` from the peers' environment running a task of the same "
+            "name, on messages written by beatd's Celery encoder as `beatd run` publishes them "
+            "for `protocol: celery` entries. Celery keeps its defaults: it prefetches 4 messages "
+            "per process and acknowledges a message when a pool process takes it, where beatd "
+            "acknowledges a run after its task finished. Both log at `info`: one line per task "
+            "for beatd, two for Celery. Executed counts the task bodies that ran. CPU per task "
+            "is taken between 90 % and 10 % of the queue remaining; the pool is every process "
+            "below the main one (for beatd its forkserver and children). Ratio = Celery's "
+            "figure / beatd's.",
+            "",
+        ]
+    return "\n".join(out)
+
+
+_WORKER = [
+    ("tasks per second", lambda r: r["tasks_per_s"], lambda v: f"{v:,.0f}", "higher"),
+    (
+        "executed",
+        lambda r: r.get("executed"),
+        lambda v: f"{v:,}",
+        "",
+    ),
+    (
+        "CPU per task, main process",
+        lambda r: r.get("main_cpu_us_per_task"),
+        lambda v: f"{v:,.0f} µs",
+        "lower",
+    ),
+    (
+        "CPU per task, pool",
+        lambda r: r.get("pool_cpu_us_per_task"),
+        lambda v: f"{v:,.0f} µs",
+        "lower",
+    ),
+    ("start to empty queue", lambda r: r["seconds_to_empty"], lambda v: _s(v), "lower"),
+    (
+        "CPU, whole run with start-up (main + pool)",
+        lambda r: r["worker_main_cpu_s"] + r.get("worker_pool_cpu_s", 0),
+        lambda v: _s(v),
+        "lower",
+    ),
+]
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -1,33 +1,159 @@
-"""Scenario 5: `beatd worker --concurrency 2` running no-op tasks: tasks per second.
+"""Scenario 5: no-op tasks per second with `--concurrency 2`, beatd's worker and Celery's.
 
-N run messages of `bench.noop` are queued first; the worker is then started and the queue depth
-sampled until it is empty. The rate is taken between 90 % and 10 % remaining, so process start-up
-and the last stragglers are left out.
+`tool=beatd` (the default) runs `beatd worker` on N beatd run messages, on SQLite or Redis.
+`tool=celery` runs a real `celery worker` (the peers' Celery, prefork pool) on N Celery protocol
+messages in the bench's Redis: envelopes from beatd's own encoder (`beatd.celery_protocol`),
+pushed onto the list `beatd run` commits a `protocol: celery` entry's runs to, oldest first.
+
+The messages of `bench.noop` are queued first; the worker is then started and the queue depth
+sampled until it is empty. The rate is taken between 90 % and 10 % remaining, so process
+start-up and the last stragglers are left out; so is the CPU per task, of the main process and
+of the pool (every descendant process), read from /proc at those two marks. Every run of the
+task counts itself (bench/taskcount.py), and the result says how many executed: N when every
+message ran.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import daemons
-from bench.common import open_backend, proc_cpu, queued_count, reset_backend
+from bench import daemons, peers, taskcount
+from bench.common import open_backend, proc_cpu, queued_count, reset_backend, wait_until
 from bench.workload import TASK
+
+QUEUE = "default"  # beatd's
+CELERY_QUEUE = "celery"  # Celery's default queue, where `beatd run` sends an entry without one
+BATCH = 1000
+
+Mark = tuple[float, float, float]  # monotonic time, CPU s of the main process, CPU s of the pool
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
-    url, count, concurrency = params["url"], params["count"], params.get("concurrency", 2)
+    tool = params.get("tool", "beatd")
+    url, count = params["url"], params["count"]
+    concurrency = params.get("concurrency", 2)
     work = Path(params["workdir"])
     kind = url.split(":", 1)[0]
+    if tool == "celery" and kind != "redis":
+        raise ValueError(f"a Celery worker needs the Redis broker, not {url}")
+    counts = work / f"executed-{tool}-{kind}"
+    counts.mkdir(parents=True)
     reset_backend(url)
-    _fill(url, count)
-    schedule = work / "worker.yaml"
+    log = work / f"worker-{tool}-{kind}.log"
+    extra: dict[str, Any] = {}
+    if tool == "celery":
+        _fill_celery(url, count)
+        depth = _celery_depth(url)
+        extra["celery"] = peers.versions()["celery"]
+        spawned = time.monotonic()
+        process = _celery_worker(url, concurrency, counts, log)
+    else:
+        _fill(url, count)
+        depth = lambda: queued_count(url)  # noqa: E731
+        spawned = time.monotonic()
+        process = _beatd_worker(url, concurrency, counts, log, params.get("log_level", "info"))
+    try:
+        marks = _drain(process, depth, count, params.get("timeout", 240), log)
+        # Celery's queue empties as its last tasks are taken, not finished: wait for them
+        wait_until(lambda: taskcount.executed(counts) >= count, 30, 0.05)
+        main_cpu, pool_cpu = _tree_cpu(process.pid)
+    finally:
+        daemons.stop(process)
+    done = "p10" in marks and "p90" in marks
+    per_task = 0.8 * count
+    rate = per_task / (marks["p10"][0] - marks["p90"][0]) if done else None
+    return {
+        "tool": tool,
+        "backend": kind,
+        "tasks": count,
+        "concurrency": concurrency,
+        "tasks_per_s": round(rate, 1) if rate else None,
+        "drained": "empty" in marks,
+        "executed": taskcount.executed(counts),
+        "seconds_to_empty": round(marks["empty"][0] - spawned, 2) if "empty" in marks else None,
+        "worker_main_cpu_s": round(main_cpu, 2),
+        "worker_pool_cpu_s": round(pool_cpu, 2),
+        "main_cpu_us_per_task": (
+            round(1e6 * (marks["p10"][1] - marks["p90"][1]) / per_task, 1) if done else None
+        ),
+        "pool_cpu_us_per_task": (
+            round(1e6 * (marks["p10"][2] - marks["p90"][2]) / per_task, 1) if done else None
+        ),
+        **extra,
+    }
+
+
+def _drain(
+    process: subprocess.Popen[bytes],
+    depth: Callable[[], int],
+    count: int,
+    timeout: float,
+    log: Path,
+) -> dict[str, Mark]:
+    """Sample the queue depth until it is empty: when 90 % and 10 % remained, and when none."""
+    marks: dict[str, Mark] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        remaining = depth()
+        now = time.monotonic()
+        if remaining <= 0.9 * count and "p90" not in marks:
+            marks["p90"] = (now, *_tree_cpu(process.pid))
+        if remaining <= 0.1 * count and "p10" not in marks:
+            marks["p10"] = (now, *_tree_cpu(process.pid))
+        if remaining == 0:
+            marks["empty"] = (now, 0.0, 0.0)
+            break
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with {process.returncode}; see {log}")
+        time.sleep(0.05)
+    return marks
+
+
+def _tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a live process and, together, of its live descendants: the pool, which
+    for beatd hangs off a forkserver process, for Celery off the main process itself."""
+    descendants = 0.0
+    pending = _children(pid)
+    while pending:
+        child = pending.pop()
+        try:
+            descendants += proc_cpu(child)
+        except OSError:  # it exited since the listing
+            continue
+        pending += _children(child)
+    return proc_cpu(pid), descendants
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # it exited
+        return out
+    for thread in threads:
+        try:
+            out += [int(child) for child in (thread / "children").read_text().split()]
+        except OSError:  # the thread ended since the listing
+            continue
+    return out
+
+
+# --- beatd -------------------------------------------------------------------------------------
+
+
+def _beatd_worker(
+    url: str, concurrency: int, counts: Path, log: Path, log_level: str
+) -> subprocess.Popen[bytes]:
+    schedule = log.with_suffix(".yaml")
     schedule.write_text("entries: {}\n")
-    log = work / f"worker-{kind}.log"
-    spawned = time.monotonic()
-    process = daemons.beatd(
+    return daemons.beatd(
         [
             "worker",
             "--broker",
@@ -35,69 +161,125 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             "-A",
             "bench.tasks",
             "-Q",
-            "default",
+            QUEUE,
             "-s",
             str(schedule),
             "--concurrency",
             str(concurrency),
             "--log-level",
-            params.get("log_level", "info"),
+            log_level,
         ],
         log,
+        env={taskcount.ENV: str(counts)},
     )
-    marks: dict[str, float] = {}
-    try:
-        deadline = time.monotonic() + params.get("timeout", 240)
-        while time.monotonic() < deadline:
-            depth = queued_count(url)
-            now = time.monotonic()
-            if depth <= 0.9 * count:
-                marks.setdefault("p90", now)
-            if depth <= 0.1 * count:
-                marks.setdefault("p10", now)
-            if depth == 0:
-                marks["empty"] = now
-                break
-            if process.poll() is not None:
-                raise RuntimeError(f"beatd worker exited with {process.returncode}; see {log}")
-            time.sleep(0.05)
-        cpu = proc_cpu(process.pid)
-    finally:
-        daemons.stop(process)
-    done = "p10" in marks and "p90" in marks
-    rate = 0.8 * count / (marks["p10"] - marks["p90"]) if done else None
-    return {
-        "backend": kind,
-        "tasks": count,
-        "concurrency": concurrency,
-        "tasks_per_s": round(rate, 1) if rate else None,
-        "drained": "empty" in marks,
-        "seconds_to_empty": round(marks["empty"] - spawned, 2) if "empty" in marks else None,
-        "worker_main_cpu_s": round(cpu, 2),
-    }
 
 
-def _fill(url: str, count: int) -> None:
-    from beatd.backends.base import Outgoing
+def _messages(count: int, queue: str):
     from beatd.message import RunMessage, run_id
 
-    backend = open_backend(url)
     now = datetime.now(UTC).replace(microsecond=0)
-    batch = []
     for i in range(count):
         entry = f"noop-{i:06d}"
-        message = RunMessage(
+        yield RunMessage(
             id=run_id(entry, now),
             task=TASK,
             entry=entry,
             scheduled_for=now,
             published_at=now,
-            queue="default",
+            queue=queue,
         )
-        batch.append(Outgoing(entry, message.id, "default", None, message.to_json()))
-        if len(batch) == 1000:
+
+
+def _fill(url: str, count: int) -> None:
+    from beatd.backends.base import Outgoing
+
+    backend = open_backend(url)
+    batch = []
+    for message in _messages(count, QUEUE):
+        batch.append(Outgoing(message.entry, message.id, QUEUE, None, message.to_json()))
+        if len(batch) == BATCH:
             backend.enqueue(batch)
             batch = []
     if batch:
         backend.enqueue(batch)
     backend.close()
+
+
+# --- Celery ------------------------------------------------------------------------------------
+
+
+def _fill_celery(url: str, count: int) -> None:
+    """What `beatd run` commits for `protocol: celery` runs: its envelope, LPUSHed onto the
+    queue's kombu list one message at a time, so a worker's BRPOP takes the oldest first."""
+    import redis
+
+    from beatd import celery_protocol
+
+    key = celery_protocol.list_name(CELERY_QUEUE, None)
+    origin = f"beatd@{socket.gethostname()}"
+    client = redis.Redis.from_url(url)
+    batch = []
+    for message in _messages(count, CELERY_QUEUE):
+        batch.append(celery_protocol.encode(message, origin))
+        if len(batch) == BATCH:
+            client.lpush(key, *batch)
+            batch = []
+    if batch:
+        client.lpush(key, *batch)
+    client.close()
+
+
+def _celery_depth(url: str) -> Callable[[], int]:
+    """Messages not yet taken for a task: the queue's four priority lists plus kombu's `unacked`
+    hash (prefetched; Celery acknowledges as a pool process accepts the task)."""
+    import redis
+
+    from beatd import celery_protocol
+
+    lists = sorted({celery_protocol.list_name(CELERY_QUEUE, p) for p in (None, 6, 3, 0)})
+    client = redis.Redis.from_url(url)
+
+    def depth() -> int:
+        with client.pipeline(transaction=False) as pipe:
+            for key in lists:
+                pipe.llen(key)
+            pipe.hlen("unacked")
+            return sum(pipe.execute())
+
+    return depth
+
+
+def _celery_worker(url: str, concurrency: int, counts: Path, log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    try:
+        return subprocess.Popen(
+            [
+                str(peers.celery()),
+                "-A",
+                "bench.drivers.celery_worker",
+                "worker",
+                "-Q",
+                CELERY_QUEUE,
+                "--concurrency",
+                str(concurrency),
+                "--pool",
+                "prefork",
+                "--loglevel",
+                "INFO",
+                "--logfile",
+                str(log),
+                "--hostname",
+                "bench@%h",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=daemons.REPO,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(daemons.REPO),
+                "BENCH_REDIS": url,
+                taskcount.ENV: str(counts),
+            },
+        )
+    finally:
+        out.close()
