@@ -51,6 +51,7 @@ from beatd.errors import BackendError, LeaseLost, TransientBackendError
 T = TypeVar("T")
 
 BANDS = ("high", "normal", "low")  # read in this order
+RECORD_SEPARATOR = "\x1e"  # between the bodies of a commit (see redis_scripts.COMMIT)
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
 # error replies that mean "busy or failing over, try again", not "wrong"
 TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
@@ -142,6 +143,7 @@ class RedisBackend:
             )
         self.namespace = namespace
         self.op_timeout = op_timeout
+        self._targets: dict[tuple[str, int | None, str], tuple[str, bool]] = {}
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 url,
@@ -315,17 +317,26 @@ class RedisBackend:
         index = {key: k for k, key in enumerate(keys, 1)}
         flat_messages: list[str | int] = []
         for m, (key, _) in zip(messages, targets, strict=True):
-            flat_messages += (index[key], m.entry, m.id, m.body)
+            flat_messages += (index[key], m.entry, m.id)
+        bodies = RECORD_SEPARATOR.join(m.body for m in messages)
+        if bodies.count(RECORD_SEPARATOR) != max(0, len(messages) - 1):
+            raise BackendError("a message body holds U+001E: bodies are JSON, which never does")
         queues = sorted({m.queue for m in messages if m.protocol != "celery"})
-        flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams))
+        flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
         wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
         return lambda: set(wait())
 
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
-        if message.protocol == "celery":
-            return celery_protocol.list_name(message.queue, message.priority), True
-        return self._stream(message.queue, band(message.priority)), False
+        route = (message.queue, message.priority, message.protocol)
+        target = self._targets.get(route)
+        if target is None:
+            if message.protocol == "celery":
+                target = celery_protocol.list_name(message.queue, message.priority), True
+            else:
+                target = self._stream(message.queue, band(message.priority)), False
+            self._targets[route] = target
+        return target
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
         keys = (self._key("lease"), self._key("state"))

@@ -80,8 +80,9 @@ end
 # ARGV token, epoch, then three JSON arrays (a few big arguments parse far faster than
 # thousands of small ones, on both sides): the queue names; the writes, flat, as
 # (entry, expected, state)... where expected is '' for "no state yet", else the prefix
-# '[<last_slot_us>,' of the stored state; the messages, flat, as (k, entry, id, body)... where
-# k indexes KEYS; then the number of streams (default: all). KEYS[4 .. 3 + streams] are
+# '[<last_slot_us>,' of the stored state; the messages, flat, as (k, entry, id)... where k
+# indexes KEYS; then the number of streams, and the messages' bodies joined by U+001E (no JSON
+# text holds that character unescaped, so they need no escaping). KEYS[4 .. 3 + streams] are
 # beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
 # kombu's Redis transport does). -> the rejected entry names; an error reply LEASELOST and
 # nothing written
@@ -108,18 +109,20 @@ for i = 1, #writes, 3 do
     skip[entry] = true
   end
 end
-local last_stream = ARGV[6] and 3 + tonumber(ARGV[6]) or #KEYS
+local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
-for i = 1, #messages, 4 do
+for i = 1, #messages, 3 do
+  local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
   if not skip[messages[i + 1]] then
-    local k = messages[i]
+    local k, body = messages[i], string.sub(bodies, at, stop - 1)
     if k > last_stream then
-      redis.call('LPUSH', KEYS[k], messages[i + 3])
+      redis.call('LPUSH', KEYS[k], body)
     else
-      redis.call('XADD', KEYS[k], '*', 'id', messages[i + 2], 'body', messages[i + 3])
+      redis.call('XADD', KEYS[k], '*', 'id', messages[i + 2], 'body', body)
     end
   end
+  at = stop + 1
 end
 return rejected
 """

@@ -14,11 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 from bench.common import (
+    arrivals,
     measure,
     open_backend,
     peak_rss_mb,
     proc_cpu,
-    queued_count,
     reset_backend,
     scheduler_settings,
     utc,
@@ -53,7 +53,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     with measure() as publish:
         scheduler.step()
     redis_cpu = proc_cpu(redis_pid) - redis_before if redis_pid else None
-    queued = queued_count(url)
+    queued = len({a.id for a in arrivals(url)})  # distinct runs whose message reads back
     backend.close()
     return {
         "backend": url.split(":", 1)[0],

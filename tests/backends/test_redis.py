@@ -113,8 +113,8 @@ def test_commit_script_called_directly_with_a_stale_token_or_epoch_changes_nothi
 
     def call(token: str, epoch: int) -> object:
         writes = json.dumps(["e", expected, '[1,null,"x"]'])
-        messages = json.dumps([4, "e", "e@2026-03-01T12:01:00Z", "{}"])
-        args = [token, epoch, '["default"]', writes, messages]
+        messages = json.dumps([4, "e", "e@2026-03-01T12:01:00Z"])
+        args = [token, epoch, '["default"]', writes, messages, 1, "{}"]
         return admin.eval(SCRIPTS["commit"].source, len(keys), *keys, *args)
 
     for token, epoch in [
@@ -658,3 +658,27 @@ def test_bodies_travel_unchanged_through_every_path(backend: RedisBackend) -> No
     backend.requeue_dead(None)
     last = backend.claim(["default"], "w", 30)
     assert last is not None and last.body == body + " "
+
+
+def test_commit_carries_any_json_body_unchanged(backend: RedisBackend) -> None:
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    bodies = ['{"note":"naïve \\"quoted\\" \\u001e"}', "{}", '{"emoji":"🕐","nl":"a\\nb"}']
+    writes = [StateWrite(state(f"e{i}", 0), None) for i in range(3)]
+    outgoing = [Outgoing(f"e{i}", f"e{i}@1", "default", None, b) for i, b in enumerate(bodies)]
+    assert backend.commit(lease, writes, outgoing) == set()
+    claimed = [backend.claim(["default"], "w", 30) for _ in bodies]
+    assert [d.body for d in claimed if d is not None] == bodies
+
+
+def test_commit_refuses_a_body_that_is_not_json_text(backend: RedisBackend) -> None:
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    with pytest.raises(BackendError) as caught:
+        backend.commit(
+            lease,
+            [StateWrite(state("e", 0), None)],
+            [Outgoing("e", "e@1", "default", None, "raw\x1ebytes")],
+        )
+    assert str(caught.value) == "a message body holds U+001E: bodies are JSON, which never does"
+    assert backend.load_states() == {} and backend.queue_depths() == {}
