@@ -7,6 +7,7 @@ during a rolling upgrade; unknown fields are kept and written back unchanged.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -160,8 +161,9 @@ class RunTemplate:
             f'"kwargs":{_dumps(dict(kwargs)) if kwargs else "{}"},"entry":{name},'
             '"scheduled_for":"'
         )
-        self._tail = (
-            f',"queue":{_string(queue)},"priority":{"null" if priority is None else priority},'
+        # usually the same for every entry of a queue: one copy, however many entries
+        self._tail = sys.intern(
+            f',"queue":{_string(queue)},"priority":{_dumps(priority)},'
             f'"headers":{_dumps(dict(headers)) if headers else "{}"},"attempt":1}}'
         )
 
