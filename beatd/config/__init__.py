@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,24 +68,10 @@ def load_config(
 def merge(sources: Sequence[SourceFile]) -> Config:
     problems = [p for s in sources for p in s.problems]
     entries: dict[str, Entry] = {}
-    first_seen: dict[str, str] = {}
     queues: dict[str, QueueSettings] = {}
     imports: list[str] = []
-    for source in sources:
-        for name, (line, column) in source.entry_lines.items():
-            if name in first_seen:
-                problems.append(
-                    Problem(
-                        source.path,
-                        line,
-                        column,
-                        f"also defined in {first_seen[name]}; entry names must be unique "
-                        "across schedule files",
-                        name,
-                    )
-                )
-            else:
-                first_seen[name] = f"{source.path}:{line}"
+    for index, source in enumerate(sources):
+        problems.extend(_defined_before(source, sources[:index]))
         for entry in source.entries:
             entries.setdefault(entry.name, entry)
         for name, settings in source.queues.items():
@@ -102,11 +88,30 @@ def merge(sources: Sequence[SourceFile]) -> Config:
         imports.extend(i for i in source.imports if i not in imports)
     if problems:
         raise ConfigError(problems)
-    for name, entry in entries.items():  # an entry's protocol, when unset, is its queue's
-        if entry.protocol is None:
-            protocol = queues[entry.queue].protocol if entry.queue in queues else "beatd"
-            entries[name] = replace(entry, protocol=protocol)
+    for source in sources:  # an entry's protocol, when unset, is its queue's
+        for name in source.unset_protocol:
+            entry = entries[name]
+            queue = queues.get(entry.queue)
+            if queue is not None and queue.protocol != entry.protocol:
+                entries[name] = replace(entry, protocol=queue.protocol)
     return Config(entries, queues, tuple(imports), tuple(s.path for s in sources))
+
+
+def _defined_before(source: SourceFile, earlier: Sequence[SourceFile]) -> Iterator[Problem]:
+    """The entries of `source` that an earlier file defines already, located in `source`."""
+    if not earlier:
+        return
+    for name, (line, column) in source.entry_lines.items():
+        first = next((s for s in earlier if name in s.entry_lines), None)
+        if first is not None:
+            yield Problem(
+                source.path,
+                line,
+                column,
+                f"also defined in {first.path}:{first.entry_lines[name][0]}; entry names must be "
+                "unique across schedule files",
+                name,
+            )
 
 
 __all__ = [

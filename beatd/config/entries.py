@@ -8,15 +8,16 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from beatd.config.model import Entry, MissedPolicy, nominal_period
+from beatd.config.model import NO_ITEMS, Entry, MissedPolicy, nominal_period
 from beatd.durations import format_duration, parse_duration
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
@@ -46,6 +47,7 @@ ENTRY_FIELDS = (
     *DEFAULTABLE_FIELDS,
 )
 DEFAULT_GRACE = timedelta(seconds=60)
+DEFAULT_PROTOCOL = "beatd"
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 PROTOCOLS = ("beatd", "celery")
@@ -92,6 +94,8 @@ def describe_value(value: object) -> str:
 
 
 # --- converters: value -> converted value, or ValueError with the user's message ---------------
+# Names that many entries repeat (task, queue, timezone) are interned: one string each, not one
+# per entry.
 
 
 def to_string(value: object) -> str:
@@ -104,14 +108,14 @@ def to_task_name(value: object) -> str:
     text = to_string(value)
     if not TASK_NAME.match(text):
         raise ValueError(f"{text!r} is not a dotted task name such as 'reports.nightly'")
-    return text
+    return sys.intern(text)
 
 
 def to_queue_name(value: object) -> str:
     text = to_string(value)
     if not QUEUE_NAME.match(text):
         raise ValueError(f"{text!r} is not a queue name (letters, digits and _ . : -)")
-    return text
+    return sys.intern(text)
 
 
 def to_protocol(value: object) -> str:
@@ -130,9 +134,14 @@ def to_json(value: object) -> Any:
     return value
 
 
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})  # no NaN or infinity, nothing to nest
+
+
 def to_args(value: object) -> tuple[Any, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"expected a list, got {describe_value(value)}")
+    if all(type(item) in _JSON_AS_IS for item in value):  # the usual args, checked cheaply
+        return tuple(value)
     return tuple(to_json(list(value)))
 
 
@@ -159,11 +168,21 @@ def to_bool(value: object) -> bool:
     return value
 
 
+_ZERO = timedelta(0)
+
+
 def to_duration(value: object, *, zero_ok: bool = False) -> timedelta:
-    delta = parse_duration(value)
-    if delta < timedelta(0) or (delta == timedelta(0) and not zero_ok):
+    delta = _parse_text_duration(value) if isinstance(value, str) else parse_duration(value)
+    if delta < _ZERO or (delta == _ZERO and not zero_ok):
         raise ValueError(f"must be {'zero or ' if zero_ok else ''}positive, got {value!r}")
     return delta
+
+
+@lru_cache(maxsize=1024)
+def _parse_text_duration(text: str) -> timedelta:
+    """parse_duration of a text, remembered: a schedule file repeats a few durations (`every: 1h`)
+    over and over. Only results are remembered, never a ValueError."""
+    return parse_duration(text)
 
 
 def to_optional_duration(value: object) -> timedelta | None:
@@ -195,7 +214,7 @@ def to_timezone(value: object) -> str:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown timezone {name!r}{suggest(name, _zone_names())}") from None
-    return name
+    return sys.intern(name)
 
 
 def to_datetime(value: object, zone: str) -> datetime:
@@ -277,9 +296,16 @@ _MISSING = object()
 
 
 def build_entry(
-    reader: EntryReader, defaults: Mapping[str, Any], default_timezone: str
+    reader: EntryReader,
+    defaults: Mapping[str, Any],
+    default_timezone: str,
+    unset_protocol: list[str],
 ) -> Entry | None:
-    """Validate one entry; on any problem record it on `reader` and return None."""
+    """Validate one entry; on any problem record it on `reader` and return None.
+
+    An entry that sets no protocol, nor do `defaults`, gets beatd's for now and its name is added
+    to `unset_protocol` (see `SourceFile.unset_protocol`).
+    """
     name, raw = reader.entry, reader.raw
     assert name is not None
     if not ENTRY_NAME.match(name):
@@ -291,23 +317,25 @@ def build_entry(
     reader.check_keys(ENTRY_FIELDS)
     if "task" not in raw:
         reader.problem(None, "missing required field 'task'", at_key=True)
-    values = {
-        field: reader.read(field, convert, defaults.get(field, _MISSING))
-        for field, convert in DEFAULT_CONVERTERS.items()
-    }
-    values = {k: v for k, v in values.items() if v is not _MISSING}
+    values = dict(defaults)  # converted already; the entry's own fields win
+    for key, convert in DEFAULT_CONVERTERS.items():
+        if key in raw:
+            value = reader.read(key, convert, _MISSING)
+            if value is not _MISSING:
+                values[key] = value
     zone = values.pop("timezone", default_timezone)
+    protocol_is_set = "protocol" in values
     schedule = _read_schedule(reader, zone)
     entry_values: dict[str, Any] = {
         "task": reader.read("task", to_task_name),
         "args": reader.read("args", to_args, ()),
-        "kwargs": reader.read("kwargs", to_mapping, {}),
+        "kwargs": reader.read("kwargs", to_mapping, NO_ITEMS),
         "description": reader.read("description", to_string, ""),
     }
     if reader.problems or schedule is None:
         return None
     period = nominal_period(schedule)
-    jitter = values.get("jitter", timedelta(0))
+    jitter = values.get("jitter", _ZERO)
     if period is not None and jitter >= period:
         field = "jitter" if "jitter" in raw else None
         reader.problem(
@@ -318,6 +346,9 @@ def build_entry(
         return None
     if "misfire_grace" not in values:
         values["misfire_grace"] = min(period or DEFAULT_GRACE, DEFAULT_GRACE)
+    if not protocol_is_set:
+        values["protocol"] = DEFAULT_PROTOCOL
+        unset_protocol.append(name)
     line, _ = reader.locate(None, True)
     return Entry(
         name=name,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import pairwise
+from operator import attrgetter
+from types import MappingProxyType
 from typing import Any
 
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
@@ -22,6 +24,11 @@ class MissedPolicy(StrEnum):
     CATCH_UP = "catch_up"
 
 
+# The kwargs and headers of the many entries that have none: one read-only empty mapping, not an
+# empty dict each (12 MB for 100,000 entries).
+NO_ITEMS: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     name: str
@@ -29,11 +36,11 @@ class Entry:
     schedule: Schedule
     timezone: str = "UTC"
     args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: NO_ITEMS)
     queue: str = "default"
     protocol: str | None = None  # beatd or celery; None: the queue's (beatd unless configured)
     priority: int | None = None
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = field(default_factory=lambda: NO_ITEMS)
     description: str = ""
     enabled: bool = True
     jitter: timedelta = timedelta(0)
@@ -75,11 +82,16 @@ class Config:
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256()
-        for entry in sorted(self.entries.values(), key=lambda e: e.name):
-            digest.update(json.dumps(_entry_fields(entry), sort_keys=True, default=str).encode())
+        encode = _FINGERPRINT_JSON.encode
+        for entry in sorted(self.entries.values(), key=attrgetter("name")):
+            digest.update(encode(_entry_fields(entry)).encode())
         for queue in sorted(self.queues.values(), key=lambda q: q.name):
             digest.update(f"{queue.name}:{queue.protocol}".encode())
         object.__setattr__(self, "fingerprint", digest.hexdigest()[:16])
+
+
+# json.dumps(..., sort_keys=True, default=str), without making an encoder per entry
+_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def _entry_fields(entry: Entry) -> dict[str, Any]:
@@ -88,10 +100,10 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
         "task": entry.task,
         "schedule": entry.schedule.spec,
         "args": entry.args,
-        "kwargs": entry.kwargs,
+        "kwargs": dict(entry.kwargs),  # as JSON writes a dict, whatever the mapping
         "queue": entry.queue,
         "priority": entry.priority,
-        "headers": entry.headers,
+        "headers": dict(entry.headers),
         "enabled": entry.enabled,
         "jitter": entry.jitter.total_seconds(),
         "expires": entry.expires.total_seconds() if entry.expires else None,

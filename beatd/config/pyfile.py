@@ -119,7 +119,7 @@ def _read_entry(
             "(where the routing key is the queue name); give the target as queue instead",
         )
     reader = EntryReader(source.path, name, raw, locate)
-    entry = build_entry(reader, {}, zone) if not checker.problems else None
+    entry = None if checker.problems else build_entry(reader, {}, zone, source.unset_protocol)
     source.problems.extend(checker.problems + reader.problems)
     if entry is not None:
         source.entries.append(entry)

@@ -1,4 +1,9 @@
-"""Reading one `schedules/*.yaml` file into entries, queue settings and imports."""
+"""Reading one `schedules/*.yaml` file into entries, queue settings and imports.
+
+Each entry is built as soon as the YAML reader has read it (`Stream`), so a file of 100,000
+entries is never held whole as YAML values; that needs the file's `defaults:` before its
+`entries:`, as usual. A file with them the other way round is read a second time, whole.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from beatd.config.entries import (
 )
 from beatd.config.model import QueueSettings
 from beatd.config.source import SourceFile
-from beatd.config.yamlsafe import Mark, YamlMap, load_yaml
+from beatd.config.yamlsafe import Mark, Stream, YamlMap, load_yaml
 from beatd.errors import ConfigError, Problem
 
 SECTIONS = ("defaults", "entries", "queues", "imports")
@@ -22,63 +27,95 @@ QUEUE_FIELDS = ("protocol",)
 
 
 def read_yaml_file(path: str, default_timezone: str, max_bytes: int) -> SourceFile:
-    source = SourceFile(path)
+    reader = _FileReader(path, default_timezone)
     try:
-        document = load_yaml(path, max_bytes=max_bytes)
+        document = load_yaml(path, max_bytes=max_bytes, stream=Stream("entries", reader.entry))
+        if reader.read_before_defaults(document):
+            reader = _FileReader(path, default_timezone)
+            document = load_yaml(path, max_bytes=max_bytes)
     except ConfigError as exc:
-        source.problems.extend(exc.problems)
-        return source
-    if document is None:
-        return source
-    if not isinstance(document, YamlMap):
-        source.problems.append(
-            Problem(path, 1, 1, f"expected a mapping with sections {', '.join(SECTIONS)}")
-        )
-        return source
-    top = EntryReader(path, None, document, _locator(document))
-    top.check_keys(SECTIONS, what="section")
-    for section in ("defaults", "entries", "queues"):
-        if section in document and not isinstance(document[section], YamlMap | type(None)):
-            top.problem(section, f"expected a mapping, got {describe_value(document[section])}")
-    source.problems.extend(top.problems)
-    if source.problems:
-        return source
+        return SourceFile(path, problems=list(exc.problems))
+    return reader.finish(document)
 
-    defaults: dict[str, Any] = {}
-    if isinstance(document.get("defaults"), YamlMap):
-        reader = EntryReader(path, None, document["defaults"], _locator(document["defaults"]))
-        defaults = reader.read_defaults()
-        source.problems.extend(reader.problems)
-    zone = defaults.get("timezone", default_timezone)
-    entries = document.get("entries") or YamlMap()
-    for name, raw in entries.items():
-        key_mark = entries.key_marks[name]
-        source.entry_lines[name] = (key_mark.line, key_mark.column)
+
+class _FileReader:
+    """Builds one file's SourceFile: its entries as the YAML reader hands them over (or from the
+    document, when it did not), then the rest from the document."""
+
+    def __init__(self, path: str, default_timezone: str) -> None:
+        self.path = path
+        self.default_timezone = default_timezone
+        self.source = SourceFile(path)
+        self.defaults: dict[str, Any] | None = None  # converted, once read
+        self.defaults_section: Any = None  # the section they were read from
+        self.zone = default_timezone
+        self.defaults_problems: list[Problem] = []
+        self.entry_problems: list[Problem] = []
+
+    def entry(self, document: YamlMap, entries: YamlMap, name: str, raw: Any) -> None:
+        """Build one entry of `entries` with the defaults of `document` (as read so far)."""
+        if self.defaults is None:
+            self.read_defaults(document.get("defaults"))
+            assert self.defaults is not None
+        key_mark = entries.key_mark(name)
+        self.source.entry_lines[name] = (key_mark.line, key_mark.column)
         if not isinstance(raw, YamlMap):
-            mark = entries.value_marks[name]
-            source.problems.append(
-                Problem(
-                    path,
-                    mark.line,
-                    mark.column,
-                    f"expected a mapping of fields, got {describe_value(raw)}",
-                    name,
-                )
-            )
-            continue
-        reader = EntryReader(path, name, raw, _locator(raw, key_mark))
-        entry = build_entry(reader, defaults, zone)
-        source.problems.extend(reader.problems)
+            mark = entries.value_mark(name)
+            message = f"expected a mapping of fields, got {describe_value(raw)}"
+            self.entry_problems.append(Problem(self.path, mark.line, mark.column, message, name))
+            return
+        reader = EntryReader(self.path, name, raw, _locator(raw, key_mark))
+        entry = build_entry(reader, self.defaults, self.zone, self.source.unset_protocol)
+        self.entry_problems.extend(reader.problems)
         if entry is not None:
-            source.entries.append(entry)
-    _read_queues(source, document.get("queues") or YamlMap())
-    _read_imports(source, document, top)
-    return source
+            self.source.entries.append(entry)
+
+    def read_defaults(self, section: Any) -> None:
+        self.defaults_section = section
+        self.defaults = {}
+        if isinstance(section, YamlMap):
+            reader = EntryReader(self.path, None, section, _locator(section))
+            self.defaults = reader.read_defaults()
+            self.defaults_problems = reader.problems
+        self.zone = self.defaults.get("timezone", self.default_timezone)
+
+    def read_before_defaults(self, document: Any) -> bool:
+        """Whether entries were built before the `defaults:` that apply to them were read."""
+        return (
+            self.defaults is not None
+            and isinstance(document, YamlMap)
+            and document.get("defaults") is not self.defaults_section
+        )
+
+    def finish(self, document: Any) -> SourceFile:
+        path = self.path
+        if document is None:
+            return self.source
+        if not isinstance(document, YamlMap):
+            message = f"expected a mapping with sections {', '.join(SECTIONS)}"
+            return SourceFile(path, problems=[Problem(path, 1, 1, message)])
+        top = EntryReader(path, None, document, _locator(document))
+        top.check_keys(SECTIONS, what="section")
+        for section in ("defaults", "entries", "queues"):
+            if section in document and not isinstance(document[section], YamlMap | type(None)):
+                top.problem(section, f"expected a mapping, got {describe_value(document[section])}")
+        if top.problems:
+            return SourceFile(path, problems=top.problems)
+        if self.defaults is None:
+            self.read_defaults(document.get("defaults"))
+        entries = document.get("entries") or YamlMap()
+        for name, raw in entries.items():  # those not streamed
+            self.entry(document, entries, name, raw)
+        source = self.source
+        source.problems.extend(self.defaults_problems + self.entry_problems)
+        _read_queues(source, document.get("queues") or YamlMap())
+        _read_imports(source, document, top)
+        return source
 
 
 def _read_queues(source: SourceFile, queues: YamlMap) -> None:
     for name, raw in queues.items():
-        mark = queues.key_marks[name]
+        mark = queues.key_mark(name)
         if not isinstance(raw, YamlMap):
             message = f"queue {name}: expected a mapping, got {describe_value(raw)}"
             source.problems.append(Problem(source.path, mark.line, mark.column, message))
@@ -109,8 +146,9 @@ def _locator(mapping: YamlMap, key_mark: Mark | None = None) -> Locate:
     anchor = key_mark or mapping.mark
 
     def locate(field: str | None, at_key: bool) -> tuple[int, int]:
-        marks = mapping.key_marks if at_key else mapping.value_marks
-        mark = marks.get(field, anchor) if field is not None else anchor
+        if field is None or field not in mapping:
+            return anchor.line, anchor.column
+        mark = mapping.key_mark(field) if at_key else mapping.value_mark(field)
         return mark.line, mark.column
 
     return locate

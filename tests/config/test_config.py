@@ -308,3 +308,143 @@ def test_fingerprint_is_computed_once_per_configuration(
     first = config.fingerprint
     assert [config.fingerprint for _ in range(5)] == [first] * 5
     assert len(calls) == 2
+
+
+# --- protocols, section order and anchors in YAML files ----------------------------------------
+
+
+def test_an_entry_without_a_protocol_takes_its_queues(tmp_path: Path) -> None:
+    first = write(
+        tmp_path,
+        "a.yaml",
+        """\
+        entries:
+          unset: {task: a.b, every: 1m, queue: reports}
+          explicit: {task: a.b, every: 1m, queue: reports, protocol: beatd}
+          unconfigured: {task: a.b, every: 1m, queue: other}
+          default-queue: {task: a.b, every: 1m}
+        queues:
+          other: {}
+        """,
+    )
+    second = write(tmp_path, "b.yaml", "queues:\n  reports: {protocol: celery}\n")
+    third = write(
+        tmp_path,
+        "c.yaml",
+        """\
+        defaults: {protocol: beatd}
+        entries:
+          by-default: {task: a.b, every: 1m, queue: reports}
+        """,
+    )
+    entries = load_config([first, second, third]).entries
+    assert {name: entry.protocol for name, entry in entries.items()} == {
+        "unset": "celery",
+        "explicit": "beatd",
+        "unconfigured": "beatd",
+        "default-queue": "beatd",
+        "by-default": "beatd",
+    }
+
+
+def test_defaults_after_the_entries_still_apply(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        entries:
+          a: {task: a.b, cron: "0 8 * * *"}
+          b: {task: a.b, every: 1m, priority: high}
+        defaults:
+          timezone: Asia/Shanghai
+          queue: reports
+          missed: catchup
+        """,
+    )
+    assert errors([path]) == [
+        f"{path}:3:39: entry b: field priority: expected a whole number 0-9 (9 highest), got "
+        "string 'high'",
+        f"{path}:7:11: field missed: expected one of skip, run_once, catch_up, got string "
+        "'catchup'; did you mean 'catch_up'?",
+    ]
+    fixed = Path(path).read_text().replace("catchup", "catch_up").replace(", priority: high", "")
+    entries = load_config([write(tmp_path, "t.yaml", fixed)]).entries
+    assert [(e.timezone, e.queue, e.missed) for e in entries.values()] == [
+        ("Asia/Shanghai", "reports", MissedPolicy.CATCH_UP)
+    ] * 2
+    assert entries["a"].schedule.next_after(datetime(2026, 11, 26, tzinfo=UTC)) == datetime(
+        2026, 11, 27, 0, 0, tzinfo=UTC
+    )
+
+
+def test_entries_share_fields_through_anchors_and_merges(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        entries:
+          base: &base {task: a.b, every: 1m, queue: reports}
+          copy:
+            <<: *base
+            queue: other
+          <<: {merged: {task: c.d, cron: "0 * * * *"}, base: {task: ignored}}
+        """,
+    )
+    entries = load_config([path]).entries
+    assert [(n, e.task, e.queue, e.source) for n, e in entries.items()] == [
+        ("base", "a.b", "reports", f"{path}:2"),
+        ("copy", "a.b", "other", f"{path}:3"),
+        ("merged", "c.d", "default", f"{path}:6"),
+    ]
+    anchored = write(tmp_path, "t.yaml", "entries: &all\n  a: {task: a.b, every: 1m}\n")
+    assert list(load_config([anchored]).entries) == ["a"]
+
+
+def test_the_fingerprint_is_stable_across_versions(tmp_path: Path) -> None:
+    # Nodes compare fingerprints: a new version must hash an unchanged configuration alike.
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        defaults:
+          queue: reports
+        entries:
+          plain: {task: a.b, every: 1m}
+          full:
+            task: reports.nightly
+            args: [1, "two", null, 2.5]
+            kwargs: {fmt: pdf, pages: [1, 2]}
+            headers: {team: data}
+            priority: 9
+            cron: "30 2 * * *"
+            timezone: Europe/Berlin
+            jitter: 30s
+            expires: 10m
+            missed: catch_up
+            max_catch_up: 5
+            misfire_grace: 2m
+            description: ignored by the fingerprint
+          celery: {task: c.d, every: 1h, protocol: celery, queue: other, enabled: false}
+        """,
+    )
+    assert load_config([path]).fingerprint == "3323a393d7788ae1"
+
+
+def test_entries_without_kwargs_or_headers_cannot_change_each_others(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "entries:\n  a: {task: a.b, every: 1m}\n")
+    entry = load_config([path]).entries["a"]
+    assert entry.kwargs == {} and entry.headers == {}
+    with pytest.raises(TypeError):
+        entry.kwargs["x"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        entry.headers["x"] = 1  # type: ignore[index]
+
+
+def test_an_entry_defined_in_several_files_names_the_first(tmp_path: Path) -> None:
+    text = "entries:\n  other: {task: a.b, every: 1m}\n  x: {task: a.b, every: 1m}\n"
+    a, b, c = (write(tmp_path, f"{n}.yaml", text.replace("other", n)) for n in "abc")
+    message = "entry names must be unique across schedule files"
+    assert errors([a, b, c]) == [
+        f"{b}:3:3: entry x: also defined in {a}:3; {message}",
+        f"{c}:3:3: entry x: also defined in {a}:3; {message}",
+    ]

@@ -16,30 +16,30 @@ from beatd.errors import ConfigError
 
 LOADERS = [
     pytest.param(
-        getattr(yamlsafe, "LibYamlLoader", None),
+        getattr(yamlsafe, "LibYamlParser", None),
         id="libyaml",
         marks=pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml"),
     ),
-    pytest.param(yamlsafe.PurePythonLoader, id="pure_python"),
+    pytest.param(yamlsafe.PurePythonParser, id="pure_python"),
 ]
 
 
 @pytest.fixture(params=LOADERS)
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the test with each of PyYAML's composers; they must agree."""
-    monkeypatch.setattr(yamlsafe, "LOADER", request.param)
+    monkeypatch.setattr(yamlsafe, "PARSER", request.param)
 
 
 @pytest.fixture
 def pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(yamlsafe, "LOADER", yamlsafe.PurePythonLoader)
+    monkeypatch.setattr(yamlsafe, "PARSER", yamlsafe.PurePythonParser)
 
 
 @pytest.fixture
 def libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
     if not yaml.__with_libyaml__:
         pytest.skip("PyYAML without libyaml")
-    monkeypatch.setattr(yamlsafe, "LOADER", yamlsafe.LibYamlLoader)
+    monkeypatch.setattr(yamlsafe, "PARSER", yamlsafe.LibYamlParser)
 
 
 def problems(text: str, **limits: Any) -> list[str]:
@@ -325,6 +325,63 @@ def test_bad_merges_are_refused(text: str, expected: str) -> None:
     assert problems(text) == [expected]
 
 
+@pytest.mark.usefixtures("loader")
+def test_an_alias_to_a_list_of_mappings_merges_each() -> None:
+    document = loads_yaml("a: &a [{x: 1, y: 1}, {y: 2, z: 2}]\nb:\n  z: 3\n  <<: *a\n")
+    assert document["b"] == {"z": 3, "x": 1, "y": 1}
+    assert document["b"].key_marks == {"z": Mark(3, 3), "x": Mark(1, 9), "y": Mark(1, 15)}
+    assert problems("a: &a [{x: 1}, 2]\nb:\n  <<: *a\n") == [
+        "s.yaml:1:16: '<<' merges mappings, and this is a scalar"
+    ]
+
+
+def test_an_anchor_on_the_first_level_too_deep_is_still_defined() -> None:
+    assert problems("a: [&b [1]]\nc: *b\n", max_depth=2) == [
+        "s.yaml:1:5: mappings and lists nested more than 2 levels deep; refusing to load it"
+    ]
+    assert problems("a: [&b [1]]\nc: &b 1\n", max_depth=2) == [
+        "s.yaml:2:4: invalid YAML: anchor defined twice (first at line 1)"
+    ]
+
+
+def test_an_anchored_merge_list_can_be_aliased() -> None:
+    document = loads_yaml("a: &a {x: 1}\nb:\n  <<: &m [*a]\nc: *m\n")
+    assert document["b"] == {"x": 1}
+    assert document["c"] == [{"x": 1}]
+    assert document["c"][0] is document["a"]
+    assert problems("a: &a {x: 1}\nb:\n  <<: &m [*a]\nc: &m 1\n") == [
+        "s.yaml:4:4: invalid YAML: anchor defined twice (first at line 3)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "a: 1\na: {b: !!set {}}\n",
+            "s.yaml:2:1: duplicate key 'a' (first at line 1)",
+            id="duplicate_key",
+        ),
+        pytest.param(
+            "? [!!set {}]\n: {c: !!set {}}\n",
+            "s.yaml:1:3: a list cannot be a key; keys are strings",
+            id="list_key",
+        ),
+        pytest.param(
+            "a: !!seq {b: !!set {}}\n", "s.yaml:1:4: !!seq cannot tag a mapping", id="bad_tag"
+        ),
+        pytest.param(
+            "a:\n  <<: [[!!set {}]]\n",
+            "s.yaml:2:8: '<<' merges mappings, and this is a list",
+            id="merged_list",
+        ),
+    ],
+)
+def test_what_is_dropped_is_not_checked_further(text: str, expected: str) -> None:
+    # Nothing of a dropped value is used, so only why it is dropped is reported.
+    assert problems(text) == [expected]
+
+
 def test_a_recursive_alias_is_refused() -> None:
     assert problems("a: &a [1, *a]\n") == [
         "s.yaml:1:4: an alias refers to the mapping or list that contains it"
@@ -423,10 +480,12 @@ def test_nesting_through_an_alias_counts() -> None:
 
 
 @pytest.mark.usefixtures("pure_python")
-def test_absurd_nesting_recursion_in_the_composer_is_reported() -> None:
-    # Block nesting: PyYAML's pure-Python scanner is quadratic in flow nesting, slow for a test.
+def test_absurd_nesting_with_the_pure_python_parser_stops_at_the_limit() -> None:
+    # Nothing recurses before the values are built (the pure-Python parser is a state machine),
+    # so the depth limit names the first level too deep. Block nesting: PyYAML's pure-Python
+    # scanner is quadratic in flow nesting, slow for a test.
     assert problems("- " * 100_000 + "x") == [
-        "s.yaml:1:1: mappings and lists nested too deeply to parse; refusing to load it"
+        "s.yaml:1:129: mappings and lists nested more than 64 levels deep; refusing to load it"
     ]
 
 
@@ -505,6 +564,20 @@ def test_load_yaml_reads_a_file(tmp_path: Path) -> None:
     assert document.key_marks["entries"] == Mark(1, 1)
 
 
+@pytest.mark.usefixtures("loader")
+def test_a_file_is_read_as_its_text_is(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("\ufeffcafé: ü\nnext: [1, été]\n", encoding="utf-8")
+    document = load_yaml(path)
+    assert document == {"café": "ü", "next": [1, "été"]}
+    assert document.value_marks == {"café": Mark(1, 7), "next": Mark(2, 7)}
+    assert document["next"].item_marks == [Mark(2, 8), Mark(2, 11)]
+    path.write_text("a: 1\nb: x\x00y\n", encoding="utf-8")
+    assert file_problems(path) == [
+        f"{path}:2:5: invalid YAML: character U+0000 is not allowed in YAML text"
+    ]
+
+
 def test_an_empty_file_is_none(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_bytes(b"")
@@ -535,6 +608,16 @@ def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"a: 1\nb: caf\xe9\n")
     assert file_problems(path) == [
         f"{path}:1:1: not UTF-8 text: byte 0xe9 on line 2 cannot be decoded; save the file as UTF-8"
+    ]
+    # far into a large file, and a character cut at the end
+    path.write_bytes(b"a: |\n" + b"  \xc3\xa9t\xc3\xa9\n" * 30_000 + b"b: caf\xe9\n")
+    assert file_problems(path) == [
+        f"{path}:1:1: not UTF-8 text: byte 0xe9 on line 30002 cannot be decoded; save the file "
+        "as UTF-8"
+    ]
+    path.write_bytes(b"a: caf\xc3")
+    assert file_problems(path) == [
+        f"{path}:1:1: not UTF-8 text: byte 0xc3 on line 1 cannot be decoded; save the file as UTF-8"
     ]
 
 
@@ -623,3 +706,125 @@ def test_a_hand_made_yaml_map_starts_at_the_top() -> None:
     assert made.mark == Mark(1, 1)
     assert made.key_marks == {}
     assert YamlList([1]).item_marks == []
+
+
+# --- streaming a section -----------------------------------------------------------------------
+
+STREAMED = """\
+defaults: {queue: q}
+entries:
+  a: {task: x}
+  b:
+    task: y
+  <<: {c: {task: z}, a: {task: ignored}}
+imports: [m]
+"""
+
+
+class Sink:
+    """Records what the reader hands over, and where it says the items are."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], str, Any, Mark, Mark]] = []
+
+    def __call__(self, document: YamlMap, section: YamlMap, key: str, value: Any) -> None:
+        so_far = dict(document)
+        self.items.append((so_far, key, value, section.key_mark(key), section.value_mark(key)))
+
+
+@pytest.mark.usefixtures("loader")
+def test_a_streamed_section_hands_over_each_item_as_it_is_read() -> None:
+    sink = Sink()
+    document = loads_yaml(STREAMED, stream=yamlsafe.Stream("entries", sink))
+    assert sink.items == [
+        ({"defaults": {"queue": "q"}}, "a", {"task": "x"}, Mark(3, 3), Mark(3, 6)),
+        ({"defaults": {"queue": "q"}}, "b", {"task": "y"}, Mark(4, 3), Mark(5, 5)),
+    ]
+    # what a merge brought in stays, with its marks
+    assert document == {
+        "defaults": {"queue": "q"},
+        "entries": {"c": {"task": "z"}},
+        "imports": ["m"],
+    }
+    assert document["entries"].key_marks == {"c": Mark(6, 8)}
+    assert document.key_marks["entries"] == Mark(2, 1)
+
+
+def test_an_anchored_section_is_not_streamed() -> None:
+    sink = Sink()
+    text = "entries: &all\n  a: {task: x}\nother: *all\n"
+    document = loads_yaml(text, stream=yamlsafe.Stream("entries", sink))
+    assert sink.items == []
+    assert document["other"] is document["entries"] == {"a": {"task": "x"}}
+
+
+def test_only_a_top_level_mapping_section_is_streamed() -> None:
+    sink = Sink()
+    text = "x:\n  entries: {a: 1}\nentries: [a]\n"
+    assert loads_yaml(text, stream=yamlsafe.Stream("entries", sink)) == {
+        "x": {"entries": {"a": 1}},
+        "entries": ["a"],
+    }
+    assert sink.items == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("entries:\n  a: {x: 1, x: 2}\n  a: !!set {}\n", id="duplicates_and_tags"),
+        pytest.param(
+            "x: &x [1]\nentries:\n  a:\n    <<: [*x]\n  b:\n    <<: 1\n    <<: {c: 1}\n",
+            id="merges",
+        ),
+        pytest.param(BILLION_LAUGHS.replace("i:", "entries:"), id="billion_laughs"),
+    ],
+)
+def test_streaming_finds_the_same_problems(text: str) -> None:
+    def outcome(stream: yamlsafe.Stream | None) -> Any:
+        try:
+            return loads_yaml(text, "s.yaml", stream=stream)
+        except ConfigError as exc:
+            return [str(p) for p in exc.problems]
+
+    streamed = outcome(yamlsafe.Stream("entries", Sink()))
+    assert isinstance(streamed, list)
+    assert streamed == outcome(None)
+
+
+@pytest.mark.usefixtures("loader")
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("a: {x: 1, x: 2}\nb: ]\n", id="after_a_duplicate_key"),
+        pytest.param("a: &a [1, *a]\nb: ]\n", id="after_a_recursive_alias"),
+        pytest.param("a: [[[[[[1]]]]]]\nb: ]\n", id="after_too_deep"),
+    ],
+)
+def test_a_syntax_error_anywhere_is_reported_alone(text: str) -> None:
+    assert problems(text, max_depth=5) == problems("a: 1\nb: ]\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "a: &a [1, *a]\nb: *nothing\n",
+            "s.yaml:2:4: invalid YAML: alias to an anchor not defined above it",
+            id="undefined_alias",
+        ),
+        pytest.param(
+            "a: &a [1, *a]\nb: &a 2\n",
+            "s.yaml:2:4: invalid YAML: anchor defined twice (first at line 1)",
+            id="anchor_twice",
+        ),
+        pytest.param(
+            "a: &a [1, *a]\n---\nb: 2\n",
+            "s.yaml:2:1: a second YAML document starts here; a schedule file holds exactly one",
+            id="second_document",
+        ),
+    ],
+)
+def test_a_refused_alias_anchor_or_document_outranks_an_earlier_problem(
+    text: str, expected: str
+) -> None:
+    assert problems(text) == [expected]
