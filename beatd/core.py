@@ -178,7 +178,8 @@ class Planner:
     def decide_due(self, now: datetime) -> Iterator[Decision]:
         """The decisions due at `now`, one entry at a time, taken from the heap as they are
         asked for: a caller can persist and `settle` the first batch while the rest wait.
-        Stopping early leaves the entries not yet taken due for the next call."""
+        Stopping early leaves the entries not yet taken due for the next call. An entry settled
+        meanwhile whose next slot is due too is taken again, from its settled state."""
         heap, slots = self._heap, self._slots
         spent = self.next_fire_computations
         while heap and heap[0][0] <= now:

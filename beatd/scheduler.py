@@ -7,11 +7,11 @@ whichever is first. Signals and schedule-file changes wake it early. There is no
 
 from __future__ import annotations
 
-import gc
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -20,7 +20,7 @@ from beatd import celery_protocol
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
 from beatd.config import Config, Entry
-from beatd.core import Decision, Planner, RunCounts
+from beatd.core import Decision, EntryState, Planner, RunCounts
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 
@@ -90,6 +90,9 @@ class Scheduler:
         self._adopted = False
         self._announced = ""
         self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
+        # decisions whose commit's outcome was lost (a timeout after sending): counted once the
+        # persisted state shows whether they were applied
+        self._in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.on_event: Callable[[str], None] = lambda _event: None
 
     @property
@@ -215,10 +218,9 @@ class Scheduler:
             rejected = self.backend.commit(self.lease, writes, [])
             if rejected:
                 self._resync(rejected)
+        self._resolve_doubts(states, list(self._in_doubt))
         self._adopted = True
-        # The configuration and the planner's state now live until the next reload: keep the
-        # cyclic collector from walking them again and again while runs are published.
-        gc.freeze()
+        self.on_event("adopted")
 
     # --- leadership ----------------------------------------------------------------------
 
@@ -308,6 +310,7 @@ class Scheduler:
 
     def _step_down(self) -> None:
         self.lease = None
+        self._in_doubt.clear()  # outcomes unknown for good: runs neither repeated nor counted
         self.planner = Planner(self.settings.tick_budget)
         self._acquire_at = self.clock.monotonic() + self.settings.standby_interval
         self.on_event("standby")
@@ -323,43 +326,66 @@ class Scheduler:
         before = self.counts.totals()
         sent: _Sent | None = None  # committed, outcome not yet read
         batch: list[Decision] = []  # decided, not yet sent
+        asked = False
         try:
             for batch in _chunks(
                 self.planner.decide_due(self.clock.now()), self.settings.batch_size
             ):
+                asked = True
                 published_at = self.clock.now()
                 writes = [
                     StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
                 ]
                 messages = self._messages(batch, published_at)
                 if sent is not None:
-                    self._conclude(sent)
+                    last, sent = sent, None
+                    self._conclude(last)
                 sent = _Sent(batch, published_at, self.backend.send_commit(lease, writes, messages))
                 batch = []
             if sent is not None:
-                self._conclude(sent)
+                last, sent = sent, None
+                self._conclude(last)
         except BackendError as exc:
             self.planner.release(batch)
             if not isinstance(exc, LeaseLost):
                 raise
             log.warning("%s; now standby", exc)
             self._step_down()
+        except BaseException:
+            if sent is not None:  # a fault of ours while deciding: still read what was sent
+                with suppress(BackendError):
+                    self._conclude(sent)
+            raise
         self._log_step(before)
-        return sent is not None
+        return asked
 
     def _conclude(self, sent: _Sent) -> None:
         """Wait for a batch's commit, then move its entries on (or resync the rejected)."""
         try:
             rejected = sent.outcome()
+        except LeaseLost:
+            self.planner.release(sent.batch)  # refused: nothing was written
+            raise
         except BackendError:
+            # Maybe applied, maybe not: the same slots are decided again, and the backend's
+            # compare-and-set refuses them if the lost commit was applied after all.
+            for decision in sent.batch:
+                self._in_doubt[decision.entry.name] = (decision, sent.published_at)
             self.planner.release(sent.batch)
             raise
         done = [d for d in sent.batch if d.entry.name not in rejected] if rejected else sent.batch
         self.planner.settle(done)
-        if rejected:
-            self._resync(rejected)
         for decision in done:
             self._account(decision, sent.published_at)
+        if self._in_doubt:
+            for decision in done:
+                self._in_doubt.pop(decision.entry.name, None)
+        if rejected:
+            try:
+                self._resync(rejected)
+            except BackendError:
+                self._adopted = False  # the rejected entries are read again when adopting
+                raise
 
     def _log_step(self, before: dict[str, int]) -> None:
         after = self.counts.totals()
@@ -452,10 +478,20 @@ class Scheduler:
         """Entries whose persisted state was not what a decision expected: continue from the
         backend's state, or adopt the configuration again where there is none to continue."""
         states = self.backend.load_states()
+        ours = {name for name in names if name in self._in_doubt}  # a lost commit of our own
+        self._resolve_doubts(states, names)
         for name in sorted(names):
-            log.warning("entry=%s: persisted state differs from ours; resyncing", name)
+            if name not in ours:
+                log.warning("entry=%s: persisted state differs from ours; resyncing", name)
             if not self.planner.resync(states.get(name), name):
                 self._adopted = False
+
+    def _resolve_doubts(self, states: Mapping[str, EntryState], names: Iterable[str]) -> None:
+        """Count the runs of a lost commit that the backend shows applied; forget the rest."""
+        for name in names:
+            doubt = self._in_doubt.pop(name, None)
+            if doubt is not None and states.get(name) == doubt[0].state:
+                self._account(*doubt)
 
     # --- backend health ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from beatd.message import MessageError, RunMessage, RunTemplate, format_slot, format_time, run_id
 
 SLOT = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+
+
+class Priority(int, Enum):  # what a Python schedule file may pass as a priority
+    HIGH = 9
 
 
 def sample() -> RunMessage:
@@ -92,8 +97,9 @@ def test_bad_messages(text: str, error: str) -> None:
             "headers": {"team": "data", "trace": None},
         },
         {"entry": "e", "task": "t", "queue": "q", "priority": 9, "kwargs": {}, "headers": {}},
+        {"entry": "e", "task": "t", "queue": "q", "priority": Priority.HIGH},
     ],
-    ids=["plain", "unicode_quotes_and_nesting", "empty_mappings"],
+    ids=["plain", "unicode_quotes_and_nesting", "empty_mappings", "int_enum_priority"],
 )
 @pytest.mark.parametrize("expires", [None, timedelta(minutes=10)], ids=["no_expiry", "expiry"])
 def test_template_writes_what_the_message_writes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
-from beatd.errors import Problem, TransientBackendError
+from beatd.errors import LeaseLost, Problem, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import CronSchedule, IntervalSchedule
 
@@ -364,12 +365,85 @@ def test_a_burst_goes_out_a_batch_at_a_time_deciding_the_next_meanwhile(
     assert len(published(backend)) == 2500
 
 
-def test_a_commit_lost_mid_burst_loses_and_repeats_nothing(
-    tmp_path: Path, clock: FakeClock
+class FaultyCommits(SQLiteBackend):
+    """SQLite whose commit is applied at wait time, as Redis applies it while the caller waits,
+    with a fault injected at one chosen commit: before sending, at wait before the write, or at
+    wait after the write (an outcome lost on the way back); and reads that can fail."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.fault: tuple[int, str, type[Exception]] = (0, "", Exception)
+        self.failing_reads = 0
+
+    def send_commit(self, lease, writes, messages):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        call, where, error = self.fault
+        where = where if call == self.calls else ""
+        if where == "send":
+            raise error("injected at send")
+
+        def wait() -> set[str]:
+            if where == "wait-before":
+                raise error("injected at wait, nothing written")
+            rejected = self.commit(lease, writes, messages)
+            if where == "wait-after":
+                raise error("injected at wait, written")
+            return rejected
+
+        return wait
+
+    def load_states(self):  # type: ignore[no-untyped-def]
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise TransientBackendError("injected at load_states")
+        return super().load_states()
+
+
+def faulty_burst(tmp_path: Path, clock: FakeClock, count: int) -> tuple[FaultyCommits, Scheduler]:
+    backend = FaultyCommits(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    hourly = IntervalSchedule(
+        timedelta(hours=1), anchor=T0.replace(microsecond=0) + timedelta(seconds=2)
+    )
+    cfg = config(*(Entry(name=f"e{i:04d}", task="t.task", schedule=hourly) for i in range(count)))
+    beat = Scheduler(backend, lambda: cfg, clock, SchedulerSettings(node="a", batch_size=1000))
+    beat.step()  # leader, baseline states
+    backend.calls = 0
+    clock.advance(2)  # onto the shared slot
+    return backend, beat
+
+
+FAULTS = [
+    (call, where, error)
+    for call in (1, 2, 3)  # the first, middle and last batch of 2,500 runs
+    for where in ("send", "wait-before", "wait-after")
+    for error in (TransientBackendError, LeaseLost)
+    if (where, error) != ("wait-after", LeaseLost)  # LeaseLost means nothing was written
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "where", "error"), FAULTS, ids=[f"{c}-{w}-{e.__name__}" for c, w, e in FAULTS]
+)
+def test_a_fault_mid_burst_repeats_loses_and_miscounts_nothing(
+    tmp_path: Path, clock: FakeClock, call: int, where: str, error: type[Exception]
 ) -> None:
-    backend, beat = burst(tmp_path, clock, 2500)
-    backend.fail_wait = 3  # the second batch's outcome, after the third was decided
-    run_for(beat, 5)
+    backend, beat = faulty_burst(tmp_path, clock, 2500)
+    backend.fault = (call, where, error)
+    run_for(beat, 30)  # within the slot's grace; a leader that lost its lease takes it again
     ids = [m["id"] for m in published(backend)]
     assert len(ids) == len(set(ids)) == 2500
-    assert beat.counts.total("published") < 2500  # the lost outcome's runs count as unknown
+    assert beat.counts.total("published") == 2500  # a lost outcome's runs are counted once known
+
+
+def test_a_failed_resync_read_loses_no_entry_and_no_count(tmp_path: Path, clock: FakeClock) -> None:
+    backend, beat = faulty_burst(tmp_path, clock, 2500)
+    # another writer moved e0003 on (a deposed leader's late commit): its compare-and-set fails
+    backend._connection().execute(
+        "UPDATE entry_state SET last_slot_us = last_slot_us - 1000000 WHERE entry = 'e0003'"
+    )
+    backend.failing_reads = 1  # and reading the state to resync it fails once
+    run_for(beat, 3 * 3600)  # three more hourly slots
+    runs = Counter(m["entry"] for m in published(backend))
+    assert runs["e0000"] == 4 and runs["e0003"] == 4
+    assert beat.counts.total("published") == sum(runs.values())

@@ -33,7 +33,6 @@ import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from json.encoder import encode_basestring as _string
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -95,7 +94,6 @@ def redact(url: str) -> str:
     return shown
 
 
-@lru_cache(maxsize=4096)  # the runs of a burst share their slots
 def _us(moment: datetime) -> int:
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
@@ -223,7 +221,7 @@ class RedisBackend:
 
         try:
             self._do(name, lambda: send("EVALSHA", script.sha))
-        except BackendError:
+        except BaseException:  # a backend error, or an argument redis-py cannot encode
             pool.release(connection)
             raise
         return wait

@@ -97,7 +97,6 @@ def run(
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log_level, log_format)
-    tune_collector()
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
     config = read_config(schedules, timezone, max_file_size)
@@ -125,7 +124,7 @@ def run(
         max_clock_skew=skew,
     )
     scheduler = Scheduler(backend, load, SystemClock(), settings, config=config)
-    scheduler.on_event = systemd_events(notifier, scheduler)
+    scheduler.on_event = tune_collector(systemd_events(notifier, scheduler))
     registry = CollectorRegistry()
     register_scheduler(registry, scheduler)
     stop = threading.Event()
@@ -229,7 +228,7 @@ def systemd_events(notifier: Notifier, scheduler: Scheduler) -> Callable[[str], 
             notifier.reloading()
         elif event in ("reloaded", "reload_failed"):
             notifier.ready(status_line(scheduler))
-        else:
+        elif event in ("leader", "standby", "backend_down", "backend_up"):
             notifier.status(status_line(scheduler))
 
     return on_event

@@ -128,7 +128,9 @@ def to_protocol(value: object) -> str:
 
 def to_json(value: object) -> Any:
     try:
-        json.dumps(value, allow_nan=False)
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()  # as messages carry it
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"must be valid Unicode text, got {exc.object[exc.start]!r}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"must be JSON-serialisable: {exc}") from None
     return value
@@ -140,7 +142,9 @@ _JSON_AS_IS = frozenset({str, int, bool, type(None)})  # no NaN or infinity, not
 def to_args(value: object) -> tuple[Any, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"expected a list, got {describe_value(value)}")
-    if all(type(item) in _JSON_AS_IS for item in value):  # the usual args, checked cheaply
+    if all(type(item) in _JSON_AS_IS for item in value) and not any(
+        type(item) is str and not item.isascii() for item in value
+    ):  # the usual args, checked cheaply
         return tuple(value)
     return tuple(to_json(list(value)))
 

@@ -43,6 +43,7 @@ DAY_NAMES = {name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU"
 CLOCK_CORRECTION = timedelta(hours=3)
 SEARCH_YEARS = 400  # the Gregorian calendar repeats every 400 years: nothing found means never
 _SECOND = timedelta(seconds=1)
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,13 +352,15 @@ class CronSchedule:
         return _parse_schedule(text, zone, both_days)
 
     def next_after(self, t: datetime) -> datetime | None:
+        if t.tzinfo is not UTC:  # local times equal across a fold must not share an answer
+            return self._next_after(t)
         fires = self._fires
-        if t in fires:
-            return fires[t]
-        if len(fires) >= 64:
-            fires.clear()
-        fire = fires[t] = self._next_after(t)
-        return fire
+        fire = fires.get(t, _UNKNOWN)
+        if fire is _UNKNOWN:
+            if len(fires) >= 64:
+                fires.clear()
+            fire = fires[t] = self._next_after(t)
+        return fire  # type: ignore[return-value]
 
     def _next_after(self, t: datetime) -> datetime | None:
         zone = self.timezone

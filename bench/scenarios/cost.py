@@ -29,8 +29,6 @@ def steady(params: dict[str, Any]) -> dict[str, Any]:
     from beatd.scheduler import Scheduler, run_for
     from beatd.service import tune_collector
 
-    tune_collector()  # as `beatd run` does
-
     url, count = params["url"], params["count"]
     window = min(600.0, max(5.0, params["runs"] / (RUNS_PER_ENTRY_SECOND * count)))
     reset_backend(url)
@@ -40,6 +38,7 @@ def steady(params: dict[str, Any]) -> dict[str, Any]:
     backend = open_backend(url)
     settings = scheduler_settings(node="bench", lease_ttl=3600.0, max_clock_skew=1e9)
     scheduler = Scheduler(backend, lambda: cfg, clock, settings, config=cfg)
+    scheduler.on_event = tune_collector(scheduler.on_event)  # as `beatd run` does
     with measure() as adopt:
         scheduler.step()
     with measure() as span:

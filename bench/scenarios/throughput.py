@@ -37,13 +37,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     from beatd.scheduler import Scheduler
     from beatd.service import tune_collector
 
-    tune_collector()  # as `beatd run` does
-
     slot = math.ceil(time.time() / EVERY) * EVERY  # the next shared slot, in real time terms
     clock = FakeClock(utc(slot) - timedelta(seconds=1))
     backend = open_backend(url)
     settings = scheduler_settings(node="bench", lease_ttl=600.0, max_clock_skew=1e9)
     scheduler = Scheduler(backend, lambda: cfg, clock, settings, config=cfg)
+    scheduler.on_event = tune_collector(scheduler.on_event)  # as `beatd run` does
 
     with measure() as adopt:
         scheduler.step()  # lease, then the baseline state of every entry

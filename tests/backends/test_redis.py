@@ -682,3 +682,15 @@ def test_commit_refuses_a_body_that_is_not_json_text(backend: RedisBackend) -> N
         )
     assert str(caught.value) == "a message body holds U+001E: bodies are JSON, which never does"
     assert backend.load_states() == {} and backend.queue_depths() == {}
+
+
+def test_a_call_redis_py_cannot_encode_returns_its_connection(backend: RedisBackend) -> None:
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    unencodable = Outgoing("e", "e@1", "default", None, '{"x":"\ud800"}')
+    for _ in range(3):
+        with pytest.raises(UnicodeEncodeError):
+            backend.commit(lease, [StateWrite(state("e", 0), None)], [unencodable])
+    pool = backend._redis.connection_pool
+    assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
+    assert backend.load_states() == {}

@@ -277,6 +277,24 @@ def test_python_file_errors_are_located(tmp_path: Path) -> None:
     ]
 
 
+def test_python_file_with_text_no_message_can_carry(tmp_path: Path) -> None:
+    # a lone surrogate is a Python str but not Unicode text: no run message could be sent
+    path = write(
+        tmp_path,
+        "surrogates.py",
+        """\
+        beat_schedule = {
+            "a": {"task": "a.b", "schedule": 10, "args": ["\\ud800"]},
+            "k": {"task": "a.b", "schedule": 10, "kwargs": {"x": ["\\udfff"]}},
+        }
+        """,
+    )
+    assert errors([path]) == [
+        f"{path}:2:5: entry a: field args: must be valid Unicode text, got '\\ud800'",
+        f"{path}:3:5: entry k: field kwargs: must be valid Unicode text, got '\\udfff'",
+    ]
+
+
 def test_python_file_that_raises(tmp_path: Path) -> None:
     path = write(tmp_path, "boom.py", "x = 1\nraise RuntimeError('no config today')\n")
     assert errors([path]) == [

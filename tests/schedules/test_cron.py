@@ -578,3 +578,13 @@ def test_remembered_fires_are_the_computed_ones() -> None:
         assert shared.next_after(t) == expected
         assert expected is not None
         t = expected
+
+
+def test_a_second_pass_local_time_is_not_answered_from_the_first() -> None:
+    # 01:30 happens twice in New York on 2026-11-01; both times compare equal in Python
+    schedule = CronSchedule.parse("0 * * * *", "America/New_York")
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=zone)
+    second = first.replace(fold=1)
+    assert schedule.next_after(first) == utc("2026-11-01T06:00:00Z")  # 01:00 EST, second pass
+    assert schedule.next_after(second) == utc("2026-11-01T07:00:00Z")  # 02:00 EST

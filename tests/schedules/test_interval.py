@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -38,6 +39,18 @@ def test_elapsed_time_ignores_dst() -> None:
         t = schedule.next_after(t)
         fires.append(t)
     assert [f.strftime("%H:%M") for f in fires] == ["01:00", "01:30", "02:00"]
+
+
+def test_an_anchor_in_a_named_zone_counts_elapsed_time_across_dst() -> None:
+    # 09:00 in Berlin in winter is 08:00Z; a day is 24 h, so in summer the slots are 10:00 local.
+    # (Adding days to the zoned anchor in wall time once gave a "next" slot equal to t, and the
+    # planner's walk spun on it.)
+    anchor = datetime(2026, 1, 1, 9, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    schedule = IntervalSchedule(timedelta(days=1), anchor)
+    t = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    assert schedule.next_after(t) == datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    assert schedule.next_after(schedule.next_after(t)) == datetime(2026, 7, 2, 8, 0, tzinfo=UTC)
+    assert schedule.count_between(t, t + timedelta(days=3)) == 3
 
 
 def test_count_between() -> None:
