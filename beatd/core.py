@@ -82,9 +82,13 @@ class Decision(NamedTuple):
 class _Slot:
     entry: Entry
     state: EntryState
-    generation: int
     next_slot: datetime | None = None
-    next_due: datetime | None = None
+    # (next due time, name): this very tuple is in the heap; any other for the entry is stale
+    item: tuple[datetime, str] | None = None
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self.item[0] if self.item is not None else None
 
 
 class Planner:
@@ -92,8 +96,7 @@ class Planner:
 
     def __init__(self, tick_budget: int | None = None, walk_limit: int | None = None) -> None:
         self._slots: dict[str, _Slot] = {}
-        self._heap: list[tuple[datetime, int, str]] = []
-        self._generation = 0
+        self._heap: list[tuple[datetime, str]] = []
         self.next_fire_computations = 0  # counted so tests can check a tick's cost
         # A tick stops taking entries once it has spent this many next-fire computations (about
         # 1.5 s), so catching up after long downtime never holds the loop past a lease renewal:
@@ -117,7 +120,7 @@ class Planner:
         return slot.next_due if slot else None
 
     def load(
-        self, entries: Iterable[Entry], states: Mapping[str, EntryState], now: datetime
+        self, entries: Mapping[str, Entry], states: Mapping[str, EntryState], now: datetime
     ) -> tuple[list[Decision], list[str]]:
         """Take a (new) configuration, with every entry's state as persisted now.
 
@@ -125,9 +128,7 @@ class Planner:
         from `now`, so history is not replayed) and the names of entries that were removed.
         """
         baselines: list[Decision] = []
-        wanted = {}
-        for entry in entries:
-            wanted[entry.name] = entry
+        for entry in entries.values():
             current = self._slots.get(entry.name)
             state = states.get(entry.name)  # persisted: a baseline not yet written is redone
             if state is None or state.identity != entry.identity:
@@ -138,13 +139,13 @@ class Planner:
             if current is not None and current.entry == entry and current.state == state:
                 continue
             self._track(entry, state)
-        removed = [name for name in self._slots if name not in wanted]
+        removed = [name for name in self._slots if name not in entries]
         for name in removed:
             del self._slots[name]
         return baselines, removed
 
     def _track(self, entry: Entry, state: EntryState) -> None:
-        slot = _Slot(entry, state, generation=0)
+        slot = _Slot(entry, state)
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot)
 
@@ -153,21 +154,22 @@ class Planner:
         self._set_next(slot, slot.entry.schedule.next_after(after))
 
     def _set_next(self, slot: _Slot, nxt: datetime | None) -> None:
-        self._generation += 1
-        slot.generation = self._generation
         slot.next_slot = nxt
-        slot.next_due = nxt + slot.entry.jitter_for(nxt) if nxt is not None else None
-        if slot.next_due is not None:
-            heapq.heappush(self._heap, (slot.next_due, slot.generation, slot.entry.name))
+        if nxt is None:
+            slot.item = None
+            return
+        entry = slot.entry
+        slot.item = (nxt + entry.jitter_for(nxt) if entry.jitter else nxt, entry.name)
+        heapq.heappush(self._heap, slot.item)
 
     def next_wake(self) -> datetime | None:
         """When the earliest pending run is due; None when nothing will ever be due."""
         heap = self._heap
         while heap:
-            due, generation, name = heap[0]
-            slot = self._slots.get(name)
-            if slot is not None and slot.generation == generation and slot.next_due == due:
-                return due
+            item = heap[0]
+            slot = self._slots.get(item[1])
+            if slot is not None and slot.item is item:
+                return item[0]
             heapq.heappop(heap)
         return None
 
@@ -185,9 +187,9 @@ class Planner:
         while heap and heap[0][0] <= now:
             if self.next_fire_computations - spent >= self.tick_budget:
                 return
-            due, generation, name = heapq.heappop(heap)
-            slot = slots.get(name)
-            if slot is None or slot.generation != generation or slot.next_due != due:
+            item = heapq.heappop(heap)
+            slot = slots.get(item[1])
+            if slot is None or slot.item is not item:
                 continue
             yield self._decide_on_time(slot, now) or self._decide(slot, now)
 
@@ -205,8 +207,8 @@ class Planner:
         """The decisions were not persisted: they will be decided again at the next tick."""
         for decision in decisions:
             slot = self._slots.get(decision.entry.name)
-            if slot is not None and slot.next_due is not None:
-                heapq.heappush(self._heap, (slot.next_due, slot.generation, slot.entry.name))
+            if slot is not None and slot.item is not None:
+                heapq.heappush(self._heap, slot.item)
 
     def resync(self, state: EntryState | None, name: str) -> bool:
         """Another writer moved this entry on: continue from what is persisted.

@@ -206,7 +206,7 @@ class Scheduler:
             self._announced = self.config.fingerprint
         states = self.backend.load_states()
         now = self.clock.now()
-        baselines, _ = self.planner.load(self.config.entries.values(), states, now)
+        baselines, _ = self.planner.load(self.config.entries, states, now)
         gone = sorted(name for name in states if name not in self.config.entries)
         if gone:
             self.backend.forget(self.lease, gone)

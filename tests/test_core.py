@@ -44,9 +44,13 @@ class Store:
                 self.missed[(d.entry.name, reason)] += n
 
 
+def named(*entries: Entry) -> dict[str, Entry]:
+    return {e.name: e for e in entries}
+
+
 def start(entries: list[Entry], store: Store, now: datetime, limit: int | None = None) -> Planner:
     planner = Planner(tick_budget=limit, walk_limit=limit)
-    baselines, _ = planner.load(entries, store.states, now)
+    baselines, _ = planner.load(named(*entries), store.states, now)
     store.commit(baselines)
     return planner
 
@@ -166,7 +170,7 @@ def test_entry_added_later_starts_from_now() -> None:
     store = Store()
     planner = start([every("a", 60)], store, T0)
     later = T0 + timedelta(minutes=5, seconds=30)
-    baselines, removed = planner.load([every("a", 60), every("b", 60)], store.states, later)
+    baselines, removed = planner.load(named(every("a", 60), every("b", 60)), store.states, later)
     store.commit(baselines)
     assert [d.entry.name for d in baselines] == ["b"] and removed == []
     assert store.states["b"].last_slot == later
@@ -187,7 +191,7 @@ def test_changed_schedule_does_not_replay_history() -> None:
 def test_removed_entry_stops() -> None:
     store = Store()
     planner = start([every("a", 60), every("b", 60)], store, T0)
-    _, removed = planner.load([every("a", 60)], store.states, T0)
+    _, removed = planner.load(named(every("a", 60)), store.states, T0)
     assert removed == ["b"]
     run_until(planner, store, T0, T0 + timedelta(minutes=3))
     assert {name for name, _, _ in store.published} == {"a"}
