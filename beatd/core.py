@@ -121,20 +121,21 @@ class Planner:
 
     def load(
         self, entries: Mapping[str, Entry], states: Mapping[str, EntryState], now: datetime
-    ) -> tuple[list[Decision], list[str]]:
+    ) -> tuple[list[EntryState], list[str]]:
         """Take a (new) configuration, with every entry's state as persisted now.
 
-        Returns the baseline decisions to persist (entries new or with a changed schedule start
-        from `now`, so history is not replayed) and the names of entries that were removed.
+        Returns the baseline states to persist, each over the state in `states` (entries new or
+        with a changed schedule start from `now`, so history is not replayed), and the names of
+        entries that were removed.
         """
-        baselines: list[Decision] = []
+        baselines: list[EntryState] = []
         for entry in entries.values():
             current = self._slots.get(entry.name)
             state = states.get(entry.name)  # persisted: a baseline not yet written is redone
             if state is None or state.identity != entry.identity:
                 published = state.last_published if state else None
                 fresh = EntryState(entry.name, now, published, entry.identity)
-                baselines.append(Decision(entry, state, fresh))
+                baselines.append(fresh)
                 state = fresh
             if current is not None and current.entry == entry and current.state == state:
                 continue

@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
+from typing import TypeVar
 
 from beatd import celery_protocol
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
@@ -25,6 +26,7 @@ from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +214,7 @@ class Scheduler:
             self.backend.forget(self.lease, gone)
             log.info("forgot %d entries no longer configured", len(gone))
         for batch in _chunks(iter(baselines), self.settings.batch_size):
-            writes = [
-                StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
-            ]
+            writes = [StateWrite(state, _horizon(states.get(state.entry))) for state in batch]
             rejected = self.backend.commit(self.lease, writes, [])
             if rejected:
                 self._resync(rejected)
@@ -333,9 +333,7 @@ class Scheduler:
             ):
                 asked = True
                 published_at = self.clock.now()
-                writes = [
-                    StateWrite(d.state, d.previous.last_slot if d.previous else None) for d in batch
-                ]
+                writes = [StateWrite(d.state, _horizon(d.previous)) for d in batch]
                 messages = self._messages(batch, published_at)
                 if sent is not None:
                     last, sent = sent, None
@@ -520,9 +518,13 @@ class _Sent:
     outcome: Callable[[], set[str]]
 
 
-def _chunks(items: Iterator[Decision], size: int) -> Iterator[list[Decision]]:
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while batch := list(islice(items, size)):
         yield batch
+
+
+def _horizon(state: EntryState | None) -> datetime | None:
+    return state.last_slot if state is not None else None
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:

@@ -157,8 +157,8 @@ def _targets(s: dict[str, list[Result]]) -> list[list[str]]:
             add(
                 f"RSS at 100,000 entries ≤ 150 MB ({r['backend']})",
                 r["daemon_peak_rss_mb"],
-                r["daemon_peak_rss_mb"] <= 150,
-                lambda v: f"{v:,.0f} MiB peak",
+                r["daemon_peak_rss_mb"] * 2**20 <= 150e6,  # the figure is in MiB (VmHWM / 1024)
+                lambda v: f"{v * 2**20 / 1e6:,.0f} MB ({v:,.0f} MiB) peak",
             )
             add(
                 f"start-up with 100,000 entries ≤ 3 s ({r['backend']}, spawn to first publish)",

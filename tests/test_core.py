@@ -35,6 +35,9 @@ class Store:
     published: list[tuple[str, datetime, bool]] = field(default_factory=list)
     missed: Counter[tuple[str, MissReason]] = field(default_factory=Counter)
 
+    def baseline(self, states: list[EntryState]) -> None:
+        self.states.update((state.entry, state) for state in states)
+
     def commit(self, decisions: list[Decision]) -> None:
         for d in decisions:
             assert self.states.get(d.entry.name) == d.previous
@@ -51,7 +54,7 @@ def named(*entries: Entry) -> dict[str, Entry]:
 def start(entries: list[Entry], store: Store, now: datetime, limit: int | None = None) -> Planner:
     planner = Planner(tick_budget=limit, walk_limit=limit)
     baselines, _ = planner.load(named(*entries), store.states, now)
-    store.commit(baselines)
+    store.baseline(baselines)
     return planner
 
 
@@ -171,8 +174,8 @@ def test_entry_added_later_starts_from_now() -> None:
     planner = start([every("a", 60)], store, T0)
     later = T0 + timedelta(minutes=5, seconds=30)
     baselines, removed = planner.load(named(every("a", 60), every("b", 60)), store.states, later)
-    store.commit(baselines)
-    assert [d.entry.name for d in baselines] == ["b"] and removed == []
+    store.baseline(baselines)
+    assert [state.entry for state in baselines] == ["b"] and removed == []
     assert store.states["b"].last_slot == later
     assert planner.next_due("b") == T0 + timedelta(minutes=6)
 
