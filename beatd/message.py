@@ -145,7 +145,6 @@ class RunTemplate:
 
     def __init__(
         self,
-        *,
         entry: str,
         task: str,
         queue: str,
@@ -157,13 +156,14 @@ class RunTemplate:
         name = _string(entry)
         self._id_head = f'{{"v":{VERSION},"id":{name[:-1]}@'
         self._to_slot = (
-            f'","task":{_string(task)},"args":{_dumps(list(args)) if args else "[]"},'
+            f'","task":{_string(task)},"args":{_array(args)},'
             f'"kwargs":{_dumps(dict(kwargs)) if kwargs else "{}"},"entry":{name},'
             '"scheduled_for":"'
         )
+        rank = "null" if priority is None else _dumps(priority)
         # usually the same for every entry of a queue: one copy, however many entries
         self._tail = sys.intern(
-            f',"queue":{_string(queue)},"priority":{_dumps(priority)},'
+            f',"queue":{_string(queue)},"priority":{rank},'
             f'"headers":{_dumps(dict(headers)) if headers else "{}"},"attempt":1}}'
         )
 
@@ -178,6 +178,12 @@ class RunTemplate:
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _string: Callable[[str], str] = json.encoder.encode_basestring  # what _dumps does to a str
+
+
+def _array(values: tuple[Any, ...]) -> str:
+    if all(type(value) is str for value in values):  # the usual args: no encoder set up for them
+        return "[" + ",".join(map(_string, values)) + "]"
+    return _dumps(list(values))
 
 
 _REQUIRED = object()

@@ -425,13 +425,13 @@ class Scheduler:
         known = self._templates.get(entry.name)
         if known is None or known[0] is not entry:
             template = RunTemplate(
-                entry=entry.name,
-                task=entry.task,
-                queue=entry.queue,
-                args=entry.args,
-                kwargs=entry.kwargs,
-                priority=entry.priority,
-                headers=entry.headers,
+                entry.name,
+                entry.task,
+                entry.queue,
+                entry.args,
+                entry.kwargs,
+                entry.priority,
+                entry.headers,
             )
             known = self._templates[entry.name] = (entry, template)
         return known[1]

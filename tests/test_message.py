@@ -98,8 +98,9 @@ def test_bad_messages(text: str, error: str) -> None:
         },
         {"entry": "e", "task": "t", "queue": "q", "priority": 9, "kwargs": {}, "headers": {}},
         {"entry": "e", "task": "t", "queue": "q", "priority": Priority.HIGH},
+        {"entry": "e", "task": "t", "queue": "q", "args": ("a", 'é "b"\n', "")},
     ],
-    ids=["plain", "unicode_quotes_and_nesting", "empty_mappings", "int_enum_priority"],
+    ids=["plain", "unicode_quotes_and_nesting", "empty_mappings", "int_enum_priority", "str_args"],
 )
 @pytest.mark.parametrize("expires", [None, timedelta(minutes=10)], ids=["no_expiry", "expiry"])
 def test_template_writes_what_the_message_writes(

@@ -33,6 +33,7 @@ import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring as _string
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -95,8 +96,17 @@ def redact(url: str) -> str:
 
 
 def _us(moment: datetime) -> int:
+    if moment.tzinfo is UTC:  # as the core's are: the runs of a burst share their slots
+        return _utc_us(moment)
+    return _micros(moment)  # an equal local time on the other side of a fold is another instant
+
+
+def _micros(moment: datetime) -> int:
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+_utc_us = lru_cache(maxsize=4096)(_micros)
 
 
 def _from_us(value: int) -> datetime:
