@@ -160,7 +160,7 @@ class Planner:
             slot.item = None
             return
         entry = slot.entry
-        slot.item = (nxt + entry.jitter_for(nxt) if entry.jitter else nxt, entry.name)
+        slot.item = (entry.due_for(nxt), entry.name)
         heapq.heappush(self._heap, slot.item)
 
     def next_wake(self) -> datetime | None:
@@ -238,7 +238,7 @@ class Planner:
             return None
         current = slot.next_slot
         following = entry.schedule.next_after(current)
-        if following is not None and following + entry.jitter_for(following) <= now:
+        if following is not None and entry.due_for(following) <= now:
             return None
         self.next_fire_computations += 1
         state = EntryState(entry.name, current, current, entry.identity)
@@ -310,7 +310,7 @@ class Planner:
             walk.following = schedule.next_after(current)
             if walk.following is None:
                 return walk
-            due = walk.following + entry.jitter_for(walk.following)
+            due = entry.due_for(walk.following)
             if due > now:
                 return walk
             if steps >= limit and now - due > grace:

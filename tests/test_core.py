@@ -225,8 +225,9 @@ def test_jitter_delays_the_due_time_but_not_the_slot() -> None:
     wake = planner.next_wake()
     assert wake is not None
     slot = T0 + timedelta(minutes=1)
-    assert wake == slot + entry.jitter_for(slot)
+    assert wake == slot + entry.jitter_for(slot) == entry.due_for(slot)
     assert timedelta(0) <= wake - slot < timedelta(seconds=30)
+    assert every("b", 60).due_for(slot) is slot  # no jitter: due at the slot itself
     assert planner.tick(wake - timedelta(milliseconds=1)) == []
     tick(planner, store, wake)
     assert store.published == [("a", slot, False)]

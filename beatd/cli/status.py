@@ -112,7 +112,7 @@ def entry_rows(
             after = state.last_slot if state is not None and row["adopted"] else now
             slot = entry.schedule.next_after(after)
             if slot is not None:
-                due = slot + entry.jitter_for(slot)
+                due = entry.due_for(slot)
                 row["next_due"] = _time(due)
                 if now - due > entry.misfire_grace:
                     row["overdue_seconds"] = round((now - due).total_seconds(), 3)

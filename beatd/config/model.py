@@ -55,6 +55,10 @@ class Entry:
         """What makes slots comparable: a changed identity means history is not replayed."""
         return self.schedule.spec
 
+    def due_for(self, slot: datetime) -> datetime:
+        """When a slot's run is due: the slot plus its jitter (the slot itself without one)."""
+        return slot + self.jitter_for(slot) if self.jitter else slot
+
     def jitter_for(self, slot: datetime) -> timedelta:
         """A delay in [0, jitter) every node derives alike from the entry and the slot."""
         if not self.jitter:

@@ -36,10 +36,6 @@ class IntervalSchedule:
         object.__setattr__(self, "anchor", anchor)
         object.__setattr__(self, "spec", f"every {int(seconds)}s anchor {anchor.isoformat()}")
 
-    @property
-    def seconds(self) -> int:
-        return int(self.every.total_seconds())
-
     def next_after(self, t: datetime) -> datetime:
         return self.anchor + self.every * ((t - self.anchor) // self.every + 1)
 
