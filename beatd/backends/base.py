@@ -11,10 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 from beatd.core import EntryState
+
+
+def to_micros(moment: datetime) -> int:
+    """An instant as whole microseconds since the Unix epoch, as every backend stores it."""
+    if moment.tzinfo is UTC:  # as the core's are: the runs of a burst share their slots
+        return _utc_micros(moment)
+    return _micros(moment)  # an equal local time on the other side of a fold is another instant
+
+
+def from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+
+
+_utc_micros = lru_cache(maxsize=4096)(_micros)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,6 @@ import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from json.encoder import encode_basestring as _string
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -43,7 +42,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from beatd import celery_protocol
-from beatd.backends.base import DeadLetter, Delivery, LeaderInfo, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    DeadLetter,
+    Delivery,
+    LeaderInfo,
+    Lease,
+    Outgoing,
+    StateWrite,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
 from beatd.core import EntryState
 from beatd.errors import BackendError, LeaseLost, TransientBackendError
@@ -95,33 +103,15 @@ def redact(url: str) -> str:
     return shown
 
 
-def _us(moment: datetime) -> int:
-    if moment.tzinfo is UTC:  # as the core's are: the runs of a burst share their slots
-        return _utc_us(moment)
-    return _micros(moment)  # an equal local time on the other side of a fold is another instant
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
-
-
-_utc_us = lru_cache(maxsize=4096)(_micros)
-
-
-def _from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
-
-
 def _pack_state(state: EntryState) -> str:
-    published = "null" if state.last_published is None else str(_us(state.last_published))
-    return f"[{_us(state.last_slot)},{published},{_string(state.identity)}]"
+    published = "null" if state.last_published is None else str(to_micros(state.last_published))
+    return f"[{to_micros(state.last_slot)},{published},{_string(state.identity)}]"
 
 
 def _unpack_state(entry: str, value: str) -> EntryState:
     slot, published, identity = json.loads(value)
     return EntryState(
-        entry, _from_us(slot), None if published is None else _from_us(published), identity
+        entry, from_micros(slot), None if published is None else from_micros(published), identity
     )
 
 
@@ -315,7 +305,7 @@ class RedisBackend:
         keys = [self._key("lease"), self._key("state"), self._key("queues")]
         flat_writes: list[str] = []
         for write in writes:
-            expected = "" if write.expected is None else f"[{_us(write.expected)},"
+            expected = "" if write.expected is None else f"[{to_micros(write.expected)},"
             flat_writes += (write.state.entry, expected, _pack_state(write.state))
         # streams first, then Celery's lists: the script tells them apart by position
         targets = [self._target(m) for m in messages]

@@ -19,7 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from beatd.backends.base import DeadLetter, Delivery, LeaderInfo, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    DeadLetter,
+    Delivery,
+    LeaderInfo,
+    Lease,
+    Outgoing,
+    StateWrite,
+    from_micros,
+    to_micros,
+)
 from beatd.core import EntryState
 from beatd.errors import BackendError, LeaseLost, TransientBackendError
 
@@ -68,14 +77,7 @@ T = TypeVar("T")
 
 
 def _us(moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
-
-
-def _from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+    return None if moment is None else to_micros(moment)
 
 
 class SQLiteBackend:
@@ -222,7 +224,7 @@ class SQLiteBackend:
         )
         return {
             entry: EntryState(
-                entry, _from_us(slot), _from_us(published) if published else None, identity
+                entry, from_micros(slot), from_micros(published) if published else None, identity
             )
             for entry, slot, published, identity in rows
         }
