@@ -118,12 +118,17 @@ def utc(ts: float) -> datetime:
 # --- beatd objects -------------------------------------------------------------------------------
 
 
-def scheduler_settings(**values: Any):
-    """`SchedulerSettings` with the given fields, skipping any this beatd does not have yet."""
-    from beatd.scheduler import SchedulerSettings
+def beatd_scheduler(backend: Any, cfg: Any, clock: Any, **settings: Any):
+    """A `Scheduler` on `cfg`, set up as `beatd run` sets one up (its garbage-collector tuning
+    included); `settings` this beatd does not have yet are skipped."""
+    from beatd.scheduler import Scheduler, SchedulerSettings
+    from beatd.service import tune_collector
 
     known = {f.name for f in dataclasses.fields(SchedulerSettings)}
-    return SchedulerSettings(**{k: v for k, v in values.items() if k in known})
+    chosen = SchedulerSettings(**{k: v for k, v in settings.items() if k in known})
+    scheduler = Scheduler(backend, lambda: cfg, clock, chosen, config=cfg)
+    scheduler.on_event = tune_collector(scheduler.on_event)
+    return scheduler
 
 
 def open_backend(url: str):

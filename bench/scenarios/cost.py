@@ -12,7 +12,15 @@ import gc
 import time
 from typing import Any
 
-from bench.common import measure, open_backend, peak_rss_mb, reset_backend, scheduler_settings, utc
+from bench.common import (
+    Span,
+    beatd_scheduler,
+    measure,
+    open_backend,
+    peak_rss_mb,
+    reset_backend,
+    utc,
+)
 from bench.workload import config, daily, mixed_intervals
 
 RUNS_PER_ENTRY_SECOND = 0.32  # mixed_intervals' rate
@@ -26,24 +34,17 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 def steady(params: dict[str, Any]) -> dict[str, Any]:
     from beatd.clock import FakeClock
-    from beatd.scheduler import Scheduler, run_for
-    from beatd.service import tune_collector
 
     url, count = params["url"], params["count"]
     window = min(600.0, max(5.0, params["runs"] / (RUNS_PER_ENTRY_SECOND * count)))
     reset_backend(url)
     cfg = config(mixed_intervals(count))
-    gc.collect()
     clock = FakeClock(utc(float(int(time.time()))))
     backend = open_backend(url)
-    settings = scheduler_settings(node="bench", lease_ttl=3600.0, max_clock_skew=1e9)
-    scheduler = Scheduler(backend, lambda: cfg, clock, settings, config=cfg)
-    scheduler.on_event = tune_collector(scheduler.on_event)  # as `beatd run` does
-    with measure() as adopt:
-        scheduler.step()
-    with measure() as span:
-        run_for(scheduler, window)
-    published = scheduler.counts.total("published")
+    scheduler = beatd_scheduler(
+        backend, cfg, clock, node="bench", lease_ttl=3600.0, max_clock_skew=1e9
+    )
+    adopt, span, published = _drive(scheduler, window)
     backend.close()
     return {
         "backend": url.split(":", 1)[0],
@@ -62,21 +63,13 @@ def steady(params: dict[str, Any]) -> dict[str, Any]:
 
 def idle(params: dict[str, Any]) -> dict[str, Any]:
     from beatd.clock import SystemClock
-    from beatd.scheduler import Scheduler, run_for
 
     url, count, window = params["url"], params["count"], params["window"]
     reset_backend(url)
     cfg = config(daily(count, avoid=utc(time.time()), window=window + 30))
-    clock = SystemClock()
     backend = open_backend(url)
-    settings = scheduler_settings(node="bench", lease_ttl=10.0)
-    scheduler = Scheduler(backend, lambda: cfg, clock, settings, config=cfg)
-    with measure() as adopt:
-        scheduler.step()
-    gc.collect()
-    with measure() as span:
-        run_for(scheduler, window)
-    published = scheduler.counts.total("published")
+    scheduler = beatd_scheduler(backend, cfg, SystemClock(), node="bench", lease_ttl=10.0)
+    adopt, span, published = _drive(scheduler, window)
     backend.close()
     return {
         "backend": url.split(":", 1)[0],
@@ -88,3 +81,16 @@ def idle(params: dict[str, Any]) -> dict[str, Any]:
         "adopt_wall_s": round(adopt.wall, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def _drive(scheduler: Any, seconds: float) -> tuple[Span, Span, int]:
+    """Adopt (timed), then run the loop for `seconds` of its clock (timed): the two spans and
+    the runs published."""
+    from beatd.scheduler import run_for
+
+    with measure() as adopt:
+        scheduler.step()
+    gc.collect()
+    with measure() as span:
+        run_for(scheduler, seconds)
+    return adopt, span, scheduler.counts.total("published")

@@ -15,12 +15,12 @@ from typing import Any
 
 from bench.common import (
     arrivals,
+    beatd_scheduler,
     measure,
     open_backend,
     peak_rss_mb,
     proc_cpu,
     reset_backend,
-    scheduler_settings,
     utc,
 )
 from bench.workload import config, same_instant
@@ -34,15 +34,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     reset_backend(url)
     cfg = config(same_instant(count, EVERY))
     from beatd.clock import FakeClock
-    from beatd.scheduler import Scheduler
-    from beatd.service import tune_collector
 
     slot = math.ceil(time.time() / EVERY) * EVERY  # the next shared slot, in real time terms
     clock = FakeClock(utc(slot) - timedelta(seconds=1))
     backend = open_backend(url)
-    settings = scheduler_settings(node="bench", lease_ttl=600.0, max_clock_skew=1e9)
-    scheduler = Scheduler(backend, lambda: cfg, clock, settings, config=cfg)
-    scheduler.on_event = tune_collector(scheduler.on_event)  # as `beatd run` does
+    scheduler = beatd_scheduler(
+        backend, cfg, clock, node="bench", lease_ttl=600.0, max_clock_skew=1e9
+    )
 
     with measure() as adopt:
         scheduler.step()  # lease, then the baseline state of every entry
