@@ -197,7 +197,8 @@ def metrics_option(default: str) -> Callable[[Decorated], Decorated]:
         envvar="BEATD_METRICS_ADDR",
         default=default,
         show_default=True,
-        help="Serve /metrics, /healthz and /readyz at HOST:PORT; 'off' turns it off.",
+        help="Serve /metrics, /healthz and /readyz at HOST:PORT; a port alone is 127.0.0.1:PORT, "
+        "0.0.0.0:PORT or [::]:PORT every interface; 'off' turns it off.",
     )
 
 
@@ -217,15 +218,25 @@ def seconds_option(option: str, value: str) -> float:
 def start_metrics(
     address: str, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]
 ) -> MetricsServer | None:
-    """The metrics server at `address`, or None when it is turned off."""
+    """The metrics server at `address`, or None when it is turned off.
+
+    A malformed address is bad input (exit 2). An explicit address that cannot be bound is a
+    runtime failure (exit 1: systemd restarts the unit, and the port may be free by then); the
+    default one taken is only a warning.
+    """
     if address.lower() in ("", "off"):
         return None
     try:
         return MetricsServer(address, registry, ready)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        bad_option("--metrics-addr", str(exc))
+    except OSError as exc:
         source = click.get_current_context().get_parameter_source("metrics_addr")
         if source is not click.core.ParameterSource.DEFAULT:
-            bad_option("--metrics-addr", f"cannot serve metrics at {address!r}: {exc}")
+            click.echo(
+                f"beatd: --metrics-addr: cannot serve metrics at {address!r}: {exc}", err=True
+            )
+            sys.exit(EXIT_RUNTIME)
         # Several daemons on one host (the SQLite default's standby) share the default port.
         log.warning(
             "serving no metrics: the default address %s is taken (%s), perhaps by another beatd "
