@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -19,10 +20,69 @@ def beatd(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["check"], ["next"], ["run"], ["worker"], ["dead"]])
-def test_help_on_every_command(command: list[str]) -> None:
-    code, out, _ = beatd(*command, "--help")
-    assert code == 0 and out.startswith("Usage: ")
+def command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """`path` and the path of every command under it, groups included."""
+    found = [path]
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            found += command_paths(sub, (*path, name))
+    return found
+
+
+COMMANDS = command_paths(main)
+
+
+def test_the_command_tree_is_what_the_help_tests_cover() -> None:
+    assert COMMANDS == [
+        (),
+        ("check",),
+        ("dead",),
+        ("dead", "list"),
+        ("dead", "retry"),
+        ("migrate",),
+        ("next",),
+        ("run",),
+        ("status",),
+        ("worker",),
+    ]
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "beatd")
+def test_help_on_every_command(path: tuple[str, ...]) -> None:
+    code, out, _ = beatd(*path, "--help")
+    assert code == 0 and out.startswith(f"Usage: main {' '.join(path)}".rstrip() + " ")
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "beatd")
+def test_every_option_has_help_and_shows_its_variable(path: tuple[str, ...]) -> None:
+    command, ctx = resolve(path)
+    for option in (p for p in command.params if isinstance(p, click.Option)):
+        record = option.get_help_record(ctx)
+        if option.hidden:
+            continue
+        assert record is not None and option.help, f"{option.opts} has no help text"
+        if option.envvar:
+            assert f"env var: {option.envvar}" in record[1], f"{option.opts} hides its variable"
+
+
+def resolve(path: tuple[str, ...]) -> tuple[click.Command, click.Context]:
+    command: click.Command = main
+    ctx = click.Context(main, info_name="beatd")
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+        ctx = click.Context(command, info_name=name, parent=ctx)
+    return command, ctx
+
+
+def test_the_command_list_shows_each_summary_uncut() -> None:
+    code, out, _ = beatd("--help")
+    commands = out.split("Commands:")[1]
+    assert code == 0 and "..." not in commands
+    listing = " ".join(commands.split())  # undo the wrapping
+    for name, command in sorted(main.commands.items()):
+        summary = (command.help or "").split("\n\n")[0]
+        assert f"{name} {' '.join(summary.split())}" in listing
 
 
 def test_check_prints_the_table_of_the_shipped_examples() -> None:
@@ -66,7 +126,7 @@ def test_next_cron_json_naive_after_is_read_in_tz() -> None:
         "next",
         "--cron",
         "30 2 * * *",
-        "--tz",
+        "--timezone",
         "Europe/Berlin",
         "--after",
         "2026-03-28T12:00",
@@ -138,7 +198,10 @@ def test_next_one_entry_as_text() -> None:
             "beatd: --every: cannot read 'soon' as a duration: use a number of "
             "seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
         ),
-        (["--cron", "* * * * *", "--tz", "Mars/Base"], "beatd: --tz: unknown timezone 'Mars/Base'"),
+        (
+            ["--cron", "* * * * *", "--timezone", "Mars/Base"],
+            "beatd: --timezone: unknown timezone 'Mars/Base'",
+        ),
         (
             ["--cron", "* * * * *", "--after", "yesterday"],
             "beatd: --after: 'yesterday' is not an ISO date and time such as 2026-12-24T18:00:00",
@@ -153,3 +216,17 @@ def test_next_one_entry_as_text() -> None:
 def test_next_bad_input_exits_2(args: list[str], message: str) -> None:
     code, out, err = beatd("next", *args)
     assert (code, out, err.strip()) == (2, "", message)
+
+
+def test_next_tz_is_a_deprecated_alias_of_timezone() -> None:
+    args = ["--cron", "30 2 * * *", "--after", "2026-03-28T12:00", "-n", "1", "--json"]
+    code, out, err = beatd("next", *args, "--tz", "Europe/Berlin")
+    assert (code, json.loads(out)) == (0, ["2026-03-29T01:00:00Z"])
+    assert err == (
+        "beatd: warning: --tz is deprecated and will be removed in the next release; "
+        "use --timezone (BEATD_TIMEZONE)\n"
+    )
+    code, out, err = beatd("next", *args, "--timezone", "Europe/Berlin")
+    assert (code, json.loads(out), err) == (0, ["2026-03-29T01:00:00Z"], "")
+    code, _, _ = beatd("next", "--help")
+    assert code == 0 and "--tz" not in beatd("next", "--help")[1]

@@ -24,6 +24,7 @@ log = logging.getLogger("beatd")
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
+LOG_LEVEL_HELP = "Log events at this level and above; debug shows each publish decision."
 
 
 def slot_text(moment: datetime) -> str:
@@ -121,7 +122,31 @@ def read_config(
         fail(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class BeatdCommand(click.Command):
+    """A command whose summary in the list of commands is its docstring's first paragraph,
+    never cut with "...", and whose options all show their `BEATD_*` variable in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split())
+
+
+class BeatdGroup(BeatdCommand, click.Group):
+    command_class = BeatdCommand
+    group_class = type  # subgroups (`dead`) are BeatdGroups too
+
+
+@click.group(
+    cls=BeatdGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="beatd")
 def main() -> None:
     """beatd: a periodic scheduler daemon for Python task queues."""
@@ -152,6 +177,7 @@ def daemon_options(func: Decorated) -> Decorated:
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
             default="info",
             show_default=True,
+            help=LOG_LEVEL_HELP,
         ),
         click.option(
             "--log-format",
@@ -159,6 +185,8 @@ def daemon_options(func: Decorated) -> Decorated:
             type=click.Choice(["text", "json"]),
             default="text",
             show_default=True,
+            help="One line of text per event (key=value context), or one JSON object per line "
+            "with that context as fields.",
         ),
     ]
     for option in reversed(options):

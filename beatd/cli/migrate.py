@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
-from beatd.cli.common import bad_option, fail, main, open_broker
+from beatd.cli.common import LOG_LEVEL_HELP, bad_option, fail, main, open_broker
 from beatd.errors import BeatdError
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
@@ -50,6 +50,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="warning",
     show_default=True,
+    help=LOG_LEVEL_HELP,
 )
 def migrate(source_url: str, target_url: str, log_level: str) -> None:
     """Move every entry's last published slot and the dead letters to another backend.
