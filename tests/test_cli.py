@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import pytest
+import redis
 from click.testing import CliRunner
 
+from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,3 +234,54 @@ def test_next_tz_is_a_deprecated_alias_of_timezone() -> None:
     assert (code, json.loads(out), err) == (0, ["2026-03-29T01:00:00Z"], "")
     code, _, _ = beatd("next", "--help")
     assert code == 0 and "--tz" not in beatd("next", "--help")[1]
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server that wants the password `s3cret`."""
+    started = RedisServer(tmp_path / "redis").start()
+    with redis.Redis(port=started.port) as admin:
+        admin.config_set("requirepass", "s3cret")
+    yield started
+    started.stop()
+
+
+def invoke(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_broker_password_on_the_command_line_warns_once_and_never_shows(
+    locked_redis: RedisServer,
+) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{locked_redis.port}/0"
+    code, out, err = invoke(["dead", "list", "--broker", url], env={"BEATD_BROKER": None})
+    assert (code, out, err) == (
+        0,
+        "ID  TASK  QUEUE  FAILED AT (UTC)  DELIVERIES  REASON\n0 dead letter(s)\n",
+        "beatd: warning: --broker: the URL holds a password, which every user of this host can "
+        "read in ps; give the URL in BEATD_BROKER instead\n",
+    )
+    code, out, err = invoke(["dead", "list"], env={"BEATD_BROKER": url})
+    assert (code, err) == (0, "")
+    assert out.endswith("0 dead letter(s)\n")
+    unlocked = f"redis://127.0.0.1:{locked_redis.port}/0"  # no password: nothing to warn about
+    code, _, err = invoke(["dead", "list", "--broker", unlocked], env={"BEATD_BROKER": None})
+    assert code == 1 and "warning" not in err and "s3cret" not in err
+
+
+def test_migrate_takes_its_target_from_beatd_broker_and_warns_about_a_password_in_to(
+    locked_redis: RedisServer, tmp_path: Path
+) -> None:
+    SQLiteBackend(tmp_path / "beatd.db").close()
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    url = f"redis://:s3cret@127.0.0.1:{locked_redis.port}/0"
+    code, out, err = invoke(["migrate", "--from", source], env={"BEATD_BROKER": url})
+    assert (code, err) == (0, "")
+    assert "s3cret" not in out
+    code, out, err = invoke(["migrate", "--from", source, "--to", url], env={"BEATD_BROKER": None})
+    assert code == 0 and "s3cret" not in out
+    assert err == (
+        "beatd: warning: --to: the URL holds a password, which every user of this host can "
+        "read in ps; give the URL in BEATD_BROKER instead\n"
+    )

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import click
 from prometheus_client import CollectorRegistry
@@ -158,6 +159,7 @@ def daemon_options(func: Decorated) -> Decorated:
         click.option(
             "--broker",
             envvar="BEATD_BROKER",
+            callback=url_with_password("BEATD_BROKER"),
             default=default_broker,
             show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
             help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...",
@@ -192,6 +194,29 @@ def daemon_options(func: Decorated) -> Decorated:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def url_with_password(variable: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    """An option callback: warn, once per option, when a URL with a password is given on the
+    command line, where every user of the host reads it in `ps`; `variable` is the safe way."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        source = ctx.get_parameter_source(param.name or "")
+        if source is click.core.ParameterSource.COMMANDLINE and has_password(value):
+            click.echo(
+                f"beatd: warning: {param.opts[0]}: the URL holds a password, which every user "
+                f"of this host can read in ps; give the URL in {variable} instead",
+                err=True,
+            )
+        return value
+
+    return check
+
+
+def has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return bool(parts.password) or any(query.get("password", []))
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
-from beatd.cli.common import LOG_LEVEL_HELP, bad_option, fail, main, open_broker
+from beatd.cli.common import LOG_LEVEL_HELP, bad_option, fail, main, open_broker, url_with_password
 from beatd.errors import BeatdError
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
@@ -23,6 +23,8 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
 @click.option(
     "--from",
     "source_url",
+    envvar="BEATD_MIGRATE_FROM",
+    callback=url_with_password("BEATD_MIGRATE_FROM"),
     required=True,
     metavar="URL",
     help="The backend to move from, e.g. sqlite:///beatd.db.",
@@ -30,9 +32,11 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
 @click.option(
     "--to",
     "target_url",
+    envvar="BEATD_BROKER",
+    callback=url_with_password("BEATD_BROKER"),
     required=True,
     metavar="URL",
-    help="The backend to move to, e.g. redis://host:6379/0.",
+    help="The backend to move to, e.g. redis://host:6379/0: the --broker the daemons will use.",
 )
 @click.option(
     "--namespace",
