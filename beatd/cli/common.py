@@ -25,6 +25,7 @@ log = logging.getLogger("beatd")
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
+NAMESPACE_HELP = "Key prefix on Redis, so several deployments can share one server."
 LOG_LEVEL_HELP = "Log events at this level and above; debug shows each publish decision."
 
 
@@ -77,7 +78,9 @@ def config_options(func: Decorated) -> Decorated:
             envvar="BEATD_CELERY_CONFIG",
             expose_value=False,
             callback=_remember,
-            help="Also read a Celery beat_schedule: a config MODULE, or MODULE:APP.",
+            help="Also read a Celery beat_schedule from a config MODULE (or MODULE:APP), as celery "
+            "beat would: its entries go to queue celery in Celery's protocol, and its broker_url "
+            "is the broker unless --broker is given.",
         ),
     ]
     for option in reversed(options):
@@ -162,7 +165,8 @@ def daemon_options(func: Decorated) -> Decorated:
             callback=url_with_password("BEATD_BROKER"),
             default=default_broker,
             show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
-            help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...",
+            help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...; "
+            "give a URL with a password in the variable, not on the command line.",
         ),
         click.option(
             "--namespace",
@@ -171,7 +175,7 @@ def daemon_options(func: Decorated) -> Decorated:
             show_default=True,
             expose_value=False,
             callback=_remember,
-            help="Key prefix on Redis, so several deployments can share one server.",
+            help=NAMESPACE_HELP,
         ),
         click.option(
             "--log-level",
@@ -187,8 +191,8 @@ def daemon_options(func: Decorated) -> Decorated:
             type=click.Choice(["text", "json"]),
             default="text",
             show_default=True,
-            help="One line of text per event (key=value context), or one JSON object per line "
-            "with that context as fields.",
+            help="One line of text per event, with key=value context (no timestamp of its own "
+            "under journald), or one JSON object per line with that context as fields.",
         ),
     ]
     for option in reversed(options):

@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
-from beatd.cli.common import LOG_LEVEL_HELP, bad_option, fail, main, open_broker, url_with_password
+from beatd.cli.common import (
+    LOG_LEVEL_HELP,
+    NAMESPACE_HELP,
+    bad_option,
+    fail,
+    main,
+    open_broker,
+    url_with_password,
+)
 from beatd.errors import BeatdError
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
@@ -46,7 +54,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     expose_value=False,
     is_eager=True,
     callback=_remember_namespace,
-    help="Key prefix on Redis (the one the daemons will use).",
+    help=NAMESPACE_HELP,
 )
 @click.option(
     "--log-level",
