@@ -60,3 +60,20 @@ def test_python_example_in_the_docs_loads(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text(block)
     config = load_config([str(tmp_path)])
     assert set(config.entries) == {"add-every-30s", "ping", "monday-report"}
+
+
+def test_the_generator_checks_and_rewrites_between_its_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "configuration.md"
+    doc.write_text(f"intro\n{reference.BEGIN}\n| stale |\n{reference.END}\nafter\n")
+    monkeypatch.setattr(reference, "DOC", doc)
+    assert reference.cli(["--check"]) == 1
+    assert reference.cli([]) == 0
+    assert doc.read_text() == (
+        f"intro\n{reference.BEGIN}\n{reference.table()}\n{reference.END}\nafter\n"
+    )
+    assert reference.cli(["--check"]) == 0
+    with pytest.raises(ValueError) as info:
+        reference.replace_table("no markers here", "| x |")
+    assert str(info.value) == (f"the markers {reference.BEGIN!r} and {reference.END!r} are missing")
