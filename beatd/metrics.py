@@ -7,6 +7,7 @@ state, not kept as one metric object per entry: 100,000 entries stay cheap.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -241,11 +242,39 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("metrics http: " + format, *args)
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """HOST:PORT as (host, port); a port alone (or `:PORT`) is loopback, never every interface.
+
+    Raises ValueError, with a message naming the value, when it is neither.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT or a port such as 9477")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} in {address!r} is not between 0 and 65535")
+    return host, int(port)
+
+
+def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
+    """ThreadingWSGIServer for the address family of `host` (an IPv6 host needs AF_INET6)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return Server
+
+
 class MetricsServer:
-    """/metrics, /healthz and /readyz on one port, served from a daemon thread."""
+    """/metrics, /healthz and /readyz on one port, served from a daemon thread.
+
+    Raises ValueError for an address that is not HOST:PORT or PORT, OSError when it cannot be
+    bound (taken, or not an address of this host).
+    """
 
     def __init__(self, address: str, registry: CollectorRegistry, ready: Health) -> None:
-        host, _, port = address.rpartition(":")
+        host, port = parse_address(address)
         metrics_app = make_wsgi_app(registry)
 
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -261,15 +290,16 @@ class MetricsServer:
                 return body
             return _text(start_response, "404 Not Found", "not found: try /metrics\n")
 
-        self._server = make_server(
-            host.strip("[]"), int(port), app, ThreadingWSGIServer, _QuietHandler
-        )
-        self.port: int = self._server.server_port
+        self._server = make_server(host, port, app, _server_class(host, port), _QuietHandler)
+        bound = self._server.socket.getsockname()
+        self.address: tuple[str, int] = (bound[0], bound[1])
+        self.port: int = bound[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="beatd-metrics", daemon=True
         )
         self._thread.start()
-        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        log.info("metrics on http://%s:%d/metrics", shown, self.port)
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -390,12 +390,16 @@ class Scheduler:
         if after["due"] == before["due"]:
             return
         nxt = self.planner.next_wake()
+        summary = {
+            "published": after["published"] - before["published"],
+            "late": after["late"] - before["late"],
+            "missed": after["due"] - after["published"] - before["due"] + before["published"],
+            "next_due": format_slot(nxt) if nxt else "never",
+        }
         log.info(
-            "published=%d late=%d missed=%d next_due=%s",
-            after["published"] - before["published"],
-            after["late"] - before["late"],
-            after["due"] - after["published"] - before["due"] + before["published"],
-            format_slot(nxt) if nxt else "never",
+            "published=%(published)d late=%(late)d missed=%(missed)d next_due=%(next_due)s",
+            summary,
+            extra=summary,  # as fields of their own, for --log-format json
         )
 
     def _messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
@@ -462,15 +466,22 @@ class Scheduler:
         if not log.isEnabledFor(logging.DEBUG):
             return
         for run in decision.runs:
+            fields = {
+                "entry": run.entry.name,
+                "slot": format_slot(run.slot),
+                "due": run.due.isoformat(),
+                "late": run.late,
+            }
             log.debug(
-                "publish entry=%s slot=%s due=%s late=%s",
-                run.entry.name,
-                format_slot(run.slot),
-                run.due.isoformat(),
-                run.late,
+                "publish entry=%(entry)s slot=%(slot)s due=%(due)s late=%(late)s",
+                fields,
+                extra=fields,
             )
         for reason, count in decision.missed.items():
-            log.debug("missed entry=%s reason=%s count=%d", decision.entry.name, reason, count)
+            fields = {"entry": decision.entry.name, "reason": str(reason), "count": count}
+            log.debug(
+                "missed entry=%(entry)s reason=%(reason)s count=%(count)d", fields, extra=fields
+            )
 
     def _resync(self, names: set[str]) -> None:
         """Entries whose persisted state was not what a decision expected: continue from the

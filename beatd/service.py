@@ -16,9 +16,21 @@ from types import FrameType
 SCHEDULE_SUFFIXES = (".yaml", ".yml", ".py")
 
 
+# What every LogRecord has; anything else on a record came from `extra=` and is an event field.
+_RECORD_ATTRIBUTES = frozenset(
+    [*vars(logging.LogRecord("", 0, "", 0, "", (), None)), "message", "asctime", "taskName"]
+)
+# Libraries that log at INFO on their own ("1 change detected"): their warnings still show.
+QUIET_LIBRARIES = ("watchfiles", "redis", "prometheus_client", "urllib3")
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg, exc, and the record's event fields
+    (given with `extra=`: a worker outcome's task, id, outcome, duration; a publish's entry and
+    slot) as keys of their own, so a log shipper need not parse `msg`."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -27,11 +39,18 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES:
+                data.setdefault(key, value)
+        return json.dumps(data, default=str)
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Configure the root logger once, on stderr; no timestamps of our own under journald."""
+    """Configure the root logger once, on stderr; no timestamps of our own under journald.
+
+    Task code logs at `level` as beatd does; the libraries beatd uses log their warnings and
+    errors only, unless `level` is debug.
+    """
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -42,6 +61,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(quiet)
 
 
 def tune_collector(on_event: Callable[[str], None]) -> Callable[[str], None]:

@@ -503,11 +503,17 @@ class Worker:
             entry = message.entry if message else None
             self.stats.record(task, entry, outcome, self.clock.now(), duration)
             line = " ".join([head, *(f"{k}={v}" for k, v in fields.items())])
+            # the same context as fields of their own, for --log-format json
+            extra: dict[str, object] = {"task": task, "id": delivery.id, "entry": entry}
+            extra |= {"attempt": attempt, "outcome": str(outcome), **fields}
+            if duration is not None:
+                extra["duration"] = duration  # seconds, as a number
             log.log(
                 LEVELS.get(outcome, logging.ERROR),
                 "%s%s",
                 line,
                 f"\n{trace.rstrip()}" if trace else "",
+                extra=extra,
             )
 
         return report

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
+import redis
 from click.testing import CliRunner
 
+from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +24,69 @@ def beatd(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["check"], ["next"], ["run"], ["worker"], ["dead"]])
-def test_help_on_every_command(command: list[str]) -> None:
-    code, out, _ = beatd(*command, "--help")
-    assert code == 0 and out.startswith("Usage: ")
+def command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """`path` and the path of every command under it, groups included."""
+    found = [path]
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            found += command_paths(sub, (*path, name))
+    return found
+
+
+COMMANDS = command_paths(main)
+
+
+def test_the_command_tree_is_what_the_help_tests_cover() -> None:
+    assert COMMANDS == [
+        (),
+        ("check",),
+        ("dead",),
+        ("dead", "list"),
+        ("dead", "retry"),
+        ("migrate",),
+        ("next",),
+        ("run",),
+        ("status",),
+        ("worker",),
+    ]
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "beatd")
+def test_help_on_every_command(path: tuple[str, ...]) -> None:
+    code, out, _ = beatd(*path, "--help")
+    assert code == 0 and out.startswith(f"Usage: main {' '.join(path)}".rstrip() + " ")
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "beatd")
+def test_every_option_has_help_and_shows_its_variable(path: tuple[str, ...]) -> None:
+    command, ctx = resolve(path)
+    for option in (p for p in command.params if isinstance(p, click.Option)):
+        record = option.get_help_record(ctx)
+        if option.hidden:
+            continue
+        assert record is not None and option.help, f"{option.opts} has no help text"
+        if option.envvar:
+            assert f"env var: {option.envvar}" in record[1], f"{option.opts} hides its variable"
+
+
+def resolve(path: tuple[str, ...]) -> tuple[click.Command, click.Context]:
+    command: click.Command = main
+    ctx = click.Context(main, info_name="beatd")
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+        ctx = click.Context(command, info_name=name, parent=ctx)
+    return command, ctx
+
+
+def test_the_command_list_shows_each_summary_uncut() -> None:
+    code, out, _ = beatd("--help")
+    commands = out.split("Commands:")[1]
+    assert code == 0 and "..." not in commands
+    listing = " ".join(commands.split())  # undo the wrapping
+    for name, command in sorted(main.commands.items()):
+        summary = (command.help or "").split("\n\n")[0]
+        assert f"{name} {' '.join(summary.split())}" in listing
 
 
 def test_check_prints_the_table_of_the_shipped_examples() -> None:
@@ -66,7 +130,7 @@ def test_next_cron_json_naive_after_is_read_in_tz() -> None:
         "next",
         "--cron",
         "30 2 * * *",
-        "--tz",
+        "--timezone",
         "Europe/Berlin",
         "--after",
         "2026-03-28T12:00",
@@ -138,7 +202,10 @@ def test_next_one_entry_as_text() -> None:
             "beatd: --every: cannot read 'soon' as a duration: use a number of "
             "seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
         ),
-        (["--cron", "* * * * *", "--tz", "Mars/Base"], "beatd: --tz: unknown timezone 'Mars/Base'"),
+        (
+            ["--cron", "* * * * *", "--timezone", "Mars/Base"],
+            "beatd: --timezone: unknown timezone 'Mars/Base'",
+        ),
         (
             ["--cron", "* * * * *", "--after", "yesterday"],
             "beatd: --after: 'yesterday' is not an ISO date and time such as 2026-12-24T18:00:00",
@@ -153,3 +220,68 @@ def test_next_one_entry_as_text() -> None:
 def test_next_bad_input_exits_2(args: list[str], message: str) -> None:
     code, out, err = beatd("next", *args)
     assert (code, out, err.strip()) == (2, "", message)
+
+
+def test_next_tz_is_a_deprecated_alias_of_timezone() -> None:
+    args = ["--cron", "30 2 * * *", "--after", "2026-03-28T12:00", "-n", "1", "--json"]
+    code, out, err = beatd("next", *args, "--tz", "Europe/Berlin")
+    assert (code, json.loads(out)) == (0, ["2026-03-29T01:00:00Z"])
+    assert err == (
+        "beatd: warning: --tz is deprecated and will be removed in the next release; "
+        "use --timezone (BEATD_TIMEZONE)\n"
+    )
+    code, out, err = beatd("next", *args, "--timezone", "Europe/Berlin")
+    assert (code, json.loads(out), err) == (0, ["2026-03-29T01:00:00Z"], "")
+    code, _, _ = beatd("next", "--help")
+    assert code == 0 and "--tz" not in beatd("next", "--help")[1]
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server that wants the password `s3cret`."""
+    started = RedisServer(tmp_path / "redis").start()
+    with redis.Redis(port=started.port) as admin:
+        admin.config_set("requirepass", "s3cret")
+    yield started
+    started.stop()
+
+
+def invoke(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_broker_password_on_the_command_line_warns_once_and_never_shows(
+    locked_redis: RedisServer,
+) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{locked_redis.port}/0"
+    code, out, err = invoke(["dead", "list", "--broker", url], env={"BEATD_BROKER": None})
+    assert (code, out, err) == (
+        0,
+        "ID  TASK  QUEUE  FAILED AT (UTC)  DELIVERIES  REASON\n0 dead letter(s)\n",
+        "beatd: warning: --broker: the URL holds a password, which every user of this host can "
+        "read in ps; give the URL in BEATD_BROKER instead\n",
+    )
+    code, out, err = invoke(["dead", "list"], env={"BEATD_BROKER": url})
+    assert (code, err) == (0, "")
+    assert out.endswith("0 dead letter(s)\n")
+    unlocked = f"redis://127.0.0.1:{locked_redis.port}/0"  # no password: nothing to warn about
+    code, _, err = invoke(["dead", "list", "--broker", unlocked], env={"BEATD_BROKER": None})
+    assert code == 1 and "warning" not in err and "s3cret" not in err
+
+
+def test_migrate_takes_its_target_from_beatd_broker_and_warns_about_a_password_in_to(
+    locked_redis: RedisServer, tmp_path: Path
+) -> None:
+    SQLiteBackend(tmp_path / "beatd.db").close()
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    url = f"redis://:s3cret@127.0.0.1:{locked_redis.port}/0"
+    code, out, err = invoke(["migrate", "--from", source], env={"BEATD_BROKER": url})
+    assert (code, err) == (0, "")
+    assert "s3cret" not in out
+    code, out, err = invoke(["migrate", "--from", source, "--to", url], env={"BEATD_BROKER": None})
+    assert code == 0 and "s3cret" not in out
+    assert err == (
+        "beatd: warning: --to: the URL holds a password, which every user of this host can "
+        "read in ps; give the URL in BEATD_BROKER instead\n"
+    )

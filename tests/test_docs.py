@@ -1,49 +1,57 @@
-"""The docs stay true: every flag is in the reference table, every example loads."""
+"""The docs stay true: the flags table is the command tree's, every example loads."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import click
 import pytest
 
-from beatd.cli import main
+from beatd.cli import reference
 from beatd.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def options_with_variables(command: click.Command) -> list[click.Option]:
-    found = [p for p in command.params if isinstance(p, click.Option) and p.envvar]
-    if isinstance(command, click.Group):
-        for sub in command.commands.values():
-            found += options_with_variables(sub)
-    return found
+def test_the_flags_table_is_the_whole_command_tree() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert text.count(reference.BEGIN) == 1 and text.count(reference.END) == 1
+    shown = reference.generated_part(text)
+    assert shown == reference.table(), "run python -m beatd.cli.reference"
 
 
-def test_every_flag_and_variable_is_in_the_configuration_table() -> None:
-    table = (REPO / "docs" / "configuration.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| `--")]
-    for option in options_with_variables(main):
-        flag = max(option.opts, key=len)
-        row = next((r for r in rows if f"`{flag}" in r.split("|")[1]), None)
-        assert row is not None, f"{flag} is missing from docs/configuration.md"
-        assert f"`{option.envvar}`" in row, f"{flag}: {option.envvar} is not in its row"
+def test_every_command_is_in_the_flags_table() -> None:
+    rows = reference.table().splitlines()[2:]
+    used = {c.strip() for row in rows for c in row.split(" | ")[3].split(",")}
+    assert used == {path for path, _ in reference.commands()}
+    assert len(used) == 8  # run, worker, status, dead list, dead retry, migrate, check, next
+
+
+def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    rows = [row.split(" | ") for row in reference.table().splitlines()[2:]]
+    without = {row[0].removeprefix("| ") for row in rows if row[1] == "none"}
+    sentence = re.search(
+        r'whose variable is "none" are\s+what one invocation asks \((.*?)\)', text, re.S
+    )
+    assert sentence is not None
+    assert set(re.findall(r"`[^`]+`", sentence.group(1))) == without
+    assert len(without) == 8
 
 
 def yaml_blocks(path: Path) -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", path.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/configuration.md"])
-def test_yaml_examples_in_the_docs_load(doc: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("doc", "count"), [("README.md", 2), ("docs/celery.md", 1)])
+def test_yaml_examples_in_the_docs_load(doc: str, count: int, tmp_path: Path) -> None:
     blocks = yaml_blocks(REPO / doc)
+    assert len(blocks) >= count, f"{doc}: expected {count} yaml blocks, found {len(blocks)}"
     for i, block in enumerate(blocks):
-        (tmp_path / f"example{i}.yaml").write_text(block)
-    if blocks:
-        config = load_config([str(tmp_path)])
-        assert config.entries
+        folder = tmp_path / f"example{i}"
+        folder.mkdir()
+        (folder / "example.yaml").write_text(block)
+        assert load_config([str(folder)]).entries, f"{doc}: yaml block {i} has no entries"
 
 
 def test_python_example_in_the_docs_loads(tmp_path: Path) -> None:
@@ -52,3 +60,20 @@ def test_python_example_in_the_docs_loads(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text(block)
     config = load_config([str(tmp_path)])
     assert set(config.entries) == {"add-every-30s", "ping", "monday-report"}
+
+
+def test_the_generator_checks_and_rewrites_between_its_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "configuration.md"
+    doc.write_text(f"intro\n{reference.BEGIN}\n| stale |\n{reference.END}\nafter\n")
+    monkeypatch.setattr(reference, "DOC", doc)
+    assert reference.cli(["--check"]) == 1
+    assert reference.cli([]) == 0
+    assert doc.read_text() == (
+        f"intro\n{reference.BEGIN}\n{reference.table()}\n{reference.END}\nafter\n"
+    )
+    assert reference.cli(["--check"]) == 0
+    with pytest.raises(ValueError) as info:
+        reference.replace_table("no markers here", "| x |")
+    assert str(info.value) == (f"the markers {reference.BEGIN!r} and {reference.END!r} are missing")

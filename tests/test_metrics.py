@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.cli.common import metrics_option, start_metrics
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
@@ -195,14 +200,9 @@ def test_clock_skew_and_config_drift(tmp_path: Path, clock: FakeClock) -> None:
     assert value(s, "beatd_config_drift") == 1 and value(s, "beatd_clock_skew_seconds") == 0
 
 
-def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_an_error() -> None:
-    import socket
-
-    import click
-    from click.testing import CliRunner
-
-    from beatd.cli.common import metrics_option, start_metrics
-
+def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_a_runtime_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -218,10 +218,77 @@ def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_an_error
         # the variable set for the test suite would override the default: clear it here
         default = CliRunner().invoke(serve_one, [], env={"BEATD_METRICS_ADDR": None})
         assert (default.exit_code, default.stdout) == (0, "not serving\n")
+        assert "serving no metrics: the default address" in caplog.text
         explicit = CliRunner().invoke(serve_one, ["--metrics-addr", address])
-        assert explicit.exit_code == 2
-        assert explicit.stderr.startswith(
-            f"beatd: --metrics-addr: cannot serve metrics at '{address}'"
+        error = bind_error(address)
+        # a runtime failure (exit 1): systemd restarts the unit once the port is free
+        assert (explicit.exit_code, explicit.stderr) == (
+            1,
+            f"beatd: --metrics-addr: cannot serve metrics at {address!r}: {error}\n",
         )
     finally:
         taken.close()
+
+
+def bind_error(address: str) -> str:
+    """What the OS says when `address` is taken, to build the expected message from."""
+    host, _, port = address.rpartition(":")
+    probe = socket.socket()
+    try:
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        return str(exc)
+    finally:
+        probe.close()
+    raise AssertionError(f"{address} is not taken")
+
+
+@pytest.mark.parametrize(
+    ("given", "host", "family"),
+    [
+        ("0", "127.0.0.1", socket.AF_INET),  # a port alone is loopback, never every interface
+        (":0", "127.0.0.1", socket.AF_INET),
+        ("127.0.0.1:0", "127.0.0.1", socket.AF_INET),
+        ("0.0.0.0:0", "0.0.0.0", socket.AF_INET),
+        ("[::1]:0", "::1", socket.AF_INET6),
+    ],
+    ids=["port_alone", "empty_host", "loopback", "every_ipv4_interface", "ipv6_loopback"],
+)
+def test_metrics_address_binds_where_named_and_logs_the_real_port(
+    given: str, host: str, family: socket.AddressFamily, caplog: pytest.LogCaptureFixture
+) -> None:
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    caplog.set_level(logging.INFO, logger="beatd.metrics")
+    server = MetricsServer(given, CollectorRegistry(), lambda: (True, "ok"))
+    try:
+        bound = server.address
+        assert bound[0] == host and bound[1] == server.port and server.port > 0
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        assert caplog.messages == [f"metrics on http://{shown}:{server.port}/metrics"]
+        target = "127.0.0.1" if host == "0.0.0.0" else shown
+        with urllib.request.urlopen(f"http://{target}:{server.port}/healthz") as response:
+            assert response.read() == b"ok\n"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("nine", "beatd: --metrics-addr: 'nine' is not HOST:PORT or a port such as 9477\n"),
+        (
+            "127.0.0.1:70000",
+            "beatd: --metrics-addr: port 70000 in '127.0.0.1:70000' is not between 0 and 65535\n",
+        ),
+    ],
+    ids=["not_a_port", "port_out_of_range"],
+)
+def test_a_malformed_metrics_address_is_bad_input(given: str, message: str) -> None:
+    @click.command()
+    @metrics_option("127.0.0.1:0")
+    def serve_one(metrics_addr: str) -> None:
+        start_metrics(metrics_addr, CollectorRegistry(), lambda: (True, "ok"))
+
+    result = CliRunner().invoke(serve_one, ["--metrics-addr", given])
+    assert (result.exit_code, result.stderr) == (2, message)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import click
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,8 @@ log = logging.getLogger("beatd")
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
+NAMESPACE_HELP = "Key prefix on Redis, so several deployments can share one server."
+LOG_LEVEL_HELP = "Log events at this level and above; debug shows each publish decision."
 
 
 def slot_text(moment: datetime) -> str:
@@ -75,7 +78,9 @@ def config_options(func: Decorated) -> Decorated:
             envvar="BEATD_CELERY_CONFIG",
             expose_value=False,
             callback=_remember,
-            help="Also read a Celery beat_schedule: a config MODULE, or MODULE:APP.",
+            help="Also read a Celery beat_schedule from a config MODULE (or MODULE:APP), as celery "
+            "beat would: its entries go to queue celery in Celery's protocol, and its broker_url "
+            "is the broker unless --broker is given.",
         ),
     ]
     for option in reversed(options):
@@ -121,7 +126,31 @@ def read_config(
         fail(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class BeatdCommand(click.Command):
+    """A command whose summary in the list of commands is its docstring's first paragraph,
+    never cut with "...", and whose options all show their `BEATD_*` variable in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split())
+
+
+class BeatdGroup(BeatdCommand, click.Group):
+    command_class = BeatdCommand
+    group_class = type  # subgroups (`dead`) are BeatdGroups too
+
+
+@click.group(
+    cls=BeatdGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="beatd")
 def main() -> None:
     """beatd: a periodic scheduler daemon for Python task queues."""
@@ -133,9 +162,11 @@ def daemon_options(func: Decorated) -> Decorated:
         click.option(
             "--broker",
             envvar="BEATD_BROKER",
+            callback=url_with_password("BEATD_BROKER"),
             default=default_broker,
             show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
-            help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...",
+            help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...; "
+            "give a URL with a password in the variable, not on the command line.",
         ),
         click.option(
             "--namespace",
@@ -144,7 +175,7 @@ def daemon_options(func: Decorated) -> Decorated:
             show_default=True,
             expose_value=False,
             callback=_remember,
-            help="Key prefix on Redis, so several deployments can share one server.",
+            help=NAMESPACE_HELP,
         ),
         click.option(
             "--log-level",
@@ -152,6 +183,7 @@ def daemon_options(func: Decorated) -> Decorated:
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
             default="info",
             show_default=True,
+            help=LOG_LEVEL_HELP,
         ),
         click.option(
             "--log-format",
@@ -159,11 +191,36 @@ def daemon_options(func: Decorated) -> Decorated:
             type=click.Choice(["text", "json"]),
             default="text",
             show_default=True,
+            help="One line of text per event, with key=value context (no timestamp of its own "
+            "under journald), or one JSON object per line with that context as fields.",
         ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def url_with_password(variable: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    """An option callback: warn, once per option, when a URL with a password is given on the
+    command line, where every user of the host reads it in `ps`; `variable` is the safe way."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        source = ctx.get_parameter_source(param.name or "")
+        if source is click.core.ParameterSource.COMMANDLINE and has_password(value):
+            click.echo(
+                f"beatd: warning: {param.opts[0]}: the URL holds a password, which every user "
+                f"of this host can read in ps; give the URL in {variable} instead",
+                err=True,
+            )
+        return value
+
+    return check
+
+
+def has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return bool(parts.password) or any(query.get("password", []))
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
@@ -197,7 +254,8 @@ def metrics_option(default: str) -> Callable[[Decorated], Decorated]:
         envvar="BEATD_METRICS_ADDR",
         default=default,
         show_default=True,
-        help="Serve /metrics, /healthz and /readyz at HOST:PORT; 'off' turns it off.",
+        help="Serve /metrics, /healthz and /readyz at HOST:PORT; a port alone is 127.0.0.1:PORT, "
+        "0.0.0.0:PORT or [::]:PORT every interface; 'off' turns it off.",
     )
 
 
@@ -217,15 +275,25 @@ def seconds_option(option: str, value: str) -> float:
 def start_metrics(
     address: str, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]
 ) -> MetricsServer | None:
-    """The metrics server at `address`, or None when it is turned off."""
+    """The metrics server at `address`, or None when it is turned off.
+
+    A malformed address is bad input (exit 2). An explicit address that cannot be bound is a
+    runtime failure (exit 1: systemd restarts the unit, and the port may be free by then); the
+    default one taken is only a warning.
+    """
     if address.lower() in ("", "off"):
         return None
     try:
         return MetricsServer(address, registry, ready)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        bad_option("--metrics-addr", str(exc))
+    except OSError as exc:
         source = click.get_current_context().get_parameter_source("metrics_addr")
         if source is not click.core.ParameterSource.DEFAULT:
-            bad_option("--metrics-addr", f"cannot serve metrics at {address!r}: {exc}")
+            click.echo(
+                f"beatd: --metrics-addr: cannot serve metrics at {address!r}: {exc}", err=True
+            )
+            sys.exit(EXIT_RUNTIME)
         # Several daemons on one host (the SQLite default's standby) share the default port.
         log.warning(
             "serving no metrics: the default address %s is taken (%s), perhaps by another beatd "

@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
-from beatd.cli.common import bad_option, fail, main, open_broker
+from beatd.cli.common import (
+    LOG_LEVEL_HELP,
+    NAMESPACE_HELP,
+    bad_option,
+    fail,
+    main,
+    open_broker,
+    url_with_password,
+)
 from beatd.errors import BeatdError
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
@@ -23,6 +31,8 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
 @click.option(
     "--from",
     "source_url",
+    envvar="BEATD_MIGRATE_FROM",
+    callback=url_with_password("BEATD_MIGRATE_FROM"),
     required=True,
     metavar="URL",
     help="The backend to move from, e.g. sqlite:///beatd.db.",
@@ -30,9 +40,11 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
 @click.option(
     "--to",
     "target_url",
+    envvar="BEATD_BROKER",
+    callback=url_with_password("BEATD_BROKER"),
     required=True,
     metavar="URL",
-    help="The backend to move to, e.g. redis://host:6379/0.",
+    help="The backend to move to, e.g. redis://host:6379/0: the --broker the daemons will use.",
 )
 @click.option(
     "--namespace",
@@ -42,7 +54,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     expose_value=False,
     is_eager=True,
     callback=_remember_namespace,
-    help="Key prefix on Redis (the one the daemons will use).",
+    help=NAMESPACE_HELP,
 )
 @click.option(
     "--log-level",
@@ -50,6 +62,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="warning",
     show_default=True,
+    help=LOG_LEVEL_HELP,
 )
 def migrate(source_url: str, target_url: str, log_level: str) -> None:
     """Move every entry's last published slot and the dead letters to another backend.

@@ -49,7 +49,8 @@ log = logging.getLogger("beatd")
     envvar="BEATD_LEASE_TTL",
     default="10s",
     show_default=True,
-    help="How long a leader's lease lasts without renewal; a standby takes over after it.",
+    help="How long a leader's lease lasts without renewal (it renews every third of it); a "
+    "standby takes over after it.",
 )
 @click.option(
     "--node",
@@ -70,14 +71,16 @@ log = logging.getLogger("beatd")
     envvar="BEATD_MAX_CLOCK_SKEW",
     default="1s",
     show_default=True,
-    help="Refuse leadership while this node's clock is further than this from the backend's.",
+    help="Refuse leadership while this node's clock is further than this from the backend's "
+    "(Redis TIME; SQLite shares this host's clock).",
 )
 @metrics_option(DEFAULT_METRICS_ADDR)
 @click.option(
     "--with-worker",
     envvar="BEATD_WITH_WORKER",
     is_flag=True,
-    help="Also run the published tasks, in this process (the one-command quickstart).",
+    help="Also run the published tasks, in this process: the scheduler loop and the worker's "
+    "dispatcher as threads (the one-command quickstart).",
 )
 @worker_options
 def run(

@@ -14,6 +14,8 @@ from beatd.config.entries import to_datetime, to_every, to_timezone
 from beatd.errors import ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, Schedule
 
+COUNT_HELP = "How many due times to show, per entry."
+
 
 @main.command()
 @click.argument("paths", nargs=-1)
@@ -46,13 +48,28 @@ def check(
     )
 
 
+def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`next --tz`: the old name of --timezone, kept hidden for one release."""
+    if value is not None:
+        click.echo(
+            "beatd: warning: --tz is deprecated and will be removed in the next release; "
+            "use --timezone (BEATD_TIMEZONE)",
+            err=True,
+        )
+    return value
+
+
 @main.command(name="next")
 @click.argument("entry", required=False)
-@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--after", help="Start after this ISO time (exclusive); naive times are in --tz.")
+@click.option(
+    "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help=COUNT_HELP
+)
+@click.option(
+    "--after", help="Start after this ISO time (exclusive); naive times are in --timezone."
+)
 @click.option("--cron", "cron", help="An ad-hoc cron expression instead of configured entries.")
 @click.option("--every", "every", help="An ad-hoc interval such as 30s or 1h30m.")
-@click.option("--tz", "tz", help="Timezone for --cron and for a naive --after.")
+@click.option("--tz", "old_tz", hidden=True, callback=_deprecated_tz, help="Use --timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
 @config_options
 def next_command(
@@ -61,18 +78,21 @@ def next_command(
     after: str | None,
     cron: str | None,
     every: str | None,
-    tz: str | None,
+    old_tz: str | None,
     as_json: bool,
     schedules: tuple[str, ...],
     timezone: str,
     max_file_size: int,
 ) -> None:
-    """Show the next due times of configured entries, or of --cron / --every."""
-    zone_name = tz or timezone
+    """Show the next due times of configured entries, or of --cron / --every.
+
+    --timezone is the zone of --cron, of a naive --after and of entries whose file gives none.
+    """
+    timezone = old_tz or timezone
     try:
-        zone_name = to_timezone(zone_name)
+        zone_name = to_timezone(timezone)
     except ValueError as exc:
-        bad_option("--tz", str(exc))
+        bad_option("--timezone", str(exc))
     start = datetime.now(UTC)
     if after is not None:
         try:
@@ -82,14 +102,7 @@ def next_command(
     if cron is not None or every is not None:
         if entry is not None or (cron is not None and every is not None):
             bad_option("--cron/--every", "give one of --cron, --every or an ENTRY, not several")
-        schedule = _adhoc_schedule(cron, every, zone_name)
-        times = _upcoming(schedule, start, count)
-        if as_json:
-            click.echo(json.dumps([slot_text(t) for t in times]))
-        else:
-            click.echo(schedule.describe())
-            for t in times:
-                click.echo(f"{slot_text(t)}  {t.astimezone(ZoneInfo(zone_name)).isoformat()}")
+        _print_adhoc(_adhoc_schedule(cron, every, zone_name), start, count, zone_name, as_json)
         return
     config = read_config(schedules, timezone, max_file_size)
     entries = list(config.entries.values())
@@ -110,6 +123,16 @@ def _adhoc_schedule(cron: str | None, every: str | None, zone: str) -> Schedule:
         bad_option("--cron", str(exc))
     except ValueError as exc:
         bad_option("--every", str(exc))
+
+
+def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_json: bool) -> None:
+    times = _upcoming(schedule, start, count)
+    if as_json:
+        click.echo(json.dumps([slot_text(t) for t in times]))
+        return
+    click.echo(schedule.describe())
+    for t in times:
+        click.echo(f"{slot_text(t)}  {t.astimezone(ZoneInfo(zone)).isoformat()}")
 
 
 def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]:

@@ -94,7 +94,8 @@ def worker_options(func: Decorated) -> Decorated:
             envvar="BEATD_VISIBILITY_TIMEOUT",
             default="30s",
             show_default=True,
-            help="A run whose worker stops heartbeating is delivered again after this long.",
+            help="A run whose worker stops heartbeating (it beats every third of this) is "
+            "delivered again after this long.",
         ),
         click.option(
             "--max-deliveries",
