@@ -129,6 +129,7 @@ def test_read_duration_wants_a_sign(value: object, zero_ok: bool, message: str) 
 DURATION_FLAGS = [
     ["run", "--lease-ttl"],
     ["run", "--max-clock-skew"],
+    ["run", "--removed-grace"],
     ["run", "--with-worker", "--visibility-timeout"],
     ["run", "--with-worker", "--drain-timeout"],
     ["worker", "--visibility-timeout"],

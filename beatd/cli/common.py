@@ -205,10 +205,10 @@ def metrics_option(default: str) -> Callable[[Decorated], Decorated]:
 # --- the worker: `beatd worker`, `beatd run --with-worker` ---------------------------------
 
 
-def seconds_option(option: str, value: str) -> float:
-    """A duration flag's seconds: positive, finite and at most 100 years, else exit 2."""
+def seconds_option(option: str, value: str, *, zero_ok: bool = False) -> float:
+    """A duration flag's seconds: positive (or zero), finite and at most 100 years, else exit 2."""
     try:
-        return read_duration(value).total_seconds()
+        return read_duration(value, zero_ok=zero_ok).total_seconds()
     except ValueError as exc:
         bad_option(option, str(exc))
 

@@ -345,7 +345,7 @@ def test_an_entry_without_a_protocol_takes_its_queues(tmp_path: Path) -> None:
           other: {}
         """,
     )
-    second = write(tmp_path, "b.yaml", "queues:\n  reports: {protocol: celery}\n")
+    second = write(tmp_path, "b.yaml", "entries: {}\nqueues:\n  reports: {protocol: celery}\n")
     third = write(
         tmp_path,
         "c.yaml",
@@ -521,3 +521,33 @@ def test_every_python_duration_field_is_bounded(
         f"from datetime import timedelta\nbeat_schedule = {{'a': {{'task': 'x.y', **{spec}}}}}\n",
     )
     assert errors([path]) == [f"{path}:2:18: entry a: field {field}: {BOUND}, got {shown}"]
+
+
+NO_ENTRIES = (
+    "refusing it: it may be half written, and loading it would remove every entry; write "
+    "entries: {} if it is meant to schedule nothing"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("", "1:1", "empty file"),
+        ("# all entries moved elsewhere\n", "1:1", "empty file"),
+        ("defaults:\n  queue: q\n", "1:1", "no entries: section"),
+        ("queues:\n  q: {}\n", "1:1", "no entries: section"),
+        ("entries:\n", "1:9", "field entries: empty section"),
+    ],
+    ids=["empty", "comment_only", "defaults_only", "queues_only", "null_section"],
+)
+def test_a_file_without_entries_is_refused(
+    tmp_path: Path, text: str, where: str, what: str
+) -> None:
+    path = write(tmp_path, "s.yaml", text)
+    assert errors([path]) == [f"{path}:{where}: {what}; {NO_ENTRIES}"]
+
+
+def test_a_file_that_says_it_has_no_entries_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "entries: {}\nqueues:\n  q: {protocol: celery}\n")
+    config = load_config([path])
+    assert (dict(config.entries), list(config.queues)) == ({}, ["q"])
