@@ -61,6 +61,50 @@ def test_check_reports_every_error_on_stderr_and_exits_2(tmp_path: Path) -> None
     ]
 
 
+ONE_OFFS = """\
+entries:
+  launch:
+    task: x.y
+    description: the launch, long gone
+    at: 2020-01-01T10:00:00
+    timezone: Europe/Paris
+  later:
+    task: x.z
+    at: 2999-01-01T00:00:00
+"""
+PAST = (
+    "2: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
+    "one-off run will never happen; move it into the future or remove the entry"
+)
+
+
+def test_check_warns_of_a_one_off_run_in_the_past(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(ONE_OFFS)
+    code, out, err = beatd("check", str(path))
+    assert (code, err) == (0, f"{path}:{PAST}\n")
+    assert out.splitlines()[-1] == "2 entries OK in 1 file(s), 1 warning(s)"
+    code, out, err = beatd("check", "--strict", str(path))
+    assert (code, err) == (2, f"{path}:{PAST}\nbeatd: --strict: 1 warning(s), failing as asked\n")
+    path.write_text(ONE_OFFS.replace("2020-", "2998-"))
+    assert beatd("check", "--strict", str(path))[::2] == (0, "")
+
+
+def test_check_verbose_shows_each_description(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(ONE_OFFS)
+    code, out, _ = beatd("check", "-v", str(path))
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "ENTRY   TASK  SCHEDULE                           TIMEZONE      NEXT DUE (UTC)        "
+        "DESCRIPTION",
+        "launch  x.y   once at 2020-01-01T10:00:00+01:00  Europe/Paris  never                 "
+        "the launch, long gone",
+        "later   x.z   once at 2999-01-01T00:00:00+00:00  UTC           2999-01-01T00:00:00Z",
+    ]
+    assert "DESCRIPTION" not in beatd("check", str(path))[1]
+
+
 def test_next_cron_json_naive_after_is_read_in_tz() -> None:
     code, out, _ = beatd(
         "next",

@@ -9,19 +9,23 @@ from zoneinfo import ZoneInfo
 import click
 
 from beatd.cli.common import bad_option, config_options, main, read_config, slot_text
-from beatd.config import Entry
+from beatd.config import Config, Entry
 from beatd.config.entries import to_datetime, to_every, to_timezone
 from beatd.errors import ScheduleError
-from beatd.schedules import CronSchedule, IntervalSchedule, Schedule
+from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 
 
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--yaml-only", is_flag=True, help="Skip Python schedule files: run no code.")
+@click.option("--strict", is_flag=True, help="Fail (exit 2) on warnings too.")
+@click.option("--verbose", "-v", is_flag=True, help="Add each entry's description as a column.")
 @config_options
 def check(
     paths: tuple[str, ...],
     yaml_only: bool,
+    strict: bool,
+    verbose: bool,
     schedules: tuple[str, ...],
     timezone: str,
     max_file_size: int,
@@ -29,21 +33,49 @@ def check(
     """Validate schedule files and show each entry with its next due time."""
     config = read_config(paths or schedules, timezone, max_file_size, yaml_only)
     now = datetime.now(UTC)
-    rows = [("ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT DUE (UTC)")]
+    _print_table(_entry_rows(config, now, verbose))
+    warnings = _warnings(config, now)
+    for warning in warnings:
+        click.echo(warning, err=True)
+    count = len(config.entries)
+    summary = f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
+    if warnings:
+        summary += f", {len(warnings)} warning(s)"
+    click.echo(summary)
+    if strict and warnings:
+        bad_option("--strict", f"{len(warnings)} warning(s), failing as asked")
+
+
+def _entry_rows(config: Config, now: datetime, verbose: bool) -> list[tuple[str, ...]]:
+    header = ("ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT DUE (UTC)")
+    rows: list[tuple[str, ...]] = [(*header, "DESCRIPTION") if verbose else header]
     for entry in config.entries.values():
         upcoming = entry.schedule.next_after(now)
         due = slot_text(upcoming) if upcoming else "never"
         state = "" if entry.enabled else " (disabled)"
-        rows.append(
-            (entry.name + state, entry.task, entry.schedule.describe(), entry.timezone, due)
-        )
+        row = (entry.name + state, entry.task, entry.schedule.describe(), entry.timezone, due)
+        rows.append((*row, entry.description) if verbose else row)
+    return rows
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    count = len(config.entries)
-    click.echo(
-        f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
-    )
+
+
+def _warnings(config: Config, now: datetime) -> list[str]:
+    """What is valid but cannot be meant: a one-off `at:` already past never runs."""
+    warnings = []
+    for entry in config.entries.values():
+        schedule = entry.schedule
+        if isinstance(schedule, OnceSchedule) and schedule.next_after(now) is None:
+            warnings.append(
+                f"{entry.source}: entry {entry.name}: field at: warning: "
+                f"{schedule.at.isoformat()} is in the past, so this one-off run will never "
+                "happen; move it into the future or remove the entry"
+            )
+    return warnings
 
 
 @main.command(name="next")
