@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import textwrap
 from pathlib import Path
@@ -103,6 +104,66 @@ def test_check_verbose_shows_each_description(tmp_path: Path) -> None:
         "later   x.z   once at 2999-01-01T00:00:00+00:00  UTC           2999-01-01T00:00:00Z",
     ]
     assert "DESCRIPTION" not in beatd("check", str(path))[1]
+
+
+TASK_MODULE = """\
+import beatd
+
+
+@beatd.task
+def ping() -> None: ...
+"""
+
+
+def test_check_tasks_reports_modules_that_fail_and_tasks_nobody_registers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # found there, as the worker finds them
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "check_tasks_ok.py").write_text(TASK_MODULE)
+    (tmp_path / "check_tasks_broken.py").write_text("\n\nraise RuntimeError('half deployed')\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            imports: [check_tasks_ok, check_tasks_broken]
+            entries:
+              fine: {task: check_tasks_ok.ping, every: 1m}
+              typo:
+                task: check_tasks_ok.pong
+                every: 1m
+              elsewhere: {task: proj.celery_task, every: 1m, protocol: celery}
+            """
+        )
+    )
+    code, out, err = beatd("check", "--tasks", "-A", "check_tasks_nowhere", str(path))
+    missing = "check_tasks_nowhere"
+    with pytest.raises(ModuleNotFoundError) as not_found:  # Python's words, as it says them
+        importlib.import_module(missing)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"beatd: cannot import task module {missing!r} (from -A/--app or imports:): "
+        f"ModuleNotFoundError: {not_found.value}; the current directory and PYTHONPATH are "
+        "searched",
+        "beatd: cannot import task module 'check_tasks_broken' (from -A/--app or imports:): "
+        f"RuntimeError: half deployed at {tmp_path / 'check_tasks_broken.py'}:3; the current "
+        "directory and PYTHONPATH are searched",
+        f"{path}:4: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
+        f"task modules {missing}, check_tasks_ok, check_tasks_broken; did you mean "
+        "'check_tasks_ok.ping'?",
+    ]
+    assert beatd("check", str(path))[0] == 0  # without --tasks, nothing is imported
+
+
+def test_check_tasks_without_task_modules_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("entries:\n  a: {task: x.y, every: 1m}\n")
+    assert beatd("check", "--tasks", str(path)) == (
+        2,
+        "",
+        "beatd: --tasks: no task modules to import: name them with -A/--app pkg.module or under "
+        "imports: in a schedule file\n",
+    )
 
 
 def test_next_cron_json_naive_after_is_read_in_tz() -> None:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
 
-from beatd.cli.common import bad_option, config_options, main, read_config, slot_text
+from beatd.cli.common import (
+    EXIT_BAD_INPUT,
+    bad_option,
+    config_options,
+    main,
+    read_config,
+    slot_text,
+)
 from beatd.config import Config, Entry
-from beatd.config.entries import to_datetime, to_every, to_timezone
+from beatd.config.entries import suggest, to_datetime, to_every, to_timezone
 from beatd.errors import ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.tasks import TaskError, import_task_modules, registry
 
 
 @main.command()
@@ -20,12 +30,29 @@ from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedu
 @click.option("--yaml-only", is_flag=True, help="Skip Python schedule files: run no code.")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) on warnings too.")
 @click.option("--verbose", "-v", is_flag=True, help="Add each entry's description as a column.")
+@click.option(
+    "--tasks",
+    "check_tasks",
+    is_flag=True,
+    help="Import the task modules as the worker would, and check every task: name is registered.",
+)
+@click.option(
+    "--app",
+    "-A",
+    "apps",
+    multiple=True,
+    envvar="BEATD_APP",
+    help="With --tasks: a task module to import besides imports: (repeatable; the variable is "
+    "space-separated).",
+)
 @config_options
 def check(
     paths: tuple[str, ...],
     yaml_only: bool,
     strict: bool,
     verbose: bool,
+    check_tasks: bool,
+    apps: tuple[str, ...],
     schedules: tuple[str, ...],
     timezone: str,
     max_file_size: int,
@@ -33,6 +60,12 @@ def check(
     """Validate schedule files and show each entry with its next due time."""
     config = read_config(paths or schedules, timezone, max_file_size, yaml_only)
     now = datetime.now(UTC)
+    if check_tasks:
+        problems = _task_problems(config, apps)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            sys.exit(EXIT_BAD_INPUT)
     _print_table(_entry_rows(config, now, verbose))
     warnings = _warnings(config, now)
     for warning in warnings:
@@ -44,6 +77,34 @@ def check(
     click.echo(summary)
     if strict and warnings:
         bad_option("--strict", f"{len(warnings)} warning(s), failing as asked")
+
+
+def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
+    """Import the task modules as the worker does (`-A` and `imports:`, from the current
+    directory too) and say which does not import, and which entry names a task none registers.
+    Entries in Celery's protocol are left out: Celery workers run them."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    modules = tuple(dict.fromkeys([*apps, *config.imports]))
+    if not modules:
+        return [
+            "beatd: --tasks: no task modules to import: name them with -A/--app pkg.module or "
+            "under imports: in a schedule file"
+        ]
+    problems = []
+    for module in modules:
+        try:
+            import_task_modules([module])
+        except TaskError as exc:
+            problems.append(f"beatd: {exc}")
+    known = registry.names()
+    for entry in config.entries.values():
+        if entry.protocol != "celery" and entry.task not in registry:
+            problems.append(
+                f"{entry.source}: entry {entry.name}: field task: {entry.task!r} is not "
+                f"registered by the task modules {', '.join(modules)}{suggest(entry.task, known)}"
+            )
+    return problems
 
 
 def _entry_rows(config: Config, now: datetime, verbose: bool) -> list[tuple[str, ...]]:
