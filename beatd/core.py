@@ -333,6 +333,7 @@ class RemovedEntries:
         self.grace = grace
         self._absent_since: dict[str, datetime] = {}
         self._epoch: int | None = None
+        self._first: datetime | None = None  # the earliest of _absent_since, asked every step
 
     def expired(self, absent: Iterable[str], now: datetime, epoch: int) -> list[str]:
         """Note the entries absent now (and no others); return those absent for the whole
@@ -342,11 +343,13 @@ class RemovedEntries:
             self._epoch = epoch
         since = self._absent_since
         self._absent_since = {name: since.get(name, now) for name in absent}
+        self._first = min(self._absent_since.values(), default=None)
         return sorted(n for n, t in self._absent_since.items() if now - t >= self.grace)
 
     def forgotten(self, names: Iterable[str]) -> None:
         for name in names:
             self._absent_since.pop(name, None)
+        self._first = min(self._absent_since.values(), default=None)
 
     @property
     def absent(self) -> list[str]:
@@ -355,9 +358,7 @@ class RemovedEntries:
 
     def next_expiry(self) -> datetime | None:
         """When the first kept state is due to be forgotten; None when none is kept."""
-        if not self._absent_since:
-            return None
-        return min(self._absent_since.values()) + self.grace
+        return None if self._first is None else self._first + self.grace
 
 
 @dataclass(slots=True)
