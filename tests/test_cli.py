@@ -74,7 +74,7 @@ entries:
     at: 2999-01-01T00:00:00
 """
 PAST = (
-    "2: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
+    "2:1: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
     "one-off run will never happen; move it into the future or remove the entry"
 )
 
@@ -148,7 +148,7 @@ def test_check_tasks_reports_modules_that_fail_and_tasks_nobody_registers(
         "beatd: cannot import task module 'check_tasks_broken' (from -A/--app or imports:): "
         f"RuntimeError: half deployed at {tmp_path / 'check_tasks_broken.py'}:3; the current "
         "directory and PYTHONPATH are searched",
-        f"{path}:4: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
+        f"{path}:4:1: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
         f"task modules {missing}, check_tasks_ok, check_tasks_broken; did you mean "
         "'check_tasks_ok.ping'?",
     ]

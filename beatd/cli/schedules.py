@@ -20,7 +20,7 @@ from beatd.cli.common import (
 )
 from beatd.config import Config, Entry
 from beatd.config.entries import suggest, to_datetime, to_every, to_timezone
-from beatd.errors import ScheduleError
+from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
@@ -100,10 +100,11 @@ def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
     known = registry.names()
     for entry in config.entries.values():
         if entry.protocol != "celery" and entry.task not in registry:
-            problems.append(
-                f"{entry.source}: entry {entry.name}: field task: {entry.task!r} is not "
-                f"registered by the task modules {', '.join(modules)}{suggest(entry.task, known)}"
+            message = (
+                f"{entry.task!r} is not registered by the task modules {', '.join(modules)}"
+                f"{suggest(entry.task, known)}"
             )
+            problems.append(_at_entry(entry, "task", message))
     return problems
 
 
@@ -131,12 +132,20 @@ def _warnings(config: Config, now: datetime) -> list[str]:
     for entry in config.entries.values():
         schedule = entry.schedule
         if isinstance(schedule, OnceSchedule) and schedule.next_after(now) is None:
-            warnings.append(
-                f"{entry.source}: entry {entry.name}: field at: warning: "
-                f"{schedule.at.isoformat()} is in the past, so this one-off run will never "
-                "happen; move it into the future or remove the entry"
+            message = (
+                f"warning: {schedule.at.isoformat()} is in the past, so this one-off run will "
+                "never happen; move it into the future or remove the entry"
             )
+            warnings.append(_at_entry(entry, "at", message))
     return warnings
+
+
+def _at_entry(entry: Entry, field: str, message: str) -> str:
+    """A message located at the entry (its `source` holds no column: 1 stands in)."""
+    path, _, line = entry.source.rpartition(":")
+    if not line.isdigit():
+        path, line = entry.source, "1"
+    return str(Problem(path, int(line), 1, message, entry.name, field))
 
 
 @main.command(name="next")
