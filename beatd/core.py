@@ -18,7 +18,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
@@ -317,6 +317,48 @@ class Planner:
                 walk.done = False
                 return walk
             current = walk.following
+
+
+class RemovedEntries:
+    """Entries whose persisted state outlives their removal from the configuration by `grace`,
+    so that a removal undone in time (a file half written by an editor, a deploy rolled back)
+    resumes where the entry was, under its `missed:` policy, instead of starting from now.
+
+    Nothing about a removal is persisted: each one's clock starts when the leader first sees the
+    entry's state without its entry, and a new leadership (another lease `epoch`) starts every
+    clock again at its adoption.
+    """
+
+    def __init__(self, grace: timedelta) -> None:
+        self.grace = grace
+        self._absent_since: dict[str, datetime] = {}
+        self._epoch: int | None = None
+        self._first: datetime | None = None  # the earliest of _absent_since, asked every step
+
+    def expired(self, absent: Iterable[str], now: datetime, epoch: int) -> list[str]:
+        """Note the entries absent now (and no others); return those absent for the whole
+        grace, which the caller forgets and then reports with `forgotten`."""
+        if epoch != self._epoch:
+            self._absent_since.clear()
+            self._epoch = epoch
+        since = self._absent_since
+        self._absent_since = {name: since.get(name, now) for name in absent}
+        self._first = min(self._absent_since.values(), default=None)
+        return sorted(n for n, t in self._absent_since.items() if now - t >= self.grace)
+
+    def forgotten(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._absent_since.pop(name, None)
+        self._first = min(self._absent_since.values(), default=None)
+
+    @property
+    def absent(self) -> list[str]:
+        """The removed entries whose state is kept for now."""
+        return sorted(self._absent_since)
+
+    def next_expiry(self) -> datetime | None:
+        """When the first kept state is due to be forgotten; None when none is kept."""
+        return None if self._first is None else self._first + self.grace
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import TypeVar
 
@@ -21,7 +21,8 @@ from beatd import celery_protocol
 from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
 from beatd.config import Config, Entry
-from beatd.core import Decision, EntryState, Planner, RunCounts
+from beatd.core import Decision, EntryState, Planner, RemovedEntries, RunCounts
+from beatd.durations import format_duration
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 
@@ -38,6 +39,7 @@ class SchedulerSettings:
     max_backoff: float = 5.0
     max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
     tick_budget: int | None = None  # next-fire computations per tick (core.TICK_BUDGET)
+    removed_grace: float = 3600.0  # seconds a removed entry's state is kept (core.RemovedEntries)
 
     @property
     def renew_interval(self) -> float:
@@ -77,6 +79,7 @@ class Scheduler:
         self._load_config = load_config
         self.config = config if config is not None else load_config()
         self.planner = Planner(self.settings.tick_budget)
+        self.removed = RemovedEntries(timedelta(seconds=self.settings.removed_grace))
         self.lease: Lease | None = None
         self.totals = Totals()
         self.counts = RunCounts()
@@ -141,6 +144,8 @@ class Scheduler:
                         log.warning("%s; now standby", exc)
                         self._step_down()
                     used_backend = True
+                if self.lease is not None and self._adopted:
+                    used_backend |= self._forget_expired_removals()
                 if self.lease is not None:
                     used_backend |= self._publish()
                 if used_backend:
@@ -156,9 +161,9 @@ class Scheduler:
         deadlines = []
         if self.lease is not None:
             deadlines.append(self._renew_at)
-            wake = self.planner.next_wake()
-            if wake is not None:
-                deadlines.append(mono + (wake - self.clock.now()).total_seconds())
+            for wake in (self.planner.next_wake(), self.removed.next_expiry()):
+                if wake is not None:
+                    deadlines.append(mono + (wake - self.clock.now()).total_seconds())
         else:
             deadlines.append(self._acquire_at)
         if self.settings.watchdog_interval:
@@ -194,7 +199,8 @@ class Scheduler:
         """Bring the planner in line with the configuration and the persisted state.
 
         Entries new to the backend, or whose schedule changed, start from now; entries no
-        longer configured are forgotten. Retried at the next step if the backend fails.
+        longer configured are forgotten once removed for the grace (`RemovedEntries`). Retried
+        at the next step if the backend fails.
         """
         assert self.lease is not None
         if self._announced != self.config.fingerprint:  # reloaded: tell standbys what we run
@@ -209,10 +215,7 @@ class Scheduler:
         states = self.backend.load_states()
         now = self.clock.now()
         baselines, _ = self.planner.load(self.config.entries, states, now)
-        gone = sorted(name for name in states if name not in self.config.entries)
-        if gone:
-            self.backend.forget(self.lease, gone)
-            log.info("forgot %d entries no longer configured", len(gone))
+        self._forget_removed([name for name in states if name not in self.config.entries], now)
         for batch in _chunks(iter(baselines), self.settings.batch_size):
             writes = [StateWrite(state, _horizon(states.get(state.entry))) for state in batch]
             rejected = self.backend.commit(self.lease, writes, [])
@@ -221,6 +224,42 @@ class Scheduler:
         self._resolve_doubts(states, list(self._in_doubt))
         self._adopted = True
         self.on_event("adopted")
+
+    def _forget_removed(self, absent: list[str], now: datetime) -> None:
+        """Forget the state of the entries in `absent` (persisted, not configured) that were
+        removed at least the grace ago; keep the others' for now."""
+        assert self.lease is not None
+        kept_before = set(self.removed.absent)
+        expired = self.removed.expired(absent, now, self.lease.epoch)
+        grace = format_duration(self.removed.grace)
+        if expired:
+            self.backend.forget(self.lease, expired)
+            self.removed.forgotten(expired)
+            log.info(
+                "forgot %d entries removed from the configuration for %s: %s",
+                len(expired),
+                grace,
+                _some(expired),
+            )
+        newly = [name for name in self.removed.absent if name not in kept_before]
+        if newly:
+            log.info(
+                "keeping the state of %d entries removed from the configuration for %s "
+                "(--removed-grace): re-added in time, each resumes where it was: %s",
+                len(newly),
+                grace,
+                _some(newly),
+            )
+
+    def _forget_expired_removals(self) -> bool:
+        """Forget removed entries whose grace ran out since the adoption; True when the backend
+        was asked."""
+        expiry = self.removed.next_expiry()
+        now = self.clock.now()
+        if expiry is None or expiry > now:
+            return False
+        self._forget_removed(self.removed.absent, now)
+        return True
 
     # --- leadership ----------------------------------------------------------------------
 
@@ -532,6 +571,12 @@ class _Sent:
 def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
     while batch := list(islice(items, size)):
         yield batch
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first few of many names, for a log line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return "entries=" + ",".join(names[:shown]) + more
 
 
 def _horizon(state: EntryState | None) -> datetime | None:

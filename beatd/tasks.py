@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from beatd.durations import MAX_DURATION, MAX_TEXT
 from beatd.errors import BeatdError
 from beatd.message import RunMessage
 
@@ -37,9 +38,19 @@ class Retry(Exception):
     def __init__(self, countdown: float | None = None, reason: str = "") -> None:
         if countdown is not None and countdown < 0:
             raise ValueError(f"Retry countdown must be >= 0 seconds, got {countdown!r}")
+        if countdown is not None and not _within_bound(countdown):
+            raise ValueError(f"Retry countdown {_BOUND}, got {countdown!r}")
         self.countdown = countdown
         self.reason = reason
         super().__init__(reason or "the task asked for a retry")
+
+
+_BOUND = f"must be a finite number of seconds, at most {MAX_TEXT}"
+
+
+def _within_bound(seconds: float) -> bool:
+    """Whether a number of seconds is finite and at most MAX_DURATION (false for NaN)."""
+    return seconds <= MAX_DURATION.total_seconds()
 
 
 class TimeLimitExceeded(BaseException):
@@ -147,6 +158,13 @@ def task(
         )
     if time_limit is not None and time_limit <= 0:
         raise TaskError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    for setting, seconds in (
+        ("retry_backoff", retry_backoff),
+        ("retry_backoff_max", retry_backoff_max),
+        ("time_limit", time_limit),
+    ):
+        if seconds is not None and not _within_bound(seconds):
+            raise TaskError(f"{setting} {_BOUND}, got {seconds!r}")
 
     def register(function: Callable[P, R]) -> Task[P, R]:
         registered = Task(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import textwrap
 from collections.abc import Iterator
@@ -125,6 +126,110 @@ def test_check_reports_every_error_on_stderr_and_exits_2(tmp_path: Path) -> None
     ]
 
 
+ONE_OFFS = """\
+entries:
+  launch:
+    task: x.y
+    description: the launch, long gone
+    at: 2020-01-01T10:00:00
+    timezone: Europe/Paris
+  later:
+    task: x.z
+    at: 2999-01-01T00:00:00
+"""
+PAST = (
+    "2:1: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
+    "one-off run will never happen; move it into the future or remove the entry"
+)
+
+
+def test_check_warns_of_a_one_off_run_in_the_past(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(ONE_OFFS)
+    code, out, err = beatd("check", str(path))
+    assert (code, err) == (0, f"{path}:{PAST}\n")
+    assert out.splitlines()[-1] == "2 entries OK in 1 file(s), 1 warning(s)"
+    code, out, err = beatd("check", "--strict", str(path))
+    assert (code, err) == (2, f"{path}:{PAST}\nbeatd: --strict: 1 warning(s), failing as asked\n")
+    path.write_text(ONE_OFFS.replace("2020-", "2998-"))
+    assert beatd("check", "--strict", str(path))[::2] == (0, "")
+
+
+def test_check_verbose_shows_each_description(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(ONE_OFFS)
+    code, out, _ = beatd("check", "-v", str(path))
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "ENTRY   TASK  SCHEDULE                           TIMEZONE      NEXT DUE (UTC)        "
+        "DESCRIPTION",
+        "launch  x.y   once at 2020-01-01T10:00:00+01:00  Europe/Paris  never                 "
+        "the launch, long gone",
+        "later   x.z   once at 2999-01-01T00:00:00+00:00  UTC           2999-01-01T00:00:00Z",
+    ]
+    assert "DESCRIPTION" not in beatd("check", str(path))[1]
+
+
+TASK_MODULE = """\
+import beatd
+
+
+@beatd.task
+def ping() -> None: ...
+"""
+
+
+def test_check_tasks_reports_modules_that_fail_and_tasks_nobody_registers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # found there, as the worker finds them
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "check_tasks_ok.py").write_text(TASK_MODULE)
+    (tmp_path / "check_tasks_broken.py").write_text("\n\nraise RuntimeError('half deployed')\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            imports: [check_tasks_ok, check_tasks_broken]
+            entries:
+              fine: {task: check_tasks_ok.ping, every: 1m}
+              typo:
+                task: check_tasks_ok.pong
+                every: 1m
+              elsewhere: {task: proj.celery_task, every: 1m, protocol: celery}
+            """
+        )
+    )
+    code, out, err = beatd("check", "--tasks", "-A", "check_tasks_nowhere", str(path))
+    missing = "check_tasks_nowhere"
+    with pytest.raises(ModuleNotFoundError) as not_found:  # Python's words, as it says them
+        importlib.import_module(missing)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"beatd: cannot import task module {missing!r} (from -A/--app or imports:): "
+        f"ModuleNotFoundError: {not_found.value}; the current directory and PYTHONPATH are "
+        "searched",
+        "beatd: cannot import task module 'check_tasks_broken' (from -A/--app or imports:): "
+        f"RuntimeError: half deployed at {tmp_path / 'check_tasks_broken.py'}:3; the current "
+        "directory and PYTHONPATH are searched",
+        f"{path}:4:1: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
+        f"task modules {missing}, check_tasks_ok, check_tasks_broken; did you mean "
+        "'check_tasks_ok.ping'?",
+    ]
+    assert beatd("check", str(path))[0] == 0  # without --tasks, nothing is imported
+
+
+def test_check_tasks_without_task_modules_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("entries:\n  a: {task: x.y, every: 1m}\n")
+    assert beatd("check", "--tasks", str(path)) == (
+        2,
+        "",
+        "beatd: --tasks: no task modules to import: name them with -A/--app pkg.module or under "
+        "imports: in a schedule file\n",
+    )
+
+
 def test_next_cron_json_naive_after_is_read_in_tz() -> None:
     code, out, _ = beatd(
         "next",
@@ -168,7 +273,7 @@ def test_next_for_configured_entries_as_json() -> None:
     data = json.loads(out)
     assert data["daily-report"] == ["2026-11-27T00:00:00Z", "2026-11-28T00:00:00Z"]
     assert data["cleanup"] == ["2026-11-26T00:30:00Z", "2026-11-26T01:00:00Z"]
-    assert data["new-year-greeting"] == ["2026-12-31T11:00:00Z"]
+    assert data["new-year-greeting"] == ["2029-12-31T11:00:00Z"]
 
 
 def test_next_one_entry_as_text() -> None:

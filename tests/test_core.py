@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beatd.config.model import Entry, MissedPolicy
-from beatd.core import Decision, EntryState, MissReason, Planner
+from beatd.core import Decision, EntryState, MissReason, Planner, RemovedEntries
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -334,3 +334,20 @@ def test_every_slot_ends_exactly_once(
         assert published == sorted(set(published)), "a slot was published twice"
         assert set(published) <= set(expected)
         assert len(published) + missed == len(expected), "a slot was lost or counted twice"
+
+
+def test_removed_entries_are_kept_for_the_grace_from_when_first_seen_absent() -> None:
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    removed = RemovedEntries(timedelta(hours=1))
+    assert removed.expired(["a"], t0, epoch=1) == []
+    assert removed.expired(["a", "b"], t0 + timedelta(minutes=30), epoch=1) == []
+    assert removed.next_expiry() == t0 + timedelta(hours=1)
+    assert removed.expired(["a", "b"], t0 + timedelta(hours=1), epoch=1) == ["a"]
+    removed.forgotten(["a"])
+    assert (removed.absent, removed.next_expiry()) == (["b"], t0 + timedelta(minutes=90))
+    assert removed.expired([], t0 + timedelta(minutes=80), epoch=1) == []  # b was re-added
+    assert (removed.absent, removed.next_expiry()) == ([], None)
+    assert removed.expired(["c"], t0, epoch=1) == []
+    # a new leadership starts every clock again
+    assert removed.expired(["c"], t0 + timedelta(hours=2), epoch=2) == []
+    assert removed.next_expiry() == t0 + timedelta(hours=3)

@@ -171,6 +171,42 @@ def test_reload_with_a_broken_file_keeps_running_the_last_good_one(
     )
 
 
+OTHER_EVERY_SECOND = "entries:\n  other:\n    task: t.other\n    every: 1s\n"
+
+
+def test_an_emptied_or_shortened_schedule_file_loses_no_slot(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    schedule = tmp_path / "schedules" / "s.yaml"
+    schedule.write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    schedule.write_text("")  # an editor's non-atomic rewrite, caught half way
+    wait_for(lambda: "reload refused" in a.text(), what="the empty file to be refused")
+    assert (
+        f"{schedule}:1:1: empty file; refusing it: it may be half written, and loading it would "
+        "remove every entry; write entries: {} if it is meant to schedule nothing"
+    ) in a.text()
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 2, what="publishing to go on")
+    # Now a removal that is loaded: the entry's position is kept, and re-added it catches up.
+    schedule.write_text(OTHER_EVERY_SECOND)
+    wait_for(lambda: "keeping the state of 1 entries" in a.text(), what="tick to be removed")
+    wait_for(lambda: sum(m["entry"] == "other" for m in messages(db)) >= 2, what="other to run")
+    schedule.write_text(EVERY_SECOND)
+    wait_for(lambda: a.text().count("reloaded 1 entries") >= 2, what="tick to be re-added")
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 2, what="tick to publish again")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0
+    assert "forgot" not in a.text()
+    assert_contiguous(
+        [s for s, m in zip(slots(db), messages(db), strict=True) if m["entry"] == "tick"],
+        timedelta(seconds=1),
+    )
+
+
 def test_full_disk_is_reported_and_survived_nothing_committed_lost(
     tmp_path: Path, start: Callable[..., Daemon]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from beatd.backends.base import StateWrite
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
+from beatd.core import EntryState
 from beatd.errors import LeaseLost, Problem, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import CronSchedule, IntervalSchedule
@@ -168,7 +171,8 @@ def test_reload_adds_and_removes_entries(
     open_db: Callable[[], SQLiteBackend], clock: FakeClock
 ) -> None:
     cfgs = [config(every("a", 10))]
-    beat = Scheduler(open_db(), lambda: cfgs[-1], clock, SchedulerSettings(node="n"))
+    settings = SchedulerSettings(node="n", removed_grace=0)  # removed is forgotten at once
+    beat = Scheduler(open_db(), lambda: cfgs[-1], clock, settings)
     run_for(beat, 15)
     cfgs.append(config(every("b", 10)))
     beat.request_reload()
@@ -176,6 +180,98 @@ def test_reload_adds_and_removes_entries(
     ids = [m["id"] for m in published(open_db())]
     assert ids == ["a@2026-03-01T12:00:10Z", "b@2026-03-01T12:00:20Z", "b@2026-03-01T12:00:30Z"]
     assert set(open_db().load_states()) == {"b"}
+
+
+def reloading(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock, first: Config, **settings: object
+) -> tuple[Scheduler, Callable[[Config], None]]:
+    """A scheduler and a function that reloads it with another configuration."""
+    cfgs = [first]
+    beat = Scheduler(
+        open_db(),
+        lambda: cfgs[-1],
+        clock,
+        SchedulerSettings(node="n", **settings),  # type: ignore[arg-type]
+    )
+
+    def reload(cfg: Config) -> None:
+        cfgs.append(cfg)
+        beat.request_reload()
+
+    return beat, reload
+
+
+CAUGHT_UP = ("0:30", "0:40", "0:50", "1:00")
+
+
+def test_a_removal_undone_within_the_grace_resumes_under_its_missed_policy(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    tick = every("tick", 10, missed=MissedPolicy.CATCH_UP, misfire_grace=timedelta(seconds=1))
+    other = every("other", 3600)
+    beat, reload = reloading(open_db, clock, config(tick, other))
+    run_for(beat, 25)  # 12:00:10 and 12:00:20 published
+    reload(config(other))  # say, a file half written
+    run_for(beat, 40)
+    assert set(open_db().load_states()) == {"tick", "other"}  # kept for the grace
+    reload(config(tick, other))
+    run_for(beat, 1)
+    ids = [m["id"] for m in published(open_db())]
+    # caught up: the four slots that passed while it was removed, not only those from now on
+    assert ids == [f"tick@2026-03-01T12:0{slot}Z" for slot in ("0:10", "0:20", *CAUGHT_UP)]
+    assert beat.counts.get("tick")["published"] == 6
+
+
+def test_a_removed_entry_is_forgotten_once_the_grace_is_over(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="beatd.scheduler")
+    tick, other = every("tick", 10), every("other", 3600)
+    beat, reload = reloading(open_db, clock, config(tick, other), removed_grace=60)
+    run_for(beat, 15)
+    reload(config(other))
+    run_for(beat, 59.5)  # removed at 12:00:15.5
+    assert set(open_db().load_states()) == {"tick", "other"}
+    delay = beat.step()
+    assert delay == pytest.approx(
+        0.5, abs=0.01
+    )  # it wakes for the end of the grace, with no reload
+    run_for(beat, 1)
+    assert set(open_db().load_states()) == {"other"}
+    assert [r.getMessage() for r in caplog.records if "removed" in r.getMessage()] == [
+        "keeping the state of 1 entries removed from the configuration for 1m "
+        "(--removed-grace): re-added in time, each resumes where it was: entries=tick",
+        "forgot 1 entries removed from the configuration for 1m: entries=tick",
+    ]
+    reload(config(tick, other))  # too late: starts from now, history is not replayed
+    run_for(beat, 10)
+    assert [m["id"] for m in published(open_db())] == [
+        "tick@2026-03-01T12:00:10Z",
+        "tick@2026-03-01T12:01:20Z",
+    ]
+
+
+def test_a_new_leader_starts_the_grace_at_its_adoption(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    tick, other = every("tick", 10), every("other", 3600)
+    first = Scheduler(
+        open_db(), lambda: config(other), clock, SchedulerSettings("a", 5, removed_grace=60)
+    )
+    backend = open_db()
+    lease = backend.acquire_lease("old", 5, "")
+    assert lease is not None
+    backend.commit(lease, [StateWrite(EntryState("tick", T0, T0, tick.identity), None)], [])
+    clock.advance(5)  # the old leader's lease runs out
+    run_for(first, 50)
+    first.shutdown()
+    second = Scheduler(
+        open_db(), lambda: config(other), clock, SchedulerSettings("b", 5, removed_grace=60)
+    )
+    run_for(second, 30)  # 80 s since "a" first saw it absent, 30 s since "b" did
+    assert set(open_db().load_states()) == {"tick", "other"}
+    run_for(second, 31)
+    assert set(open_db().load_states()) == {"other"}
 
 
 def test_backend_errors_are_survived_and_retried(

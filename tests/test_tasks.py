@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,9 @@ def test_retry_delay_is_exponential_and_capped(attempt: int, delay: float) -> No
     assert Task("t", print).retry_delay(attempt) == delay
 
 
+BOUND = "must be a finite number of seconds, at most 100 years (36525d)"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -91,8 +95,20 @@ def test_retry_delay_is_exponential_and_capped(attempt: int, delay: float) -> No
             "retry_backoff and retry_backoff_max must be >= 0 seconds, got -1 and 600.0",
         ),
         ({"time_limit": 0}, "time_limit must be a positive number of seconds, got 0"),
+        ({"time_limit": math.inf}, f"time_limit {BOUND}, got inf"),
+        ({"time_limit": math.nan}, f"time_limit {BOUND}, got nan"),
+        ({"retry_backoff": 1e20}, f"retry_backoff {BOUND}, got 1e+20"),
+        ({"retry_backoff_max": math.inf}, f"retry_backoff_max {BOUND}, got inf"),
     ],
-    ids=["negative_retries", "negative_backoff", "zero_time_limit"],
+    ids=[
+        "negative_retries",
+        "negative_backoff",
+        "zero_time_limit",
+        "infinite_time_limit",
+        "nan_time_limit",
+        "century_backoff",
+        "infinite_backoff_cap",
+    ],
 )
 def test_bad_options_are_refused(options: dict[str, float], message: str) -> None:
     with pytest.raises(TaskError) as caught:
@@ -106,6 +122,9 @@ def test_retry_carries_its_countdown() -> None:
     assert str(beatd.Retry()) == "the task asked for a retry"
     with pytest.raises(ValueError, match=r"^Retry countdown must be >= 0 seconds, got -1$"):
         beatd.Retry(countdown=-1)
+    with pytest.raises(ValueError) as caught:
+        beatd.Retry(countdown=math.inf)
+    assert str(caught.value) == f"Retry countdown {BOUND}, got inf"
 
 
 def test_time_limit_exceeded_escapes_except_exception() -> None:

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend, default_broker, open_backend
 from beatd.config import Config, load_config
-from beatd.config.entries import to_duration, to_timezone
+from beatd.config.entries import to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
+from beatd.durations import read_duration
 from beatd.errors import BeatdError, ConfigError
 from beatd.metrics import MetricsServer
 
@@ -262,14 +263,12 @@ def metrics_option(default: str) -> Callable[[Decorated], Decorated]:
 # --- the worker: `beatd worker`, `beatd run --with-worker` ---------------------------------
 
 
-def seconds_option(option: str, value: str) -> float:
+def seconds_option(option: str, value: str, *, zero_ok: bool = False) -> float:
+    """A duration flag's seconds: positive (or zero), finite and at most 100 years, else exit 2."""
     try:
-        seconds = to_duration(value).total_seconds()
+        return read_duration(value, zero_ok=zero_ok).total_seconds()
     except ValueError as exc:
         bad_option(option, str(exc))
-    if seconds <= 0:
-        bad_option(option, f"must be positive, got {value!r}")
-    return seconds
 
 
 def start_metrics(

@@ -74,6 +74,14 @@ log = logging.getLogger("beatd")
     help="Refuse leadership while this node's clock is further than this from the backend's "
     "(Redis TIME; SQLite shares this host's clock).",
 )
+@click.option(
+    "--removed-grace",
+    envvar="BEATD_REMOVED_GRACE",
+    default="1h",
+    show_default=True,
+    help="Keep a removed entry's position this long: re-added in time, it resumes where it was "
+    "(0 forgets it at once).",
+)
 @metrics_option(DEFAULT_METRICS_ADDR)
 @click.option(
     "--with-worker",
@@ -94,6 +102,7 @@ def run(
     node: str,
     watch: bool,
     max_clock_skew: str,
+    removed_grace: str,
     metrics_addr: str,
     with_worker: bool,
     **worker_flags: Any,
@@ -102,6 +111,7 @@ def run(
     setup_logging(log_level, log_format)
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
+    grace = seconds_option("--removed-grace", removed_grace, zero_ok=True)
     config = read_config(schedules, timezone, max_file_size)
     broker = celery_broker(broker)
     backend = open_broker(broker, op_timeout=ttl / 5)  # a hung backend cannot outlast the lease
@@ -125,6 +135,7 @@ def run(
         lease_ttl=ttl,
         watchdog_interval=notifier.watchdog_interval,
         max_clock_skew=skew,
+        removed_grace=grace,
     )
     scheduler = Scheduler(backend, load, SystemClock(), settings, config=config)
     scheduler.on_event = tune_collector(systemd_events(notifier, scheduler))

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
 
-from beatd.cli.common import bad_option, config_options, main, read_config, slot_text
-from beatd.config import Entry
-from beatd.config.entries import to_datetime, to_every, to_timezone
-from beatd.errors import ScheduleError
-from beatd.schedules import CronSchedule, IntervalSchedule, Schedule
+from beatd.cli.common import (
+    EXIT_BAD_INPUT,
+    bad_option,
+    config_options,
+    main,
+    read_config,
+    slot_text,
+)
+from beatd.config import Config, Entry
+from beatd.config.entries import suggest, to_datetime, to_every, to_timezone
+from beatd.errors import Problem, ScheduleError
+from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
 
@@ -20,10 +30,31 @@ COUNT_HELP = "How many due times to show, per entry."
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--yaml-only", is_flag=True, help="Skip Python schedule files: run no code.")
+@click.option("--strict", is_flag=True, help="Fail (exit 2) on warnings too.")
+@click.option("--verbose", "-v", is_flag=True, help="Add each entry's description as a column.")
+@click.option(
+    "--tasks",
+    "check_tasks",
+    is_flag=True,
+    help="Import the task modules as the worker would, and check every task: name is registered.",
+)
+@click.option(
+    "--app",
+    "-A",
+    "apps",
+    multiple=True,
+    envvar="BEATD_APP",
+    help="With --tasks: a task module to import besides imports: (repeatable; the variable is "
+    "space-separated).",
+)
 @config_options
 def check(
     paths: tuple[str, ...],
     yaml_only: bool,
+    strict: bool,
+    verbose: bool,
+    check_tasks: bool,
+    apps: tuple[str, ...],
     schedules: tuple[str, ...],
     timezone: str,
     max_file_size: int,
@@ -31,21 +62,92 @@ def check(
     """Validate schedule files and show each entry with its next due time."""
     config = read_config(paths or schedules, timezone, max_file_size, yaml_only)
     now = datetime.now(UTC)
-    rows = [("ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT DUE (UTC)")]
+    if check_tasks:
+        problems = _task_problems(config, apps)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            sys.exit(EXIT_BAD_INPUT)
+    _print_table(_entry_rows(config, now, verbose))
+    warnings = _warnings(config, now)
+    for warning in warnings:
+        click.echo(warning, err=True)
+    count = len(config.entries)
+    summary = f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
+    if warnings:
+        summary += f", {len(warnings)} warning(s)"
+    click.echo(summary)
+    if strict and warnings:
+        bad_option("--strict", f"{len(warnings)} warning(s), failing as asked")
+
+
+def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
+    """Import the task modules as the worker does (`-A` and `imports:`, from the current
+    directory too) and say which does not import, and which entry names a task none registers.
+    Entries in Celery's protocol are left out: Celery workers run them."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    modules = tuple(dict.fromkeys([*apps, *config.imports]))
+    if not modules:
+        return [
+            "beatd: --tasks: no task modules to import: name them with -A/--app pkg.module or "
+            "under imports: in a schedule file"
+        ]
+    problems = []
+    for module in modules:
+        try:
+            import_task_modules([module])
+        except TaskError as exc:
+            problems.append(f"beatd: {exc}")
+    known = registry.names()
+    for entry in config.entries.values():
+        if entry.protocol != "celery" and entry.task not in registry:
+            message = (
+                f"{entry.task!r} is not registered by the task modules {', '.join(modules)}"
+                f"{suggest(entry.task, known)}"
+            )
+            problems.append(_at_entry(entry, "task", message))
+    return problems
+
+
+def _entry_rows(config: Config, now: datetime, verbose: bool) -> list[tuple[str, ...]]:
+    header = ("ENTRY", "TASK", "SCHEDULE", "TIMEZONE", "NEXT DUE (UTC)")
+    rows: list[tuple[str, ...]] = [(*header, "DESCRIPTION") if verbose else header]
     for entry in config.entries.values():
         upcoming = entry.schedule.next_after(now)
         due = slot_text(upcoming) if upcoming else "never"
         state = "" if entry.enabled else " (disabled)"
-        rows.append(
-            (entry.name + state, entry.task, entry.schedule.describe(), entry.timezone, due)
-        )
+        row = (entry.name + state, entry.task, entry.schedule.describe(), entry.timezone, due)
+        rows.append((*row, entry.description) if verbose else row)
+    return rows
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    count = len(config.entries)
-    click.echo(
-        f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
-    )
+
+
+def _warnings(config: Config, now: datetime) -> list[str]:
+    """What is valid but cannot be meant: a one-off `at:` already past never runs."""
+    warnings = []
+    for entry in config.entries.values():
+        schedule = entry.schedule
+        if isinstance(schedule, OnceSchedule) and schedule.next_after(now) is None:
+            message = (
+                f"warning: {schedule.at.isoformat()} is in the past, so this one-off run will "
+                "never happen; move it into the future or remove the entry"
+            )
+            warnings.append(_at_entry(entry, "at", message))
+    return warnings
+
+
+def _at_entry(entry: Entry, field: str, message: str) -> str:
+    """A message located at the entry (its `source` holds no column: 1 stands in)."""
+    path, _, line = entry.source.rpartition(":")
+    if not line.isdigit():
+        path, line = entry.source, "1"
+    return str(Problem(path, int(line), 1, message, entry.name, field))
 
 
 def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

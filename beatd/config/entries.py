@@ -13,12 +13,12 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from beatd.config.model import NO_ITEMS, Entry, MissedPolicy, nominal_period
-from beatd.durations import format_duration, parse_duration
+from beatd.durations import format_duration, read_duration
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.interval import EPOCH
@@ -175,22 +175,11 @@ def to_bool(value: object) -> bool:
 _ZERO = timedelta(0)
 
 
-def to_duration(value: object, *, zero_ok: bool = False) -> timedelta:
-    delta = _parse_text_duration(value) if isinstance(value, str) else parse_duration(value)
-    if delta < _ZERO or (delta == _ZERO and not zero_ok):
-        raise ValueError(f"must be {'zero or ' if zero_ok else ''}positive, got {value!r}")
-    return delta
-
-
-@lru_cache(maxsize=1024)
-def _parse_text_duration(text: str) -> timedelta:
-    """parse_duration of a text, remembered: a schedule file repeats a few durations (`every: 1h`)
-    over and over. Only results are remembered, never a ValueError."""
-    return parse_duration(text)
+to_duration = read_duration
 
 
 def to_optional_duration(value: object) -> timedelta | None:
-    return None if value is None else to_duration(value)
+    return None if value is None else read_duration(value)
 
 
 def to_missed(value: object) -> MissedPolicy:

@@ -6,6 +6,7 @@ without executing anything.
 
 from __future__ import annotations
 
+import math
 import runpy
 import traceback
 from collections.abc import Iterable, Mapping
@@ -153,7 +154,8 @@ def _translate_schedule(checker: EntryReader, value: Any, raw: dict[str, Any]) -
         checker.problem("schedule", f"expected seconds, a timedelta or crontab(), got {value!r}")
     elif isinstance(value, int | float | timedelta):
         seconds = value.total_seconds() if isinstance(value, timedelta) else value
-        raw["every"] = int(seconds) if seconds == int(seconds) else seconds
+        # as a whole number where it is one; infinity and NaN are left for `every` to refuse
+        raw["every"] = int(seconds) if math.isfinite(seconds) and seconds % 1 == 0 else seconds
     elif isinstance(value, CronSpec):
         raw["cron"] = value
     elif celery_kind == "crontab":

@@ -28,6 +28,7 @@ from yaml.events import (
 from beatd.config.yamlvalues import (
     MAP_TAG,
     NUMBER_START,
+    QUOTE_HINT,
     SCALAR_TAGS,
     SEQ_TAG,
     SPECIAL_PLAIN,
@@ -210,7 +211,10 @@ class Builder:
     def anchored(self, alias: Any) -> _Anchored:
         anchored = self.anchors.get(alias.anchor)
         if anchored is None:
-            self.refuse(alias.start_mark, "invalid YAML: alias to an anchor not defined above it")
+            self.refuse(
+                alias.start_mark,
+                f"invalid YAML: alias to an anchor not defined above it; {QUOTE_HINT}",
+            )
         return anchored
 
     def alias(self, alias: Any, depth: int) -> Any:

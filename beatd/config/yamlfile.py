@@ -24,6 +24,11 @@ from beatd.errors import ConfigError, Problem
 
 SECTIONS = ("defaults", "entries", "queues", "imports")
 QUEUE_FIELDS = ("protocol",)
+# A file half written by an editor or a deploy tool must not remove every entry at a reload.
+NO_ENTRIES = (
+    "refusing it: it may be half written, and loading it would remove every entry; write "
+    "entries: {} if it is meant to schedule nothing"
+)
 
 
 def read_yaml_file(path: str, default_timezone: str, max_bytes: int) -> SourceFile:
@@ -90,12 +95,16 @@ class _FileReader:
     def finish(self, document: Any) -> SourceFile:
         path = self.path
         if document is None:
-            return self.source
+            return SourceFile(path, problems=[Problem(path, 1, 1, f"empty file; {NO_ENTRIES}")])
         if not isinstance(document, YamlMap):
             message = f"expected a mapping with sections {', '.join(SECTIONS)}"
             return SourceFile(path, problems=[Problem(path, 1, 1, message)])
         top = EntryReader(path, None, document, _locator(document))
         top.check_keys(SECTIONS, what="section")
+        if "entries" not in document:
+            top.problems.append(Problem(path, 1, 1, f"no entries: section; {NO_ENTRIES}"))
+        elif document["entries"] is None:
+            top.problem("entries", f"empty section; {NO_ENTRIES}")
         for section in ("defaults", "entries", "queues"):
             if section in document and not isinstance(document[section], YamlMap | type(None)):
                 top.problem(section, f"expected a mapping, got {describe_value(document[section])}")

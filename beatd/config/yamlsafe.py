@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from beatd.config.yamlbuild import TOO_DEEP_TO_PARSE, Builder, Stream
-from beatd.config.yamlvalues import Mark, YamlList, YamlMap, yaml_mark
+from beatd.config.yamlvalues import QUOTE_HINT, Mark, YamlList, YamlMap, yaml_mark
 from beatd.errors import ConfigError, Problem
 
 __all__ = [
@@ -180,6 +180,8 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, path: str) -> Problem:
         message = f"invalid YAML: {exc.problem}"
         if exc.context:
             message += f" ({exc.context} at line {context.line}, column {context.column})"
+        if exc.context == "while scanning an alias":  # PyYAML's and libyaml's words alike
+            message += f"; {QUOTE_HINT}"
     return Problem(path, mark.line, mark.column, message)
 
 

@@ -165,6 +165,13 @@ def tagged_scalar(tag: str, text: str) -> Any:
     raise ValueError(f"{short_tag(tag)} {text!r} is not a valid {tag[len(YAML_TAG) :]}")
 
 
+# YAML reads a plain value starting with `*` as an alias: an unquoted cron expression.
+QUOTE_HINT = (
+    "a value starting with * is read as an alias; if it is text, such as a cron expression, "
+    'quote it: cron: "*/15 * * * *"'
+)
+
+
 def short_tag(tag: str) -> str:
     return "!!" + tag[len(YAML_TAG) :] if tag.startswith(YAML_TAG) else tag
 

@@ -345,7 +345,7 @@ def test_an_entry_without_a_protocol_takes_its_queues(tmp_path: Path) -> None:
           other: {}
         """,
     )
-    second = write(tmp_path, "b.yaml", "queues:\n  reports: {protocol: celery}\n")
+    second = write(tmp_path, "b.yaml", "entries: {}\nqueues:\n  reports: {protocol: celery}\n")
     third = write(
         tmp_path,
         "c.yaml",
@@ -466,3 +466,88 @@ def test_an_entry_defined_in_several_files_names_the_first(tmp_path: Path) -> No
         f"{b}:3:3: entry x: also defined in {a}:3; {message}",
         f"{c}:3:3: entry x: also defined in {a}:3; {message}",
     ]
+
+
+BOUND = "must be finite and at most 100 years (36525d)"
+DURATION_FIELDS = ["every", "jitter", "expires", "misfire_grace"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("inf", "'inf'"),
+        (".inf", "inf"),
+        ("-.inf", "-inf"),
+        (".nan", "nan"),
+        ("nan", "'nan'"),
+        ("1e20", "1e+20"),
+        ("100000000000000000000000000000", "100000000000000000000000000000"),
+        ("36526d", "'36526d'"),
+    ],
+    ids=["inf", "yaml_inf", "yaml_minus_inf", "yaml_nan", "nan", "1e20", "huge_int", "a_day_over"],
+)
+@pytest.mark.parametrize("field", DURATION_FIELDS)
+def test_every_yaml_duration_field_is_bounded(
+    tmp_path: Path, field: str, text: str, shown: str
+) -> None:
+    schedule = "" if field == "every" else "    cron: '0 0 1 1 *'\n"
+    path = write(
+        tmp_path, "s.yaml", f"entries:\n  a:\n    task: x.y\n{schedule}    {field}: {text}\n"
+    )
+    line = 4 if field == "every" else 5
+    column = len(f"    {field}: ") + 1
+    assert errors([path]) == [
+        f"{path}:{line}:{column}: entry a: field {field}: {BOUND}, got {shown}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "shown"),
+    [
+        ("{'schedule': float('inf')}", "every", "inf"),
+        ("{'schedule': float('nan')}", "every", "nan"),
+        ("{'schedule': 1e20}", "every", "100000000000000000000"),
+        ("{'schedule': timedelta(days=36526)}", "every", "3155846400"),
+        ("{'schedule': 60, 'options': {'expires': float('inf')}}", "expires", "inf"),
+    ],
+    ids=["inf", "nan", "1e20", "timedelta", "expires"],
+)
+def test_every_python_duration_field_is_bounded(
+    tmp_path: Path, spec: str, field: str, shown: str
+) -> None:
+    path = write(
+        tmp_path,
+        "s.py",
+        f"from datetime import timedelta\nbeat_schedule = {{'a': {{'task': 'x.y', **{spec}}}}}\n",
+    )
+    assert errors([path]) == [f"{path}:2:18: entry a: field {field}: {BOUND}, got {shown}"]
+
+
+NO_ENTRIES = (
+    "refusing it: it may be half written, and loading it would remove every entry; write "
+    "entries: {} if it is meant to schedule nothing"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("", "1:1", "empty file"),
+        ("# all entries moved elsewhere\n", "1:1", "empty file"),
+        ("defaults:\n  queue: q\n", "1:1", "no entries: section"),
+        ("queues:\n  q: {}\n", "1:1", "no entries: section"),
+        ("entries:\n", "1:9", "field entries: empty section"),
+    ],
+    ids=["empty", "comment_only", "defaults_only", "queues_only", "null_section"],
+)
+def test_a_file_without_entries_is_refused(
+    tmp_path: Path, text: str, where: str, what: str
+) -> None:
+    path = write(tmp_path, "s.yaml", text)
+    assert errors([path]) == [f"{path}:{where}: {what}; {NO_ENTRIES}"]
+
+
+def test_a_file_that_says_it_has_no_entries_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "entries: {}\nqueues:\n  q: {protocol: celery}\n")
+    config = load_config([path])
+    assert (dict(config.entries), list(config.queues)) == ({}, ["q"])

@@ -14,6 +14,10 @@ from beatd.config import yamlsafe
 from beatd.config.yamlsafe import Mark, YamlList, YamlMap, load_yaml, loads_yaml
 from beatd.errors import ConfigError
 
+QUOTE_HINT = (
+    "a value starting with * is read as an alias; if it is text, such as a cron expression, "
+    'quote it: cron: "*/15 * * * *"'
+)
 LOADERS = [
     pytest.param(
         getattr(yamlsafe, "LibYamlParser", None),
@@ -391,7 +395,7 @@ def test_a_recursive_alias_is_refused() -> None:
 @pytest.mark.usefixtures("loader")
 def test_an_undefined_alias_is_invalid_yaml() -> None:
     assert problems("a: *b\nb: &b 1\n") == [
-        "s.yaml:1:4: invalid YAML: alias to an anchor not defined above it"
+        f"s.yaml:1:4: invalid YAML: alias to an anchor not defined above it; {QUOTE_HINT}"
     ]
 
 
@@ -809,7 +813,7 @@ def test_a_syntax_error_anywhere_is_reported_alone(text: str) -> None:
     [
         pytest.param(
             "a: &a [1, *a]\nb: *nothing\n",
-            "s.yaml:2:4: invalid YAML: alias to an anchor not defined above it",
+            f"s.yaml:2:4: invalid YAML: alias to an anchor not defined above it; {QUOTE_HINT}",
             id="undefined_alias",
         ),
         pytest.param(
@@ -828,3 +832,23 @@ def test_a_refused_alias_anchor_or_document_outranks_an_earlier_problem(
     text: str, expected: str
 ) -> None:
     assert problems(text) == [expected]
+
+
+@pytest.mark.usefixtures("loader")
+@pytest.mark.parametrize(
+    "text",
+    ["cron: */15 * * * *\n", "cron: * * * * *\n", "a: {cron: */5 * * * *}\n"],
+    ids=["step", "wildcard", "flow"],
+)
+def test_an_unquoted_cron_expression_gets_the_hint_to_quote_it(text: str) -> None:
+    parser = yamlsafe.PARSER(text)  # the parser's own words; beatd adds where, and the hint
+    with pytest.raises(yaml.MarkedYAMLError) as caught:
+        while not isinstance(parser.get_event(), yaml.StreamEndEvent):
+            pass
+    error = caught.value
+    start = error.context_mark
+    at = error.problem_mark
+    assert problems(text) == [
+        f"s.yaml:{at.line + 1}:{at.column + 1}: invalid YAML: {error.problem} ({error.context} "
+        f"at line {start.line + 1}, column {start.column + 1}); {QUOTE_HINT}"
+    ]
