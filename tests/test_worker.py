@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -559,10 +560,12 @@ def test_worker_refuses_a_task_module_it_cannot_import(db: Path) -> None:
         main, ["worker", "--broker", f"sqlite:///{db}", "-A", "tests.no_such_module"]
     )
     assert result.exit_code == 2
+    with pytest.raises(ModuleNotFoundError) as missing:  # Python's words for it
+        importlib.import_module("tests.no_such_module")
     assert result.stderr == (
         "beatd: cannot import task module 'tests.no_such_module' (from -A/--app or imports:): "
-        "ModuleNotFoundError: No module named 'tests.no_such_module'; the current directory "
-        "and PYTHONPATH are searched\n"
+        f"ModuleNotFoundError: {missing.value}; the current directory and PYTHONPATH are "
+        "searched\n"
     )
 
 
