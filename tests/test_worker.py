@@ -476,7 +476,8 @@ def test_run_with_worker_executes_what_it_publishes(
     assert {e[0] for e in runs} == {"sum=3"}
     assert len({e[1] for e in runs}) == len(runs)  # one run per slot
     assert all(re.fullmatch(r"tick@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e[1]) for e in runs)
-    assert len([line for line in daemon.outcomes() if "outcome=succeeded" in line]) >= 2
+    succeeded = [line for line in daemon.outcomes() if "outcome=succeeded" in line]
+    assert sorted(re.findall(r" id=(\S+) ", " ".join(succeeded))) == sorted(e[1] for e in runs)
 
 
 # --- beatd dead ----------------------------------------------------------------------------
