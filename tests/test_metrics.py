@@ -220,8 +220,10 @@ def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_an_error
         assert (default.exit_code, default.stdout) == (0, "not serving\n")
         explicit = CliRunner().invoke(serve_one, ["--metrics-addr", address])
         assert explicit.exit_code == 2
-        assert explicit.stderr.startswith(
-            f"beatd: --metrics-addr: cannot serve metrics at '{address}'"
+        with socket.socket() as other, pytest.raises(OSError) as in_use:  # the OS's words
+            other.bind(taken.getsockname())
+        assert explicit.stderr == (
+            f"beatd: --metrics-addr: cannot serve metrics at '{address}': {in_use.value}\n"
         )
     finally:
         taken.close()
