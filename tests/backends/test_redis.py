@@ -95,6 +95,11 @@ def snapshot(server: RedisServer) -> dict[bytes, bytes]:
         raw.close()
 
 
+def redis_ms(admin: redis.Redis) -> int:
+    seconds, micros = admin.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def pending(admin: redis.Redis, stream: str) -> list[tuple[str, int]]:
     return [
         (p["consumer"], p["times_delivered"])
@@ -575,7 +580,10 @@ def test_priority_bands_are_read_highest_first_then_oldest_across_queues(
         ("p6", "q1", 6),
     ]:
         backend.enqueue([message(entry, 1, queue=queue, priority=priority)])
-        time.sleep(0.002)  # stream ids are milliseconds: across queues, age is to the ms
+        # stream ids are Redis's milliseconds: across queues, age is to the ms, so the next
+        # message waits for the next millisecond on Redis's clock
+        enqueued_by = redis_ms(admin)
+        wait_for(lambda t=enqueued_by: redis_ms(admin) > t, timeout=5, what="Redis's clock")
     assert {k: admin.xlen(k) for k in sorted(admin.keys("beatd:queue:*"))} == {
         "beatd:queue:q1:high": 1,
         "beatd:queue:q1:low": 1,
