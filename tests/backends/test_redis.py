@@ -280,7 +280,9 @@ def exercise(backend: Backend) -> None:
     backend.forget(lease, ["gone"])
     assert backend.leader() is not None and set(backend.load_states()) == {"e"}
     backend.enqueue([message("f", 0, priority=9)], delay=0.05)
-    time.sleep(0.1)  # Redis keeps time itself: only waiting ends the delay (no claim may poll)
+    # the delay ends on Redis's clock (polling claim would take the other run first)
+    queued_by = backend.server_time()
+    wait_for(lambda: backend.server_time() > queued_by + 0.05, timeout=5, what="the delay")
     first = backend.claim(["default"], "w", 30)
     assert first is not None and first.id.startswith("f@") and backend.extend(first, 30)
     backend.retry(first, "{}", 0)
