@@ -171,9 +171,9 @@ def test_an_unreachable_metrics_url_is_an_error(tmp_path: Path) -> None:
         main, ["status", "--broker", f"sqlite:///{tmp_path / 'db'}", "--metrics-url", url]
     )
     assert result.exit_code == 1
-    with pytest.raises(urllib.error.URLError) as refused:  # the words urllib and the OS use
+    with pytest.raises(urllib.error.URLError) as refused:  # the OS's words for it
         urllib.request.urlopen(f"{url}/metrics", timeout=5)
     assert result.output == (
-        f"beatd: --metrics-url: cannot read {url}/metrics: {refused.value}; is `beatd run` "
-        "serving metrics there (--metrics-addr)?\n"
+        f"beatd: --metrics-url: cannot read {url}/metrics: {refused.value.reason}; is `beatd "
+        "run` serving metrics there (--metrics-addr)?\n"
     )
