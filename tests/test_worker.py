@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -28,23 +27,13 @@ from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
 from beatd.tasks import registry
 from beatd.worker import Outcome, Worker, WorkerSettings
+from tests.waiting import wait_for
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-R = TypeVar("R")
 TASKS = "tests.worker_tasks"
 T = TASKS + "."
-
-
-def wait_for(condition: Callable[[], R], timeout: float = 10.0, what: str = "") -> R:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 
 
 def publish(
