@@ -334,6 +334,13 @@ class Scheduler:
     def _check_drift(self) -> None:
         """A standby whose configuration differs from the leader's says so, once per change."""
         leader = self.backend.leader()
+        if leader is not None:
+            log.debug(
+                "standby node=%s: lease held by node=%s epoch=%d",
+                self.settings.node,
+                leader.node,
+                leader.epoch,
+            )
         drift = bool(
             leader and leader.config_hash and leader.config_hash != self.config.fingerprint
         )
@@ -551,6 +558,10 @@ class Scheduler:
             log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
             self._backend_down = True
             self.on_event("backend_down")
+        else:
+            log.debug(
+                "backend %s still unavailable; next try in %.1f s", self.backend.url, self._backoff
+            )
 
     def _backend_recovered(self) -> None:
         self._backoff = 0.0

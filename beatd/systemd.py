@@ -10,13 +10,19 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        environ: dict[str, str] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         env = os.environ if environ is None else environ
+        self._monotonic = monotonic  # the watchdog's rate limit; tests pass a fake clock's
         address = env.get("NOTIFY_SOCKET", "")
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._socket: socket.socket | None = None
@@ -57,7 +63,7 @@ class Notifier:
         """Ping, at most four times per interval; call it from the loop being watched."""
         if self.watchdog_interval is None:
             return
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._last_ping >= self.watchdog_interval / 4:
             self._last_ping = now
             self.send("WATCHDOG=1")

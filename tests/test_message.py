@@ -70,7 +70,7 @@ def test_expiry() -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("nope", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("nope", "not JSON: {cause}"),  # the json module's words, from its own error
         ("[]", "a run message is a JSON object"),
         ('{"id": "x"}', "missing field 'task'"),
         ('{"id": 5}', "field 'id' must be str, got int"),
@@ -80,7 +80,9 @@ def test_expiry() -> None:
 def test_bad_messages(text: str, error: str) -> None:
     with pytest.raises(MessageError) as info:
         RunMessage.from_json(text)
-    assert str(info.value) == error
+    cause = info.value.__context__
+    assert str(info.value) == error.format(cause=cause)
+    assert isinstance(cause, json.JSONDecodeError) == ("{cause}" in error)
 
 
 @pytest.mark.parametrize(

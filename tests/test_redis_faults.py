@@ -258,12 +258,16 @@ def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caug
 
     cluster.server.pause()
     paused_at = time.time()
-    took = []
+    took, timeouts = [], set()
     for call in (probe.ping, probe.load_states, lambda: probe.claim(["default"], "probe", 5)):
         started = time.monotonic()
-        with pytest.raises(TransientBackendError):
+        with pytest.raises(TransientBackendError) as caught:
             call()
         took.append(time.monotonic() - started)
+        assert isinstance(caught.value.__cause__, redis.TimeoutError)
+        timeouts.add(str(caught.value.__cause__))
+    # redis-py's words for a timeout on this server, as the daemons' clients meet it too
+    (timeout,) = timeouts
     wait_for(lambda: all(d.count(DOWN) for d in daemons), what="every daemon to notice")
     time.sleep(max(0.0, paused_at + 30 - time.time()))
     assert [d.popen.poll() for d in daemons] == [None, None, None]
@@ -285,7 +289,7 @@ def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caug
     }
     # each noticed within its longest sleep plus one bounded call: a timeout, not a hang
     url = re.escape(cluster.server.url)
-    pattern = rf"backend {url} {DOWN}: {url}: \w+: TimeoutError: Timeout reading from socket"
+    pattern = rf"backend {url} {DOWN}: {url}: \w+: TimeoutError: {re.escape(timeout)}"
     for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 1.0, 2.0)):
         noticed_at, line = daemon.first(DOWN)
         assert re.fullmatch(pattern, line), line

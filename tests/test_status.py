@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -169,5 +171,9 @@ def test_an_unreachable_metrics_url_is_an_error(tmp_path: Path) -> None:
         main, ["status", "--broker", f"sqlite:///{tmp_path / 'db'}", "--metrics-url", url]
     )
     assert result.exit_code == 1
-    assert result.output.startswith(f"beatd: --metrics-url: cannot read {url}/metrics: ")
-    assert result.output.endswith("is `beatd run` serving metrics there (--metrics-addr)?\n")
+    with pytest.raises(urllib.error.URLError) as refused:  # the OS's words for it
+        urllib.request.urlopen(f"{url}/metrics", timeout=5)
+    assert result.output == (
+        f"beatd: --metrics-url: cannot read {url}/metrics: {refused.value.reason}; is `beatd "
+        "run` serving metrics there (--metrics-addr)?\n"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -15,7 +16,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -27,23 +27,13 @@ from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
 from beatd.tasks import registry
 from beatd.worker import Outcome, Worker, WorkerSettings
+from tests.waiting import wait_for
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-R = TypeVar("R")
 TASKS = "tests.worker_tasks"
 T = TASKS + "."
-
-
-def wait_for(condition: Callable[[], R], timeout: float = 10.0, what: str = "") -> R:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 
 
 def publish(
@@ -475,7 +465,8 @@ def test_run_with_worker_executes_what_it_publishes(
     assert {e[0] for e in runs} == {"sum=3"}
     assert len({e[1] for e in runs}) == len(runs)  # one run per slot
     assert all(re.fullmatch(r"tick@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e[1]) for e in runs)
-    assert len([line for line in daemon.outcomes() if "outcome=succeeded" in line]) >= 2
+    succeeded = [line for line in daemon.outcomes() if "outcome=succeeded" in line]
+    assert sorted(re.findall(r" id=(\S+) ", " ".join(succeeded))) == sorted(e[1] for e in runs)
 
 
 # --- beatd dead ----------------------------------------------------------------------------
@@ -559,10 +550,12 @@ def test_worker_refuses_a_task_module_it_cannot_import(db: Path) -> None:
         main, ["worker", "--broker", f"sqlite:///{db}", "-A", "tests.no_such_module"]
     )
     assert result.exit_code == 2
+    with pytest.raises(ModuleNotFoundError) as missing:  # Python's words for it
+        importlib.import_module("tests.no_such_module")
     assert result.stderr == (
         "beatd: cannot import task module 'tests.no_such_module' (from -A/--app or imports:): "
-        "ModuleNotFoundError: No module named 'tests.no_such_module'; the current directory "
-        "and PYTHONPATH are searched\n"
+        f"ModuleNotFoundError: {missing.value}; the current directory and PYTHONPATH are "
+        "searched\n"
     )
 
 

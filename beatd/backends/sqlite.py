@@ -119,7 +119,8 @@ class SQLiteBackend:
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite ends it itself on a full disk: keep that error
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 

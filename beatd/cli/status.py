@@ -66,8 +66,11 @@ def read_counts(urls: Sequence[str], timeout: float = 5.0) -> dict[str, RunTotal
             with urllib.request.urlopen(target, timeout=timeout) as response:
                 text = response.read().decode()
         except (OSError, urllib.error.URLError) as exc:
+            # a URLError's text wraps the OS's reason in "<urlopen error ...>"; an HTTPError's
+            # text ("HTTP Error 404: Not Found") reads well as it is
+            reason = exc.reason if type(exc) is urllib.error.URLError else exc
             click.echo(
-                f"beatd: --metrics-url: cannot read {target}: {exc}; is `beatd run` serving "
+                f"beatd: --metrics-url: cannot read {target}: {reason}; is `beatd run` serving "
                 "metrics there (--metrics-addr)?",
                 err=True,
             )

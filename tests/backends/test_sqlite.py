@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,8 +60,11 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     db.execute(f"PRAGMA max_page_count = {pages + 2}")
     big = [message("e", 1)] * 1
     huge = big[0].__class__(big[0].entry, big[0].id, "default", None, "x" * 200_000)
-    with pytest.raises(TransientBackendError, match="full"):
+    with pytest.raises(TransientBackendError) as caught:
         backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
+    full = caught.value.__cause__  # SQLite's words are its own: its error code says "full"
+    assert isinstance(full, sqlite3.OperationalError) and full.sqlite_errorname == "SQLITE_FULL"
+    assert str(caught.value) == f"{backend.path}: {full}"
     assert backend.load_states() == {"e": state("e", 0)}
     assert backend.queue_depths() == {}
     db.execute("PRAGMA max_page_count = 1073741823")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -534,19 +536,33 @@ def test_several_documents_are_refused() -> None:
     ]
 
 
-@pytest.mark.usefixtures("libyaml")
+def parser_error(text: str) -> yaml.MarkedYAMLError:
+    """The parser's own exception behind the one problem that `text` has: its words (libyaml's
+    or PyYAML's) are theirs to change, so tests take them from it."""
+    with pytest.raises(ConfigError) as caught:
+        loads_yaml(text, "s.yaml")
+    error = caught.value.__context__
+    assert isinstance(error, yaml.MarkedYAMLError)
+    return error
+
+
+@pytest.mark.usefixtures("loader")
 def test_a_syntax_error_is_located() -> None:
     text = "entries:\n  a:\n    task: x: y\n"
-    assert problems(text) == [
-        "s.yaml:3:12: invalid YAML: mapping values are not allowed in this context"
-    ]
+    error = parser_error(text)  # the parsers word it differently: "here", "in this context"
+    context = ""
+    if error.context is not None and error.context_mark is not None:
+        at = error.context_mark
+        context = f" ({error.context} at line {at.line + 1}, column {at.column + 1})"
+    assert problems(text) == [f"s.yaml:3:12: invalid YAML: {error.problem}{context}"]
 
 
 @pytest.mark.usefixtures("loader")
 def test_a_syntax_error_names_its_context() -> None:
-    assert problems("a: 1\nb\nc: 2\n") == [
-        "s.yaml:3:1: invalid YAML: could not find expected ':' "
-        "(while scanning a simple key at line 2, column 1)"
+    text = "a: 1\nb\nc: 2\n"
+    error = parser_error(text)
+    assert problems(text) == [
+        f"s.yaml:3:1: invalid YAML: {error.problem} ({error.context} at line 2, column 1)"
     ]
 
 
@@ -600,11 +616,13 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path) ->
 
 def test_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "gone.yaml"
-    assert file_problems(path) == [f"{path}:1:1: cannot read file: No such file or directory"]
+    reason = os.strerror(errno.ENOENT)  # the C library's words, not beatd's
+    assert file_problems(path) == [f"{path}:1:1: cannot read file: {reason}"]
 
 
 def test_a_directory(tmp_path: Path) -> None:
-    assert file_problems(tmp_path) == [f"{tmp_path}:1:1: cannot read file: Is a directory"]
+    reason = os.strerror(errno.EISDIR)
+    assert file_problems(tmp_path) == [f"{tmp_path}:1:1: cannot read file: {reason}"]
 
 
 def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:

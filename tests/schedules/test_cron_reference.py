@@ -317,9 +317,14 @@ def distinct_changes(zone: str) -> list[datetime]:
     return sorted(seen.values())
 
 
+UNCHANGING_ZONES = {"UTC", "Asia/Kolkata"}  # no offset change in the window: nothing to sweep
+
+
 @pytest.mark.parametrize("zone", ZONES)
 def test_sweep_offset_changes(zone: str) -> None:
-    for change in distinct_changes(zone):
+    changes = distinct_changes(zone)
+    assert bool(changes) == (zone not in UNCHANGING_ZONES), "the sweep would check nothing"
+    for change in changes:
         start, end = change - SWEEP_WINDOW, change + SWEEP_WINDOW
         probes = [change + timedelta(seconds=s) for s in (-3601, -1801, -1, 0, 1, 1799, 3599)]
         for expr in SWEEP_EXPRESSIONS:
