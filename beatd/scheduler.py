@@ -91,6 +91,7 @@ class Scheduler:
         self._backend_down = False
         self._adopted = False
         self._announced = ""
+        self._name_taken = False  # the leader runs under our node name: said once
         self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
         # decisions whose commit's outcome was lost (a timeout after sending): counted once the
         # persisted state shows whether they were applied
@@ -199,7 +200,10 @@ class Scheduler:
         assert self.lease is not None
         if self._announced != self.config.fingerprint:  # reloaded: tell standbys what we run
             held = self.backend.acquire_lease(
-                self.settings.node, self.settings.lease_ttl, self.config.fingerprint
+                self.settings.node,
+                self.settings.lease_ttl,
+                self.config.fingerprint,
+                held=self.lease,
             )
             if held != self.lease:
                 log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
@@ -293,8 +297,19 @@ class Scheduler:
         return False
 
     def _check_drift(self) -> None:
-        """A standby whose configuration differs from the leader's says so, once per change."""
+        """A standby whose configuration differs from the leader's says so, once per change;
+        one whose node name the leader uses says that once."""
         leader = self.backend.leader()
+        name_taken = leader is not None and leader.node == self.settings.node
+        if name_taken and not self._name_taken and leader is not None:
+            log.warning(
+                "node name is taken: another process holds the lease as node=%s epoch=%d; this "
+                "one waits as a standby (give each `beatd run` its own --node; a lease left by "
+                "a process that died expires after its TTL)",
+                leader.node,
+                leader.epoch,
+            )
+        self._name_taken = name_taken
         drift = bool(
             leader and leader.config_hash and leader.config_hash != self.config.fingerprint
         )

@@ -238,6 +238,31 @@ def test_standby_reports_config_drift(
     assert not standby.totals.config_drift
 
 
+def test_a_second_process_with_the_same_node_name_waits_as_a_standby(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(every("tick", 1))
+    first = scheduler(open_db(), clock, cfg, "same")
+    second = scheduler(open_db(), clock, cfg, "same")
+    for _ in range(5):
+        first.step()
+        second.step()
+        clock.advance(1)
+    assert first.is_leader and not second.is_leader
+    # the leader re-announces a reloaded configuration under its own token, and keeps leading
+    first.request_reload()
+    first.step()
+    assert first.is_leader
+    ids = [m["id"] for m in published(open_db())]
+    assert len(ids) == len(set(ids)) == 5
+    taken = [r.getMessage() for r in caplog.records if "name is taken" in r.getMessage()]
+    assert taken == [
+        "node name is taken: another process holds the lease as node=same epoch=1; this one "
+        "waits as a standby (give each `beatd run` its own --node; a lease left by a process "
+        "that died expires after its TTL)"
+    ]
+
+
 class FailsFirstCommit(SQLiteBackend):
     """A real SQLite backend whose first commit fails as a full disk would."""
 

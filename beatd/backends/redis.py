@@ -261,7 +261,15 @@ class RedisBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,  # the Redis branch implements these two in ACQUIRE
+        min_epoch: int = 0,
+    ) -> Lease | None:
         keys = (self._key("lease"), self._key("epoch"))
         token = secrets.token_hex(16)
         reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash))

@@ -147,28 +147,35 @@ class SQLiteBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
         def work(db: sqlite3.Connection) -> Lease | None:
             now = self._now()
             row = db.execute(
-                "SELECT node, token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
+                "SELECT token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
             ).fetchone()
-            if row is not None and row[3] > now and row[0] != node:
-                return None
-            if row is not None and row[3] > now:  # already ours: keep the token and epoch
-                lease = Lease(node, row[1], row[2])
+            if row is not None and row[2] > now:
+                if held is None or (row[0], row[1]) != (held.token, held.epoch):
+                    return None  # held by another token, whatever node name it runs under
+                lease = held
             else:
+                last = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
+                epoch = max(last[0] if last else 0, min_epoch) + 1
                 db.execute(
-                    "INSERT INTO epoch (name, value) VALUES (?, 1) "
-                    "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-                    (LEASE,),
+                    "INSERT OR REPLACE INTO epoch (name, value) VALUES (?, ?)", (LEASE, epoch)
                 )
-                epoch = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
-                lease = Lease(node, secrets.token_hex(16), epoch[0])
+                lease = Lease(node, secrets.token_hex(16), epoch)
             db.execute(
                 "INSERT OR REPLACE INTO lease (name, node, token, epoch, expires_at, config_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (LEASE, node, lease.token, lease.epoch, now + ttl, config_hash),
+                (LEASE, lease.node, lease.token, lease.epoch, now + ttl, config_hash),
             )
             return lease
 

@@ -66,3 +66,11 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     db.execute("PRAGMA max_page_count = 1073741823")
     backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
     assert backend.load_states() == {"e": state("e", 1, 1)}
+
+
+def test_a_new_epoch_starts_above_min_epoch(backend: SQLiteBackend) -> None:
+    first = backend.acquire_lease("a", 10, min_epoch=7)
+    assert first is not None and first.epoch == 8
+    backend.release_lease(first)
+    second = backend.acquire_lease("b", 10, min_epoch=3)  # lower than the last: ignored
+    assert second is not None and second.epoch == 9
