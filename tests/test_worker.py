@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -585,4 +586,40 @@ def test_a_child_that_cannot_start_stops_the_worker_with_status_1(
         "'tests.child_fails' (from -A/--app or imports:): RuntimeError: this module refuses "
         f"to load in a child process at {REPO / 'tests' / 'child_fails.py'}:10; the current "
         "directory and PYTHONPATH are searched"
+    )
+
+
+@pytest.mark.parametrize("stored_as", ["TEXT", "BLOB"])
+def test_a_row_whose_body_is_not_utf8_is_dead_lettered_and_the_queue_goes_on(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path, tmp_path: Path, stored_as: str
+) -> None:
+    out = tmp_path / "out"
+    now = datetime.now(UTC)
+    message = RunMessage("bad@1", T + "add", "bad?", now, now, "default", (str(out), 1, 1))
+    good = message.to_json().encode()
+    bad = good.replace(b"bad?", b"bad\xed\xa0\x80")  # a UTF-16 surrogate: not UTF-8
+    offset = bad.index(b"\xed")
+    with sqlite3.connect(db) as conn:  # written by hand, as another program might
+        conn.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) "
+            f"VALUES ('bad@1', 'default', 5, CAST(? AS {stored_as}), 0)",
+            (bad,),
+        )
+    publish(backend, T + "add", str(out), 2, 3, id="sum@1")  # behind the bad row
+    worker = launch("-c", "1")
+    wait_for(lambda: backend.queue_depths() == {}, what="both rows to be settled")
+    assert [e[:2] for e in events(out)] == [["sum=5", "sum@1"]]
+    (dead,) = backend.dead_letters()
+    reason = (
+        f"unreadable run message: not UTF-8 text (byte 0xed at offset {offset}); kept as it "
+        "was written"
+    )
+    assert (dead.id, dead.reason) == ("bad@1", reason)
+    with sqlite3.connect(db) as conn:  # kept byte for byte
+        conn.text_factory = bytes
+        assert conn.execute("SELECT body FROM dead_letter").fetchall() == [(bad,)]
+    assert worker.signal(signal.SIGTERM) == 0
+    assert "unavailable" not in worker.text()
+    assert worker.outcomes()[0] == (
+        f"task=? id=bad@1 attempt=? outcome=dead_lettered deliveries=1 reason={reason}"
     )

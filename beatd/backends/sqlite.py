@@ -318,13 +318,14 @@ class SQLiteBackend:
                 f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1 "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
-                f"RETURNING id, queue, body, deliveries",
+                f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, deliveries",
                 (receipt, now + visibility, *queues, now),
             ).fetchall()
             if not row:
                 return None
             message_id, queue, body, deliveries = row[0]
-            return Delivery(message_id, queue, body, deliveries, receipt)
+            return Delivery(_text(message_id), _text(queue), _text(body), deliveries, receipt)
 
         return self._run(work)
 
@@ -359,29 +360,29 @@ class SQLiteBackend:
         )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            rows = db.execute(
-                "DELETE FROM message WHERE receipt = ? RETURNING id, queue, priority, body",
-                (delivery.receipt,),
-            ).fetchall()
-            db.executemany(
+        def work(db: sqlite3.Connection) -> None:  # moved in SQL: bytes kept as they are
+            db.execute(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
-                "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*row, reason, self._now(), delivery.deliveries) for row in rows],
+                "deliveries) SELECT id, queue, priority, body, ?, ?, ? FROM message "
+                "WHERE receipt = ?",
+                (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
+            db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
 
         self._run(work)
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._run(
             lambda db: db.execute(
-                "SELECT id, queue, body, reason, failed_at, deliveries FROM dead_letter "
-                "ORDER BY seq"
+                f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, {_AS_BYTES.format('reason')}, failed_at, "
+                "deliveries FROM dead_letter ORDER BY seq"
             ).fetchall(),
             write=False,
         )
         return [
-            DeadLetter(i, q, b, r, datetime.fromtimestamp(f, UTC), d) for i, q, b, r, f, d in rows
+            DeadLetter(_text(i), _text(q), _text(b), _text(r), datetime.fromtimestamp(f, UTC), d)
+            for i, q, b, r, f, d in rows
         ]
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -407,16 +408,13 @@ class SQLiteBackend:
     def requeue_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
 
-        def work(db: sqlite3.Connection) -> int:
-            rows = db.execute(
-                f"DELETE FROM dead_letter {where} RETURNING id, queue, priority, body", params
-            ).fetchall()
-            now = self._now()
-            db.executemany(
-                "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [(*row, now) for row in rows],
+        def work(db: sqlite3.Connection) -> int:  # moved in SQL: bytes kept as they are
+            db.execute(
+                "INSERT INTO message (id, queue, priority, body, ready_at) "
+                f"SELECT id, queue, priority, body, ? FROM dead_letter {where} ORDER BY seq",
+                (self._now(), *params),
             )
-            return len(rows)
+            return int(db.execute(f"DELETE FROM dead_letter {where}", params).rowcount)
 
         return self._run(work)
 
@@ -426,6 +424,15 @@ class SQLiteBackend:
             write=False,
         )
         return dict(rows)
+
+
+# Text as another program may have stored it: not UTF-8, or a BLOB. Read as bytes and decoded
+# with surrogateescape, so the worker sees what is wrong and dead-letters it (never an outage).
+_AS_BYTES = "CAST({} AS BLOB)"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _priority(priority: int | None) -> int:
