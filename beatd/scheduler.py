@@ -18,7 +18,7 @@ from itertools import islice
 from typing import TypeVar
 
 from beatd import celery_protocol
-from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
+from beatd.backends.base import Backend, Lease, Outgoing, StateWrite, StorageFailed
 from beatd.clock import Clock
 from beatd.config import Config, Entry
 from beatd.core import Decision, EntryState, Planner, RunCounts
@@ -110,6 +110,8 @@ class Scheduler:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set; raises StorageFailed (after stepping down) when the storage
+        is gone or damaged."""
         while not stop.is_set():
             delay = self.step()
             self.on_event("step")
@@ -146,6 +148,9 @@ class Scheduler:
                     used_backend |= self._publish()
                 if used_backend:
                     self._backend_recovered()
+            except StorageFailed as exc:
+                self._storage_failed(exc)
+                raise
             except BackendError as exc:
                 self._backend_failed(exc)
         return self._delay()
@@ -516,6 +521,15 @@ class Scheduler:
             log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
             self._backend_down = True
             self.on_event("backend_down")
+
+    def _storage_failed(self, exc: StorageFailed) -> None:
+        """Gone or damaged storage is no outage to wait out: stop leading, say why, stop."""
+        self._step_down()
+        self.totals.backend_up = False
+        log.error(
+            "storage failed, stepping down and exiting with status %d: %s", exc.exit_status, exc
+        )
+        self.on_event("backend_down")
 
     def _backend_recovered(self) -> None:
         self._backoff = 0.0

@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from beatd.backends.base import Backend, Delivery
+from beatd.backends.base import Backend, Delivery, StorageFailed
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
 from beatd.message import MessageError, RunMessage
@@ -272,6 +272,8 @@ class Worker:
                 delivery = self.backend.claim(
                     settings.queues, settings.consumer, settings.visibility_timeout
                 )
+            except StorageFailed:
+                raise  # gone or damaged storage: stop, no retrying
             except BackendError as exc:
                 self._backend_failed(exc)
                 return

@@ -220,3 +220,72 @@ def test_python_dash_m_entry_point() -> None:
         check=True,
     )
     assert "Usage:" in out.stdout and textwrap.dedent(out.stdout).count("run") >= 1
+
+
+def test_a_deleted_database_file_stops_every_daemon_still_using_it(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a", "--lease-ttl", "3s")
+    b = start("b", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    wait_for(lambda: "beatd run node=b" in b.text(), what="b to start as a standby")
+    opened = db.stat()
+    for path in tmp_path.glob("beatd.db*"):  # as `rm beatd.db*` would
+        path.unlink()
+    assert a.proc.wait(timeout=10) == 1
+    assert b.proc.wait(timeout=10) == 1
+    for daemon in (a, b):
+        assert (
+            "ERROR beatd.scheduler: storage failed, stepping down and exiting with status 1: "
+            f"{db} is not the database file this process opened (device {opened.st_dev} inode "
+            f"{opened.st_ino}): it was deleted or replaced; a process still using it would "
+            "lead or work apart from every process using the file at that path now. Restart "
+            "beatd (systemd does) to use the file there now"
+        ) in daemon.text()
+    # a new daemon on the same path leads alone in the new file
+    c = start("c", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 3, what="c to publish in a new file")
+    assert query(db, "SELECT node, epoch FROM lease") == [("c", 1)]
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(timeout=10) == 0
+    assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+def corrupt_entry_states(db: Path) -> str:
+    """Overwrite the cells of the entry_state table's first page; what quick_check says."""
+    with sqlite3.connect(db) as conn:
+        page = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'entry_state'"
+        ).fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as file:
+        file.seek((page - 1) * size + 8)  # past the page header: the cells point nowhere
+        file.write(b"\x07" * (size - 8))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    return "; ".join(line for (row,) in rows for line in row.splitlines())
+
+
+def test_a_corrupt_database_stops_the_scheduler_with_status_3_and_says_what_is_damaged(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0
+    found = corrupt_entry_states(db)
+    b = start("b")
+    assert b.proc.wait(timeout=20) == 3
+    assert (
+        "ERROR beatd.scheduler: storage failed, stepping down and exiting with status 3: "
+        f"{db} is damaged: PRAGMA quick_check found: {found}. Retrying cannot repair it: "
+        "restore the file from a backup, or copy what is readable to a new file (see "
+        "docs/deployment.md, When storage fails)"
+    ) in b.text()
+    assert b.text().count("storage failed") == 1
+    assert "unavailable, retrying" not in b.text()

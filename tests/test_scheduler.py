@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -178,18 +179,32 @@ def test_reload_adds_and_removes_entries(
     assert set(open_db().load_states()) == {"b"}
 
 
+class OpensReadOnly(SQLiteBackend):
+    """A real SQLite backend whose connections, while `read_only_file` is set, open as they
+    would on a file that cannot be written: every write fails."""
+
+    read_only_file = False
+
+    def _open(self) -> sqlite3.Connection:
+        db = super()._open()
+        if self.read_only_file:
+            db.execute("PRAGMA query_only = 1")
+        return db
+
+
 def test_backend_errors_are_survived_and_retried(
-    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+    tmp_path: Path, open_db: Callable[[], SQLiteBackend], clock: FakeClock
 ) -> None:
-    backend = open_db()
+    backend = OpensReadOnly(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
     beat = scheduler(backend, clock, config(every("tick", 1, misfire_grace=timedelta(seconds=1))))
     run_for(beat, 3)
-    db = backend._connection()
-    db.execute("PRAGMA query_only = 1")  # every write now fails, as on a read-only file
+    backend.read_only_file = True
+    backend.close()  # opened again, read-only
     run_for(beat, 5)
-    assert beat.is_leader
-    db.execute("PRAGMA query_only = 0")
+    assert beat.is_leader and not beat.totals.backend_up
+    backend.read_only_file = False  # the file's mode fixed: the next attempt opens it again
     run_for(beat, 5)
+    assert beat.totals.backend_up
     ids = [m["id"] for m in published(open_db())]
     assert len(ids) == len(set(ids))
     # run_once: the slots during the outage were missed, the newest published late

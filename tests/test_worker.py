@@ -623,3 +623,18 @@ def test_a_row_whose_body_is_not_utf8_is_dead_lettered_and_the_queue_goes_on(
     assert worker.outcomes()[0] == (
         f"task=? id=bad@1 attempt=? outcome=dead_lettered deliveries=1 reason={reason}"
     )
+
+
+def test_a_worker_whose_database_file_was_deleted_stops_with_status_1(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path, tmp_path: Path
+) -> None:
+    worker = launch("-c", "1")
+    opened = db.stat()
+    for path in tmp_path.glob("beatd.db*"):
+        path.unlink()
+    assert worker.proc.wait(timeout=10) == 1
+    assert (
+        "ERROR beatd: storage failed, stopping with status 1: "
+        f"{db} is not the database file this process opened (device {opened.st_dev} inode "
+        f"{opened.st_ino}): it was deleted or replaced"
+    ) in worker.text()

@@ -4,7 +4,8 @@ The scheduler core never sees a backend; the loop in `beatd.scheduler` and the w
 backend passes the same contract tests (`tests/backends/contract.py`).
 
 Errors: `TransientBackendError` means "unreachable or busy, nothing was written, try again";
-`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent.
+`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent;
+`StorageFailed` means the storage itself is gone or damaged: the daemon stops (`exit_status`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 from beatd.core import EntryState
+from beatd.errors import BackendError
 
 
 def to_micros(moment: datetime) -> int:
@@ -35,6 +37,25 @@ def _micros(moment: datetime) -> int:
 
 
 _utc_micros = lru_cache(maxsize=4096)(_micros)
+
+
+class StorageFailed(BackendError):
+    """The storage is gone or damaged for good: retrying cannot help and leading on must not
+    go on. The daemon steps down and exits with `exit_status` (docs/deployment.md)."""
+
+    exit_status = 1
+
+
+class StorageReplaced(StorageFailed):
+    """The file at the backend's path is no longer the one this process opened (deleted or
+    replaced): others may be leading in the new one. systemd restarts the daemon on it."""
+
+
+class StorageCorrupt(StorageFailed):
+    """The storage holds damaged data (a malformed SQLite page). Restarting would only fail
+    again, so the status is one the units do not restart on (RestartPreventExitStatus=)."""
+
+    exit_status = 3
 
 
 @dataclass(frozen=True, slots=True)

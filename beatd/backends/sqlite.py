@@ -14,10 +14,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from beatd.backends.base import (
     DeadLetter,
@@ -26,6 +27,8 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    StorageCorrupt,
+    StorageReplaced,
     from_micros,
     to_micros,
 )
@@ -73,6 +76,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 LEASE = "scheduler"
 DEFAULT_PRIORITY = 5
+SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
 T = TypeVar("T")
 
 
@@ -81,14 +85,29 @@ def _us(moment: datetime | None) -> int | None:
 
 
 class SQLiteBackend:
+    """`read_only`: for commands that only look (status, dead list, a migration's source):
+    the file is opened with `mode=ro` and never created."""
+
     def __init__(
-        self, path: str | os.PathLike[str], *, wall_clock: Callable[[], float] = time.time
+        self,
+        path: str | os.PathLike[str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.read_only = read_only
         self._now = wall_clock
         self._local = threading.local()
-        self._run(lambda db: db.executescript(SCHEMA), write=False)
+        if read_only:
+            if not self.path.is_file():
+                raise BackendError(
+                    f"no database at {self.path}: check the path (`beatd run` creates it)"
+                )
+            self._connection()
+        else:
+            self._run(lambda db: db.executescript(SCHEMA), write=False)
 
     # --- connections and transactions ----------------------------------------------------
 
@@ -96,14 +115,32 @@ class SQLiteBackend:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA busy_timeout=10000")
+                db = self._open_read_only() if self.read_only else self._open()
+                opened = os.stat(self.path)
             except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"cannot open {self.path}: {exc}") from exc
             self._local.db = db
+            self._local.opened = (opened.st_dev, opened.st_ino)
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise BackendError(
+                f"cannot create the database {self.path}: there is no directory "
+                f"{self.path.parent}; create it, or correct the path"
+            )
+        with suppress(FileExistsError):  # created 0600: run state is nobody else's business
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")  # SQLite gives -wal and -shm the file's mode
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
         return db
 
     def close(self) -> None:
@@ -112,14 +149,36 @@ class SQLiteBackend:
             db.close()
             self._local.db = None
 
+    def _check_file(self) -> None:
+        """Refuse to write to a file that is no longer the one at our path: a process that
+        went on would lead or work apart from every process that opened the path since."""
+        opened: tuple[int, int] = self._local.opened
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise TransientBackendError(f"cannot check {self.path}: {exc}") from exc
+        else:
+            if (now.st_dev, now.st_ino) == opened:
+                return
+        raise StorageReplaced(
+            f"{self.path} is not the database file this process opened (device {opened[0]} "
+            f"inode {opened[1]}): it was deleted or replaced; a process still using it would "
+            "lead or work apart from every process using the file at that path now. Restart "
+            "beatd (systemd does) to use the file there now"
+        )
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._connection()
+        self._check_file()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back by itself (corruption)
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
@@ -130,11 +189,40 @@ class SQLiteBackend:
                 return work(self._connection())
             with self._transaction() as db:
                 return work(db)
-        except sqlite3.OperationalError as exc:
-            # full disk, file-size limit, locked database, read-only file: all may pass
-            raise TransientBackendError(f"{self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            raise BackendError(f"{self.path}: {exc}") from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.DatabaseError) -> BackendError:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return StorageCorrupt(
+                f"{self.path} is damaged: PRAGMA quick_check found: {self._quick_check()}. "
+                "Retrying cannot repair it: restore the file from a backup, or copy what is "
+                "readable to a new file (see docs/deployment.md, When storage fails)"
+            )
+        if code == SQLITE_READONLY:
+            # Opened while the file could not be written (its mode, a read-only mount): the
+            # connection stays read-only even once that is fixed, so open it again next time.
+            self.close()
+            return TransientBackendError(
+                f"{self.path}: {exc}; opening it again at the next attempt"
+            )
+        if isinstance(exc, sqlite3.OperationalError):
+            # full disk, file-size limit, locked database: all may pass
+            return TransientBackendError(f"{self.path}: {exc}")
+        return BackendError(f"{self.path}: {exc}")
+
+    def _quick_check(self) -> str:
+        """What SQLite's own check finds, on one line and cut to what a log line can hold."""
+        try:
+            uri = f"file:{quote(str(self.path))}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
+                rows = db.execute("PRAGMA quick_check(20)").fetchall()
+        except sqlite3.Error as exc:
+            return f"nothing, it could not run ({exc})"
+        lines = [line for (row,) in rows for line in str(row).splitlines()]
+        text = "; ".join(lines)
+        return text if len(text) <= 1000 else text[:1000] + " [cut]"
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
