@@ -289,3 +289,19 @@ def test_a_corrupt_database_stops_the_scheduler_with_status_3_and_says_what_is_d
     ) in b.text()
     assert b.text().count("storage failed") == 1
     assert "unavailable, retrying" not in b.text()
+
+
+def test_run_creates_the_database_file_but_not_a_missing_directory(tmp_path: Path) -> None:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "typo" / "beatd.db"
+    command = [sys.executable, "-m", "beatd", "run", "--broker", f"sqlite:///{db}", "-s"]
+    out = subprocess.run(
+        [*command, str(tmp_path / "schedules")], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == (
+        f"beatd: --broker: cannot create the database {db}: there is no directory {db.parent}; "
+        "create it, or correct the path"
+    )
+    assert not db.parent.exists()

@@ -86,7 +86,7 @@ def _us(moment: datetime | None) -> int | None:
 
 class SQLiteBackend:
     """`read_only`: for commands that only look (status, dead list, a migration's source):
-    the file is opened with `mode=ro` and never created."""
+    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
 
     def __init__(
         self,
@@ -94,17 +94,18 @@ class SQLiteBackend:
         *,
         wall_clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        create: bool = True,
     ) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.read_only = read_only
         self._now = wall_clock
         self._local = threading.local()
+        if (read_only or not create) and not self.path.is_file():
+            raise BackendError(
+                f"no database at {self.path}: check the path (`beatd run` creates it)"
+            )
         if read_only:
-            if not self.path.is_file():
-                raise BackendError(
-                    f"no database at {self.path}: check the path (`beatd run` creates it)"
-                )
             self._connection()
         else:
             self._run(lambda db: db.executescript(SCHEMA), write=False)

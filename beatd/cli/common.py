@@ -182,11 +182,16 @@ def read_optional_config(
     return read_config(schedules, timezone, max_file_size)
 
 
-def open_broker(url: str, op_timeout: float = 2.0) -> Backend:
-    """The backend at `url`; a Redis call never blocks longer than about `op_timeout`."""
+def open_broker(
+    url: str, op_timeout: float = 2.0, *, read_only: bool = False, create: bool = True
+) -> Backend:
+    """The backend at `url`; a Redis call never blocks longer than about `op_timeout`.
+    `read_only` and `create=False`: see `open_backend` (a SQLite file is never created)."""
     namespace = click.get_current_context().meta.get("beatd.namespace", "beatd")
     try:
-        return open_backend(url, namespace=namespace, op_timeout=op_timeout)
+        return open_backend(
+            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        )
     except BeatdError as exc:
         bad_option("--broker", str(exc))
 

@@ -63,7 +63,7 @@ def migrate(source_url: str, target_url: str, log_level: str) -> None:
     if source_url == target_url:
         bad_option("--to", f"is the same backend as --from ({source_url!r})")
     _require_existing_sqlite("--from", source_url)
-    source = open_broker(source_url)
+    source = open_broker(source_url, read_only=True)  # what is readable, even if damaged
     target = open_broker(target_url)
     try:
         _refuse_undone_runs(source)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from beatd.backends.base import StateWrite
 from beatd.backends.sqlite import SQLiteBackend
-from beatd.errors import TransientBackendError
+from beatd.errors import BackendError, TransientBackendError
 from tests.backends.contract import BackendContract, message, state
 
 
@@ -74,3 +76,25 @@ def test_a_new_epoch_starts_above_min_epoch(backend: SQLiteBackend) -> None:
     backend.release_lease(first)
     second = backend.acquire_lease("b", 10, min_epoch=3)  # lower than the last: ignored
     assert second is not None and second.epoch == 9
+
+
+def test_the_database_and_its_wal_and_shm_files_are_created_0600(tmp_path: Path) -> None:
+    umask = os.umask(0o022)  # the usual one, under which files are made 0644
+    try:
+        backend = SQLiteBackend(tmp_path / "beatd.db")
+        backend.enqueue([message("e", 1)])
+    finally:
+        os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"beatd.db": 0o600, "beatd.db-wal": 0o600, "beatd.db-shm": 0o600}
+
+
+def test_missing_directories_are_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "typo" / "beatd.db"
+    with pytest.raises(BackendError) as caught:
+        SQLiteBackend(path)
+    assert str(caught.value) == (
+        f"cannot create the database {path}: there is no directory {path.parent}; create it, "
+        "or correct the path"
+    )
+    assert list(tmp_path.iterdir()) == []
