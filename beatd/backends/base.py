@@ -118,6 +118,17 @@ class DeadLetter:
     deliveries: int
 
 
+def unseen(letters: Sequence[DeadLetter], held: set[str]) -> list[DeadLetter]:
+    """The dead letters whose run id is neither in `held` nor earlier in `letters`."""
+    seen = set(held)
+    new = []
+    for letter in letters:
+        if letter.id not in seen:
+            seen.add(letter.id)
+            new.append(letter)
+    return new
+
+
 class Backend(Protocol):
     url: str  # for logs: never includes a password
 
@@ -212,8 +223,10 @@ class Backend(Protocol):
 
     def dead_letters(self) -> list[DeadLetter]: ...
 
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Store dead letters as they are (used when migrating between backends)."""
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Store dead letters as they are (used when migrating between backends), keyed by run
+        id: a letter whose id is already a dead letter here is skipped, so copying twice adds
+        nothing. How many were added."""
 
     def requeue_dead(self, message_id: str | None) -> int:
         """Move one dead letter (or all, for None) back to its queue; how many moved."""

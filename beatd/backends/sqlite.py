@@ -31,6 +31,7 @@ from beatd.backends.base import (
     StorageReplaced,
     from_micros,
     to_micros,
+    unseen,
 )
 from beatd.core import EntryState
 from beatd.errors import BackendError, LeaseLost, TransientBackendError
@@ -474,9 +475,13 @@ class SQLiteBackend:
             for i, q, b, r, f, d in rows
         ]
 
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        self._run(
-            lambda db: db.executemany(
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            held = {
+                _text(i) for (i,) in db.execute(f"SELECT {_AS_BYTES.format('id')} FROM dead_letter")
+            }
+            new = unseen(letters, held)
+            db.executemany(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
                 "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -489,10 +494,12 @@ class SQLiteBackend:
                         d.failed_at.timestamp(),
                         d.deliveries,
                     )
-                    for d in letters
+                    for d in new
                 ],
             )
-        )
+            return len(new)
+
+        return self._run(work)
 
     def requeue_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
