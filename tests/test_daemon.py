@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -305,3 +309,66 @@ def test_run_creates_the_database_file_but_not_a_missing_directory(tmp_path: Pat
         "create it, or correct the path"
     )
     assert not db.parent.exists()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# Root writes whatever a file's mode says; without CAP_DAC_OVERRIDE it obeys the mode.
+OBEYING_FILE_MODES = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() == 0
+    else []
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="as root, the daemon needs setpriv to drop CAP_DAC_OVERRIDE",
+)
+def test_a_database_opened_read_only_is_opened_again_once_its_mode_is_fixed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "s.yaml").write_text(EVERY_SECOND)
+    db, port = tmp_path / "beatd.db", free_port()
+    command = [
+        *OBEYING_FILE_MODES,
+        *(sys.executable, "-m", "beatd", "run", "--node", "a", "--broker", f"sqlite:///{db}"),
+        *("-s", str(tmp_path / "s.yaml"), "--metrics-addr", f"127.0.0.1:{port}"),
+    ]
+    log = tmp_path / "a.log"
+
+    def launch() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    first = launch()
+    try:
+        wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+    finally:
+        first.kill()
+    # The file cannot be written when the daemon opens it: SQLite opens it read-only.
+    db.chmod(0o444)
+    daemon = launch()
+    try:
+        reopening = "; opening it again at the next attempt"
+        wait_for(lambda: reopening in log.read_text(), what="the write to fail")
+        assert readyz(port) == (503, f"backend sqlite:///{db} unavailable\n")
+        before = len(messages(db))
+        for path in tmp_path.glob("beatd.db*"):
+            path.chmod(0o600)  # the mode fixed, as `chmod 600 beatd.db*` would
+        wait_for(lambda: "reachable again" in log.read_text(), what="the daemon to recover")
+        wait_for(lambda: len(messages(db)) >= before + 2, what="publishing to resume")
+        assert readyz(port) == (200, "leader, 1 entries\n")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+    finally:
+        daemon.kill()
+    assert_contiguous(slots(db), timedelta(seconds=1))
