@@ -98,3 +98,29 @@ def test_missing_directories_are_not_created(tmp_path: Path) -> None:
         "or correct the path"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wal_is_truncated_at_the_renewal_after_a_large_catch_up(
+    backend: SQLiteBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wal = tmp_path / "beatd.db-wal"
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    backend.commit(lease, [], [message("e", minute) for minute in range(10)])
+    assert backend.renew_lease(lease, 60)
+    after_small = wal.stat().st_size
+    assert after_small > 0, "after a few runs the WAL is left as SQLite keeps it"
+    padding = "x" * 200  # about the size of a run message
+    catch_up = [
+        m._replace(body=f'{{"id": "{m.id}", "task": "t.tick", "padding": "{padding}"}}')
+        for m in (message("e", minute) for minute in range(10, 1010))
+    ]
+    for start in range(0, len(catch_up), 500):
+        backend.commit(lease, [], catch_up[start : start + 500])
+    before = wal.stat().st_size
+    assert backend.renew_lease(lease, 60)
+    after = wal.stat().st_size
+    with capsys.disabled():
+        print(f"\nWAL after 1,000 runs: {before:,} bytes; after the renewal: {after:,} bytes")
+    assert before > after_small and after == 0
+    assert backend.queue_depths() == {"default": 1010}
