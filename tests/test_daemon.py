@@ -372,3 +372,10 @@ def test_a_database_opened_read_only_is_opened_again_once_its_mode_is_fixed(
     finally:
         daemon.kill()
     assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("unit", ["beatd.service", "beatd-worker@.service"])
+def test_the_units_do_not_restart_on_bad_input_or_a_corrupt_database(unit: str) -> None:
+    text = (Path(__file__).resolve().parents[1] / "systemd" / unit).read_text()
+    settings = [line for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
+    assert settings == ["RestartPreventExitStatus=2 3"]
