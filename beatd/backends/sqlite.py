@@ -107,7 +107,8 @@ class SQLiteBackend:
         self.url = f"sqlite:///{self.path}"
         self.read_only = read_only
         self._now = wall_clock
-        self._local = threading.local()
+        self._local = threading.local()  # a connection per thread
+        self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
         self._published_since_truncate = 0  # runs committed since the WAL was last truncated
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
@@ -128,8 +129,12 @@ class SQLiteBackend:
                 opened = os.stat(self.path)
             except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"cannot open {self.path}: {exc}") from exc
+            if self._opened is None:
+                self._opened = (opened.st_dev, opened.st_ino)
+            elif (opened.st_dev, opened.st_ino) != self._opened:  # opened again, or a thread's
+                db.close()
+                raise self._replaced()
             self._local.db = db
-            self._local.opened = (opened.st_dev, opened.st_ino)
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -161,19 +166,20 @@ class SQLiteBackend:
     def _check_file(self) -> None:
         """Refuse to write to a file that is no longer the one at our path: a process that
         went on would lead or work apart from every process that opened the path since."""
-        opened: tuple[int, int] = self._local.opened
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
-            pass
+            raise self._replaced() from None
         except OSError as exc:
             raise TransientBackendError(f"cannot check {self.path}: {exc}") from exc
-        else:
-            if (now.st_dev, now.st_ino) == opened:
-                return
-        raise StorageReplaced(
-            f"{self.path} is not the database file this process opened (device {opened[0]} "
-            f"inode {opened[1]}): it was deleted or replaced; a process still using it would "
+        if (now.st_dev, now.st_ino) != self._opened:
+            raise self._replaced()
+
+    def _replaced(self) -> StorageReplaced:
+        device, inode = self._opened or (0, 0)
+        return StorageReplaced(
+            f"{self.path} is not the database file this process opened (device {device} "
+            f"inode {inode}): it was deleted or replaced; a process still using it would "
             "lead or work apart from every process using the file at that path now. Restart "
             "beatd (systemd does) to use the file there now"
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import StateWrite
+from beatd.backends.base import StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, TransientBackendError
 from tests.backends.contract import BackendContract, message, state
@@ -124,3 +124,17 @@ def test_the_wal_is_truncated_at_the_renewal_after_a_large_catch_up(
         print(f"\nWAL after 1,000 runs: {before:,} bytes; after the renewal: {after:,} bytes")
     assert before > after_small and after == 0
     assert backend.queue_depths() == {"default": 1010}
+
+
+def test_a_connection_opened_again_on_another_file_is_refused(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    opened = (tmp_path / "beatd.db").stat()
+    backend.close()  # as after a failed write to a read-only file
+    (tmp_path / "beatd.db").rename(tmp_path / "old.db")
+    SQLiteBackend(tmp_path / "beatd.db").close()  # another file at the path now
+    with pytest.raises(StorageReplaced) as caught:
+        backend.enqueue([message("e", 1)])
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'beatd.db'} is not the database file this process opened (device "
+        f"{opened.st_dev} inode {opened.st_ino}): it was deleted or replaced;"
+    )
