@@ -638,3 +638,23 @@ def test_a_worker_whose_database_file_was_deleted_stops_with_status_1(
         f"{db} is not the database file this process opened (device {opened.st_dev} inode "
         f"{opened.st_ino}): it was deleted or replaced"
     ) in worker.text()
+
+
+def test_a_worker_on_a_corrupt_database_stops_with_status_3(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path
+) -> None:
+    publish(backend, T + "add", "/dev/null", 2, 3, id="sum@1")
+    backend.close()
+    with sqlite3.connect(db) as conn:
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'message'").fetchone()
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as file:
+        file.seek((page[0] - 1) * size + 8)  # past the page header: the cells point nowhere
+        file.write(b"\x07" * (size - 8))
+    worker = launch("-c", "1")
+    assert worker.proc.wait(timeout=20) == 3
+    assert f"ERROR beatd: storage failed, stopping with status 3: {db} is damaged: " in (
+        worker.text()
+    )
+    assert "unavailable, retrying" not in worker.text()
