@@ -47,8 +47,10 @@ class Daemon:
 def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def launch(node: str, *args: str, preexec: Callable[[], None] | None = None) -> Daemon:
-        log = tmp_path / f"{node}.log"
+    def launch(
+        node: str, *args: str, preexec: Callable[[], None] | None = None, name: str = ""
+    ) -> Daemon:
+        log = tmp_path / f"{name or node}.log"
         command = [
             sys.executable,
             "-m",
@@ -379,3 +381,23 @@ def test_the_units_do_not_restart_on_bad_input_or_a_corrupt_database(unit: str) 
     text = (Path(__file__).resolve().parents[1] / "systemd" / unit).read_text()
     settings = [line for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
     assert settings == ["RestartPreventExitStatus=2 3"]
+
+
+def test_two_daemons_given_the_same_node_name_do_not_both_lead(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    first = start("same", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 1, what="the first to publish")
+    second = start("same", "--lease-ttl", "3s", name="second")
+    taken = "node name is taken: another process holds the lease as node=same epoch=1"
+    wait_for(lambda: taken in second.text(), what="the second to see the name taken")
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 3, what="publishing to go on")
+    for daemon in (second, first):
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    assert "became leader" in first.text() and "became leader" not in second.text()
+    assert second.text().count("node name is taken") == 1
+    assert_contiguous(slots(db), timedelta(seconds=1))
