@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 LEASE = "scheduler"
 DEFAULT_PRIORITY = 5
-# Runs committed after which the leader truncates the WAL at its next lease renewal: about 1 MB
+# Runs committed after which the leader truncates the WAL at its next lease renewal: about 0.5 MB
 # of WAL (tests/backends/test_sqlite.py measures it).
 LARGE_CATCH_UP = 1000
 SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
