@@ -84,6 +84,9 @@ DEFAULT_PRIORITY = 5
 # of WAL (tests/backends/test_sqlite.py measures it).
 LARGE_CATCH_UP = 1000
 SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
+# Lease and publishing writes check the file at every call; a worker's (claims, acks) at most
+# this often (seconds): a stat per claim would cost about a tenth of it.
+FILE_CHECK_INTERVAL = 0.5
 T = TypeVar("T")
 
 
@@ -109,6 +112,7 @@ class SQLiteBackend:
         self._now = wall_clock
         self._local = threading.local()  # a connection per thread
         self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
+        self._check_at = 0.0  # monotonic: when a queue's write checks the file next
         self._published_since_truncate = 0  # runs committed since the WAL was last truncated
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
@@ -185,9 +189,12 @@ class SQLiteBackend:
         )
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, lease: bool) -> Iterator[sqlite3.Connection]:
         db = self._connection()
-        self._check_file()
+        now = time.monotonic()
+        if lease or now >= self._check_at:  # a queue's writes: at most every FILE_CHECK_INTERVAL
+            self._check_file()
+            self._check_at = now + FILE_CHECK_INTERVAL
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -197,12 +204,15 @@ class SQLiteBackend:
             raise
         db.execute("COMMIT")
 
-    def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """Run `work` in a transaction, turning SQLite's errors into backend errors."""
+    def _run(
+        self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
+    ) -> T:
+        """Run `work` in a transaction, turning SQLite's errors into backend errors. `lease`:
+        a write of the lease or under it, always made to the file at the path (`_check_file`)."""
         try:
             if not write:
                 return work(self._connection())
-            with self._transaction() as db:
+            with self._transaction(lease) as db:
                 return work(db)
         except sqlite3.DatabaseError as exc:
             raise self._failure(exc) from exc
@@ -282,7 +292,7 @@ class SQLiteBackend:
             )
             return lease
 
-        return self._run(work)
+        return self._run(work, lease=True)
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -294,7 +304,7 @@ class SQLiteBackend:
             )
             return cursor.rowcount == 1
 
-        renewed = self._run(work)
+        renewed = self._run(work, lease=True)
         if renewed and self._published_since_truncate >= LARGE_CATCH_UP:
             self._truncate_wal()
         return renewed
@@ -401,7 +411,7 @@ class SQLiteBackend:
             )
             return rejected
 
-        rejected = self._run(work)
+        rejected = self._run(work, lease=True)
         self._published_since_truncate += len(messages)
         return rejected
 
@@ -416,7 +426,7 @@ class SQLiteBackend:
             self._check_lease(db, lease)
             db.executemany("DELETE FROM entry_state WHERE entry = ?", [(e,) for e in entries])
 
-        self._run(work)
+        self._run(work, lease=True)
 
     # --- queues ---------------------------------------------------------------------------
 
