@@ -401,3 +401,21 @@ def test_two_daemons_given_the_same_node_name_do_not_both_lead(
     assert "became leader" in first.text() and "became leader" not in second.text()
     assert second.text().count("node name is taken") == 1
     assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_file_that_is_not_a_database_is_corrupt_storage_exit_3(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    db.write_bytes(bytes(range(256)) * 32)  # 8 KB that are no SQLite file
+    argv = [sys.executable, "-m", "beatd", command, "--broker", f"sqlite:///{db}", "-s"]
+    out = subprocess.run(
+        [*argv, str(tmp_path / "schedules")], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 3
+    assert out.stderr.splitlines()[-1].startswith(
+        f"{db} is damaged: PRAGMA quick_check found: nothing, it could not run ("
+    )

@@ -131,6 +131,10 @@ class SQLiteBackend:
             try:
                 db = self._open_read_only() if self.read_only else self._open()
                 opened = os.stat(self.path)
+            except sqlite3.DatabaseError as exc:
+                if _primary(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    raise self._failure(exc) from exc
+                raise BackendError(f"cannot open {self.path}: {exc}") from exc
             except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"cannot open {self.path}: {exc}") from exc
             if self._opened is None:
@@ -218,7 +222,7 @@ class SQLiteBackend:
             raise self._failure(exc) from exc
 
     def _failure(self, exc: sqlite3.DatabaseError) -> BackendError:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        code = _primary(exc)
         if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
             return StorageCorrupt(
                 f"{self.path} is damaged: PRAGMA quick_check found: {self._quick_check()}. "
@@ -570,6 +574,11 @@ _AS_BYTES = "CAST({} AS BLOB)"
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+def _primary(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code (an extended code carries it in its low byte)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
 def _priority(priority: int | None) -> int:

@@ -14,6 +14,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend, default_broker, open_backend
+from beatd.backends.base import StorageFailed
 from beatd.config import Config, load_config
 from beatd.config.entries import to_duration, to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
@@ -34,6 +35,8 @@ def fail(error: BeatdError) -> NoReturn:
     """Print an error the way users read them and exit with the documented status."""
     for line in str(error).splitlines():
         click.echo(line, err=True)
+    if isinstance(error, StorageFailed):  # 3 for a corrupt database: docs/deployment.md
+        sys.exit(error.exit_status)
     sys.exit(EXIT_BAD_INPUT if isinstance(error, ConfigError) else EXIT_RUNTIME)
 
 
@@ -192,6 +195,8 @@ def open_broker(
         return open_backend(
             url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
         )
+    except StorageFailed as exc:  # no bad input: the file is there, but damaged
+        fail(exc)
     except BeatdError as exc:
         bad_option("--broker", str(exc))
 
