@@ -1,4 +1,8 @@
-"""Moving run state (and dead letters) from one backend to another, e.g. SQLite to Redis."""
+"""Copying run state (and dead letters) from one backend to another, e.g. SQLite to Redis.
+
+The source is only read, never changed; copying again adds nothing (states already on the
+target are kept, dead letters are keyed by run id), so an interrupted migration is run again.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +18,17 @@ MIGRATE_NODE = "beatd-migrate"
 
 @dataclass(frozen=True, slots=True)
 class MigrationReport:
-    states: int
-    skipped: tuple[str, ...]  # entries the target already had state for
-    dead_letters: int
+    states: int  # copied
+    dead_letters: int  # copied
+    skipped: int  # states and dead letters the target already had, left as they are
 
 
 def migrate(source: Backend, target: Backend, *, lease_ttl: float = 30.0) -> MigrationReport:
     """Copy every entry's state and every dead letter from `source` to `target`.
 
     Both must be quiet: no scheduler may lead on either (stop `beatd run` everywhere first), so
-    nothing is published while the horizon moves. Entries that already have state on the target
-    are left as they are and reported.
+    nothing is published while the horizon moves. Entries that already have state on the target,
+    and dead letters whose run id it already holds, are left as they are and counted skipped.
     """
     for backend, role in ((source, "source"), (target, "target")):
         leader = backend.leader()
@@ -43,14 +47,18 @@ def migrate(source: Backend, target: Backend, *, lease_ttl: float = 30.0) -> Mig
         for start in range(0, len(writes), 1000):
             skipped |= target.commit(lease, writes[start : start + 1000], [])
         letters = source.dead_letters()
-        target.add_dead_letters(letters)
+        copied = target.add_dead_letters(letters)
     finally:
         target.release_lease(lease)
+    report = MigrationReport(
+        len(states) - len(skipped), copied, len(skipped) + len(letters) - copied
+    )
     log.info(
-        "migrated %d entry states and %d dead letters from %s to %s",
-        len(states) - len(skipped),
-        len(letters),
+        "copied %d entry states and %d dead letters from %s to %s; skipped=%d",
+        report.states,
+        report.dead_letters,
         source.url,
         target.url,
+        report.skipped,
     )
-    return MigrationReport(len(states) - len(skipped), tuple(sorted(skipped)), len(letters))
+    return report

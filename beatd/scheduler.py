@@ -18,7 +18,7 @@ from itertools import islice
 from typing import TypeVar
 
 from beatd import celery_protocol
-from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
+from beatd.backends.base import Backend, Lease, Outgoing, StateWrite, StorageFailed
 from beatd.clock import Clock
 from beatd.config import Config, Entry
 from beatd.core import Decision, EntryState, Planner, RemovedEntries, RunCounts
@@ -94,6 +94,7 @@ class Scheduler:
         self._backend_down = False
         self._adopted = False
         self._announced = ""
+        self._name_taken = False  # the leader runs under our node name: said once
         self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
         # decisions whose commit's outcome was lost (a timeout after sending): counted once the
         # persisted state shows whether they were applied
@@ -112,6 +113,8 @@ class Scheduler:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set; raises StorageFailed (after stepping down) when the storage
+        is gone or damaged."""
         while not stop.is_set():
             delay = self.step()
             self.on_event("step")
@@ -150,6 +153,9 @@ class Scheduler:
                     used_backend |= self._publish()
                 if used_backend:
                     self._backend_recovered()
+            except StorageFailed as exc:
+                self._storage_failed(exc)
+                raise
             except BackendError as exc:
                 self._backend_failed(exc)
         return self._delay()
@@ -205,7 +211,10 @@ class Scheduler:
         assert self.lease is not None
         if self._announced != self.config.fingerprint:  # reloaded: tell standbys what we run
             held = self.backend.acquire_lease(
-                self.settings.node, self.settings.lease_ttl, self.config.fingerprint
+                self.settings.node,
+                self.settings.lease_ttl,
+                self.config.fingerprint,
+                held=self.lease,
             )
             if held != self.lease:
                 log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
@@ -332,7 +341,8 @@ class Scheduler:
         return False
 
     def _check_drift(self) -> None:
-        """A standby whose configuration differs from the leader's says so, once per change."""
+        """A standby whose configuration differs from the leader's says so, once per change;
+        one whose node name the leader uses says that once."""
         leader = self.backend.leader()
         if leader is not None:
             log.debug(
@@ -341,6 +351,16 @@ class Scheduler:
                 leader.node,
                 leader.epoch,
             )
+        name_taken = leader is not None and leader.node == self.settings.node
+        if name_taken and not self._name_taken and leader is not None:
+            log.warning(
+                "node name is taken: another process holds the lease as node=%s epoch=%d; this "
+                "one waits as a standby (give each `beatd run` its own --node; a lease left by "
+                "a process that died expires after its TTL)",
+                leader.node,
+                leader.epoch,
+            )
+        self._name_taken = name_taken
         drift = bool(
             leader and leader.config_hash and leader.config_hash != self.config.fingerprint
         )
@@ -562,6 +582,15 @@ class Scheduler:
             log.debug(
                 "backend %s still unavailable; next try in %.1f s", self.backend.url, self._backoff
             )
+
+    def _storage_failed(self, exc: StorageFailed) -> None:
+        """Gone or damaged storage is no outage to wait out: stop leading, say why, stop."""
+        self._step_down()
+        self.totals.backend_up = False
+        log.error(
+            "storage failed, stepping down and exiting with status %d: %s", exc.exit_status, exc
+        )
+        self.on_event("backend_down")
 
     def _backend_recovered(self) -> None:
         self._backoff = 0.0

@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from beatd.backends.base import Backend, Delivery
+from beatd.backends.base import Backend, Delivery, StorageFailed
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
 from beatd.message import MessageError, RunMessage
@@ -272,6 +272,8 @@ class Worker:
                 delivery = self.backend.claim(
                     settings.queues, settings.consumer, settings.visibility_timeout
                 )
+            except StorageFailed:
+                raise  # gone or damaged storage: stop, no retrying
             except BackendError as exc:
                 self._backend_failed(exc)
                 return
@@ -285,6 +287,10 @@ class Worker:
 
     def _accept(self, delivery: Delivery, slot: Slot) -> None:
         """Start the delivery on `slot`, or settle it at once when it must not run."""
+        not_text = _not_utf8(delivery.body)
+        if not_text is not None:
+            self._bury_unrun(delivery, None, f"unreadable run message: {not_text}")
+            return
         try:
             message = RunMessage.from_json(delivery.body)
         except MessageError as exc:
@@ -551,6 +557,19 @@ class Worker:
         if self._backend_down:
             log.info("backend %s reachable again", self.backend.url)
             self._backend_down = False
+
+
+def _not_utf8(body: str) -> str | None:
+    """What makes a body that a backend read as bytes (undecodable ones as surrogate escapes)
+    not UTF-8 text; None when it is."""
+    try:
+        body.encode()
+    except UnicodeEncodeError as exc:
+        char = ord(body[exc.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
+        offset = len(body[: exc.start].encode())
+        return f"not UTF-8 text ({what} at offset {offset}); kept as it was written"
+    return None
 
 
 def _over_time(job: Job) -> str:

@@ -2,10 +2,23 @@
 
     python -m tests.chaos --kills 50                      # SQLite, three schedulers
     python -m tests.chaos --kills 50 --broker redis       # a private redis-server on a free port
+    python -m tests.chaos --kills 30 --faults kill,delete,readonly    # SQLite storage faults
 
 Every entry fires each second with `missed: catch_up`, so every slot between the first and the
 last published one must be in the queue exactly once. Prints slots expected, published,
 duplicated and lost, and exits non-zero on any duplicate or loss.
+
+Each round applies one fault from `--faults`:
+- `kill`: kill -9 the leader and start a replacement under a new name.
+- `delete`: delete the SQLite file (and its -wal, -shm) under the running schedulers. Every one
+  must exit 1 (the run acts as systemd and starts them again, on the new file). The runs queued
+  in the deleted file are drained first, as workers would have; the new file starts each entry
+  from now, so slots are counted within each file, and a slot published in two files counts
+  as a duplicate (a split brain).
+- `readonly`: kill -9 every scheduler, make the file read-only, start them again (they open it
+  read-only and fail their writes), then fix the mode: they must recover by themselves and
+  catch up what fell due. Run as root, the schedulers run without CAP_DAC_OVERRIDE (setpriv), so
+  that the mode binds them.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Callable, Container
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,10 +48,19 @@ entries:
 """
 
 
+# As root, writes ignore a file's mode; without CAP_DAC_OVERRIDE they obey it.
+OBEYING_FILE_MODES = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() == 0
+    else []
+)
+
+
 def start_scheduler(node: str, broker: str, workdir: Path, ttl: str) -> subprocess.Popen[bytes]:
     log = (workdir / f"{node}.log").open("ab")
     return subprocess.Popen(
         [
+            *OBEYING_FILE_MODES,
             sys.executable,
             "-m",
             "beatd",
@@ -81,22 +103,122 @@ def drain(backend: Backend, queue: str) -> list[dict[str, object]]:
     return bodies
 
 
-def count(bodies: list[dict[str, object]], entries: int) -> tuple[int, int, int, int]:
-    """(expected, published, duplicated, lost) over every entry's first..last published slot."""
+def count(generations: list[list[dict[str, object]]], entries: int) -> tuple[int, int, int, int]:
+    """(expected, published, duplicated, lost) over every entry's first..last published slot in
+    each generation of the database (a deleted file ends one), and slots found in two."""
     expected = published = duplicated = lost = 0
     for i in range(entries):
-        slots = Counter(
-            datetime.fromisoformat(str(b["scheduled_for"])) for b in bodies if b["entry"] == f"e{i}"
-        )
-        if not slots:
-            continue
-        first, last = min(slots), max(slots)
-        span = int((last - first) / timedelta(seconds=1)) + 1
-        expected += span
-        published += sum(slots.values())
-        duplicated += sum(n - 1 for n in slots.values() if n > 1)
-        lost += span - len(slots)
+        seen: Counter[datetime] = Counter()
+        for bodies in generations:
+            slots = Counter(
+                datetime.fromisoformat(str(b["scheduled_for"]))
+                for b in bodies
+                if b["entry"] == f"e{i}"
+            )
+            if not slots:
+                continue
+            first, last = min(slots), max(slots)
+            span = int((last - first) / timedelta(seconds=1)) + 1
+            expected += span
+            published += sum(slots.values())
+            duplicated += sum(n - 1 for n in slots.values() if n > 1)
+            duplicated += sum(1 for slot in slots if slot in seen)  # published in two files
+            lost += span - len(slots)
+            seen.update(slots.keys())
     return expected, published, duplicated, lost
+
+
+class Run:
+    """The schedulers of a chaos run, started and restarted as systemd would."""
+
+    def __init__(self, args: argparse.Namespace, broker: str, workdir: Path) -> None:
+        self.args, self.broker, self.workdir = args, broker, workdir
+        self.ttl = float(args.ttl.rstrip("s"))
+        self.nodes = {f"n{i}": self.start(f"n{i}") for i in range(args.schedulers)}
+        self.backend = open_backend(broker)
+        self.generations: list[list[dict[str, object]]] = [[]]
+        self.restarted = 0
+        self.problems: list[str] = []
+
+    def start(self, node: str) -> subprocess.Popen[bytes]:
+        return start_scheduler(node, self.broker, self.workdir, self.args.ttl)
+
+    def kill(self, round_: int, rng: random.Random) -> None:
+        leader = live_leader(self.backend, self.nodes, self.ttl + 5)
+        victim = self.nodes.pop(leader)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        time.sleep(rng.uniform(0.0, 1.5))
+        # a fresh name, as HOSTNAME-PID gives (under the old one it would wait out the lease)
+        node = f"{leader.split('.')[0]}.{round_}"
+        self.nodes[node] = self.start(node)
+        print(f"round {round_}: killed the leader {leader}", flush=True)
+
+    def delete(self, round_: int) -> None:
+        live_leader(self.backend, self.nodes, self.ttl + 5)
+        self.generations[-1] += drain(self.backend, "default")
+        self.backend.close()
+        for path in self.workdir.glob("beatd.db*"):
+            path.unlink()
+        deadline = time.monotonic() + self.ttl + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.nodes.values()):
+            time.sleep(0.05)
+        statuses = {node: proc.poll() for node, proc in self.nodes.items()}
+        if any(status != 1 for status in statuses.values()):
+            self.problems.append(f"round {round_}: after the file was deleted: {statuses}")
+            for proc in self.nodes.values():
+                proc.kill()
+                proc.wait()
+        self.generations.append([])
+        self.restart_all(round_)
+        self.backend = open_backend(self.broker)  # on the new file
+        print(f"round {round_}: deleted the database; exit statuses {statuses}", flush=True)
+
+    def readonly(self, round_: int, rng: random.Random) -> None:
+        for proc in self.nodes.values():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        files = list(self.workdir.glob("beatd.db*"))
+        for path in files:
+            path.chmod(0o444)
+        self.restart_all(round_)
+        logs = [self.workdir / f"{node}.log" for node in self.nodes]
+        wait_until(
+            lambda: all("opening it again at the next attempt" in log.read_text() for log in logs),
+            10,
+            "every scheduler to fail a write to the read-only file",
+        )
+        time.sleep(rng.uniform(0.0, 2.0))
+        for path in self.workdir.glob("beatd.db*"):
+            path.chmod(0o600)
+        wait_until(
+            lambda: any("reachable again" in log.read_text() for log in logs),
+            10,
+            "a scheduler to recover once the mode was fixed",
+        )
+        print(f"round {round_}: read-only file, fixed; recovered", flush=True)
+
+    def restart_all(self, round_: int) -> None:
+        self.nodes = {
+            f"n{i}.{round_}": self.start(f"n{i}.{round_}") for i in range(len(self.nodes))
+        }
+        self.restarted += len(self.nodes)
+
+    def finish(self) -> None:
+        for proc in self.nodes.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.nodes.values():
+            proc.wait(timeout=30)
+        self.generations[-1] += drain(self.backend, "default")
+        self.backend.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def main() -> int:
@@ -107,6 +229,9 @@ def main() -> int:
     parser.add_argument("--ttl", default="2s")
     parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--faults", default="kill", help="comma-separated: kill, delete, readonly (SQLite)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="beatd-chaos-"))
@@ -121,37 +246,33 @@ def main() -> int:
         broker = server.url
     else:
         broker = f"sqlite:///{workdir / 'beatd.db'}"
-    nodes = {
-        f"n{i}": start_scheduler(f"n{i}", broker, workdir, args.ttl) for i in range(args.schedulers)
-    }
-    backend = open_backend(broker)
+    faults = args.faults.split(",")
+    if args.broker == "redis" and set(faults) - {"kill"}:
+        parser.error("--faults delete and readonly are SQLite faults")
+    run = Run(args, broker, workdir)
     try:
         time.sleep(3)
-        for kill in range(args.kills):
-            leader = live_leader(backend, nodes, float(args.ttl.rstrip("s")) + 5)
-            victim = nodes.pop(leader)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            time.sleep(rng.uniform(0.0, 1.5))
-            # a fresh name, as HOSTNAME-PID gives: under the old one the new process would just
-            # take back its predecessor's lease, and no standby would ever have to take over
-            node = f"{leader.split('.')[0]}.{kill + 1}"
-            nodes[node] = start_scheduler(node, broker, workdir, args.ttl)
-            print(f"kill {kill + 1}/{args.kills}: leader was {leader}", flush=True)
+        for round_ in range(1, args.kills + 1):
+            fault = rng.choice(faults)
+            if fault == "kill":
+                run.kill(round_, rng)
+            elif fault == "delete":
+                run.delete(round_)
+            else:
+                run.readonly(round_, rng)
             time.sleep(rng.uniform(1.0, 3.0))
-        time.sleep(float(args.ttl.rstrip("s")) + 2)  # let the last leader catch up
+        time.sleep(run.ttl + 2)  # let the last leader catch up
     finally:
-        for proc in nodes.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in nodes.values():
-            proc.wait(timeout=30)
-    expected, published, duplicated, lost = count(drain(backend, "default"), args.entries)
-    backend.close()
+        run.finish()
+    expected, published, duplicated, lost = count(run.generations, args.entries)
     if server is not None:
         server.stop()
     print(f"slots expected={expected} published={published} duplicated={duplicated} lost={lost}")
+    print(f"database files: {len(run.generations)}; schedulers restarted: {run.restarted}")
+    for problem in run.problems:
+        print(problem)
     print(f"logs in {workdir}")
-    return 1 if duplicated or lost else 0
+    return 1 if duplicated or lost or run.problems else 0
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -21,6 +24,7 @@ import pytest
 
 from beatd.backends.sqlite import SCHEMA
 from beatd.cli import main
+from tests.redis_server import free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,8 +50,10 @@ class Daemon:
 def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def launch(node: str, *args: str, preexec: Callable[[], None] | None = None) -> Daemon:
-        log = tmp_path / f"{node}.log"
+    def launch(
+        node: str, *args: str, preexec: Callable[[], None] | None = None, name: str = ""
+    ) -> Daemon:
+        log = tmp_path / f"{name or node}.log"
         command = [
             sys.executable,
             "-m",
@@ -265,3 +271,196 @@ def test_python_dash_m_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
     # the same command tree as in-process: beatd's help, whatever words click lays it out with
     shown = main.get_help(click.Context(main, info_name="python -m beatd", **main.context_settings))
     assert (out.stdout, out.stderr) == (shown + "\n", "")
+
+
+def test_a_deleted_database_file_stops_every_daemon_still_using_it(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a", "--lease-ttl", "3s")
+    b = start("b", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    wait_for(lambda: "beatd run node=b" in b.text(), what="b to start as a standby")
+    opened = db.stat()
+    for path in tmp_path.glob("beatd.db*"):  # as `rm beatd.db*` would
+        path.unlink()
+    assert a.proc.wait(timeout=10) == 1
+    assert b.proc.wait(timeout=10) == 1
+    for daemon in (a, b):
+        assert (
+            "ERROR beatd.scheduler: storage failed, stepping down and exiting with status 1: "
+            f"{db} is not the database file this process opened (device {opened.st_dev} inode "
+            f"{opened.st_ino}): it was deleted or replaced; a process still using it would "
+            "lead or work apart from every process using the file at that path now. Restart "
+            "beatd (systemd does) to use the file there now"
+        ) in daemon.text()
+    # a new daemon on the same path leads alone in the new file
+    c = start("c", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 3, what="c to publish in a new file")
+    assert query(db, "SELECT node, epoch FROM lease") == [("c", 1)]
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(timeout=10) == 0
+    assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+def corrupt_entry_states(db: Path) -> str:
+    """Overwrite the cells of the entry_state table's first page; what quick_check says."""
+    with sqlite3.connect(db) as conn:
+        page = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'entry_state'"
+        ).fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as file:
+        file.seek((page - 1) * size + 8)  # past the page header: the cells point nowhere
+        file.write(b"\x07" * (size - 8))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    return "; ".join(line for (row,) in rows for line in row.splitlines())
+
+
+def test_a_corrupt_database_stops_the_scheduler_with_status_3_and_says_what_is_damaged(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0
+    found = corrupt_entry_states(db)
+    b = start("b")
+    assert b.proc.wait(timeout=20) == 3
+    assert (
+        "ERROR beatd.scheduler: storage failed, stepping down and exiting with status 3: "
+        f"{db} is damaged: PRAGMA quick_check found: {found}. Retrying cannot repair it: "
+        "restore the file from a backup, or copy what is readable to a new file (see "
+        "docs/deployment.md, When storage fails)"
+    ) in b.text()
+    assert b.text().count("storage failed") == 1
+    assert "unavailable, retrying" not in b.text()
+
+
+def test_run_creates_the_database_file_but_not_a_missing_directory(tmp_path: Path) -> None:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "typo" / "beatd.db"
+    command = [sys.executable, "-m", "beatd", "run", "--broker", f"sqlite:///{db}", "-s"]
+    out = subprocess.run(
+        [*command, str(tmp_path / "schedules")], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == (
+        f"beatd: --broker: cannot create the database {db}: there is no directory {db.parent}; "
+        "create it, or correct the path"
+    )
+    assert not db.parent.exists()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# Root writes whatever a file's mode says; without CAP_DAC_OVERRIDE it obeys the mode.
+OBEYING_FILE_MODES = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() == 0
+    else []
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="as root, the daemon needs setpriv to drop CAP_DAC_OVERRIDE",
+)
+def test_a_database_opened_read_only_is_opened_again_once_its_mode_is_fixed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "s.yaml").write_text(EVERY_SECOND)
+    db, port = tmp_path / "beatd.db", free_port()
+    command = [
+        *OBEYING_FILE_MODES,
+        *(sys.executable, "-m", "beatd", "run", "--node", "a", "--broker", f"sqlite:///{db}"),
+        *("-s", str(tmp_path / "s.yaml"), "--metrics-addr", f"127.0.0.1:{port}"),
+    ]
+    log = tmp_path / "a.log"
+
+    def launch() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    first = launch()
+    try:
+        wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+    finally:
+        first.kill()
+    # The file cannot be written when the daemon opens it: SQLite opens it read-only.
+    db.chmod(0o444)
+    daemon = launch()
+    try:
+        reopening = "; opening it again at the next attempt"
+        wait_for(lambda: reopening in log.read_text(), what="the write to fail")
+        assert readyz(port) == (503, f"backend sqlite:///{db} unavailable\n")
+        before = len(messages(db))
+        for path in tmp_path.glob("beatd.db*"):
+            path.chmod(0o600)  # the mode fixed, as `chmod 600 beatd.db*` would
+        wait_for(lambda: "reachable again" in log.read_text(), what="the daemon to recover")
+        wait_for(lambda: len(messages(db)) >= before + 2, what="publishing to resume")
+        assert readyz(port) == (200, "leader, 1 entries\n")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+    finally:
+        daemon.kill()
+    assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("unit", ["beatd.service", "beatd-worker@.service"])
+def test_the_units_do_not_restart_on_bad_input_or_a_corrupt_database(unit: str) -> None:
+    text = (Path(__file__).resolve().parents[1] / "systemd" / unit).read_text()
+    settings = [line for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
+    assert settings == ["RestartPreventExitStatus=2 3"]
+
+
+def test_two_daemons_given_the_same_node_name_do_not_both_lead(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    first = start("same", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 1, what="the first to publish")
+    second = start("same", "--lease-ttl", "3s", name="second")
+    taken = "node name is taken: another process holds the lease as node=same epoch=1"
+    wait_for(lambda: taken in second.text(), what="the second to see the name taken")
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 3, what="publishing to go on")
+    for daemon in (second, first):
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    assert "became leader" in first.text() and "became leader" not in second.text()
+    assert second.text().count("node name is taken") == 1
+    assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_file_that_is_not_a_database_is_corrupt_storage_exit_3(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    db.write_bytes(bytes(range(256)) * 32)  # 8 KB that are no SQLite file
+    argv = [sys.executable, "-m", "beatd", command, "--broker", f"sqlite:///{db}", "-s"]
+    out = subprocess.run(
+        [*argv, str(tmp_path / "schedules")], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 3
+    assert out.stderr.splitlines()[-1].startswith(
+        f"{db} is damaged: PRAGMA quick_check found: nothing, it could not run ("
+    )

@@ -87,15 +87,54 @@ def test_moves_states_and_dead_letters_and_keeps_what_the_target_has(
     code, out, err = beatd("migrate", "--from", source, "--to", server.url)
 
     assert (code, err) == (0, "")
-    assert out == (
-        f"moved 1 entry state(s) and 1 dead letter(s) from {source} to {server.url}\n"
-        f"kept 1 entry state(s) that {server.url} already had: f\n"
-    )
+    assert out == "copied 1 state(s), 1 dead letter(s); skipped 1 already on the target\n"
     assert target.load_states() == {"e": state("e", 3, 2), "f": state("f", 9)}
-    assert [(d.id, d.queue, d.body, d.reason, d.deliveries) for d in target.dead_letters()] == [
-        ("e@2026-03-01T12:03:00Z", "default", '{"id": "e@2026-03-01T12:03:00Z"}', "boom", 1)
-    ]
+    dead = [("e@2026-03-01T12:03:00Z", "default", '{"id": "e@2026-03-01T12:03:00Z"}', "boom", 1)]
+    assert [(d.id, d.queue, d.body, d.reason, d.deliveries) for d in target.dead_letters()] == dead
     assert target.leader() is None  # the migration's own lease is released
+    # copied, not moved: the source keeps what it had
+    assert [(d.id, d.reason) for d in sqlite.dead_letters()] == [(dead[0][0], "boom")]
+    assert set(sqlite.load_states()) == {"e", "f"}
+
+
+@pytest.mark.parametrize("to", ["redis", "sqlite"])
+def test_migrating_twice_copies_nothing_twice_and_a_retry_queues_each_run_once(
+    sqlite: SQLiteBackend, server: RedisServer, tmp_path: Path, to: str
+) -> None:
+    lease = sqlite.acquire_lease("old", 30)
+    assert lease is not None
+    sqlite.commit(lease, [StateWrite(state("e", 3, 2), None)], [message("e", 3), message("e", 4)])
+    for _ in range(2):
+        delivery = sqlite.claim(["default"], "w", 30)
+        assert delivery is not None
+        sqlite.dead_letter(delivery, "boom")
+    sqlite.release_lease(lease)
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    target_url = server.url if to == "redis" else f"sqlite:///{tmp_path / 'new.db'}"
+
+    first = beatd("migrate", "--from", source, "--to", target_url)
+    again = beatd("migrate", "--from", source, "--to", target_url)
+
+    assert first == (
+        0,
+        "copied 1 state(s), 2 dead letter(s); skipped 0 already on the target\n",
+        "",
+    )
+    assert again == (
+        0,
+        "copied 0 state(s), 0 dead letter(s); skipped 3 already on the target\n",
+        "",
+    )
+    assert beatd("dead", "retry", "--all", "--broker", target_url)[:2] == (
+        0,
+        "requeued 2 dead letter(s)\n",
+    )
+    target = RedisBackend(server.url) if to == "redis" else SQLiteBackend(tmp_path / "new.db")
+    try:
+        assert target.queue_depths() == {"default": 2}
+    finally:
+        target.close()
+    assert len(sqlite.dead_letters()) == 2
 
 
 def test_refuses_while_a_scheduler_leads_the_source(
@@ -197,18 +236,16 @@ def test_sqlite_to_redis_end_to_end_neither_repeats_nor_skips_a_slot(
         sqlite.ack(delivery)
     sqlite.close()
 
-    moved = subprocess.run(
+    copied = subprocess.run(
         [sys.executable, "-m", "beatd", "migrate", "--from", source, "--to", server.url],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=30,
     )
-    assert (moved.returncode, moved.stderr) == (0, "")
-    assert moved.stdout == (
-        f"moved 1 entry state(s) and 0 dead letter(s) from {source} to {server.url}\n"
-    )
-    # the move takes a while: at least two slots come due meanwhile, to be caught up on Redis
+    assert (copied.returncode, copied.stderr) == (0, "")
+    assert copied.stdout == "copied 1 state(s), 0 dead letter(s); skipped 0 already on the target\n"
+    # the copy takes a while: at least two slots come due meanwhile, to be caught up on Redis
     gap_ends = max(done) + timedelta(seconds=2.5)
     time.sleep(max(0.0, (gap_ends - datetime.now(UTC)).total_seconds()))
 

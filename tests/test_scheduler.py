@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -282,18 +283,32 @@ def test_a_new_leader_starts_the_grace_at_its_adoption(
     assert set(open_db().load_states()) == {"other"}
 
 
+class OpensReadOnly(SQLiteBackend):
+    """A real SQLite backend whose connections, while `read_only_file` is set, open as they
+    would on a file that cannot be written: every write fails."""
+
+    read_only_file = False
+
+    def _open(self) -> sqlite3.Connection:
+        db = super()._open()
+        if self.read_only_file:
+            db.execute("PRAGMA query_only = 1")
+        return db
+
+
 def test_backend_errors_are_survived_and_retried(
-    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+    tmp_path: Path, open_db: Callable[[], SQLiteBackend], clock: FakeClock
 ) -> None:
-    backend = open_db()
+    backend = OpensReadOnly(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
     beat = scheduler(backend, clock, config(every("tick", 1, misfire_grace=timedelta(seconds=1))))
     run_for(beat, 3)
-    db = backend._connection()
-    db.execute("PRAGMA query_only = 1")  # every write now fails, as on a read-only file
+    backend.read_only_file = True
+    backend.close()  # opened again, read-only
     run_for(beat, 5)
-    assert beat.is_leader
-    db.execute("PRAGMA query_only = 0")
+    assert beat.is_leader and not beat.totals.backend_up
+    backend.read_only_file = False  # the file's mode fixed: the next attempt opens it again
     run_for(beat, 5)
+    assert beat.totals.backend_up
     ids = [m["id"] for m in published(open_db())]
     # run_once: the slots 4-9 of the outage were missed, the newest (10) published late, at
     # the first retry after writes work again (12:00:11.133 on the backoff's schedule)
@@ -350,6 +365,31 @@ def test_standby_reports_config_drift(
     clock.advance(1)
     standby.step()
     assert not standby.totals.config_drift
+
+
+def test_a_second_process_with_the_same_node_name_waits_as_a_standby(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(every("tick", 1))
+    first = scheduler(open_db(), clock, cfg, "same")
+    second = scheduler(open_db(), clock, cfg, "same")
+    for _ in range(5):
+        first.step()
+        second.step()
+        clock.advance(1)
+    assert first.is_leader and not second.is_leader
+    # the leader re-announces a reloaded configuration under its own token, and keeps leading
+    first.request_reload()
+    first.step()
+    assert first.is_leader
+    ids = [m["id"] for m in published(open_db())]
+    assert len(ids) == len(set(ids)) == 5
+    taken = [r.getMessage() for r in caplog.records if "name is taken" in r.getMessage()]
+    assert taken == [
+        "node name is taken: another process holds the lease as node=same epoch=1; this one "
+        "waits as a standby (give each `beatd run` its own --node; a lease left by a process "
+        "that died expires after its TTL)"
+    ]
 
 
 class FailsFirstCommit(SQLiteBackend):

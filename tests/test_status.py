@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from beatd.backends.base import Outgoing, StateWrite
 from beatd.cli import main
 from beatd.config import load_config
 from beatd.core import EntryState
+from beatd.errors import TransientBackendError
 from tests.redis_server import RedisServer, free_port
 
 SCHEDULES = """\
@@ -151,6 +153,7 @@ def test_status_without_a_leader_or_schedule_files(
     broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no ./schedules here: the entries come from the backend alone
+    open_backend(broker).close()  # an empty database, as `beatd run` leaves it
     result = CliRunner().invoke(main, ["status", "--broker", broker])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1:] == [
@@ -165,8 +168,41 @@ def test_status_without_a_leader_or_schedule_files(
     ]
 
 
+@pytest.mark.parametrize(
+    "command", [["status"], ["dead", "list"], ["dead", "retry", "--all"]], ids=" ".join
+)
+@pytest.mark.parametrize("directory", ["missing", "existing"])
+def test_a_mistyped_sqlite_path_is_bad_input_and_nothing_is_created(
+    tmp_path: Path, command: list[str], directory: str
+) -> None:
+    parent = tmp_path / "typo"
+    if directory == "existing":
+        parent.mkdir()
+    missing = parent / "beatd.db"
+    result = CliRunner().invoke(main, [*command, "--broker", f"sqlite:///{missing}"])
+    assert (result.exit_code, result.output) == (
+        2,
+        f"beatd: --broker: no database at {missing}: check the path (`beatd run` creates it)\n",
+    )
+    assert list(tmp_path.rglob("*")) == ([parent] if directory == "existing" else [])
+
+
+def test_status_and_dead_list_open_the_database_read_only(tmp_path: Path) -> None:
+    db = tmp_path / "beatd.db"
+    open_backend(f"sqlite:///{db}").close()
+    for command in (["status"], ["dead", "list"]):
+        result = CliRunner().invoke(main, [*command, "--broker", f"sqlite:///{db}"])
+        assert result.exit_code == 0, result.output
+    looking = open_backend(f"sqlite:///{db}", read_only=True)
+    with pytest.raises(TransientBackendError) as caught:
+        looking.enqueue([Outgoing("e", "e@1", "default", None, "{}")])
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert caught.value.__cause__.sqlite_errorname == "SQLITE_READONLY"
+
+
 def test_an_unreachable_metrics_url_is_an_error(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
+    open_backend(f"sqlite:///{tmp_path / 'db'}").close()
     result = CliRunner().invoke(
         main, ["status", "--broker", f"sqlite:///{tmp_path / 'db'}", "--metrics-url", url]
     )

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -579,3 +580,74 @@ def test_a_child_that_cannot_start_stops_the_worker_with_status_1(
         f"to load in a child process at {REPO / 'tests' / 'child_fails.py'}:10; the current "
         "directory and PYTHONPATH are searched"
     )
+
+
+@pytest.mark.parametrize("stored_as", ["TEXT", "BLOB"])
+def test_a_row_whose_body_is_not_utf8_is_dead_lettered_and_the_queue_goes_on(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path, tmp_path: Path, stored_as: str
+) -> None:
+    out = tmp_path / "out"
+    now = datetime.now(UTC)
+    message = RunMessage("bad@1", T + "add", "bad?", now, now, "default", (str(out), 1, 1))
+    good = message.to_json().encode()
+    bad = good.replace(b"bad?", b"bad\xed\xa0\x80")  # a UTF-16 surrogate: not UTF-8
+    offset = bad.index(b"\xed")
+    with sqlite3.connect(db) as conn:  # written by hand, as another program might
+        conn.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) "
+            f"VALUES ('bad@1', 'default', 5, CAST(? AS {stored_as}), 0)",
+            (bad,),
+        )
+    publish(backend, T + "add", str(out), 2, 3, id="sum@1")  # behind the bad row
+    worker = launch("-c", "1")
+    wait_for(lambda: backend.queue_depths() == {}, what="both rows to be settled")
+    assert [e[:2] for e in events(out)] == [["sum=5", "sum@1"]]
+    (dead,) = backend.dead_letters()
+    reason = (
+        f"unreadable run message: not UTF-8 text (byte 0xed at offset {offset}); kept as it "
+        "was written"
+    )
+    assert (dead.id, dead.reason) == ("bad@1", reason)
+    with sqlite3.connect(db) as conn:  # kept byte for byte
+        conn.text_factory = bytes
+        assert conn.execute("SELECT body FROM dead_letter").fetchall() == [(bad,)]
+    assert worker.signal(signal.SIGTERM) == 0
+    assert "unavailable" not in worker.text()
+    assert worker.outcomes()[0] == (
+        f"task=? id=bad@1 attempt=? outcome=dead_lettered deliveries=1 reason={reason}"
+    )
+
+
+def test_a_worker_whose_database_file_was_deleted_stops_with_status_1(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path, tmp_path: Path
+) -> None:
+    worker = launch("-c", "1")
+    opened = db.stat()
+    for path in tmp_path.glob("beatd.db*"):
+        path.unlink()
+    assert worker.proc.wait(timeout=10) == 1
+    assert (
+        "ERROR beatd: storage failed, stopping with status 1: "
+        f"{db} is not the database file this process opened (device {opened.st_dev} inode "
+        f"{opened.st_ino}): it was deleted or replaced"
+    ) in worker.text()
+
+
+def test_a_worker_on_a_corrupt_database_stops_with_status_3(
+    launch: Callable[..., Proc], backend: SQLiteBackend, db: Path
+) -> None:
+    publish(backend, T + "add", "/dev/null", 2, 3, id="sum@1")
+    backend.close()
+    with sqlite3.connect(db) as conn:
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'message'").fetchone()
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as file:
+        file.seek((page[0] - 1) * size + 8)  # past the page header: the cells point nowhere
+        file.write(b"\x07" * (size - 8))
+    worker = launch("-c", "1")
+    assert worker.proc.wait(timeout=20) == 3
+    assert f"ERROR beatd: storage failed, stopping with status 3: {db} is damaged: " in (
+        worker.text()
+    )
+    assert "unavailable, retrying" not in worker.text()

@@ -21,8 +21,19 @@ def default_broker() -> str:
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def open_backend(url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> Backend:
-    """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's."""
+def open_backend(
+    url: str,
+    *,
+    namespace: str = "beatd",
+    op_timeout: float = 2.0,
+    read_only: bool = False,
+    create: bool = True,
+) -> Backend:
+    """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
+
+    `read_only` (commands that only look) and `create=False` (commands that change what is
+    there) never create a SQLite file: a mistyped path is an error, not a new empty database.
+    """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from beatd.backends.sqlite import SQLiteBackend
@@ -33,7 +44,7 @@ def open_backend(url: str, *, namespace: str = "beatd", op_timeout: float = 2.0)
                 f"cannot read broker URL {url!r}: use sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        return SQLiteBackend(url[len(prefix) :])
+        return SQLiteBackend(url[len(prefix) :], read_only=read_only, create=create)
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 

@@ -4,7 +4,8 @@ The scheduler core never sees a backend; the loop in `beatd.scheduler` and the w
 backend passes the same contract tests (`tests/backends/contract.py`).
 
 Errors: `TransientBackendError` means "unreachable or busy, nothing was written, try again";
-`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent.
+`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent;
+`StorageFailed` means the storage itself is gone or damaged: the daemon stops (`exit_status`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 from beatd.core import EntryState
+from beatd.errors import BackendError
 
 
 def to_micros(moment: datetime) -> int:
@@ -35,6 +37,25 @@ def _micros(moment: datetime) -> int:
 
 
 _utc_micros = lru_cache(maxsize=4096)(_micros)
+
+
+class StorageFailed(BackendError):
+    """The storage is gone or damaged for good: retrying cannot help and leading on must not
+    go on. The daemon steps down and exits with `exit_status` (docs/deployment.md)."""
+
+    exit_status = 1
+
+
+class StorageReplaced(StorageFailed):
+    """The file at the backend's path is no longer the one this process opened (deleted or
+    replaced): others may be leading in the new one. systemd restarts the daemon on it."""
+
+
+class StorageCorrupt(StorageFailed):
+    """The storage holds damaged data (a malformed SQLite page). Restarting would only fail
+    again, so the status is one the units do not restart on (RestartPreventExitStatus=)."""
+
+    exit_status = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +118,17 @@ class DeadLetter:
     deliveries: int
 
 
+def unseen(letters: Sequence[DeadLetter], held: set[str]) -> list[DeadLetter]:
+    """The dead letters whose run id is neither in `held` nor earlier in `letters`."""
+    seen = set(held)
+    new = []
+    for letter in letters:
+        if letter.id not in seen:
+            seen.add(letter.id)
+            new.append(letter)
+    return new
+
+
 class Backend(Protocol):
     url: str  # for logs: never includes a password
 
@@ -113,12 +145,20 @@ class Backend(Protocol):
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
-        """Take the lease if nobody holds it (or it expired); each take increments the epoch.
-
-        Returns None when another node holds it. Idempotent for the holder: a node that already
-        holds the lease gets it back renewed with the same token and epoch.
-        """
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
+        """Take the lease if nobody holds it or it expired: a fresh token, and the epoch
+        max(last epoch, min_epoch) + 1, so an epoch never goes backwards even when the backend
+        lost its data. If `held` is the lease still held (same token and epoch), renew it and
+        record `config_hash`, returning `held` unchanged. Held by any other token, even one
+        taken under the same node name, returns None."""
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         """Extend the lease by `ttl` only if `lease` still holds it; False when lost."""
@@ -183,8 +223,10 @@ class Backend(Protocol):
 
     def dead_letters(self) -> list[DeadLetter]: ...
 
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Store dead letters as they are (used when migrating between backends)."""
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Store dead letters as they are (used when migrating between backends), keyed by run
+        id: a letter whose id is already a dead letter here is skipped, so copying twice adds
+        nothing. How many were added."""
 
     def requeue_dead(self, message_id: str | None) -> int:
         """Move one dead letter (or all, for None) back to its queue; how many moved."""

@@ -51,6 +51,7 @@ from beatd.backends.base import (
     StateWrite,
     from_micros,
     to_micros,
+    unseen,
 )
 from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
 from beatd.core import EntryState
@@ -261,7 +262,15 @@ class RedisBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,  # the Redis branch implements these two in ACQUIRE
+        min_epoch: int = 0,
+    ) -> Lease | None:
         keys = (self._key("lease"), self._key("epoch"))
         token = secrets.token_hex(16)
         reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash))
@@ -443,12 +452,14 @@ class RedisBackend:
             for _, f in self._dead()
         ]
 
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Store dead letters as they are, in the normal band (migration from another backend)."""
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Store dead letters as they are, in the normal band (migration from another backend).
+        Read, then written: run it while nothing else writes dead letters, as migrate does."""
+        new = unseen(letters, {f["id"] for _, f in self._dead()})
 
         def call() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
-                for d in letters:
+                for d in new:
                     fields = {
                         "id": d.id,
                         "queue": d.queue,
@@ -461,8 +472,9 @@ class RedisBackend:
                     pipe.xadd(self._key("dead"), fields)  # type: ignore[arg-type]
                 pipe.execute()
 
-        if letters:
+        if new:
             self._do("add dead letters", call)
+        return len(new)
 
     def requeue_dead(self, message_id: str | None) -> int:
         keys = [self._key("dead"), self._key("queues")]

@@ -8,16 +8,18 @@ which all processes sharing the file agree on.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from beatd.backends.base import (
     DeadLetter,
@@ -26,11 +28,16 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    StorageCorrupt,
+    StorageReplaced,
     from_micros,
     to_micros,
+    unseen,
 )
 from beatd.core import EntryState
 from beatd.errors import BackendError, LeaseLost, TransientBackendError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
@@ -73,6 +80,13 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 LEASE = "scheduler"
 DEFAULT_PRIORITY = 5
+# Runs committed after which the leader truncates the WAL at its next lease renewal: about 0.5 MB
+# of WAL (tests/backends/test_sqlite.py measures it).
+LARGE_CATCH_UP = 1000
+SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
+# Lease and publishing writes check the file at every call; a worker's (claims, acks) at most
+# this often (seconds): a stat per claim would cost about a tenth of it.
+FILE_CHECK_INTERVAL = 0.5
 T = TypeVar("T")
 
 
@@ -81,14 +95,33 @@ def _us(moment: datetime | None) -> int | None:
 
 
 class SQLiteBackend:
+    """`read_only`: for commands that only look (status, dead list, a migration's source):
+    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
+
     def __init__(
-        self, path: str | os.PathLike[str], *, wall_clock: Callable[[], float] = time.time
+        self,
+        path: str | os.PathLike[str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        create: bool = True,
     ) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.read_only = read_only
         self._now = wall_clock
-        self._local = threading.local()
-        self._run(lambda db: db.executescript(SCHEMA), write=False)
+        self._local = threading.local()  # a connection per thread
+        self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
+        self._check_at = 0.0  # monotonic: when a queue's write checks the file next
+        self._published_since_truncate = 0  # runs committed since the WAL was last truncated
+        if (read_only or not create) and not self.path.is_file():
+            raise BackendError(
+                f"no database at {self.path}: check the path (`beatd run` creates it)"
+            )
+        if read_only:
+            self._connection()
+        else:
+            self._run(lambda db: db.executescript(SCHEMA), write=False)
 
     # --- connections and transactions ----------------------------------------------------
 
@@ -96,14 +129,40 @@ class SQLiteBackend:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA busy_timeout=10000")
+                db = self._open_read_only() if self.read_only else self._open()
+                opened = os.stat(self.path)
+            except sqlite3.DatabaseError as exc:
+                if _primary(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    raise self._failure(exc) from exc
+                raise BackendError(f"cannot open {self.path}: {exc}") from exc
             except (sqlite3.Error, OSError) as exc:
                 raise BackendError(f"cannot open {self.path}: {exc}") from exc
+            if self._opened is None:
+                self._opened = (opened.st_dev, opened.st_ino)
+            elif (opened.st_dev, opened.st_ino) != self._opened:  # opened again, or a thread's
+                db.close()
+                raise self._replaced()
             self._local.db = db
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise BackendError(
+                f"cannot create the database {self.path}: there is no directory "
+                f"{self.path.parent}; create it, or correct the path"
+            )
+        with suppress(FileExistsError):  # created 0600: run state is nobody else's business
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")  # SQLite gives -wal and -shm the file's mode
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
         return db
 
     def close(self) -> None:
@@ -112,30 +171,89 @@ class SQLiteBackend:
             db.close()
             self._local.db = None
 
+    def _check_file(self) -> None:
+        """Refuse to write to a file that is no longer the one at our path: a process that
+        went on would lead or work apart from every process that opened the path since."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._replaced() from None
+        except OSError as exc:
+            raise TransientBackendError(f"cannot check {self.path}: {exc}") from exc
+        if (now.st_dev, now.st_ino) != self._opened:
+            raise self._replaced()
+
+    def _replaced(self) -> StorageReplaced:
+        device, inode = self._opened or (0, 0)
+        return StorageReplaced(
+            f"{self.path} is not the database file this process opened (device {device} "
+            f"inode {inode}): it was deleted or replaced; a process still using it would "
+            "lead or work apart from every process using the file at that path now. Restart "
+            "beatd (systemd does) to use the file there now"
+        )
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, lease: bool) -> Iterator[sqlite3.Connection]:
         db = self._connection()
+        now = time.monotonic()
+        if lease or now >= self._check_at:  # a queue's writes: at most every FILE_CHECK_INTERVAL
+            self._check_file()
+            self._check_at = now + FILE_CHECK_INTERVAL
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
         except BaseException:
-            if db.in_transaction:  # SQLite ends it itself on a full disk: keep that error
+            if (
+                db.in_transaction
+            ):  # SQLite ends it itself on a full disk or corruption: keep that error
                 db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
-    def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """Run `work` in a transaction, turning SQLite's errors into backend errors."""
+    def _run(
+        self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
+    ) -> T:
+        """Run `work` in a transaction, turning SQLite's errors into backend errors. `lease`:
+        a write of the lease or under it, always made to the file at the path (`_check_file`)."""
         try:
             if not write:
                 return work(self._connection())
-            with self._transaction() as db:
+            with self._transaction(lease) as db:
                 return work(db)
-        except sqlite3.OperationalError as exc:
-            # full disk, file-size limit, locked database, read-only file: all may pass
-            raise TransientBackendError(f"{self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            raise BackendError(f"{self.path}: {exc}") from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.DatabaseError) -> BackendError:
+        code = _primary(exc)
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return StorageCorrupt(
+                f"{self.path} is damaged: PRAGMA quick_check found: {self._quick_check()}. "
+                "Retrying cannot repair it: restore the file from a backup, or copy what is "
+                "readable to a new file (see docs/deployment.md, When storage fails)"
+            )
+        if code == SQLITE_READONLY:
+            # Opened while the file could not be written (its mode, a read-only mount): the
+            # connection stays read-only even once that is fixed, so open it again next time.
+            self.close()
+            return TransientBackendError(
+                f"{self.path}: {exc}; opening it again at the next attempt"
+            )
+        if isinstance(exc, sqlite3.OperationalError):
+            # full disk, file-size limit, locked database: all may pass
+            return TransientBackendError(f"{self.path}: {exc}")
+        return BackendError(f"{self.path}: {exc}")
+
+    def _quick_check(self) -> str:
+        """What SQLite's own check finds, on one line and cut to what a log line can hold."""
+        try:
+            uri = f"file:{quote(str(self.path))}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
+                rows = db.execute("PRAGMA quick_check(20)").fetchall()
+        except sqlite3.Error as exc:
+            return f"nothing, it could not run ({exc})"
+        lines = [line for (row,) in rows for line in str(row).splitlines()]
+        text = "; ".join(lines)
+        return text if len(text) <= 1000 else text[:1000] + " [cut]"
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
@@ -148,32 +266,39 @@ class SQLiteBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
         def work(db: sqlite3.Connection) -> Lease | None:
             now = self._now()
             row = db.execute(
-                "SELECT node, token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
+                "SELECT token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
             ).fetchone()
-            if row is not None and row[3] > now and row[0] != node:
-                return None
-            if row is not None and row[3] > now:  # already ours: keep the token and epoch
-                lease = Lease(node, row[1], row[2])
+            if row is not None and row[2] > now:
+                if held is None or (row[0], row[1]) != (held.token, held.epoch):
+                    return None  # held by another token, whatever node name it runs under
+                lease = held
             else:
+                last = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
+                epoch = max(last[0] if last else 0, min_epoch) + 1
                 db.execute(
-                    "INSERT INTO epoch (name, value) VALUES (?, 1) "
-                    "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-                    (LEASE,),
+                    "INSERT OR REPLACE INTO epoch (name, value) VALUES (?, ?)", (LEASE, epoch)
                 )
-                epoch = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
-                lease = Lease(node, secrets.token_hex(16), epoch[0])
+                lease = Lease(node, secrets.token_hex(16), epoch)
             db.execute(
                 "INSERT OR REPLACE INTO lease (name, node, token, epoch, expires_at, config_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (LEASE, node, lease.token, lease.epoch, now + ttl, config_hash),
+                (LEASE, lease.node, lease.token, lease.epoch, now + ttl, config_hash),
             )
             return lease
 
-        return self._run(work)
+        return self._run(work, lease=True)
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -185,7 +310,23 @@ class SQLiteBackend:
             )
             return cursor.rowcount == 1
 
-        return self._run(work)
+        renewed = self._run(work, lease=True)
+        if renewed and self._published_since_truncate >= LARGE_CATCH_UP:
+            self._truncate_wal()
+        return renewed
+
+    def _truncate_wal(self) -> None:
+        """Give the WAL's space back after a large catch-up: SQLite's own checkpoints reuse the
+        file but never shrink it (about 4 MB stays). Done at a lease renewal, between bursts, so
+        that it never slows one; housekeeping only, so a busy database just tries next time."""
+        try:
+            busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("could not truncate the WAL of %s, trying again later: %s", self.path, exc)
+            return
+        if not busy:
+            self._published_since_truncate = 0
+            log.debug("truncated the WAL of %s after a large catch-up", self.path)
 
     def release_lease(self, lease: Lease) -> None:
         self._run(
@@ -276,7 +417,9 @@ class SQLiteBackend:
             )
             return rejected
 
-        return self._run(work)
+        rejected = self._run(work, lease=True)
+        self._published_since_truncate += len(messages)
+        return rejected
 
     def send_commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
@@ -289,7 +432,7 @@ class SQLiteBackend:
             self._check_lease(db, lease)
             db.executemany("DELETE FROM entry_state WHERE entry = ?", [(e,) for e in entries])
 
-        self._run(work)
+        self._run(work, lease=True)
 
     # --- queues ---------------------------------------------------------------------------
 
@@ -312,13 +455,14 @@ class SQLiteBackend:
                 f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1 "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
-                f"RETURNING id, queue, body, deliveries",
+                f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, deliveries",
                 (receipt, now + visibility, *queues, now),
             ).fetchall()
             if not row:
                 return None
             message_id, queue, body, deliveries = row[0]
-            return Delivery(message_id, queue, body, deliveries, receipt)
+            return Delivery(_text(message_id), _text(queue), _text(body), deliveries, receipt)
 
         return self._run(work)
 
@@ -353,34 +497,38 @@ class SQLiteBackend:
         )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            rows = db.execute(
-                "DELETE FROM message WHERE receipt = ? RETURNING id, queue, priority, body",
-                (delivery.receipt,),
-            ).fetchall()
-            db.executemany(
+        def work(db: sqlite3.Connection) -> None:  # moved in SQL: bytes kept as they are
+            db.execute(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
-                "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*row, reason, self._now(), delivery.deliveries) for row in rows],
+                "deliveries) SELECT id, queue, priority, body, ?, ?, ? FROM message "
+                "WHERE receipt = ?",
+                (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
+            db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
 
         self._run(work)
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._run(
             lambda db: db.execute(
-                "SELECT id, queue, body, reason, failed_at, deliveries FROM dead_letter "
-                "ORDER BY seq"
+                f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, {_AS_BYTES.format('reason')}, failed_at, "
+                "deliveries FROM dead_letter ORDER BY seq"
             ).fetchall(),
             write=False,
         )
         return [
-            DeadLetter(i, q, b, r, datetime.fromtimestamp(f, UTC), d) for i, q, b, r, f, d in rows
+            DeadLetter(_text(i), _text(q), _text(b), _text(r), datetime.fromtimestamp(f, UTC), d)
+            for i, q, b, r, f, d in rows
         ]
 
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        self._run(
-            lambda db: db.executemany(
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            held = {
+                _text(i) for (i,) in db.execute(f"SELECT {_AS_BYTES.format('id')} FROM dead_letter")
+            }
+            new = unseen(letters, held)
+            db.executemany(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
                 "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -393,24 +541,23 @@ class SQLiteBackend:
                         d.failed_at.timestamp(),
                         d.deliveries,
                     )
-                    for d in letters
+                    for d in new
                 ],
             )
-        )
+            return len(new)
+
+        return self._run(work)
 
     def requeue_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
 
-        def work(db: sqlite3.Connection) -> int:
-            rows = db.execute(
-                f"DELETE FROM dead_letter {where} RETURNING id, queue, priority, body", params
-            ).fetchall()
-            now = self._now()
-            db.executemany(
-                "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [(*row, now) for row in rows],
+        def work(db: sqlite3.Connection) -> int:  # moved in SQL: bytes kept as they are
+            db.execute(
+                "INSERT INTO message (id, queue, priority, body, ready_at) "
+                f"SELECT id, queue, priority, body, ? FROM dead_letter {where} ORDER BY seq",
+                (self._now(), *params),
             )
-            return len(rows)
+            return int(db.execute(f"DELETE FROM dead_letter {where}", params).rowcount)
 
         return self._run(work)
 
@@ -420,6 +567,20 @@ class SQLiteBackend:
             write=False,
         )
         return dict(rows)
+
+
+# Text as another program may have stored it: not UTF-8, or a BLOB. Read as bytes and decoded
+# with surrogateescape, so the worker sees what is wrong and dead-letters it (never an outage).
+_AS_BYTES = "CAST({} AS BLOB)"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _primary(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code (an extended code carries it in its low byte)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
 def _priority(priority: int | None) -> int:

@@ -24,7 +24,7 @@ def dead() -> None:
 def dead_list(broker: str, log_level: str, log_format: str, as_json: bool) -> None:
     """Show the dead-letter queue, oldest first, with the reason of each."""
     setup_logging(log_level, log_format)
-    backend = open_broker(broker)
+    backend = open_broker(broker, read_only=True)
     try:
         letters = backend.dead_letters()
     except BeatdError as exc:
@@ -75,7 +75,7 @@ def dead_retry(
     setup_logging(log_level, log_format)
     if (message_id is None) == (not everything):
         bad_option("ID/--all", "give a run ID or --all, not both and not neither")
-    backend = open_broker(broker)
+    backend = open_broker(broker, create=False)
     try:
         moved = backend.requeue_dead(None if everything else message_id)
     except BeatdError as exc:

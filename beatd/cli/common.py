@@ -15,6 +15,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend, default_broker, open_backend
+from beatd.backends.base import StorageFailed
 from beatd.config import Config, load_config
 from beatd.config.entries import to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
@@ -38,6 +39,8 @@ def fail(error: BeatdError) -> NoReturn:
     """Print an error the way users read them and exit with the documented status."""
     for line in str(error).splitlines():
         click.echo(line, err=True)
+    if isinstance(error, StorageFailed):  # 3 for a corrupt database: docs/deployment.md
+        sys.exit(error.exit_status)
     sys.exit(EXIT_BAD_INPUT if isinstance(error, ConfigError) else EXIT_RUNTIME)
 
 
@@ -240,11 +243,18 @@ def read_optional_config(
     return read_config(schedules, timezone, max_file_size)
 
 
-def open_broker(url: str, op_timeout: float = 2.0) -> Backend:
-    """The backend at `url`; a Redis call never blocks longer than about `op_timeout`."""
+def open_broker(
+    url: str, op_timeout: float = 2.0, *, read_only: bool = False, create: bool = True
+) -> Backend:
+    """The backend at `url`; a Redis call never blocks longer than about `op_timeout`.
+    `read_only` and `create=False`: see `open_backend` (a SQLite file is never created)."""
     namespace = click.get_current_context().meta.get("beatd.namespace", "beatd")
     try:
-        return open_backend(url, namespace=namespace, op_timeout=op_timeout)
+        return open_backend(
+            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        )
+    except StorageFailed as exc:  # no bad input: the file is there, but damaged
+        fail(exc)
     except BeatdError as exc:
         bad_option("--broker", str(exc))
 

@@ -1,4 +1,4 @@
-"""`beatd migrate`: move the run state and dead letters to another backend (SQLite to Redis)."""
+"""`beatd migrate`: copy the run state and dead letters to another backend (SQLite to Redis)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     callback=url_with_password("BEATD_MIGRATE_FROM"),
     required=True,
     metavar="URL",
-    help="The backend to move from, e.g. sqlite:///beatd.db.",
+    help="The backend to copy from (only read), e.g. sqlite:///beatd.db.",
 )
 @click.option(
     "--to",
@@ -44,7 +44,7 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     callback=url_with_password("BEATD_BROKER"),
     required=True,
     metavar="URL",
-    help="The backend to move to, e.g. redis://host:6379/0: the --broker the daemons will use.",
+    help="The backend to copy to, e.g. redis://host:6379/0: the --broker the daemons will use.",
 )
 @click.option(
     "--namespace",
@@ -65,18 +65,18 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     help=LOG_LEVEL_HELP,
 )
 def migrate(source_url: str, target_url: str, log_level: str) -> None:
-    """Move every entry's last published slot and the dead letters to another backend.
+    """Copy every entry's last published slot and the dead letters to another backend.
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
     queued on the source. Then start every `beatd run` and `beatd worker` with the new
     --broker: each entry goes on from the slot after its last published one, so no run is
-    repeated or skipped.
+    repeated or skipped. The source is only read; running the copy again adds nothing twice.
     """
     setup_logging(log_level, "text")
     if source_url == target_url:
         bad_option("--to", f"is the same backend as --from ({source_url!r})")
     _require_existing_sqlite("--from", source_url)
-    source = open_broker(source_url)
+    source = open_broker(source_url, read_only=True)  # what is readable, even if damaged
     target = open_broker(target_url)
     try:
         _refuse_undone_runs(source)
@@ -87,14 +87,9 @@ def migrate(source_url: str, target_url: str, log_level: str) -> None:
         source.close()
         target.close()
     click.echo(
-        f"moved {report.states} entry state(s) and {report.dead_letters} dead letter(s) "
-        f"from {source.url} to {target.url}"
+        f"copied {report.states} state(s), {report.dead_letters} dead letter(s); skipped "
+        f"{report.skipped} already on the target"
     )
-    if report.skipped:
-        click.echo(
-            f"kept {len(report.skipped)} entry state(s) that {target.url} already had: "
-            + ", ".join(report.skipped)
-        )
 
 
 def _require_existing_sqlite(option: str, url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend
+from beatd.backends.base import StorageFailed
 from beatd.backends.redis import RedisBackend, redact
 from beatd.cli.common import (
     celery_config,
@@ -157,8 +159,11 @@ def run(
         worker = start_embedded_worker(broker, config, scheduler, stop, worker_flags)
         register_worker(registry, worker.worker)
     server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
+    failed: StorageFailed | None = None
     try:
         scheduler.run(stop)
+    except StorageFailed as exc:  # logged by the scheduler as it stepped down
+        failed = exc
     finally:
         notifier.stopping()
         if server is not None:
@@ -166,6 +171,8 @@ def run(
         backend.close()
         if worker is not None:
             worker.finish()
+    if failed is not None:
+        sys.exit(failed.exit_status)
 
 
 def celery_broker(broker: str) -> str:

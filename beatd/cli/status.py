@@ -179,7 +179,7 @@ def status(
     setup_logging(log_level, log_format)
     config = read_optional_config(schedules, timezone, max_file_size)
     counts = read_counts(metrics_urls) if metrics_urls else None
-    backend = open_broker(broker)
+    backend = open_broker(broker, read_only=True)
     try:
         info = backend.leader()
         states = backend.load_states()

@@ -15,6 +15,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend
+from beatd.backends.base import StorageFailed
 from beatd.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_RUNTIME,
@@ -271,6 +272,9 @@ def worker(
     on_stop_signals(runner.stop, runner.abort)
     try:
         runner.run()
+    except StorageFailed as exc:
+        log.error("storage failed, stopping with status %d: %s", exc.exit_status, exc)
+        sys.exit(exc.exit_status)
     except BeatdError as exc:
         fail(exc)
     finally:
