@@ -285,10 +285,19 @@ class Worker:
 
     def _accept(self, delivery: Delivery, slot: Slot) -> None:
         """Start the delivery on `slot`, or settle it at once when it must not run."""
+        if delivery.unreadable:
+            self._bury_unrun(delivery, None, delivery.unreadable)
+            return
         try:
             message = RunMessage.from_json(delivery.body)
         except MessageError as exc:
             self._bury_unrun(delivery, None, f"unreadable run message: {exc}")
+            return
+        if message.id != delivery.id:  # which one would the logs, the task, a retry believe?
+            reason = (
+                f"the queue entry's id {delivery.id!r} differs from its body's id {message.id!r}"
+            )
+            self._bury_unrun(delivery, message, reason)
             return
         budget = self.settings.max_deliveries
         if delivery.deliveries > budget:
@@ -492,7 +501,8 @@ class Worker:
         """Count and log an outcome, once it is written: one `task=... outcome=...` line."""
         task = message.task if message else "?"
         attempt = message.attempt if message else "?"
-        head = f"task={task} id={delivery.id} attempt={attempt} outcome={outcome}"
+        run = message.id if message else delivery.id  # the id the task sees, where there is one
+        head = f"task={task} id={run} attempt={attempt} outcome={outcome}"
         duration = self.clock.monotonic() - job.started if job is not None else None
         if job is not None:
             fields = {"duration": f"{duration:.3f}s", **fields}

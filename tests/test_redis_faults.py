@@ -382,3 +382,67 @@ def zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# --- a bad queue entry ----------------------------------------------------------------------
+
+
+def run_body(id: str, out: Path, **fields: object) -> bytes:
+    now = datetime.now(UTC)
+    message = RunMessage(
+        id=id,
+        task="tests.worker_tasks.add",
+        entry=id.split("@")[0],
+        scheduled_for=now,
+        published_at=now,
+        queue="default",
+        args=(str(out), 1, 2),
+    )
+    return json.dumps({**json.loads(message.to_json()), **fields}).encode()
+
+
+def test_bad_queue_entries_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    wrong_types = {"id": 1, "task": [], "entry": {}, "scheduled_for": 2, "published_at": None}
+    wrong_types |= {"queue": 3, "args": "a", "kwargs": [], "headers": 4, "attempt": "1"}
+    raw = redis.Redis(port=cluster.server.port)  # bytes as they are, no decoding
+    bad: list[tuple[dict[bytes, bytes], str]] = [
+        (
+            {b"id": b"surrogate@1", b"body": b'{"id": "surrogate@1", "task": "\xed\xa0\x80"}'},
+            "the queue entry's body is not UTF-8 text (byte 0xed at offset 31)",
+        ),
+        (
+            {b"id": b"\xff\xfe@1", b"body": run_body("undecodable@1", out)},
+            "the queue entry's id is not UTF-8 text (byte 0xff at offset 0)",
+        ),
+        ({b"id": b"nobody@1"}, "the queue entry has no body field"),
+        ({b"body": run_body("noid@1", out)}, "the queue entry has no id field"),
+        ({b"other": b"\xed\xa0\x80"}, "the queue entry has no id field"),
+        (
+            {b"id": b"typed@1", b"body": json.dumps(wrong_types).encode()},
+            "unreadable run message: field 'id' must be str, got int",
+        ),
+        (
+            {b"id": b"stream@1", b"body": run_body("body@1", out)},
+            "the queue entry's id 'stream@1' differs from its body's id 'body@1'",
+        ),
+    ]
+    for fields, _ in bad:
+        raw.xadd(STREAM, fields)  # type: ignore[arg-type]
+    raw.xadd(STREAM, {b"id": b"extra@1", b"body": run_body("extra@1", out), b"x": b"\xed"})
+    raw.xadd(STREAM, {b"id": b"good@1", b"body": run_body("good@1", out)})
+    w = cluster.worker("w", "-c", "1")
+    settled = wait_for(
+        lambda: cluster.admin.xlen(STREAM) == 0 or w.popen.poll() is not None,
+        what="every entry to be settled",
+    )
+    assert settled and w.stop() == 0, w.log.read_text()
+
+    assert sorted(e[1] for e in events(out)) == ["extra@1", "good@1"]
+    letters = RedisBackend(cluster.server.url).dead_letters()
+    assert [d.reason for d in letters] == [reason for _, reason in bad]
+    assert w.count("outcome=dead_lettered") == len(bad)
+    assert cluster.admin.xpending(STREAM, "workers")["pending"] == 0
+    raw.close()

@@ -85,6 +85,7 @@ class Delivery:
     body: str
     deliveries: int  # how many times it has been handed out, this time included
     receipt: str
+    unreadable: str = ""  # why the stored message cannot be read: dead-letter it unrun
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,9 @@ class Backend(Protocol):
         """Hand out the next ready message (highest priority first, then oldest).
 
         The claim lasts `visibility` seconds unless extended; when it lapses the message is
-        delivered again. Returns None when nothing is ready.
+        delivered again. Returns None when nothing is ready. A stored message that cannot be
+        read (bytes that are not UTF-8, a missing field) is handed out all the same, with
+        `unreadable` saying why, never raised as an error: the caller dead-letters it.
         """
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:

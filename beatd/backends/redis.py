@@ -193,11 +193,14 @@ class RedisBackend:
     def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return self._send(name, keys, args)()
 
-    def _send(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Callable[[], Any]:
+    def _send(
+        self, name: str, keys: Sequence[str], args: Sequence[str | int], *, raw: bool = False
+    ) -> Callable[[], Any]:
         """Send one script call; the returned function waits for its reply.
 
         Between the two the caller can work while Redis runs the script; the connection stays
-        out of the pool until the reply is read, so each call must be waited for.
+        out of the pool until the reply is read, so each call must be waited for. A `raw` reply
+        keeps its strings as bytes, for replies that carry what someone else stored.
         """
         script = SCRIPTS[name]
         pool = self._redis.connection_pool
@@ -208,10 +211,10 @@ class RedisBackend:
 
         def reply() -> Any:
             try:
-                return connection.read_response()
+                return connection.read_response(disable_decoding=raw)
             except redis.exceptions.NoScriptError:  # a restarted Redis: send it in full once
                 send("EVAL", script.source)
-                return connection.read_response()
+                return connection.read_response(disable_decoding=raw)
 
         def wait() -> Any:
             try:
@@ -390,13 +393,18 @@ class RedisBackend:
         keys = [self._key("delayed", q) for q in names]
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
         args = (consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS)
-        reply = self._eval("claim", keys, args)
+        # the claim is made whatever the entry holds; what cannot be read is said in the
+        # delivery, so the worker dead-letters it (an exception here would leave it claimed)
+        reply = self._send("claim", keys, args, raw=True)()
         if reply is None:
             return None
-        k, entry_id, message_id, body, deliveries, count = reply
+        k, entry_id, raw_id, raw_body, deliveries, count = reply
         b, i = divmod(k - 1 - n, n)
-        receipt = f"{b}/{entry_id}/{count}/{consumer}"
-        return Delivery(message_id, names[i], body, int(deliveries), receipt)
+        receipt = f"{b}/{entry_id.decode()}/{count}/{consumer}"
+        message_id, id_fault = _field_text(raw_id, "id")
+        body, body_fault = _field_text(raw_body, "body")
+        unreadable = id_fault or body_fault
+        return Delivery(message_id, names[i], body, int(deliveries), receipt, unreadable)
 
     def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
         """The stream, band and (entry id, consumer, count) that a receipt names."""
@@ -427,8 +435,20 @@ class RedisBackend:
         self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
 
     def _dead(self) -> list[tuple[str, dict[str, str]]]:
-        entries: list[tuple[str, dict[str, str]]] = self._cmd("XRANGE", self._key("dead"), "-", "+")
-        return entries
+        """The dead letters, their bytes shown as text even where they are not UTF-8."""
+        key = self._key("dead")
+        call = self._redis.execute_command
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
+            "xrange",
+            lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
+        )
+        return [
+            (
+                entry_id.decode(),
+                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
+            )
+            for entry_id, fields in entries
+        ]
 
     def dead_letters(self) -> list[DeadLetter]:
         return [
@@ -496,6 +516,20 @@ class RedisBackend:
         width = len(BANDS) + 1
         depths = {q: sum(counts[i * width : (i + 1) * width]) for i, q in enumerate(queues)}
         return {q: depth for q, depth in depths.items() if depth}
+
+
+def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
+    """A queue entry's field as text, and why it cannot be read ('' when it can)."""
+    if value is None:
+        return "", f"the queue entry has no {name} field"
+    try:
+        return value.decode(), ""
+    except UnicodeDecodeError as exc:
+        fault = (
+            f"the queue entry's {name} is not UTF-8 text "
+            f"(byte 0x{value[exc.start]:02x} at offset {exc.start})"
+        )
+        return value.decode(errors="replace"), fault
 
 
 def _untrusted(exc: BaseException) -> bool:

@@ -159,7 +159,8 @@ return 0
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2)
 # ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms
-# -> nil, or {key index, entry id, message id, body, deliveries, pending count}
+# -> nil, or {key index, entry id, message id, body, deliveries, pending count}; the message id
+# and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
@@ -195,7 +196,8 @@ local function hand_out(k, entry)
   redis.call('XCLAIM', KEYS[k], G, consumer, 0, id, 'IDLE', idle, 'JUSTID')
   local count = redis.call('XPENDING', KEYS[k], G, id, id, 1)[1][4]
   local f = fields(entry[2])
-  return {k, id, f['id'], f['body'], (tonumber(f['d']) or 0) + count, count}
+  -- a missing field is nil (false): the caller dead-letters the entry instead of failing
+  return {k, id, f['id'] or false, f['body'] or false, (tonumber(f['d']) or 0) + count, count}
 end
 for b = 0, 2 do
   local lasts = {}
@@ -250,7 +252,7 @@ if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   local before = (tonumber(f['d']) or 0) + tonumber(ARGV[3]) - 1
-  redis.call('XADD', KEYS[1], '*', 'id', f['id'], 'body', f['body'], 'd', before)
+  redis.call('XADD', KEYS[1], '*', 'id', f['id'] or '', 'body', f['body'] or '', 'd', before)
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -277,8 +279,8 @@ DEAD_LETTER = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
-  redis.call('XADD', KEYS[2], '*', 'id', f['id'], 'queue', ARGV[4], 'band', ARGV[5],
-    'body', f['body'], 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
+  redis.call('XADD', KEYS[2], '*', 'id', f['id'] or '', 'queue', ARGV[4], 'band', ARGV[5],
+    'body', f['body'] or '', 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -293,7 +295,7 @@ for i = 1, #ARGV, 3 do
   if f then
     local key = KEYS[tonumber(ARGV[i + 1])]
     ensure_stream(key)
-    redis.call('XADD', key, '*', 'id', f['id'], 'body', f['body'])
+    redis.call('XADD', key, '*', 'id', f['id'] or '', 'body', f['body'] or '')
     redis.call('SADD', KEYS[2], ARGV[i + 2])
     redis.call('XDEL', KEYS[1], ARGV[i])
     moved = moved + 1
