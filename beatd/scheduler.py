@@ -78,6 +78,9 @@ class Scheduler:
         self.config = config if config is not None else load_config()
         self.planner = Planner(self.settings.tick_budget)
         self.lease: Lease | None = None
+        # the highest fencing epoch this node has seen: a take never starts at or below it, even
+        # when the backend lost its data (Redis restarted empty)
+        self.epoch_seen = 0
         self.totals = Totals()
         self.counts = RunCounts()
         self.observe_delay: Callable[[float], None] = lambda _seconds: None
@@ -199,7 +202,10 @@ class Scheduler:
         assert self.lease is not None
         if self._announced != self.config.fingerprint:  # reloaded: tell standbys what we run
             held = self.backend.acquire_lease(
-                self.settings.node, self.settings.lease_ttl, self.config.fingerprint
+                self.settings.node,
+                self.settings.lease_ttl,
+                self.config.fingerprint,
+                held=self.lease,
             )
             if held != self.lease:
                 log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
@@ -253,11 +259,14 @@ class Scheduler:
         self._acquire_at = mono + self.settings.standby_interval
         if not self._clock_agrees():
             return True
-        lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
+        lease = self.backend.acquire_lease(
+            self.settings.node, ttl, self.config.fingerprint, min_epoch=self.epoch_seen
+        )
         if lease is None:
             self._check_drift()
             return True
         self.lease = lease
+        self.epoch_seen = max(self.epoch_seen, lease.epoch)
         self._announced = self.config.fingerprint
         self._lease_deadline = mono + ttl * 0.9
         self._renew_at = mono + self.settings.renew_interval
@@ -295,6 +304,8 @@ class Scheduler:
     def _check_drift(self) -> None:
         """A standby whose configuration differs from the leader's says so, once per change."""
         leader = self.backend.leader()
+        if leader is not None:
+            self.epoch_seen = max(self.epoch_seen, leader.epoch)
         drift = bool(
             leader and leader.config_hash and leader.config_hash != self.config.fingerprint
         )

@@ -114,12 +114,20 @@ class Backend(Protocol):
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
-        """Take the lease if nobody holds it (or it expired); each take increments the epoch.
-
-        Returns None when another node holds it. Idempotent for the holder: a node that already
-        holds the lease gets it back renewed with the same token and epoch.
-        """
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
+        """Take the lease if nobody holds it or it expired: a fresh token, and the epoch
+        max(last epoch, min_epoch) + 1, so an epoch never goes backwards even when the backend
+        lost its data. If `held` is the lease still held (same token and epoch), renew it and
+        record `config_hash`, returning `held` unchanged. Held by any other token — even one
+        taken under the same node name — returns None."""
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         """Extend the lease by `ttl` only if `lease` still holds it; False when lost."""

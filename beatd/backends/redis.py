@@ -8,7 +8,7 @@ client's. Every call is bounded: one attempt, no client-side retries, socket tim
 
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
-  beatd:epoch             string  the fencing epoch, INCR on every fresh take of the lease
+  beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
   beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
@@ -264,10 +264,19 @@ class RedisBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
         keys = (self._key("lease"), self._key("epoch"))
         token = secrets.token_hex(16)
-        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash))
+        mine = (held.token, held.epoch) if held is not None else ("", "")
+        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash, *mine, min_epoch))
         if reply is None:
             return None
         return Lease(node, reply[0], int(reply[1]))

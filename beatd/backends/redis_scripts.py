@@ -38,19 +38,23 @@ local function entry_fields(key, id)
 end
 """
 
-# KEYS lease, epoch; ARGV node, token, ttl_ms, config -> {token, epoch} or nil
+# KEYS lease, epoch; ARGV node, token, ttl_ms, config, held token ('' for none), held epoch,
+# min epoch -> {token, epoch} or nil. A held lease is renewed only for its own token and epoch,
+# whatever node name asks; a fresh take gets epoch max(last, min epoch) + 1
 ACQUIRE = """
-local held = redis.call('HMGET', KEYS[1], 'node', 'token', 'epoch')
+local held = redis.call('HMGET', KEYS[1], 'token', 'epoch')
 if held[1] then
-  if held[1] ~= ARGV[1] then return false end
+  if held[1] ~= ARGV[5] or held[2] ~= ARGV[6] then return false end
   redis.call('HSET', KEYS[1], 'config', ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {held[2], held[3]}
+  return {held[1], held[2]}
 end
-local epoch = redis.call('INCR', KEYS[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
+redis.call('SET', KEYS[2], epoch)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {ARGV[2], tostring(epoch)}
+return {ARGV[2], epoch}
 """
 
 # KEYS lease; ARGV token, epoch, ttl_ms -> 1 extended, 0 not held

@@ -147,7 +147,15 @@ class SQLiteBackend:
 
     # --- leadership -----------------------------------------------------------------------
 
-    def acquire_lease(self, node: str, ttl: float, config_hash: str = "") -> Lease | None:
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
         def work(db: sqlite3.Connection) -> Lease | None:
             now = self._now()
             row = db.execute(

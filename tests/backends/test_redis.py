@@ -20,7 +20,10 @@ import redis
 from beatd.backends import open_backend
 from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
+from beatd.clock import FakeClock
+from beatd.config import Config
 from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
+from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import BackendContract, message, state
 from tests.redis_server import RedisServer, free_port
 
@@ -132,6 +135,25 @@ def test_commit_script_called_directly_with_a_stale_token_or_epoch_changes_nothi
     assert admin.xlen("beatd:queue:default:normal") == 1
 
 
+def test_a_scheduler_never_takes_an_epoch_below_one_it_has_seen(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: Config({}), clock, settings)
+    admin.set("beatd:epoch", 2)
+    beat.step()
+    assert beat.lease is not None and beat.lease.epoch == 3
+    admin.flushall()  # Redis lost its data: the lease and the epoch are gone
+    clock.advance(settings.renew_interval)
+    beat.step()  # the renewal finds no lease
+    assert beat.lease is None
+    clock.advance(settings.standby_interval)
+    beat.step()
+    assert beat.lease is not None and beat.lease.epoch == 4
+    assert admin.get("beatd:epoch") == "4"
+
+
 def test_commit_with_an_expired_lease_is_refused_with_who_holds_it(
     backend: RedisBackend,
 ) -> None:
@@ -154,7 +176,7 @@ def test_holder_reacquiring_extends_the_lease_and_stores_its_config_hash(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
     first = backend.acquire_lease("a", 0.5, "cfg1")
-    again = backend.acquire_lease("a", 30, "cfg2")
+    again = backend.acquire_lease("a", 30, "cfg2", held=first)
     assert first == again
     assert 29_000 < admin.pttl("beatd:lease") <= 30_000
     info = backend.leader()
