@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from beatd.backends.base import Backend, Delivery
+from beatd.backends.base import Backend, Delivery, WaitsForWork
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
 from beatd.message import MessageError, RunMessage
@@ -54,6 +54,7 @@ class WorkerSettings:
     drain_timeout: float = 30.0
     min_poll: float = 0.01  # idle polling starts here and doubles...
     max_poll: float = 1.0  # ...up to here: SQLite has no blocking pop
+    block_period: float = 1.5  # Redis: longest wait per call (the backend keeps it in its bound)
     max_backoff: float = 5.0  # backend errors
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -159,6 +160,7 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.RLock()
         self._stopping = False
+        self._stopped = threading.Event()  # set with _stopping, for the waiting thread's naps
         self._aborted = False
         self._ready = False
         self._nudged = False
@@ -168,17 +170,20 @@ class Worker:
         self._heartbeat_at = 0.0
         self._backoff = 0.0
         self._backend_down = False
+        self._waits = isinstance(backend, WaitsForWork)  # woken by the backend, never polling
 
     # --- control, from signal handlers and other threads ---------------------------------
 
     def stop(self) -> None:
         """Stop claiming; finish running tasks (up to the drain timeout), then return."""
         self._stopping = True
+        self._stopped.set()
         self._wake()
 
     def abort(self) -> None:
         """Stop at once: running tasks are killed and their runs released."""
         self._stopping = self._aborted = True
+        self._stopped.set()
         self._wake()
 
     def nudge(self) -> None:
@@ -207,6 +212,9 @@ class Worker:
             settings.visibility_timeout,
         )
         self.pool.start()
+        if isinstance(self.backend, WaitsForWork):
+            watch = threading.Thread(target=self._watch, args=(self.backend,), daemon=True)
+            watch.start()
         try:
             while not self._finished():
                 self._round()
@@ -276,12 +284,30 @@ class Worker:
                 self._backend_failed(exc)
                 return
             self._backend_recovered()
+            if delivery is None and self._waits:  # idle: woken when a run is added; claims
+                self._claim_at = mono + settings.visibility_timeout  # lapse without a wake-up
+                return
             if delivery is None:  # idle: poll again soon, then less and less often
                 self._poll = min(max(self._poll * 2, settings.min_poll), settings.max_poll)
                 self._claim_at = mono + self._poll
                 return
             self._poll = 0.0
             self._accept(delivery, slot)
+
+    def _watch(self, backend: WaitsForWork) -> None:
+        """The waiting thread: nudges the loop when the backend says a run may be ready. It
+        makes no other call; outages are the loop's to report."""
+        try:
+            while not self._stopping:
+                try:
+                    if backend.wait_for_work(self.settings.queues, self.settings.block_period):
+                        self.nudge()
+                except BackendError as exc:
+                    log.debug("waiting for runs failed, retrying: %s", exc)
+                    self._stopped.wait(self.settings.block_period)
+        except Exception:
+            if not self._stopping:
+                raise  # a fault of ours, not the backend closed under the wait at shutdown
 
     def _accept(self, delivery: Delivery, slot: Slot) -> None:
         """Start the delivery on `slot`, or settle it at once when it must not run."""

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from beatd.backends.base import Outgoing
-from beatd.backends.redis import RedisBackend
+from beatd.backends.redis import SCRIPTS, RedisBackend
 from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
 from tests.redis_server import RedisServer
@@ -446,3 +446,55 @@ def test_bad_queue_entries_are_dead_lettered_with_a_reason_and_the_worker_goes_o
     assert w.count("outcome=dead_lettered") == len(bad)
     assert cluster.admin.xpending(STREAM, "workers")["pending"] == 0
     raw.close()
+
+
+# --- the worker waits on Redis --------------------------------------------------------------
+
+
+# commands run inside beatd's scripts: commandstats counts them too, but they are not sent
+IN_SCRIPTS = {
+    name.lower()
+    for script in SCRIPTS.values()
+    for name in re.findall(r"redis\.call\('(\w+)'", script.source)
+}
+
+
+def commands_sent(admin: redis.Redis) -> dict[str, int]:
+    """Commands sent since the last CONFIG RESETSTAT (a script call counts once), leaving out
+    the test's own."""
+    stats: Any = admin.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    mine = ("config", "info")
+    return {
+        n: c
+        for n, c in calls.items()
+        if n.split("|")[0] not in IN_SCRIPTS and not n.startswith(mine)
+    }
+
+
+def test_an_idle_worker_sends_one_command_per_block_period_and_starts_a_run_within_ms(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    w = cluster.worker("w", "-c", "1")  # op timeout 2 s: a block period of 1.5 s at most
+    backend = RedisBackend(cluster.server.url)
+    backend.enqueue([Outgoing("warm", "warm@1", "default", None, run_body("warm@1", out).decode())])
+    wait_for(lambda: events(out), what="the first run")
+    cluster.admin.config_resetstat()
+    idle_since = time.monotonic()
+    time.sleep(10)  # an idle period is what is measured here
+    sent = commands_sent(cluster.admin)
+    assert sum(sent.values()) <= 10 / 1.5, sent
+
+    latencies = []
+    for n in range(3):
+        run = f"late@{n}"
+        queued_at = time.time()
+        backend.enqueue([Outgoing("late", run, "default", None, run_body(run, out).decode())])
+        started = wait_for(lambda run=run: [e for e in events(out) if e[1] == run], what=run)
+        latencies.append(float(started[0][5]) - queued_at)
+        time.sleep(1.2)  # idle again, past the longest poll interval a polling worker would use
+    assert max(latencies) < 0.25, latencies
+    assert time.monotonic() - idle_since > 10
+    assert w.stop() == 0
+    backend.close()

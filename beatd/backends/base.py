@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from beatd.core import EntryState
 
@@ -96,6 +96,16 @@ class DeadLetter:
     reason: str
     failed_at: datetime
     deliveries: int
+
+
+@runtime_checkable
+class WaitsForWork(Protocol):
+    """A backend an idle worker can block on instead of polling it (Redis; not SQLite)."""
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a message may be ready on `queues` (True: claim now) or up to `timeout`
+        seconds (False); raises TransientBackendError when the backend cannot be reached. Call
+        it from one thread only; it may return True spuriously, never sleep past a ready run."""
 
 
 class Backend(Protocol):

@@ -27,10 +27,12 @@ it, so a worker whose claim was taken over (the count moved on) can no longer ac
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _string
@@ -39,6 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.retry import Retry
 
 from beatd import celery_protocol
@@ -142,6 +145,9 @@ class RedisBackend:
         self.namespace = namespace
         self.op_timeout = op_timeout
         self._targets: dict[tuple[str, int | None, str], tuple[str, bool]] = {}
+        self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
+        self._channels: list[str] = []
+        self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 url,
@@ -235,6 +241,7 @@ class RedisBackend:
         return self._do(str(args[0]).lower(), lambda: call(*args))  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
+        self._stop_waiting()
         self._redis.close()
 
     def ping(self) -> None:
@@ -405,7 +412,8 @@ class RedisBackend:
         # the claim is made whatever the entry holds; what cannot be read is said in the
         # delivery, so the worker dead-letters it (an exception here would leave it claimed)
         reply = self._send("claim", keys, args, raw=True)()
-        if reply is None:
+        if isinstance(reply, int):  # nothing ready: when the soonest delayed retry will be
+            self._delayed_at = None if reply < 0 else time.monotonic() + reply / 1000
             return None
         k, entry_id, raw_id, raw_body, deliveries, count = reply
         b, i = divmod(k - 1 - n, n)
@@ -414,6 +422,38 @@ class RedisBackend:
         body, body_fault = _field_text(raw_body, "body")
         unreadable = id_fault or body_fault
         return Delivery(message_id, names[i], body, int(deliveries), receipt, unreadable)
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a run is added to one of `queues` or a delayed retry is ready: True, claim
+        now; False after `timeout` (at most 3/4 of the operation timeout, so a hung Redis costs
+        no more than a call does). Waiting sends Redis nothing: every script that adds a run
+        publishes on its stream's channel, and this connection stays subscribed."""
+        channels = sorted({self._stream(q, b) for q in queues for b in range(len(BANDS))})
+        if self._pubsub is None or channels != self._channels:
+            self._stop_waiting()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._do("subscribe", lambda: pubsub.subscribe(*channels))
+            self._pubsub, self._channels = pubsub, channels
+            return True  # whatever was added before the subscription: claim once
+        pubsub, due = self._pubsub, self._delayed_at
+        limit = min(timeout, self.op_timeout * 0.75)
+        if due is not None:
+            limit = max(0.0, min(limit, due - time.monotonic()))
+        try:
+            woken = self._do("wait", lambda: pubsub.get_message(timeout=limit)) is not None
+        except BackendError:
+            self._stop_waiting()  # subscribe again on the next call
+            raise
+        if not woken and due is not None and time.monotonic() >= due:
+            self._delayed_at = None
+            return True
+        return woken
+
+    def _stop_waiting(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()
 
     def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
         """The stream, band and (entry id, consumer, count) that a receipt names."""

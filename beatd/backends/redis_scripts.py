@@ -1,7 +1,8 @@
 """The Lua scripts behind the Redis backend: each one is a single atomic step on the server.
 
 `PRELUDE` (helpers shared by every script) is prepended to each; scripts are sent by SHA and
-loaded on a NOSCRIPT reply.
+loaded on a NOSCRIPT reply. Every script that adds a run to a queue's stream publishes an empty
+message on the channel named like the stream, which idle workers wait on (no polling).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ end
 local function owns(key, id, consumer, count)
   local p = redis.call('XPENDING', key, G, id, id, 1)
   return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)
+end
+-- a run was added to a queue's stream: wake the workers waiting on it (once per script call)
+local woken = {{}}
+local function wake(key)
+  if not woken[key] then
+    woken[key] = true
+    redis.call('PUBLISH', key, '')
+  end
 end
 local function entry_fields(key, id)
   local r = redis.call('XRANGE', key, id, id)
@@ -124,6 +133,7 @@ for i = 1, #messages, 3 do
       redis.call('LPUSH', KEYS[k], body)
     else
       redis.call('XADD', KEYS[k], '*', 'id', messages[i + 2], 'body', body)
+      wake(KEYS[k])
     end
   end
   at = stop + 1
@@ -156,6 +166,7 @@ for i = 3 + nqueues, #ARGV, 3 do
   else
     ensure_stream(key)
     redis.call('XADD', key, '*', 'id', ARGV[i + 1], 'body', ARGV[i + 2])
+    wake(key)
   end
 end
 return 0
@@ -163,7 +174,8 @@ return 0
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2)
 # ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms
-# -> nil, or {key index, entry id, message id, body, deliveries, pending count}; the message id
+# -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
+# {key index, entry id, message id, body, deliveries, pending count}; the message id
 # and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -176,6 +188,7 @@ for i = 1, n do
     ensure_stream(key)
     redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
     redis.call('ZREM', KEYS[i], member)
+    wake(key)
   end
 end
 -- the group's last delivered id and pending count, or nil when there is no stream
@@ -232,7 +245,15 @@ for b = 0, 2 do
     return hand_out(best_k, r[1][2][1])
   end
 end
-return false
+local soonest = -1
+for i = 1, n do
+  local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]
+  if first then
+    local wait = math.max(0, tonumber(first) - now)
+    if soonest < 0 or wait < soonest then soonest = wait end
+  end
+end
+return soonest
 """
 
 # KEYS stream; ARGV entry id, consumer, count, idle_ms -> 1 extended, 0 lost
@@ -257,6 +278,7 @@ local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   local before = (tonumber(f['d']) or 0) + tonumber(ARGV[3]) - 1
   redis.call('XADD', KEYS[1], '*', 'id', f['id'] or '', 'body', f['body'] or '', 'd', before)
+  wake(KEYS[1])
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -272,6 +294,7 @@ if delay > 0 then
 else
   local m = cjson.decode(ARGV[5])
   redis.call('XADD', KEYS[1], '*', 'id', m[2], 'body', m[3])
+  wake(KEYS[1])
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -300,6 +323,7 @@ for i = 1, #ARGV, 3 do
     local key = KEYS[tonumber(ARGV[i + 1])]
     ensure_stream(key)
     redis.call('XADD', key, '*', 'id', f['id'] or '', 'body', f['body'] or '')
+    wake(key)
     redis.call('SADD', KEYS[2], ARGV[i + 2])
     redis.call('XDEL', KEYS[1], ARGV[i])
     moved = moved + 1
