@@ -2,6 +2,12 @@
 
     python -m tests.chaos --kills 50                      # SQLite, three schedulers
     python -m tests.chaos --kills 50 --broker redis       # a private redis-server on a free port
+    python -m tests.chaos --kills 20 --broker redis --restart-empty 5   # Redis without persistence
+
+With `--restart-empty N`, Redis runs without persistence and is also restarted empty N times,
+after N of the kills: every scheduler is frozen (SIGSTOP), the queue drained, Redis killed and
+started again empty, the schedulers thawed. The leader that held the positions must restore them;
+slots no node held are counted `state_lost` in the schedulers' logs, and reported.
 
 Every entry fires each second with `missed: catch_up`, so every slot between the first and the
 last published one must be in the queue exactly once. Prints slots expected, published,
@@ -14,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,11 +28,16 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Container
+from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from beatd.backends import open_backend
 from beatd.backends.base import Backend
+from beatd.errors import BackendError
+from tests.redis_server import RedisServer
+
+STATE_LOST = re.compile(r"counted (\d+) slot\(s\) missed \(state_lost\)")
 
 SCHEDULE = """\
 defaults:
@@ -81,6 +93,29 @@ def drain(backend: Backend, queue: str) -> list[dict[str, object]]:
     return bodies
 
 
+def restart_empty(
+    server: RedisServer, nodes: dict[str, subprocess.Popen[bytes]], backend: Backend
+) -> list[dict[str, object]]:
+    """Freeze the schedulers, take what is queued, restart Redis empty, thaw them."""
+    for proc in nodes.values():
+        proc.send_signal(signal.SIGSTOP)
+    bodies = drain(backend, "default")  # what Redis is about to lose
+    server.restart()
+    for proc in nodes.values():
+        proc.send_signal(signal.SIGCONT)
+    with suppress(BackendError):  # the drained connection was to the old server
+        backend.ping()
+    return bodies
+
+
+def state_lost(workdir: Path) -> int:
+    """Slots the schedulers counted missed because no node held their positions."""
+    found = 0
+    for log in workdir.glob("*.log"):
+        found += sum(int(n) for n in STATE_LOST.findall(log.read_text(errors="replace")))
+    return found
+
+
 def count(bodies: list[dict[str, object]], entries: int) -> tuple[int, int, int, int]:
     """(expected, published, duplicated, lost) over every entry's first..last published slot."""
     expected = published = duplicated = lost = 0
@@ -107,6 +142,7 @@ def main() -> int:
     parser.add_argument("--ttl", default="2s")
     parser.add_argument("--broker", choices=["sqlite", "redis"], default="sqlite")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--restart-empty", type=int, default=0, metavar="N")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="beatd-chaos-"))
@@ -115,9 +151,7 @@ def main() -> int:
     (workdir / "schedules" / "chaos.yaml").write_text(SCHEDULE + "".join(lines))
     server = None
     if args.broker == "redis":
-        from tests.redis_server import RedisServer
-
-        server = RedisServer(workdir / "redis", persistent=True).start()
+        server = RedisServer(workdir / "redis", persistent=not args.restart_empty).start()
         broker = server.url
     else:
         broker = f"sqlite:///{workdir / 'beatd.db'}"
@@ -125,6 +159,8 @@ def main() -> int:
         f"n{i}": start_scheduler(f"n{i}", broker, workdir, args.ttl) for i in range(args.schedulers)
     }
     backend = open_backend(broker)
+    bodies: list[dict[str, object]] = []
+    restarts = args.restart_empty
     try:
         time.sleep(3)
         for kill in range(args.kills):
@@ -139,17 +175,26 @@ def main() -> int:
             nodes[node] = start_scheduler(node, broker, workdir, args.ttl)
             print(f"kill {kill + 1}/{args.kills}: leader was {leader}", flush=True)
             time.sleep(rng.uniform(1.0, 3.0))
+            if server is not None and restarts and rng.random() < restarts / (args.kills - kill):
+                restarts -= 1
+                bodies += restart_empty(server, nodes, backend)
+                print("Redis restarted empty", flush=True)
+                time.sleep(rng.uniform(1.0, 3.0))
         time.sleep(float(args.ttl.rstrip("s")) + 2)  # let the last leader catch up
     finally:
         for proc in nodes.values():
             proc.send_signal(signal.SIGTERM)
         for proc in nodes.values():
             proc.wait(timeout=30)
-    expected, published, duplicated, lost = count(drain(backend, "default"), args.entries)
+    bodies += drain(backend, "default")
+    expected, published, duplicated, lost = count(bodies, args.entries)
     backend.close()
     if server is not None:
         server.stop()
-    print(f"slots expected={expected} published={published} duplicated={duplicated} lost={lost}")
+    print(
+        f"slots expected={expected} published={published} duplicated={duplicated} lost={lost} "
+        f"state_lost={state_lost(workdir)} redis_restarted_empty={args.restart_empty - restarts}"
+    )
     print(f"logs in {workdir}")
     return 1 if duplicated or lost else 0
 

@@ -86,11 +86,11 @@ class Proc:
 
 
 class Cluster:
-    """One persistent redis-server and the beatd processes started against it."""
+    """One redis-server (persistent unless told) and the beatd processes started against it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, persistent: bool = True) -> None:
         self.dir = tmp_path
-        self.server = RedisServer(tmp_path / "redis", persistent=True).start()
+        self.server = RedisServer(tmp_path / "redis", persistent=persistent).start()
         self.admin: redis.Redis = self.server.client()
         self.procs: list[Proc] = []
 
@@ -121,8 +121,8 @@ class Cluster:
         assert proc.count(line) == 1, proc.log.read_text()
         return proc
 
-    def scheduler(self, node: str) -> Proc:
-        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch"]
+    def scheduler(self, node: str, *args: str) -> Proc:
+        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch", *args]
         return self._started(self._start(node, argv), f"beatd run node={node} ")
 
     def worker(self, name: str, *args: str) -> Proc:
@@ -333,6 +333,65 @@ def test_redis_restarted_with_aof_under_load_both_daemons_recover_nothing_twice_
     # the lease lapsed while Redis was down; the epoch went on from the AOF, not back to 1
     assert cluster.admin.get("beatd:epoch") == "2"
     assert cluster.admin.xlen(STREAM) == 0
+
+
+def test_redis_restarted_empty_the_leader_restores_positions_above_the_old_epoch(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, persistent=False)
+    try:
+        restarted_empty(cluster)
+    finally:
+        cluster.close()
+
+
+def restarted_empty(cluster: Cluster) -> None:
+    entries = 5
+    cluster.schedule(adding(entries, cluster.dir / "out"))
+    cluster.admin.set("beatd:epoch", 3)  # as after a few leader changes
+    a = cluster.scheduler("a", "--log-level", "debug")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    b = cluster.scheduler("b", "--log-level", "debug")
+    wait_for(lambda: len(cluster.slots()) >= 3 * entries, what="a to publish")
+
+    cluster.server.restart()  # SIGKILL, then an empty redis-server on the same port
+    restarted_at = time.time()
+    cluster.admin = cluster.server.client()
+    lost = "lost its data: it restarted"
+    wait_for(lambda: a.count(lost) + b.count(lost), what="the loss to be noticed")
+    wait_for(
+        lambda: any(s.timestamp() >= restarted_at + 3 for s in cluster.slots()),
+        what="publishing to go on after the restart",
+    )
+    assert [a.stop(), b.stop()] == [0, 0]
+
+    published: dict[str, list[datetime]] = {}
+    state_lost = 0
+    for proc in (a, b):
+        for m in proc.messages():
+            if found := re.fullmatch(r"publish entry=(\S+) slot=(\S+) due=.*", m):
+                published.setdefault(found[1], []).append(datetime.fromisoformat(found[2]))
+            if found := re.fullmatch(r"missed entry=\S+ reason=state_lost count=(\d+)", m):
+                state_lost += int(found[1])
+    assert sorted(published) == [f"e{i}" for i in range(entries)]
+    if state_lost == 0:  # the leader kept the positions: every slot published, once
+        for slots in published.values():
+            assert_contiguous(slots, SECOND)
+    assert int(cluster.admin.get("beatd:epoch") or 0) > 4  # a led at 4; never back to 1
+    url = cluster.server.url
+    assert (a.count(lost), b.count(lost)) in ((1, 0), (1, 1))
+    assert (
+        a.messages().count(
+            f"Redis at {url} lost its data: it restarted (run id changed) without beatd's keys "
+            "(beatd:format is gone, the fencing epoch is 0 where 4 was seen): every entry's "
+            "position, every queued run and every dead letter it held are gone. The epoch goes "
+            "on above 4; entries whose positions this node still holds are restored, the others "
+            "count their lost slots as missed (state_lost). Enable AOF (appendonly yes) so that a "
+            "restart keeps them"
+        )
+        == 1
+    )
+    assert a.count("restored the positions of 5 entries") == 1
 
 
 # --- a worker dies mid-task -----------------------------------------------------------------

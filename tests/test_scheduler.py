@@ -87,6 +87,7 @@ def test_publishes_each_slot_once_with_the_documented_message(
         "missed_skipped": 0,
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
+        "missed_state_lost": 0,
     }
 
 

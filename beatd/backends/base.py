@@ -98,6 +98,24 @@ class DeadLetter:
     deliveries: int
 
 
+class StoreIdentity(NamedTuple):
+    """Which server process holds the data, and whether beatd's data is still in it."""
+
+    run_id: str  # changes whenever the server restarts
+    marker: str  # the name of beatd's format marker, for messages
+    marked: bool  # beatd's format marker is there (written with every fresh take of the lease)
+    epoch: int  # the stored fencing epoch; 0 when there is none
+
+
+@runtime_checkable
+class ForgetsOnRestart(Protocol):
+    """A backend whose server can restart without its data (Redis without AOF; not SQLite)."""
+
+    def identity(self) -> StoreIdentity:
+        """The server's run id and what of beatd's data it holds; TransientBackendError when
+        it cannot be reached."""
+
+
 @runtime_checkable
 class WaitsForWork(Protocol):
     """A backend an idle worker can block on instead of polling it (Redis; not SQLite)."""

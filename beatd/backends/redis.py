@@ -9,6 +9,7 @@ client's. Every call is bounded: one attempt, no client-side retries, socket tim
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
   beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
+  beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
   beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
@@ -52,6 +53,7 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    StoreIdentity,
     from_micros,
     to_micros,
 )
@@ -269,6 +271,20 @@ class RedisBackend:
             ]
         return _warnings(self.url, config)
 
+    def identity(self) -> StoreIdentity:
+        """The server's run id, and whether beatd's format marker and epoch are there."""
+
+        def call() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                pipe.exists(self._key("format"))
+                pipe.get(self._key("epoch"))
+                return pipe.execute()
+
+        info, marked, epoch = self._do("identity", call)
+        run_id = str(info.get("run_id", ""))
+        return StoreIdentity(run_id, self._key("format"), bool(marked), int(epoch or 0))
+
     # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(
@@ -280,7 +296,7 @@ class RedisBackend:
         held: Lease | None = None,
         min_epoch: int = 0,
     ) -> Lease | None:
-        keys = (self._key("lease"), self._key("epoch"))
+        keys = (self._key("lease"), self._key("epoch"), self._key("format"))
         token = secrets.token_hex(16)
         mine = (held.token, held.epoch) if held is not None else ("", "")
         reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash, *mine, min_epoch))
@@ -612,11 +628,11 @@ def _warnings(url: str, config: dict[str, str]) -> list[str]:
     if config.get("appendonly") != "yes":
         if not save:
             warnings.append(
-                f"Redis at {url} does not persist anything (appendonly no, save ''): after a "
-                "Redis restart the fencing epoch starts again from 1, every entry's last "
-                "published slot and every queued run are gone, and runs due during the outage "
-                "are silently skipped; enable AOF (appendonly yes in redis.conf, or CONFIG SET "
-                "appendonly yes)"
+                f"Redis at {url} does not persist anything (appendonly no, save ''): a Redis "
+                "restart loses every entry's last published slot, every queued run and every "
+                "dead letter (beatd notices, keeps the fencing epoch rising and restores the "
+                "positions a node still holds; the queued runs never run); enable AOF "
+                "(appendonly yes in redis.conf, or CONFIG SET appendonly yes)"
             )
         else:
             warnings.append(

@@ -11,9 +11,11 @@ import hashlib
 
 GROUP = "workers"
 LEASE_LOST = "LEASELOST"
+FORMAT = "1"  # the value of the format marker key: the layout of beatd's keys
 
 PRELUDE = f"""
 local G = '{GROUP}'
+local FORMAT = '{FORMAT}'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,9 +49,10 @@ local function entry_fields(key, id)
 end
 """
 
-# KEYS lease, epoch; ARGV node, token, ttl_ms, config, held token ('' for none), held epoch,
-# min epoch -> {token, epoch} or nil. A held lease is renewed only for its own token and epoch,
-# whatever node name asks; a fresh take gets epoch max(last, min epoch) + 1
+# KEYS lease, epoch, format; ARGV node, token, ttl_ms, config, held token ('' for none), held
+# epoch, min epoch -> {token, epoch} or nil. A held lease is renewed only for its own token and
+# epoch, whatever node name asks; a fresh take gets epoch max(last, min epoch) + 1 and (re)writes
+# the format marker
 ACQUIRE = """
 local held = redis.call('HMGET', KEYS[1], 'token', 'epoch')
 if held[1] then
@@ -61,6 +64,7 @@ end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
 redis.call('SET', KEYS[2], epoch)
+redis.call('SET', KEYS[3], FORMAT)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {ARGV[2], epoch}

@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,19 @@ from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, 
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
+from beatd.config.model import Entry
 from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings
+from beatd.schedules import IntervalSchedule
 from tests.backends.contract import BackendContract, message, state
 from tests.redis_server import RedisServer, free_port
 
 DOCS = Path(__file__).parents[2] / "docs" / "redis.md"
 NO_PERSISTENCE = (
-    "Redis at {url} does not persist anything (appendonly no, save ''): after a Redis restart "
-    "the fencing epoch starts again from 1, every entry's last published slot and every queued "
-    "run are gone, and runs due during the outage are silently skipped; enable AOF (appendonly "
-    "yes in redis.conf, or CONFIG SET appendonly yes)"
+    "Redis at {url} does not persist anything (appendonly no, save ''): a Redis restart loses "
+    "every entry's last published slot, every queued run and every dead letter (beatd notices, "
+    "keeps the fencing epoch rising and restores the positions a node still holds; the queued "
+    "runs never run); enable AOF (appendonly yes in redis.conf, or CONFIG SET appendonly yes)"
 )
 
 
@@ -152,6 +154,35 @@ def test_a_scheduler_never_takes_an_epoch_below_one_it_has_seen(
     beat.step()
     assert beat.lease is not None and beat.lease.epoch == 4
     assert admin.get("beatd:epoch") == "4"
+
+
+def test_a_standby_that_holds_no_positions_counts_the_lost_slots_as_state_lost(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()  # no persistence
+    leader, standby = RedisBackend(server.url), RedisBackend(server.url)
+    try:
+        assert leader.acquire_lease("a", 30) is not None
+        clock = FakeClock(datetime.now(UTC))
+        settings = SchedulerSettings(node="b", lease_ttl=30, max_clock_skew=3600)
+        tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
+        beat = Scheduler(standby, lambda: Config({"tick": tick}), clock, settings)
+        beat.step()  # a standby: it sees a's lease, so the data is whole now
+        assert beat.lease is None and beat.epoch_seen == 1
+        server.restart()  # SIGKILL, then an empty redis-server on the same port
+
+        clock.advance(10)
+        beat.step()  # the loss is noticed; the lease is left to a node holding positions
+        assert (beat.lease, beat.totals.data_lost) == (None, 1)
+        clock.advance(settings.lease_ttl)
+        beat.step()  # nobody came: it leads, above the epoch it saw
+        assert beat.lease is not None and beat.lease.epoch == 2
+        assert beat.counts.get("tick")["missed_state_lost"] == 40
+        assert beat.counts.get("tick")["published"] == 0
+    finally:
+        leader.close()
+        standby.close()
+        server.stop()
 
 
 def test_commit_with_an_expired_lease_is_refused_with_who_holds_it(
@@ -274,11 +305,13 @@ def test_namespaces_share_one_redis_without_seeing_each_other(
     assert blue.queue_depths() == {"default": 1}
     assert sorted(admin.keys()) == [
         "blue:epoch",
+        "blue:format",
         "blue:lease",
         "blue:queue:default:normal",
         "blue:queues",
         "blue:state",
         "green:epoch",
+        "green:format",
         "green:lease",
     ]
     blue.close()
