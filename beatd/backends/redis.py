@@ -424,7 +424,8 @@ class RedisBackend:
         n = len(names)
         keys = [self._key("delayed", q) for q in names]
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
-        args = (consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS)
+        keys.append(self._key("dead"))
+        args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
         # the claim is made whatever the entry holds; what cannot be read is said in the
         # delivery, so the worker dead-letters it (an exception here would leave it claimed)
         reply = self._send("claim", keys, args, raw=True)()

@@ -176,23 +176,39 @@ end
 return 0
 """
 
-# KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2)
-# ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms
+# KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
+# then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue names
+# A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
 # -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
 # {key index, entry id, message id, body, deliveries, pending count}; the message id
 # and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
+local function delayed_run(member)
+  local ok, m = pcall(cjson.decode, member)
+  if not ok or type(m) ~= 'table' then return nil end
+  local b = m[1]
+  if (b == 0 or b == 1 or b == 2) and type(m[2]) == 'string' and type(m[3]) == 'string' then
+    return m
+  end
+  return nil
+end
 for i = 1, n do
   local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, 100)
   for _, member in ipairs(due) do
-    local m = cjson.decode(member)
-    local key = KEYS[n + m[1] * n + i]
-    ensure_stream(key)
-    redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
+    local m = delayed_run(member)
+    if m then
+      local key = KEYS[n + m[1] * n + i]
+      ensure_stream(key)
+      redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
+      wake(key)
+    else
+      redis.call('XADD', KEYS[#KEYS], '*', 'id', '', 'queue', ARGV[4 + i], 'band', 1,
+        'body', member, 'reason', 'a delayed retry that is not [band, id, body, nonce] JSON',
+        'deliveries', 0, 'failed_at', now)
+    end
     redis.call('ZREM', KEYS[i], member)
-    wake(key)
   end
 end
 -- the group's last delivered id and pending count, or nil when there is no stream

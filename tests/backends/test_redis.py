@@ -631,6 +631,23 @@ def test_retry_waits_in_the_delayed_set_then_returns_to_its_band(
     assert third is not None and (third.body, third.deliveries) == ('{"attempt": 3}', 1)
 
 
+def test_a_delayed_retry_that_cannot_be_read_is_dead_lettered_and_claims_go_on(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    raw = redis.Redis(port=admin.connection_pool.connection_kwargs["port"])
+    junk = [b"not json", b'{"a": 1}', b'[7, "x@1", "{}", "n"]', b'[1, 2, 3, "n"]', b"\xed\xa0"]
+    raw.zadd("beatd:delayed:default", {member: 0 for member in junk})
+    backend.enqueue([message("e", 1)])
+    good = backend.claim(["default"], "w", 30)
+    assert good is not None and good.id == "e@2026-03-01T12:01:00Z"
+    assert backend.claim(["default"], "w", 30) is None
+    assert admin.zcard("beatd:delayed:default") == 0
+    letters = sorted((d.body, d.reason) for d in backend.dead_letters())
+    reason = "a delayed retry that is not [band, id, body, nonce] JSON"
+    assert letters == sorted((member.decode(errors="replace"), reason) for member in junk)
+    raw.close()
+
+
 def test_lapsed_claims_are_taken_over_with_counted_deliveries(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
