@@ -18,11 +18,11 @@ from itertools import islice
 from typing import TypeVar
 
 from beatd import celery_protocol
-from beatd.backends.base import Backend, ForgetsOnRestart, Lease, Outgoing, StateWrite
+from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
 from beatd.clock import Clock
 from beatd.config import Config, Entry
-from beatd.core import Decision, EntryState, Planner, RunCounts, state_lost
-from beatd.dataloss import DataLoss, DataLossWatch
+from beatd.core import Decision, EntryState, Planner, RunCounts
+from beatd.dataloss import DataLossRecovery
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 
@@ -63,119 +63,7 @@ class Totals:
     data_lost: int = 0  # times the backend was found to have lost beatd's data
 
 
-class _DataLossHandling:
-    """The scheduler's part in a backend restarted without its data (see beatd.dataloss): the
-    epoch never goes back, a node that still holds positions writes them back under its lease,
-    and the slots of positions nobody holds are counted missed (state_lost)."""
-
-    backend: Backend
-    clock: Clock
-    config: Config
-    counts: RunCounts
-    epoch_seen: int
-    lease: Lease | None
-    planner: Planner
-    settings: SchedulerSettings
-    totals: Totals
-
-    def _account(self, decision: Decision, published_at: datetime) -> None: ...
-
-    def _init_data_loss(self) -> None:
-        backend = self.backend
-        self._watch = (
-            DataLossWatch(backend, backend.url, backend.persistence_warnings)
-            if isinstance(backend, ForgetsOnRestart)
-            else None
-        )
-        self._recheck = self._watch is not None  # check the identity before the next take
-        self._loss: DataLoss | None = None  # found, not yet recovered from
-        self._positions: dict[str, EntryState] = {}  # as this node last led, until recovered
-        self._intact_at: datetime | None = None  # when the backend last held beatd's data
-
-    def _check_data(self, mono: float) -> bool:
-        """Compare the backend's identity with the last; True when the data was lost and this
-        node holds no positions: it waits one lease TTL so that a node holding them takes the
-        lease first."""
-        self._recheck = False
-        if self._watch is None:
-            return False
-        loss = self._watch.check(self.epoch_seen, self._intact_at, mono)
-        self.totals.data_lost = self._watch.losses
-        if loss is None:
-            return False
-        self._loss = loss
-        if self._positions:
-            return False
-        self._acquire_at = mono + self.settings.lease_ttl
-        log.warning(
-            "leaving the lease for %gs to a node that still holds the entries' positions",
-            self.settings.lease_ttl,
-        )
-        return True
-
-    def _seen_intact(self) -> None:
-        """Another node holds the lease: the backend has beatd's data. A loss found more than
-        two lease TTLs ago is that leader's to recover from (one TTL is left to the nodes that
-        hold positions)."""
-        self._recheck = True
-        self._intact_at = self.clock.now()
-        loss = self._loss
-        if (
-            loss is not None
-            and self.clock.monotonic() - loss.found_at > 2 * self.settings.lease_ttl
-        ):
-            self._loss, self._positions = None, {}
-
-    def _keep_positions(self) -> None:
-        if self._watch is not None and self.lease is not None:
-            self._recheck = True
-            positions = {name: self.planner.state(name) for name in self.planner.entries}
-            self._positions = {n: p for n, p in positions.items() if p is not None}
-
-    def _recover(self, states: dict[str, EntryState], now: datetime) -> dict[str, EntryState]:
-        """After a data loss: write back the positions this node holds, count the slots of
-        the others since the data was last seen whole as missed (state_lost)."""
-        assert self.lease is not None and self._loss is not None
-        loss, positions = self._loss, self._positions
-        self._loss, self._positions = None, {}
-        entries = self.config.entries
-        restore = [
-            p
-            for name, p in positions.items()
-            if name not in states and name in entries and p.identity == entries[name].identity
-        ]
-        for batch in _chunks(iter(restore), self.settings.batch_size):
-            self.backend.commit(self.lease, [StateWrite(p, None) for p in batch], [])
-        states = {**states, **{p.entry: p for p in restore}}
-        if restore:
-            log.warning(
-                "restored the positions of %d entries after the backend lost its data epoch=%d",
-                len(restore),
-                self.lease.epoch,
-            )
-        if loss.intact_at is not None:
-            self._count_lost(loss.intact_at, states, now)
-        return states
-
-    def _count_lost(self, since: datetime, states: dict[str, EntryState], now: datetime) -> None:
-        missed = 0
-        for entry in self.config.entries.values():
-            if entry.name in states:
-                continue
-            decision = state_lost(entry, since, now, self.planner.walk_limit)
-            if decision is not None:
-                self._account(decision, now)
-                missed += decision.due_count
-        if missed:
-            log.error(
-                "counted %d slot(s) missed (state_lost) since %s: their positions were lost "
-                "with the backend's data and no node held them",
-                missed,
-                since.isoformat(),
-            )
-
-
-class Scheduler(_DataLossHandling):
+class Scheduler:
     def __init__(
         self,
         backend: Backend,
@@ -213,7 +101,7 @@ class Scheduler(_DataLossHandling):
         # persisted state shows whether they were applied
         self._in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.on_event: Callable[[str], None] = lambda _event: None
-        self._init_data_loss()
+        self.data_loss = DataLossRecovery(backend, self.settings.lease_ttl)
 
     @property
     def is_leader(self) -> bool:
@@ -329,7 +217,7 @@ class Scheduler(_DataLossHandling):
             self._announced = self.config.fingerprint
         states = self.backend.load_states()
         now = self.clock.now()
-        if self._loss is not None:
+        if self.data_loss.pending:
             states = self._recover(states, now)
         baselines, _ = self.planner.load(self.config.entries, states, now)
         gone = sorted(name for name in states if name not in self.config.entries)
@@ -364,13 +252,13 @@ class Scheduler(_DataLossHandling):
                     self._step_down()
                     return True
                 if self.backend.renew_lease(self.lease, ttl):
-                    self._intact_at = self.clock.now()
+                    self.data_loss.seen_whole(self.clock.now(), mono)
                     self._lease_deadline = mono + ttl * 0.9
                     self._renew_at = mono + self.settings.renew_interval
                 else:
                     log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
                     self._step_down()
-                    self._check_data(mono)
+                    self._check_data(mono)  # gone with the rest of Redis's data?
                 return True
             return False
         if mono < self._acquire_at:
@@ -378,8 +266,8 @@ class Scheduler(_DataLossHandling):
         self._acquire_at = mono + self.settings.standby_interval
         if not self._clock_agrees():
             return True
-        if self._recheck and self._check_data(mono):
-            return True  # the data is gone and this node has no positions: the leader first
+        if self._check_data(mono):  # before the take, which writes beatd's marker again
+            return True
         lease = self.backend.acquire_lease(
             self.settings.node, ttl, self.config.fingerprint, min_epoch=self.epoch_seen
         )
@@ -387,9 +275,6 @@ class Scheduler(_DataLossHandling):
             self._check_drift()
             return True
         self.epoch_seen = max(self.epoch_seen, lease.epoch)
-        if self._check_data(mono):
-            self.backend.release_lease(lease)
-            return True
         self.lease = lease
         self._announced = self.config.fingerprint
         self._lease_deadline = mono + ttl * 0.9
@@ -401,6 +286,27 @@ class Scheduler(_DataLossHandling):
         self._adopted = False
         self.on_event("leader")
         return True
+
+    def _check_data(self, mono: float) -> bool:
+        """Did the backend lose its data? True when this node should leave the lease for now
+        (it holds no positions to restore)."""
+        leave = self.data_loss.check(self.epoch_seen, mono)
+        self.totals.data_lost = self.data_loss.losses
+        if leave:
+            self._acquire_at = mono + self.settings.lease_ttl
+        return leave
+
+    def _recover(self, states: dict[str, EntryState], now: datetime) -> dict[str, EntryState]:
+        """After a data loss: write back the positions this node holds; count the lost slots of
+        the entries nobody held (see DataLossRecovery.recover)."""
+        assert self.lease is not None
+        entries, limit = self.config.entries, self.planner.walk_limit
+        restore, lost = self.data_loss.recover(states, entries, now, limit)
+        for batch in _chunks(iter(restore), self.settings.batch_size):
+            self.backend.commit(self.lease, [StateWrite(p, None) for p in batch], [])
+        for decision in lost:
+            self._account(decision, now)
+        return {**states, **{p.entry: p for p in restore}}
 
     def _clock_agrees(self) -> bool:
         """Compare our wall clock with the backend's; a node far off must not lead."""
@@ -430,7 +336,7 @@ class Scheduler(_DataLossHandling):
         leader = self.backend.leader()
         if leader is not None:
             self.epoch_seen = max(self.epoch_seen, leader.epoch)
-            self._seen_intact()
+            self.data_loss.seen_whole(self.clock.now(), self.clock.monotonic())
         drift = bool(
             leader and leader.config_hash and leader.config_hash != self.config.fingerprint
         )
@@ -445,7 +351,8 @@ class Scheduler(_DataLossHandling):
         self.totals.config_drift = drift
 
     def _step_down(self) -> None:
-        self._keep_positions()
+        if self.lease is not None:
+            self.data_loss.keep(self.planner, self.clock.monotonic())
         self.lease = None
         self._in_doubt.clear()  # outcomes unknown for good: runs neither repeated nor counted
         self.planner = Planner(self.settings.tick_budget)
@@ -643,7 +550,6 @@ class Scheduler(_DataLossHandling):
         self._backoff = 0.0
         self.totals.backend_up = True
         if self._backend_down:
-            self._recheck = True
             log.info("backend %s reachable again", self.backend.url)
             self._backend_down = False
             self.on_event("backend_up")

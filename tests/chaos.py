@@ -5,9 +5,10 @@
     python -m tests.chaos --kills 20 --broker redis --restart-empty 5   # Redis without persistence
 
 With `--restart-empty N`, Redis runs without persistence and is also restarted empty N times,
-after N of the kills: every scheduler is frozen (SIGSTOP), the queue drained, Redis killed and
-started again empty, the schedulers thawed. The leader that held the positions must restore them;
-slots no node held are counted `state_lost` in the schedulers' logs, and reported.
+after N of the kills, once a running scheduler leads: every scheduler is frozen (SIGSTOP), the
+queue drained, Redis killed and started again empty, the schedulers thawed. The leader holds the
+positions and must restore them: 0 lost, 0 duplicated. Slots counted `state_lost` in the
+schedulers' logs (no node held their positions) are reported too.
 
 Every entry fires each second with `missed: catch_up`, so every slot between the first and the
 last published one must be in the queue exactly once. Prints slots expected, published,
@@ -177,6 +178,9 @@ def main() -> int:
             time.sleep(rng.uniform(1.0, 3.0))
             if server is not None and restarts and rng.random() < restarts / (args.kills - kill):
                 restarts -= 1
+                # under a running leader: one that was just killed takes the positions with it,
+                # and its successor can only count the slots since it saw the data (state_lost)
+                live_leader(backend, nodes, float(args.ttl.rstrip("s")) + 5)
                 bodies += restart_empty(server, nodes, backend)
                 print("Redis restarted empty", flush=True)
                 time.sleep(rng.uniform(1.0, 3.0))
