@@ -3,11 +3,11 @@
 Such a restart raises no error: the daemons reconnect and find no lease, no epoch, no entry
 positions and no queued runs, and would start over from epoch 1 and from now. `DataLossWatch`
 compares the server's run id with the one seen before: a new run id with beatd's format marker
-gone, or with an epoch below the highest this node has seen, means the data was lost. A new run
-id with the data intact (a restart with AOF) is only logged. `DataLossRecovery` is the
-scheduler's part: it reads the identity when the leader finds its lease gone and before every
-attempt to take it (one pipelined call beside the take), keeps the positions of the last lease
-held, and says what to restore.
+gone (it was there before), or with an epoch below the highest this node has seen, means the
+data was lost. A new run id with the data intact (a restart with AOF) is only logged.
+`DataLossRecovery` is the scheduler's part: it reads the identity when the leader finds its
+lease gone and before every attempt to take it (one pipelined call beside the take), keeps the
+positions of the last lease held, and says what to restore.
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ class DataLossWatch:
         """Read the server's identity; a DataLoss when it restarted without beatd's data."""
         now = self._backend.identity()
         before, self._last = self._last, now
-        if before is None or now.run_id == before.run_id:
-            return None
-        if now.marked and now.epoch >= epoch_seen:
+        if before is None or (now.run_id and now.run_id == before.run_id):
+            return None  # no run id (INFO not allowed): judged by the marker and epoch alone
+        if (now.marked or not before.marked) and now.epoch >= epoch_seen:
+            if not now.run_id:
+                return None
             log.warning(
                 "Redis at %s restarted (run id changed) with beatd's data: epoch=%d",
                 self._url,

@@ -272,17 +272,22 @@ class RedisBackend:
         return _warnings(self.url, config)
 
     def identity(self) -> StoreIdentity:
-        """The server's run id, and whether beatd's format marker and epoch are there."""
+        """The server's run id ('' when INFO is not allowed), and whether beatd's format marker
+        and epoch are there."""
 
         def call() -> list[Any]:
             with self._redis.pipeline(transaction=False) as pipe:
                 pipe.info("server")
                 pipe.exists(self._key("format"))
                 pipe.get(self._key("epoch"))
-                return pipe.execute()
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+            for reply in replies[1:]:  # only INFO may be refused
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
 
         info, marked, epoch = self._do("identity", call)
-        run_id = str(info.get("run_id", ""))
+        run_id = "" if isinstance(info, Exception) else str(info.get("run_id", ""))
         return StoreIdentity(run_id, self._key("format"), bool(marked), int(epoch or 0))
 
     # --- leadership -----------------------------------------------------------------------
@@ -453,18 +458,20 @@ class RedisBackend:
             self._pubsub, self._channels = pubsub, channels
             return True  # whatever was added before the subscription: claim once
         pubsub, due = self._pubsub, self._delayed_at
-        limit = min(timeout, self.op_timeout * 0.75)
+        deadline = time.monotonic() + min(timeout, self.op_timeout * 0.75)
         if due is not None:
-            limit = max(0.0, min(limit, due - time.monotonic()))
+            deadline = min(deadline, due)
         try:
-            woken = self._do("wait", lambda: pubsub.get_message(timeout=limit)) is not None
+            while (left := deadline - time.monotonic()) > 0:  # past subscribe confirmations
+                if self._do("wait", lambda: pubsub.get_message(timeout=left)) is not None:
+                    return True
         except BackendError:
             self._stop_waiting()  # subscribe again on the next call
             raise
-        if not woken and due is not None and time.monotonic() >= due:
+        if due is not None and time.monotonic() >= due:
             self._delayed_at = None
             return True
-        return woken
+        return False
 
     def _stop_waiting(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

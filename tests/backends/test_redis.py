@@ -18,7 +18,15 @@ import pytest
 import redis
 
 from beatd.backends import open_backend
-from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    Backend,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    StateWrite,
+    StoreIdentity,
+)
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
@@ -344,6 +352,11 @@ def exercise(backend: Backend) -> None:
     assert [d.id for d in backend.dead_letters()] == ["g@1"]
     backend.release_lease(lease)
     backend.server_time()
+    if isinstance(backend, RedisBackend):  # what only Redis does: restarts, wake-ups
+        assert backend.identity().marked
+        assert backend.wait_for_work(["default"], 0.1)  # subscribed: claim once
+        backend.enqueue([message("h", 0)])
+        assert backend.wait_for_work(["default"], 1.0)  # woken by the enqueue
 
 
 def documented_acl(user: str, password: str) -> list[str]:
@@ -390,6 +403,19 @@ def test_acl_user_without_config_get_gets_one_warning_not_a_crash(
         )
         backend.close()
         wrong.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_acl_user_without_info_still_reads_the_marker_and_epoch(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+info"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        assert backend.acquire_lease("a", 10) is not None
+        assert backend.identity() == StoreIdentity("", "beatd:format", True, 1)
+        backend.close()
     finally:
         admin.acl_deluser("beatd")
 
