@@ -31,6 +31,7 @@ class MissReason(StrEnum):
     SKIPPED = "skipped"  # missed while nobody published, and the policy does not run it
     BEYOND_CATCH_UP = "beyond_catch_up"  # catch_up, but older than the newest max_catch_up
     DISABLED = "disabled"  # the entry was disabled when the slot came
+    STATE_LOST = "state_lost"  # the backend lost the entry's position (Redis restarted empty)
 
 
 # EntryState, Run and Decision are made for every run published, so they are named tuples:
@@ -76,6 +77,20 @@ class Decision(NamedTuple):
     @property
     def due_count(self) -> int:
         return len(self.runs) + sum(self.missed.values())
+
+
+def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Decision | None:
+    """The slots of an entry in (since, now] that no node can account for any more: its
+    position was lost with the backend's data. Counted as missed, never published (the old
+    leader may have published some of them). At most `limit` are counted."""
+    state = EntryState(entry.name, now, None, entry.identity)
+    count, slot = 0, entry.schedule.next_after(since)
+    while slot is not None and slot <= now and count < limit:
+        count += 1
+        slot = entry.schedule.next_after(slot)
+    if not count:
+        return None
+    return Decision(entry, None, state, missed={MissReason.STATE_LOST: count})
 
 
 @dataclass(slots=True)

@@ -77,6 +77,11 @@ class SchedulerCollector(Collector):
             "beatd_leader_changes", "Times this scheduler became leader.", s.totals.leader_changes
         )
         yield _gauge("beatd_backend_up", "1 while the backend answers.", int(s.totals.backend_up))
+        yield _counter(
+            "beatd_backend_data_lost",
+            "Times the backend was found restarted without beatd's data (Redis without AOF).",
+            s.totals.data_lost,
+        )
         yield _gauge(
             "beatd_clock_skew_seconds",
             "This node's clock minus the backend's, at the last check (leadership is refused "

@@ -22,6 +22,7 @@ from beatd.backends.base import Backend, Lease, Outgoing, StateWrite, StorageFai
 from beatd.clock import Clock
 from beatd.config import Config, Entry
 from beatd.core import Decision, EntryState, Planner, RemovedEntries, RunCounts
+from beatd.dataloss import DataLossRecovery
 from beatd.durations import format_duration
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
@@ -61,6 +62,7 @@ class Totals:
     backend_up: bool = True
     clock_skew: float = 0.0  # our clock minus the backend's, at the last check
     config_drift: bool = False  # the leader runs a configuration that differs from ours
+    data_lost: int = 0  # times the backend was found to have lost beatd's data
 
 
 class Scheduler:
@@ -81,6 +83,9 @@ class Scheduler:
         self.planner = Planner(self.settings.tick_budget)
         self.removed = RemovedEntries(timedelta(seconds=self.settings.removed_grace))
         self.lease: Lease | None = None
+        # the highest fencing epoch this node has seen: a take never starts at or below it, even
+        # when the backend lost its data (Redis restarted empty)
+        self.epoch_seen = 0
         self.totals = Totals()
         self.counts = RunCounts()
         self.observe_delay: Callable[[float], None] = lambda _seconds: None
@@ -100,6 +105,7 @@ class Scheduler:
         # persisted state shows whether they were applied
         self._in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.on_event: Callable[[str], None] = lambda _event: None
+        self.data_loss = DataLossRecovery(backend, self.settings.lease_ttl)
 
     @property
     def is_leader(self) -> bool:
@@ -223,6 +229,8 @@ class Scheduler:
             self._announced = self.config.fingerprint
         states = self.backend.load_states()
         now = self.clock.now()
+        if self.data_loss.pending:
+            states = self._recover(states, now)
         baselines, _ = self.planner.load(self.config.entries, states, now)
         self._forget_removed([name for name in states if name not in self.config.entries], now)
         for batch in _chunks(iter(baselines), self.settings.batch_size):
@@ -289,11 +297,13 @@ class Scheduler:
                     self._step_down()
                     return True
                 if self.backend.renew_lease(self.lease, ttl):
+                    self.data_loss.seen_whole(self.clock.now(), mono)
                     self._lease_deadline = mono + ttl * 0.9
                     self._renew_at = mono + self.settings.renew_interval
                 else:
                     log.warning("lost the lease epoch=%d; now standby", self.lease.epoch)
                     self._step_down()
+                    self._check_data(mono)  # gone with the rest of Redis's data?
                 return True
             return False
         if mono < self._acquire_at:
@@ -301,10 +311,15 @@ class Scheduler:
         self._acquire_at = mono + self.settings.standby_interval
         if not self._clock_agrees():
             return True
-        lease = self.backend.acquire_lease(self.settings.node, ttl, self.config.fingerprint)
+        if self._check_data(mono):  # before the take, which writes beatd's marker again
+            return True
+        lease = self.backend.acquire_lease(
+            self.settings.node, ttl, self.config.fingerprint, min_epoch=self.epoch_seen
+        )
         if lease is None:
             self._check_drift()
             return True
+        self.epoch_seen = max(self.epoch_seen, lease.epoch)
         self.lease = lease
         self._announced = self.config.fingerprint
         self._lease_deadline = mono + ttl * 0.9
@@ -316,6 +331,27 @@ class Scheduler:
         self._adopted = False
         self.on_event("leader")
         return True
+
+    def _check_data(self, mono: float) -> bool:
+        """Did the backend lose its data? True when this node should leave the lease for now
+        (it holds no positions to restore)."""
+        leave = self.data_loss.check(self.epoch_seen, mono)
+        self.totals.data_lost = self.data_loss.losses
+        if leave:
+            self._acquire_at = mono + self.settings.lease_ttl
+        return leave
+
+    def _recover(self, states: dict[str, EntryState], now: datetime) -> dict[str, EntryState]:
+        """After a data loss: write back the positions this node holds; count the lost slots of
+        the entries nobody held (see DataLossRecovery.recover)."""
+        assert self.lease is not None
+        entries, limit = self.config.entries, self.planner.walk_limit
+        restore, lost = self.data_loss.recover(states, entries, now, limit)
+        for batch in _chunks(iter(restore), self.settings.batch_size):
+            self.backend.commit(self.lease, [StateWrite(p, None) for p in batch], [])
+        for decision in lost:
+            self._account(decision, now)
+        return {**states, **{p.entry: p for p in restore}}
 
     def _clock_agrees(self) -> bool:
         """Compare our wall clock with the backend's; a node far off must not lead."""
@@ -351,6 +387,8 @@ class Scheduler:
                 leader.node,
                 leader.epoch,
             )
+            self.epoch_seen = max(self.epoch_seen, leader.epoch)
+            self.data_loss.seen_whole(self.clock.now(), self.clock.monotonic())
         name_taken = leader is not None and leader.node == self.settings.node
         if name_taken and not self._name_taken and leader is not None:
             log.warning(
@@ -375,6 +413,8 @@ class Scheduler:
         self.totals.config_drift = drift
 
     def _step_down(self) -> None:
+        if self.lease is not None:
+            self.data_loss.keep(self.planner, self.clock.monotonic())
         self.lease = None
         self._in_doubt.clear()  # outcomes unknown for good: runs neither repeated nor counted
         self.planner = Planner(self.settings.tick_budget)

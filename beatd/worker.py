@@ -31,7 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from beatd.backends.base import Backend, Delivery, StorageFailed
+from beatd.backends.base import Backend, Delivery, StorageFailed, WaitsForWork
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
 from beatd.message import MessageError, RunMessage
@@ -54,6 +54,7 @@ class WorkerSettings:
     drain_timeout: float = 30.0
     min_poll: float = 0.01  # idle polling starts here and doubles...
     max_poll: float = 1.0  # ...up to here: SQLite has no blocking pop
+    block_period: float = 1.5  # Redis: longest wait per call (the backend keeps it in its bound)
     max_backoff: float = 5.0  # backend errors
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -159,6 +160,7 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.RLock()
         self._stopping = False
+        self._stopped = threading.Event()  # set with _stopping, for the waiting thread's naps
         self._aborted = False
         self._ready = False
         self._nudged = False
@@ -168,17 +170,20 @@ class Worker:
         self._heartbeat_at = 0.0
         self._backoff = 0.0
         self._backend_down = False
+        self._waits = isinstance(backend, WaitsForWork)  # woken by the backend, never polling
 
     # --- control, from signal handlers and other threads ---------------------------------
 
     def stop(self) -> None:
         """Stop claiming; finish running tasks (up to the drain timeout), then return."""
         self._stopping = True
+        self._stopped.set()
         self._wake()
 
     def abort(self) -> None:
         """Stop at once: running tasks are killed and their runs released."""
         self._stopping = self._aborted = True
+        self._stopped.set()
         self._wake()
 
     def nudge(self) -> None:
@@ -207,6 +212,9 @@ class Worker:
             settings.visibility_timeout,
         )
         self.pool.start()
+        if isinstance(self.backend, WaitsForWork):
+            watch = threading.Thread(target=self._watch, args=(self.backend,), daemon=True)
+            watch.start()
         try:
             while not self._finished():
                 self._round()
@@ -278,6 +286,9 @@ class Worker:
                 self._backend_failed(exc)
                 return
             self._backend_recovered()
+            if delivery is None and self._waits:  # idle: woken when a run is added; claims
+                self._claim_at = mono + settings.visibility_timeout  # lapse without a wake-up
+                return
             if delivery is None:  # idle: poll again soon, then less and less often
                 self._poll = min(max(self._poll * 2, settings.min_poll), settings.max_poll)
                 self._claim_at = mono + self._poll
@@ -285,16 +296,36 @@ class Worker:
             self._poll = 0.0
             self._accept(delivery, slot)
 
+    def _watch(self, backend: WaitsForWork) -> None:
+        """The waiting thread: nudges the loop when the backend says a run may be ready. It
+        makes no other call; outages are the loop's to report."""
+        try:
+            while not self._stopping:
+                try:
+                    if backend.wait_for_work(self.settings.queues, self.settings.block_period):
+                        self.nudge()
+                except BackendError as exc:
+                    log.debug("waiting for runs failed, retrying: %s", exc)
+                    self._stopped.wait(self.settings.block_period)
+        except Exception:
+            if not self._stopping:
+                raise  # a fault of ours, not the backend closed under the wait at shutdown
+
     def _accept(self, delivery: Delivery, slot: Slot) -> None:
         """Start the delivery on `slot`, or settle it at once when it must not run."""
-        not_text = _not_utf8(delivery.body)
-        if not_text is not None:
-            self._bury_unrun(delivery, None, f"unreadable run message: {not_text}")
+        if delivery.unreadable:
+            self._bury_unrun(delivery, None, delivery.unreadable)
             return
         try:
             message = RunMessage.from_json(delivery.body)
         except MessageError as exc:
             self._bury_unrun(delivery, None, f"unreadable run message: {exc}")
+            return
+        if message.id != delivery.id:  # which one would the logs, the task, a retry believe?
+            reason = (
+                f"the queue entry's id {delivery.id!r} differs from its body's id {message.id!r}"
+            )
+            self._bury_unrun(delivery, message, reason)
             return
         budget = self.settings.max_deliveries
         if delivery.deliveries > budget:
@@ -498,7 +529,8 @@ class Worker:
         """Count and log an outcome, once it is written: one `task=... outcome=...` line."""
         task = message.task if message else "?"
         attempt = message.attempt if message else "?"
-        head = f"task={task} id={delivery.id} attempt={attempt} outcome={outcome}"
+        run = message.id if message else delivery.id  # the id the task sees, where there is one
+        head = f"task={task} id={run} attempt={attempt} outcome={outcome}"
         duration = self.clock.monotonic() - job.started if job is not None else None
         if job is not None:
             fields = {"duration": f"{duration:.3f}s", **fields}
@@ -557,19 +589,6 @@ class Worker:
         if self._backend_down:
             log.info("backend %s reachable again", self.backend.url)
             self._backend_down = False
-
-
-def _not_utf8(body: str) -> str | None:
-    """What makes a body that a backend read as bytes (undecodable ones as surrogate escapes)
-    not UTF-8 text; None when it is."""
-    try:
-        body.encode()
-    except UnicodeEncodeError as exc:
-        char = ord(body[exc.start])
-        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
-        offset = len(body[: exc.start].encode())
-        return f"not UTF-8 text ({what} at offset {offset}); kept as it was written"
-    return None
 
 
 def _over_time(job: Job) -> str:

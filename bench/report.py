@@ -343,6 +343,8 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "pool_cpu_us_per_task",
                 "worker_main_cpu_s",
                 "worker_pool_cpu_s",
+                "latency_p50_ms",
+                "latency_p99_ms",
             ],
         ),
         (
@@ -413,7 +415,8 @@ def _workers(rows: list[Result]) -> str:
             "acknowledges a run after its task finished. Both log at `info`: one line per task "
             "for beatd, two for Celery. Executed counts the task bodies that ran. CPU per task "
             "is taken between 90 % and 10 % of the queue remaining; the pool is every process "
-            "below the main one (for beatd its forkserver and children). Ratio = Celery's "
+            "below the main one (for beatd its forkserver and children). Queue to start: single "
+            "runs queued to the idle worker after random gaps of 0.2-1.2 s. Ratio = Celery's "
             "figure / beatd's.",
             "",
         ]
@@ -441,6 +444,18 @@ _WORKER = [
         "lower",
     ),
     ("start to empty queue", lambda r: r["seconds_to_empty"], lambda v: _s(v), "lower"),
+    (
+        "queue to start, idle worker, p50",
+        lambda r: r.get("latency_p50_ms"),
+        lambda v: f"{v:,.1f} ms",
+        "lower",
+    ),
+    (
+        "queue to start, idle worker, p99",
+        lambda r: r.get("latency_p99_ms"),
+        lambda v: f"{v:,.1f} ms",
+        "lower",
+    ),
     (
         "CPU, whole run with start-up (main + pool)",
         lambda r: r["worker_main_cpu_s"] + r.get("worker_pool_cpu_s", 0),

@@ -64,6 +64,7 @@ SCHEDULER_METRICS = {
     "beatd_config_reloads_total",
     "beatd_config_last_reload_success",
     "beatd_backend_up",
+    "beatd_backend_data_lost_total",
 }
 WORKER_METRICS = {
     "beatd_tasks_total",

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from beatd.backends.base import Outgoing
-from beatd.backends.redis import RedisBackend
+from beatd.backends.redis import SCRIPTS, RedisBackend
 from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
 from tests.redis_server import RedisServer
@@ -86,11 +86,11 @@ class Proc:
 
 
 class Cluster:
-    """One persistent redis-server and the beatd processes started against it."""
+    """One redis-server (persistent unless told) and the beatd processes started against it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, persistent: bool = True) -> None:
         self.dir = tmp_path
-        self.server = RedisServer(tmp_path / "redis", persistent=True).start()
+        self.server = RedisServer(tmp_path / "redis", persistent=persistent).start()
         self.admin: redis.Redis = self.server.client()
         self.procs: list[Proc] = []
 
@@ -121,8 +121,8 @@ class Cluster:
         assert proc.count(line) == 1, proc.log.read_text()
         return proc
 
-    def scheduler(self, node: str) -> Proc:
-        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch"]
+    def scheduler(self, node: str, *args: str) -> Proc:
+        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch", *args]
         return self._started(self._start(node, argv), f"beatd run node={node} ")
 
     def worker(self, name: str, *args: str) -> Proc:
@@ -287,10 +287,12 @@ def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caug
         "b": (1, 1),
         "w": (1, 1),
     }
-    # each noticed within its longest sleep plus one bounded call: a timeout, not a hang
+    # each noticed within its longest sleep plus one bounded call: a timeout, not a hang (an
+    # idle worker waits on its subscription, which a frozen server leaves silent, and claims
+    # again at the latest after its visibility timeout)
     url = re.escape(cluster.server.url)
     pattern = rf"backend {url} {DOWN}: {url}: \w+: TimeoutError: {re.escape(timeout)}"
-    for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 1.0, 2.0)):
+    for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 5.0, 2.0)):
         noticed_at, line = daemon.first(DOWN)
         assert re.fullmatch(pattern, line), line
         assert noticed_at - paused_at <= longest_sleep + op_timeout + 0.5, daemon.name
@@ -337,6 +339,65 @@ def test_redis_restarted_with_aof_under_load_both_daemons_recover_nothing_twice_
     # the lease lapsed while Redis was down; the epoch went on from the AOF, not back to 1
     assert cluster.admin.get("beatd:epoch") == "2"
     assert cluster.admin.xlen(STREAM) == 0
+
+
+def test_redis_restarted_empty_the_leader_restores_positions_above_the_old_epoch(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, persistent=False)
+    try:
+        restarted_empty(cluster)
+    finally:
+        cluster.close()
+
+
+def restarted_empty(cluster: Cluster) -> None:
+    entries = 5
+    cluster.schedule(adding(entries, cluster.dir / "out"))
+    cluster.admin.set("beatd:epoch", 3)  # as after a few leader changes
+    a = cluster.scheduler("a", "--log-level", "debug")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    b = cluster.scheduler("b", "--log-level", "debug")
+    wait_for(lambda: len(cluster.slots()) >= 3 * entries, what="a to publish")
+
+    cluster.server.restart()  # SIGKILL, then an empty redis-server on the same port
+    restarted_at = time.time()
+    cluster.admin = cluster.server.client()
+    lost = "lost its data: it restarted"
+    wait_for(lambda: a.count(lost) + b.count(lost), what="the loss to be noticed")
+    wait_for(
+        lambda: any(s.timestamp() >= restarted_at + 3 for s in cluster.slots()),
+        what="publishing to go on after the restart",
+    )
+    assert [a.stop(), b.stop()] == [0, 0]
+
+    published: dict[str, list[datetime]] = {}
+    state_lost = 0
+    for proc in (a, b):
+        for m in proc.messages():
+            if found := re.fullmatch(r"publish entry=(\S+) slot=(\S+) due=.*", m):
+                published.setdefault(found[1], []).append(datetime.fromisoformat(found[2]))
+            if found := re.fullmatch(r"missed entry=\S+ reason=state_lost count=(\d+)", m):
+                state_lost += int(found[1])
+    assert sorted(published) == [f"e{i}" for i in range(entries)]
+    if state_lost == 0:  # the leader kept the positions: every slot published, once
+        for slots in published.values():
+            assert_contiguous(slots, SECOND)
+    assert int(cluster.admin.get("beatd:epoch") or 0) > 4  # a led at 4; never back to 1
+    url = cluster.server.url
+    assert (a.count(lost), b.count(lost)) in ((1, 0), (1, 1))
+    assert (
+        a.messages().count(
+            f"Redis at {url} lost its data: it restarted (run id changed) without beatd's keys "
+            "(beatd:format is gone, the fencing epoch is 0 where 4 was seen): every entry's "
+            "position, every queued run and every dead letter it held are gone. The epoch goes "
+            "on above 4; entries whose positions this node still holds are restored, the others "
+            "count their lost slots as missed (state_lost). Enable AOF (appendonly yes) so that a "
+            "restart keeps them"
+        )
+        == 1
+    )
+    assert a.count("restored the positions of 5 entries") == 1
 
 
 # --- a worker dies mid-task -----------------------------------------------------------------
@@ -386,3 +447,119 @@ def zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# --- a bad queue entry ----------------------------------------------------------------------
+
+
+def run_body(id: str, out: Path, **fields: object) -> bytes:
+    now = datetime.now(UTC)
+    message = RunMessage(
+        id=id,
+        task="tests.worker_tasks.add",
+        entry=id.split("@")[0],
+        scheduled_for=now,
+        published_at=now,
+        queue="default",
+        args=(str(out), 1, 2),
+    )
+    return json.dumps({**json.loads(message.to_json()), **fields}).encode()
+
+
+def test_bad_queue_entries_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    wrong_types = {"id": 1, "task": [], "entry": {}, "scheduled_for": 2, "published_at": None}
+    wrong_types |= {"queue": 3, "args": "a", "kwargs": [], "headers": 4, "attempt": "1"}
+    raw = redis.Redis(port=cluster.server.port)  # bytes as they are, no decoding
+    bad: list[tuple[dict[bytes, bytes], str]] = [
+        (
+            {b"id": b"surrogate@1", b"body": b'{"id": "surrogate@1", "task": "\xed\xa0\x80"}'},
+            "the queue entry's body is not UTF-8 text (byte 0xed at offset 31)",
+        ),
+        (
+            {b"id": b"\xff\xfe@1", b"body": run_body("undecodable@1", out)},
+            "the queue entry's id is not UTF-8 text (byte 0xff at offset 0)",
+        ),
+        ({b"id": b"nobody@1"}, "the queue entry has no body field"),
+        ({b"body": run_body("noid@1", out)}, "the queue entry has no id field"),
+        ({b"other": b"\xed\xa0\x80"}, "the queue entry has no id field"),
+        (
+            {b"id": b"typed@1", b"body": json.dumps(wrong_types).encode()},
+            "unreadable run message: field 'id' must be str, got int",
+        ),
+        (
+            {b"id": b"stream@1", b"body": run_body("body@1", out)},
+            "the queue entry's id 'stream@1' differs from its body's id 'body@1'",
+        ),
+    ]
+    for fields, _ in bad:
+        raw.xadd(STREAM, fields)  # type: ignore[arg-type]
+    raw.xadd(STREAM, {b"id": b"extra@1", b"body": run_body("extra@1", out), b"x": b"\xed"})
+    raw.xadd(STREAM, {b"id": b"good@1", b"body": run_body("good@1", out)})
+    w = cluster.worker("w", "-c", "1")
+    settled = wait_for(
+        lambda: cluster.admin.xlen(STREAM) == 0 or w.popen.poll() is not None,
+        what="every entry to be settled",
+    )
+    assert settled and w.stop() == 0, w.log.read_text()
+
+    assert sorted(e[1] for e in events(out)) == ["extra@1", "good@1"]
+    letters = RedisBackend(cluster.server.url).dead_letters()
+    assert [d.reason for d in letters] == [reason for _, reason in bad]
+    assert w.count("outcome=dead_lettered") == len(bad)
+    assert cluster.admin.xpending(STREAM, "workers")["pending"] == 0
+    raw.close()
+
+
+# --- the worker waits on Redis --------------------------------------------------------------
+
+
+# commands run inside beatd's scripts: commandstats counts them too, but they are not sent
+IN_SCRIPTS = {
+    name.lower()
+    for script in SCRIPTS.values()
+    for name in re.findall(r"redis\.call\('(\w+)'", script.source)
+}
+
+
+def commands_sent(admin: redis.Redis) -> dict[str, int]:
+    """Commands sent since the last CONFIG RESETSTAT (a script call counts once), leaving out
+    the test's own."""
+    stats: Any = admin.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+    mine = ("config", "info")
+    return {
+        n: c
+        for n, c in calls.items()
+        if n.split("|")[0] not in IN_SCRIPTS and not n.startswith(mine)
+    }
+
+
+def test_an_idle_worker_sends_one_command_per_block_period_and_starts_a_run_within_ms(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    w = cluster.worker("w", "-c", "1")  # op timeout 2 s: a block period of 1.5 s at most
+    backend = RedisBackend(cluster.server.url)
+    backend.enqueue([Outgoing("warm", "warm@1", "default", None, run_body("warm@1", out).decode())])
+    wait_for(lambda: events(out), what="the first run")
+    cluster.admin.config_resetstat()
+    idle_since = time.monotonic()
+    time.sleep(10)  # an idle period is what is measured here
+    sent = commands_sent(cluster.admin)
+    assert sum(sent.values()) <= 10 / 1.5, sent
+
+    latencies = []
+    for n in range(3):
+        run = f"late@{n}"
+        queued_at = time.time()
+        backend.enqueue([Outgoing("late", run, "default", None, run_body(run, out).decode())])
+        started = wait_for(lambda run=run: [e for e in events(out) if e[1] == run], what=run)
+        latencies.append(float(started[0][5]) - queued_at)
+        time.sleep(1.2)  # idle again, past the longest poll interval a polling worker would use
+    assert max(latencies) < 0.25, latencies
+    assert time.monotonic() - idle_since > 10
+    assert w.stop() == 0
+    backend.close()

@@ -91,6 +91,7 @@ def test_publishes_each_slot_once_with_the_documented_message(
         "missed_skipped": 0,
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
+        "missed_state_lost": 0,
     }
 
 
@@ -133,6 +134,7 @@ def test_standby_takes_over_when_the_leader_stops_without_loss_or_repeat(
         "missed_skipped": 0,
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
+        "missed_state_lost": 0,
     }
 
 
@@ -322,6 +324,7 @@ def test_backend_errors_are_survived_and_retried(
         "missed_skipped": 6,
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
+        "missed_state_lost": 0,
     }
 
 

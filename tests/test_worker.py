@@ -603,10 +603,7 @@ def test_a_row_whose_body_is_not_utf8_is_dead_lettered_and_the_queue_goes_on(
     wait_for(lambda: backend.queue_depths() == {}, what="both rows to be settled")
     assert [e[:2] for e in events(out)] == [["sum=5", "sum@1"]]
     (dead,) = backend.dead_letters()
-    reason = (
-        f"unreadable run message: not UTF-8 text (byte 0xed at offset {offset}); kept as it "
-        "was written"
-    )
+    reason = f"the queue entry's body is not UTF-8 text (byte 0xed at offset {offset})"
     assert (dead.id, dead.reason) == ("bad@1", reason)
     with sqlite3.connect(db) as conn:  # kept byte for byte
         conn.text_factory = bytes

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from beatd.core import EntryState
 from beatd.errors import BackendError
@@ -97,6 +97,19 @@ class Outgoing(NamedTuple):
     protocol: str = "beatd"
 
 
+def utf8_fault(value: bytes, name: str) -> str:
+    """Why a stored message's field `name` is not UTF-8 text ('' when it is): such a message
+    is handed out all the same, for the worker to dead-letter (see `Delivery.unreadable`)."""
+    try:
+        value.decode()
+    except UnicodeDecodeError as exc:
+        return (
+            f"the queue entry's {name} is not UTF-8 text "
+            f"(byte 0x{value[exc.start]:02x} at offset {exc.start})"
+        )
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A message handed to one worker; `receipt` proves the claim when acknowledging."""
@@ -106,6 +119,7 @@ class Delivery:
     body: str
     deliveries: int  # how many times it has been handed out, this time included
     receipt: str
+    unreadable: str = ""  # why the stored message cannot be read: dead-letter it unrun
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,34 @@ def unseen(letters: Sequence[DeadLetter], held: set[str]) -> list[DeadLetter]:
             seen.add(letter.id)
             new.append(letter)
     return new
+
+
+class StoreIdentity(NamedTuple):
+    """Which server process holds the data, and whether beatd's data is still in it."""
+
+    run_id: str  # changes whenever the server restarts
+    marker: str  # the name of beatd's format marker, for messages
+    marked: bool  # beatd's format marker is there (written with every fresh take of the lease)
+    epoch: int  # the stored fencing epoch; 0 when there is none
+
+
+@runtime_checkable
+class ForgetsOnRestart(Protocol):
+    """A backend whose server can restart without its data (Redis without AOF; not SQLite)."""
+
+    def identity(self) -> StoreIdentity:
+        """The server's run id and what of beatd's data it holds; TransientBackendError when
+        it cannot be reached."""
+
+
+@runtime_checkable
+class WaitsForWork(Protocol):
+    """A backend an idle worker can block on instead of polling it (Redis; not SQLite)."""
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a message may be ready on `queues` (True: claim now) or up to `timeout`
+        seconds (False); raises TransientBackendError when the backend cannot be reached. Call
+        it from one thread only; it may return True spuriously, never sleep past a ready run."""
 
 
 class Backend(Protocol):
@@ -203,7 +245,9 @@ class Backend(Protocol):
         """Hand out the next ready message (highest priority first, then oldest).
 
         The claim lasts `visibility` seconds unless extended; when it lapses the message is
-        delivered again. Returns None when nothing is ready.
+        delivered again. Returns None when nothing is ready. A stored message that cannot be
+        read (bytes that are not UTF-8, a missing field) is handed out all the same, with
+        `unreadable` saying why, never raised as an error: the caller dead-letters it.
         """
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:

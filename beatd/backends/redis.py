@@ -8,7 +8,8 @@ client's. Every call is bounded: one attempt, no client-side retries, socket tim
 
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
-  beatd:epoch             string  the fencing epoch, INCR on every fresh take of the lease
+  beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
+  beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
   beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
@@ -27,10 +28,12 @@ it, so a worker whose claim was taken over (the count moved on) can no longer ac
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _string
@@ -39,6 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.retry import Retry
 
 from beatd import celery_protocol
@@ -49,9 +53,11 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    StoreIdentity,
     from_micros,
     to_micros,
     unseen,
+    utf8_fault,
 )
 from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
 from beatd.core import EntryState
@@ -143,6 +149,9 @@ class RedisBackend:
         self.namespace = namespace
         self.op_timeout = op_timeout
         self._targets: dict[tuple[str, int | None, str], tuple[str, bool]] = {}
+        self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
+        self._channels: list[str] = []
+        self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 url,
@@ -194,11 +203,14 @@ class RedisBackend:
     def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return self._send(name, keys, args)()
 
-    def _send(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Callable[[], Any]:
+    def _send(
+        self, name: str, keys: Sequence[str], args: Sequence[str | int], *, raw: bool = False
+    ) -> Callable[[], Any]:
         """Send one script call; the returned function waits for its reply.
 
         Between the two the caller can work while Redis runs the script; the connection stays
-        out of the pool until the reply is read, so each call must be waited for.
+        out of the pool until the reply is read, so each call must be waited for. A `raw` reply
+        keeps its strings as bytes, for replies that carry what someone else stored.
         """
         script = SCRIPTS[name]
         pool = self._redis.connection_pool
@@ -209,10 +221,10 @@ class RedisBackend:
 
         def reply() -> Any:
             try:
-                return connection.read_response()
+                return connection.read_response(disable_decoding=raw)
             except redis.exceptions.NoScriptError:  # a restarted Redis: send it in full once
                 send("EVAL", script.source)
-                return connection.read_response()
+                return connection.read_response(disable_decoding=raw)
 
         def wait() -> Any:
             try:
@@ -233,6 +245,7 @@ class RedisBackend:
         return self._do(str(args[0]).lower(), lambda: call(*args))  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
+        self._stop_waiting()
         self._redis.close()
 
     def ping(self) -> None:
@@ -260,6 +273,25 @@ class RedisBackend:
             ]
         return _warnings(self.url, config)
 
+    def identity(self) -> StoreIdentity:
+        """The server's run id ('' when INFO is not allowed), and whether beatd's format marker
+        and epoch are there."""
+
+        def call() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                pipe.exists(self._key("format"))
+                pipe.get(self._key("epoch"))
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+            for reply in replies[1:]:  # only INFO may be refused
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+
+        info, marked, epoch = self._do("identity", call)
+        run_id = "" if isinstance(info, Exception) else str(info.get("run_id", ""))
+        return StoreIdentity(run_id, self._key("format"), bool(marked), int(epoch or 0))
+
     # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(
@@ -268,12 +300,13 @@ class RedisBackend:
         ttl: float,
         config_hash: str = "",
         *,
-        held: Lease | None = None,  # the Redis branch implements these two in ACQUIRE
+        held: Lease | None = None,
         min_epoch: int = 0,
     ) -> Lease | None:
-        keys = (self._key("lease"), self._key("epoch"))
+        keys = (self._key("lease"), self._key("epoch"), self._key("format"))
         token = secrets.token_hex(16)
-        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash))
+        mine = (held.token, held.epoch) if held is not None else ("", "")
+        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash, *mine, min_epoch))
         if reply is None:
             return None
         return Lease(node, reply[0], int(reply[1]))
@@ -398,14 +431,55 @@ class RedisBackend:
         n = len(names)
         keys = [self._key("delayed", q) for q in names]
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
-        args = (consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS)
-        reply = self._eval("claim", keys, args)
-        if reply is None:
+        keys.append(self._key("dead"))
+        args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
+        # the claim is made whatever the entry holds; what cannot be read is said in the
+        # delivery, so the worker dead-letters it (an exception here would leave it claimed)
+        reply = self._send("claim", keys, args, raw=True)()
+        if isinstance(reply, int):  # nothing ready: when the soonest delayed retry will be
+            self._delayed_at = None if reply < 0 else time.monotonic() + reply / 1000
             return None
-        k, entry_id, message_id, body, deliveries, count = reply
+        k, entry_id, raw_id, raw_body, deliveries, count = reply
         b, i = divmod(k - 1 - n, n)
-        receipt = f"{b}/{entry_id}/{count}/{consumer}"
-        return Delivery(message_id, names[i], body, int(deliveries), receipt)
+        receipt = f"{b}/{entry_id.decode()}/{count}/{consumer}"
+        message_id, id_fault = _field_text(raw_id, "id")
+        body, body_fault = _field_text(raw_body, "body")
+        unreadable = id_fault or body_fault
+        return Delivery(message_id, names[i], body, int(deliveries), receipt, unreadable)
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a run is added to one of `queues` or a delayed retry is ready: True, claim
+        now; False after `timeout` (at most 3/4 of the operation timeout, so a hung Redis costs
+        no more than a call does). Waiting sends Redis nothing: every script that adds a run
+        publishes on its stream's channel, and this connection stays subscribed."""
+        channels = sorted({self._stream(q, b) for q in queues for b in range(len(BANDS))})
+        if self._pubsub is None or channels != self._channels:
+            self._stop_waiting()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._do("subscribe", lambda: pubsub.subscribe(*channels))
+            self._pubsub, self._channels = pubsub, channels
+            return True  # whatever was added before the subscription: claim once
+        pubsub, due = self._pubsub, self._delayed_at
+        deadline = time.monotonic() + min(timeout, self.op_timeout * 0.75)
+        if due is not None:
+            deadline = min(deadline, due)
+        try:
+            while (left := deadline - time.monotonic()) > 0:  # past subscribe confirmations
+                if self._do("wait", lambda: pubsub.get_message(timeout=left)) is not None:
+                    return True
+        except BackendError:
+            self._stop_waiting()  # subscribe again on the next call
+            raise
+        if due is not None and time.monotonic() >= due:
+            self._delayed_at = None
+            return True
+        return False
+
+    def _stop_waiting(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()
 
     def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
         """The stream, band and (entry id, consumer, count) that a receipt names."""
@@ -436,8 +510,20 @@ class RedisBackend:
         self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
 
     def _dead(self) -> list[tuple[str, dict[str, str]]]:
-        entries: list[tuple[str, dict[str, str]]] = self._cmd("XRANGE", self._key("dead"), "-", "+")
-        return entries
+        """The dead letters, their bytes shown as text even where they are not UTF-8."""
+        key = self._key("dead")
+        call = self._redis.execute_command
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
+            "xrange",
+            lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
+        )
+        return [
+            (
+                entry_id.decode(),
+                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
+            )
+            for entry_id, fields in entries
+        ]
 
     def dead_letters(self) -> list[DeadLetter]:
         return [
@@ -510,6 +596,14 @@ class RedisBackend:
         return {q: depth for q, depth in depths.items() if depth}
 
 
+def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
+    """A queue entry's field as text, and why it cannot be read ('' when it can)."""
+    if value is None:
+        return "", f"the queue entry has no {name} field"
+    fault = utf8_fault(value, name)
+    return value.decode(errors="replace" if fault else "strict"), fault
+
+
 def _untrusted(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc.__context__
     while cause is not None:
@@ -541,11 +635,11 @@ def _warnings(url: str, config: dict[str, str]) -> list[str]:
     if config.get("appendonly") != "yes":
         if not save:
             warnings.append(
-                f"Redis at {url} does not persist anything (appendonly no, save ''): after a "
-                "Redis restart the fencing epoch starts again from 1, every entry's last "
-                "published slot and every queued run are gone, and runs due during the outage "
-                "are silently skipped; enable AOF (appendonly yes in redis.conf, or CONFIG SET "
-                "appendonly yes)"
+                f"Redis at {url} does not persist anything (appendonly no, save ''): a Redis "
+                "restart loses every entry's last published slot, every queued run and every "
+                "dead letter (beatd notices, keeps the fencing epoch rising and restores the "
+                "positions a node still holds; the queued runs never run); enable AOF "
+                "(appendonly yes in redis.conf, or CONFIG SET appendonly yes)"
             )
         else:
             warnings.append(

@@ -1,7 +1,8 @@
 """The Lua scripts behind the Redis backend: each one is a single atomic step on the server.
 
 `PRELUDE` (helpers shared by every script) is prepended to each; scripts are sent by SHA and
-loaded on a NOSCRIPT reply.
+loaded on a NOSCRIPT reply. Every script that adds a run to a queue's stream publishes an empty
+message on the channel named like the stream, which idle workers wait on (no polling).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import hashlib
 
 GROUP = "workers"
 LEASE_LOST = "LEASELOST"
+FORMAT = "1"  # the value of the format marker key: the layout of beatd's keys
 
 PRELUDE = f"""
 local G = '{GROUP}'
+local FORMAT = '{FORMAT}'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -31,6 +34,14 @@ local function owns(key, id, consumer, count)
   local p = redis.call('XPENDING', key, G, id, id, 1)
   return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)
 end
+-- a run was added to a queue's stream: wake the workers waiting on it (once per script call)
+local woken = {{}}
+local function wake(key)
+  if not woken[key] then
+    woken[key] = true
+    redis.call('PUBLISH', key, '')
+  end
+end
 local function entry_fields(key, id)
   local r = redis.call('XRANGE', key, id, id)
   if #r == 0 then return nil end
@@ -38,19 +49,25 @@ local function entry_fields(key, id)
 end
 """
 
-# KEYS lease, epoch; ARGV node, token, ttl_ms, config -> {token, epoch} or nil
+# KEYS lease, epoch, format; ARGV node, token, ttl_ms, config, held token ('' for none), held
+# epoch, min epoch -> {token, epoch} or nil. A held lease is renewed only for its own token and
+# epoch, whatever node name asks; a fresh take gets epoch max(last, min epoch) + 1 and (re)writes
+# the format marker
 ACQUIRE = """
-local held = redis.call('HMGET', KEYS[1], 'node', 'token', 'epoch')
+local held = redis.call('HMGET', KEYS[1], 'token', 'epoch')
 if held[1] then
-  if held[1] ~= ARGV[1] then return false end
+  if held[1] ~= ARGV[5] or held[2] ~= ARGV[6] then return false end
   redis.call('HSET', KEYS[1], 'config', ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {held[2], held[3]}
+  return {held[1], held[2]}
 end
-local epoch = redis.call('INCR', KEYS[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
+redis.call('SET', KEYS[2], epoch)
+redis.call('SET', KEYS[3], FORMAT)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {ARGV[2], tostring(epoch)}
+return {ARGV[2], epoch}
 """
 
 # KEYS lease; ARGV token, epoch, ttl_ms -> 1 extended, 0 not held
@@ -120,6 +137,7 @@ for i = 1, #messages, 3 do
       redis.call('LPUSH', KEYS[k], body)
     else
       redis.call('XADD', KEYS[k], '*', 'id', messages[i + 2], 'body', body)
+      wake(KEYS[k])
     end
   end
   at = stop + 1
@@ -152,24 +170,44 @@ for i = 3 + nqueues, #ARGV, 3 do
   else
     ensure_stream(key)
     redis.call('XADD', key, '*', 'id', ARGV[i + 1], 'body', ARGV[i + 2])
+    wake(key)
   end
 end
 return 0
 """
 
-# KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2)
-# ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms
-# -> nil, or {key index, entry id, message id, body, deliveries, pending count}
+# KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
+# then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue names
+# A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
+# -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
+# {key index, entry id, message id, body, deliveries, pending count}; the message id
+# and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
+local function delayed_run(member)
+  local ok, m = pcall(cjson.decode, member)
+  if not ok or type(m) ~= 'table' then return nil end
+  local b = m[1]
+  if (b == 0 or b == 1 or b == 2) and type(m[2]) == 'string' and type(m[3]) == 'string' then
+    return m
+  end
+  return nil
+end
 for i = 1, n do
   local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, 100)
   for _, member in ipairs(due) do
-    local m = cjson.decode(member)
-    local key = KEYS[n + m[1] * n + i]
-    ensure_stream(key)
-    redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
+    local m = delayed_run(member)
+    if m then
+      local key = KEYS[n + m[1] * n + i]
+      ensure_stream(key)
+      redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
+      wake(key)
+    else
+      redis.call('XADD', KEYS[#KEYS], '*', 'id', '', 'queue', ARGV[4 + i], 'band', 1,
+        'body', member, 'reason', 'a delayed retry that is not [band, id, body, nonce] JSON',
+        'deliveries', 0, 'failed_at', now)
+    end
     redis.call('ZREM', KEYS[i], member)
   end
 end
@@ -195,7 +233,8 @@ local function hand_out(k, entry)
   redis.call('XCLAIM', KEYS[k], G, consumer, 0, id, 'IDLE', idle, 'JUSTID')
   local count = redis.call('XPENDING', KEYS[k], G, id, id, 1)[1][4]
   local f = fields(entry[2])
-  return {k, id, f['id'], f['body'], (tonumber(f['d']) or 0) + count, count}
+  -- a missing field is nil (false): the caller dead-letters the entry instead of failing
+  return {k, id, f['id'] or false, f['body'] or false, (tonumber(f['d']) or 0) + count, count}
 end
 for b = 0, 2 do
   local lasts = {}
@@ -226,7 +265,15 @@ for b = 0, 2 do
     return hand_out(best_k, r[1][2][1])
   end
 end
-return false
+local soonest = -1
+for i = 1, n do
+  local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]
+  if first then
+    local wait = math.max(0, tonumber(first) - now)
+    if soonest < 0 or wait < soonest then soonest = wait end
+  end
+end
+return soonest
 """
 
 # KEYS stream; ARGV entry id, consumer, count, idle_ms -> 1 extended, 0 lost
@@ -250,7 +297,8 @@ if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   local before = (tonumber(f['d']) or 0) + tonumber(ARGV[3]) - 1
-  redis.call('XADD', KEYS[1], '*', 'id', f['id'], 'body', f['body'], 'd', before)
+  redis.call('XADD', KEYS[1], '*', 'id', f['id'] or '', 'body', f['body'] or '', 'd', before)
+  wake(KEYS[1])
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -266,6 +314,7 @@ if delay > 0 then
 else
   local m = cjson.decode(ARGV[5])
   redis.call('XADD', KEYS[1], '*', 'id', m[2], 'body', m[3])
+  wake(KEYS[1])
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -277,8 +326,8 @@ DEAD_LETTER = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
-  redis.call('XADD', KEYS[2], '*', 'id', f['id'], 'queue', ARGV[4], 'band', ARGV[5],
-    'body', f['body'], 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
+  redis.call('XADD', KEYS[2], '*', 'id', f['id'] or '', 'queue', ARGV[4], 'band', ARGV[5],
+    'body', f['body'] or '', 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -293,7 +342,8 @@ for i = 1, #ARGV, 3 do
   if f then
     local key = KEYS[tonumber(ARGV[i + 1])]
     ensure_stream(key)
-    redis.call('XADD', key, '*', 'id', f['id'], 'body', f['body'])
+    redis.call('XADD', key, '*', 'id', f['id'] or '', 'body', f['body'] or '')
+    wake(key)
     redis.call('SADD', KEYS[2], ARGV[i + 2])
     redis.call('XDEL', KEYS[1], ARGV[i])
     moved = moved + 1

@@ -33,6 +33,7 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
     unseen,
+    utf8_fault,
 )
 from beatd.core import EntryState
 from beatd.errors import BackendError, LeaseLost, TransientBackendError
@@ -462,7 +463,10 @@ class SQLiteBackend:
             if not row:
                 return None
             message_id, queue, body, deliveries = row[0]
-            return Delivery(_text(message_id), _text(queue), _text(body), deliveries, receipt)
+            unreadable = utf8_fault(message_id, "id") or utf8_fault(body, "body")
+            return Delivery(
+                _text(message_id), _text(queue), _text(body), deliveries, receipt, unreadable
+            )
 
         return self._run(work)
 

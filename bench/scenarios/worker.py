@@ -6,16 +6,21 @@ messages in the bench's Redis: envelopes from beatd's own encoder (`beatd.celery
 pushed onto the list `beatd run` commits a `protocol: celery` entry's runs to, oldest first.
 
 The messages of `bench.noop` are queued first; the worker is then started and the queue depth
-sampled until it is empty. The rate is taken between 90 % and 10 % remaining, so process
-start-up and the last stragglers are left out; so is the CPU per task, of the main process and
-of the pool (every descendant process), read from /proc at those two marks. Every run of the
-task counts itself (bench/taskcount.py), and the result says how many executed: N when every
-message ran.
+sampled until it is empty. Then, with the worker idle, single runs are queued one at a time after
+a random idle gap (0.2 to 1.2 s, so a polling worker is caught at every point of its interval)
+and the time from queueing to the run's count going up is taken: the queue-to-start latency,
+p50 and p99 (the count is read every millisecond).
+
+The rate is taken between 90 % and 10 % remaining, so process start-up and the last stragglers
+are left out; so is the CPU per task, of the main process and of the pool (every descendant
+process), read from /proc at those two marks. Every run of the task counts itself
+(bench/taskcount.py), and the result says how many executed: N when every message ran.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -64,6 +69,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         # Celery's queue empties as its last tasks are taken, not finished: wait for them
         wait_until(lambda: taskcount.executed(counts) >= count, 30, 0.05)
         main_cpu, pool_cpu = _tree_cpu(process.pid)
+        latencies = _latencies(url, tool, counts, params.get("latency_samples", 30))
     finally:
         daemons.stop(process)
     done = "p10" in marks and "p90" in marks
@@ -86,8 +92,79 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "pool_cpu_us_per_task": (
             round(1e6 * (marks["p10"][2] - marks["p90"][2]) / per_task, 1) if done else None
         ),
+        "latency_p50_ms": _percentile(latencies, 50),
+        "latency_p99_ms": _percentile(latencies, 99),
         **extra,
     }
+
+
+def _latencies(url: str, tool: str, counts: Path, samples: int) -> list[float]:
+    """Seconds from queueing one run to its execution, for `samples` runs queued one by one."""
+    queue_one = _celery_queue_one(url) if tool == "celery" else _beatd_queue_one(url)
+    gaps = random.Random(5)
+    found: list[float] = []
+    for n in range(samples):
+        time.sleep(gaps.uniform(0.2, 1.2))
+        before = taskcount.executed(counts)
+        queued_at = time.monotonic()
+        queue_one(n)
+        if not wait_until(lambda b=before: taskcount.executed(counts) > b, 10, 0.001):
+            raise RuntimeError(f"a run queued to an idle {tool} worker did not start in 10 s")
+        found.append(time.monotonic() - queued_at)
+    return found
+
+
+def _percentile(values: list[float], p: int) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, len(ordered) * p // 100)], 1)
+
+
+def _beatd_queue_one(url: str) -> Callable[[int], None]:
+    from beatd.backends.base import Outgoing
+    from beatd.message import RunMessage
+
+    backend = open_backend(url)
+
+    def queue_one(n: int) -> None:
+        now = datetime.now(UTC)
+        message = RunMessage(
+            id=f"latency@{n}",
+            task=TASK,
+            entry="latency",
+            scheduled_for=now,
+            published_at=now,
+            queue=QUEUE,
+        )
+        backend.enqueue([Outgoing("latency", message.id, QUEUE, None, message.to_json())])
+
+    return queue_one
+
+
+def _celery_queue_one(url: str) -> Callable[[int], None]:
+    import redis
+
+    from beatd import celery_protocol
+    from beatd.message import RunMessage
+
+    client = redis.Redis.from_url(url)
+    key = celery_protocol.list_name(CELERY_QUEUE, None)
+    origin = f"beatd@{socket.gethostname()}"
+
+    def queue_one(n: int) -> None:
+        now = datetime.now(UTC)
+        message = RunMessage(
+            id=f"latency@{n}",
+            task=TASK,
+            entry="latency",
+            scheduled_for=now,
+            published_at=now,
+            queue=CELERY_QUEUE,
+        )
+        client.lpush(key, celery_protocol.encode(message, origin))
+
+    return queue_one
 
 
 def _drain(

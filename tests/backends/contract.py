@@ -34,13 +34,6 @@ def message(
     return Outgoing(entry, run, queue, priority, f'{{"id": "{run}"}}')
 
 
-def _until_merged(backend: Backend, part: str) -> None:
-    """Skip a test of a part implemented so far on the SQLite backend only; removed once the
-    Redis branch, which implements the same part in its scripts, is merged."""
-    if type(backend).__name__ != "SQLiteBackend":
-        pytest.skip(f"{part}: the Redis side lands with the Redis branch")
-
-
 class BackendContract:
     @pytest.fixture
     def unit(self) -> float:
@@ -58,7 +51,6 @@ class BackendContract:
     def test_acquire_again_with_the_held_lease_renews_it_unchanged(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
-        _until_merged(backend, "the held= lease (SQLite branch)")
         first = backend.acquire_lease("a", 2 * unit, "cfg1")
         assert first is not None
         advance(1.5 * unit)
@@ -72,7 +64,6 @@ class BackendContract:
     def test_the_same_node_name_without_the_token_does_not_take_the_lease(
         self, backend: Backend, backend_factory: Callable[[], Backend]
     ) -> None:
-        _until_merged(backend, "the held= lease (SQLite branch)")
         first = backend.acquire_lease("same", 10)
         assert first is not None
         other = backend_factory()  # another process given the same --node
@@ -86,12 +77,36 @@ class BackendContract:
     def test_an_expired_held_lease_is_taken_afresh(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
-        _until_merged(backend, "the held= lease (SQLite branch)")
         first = backend.acquire_lease("a", 1 * unit)
         assert first is not None
         advance(1.5 * unit)
         again = backend.acquire_lease("a", 10, held=first)
         assert again is not None and again != first and again.epoch == first.epoch + 1
+
+    def test_the_same_node_name_under_another_token_does_not_take_the_lease(
+        self, backend: Backend, backend_factory: Callable[[], Backend]
+    ) -> None:
+        first = backend.acquire_lease("a", 10)
+        assert first is not None
+        second = backend_factory()
+        assert second.acquire_lease("a", 10) is None
+        assert second.acquire_lease("a", 10, held=Lease("a", "0" * 32, first.epoch)) is None
+        assert second.acquire_lease("a", 10, held=Lease("a", first.token, first.epoch + 1)) is None
+        info = backend.leader()
+        assert info is not None and info.epoch == first.epoch
+        assert backend.renew_lease(first, 10)
+
+    def test_a_fresh_take_starts_above_min_epoch_and_never_goes_back(
+        self, backend: Backend
+    ) -> None:
+        first = backend.acquire_lease("a", 10, min_epoch=7)
+        assert first is not None and first.epoch == 8
+        backend.release_lease(first)
+        second = backend.acquire_lease("b", 10, min_epoch=3)  # below the last epoch: ignored
+        assert second is not None and second.epoch == 9
+        backend.release_lease(second)
+        third = backend.acquire_lease("a", 10)
+        assert third is not None and third.epoch == 10
 
     def test_release_lets_a_standby_take_over_with_a_new_epoch(self, backend: Backend) -> None:
         first = backend.acquire_lease("a", 10)

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,19 +26,25 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    StoreIdentity,
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
+from beatd.clock import FakeClock
+from beatd.config import Config
+from beatd.config.model import Entry
 from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
+from beatd.scheduler import Scheduler, SchedulerSettings
+from beatd.schedules import IntervalSchedule
 from tests.backends.contract import BackendContract, message, state
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
 
 DOCS = Path(__file__).parents[2] / "docs" / "redis.md"
 NO_PERSISTENCE = (
-    "Redis at {url} does not persist anything (appendonly no, save ''): after a Redis restart "
-    "the fencing epoch starts again from 1, every entry's last published slot and every queued "
-    "run are gone, and runs due during the outage are silently skipped; enable AOF (appendonly "
-    "yes in redis.conf, or CONFIG SET appendonly yes)"
+    "Redis at {url} does not persist anything (appendonly no, save ''): a Redis restart loses "
+    "every entry's last published slot, every queued run and every dead letter (beatd notices, "
+    "keeps the fencing epoch rising and restores the positions a node still holds; the queued "
+    "runs never run); enable AOF (appendonly yes in redis.conf, or CONFIG SET appendonly yes)"
 )
 
 
@@ -146,6 +152,54 @@ def test_commit_script_called_directly_with_a_stale_token_or_epoch_changes_nothi
     assert admin.xlen("beatd:queue:default:normal") == 1
 
 
+def test_a_scheduler_never_takes_an_epoch_below_one_it_has_seen(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: Config({}), clock, settings)
+    admin.set("beatd:epoch", 2)
+    beat.step()
+    assert beat.lease is not None and beat.lease.epoch == 3
+    admin.flushall()  # Redis lost its data: the lease and the epoch are gone
+    clock.advance(settings.renew_interval)
+    beat.step()  # the renewal finds no lease
+    assert beat.lease is None
+    clock.advance(settings.standby_interval)
+    beat.step()
+    assert beat.lease is not None and beat.lease.epoch == 4
+    assert admin.get("beatd:epoch") == "4"
+
+
+def test_a_standby_that_holds_no_positions_counts_the_lost_slots_as_state_lost(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()  # no persistence
+    leader, standby = RedisBackend(server.url), RedisBackend(server.url)
+    try:
+        assert leader.acquire_lease("a", 30) is not None
+        clock = FakeClock(datetime.now(UTC))
+        settings = SchedulerSettings(node="b", lease_ttl=30, max_clock_skew=3600)
+        tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
+        beat = Scheduler(standby, lambda: Config({"tick": tick}), clock, settings)
+        beat.step()  # a standby: it sees a's lease, so the data is whole now
+        assert beat.lease is None and beat.epoch_seen == 1
+        server.restart()  # SIGKILL, then an empty redis-server on the same port
+
+        clock.advance(10)
+        beat.step()  # the loss is noticed; the lease is left to a node holding positions
+        assert (beat.lease, beat.totals.data_lost) == (None, 1)
+        clock.advance(settings.lease_ttl)
+        beat.step()  # nobody came: it leads, above the epoch it saw
+        assert beat.lease is not None and beat.lease.epoch == 2
+        assert beat.counts.get("tick")["missed_state_lost"] == 40
+        assert beat.counts.get("tick")["published"] == 0
+    finally:
+        leader.close()
+        standby.close()
+        server.stop()
+
+
 def test_commit_with_an_expired_lease_is_refused_with_who_holds_it(
     backend: RedisBackend,
 ) -> None:
@@ -168,7 +222,7 @@ def test_holder_reacquiring_extends_the_lease_and_stores_its_config_hash(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
     first = backend.acquire_lease("a", 0.5, "cfg1")
-    again = backend.acquire_lease("a", 30, "cfg2")
+    again = backend.acquire_lease("a", 30, "cfg2", held=first)
     assert first == again
     assert 29_000 < admin.pttl("beatd:lease") <= 30_000
     info = backend.leader()
@@ -261,11 +315,13 @@ def test_namespaces_share_one_redis_without_seeing_each_other(
     assert blue.queue_depths() == {"default": 1}
     assert sorted(admin.keys()) == [
         "blue:epoch",
+        "blue:format",
         "blue:lease",
         "blue:queue:default:normal",
         "blue:queues",
         "blue:state",
         "green:epoch",
+        "green:format",
         "green:lease",
     ]
     blue.close()
@@ -300,6 +356,11 @@ def exercise(backend: Backend) -> None:
     assert [d.id for d in backend.dead_letters()] == ["g@1"]
     backend.release_lease(lease)
     backend.server_time()
+    if isinstance(backend, RedisBackend):  # what only Redis does: restarts, wake-ups
+        assert backend.identity().marked
+        assert backend.wait_for_work(["default"], 0.1)  # subscribed: claim once
+        backend.enqueue([message("h", 0)])
+        assert backend.wait_for_work(["default"], 1.0)  # woken by the enqueue
 
 
 def documented_acl(user: str, password: str) -> list[str]:
@@ -360,6 +421,19 @@ def refusal_of_config_get(port: int) -> str:
         return str(caught.value)
     finally:
         client.close()
+
+
+def test_acl_user_without_info_still_reads_the_marker_and_epoch(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+info"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        assert backend.acquire_lease("a", 10) is not None
+        assert backend.identity() == StoreIdentity("", "beatd:format", True, 1)
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -442,7 +516,7 @@ def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: 
             "ping": backend.ping,
             "server_time": backend.server_time,
             "persistence_warnings": backend.persistence_warnings,
-            "acquire_lease": lambda: backend.acquire_lease("b", 30),
+            "acquire_lease": lambda: backend.acquire_lease("b", 3),
             "renew_lease": lambda: backend.renew_lease(ghost, 30),
             "release_lease": lambda: backend.release_lease(ghost),
             "leader": backend.leader,
@@ -489,11 +563,14 @@ def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: 
             return info if backend.queue_depths() == {"default": 1} else None
 
         info = wait_for(late_calls_ran, timeout=5, what="the calls sent while paused to run")
-        # "b" holds a lease whose token it never saw, so it can publish nothing until it asks
-        # again and learns it
+        # "b" holds a lease whose token it never saw: the lease belongs to that token, so "b"
+        # can neither publish nor take it again until that take expires, then takes it afresh
         assert (info.node, info.epoch) == ("b", 1)
-        lease = backend.acquire_lease("b", 30)
-        assert lease is not None and lease.epoch == 1
+        assert backend.acquire_lease("b", 30) is None
+        lease = wait_for(
+            lambda: backend.acquire_lease("b", 30), timeout=5, what="the unseen take to expire"
+        )
+        assert lease.epoch == 2
         assert backend.commit(lease, [StateWrite(state("e", 0), None)], [message("e", 0)]) == set()
         assert backend.queue_depths() == {"default": 2}  # the late enqueue, and this commit
         assert set(backend.load_states()) == {"e"}
@@ -629,6 +706,23 @@ def test_retry_waits_in_the_delayed_set_then_returns_to_its_band(
     backend.retry(again, '{"attempt": 3}', 0)  # no delay: straight back into the stream
     third = backend.claim(["default"], "w", 30)
     assert third is not None and (third.body, third.deliveries) == ('{"attempt": 3}', 1)
+
+
+def test_a_delayed_retry_that_cannot_be_read_is_dead_lettered_and_claims_go_on(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    raw = redis.Redis(port=admin.connection_pool.connection_kwargs["port"])
+    junk = [b"not json", b'{"a": 1}', b'[7, "x@1", "{}", "n"]', b'[1, 2, 3, "n"]', b"\xed\xa0"]
+    raw.zadd("beatd:delayed:default", {member: 0 for member in junk})
+    backend.enqueue([message("e", 1)])
+    good = backend.claim(["default"], "w", 30)
+    assert good is not None and good.id == "e@2026-03-01T12:01:00Z"
+    assert backend.claim(["default"], "w", 30) is None
+    assert admin.zcard("beatd:delayed:default") == 0
+    letters = sorted((d.body, d.reason) for d in backend.dead_letters())
+    reason = "a delayed retry that is not [band, id, body, nonce] JSON"
+    assert letters == sorted((member.decode(errors="replace"), reason) for member in junk)
+    raw.close()
 
 
 def test_lapsed_claims_are_taken_over_with_counted_deliveries(
