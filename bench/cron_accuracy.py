@@ -6,7 +6,8 @@ Each case is an expression, a zone and a start instant within a day of one of th
 offset changes; a library agrees on a case when its next fires inside a three-day window are
 exactly the reference's (tests/cron_reference.py, cronie's rules). Prints, per library, the
 share of cases where it disagrees or fails, and the mean cost of one next-fire computation.
-croniter and cronsim are installed into bench/.peers/cron by this script, never into beatd.
+croniter and cronsim come from the peers' venv (bench/peers.py, requirements/peers.lock), never
+from beatd's.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import random
 import subprocess
 import sys
 import time
-import venv
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench import peers
+
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT / "bench" / ".peers" / "cron"
 WINDOW = timedelta(days=3)
 EXPRESSIONS = (
     "30 2 * * *",
@@ -143,11 +144,7 @@ def make_cases(count: int, seed: int) -> list[tuple[str, str, datetime]]:
 
 
 def peer_python() -> Path:
-    python = PEERS / "bin" / "python"
-    if not python.exists():
-        venv.create(PEERS, with_pip=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "croniter", "cronsim"], check=True)
-    return python
+    return peers.ensure_venv()
 
 
 def main() -> int:

@@ -1,11 +1,15 @@
-"""The peers' virtual environment (`bench/.peers/`): celery, RedBeat, APScheduler, matplotlib.
+"""The peers' virtual environment (`bench/.peers/`): celery, RedBeat, APScheduler, croniter,
+cronsim, matplotlib and py-spy.
 
-None of these is a dependency of beatd. The bench installs them here itself, once, with pip, and
-runs the peer drivers (`bench/drivers/*.py`) and the plotting with this environment's Python.
+None of these is a dependency of beatd. The bench installs them here itself, on first use and
+whenever the lock changes, exactly as `requirements/peers.lock` pins them (hashes checked; refresh
+it with `./scripts/lock`), and runs the peer drivers (`bench/drivers/*.py`), the cron comparison
+and the plotting with this environment's Python.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,13 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".peers"
 PYTHON = VENV / "bin" / "python"
-REQUIREMENTS = (
-    "celery[redis]>=5.3",
-    "celery-redbeat>=2.2",
-    "apscheduler>=3.10,<4",
-    "matplotlib>=3.8",
-    "py-spy>=0.3",
-)
+LOCK = HERE.parent / "requirements" / "peers.lock"
 DISTRIBUTIONS = (
     "celery",
     "kombu",
@@ -28,19 +26,23 @@ DISTRIBUTIONS = (
     "celery-redbeat",
     "APScheduler",
     "redis",
+    "croniter",
+    "cronsim",
     "matplotlib",
 )
-STAMP = VENV / "requirements.json"
+STAMP = VENV / "lock.sha256"
 
 
 def ensure_venv(log=print) -> Path:
-    """Create or update the peers' venv; a no-op when the stamp says it is current."""
-    if STAMP.exists() and json.loads(STAMP.read_text()) == list(REQUIREMENTS):
+    """Create the peers' venv from the lock; a no-op when the stamp says it holds this lock.
+
+    A venv made from another lock is recreated, not updated, since pip only adds packages.
+    """
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text().strip() == digest:
         return PYTHON
-    if not PYTHON.exists():
-        log(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    log("installing peers: " + " ".join(REQUIREMENTS))
+    log(f"creating {VENV} from {LOCK.name}")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
         [
             str(PYTHON),
@@ -49,11 +51,14 @@ def ensure_venv(log=print) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            *REQUIREMENTS,
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            str(LOCK),
         ],
         check=True,
     )
-    STAMP.write_text(json.dumps(list(REQUIREMENTS)))
+    STAMP.write_text(digest + "\n")
     return PYTHON
 
 

@@ -7,9 +7,9 @@
 
 Each scenario runs in its own process, one after another, so its peak RSS is its own and no two
 measurements share the CPU. The peers (celery, RedBeat, APScheduler) and matplotlib are
-installed into `bench/.peers/` on first use. The full run writes `bench/results/DATE.json`,
-`docs/benchmarks.md` and `docs/bench-*.png`; `--quick` writes `bench/results/DATE-quick.json`
-and its report and plots next to it, leaving docs/ alone.
+installed into `bench/.peers/` from `requirements/peers.lock` on first use. The full run
+writes `bench/results/DATE.json`, `docs/benchmarks.md` and `docs/bench-*.png`; `--quick` writes
+`bench/results/DATE-quick.json` and its report and plots next to it, leaving docs/ alone.
 """
 
 from __future__ import annotations
