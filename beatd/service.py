@@ -124,3 +124,18 @@ def watch_schedule_files(
     if targets:
         thread.start()
     return thread
+
+
+def stop_watching(watcher: threading.Thread, timeout: float = 5.0) -> None:
+    """Wait for the watcher to see its stop event (set by the caller) and end.
+
+    Its thread spends its life inside watchfiles' native code; left running while the
+    interpreter exits, older watchfiles releases (0.21) abort the whole process there (exit
+    status -6 instead of 0, 1 or 3), so the daemon ends it before exiting.
+    """
+    if watcher.is_alive():
+        watcher.join(timeout)
+        if watcher.is_alive():
+            logging.getLogger(__name__).warning(
+                "the schedule-file watcher did not stop within %g s", timeout
+            )

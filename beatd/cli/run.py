@@ -37,7 +37,13 @@ from beatd.config.celeryconf import read_celery_config
 from beatd.errors import BeatdError, ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
 from beatd.scheduler import Scheduler, SchedulerSettings
-from beatd.service import on_signals, setup_logging, tune_collector, watch_schedule_files
+from beatd.service import (
+    on_signals,
+    setup_logging,
+    stop_watching,
+    tune_collector,
+    watch_schedule_files,
+)
 from beatd.systemd import Notifier
 
 log = logging.getLogger("beatd")
@@ -145,8 +151,7 @@ def run(
     register_scheduler(registry, scheduler)
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
-    if watch:
-        watch_schedule_files(schedules, stop, scheduler.request_reload)
+    watcher = watch_schedule_files(schedules, stop, scheduler.request_reload) if watch else None
     log.info(
         "beatd run node=%s broker=%s entries=%d config=%s",
         node,
@@ -166,11 +171,14 @@ def run(
         failed = exc
     finally:
         notifier.stopping()
+        stop.set()
         if server is not None:
             server.stop()
         backend.close()
         if worker is not None:
             worker.finish()
+        if watcher is not None:
+            stop_watching(watcher)
     if failed is not None:
         sys.exit(failed.exit_status)
 
