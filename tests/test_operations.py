@@ -524,6 +524,15 @@ def test_alert_rules_fire_on_the_series_beatd_exports() -> None:
         assert any(not check["exp_alerts"] for check in checks), case["name"]
 
 
+def test_the_alert_table_names_every_rule_in_order() -> None:
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    section = doc.split("## Alert rules", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(Beatd\w+)` \|", section, flags=re.M)
+    groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rules = [rule["alert"] for group in groups["groups"] for rule in group["rules"]]
+    assert documented == rules
+
+
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
