@@ -1,12 +1,14 @@
-"""A standalone, repeatable fault run: kill -9 leaders again and again, then count slots.
+"""A standalone, repeatable fault run: one fault after another under running schedulers.
 
     python -m tests.chaos --kills 50                      # SQLite, three schedulers
     python -m tests.chaos --kills 50 --broker redis       # a private redis-server on a free port
     python -m tests.chaos --kills 30 --faults kill,delete,readonly    # SQLite storage faults
+    python -m tests.chaos --kills 20 --broker redis --restart-empty 5   # Redis without persistence
 
 Every entry fires each second with `missed: catch_up`, so every slot between the first and the
 last published one must be in the queue exactly once. Prints slots expected, published,
-duplicated and lost, and exits non-zero on any duplicate or loss.
+duplicated, lost and state_lost, and exits non-zero on any duplicate or on any loss that the
+schedulers did not count as `state_lost`.
 
 Each round applies one fault from `--faults`:
 - `kill`: kill -9 the leader and start a replacement under a new name.
@@ -19,6 +21,13 @@ Each round applies one fault from `--faults`:
   read-only and fail their writes), then fix the mode: they must recover by themselves and
   catch up what fell due. Run as root, the schedulers run without CAP_DAC_OVERRIDE (setpriv), so
   that the mode binds them.
+
+With `--restart-empty N` (Redis), Redis runs without persistence and is also restarted empty
+after N of the rounds, once a running scheduler leads: every scheduler is frozen (SIGSTOP), the
+queue drained, Redis killed and started again empty, the schedulers thawed. The leader holds the
+positions and must restore them: 0 lost, 0 duplicated. Slots the schedulers' logs count missed
+as `state_lost` (no node held their positions) are reported as state_lost; each is a lost slot
+accounted for, so lost must equal state_lost.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -34,11 +44,16 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Container
+from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from beatd.backends import open_backend
 from beatd.backends.base import Backend
+from beatd.errors import BackendError
+from tests.redis_server import RedisServer
+
+STATE_LOST = re.compile(r"counted (\d+) slot\(s\) missed \(state_lost\)")
 
 SCHEDULE = """\
 defaults:
@@ -128,16 +143,31 @@ def count(generations: list[list[dict[str, object]]], entries: int) -> tuple[int
     return expected, published, duplicated, lost
 
 
+def state_lost(workdir: Path) -> int:
+    """Slots the schedulers counted missed because no node held their positions."""
+    found = 0
+    for log in workdir.glob("*.log"):
+        found += sum(int(n) for n in STATE_LOST.findall(log.read_text(errors="replace")))
+    return found
+
+
 class Run:
     """The schedulers of a chaos run, started and restarted as systemd would."""
 
-    def __init__(self, args: argparse.Namespace, broker: str, workdir: Path) -> None:
-        self.args, self.broker, self.workdir = args, broker, workdir
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        broker: str,
+        workdir: Path,
+        server: RedisServer | None = None,
+    ) -> None:
+        self.args, self.broker, self.workdir, self.server = args, broker, workdir, server
         self.ttl = float(args.ttl.rstrip("s"))
         self.nodes = {f"n{i}": self.start(f"n{i}") for i in range(args.schedulers)}
         self.backend = open_backend(broker)
         self.generations: list[list[dict[str, object]]] = [[]]
         self.restarted = 0
+        self.redis_restarted_empty = 0
         self.problems: list[str] = []
 
     def start(self, node: str) -> subprocess.Popen[bytes]:
@@ -198,6 +228,23 @@ class Run:
         )
         print(f"round {round_}: read-only file, fixed; recovered", flush=True)
 
+    def restart_empty(self, round_: int) -> None:
+        """Under a running leader (one just killed would take the positions with it, and its
+        successor could only count the slots since it saw the data as state_lost): freeze the
+        schedulers, take what is queued, restart Redis empty, thaw them."""
+        assert self.server is not None
+        live_leader(self.backend, self.nodes, self.ttl + 5)
+        for proc in self.nodes.values():
+            proc.send_signal(signal.SIGSTOP)
+        self.generations[-1] += drain(self.backend, "default")  # what Redis is about to lose
+        self.server.restart()
+        for proc in self.nodes.values():
+            proc.send_signal(signal.SIGCONT)
+        with suppress(BackendError):  # the drained connection was to the old server
+            self.backend.ping()
+        self.redis_restarted_empty += 1
+        print(f"round {round_}: Redis restarted empty", flush=True)
+
     def restart_all(self, round_: int) -> None:
         self.nodes = {
             f"n{i}.{round_}": self.start(f"n{i}.{round_}") for i in range(len(self.nodes))
@@ -221,9 +268,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=20, help="rounds, one fault each")
     parser.add_argument("--schedulers", type=int, default=3)
     parser.add_argument("--entries", type=int, default=20)
     parser.add_argument("--ttl", default="2s")
@@ -232,7 +279,48 @@ def main() -> int:
     parser.add_argument(
         "--faults", default="kill", help="comma-separated: kill, delete, readonly (SQLite)"
     )
+    parser.add_argument(
+        "--restart-empty",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Redis without persistence, restarted empty after N of the rounds",
+    )
     args = parser.parse_args()
+    args.faults = args.faults.split(",")
+    if set(args.faults) - {"kill", "delete", "readonly"}:
+        parser.error(f"--faults: unknown fault in {','.join(args.faults)}")
+    if args.broker == "redis" and set(args.faults) - {"kill"}:
+        parser.error("--faults delete and readonly are SQLite faults")
+    if args.restart_empty and args.broker != "redis":
+        parser.error("--restart-empty is a Redis fault (--broker redis)")
+    if not 0 <= args.restart_empty <= args.kills:
+        parser.error("--restart-empty is at most --kills (one restart after a round)")
+    return args
+
+
+def play(run: Run, args: argparse.Namespace, rng: random.Random) -> None:
+    """Every round's fault, with a Redis restart after `--restart-empty` of them."""
+    restarts = args.restart_empty
+    time.sleep(3)
+    for round_ in range(1, args.kills + 1):
+        fault = rng.choice(args.faults)
+        if fault == "kill":
+            run.kill(round_, rng)
+        elif fault == "delete":
+            run.delete(round_)
+        else:
+            run.readonly(round_, rng)
+        time.sleep(rng.uniform(1.0, 3.0))
+        if restarts and rng.random() < restarts / (args.kills - round_ + 1):
+            restarts -= 1
+            run.restart_empty(round_)
+            time.sleep(rng.uniform(1.0, 3.0))
+    time.sleep(run.ttl + 2)  # let the last leader catch up
+
+
+def main() -> int:
+    args = parse_args()
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="beatd-chaos-"))
     (workdir / "schedules").mkdir()
@@ -240,39 +328,33 @@ def main() -> int:
     (workdir / "schedules" / "chaos.yaml").write_text(SCHEDULE + "".join(lines))
     server = None
     if args.broker == "redis":
-        from tests.redis_server import RedisServer
-
-        server = RedisServer(workdir / "redis", persistent=True).start()
+        server = RedisServer(workdir / "redis", persistent=not args.restart_empty).start()
         broker = server.url
     else:
         broker = f"sqlite:///{workdir / 'beatd.db'}"
-    faults = args.faults.split(",")
-    if args.broker == "redis" and set(faults) - {"kill"}:
-        parser.error("--faults delete and readonly are SQLite faults")
-    run = Run(args, broker, workdir)
+    run = Run(args, broker, workdir, server)
     try:
-        time.sleep(3)
-        for round_ in range(1, args.kills + 1):
-            fault = rng.choice(faults)
-            if fault == "kill":
-                run.kill(round_, rng)
-            elif fault == "delete":
-                run.delete(round_)
-            else:
-                run.readonly(round_, rng)
-            time.sleep(rng.uniform(1.0, 3.0))
-        time.sleep(run.ttl + 2)  # let the last leader catch up
+        play(run, args, rng)
     finally:
-        run.finish()
+        try:
+            run.finish()
+        finally:
+            if server is not None:
+                server.stop()
     expected, published, duplicated, lost = count(run.generations, args.entries)
-    if server is not None:
-        server.stop()
-    print(f"slots expected={expected} published={published} duplicated={duplicated} lost={lost}")
-    print(f"database files: {len(run.generations)}; schedulers restarted: {run.restarted}")
+    counted_lost = state_lost(workdir)
+    print(
+        f"slots expected={expected} published={published} duplicated={duplicated} lost={lost} "
+        f"state_lost={counted_lost}"
+    )
+    print(
+        f"database files: {len(run.generations)}; schedulers restarted: {run.restarted}; "
+        f"Redis restarted empty: {run.redis_restarted_empty}"
+    )
     for problem in run.problems:
         print(problem)
     print(f"logs in {workdir}")
-    return 1 if duplicated or lost or run.problems else 0
+    return 1 if duplicated or lost != counted_lost or run.problems else 0
 
 
 if __name__ == "__main__":
