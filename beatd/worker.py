@@ -101,7 +101,9 @@ class Worker:
         self.clock = clock or SystemClock()
         self.stats = WorkerStats()
         self.settler = Settler(backend, self.clock, self.stats, self.settings.max_backoff)
-        self.pool = Pool(self.settings.pool, self.settings.concurrency, self.settings.modules)
+        self.pool = Pool(
+            self.settings.pool, self.settings.concurrency, registry, self.settings.modules
+        )
         self.jobs: dict[int, Job] = {}  # by slot index
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
