@@ -6,6 +6,9 @@ timeout), enforces time limits, then waits for a slot's reply, the wake pipe or 
 deadline. A run is acknowledged only after its task finished; a worker that dies loses its
 claims and the backend hands the runs out again after the visibility timeout.
 
+Three parts: `beatd.triage` decides, purely, what a claimed delivery is (run it, or settle it
+unrun); `beatd.settling` writes each outcome and reports it once; `Worker` here drives the pool.
+
 Each claimed message ends in exactly one outcome, logged as one `task=... outcome=...` line:
 
     succeeded      the task returned; the message is acknowledged
@@ -81,6 +84,30 @@ class Job:
     lost: bool = False  # the heartbeat found the claim taken by another worker
 
 
+class Wakeup:
+    """A self-pipe: a signal handler or another thread wakes the loop waiting on `fd`."""
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._lock = threading.RLock()
+
+    def set(self) -> None:
+        # reentrant: a signal handler may interrupt a nudge on the same thread
+        with self._lock, contextlib.suppress(BlockingIOError):  # full: already woken
+            if self._write_fd >= 0:  # closed: already finished, and the number may be reused
+                os.write(self._write_fd, b"!")
+
+    def clear(self) -> None:
+        os.read(self.fd, 4096)
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self.fd)
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+
 class Worker:
     """Drives the pool: claims for idle slots, heartbeats, time limits, replies, recycling.
 
@@ -105,9 +132,7 @@ class Worker:
             self.settings.pool, self.settings.concurrency, registry, self.settings.modules
         )
         self.jobs: dict[int, Job] = {}  # by slot index
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._wake_lock = threading.RLock()
+        self._wakeup = Wakeup()
         self._stopping = False
         self._stopped = threading.Event()  # set with _stopping, for the waiting thread's naps
         self._aborted = False
@@ -126,24 +151,18 @@ class Worker:
         """Stop claiming; finish running tasks (up to the drain timeout), then return."""
         self._stopping = True
         self._stopped.set()
-        self._wake()
+        self._wakeup.set()
 
     def abort(self) -> None:
         """Stop at once: running tasks are killed and their runs released."""
         self._stopping = self._aborted = True
         self._stopped.set()
-        self._wake()
+        self._wakeup.set()
 
     def nudge(self) -> None:
         """Messages may be waiting (the scheduler just published): claim now, not later."""
         self._nudged = True
-        self._wake()
-
-    def _wake(self) -> None:
-        # reentrant: a signal handler may interrupt a nudge on the same thread
-        with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: already woken
-            if self._wake_w >= 0:  # closed: already finished, and the number may be reused
-                os.write(self._wake_w, b"!")
+        self._wakeup.set()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -198,9 +217,9 @@ class Worker:
             self._heartbeat_at = mono + self.settings.heartbeat_interval
         self._enforce_time_limits(mono)
         self.settler.retry_due(mono)
-        woken, events = self.pool.wait(self._next_wake(mono) - mono, self._wake_r)
+        woken, events = self.pool.wait(self._next_wake(mono) - mono, self._wakeup.fd)
         if woken:
-            os.read(self._wake_r, 4096)
+            self._wakeup.clear()
         for slot, event in events:
             self._handle(slot, event)
 
@@ -366,10 +385,7 @@ class Worker:
         self.jobs.clear()
         self.settler.abandon()
         self.pool.close()
-        with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
+        self._wakeup.close()
         log.info("worker stopped %s", self.stats.summary())
 
     # --- backend health ---------------------------------------------------------------------
