@@ -141,8 +141,8 @@ class TaskAddress:
         func = task.func
         return cls(
             task.name,
-            func.__module__,
-            func.__qualname__,
+            getattr(func, "__module__", None) or "",  # a partial, say, has neither: only
+            getattr(func, "__qualname__", ""),  # the child's own registration finds it
             task.max_retries,
             task.retry_backoff,
             task.retry_backoff_max,
@@ -151,29 +151,36 @@ class TaskAddress:
 
     def find(self) -> Task[Any, Any] | None:
         """The task again, in a process that imported its module; None where it is missing."""
-        func = _find_function(self.name, self.module, self.qualname)
+        func = self._function()
         if func is None:
             return None
         policy = (self.max_retries, self.retry_backoff, self.retry_backoff_max, self.time_limit)
         return Task(self.name, func, *policy)
 
+    def _function(self) -> Callable[..., Any] | None:
+        known = registry.get(self.name)
+        if known is not None and self._is(known.func):
+            return known.func  # registered by its module's import: a lambda or local one too
+        found: object = sys.modules.get(self.module)
+        for part in self.qualname.split("."):  # `<locals>` is no attribute: missing
+            found = getattr(found, part, None)
+        if isinstance(found, Task):
+            found = found.func
+        return found if callable(found) else None
 
-def _find_function(name: str, module: str, qualname: str) -> Callable[..., Any] | None:
-    origin = f"{module}.{qualname}"
-    known = registry.get(name)
-    if known is not None and _origin(known.func) == origin:
-        return known.func  # registered by its module's import: a lambda or local one too
-    found: object = sys.modules.get(module)
-    for part in qualname.split("."):  # `<locals>` is no attribute: such a function is missing
-        found = getattr(found, part, None)
-    if isinstance(found, Task):
-        found = found.func
-    return found if callable(found) and _origin(found) == origin else None
+    def _is(self, func: Callable[..., Any]) -> bool:
+        module = getattr(func, "__module__", None) or ""
+        same_module = module == self.module or {module, self.module} <= _MAIN
+        return same_module and getattr(func, "__qualname__", "") == self.qualname
+
+
+# a child process imports the parent's script again, as __mp_main__ (aliased to __main__)
+_MAIN = {"__main__", "__mp_main__"}
 
 
 def rebuild(addresses: Sequence[TaskAddress]) -> Registry:
     """The registry whose tasks are at `addresses`, importing their modules (TaskError)."""
-    import_task_modules(dict.fromkeys(address.module for address in addresses))
+    import_task_modules(dict.fromkeys(a.module for a in addresses if a.module))
     rebuilt = Registry()
     for address in addresses:
         task = address.find()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from datetime import UTC, datetime
@@ -181,6 +182,7 @@ def test_a_registry_is_rebuilt_from_its_addresses() -> None:
     own.register(Task("tests.plain", worker_tasks.subtract, max_retries=0, time_limit=2))
     own.register(registered)  # local, but its name is in the default registry
     own.register(Task("tests.unregistered", unregistered))  # local and nowhere else
+    own.register(Task("tests.partial", functools.partial(worker_tasks.subtract, "out")))
     rebuilt = rebuild(own.addresses())
     assert rebuilt.names() == ["tests.local_registered", "tests.plain", "tests.worker_tasks.add"]
     for name in rebuilt.names():

@@ -441,6 +441,53 @@ def test_a_worker_runs_exactly_the_tasks_of_the_registry_it_is_given(
     )
 
 
+SCRIPT = """\
+import sys
+import threading
+
+import beatd
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.tasks import registry
+from beatd.worker import Outcome, Worker, WorkerSettings
+
+
+@beatd.task(name="scripted")
+def scripted() -> str:
+    return "ran"
+
+
+if __name__ == "__main__":
+    settings = WorkerSettings(concurrency=1, pool="process", visibility_timeout=5)
+    worker = Worker(SQLiteBackend(sys.argv[1]), registry, settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    sys.stdin.readline()  # the test says when the run has settled
+    worker.stop()
+    thread.join(10)
+    print(worker.stats.summary())
+"""
+
+
+def test_a_process_pool_runs_a_task_defined_in_the_main_script(
+    backend: SQLiteBackend, db: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    publish(backend, "scripted", id="s@1")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(script), str(db)]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            wait_for(lambda: backend.queue_depths() == {}, what="the run to settle")
+        finally:
+            out, _ = proc.communicate("\n", timeout=20)
+    assert out.splitlines()[-1] == (
+        "succeeded=1 retried=0 failed=0 expired=0 dead_lettered=0 crashed=0 released=0"
+    )
+
+
 class FailingAcks(SQLiteBackend):
     """A real SQLite backend whose first acknowledgements fail as if the disk were full."""
 
