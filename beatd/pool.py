@@ -38,12 +38,14 @@ from typing import Any, Literal, TypeVar
 from beatd.errors import BeatdError
 from beatd.message import RunMessage
 from beatd.tasks import (
+    Registry,
     Retry,
     RunContext,
+    TaskAddress,
     TaskError,
     TimeLimitExceeded,
     import_task_modules,
-    registry,
+    rebuild,
     running,
 )
 
@@ -122,18 +124,18 @@ def _async_raise(ident: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), target)
 
 
-def serve(conn: Connection, guard: Guard) -> None:
+def serve(conn: Connection, guard: Guard, registry: Registry) -> None:
     """Announce readiness, then run each request until the parent closes the pipe."""
     try:
         conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
         while True:
             request = conn.recv_bytes()
-            conn.send_bytes(run_request(request, guard))
+            conn.send_bytes(run_request(request, guard, registry))
     except (EOFError, OSError):
         return
 
 
-def run_request(data: bytes, guard: Guard) -> bytes:
+def run_request(data: bytes, guard: Guard, registry: Registry) -> bytes:
     request = json.loads(data)
     message = RunMessage.from_json(request["body"])
     task = registry.get(message.task)
@@ -168,8 +170,11 @@ def resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-def child_main(conn: Connection, modules: Sequence[str], cwd: str) -> None:
-    """The entry point of a child process."""
+def child_main(
+    conn: Connection, modules: Sequence[str], addresses: Sequence[TaskAddress], cwd: str
+) -> None:
+    """The entry point of a child process: it runs the tasks at `addresses`, the worker's
+    registry rebuilt, after importing `modules` as the worker did."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _ignore)  # a handler, not SIG_IGN: exec'd grandchildren reset it
     _exit_with_parent()
@@ -177,10 +182,11 @@ def child_main(conn: Connection, modules: Sequence[str], cwd: str) -> None:
         sys.path.insert(0, cwd)
     try:
         import_task_modules(modules)
+        registry = rebuild(addresses)
     except TaskError as exc:
         conn.send_bytes(json.dumps({"fatal": str(exc)}).encode())
         return
-    serve(conn, Guard())
+    serve(conn, Guard(), registry)
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
@@ -217,9 +223,8 @@ class Slot:
 
     kind: PoolKind = "process"
 
-    def __init__(self, index: int, modules: Sequence[str]) -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
-        self.modules = tuple(modules)
         self.conn: Connection | None = None
         self.state: Literal["stopped", "starting", "idle", "busy"] = "stopped"
         self.runs = 0  # tasks run by the current child
@@ -285,8 +290,16 @@ class Slot:
 class ProcessSlot(Slot):
     kind: PoolKind = "process"
 
-    def __init__(self, index: int, modules: Sequence[str], context: BaseContext) -> None:
-        super().__init__(index, modules)
+    def __init__(
+        self,
+        index: int,
+        modules: Sequence[str],
+        addresses: Sequence[TaskAddress],
+        context: BaseContext,
+    ) -> None:
+        super().__init__(index)
+        self.modules = tuple(modules)
+        self.addresses = tuple(addresses)
         self.context = context
         self.process: BaseProcess | None = None
 
@@ -294,7 +307,7 @@ class ProcessSlot(Slot):
         parent_end, child_end = self.context.Pipe()
         process = self.context.Process(  # type: ignore[attr-defined]
             target=child_main,
-            args=(child_end, self.modules, os.getcwd()),
+            args=(child_end, self.modules, self.addresses, os.getcwd()),
             name=f"beatd-child-{self.index}",
         )
         process.start()
@@ -339,14 +352,17 @@ class ThreadSlot(Slot):
 
     kind: PoolKind = "thread"
 
-    def __init__(self, index: int, modules: Sequence[str]) -> None:
-        super().__init__(index, modules)
+    def __init__(self, index: int, registry: Registry) -> None:
+        super().__init__(index)
+        self.registry = registry
         self.guard = Guard()
 
     def start(self) -> None:
         parent_end, child_end = multiprocessing.Pipe()
         thread = threading.Thread(
-            target=serve, args=(child_end, self.guard), name=f"beatd-task-{self.index}"
+            target=serve,
+            args=(child_end, self.guard, self.registry),
+            name=f"beatd-task-{self.index}",
         )
         thread.daemon = True  # a thread stuck in a task must not keep the process alive
         thread.start()
@@ -364,12 +380,19 @@ class ThreadSlot(Slot):
 
 
 class Pool:
-    def __init__(self, kind: PoolKind, size: int, modules: Sequence[str]) -> None:
+    """`size` slots that run the tasks of `registry`: threads share the object; each process
+    child imports `modules` (as the worker did) and rebuilds it from its addresses."""
+
+    def __init__(
+        self, kind: PoolKind, size: int, registry: Registry, modules: Sequence[str] = ()
+    ) -> None:
         if kind == "process":
-            context = start_context()
-            self.slots: list[Slot] = [ProcessSlot(i, modules, context) for i in range(size)]
+            context, addresses = start_context(), registry.addresses()
+            self.slots: list[Slot] = [
+                ProcessSlot(i, modules, addresses, context) for i in range(size)
+            ]
         else:
-            self.slots = [ThreadSlot(i, modules) for i in range(size)]
+            self.slots = [ThreadSlot(i, registry) for i in range(size)]
         self.kind = kind
 
     def start(self) -> None:

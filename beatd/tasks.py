@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -82,7 +83,12 @@ class Task(Generic[P, R]):
 
 
 class Registry:
-    """Task names to tasks; one per process, filled by importing task modules."""
+    """Task names to tasks.
+
+    `@beatd.task` fills the default one (`registry`) as task modules are imported; a worker
+    runs the registry it is given, and its process children rebuild that same registry from
+    `addresses()`.
+    """
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
@@ -109,8 +115,78 @@ class Registry:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def addresses(self) -> tuple[TaskAddress, ...]:
+        """Where a child process finds each task again (see `rebuild`)."""
+        return tuple(TaskAddress.of(task) for task in self._tasks.values())
 
-registry = Registry()
+
+registry = Registry()  # the default: `@beatd.task` registers here
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAddress:
+    """A registered task as a child process finds it again: by the module and qualified name
+    of its function, with its policy. Nothing is pickled; the child imports and looks up."""
+
+    name: str
+    module: str
+    qualname: str
+    max_retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+    time_limit: float | None
+
+    @classmethod
+    def of(cls, task: Task[Any, Any]) -> TaskAddress:
+        func = task.func
+        return cls(
+            task.name,
+            getattr(func, "__module__", None) or "",  # a partial, say, has neither: only
+            getattr(func, "__qualname__", ""),  # the child's own registration finds it
+            task.max_retries,
+            task.retry_backoff,
+            task.retry_backoff_max,
+            task.time_limit,
+        )
+
+    def find(self) -> Task[Any, Any] | None:
+        """The task again, in a process that imported its module; None where it is missing."""
+        func = self._function()
+        if func is None:
+            return None
+        policy = (self.max_retries, self.retry_backoff, self.retry_backoff_max, self.time_limit)
+        return Task(self.name, func, *policy)
+
+    def _function(self) -> Callable[..., Any] | None:
+        known = registry.get(self.name)
+        if known is not None and self._is(known.func):
+            return known.func  # registered by its module's import: a lambda or local one too
+        found: object = sys.modules.get(self.module)
+        for part in self.qualname.split("."):  # `<locals>` is no attribute: missing
+            found = getattr(found, part, None)
+        if isinstance(found, Task):
+            found = found.func
+        return found if callable(found) else None
+
+    def _is(self, func: Callable[..., Any]) -> bool:
+        module = getattr(func, "__module__", None) or ""
+        same_module = module == self.module or {module, self.module} <= _MAIN
+        return same_module and getattr(func, "__qualname__", "") == self.qualname
+
+
+# a child process imports the parent's script again, as __mp_main__ (aliased to __main__)
+_MAIN = {"__main__", "__mp_main__"}
+
+
+def rebuild(addresses: Sequence[TaskAddress]) -> Registry:
+    """The registry whose tasks are at `addresses`, importing their modules (TaskError)."""
+    import_task_modules(dict.fromkeys(a.module for a in addresses if a.module))
+    rebuilt = Registry()
+    for address in addresses:
+        task = address.find()
+        if task is not None:  # a run of a task left out here fails with "no task named"
+            rebuilt.register(task)
+    return rebuilt
 
 
 def _origin(func: Callable[..., Any]) -> str:

@@ -6,6 +6,9 @@ timeout), enforces time limits, then waits for a slot's reply, the wake pipe or 
 deadline. A run is acknowledged only after its task finished; a worker that dies loses its
 claims and the backend hands the runs out again after the visibility timeout.
 
+Three parts: `beatd.triage` decides, purely, what a claimed delivery is (run it, or settle it
+unrun); `beatd.settling` writes each outcome and reports it once; `Worker` here drives the pool.
+
 Each claimed message ends in exactly one outcome, logged as one `task=... outcome=...` line:
 
     succeeded      the task returned; the message is acknowledged
@@ -24,19 +27,20 @@ import logging
 import os
 import socket
 import threading
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from beatd.backends.base import Backend, Delivery, StorageFailed, WaitsForWork
+from beatd.backoff import Backoff
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
-from beatd.message import MessageError, RunMessage
+from beatd.message import RunMessage
 from beatd.pool import Died, Pool, PoolError, PoolKind, Ready, Reply, Slot
+from beatd.settling import Outcome, Settler, WorkerStats
 from beatd.tasks import Registry, Task
+from beatd.triage import Expired, Rejected, triage
+
+__all__ = ["Outcome", "Worker", "WorkerSettings", "WorkerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -63,58 +67,12 @@ class WorkerSettings:
         return self.visibility_timeout / 3
 
 
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    RETRIED = "retried"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    DEAD_LETTERED = "dead_lettered"
-    CRASHED = "crashed"
-    RELEASED = "released"
-
-
-FAILURES = (Outcome.RETRIED, Outcome.FAILED, Outcome.CRASHED)
-LEVELS = {
-    Outcome.SUCCEEDED: logging.INFO,
-    Outcome.EXPIRED: logging.INFO,
-    Outcome.RELEASED: logging.INFO,
-    Outcome.RETRIED: logging.WARNING,
-}
 CLAIMS_PER_ROUND = 100
-
-
-@dataclass
-class WorkerStats:
-    """Counts per (task, outcome) and per-entry last success and failure, for metrics."""
-
-    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
-    last_success: dict[str, datetime] = field(default_factory=dict)
-    last_failure: dict[str, datetime] = field(default_factory=dict)
-    observe_duration: Callable[[str, float], None] = lambda _task, _seconds: None
-
-    def record(
-        self,
-        task: str,
-        entry: str | None,
-        outcome: Outcome,
-        when: datetime,
-        duration: float | None = None,
-    ) -> None:
-        self.outcomes[task, outcome] += 1
-        if duration is not None:
-            self.observe_duration(task, duration)
-        if entry is not None and outcome is Outcome.SUCCEEDED:
-            self.last_success[entry] = when
-        elif entry is not None and outcome in FAILURES:
-            self.last_failure[entry] = when
-
-    def count(self, outcome: Outcome, task: str | None = None) -> int:
-        return sum(n for (t, o), n in self.outcomes.items() if o is outcome and task in (None, t))
 
 
 @dataclass(eq=False)
 class Job:
-    """A claimed delivery, from claim to settlement."""
+    """A claimed delivery running on a slot, from its start to its settlement."""
 
     delivery: Delivery
     message: RunMessage
@@ -126,21 +84,37 @@ class Job:
     lost: bool = False  # the heartbeat found the claim taken by another worker
 
 
-Report = Callable[[], None]
+class Wakeup:
+    """A self-pipe: a signal handler or another thread wakes the loop waiting on `fd`."""
 
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._lock = threading.RLock()
 
-@dataclass(eq=False)
-class Unsettled:
-    """A run whose ack, retry or dead-letter write failed; retried with backoff."""
+    def set(self) -> None:
+        # reentrant: a signal handler may interrupt a nudge on the same thread
+        with self._lock, contextlib.suppress(BlockingIOError):  # full: already woken
+            if self._write_fd >= 0:  # closed: already finished, and the number may be reused
+                os.write(self._write_fd, b"!")
 
-    delivery: Delivery
-    write: Callable[[], None]
-    report: Report
-    retry_at: float
-    backoff: float = 1.0
+    def clear(self) -> None:
+        os.read(self.fd, 4096)
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self.fd)
+            os.close(self._write_fd)
+            self._write_fd = -1
 
 
 class Worker:
+    """Drives the pool: claims for idle slots, heartbeats, time limits, replies, recycling.
+
+    What to do with a claimed delivery is `beatd.triage`'s decision; writing and reporting each
+    outcome is the `Settler`'s (`beatd.settling`).
+    """
+
     def __init__(
         self,
         backend: Backend,
@@ -153,12 +127,12 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.clock = clock or SystemClock()
         self.stats = WorkerStats()
-        self.pool = Pool(self.settings.pool, self.settings.concurrency, self.settings.modules)
+        self.settler = Settler(backend, self.clock, self.stats, self.settings.max_backoff)
+        self.pool = Pool(
+            self.settings.pool, self.settings.concurrency, registry, self.settings.modules
+        )
         self.jobs: dict[int, Job] = {}  # by slot index
-        self.unsettled: list[Unsettled] = []
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._wake_lock = threading.RLock()
+        self._wakeup = Wakeup()
         self._stopping = False
         self._stopped = threading.Event()  # set with _stopping, for the waiting thread's naps
         self._aborted = False
@@ -168,8 +142,7 @@ class Worker:
         self._claim_at = 0.0
         self._poll = 0.0
         self._heartbeat_at = 0.0
-        self._backoff = 0.0
-        self._backend_down = False
+        self._backoff = Backoff(0.1, self.settings.max_backoff)  # while the backend fails
         self._waits = isinstance(backend, WaitsForWork)  # woken by the backend, never polling
 
     # --- control, from signal handlers and other threads ---------------------------------
@@ -178,24 +151,18 @@ class Worker:
         """Stop claiming; finish running tasks (up to the drain timeout), then return."""
         self._stopping = True
         self._stopped.set()
-        self._wake()
+        self._wakeup.set()
 
     def abort(self) -> None:
         """Stop at once: running tasks are killed and their runs released."""
         self._stopping = self._aborted = True
         self._stopped.set()
-        self._wake()
+        self._wakeup.set()
 
     def nudge(self) -> None:
         """Messages may be waiting (the scheduler just published): claim now, not later."""
         self._nudged = True
-        self._wake()
-
-    def _wake(self) -> None:
-        # reentrant: a signal handler may interrupt a nudge on the same thread
-        with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: already woken
-            if self._wake_w >= 0:  # closed: already finished, and the number may be reused
-                os.write(self._wake_w, b"!")
+        self._wakeup.set()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -234,7 +201,7 @@ class Worker:
                 self.settings.drain_timeout,
                 len(self.jobs),
             )
-        idle = not self.jobs and not self.unsettled
+        idle = not self.jobs and not self.settler.unsettled
         return idle or mono >= self._drain_deadline
 
     def _round(self) -> None:
@@ -249,10 +216,10 @@ class Worker:
             self._heartbeat()
             self._heartbeat_at = mono + self.settings.heartbeat_interval
         self._enforce_time_limits(mono)
-        self._settle_pending(mono)
-        woken, events = self.pool.wait(self._next_wake(mono) - mono, self._wake_r)
+        self.settler.retry_due(mono)
+        woken, events = self.pool.wait(self._next_wake(mono) - mono, self._wakeup.fd)
         if woken:
-            os.read(self._wake_r, 4096)
+            self._wakeup.clear()
         for slot, event in events:
             self._handle(slot, event)
 
@@ -263,7 +230,9 @@ class Worker:
         moments.extend(
             j.deadline for j in self.jobs.values() if j.deadline is not None and not j.timed_out
         )
-        moments.extend(u.retry_at for u in self.unsettled)
+        retry_at = self.settler.next_retry()
+        if retry_at is not None:
+            moments.append(retry_at)
         if self._drain_deadline is not None:
             moments.append(self._drain_deadline)
         return max(min(moments), mono)
@@ -313,64 +282,29 @@ class Worker:
 
     def _accept(self, delivery: Delivery, slot: Slot) -> None:
         """Start the delivery on `slot`, or settle it at once when it must not run."""
-        if delivery.unreadable:
-            self._bury_unrun(delivery, None, delivery.unreadable)
+        decision = triage(delivery, self.registry, self.settings.max_deliveries, self.clock.now())
+        if isinstance(decision, Rejected):
+            self.settler.rejected(delivery, decision.message, decision.reason)
             return
-        try:
-            message = RunMessage.from_json(delivery.body)
-        except MessageError as exc:
-            self._bury_unrun(delivery, None, f"unreadable run message: {exc}")
-            return
-        if message.id != delivery.id:  # which one would the logs, the task, a retry believe?
-            reason = (
-                f"the queue entry's id {delivery.id!r} differs from its body's id {message.id!r}"
-            )
-            self._bury_unrun(delivery, message, reason)
-            return
-        budget = self.settings.max_deliveries
-        if delivery.deliveries > budget:
-            reason = (
-                f"delivered {delivery.deliveries} times without finishing (max-deliveries "
-                f"{budget}): each worker or child that took it died"
-            )
-            self._bury_unrun(delivery, message, reason)
-            return
-        task = self.registry.get(message.task)
-        if task is None:
-            reason = (
-                f"no task named {message.task!r} is registered in this worker: import the "
-                "module that defines it with -A/--app or list it under imports: in a "
-                "schedule file"
-            )
-            self._bury_unrun(delivery, message, reason)
-            return
-        if message.is_expired(self.clock.now()):
-            report = self._report(
-                delivery, message, Outcome.EXPIRED, deliveries=delivery.deliveries
-            )
-            self._settle(delivery, lambda: self.backend.ack(delivery), report)
+        if isinstance(decision, Expired):
+            self.settler.expired(delivery, decision.message)
             return
         mono = self.clock.monotonic()
+        task = decision.task
         deadline = mono + task.time_limit if task.time_limit else None
-        job = Job(delivery, message, task, slot, mono, deadline)
+        job = Job(delivery, decision.message, task, slot, mono, deadline)
         if slot.send(delivery.body, delivery.deliveries):
             self.jobs[slot.index] = job
         else:  # its child died while idle: the run never started
-            self._release(job, "its child process had died")
+            self.settler.released(job, "its child process had died")
             self._restart(slot, "it died while idle")
-
-    def _bury_unrun(self, delivery: Delivery, message: RunMessage | None, reason: str) -> None:
-        report = self._report(
-            delivery, message, Outcome.DEAD_LETTERED, deliveries=delivery.deliveries, reason=reason
-        )
-        self._settle(delivery, lambda: self.backend.dead_letter(delivery, reason), report)
 
     # --- running tasks ----------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
         held: list[tuple[Delivery, Job | None]]
         held = [(j.delivery, j) for j in self.jobs.values() if not j.lost]
-        held += [(u.delivery, None) for u in self.unsettled]
+        held += [(delivery, None) for delivery in self.settler.held()]
         for delivery, job in held:
             try:
                 kept = self.backend.extend(delivery, self.settings.visibility_timeout)
@@ -412,66 +346,16 @@ class Worker:
         if isinstance(event, Died):
             if event.starting:
                 raise PoolError(f"a {slot.kind} child died before it was ready: {event.how}")
-            if job is not None:
-                self._died(job, event.how)
+            if job is not None:  # as if its worker had died: the claim lapses
+                self.settler.crashed(job, event.how, self.settings.max_deliveries)
             else:
                 log.warning("slot=%d idle child ended: %s", slot.index, event.how)
             if not self._stopping:
                 slot.start()
             return
         assert job is not None, "a reply from a slot that was given no run"
-        if event.status == "ok":
-            report = self._report_job(job, Outcome.SUCCEEDED)
-            self._settle(job.delivery, lambda: self.backend.ack(job.delivery), report)
-        elif event.status == "retry":
-            self._failed(job, f"Retry: {event.detail}", countdown=event.countdown)
-        elif job.timed_out and event.detail.startswith("TimeLimitExceeded"):
-            self._failed(job, _over_time(job), trace=event.traceback)
-        else:
-            self._failed(job, event.detail, trace=event.traceback)
+        self.settler.replied(job, event)
         self._recycle(slot, event)
-
-    def _died(self, job: Job, how: str) -> None:
-        if job.timed_out:
-            self._failed(job, f"{_over_time(job)}; {how}")
-            return
-        # as if its worker had died: the claim lapses, the run is delivered again and counted
-        reason = (
-            f"{how}; delivered again after the visibility timeout, dead-lettered after "
-            f"{self.settings.max_deliveries} deliveries"
-        )
-        self._report_job(
-            job,
-            Outcome.CRASHED,
-            deliveries=job.delivery.deliveries,
-            reason=reason,
-        )()
-
-    def _failed(
-        self, job: Job, error: str, countdown: float | None = None, trace: str = ""
-    ) -> None:
-        attempt, task = job.message.attempt, job.task
-        if attempt > task.max_retries:
-            reason = f"failed after {attempt} attempt(s): {error}"
-            report = self._report_job(job, Outcome.FAILED, reason=reason, trace=trace)
-            self._settle(
-                job.delivery, lambda: self.backend.dead_letter(job.delivery, reason), report
-            )
-            return
-        delay = countdown if countdown is not None else task.retry_delay(attempt)
-        body = job.message.next_attempt().to_json()
-        report = self._report_job(
-            job,
-            Outcome.RETRIED,
-            retry_in=f"{delay:g}s",
-            error=error,
-            trace=trace,
-        )
-        self._settle(job.delivery, lambda: self.backend.retry(job.delivery, body, delay), report)
-
-    def _release(self, job: Job, reason: str) -> None:
-        report = self._report_job(job, Outcome.RELEASED, reason=reason)
-        self._settle(job.delivery, lambda: self.backend.release(job.delivery), report)
 
     def _recycle(self, slot: Slot, reply: Reply) -> None:
         settings = self.settings
@@ -491,109 +375,27 @@ class Worker:
         slot.stop()
         slot.start()
 
-    # --- settling ---------------------------------------------------------------------------
-
-    def _settle(self, delivery: Delivery, write: Callable[[], None], report: Report) -> None:
-        """Write a run's outcome, then report it; retried with backoff while the backend fails."""
-        try:
-            write()
-        except BackendError as exc:
-            log.warning("id=%s outcome not written yet, retrying: %s", delivery.id, exc)
-            self.unsettled.append(Unsettled(delivery, write, report, self.clock.monotonic() + 1))
-            return
-        report()
-
-    def _settle_pending(self, mono: float) -> None:
-        for pending in [u for u in self.unsettled if u.retry_at <= mono]:
-            try:
-                pending.write()
-            except BackendError:
-                pending.backoff = min(pending.backoff * 2, self.settings.max_backoff)
-                pending.retry_at = mono + pending.backoff
-                continue
-            self.unsettled.remove(pending)
-            pending.report()
-
-    def _report_job(self, job: Job, outcome: Outcome, trace: str = "", **fields: object) -> Report:
-        return self._report(job.delivery, job.message, outcome, job, trace, **fields)
-
-    def _report(
-        self,
-        delivery: Delivery,
-        message: RunMessage | None,
-        outcome: Outcome,
-        job: Job | None = None,
-        trace: str = "",
-        **fields: object,
-    ) -> Report:
-        """Count and log an outcome, once it is written: one `task=... outcome=...` line."""
-        task = message.task if message else "?"
-        attempt = message.attempt if message else "?"
-        run = message.id if message else delivery.id  # the id the task sees, where there is one
-        head = f"task={task} id={run} attempt={attempt} outcome={outcome}"
-        duration = self.clock.monotonic() - job.started if job is not None else None
-        if job is not None:
-            fields = {"duration": f"{duration:.3f}s", **fields}
-            if job.lost:
-                fields["claim"] = "lost"
-
-        def report() -> None:
-            entry = message.entry if message else None
-            self.stats.record(task, entry, outcome, self.clock.now(), duration)
-            line = " ".join([head, *(f"{k}={v}" for k, v in fields.items())])
-            # the same context as fields of their own, for --log-format json
-            extra: dict[str, object] = {"task": task, "id": delivery.id, "entry": entry}
-            extra |= {"attempt": attempt, "outcome": str(outcome), **fields}
-            if duration is not None:
-                extra["duration"] = duration  # seconds, as a number
-            log.log(
-                LEVELS.get(outcome, logging.ERROR),
-                "%s%s",
-                line,
-                f"\n{trace.rstrip()}" if trace else "",
-                extra=extra,
-            )
-
-        return report
-
     # --- stopping ---------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         """Give back every run that did not finish, then stop the pool."""
         for job in list(self.jobs.values()):
             job.slot.stop(kill=True)
-            self._release(job, "the worker stopped before the task finished")
+            self.settler.released(job, "the worker stopped before the task finished")
         self.jobs.clear()
-        for pending in self.unsettled:
-            log.error(
-                "id=%s outcome never written; it will be delivered again", pending.delivery.id
-            )
+        self.settler.abandon()
         self.pool.close()
-        with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
-        log.info("worker stopped %s", _summary(self.stats))
+        self._wakeup.close()
+        log.info("worker stopped %s", self.stats.summary())
 
     # --- backend health ---------------------------------------------------------------------
 
     def _backend_failed(self, exc: BackendError) -> None:
-        self._backoff = min(max(self._backoff * 2, 0.1), self.settings.max_backoff)
-        self._claim_at = self.clock.monotonic() + self._backoff
-        if not self._backend_down:
+        if not self._backoff.failing:
             log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
-            self._backend_down = True
+        self._claim_at = self.clock.monotonic() + self._backoff.failed()
 
     def _backend_recovered(self) -> None:
-        self._backoff = 0.0
-        if self._backend_down:
+        if self._backoff.failing:
             log.info("backend %s reachable again", self.backend.url)
-            self._backend_down = False
-
-
-def _over_time(job: Job) -> str:
-    return f"TimeLimitExceeded: ran over its time limit of {job.task.time_limit or 0:g}s"
-
-
-def _summary(stats: WorkerStats) -> str:
-    return " ".join(f"{outcome}={stats.count(outcome)}" for outcome in Outcome)
+        self._backoff.succeeded()

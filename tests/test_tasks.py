@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from datetime import UTC, datetime
@@ -12,7 +13,18 @@ import pytest
 import beatd
 from beatd.errors import BeatdError
 from beatd.message import RunMessage
-from beatd.tasks import RunContext, Task, TaskError, import_task_modules, registry, running
+from beatd.tasks import (
+    Registry,
+    RunContext,
+    Task,
+    TaskAddress,
+    TaskError,
+    import_task_modules,
+    rebuild,
+    registry,
+    running,
+)
+from tests import worker_tasks
 
 
 def test_bare_decorator_registers_under_module_and_qualname() -> None:
@@ -157,3 +169,34 @@ def test_import_errors_name_the_module_and_the_line(
         "are searched"
     )
     sys.modules.pop("broken_tasks", None)
+
+
+def test_a_registry_is_rebuilt_from_its_addresses() -> None:
+    @beatd.task(name="tests.local_registered")
+    def registered() -> None: ...
+
+    def unregistered() -> None: ...
+
+    own = Registry()
+    own.register(worker_tasks.add)  # decorated: the module attribute is the Task
+    own.register(Task("tests.plain", worker_tasks.subtract, max_retries=0, time_limit=2))
+    own.register(registered)  # local, but its name is in the default registry
+    own.register(Task("tests.unregistered", unregistered))  # local and nowhere else
+    own.register(Task("tests.partial", functools.partial(worker_tasks.subtract, "out")))
+    rebuilt = rebuild(own.addresses())
+    assert rebuilt.names() == ["tests.local_registered", "tests.plain", "tests.worker_tasks.add"]
+    for name in rebuilt.names():
+        assert rebuilt.get(name) == own.get(name)
+
+
+def test_rebuilding_imports_the_modules_of_the_addresses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "later_tasks.py").write_text("def job() -> None: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    address = TaskAddress("later", "later_tasks", "job", 3, 2.0, 600.0, None)
+    try:
+        task = rebuild([address]).get("later")
+        assert task is not None and task.func is sys.modules["later_tasks"].job
+    finally:
+        sys.modules.pop("later_tasks", None)

@@ -26,8 +26,10 @@ from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
-from beatd.tasks import registry
+from beatd.pool import PoolKind
+from beatd.tasks import Registry, Task, registry
 from beatd.worker import Outcome, Worker, WorkerSettings
+from tests import worker_tasks
 from tests.waiting import wait_for
 from tests.worker_tasks import events
 
@@ -403,6 +405,87 @@ def test_thread_pool_runs_retries_and_interrupts_over_time_tasks(
     )
     hog = [e[0] for e in events(out) if e[1] == "hog@1"]
     assert hog == ["start"]  # interrupted: never reached its end
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_a_worker_runs_exactly_the_tasks_of_the_registry_it_is_given(
+    backend: SQLiteBackend, db: Path, tmp_path: Path, pool: PoolKind
+) -> None:
+    out = tmp_path / "out"
+    own = Registry()  # differs from the global registry in every way a registry can
+    own.register(Task(T + "add", worker_tasks.subtract))  # a name it has, another function
+    own.register(Task("only.here", worker_tasks.add.func, max_retries=0))  # a name it lacks
+    settings = WorkerSettings(concurrency=1, pool=pool, modules=(TASKS,), visibility_timeout=5)
+    worker = Worker(SQLiteBackend(db), own, settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        publish(backend, T + "add", str(out), 5, 3, id="difference@1")
+        publish(backend, "only.here", str(out), 5, 3, id="sum@1")
+        publish(backend, T + "always_fails", str(out), id="global@1")  # only in the global one
+        wait_for(lambda: backend.queue_depths() == {}, what="every run to settle")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(e[:2] for e in events(out)) == [
+        ["difference=2", "difference@1"],
+        ["sum=8", "sum@1"],
+    ]
+    assert worker.stats.count(Outcome.SUCCEEDED) == 2
+    (dead,) = backend.dead_letters()
+    assert (dead.id, dead.reason) == (
+        "global@1",
+        f"no task named '{T}always_fails' is registered in this worker: import the module "
+        "that defines it with -A/--app or list it under imports: in a schedule file",
+    )
+
+
+SCRIPT = """\
+import sys
+import threading
+
+import beatd
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.tasks import registry
+from beatd.worker import Outcome, Worker, WorkerSettings
+
+
+@beatd.task(name="scripted")
+def scripted() -> str:
+    return "ran"
+
+
+if __name__ == "__main__":
+    settings = WorkerSettings(concurrency=1, pool="process", visibility_timeout=5)
+    worker = Worker(SQLiteBackend(sys.argv[1]), registry, settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    sys.stdin.readline()  # the test says when the run has settled
+    worker.stop()
+    thread.join(10)
+    print(worker.stats.summary())
+"""
+
+
+def test_a_process_pool_runs_a_task_defined_in_the_main_script(
+    backend: SQLiteBackend, db: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    publish(backend, "scripted", id="s@1")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(script), str(db)]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            wait_for(lambda: backend.queue_depths() == {}, what="the run to settle")
+        finally:
+            out, _ = proc.communicate("\n", timeout=20)
+    assert out.splitlines()[-1] == (
+        "succeeded=1 retried=0 failed=0 expired=0 dead_lettered=0 crashed=0 released=0"
+    )
 
 
 class FailingAcks(SQLiteBackend):

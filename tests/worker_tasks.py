@@ -79,3 +79,9 @@ def busy_loop(path: str) -> None:
     while time.monotonic() < deadline:
         pass
     note(path, "end")
+
+
+def subtract(path: str, a: int, b: int) -> int:
+    """Registered by no decorator: only a registry built by hand names it."""
+    note(path, f"difference={a - b}")
+    return a - b

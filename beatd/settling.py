@@ -1,0 +1,265 @@
+"""Settling a claimed run: write its outcome to the backend, then report it, exactly once.
+
+The worker decides when a run is over; the `Settler` writes what that means (ack, retry,
+dead letter, release) and only then counts and logs the outcome, as one `task=... outcome=...`
+line. A write the backend refuses is kept as `Unsettled` and written again with backoff; its
+claim stays alive through the worker's heartbeats meanwhile, and its outcome is reported when
+the write finally lands (or logged as never written when the worker stops first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from beatd.backends.base import Backend, Delivery
+from beatd.backoff import Backoff
+from beatd.clock import Clock
+from beatd.errors import BackendError
+from beatd.message import RunMessage
+from beatd.pool import Reply
+from beatd.tasks import Task
+
+# the outcome lines are the worker's: operators and log filters know them by this name
+log = logging.getLogger("beatd.worker")
+
+FIRST_RETRY = 1.0  # seconds before an outcome the backend refused is written again
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    DEAD_LETTERED = "dead_lettered"
+    CRASHED = "crashed"
+    RELEASED = "released"
+
+
+FAILURES = (Outcome.RETRIED, Outcome.FAILED, Outcome.CRASHED)
+LEVELS = {
+    Outcome.SUCCEEDED: logging.INFO,
+    Outcome.EXPIRED: logging.INFO,
+    Outcome.RELEASED: logging.INFO,
+    Outcome.RETRIED: logging.WARNING,
+}
+
+
+@dataclass
+class WorkerStats:
+    """Counts per (task, outcome) and per-entry last success and failure, for metrics."""
+
+    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
+    last_success: dict[str, datetime] = field(default_factory=dict)
+    last_failure: dict[str, datetime] = field(default_factory=dict)
+    observe_duration: Callable[[str, float], None] = lambda _task, _seconds: None
+
+    def record(
+        self,
+        task: str,
+        entry: str | None,
+        outcome: Outcome,
+        when: datetime,
+        duration: float | None = None,
+    ) -> None:
+        self.outcomes[task, outcome] += 1
+        if duration is not None:
+            self.observe_duration(task, duration)
+        if entry is not None and outcome is Outcome.SUCCEEDED:
+            self.last_success[entry] = when
+        elif entry is not None and outcome in FAILURES:
+            self.last_failure[entry] = when
+
+    def count(self, outcome: Outcome, task: str | None = None) -> int:
+        return sum(n for (t, o), n in self.outcomes.items() if o is outcome and task in (None, t))
+
+    def summary(self) -> str:
+        """`succeeded=N retried=N ...`, every outcome in order, for the worker's last line."""
+        return " ".join(f"{outcome}={self.count(outcome)}" for outcome in Outcome)
+
+
+class StartedRun(Protocol):
+    """A run handed to a slot, as its settling sees it (the worker's job)."""
+
+    delivery: Delivery
+    message: RunMessage
+    task: Task[..., Any]
+    started: float  # monotonic
+    timed_out: bool  # the worker enforced its time limit
+    lost: bool  # a heartbeat found its claim taken by another worker
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One outcome's count and log line, made once its write is done."""
+
+    delivery: Delivery
+    message: RunMessage | None
+    outcome: Outcome
+    fields: dict[str, object]
+    trace: str = ""
+    duration: float | None = None  # seconds the task ran; None when it never ran
+
+    def emit(self, stats: WorkerStats, now: datetime) -> None:
+        message = self.message
+        task = message.task if message else "?"
+        attempt = message.attempt if message else "?"
+        entry = message.entry if message else None
+        run = message.id if message else self.delivery.id  # the id the task sees, if any
+        stats.record(task, entry, self.outcome, now, self.duration)
+        head = f"task={task} id={run} attempt={attempt} outcome={self.outcome}"
+        line = " ".join([head, *(f"{k}={v}" for k, v in self.fields.items())])
+        # the same context as fields of their own, for --log-format json
+        extra: dict[str, object] = {"task": task, "id": self.delivery.id, "entry": entry}
+        extra |= {"attempt": attempt, "outcome": str(self.outcome), **self.fields}
+        if self.duration is not None:
+            extra["duration"] = self.duration  # seconds, as a number
+        log.log(
+            LEVELS.get(self.outcome, logging.ERROR),
+            "%s%s",
+            line,
+            f"\n{self.trace.rstrip()}" if self.trace else "",
+            extra=extra,
+        )
+
+
+@dataclass(eq=False)
+class Unsettled:
+    """A run whose ack, retry or dead-letter write failed; written again with backoff."""
+
+    delivery: Delivery
+    write: Callable[[], None]
+    report: Report
+    retry_at: float  # monotonic
+    backoff: Backoff
+
+
+def over_time(run: StartedRun) -> str:
+    return f"TimeLimitExceeded: ran over its time limit of {run.task.time_limit or 0:g}s"
+
+
+class Settler:
+    """Writes each run's outcome to the backend and reports it once the write is done."""
+
+    def __init__(
+        self, backend: Backend, clock: Clock, stats: WorkerStats, max_backoff: float
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.stats = stats
+        self.max_backoff = max_backoff
+        self.unsettled: list[Unsettled] = []
+
+    # --- runs that never started --------------------------------------------------------
+
+    def expired(self, delivery: Delivery, message: RunMessage) -> None:
+        report = Report(delivery, message, Outcome.EXPIRED, {"deliveries": delivery.deliveries})
+        self._settle(lambda: self.backend.ack(delivery), report)
+
+    def rejected(self, delivery: Delivery, message: RunMessage | None, reason: str) -> None:
+        fields = {"deliveries": delivery.deliveries, "reason": reason}
+        report = Report(delivery, message, Outcome.DEAD_LETTERED, fields)
+        self._settle(lambda: self.backend.dead_letter(delivery, reason), report)
+
+    # --- runs that started ------------------------------------------------------------------
+
+    def replied(self, run: StartedRun, reply: Reply) -> None:
+        """Settle a run by its slot's reply."""
+        if reply.status == "ok":
+            report = self._report(run, Outcome.SUCCEEDED)
+            self._settle(lambda: self.backend.ack(run.delivery), report)
+        elif reply.status == "retry":
+            self.failed(run, f"Retry: {reply.detail}", countdown=reply.countdown)
+        elif run.timed_out and reply.detail.startswith("TimeLimitExceeded"):
+            self.failed(run, over_time(run), trace=reply.traceback)
+        else:
+            self.failed(run, reply.detail, trace=reply.traceback)
+
+    def failed(
+        self, run: StartedRun, error: str, countdown: float | None = None, trace: str = ""
+    ) -> None:
+        """Retry the run while it has retries left, else dead-letter it."""
+        attempt, task, delivery = run.message.attempt, run.task, run.delivery
+        if attempt > task.max_retries:
+            reason = f"failed after {attempt} attempt(s): {error}"
+            report = self._report(run, Outcome.FAILED, trace, reason=reason)
+            self._settle(lambda: self.backend.dead_letter(delivery, reason), report)
+            return
+        delay = countdown if countdown is not None else task.retry_delay(attempt)
+        body = run.message.next_attempt().to_json()
+        report = self._report(run, Outcome.RETRIED, trace, retry_in=f"{delay:g}s", error=error)
+        self._settle(lambda: self.backend.retry(delivery, body, delay), report)
+
+    def crashed(self, run: StartedRun, how: str, max_deliveries: int) -> None:
+        """Its child died: nothing is written, the claim lapses and the run comes again."""
+        if run.timed_out:
+            self.failed(run, f"{over_time(run)}; {how}")
+            return
+        reason = (
+            f"{how}; delivered again after the visibility timeout, dead-lettered after "
+            f"{max_deliveries} deliveries"
+        )
+        report = self._report(
+            run, Outcome.CRASHED, deliveries=run.delivery.deliveries, reason=reason
+        )
+        report.emit(self.stats, self.clock.now())
+
+    def released(self, run: StartedRun, reason: str) -> None:
+        """Give the run back to its queue unfinished, for another worker to take."""
+        report = self._report(run, Outcome.RELEASED, reason=reason)
+        self._settle(lambda: self.backend.release(run.delivery), report)
+
+    # --- writes the backend refused ---------------------------------------------------------
+
+    def held(self) -> list[Delivery]:
+        """The deliveries whose outcome is not written yet: their claims must stay alive."""
+        return [pending.delivery for pending in self.unsettled]
+
+    def next_retry(self) -> float | None:
+        return min((pending.retry_at for pending in self.unsettled), default=None)
+
+    def retry_due(self, mono: float) -> None:
+        """Write again each refused outcome whose time has come."""
+        for pending in [u for u in self.unsettled if u.retry_at <= mono]:
+            try:
+                pending.write()
+            except BackendError:
+                pending.retry_at = mono + pending.backoff.failed()
+                continue
+            self.unsettled.remove(pending)
+            pending.report.emit(self.stats, self.clock.now())
+
+    def abandon(self) -> None:
+        """At shutdown: say which outcomes were never written."""
+        for pending in self.unsettled:
+            log.error(
+                "id=%s outcome never written; it will be delivered again", pending.delivery.id
+            )
+
+    def _settle(self, write: Callable[[], None], report: Report) -> None:
+        """Write a run's outcome, then report it; kept for retrying while the backend fails."""
+        delivery = report.delivery
+        try:
+            write()
+        except BackendError as exc:
+            log.warning("id=%s outcome not written yet, retrying: %s", delivery.id, exc)
+            backoff = Backoff(FIRST_RETRY, self.max_backoff)
+            retry_at = self.clock.monotonic() + backoff.failed()
+            self.unsettled.append(Unsettled(delivery, write, report, retry_at, backoff))
+            return
+        report.emit(self.stats, self.clock.now())
+
+    def _report(
+        self, run: StartedRun, outcome: Outcome, trace: str = "", **fields: object
+    ) -> Report:
+        """The report of a run that started: its duration first, a lost claim last."""
+        duration = self.clock.monotonic() - run.started
+        fields = {"duration": f"{duration:.3f}s", **fields}
+        if run.lost:
+            fields["claim"] = "lost"
+        return Report(run.delivery, run.message, outcome, fields, trace, duration)
