@@ -11,7 +11,6 @@ import re
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -21,6 +20,7 @@ from beatd.config.model import NO_ITEMS, Entry, MissedPolicy, nominal_period
 from beatd.durations import format_duration, read_duration
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.crontab import CronSpec
 from beatd.schedules.interval import EPOCH
 
 SCHEDULE_FIELDS = ("every", "cron", "at")
@@ -56,14 +56,6 @@ QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")
 # Where a problem is: given a field (None for the entry itself) and whether the key rather than
 # its value is meant, the (line, column) to report.
 Locate = Callable[[str | None, bool], tuple[int, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class CronSpec:
-    """A cron expression from Python config; `both_days` keeps Celery's crontab meaning."""
-
-    text: str
-    both_days: bool = False
 
 
 def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
