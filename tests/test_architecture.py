@@ -94,7 +94,6 @@ SIZE_ALLOWED = {
     # being split in part C of the seams issue
     "beatd.worker.Worker",
     # being split in part D of the seams issue
-    "beatd.config.entries.build_entry",
     "beatd.config.yamlbuild.Builder",
     "beatd.config.yamlbuild.Builder.mapping",
 }

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from beatd.backends import Backend, default_broker, open_backend
 from beatd.backends.base import StorageFailed
 from beatd.config import Config, load_config
-from beatd.config.entries import to_timezone
+from beatd.config.convert import to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
 from beatd.durations import read_duration
 from beatd.errors import BeatdError, ConfigError

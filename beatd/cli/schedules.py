@@ -19,7 +19,7 @@ from beatd.cli.common import (
     slot_text,
 )
 from beatd.config import Config, Entry
-from beatd.config.entries import suggest, to_datetime, to_every, to_timezone
+from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.tasks import TaskError, import_task_modules, registry

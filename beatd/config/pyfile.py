@@ -14,15 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from beatd.config.entries import (
-    ENTRY_FIELDS,
-    EntryReader,
-    build_entry,
-    describe_value,
-    suggest,
-    to_priority,
-    to_timezone,
-)
+from beatd.config.convert import describe_value, suggest, to_priority, to_timezone
+from beatd.config.entries import EntryReader, build_entry
+from beatd.config.fields import ENTRY_FIELDS
 from beatd.config.source import SourceFile
 from beatd.errors import Problem
 from beatd.schedules.crontab import CronSpec, crontab
