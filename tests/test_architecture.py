@@ -93,9 +93,6 @@ SIZE_ALLOWED = {
     "beatd.cli.workers.worker_options",
     # being split in part C of the seams issue
     "beatd.worker.Worker",
-    # being split in part D of the seams issue
-    "beatd.config.yamlbuild.Builder",
-    "beatd.config.yamlbuild.Builder.mapping",
 }
 
 
