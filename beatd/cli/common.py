@@ -178,7 +178,8 @@ NAMESPACE_FLAG: dict[str, Any] = {
 }
 
 
-def _with_flags(flags: Sequence[Callable[[Any], Any]], func: Any) -> Any:
+def _with_flags(flags: Sequence[Callable[[Any], Any]], func: Decorated) -> Decorated:
+    """`func` with the click options `flags`, shown in --help in the order given."""
     for flag in reversed(flags):
         func = flag(func)
     return func
@@ -233,7 +234,7 @@ def schedule_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, **kwargs)
 
     flags = [*SCHEDULE_FLAGS, click.option("--celery-config", **CELERY_CONFIG_FLAG)]
-    return _with_flags(flags, command)  # type: ignore[no-any-return]
+    return _with_flags(flags, command)
 
 
 def _schedule_paths(schedules: tuple[str, ...], celery_config: str | None) -> tuple[str, ...]:
@@ -252,7 +253,7 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
         kwargs["backend"] = BackendSettings(broker, namespace)
         return func(*args, **kwargs)
 
-    return _with_flags([BROKER_FLAG, click.option("--namespace", **NAMESPACE_FLAG)], command)  # type: ignore[no-any-return]
+    return _with_flags([BROKER_FLAG, click.option("--namespace", **NAMESPACE_FLAG)], command)
 
 
 def logging_options(
@@ -268,7 +269,7 @@ def logging_options(
             return func(*args, **kwargs)
 
         flags = [_log_level_flag(level), *([LOG_FORMAT_FLAG] if with_format else [])]
-        return _with_flags(flags, command)  # type: ignore[no-any-return]
+        return _with_flags(flags, command)
 
     return decorate
 
@@ -338,7 +339,7 @@ def config_options(func: Decorated) -> Decorated:
     celery = click.option(
         "--celery-config", **CELERY_CONFIG_FLAG, expose_value=False, callback=_remember
     )
-    return _with_flags([*SCHEDULE_FLAGS, celery], func)  # type: ignore[no-any-return]
+    return _with_flags([*SCHEDULE_FLAGS, celery], func)
 
 
 def daemon_options(func: Decorated) -> Decorated:
@@ -347,7 +348,7 @@ def daemon_options(func: Decorated) -> Decorated:
         "--namespace", **NAMESPACE_FLAG, expose_value=False, callback=_remember
     )
     flags = [BROKER_FLAG, namespace, _log_level_flag("info"), LOG_FORMAT_FLAG]
-    return _with_flags(flags, func)  # type: ignore[no-any-return]
+    return _with_flags(flags, func)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
