@@ -14,7 +14,7 @@ import redis
 from click.testing import CliRunner
 
 from beatd.backends.sqlite import SQLiteBackend
-from beatd.cli import main
+from beatd.cli import common, main
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -390,3 +390,53 @@ def test_migrate_takes_its_target_from_beatd_broker_and_warns_about_a_password_i
         "beatd: warning: --to: the URL holds a password, which every user of this host can "
         "read in ps; give the URL in BEATD_BROKER instead\n"
     )
+
+
+# --- the shared flags, parsed once into typed settings
+
+
+def settings_probe() -> tuple[click.Command, list[object]]:
+    """A command with the shared flags that records the settings it is handed."""
+    seen: list[object] = []
+
+    @click.command()
+    @common.schedule_options
+    @common.backend_options
+    @common.logging_options()
+    def probe(
+        schedule: common.ScheduleSettings, backend: common.BackendSettings, log: common.LogSettings
+    ) -> None:
+        seen.extend([schedule, backend, log])
+
+    return probe, seen
+
+
+def test_the_shared_flags_arrive_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BEATD_NAMESPACE", "staging")
+    probe, seen = settings_probe()
+    args = ["-s", "a.yaml", "-s", "b", "--timezone", "Europe/Berlin", "--max-file-size", "9"]
+    args += ["--celery-config", "celeryconfig", "--broker", "redis://127.0.0.1:1/0"]
+    result = CliRunner().invoke(probe, [*args, "--log-level", "debug", "--log-format", "json"])
+    assert result.exit_code == 0, result.output
+    assert seen == [
+        common.ScheduleSettings(("a.yaml", "b"), "Europe/Berlin", 9, "celeryconfig"),
+        common.BackendSettings("redis://127.0.0.1:1/0", "staging"),
+        common.LogSettings("debug", "json"),
+    ]
+
+
+def test_a_celery_config_alone_reads_no_default_schedules_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    probe, seen = settings_probe()
+    assert CliRunner().invoke(probe, ["--celery-config", "celeryconfig"]).exit_code == 0
+    (tmp_path / "schedules").mkdir()
+    assert CliRunner().invoke(probe, ["--celery-config", "celeryconfig"]).exit_code == 0
+    assert CliRunner().invoke(probe, []).exit_code == 0
+    schedules = [s for s in seen if isinstance(s, common.ScheduleSettings)]
+    assert [(s.paths, s.celery_config) for s in schedules] == [
+        ((), "celeryconfig"),
+        (("schedules",), "celeryconfig"),
+        (("schedules",), None),
+    ]

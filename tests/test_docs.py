@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from beatd.cli import reference
-from beatd.config import load_config
+from beatd.config import fields, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +18,15 @@ def test_the_flags_table_is_the_whole_command_tree() -> None:
     assert text.count(reference.BEGIN) == 1 and text.count(reference.END) == 1
     shown = reference.generated_part(text)
     assert shown == reference.table(), "run python -m beatd.cli.reference"
+
+
+def test_the_entry_field_table_is_the_whole_fields_table() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert text.count(reference.FIELDS_BEGIN) == 1 and text.count(reference.FIELDS_END) == 1
+    shown = reference.generated_part(text, reference.FIELDS_BEGIN, reference.FIELDS_END)
+    assert shown == fields.markdown_table(), "run python -m beatd.cli.reference"
+    rows = shown.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| `{f.name}`" for f in fields.FIELDS]
 
 
 def test_every_command_is_in_the_flags_table() -> None:
@@ -66,12 +75,14 @@ def test_the_generator_checks_and_rewrites_between_its_markers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     doc = tmp_path / "configuration.md"
-    doc.write_text(f"intro\n{reference.BEGIN}\n| stale |\n{reference.END}\nafter\n")
+    fields_part = f"{reference.FIELDS_BEGIN}\n| stale |\n{reference.FIELDS_END}\n"
+    doc.write_text(f"intro\n{reference.BEGIN}\n| stale |\n{reference.END}\nafter\n{fields_part}")
     monkeypatch.setattr(reference, "DOC", doc)
     assert reference.cli(["--check"]) == 1
     assert reference.cli([]) == 0
     assert doc.read_text() == (
         f"intro\n{reference.BEGIN}\n{reference.table()}\n{reference.END}\nafter\n"
+        f"{reference.FIELDS_BEGIN}\n{fields.markdown_table()}\n{reference.FIELDS_END}\n"
     )
     assert reference.cli(["--check"]) == 0
     with pytest.raises(ValueError) as info:

@@ -8,7 +8,17 @@ from typing import Any
 import click
 
 from beatd.backends import DeadLetter
-from beatd.cli.common import bad_option, daemon_options, fail, main, open_broker, slot_text
+from beatd.cli.common import (
+    BackendSettings,
+    LogSettings,
+    backend_options,
+    bad_option,
+    fail,
+    logging_options,
+    main,
+    open_broker,
+    slot_text,
+)
 from beatd.errors import BeatdError
 from beatd.service import setup_logging
 
@@ -19,18 +29,19 @@ def dead() -> None:
 
 
 @dead.command(name="list")
-@daemon_options
+@backend_options
+@logging_options()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def dead_list(broker: str, log_level: str, log_format: str, as_json: bool) -> None:
+def dead_list(backend: BackendSettings, log: LogSettings, as_json: bool) -> None:
     """Show the dead-letter queue, oldest first, with the reason of each."""
-    setup_logging(log_level, log_format)
-    backend = open_broker(broker, read_only=True)
+    setup_logging(log.level, log.format)
+    store = open_broker(backend, read_only=True)
     try:
-        letters = backend.dead_letters()
+        letters = store.dead_letters()
     except BeatdError as exc:
         fail(exc)
     finally:
-        backend.close()
+        store.close()
     rows = [_dead_row(d) for d in letters]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -65,23 +76,24 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
 
 
 @dead.command(name="retry")
-@daemon_options
+@backend_options
+@logging_options()
 @click.argument("message_id", metavar="ID", required=False)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
 def dead_retry(
-    broker: str, log_level: str, log_format: str, message_id: str | None, everything: bool
+    backend: BackendSettings, log: LogSettings, message_id: str | None, everything: bool
 ) -> None:
     """Put a dead letter (by run ID) or all of them back on their queues."""
-    setup_logging(log_level, log_format)
+    setup_logging(log.level, log.format)
     if (message_id is None) == (not everything):
         bad_option("ID/--all", "give a run ID or --all, not both and not neither")
-    backend = open_broker(broker, create=False)
+    store = open_broker(backend, create=False)
     try:
-        moved = backend.requeue_dead(None if everything else message_id)
+        moved = store.requeue_dead(None if everything else message_id)
     except BeatdError as exc:
         fail(exc)
     finally:
-        backend.close()
+        store.close()
     if message_id is not None and moved == 0:
         bad_option("ID", f"no dead letter with id {message_id!r} (see beatd dead list)")
     click.echo(f"requeued {moved} dead letter(s)")

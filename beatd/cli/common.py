@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from beatd.backends import Backend, default_broker, open_backend
 from beatd.backends.base import StorageFailed
 from beatd.config import Config, load_config
-from beatd.config.entries import to_timezone
+from beatd.config.convert import to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
 from beatd.durations import read_duration
 from beatd.errors import BeatdError, ConfigError
@@ -47,87 +49,6 @@ def fail(error: BeatdError) -> NoReturn:
 def bad_option(option: str, message: str) -> NoReturn:
     click.echo(f"beatd: {option}: {message}", err=True)
     sys.exit(EXIT_BAD_INPUT)
-
-
-def config_options(func: Decorated) -> Decorated:
-    """The flags every command that reads schedule files shares."""
-    options = [
-        click.option(
-            "--schedules",
-            "-s",
-            "schedules",
-            multiple=True,
-            envvar="BEATD_SCHEDULES",
-            default=("schedules",),
-            show_default=True,
-            help="Schedule files or directories (repeatable; the variable is space-separated).",
-        ),
-        click.option(
-            "--timezone",
-            envvar="BEATD_TIMEZONE",
-            default="UTC",
-            show_default=True,
-            help="Timezone of entries whose file gives none.",
-        ),
-        click.option(
-            "--max-file-size",
-            envvar="BEATD_MAX_FILE_SIZE",
-            type=int,
-            default=DEFAULT_MAX_BYTES,
-            show_default=True,
-            help="Refuse schedule files larger than this many bytes.",
-        ),
-        click.option(
-            "--celery-config",
-            envvar="BEATD_CELERY_CONFIG",
-            expose_value=False,
-            callback=_remember,
-            help="Also read a Celery beat_schedule from a config MODULE (or MODULE:APP), as celery "
-            "beat would: its entries go to queue celery in Celery's protocol, and its broker_url "
-            "is the broker unless --broker is given.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def celery_config() -> str | None:
-    """The --celery-config of the running command, if any."""
-    value = click.get_current_context().meta.get("beatd.celery_config")
-    return str(value) if value else None
-
-
-def schedule_paths(paths: Sequence[str]) -> tuple[str, ...]:
-    """`paths`, except that --celery-config alone does not also read ./schedules."""
-    ctx = click.get_current_context()
-    source = ctx.get_parameter_source("schedules")
-    if (
-        celery_config()
-        and source is click.core.ParameterSource.DEFAULT
-        and not ctx.params.get("paths")
-    ):
-        return tuple(p for p in paths if Path(p).exists())
-    return tuple(paths)
-
-
-def read_config(
-    paths: Sequence[str], timezone: str, max_file_size: int, yaml_only: bool = False
-) -> Config:
-    try:
-        zone = to_timezone(timezone)
-    except ValueError as exc:
-        bad_option("--timezone", str(exc))
-    try:
-        return load_config(
-            schedule_paths(paths),
-            default_timezone=zone,
-            yaml_only=yaml_only,
-            max_bytes=max_file_size,
-            celery_config=celery_config(),
-        )
-    except BeatdError as exc:
-        fail(exc)
 
 
 class BeatdCommand(click.Command):
@@ -160,48 +81,37 @@ def main() -> None:
     """beatd: a periodic scheduler daemon for Python task queues."""
 
 
-def daemon_options(func: Decorated) -> Decorated:
-    """The flags `run` and `worker` share."""
-    options = [
-        click.option(
-            "--broker",
-            envvar="BEATD_BROKER",
-            callback=url_with_password("BEATD_BROKER"),
-            default=default_broker,
-            show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
-            help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...; "
-            "give a URL with a password in the variable, not on the command line.",
-        ),
-        click.option(
-            "--namespace",
-            envvar="BEATD_NAMESPACE",
-            default="beatd",
-            show_default=True,
-            expose_value=False,
-            callback=_remember,
-            help=NAMESPACE_HELP,
-        ),
-        click.option(
-            "--log-level",
-            envvar="BEATD_LOG_LEVEL",
-            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-            default="info",
-            show_default=True,
-            help=LOG_LEVEL_HELP,
-        ),
-        click.option(
-            "--log-format",
-            envvar="BEATD_LOG_FORMAT",
-            type=click.Choice(["text", "json"]),
-            default="text",
-            show_default=True,
-            help="One line of text per event, with key=value context (no timestamp of its own "
-            "under journald), or one JSON object per line with that context as fields.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# --- settings, each parsed once from its flags by the decorator that adds them
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    """Where the schedule files are and how to read them: `--schedules`, `--timezone`,
+    `--max-file-size` and `--celery-config`, parsed once (`schedule_options`)."""
+
+    paths: tuple[str, ...]
+    timezone: str
+    max_file_size: int
+    celery_config: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """Which backend: `--broker` and `--namespace`, parsed once (`backend_options`)."""
+
+    url: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """`--log-level` and `--log-format`, parsed once (`logging_options`)."""
+
+    level: str
+    format: str = "text"
+
+
+# --- the flags, each declared once
 
 
 def url_with_password(variable: str) -> Callable[[click.Context, click.Parameter, str], str]:
@@ -227,36 +137,250 @@ def has_password(url: str) -> bool:
     return bool(parts.password) or any(query.get("password", []))
 
 
-def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
-    ctx.meta[f"beatd.{param.name}"] = value
-    return value
+SCHEDULE_FLAGS = [
+    click.option(
+        "--schedules",
+        "-s",
+        "schedules",
+        multiple=True,
+        envvar="BEATD_SCHEDULES",
+        default=("schedules",),
+        show_default=True,
+        help="Schedule files or directories (repeatable; the variable is space-separated).",
+    ),
+    click.option(
+        "--timezone",
+        envvar="BEATD_TIMEZONE",
+        default="UTC",
+        show_default=True,
+        help="Timezone of entries whose file gives none.",
+    ),
+    click.option(
+        "--max-file-size",
+        envvar="BEATD_MAX_FILE_SIZE",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        show_default=True,
+        help="Refuse schedule files larger than this many bytes.",
+    ),
+]
+CELERY_CONFIG_FLAG: dict[str, Any] = {
+    "envvar": "BEATD_CELERY_CONFIG",
+    "help": "Also read a Celery beat_schedule from a config MODULE (or MODULE:APP), as celery "
+    "beat would: its entries go to queue celery in Celery's protocol, and its broker_url is the "
+    "broker unless --broker is given.",
+}
+NAMESPACE_FLAG: dict[str, Any] = {
+    "envvar": "BEATD_NAMESPACE",
+    "default": "beatd",
+    "show_default": True,
+    "help": NAMESPACE_HELP,
+}
 
 
-def read_optional_config(
-    schedules: Sequence[str], timezone: str, max_file_size: int
-) -> Config | None:
+def _with_flags(flags: Sequence[Callable[[Any], Any]], func: Decorated) -> Decorated:
+    """`func` with the click options `flags`, shown in --help in the order given."""
+    for flag in reversed(flags):
+        func = flag(func)
+    return func
+
+
+BROKER_FLAG = click.option(
+    "--broker",
+    envvar="BEATD_BROKER",
+    callback=url_with_password("BEATD_BROKER"),
+    default=default_broker,
+    show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
+    help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...; "
+    "give a URL with a password in the variable, not on the command line.",
+)
+LOG_FORMAT_FLAG = click.option(
+    "--log-format",
+    envvar="BEATD_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="One line of text per event, with key=value context (no timestamp of its own under "
+    "journald), or one JSON object per line with that context as fields.",
+)
+
+
+def _log_level_flag(default: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--log-level",
+        envvar="BEATD_LOG_LEVEL",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default=default,
+        show_default=True,
+        help=LOG_LEVEL_HELP,
+    )
+
+
+def schedule_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags of every command that reads schedule files, handed to it as one value,
+    `schedule: ScheduleSettings`."""
+
+    @functools.wraps(func)
+    def command(
+        *args: Any,
+        schedules: tuple[str, ...],
+        timezone: str,
+        max_file_size: int,
+        celery_config: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        paths = _schedule_paths(schedules, celery_config)
+        kwargs["schedule"] = ScheduleSettings(paths, timezone, max_file_size, celery_config or None)
+        return func(*args, **kwargs)
+
+    flags = [*SCHEDULE_FLAGS, click.option("--celery-config", **CELERY_CONFIG_FLAG)]
+    return _with_flags(flags, command)
+
+
+def _schedule_paths(schedules: tuple[str, ...], celery_config: str | None) -> tuple[str, ...]:
+    """`schedules`, except that --celery-config alone does not also read ./schedules."""
+    source = click.get_current_context().get_parameter_source("schedules")
+    if celery_config and source is click.core.ParameterSource.DEFAULT:
+        return tuple(p for p in schedules if Path(p).exists())
+    return schedules
+
+
+def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--broker` and `--namespace`, handed to the command as `backend: BackendSettings`."""
+
+    @functools.wraps(func)
+    def command(*args: Any, broker: str, namespace: str, **kwargs: Any) -> Any:
+        kwargs["backend"] = BackendSettings(broker, namespace)
+        return func(*args, **kwargs)
+
+    return _with_flags([BROKER_FLAG, click.option("--namespace", **NAMESPACE_FLAG)], command)
+
+
+def logging_options(
+    level: str = "info", *, with_format: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--log-level` (default `level`) and `--log-format`, handed to the command as
+    `log: LogSettings`."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, log_level: str, log_format: str = "text", **kwargs: Any) -> Any:
+            kwargs["log"] = LogSettings(log_level, log_format)
+            return func(*args, **kwargs)
+
+        flags = [_log_level_flag(level), *([LOG_FORMAT_FLAG] if with_format else [])]
+        return _with_flags(flags, command)
+
+    return decorate
+
+
+# --- what the settings open
+
+
+def read_config(settings: ScheduleSettings, yaml_only: bool = False) -> Config:
+    """The configuration the settings name; bad input ends the command (exit 2)."""
+    try:
+        zone = to_timezone(settings.timezone)
+    except ValueError as exc:
+        bad_option("--timezone", str(exc))
+    try:
+        return load_config(
+            settings.paths,
+            default_timezone=zone,
+            yaml_only=yaml_only,
+            max_bytes=settings.max_file_size,
+            celery_config=settings.celery_config,
+        )
+    except BeatdError as exc:
+        fail(exc)
+
+
+def read_optional_config(settings: ScheduleSettings) -> Config | None:
     """The configuration, for commands that can do without one: none when --schedules was
     left at its default and there is no ./schedules (a worker host needs no schedule files)."""
     source = click.get_current_context().get_parameter_source("schedules")
-    if source is click.core.ParameterSource.DEFAULT and not os.path.exists(schedules[0]):
+    if source is click.core.ParameterSource.DEFAULT and not (
+        settings.paths and os.path.exists(settings.paths[0])
+    ):
         return None
-    return read_config(schedules, timezone, max_file_size)
+    return read_config(settings)
 
 
 def open_broker(
-    url: str, op_timeout: float = 2.0, *, read_only: bool = False, create: bool = True
+    settings: BackendSettings,
+    op_timeout: float = 2.0,
+    *,
+    read_only: bool = False,
+    create: bool = True,
 ) -> Backend:
-    """The backend at `url`; a Redis call never blocks longer than about `op_timeout`.
+    """The backend `settings` name; a Redis call never blocks longer than about `op_timeout`.
     `read_only` and `create=False`: see `open_backend` (a SQLite file is never created)."""
-    namespace = click.get_current_context().meta.get("beatd.namespace", "beatd")
     try:
         return open_backend(
-            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+            settings.url,
+            namespace=settings.namespace,
+            op_timeout=op_timeout,
+            read_only=read_only,
+            create=create,
         )
     except StorageFailed as exc:  # no bad input: the file is there, but damaged
         fail(exc)
     except BeatdError as exc:
         bad_option("--broker", str(exc))
+
+
+# --- the legacy flags of `run` and `worker`, until part B of the seams issue gives them
+# schedule_options, backend_options and logging_options: the same flags, with --namespace and
+# --celery-config kept in ctx.meta
+
+
+def config_options(func: Decorated) -> Decorated:
+    """`run` and `worker`'s schedule flags (see `legacy_schedule_settings`)."""
+    celery = click.option(
+        "--celery-config", **CELERY_CONFIG_FLAG, expose_value=False, callback=_remember
+    )
+    return _with_flags([*SCHEDULE_FLAGS, celery], func)
+
+
+def daemon_options(func: Decorated) -> Decorated:
+    """`run` and `worker`'s backend and logging flags (see `legacy_backend_settings`)."""
+    namespace = click.option(
+        "--namespace", **NAMESPACE_FLAG, expose_value=False, callback=_remember
+    )
+    flags = [BROKER_FLAG, namespace, _log_level_flag("info"), LOG_FORMAT_FLAG]
+    return _with_flags(flags, func)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    ctx.meta[f"beatd.{param.name}"] = value
+    return value
+
+
+def celery_config() -> str | None:
+    """The --celery-config of `run` or `worker`, if any."""
+    value = click.get_current_context().meta.get("beatd.celery_config")
+    return str(value) if value else None
+
+
+def schedule_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """`paths`, except that --celery-config alone does not also read ./schedules."""
+    return _schedule_paths(paths, celery_config())
+
+
+def legacy_schedule_settings(
+    schedules: tuple[str, ...], timezone: str, max_file_size: int
+) -> ScheduleSettings:
+    """`run` and `worker`'s ScheduleSettings, from their flags and ctx.meta."""
+    return ScheduleSettings(schedule_paths(schedules), timezone, max_file_size, celery_config())
+
+
+def legacy_backend_settings(url: str) -> BackendSettings:
+    """`run` and `worker`'s BackendSettings, from --broker and ctx.meta."""
+    namespace = click.get_current_context().meta.get("beatd.namespace", "beatd")
+    return BackendSettings(url, str(namespace))
+
+
+# --- the daemons' other shared flags
 
 
 def metrics_option(default: str) -> Callable[[Decorated], Decorated]:

@@ -9,10 +9,12 @@ import click
 
 from beatd.backends import Backend
 from beatd.cli.common import (
-    LOG_LEVEL_HELP,
-    NAMESPACE_HELP,
+    NAMESPACE_FLAG,
+    BackendSettings,
+    LogSettings,
     bad_option,
     fail,
+    logging_options,
     main,
     open_broker,
     url_with_password,
@@ -20,11 +22,6 @@ from beatd.cli.common import (
 from beatd.errors import BeatdError
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
-
-
-def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    ctx.meta["beatd.namespace"] = value  # where open_broker looks, as for the daemons
-    return value
 
 
 @main.command()
@@ -46,25 +43,9 @@ def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str)
     metavar="URL",
     help="The backend to copy to, e.g. redis://host:6379/0: the --broker the daemons will use.",
 )
-@click.option(
-    "--namespace",
-    envvar="BEATD_NAMESPACE",
-    default="beatd",
-    show_default=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_remember_namespace,
-    help=NAMESPACE_HELP,
-)
-@click.option(
-    "--log-level",
-    envvar="BEATD_LOG_LEVEL",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="warning",
-    show_default=True,
-    help=LOG_LEVEL_HELP,
-)
-def migrate(source_url: str, target_url: str, log_level: str) -> None:
+@click.option("--namespace", **NAMESPACE_FLAG)
+@logging_options("warning", with_format=False)
+def migrate(source_url: str, target_url: str, namespace: str, log: LogSettings) -> None:
     """Copy every entry's last published slot and the dead letters to another backend.
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
@@ -72,12 +53,13 @@ def migrate(source_url: str, target_url: str, log_level: str) -> None:
     --broker: each entry goes on from the slot after its last published one, so no run is
     repeated or skipped. The source is only read; running the copy again adds nothing twice.
     """
-    setup_logging(log_level, "text")
+    setup_logging(log.level, log.format)
     if source_url == target_url:
         bad_option("--to", f"is the same backend as --from ({source_url!r})")
     _require_existing_sqlite("--from", source_url)
-    source = open_broker(source_url, read_only=True)  # what is readable, even if damaged
-    target = open_broker(target_url)
+    # what is readable, even if damaged
+    source = open_broker(BackendSettings(source_url, namespace), read_only=True)
+    target = open_broker(BackendSettings(target_url, namespace))
     try:
         _refuse_undone_runs(source)
         report = migrate_states(source, target)

@@ -22,6 +22,8 @@ from beatd.cli.common import (
     config_options,
     daemon_options,
     fail,
+    legacy_backend_settings,
+    legacy_schedule_settings,
     main,
     metrics_option,
     open_broker,
@@ -120,9 +122,9 @@ def run(
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
     grace = seconds_option("--removed-grace", removed_grace, zero_ok=True)
-    config = read_config(schedules, timezone, max_file_size)
+    config = read_config(legacy_schedule_settings(schedules, timezone, max_file_size))
     broker = celery_broker(broker)
-    backend = open_broker(broker, op_timeout=ttl / 5)  # a hung backend cannot outlast the lease
+    backend = open_broker(legacy_backend_settings(broker), ttl / 5)  # cannot outlast the lease
     warn_about_backend(backend)
     paths, celery = schedule_paths(schedules), celery_config()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -12,14 +13,15 @@ import click
 
 from beatd.cli.common import (
     EXIT_BAD_INPUT,
+    ScheduleSettings,
     bad_option,
-    config_options,
     main,
     read_config,
+    schedule_options,
     slot_text,
 )
 from beatd.config import Config, Entry
-from beatd.config.entries import suggest, to_datetime, to_every, to_timezone
+from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.tasks import TaskError, import_task_modules, registry
@@ -47,7 +49,7 @@ COUNT_HELP = "How many due times to show, per entry."
     help="With --tasks: a task module to import besides imports: (repeatable; the variable is "
     "space-separated).",
 )
-@config_options
+@schedule_options
 def check(
     paths: tuple[str, ...],
     yaml_only: bool,
@@ -55,12 +57,10 @@ def check(
     verbose: bool,
     check_tasks: bool,
     apps: tuple[str, ...],
-    schedules: tuple[str, ...],
-    timezone: str,
-    max_file_size: int,
+    schedule: ScheduleSettings,
 ) -> None:
     """Validate schedule files and show each entry with its next due time."""
-    config = read_config(paths or schedules, timezone, max_file_size, yaml_only)
+    config = read_config(replace(schedule, paths=paths) if paths else schedule, yaml_only)
     now = datetime.now(UTC)
     if check_tasks:
         problems = _task_problems(config, apps)
@@ -173,7 +173,7 @@ def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | No
 @click.option("--every", "every", help="An ad-hoc interval such as 30s or 1h30m.")
 @click.option("--tz", "old_tz", hidden=True, callback=_deprecated_tz, help="Use --timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
-@config_options
+@schedule_options
 def next_command(
     entry: str | None,
     count: int,
@@ -182,17 +182,16 @@ def next_command(
     every: str | None,
     old_tz: str | None,
     as_json: bool,
-    schedules: tuple[str, ...],
-    timezone: str,
-    max_file_size: int,
+    schedule: ScheduleSettings,
 ) -> None:
     """Show the next due times of configured entries, or of --cron / --every.
 
     --timezone is the zone of --cron, of a naive --after and of entries whose file gives none.
     """
-    timezone = old_tz or timezone
+    if old_tz is not None:
+        schedule = replace(schedule, timezone=old_tz)
     try:
-        zone_name = to_timezone(timezone)
+        zone_name = to_timezone(schedule.timezone)
     except ValueError as exc:
         bad_option("--timezone", str(exc))
     start = datetime.now(UTC)
@@ -206,7 +205,7 @@ def next_command(
             bad_option("--cron/--every", "give one of --cron, --every or an ENTRY, not several")
         _print_adhoc(_adhoc_schedule(cron, every, zone_name), start, count, zone_name, as_json)
         return
-    config = read_config(schedules, timezone, max_file_size)
+    config = read_config(schedule)
     entries = list(config.entries.values())
     if entry is not None:
         if entry not in config.entries:

@@ -26,12 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from beatd.backends import Backend, LeaderInfo
 from beatd.cli.common import (
     EXIT_RUNTIME,
-    config_options,
-    daemon_options,
+    BackendSettings,
+    LogSettings,
+    ScheduleSettings,
+    backend_options,
     fail,
+    logging_options,
     main,
     open_broker,
     read_optional_config,
+    schedule_options,
     slot_text,
 )
 from beatd.config import Config
@@ -154,8 +158,9 @@ def _time(moment: datetime | None) -> str | None:
 
 
 @main.command()
-@config_options
-@daemon_options
+@schedule_options
+@backend_options
+@logging_options()
 @click.option(
     "--metrics-url",
     "metrics_urls",
@@ -166,31 +171,28 @@ def _time(moment: datetime | None) -> str | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(
-    schedules: tuple[str, ...],
-    timezone: str,
-    max_file_size: int,
-    broker: str,
-    log_level: str,
-    log_format: str,
+    schedule: ScheduleSettings,
+    backend: BackendSettings,
+    log: LogSettings,
     metrics_urls: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Show the leader, each entry's last and next run, queue depths and dead letters."""
-    setup_logging(log_level, log_format)
-    config = read_optional_config(schedules, timezone, max_file_size)
+    setup_logging(log.level, log.format)
+    config = read_optional_config(schedule)
     counts = read_counts(metrics_urls) if metrics_urls else None
-    backend = open_broker(broker, read_only=True)
+    store = open_broker(backend, read_only=True)
     try:
-        info = backend.leader()
-        states = backend.load_states()
-        queues = queue_rows(backend)
+        info = store.leader()
+        states = store.load_states()
+        queues = queue_rows(store)
     except BeatdError as exc:
         fail(exc)
     finally:
-        backend.close()
+        store.close()
     now = datetime.fromtimestamp(time.time(), UTC)
     report = {
-        "backend": backend.url,
+        "backend": store.url,
         "now": _time(now),
         "config": config.fingerprint if config is not None else None,
         "leader": leader_row(info, config),

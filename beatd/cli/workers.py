@@ -24,6 +24,8 @@ from beatd.cli.common import (
     config_options,
     daemon_options,
     fail,
+    legacy_backend_settings,
+    legacy_schedule_settings,
     main,
     metrics_option,
     open_broker,
@@ -220,7 +222,7 @@ class EmbeddedWorker:
 def open_worker_broker(broker: str, flags: dict[str, Any], limit: float = 2.0) -> Backend:
     """The worker's backend, each call bounded well inside the visibility timeout."""
     visibility = seconds_option("--visibility-timeout", flags["visibility_timeout"])
-    return open_broker(broker, op_timeout=min(limit, visibility / 5))
+    return open_broker(legacy_backend_settings(broker), min(limit, visibility / 5))
 
 
 def start_embedded_worker(
@@ -263,7 +265,7 @@ def worker(
 ) -> None:
     """Run the published tasks: each run at least once, with retries and dead letters."""
     setup_logging(log_level, log_format)
-    config = read_optional_config(schedules, timezone, max_file_size)
+    config = read_optional_config(legacy_schedule_settings(schedules, timezone, max_file_size))
     backend = open_worker_broker(broker, flags)
     runner = build_worker(backend, config, flags)
     registry = CollectorRegistry()

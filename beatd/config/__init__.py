@@ -7,13 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from beatd.config.celeryconf import read_celery_config
-from beatd.config.entries import CronSpec
 from beatd.config.model import Config, Entry, MissedPolicy, QueueSettings
-from beatd.config.pyfile import crontab, read_python_file
+from beatd.config.pyfile import read_python_file
 from beatd.config.source import SourceFile
 from beatd.config.yamlfile import read_yaml_file
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
 from beatd.errors import ConfigError, Problem
+from beatd.schedules.crontab import CronSpec, crontab
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

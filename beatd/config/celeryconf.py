@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beatd.config.entries import to_timezone
+from beatd.config.convert import to_timezone
 from beatd.config.pyfile import _line_of, _read_entry
 from beatd.config.source import SourceFile
 from beatd.errors import Problem

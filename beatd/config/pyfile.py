@@ -9,48 +9,22 @@ from __future__ import annotations
 import math
 import runpy
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from beatd.config.entries import (
-    ENTRY_FIELDS,
-    CronSpec,
-    EntryReader,
-    build_entry,
-    describe_value,
-    suggest,
-    to_priority,
-    to_timezone,
-)
+from beatd.config.convert import describe_value, suggest, to_priority, to_timezone
+from beatd.config.entries import EntryReader, build_entry
+from beatd.config.fields import ENTRY_FIELDS
 from beatd.config.source import SourceFile
 from beatd.errors import Problem
+from beatd.schedules.crontab import CronSpec, crontab
 
 DEFAULT_QUEUE = "celery"  # Celery's task_default_queue
 
 CELERY_FIELDS = ("schedule", "options", "relative")
 OPTION_FIELDS = {"queue": "queue", "expires": "expires", "priority": "priority"}
-
-
-def crontab(
-    minute: str | int | Iterable[int] = "*",
-    hour: str | int | Iterable[int] = "*",
-    day_of_week: str | int | Iterable[int] = "*",
-    day_of_month: str | int | Iterable[int] = "*",
-    month_of_year: str | int | Iterable[int] = "*",
-) -> CronSpec:
-    """Celery's `crontab` keywords and meaning: every field must match, both day fields too."""
-    fields = [minute, hour, day_of_month, month_of_year, day_of_week]
-    return CronSpec(" ".join(_cron_field(f) for f in fields), both_days=True)
-
-
-def _cron_field(value: str | int | Iterable[int]) -> str:
-    if isinstance(value, str):
-        return value.replace(" ", "")
-    if isinstance(value, int):
-        return str(value)
-    return ",".join(str(v) for v in sorted(value))
 
 
 def read_python_file(path: str, default_timezone: str) -> SourceFile:

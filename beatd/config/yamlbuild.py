@@ -9,26 +9,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any
 
 from yaml.events import (
     AliasEvent,
-    CollectionEndEvent,
-    CollectionStartEvent,
-    DocumentStartEvent,
     MappingEndEvent,
     MappingStartEvent,
-    NodeEvent,
     ScalarEvent,
     SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
 )
 
+from beatd.config.yamlevents import (
+    KINDS,
+    SECOND_DOCUMENT,
+    TOO_DEEP_TO_PARSE,
+    Anchored,
+    EventReader,
+    Stop,
+    too_deep,
+)
 from beatd.config.yamlvalues import (
     MAP_TAG,
     NUMBER_START,
-    QUOTE_HINT,
     SCALAR_TAGS,
     SEQ_TAG,
     SPECIAL_PLAIN,
@@ -40,12 +44,8 @@ from beatd.config.yamlvalues import (
     short_tag,
     tagged_scalar,
     unsupported_tag,
-    yaml_mark,
 )
 from beatd.errors import ConfigError, Problem
-
-MIN_MAX_NODES = 1_000_000
-NODES_PER_DISTINCT_NODE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,33 +63,7 @@ class Stream:
     sink: Callable[[YamlMap, YamlMap, str, Any], None]
 
 
-TOO_DEEP_TO_PARSE = "mappings and lists nested too deeply to parse; refusing to load it"
-SECOND_DOCUMENT = "a second YAML document starts here; a schedule file holds exactly one"
-
-
-def _too_deep(max_depth: int) -> str:
-    return f"mappings and lists nested more than {max_depth} levels deep; refusing to load it"
-
-
-@dataclass(slots=True)
-class _Anchored:
-    """What an anchor names. A scalar is kept as its event and read again at each alias; a
-    collection as its value once built (`done`), its size in nodes and its height in levels."""
-
-    mark: Any  # PyYAML's mark of the anchored node, where problems met through an alias point
-    scalar: ScalarEvent | None = None
-    kind: str = "scalar"  # or "mapping", "list"
-    value: Any = None
-    nodes: int = 1
-    height: int = 0
-    done: bool = False
-
-
-class _Stop(Exception):
-    """A problem after which the document is not read further (its values, that is)."""
-
-
-class Builder:
+class Builder(EventReader):
     """Builds the values of one document from the events of `parser(source)`, depth first.
 
     Building recurses once per level of nesting, checked against max_depth before going deeper.
@@ -105,21 +79,8 @@ class Builder:
         max_nodes: int | None,
         stream: Stream | None,
     ) -> None:
-        self.parser = parser
-        self.source = source
-        self.path = path
-        self.next_event: Callable[[], Any] = parser(source).get_event
+        super().__init__(parser, source, path, max_depth, max_nodes)
         self.stream = stream
-        self.max_depth = max_depth
-        # Without an explicit cap the floor applies until aliases cross it; only then is the
-        # document's own size counted, so ordinary files never pay for that.
-        self.max_nodes = MIN_MAX_NODES if max_nodes is None else max_nodes
-        self.cap_is_explicit = self.cap_is_final = max_nodes is not None
-        self.nodes = 1  # nodes read: an alias's nodes count once per expansion
-        self.deepest = 0  # the deepest level reached inside the anchored collection being built
-        self.anchors: dict[str, _Anchored] = {}
-        self.root_mark: Any = None
-        self.problems: list[Problem] = []
 
     def document(self) -> Any:
         """The value of the one document, None if there is none; ConfigError with every
@@ -130,7 +91,7 @@ class Builder:
             self.problem(self.root_mark, TOO_DEEP_TO_PARSE)
             self.read_rest()
             raise ConfigError(self.problems) from None
-        except _Stop:
+        except Stop:
             self.read_rest()
             raise ConfigError(self.problems) from None
         if self.cap_is_explicit and self.nodes > self.max_nodes:
@@ -152,113 +113,6 @@ class Builder:
             self.refuse(event.start_mark, SECOND_DOCUMENT)
         return value
 
-    def read_rest(self) -> None:
-        """After a problem that stops the building, read on without building, refusing what the
-        parser and the aliases would: problems in the text itself come first."""
-        while (event := self.next_event()).__class__ is not StreamEndEvent:
-            if event.__class__ is DocumentStartEvent:
-                self.refuse(event.start_mark, SECOND_DOCUMENT)
-            self.note(event)
-
-    def skip(self, event: Any) -> None:
-        """Read the node that `event` starts without building it, as nothing of it is used: a
-        duplicate key's value, a key that is no string, a collection with a wrong tag."""
-        level = 0
-        while True:
-            self.note(event)
-            if isinstance(event, CollectionStartEvent):
-                level += 1
-            elif isinstance(event, CollectionEndEvent):
-                level -= 1
-            if level == 0:
-                return
-            event = self.next_event()
-
-    def note(self, event: Any) -> None:
-        """Define the anchor of an event read without building (what it names is not used), or
-        check that its alias names one."""
-        if event.__class__ is AliasEvent:
-            self.anchored(event)
-        elif isinstance(event, NodeEvent) and event.anchor is not None:
-            scalar = event if event.__class__ is ScalarEvent else None
-            kind = "scalar" if scalar else _KINDS[event.__class__ is MappingStartEvent]
-            self.anchor(event, _Anchored(event.start_mark, scalar, kind, done=True))
-
-    def problem(self, mark: Any, message: str) -> None:
-        at = yaml_mark(mark)
-        self.problems.append(Problem(self.path, at.line, at.column, message))
-
-    def fail(self, mark: Any, message: str) -> NoReturn:
-        self.problem(mark, message)
-        raise _Stop
-
-    def refuse(self, mark: Any, message: str) -> NoReturn:
-        """A problem in the YAML text itself: reported alone, as a syntax error is."""
-        at = yaml_mark(mark)
-        raise ConfigError([Problem(self.path, at.line, at.column, message)])
-
-    # --- anchors and aliases
-
-    def anchor(self, event: Any, anchored: _Anchored) -> None:
-        first = self.anchors.get(event.anchor)
-        if first is not None:
-            line = first.mark.line + 1
-            self.refuse(
-                event.start_mark, f"invalid YAML: anchor defined twice (first at line {line})"
-            )
-        self.anchors[event.anchor] = anchored
-
-    def anchored(self, alias: Any) -> _Anchored:
-        anchored = self.anchors.get(alias.anchor)
-        if anchored is None:
-            self.refuse(
-                alias.start_mark,
-                f"invalid YAML: alias to an anchor not defined above it; {QUOTE_HINT}",
-            )
-        return anchored
-
-    def alias(self, alias: Any, depth: int) -> Any:
-        """The value an alias at nesting level `depth` stands for."""
-        anchored = self.anchored(alias)
-        if anchored.scalar is not None:
-            return self.scalar_value(anchored.scalar)
-        if not anchored.done:
-            self.fail(anchored.mark, "an alias refers to the mapping or list that contains it")
-        self.nodes += anchored.nodes - 1  # the alias itself was counted by its parent
-        if self.nodes > self.max_nodes:
-            self.over_node_cap(anchored.mark)
-        if depth + anchored.height - 1 > self.max_depth:
-            self.fail(anchored.mark, _too_deep(self.max_depth) + " (through an alias)")
-        self.deepest = max(self.deepest, depth + anchored.height - 1)
-        return anchored.value
-
-    def over_node_cap(self, mark: Any) -> None:
-        if not self.cap_is_final:
-            self.cap_is_final = True
-            self.max_nodes = max(self.max_nodes, NODES_PER_DISTINCT_NODE * self.count_nodes())
-            if self.nodes <= self.max_nodes:
-                return
-        self.fail(
-            mark,
-            f'alias expansion exceeds {self.max_nodes} nodes (a "billion laughs" document?); '
-            "refusing to load it",
-        )
-
-    def count_nodes(self) -> int:
-        """The document's size, each collection once however often it is aliased and each alias
-        one: its node events, read again from the start."""
-        next_event: Callable[[], Any] = self.parser(self.source).get_event
-        count = 0
-        while (event := next_event()).__class__ is not StreamEndEvent:
-            count += isinstance(event, NodeEvent)
-        return count
-
-    def position(self, event: Any) -> int:
-        """Where the node of `event` starts, packed; for an alias, where its anchored node does."""
-        mark = self.anchored(event).mark if event.__class__ is AliasEvent else event.start_mark
-        position: int = mark.line << 32 | mark.column
-        return position
-
     # --- values
 
     def node(self, event: Any, depth: int) -> Any:
@@ -266,7 +120,7 @@ class Builder:
         collection is level 1)."""
         if event.__class__ is ScalarEvent:
             if event.anchor is not None:
-                self.anchor(event, _Anchored(event.start_mark, scalar=event))
+                self.anchor(event, Anchored(event.start_mark, scalar=event))
             return self.scalar_value(event)
         if event.__class__ is AliasEvent:
             return self.alias(event, depth)
@@ -300,7 +154,7 @@ class Builder:
         for `sink`."""
         if depth > self.max_depth:
             self.note(start)  # its anchor is defined for the reading on (read_rest)
-            self.fail(start.start_mark, _too_deep(self.max_depth))
+            self.fail(start.start_mark, too_deep(self.max_depth))
         is_mapping = start.__class__ is MappingStartEvent
         if start.tag is not None and not self.tag_fits(start, is_mapping):
             self.skip(start)
@@ -312,27 +166,13 @@ class Builder:
         self.deepest = max(self.deepest, depth)
         return self.mapping(start, depth, sink) if is_mapping else self.sequence(start, depth)
 
-    def remembered(self, start: Any, depth: int, build: Callable[[], Any]) -> Any:
-        """`build()`, the value of the anchored collection `start` begins at level `depth`,
-        remembered with its size and height for the aliases to it."""
-        anchored = _Anchored(start.start_mark, kind=_KINDS[start.__class__ is MappingStartEvent])
-        self.anchor(start, anchored)
-        nodes_before, deepest_outside = self.nodes, self.deepest
-        self.deepest = depth
-        anchored.value = build()
-        anchored.nodes = self.nodes - nodes_before + 1
-        anchored.height = self.deepest - depth + 1
-        anchored.done = True
-        self.deepest = max(self.deepest, deepest_outside)
-        return anchored.value
-
     def tag_fits(self, start: Any, is_mapping: bool) -> bool:
         """Whether a collection is untagged or carries its own kind's tag; report it if not."""
         tag = start.tag
         if tag is None or tag == "!" or tag == (MAP_TAG if is_mapping else SEQ_TAG):
             return True
         if tag in STANDARD_TAGS:
-            self.problem(start.start_mark, f"{short_tag(tag)} cannot tag a {_KINDS[is_mapping]}")
+            self.problem(start.start_mark, f"{short_tag(tag)} cannot tag a {KINDS[is_mapping]}")
         else:
             self.problem(start.start_mark, unsupported_tag(tag))
         return False
@@ -345,8 +185,7 @@ class Builder:
         mark = start.start_mark
         result._start = mark.line << 32 | mark.column
         next_event = self.next_event
-        merges: list[tuple[int, str, Any]] = []  # (position, kind, mapping) of each `<<` source
-        merge_key: Any = None
+        merges: _Merges | None = None  # made at the first `<<`, the rare case
         items = 0
         while (event := next_event()).__class__ is not MappingEndEvent:
             items += 1
@@ -358,17 +197,10 @@ class Builder:
                 key, key_mark, is_merge = self.odd_key(event, depth)
             value_event = next_event()
             if is_merge:
-                if merge_key is None:
-                    merge_key = key_mark
-                    merges = self.merge_sources(value_event, depth)
-                else:
-                    self.duplicate("<<", key_mark, merge_key.line + 1)
-                    self.skip(value_event)
+                merges = self.merge_key(merges, key_mark, value_event, depth)
                 continue
             if key is None or key in positions:
-                if key is not None:
-                    self.duplicate(key, key_mark, (positions[key] >> 96) + 1)
-                self.skip(value_event)
+                self.unused_value(key, key_mark, positions, value_event)
                 continue
             # The commonest value, an untagged scalar, inline: it is most of the work.
             if (
@@ -397,11 +229,30 @@ class Builder:
             else:
                 sink(result, key, value)
         self.nodes += 2 * items
-        for position, kind, source in merges:
+        for position, kind, source in merges[1] if merges is not None else ():
             self.merge(result, position, kind, source)
         if sink is not None:
             result._positions = {key: positions[key] for key in result}
         return result
+
+    def merge_key(
+        self, merges: _Merges | None, key_mark: Any, value_event: Any, depth: int
+    ) -> _Merges:
+        """A mapping's `<<` key: the first one's sources, read where they stand (merged once the
+        mapping's own keys are known); a second one is a duplicate, reported and skipped."""
+        if merges is None:
+            return key_mark, self.merge_sources(value_event, depth)
+        self.duplicate("<<", key_mark, merges[0].line + 1)
+        self.skip(value_event)
+        return merges
+
+    def unused_value(
+        self, key: str | None, key_mark: Any, positions: dict[str, int], value_event: Any
+    ) -> None:
+        """Skip the value of a key that is a duplicate (reported here) or none (reported)."""
+        if key is not None:
+            self.duplicate(key, key_mark, (positions[key] >> 96) + 1)
+        self.skip(value_event)
 
     def section_sink(self, document: YamlMap, key: str, value_event: Any) -> _ItemSink | None:
         """Where the items of the top-level `key`'s value go, if that is the section to stream."""
@@ -428,12 +279,12 @@ class Builder:
                 return None, anchored.mark, False
             event = anchored.scalar
         elif event.__class__ is not ScalarEvent:
-            kind = _KINDS[event.__class__ is MappingStartEvent]
+            kind = KINDS[event.__class__ is MappingStartEvent]
             self.problem(event.start_mark, f"a {kind} cannot be a key; keys are strings")
             self.skip(event)
             return None, event.start_mark, False
         elif event.anchor is not None:
-            self.anchor(event, _Anchored(event.start_mark, scalar=event))
+            self.anchor(event, Anchored(event.start_mark, scalar=event))
         text: str = event.value
         tag = event.tag
         if tag is None or tag == "!":
@@ -520,5 +371,6 @@ def _merge_item(position: int, value: Any) -> tuple[int, str, Any]:
     return position, "list" if isinstance(value, YamlList) else "scalar", None
 
 
-_KINDS = {True: "mapping", False: "list"}
 _ItemSink = Callable[[YamlMap, str, Any], None]
+# The mark of a mapping's `<<` key, and (position, kind, mapping) of each of its sources.
+_Merges = tuple[Any, list[tuple[int, str, Any]]]

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from beatd.config.entries import (
-    EntryReader,
-    Locate,
-    build_entry,
-    describe_value,
-    to_protocol,
-    to_queue_name,
-)
+from beatd.config.convert import describe_value, to_protocol, to_queue_name
+from beatd.config.entries import EntryReader, Locate, build_entry
 from beatd.config.model import QueueSettings
 from beatd.config.source import SourceFile
 from beatd.config.yamlsafe import Mark, Stream, YamlMap, load_yaml

@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from beatd.config.yamlbuild import TOO_DEEP_TO_PARSE, Builder, Stream
+from beatd.config.yamlbuild import Builder, Stream
+from beatd.config.yamlevents import TOO_DEEP_TO_PARSE
 from beatd.config.yamlvalues import QUOTE_HINT, Mark, YamlList, YamlMap, yaml_mark
 from beatd.errors import ConfigError, Problem
 
