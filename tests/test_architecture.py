@@ -30,6 +30,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.publisher",
             "beatd.observers",
             "beatd.worker",
+            "beatd.triage",
+            "beatd.settling",
             "beatd.pool",
             "beatd.service",
             "beatd.systemd",
@@ -91,8 +93,6 @@ SIZE_ALLOWED = {
     "beatd.scheduler.Scheduler",
     "beatd.cli.run.run",
     "beatd.cli.workers.worker_options",
-    # being split in part C of the seams issue
-    "beatd.worker.Worker",
 }
 
 
