@@ -1,0 +1,184 @@
+"""The pure half of `bench.ab`: which metric is measured how, the interleaved run order, and the
+statistics and Markdown table that compare the two sides.
+
+A side is a revision plus extra environment and scenario parameters, so "before/after" and
+"the same revision with and without a setting" are the same comparison. Each metric is one
+figure of one scenario run; HEAD/BASE is taken per round, so drift of a shared machine that hits
+both sides of a round cancels out, and the median of those ratios is the verdict.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SIDES = ("base", "head")
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One figure (`field` of a scenario's result) and which way is better."""
+
+    name: str
+    label: str
+    module: str  # the scenario module under bench/scenarios/
+    params: Mapping[str, Any]  # scenario parameters, without url/workdir
+    field: str
+    unit: str
+    higher_is_better: bool
+
+    @property
+    def better(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How big each metric's workload is; the defaults take about 10 minutes for 5 rounds of
+    3 metrics on 2 backends on a 2-core machine."""
+
+    throughput_count: int = 100_000
+    burst_count: int = 10_000
+    steady_count: int = 10_000
+    steady_runs: int = 400_000
+
+
+def metrics(sizes: Sizes) -> dict[str, Metric]:
+    return {
+        "throughput": Metric(
+            "throughput",
+            f"publish throughput, {sizes.throughput_count:,} runs due at once",
+            "throughput",
+            {"count": sizes.throughput_count},
+            "runs_per_s",
+            "runs/s",
+            higher_is_better=True,
+        ),
+        "burst": Metric(
+            "burst",
+            f"burst: time to queue {sizes.burst_count:,} simultaneous runs",
+            "throughput",
+            {"count": sizes.burst_count},
+            "publish_wall_s",
+            "s",
+            higher_is_better=False,
+        ),
+        "steady": Metric(
+            "steady",
+            f"steady load, {sizes.steady_count:,} entries: CPU per run",
+            "cost",
+            {"count": sizes.steady_count, "mode": "steady", "runs": sizes.steady_runs},
+            "cpu_us_per_run",
+            "µs",
+            higher_is_better=False,
+        ),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One scenario run: in round `round`, metric `metric` on `backend`, for side `side`."""
+
+    round: int
+    metric: str
+    backend: str
+    side: str
+
+
+def interleave(rounds: int, metric_names: Sequence[str], backends: Sequence[str]) -> list[Step]:
+    """Every round runs every metric on every backend for both sides back to back; BASE goes
+    first in even rounds (0, 2, ...) and HEAD in odd ones, so neither side always runs warm."""
+    steps = []
+    for round_ in range(rounds):
+        order = SIDES if round_ % 2 == 0 else SIDES[::-1]
+        for metric in metric_names:
+            for backend in backends:
+                steps += [Step(round_, metric, backend, side) for side in order]
+    return steps
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One metric on one backend: each side's figure per round (None where the run failed)."""
+
+    metric: Metric
+    backend: str
+    base: Sequence[float | None]
+    head: Sequence[float | None]
+    ratios: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        pairs = zip(self.base, self.head, strict=True)
+        ratios = [h / b for b, h in pairs if b is not None and h is not None and b > 0]
+        object.__setattr__(self, "ratios", ratios)
+
+    @property
+    def base_median(self) -> float | None:
+        return _median(self.base)
+
+    @property
+    def head_median(self) -> float | None:
+        return _median(self.head)
+
+    @property
+    def ratio_median(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+    def verdict(self, tolerance: float) -> str:
+        """'within 5 %', or how much HEAD is better or worse (by the median ratio)."""
+        ratio = self.ratio_median
+        if ratio is None:
+            return "no complete round"
+        change = abs(ratio - 1) * 100
+        if change <= tolerance * 100:
+            return f"within {tolerance * 100:g} %"
+        improved = (ratio > 1) == self.metric.higher_is_better
+        return f"HEAD {change:.1f} % {'better' if improved else 'worse'}"
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def compare(
+    metric: Metric, backend: str, rounds: int, figures: Mapping[Step, float | None]
+) -> Comparison:
+    """The Comparison of one metric on one backend from the figures of every step."""
+
+    def side(name: str) -> list[float | None]:
+        return [figures.get(Step(r, metric.name, backend, name)) for r in range(rounds)]
+
+    return Comparison(metric, backend, side("base"), side("head"))
+
+
+def markdown(comparisons: Sequence[Comparison], tolerance: float) -> str:
+    """The table: per metric and backend, each side's median, the median of the per-round
+    ratios HEAD/BASE with their min-max, and the verdict against `tolerance`."""
+    lines = [
+        "| metric | backend | better | BASE median | HEAD median | HEAD/BASE median "
+        "| min-max | rounds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        unit = c.metric.unit
+        spread = f"{min(c.ratios):.3f}-{max(c.ratios):.3f}" if c.ratios else "—"
+        ratio = f"{c.ratio_median:.3f}" if c.ratio_median is not None else "—"
+        lines.append(
+            f"| {c.metric.label} | {c.backend} | {c.metric.better} "
+            f"| {_figure(c.base_median, unit)} | {_figure(c.head_median, unit)} | {ratio} "
+            f"| {spread} | {len(c.ratios)} | {c.verdict(tolerance)} |"
+        )
+    return "\n".join(lines)
+
+
+def _figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "runs/s":
+        return f"{value:,.0f} {unit}"
+    if unit == "s":
+        return f"{value:.3f} {unit}"
+    return f"{value:.1f} {unit}"
