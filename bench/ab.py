@@ -75,6 +75,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("head", nargs="?", help="the revision under test")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per side and round; the best counts (3)"
+    )
+    parser.add_argument(
         "--scenarios", default="throughput,burst,steady", help="comma-separated metrics (all 3)"
     )
     parser.add_argument("--backends", default="sqlite,redis", help="comma-separated (both)")
@@ -140,14 +143,16 @@ class Plan:
     metrics: dict[str, Metric]
     backends: list[str]
     rounds: int
+    repeat: int
     tolerance: float
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
         if not args.base or not args.head:
             raise UsageError("give BASE_REV and HEAD_REV (or --report FILE)")
-        if args.rounds < 1:
-            raise UsageError(f"--rounds {args.rounds}: must be at least 1")
+        for flag in ("rounds", "repeat"):
+            if getattr(args, flag) < 1:
+                raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
         sizes = Sizes(args.throughput_count, args.burst_count, args.steady_count, args.steady_runs)
         known = metrics(sizes)
         chosen = _choose("--scenarios", args.scenarios, list(known))
@@ -164,7 +169,7 @@ class Plan:
         }
         check_dependencies(sides["base"].commit, sides["head"].commit)
         metric_map = {name: known[name] for name in chosen}
-        return cls(sides, metric_map, backends, args.rounds, args.tolerance / 100)
+        return cls(sides, metric_map, backends, args.rounds, args.repeat, args.tolerance / 100)
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -173,6 +178,7 @@ class Plan:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()},
             "rounds": self.rounds,
+            "repeat": self.repeat,
             "tolerance": self.tolerance,
             "backends": self.backends,
             "metrics": {name: asdict(m) for name, m in self.metrics.items()},
@@ -190,7 +196,7 @@ class Plan:
         return results
 
     def _run_steps(self, work: Path) -> list[dict[str, Any]]:
-        steps = interleave(self.rounds, list(self.metrics), self.backends)
+        steps = interleave(self.rounds, list(self.metrics), self.backends, self.repeat)
         server = RedisServer(work / "redis").start() if "redis" in self.backends else None
         runs = []
         try:
@@ -372,7 +378,7 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
     """Per metric and backend, the figures of every round from a results document."""
     figures: dict[Step, float | None] = {}
     for run in results["runs"]:
-        step = Step(run["round"], run["metric"], run["backend"], run["side"])
+        step = _step(run)
         field_name = results["metrics"][step.metric]["field"]
         figures[step] = None if "error" in run["result"] else run["result"][field_name]
     return [
@@ -382,19 +388,23 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
     ]
 
 
+def _step(run: dict[str, Any]) -> Step:
+    return Step(run["round"], run["metric"], run["backend"], run["side"], run["repeat"])
+
+
 def report(results: dict[str, Any]) -> str:
     sides = results["sides"]
     load = results["machine"]["load_before"][0], results["machine"]["load_after"][0]
     head = (
         f"BASE = {_describe(sides['base'])}, HEAD = {_describe(sides['head'])}; "
-        f"{results['rounds']} interleaved round(s) on {results['machine']['cores']} cores "
-        f"in {results['elapsed_s']:.0f} s, {results['date']}, load {load[0]:.2f}/{load[1]:.2f}. "
-        "HEAD/BASE is taken per round; its median is the verdict."
+        f"{results['rounds']} interleaved round(s) of {results['repeat']} run(s) per side "
+        f"on {results['machine']['cores']} cores in {results['elapsed_s']:.0f} s, "
+        f"{results['date']}, load {load[0]:.2f}/{load[1]:.2f}. Per round and side the best run "
+        "counts; HEAD/BASE is taken per round, and its median is the verdict."
     )
     failed = [run for run in results["runs"] if "error" in run["result"]]
     errors = [
-        f"- round {run['round']} {run['metric']} {run['backend']} {run['side']}: "
-        + run["result"]["error"].strip().splitlines()[-1][:300]
+        f"- {_label(_step(run))}: " + run["result"]["error"].strip().splitlines()[-1][:300]
         for run in failed
     ]
     table = markdown(comparisons(results), results["tolerance"])
@@ -421,7 +431,7 @@ def write(results: dict[str, Any]) -> Path:
 
 
 def _label(step: Step) -> str:
-    return f"round {step.round} {step.metric} {step.backend} {step.side}"
+    return f"round {step.round} run {step.repeat} {step.metric} {step.backend} {step.side}"
 
 
 def _brief(metric: Metric, result: dict[str, Any]) -> str:

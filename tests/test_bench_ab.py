@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bench.ab import UsageError, _choose, _pairs, check_dependencies, comparisons, report, resolve
-from bench.abstats import Comparison, Metric, Sizes, interleave, markdown, metrics
+from bench.abstats import Comparison, Metric, Sizes, Step, compare, interleave, markdown, metrics
 
 RUNS_PER_S = Metric("tp", "throughput", "throughput", {}, "runs_per_s", "runs/s", True)
 WALL_S = Metric("burst", "burst", "throughput", {}, "publish_wall_s", "s", False)
@@ -41,6 +41,52 @@ def test_interleave_runs_both_sides_back_to_back_and_alternates_who_goes_first()
             for side in ("base", "head")
         ],
     ]
+
+
+def test_repeats_alternate_who_goes_first_within_a_round_too() -> None:
+    steps = interleave(2, ["tp"], ["redis"], repeats=3)
+
+    order = [(s.round, s.repeat, s.side) for s in steps]
+    assert order == [
+        (0, 0, "base"),
+        (0, 0, "head"),
+        (0, 1, "head"),
+        (0, 1, "base"),
+        (0, 2, "base"),
+        (0, 2, "head"),
+        (1, 0, "head"),
+        (1, 0, "base"),
+        (1, 1, "base"),
+        (1, 1, "head"),
+        (1, 2, "head"),
+        (1, 2, "base"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("metric", "base", "head"),
+    [
+        pytest.param(RUNS_PER_S, [100.0, 120.0], [150.0, 130.0], id="higher_better_takes_max"),
+        pytest.param(WALL_S, [100.0, 80.0], [50.0, 70.0], id="lower_better_takes_min"),
+    ],
+)
+def test_per_round_and_side_the_best_repeat_counts_and_failed_ones_are_ignored(
+    metric: Metric, base: list[float], head: list[float]
+) -> None:
+    figures: dict[Step, float | None] = {}
+    for round_ in range(2):
+        for repeat, (b, h) in enumerate(zip(base, head, strict=True)):
+            figures[Step(round_, metric.name, "redis", "base", repeat)] = b
+            figures[Step(round_, metric.name, "redis", "head", repeat)] = h
+        figures[Step(round_, metric.name, "redis", "head", 2)] = None  # a failed run
+        figures[Step(round_, metric.name, "sqlite", "head", 0)] = 1.0  # another backend
+    figures[Step(1, metric.name, "redis", "base", 0)] = None
+    figures[Step(1, metric.name, "redis", "base", 1)] = None
+
+    comparison = compare(metric, "redis", 2, figures)
+
+    assert comparison.base == [metric.best(base), None]
+    assert comparison.head == [metric.best(head), metric.best(head)]
 
 
 def test_ratios_are_per_round_and_rounds_with_a_failed_side_are_left_out() -> None:
@@ -107,7 +153,7 @@ def test_the_default_metrics_are_the_issue_s_three_figures() -> None:
         "steady": ("cost", "cpu_us_per_run", "lower"),
     }
     assert chosen["burst"].params == {"count": 10_000}
-    assert chosen["steady"].params == {"count": 10_000, "mode": "steady", "runs": 400_000}
+    assert chosen["steady"].params == {"count": 10_000, "mode": "steady", "runs": 200_000}
 
 
 def _results() -> dict[str, Any]:
@@ -129,7 +175,14 @@ def _results() -> dict[str, Any]:
         (2, "head"): {"publish_wall_s": 0.5},
     }
     runs = [
-        {"round": r, "metric": "burst", "backend": "sqlite", "side": side, "result": result}
+        {
+            "round": r,
+            "metric": "burst",
+            "backend": "sqlite",
+            "side": side,
+            "repeat": 0,
+            "result": result,
+        }
         for (r, side), result in figures.items()
     ]
     side = {"rev": "main", "commit": "0123456789abcdef", "env": {}, "params": {}}
@@ -137,6 +190,7 @@ def _results() -> dict[str, Any]:
         "date": "2026-12-04T22:50:00+00:00",
         "machine": {"cores": 2, "load_before": [0.5, 0, 0], "load_after": [0.75, 0, 0]},
         "rounds": 3,
+        "repeat": 1,
         "tolerance": 0.05,
         "backends": ["sqlite"],
         "metrics": {"burst": spec},
@@ -156,8 +210,9 @@ def test_the_report_is_rebuilt_from_the_json_document_with_failed_runs_listed() 
     assert report(results) == "\n".join(
         [
             "BASE = main (0123456789), HEAD = main (0123456789) with BEATD_HISTORY=0; "
-            "3 interleaved round(s) on 2 cores in 12 s, 2026-12-04T22:50:00+00:00, "
-            "load 0.50/0.75. HEAD/BASE is taken per round; its median is the verdict.",
+            "3 interleaved round(s) of 1 run(s) per side on 2 cores in 12 s, "
+            "2026-12-04T22:50:00+00:00, load 0.50/0.75. Per round and side the best run counts; "
+            "HEAD/BASE is taken per round, and its median is the verdict.",
             "",
             "| metric | backend | better | BASE median | HEAD median | HEAD/BASE median "
             "| min-max | rounds | verdict |",
@@ -166,7 +221,7 @@ def test_the_report_is_rebuilt_from_the_json_document_with_failed_runs_listed() 
             "| HEAD 15.0 % worse |",
             "",
             "1 run(s) failed:",
-            "- round 2 burst sqlite base: ValueError: boom",
+            "- round 2 run 0 burst sqlite base: ValueError: boom",
         ]
     )
 
