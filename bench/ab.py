@@ -48,6 +48,11 @@ RESULTS = REPO / "bench" / "results"
 BACKENDS = ("sqlite", "redis")
 JOB_TIMEOUT = 600
 RESULT_MARK = "BENCH-RESULT "
+CPU_NOTE = (
+    "The same runs by their CPU per run: another process on the machine slows wall time more "
+    "than CPU time, so a wall-time ratio outside the band beside a CPU ratio within it points at "
+    "the machine rather than the code."
+)
 
 
 class UsageError(Exception):
@@ -374,18 +379,24 @@ def run_step(
 # --- the output ----------------------------------------------------------------------------------
 
 
-def comparisons(results: dict[str, Any]) -> list[Comparison]:
-    """Per metric and backend, the figures of every round from a results document."""
-    figures: dict[Step, float | None] = {}
-    for run in results["runs"]:
-        step = _step(run)
-        field_name = results["metrics"][step.metric]["field"]
-        figures[step] = None if "error" in run["result"] else run["result"][field_name]
-    return [
-        compare(Metric(**spec), backend, results["rounds"], figures)
-        for spec in results["metrics"].values()
-        for backend in results["backends"]
-    ]
+def comparisons(results: dict[str, Any], *, cpu: bool = False) -> list[Comparison]:
+    """Per metric and backend, the figures of every round from a results document; with `cpu`,
+    the same runs' CPU per run for the metrics whose figure is wall time."""
+    out = []
+    for spec in results["metrics"].values():
+        metric: Metric | None = Metric(**spec)
+        if cpu:
+            metric = metric.on_cpu() if metric else None
+        if metric is None:
+            continue
+        figures: dict[Step, float | None] = {}
+        for run in results["runs"]:
+            if run["metric"] == metric.name:
+                figures[_step(run)] = (
+                    None if "error" in run["result"] else run["result"][metric.field]
+                )
+        out += [compare(metric, b, results["rounds"], figures) for b in results["backends"]]
+    return out
 
 
 def _step(run: dict[str, Any]) -> Step:
@@ -407,8 +418,10 @@ def report(results: dict[str, Any]) -> str:
         f"- {_label(_step(run))}: " + run["result"]["error"].strip().splitlines()[-1][:300]
         for run in failed
     ]
-    table = markdown(comparisons(results), results["tolerance"])
-    parts = [head, "", table]
+    parts = [head, "", markdown(comparisons(results), results["tolerance"])]
+    on_cpu = comparisons(results, cpu=True)
+    if on_cpu:
+        parts += ["", CPU_NOTE, "", markdown(on_cpu, results["tolerance"])]
     if errors:
         parts += ["", f"{len(errors)} run(s) failed:", *errors]
     return "\n".join(parts)

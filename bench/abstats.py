@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SIDES = ("base", "head")
@@ -28,6 +28,14 @@ class Metric:
     field: str
     unit: str
     higher_is_better: bool
+    cpu_field: str | None = None  # the same run's CPU µs per run, where `field` is wall time
+
+    def on_cpu(self) -> Metric | None:
+        """The same runs judged by their CPU per run instead of their wall time."""
+        if self.cpu_field is None:
+            return None
+        label = f"{self.label}: CPU per run"
+        return replace(self, label=label, field=self.cpu_field, unit="µs", higher_is_better=False)
 
     @property
     def better(self) -> str:
@@ -60,6 +68,7 @@ def metrics(sizes: Sizes) -> dict[str, Metric]:
             "runs_per_s",
             "runs/s",
             higher_is_better=True,
+            cpu_field="cpu_us_per_run",
         ),
         "burst": Metric(
             "burst",
@@ -69,6 +78,7 @@ def metrics(sizes: Sizes) -> dict[str, Metric]:
             "publish_wall_s",
             "s",
             higher_is_better=False,
+            cpu_field="cpu_us_per_run",
         ),
         "steady": Metric(
             "steady",

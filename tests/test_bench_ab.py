@@ -165,14 +165,15 @@ def _results() -> dict[str, Any]:
         "field": "publish_wall_s",
         "unit": "s",
         "higher_is_better": False,
+        "cpu_field": "cpu_us_per_run",
     }
     figures: dict[tuple[int, str], dict[str, Any]] = {
-        (0, "base"): {"publish_wall_s": 0.2},
-        (0, "head"): {"publish_wall_s": 0.22},
-        (1, "head"): {"publish_wall_s": 0.3},
-        (1, "base"): {"publish_wall_s": 0.25},
+        (0, "base"): {"publish_wall_s": 0.2, "cpu_us_per_run": 10.0},
+        (0, "head"): {"publish_wall_s": 0.22, "cpu_us_per_run": 10.1},
+        (1, "head"): {"publish_wall_s": 0.3, "cpu_us_per_run": 10.2},
+        (1, "base"): {"publish_wall_s": 0.25, "cpu_us_per_run": 10.0},
         (2, "base"): {"error": "Traceback ...\nValueError: boom"},
-        (2, "head"): {"publish_wall_s": 0.5},
+        (2, "head"): {"publish_wall_s": 0.5, "cpu_us_per_run": 11.0},
     }
     runs = [
         {
@@ -219,6 +220,16 @@ def test_the_report_is_rebuilt_from_the_json_document_with_failed_runs_listed() 
             "|---|---|---|---|---|---|---|---|---|",
             "| burst | sqlite | lower | 0.225 s | 0.300 s | 1.150 | 1.100-1.200 | 2 "
             "| HEAD 15.0 % worse |",
+            "",
+            "The same runs by their CPU per run: another process on the machine slows wall "
+            "time more than CPU time, so a wall-time ratio outside the band beside a CPU ratio "
+            "within it points at the machine rather than the code.",
+            "",
+            "| metric | backend | better | BASE median | HEAD median | HEAD/BASE median "
+            "| min-max | rounds | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| burst: CPU per run | sqlite | lower | 10.0 µs | 10.2 µs | 1.015 | 1.010-1.020 | 2 "
+            "| within 5 % |",
             "",
             "1 run(s) failed:",
             "- round 2 run 0 burst sqlite base: ValueError: boom",
