@@ -34,7 +34,7 @@ class Metric:
         """The same runs judged by their CPU per run instead of their wall time."""
         if self.cpu_field is None:
             return None
-        label = f"{self.label}: CPU per run"
+        label = f"{self.label.split(':')[0]}: CPU per run"
         return replace(self, label=label, field=self.cpu_field, unit="µs", higher_is_better=False)
 
     @property
@@ -72,7 +72,7 @@ def metrics(sizes: Sizes) -> dict[str, Metric]:
         ),
         "burst": Metric(
             "burst",
-            f"burst: time to queue {sizes.burst_count:,} simultaneous runs",
+            f"burst, {sizes.burst_count:,} simultaneous runs: time to queue",
             "throughput",
             {"count": sizes.burst_count},
             "publish_wall_s",

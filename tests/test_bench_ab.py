@@ -271,3 +271,17 @@ def test_revisions_with_different_dependencies_are_refused() -> None:
         f"has redis>=5.0, head {after[:10]} has redis>=5.3; both sides run on this venv's "
         "packages, so compare revisions whose dependencies are equal"
     )
+
+
+def test_the_wall_time_metrics_have_a_cpu_twin_and_the_cpu_metric_has_none() -> None:
+    chosen = metrics(Sizes(burst_count=5_000))
+
+    burst_cpu = chosen["burst"].on_cpu()
+    assert burst_cpu is not None
+    assert (burst_cpu.label, burst_cpu.field, burst_cpu.unit, burst_cpu.better) == (
+        "burst, 5,000 simultaneous runs: CPU per run",
+        "cpu_us_per_run",
+        "µs",
+        "lower",
+    )
+    assert chosen["steady"].on_cpu() is None
