@@ -9,9 +9,10 @@ end), and every scenario run is that revision's own bench code against its own b
 (`python -m bench.common MODULE PARAMS_JSON` with cwd and PYTHONPATH = its worktree, on this
 venv's python), because the API the bench calls changes between revisions. The revisions must
 declare the same dependencies, since both run on this venv. Each round runs every metric on
-every backend for both sides back to back (which side goes first alternates by round), on a
-fresh SQLite file or this bench's own flushed redis-server. The table goes to stdout, progress
-to stderr, and every figure to `bench/results/ab-DATE-BASE-HEAD.json`.
+every backend for both sides back to back, `--repeat` times (which side goes first alternates
+from pair to pair), on a fresh SQLite file or this bench's own flushed redis-server; per round
+and side the best run counts. The tables (by the metrics, then the wall-time metrics by CPU per
+run) go to stdout, progress to stderr, every result to `bench/results/ab-DATE-BASE-HEAD.json`.
 """
 
 from __future__ import annotations
