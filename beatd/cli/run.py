@@ -122,6 +122,9 @@ def run(
     ttl = seconds_option("--lease-ttl", lease_ttl)
     skew = seconds_option("--max-clock-skew", max_clock_skew)
     grace = seconds_option("--removed-grace", removed_grace, zero_ok=True)
+    if with_worker:  # bad input must end the command before anything is started
+        seconds_option("--visibility-timeout", worker_flags["visibility_timeout"])
+        seconds_option("--drain-timeout", worker_flags["drain_timeout"])
     config = read_config(legacy_schedule_settings(schedules, timezone, max_file_size))
     broker = celery_broker(broker)
     backend = open_broker(legacy_backend_settings(broker), ttl / 5)  # cannot outlast the lease
