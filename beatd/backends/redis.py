@@ -4,7 +4,9 @@ Every write that must be atomic is one Lua script, and every script checks what 
 the same step: the lease token and epoch before a commit, the claimant before an ack. Times
 (lease expiry, retry delays, claim deadlines) are Redis's clock (`TIME`, `PEXPIRE`), never a
 client's. Every call is bounded: one attempt, no client-side retries, socket timeouts of
-`op_timeout`, so a hung Redis costs a caller about `op_timeout`, then TransientBackendError.
+`op_timeout`, so a hung Redis costs a caller about `op_timeout`, then OutcomeUnknown (the
+request was sent: the server may still execute it) or NotApplied (the connection was refused,
+the request could not be sent, or the server refused it: LOADING, BUSY, OOM, READONLY...).
 
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
@@ -16,7 +18,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
-  Q, Q\x06\x16{3,6,9}      list    runs of a `protocol: celery` queue Q, in kombu's own layout
+  Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 
 A claim's deadline lives in the stream's pending list: a claim made with visibility V sets the
@@ -32,6 +34,7 @@ import contextlib
 import inspect
 import json
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +50,11 @@ from redis.retry import Retry
 
 from beatd import celery_protocol
 from beatd.backends.base import (
+    BeatdQueue,
+    CeleryQueue,
     DeadLetter,
     Delivery,
+    Destination,
     LeaderInfo,
     Lease,
     Outgoing,
@@ -60,15 +66,17 @@ from beatd.backends.base import (
     utf8_fault,
 )
 from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
-from beatd.core import EntryState
-from beatd.errors import BackendError, LeaseLost, TransientBackendError
+from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.state import EntryState
 
 T = TypeVar("T")
 
 BANDS = ("high", "normal", "low")  # read in this order
 RECORD_SEPARATOR = "\x1e"  # between the bodies of a commit (see redis_scripts.COMMIT)
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
-# error replies that mean "busy or failing over, try again", not "wrong"
+# error replies that mean "busy or failing over, try again", not "wrong": each is given before
+# the first write of the command or script (Redis checks OOM and replicas there), so nothing
+# was written
 TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 # no CLIENT SETINFO on connect: one reply less to wait for, one command less to allow by ACL
 NO_CLIENT_SETINFO: dict[str, None] = (
@@ -148,7 +156,7 @@ class RedisBackend:
             )
         self.namespace = namespace
         self.op_timeout = op_timeout
-        self._targets: dict[tuple[str, int | None, str], tuple[str, bool]] = {}
+        self._targets: dict[Destination, tuple[str, bool]] = {}
         self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
         self._channels: list[str] = []
         self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
@@ -177,8 +185,10 @@ class RedisBackend:
     def _stream(self, queue: str, band_index: int) -> str:
         return self._key("queue", queue, BANDS[band_index])
 
-    def _do(self, what: str, call: Callable[[], T]) -> T:
-        """Run one Redis call (or pipeline), turning redis-py's errors into backend errors."""
+    def _do(self, what: str, call: Callable[[], T], *, unsent: bool = False) -> T:
+        """Run one Redis call (or pipeline), turning redis-py's errors into backend errors.
+        `unsent`: `call` connects or sends, and never waits for a reply, so a connection error
+        means the server cannot have executed anything."""
         try:
             return call()
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
@@ -186,16 +196,18 @@ class RedisBackend:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # TimeoutError is not a ConnectionError in redis-py: both mean "try again", except
             # a server certificate that fails verification, which waiting will not fix
-            error = BackendError if _untrusted(exc) else TransientBackendError
+            error: type[BackendError] = BackendError
+            if not _untrusted(exc):
+                error = NotApplied if unsent or _never_connected(exc) else OutcomeUnknown
             raise error(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
         except (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError) as exc:
-            raise TransientBackendError(f"{self.url}: {what}: {exc}") from exc
+            raise NotApplied(f"{self.url}: {what}: {exc}") from exc
         except redis.ResponseError as exc:
             text = str(exc)
             if text.startswith(LEASE_LOST):
                 raise LeaseLost(text) from None
             if text.startswith(TRANSIENT_REPLIES):
-                raise TransientBackendError(f"{self.url}: {what}: {text}") from exc
+                raise NotApplied(f"{self.url}: {what}: {text}") from exc
             raise BackendError(f"{self.url}: {what}: {text}") from exc
         except redis.RedisError as exc:
             raise BackendError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
@@ -214,7 +226,7 @@ class RedisBackend:
         """
         script = SCRIPTS[name]
         pool = self._redis.connection_pool
-        connection = self._do(name, pool.get_connection)
+        connection = self._do(name, pool.get_connection, unsent=True)  # connects if need be
 
         def send(command: str, body: str) -> None:
             connection.send_command(command, body, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
@@ -233,7 +245,8 @@ class RedisBackend:
                 pool.release(connection)
 
         try:
-            self._do(name, lambda: send("EVALSHA", script.sha))
+            # a send that fails leaves the command incomplete: the server never runs it
+            self._do(name, lambda: send("EVALSHA", script.sha), unsent=True)
         except BaseException:  # a backend error, or an argument redis-py cannot encode
             pool.release(connection)
             raise
@@ -262,7 +275,7 @@ class RedisBackend:
             config: dict[str, str] = {}
             for name in ("appendonly", "save", "maxmemory-policy"):
                 config.update(self._cmd("CONFIG GET", name))
-        except TransientBackendError:
+        except (NotApplied, OutcomeUnknown):
             raise
         except BackendError as exc:  # CONFIG renamed, disabled or not allowed for this user
             return [
@@ -361,21 +374,26 @@ class RedisBackend:
         bodies = RECORD_SEPARATOR.join(m.body for m in messages)
         if bodies.count(RECORD_SEPARATOR) != max(0, len(messages) - 1):
             raise BackendError("a message body holds U+001E: bodies are JSON, which never does")
-        queues = sorted({m.queue for m in messages if m.protocol != "celery"})
+        queues = sorted(
+            {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
+        )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
         wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
         return lambda: set(wait())
 
+    def accepts(self, kind: type[Destination]) -> bool:
+        return kind in (BeatdQueue, CeleryQueue)
+
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
-        route = (message.queue, message.priority, message.protocol)
-        target = self._targets.get(route)
+        destination = message.destination
+        target = self._targets.get(destination)
         if target is None:
-            if message.protocol == "celery":
-                target = celery_protocol.list_name(message.queue, message.priority), True
+            if isinstance(destination, CeleryQueue):
+                target = celery_protocol.list_name(destination.queue, destination.priority), True
             else:
-                target = self._stream(message.queue, band(message.priority)), False
-            self._targets[route] = target
+                target = self._stream(destination.queue, band(destination.priority)), False
+            self._targets[destination] = target
         return target
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
@@ -411,12 +429,12 @@ class RedisBackend:
             return
         keys = [self._key("queues")]
         index: dict[str, int] = {}
-        queues = sorted({m.queue for m in messages})
+        queues = sorted({m.destination.queue for m in messages})
         delay_ms = _ms(delay) if delay > 0 else 0
         args: list[str | int] = [delay_ms, len(queues), *queues]
         for m in messages:
-            b = band(m.priority)
-            key = self._key("delayed", m.queue) if delay_ms else self._stream(m.queue, b)
+            queue, b = m.destination.queue, band(m.destination.priority)
+            key = self._key("delayed", queue) if delay_ms else self._stream(queue, b)
             k = index.get(key)
             if k is None:
                 keys.append(key)
@@ -602,6 +620,17 @@ def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
         return "", f"the queue entry has no {name} field"
     fault = utf8_fault(value, name)
     return value.decode(errors="replace" if fault else "strict"), fault
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the connection failed before anything was sent: refused, no such socket file,
+    no such host (redis-py raises its error while handling the OS's)."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError | FileNotFoundError | socket.gaierror):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _untrusted(exc: BaseException) -> bool:

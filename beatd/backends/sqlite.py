@@ -4,6 +4,11 @@ WAL mode lets several processes on one host share the file: every write is one s
 `BEGIN IMMEDIATE` transaction, and the lease check happens inside the same transaction as the
 writes it guards, so a paused or deposed leader cannot write. Times are the host's wall clock,
 which all processes sharing the file agree on.
+
+A failure inside a transaction rolls it back: NotApplied. A COMMIT that fails may have written
+its commit record before failing (an I/O error after the WAL frames were written; a later
+reader recovers them): OutcomeUnknown, unless SQLite left the transaction open (a busy COMMIT),
+which is then rolled back: NotApplied.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from typing import TypeVar
 from urllib.parse import quote
 
 from beatd.backends.base import (
+    NEEDS,
+    BeatdQueue,
     DeadLetter,
     Delivery,
+    Destination,
     LeaderInfo,
     Lease,
     Outgoing,
@@ -35,8 +43,8 @@ from beatd.backends.base import (
     unseen,
     utf8_fault,
 )
-from beatd.core import EntryState
-from beatd.errors import BackendError, LeaseLost, TransientBackendError
+from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.state import EntryState
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +188,7 @@ class SQLiteBackend:
         except FileNotFoundError:
             raise self._replaced() from None
         except OSError as exc:
-            raise TransientBackendError(f"cannot check {self.path}: {exc}") from exc
+            raise NotApplied(f"cannot check {self.path}: {exc}") from exc
         if (now.st_dev, now.st_ino) != self._opened:
             raise self._replaced()
 
@@ -209,7 +217,14 @@ class SQLiteBackend:
             ):  # SQLite ends it itself on a full disk or corruption: keep that error
                 db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if not db.in_transaction:  # ended by SQLite mid-commit: the record may be written
+                raise _CommitFailed(exc) from exc
+            with suppress(sqlite3.Error):  # still open (busy): nothing was applied
+                db.execute("ROLLBACK")
+            raise
 
     def _run(
         self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
@@ -221,10 +236,15 @@ class SQLiteBackend:
                 return work(self._connection())
             with self._transaction(lease) as db:
                 return work(db)
+        except _CommitFailed as failed:
+            raise self._failure(failed.error, committing=True) from failed.error
         except sqlite3.DatabaseError as exc:
             raise self._failure(exc) from exc
 
-    def _failure(self, exc: sqlite3.DatabaseError) -> BackendError:
+    def _failure(self, exc: sqlite3.DatabaseError, *, committing: bool = False) -> BackendError:
+        """The backend error for SQLite's; `committing`: COMMIT failed and ended the
+        transaction, so a transient failure's outcome is unknown."""
+        transient = OutcomeUnknown if committing else NotApplied
         code = _primary(exc)
         if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
             return StorageCorrupt(
@@ -236,12 +256,10 @@ class SQLiteBackend:
             # Opened while the file could not be written (its mode, a read-only mount): the
             # connection stays read-only even once that is fixed, so open it again next time.
             self.close()
-            return TransientBackendError(
-                f"{self.path}: {exc}; opening it again at the next attempt"
-            )
+            return transient(f"{self.path}: {exc}; opening it again at the next attempt")
         if isinstance(exc, sqlite3.OperationalError):
             # full disk, file-size limit, locked database: all may pass
-            return TransientBackendError(f"{self.path}: {exc}")
+            return transient(f"{self.path}: {exc}")
         return BackendError(f"{self.path}: {exc}")
 
     def _quick_check(self) -> str:
@@ -358,6 +376,9 @@ class SQLiteBackend:
 
     # --- run state ------------------------------------------------------------------------
 
+    def accepts(self, kind: type[Destination]) -> bool:
+        return kind is BeatdQueue
+
     def load_states(self) -> dict[str, EntryState]:
         rows = self._run(
             lambda db: db.execute(
@@ -375,11 +396,13 @@ class SQLiteBackend:
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        celery = [m.entry for m in messages if m.protocol == "celery"]
-        if celery:
+        refused = [m for m in messages if type(m.destination) is not BeatdQueue]
+        if refused:
+            kind = type(refused[0].destination)
+            needs = NEEDS.get(kind, ("another broker", ""))[0]
             raise BackendError(
-                f"entry {celery[0]} uses protocol celery, which needs a Redis broker (Redis "
-                "transport only); SQLite stores beatd's own messages only"
+                f"entry {refused[0].entry} publishes to a {kind.__name__}, which needs {needs}; "
+                "SQLite stores beatd's own messages only"
             )
 
         def work(db: sqlite3.Connection) -> set[str]:
@@ -411,7 +434,7 @@ class SQLiteBackend:
             db.executemany(
                 "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (m.id, m.queue, _priority(m.priority), m.body, now)
+                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
                     for m in messages
                     if m.entry not in rejected
                 ],
@@ -442,7 +465,10 @@ class SQLiteBackend:
         self._run(
             lambda db: db.executemany(
                 "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [(m.id, m.queue, _priority(m.priority), m.body, ready) for m in messages],
+                [
+                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, ready)
+                    for m in messages
+                ],
             )
         )
 
@@ -571,6 +597,14 @@ class SQLiteBackend:
             write=False,
         )
         return dict(rows)
+
+
+class _CommitFailed(Exception):
+    """COMMIT failed and SQLite ended the transaction: whether it was applied is unknown."""
+
+    def __init__(self, error: sqlite3.DatabaseError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 # Text as another program may have stored it: not UTF-8, or a BLOB. Read as bytes and decoded

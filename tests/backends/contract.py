@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
-from beatd.core import EntryState
+from beatd.backends.base import Backend, BeatdQueue, Lease, Outgoing, StateWrite
 from beatd.errors import LeaseLost
+from beatd.state import EntryState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -31,7 +31,7 @@ def message(
     entry: str, minute: int, queue: str = "default", priority: int | None = None
 ) -> Outgoing:
     run = f"{entry}@{(T0 + timedelta(minutes=minute)):%Y-%m-%dT%H:%M:%SZ}"
-    return Outgoing(entry, run, queue, priority, f'{{"id": "{run}"}}')
+    return Outgoing(entry, run, BeatdQueue(queue, priority), f'{{"id": "{run}"}}')
 
 
 class BackendContract:

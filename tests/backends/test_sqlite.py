@@ -12,7 +12,7 @@ import pytest
 
 from beatd.backends.base import StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
-from beatd.errors import BackendError, TransientBackendError
+from beatd.errors import BackendError, NotApplied
 from tests.backends.contract import BackendContract, message, state
 
 
@@ -61,8 +61,8 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages + 2}")
     big = [message("e", 1)] * 1
-    huge = big[0].__class__(big[0].entry, big[0].id, "default", None, "x" * 200_000)
-    with pytest.raises(TransientBackendError) as caught:
+    huge = big[0]._replace(body="x" * 200_000)
+    with pytest.raises(NotApplied) as caught:  # the transaction rolled back: nothing written
         backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
     full = caught.value.__cause__  # SQLite's words are its own: its error code says "full"
     assert isinstance(full, sqlite3.OperationalError) and full.sqlite_errorname == "SQLITE_FULL"
