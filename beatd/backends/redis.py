@@ -21,39 +21,23 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 
-A claim's deadline lives in the stream's pending list: a claim made with visibility V sets the
-entry's delivery time back by RECLAIM_IDLE - V (XCLAIM ... IDLE), so `XAUTOCLAIM` with min-idle
-RECLAIM_IDLE takes over exactly the claims whose own visibility lapsed, whatever each claimant
-chose. The delivery count of the pending entry is the claim's generation: the receipt carries
-it, so a worker whose claim was taken over (the count moved on) can no longer ack or extend.
+The backend is its parts, one per role, sharing one connection (`RedisLink`, redis_link.py):
+`RedisLeaseStore` and `RedisStateStore` here, `RedisWorkQueue` and `RedisQueueAdmin` in
+redis_queue.py (with how a claim lapses).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import secrets
-import socket
-import ssl
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from json.encoder import encode_basestring as _string
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
-
-import redis
-from redis.backoff import NoBackoff
-from redis.client import PubSub
-from redis.retry import Retry
+from typing import Any
 
 from beatd import celery_protocol
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
-    DeadLetter,
-    Delivery,
     Destination,
     LeaderInfo,
     Lease,
@@ -62,60 +46,16 @@ from beatd.backends.base import (
     StoreIdentity,
     from_micros,
     to_micros,
-    unseen,
-    utf8_fault,
 )
-from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
-from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
+from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
+from beatd.backends.redis_scripts import SCRIPTS
+from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
 
-T = TypeVar("T")
+__all__ = ["BANDS", "RECLAIM_IDLE_MS", "SCRIPTS", "RedisBackend", "band", "redact"]
 
-BANDS = ("high", "normal", "low")  # read in this order
 RECORD_SEPARATOR = "\x1e"  # between the bodies of a commit (see redis_scripts.COMMIT)
-RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
-# error replies that mean "busy or failing over, try again", not "wrong": each is given before
-# the first write of the command or script (Redis checks OOM and replicas there), so nothing
-# was written
-TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
-# no CLIENT SETINFO on connect: one reply less to wait for, one command less to allow by ACL
-NO_CLIENT_SETINFO: dict[str, None] = (
-    {"driver_info": None}  # redis-py 8
-    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
-    else {"lib_name": None, "lib_version": None}
-)
-# URL options that would undo the bound on every call (redis-py lets the URL override kwargs)
-UNBOUNDING_OPTIONS = (
-    "socket_timeout",
-    "socket_connect_timeout",
-    "timeout",
-    "retry_on_timeout",
-    "retry_on_error",
-)
-
-
-def band(priority: int | None) -> int:
-    """Index into BANDS: 7-9 high, 4-6 or unset normal, 0-3 low."""
-    if priority is None or 4 <= priority <= 6:
-        return 1
-    return 0 if priority > 6 else 2
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by `***`, for logs and metrics."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
-        host = netloc.rsplit("@", 1)[1]
-        netloc = f"{user}:***@{host}"
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        shown += "?" + urlencode(
-            [(k, "***" if k == "password" else v) for k, v in pairs], safe="*/"
-        )
-    return shown
 
 
 def _pack_state(state: EntryState) -> str:
@@ -130,161 +70,13 @@ def _unpack_state(entry: str, value: str) -> EntryState:
     )
 
 
-# UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
-_json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":")
-).encode
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-class RedisBackend:
-    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
-        if not namespace:
-            raise BackendError("the Redis namespace must not be empty: use e.g. 'beatd'")
-        if op_timeout <= 0:
-            raise BackendError(f"op_timeout must be positive, got {op_timeout!r}")
-        self.url = redact(url)
-        options = [k for k, _ in parse_qsl(urlsplit(url).query) if k in UNBOUNDING_OPTIONS]
-        if options:
-            raise BackendError(
-                f"cannot use Redis URL {self.url}: {', '.join(options)} would override the "
-                f"per-call timeout of {op_timeout} s that keeps every call well inside the "
-                "lease; remove it from the URL (the timeout follows the lease TTL)"
-            )
-        self.namespace = namespace
-        self.op_timeout = op_timeout
-        self._targets: dict[Destination, tuple[str, bool]] = {}
-        self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
-        self._channels: list[str] = []
-        self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
-        try:
-            self._redis: redis.Redis = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=op_timeout,
-                socket_connect_timeout=op_timeout,
-                # one attempt per call: a retry after a timeout could double the wait and
-                # re-send a write that the server may still execute (see the module doc)
-                retry=Retry(NoBackoff(), 0),
-                retry_on_error=[],
-                health_check_interval=0,
-                protocol=2,  # RESP2: no HELLO round trip before the first command
-                **NO_CLIENT_SETINFO,
-            )
-        except ValueError as exc:  # redis-py's complaint about the URL, e.g. a bad scheme
-            raise BackendError(f"cannot use Redis URL {self.url}: {exc}") from None
-
-    # --- keys, calls and errors ----------------------------------------------------------
-
-    def _key(self, *parts: str) -> str:
-        return ":".join((self.namespace, *parts))
-
-    def _stream(self, queue: str, band_index: int) -> str:
-        return self._key("queue", queue, BANDS[band_index])
-
-    def _do(self, what: str, call: Callable[[], T], *, unsent: bool = False) -> T:
-        """Run one Redis call (or pipeline), turning redis-py's errors into backend errors.
-        `unsent`: `call` connects or sends, and never waits for a reply, so a connection error
-        means the server cannot have executed anything."""
-        try:
-            return call()
-        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-            raise BackendError(f"{self.url}: {what}: {exc}") from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # TimeoutError is not a ConnectionError in redis-py: both mean "try again", except
-            # a server certificate that fails verification, which waiting will not fix
-            error: type[BackendError] = BackendError
-            if not _untrusted(exc):
-                error = NotApplied if unsent or _never_connected(exc) else OutcomeUnknown
-            raise error(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
-        except (redis.exceptions.OutOfMemoryError, redis.ReadOnlyError) as exc:
-            raise NotApplied(f"{self.url}: {what}: {exc}") from exc
-        except redis.ResponseError as exc:
-            text = str(exc)
-            if text.startswith(LEASE_LOST):
-                raise LeaseLost(text) from None
-            if text.startswith(TRANSIENT_REPLIES):
-                raise NotApplied(f"{self.url}: {what}: {text}") from exc
-            raise BackendError(f"{self.url}: {what}: {text}") from exc
-        except redis.RedisError as exc:
-            raise BackendError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
-
-    def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return self._send(name, keys, args)()
-
-    def _send(
-        self, name: str, keys: Sequence[str], args: Sequence[str | int], *, raw: bool = False
-    ) -> Callable[[], Any]:
-        """Send one script call; the returned function waits for its reply.
-
-        Between the two the caller can work while Redis runs the script; the connection stays
-        out of the pool until the reply is read, so each call must be waited for. A `raw` reply
-        keeps its strings as bytes, for replies that carry what someone else stored.
-        """
-        script = SCRIPTS[name]
-        pool = self._redis.connection_pool
-        connection = self._do(name, pool.get_connection, unsent=True)  # connects if need be
-
-        def send(command: str, body: str) -> None:
-            connection.send_command(command, body, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-
-        def reply() -> Any:
-            try:
-                return connection.read_response(disable_decoding=raw)
-            except redis.exceptions.NoScriptError:  # a restarted Redis: send it in full once
-                send("EVAL", script.source)
-                return connection.read_response(disable_decoding=raw)
-
-        def wait() -> Any:
-            try:
-                return self._do(name, reply)
-            finally:
-                pool.release(connection)
-
-        try:
-            # a send that fails leaves the command incomplete: the server never runs it
-            self._do(name, lambda: send("EVALSHA", script.sha), unsent=True)
-        except BaseException:  # a backend error, or an argument redis-py cannot encode
-            pool.release(connection)
-            raise
-        return wait
-
-    def _cmd(self, *args: str | int) -> Any:
-        """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""
-        call = self._redis.execute_command
-        return self._do(str(args[0]).lower(), lambda: call(*args))  # type: ignore[no-untyped-call]
-
-    def close(self) -> None:
-        self._stop_waiting()
-        self._redis.close()
-
-    def ping(self) -> None:
-        self._cmd("PING")
+class RedisLeaseStore(RedisLink):
+    """The lease hash and the fencing epoch; also the server's identity, for data loss."""
 
     def server_time(self) -> float:
         """Redis's clock, in seconds since the epoch (for the scheduler's clock-skew check)."""
         seconds, micros = self._cmd("TIME")
         return int(seconds) + int(micros) / 1_000_000
-
-    def persistence_warnings(self) -> list[str]:
-        """What in Redis's configuration breaks beatd's guarantees: what, consequence, fix."""
-        try:
-            config: dict[str, str] = {}
-            for name in ("appendonly", "save", "maxmemory-policy"):
-                config.update(self._cmd("CONFIG GET", name))
-        except (NotApplied, OutcomeUnknown):
-            raise
-        except BackendError as exc:  # CONFIG renamed, disabled or not allowed for this user
-            return [
-                f"cannot check the persistence settings of Redis at {self.url}: CONFIG GET "
-                f"failed ({exc.__cause__ or exc}); beatd's guarantees need appendonly yes and "
-                "maxmemory-policy noeviction: check them by hand, or allow beatd's user "
-                "CONFIG GET (+config|get)"
-            ]
-        return _warnings(self.url, config)
 
     def identity(self) -> StoreIdentity:
         """The server's run id ('' when INFO is not allowed), and whether beatd's format marker
@@ -304,8 +96,6 @@ class RedisBackend:
         info, marked, epoch = self._do("identity", call)
         run_id = "" if isinstance(info, Exception) else str(info.get("run_id", ""))
         return StoreIdentity(run_id, self._key("format"), bool(marked), int(epoch or 0))
-
-    # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(
         self,
@@ -343,7 +133,16 @@ class RedisBackend:
             return None
         return LeaderInfo(held["node"], int(held["epoch"]), pttl / 1000, held.get("config", ""))
 
-    # --- run state ------------------------------------------------------------------------
+
+class RedisStateStore(RedisLink):
+    """The state hash, advanced with the runs' messages by one fenced script."""
+
+    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
+        super().__init__(url, namespace=namespace, op_timeout=op_timeout)
+        self._targets: dict[Destination, tuple[str, bool]] = {}
+
+    def accepts(self, kind: type[Destination]) -> bool:
+        return kind in (BeatdQueue, CeleryQueue)
 
     def load_states(self) -> dict[str, EntryState]:
         raw: dict[str, str] = self._cmd("HGETALL", self._key("state"))
@@ -381,9 +180,6 @@ class RedisBackend:
         wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
         return lambda: set(wait())
 
-    def accepts(self, kind: type[Destination]) -> bool:
-        return kind in (BeatdQueue, CeleryQueue)
-
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
         destination = message.destination
@@ -400,262 +196,26 @@ class RedisBackend:
         keys = (self._key("lease"), self._key("state"))
         self._fenced("forget", lease, keys, (lease.token, lease.epoch, *entries))
 
-    def _fenced(
-        self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Any:
-        return self._send_fenced(name, lease, keys, args)()
 
-    def _send_fenced(
-        self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Callable[[], Any]:
-        """Send a script that refuses to write unless `lease` (token and epoch) still holds."""
-        wait = self._send(name, keys, args)
+class RedisBackend(RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin):
+    """Every role, on one connection pool (see the module doc)."""
 
-        def fenced() -> Any:
-            try:
-                return wait()
-            except LeaseLost as exc:
-                holder = str(exc).removeprefix(LEASE_LOST + " ")
-                raise LeaseLost(
-                    f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
-                ) from None
-
-        return fenced
-
-    # --- queues ---------------------------------------------------------------------------
-
-    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
-        if not messages:
-            return
-        keys = [self._key("queues")]
-        index: dict[str, int] = {}
-        queues = sorted({m.destination.queue for m in messages})
-        delay_ms = _ms(delay) if delay > 0 else 0
-        args: list[str | int] = [delay_ms, len(queues), *queues]
-        for m in messages:
-            queue, b = m.destination.queue, band(m.destination.priority)
-            key = self._key("delayed", queue) if delay_ms else self._stream(queue, b)
-            k = index.get(key)
-            if k is None:
-                keys.append(key)
-                k = index[key] = len(keys)
-            args += (k, m.id, _delayed_member(b, m.id, m.body) if delay_ms else m.body)
-        self._eval("enqueue", keys, args)
-
-    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
-        names = list(dict.fromkeys(queues))
-        if not names:
-            return None
-        n = len(names)
-        keys = [self._key("delayed", q) for q in names]
-        keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
-        keys.append(self._key("dead"))
-        args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
-        # the claim is made whatever the entry holds; what cannot be read is said in the
-        # delivery, so the worker dead-letters it (an exception here would leave it claimed)
-        reply = self._send("claim", keys, args, raw=True)()
-        if isinstance(reply, int):  # nothing ready: when the soonest delayed retry will be
-            self._delayed_at = None if reply < 0 else time.monotonic() + reply / 1000
-            return None
-        k, entry_id, raw_id, raw_body, deliveries, count = reply
-        b, i = divmod(k - 1 - n, n)
-        receipt = f"{b}/{entry_id.decode()}/{count}/{consumer}"
-        message_id, id_fault = _field_text(raw_id, "id")
-        body, body_fault = _field_text(raw_body, "body")
-        unreadable = id_fault or body_fault
-        return Delivery(message_id, names[i], body, int(deliveries), receipt, unreadable)
-
-    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until a run is added to one of `queues` or a delayed retry is ready: True, claim
-        now; False after `timeout` (at most 3/4 of the operation timeout, so a hung Redis costs
-        no more than a call does). Waiting sends Redis nothing: every script that adds a run
-        publishes on its stream's channel, and this connection stays subscribed."""
-        channels = sorted({self._stream(q, b) for q in queues for b in range(len(BANDS))})
-        if self._pubsub is None or channels != self._channels:
-            self._stop_waiting()
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            self._do("subscribe", lambda: pubsub.subscribe(*channels))
-            self._pubsub, self._channels = pubsub, channels
-            return True  # whatever was added before the subscription: claim once
-        pubsub, due = self._pubsub, self._delayed_at
-        deadline = time.monotonic() + min(timeout, self.op_timeout * 0.75)
-        if due is not None:
-            deadline = min(deadline, due)
+    def persistence_warnings(self) -> list[str]:
+        """What in Redis's configuration breaks beatd's guarantees: what, consequence, fix."""
         try:
-            while (left := deadline - time.monotonic()) > 0:  # past subscribe confirmations
-                if self._do("wait", lambda: pubsub.get_message(timeout=left)) is not None:
-                    return True
-        except BackendError:
-            self._stop_waiting()  # subscribe again on the next call
+            config: dict[str, str] = {}
+            for name in ("appendonly", "save", "maxmemory-policy"):
+                config.update(self._cmd("CONFIG GET", name))
+        except (NotApplied, OutcomeUnknown):
             raise
-        if due is not None and time.monotonic() >= due:
-            self._delayed_at = None
-            return True
-        return False
-
-    def _stop_waiting(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                pubsub.close()
-
-    def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
-        """The stream, band and (entry id, consumer, count) that a receipt names."""
-        b, entry_id, count, consumer = delivery.receipt.split("/", 3)
-        return self._stream(delivery.queue, int(b)), int(b), [entry_id, consumer, int(count)]
-
-    def extend(self, delivery: Delivery, visibility: float) -> bool:
-        stream, _, claim = self._claimed(delivery)
-        return bool(self._eval("extend", (stream,), (*claim, _idle_for(visibility))))
-
-    def ack(self, delivery: Delivery) -> None:
-        stream, _, claim = self._claimed(delivery)
-        self._eval("ack", (stream,), claim)
-
-    def release(self, delivery: Delivery) -> None:
-        stream, _, claim = self._claimed(delivery)
-        self._eval("release_claim", (stream,), claim)
-
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
-        stream, b, claim = self._claimed(delivery)
-        keys = (stream, self._key("delayed", delivery.queue))
-        member = _delayed_member(b, delivery.id, body)
-        self._eval("retry", keys, (*claim, _ms(delay) if delay > 0 else 0, member))
-
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        stream, b, claim = self._claimed(delivery)
-        keys = (stream, self._key("dead"))
-        self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
-
-    def _dead(self) -> list[tuple[str, dict[str, str]]]:
-        """The dead letters, their bytes shown as text even where they are not UTF-8."""
-        key = self._key("dead")
-        call = self._redis.execute_command
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
-            "xrange",
-            lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
-        )
-        return [
-            (
-                entry_id.decode(),
-                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
-            )
-            for entry_id, fields in entries
-        ]
-
-    def dead_letters(self) -> list[DeadLetter]:
-        return [
-            DeadLetter(
-                f["id"],
-                f["queue"],
-                f["body"],
-                f["reason"],
-                datetime.fromtimestamp(int(f["failed_at"]) / 1000, UTC),
-                int(f["deliveries"]),
-            )
-            for _, f in self._dead()
-        ]
-
-    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
-        """Store dead letters as they are, in the normal band (migration from another backend).
-        Read, then written: run it while nothing else writes dead letters, as migrate does."""
-        new = unseen(letters, {f["id"] for _, f in self._dead()})
-
-        def call() -> None:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for d in new:
-                    fields = {
-                        "id": d.id,
-                        "queue": d.queue,
-                        "band": 1,
-                        "body": d.body,
-                        "reason": d.reason,
-                        "deliveries": d.deliveries,
-                        "failed_at": round(d.failed_at.timestamp() * 1000),
-                    }
-                    pipe.xadd(self._key("dead"), fields)  # type: ignore[arg-type]
-                pipe.execute()
-
-        if new:
-            self._do("add dead letters", call)
-        return len(new)
-
-    def requeue_dead(self, message_id: str | None) -> int:
-        keys = [self._key("dead"), self._key("queues")]
-        index: dict[str, int] = {}
-        args: list[str | int] = []
-        for entry_id, f in self._dead():
-            if message_id is not None and f["id"] != message_id:
-                continue
-            key = self._stream(f["queue"], int(f["band"]))
-            k = index.get(key)
-            if k is None:
-                keys.append(key)
-                k = index[key] = len(keys)
-            args += (entry_id, k, f["queue"])
-        if not args:
-            return 0
-        return int(self._eval("requeue", keys, args))
-
-    def queue_depths(self) -> dict[str, int]:
-        queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
-
-        def call() -> list[int]:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    for b in range(len(BANDS)):
-                        pipe.xlen(self._stream(q, b))
-                    pipe.zcard(self._key("delayed", q))
-                return pipe.execute()
-
-        counts = self._do("queue depths", call) if queues else []
-        width = len(BANDS) + 1
-        depths = {q: sum(counts[i * width : (i + 1) * width]) for i, q in enumerate(queues)}
-        return {q: depth for q, depth in depths.items() if depth}
-
-
-def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
-    """A queue entry's field as text, and why it cannot be read ('' when it can)."""
-    if value is None:
-        return "", f"the queue entry has no {name} field"
-    fault = utf8_fault(value, name)
-    return value.decode(errors="replace" if fault else "strict"), fault
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """Whether the connection failed before anything was sent: refused, no such socket file,
-    no such host (redis-py raises its error while handling the OS's)."""
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError | FileNotFoundError | socket.gaierror):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def _untrusted(exc: BaseException) -> bool:
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def _idle_for(visibility: float) -> int:
-    """The idle time to give a fresh claim so that it lapses after `visibility` seconds."""
-    ms = _ms(visibility)
-    if ms > RECLAIM_IDLE_MS:
-        raise BackendError(
-            f"visibility {visibility} s is longer than the Redis backend's limit of "
-            f"{RECLAIM_IDLE_MS // 1000} s: use a shorter visibility and extend the claim"
-        )
-    return RECLAIM_IDLE_MS - ms
-
-
-def _delayed_member(band_index: int, message_id: str, body: str) -> str:
-    """A delayed zset member: unique (a nonce) even when the same run is retried twice."""
-    return _json([band_index, message_id, body, secrets.token_hex(8)])
+        except BackendError as exc:  # CONFIG renamed, disabled or not allowed for this user
+            return [
+                f"cannot check the persistence settings of Redis at {self.url}: CONFIG GET "
+                f"failed ({exc.__cause__ or exc}); beatd's guarantees need appendonly yes and "
+                "maxmemory-policy noeviction: check them by hand, or allow beatd's user "
+                "CONFIG GET (+config|get)"
+            ]
+        return _warnings(self.url, config)
 
 
 def _warnings(url: str, config: dict[str, str]) -> list[str]:
