@@ -62,6 +62,23 @@ class StorageReplaced(StorageFailed):
     replaced): others may be leading in the new one. systemd restarts the daemon on it."""
 
 
+class FormatTooNew(StorageFailed):
+    """The storage holds beatd's persisted state in a newer format than this beatd knows: a
+    newer beatd upgraded it. This one must neither lead nor write there: exit status 2."""
+
+    exit_status = 2
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{where} holds beatd's persisted state in format {found}, but this beatd knows "
+            f"formats up to {known} only: a newer beatd upgraded it, and an older one must "
+            "neither lead nor write there. Upgrade beatd on this host to the version the others "
+            "run (docs/design.md, Persisted-state format)"
+        )
+        self.found = found
+        self.known = known
+
+
 class StorageCorrupt(StorageFailed):
     """The storage holds damaged data (a malformed SQLite page). Restarting would only fail
     again, so the status is one the units do not restart on (RestartPreventExitStatus=)."""

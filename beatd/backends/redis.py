@@ -11,7 +11,8 @@ the request could not be sent, or the server refused it: LOADING, BUSY, OOM, REA
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
   beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
-  beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity)
+  beatd:format            string  the persisted-state format, "2" (FORMAT); also: beatd's data is
+                                  here (gone: Redis lost it; see identity)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
   beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
@@ -29,6 +30,7 @@ redis_queue.py (with how a claim lapses).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _string
@@ -49,12 +51,13 @@ from beatd.backends.base import (
 )
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
-from beatd.backends.redis_scripts import SCRIPTS
+from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
 
 __all__ = ["BANDS", "RECLAIM_IDLE_MS", "SCRIPTS", "RedisBackend", "band", "redact"]
 
+log = logging.getLogger(__name__)
 RECORD_SEPARATOR = "\x1e"  # between the bodies of a commit (see redis_scripts.COMMIT)
 
 
@@ -109,9 +112,19 @@ class RedisLeaseStore(RedisLink):
         keys = (self._key("lease"), self._key("epoch"), self._key("format"))
         token = secrets.token_hex(16)
         mine = (held.token, held.epoch) if held is not None else ("", "")
-        reply = self._eval("acquire", keys, (node, token, _ms(ttl), config_hash, *mine, min_epoch))
+        prefix = self._key("")
+        args = (node, token, _ms(ttl), config_hash, *mine, min_epoch, prefix)
+        reply = self._eval("acquire", keys, args)
         if reply is None:
             return None
+        if len(reply) > 2 and int(reply[2]) < FORMAT_VERSION:  # upgraded under this fresh take
+            log.info(
+                "upgraded the persisted state of %s (namespace %s) from format %s to %d",
+                self.url,
+                self.namespace,
+                reply[2],
+                FORMAT_VERSION,
+            )
         return Lease(node, reply[0], int(reply[1]))
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
@@ -122,6 +135,8 @@ class RedisLeaseStore(RedisLink):
         self._eval("release", (self._key("lease"),), (lease.token,))
 
     def leader(self) -> LeaderInfo | None:
+        self._check_format("leader")
+
         def call() -> list[Any]:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._key("lease"))
@@ -145,6 +160,7 @@ class RedisStateStore(RedisLink):
         return kind in (BeatdQueue, CeleryQueue)
 
     def load_states(self) -> dict[str, EntryState]:
+        self._check_format("hgetall")
         raw: dict[str, str] = self._cmd("HGETALL", self._key("state"))
         return {entry: _unpack_state(entry, value) for entry, value in raw.items()}
 

@@ -20,8 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from beatd.backends.base import Lease
-from beatd.backends.redis_scripts import LEASE_LOST, SCRIPTS
+from beatd.backends.base import FormatTooNew, Lease
+from beatd.backends.redis_scripts import FORMAT_NEWER, FORMAT_VERSION, LEASE_LOST, SCRIPTS
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class RedisLink:
             )
         self.namespace = namespace
         self.op_timeout = op_timeout
+        self._format_checked = False  # see _check_format
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 url,
@@ -113,6 +114,19 @@ class RedisLink:
             raise BackendError(f"cannot use Redis URL {self.url}: {exc}") from None
 
     # --- keys, calls and errors ----------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"Redis at {self.url} (namespace {self.namespace})"
+
+    def _check_format(self, what: str) -> None:
+        """Refuse data in a newer format than this beatd knows (FormatTooNew), checked before
+        the first call `what` that reads it; a leader's take checks again, atomically."""
+        if self._format_checked:
+            return
+        found = self._do(what, lambda: self._redis.get(self._key("format")))
+        if isinstance(found, str) and found.isdigit() and int(found) > FORMAT_VERSION:
+            raise FormatTooNew(self._where(), int(found), FORMAT_VERSION)
+        self._format_checked = True
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
@@ -141,6 +155,9 @@ class RedisLink:
             text = str(exc)
             if text.startswith(LEASE_LOST):
                 raise LeaseLost(text) from None
+            if text.startswith(FORMAT_NEWER):
+                found = int(text.split()[1])
+                raise FormatTooNew(self._where(), found, FORMAT_VERSION) from None
             if text.startswith(TRANSIENT_REPLIES):
                 raise NotApplied(f"{self.url}: {what}: {text}") from exc
             raise BackendError(f"{self.url}: {what}: {text}") from exc

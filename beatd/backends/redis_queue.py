@@ -58,6 +58,7 @@ class RedisWorkQueue(RedisLink):
         self._eval("enqueue", keys, args)
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        self._check_format("claim")
         names = list(dict.fromkeys(queues))
         if not names:
             return None
@@ -167,6 +168,7 @@ class RedisQueueAdmin(RedisLink):
         ]
 
     def dead_letters(self) -> list[DeadLetter]:
+        self._check_format("xrange")
         return [
             DeadLetter(
                 f["id"],
@@ -221,6 +223,7 @@ class RedisQueueAdmin(RedisLink):
         return int(self._eval("requeue", keys, args))
 
     def queue_depths(self) -> dict[str, int]:
+        self._check_format("smembers")
         queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
 
         def call() -> list[int]:

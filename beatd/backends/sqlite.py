@@ -34,6 +34,7 @@ from beatd.backends.base import (
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
+    FORMAT_VERSION,
     LARGE_CATCH_UP,
     LEASE,
     SCHEMA,
@@ -41,6 +42,7 @@ from beatd.backends.sqlite_file import (
     _priority,
     _text,
     _us,
+    upgrade,
 )
 from beatd.errors import BackendError
 from beatd.state import EntryState
@@ -62,16 +64,18 @@ class SQLiteLeaseStore(SQLiteFile):
         held: Lease | None = None,
         min_epoch: int = 0,
     ) -> Lease | None:
-        def work(db: sqlite3.Connection) -> Lease | None:
+        def work(db: sqlite3.Connection) -> tuple[Lease | None, int]:
             now = self._now()
             row = db.execute(
                 "SELECT token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
             ).fetchone()
+            found = FORMAT_VERSION
             if row is not None and row[2] > now:
                 if held is None or (row[0], row[1]) != (held.token, held.epoch):
-                    return None  # held by another token, whatever node name it runs under
+                    return None, found  # held by another token, whatever node name it runs under
                 lease = held
             else:
+                found = upgrade(db, self.path)  # committed with the take, or not at all
                 last = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
                 epoch = max(last[0] if last else 0, min_epoch) + 1
                 db.execute(
@@ -83,9 +87,17 @@ class SQLiteLeaseStore(SQLiteFile):
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (LEASE, lease.node, lease.token, lease.epoch, now + ttl, config_hash),
             )
-            return lease
+            return lease, found
 
-        return self._run(work, lease=True)
+        lease, found = self._run(work, lease=True)
+        if found < FORMAT_VERSION:
+            log.info(
+                "upgraded the persisted state of %s from format %d to %d",
+                self.path,
+                found,
+                FORMAT_VERSION,
+            )
+        return lease
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from beatd.backends.base import Lease, StorageCorrupt, StorageReplaced, to_micros
+from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 
 SCHEMA = """
@@ -74,6 +74,42 @@ FILE_CHECK_INTERVAL = 0.5
 T = TypeVar("T")
 
 
+def _format_1(db: sqlite3.Connection) -> None:
+    """Format 0 (beatd before format versions) to 1: the same tables; only the version is new."""
+
+
+# The persisted-state format is the file's `PRAGMA user_version`. MIGRATIONS[n] upgrades format n
+# to n + 1, run by the leader in the transaction that takes the lease (see `upgrade`): a later
+# change of the tables appends one (docs/design.md, Persisted-state format).
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1,)
+FORMAT_VERSION = len(MIGRATIONS)
+
+
+def _format(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> int:
+    """Bring the file's persisted state to FORMAT_VERSION inside the caller's transaction (the
+    lease's), so the migrations and the new version commit together; the format found."""
+    found = _format(db)
+    if found > FORMAT_VERSION:
+        raise FormatTooNew(str(path), found, FORMAT_VERSION)
+    if found == FORMAT_VERSION:
+        return found
+    if found == 0 and not _holds_anything(db):  # a new file: nothing to upgrade, only to mark
+        found = FORMAT_VERSION
+    for migration in MIGRATIONS[found:]:
+        migration(db)
+    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")  # no parameters in a PRAGMA
+    return found
+
+
+def _holds_anything(db: sqlite3.Connection) -> bool:
+    tables = ("epoch", "entry_state", "message", "dead_letter")
+    return any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0] for t in tables)
+
+
 def _us(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
 
@@ -113,6 +149,7 @@ class SQLiteFile:
             try:
                 db = self._open_read_only() if self.read_only else self._open()
                 opened = os.stat(self.path)
+                found = _format(db)
             except sqlite3.DatabaseError as exc:
                 if _primary(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
                     raise self._failure(exc) from exc
@@ -124,6 +161,9 @@ class SQLiteFile:
             elif (opened.st_dev, opened.st_ino) != self._opened:  # opened again, or a thread's
                 db.close()
                 raise self._replaced()
+            if found > FORMAT_VERSION:
+                db.close()
+                raise FormatTooNew(str(self.path), found, FORMAT_VERSION)
             self._local.db = db
         return db
 
