@@ -228,8 +228,11 @@ class WaitsForWork(Protocol):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """Block until a message may be ready on `queues` (True: claim now) or up to `timeout`
-        seconds (False); raises TransientBackendError when the backend cannot be reached. Call
-        it from one thread only; it may return True spuriously, never sleep past a ready run."""
+        seconds (False); raises TransientBackendError when the backend cannot be reached. A
+        server that stops answering while the caller waits is noticed within about `timeout`
+        plus the operation timeout: True, and the next `claim` raises NotApplied at once with
+        what the wait met, so the caller reports the outage without a second wait. Call it from
+        one thread only; it may return True spuriously, never sleep past a ready run."""
 
 
 class Reachable(Protocol):

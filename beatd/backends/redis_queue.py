@@ -15,14 +15,19 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
+from typing import cast
 
 import redis
 from redis.client import PubSub
 
 from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
-from beatd.errors import BackendError
+from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 
+# An idle waiting connection PINGs after hearing nothing for this many block periods: a little
+# over one, so an idle worker sends fewer than one command per block period.
+PING_AFTER_SILENCE = 7 / 6
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
 # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
 _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
@@ -38,6 +43,8 @@ class RedisWorkQueue(RedisLink):
         self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
         self._channels: list[str] = []
         self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
+        self._heard_at = 0.0  # monotonic: the waiting connection last heard from Redis
+        self._unanswered: OutcomeUnknown | None = None  # what the waiting connection's PING met
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         if not messages:
@@ -59,6 +66,9 @@ class RedisWorkQueue(RedisLink):
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         self._check_format("claim")
+        if self._unanswered is not None:  # the same server, just found frozen: no second wait
+            unanswered, self._unanswered = self._unanswered, None
+            raise NotApplied(str(unanswered)) from unanswered.__cause__
         names = list(dict.fromkeys(queues))
         if not names:
             return None
@@ -84,30 +94,75 @@ class RedisWorkQueue(RedisLink):
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """Block until a run is added to one of `queues` or a delayed retry is ready: True, claim
         now; False after `timeout` (at most 3/4 of the operation timeout, so a hung Redis costs
-        no more than a call does). Waiting sends Redis nothing: every script that adds a run
-        publishes on its stream's channel, and this connection stays subscribed."""
+        no more than a call does). Every script that adds a run publishes on its stream's
+        channel, and this connection stays subscribed; once it has heard nothing for a little
+        over a block period it sends a PING, so a frozen or dead server is noticed within about
+        a block period plus the operation timeout. Then it returns True and the next `claim`
+        fails at once with what the PING met: the caller reports the outage now, not after
+        another operation timeout."""
         channels = sorted({self._stream(q, b) for q in queues for b in range(len(BANDS))})
         if self._pubsub is None or channels != self._channels:
             self._stop_waiting()
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._do("subscribe", lambda: pubsub.subscribe(*channels))
             self._pubsub, self._channels = pubsub, channels
+            self._heard_at = time.monotonic()
             return True  # whatever was added before the subscription: claim once
-        pubsub, due = self._pubsub, self._delayed_at
-        deadline = time.monotonic() + min(timeout, self.op_timeout * 0.75)
+        period = min(timeout, self.op_timeout * 0.75)
+        deadline = time.monotonic() + period
+        due = self._delayed_at
         if due is not None:
             deadline = min(deadline, due)
         try:
-            while (left := deadline - time.monotonic()) > 0:  # past subscribe confirmations
-                if self._do("wait", lambda: pubsub.get_message(timeout=left)) is not None:
-                    return True
+            if self._listen(self._pubsub, deadline, period * PING_AFTER_SILENCE):
+                return True
         except BackendError:
             self._stop_waiting()  # subscribe again on the next call
-            raise
+            if self._unanswered is None:
+                raise
+            return True  # the claim says at once what the PING met
         if due is not None and time.monotonic() >= due:
             self._delayed_at = None
             return True
         return False
+
+    def _listen(self, pubsub: PubSub, deadline: float, silence: float) -> bool:
+        """Whether a run was published before `deadline`; PINGs after `silence` seconds of
+        hearing nothing, and reads until its PONG (OutcomeUnknown when none comes within the
+        operation timeout: the socket's)."""
+        while (now := time.monotonic()) < deadline:
+            ping_at = self._heard_at + silence
+            if now >= ping_at:
+                self._do("ping", pubsub.ping, unsent=True)
+                if self._read_until_pong(pubsub):
+                    return True
+                continue
+            wait = min(deadline, ping_at) - now
+            if self._do("wait", partial(pubsub.get_message, timeout=wait)) is not None:
+                self._heard_at = time.monotonic()
+                return True
+        return False
+
+    def _read_until_pong(self, pubsub: PubSub) -> bool:
+        """Read up to the PONG of the PING just sent, each read bounded by the operation timeout
+        (PubSub's own blocking read has no bound); whether a run was published before it."""
+        # subscribed, so connected (redis-py types the attribute as always None)
+        connection = cast(redis.connection.AbstractConnection, pubsub.connection)
+        published = False
+        while True:
+            try:
+                reply = self._do(
+                    "wait",
+                    partial(connection.read_response, timeout=self.op_timeout, push_request=True),
+                )
+            except OutcomeUnknown as exc:
+                self._unanswered = exc  # the PING met a frozen or dead server
+                raise
+            kind = reply[0] if isinstance(reply, list) and reply else None
+            if kind == "pong":
+                self._heard_at = time.monotonic()
+                return published
+            published = published or kind == "message"
 
     def _stop_waiting(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

@@ -589,6 +589,40 @@ def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: 
         server.stop()
 
 
+def test_a_waiting_connection_notices_a_paused_redis_and_the_next_claim_says_so_at_once(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()
+    block_period, op_timeout = 0.3, 0.4
+    try:
+        backend = RedisBackend(server.url, op_timeout=op_timeout)
+        assert backend.wait_for_work(["default"], block_period)  # subscribed: claim once
+        assert backend.claim(["default"], "w", 30) is None
+        assert not backend.wait_for_work(["default"], block_period)  # idle, Redis answers
+        server.pause()
+        paused = time.monotonic()
+        try:
+            while time.monotonic() < paused + 5:  # idle calls, as a worker's waiting thread
+                if backend.wait_for_work(["default"], block_period):
+                    break
+            noticed = time.monotonic() - paused
+            with pytest.raises(NotApplied) as caught:
+                backend.claim(["default"], "w", 30)
+            said_in = time.monotonic() - paused - noticed
+        finally:
+            server.resume()
+        timeout = caught.value.__cause__
+        assert isinstance(timeout, redis.TimeoutError)
+        assert str(caught.value) == f"{server.url}: wait: TimeoutError: {timeout}"
+        # a PING after a little over a block period of silence, unanswered for the op timeout
+        assert noticed <= block_period * 7 / 6 + op_timeout + 0.3, noticed
+        assert said_in < 0.1, said_in  # the claim did not wait for Redis a second time
+        assert backend.claim(["default"], "w", 30) is None  # resumed: claims as before
+        backend.close()
+    finally:
+        server.stop()
+
+
 def test_a_redis_that_refuses_the_connection_is_not_applied_and_says_why() -> None:
     backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", op_timeout=0.5)
     with pytest.raises(NotApplied) as caught:
