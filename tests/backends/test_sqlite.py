@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import StateWrite, StorageReplaced
+from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, NotApplied
 from tests.backends.contract import BackendContract, message, state
@@ -72,6 +72,19 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     db.execute("PRAGMA max_page_count = 1073741823")
     backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
     assert backend.load_states() == {"e": state("e", 1, 1)}
+
+
+def test_celery_messages_are_refused_by_name(backend: SQLiteBackend) -> None:
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    celery = Outgoing("e", "e@1", CeleryQueue("celery"), "{}")
+    with pytest.raises(BackendError) as caught:
+        backend.commit(lease, [StateWrite(state("e", 0), None)], [celery])
+    assert str(caught.value) == (
+        "entry e publishes to a CeleryQueue, which needs a Redis broker (Redis transport only); "
+        "SQLite stores beatd's own messages only"
+    )
+    assert not backend.accepts(CeleryQueue)
 
 
 def test_a_new_epoch_starts_above_min_epoch(backend: SQLiteBackend) -> None:
