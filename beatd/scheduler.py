@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import islice
 from typing import TypeVar
 
@@ -529,7 +530,7 @@ class Scheduler:
                 continue
             template = self._template(entry)
             expires = format_time(published_at + entry.expires) if entry.expires else None
-            destination = BeatdQueue(entry.queue, entry.priority)
+            destination = _beatd_queue(entry.queue, entry.priority)
             for run in decision.runs:
                 slot = format_slot(run.slot)
                 body = template.render(slot, stamp, expires)
@@ -556,7 +557,7 @@ class Scheduler:
 
     def _celery_messages(self, decision: Decision, published_at: datetime) -> Iterator[Outgoing]:
         entry = decision.entry
-        destination = CeleryQueue(entry.queue, entry.priority)
+        destination = _celery_queue(entry.queue, entry.priority)
         for run in decision.runs:
             message = RunMessage(
                 id=run_id(entry.name, run.slot),
@@ -670,6 +671,12 @@ def _some(names: list[str], shown: int = 5) -> str:
 
 def _horizon(state: EntryState | None) -> datetime | None:
     return state.last_slot if state is not None else None
+
+
+# one destination per queue and priority, made once: a frozen dataclass costs about a microsecond
+# to create, which a burst of many entries would pay per entry
+_beatd_queue = lru_cache(maxsize=4096)(BeatdQueue)
+_celery_queue = lru_cache(maxsize=4096)(CeleryQueue)
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:

@@ -154,7 +154,8 @@ class RedisStateStore(RedisLink):
 
     def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
         super().__init__(url, namespace=namespace, op_timeout=op_timeout)
-        self._targets: dict[Destination, tuple[str, bool]] = {}
+        # by (kind, queue, priority): hashing a dataclass costs a Python call per message
+        self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
 
     def accepts(self, kind: type[Destination]) -> bool:
         return kind in (BeatdQueue, CeleryQueue)
@@ -199,13 +200,14 @@ class RedisStateStore(RedisLink):
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
         destination = message.destination
-        target = self._targets.get(destination)
+        route = (type(destination), destination.queue, destination.priority)
+        target = self._targets.get(route)
         if target is None:
             if isinstance(destination, CeleryQueue):
                 target = celery_protocol.list_name(destination.queue, destination.priority), True
             else:
                 target = self._stream(destination.queue, band(destination.priority)), False
-            self._targets[destination] = target
+            self._targets[route] = target
         return target
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
