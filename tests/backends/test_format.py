@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,4 +169,24 @@ def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
     result = CliRunner().invoke(main, ["status", "--broker", old_redis.url])
     assert (result.exit_code, result.stderr) == (2, refusal + "\n")
     assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    admin.close()
+
+
+def test_a_scheduler_on_a_redis_of_a_newer_format_neither_leads_nor_writes_and_exits_2(
+    old_redis: RedisServer,
+) -> None:
+    admin = old_redis.client()
+    admin.set("beatd:format", "7")
+    before = admin.hgetall("beatd:state")
+    backend = RedisBackend(old_redis.url)
+    settings = SchedulerSettings(node="new", max_clock_skew=float("inf"))
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    beat = Scheduler(backend, lambda: Config({"tick": TICK}), clock, settings)
+    with pytest.raises(FormatTooNew) as caught:
+        beat.run(threading.Event())
+    assert caught.value.exit_status == 2
+    assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    assert admin.hgetall("beatd:state") == before
+    assert stream_ids(admin) == OLD
+    backend.close()
     admin.close()
