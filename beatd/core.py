@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
 from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
 
 
 class MissReason(StrEnum):
@@ -34,21 +35,8 @@ class MissReason(StrEnum):
     STATE_LOST = "state_lost"  # the backend lost the entry's position (Redis restarted empty)
 
 
-# EntryState, Run and Decision are made for every run published, so they are named tuples:
+# Run and Decision are made for every run published, so they are named tuples:
 # immutable like frozen dataclasses, at a third of the cost to create.
-
-
-class EntryState(NamedTuple):
-    """What is persisted per entry: the newest slot accounted for, and the newest published.
-
-    `last_slot` is the horizon: every slot up to it has ended (published or missed), every slot
-    after it is still to come. `identity` is the schedule it was measured against.
-    """
-
-    entry: str
-    last_slot: datetime
-    last_published: datetime | None
-    identity: str
 
 
 class Run(NamedTuple):

@@ -19,7 +19,8 @@ from datetime import datetime
 
 from beatd.backends.base import Backend, ForgetsOnRestart, StoreIdentity
 from beatd.config import Entry
-from beatd.core import Decision, EntryState, Planner, state_lost
+from beatd.core import Decision, Planner, state_lost
+from beatd.state import EntryState
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,27 @@ class BackendError(BeatdError):
 
 
 class TransientBackendError(BackendError):
-    """The backend is unreachable or busy for now; the caller retries with backoff."""
+    """The backend is unreachable or busy for now; the caller retries with backoff.
+
+    Raised as one of its two kinds, which say what became of a write: `NotApplied` (known not
+    to have been applied) or `OutcomeUnknown` (maybe applied). A caller that cannot tell them
+    apart treats both as `OutcomeUnknown`.
+    """
+
+
+class NotApplied(TransientBackendError):
+    """Transient, and nothing was written: the request never reached the backend (connection
+    refused, a send that failed), or the backend refused it before writing (Redis LOADING, BUSY,
+    OOM, READONLY; a SQLite transaction that was rolled back). Retrying is safe."""
+
+
+class OutcomeUnknown(TransientBackendError):
+    """Transient, and the write may or may not have been applied: the request was sent and its
+    reply was lost (a timeout, a connection lost while waiting, a SQLite COMMIT that failed
+    after it began writing). Retry only with a write that is safe to repeat (a compare-and-set
+    on the horizon is), and count what was sent as in doubt until a read settles it."""
 
 
 class LeaseLost(BackendError):
-    """The caller no longer holds the leader lease; nothing was written."""
+    """The caller no longer holds the leader lease; nothing was written (the lease is checked
+    in the same atomic step as the write it guards)."""

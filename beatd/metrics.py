@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from beatd.core import COUNT_FIELDS, EntryState, MissReason
+from beatd.core import COUNT_FIELDS, MissReason
+from beatd.state import EntryState
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
-from beatd.backends.base import Backend, StateWrite
+from beatd.backends.base import LeaseStore, QueueAdmin, StateStore, StateWrite
 from beatd.errors import BeatdError
 
 log = logging.getLogger(__name__)
 MIGRATE_NODE = "beatd-migrate"
+
+
+class MigrationEnd(LeaseStore, StateStore, QueueAdmin, Protocol):
+    """What a migration reads and writes on either side: the lease (nobody may lead), the
+    run state and the dead letters; no work queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +29,9 @@ class MigrationReport:
     skipped: int  # states and dead letters the target already had, left as they are
 
 
-def migrate(source: Backend, target: Backend, *, lease_ttl: float = 30.0) -> MigrationReport:
+def migrate(
+    source: MigrationEnd, target: MigrationEnd, *, lease_ttl: float = 30.0
+) -> MigrationReport:
     """Copy every entry's state and every dead letter from `source` to `target`.
 
     Both must be quiet: no scheduler may lead on either (stop `beatd run` everywhere first), so

@@ -14,18 +14,28 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import islice
 from typing import TypeVar
 
 from beatd import celery_protocol
-from beatd.backends.base import Backend, Lease, Outgoing, StateWrite, StorageFailed
+from beatd.backends.base import (
+    Backend,
+    BeatdQueue,
+    CeleryQueue,
+    Lease,
+    Outgoing,
+    StateWrite,
+    StorageFailed,
+)
 from beatd.clock import Clock
 from beatd.config import Config, Entry
-from beatd.core import Decision, EntryState, Planner, RemovedEntries, RunCounts
+from beatd.core import Decision, Planner, RemovedEntries, RunCounts
 from beatd.dataloss import DataLossRecovery
 from beatd.durations import format_duration
-from beatd.errors import BackendError, ConfigError, LeaseLost
+from beatd.errors import BackendError, ConfigError, LeaseLost, NotApplied
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
+from beatd.state import EntryState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -467,7 +477,7 @@ class Scheduler:
         """Wait for a batch's commit, then move its entries on (or resync the rejected)."""
         try:
             rejected = sent.outcome()
-        except LeaseLost:
+        except (LeaseLost, NotApplied):
             self.planner.release(sent.batch)  # refused: nothing was written
             raise
         except BackendError:
@@ -520,13 +530,12 @@ class Scheduler:
                 continue
             template = self._template(entry)
             expires = format_time(published_at + entry.expires) if entry.expires else None
+            destination = _beatd_queue(entry.queue, entry.priority)
             for run in decision.runs:
                 slot = format_slot(run.slot)
                 body = template.render(slot, stamp, expires)
                 messages.append(
-                    Outgoing(
-                        entry.name, run_id(entry.name, run.slot), entry.queue, entry.priority, body
-                    )
+                    Outgoing(entry.name, run_id(entry.name, run.slot), destination, body)
                 )
         return messages
 
@@ -548,6 +557,7 @@ class Scheduler:
 
     def _celery_messages(self, decision: Decision, published_at: datetime) -> Iterator[Outgoing]:
         entry = decision.entry
+        destination = _celery_queue(entry.queue, entry.priority)
         for run in decision.runs:
             message = RunMessage(
                 id=run_id(entry.name, run.slot),
@@ -563,7 +573,7 @@ class Scheduler:
                 headers=entry.headers,
             )
             body = celery_protocol.encode(message, origin=f"beatd@{self.settings.node}")
-            yield Outgoing(entry.name, message.id, entry.queue, entry.priority, body, "celery")
+            yield Outgoing(entry.name, message.id, destination, body)
 
     def _account(self, decision: Decision, published_at: datetime) -> None:
         self.counts.add(decision)
@@ -661,6 +671,12 @@ def _some(names: list[str], shown: int = 5) -> str:
 
 def _horizon(state: EntryState | None) -> datetime | None:
     return state.last_slot if state is not None else None
+
+
+# one destination per queue and priority, made once: a frozen dataclass costs about a microsecond
+# to create, which a burst of many entries would pay per entry
+_beatd_queue = lru_cache(maxsize=4096)(BeatdQueue)
+_celery_queue = lru_cache(maxsize=4096)(CeleryQueue)
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:

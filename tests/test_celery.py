@@ -22,18 +22,18 @@ from celery.schedules import crontab
 from click.testing import CliRunner
 
 from beatd import celery_protocol
-from beatd.backends.base import Lease, Outgoing, StateWrite
+from beatd.backends.base import CeleryQueue, Lease, Outgoing, StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
-from beatd.core import EntryState
 from beatd.errors import LeaseLost
 from beatd.message import RunMessage
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import OnceSchedule
+from beatd.state import EntryState
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
@@ -228,7 +228,7 @@ def test_celery_messages_keep_the_fencing_rules(redis_url: str) -> None:
     assert lease is not None
     slot = datetime(2030, 1, 1, tzinfo=UTC)
     write = StateWrite(EntryState("e", slot, slot, "x"), None)
-    message = Outgoing("e", "e@1", "celery", 9, "{}", "celery")
+    message = Outgoing("e", "e@1", CeleryQueue("celery", 9), "{}")
     stale = Lease("a", "other-token", lease.epoch)
     with pytest.raises(LeaseLost):
         backend.commit(stale, [write], [message])

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beatd.config.model import Entry, MissedPolicy
-from beatd.core import Decision, EntryState, MissReason, Planner, RemovedEntries
+from beatd.core import Decision, MissReason, Planner, RemovedEntries
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
+from beatd.state import EntryState
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

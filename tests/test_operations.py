@@ -32,7 +32,7 @@ import yaml
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from beatd.backends.base import Outgoing
+from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.message import RunMessage
@@ -351,7 +351,7 @@ def message(task: str, id: str, *args: object, queue: str = "default") -> Outgoi
     now = datetime.now(UTC)
     entry = id.split("@")[0]
     body = RunMessage(id, task, entry, now, now, queue, args=args).to_json()
-    return Outgoing(entry, id, queue, None, body)
+    return Outgoing(entry, id, BeatdQueue(queue), body)
 
 
 T = "tests.worker_tasks."

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from beatd.backends.base import Outgoing
+from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.redis import SCRIPTS, RedisBackend
 from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
@@ -288,11 +288,11 @@ def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caug
         "w": (1, 1),
     }
     # each noticed within its longest sleep plus one bounded call: a timeout, not a hang (an
-    # idle worker waits on its subscription, which a frozen server leaves silent, and claims
-    # again at the latest after its visibility timeout)
+    # idle worker waits on its subscription, and PINGs on it once it was silent for a block
+    # period of 1.5 s: a frozen server leaves the PING unanswered)
     url = re.escape(cluster.server.url)
     pattern = rf"backend {url} {DOWN}: {url}: \w+: TimeoutError: {re.escape(timeout)}"
-    for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 5.0, 2.0)):
+    for daemon, longest_sleep, op_timeout in ((a, 1.0, TTL / 5), (b, 1.0, TTL / 5), (w, 1.5, 2.0)):
         noticed_at, line = daemon.first(DOWN)
         assert re.fullmatch(pattern, line), line
         assert noticed_at - paused_at <= longest_sleep + op_timeout + 0.5, daemon.name
@@ -419,7 +419,7 @@ def test_kill_9_of_a_worker_mid_task_another_claims_the_run_after_the_visibility
         args=(str(out), 0.5),
     )
     backend = RedisBackend(cluster.server.url)
-    backend.enqueue([Outgoing("long", "long@1", "default", None, message.to_json())])
+    backend.enqueue([Outgoing("long", "long@1", BeatdQueue("default"), message.to_json())])
     wait_for(lambda: events(out), what="the task to start")
     first.signal(signal.SIGKILL)
     assert first.popen.wait() == -signal.SIGKILL
@@ -543,7 +543,9 @@ def test_an_idle_worker_sends_one_command_per_block_period_and_starts_a_run_with
     out = cluster.dir / "out"
     w = cluster.worker("w", "-c", "1")  # op timeout 2 s: a block period of 1.5 s at most
     backend = RedisBackend(cluster.server.url)
-    backend.enqueue([Outgoing("warm", "warm@1", "default", None, run_body("warm@1", out).decode())])
+    backend.enqueue(
+        [Outgoing("warm", "warm@1", BeatdQueue("default"), run_body("warm@1", out).decode())]
+    )
     wait_for(lambda: events(out), what="the first run")
     cluster.admin.config_resetstat()
     idle_since = time.monotonic()
@@ -555,7 +557,7 @@ def test_an_idle_worker_sends_one_command_per_block_period_and_starts_a_run_with
     for n in range(3):
         run = f"late@{n}"
         queued_at = time.time()
-        backend.enqueue([Outgoing("late", run, "default", None, run_body(run, out).decode())])
+        backend.enqueue([Outgoing("late", run, BeatdQueue("default"), run_body(run, out).decode())])
         started = wait_for(lambda run=run: [e for e in events(out) if e[1] == run], what=run)
         latencies.append(float(started[0][5]) - queued_at)
         time.sleep(1.2)  # idle again, past the longest poll interval a polling worker would use

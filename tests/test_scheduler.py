@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import StateWrite
+from beatd.backends.base import StateWrite, to_micros
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
-from beatd.core import EntryState
-from beatd.errors import LeaseLost, Problem, TransientBackendError
+from beatd.errors import LeaseLost, NotApplied, Problem, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import CronSchedule, IntervalSchedule
+from beatd.state import EntryState
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -604,3 +604,37 @@ def test_a_failed_resync_read_loses_no_entry_and_no_count(tmp_path: Path, clock:
     runs = Counter(m["entry"] for m in published(backend))
     assert runs["e0000"] == 4 and runs["e0003"] == 4
     assert beat.counts.total("published") == sum(runs.values())
+
+
+class RefusesOneCommit(SQLiteBackend):
+    """SQLite whose first commit of runs is refused before writing (NotApplied), while another
+    writer (a deposed leader's late commit) moves its first entry to the very state that commit
+    would have written."""
+
+    refused = False
+
+    def send_commit(self, lease, writes, messages):  # type: ignore[no-untyped-def]
+        if self.refused or not messages:
+            return super().send_commit(lease, writes, messages)
+        self.refused = True
+        moved = writes[0].state
+        self._connection().execute(
+            "UPDATE entry_state SET last_slot_us = ?, last_published_us = ? WHERE entry = ?",
+            (to_micros(moved.last_slot), to_micros(moved.last_published), moved.entry),
+        )
+
+        def wait() -> set[str]:
+            raise NotApplied("injected: refused before writing")
+
+        return wait
+
+
+def test_runs_of_a_commit_known_not_applied_are_never_counted_as_published(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    backend = RefusesOneCommit(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, config(every("a", 60), every("b", 60), every("c", 60)))
+    run_for(beat, 65)  # past the first slot, with time to retry
+    # the refused commit held nothing in doubt, so the entry another writer moved is not ours
+    assert sorted(m["entry"] for m in published(backend)) == ["b", "c"]
+    assert beat.counts.total("published") == 2

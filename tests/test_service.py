@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from beatd.backends.base import Outgoing
+from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
@@ -108,7 +108,7 @@ def test_the_worker_outcome_is_fields_of_the_json_object(tmp_path: Path) -> None
             queue="default",
             args=(str(tmp_path / "out"), 2, 3),
         )
-        backend.enqueue([Outgoing("sum", "sum@1", "default", None, message.to_json())])
+        backend.enqueue([Outgoing("sum", "sum@1", BeatdQueue("default"), message.to_json())])
         wait_for(lambda: "outcome=" in log.read_text(), what="the run's outcome line")
     finally:
         backend.close()

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from beatd.backends import Backend, open_backend
-from beatd.backends.base import Outgoing, StateWrite
+from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.cli import main
 from beatd.config import load_config
-from beatd.core import EntryState
 from beatd.errors import TransientBackendError
+from beatd.state import EntryState
 from tests.redis_server import RedisServer, free_port
 
 SCHEDULES = """\
@@ -60,10 +60,12 @@ def arrange(backend: Backend, schedules: Path, now: datetime) -> None:
         StateWrite(EntryState("stalled", stalled, stalled, entries["stalled"].identity), None),
     ]
     messages = [
-        Outgoing("tick", f"tick@{i}", "default", None, json.dumps({"task": "t.tick"}))
+        Outgoing("tick", f"tick@{i}", BeatdQueue("default"), json.dumps({"task": "t.tick"}))
         for i in range(3)
     ]
-    messages.append(Outgoing("stalled", "stalled@1", "reports", None, '{"task": "t.stalled"}'))
+    messages.append(
+        Outgoing("stalled", "stalled@1", BeatdQueue("reports"), '{"task": "t.stalled"}')
+    )
     assert backend.commit(lease, writes, messages) == set()
     delivery = backend.claim(["reports"], "test", 30)
     assert delivery is not None
@@ -195,7 +197,7 @@ def test_status_and_dead_list_open_the_database_read_only(tmp_path: Path) -> Non
         assert result.exit_code == 0, result.output
     looking = open_backend(f"sqlite:///{db}", read_only=True)
     with pytest.raises(TransientBackendError) as caught:
-        looking.enqueue([Outgoing("e", "e@1", "default", None, "{}")])
+        looking.enqueue([Outgoing("e", "e@1", BeatdQueue("default"), "{}")])
     assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
     assert caught.value.__cause__.sqlite_errorname == "SQLITE_READONLY"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from beatd.backends.base import Delivery, Outgoing
+from beatd.backends.base import BeatdQueue, Delivery, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.errors import TransientBackendError
@@ -58,7 +58,7 @@ def publish(
         args=args,
         expires_at=expires_at,
     )
-    backend.enqueue([Outgoing(entry, id, "default", None, message.to_json())])
+    backend.enqueue([Outgoing(entry, id, BeatdQueue("default"), message.to_json())])
 
 
 def claim_all(backend: SQLiteBackend) -> list[Delivery]:

@@ -1,11 +1,22 @@
-"""The one interface every backend implements: leader lease, run state, queues.
+"""What a backend is, by role: the leader lease, the run state, the work queues, their
+administration. Each role is a small protocol whose docstrings are the contract; `Backend` is
+the composition that SQLite and Redis offer. A caller asks for the role it uses (the worker a
+`WorkQueue`, `beatd migrate` a `StateStore` and a `QueueAdmin`), so a backend that offers some
+roles only can serve the callers that need no more. Every backend passes the same contract tests
+(`tests/backends/contract.py`).
 
-The scheduler core never sees a backend; the loop in `beatd.scheduler` and the worker do. Every
-backend passes the same contract tests (`tests/backends/contract.py`).
+Errors (beatd.errors), for every method of every role:
+- `NotApplied` (a `TransientBackendError`): unreachable or busy, and nothing was written; try
+  again.
+- `OutcomeUnknown` (a `TransientBackendError`): the request was sent and its reply lost (a
+  timeout, a connection lost while waiting): a write may have been applied. Try again only with
+  writes that are safe to repeat; the scheduler holds such a commit's runs in doubt.
+- `LeaseLost`: you are not the leader; nothing was written.
+- `BackendError` (any other): permanent, retrying will not help.
+- `StorageFailed`: the storage itself is gone or damaged: the daemon stops (`exit_status`).
 
-Errors: `TransientBackendError` means "unreachable or busy, nothing was written, try again";
-`LeaseLost` means "you are not the leader, nothing was written"; `BackendError` is permanent;
-`StorageFailed` means the storage itself is gone or damaged: the daemon stops (`exit_status`).
+Messages go to typed destinations (`BeatdQueue`, `CeleryQueue`); a backend says which it
+accepts (`StateStore.accepts`), so nothing outside a backend asks which backend it is.
 """
 
 from __future__ import annotations
@@ -16,8 +27,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from beatd.core import EntryState
 from beatd.errors import BackendError
+from beatd.state import EntryState
 
 
 def to_micros(moment: datetime) -> int:
@@ -51,6 +62,23 @@ class StorageReplaced(StorageFailed):
     replaced): others may be leading in the new one. systemd restarts the daemon on it."""
 
 
+class FormatTooNew(StorageFailed):
+    """The storage holds beatd's persisted state in a newer format than this beatd knows: a
+    newer beatd upgraded it. This one must neither lead nor write there: exit status 2."""
+
+    exit_status = 2
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{where} holds beatd's persisted state in format {found}, but this beatd knows "
+            f"formats up to {known} only: a newer beatd upgraded it, and an older one must "
+            "neither lead nor write there. Upgrade beatd on this host to the version the others "
+            "run (docs/design.md, Persisted-state format)"
+        )
+        self.found = found
+        self.known = known
+
+
 class StorageCorrupt(StorageFailed):
     """The storage holds damaged data (a malformed SQLite page). Restarting would only fail
     again, so the status is one the units do not restart on (RestartPreventExitStatus=)."""
@@ -82,19 +110,52 @@ class StateWrite(NamedTuple):  # made per entry and run published, so cheap tupl
     expected: datetime | None  # None: the entry has no persisted state yet
 
 
-class Outgoing(NamedTuple):
-    """One message to enqueue together with its entry's state write.
+@dataclass(frozen=True, slots=True)
+class BeatdQueue:
+    """beatd's own queue `queue`: a run message (beatd.message) for beatd's worker, handed out
+    highest `priority` first (7-9 high, 4-6 or unset normal, 0-3 low)."""
 
-    `protocol` says how `body` is encoded and where it goes: `beatd` (a run message for beatd's
-    worker) or `celery` (a kombu envelope for Celery's workers; Redis only, `commit` only).
-    """
+    queue: str
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CeleryQueue:
+    """Celery's queue `queue`: a kombu envelope (beatd.celery_protocol) laid out as kombu's
+    transport stores it, for Celery's workers; `priority` picks kombu's priority list."""
+
+    queue: str
+    priority: int | None = None
+
+
+# Every kind of destination; a new one (an AMQP exchange) is added here and accepted by the
+# backends that can write it (docs/design.md, "Adding a backend or a destination").
+Destination = BeatdQueue | CeleryQueue
+# What an entry's `protocol` (beatd.config) names.
+DESTINATION_OF_PROTOCOL: dict[str, type[Destination]] = {"beatd": BeatdQueue, "celery": CeleryQueue}
+# What a destination needs of the broker, and how to get it, for the error that refuses it.
+NEEDS: dict[type[Destination], tuple[str, str]] = {
+    CeleryQueue: (
+        "a Redis broker (Redis transport only)",
+        "Point --broker at the Redis your Celery workers use (redis://HOST:PORT/DB)",
+    ),
+}
+
+
+def destination_kind(protocol: str | None) -> type[Destination]:
+    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own)."""
+    return DESTINATION_OF_PROTOCOL[protocol or "beatd"]
+
+
+class Outgoing(NamedTuple):
+    """One message to enqueue together with its entry's state write: `body` is encoded as its
+    `destination` expects (a run message for a `BeatdQueue`, a kombu envelope for a
+    `CeleryQueue`)."""
 
     entry: str
     id: str
-    queue: str
-    priority: int | None
+    destination: Destination
     body: str
-    protocol: str = "beatd"
 
 
 def utf8_fault(value: bytes, name: str) -> str:
@@ -167,25 +228,37 @@ class WaitsForWork(Protocol):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """Block until a message may be ready on `queues` (True: claim now) or up to `timeout`
-        seconds (False); raises TransientBackendError when the backend cannot be reached. Call
-        it from one thread only; it may return True spuriously, never sleep past a ready run."""
+        seconds (False); raises TransientBackendError when the backend cannot be reached. A
+        server that stops answering while the caller waits is noticed within about `timeout`
+        plus the operation timeout: True, and the next `claim` raises NotApplied at once with
+        what the wait met, so the caller reports the outage without a second wait. Call it from
+        one thread only; it may return True spuriously, never sleep past a ready run."""
 
 
-class Backend(Protocol):
+class Reachable(Protocol):
+    """What every role offers: where it is, whether it answers, how it is set up."""
+
     url: str  # for logs: never includes a password
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let go of connections and files; idempotent."""
 
     def ping(self) -> None:
-        """Raise TransientBackendError when the backend cannot be reached."""
-
-    def server_time(self) -> float:
-        """The backend's clock as Unix time, which every node's clock is checked against."""
+        """Return when the backend answers; NotApplied or OutcomeUnknown when it cannot be
+        reached."""
 
     def persistence_warnings(self) -> list[str]:
         """Settings of the backend under which beatd's guarantees cannot hold, explained."""
 
-    # --- leadership -----------------------------------------------------------------------
+
+class LeaseStore(Reachable, Protocol):
+    """The leader lease: one holder at a time, proven by a token, fenced by a rising epoch.
+
+    Every method is one atomic step on the backend, checked against the backend's own clock.
+    """
+
+    def server_time(self) -> float:
+        """The backend's clock as Unix time, which every node's clock is checked against."""
 
     def acquire_lease(
         self,
@@ -200,30 +273,44 @@ class Backend(Protocol):
         max(last epoch, min_epoch) + 1, so an epoch never goes backwards even when the backend
         lost its data. If `held` is the lease still held (same token and epoch), renew it and
         record `config_hash`, returning `held` unchanged. Held by any other token, even one
-        taken under the same node name, returns None."""
+        taken under the same node name, returns None.
+
+        Not idempotent on a fresh take: after OutcomeUnknown the lease may be taken under a
+        token the caller never saw, and is free again only when its TTL runs out."""
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
-        """Extend the lease by `ttl` only if `lease` still holds it; False when lost."""
+        """Extend the lease by `ttl` only if `lease` still holds it; False when lost.
+        Idempotent: renewing twice only moves the expiry again."""
 
     def release_lease(self, lease: Lease) -> None:
-        """Give the lease up at once (clean shutdown) if still held; a no-op otherwise."""
+        """Give the lease up at once (clean shutdown) if still held; a no-op otherwise, so
+        idempotent."""
 
     def leader(self) -> LeaderInfo | None:
-        """Who holds the lease now, if anyone."""
+        """Who holds the lease now, if anyone (a read)."""
 
-    # --- run state ------------------------------------------------------------------------
+
+class StateStore(Reachable, Protocol):
+    """Every entry's persisted state, advanced only by the lease holder, by compare-and-set on
+    the horizon, atomically with the messages of the runs it publishes."""
+
+    def accepts(self, kind: type[Destination]) -> bool:
+        """Whether `commit` can write messages to destinations of `kind`."""
 
     def load_states(self) -> dict[str, EntryState]:
-        """Every entry's persisted state."""
+        """Every entry's persisted state (a read)."""
 
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        """Apply state writes and enqueue their messages, atomically with the lease check.
+        """Apply state writes and enqueue their messages, atomically with the lease check: all
+        of it or nothing.
 
-        Raises LeaseLost (nothing written) when `lease` no longer holds. A write whose entry's
-        persisted horizon differs from `expected` is skipped with its messages; the names of
-        such entries are returned so the caller can resync them.
+        Raises LeaseLost (nothing written) when `lease` no longer holds, BackendError for a
+        message whose destination the backend does not accept (nothing written). A write whose
+        entry's persisted horizon differs from `expected` is skipped with its messages; the
+        names of such entries are returned so the caller can resync them. So repeating a commit
+        whose outcome was unknown publishes nothing twice: its writes find the horizon moved.
         """
 
     def send_commit(
@@ -234,12 +321,21 @@ class Backend(Protocol):
         the work at once and raise here. Wait for one before sending the next."""
 
     def forget(self, lease: Lease, entries: Sequence[str]) -> None:
-        """Drop the state of entries removed from the configuration."""
+        """Drop the state of entries removed from the configuration, under the lease
+        (LeaseLost otherwise). Idempotent."""
 
-    # --- queues ---------------------------------------------------------------------------
+
+class WorkQueue(Reachable, Protocol):
+    """beatd's own queues (`BeatdQueue`): runs claimed by workers for a visibility period,
+    then acknowledged, retried, dead-lettered or, when the claim lapses, delivered again.
+
+    The settling methods (extend, ack, release, retry, dead_letter) act only while the
+    delivery's claim still holds, and do nothing once it was lost to another worker: each is
+    idempotent, so one repeated after OutcomeUnknown is harmless."""
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
-        """Add messages outside any lease (worker retries, dead-letter requeues)."""
+        """Add messages to their `BeatdQueue`s outside any lease (worker retries, dead-letter
+        requeues). Not idempotent: a repeat after OutcomeUnknown may add a message twice."""
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         """Hand out the next ready message (highest priority first, then oldest).
@@ -247,7 +343,9 @@ class Backend(Protocol):
         The claim lasts `visibility` seconds unless extended; when it lapses the message is
         delivered again. Returns None when nothing is ready. A stored message that cannot be
         read (bytes that are not UTF-8, a missing field) is handed out all the same, with
-        `unreadable` saying why, never raised as an error: the caller dead-letters it.
+        `unreadable` saying why, never raised as an error: the caller dead-letters it. After
+        OutcomeUnknown a message may have been claimed unseen: it is delivered again when its
+        claim lapses.
         """
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
@@ -265,15 +363,25 @@ class Backend(Protocol):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the claimed message to the dead-letter queue with a reason."""
 
-    def dead_letters(self) -> list[DeadLetter]: ...
+
+class QueueAdmin(Reachable, Protocol):
+    """What operators and `beatd migrate` do to the queues: look, and move dead letters."""
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first (a read)."""
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters as they are (used when migrating between backends), keyed by run
         id: a letter whose id is already a dead letter here is skipped, so copying twice adds
-        nothing. How many were added."""
+        nothing (idempotent). How many were added."""
 
     def requeue_dead(self, message_id: str | None) -> int:
-        """Move one dead letter (or all, for None) back to its queue; how many moved."""
+        """Move one dead letter (or all, for None) back to its queue; how many moved. A dead
+        letter moves once: repeating finds it gone."""
 
     def queue_depths(self) -> dict[str, int]:
-        """Messages waiting or in flight per queue."""
+        """Messages waiting or in flight per queue (a read)."""
+
+
+class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, Protocol):
+    """A backend that offers every role: what `open_backend` returns (SQLite, Redis)."""

@@ -11,7 +11,16 @@ import hashlib
 
 GROUP = "workers"
 LEASE_LOST = "LEASELOST"
-FORMAT = "1"  # the value of the format marker key: the layout of beatd's keys
+FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer format
+
+# The persisted-state format is the value of the format key (`beatd:format`), which also marks
+# that beatd's data is there (beatd.dataloss). Format 1 is the layout of beatd before format
+# versions, which already wrote "1". MIGRATIONS[n] is Lua that upgrades format n + 1 to n + 2,
+# run by ACQUIRE under the lease it takes, atomically with setting the new format; `NS` is the
+# key prefix ("beatd:"). A later change of the keys appends one (docs/design.md).
+MIGRATIONS: tuple[str, ...] = ("-- format 1 to 2: the same keys; only the version is new",)
+FORMAT_VERSION = 1 + len(MIGRATIONS)
+FORMAT = str(FORMAT_VERSION)  # the value of the format key
 
 PRELUDE = f"""
 local G = '{GROUP}'
@@ -50,10 +59,16 @@ end
 """
 
 # KEYS lease, epoch, format; ARGV node, token, ttl_ms, config, held token ('' for none), held
-# epoch, min epoch -> {token, epoch} or nil. A held lease is renewed only for its own token and
-# epoch, whatever node name asks; a fresh take gets epoch max(last, min epoch) + 1 and (re)writes
-# the format marker
-ACQUIRE = """
+# epoch, min epoch, key prefix -> {token, epoch, format found} or nil, or the error FORMATNEWER
+# <format> when the data is in a newer format than this beatd knows. A held lease is renewed only
+# for its own token and epoch, whatever node name asks; a fresh take gets epoch
+# max(last, min epoch) + 1, upgrades an older format (MIGRATIONS) and (re)writes the format key
+ACQUIRE = (
+    """
+local found = tonumber(redis.call('GET', KEYS[3]) or FORMAT) or 0
+if found > tonumber(FORMAT) then return redis.error_reply('"""
+    + FORMAT_NEWER
+    + """ ' .. found) end
 local held = redis.call('HMGET', KEYS[1], 'token', 'epoch')
 if held[1] then
   if held[1] ~= ARGV[5] or held[2] ~= ARGV[6] then return false end
@@ -61,14 +76,21 @@ if held[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {held[1], held[2]}
 end
+local NS = ARGV[8]
+"""
+    + "\n".join(
+        f"if found < {n + 2} then\n{migration}\nend" for n, migration in enumerate(MIGRATIONS)
+    )
+    + """
 local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
 redis.call('SET', KEYS[2], epoch)
 redis.call('SET', KEYS[3], FORMAT)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {ARGV[2], epoch}
+return {ARGV[2], epoch, found}
 """
+)
 
 # KEYS lease; ARGV token, epoch, ttl_ms -> 1 extended, 0 not held
 RENEW = """

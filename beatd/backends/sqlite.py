@@ -4,268 +4,56 @@ WAL mode lets several processes on one host share the file: every write is one s
 `BEGIN IMMEDIATE` transaction, and the lease check happens inside the same transaction as the
 writes it guards, so a paused or deposed leader cannot write. Times are the host's wall clock,
 which all processes sharing the file agree on.
+
+The backend is its parts, one per role, sharing one file (`SQLiteFile`, sqlite_file.py, which
+also maps SQLite's errors to NotApplied and OutcomeUnknown).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager, suppress
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TypeVar
-from urllib.parse import quote
 
 from beatd.backends.base import (
+    NEEDS,
+    BeatdQueue,
     DeadLetter,
     Delivery,
+    Destination,
     LeaderInfo,
     Lease,
     Outgoing,
     StateWrite,
-    StorageCorrupt,
-    StorageReplaced,
     from_micros,
-    to_micros,
     unseen,
     utf8_fault,
 )
-from beatd.core import EntryState
-from beatd.errors import BackendError, LeaseLost, TransientBackendError
+from beatd.backends.sqlite_file import (
+    _AS_BYTES,
+    DEFAULT_PRIORITY,
+    FORMAT_VERSION,
+    LARGE_CATCH_UP,
+    LEASE,
+    SCHEMA,
+    SQLiteFile,
+    _priority,
+    _text,
+    _us,
+    upgrade,
+)
+from beatd.errors import BackendError
+from beatd.state import EntryState
+
+__all__ = ["SCHEMA", "SQLiteBackend"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS lease (
-    name TEXT PRIMARY KEY,
-    node TEXT NOT NULL,
-    token TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    expires_at REAL NOT NULL,
-    config_hash TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS epoch (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS entry_state (
-    entry TEXT PRIMARY KEY,
-    last_slot_us INTEGER NOT NULL,
-    last_published_us INTEGER,
-    identity TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS message (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    ready_at REAL NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
-);
-CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
-CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    failed_at REAL NOT NULL,
-    deliveries INTEGER NOT NULL
-);
-"""
-LEASE = "scheduler"
-DEFAULT_PRIORITY = 5
-# Runs committed after which the leader truncates the WAL at its next lease renewal: about 0.5 MB
-# of WAL (tests/backends/test_sqlite.py measures it).
-LARGE_CATCH_UP = 1000
-SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
-# Lease and publishing writes check the file at every call; a worker's (claims, acks) at most
-# this often (seconds): a stat per claim would cost about a tenth of it.
-FILE_CHECK_INTERVAL = 0.5
-T = TypeVar("T")
 
-
-def _us(moment: datetime | None) -> int | None:
-    return None if moment is None else to_micros(moment)
-
-
-class SQLiteBackend:
-    """`read_only`: for commands that only look (status, dead list, a migration's source):
-    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        wall_clock: Callable[[], float] = time.time,
-        read_only: bool = False,
-        create: bool = True,
-    ) -> None:
-        self.path = Path(path)
-        self.url = f"sqlite:///{self.path}"
-        self.read_only = read_only
-        self._now = wall_clock
-        self._local = threading.local()  # a connection per thread
-        self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
-        self._check_at = 0.0  # monotonic: when a queue's write checks the file next
-        self._published_since_truncate = 0  # runs committed since the WAL was last truncated
-        if (read_only or not create) and not self.path.is_file():
-            raise BackendError(
-                f"no database at {self.path}: check the path (`beatd run` creates it)"
-            )
-        if read_only:
-            self._connection()
-        else:
-            self._run(lambda db: db.executescript(SCHEMA), write=False)
-
-    # --- connections and transactions ----------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = self._open_read_only() if self.read_only else self._open()
-                opened = os.stat(self.path)
-            except sqlite3.DatabaseError as exc:
-                if _primary(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
-                    raise self._failure(exc) from exc
-                raise BackendError(f"cannot open {self.path}: {exc}") from exc
-            except (sqlite3.Error, OSError) as exc:
-                raise BackendError(f"cannot open {self.path}: {exc}") from exc
-            if self._opened is None:
-                self._opened = (opened.st_dev, opened.st_ino)
-            elif (opened.st_dev, opened.st_ino) != self._opened:  # opened again, or a thread's
-                db.close()
-                raise self._replaced()
-            self._local.db = db
-        return db
-
-    def _open(self) -> sqlite3.Connection:
-        if not self.path.parent.is_dir():
-            raise BackendError(
-                f"cannot create the database {self.path}: there is no directory "
-                f"{self.path.parent}; create it, or correct the path"
-            )
-        with suppress(FileExistsError):  # created 0600: run state is nobody else's business
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")  # SQLite gives -wal and -shm the file's mode
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        uri = f"file:{quote(str(self.path))}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
-    def _check_file(self) -> None:
-        """Refuse to write to a file that is no longer the one at our path: a process that
-        went on would lead or work apart from every process that opened the path since."""
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            raise self._replaced() from None
-        except OSError as exc:
-            raise TransientBackendError(f"cannot check {self.path}: {exc}") from exc
-        if (now.st_dev, now.st_ino) != self._opened:
-            raise self._replaced()
-
-    def _replaced(self) -> StorageReplaced:
-        device, inode = self._opened or (0, 0)
-        return StorageReplaced(
-            f"{self.path} is not the database file this process opened (device {device} "
-            f"inode {inode}): it was deleted or replaced; a process still using it would "
-            "lead or work apart from every process using the file at that path now. Restart "
-            "beatd (systemd does) to use the file there now"
-        )
-
-    @contextmanager
-    def _transaction(self, lease: bool) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        now = time.monotonic()
-        if lease or now >= self._check_at:  # a queue's writes: at most every FILE_CHECK_INTERVAL
-            self._check_file()
-            self._check_at = now + FILE_CHECK_INTERVAL
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if (
-                db.in_transaction
-            ):  # SQLite ends it itself on a full disk or corruption: keep that error
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def _run(
-        self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
-    ) -> T:
-        """Run `work` in a transaction, turning SQLite's errors into backend errors. `lease`:
-        a write of the lease or under it, always made to the file at the path (`_check_file`)."""
-        try:
-            if not write:
-                return work(self._connection())
-            with self._transaction(lease) as db:
-                return work(db)
-        except sqlite3.DatabaseError as exc:
-            raise self._failure(exc) from exc
-
-    def _failure(self, exc: sqlite3.DatabaseError) -> BackendError:
-        code = _primary(exc)
-        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
-            return StorageCorrupt(
-                f"{self.path} is damaged: PRAGMA quick_check found: {self._quick_check()}. "
-                "Retrying cannot repair it: restore the file from a backup, or copy what is "
-                "readable to a new file (see docs/deployment.md, When storage fails)"
-            )
-        if code == SQLITE_READONLY:
-            # Opened while the file could not be written (its mode, a read-only mount): the
-            # connection stays read-only even once that is fixed, so open it again next time.
-            self.close()
-            return TransientBackendError(
-                f"{self.path}: {exc}; opening it again at the next attempt"
-            )
-        if isinstance(exc, sqlite3.OperationalError):
-            # full disk, file-size limit, locked database: all may pass
-            return TransientBackendError(f"{self.path}: {exc}")
-        return BackendError(f"{self.path}: {exc}")
-
-    def _quick_check(self) -> str:
-        """What SQLite's own check finds, on one line and cut to what a log line can hold."""
-        try:
-            uri = f"file:{quote(str(self.path))}?mode=ro"
-            with closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
-                rows = db.execute("PRAGMA quick_check(20)").fetchall()
-        except sqlite3.Error as exc:
-            return f"nothing, it could not run ({exc})"
-        lines = [line for (row,) in rows for line in str(row).splitlines()]
-        text = "; ".join(lines)
-        return text if len(text) <= 1000 else text[:1000] + " [cut]"
-
-    def ping(self) -> None:
-        self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
-
-    def server_time(self) -> float:
-        return self._now()  # every process sharing the file shares this host's clock
-
-    def persistence_warnings(self) -> list[str]:
-        return []
-
-    # --- leadership -----------------------------------------------------------------------
+class SQLiteLeaseStore(SQLiteFile):
+    """The lease row and the fencing epoch, each change one transaction."""
 
     def acquire_lease(
         self,
@@ -276,16 +64,18 @@ class SQLiteBackend:
         held: Lease | None = None,
         min_epoch: int = 0,
     ) -> Lease | None:
-        def work(db: sqlite3.Connection) -> Lease | None:
+        def work(db: sqlite3.Connection) -> tuple[Lease | None, int]:
             now = self._now()
             row = db.execute(
                 "SELECT token, epoch, expires_at FROM lease WHERE name = ?", (LEASE,)
             ).fetchone()
+            found = FORMAT_VERSION
             if row is not None and row[2] > now:
                 if held is None or (row[0], row[1]) != (held.token, held.epoch):
-                    return None  # held by another token, whatever node name it runs under
+                    return None, found  # held by another token, whatever node name it runs under
                 lease = held
             else:
+                found = upgrade(db, self.path)  # committed with the take, or not at all
                 last = db.execute("SELECT value FROM epoch WHERE name = ?", (LEASE,)).fetchone()
                 epoch = max(last[0] if last else 0, min_epoch) + 1
                 db.execute(
@@ -297,9 +87,17 @@ class SQLiteBackend:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (LEASE, lease.node, lease.token, lease.epoch, now + ttl, config_hash),
             )
-            return lease
+            return lease, found
 
-        return self._run(work, lease=True)
+        lease, found = self._run(work, lease=True)
+        if found < FORMAT_VERSION:
+            log.info(
+                "upgraded the persisted state of %s from format %d to %d",
+                self.path,
+                found,
+                FORMAT_VERSION,
+            )
+        return lease
 
     def renew_lease(self, lease: Lease, ttl: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -348,15 +146,12 @@ class SQLiteBackend:
 
         return self._run(work, write=False)
 
-    def _check_lease(self, db: sqlite3.Connection, lease: Lease) -> None:
-        row = db.execute(
-            "SELECT 1 FROM lease WHERE name = ? AND token = ? AND epoch = ? AND expires_at > ?",
-            (LEASE, lease.token, lease.epoch, self._now()),
-        ).fetchone()
-        if row is None:
-            raise LeaseLost(f"lease epoch {lease.epoch} of {lease.node} is no longer held")
 
-    # --- run state ------------------------------------------------------------------------
+class SQLiteStateStore(SQLiteFile):
+    """The entry_state table, advanced with the runs' messages in one fenced transaction."""
+
+    def accepts(self, kind: type[Destination]) -> bool:
+        return kind is BeatdQueue
 
     def load_states(self) -> dict[str, EntryState]:
         rows = self._run(
@@ -375,11 +170,13 @@ class SQLiteBackend:
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        celery = [m.entry for m in messages if m.protocol == "celery"]
-        if celery:
+        refused = [m for m in messages if type(m.destination) is not BeatdQueue]
+        if refused:
+            kind = type(refused[0].destination)
+            needs = NEEDS.get(kind, ("another broker", ""))[0]
             raise BackendError(
-                f"entry {celery[0]} uses protocol celery, which needs a Redis broker (Redis "
-                "transport only); SQLite stores beatd's own messages only"
+                f"entry {refused[0].entry} publishes to a {kind.__name__}, which needs {needs}; "
+                "SQLite stores beatd's own messages only"
             )
 
         def work(db: sqlite3.Connection) -> set[str]:
@@ -411,7 +208,7 @@ class SQLiteBackend:
             db.executemany(
                 "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (m.id, m.queue, _priority(m.priority), m.body, now)
+                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
                     for m in messages
                     if m.entry not in rejected
                 ],
@@ -435,14 +232,19 @@ class SQLiteBackend:
 
         self._run(work, lease=True)
 
-    # --- queues ---------------------------------------------------------------------------
+
+class SQLiteWorkQueue(SQLiteFile):
+    """The message table: claims by receipt, ready again when their visibility lapses."""
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         ready = self._now() + delay
         self._run(
             lambda db: db.executemany(
                 "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [(m.id, m.queue, _priority(m.priority), m.body, ready) for m in messages],
+                [
+                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, ready)
+                    for m in messages
+                ],
             )
         )
 
@@ -512,6 +314,10 @@ class SQLiteBackend:
 
         self._run(work)
 
+
+class SQLiteQueueAdmin(SQLiteFile):
+    """The dead_letter table and queue depths, for operators and `beatd migrate`."""
+
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._run(
             lambda db: db.execute(
@@ -573,19 +379,7 @@ class SQLiteBackend:
         return dict(rows)
 
 
-# Text as another program may have stored it: not UTF-8, or a BLOB. Read as bytes and decoded
-# with surrogateescape, so the worker sees what is wrong and dead-letters it (never an outage).
-_AS_BYTES = "CAST({} AS BLOB)"
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
-
-
-def _primary(exc: sqlite3.Error) -> int:
-    """SQLite's primary result code (an extended code carries it in its low byte)."""
-    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-
-
-def _priority(priority: int | None) -> int:
-    return DEFAULT_PRIORITY if priority is None else priority
+class SQLiteBackend(SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin):
+    """Every role, on one file (see the module doc). `read_only`: for commands that only look
+    (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or
+    `create=False`, a missing file is an error."""

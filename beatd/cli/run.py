@@ -15,8 +15,14 @@ from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from beatd.backends import Backend
-from beatd.backends.base import StorageFailed
-from beatd.backends.redis import RedisBackend, redact
+from beatd.backends.base import (
+    NEEDS,
+    Destination,
+    StateStore,
+    StorageFailed,
+    destination_kind,
+)
+from beatd.backends.redis import redact
 from beatd.cli.common import (
     celery_config,
     config_options,
@@ -36,6 +42,7 @@ from beatd.cli.workers import start_embedded_worker, worker_options
 from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
+from beatd.config.model import Entry
 from beatd.errors import BeatdError, ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
 from beatd.scheduler import Scheduler, SchedulerSettings
@@ -201,27 +208,31 @@ def celery_broker(broker: str) -> str:
     return url
 
 
-def check_transport(config: Config, backend: Backend) -> None:
-    """Celery's protocol is written to Redis only: refuse it on any other backend."""
-    if isinstance(backend, RedisBackend):
-        return
-    celery = [e for e in config.entries.values() if e.protocol == "celery"]
-    if celery:
-        first = min(celery, key=lambda e: e.name)
+def check_transport(config: Config, backend: StateStore) -> None:
+    """Refuse entries whose destination the backend cannot write (Celery's protocol needs
+    Redis): the first of them, with how many there are."""
+    refused: dict[type[Destination], list[Entry]] = {}
+    for entry in config.entries.values():
+        kind = destination_kind(entry.protocol)
+        if not backend.accepts(kind):
+            refused.setdefault(kind, []).append(entry)
+    problems = []
+    for kind, entries in refused.items():
+        first = min(entries, key=lambda e: e.name)
+        needs, fix = NEEDS[kind]
         path, _, line = first.source.rpartition(":")
-        raise ConfigError(
-            [
-                Problem(
-                    path or first.source,
-                    int(line) if line.isdigit() else 1,
-                    1,
-                    f"protocol celery needs a Redis broker (Redis transport only), but the "
-                    f"broker is {backend.url}; {len(celery)} entries use it. Point --broker at "
-                    "the Redis your Celery workers use (redis://HOST:PORT/DB)",
-                    first.name,
-                )
-            ]
+        problems.append(
+            Problem(
+                path or first.source,
+                int(line) if line.isdigit() else 1,
+                1,
+                f"protocol {first.protocol} needs {needs}, but the broker is {backend.url}; "
+                f"{len(entries)} entries use it. {fix}",
+                first.name,
+            )
         )
+    if problems:
+        raise ConfigError(problems)
 
 
 def warn_about_backend(backend: Backend) -> None:

@@ -39,9 +39,9 @@ from beatd.cli.common import (
     slot_text,
 )
 from beatd.config import Config
-from beatd.core import EntryState
 from beatd.errors import BeatdError
 from beatd.service import setup_logging
+from beatd.state import EntryState
 
 COUNTED = {
     "beatd_runs_due_total": "due",

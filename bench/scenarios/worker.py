@@ -122,7 +122,7 @@ def _percentile(values: list[float], p: int) -> float | None:
 
 
 def _beatd_queue_one(url: str) -> Callable[[int], None]:
-    from beatd.backends.base import Outgoing
+    from beatd.backends.base import BeatdQueue, Outgoing
     from beatd.message import RunMessage
 
     backend = open_backend(url)
@@ -137,7 +137,7 @@ def _beatd_queue_one(url: str) -> Callable[[int], None]:
             published_at=now,
             queue=QUEUE,
         )
-        backend.enqueue([Outgoing("latency", message.id, QUEUE, None, message.to_json())])
+        backend.enqueue([Outgoing("latency", message.id, BeatdQueue(QUEUE), message.to_json())])
 
     return queue_one
 
@@ -268,12 +268,12 @@ def _messages(count: int, queue: str):
 
 
 def _fill(url: str, count: int) -> None:
-    from beatd.backends.base import Outgoing
+    from beatd.backends.base import BeatdQueue, Outgoing
 
     backend = open_backend(url)
     batch = []
     for message in _messages(count, QUEUE):
-        batch.append(Outgoing(message.entry, message.id, QUEUE, None, message.to_json()))
+        batch.append(Outgoing(message.entry, message.id, BeatdQueue(QUEUE), message.to_json()))
         if len(batch) == BATCH:
             backend.enqueue(batch)
             batch = []

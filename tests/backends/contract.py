@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, Lease, Outgoing, StateWrite
-from beatd.core import EntryState
-from beatd.errors import LeaseLost
+from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
+from beatd.errors import BackendError, LeaseLost
+from beatd.state import EntryState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -31,13 +31,29 @@ def message(
     entry: str, minute: int, queue: str = "default", priority: int | None = None
 ) -> Outgoing:
     run = f"{entry}@{(T0 + timedelta(minutes=minute)):%Y-%m-%dT%H:%M:%SZ}"
-    return Outgoing(entry, run, queue, priority, f'{{"id": "{run}"}}')
+    return Outgoing(entry, run, BeatdQueue(queue, priority), f'{{"id": "{run}"}}')
 
 
 class BackendContract:
     @pytest.fixture
     def unit(self) -> float:
         return 1.0
+
+    # --- destinations ---------------------------------------------------------------------
+
+    def test_a_destination_not_accepted_is_refused_with_nothing_written(
+        self, backend: Backend
+    ) -> None:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        assert backend.accepts(BeatdQueue)  # every backend holds beatd's own queues
+        for kind in (CeleryQueue,):
+            if backend.accepts(kind):
+                continue
+            refused = Outgoing("e", "e@1", kind("celery"), "{}")
+            with pytest.raises(BackendError):
+                backend.commit(lease, [StateWrite(state("e", 0), None)], [refused])
+            assert (backend.load_states(), backend.queue_depths()) == ({}, {})
 
     # --- leadership -----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import redis
 from beatd.backends import open_backend
 from beatd.backends.base import (
     Backend,
+    BeatdQueue,
     DeadLetter,
     Delivery,
     LeaderInfo,
@@ -32,7 +33,14 @@ from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
-from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
+from beatd.errors import (
+    BackendError,
+    BeatdError,
+    LeaseLost,
+    NotApplied,
+    OutcomeUnknown,
+    TransientBackendError,
+)
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
 from tests.backends.contract import BackendContract, message, state
@@ -548,6 +556,7 @@ def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: 
                 slow[name] = time.monotonic() - started
                 timeout = caught.value.__cause__  # redis-py words it anew in some releases
                 assert isinstance(timeout, redis.TimeoutError), name
+                assert isinstance(caught.value, OutcomeUnknown), name  # sent: may still run
                 assert str(caught.value) == (
                     f"{server.url}: {PAUSED_CALL_FAILS_IN[name]}: TimeoutError: {timeout}"
                 )
@@ -578,6 +587,70 @@ def test_every_call_to_a_paused_redis_fails_fast_then_all_works_again(tmp_path: 
         backend.close()
     finally:
         server.stop()
+
+
+def test_a_waiting_connection_notices_a_paused_redis_and_the_next_claim_says_so_at_once(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()
+    block_period, op_timeout = 0.3, 0.4
+    try:
+        backend = RedisBackend(server.url, op_timeout=op_timeout)
+        assert backend.wait_for_work(["default"], block_period)  # subscribed: claim once
+        assert backend.claim(["default"], "w", 30) is None
+        assert not backend.wait_for_work(["default"], block_period)  # idle, Redis answers
+        server.pause()
+        paused = time.monotonic()
+        try:
+            while time.monotonic() < paused + 5:  # idle calls, as a worker's waiting thread
+                if backend.wait_for_work(["default"], block_period):
+                    break
+            noticed = time.monotonic() - paused
+            with pytest.raises(NotApplied) as caught:
+                backend.claim(["default"], "w", 30)
+            said_in = time.monotonic() - paused - noticed
+        finally:
+            server.resume()
+        timeout = caught.value.__cause__
+        assert isinstance(timeout, redis.TimeoutError)
+        assert str(caught.value) == f"{server.url}: wait: TimeoutError: {timeout}"
+        # a PING after a little over a block period of silence, unanswered for the op timeout
+        assert noticed <= block_period * 7 / 6 + op_timeout + 0.3, noticed
+        assert said_in < 0.1, said_in  # the claim did not wait for Redis a second time
+        assert backend.claim(["default"], "w", 30) is None  # resumed: claims as before
+        backend.close()
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_refuses_the_connection_is_not_applied_and_says_why() -> None:
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", op_timeout=0.5)
+    with pytest.raises(NotApplied) as caught:
+        backend.acquire_lease("a", 10)
+    refused = caught.value.__cause__
+    assert isinstance(refused, redis.ConnectionError)
+    assert str(caught.value) == f"{backend.url}: acquire: ConnectionError: {refused}"
+    backend.close()
+
+
+def test_a_write_refused_for_memory_is_not_applied_and_writes_nothing(
+    server: RedisServer, admin: redis.Redis, backend: RedisBackend
+) -> None:
+    lease = backend.acquire_lease("a", 30)
+    assert lease is not None
+    before = snapshot(server)
+    admin.config_set("maxmemory", 1)  # below what Redis holds already: every write is refused
+    try:
+        for name, call in (
+            ("commit", lambda: backend.commit(lease, [StateWrite(state("e", 0), None)], [])),
+            ("enqueue", lambda: backend.enqueue([message("e", 1)])),
+        ):
+            with pytest.raises(NotApplied) as caught:
+                call()
+            assert str(caught.value) == f"{server.url}: {name}: {caught.value.__cause__}"
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert snapshot(server) == before
 
 
 def test_restart_with_aof_keeps_lease_epoch_state_queues_and_claims(tmp_path: Path) -> None:
@@ -792,7 +865,7 @@ def test_bodies_travel_unchanged_through_every_path(backend: RedisBackend) -> No
     body = '{"k": "é 🎉 \\"quoted\\" back\\\\slash /\\n\\u0001 ✓", "n": [1, null]}'
     lease = backend.acquire_lease("a", 30)
     assert lease is not None
-    outgoing = Outgoing("e", "e@1", "default", None, body)
+    outgoing = Outgoing("e", "e@1", BeatdQueue("default"), body)
     backend.commit(lease, [StateWrite(state("e", 1, 1), None)], [outgoing])
     first = backend.claim(["default"], "w", 30)
     assert first is not None and first.body == body
@@ -811,7 +884,9 @@ def test_commit_carries_any_json_body_unchanged(backend: RedisBackend) -> None:
     assert lease is not None
     bodies = ['{"note":"naïve \\"quoted\\" \\u001e"}', "{}", '{"emoji":"🕐","nl":"a\\nb"}']
     writes = [StateWrite(state(f"e{i}", 0), None) for i in range(3)]
-    outgoing = [Outgoing(f"e{i}", f"e{i}@1", "default", None, b) for i, b in enumerate(bodies)]
+    outgoing = [
+        Outgoing(f"e{i}", f"e{i}@1", BeatdQueue("default"), b) for i, b in enumerate(bodies)
+    ]
     assert backend.commit(lease, writes, outgoing) == set()
     claimed = [backend.claim(["default"], "w", 30) for _ in bodies]
     assert [d.body for d in claimed if d is not None] == bodies
@@ -824,7 +899,7 @@ def test_commit_refuses_a_body_that_is_not_json_text(backend: RedisBackend) -> N
         backend.commit(
             lease,
             [StateWrite(state("e", 0), None)],
-            [Outgoing("e", "e@1", "default", None, "raw\x1ebytes")],
+            [Outgoing("e", "e@1", BeatdQueue("default"), "raw\x1ebytes")],
         )
     assert str(caught.value) == "a message body holds U+001E: bodies are JSON, which never does"
     assert backend.load_states() == {} and backend.queue_depths() == {}
@@ -833,7 +908,7 @@ def test_commit_refuses_a_body_that_is_not_json_text(backend: RedisBackend) -> N
 def test_a_call_redis_py_cannot_encode_returns_its_connection(backend: RedisBackend) -> None:
     lease = backend.acquire_lease("a", 30)
     assert lease is not None
-    unencodable = Outgoing("e", "e@1", "default", None, '{"x":"\ud800"}')
+    unencodable = Outgoing("e", "e@1", BeatdQueue("default"), '{"x":"\ud800"}')
     for _ in range(3):
         with pytest.raises(UnicodeEncodeError):
             backend.commit(lease, [StateWrite(state("e", 0), None)], [unencodable])

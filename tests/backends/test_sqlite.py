@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import StateWrite, StorageReplaced
+from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
-from beatd.errors import BackendError, TransientBackendError
+from beatd.errors import BackendError, NotApplied
 from tests.backends.contract import BackendContract, message, state
 
 
@@ -61,8 +61,8 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages + 2}")
     big = [message("e", 1)] * 1
-    huge = big[0].__class__(big[0].entry, big[0].id, "default", None, "x" * 200_000)
-    with pytest.raises(TransientBackendError) as caught:
+    huge = big[0]._replace(body="x" * 200_000)
+    with pytest.raises(NotApplied) as caught:  # the transaction rolled back: nothing written
         backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
     full = caught.value.__cause__  # SQLite's words are its own: its error code says "full"
     assert isinstance(full, sqlite3.OperationalError) and full.sqlite_errorname == "SQLITE_FULL"
@@ -72,6 +72,19 @@ def test_full_database_is_a_transient_error_and_loses_nothing(backend: SQLiteBac
     db.execute("PRAGMA max_page_count = 1073741823")
     backend.commit(lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [huge])
     assert backend.load_states() == {"e": state("e", 1, 1)}
+
+
+def test_celery_messages_are_refused_by_name(backend: SQLiteBackend) -> None:
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    celery = Outgoing("e", "e@1", CeleryQueue("celery"), "{}")
+    with pytest.raises(BackendError) as caught:
+        backend.commit(lease, [StateWrite(state("e", 0), None)], [celery])
+    assert str(caught.value) == (
+        "entry e publishes to a CeleryQueue, which needs a Redis broker (Redis transport only); "
+        "SQLite stores beatd's own messages only"
+    )
+    assert not backend.accepts(CeleryQueue)
 
 
 def test_a_new_epoch_starts_above_min_epoch(backend: SQLiteBackend) -> None:

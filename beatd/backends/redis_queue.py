@@ -1,0 +1,319 @@
+"""Redis's work queues and their administration (beatd.backends.redis has the key layout).
+
+A claim's deadline lives in the stream's pending list: a claim made with visibility V sets the
+entry's delivery time back by RECLAIM_IDLE - V (XCLAIM ... IDLE), so `XAUTOCLAIM` with min-idle
+RECLAIM_IDLE takes over exactly the claims whose own visibility lapsed, whatever each claimant
+chose. The delivery count of the pending entry is the claim's generation: the receipt carries
+it, so a worker whose claim was taken over (the count moved on) can no longer ack or extend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import cast
+
+import redis
+from redis.client import PubSub
+
+from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
+from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
+from beatd.errors import BackendError, NotApplied, OutcomeUnknown
+
+# An idle waiting connection PINGs after hearing nothing for this many block periods: a little
+# over one, so an idle worker sends fewer than one command per block period.
+PING_AFTER_SILENCE = 7 / 6
+RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
+# UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
+_json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":")
+).encode
+
+
+class RedisWorkQueue(RedisLink):
+    """beatd's queues: a stream per queue and priority band, a zset of delayed retries."""
+
+    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
+        super().__init__(url, namespace=namespace, op_timeout=op_timeout)
+        self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
+        self._channels: list[str] = []
+        self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
+        self._heard_at = 0.0  # monotonic: the waiting connection last heard from Redis
+        self._unanswered: OutcomeUnknown | None = None  # what the waiting connection's PING met
+
+    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
+        if not messages:
+            return
+        keys = [self._key("queues")]
+        index: dict[str, int] = {}
+        queues = sorted({m.destination.queue for m in messages})
+        delay_ms = _ms(delay) if delay > 0 else 0
+        args: list[str | int] = [delay_ms, len(queues), *queues]
+        for m in messages:
+            queue, b = m.destination.queue, band(m.destination.priority)
+            key = self._key("delayed", queue) if delay_ms else self._stream(queue, b)
+            k = index.get(key)
+            if k is None:
+                keys.append(key)
+                k = index[key] = len(keys)
+            args += (k, m.id, _delayed_member(b, m.id, m.body) if delay_ms else m.body)
+        self._eval("enqueue", keys, args)
+
+    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        self._check_format("claim")
+        if self._unanswered is not None:  # the same server, just found frozen: no second wait
+            unanswered, self._unanswered = self._unanswered, None
+            raise NotApplied(str(unanswered)) from unanswered.__cause__
+        names = list(dict.fromkeys(queues))
+        if not names:
+            return None
+        n = len(names)
+        keys = [self._key("delayed", q) for q in names]
+        keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
+        keys.append(self._key("dead"))
+        args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
+        # the claim is made whatever the entry holds; what cannot be read is said in the
+        # delivery, so the worker dead-letters it (an exception here would leave it claimed)
+        reply = self._send("claim", keys, args, raw=True)()
+        if isinstance(reply, int):  # nothing ready: when the soonest delayed retry will be
+            self._delayed_at = None if reply < 0 else time.monotonic() + reply / 1000
+            return None
+        k, entry_id, raw_id, raw_body, deliveries, count = reply
+        b, i = divmod(k - 1 - n, n)
+        receipt = f"{b}/{entry_id.decode()}/{count}/{consumer}"
+        message_id, id_fault = _field_text(raw_id, "id")
+        body, body_fault = _field_text(raw_body, "body")
+        unreadable = id_fault or body_fault
+        return Delivery(message_id, names[i], body, int(deliveries), receipt, unreadable)
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a run is added to one of `queues` or a delayed retry is ready: True, claim
+        now; False after `timeout` (at most 3/4 of the operation timeout, so a hung Redis costs
+        no more than a call does). Every script that adds a run publishes on its stream's
+        channel, and this connection stays subscribed; once it has heard nothing for a little
+        over a block period it sends a PING, so a frozen or dead server is noticed within about
+        a block period plus the operation timeout. Then it returns True and the next `claim`
+        fails at once with what the PING met: the caller reports the outage now, not after
+        another operation timeout."""
+        channels = sorted({self._stream(q, b) for q in queues for b in range(len(BANDS))})
+        if self._pubsub is None or channels != self._channels:
+            self._stop_waiting()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._do("subscribe", lambda: pubsub.subscribe(*channels))
+            self._pubsub, self._channels = pubsub, channels
+            self._heard_at = time.monotonic()
+            return True  # whatever was added before the subscription: claim once
+        period = min(timeout, self.op_timeout * 0.75)
+        deadline = time.monotonic() + period
+        due = self._delayed_at
+        if due is not None:
+            deadline = min(deadline, due)
+        try:
+            if self._listen(self._pubsub, deadline, period * PING_AFTER_SILENCE):
+                return True
+        except BackendError:
+            self._stop_waiting()  # subscribe again on the next call
+            if self._unanswered is None:
+                raise
+            return True  # the claim says at once what the PING met
+        if due is not None and time.monotonic() >= due:
+            self._delayed_at = None
+            return True
+        return False
+
+    def _listen(self, pubsub: PubSub, deadline: float, silence: float) -> bool:
+        """Whether a run was published before `deadline`; PINGs after `silence` seconds of
+        hearing nothing, and reads until its PONG (OutcomeUnknown when none comes within the
+        operation timeout: the socket's)."""
+        while (now := time.monotonic()) < deadline:
+            ping_at = self._heard_at + silence
+            if now >= ping_at:
+                self._do("ping", pubsub.ping, unsent=True)
+                if self._read_until_pong(pubsub):
+                    return True
+                continue
+            wait = min(deadline, ping_at) - now
+            if self._do("wait", partial(pubsub.get_message, timeout=wait)) is not None:
+                self._heard_at = time.monotonic()
+                return True
+        return False
+
+    def _read_until_pong(self, pubsub: PubSub) -> bool:
+        """Read up to the PONG of the PING just sent, each read bounded by the operation timeout
+        (PubSub's own blocking read has no bound); whether a run was published before it."""
+        # subscribed, so connected (redis-py types the attribute as always None)
+        connection = cast(redis.connection.AbstractConnection, pubsub.connection)
+        published = False
+        while True:
+            try:
+                reply = self._do(
+                    "wait",
+                    partial(connection.read_response, timeout=self.op_timeout, push_request=True),
+                )
+            except OutcomeUnknown as exc:
+                self._unanswered = exc  # the PING met a frozen or dead server
+                raise
+            kind = reply[0] if isinstance(reply, list) and reply else None
+            if kind == "pong":
+                self._heard_at = time.monotonic()
+                return published
+            published = published or kind == "message"
+
+    def _stop_waiting(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()
+
+    def close(self) -> None:
+        self._stop_waiting()
+        super().close()
+
+    def _claimed(self, delivery: Delivery) -> tuple[str, int, list[str | int]]:
+        """The stream, band and (entry id, consumer, count) that a receipt names."""
+        b, entry_id, count, consumer = delivery.receipt.split("/", 3)
+        return self._stream(delivery.queue, int(b)), int(b), [entry_id, consumer, int(count)]
+
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        stream, _, claim = self._claimed(delivery)
+        return bool(self._eval("extend", (stream,), (*claim, _idle_for(visibility))))
+
+    def ack(self, delivery: Delivery) -> None:
+        stream, _, claim = self._claimed(delivery)
+        self._eval("ack", (stream,), claim)
+
+    def release(self, delivery: Delivery) -> None:
+        stream, _, claim = self._claimed(delivery)
+        self._eval("release_claim", (stream,), claim)
+
+    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+        stream, b, claim = self._claimed(delivery)
+        keys = (stream, self._key("delayed", delivery.queue))
+        member = _delayed_member(b, delivery.id, body)
+        self._eval("retry", keys, (*claim, _ms(delay) if delay > 0 else 0, member))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        stream, b, claim = self._claimed(delivery)
+        keys = (stream, self._key("dead"))
+        self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
+
+
+class RedisQueueAdmin(RedisLink):
+    """Dead letters and queue depths, for operators and `beatd migrate`."""
+
+    def _dead(self) -> list[tuple[str, dict[str, str]]]:
+        """The dead letters, their bytes shown as text even where they are not UTF-8."""
+        key = self._key("dead")
+        call = self._redis.execute_command
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
+            "xrange",
+            lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
+        )
+        return [
+            (
+                entry_id.decode(),
+                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
+            )
+            for entry_id, fields in entries
+        ]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        self._check_format("xrange")
+        return [
+            DeadLetter(
+                f["id"],
+                f["queue"],
+                f["body"],
+                f["reason"],
+                datetime.fromtimestamp(int(f["failed_at"]) / 1000, UTC),
+                int(f["deliveries"]),
+            )
+            for _, f in self._dead()
+        ]
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Store dead letters as they are, in the normal band (migration from another backend).
+        Read, then written: run it while nothing else writes dead letters, as migrate does."""
+        new = unseen(letters, {f["id"] for _, f in self._dead()})
+
+        def call() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                for d in new:
+                    fields = {
+                        "id": d.id,
+                        "queue": d.queue,
+                        "band": 1,
+                        "body": d.body,
+                        "reason": d.reason,
+                        "deliveries": d.deliveries,
+                        "failed_at": round(d.failed_at.timestamp() * 1000),
+                    }
+                    pipe.xadd(self._key("dead"), fields)  # type: ignore[arg-type]
+                pipe.execute()
+
+        if new:
+            self._do("add dead letters", call)
+        return len(new)
+
+    def requeue_dead(self, message_id: str | None) -> int:
+        keys = [self._key("dead"), self._key("queues")]
+        index: dict[str, int] = {}
+        args: list[str | int] = []
+        for entry_id, f in self._dead():
+            if message_id is not None and f["id"] != message_id:
+                continue
+            key = self._stream(f["queue"], int(f["band"]))
+            k = index.get(key)
+            if k is None:
+                keys.append(key)
+                k = index[key] = len(keys)
+            args += (entry_id, k, f["queue"])
+        if not args:
+            return 0
+        return int(self._eval("requeue", keys, args))
+
+    def queue_depths(self) -> dict[str, int]:
+        self._check_format("smembers")
+        queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
+
+        def call() -> list[int]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    for b in range(len(BANDS)):
+                        pipe.xlen(self._stream(q, b))
+                    pipe.zcard(self._key("delayed", q))
+                return pipe.execute()
+
+        counts = self._do("queue depths", call) if queues else []
+        width = len(BANDS) + 1
+        depths = {q: sum(counts[i * width : (i + 1) * width]) for i, q in enumerate(queues)}
+        return {q: depth for q, depth in depths.items() if depth}
+
+
+def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
+    """A queue entry's field as text, and why it cannot be read ('' when it can)."""
+    if value is None:
+        return "", f"the queue entry has no {name} field"
+    fault = utf8_fault(value, name)
+    return value.decode(errors="replace" if fault else "strict"), fault
+
+
+def _idle_for(visibility: float) -> int:
+    """The idle time to give a fresh claim so that it lapses after `visibility` seconds."""
+    ms = _ms(visibility)
+    if ms > RECLAIM_IDLE_MS:
+        raise BackendError(
+            f"visibility {visibility} s is longer than the Redis backend's limit of "
+            f"{RECLAIM_IDLE_MS // 1000} s: use a shorter visibility and extend the claim"
+        )
+    return RECLAIM_IDLE_MS - ms
+
+
+def _delayed_member(band_index: int, message_id: str, body: str) -> str:
+    """A delayed zset member: unique (a nonce) even when the same run is retried twice."""
+    return _json([band_index, message_id, body, secrets.token_hex(8)])

@@ -1,0 +1,331 @@
+"""The file a SQLite backend's parts share: its connections, its transactions, and SQLite's
+errors turned into beatd's (module beatd.backends.sqlite tells the whole story).
+
+A failure inside a transaction rolls it back: NotApplied. A COMMIT that fails may have written
+its commit record before failing (an I/O error after the WAL frames were written; a later
+reader recovers them): OutcomeUnknown, unless SQLite left the transaction open (a busy COMMIT),
+which is then rolled back: NotApplied.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
+from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    token TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    config_hash TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS epoch (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entry_state (
+    entry TEXT PRIMARY KEY,
+    last_slot_us INTEGER NOT NULL,
+    last_published_us INTEGER,
+    identity TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS message (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    ready_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL
+);
+"""
+LEASE = "scheduler"
+DEFAULT_PRIORITY = 5
+# Runs committed after which the leader truncates the WAL at its next lease renewal: about 0.5 MB
+# of WAL (tests/backends/test_sqlite.py measures it).
+LARGE_CATCH_UP = 1000
+SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 8, 11, 26  # primary result codes
+# Lease and publishing writes check the file at every call; a worker's (claims, acks) at most
+# this often (seconds): a stat per claim would cost about a tenth of it.
+FILE_CHECK_INTERVAL = 0.5
+T = TypeVar("T")
+
+
+def _format_1(db: sqlite3.Connection) -> None:
+    """Format 0 (beatd before format versions) to 1: the same tables; only the version is new."""
+
+
+# The persisted-state format is the file's `PRAGMA user_version`. MIGRATIONS[n] upgrades format n
+# to n + 1, run by the leader in the transaction that takes the lease (see `upgrade`): a later
+# change of the tables appends one (docs/design.md, Persisted-state format).
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1,)
+FORMAT_VERSION = len(MIGRATIONS)
+
+
+def _format(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def upgrade(db: sqlite3.Connection, path: Path) -> int:
+    """Bring the file's persisted state to FORMAT_VERSION inside the caller's transaction (the
+    lease's), so the migrations and the new version commit together; the format found."""
+    found = _format(db)
+    if found > FORMAT_VERSION:
+        raise FormatTooNew(str(path), found, FORMAT_VERSION)
+    if found == FORMAT_VERSION:
+        return found
+    if found == 0 and not _holds_anything(db):  # a new file: nothing to upgrade, only to mark
+        found = FORMAT_VERSION
+    for migration in MIGRATIONS[found:]:
+        migration(db)
+    db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")  # no parameters in a PRAGMA
+    return found
+
+
+def _holds_anything(db: sqlite3.Connection) -> bool:
+    tables = ("epoch", "entry_state", "message", "dead_letter")
+    return any(db.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0] for t in tables)
+
+
+def _us(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+class SQLiteFile:
+    """`read_only`: for commands that only look (status, dead list, a migration's source):
+    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.read_only = read_only
+        self._now = wall_clock
+        self._local = threading.local()  # a connection per thread
+        self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
+        self._check_at = 0.0  # monotonic: when a queue's write checks the file next
+        self._published_since_truncate = 0  # runs committed since the WAL was last truncated
+        if (read_only or not create) and not self.path.is_file():
+            raise BackendError(
+                f"no database at {self.path}: check the path (`beatd run` creates it)"
+            )
+        if read_only:
+            self._connection()
+        else:
+            self._run(lambda db: db.executescript(SCHEMA), write=False)
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = self._open_read_only() if self.read_only else self._open()
+                opened = os.stat(self.path)
+                found = _format(db)
+            except sqlite3.DatabaseError as exc:
+                if _primary(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    raise self._failure(exc) from exc
+                raise BackendError(f"cannot open {self.path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise BackendError(f"cannot open {self.path}: {exc}") from exc
+            if self._opened is None:
+                self._opened = (opened.st_dev, opened.st_ino)
+            elif (opened.st_dev, opened.st_ino) != self._opened:  # opened again, or a thread's
+                db.close()
+                raise self._replaced()
+            if found > FORMAT_VERSION:
+                db.close()
+                raise FormatTooNew(str(self.path), found, FORMAT_VERSION)
+            self._local.db = db
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise BackendError(
+                f"cannot create the database {self.path}: there is no directory "
+                f"{self.path.parent}; create it, or correct the path"
+            )
+        with suppress(FileExistsError):  # created 0600: run state is nobody else's business
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")  # SQLite gives -wal and -shm the file's mode
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def _check_file(self) -> None:
+        """Refuse to write to a file that is no longer the one at our path: a process that
+        went on would lead or work apart from every process that opened the path since."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._replaced() from None
+        except OSError as exc:
+            raise NotApplied(f"cannot check {self.path}: {exc}") from exc
+        if (now.st_dev, now.st_ino) != self._opened:
+            raise self._replaced()
+
+    def _replaced(self) -> StorageReplaced:
+        device, inode = self._opened or (0, 0)
+        return StorageReplaced(
+            f"{self.path} is not the database file this process opened (device {device} "
+            f"inode {inode}): it was deleted or replaced; a process still using it would "
+            "lead or work apart from every process using the file at that path now. Restart "
+            "beatd (systemd does) to use the file there now"
+        )
+
+    @contextmanager
+    def _transaction(self, lease: bool) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        now = time.monotonic()
+        if lease or now >= self._check_at:  # a queue's writes: at most every FILE_CHECK_INTERVAL
+            self._check_file()
+            self._check_at = now + FILE_CHECK_INTERVAL
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if (
+                db.in_transaction
+            ):  # SQLite ends it itself on a full disk or corruption: keep that error
+                db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if not db.in_transaction:  # ended by SQLite mid-commit: the record may be written
+                raise _CommitFailed(exc) from exc
+            with suppress(sqlite3.Error):  # still open (busy): nothing was applied
+                db.execute("ROLLBACK")
+            raise
+
+    def _run(
+        self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
+    ) -> T:
+        """Run `work` in a transaction, turning SQLite's errors into backend errors. `lease`:
+        a write of the lease or under it, always made to the file at the path (`_check_file`)."""
+        try:
+            if not write:
+                return work(self._connection())
+            with self._transaction(lease) as db:
+                return work(db)
+        except _CommitFailed as failed:
+            raise self._failure(failed.error, committing=True) from failed.error
+        except sqlite3.DatabaseError as exc:
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.DatabaseError, *, committing: bool = False) -> BackendError:
+        """The backend error for SQLite's; `committing`: COMMIT failed and ended the
+        transaction, so a transient failure's outcome is unknown."""
+        transient = OutcomeUnknown if committing else NotApplied
+        code = _primary(exc)
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return StorageCorrupt(
+                f"{self.path} is damaged: PRAGMA quick_check found: {self._quick_check()}. "
+                "Retrying cannot repair it: restore the file from a backup, or copy what is "
+                "readable to a new file (see docs/deployment.md, When storage fails)"
+            )
+        if code == SQLITE_READONLY:
+            # Opened while the file could not be written (its mode, a read-only mount): the
+            # connection stays read-only even once that is fixed, so open it again next time.
+            self.close()
+            return transient(f"{self.path}: {exc}; opening it again at the next attempt")
+        if isinstance(exc, sqlite3.OperationalError):
+            # full disk, file-size limit, locked database: all may pass
+            return transient(f"{self.path}: {exc}")
+        return BackendError(f"{self.path}: {exc}")
+
+    def _quick_check(self) -> str:
+        """What SQLite's own check finds, on one line and cut to what a log line can hold."""
+        try:
+            uri = f"file:{quote(str(self.path))}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
+                rows = db.execute("PRAGMA quick_check(20)").fetchall()
+        except sqlite3.Error as exc:
+            return f"nothing, it could not run ({exc})"
+        lines = [line for (row,) in rows for line in str(row).splitlines()]
+        text = "; ".join(lines)
+        return text if len(text) <= 1000 else text[:1000] + " [cut]"
+
+    def _check_lease(self, db: sqlite3.Connection, lease: Lease) -> None:
+        row = db.execute(
+            "SELECT 1 FROM lease WHERE name = ? AND token = ? AND epoch = ? AND expires_at > ?",
+            (LEASE, lease.token, lease.epoch, self._now()),
+        ).fetchone()
+        if row is None:
+            raise LeaseLost(f"lease epoch {lease.epoch} of {lease.node} is no longer held")
+
+    def ping(self) -> None:
+        self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
+
+    def server_time(self) -> float:
+        return self._now()  # every process sharing the file shares this host's clock
+
+    def persistence_warnings(self) -> list[str]:
+        return []
+
+
+class _CommitFailed(Exception):
+    """COMMIT failed and SQLite ended the transaction: whether it was applied is unknown."""
+
+    def __init__(self, error: sqlite3.DatabaseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# Text as another program may have stored it: not UTF-8, or a BLOB. Read as bytes and decoded
+# with surrogateescape, so the worker sees what is wrong and dead-letters it (never an outage).
+_AS_BYTES = "CAST({} AS BLOB)"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _primary(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code (an extended code carries it in its low byte)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _priority(priority: int | None) -> int:
+    return DEFAULT_PRIORITY if priority is None else priority

@@ -1,0 +1,192 @@
+"""The persisted-state format version: data written by beatd before format versions (committed
+fixtures, see tests/fixtures/write_format_0.py) is upgraded once, under the lease, and
+published on from its horizons; data in a newer format is refused (exit status 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from beatd.backends.base import FormatTooNew
+from beatd.backends.redis import RedisBackend
+from beatd.backends.sqlite import SQLiteBackend
+from beatd.cli import main
+from beatd.clock import FakeClock
+from beatd.config import Config
+from beatd.config.model import Entry, MissedPolicy
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
+from tests.redis_server import RedisServer
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+WRITTEN_AT = datetime(2026, 12, 4, 12, 0, 0, 500000, tzinfo=UTC)  # the fixtures' FakeClock
+TICK = Entry(
+    name="tick",
+    task="t.tick",
+    schedule=IntervalSchedule(timedelta(seconds=10)),
+    missed=MissedPolicy.CATCH_UP,
+)
+# published by the old beatd before it stopped, then by the new one: a 30 s gap caught up
+OLD = [f"tick@2026-12-04T12:00:{s}Z" for s in ("10", "20", "30")]
+NEW = [f"tick@2026-12-04T12:00:{s}Z" for s in ("40", "50")] + [
+    f"tick@2026-12-04T12:01:{s}Z" for s in ("00", "10", "20")
+]
+
+
+def publish_on(backend: SQLiteBackend | RedisBackend, clock: FakeClock, seconds: float) -> None:
+    settings = SchedulerSettings(node="new", max_clock_skew=float("inf"))
+    beat = Scheduler(backend, lambda: Config({"tick": TICK}), clock, settings)
+    run_for(beat, seconds)
+    assert beat.lease is not None
+    backend.release_lease(beat.lease)
+
+
+def upgrades(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("upgraded")]
+
+
+# --- SQLite -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def old_db(tmp_path: Path) -> Path:
+    db = tmp_path / "beatd.db"
+    shutil.copy(FIXTURES / "format-0.db", db)
+    return db
+
+
+def user_version(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_sqlite_file_of_format_0_is_upgraded_once_and_published_on_from_its_horizon(
+    old_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "beatd.backends")
+    assert user_version(old_db) == 0
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))  # 30 s after the old beatd stopped
+    backend = SQLiteBackend(old_db, wall_clock=lambda: clock.now().timestamp())
+    publish_on(backend, clock, 20)
+    publish_on(backend, clock, 1)  # a second leader: nothing left to upgrade
+    bodies = backend._connection().execute("SELECT body FROM message ORDER BY seq").fetchall()
+    assert [json.loads(body)["id"] for (body,) in bodies] == OLD + NEW
+    assert user_version(old_db) == 1
+    assert upgrades(caplog) == [f"upgraded the persisted state of {old_db} from format 0 to 1"]
+    backend.close()
+
+
+def test_a_sqlite_file_of_a_newer_format_is_refused_by_every_command(old_db: Path) -> None:
+    with sqlite3.connect(old_db) as connection:
+        connection.execute("PRAGMA user_version = 7")
+    refusal = (
+        f"{old_db} holds beatd's persisted state in format 7, but this beatd knows formats up "
+        "to 1 only: a newer beatd upgraded it, and an older one must neither lead nor write "
+        "there. Upgrade beatd on this host to the version the others run (docs/design.md, "
+        "Persisted-state format)"
+    )
+    with pytest.raises(FormatTooNew) as caught:
+        SQLiteBackend(old_db)
+    assert str(caught.value) == refusal
+    broker = f"sqlite:///{old_db}"
+    for args in (["status", "--broker", broker], ["dead", "list", "--broker", broker]):
+        result = CliRunner().invoke(main, args)
+        assert (result.exit_code, result.stderr) == (2, refusal + "\n"), args
+    assert user_version(old_db) == 7
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def old_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    (tmp_path / "redis").mkdir()
+    shutil.copy(FIXTURES / "format-0.rdb", tmp_path / "redis" / "dump.rdb")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def stream_ids(admin: redis.Redis) -> list[str]:
+    entries = admin.xrange("beatd:queue:default:normal")
+    return [fields["id"] for _, fields in entries]
+
+
+def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_horizon(
+    old_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "beatd.backends")
+    admin = old_redis.client()
+    assert admin.get("beatd:format") == "1"  # beatd before format versions marked its data so
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(old_redis.url)
+    publish_on(backend, clock, 20)
+    publish_on(backend, clock, 1)
+    assert stream_ids(admin) == OLD + NEW
+    assert admin.get("beatd:format") == "2"
+    assert upgrades(caplog) == [
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+    ]
+    backend.close()
+    admin.close()
+
+
+def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
+    old_redis: RedisServer,
+) -> None:
+    admin = old_redis.client()
+    admin.set("beatd:format", "7")
+    refusal = (
+        f"Redis at {old_redis.url} (namespace beatd) holds beatd's persisted state in format 7, "
+        "but this beatd knows formats up to 2 only: a newer beatd upgraded it, and an older "
+        "one must neither lead nor write there. Upgrade beatd on this host to the version the "
+        "others run (docs/design.md, Persisted-state format)"
+    )
+    for call in ("leader", "load_states", "queue_depths", "dead_letters"):
+        backend = RedisBackend(old_redis.url)
+        with pytest.raises(FormatTooNew) as caught:
+            getattr(backend, call)()
+        assert (str(caught.value), caught.value.exit_status) == (refusal, 2), call
+        backend.close()
+    backend = RedisBackend(old_redis.url)
+    with pytest.raises(FormatTooNew) as caught:
+        backend.claim(["default"], "w", 30)
+    assert str(caught.value) == refusal
+    with pytest.raises(FormatTooNew) as caught:
+        backend.acquire_lease("new", 10)
+    assert str(caught.value) == refusal
+    backend.close()
+    result = CliRunner().invoke(main, ["status", "--broker", old_redis.url])
+    assert (result.exit_code, result.stderr) == (2, refusal + "\n")
+    assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    admin.close()
+
+
+def test_a_scheduler_on_a_redis_of_a_newer_format_neither_leads_nor_writes_and_exits_2(
+    old_redis: RedisServer,
+) -> None:
+    admin = old_redis.client()
+    admin.set("beatd:format", "7")
+    before = admin.hgetall("beatd:state")
+    backend = RedisBackend(old_redis.url)
+    settings = SchedulerSettings(node="new", max_clock_skew=float("inf"))
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    beat = Scheduler(backend, lambda: Config({"tick": TICK}), clock, settings)
+    with pytest.raises(FormatTooNew) as caught:
+        beat.run(threading.Event())
+    assert caught.value.exit_status == 2
+    assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    assert admin.hgetall("beatd:state") == before
+    assert stream_ids(admin) == OLD
+    backend.close()
+    admin.close()
