@@ -80,15 +80,8 @@ LAYERING_ALLOWED = {
     # being split in part B of the seams issue: the collectors read the parts, not the loop
     ("beatd.metrics", "beatd.scheduler"),
     ("beatd.metrics", "beatd.worker"),
-    # being split in part A of the seams issue: EntryState moves to beatd.state
-    ("beatd.backends.base", "beatd.core"),
-    ("beatd.backends.redis", "beatd.core"),
-    ("beatd.backends.sqlite", "beatd.core"),
 }
 SIZE_ALLOWED = {
-    # being split in part A of the seams issue
-    "beatd.backends.redis.RedisBackend",
-    "beatd.backends.sqlite.SQLiteBackend",
     # being split in part B of the seams issue
     "beatd.scheduler.Scheduler",
     "beatd.cli.run.run",
