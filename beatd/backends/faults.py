@@ -74,17 +74,19 @@ class FaultPlan:
         self.thief: Lease | None = None  # the lease taken by the last LOSE_LEASE
         self.holding = threading.Event()  # set while a delayed reply is being held
         self._released = threading.Event()
-        self._armed: defaultdict[str, deque[Fault]] = defaultdict(deque)
+        # per operation, what its next calls meet: a fault, or None to pass through
+        self._armed: defaultdict[str, deque[Fault | None]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def inject(self, operation: str, fault: Fault, times: int = 1) -> None:
-        """Inject `fault` into the next `times` calls of `operation`."""
+    def inject(self, operation: str, fault: Fault, *, after: int = 0, times: int = 1) -> None:
+        """Inject `fault` into `times` calls of `operation`, once `after` more calls of it
+        passed through (after=2: the third call fails)."""
         if operation not in WRITES:
             raise ValueError(f"no operation {operation!r} to fault: one of {sorted(WRITES)}")
         if fault is Fault.LOSE_LEASE and operation not in LEASED:
             raise ValueError(f"{operation} is not guarded by the lease: {sorted(LEASED)} are")
         with self._lock:
-            self._armed[operation].extend([fault] * times)
+            self._armed[operation].extend([None] * after + [fault] * times)
             if fault is Fault.DELAY_REPLY:
                 self._released.clear()
 
@@ -95,7 +97,8 @@ class FaultPlan:
             if not armed:
                 return None
             fault = armed.popleft()
-            self.injected.append((operation, fault))
+            if fault is not None:
+                self.injected.append((operation, fault))
             return fault
 
     def release(self) -> None:
