@@ -161,3 +161,22 @@ def test_a_lease_lost_mid_burst_publishes_no_slot_twice(
     expected = set().union(*(slots(e.name, 10, T0 + timedelta(seconds=55)) for e in entries))
     assert Counter(RAN) == Counter(expected)  # every slot once: none lost, none twice
     assert pair.published() == len(RAN) == 150
+
+
+def test_a_delayed_commit_reply_holds_the_scheduler_not_the_worker(
+    deploy: Callable[..., Deployment],
+) -> None:
+    pair = deploy([every("tick", 10)])
+    pair.run_for(5)  # leads, adopts the configuration
+    pair.plan.inject("commit", Fault.DELAY_REPLY)
+    pair.clock.advance(5)  # tick@:10 is due
+    stepping = threading.Thread(target=pair.beat.step, name="scheduler")
+    stepping.start()
+    assert pair.plan.holding.wait(10), "the scheduler never waited for the commit's reply"
+    pair.worker.nudge()  # the run was written: the worker runs it while the reply is held
+    wait_for(lambda: RAN == ["tick@2026-03-01T12:00:10Z"], what="the worker to run tick@:10")
+    assert stepping.is_alive() and pair.published() == 0
+    pair.plan.release()
+    stepping.join(10)
+    assert not stepping.is_alive()
+    assert pair.published() == 1 and pair.beat.totals.backend_up

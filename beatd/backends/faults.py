@@ -127,6 +127,8 @@ class FaultyBackend:
         self.url = backend.url
 
     def __getattr__(self, name: str) -> Any:  # reads, and what a backend offers beyond roles
+        if name == "backend":  # not set yet (a copy being made): never ask ourselves again
+            raise AttributeError(name)
         return getattr(self.backend, name)
 
     def _call(self, operation: str, write: Callable[[], T], lease: Lease | None = None) -> T:
