@@ -426,3 +426,14 @@ class BackendContract:
         delivery = faulty.claim(["default"], "w1", 30)
         assert delivery is not None and delivery.deliveries == 1
         assert plan.injected == [("claim", Fault.FAIL_BEFORE_WRITE)]
+
+    def test_a_lease_stolen_before_a_renewal_is_not_renewed(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        plan.inject("renew_lease", Fault.LOSE_LEASE)
+        assert not faulty.renew_lease(lease, 60)
+        info = backend.leader()
+        assert plan.thief is not None and info is not None
+        assert (info.node, info.epoch) == (THIEF, lease.epoch + 1)
