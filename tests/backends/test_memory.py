@@ -3,6 +3,7 @@ store per process and name, shared by every handle opened on it."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -94,8 +95,18 @@ def test_it_warns_that_nothing_outlives_the_process(backend: MemoryBackend, name
     ]
 
 
+@pytest.fixture
+def eager_switching() -> Iterator[None]:
+    """Threads switched as often as CPython allows, so that an unguarded step shows."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("eager_switching")
 def test_concurrent_claims_hand_each_message_out_once(backend: MemoryBackend) -> None:
-    backend.enqueue([message(f"e{i}", 1) for i in range(400)])
+    backend.enqueue([message(f"e{i}", 1) for i in range(1000)])
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -105,10 +116,10 @@ def test_concurrent_claims_hand_each_message_out_once(backend: MemoryBackend) ->
                 claimed.append(delivery.id)
             backend.ack(delivery)
 
-    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(claimed) == sorted(message(f"e{i}", 1).id for i in range(400))
+    assert sorted(claimed) == sorted(message(f"e{i}", 1).id for i in range(1000))
     assert backend.queue_depths() == {}
