@@ -1,5 +1,7 @@
 """Backends by URL scheme: `sqlite:///relative.db`, `sqlite:////absolute.db`, and Redis as
-`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path/redis.sock`."""
+`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path/redis.sock`, and
+`memory://NAME`: one store per process and name, shared by every backend opened on it (tests, a
+scheduler with its embedded worker), gone when the process exits."""
 
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ def open_backend(
                 "sqlite:////absolute/path.db"
             )
         return SQLiteBackend(url[len(prefix) :], read_only=read_only, create=create)
+    if scheme == "memory":
+        from beatd.backends.memory import MemoryBackend
+
+        return MemoryBackend(urlsplit(url).netloc)
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 

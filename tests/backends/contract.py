@@ -2,20 +2,25 @@
 
 A test module subclasses `BackendContract` and provides a `backend` fixture (a fresh, empty
 backend), a `backend_factory` fixture (a second handle on the same storage, as another process
-would have) and an `advance(seconds)` fixture that lets time pass for the backend. Durations in
+would have) and an `advance(seconds)` fixture that lets time pass for the backend. The fault
+tests wrap that backend in `FaultyBackend` (beatd/backends/faults.py), so every backend meets
+the same four faults: a write that failed before writing, one that failed after writing, a lease
+lost between the check and the write, and a reply that is delayed. Durations in
 the time-dependent tests are multiples of `unit` seconds: 1 where `advance` moves a fake clock,
 less where it has to sleep because the backend keeps time itself (Redis's clock).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
-from beatd.errors import BackendError, LeaseLost
+from beatd.backends.faults import THIEF, Fault, FaultPlan, FaultyBackend
+from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -32,6 +37,14 @@ def message(
 ) -> Outgoing:
     run = f"{entry}@{(T0 + timedelta(minutes=minute)):%Y-%m-%dT%H:%M:%SZ}"
     return Outgoing(entry, run, BeatdQueue(queue, priority), f'{{"id": "{run}"}}')
+
+
+def moved_on(backend: Backend) -> tuple[Lease, list[StateWrite], list[Outgoing]]:
+    """A leader whose entry `e` stands at minute 0, and the commit that moves it to minute 1."""
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    backend.commit(lease, [StateWrite(state("e", 0), None)], [])
+    return lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
 
 
 class BackendContract:
@@ -54,6 +67,14 @@ class BackendContract:
             with pytest.raises(BackendError):
                 backend.commit(lease, [StateWrite(state("e", 0), None)], [refused])
             assert (backend.load_states(), backend.queue_depths()) == ({}, {})
+
+    @pytest.fixture
+    def plan(self) -> FaultPlan:
+        return FaultPlan(hold_timeout=20.0)
+
+    @pytest.fixture
+    def faulty(self, backend: Backend, plan: FaultPlan) -> FaultyBackend:
+        return FaultyBackend(backend, plan)
 
     # --- leadership -----------------------------------------------------------------------
 
@@ -327,3 +348,108 @@ class BackendContract:
         assert [d.id for d in backend.dead_letters()] == [dead[1].id]
         assert backend.requeue_dead(None) == 1
         assert backend.queue_depths() == {"default": 2}
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def test_a_commit_that_failed_before_writing_wrote_nothing_and_its_retry_applies(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease, writes, messages = moved_on(backend)
+        plan.inject("commit", Fault.FAIL_BEFORE_WRITE)
+        with pytest.raises(NotApplied) as caught:
+            faulty.commit(lease, writes, messages)
+        assert str(caught.value) == (
+            "injected fault: commit failed before writing; nothing was written"
+        )
+        assert backend.load_states() == {"e": state("e", 0)}
+        assert backend.queue_depths() == {}
+        assert faulty.commit(lease, writes, messages) == set()
+        assert backend.load_states() == {"e": state("e", 1, 1)}
+        assert backend.queue_depths() == {"default": 1}
+
+    def test_a_commit_that_failed_after_writing_was_applied_and_its_retry_is_refused(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease, writes, messages = moved_on(backend)
+        plan.inject("commit", Fault.FAIL_AFTER_WRITE)
+        with pytest.raises(OutcomeUnknown) as caught:
+            faulty.send_commit(lease, writes, messages)()
+        assert str(caught.value) == (
+            "injected fault: commit failed after writing; it was applied, but the caller "
+            "cannot know: outcome unknown"
+        )
+        # retried with the same expected horizon: the compare-and-set refuses it
+        assert faulty.commit(lease, writes, messages) == {"e"}
+        assert backend.load_states() == {"e": state("e", 1, 1)}
+        assert backend.queue_depths() == {"default": 1}  # published once
+
+    def test_a_lease_stolen_between_check_and_write_leaves_state_and_queues_unchanged(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease, writes, messages = moved_on(backend)
+        assert backend.renew_lease(lease, 60)  # checked: still the leader
+        plan.inject("commit", Fault.LOSE_LEASE)
+        with pytest.raises(LeaseLost):
+            faulty.send_commit(lease, writes, messages)()
+        assert backend.load_states() == {"e": state("e", 0)}
+        assert backend.queue_depths() == {}
+        info = backend.leader()
+        assert plan.thief is not None and info is not None
+        assert (info.node, info.epoch) == (THIEF, plan.thief.epoch)
+        with pytest.raises(LeaseLost):
+            backend.forget(lease, ["e"])
+        assert set(backend.load_states()) == {"e"}
+
+    def test_a_delayed_reply_blocks_the_waiter_while_the_caller_works(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease, writes, messages = moved_on(backend)
+        plan.inject("commit", Fault.DELAY_REPLY)
+        wait = faulty.send_commit(lease, writes, messages)
+        outcome: list[set[str]] = []
+        waiter = threading.Thread(target=lambda: outcome.append(wait()))
+        waiter.start()
+        assert plan.holding.wait(10), "the waiter never started waiting for the reply"
+        assert outcome == []  # still held
+        faulty.enqueue([message("other", 1, queue="q2")])  # the caller works meanwhile
+        assert backend.queue_depths()["q2"] == 1
+        plan.release()
+        waiter.join(10)
+        assert outcome == [set()]
+        assert backend.load_states() == {"e": state("e", 1, 1)}
+        assert backend.queue_depths() == {"default": 1, "q2": 1}
+
+    def test_an_ack_that_failed_after_writing_was_applied_and_repeating_it_is_harmless(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        backend.enqueue([message("e", 1), message("f", 1)])
+        delivery = faulty.claim(["default"], "w1", 30)
+        assert delivery is not None
+        plan.inject("ack", Fault.FAIL_AFTER_WRITE)
+        with pytest.raises(OutcomeUnknown):
+            faulty.ack(delivery)
+        assert backend.queue_depths() == {"default": 1}
+        faulty.ack(delivery)  # the worker settles it again: nothing more is removed
+        assert backend.queue_depths() == {"default": 1}
+
+    def test_a_claim_that_failed_before_writing_leaves_the_message_ready(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        backend.enqueue([message("e", 1)])
+        plan.inject("claim", Fault.FAIL_BEFORE_WRITE)
+        with pytest.raises(NotApplied):
+            faulty.claim(["default"], "w1", 30)
+        delivery = faulty.claim(["default"], "w1", 30)
+        assert delivery is not None and delivery.deliveries == 1
+        assert plan.injected == [("claim", Fault.FAIL_BEFORE_WRITE)]
+
+    def test_a_lease_stolen_before_a_renewal_is_not_renewed(
+        self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        plan.inject("renew_lease", Fault.LOSE_LEASE)
+        assert not faulty.renew_lease(lease, 60)
+        info = backend.leader()
+        assert plan.thief is not None and info is not None
+        assert (info.node, info.epoch) == (THIEF, lease.epoch + 1)

@@ -1,0 +1,247 @@
+"""Faults injected around any backend, so that every backend is tested against the same four.
+
+`FaultyBackend(backend, plan)` wraps a backend (memory, SQLite, Redis alike) and passes every
+call through, except the next call of an operation for which `plan` holds a fault:
+
+- `FAIL_BEFORE_WRITE`: raises NotApplied without calling the backend: nothing is written.
+- `FAIL_AFTER_WRITE`: calls the backend, then raises OutcomeUnknown: the write WAS applied and
+  its reply lost, as after a Redis timeout.
+- `LOSE_LEASE`: another node takes the lease just before the call reaches the backend (the
+  holder's lease is released and a thief acquires it), so the lease the caller checked is gone
+  when the backend checks it again in the step that writes: LeaseLost, nothing written.
+- `DELAY_REPLY`: the reply is held until `plan.release()`: `send_commit`'s waiter (or a plain
+  call) blocks on it, while the caller may work in the meantime.
+
+The hook lives outside the backends on purpose: the code under test is the backend as shipped,
+and one wrapper gives the contract suite (tests/backends/contract.py) the same faults on all of
+them. The in-memory backend has no fault switches of its own; wrapped, it is the fast fault
+double for tests of the scheduler and the worker together.
+
+`commit` names both `commit` and `send_commit` (the same write, waited for or not); every other
+operation is the method's name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any, TypeVar
+
+from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
+from beatd.errors import NotApplied, OutcomeUnknown
+
+T = TypeVar("T")
+
+WRITES = frozenset(
+    {
+        "acquire_lease",
+        "renew_lease",
+        "release_lease",
+        "commit",
+        "forget",
+        "enqueue",
+        "claim",
+        "extend",
+        "ack",
+        "release",
+        "retry",
+        "dead_letter",
+        "add_dead_letters",
+        "requeue_dead",
+    }
+)
+LEASED = frozenset({"renew_lease", "commit", "forget"})  # the operations a lease guards
+THIEF = "thief"  # the node that takes a lost lease
+
+
+class Fault(Enum):
+    FAIL_BEFORE_WRITE = "failed before writing"
+    FAIL_AFTER_WRITE = "failed after writing"
+    LOSE_LEASE = "lost the lease between the check and the write"
+    DELAY_REPLY = "delayed the reply"
+
+
+class FaultPlan:
+    """The faults still to inject, each into the next call of its operation (first in, first
+    out), and what was injected. Thread-safe: a worker and a scheduler may share one plan."""
+
+    def __init__(self, *, thief_ttl: float = 60.0, hold_timeout: float = 30.0) -> None:
+        self.thief_ttl = thief_ttl  # how long the thief holds a stolen lease
+        self.hold_timeout = hold_timeout  # a delayed reply never released fails after this
+        self.injected: list[tuple[str, Fault]] = []
+        self.thief: Lease | None = None  # the lease taken by the last LOSE_LEASE
+        self.holding = threading.Event()  # set while a delayed reply is being held
+        self._released = threading.Event()
+        # per operation, what its next calls meet: a fault, or None to pass through
+        self._armed: defaultdict[str, deque[Fault | None]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def inject(self, operation: str, fault: Fault, *, after: int = 0, times: int = 1) -> None:
+        """Inject `fault` into `times` calls of `operation`, once `after` more calls of it
+        passed through (after=2: the third call fails)."""
+        if operation not in WRITES:
+            raise ValueError(f"no operation {operation!r} to fault: one of {sorted(WRITES)}")
+        if fault is Fault.LOSE_LEASE and operation not in LEASED:
+            raise ValueError(f"{operation} is not guarded by the lease: {sorted(LEASED)} are")
+        with self._lock:
+            self._armed[operation].extend([None] * after + [fault] * times)
+            if fault is Fault.DELAY_REPLY:
+                self._released.clear()
+
+    def take(self, operation: str) -> Fault | None:
+        """The fault for this call of `operation`, if one is armed (and count it injected)."""
+        with self._lock:
+            armed = self._armed.get(operation)
+            if not armed:
+                return None
+            fault = armed.popleft()
+            if fault is not None:
+                self.injected.append((operation, fault))
+            return fault
+
+    def release(self) -> None:
+        """Let every held reply through, and those delayed later until the next injection."""
+        self._released.set()
+
+    def hold(self, operation: str) -> None:
+        """Block a delayed reply until `release`; OutcomeUnknown (a timeout) if it never is."""
+        self.holding.set()
+        try:
+            if not self._released.wait(self.hold_timeout):
+                raise OutcomeUnknown(
+                    f"injected fault: {operation} {Fault.DELAY_REPLY.value} and nobody released "
+                    f"it within {self.hold_timeout:g} s; outcome unknown"
+                )
+        finally:
+            self.holding.clear()
+
+
+class FaultyBackend:
+    """`backend` with the faults of `plan` injected; everything else passes through."""
+
+    def __init__(self, backend: Backend, plan: FaultPlan) -> None:
+        self.backend = backend
+        self.plan = plan
+        self.url = backend.url
+
+    def __getattr__(self, name: str) -> Any:  # reads, and what a backend offers beyond roles
+        if name == "backend":  # not set yet (a copy being made): never ask ourselves again
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def _call(self, operation: str, write: Callable[[], T], lease: Lease | None = None) -> T:
+        fault = self.plan.take(operation)
+        if fault is None:
+            return write()
+        if fault is Fault.FAIL_BEFORE_WRITE:
+            raise NotApplied(f"injected fault: {operation} {fault.value}; nothing was written")
+        if fault is Fault.LOSE_LEASE:
+            assert lease is not None  # inject() allows it only for the leased operations
+            self._steal(lease)
+            return write()
+        if fault is Fault.DELAY_REPLY:
+            result = write()
+            self.plan.hold(operation)
+            return result
+        write()
+        raise OutcomeUnknown(
+            f"injected fault: {operation} {fault.value}; it was applied, but the caller "
+            "cannot know: outcome unknown"
+        )
+
+    def _steal(self, lease: Lease) -> None:
+        self.backend.release_lease(lease)
+        self.plan.thief = self.backend.acquire_lease(THIEF, self.plan.thief_ttl)
+
+    # --- the run state's writes ------------------------------------------------------------
+
+    def commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> set[str]:
+        return self._call("commit", lambda: self.backend.commit(lease, writes, messages), lease)
+
+    def send_commit(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> Callable[[], set[str]]:
+        """The fault shows where the backend would show it: a failed send at once, a lost or
+        delayed reply in the waiter."""
+        fault = self.plan.take("commit")
+        if fault is Fault.FAIL_BEFORE_WRITE:
+            raise NotApplied(f"injected fault: commit {fault.value}; nothing was written")
+        if fault is Fault.LOSE_LEASE:
+            self._steal(lease)
+        waiter = self.backend.send_commit(lease, writes, messages)
+        if fault is Fault.FAIL_AFTER_WRITE:
+            return lambda: self._reply_lost(waiter)
+        if fault is Fault.DELAY_REPLY:
+            return lambda: self._held(waiter)
+        return waiter
+
+    def _reply_lost(self, waiter: Callable[[], set[str]]) -> set[str]:
+        waiter()
+        raise OutcomeUnknown(
+            f"injected fault: commit {Fault.FAIL_AFTER_WRITE.value}; it was applied, but the "
+            "caller cannot know: outcome unknown"
+        )
+
+    def _held(self, waiter: Callable[[], set[str]]) -> set[str]:
+        self.plan.hold("commit")
+        return waiter()
+
+    def forget(self, lease: Lease, entries: Sequence[str]) -> None:
+        self._call("forget", lambda: self.backend.forget(lease, entries), lease)
+
+    # --- the lease ---------------------------------------------------------------------------
+
+    def acquire_lease(
+        self,
+        node: str,
+        ttl: float,
+        config_hash: str = "",
+        *,
+        held: Lease | None = None,
+        min_epoch: int = 0,
+    ) -> Lease | None:
+        return self._call(
+            "acquire_lease",
+            lambda: self.backend.acquire_lease(
+                node, ttl, config_hash, held=held, min_epoch=min_epoch
+            ),
+        )
+
+    def renew_lease(self, lease: Lease, ttl: float) -> bool:
+        return self._call("renew_lease", lambda: self.backend.renew_lease(lease, ttl), lease)
+
+    def release_lease(self, lease: Lease) -> None:
+        self._call("release_lease", lambda: self.backend.release_lease(lease))
+
+    # --- the queues ----------------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
+        self._call("enqueue", lambda: self.backend.enqueue(messages, delay))
+
+    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        return self._call("claim", lambda: self.backend.claim(queues, consumer, visibility))
+
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        return self._call("extend", lambda: self.backend.extend(delivery, visibility))
+
+    def ack(self, delivery: Delivery) -> None:
+        self._call("ack", lambda: self.backend.ack(delivery))
+
+    def release(self, delivery: Delivery) -> None:
+        self._call("release", lambda: self.backend.release(delivery))
+
+    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+        self._call("retry", lambda: self.backend.retry(delivery, body, delay))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._call("dead_letter", lambda: self.backend.dead_letter(delivery, reason))
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        return self._call("add_dead_letters", lambda: self.backend.add_dead_letters(letters))
+
+    def requeue_dead(self, message_id: str | None) -> int:
+        return self._call("requeue_dead", lambda: self.backend.requeue_dead(message_id))
