@@ -172,6 +172,11 @@ class Worker:
         self._backend_down = False
         self._waits = isinstance(backend, WaitsForWork)  # woken by the backend, never polling
 
+    @property
+    def backend_up(self) -> bool:
+        """False from a failed backend call until one succeeds again (for /readyz)."""
+        return not self._backend_down
+
     # --- control, from signal handlers and other threads ---------------------------------
 
     def stop(self) -> None:

@@ -246,6 +246,13 @@ def start_embedded_worker(
     return EmbeddedWorker(worker, backend, graceful)
 
 
+def worker_readiness(runner: Worker) -> tuple[bool, str]:
+    """/readyz: not ready while the worker's backend fails, as `beatd run`'s."""
+    if not runner.backend_up:
+        return False, f"backend {runner.backend.url} unavailable"
+    return True, "worker running"
+
+
 @main.command()
 @config_options
 @daemon_options
@@ -268,7 +275,7 @@ def worker(
     runner = build_worker(backend, config, flags)
     registry = CollectorRegistry()
     register_worker(registry, runner)
-    server = start_metrics(metrics_addr, registry, lambda: (True, "worker running"))
+    server = start_metrics(metrics_addr, registry, lambda: worker_readiness(runner))
     on_stop_signals(runner.stop, runner.abort)
     try:
         runner.run()
