@@ -22,6 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from beatd.core import COUNT_FIELDS, MissReason
+from beatd.events import Event, Published
 from beatd.state import EntryState
 
 if TYPE_CHECKING:
@@ -165,15 +166,27 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 def register_scheduler(registry: CollectorRegistry, scheduler: Scheduler) -> None:
-    """Add the scheduler's collector and its publish-delay histogram to `registry`."""
+    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`)."""
     registry.register(SchedulerCollector(scheduler))
-    delay = Histogram(
-        "beatd_publish_delay_seconds",
-        "Published time minus due time (the slot plus its jitter).",
-        buckets=DELAY_BUCKETS,
-        registry=registry,
-    )
-    scheduler.observe_delay = delay.observe
+
+
+class PublishDelay:
+    """An observer of the scheduler loop: each published run's delay, in a histogram."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._histogram = Histogram(
+            "beatd_publish_delay_seconds",
+            "Published time minus due time (the slot plus its jitter).",
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+
+    def notify(self, event: Event) -> None:
+        if isinstance(event, Published):
+            observe, published_at = self._histogram.observe, event.published_at
+            for decision in event.decisions:
+                for run in decision.runs:
+                    observe((published_at - run.due).total_seconds())
 
 
 class WorkerCollector(Collector):

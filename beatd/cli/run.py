@@ -7,13 +7,13 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import click
 from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
+from beatd.assemble import build_scheduler
 from beatd.backends import Backend
 from beatd.backends.base import (
     NEEDS,
@@ -36,15 +36,15 @@ from beatd.cli.common import (
     seconds_option,
     start_metrics,
 )
-from beatd.cli.workers import start_embedded_worker, worker_options
+from beatd.cli.workers import build_embedded_worker, worker_options
 from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
 from beatd.errors import BeatdError, ConfigError, Problem
-from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
+from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
 from beatd.scheduler import Scheduler, SchedulerSettings
-from beatd.service import on_signals, setup_logging, tune_collector, watch_schedule_files
+from beatd.service import on_signals, setup_logging, watch_schedule_files
 from beatd.systemd import Notifier
 
 log = logging.getLogger("beatd")
@@ -146,10 +146,18 @@ def run(
         max_clock_skew=skew,
         removed_grace=grace,
     )
-    scheduler = Scheduler(backend, load, SystemClock(), settings, config=config)
-    scheduler.on_event = tune_collector(systemd_events(notifier, scheduler))
     registry = CollectorRegistry()
-    register_scheduler(registry, scheduler)
+    worker = build_embedded_worker(broker, config, ttl, worker_flags) if with_worker else None
+    scheduler = build_scheduler(
+        backend,
+        config,
+        load,
+        SystemClock(),
+        settings,
+        notifier=notifier,
+        registry=registry,
+        worker=worker.worker if worker is not None else None,
+    )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
     if watch:
@@ -161,9 +169,8 @@ def run(
         len(config.entries),
         config.fingerprint,
     )
-    worker = None
-    if with_worker:
-        worker = start_embedded_worker(broker, config, scheduler, stop, worker_flags)
+    if worker is not None:
+        worker.start(stop, scheduler.wake)
         register_worker(registry, worker.worker)
     server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
     failed: StorageFailed | None = None
@@ -233,34 +240,6 @@ def warn_about_backend(backend: Backend) -> None:
         log.warning("%s", warning)
 
 
-def status_line(scheduler: Scheduler) -> str:
-    if not scheduler.totals.backend_up:
-        return f"backend {scheduler.backend.url} unavailable"
-    role = "leader" if scheduler.is_leader else "standby"
-    return f"{role}, {len(scheduler.config.entries)} entries"
-
-
 def readiness(scheduler: Scheduler) -> tuple[bool, str]:
-    return scheduler.totals.backend_up, status_line(scheduler)
-
-
-def systemd_events(notifier: Notifier, scheduler: Scheduler) -> Callable[[str], None]:
-    """Turn the loop's events into notify messages: READY once the backend answered, RELOADING
-    around reloads, STATUS on leadership changes, a watchdog ping from every step."""
-    ready = False
-
-    def on_event(event: str) -> None:
-        nonlocal ready
-        if event == "step":
-            notifier.watchdog()
-            if not ready and scheduler.totals.backend_up:
-                ready = True
-                notifier.ready(status_line(scheduler))
-        elif event == "reloading":
-            notifier.reloading()
-        elif event in ("reloaded", "reload_failed"):
-            notifier.ready(status_line(scheduler))
-        elif event in ("leader", "standby", "backend_down", "backend_up"):
-            notifier.status(status_line(scheduler))
-
-    return on_event
+    status = scheduler.status()
+    return status.backend_up, status.line

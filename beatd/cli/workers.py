@@ -34,7 +34,6 @@ from beatd.cli.common import (
 from beatd.config import Config
 from beatd.errors import BeatdError
 from beatd.metrics import DEFAULT_WORKER_METRICS_ADDR, register_worker
-from beatd.scheduler import Scheduler
 from beatd.service import setup_logging
 from beatd.tasks import TaskError, import_task_modules, registry
 from beatd.worker import Worker, WorkerSettings
@@ -186,12 +185,23 @@ def on_stop_signals(graceful: Callable[[], None], abort: Callable[[], None]) -> 
 class EmbeddedWorker:
     """`run --with-worker`: the worker's loop in a thread beside the scheduler's."""
 
-    def __init__(self, worker: Worker, backend: Backend, stop: Callable[[], None]) -> None:
+    def __init__(self, worker: Worker, backend: Backend) -> None:
         self.worker = worker
         self.backend = backend
-        self.stop_scheduler = stop
         self.failed = False
         self.thread = threading.Thread(target=self._main, name="beatd-worker")
+        self._stop_scheduler: Callable[[], None] = lambda: None
+
+    def start(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Drain on SIGTERM/SIGINT, stopping the scheduler (`stop`, `wake`) too; run."""
+
+        def graceful() -> None:
+            stop.set()
+            wake.set()
+            self.worker.stop()
+
+        self._stop_scheduler = graceful
+        on_stop_signals(graceful, self.worker.abort)
         self.thread.start()
 
     def _main(self) -> None:
@@ -200,11 +210,11 @@ class EmbeddedWorker:
         except BeatdError as exc:
             log.error("the worker failed, stopping: %s", exc)
             self.failed = True
-            self.stop_scheduler()
+            self._stop_scheduler()
         except Exception:
             log.exception("the worker failed, stopping")
             self.failed = True
-            self.stop_scheduler()
+            self._stop_scheduler()
         finally:
             self.backend.close()
 
@@ -223,27 +233,11 @@ def open_worker_broker(broker: str, flags: dict[str, Any], limit: float = 2.0) -
     return open_broker(broker, op_timeout=min(limit, visibility / 5))
 
 
-def start_embedded_worker(
-    broker: str, config: Config, scheduler: Scheduler, stop: threading.Event, flags: dict[str, Any]
+def build_embedded_worker(
+    broker: str, config: Config, lease_ttl: float, flags: dict[str, Any]
 ) -> EmbeddedWorker:
-    backend = open_worker_broker(broker, flags, limit=scheduler.settings.lease_ttl / 5)
-    worker = build_worker(backend, config, flags)
-
-    def graceful() -> None:
-        stop.set()
-        scheduler.wake.set()
-        worker.stop()
-
-    on_stop_signals(graceful, worker.abort)
-    notify = scheduler.on_event
-
-    def on_event(event: str) -> None:
-        notify(event)
-        if event == "step":
-            worker.nudge()  # whatever was just published runs now, not at the next poll
-
-    scheduler.on_event = on_event
-    return EmbeddedWorker(worker, backend, graceful)
+    backend = open_worker_broker(broker, flags, limit=lease_ttl / 5)
+    return EmbeddedWorker(build_worker(backend, config, flags), backend)
 
 
 def worker_readiness(runner: Worker) -> tuple[bool, str]:
