@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
 from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
-from beatd.assemble import build_scheduler
+from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends import Backend
 from beatd.backends.base import (
     NEEDS,
@@ -43,11 +45,53 @@ from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
 from beatd.errors import BeatdError, ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
-from beatd.scheduler import Scheduler, SchedulerSettings
+from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, watch_schedule_files
 from beatd.systemd import Notifier
 
 log = logging.getLogger("beatd")
+
+
+RUN_FLAGS = (
+    "lease_ttl",
+    "node",
+    "watch",
+    "max_clock_skew",
+    "removed_grace",
+    "metrics_addr",
+    "with_worker",
+)
+
+
+def run_settings(func: Callable[..., None]) -> Callable[..., None]:
+    """Hand `func` `run`'s own flags parsed, as `settings: RunSettings`."""
+
+    @functools.wraps(func)
+    def parsed(**kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name) for name in RUN_FLAGS}
+        func(**kwargs, settings=parse_run_settings(**flags))
+
+    return parsed
+
+
+def parse_run_settings(
+    lease_ttl: str,
+    node: str,
+    watch: bool,
+    max_clock_skew: str,
+    removed_grace: str,
+    metrics_addr: str,
+    with_worker: bool,
+) -> RunSettings:
+    return RunSettings(
+        node=node,
+        lease_ttl=seconds_option("--lease-ttl", lease_ttl),
+        max_clock_skew=seconds_option("--max-clock-skew", max_clock_skew),
+        removed_grace=seconds_option("--removed-grace", removed_grace, zero_ok=True),
+        watch=watch,
+        metrics_addr=metrics_addr,
+        with_worker=with_worker,
+    )
 
 
 @main.command()
@@ -99,6 +143,7 @@ log = logging.getLogger("beatd")
     help="Also run the published tasks, in this process: the scheduler loop and the worker's "
     "dispatcher as threads (the one-command quickstart).",
 )
+@run_settings
 @worker_options
 def run(
     schedules: tuple[str, ...],
@@ -107,29 +152,72 @@ def run(
     broker: str,
     log_level: str,
     log_format: str,
-    lease_ttl: str,
-    node: str,
-    watch: bool,
-    max_clock_skew: str,
-    removed_grace: str,
-    metrics_addr: str,
-    with_worker: bool,
-    **worker_flags: Any,
+    settings: RunSettings,
+    worker_options: WorkerOptions,
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log_level, log_format)
-    ttl = seconds_option("--lease-ttl", lease_ttl)
-    skew = seconds_option("--max-clock-skew", max_clock_skew)
-    grace = seconds_option("--removed-grace", removed_grace, zero_ok=True)
     config = read_config(schedules, timezone, max_file_size)
     broker = celery_broker(broker)
-    backend = open_broker(broker, op_timeout=ttl / 5)  # a hung backend cannot outlast the lease
+    # a hung backend cannot outlast the lease
+    backend = open_broker(broker, op_timeout=settings.lease_ttl / 5)
     warn_about_backend(backend)
-    paths, celery = schedule_paths(schedules), celery_config()
+    refuse_unwritable(config, backend)
+    load = config_loader(schedules, timezone, max_file_size, backend)
+    notifier = Notifier()
+    registry = CollectorRegistry()
+    worker = None
+    if settings.with_worker:
+        worker = build_embedded_worker(broker, config, settings.lease_ttl, worker_options)
+    scheduler = build_scheduler(
+        backend,
+        config,
+        load,
+        SystemClock(),
+        settings.scheduler(notifier.watchdog_interval),
+        notifier=notifier,
+        registry=registry,
+        worker=worker.worker if worker is not None else None,
+    )
+    stop = threading.Event()
+    on_signals(stop, scheduler.wake, scheduler.request_reload)
+    if settings.watch:
+        watch_schedule_files(schedules, stop, scheduler.request_reload)
+    log.info(
+        "beatd run node=%s broker=%s entries=%d config=%s",
+        settings.node,
+        backend.url,
+        len(config.entries),
+        config.fingerprint,
+    )
+    if worker is not None:
+        worker.start(stop, scheduler.wake)
+        register_worker(registry, worker.worker)
+    server = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
+    try:
+        serve(scheduler, stop)
+    finally:
+        notifier.stopping()
+        if server is not None:
+            server.stop()
+        backend.close()
+        if worker is not None:
+            worker.finish()
+
+
+def refuse_unwritable(config: Config, backend: StateStore) -> None:
+    """Exit 2 at start when the backend cannot write an entry's destination."""
     try:
         check_transport(config, backend)
     except ConfigError as exc:
         fail(exc)
+
+
+def config_loader(
+    schedules: tuple[str, ...], timezone: str, max_file_size: int, backend: StateStore
+) -> Callable[[], Config]:
+    """What a reload reads: the same files, checked against the backend as at start."""
+    paths, celery = schedule_paths(schedules), celery_config()
 
     def load() -> Config:
         loaded = load_config(
@@ -138,55 +226,15 @@ def run(
         check_transport(loaded, backend)
         return loaded
 
-    notifier = Notifier()
-    settings = SchedulerSettings(
-        node=node,
-        lease_ttl=ttl,
-        watchdog_interval=notifier.watchdog_interval,
-        max_clock_skew=skew,
-        removed_grace=grace,
-    )
-    registry = CollectorRegistry()
-    worker = build_embedded_worker(broker, config, ttl, worker_flags) if with_worker else None
-    scheduler = build_scheduler(
-        backend,
-        config,
-        load,
-        SystemClock(),
-        settings,
-        notifier=notifier,
-        registry=registry,
-        worker=worker.worker if worker is not None else None,
-    )
-    stop = threading.Event()
-    on_signals(stop, scheduler.wake, scheduler.request_reload)
-    if watch:
-        watch_schedule_files(schedules, stop, scheduler.request_reload)
-    log.info(
-        "beatd run node=%s broker=%s entries=%d config=%s",
-        node,
-        backend.url,
-        len(config.entries),
-        config.fingerprint,
-    )
-    if worker is not None:
-        worker.start(stop, scheduler.wake)
-        register_worker(registry, worker.worker)
-    server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
-    failed: StorageFailed | None = None
+    return load
+
+
+def serve(scheduler: Scheduler, stop: threading.Event) -> None:
+    """Run the loop until stopped; exit with the storage's status when it failed."""
     try:
         scheduler.run(stop)
     except StorageFailed as exc:  # logged by the scheduler as it stepped down
-        failed = exc
-    finally:
-        notifier.stopping()
-        if server is not None:
-            server.stop()
-        backend.close()
-        if worker is not None:
-            worker.finish()
-    if failed is not None:
-        sys.exit(failed.exit_status)
+        sys.exit(exc.exit_status)
 
 
 def celery_broker(broker: str) -> str:
