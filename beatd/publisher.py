@@ -18,7 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from beatd import celery_protocol
 from beatd.backends.base import (
@@ -122,6 +122,15 @@ class CeleryEncoder:
             into.append(Outgoing(entry.name, message.id, destination, body))
 
 
+class Round(NamedTuple):
+    """What a round of publishing did: whether the backend was asked, the run counts before
+    it (for its log line), and the lost lease that ended it early, if it did."""
+
+    asked: bool
+    counts_before: dict[str, int]
+    lease_lost: LeaseLost | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Sent:
     batch: list[Decision]
@@ -157,10 +166,10 @@ class Publisher:
         self.in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.readopt = False  # an entry could not be resynced: adopt the configuration again
 
-    def publish(self, planner: Planner, lease: Lease) -> bool:
+    def publish(self, planner: Planner, lease: Lease) -> Round:
         """Publish what is due, a batch at a time, with one batch's commit in flight: the next
-        batch is decided while the backend works on the last. True when the backend was asked;
-        raises LeaseLost (after logging what was published) when the lease is gone."""
+        batch is decided while the backend works on the last. A lost lease ends the round (and
+        is in the answer); other backend errors are raised."""
         before = self.counts.totals()
         sent: _Sent | None = None  # committed, outcome not yet read
         batch: list[Decision] = []  # decided, not yet sent
@@ -180,18 +189,18 @@ class Publisher:
             if sent is not None:
                 last, sent = sent, None
                 self._conclude(planner, last)
-        except BackendError as exc:
+        except LeaseLost as exc:
             planner.release(batch)
-            if isinstance(exc, LeaseLost):
-                self._log_step(planner, before)
+            return Round(asked, before, exc)
+        except BackendError:
+            planner.release(batch)
             raise
         except BaseException:
             if sent is not None:  # a fault of ours while deciding: still read what was sent
                 with suppress(BackendError):
                     self._conclude(planner, sent)
             raise
-        self._log_step(planner, before)
-        return asked
+        return Round(asked, before, None)
 
     def messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
         stamp = format_time(published_at)
@@ -259,7 +268,8 @@ class Publisher:
             if doubt is not None and states.get(name) == doubt[0].state:
                 self.account([doubt[0]], doubt[1])
 
-    def _log_step(self, planner: Planner, before: dict[str, int]) -> None:
+    def log_round(self, planner: Planner, before: dict[str, int]) -> None:
+        """One line for a round that had anything due: published, late, missed, next due."""
         after = self.counts.totals()
         if after["due"] == before["due"]:
             return

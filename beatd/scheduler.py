@@ -174,13 +174,16 @@ class Scheduler:
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
         if self.lease is not None:
-            try:
-                asked |= self.publisher.publish(self.planner, self.lease)
-            except LeaseLost as exc:
-                log.warning("%s; now standby", exc)
-                self._step_down()
-                asked = True
+            asked |= self._publish(self.lease)
         return asked
+
+    def _publish(self, lease: Lease) -> bool:
+        done = self.publisher.publish(self.planner, lease)
+        if done.lease_lost is not None:
+            log.warning("%s; now standby", done.lease_lost)
+            self._step_down()
+        self.publisher.log_round(self.planner, done.counts_before)
+        return done.asked
 
     def _adopt(self, lease: Lease) -> None:
         try:

@@ -73,7 +73,9 @@ class Setup:
         backend.commit(lease, [StateWrite(s, None) for s in baselines], [])
 
     def publish(self) -> bool:
-        return self.publisher.publish(self.planner, self.lease)
+        done = self.publisher.publish(self.planner, self.lease)
+        assert done.lease_lost is None
+        return done.asked
 
     def ids(self) -> list[str]:
         rows = self.backend._connection().execute("SELECT body FROM message ORDER BY seq")
@@ -123,6 +125,19 @@ def test_a_refused_commit_counts_nothing_and_is_decided_again(
     setup.publish()
     assert setup.ids() == ["tick@2026-03-01T12:00:10Z"]
     assert setup.publisher.counts.total("published") == 1
+
+
+def test_a_lost_lease_ends_the_round_with_nothing_counted(
+    backend: FailingOnce, clock: FakeClock
+) -> None:
+    setup = Setup(backend, clock, every("tick", 10))
+    clock.advance(10)
+    backend.release_lease(setup.lease)
+    done = setup.publisher.publish(setup.planner, setup.lease)
+    assert done.asked
+    assert str(done.lease_lost) == "lease epoch 1 of n is no longer held"
+    assert setup.ids() == []
+    assert setup.publisher.counts.totals() == done.counts_before
 
 
 def test_a_lost_reply_holds_the_runs_in_doubt_until_the_state_shows_them_applied(
