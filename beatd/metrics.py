@@ -21,14 +21,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from beatd.core import COUNT_FIELDS, MissReason
+from beatd.backends.base import Lease, QueueAdmin, StateStore
+from beatd.config import Config
+from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
+from beatd.events import Event, Published, Totals
+from beatd.outcomes import WorkerStats
 from beatd.state import EntryState
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
-
-    from beatd.scheduler import Scheduler
-    from beatd.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,43 @@ def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+class SchedulerView(Protocol):
+    """What the scheduler's collector reads (a `beatd.scheduler.Scheduler` is one)."""
+
+    @property
+    def backend(self) -> StateStore: ...
+    @property
+    def lease(self) -> Lease | None: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def totals(self) -> Totals: ...
+    @property
+    def counts(self) -> RunCounts: ...
+    @property
+    def planner(self) -> Planner: ...
+
+
+class WorkerSettingsView(Protocol):
+    @property
+    def queues(self) -> tuple[str, ...]: ...
+
+
+class WorkerView(Protocol):
+    """What the worker's collector reads (a `beatd.worker.Worker` is one)."""
+
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def backend(self) -> QueueAdmin: ...
+    @property
+    def settings(self) -> WorkerSettingsView: ...
+
+
 class SchedulerCollector(Collector):
     """Reads a scheduler at scrape time."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: SchedulerView) -> None:
         self.scheduler = scheduler
         self._states: Mapping[str, EntryState] = {}
         self._states_read = float("-inf")
@@ -164,16 +198,28 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def register_scheduler(registry: CollectorRegistry, scheduler: Scheduler) -> None:
-    """Add the scheduler's collector and its publish-delay histogram to `registry`."""
+def register_scheduler(registry: CollectorRegistry, scheduler: SchedulerView) -> None:
+    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`)."""
     registry.register(SchedulerCollector(scheduler))
-    delay = Histogram(
-        "beatd_publish_delay_seconds",
-        "Published time minus due time (the slot plus its jitter).",
-        buckets=DELAY_BUCKETS,
-        registry=registry,
-    )
-    scheduler.observe_delay = delay.observe
+
+
+class PublishDelay:
+    """An observer of the scheduler loop: each published run's delay, in a histogram."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._histogram = Histogram(
+            "beatd_publish_delay_seconds",
+            "Published time minus due time (the slot plus its jitter).",
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+
+    def notify(self, event: Event) -> None:
+        if isinstance(event, Published):
+            observe, published_at = self._histogram.observe, event.published_at
+            for decision in event.decisions:
+                for run in decision.runs:
+                    observe((published_at - run.due).total_seconds())
 
 
 class WorkerCollector(Collector):
@@ -182,7 +228,7 @@ class WorkerCollector(Collector):
     The worker's parent process settles every run, so its counts cover all its children.
     """
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
@@ -226,7 +272,7 @@ class WorkerCollector(Collector):
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
-def register_worker(registry: CollectorRegistry, worker: Worker) -> None:
+def register_worker(registry: CollectorRegistry, worker: WorkerView) -> None:
     """Add the worker's collector and its task-duration histogram to `registry`."""
     registry.register(WorkerCollector(worker))
     duration = Histogram(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -64,29 +63,6 @@ def setup_logging(level: str, fmt: str) -> None:
     quiet = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(quiet)
-
-
-def tune_collector(on_event: Callable[[str], None]) -> Callable[[str], None]:
-    """Keep CPython's cyclic garbage collector off what a scheduler keeps; returns `on_event`
-    wrapped to do so at the scheduler's events.
-
-    With the collector's defaults, collections that walked every entry again and again were a
-    third of the cost of a 100,000-run burst. So it runs every 50,000 new objects instead of
-    700 (what publishing makes dies young, by reference counting), and once a configuration is
-    adopted, what is alive then (entries, planner state) is frozen out of its sight until the
-    next reload, which first hands it back so that old configurations can be collected.
-    """
-    gc.set_threshold(50_000, 20, 20)
-
-    def handle(event: str) -> None:
-        if event == "reloading":
-            gc.unfreeze()
-        elif event in ("adopted", "reload_failed"):
-            gc.collect()
-            gc.freeze()
-        on_event(event)
-
-    return handle
 
 
 def on_signals(stop: threading.Event, wake: threading.Event, reload: Callable[[], None]) -> None:

@@ -10,11 +10,9 @@ the write finally lands (or logged as never written when the worker stops first)
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
 from beatd.backends.base import Backend, Delivery
@@ -22,6 +20,7 @@ from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.errors import BackendError
 from beatd.message import RunMessage
+from beatd.outcomes import Outcome, WorkerStats
 from beatd.pool import Reply
 from beatd.tasks import Task
 
@@ -31,56 +30,12 @@ log = logging.getLogger("beatd.worker")
 FIRST_RETRY = 1.0  # seconds before an outcome the backend refused is written again
 
 
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    RETRIED = "retried"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    DEAD_LETTERED = "dead_lettered"
-    CRASHED = "crashed"
-    RELEASED = "released"
-
-
-FAILURES = (Outcome.RETRIED, Outcome.FAILED, Outcome.CRASHED)
 LEVELS = {
     Outcome.SUCCEEDED: logging.INFO,
     Outcome.EXPIRED: logging.INFO,
     Outcome.RELEASED: logging.INFO,
     Outcome.RETRIED: logging.WARNING,
 }
-
-
-@dataclass
-class WorkerStats:
-    """Counts per (task, outcome) and per-entry last success and failure, for metrics."""
-
-    outcomes: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
-    last_success: dict[str, datetime] = field(default_factory=dict)
-    last_failure: dict[str, datetime] = field(default_factory=dict)
-    observe_duration: Callable[[str, float], None] = lambda _task, _seconds: None
-
-    def record(
-        self,
-        task: str,
-        entry: str | None,
-        outcome: Outcome,
-        when: datetime,
-        duration: float | None = None,
-    ) -> None:
-        self.outcomes[task, outcome] += 1
-        if duration is not None:
-            self.observe_duration(task, duration)
-        if entry is not None and outcome is Outcome.SUCCEEDED:
-            self.last_success[entry] = when
-        elif entry is not None and outcome in FAILURES:
-            self.last_failure[entry] = when
-
-    def count(self, outcome: Outcome, task: str | None = None) -> int:
-        return sum(n for (t, o), n in self.outcomes.items() if o is outcome and task in (None, t))
-
-    def summary(self) -> str:
-        """`succeeded=N retried=N ...`, every outcome in order, for the worker's last line."""
-        return " ".join(f"{outcome}={self.count(outcome)}" for outcome in Outcome)
 
 
 class StartedRun(Protocol):

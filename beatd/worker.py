@@ -35,8 +35,9 @@ from beatd.backoff import Backoff
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError
 from beatd.message import RunMessage
+from beatd.outcomes import Outcome, WorkerStats
 from beatd.pool import Died, Pool, PoolError, PoolKind, Ready, Reply, Slot
-from beatd.settling import Outcome, Settler, WorkerStats
+from beatd.settling import Settler
 from beatd.tasks import Registry, Task
 from beatd.triage import Expired, Rejected, triage
 
@@ -144,6 +145,11 @@ class Worker:
         self._heartbeat_at = 0.0
         self._backoff = Backoff(0.1, self.settings.max_backoff)  # while the backend fails
         self._waits = isinstance(backend, WaitsForWork)  # woken by the backend, never polling
+
+    @property
+    def backend_up(self) -> bool:
+        """False from a failed backend call until one succeeds again (for /readyz)."""
+        return not self._backoff.failing
 
     # --- control, from signal handlers and other threads ---------------------------------
 

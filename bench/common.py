@@ -122,13 +122,18 @@ def beatd_scheduler(backend: Any, cfg: Any, clock: Any, **settings: Any):
     """A `Scheduler` on `cfg`, set up as `beatd run` sets one up (its garbage-collector tuning
     included); `settings` this beatd does not have yet are skipped."""
     from beatd.scheduler import Scheduler, SchedulerSettings
-    from beatd.service import tune_collector
 
     known = {f.name for f in dataclasses.fields(SchedulerSettings)}
     chosen = SchedulerSettings(**{k: v for k, v in settings.items() if k in known})
-    scheduler = Scheduler(backend, lambda: cfg, clock, chosen, config=cfg)
-    scheduler.on_event = tune_collector(scheduler.on_event)
-    return scheduler
+    try:
+        from beatd.assemble import build_scheduler
+    except ImportError:  # a beatd from before beatd.assemble (an A/B run's baseline)
+        from beatd.service import tune_collector
+
+        scheduler = Scheduler(backend, lambda: cfg, clock, chosen, config=cfg)
+        scheduler.on_event = tune_collector(scheduler.on_event)
+        return scheduler
+    return build_scheduler(backend, cfg, lambda: cfg, clock, chosen)
 
 
 def open_backend(url: str):

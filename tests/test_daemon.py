@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import pytest
 
-from beatd.backends.sqlite import SCHEMA
+from beatd.backends.sqlite import SCHEMA, SQLiteBackend
 from beatd.cli import main
 from tests.redis_server import free_port
 from tests.waiting import wait_for
@@ -419,6 +419,40 @@ def test_a_database_opened_read_only_is_opened_again_once_its_mode_is_fixed(
     finally:
         daemon.kill()
     assert_contiguous(slots(db), timedelta(seconds=1))
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="as root, the daemon needs setpriv to drop CAP_DAC_OVERRIDE",
+)
+def test_the_worker_is_not_ready_while_its_database_cannot_be_written(tmp_path: Path) -> None:
+    db, port = tmp_path / "beatd.db", free_port()
+    SQLiteBackend(db).close()  # the database exists, made by an earlier `beatd run`
+    for path in tmp_path.glob("beatd.db*"):
+        path.chmod(0o444)
+    command = [
+        *OBEYING_FILE_MODES,
+        *(sys.executable, "-m", "beatd", "worker", "--broker", f"sqlite:///{db}"),
+        *("-A", "tests.worker_tasks", "-c", "1", "--metrics-addr", f"127.0.0.1:{port}"),
+    ]
+    log = tmp_path / "w.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+        )
+    try:
+        reopening = "; opening it again at the next attempt"
+        wait_for(lambda: reopening in log.read_text(), what="the claim to fail")
+        assert readyz(port) == (503, f"backend sqlite:///{db} unavailable\n")
+        for path in tmp_path.glob("beatd.db*"):
+            path.chmod(0o600)
+        wait_for(lambda: "reachable again" in log.read_text(), what="the worker to recover")
+        assert readyz(port) == (200, "worker running\n")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
 
 
 @pytest.mark.parametrize("unit", ["beatd.service", "beatd-worker@.service"])

@@ -22,7 +22,7 @@ from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
 from beatd.errors import Problem
-from beatd.metrics import MetricsServer, register_scheduler
+from beatd.metrics import MetricsServer, PublishDelay, register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 
@@ -64,8 +64,11 @@ def observed(backend: SQLiteBackend, clock: FakeClock, config: Config, node: str
             raise configs[-1]
         return configs[-1]
 
-    beat = Scheduler(backend, load, clock, SchedulerSettings(node=node), config=config)
     registry = CollectorRegistry()
+    observers = [PublishDelay(registry)]
+    beat = Scheduler(
+        backend, load, clock, SchedulerSettings(node=node), config=config, observers=observers
+    )
     register_scheduler(registry, beat)
     return beat, registry, configs
 

@@ -21,10 +21,12 @@ from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
+from beatd.events import Adopted, ReloadFailed, Reloading, Status
 from beatd.message import RunMessage
+from beatd.observers import GcTuning
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
-from beatd.service import JsonFormatter, tune_collector
+from beatd.service import JsonFormatter
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,16 +42,14 @@ def collector() -> Iterator[None]:
 
 @pytest.mark.usefixtures("collector")
 def test_adopted_state_is_frozen_until_a_reload_hands_it_back() -> None:
-    seen: list[str] = []
-    handle = tune_collector(seen.append)
+    tuning = GcTuning()
     assert gc.get_threshold()[0] == 50_000
-    handle("adopted")
+    tuning.notify(Adopted())
     assert gc.get_freeze_count() > 0
-    handle("reloading")  # an old configuration with cycles (a .py file's) can now be collected
-    assert gc.get_freeze_count() == 0
-    handle("reload_failed")  # the configuration kept is frozen again
+    tuning.notify(Reloading())  # an old configuration with cycles (a .py file's) can now be
+    assert gc.get_freeze_count() == 0  # collected
+    tuning.notify(ReloadFailed(Status(True, True, 1, "sqlite:///b.db")))  # kept: frozen again
     assert gc.get_freeze_count() > 0
-    assert seen == ["adopted", "reloading", "reload_failed"]
 
 
 @pytest.mark.usefixtures("collector")
@@ -58,12 +58,12 @@ def test_a_reload_frees_the_cycles_of_the_configuration_it_replaces() -> None:
         def __init__(self) -> None:
             self.me = self
 
-    handle = tune_collector(lambda _event: None)
+    tuning = GcTuning()
     old = [Node() for _ in range(1000)]  # what a reloaded Python schedule file leaves behind
-    handle("adopted")
+    tuning.notify(Adopted())
     del old
-    handle("reloading")
-    handle("adopted")
+    tuning.notify(Reloading())
+    tuning.notify(Adopted())
     assert not any(isinstance(o, Node) for o in gc.get_objects())
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from beatd.backends.base import Delivery, Outgoing
+from beatd.backends.base import BeatdQueue, Delivery, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.errors import TransientBackendError
@@ -71,7 +71,7 @@ def clock() -> FakeClock:
 
 def claimed(backend: SQLiteBackend, attempt: int = 1) -> tuple[Delivery, RunMessage]:
     message = RunMessage("sum@1", "jobs.add", "sum", START, START, "default", attempt=attempt)
-    backend.enqueue([Outgoing("sum", "sum@1", "default", None, message.to_json())])
+    backend.enqueue([Outgoing("sum", "sum@1", BeatdQueue("default"), message.to_json())])
     delivery = backend.claim(["default"], "test", 30)
     assert delivery is not None
     return delivery, message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ import click
 from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
+from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends import Backend
 from beatd.backends.base import (
     NEEDS,
@@ -24,43 +26,80 @@ from beatd.backends.base import (
 )
 from beatd.backends.redis import redact
 from beatd.cli.common import (
-    celery_config,
-    config_options,
-    daemon_options,
+    BackendSettings,
+    LogSettings,
+    ScheduleSettings,
+    backend_options,
     fail,
-    legacy_backend_settings,
-    legacy_schedule_settings,
+    logging_options,
     main,
     metrics_option,
     open_broker,
     read_config,
-    schedule_paths,
+    schedule_options,
     seconds_option,
     start_metrics,
 )
-from beatd.cli.workers import start_embedded_worker, worker_options
+from beatd.cli.workers import build_embedded_worker, worker_options
 from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
 from beatd.errors import BeatdError, ConfigError, Problem
-from beatd.metrics import DEFAULT_METRICS_ADDR, register_scheduler, register_worker
-from beatd.scheduler import Scheduler, SchedulerSettings
-from beatd.service import (
-    on_signals,
-    setup_logging,
-    stop_watching,
-    tune_collector,
-    watch_schedule_files,
-)
+from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
+from beatd.scheduler import Scheduler
+from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
 from beatd.systemd import Notifier
 
-log = logging.getLogger("beatd")
+logger = logging.getLogger("beatd")
+
+
+RUN_FLAGS = (
+    "lease_ttl",
+    "node",
+    "watch",
+    "max_clock_skew",
+    "removed_grace",
+    "metrics_addr",
+    "with_worker",
+)
+
+
+def run_settings(func: Callable[..., None]) -> Callable[..., None]:
+    """Hand `func` `run`'s own flags parsed, as `settings: RunSettings`."""
+
+    @functools.wraps(func)
+    def parsed(**kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name) for name in RUN_FLAGS}
+        func(**kwargs, settings=parse_run_settings(**flags))
+
+    return parsed
+
+
+def parse_run_settings(
+    lease_ttl: str,
+    node: str,
+    watch: bool,
+    max_clock_skew: str,
+    removed_grace: str,
+    metrics_addr: str,
+    with_worker: bool,
+) -> RunSettings:
+    return RunSettings(
+        node=node,
+        lease_ttl=seconds_option("--lease-ttl", lease_ttl),
+        max_clock_skew=seconds_option("--max-clock-skew", max_clock_skew),
+        removed_grace=seconds_option("--removed-grace", removed_grace, zero_ok=True),
+        watch=watch,
+        metrics_addr=metrics_addr,
+        with_worker=with_worker,
+    )
 
 
 @main.command()
-@config_options
-@daemon_options
+@schedule_options
+@backend_options
+@logging_options()
 @click.option(
     "--lease-ttl",
     envvar="BEATD_LEASE_TTL",
@@ -107,105 +146,112 @@ log = logging.getLogger("beatd")
     help="Also run the published tasks, in this process: the scheduler loop and the worker's "
     "dispatcher as threads (the one-command quickstart).",
 )
+@run_settings
 @worker_options
 def run(
-    schedules: tuple[str, ...],
-    timezone: str,
-    max_file_size: int,
-    broker: str,
-    log_level: str,
-    log_format: str,
-    lease_ttl: str,
-    node: str,
-    watch: bool,
-    max_clock_skew: str,
-    removed_grace: str,
-    metrics_addr: str,
-    with_worker: bool,
-    **worker_flags: Any,
+    schedule: ScheduleSettings,
+    backend: BackendSettings,
+    log: LogSettings,
+    settings: RunSettings,
+    worker_options: WorkerOptions,
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
-    setup_logging(log_level, log_format)
-    ttl = seconds_option("--lease-ttl", lease_ttl)
-    skew = seconds_option("--max-clock-skew", max_clock_skew)
-    grace = seconds_option("--removed-grace", removed_grace, zero_ok=True)
-    if with_worker:  # bad input must end the command before anything is started
-        seconds_option("--visibility-timeout", worker_flags["visibility_timeout"])
-        seconds_option("--drain-timeout", worker_flags["drain_timeout"])
-    config = read_config(legacy_schedule_settings(schedules, timezone, max_file_size))
-    broker = celery_broker(broker)
-    backend = open_broker(legacy_backend_settings(broker), ttl / 5)  # cannot outlast the lease
-    warn_about_backend(backend)
-    paths, celery = schedule_paths(schedules), celery_config()
+    setup_logging(log.level, log.format)
+    config = read_config(schedule)
+    broker = celery_broker(backend, schedule.celery_config)
+    store = open_broker(broker, settings.lease_ttl / 5)  # a hung backend cannot outlast the lease
+    warn_about_backend(store)
+    refuse_unwritable(config, store)
+    notifier = Notifier()
+    registry = CollectorRegistry()
+    worker = None
+    if settings.with_worker:
+        worker = build_embedded_worker(broker, config, settings.lease_ttl, worker_options)
+    scheduler = build_scheduler(
+        store,
+        config,
+        config_loader(schedule, store),
+        SystemClock(),
+        settings.scheduler(notifier.watchdog_interval),
+        notifier=notifier,
+        registry=registry,
+        worker=worker.worker if worker is not None else None,
+    )
+    stop = threading.Event()
+    on_signals(stop, scheduler.wake, scheduler.request_reload)
+    watcher = None
+    if settings.watch:
+        watcher = watch_schedule_files(schedule.paths, stop, scheduler.request_reload)
+    logger.info(
+        "beatd run node=%s broker=%s entries=%d config=%s",
+        settings.node,
+        store.url,
+        len(config.entries),
+        config.fingerprint,
+    )
+    try:
+        if worker is not None:
+            worker.start(stop, scheduler.wake)
+            register_worker(registry, worker.worker)
+        server = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
+        try:
+            serve(scheduler, stop)
+        finally:
+            if server is not None:
+                server.stop()
+    finally:
+        notifier.stopping()
+        stop.set()
+        store.close()
+        if worker is not None:
+            worker.finish()
+        if watcher is not None:
+            stop_watching(watcher)
+
+
+def refuse_unwritable(config: Config, backend: StateStore) -> None:
+    """Exit 2 at start when the backend cannot write an entry's destination."""
     try:
         check_transport(config, backend)
     except ConfigError as exc:
         fail(exc)
 
+
+def config_loader(schedule: ScheduleSettings, backend: StateStore) -> Callable[[], Config]:
+    """How a reload reads the configuration: as at start, and refused where the backend
+    cannot hold what it names."""
+
     def load() -> Config:
         loaded = load_config(
-            paths, default_timezone=timezone, max_bytes=max_file_size, celery_config=celery
+            schedule.paths,
+            default_timezone=schedule.timezone,
+            max_bytes=schedule.max_file_size,
+            celery_config=schedule.celery_config,
         )
         check_transport(loaded, backend)
         return loaded
 
-    notifier = Notifier()
-    settings = SchedulerSettings(
-        node=node,
-        lease_ttl=ttl,
-        watchdog_interval=notifier.watchdog_interval,
-        max_clock_skew=skew,
-        removed_grace=grace,
-    )
-    scheduler = Scheduler(backend, load, SystemClock(), settings, config=config)
-    scheduler.on_event = tune_collector(systemd_events(notifier, scheduler))
-    registry = CollectorRegistry()
-    register_scheduler(registry, scheduler)
-    stop = threading.Event()
-    on_signals(stop, scheduler.wake, scheduler.request_reload)
-    watcher = watch_schedule_files(schedules, stop, scheduler.request_reload) if watch else None
-    log.info(
-        "beatd run node=%s broker=%s entries=%d config=%s",
-        node,
-        backend.url,
-        len(config.entries),
-        config.fingerprint,
-    )
-    worker = None
-    if with_worker:
-        worker = start_embedded_worker(broker, config, scheduler, stop, worker_flags)
-        register_worker(registry, worker.worker)
-    server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
-    failed: StorageFailed | None = None
+    return load
+
+
+def serve(scheduler: Scheduler, stop: threading.Event) -> None:
+    """Run the loop until stopped; exit with the storage's status when it failed."""
     try:
         scheduler.run(stop)
     except StorageFailed as exc:  # logged by the scheduler as it stepped down
-        failed = exc
-    finally:
-        notifier.stopping()
-        stop.set()
-        if server is not None:
-            server.stop()
-        backend.close()
-        if worker is not None:
-            worker.finish()
-        if watcher is not None:
-            stop_watching(watcher)
-    if failed is not None:
-        sys.exit(failed.exit_status)
+        sys.exit(exc.exit_status)
 
 
-def celery_broker(broker: str) -> str:
+def celery_broker(backend: BackendSettings, celery_config: str | None) -> BackendSettings:
     """--broker, unless it was left at its default and the Celery config names a broker."""
-    ctx = click.get_current_context()
-    spec = celery_config()
-    if not spec or ctx.get_parameter_source("broker") is not ParameterSource.DEFAULT:
-        return broker
-    url = read_celery_config(spec, "UTC").broker_url
+    source = click.get_current_context().get_parameter_source("broker")
+    if not celery_config or source is not ParameterSource.DEFAULT:
+        return backend
+    url = read_celery_config(celery_config, "UTC").broker_url
     if url is None:
-        return broker
-    log.info("broker from the Celery config %s: %s", spec, redact(url))
-    return url
+        return backend
+    logger.info("broker from the Celery config %s: %s", celery_config, redact(url))
+    return BackendSettings(url, backend.namespace)
 
 
 def check_transport(config: Config, backend: StateStore) -> None:
@@ -240,40 +286,12 @@ def warn_about_backend(backend: Backend) -> None:
     try:
         warnings = backend.persistence_warnings()
     except BeatdError as exc:
-        log.warning("could not check the backend's settings: %s", exc)
+        logger.warning("could not check the backend's settings: %s", exc)
         return
     for warning in warnings:
-        log.warning("%s", warning)
-
-
-def status_line(scheduler: Scheduler) -> str:
-    if not scheduler.totals.backend_up:
-        return f"backend {scheduler.backend.url} unavailable"
-    role = "leader" if scheduler.is_leader else "standby"
-    return f"{role}, {len(scheduler.config.entries)} entries"
+        logger.warning("%s", warning)
 
 
 def readiness(scheduler: Scheduler) -> tuple[bool, str]:
-    return scheduler.totals.backend_up, status_line(scheduler)
-
-
-def systemd_events(notifier: Notifier, scheduler: Scheduler) -> Callable[[str], None]:
-    """Turn the loop's events into notify messages: READY once the backend answered, RELOADING
-    around reloads, STATUS on leadership changes, a watchdog ping from every step."""
-    ready = False
-
-    def on_event(event: str) -> None:
-        nonlocal ready
-        if event == "step":
-            notifier.watchdog()
-            if not ready and scheduler.totals.backend_up:
-                ready = True
-                notifier.ready(status_line(scheduler))
-        elif event == "reloading":
-            notifier.reloading()
-        elif event in ("reloaded", "reload_failed"):
-            notifier.ready(status_line(scheduler))
-        elif event in ("leader", "standby", "backend_down", "backend_up"):
-            notifier.status(status_line(scheduler))
-
-    return on_event
+    status = scheduler.status()
+    return status.backend_up, status.line

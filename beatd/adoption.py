@@ -1,0 +1,117 @@
+"""Adopting a configuration: the planner brought in line with the entries and the persisted
+state, when this node becomes leader and after every reload.
+
+Entries new to the backend, or whose schedule changed, start from now; entries no longer
+configured are forgotten once removed for the grace (`RemovedEntries`); after the backend lost
+its data, the positions this node held are written back and the slots nobody held are counted
+as missed (`DataLossRecovery`). Retried at the next step if the backend fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from beatd.backends.base import Lease, StateStore, StateWrite
+from beatd.clock import Clock
+from beatd.config import Config
+from beatd.core import Planner, RemovedEntries
+from beatd.dataloss import DataLossRecovery
+from beatd.durations import format_duration
+from beatd.publisher import Publisher, chunks, horizon
+from beatd.state import EntryState
+
+# the loop's log lines keep the logger name operators filter on
+log = logging.getLogger("beatd.scheduler")
+
+
+class Adoption:
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        publisher: Publisher,
+        data_loss: DataLossRecovery,
+        removed_grace: float,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.publisher = publisher
+        self.data_loss = data_loss
+        self.removed = RemovedEntries(timedelta(seconds=removed_grace))
+
+    def adopt(self, config: Config, planner: Planner, lease: Lease) -> None:
+        """Load `config` into `planner` against the persisted state, under `lease`."""
+        batch_size = self.publisher.batch_size
+        states = self.store.load_states()
+        now = self.clock.now()
+        if self.data_loss.pending:
+            states = self._recover(config, planner, lease, states, now)
+        baselines, _ = planner.load(config.entries, states, now)
+        absent = [name for name in states if name not in config.entries]
+        self._forget_removed(lease, absent, now)
+        for batch in chunks(iter(baselines), batch_size):
+            writes = [StateWrite(state, horizon(states.get(state.entry))) for state in batch]
+            rejected = self.store.commit(lease, writes, [])
+            if rejected:
+                self.publisher.resync(planner, rejected)
+        self.publisher.resolve_doubts(states, list(self.publisher.in_doubt))
+        self.publisher.readopt = False
+
+    def forget_expired(self, lease: Lease) -> bool:
+        """Forget removed entries whose grace ran out since the adoption; True when the backend
+        was asked."""
+        expiry = self.removed.next_expiry()
+        now = self.clock.now()
+        if expiry is None or expiry > now:
+            return False
+        self._forget_removed(lease, self.removed.absent, now)
+        return True
+
+    def _forget_removed(self, lease: Lease, absent: list[str], now: datetime) -> None:
+        """Forget the state of the entries in `absent` (persisted, not configured) that were
+        removed at least the grace ago; keep the others' for now."""
+        kept_before = set(self.removed.absent)
+        expired = self.removed.expired(absent, now, lease.epoch)
+        grace = format_duration(self.removed.grace)
+        if expired:
+            self.store.forget(lease, expired)
+            self.removed.forgotten(expired)
+            log.info(
+                "forgot %d entries removed from the configuration for %s: %s",
+                len(expired),
+                grace,
+                _some(expired),
+            )
+        newly = [name for name in self.removed.absent if name not in kept_before]
+        if newly:
+            log.info(
+                "keeping the state of %d entries removed from the configuration for %s "
+                "(--removed-grace): re-added in time, each resumes where it was: %s",
+                len(newly),
+                grace,
+                _some(newly),
+            )
+
+    def _recover(
+        self,
+        config: Config,
+        planner: Planner,
+        lease: Lease,
+        states: dict[str, EntryState],
+        now: datetime,
+    ) -> dict[str, EntryState]:
+        """After a data loss: write back the positions this node holds; count the lost slots of
+        the entries nobody held (see DataLossRecovery.recover)."""
+        restore, lost = self.data_loss.recover(states, config.entries, now, planner.walk_limit)
+        for batch in chunks(iter(restore), self.publisher.batch_size):
+            self.store.commit(lease, [StateWrite(p, None) for p in batch], [])
+        for decision in lost:
+            self.publisher.account([decision], now)
+        return {**states, **{p.entry: p for p in restore}}
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first few of many names, for a log line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return "entries=" + ",".join(names[:shown]) + more

@@ -1,0 +1,133 @@
+"""What the scheduler loop tells the outside: typed events handed to its observers.
+
+The loop never knows who listens. Metrics, systemd's notify protocol, the garbage collector's
+tuning and an in-process worker are observers given to `Scheduler(observers=...)`; each reads
+the events it cares about and ignores the rest. Events are sent per step or per batch, never
+per run: `Published` carries a batch's decisions, and an observer that wants each run's delay
+walks them itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from beatd.core import Decision
+
+
+@dataclass
+class Totals:
+    """Running counts since start, for `beatd status` and metrics (runs: see `RunCounts`)."""
+
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_reload_ok: bool = True
+    leader_changes: int = 0
+    backend_up: bool = True
+    clock_skew: float = 0.0  # our clock minus the backend's, at the last check
+    config_drift: bool = False  # the leader runs a configuration that differs from ours
+    data_lost: int = 0  # times the backend was found to have lost beatd's data
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The loop at the moment of an event, as /readyz and systemd's STATUS show it."""
+
+    backend_up: bool
+    leader: bool
+    entries: int
+    backend_url: str
+
+    @property
+    def line(self) -> str:
+        if not self.backend_up:
+            return f"backend {self.backend_url} unavailable"
+        role = "leader" if self.leader else "standby"
+        return f"{role}, {self.entries} entries"
+
+
+@dataclass(frozen=True, slots=True)
+class Stepped:
+    """A round of the loop ended; it sleeps next."""
+
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Reloading:
+    """The schedule files are read again (SIGHUP, a changed file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailed:
+    """The new files were refused; the last good configuration stays."""
+
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class BecameLeader:
+    status: Status
+    node: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SteppedDown:
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """The planner was brought in line with the configuration and the persisted state."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendDown:
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class BackendUp:
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Runs the backend now holds (or missed slots now accounted for), one batch at a time;
+    `published_at` is when their messages were made."""
+
+    published_at: datetime
+    decisions: Sequence[Decision]
+
+
+Event = (
+    Stepped
+    | Reloading
+    | Reloaded
+    | ReloadFailed
+    | BecameLeader
+    | SteppedDown
+    | Adopted
+    | BackendDown
+    | BackendUp
+    | Published
+)
+
+
+class Observer(Protocol):
+    """Told of the loop's events, on the loop's thread, in order.
+
+    `notify` must return quickly and must not raise: the loop waits for it, and an exception
+    from it stops the daemon. An observer that does I/O (a socket, a file) catches its own
+    errors and logs them.
+    """
+
+    def notify(self, event: Event) -> None: ...

@@ -1,0 +1,321 @@
+"""Publishing: the planner's decisions to the backend, a batch at a time, each batch's state
+writes and messages in one compare-and-set commit.
+
+One commit is in flight while the next batch is decided, so the first runs of a burst go out
+before the rest is decided. A commit the backend refused (`NotApplied`, `LeaseLost`) wrote
+nothing: its slots are decided again. A commit whose outcome is unknown (`OutcomeUnknown`)
+may have been applied: its runs are held in doubt and counted only once the persisted state
+shows them applied; deciding the same slots again is safe, because the backend's
+compare-and-set refuses them if the lost commit was applied after all. Messages are made by
+one encoder per kind of destination.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from itertools import islice
+from typing import NamedTuple, Protocol, TypeVar
+
+from beatd import celery_protocol
+from beatd.backends.base import (
+    DESTINATION_OF_PROTOCOL,
+    BeatdQueue,
+    CeleryQueue,
+    Destination,
+    Lease,
+    Outgoing,
+    StateStore,
+    StateWrite,
+)
+from beatd.clock import Clock
+from beatd.config import Entry
+from beatd.core import Decision, Planner, RunCounts
+from beatd.errors import BackendError, LeaseLost, NotApplied
+from beatd.events import Event, Published
+from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
+from beatd.state import EntryState
+
+# the loop's log lines keep the logger name operators filter on
+log = logging.getLogger("beatd.scheduler")
+T = TypeVar("T")
+
+
+# one destination per queue and priority, made once: a frozen dataclass costs about a microsecond
+# to create, which a burst of many entries would pay per entry
+_beatd_queue = lru_cache(maxsize=4096)(BeatdQueue)
+_celery_queue = lru_cache(maxsize=4096)(CeleryQueue)
+
+
+class Encoder(Protocol):
+    """Makes the messages of a decision's runs for one kind of destination."""
+
+    def encode(
+        self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
+    ) -> None:
+        """Append one `Outgoing` per run of `decision` to `into`; `stamp` is `published_at`
+        formatted as messages carry it."""
+
+
+class BeatdEncoder:
+    """beatd's run message, rendered from a template made at an entry's first run and kept
+    while the entry is loaded."""
+
+    def __init__(self) -> None:
+        self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
+
+    def forget(self) -> None:
+        """The configuration was reloaded: templates are made again."""
+        self._templates.clear()
+
+    def encode(
+        self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
+    ) -> None:
+        entry = decision.entry
+        template = self._template(entry)
+        expires = format_time(published_at + entry.expires) if entry.expires else None
+        destination = _beatd_queue(entry.queue, entry.priority)
+        for run in decision.runs:
+            slot = format_slot(run.slot)
+            body = template.render(slot, stamp, expires)
+            into.append(Outgoing(entry.name, run_id(entry.name, run.slot), destination, body))
+
+    def _template(self, entry: Entry) -> RunTemplate:
+        known = self._templates.get(entry.name)
+        if known is None or known[0] is not entry:
+            template = RunTemplate(
+                entry.name,
+                entry.task,
+                entry.queue,
+                entry.args,
+                entry.kwargs,
+                entry.priority,
+                entry.headers,
+            )
+            known = self._templates[entry.name] = (entry, template)
+        return known[1]
+
+
+class CeleryEncoder:
+    """Celery's kombu envelope, for Celery's own workers."""
+
+    def __init__(self, node: str) -> None:
+        self._origin = f"beatd@{node}"
+
+    def encode(
+        self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
+    ) -> None:
+        entry = decision.entry
+        destination = _celery_queue(entry.queue, entry.priority)
+        for run in decision.runs:
+            message = RunMessage(
+                id=run_id(entry.name, run.slot),
+                task=entry.task,
+                entry=entry.name,
+                scheduled_for=run.slot,
+                published_at=published_at,
+                queue=entry.queue,
+                args=entry.args,
+                kwargs=entry.kwargs,
+                expires_at=published_at + entry.expires if entry.expires else None,
+                priority=entry.priority,
+                headers=entry.headers,
+            )
+            body = celery_protocol.encode(message, origin=self._origin)
+            into.append(Outgoing(entry.name, message.id, destination, body))
+
+
+class Round(NamedTuple):
+    """What a round of publishing did: whether the backend was asked, the run counts before
+    it (for its log line), and the lost lease that ended it early, if it did."""
+
+    asked: bool
+    counts_before: dict[str, int]
+    lease_lost: LeaseLost | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    batch: list[Decision]
+    published_at: datetime
+    outcome: Callable[[], set[str]]
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        node: str,
+        batch_size: int,
+        emit: Callable[[Event], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch_size = batch_size
+        self.counts = RunCounts()
+        self._emit = emit
+        self.beatd = BeatdEncoder()
+        encoders: dict[type[Destination], Encoder] = {
+            BeatdQueue: self.beatd,
+            CeleryQueue: CeleryEncoder(node),
+        }
+        self._encoders: dict[str | None, Encoder] = {
+            None: self.beatd,
+            **{p: encoders[kind] for p, kind in DESTINATION_OF_PROTOCOL.items()},
+        }
+        # decisions whose commit's outcome was lost (a timeout after sending): counted once the
+        # persisted state shows whether they were applied
+        self.in_doubt: dict[str, tuple[Decision, datetime]] = {}
+        self.readopt = False  # an entry could not be resynced: adopt the configuration again
+
+    def publish(self, planner: Planner, lease: Lease) -> Round:
+        """Publish what is due, a batch at a time, with one batch's commit in flight: the next
+        batch is decided while the backend works on the last. A lost lease ends the round (and
+        is in the answer); other backend errors are raised."""
+        before = self.counts.totals()
+        sent: _Sent | None = None  # committed, outcome not yet read
+        batch: list[Decision] = []  # decided, not yet sent
+        asked = False
+        try:
+            for batch in chunks(planner.decide_due(self.clock.now()), self.batch_size):
+                asked = True
+                published_at = self.clock.now()
+                writes = [StateWrite(d.state, horizon(d.previous)) for d in batch]
+                messages = self.messages(batch, published_at)
+                if sent is not None:
+                    last, sent = sent, None
+                    self._conclude(planner, last)
+                outcome = self.store.send_commit(lease, writes, messages)
+                sent = _Sent(batch, published_at, outcome)
+                batch = []
+            if sent is not None:
+                last, sent = sent, None
+                self._conclude(planner, last)
+        except LeaseLost as exc:
+            planner.release(batch)
+            return Round(asked, before, exc)
+        except BackendError:
+            planner.release(batch)
+            raise
+        except BaseException:
+            if sent is not None:  # a fault of ours while deciding: still read what was sent
+                with suppress(BackendError):
+                    self._conclude(planner, sent)
+            raise
+        return Round(asked, before, None)
+
+    def messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
+        stamp = format_time(published_at)
+        messages: list[Outgoing] = []
+        encoders = self._encoders
+        for decision in batch:
+            if decision.runs:
+                encoders[decision.entry.protocol].encode(decision, published_at, stamp, messages)
+        return messages
+
+    def _conclude(self, planner: Planner, sent: _Sent) -> None:
+        """Wait for a batch's commit, then move its entries on (or resync the rejected)."""
+        try:
+            rejected = sent.outcome()
+        except (LeaseLost, NotApplied):
+            planner.release(sent.batch)  # refused: nothing was written
+            raise
+        except BackendError:
+            # Maybe applied, maybe not: the same slots are decided again, and the backend's
+            # compare-and-set refuses them if the lost commit was applied after all.
+            for decision in sent.batch:
+                self.in_doubt[decision.entry.name] = (decision, sent.published_at)
+            planner.release(sent.batch)
+            raise
+        done = [d for d in sent.batch if d.entry.name not in rejected] if rejected else sent.batch
+        planner.settle(done)
+        self.account(done, sent.published_at)
+        if self.in_doubt:
+            for decision in done:
+                self.in_doubt.pop(decision.entry.name, None)
+        if rejected:
+            try:
+                self.resync(planner, rejected)
+            except BackendError:
+                self.readopt = True  # the rejected entries are read again when adopting
+                raise
+
+    def account(self, decisions: list[Decision], published_at: datetime) -> None:
+        """Count runs the backend now holds (and missed slots); tell the observers."""
+        if not decisions:
+            return
+        for decision in decisions:
+            self.counts.add(decision)
+        if log.isEnabledFor(logging.DEBUG):
+            for decision in decisions:
+                _log_decision(decision)
+        self._emit(Published(published_at, decisions))
+
+    def resync(self, planner: Planner, names: set[str]) -> None:
+        """Entries whose persisted state was not what a decision expected: continue from the
+        backend's state, or adopt the configuration again where there is none to continue."""
+        states = self.store.load_states()
+        ours = {name for name in names if name in self.in_doubt}  # a lost commit of our own
+        self.resolve_doubts(states, names)
+        for name in sorted(names):
+            if name not in ours:
+                log.warning("entry=%s: persisted state differs from ours; resyncing", name)
+            if not planner.resync(states.get(name), name):
+                self.readopt = True
+
+    def resolve_doubts(self, states: Mapping[str, EntryState], names: Iterable[str]) -> None:
+        """Count the runs of a lost commit that the backend shows applied; forget the rest."""
+        for name in names:
+            doubt = self.in_doubt.pop(name, None)
+            if doubt is not None and states.get(name) == doubt[0].state:
+                self.account([doubt[0]], doubt[1])
+
+    def log_round(self, planner: Planner, before: dict[str, int]) -> None:
+        """One line for a round that had anything due: published, late, missed, next due."""
+        after = self.counts.totals()
+        if after["due"] == before["due"]:
+            return
+        nxt = planner.next_wake()
+        summary = {
+            "published": after["published"] - before["published"],
+            "late": after["late"] - before["late"],
+            "missed": after["due"] - after["published"] - before["due"] + before["published"],
+            "next_due": format_slot(nxt) if nxt else "never",
+        }
+        log.info(
+            "published=%(published)d late=%(late)d missed=%(missed)d next_due=%(next_due)s",
+            summary,
+            extra=summary,  # as fields of their own, for --log-format json
+        )
+
+
+def _log_decision(decision: Decision) -> None:
+    for run in decision.runs:
+        fields = {
+            "entry": run.entry.name,
+            "slot": format_slot(run.slot),
+            "due": run.due.isoformat(),
+            "late": run.late,
+        }
+        log.debug(
+            "publish entry=%(entry)s slot=%(slot)s due=%(due)s late=%(late)s",
+            fields,
+            extra=fields,
+        )
+    for reason, count in decision.missed.items():
+        fields = {"entry": decision.entry.name, "reason": str(reason), "count": count}
+        log.debug("missed entry=%(entry)s reason=%(reason)s count=%(count)d", fields, extra=fields)
+
+
+def chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def horizon(state: EntryState | None) -> datetime | None:
+    return state.last_slot if state is not None else None
