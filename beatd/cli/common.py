@@ -329,60 +329,6 @@ def open_broker(
         bad_option("--broker", str(exc))
 
 
-# --- the legacy flags of `run` and `worker`, until part B of the seams issue gives them
-# schedule_options, backend_options and logging_options: the same flags, with --namespace and
-# --celery-config kept in ctx.meta
-
-
-def config_options(func: Decorated) -> Decorated:
-    """`run` and `worker`'s schedule flags (see `legacy_schedule_settings`)."""
-    celery = click.option(
-        "--celery-config", **CELERY_CONFIG_FLAG, expose_value=False, callback=_remember
-    )
-    return _with_flags([*SCHEDULE_FLAGS, celery], func)
-
-
-def daemon_options(func: Decorated) -> Decorated:
-    """`run` and `worker`'s backend and logging flags (see `legacy_backend_settings`)."""
-    namespace = click.option(
-        "--namespace", **NAMESPACE_FLAG, expose_value=False, callback=_remember
-    )
-    flags = [BROKER_FLAG, namespace, _log_level_flag("info"), LOG_FORMAT_FLAG]
-    return _with_flags(flags, func)
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
-    ctx.meta[f"beatd.{param.name}"] = value
-    return value
-
-
-def celery_config() -> str | None:
-    """The --celery-config of `run` or `worker`, if any."""
-    value = click.get_current_context().meta.get("beatd.celery_config")
-    return str(value) if value else None
-
-
-def schedule_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """`paths`, except that --celery-config alone does not also read ./schedules."""
-    return _schedule_paths(paths, celery_config())
-
-
-def legacy_schedule_settings(
-    schedules: tuple[str, ...], timezone: str, max_file_size: int
-) -> ScheduleSettings:
-    """`run` and `worker`'s ScheduleSettings, from their flags and ctx.meta."""
-    return ScheduleSettings(schedule_paths(schedules), timezone, max_file_size, celery_config())
-
-
-def legacy_backend_settings(url: str) -> BackendSettings:
-    """`run` and `worker`'s BackendSettings, from --broker and ctx.meta."""
-    namespace = click.get_current_context().meta.get("beatd.namespace", "beatd")
-    return BackendSettings(url, str(namespace))
-
-
-# --- the daemons' other shared flags
-
-
 def metrics_option(default: str) -> Callable[[Decorated], Decorated]:
     return click.option(
         "--metrics-addr",
