@@ -341,6 +341,40 @@ def test_next_tz_is_a_deprecated_alias_of_timezone() -> None:
     assert code == 0 and "--tz" not in beatd("next", "--help")[1]
 
 
+def test_next_cron_with_h_hashes_the_name_given_by_name() -> None:
+    args = ["next", "--cron", "H H * * *", "--after", "2026-01-01T00:00:00Z", "-n", "1"]
+    code, out, _ = beatd(*args, "--name", "backup")
+    assert (code, out.splitlines()) == (
+        0,
+        ["at 03:29, every day (H: 29 3 * * *)", "2026-01-01T03:29:00Z  2026-01-01T03:29:00+00:00"],
+    )
+    assert beatd(*args) == (
+        2,
+        "",
+        "beatd: --name: --cron uses H, which is hashed from an entry name: give it with --name\n",
+    )
+    assert beatd("next", "--every", "5m", "--name", "backup")[::2] == (
+        2,
+        "beatd: --name: --name only applies to --cron (the name H is hashed from)\n",
+    )
+
+
+def test_check_and_next_show_what_h_resolves_to_per_entry(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  backup: {task: t.backup, cron: 'H H * * *'}\n"
+        "  nightly-report: {task: t.report, cron: 'H H * * *'}\n"
+    )
+    code, out, _ = beatd("check", str(path))
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert "at 03:29, every day (H: 29 3 * * *)" in rows["backup"]
+    assert "at 10:07, every day (H: 7 10 * * *)" in rows["nightly-report"]
+    code, out, _ = beatd("next", "backup", "-s", str(path), "--after", "2026-01-01", "-n", "1")
+    assert (code, out.splitlines()[0]) == (0, "backup: at 03:29, every day (H: 29 3 * * *) (UTC)")
+
+
 @pytest.fixture
 def locked_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server that wants the password `s3cret`."""

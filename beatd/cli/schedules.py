@@ -171,6 +171,9 @@ def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | No
 )
 @click.option("--cron", "cron", help="An ad-hoc cron expression instead of configured entries.")
 @click.option("--every", "every", help="An ad-hoc interval such as 30s or 1h30m.")
+@click.option(
+    "--name", "name", help="With --cron: the entry name H is hashed from (as in a schedule file)."
+)
 @click.option("--tz", "old_tz", hidden=True, callback=_deprecated_tz, help="Use --timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
 @schedule_options
@@ -180,6 +183,7 @@ def next_command(
     after: str | None,
     cron: str | None,
     every: str | None,
+    name: str | None,
     old_tz: str | None,
     as_json: bool,
     schedule: ScheduleSettings,
@@ -203,7 +207,8 @@ def next_command(
     if cron is not None or every is not None:
         if entry is not None or (cron is not None and every is not None):
             bad_option("--cron/--every", "give one of --cron, --every or an ENTRY, not several")
-        _print_adhoc(_adhoc_schedule(cron, every, zone_name), start, count, zone_name, as_json)
+        adhoc = _adhoc_schedule(cron, every, name, zone_name)
+        _print_adhoc(adhoc, start, count, zone_name, as_json)
         return
     config = read_config(schedule)
     entries = list(config.entries.values())
@@ -214,10 +219,16 @@ def next_command(
     _print_entries(entries, start, count, as_json)
 
 
-def _adhoc_schedule(cron: str | None, every: str | None, zone: str) -> Schedule:
+def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
+    if name is not None and cron is None:
+        bad_option("--name", "--name only applies to --cron (the name H is hashed from)")
+    if cron is not None and name is None and "H" in cron:
+        bad_option(
+            "--name", "--cron uses H, which is hashed from an entry name: give it with --name"
+        )
     try:
         if cron is not None:
-            return CronSchedule.parse(cron, zone)
+            return CronSchedule.parse(cron, zone, entry=name)
         assert every is not None
         return IntervalSchedule(to_every(every))
     except ScheduleError as exc:

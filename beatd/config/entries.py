@@ -157,7 +157,7 @@ def _read_schedule(reader: EntryReader, zone: str) -> Schedule | None:
         if field == "at":
             return OnceSchedule(to_datetime(value, zone))
         spec = value if isinstance(value, CronSpec) else CronSpec(to_string(value))
-        return CronSchedule.parse(spec.text, zone, both_days=spec.both_days)
+        return CronSchedule.parse(spec.text, zone, both_days=spec.both_days, entry=reader.entry)
     except (ValueError, ScheduleError) as exc:
         reader.problem(field, str(exc))
         return None

@@ -89,7 +89,8 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "cron", "string", None, None, "—", False,
-        "a crontab expression (see the README's time semantics); quote it in YAML",
+        "a crontab expression (see the README's time semantics; `H` is a value spread by the "
+        "entry's name, [below](#a-stable-spread-h)); quote it in YAML",
         '"30 7 * * mon-fri"', {"type": "string"},
     ),
     Field(
