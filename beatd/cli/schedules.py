@@ -24,6 +24,7 @@ from beatd.config import Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
@@ -129,7 +130,8 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def _warnings(config: Config, now: datetime) -> list[str]:
-    """What is valid but cannot be meant: a one-off `at:` already past never runs."""
+    """What is valid but cannot be meant: a one-off `at:` already past, or an `end:` already
+    past, never runs."""
     warnings = []
     for entry in config.entries.values():
         schedule = entry.schedule
@@ -139,6 +141,13 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 "never happen; move it into the future or remove the entry"
             )
             warnings.append(_at_entry(entry, "at", message))
+        if isinstance(schedule, WindowedSchedule) and schedule.ended(now):
+            assert schedule.end is not None
+            message = (
+                f"warning: the window ended at {schedule.end.isoformat()}, so this entry will "
+                "never run again; move end: into the future or remove the entry"
+            )
+            warnings.append(_at_entry(entry, "end", message))
     return warnings
 
 

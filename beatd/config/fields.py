@@ -105,6 +105,18 @@ FIELDS: tuple[Field, ...] = (
         '"2026-01-01T00:15:00"', {"type": "string", "format": "date-time"},
     ),
     Field(
+        "start", "ISO date-time", None, None, "none", False,
+        "with `every` or `cron`: slots before it do not exist (they are not missed); a naive "
+        "value is read in the entry's timezone ([active windows](#active-windows))",
+        '"2026-12-01T00:00:00"', {"type": "string", "format": "date-time"},
+    ),
+    Field(
+        "end", "ISO date-time", None, None, "none", False,
+        "with `every` or `cron`: slots at or after it do not exist; `beatd check` warns once it "
+        "has passed",
+        '"2027-01-01T00:00:00"', {"type": "string", "format": "date-time"},
+    ),
+    Field(
         "timezone", "IANA name", to_timezone, DERIVED,
         "`defaults.timezone`, then `--timezone`, then UTC", True,
         "the zone `cron` and naive times are read in", "Europe/Berlin", {"type": "string"},
@@ -170,6 +182,7 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME: Mapping[str, Field] = {f.name: f for f in FIELDS}
 ENTRY_FIELDS = tuple(f.name for f in FIELDS)
 SCHEDULE_FIELDS = ("every", "cron", "at")  # exactly one of them
+WINDOW_FIELDS = ("start", "end")  # with every or cron
 DEFAULTABLE_FIELDS = tuple(f.name for f in FIELDS if f.in_defaults)
 # What the builder reads in its hot loop, in table order: (name, convert) of the fields
 # `defaults:` may set, and (name, convert, default) of the entry's own other fields.
