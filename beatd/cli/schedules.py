@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import click
@@ -24,6 +25,7 @@ from beatd.config import Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.dstmarks import DstMark, dst_mark
 from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
@@ -247,13 +249,33 @@ def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone:
 
 
 def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_json: bool) -> None:
-    times = _upcoming(schedule, start, count)
+    runs = _marked(schedule, start, _upcoming(schedule, start, count))
     if as_json:
-        click.echo(json.dumps([slot_text(t) for t in times]))
+        click.echo(json.dumps([_run_json(t, mark) for t, mark in runs]))
         return
     click.echo(schedule.describe())
-    for t in times:
-        click.echo(f"{slot_text(t)}  {t.astimezone(ZoneInfo(zone)).isoformat()}")
+    for t, mark in runs:
+        click.echo(_run_line(t, mark, ZoneInfo(zone)))
+
+
+def _marked(
+    schedule: Schedule, start: datetime, times: list[datetime]
+) -> list[tuple[datetime, DstMark | None]]:
+    """Each time with the DST rule that moved, kept or skipped something there, if one did."""
+    cron = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
+    if not isinstance(cron, CronSchedule):
+        return [(t, None) for t in times]  # intervals follow elapsed time: DST touches nothing
+    return [(t, dst_mark(cron, previous, t)) for previous, t in pairwise([start, *times])]
+
+
+def _run_json(t: datetime, mark: DstMark | None) -> dict[str, object]:
+    dst = None if mark is None else {"rule": mark.rule, "note": mark.note}
+    return {"slot": slot_text(t), "dst": dst}
+
+
+def _run_line(t: datetime, mark: DstMark | None, zone: ZoneInfo) -> str:
+    line = f"{slot_text(t)}  {t.astimezone(zone).isoformat()}"
+    return line if mark is None else f"{line}  DST {mark.rule}: {mark.note}"
 
 
 def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
@@ -268,12 +290,15 @@ def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]
 
 
 def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: bool) -> None:
-    table = {e.name: _upcoming(e.schedule, start, count) for e in entries}
+    table = {
+        e.name: _marked(e.schedule, start, _upcoming(e.schedule, start, count)) for e in entries
+    }
     if as_json:
-        click.echo(json.dumps({name: [slot_text(t) for t in ts] for name, ts in table.items()}))
+        runs = {name: [_run_json(t, mark) for t, mark in ts] for name, ts in table.items()}
+        click.echo(json.dumps(runs))
         return
     for entry in entries:
         click.echo(f"{entry.name}: {entry.schedule.describe()} ({entry.timezone})")
         zone = ZoneInfo(entry.timezone)
-        for t in table[entry.name]:
-            click.echo(f"  {slot_text(t)}  {t.astimezone(zone).isoformat()}")
+        for t, mark in table[entry.name]:
+            click.echo(f"  {_run_line(t, mark, zone)}")
