@@ -44,6 +44,7 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("dead",),
         ("dead", "list"),
         ("dead", "retry"),
+        ("diff",),
         ("migrate",),
         ("next",),
         ("run",),
