@@ -48,6 +48,7 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("migrate",),
         ("next",),
         ("run",),
+        ("schema",),
         ("status",),
         ("worker",),
     ]

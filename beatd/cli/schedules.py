@@ -23,6 +23,7 @@ from beatd.cli.common import (
 )
 from beatd.config import Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
+from beatd.config.schema import schema_text
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.dstmarks import DstMark, dst_mark
@@ -302,3 +303,13 @@ def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: b
         zone = ZoneInfo(entry.timezone)
         for t, mark in table[entry.name]:
             click.echo(f"  {_run_line(t, mark, zone)}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of schedule files, for editors (see docs/configuration.md).
+
+    It is generated from the field table the validator reads; `beatd check` also checks what a
+    schema cannot (cron syntax, zone names, fields that only go together).
+    """
+    click.echo(schema_text(), nl=False)

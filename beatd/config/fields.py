@@ -44,6 +44,8 @@ Converter = Callable[[Any], Any]
 REQUIRED = object()  # the `default` of a field every entry must give
 DERIVED = object()  # the `default` of a field whose value the builder derives (see `doc`)
 DURATION = {"type": ["string", "number"], "examples": ["30s", "1h30m", 90]}
+# No "format": "date-time": that is RFC 3339, which needs an offset, and naive times are valid.
+DATE_TIME = {"type": "string"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +98,25 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "at", "ISO date-time", None, None, "—", False,
         "a one-off run; a naive value is read in the entry's timezone",
-        '"2026-12-24T18:00:00"', {"type": "string", "format": "date-time"},
+        '"2026-12-24T18:00:00"', DATE_TIME,
     ),
     Field(
         "anchor", "ISO date-time", None, DERIVED, "Unix epoch", False,
         "with `every`: slots are `anchor + k × every`; a naive value is read in the entry's "
         "timezone",
-        '"2026-01-01T00:15:00"', {"type": "string", "format": "date-time"},
+        '"2026-01-01T00:15:00"', DATE_TIME,
     ),
     Field(
         "start", "ISO date-time", None, None, "none", False,
         "with `every` or `cron`: slots before it do not exist (they are not missed); a naive "
         "value is read in the entry's timezone ([active windows](#active-windows))",
-        '"2026-12-01T00:00:00"', {"type": "string", "format": "date-time"},
+        '"2026-12-01T00:00:00"', DATE_TIME,
     ),
     Field(
         "end", "ISO date-time", None, None, "none", False,
         "with `every` or `cron`: slots at or after it do not exist; `beatd check` warns once it "
         "has passed",
-        '"2027-01-01T00:00:00"', {"type": "string", "format": "date-time"},
+        '"2027-01-01T00:00:00"', DATE_TIME,
     ),
     Field(
         "timezone", "IANA name", to_timezone, DERIVED,
