@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from beatd.backends import open_backend
 from beatd.backends.base import StateWrite
@@ -144,3 +147,31 @@ def test_bad_input_and_errors_exit_2(tmp_path: Path) -> None:
         "",
         f"beatd: --broker: no database at {absent}: check the path (`beatd run` creates it)\n",
     )
+
+
+README_OLD = """\
+entries:
+  nightly: {task: reports.nightly, cron: "30 2 * * *"}
+  sync: {task: shop.sync, cron: "H/15 * * * *"}
+"""
+README_NEW = """\
+entries:
+  nightly: {task: reports.nightly, cron: "30 2 * * *", timezone: Europe/Berlin}
+  sync: {task: shop.sync, cron: "H/15 * * * *", start: "2026-03-28T18:00:00Z"}
+"""
+
+
+def test_the_readme_shows_real_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Schedule tools\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    (tmp_path / "old.yaml").write_text(README_OLD)
+    (tmp_path / "new.yaml").write_text(README_NEW)
+    monkeypatch.chdir(tmp_path)
+    sessions = [s for s in block.split("$ beatd ") if s]
+    assert len(sessions) == 3
+    for session in sessions:
+        command, _, expected = session.partition("\n")
+        code, out, _ = beatd(*shlex.split(command))
+        assert code in (0, 1)
+        assert out == expected, command
