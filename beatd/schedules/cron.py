@@ -438,7 +438,7 @@ class CronSchedule:
             return None
         if self.expression.wildcard or after - before >= CLOCK_CORRECTION:
             return None  # a wall time in a gap does not exist
-        jump = _transition(
+        jump = transition(
             (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
         )
         return jump if jump > t else None
@@ -451,7 +451,7 @@ class CronSchedule:
         assert before is not None and after is not None
         if before >= after:
             return None
-        jump = _transition(
+        jump = transition(
             (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
         )
         return (jump + after).replace(tzinfo=None)
@@ -465,7 +465,7 @@ class CronSchedule:
             return None
         if not (self.expression.wildcard or before - after >= CLOCK_CORRECTION):
             return None
-        jump = _transition(t, t + (before - after), self.timezone)
+        jump = transition(t, t + (before - after), self.timezone)
         repeat_start = (jump + after).replace(tzinfo=None)
         repeat_end = repeat_start + (before - after)
         wall = self.expression.next_wall(repeat_start - _SECOND)
@@ -494,7 +494,7 @@ def _parse_schedule(text: str, zone: ZoneInfo, both_days: bool, entry: str | Non
     return CronSchedule(CronExpression.parse(text, both_days=both_days, entry=entry), zone)
 
 
-def _transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:
+def transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:
     """The instant in (low, high] where the zone's offset changes from its value at `low`."""
     offset = low.astimezone(zone).utcoffset()
     lo, hi = int(low.timestamp()), int(high.timestamp())

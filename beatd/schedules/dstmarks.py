@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from beatd.schedules.cron import CLOCK_CORRECTION, CronSchedule, _transition
+from beatd.schedules.cron import CLOCK_CORRECTION, CronSchedule, transition
 
 _SECOND = timedelta(seconds=1)
 
@@ -62,7 +62,7 @@ def _gap_mark(schedule: CronSchedule, previous: datetime, fire: datetime) -> Dst
         before = low.astimezone(zone).utcoffset()
         if fire.astimezone(zone).utcoffset() == before:
             return None
-        jump = _transition(low, fire, zone)
+        jump = transition(low, fire, zone)
         after = jump.astimezone(zone).utcoffset()
         assert before is not None and after is not None
         if after > before:
