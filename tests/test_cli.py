@@ -44,9 +44,11 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("dead",),
         ("dead", "list"),
         ("dead", "retry"),
+        ("diff",),
         ("migrate",),
         ("next",),
         ("run",),
+        ("schema",),
         ("status",),
         ("worker",),
     ]
@@ -244,18 +246,44 @@ def test_next_cron_json_naive_after_is_read_in_tz() -> None:
         "--json",
     )
     assert code == 0
+    moved = {
+        "rule": "spring_gap_fixed_time",
+        "note": "for 02:30:00, which does not exist (clocks go forward, 02:00-03:00): a "
+        "fixed-time job runs at the jump",
+    }
     assert json.loads(out) == [
-        "2026-03-29T01:00:00Z",
-        "2026-03-30T00:30:00Z",
-        "2026-03-31T00:30:00Z",
+        {"slot": "2026-03-29T01:00:00Z", "dst": moved},
+        {"slot": "2026-03-30T00:30:00Z", "dst": None},
+        {"slot": "2026-03-31T00:30:00Z", "dst": None},
     ]
+
+
+def test_next_marks_runs_a_dst_rule_moved_or_kept_as_text() -> None:
+    code, out, _ = beatd(
+        "next", "--cron", "30 * * * *", "--timezone", "Europe/Berlin", "--after",
+        "2026-10-25T02:00:00+02:00", "-n", "3",
+    )  # fmt: skip
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "at minute 30 of every hour, every day",
+            "2026-10-25T00:30:00Z  2026-10-25T02:30:00+02:00  DST autumn_repeat_wildcard: first "
+            "of two 02:30:00 (clocks go back): a wildcard job runs at both",
+            "2026-10-25T01:30:00Z  2026-10-25T02:30:00+01:00  DST autumn_repeat_wildcard: second "
+            "of two 02:30:00 (clocks go back): a wildcard job runs at both",
+            "2026-10-25T02:30:00Z  2026-10-25T03:30:00+01:00",
+        ],
+    )
 
 
 def test_next_after_is_exclusive() -> None:
     code, out, _ = beatd(
         "next", "--every", "10s", "--after", "2026-01-01T00:00:10Z", "-n", "2", "--json"
     )
-    assert code == 0 and json.loads(out) == ["2026-01-01T00:00:20Z", "2026-01-01T00:00:30Z"]
+    assert code == 0 and json.loads(out) == [
+        {"slot": "2026-01-01T00:00:20Z", "dst": None},
+        {"slot": "2026-01-01T00:00:30Z", "dst": None},
+    ]
 
 
 def test_next_for_configured_entries_as_json() -> None:
@@ -270,7 +298,7 @@ def test_next_for_configured_entries_as_json() -> None:
         "--json",
     )
     assert code == 0
-    data = json.loads(out)
+    data = {name: [run["slot"] for run in runs] for name, runs in json.loads(out).items()}
     assert data["daily-report"] == ["2026-11-27T00:00:00Z", "2026-11-28T00:00:00Z"]
     assert data["cleanup"] == ["2026-11-26T00:30:00Z", "2026-11-26T01:00:00Z"]
     assert data["new-year-greeting"] == ["2029-12-31T11:00:00Z"]
@@ -330,15 +358,49 @@ def test_next_bad_input_exits_2(args: list[str], message: str) -> None:
 def test_next_tz_is_a_deprecated_alias_of_timezone() -> None:
     args = ["--cron", "30 2 * * *", "--after", "2026-03-28T12:00", "-n", "1", "--json"]
     code, out, err = beatd("next", *args, "--tz", "Europe/Berlin")
-    assert (code, json.loads(out)) == (0, ["2026-03-29T01:00:00Z"])
+    assert (code, json.loads(out)[0]["slot"]) == (0, "2026-03-29T01:00:00Z")
     assert err == (
         "beatd: warning: --tz is deprecated and will be removed in the next release; "
         "use --timezone (BEATD_TIMEZONE)\n"
     )
     code, out, err = beatd("next", *args, "--timezone", "Europe/Berlin")
-    assert (code, json.loads(out), err) == (0, ["2026-03-29T01:00:00Z"], "")
+    assert (code, json.loads(out)[0]["slot"], err) == (0, "2026-03-29T01:00:00Z", "")
     code, _, _ = beatd("next", "--help")
     assert code == 0 and "--tz" not in beatd("next", "--help")[1]
+
+
+def test_next_cron_with_h_hashes_the_name_given_by_name() -> None:
+    args = ["next", "--cron", "H H * * *", "--after", "2026-01-01T00:00:00Z", "-n", "1"]
+    code, out, _ = beatd(*args, "--name", "backup")
+    assert (code, out.splitlines()) == (
+        0,
+        ["at 03:29, every day (H: 29 3 * * *)", "2026-01-01T03:29:00Z  2026-01-01T03:29:00+00:00"],
+    )
+    assert beatd(*args) == (
+        2,
+        "",
+        "beatd: --name: --cron uses H, which is hashed from an entry name: give it with --name\n",
+    )
+    assert beatd("next", "--every", "5m", "--name", "backup")[::2] == (
+        2,
+        "beatd: --name: --name only applies to --cron (the name H is hashed from)\n",
+    )
+
+
+def test_check_and_next_show_what_h_resolves_to_per_entry(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  backup: {task: t.backup, cron: 'H H * * *'}\n"
+        "  nightly-report: {task: t.report, cron: 'H H * * *'}\n"
+    )
+    code, out, _ = beatd("check", str(path))
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert "at 03:29, every day (H: 29 3 * * *)" in rows["backup"]
+    assert "at 10:07, every day (H: 7 10 * * *)" in rows["nightly-report"]
+    code, out, _ = beatd("next", "backup", "-s", str(path), "--after", "2026-01-01", "-n", "1")
+    assert (code, out.splitlines()[0]) == (0, "backup: at 03:29, every day (H: 29 3 * * *) (UTC)")
 
 
 @pytest.fixture

@@ -27,7 +27,17 @@ FIELDS_BEGIN = (
 FIELDS_END = "<!-- end of entry-field table -->"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 # The daemons first, then what operators run beside them, then the schedule tools.
-COMMAND_ORDER = ("run", "worker", "status", "dead list", "dead retry", "migrate", "check", "next")
+COMMAND_ORDER = (
+    "run",
+    "worker",
+    "status",
+    "dead list",
+    "dead retry",
+    "migrate",
+    "check",
+    "next",
+    "diff",
+)
 HEADER = "| flag | variable | default | commands | meaning |\n|---|---|---|---|---|"
 
 

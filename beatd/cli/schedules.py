@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import click
@@ -22,8 +23,11 @@ from beatd.cli.common import (
 )
 from beatd.config import Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
+from beatd.config.schema import schema_text
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.dstmarks import DstMark, dst_mark
+from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
@@ -129,7 +133,8 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def _warnings(config: Config, now: datetime) -> list[str]:
-    """What is valid but cannot be meant: a one-off `at:` already past never runs."""
+    """What is valid but cannot be meant: a one-off `at:` already past, or an `end:` already
+    past, never runs."""
     warnings = []
     for entry in config.entries.values():
         schedule = entry.schedule
@@ -139,6 +144,13 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 "never happen; move it into the future or remove the entry"
             )
             warnings.append(_at_entry(entry, "at", message))
+        if isinstance(schedule, WindowedSchedule) and schedule.ended(now):
+            assert schedule.end is not None
+            message = (
+                f"warning: the window ended at {schedule.end.isoformat()}, so this entry will "
+                "never run again; move end: into the future or remove the entry"
+            )
+            warnings.append(_at_entry(entry, "end", message))
     return warnings
 
 
@@ -171,6 +183,9 @@ def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | No
 )
 @click.option("--cron", "cron", help="An ad-hoc cron expression instead of configured entries.")
 @click.option("--every", "every", help="An ad-hoc interval such as 30s or 1h30m.")
+@click.option(
+    "--name", "name", help="With --cron: the entry name H is hashed from (as in a schedule file)."
+)
 @click.option("--tz", "old_tz", hidden=True, callback=_deprecated_tz, help="Use --timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
 @schedule_options
@@ -180,6 +195,7 @@ def next_command(
     after: str | None,
     cron: str | None,
     every: str | None,
+    name: str | None,
     old_tz: str | None,
     as_json: bool,
     schedule: ScheduleSettings,
@@ -203,7 +219,8 @@ def next_command(
     if cron is not None or every is not None:
         if entry is not None or (cron is not None and every is not None):
             bad_option("--cron/--every", "give one of --cron, --every or an ENTRY, not several")
-        _print_adhoc(_adhoc_schedule(cron, every, zone_name), start, count, zone_name, as_json)
+        adhoc = _adhoc_schedule(cron, every, name, zone_name)
+        _print_adhoc(adhoc, start, count, zone_name, as_json)
         return
     config = read_config(schedule)
     entries = list(config.entries.values())
@@ -214,10 +231,16 @@ def next_command(
     _print_entries(entries, start, count, as_json)
 
 
-def _adhoc_schedule(cron: str | None, every: str | None, zone: str) -> Schedule:
+def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
+    if name is not None and cron is None:
+        bad_option("--name", "--name only applies to --cron (the name H is hashed from)")
+    if cron is not None and name is None and "H" in cron:
+        bad_option(
+            "--name", "--cron uses H, which is hashed from an entry name: give it with --name"
+        )
     try:
         if cron is not None:
-            return CronSchedule.parse(cron, zone)
+            return CronSchedule.parse(cron, zone, entry=name)
         assert every is not None
         return IntervalSchedule(to_every(every))
     except ScheduleError as exc:
@@ -227,13 +250,33 @@ def _adhoc_schedule(cron: str | None, every: str | None, zone: str) -> Schedule:
 
 
 def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_json: bool) -> None:
-    times = _upcoming(schedule, start, count)
+    runs = _marked(schedule, start, _upcoming(schedule, start, count))
     if as_json:
-        click.echo(json.dumps([slot_text(t) for t in times]))
+        click.echo(json.dumps([_run_json(t, mark) for t, mark in runs]))
         return
     click.echo(schedule.describe())
-    for t in times:
-        click.echo(f"{slot_text(t)}  {t.astimezone(ZoneInfo(zone)).isoformat()}")
+    for t, mark in runs:
+        click.echo(_run_line(t, mark, ZoneInfo(zone)))
+
+
+def _marked(
+    schedule: Schedule, start: datetime, times: list[datetime]
+) -> list[tuple[datetime, DstMark | None]]:
+    """Each time with the DST rule that moved, kept or skipped something there, if one did."""
+    cron = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
+    if not isinstance(cron, CronSchedule):
+        return [(t, None) for t in times]  # intervals follow elapsed time: DST touches nothing
+    return [(t, dst_mark(cron, previous, t)) for previous, t in pairwise([start, *times])]
+
+
+def _run_json(t: datetime, mark: DstMark | None) -> dict[str, object]:
+    dst = None if mark is None else {"rule": mark.rule, "note": mark.note}
+    return {"slot": slot_text(t), "dst": dst}
+
+
+def _run_line(t: datetime, mark: DstMark | None, zone: ZoneInfo) -> str:
+    line = f"{slot_text(t)}  {t.astimezone(zone).isoformat()}"
+    return line if mark is None else f"{line}  DST {mark.rule}: {mark.note}"
 
 
 def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
@@ -248,12 +291,25 @@ def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]
 
 
 def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: bool) -> None:
-    table = {e.name: _upcoming(e.schedule, start, count) for e in entries}
+    table = {
+        e.name: _marked(e.schedule, start, _upcoming(e.schedule, start, count)) for e in entries
+    }
     if as_json:
-        click.echo(json.dumps({name: [slot_text(t) for t in ts] for name, ts in table.items()}))
+        runs = {name: [_run_json(t, mark) for t, mark in ts] for name, ts in table.items()}
+        click.echo(json.dumps(runs))
         return
     for entry in entries:
         click.echo(f"{entry.name}: {entry.schedule.describe()} ({entry.timezone})")
         zone = ZoneInfo(entry.timezone)
-        for t in table[entry.name]:
-            click.echo(f"  {slot_text(t)}  {t.astimezone(zone).isoformat()}")
+        for t, mark in table[entry.name]:
+            click.echo(f"  {_run_line(t, mark, zone)}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of schedule files, for editors (see docs/configuration.md).
+
+    It is generated from the field table the validator reads; `beatd check` also checks what a
+    schema cannot (cron syntax, zone names, fields that only go together).
+    """
+    click.echo(schema_text(), nl=False)

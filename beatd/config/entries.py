@@ -10,13 +10,21 @@ from datetime import timedelta
 from typing import Any
 
 from beatd.config.convert import ENTRY_NAME, suggest, to_datetime, to_every, to_string
-from beatd.config.fields import DEFAULTABLE, DEFAULTABLE_FIELDS, ENTRY_FIELDS, OWN, SCHEDULE_FIELDS
+from beatd.config.fields import (
+    DEFAULTABLE,
+    DEFAULTABLE_FIELDS,
+    ENTRY_FIELDS,
+    OWN,
+    SCHEDULE_FIELDS,
+    WINDOW_FIELDS,
+)
 from beatd.config.model import Entry, nominal_period
 from beatd.durations import format_duration
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.crontab import CronSpec
 from beatd.schedules.interval import EPOCH
+from beatd.schedules.window import WindowedSchedule
 
 DEFAULT_GRACE = timedelta(seconds=60)
 DEFAULT_PROTOCOL = "beatd"
@@ -88,7 +96,7 @@ def build_entry(
                 values[key] = value
     zone = values.pop("timezone", default_timezone)
     protocol_is_set = "protocol" in values
-    schedule = _read_schedule(reader, zone)
+    schedule = _read_window(reader, zone, _read_schedule(reader, zone))
     own = {key: reader.read(key, convert, default) for key, convert, default in OWN}
     if reader.problems or schedule is None or not _derive_timing(reader, schedule, values):
         return None
@@ -131,6 +139,26 @@ def _derive_timing(reader: EntryReader, schedule: Schedule, values: dict[str, An
     return True
 
 
+def _read_window(reader: EntryReader, zone: str, schedule: Schedule | None) -> Schedule | None:
+    """`schedule` bounded by the entry's `start:` and `end:`, if it gives them."""
+    given = [f for f in WINDOW_FIELDS if f in reader.raw]
+    if not given or schedule is None:
+        return schedule
+    if isinstance(schedule, OnceSchedule):
+        reader.problem(given[0], f"{given[0]} only applies to every: and cron:", at_key=True)
+        return None
+    assert isinstance(schedule, CronSchedule | IntervalSchedule)
+    start = reader.read("start", lambda v: to_datetime(v, zone))
+    end = reader.read("end", lambda v: to_datetime(v, zone))
+    if reader.problems:
+        return None
+    try:
+        return WindowedSchedule(schedule, start, end)
+    except ScheduleError as exc:
+        reader.problem("end", str(exc))
+        return None
+
+
 def _read_schedule(reader: EntryReader, zone: str) -> Schedule | None:
     raw = reader.raw
     given = [f for f in SCHEDULE_FIELDS if f in raw]
@@ -157,7 +185,7 @@ def _read_schedule(reader: EntryReader, zone: str) -> Schedule | None:
         if field == "at":
             return OnceSchedule(to_datetime(value, zone))
         spec = value if isinstance(value, CronSpec) else CronSpec(to_string(value))
-        return CronSchedule.parse(spec.text, zone, both_days=spec.both_days)
+        return CronSchedule.parse(spec.text, zone, both_days=spec.both_days, entry=reader.entry)
     except (ValueError, ScheduleError) as exc:
         reader.problem(field, str(exc))
         return None

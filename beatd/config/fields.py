@@ -44,6 +44,8 @@ Converter = Callable[[Any], Any]
 REQUIRED = object()  # the `default` of a field every entry must give
 DERIVED = object()  # the `default` of a field whose value the builder derives (see `doc`)
 DURATION = {"type": ["string", "number"], "examples": ["30s", "1h30m", 90]}
+# No "format": "date-time": that is RFC 3339, which needs an offset, and naive times are valid.
+DATE_TIME = {"type": "string"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,19 +91,32 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "cron", "string", None, None, "—", False,
-        "a crontab expression (see the README's time semantics); quote it in YAML",
+        "a crontab expression (see the README's time semantics; `H` is a value spread by the "
+        "entry's name, [below](#a-stable-spread-h)); quote it in YAML",
         '"30 7 * * mon-fri"', {"type": "string"},
     ),
     Field(
         "at", "ISO date-time", None, None, "—", False,
         "a one-off run; a naive value is read in the entry's timezone",
-        '"2026-12-24T18:00:00"', {"type": "string", "format": "date-time"},
+        '"2026-12-24T18:00:00"', DATE_TIME,
     ),
     Field(
         "anchor", "ISO date-time", None, DERIVED, "Unix epoch", False,
         "with `every`: slots are `anchor + k × every`; a naive value is read in the entry's "
         "timezone",
-        '"2026-01-01T00:15:00"', {"type": "string", "format": "date-time"},
+        '"2026-01-01T00:15:00"', DATE_TIME,
+    ),
+    Field(
+        "start", "ISO date-time", None, None, "none", False,
+        "with `every` or `cron`: slots before it do not exist (they are not missed); a naive "
+        "value is read in the entry's timezone ([active windows](#active-windows))",
+        '"2026-12-01T00:00:00"', DATE_TIME,
+    ),
+    Field(
+        "end", "ISO date-time", None, None, "none", False,
+        "with `every` or `cron`: slots at or after it do not exist; `beatd check` warns once it "
+        "has passed",
+        '"2027-01-01T00:00:00"', DATE_TIME,
     ),
     Field(
         "timezone", "IANA name", to_timezone, DERIVED,
@@ -169,6 +184,7 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME: Mapping[str, Field] = {f.name: f for f in FIELDS}
 ENTRY_FIELDS = tuple(f.name for f in FIELDS)
 SCHEDULE_FIELDS = ("every", "cron", "at")  # exactly one of them
+WINDOW_FIELDS = ("start", "end")  # with every or cron
 DEFAULTABLE_FIELDS = tuple(f.name for f in FIELDS if f.in_defaults)
 # What the builder reads in its hot loop, in table order: (name, convert) of the fields
 # `defaults:` may set, and (name, convert, default) of the entry's own other fields.

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.window import WindowedSchedule
 
 
 class MissedPolicy(StrEnum):
@@ -125,6 +126,8 @@ _PERIOD_PROBE = datetime(2001, 1, 1, tzinfo=UTC)
 
 def nominal_period(schedule: Schedule) -> timedelta | None:
     """The shortest gap between runs, for defaults and sanity checks; None for a one-off."""
+    if isinstance(schedule, WindowedSchedule):
+        schedule = schedule.inner
     if isinstance(schedule, IntervalSchedule):
         return schedule.every
     if isinstance(schedule, OnceSchedule):

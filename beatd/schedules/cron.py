@@ -23,6 +23,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from beatd.errors import ScheduleError
+from beatd.schedules import hashed
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -228,14 +229,18 @@ class CronExpression:
     day_rule: _DayRule
     wildcard: bool
     has_seconds: bool
+    hashed_from: str = ""  # the expression as written, when it has `H` items (`text` resolves them)
     _days: dict[tuple[int, int], tuple[int, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     @classmethod
-    def parse(cls, text: str, *, both_days: bool = False) -> CronExpression:
+    def parse(
+        cls, text: str, *, both_days: bool = False, entry: str | None = None
+    ) -> CronExpression:
         """Parse a crontab line; `both_days` makes the two day fields always both match
-        (Celery's crontab meaning) instead of cron's either-when-both-restricted rule."""
+        (Celery's crontab meaning) instead of cron's either-when-both-restricted rule; `entry`
+        is the name `H` items are hashed from (beatd.schedules.hashed)."""
         expr = " ".join(text.split())
         source = MACROS.get(expr.lower(), expr)
         if source.startswith("@"):
@@ -251,6 +256,10 @@ class CronExpression:
         has_seconds = len(fields) == 6
         if not has_seconds:
             fields.insert(0, "0")
+        hashed_from, hashed_wildcard = "", False
+        if hashed.uses_hash(fields):
+            hashed_from, hashed_wildcard = expr, _hashed_wildcard(fields)
+            fields = _resolve_hashes(fields, text, entry)
         sec, minute, hour, dom, month, dow = fields
         days, last_day, last_weekday, nearest = _parse_day_of_month(dom, text)
         weekdays, last_of, nth = _parse_day_of_week(dow, text)
@@ -268,15 +277,16 @@ class CronExpression:
             either=dom_restricted and dow_restricted and not both_days,
         )
         parsed = cls(
-            text=expr,
+            text=" ".join(fields[not has_seconds :]) if hashed_from else expr,
             both_days=both_days,
             seconds=tuple(sorted(_parse_values(sec, SECOND, text))),
             minutes=tuple(sorted(_parse_values(minute, MINUTE, text))),
             hours=tuple(sorted(_parse_values(hour, HOUR, text))),
             months=tuple(sorted(_parse_values(month, MONTH, text))),
             day_rule=rule,
-            wildcard=minute.startswith("*") or hour.startswith("*"),
+            wildcard=minute.startswith("*") or hour.startswith("*") or hashed_wildcard,
             has_seconds=has_seconds,
+            hashed_from=hashed_from,
         )
         if parsed.next_wall(datetime(1999, 12, 31, 23, 59, 59)) is None:
             wanted = _list(sorted(rule.days)) if rule.days else "the days asked for"
@@ -336,6 +346,24 @@ class CronExpression:
         return days
 
 
+def _hashed_wildcard(fields: list[str]) -> bool:
+    """Whether the minute or hour field is `H/n`, a wildcard for the DST rules like `*/n`."""
+    return fields[1].startswith("H/") or fields[2].startswith("H/")
+
+
+def _resolve_hashes(fields: list[str], text: str, entry: str | None) -> list[str]:
+    specs = (SECOND, MINUTE, HOUR, DAY_OF_MONTH, MONTH, DAY_OF_WEEK)
+    resolved = []
+    for spec, key, field_text in zip(specs, hashed.KEYS, fields, strict=True):
+        if entry is None and hashed.uses_hash([field_text]):
+            raise _error(text, spec, "H is hashed from the entry's name, and none was given")
+        try:
+            resolved.append(hashed.resolve_field(field_text, key, entry or ""))
+        except hashed.HashError as exc:
+            raise _error(text, spec, str(exc)) from None
+    return resolved
+
+
 @dataclass(frozen=True, slots=True)
 class CronSchedule:
     expression: CronExpression
@@ -346,10 +374,17 @@ class CronSchedule:
 
     @classmethod
     def parse(
-        cls, text: str, timezone: str | ZoneInfo = "UTC", *, both_days: bool = False
+        cls,
+        text: str,
+        timezone: str | ZoneInfo = "UTC",
+        *,
+        both_days: bool = False,
+        entry: str | None = None,
     ) -> CronSchedule:
+        """`entry` is the name `H` items are hashed from; without `H` it is not needed."""
         zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
-        return _parse_schedule(text, zone, both_days)
+        # Expressions without H do not depend on the entry: all of them share one schedule.
+        return _parse_schedule(text, zone, both_days, entry if "H" in text else None)
 
     def next_after(self, t: datetime) -> datetime | None:
         if t.tzinfo is not UTC:  # local times equal across a fold must not share an answer
@@ -403,7 +438,7 @@ class CronSchedule:
             return None
         if self.expression.wildcard or after - before >= CLOCK_CORRECTION:
             return None  # a wall time in a gap does not exist
-        jump = _transition(
+        jump = transition(
             (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
         )
         return jump if jump > t else None
@@ -416,7 +451,7 @@ class CronSchedule:
         assert before is not None and after is not None
         if before >= after:
             return None
-        jump = _transition(
+        jump = transition(
             (wall - after).replace(tzinfo=UTC), (wall - before).replace(tzinfo=UTC), self.timezone
         )
         return (jump + after).replace(tzinfo=None)
@@ -430,7 +465,7 @@ class CronSchedule:
             return None
         if not (self.expression.wildcard or before - after >= CLOCK_CORRECTION):
             return None
-        jump = _transition(t, t + (before - after), self.timezone)
+        jump = transition(t, t + (before - after), self.timezone)
         repeat_start = (jump + after).replace(tzinfo=None)
         repeat_end = repeat_start + (before - after)
         wall = self.expression.next_wall(repeat_start - _SECOND)
@@ -439,20 +474,27 @@ class CronSchedule:
         return (wall - after).replace(tzinfo=UTC)
 
     def describe(self) -> str:
-        return describe(self.expression)
+        expression = self.expression
+        resolved = f" (H: {expression.text})" if expression.hashed_from else ""
+        return describe(expression) + resolved
 
     @property
     def spec(self) -> str:
-        days = " both-days" if self.expression.both_days else ""
-        return f"cron {self.expression.text}{days} tz {self.timezone.key}"
+        expression = self.expression
+        days = " both-days" if expression.both_days else ""
+        # With H, the text as written too: `H/n` is a wildcard, its resolved range is not.
+        text = expression.text
+        if expression.hashed_from:
+            text = f"{expression.hashed_from} = {text}"
+        return f"cron {text}{days} tz {self.timezone.key}"
 
 
 @lru_cache(maxsize=1024)
-def _parse_schedule(text: str, zone: ZoneInfo, both_days: bool) -> CronSchedule:
-    return CronSchedule(CronExpression.parse(text, both_days=both_days), zone)
+def _parse_schedule(text: str, zone: ZoneInfo, both_days: bool, entry: str | None) -> CronSchedule:
+    return CronSchedule(CronExpression.parse(text, both_days=both_days, entry=entry), zone)
 
 
-def _transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:
+def transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:
     """The instant in (low, high] where the zone's offset changes from its value at `low`."""
     offset = low.astimezone(zone).utcoffset()
     lo, hi = int(low.timestamp()), int(high.timestamp())

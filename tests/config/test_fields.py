@@ -9,7 +9,15 @@ import pytest
 
 from beatd.config import Entry, load_config
 from beatd.config.entries import ENTRY_FIELDS
-from beatd.config.fields import DERIVED, FIELDS, REQUIRED, SCHEDULE_FIELDS, Field
+from beatd.config.fields import (
+    DERIVED,
+    FIELDS,
+    REQUIRED,
+    SCHEDULE_FIELDS,
+    WINDOW_FIELDS,
+    Field,
+)
+from beatd.schedules.window import WindowedSchedule
 
 
 def entry_with(field: Field) -> str:
@@ -27,7 +35,10 @@ def test_each_example_is_a_valid_value(field: Field, tmp_path: Path) -> None:
     path = tmp_path / "example.yaml"
     path.write_text(f"entries:\n  example:\n{entry_with(field)}\n")
     entry = load_config([str(path)]).entries["example"]  # ConfigError if the example is bad
-    if field.name not in (*SCHEDULE_FIELDS, "anchor"):  # those become the schedule
+    if field.name in WINDOW_FIELDS:  # the window bounds the schedule
+        assert isinstance(entry.schedule, WindowedSchedule)
+        assert getattr(entry.schedule, field.name) is not None
+    elif field.name not in (*SCHEDULE_FIELDS, "anchor"):  # those become the schedule
         assert getattr(entry, field.name) != field.default  # the example was read, not skipped
 
 
@@ -47,4 +58,8 @@ def test_the_defaults_in_the_table_are_the_entrys() -> None:
 
 def test_every_field_is_an_entry_attribute_or_part_of_its_schedule() -> None:
     attributes = {a.name for a in dataclasses.fields(Entry)}
-    assert [f for f in ENTRY_FIELDS if f not in attributes] == [*SCHEDULE_FIELDS, "anchor"]
+    assert [f for f in ENTRY_FIELDS if f not in attributes] == [
+        *SCHEDULE_FIELDS,
+        "anchor",
+        *WINDOW_FIELDS,
+    ]

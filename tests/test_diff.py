@@ -1,0 +1,177 @@
+"""`beatd diff OLD NEW`: realistic changes, with and without --broker, and its exit statuses."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from beatd.backends import open_backend
+from beatd.backends.base import StateWrite
+from beatd.config import load_config
+from beatd.state import EntryState
+from tests.test_cli import beatd
+
+OLD = """\
+entries:
+  nightly: {task: t.report, cron: "30 2 * * *"}
+  hourly: {task: t.sync, every: 1h, missed: catch_up}
+  legacy-export: {task: t.export, cron: "0 12 * * *"}
+"""
+# nightly moves to Berlin's time; legacy-export is renamed; a new cron meets the spring gap.
+NEW = """\
+entries:
+  nightly: {task: t.report, cron: "30 2 * * *", timezone: Europe/Berlin}
+  hourly: {task: t.sync, every: 1h, missed: catch_up}
+  export: {task: t.export, cron: "0 12 * * *"}
+  berlin-early: {task: t.early, cron: "30 2 * * *", timezone: Europe/Berlin}
+"""
+AFTER = "2026-03-28T12:30:00Z"  # Berlin springs forward at 2026-03-29T01:00Z
+
+
+def files(tmp_path: Path) -> tuple[str, str]:
+    (tmp_path / "old.yaml").write_text(OLD)
+    (tmp_path / "new.yaml").write_text(NEW)
+    return str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")
+
+
+def test_a_renamed_entry_a_changed_timezone_and_a_cron_across_a_dst_day(tmp_path: Path) -> None:
+    old, new = files(tmp_path)
+    code, out, err = beatd("diff", old, new, "--after", AFTER)
+    assert (code, err) == (1, "")
+    assert out.splitlines() == [
+        "+ berlin-early: added",
+        "+ export: added",
+        "- legacy-export: removed",
+        "~ nightly:",
+        "    schedule: cron 30 2 * * * tz UTC -> cron 30 2 * * * tz Europe/Berlin",
+        "    timezone: UTC -> Europe/Berlin",
+        "runs from 2026-03-28T12:30:00Z for 1d:",
+        "  + berlin-early: 1 run(s): 2026-03-29T01:00:00Z",
+        "  + export: 1 run(s): 2026-03-29T12:00:00Z",
+        "  - legacy-export: 1 run(s): 2026-03-29T12:00:00Z",
+        "  + nightly: 1 run(s): 2026-03-29T01:00:00Z",
+        "  - nightly: 1 run(s): 2026-03-29T02:30:00Z",
+        "cannot tell what would publish at once on reload: give --broker to read the horizons",
+    ]
+
+
+def test_the_same_sets_exit_0_and_json_says_so(tmp_path: Path) -> None:
+    old, _ = files(tmp_path)
+    code, out, _ = beatd("diff", old, old, "--after", AFTER, "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "same": True,
+        "added": [],
+        "removed": [],
+        "changed": {},
+        "window": {"from": "2026-03-28T12:30:00Z", "seconds": 86400.0},
+        "runs": {},
+        "catch_up": None,
+    }
+
+
+def test_json_lists_fields_and_runs(tmp_path: Path) -> None:
+    old, new = files(tmp_path)
+    code, out, _ = beatd("diff", old, new, "--after", AFTER, "--window", "13h", "--json")
+    data = json.loads(out)
+    assert code == 1
+    assert data["changed"] == {
+        "nightly": {
+            "schedule": {
+                "old": "cron 30 2 * * * tz UTC",
+                "new": "cron 30 2 * * * tz Europe/Berlin",
+            },
+            "timezone": {"old": "UTC", "new": "Europe/Berlin"},
+        }
+    }
+    assert data["runs"]["berlin-early"] == {
+        "appear": ["2026-03-29T01:00:00Z"],
+        "disappear": [],
+        "truncated": False,
+    }
+    assert "export" not in data["runs"]  # its noon is beyond the 13 hours
+
+
+def test_with_broker_lists_the_catch_up_and_writes_nothing(tmp_path: Path) -> None:
+    old, new = files(tmp_path)
+    url = f"sqlite:///{tmp_path / 'beatd.db'}"
+    now = datetime(2026, 3, 28, 12, 30, tzinfo=UTC)
+    entries = load_config([old]).entries
+    backend = open_backend(url)
+    lease = backend.acquire_lease("node-a", 30, "test")
+    assert lease is not None
+    three_hours_ago = now.replace(minute=0) - timedelta(hours=3)
+    writes = [
+        StateWrite(EntryState(name, three_hours_ago, None, entries[name].identity), None)
+        for name in ("hourly", "nightly")
+    ]
+    assert backend.commit(lease, writes, []) == set()
+    before = backend.load_states()
+    backend.close()
+
+    code, out, _ = beatd("diff", old, new, "--after", AFTER, "--broker", url)
+    assert code == 1
+    # hourly (catch_up) missed 10:00, 11:00 and 12:00; nightly's zone changed, so its horizon
+    # resets to now and nothing is replayed; the new entries start from now.
+    assert out.splitlines()[-4:] == [
+        "on reload, 3 run(s) would publish at once:",
+        "  hourly 2026-03-28T10:00:00Z",
+        "  hourly 2026-03-28T11:00:00Z",
+        "  hourly 2026-03-28T12:00:00Z",
+    ]
+    code, out, _ = beatd("diff", old, new, "--after", AFTER, "--broker", url, "--json")
+    assert json.loads(out)["catch_up"] == [
+        {"entry": "hourly", "slot": f"2026-03-28T{h}:00:00Z"} for h in (10, 11, 12)
+    ]
+    backend = open_backend(url)
+    assert backend.load_states() == before
+    backend.close()
+
+
+def test_bad_input_and_errors_exit_2(tmp_path: Path) -> None:
+    old, new = files(tmp_path)
+    missing = str(tmp_path / "nope.yaml")
+    assert beatd("diff", old, missing) == (2, "", f"{missing}:1:1: no such file or directory\n")
+    assert beatd("diff", old, new, "--window", "soon")[::2] == (
+        2,
+        "beatd: --window: cannot read 'soon' as a duration: use a number of seconds or units "
+        "ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)\n",
+    )
+    absent = tmp_path / "absent.db"
+    assert beatd("diff", old, new, "--broker", f"sqlite:///{absent}") == (
+        2,
+        "",
+        f"beatd: --broker: no database at {absent}: check the path (`beatd run` creates it)\n",
+    )
+
+
+README_OLD = """\
+entries:
+  nightly: {task: reports.nightly, cron: "30 2 * * *"}
+  sync: {task: shop.sync, cron: "H/15 * * * *"}
+"""
+README_NEW = """\
+entries:
+  nightly: {task: reports.nightly, cron: "30 2 * * *", timezone: Europe/Berlin}
+  sync: {task: shop.sync, cron: "H/15 * * * *", start: "2026-03-28T18:00:00Z"}
+"""
+
+
+def test_the_readme_shows_real_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Schedule tools\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    (tmp_path / "old.yaml").write_text(README_OLD)
+    (tmp_path / "new.yaml").write_text(README_NEW)
+    monkeypatch.chdir(tmp_path)
+    sessions = [s for s in block.split("$ beatd ") if s]
+    assert len(sessions) == 3
+    for session in sessions:
+        command, _, expected = session.partition("\n")
+        code, out, _ = beatd(*shlex.split(command))
+        assert code in (0, 1)
+        assert out == expected, command
