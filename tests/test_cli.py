@@ -387,6 +387,18 @@ def test_next_cron_with_h_hashes_the_name_given_by_name() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("expr", "described"),
+    [("0 9 * * THU", "at 09:00, on Thursday"), ("@HOURLY", "at minute 0 of every hour, every day")],
+)
+def test_next_cron_without_an_h_item_needs_no_name(expr: str, described: str) -> None:
+    # A capital H in a day name or an upper-case macro is not an `H` item: as before issue 17,
+    # the ad-hoc expression runs without --name.
+    code, out, err = beatd("next", "--cron", expr, "--after", "2026-01-01T00:00:00Z", "-n", "1")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == described
+
+
 def test_check_and_next_show_what_h_resolves_to_per_entry(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(
