@@ -149,6 +149,20 @@ def test_bad_input_and_errors_exit_2(tmp_path: Path) -> None:
     )
 
 
+def test_runs_past_the_listing_limit_are_not_reported_as_appearing(tmp_path: Path) -> None:
+    # every 1s -> every 2s: every new slot is an old one, so none appears. Both sides are cut at
+    # 10,000 slots, the old after 2h46m, the new after 5h33m: the new slots in between are not in
+    # the old list and must not be reported as runs that appear.
+    (tmp_path / "old.yaml").write_text("entries:\n  e: {task: t.a, every: 1s}\n")
+    (tmp_path / "new.yaml").write_text("entries:\n  e: {task: t.a, every: 2s}\n")
+    old, new = str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")
+    code, out, _ = beatd("diff", old, new, "--after", "2026-01-01T00:00:00Z", "--json")
+    assert code == 1
+    runs = json.loads(out)["runs"]["e"]
+    assert runs["appear"] == []
+    assert runs["disappear"][:2] == ["2026-01-01T00:00:01Z", "2026-01-01T00:00:03Z"]
+
+
 README_OLD = """\
 entries:
   nightly: {task: reports.nightly, cron: "30 2 * * *"}
