@@ -163,6 +163,13 @@ def test_runs_past_the_listing_limit_are_not_reported_as_appearing(tmp_path: Pat
     assert runs["disappear"][:2] == ["2026-01-01T00:00:01Z", "2026-01-01T00:00:03Z"]
 
 
+def test_an_unexpected_error_exits_2_not_1(tmp_path: Path) -> None:
+    # 1 means "the sets differ" to a CI gate; an error of any kind must be 2 (the documented
+    # contract). A window running past year 9999 raises OverflowError inside compare().
+    old, new = files(tmp_path)
+    assert beatd("diff", old, new, "--after", "9999-12-31T00:00:00Z")[0] == 2
+
+
 README_OLD = """\
 entries:
   nightly: {task: reports.nightly, cron: "30 2 * * *"}
