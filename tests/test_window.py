@@ -117,3 +117,19 @@ def test_check_warns_of_a_window_that_has_ended(tmp_path: Path) -> None:
     )
     assert "at 02:30, every day, from 2026-10-25T02:30:00+01:00" not in out
     assert "at 02:30, every day, from 2026-10-25T02:30:00+02:00 until" in out
+
+
+def test_next_does_not_blame_dst_for_slots_before_the_window(tmp_path: Path) -> None:
+    # Berlin springs forward at 2026-03-29T01:00Z (02:30 does not exist that day), but this
+    # entry's window only opens at 05:00 CEST: its first run is not one DST moved or skipped past.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  w: {task: t.a, cron: '30 * * * *', timezone: Europe/Berlin,"
+        " start: '2026-03-29T05:00:00'}\n"
+    )
+    code, out, _ = beatd("next", "w", "-s", str(path), "--after", "2026-03-28T23:00:00Z", "-n", "1")
+    assert (code, out.splitlines()[1]) == (
+        0,
+        "  2026-03-29T03:30:00Z  2026-03-29T05:30:00+02:00",
+    )
