@@ -26,6 +26,7 @@ from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
 from beatd.config.schema import schema_text
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.cron import uses_hash
 from beatd.schedules.dstmarks import DstMark, dst_mark
 from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
@@ -234,7 +235,7 @@ def next_command(
 def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
     if name is not None and cron is None:
         bad_option("--name", "--name only applies to --cron (the name H is hashed from)")
-    if cron is not None and name is None and "H" in cron:
+    if cron is not None and name is None and uses_hash(cron):
         bad_option(
             "--name", "--cron uses H, which is hashed from an entry name: give it with --name"
         )

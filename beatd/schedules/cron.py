@@ -346,6 +346,12 @@ class CronExpression:
         return days
 
 
+def uses_hash(text: str) -> bool:
+    """Whether the expression has `H` items (a day name such as THU or a macro has none)."""
+    expr = " ".join(text.split())
+    return hashed.uses_hash(MACROS.get(expr.lower(), expr).split())
+
+
 def _hashed_wildcard(fields: list[str]) -> bool:
     """Whether the minute or hour field is `H/n`, a wildcard for the DST rules like `*/n`."""
     return fields[1].startswith("H/") or fields[2].startswith("H/")
@@ -384,7 +390,7 @@ class CronSchedule:
         """`entry` is the name `H` items are hashed from; without `H` it is not needed."""
         zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
         # Expressions without H do not depend on the entry: all of them share one schedule.
-        return _parse_schedule(text, zone, both_days, entry if "H" in text else None)
+        return _parse_schedule(text, zone, both_days, entry if uses_hash(text) else None)
 
     def next_after(self, t: datetime) -> datetime | None:
         if t.tzinfo is not UTC:  # local times equal across a fold must not share an answer
