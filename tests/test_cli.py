@@ -514,3 +514,22 @@ def test_a_celery_config_alone_reads_no_default_schedules_directory(
         (("schedules",), "celeryconfig"),
         (("schedules",), None),
     ]
+
+
+def test_check_and_next_say_a_cron_never_fires(tmp_path: Path) -> None:
+    # Every 02:xx on the last Sunday of March lies in Berlin's spring gap: a wildcard job there
+    # never runs, and the search ends at year 9999 with a clear word rather than a traceback.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n  gap: {task: t.a, cron: '*/30 2 * 3 0L', timezone: Europe/Berlin}\n"
+    )
+    code, out, err = beatd("check", str(path))
+    assert (code, err) == (
+        0,
+        f"{path}:2:1: entry gap: field cron: warning: it never fires before the end of year 9999 "
+        "(in Europe/Berlin), so this entry will never run; change the expression or remove "
+        "the entry\n",
+    )
+    code, out, err = beatd("next", "gap", "-s", str(path), "--after", "2026-01-01T00:00:00Z")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == ["  never fires before the end of year 9999"]

@@ -32,6 +32,7 @@ from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
+NEVER = "never fires before the end of year 9999"
 
 
 @main.command()
@@ -145,6 +146,13 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 "never happen; move it into the future or remove the entry"
             )
             warnings.append(_at_entry(entry, "at", message))
+        if _never_fires(schedule, now):
+            message = (
+                "warning: it never fires before the end of year 9999 "
+                f"(in {entry.timezone}), so this entry will never run; change the expression "
+                "or remove the entry"
+            )
+            warnings.append(_at_entry(entry, "cron", message))
         if isinstance(schedule, WindowedSchedule) and schedule.ended(now):
             assert schedule.end is not None
             message = (
@@ -153,6 +161,12 @@ def _warnings(config: Config, now: datetime) -> list[str]:
             )
             warnings.append(_at_entry(entry, "end", message))
     return warnings
+
+
+def _never_fires(schedule: Schedule, now: datetime) -> bool:
+    """A cron whose every match falls where it does not fire (a wildcard in a spring gap)."""
+    inner = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
+    return isinstance(inner, CronSchedule) and inner.next_after(now) is None
 
 
 def _at_entry(entry: Entry, field: str, message: str) -> str:
@@ -258,6 +272,8 @@ def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_
     click.echo(schedule.describe())
     for t, mark in runs:
         click.echo(_run_line(t, mark, ZoneInfo(zone)))
+    if _never_fires(schedule, start):
+        click.echo(NEVER)
 
 
 def _marked(
@@ -304,6 +320,8 @@ def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: b
         zone = ZoneInfo(entry.timezone)
         for t, mark in table[entry.name]:
             click.echo(f"  {_run_line(t, mark, zone)}")
+        if _never_fires(entry.schedule, start):
+            click.echo(f"  {NEVER}")
 
 
 @main.command()
