@@ -167,7 +167,23 @@ def test_an_unexpected_error_exits_2_not_1(tmp_path: Path) -> None:
     # 1 means "the sets differ" to a CI gate; an error of any kind must be 2 (the documented
     # contract). A window running past year 9999 raises OverflowError inside compare().
     old, new = files(tmp_path)
-    assert beatd("diff", old, new, "--after", "9999-12-31T00:00:00Z")[0] == 2
+    assert beatd("diff", old, new, "--after", "9999-12-31T00:00:00Z") == (
+        2,
+        "",
+        "beatd: --window: the window from 9999-12-31T00:00:00Z for 1d runs past the end of "
+        "year 9999; give an earlier --after or a shorter --window\n",
+    )
+
+
+def test_a_cron_that_never_fires_is_compared_not_an_error(tmp_path: Path) -> None:
+    # Every 02:xx on the last Sunday of March lies in Berlin's spring gap: a wildcard job there
+    # never runs. Adding it is a difference (1) with no runs, not an error.
+    old, _ = files(tmp_path)
+    new = tmp_path / "gap.yaml"
+    new.write_text(OLD + "  gap: {task: t.a, cron: '*/30 2 * 3 0L', timezone: Europe/Berlin}\n")
+    code, out, err = beatd("diff", old, str(new), "--after", AFTER, "--json")
+    assert (code, err) == (1, "")
+    assert (json.loads(out)["added"], json.loads(out)["runs"]) == (["gap"], {})
 
 
 README_OLD = """\

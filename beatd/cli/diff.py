@@ -7,6 +7,7 @@ differ, 2 bad input or any error (so CI can gate a deploy on it).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from beatd.core import Planner, Run
 from beatd.durations import format_duration, read_duration
 from beatd.errors import BeatdError
 
+logger = logging.getLogger(__name__)
 EXIT_SAME, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
 SHOWN_RUNS = 5  # per entry and direction in the text; --json lists them all
@@ -75,9 +77,19 @@ def diff(
         if after is None
         else _checked(lambda: to_datetime(after, zone), "--after")
     )
+    if datetime.max.replace(tzinfo=UTC) - now < span:
+        _error(
+            "--window",
+            f"the window from {slot_text(now)} for {format_duration(span)} runs past the end of "
+            "year 9999; give an earlier --after or a shorter --window",
+        )
     old_config, new_config = _load(old, zone), _load(new, zone)
-    comparison = compare(old_config, new_config, now, span)
-    catch_up = None if broker is None else _catch_up(new_config, broker, namespace, now)
+    try:
+        comparison = compare(old_config, new_config, now, span)
+        catch_up = None if broker is None else _catch_up(new_config, broker, namespace, now)
+    except Exception as exc:  # 1 would tell a CI gate "different": any failure is 2
+        logger.debug("diff failed old=%s new=%s", old, new, exc_info=True)
+        _error("diff", f"cannot compare the schedule sets: {type(exc).__name__}: {exc}")
     if as_json:
         click.echo(json.dumps(_as_json(comparison, catch_up, now, span)))
     else:
