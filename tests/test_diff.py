@@ -92,6 +92,7 @@ def test_json_lists_fields_and_runs(tmp_path: Path) -> None:
         "appear": ["2026-03-29T01:00:00Z"],
         "disappear": [],
         "truncated": False,
+        "compared_until": None,
     }
     assert "export" not in data["runs"]  # its noon is beyond the 13 hours
 
@@ -212,3 +213,19 @@ def test_the_readme_shows_real_output(tmp_path: Path, monkeypatch: pytest.Monkey
         code, out, _ = beatd(*shlex.split(command))
         assert code in (0, 1)
         assert out == expected, command
+
+
+def test_the_text_says_where_the_comparison_was_cut(tmp_path: Path) -> None:
+    (tmp_path / "old.yaml").write_text("entries:\n  e: {task: t.a, every: 1s}\n")
+    (tmp_path / "new.yaml").write_text("entries:\n  e: {task: t.a, every: 2s}\n")
+    old, new = str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")
+    code, out, _ = beatd("diff", old, new, "--after", "2026-01-01T00:00:00Z")
+    assert code == 1
+    assert out.splitlines()[4:6] == [
+        "  - e: 5000 run(s): 2026-01-01T00:00:01Z, 2026-01-01T00:00:03Z, 2026-01-01T00:00:05Z, "
+        "2026-01-01T00:00:07Z, 2026-01-01T00:00:09Z and 4995 more",
+        "  ! e: more than 10,000 runs in the window: compared only up to 2026-01-01T02:46:40Z",
+    ]
+    code, out, _ = beatd("diff", old, new, "--after", "2026-01-01T00:00:00Z", "--json")
+    runs = json.loads(out)["runs"]["e"]
+    assert (runs["truncated"], runs["compared_until"]) == (True, "2026-01-01T02:46:40Z")

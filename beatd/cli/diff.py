@@ -18,7 +18,7 @@ import click
 from beatd.backends import open_backend
 from beatd.cli.common import NAMESPACE_FLAG, main, slot_text
 from beatd.config import Config, load_config
-from beatd.config.compare import Comparison, RunChanges, compare
+from beatd.config.compare import RUN_LIMIT, Comparison, RunChanges, compare
 from beatd.config.convert import to_datetime, to_timezone
 from beatd.core import Planner, Run
 from beatd.durations import format_duration, read_duration
@@ -166,6 +166,11 @@ def _run_lines(runs: RunChanges) -> list[str]:
             shown = ", ".join(slot_text(t) for t in slots[:SHOWN_RUNS])
             more = f" and {len(slots) - SHOWN_RUNS} more" if len(slots) > SHOWN_RUNS else ""
             lines.append(f"  {sign} {runs.entry}: {len(slots)} run(s): {shown}{more}")
+    if runs.cut is not None:
+        lines.append(
+            f"  ! {runs.entry}: more than {RUN_LIMIT:,} runs in the window: compared only up to "
+            f"{slot_text(runs.cut)}"
+        )
     return lines
 
 
@@ -185,7 +190,8 @@ def _as_json(
             runs.entry: {
                 "appear": [slot_text(t) for t in runs.appear],
                 "disappear": [slot_text(t) for t in runs.disappear],
-                "truncated": runs.truncated,
+                "truncated": runs.cut is not None,
+                "compared_until": None if runs.cut is None else slot_text(runs.cut),
             }
             for runs in comparison.runs
         },
