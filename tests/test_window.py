@@ -133,3 +133,21 @@ def test_next_does_not_blame_dst_for_slots_before_the_window(tmp_path: Path) -> 
         0,
         "  2026-03-29T03:30:00Z  2026-03-29T05:30:00+02:00",
     )
+
+
+def test_next_still_marks_a_dst_move_inside_the_window(tmp_path: Path) -> None:
+    # The window opens at midnight before the spring gap: the 02:30 run moved to the jump is one
+    # DST moved, and keeps its mark.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  w: {task: t.a, cron: '30 2 * * *', timezone: Europe/Berlin,"
+        " start: '2026-03-29T00:00:00'}\n"
+    )
+    code, out, _ = beatd("next", "w", "-s", str(path), "--after", "2026-03-01T00:00:00Z", "-n", "1")
+    assert (code, out.splitlines()[1]) == (
+        0,
+        "  2026-03-29T01:00:00Z  2026-03-29T03:00:00+02:00  DST spring_gap_fixed_time: for "
+        "02:30:00, which does not exist (clocks go forward, 02:00-03:00): a fixed-time job runs "
+        "at the jump",
+    )

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -33,6 +33,7 @@ from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
 NEVER = "never fires before the end of year 9999"
+_JUST_BEFORE = timedelta(microseconds=1)  # a slot at a window's start belongs to the window
 
 
 @main.command()
@@ -283,6 +284,9 @@ def _marked(
     cron = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
     if not isinstance(cron, CronSchedule):
         return [(t, None) for t in times]  # intervals follow elapsed time: DST touches nothing
+    if isinstance(schedule, WindowedSchedule) and schedule.start is not None:
+        # Slots before the window do not exist: DST moved or skipped nothing there.
+        start = max(start, schedule.start - _JUST_BEFORE)
     return [(t, dst_mark(cron, previous, t)) for previous, t in pairwise([start, *times])]
 
 
