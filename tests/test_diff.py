@@ -13,6 +13,7 @@ from beatd.backends import open_backend
 from beatd.backends.base import StateWrite
 from beatd.config import load_config
 from beatd.state import EntryState
+from tests.test_celery import CELERYCONFIG, _load_module
 from tests.test_cli import beatd
 
 OLD = """\
@@ -229,3 +230,24 @@ def test_the_text_says_where_the_comparison_was_cut(tmp_path: Path) -> None:
     code, out, _ = beatd("diff", old, new, "--after", "2026-01-01T00:00:00Z", "--json")
     runs = json.loads(out)["runs"]["e"]
     assert (runs["truncated"], runs["compared_until"]) == (True, "2026-01-01T02:46:40Z")
+
+
+def test_diff_reads_files_as_the_other_commands_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --max-file-size and --celery-config are the shared flags: the limit refuses OLD, and the
+    # Celery config's entries are on both sides, so they neither appear nor disappear.
+    old, new = files(tmp_path)
+    size = Path(old).stat().st_size
+    assert beatd("diff", old, new, "--max-file-size", "10") == (
+        2,
+        "",
+        f"{old}:1:1: file is {size} bytes, more than the limit of 10 bytes; refusing to read it "
+        "(raise the limit with --max-file-size or BEATD_MAX_FILE_SIZE)\n",
+    )
+    module = _load_module(tmp_path, monkeypatch, "celeryconfig_diff", CELERYCONFIG)
+    code, out, err = beatd("diff", old, new, "--after", AFTER, "--json", "--celery-config", module)
+    assert (code, err) == (1, "")
+    data = json.loads(out)
+    assert (data["added"], data["removed"]) == (["berlin-early", "export"], ["legacy-export"])
+    assert "every-30s" not in data["runs"]

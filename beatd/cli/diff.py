@@ -10,13 +10,20 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from beatd.backends import open_backend
-from beatd.cli.common import NAMESPACE_FLAG, main, slot_text
+from beatd.cli.common import (
+    NAMESPACE_FLAG,
+    ScheduleSettings,
+    main,
+    schedule_reading_options,
+    slot_text,
+)
 from beatd.config import Config, load_config
 from beatd.config.compare import RUN_LIMIT, Comparison, RunChanges, compare
 from beatd.config.convert import to_datetime, to_timezone
@@ -47,14 +54,8 @@ def _error(option: str, message: str) -> NoReturn:
     help="Read the entries' horizons here (read-only) to list what NEW would publish at once.",
 )
 @click.option("--namespace", **NAMESPACE_FLAG)
-@click.option(
-    "--timezone",
-    envvar="BEATD_TIMEZONE",
-    default="UTC",
-    show_default=True,
-    help="Timezone of entries whose file gives none.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@schedule_reading_options
 def diff(
     old: str,
     new: str,
@@ -62,15 +63,15 @@ def diff(
     after: str | None,
     broker: str | None,
     namespace: str,
-    timezone: str,
     as_json: bool,
+    schedule: ScheduleSettings,
 ) -> None:
     """Compare two schedule sets (files or directories): entries added, removed and changed,
     the runs that appear or disappear, and with --broker what would publish at once on reload.
 
     Exit status: 0 the same, 1 different, 2 bad input or any error.
     """
-    zone = _checked(lambda: to_timezone(timezone), "--timezone")
+    zone = _checked(lambda: to_timezone(schedule.timezone), "--timezone")
     span = _checked(lambda: read_duration(window), "--window")
     now = (
         datetime.now(UTC)
@@ -83,7 +84,9 @@ def diff(
             f"the window from {slot_text(now)} for {format_duration(span)} runs past the end of "
             "year 9999; give an earlier --after or a shorter --window",
         )
-    old_config, new_config = _load(old, zone), _load(new, zone)
+    settings = replace(schedule, timezone=zone)
+    old_config = _load(replace(settings, paths=(old,)))
+    new_config = _load(replace(settings, paths=(new,)))
     try:
         comparison = compare(old_config, new_config, now, span)
         catch_up = None if broker is None else _catch_up(new_config, broker, namespace, now)
@@ -105,9 +108,14 @@ def _checked(read: Callable[[], T], option: str) -> T:
         _error(option, str(exc))
 
 
-def _load(path: str, zone: str) -> Config:
+def _load(settings: ScheduleSettings) -> Config:
     try:
-        return load_config([path], default_timezone=zone)
+        return load_config(
+            settings.paths,
+            default_timezone=settings.timezone,
+            max_bytes=settings.max_file_size,
+            celery_config=settings.celery_config,
+        )
     except BeatdError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
