@@ -533,3 +533,14 @@ def test_check_and_next_say_a_cron_never_fires(tmp_path: Path) -> None:
     code, out, err = beatd("next", "gap", "-s", str(path), "--after", "2026-01-01T00:00:00Z")
     assert (code, err) == (0, "")
     assert out.splitlines()[1:] == ["  never fires before the end of year 9999"]
+
+
+def test_next_name_follows_the_entry_name_rules() -> None:
+    # H is hashed from an entry's name: a name no schedule file accepts resolves nothing real.
+    code, out, err = beatd("next", "--cron", "H * * * *", "--name", "nightly report")
+    assert (code, out, err) == (
+        2,
+        "",
+        "beatd: --name: 'nightly report': entry names use letters, digits and _ . : / - "
+        "(a run's id is NAME@SLOT)\n",
+    )

@@ -22,7 +22,14 @@ from beatd.cli.common import (
     slot_text,
 )
 from beatd.config import Config, Entry
-from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
+from beatd.config.convert import (
+    ENTRY_NAME,
+    ENTRY_NAME_RULE,
+    suggest,
+    to_datetime,
+    to_every,
+    to_timezone,
+)
 from beatd.config.schema import schema_text
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
@@ -250,6 +257,8 @@ def next_command(
 def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
     if name is not None and cron is None:
         bad_option("--name", "--name only applies to --cron (the name H is hashed from)")
+    if name is not None and not ENTRY_NAME.match(name):
+        bad_option("--name", f"{name!r}: {ENTRY_NAME_RULE}")
     if cron is not None and name is None and uses_hash(cron):
         bad_option(
             "--name", "--cron uses H, which is hashed from an entry name: give it with --name"
