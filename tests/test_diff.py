@@ -216,6 +216,20 @@ def test_the_readme_shows_real_output(tmp_path: Path, monkeypatch: pytest.Monkey
         assert out == expected, command
 
 
+def test_the_readme_shows_the_real_schema() -> None:
+    # The second block of the section: saving the schema, then its beginning up to the `…`.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Schedule tools\n", 1)[1].split("```\n")[3]
+    saved, shown = block.split("$ beatd schema\n")
+    assert saved == "$ beatd schema > schemas/schedule.schema.json\n"
+    excerpt, _, rest = shown.partition("…\n")
+    code, out, err = beatd("schema")
+    assert (code, err, rest) == (0, "", "")
+    assert len(excerpt.splitlines()) > 10 and out.startswith(excerpt)
+    committed = Path(__file__).resolve().parents[1] / "schemas" / "schedule.schema.json"
+    assert out == committed.read_text()
+
+
 def test_the_text_says_where_the_comparison_was_cut(tmp_path: Path) -> None:
     (tmp_path / "old.yaml").write_text("entries:\n  e: {task: t.a, every: 1s}\n")
     (tmp_path / "new.yaml").write_text("entries:\n  e: {task: t.a, every: 2s}\n")
