@@ -18,14 +18,18 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
-from beatd.schedules import IntervalSchedule
+from beatd.schedules import IntervalSchedule, Schedule
+from beatd.schedules.window import WindowedSchedule
 from beatd.state import EntryState
+
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+_JUST_BEFORE = timedelta(microseconds=1)
 
 
 class MissReason(StrEnum):
@@ -292,6 +296,7 @@ class Planner:
         walk = _Walk(deque(maxlen=keep), newest=current)
         limit = max(self.walk_limit, 2 * keep + 2)
         steps = 0
+        arithmetic = _arithmetic_interval(schedule)
         while True:
             if now - due > grace:
                 if len(walk.overdue) == keep:
@@ -301,11 +306,13 @@ class Planner:
             else:
                 walk.timely.append((current, due))
             walk.newest = current
-            if isinstance(schedule, IntervalSchedule):
-                skip = schedule.count_between(current, now - grace - schedule.every) - keep
+            if arithmetic is not None:
+                interval, last = arithmetic
+                skip = interval.count_between(current, min(now - grace - interval.every, last))
+                skip -= keep
                 if skip > 0:
                     walk.overdue_count += skip
-                    current += schedule.every * skip
+                    current += interval.every * skip
                     walk.newest = walk.last_dropped = current
                     walk.overdue.clear()
             self.next_fire_computations += 1
@@ -320,6 +327,17 @@ class Planner:
                 walk.done = False
                 return walk
             current = walk.following
+
+
+def _arithmetic_interval(schedule: Schedule) -> tuple[IntervalSchedule, datetime] | None:
+    """The interval whose missed slots can be counted rather than walked, with the last instant
+    a slot may have: an interval's, also inside a window (whose slots stop before its end)."""
+    if isinstance(schedule, WindowedSchedule) and isinstance(schedule.inner, IntervalSchedule):
+        end = schedule.end
+        return schedule.inner, _LAST_INSTANT if end is None else end - _JUST_BEFORE
+    if isinstance(schedule, IntervalSchedule):
+        return schedule, _LAST_INSTANT
+    return None
 
 
 class RemovedEntries:

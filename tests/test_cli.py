@@ -387,6 +387,18 @@ def test_next_cron_with_h_hashes_the_name_given_by_name() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("expr", "described"),
+    [("0 9 * * THU", "at 09:00, on Thursday"), ("@HOURLY", "at minute 0 of every hour, every day")],
+)
+def test_next_cron_without_an_h_item_needs_no_name(expr: str, described: str) -> None:
+    # A capital H in a day name or an upper-case macro is not an `H` item: as before issue 17,
+    # the ad-hoc expression runs without --name.
+    code, out, err = beatd("next", "--cron", expr, "--after", "2026-01-01T00:00:00Z", "-n", "1")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == described
+
+
 def test_check_and_next_show_what_h_resolves_to_per_entry(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(
@@ -502,3 +514,33 @@ def test_a_celery_config_alone_reads_no_default_schedules_directory(
         (("schedules",), "celeryconfig"),
         (("schedules",), None),
     ]
+
+
+def test_check_and_next_say_a_cron_never_fires(tmp_path: Path) -> None:
+    # Every 02:xx on the last Sunday of March lies in Berlin's spring gap: a wildcard job there
+    # never runs, and the search ends at year 9999 with a clear word rather than a traceback.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n  gap: {task: t.a, cron: '*/30 2 * 3 0L', timezone: Europe/Berlin}\n"
+    )
+    code, out, err = beatd("check", str(path))
+    assert (code, err) == (
+        0,
+        f"{path}:2:1: entry gap: field cron: warning: it never fires before the end of year 9999 "
+        "(in Europe/Berlin), so this entry will never run; change the expression or remove "
+        "the entry\n",
+    )
+    code, out, err = beatd("next", "gap", "-s", str(path), "--after", "2026-01-01T00:00:00Z")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == ["  never fires before the end of year 9999"]
+
+
+def test_next_name_follows_the_entry_name_rules() -> None:
+    # H is hashed from an entry's name: a name no schedule file accepts resolves nothing real.
+    code, out, err = beatd("next", "--cron", "H * * * *", "--name", "nightly report")
+    assert (code, out, err) == (
+        2,
+        "",
+        "beatd: --name: 'nightly report': entry names use letters, digits and _ . : / - "
+        "(a run's id is NAME@SLOT)\n",
+    )

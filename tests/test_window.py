@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from beatd.clock import FakeClock
 from beatd.config import load_config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.schedules import IntervalSchedule
 from beatd.schedules.window import WindowedSchedule
 from tests.test_cli import beatd
-from tests.test_core import T0, Store, run_until, start
+from tests.test_core import T0, Store, run_until, start, tick
 
 MINUTE = timedelta(minutes=1)
 
@@ -117,3 +118,76 @@ def test_check_warns_of_a_window_that_has_ended(tmp_path: Path) -> None:
     )
     assert "at 02:30, every day, from 2026-10-25T02:30:00+01:00" not in out
     assert "at 02:30, every day, from 2026-10-25T02:30:00+02:00 until" in out
+
+
+def test_next_does_not_blame_dst_for_slots_before_the_window(tmp_path: Path) -> None:
+    # Berlin springs forward at 2026-03-29T01:00Z (02:30 does not exist that day), but this
+    # entry's window only opens at 05:00 CEST: its first run is not one DST moved or skipped past.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  w: {task: t.a, cron: '30 * * * *', timezone: Europe/Berlin,"
+        " start: '2026-03-29T05:00:00'}\n"
+    )
+    code, out, _ = beatd("next", "w", "-s", str(path), "--after", "2026-03-28T23:00:00Z", "-n", "1")
+    assert (code, out.splitlines()[1]) == (
+        0,
+        "  2026-03-29T03:30:00Z  2026-03-29T05:30:00+02:00",
+    )
+
+
+def test_next_still_marks_a_dst_move_inside_the_window(tmp_path: Path) -> None:
+    # The window opens at midnight before the spring gap: the 02:30 run moved to the jump is one
+    # DST moved, and keeps its mark.
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  w: {task: t.a, cron: '30 2 * * *', timezone: Europe/Berlin,"
+        " start: '2026-03-29T00:00:00'}\n"
+    )
+    code, out, _ = beatd("next", "w", "-s", str(path), "--after", "2026-03-01T00:00:00Z", "-n", "1")
+    assert (code, out.splitlines()[1]) == (
+        0,
+        "  2026-03-29T01:00:00Z  2026-03-29T03:00:00+02:00  DST spring_gap_fixed_time: for "
+        "02:30:00, which does not exist (clocks go forward, 02:00-03:00): a fixed-time job runs "
+        "at the jump",
+    )
+
+
+def test_a_window_keeps_the_arithmetic_skip_over_a_long_outage() -> None:
+    # every 1s, down for a week: the planner skips the missed slots of an interval by arithmetic,
+    # and a window around the interval must not turn that into 604,800 next-fire computations.
+    second = timedelta(seconds=1)
+    plain = IntervalSchedule(second)
+    bounded = WindowedSchedule(plain, T0 - timedelta(days=1), T0 + timedelta(days=30))
+    counts, outcomes = [], []
+    for schedule in (plain, bounded):
+        entry = Entry(name="a", task="t.task", schedule=schedule)
+        store, clock = Store(), FakeClock(T0)
+        start([entry], store, clock.now())
+        clock.advance(timedelta(weeks=1).total_seconds())
+        planner = start([entry], store, clock.now())
+        before = planner.next_fire_computations
+        while planner.next_wake() is not None and planner.next_wake() <= clock.now():
+            tick(planner, store, clock.now())
+        counts.append(planner.next_fire_computations - before)
+        outcomes.append((store.published, dict(store.missed), store.states["a"].last_slot))
+    assert outcomes[0] == outcomes[1]
+    assert counts[0] == counts[1] < 100
+
+
+def test_the_arithmetic_skip_stops_at_the_end_of_the_window() -> None:
+    # The window ends three days into a week's outage: the slots counted as missed are those in
+    # (T0, end), not the week's, and the walk is still short.
+    bounded = WindowedSchedule(IntervalSchedule(timedelta(seconds=1)), None, T0 + timedelta(days=3))
+    entry = Entry(name="a", task="t.task", schedule=bounded)
+    store, clock = Store(), FakeClock(T0)
+    start([entry], store, clock.now())
+    clock.advance(timedelta(weeks=1).total_seconds())
+    planner = start([entry], store, clock.now())
+    before = planner.next_fire_computations
+    while planner.next_wake() is not None and planner.next_wake() <= clock.now():
+        tick(planner, store, clock.now())
+    assert len(store.published) + sum(store.missed.values()) == 3 * 86_400 - 1
+    assert planner.next_fire_computations - before < 100
+    assert planner.next_wake() is None

@@ -237,6 +237,22 @@ def schedule_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _with_flags(flags, command)
 
 
+def schedule_reading_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How to read schedule files (`--timezone`, `--max-file-size`, `--celery-config`) for a
+    command that takes the files as arguments (`diff OLD NEW`): `schedule: ScheduleSettings`
+    with no paths, which the command fills in."""
+
+    @functools.wraps(func)
+    def command(
+        *args: Any, timezone: str, max_file_size: int, celery_config: str | None, **kwargs: Any
+    ) -> Any:
+        kwargs["schedule"] = ScheduleSettings((), timezone, max_file_size, celery_config or None)
+        return func(*args, **kwargs)
+
+    flags = [*SCHEDULE_FLAGS[1:], click.option("--celery-config", **CELERY_CONFIG_FLAG)]
+    return _with_flags(flags, command)
+
+
 def _schedule_paths(schedules: tuple[str, ...], celery_config: str | None) -> tuple[str, ...]:
     """`schedules`, except that --celery-config alone does not also read ./schedules."""
     source = click.get_current_context().get_parameter_source("schedules")

@@ -7,22 +7,31 @@ differ, 2 bad input or any error (so CI can gate a deploy on it).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from beatd.backends import open_backend
-from beatd.cli.common import NAMESPACE_FLAG, main, slot_text
+from beatd.cli.common import (
+    NAMESPACE_FLAG,
+    ScheduleSettings,
+    main,
+    schedule_reading_options,
+    slot_text,
+)
 from beatd.config import Config, load_config
-from beatd.config.compare import Comparison, RunChanges, compare
+from beatd.config.compare import RUN_LIMIT, Comparison, RunChanges, compare
 from beatd.config.convert import to_datetime, to_timezone
 from beatd.core import Planner, Run
 from beatd.durations import format_duration, read_duration
 from beatd.errors import BeatdError
 
+logger = logging.getLogger(__name__)
 EXIT_SAME, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
 SHOWN_RUNS = 5  # per entry and direction in the text; --json lists them all
@@ -45,14 +54,8 @@ def _error(option: str, message: str) -> NoReturn:
     help="Read the entries' horizons here (read-only) to list what NEW would publish at once.",
 )
 @click.option("--namespace", **NAMESPACE_FLAG)
-@click.option(
-    "--timezone",
-    envvar="BEATD_TIMEZONE",
-    default="UTC",
-    show_default=True,
-    help="Timezone of entries whose file gives none.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@schedule_reading_options
 def diff(
     old: str,
     new: str,
@@ -60,24 +63,36 @@ def diff(
     after: str | None,
     broker: str | None,
     namespace: str,
-    timezone: str,
     as_json: bool,
+    schedule: ScheduleSettings,
 ) -> None:
     """Compare two schedule sets (files or directories): entries added, removed and changed,
     the runs that appear or disappear, and with --broker what would publish at once on reload.
 
     Exit status: 0 the same, 1 different, 2 bad input or any error.
     """
-    zone = _checked(lambda: to_timezone(timezone), "--timezone")
+    zone = _checked(lambda: to_timezone(schedule.timezone), "--timezone")
     span = _checked(lambda: read_duration(window), "--window")
     now = (
         datetime.now(UTC)
         if after is None
         else _checked(lambda: to_datetime(after, zone), "--after")
     )
-    old_config, new_config = _load(old, zone), _load(new, zone)
-    comparison = compare(old_config, new_config, now, span)
-    catch_up = None if broker is None else _catch_up(new_config, broker, namespace, now)
+    if datetime.max.replace(tzinfo=UTC) - now < span:
+        _error(
+            "--window",
+            f"the window from {slot_text(now)} for {format_duration(span)} runs past the end of "
+            "year 9999; give an earlier --after or a shorter --window",
+        )
+    settings = replace(schedule, timezone=zone)
+    old_config = _load(replace(settings, paths=(old,)))
+    new_config = _load(replace(settings, paths=(new,)))
+    try:
+        comparison = compare(old_config, new_config, now, span)
+        catch_up = None if broker is None else _catch_up(new_config, broker, namespace, now)
+    except Exception as exc:  # 1 would tell a CI gate "different": any failure is 2
+        logger.debug("diff failed old=%s new=%s", old, new, exc_info=True)
+        _error("diff", f"cannot compare the schedule sets: {type(exc).__name__}: {exc}")
     if as_json:
         click.echo(json.dumps(_as_json(comparison, catch_up, now, span)))
     else:
@@ -93,9 +108,14 @@ def _checked(read: Callable[[], T], option: str) -> T:
         _error(option, str(exc))
 
 
-def _load(path: str, zone: str) -> Config:
+def _load(settings: ScheduleSettings) -> Config:
     try:
-        return load_config([path], default_timezone=zone)
+        return load_config(
+            settings.paths,
+            default_timezone=settings.timezone,
+            max_bytes=settings.max_file_size,
+            celery_config=settings.celery_config,
+        )
     except BeatdError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
@@ -154,6 +174,11 @@ def _run_lines(runs: RunChanges) -> list[str]:
             shown = ", ".join(slot_text(t) for t in slots[:SHOWN_RUNS])
             more = f" and {len(slots) - SHOWN_RUNS} more" if len(slots) > SHOWN_RUNS else ""
             lines.append(f"  {sign} {runs.entry}: {len(slots)} run(s): {shown}{more}")
+    if runs.cut is not None:
+        lines.append(
+            f"  ! {runs.entry}: more than {RUN_LIMIT:,} runs in the window: compared only up to "
+            f"{slot_text(runs.cut)}"
+        )
     return lines
 
 
@@ -173,7 +198,8 @@ def _as_json(
             runs.entry: {
                 "appear": [slot_text(t) for t in runs.appear],
                 "disappear": [slot_text(t) for t in runs.disappear],
-                "truncated": runs.truncated,
+                "truncated": runs.cut is not None,
+                "compared_until": None if runs.cut is None else slot_text(runs.cut),
             }
             for runs in comparison.runs
         },

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -22,15 +22,25 @@ from beatd.cli.common import (
     slot_text,
 )
 from beatd.config import Config, Entry
-from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
+from beatd.config.convert import (
+    ENTRY_NAME,
+    ENTRY_NAME_RULE,
+    suggest,
+    to_datetime,
+    to_every,
+    to_timezone,
+)
 from beatd.config.schema import schema_text
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
+from beatd.schedules.cron import uses_hash
 from beatd.schedules.dstmarks import DstMark, dst_mark
 from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
+NEVER = "never fires before the end of year 9999"
+_JUST_BEFORE = timedelta(microseconds=1)  # a slot at a window's start belongs to the window
 
 
 @main.command()
@@ -144,6 +154,13 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 "never happen; move it into the future or remove the entry"
             )
             warnings.append(_at_entry(entry, "at", message))
+        if _never_fires(schedule, now):
+            message = (
+                "warning: it never fires before the end of year 9999 "
+                f"(in {entry.timezone}), so this entry will never run; change the expression "
+                "or remove the entry"
+            )
+            warnings.append(_at_entry(entry, "cron", message))
         if isinstance(schedule, WindowedSchedule) and schedule.ended(now):
             assert schedule.end is not None
             message = (
@@ -152,6 +169,12 @@ def _warnings(config: Config, now: datetime) -> list[str]:
             )
             warnings.append(_at_entry(entry, "end", message))
     return warnings
+
+
+def _never_fires(schedule: Schedule, now: datetime) -> bool:
+    """A cron whose every match falls where it does not fire (a wildcard in a spring gap)."""
+    inner = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
+    return isinstance(inner, CronSchedule) and inner.next_after(now) is None
 
 
 def _at_entry(entry: Entry, field: str, message: str) -> str:
@@ -234,7 +257,9 @@ def next_command(
 def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
     if name is not None and cron is None:
         bad_option("--name", "--name only applies to --cron (the name H is hashed from)")
-    if cron is not None and name is None and "H" in cron:
+    if name is not None and not ENTRY_NAME.match(name):
+        bad_option("--name", f"{name!r}: {ENTRY_NAME_RULE}")
+    if cron is not None and name is None and uses_hash(cron):
         bad_option(
             "--name", "--cron uses H, which is hashed from an entry name: give it with --name"
         )
@@ -257,6 +282,8 @@ def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_
     click.echo(schedule.describe())
     for t, mark in runs:
         click.echo(_run_line(t, mark, ZoneInfo(zone)))
+    if _never_fires(schedule, start):
+        click.echo(NEVER)
 
 
 def _marked(
@@ -266,6 +293,9 @@ def _marked(
     cron = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
     if not isinstance(cron, CronSchedule):
         return [(t, None) for t in times]  # intervals follow elapsed time: DST touches nothing
+    if isinstance(schedule, WindowedSchedule) and schedule.start is not None:
+        # Slots before the window do not exist: DST moved or skipped nothing there.
+        start = max(start, schedule.start - _JUST_BEFORE)
     return [(t, dst_mark(cron, previous, t)) for previous, t in pairwise([start, *times])]
 
 
@@ -303,6 +333,8 @@ def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: b
         zone = ZoneInfo(entry.timezone)
         for t, mark in table[entry.name]:
             click.echo(f"  {_run_line(t, mark, zone)}")
+        if _never_fires(entry.schedule, start):
+            click.echo(f"  {NEVER}")
 
 
 @main.command()

@@ -25,7 +25,9 @@ class RunChanges:
     entry: str
     appear: tuple[datetime, ...]
     disappear: tuple[datetime, ...]
-    truncated: bool = False  # more than RUN_LIMIT slots in the window: the lists are partial
+    # With more than RUN_LIMIT slots in the window on either side, both sides are compared only
+    # up to the earlier side's last listed slot (a later slot on one side is not a difference).
+    cut: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +53,27 @@ def compare(old: Config, new: Config, start: datetime, window: timedelta) -> Com
             changed[name] = changes
     runs = []
     for name in sorted(set(old.entries) | set(new.entries)):
-        before, cut_before = _slots(old.entries.get(name), start, window)
-        after, cut_after = _slots(new.entries.get(name), start, window)
-        if before != after:
-            appear, disappear = tuple(sorted(after - before)), tuple(sorted(before - after))
-            runs.append(RunChanges(name, appear, disappear, cut_before or cut_after))
+        change = run_changes(name, old.entries.get(name), new.entries.get(name), start, window)
+        if change is not None:
+            runs.append(change)
     return Comparison(added, removed, changed, tuple(runs))
+
+
+def run_changes(
+    name: str, old: Entry | None, new: Entry | None, start: datetime, window: timedelta
+) -> RunChanges | None:
+    """The runs of one entry that appear or disappear, compared up to the earlier cut."""
+    before, cut_before = _slots(old, start, window)
+    after, cut_after = _slots(new, start, window)
+    if before == after:
+        return None
+    cuts = [cut for cut in (cut_before, cut_after) if cut is not None]
+    cut = min(cuts) if cuts else None
+    if cut is not None:
+        before = {t for t in before if t <= cut}
+        after = {t for t in after if t <= cut}
+    appear, disappear = tuple(sorted(after - before)), tuple(sorted(before - after))
+    return RunChanges(name, appear, disappear, cut)
 
 
 def field_changes(old: Entry, new: Entry) -> tuple[FieldChange, ...]:
@@ -82,15 +99,19 @@ def _shown(value: Any) -> str:
     return repr(value) if not isinstance(value, str) else value
 
 
-def _slots(entry: Entry | None, start: datetime, window: timedelta) -> tuple[set[datetime], bool]:
+def _slots(
+    entry: Entry | None, start: datetime, window: timedelta
+) -> tuple[set[datetime], datetime | None]:
+    """The entry's slots in the window, and the last one listed if more were left out."""
     if entry is None or not entry.enabled:
-        return set(), False
+        return set(), None
     end = start + window
     slots: set[datetime] = set()
+    last = None
     t = entry.schedule.next_after(start)
     while t is not None and t <= end:
         if len(slots) == RUN_LIMIT:
-            return slots, True
+            return slots, last
         slots.add(t)
-        t = entry.schedule.next_after(t)
-    return slots, False
+        last, t = t, entry.schedule.next_after(t)
+    return slots, None

@@ -19,6 +19,7 @@ from beatd.config.model import MissedPolicy
 from beatd.durations import read_duration
 
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
+ENTRY_NAME_RULE = "entry names use letters, digits and _ . : / - (a run's id is NAME@SLOT)"
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 PROTOCOLS = ("beatd", "celery")
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")

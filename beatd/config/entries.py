@@ -9,7 +9,14 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from beatd.config.convert import ENTRY_NAME, suggest, to_datetime, to_every, to_string
+from beatd.config.convert import (
+    ENTRY_NAME,
+    ENTRY_NAME_RULE,
+    suggest,
+    to_datetime,
+    to_every,
+    to_string,
+)
 from beatd.config.fields import (
     DEFAULTABLE,
     DEFAULTABLE_FIELDS,
@@ -111,11 +118,7 @@ def build_entry(
 
 def _check_name_and_keys(reader: EntryReader, name: str) -> None:
     if not ENTRY_NAME.match(name):
-        reader.problem(
-            None,
-            "entry names use letters, digits and _ . : / - (a run's id is NAME@SLOT)",
-            at_key=True,
-        )
+        reader.problem(None, ENTRY_NAME_RULE, at_key=True)
     reader.check_keys(ENTRY_FIELDS)
     if "task" not in reader.raw:
         reader.problem(None, "missing required field 'task'", at_key=True)

@@ -18,7 +18,7 @@ import calendar
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import MAXYEAR, UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -43,6 +43,8 @@ MONTH_NAMES = {
 DAY_NAMES = {name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 CLOCK_CORRECTION = timedelta(hours=3)
 SEARCH_YEARS = 400  # the Gregorian calendar repeats every 400 years: nothing found means never
+# The end of what datetime holds: a schedule that has not fired by then never fires (None).
+LAST_WALL = datetime(MAXYEAR, 12, 31, 23, 59, 59)
 _SECOND = timedelta(seconds=1)
 _UNKNOWN = object()
 
@@ -297,13 +299,16 @@ class CronExpression:
         return parsed
 
     def next_wall(self, after: datetime) -> datetime | None:
-        """The first matching naive wall time strictly after `after`, ignoring timezones."""
+        """The first matching naive wall time strictly after `after`, ignoring timezones; None
+        if there is none in the next 400 years or before the end of year 9999."""
+        if after.replace(tzinfo=None) >= LAST_WALL:
+            return None
         start = after.replace(microsecond=0) + _SECOND
         year, month, day = start.year, start.month, start.day
         hour, minute, second = start.hour, start.minute, start.second
         months, hours, minutes, seconds = self.months, self.hours, self.minutes, self.seconds
         days_of = self._days_of
-        while year <= start.year + SEARCH_YEARS:
+        while year <= min(start.year + SEARCH_YEARS, MAXYEAR):
             i = bisect_left(months, month)
             if i == len(months):
                 year, month, day, hour, minute, second = year + 1, months[0], 1, 0, 0, 0
@@ -346,6 +351,12 @@ class CronExpression:
         return days
 
 
+def uses_hash(text: str) -> bool:
+    """Whether the expression has `H` items (a day name such as THU or a macro has none)."""
+    expr = " ".join(text.split())
+    return hashed.uses_hash(MACROS.get(expr.lower(), expr).split())
+
+
 def _hashed_wildcard(fields: list[str]) -> bool:
     """Whether the minute or hour field is `H/n`, a wildcard for the DST rules like `*/n`."""
     return fields[1].startswith("H/") or fields[2].startswith("H/")
@@ -384,7 +395,7 @@ class CronSchedule:
         """`entry` is the name `H` items are hashed from; without `H` it is not needed."""
         zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
         # Expressions without H do not depend on the entry: all of them share one schedule.
-        return _parse_schedule(text, zone, both_days, entry if "H" in text else None)
+        return _parse_schedule(text, zone, both_days, entry if uses_hash(text) else None)
 
     def next_after(self, t: datetime) -> datetime | None:
         if t.tzinfo is not UTC:  # local times equal across a fold must not share an answer
@@ -398,6 +409,12 @@ class CronSchedule:
         return fire  # type: ignore[return-value]
 
     def _next_after(self, t: datetime) -> datetime | None:
+        try:
+            return self._search_after(t)
+        except OverflowError:  # a fire late on 9999-12-31 whose UTC instant is in year 10000
+            return None
+
+    def _search_after(self, t: datetime) -> datetime | None:
         zone = self.timezone
         local = t.astimezone(zone)
         wall = local.replace(tzinfo=None)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from beatd.schedules.cron import CLOCK_CORRECTION, CronSchedule, transition
 
 _SECOND = timedelta(seconds=1)
+_DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +62,9 @@ def _gap_mark(schedule: CronSchedule, previous: datetime, fire: datetime) -> Dst
     low = previous
     while low < fire:
         before = low.astimezone(zone).utcoffset()
-        if fire.astimezone(zone).utcoffset() == before:
+        jump = _next_transition(low, fire, zone)
+        if jump is None:
             return None
-        jump = transition(low, fire, zone)
         after = jump.astimezone(zone).utcoffset()
         assert before is not None and after is not None
         if after > before:
@@ -72,6 +74,19 @@ def _gap_mark(schedule: CronSchedule, previous: datetime, fire: datetime) -> Dst
             if wall is not None and wall < gap_end:
                 return _skipped(schedule, wall, gap_start, gap_end, after - before, jump == fire)
         low = jump
+    return None
+
+
+def _next_transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime | None:
+    """The first offset change in (low, high], if any. Day by day, because the offsets at both
+    ends may be equal with a fall-back and a spring-forward between them (a yearly job)."""
+    offset = low.astimezone(zone).utcoffset()
+    step_low = low
+    while step_low < high:
+        step_high = min(step_low + _DAY, high)
+        if step_high.astimezone(zone).utcoffset() != offset:
+            return transition(step_low, step_high, zone)
+        step_low = step_high
     return None
 
 

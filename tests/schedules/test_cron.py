@@ -588,3 +588,19 @@ def test_a_second_pass_local_time_is_not_answered_from_the_first() -> None:
     second = first.replace(fold=1)
     assert schedule.next_after(first) == utc("2026-11-01T06:00:00Z")  # 01:00 EST, second pass
     assert schedule.next_after(second) == utc("2026-11-01T07:00:00Z")  # 02:00 EST
+
+
+@pytest.mark.parametrize(
+    ("expr", "start"),
+    [
+        # 02:00-02:59 on the last Sunday of March is Berlin's spring gap, every year: a wildcard
+        # job there never fires, and the search must end at year 9999, not raise past it.
+        ("*/30 2 * 3 0L", "2026-01-01T00:00:00+00:00"),
+        ("0 0 1 1 *", "9999-06-01T00:00:00+00:00"),
+        ("* * * * * *", "9999-12-31T22:59:59+00:00"),
+    ],
+    ids=["only_in_spring_gaps", "after_the_last_new_year", "at_the_last_second"],
+)
+def test_the_search_ends_at_year_9999(expr: str, start: str) -> None:
+    schedule = CronSchedule.parse(expr, "Europe/Berlin")
+    assert schedule.next_after(datetime.fromisoformat(start)) is None

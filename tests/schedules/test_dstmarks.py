@@ -91,6 +91,18 @@ CASES = {
             ("2011-12-31T22:00:00", None),
         ],
     ),
+    # The last Sunday of March is Berlin's spring-forward day: the run moves to the jump every
+    # year. From one run to the next the offset goes back and forward again (+2 to +2), and the
+    # 2027 run must be marked as well as the first.
+    "spring_gap_fixed_time_a_year_later": (
+        "30 2 * 3 0L",
+        "Europe/Berlin",
+        "2026-01-01T00:00:00",
+        [
+            ("2026-03-29T01:00:00", "spring_gap_fixed_time"),
+            ("2027-03-28T01:00:00", "spring_gap_fixed_time"),
+        ],
+    ),
     # A job that never meets the gap is not marked on the transition day.
     "spring_gap_not_touched": (
         "0 12 * * *",
