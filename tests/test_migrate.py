@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -135,6 +136,38 @@ def test_migrating_twice_copies_nothing_twice_and_a_retry_queues_each_run_once(
     finally:
         target.close()
     assert len(sqlite.dead_letters()) == 2
+
+
+@pytest.mark.parametrize("to", ["redis", "sqlite"])
+def test_a_dead_letter_whose_bytes_are_not_utf8_is_copied_byte_for_byte(
+    sqlite: SQLiteBackend, server: RedisServer, tmp_path: Path, to: str
+) -> None:
+    """The worker dead-letters a queue entry that is not UTF-8 and keeps its bytes; migrating
+    must copy it like any other, not stop with a UnicodeEncodeError traceback."""
+    body = b'{"id": "bad@1", "note": "\xed\xa0\x80"}'
+    with sqlite3.connect(tmp_path / "beatd.db") as db:  # as another program may write it
+        db.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
+            ("bad@1", "default", 5, body, 0.0),
+        )
+    delivery = sqlite.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.unreadable
+    sqlite.dead_letter(delivery, delivery.unreadable)
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    target_url = server.url if to == "redis" else f"sqlite:///{tmp_path / 'new.db'}"
+
+    result = CliRunner().invoke(main, ["migrate", "--from", source, "--to", target_url])
+
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "copied 0 state(s), 1 dead letter(s); skipped 0 already on the target\n",
+    ), result.exception
+    if to == "redis":
+        ((_, fields),) = redis.Redis.from_url(server.url).xrange("beatd:dead")
+        assert fields[b"body"] == body
+    else:
+        with sqlite3.connect(tmp_path / "new.db") as db:
+            assert db.execute("SELECT CAST(body AS BLOB) FROM dead_letter").fetchall() == [(body,)]
 
 
 def test_refuses_while_a_scheduler_leads_the_source(
