@@ -304,6 +304,26 @@ def test_a_deleted_database_file_stops_every_daemon_still_using_it(
     assert_contiguous(slots(db), timedelta(seconds=1))
 
 
+def test_a_backup_copied_over_the_database_in_place_stops_the_daemon_using_it(
+    tmp_path: Path, start: Callable[..., Daemon]
+) -> None:
+    """docs/deployment.md, When storage fails: "file deleted or replaced (`rm beatd.db`, a
+    restore copied over it)" makes the daemon step down and exit 1. `cp backup.db beatd.db`
+    writes into the same inode, so the device-and-inode check cannot see it."""
+    (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+    db = tmp_path / "beatd.db"
+    a = start("a", "--lease-ttl", "3s")
+    wait_for(lambda: len(messages(db)) >= 2, what="a to publish")
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+    count = len(messages(db))
+    wait_for(lambda: len(messages(db)) >= count + 2, what="a to publish past the backup")
+    shutil.copyfile(backup, db)  # as `cp backup.db beatd.db` restores it
+    wait_for(lambda: a.proc.poll() is not None, timeout=10, what="a to step down and exit")
+    assert a.proc.returncode == 1
+
+
 def corrupt_entry_states(db: Path) -> str:
     """Overwrite the cells of the entry_state table's first page; what quick_check says."""
     with sqlite3.connect(db) as conn:
