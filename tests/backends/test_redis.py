@@ -6,6 +6,7 @@ before each test) or, for the tests that pause, kill or reconfigure it, one of i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
@@ -432,6 +433,33 @@ def test_acl_user_without_info_still_reads_the_marker_and_epoch(
         assert backend.acquire_lease("a", 10) is not None
         assert backend.identity() == StoreIdentity("", "beatd:format", True, 1)
         backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_a_commit_refused_its_publish_never_leaves_a_state_written_without_its_run(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """An ACL user as documented before this round (no `&beatd:queue:*`: the CHANGELOG's upgrade
+    note). The commit script writes every state, then XADDs and PUBLISHes message by message;
+    the first PUBLISH is refused and the script stops there, so the entries after the first
+    have their slot recorded as published with no run queued: lost, and counted published."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        writes = [StateWrite(state("e", 1), None), StateWrite(state("f", 1), None)]
+        with contextlib.suppress(BackendError):  # refused: nothing or everything written
+            backend.commit(lease, writes, [message("e", 1), message("f", 1)])
+        backend.close()
+        recorded = set(admin.hkeys("beatd:state"))
+        queued = {
+            fields["id"].partition("@")[0]
+            for _, fields in admin.xrange("beatd:queue:default:normal")
+        }
+        assert recorded <= queued, f"states written for {recorded}, runs queued for {queued}"
     finally:
         admin.acl_deluser("beatd")
 
