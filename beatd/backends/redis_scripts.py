@@ -34,12 +34,14 @@ local function owns(key, id, consumer, count)
   local p = redis.call('XPENDING', key, G, id, id, 1)
   return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)
 end
--- a run was added to a queue's stream: wake the workers waiting on it (once per script call)
+-- a run was added to a queue's stream: wake the workers waiting on it (once per script call).
+-- Best effort, so pcall: a refused PUBLISH (an ACL without the channel) must not abort a script
+-- after its writes; a worker that misses the wake-up claims after its visibility timeout
 local woken = {{}}
 local function wake(key)
   if not woken[key] then
     woken[key] = true
-    redis.call('PUBLISH', key, '')
+    redis.pcall('PUBLISH', key, '')
   end
 end
 local function entry_fields(key, id)

@@ -464,6 +464,37 @@ def test_a_commit_refused_its_publish_never_leaves_a_state_written_without_its_r
         admin.acl_deluser("beatd")
 
 
+def test_a_refused_publish_never_leaves_a_run_queued_twice_or_not_at_all(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """The same ACL: enqueue, and a worker's release, retry (no delay) and requeue all add the
+    run to a stream and then publish; the run ends queued exactly once, whatever PUBLISH says."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    stream = "beatd:queue:default:normal"
+
+    def queued() -> list[str]:
+        return [fields["id"] for _, fields in admin.xrange(stream)]
+
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        run = message("e", 1)
+        backend.enqueue([run])
+        assert queued() == [run.id]
+        for give_back in (
+            backend.release,
+            lambda d: backend.retry(d, d.body, 0),
+            lambda d: (backend.dead_letter(d, "failed"), backend.requeue_dead(d.id)),
+        ):
+            delivery = backend.claim(["default"], "w1", 30)
+            assert delivery is not None
+            give_back(delivery)
+            assert queued() == [run.id]
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for localhost / 127.0.0.1, via openssl."""
     (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
