@@ -33,7 +33,7 @@ from typing import Any
 from beatd.backends.base import Backend, Delivery, StorageFailed, WaitsForWork
 from beatd.backoff import Backoff
 from beatd.clock import Clock, SystemClock
-from beatd.errors import BackendError
+from beatd.errors import BackendError, TransientBackendError
 from beatd.message import RunMessage
 from beatd.pool import Died, Pool, PoolError, PoolKind, Ready, Reply, Slot
 from beatd.settling import Outcome, Settler, WorkerStats
@@ -267,14 +267,20 @@ class Worker:
 
     def _watch(self, backend: WaitsForWork) -> None:
         """The waiting thread: nudges the loop when the backend says a run may be ready. It
-        makes no other call; outages are the loop's to report."""
+        makes no other call; outages are the loop's to report, a refusal (e.g. an ACL without
+        the wake-up channels) is said once: claims still happen, only later."""
+        warned = False
         try:
             while not self._stopping:
                 try:
                     if backend.wait_for_work(self.settings.queues, self.settings.block_period):
                         self.nudge()
                 except BackendError as exc:
-                    log.debug("waiting for runs failed, retrying: %s", exc)
+                    if not warned and not isinstance(exc, TransientBackendError):
+                        log.warning("cannot wait for runs: %s", exc)
+                        warned = True
+                    else:
+                        log.debug("waiting for runs failed, retrying: %s", exc)
                     self._stopped.wait(self.settings.block_period)
         except Exception:
             if not self._stopping:

@@ -467,13 +467,23 @@ class RedisBackend:
             while (left := deadline - time.monotonic()) > 0:  # past subscribe confirmations
                 if self._do("wait", lambda: pubsub.get_message(timeout=left)) is not None:
                     return True
-        except BackendError:
+        except BackendError as exc:
             self._stop_waiting()  # subscribe again on the next call
+            if isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
+                raise BackendError(self._subscribe_refused(channels, exc.__cause__)) from exc
             raise
         if due is not None and time.monotonic() >= due:
             self._delayed_at = None
             return True
         return False
+
+    def _subscribe_refused(self, channels: Sequence[str], exc: Exception) -> str:
+        return (
+            f"{self.url}: SUBSCRIBE to {', '.join(channels)} refused ({exc}): idle workers are "
+            f"not woken when a run is added and claim it only after their visibility timeout; "
+            f"grant the channels to beatd's ACL user: add &{self.namespace}:queue:* to its ACL "
+            f"SETUSER line (docs/redis.md)"
+        )
 
     def _stop_waiting(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

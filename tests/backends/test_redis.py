@@ -10,6 +10,7 @@ import contextlib
 import json
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,8 @@ from beatd.config.model import Entry
 from beatd.errors import BackendError, BeatdError, LeaseLost, TransientBackendError
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
+from beatd.tasks import Registry
+from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
@@ -493,6 +496,47 @@ def test_a_refused_publish_never_leaves_a_run_queued_twice_or_not_at_all(
         backend.close()
     finally:
         admin.acl_deluser("beatd")
+
+
+def test_a_worker_refused_its_subscribe_warns_once_naming_the_acl_fix(
+    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same ACL: the idle worker's SUBSCRIBE is refused on every try; it says so once, as a
+    warning that names the fix, and keeps claiming on its visibility timeout."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    url = f"redis://beatd:s3cret@127.0.0.1:{server.port}/0"
+    backend = RedisBackend(url)
+    with pytest.raises(BackendError) as refused:
+        while True:  # the first call subscribes; the refusal comes with the reply
+            backend.wait_for_work(["default"], 0.5)
+    backend.close()
+    channels = "beatd:queue:default:high, beatd:queue:default:low, beatd:queue:default:normal"
+    expected = (
+        f"{backend.url}: SUBSCRIBE to {channels} refused ({refused.value.__cause__.__cause__}): "
+        "idle workers are not woken when a run is added and claim it only after their "
+        "visibility timeout; grant the channels to beatd's ACL user: add &beatd:queue:* to "
+        "its ACL SETUSER line (docs/redis.md)"
+    )
+    assert str(refused.value) == expected
+    settings = WorkerSettings(pool="thread", visibility_timeout=5, block_period=0.1)
+    worker = Worker(RedisBackend(url), Registry(), settings)
+    thread = threading.Thread(target=worker.run)
+    try:
+        with caplog.at_level("DEBUG", logger="beatd.worker"):
+            thread.start()
+            wait_for(
+                lambda: (
+                    sum("waiting for runs failed" in r.getMessage() for r in caplog.records) >= 2
+                ),
+                what="two more refusals after the first",
+            )
+    finally:
+        worker.stop()
+        thread.join(10)
+        admin.acl_deluser("beatd")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"cannot wait for runs: {expected}"]
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
