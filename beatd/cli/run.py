@@ -161,11 +161,13 @@ def run(
         len(config.entries),
         config.fingerprint,
     )
+    # before the embedded worker: a metrics address that fails exits, and no worker thread
+    # may be left running to keep the process up
+    server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
     worker = None
     if with_worker:
         worker = start_embedded_worker(broker, config, scheduler, stop, worker_flags)
         register_worker(registry, worker.worker)
-    server = start_metrics(metrics_addr, registry, lambda: readiness(scheduler))
     failed: StorageFailed | None = None
     try:
         scheduler.run(stop)
