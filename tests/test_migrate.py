@@ -148,7 +148,7 @@ def test_a_dead_letter_whose_bytes_are_not_utf8_is_copied_byte_for_byte(
     with sqlite3.connect(tmp_path / "beatd.db") as db:  # as another program may write it
         db.execute(
             "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-            ("bad@1", "default", 5, body, 0.0),
+            (b"bad@\xff", "default", 5, body, 0.0),  # its id not UTF-8 either
         )
     delivery = sqlite.claim(["default"], "w", 30)
     assert delivery is not None and delivery.unreadable
@@ -162,6 +162,11 @@ def test_a_dead_letter_whose_bytes_are_not_utf8_is_copied_byte_for_byte(
         0,
         "copied 0 state(s), 1 dead letter(s); skipped 0 already on the target\n",
     ), result.exception
+    again = CliRunner().invoke(main, ["migrate", "--from", source, "--to", target_url])
+    assert (again.exit_code, again.stdout) == (  # its id is matched exactly: not copied twice
+        0,
+        "copied 0 state(s), 0 dead letter(s); skipped 1 already on the target\n",
+    ), again.exception
     if to == "redis":
         ((_, fields),) = redis.Redis.from_url(server.url).xrange("beatd:dead")
         assert fields[b"body"] == body

@@ -519,20 +519,24 @@ class RedisBackend:
         keys = (stream, self._key("dead"))
         self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
 
-    def _dead(self) -> list[tuple[str, dict[str, str]]]:
-        """The dead letters, their bytes shown as text even where they are not UTF-8."""
+    def _dead_raw(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The dead letters' stream entries, bytes as stored."""
         key = self._key("dead")
         call = self._redis.execute_command
         entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
             "xrange",
             lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
         )
+        return entries
+
+    def _dead(self) -> list[tuple[str, dict[str, str]]]:
+        """The dead letters, their bytes shown as text even where they are not UTF-8."""
         return [
             (
                 entry_id.decode(),
                 {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
             )
-            for entry_id, fields in entries
+            for entry_id, fields in self._dead_raw()
         ]
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -551,17 +555,20 @@ class RedisBackend:
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters as they are, in the normal band (migration from another backend).
         Read, then written: run it while nothing else writes dead letters, as migrate does."""
-        new = unseen(letters, {f["id"] for _, f in self._dead()})
+        # ids compared exactly: text that is not UTF-8 carries its bytes as surrogates (as the
+        # SQLite backend reads them), so it is decoded here the same way, never replaced
+        held = {f.get(b"id", b"").decode("utf-8", "surrogateescape") for _, f in self._dead_raw()}
+        new = unseen(letters, held)
 
         def call() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
                 for d in new:
                     fields = {
-                        "id": d.id,
-                        "queue": d.queue,
+                        "id": _raw(d.id),
+                        "queue": _raw(d.queue),
                         "band": 1,
-                        "body": d.body,
-                        "reason": d.reason,
+                        "body": _raw(d.body),
+                        "reason": _raw(d.reason),
                         "deliveries": d.deliveries,
                         "failed_at": round(d.failed_at.timestamp() * 1000),
                     }
@@ -612,6 +619,12 @@ def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
         return "", f"the queue entry has no {name} field"
     fault = utf8_fault(value, name)
     return value.decode(errors="replace" if fault else "strict"), fault
+
+
+def _raw(text: str) -> bytes:
+    """Text as the bytes it was read from: a letter that is not UTF-8 keeps its bytes as
+    surrogates (see the SQLite backend), which redis-py would refuse to encode."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _untrusted(exc: BaseException) -> bool:

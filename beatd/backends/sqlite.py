@@ -537,11 +537,11 @@ class SQLiteBackend:
                 "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        d.id,
-                        d.queue,
+                        _stored(d.id),
+                        _stored(d.queue),
                         DEFAULT_PRIORITY,
-                        d.body,
-                        d.reason,
+                        _stored(d.body),
+                        _stored(d.reason),
                         d.failed_at.timestamp(),
                         d.deliveries,
                     )
@@ -580,6 +580,16 @@ _AS_BYTES = "CAST({} AS BLOB)"
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+def _stored(value: str) -> str | bytes:
+    """Text to write: as it is, or, when it carries bytes that are not UTF-8 (read by `_text`),
+    those bytes, stored as a BLOB that every reader casts back."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+    return value
 
 
 def _primary(exc: sqlite3.Error) -> int:
