@@ -7,13 +7,19 @@ target are kept, dead letters are keyed by run id), so an interrupted migration 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from beatd.backends.base import Backend, StateWrite
+from beatd.backends.base import Backend, DeadLetter, StateWrite
 from beatd.errors import BeatdError
 
 log = logging.getLogger(__name__)
 MIGRATE_NODE = "beatd-migrate"
+
+
+QUEUED_REASON = (
+    "queued in {source} when it was migrated, never run there; run it with `beatd dead retry`"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +29,15 @@ class MigrationReport:
     skipped: int  # states and dead letters the target already had, left as they are
 
 
-def migrate(source: Backend, target: Backend, *, lease_ttl: float = 30.0) -> MigrationReport:
-    """Copy every entry's state and every dead letter from `source` to `target`.
+def migrate(
+    source: Backend,
+    target: Backend,
+    *,
+    lease_ttl: float = 30.0,
+    queued: Sequence[DeadLetter] = (),
+) -> MigrationReport:
+    """Copy every entry's state and every dead letter from `source` to `target`, and the
+    `queued` runs (read from the source) as dead letters too.
 
     Both must be quiet: no scheduler may lead on either (stop `beatd run` everywhere first), so
     nothing is published while the horizon moves. Entries that already have state on the target,
@@ -46,7 +59,7 @@ def migrate(source: Backend, target: Backend, *, lease_ttl: float = 30.0) -> Mig
         skipped: set[str] = set()
         for start in range(0, len(writes), 1000):
             skipped |= target.commit(lease, writes[start : start + 1000], [])
-        letters = source.dead_letters()
+        letters = [*source.dead_letters(), *queued]
         copied = target.add_dead_letters(letters)
     finally:
         target.release_lease(lease)

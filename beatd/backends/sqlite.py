@@ -565,6 +565,19 @@ class SQLiteBackend:
 
         return self._run(work)
 
+    def queued_as_dead_letters(self, reason: str) -> list[DeadLetter]:
+        """Every run still queued (claimed or not), as dead letters with `reason`, bytes as
+        stored: what `beatd migrate --queued-as-dead-letters` copies out of a damaged file."""
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, deliveries FROM message ORDER BY seq"
+            ).fetchall(),
+            write=False,
+        )
+        now = datetime.fromtimestamp(self._now(), UTC)
+        return [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
+
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(
             lambda db: db.execute("SELECT queue, COUNT(*) FROM message GROUP BY queue").fetchall(),
