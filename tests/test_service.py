@@ -190,11 +190,14 @@ def test_the_scheduler_summary_is_fields_and_watchfiles_stays_out_of_the_log(
     assert summary["published"] >= 1 and summary["late"] == 0 and summary["missed"] == 0
 
 
-def test_debug_publish_lines_carry_entry_and_slot(caplog: pytest.LogCaptureFixture) -> None:
+def test_debug_publish_lines_carry_entry_and_slot(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     clock = FakeClock(datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC))
     schedule = IntervalSchedule(timedelta(seconds=10))
     config = Config({"a": Entry(name="a", task="t.task", schedule=schedule)})
-    backend = SQLiteBackend(":memory:", wall_clock=lambda: clock.now().timestamp())
+    db = tmp_path / "beatd.db"
+    backend = SQLiteBackend(db, wall_clock=lambda: clock.now().timestamp())
     beat = Scheduler(backend, lambda: config, clock, SchedulerSettings(node="n"), config=config)
     with caplog.at_level(logging.DEBUG, logger="beatd.scheduler"):
         run_for(beat, 11)

@@ -107,6 +107,12 @@ class SQLiteBackend:
         read_only: bool = False,
         create: bool = True,
     ) -> None:
+        if str(path) == ":memory:":  # else sqlite3 opens one connection's private database
+            raise BackendError(
+                "cannot use ':memory:' as the database: an in-memory SQLite database belongs to "
+                "one connection of one process, but the scheduler, its standbys and the workers "
+                "share beatd's database; give a file path (sqlite:///beatd.db)"
+            )
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.read_only = read_only
