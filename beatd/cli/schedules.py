@@ -20,8 +20,9 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
-from beatd.config import Config, Entry
+from beatd.config import YAML_SUFFIXES, Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
+from beatd.config.yamlfile import field_position
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.tasks import TaskError, import_task_modules, registry
@@ -72,13 +73,12 @@ def check(
     warnings = _warnings(config, now)
     for warning in warnings:
         click.echo(warning, err=True)
-    count = len(config.entries)
-    summary = f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
-    if warnings:
-        summary += f", {len(warnings)} warning(s)"
-    click.echo(summary)
+    count = f"{len(config.entries)} {'entry' if len(config.entries) == 1 else 'entries'}"
+    files = f"in {len(config.sources)} file(s)"
     if strict and warnings:
-        bad_option("--strict", f"{len(warnings)} warning(s), failing as asked")
+        click.echo(f"{count} read {files}, {len(warnings)} warning(s): not OK with --strict")
+        bad_option("--strict", f"failing because of {len(warnings)} warning(s)")
+    click.echo(f"{count} OK {files}" + (f", {len(warnings)} warning(s)" if warnings else ""))
 
 
 def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
@@ -143,11 +143,14 @@ def _warnings(config: Config, now: datetime) -> list[str]:
 
 
 def _at_entry(entry: Entry, field: str, message: str) -> str:
-    """A message located at the entry (its `source` holds no column: 1 stands in)."""
+    """A message located at the entry's `field` in its YAML file as the reader's are, else at
+    the entry (a Python schedule file: its `source` holds no column, 1 stands in)."""
     path, _, line = entry.source.rpartition(":")
     if not line.isdigit():
         path, line = entry.source, "1"
-    return str(Problem(path, int(line), 1, message, entry.name, field))
+    position = field_position(path, entry.name, field) if path.endswith(YAML_SUFFIXES) else None
+    row, column = position or (int(line), 1)
+    return str(Problem(path, row, column, message, entry.name, field))
 
 
 def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

@@ -116,6 +116,22 @@ class _FileReader:
         return source
 
 
+def field_position(path: str, entry: str, field: str) -> tuple[int, int] | None:
+    """Where the value of `entry`'s `field` is in the YAML file at `path` (line, column), or
+    None when it is not there: for messages made after reading, such as `beatd check`'s. The
+    file is read again, whole: for a few messages of a one-shot command, not for the daemons."""
+    try:
+        document = load_yaml(path)
+    except ConfigError:
+        return None
+    entries = document.get("entries") if isinstance(document, YamlMap) else None
+    fields = entries.get(entry) if isinstance(entries, YamlMap) else None
+    if not isinstance(fields, YamlMap) or field not in fields:
+        return None
+    mark = fields.value_mark(field)
+    return mark.line, mark.column
+
+
 def _read_queues(source: SourceFile, queues: YamlMap) -> None:
     for name, raw in queues.items():
         mark = queues.key_mark(name)
