@@ -498,6 +498,31 @@ def test_a_refused_publish_never_leaves_a_run_queued_twice_or_not_at_all(
         admin.acl_deluser("beatd")
 
 
+def test_a_scheduler_under_that_acl_publishes_every_run_and_logs_no_outage(
+    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused PUBLISH made each commit fail after its writes: the scheduler logged the
+    backend unavailable, then reachable again, every second. Now it only publishes."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+    try:
+        clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+        settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600)
+        tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
+        beat = Scheduler(backend, lambda: Config({"tick": tick}), clock, settings)
+        with caplog.at_level("INFO", logger="beatd.scheduler"):
+            for _ in range(5):
+                beat.step()
+                clock.advance(1)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+        assert beat.counts.get("tick")["published"] == admin.xlen("beatd:queue:default:normal")
+        assert admin.xlen("beatd:queue:default:normal") >= 4
+    finally:
+        backend.close()
+        admin.acl_deluser("beatd")
+
+
 def test_a_worker_refused_its_subscribe_warns_once_naming_the_acl_fix(
     server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
