@@ -3,6 +3,9 @@
 `PRELUDE` (helpers shared by every script) is prepended to each; scripts are sent by SHA and
 loaded on a NOSCRIPT reply. Every script that adds a run to a queue's stream publishes an empty
 message on the channel named like the stream, which idle workers wait on (no polling).
+
+A script cannot take back a write: nothing that may fail (a refused command) runs after one.
+The wake-up PUBLISH, which an ACL may refuse, is best effort (`redis.pcall`) for that reason.
 """
 
 from __future__ import annotations
