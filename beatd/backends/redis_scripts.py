@@ -4,8 +4,10 @@
 loaded on a NOSCRIPT reply. Every script that adds a run to a queue's stream publishes an empty
 message on the channel named like the stream, which idle workers wait on (no polling).
 
-A script cannot take back a write: nothing that may fail (a refused command) runs after one.
-The wake-up PUBLISH, which an ACL may refuse, is best effort (`redis.pcall`) for that reason.
+A script cannot take back a write, so nothing that a working setup may refuse runs after one:
+the wake-up PUBLISH, which an ACL without the channels refuses, is best effort (`redis.pcall`).
+(A user lacking a data command, or a key of another type in the namespace, can still stop a
+script midway: a broken setup, named by the error.)
 """
 
 from __future__ import annotations
