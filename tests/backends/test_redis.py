@@ -493,6 +493,11 @@ def test_a_refused_publish_never_leaves_a_run_queued_twice_or_not_at_all(
             assert delivery is not None
             give_back(delivery)
             assert queued() == [run.id]
+        delivery = backend.claim(["default"], "w1", 30)
+        assert delivery is not None
+        backend.retry(delivery, delivery.body, 0.05)  # a claim moves it back once it is ready
+        moved = wait_for(lambda: backend.claim(["default"], "w1", 30), what="the delayed retry")
+        assert (moved.id, queued()) == (run.id, [run.id])
         backend.close()
     finally:
         admin.acl_deluser("beatd")
