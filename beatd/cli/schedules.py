@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -22,7 +23,7 @@ from beatd.cli.common import (
 )
 from beatd.config import YAML_SUFFIXES, Config, Entry
 from beatd.config.convert import suggest, to_datetime, to_every, to_timezone
-from beatd.config.yamlfile import field_position
+from beatd.config.yamlfile import field_positions
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.tasks import TaskError, import_task_modules, registry
@@ -94,6 +95,7 @@ def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
             "under imports: in a schedule file"
         ]
     problems = []
+    locator = _FieldLocator()
     for module in modules:
         try:
             import_task_modules([module])
@@ -106,7 +108,7 @@ def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
                 f"{entry.task!r} is not registered by the task modules {', '.join(modules)}"
                 f"{suggest(entry.task, known)}"
             )
-            problems.append(_at_entry(entry, "task", message))
+            problems.append(locator.problem(entry, "task", message))
     return problems
 
 
@@ -131,6 +133,7 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 def _warnings(config: Config, now: datetime) -> list[str]:
     """What is valid but cannot be meant: a one-off `at:` already past never runs."""
     warnings = []
+    locator = _FieldLocator()
     for entry in config.entries.values():
         schedule = entry.schedule
         if isinstance(schedule, OnceSchedule) and schedule.next_after(now) is None:
@@ -138,19 +141,29 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 f"warning: {schedule.at.isoformat()} is in the past, so this one-off run will "
                 "never happen; move it into the future or remove the entry"
             )
-            warnings.append(_at_entry(entry, "at", message))
+            warnings.append(locator.problem(entry, "at", message))
     return warnings
 
 
-def _at_entry(entry: Entry, field: str, message: str) -> str:
-    """A message located at the entry's `field` in its YAML file as the reader's are, else at
-    the entry (a Python schedule file: its `source` holds no column, 1 stands in)."""
-    path, _, line = entry.source.rpartition(":")
-    if not line.isdigit():
-        path, line = entry.source, "1"
-    position = field_position(path, entry.name, field) if path.endswith(YAML_SUFFIXES) else None
-    row, column = position or (int(line), 1)
-    return str(Problem(path, row, column, message, entry.name, field))
+class _FieldLocator:
+    """Messages located at an entry's field as the reader's are: in a YAML file at the field's
+    value (each file read again once), else at the entry (a Python schedule file's `source`
+    holds no column: 1 stands in)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Callable[[str, str], tuple[int, int] | None]] = {}
+
+    def problem(self, entry: Entry, field: str, message: str) -> str:
+        path, _, line = entry.source.rpartition(":")
+        if not line.isdigit():
+            path, line = entry.source, "1"
+        position = None
+        if path.endswith(YAML_SUFFIXES):
+            if path not in self._files:
+                self._files[path] = field_positions(path)
+            position = self._files[path](entry.name, field)
+        row, column = position or (int(line), 1)
+        return str(Problem(path, row, column, message, entry.name, field))
 
 
 def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

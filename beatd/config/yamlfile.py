@@ -7,6 +7,7 @@ entries is never held whole as YAML values; that needs the file's `defaults:` be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from beatd.config.convert import describe_value, to_protocol, to_queue_name
@@ -116,20 +117,24 @@ class _FileReader:
         return source
 
 
-def field_position(path: str, entry: str, field: str) -> tuple[int, int] | None:
-    """Where the value of `entry`'s `field` is in the YAML file at `path` (line, column), or
+def field_positions(path: str) -> Callable[[str, str], tuple[int, int] | None]:
+    """Where the value of an entry's field is in the YAML file at `path` (line, column), or
     None when it is not there: for messages made after reading, such as `beatd check`'s. The
-    file is read again, whole: for a few messages of a one-shot command, not for the daemons."""
+    file is read again, whole, once: for a one-shot command, not for the daemons."""
     try:
         document = load_yaml(path)
     except ConfigError:
-        return None
+        document = None
     entries = document.get("entries") if isinstance(document, YamlMap) else None
-    fields = entries.get(entry) if isinstance(entries, YamlMap) else None
-    if not isinstance(fields, YamlMap) or field not in fields:
-        return None
-    mark = fields.value_mark(field)
-    return mark.line, mark.column
+
+    def position(entry: str, field: str) -> tuple[int, int] | None:
+        fields = entries.get(entry) if isinstance(entries, YamlMap) else None
+        if not isinstance(fields, YamlMap) or field not in fields:
+            return None
+        mark = fields.value_mark(field)
+        return mark.line, mark.column
+
+    return position
 
 
 def _read_queues(source: SourceFile, queues: YamlMap) -> None:
