@@ -7,14 +7,20 @@ target are kept, dead letters are keyed by run id), so an interrupted migration 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from beatd.backends.base import LeaseStore, QueueAdmin, StateStore, StateWrite
+from beatd.backends.base import DeadLetter, LeaseStore, QueueAdmin, StateStore, StateWrite
 from beatd.errors import BeatdError
 
 log = logging.getLogger(__name__)
 MIGRATE_NODE = "beatd-migrate"
+
+
+QUEUED_REASON = (
+    "queued in {source} when it was migrated, never run there; run it with `beatd dead retry`"
+)
 
 
 class MigrationEnd(LeaseStore, StateStore, QueueAdmin, Protocol):
@@ -30,9 +36,14 @@ class MigrationReport:
 
 
 def migrate(
-    source: MigrationEnd, target: MigrationEnd, *, lease_ttl: float = 30.0
+    source: MigrationEnd,
+    target: MigrationEnd,
+    *,
+    lease_ttl: float = 30.0,
+    queued: Sequence[DeadLetter] = (),
 ) -> MigrationReport:
-    """Copy every entry's state and every dead letter from `source` to `target`.
+    """Copy every entry's state and every dead letter from `source` to `target`, and the
+    `queued` runs (read from the source) as dead letters too.
 
     Both must be quiet: no scheduler may lead on either (stop `beatd run` everywhere first), so
     nothing is published while the horizon moves. Entries that already have state on the target,
@@ -54,7 +65,7 @@ def migrate(
         skipped: set[str] = set()
         for start in range(0, len(writes), 1000):
             skipped |= target.commit(lease, writes[start : start + 1000], [])
-        letters = source.dead_letters()
+        letters = [*source.dead_letters(), *queued]
         copied = target.add_dead_letters(letters)
     finally:
         target.release_lease(lease)

@@ -70,7 +70,7 @@ class Report:
         head = f"task={task} id={run} attempt={attempt} outcome={self.outcome}"
         line = " ".join([head, *(f"{k}={v}" for k, v in self.fields.items())])
         # the same context as fields of their own, for --log-format json
-        extra: dict[str, object] = {"task": task, "id": self.delivery.id, "entry": entry}
+        extra: dict[str, object] = {"task": task, "id": run, "entry": entry}
         extra |= {"attempt": attempt, "outcome": str(self.outcome), **self.fields}
         if self.duration is not None:
             extra["duration"] = self.duration  # seconds, as a number

@@ -33,7 +33,7 @@ from typing import Any
 from beatd.backends.base import Backend, Delivery, StorageFailed, WaitsForWork
 from beatd.backoff import Backoff
 from beatd.clock import Clock, SystemClock
-from beatd.errors import BackendError
+from beatd.errors import BackendError, TransientBackendError
 from beatd.message import RunMessage
 from beatd.outcomes import Outcome, WorkerStats
 from beatd.pool import Died, Pool, PoolError, PoolKind, Ready, Reply, Slot
@@ -273,14 +273,16 @@ class Worker:
 
     def _watch(self, backend: WaitsForWork) -> None:
         """The waiting thread: nudges the loop when the backend says a run may be ready. It
-        makes no other call; outages are the loop's to report."""
+        makes no other call; outages are the loop's to report, a refusal (e.g. an ACL without
+        the wake-up channels) is said once: claims still happen, only later."""
+        warned = False
         try:
             while not self._stopping:
                 try:
                     if backend.wait_for_work(self.settings.queues, self.settings.block_period):
                         self.nudge()
                 except BackendError as exc:
-                    log.debug("waiting for runs failed, retrying: %s", exc)
+                    warned = _wait_failed(exc, warned)
                     self._stopped.wait(self.settings.block_period)
         except Exception:
             if not self._stopping:
@@ -405,3 +407,13 @@ class Worker:
         if self._backoff.failing:
             log.info("backend %s reachable again", self.backend.url)
         self._backoff.succeeded()
+
+
+def _wait_failed(exc: BackendError, warned: bool) -> bool:
+    """Log a failed wait for runs: a refusal once as a WARNING (it will not pass by itself),
+    outages and repeats at debug level. Whether the warning has been given."""
+    if warned or isinstance(exc, TransientBackendError):
+        log.debug("waiting for runs failed, retrying: %s", exc)
+        return warned
+    log.warning("cannot wait for runs: %s", exc)
+    return True

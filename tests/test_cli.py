@@ -140,7 +140,7 @@ entries:
     at: 2999-01-01T00:00:00
 """
 PAST = (
-    "2:1: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
+    "5:9: entry launch: field at: warning: 2020-01-01T10:00:00+01:00 is in the past, so this "
     "one-off run will never happen; move it into the future or remove the entry"
 )
 
@@ -152,7 +152,8 @@ def test_check_warns_of_a_one_off_run_in_the_past(tmp_path: Path) -> None:
     assert (code, err) == (0, f"{path}:{PAST}\n")
     assert out.splitlines()[-1] == "2 entries OK in 1 file(s), 1 warning(s)"
     code, out, err = beatd("check", "--strict", str(path))
-    assert (code, err) == (2, f"{path}:{PAST}\nbeatd: --strict: 1 warning(s), failing as asked\n")
+    assert (code, err) == (2, f"{path}:{PAST}\nbeatd: --strict: failing because of 1 warning(s)\n")
+    assert out.splitlines()[-1] == "2 entries read in 1 file(s), 1 warning(s): not OK with --strict"
     path.write_text(ONE_OFFS.replace("2020-", "2998-"))
     assert beatd("check", "--strict", str(path))[::2] == (0, "")
 
@@ -214,7 +215,7 @@ def test_check_tasks_reports_modules_that_fail_and_tasks_nobody_registers(
         "beatd: cannot import task module 'check_tasks_broken' (from -A/--app or imports:): "
         f"RuntimeError: half deployed at {tmp_path / 'check_tasks_broken.py'}:3; the current "
         "directory and PYTHONPATH are searched",
-        f"{path}:4:1: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
+        f"{path}:5:11: entry typo: field task: 'check_tasks_ok.pong' is not registered by the "
         f"task modules {missing}, check_tasks_ok, check_tasks_broken; did you mean "
         "'check_tasks_ok.ping'?",
     ]
@@ -526,7 +527,7 @@ def test_check_and_next_say_a_cron_never_fires(tmp_path: Path) -> None:
     code, out, err = beatd("check", str(path))
     assert (code, err) == (
         0,
-        f"{path}:2:1: entry gap: field cron: warning: it never fires before the end of year 9999 "
+        f"{path}:2:26: entry gap: field cron: warning: it never fires before the end of year 9999 "
         "(in Europe/Berlin), so this entry will never run; change the expression or remove "
         "the entry\n",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -137,6 +138,43 @@ def test_migrating_twice_copies_nothing_twice_and_a_retry_queues_each_run_once(
     assert len(sqlite.dead_letters()) == 2
 
 
+@pytest.mark.parametrize("to", ["redis", "sqlite"])
+def test_a_dead_letter_whose_bytes_are_not_utf8_is_copied_byte_for_byte(
+    sqlite: SQLiteBackend, server: RedisServer, tmp_path: Path, to: str
+) -> None:
+    """The worker dead-letters a queue entry that is not UTF-8 and keeps its bytes; migrating
+    must copy it like any other, not stop with a UnicodeEncodeError traceback."""
+    body = b'{"id": "bad@1", "note": "\xed\xa0\x80"}'
+    with sqlite3.connect(tmp_path / "beatd.db") as db:  # as another program may write it
+        db.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
+            (b"bad@\xff", "default", 5, body, 0.0),  # its id not UTF-8 either
+        )
+    delivery = sqlite.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.unreadable
+    sqlite.dead_letter(delivery, delivery.unreadable)
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    target_url = server.url if to == "redis" else f"sqlite:///{tmp_path / 'new.db'}"
+
+    result = CliRunner().invoke(main, ["migrate", "--from", source, "--to", target_url])
+
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "copied 0 state(s), 1 dead letter(s); skipped 0 already on the target\n",
+    ), result.exception
+    again = CliRunner().invoke(main, ["migrate", "--from", source, "--to", target_url])
+    assert (again.exit_code, again.stdout) == (  # its id is matched exactly: not copied twice
+        0,
+        "copied 0 state(s), 0 dead letter(s); skipped 1 already on the target\n",
+    ), again.exception
+    if to == "redis":
+        ((_, fields),) = redis.Redis.from_url(server.url).xrange("beatd:dead")
+        assert fields[b"body"] == body
+    else:
+        with sqlite3.connect(tmp_path / "new.db") as db:
+            assert db.execute("SELECT CAST(body AS BLOB) FROM dead_letter").fetchall() == [(body,)]
+
+
 def test_refuses_while_a_scheduler_leads_the_source(
     sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
 ) -> None:
@@ -173,11 +211,85 @@ def test_refuses_while_runs_wait_on_the_source_queues(
     code, out, err = beatd("migrate", "--from", source, "--to", server.url)
     assert (code, out) == (1, "")
     assert err == (
-        f"{source} still holds 3 undone run(s) (default=2 reports=1); after the move no worker "
-        f"would run them: stop every `beatd run`, let the workers on {source} finish them, then "
-        "migrate again\n"
+        f"{source} still holds 3 undone run(s) (default=2 reports=1); once the workers use the "
+        f"target, no worker would run them: stop every `beatd run`, let the workers on {source} "
+        "finish them, then migrate again; or, if no worker can (a damaged file), add "
+        "--queued-as-dead-letters to copy them as dead letters\n"
     )
     assert target.load_states() == {}
+
+
+def damage_table(db: Path, table: str) -> None:
+    """Overwrite the root page of `table` (SQLite then says the file is malformed)."""
+    with sqlite3.connect(db) as conn:
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,))
+        (root,) = page.fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as file:
+        file.seek((root - 1) * size)
+        file.write(b"\x07" * size)
+    with sqlite3.connect(db) as conn, pytest.raises(sqlite3.DatabaseError):
+        conn.execute("SELECT * FROM epoch").fetchall()
+
+
+def test_runs_queued_in_a_damaged_file_are_copied_as_dead_letters_when_asked(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    """docs/deployment.md's recovery: the file is damaged, so no worker can empty its queues;
+    --queued-as-dead-letters copies the runs there, once, to be run on the target."""
+    lease = sqlite.acquire_lease("a", 10)  # the epoch table gets a row
+    assert lease is not None
+    sqlite.release_lease(lease)
+    queued = [message("e", 1), message("e", 2), message("r", 1, queue="reports")]
+    sqlite.enqueue(queued)
+    sqlite.close()
+    damage_table(tmp_path / "beatd.db", "epoch")
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    flag = "--queued-as-dead-letters"
+    code, _, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, err.partition(";")[0]) == (
+        1,
+        f"{source} still holds 3 undone run(s) (default=2 reports=1)",
+    )
+
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url, flag)
+
+    assert (code, out, err) == (
+        0,
+        "copied 0 state(s), 3 dead letter(s); skipped 0 already on the target\n"
+        "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
+        "with `beatd dead retry ID` or `--all`\n",
+        "",
+    )
+    reason = (
+        f"queued in {source} when it was migrated, never run there; run it with `beatd dead retry`"
+    )
+    assert [(d.id, d.queue, d.body, d.reason) for d in target.dead_letters()] == [
+        (m.id, m.destination.queue, m.body, reason) for m in queued
+    ]
+    again = beatd("migrate", "--from", source, "--to", server.url, flag)
+    assert again == (
+        0,
+        "copied 0 state(s), 0 dead letter(s); skipped 3 already on the target\n"
+        "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
+        "with `beatd dead retry ID` or `--all`\n",
+        "",
+    )
+    assert target.requeue_dead(None) == 3
+    assert target.queue_depths() == {"default": 2, "reports": 1}
+
+
+def test_queued_as_dead_letters_reads_a_sqlite_source_only(
+    server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    target.enqueue([message("e", 1)])
+    to = f"sqlite:///{tmp_path / 'new.db'}"
+    code, _, err = beatd("migrate", "--from", server.url, "--to", to, "--queued-as-dead-letters")
+    assert (code, err) == (
+        2,
+        f"beatd: --queued-as-dead-letters: reads a SQLite source only, not {server.url}\n",
+    )
 
 
 def test_a_missing_source_file_or_the_same_url_twice_is_bad_input(

@@ -133,6 +133,37 @@ def test_the_worker_outcome_is_fields_of_the_json_object(tmp_path: Path) -> None
     assert isinstance(outcome["duration"], float) and outcome["duration"] >= 0
 
 
+def test_the_json_id_field_is_the_id_the_text_line_shows(tmp_path: Path) -> None:
+    """Issue 13 item 8: one id, the body's. A queue entry whose id differs from its body's is
+    dead-lettered; its outcome line says id=body@1, and the JSON field must say the same."""
+    db = tmp_path / "beatd.db"
+    broker = f"sqlite:///{db}"
+    worker, log = start_daemon(
+        tmp_path, "worker", "--broker", broker, "-A", "tests.worker_tasks", "-c", "1"
+    )
+    backend = SQLiteBackend(db)
+    try:
+        now = datetime.now(UTC)
+        message = RunMessage(
+            id="body@1",
+            task="tests.worker_tasks.add",
+            entry="sum",
+            scheduled_for=now,
+            published_at=now,
+            queue="default",
+            args=(str(tmp_path / "out"), 2, 3),
+        )
+        backend.enqueue([Outgoing("sum", "stream@1", BeatdQueue("default"), message.to_json())])
+        wait_for(lambda: "outcome=" in log.read_text(), what="the run's outcome line")
+    finally:
+        backend.close()
+        stop(worker)
+    (outcome,) = [line for line in json_lines(log) if "outcome" in line]
+    assert outcome["outcome"] == "dead_lettered"
+    assert " id=body@1 " in outcome["msg"]
+    assert outcome["id"] == "body@1"
+
+
 @pytest.mark.slow
 def test_the_scheduler_summary_is_fields_and_watchfiles_stays_out_of_the_log(
     tmp_path: Path,
@@ -159,11 +190,14 @@ def test_the_scheduler_summary_is_fields_and_watchfiles_stays_out_of_the_log(
     assert summary["published"] >= 1 and summary["late"] == 0 and summary["missed"] == 0
 
 
-def test_debug_publish_lines_carry_entry_and_slot(caplog: pytest.LogCaptureFixture) -> None:
+def test_debug_publish_lines_carry_entry_and_slot(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     clock = FakeClock(datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC))
     schedule = IntervalSchedule(timedelta(seconds=10))
     config = Config({"a": Entry(name="a", task="t.task", schedule=schedule)})
-    backend = SQLiteBackend(":memory:", wall_clock=lambda: clock.now().timestamp())
+    db = tmp_path / "beatd.db"
+    backend = SQLiteBackend(db, wall_clock=lambda: clock.now().timestamp())
     beat = Scheduler(backend, lambda: config, clock, SchedulerSettings(node="n"), config=config)
     with caplog.at_level(logging.DEBUG, logger="beatd.scheduler"):
         run_for(beat, 11)

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -187,6 +187,50 @@ def test_a_mistyped_sqlite_path_is_bad_input_and_nothing_is_created(
         f"beatd: --broker: no database at {missing}: check the path (`beatd run` creates it)\n",
     )
     assert list(tmp_path.rglob("*")) == ([parent] if directory == "existing" else [])
+
+
+def write_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def write_other_database(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    db.close()
+
+
+def write_text(path: Path) -> None:
+    path.write_text("these are my notes, not a database\n" * 20)
+
+
+NOT_BEATD = {
+    "empty": "it holds no tables",
+    "other": "it has no lease or entry_state table",
+    "text": "it is not a SQLite database (or its first page is damaged)",
+}
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["dead", "list"], ["dead", "retry", "--all"]], ids=" ".join
+)
+@pytest.mark.parametrize(
+    ("kind", "write"),
+    [("empty", write_empty), ("other", write_other_database), ("text", write_text)],
+)
+def test_a_file_that_is_not_a_beatd_database_is_bad_input_and_left_as_it_is(
+    tmp_path: Path, command: list[str], kind: str, write: Callable[[Path], None]
+) -> None:
+    path = tmp_path / "notes.db"
+    write(path)
+    before = path.read_bytes()
+    result = CliRunner().invoke(main, [*command, "--broker", f"sqlite:///{path}"])
+    assert (result.exit_code, result.output) == (
+        2,
+        f"beatd: --broker: {path} is not a beatd database: {NOT_BEATD[kind]}; check the path "
+        "(`beatd run` creates the database)\n",
+    )
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
 def test_status_and_dead_list_open_the_database_read_only(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_check_warns_of_a_window_that_has_ended(tmp_path: Path) -> None:
     code, out, err = beatd("check", str(path))
     assert (code, err) == (
         0,
-        f"{path}:2:1: entry campaign: field end: warning: the window ended at "
+        f"{path}:7:10: entry campaign: field end: warning: the window ended at "
         "2026-11-01T00:00:00+01:00, so this entry will never run again; move end: into the "
         "future or remove the entry\n",
     )

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -551,6 +552,32 @@ def test_run_with_worker_executes_what_it_publishes(
     assert all(re.fullmatch(r"tick@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e[1]) for e in runs)
     succeeded = [line for line in daemon.outcomes() if "outcome=succeeded" in line]
     assert sorted(re.findall(r" id=(\S+) ", " ".join(succeeded))) == sorted(e[1] for e in runs)
+
+
+def test_run_with_worker_exits_1_when_its_metrics_port_is_taken(
+    launch: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """An explicit --metrics-addr that is taken is a runtime failure (exit 1, systemd restarts
+    the unit), with the embedded worker too: the worker's thread must not keep the process up."""
+    schedule = tmp_path / "schedules" / "tick.yaml"
+    schedule.parent.mkdir()
+    schedule.write_text(
+        "entries:\n  tick:\n    task: tests.worker_tasks.add\n    every: 1s\n"
+        "    args: [out, 1, 2]\nimports: [tests.worker_tasks]\n"
+    )
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        daemon = launch(
+            "--with-worker", "-s", str(schedule.parent), "--metrics-addr", address, command="run"
+        )
+        wait_for(lambda: daemon.proc.poll() is not None, timeout=15, what="beatd run to exit")
+    finally:
+        taken.close()
+    assert daemon.proc.returncode == 1
+    assert f"beatd: --metrics-addr: cannot serve metrics at {address!r}: " in daemon.text()
 
 
 # --- beatd dead ----------------------------------------------------------------------------

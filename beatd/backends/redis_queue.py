@@ -116,8 +116,10 @@ class RedisWorkQueue(RedisLink):
         try:
             if self._listen(self._pubsub, deadline, period * PING_AFTER_SILENCE):
                 return True
-        except BackendError:
+        except BackendError as exc:
             self._stop_waiting()  # subscribe again on the next call
+            if isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
+                raise BackendError(self._subscribe_refused(self._channels, exc.__cause__)) from exc
             if self._unanswered is None:
                 raise
             return True  # the claim says at once what the PING met
@@ -125,6 +127,14 @@ class RedisWorkQueue(RedisLink):
             self._delayed_at = None
             return True
         return False
+
+    def _subscribe_refused(self, channels: Sequence[str], exc: Exception) -> str:
+        return (
+            f"{self.url}: SUBSCRIBE to {', '.join(channels)} refused ({exc}): idle workers are "
+            f"not woken when a run is added and claim it only after their visibility timeout; "
+            f"grant the channels to beatd's ACL user: add &{self.namespace}:queue:* to its ACL "
+            f"SETUSER line (docs/redis.md)"
+        )
 
     def _listen(self, pubsub: PubSub, deadline: float, silence: float) -> bool:
         """Whether a run was published before `deadline`; PINGs after `silence` seconds of
@@ -206,20 +216,24 @@ class RedisWorkQueue(RedisLink):
 class RedisQueueAdmin(RedisLink):
     """Dead letters and queue depths, for operators and `beatd migrate`."""
 
-    def _dead(self) -> list[tuple[str, dict[str, str]]]:
-        """The dead letters, their bytes shown as text even where they are not UTF-8."""
+    def _dead_raw(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The dead letters' stream entries, bytes as stored."""
         key = self._key("dead")
         call = self._redis.execute_command
         entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
             "xrange",
             lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
         )
+        return entries
+
+    def _dead(self) -> list[tuple[str, dict[str, str]]]:
+        """The dead letters, their bytes shown as text even where they are not UTF-8."""
         return [
             (
                 entry_id.decode(),
                 {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
             )
-            for entry_id, fields in entries
+            for entry_id, fields in self._dead_raw()
         ]
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -239,17 +253,20 @@ class RedisQueueAdmin(RedisLink):
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters as they are, in the normal band (migration from another backend).
         Read, then written: run it while nothing else writes dead letters, as migrate does."""
-        new = unseen(letters, {f["id"] for _, f in self._dead()})
+        # ids compared exactly: text that is not UTF-8 carries its bytes as surrogates (as the
+        # SQLite backend reads them), so it is decoded here the same way, never replaced
+        held = {f.get(b"id", b"").decode("utf-8", "surrogateescape") for _, f in self._dead_raw()}
+        new = unseen(letters, held)
 
         def call() -> None:
             with self._redis.pipeline(transaction=True) as pipe:
                 for d in new:
                     fields = {
-                        "id": d.id,
-                        "queue": d.queue,
+                        "id": _raw(d.id),
+                        "queue": _raw(d.queue),
                         "band": 1,
-                        "body": d.body,
-                        "reason": d.reason,
+                        "body": _raw(d.body),
+                        "reason": _raw(d.reason),
                         "deliveries": d.deliveries,
                         "failed_at": round(d.failed_at.timestamp() * 1000),
                     }
@@ -301,6 +318,12 @@ def _field_text(value: bytes | None, name: str) -> tuple[str, str]:
         return "", f"the queue entry has no {name} field"
     fault = utf8_fault(value, name)
     return value.decode(errors="replace" if fault else "strict"), fault
+
+
+def _raw(text: str) -> bytes:
+    """Text as the bytes it was read from: a letter that is not UTF-8 keeps its bytes as
+    surrogates (see the SQLite backend), which redis-py would refuse to encode."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _idle_for(visibility: float) -> int:

@@ -3,6 +3,11 @@
 `PRELUDE` (helpers shared by every script) is prepended to each; scripts are sent by SHA and
 loaded on a NOSCRIPT reply. Every script that adds a run to a queue's stream publishes an empty
 message on the channel named like the stream, which idle workers wait on (no polling).
+
+A script cannot take back a write, so nothing that a working setup may refuse runs after one:
+the wake-up PUBLISH, which an ACL without the channels refuses, is best effort (`redis.pcall`).
+(A user lacking a data command, or a key of another type in the namespace, can still stop a
+script midway: a broken setup, named by the error.)
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ local function owns(key, id, consumer, count)
   local p = redis.call('XPENDING', key, G, id, id, 1)
   return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)
 end
--- a run was added to a queue's stream: wake the workers waiting on it (once per script call)
+-- a run was added to a queue's stream: wake the workers waiting on it (once per script call).
+-- Best effort, so pcall: a refused PUBLISH (an ACL without the channel) must not abort a script
+-- after its writes; a worker that misses the wake-up claims after its visibility timeout
 local woken = {{}}
 local function wake(key)
   if not woken[key] then
     woken[key] = true
-    redis.call('PUBLISH', key, '')
+    redis.pcall('PUBLISH', key, '')
   end
 end
 local function entry_fields(key, id)

@@ -40,6 +40,7 @@ from beatd.backends.sqlite_file import (
     SCHEMA,
     SQLiteFile,
     _priority,
+    _stored,
     _text,
     _us,
     upgrade,
@@ -343,11 +344,11 @@ class SQLiteQueueAdmin(SQLiteFile):
                 "deliveries) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        d.id,
-                        d.queue,
+                        _stored(d.id),
+                        _stored(d.queue),
                         DEFAULT_PRIORITY,
-                        d.body,
-                        d.reason,
+                        _stored(d.body),
+                        _stored(d.reason),
                         d.failed_at.timestamp(),
                         d.deliveries,
                     )
@@ -370,6 +371,19 @@ class SQLiteQueueAdmin(SQLiteFile):
             return int(db.execute(f"DELETE FROM dead_letter {where}", params).rowcount)
 
         return self._run(work)
+
+    def queued_as_dead_letters(self, reason: str) -> list[DeadLetter]:
+        """Every run still queued (claimed or not), as dead letters with `reason`, bytes as
+        stored: what `beatd migrate --queued-as-dead-letters` copies out of a damaged file."""
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
+                f"{_AS_BYTES.format('body')}, deliveries FROM message ORDER BY seq"
+            ).fetchall(),
+            write=False,
+        )
+        now = datetime.fromtimestamp(self._now(), UTC)
+        return [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
 
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(

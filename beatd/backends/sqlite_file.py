@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 """
 LEASE = "scheduler"
+BEATD_TABLES = ("lease", "entry_state")  # in every beatd database since the first
 DEFAULT_PRIORITY = 5
 # Runs committed after which the leader truncates the WAL at its next lease renewal: about 0.5 MB
 # of WAL (tests/backends/test_sqlite.py measures it).
@@ -126,6 +127,12 @@ class SQLiteFile:
         read_only: bool = False,
         create: bool = True,
     ) -> None:
+        if str(path) == ":memory:":  # else sqlite3 opens one connection's private database
+            raise BackendError(
+                "cannot use ':memory:' as the database: an in-memory SQLite database belongs to "
+                "one connection of one process, but the scheduler, its standbys and the workers "
+                "share beatd's database; give a file path (sqlite:///beatd.db)"
+            )
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.read_only = read_only
@@ -138,10 +145,34 @@ class SQLiteFile:
             raise BackendError(
                 f"no database at {self.path}: check the path (`beatd run` creates it)"
             )
+        if read_only or not create:  # a file that is there: it must be beatd's
+            self._require_beatd_database()
         if read_only:
             self._connection()
         else:
             self._run(lambda db: db.executescript(SCHEMA), write=False)
+
+    def _require_beatd_database(self) -> None:
+        """Refuse, as bad input, a file at the path that is not beatd's database (a mistyped
+        path to another file): looked at read-only, so nothing in it changes."""
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        try:
+            with closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                tables = {name for (name,) in rows}
+        except sqlite3.DatabaseError as exc:
+            if _primary(exc) != SQLITE_NOTADB:
+                raise self._failure(exc) from exc
+            why = "it is not a SQLite database (or its first page is damaged)"
+        else:
+            missing = [t for t in BEATD_TABLES if t not in tables]
+            if not missing:
+                return
+            why = "it holds no tables" if not tables else f"it has no {' or '.join(missing)} table"
+        raise BackendError(
+            f"{self.path} is not a beatd database: {why}; check the path (`beatd run` creates "
+            "the database)"
+        )
 
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -320,6 +351,16 @@ _AS_BYTES = "CAST({} AS BLOB)"
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+def _stored(value: str) -> str | bytes:
+    """Text to write: as it is, or, when it carries bytes that are not UTF-8 (read by `_text`),
+    those bytes, stored as a BLOB that every reader casts back."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+    return value
 
 
 def _primary(exc: sqlite3.Error) -> int:

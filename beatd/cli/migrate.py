@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
+from beatd.backends.base import DeadLetter
+from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli.common import (
     NAMESPACE_FLAG,
     BackendSettings,
@@ -20,6 +22,7 @@ from beatd.cli.common import (
     url_with_password,
 )
 from beatd.errors import BeatdError
+from beatd.migrate import QUEUED_REASON
 from beatd.migrate import migrate as migrate_states
 from beatd.service import setup_logging
 
@@ -43,13 +46,23 @@ from beatd.service import setup_logging
     metavar="URL",
     help="The backend to copy to, e.g. redis://host:6379/0: the --broker the daemons will use.",
 )
+@click.option(
+    "--queued-as-dead-letters",
+    "queued_as_dead",
+    is_flag=True,
+    help="Copy the runs still queued in a SQLite source as dead letters (for a damaged file "
+    "no worker can empty), to run with `beatd dead retry` on the target.",
+)
 @click.option("--namespace", **NAMESPACE_FLAG)
 @logging_options("warning", with_format=False)
-def migrate(source_url: str, target_url: str, namespace: str, log: LogSettings) -> None:
+def migrate(
+    source_url: str, target_url: str, queued_as_dead: bool, namespace: str, log: LogSettings
+) -> None:
     """Copy every entry's last published slot and the dead letters to another backend.
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
-    queued on the source. Then start every `beatd run` and `beatd worker` with the new
+    queued on the source (or, when they cannot, copy them as dead letters with
+    --queued-as-dead-letters). Then start every `beatd run` and `beatd worker` with the new
     --broker: each entry goes on from the slot after its last published one, so no run is
     repeated or skipped. The source is only read; running the copy again adds nothing twice.
     """
@@ -61,8 +74,8 @@ def migrate(source_url: str, target_url: str, namespace: str, log: LogSettings) 
     source = open_broker(BackendSettings(source_url, namespace), read_only=True)
     target = open_broker(BackendSettings(target_url, namespace))
     try:
-        _refuse_undone_runs(source)
-        report = migrate_states(source, target)
+        queued = _queued_runs(source, queued_as_dead)
+        report = migrate_states(source, target, queued=queued)
     except BeatdError as exc:
         fail(exc)
     finally:
@@ -72,6 +85,11 @@ def migrate(source_url: str, target_url: str, namespace: str, log: LogSettings) 
         f"copied {report.states} state(s), {report.dead_letters} dead letter(s); skipped "
         f"{report.skipped} already on the target"
     )
+    if queued:
+        click.echo(
+            f"{len(queued)} queued run(s) read as dead letters: see them with `beatd dead list` "
+            "and run them with `beatd dead retry ID` or `--all`"
+        )
 
 
 def _require_existing_sqlite(option: str, url: str) -> None:
@@ -83,13 +101,20 @@ def _require_existing_sqlite(option: str, url: str) -> None:
         bad_option(option, f"no database at {path} (from {url}); check the path")
 
 
-def _refuse_undone_runs(source: Backend) -> None:
-    """Runs still queued on the source would be stranded there once the workers move."""
+def _queued_runs(source: Backend, as_dead_letters: bool) -> list[DeadLetter]:
+    """The runs queued on the source, as dead letters when asked; else none may be queued:
+    they would be stranded there once the workers move."""
     depths = source.queue_depths()
-    if depths:
-        waiting = " ".join(f"{queue}={n}" for queue, n in sorted(depths.items()))
-        raise BeatdError(
-            f"{source.url} still holds {sum(depths.values())} undone run(s) ({waiting}); "
-            "after the move no worker would run them: stop every `beatd run`, let the workers "
-            f"on {source.url} finish them, then migrate again"
-        )
+    if not depths:
+        return []
+    if as_dead_letters and isinstance(source, SQLiteBackend):
+        return source.queued_as_dead_letters(QUEUED_REASON.format(source=source.url))
+    if as_dead_letters:
+        bad_option("--queued-as-dead-letters", f"reads a SQLite source only, not {source.url}")
+    waiting = " ".join(f"{queue}={n}" for queue, n in sorted(depths.items()))
+    raise BeatdError(
+        f"{source.url} still holds {sum(depths.values())} undone run(s) ({waiting}); once the "
+        "workers use the target, no worker would run them: stop every `beatd run`, let the "
+        f"workers on {source.url} finish them, then migrate again; or, if no worker can (a "
+        "damaged file), add --queued-as-dead-letters to copy them as dead letters"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -21,7 +22,7 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
-from beatd.config import Config, Entry
+from beatd.config import YAML_SUFFIXES, Config, Entry
 from beatd.config.convert import (
     ENTRY_NAME,
     ENTRY_NAME_RULE,
@@ -31,6 +32,7 @@ from beatd.config.convert import (
     to_timezone,
 )
 from beatd.config.schema import schema_text
+from beatd.config.yamlfile import field_positions
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.cron import uses_hash
@@ -86,13 +88,12 @@ def check(
     warnings = _warnings(config, now)
     for warning in warnings:
         click.echo(warning, err=True)
-    count = len(config.entries)
-    summary = f"{count} {'entry' if count == 1 else 'entries'} OK in {len(config.sources)} file(s)"
-    if warnings:
-        summary += f", {len(warnings)} warning(s)"
-    click.echo(summary)
+    count = f"{len(config.entries)} {'entry' if len(config.entries) == 1 else 'entries'}"
+    files = f"in {len(config.sources)} file(s)"
     if strict and warnings:
-        bad_option("--strict", f"{len(warnings)} warning(s), failing as asked")
+        click.echo(f"{count} read {files}, {len(warnings)} warning(s): not OK with --strict")
+        bad_option("--strict", f"failing because of {len(warnings)} warning(s)")
+    click.echo(f"{count} OK {files}" + (f", {len(warnings)} warning(s)" if warnings else ""))
 
 
 def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
@@ -108,6 +109,7 @@ def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
             "under imports: in a schedule file"
         ]
     problems = []
+    locator = _FieldLocator()
     for module in modules:
         try:
             import_task_modules([module])
@@ -120,7 +122,7 @@ def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
                 f"{entry.task!r} is not registered by the task modules {', '.join(modules)}"
                 f"{suggest(entry.task, known)}"
             )
-            problems.append(_at_entry(entry, "task", message))
+            problems.append(locator.problem(entry, "task", message))
     return problems
 
 
@@ -146,6 +148,7 @@ def _warnings(config: Config, now: datetime) -> list[str]:
     """What is valid but cannot be meant: a one-off `at:` already past, or an `end:` already
     past, never runs."""
     warnings = []
+    locator = _FieldLocator()
     for entry in config.entries.values():
         schedule = entry.schedule
         if isinstance(schedule, OnceSchedule) and schedule.next_after(now) is None:
@@ -153,21 +156,21 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 f"warning: {schedule.at.isoformat()} is in the past, so this one-off run will "
                 "never happen; move it into the future or remove the entry"
             )
-            warnings.append(_at_entry(entry, "at", message))
+            warnings.append(locator.problem(entry, "at", message))
         if _never_fires(schedule, now):
             message = (
                 "warning: it never fires before the end of year 9999 "
                 f"(in {entry.timezone}), so this entry will never run; change the expression "
                 "or remove the entry"
             )
-            warnings.append(_at_entry(entry, "cron", message))
+            warnings.append(locator.problem(entry, "cron", message))
         if isinstance(schedule, WindowedSchedule) and schedule.ended(now):
             assert schedule.end is not None
             message = (
                 f"warning: the window ended at {schedule.end.isoformat()}, so this entry will "
                 "never run again; move end: into the future or remove the entry"
             )
-            warnings.append(_at_entry(entry, "end", message))
+            warnings.append(locator.problem(entry, "end", message))
     return warnings
 
 
@@ -177,12 +180,25 @@ def _never_fires(schedule: Schedule, now: datetime) -> bool:
     return isinstance(inner, CronSchedule) and inner.next_after(now) is None
 
 
-def _at_entry(entry: Entry, field: str, message: str) -> str:
-    """A message located at the entry (its `source` holds no column: 1 stands in)."""
-    path, _, line = entry.source.rpartition(":")
-    if not line.isdigit():
-        path, line = entry.source, "1"
-    return str(Problem(path, int(line), 1, message, entry.name, field))
+class _FieldLocator:
+    """Messages located at an entry's field as the reader's are: in a YAML file at the field's
+    value (each file read again once), else at the entry (a Python schedule file's `source`
+    holds no column: 1 stands in)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Callable[[str, str], tuple[int, int] | None]] = {}
+
+    def problem(self, entry: Entry, field: str, message: str) -> str:
+        path, _, line = entry.source.rpartition(":")
+        if not line.isdigit():
+            path, line = entry.source, "1"
+        position = None
+        if path.endswith(YAML_SUFFIXES):
+            if path not in self._files:
+                self._files[path] = field_positions(path)
+            position = self._files[path](entry.name, field)
+        row, column = position or (int(line), 1)
+        return str(Problem(path, row, column, message, entry.name, field))
 
 
 def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

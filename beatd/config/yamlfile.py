@@ -7,6 +7,7 @@ entries is never held whole as YAML values; that needs the file's `defaults:` be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from beatd.config.convert import describe_value, to_protocol, to_queue_name
@@ -114,6 +115,26 @@ class _FileReader:
         _read_queues(source, document.get("queues") or YamlMap())
         _read_imports(source, document, top)
         return source
+
+
+def field_positions(path: str) -> Callable[[str, str], tuple[int, int] | None]:
+    """Where the value of an entry's field is in the YAML file at `path` (line, column), or
+    None when it is not there: for messages made after reading, such as `beatd check`'s. The
+    file is read again, whole, once: for a one-shot command, not for the daemons."""
+    try:
+        document = load_yaml(path)
+    except ConfigError:
+        document = None
+    entries = document.get("entries") if isinstance(document, YamlMap) else None
+
+    def position(entry: str, field: str) -> tuple[int, int] | None:
+        fields = entries.get(entry) if isinstance(entries, YamlMap) else None
+        if not isinstance(fields, YamlMap) or field not in fields:
+            return None
+        mark = fields.value_mark(field)
+        return mark.line, mark.column
+
+    return position
 
 
 def _read_queues(source: SourceFile, queues: YamlMap) -> None:

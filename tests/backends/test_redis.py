@@ -6,9 +6,11 @@ before each test) or, for the tests that pause, kill or reconfigure it, one of i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +45,8 @@ from beatd.errors import (
 )
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
+from beatd.tasks import Registry
+from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
@@ -442,6 +446,135 @@ def test_acl_user_without_info_still_reads_the_marker_and_epoch(
         backend.close()
     finally:
         admin.acl_deluser("beatd")
+
+
+def test_a_commit_refused_its_publish_never_leaves_a_state_written_without_its_run(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """An ACL user as documented before this round (no `&beatd:queue:*`: the CHANGELOG's upgrade
+    note). The commit script writes every state, then XADDs and PUBLISHes message by message;
+    the first PUBLISH is refused and the script stops there, so the entries after the first
+    have their slot recorded as published with no run queued: lost, and counted published."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        writes = [StateWrite(state("e", 1), None), StateWrite(state("f", 1), None)]
+        with contextlib.suppress(BackendError):  # refused: nothing or everything written
+            backend.commit(lease, writes, [message("e", 1), message("f", 1)])
+        backend.close()
+        recorded = set(admin.hkeys("beatd:state"))
+        queued = {
+            fields["id"].partition("@")[0]
+            for _, fields in admin.xrange("beatd:queue:default:normal")
+        }
+        assert recorded <= queued, f"states written for {recorded}, runs queued for {queued}"
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_a_refused_publish_never_leaves_a_run_queued_twice_or_not_at_all(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """The same ACL: enqueue, and a worker's release, retry (no delay) and requeue all add the
+    run to a stream and then publish; the run ends queued exactly once, whatever PUBLISH says."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    stream = "beatd:queue:default:normal"
+
+    def queued() -> list[str]:
+        return [fields["id"] for _, fields in admin.xrange(stream)]
+
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        run = message("e", 1)
+        backend.enqueue([run])
+        assert queued() == [run.id]
+        for give_back in (
+            backend.release,
+            lambda d: backend.retry(d, d.body, 0),
+            lambda d: (backend.dead_letter(d, "failed"), backend.requeue_dead(d.id)),
+        ):
+            delivery = backend.claim(["default"], "w1", 30)
+            assert delivery is not None
+            give_back(delivery)
+            assert queued() == [run.id]
+        delivery = backend.claim(["default"], "w1", 30)
+        assert delivery is not None
+        backend.retry(delivery, delivery.body, 0.05)  # a claim moves it back once it is ready
+        moved = wait_for(lambda: backend.claim(["default"], "w1", 30), what="the delayed retry")
+        assert (moved.id, queued()) == (run.id, [run.id])
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_a_scheduler_under_that_acl_publishes_every_run_and_logs_no_outage(
+    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused PUBLISH made each commit fail after its writes: the scheduler logged the
+    backend unavailable, then reachable again, every second. Now it only publishes."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+    try:
+        clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+        settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600)
+        tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
+        beat = Scheduler(backend, lambda: Config({"tick": tick}), clock, settings)
+        with caplog.at_level("INFO", logger="beatd.scheduler"):
+            for _ in range(5):
+                beat.step()
+                clock.advance(1)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+        assert beat.counts.get("tick")["published"] == admin.xlen("beatd:queue:default:normal")
+        assert admin.xlen("beatd:queue:default:normal") >= 4
+    finally:
+        backend.close()
+        admin.acl_deluser("beatd")
+
+
+def test_a_worker_refused_its_subscribe_warns_once_naming_the_acl_fix(
+    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same ACL: the idle worker's SUBSCRIBE is refused on every try; it says so once, as a
+    warning that names the fix, and keeps claiming on its visibility timeout."""
+    acl = [w for w in documented_acl("beatd", "s3cret") if w != "&beatd:queue:*"]
+    admin.execute_command(*acl)
+    url = f"redis://beatd:s3cret@127.0.0.1:{server.port}/0"
+    backend = RedisBackend(url)
+    with pytest.raises(BackendError) as refused:
+        while True:  # the first call subscribes; the refusal comes with the reply
+            backend.wait_for_work(["default"], 0.5)
+    backend.close()
+    channels = "beatd:queue:default:high, beatd:queue:default:low, beatd:queue:default:normal"
+    expected = (
+        f"{backend.url}: SUBSCRIBE to {channels} refused ({refused.value.__cause__.__cause__}): "
+        "idle workers are not woken when a run is added and claim it only after their "
+        "visibility timeout; grant the channels to beatd's ACL user: add &beatd:queue:* to "
+        "its ACL SETUSER line (docs/redis.md)"
+    )
+    assert str(refused.value) == expected
+    settings = WorkerSettings(pool="thread", visibility_timeout=5, block_period=0.1)
+    worker = Worker(RedisBackend(url), Registry(), settings)
+    thread = threading.Thread(target=worker.run)
+    try:
+        with caplog.at_level("DEBUG", logger="beatd.worker"):
+            thread.start()
+            wait_for(
+                lambda: (
+                    sum("waiting for runs failed" in r.getMessage() for r in caplog.records) >= 2
+                ),
+                what="two more refusals after the first",
+            )
+    finally:
+        worker.stop()
+        thread.join(10)
+        admin.acl_deluser("beatd")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"cannot wait for runs: {expected}"]
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -117,6 +117,20 @@ def test_missing_directories_are_not_created(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_in_memory_database_is_refused_and_no_file_named_so_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BackendError) as caught:
+        SQLiteBackend(":memory:")
+    assert str(caught.value) == (
+        "cannot use ':memory:' as the database: an in-memory SQLite database belongs to one "
+        "connection of one process, but the scheduler, its standbys and the workers share "
+        "beatd's database; give a file path (sqlite:///beatd.db)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_wal_is_truncated_at_the_renewal_after_a_large_catch_up(
     backend: SQLiteBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
