@@ -7,7 +7,8 @@ nothing: its slots are decided again. A commit whose outcome is unknown (`Outcom
 may have been applied: its runs are held in doubt and counted only once the persisted state
 shows them applied; deciding the same slots again is safe, because the backend's
 compare-and-set refuses them if the lost commit was applied after all. Messages are made by
-one encoder per kind of destination.
+one encoder per kind of destination (chosen by the destination's type), which makes one for
+each entry at its first run.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from itertools import islice
 from typing import NamedTuple, Protocol, TypeVar
 
 from beatd import celery_protocol
 from beatd.backends.base import (
-    DESTINATION_OF_PROTOCOL,
     BeatdQueue,
     CeleryQueue,
     Destination,
@@ -31,6 +30,7 @@ from beatd.backends.base import (
     Outgoing,
     StateStore,
     StateWrite,
+    destination_kind,
 )
 from beatd.clock import Clock
 from beatd.config import Entry
@@ -45,14 +45,13 @@ log = logging.getLogger("beatd.scheduler")
 T = TypeVar("T")
 
 
-# one destination per queue and priority, made once: a frozen dataclass costs about a microsecond
-# to create, which a burst of many entries would pay per entry
-_beatd_queue = lru_cache(maxsize=4096)(BeatdQueue)
-_celery_queue = lru_cache(maxsize=4096)(CeleryQueue)
+class EntryEncoder(Protocol):
+    """Makes one entry's run messages for its destination; made once per loaded entry, so
+    that what is the same for every run (destination, template) is not looked up per run."""
 
-
-class Encoder(Protocol):
-    """Makes the messages of a decision's runs for one kind of destination."""
+    @property
+    def entry(self) -> Entry:
+        """The entry it was made for (a reloaded entry gets a new one)."""
 
     def encode(
         self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
@@ -61,43 +60,44 @@ class Encoder(Protocol):
         formatted as messages carry it."""
 
 
+class Encoder(Protocol):
+    """Makes the messages for one kind of destination."""
+
+    def for_entry(self, entry: Entry) -> EntryEncoder:
+        """The encoder of `entry`'s runs, with its destination of this encoder's kind."""
+
+
 class BeatdEncoder:
     """beatd's run message, rendered from a template made at an entry's first run and kept
     while the entry is loaded."""
 
-    def __init__(self) -> None:
-        self._templates: dict[str, tuple[Entry, RunTemplate]] = {}
+    def for_entry(self, entry: Entry) -> EntryEncoder:
+        template = RunTemplate(
+            entry.name,
+            entry.task,
+            entry.queue,
+            entry.args,
+            entry.kwargs,
+            entry.priority,
+            entry.headers,
+        )
+        return _BeatdRuns(entry, BeatdQueue(entry.queue, entry.priority), template)
 
-    def forget(self) -> None:
-        """The configuration was reloaded: templates are made again."""
-        self._templates.clear()
+
+class _BeatdRuns(NamedTuple):
+    entry: Entry
+    destination: BeatdQueue
+    template: RunTemplate
 
     def encode(
         self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
     ) -> None:
-        entry = decision.entry
-        template = self._template(entry)
-        expires = format_time(published_at + entry.expires) if entry.expires else None
-        destination = _beatd_queue(entry.queue, entry.priority)
+        name, expires_after = self.entry.name, self.entry.expires
+        expires = format_time(published_at + expires_after) if expires_after else None
+        render, destination = self.template.render, self.destination
         for run in decision.runs:
-            slot = format_slot(run.slot)
-            body = template.render(slot, stamp, expires)
-            into.append(Outgoing(entry.name, run_id(entry.name, run.slot), destination, body))
-
-    def _template(self, entry: Entry) -> RunTemplate:
-        known = self._templates.get(entry.name)
-        if known is None or known[0] is not entry:
-            template = RunTemplate(
-                entry.name,
-                entry.task,
-                entry.queue,
-                entry.args,
-                entry.kwargs,
-                entry.priority,
-                entry.headers,
-            )
-            known = self._templates[entry.name] = (entry, template)
-        return known[1]
+            body = render(format_slot(run.slot), stamp, expires)
+            into.append(Outgoing(name, run_id(name, run.slot), destination, body))
 
 
 class CeleryEncoder:
@@ -106,11 +106,19 @@ class CeleryEncoder:
     def __init__(self, node: str) -> None:
         self._origin = f"beatd@{node}"
 
+    def for_entry(self, entry: Entry) -> EntryEncoder:
+        return _CeleryRuns(entry, CeleryQueue(entry.queue, entry.priority), self._origin)
+
+
+class _CeleryRuns(NamedTuple):
+    entry: Entry
+    destination: CeleryQueue
+    origin: str
+
     def encode(
         self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
     ) -> None:
-        entry = decision.entry
-        destination = _celery_queue(entry.queue, entry.priority)
+        entry = self.entry
         for run in decision.runs:
             message = RunMessage(
                 id=run_id(entry.name, run.slot),
@@ -125,8 +133,8 @@ class CeleryEncoder:
                 priority=entry.priority,
                 headers=entry.headers,
             )
-            body = celery_protocol.encode(message, origin=self._origin)
-            into.append(Outgoing(entry.name, message.id, destination, body))
+            body = celery_protocol.encode(message, origin=self.origin)
+            into.append(Outgoing(entry.name, message.id, self.destination, body))
 
 
 class Round(NamedTuple):
@@ -159,15 +167,11 @@ class Publisher:
         self.batch_size = batch_size
         self.counts = RunCounts()
         self._emit = emit
-        self.beatd = BeatdEncoder()
-        encoders: dict[type[Destination], Encoder] = {
-            BeatdQueue: self.beatd,
+        self._encoders: dict[type[Destination], Encoder] = {
+            BeatdQueue: BeatdEncoder(),
             CeleryQueue: CeleryEncoder(node),
         }
-        self._encoders: dict[str | None, Encoder] = {
-            None: self.beatd,
-            **{p: encoders[kind] for p, kind in DESTINATION_OF_PROTOCOL.items()},
-        }
+        self._by_entry: dict[str, EntryEncoder] = {}  # made at an entry's first run
         # decisions whose commit's outcome was lost (a timeout after sending): counted once the
         # persisted state shows whether they were applied
         self.in_doubt: dict[str, tuple[Decision, datetime]] = {}
@@ -212,11 +216,25 @@ class Publisher:
     def messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
         stamp = format_time(published_at)
         messages: list[Outgoing] = []
-        encoders = self._encoders
+        by_entry = self._by_entry
         for decision in batch:
             if decision.runs:
-                encoders[decision.entry.protocol].encode(decision, published_at, stamp, messages)
+                entry = decision.entry
+                encoder = by_entry.get(entry.name)
+                if encoder is None or encoder.entry is not entry:
+                    encoder = self._encoder(entry)
+                encoder.encode(decision, published_at, stamp, messages)
         return messages
+
+    def _encoder(self, entry: Entry) -> EntryEncoder:
+        """The encoder of the entry's destination kind, for this entry."""
+        encoder = self._encoders[destination_kind(entry.protocol)].for_entry(entry)
+        self._by_entry[entry.name] = encoder
+        return encoder
+
+    def forget(self) -> None:
+        """The configuration was reloaded: each entry's encoder is made again."""
+        self._by_entry.clear()
 
     def _conclude(self, planner: Planner, sent: _Sent) -> None:
         """Wait for a batch's commit, then move its entries on (or resync the rejected)."""

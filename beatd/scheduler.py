@@ -232,7 +232,7 @@ class Scheduler:
             self._emit(ReloadFailed(self.status()))
             return False
         self.config = config
-        self.publisher.beatd.forget()
+        self.publisher.forget()
         self.totals.reloads_ok += 1
         self.totals.last_reload_ok = True
         self._adopted = False

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 
 from beatd.backends.base import (
     NEEDS,
@@ -51,6 +52,7 @@ from beatd.state import EntryState
 __all__ = ["SCHEMA", "SQLiteBackend"]
 
 log = logging.getLogger(__name__)
+_destination = attrgetter("destination")
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -171,12 +173,12 @@ class SQLiteStateStore(SQLiteFile):
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        refused = [m for m in messages if type(m.destination) is not BeatdQueue]
-        if refused:
-            kind = type(refused[0].destination)
+        if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
+            refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
+            kind = type(refused.destination)
             needs = NEEDS.get(kind, ("another broker", ""))[0]
             raise BackendError(
-                f"entry {refused[0].entry} publishes to a {kind.__name__}, which needs {needs}; "
+                f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
                 "SQLite stores beatd's own messages only"
             )
 
