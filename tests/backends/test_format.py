@@ -190,3 +190,25 @@ def test_a_scheduler_on_a_redis_of_a_newer_format_neither_leads_nor_writes_and_e
     assert stream_ids(admin) == OLD
     backend.close()
     admin.close()
+
+
+def test_a_redis_upgraded_once_is_not_upgraded_again_after_a_beatd_of_before_versions_led(
+    old_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: a beatd of before format versions still runs beside the new ones. At
+    every fresh take of the lease its acquire script SETs `beatd:format` to "1" (that beatd's
+    redis_scripts.py: `redis.call('SET', KEYS[3], FORMAT)`, FORMAT = "1"), so while the format
+    version is that same key, each new leader after it "upgrades" the data again: once a real
+    migration exists, it runs again on data it already migrated."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    admin = old_redis.client()
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(old_redis.url)
+    publish_on(backend, clock, 1)  # upgraded to format 2
+    admin.set("beatd:format", "1")  # an old beatd's fresh take of the lease, as it does it
+    publish_on(backend, clock, 1)
+    assert upgrades(caplog) == [
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+    ]
+    backend.close()
+    admin.close()
