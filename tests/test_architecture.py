@@ -97,6 +97,9 @@ def modules() -> Iterator[Module]:
         yield Module(name, path, ast.parse(path.read_text(), str(path)))
 
 
+THE_PACKAGE = "beatd"  # in LAYERS for its __init__ alone: by prefix it would place every module
+
+
 def is_within(module: str, part: str) -> bool:
     return module == part or module.startswith(part + ".")
 
@@ -107,7 +110,7 @@ def layer_of(module: str) -> int | None:
         (len(part), index)
         for index, (_, parts) in enumerate(LAYERS)
         for part in parts
-        if is_within(module, part)
+        if module == part or (part != THE_PACKAGE and is_within(module, part))
     ]
     return max(matches)[1] if matches else None
 
