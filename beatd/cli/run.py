@@ -191,7 +191,7 @@ def run(
     try:
         if worker is not None:
             worker.start(stop, scheduler.wake)
-            register_worker(registry, worker.worker)
+            register_worker(registry, worker.worker, worker.backend)
         server = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
         try:
             serve(scheduler, stop)

@@ -311,7 +311,7 @@ def serve_worker(
     it failed."""
     runner = build_worker(backend, config, worker_options)
     registry = CollectorRegistry()
-    register_worker(registry, runner)
+    register_worker(registry, runner, backend)
     server = start_metrics(metrics_addr, registry, lambda: worker_readiness(runner))
     on_stop_signals(runner.stop, runner.abort)
     try:
