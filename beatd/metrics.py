@@ -66,12 +66,11 @@ class WorkerSettingsView(Protocol):
 
 
 class WorkerView(Protocol):
-    """What the worker's collector reads (a `beatd.worker.Worker` is one)."""
+    """What the worker's collector reads (a `beatd.worker.Worker` is one); the queue depths
+    come from a `QueueAdmin` given beside it, since a worker needs only a `WorkQueue`."""
 
     @property
     def stats(self) -> WorkerStats: ...
-    @property
-    def backend(self) -> QueueAdmin: ...
     @property
     def settings(self) -> WorkerSettingsView: ...
 
@@ -228,8 +227,9 @@ class WorkerCollector(Collector):
     The worker's parent process settles every run, so its counts cover all its children.
     """
 
-    def __init__(self, worker: WorkerView) -> None:
+    def __init__(self, worker: WorkerView, admin: QueueAdmin) -> None:
         self.worker = worker
+        self.admin = admin
 
     def collect(self) -> Iterator[Metric]:
         stats = self.worker.stats
@@ -256,8 +256,8 @@ class WorkerCollector(Collector):
             "beatd_dead_letters", "Runs in the dead-letter queue.", labels=["queue"]
         )
         try:
-            depths = self.worker.backend.queue_depths()
-            letters = Counter(d.queue for d in self.worker.backend.dead_letters())
+            depths = self.admin.queue_depths()
+            letters = Counter(d.queue for d in self.admin.dead_letters())
         except Exception as exc:  # a scrape must not fail because the backend did
             log.debug("metrics: cannot read queue depths: %s", exc)
         else:
@@ -272,9 +272,10 @@ class WorkerCollector(Collector):
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
-def register_worker(registry: CollectorRegistry, worker: WorkerView) -> None:
-    """Add the worker's collector and its task-duration histogram to `registry`."""
-    registry.register(WorkerCollector(worker))
+def register_worker(registry: CollectorRegistry, worker: WorkerView, admin: QueueAdmin) -> None:
+    """Add the worker's collector (queue depths read from `admin`) and its task-duration
+    histogram to `registry`."""
+    registry.register(WorkerCollector(worker, admin))
     duration = Histogram(
         "beatd_task_duration_seconds",
         "How long task runs took, from start to settlement.",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from beatd.backends.base import Backend, Delivery
+from beatd.backends.base import Delivery, WorkQueue
 from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.errors import BackendError
@@ -102,7 +102,7 @@ class Settler:
     """Writes each run's outcome to the backend and reports it once the write is done."""
 
     def __init__(
-        self, backend: Backend, clock: Clock, stats: WorkerStats, max_backoff: float
+        self, backend: WorkQueue, clock: Clock, stats: WorkerStats, max_backoff: float
     ) -> None:
         self.backend = backend
         self.clock = clock

@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from beatd.backends.base import Backend, Delivery, StorageFailed, WaitsForWork
+from beatd.backends.base import Delivery, StorageFailed, WaitsForWork, WorkQueue
 from beatd.backoff import Backoff
 from beatd.clock import Clock, SystemClock
 from beatd.errors import BackendError, TransientBackendError
@@ -118,7 +118,7 @@ class Worker:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: WorkQueue,
         registry: Registry,
         settings: WorkerSettings | None = None,
         clock: Clock | None = None,

@@ -525,3 +525,30 @@ def test_a_file_that_is_not_a_database_is_corrupt_storage_exit_3(
     assert out.stderr.splitlines()[-1].startswith(
         f"{db} is damaged: PRAGMA quick_check found: nothing, it could not run ("
     )
+
+
+def test_a_worker_on_memory_warns_as_beatd_run_does(tmp_path: Path) -> None:
+    """memory:// lives in one process: a `beatd worker` alone on it can never receive a run, so
+    it says so at start at least as `beatd run` does (it starts silently today)."""
+    from beatd.backends.memory import MemoryBackend, discard
+
+    url = "memory://alone"
+    (warning,) = MemoryBackend("alone").persistence_warnings()
+    discard("alone")
+    command = [
+        *(sys.executable, "-m", "beatd", "worker", "--broker", url, "-A", "tests.worker_tasks"),
+        *("-c", "1", "--pool", "thread", "--metrics-addr", "off"),
+    ]
+    log = tmp_path / "w.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+        )
+    try:
+        wait_for(lambda: "ready: 1 thread slot(s) started" in log.read_text(), what="the worker")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert f"WARNING beatd: {warning}" in log.read_text()
+    finally:
+        worker.kill()

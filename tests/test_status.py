@@ -259,3 +259,16 @@ def test_an_unreachable_metrics_url_is_an_error(tmp_path: Path) -> None:
         f"beatd: --metrics-url: cannot read {url}/metrics: {refused.value.reason}; is `beatd "
         "run` serving metrics there (--metrics-addr)?\n"
     )
+
+
+def test_status_on_memory_warns_that_it_sees_only_its_own_process() -> None:
+    """memory:// lives in one process: `beatd status` on it can only show an empty store, so it
+    says why, as `beatd run` and `beatd worker` do at start."""
+    from beatd.backends.memory import MemoryBackend, discard
+
+    (warning,) = MemoryBackend("status-alone").persistence_warnings()
+    discard("status-alone")
+    result = CliRunner().invoke(main, ["status", "--broker", "memory://status-alone"])
+    discard("status-alone")
+    assert result.exit_code == 0, result.output
+    assert f"WARNING beatd: {warning}" in result.stderr

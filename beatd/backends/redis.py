@@ -11,8 +11,10 @@ the request could not be sent, or the server refused it: LOADING, BUSY, OOM, REA
 Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:lease             hash    node, token, epoch, config; expires with the lease (PEXPIRE)
   beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
-  beatd:format            string  the persisted-state format, "2" (FORMAT); also: beatd's data is
-                                  here (gone: Redis lost it; see identity)
+  beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity);
+                                  beatd before format versions writes it too
+  beatd:format-version    string  the persisted-state format, "2" (FORMAT), which no beatd
+                                  before format versions writes (redis_scripts.MIGRATIONS)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
   beatd:queue:Q:BAND      stream  undone runs of queue Q in priority band high/normal/low,
@@ -109,7 +111,7 @@ class RedisLeaseStore(RedisLink):
         held: Lease | None = None,
         min_epoch: int = 0,
     ) -> Lease | None:
-        keys = (self._key("lease"), self._key("epoch"), self._key("format"))
+        keys = tuple(self._key(k) for k in ("lease", "epoch", "format", "format-version"))
         token = secrets.token_hex(16)
         mine = (held.token, held.epoch) if held is not None else ("", "")
         prefix = self._key("")

@@ -123,7 +123,15 @@ class RedisLink:
         the first call `what` that reads it; a leader's take checks again, atomically."""
         if self._format_checked:
             return
-        found = self._do(what, lambda: self._redis.get(self._key("format")))
+
+        def call() -> list[Any]:  # as ACQUIRE reads them (two GETs: the ACL allows no MGET)
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._key("format-version"))
+                pipe.get(self._key("format"))
+                return pipe.execute()
+
+        version, marker = self._do(what, call)
+        found = version if version is not None else marker
         if isinstance(found, str) and found.isdigit() and int(found) > FORMAT_VERSION:
             raise FormatTooNew(self._where(), int(found), FORMAT_VERSION)
         self._format_checked = True

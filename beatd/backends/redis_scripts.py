@@ -18,18 +18,23 @@ GROUP = "workers"
 LEASE_LOST = "LEASELOST"
 FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer format
 
-# The persisted-state format is the value of the format key (`beatd:format`), which also marks
-# that beatd's data is there (beatd.dataloss). Format 1 is the layout of beatd before format
-# versions, which already wrote "1". MIGRATIONS[n] is Lua that upgrades format n + 1 to n + 2,
-# run by ACQUIRE under the lease it takes, atomically with setting the new format; `NS` is the
-# key prefix ("beatd:"). A later change of the keys appends one (docs/design.md).
+# The persisted-state format is the value of `beatd:format-version`. Beatd before format versions
+# never writes that key, but SETs the older marker `beatd:format` to "1" at every fresh take (the
+# marker says only that beatd's data is there, beatd.dataloss), so the version survives an old
+# leader and nothing is upgraded twice. Without the version key the marker's value is the format
+# (1: beatd before versions; none: a fresh namespace, written in the current format).
+# MIGRATIONS[n] is Lua that upgrades format n + 1 to n + 2, run by ACQUIRE under the lease it
+# takes, atomically with setting the new version; `NS` is the key prefix ("beatd:"). A later
+# change of the keys appends one (docs/design.md).
 MIGRATIONS: tuple[str, ...] = ("-- format 1 to 2: the same keys; only the version is new",)
 FORMAT_VERSION = 1 + len(MIGRATIONS)
-FORMAT = str(FORMAT_VERSION)  # the value of the format key
+FORMAT = str(FORMAT_VERSION)  # the value of the format-version key
+MARKER = "1"  # the value of the marker, as every beatd writes it
 
 PRELUDE = f"""
 local G = '{GROUP}'
 local FORMAT = '{FORMAT}'
+local MARKER = '{MARKER}'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -65,14 +70,15 @@ local function entry_fields(key, id)
 end
 """
 
-# KEYS lease, epoch, format; ARGV node, token, ttl_ms, config, held token ('' for none), held
-# epoch, min epoch, key prefix -> {token, epoch, format found} or nil, or the error FORMATNEWER
-# <format> when the data is in a newer format than this beatd knows. A held lease is renewed only
-# for its own token and epoch, whatever node name asks; a fresh take gets epoch
-# max(last, min epoch) + 1, upgrades an older format (MIGRATIONS) and (re)writes the format key
+# KEYS lease, epoch, format marker, format version; ARGV node, token, ttl_ms, config, held token
+# ('' for none), held epoch, min epoch, key prefix -> {token, epoch, format found} or nil, or
+# the error FORMATNEWER <format> when the data is in a newer format than this beatd knows. A
+# held lease is renewed only for its own token and epoch, whatever node name asks; a fresh take
+# gets epoch max(last, min epoch) + 1, upgrades an older format (MIGRATIONS, each once: the
+# version key records it) and (re)writes the version and the marker
 ACQUIRE = (
     """
-local found = tonumber(redis.call('GET', KEYS[3]) or FORMAT) or 0
+local found = tonumber(redis.call('GET', KEYS[4]) or redis.call('GET', KEYS[3]) or FORMAT) or 0
 if found > tonumber(FORMAT) then return redis.error_reply('"""
     + FORMAT_NEWER
     + """ ' .. found) end
@@ -92,7 +98,8 @@ local NS = ARGV[8]
 local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
 redis.call('SET', KEYS[2], epoch)
-redis.call('SET', KEYS[3], FORMAT)
+redis.call('SET', KEYS[3], MARKER)
+redis.call('SET', KEYS[4], FORMAT)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'epoch', epoch, 'config', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {ARGV[2], epoch, found}

@@ -16,7 +16,6 @@ from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
-from beatd.backends import Backend
 from beatd.backends.base import (
     NEEDS,
     Destination,
@@ -40,12 +39,12 @@ from beatd.cli.common import (
     seconds_option,
     start_metrics,
 )
-from beatd.cli.workers import build_embedded_worker, worker_options
+from beatd.cli.workers import build_embedded_worker, warn_about_backend, worker_options
 from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
-from beatd.errors import BeatdError, ConfigError, Problem
+from beatd.errors import ConfigError, Problem
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
 from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
@@ -192,7 +191,7 @@ def run(
     try:
         if worker is not None:
             worker.start(stop, scheduler.wake)
-            register_worker(registry, worker.worker)
+            register_worker(registry, worker.worker, worker.backend)
         server = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
         try:
             serve(scheduler, stop)
@@ -279,17 +278,6 @@ def check_transport(config: Config, backend: StateStore) -> None:
         )
     if problems:
         raise ConfigError(problems)
-
-
-def warn_about_backend(backend: Backend) -> None:
-    """Say at start, clearly, when the backend's settings void beatd's guarantees."""
-    try:
-        warnings = backend.persistence_warnings()
-    except BeatdError as exc:
-        logger.warning("could not check the backend's settings: %s", exc)
-        return
-    for warning in warnings:
-        logger.warning("%s", warning)
 
 
 def readiness(scheduler: Scheduler) -> tuple[bool, str]:

@@ -38,6 +38,7 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
+from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
 from beatd.errors import BeatdError
 from beatd.service import setup_logging
@@ -182,6 +183,8 @@ def status(
     config = read_optional_config(schedule)
     counts = read_counts(metrics_urls) if metrics_urls else None
     store = open_broker(backend, read_only=True)
+    if store.url.startswith("memory://"):  # only this process's own, empty store: say why
+        warn_about_backend(store)
     try:
         info = store.leader()
         states = store.load_states()

@@ -288,9 +288,20 @@ def worker(
     """Run the published tasks: each run at least once, with retries and dead letters."""
     setup_logging(log.level, log.format)
     config = read_optional_config(schedule)
-    serve_worker(
-        open_broker(backend, worker_options.op_timeout()), config, metrics_addr, worker_options
-    )
+    broker = open_broker(backend, worker_options.op_timeout())
+    warn_about_backend(broker)  # as `beatd run` does: memory:// alone, Redis without AOF
+    serve_worker(broker, config, metrics_addr, worker_options)
+
+
+def warn_about_backend(backend: Backend) -> None:
+    """Say at start, clearly, when the backend's settings void beatd's guarantees."""
+    try:
+        warnings = backend.persistence_warnings()
+    except BeatdError as exc:
+        log.warning("could not check the backend's settings: %s", exc)
+        return
+    for warning in warnings:
+        log.warning("%s", warning)
 
 
 def serve_worker(
@@ -300,7 +311,7 @@ def serve_worker(
     it failed."""
     runner = build_worker(backend, config, worker_options)
     registry = CollectorRegistry()
-    register_worker(registry, runner)
+    register_worker(registry, runner, backend)
     server = start_metrics(metrics_addr, registry, lambda: worker_readiness(runner))
     on_stop_signals(runner.stop, runner.abort)
     try:

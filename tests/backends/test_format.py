@@ -133,7 +133,8 @@ def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_hor
     publish_on(backend, clock, 20)
     publish_on(backend, clock, 1)
     assert stream_ids(admin) == OLD + NEW
-    assert admin.get("beatd:format") == "2"
+    # the version in its own key; the marker as beatd before format versions reads it
+    assert admin.mget("beatd:format-version", "beatd:format") == ["2", "1"]
     assert upgrades(caplog) == [
         f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
     ]
@@ -145,7 +146,7 @@ def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
     old_redis: RedisServer,
 ) -> None:
     admin = old_redis.client()
-    admin.set("beatd:format", "7")
+    admin.set("beatd:format-version", "7")  # as a newer beatd writes it
     refusal = (
         f"Redis at {old_redis.url} (namespace beatd) holds beatd's persisted state in format 7, "
         "but this beatd knows formats up to 2 only: a newer beatd upgraded it, and an older "
@@ -168,7 +169,7 @@ def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
     backend.close()
     result = CliRunner().invoke(main, ["status", "--broker", old_redis.url])
     assert (result.exit_code, result.stderr) == (2, refusal + "\n")
-    assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    assert (admin.get("beatd:format-version"), admin.exists("beatd:lease")) == ("7", 0)
     admin.close()
 
 
@@ -176,7 +177,7 @@ def test_a_scheduler_on_a_redis_of_a_newer_format_neither_leads_nor_writes_and_e
     old_redis: RedisServer,
 ) -> None:
     admin = old_redis.client()
-    admin.set("beatd:format", "7")
+    admin.set("beatd:format-version", "7")  # as a newer beatd writes it
     before = admin.hgetall("beatd:state")
     backend = RedisBackend(old_redis.url)
     settings = SchedulerSettings(node="new", max_clock_skew=float("inf"))
@@ -185,8 +186,30 @@ def test_a_scheduler_on_a_redis_of_a_newer_format_neither_leads_nor_writes_and_e
     with pytest.raises(FormatTooNew) as caught:
         beat.run(threading.Event())
     assert caught.value.exit_status == 2
-    assert (admin.get("beatd:format"), admin.exists("beatd:lease")) == ("7", 0)
+    assert (admin.get("beatd:format-version"), admin.exists("beatd:lease")) == ("7", 0)
     assert admin.hgetall("beatd:state") == before
     assert stream_ids(admin) == OLD
+    backend.close()
+    admin.close()
+
+
+def test_a_redis_upgraded_once_is_not_upgraded_again_after_a_beatd_of_before_versions_led(
+    old_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: a beatd of before format versions still runs beside the new ones. At
+    every fresh take of the lease its acquire script SETs `beatd:format` to "1" (that beatd's
+    redis_scripts.py: `redis.call('SET', KEYS[3], FORMAT)`, FORMAT = "1"), so while the format
+    version is that same key, each new leader after it "upgrades" the data again: once a real
+    migration exists, it runs again on data it already migrated."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    admin = old_redis.client()
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(old_redis.url)
+    publish_on(backend, clock, 1)  # upgraded to format 2
+    admin.set("beatd:format", "1")  # an old beatd's fresh take of the lease, as it does it
+    publish_on(backend, clock, 1)
+    assert upgrades(caplog) == [
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+    ]
     backend.close()
     admin.close()

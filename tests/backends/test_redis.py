@@ -328,12 +328,14 @@ def test_namespaces_share_one_redis_without_seeing_each_other(
     assert sorted(admin.keys()) == [
         "blue:epoch",
         "blue:format",
+        "blue:format-version",
         "blue:lease",
         "blue:queue:default:normal",
         "blue:queues",
         "blue:state",
         "green:epoch",
         "green:format",
+        "green:format-version",
         "green:lease",
     ]
     blue.close()
