@@ -33,7 +33,8 @@ def test_every_command_is_in_the_flags_table() -> None:
     rows = reference.table().splitlines()[2:]
     used = {c.strip() for row in rows for c in row.split(" | ")[3].split(",")}
     assert used == {path for path, _ in reference.commands()}
-    assert len(used) == 8  # run, worker, status, dead list, dead retry, migrate, check, next
+    assert len(used) == 9  # run, worker, status, dead list, dead retry, migrate, check, next,
+    # db upgrade
 
 
 def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:

@@ -149,6 +149,8 @@ class PostgresLink:
     `read_only`: for commands that only look; with it or `create=False` the schema is never
     created or upgraded (`beatd db upgrade` or `beatd run` does), and must be there."""
 
+    format_known = FORMAT_VERSION
+
     def __init__(
         self,
         url: str,
@@ -178,6 +180,7 @@ class PostgresLink:
         )
         self._pool.open(wait=False)
         found = self._run(lambda db: _format_found(db, self.schema), write=False)
+        self.format_found = 0 if found is None else found  # as this handle found the schema
         if found == FORMAT_VERSION:
             return
         if found is not None and found > FORMAT_VERSION:
@@ -190,7 +193,7 @@ class PostgresLink:
                 f"{found if found is not None else 'no schema'}): run `beatd db upgrade "
                 f"--broker {self.url} --namespace {self.schema}` or start `beatd run` first"
             )
-        self.upgrade()
+        self.format_found = self.upgrade()
 
     def _configure(self, db: psycopg.Connection[Any]) -> None:
         # Bounds every statement, lock waits included: a hung database costs about op_timeout.

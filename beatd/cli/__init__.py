@@ -1,6 +1,6 @@
 """The `beatd` command line. Every daemon setting is a flag with a `BEATD_*` variable."""
 
-from beatd.cli import admin, migrate, run, schedules, status, workers
+from beatd.cli import admin, database, migrate, run, schedules, status, workers
 from beatd.cli.common import main
 
-__all__ = ["admin", "main", "migrate", "run", "schedules", "status", "workers"]
+__all__ = ["admin", "database", "main", "migrate", "run", "schedules", "status", "workers"]

@@ -24,19 +24,14 @@ from beatd.backends.postgres import PostgresBackend
 from beatd.backends.postgres_link import FORMAT_VERSION
 from beatd.errors import BackendError, BeatdError, LeaseLost
 from tests.backends.contract import BackendContract, message, state
+from tests.postgres_database import scratch_database
 from tests.waiting import wait_for
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    name = f"beatd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{SERVER}/{name}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with scratch_database() as url:
+        yield url
 
 
 @pytest.fixture
