@@ -3,8 +3,10 @@ and its migrations, and PostgreSQL's errors turned into beatd's (beatd.backends.
 the whole story).
 
 A failure before COMMIT was sent leaves nothing written (the server rolls back a transaction
-whose session ends): NotApplied. A COMMIT whose reply is lost (the connection broke while it
-was under way) may have been applied: OutcomeUnknown. A COMMIT the server refused: NotApplied.
+whose session ends): NotApplied. A COMMIT whose session ended under it (the connection broke,
+or the server ended the session: pg_terminate_backend, a shutdown; PostgreSQL reports that
+even after the commit record is written) may have been applied: OutcomeUnknown. A COMMIT the
+server refused otherwise (a serialization failure): NotApplied.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # (serialization, deadlock), insufficient resources, lock not available, operator intervention
 # (admin shutdown, statement timeout), and a server that is starting or in recovery.
 TRANSIENT_CLASSES = ("08", "40", "53", "57")
+SESSION_ENDED_CLASSES = ("08", "57")  # connection exception, operator intervention
 TRANSIENT_STATES = frozenset({"55P03", "25006"})  # lock_not_available, read_only_sql_transaction
 T = TypeVar("T")
 
@@ -246,9 +249,13 @@ class PostgresLink:
         """The backend error for PostgreSQL's; `committing`: the COMMIT failed, and if the
         connection broke under it, whether it was applied is unknown."""
         state = exc.sqlstate
+        if committing and (state is None or state[:2] in SESSION_ENDED_CLASSES):
+            # A session ended under COMMIT (terminated, the server shut down, the connection
+            # lost): the commit record may be written already, the reply never sent.
+            return OutcomeUnknown(
+                f"{self.url}: the session ended during COMMIT, which may have been applied: {exc}"
+            )
         if state is None:  # no reply from the server: the connection failed or broke
-            if committing:
-                return OutcomeUnknown(f"{self.url}: the connection broke during COMMIT: {exc}")
             return NotApplied(f"{self.url}: {exc}")
         if state[:2] in TRANSIENT_CLASSES or state in TRANSIENT_STATES:
             return NotApplied(f"{self.url}: {exc}")

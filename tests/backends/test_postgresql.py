@@ -22,7 +22,7 @@ from beatd.backends import open_backend
 from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite
 from beatd.backends.postgres import PostgresBackend
 from beatd.backends.postgres_link import FORMAT_VERSION
-from beatd.errors import BackendError, BeatdError, LeaseLost
+from beatd.errors import BackendError, BeatdError, LeaseLost, OutcomeUnknown
 from tests.backends.contract import BackendContract, message, state
 from tests.postgres_database import scratch_database
 from tests.waiting import wait_for
@@ -225,3 +225,40 @@ def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
     assert backend.wait_for_work(["default"], 20)
     assert 0.3 < time.monotonic() - started < 5  # when ready, without a NOTIFY
     assert backend.claim(["default"], "w", 30) is not None
+
+
+def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
+    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # a deferred trigger runs inside COMMIT: the session is terminated while COMMIT is under way
+    session.execute(
+        f"CREATE FUNCTION {namespace}.slow() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
+    )
+    session.execute(
+        f"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {namespace}.message "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {namespace}.slow()"
+    )
+    session.commit()
+    outcome: list[BaseException] = []
+
+    def enqueue() -> None:
+        try:
+            backend.enqueue([message("e", 1)])
+        except BackendError as exc:
+            outcome.append(exc)
+
+    enqueuer = threading.Thread(target=enqueue)
+    enqueuer.start()
+    sleeping = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()"
+    )
+    pid = wait_for(lambda: session.execute(sleeping).fetchall(), 10, "COMMIT to be under way")
+    session.execute("SELECT pg_terminate_backend(%s)", pid[0])
+    enqueuer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], OutcomeUnknown)
+    cause = outcome[0].__cause__
+    assert str(outcome[0]) == (
+        f"{backend.url}: the session ended during COMMIT, which may have been applied: {cause}"
+    )
