@@ -1,0 +1,234 @@
+"""Faults on PostgreSQL, as real processes: `beatd run` and `beatd worker` against a PostgreSQL
+server the test starts itself (tests/postgres_server.py), so it may kill it.
+
+The leader is killed with kill -9, the server is killed and restarted under load, every beatd
+connection is terminated (`pg_terminate_backend`), a worker is killed mid-task; every test then
+counts what was published and run: no slot twice, none lost (`missed: catch_up`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from beatd.backends.base import BeatdQueue, Outgoing
+from beatd.backends.postgres import PostgresBackend
+from beatd.message import RunMessage
+from tests.postgres_server import PostgresServer
+from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
+from tests.test_redis_faults import Proc, adding, assert_each_once_and_contiguous, completed
+from tests.worker_tasks import events
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TTL = 2.0  # seconds: the lease of every scheduler here
+SECOND = timedelta(seconds=1)
+VISIBILITY = 3.0  # seconds: the workers' claims, where a test waits for one to lapse
+
+
+class Cluster:
+    """One PostgreSQL server and the beatd processes started against it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.server = PostgresServer().start()
+        self.procs: list[Proc] = []
+
+    def schedule(self, text: str) -> None:
+        (self.dir / "schedules").mkdir()
+        (self.dir / "schedules" / "s.yaml").write_text(text)
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        log = self.dir / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-m", "beatd", *argv, "--broker", self.server.url]
+        if (self.dir / "schedules" / "s.yaml").exists():
+            argv += ["-s", str(self.dir / "schedules")]
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [*argv, "--log-format", "json"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=env,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def _started(self, proc: Proc, line: str) -> Proc:
+        wait_for(lambda: proc.count(line) or proc.popen.poll() is not None, what=proc.name)
+        assert proc.count(line) == 1, proc.log.read_text()
+        return proc
+
+    def scheduler(self, node: str, *args: str) -> Proc:
+        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch", *args]
+        return self._started(self._start(node, argv), f"beatd run node={node} ")
+
+    def worker(self, name: str, *args: str) -> Proc:
+        argv = ["worker", "-A", "tests.worker_tasks", "--pool", "process", *args]
+        return self._started(self._start(name, argv), "ready: ")
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.server.url, autocommit=True) as db:
+            return db.execute(sql).fetchall()  # type: ignore[arg-type]
+
+    def leader(self) -> str | None:
+        rows = self.query(
+            "SELECT node FROM beatd.lease WHERE expires_at > extract(epoch FROM clock_timestamp())"
+        )
+        return str(rows[0][0]) if rows else None
+
+    def slots(self) -> list[datetime]:
+        """The slots of every message still queued (no worker here to take them)."""
+        rows = self.query("SELECT body FROM beatd.message ORDER BY seq")
+        return [datetime.fromisoformat(json.loads(body)["scheduled_for"]) for (body,) in rows]
+
+    def terminate_beatd_sessions(self) -> int:
+        rows = self.query(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = 'postgres' AND backend_type = "
+            "'client backend'"
+        )
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.server.remove()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(tmp_path)
+    yield started
+    started.close()
+
+
+def test_kill_9_of_the_leader_a_standby_takes_over_nothing_twice_or_lost(
+    cluster: Cluster,
+) -> None:
+    cluster.schedule(EVERY_SECOND)
+    a = cluster.scheduler("a")
+    wait_for(lambda: len(cluster.slots()) >= 2, what="a to publish")
+    b = cluster.scheduler("b")
+    assert cluster.leader() == "a"
+
+    a.signal(signal.SIGKILL)
+    a.popen.wait()
+    killed_at = time.time()
+    wait_for(lambda: cluster.leader() == "b", timeout=TTL + 5, what="b to take over")
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 3, what="b to go on")
+    assert b.stop() == 0
+
+    assert_contiguous(cluster.slots(), SECOND)
+    assert max(cluster.slots()).timestamp() > killed_at + 2
+    assert b.count("became leader") == 1
+    assert cluster.query("SELECT epoch FROM beatd.lease") == [(2,)]
+
+
+def test_postgresql_killed_and_restarted_under_load_nothing_twice_or_lost(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    entries = 10
+    cluster.schedule(adding(entries, out))
+    a = cluster.scheduler("a")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    b = cluster.scheduler("b")
+    w = cluster.worker("w", "-c", "2", "--visibility-timeout", "10s")
+    wait_for(lambda: len(events(out)) >= 3 * entries, what="runs to complete")
+
+    cluster.server.kill()  # SIGKILL of the postmaster: what was committed comes back
+    killed_at = time.time()
+    wait_for(lambda: time.time() > killed_at + TTL + 0.5, what="the lease to lapse")
+    cluster.server.start()
+    restarted_at = time.time()
+    wait_for(
+        lambda: all(max(s).timestamp() >= restarted_at + 2 for s in completed(out).values()),
+        timeout=40,
+        what="runs after the restart to complete",
+    )
+    assert [d.stop() for d in (a, b, w)] == [0, 0, 0]
+
+    runs = completed(out)
+    assert_each_once_and_contiguous(runs, entries)
+    assert all(min(s).timestamp() < killed_at - 1 for s in runs.values())
+    assert cluster.query("SELECT count(*) FROM beatd.message") == [(0,)]
+
+
+def test_every_connection_terminated_again_and_again_nothing_twice_or_lost(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    entries = 10
+    cluster.schedule(adding(entries, out))
+    a = cluster.scheduler("a")
+    wait_for(lambda: cluster.leader() == "a", what="a to lead")
+    w = cluster.worker("w", "-c", "2", "--visibility-timeout", f"{VISIBILITY:g}s")
+    wait_for(lambda: len(events(out)) >= 2 * entries, what="runs to complete")
+
+    terminated = []
+    for _ in range(5):
+        terminated.append(cluster.terminate_beatd_sessions())
+        done = len(events(out))
+        wait_for(lambda done=done: len(events(out)) >= done + entries, what="runs to go on")
+    # a claim whose COMMIT was cut off (OutcomeUnknown) is delivered again once it lapses
+    settled = time.time() + VISIBILITY + 1
+    wait_for(
+        lambda: all(max(s).timestamp() >= settled for s in completed(out).values()),
+        timeout=30,
+        what="runs after the last termination's claims lapsed to complete",
+    )
+    assert [d.stop() for d in (a, w)] == [0, 0]
+
+    assert all(count >= 2 for count in terminated), terminated  # the scheduler's, the worker's
+    assert_each_once_and_contiguous(completed(out), entries)
+
+
+def test_kill_9_of_a_worker_mid_task_another_claims_the_run_after_the_visibility_timeout(
+    cluster: Cluster,
+) -> None:
+    out = cluster.dir / "out"
+    first = cluster.worker("first", "-c", "1", "--visibility-timeout", "1s")
+    now = datetime.now(UTC)
+    message = RunMessage(
+        id="long@1",
+        task="tests.worker_tasks.slow",
+        entry="long",
+        scheduled_for=now,
+        published_at=now,
+        queue="default",
+        args=(str(out), 0.5),
+    )
+    backend = PostgresBackend(cluster.server.url)
+    try:
+        backend.enqueue([Outgoing("long", "long@1", BeatdQueue("default"), message.to_json())])
+        wait_for(lambda: events(out), what="the task to start")
+        first.signal(signal.SIGKILL)
+        assert first.popen.wait() == -signal.SIGKILL
+        second = cluster.worker("second", "-c", "1", "--visibility-timeout", "1s")
+        wait_for(lambda: len(events(out)) == 3, what="the run to be delivered again and finish")
+        assert second.stop() == 0
+        assert [(e[0], e[1], e[3]) for e in events(out)] == [
+            ("start", "long@1", "1"),  # delivery 1: killed with its worker, never finished
+            ("start", "long@1", "2"),
+            ("end", "long@1", "2"),
+        ]
+        assert backend.queue_depths() == {}
+    finally:
+        backend.close()
