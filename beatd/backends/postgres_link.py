@@ -12,6 +12,7 @@ server refused otherwise (a serialization failure): NotApplied.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -169,13 +170,14 @@ class PostgresLink:
         self.where = f"schema {self.schema} of {self.url}"
         self.conninfo = url
         self.op_timeout = op_timeout
+        self.connect_timeout = max(2, math.ceil(op_timeout))  # libpq's least is 2 s
         self.channel = f"{self.schema}_work"  # NOTIFY channel: a queue got a ready message
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             timeout=op_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(2, int(op_timeout + 0.999))},
+            kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
             configure=self._configure,
             check=psycopg_pool.ConnectionPool.check_connection,
             open=False,

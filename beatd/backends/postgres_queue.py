@@ -152,7 +152,9 @@ class PostgresWorkQueue(PostgresLink):
 
     def _listening(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
-            listener = psycopg.connect(self.conninfo, autocommit=True)
+            listener = psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=self.connect_timeout
+            )
             listener.execute(f"LISTEN {self.channel}")
             self._listener = listener
         return self._listener

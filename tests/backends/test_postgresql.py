@@ -25,6 +25,7 @@ from beatd.backends.postgres_link import FORMAT_VERSION
 from beatd.errors import BackendError, BeatdError, LeaseLost, OutcomeUnknown
 from tests.backends.contract import BackendContract, message, state
 from tests.postgres_database import scratch_database
+from tests.redis_server import free_port
 from tests.waiting import wait_for
 
 
@@ -262,3 +263,35 @@ def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
     assert str(outcome[0]) == (
         f"{backend.url}: the session ended during COMMIT, which may have been applied: {cause}"
     )
+
+
+def test_a_multi_host_url_goes_on_to_the_host_that_takes_writes(
+    database: str, namespace: str
+) -> None:
+    refused = free_port()  # nobody listens there
+    hosts = database.replace("127.0.0.1:5432", f"127.0.0.1:{refused},127.0.0.1:5432")
+    url = f"{hosts}?target_session_attrs=read-write"
+    backend = open_backend(url, namespace=namespace)
+    try:
+        assert backend.url == url
+        backend.enqueue([message("e", 1)])
+        assert backend.queue_depths() == {"default": 1}
+    finally:
+        backend.close()
+
+
+def test_synchronous_commit_off_is_warned_of(database: str, namespace: str) -> None:
+    url = f"{database}?options=-csynchronous_commit%3Doff"
+    backend = open_backend(url, namespace=namespace)
+    try:
+        assert backend.persistence_warnings() == [
+            f"{url} runs with synchronous_commit=off: a crash can lose the last commits, and a "
+            "slot reported published may be gone; set synchronous_commit=on"
+        ]
+    finally:
+        backend.close()
+    plain = open_backend(database, namespace=namespace)
+    try:
+        assert plain.persistence_warnings() == []
+    finally:
+        plain.close()
