@@ -35,7 +35,8 @@ def binary(name: str) -> str:
 class PostgresServer:
     """One PostgreSQL server on 127.0.0.1 and a free port, trust auth for user postgres."""
 
-    def __init__(self) -> None:
+    def __init__(self, *settings: str) -> None:
+        self.settings = settings  # name=value, as `postgres -c` takes them
         self.as_root = os.getuid() == 0
         self.directory = Path(tempfile.mkdtemp(prefix="beatd-pg-"))
         self.data = self.directory / "data"
@@ -62,6 +63,8 @@ class PostgresServer:
         argv = [binary("postgres"), "-D", str(self.data), "-p", str(self.port)]
         argv += ["-k", str(self.directory), "-c", "listen_addresses=127.0.0.1"]
         argv += ["-c", "fsync=on", "-c", "max_connections=50"]
+        for setting in self.settings:
+            argv += ["-c", setting]
         user = {"user": "postgres"} if self.as_root else {}
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **user)
         log.close()
@@ -83,9 +86,11 @@ class PostgresServer:
                 raise RuntimeError(f"postgres did not answer in {timeout}s: {self.log()}")
             time.sleep(0.05)
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 2000) -> str:
+        """The server's log, its last `tail` characters (None: all of it)."""
         path = self.directory / "postgres.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text if tail is None else text[-tail:]
 
     def kill(self) -> None:
         """SIGKILL of the postmaster: its backends end when they notice; only what was

@@ -27,7 +27,13 @@ from beatd.backends.postgres import PostgresBackend
 from beatd.message import RunMessage
 from tests.postgres_server import PostgresServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
-from tests.test_redis_faults import Proc, adding, assert_each_once_and_contiguous, completed
+from tests.test_redis_faults import (
+    Proc,
+    adding,
+    assert_each_once_and_contiguous,
+    completed,
+    run_body,
+)
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
@@ -40,9 +46,9 @@ VISIBILITY = 3.0  # seconds: the workers' claims, where a test waits for one to 
 class Cluster:
     """One PostgreSQL server and the beatd processes started against it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *settings: str) -> None:
         self.dir = tmp_path
-        self.server = PostgresServer().start()
+        self.server = PostgresServer(*settings).start()
         self.procs: list[Proc] = []
 
     def schedule(self, text: str) -> None:
@@ -232,3 +238,36 @@ def test_kill_9_of_a_worker_mid_task_another_claims_the_run_after_the_visibility
         assert backend.queue_depths() == {}
     finally:
         backend.close()
+
+
+def test_an_idle_worker_claims_nothing_until_notified_then_starts_a_run_within_ms(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, "log_statement=all")  # the server logs every statement
+    try:
+        out = cluster.dir / "out"
+        w = cluster.worker("w", "-c", "1")
+        backend = PostgresBackend(cluster.server.url)
+
+        def claims() -> int:
+            return cluster.server.log(tail=None).count("FOR UPDATE SKIP LOCKED")
+
+        wait_for(claims, what="the first claim")
+        before = claims()
+        time.sleep(5)  # an idle period is what is measured here
+        idle_claims = claims() - before
+        latencies = []
+        for n in range(3):
+            run = f"late@{n}"
+            body = run_body(run, out).decode()
+            queued_at = time.time()
+            backend.enqueue([Outgoing("late", run, BeatdQueue("default"), body)])
+            started = wait_for(lambda run=run: [e for e in events(out) if e[1] == run], what=run)
+            latencies.append(float(started[0][5]) - queued_at)
+            time.sleep(1.2)  # idle again, past the longest poll interval a polling worker uses
+        assert w.stop() == 0
+        backend.close()
+    finally:
+        cluster.close()
+    assert idle_claims == 0  # woken by NOTIFY, never polling
+    assert max(latencies) < 0.1, latencies
