@@ -147,6 +147,33 @@ def test_kill_9_of_the_leader_a_standby_takes_over_nothing_twice_or_lost(
     assert cluster.query("SELECT epoch FROM beatd.lease") == [(2,)]
 
 
+def test_a_leader_frozen_past_its_lease_wakes_up_as_standby_and_publishes_nothing(
+    cluster: Cluster,
+) -> None:
+    cluster.schedule(EVERY_SECOND)
+    a = cluster.scheduler("a")
+    wait_for(lambda: len(cluster.slots()) >= 2, what="a to publish")
+    b = cluster.scheduler("b")
+    a.signal(signal.SIGSTOP)
+    wait_for(lambda: cluster.leader() == "b", timeout=TTL + 3, what="b to take over")
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 2, what="b to publish")
+    a.signal(signal.SIGCONT)
+    stepped_down = (
+        "no lease renewal in time; stepping down node=a epoch=1",  # it woke up in its sleep
+        "lease epoch 1 of a is no longer held (node b holds epoch 2); now standby",  # mid-tick
+    )
+    wait_for(lambda: any(a.count(line) for line in stepped_down), what="a to step down")
+    count = len(cluster.slots())
+    wait_for(lambda: len(cluster.slots()) >= count + 2, what="b to go on")
+    assert [a.stop(), b.stop()] == [0, 0]
+
+    assert sum(a.count(line) for line in stepped_down) == 1
+    assert (a.count("became leader"), b.count("became leader")) == (1, 1)
+    assert_contiguous(cluster.slots(), SECOND)
+    assert cluster.query("SELECT epoch FROM beatd.lease") == [(2,)]
+
+
 def test_postgresql_killed_and_restarted_under_load_nothing_twice_or_lost(
     cluster: Cluster,
 ) -> None:

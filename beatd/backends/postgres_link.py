@@ -267,12 +267,17 @@ class PostgresLink:
         """Lock the lease row for share until the transaction ends, so no take can commit
         between this check and the caller's writes, and check that `lease` still holds it."""
         row = db.execute(
-            f"SELECT token = %s AND epoch = %s AND expires_at > {NOW} "
+            f"SELECT token, epoch, node, expires_at > {NOW} "
             f"FROM {self.schema}.lease WHERE name = %s FOR SHARE",
-            (lease.token, lease.epoch, LEASE),
+            (LEASE,),
         ).fetchone()
-        if row is None or not row[0]:
-            raise LeaseLost(f"lease epoch {lease.epoch} of {lease.node} is no longer held")
+        assert row is not None  # written by the first migration, never deleted
+        token, epoch, node, live = row
+        if (token, epoch, live) != (lease.token, lease.epoch, True):
+            holder = f"node {node} holds epoch {epoch}" if live else "nobody holds it"
+            raise LeaseLost(
+                f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
+            )
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

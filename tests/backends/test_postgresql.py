@@ -85,7 +85,7 @@ def test_a_commit_waits_for_a_take_held_open_and_then_finds_the_lease_lost(
     backend.commit(lease, [StateWrite(state("e", 0), None)], [])
     # another node takes the lease on a second connection and keeps its transaction open
     session.execute(f"SELECT * FROM {namespace}.lease FOR UPDATE")
-    session.execute(f"UPDATE {namespace}.lease SET token = 'thief', epoch = epoch + 1")
+    session.execute(f"UPDATE {namespace}.lease SET token = 't', node = 'thief', epoch = epoch + 1")
     outcome: list[BaseException | set[str]] = []
 
     def commit() -> None:
@@ -102,7 +102,10 @@ def test_a_commit_waits_for_a_take_held_open_and_then_finds_the_lease_lost(
     session.commit()
     committer.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost)
-    assert str(outcome[0]) == f"lease epoch {lease.epoch} of a is no longer held"
+    assert str(outcome[0]) == (
+        f"lease epoch {lease.epoch} of a is no longer held "
+        f"(node thief holds epoch {lease.epoch + 1})"
+    )
     assert backend.load_states() == {"e": state("e", 0)}
     assert backend.queue_depths() == {}
 
