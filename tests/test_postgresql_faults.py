@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TTL = 2.0  # seconds: the lease of every scheduler here
 SECOND = timedelta(seconds=1)
+DOWN_FOR = 8.0  # seconds the server stays down when a test restarts it
 VISIBILITY = 3.0  # seconds: the workers' claims, where a test waits for one to lapse
 
 
@@ -188,7 +189,8 @@ def test_postgresql_killed_and_restarted_under_load_nothing_twice_or_lost(
 
     cluster.server.kill()  # SIGKILL of the postmaster: what was committed comes back
     killed_at = time.time()
-    wait_for(lambda: time.time() > killed_at + TTL + 0.5, what="the lease to lapse")
+    # down past the lease, and long enough for a reconnection backoff to grow (1 s, 2 s, 4 s)
+    time.sleep(max(0.0, killed_at + DOWN_FOR - time.time()))
     cluster.server.start()
     restarted_at = time.time()
     wait_for(
@@ -203,6 +205,10 @@ def test_postgresql_killed_and_restarted_under_load_nothing_twice_or_lost(
     runs = completed(out)
     assert_each_once_and_contiguous(runs, entries)
     assert all(min(s).timestamp() < killed_at - 1 for s in runs.values())
+    # back within beatd's own retry backoff (at most 5 s) of the server, not after the pool's
+    # reconnection backoff, which doubles while the server is down (the next try at 15 s)
+    back = [d.first("reachable again")[0] - restarted_at for d in (a, b)]
+    assert max(back) < 5.0 + 1.0, back
 
 
 def test_every_connection_terminated_again_and_again_nothing_twice_or_lost(

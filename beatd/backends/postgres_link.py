@@ -177,6 +177,10 @@ class PostgresLink:
             min_size=1,
             max_size=pool_size,
             timeout=op_timeout,
+            # psycopg_pool retries a lost connection with a growing backoff (1 s, 2 s, 4 s...):
+            # after an outage that would leave beatd waiting long after the server is back. It
+            # gives up soon instead, and the next call connects afresh.
+            reconnect_timeout=max(1.0, 2 * op_timeout),
             kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
             configure=self._configure,
             check=psycopg_pool.ConnectionPool.check_connection,
