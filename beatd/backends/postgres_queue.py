@@ -63,6 +63,7 @@ class PostgresWorkQueue(PostgresLink):
     """The message table: claims by receipt, ready again when their visibility lapses."""
 
     _listener: psycopg.Connection[Any] | None = None
+    _listens = 0  # times the wake-up connection was opened
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         self._run(lambda db: insert_messages(db, self.schema, self.channel, messages, delay))
@@ -157,6 +158,7 @@ class PostgresWorkQueue(PostgresLink):
             )
             listener.execute(f"LISTEN {self.channel}")
             self._listener = listener
+            self._listens += 1
         return self._listener
 
     def _drop_listener(self) -> None:
@@ -167,6 +169,17 @@ class PostgresWorkQueue(PostgresLink):
     def close(self) -> None:
         self._drop_listener()
         super().close()
+
+    def connection_stats(self) -> dict[str, int]:
+        """The pool now, and how often the wake-up connection was opened again (metrics)."""
+        pool = self._pool.get_stats()
+        size, idle = pool.get("pool_size", 0), pool.get("pool_available", 0)
+        return {
+            "in_use": size - idle,
+            "idle": idle,
+            "waiting": pool.get("requests_waiting", 0),
+            "listen_reconnects": max(0, self._listens - 1),
+        }
 
 
 class PostgresQueueAdmin(PostgresLink):

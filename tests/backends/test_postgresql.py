@@ -14,15 +14,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.backends import open_backend
 from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite
 from beatd.backends.postgres import PostgresBackend
 from beatd.backends.postgres_link import FORMAT_VERSION
-from beatd.errors import BackendError, BeatdError, LeaseLost, OutcomeUnknown
+from beatd.clock import FakeClock
+from beatd.config import Config
+from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.metrics import register_scheduler
+from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import BackendContract, message, state
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
@@ -298,3 +305,33 @@ def test_synchronous_commit_off_is_warned_of(database: str, namespace: str) -> N
         assert plain.persistence_warnings() == []
     finally:
         plain.close()
+
+
+def test_the_pool_and_the_listen_reconnects_are_metrics(
+    backend: PostgresBackend, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    beat = Scheduler(backend, lambda: Config({}), clock, SchedulerSettings(node="a"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    assert not backend.wait_for_work(["default"], 0.01)  # the wake-up connection, opened once
+    listener = backend._listener
+    assert listener is not None
+    session.execute("SELECT pg_terminate_backend(%s)", (listener.info.backend_pid,))
+    session.commit()
+    with pytest.raises(NotApplied):
+        backend.wait_for_work(["default"], 0.01)  # finds it gone
+    assert not backend.wait_for_work(["default"], 0.01)  # opened again
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    pool = {k: v for k, v in samples.items() if k[0] == "beatd_backend_connections"}
+    assert pool == {
+        ("beatd_backend_connections", ("in_use",)): 0,
+        ("beatd_backend_connections", ("idle",)): pool[("beatd_backend_connections", ("idle",))],
+        ("beatd_backend_connections", ("waiting",)): 0,
+    }
+    assert pool[("beatd_backend_connections", ("idle",))] >= 1
+    assert samples[("beatd_backend_listen_reconnects_total", ())] == 1
