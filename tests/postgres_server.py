@@ -35,7 +35,9 @@ def binary(name: str) -> str:
 class PostgresServer:
     """One PostgreSQL server on 127.0.0.1 and a free port, trust auth for user postgres."""
 
-    def __init__(self, *settings: str) -> None:
+    def __init__(self, *settings: str, standby_of: PostgresServer | None = None) -> None:
+        """A new cluster (initdb), or with `standby_of` a streaming standby of that running
+        server (pg_basebackup -R), which a synchronous primary waits for."""
         self.settings = settings  # name=value, as `postgres -c` takes them
         self.as_root = os.getuid() == 0
         self.directory = Path(tempfile.mkdtemp(prefix="beatd-pg-"))
@@ -45,10 +47,12 @@ class PostgresServer:
         if self.as_root:
             account = pwd.getpwnam("postgres")
             os.chown(self.directory, account.pw_uid, account.pw_gid)
-        self._as_server(
-            [binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N"],
-            check=True,
-        )
+        if standby_of is None:
+            argv = [binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N"]
+        else:
+            argv = [binary("pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream"]
+            argv += ["-h", "127.0.0.1", "-p", str(standby_of.port), "-U", "postgres"]
+        self._as_server(argv, check=True)
 
     @property
     def url(self) -> str:
@@ -70,6 +74,11 @@ class PostgresServer:
         log.close()
         self.wait_ready()
         return self
+
+    def promote(self) -> None:
+        """Make a standby the primary, and wait until it takes writes."""
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute("SELECT pg_promote(true, 30)")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

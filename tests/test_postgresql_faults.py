@@ -305,3 +305,55 @@ def test_an_idle_worker_claims_nothing_until_notified_then_starts_a_run_within_m
         cluster.close()
     assert idle_claims == 0  # woken by NOTIFY, never polling
     assert max(latencies) < 0.1, latencies
+
+
+def test_a_switchover_to_a_synchronous_standby_loses_no_committed_slot(tmp_path: Path) -> None:
+    primary = PostgresServer("synchronous_standby_names=*").start()
+    standby: PostgresServer | None = None
+    scheduler: Proc | None = None
+    try:
+        standby = PostgresServer(standby_of=primary).start()
+        both = f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/postgres"
+        url = f"{both}?target_session_attrs=read-write"
+        (tmp_path / "schedules").mkdir()
+        (tmp_path / "schedules" / "s.yaml").write_text(EVERY_SECOND)
+        log = tmp_path / "a.log"
+        argv = [sys.executable, "-m", "beatd", "run", "--node", "a", "--no-watch"]
+        argv += ["--lease-ttl", "10s", "-s", str(tmp_path / "schedules"), "--log-format", "json"]
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(REPO), "BEATD_BROKER": url},
+            )
+        scheduler = started = Proc("a", popen, log)
+
+        def slots(server: PostgresServer) -> list[datetime]:
+            with psycopg.connect(server.url, autocommit=True) as db:
+                rows = db.execute("SELECT body FROM beatd.message ORDER BY seq").fetchall()
+            return [datetime.fromisoformat(json.loads(b)["scheduled_for"]) for (b,) in rows]
+
+        wait_for(lambda: started.count("became leader"), what="a to lead")
+        wait_for(lambda: len(slots(primary)) >= 3, what="a to publish on the primary")
+        with psycopg.connect(primary.url, autocommit=True) as db:
+            replication = db.execute("SELECT sync_state FROM pg_stat_replication").fetchall()
+        assert replication == [("sync",)]  # a commit returns once the standby has it
+        committed = slots(primary)
+        primary.kill()
+        standby.promote()
+        wait_for(lambda: len(slots(standby)) >= len(committed) + 3, what="a to go on")
+        assert scheduler.stop() == 0
+
+        after = slots(standby)
+        assert set(committed) <= set(after)  # no committed slot lost with the primary
+        assert_contiguous(after, SECOND)  # none twice, none skipped across the switchover
+        assert scheduler.count("became leader") == 1  # the same lease, on the new primary
+    finally:
+        if scheduler is not None and scheduler.popen.poll() is None:
+            scheduler.popen.kill()
+            scheduler.popen.wait()
+        if standby is not None:
+            standby.remove()
+        primary.remove()
