@@ -24,6 +24,7 @@ import pytest
 
 from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.postgres import PostgresBackend
+from beatd.errors import NotApplied
 from beatd.message import RunMessage
 from tests.postgres_server import PostgresServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
@@ -357,3 +358,28 @@ def test_a_switchover_to_a_synchronous_standby_loses_no_committed_slot(tmp_path:
         if standby is not None:
             standby.remove()
         primary.remove()
+
+
+def test_a_database_unreachable_at_start_is_a_transient_error_not_bad_input() -> None:
+    server = PostgresServer()  # made, not started yet
+    try:
+        backend = PostgresBackend(server.url, op_timeout=0.5)  # no error: it may come up later
+        try:
+            with pytest.raises(NotApplied):
+                backend.ping()
+            server.start()
+            wait_for(lambda: _answers(backend), what="the backend to answer")
+            assert backend.load_states() == {}  # the schema was created at the first call
+            assert backend.format_found == 0
+        finally:
+            backend.close()
+    finally:
+        server.remove()
+
+
+def _answers(backend: PostgresBackend) -> bool:
+    try:
+        backend.ping()
+    except NotApplied:
+        return False
+    return True

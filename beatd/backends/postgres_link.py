@@ -22,7 +22,13 @@ import psycopg
 import psycopg_pool
 
 from beatd.backends.base import FormatTooNew, Lease
-from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.errors import (
+    BackendError,
+    LeaseLost,
+    NotApplied,
+    OutcomeUnknown,
+    TransientBackendError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,21 +194,40 @@ class PostgresLink:
             name=f"beatd-{self.schema}",
         )
         self._pool.open(wait=False)
-        found = self._run(lambda db: _format_found(db, self.schema), write=False)
-        self.format_found = 0 if found is None else found  # as this handle found the schema
-        if found == FORMAT_VERSION:
-            return
+        self._read_only = read_only or not create
+        self._prepared = False  # the schema's format checked (and upgraded) by this handle
+        self.format_found = 0  # the format the schema held when this handle first met it
+        try:
+            self._prepare()
+        except TransientBackendError as exc:  # not reachable yet: checked at the first call
+            log.warning(
+                "cannot reach %s to check its schema; the first call that reaches it will: %s",
+                self,
+                exc,
+            )
+        except BackendError:
+            self.close()
+            raise
+
+    def __str__(self) -> str:
+        return self.where
+
+    def _prepare(self) -> None:
+        """Check the schema's format, and create or upgrade it if this handle may: once, at
+        open or (when the database could not be reached then) at the first call."""
+        found = self._transact(lambda db: _format_found(db, self.schema), write=False)
+        self.format_found = 0 if found is None else found
         if found is not None and found > FORMAT_VERSION:
-            self.close()
             raise FormatTooNew(self.where, found, FORMAT_VERSION)
-        if read_only or not create:
-            self.close()
+        if found != FORMAT_VERSION and self._read_only:
             raise BackendError(
                 f"{self.where} holds no beatd data in format {FORMAT_VERSION} (found "
                 f"{found if found is not None else 'no schema'}): run `beatd db upgrade "
                 f"--broker {self.url} --namespace {self.schema}` or start `beatd run` first"
             )
-        self.format_found = self.upgrade()
+        if found != FORMAT_VERSION:
+            self.format_found = self._upgrade()
+        self._prepared = True
 
     def _configure(self, db: psycopg.Connection[Any]) -> None:
         # Bounds every statement, lock waits included: a hung database costs about op_timeout.
@@ -212,7 +237,11 @@ class PostgresLink:
     def upgrade(self) -> int:
         """Create or upgrade beatd's schema (`beatd db upgrade`, and at start); the format
         found before."""
-        found = self._run(lambda db: upgrade(db, self.schema, self.where))
+        self._check_prepared()
+        return self._upgrade()
+
+    def _upgrade(self) -> int:
+        found = self._transact(lambda db: upgrade(db, self.schema, self.where))
         if found < FORMAT_VERSION:
             log.info(
                 "upgraded the persisted state of %s from format %d to %d",
@@ -225,7 +254,16 @@ class PostgresLink:
     def close(self) -> None:
         self._pool.close()
 
+    def _check_prepared(self) -> None:
+        if not self._prepared:
+            self._prepare()
+
     def _run(self, work: Callable[[psycopg.Connection[Any]], T], *, write: bool = True) -> T:
+        """`_transact`, once the schema was checked (see `_prepare`)."""
+        self._check_prepared()
+        return self._transact(work, write=write)
+
+    def _transact(self, work: Callable[[psycopg.Connection[Any]], T], *, write: bool = True) -> T:
         """Run `work` in one transaction (`write`) or on its own (a read), turning
         PostgreSQL's errors into backend errors."""
         try:

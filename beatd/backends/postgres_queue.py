@@ -134,6 +134,7 @@ class PostgresWorkQueue(PostgresLink):
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """LISTEN on the dedicated connection; True at a notification for one of `queues`, or
         when a message there is (or, within `timeout`, becomes) ready without one."""
+        self._check_prepared()  # the schema, if it could not be checked at open
         try:
             listener = self._listening()
             row = listener.execute(
