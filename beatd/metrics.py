@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
@@ -140,6 +140,7 @@ class SchedulerCollector(Collector):
         )
         yield from self._run_counts()
         yield from self._entry_times()
+        yield from _connection_metrics(s.backend)
 
     def _run_counts(self) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
@@ -187,6 +188,35 @@ class SchedulerCollector(Collector):
             if state is not None and (value := _ts(state.last_published)) is not None:
                 last.add_metric([name], value)
         yield from (next_due, last)
+
+
+@runtime_checkable
+class PoolsConnections(Protocol):
+    """A backend that pools its connections (PostgreSQL): what its pool holds now."""
+
+    def connection_stats(self) -> Mapping[str, int]:
+        """`in_use`, `idle` and `waiting` (callers waiting for a connection) now, and
+        `listen_reconnects` (times the wake-up connection was opened again) since start."""
+
+
+def _connection_metrics(backend: object) -> Iterator[Metric]:
+    """The pool's gauges and the wake-up connection's reconnects, for a backend that pools."""
+    if not isinstance(backend, PoolsConnections):
+        return
+    found = backend.connection_stats()
+    pool = GaugeMetricFamily(
+        "beatd_backend_connections",
+        "The backend's pooled connections by state (in_use, idle) and callers waiting for one.",
+        labels=["state"],
+    )
+    for state in ("in_use", "idle", "waiting"):
+        pool.add_metric([state], found[state])
+    yield pool
+    yield _counter(
+        "beatd_backend_listen_reconnects",
+        "Times the dedicated wake-up (LISTEN) connection was opened again.",
+        found["listen_reconnects"],
+    )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -267,6 +297,7 @@ class WorkerCollector(Collector):
                 dead.add_metric([queue], letters.get(queue, 0))
         yield depth
         yield dead
+        yield from _connection_metrics(self.admin)  # the backend the worker uses
 
 
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)

@@ -41,6 +41,8 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
     assert COMMANDS == [
         (),
         ("check",),
+        ("db",),
+        ("db", "upgrade"),
         ("dead",),
         ("dead", "list"),
         ("dead", "retry"),

@@ -1,7 +1,9 @@
 """Backends by URL scheme: `sqlite:///relative.db`, `sqlite:////absolute.db`, and Redis as
 `redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path/redis.sock`, and
-`memory://NAME`: one store per process and name, shared by every backend opened on it (tests, a
-scheduler with its embedded worker), gone when the process exits."""
+`postgresql://[user[:password]@]host[:port][,host2...]/dbname[?libpq parameters]` (or
+`postgres://`; the namespace is the schema; extra `beatd[postgresql]`), and `memory://NAME`:
+one store per process and name, shared by every backend opened on it (tests, a scheduler with
+its embedded worker), gone when the process exits."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def default_broker() -> str:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
 def open_backend(
@@ -51,6 +54,10 @@ def open_backend(
         from beatd.backends.memory import MemoryBackend
 
         return MemoryBackend(urlsplit(url).netloc)
+    if scheme in POSTGRESQL_SCHEMES:
+        return _open_postgresql(
+            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        )
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 
@@ -59,7 +66,25 @@ def open_backend(
 
     raise BeatdError(
         f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
-        "use sqlite://, redis://, rediss:// or unix://"
+        "use sqlite://, redis://, rediss://, unix://, postgresql:// or postgres://"
+    )
+
+
+def _open_postgresql(
+    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool
+) -> Backend:
+    """PostgreSQL, if the extra that brings its driver is installed."""
+    try:
+        from beatd.backends.postgres import PostgresBackend
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("psycopg", "psycopg_pool"):
+            raise
+        raise BeatdError(
+            f"a postgresql:// broker needs the {exc.name} package, which is not installed: "
+            "pip install 'beatd[postgresql]'"
+        ) from exc
+    return PostgresBackend(
+        url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
     )
 
 

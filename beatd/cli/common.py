@@ -29,7 +29,9 @@ log = logging.getLogger("beatd")
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
-NAMESPACE_HELP = "Key prefix on Redis, so several deployments can share one server."
+NAMESPACE_HELP = (
+    "Key prefix on Redis, schema name on PostgreSQL, so several deployments can share one server."
+)
 LOG_LEVEL_HELP = "Log events at this level and above; debug shows each publish decision."
 
 
@@ -191,7 +193,8 @@ BROKER_FLAG = click.option(
     callback=url_with_password("BEATD_BROKER"),
     default=default_broker,
     show_default="sqlite:///beatd.db, or $STATE_DIRECTORY/beatd.db under systemd",
-    help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db or redis://...; "
+    help="Backend URL: sqlite:///relative.db, sqlite:////absolute.db, redis://... or "
+    "postgresql://...; "
     "give a URL with a password in the variable, not on the command line.",
 )
 LOG_FORMAT_FLAG = click.option(

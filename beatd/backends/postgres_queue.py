@@ -1,0 +1,244 @@
+"""PostgreSQL's work queues: the message table claimed `FOR UPDATE SKIP LOCKED` (workers never
+wait on each other's claims), visibility by `ready_at` on the database's clock, and wake-ups by
+LISTEN/NOTIFY on one dedicated connection outside the pool (a pooler in transaction mode cannot
+carry a LISTEN). Every insert of ready messages notifies in its own transaction, so a listener
+hears of a message only once it can be claimed. A message that only becomes ready later (a
+delayed retry, a lapsed claim) is announced by nobody: `wait_for_work` waits no longer than
+until the earliest such moment, so polling is the fallback, not the rule.
+
+PostgreSQL stores text in the database's encoding only: a message that is not UTF-8 cannot be
+stored, so `Delivery.unreadable` stays empty here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen
+from beatd.backends.postgres_link import DEFAULT_PRIORITY, NOW, PostgresLink
+from beatd.errors import NotApplied
+
+log = logging.getLogger(__name__)
+
+
+def _priority(priority: int | None) -> int:
+    return DEFAULT_PRIORITY if priority is None else priority
+
+
+def insert_messages(
+    db: psycopg.Connection[Any],
+    schema: str,
+    channel: str,
+    messages: Sequence[Outgoing],
+    delay: float = 0.0,
+) -> None:
+    """Insert messages ready after `delay` seconds, and notify their queues when ready now."""
+    if not messages:
+        return
+    db.execute(
+        f"INSERT INTO {schema}.message (id, queue, priority, body, ready_at) "
+        f"SELECT id, queue, priority, body, {NOW} + %s "
+        "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
+        "AS m(id, queue, priority, body)",
+        (
+            delay,
+            [m.id for m in messages],
+            [m.destination.queue for m in messages],
+            [_priority(m.destination.priority) for m in messages],
+            [m.body for m in messages],
+        ),
+    )
+    if delay <= 0:
+        for queue in sorted({m.destination.queue for m in messages}):
+            db.execute("SELECT pg_notify(%s, %s)", (channel, queue))
+
+
+class PostgresWorkQueue(PostgresLink):
+    """The message table: claims by receipt, ready again when their visibility lapses."""
+
+    _listener: psycopg.Connection[Any] | None = None
+    _listens = 0  # times the wake-up connection was opened
+
+    def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
+        self._run(lambda db: insert_messages(db, self.schema, self.channel, messages, delay))
+
+    def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
+        receipt = f"{consumer}:{secrets.token_hex(8)}"
+        row = self._run(
+            lambda db: db.execute(
+                f"UPDATE {self.schema}.message SET receipt = %s, ready_at = {NOW} + %s, "
+                "deliveries = deliveries + 1 WHERE seq = ("
+                f"SELECT seq FROM {self.schema}.message WHERE queue = ANY(%s) "
+                f"AND ready_at <= {NOW} ORDER BY priority DESC, seq LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED) RETURNING id, queue, body, deliveries",
+                (receipt, visibility, list(queues)),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        message_id, queue, body, deliveries = row
+        return Delivery(message_id, queue, body, deliveries, receipt)
+
+    def _update_claimed(self, sql: str, params: tuple[object, ...], delivery: Delivery) -> bool:
+        cursor = self._run(lambda db: db.execute(sql, (*params, delivery.receipt)))
+        return cursor.rowcount == 1
+
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        return self._update_claimed(
+            f"UPDATE {self.schema}.message SET ready_at = {NOW} + %s WHERE receipt = %s",
+            (visibility,),
+            delivery,
+        )
+
+    def ack(self, delivery: Delivery) -> None:
+        self._update_claimed(f"DELETE FROM {self.schema}.message WHERE receipt = %s", (), delivery)
+
+    def release(self, delivery: Delivery) -> None:
+        def work(db: psycopg.Connection[Any]) -> None:
+            cursor = db.execute(
+                f"UPDATE {self.schema}.message SET receipt = NULL, ready_at = {NOW}, "
+                "deliveries = deliveries - 1 WHERE receipt = %s RETURNING queue",
+                (delivery.receipt,),
+            )
+            for (queue,) in cursor.fetchall():
+                db.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
+
+        self._run(work)
+
+    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+        self._update_claimed(
+            f"UPDATE {self.schema}.message SET receipt = NULL, body = %s, "
+            f"ready_at = {NOW} + %s, deliveries = 0 WHERE receipt = %s",
+            (body, delay),
+            delivery,
+        )
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._run(
+            lambda db: db.execute(
+                f"WITH moved AS (DELETE FROM {self.schema}.message WHERE receipt = %s "
+                "RETURNING id, queue, priority, body) "
+                f"INSERT INTO {self.schema}.dead_letter "
+                "(id, queue, priority, body, reason, failed_at, deliveries) "
+                f"SELECT id, queue, priority, body, %s, {NOW}, %s FROM moved",
+                (delivery.receipt, reason, delivery.deliveries),
+            )
+        )
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """LISTEN on the dedicated connection; True at a notification for one of `queues`, or
+        when a message there is (or, within `timeout`, becomes) ready without one."""
+        self._check_prepared()  # the schema, if it could not be checked at open
+        try:
+            listener = self._listening()
+            row = listener.execute(
+                f"SELECT min(ready_at) - {NOW} FROM {self.schema}.message WHERE queue = ANY(%s)",
+                (list(queues),),
+            ).fetchone()
+            until_ready = None if row is None or row[0] is None else float(row[0])
+            if until_ready is not None and until_ready <= 0:
+                return True
+            wait = timeout if until_ready is None else min(timeout, until_ready)
+            for _ in listener.notifies(timeout=wait, stop_after=1):
+                return True  # maybe another queue's: a spurious True is allowed
+            return until_ready is not None and until_ready <= timeout
+        except psycopg.Error as exc:
+            self._drop_listener()
+            raise NotApplied(f"{self.url}: cannot wait for work: {exc}") from exc
+
+    def _listening(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            listener = psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=self.connect_timeout
+            )
+            listener.execute(f"LISTEN {self.channel}")
+            self._listener = listener
+            self._listens += 1
+        return self._listener
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def close(self) -> None:
+        self._drop_listener()
+        super().close()
+
+    def connection_stats(self) -> dict[str, int]:
+        """The pool now, and how often the wake-up connection was opened again (metrics)."""
+        pool = self._pool.get_stats()
+        size, idle = pool.get("pool_size", 0), pool.get("pool_available", 0)
+        return {
+            "in_use": size - idle,
+            "idle": idle,
+            "waiting": pool.get("requests_waiting", 0),
+            "listen_reconnects": max(0, self._listens - 1),
+        }
+
+
+class PostgresQueueAdmin(PostgresLink):
+    """The dead_letter table and queue depths, for operators and `beatd migrate`."""
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT id, queue, body, reason, failed_at, deliveries "
+                f"FROM {self.schema}.dead_letter ORDER BY seq"
+            ).fetchall(),
+            write=False,
+        )
+        return [
+            DeadLetter(i, q, b, r, datetime.fromtimestamp(f, UTC), d) for i, q, b, r, f, d in rows
+        ]
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        def work(db: psycopg.Connection[Any]) -> int:
+            db.execute(f"LOCK TABLE {self.schema}.dead_letter IN SHARE ROW EXCLUSIVE MODE")
+            held = {i for (i,) in db.execute(f"SELECT id FROM {self.schema}.dead_letter")}
+            new = unseen(letters, held)
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO {self.schema}.dead_letter (id, queue, priority, body, reason, "
+                    "failed_at, deliveries) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (d.id, d.queue, DEFAULT_PRIORITY, d.body, d.reason, failed, d.deliveries)
+                        for d, failed in ((d, d.failed_at.timestamp()) for d in new)
+                    ],
+                )
+            return len(new)
+
+        return self._run(work)
+
+    def requeue_dead(self, message_id: str | None) -> int:
+        where, params = ("", ()) if message_id is None else ("WHERE id = %s", (message_id,))
+
+        def work(db: psycopg.Connection[Any]) -> int:
+            moved = db.execute(
+                f"WITH moved AS (DELETE FROM {self.schema}.dead_letter {where} "
+                "RETURNING seq, id, queue, priority, body) "
+                f"INSERT INTO {self.schema}.message (id, queue, priority, body, ready_at) "
+                f"SELECT id, queue, priority, body, {NOW} FROM moved ORDER BY seq "
+                "RETURNING queue",
+                params,
+            ).fetchall()
+            for queue in sorted({q for (q,) in moved}):
+                db.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
+            return len(moved)
+
+        return self._run(work)
+
+    def queue_depths(self) -> dict[str, int]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT queue, COUNT(*) FROM {self.schema}.message GROUP BY queue"
+            ).fetchall(),
+            write=False,
+        )
+        return {queue: int(count) for queue, count in rows}

@@ -1,0 +1,337 @@
+"""The PostgreSQL backend against the contract (faults included), and what only it does: the
+lease row locked against a take held open on another connection, the schema's format, the
+LISTEN/NOTIFY wake-ups, the missing extra.
+
+Tests run on the PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres; scripts/test makes
+sure it is there): each module creates its own database under a unique name and drops it, and
+each test uses a schema of its own in it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from beatd.backends import open_backend
+from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite
+from beatd.backends.postgres import PostgresBackend
+from beatd.backends.postgres_link import FORMAT_VERSION
+from beatd.clock import FakeClock
+from beatd.config import Config
+from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.metrics import register_scheduler
+from beatd.scheduler import Scheduler, SchedulerSettings
+from tests.backends.contract import BackendContract, message, state
+from tests.postgres_database import scratch_database
+from tests.redis_server import free_port
+from tests.waiting import wait_for
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    with scratch_database() as url:
+        yield url
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def backend_factory(database: str, namespace: str) -> Iterator[Callable[[], PostgresBackend]]:
+    made: list[PostgresBackend] = []
+
+    def make() -> PostgresBackend:
+        made.append(PostgresBackend(database, namespace=namespace))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(backend_factory: Callable[[], PostgresBackend]) -> PostgresBackend:
+    return backend_factory()
+
+
+@pytest.fixture
+def advance() -> Callable[[float], None]:
+    return time.sleep  # the database keeps time (clock_timestamp()): the only way is to wait
+
+
+@pytest.fixture
+def session(database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(database) as db:
+        yield db
+
+
+class TestPostgreSQLContract(BackendContract):
+    @pytest.fixture
+    def unit(self) -> float:
+        return 0.5
+
+
+def test_a_commit_waits_for_a_take_held_open_and_then_finds_the_lease_lost(
+    backend: PostgresBackend,
+    namespace: str,
+    session: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    backend.commit(lease, [StateWrite(state("e", 0), None)], [])
+    # another node takes the lease on a second connection and keeps its transaction open
+    session.execute(f"SELECT * FROM {namespace}.lease FOR UPDATE")
+    session.execute(f"UPDATE {namespace}.lease SET token = 't', node = 'thief', epoch = epoch + 1")
+    outcome: list[BaseException | set[str]] = []
+
+    def commit() -> None:
+        try:
+            writes = [StateWrite(state("e", 1, 1), state("e", 0).last_slot)]
+            outcome.append(backend.commit(lease, writes, [message("e", 1)]))
+        except LeaseLost as exc:
+            outcome.append(exc)
+
+    committer = threading.Thread(target=commit)
+    committer.start()
+    wait_for(lambda: _waiting_on_a_lock(session), 10, "the commit to wait on the lease row")
+    assert outcome == []  # the check cannot pass the open take
+    session.commit()
+    committer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost)
+    assert str(outcome[0]) == (
+        f"lease epoch {lease.epoch} of a is no longer held "
+        f"(node thief holds epoch {lease.epoch + 1})"
+    )
+    assert backend.load_states() == {"e": state("e", 0)}
+    assert backend.queue_depths() == {}
+
+
+def _waiting_on_a_lock(session: psycopg.Connection[tuple[object, ...]]) -> bool:
+    with psycopg.connect(session.info.dsn, autocommit=True) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ).fetchone()
+    return row is not None and row[0] == 1
+
+
+def test_the_schema_is_created_at_the_format_and_a_newer_one_is_refused(
+    backend: PostgresBackend, database: str, namespace: str
+) -> None:
+    with psycopg.connect(database, autocommit=True) as db:
+        row = db.execute(f"SELECT version FROM {namespace}.format").fetchone()
+        assert row == (FORMAT_VERSION,)
+        db.execute(f"UPDATE {namespace}.format SET version = {FORMAT_VERSION + 1}")
+    with pytest.raises(FormatTooNew) as caught:
+        PostgresBackend(database, namespace=namespace)
+    assert caught.value.exit_status == 2
+    assert str(caught.value) == (
+        f"schema {namespace} of {database} holds beatd's persisted state in format "
+        f"{FORMAT_VERSION + 1}, but this beatd knows formats up to {FORMAT_VERSION} only: a "
+        "newer beatd upgraded it, and an older one must neither lead nor write there. Upgrade "
+        "beatd on this host to the version the others run (docs/design.md, Persisted-state "
+        "format)"
+    )
+
+
+def test_a_command_that_only_looks_never_creates_the_schema(database: str, namespace: str) -> None:
+    with pytest.raises(BackendError) as caught:
+        open_backend(database, namespace=namespace, read_only=True)
+    assert str(caught.value) == (
+        f"schema {namespace} of {database} holds no beatd data in format {FORMAT_VERSION} "
+        f"(found no schema): run `beatd db upgrade --broker {database} --namespace "
+        f"{namespace}` or start `beatd run` first"
+    )
+
+
+def test_a_namespace_that_is_no_plain_schema_name_is_refused(database: str) -> None:
+    with pytest.raises(BackendError) as caught:
+        open_backend(database, namespace="Beatd; DROP")
+    assert str(caught.value) == (
+        "cannot use the namespace 'Beatd; DROP' as a PostgreSQL schema name: use lower-case "
+        "letters, digits and underscores, starting with a letter or underscore (at most 63)"
+    )
+
+
+def test_both_schemes_open_the_backend_and_the_password_is_never_shown(
+    database: str, namespace: str
+) -> None:
+    for scheme in ("postgresql", "postgres"):
+        url = database.replace("postgresql://", f"{scheme}://")
+        backend = open_backend(url, namespace=namespace)
+        try:
+            assert isinstance(backend, PostgresBackend) and backend.url == url
+        finally:
+            backend.close()
+    secret = database.replace("postgres@", "postgres:s3cret@")
+    backend = open_backend(secret, namespace=namespace)
+    try:
+        assert backend.url == database.replace("postgres@", "postgres:***@")
+    finally:
+        backend.close()
+
+
+def test_a_missing_extra_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "beatd.backends.postgres")
+    monkeypatch.delitem(sys.modules, "beatd.backends.postgres_link")
+    monkeypatch.delitem(sys.modules, "beatd.backends.postgres_queue")
+    with pytest.raises(BeatdError) as caught:
+        open_backend(database)
+    assert str(caught.value) == (
+        "a postgresql:// broker needs the psycopg package, which is not installed: "
+        "pip install 'beatd[postgresql]'"
+    )
+
+
+def test_celery_messages_are_refused_by_name(backend: PostgresBackend) -> None:
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    celery = Outgoing("e", "e@1", CeleryQueue("celery"), "{}")
+    with pytest.raises(BackendError) as caught:
+        backend.commit(lease, [StateWrite(state("e", 0), None)], [celery])
+    assert str(caught.value) == (
+        "entry e publishes to a CeleryQueue, which needs a Redis broker (Redis transport only); "
+        "PostgreSQL stores beatd's own messages only"
+    )
+
+
+def test_a_waiting_worker_wakes_at_the_notify_of_a_commit(backend: PostgresBackend) -> None:
+    assert not backend.wait_for_work(["default"], 0.2)  # nothing there: waits it out
+    woke: list[tuple[bool, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        woke.append((backend.wait_for_work(["default"], 20), time.monotonic() - started))
+
+    backend._listening()  # listening before the commit, as a worker idle on the queue is
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    backend.commit(lease, [StateWrite(state("e", 1, 1), None)], [message("e", 1)])
+    waiter.join(10)
+    assert woke and woke[0][0] and woke[0][1] < 5  # woken by the NOTIFY, not the timeout
+    assert backend.wait_for_work(["default"], 20)  # a message is ready: at once
+
+
+def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
+    backend: PostgresBackend,
+) -> None:
+    backend.enqueue([message("e", 1)], delay=0.5)
+    started = time.monotonic()
+    assert backend.wait_for_work(["default"], 20)
+    assert 0.3 < time.monotonic() - started < 5  # when ready, without a NOTIFY
+    assert backend.claim(["default"], "w", 30) is not None
+
+
+def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
+    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # a deferred trigger runs inside COMMIT: the session is terminated while COMMIT is under way
+    session.execute(
+        f"CREATE FUNCTION {namespace}.slow() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
+    )
+    session.execute(
+        f"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON {namespace}.message "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {namespace}.slow()"
+    )
+    session.commit()
+    outcome: list[BaseException] = []
+
+    def enqueue() -> None:
+        try:
+            backend.enqueue([message("e", 1)])
+        except BackendError as exc:
+            outcome.append(exc)
+
+    enqueuer = threading.Thread(target=enqueue)
+    enqueuer.start()
+    sleeping = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()"
+    )
+    pid = wait_for(lambda: session.execute(sleeping).fetchall(), 10, "COMMIT to be under way")
+    session.execute("SELECT pg_terminate_backend(%s)", pid[0])
+    enqueuer.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], OutcomeUnknown)
+    cause = outcome[0].__cause__
+    assert str(outcome[0]) == (
+        f"{backend.url}: the session ended during COMMIT, which may have been applied: {cause}"
+    )
+
+
+def test_a_multi_host_url_goes_on_to_the_host_that_takes_writes(
+    database: str, namespace: str
+) -> None:
+    refused = free_port()  # nobody listens there
+    hosts = database.replace("127.0.0.1:5432", f"127.0.0.1:{refused},127.0.0.1:5432")
+    url = f"{hosts}?target_session_attrs=read-write"
+    backend = open_backend(url, namespace=namespace)
+    try:
+        assert backend.url == url
+        backend.enqueue([message("e", 1)])
+        assert backend.queue_depths() == {"default": 1}
+    finally:
+        backend.close()
+
+
+def test_synchronous_commit_off_is_warned_of(database: str, namespace: str) -> None:
+    url = f"{database}?options=-csynchronous_commit%3Doff"
+    backend = open_backend(url, namespace=namespace)
+    try:
+        assert backend.persistence_warnings() == [
+            f"{url} runs with synchronous_commit=off: a crash can lose the last commits, and a "
+            "slot reported published may be gone; set synchronous_commit=on"
+        ]
+    finally:
+        backend.close()
+    plain = open_backend(database, namespace=namespace)
+    try:
+        assert plain.persistence_warnings() == []
+    finally:
+        plain.close()
+
+
+def test_the_pool_and_the_listen_reconnects_are_metrics(
+    backend: PostgresBackend, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    beat = Scheduler(backend, lambda: Config({}), clock, SchedulerSettings(node="a"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    assert not backend.wait_for_work(["default"], 0.01)  # the wake-up connection, opened once
+    listener = backend._listener
+    assert listener is not None
+    session.execute("SELECT pg_terminate_backend(%s)", (listener.info.backend_pid,))
+    session.commit()
+    with pytest.raises(NotApplied):
+        backend.wait_for_work(["default"], 0.01)  # finds it gone
+    assert not backend.wait_for_work(["default"], 0.01)  # opened again
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    pool = {k: v for k, v in samples.items() if k[0] == "beatd_backend_connections"}
+    assert pool == {
+        ("beatd_backend_connections", ("in_use",)): 0,
+        ("beatd_backend_connections", ("idle",)): pool[("beatd_backend_connections", ("idle",))],
+        ("beatd_backend_connections", ("waiting",)): 0,
+    }
+    assert pool[("beatd_backend_connections", ("idle",))] >= 1
+    assert samples[("beatd_backend_listen_reconnects_total", ())] == 1
