@@ -155,7 +155,8 @@ class RedisWorkQueue(RedisLink):
 
     def _read_until_pong(self, pubsub: PubSub) -> bool:
         """Read up to the PONG of the PING just sent, each read bounded by the operation timeout
-        (PubSub's own blocking read has no bound); whether a run was published before it."""
+        (the connection's socket timeout: PubSub's own blocking read has no bound, and redis-py
+        before 6 takes no timeout per read); whether a run was published before it."""
         # subscribed, so connected (redis-py types the attribute as always None)
         connection = cast(redis.connection.AbstractConnection, pubsub.connection)
         published = False
@@ -163,7 +164,7 @@ class RedisWorkQueue(RedisLink):
             try:
                 reply = self._do(
                     "wait",
-                    partial(connection.read_response, timeout=self.op_timeout, push_request=True),
+                    partial(connection.read_response, push_request=True),
                 )
             except OutcomeUnknown as exc:
                 self._unanswered = exc  # the PING met a frozen or dead server
