@@ -21,7 +21,7 @@ def jobs(quick: bool) -> list[Job]:
             out.append(("throughput", "throughput", {"url": backend, "count": n}))
     for backend in BACKENDS:
         out.append(
-            ("delay", "delay", {"url": backend, "count": 10_000, "window": 10 if quick else 60})
+            ("delay", "delay", {"url": backend, "count": 10_000, "window": 5 if quick else 60})
         )
     for backend in BACKENDS:
         for n in counts:
@@ -69,10 +69,10 @@ def jobs(quick: bool) -> list[Job]:
             (
                 "failover",
                 "failover",
-                {"url": backend, "kills": 3 if quick else 20, "lease_ttl": 2 if quick else 5},
+                {"url": backend, "kills": 2 if quick else 20, "lease_ttl": 2 if quick else 5},
             )
         )
-    steady = ((1_000, 10),) if quick else ((10_000, 40), (1_000, 20))
+    steady = ((1_000, 6),) if quick else ((10_000, 40), (1_000, 20))
     for n, window in steady:
         for tool in TOOLS:
             out.append(
