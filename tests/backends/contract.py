@@ -26,6 +26,17 @@ from beatd.state import EntryState
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
+class Wall:
+    """A wall clock shared by every handle on the same storage, moved by the test (for the
+    backends whose clock is the host's: SQLite, memory)."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def state(entry: str, minute: int, published: int | None = None) -> EntryState:
     slot = T0 + timedelta(minutes=minute)
     last = T0 + timedelta(minutes=published) if published is not None else None

@@ -14,22 +14,7 @@ from beatd.backends import open_backend
 from beatd.backends.base import CeleryQueue, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.errors import BackendError
-from tests.backends.contract import BackendContract, message, state
-
-
-class Wall:
-    """A wall clock shared by every handle on the same store, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def wall() -> Wall:
-    return Wall()
+from tests.backends.contract import BackendContract, Wall, message, state
 
 
 @pytest.fixture
@@ -47,14 +32,6 @@ def backend_factory(name: str, wall: Wall) -> Callable[[], MemoryBackend]:
 @pytest.fixture
 def backend(backend_factory: Callable[[], MemoryBackend]) -> MemoryBackend:
     return backend_factory()
-
-
-@pytest.fixture
-def advance(wall: Wall) -> Callable[[float], None]:
-    def move(seconds: float) -> None:
-        wall.now += seconds
-
-    return move
 
 
 class TestMemoryContract(BackendContract):

@@ -13,22 +13,7 @@ import pytest
 from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, NotApplied
-from tests.backends.contract import BackendContract, message, state
-
-
-class Wall:
-    """A wall clock shared by every handle on the same file, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def wall() -> Wall:
-    return Wall()
+from tests.backends.contract import BackendContract, Wall, message, state
 
 
 @pytest.fixture
@@ -39,14 +24,6 @@ def backend_factory(tmp_path: Path, wall: Wall) -> Callable[[], SQLiteBackend]:
 @pytest.fixture
 def backend(backend_factory: Callable[[], SQLiteBackend]) -> SQLiteBackend:
     return backend_factory()
-
-
-@pytest.fixture
-def advance(wall: Wall) -> Callable[[float], None]:
-    def move(seconds: float) -> None:
-        wall.now += seconds
-
-    return move
 
 
 class TestSQLiteContract(BackendContract):
