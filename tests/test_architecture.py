@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.state",
             "beatd.backoff",
             "beatd.outcomes",
+            "beatd.history",
         ),
     ),
 )

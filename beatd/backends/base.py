@@ -21,13 +21,23 @@ accepts (`StateStore.accepts`), so nothing outside a backend asks which backend 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from beatd.errors import BackendError
+from beatd.history import (
+    Ending,
+    EntrySummary,
+    HistoryQuery,
+    MissedRecord,
+    MissedSlots,
+    Retention,
+    RunKind,
+    RunRecord,
+)
 from beatd.state import EntryState
 
 
@@ -104,10 +114,12 @@ class LeaderInfo:
 
 
 class StateWrite(NamedTuple):  # made per entry and run published, so cheap tuples
-    """Advance one entry's state, but only if its persisted horizon is still `expected`."""
+    """Advance one entry's state, but only if its persisted horizon is still `expected`; with
+    it, record the slots the decision missed (one history record per reason)."""
 
     state: EntryState
     expected: datetime | None  # None: the entry has no persisted state yet
+    missed: tuple[MissedSlots, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +168,10 @@ class Outgoing(NamedTuple):
     id: str
     destination: Destination
     body: str
+    # a scheduler's run: its published record is written with it (None: a requeue, no record)
+    slot: datetime | None = None
+    due: datetime | None = None  # the slot plus its jitter
+    kind: RunKind = RunKind.SCHEDULED
 
 
 def utf8_fault(value: bytes, name: str) -> str:
@@ -311,6 +327,12 @@ class StateStore(Reachable, Protocol):
         entry's persisted horizon differs from `expected` is skipped with its messages; the
         names of such entries are returned so the caller can resync them. So repeating a commit
         whose outcome was unknown publishes nothing twice: its writes find the horizon moved.
+
+        Run history (unless the backend was opened with `history=False`): in the same atomic
+        step, each message with a `slot` gets its published `RunRecord` (no attempts; published
+        at the backend's clock, node and epoch from `lease`, `celery` for a `CeleryQueue`), and
+        each applied write's `missed` one `MissedRecord` per item; nothing for a skipped write.
+        A record whose run id (or missed key) is already stored is left as it is.
         """
 
     def send_commit(
@@ -329,9 +351,20 @@ class WorkQueue(Reachable, Protocol):
     """beatd's own queues (`BeatdQueue`): runs claimed by workers for a visibility period,
     then acknowledged, retried, dead-lettered or, when the claim lapses, delivered again.
 
-    The settling methods (extend, ack, release, retry, dead_letter) act only while the
-    delivery's claim still holds, and do nothing once it was lost to another worker: each is
-    idempotent, so one repeated after OutcomeUnknown is harmless."""
+    The settling methods (extend, ack, release, retry, dead_letter, note_ending) act only while
+    the delivery's claim still holds, and do nothing once it was lost to another worker: each is
+    idempotent, so one repeated after OutcomeUnknown is harmless.
+
+    Run history (unless opened with `history=False`), written only for a run whose published
+    record exists (a run id the history does not know is never recorded): `claim` appends an
+    `Attempt` (numbered on from the last; consumer, this process's host name and pid, started
+    at the backend's clock), first ending a previous attempt still open as `lost`, in the same
+    atomic step as the claim. The settling methods end the open attempt in the same atomic step
+    as their queue write, with `ending` or, when None, the outcome they stand for (ack:
+    succeeded, retry: retried, dead_letter: dead_lettered, release: released), at the backend's
+    clock; a final outcome (history.FINAL) updates the entry's `EntrySummary` in that step too.
+    So the history never disagrees with the queue: an end is recorded if and only if its queue
+    write was applied."""
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         """Add messages to their `BeatdQueue`s outside any lease (worker retries, dead-letter
@@ -351,17 +384,24 @@ class WorkQueue(Reachable, Protocol):
     def extend(self, delivery: Delivery, visibility: float) -> bool:
         """Keep a claim alive (heartbeat); False when it was lost to another worker."""
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         """The run finished: remove the message for good."""
 
-    def release(self, delivery: Delivery) -> None:
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         """Give the message back unprocessed (drain on shutdown); its delivery is not counted."""
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
         """Replace the claimed message by `body`, ready again after `delay` seconds."""
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         """Move the claimed message to the dead-letter queue with a reason."""
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        """Record how the claimed run's attempt ended without settling the message (a task whose
+        process died: its claim lapses and it is delivered again). History only; the claim is
+        left as it is, so a later claim of the run finds this attempt ended, not lost."""
 
 
 class QueueAdmin(Reachable, Protocol):
@@ -383,5 +423,79 @@ class QueueAdmin(Reachable, Protocol):
         """Messages waiting or in flight per queue (a read)."""
 
 
-class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, Protocol):
-    """A backend that offers every role: what `open_backend` returns (SQLite, Redis)."""
+class RunHistory(Reachable, Protocol):
+    """The run history (beatd.history): read by `beatd history` and `beatd status`, marked by
+    the leader (deadlines) and fed by it from Celery's task events, trimmed by retention, and
+    copied by `beatd migrate`. The published records, missed slots and beatd's own attempts are
+    written by `StateStore.commit` and the `WorkQueue` steps (see there).
+
+    The writing methods here are each one atomic step and idempotent, and write nothing for a
+    run id the history does not hold: they return False then (and when there was nothing to
+    change), True when they wrote."""
+
+    def runs(self, query: HistoryQuery) -> list[RunRecord]:
+        """The run records `query` asks for, newest published first (ties: by run id,
+        descending), at most `query.limit` (a read)."""
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run's record, if held (a read)."""
+
+    def missed(
+        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[MissedRecord]:
+        """Missed-slot records (of `entry`, recorded at or after `since`), newest first."""
+
+    def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
+        """The summary of each entry (of `entries`, or all) that has a finished run (a read)."""
+
+    def history_size(self) -> tuple[int, int]:
+        """How many run records and missed-slot records are kept (a read)."""
+
+    def mark_overdue(self, run_id: str, at: datetime) -> bool:
+        """Mark a run overdue at `at` (its deadline) unless it finished or was marked."""
+
+    def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
+        """Mark the missed-slot record keyed (entry, reason, first) overdue at `at` unless it
+        was marked."""
+
+    def run_received(self, run_id: str, consumer: str, at: datetime) -> bool:
+        """A Celery worker received the run (task-received), unless it was already."""
+
+    def attempt_started(
+        self, run_id: str, consumer: str, host: str, pid: int | None, at: datetime
+    ) -> bool:
+        """Start an attempt, as `claim` does (a previous open attempt ends `lost`), from a
+        Celery task-started event; a repeat (the same consumer and `at` as the open attempt)
+        writes nothing."""
+
+    def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
+        """End the open attempt (one is started first at `at` when none is open: a task event
+        that came without its task-started), updating the entry's summary for a final
+        outcome, as the `WorkQueue` steps do."""
+
+    def trim(self, retention: Retention, limit: int = 10_000) -> int:
+        """Delete at most `limit` records beyond `retention` (per entry the oldest past
+        `per_entry`, any older than `max_age` by the backend's clock, the oldest past
+        `max_records`; missed records by age and count); how many went. Call again while it
+        returns `limit`. Summaries are kept."""
+
+    def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
+        """Every run record, in batches (for `beatd migrate`)."""
+
+    def export_missed(self) -> list[MissedRecord]:
+        """Every missed-slot record (for `beatd migrate`)."""
+
+    def import_history(
+        self,
+        runs: Sequence[RunRecord],
+        missed: Sequence[MissedRecord] = (),
+        summaries: Sequence[EntrySummary] = (),
+    ) -> int:
+        """Store records as they are (`beatd migrate`): a run id or missed key already held is
+        skipped, and a summary replaces one only when it finished later, so copying twice adds
+        nothing. How many run and missed records were added."""
+
+
+class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Protocol):
+    """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
+    PostgreSQL, memory)."""
