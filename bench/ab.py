@@ -1,6 +1,6 @@
 """Compare two revisions (or one revision under two settings) with interleaved bench runs.
 
-    python -m bench.ab BASE_REV HEAD_REV [--rounds 5] [--scenarios throughput,burst,steady]
+    python -m bench.ab BASE_REV HEAD_REV [--rounds 5] [--scenarios throughput,burst,steady,worker]
                        [--backends sqlite,redis] [--head-env BEATD_HISTORY=0] ...
     python -m bench.ab --report bench/results/ab-DATE-BASE-HEAD.json   # the table again
 
@@ -84,7 +84,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="runs per side and round; the best counts (3)"
     )
     parser.add_argument(
-        "--scenarios", default="throughput,burst,steady", help="comma-separated metrics (all 3)"
+        "--scenarios",
+        default="throughput,burst,steady",
+        help="comma-separated metrics: throughput, burst, steady (the default) and worker",
     )
     parser.add_argument("--backends", default="sqlite,redis", help="comma-separated (both)")
     parser.add_argument("--tolerance", type=float, default=5.0, help="verdict band in %% (5)")
@@ -109,6 +111,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "burst_count": "simultaneous runs timed for the burst figure",
         "steady_count": "entries of the steady load",
         "steady_runs": "runs the steady load publishes",
+        "worker_count": "no-op runs the bundled worker drains (metric worker, not run by default)",
     }
     for name, text in sizes.items():
         default = getattr(defaults, name)
@@ -159,7 +162,13 @@ class Plan:
         for flag in ("rounds", "repeat"):
             if getattr(args, flag) < 1:
                 raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
-        sizes = Sizes(args.throughput_count, args.burst_count, args.steady_count, args.steady_runs)
+        sizes = Sizes(
+            args.throughput_count,
+            args.burst_count,
+            args.steady_count,
+            args.steady_runs,
+            args.worker_count,
+        )
         known = metrics(sizes)
         chosen = _choose("--scenarios", args.scenarios, list(known))
         backends = _choose("--backends", args.backends, list(BACKENDS))

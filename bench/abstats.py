@@ -56,6 +56,7 @@ class Sizes:
     burst_count: int = 10_000
     steady_count: int = 10_000
     steady_runs: int = 200_000
+    worker_count: int = 5_000
 
 
 def metrics(sizes: Sizes) -> dict[str, Metric]:
@@ -88,6 +89,15 @@ def metrics(sizes: Sizes) -> dict[str, Metric]:
             "cpu_us_per_run",
             "µs",
             higher_is_better=False,
+        ),
+        "worker": Metric(
+            "worker",
+            f"bundled worker, {sizes.worker_count:,} no-op runs, concurrency 2",
+            "worker",
+            {"count": sizes.worker_count, "latency_samples": 0},
+            "tasks_per_s",
+            "runs/s",
+            higher_is_better=True,
         ),
     }
 

@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import resource
 import sqlite3
 import sys
@@ -137,8 +138,12 @@ def beatd_scheduler(backend: Any, cfg: Any, clock: Any, **settings: Any):
 
 
 def open_backend(url: str):
+    """The backend `url` names, with the run history off when BEATD_HISTORY says so (as
+    `beatd run` reads it), so `bench.ab --head-env BEATD_HISTORY=0` compares on and off."""
     from beatd.backends import open_backend as open_
 
+    if os.environ.get("BEATD_HISTORY", "").lower() in ("0", "false", "no", "off"):
+        return open_(url, history=False)
     return open_(url)
 
 

@@ -144,14 +144,16 @@ def test_the_table_gives_medians_ratio_min_max_and_direction() -> None:
     )
 
 
-def test_the_default_metrics_are_the_issue_s_three_figures() -> None:
+def test_the_metrics_are_the_issues_figures() -> None:
     chosen = metrics(Sizes())
 
     assert {name: (m.module, m.field, m.better) for name, m in chosen.items()} == {
         "throughput": ("throughput", "runs_per_s", "higher"),
         "burst": ("throughput", "publish_wall_s", "lower"),
         "steady": ("cost", "cpu_us_per_run", "lower"),
+        "worker": ("worker", "tasks_per_s", "higher"),  # the history issue's worker figure
     }
+    assert chosen["worker"].params == {"count": 5_000, "latency_samples": 0}
     assert chosen["burst"].params == {"count": 10_000}
     assert chosen["steady"].params == {"count": 10_000, "mode": "steady", "runs": 200_000}
 

@@ -268,18 +268,39 @@ def _messages(count: int, queue: str):
 
 
 def _fill(url: str, count: int) -> None:
+    """Commit the runs as a leader does, so each has its published record in the run history
+    and the worker's claims and acks write its attempts (a beatd from before the history
+    enqueues them)."""
     from beatd.backends.base import BeatdQueue, Outgoing
 
     backend = open_backend(url)
-    batch = []
+    publish = _committer(backend)
+    batch: list[Any] = []
     for message in _messages(count, QUEUE):
-        batch.append(Outgoing(message.entry, message.id, BeatdQueue(QUEUE), message.to_json()))
+        body, slot = message.to_json(), message.scheduled_for
+        batch.append((Outgoing(message.entry, message.id, BeatdQueue(QUEUE), body), slot))
         if len(batch) == BATCH:
-            backend.enqueue(batch)
+            publish(batch)
             batch = []
     if batch:
-        backend.enqueue(batch)
+        publish(batch)
     backend.close()
+
+
+def _committer(backend: Any) -> Callable[[list[Any]], None]:
+    from beatd.backends.base import Outgoing, StateWrite
+    from beatd.state import EntryState
+
+    if "slot" not in Outgoing._fields:
+        return lambda batch: backend.enqueue([outgoing for outgoing, _ in batch])
+    lease = backend.acquire_lease("bench-fill", 600)
+
+    def commit(batch: list[Any]) -> None:
+        writes = [StateWrite(EntryState(o.entry, slot, slot, "bench"), None) for o, slot in batch]
+        messages = [o._replace(slot=slot, due=slot) for o, slot in batch]
+        backend.commit(lease, writes, messages)
+
+    return commit
 
 
 # --- Celery ------------------------------------------------------------------------------------
