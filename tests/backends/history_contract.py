@@ -313,6 +313,19 @@ class HistoryContract:
             ending.error,
         )
 
+    @pytest.mark.parametrize("how", list(EXPLICIT))
+    def test_the_fault_wrapper_passes_endings_through(
+        self, backend: Backend, faulty: FaultyBackend, how: str
+    ) -> None:
+        publish(backend, lead(backend), run("e", 1, "q"))
+        settle(faulty, how, claimed(backend, "q", "w1"), EXPLICIT[how])
+        [attempt] = record(backend, run_id("e", 1)).attempts
+        assert attempt.outcome == EXPLICIT[how].outcome
+        assert (attempt.reason, attempt.error_type) == (
+            EXPLICIT[how].reason,
+            EXPLICIT[how].error_type,
+        )
+
     @pytest.mark.parametrize("how", [*SETTLING_DEFAULTS, "note_ending"])
     def test_a_step_after_the_claim_was_lost_writes_no_end(
         self, backend: Backend, advance: Callable[[float], None], unit: float, how: str
@@ -665,10 +678,12 @@ class HistoryContract:
         assert backend.summaries() == {}
         plan.inject(how, Fault.FAIL_AFTER_WRITE)
         with pytest.raises(OutcomeUnknown):
-            settle(faulty, how, delivery, None)
+            settle(faulty, how, delivery, EXPLICIT[how])
         assert not backend.extend(delivery, 60)  # settled: the claim is gone
         after = record(backend, run_id("e", 1))
-        assert [a.outcome for a in after.attempts] == [SETTLING_DEFAULTS[how]]
+        assert [(a.outcome, a.reason, a.error) for a in after.attempts] == [
+            (EXPLICIT[how].outcome, EXPLICIT[how].reason, EXPLICIT[how].error)
+        ]
         assert set(backend.summaries()) == ({"e"} if how != "retry" else set())
         settle(faulty, how, delivery, Ending(Outcome.FAILED))  # repeated: harmless
         assert record(backend, run_id("e", 1)) == after
