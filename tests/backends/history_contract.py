@@ -425,6 +425,13 @@ class HistoryContract:
         publish(backend, lease, run("f", 1))  # written by a handle with history on
         assert off.run(run_id("f", 1)) == backend.run(run_id("f", 1)) is not None
         assert [r.id for r in off.runs(HistoryQuery())] == [run_id("f", 1)]
+        held = record(backend, run_id("f", 1))
+        assert not off.mark_overdue(held.id, T0)
+        assert not off.run_received(held.id, "celery@h", T0)
+        assert not off.attempt_started(held.id, "celery@h", "h", None, T0)
+        assert not off.attempt_ended(held.id, Ending(Outcome.SUCCEEDED), T0)
+        assert record(backend, run_id("f", 1)) == held
+        assert off.summaries() == {}
 
     # --- reading ------------------------------------------------------------------------------
 
