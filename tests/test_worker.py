@@ -176,6 +176,17 @@ def test_a_task_runs_and_its_run_is_acknowledged(
     )
 
 
+def test_a_worker_without_history_records_no_attempt(
+    launch: Callable[..., Proc], backend: SQLiteBackend, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    worker = launch("-c", "1", "--no-history")
+    publish(backend, T + "add", str(out), 2, 3, id="sum@1", recorded=True)
+    wait_for(lambda: backend.queue_depths() == {}, what="the run to be acknowledged")
+    assert worker.signal(signal.SIGTERM) == 0
+    assert attempts(backend, "sum@1") == []  # published with its record; no attempt written
+
+
 def test_failures_retry_with_growing_backoff_then_go_to_dead_letters(
     launch: Callable[..., Proc], backend: SQLiteBackend, tmp_path: Path
 ) -> None:
