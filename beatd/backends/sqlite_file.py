@@ -23,12 +23,25 @@ from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.history import FAILED_FINALLY, FINAL, LOST
+from beatd.outcomes import Outcome
+
+
+def _listed(outcomes: frozenset[Outcome]) -> str:
+    """Outcomes as an SQL list of text literals (they are plain words)."""
+    return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
+
 
 # The run history (format 2, beatd.history): one `run` row per published run, its attempts keyed by
-# (run's seq, number), the missed-slot ranges and each entry's summary. The indexes serve what is
-# read or trimmed often: an entry's runs newest first, all runs by age (newest first, trimming the
-# oldest), and the few runs still open (the leader's deadlines). Statements one by one, so that the
-# migration runs them inside the lease's transaction (executescript would commit it).
+# (run's seq, number), the missed-slot ranges and each entry's summary. What follows from an
+# attempt's start or end (a lost attempt, the summary) is done by triggers, in C. Every page a
+# step dirties is written to the WAL at its commit, and they, not statements, are what the
+# history costs a claim and an ack (bench/sqlite_history.py): so a run keeps no "finished" flag
+# (nor an index of the open runs) that each ack would rewrite: a run is finished when its last
+# attempt's outcome is final. The indexes serve an entry's runs newest first (its unfinished
+# ones: a leader's deadlines, at most `Retention.per_entry` rows to look at) and all runs by age
+# (newest first; trimming the oldest). Statements one by one, so that the migration runs them
+# inside the lease's transaction (executescript would commit it).
 HISTORY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS run (
     seq INTEGER PRIMARY KEY,
@@ -42,13 +55,10 @@ HISTORY_SCHEMA = (
     kind TEXT NOT NULL,
     celery INTEGER NOT NULL DEFAULT 0,
     received_us INTEGER,
-    overdue_us INTEGER,
-    finished INTEGER NOT NULL DEFAULT 0
+    overdue_us INTEGER
 )""",
     "CREATE INDEX IF NOT EXISTS run_entry ON run (entry, published_us, id)",
     "CREATE INDEX IF NOT EXISTS run_published ON run (published_us, id)",
-    "CREATE INDEX IF NOT EXISTS run_open ON run (published_us) "
-    "WHERE finished = 0 AND overdue_us IS NULL",
     """CREATE TABLE IF NOT EXISTS attempt (
     run INTEGER NOT NULL,
     number INTEGER NOT NULL,
@@ -65,6 +75,27 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
     "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
     "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    # A new attempt ends the run's open one as lost (a claim of a run whose claim lapsed).
+    "CREATE TRIGGER IF NOT EXISTS attempt_started AFTER INSERT ON attempt BEGIN "
+    f"UPDATE attempt SET ended_us = new.started_us, outcome = '{LOST}' "
+    "WHERE run = new.run AND number < new.number AND ended_us IS NULL; END",
+    # An attempt that ends with a final outcome moves its entry's summary on.
+    "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
+    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN "
+    "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
+    "last_success_us, last_failure_us, consecutive_failures) "
+    "SELECT entry, new.outcome, new.ended_us, new.ended_us - new.started_us, "
+    f"iif(new.outcome = '{Outcome.SUCCEEDED}', new.ended_us, NULL), "
+    f"iif(new.outcome IN ({_listed(FAILED_FINALLY)}), new.ended_us, NULL), "
+    f"new.outcome IN ({_listed(FAILED_FINALLY)}) FROM run WHERE seq = new.run "
+    "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
+    "last_finished_us = excluded.last_finished_us, "
+    "last_duration_us = excluded.last_duration_us, "
+    "last_success_us = coalesce(excluded.last_success_us, last_success_us), "
+    "last_failure_us = coalesce(excluded.last_failure_us, last_failure_us), "
+    f"consecutive_failures = CASE WHEN excluded.last_status = '{Outcome.SUCCEEDED}' THEN 0 "
+    "WHEN excluded.last_failure_us IS NOT NULL THEN consecutive_failures + 1 "
+    "ELSE consecutive_failures END; END",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,
