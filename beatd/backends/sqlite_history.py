@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile, _listed
+from beatd.backends.sqlite_file import SQLiteFile, _listed, has_history
 from beatd.history import (
     FINAL,
     Attempt,
@@ -162,6 +162,25 @@ def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) ->
     )
 
 
+def record_ended(
+    db: sqlite3.Connection,
+    run_id: str,
+    started: Sequence[Any],
+    ending: Ending,
+    at: int,
+) -> None:
+    """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
+    pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
+    moves the entry's summary on for a final outcome)."""
+    db.execute(
+        "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
+        "reason, error_type, error) SELECT seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
+        "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
+        (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
+    )
+
+
 # --- the RunHistory role ----------------------------------------------------------------------
 
 
@@ -266,20 +285,15 @@ class SQLiteRunHistory(SQLiteFile):
     """The run, attempt, missed and entry_summary tables, read and kept (see the module doc)."""
 
     def _holds_history(self) -> bool:
-        """Whether the file has the history's tables (only a read-only open may lack them)."""
+        """Whether the file has the history's layout (only a read-only open may lack it)."""
         if not self.read_only or self._history_tables:
             return True
-        found = self._run(
-            lambda db: db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run'"
-            ).fetchone(),
-            write=False,
-        )
-        self._history_tables = found is not None
+        self._history_tables = self._run(has_history, write=False)
         return self._history_tables
 
     def _records(self, db: sqlite3.Connection, rows: list[Any]) -> list[RunRecord]:
-        """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order."""
+        """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order: the
+        ended ones, then the one open in the run's message, if any."""
         attempts: dict[int, list[Attempt]] = {row[0]: [] for row in rows}
         for row in db.execute(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempt "
@@ -287,6 +301,16 @@ class SQLiteRunHistory(SQLiteFile):
             (json.dumps(list(attempts)),),
         ):
             attempts[row[0]].append(_attempt(row))
+        seqs = {row[1]: row[0] for row in rows}
+        for run_id, consumer, host, pid, started in db.execute(
+            "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
+            "WHERE receipt IS NOT NULL AND attempt_us IS NOT NULL "
+            "AND id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(seqs)),),
+        ):
+            held = attempts[seqs[run_id]]
+            number = held[-1].number + 1 if held else 1
+            held.append(Attempt(number, consumer, host, pid, from_micros(started)))
         return [_run_record(row, tuple(attempts[row[0]])) for row in rows]
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
