@@ -388,6 +388,8 @@ class SQLiteRunHistory(SQLiteFile):
         return int(row[0]), int(row[1])
 
     def _changed(self, sql: str, params: tuple[object, ...]) -> bool:
+        if not self.history:  # opened with history=False: it writes none
+            return False
         return int(self._run(lambda db: db.execute(sql, params).rowcount)) == 1
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
@@ -423,7 +425,7 @@ class SQLiteRunHistory(SQLiteFile):
             ).fetchone()
             return repeat is None and start_attempt(db, run_id, consumer, host, pid, when)
 
-        return self._run(work)
+        return self.history and self._run(work)
 
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         when = to_micros(at)
@@ -441,7 +443,7 @@ class SQLiteRunHistory(SQLiteFile):
             start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
             return end_attempt(db, run_id, ending, when)
 
-        return self._run(work)
+        return self.history and self._run(work)
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
