@@ -33,7 +33,7 @@ from beatd.history import (
 )
 
 _PUBLISHED = (
-    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
+    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, kind, published_us, node, epoch) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COPIED = (
@@ -87,24 +87,23 @@ def record_published(
     rejected: set[str],
 ) -> None:
     """The published record of each run of a commit (a message with a slot, of an applied
-    write); a run id already held is left as it is."""
-    db.executemany(
-        _PUBLISHED,
-        [
-            (
-                m.id,
-                m.entry,
-                to_micros(m.slot),
-                to_micros(m.due or m.slot),
-                now,
-                lease.node,
-                lease.epoch,
-                m.kind,
-            )
-            for m in messages
-            if m.slot is not None and m.entry not in rejected
-        ],
-    )
+    write); a run id already held is left as it is. Made per run of a burst, so a plain loop
+    that converts each distinct time once (the runs of a burst share their slots)."""
+    shared = (now, lease.node, lease.epoch)
+    micros_of: dict[datetime, int] = {}
+    rows = []
+    for entry, run_id, _, _, slot, due, kind in messages:
+        if slot is None or (rejected and entry in rejected):
+            continue
+        due = due or slot
+        slot_us = micros_of.get(slot)
+        if slot_us is None:
+            slot_us = micros_of[slot] = to_micros(slot)
+        due_us = micros_of.get(due)
+        if due_us is None:
+            due_us = micros_of[due] = to_micros(due)
+        rows.append((run_id, entry, slot_us, due_us, kind, *shared))
+    db.executemany(_PUBLISHED, rows)
 
 
 def record_missed(
