@@ -1,0 +1,171 @@
+"""Deadlines: runs that did not finish in time, judged by the leader's clock.
+
+An entry with `deadline:` gives each run until its due time (the slot plus its jitter) plus the
+deadline to finish, and a range of slots missed for any reason but `disabled` until its first
+slot's due time plus the deadline. While leading, the scheduler feeds `Deadlines` what it
+committed (the `Published` event) and asks it, every step, to mark what passed: a run not
+finished by then is marked overdue in the history at its deadline (`RunHistory.mark_overdue`,
+which leaves a finished or already marked run alone), with a counter per entry and a WARNING
+naming entry and slot. Nothing is persisted here: a new leader rebuilds the watch at adoption
+from the history's unfinished runs and unmarked missed ranges, and marks those whose deadline
+already passed with their original time, so a deadline that passed while no leader ran is
+marked by the next one.
+
+The deadlines live in the history: with `--no-history` there is nothing to mark.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from beatd.backends.base import RunHistory
+from beatd.clock import Clock
+from beatd.config import Entry
+from beatd.core import Decision, MissReason
+from beatd.events import BecameLeader, Event, Published, SteppedDown
+from beatd.history import HistoryQuery, MissedSlots
+from beatd.message import format_slot, run_id
+
+# the loop's log lines keep the logger name operators filter on
+log = logging.getLogger("beatd.scheduler")
+
+ADOPT_RUNS = 10_000  # unfinished runs read per entry at adoption (the newest)
+ADOPT_MISSED = 100  # missed-slot records read per entry at adoption (the newest)
+
+
+class Deadline(NamedTuple):
+    """One deadline watched: a run's (`run_id` set) or a missed range's (`reason` set)."""
+
+    at: datetime
+    entry: str
+    slot: datetime  # the run's slot, or the missed range's first slot
+    run_id: str = ""
+    reason: str = ""
+    total: int = 1  # slots in a missed range
+
+
+class Deadlines:
+    """The deadlines of the runs and missed ranges the leader knows of, earliest first."""
+
+    def __init__(self, history: RunHistory, clock: Clock) -> None:
+        self.history = history
+        self.clock = clock
+        self.overdue: Counter[str] = Counter()  # runs and missed ranges marked, per entry
+        self._heap: list[tuple[datetime, int, Deadline]] = []
+        self._order = itertools.count()  # ties keep their order; deadlines are never compared
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def notify(self, event: Event) -> None:
+        """An observer of the loop: watch what was committed; forget all on a change of
+        leader (the next adoption rebuilds the watch from the history)."""
+        if isinstance(event, Published):
+            self.published(event.decisions)
+        elif isinstance(event, BecameLeader | SteppedDown):
+            self._heap.clear()
+
+    def published(self, decisions: Iterable[Decision]) -> None:
+        """Watch the runs, and the missed ranges, of committed decisions."""
+        for decision in decisions:
+            entry = decision.entry
+            if entry.deadline is None:
+                continue
+            for run in decision.runs:
+                self._watch(
+                    Deadline(
+                        run.due + entry.deadline, entry.name, run.slot, run_id(entry.name, run.slot)
+                    )
+                )
+            self.watch_missed(entry, missed_ranges(decision))
+
+    def watch_missed(self, entry: Entry, ranges: Iterable[MissedSlots]) -> None:
+        """Watch missed ranges of `entry`: each until its first slot's due time plus the
+        deadline; a range missed because the entry was disabled has none."""
+        if entry.deadline is None:
+            return
+        for missed in ranges:
+            if missed.reason != MissReason.DISABLED:
+                at = entry.due_for(missed.first) + entry.deadline
+                self._watch(
+                    Deadline(at, entry.name, missed.first, reason=missed.reason, total=missed.total)
+                )
+
+    def adopt(self, entries: Mapping[str, Entry]) -> None:
+        """Rebuild the watch from the history (a new leader, a reload): the unfinished runs and
+        the unmarked missed ranges of each entry with a deadline. Those already past are marked
+        at the next `mark_passed`, with their original time."""
+        self._heap.clear()
+        for entry in entries.values():
+            if entry.deadline is None:
+                continue
+            query = HistoryQuery(entry=entry.name, limit=ADOPT_RUNS, unfinished=True)
+            for run in self.history.runs(query):
+                self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot, run.id))
+            records = self.history.missed(entry.name, limit=ADOPT_MISSED)
+            self.watch_missed(entry, [r.slots for r in records if r.overdue_at is None])
+
+    def next_at(self) -> datetime | None:
+        """The earliest deadline watched; None when none is."""
+        return self._heap[0][0] if self._heap else None
+
+    def mark_passed(self, now: datetime) -> bool:
+        """Mark every watched deadline at or before `now`; True when the history was asked.
+        A deadline leaves the watch only once its mark was answered, so one a backend error
+        interrupted is tried again at the next step."""
+        heap, asked = self._heap, False
+        while heap and heap[0][0] <= now:
+            deadline = heap[0][2]
+            asked = True
+            if self._mark(deadline):
+                self.overdue[deadline.entry] += 1
+                _log_overdue(deadline)
+            heapq.heappop(heap)
+        return asked
+
+    def _mark(self, deadline: Deadline) -> bool:
+        if deadline.run_id:
+            return self.history.mark_overdue(deadline.run_id, at=deadline.at)
+        return self.history.mark_missed_overdue(
+            deadline.entry, deadline.reason, deadline.slot, at=deadline.at
+        )
+
+    def _watch(self, deadline: Deadline) -> None:
+        heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+
+
+def missed_ranges(decision: Decision) -> Sequence[MissedSlots]:
+    """The missed ranges a decision carries (`Decision.missed`)."""
+    missed: object = decision.missed
+    if isinstance(missed, tuple) and all(isinstance(m, MissedSlots) for m in missed):
+        return missed
+    return ()  # a core that counts missed slots without their range gives none to watch
+
+
+def _log_overdue(deadline: Deadline) -> None:
+    fields = {
+        "entry": deadline.entry,
+        "slot": format_slot(deadline.slot),
+        "deadline": deadline.at.isoformat(),
+    }
+    if deadline.run_id:
+        log.warning(
+            "run overdue entry=%(entry)s slot=%(slot)s deadline=%(deadline)s: not finished by "
+            "its deadline",
+            fields,
+            extra=fields,
+        )
+        return
+    fields |= {"reason": deadline.reason, "count": str(deadline.total)}
+    log.warning(
+        "missed slots overdue entry=%(entry)s slot=%(slot)s deadline=%(deadline)s "
+        "reason=%(reason)s count=%(count)s: no run by the first slot's deadline",
+        fields,
+        extra=fields,
+    )
