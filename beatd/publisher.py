@@ -325,8 +325,8 @@ def _log_decision(decision: Decision) -> None:
             fields,
             extra=fields,
         )
-    for reason, count in decision.missed.items():
-        fields = {"entry": decision.entry.name, "reason": str(reason), "count": count}
+    for missed in decision.missed:
+        fields = {"entry": missed.entry, "reason": str(missed.reason), "count": missed.total}
         log.debug("missed entry=%(entry)s reason=%(reason)s count=%(count)d", fields, extra=fields)
 
 
