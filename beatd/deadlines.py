@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
@@ -83,7 +83,7 @@ class Deadlines:
                         run.due + entry.deadline, entry.name, run.slot, run_id(entry.name, run.slot)
                     )
                 )
-            self.watch_missed(entry, missed_ranges(decision))
+            self.watch_missed(entry, decision.missed)
 
     def watch_missed(self, entry: Entry, ranges: Iterable[MissedSlots]) -> None:
         """Watch missed ranges of `entry`: each until its first slot's due time plus the
@@ -138,14 +138,6 @@ class Deadlines:
 
     def _watch(self, deadline: Deadline) -> None:
         heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
-
-
-def missed_ranges(decision: Decision) -> Sequence[MissedSlots]:
-    """The missed ranges a decision carries (`Decision.missed`)."""
-    missed: object = decision.missed
-    if isinstance(missed, tuple) and all(isinstance(m, MissedSlots) for m in missed):
-        return missed
-    return ()  # a core that counts missed slots without their range gives none to watch
 
 
 def _log_overdue(deadline: Deadline) -> None:
