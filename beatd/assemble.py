@@ -16,7 +16,7 @@ from beatd.backends.base import Backend
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.events import Observer
-from beatd.metrics import PublishDelay, register_scheduler
+from beatd.metrics import EntryFilter, EntrySeries, PublishDelay, register_scheduler
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
 from beatd.scheduler import Scheduler, SchedulerSettings
@@ -62,6 +62,7 @@ class RunSettings:
     watch: bool
     metrics_addr: str
     with_worker: bool
+    metrics_entries: EntrySeries = EntrySeries.ALL
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
         return SchedulerSettings(
@@ -83,9 +84,11 @@ def build_scheduler(
     notifier: Notifier | None = None,
     registry: CollectorRegistry | None = None,
     worker: Nudgeable | None = None,
+    metrics_entries: EntrySeries = EntrySeries.ALL,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
-    (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step."""
+    (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
+    in-process `worker` nudged after each step."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -94,8 +97,10 @@ def build_scheduler(
     if worker is not None:
         observers.append(WorkerNudge(worker))
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
+    # without per-entry series, only the entries with alert_after_failures are read
+    scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE
     if registry is not None:
-        register_scheduler(registry, scheduler)
+        register_scheduler(registry, scheduler, EntryFilter(metrics_entries))
     return scheduler
 
 

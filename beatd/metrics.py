@@ -11,8 +11,9 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -25,6 +26,7 @@ from beatd.backends.base import Lease, QueueAdmin, StateStore
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
 from beatd.events import Event, Published, Totals
+from beatd.history import EntrySummary
 from beatd.outcomes import WorkerStats
 from beatd.state import EntryState
 
@@ -37,10 +39,63 @@ DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 DEFAULT_WORKER_METRICS_ADDR = "127.0.0.1:9478"
 DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STANDBY_STATE_TTL = 10.0  # seconds a standby reuses the persisted states it read
+MAX_ALL_ENTRIES = 10_000  # --metrics-entries all: beyond this many entries, file
 
 
 def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
+
+
+class EntrySeries(StrEnum):
+    """Which entries get per-entry series (`beatd run --metrics-entries`)."""
+
+    ALL = "all"  # every entry this scheduler counts (removed ones included), up to a bound
+    FILE = "file"  # the entries of the schedule files now loaded
+    NONE = "none"  # none: only the totals and the per-task histogram
+
+
+class EntryFilter:
+    """Which entries a scrape shows, by `--metrics-entries`. Every entry is a schedule file's
+    today, so `file` differs from `all` only by the entries that were removed but still have
+    counts or history; runtime entries (a later issue) will be shown by `all` alone. `all`
+    turns into `file` beyond `limit` entries, logged once."""
+
+    def __init__(self, mode: EntrySeries = EntrySeries.ALL, limit: int = MAX_ALL_ENTRIES) -> None:
+        self.mode = mode
+        self.limit = limit
+        self._bounded = False
+
+    def shown(self, config: Config) -> Callable[[str], bool]:
+        """Whether an entry, by name, has per-entry series in this scrape."""
+        mode = self.mode
+        if mode is EntrySeries.ALL and len(config.entries) > self.limit:
+            if not self._bounded:
+                self._bounded = True
+                log.warning(
+                    "metrics: %d entries are more than %d: per-entry series only for the "
+                    "schedule files' entries (--metrics-entries file); --metrics-entries none "
+                    "leaves only the totals",
+                    len(config.entries),
+                    self.limit,
+                )
+            mode = EntrySeries.FILE
+        if mode is EntrySeries.NONE:
+            return lambda _name: False
+        if mode is EntrySeries.FILE:
+            return config.entries.__contains__
+        return lambda _name: True
+
+
+class OverdueView(Protocol):
+    @property
+    def overdue(self) -> Mapping[str, int]: ...
+
+
+class HealthView(Protocol):
+    @property
+    def summaries(self) -> Mapping[str, EntrySummary]: ...
+    @property
+    def failing(self) -> frozenset[str]: ...
 
 
 class SchedulerView(Protocol):
@@ -58,6 +113,10 @@ class SchedulerView(Protocol):
     def counts(self) -> RunCounts: ...
     @property
     def planner(self) -> Planner: ...
+    @property
+    def deadlines(self) -> OverdueView: ...
+    @property
+    def health(self) -> HealthView: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -78,8 +137,9 @@ class WorkerView(Protocol):
 class SchedulerCollector(Collector):
     """Reads a scheduler at scrape time."""
 
-    def __init__(self, scheduler: SchedulerView) -> None:
+    def __init__(self, scheduler: SchedulerView, entries: EntryFilter | None = None) -> None:
         self.scheduler = scheduler
+        self.entries = entries or EntryFilter()
         self._states: Mapping[str, EntryState] = {}
         self._states_read = float("-inf")
         self._lock = threading.Lock()
@@ -138,11 +198,13 @@ class SchedulerCollector(Collector):
             "1 when the last reload succeeded (or none failed since start).",
             int(s.totals.last_reload_ok),
         )
-        yield from self._run_counts()
-        yield from self._entry_times()
+        shown = self.entries.shown(s.config)
+        yield from self._run_counts(shown)
+        yield from self._entry_times(shown)
+        yield from history_metrics(s, shown)
         yield from _connection_metrics(s.backend)
 
-    def _run_counts(self) -> Iterator[Metric]:
+    def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
         published = CounterMetricFamily("beatd_runs_published", "Runs published.", labels=["entry"])
         late = CounterMetricFamily(
@@ -155,6 +217,8 @@ class SchedulerCollector(Collector):
         )
         reasons = [(COUNT_FIELDS.index(f"missed_{r.value}"), r.value) for r in MissReason]
         for entry, counts in self.scheduler.counts.items():
+            if not shown(entry):
+                continue
             due.add_metric([entry], counts[0])
             published.add_metric([entry], counts[1])
             late.add_metric([entry], counts[2])
@@ -163,7 +227,7 @@ class SchedulerCollector(Collector):
                     missed.add_metric([entry, reason], counts[index])
         yield from (due, published, late, missed)
 
-    def _entry_times(self) -> Iterator[Metric]:
+    def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         s = self.scheduler
         next_due = GaugeMetricFamily(
             "beatd_next_due_timestamp_seconds",
@@ -178,6 +242,8 @@ class SchedulerCollector(Collector):
         leading = s.lease is not None
         states = {} if leading else self._persisted_states()
         for name, entry in s.config.entries.items():
+            if not shown(name):
+                continue
             if leading:
                 due, state = s.planner.next_due(name), s.planner.state(name)
             else:
@@ -188,6 +254,63 @@ class SchedulerCollector(Collector):
             if state is not None and (value := _ts(state.last_published)) is not None:
                 last.add_metric([name], value)
         yield from (next_due, last)
+
+
+def history_metrics(s: SchedulerView, shown: Callable[[str], bool]) -> Iterator[Metric]:
+    """Deadlines passed, and what the leader last read of each entry's summary."""
+    overdue = CounterMetricFamily(
+        "beatd_runs_overdue",
+        "Runs, and ranges of missed slots, marked overdue by this scheduler: not finished by "
+        "the entry's deadline.",
+        labels=["entry"],
+    )
+    for entry, count in sorted(s.deadlines.overdue.items()):
+        if shown(entry):
+            overdue.add_metric([entry], count)
+    yield overdue
+    failing = GaugeMetricFamily(
+        "beatd_entry_failing",
+        "1 while the entry's last alert_after_failures runs or more ended failed or "
+        "dead-lettered (exported by the leader, for entries with alert_after_failures).",
+        labels=["entry"],
+    )
+    health = s.health
+    if s.lease is not None:
+        for name, configured in s.config.entries.items():
+            if configured.alert_after_failures and shown(name):
+                failing.add_metric([name], int(name in health.failing))
+    yield failing
+    yield from _summary_gauges(health.summaries if s.lease is not None else {}, shown)
+
+
+def _summary_gauges(
+    summaries: Mapping[str, EntrySummary], shown: Callable[[str], bool]
+) -> Iterator[Metric]:
+    duration = GaugeMetricFamily(
+        "beatd_entry_last_duration_seconds",
+        "How long the last attempt of the entry's newest finished run took (the history).",
+        labels=["entry"],
+    )
+    success = GaugeMetricFamily(
+        "beatd_entry_last_succeeded_timestamp_seconds",
+        "When the entry's newest successful run finished, on any worker (the history).",
+        labels=["entry"],
+    )
+    failure = GaugeMetricFamily(
+        "beatd_entry_last_failed_timestamp_seconds",
+        "When the entry's newest run that ended failed or dead-lettered finished (the history).",
+        labels=["entry"],
+    )
+    for name, summary in sorted(summaries.items()):
+        if not shown(name):
+            continue
+        if summary.last_duration is not None:
+            duration.add_metric([name], summary.last_duration.total_seconds())
+        if (value := _ts(summary.last_success_at)) is not None:
+            success.add_metric([name], value)
+        if (value := _ts(summary.last_failure_at)) is not None:
+            failure.add_metric([name], value)
+    yield from (duration, success, failure)
 
 
 @runtime_checkable
@@ -227,9 +350,12 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def register_scheduler(registry: CollectorRegistry, scheduler: SchedulerView) -> None:
-    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`)."""
-    registry.register(SchedulerCollector(scheduler))
+def register_scheduler(
+    registry: CollectorRegistry, scheduler: SchedulerView, entries: EntryFilter | None = None
+) -> None:
+    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`), its
+    per-entry series bounded by `entries`."""
+    registry.register(SchedulerCollector(scheduler, entries))
 
 
 class PublishDelay:

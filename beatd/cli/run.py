@@ -45,7 +45,7 @@ from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
 from beatd.errors import ConfigError, Problem
-from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
+from beatd.metrics import DEFAULT_METRICS_ADDR, EntrySeries, register_worker
 from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
 from beatd.systemd import Notifier
@@ -61,6 +61,7 @@ RUN_FLAGS = (
     "removed_grace",
     "metrics_addr",
     "with_worker",
+    "metrics_entries",
 )
 
 
@@ -83,6 +84,7 @@ def parse_run_settings(
     removed_grace: str,
     metrics_addr: str,
     with_worker: bool,
+    metrics_entries: str,
 ) -> RunSettings:
     return RunSettings(
         node=node,
@@ -92,6 +94,7 @@ def parse_run_settings(
         watch=watch,
         metrics_addr=metrics_addr,
         with_worker=with_worker,
+        metrics_entries=EntrySeries(metrics_entries),
     )
 
 
@@ -139,6 +142,16 @@ def parse_run_settings(
 )
 @metrics_option(DEFAULT_METRICS_ADDR)
 @click.option(
+    "--metrics-entries",
+    envvar="BEATD_METRICS_ENTRIES",
+    type=click.Choice([s.value for s in EntrySeries]),
+    default=EntrySeries.ALL.value,
+    show_default=True,
+    help="Which entries get per-entry series: all (beyond 10,000 entries: file, logged once), "
+    "file (the schedule files' entries; today every entry is one, runtime entries come later) "
+    "or none (totals and the per-task histogram only).",
+)
+@click.option(
     "--with-worker",
     envvar="BEATD_WITH_WORKER",
     is_flag=True,
@@ -175,6 +188,7 @@ def run(
         notifier=notifier,
         registry=registry,
         worker=worker.worker if worker is not None else None,
+        metrics_entries=settings.metrics_entries,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
