@@ -21,6 +21,7 @@ from beatd.clock import Clock
 from beatd.config import Entry
 from beatd.events import BecameLeader, Event, SteppedDown
 from beatd.history import EntrySummary
+from beatd.message import format_slot
 
 log = logging.getLogger("beatd.scheduler")
 
@@ -76,7 +77,7 @@ class EntryHealth:
                 "entry": name,
                 "failures": summary.consecutive_failures,
                 "status": summary.last_status,
-                "finished": summary.last_finished_at.isoformat(),
+                "finished": format_slot(summary.last_finished_at),  # to the second
                 "limit": thresholds[name],
             }
             log.warning(

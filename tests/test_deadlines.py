@@ -158,11 +158,14 @@ def test_missed_slots_are_marked_at_the_first_slots_deadline_unless_disabled(
     assert missed.overdue_at == MINUTE + late
     (disabled,) = a.backend.missed("off")
     assert disabled.overdue_at is None
-    assert a.deadlines.overdue == {"skip": 1}
+    # and the run of 12:05, published at 12:05:30.5, is past its deadline when published
+    assert a.deadlines.overdue == {"skip": 2}
     assert overdue_lines(caplog) == [
         "missed slots overdue entry=skip slot=2026-03-01T12:01:00Z "
         "deadline=2026-03-01T12:01:30+00:00 reason=skipped count=4: no run by the first "
-        "slot's deadline"
+        "slot's deadline",
+        "run overdue entry=skip slot=2026-03-01T12:05:00Z deadline=2026-03-01T12:05:30+00:00: "
+        "not finished by its deadline",
     ]
 
 
@@ -207,8 +210,8 @@ def test_an_entry_is_failing_after_n_final_failures_until_a_run_succeeds(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("entry ")]
     assert lines == [
         "entry failing entry=tick failures=2 last_status=dead_lettered "
-        "last_finished=2026-03-01T12:02:01.500000+00:00: that many runs in a row ended failed "
-        "or dead-lettered (alert_after_failures: 2); reported until a run succeeds",
+        "last_finished=2026-03-01T12:02:01Z: that many runs in a row ended failed or "
+        "dead-lettered (alert_after_failures: 2); reported until a run succeeds",
         "entry recovered entry=tick last_status=succeeded: no longer failing",
     ]
 
