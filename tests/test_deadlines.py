@@ -9,13 +9,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from beatd.assemble import build_scheduler
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.history import Ending, RunStatus
 from beatd.message import run_id
+from beatd.metrics import EntryFilter, EntrySeries
 from beatd.outcomes import Outcome
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -239,3 +243,115 @@ def test_only_the_leader_reads_the_summaries(cluster: Cluster) -> None:
     b.step()  # a's lease holds: b stands by
     assert a.health.failing == {"tick"} and b.health.failing == frozenset()
     assert b.health.summaries == {}
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def entry_series(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+    return {name for name, labels in samples if any(key == "entry" for key, _ in labels)}
+
+
+def built(
+    cluster: Cluster, entries: list[Config], series: EntrySeries = EntrySeries.ALL
+) -> tuple[Scheduler, CollectorRegistry]:
+    """A scheduler as `beatd run` builds it; a reload reads the last of `entries`."""
+    registry = CollectorRegistry()
+    beat = build_scheduler(
+        cluster.backend(),
+        entries[0],
+        lambda: entries[-1],
+        cluster.clock,
+        SchedulerSettings(node="a", lease_ttl=10),
+        registry=registry,
+        metrics_entries=series,
+    )
+    return beat, registry
+
+
+def test_the_leader_exports_failing_overdue_and_last_run_gauges(cluster: Cluster) -> None:
+    judged = every("judged", 60, alert_after_failures=1)
+    late = every("late", 60, deadline=timedelta(seconds=30), queue="other")
+    beat, registry = built(cluster, [Config({"judged": judged, "late": late})])
+    run_for(beat, 61)
+    worker = cluster.backend()
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None
+    cluster.clock.advance(2)  # the attempt takes 2 s
+    worker.ack(delivery, FAILED)
+    run_for(beat, 30)  # 12:01:33.5: the late run's deadline passed, the summaries were read
+    samples = scrape(registry)
+    failed_at = (MINUTE + timedelta(seconds=3.5)).timestamp()
+    assert value(samples, "beatd_entry_failing", entry="judged") == 1
+    assert ("beatd_entry_failing", (("entry", "late"),)) not in samples  # no threshold
+    assert value(samples, "beatd_runs_overdue_total", entry="late") == 1
+    assert value(samples, "beatd_entry_last_duration_seconds", entry="judged") == 2
+    assert value(
+        samples, "beatd_entry_last_failed_timestamp_seconds", entry="judged"
+    ) == pytest.approx(failed_at, abs=0.001)
+    assert ("beatd_entry_last_succeeded_timestamp_seconds", (("entry", "judged"),)) not in samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_metrics_entries_none_leaves_no_per_entry_series_but_still_judges(
+    cluster: Cluster,
+) -> None:
+    judged = every("judged", 60, alert_after_failures=1)
+    beat, registry = built(cluster, [Config({"judged": judged})], EntrySeries.NONE)
+    run_for(beat, 61)
+    worker = cluster.backend()
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None
+    worker.ack(delivery, FAILED)
+    run_for(beat, 16)
+    samples = scrape(registry)
+    assert entry_series(samples) == set()
+    assert value(samples, "beatd_entries") == 1
+    assert beat.health.failing == {"judged"}
+
+
+@pytest.mark.parametrize(
+    ("series", "shown"),
+    [(EntrySeries.ALL, {"kept", "removed"}), (EntrySeries.FILE, {"kept"})],
+    ids=["all_keeps_removed_entries", "file_shows_the_loaded_ones"],
+)
+def test_metrics_entries_all_or_file(
+    cluster: Cluster, series: EntrySeries, shown: set[str]
+) -> None:
+    kept, removed = every("kept", 60), every("removed", 60)
+    configs = [Config({"kept": kept, "removed": removed})]
+    beat, registry = built(cluster, configs, series)
+    run_for(beat, 61)
+    configs.append(Config({"kept": kept}))
+    beat.request_reload()
+    run_for(beat, 1)
+    samples = scrape(registry)
+    published = {
+        dict(labels)["entry"] for name, labels in samples if name == "beatd_runs_published_total"
+    }
+    assert published == shown
+
+
+def test_metrics_entries_all_beyond_its_bound_is_file_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = Config({"a": every("a", 60), "b": every("b", 60)})
+    bounded = EntryFilter(EntrySeries.ALL, limit=1)
+    caplog.set_level(logging.WARNING, "beatd.metrics")
+    for _ in range(2):
+        shown = bounded.shown(config)
+        assert (shown("a"), shown("gone")) == (True, False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics: 2 entries are more than 1: per-entry series only for the schedule files' "
+        "entries (--metrics-entries file); --metrics-entries none leaves only the totals"
+    ]
