@@ -6,10 +6,11 @@ slot's due time plus the deadline. While leading, the scheduler feeds `Deadlines
 committed (the `Published` event) and asks it, every step, to mark what passed: a run not
 finished by then is marked overdue in the history at its deadline (`RunHistory.mark_overdue`,
 which leaves a finished or already marked run alone), with a counter per entry and a WARNING
-naming entry and slot. Nothing is persisted here: a new leader rebuilds the watch at adoption
-from the history's unfinished runs and unmarked missed ranges, and marks those whose deadline
-already passed with their original time, so a deadline that passed while no leader ran is
-marked by the next one.
+naming entry and slot. Nothing is persisted here: a new leader rebuilds the watch at its first
+adoption from the history's unfinished runs and unmarked missed ranges (one read per entry with
+a deadline), and marks those whose deadline already passed with their original time, so a
+deadline that passed while no leader ran is marked by the next one. A reload keeps the watch:
+a changed deadline applies to the runs published afterwards.
 
 The deadlines live in the history: with `--no-history` there is nothing to mark.
 """
@@ -59,6 +60,7 @@ class Deadlines:
         self.overdue: Counter[str] = Counter()  # runs and missed ranges marked, per entry
         self._heap: list[tuple[datetime, int, Deadline]] = []
         self._order = itertools.count()  # ties keep their order; deadlines are never compared
+        self._adopted = False  # the watch was rebuilt from the history in this leadership
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -70,6 +72,7 @@ class Deadlines:
             self.published(event.decisions)
         elif isinstance(event, BecameLeader | SteppedDown):
             self._heap.clear()
+            self._adopted = False
 
     def published(self, decisions: Iterable[Decision]) -> None:
         """Watch the runs, and the missed ranges, of committed decisions."""
@@ -98,9 +101,12 @@ class Deadlines:
                 )
 
     def adopt(self, entries: Mapping[str, Entry]) -> None:
-        """Rebuild the watch from the history (a new leader, a reload): the unfinished runs and
-        the unmarked missed ranges of each entry with a deadline. Those already past are marked
-        at the next `mark_passed`, with their original time."""
+        """At a leadership's first adoption, rebuild the watch from the history: the unfinished
+        runs and the unmarked missed ranges of each entry with a deadline. Those already past
+        are marked at the next `mark_passed`, with their original time. Later adoptions (a
+        reload) keep the watch."""
+        if self._adopted:
+            return
         self._heap.clear()
         for entry in entries.values():
             if entry.deadline is None:
@@ -110,6 +116,7 @@ class Deadlines:
                 self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot, run.id))
             records = self.history.missed(entry.name, limit=ADOPT_MISSED)
             self.watch_missed(entry, [r.slots for r in records if r.overdue_at is None])
+        self._adopted = True
 
     def next_at(self) -> datetime | None:
         """The earliest deadline watched; None when none is."""

@@ -220,7 +220,8 @@ class Scheduler:
             ):
                 if wake is not None:
                     deadlines.append(mono + (wake - self.clock.now()).total_seconds())
-            deadlines.append(self.health.next_read() or mono)
+            if (read := self.health.next_read()) is not None:
+                deadlines.append(read)
         if self.settings.watchdog_interval:
             deadlines.append(mono + self.settings.watchdog_interval / 2)
         return max(0.0, min(deadlines) - mono)

@@ -355,3 +355,15 @@ def test_metrics_entries_all_beyond_its_bound_is_file_logged_once(
         "metrics: 2 entries are more than 1: per-entry series only for the schedule files' "
         "entries (--metrics-entries file); --metrics-entries none leaves only the totals"
     ]
+
+
+def test_a_reload_keeps_the_watch(cluster: Cluster) -> None:
+    entry = every("tick", 60, deadline=timedelta(minutes=5))
+    beat = cluster.scheduler("a", entry)
+    run_for(beat, 61)
+    beat.request_reload()
+    run_for(beat, 1)
+    assert beat.deadlines.next_at() == MINUTE + timedelta(minutes=5)
+    run_for(beat, 300)
+    record = beat.backend.run(run_id("tick", MINUTE))
+    assert record is not None and record.overdue_at == MINUTE + timedelta(minutes=5)
