@@ -41,13 +41,13 @@ ADOPT_MISSED = 100  # missed-slot records read per entry at adoption (the newest
 
 
 class Deadline(NamedTuple):
-    """One deadline watched: a run's (`run_id` set) or a missed range's (`reason` set)."""
+    """One deadline watched: a run's, or a missed range's (`reason` set). A run's id is made
+    when it is marked (`run_id(entry, slot)`), not for every run watched."""
 
     at: datetime
     entry: str
     slot: datetime  # the run's slot, or the missed range's first slot
-    run_id: str = ""
-    reason: str = ""
+    reason: str = ""  # a missed range's
     total: int = 1  # slots in a missed range
 
 
@@ -81,11 +81,7 @@ class Deadlines:
             if entry.deadline is None:
                 continue
             for run in decision.runs:
-                self._watch(
-                    Deadline(
-                        run.due + entry.deadline, entry.name, run.slot, run_id(entry.name, run.slot)
-                    )
-                )
+                self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot))
             self.watch_missed(entry, decision.missed)
 
     def watch_missed(self, entry: Entry, ranges: Iterable[MissedSlots]) -> None:
@@ -113,7 +109,7 @@ class Deadlines:
                 continue
             query = HistoryQuery(entry=entry.name, limit=ADOPT_RUNS, unfinished=True)
             for run in self.history.runs(query):
-                self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot, run.id))
+                self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot))
             records = self.history.missed(entry.name, limit=ADOPT_MISSED)
             self.watch_missed(entry, [r.slots for r in records if r.overdue_at is None])
         self._adopted = True
@@ -137,8 +133,8 @@ class Deadlines:
         return asked
 
     def _mark(self, deadline: Deadline) -> bool:
-        if deadline.run_id:
-            return self.history.mark_overdue(deadline.run_id, at=deadline.at)
+        if not deadline.reason:
+            return self.history.mark_overdue(run_id(deadline.entry, deadline.slot), at=deadline.at)
         return self.history.mark_missed_overdue(
             deadline.entry, deadline.reason, deadline.slot, at=deadline.at
         )
@@ -153,7 +149,7 @@ def _log_overdue(deadline: Deadline) -> None:
         "slot": format_slot(deadline.slot),
         "deadline": deadline.at.isoformat(),
     }
-    if deadline.run_id:
+    if not deadline.reason:
         log.warning(
             "run overdue entry=%(entry)s slot=%(slot)s deadline=%(deadline)s: not finished by "
             "its deadline",
