@@ -367,3 +367,32 @@ def test_a_reload_keeps_the_watch(cluster: Cluster) -> None:
     run_for(beat, 300)
     record = beat.backend.run(run_id("tick", MINUTE))
     assert record is not None and record.overdue_at == MINUTE + timedelta(minutes=5)
+
+
+def test_a_new_leader_watches_the_missed_ranges_its_predecessor_wrote(cluster: Cluster) -> None:
+    entry = every("skip", 60, deadline=timedelta(minutes=5), missed=MissedPolicy.SKIP)
+    a = cluster.scheduler("a", entry)
+    run_for(a, 30)
+    cluster.clock.advance(300)  # a stalls over five slots
+    run_for(a, 5)  # 12:05:35.5: a leads again and writes the range 12:01-12:04, then dies
+    (missed,) = a.backend.missed("skip")
+    assert missed.overdue_at is None  # its deadline, 12:06, is ahead
+    cluster.clock.advance(15)  # a's lease lapses
+    b = cluster.scheduler("b", entry)
+    b.step()
+    assert b.is_leader
+    run_for(b, 20)  # past 12:06
+    (missed,) = b.backend.missed("skip")
+    assert missed.overdue_at == MINUTE + timedelta(minutes=5)
+    assert b.deadlines.overdue == {"skip": 1}
+
+
+def test_without_history_nothing_is_marked(cluster: Cluster) -> None:
+    config = Config({"tick": every("tick", 60, deadline=timedelta(seconds=30))})
+    backend = MemoryBackend(
+        cluster.name, wall_clock=lambda: cluster.clock.now().timestamp(), history=False
+    )
+    beat = Scheduler(backend, lambda: config, cluster.clock, SchedulerSettings(node="a"))
+    run_for(beat, 120)
+    assert beat.backend.run(run_id("tick", MINUTE)) is None
+    assert beat.deadlines.overdue == {} and beat.health.summaries == {}
