@@ -38,6 +38,9 @@ log = logging.getLogger("beatd.scheduler")
 
 ADOPT_RUNS = 10_000  # unfinished runs read per entry at adoption (the newest)
 ADOPT_MISSED = 100  # missed-slot records read per entry at adoption (the newest)
+# marks per step: a backlog (a new leader after a long outage) is marked over several steps, so
+# lease renewals and publishing go on between them
+MARK_BUDGET = 1000
 
 
 class Deadline(NamedTuple):
@@ -54,9 +57,10 @@ class Deadline(NamedTuple):
 class Deadlines:
     """The deadlines of the runs and missed ranges the leader knows of, earliest first."""
 
-    def __init__(self, history: RunHistory, clock: Clock) -> None:
+    def __init__(self, history: RunHistory, clock: Clock, budget: int = MARK_BUDGET) -> None:
         self.history = history
         self.clock = clock
+        self.budget = budget
         self.overdue: Counter[str] = Counter()  # runs and missed ranges marked, per entry
         self._heap: list[tuple[datetime, int, Deadline]] = []
         self._order = itertools.count()  # ties keep their order; deadlines are never compared
@@ -119,13 +123,14 @@ class Deadlines:
         return self._heap[0][0] if self._heap else None
 
     def mark_passed(self, now: datetime) -> bool:
-        """Mark every watched deadline at or before `now`; True when the history was asked.
-        A deadline leaves the watch only once its mark was answered, so one a backend error
-        interrupted is tried again at the next step."""
-        heap, asked = self._heap, False
-        while heap and heap[0][0] <= now:
+        """Mark the watched deadlines at or before `now`, at most `budget` of them (the rest
+        are still due at the next step); True when the history was asked. A deadline leaves
+        the watch only once its mark was answered, so one a backend error interrupted is tried
+        again at the next step."""
+        heap, asked, left = self._heap, False, self.budget
+        while heap and heap[0][0] <= now and left > 0:
             deadline = heap[0][2]
-            asked = True
+            asked, left = True, left - 1
             if self._mark(deadline):
                 self.overdue[deadline.entry] += 1
                 _log_overdue(deadline)

@@ -396,3 +396,16 @@ def test_without_history_nothing_is_marked(cluster: Cluster) -> None:
     run_for(beat, 120)
     assert beat.backend.run(run_id("tick", MINUTE)) is None
     assert beat.deadlines.overdue == {} and beat.health.summaries == {}
+
+
+def test_a_backlog_of_deadlines_is_marked_over_several_steps(cluster: Cluster) -> None:
+    late = timedelta(seconds=30)
+    beat = cluster.scheduler("a", *(every(n, 60, deadline=late) for n in ("a", "b", "c")))
+    beat.deadlines.budget = 2
+    run_for(beat, 89.4)  # 12:01:29.9: three runs published, none past its deadline
+    cluster.clock.advance(1)
+    delay = beat.step()
+    assert sum(beat.deadlines.overdue.values()) == 2
+    assert delay == 0  # the third is still due: the loop does not sleep
+    beat.step()
+    assert sum(beat.deadlines.overdue.values()) == 3
