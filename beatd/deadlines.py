@@ -22,7 +22,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from beatd.backends.base import RunHistory
@@ -41,6 +41,8 @@ ADOPT_MISSED = 100  # missed-slot records read per entry at adoption (the newest
 # marks per step: a backlog (a new leader after a long outage) is marked over several steps, so
 # lease renewals and publishing go on between them
 MARK_BUDGET = 1000
+READ_BUDGET = 100  # entries whose history is read per step after an adoption
+_AT_ONCE = datetime.min.replace(tzinfo=UTC)
 
 
 class Deadline(NamedTuple):
@@ -61,10 +63,12 @@ class Deadlines:
         self.history = history
         self.clock = clock
         self.budget = budget
+        self.read_budget = READ_BUDGET
         self.overdue: Counter[str] = Counter()  # runs and missed ranges marked, per entry
         self._heap: list[tuple[datetime, int, Deadline]] = []
         self._order = itertools.count()  # ties keep their order; deadlines are never compared
         self._adopted = False  # the watch was rebuilt from the history in this leadership
+        self._to_read: list[Entry] = []  # entries whose history the adoption has yet to read
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -76,6 +80,7 @@ class Deadlines:
             self.published(event.decisions)
         elif isinstance(event, BecameLeader | SteppedDown):
             self._heap.clear()
+            self._to_read.clear()
             self._adopted = False
 
     def published(self, decisions: Iterable[Decision]) -> None:
@@ -102,24 +107,36 @@ class Deadlines:
 
     def adopt(self, entries: Mapping[str, Entry]) -> None:
         """At a leadership's first adoption, rebuild the watch from the history: the unfinished
-        runs and the unmarked missed ranges of each entry with a deadline. Those already past
-        are marked at the next `mark_passed`, with their original time. Later adoptions (a
-        reload) keep the watch."""
+        runs and the unmarked missed ranges of each entry with a deadline, read by
+        `mark_passed`, `read_budget` entries a step. Those already past are marked with their
+        original time. Later adoptions (a reload) keep the watch."""
         if self._adopted:
             return
         self._heap.clear()
-        for entry in entries.values():
-            if entry.deadline is None:
-                continue
+        self._to_read = [entry for entry in entries.values() if entry.deadline is not None]
+        self._adopted = True
+
+    def _read_history(self) -> bool:
+        """Watch what the history holds of the next entries the adoption has yet to read;
+        True when it was asked."""
+        todo = self._to_read
+        reads = min(self.read_budget, len(todo))
+        for _ in range(reads):
+            entry = todo[-1]
+            assert entry.deadline is not None
             query = HistoryQuery(entry=entry.name, limit=ADOPT_RUNS, unfinished=True)
             for run in self.history.runs(query):
                 self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot))
             records = self.history.missed(entry.name, limit=ADOPT_MISSED)
             self.watch_missed(entry, [r.slots for r in records if r.overdue_at is None])
-        self._adopted = True
+            todo.pop()  # only once read: a backend error leaves it to the next step
+        return reads > 0
 
     def next_at(self) -> datetime | None:
-        """The earliest deadline watched; None when none is."""
+        """The earliest deadline watched (long past while the adoption's reads go on); None
+        when none is."""
+        if self._to_read:
+            return _AT_ONCE
         return self._heap[0][0] if self._heap else None
 
     def mark_passed(self, now: datetime) -> bool:
@@ -127,7 +144,8 @@ class Deadlines:
         are still due at the next step); True when the history was asked. A deadline leaves
         the watch only once its mark was answered, so one a backend error interrupted is tried
         again at the next step."""
-        heap, asked, left = self._heap, False, self.budget
+        asked = self._read_history()
+        heap, left = self._heap, self.budget
         while heap and heap[0][0] <= now and left > 0:
             deadline = heap[0][2]
             asked, left = True, left - 1

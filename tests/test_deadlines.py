@@ -409,3 +409,17 @@ def test_a_backlog_of_deadlines_is_marked_over_several_steps(cluster: Cluster) -
     assert delay == 0  # the third is still due: the loop does not sleep
     beat.step()
     assert sum(beat.deadlines.overdue.values()) == 3
+
+
+def test_a_new_leader_reads_the_history_a_few_entries_a_step(cluster: Cluster) -> None:
+    entries = [every(n, 60, deadline=timedelta(seconds=30)) for n in ("a", "b", "c")]
+    first = cluster.scheduler("first", *entries)
+    run_for(first, 61)  # three runs published; first dies
+    cluster.clock.advance(60)  # their deadlines pass with no leader
+    second = cluster.scheduler("second", *entries)
+    second.deadlines.read_budget = 2
+    delay = second.step()
+    assert second.is_leader and sum(second.deadlines.overdue.values()) == 2
+    assert delay == 0  # one entry is still to read
+    second.step()
+    assert second.deadlines.overdue == {"a": 1, "b": 1, "c": 1}
