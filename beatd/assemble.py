@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from beatd.backends.base import Backend
 from beatd.clock import Clock
 from beatd.config import Config
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.events import Observer
-from beatd.metrics import EntryFilter, EntrySeries, PublishDelay, register_scheduler
+from beatd.metrics import PublishDelay, register_scheduler
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
 from beatd.scheduler import Scheduler, SchedulerSettings

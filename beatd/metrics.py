@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -25,8 +24,8 @@ from prometheus_client.registry import Collector
 from beatd.backends.base import Lease, QueueAdmin, StateStore
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
+from beatd.entry_series import EntryFilter, HealthView, OverdueView, history_metrics
 from beatd.events import Event, Published, Totals
-from beatd.history import EntrySummary
 from beatd.outcomes import WorkerStats
 from beatd.state import EntryState
 
@@ -39,63 +38,10 @@ DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 DEFAULT_WORKER_METRICS_ADDR = "127.0.0.1:9478"
 DELAY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STANDBY_STATE_TTL = 10.0  # seconds a standby reuses the persisted states it read
-MAX_ALL_ENTRIES = 10_000  # --metrics-entries all: beyond this many entries, file
 
 
 def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
-
-
-class EntrySeries(StrEnum):
-    """Which entries get per-entry series (`beatd run --metrics-entries`)."""
-
-    ALL = "all"  # every entry this scheduler counts (removed ones included), up to a bound
-    FILE = "file"  # the entries of the schedule files now loaded
-    NONE = "none"  # none: only the totals and the per-task histogram
-
-
-class EntryFilter:
-    """Which entries a scrape shows, by `--metrics-entries`. Every entry is a schedule file's
-    today, so `file` differs from `all` only by the entries that were removed but still have
-    counts or history; runtime entries (a later issue) will be shown by `all` alone. `all`
-    turns into `file` beyond `limit` entries, logged once."""
-
-    def __init__(self, mode: EntrySeries = EntrySeries.ALL, limit: int = MAX_ALL_ENTRIES) -> None:
-        self.mode = mode
-        self.limit = limit
-        self._bounded = False
-
-    def shown(self, config: Config) -> Callable[[str], bool]:
-        """Whether an entry, by name, has per-entry series in this scrape."""
-        mode = self.mode
-        if mode is EntrySeries.ALL and len(config.entries) > self.limit:
-            if not self._bounded:
-                self._bounded = True
-                log.warning(
-                    "metrics: %d entries are more than %d: per-entry series only for the "
-                    "schedule files' entries (--metrics-entries file); --metrics-entries none "
-                    "leaves only the totals",
-                    len(config.entries),
-                    self.limit,
-                )
-            mode = EntrySeries.FILE
-        if mode is EntrySeries.NONE:
-            return lambda _name: False
-        if mode is EntrySeries.FILE:
-            return config.entries.__contains__
-        return lambda _name: True
-
-
-class OverdueView(Protocol):
-    @property
-    def overdue(self) -> Mapping[str, int]: ...
-
-
-class HealthView(Protocol):
-    @property
-    def summaries(self) -> Mapping[str, EntrySummary]: ...
-    @property
-    def failing(self) -> frozenset[str]: ...
 
 
 class SchedulerView(Protocol):
@@ -201,7 +147,7 @@ class SchedulerCollector(Collector):
         shown = self.entries.shown(s.config)
         yield from self._run_counts(shown)
         yield from self._entry_times(shown)
-        yield from history_metrics(s, shown)
+        yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
 
     def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
@@ -254,63 +200,6 @@ class SchedulerCollector(Collector):
             if state is not None and (value := _ts(state.last_published)) is not None:
                 last.add_metric([name], value)
         yield from (next_due, last)
-
-
-def history_metrics(s: SchedulerView, shown: Callable[[str], bool]) -> Iterator[Metric]:
-    """Deadlines passed, and what the leader last read of each entry's summary."""
-    overdue = CounterMetricFamily(
-        "beatd_runs_overdue",
-        "Runs, and ranges of missed slots, marked overdue by this scheduler: not finished by "
-        "the entry's deadline.",
-        labels=["entry"],
-    )
-    for entry, count in sorted(s.deadlines.overdue.items()):
-        if shown(entry):
-            overdue.add_metric([entry], count)
-    yield overdue
-    failing = GaugeMetricFamily(
-        "beatd_entry_failing",
-        "1 while the entry's last alert_after_failures runs or more ended failed or "
-        "dead-lettered (exported by the leader, for entries with alert_after_failures).",
-        labels=["entry"],
-    )
-    health = s.health
-    if s.lease is not None:
-        for name, configured in s.config.entries.items():
-            if configured.alert_after_failures and shown(name):
-                failing.add_metric([name], int(name in health.failing))
-    yield failing
-    yield from _summary_gauges(health.summaries if s.lease is not None else {}, shown)
-
-
-def _summary_gauges(
-    summaries: Mapping[str, EntrySummary], shown: Callable[[str], bool]
-) -> Iterator[Metric]:
-    duration = GaugeMetricFamily(
-        "beatd_entry_last_duration_seconds",
-        "How long the last attempt of the entry's newest finished run took (the history).",
-        labels=["entry"],
-    )
-    success = GaugeMetricFamily(
-        "beatd_entry_last_succeeded_timestamp_seconds",
-        "When the entry's newest successful run finished, on any worker (the history).",
-        labels=["entry"],
-    )
-    failure = GaugeMetricFamily(
-        "beatd_entry_last_failed_timestamp_seconds",
-        "When the entry's newest run that ended failed or dead-lettered finished (the history).",
-        labels=["entry"],
-    )
-    for name, summary in sorted(summaries.items()):
-        if not shown(name):
-            continue
-        if summary.last_duration is not None:
-            duration.add_metric([name], summary.last_duration.total_seconds())
-        if (value := _ts(summary.last_success_at)) is not None:
-            success.add_metric([name], value)
-        if (value := _ts(summary.last_failure_at)) is not None:
-            failure.add_metric([name], value)
-    yield from (duration, success, failure)
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.events",  # the loop's events carry the core's decisions
             "beatd.backends",
             "beatd.metrics",
+            "beatd.entry_series",
             "beatd.migrate",
             "beatd.dataloss",
         ),

@@ -17,9 +17,9 @@ from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.history import Ending, RunStatus
 from beatd.message import run_id
-from beatd.metrics import EntryFilter, EntrySeries
 from beatd.outcomes import Outcome
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule

@@ -44,8 +44,9 @@ from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
+from beatd.entry_series import EntrySeries
 from beatd.errors import ConfigError, Problem
-from beatd.metrics import DEFAULT_METRICS_ADDR, EntrySeries, register_worker
+from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
 from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
 from beatd.systemd import Notifier
