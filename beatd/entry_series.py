@@ -31,7 +31,7 @@ class EntrySeries(StrEnum):
 class EntryFilter:
     """Which entries a scrape shows, by `--metrics-entries`. Every entry is a schedule file's
     today, so `file` differs from `all` only by the entries that were removed but still have
-    counts or history; runtime entries (a later issue) will be shown by `all` alone. `all`
+    counts (this process's); runtime entries (a later issue) will be shown by `all` alone. `all`
     turns into `file` beyond `limit` entries, logged once."""
 
     def __init__(self, mode: EntrySeries = EntrySeries.ALL, limit: int = MAX_ALL_ENTRIES) -> None:

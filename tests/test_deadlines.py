@@ -423,3 +423,20 @@ def test_a_new_leader_reads_the_history_a_few_entries_a_step(cluster: Cluster) -
     assert delay == 0  # one entry is still to read
     second.step()
     assert second.deadlines.overdue == {"a": 1, "b": 1, "c": 1}
+
+
+def test_the_summaries_are_read_a_chunk_a_step(cluster: Cluster) -> None:
+    entries = [every(n, 60, alert_after_failures=1) for n in ("a", "b", "c")]
+    beat = cluster.scheduler("a", *entries, ttl=3600)  # it leads on when the test moves time
+    beat.health.chunk = 2
+    run_for(beat, 61)
+    worker = cluster.backend()
+    for _ in entries:
+        delivery = worker.claim(["default"], "w", 30)
+        assert delivery is not None
+        worker.ack(delivery, FAILED)
+    cluster.clock.advance(15)
+    delay = beat.step()  # reads the summaries of a and b
+    assert beat.health.failing == frozenset() and delay == 0
+    beat.step()  # and of c: the read is complete
+    assert beat.health.failing == {"a", "b", "c"}
