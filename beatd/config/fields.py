@@ -184,7 +184,7 @@ FIELDS: tuple[Field, ...] = (
         "deadline", "duration", to_optional_duration, None, "none", True,
         "a run not finished this long after it was due (slot plus jitter), by the leader's "
         "clock, is marked overdue: also one never started, and the first slot of slots missed "
-        "for any reason but `disabled` ([run history](history.md))",
+        "for any reason but `disabled` ([deadlines](metrics.md#deadlines-and-failing-entries))",
         "30m", {**DURATION, "type": ["string", "number", "null"]},
     ),
     Field(
