@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -17,9 +17,11 @@ from beatd.clock import Clock
 from beatd.config import Config
 from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.events import Observer
-from beatd.metrics import PublishDelay, register_scheduler
+from beatd.history import Retention
+from beatd.metrics import PublishDelay, register_history, register_scheduler
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
+from beatd.retention import HistoryRetention
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.systemd import Notifier
 from beatd.tasks import Registry
@@ -64,6 +66,7 @@ class RunSettings:
     metrics_addr: str
     with_worker: bool
     metrics_entries: EntrySeries = EntrySeries.ALL
+    retention: Retention = field(default_factory=Retention)
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
         return SchedulerSettings(
@@ -86,10 +89,12 @@ def build_scheduler(
     registry: CollectorRegistry | None = None,
     worker: Nudgeable | None = None,
     metrics_entries: EntrySeries = EntrySeries.ALL,
+    retention: Retention | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
-    in-process `worker` nudged after each step."""
+    in-process `worker` nudged after each step, and, while leading, the run history trimmed to
+    `retention` (none: never trimmed)."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -97,6 +102,11 @@ def build_scheduler(
         observers.append(PublishDelay(registry))
     if worker is not None:
         observers.append(WorkerNudge(worker))
+    if retention is not None:
+        trimming = HistoryRetention(backend, clock, retention)
+        observers.append(trimming)
+        if registry is not None:
+            register_history(registry, trimming.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
     # without per-entry series, only the entries with alert_after_failures are read
     scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE

@@ -81,6 +81,13 @@ WORKER_METRICS = {
     "beatd_dead_letters",
 }
 
+# the leader's trimming of the run history (beatd/retention.py), after its first trim
+HISTORY_METRICS = {
+    "beatd_history_records",
+    "beatd_history_trimmed_total",
+    "beatd_history_write_errors_total",
+}
+
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
 BACKEND_METRICS = {"beatd_backend_connections", "beatd_backend_listen_reconnects_total"}
 
@@ -545,7 +552,7 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS
+    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | HISTORY_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}
