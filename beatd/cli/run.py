@@ -233,9 +233,8 @@ def run(
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
-    watcher = None
-    if settings.watch:
-        watcher = watch_schedule_files(schedule.paths, stop, scheduler.request_reload)
+    reload = scheduler.request_reload
+    watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
     logger.info(
         "beatd run node=%s broker=%s entries=%d config=%s",
         settings.node,
