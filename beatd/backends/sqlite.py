@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
+from typing import Any
 
 from beatd.backends.base import (
     NEEDS,
@@ -39,6 +40,7 @@ from beatd.backends.sqlite_file import (
     FORMAT_VERSION,
     LARGE_CATCH_UP,
     LEASE,
+    MESSAGE_ATTEMPT,
     SCHEMA,
     SQLiteFile,
     _priority,
@@ -49,11 +51,10 @@ from beatd.backends.sqlite_file import (
 )
 from beatd.backends.sqlite_history import (
     SQLiteRunHistory,
-    end_attempt,
     micros,
+    record_ended,
     record_missed,
     record_published,
-    start_attempt,
 )
 from beatd.errors import BackendError
 from beatd.history import Ending
@@ -67,6 +68,9 @@ _destination = attrgetter("destination")
 # what a settling method records when the worker gives no `Ending`
 _SUCCEEDED, _RETRIED = Ending(Outcome.SUCCEEDED), Ending(Outcome.RETRIED)
 _DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEASED)
+_NONE = (None, None, None, None)  # no attempt opened: history is off
+_ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
+_OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -274,59 +278,71 @@ class SQLiteWorkQueue(SQLiteFile):
 
         def work(db: sqlite3.Connection) -> Delivery | None:
             now = self._now()
+            # the attempt opens in the message's row (a trigger records one left open as lost)
+            attempt = (consumer, self._host, os.getpid(), micros(now)) if self.history else _NONE
             row = db.execute(
-                f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1 "
+                f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1, "
+                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ? "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
                 f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
                 f"{_AS_BYTES.format('body')}, deliveries",
-                (receipt, now + visibility, *queues, now),
+                (receipt, now + visibility, *attempt, *queues, now),
             ).fetchall()
             if not row:
                 return None
             message_id, queue, body, deliveries = row[0]
             unreadable = utf8_fault(message_id, "id") or utf8_fault(body, "body")
-            run_id = _text(message_id)
-            if self.history:
-                start_attempt(db, run_id, consumer, self._host, os.getpid(), micros(now))
-            return Delivery(run_id, _text(queue), _text(body), deliveries, receipt, unreadable)
+            return Delivery(
+                _text(message_id), _text(queue), _text(body), deliveries, receipt, unreadable
+            )
 
         return self._run(work)
+
+    def _end(
+        self, db: sqlite3.Connection, delivery: Delivery, started: Any, ending: Ending
+    ) -> None:
+        """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
+        ended now as `ending` says."""
+        if started is not None and started[3] is not None and self.history:
+            record_ended(db, delivery.id, started, ending, micros(self._now()))
 
     def _settle(
-        self,
-        sql: str,
-        params: tuple[object, ...],
-        delivery: Delivery,
-        ending: Ending | None = None,
-    ) -> bool:
+        self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending
+    ) -> None:
         """Write to the claimed message, if the claim still holds, and with that write end the
-        run's open attempt (`ending`; None: none to end)."""
+        attempt open in it (`sql` closes it: attempt_us = NULL)."""
 
-        def work(db: sqlite3.Connection) -> bool:
-            if db.execute(sql, (*params, delivery.receipt)).rowcount != 1:
-                return False
-            if ending is not None and self.history:
-                end_attempt(db, delivery.id, ending, micros(self._now()))
-            return True
+        def work(db: sqlite3.Connection) -> None:
+            started = db.execute(_OPEN_ATTEMPT, (delivery.receipt,)).fetchone()
+            if db.execute(sql, (*params, delivery.receipt)).rowcount == 1:
+                self._end(db, delivery, started, ending)
 
-        return self._run(work)
+        self._run(work)
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
-        return self._settle(
-            "UPDATE message SET ready_at = ? WHERE receipt = ?",
-            (self._now() + visibility,),
-            delivery,
+        cursor = self._run(
+            lambda db: db.execute(
+                "UPDATE message SET ready_at = ? WHERE receipt = ?",
+                (self._now() + visibility, delivery.receipt),
+            )
         )
+        return cursor.rowcount == 1
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
-        ending = ending or _SUCCEEDED
-        self._settle("DELETE FROM message WHERE receipt = ?", (), delivery, ending)
+        def work(db: sqlite3.Connection) -> None:
+            started = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
+                (delivery.receipt,),
+            ).fetchone()
+            self._end(db, delivery, started, ending or _SUCCEEDED)
+
+        self._run(work)
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._settle(
-            "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1 "
-            "WHERE receipt = ?",
+            "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1, "
+            "attempt_us = NULL WHERE receipt = ?",
             (self._now(),),
             delivery,
             ending or _RELEASED,
@@ -336,8 +352,8 @@ class SQLiteWorkQueue(SQLiteFile):
         self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
     ) -> None:
         self._settle(
-            "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0 "
-            "WHERE receipt = ?",
+            "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0, "
+            "attempt_us = NULL WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
             ending or _RETRIED,
@@ -351,19 +367,16 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            moved = db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
-            if moved.rowcount == 1 and self.history:
-                end_attempt(db, delivery.id, ending or _DEAD_LETTERED, micros(self._now()))
+            started = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
+                (delivery.receipt,),
+            ).fetchone()
+            self._end(db, delivery, started, ending or _DEAD_LETTERED)
 
         self._run(work)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            held = db.execute("SELECT 1 FROM message WHERE receipt = ?", (delivery.receipt,))
-            if held.fetchone() is not None and self.history:
-                end_attempt(db, delivery.id, ending, micros(self._now()))
-
-        self._run(work)
+        self._settle("UPDATE message SET attempt_us = NULL WHERE receipt = ?", (), delivery, ending)
 
 
 class SQLiteQueueAdmin(SQLiteFile):

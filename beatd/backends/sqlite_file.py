@@ -10,6 +10,7 @@ which is then rolled back: NotApplied.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -23,12 +24,51 @@ from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.history import FAILED_FINALLY, FINAL, LOST
+from beatd.outcomes import Outcome
 
-# The run history (format 2, beatd.history): one `run` row per published run, its attempts keyed by
-# (run's seq, number), the missed-slot ranges and each entry's summary. The indexes serve what is
-# read or trimmed often: an entry's runs newest first, all runs by age (newest first, trimming the
-# oldest), and the few runs still open (the leader's deadlines). Statements one by one, so that the
-# migration runs them inside the lease's transaction (executescript would commit it).
+
+def _listed(outcomes: frozenset[Outcome]) -> str:
+    """Outcomes as an SQL list of text literals (they are plain words)."""
+    return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
+
+
+# The run history (format 2, beatd.history): one `run` row per published run, its ended attempts
+# keyed by (run's seq, number), the missed-slot ranges and each entry's summary. Every page a step
+# dirties is written to the WAL at its commit, and pages, more than statements, are what the
+# history costs a claim and an ack (bench/sqlite_history.py). So:
+# - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
+#   row anyway) and is written to `attempt` once, ended, by the settling step;
+# - what follows from that is done by triggers, in C: a claim that finds the message's attempt
+#   still open records it `lost`; an attempt ended with a final outcome moves its entry's summary;
+# - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
+#   is finished when its last attempt's outcome is final.
+# An attempt started from Celery's task events (no message here) is an `attempt` row with no end.
+# The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
+# most `Retention.per_entry` rows to look at) and all runs by age (newest first; trimming the
+# oldest). Statements one by one, so that they run inside a transaction (executescript commits).
+MESSAGE_ATTEMPT = (
+    ("attempt_consumer", "TEXT"),
+    ("attempt_host", "TEXT"),
+    ("attempt_pid", "INTEGER"),
+    ("attempt_us", "INTEGER"),  # when the claim started it; NULL: none open in this row
+)
+_SUMMARIZE = (
+    "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
+    "last_success_us, last_failure_us, consecutive_failures) "
+    "SELECT entry, new.outcome, new.ended_us, new.ended_us - new.started_us, "
+    f"iif(new.outcome = '{Outcome.SUCCEEDED}', new.ended_us, NULL), "
+    f"iif(new.outcome IN ({_listed(FAILED_FINALLY)}), new.ended_us, NULL), "
+    f"new.outcome IN ({_listed(FAILED_FINALLY)}) FROM run WHERE seq = new.run "
+    "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
+    "last_finished_us = excluded.last_finished_us, "
+    "last_duration_us = excluded.last_duration_us, "
+    "last_success_us = coalesce(excluded.last_success_us, last_success_us), "
+    "last_failure_us = coalesce(excluded.last_failure_us, last_failure_us), "
+    f"consecutive_failures = CASE WHEN excluded.last_status = '{Outcome.SUCCEEDED}' THEN 0 "
+    "WHEN excluded.last_failure_us IS NOT NULL THEN consecutive_failures + 1 "
+    "ELSE consecutive_failures END"
+)
 HISTORY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS run (
     seq INTEGER PRIMARY KEY,
@@ -42,13 +82,10 @@ HISTORY_SCHEMA = (
     kind TEXT NOT NULL,
     celery INTEGER NOT NULL DEFAULT 0,
     received_us INTEGER,
-    overdue_us INTEGER,
-    finished INTEGER NOT NULL DEFAULT 0
+    overdue_us INTEGER
 )""",
     "CREATE INDEX IF NOT EXISTS run_entry ON run (entry, published_us, id)",
     "CREATE INDEX IF NOT EXISTS run_published ON run (published_us, id)",
-    "CREATE INDEX IF NOT EXISTS run_open ON run (published_us) "
-    "WHERE finished = 0 AND overdue_us IS NULL",
     """CREATE TABLE IF NOT EXISTS attempt (
     run INTEGER NOT NULL,
     number INTEGER NOT NULL,
@@ -65,6 +102,23 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
     "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
     "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    # An attempt started from task events ends the run's open one as lost.
+    "CREATE TRIGGER IF NOT EXISTS attempt_started AFTER INSERT ON attempt "
+    "WHEN new.ended_us IS NULL BEGIN "
+    f"UPDATE attempt SET ended_us = new.started_us, outcome = '{LOST}' "
+    "WHERE run = new.run AND number < new.number AND ended_us IS NULL; END",
+    # A claim of a message whose attempt is still open (its claim lapsed): that one was lost.
+    "CREATE TRIGGER IF NOT EXISTS message_claimed_again AFTER UPDATE OF attempt_us ON message "
+    "WHEN old.attempt_us IS NOT NULL AND new.attempt_us IS NOT NULL BEGIN "
+    "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome) "
+    "SELECT seq, (SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
+    "old.attempt_consumer, old.attempt_host, old.attempt_pid, old.attempt_us, "
+    f"new.attempt_us, '{LOST}' FROM run WHERE id = old.id; END",
+    # An attempt that ends with a final outcome (stored ended, or ended later) moves the summary.
+    "CREATE TRIGGER IF NOT EXISTS attempt_stored_ended AFTER INSERT ON attempt "
+    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
+    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -87,6 +141,9 @@ HISTORY_SCHEMA = (
     last_failure_us INTEGER,
     consecutive_failures INTEGER NOT NULL
 ) WITHOUT ROWID""",
+)
+HISTORY_OBJECTS = frozenset(
+    re.findall(r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)", " ".join(HISTORY_SCHEMA))
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
@@ -112,7 +169,11 @@ CREATE TABLE IF NOT EXISTS message (
     body TEXT NOT NULL,
     ready_at REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    attempt_consumer TEXT,
+    attempt_host TEXT,
+    attempt_pid INTEGER,
+    attempt_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
@@ -126,7 +187,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     failed_at REAL NOT NULL,
     deliveries INTEGER NOT NULL
 );
-""" + "".join(f"{statement};\n" for statement in HISTORY_SCHEMA)
+"""
 LEASE = "scheduler"
 BEATD_TABLES = ("lease", "entry_state")  # in every beatd database since the first
 DEFAULT_PRIORITY = 5
@@ -145,11 +206,28 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 
 def _format_2(db: sqlite3.Connection) -> None:
-    """Format 1 to 2: the run history's tables (issue 15). A process that opened the file for
-    writing since has created them already (`SCHEMA`), so that a worker started before the
-    leader upgrades records its attempts: they are only ensured here."""
+    """Format 1 to 2: the run history's tables and the message's open attempt (issue 15). A
+    process that opened the file for writing since has added them already (`add_history`), so
+    that a worker started before the leader upgrades records its attempts."""
+    add_history(db)
+
+
+def add_history(db: sqlite3.Connection) -> None:
+    """Add the run history's layout where it is missing, inside the caller's transaction."""
+    held = {row[1] for row in db.execute("PRAGMA table_info(message)")}
+    for column, kind in MESSAGE_ATTEMPT:
+        if column not in held:
+            db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
     for statement in HISTORY_SCHEMA:
         db.execute(statement)
+
+
+def has_history(db: sqlite3.Connection) -> bool:
+    """Whether the file has all of the run history's layout (a read)."""
+    objects = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    return objects >= HISTORY_OBJECTS and "attempt_us" in {
+        row[1] for row in db.execute("PRAGMA table_info(message)")
+    }
 
 
 # The persisted-state format is the file's `PRAGMA user_version`. MIGRATIONS[n] upgrades format n
@@ -229,6 +307,8 @@ class SQLiteFile:
             self._connection()
         else:
             self._run(lambda db: db.executescript(SCHEMA), write=False)
+            if not self._run(has_history, write=False):  # of format 1: the leader upgrades it
+                self._run(add_history)
 
     def _require_beatd_database(self) -> None:
         """Refuse, as bad input, a file at the path that is not beatd's database (a mistyped

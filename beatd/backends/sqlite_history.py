@@ -18,11 +18,9 @@ from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile
+from beatd.backends.sqlite_file import SQLiteFile, _listed, has_history
 from beatd.history import (
-    FAILED_FINALLY,
     FINAL,
-    LOST,
     Attempt,
     Ending,
     EntrySummary,
@@ -33,15 +31,14 @@ from beatd.history import (
     RunKind,
     RunRecord,
 )
-from beatd.outcomes import Outcome
 
 _PUBLISHED = (
-    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, "
-    "celery, received_us, overdue_us, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, kind, published_us, node, epoch) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COPIED = (
     "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, "
-    "received_us, overdue_us, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "received_us, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING RETURNING seq"
 )
 _MISSED = (
@@ -52,23 +49,17 @@ _ATTEMPT = (
     "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
     "reason, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Whether a run (a row of `run`) finished: its last attempt's outcome is final.
+_FINISHED = (
+    f"coalesce((SELECT outcome IN ({_listed(FINAL)}) FROM attempt WHERE run = seq "
+    "ORDER BY number DESC LIMIT 1), 0)"
+)
 _RUN_COLUMNS = (
     "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
     "overdue_us"
 )
 _ATTEMPT_COLUMNS = (
     "run, number, consumer, host, pid, started_us, ended_us, outcome, reason, error_type, error"
-)
-_SUMMARY = (
-    "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
-    "last_success_us, last_failure_us, consecutive_failures) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
-    "last_finished_us = excluded.last_finished_us, "
-    "last_duration_us = excluded.last_duration_us, "
-    "last_success_us = coalesce(excluded.last_success_us, last_success_us), "
-    "last_failure_us = coalesce(excluded.last_failure_us, last_failure_us), "
-    "consecutive_failures = CASE excluded.consecutive_failures "
-    "WHEN 0 THEN 0 WHEN 1 THEN consecutive_failures + 1 ELSE consecutive_failures END"
 )
 
 
@@ -96,28 +87,23 @@ def record_published(
     rejected: set[str],
 ) -> None:
     """The published record of each run of a commit (a message with a slot, of an applied
-    write); a run id already held is left as it is."""
-    db.executemany(
-        _PUBLISHED,
-        [
-            (
-                m.id,
-                m.entry,
-                to_micros(m.slot),
-                to_micros(m.due or m.slot),
-                now,
-                lease.node,
-                lease.epoch,
-                m.kind,
-                0,
-                None,
-                None,
-                0,
-            )
-            for m in messages
-            if m.slot is not None and m.entry not in rejected
-        ],
-    )
+    write); a run id already held is left as it is. Made per run of a burst, so a plain loop
+    that converts each distinct time once (the runs of a burst share their slots)."""
+    shared = (now, lease.node, lease.epoch)
+    micros_of: dict[datetime, int] = {}
+    rows = []
+    for entry, run_id, _, _, slot, due, kind in messages:
+        if slot is None or (rejected and entry in rejected):
+            continue
+        due = due or slot
+        slot_us = micros_of.get(slot)
+        if slot_us is None:
+            slot_us = micros_of[slot] = to_micros(slot)
+        due_us = micros_of.get(due)
+        if due_us is None:
+            due_us = micros_of[due] = to_micros(due)
+        rows.append((run_id, entry, slot_us, due_us, kind, *shared))
+    db.executemany(_PUBLISHED, rows)
 
 
 def record_missed(
@@ -148,68 +134,49 @@ def record_missed(
 def start_attempt(
     db: sqlite3.Connection, run_id: str, consumer: str, host: str, pid: int | None, at: int
 ) -> bool:
-    """Append an attempt to a held run, first ending one still open as lost; False for a run
-    the history does not hold, or when the open attempt is this very one (a repeated event)."""
-    row = db.execute("SELECT seq FROM run WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        return False
-    seq = row[0]
-    last = db.execute(
-        "SELECT number, ended_us, consumer, started_us FROM attempt WHERE run = ? "
-        "ORDER BY number DESC LIMIT 1",
-        (seq,),
-    ).fetchone()
-    number = 0
-    if last is not None:
-        number, ended, open_consumer, started = last
-        if ended is None:
-            if (open_consumer, started) == (consumer, at):
-                return False
-            db.execute(
-                "UPDATE attempt SET ended_us = ?, outcome = ? WHERE run = ? AND number = ?",
-                (at, LOST, seq, number),
-            )
-    db.execute(_ATTEMPT, (seq, number + 1, consumer, host, pid, at, None, None, "", "", ""))
-    return True
+    """Append an attempt to a held run (a trigger ends the open one as lost); False for a run
+    the history does not hold."""
+    return (
+        db.execute(
+            "INSERT INTO attempt (run, number, consumer, host, pid, started_us) "
+            "SELECT seq, coalesce((SELECT max(number) FROM attempt WHERE run = seq), 0) + 1, "
+            "?, ?, ?, ? FROM run WHERE id = ?",
+            (consumer, host, pid, at, run_id),
+        ).rowcount
+        == 1
+    )
 
 
 def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) -> bool:
-    """End a held run's open attempt as `ending` says; a final outcome finishes the run and
-    moves its entry's summary on. False when there is no such run or no open attempt."""
-    row = db.execute("SELECT seq, entry FROM run WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        return False
-    seq, entry = row
-    ended = db.execute(
-        "UPDATE attempt SET ended_us = ?, outcome = ?, reason = ?, error_type = ?, error = ? "
-        "WHERE run = ? AND ended_us IS NULL RETURNING started_us",
-        (at, ending.outcome, ending.reason, ending.error_type, ending.error, seq),
-    ).fetchall()
-    if not ended:
-        return False
-    if ending.outcome in FINAL:
-        db.execute("UPDATE run SET finished = 1 WHERE seq = ?", (seq,))
-        summarize(db, entry, ending.outcome, at, at - ended[0][0])
-    return True
+    """End a held run's open attempt as `ending` says (for a final outcome a trigger finishes
+    the run and moves its entry's summary on); False when there is no such run or no open
+    attempt."""
+    return (
+        db.execute(
+            "UPDATE attempt SET ended_us = ?, outcome = ?, reason = ?, error_type = ?, error = ? "
+            "WHERE run = (SELECT seq FROM run WHERE id = ?) AND ended_us IS NULL",
+            (at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
+        ).rowcount
+        == 1
+    )
 
 
-def summarize(
-    db: sqlite3.Connection, entry: str, outcome: Outcome, at: int, duration: int | None
+def record_ended(
+    db: sqlite3.Connection,
+    run_id: str,
+    started: Sequence[Any],
+    ending: Ending,
+    at: int,
 ) -> None:
-    """Move the entry's summary on by a run that ended `outcome` at `at`."""
-    failed = outcome in FAILED_FINALLY
-    streak = 0 if outcome is Outcome.SUCCEEDED else 1 if failed else 2  # reset, +1, kept
+    """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
+    pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
+    moves the entry's summary on for a final outcome)."""
     db.execute(
-        _SUMMARY,
-        (
-            entry,
-            outcome,
-            at,
-            duration,
-            at if outcome is Outcome.SUCCEEDED else None,
-            at if failed else None,
-            streak,
-        ),
+        "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
+        "reason, error_type, error) SELECT seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
+        "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
+        (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
 
 
@@ -317,20 +284,15 @@ class SQLiteRunHistory(SQLiteFile):
     """The run, attempt, missed and entry_summary tables, read and kept (see the module doc)."""
 
     def _holds_history(self) -> bool:
-        """Whether the file has the history's tables (only a read-only open may lack them)."""
+        """Whether the file has the history's layout (only a read-only open may lack it)."""
         if not self.read_only or self._history_tables:
             return True
-        found = self._run(
-            lambda db: db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run'"
-            ).fetchone(),
-            write=False,
-        )
-        self._history_tables = found is not None
+        self._history_tables = self._run(has_history, write=False)
         return self._history_tables
 
     def _records(self, db: sqlite3.Connection, rows: list[Any]) -> list[RunRecord]:
-        """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order."""
+        """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order: the
+        ended ones, then the one open in the run's message, if any."""
         attempts: dict[int, list[Attempt]] = {row[0]: [] for row in rows}
         for row in db.execute(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempt "
@@ -338,6 +300,16 @@ class SQLiteRunHistory(SQLiteFile):
             (json.dumps(list(attempts)),),
         ):
             attempts[row[0]].append(_attempt(row))
+        seqs = {row[1]: row[0] for row in rows}
+        for run_id, consumer, host, pid, started in db.execute(
+            "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
+            "WHERE receipt IS NOT NULL AND attempt_us IS NOT NULL "
+            "AND id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(seqs)),),
+        ):
+            held = attempts[seqs[run_id]]
+            number = held[-1].number + 1 if held else 1
+            held.append(Attempt(number, consumer, host, pid, from_micros(started)))
         return [_run_record(row, tuple(attempts[row[0]])) for row in rows]
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
@@ -351,7 +323,7 @@ class SQLiteRunHistory(SQLiteFile):
             where.append("published_us >= ?")
             params.append(to_micros(query.since))
         if query.unfinished:
-            where.append("finished = 0 AND overdue_us IS NULL")
+            where.append(f"overdue_us IS NULL AND NOT {_FINISHED}")
         sql = (
             f"SELECT {_RUN_COLUMNS} FROM run WHERE {' AND '.join(where)} "
             "ORDER BY published_us DESC, id DESC LIMIT ?"
@@ -415,11 +387,14 @@ class SQLiteRunHistory(SQLiteFile):
         return int(row[0]), int(row[1])
 
     def _changed(self, sql: str, params: tuple[object, ...]) -> bool:
+        if not self.history:  # opened with history=False: it writes none
+            return False
         return int(self._run(lambda db: db.execute(sql, params).rowcount)) == 1
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         return self._changed(
-            "UPDATE run SET overdue_us = ? WHERE id = ? AND finished = 0 AND overdue_us IS NULL",
+            "UPDATE run SET overdue_us = ? "
+            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED}",
             (to_micros(at), run_id),
         )
 
@@ -439,7 +414,17 @@ class SQLiteRunHistory(SQLiteFile):
     def attempt_started(
         self, run_id: str, consumer: str, host: str, pid: int | None, at: datetime
     ) -> bool:
-        return self._run(lambda db: start_attempt(db, run_id, consumer, host, pid, to_micros(at)))
+        when = to_micros(at)
+
+        def work(db: sqlite3.Connection) -> bool:
+            repeat = db.execute(
+                "SELECT 1 FROM attempt WHERE run = (SELECT seq FROM run WHERE id = ?) "
+                "AND ended_us IS NULL AND consumer = ? AND started_us = ?",
+                (run_id, consumer, when),
+            ).fetchone()
+            return repeat is None and start_attempt(db, run_id, consumer, host, pid, when)
+
+        return self.history and self._run(work)
 
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         when = to_micros(at)
@@ -448,7 +433,7 @@ class SQLiteRunHistory(SQLiteFile):
             if end_attempt(db, run_id, ending, when):
                 return True
             row = db.execute(
-                "SELECT finished, (SELECT ended_us = ? AND outcome = ? FROM attempt "
+                f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
                 "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
                 (when, ending.outcome, run_id),
             ).fetchone()
@@ -457,7 +442,7 @@ class SQLiteRunHistory(SQLiteFile):
             start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
             return end_attempt(db, run_id, ending, when)
 
-        return self._run(work)
+        return self.history and self._run(work)
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
@@ -541,7 +526,6 @@ def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
             int(run.celery),
             _us(run.received_at),
             _us(run.overdue_at),
-            int(run.finished),
         ),
     ).fetchall()
     if not stored:
