@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from beatd.backends.base import Backend
 from beatd.clock import Clock
 from beatd.config import Config
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.events import Observer
 from beatd.history import Retention
 from beatd.metrics import PublishDelay, register_history, register_scheduler
@@ -64,6 +65,7 @@ class RunSettings:
     watch: bool
     metrics_addr: str
     with_worker: bool
+    metrics_entries: EntrySeries = EntrySeries.ALL
     retention: Retention = field(default_factory=Retention)
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
@@ -86,11 +88,13 @@ def build_scheduler(
     notifier: Notifier | None = None,
     registry: CollectorRegistry | None = None,
     worker: Nudgeable | None = None,
+    metrics_entries: EntrySeries = EntrySeries.ALL,
     retention: Retention | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
-    (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step,
-    and, while leading, the run history trimmed to `retention` (none: never trimmed)."""
+    (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
+    in-process `worker` nudged after each step, and, while leading, the run history trimmed to
+    `retention` (none: never trimmed)."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -104,8 +108,10 @@ def build_scheduler(
         if registry is not None:
             register_history(registry, trimming.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
+    # without per-entry series, only the entries with alert_after_failures are read
+    scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE
     if registry is not None:
-        register_scheduler(registry, scheduler)
+        register_scheduler(registry, scheduler, EntryFilter(metrics_entries))
     return scheduler
 
 

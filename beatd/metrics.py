@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from beatd.backends.base import Lease, QueueAdmin, StateStore
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
+from beatd.entry_series import EntryFilter, HealthView, OverdueView, history_metrics
 from beatd.events import Event, Published, Totals
 from beatd.outcomes import WorkerStats
 from beatd.state import EntryState
@@ -58,6 +59,10 @@ class SchedulerView(Protocol):
     def counts(self) -> RunCounts: ...
     @property
     def planner(self) -> Planner: ...
+    @property
+    def deadlines(self) -> OverdueView: ...
+    @property
+    def health(self) -> HealthView: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -78,8 +83,9 @@ class WorkerView(Protocol):
 class SchedulerCollector(Collector):
     """Reads a scheduler at scrape time."""
 
-    def __init__(self, scheduler: SchedulerView) -> None:
+    def __init__(self, scheduler: SchedulerView, entries: EntryFilter | None = None) -> None:
         self.scheduler = scheduler
+        self.entries = entries or EntryFilter()
         self._states: Mapping[str, EntryState] = {}
         self._states_read = float("-inf")
         self._lock = threading.Lock()
@@ -138,11 +144,13 @@ class SchedulerCollector(Collector):
             "1 when the last reload succeeded (or none failed since start).",
             int(s.totals.last_reload_ok),
         )
-        yield from self._run_counts()
-        yield from self._entry_times()
+        shown = self.entries.shown(s.config)
+        yield from self._run_counts(shown)
+        yield from self._entry_times(shown)
+        yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
 
-    def _run_counts(self) -> Iterator[Metric]:
+    def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
         published = CounterMetricFamily("beatd_runs_published", "Runs published.", labels=["entry"])
         late = CounterMetricFamily(
@@ -155,6 +163,8 @@ class SchedulerCollector(Collector):
         )
         reasons = [(COUNT_FIELDS.index(f"missed_{r.value}"), r.value) for r in MissReason]
         for entry, counts in self.scheduler.counts.items():
+            if not shown(entry):
+                continue
             due.add_metric([entry], counts[0])
             published.add_metric([entry], counts[1])
             late.add_metric([entry], counts[2])
@@ -163,7 +173,7 @@ class SchedulerCollector(Collector):
                     missed.add_metric([entry, reason], counts[index])
         yield from (due, published, late, missed)
 
-    def _entry_times(self) -> Iterator[Metric]:
+    def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         s = self.scheduler
         next_due = GaugeMetricFamily(
             "beatd_next_due_timestamp_seconds",
@@ -178,6 +188,8 @@ class SchedulerCollector(Collector):
         leading = s.lease is not None
         states = {} if leading else self._persisted_states()
         for name, entry in s.config.entries.items():
+            if not shown(name):
+                continue
             if leading:
                 due, state = s.planner.next_due(name), s.planner.state(name)
             else:
@@ -227,9 +239,12 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def register_scheduler(registry: CollectorRegistry, scheduler: SchedulerView) -> None:
-    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`)."""
-    registry.register(SchedulerCollector(scheduler))
+def register_scheduler(
+    registry: CollectorRegistry, scheduler: SchedulerView, entries: EntryFilter | None = None
+) -> None:
+    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`), its
+    per-entry series bounded by `entries`."""
+    registry.register(SchedulerCollector(scheduler, entries))
 
 
 class HistoryView(Protocol):

@@ -37,6 +37,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.pool",
             "beatd.service",
             "beatd.systemd",
+            "beatd.deadlines",
+            "beatd.failing",
         ),
     ),
     (
@@ -46,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.events",  # the loop's events carry the core's decisions
             "beatd.backends",
             "beatd.metrics",
+            "beatd.entry_series",
             "beatd.migrate",
             "beatd.dataloss",
         ),

@@ -19,6 +19,7 @@ from beatd.backends.memory import discard
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import common, main
 from beatd.cli.run import parse_run_settings
+from beatd.entry_series import EntrySeries
 from beatd.history import HistoryQuery, Retention
 from tests.redis_server import RedisServer
 
@@ -541,10 +542,12 @@ def test_without_history_the_opened_backend_writes_none() -> None:
 def test_run_parses_the_retention_flags() -> None:
     flags = {"lease_ttl": "10s", "node": "n", "watch": False, "max_clock_skew": "1s"}
     flags |= {"removed_grace": "1h", "metrics_addr": "off", "with_worker": False}
+    flags |= {"metrics_entries": "none"}
     settings = parse_run_settings(
         **flags, history_keep=5, history_max_age="1h", history_max_records=100
     )
     assert settings.retention == Retention(5, timedelta(hours=1), 100)
+    assert settings.metrics_entries is EntrySeries.NONE
 
 
 def test_run_refuses_a_bad_history_age_before_it_starts(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
+from beatd.entry_series import EntrySeries
 from beatd.errors import ConfigError, Problem
 from beatd.history import Retention
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
@@ -65,6 +66,7 @@ RUN_FLAGS = (
     "removed_grace",
     "metrics_addr",
     "with_worker",
+    "metrics_entries",
     "history_keep",
     "history_max_age",
     "history_max_records",
@@ -90,6 +92,7 @@ def parse_run_settings(
     removed_grace: str,
     metrics_addr: str,
     with_worker: bool,
+    metrics_entries: str,
     history_keep: int,
     history_max_age: str,
     history_max_records: int,
@@ -103,6 +106,7 @@ def parse_run_settings(
         watch=watch,
         metrics_addr=metrics_addr,
         with_worker=with_worker,
+        metrics_entries=EntrySeries(metrics_entries),
         retention=Retention(history_keep, max_age, history_max_records),
     )
 
@@ -178,6 +182,16 @@ def parse_run_settings(
 )
 @metrics_option(DEFAULT_METRICS_ADDR)
 @click.option(
+    "--metrics-entries",
+    envvar="BEATD_METRICS_ENTRIES",
+    type=click.Choice([s.value for s in EntrySeries]),
+    default=EntrySeries.ALL.value,
+    show_default=True,
+    help="Which entries get per-entry series: all (beyond 10,000 entries: file, logged once), "
+    "file (the schedule files' entries; today every entry is one, runtime entries come later) "
+    "or none (totals and the per-task histogram only).",
+)
+@click.option(
     "--with-worker",
     envvar="BEATD_WITH_WORKER",
     is_flag=True,
@@ -214,13 +228,13 @@ def run(
         notifier=notifier,
         registry=registry,
         worker=worker.worker if worker is not None else None,
+        metrics_entries=settings.metrics_entries,
         retention=settings.retention,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
-    watcher = None
-    if settings.watch:
-        watcher = watch_schedule_files(schedule.paths, stop, scheduler.request_reload)
+    reload = scheduler.request_reload
+    watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
     logger.info(
         "beatd run node=%s broker=%s entries=%d config=%s",
         settings.node,
