@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from beatd.backends.base import Backend
+from beatd.backends.base import Backend, HearsCeleryEvents
+from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.events import Observer
-from beatd.metrics import PublishDelay, register_scheduler
+from beatd.metrics import PublishDelay, register_celery_events, register_scheduler
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
 from beatd.scheduler import Scheduler, SchedulerSettings
@@ -85,7 +86,9 @@ def build_scheduler(
     worker: Nudgeable | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
-    (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step."""
+    (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step,
+    and, leading Celery entries on a backend that hears Celery's task events, their outcomes
+    recorded from those events."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -93,6 +96,11 @@ def build_scheduler(
         observers.append(PublishDelay(registry))
     if worker is not None:
         observers.append(WorkerNudge(worker))
+    if isinstance(backend, HearsCeleryEvents):  # runs in Celery's protocol report back
+        listener = CeleryEventListener(backend, backend, clock)
+        observers.append(CeleryEvents(listener))
+        if registry is not None:
+            register_celery_events(registry, listener.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
     if registry is not None:
         register_scheduler(registry, scheduler)

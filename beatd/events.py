@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from beatd.config import Config
 from beatd.core import Decision
 
 
@@ -87,6 +88,8 @@ class SteppedDown:
 @dataclass(frozen=True, slots=True)
 class Adopted:
     """The planner was brought in line with the configuration and the persisted state."""
+
+    config: Config | None = None  # the configuration now led
 
 
 @dataclass(frozen=True, slots=True)

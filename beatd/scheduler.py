@@ -140,7 +140,10 @@ class Scheduler:
         self.shutdown()
 
     def shutdown(self) -> None:
+        leading = self.is_leader
         self.leadership.release()
+        if leading:
+            self._emit(SteppedDown(self.status()))
 
     def step(self) -> float:
         """One round; returns the seconds to sleep before the next."""
@@ -196,7 +199,7 @@ class Scheduler:
             self._step_down()
             return
         self._adopted = True
-        self._emit(Adopted())
+        self._emit(Adopted(self.config))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()

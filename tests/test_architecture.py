@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.pool",
             "beatd.service",
             "beatd.systemd",
+            "beatd.celery_listener",
         ),
     ),
     (
@@ -57,6 +58,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.config",
             "beatd.message",
             "beatd.celery_protocol",
+            "beatd.celery_events",
             "beatd.tasks",
             "beatd.clock",
             "beatd.errors",

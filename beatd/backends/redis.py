@@ -26,7 +26,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
 
 The backend is its parts, one per role, sharing one connection (`RedisLink`, redis_link.py):
 `RedisLeaseStore` and `RedisStateStore` here, `RedisWorkQueue` and `RedisQueueAdmin` in
-redis_queue.py (with how a claim lapses).
+redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.redis_events import RedisCeleryEvents
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -217,8 +218,11 @@ class RedisStateStore(RedisLink):
         self._fenced("forget", lease, keys, (lease.token, lease.epoch, *entries))
 
 
-class RedisBackend(RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin):
-    """Every role, on one connection pool (see the module doc)."""
+class RedisBackend(
+    RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin, RedisCeleryEvents
+):
+    """Every role, on one connection pool (see the module doc), and Celery's task events on a
+    connection of their own (redis_events.py)."""
 
     def persistence_warnings(self) -> list[str]:
         """What in Redis's configuration breaks beatd's guarantees: what, consequence, fix."""
