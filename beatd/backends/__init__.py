@@ -33,6 +33,7 @@ def open_backend(
     op_timeout: float = 2.0,
     read_only: bool = False,
     create: bool = True,
+    history: bool = True,
 ) -> Backend:
     """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
 
@@ -61,7 +62,7 @@ def open_backend(
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 
-        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout)
+        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout, history=history)
     from beatd.backends.redis import redact
 
     raise BeatdError(
