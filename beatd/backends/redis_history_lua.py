@@ -73,7 +73,7 @@ local function claimed(NS, id, consumer, host, pid)
 end
 -- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
 local function settled(i)
-  local NS = ARGV[i]
+  local NS = ARGV[i] or ''  -- none: a caller that writes no history
   if NS == '' then return end
   local key = NS .. 'h:run:' .. ARGV[i + 1]
   local n, a = open_attempt(key)

@@ -94,6 +94,13 @@ def backend(backend_factory: Callable[[], RedisBackend]) -> RedisBackend:
 
 
 @pytest.fixture
+def history_off_backend(server: RedisServer, admin: redis.Redis) -> Iterator[RedisBackend]:
+    backend = RedisBackend(server.url, history=False)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
 def advance() -> Callable[[float], None]:
     return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
 
