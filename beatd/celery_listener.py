@@ -164,16 +164,20 @@ class CeleryEventListener:
         self.flush()
 
     def _first_time(self, event: TaskEvent) -> bool:
-        """Whether the event says something new: not a repeat of the run's last start or end
-        (kombu may publish one twice), nor a second end of an attempt (a worker reports a
-        time-limit kill twice), which would otherwise be recorded as another attempt."""
+        """Whether the event says something new of its run: not a repeat of the run's last
+        start or end (kombu may publish one twice), not older than it, nor a second end of an
+        attempt (a worker reports a time-limit kill twice), which would otherwise be recorded
+        as another attempt."""
         if event.type == RECEIVED:  # the history keeps the first one
             return True
-        key = (event.type, event.hostname, event.at.timestamp())
+        stamp = event.at.timestamp()
+        key = (event.type, event.hostname, stamp)
         ended = event.type != STARTED
         last = self._last.get(event.uuid)
-        if last is not None and (last[1] == key or (ended and last[0])):
-            return False
+        if last is not None:
+            last_ended, last_key = last
+            if last_key == key or stamp < last_key[2] or (ended and last_ended):
+                return False
         self._last[event.uuid] = (ended, key)
         self._last.move_to_end(event.uuid)
         if len(self._last) > SEEN_LIMIT:
