@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -394,3 +395,131 @@ def test_beatd_never_imports_celery_or_kombu() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+EVENTS_APP = """
+import os
+from celery import Celery
+
+app = Celery("events_app", broker=os.environ["BROKER"])
+app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
+
+@app.task(name="tasks.ok")
+def ok():
+    return "done"
+
+@app.task(name="tasks.fail")
+def fail():
+    raise ValueError("the report is empty")
+
+@app.task(name="tasks.flaky", bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self):
+    if self.request.retries < 1:
+        raise self.retry(exc=ConnectionError("db down"))
+    return "second time lucky"
+"""
+
+
+def start_events_worker(tmp_path: Path, url: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A stock Celery worker that sends task events (-E), as `celery -A app worker -E` runs."""
+    (tmp_path / "events_app.py").write_text(EVENTS_APP)
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "BROKER": url, "PYTHONPATH": str(tmp_path)}
+    args = [CELERY, "-A", "events_app", "worker", "-E", "-Q", "celery", "-P", "solo", "-c", "1"]
+    args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
+    args += ["--logfile", str(log), "-n", "w1@test"]
+    worker = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    wait_for(lambda: "ready." in _tail(log), 30, f"the worker to be ready:\n{_tail(log)}")
+    return worker, log
+
+
+def celery_entry(name: str, task: str, at: datetime) -> Entry:
+    return Entry(name=name, task=task, schedule=OnceSchedule(at), queue="celery", protocol="celery")
+
+
+def test_a_stock_celery_workers_outcomes_are_in_the_history(tmp_path: Path, redis_url: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from beatd.assemble import build_scheduler
+    from beatd.celery_listener import CeleryEvents
+    from beatd.clock import SystemClock
+    from beatd.history import HistoryQuery
+
+    worker, log = start_events_worker(tmp_path, redis_url)
+    backend = RedisBackend(redis_url)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    entries = [
+        celery_entry("report", "tasks.ok", due),
+        celery_entry("broken", "tasks.fail", due),
+        celery_entry("flaky", "tasks.flaky", due),
+    ]
+    cfg = Config({e.name: e for e in entries})
+    registry = CollectorRegistry()
+    settings = SchedulerSettings(node="n1", lease_ttl=10, max_clock_skew=5)
+    beat = build_scheduler(backend, cfg, lambda: cfg, SystemClock(), settings, registry=registry)
+    [events] = [o for o in beat.observers if isinstance(o, CeleryEvents)]
+    stop = threading.Event()
+    loop = threading.Thread(target=beat.run, args=(stop,))
+    loop.start()
+    ids = {e.name: f"{e.name}@{due:%Y-%m-%dT%H:%M:%SZ}" for e in entries}
+    try:
+        wait_for(lambda: events.listener.stats.listening, 10, "the leader to listen")
+        # tasks beatd did not publish: a UUID, and an id of beatd's shape it never published
+        app = Celery("foreign", broker=redis_url)
+        app.send_task("tasks.ok", task_id="0b1e6a3c-9d43-4d7e-a6a7-1c2d3e4f5a6b")
+        app.send_task("tasks.ok", task_id="ghost@2026-01-01T00:00:00Z")
+
+        def finished() -> bool:
+            return all((r := backend.run(i)) is not None and r.finished for i in ids.values())
+
+        try:
+            wait_for(finished, 30, "three finished runs")
+        except AssertionError:
+            raise AssertionError(
+                f"{events.listener.stats}\n{[backend.run(i) for i in ids.values()]}\n{_tail(log)}"
+            ) from None
+        wait_for(lambda: events.listener.stats.events["task-succeeded"] >= 4, 10, "the rest")
+    finally:
+        stop.set()
+        beat.wake.set()
+        loop.join(20)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    report, broken, flaky = (backend.run(ids[name]) for name in ("report", "broken", "flaky"))
+    assert report is not None and broken is not None and flaky is not None
+    assert (report.status, report.celery, report.received_at is not None) == (
+        "succeeded",
+        True,
+        True,
+    )
+    [attempt] = report.attempts
+    assert (attempt.number, attempt.consumer, attempt.host, attempt.pid) == (
+        1,
+        "w1@test",
+        "test",
+        worker.pid,
+    )
+    assert attempt.started_at <= attempt.ended_at if attempt.ended_at else False
+    assert broken.status == "failed"
+    assert [(a.outcome, a.error_type, a.error) for a in broken.attempts] == [
+        ("failed", "ValueError", "the report is empty")
+    ]
+    assert flaky.status == "succeeded"
+    assert [(a.number, a.outcome, a.error_type, a.error) for a in flaky.attempts] == [
+        (1, "retried", "ConnectionError", "db down"),
+        (2, "succeeded", "", ""),
+    ]
+    assert backend.run("ghost@2026-01-01T00:00:00Z") is None
+    assert {r.id for r in backend.runs(HistoryQuery(limit=100))} == set(ids.values())
+    assert backend.summaries()["broken"].consecutive_failures == 1
+    seen = {
+        s.labels["type"]: s.value
+        for s in registry.collect()
+        for s in s.samples
+        if s.name == "beatd_celery_events_total"
+    }
+    assert seen["task-succeeded"] >= 4 and seen["task-failed"] == 1
+    assert seen["task-retried"] == 1
+    assert registry.get_sample_value("beatd_celery_runs_published_total") == 3
+    assert not events.listener.running  # stopped with the loop
+    backend.close()
