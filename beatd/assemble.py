@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -17,9 +17,16 @@ from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.events import Observer
-from beatd.metrics import PublishDelay, register_celery_events, register_scheduler
+from beatd.history import Retention
+from beatd.metrics import (
+    PublishDelay,
+    register_celery_events,
+    register_history,
+    register_scheduler,
+)
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
+from beatd.retention import HistoryRetention
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.systemd import Notifier
 from beatd.tasks import Registry
@@ -63,6 +70,7 @@ class RunSettings:
     watch: bool
     metrics_addr: str
     with_worker: bool
+    retention: Retention = field(default_factory=Retention)
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
         return SchedulerSettings(
@@ -84,10 +92,12 @@ def build_scheduler(
     notifier: Notifier | None = None,
     registry: CollectorRegistry | None = None,
     worker: Nudgeable | None = None,
+    retention: Retention | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step,
-    and, leading Celery entries on a backend that hears Celery's task events, their outcomes
+    and, while leading, the run history trimmed to `retention` (none: never trimmed) and,
+    leading Celery entries on a backend that hears Celery's task events, their outcomes
     recorded from those events."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
@@ -96,6 +106,11 @@ def build_scheduler(
         observers.append(PublishDelay(registry))
     if worker is not None:
         observers.append(WorkerNudge(worker))
+    if retention is not None:
+        trimming = HistoryRetention(backend, clock, retention)
+        observers.append(trimming)
+        if registry is not None:
+            register_history(registry, trimming.stats)
     if isinstance(backend, HearsCeleryEvents):  # runs in Celery's protocol report back
         listener = CeleryEventListener(backend, backend, clock)
         observers.append(CeleryEvents(listener))

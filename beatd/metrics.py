@@ -233,6 +233,53 @@ def register_scheduler(registry: CollectorRegistry, scheduler: SchedulerView) ->
     registry.register(SchedulerCollector(scheduler))
 
 
+class HistoryView(Protocol):
+    """The run history's health as a leader counts it (`beatd.retention.HistoryStats`)."""
+
+    @property
+    def runs(self) -> int | None: ...
+    @property
+    def missed(self) -> int | None: ...
+    @property
+    def trimmed(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+
+
+class HistoryCollector(Collector):
+    """The run history's size (while leading), what was trimmed and the refused writes."""
+
+    def __init__(self, stats: HistoryView) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        records = GaugeMetricFamily(
+            "beatd_history_records",
+            "Records the run history keeps, by kind (run, missed), as the leader last counted "
+            "them (after each trim); none on a standby.",
+            labels=["kind"],
+        )
+        for kind, count in (("run", stats.runs), ("missed", stats.missed)):
+            if count is not None:
+                records.add_metric([kind], count)
+        yield records
+        yield _counter(
+            "beatd_history_trimmed",
+            "Run-history records this node trimmed beyond the retention.",
+            stats.trimmed,
+        )
+        yield _counter(
+            "beatd_history_write_errors",
+            "Run-history writes the backend refused (trims, marks).",
+            stats.write_errors,
+        )
+
+
+def register_history(registry: CollectorRegistry, stats: HistoryView) -> None:
+    registry.register(HistoryCollector(stats))
+
+
 class CeleryEventsCollector(Collector):
     """Reads what the leader's Celery event listener heard, at scrape time."""
 

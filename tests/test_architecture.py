@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.leadership",
             "beatd.publisher",
             "beatd.observers",
+            "beatd.retention",
             "beatd.worker",
             "beatd.triage",
             "beatd.settling",

@@ -40,6 +40,7 @@ def open_backend(
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
+    `history=False`: the backend writes no run history (reads still work).
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -51,7 +52,9 @@ def open_backend(
                 f"cannot read broker URL {url!r}: use sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        return SQLiteBackend(url[len(prefix) :], read_only=read_only, create=create)
+        return SQLiteBackend(
+            url[len(prefix) :], read_only=read_only, create=create, history=history
+        )
     if scheme == "memory":
         from beatd.backends.memory import MemoryBackend
 
