@@ -47,6 +47,7 @@ _REPR = re.compile(r"^([A-Za-z_][\w.]*)\((.*)\)$", re.DOTALL)
 _RAISED = re.compile(
     r"^([A-Za-z_][\w.]*(?:Error|Exception|Exceeded|Retry|Exit|Interrupt|Lost)): ?(.*)$"
 )
+_RETRY_OF = re.compile(r": ([A-Za-z_][\w.]*)\((.*)\)$", re.DOTALL)
 # what Celery's events may name instead of the task's exception; the traceback says more
 WRAPPERS = frozenset({"ExceptionWithTraceback", "Retry"})
 
@@ -145,13 +146,17 @@ def split_exception(text: str, traceback: str = "") -> tuple[str, str]:
     """The failure an event reports as its exception's type name and message: from the
     exception's repr (`ValueError('boom')` -> `ValueError`, `boom`) or, when that names only
     Celery's wrapper (a time-limit kill, a retry in the solo pool), from the traceback's last
-    `Type: message` line. A repr of another form is all message."""
+    `Type: message` line, and a retry's from what Celery's `Retry` says it retries for. A repr
+    of another form is all message."""
     match = _REPR.match(text.strip())
     name, message = (match.group(1), _message(match.group(2))) if match else ("", text)
     if name.rpartition(".")[2] in WRAPPERS:
         found = _last_raised(traceback)
         if found is not None:
             name, message = found
+    retried = _RETRY_OF.search(message) if name.rpartition(".")[2] == "Retry" else None
+    if retried is not None:  # `Retry in 5s: KeyError('x')`: the task's own exception
+        name, message = retried.group(1), _message(retried.group(2))
     return name.rpartition(".")[2], message
 
 

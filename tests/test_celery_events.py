@@ -102,11 +102,9 @@ def test_how_each_attempt_ended_in_the_workers_own_words() -> None:
         ),
         ("retry@1", "task-succeeded"): Ending(Outcome.SUCCEEDED),
     }
-    # the solo pool names Celery's Retry wrapper: its traceback says why
+    # the solo pool names Celery's Retry wrapper: its traceback says what it retries for
     solo = endings("solo")
-    assert solo["retry@1", "task-retried"] == Ending(
-        Outcome.RETRIED, "", "Retry", "Retry in 0s: KeyError('again')"
-    )
+    assert solo["retry@1", "task-retried"] == Ending(Outcome.RETRIED, "", "KeyError", "again")
     assert solo["slow@1", "task-succeeded"] == Ending(Outcome.SUCCEEDED)
 
 
@@ -195,6 +193,14 @@ def test_what_cannot_be_read_says_why(payload: bytes | str, message: str) -> Non
         pytest.param(
             "ExceptionWithTraceback()", "", ("ExceptionWithTraceback", ""), id="wrapped_no_tb"
         ),
+        pytest.param(
+            "Retry('at 2026-12-05 01:00:00+00:00', OSError(5, 'io'))",
+            "Traceback (most recent call last):\n  File x\ncelery.exceptions.Retry: Retry at "
+            "2026-12-05 01:00:00+00:00: OSError(5, 'io')\n",
+            ("OSError", "5, 'io'"),
+            id="retry_at",
+        ),
+        pytest.param("Retry()", "", ("Retry", ""), id="retry_without_exception"),
     ],
 )
 def test_an_exceptions_type_and_message(
