@@ -41,7 +41,7 @@ from beatd.celery_events import (
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.errors import BackendError, TransientBackendError
-from beatd.events import Adopted, Event, Published, SteppedDown
+from beatd.events import Adopted, Event, Published, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +226,8 @@ def celery_entries(config: Config) -> frozenset[str]:
 
 class CeleryEvents:
     """An observer of the scheduler loop: the listener runs while this node leads a
-    configuration with Celery entries (from each adoption until it steps down), and the runs
-    those entries publish are counted for the alert on workers that send no events."""
+    configuration with Celery entries (from each adoption until it steps down or stops), and
+    the runs those entries publish are counted for the alert on workers that send no events."""
 
     def __init__(self, listener: CeleryEventListener) -> None:
         self.listener = listener
@@ -242,6 +242,8 @@ class CeleryEvents:
                 self.listener.stop()
         elif isinstance(event, SteppedDown):
             self.listener.stop()
+        elif isinstance(event, Stopped):  # unsubscribed before the daemon closes the backend
+            self.listener.stop(wait=STOP_WAIT)
         elif isinstance(event, Published) and self._entries:
             entries = self._entries
             self.listener.stats.published += sum(

@@ -86,6 +86,11 @@ class SteppedDown:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopped:
+    """The loop ended (the daemon stops): the lease was given back, nothing more is published."""
+
+
+@dataclass(frozen=True, slots=True)
 class Adopted:
     """The planner was brought in line with the configuration and the persisted state."""
 
@@ -118,6 +123,7 @@ Event = (
     | ReloadFailed
     | BecameLeader
     | SteppedDown
+    | Stopped
     | Adopted
     | BackendDown
     | BackendUp

@@ -35,6 +35,7 @@ from beatd.events import (
     Status,
     Stepped,
     SteppedDown,
+    Stopped,
     Totals,
 )
 from beatd.leadership import Leadership, LeadershipSettings, Role
@@ -140,10 +141,8 @@ class Scheduler:
         self.shutdown()
 
     def shutdown(self) -> None:
-        leading = self.is_leader
         self.leadership.release()
-        if leading:
-            self._emit(SteppedDown(self.status()))
+        self._emit(Stopped())
 
     def step(self) -> float:
         """One round; returns the seconds to sleep before the next."""

@@ -20,7 +20,7 @@ from beatd.config import Config
 from beatd.config.model import Entry
 from beatd.core import Decision, Run
 from beatd.errors import NotApplied
-from beatd.events import Adopted, Published, Status, SteppedDown
+from beatd.events import Adopted, Published, Status, SteppedDown, Stopped
 from beatd.history import Attempt, HistoryQuery, RunRecord
 from beatd.outcomes import Outcome
 from beatd.schedules import OnceSchedule
@@ -230,5 +230,8 @@ def test_the_observer_listens_while_leading_celery_entries(backend: MemoryBacken
         assert running(ear)
         observer.notify(Adopted(beatd_only))  # reloaded without Celery entries
         assert not running(ear)
+        observer.notify(Adopted(both))
+        observer.notify(Stopped())  # the daemon stops: the thread has ended
+        assert ear._thread is not None and not ear._thread.is_alive()
     finally:
         ear.stop(wait=5)
