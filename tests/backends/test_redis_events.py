@@ -3,17 +3,23 @@ the payloads as published (bytes), an outage and a restart, a frozen server, and
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
 
-from beatd.backends.base import HearsCeleryEvents
+from beatd.backends.base import CeleryQueue, HearsCeleryEvents, Outgoing, StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.redis_events import PING_AFTER
+from beatd.celery_listener import CeleryEventListener
+from beatd.clock import FakeClock
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown, TransientBackendError
+from beatd.history import RunStatus
+from beatd.state import EntryState
 from tests.backends.test_redis import documented_acl
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
@@ -128,4 +134,38 @@ def test_a_refused_subscription_names_the_acl_fix(server: RedisServer) -> None:
         "history shows them unknown; grant the patterns to beatd's ACL user: add "
         "&/0.celeryev/task.* &/0.celeryev to its ACL SETUSER line (docs/redis.md)"
     )
+    backend.close()
+
+
+def test_events_sent_while_nobody_listens_are_lost_and_the_run_stays_unknown(
+    server: RedisServer,
+) -> None:
+    """The documented limit: pub/sub keeps nothing for a leader that subscribes later."""
+    backend = RedisBackend(server.url)
+    lease = backend.acquire_lease("n1", 60)
+    assert lease is not None
+    slot = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)
+    write = StateWrite(EntryState("c", slot, slot, "once"), None)
+    run = Outgoing("c", "c@1", CeleryQueue("celery"), "{}", slot, slot)
+    assert backend.commit(lease, [write], [run]) == set()
+    event = {"type": "task-received", "uuid": "c@1", "hostname": "celery@w", "timestamp": 9.0}
+    body = base64.b64encode(json.dumps([event]).encode()).decode()
+    payload = json.dumps(
+        {
+            "body": body,
+            "content-type": "application/json",
+            "properties": {"body_encoding": "base64"},
+        }
+    )
+    admin = server.client()
+    admin.publish("/0.celeryev/task.multi", payload)  # before anyone subscribed
+    ear = CeleryEventListener(backend, backend, FakeClock(slot), poll=0.05)
+    ear.handle(backend.celery_events(0.2))
+    record = backend.run("c@1")
+    assert record is not None and record.status == RunStatus.UNKNOWN
+    admin.publish("/0.celeryev/task.multi", payload)  # now the leader listens
+    wait_for(lambda: ear.handle(backend.celery_events(0.2)) or ear.stats.recorded == 1, 5)
+    record = backend.run("c@1")
+    assert record is not None and record.status == RunStatus.QUEUED
+    assert record.received_at == datetime.fromtimestamp(9.0, UTC)
     backend.close()
