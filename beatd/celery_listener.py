@@ -97,10 +97,11 @@ class CeleryEventListener:
 
     def stop(self, wait: float = 0.0) -> None:
         """Stop listening (idempotent); `wait` seconds at most for the thread to end."""
-        if self._stop.is_set() or self._thread is None:
+        if self._thread is None:
             return
-        self._stop.set()
-        log.info("stopped listening to Celery's task events")
+        if not self._stop.is_set():
+            self._stop.set()
+            log.info("stopped listening to Celery's task events")
         if wait > 0:
             self._thread.join(wait)
 
@@ -116,6 +117,12 @@ class CeleryEventListener:
                 except BackendError as exc:
                     self.stats.listening = False
                     self._failed(exc)
+                    stop.wait(backoff.failed())
+                    continue
+                except Exception:  # a bug must not silence the listener for good: say it, go on
+                    self.stats.listening = False
+                    log.exception("Celery task events: unexpected error; listening again")
+                    self.source.stop_celery_events()
                     stop.wait(backoff.failed())
                     continue
                 if backoff.failing:

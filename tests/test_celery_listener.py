@@ -182,7 +182,8 @@ def test_the_thread_listens_until_stopped_and_comes_back_after_an_outage(
     backend: MemoryBackend,
 ) -> None:
     source = Heard()
-    source.queued.extend([NotApplied("redis://x: unreachable"), payloads("solo")])
+    outage, bug = NotApplied("redis://x: unreachable"), RuntimeError("a bug")
+    source.queued.extend([outage, bug, payloads("solo")])
     ear = listener(backend, source)
     ear.start()
     try:
@@ -191,7 +192,7 @@ def test_the_thread_listens_until_stopped_and_comes_back_after_an_outage(
     finally:
         ear.stop(wait=5)
     assert not ear.running and not ear.stats.listening
-    assert source.stops == 1
+    assert source.stops == 2  # after the unexpected error, and at the end
     record = backend.run("retry@1")
     assert record is not None and record.status == "succeeded"
 
