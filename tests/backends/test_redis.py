@@ -449,6 +449,36 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         admin.acl_deluser("beatd")
 
 
+def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_trims_by_age_only(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """The history's writes use only what the previous ACL line allowed, so an upgrade that
+    keeps it loses no run: the commit, claim and ack write their records; only trimming per
+    entry needs the new +hkeys, and it trims by age and count before it says so."""
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hkeys"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        run = Outgoing("e", "e@1", BeatdQueue("default"), "{}", slot, slot)
+        assert backend.commit(lease, [StateWrite(state("e", 0), None)], [run]) == set()
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+        record = backend.run("e@1")
+        assert record is not None and record.status == "succeeded"
+        with pytest.raises(BackendError) as caught:
+            backend.trim(Retention(max_age=timedelta(0)))
+        refusal = caught.value.__cause__
+        assert isinstance(refusal, redis.exceptions.NoPermissionError)
+        assert str(caught.value) == f"{backend.url}: hkeys: {refusal}"
+        assert backend.history_size() == (0, 0)  # trimmed by age before HKEYS was refused
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
 def test_acl_user_without_config_get_gets_one_warning_not_a_crash(
     server: RedisServer, admin: redis.Redis
 ) -> None:
