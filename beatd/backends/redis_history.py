@@ -54,8 +54,11 @@ def _us(value: str) -> datetime | None:
     return from_micros(int(value)) if value else None
 
 
-def _attempt(number: int, slot: int, text: str) -> Attempt:
-    consumer, host, pid, start, end, outcome, reason, error_type, error = json.loads(text)
+def _attempt(number: int, slot: int, fields: dict[str, str]) -> Attempt:
+    start, end, outcome, reason = json.loads(fields[str(number)])
+    error_type, error = json.loads(fields.get(f"x{number}", '["", ""]'))
+    consumer = fields.get(f"c{number}", "")
+    host, pid = json.loads(fields.get(f"h{number}", '["", ""]'))
     return Attempt(
         number,
         consumer,
@@ -88,7 +91,7 @@ def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
         int(epoch),
         RunKind(kind),
         celery == "1",
-        tuple(_attempt(i, slot, fields[str(i)]) for i in range(1, n + 1) if str(i) in fields),
+        tuple(_attempt(i, slot, fields) for i in range(1, n + 1) if str(i) in fields),
         _us(fields.get("r", "")),
         _us(fields.get("o", "")),
     )
@@ -106,19 +109,12 @@ def _fields(record: RunRecord) -> dict[str, str]:
     fields = {"p": json.dumps(p), "e": record.entry, "N": record.node}
     for a in record.attempts:
         pid = "" if a.pid is None else str(a.pid)
-        fields[str(a.number)] = json.dumps(
-            [
-                a.consumer,
-                a.host,
-                pid,
-                offset(a.started_at),
-                offset(a.ended_at),
-                a.outcome or "",
-                a.reason,
-                a.error_type,
-                a.error,
-            ]
-        )
+        times = [offset(a.started_at), offset(a.ended_at)]
+        fields[str(a.number)] = json.dumps([*times, a.outcome or "", a.reason])
+        if a.error_type or a.error:
+            fields[f"x{a.number}"] = json.dumps([a.error_type, a.error])
+        fields[f"c{a.number}"] = a.consumer
+        fields[f"h{a.number}"] = json.dumps([a.host, pid])
     if record.attempts:
         fields["n"] = str(max(a.number for a in record.attempts))
     if record.received_at is not None:

@@ -9,8 +9,11 @@ listpack encoding unless an entry or node name or an error is long:
   p      JSON [slot_us, due - slot, published - slot, kind, celery "1"/"0", epoch]
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
-  1..n   JSON [consumer, host, pid, start - slot, end - slot, outcome, reason, error type,
-         error] ('' for what is not known or not yet: an open attempt has end '')
+  1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
+         known or not yet: an open attempt has end '')
+  ci, hi its consumer; JSON [host, pid] (a worker's consumer name holds its host name, so
+         together they would pass 64 bytes)
+  xi     JSON [error type, error], for an attempt that ended with one
   r, o   received_us (Celery's task-received), overdue_us
 All values are strings, times microseconds as decimal digits (offsets from the slot keep them
 short), exact (Lua's numbers are doubles, and
@@ -49,7 +52,7 @@ local function attempt(run, i) return decoded(redis.call('HGET', run.key, tostri
 local function open_attempt(run)  -- the last attempt, if it is still open
   if run.n == 0 then return nil end
   local a = attempt(run, run.n)
-  if a and a[5] == '' then return a end
+  if a and a[2] == '' then return a end
   return nil
 end
 -- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
@@ -58,20 +61,25 @@ local function summarize(run, a)
   if not entry then return end
   local skey = run.NS .. 'h:summary'
   local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
-  local finished = abs(run, a[5])
+  local finished = abs(run, a[2])
   if tonumber(finished) < tonumber(s[2]) then return end  -- a newer run's end is kept
-  s[1], s[2] = a[6], finished
-  s[3] = string.format('%d', tonumber(a[5]) - tonumber(a[4]))
-  if a[6] == 'succeeded' then
+  s[1], s[2] = a[3], finished
+  s[3] = string.format('%d', tonumber(a[2]) - tonumber(a[1]))
+  if a[3] == 'succeeded' then
     s[4], s[6] = finished, '0'
-  elseif FAILED_FINALLY[a[6]] then
+  elseif FAILED_FINALLY[a[3]] then
     s[5], s[6] = finished, string.format('%d', (tonumber(s[6]) or 0) + 1)
   end
   redis.call('HSET', skey, entry, cjson.encode(s))
 end
 local function end_attempt(run, a, outcome, reason, error_type, err, at)
-  a[5], a[6], a[7], a[8], a[9] = off(run, at), outcome, reason, error_type, err
-  redis.call('HSET', run.key, tostring(run.n), cjson.encode(a))
+  a[2], a[3], a[4] = off(run, at), outcome, reason
+  local i = tostring(run.n)
+  if error_type == '' and err == '' then
+    redis.call('HSET', run.key, i, cjson.encode(a))
+  else
+    redis.call('HSET', run.key, i, cjson.encode(a), 'x' .. i, cjson.encode({error_type, err}))
+  end
   if FINAL[outcome] then summarize(run, a) end
 end
 -- a new attempt; a previous one still open ends `lost`
@@ -79,8 +87,9 @@ local function start_attempt(run, consumer, host, pid, at)
   local a = open_attempt(run)
   if a then end_attempt(run, a, 'lost', '', '', '', at) end
   run.n = run.n + 1
-  local new = cjson.encode({consumer, host, pid, off(run, at), '', '', '', '', ''})
-  redis.call('HSET', run.key, 'n', run.n, tostring(run.n), new)
+  local i = tostring(run.n)
+  local new, where = cjson.encode({off(run, at), '', '', ''}), cjson.encode({host, pid})
+  redis.call('HSET', run.key, 'n', i, i, new, 'c' .. i, consumer, 'h' .. i, where)
 end
 local function claimed(NS, id, consumer, host, pid)
   if NS == '' or type(id) ~= 'string' then return end
@@ -126,7 +135,7 @@ MARK_OVERDUE = """
 local run = held_run(ARGV[1], ARGV[2])
 if not run or redis.call('HGET', run.key, 'o') then return 0 end
 local last = run.n > 0 and attempt(run, run.n)
-if last and FINAL[last[6]] then return 0 end
+if last and FINAL[last[3]] then return 0 end
 redis.call('HSET', run.key, 'o', ARGV[3])
 return 1
 """
@@ -155,7 +164,9 @@ ATTEMPT_STARTED = """
 local run = held_run(ARGV[1], ARGV[2])
 if not run then return 0 end
 local a = open_attempt(run)
-if a and a[1] == ARGV[3] and a[4] == off(run, ARGV[6]) then return 0 end
+if a and a[1] == off(run, ARGV[6]) and redis.call('HGET', run.key, 'c' .. run.n) == ARGV[3] then
+  return 0
+end
 start_attempt(run, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1
 """
@@ -168,7 +179,7 @@ if not run then return 0 end
 local a = open_attempt(run)
 if not a then
   local last = run.n > 0 and attempt(run, run.n)
-  if last and last[5] == off(run, at) and last[6] == ARGV[3] then return 0 end
+  if last and last[2] == off(run, at) and last[3] == ARGV[3] then return 0 end
   start_attempt(run, '', '', '', at)
   a = open_attempt(run)
 end

@@ -1131,3 +1131,31 @@ def test_a_call_redis_py_cannot_encode_returns_its_connection(backend: RedisBack
     pool = backend._redis.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
     assert backend.load_states() == {}
+
+
+# --- the run history's memory -------------------------------------------------------------
+
+
+def test_a_run_record_with_its_attempts_keeps_redis_compact_hash_encoding(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """Redis keeps the history in memory: a record whose values all fit
+    hash-max-listpack-value (64 bytes) is a listpack, about half the bytes of a hashtable
+    (docs/history.md). A run retried once on an error and then succeeded, with a worker's real
+    consumer name, stays one."""
+    lease = backend.acquire_lease("beat-node-01.example.com", 10)
+    assert lease is not None
+    slot = datetime.fromtimestamp(backend.server_time() // 60 * 60, UTC)  # a slot of now
+    entry = "nightly-report-for-the-finance-team"
+    run = Outgoing(entry, f"{entry}@1", BeatdQueue("default"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(state(entry, 0), None)], [run]) == set()
+    consumer = "worker-host-01.example.com-123456"
+    first = backend.claim(["default"], consumer, 30)
+    assert first is not None
+    backend.retry(first, "{}", 0, Ending.failure(Outcome.RETRIED, "TimeoutError", "timed out"))
+    again = backend.claim(["default"], consumer, 30)
+    assert again is not None
+    backend.ack(again)
+    record = backend.run(f"{entry}@1")
+    assert record is not None and [a.outcome for a in record.attempts] == ["retried", "succeeded"]
+    assert admin.object("encoding", f"beatd:h:run:{entry}@1") == "listpack"
