@@ -105,32 +105,51 @@ def memory(server: RedisServer, entries: int, runs: int, history: bool) -> int:
     return used
 
 
-def rate(server: RedisServer, history: bool, n: int) -> tuple[float, float]:
-    """Messages committed per second, and claims with their acks per second."""
+def script_us(server: RedisServer) -> float:
+    """Microseconds Redis spent in scripts since the last call (then resets the count)."""
+    client = server.client()
+    used = float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+    client.config_resetstat()
+    client.close()
+    return used
+
+
+def rate(server: RedisServer, history: bool, n: int) -> tuple[float, ...]:
+    """Messages committed per second, claims with their acks per second, and Redis's script
+    time per message committed and per run claimed and acked (us)."""
     backend, lease = fresh(server, history)
+    script_us(server)
     start = time.perf_counter()
     publish(backend, lease, range(n), 0)
     committed = n / (time.perf_counter() - start)
+    commit_us = script_us(server) / n
     start = time.perf_counter()
     assert drain(backend) == n
     settled = n / (time.perf_counter() - start)
+    settle_us = script_us(server) / n
     backend.close()
-    return committed, settled
+    return committed, settled, commit_us, settle_us
 
 
-def interleaved(rounds: int, measure: Callable[[bool], tuple[float, float]]) -> None:
-    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+def interleaved(rounds: int, measure: Callable[[bool], tuple[float, ...]]) -> None:
+    results: dict[bool, list[tuple[float, ...]]] = {True: [], False: []}
     for _ in range(rounds):
         for history in (False, True):
             results[history].append(measure(history))
-    for i, what in enumerate(("commit (messages/s)", "claim+ack (runs/s)")):
+    whats = (
+        "commit (messages/s)",
+        "claim+ack (runs/s)",
+        "commit script (us/message)",
+        "claim+ack scripts (us/run)",
+    )
+    for i, what in enumerate(whats):
         off = [r[i] for r in results[False]]
         on = [r[i] for r in results[True]]
         ratio = statistics.median(on) / statistics.median(off)
         print(
-            f"{what}: off median {statistics.median(off):.0f} (min {min(off):.0f}, max "
-            f"{max(off):.0f}); on median {statistics.median(on):.0f} (min {min(on):.0f}, max "
-            f"{max(on):.0f}); on/off {ratio:.1%}"
+            f"{what}: off median {statistics.median(off):.1f} (min {min(off):.1f}, max "
+            f"{max(off):.1f}); on median {statistics.median(on):.1f} (min {min(on):.1f}, max "
+            f"{max(on):.1f}); on/off {ratio:.1%}"
         )
 
 
@@ -142,11 +161,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate-runs", type=int, default=20_000)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-rates", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
-            interleaved(args.rounds, lambda history: rate(server, history, args.rate_runs))
+            if not args.skip_rates:
+                interleaved(args.rounds, lambda history: rate(server, history, args.rate_runs))
             if args.skip_memory:
                 return
             for entries, runs in ((100, args.records // 100), (args.records, 1)):
