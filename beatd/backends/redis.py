@@ -53,7 +53,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis_events import RedisCeleryEvents
-from beatd.backends.redis_history import RedisRunHistory, published_prefix
+from beatd.backends.redis_history import RedisRunHistory, published_fields
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -212,13 +212,15 @@ class RedisStateStore(RedisLink):
         """The commit script's history arguments (see redis_scripts.COMMIT)."""
         if not self._history:
             return "", "", "", ""
-        prefixes = [published_prefix(m) for m in messages]
+        published: list[str] = []
+        for message in messages:
+            published += published_fields(message)
         missed: list[str | int] = []
         for write in writes:
             for m in write.missed:
                 missed += (m.entry, m.reason, str(to_micros(m.first)), str(to_micros(m.last)))
                 missed.append(str(m.total))
-        return self._history, _string(lease.node), _json(prefixes), _json(missed)
+        return self._history, lease.node, _json(published), _json(missed)
 
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""

@@ -3,7 +3,8 @@ claim and settling scripts write in their own atomic steps (redis_history_lua ha
 layout). Redis keeps it all in memory, so a record is one small hash and the indexes are sorted
 sets of run ids (docs/history.md gives the measured bytes per record):
 
-  beatd:h:run:ID          hash    the run's record: p (published), n and 1..n (attempts), r, o
+  beatd:h:run:ID          hash    the run's record: p, e, N (published), n and 1..n
+                                  (attempts), r, o
   beatd:h:runs            zset    every run id, scored by its published time (us): max_records
                                   and max_age trimming, `beatd history` without an entry
   beatd:h:entry:ENTRY     zset    the entry's run ids, scored likewise: per_entry trimming
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from json.encoder import encode_basestring as _string
 from typing import Any
 
 from beatd.backends.base import Outgoing, from_micros, to_micros
@@ -40,32 +40,32 @@ TRIM_ENTRIES = 1000  # entries whose per_entry excess one trim script call looks
 IMPORT_BATCH = 500  # records per import script call
 
 
-def published_prefix(message: Outgoing) -> str:
-    """The published record's JSON up to its celery flag, or '' for a message with no slot (the
-    commit script completes it with the flag, its time, node and epoch)."""
+def published_fields(message: Outgoing) -> tuple[str, str, str]:
+    """What the commit script records of a message: its slot, due - slot (us) and kind; the
+    slot '' for a message with no slot (a requeue: no record)."""
     if message.slot is None:
-        return ""
-    due = message.due if message.due is not None else message.slot
-    return (
-        f'[{_string(message.entry)},"{to_micros(message.slot)}","{to_micros(due)}",'
-        f'"{message.kind.value}",'
-    )
+        return "", "", ""
+    slot = to_micros(message.slot)
+    due = slot if message.due is None else to_micros(message.due)
+    return str(slot), str(due - slot), message.kind.value
 
 
 def _us(value: str) -> datetime | None:
     return from_micros(int(value)) if value else None
 
 
-def _attempt(number: int, text: str) -> Attempt:
-    consumer, host, pid, start, end, outcome, reason, error_type, error = json.loads(text)
-    started = from_micros(int(start))
+def _attempt(number: int, slot: int, fields: dict[str, str]) -> Attempt:
+    start, end, outcome, reason = json.loads(fields[str(number)])
+    error_type, error = json.loads(fields.get(f"x{number}", '["", ""]'))
+    consumer = fields.get(f"c{number}", "")
+    host, pid = json.loads(fields.get(f"h{number}", '["", ""]'))
     return Attempt(
         number,
         consumer,
         host,
         int(pid) if pid else None,
-        started,
-        _us(end),
+        from_micros(slot + int(start)),
+        from_micros(slot + int(end)) if end else None,
         outcome or None,
         reason,
         error_type,
@@ -78,19 +78,20 @@ def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
     p = fields.get("p")
     if p is None:
         return None
-    entry, slot, due, kind, celery, published, node, epoch = json.loads(p)
+    slot_text, due, published, kind, celery, epoch = json.loads(p)
+    slot = int(slot_text)
     n = int(fields.get("n", "0"))
     return RunRecord(
         run_id,
-        entry,
-        from_micros(int(slot)),
-        from_micros(int(due)),
-        from_micros(int(published)),
-        node,
+        fields.get("e", ""),
+        from_micros(slot),
+        from_micros(slot + int(due)),
+        from_micros(slot + int(published)),
+        fields.get("N", ""),
         int(epoch),
         RunKind(kind),
         celery == "1",
-        tuple(_attempt(i, fields[str(i)]) for i in range(1, n + 1) if str(i) in fields),
+        tuple(_attempt(i, slot, fields) for i in range(1, n + 1) if str(i) in fields),
         _us(fields.get("r", "")),
         _us(fields.get("o", "")),
     )
@@ -98,34 +99,22 @@ def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
 
 def _fields(record: RunRecord) -> dict[str, str]:
     """A record as its hash's fields (for `import_history`)."""
-    fields = {
-        "p": json.dumps(
-            [
-                record.entry,
-                str(to_micros(record.slot)),
-                str(to_micros(record.due)),
-                record.kind.value,
-                "1" if record.celery else "0",
-                str(to_micros(record.published_at)),
-                record.node,
-                str(record.epoch),
-            ]
-        )
-    }
+    slot = to_micros(record.slot)
+
+    def offset(moment: datetime | None) -> str:
+        return "" if moment is None else str(to_micros(moment) - slot)
+
+    p = [str(slot), offset(record.due), offset(record.published_at), record.kind.value]
+    p += ("1" if record.celery else "0", str(record.epoch))
+    fields = {"p": json.dumps(p), "e": record.entry, "N": record.node}
     for a in record.attempts:
-        fields[str(a.number)] = json.dumps(
-            [
-                a.consumer,
-                a.host,
-                "" if a.pid is None else str(a.pid),
-                str(to_micros(a.started_at)),
-                "" if a.ended_at is None else str(to_micros(a.ended_at)),
-                a.outcome or "",
-                a.reason,
-                a.error_type,
-                a.error,
-            ]
-        )
+        pid = "" if a.pid is None else str(a.pid)
+        times = [offset(a.started_at), offset(a.ended_at)]
+        fields[str(a.number)] = json.dumps([*times, a.outcome or "", a.reason])
+        if a.error_type or a.error:
+            fields[f"x{a.number}"] = json.dumps([a.error_type, a.error])
+        fields[f"c{a.number}"] = a.consumer
+        fields[f"h{a.number}"] = json.dumps([a.host, pid])
     if record.attempts:
         fields["n"] = str(max(a.number for a in record.attempts))
     if record.received_at is not None:
@@ -343,7 +332,8 @@ class RedisRunHistory(RedisLink):
         ]
         summary_rows = [[s.entry, _summary_value(s)] for s in summaries]
         for start in range(0, max(len(runs), 1), IMPORT_BATCH):
-            rows = [[r.id, _fields(r)] for r in runs[start : start + IMPORT_BATCH]]
+            batch = runs[start : start + IMPORT_BATCH]
+            rows = [[r.id, _fields(r), str(to_micros(r.published_at))] for r in batch]
             args = (self._ns(), json.dumps(rows), json.dumps(missed_rows), json.dumps(summary_rows))
             added += int(self._eval("import_history", (), args))
             missed_rows, summary_rows = [], []

@@ -142,10 +142,10 @@ end
 # indexes KEYS; then the number of streams, and the messages' bodies joined by U+001E (no JSON
 # text holds that character unescaped, so they need no escaping). KEYS[4 .. 3 + streams] are
 # beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
-# kombu's Redis transport does); then the history's: NS ('' for none), the node as JSON
-# text, a JSON array of each message's published-record prefix ('' for none; see
-# redis_history.published_prefix) and one flat of missed slots as (entry, reason, first_us,
-# last_us, total)... -> the rejected entry names; an error reply LEASELOST and nothing written
+# kombu's Redis transport does); then the history's: NS ('' for none), the node, a flat JSON
+# array of each message's (slot_us, due - slot in us, kind), slot '' for a message with no
+# record, and one of missed slots as (entry, reason, first_us, last_us, total)...
+# -> the rejected entry names; an error reply LEASELOST and nothing written
 COMMIT = (
     CHECK_LEASE
     + COMMIT_HISTORY
@@ -188,9 +188,11 @@ for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
   if not skip[messages[i + 1]] then
     local k, body = messages[i], string.sub(bodies, at, stop - 1)
-    local prefix = prefixes and prefixes[(i + 2) / 3]
-    if prefix and prefix ~= '' then
-      published(NS, messages[i + 1], messages[i + 2], prefix, k > last_stream, now, node, ARGV[2])
+    local h = prefixes and (i - 1)  -- the message's (slot, due - slot, kind) in ARGV[10]
+    if h and prefixes[h + 1] ~= '' then
+      local slot, due_off, kind = prefixes[h + 1], prefixes[h + 2], prefixes[h + 3]
+      published(NS, messages[i + 1], messages[i + 2], slot, due_off, kind, k > last_stream, now,
+        node, ARGV[2])
     end
     if k > last_stream then
       redis.call('LPUSH', KEYS[k], body)

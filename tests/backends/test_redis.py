@@ -449,6 +449,36 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         admin.acl_deluser("beatd")
 
 
+def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_trims_by_age_only(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """The history's writes use only what the previous ACL line allowed, so an upgrade that
+    keeps it loses no run: the commit, claim and ack write their records; only trimming per
+    entry needs the new +hkeys, and it trims by age and count before it says so."""
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hkeys"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        run = Outgoing("e", "e@1", BeatdQueue("default"), "{}", slot, slot)
+        assert backend.commit(lease, [StateWrite(state("e", 0), None)], [run]) == set()
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+        record = backend.run("e@1")
+        assert record is not None and record.status == "succeeded"
+        with pytest.raises(BackendError) as caught:
+            backend.trim(Retention(max_age=timedelta(0)))
+        refusal = caught.value.__cause__
+        assert isinstance(refusal, redis.exceptions.NoPermissionError)
+        assert str(caught.value) == f"{backend.url}: hkeys: {refusal}"
+        assert backend.history_size() == (0, 0)  # trimmed by age before HKEYS was refused
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
 def test_acl_user_without_config_get_gets_one_warning_not_a_crash(
     server: RedisServer, admin: redis.Redis
 ) -> None:
@@ -1101,3 +1131,31 @@ def test_a_call_redis_py_cannot_encode_returns_its_connection(backend: RedisBack
     pool = backend._redis.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
     assert backend.load_states() == {}
+
+
+# --- the run history's memory -------------------------------------------------------------
+
+
+def test_a_run_record_with_its_attempts_keeps_redis_compact_hash_encoding(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """Redis keeps the history in memory: a record whose values all fit
+    hash-max-listpack-value (64 bytes) is a listpack, about half the bytes of a hashtable
+    (docs/history.md). A run retried once on an error and then succeeded, with a worker's real
+    consumer name, stays one."""
+    lease = backend.acquire_lease("beat-node-01.example.com", 10)
+    assert lease is not None
+    slot = datetime.fromtimestamp(backend.server_time() // 60 * 60, UTC)  # a slot of now
+    entry = "nightly-report-for-the-finance-team"
+    run = Outgoing(entry, f"{entry}@1", BeatdQueue("default"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(state(entry, 0), None)], [run]) == set()
+    consumer = "worker-host-01.example.com-123456"
+    first = backend.claim(["default"], consumer, 30)
+    assert first is not None
+    backend.retry(first, "{}", 0, Ending.failure(Outcome.RETRIED, "TimeoutError", "timed out"))
+    again = backend.claim(["default"], consumer, 30)
+    assert again is not None
+    backend.ack(again)
+    record = backend.run(f"{entry}@1")
+    assert record is not None and [a.outcome for a in record.attempts] == ["retried", "succeeded"]
+    assert admin.object("encoding", f"beatd:h:run:{entry}@1") == "listpack"
