@@ -68,8 +68,8 @@ class HistoryRetention:
         self._due_at: float | None = None  # monotonic; None: at the next step that leads
 
     def notify(self, event: Event) -> None:
-        if isinstance(event, Stepped) and event.status.leader:
-            self.step()
+        if isinstance(event, Stepped) and event.status.leader and event.status.backend_up:
+            self.step()  # an outage is the loop's to report: no trim is asked meanwhile
         elif isinstance(event, SteppedDown):
             self._due_at = None  # the next leadership trims at its first step
             self.stats.runs = self.stats.missed = None  # another node counts now

@@ -65,6 +65,9 @@ SCHEDULER_METRICS = {
     "beatd_config_last_reload_success",
     "beatd_backend_up",
     "beatd_backend_data_lost_total",
+    "beatd_history_records",
+    "beatd_history_trimmed_total",
+    "beatd_history_write_errors_total",
 }
 WORKER_METRICS = {
     "beatd_tasks_total",

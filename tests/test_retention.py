@@ -27,6 +27,7 @@ from beatd.state import EntryState
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEADING = Stepped(Status(True, True, 1, "memory://retention"))
 STANDBY = Stepped(Status(True, False, 1, "memory://retention"))
+DOWN = Stepped(Status(False, True, 1, "memory://retention"))
 KEEP_5_FOR_1H = Retention(per_entry=5, max_age=timedelta(hours=1), max_records=1000)
 
 
@@ -78,7 +79,8 @@ def test_the_leader_keeps_each_entrys_newest_runs_and_trims_every_minute(
     publish(backend, "b", 3, clock)  # 12:09 ... 12:11
     retention = HistoryRetention(backend, clock, KEEP_5_FOR_1H)
     retention.notify(STANDBY)
-    assert len(kept(backend)) == 11  # a standby never trims
+    retention.notify(DOWN)
+    assert len(kept(backend)) == 11  # a standby never trims, nor a leader whose backend is down
     retention.notify(LEADING)
     assert kept(backend, "a") == [f"a@120{m}" for m in range(4, 9)]
     assert kept(backend, "b") == ["b@1209", "b@1210", "b@1211"]

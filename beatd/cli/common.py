@@ -285,7 +285,8 @@ HISTORY_FLAG = click.option(
     default=True,
     show_default=True,
     help="Record each run, its attempts and the missed slots in the run history "
-    "(docs/history.md); without it nothing is written to the history, which still reads.",
+    "(docs/history.md); without it nothing is written to the history, which can still be read "
+    "(and `beatd run` still trims it).",
 )
 
 
