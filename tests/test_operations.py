@@ -78,12 +78,7 @@ WORKER_METRICS = {
     "beatd_dead_letters",
 }
 
-# the leader's run history (beatd.retention) and its Celery event listener (on Redis)
-HISTORY_METRICS = {
-    "beatd_history_records",
-    "beatd_history_trimmed_total",
-    "beatd_history_write_errors_total",
-}
+# the leader's Celery event listener (on Redis)
 CELERY_METRICS = {
     "beatd_celery_events_total",
     "beatd_celery_events_last_timestamp_seconds",
@@ -557,8 +552,7 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    every = SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS
-    assert documented == every | HISTORY_METRICS | CELERY_METRICS
+    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}
