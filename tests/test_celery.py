@@ -517,3 +517,55 @@ def test_a_stock_celery_workers_outcomes_are_in_the_history(tmp_path: Path, redi
     assert registry.get_sample_value("beatd_celery_runs_published_total") == 3
     assert not events.listener.running  # stopped with the loop
     backend.close()
+
+
+def test_beatd_run_records_a_stock_workers_outcomes(tmp_path: Path, redis_url: str) -> None:
+    """The daemon as deployed: `beatd run` and `celery worker -E`, two real processes."""
+    worker, log = start_events_worker(tmp_path, redis_url)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "celery.yaml").write_text(
+        "queues:\n  celery: {protocol: celery}\nentries:\n"
+        + "".join(
+            f"  {name}:\n    task: {task}\n    at: '{due.isoformat()}'\n    queue: celery\n"
+            for name, task in (
+                ("good", "tasks.ok"),
+                ("bad", "tasks.fail"),
+                ("again", "tasks.flaky"),
+            )
+        )
+    )
+    run_log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "beatd", "run", "--broker", redis_url, "-s", str(schedules)]
+    argv += ["--no-watch", "--metrics-addr", "127.0.0.1:0", "--node", "n1"]
+    with run_log.open("wb") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    backend = RedisBackend(redis_url)
+    ids = [f"{name}@{due:%Y-%m-%dT%H:%M:%SZ}" for name in ("good", "bad", "again")]
+    try:
+
+        def statuses() -> list[str | None]:
+            return [(r.status if r is not None else None) for r in map(backend.run, ids)]
+
+        try:
+            wait_for(lambda: statuses() == ["succeeded", "failed", "succeeded"], 40)
+        except AssertionError:
+            raise AssertionError(
+                f"{statuses()}\nbeatd run:\n{_tail(run_log)}\nworker:\n{_tail(log)}"
+            ) from None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    again = backend.run(ids[2])
+    assert again is not None
+    assert [(a.number, a.outcome, a.consumer) for a in again.attempts] == [
+        (1, "retried", "w1@test"),
+        (2, "succeeded", "w1@test"),
+    ]
+    said = _tail(run_log)
+    assert "listening to Celery's task events on" in said
+    assert "stopped listening to Celery's task events" in said
+    backend.close()
