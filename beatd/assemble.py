@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from beatd.backends.base import Backend
+from beatd.backends.base import Backend, HearsCeleryEvents
+from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.events import Observer
 from beatd.history import Retention
-from beatd.metrics import PublishDelay, register_history, register_scheduler
+from beatd.metrics import (
+    PublishDelay,
+    register_celery_events,
+    register_history,
+    register_scheduler,
+)
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
 from beatd.retention import HistoryRetention
@@ -94,7 +100,8 @@ def build_scheduler(
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
     in-process `worker` nudged after each step, and, while leading, the run history trimmed to
-    `retention` (none: never trimmed)."""
+    `retention` (none: never trimmed) and, leading Celery entries on a backend that hears
+    Celery's task events, their outcomes recorded from those events."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -107,6 +114,11 @@ def build_scheduler(
         observers.append(trimming)
         if registry is not None:
             register_history(registry, trimming.stats)
+    if isinstance(backend, HearsCeleryEvents):  # runs in Celery's protocol report back
+        listener = CeleryEventListener(backend, backend, clock)
+        observers.append(CeleryEvents(listener))
+        if registry is not None:
+            register_celery_events(registry, listener.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
     # without per-entry series, only the entries with alert_after_failures are read
     scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE

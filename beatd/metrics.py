@@ -22,6 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from beatd.backends.base import Lease, QueueAdmin, StateStore
+from beatd.celery_events import TASK_EVENTS, CeleryEventStats
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
 from beatd.entry_series import EntryFilter, HealthView, OverdueView, history_metrics
@@ -292,6 +293,54 @@ class HistoryCollector(Collector):
 
 def register_history(registry: CollectorRegistry, stats: HistoryView) -> None:
     registry.register(HistoryCollector(stats))
+
+
+class CeleryEventsCollector(Collector):
+    """Reads what the leader's Celery event listener heard, at scrape time."""
+
+    def __init__(self, stats: CeleryEventStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        events = CounterMetricFamily(
+            "beatd_celery_events",
+            "Celery task events received from the workers (sent with -E), by type.",
+            labels=["type"],
+        )
+        for kind in TASK_EVENTS:
+            events.add_metric([kind], s.events[kind])
+        yield events
+        yield _gauge(
+            "beatd_celery_events_last_timestamp_seconds",
+            "When the last Celery task event was received (Unix time; 0: none yet).",
+            _ts(s.last_received_at) or 0.0,
+        )
+        yield _gauge(
+            "beatd_celery_events_listening",
+            "1 while this node is subscribed to Celery's task events (leading Celery entries).",
+            int(s.listening),
+        )
+        yield _counter(
+            "beatd_celery_runs_published",
+            "Runs published in Celery's protocol: each should bring task events back.",
+            s.published,
+        )
+        yield _counter(
+            "beatd_celery_events_undecodable",
+            "Messages on Celery's event channels that could not be read.",
+            s.undecodable,
+        )
+        yield _counter(
+            "beatd_celery_events_unrecorded",
+            "Task events of beatd's runs lost because the history could not be written.",
+            s.write_errors,
+        )
+
+
+def register_celery_events(registry: CollectorRegistry, stats: CeleryEventStats) -> None:
+    """Add the Celery event listener's collector to `registry`."""
+    registry.register(CeleryEventsCollector(stats))
 
 
 class PublishDelay:

@@ -36,6 +36,7 @@ from beatd.events import (
     Status,
     Stepped,
     SteppedDown,
+    Stopped,
     Totals,
 )
 from beatd.failing import EntryHealth
@@ -146,6 +147,7 @@ class Scheduler:
 
     def shutdown(self) -> None:
         self.leadership.release()
+        self._emit(Stopped())
 
     def step(self) -> float:
         """One round; returns the seconds to sleep before the next."""
@@ -205,7 +207,7 @@ class Scheduler:
             self._step_down()
             return
         self._adopted = True
-        self._emit(Adopted())
+        self._emit(Adopted(self.config))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()

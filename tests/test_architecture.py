@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.systemd",
             "beatd.deadlines",
             "beatd.failing",
+            "beatd.celery_listener",
         ),
     ),
     (
@@ -61,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.config",
             "beatd.message",
             "beatd.celery_protocol",
+            "beatd.celery_events",
             "beatd.tasks",
             "beatd.clock",
             "beatd.errors",

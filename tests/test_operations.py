@@ -84,7 +84,16 @@ WORKER_METRICS = {
     "beatd_dead_letters",
 }
 
-# the leader's trimming of the run history (beatd/retention.py), after its first trim
+# the leader's Celery event listener (on Redis)
+CELERY_METRICS = {
+    "beatd_celery_events_total",
+    "beatd_celery_events_last_timestamp_seconds",
+    "beatd_celery_events_listening",
+    "beatd_celery_runs_published_total",
+    "beatd_celery_events_undecodable_total",
+    "beatd_celery_events_unrecorded_total",
+}
+
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
 BACKEND_METRICS = {"beatd_backend_connections", "beatd_backend_listen_reconnects_total"}
 
@@ -519,7 +528,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [13]
+    assert [len(group["rules"]) for group in groups["groups"]] == [14]
 
 
 @needs_promtool
@@ -549,7 +558,7 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS
+    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}

@@ -251,6 +251,24 @@ class WaitsForWork(Protocol):
         one thread only; it may return True spuriously, never sleep past a ready run."""
 
 
+@runtime_checkable
+class HearsCeleryEvents(Protocol):
+    """A backend that can hear the task events Celery's workers send with `-E` (Redis: it is
+    their broker; see beatd.celery_events). Pub/sub: what is sent while nobody listens is lost.
+    """
+
+    def celery_events(self, timeout: float) -> list[bytes]:
+        """The payloads published on Celery's event channels since the last call, in order,
+        waiting up to `timeout` seconds for the first (an empty list then). The first call, and
+        the first after an error or `stop_celery_events`, subscribes on a connection of its own.
+        Raises TransientBackendError when the backend cannot be reached or stops answering (the
+        subscription is dropped: the next call subscribes again), BackendError when it refuses
+        the subscription (ACL). Call it from one thread only."""
+
+    def stop_celery_events(self) -> None:
+        """Unsubscribe and close that connection; idempotent. From the calling thread only."""
+
+
 class Reachable(Protocol):
     """What every role offers: where it is, whether it answers, how it is set up."""
 
