@@ -33,11 +33,13 @@ def open_backend(
     op_timeout: float = 2.0,
     read_only: bool = False,
     create: bool = True,
+    history: bool = True,
 ) -> Backend:
     """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
+    `history=False`: the backend writes no run history (reads still work).
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -49,7 +51,9 @@ def open_backend(
                 f"cannot read broker URL {url!r}: use sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        return SQLiteBackend(url[len(prefix) :], read_only=read_only, create=create)
+        return SQLiteBackend(
+            url[len(prefix) :], read_only=read_only, create=create, history=history
+        )
     if scheme == "memory":
         from beatd.backends.memory import MemoryBackend
 

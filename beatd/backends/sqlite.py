@@ -12,6 +12,7 @@ also maps SQLite's errors to NotApplied and OutcomeUnknown).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -46,13 +47,26 @@ from beatd.backends.sqlite_file import (
     _us,
     upgrade,
 )
+from beatd.backends.sqlite_history import (
+    SQLiteRunHistory,
+    end_attempt,
+    micros,
+    record_missed,
+    record_published,
+    start_attempt,
+)
 from beatd.errors import BackendError
+from beatd.history import Ending
+from beatd.outcomes import Outcome
 from beatd.state import EntryState
 
 __all__ = ["SCHEMA", "SQLiteBackend"]
 
 log = logging.getLogger(__name__)
 _destination = attrgetter("destination")
+# what a settling method records when the worker gives no `Ending`
+_SUCCEEDED, _RETRIED = Ending(Outcome.SUCCEEDED), Ending(Outcome.RETRIED)
+_DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEASED)
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -216,6 +230,9 @@ class SQLiteStateStore(SQLiteFile):
                     if m.entry not in rejected
                 ],
             )
+            if self.history:
+                record_published(db, lease, micros(now), messages, rejected)
+                record_missed(db, lease, micros(now), writes, rejected)
             return rejected
 
         rejected = self._run(work, lease=True)
@@ -269,43 +286,64 @@ class SQLiteWorkQueue(SQLiteFile):
                 return None
             message_id, queue, body, deliveries = row[0]
             unreadable = utf8_fault(message_id, "id") or utf8_fault(body, "body")
-            return Delivery(
-                _text(message_id), _text(queue), _text(body), deliveries, receipt, unreadable
-            )
+            run_id = _text(message_id)
+            if self.history:
+                start_attempt(db, run_id, consumer, self._host, os.getpid(), micros(now))
+            return Delivery(run_id, _text(queue), _text(body), deliveries, receipt, unreadable)
 
         return self._run(work)
 
-    def _update_claimed(self, sql: str, params: tuple[object, ...], delivery: Delivery) -> bool:
-        cursor = self._run(lambda db: db.execute(sql, (*params, delivery.receipt)))
-        return cursor.rowcount == 1
+    def _settle(
+        self,
+        sql: str,
+        params: tuple[object, ...],
+        delivery: Delivery,
+        ending: Ending | None = None,
+    ) -> bool:
+        """Write to the claimed message, if the claim still holds, and with that write end the
+        run's open attempt (`ending`; None: none to end)."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute(sql, (*params, delivery.receipt)).rowcount != 1:
+                return False
+            if ending is not None and self.history:
+                end_attempt(db, delivery.id, ending, micros(self._now()))
+            return True
+
+        return self._run(work)
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
-        return self._update_claimed(
+        return self._settle(
             "UPDATE message SET ready_at = ? WHERE receipt = ?",
             (self._now() + visibility,),
             delivery,
         )
 
-    def ack(self, delivery: Delivery) -> None:
-        self._update_claimed("DELETE FROM message WHERE receipt = ?", (), delivery)
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        ending = ending or _SUCCEEDED
+        self._settle("DELETE FROM message WHERE receipt = ?", (), delivery, ending)
 
-    def release(self, delivery: Delivery) -> None:
-        self._update_claimed(
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._settle(
             "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1 "
             "WHERE receipt = ?",
             (self._now(),),
             delivery,
+            ending or _RELEASED,
         )
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
-        self._update_claimed(
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
+        self._settle(
             "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0 "
             "WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
+            ending or _RETRIED,
         )
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:  # moved in SQL: bytes kept as they are
             db.execute(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
@@ -313,7 +351,17 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
+            moved = db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
+            if moved.rowcount == 1 and self.history:
+                end_attempt(db, delivery.id, ending or _DEAD_LETTERED, micros(self._now()))
+
+        self._run(work)
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            held = db.execute("SELECT 1 FROM message WHERE receipt = ?", (delivery.receipt,))
+            if held.fetchone() is not None and self.history:
+                end_attempt(db, delivery.id, ending, micros(self._now()))
 
         self._run(work)
 
@@ -395,7 +443,9 @@ class SQLiteQueueAdmin(SQLiteFile):
         return dict(rows)
 
 
-class SQLiteBackend(SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin):
+class SQLiteBackend(
+    SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin, SQLiteRunHistory
+):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or
     `create=False`, a missing file is an error."""

@@ -10,6 +10,7 @@ which is then rolled back: NotApplied.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -23,6 +24,70 @@ from urllib.parse import quote
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 
+# The run history (format 2, beatd.history): one `run` row per published run, its attempts keyed by
+# (run's seq, number), the missed-slot ranges and each entry's summary. The indexes serve what is
+# read or trimmed often: an entry's runs newest first, all runs by age (newest first, trimming the
+# oldest), and the few runs still open (the leader's deadlines). Statements one by one, so that the
+# migration runs them inside the lease's transaction (executescript would commit it).
+HISTORY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS run (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    entry TEXT NOT NULL,
+    slot_us INTEGER NOT NULL,
+    due_us INTEGER NOT NULL,
+    published_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    celery INTEGER NOT NULL DEFAULT 0,
+    received_us INTEGER,
+    overdue_us INTEGER,
+    finished INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX IF NOT EXISTS run_entry ON run (entry, published_us, id)",
+    "CREATE INDEX IF NOT EXISTS run_published ON run (published_us, id)",
+    "CREATE INDEX IF NOT EXISTS run_open ON run (published_us) "
+    "WHERE finished = 0 AND overdue_us IS NULL",
+    """CREATE TABLE IF NOT EXISTS attempt (
+    run INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    started_us INTEGER NOT NULL,
+    ended_us INTEGER,
+    outcome TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    error_type TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run, number)
+) WITHOUT ROWID""",
+    "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
+    "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    """CREATE TABLE IF NOT EXISTS missed (
+    entry TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_us INTEGER NOT NULL,
+    last_us INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    recorded_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    overdue_us INTEGER,
+    PRIMARY KEY (entry, reason, first_us)
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS missed_recorded ON missed (recorded_us)",
+    """CREATE TABLE IF NOT EXISTS entry_summary (
+    entry TEXT PRIMARY KEY,
+    last_status TEXT NOT NULL,
+    last_finished_us INTEGER NOT NULL,
+    last_duration_us INTEGER,
+    last_success_us INTEGER,
+    last_failure_us INTEGER,
+    consecutive_failures INTEGER NOT NULL
+) WITHOUT ROWID""",
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
     name TEXT PRIMARY KEY,
@@ -61,7 +126,7 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     failed_at REAL NOT NULL,
     deliveries INTEGER NOT NULL
 );
-"""
+""" + "".join(f"{statement};\n" for statement in HISTORY_SCHEMA)
 LEASE = "scheduler"
 BEATD_TABLES = ("lease", "entry_state")  # in every beatd database since the first
 DEFAULT_PRIORITY = 5
@@ -79,10 +144,18 @@ def _format_1(db: sqlite3.Connection) -> None:
     """Format 0 (beatd before format versions) to 1: the same tables; only the version is new."""
 
 
+def _format_2(db: sqlite3.Connection) -> None:
+    """Format 1 to 2: the run history's tables (issue 15). A process that opened the file for
+    writing since has created them already (`SCHEMA`), so that a worker started before the
+    leader upgrades records its attempts: they are only ensured here."""
+    for statement in HISTORY_SCHEMA:
+        db.execute(statement)
+
+
 # The persisted-state format is the file's `PRAGMA user_version`. MIGRATIONS[n] upgrades format n
 # to n + 1, run by the leader in the transaction that takes the lease (see `upgrade`): a later
 # change of the tables appends one (docs/design.md, Persisted-state format).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1, _format_2)
 FORMAT_VERSION = len(MIGRATIONS)
 
 
@@ -117,7 +190,8 @@ def _us(moment: datetime | None) -> int | None:
 
 class SQLiteFile:
     """`read_only`: for commands that only look (status, dead list, a migration's source):
-    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
+    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error.
+    `history=False`: commits, claims and settlings write no run history (reads still work)."""
 
     def __init__(
         self,
@@ -126,6 +200,7 @@ class SQLiteFile:
         wall_clock: Callable[[], float] = time.time,
         read_only: bool = False,
         create: bool = True,
+        history: bool = True,
     ) -> None:
         if str(path) == ":memory:":  # else sqlite3 opens one connection's private database
             raise BackendError(
@@ -141,6 +216,9 @@ class SQLiteFile:
         self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
         self._check_at = 0.0  # monotonic: when a queue's write checks the file next
         self._published_since_truncate = 0  # runs committed since the WAL was last truncated
+        self.history = history  # False: commits, claims and settlings write no run history
+        self._history_tables = False  # seen in a read-only file (which may be of format 1)
+        self._host = socket.gethostname()  # of the attempts this process's claims start
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
                 f"no database at {self.path}: check the path (`beatd run` creates it)"
