@@ -30,7 +30,7 @@ from beatd.history import (
 from beatd.state import EntryState
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 12, 4, 1, 30, tzinfo=UTC)
+T0 = datetime(2025, 12, 4, 1, 30, tzinfo=UTC)
 SCHEDULES = """\
 entries:
   nightly:
@@ -75,7 +75,7 @@ def attempt(
 
 def nightly_success() -> RunRecord:
     return RunRecord(
-        "nightly@2026-12-04T01:30:00Z", "nightly", T0, T0, at(0.01), "node-a", 3,
+        "nightly@2025-12-04T01:30:00Z", "nightly", T0, T0, at(0.01), "node-a", 3,
         RunKind.SCHEDULED, attempts=(attempt(1, 0.4, 3.6, "succeeded"),),
     )  # fmt: skip
 
@@ -89,7 +89,7 @@ def nightly_dead() -> RunRecord:
         attempt(3, day + 70, day + 130, "dead_lettered", reason="time_limit"),
     )
     return RunRecord(
-        "nightly@2026-12-05T01:30:00Z", "nightly", at(day), at(day), at(day), "node-b", 4,
+        "nightly@2025-12-05T01:30:00Z", "nightly", at(day), at(day), at(day), "node-b", 4,
         RunKind.CAUGHT_UP, attempts=tries,
     )  # fmt: skip
 
@@ -127,15 +127,15 @@ def test_history_shows_each_run_and_missed_range_newest_first(broker: str, sched
     assert out.splitlines() == [
         "ENTRY    SCHEDULED (UTC)       ENTRY'S ZONE               STATUS         DELAY   STARTED"
         "               DURATION  TRIES  WORKER  NODE    EPOCH  DETAIL",
-        "nightly  2026-12-05T01:30:00Z  2026-12-05T02:30:00+01:00  dead_lettered  1.0 s   "
-        "2026-12-05T01:30:01Z  1 min     3      w3      node-b  4      caught_up; time_limit",
-        "gone     2026-12-04T01:40:00Z  -                          queued         -       -"
+        "nightly  2025-12-05T01:30:00Z  2025-12-05T02:30:00+01:00  dead_lettered  1.0 s   "
+        "2025-12-05T01:30:01Z  1 min     3      w3      node-b  4      caught_up; time_limit",
+        "gone     2025-12-04T01:40:00Z  -                          queued         -       -"
         "                     -         0      -       node-a  3",
-        "nightly  2026-12-04T01:30:00Z  2026-12-04T02:30:00+01:00  succeeded      400 ms  "
-        "2026-12-04T01:30:00Z  3.2 s     1      w1      node-a  3",
-        "nightly  2026-12-01T01:30:00Z  2026-12-01T02:30:00+01:00  missed         -       -"
+        "nightly  2025-12-04T01:30:00Z  2025-12-04T02:30:00+01:00  succeeded      400 ms  "
+        "2025-12-04T01:30:00Z  3.2 s     1      w1      node-a  3",
+        "nightly  2025-12-01T01:30:00Z  2025-12-01T02:30:00+01:00  missed         -       -"
         "                     -         -      -       node-a  3      3 slot(s) skipped, the last "
-        "2026-12-03T01:30:00Z",
+        "2025-12-03T01:30:00Z",
     ]
 
 
@@ -152,8 +152,8 @@ def test_history_of_one_entry_limited_since_and_by_outcome(broker: str) -> None:
 
         assert ids("nightly") == [nightly_dead().id, nightly_success().id, "missed"]
         assert ids("nightly", "-n", "2") == [nightly_dead().id, nightly_success().id]
-        assert ids("--since", "2026-12-04T01:35:00") == [nightly_dead().id, gone_queued().id]
-        assert ids("--since", "2026-12-04T02:35:00+01:00") == [nightly_dead().id, gone_queued().id]
+        assert ids("--since", "2025-12-04T01:35:00") == [nightly_dead().id, gone_queued().id]
+        assert ids("--since", "2025-12-04T02:35:00+01:00") == [nightly_dead().id, gone_queued().id]
         assert ids("--since", "1d") == []  # a day back from now: T0 is long ago
         assert ids("--outcome", "queued", "--outcome", "succeeded") == [
             gone_queued().id,
@@ -230,7 +230,7 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
     assert list(run) == documented_fields("### A run")
     assert list(run["attempts"][0]) == documented_fields("### An attempt")
     assert list(gap) == documented_fields("### A missed-slot range")
-    assert run["slot_local"] == "2026-12-05T02:30:00+01:00"
+    assert run["slot_local"] == "2025-12-05T02:30:00+01:00"
     assert run["timezone"] == "Europe/Berlin"
     assert (run["delay_seconds"], run["duration_seconds"]) == (1.0, 60.0)
     assert run["attempts"][0] == {
@@ -238,8 +238,8 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
         "consumer": "w1",
         "host": "host1",
         "pid": 101,
-        "started_at": "2026-12-05T01:30:01Z",
-        "ended_at": "2026-12-05T01:30:02Z",
+        "started_at": "2025-12-05T01:30:01Z",
+        "ended_at": "2025-12-05T01:30:02Z",
         "duration_seconds": 1.0,
         "outcome": "retried",
         "reason": None,
@@ -250,12 +250,12 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
         "type": "missed",
         "entry": "nightly",
         "reason": "skipped",
-        "first_slot": "2026-12-01T01:30:00Z",
-        "first_slot_local": "2026-12-01T02:30:00+01:00",
-        "last_slot": "2026-12-03T01:30:00Z",
+        "first_slot": "2025-12-01T01:30:00Z",
+        "first_slot_local": "2025-12-01T02:30:00+01:00",
+        "last_slot": "2025-12-03T01:30:00Z",
         "timezone": "Europe/Berlin",
         "slots": 3,
-        "recorded_at": "2026-12-04T01:30:00Z",
+        "recorded_at": "2025-12-04T01:30:00Z",
         "node": "node-a",
         "epoch": 3,
         "overdue_at": None,
@@ -380,12 +380,11 @@ def test_status_of_an_unknown_entry_is_bad_input(broker: str, schedules: Path) -
 
 
 def test_migrate_copies_the_history_once(broker: str, tmp_path: Path) -> None:
+    """To a second SQLite file, from the memory store or a first one."""
     source = seed(broker, nightly_success(), nightly_dead(), missed=(nightly_missed(),))
     finished = summary("nightly", "dead_lettered", at(86530), consecutive_failures=1)
     source.import_history((), (), [finished])
     target_url = f"sqlite:///{tmp_path / 'target.db'}"
-    if broker.startswith("sqlite"):
-        target_url = f"memory://migrate-target-{uuid.uuid4().hex}"
     try:
         first = beatd("migrate", "--from", broker, "--to", target_url)
         again = beatd("migrate", "--from", broker, "--to", target_url)
@@ -398,8 +397,6 @@ def test_migrate_copies_the_history_once(broker: str, tmp_path: Path) -> None:
             target.close()
     finally:
         source.close()
-        if target_url.startswith("memory://"):
-            discard(target_url.removeprefix("memory://"))
     assert first == (
         0,
         "copied 0 state(s), 0 dead letter(s), 2 run record(s), 1 missed-slot record(s); "
