@@ -66,7 +66,7 @@ def open_backend(
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 
-        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout)
+        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout, history=history)
     from beatd.backends.redis import redact
 
     raise BeatdError(

@@ -51,6 +51,7 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.redis_history import RedisRunHistory, published_prefix
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -154,8 +155,10 @@ class RedisLeaseStore(RedisLink):
 class RedisStateStore(RedisLink):
     """The state hash, advanced with the runs' messages by one fenced script."""
 
-    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout)
+    def __init__(
+        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+    ) -> None:
+        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
         # by (kind, queue, priority): hashing a dataclass costs a Python call per message
         self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
 
@@ -196,8 +199,24 @@ class RedisStateStore(RedisLink):
             {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
         )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
-        wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
+        history = self._commit_history(lease, writes, messages)
+        args = (lease.token, lease.epoch, *flat, *history)
+        wait = self._send_fenced("commit", lease, keys, args)
         return lambda: set(wait())
+
+    def _commit_history(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> tuple[str, str, str, str]:
+        """The commit script's history arguments (see redis_scripts.COMMIT)."""
+        if not self._history:
+            return "", "", "", ""
+        prefixes = [published_prefix(m) for m in messages]
+        missed: list[str | int] = []
+        for write in writes:
+            for m in write.missed:
+                missed += (m.entry, m.reason, str(to_micros(m.first)), str(to_micros(m.last)))
+                missed.append(str(m.total))
+        return self._history, _string(lease.node), _json(prefixes), _json(missed)
 
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
@@ -217,7 +236,9 @@ class RedisStateStore(RedisLink):
         self._fenced("forget", lease, keys, (lease.token, lease.epoch, *entries))
 
 
-class RedisBackend(RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin):
+class RedisBackend(
+    RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin, RedisRunHistory
+):
     """Every role, on one connection pool (see the module doc)."""
 
     def persistence_warnings(self) -> list[str]:
