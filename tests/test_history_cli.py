@@ -196,10 +196,10 @@ def test_history_finds_n_matching_runs_beyond_the_first_batch(broker: str) -> No
             " or 2d) or an ISO 8601 time (such as 2026-12-05T01:00:00Z)\n",
         ),
         (
-            ["--outcome", "sucess"],
-            "beatd: --outcome: unknown outcome 'sucess'; did you mean 'succeeded'?; use one of "
-            "succeeded, retried, failed, expired, dead_lettered, crashed, released, lost, queued,"
-            " running, overdue, unknown, missed\n",
+            ["--outcome", "succeded"],
+            "beatd: --outcome: unknown outcome 'succeded': use one of succeeded, retried, failed,"
+            " expired, dead_lettered, crashed, released, lost, queued, running, overdue, unknown,"
+            " missed; did you mean 'succeeded'?\n",
         ),
     ],
     ids=["since", "outcome"],
@@ -369,10 +369,10 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
 def test_status_of_an_unknown_entry_is_bad_input(broker: str, schedules: Path) -> None:
     open_backend(broker).close()
     code, out, err = beatd("status", "nightly", "nigthly", "--broker", broker, "-s", str(schedules))
-    assert (code, out, err) == (
+    assert (code, out, err.splitlines()[-1]) == (  # memory:// warns first that it is private
         2,
         "",
-        "beatd: ENTRY: no entry 'nigthly' in the schedule files; did you mean 'nightly'?\n",
+        "beatd: ENTRY: no entry 'nigthly' in the schedule files; did you mean 'nightly'?",
     )
 
 

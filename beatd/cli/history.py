@@ -80,8 +80,8 @@ def read_outcomes(values: Sequence[str]) -> frozenset[str]:
         if value not in OUTCOMES:
             bad_option(
                 "--outcome",
-                f"unknown outcome {value!r}{suggest(value, OUTCOMES)}; use one of "
-                + ", ".join(OUTCOMES),
+                f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}"
+                + suggest(value, OUTCOMES),
             )
     return frozenset(values)
 
