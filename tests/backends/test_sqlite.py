@@ -26,6 +26,11 @@ def backend(backend_factory: Callable[[], SQLiteBackend]) -> SQLiteBackend:
     return backend_factory()
 
 
+@pytest.fixture
+def history_off_backend(tmp_path: Path, wall: Wall) -> SQLiteBackend:
+    return SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall, history=False)
+
+
 class TestSQLiteContract(BackendContract):
     pass
 
