@@ -145,11 +145,23 @@ def record_missed(
     )
 
 
+def held_text(run_id: str) -> bool:
+    """False for a run id that is not UTF-8 (a queue entry another program wrote, read with
+    surrogate escapes): the history never holds one, and SQLite cannot be asked for it."""
+    try:
+        run_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def start_attempt(
     db: sqlite3.Connection, run_id: str, consumer: str, host: str, pid: int | None, at: int
 ) -> bool:
     """Append an attempt to a held run, first ending one still open as lost; False for a run
     the history does not hold, or when the open attempt is this very one (a repeated event)."""
+    if not held_text(run_id):
+        return False
     row = db.execute("SELECT seq FROM run WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         return False
@@ -176,6 +188,8 @@ def start_attempt(
 def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) -> bool:
     """End a held run's open attempt as `ending` says; a final outcome finishes the run and
     moves its entry's summary on. False when there is no such run or no open attempt."""
+    if not held_text(run_id):
+        return False
     row = db.execute("SELECT seq, entry FROM run WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         return False
