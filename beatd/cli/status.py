@@ -214,10 +214,11 @@ def _time(moment: datetime | None) -> str | None:
     "run`, summed), for the late and missed counts, which only the schedulers keep.",
 )
 @click.option(
+    "-n",
     "--limit",
     type=click.IntRange(min=1),
-    metavar="N",
-    help="Show the first N entries (by name) only.  [default: all]",
+    show_default="all",
+    help="Show the first N entries (by name) only.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.argument("entries", nargs=-1, metavar="[ENTRY]...")
