@@ -326,6 +326,7 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
         code, out, err = beatd(*args)
         json_code, json_out, _ = beatd(*args, "--json", "--limit", "1")
         one_code, one_out, _ = beatd(*args, "tick")
+        first_code, first_out, _ = beatd(*args, "-n", "1")
     finally:
         backend.close()
     assert code == 0, err
@@ -364,6 +365,9 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
     assert one_code == 0
     assert [line.split()[0] for line in one_out.splitlines()[3:5]] == ["ENTRY", "tick"]
     assert one_out.splitlines()[5] == "1 entries"
+    assert first_code == 0
+    assert first_out.splitlines()[4].split()[0] == "nightly"
+    assert first_out.splitlines()[5] == "1 of 2 entries (--limit)"
 
 
 def test_status_of_an_unknown_entry_is_bad_input(broker: str, schedules: Path) -> None:
