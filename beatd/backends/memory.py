@@ -213,6 +213,8 @@ class MemoryBackend(MemoryHistory):
         queues = [_beatd_queue(m) for m in messages]  # refused before anything is written
         with self._store.lock:
             self._check_lease(lease)
+            now = self._now()  # one reading: the runs of one commit share it
+            at = datetime.fromtimestamp(now, UTC)
             states = self._store.states
             rejected: set[str] = set()
             for write in writes:
@@ -223,13 +225,12 @@ class MemoryBackend(MemoryHistory):
                 else:
                     states[entry] = write.state
                     if self._writes_history:
-                        self._history.missed_by(write, lease, self._at())
-            now = self._now()
+                        self._history.missed_by(write, lease, at)
             for m, queue in zip(messages, queues, strict=True):
                 if m.entry not in rejected:
                     self._store.add(queue, m.id, m.body, now)
                     if self._writes_history:
-                        self._history.published(m, lease, self._at())
+                        self._history.published(m, lease, at)
             return rejected
 
     def send_commit(
@@ -266,7 +267,8 @@ class MemoryBackend(MemoryHistory):
             chosen.receipt, chosen.ready_at = receipt, now + visibility
             chosen.deliveries += 1
             if self._writes_history:
-                self._history.start(chosen.id, consumer, self._host, self._pid, self._at())
+                at = datetime.fromtimestamp(now, UTC)
+                self._history.start(chosen.id, consumer, self._host, self._pid, at)
             return Delivery(chosen.id, chosen.queue, chosen.body, chosen.deliveries, receipt)
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
