@@ -13,7 +13,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
   beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity);
                                   beatd before format versions writes it too
-  beatd:format-version    string  the persisted-state format, "2" (FORMAT), which no beatd
+  beatd:format-version    string  the persisted-state format, "3" (FORMAT), which no beatd
                                   before format versions writes (redis_scripts.MIGRATIONS)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
@@ -21,6 +21,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
+  beatd:h:*               the run history (redis_history.py has its keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 

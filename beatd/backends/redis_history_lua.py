@@ -11,7 +11,9 @@ with `history=False`: then it writes nothing. A run's record is the hash NS .. '
   r, o   received_us (Celery's task-received), overdue_us
 All values are strings: microseconds as decimal digits, exact (Lua's numbers are doubles, and
 cjson would print them to 14 digits). A record that does not decode is left alone, never an
-error: a script must not fail after a queue write it cannot take back.
+error: a script must not fail after a queue write it cannot take back. For the same reason the
+writes use only commands the ACL line of beatd before the history allowed (EXISTS and HGET
+before HSET, never HSETNX): an upgrade that keeps the old line loses no run.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ local function claimed(NS, id, consumer, host, pid)
 end
 -- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
 local function settled(i)
-  local NS = ARGV[i]
+  local NS = ARGV[i] or ''  -- none: a caller that writes no history
   if NS == '' then return end
   local key = NS .. 'h:run:' .. ARGV[i + 1]
   local n, a = open_attempt(key)
@@ -89,7 +91,8 @@ COMMIT_HISTORY = """
 local function published(NS, entry, id, prefix, celery, at, node, epoch)
   local key = NS .. 'h:run:' .. id
   local p = prefix .. (celery and '"1","' or '"0","') .. at .. '",' .. node .. ',"' .. epoch .. '"]'
-  if redis.call('HSETNX', key, 'p', p) == 1 then
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'p', p)
     redis.call('ZADD', NS .. 'h:runs', at, id)
     redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
   end
@@ -97,7 +100,8 @@ end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
   local field = entry .. '\\31' .. reason .. '\\31' .. first
   local value = cjson.encode({entry, reason, first, last, total, at, cjson.decode(node), epoch, ''})
-  if redis.call('HSETNX', NS .. 'h:missed', field, value) == 1 then
+  if not redis.call('HGET', NS .. 'h:missed', field) then
+    redis.call('HSET', NS .. 'h:missed', field, value)
     redis.call('ZADD', NS .. 'h:missed-at', at, field)
   end
 end
@@ -226,7 +230,8 @@ for _, run in ipairs(cjson.decode(ARGV[2])) do
   end
 end
 for _, m in ipairs(cjson.decode(ARGV[3])) do
-  if redis.call('HSETNX', NS .. 'h:missed', m[1], m[2]) == 1 then
+  if not redis.call('HGET', NS .. 'h:missed', m[1]) then
+    redis.call('HSET', NS .. 'h:missed', m[1], m[2])
     redis.call('ZADD', NS .. 'h:missed-at', m[3], m[1])
     added = added + 1
   end

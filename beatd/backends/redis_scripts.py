@@ -173,7 +173,7 @@ end
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
-local NS, node = ARGV[8], ARGV[9]
+local NS, node = ARGV[8] or '', ARGV[9]
 local prefixes, now = NS ~= '' and cjson.decode(ARGV[10]), NS ~= '' and now_us()
 if NS ~= '' then
   local missed = cjson.decode(ARGV[11])
@@ -244,7 +244,7 @@ return 0
 # and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local NS, host, pid = ARGV[5 + n], ARGV[6 + n], ARGV[7 + n]
+local NS, host, pid = ARGV[5 + n] or '', ARGV[6 + n], ARGV[7 + n]
 local now = now_ms()
 local function delayed_run(member)
   local ok, m = pcall(cjson.decode, member)

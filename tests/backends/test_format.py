@@ -27,6 +27,7 @@ from beatd.config.model import Entry, MissedPolicy
 from beatd.history import HistoryQuery
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
 from tests.redis_server import RedisServer
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -228,9 +229,9 @@ def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_hor
     publish_on(backend, clock, 1)
     assert stream_ids(admin) == OLD + NEW
     # the version in its own key; the marker as beatd before format versions reads it
-    assert admin.mget("beatd:format-version", "beatd:format") == ["2", "1"]
+    assert admin.mget("beatd:format-version", "beatd:format") == ["3", "1"]
     assert upgrades(caplog) == [
-        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 3"
     ]
     backend.close()
     admin.close()
@@ -243,7 +244,7 @@ def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
     admin.set("beatd:format-version", "7")  # as a newer beatd writes it
     refusal = (
         f"Redis at {old_redis.url} (namespace beatd) holds beatd's persisted state in format 7, "
-        "but this beatd knows formats up to 2 only: a newer beatd upgraded it, and an older "
+        "but this beatd knows formats up to 3 only: a newer beatd upgraded it, and an older "
         "one must neither lead nor write there. Upgrade beatd on this host to the version the "
         "others run (docs/design.md, Persisted-state format)"
     )
@@ -299,11 +300,60 @@ def test_a_redis_upgraded_once_is_not_upgraded_again_after_a_beatd_of_before_ver
     admin = old_redis.client()
     clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
     backend = RedisBackend(old_redis.url)
-    publish_on(backend, clock, 1)  # upgraded to format 2
+    publish_on(backend, clock, 1)  # upgraded to format 3
     admin.set("beatd:format", "1")  # an old beatd's fresh take of the lease, as it does it
     publish_on(backend, clock, 1)
     assert upgrades(caplog) == [
-        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 3"
     ]
+    backend.close()
+    admin.close()
+
+
+@pytest.fixture
+def format_2_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    (tmp_path / "redis").mkdir()
+    shutil.copy(FIXTURES / "format-2.rdb", tmp_path / "redis" / "dump.rdb")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_new_runs_only(
+    format_2_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 3 adds the run history's keys (beatd:h:*). Runs queued before it have no record,
+    so a worker that claims and acks one records nothing; a run committed with its slot after
+    the upgrade has its record, and its claim and ack are recorded in it."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    admin = format_2_redis.client()
+    assert admin.get("beatd:format-version") == "2"
+    assert admin.keys("beatd:h:*") == []
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(format_2_redis.url)
+    publish_on(backend, clock, 20)
+    assert stream_ids(admin) == OLD[1:] + NEW
+    assert admin.mget("beatd:format-version", "beatd:format") == ["3", "1"]
+    assert upgrades(caplog) == [
+        f"upgraded the persisted state of {format_2_redis.url} (namespace beatd) from format 2 to 3"
+    ]
+    lease = backend.acquire_lease("new", 10)
+    assert lease is not None
+    horizon = backend.load_states()["tick"]
+    slot = horizon.last_slot + timedelta(seconds=10)
+    run_id = f"tick@{slot:%Y-%m-%dT%H:%M:%SZ}"
+    later = EntryState("tick", slot, slot, horizon.identity)
+    run = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(later, horizon.last_slot)], [run]) == set()
+    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id]
+    for expected in [*OLD[1:], *NEW, run_id]:
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None and delivery.id == expected
+        backend.ack(delivery)
+    assert [backend.run(i) for i in OLD + NEW] == [None] * len(OLD + NEW)
+    assert backend.history_size() == (1, 0)
+    record = backend.run(run_id)
+    assert record is not None
+    assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
     backend.close()
     admin.close()
