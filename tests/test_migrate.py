@@ -21,6 +21,7 @@ from beatd.backends.base import StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
+from beatd.history import HistoryQuery
 from tests.backends.contract import message, state
 from tests.redis_server import RedisServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
@@ -364,7 +365,15 @@ def test_sqlite_to_redis_end_to_end_neither_repeats_nor_skips_a_slot(
         timeout=30,
     )
     assert (copied.returncode, copied.stderr) == (0, "")
-    assert copied.stdout == copied_line(1, 0, 0)
+    # the history comes along: each run taken on SQLite, finished there
+    assert copied.stdout == copied_line(1, 0, 0, runs=len(done))
+    target = RedisBackend(server.url)
+    try:
+        runs = target.runs(HistoryQuery(limit=100))
+    finally:
+        target.close()
+    assert sorted(run.slot for run in runs) == sorted(done)
+    assert {run.status for run in runs} == {"succeeded"}
     # the copy takes a while: at least two slots come due meanwhile, to be caught up on Redis
     gap_ends = max(done) + timedelta(seconds=2.5)
     time.sleep(max(0.0, (gap_ends - datetime.now(UTC)).total_seconds()))
