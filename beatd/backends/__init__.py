@@ -33,11 +33,13 @@ def open_backend(
     op_timeout: float = 2.0,
     read_only: bool = False,
     create: bool = True,
+    history: bool = True,
 ) -> Backend:
     """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
+    `history=False`: the backend writes no run history (beatd.history); reads still work.
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -56,7 +58,12 @@ def open_backend(
         return MemoryBackend(urlsplit(url).netloc)
     if scheme in POSTGRESQL_SCHEMES:
         return _open_postgresql(
-            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            read_only=read_only,
+            create=create,
+            history=history,
         )
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
@@ -71,7 +78,7 @@ def open_backend(
 
 
 def _open_postgresql(
-    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool
+    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool, history: bool
 ) -> Backend:
     """PostgreSQL, if the extra that brings its driver is installed."""
     try:
@@ -84,7 +91,12 @@ def _open_postgresql(
             "pip install 'beatd[postgresql]'"
         ) from exc
     return PostgresBackend(
-        url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        url,
+        namespace=namespace,
+        op_timeout=op_timeout,
+        read_only=read_only,
+        create=create,
+        history=history,
     )
 
 
