@@ -363,6 +363,7 @@ class WorkQueue(Reachable, Protocol):
     as their queue write, with `ending` or, when None, the outcome they stand for (ack:
     succeeded, retry: retried, dead_letter: dead_lettered, release: released), at the backend's
     clock; a final outcome (history.FINAL) updates the entry's `EntrySummary` in that step too.
+    A settling step that finds no open attempt (its end was noted) writes no history.
     So the history never disagrees with the queue: an end is recorded if and only if its queue
     write was applied."""
 
@@ -471,13 +472,15 @@ class RunHistory(Reachable, Protocol):
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         """End the open attempt (one is started first at `at` when none is open: a task event
         that came without its task-started), updating the entry's summary for a final
-        outcome, as the `WorkQueue` steps do."""
+        outcome, as the `WorkQueue` steps do; a repeat (the last attempt already ended at `at`
+        with the same outcome) writes nothing."""
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         """Delete at most `limit` records beyond `retention` (per entry the oldest past
         `per_entry`, any older than `max_age` by the backend's clock, the oldest past
-        `max_records`; missed records by age and count); how many went. Call again while it
-        returns `limit`. Summaries are kept."""
+        `max_records`; missed records by age and count); how many went. Oldest means published
+        (recorded) first, ties by run id (missed key). Call again while it returns `limit`.
+        Summaries are kept."""
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
         """Every run record, in batches (for `beatd migrate`)."""

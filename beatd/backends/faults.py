@@ -26,11 +26,13 @@ from __future__ import annotations
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
 from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
 from beatd.errors import NotApplied, OutcomeUnknown
+from beatd.history import Ending, EntrySummary, MissedRecord, Retention, RunRecord
 
 T = TypeVar("T")
 
@@ -48,8 +50,16 @@ WRITES = frozenset(
         "release",
         "retry",
         "dead_letter",
+        "note_ending",
         "add_dead_letters",
         "requeue_dead",
+        "mark_overdue",
+        "mark_missed_overdue",
+        "run_received",
+        "attempt_started",
+        "attempt_ended",
+        "trim",
+        "import_history",
     }
 )
 LEASED = frozenset({"renew_lease", "commit", "forget"})  # the operations a lease guards
@@ -228,20 +238,63 @@ class FaultyBackend:
     def extend(self, delivery: Delivery, visibility: float) -> bool:
         return self._call("extend", lambda: self.backend.extend(delivery, visibility))
 
-    def ack(self, delivery: Delivery) -> None:
-        self._call("ack", lambda: self.backend.ack(delivery))
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._call("ack", lambda: self.backend.ack(delivery, ending))
 
-    def release(self, delivery: Delivery) -> None:
-        self._call("release", lambda: self.backend.release(delivery))
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._call("release", lambda: self.backend.release(delivery, ending))
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
-        self._call("retry", lambda: self.backend.retry(delivery, body, delay))
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
+        self._call("retry", lambda: self.backend.retry(delivery, body, delay, ending))
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        self._call("dead_letter", lambda: self.backend.dead_letter(delivery, reason))
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
+        self._call("dead_letter", lambda: self.backend.dead_letter(delivery, reason, ending))
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        self._call("note_ending", lambda: self.backend.note_ending(delivery, ending))
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         return self._call("add_dead_letters", lambda: self.backend.add_dead_letters(letters))
 
     def requeue_dead(self, message_id: str | None) -> int:
         return self._call("requeue_dead", lambda: self.backend.requeue_dead(message_id))
+
+    # --- the run history's writes -------------------------------------------------------------
+
+    def mark_overdue(self, run_id: str, at: datetime) -> bool:
+        return self._call("mark_overdue", lambda: self.backend.mark_overdue(run_id, at))
+
+    def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
+        return self._call(
+            "mark_missed_overdue",
+            lambda: self.backend.mark_missed_overdue(entry, reason, first, at),
+        )
+
+    def run_received(self, run_id: str, consumer: str, at: datetime) -> bool:
+        return self._call("run_received", lambda: self.backend.run_received(run_id, consumer, at))
+
+    def attempt_started(
+        self, run_id: str, consumer: str, host: str, pid: int | None, at: datetime
+    ) -> bool:
+        return self._call(
+            "attempt_started",
+            lambda: self.backend.attempt_started(run_id, consumer, host, pid, at),
+        )
+
+    def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
+        return self._call("attempt_ended", lambda: self.backend.attempt_ended(run_id, ending, at))
+
+    def trim(self, retention: Retention, limit: int = 10_000) -> int:
+        return self._call("trim", lambda: self.backend.trim(retention, limit))
+
+    def import_history(
+        self,
+        runs: Sequence[RunRecord],
+        missed: Sequence[MissedRecord] = (),
+        summaries: Sequence[EntrySummary] = (),
+    ) -> int:
+        return self._call(
+            "import_history", lambda: self.backend.import_history(runs, missed, summaries)
+        )

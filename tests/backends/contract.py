@@ -7,7 +7,9 @@ tests wrap that backend in `FaultyBackend` (beatd/backends/faults.py), so every 
 the same four faults: a write that failed before writing, one that failed after writing, a lease
 lost between the check and the write, and a reply that is delayed. Durations in
 the time-dependent tests are multiples of `unit` seconds: 1 where `advance` moves a fake clock,
-less where it has to sleep because the backend keeps time itself (Redis's clock).
+less where it has to sleep because the backend keeps time itself (Redis's clock). The run
+history's part (tests/backends/history_contract.py) also asks for `history_off_backend`, a
+handle on the same storage opened with `history=False`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoin
 from beatd.backends.faults import THIEF, Fault, FaultPlan, FaultyBackend
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
+from tests.backends.history_contract import HistoryContract
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -58,7 +61,7 @@ def moved_on(backend: Backend) -> tuple[Lease, list[StateWrite], list[Outgoing]]
     return lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
 
 
-class BackendContract:
+class BackendContract(HistoryContract):
     @pytest.fixture
     def unit(self) -> float:
         return 1.0

@@ -34,6 +34,11 @@ def backend(backend_factory: Callable[[], MemoryBackend]) -> MemoryBackend:
     return backend_factory()
 
 
+@pytest.fixture
+def history_off_backend(name: str, wall: Wall) -> MemoryBackend:
+    return MemoryBackend(name, wall_clock=wall, history=False)
+
+
 class TestMemoryContract(BackendContract):
     pass
 
