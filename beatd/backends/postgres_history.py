@@ -42,6 +42,8 @@ from beatd.history import (
 )
 
 Db = psycopg.Connection[Any]
+RUN_OLDEST = "published_us, id"  # the order trims delete in
+MISSED_OLDEST = "recorded_us, entry, reason, first_us"
 
 
 class PostgresRunHistory(PostgresLink):
@@ -226,11 +228,11 @@ class PostgresRunHistory(PostgresLink):
             assert row is not None
             cutoff, left = int(row[0]), limit
             steps: tuple[Callable[[int], int], ...] = (
-                lambda n: self._trim_old(db, "run", "published_us", cutoff, n),
+                lambda n: self._trim_old(db, "run", RUN_OLDEST, cutoff, n),
                 lambda n: self._trim_per_entry(db, retention.per_entry, n),
-                lambda n: self._trim_total(db, "run", "published_us", retention.max_records, n),
-                lambda n: self._trim_old(db, "missed", "recorded_us", cutoff, n),
-                lambda n: self._trim_total(db, "missed", "recorded_us", retention.max_records, n),
+                lambda n: self._trim_total(db, "run", RUN_OLDEST, retention.max_records, n),
+                lambda n: self._trim_old(db, "missed", MISSED_OLDEST, cutoff, n),
+                lambda n: self._trim_total(db, "missed", MISSED_OLDEST, retention.max_records, n),
             )
             for step in steps:
                 if left > 0:
@@ -239,21 +241,24 @@ class PostgresRunHistory(PostgresLink):
 
         return self._run(work)
 
-    def _trim_old(self, db: Db, table: str, column: str, cutoff: int, n: int) -> int:
+    def _trim_old(self, db: Db, table: str, oldest: str, cutoff: int, n: int) -> int:
+        """The oldest `n` rows of `table` (ordered by `oldest`, its time first) before
+        `cutoff`."""
+        column = oldest.split(",")[0]
         return db.execute(
             f"DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
-            f"{self.schema}.{table} WHERE {column} < %s ORDER BY {column} LIMIT %s))",
+            f"{self.schema}.{table} WHERE {column} < %s ORDER BY {oldest} LIMIT %s))",
             (cutoff, n),
         ).rowcount
 
-    def _trim_total(self, db: Db, table: str, column: str, keep: int, n: int) -> int:
+    def _trim_total(self, db: Db, table: str, oldest: str, keep: int, n: int) -> int:
         row = db.execute(f"SELECT count(*) FROM {self.schema}.{table}").fetchone()
         excess = 0 if row is None else int(row[0]) - keep
         if excess <= 0:
             return 0
         return db.execute(
             f"DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
-            f"{self.schema}.{table} ORDER BY {column} LIMIT %s))",
+            f"{self.schema}.{table} ORDER BY {oldest} LIMIT %s))",
             (min(excess, n),),
         ).rowcount
 

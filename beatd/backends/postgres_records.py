@@ -56,13 +56,14 @@ def _moment(value: int | None) -> datetime | None:
 def insert_published(
     db: psycopg.Connection[Any], schema: str, lease: Lease, messages: Sequence[Outgoing]
 ) -> None:
-    """The published record of each message that has a slot (a run id already held is kept)."""
+    """The published record of each message that has a slot (a run id already held is kept),
+    all published at one reading of the clock (a subquery evaluated once)."""
     runs = [m for m in messages if m.slot is not None]
     if not runs:
         return
     db.execute(
         f"INSERT INTO {schema}.run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
-        f"SELECT id, entry, slot, due, {NOW_US}, %s, %s, kind "
+        f"SELECT id, entry, slot, due, (SELECT {NOW_US}), %s, %s, kind "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
         "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING",
         (
@@ -90,7 +91,7 @@ def insert_missed(
         return
     db.execute(
         f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, recorded_us, "
-        f"node, epoch) SELECT entry, reason, first, last, total, {NOW_US}, %s, %s "
+        f"node, epoch) SELECT entry, reason, first, last, total, (SELECT {NOW_US}), %s, %s "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[]) "
         "AS m(entry, reason, first, last, total) ON CONFLICT DO NOTHING",
         (

@@ -66,6 +66,13 @@ def backend(backend_factory: Callable[[], PostgresBackend]) -> PostgresBackend:
 
 
 @pytest.fixture
+def history_off_backend(database: str, namespace: str) -> Iterator[PostgresBackend]:
+    backend = PostgresBackend(database, namespace=namespace, history=False)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
 def advance() -> Callable[[float], None]:
     return time.sleep  # the database keeps time (clock_timestamp()): the only way is to wait
 
