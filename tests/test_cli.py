@@ -53,6 +53,7 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("dead", "list"),
         ("dead", "retry"),
         ("diff",),
+        ("history",),
         ("migrate",),
         ("next",),
         ("run",),

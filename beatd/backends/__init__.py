@@ -40,7 +40,6 @@ def open_backend(
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
-    `history=False`: the backend writes no run history (reads still work).
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -61,7 +60,12 @@ def open_backend(
         return MemoryBackend(urlsplit(url).netloc, history=history)
     if scheme in POSTGRESQL_SCHEMES:
         return _open_postgresql(
-            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            read_only=read_only,
+            create=create,
+            history=history,
         )
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
@@ -76,7 +80,7 @@ def open_backend(
 
 
 def _open_postgresql(
-    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool
+    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool, history: bool
 ) -> Backend:
     """PostgreSQL, if the extra that brings its driver is installed."""
     try:
@@ -89,7 +93,12 @@ def _open_postgresql(
             "pip install 'beatd[postgresql]'"
         ) from exc
     return PostgresBackend(
-        url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        url,
+        namespace=namespace,
+        op_timeout=op_timeout,
+        read_only=read_only,
+        create=create,
+        history=history,
     )
 
 
