@@ -163,14 +163,15 @@ def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) ->
 
 def record_ended(
     db: sqlite3.Connection,
-    run_id: str,
+    run_id: str | bytes,
     started: Sequence[Any],
     ending: Ending,
     at: int,
 ) -> None:
     """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
     pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
-    moves the entry's summary on for a final outcome)."""
+    moves the entry's summary on for a final outcome). `run_id` as stored (`_stored`): bytes
+    for an id that is not UTF-8, which no run the history holds has."""
     db.execute(
         "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
         "reason, error_type, error) SELECT seq, "
