@@ -305,7 +305,7 @@ class SQLiteWorkQueue(SQLiteFile):
         """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
         ended now as `ending` says."""
         if started is not None and started[3] is not None and self.history:
-            record_ended(db, delivery.id, started, ending, micros(self._now()))
+            record_ended(db, _stored(delivery.id), started, ending, micros(self._now()))
 
     def _settle(
         self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending

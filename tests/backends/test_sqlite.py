@@ -16,7 +16,7 @@ import pytest
 from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, NotApplied
-from beatd.history import Attempt, HistoryQuery, RunKind, RunRecord
+from beatd.history import Attempt, Ending, HistoryQuery, RunKind, RunRecord
 from beatd.outcomes import Outcome
 from tests.backends.contract import BackendContract, Wall, message, state
 
@@ -249,3 +249,30 @@ def test_history_reads_cost_the_same_however_much_other_history_is_held(
         backend.close()
     small, large = costs
     assert large <= small * 1.5 + 10, (small, large)
+
+
+@pytest.mark.parametrize("settle", ["ack", "retry", "release", "dead_letter", "note_ending"])
+def test_a_run_whose_id_is_not_utf8_is_settled_and_has_no_history(
+    tmp_path: Path, settle: str
+) -> None:
+    """Another program's queue entry whose id is not UTF-8 text: it is handed out `unreadable`
+    and settled like any other (the history holds no such run, so it records nothing)."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    with sqlite3.connect(tmp_path / "beatd.db") as db:
+        db.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
+            (b"bad@\xff", "default", 5, "{}", 0.0),
+        )
+    delivery = backend.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.unreadable
+    calls: dict[str, Callable[[], None]] = {
+        "ack": lambda: backend.ack(delivery),
+        "retry": lambda: backend.retry(delivery, "{}", 0.0),
+        "release": lambda: backend.release(delivery),
+        "dead_letter": lambda: backend.dead_letter(delivery, delivery.unreadable),
+        "note_ending": lambda: backend.note_ending(delivery, Ending(Outcome.CRASHED)),
+    }
+    calls[settle]()
+    settled = {"ack": {}, "dead_letter": {}}.get(settle, {"default": 1})
+    assert (backend.queue_depths(), backend.history_size()) == (settled, (0, 0))
+    backend.close()
