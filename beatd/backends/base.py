@@ -515,8 +515,9 @@ class RunHistory(Reachable, Protocol):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         """Store records as they are (`beatd migrate`): a run id or missed key already held is
-        skipped, and a summary replaces one only when it finished later, so copying twice adds
-        nothing. How many run and missed records were added."""
+        skipped, and a summary replaces one unless that one finished later (on a tie the copy
+        wins over one the copied runs computed), so copying twice adds nothing. How many run
+        and missed records were added."""
 
 
 class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Protocol):

@@ -554,7 +554,8 @@ def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
 
 
 def _import_summary(db: sqlite3.Connection, summary: EntrySummary) -> None:
-    """Store a copied summary unless the one held finished later (or at the same time)."""
+    """Store a copied summary unless the one held finished later (a tie: the copy wins, over
+    one the copied runs just computed)."""
     duration = summary.last_duration
     db.execute(
         "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
@@ -565,7 +566,7 @@ def _import_summary(db: sqlite3.Connection, summary: EntrySummary) -> None:
         "last_success_us = excluded.last_success_us, "
         "last_failure_us = excluded.last_failure_us, "
         "consecutive_failures = excluded.consecutive_failures "
-        "WHERE excluded.last_finished_us > entry_summary.last_finished_us",
+        "WHERE excluded.last_finished_us >= entry_summary.last_finished_us",
         (
             summary.entry,
             summary.last_status,
