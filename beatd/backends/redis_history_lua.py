@@ -260,7 +260,7 @@ end
 for _, s in ipairs(cjson.decode(ARGV[4])) do
   local held = decoded(redis.call('HGET', NS .. 'h:summary', s[1]))
   local new = cjson.decode(s[2])
-  if not held or tonumber(new[2]) > tonumber(held[2]) then
+  if not held or tonumber(new[2]) >= tonumber(held[2]) then
     redis.call('HSET', NS .. 'h:summary', s[1], s[2])
   end
 end
