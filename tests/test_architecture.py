@@ -65,6 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",
+            "beatd.controls",
         ),
     ),
 )
