@@ -538,7 +538,8 @@ class Controls(Reachable, Protocol):
     """Operator controls (beatd.controls, docs/controls.md): pauses, manual triggers, backfills,
     busy marks and held runs, and the audit log. Every write is one atomic step by the backend's
     clock, needs no lease (a command works with no leader), and records its audit record in that
-    step. Paused and busy entries are enforced by `StateStore.commit`."""
+    step. Paused and busy entries are enforced by `StateStore.commit`. (`Backend` gains this
+    role once every backend offers it; until then `isinstance`-free callers take a `Controls`.)"""
 
     def load_controls(self, entries: Sequence[str] | None = None) -> dict[str, EntryControl]:
         """The control of each entry (of `entries`, or all) that has one (a read)."""
@@ -596,6 +597,6 @@ class Controls(Reachable, Protocol):
         """Every remembered idempotency key and request id (for `beatd migrate`)."""
 
 
-class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, Protocol):
+class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Protocol):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
     PostgreSQL, memory)."""
