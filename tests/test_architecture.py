@@ -71,6 +71,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",
+            "beatd.controls",
         ),
     ),
 )
