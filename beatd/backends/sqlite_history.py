@@ -92,7 +92,7 @@ def record_published(
     shared = (now, lease.node, lease.epoch)
     micros_of: dict[datetime, int] = {}
     rows = []
-    for entry, run_id, _, _, slot, due, kind in messages:
+    for entry, run_id, _, _, slot, due, kind, _audit in messages:
         if slot is None or (rejected and entry in rejected):
             continue
         due = due or slot
