@@ -45,7 +45,7 @@ from beatd.backends.base import (
 from beatd.backends.postgres_history import PostgresRunHistory
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
-from beatd.backends.postgres_records import insert_missed, insert_published
+from beatd.backends.postgres_records import insert_missed, published_records
 from beatd.errors import BackendError
 from beatd.state import EntryState
 
@@ -159,10 +159,12 @@ class PostgresStateStore(PostgresLink):
             applied = self._write_states(db, writes)
             rejected = {w.state.entry for w in writes} - applied
             published = [m for m in messages if m.entry not in rejected]
-            insert_messages(db, self.schema, self.channel, published)
             if self.history:
-                insert_published(db, self.schema, lease, published)
+                records = published_records(self.schema, lease, published)
+                insert_messages(db, self.schema, self.channel, published, with_=records)
                 insert_missed(db, self.schema, lease, writes, applied)
+            else:
+                insert_messages(db, self.schema, self.channel, published)
             return rejected
 
         return self._run(work)

@@ -53,28 +53,30 @@ def _moment(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
-def insert_published(
-    db: psycopg.Connection[Any], schema: str, lease: Lease, messages: Sequence[Outgoing]
-) -> None:
-    """The published record of each message that has a slot (a run id already held is kept),
-    all published at one reading of the clock (a subquery evaluated once)."""
+def published_records(
+    schema: str, lease: Lease, messages: Sequence[Outgoing]
+) -> tuple[str, tuple[Any, ...]]:
+    """A CTE (for `insert_messages`) that inserts the published record of each message that has
+    a slot (a run id already held is kept), all published at one reading of the clock (a
+    subquery evaluated once), and its parameters; ("", ()) when none has a slot."""
     runs = [m for m in messages if m.slot is not None]
     if not runs:
-        return
-    db.execute(
-        f"INSERT INTO {schema}.run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
+        return "", ()
+    sql = (
+        f"WITH published AS (INSERT INTO {schema}.run "
+        "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
         f"SELECT id, entry, slot, due, (SELECT {NOW_US}), %s, %s, kind "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING",
-        (
-            lease.node,
-            lease.epoch,
-            [m.id for m in runs],
-            [m.entry for m in runs],
-            [_micros(m.slot) for m in runs],
-            [_micros(m.due or m.slot) for m in runs],
-            [m.kind.value for m in runs],
-        ),
+        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING) "
+    )
+    return sql, (
+        lease.node,
+        lease.epoch,
+        [m.id for m in runs],
+        [m.entry for m in runs],
+        [_micros(m.slot) for m in runs],
+        [_micros(m.due or m.slot) for m in runs],
+        [m.kind.value for m in runs],
     )
 
 
