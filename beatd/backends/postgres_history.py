@@ -4,7 +4,8 @@ and the settling steps write are theirs (postgres_records.py has the statements)
 
 Indexes (format 2, postgres_link.py): `run_entry_newest` (entry, published_us DESC, id DESC)
 serves an entry's newest runs and the per-entry trim, `run_newest` the newest of all and the
-age and total trims, `run_unfinished` (partial) the runs a deadline may still mark.
+age and total trims; the table `run_open` is the index of the runs a deadline may still mark
+(neither finished nor overdue), as small as the runs in flight.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class PostgresRunHistory(PostgresLink):
             where.append("published_us >= %s")
             params.append(to_micros(query.since))
         if query.unfinished:
-            where.append("NOT finished AND overdue_us IS NULL")
+            where.append(f"id IN (SELECT run_id FROM {self.schema}.run_open)")
         sql = (
             f"SELECT {RUN_COLUMNS} FROM {self.schema}.run WHERE {' AND '.join(where)} "
             "ORDER BY published_us DESC, id DESC LIMIT %s"
@@ -126,9 +127,10 @@ class PostgresRunHistory(PostgresLink):
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         return self._changed(
-            f"UPDATE {self.schema}.run SET overdue_us = %s "
-            "WHERE id = %s AND NOT finished AND overdue_us IS NULL",
-            (to_micros(at), run_id),
+            f"WITH closed AS (DELETE FROM {self.schema}.run_open WHERE run_id = %s "
+            f"RETURNING run_id) UPDATE {self.schema}.run r SET overdue_us = %s FROM closed "
+            "WHERE r.id = closed.run_id AND r.overdue_us IS NULL",
+            (run_id, to_micros(at)),
         )
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
@@ -168,7 +170,9 @@ class PostgresRunHistory(PostgresLink):
             (at, run_id),
         )
         db.execute(
-            f"UPDATE {self.schema}.run SET finished = false WHERE id = %s AND finished", (run_id,)
+            f"INSERT INTO {self.schema}.run_open SELECT id, published_us FROM {self.schema}.run "
+            "WHERE id = %s AND overdue_us IS NULL ON CONFLICT DO NOTHING",
+            (run_id,),
         )
         db.execute(
             f"INSERT INTO {self.schema}.attempt (run_id, number, consumer, host, pid, "
@@ -241,41 +245,63 @@ class PostgresRunHistory(PostgresLink):
 
         return self._run(work)
 
+    def _delete(self, db: Db, table: str, rows: str, params: Sequence[Any], with_: str = "") -> int:
+        """Delete the rows of `table` whose ctid the subquery `rows` selects (after the CTEs
+        `with_`), a run with its attempts and open row; how many rows of `table` went."""
+        ctes = f"{with_}, " if with_ else "WITH "
+        gone = f"gone AS (DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY({rows})) "
+        if table != "run":
+            sql = f"{ctes}{gone}RETURNING 1) SELECT count(*) FROM gone"
+        else:
+            sql = (
+                f"{ctes}{gone}RETURNING id), "
+                f"a AS (DELETE FROM {self.schema}.attempt WHERE run_id IN (SELECT id FROM gone)), "
+                f"o AS (DELETE FROM {self.schema}.run_open WHERE run_id IN (SELECT id FROM gone)) "
+                "SELECT count(*) FROM gone"
+            )
+        row = db.execute(sql, params).fetchone()
+        return 0 if row is None else int(row[0])
+
     def _trim_old(self, db: Db, table: str, oldest: str, cutoff: int, n: int) -> int:
         """The oldest `n` rows of `table` (ordered by `oldest`, its time first) before
         `cutoff`."""
         column = oldest.split(",")[0]
-        return db.execute(
-            f"DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
-            f"{self.schema}.{table} WHERE {column} < %s ORDER BY {oldest} LIMIT %s))",
+        return self._delete(
+            db,
+            table,
+            f"SELECT ctid FROM {self.schema}.{table} WHERE {column} < %s ORDER BY {oldest} "
+            "LIMIT %s",
             (cutoff, n),
-        ).rowcount
+        )
 
     def _trim_total(self, db: Db, table: str, oldest: str, keep: int, n: int) -> int:
         row = db.execute(f"SELECT count(*) FROM {self.schema}.{table}").fetchone()
         excess = 0 if row is None else int(row[0]) - keep
         if excess <= 0:
             return 0
-        return db.execute(
-            f"DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
-            f"{self.schema}.{table} ORDER BY {oldest} LIMIT %s))",
+        return self._delete(
+            db,
+            table,
+            f"SELECT ctid FROM {self.schema}.{table} ORDER BY {oldest} LIMIT %s",
             (min(excess, n),),
-        ).rowcount
+        )
 
     def _trim_per_entry(self, db: Db, keep: int, n: int) -> int:
         """Each entry's runs past its newest `keep`: the entries by a loose scan of
         run_entry_newest, then each one's tail from the same index."""
         run = f"{self.schema}.run"
-        return db.execute(
+        entries = (
             "WITH RECURSIVE e(entry) AS ("
             f"(SELECT entry FROM {run} ORDER BY entry LIMIT 1) UNION ALL "
             f"SELECT (SELECT r.entry FROM {run} r WHERE r.entry > e.entry ORDER BY r.entry "
-            "LIMIT 1) FROM e WHERE e.entry IS NOT NULL) "
-            f"DELETE FROM {run} WHERE id IN (SELECT x.id FROM e CROSS JOIN LATERAL "
-            f"(SELECT id FROM {run} r WHERE r.entry = e.entry "
-            "ORDER BY published_us DESC, id DESC OFFSET %s LIMIT %s) x LIMIT %s)",
-            (keep, n, n),
-        ).rowcount
+            "LIMIT 1) FROM e WHERE e.entry IS NOT NULL)"
+        )
+        tails = (
+            f"SELECT x.ctid FROM e CROSS JOIN LATERAL (SELECT ctid FROM {run} r "
+            "WHERE r.entry = e.entry ORDER BY published_us DESC, id DESC OFFSET %s LIMIT %s) x "
+            "LIMIT %s"
+        )
+        return self._delete(db, "run", tails, (keep, n, n), with_=entries)
 
     # --- beatd migrate -----------------------------------------------------------------------
 
@@ -323,8 +349,8 @@ class PostgresRunHistory(PostgresLink):
         new = list({r.id: r for r in runs if r.id not in held}.values())
         with db.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {self.schema}.run ({RUN_COLUMNS}, finished) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                f"INSERT INTO {self.schema}.run ({RUN_COLUMNS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                 [
                     (
                         r.id,
@@ -338,9 +364,16 @@ class PostgresRunHistory(PostgresLink):
                         r.celery,
                         None if r.received_at is None else to_micros(r.received_at),
                         None if r.overdue_at is None else to_micros(r.overdue_at),
-                        r.finished,
                     )
                     for r in new
+                ],
+            )
+            cursor.executemany(
+                f"INSERT INTO {self.schema}.run_open VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [
+                    (r.id, to_micros(r.published_at))
+                    for r in new
+                    if not r.finished and r.overdue_at is None
                 ],
             )
             cursor.executemany(

@@ -94,8 +94,11 @@ def _format_1(db: psycopg.Connection[Any], schema: str) -> None:
 
 
 def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
-    """Format 1 to 2: the run history (beatd.history). A run's attempts cascade with it;
-    `finished` mirrors "its last attempt ended the run" for the index of unfinished runs."""
+    """Format 1 to 2: the run history (beatd.history). `run_open` holds the runs neither
+    finished nor marked overdue (the deadline marker's set): a row deleted when the run ends,
+    so settling never rewrites the indexed `run` row. Nothing references `run` by foreign key
+    (a key check would lock the run row at every claim); the trims delete a run's attempts
+    and open row with it."""
     db.execute(
         f"""
         CREATE TABLE {schema}.run (
@@ -109,15 +112,16 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             kind text NOT NULL,
             celery boolean NOT NULL DEFAULT false,
             received_us bigint,
-            overdue_us bigint,
-            finished boolean NOT NULL DEFAULT false
+            overdue_us bigint
         );
         CREATE INDEX run_entry_newest ON {schema}.run (entry, published_us DESC, id DESC);
         CREATE INDEX run_newest ON {schema}.run (published_us DESC, id DESC);
-        CREATE INDEX run_unfinished ON {schema}.run (published_us)
-            WHERE NOT finished AND overdue_us IS NULL;
+        CREATE TABLE {schema}.run_open (
+            run_id text PRIMARY KEY,
+            published_us bigint NOT NULL
+        );
         CREATE TABLE {schema}.attempt (
-            run_id text NOT NULL REFERENCES {schema}.run (id) ON DELETE CASCADE,
+            run_id text NOT NULL,
             number integer NOT NULL,
             consumer text NOT NULL,
             host text NOT NULL,

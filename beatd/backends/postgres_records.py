@@ -67,7 +67,9 @@ def published_records(
         "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
         f"SELECT id, entry, slot, due, (SELECT {NOW_US}), %s, %s, kind "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING) "
+        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
+        "RETURNING id, published_us), "
+        f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
     return sql, (
         lease.node,
@@ -110,12 +112,14 @@ def insert_missed(
 
 def claim_history(schema: str) -> str:
     """CTEs that follow a `claimed(id, ...)` CTE: end the run's open attempt `lost`, reopen a
-    finished run (a dead letter requeued), start the next attempt; only for a run held."""
+    finished run not marked overdue (a dead letter requeued), start the next attempt; only for
+    a run held."""
     return (
         f", lost AS (UPDATE {schema}.attempt a SET ended_us = {NOW_US}, outcome = 'lost' "
         "FROM claimed c WHERE a.run_id = c.id AND a.ended_us IS NULL), "
-        f"reopened AS (UPDATE {schema}.run r SET finished = false FROM claimed c "
-        "WHERE r.id = c.id AND r.finished), "
+        f"reopened AS (INSERT INTO {schema}.run_open SELECT r.id, r.published_us "
+        f"FROM claimed c JOIN {schema}.run r ON r.id = c.id WHERE r.overdue_us IS NULL "
+        "ON CONFLICT DO NOTHING), "
         f"started AS (INSERT INTO {schema}.attempt (run_id, number, consumer, host, pid, "
         f"started_us) SELECT r.id, coalesce((SELECT max(number) FROM {schema}.attempt "
         f"WHERE run_id = r.id), 0) + 1, %(consumer)s, %(host)s, %(pid)s, {NOW_US} "
@@ -125,7 +129,7 @@ def claim_history(schema: str) -> str:
 
 def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str, dict[str, Any]]:
     """CTEs that end the open attempt of each run in `source(id)` with `ending` at the SQL time
-    `at`, and for a final outcome mark the run finished and update its entry's summary; with
+    `at`, and for a final outcome close the run (`run_open`) and update its entry's summary; with
     their parameters."""
     params = {
         "outcome": ending.outcome.value,
@@ -142,8 +146,9 @@ def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str,
     if ending.outcome not in FINAL:
         return sql, params
     return sql + (
-        f", fin AS (UPDATE {schema}.run r SET finished = true FROM ended e "
-        "WHERE r.id = e.run_id RETURNING r.entry, e.started_us, e.ended_us), "
+        f", closed AS (DELETE FROM {schema}.run_open o USING ended e WHERE o.run_id = e.run_id), "
+        f"fin AS (SELECT r.entry, e.started_us, e.ended_us FROM ended e "
+        f"JOIN {schema}.run r ON r.id = e.run_id), "
         f"summary AS (INSERT INTO {schema}.entry_summary AS m ({SUMMARY_COLUMNS}) "
         "SELECT entry, %(outcome)s, ended_us, ended_us - started_us, "
         "CASE WHEN %(outcome)s = 'succeeded' THEN ended_us END, "
