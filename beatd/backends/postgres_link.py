@@ -134,6 +134,14 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             error text NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, number)
         );
+        """
+    )
+    _format_2_missed_and_summaries(db, schema)
+
+
+def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> None:
+    db.execute(
+        f"""
         CREATE TABLE {schema}.missed (
             entry text NOT NULL,
             reason text NOT NULL,
