@@ -32,7 +32,7 @@ from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
-from tests.backends.history_contract import claimed, lead, publish, run, run_id, settle
+from tests.backends.history_contract import claimed, lead, publish, record, run, run_id, settle
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
 from tests.waiting import wait_for
@@ -435,3 +435,32 @@ def test_a_dead_letter_requeued_and_claimed_again_is_unfinished_again(
     assert [(r.id, r.status, len(r.attempts)) for r in again] == [(run_id("e", 1), "running", 2)]
     assert backend.mark_overdue(run_id("e", 1), T0)
     assert backend.runs(HistoryQuery(unfinished=True)) == []
+
+
+def test_a_fault_between_the_ack_and_its_record_leaves_both_unwritten(
+    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # the attempt's end fails after the message's delete ran, in the same statement: the
+    # delete must not stay, or the queue would say done while the history says running
+    session.execute(
+        f"CREATE FUNCTION {namespace}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+    )
+    session.execute(
+        f"CREATE TRIGGER refuse BEFORE UPDATE ON {namespace}.attempt "
+        f"FOR EACH ROW EXECUTE FUNCTION {namespace}.refuse()"
+    )
+    session.commit()
+    lease = lead(backend)
+    publish(backend, lease, run("e", 1))
+    delivery = claimed(backend, "default", "w")
+    with pytest.raises(BackendError) as caught:
+        backend.ack(delivery)
+    assert str(caught.value) == f"{backend.where}: {caught.value.__cause__}"
+    assert backend.queue_depths() == {"default": 1}
+    assert record(backend, run_id("e", 1)).status == "running"
+    session.execute(f"DROP TRIGGER refuse ON {namespace}.attempt")
+    session.commit()
+    backend.ack(delivery)  # the settler writes it again: now both go
+    assert backend.queue_depths() == {}
+    assert record(backend, run_id("e", 1)).status == "succeeded"
