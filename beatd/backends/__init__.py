@@ -36,6 +36,7 @@ def open_backend(
     history: bool = True,
 ) -> Backend:
     """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
+    With `history` False it writes no run history (docs/history.md); reads still work.
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
@@ -55,7 +56,7 @@ def open_backend(
     if scheme == "memory":
         from beatd.backends.memory import MemoryBackend
 
-        return MemoryBackend(urlsplit(url).netloc)
+        return MemoryBackend(urlsplit(url).netloc, history=history)
     if scheme in POSTGRESQL_SCHEMES:
         return _open_postgresql(
             url,

@@ -330,7 +330,8 @@ class StateStore(Reachable, Protocol):
 
         Run history (unless the backend was opened with `history=False`): in the same atomic
         step, each message with a `slot` gets its published `RunRecord` (no attempts; published
-        at the backend's clock, node and epoch from `lease`, `celery` for a `CeleryQueue`), and
+        at the backend's clock, read once for the whole commit, so the runs of one commit share
+        it; node and epoch from `lease`, `celery` for a `CeleryQueue`), and
         each applied write's `missed` one `MissedRecord` per item; nothing for a skipped write.
         A record whose run id (or missed key) is already stored is left as it is.
         """
@@ -432,7 +433,8 @@ class RunHistory(Reachable, Protocol):
 
     The writing methods here are each one atomic step and idempotent, and write nothing for a
     run id the history does not hold: they return False then (and when there was nothing to
-    change), True when they wrote."""
+    change), True when they wrote. A backend opened with `history=False` writes nothing here
+    either (False), except `trim` and `import_history`, which an operator asks for."""
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
         """The run records `query` asks for, newest published first (ties: by run id,

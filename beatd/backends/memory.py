@@ -17,7 +17,9 @@ Queues are scanned, not indexed: meant for tests and small loads, not for throug
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -37,7 +39,10 @@ from beatd.backends.base import (
     StateWrite,
     unseen,
 )
+from beatd.backends.memory_history import History, MemoryHistory
 from beatd.errors import BackendError, LeaseLost
+from beatd.history import Ending
+from beatd.outcomes import Outcome
 from beatd.state import EntryState
 
 DEFAULT_PRIORITY = 5  # as SQLite stores an unset priority
@@ -73,6 +78,7 @@ class _Store:
     messages: dict[int, _Message] = field(default_factory=dict)  # by seq
     dead: list[tuple[_Message, DeadLetter]] = field(default_factory=list)  # oldest first
     sequence: itertools.count[int] = field(default_factory=itertools.count)
+    history: History = field(default_factory=History)
 
     def add(self, queue: BeatdQueue, message_id: str, body: str, ready_at: float) -> None:
         priority = DEFAULT_PRIORITY if queue.priority is None else queue.priority
@@ -100,14 +106,24 @@ def discard(name: str) -> None:
         _STORES.pop(name, None)
 
 
-class MemoryBackend:
-    """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds)."""
+class MemoryBackend(MemoryHistory):
+    """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds);
+    with `history` False it writes no run history (it still reads it)."""
 
-    def __init__(self, name: str = "", *, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        history: bool = True,
+    ) -> None:
         self.name = name
         self.url = f"memory://{name}"
         self._store = store(name)
         self._now = wall_clock
+        self._lock, self._history = self._store.lock, self._store.history
+        self._writes_history = history
+        self._host, self._pid = socket.gethostname(), os.getpid()
 
     def close(self) -> None:
         """Nothing to let go of: the store stays with the process for the other handles."""
@@ -197,6 +213,8 @@ class MemoryBackend:
         queues = [_beatd_queue(m) for m in messages]  # refused before anything is written
         with self._store.lock:
             self._check_lease(lease)
+            now = self._now()  # one reading: the runs of one commit share it
+            at = datetime.fromtimestamp(now, UTC)
             states = self._store.states
             rejected: set[str] = set()
             for write in writes:
@@ -206,10 +224,13 @@ class MemoryBackend:
                     rejected.add(entry)
                 else:
                     states[entry] = write.state
-            now = self._now()
+                    if self._writes_history:
+                        self._history.missed_by(write, lease, at)
             for m, queue in zip(messages, queues, strict=True):
                 if m.entry not in rejected:
                     self._store.add(queue, m.id, m.body, now)
+                    if self._writes_history:
+                        self._history.published(m, lease, at)
             return rejected
 
     def send_commit(
@@ -245,6 +266,9 @@ class MemoryBackend:
             chosen = min(ready, key=lambda m: (-m.priority, m.seq))
             chosen.receipt, chosen.ready_at = receipt, now + visibility
             chosen.deliveries += 1
+            if self._writes_history:
+                at = datetime.fromtimestamp(now, UTC)
+                self._history.start(chosen.id, consumer, self._host, self._pid, at)
             return Delivery(chosen.id, chosen.queue, chosen.body, chosen.deliveries, receipt)
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
@@ -254,27 +278,32 @@ class MemoryBackend:
                 message.ready_at = self._now() + visibility
             return message is not None
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         with self._store.lock:
             message = self._store.claimed(delivery)
             if message is not None:
                 del self._store.messages[message.seq]
+                self._ended(message, ending or Ending(Outcome.SUCCEEDED))
 
-    def release(self, delivery: Delivery) -> None:
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         with self._store.lock:
             message = self._store.claimed(delivery)
             if message is not None:
                 message.receipt, message.ready_at = None, self._now()
                 message.deliveries -= 1
+                self._ended(message, ending or Ending(Outcome.RELEASED))
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
         with self._store.lock:
             message = self._store.claimed(delivery)
             if message is not None:
                 message.receipt, message.body = None, body
                 message.ready_at, message.deliveries = self._now() + delay, 0
+                self._ended(message, ending or Ending(Outcome.RETRIED))
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         with self._store.lock:
             message = self._store.claimed(delivery)
             if message is None:
@@ -285,6 +314,18 @@ class MemoryBackend:
                 message.id, message.queue, message.body, reason, failed_at, delivery.deliveries
             )
             self._store.dead.append((message, letter))
+            self._ended(message, ending or Ending(Outcome.DEAD_LETTERED))
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        with self._store.lock:
+            message = self._store.claimed(delivery)
+            if message is not None:
+                self._ended(message, ending)
+
+    def _ended(self, message: _Message, ending: Ending) -> None:
+        """End the run's open attempt, under the lock of the queue step that settled it."""
+        if self._writes_history:
+            self._history.end(message.id, ending, self._at())
 
     # --- administration -------------------------------------------------------------------
 

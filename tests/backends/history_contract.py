@@ -313,6 +313,19 @@ class HistoryContract:
             ending.error,
         )
 
+    @pytest.mark.parametrize("how", list(EXPLICIT))
+    def test_the_fault_wrapper_passes_endings_through(
+        self, backend: Backend, faulty: FaultyBackend, how: str
+    ) -> None:
+        publish(backend, lead(backend), run("e", 1, "q"))
+        settle(faulty, how, claimed(backend, "q", "w1"), EXPLICIT[how])
+        [attempt] = record(backend, run_id("e", 1)).attempts
+        assert attempt.outcome == EXPLICIT[how].outcome
+        assert (attempt.reason, attempt.error_type) == (
+            EXPLICIT[how].reason,
+            EXPLICIT[how].error_type,
+        )
+
     @pytest.mark.parametrize("how", [*SETTLING_DEFAULTS, "note_ending"])
     def test_a_step_after_the_claim_was_lost_writes_no_end(
         self, backend: Backend, advance: Callable[[float], None], unit: float, how: str
@@ -412,6 +425,13 @@ class HistoryContract:
         publish(backend, lease, run("f", 1))  # written by a handle with history on
         assert off.run(run_id("f", 1)) == backend.run(run_id("f", 1)) is not None
         assert [r.id for r in off.runs(HistoryQuery())] == [run_id("f", 1)]
+        held = record(backend, run_id("f", 1))
+        assert not off.mark_overdue(held.id, T0)
+        assert not off.run_received(held.id, "celery@h", T0)
+        assert not off.attempt_started(held.id, "celery@h", "h", None, T0)
+        assert not off.attempt_ended(held.id, Ending(Outcome.SUCCEEDED), T0)
+        assert record(backend, run_id("f", 1)) == held
+        assert off.summaries() == {}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -665,10 +685,12 @@ class HistoryContract:
         assert backend.summaries() == {}
         plan.inject(how, Fault.FAIL_AFTER_WRITE)
         with pytest.raises(OutcomeUnknown):
-            settle(faulty, how, delivery, None)
+            settle(faulty, how, delivery, EXPLICIT[how])
         assert not backend.extend(delivery, 60)  # settled: the claim is gone
         after = record(backend, run_id("e", 1))
-        assert [a.outcome for a in after.attempts] == [SETTLING_DEFAULTS[how]]
+        assert [(a.outcome, a.reason, a.error) for a in after.attempts] == [
+            (EXPLICIT[how].outcome, EXPLICIT[how].reason, EXPLICIT[how].error)
+        ]
         assert set(backend.summaries()) == ({"e"} if how != "retry" else set())
         settle(faulty, how, delivery, Ending(Outcome.FAILED))  # repeated: harmless
         assert record(backend, run_id("e", 1)) == after

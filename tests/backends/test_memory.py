@@ -3,6 +3,7 @@ store per process and name, shared by every handle opened on it."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import uuid
@@ -14,7 +15,8 @@ from beatd.backends import open_backend
 from beatd.backends.base import CeleryQueue, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.errors import BackendError
-from tests.backends.contract import BackendContract, Wall, message, state
+from beatd.history import HistoryQuery, MissedSlots
+from tests.backends.contract import T0, BackendContract, Wall, message, state
 
 
 @pytest.fixture
@@ -51,6 +53,32 @@ def test_the_url_names_one_store_per_process(name: str) -> None:
     assert second.queue_depths() == {"default": 1}
     assert other.queue_depths() == {}
     discard(f"{name}-other")
+
+
+def test_open_backend_passes_history_off_on(name: str) -> None:
+    off = open_backend(f"memory://{name}", history=False)
+    lease = off.acquire_lease("a", 10)
+    assert lease is not None
+    published = message("e", 1)._replace(slot=T0, due=T0)
+    off.commit(lease, [StateWrite(state("e", 1, 1), None)], [published])
+    assert off.queue_depths() == {"default": 1}
+    assert off.history_size() == (0, 0)
+    on = open_backend(f"memory://{name}")
+    on.commit(lease, [], [published._replace(id="e@2")])
+    assert [r.id for r in off.runs(HistoryQuery())] == ["e@2"]
+
+
+def test_the_runs_of_one_commit_share_one_reading_of_the_clock(name: str) -> None:
+    ticks = itertools.count(1_700_000_000)  # a clock that moves on at every reading
+    backend = MemoryBackend(name, wall_clock=lambda: float(next(ticks)))
+    lease = backend.acquire_lease("a", 600)
+    assert lease is not None
+    runs = [message(e, 1)._replace(slot=T0, due=T0) for e in ("e", "f")]
+    missed = (MissedSlots("e", "skipped", T0, T0, 1),)
+    backend.commit(lease, [StateWrite(state("e", 1, 1), None, missed)], runs)
+    times = {r.published_at for r in backend.runs(HistoryQuery())}
+    assert len(times) == 1
+    assert [m.recorded_at for m in backend.missed()] == list(times)
 
 
 def test_a_celery_destination_is_refused_before_anything_is_written(
