@@ -40,7 +40,6 @@ def open_backend(
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
     there) never create a SQLite file: a mistyped path is an error, not a new empty database.
-    `history=False`: the backend writes no run history (beatd.history); reads still work.
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":

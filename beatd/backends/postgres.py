@@ -157,14 +157,14 @@ class PostgresStateStore(PostgresLink):
             )
 
         def work(db: psycopg.Connection[Any]) -> set[str]:
-            self._check_lease(db, lease)
+            now_us = self._check_lease(db, lease)  # the commit's one clock reading
             applied = self._write_states(db, writes)
             rejected = {w.state.entry for w in writes} - applied
             published = [m for m in messages if m.entry not in rejected]
             if self.history:
-                records = published_records(self.schema, lease, published)
+                records = published_records(self.schema, lease, published, now_us)
                 insert_messages(db, self.schema, self.channel, published, with_=records)
-                insert_missed(db, self.schema, lease, writes, applied)
+                insert_missed(db, self.schema, lease, writes, applied, now_us)
             else:
                 insert_messages(db, self.schema, self.channel, published)
             return rejected

@@ -384,21 +384,23 @@ class PostgresLink:
             return NotApplied(f"{self.url}: {exc}")
         return BackendError(f"{self.where}: {exc}")
 
-    def _check_lease(self, db: psycopg.Connection[Any], lease: Lease) -> None:
+    def _check_lease(self, db: psycopg.Connection[Any], lease: Lease) -> int:
         """Lock the lease row for share until the transaction ends, so no take can commit
-        between this check and the caller's writes, and check that `lease` still holds it."""
+        between this check and the caller's writes, and check that `lease` still holds it; the
+        database's clock then, in microseconds (the moment of the caller's writes)."""
         row = db.execute(
-            f"SELECT token, epoch, node, expires_at > {NOW} "
+            f"SELECT token, epoch, node, expires_at > {NOW}, {NOW_US} "
             f"FROM {self.schema}.lease WHERE name = %s FOR SHARE",
             (LEASE,),
         ).fetchone()
         assert row is not None  # written by the first migration, never deleted
-        token, epoch, node, live = row
+        token, epoch, node, live, now_us = row
         if (token, epoch, live) != (lease.token, lease.epoch, True):
             holder = f"node {node} holds epoch {epoch}" if live else "nobody holds it"
             raise LeaseLost(
                 f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
             )
+        return int(now_us)
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

@@ -54,24 +54,25 @@ def _moment(value: int | None) -> datetime | None:
 
 
 def published_records(
-    schema: str, lease: Lease, messages: Sequence[Outgoing]
+    schema: str, lease: Lease, messages: Sequence[Outgoing], now_us: int
 ) -> tuple[str, tuple[Any, ...]]:
     """A CTE (for `insert_messages`) that inserts the published record of each message that has
-    a slot (a run id already held is kept), all published at one reading of the clock (a
-    subquery evaluated once), and its parameters; ("", ()) when none has a slot."""
+    a slot (a run id already held is kept), published at `now_us` (the commit's one reading of
+    the database's clock), and its parameters; ("", ()) when none has a slot."""
     runs = [m for m in messages if m.slot is not None]
     if not runs:
         return "", ()
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
         "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
-        f"SELECT id, entry, slot, due, (SELECT {NOW_US}), %s, %s, kind "
+        "SELECT id, entry, slot, due, %s, %s, %s, kind "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
         "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
         "RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
     return sql, (
+        now_us,
         lease.node,
         lease.epoch,
         [m.id for m in runs],
@@ -88,17 +89,20 @@ def insert_missed(
     lease: Lease,
     writes: Sequence[StateWrite],
     applied: set[str],
+    now_us: int,
 ) -> None:
-    """One missed-slot record per item of each applied write (a key already held is kept)."""
+    """One missed-slot record per item of each applied write (a key already held is kept),
+    recorded at `now_us`."""
     missed = [m for w in writes if w.state.entry in applied for m in w.missed]
     if not missed:
         return
     db.execute(
         f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, recorded_us, "
-        f"node, epoch) SELECT entry, reason, first, last, total, (SELECT {NOW_US}), %s, %s "
+        "node, epoch) SELECT entry, reason, first, last, total, %s, %s, %s "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[]) "
         "AS m(entry, reason, first, last, total) ON CONFLICT DO NOTHING",
         (
+            now_us,
             lease.node,
             lease.epoch,
             [m.entry for m in missed],
