@@ -187,6 +187,15 @@ class ControlsContract:
         assert backend.queue_depths() == {}
         assert backend.history_size() == (0, 0)
 
+    def test_a_pause_fails_messages_committed_without_a_write_of_their_entry(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        controls(backend).pause(["e"], "r", None, BY)
+        due = instant(backend) + timedelta(seconds=5)
+        assert backend.commit(lease, [], [at_run("e", due), at_run("f", due)]) == {"e"}
+        assert queued_ids(backend) == [at_run("f", due).id]
+
     def test_a_write_without_messages_passes_a_pause(self, backend: Backend) -> None:
         lease = lead(backend)
         controls(backend).pause(["e"], "r", None, BY)
