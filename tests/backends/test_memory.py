@@ -3,6 +3,7 @@ store per process and name, shared by every handle opened on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import threading
@@ -153,3 +154,13 @@ def test_trigger_keys_are_remembered_for_their_ttl_and_then_trimmed(
     # request r1 and key k (each remembered anew by the last trigger) and request r2
     assert backend.trim_audit(IDEMPOTENCY_KEY_TTL * 10) == 3
     assert backend.trigger_keys() == []
+
+
+def test_a_celery_trigger_is_refused_before_anything_is_written(backend: MemoryBackend) -> None:
+    with pytest.raises(BackendError) as caught:
+        backend.trigger(dataclasses.replace(trigger("c"), celery=True))
+    assert str(caught.value) == (
+        "entry c publishes to a CeleryQueue, which needs a Redis broker (Redis transport "
+        "only); the memory backend stores beatd's own messages only"
+    )
+    assert (backend.queue_depths(), backend.audit(), backend.trigger_keys()) == ({}, [], [])
