@@ -63,15 +63,19 @@ class Book:
     controls: dict[str, EntryControl] = field(default_factory=dict)
     audit: dict[str, AuditRecord] = field(default_factory=dict)
     keys: dict[tuple[str, str], TriggerKey] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)  # the entry each busy run id marks
 
     def get(self, entry: str) -> EntryControl:
         return self.controls.get(entry, NO_CONTROL)
 
     def put(self, entry: str, control: EntryControl) -> None:
-        if control == NO_CONTROL:
-            self.controls.pop(entry, None)
-        else:
+        before = self.controls.pop(entry, NO_CONTROL)
+        if before.busy is not None:
+            self.busy.pop(before.busy.run_id, None)
+        if control != NO_CONTROL:
             self.controls[entry] = control
+        if control.busy is not None:
+            self.busy[control.busy.run_id] = entry
 
     # --- what commit checks and writes ------------------------------------------------------------
 
@@ -103,8 +107,7 @@ class Book:
 
     def busy_with(self, run_id: str) -> str | None:
         """The entry whose busy mark run `run_id` holds, if one does."""
-        held = self.controls.items()
-        return next((e for e, c in held if c.busy is not None and c.busy.run_id == run_id), None)
+        return self.busy.get(run_id)
 
     # --- keys and the audit log -------------------------------------------------------------------
 
@@ -154,7 +157,7 @@ class Book:
         added = 0
         for entry, control in controls.items():
             if entry not in self.controls and control != NO_CONTROL:
-                self.controls[entry] = control
+                self.put(entry, control)
                 added += 1
         for record in audit:
             if record.id not in self.audit:
