@@ -96,3 +96,19 @@ def test_the_generator_checks_and_rewrites_between_its_markers(
     with pytest.raises(ValueError) as info:
         reference.replace_table("no markers here", "| x |")
     assert str(info.value) == (f"the markers {reference.BEGIN!r} and {reference.END!r} are missing")
+
+
+def test_the_history_doc_gives_the_measured_bytes_per_record_on_each_backend() -> None:
+    # issue 15: "docs/history.md gives the measured bytes per record on each backend"
+    text = (REPO / "docs" / "history.md").read_text()
+    table = text.split("| backend | bytes per run record |")[1].split("\n\n")[0]
+    assert "TODO" not in table, table
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/history.md"])
+def test_the_time_limit_error_the_docs_show_is_in_beatds_words(doc: str) -> None:
+    # the examples are meant as real output: the worker writes "TimeLimitExceeded: ran over its
+    # time limit of 300s" (beatd.settling.over_time), never "hard time limit 300s"
+    shown = re.findall(r"TimeLimitExceeded: ([^\n|]*)", (REPO / doc).read_text())
+    assert shown, f"{doc} shows no time-limit error"
+    assert all(s.startswith("ran over its time limit of ") for s in shown), shown
