@@ -563,6 +563,20 @@ class HistoryContract:
         assert backend.history_size() == (0, 0)
         assert set(backend.summaries()) == {"f"}
 
+    def test_a_run_trimmed_while_queued_still_counts_in_the_summary_when_it_ends(
+        self, backend: Backend
+    ) -> None:
+        # workers down, a backlog past --history-keep: the leader's trim must not make the
+        # backlog's outcomes vanish from `beatd status` and alert_after_failures
+        publish(backend, lead(backend), *(run("e", m, "q") for m in range(1, 4)))
+        backend.trim(Retention(per_entry=1))
+        delivery = claimed(backend, "q", "w")
+        assert delivery.id == run_id("e", 1)
+        backend.ack(delivery, Ending.failure(Outcome.FAILED, "ValueError", "bad"))
+        summary = backend.summaries().get("e")
+        assert summary is not None, "a failed run left no trace in the entry's summary"
+        assert (summary.last_status, summary.consecutive_failures) == (Outcome.FAILED, 1)
+
     def test_trim_drops_records_older_than_max_age(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
