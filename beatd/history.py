@@ -126,6 +126,11 @@ class RunRecord:
     def finished(self) -> bool:
         return bool(self.attempts) and self.attempts[-1].outcome in FINAL
 
+    @property
+    def finished_at(self) -> datetime | None:
+        """When its final attempt ended; None while it is unfinished."""
+        return self.attempts[-1].ended_at if self.finished else None
+
 
 class MissedSlots(NamedTuple):
     """Slots of one entry missed for one reason in one decision: one record, never one per

@@ -506,7 +506,9 @@ class RunHistory(Reachable, Protocol):
         """How many run records and missed-slot records are kept (a read)."""
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
-        """Mark a run overdue at `at` (its deadline) unless it finished or was marked."""
+        """Mark a run overdue at `at` (its deadline) unless it finished at or before `at` or
+        was marked: a run that finished after its deadline (while no leader watched it) is
+        marked too."""
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
         """Mark the missed-slot record keyed (entry, reason, first) overdue at `at` unless it
@@ -533,7 +535,9 @@ class RunHistory(Reachable, Protocol):
         `per_entry`, any older than `max_age` by the backend's clock, the oldest past
         `max_records`; missed records by age and count); how many went. Oldest means published
         (recorded) first, ties by run id (missed key). Call again while it returns `limit`.
-        Summaries are kept."""
+        Summaries are kept. The per-entry and total caps never delete an unfinished run (queued,
+        running or overdue: its end must still reach its record and its entry's summary); it
+        counts towards them, and only `max_age` deletes it (so a run stuck forever expires)."""
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
         """Every run record, in batches (for `beatd migrate`)."""
