@@ -43,6 +43,21 @@ SUMMARY_COLUMNS = (
     "consecutive_failures"
 )
 _FAILED = ", ".join(f"'{o.value}'" for o in sorted(FAILED_FINALLY))
+FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
+
+
+def last_attempt(schema: str, run: str, what: str) -> str:
+    """A scalar subquery: `what` (over the attempt `a`) of the last attempt of the run aliased
+    `run`; NULL when it has none (a lookup of attempt's primary key)."""
+    return (
+        f"(SELECT {what} FROM {schema}.attempt a WHERE a.run_id = {run}.id "
+        "ORDER BY a.number DESC LIMIT 1)"
+    )
+
+
+def finished(schema: str, run: str) -> str:
+    """A condition: the run aliased `run` finished (its last attempt's outcome is final)."""
+    return f"coalesce({last_attempt(schema, run, f'a.outcome IN ({FINAL_SQL})')}, false)"
 
 
 def _micros(moment: datetime | None) -> int | None:
