@@ -42,7 +42,8 @@ PUBLISHED = (
 QUEUED_RUNS = (
     "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
     "0 AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
-    "WHERE published_us IS NOT NULL AND id NOT IN (SELECT id FROM run) GROUP BY id"
+    "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
+    "GROUP BY id"
 )
 # Move queued runs' records to `run` (a trigger does), those `{}` selects: before a step that
 # writes a run's record.
