@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -548,7 +549,8 @@ class SQLiteRunHistory(SQLiteFile):
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
             db.execute(MOVE_QUEUED.format(""))  # a queued run's record is held
-            added = sum(_import_run(db, run) for run in runs)
+            with _summaries_kept(db, {run.entry for run in runs}):  # not moved by the attempts
+                added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(
                 _MISSED,
                 [
@@ -571,6 +573,18 @@ class SQLiteRunHistory(SQLiteFile):
             return added
 
         return self._run(work)
+
+
+@contextmanager
+def _summaries_kept(db: sqlite3.Connection, entries: set[str]) -> Iterator[None]:
+    """Put the summaries of `entries` back as they were before the block (the triggers move
+    them when an attempt is stored ended: a copied one must not)."""
+    chosen = "entry IN (SELECT value FROM json_each(?))"
+    listed = (json.dumps(sorted(entries)),)
+    kept = db.execute(f"SELECT * FROM entry_summary WHERE {chosen}", listed).fetchall()
+    yield
+    db.execute(f"DELETE FROM entry_summary WHERE {chosen}", listed)
+    db.executemany("INSERT INTO entry_summary VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
 
 
 def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:

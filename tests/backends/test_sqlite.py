@@ -372,3 +372,12 @@ def test_a_queued_runs_reads_cost_the_same_however_much_history_is_held(
         backend.close()
     small, large = costs
     assert large <= small * 1.5 + 10, (small, large)
+
+
+def test_imported_runs_leave_the_summaries_as_they_are(tmp_path: Path) -> None:
+    """`import_history` stores records as they are: a copied run's final attempt does not move
+    its entry's summary (the copied summary does, when it finished later)."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    history_of(backend, 1, 3)
+    assert backend.summaries() == {}
+    backend.close()
