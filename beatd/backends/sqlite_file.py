@@ -41,7 +41,7 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
 #   that row anyway) until the run is first claimed: the claim clears `published_us` and a trigger
 #   stores the record in `run` (a burst's commit writes no page of `run` nor of its indexes). The
 #   reads take a queued run's record from its message (`QUEUED_RUNS`); a step that writes a run's
-#   record (trim, a deadline mark, import) first moves it to `run` the same way (`MOVE_QUEUED`);
+#   record (trim, a deadline mark, import) first moves them all the same way (`MOVE_QUEUED`);
 # - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
 #   row anyway) and is written to `attempt` once, ended, by the settling step;
 # - what follows from that is done by triggers, in C: a claim that finds the message's attempt

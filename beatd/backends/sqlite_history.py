@@ -46,9 +46,9 @@ QUEUED_RUNS = (
     "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
     "GROUP BY id"
 )
-# Move queued runs' records to `run` (a trigger does), those `{}` selects: before a step that
-# writes a run's record.
-MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL {}"
+# Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
+# record (`_move_unless_held`), trim and import.
+MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
 _COPIED = (
     "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, "
     "received_us, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -196,6 +196,14 @@ def record_ended(
         "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
         (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
+
+
+def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
+    """Before writing run `run_id`'s record: unless `run` holds it, move every queued run's
+    record there (the queue has no index of ids: one scan moves them all, so the leader's
+    deadline marks of a backed-up queue scan it once, not once a run)."""
+    if db.execute("SELECT 1 FROM run WHERE id = ?", (run_id,)).fetchone() is None:
+        db.execute(MOVE_QUEUED)
 
 
 # --- the RunHistory role ----------------------------------------------------------------------
@@ -425,7 +433,7 @@ class SQLiteRunHistory(SQLiteFile):
         """`_changed` for a run's record, moved to `run` first if it is queued."""
 
         def work(db: sqlite3.Connection) -> bool:
-            db.execute(MOVE_QUEUED.format("AND id = ?"), (run_id,))
+            _move_unless_held(db, run_id)
             return int(db.execute(sql, params).rowcount) == 1
 
         return self.history and self._run(work)
@@ -458,7 +466,7 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
-            db.execute(MOVE_QUEUED.format("AND id = ?"), (run_id,))
+            _move_unless_held(db, run_id)
             repeat = db.execute(
                 "SELECT 1 FROM attempt WHERE run = (SELECT seq FROM run WHERE id = ?) "
                 "AND ended_us IS NULL AND consumer = ? AND started_us = ?",
@@ -472,7 +480,7 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
-            db.execute(MOVE_QUEUED.format("AND id = ?"), (run_id,))
+            _move_unless_held(db, run_id)
             if end_attempt(db, run_id, ending, when):
                 return True
             row = db.execute(
@@ -490,7 +498,7 @@ class SQLiteRunHistory(SQLiteFile):
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
             cutoff = micros(self._now() - retention.max_age.total_seconds())
-            db.execute(MOVE_QUEUED.format(""))  # the queued runs' records too
+            db.execute(MOVE_QUEUED)  # the queued runs' records too
             gone = _trim_runs(db, retention, cutoff, limit)
             return gone + _trim_missed(db, retention, cutoff, limit - gone)
 
@@ -548,7 +556,7 @@ class SQLiteRunHistory(SQLiteFile):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
-            db.execute(MOVE_QUEUED.format(""))  # a queued run's record is held
+            db.execute(MOVE_QUEUED)  # a queued run's record is held
             with _summaries_kept(db, {run.entry for run in runs}):  # not moved by the attempts
                 added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(

@@ -381,3 +381,19 @@ def test_imported_runs_leave_the_summaries_as_they_are(tmp_path: Path) -> None:
     history_of(backend, 1, 3)
     assert backend.summaries() == {}
     backend.close()
+
+
+def test_marking_a_queued_run_moves_every_queued_record_once(tmp_path: Path) -> None:
+    """The leader's first deadline mark of a queued run moves the whole queue's records to
+    `run` in one scan; the next marks find theirs there."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    publish_queued(backend, *(queued_run(f"e{n}", 1) for n in range(5)))
+    assert stored_runs(tmp_path / "beatd.db") == 0
+    assert backend.mark_overdue("e0@000001", HISTORY_T0)
+    assert stored_runs(tmp_path / "beatd.db") == 5
+    assert backend.mark_overdue("e1@000001", HISTORY_T0)
+    assert [r.id for r in backend.runs(HistoryQuery(unfinished=True))] == [
+        f"e{n}@000001" for n in (4, 3, 2)
+    ]
+    assert backend.history_size() == (5, 0)
+    backend.close()
