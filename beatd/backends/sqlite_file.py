@@ -88,6 +88,10 @@ _SUMMARIZE = (
 )
 _OF_ATTEMPT = _SUMMARIZE.format(entry="entry", source="FROM run WHERE seq = new.run")
 _OF_LOGGED = _SUMMARIZE.format(entry="new.entry", source="WHERE true")
+# The summary moved by an attempt of run :run stored ended (:outcome, :started_us, :ended_us).
+SUMMARIZE_ENDED = _SUMMARIZE.format(entry="entry", source="FROM run WHERE id = :run").replace(
+    "new.", ":"
+)
 HISTORY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS run (
     seq INTEGER PRIMARY KEY,
@@ -141,9 +145,9 @@ HISTORY_SCHEMA = (
     "SELECT seq, (SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
     "old.attempt_consumer, old.attempt_host, old.attempt_pid, old.attempt_us, "
     f"new.attempt_us, '{LOST}' FROM run WHERE id = old.id; END",
-    # An attempt that ends with a final outcome (stored ended, or ended later) moves the summary.
-    "CREATE TRIGGER IF NOT EXISTS attempt_stored_ended AFTER INSERT ON attempt "
-    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_ATTEMPT}; END",
+    # An attempt ended later with a final outcome moves the summary (one stored ended does so by
+    # `SUMMARIZE_ENDED`, so that a fold or a copy of attempts already counted does not).
+    "DROP TRIGGER IF EXISTS attempt_stored_ended",
     "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
     f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_ATTEMPT}; END",
     # A run settled for good before anything moved its record to `run`: its record and its one

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile, _listed, _priority, has_history
+from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
     FINAL,
     Attempt,
@@ -57,7 +56,7 @@ LOGGED_RUNS = (
     "WHERE NOT EXISTS (SELECT 1 FROM run WHERE run.id = run_done.id) GROUP BY id"
 )
 # Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
-FOLD_EVERY = 200
+FOLD_EVERY = 1000
 # Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
 # record (`_move_unless_held`), trim and import.
 MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
@@ -208,6 +207,9 @@ def record_ended(
         "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
         (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
+    if ending.outcome in FINAL:
+        ended = {"run": run_id, "outcome": ending.outcome, "started_us": started[3], "ended_us": at}
+        db.execute(SUMMARIZE_ENDED, ended)
 
 
 def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
@@ -243,25 +245,22 @@ def _ending(ending: Ending) -> tuple[str, str, str, str]:
 
 def fold(db: sqlite3.Connection) -> None:
     """Move the runs logged in `run_done` to `run` and `attempt` (a run id held there keeps its
-    record; its attempt is appended), leaving the summaries as the log moved them."""
-    entries = {entry for (entry,) in db.execute("SELECT DISTINCT entry FROM run_done")}
-    if not entries:
-        return
-    with _summaries_kept(db, entries):
-        db.execute(
-            "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, "
-            "kind) SELECT id, entry, slot_us, due_us, published_us, node, epoch, kind "
-            "FROM run_done ORDER BY rowid"
-        )
-        db.execute(
-            "INSERT OR IGNORE INTO attempt (run, number, consumer, host, pid, started_us, "
-            "ended_us, outcome, reason, error_type, error) SELECT run.seq, "
-            "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE attempt.run = run.seq), "
-            "d.consumer, d.host, d.pid, d.started_us, d.ended_us, d.outcome, d.reason, "
-            "d.error_type, d.error FROM run_done AS d JOIN run ON run.id = d.id "
-            "WHERE d.consumer IS NOT NULL ORDER BY d.rowid"
-        )
-        db.execute("DELETE FROM run_done")
+    record; its attempt is appended). The summaries stay as the log moved them (only an
+    attempt ended later moves them: a trigger)."""
+    db.execute(
+        "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, "
+        "kind) SELECT id, entry, slot_us, due_us, published_us, node, epoch, kind "
+        "FROM run_done ORDER BY rowid"
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO attempt (run, number, consumer, host, pid, started_us, "
+        "ended_us, outcome, reason, error_type, error) SELECT run.seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE attempt.run = run.seq), "
+        "d.consumer, d.host, d.pid, d.started_us, d.ended_us, d.outcome, d.reason, "
+        "d.error_type, d.error FROM run_done AS d JOIN run ON run.id = d.id "
+        "WHERE d.consumer IS NOT NULL ORDER BY d.rowid"
+    )
+    db.execute("DELETE FROM run_done")
 
 
 def _logged_record(row: Sequence[Any]) -> RunRecord:
@@ -650,8 +649,7 @@ class SQLiteRunHistory(SQLiteFile):
         def work(db: sqlite3.Connection) -> int:
             fold(db)
             db.execute(MOVE_QUEUED)  # a logged or queued run's record is held
-            with _summaries_kept(db, {run.entry for run in runs}):  # not moved by the attempts
-                added = sum(_import_run(db, run) for run in runs)
+            added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(
                 _MISSED,
                 [
@@ -674,18 +672,6 @@ class SQLiteRunHistory(SQLiteFile):
             return added
 
         return self._run(work)
-
-
-@contextmanager
-def _summaries_kept(db: sqlite3.Connection, entries: set[str]) -> Iterator[None]:
-    """Put the summaries of `entries` back as they were before the block (the triggers move
-    them when an attempt is stored ended: a copied one must not)."""
-    chosen = "entry IN (SELECT value FROM json_each(?))"
-    listed = (json.dumps(sorted(entries)),)
-    kept = db.execute(f"SELECT * FROM entry_summary WHERE {chosen}", listed).fetchall()
-    yield
-    db.execute(f"DELETE FROM entry_summary WHERE {chosen}", listed)
-    db.executemany("INSERT INTO entry_summary VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
 
 
 def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
