@@ -41,6 +41,7 @@ from beatd.backends.sqlite_file import (
     LARGE_CATCH_UP,
     LEASE,
     MESSAGE_ATTEMPT,
+    MESSAGE_PUBLISHED,
     SCHEMA,
     SQLiteFile,
     _priority,
@@ -50,11 +51,15 @@ from beatd.backends.sqlite_file import (
     upgrade,
 )
 from beatd.backends.sqlite_history import (
+    FOLD_EVERY,
+    PUBLISHED,
     SQLiteRunHistory,
+    fold,
+    log_done,
     micros,
+    published_rows,
     record_ended,
     record_missed,
-    record_published,
 )
 from beatd.errors import BackendError
 from beatd.history import Ending
@@ -71,6 +76,7 @@ _DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEAS
 _NONE = (None, None, None, None)  # no attempt opened: history is off
 _ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
 _OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
+_GONE = ", ".join(column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED)
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -226,17 +232,21 @@ class SQLiteStateStore(SQLiteFile):
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
             now = self._now()
-            db.executemany(
-                "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
-                    for m in messages
-                    if m.entry not in rejected
-                ],
-            )
-            if self.history:
-                record_published(db, lease, micros(now), messages, rejected)
+            if self.history:  # each run's published record in its message's row
+                db.executemany(
+                    PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
+                )
                 record_missed(db, lease, micros(now), writes, rejected)
+            else:
+                db.executemany(
+                    "INSERT INTO message (id, queue, priority, body, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
+                        for m in messages
+                        if m.entry not in rejected
+                    ],
+                )
             return rejected
 
         rejected = self._run(work, lease=True)
@@ -305,7 +315,21 @@ class SQLiteWorkQueue(SQLiteFile):
         """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
         ended now as `ending` says."""
         if started is not None and started[3] is not None and self.history:
-            record_ended(db, _stored(delivery.id), started, ending, micros(self._now()))
+            record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
+
+    def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
+        """A message deleted for good (`gone`: its MESSAGE_ATTEMPT and MESSAGE_PUBLISHED): a
+        record still in it is logged with its attempt (`log_done`), else the attempt is stored
+        in `run`'s record."""
+        if gone is None or gone[8] is None:  # no record in the message (published_us)
+            self._end(db, delivery, gone, ending)
+            return
+        opened = gone[3] is not None and self.history
+        log_done(db, _stored(delivery.id), gone, ending if opened else None, micros(self._now()))
+        self._logged += 1
+        if self._logged >= FOLD_EVERY:
+            fold(db)
+            self._logged = 0
 
     def _settle(
         self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending
@@ -331,18 +355,17 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
+            gone = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
             ).fetchone()
-            self._end(db, delivery, started, ending or _SUCCEEDED)
+            self._done(db, delivery, gone, ending or _SUCCEEDED)
 
         self._run(work)
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (self._now(),),
             delivery,
             ending or _RELEASED,
@@ -353,7 +376,7 @@ class SQLiteWorkQueue(SQLiteFile):
     ) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
             ending or _RETRIED,
@@ -367,16 +390,20 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
+            gone = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
             ).fetchone()
-            self._end(db, delivery, started, ending or _DEAD_LETTERED)
+            self._done(db, delivery, gone, ending or _DEAD_LETTERED)
 
         self._run(work)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:
-        self._settle("UPDATE message SET attempt_us = NULL WHERE receipt = ?", (), delivery, ending)
+        self._settle(
+            "UPDATE message SET attempt_us = NULL, published_us = NULL WHERE receipt = ?",
+            (),
+            delivery,
+            ending,
+        )
 
 
 class SQLiteQueueAdmin(SQLiteFile):
