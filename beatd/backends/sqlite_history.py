@@ -78,6 +78,12 @@ _FINISHED = (
     f"coalesce((SELECT outcome IN ({_listed(FINAL)}) FROM attempt WHERE run = seq "
     "ORDER BY number DESC LIMIT 1), 0)"
 )
+# Whether a run finished by the time given as a parameter: finished, its last attempt ended
+# at or before it.
+_FINISHED_BY = (
+    f"coalesce((SELECT outcome IN ({_listed(FINAL)}) AND ended_us <= ? FROM attempt "
+    "WHERE run = seq ORDER BY number DESC LIMIT 1), 0)"
+)
 _RUN_COLUMNS = (
     "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
     "overdue_us"
@@ -342,9 +348,18 @@ def _delete_runs(db: sqlite3.Connection, chosen: str, params: tuple[object, ...]
     return int(db.execute(f"DELETE FROM run WHERE seq IN ({chosen})", params).rowcount)
 
 
+# The finished runs (of those `{}` selects) past the newest OFFSET ones, the oldest first.
+_PAST_CAP = (
+    "SELECT seq FROM (SELECT seq, published_us, id FROM run {} "
+    f"ORDER BY published_us DESC, id DESC LIMIT -1 OFFSET ?) WHERE {_FINISHED} "
+    "ORDER BY published_us, id LIMIT ?"
+)
+
+
 def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit: int) -> int:
-    """Runs older than `cutoff`, then each entry's oldest past `per_entry`, then the oldest past
-    `max_records`: at most `limit` of them; how many went."""
+    """Runs older than `cutoff`, then each entry's oldest finished runs past its newest
+    `per_entry`, then the oldest finished past the newest `max_records` (the caps pass over an
+    unfinished run: only its age deletes it): at most `limit` of them; how many went."""
     left = limit - _delete_runs(
         db,
         "SELECT seq FROM run WHERE published_us < ? ORDER BY published_us, id LIMIT ?",
@@ -362,14 +377,12 @@ def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit:
             break
         left -= _delete_runs(
             db,
-            "SELECT seq FROM run WHERE entry = ? ORDER BY published_us, id LIMIT ?",
-            (entry, min(count - retention.per_entry, left)),
+            _PAST_CAP.format("WHERE entry = ?"),
+            (entry, retention.per_entry, min(count - retention.per_entry, left)),
         )
     excess = db.execute("SELECT COUNT(*) FROM run").fetchone()[0] - retention.max_records
     if left > 0 and excess > 0:
-        left -= _delete_runs(
-            db, "SELECT seq FROM run ORDER BY published_us, id LIMIT ?", (min(excess, left),)
-        )
+        left -= _delete_runs(db, _PAST_CAP.format(""), (retention.max_records, left))
     return limit - left
 
 
@@ -528,8 +541,8 @@ class SQLiteRunHistory(SQLiteFile):
         return self._run_changed(
             run_id,
             "UPDATE run SET overdue_us = ? "
-            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED}",
-            (to_micros(at), run_id),
+            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED_BY}",
+            (to_micros(at), run_id, to_micros(at)),
         )
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
