@@ -40,13 +40,14 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number)}; nil when not held
+-- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
+-- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
 local function held_run(NS, id)
   local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p')
-  local p = decoded(h[2])
-  if not p or not tonumber(p[1]) then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = tonumber(p[1])}
+  local h = redis.call('HMGET', key, 'n', 'p', 'e')
+  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
+  if not slot then return nil end
+  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
@@ -59,7 +60,7 @@ local function open_attempt(run)  -- the last attempt, if it is still open
 end
 -- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
 local function summarize(run, a)
-  local entry = redis.call('HGET', run.key, 'e')
+  local entry = run.entry
   if not entry then return end
   local skey = run.NS .. 'h:summary'
   local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
