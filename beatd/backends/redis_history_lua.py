@@ -154,12 +154,13 @@ local function missed_slots(NS, entry, reason, first, last, total, at, node, epo
 end
 """
 
-# ARGV NS, run id, at_us -> 1 marked, 0 not held, finished or marked already
+# ARGV NS, run id, at_us -> 1 marked, 0 not held, finished by at_us or marked already (a run
+# that finished after at_us is marked: it finished while no leader watched its deadline)
 MARK_OVERDUE = """
 local run = held_run(ARGV[1], ARGV[2])
 if not run or redis.call('HGET', run.key, 'o') then return 0 end
 local last = run.n > 0 and attempt(run, run.n)
-if last and FINAL[last[3]] then return 0 end
+if last and FINAL[last[3]] and run.slot + tonumber(last[2]) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', run.key, 'o', ARGV[3])
 return 1
 """
@@ -212,7 +213,9 @@ return 1
 """
 
 # ARGV NS, max_age_us, max_records, limit, per_entry, whole ("1": age and count too, "0":
-# per entry only), entry... -> how many records were deleted (at most limit)
+# per entry only), entry... -> how many records were deleted (at most limit). The caps pass over
+# an unfinished run (its last attempt's outcome not final; a record that does not decode is not
+# one): they read the record of each run past them, the oldest first; only the age deletes it.
 TRIM = """
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local runs, gone = NS .. 'h:runs', 0
@@ -228,14 +231,32 @@ local function oldest(index, count)
   if count <= 0 then return {} end
   return redis.call('ZRANGE', index, 0, count - 1)
 end
+local function unfinished(id)
+  local run = held_run(NS, id)
+  if not run then return false end
+  local last = run.n > 0 and attempt(run, run.n)
+  return not (last and FINAL[last[3]])
+end
+-- drop the finished runs of `index` past its newest `keep`, the oldest first, a page at a time
+-- (the unfinished ones passed over stay at the head: the next page starts after them)
+local function past_cap(index, keep)
+  local kept = 0
+  while gone < limit do
+    local over = redis.call('ZCARD', index) - keep - kept
+    if over <= 0 then return end
+    for _, id in ipairs(redis.call('ZRANGE', index, kept, kept + math.min(over, 500) - 1)) do
+      if gone >= limit then return end
+      if unfinished(id) then kept = kept + 1 else drop(id) end
+    end
+  end
+end
 if ARGV[6] == '1' then
   local t = redis.call('TIME')
   local cutoff = string.format('(%d', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[2]))
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', runs, '-inf', cutoff, 'LIMIT', 0, limit)) do
     drop(id)
   end
-  local excess = redis.call('ZCARD', runs) - tonumber(ARGV[3])
-  for _, id in ipairs(oldest(runs, math.min(excess, limit - gone))) do drop(id) end
+  past_cap(runs, tonumber(ARGV[3]))
   local missed, at = NS .. 'h:missed', NS .. 'h:missed-at'
   local function forget(field)
     redis.call('HDEL', missed, field)
@@ -246,14 +267,12 @@ if ARGV[6] == '1' then
     local aged = redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit - gone)
     for _, field in ipairs(aged) do forget(field) end
   end
-  excess = redis.call('ZCARD', at) - tonumber(ARGV[3])
+  local excess = redis.call('ZCARD', at) - tonumber(ARGV[3])
   for _, field in ipairs(oldest(at, math.min(excess, limit - gone))) do forget(field) end
 end
 for i = 7, #ARGV do
   if gone >= limit then break end
-  local index = NS .. 'h:entry:' .. ARGV[i]
-  local over = redis.call('ZCARD', index) - per_entry
-  for _, id in ipairs(oldest(index, math.min(over, limit - gone))) do drop(id) end
+  past_cap(NS .. 'h:entry:' .. ARGV[i], per_entry)
 end
 return gone
 """
