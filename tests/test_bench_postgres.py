@@ -244,3 +244,29 @@ def test_a_merge_of_one_backend_keeps_the_other_backends_rows_of_its_groups() ->
 
 def test_server_cpu_counts_a_process_that_started_between_readings_from_zero() -> None:
     assert cpu_between({10: 1.0, 11: 2.0}, {10: 1.5, 12: 0.25}) == 0.75
+
+
+def test_postgresql_merged_from_a_later_run_says_the_ratios_compare_two_runs() -> None:
+    machine = {
+        "postgresql_server": "PostgreSQL 15.20",
+        "reruns": [
+            {
+                "groups": ["delay"],
+                "backends": ["postgresql"],
+                "date": "2026-12-05T01:40:00+00:00",
+                "beatd_commit": "abc1234",
+                "load_before": [3.5, 3.0, 2.0],
+                "load_after": [4.25, 3.0, 2.0],
+            }
+        ],
+    }
+
+    first = pgreport.section(SCENARIOS, machine).split("\n", 1)[0]
+
+    assert first == (
+        "A scratch database on the machine's PostgreSQL 15.20 server, created by the bench and "
+        "dropped after it; the server is shared with the test suites running on the machine. "
+        "PostgreSQL's figures are from a later run (2026-12-05T01:40:00+00:00, beatd abc1234, "
+        "load average 3.50/4.25) than SQLite's and Redis's, so the ratios compare two runs and "
+        "carry the machine's drift between them; × = PostgreSQL's figure / that backend's."
+    )
