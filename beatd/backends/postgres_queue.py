@@ -64,6 +64,7 @@ class PostgresWorkQueue(PostgresLink):
 
     _listener: psycopg.Connection[Any] | None = None
     _listens = 0  # times the wake-up connection was opened
+    _seen_until = 0.0  # the database's time up to which ready messages were announced
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         self._run(lambda db: insert_messages(db, self.schema, self.channel, messages, delay))
@@ -133,21 +134,30 @@ class PostgresWorkQueue(PostgresLink):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """LISTEN on the dedicated connection; True at a notification for one of `queues`, or
-        when a message there is (or, within `timeout`, becomes) ready without one."""
+        when a message there became ready (or, within `timeout`, becomes ready) without one
+        since the last call returned. A run already ready then was announced by that return:
+        a worker whose slots are all busy leaves it queued, and this wait must not find it
+        again and again (a busy loop), but sleep until something new is added or ready."""
         self._check_prepared()  # the schema, if it could not be checked at open
         try:
             listener = self._listening()
             row = listener.execute(
-                f"SELECT min(ready_at) - {NOW} FROM {self.schema}.message WHERE queue = ANY(%s)",
-                (list(queues),),
+                f"SELECT {NOW}, (SELECT min(ready_at) FROM {self.schema}.message "
+                "WHERE queue = ANY(%s) AND ready_at > %s)",
+                (list(queues), self._seen_until),
             ).fetchone()
-            until_ready = None if row is None or row[0] is None else float(row[0])
-            if until_ready is not None and until_ready <= 0:
+            assert row is not None
+            now, ready_at = float(row[0]), None if row[1] is None else float(row[1])
+            self._seen_until = now
+            if ready_at is not None and ready_at <= now:
                 return True
-            wait = timeout if until_ready is None else min(timeout, until_ready)
+            wait = timeout if ready_at is None else min(timeout, ready_at - now)
             for _ in listener.notifies(timeout=wait, stop_after=1):
                 return True  # maybe another queue's: a spurious True is allowed
-            return until_ready is not None and until_ready <= timeout
+            if ready_at is not None and ready_at - now <= timeout:
+                self._seen_until = ready_at  # announced now: the next call waits past it
+                return True
+            return False
         except psycopg.Error as exc:
             self._drop_listener()
             raise NotApplied(f"{self.url}: cannot wait for work: {exc}") from exc
@@ -159,6 +169,7 @@ class PostgresWorkQueue(PostgresLink):
             )
             listener.execute(f"LISTEN {self.channel}")
             self._listener = listener
+            self._seen_until = 0.0  # whatever is ready now was never announced on it
             self._listens += 1
         return self._listener
 

@@ -228,6 +228,20 @@ def test_a_waiting_worker_wakes_at_the_notify_of_a_commit(backend: PostgresBacke
     assert backend.wait_for_work(["default"], 20)  # a message is ready: at once
 
 
+def test_a_ready_run_already_announced_does_not_wake_the_waiter_again(
+    backend: PostgresBackend,
+) -> None:
+    """A worker whose slots are all busy leaves ready runs in the queue; its waiting thread
+    must sleep until something new is added, not find the same runs ready again and again."""
+    backend.enqueue([message("e", 1)])
+    assert backend.wait_for_work(["default"], 20)  # ready before the LISTEN: claim once
+    started = time.monotonic()
+    assert not backend.wait_for_work(["default"], 0.3)  # still ready, already announced
+    assert time.monotonic() - started >= 0.25
+    backend.enqueue([message("e", 2)])
+    assert backend.wait_for_work(["default"], 20)  # a new one: at once
+
+
 def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
     backend: PostgresBackend,
 ) -> None:
