@@ -59,6 +59,16 @@ def insert_messages(
             db.execute("SELECT pg_notify(%s, %s)", (channel, queue))
 
 
+def _queues_match(queues: Sequence[str]) -> tuple[str, object]:
+    """The claim's condition on the queue and its parameter. For one queue `queue = %s`, so the
+    (queue, priority DESC, seq) index yields the runs in claim order and the claim stops at the
+    first ready one; PostgreSQL 15 cannot take that order from `= ANY(...)`, and sorts every
+    queued run of the queues at each claim (20-40 ms at 15,000 queued)."""
+    if len(queues) == 1:
+        return "queue = %s", queues[0]
+    return "queue = ANY(%s)", list(queues)
+
+
 class PostgresWorkQueue(PostgresLink):
     """The message table: claims by receipt, ready again when their visibility lapses."""
 
@@ -71,14 +81,15 @@ class PostgresWorkQueue(PostgresLink):
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         receipt = f"{consumer}:{secrets.token_hex(8)}"
+        match, value = _queues_match(queues)
         row = self._run(
             lambda db: db.execute(
                 f"UPDATE {self.schema}.message SET receipt = %s, ready_at = {NOW} + %s, "
                 "deliveries = deliveries + 1 WHERE seq = ("
-                f"SELECT seq FROM {self.schema}.message WHERE queue = ANY(%s) "
+                f"SELECT seq FROM {self.schema}.message WHERE {match} "
                 f"AND ready_at <= {NOW} ORDER BY priority DESC, seq LIMIT 1 "
                 "FOR UPDATE SKIP LOCKED) RETURNING id, queue, body, deliveries",
-                (receipt, visibility, list(queues)),
+                (receipt, visibility, value),
             ).fetchone()
         )
         if row is None:

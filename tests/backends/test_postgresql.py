@@ -9,6 +9,7 @@ each test uses a schema of its own in it.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import threading
 import time
@@ -240,6 +241,28 @@ def test_a_ready_run_already_announced_does_not_wake_the_waiter_again(
     assert time.monotonic() - started >= 0.25
     backend.enqueue([message("e", 2)])
     assert backend.wait_for_work(["default"], 20)  # a new one: at once
+
+
+def test_a_claim_costs_the_same_with_20000_runs_queued_as_with_200(
+    backend: PostgresBackend,
+) -> None:
+    """A claim walks the (queue, priority, seq) index to the first ready run: a queue's length
+    must not make every claim sort the whole queue, which drains a long one in O(n²)."""
+
+    def median_claim() -> float:
+        spent = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert backend.claim(["default"], "w", 60) is not None
+            spent.append(time.perf_counter() - started)
+        return statistics.median(spent)
+
+    backend.enqueue([message(f"short-{i}", 1) for i in range(200)])
+    short = median_claim()
+    for batch in range(20):
+        backend.enqueue([message(f"long-{batch}-{i}", 1) for i in range(1000)])
+    long = median_claim()
+    assert long < 4 * short, (short, long)
 
 
 def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
