@@ -18,8 +18,10 @@ def section(s: Scenarios, machine: Result) -> str:
     """The whole section's body (without its heading)."""
     if not any(_rows(s, group, PG) for group in ("throughput", "delay", "worker")):
         return "Not measured in this run.\n"
-    server = machine.get("postgresql_server", "PostgreSQL")
-    settings = ", ".join(f"`{k} = {v}`" for k, v in machine.get("postgresql_settings", {}).items())
+    later = [r for r in machine.get("reruns", []) if PG in r.get("backends", [])]
+    source = later[-1] if later else machine  # where PostgreSQL's figures come from
+    server = source.get("postgresql_server", "PostgreSQL")
+    settings = ", ".join(f"`{k} = {v}`" for k, v in source.get("postgresql_settings", {}).items())
     return "\n".join(
         [
             f"A scratch database on the machine's {server} server"

@@ -248,9 +248,9 @@ def test_server_cpu_counts_a_process_that_started_between_readings_from_zero() -
 
 def test_postgresql_merged_from_a_later_run_says_the_ratios_compare_two_runs() -> None:
     machine = {
-        "postgresql_server": "PostgreSQL 15.20",
         "reruns": [
             {
+                "postgresql_server": "PostgreSQL 15.20",
                 "groups": ["delay"],
                 "backends": ["postgresql"],
                 "date": "2026-12-05T01:40:00+00:00",
