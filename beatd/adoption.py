@@ -18,6 +18,7 @@ from beatd.config import Config
 from beatd.core import Planner, RemovedEntries
 from beatd.dataloss import DataLossRecovery
 from beatd.durations import format_duration
+from beatd.history import MissedSlots
 from beatd.publisher import Publisher, chunks, horizon
 from beatd.state import EntryState
 
@@ -45,13 +46,19 @@ class Adoption:
         batch_size = self.publisher.batch_size
         states = self.store.load_states()
         now = self.clock.now()
+        lost: dict[str, tuple[MissedSlots, ...]] = {}
         if self.data_loss.pending:
-            states = self._recover(config, planner, lease, states, now)
+            states, lost = self._recover(config, planner, lease, states, now)
         baselines, _ = planner.load(config.entries, states, now)
         absent = [name for name in states if name not in config.entries]
         self._forget_removed(lease, absent, now)
         for batch in chunks(iter(baselines), batch_size):
-            writes = [StateWrite(state, horizon(states.get(state.entry))) for state in batch]
+            # an entry whose position was lost starts from now: its lost slots go into the
+            # history as missed (state_lost) with its new baseline
+            writes = [
+                StateWrite(state, horizon(states.get(state.entry)), lost.get(state.entry, ()))
+                for state in batch
+            ]
             rejected = self.store.commit(lease, writes, [])
             if rejected:
                 self.publisher.resync(planner, rejected)
@@ -100,15 +107,17 @@ class Adoption:
         lease: Lease,
         states: dict[str, EntryState],
         now: datetime,
-    ) -> dict[str, EntryState]:
+    ) -> tuple[dict[str, EntryState], dict[str, tuple[MissedSlots, ...]]]:
         """After a data loss: write back the positions this node holds; count the lost slots of
-        the entries nobody held (see DataLossRecovery.recover)."""
+        the entries nobody held (see DataLossRecovery.recover). The states as they are now,
+        and the lost slots of each entry, for its baseline write."""
         restore, lost = self.data_loss.recover(states, config.entries, now, planner.walk_limit)
         for batch in chunks(iter(restore), self.publisher.batch_size):
             self.store.commit(lease, [StateWrite(p, None) for p in batch], [])
         for decision in lost:
             self.publisher.account([decision], now)
-        return {**states, **{p.entry: p for p in restore}}
+        missed = {d.entry.name: d.missed for d in lost}
+        return {**states, **{p.entry: p for p in restore}}, missed
 
 
 def _some(names: list[str], shown: int = 5) -> str:

@@ -8,17 +8,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from beatd.backends.base import Backend
+from beatd.backends.base import Backend, HearsCeleryEvents
+from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
 from beatd.config import Config
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.events import Observer
-from beatd.metrics import PublishDelay, register_scheduler
+from beatd.history import Retention
+from beatd.metrics import (
+    PublishDelay,
+    register_celery_events,
+    register_history,
+    register_scheduler,
+)
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
+from beatd.retention import HistoryRetention
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.systemd import Notifier
 from beatd.tasks import Registry
@@ -62,6 +71,8 @@ class RunSettings:
     watch: bool
     metrics_addr: str
     with_worker: bool
+    metrics_entries: EntrySeries = EntrySeries.ALL
+    retention: Retention = field(default_factory=Retention)
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
         return SchedulerSettings(
@@ -83,9 +94,14 @@ def build_scheduler(
     notifier: Notifier | None = None,
     registry: CollectorRegistry | None = None,
     worker: Nudgeable | None = None,
+    metrics_entries: EntrySeries = EntrySeries.ALL,
+    retention: Retention | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
-    (`notifier`), its metrics in `registry`, an in-process `worker` nudged after each step."""
+    (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
+    in-process `worker` nudged after each step, and, while leading, the run history trimmed to
+    `retention` (none: never trimmed) and, leading Celery entries on a backend that hears
+    Celery's task events, their outcomes recorded from those events."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -93,9 +109,21 @@ def build_scheduler(
         observers.append(PublishDelay(registry))
     if worker is not None:
         observers.append(WorkerNudge(worker))
+    if retention is not None:
+        trimming = HistoryRetention(backend, clock, retention)
+        observers.append(trimming)
+        if registry is not None:
+            register_history(registry, trimming.stats)
+    if isinstance(backend, HearsCeleryEvents):  # runs in Celery's protocol report back
+        listener = CeleryEventListener(backend, backend, clock)
+        observers.append(CeleryEvents(listener))
+        if registry is not None:
+            register_celery_events(registry, listener.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
+    # without per-entry series, only the entries with alert_after_failures are read
+    scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE
     if registry is not None:
-        register_scheduler(registry, scheduler)
+        register_scheduler(registry, scheduler, EntryFilter(metrics_entries))
     return scheduler
 
 

@@ -9,7 +9,9 @@ A heap holds one item per entry, its next due time, so a tick costs work in prop
 runs that are due, not to the number of entries.
 
 Every slot of every entry ends exactly once: published on time, published late (more than
-`misfire_grace` after it was due), or missed with a reason from `MissReason`.
+`misfire_grace` after it was due), or missed with a reason from `MissReason`. Missed slots are
+handed on as ranges (`beatd.history.MissedSlots`: first, last, how many), one per entry and
+reason in a decision, never one per slot: a catch-up after a year of downtime is one record.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from types import MappingProxyType
 from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
+from beatd.history import MissedSlots
 from beatd.schedules import IntervalSchedule, Schedule
 from beatd.schedules.window import WindowedSchedule
 from beatd.state import EntryState
@@ -63,12 +65,12 @@ class Decision(NamedTuple):
     previous: EntryState | None
     state: EntryState
     runs: tuple[Run, ...] = ()
-    missed: Mapping[MissReason, int] = MappingProxyType({})
+    missed: tuple[MissedSlots, ...] = ()  # at most one range per reason
     following: datetime | None = None  # the entry's first slot after this decision
 
     @property
     def due_count(self) -> int:
-        return len(self.runs) + sum(self.missed.values())
+        return len(self.runs) + sum(m.total for m in self.missed)
 
 
 def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Decision | None:
@@ -76,13 +78,16 @@ def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Deci
     position was lost with the backend's data. Counted as missed, never published (the old
     leader may have published some of them). At most `limit` are counted."""
     state = EntryState(entry.name, now, None, entry.identity)
-    count, slot = 0, entry.schedule.next_after(since)
+    count, first = 0, entry.schedule.next_after(since)
+    last = slot = first
     while slot is not None and slot <= now and count < limit:
         count += 1
-        slot = entry.schedule.next_after(slot)
+        last, slot = slot, entry.schedule.next_after(slot)
     if not count:
         return None
-    return Decision(entry, None, state, missed={MissReason.STATE_LOST: count})
+    assert first is not None and last is not None
+    missed = MissedSlots(entry.name, MissReason.STATE_LOST, first, last, count)
+    return Decision(entry, None, state, missed=(missed,))
 
 
 @dataclass(slots=True)
@@ -264,11 +269,16 @@ class Planner:
         elif entry.missed is MissedPolicy.CATCH_UP:
             reason = MissReason.BEYOND_CATCH_UP
         dropped = walk.overdue_count - len(walk.overdue)
-        missed = {reason: dropped} if dropped else {}
+        missed: tuple[MissedSlots, ...] = ()
+        if dropped:
+            assert walk.first_dropped is not None and walk.last_dropped is not None
+            missed = (
+                MissedSlots(entry.name, reason, walk.first_dropped, walk.last_dropped, dropped),
+            )
         if not walk.done:
             # As far as one tick goes: account for the slots known to be too old to publish,
             # and leave the newest `keep` overdue ones to be walked again at the next tick.
-            assert walk.last_dropped is not None
+            assert walk.last_dropped is not None  # a walk stops only after dropping
             new_state = EntryState(
                 entry.name, walk.last_dropped, state.last_published, entry.identity
             )
@@ -276,7 +286,8 @@ class Planner:
             return Decision(entry, state, new_state, (), missed, resume)
         runs: list[Run] = []
         if not entry.enabled:
-            missed = {reason: walk.overdue_count + len(walk.timely)}
+            total = walk.overdue_count + len(walk.timely)
+            missed = (MissedSlots(entry.name, reason, walk.first, walk.newest, total),)
         else:
             runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
             runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
@@ -293,14 +304,14 @@ class Planner:
         entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
         current, due = slot.next_slot, slot.next_due
         assert current is not None and due is not None
-        walk = _Walk(deque(maxlen=keep), newest=current)
+        walk = _Walk(deque(maxlen=keep), first=current, newest=current)
         limit = max(self.walk_limit, 2 * keep + 2)
         steps = 0
         arithmetic = _arithmetic_interval(schedule)
         while True:
             if now - due > grace:
                 if len(walk.overdue) == keep:
-                    walk.last_dropped = walk.overdue[0][0] if keep else current
+                    walk.dropped(walk.overdue[0][0] if keep else current)
                 walk.overdue.append((current, due))
                 walk.overdue_count += 1
             else:
@@ -311,6 +322,7 @@ class Planner:
                 skip = interval.count_between(current, min(now - grace - interval.every, last))
                 skip -= keep
                 if skip > 0:
+                    walk.dropped(walk.overdue[0][0] if walk.overdue else current + interval.every)
                     walk.overdue_count += skip
                     current += interval.every * skip
                     walk.newest = walk.last_dropped = current
@@ -387,12 +399,20 @@ class _Walk:
     """What walking one entry's due slots found."""
 
     overdue: deque[tuple[datetime, datetime]]  # the newest `keep` overdue (slot, due) pairs
+    first: datetime  # the slot the walk started from
     newest: datetime  # the newest slot walked
     timely: list[tuple[datetime, datetime]] = field(default_factory=list)
     overdue_count: int = 0
+    first_dropped: datetime | None = None  # the oldest overdue slot not kept
     last_dropped: datetime | None = None  # the newest overdue slot not kept
     following: datetime | None = None  # the first slot after the walk
     done: bool = True  # False: stopped at the walk limit before reaching now
+
+    def dropped(self, slot: datetime) -> None:
+        """`slot` is the newest overdue slot not kept (so far)."""
+        self.last_dropped = slot
+        if self.first_dropped is None:
+            self.first_dropped = slot
 
 
 WALK_LIMIT = 20_000
@@ -426,8 +446,8 @@ class RunCounts:
             if run.late:
                 counts[2] += 1
                 totals[2] += 1
-        for reason, count in decision.missed.items():
-            index = _MISSED_INDEX[reason]
+        for missed in decision.missed:
+            index, count = _MISSED_INDEX[missed.reason], missed.total
             counts[0] += count
             counts[index] += count
             totals[0] += count
@@ -447,4 +467,6 @@ class RunCounts:
         return self._totals[COUNT_FIELDS.index(field)]
 
 
-_MISSED_INDEX = {reason: COUNT_FIELDS.index(f"missed_{reason.value}") for reason in MissReason}
+_MISSED_INDEX: dict[str, int] = {
+    reason.value: COUNT_FIELDS.index(f"missed_{reason.value}") for reason in MissReason
+}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from beatd.config import Config
 from beatd.core import Decision
 
 
@@ -85,8 +86,15 @@ class SteppedDown:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopped:
+    """The loop ended (the daemon stops): the lease was given back, nothing more is published."""
+
+
+@dataclass(frozen=True, slots=True)
 class Adopted:
     """The planner was brought in line with the configuration and the persisted state."""
+
+    config: Config | None = None  # the configuration now led
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,7 @@ Event = (
     | ReloadFailed
     | BecameLeader
     | SteppedDown
+    | Stopped
     | Adopted
     | BackendDown
     | BackendUp

@@ -103,6 +103,7 @@ class RunRecord:
     attempts: tuple[Attempt, ...] = ()
     received_at: datetime | None = None  # Celery's task-received, if it arrived
     overdue_at: datetime | None = None  # when its deadline passed unfinished, if it did
+    audit: str | None = None  # the audit record of a manual or backfill run (beatd.controls)
 
     @property
     def status(self) -> str:

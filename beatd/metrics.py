@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -22,8 +22,10 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from beatd.backends.base import Lease, QueueAdmin, StateStore
+from beatd.celery_events import TASK_EVENTS, CeleryEventStats
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
+from beatd.entry_series import EntryFilter, HealthView, OverdueView, history_metrics
 from beatd.events import Event, Published, Totals
 from beatd.outcomes import WorkerStats
 from beatd.state import EntryState
@@ -58,6 +60,10 @@ class SchedulerView(Protocol):
     def counts(self) -> RunCounts: ...
     @property
     def planner(self) -> Planner: ...
+    @property
+    def deadlines(self) -> OverdueView: ...
+    @property
+    def health(self) -> HealthView: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -78,8 +84,9 @@ class WorkerView(Protocol):
 class SchedulerCollector(Collector):
     """Reads a scheduler at scrape time."""
 
-    def __init__(self, scheduler: SchedulerView) -> None:
+    def __init__(self, scheduler: SchedulerView, entries: EntryFilter | None = None) -> None:
         self.scheduler = scheduler
+        self.entries = entries or EntryFilter()
         self._states: Mapping[str, EntryState] = {}
         self._states_read = float("-inf")
         self._lock = threading.Lock()
@@ -138,11 +145,13 @@ class SchedulerCollector(Collector):
             "1 when the last reload succeeded (or none failed since start).",
             int(s.totals.last_reload_ok),
         )
-        yield from self._run_counts()
-        yield from self._entry_times()
+        shown = self.entries.shown(s.config)
+        yield from self._run_counts(shown)
+        yield from self._entry_times(shown)
+        yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
 
-    def _run_counts(self) -> Iterator[Metric]:
+    def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
         published = CounterMetricFamily("beatd_runs_published", "Runs published.", labels=["entry"])
         late = CounterMetricFamily(
@@ -155,6 +164,8 @@ class SchedulerCollector(Collector):
         )
         reasons = [(COUNT_FIELDS.index(f"missed_{r.value}"), r.value) for r in MissReason]
         for entry, counts in self.scheduler.counts.items():
+            if not shown(entry):
+                continue
             due.add_metric([entry], counts[0])
             published.add_metric([entry], counts[1])
             late.add_metric([entry], counts[2])
@@ -163,7 +174,7 @@ class SchedulerCollector(Collector):
                     missed.add_metric([entry, reason], counts[index])
         yield from (due, published, late, missed)
 
-    def _entry_times(self) -> Iterator[Metric]:
+    def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         s = self.scheduler
         next_due = GaugeMetricFamily(
             "beatd_next_due_timestamp_seconds",
@@ -178,6 +189,8 @@ class SchedulerCollector(Collector):
         leading = s.lease is not None
         states = {} if leading else self._persisted_states()
         for name, entry in s.config.entries.items():
+            if not shown(name):
+                continue
             if leading:
                 due, state = s.planner.next_due(name), s.planner.state(name)
             else:
@@ -227,9 +240,107 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def register_scheduler(registry: CollectorRegistry, scheduler: SchedulerView) -> None:
-    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`)."""
-    registry.register(SchedulerCollector(scheduler))
+def register_scheduler(
+    registry: CollectorRegistry, scheduler: SchedulerView, entries: EntryFilter | None = None
+) -> None:
+    """Add the scheduler's collector to `registry` (its publish delays: `PublishDelay`), its
+    per-entry series bounded by `entries`."""
+    registry.register(SchedulerCollector(scheduler, entries))
+
+
+class HistoryView(Protocol):
+    """The run history's health as a leader counts it (`beatd.retention.HistoryStats`)."""
+
+    @property
+    def runs(self) -> int | None: ...
+    @property
+    def missed(self) -> int | None: ...
+    @property
+    def trimmed(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+
+
+class HistoryCollector(Collector):
+    """The run history's size (while leading), what was trimmed and the refused writes."""
+
+    def __init__(self, stats: HistoryView) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        records = GaugeMetricFamily(
+            "beatd_history_records",
+            "Records the run history keeps, by kind (run, missed), as the leader last counted "
+            "them (after each trim); none on a standby.",
+            labels=["kind"],
+        )
+        for kind, count in (("run", stats.runs), ("missed", stats.missed)):
+            if count is not None:
+                records.add_metric([kind], count)
+        yield records
+        yield _counter(
+            "beatd_history_trimmed",
+            "Run-history records this node trimmed beyond the retention.",
+            stats.trimmed,
+        )
+        yield _counter(
+            "beatd_history_write_errors",
+            "Run-history writes the backend refused (trims, marks).",
+            stats.write_errors,
+        )
+
+
+def register_history(registry: CollectorRegistry, stats: HistoryView) -> None:
+    registry.register(HistoryCollector(stats))
+
+
+class CeleryEventsCollector(Collector):
+    """Reads what the leader's Celery event listener heard, at scrape time."""
+
+    def __init__(self, stats: CeleryEventStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        events = CounterMetricFamily(
+            "beatd_celery_events",
+            "Celery task events received from the workers (sent with -E), by type.",
+            labels=["type"],
+        )
+        for kind in TASK_EVENTS:
+            events.add_metric([kind], s.events[kind])
+        yield events
+        yield _gauge(
+            "beatd_celery_events_last_timestamp_seconds",
+            "When the last Celery task event was received (Unix time; 0: none yet).",
+            _ts(s.last_received_at) or 0.0,
+        )
+        yield _gauge(
+            "beatd_celery_events_listening",
+            "1 while this node is subscribed to Celery's task events (leading Celery entries).",
+            int(s.listening),
+        )
+        yield _counter(
+            "beatd_celery_runs_published",
+            "Runs published in Celery's protocol: each should bring task events back.",
+            s.published,
+        )
+        yield _counter(
+            "beatd_celery_events_undecodable",
+            "Messages on Celery's event channels that could not be read.",
+            s.undecodable,
+        )
+        yield _counter(
+            "beatd_celery_events_unrecorded",
+            "Task events of beatd's runs lost because the history could not be written.",
+            s.write_errors,
+        )
+
+
+def register_celery_events(registry: CollectorRegistry, stats: CeleryEventStats) -> None:
+    """Add the Celery event listener's collector to `registry`."""
+    registry.register(CeleryEventsCollector(stats))
 
 
 class PublishDelay:

@@ -1,7 +1,10 @@
-"""Copying run state (and dead letters) from one backend to another, e.g. SQLite to Redis.
+"""Copying run state, dead letters and the run history from one backend to another, e.g.
+SQLite to Redis.
 
 The source is only read, never changed; copying again adds nothing (states already on the
-target are kept, dead letters are keyed by run id), so an interrupted migration is run again.
+target are kept, dead letters and run records are keyed by run id, missed-slot records by entry,
+reason and first slot, and an entry's summary is replaced only by a newer one), so an
+interrupted migration is run again.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from beatd.backends.base import DeadLetter, LeaseStore, QueueAdmin, StateStore, StateWrite
+from beatd.backends.base import (
+    DeadLetter,
+    LeaseStore,
+    QueueAdmin,
+    RunHistory,
+    StateStore,
+    StateWrite,
+)
 from beatd.errors import BeatdError
 
 log = logging.getLogger(__name__)
@@ -23,16 +33,42 @@ QUEUED_REASON = (
 )
 
 
-class MigrationEnd(LeaseStore, StateStore, QueueAdmin, Protocol):
+class MigrationEnd(LeaseStore, StateStore, QueueAdmin, RunHistory, Protocol):
     """What a migration reads and writes on either side: the lease (nobody may lead), the
-    run state and the dead letters; no work queue."""
+    run state, the dead letters and the run history; no work queue."""
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationReport:
     states: int  # copied
     dead_letters: int  # copied
-    skipped: int  # states and dead letters the target already had, left as they are
+    skipped: int  # states, dead letters and records the target already had, left as they are
+    runs: int = 0  # run records copied
+    missed: int = 0  # missed-slot records copied
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCopy:
+    runs: int  # copied
+    missed: int  # copied
+    skipped: int  # run and missed records the target already held
+
+
+def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
+    """Copy every run record and missed-slot record, and each entry's summary, as they are;
+    what the target already holds is kept (`RunHistory.import_history`)."""
+    runs = seen = 0
+    for records in source.export_runs(batch):
+        seen += len(records)
+        runs += target.import_history(records)
+    missed = source.export_missed()
+    missed_copied = 0
+    for start in range(0, len(missed), batch):
+        missed_copied += target.import_history((), missed[start : start + batch])
+    summaries = list(source.summaries().values())
+    for start in range(0, len(summaries), batch):
+        target.import_history((), (), summaries[start : start + batch])
+    return HistoryCopy(runs, missed_copied, seen - runs + len(missed) - missed_copied)
 
 
 def migrate(
@@ -67,15 +103,23 @@ def migrate(
             skipped |= target.commit(lease, writes[start : start + 1000], [])
         letters = [*source.dead_letters(), *queued]
         copied = target.add_dead_letters(letters)
+        history = copy_history(source, target)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
-        len(states) - len(skipped), copied, len(skipped) + len(letters) - copied
+        len(states) - len(skipped),
+        copied,
+        len(skipped) + len(letters) - copied + history.skipped,
+        history.runs,
+        history.missed,
     )
     log.info(
-        "copied %d entry states and %d dead letters from %s to %s; skipped=%d",
+        "copied %d entry states, %d dead letters, %d run records and %d missed-slot records "
+        "from %s to %s; skipped=%d",
         report.states,
         report.dead_letters,
+        report.runs,
+        report.missed,
         source.url,
         target.url,
         report.skipped,

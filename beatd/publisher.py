@@ -37,12 +37,16 @@ from beatd.config import Entry
 from beatd.core import Decision, Planner, RunCounts
 from beatd.errors import BackendError, LeaseLost, NotApplied
 from beatd.events import Event, Published
+from beatd.history import RunKind
 from beatd.message import RunMessage, RunTemplate, format_slot, format_time, run_id
 from beatd.state import EntryState
 
 # the loop's log lines keep the logger name operators filter on
 log = logging.getLogger("beatd.scheduler")
 T = TypeVar("T")
+# a run published late was kept by its entry's `missed:` policy (run_once, catch_up): the
+# history says it was caught up, not published on its schedule
+SCHEDULED, CAUGHT_UP = RunKind.SCHEDULED, RunKind.CAUGHT_UP
 
 
 class EntryEncoder(Protocol):
@@ -96,8 +100,10 @@ class _BeatdRuns(NamedTuple):
         expires = format_time(published_at + expires_after) if expires_after else None
         render, destination = self.template.render, self.destination
         for run in decision.runs:
-            body = render(format_slot(run.slot), stamp, expires)
-            into.append(Outgoing(name, run_id(name, run.slot), destination, body))
+            slot = run.slot
+            body = render(format_slot(slot), stamp, expires)
+            kind = CAUGHT_UP if run.late else SCHEDULED
+            into.append(Outgoing(name, run_id(name, slot), destination, body, slot, run.due, kind))
 
 
 class CeleryEncoder:
@@ -134,7 +140,11 @@ class _CeleryRuns(NamedTuple):
                 headers=entry.headers,
             )
             body = celery_protocol.encode(message, origin=self.origin)
-            into.append(Outgoing(entry.name, message.id, self.destination, body))
+            kind = CAUGHT_UP if run.late else SCHEDULED
+            outgoing = Outgoing(
+                entry.name, message.id, self.destination, body, run.slot, run.due, kind
+            )
+            into.append(outgoing)
 
 
 class Round(NamedTuple):
@@ -189,7 +199,7 @@ class Publisher:
             for batch in chunks(planner.decide_due(self.clock.now()), self.batch_size):
                 asked = True
                 published_at = self.clock.now()
-                writes = [StateWrite(d.state, horizon(d.previous)) for d in batch]
+                writes = [StateWrite(d.state, horizon(d.previous), d.missed) for d in batch]
                 messages = self.messages(batch, published_at)
                 if sent is not None:
                     last, sent = sent, None
@@ -325,8 +335,8 @@ def _log_decision(decision: Decision) -> None:
             fields,
             extra=fields,
         )
-    for reason, count in decision.missed.items():
-        fields = {"entry": decision.entry.name, "reason": str(reason), "count": count}
+    for missed in decision.missed:
+        fields = {"entry": missed.entry, "reason": str(missed.reason), "count": missed.total}
         log.debug("missed entry=%(entry)s reason=%(reason)s count=%(count)d", fields, extra=fields)
 
 

@@ -21,6 +21,7 @@ from beatd.clock import Clock
 from beatd.config import Config
 from beatd.core import Planner, RunCounts
 from beatd.dataloss import DataLossRecovery
+from beatd.deadlines import Deadlines
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.events import (
     Adopted,
@@ -35,8 +36,10 @@ from beatd.events import (
     Status,
     Stepped,
     SteppedDown,
+    Stopped,
     Totals,
 )
+from beatd.failing import EntryHealth
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
 
@@ -71,7 +74,8 @@ class SchedulerSettings:
 
 class Scheduler:
     """The loop. Its parts: `Leadership` (the lease), `Adoption` (configuration and persisted
-    state into the planner), `Publisher` (decisions into commits), and the observers."""
+    state into the planner), `Publisher` (decisions into commits), `Deadlines` and
+    `EntryHealth` (the history judged while leading), and the observers."""
 
     def __init__(
         self,
@@ -88,7 +92,9 @@ class Scheduler:
         self.settings = settings = settings or SchedulerSettings()
         self._load_config = load_config
         self.config = config if config is not None else load_config()
-        self.observers = tuple(observers)
+        self.deadlines = Deadlines(backend, clock)
+        self.health = EntryHealth(backend, clock)
+        self.observers: tuple[Observer, ...] = (self.deadlines, self.health, *observers)
         self.totals = Totals()
         self.planner = Planner(settings.tick_budget)
         self.wake = threading.Event()
@@ -141,6 +147,7 @@ class Scheduler:
 
     def shutdown(self) -> None:
         self.leadership.release()
+        self._emit(Stopped())
 
     def step(self) -> float:
         """One round; returns the seconds to sleep before the next."""
@@ -175,6 +182,9 @@ class Scheduler:
             asked |= self.adoption.forget_expired(self.lease)
         if self.lease is not None:
             asked |= self._publish(self.lease)
+        if self.lease is not None and self._adopted:
+            asked |= self.deadlines.mark_passed(self.clock.now())
+            asked |= self.health.refresh(self.config.entries)
         return asked
 
     def _publish(self, lease: Lease) -> bool:
@@ -191,12 +201,13 @@ class Scheduler:
                 self._stepped_down()
                 return
             self.adoption.adopt(self.config, self.planner, lease)
+            self.deadlines.adopt(self.config.entries)
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
             return
         self._adopted = True
-        self._emit(Adopted())
+        self._emit(Adopted(self.config))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
@@ -204,9 +215,15 @@ class Scheduler:
             return self._retry_at - mono
         deadlines = [self.leadership.wake_at]
         if self.lease is not None:
-            for wake in (self.planner.next_wake(), self.adoption.removed.next_expiry()):
+            for wake in (
+                self.planner.next_wake(),
+                self.adoption.removed.next_expiry(),
+                self.deadlines.next_at(),
+            ):
                 if wake is not None:
                     deadlines.append(mono + (wake - self.clock.now()).total_seconds())
+            if (read := self.health.next_read()) is not None:
+                deadlines.append(read)
         if self.settings.watchdog_interval:
             deadlines.append(mono + self.settings.watchdog_interval / 2)
         return max(0.0, min(deadlines) - mono)

@@ -5,6 +5,13 @@ dead letter, release) and only then counts and logs the outcome, as one `task=..
 line. A write the backend refuses is kept as `Unsettled` and written again with backoff; its
 claim stays alive through the worker's heartbeats meanwhile, and its outcome is reported when
 the write finally lands (or logged as never written when the worker stops first).
+
+Each write carries the attempt's `Ending` for the run history, which the backend records in the
+same atomic step: the outcome in the worker's words, a failure's exception type and message
+(split from the reply's "Type: message", cut by `Ending.failure`), `reason=time_limit` for a
+time-limit kill, and the reason of a dead letter or a release. A crashed child settles nothing
+(its claim lapses), so its ending is only noted (`WorkQueue.note_ending`), once: a refused note
+is logged, not written again.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from beatd.backends.base import Delivery, WorkQueue
 from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.errors import BackendError
+from beatd.history import ERROR_LIMIT, TIME_LIMIT, Ending, cut
 from beatd.message import RunMessage
 from beatd.outcomes import Outcome, WorkerStats
 from beatd.pool import Reply
@@ -98,6 +106,21 @@ def over_time(run: StartedRun) -> str:
     return f"TimeLimitExceeded: ran over its time limit of {run.task.time_limit or 0:g}s"
 
 
+def failure(outcome: Outcome, error: str, reason: str = "") -> Ending:
+    """The ending of a failed attempt, from the worker's "Type: message" error text (just a
+    message when it names no type)."""
+    error_type, sep, message = error.partition(": ")
+    if not sep or " " in error_type:
+        error_type, message = "", error
+    return Ending.failure(outcome, error_type, message, reason)
+
+
+def said(outcome: Outcome, reason: str) -> Ending:
+    """The ending of an attempt that ended for a reason given in words (a dead letter, a
+    release, a crash)."""
+    return Ending(outcome, cut(reason, ERROR_LIMIT))
+
+
 class Settler:
     """Writes each run's outcome to the backend and reports it once the write is done."""
 
@@ -114,12 +137,14 @@ class Settler:
 
     def expired(self, delivery: Delivery, message: RunMessage) -> None:
         report = Report(delivery, message, Outcome.EXPIRED, {"deliveries": delivery.deliveries})
-        self._settle(lambda: self.backend.ack(delivery), report)
+        ending = Ending(Outcome.EXPIRED)
+        self._settle(lambda: self.backend.ack(delivery, ending), report)
 
     def rejected(self, delivery: Delivery, message: RunMessage | None, reason: str) -> None:
         fields = {"deliveries": delivery.deliveries, "reason": reason}
         report = Report(delivery, message, Outcome.DEAD_LETTERED, fields)
-        self._settle(lambda: self.backend.dead_letter(delivery, reason), report)
+        ending = said(Outcome.DEAD_LETTERED, reason)
+        self._settle(lambda: self.backend.dead_letter(delivery, reason, ending), report)
 
     # --- runs that started ------------------------------------------------------------------
 
@@ -127,33 +152,43 @@ class Settler:
         """Settle a run by its slot's reply."""
         if reply.status == "ok":
             report = self._report(run, Outcome.SUCCEEDED)
-            self._settle(lambda: self.backend.ack(run.delivery), report)
+            ending = Ending(Outcome.SUCCEEDED)
+            self._settle(lambda: self.backend.ack(run.delivery, ending), report)
         elif reply.status == "retry":
             self.failed(run, f"Retry: {reply.detail}", countdown=reply.countdown)
         elif run.timed_out and reply.detail.startswith("TimeLimitExceeded"):
-            self.failed(run, over_time(run), trace=reply.traceback)
+            self.failed(run, over_time(run), trace=reply.traceback, reason=TIME_LIMIT)
         else:
             self.failed(run, reply.detail, trace=reply.traceback)
 
     def failed(
-        self, run: StartedRun, error: str, countdown: float | None = None, trace: str = ""
+        self,
+        run: StartedRun,
+        error: str,
+        countdown: float | None = None,
+        trace: str = "",
+        reason: str = "",
     ) -> None:
-        """Retry the run while it has retries left, else dead-letter it."""
+        """Retry the run while it has retries left, else dead-letter it. `error` is
+        "Type: message"; `reason` goes to the history (TIME_LIMIT for a time-limit kill)."""
         attempt, task, delivery = run.message.attempt, run.task, run.delivery
         if attempt > task.max_retries:
-            reason = f"failed after {attempt} attempt(s): {error}"
-            report = self._report(run, Outcome.FAILED, trace, reason=reason)
-            self._settle(lambda: self.backend.dead_letter(delivery, reason), report)
+            why = f"failed after {attempt} attempt(s): {error}"
+            report = self._report(run, Outcome.FAILED, trace, reason=why)
+            ending = failure(Outcome.FAILED, error, reason)
+            self._settle(lambda: self.backend.dead_letter(delivery, why, ending), report)
             return
         delay = countdown if countdown is not None else task.retry_delay(attempt)
         body = run.message.next_attempt().to_json()
         report = self._report(run, Outcome.RETRIED, trace, retry_in=f"{delay:g}s", error=error)
-        self._settle(lambda: self.backend.retry(delivery, body, delay), report)
+        ending = failure(Outcome.RETRIED, error, reason)
+        self._settle(lambda: self.backend.retry(delivery, body, delay, ending), report)
 
     def crashed(self, run: StartedRun, how: str, max_deliveries: int) -> None:
-        """Its child died: nothing is written, the claim lapses and the run comes again."""
+        """Its child died: nothing is settled, the claim lapses and the run comes again; the
+        attempt's end is noted in the history."""
         if run.timed_out:
-            self.failed(run, f"{over_time(run)}; {how}")
+            self.failed(run, f"{over_time(run)}; {how}", reason=TIME_LIMIT)
             return
         reason = (
             f"{how}; delivered again after the visibility timeout, dead-lettered after "
@@ -162,12 +197,28 @@ class Settler:
         report = self._report(
             run, Outcome.CRASHED, deliveries=run.delivery.deliveries, reason=reason
         )
+        self._note(run.delivery, said(Outcome.CRASHED, how))
         report.emit(self.stats, self.clock.now())
 
     def released(self, run: StartedRun, reason: str) -> None:
         """Give the run back to its queue unfinished, for another worker to take."""
         report = self._report(run, Outcome.RELEASED, reason=reason)
-        self._settle(lambda: self.backend.release(run.delivery), report)
+        ending = said(Outcome.RELEASED, reason)
+        self._settle(lambda: self.backend.release(run.delivery, ending), report)
+
+    def _note(self, delivery: Delivery, ending: Ending) -> None:
+        """Record an attempt's end that settles nothing; once, whatever the backend says: the
+        claim lapses anyway, and the next claim ends the attempt as lost."""
+        try:
+            self.backend.note_ending(delivery, ending)
+        except BackendError as exc:
+            log.warning(
+                "id=%s outcome=%s not written to the run history (the next claim records the "
+                "attempt as lost): %s",
+                delivery.id,
+                ending.outcome,
+                exc,
+            )
 
     # --- writes the backend refused ---------------------------------------------------------
 

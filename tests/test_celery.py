@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,16 +21,20 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
 from beatd import celery_protocol
+from beatd.assemble import build_scheduler
 from beatd.backends.base import CeleryQueue, Lease, Outgoing, StateWrite
 from beatd.backends.redis import RedisBackend
+from beatd.celery_listener import CeleryEvents
 from beatd.cli import main
-from beatd.clock import FakeClock
+from beatd.clock import FakeClock, SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
 from beatd.errors import LeaseLost
+from beatd.history import HistoryQuery
 from beatd.message import RunMessage
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import OnceSchedule
@@ -394,3 +399,173 @@ def test_beatd_never_imports_celery_or_kombu() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+EVENTS_APP = """
+import os
+from celery import Celery
+
+app = Celery("events_app", broker=os.environ["BROKER"])
+app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
+
+@app.task(name="tasks.ok")
+def ok():
+    return "done"
+
+@app.task(name="tasks.fail")
+def fail():
+    raise ValueError("the report is empty")
+
+@app.task(name="tasks.flaky", bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self):
+    if self.request.retries < 1:
+        raise self.retry(exc=ConnectionError("db down"))
+    return "second time lucky"
+"""
+
+
+def start_events_worker(tmp_path: Path, url: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A stock Celery worker that sends task events (-E), as `celery -A app worker -E` runs."""
+    (tmp_path / "events_app.py").write_text(EVENTS_APP)
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "BROKER": url, "PYTHONPATH": str(tmp_path)}
+    args = [CELERY, "-A", "events_app", "worker", "-E", "-Q", "celery", "-P", "solo", "-c", "1"]
+    args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
+    args += ["--logfile", str(log), "-n", "w1@test"]
+    worker = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    wait_for(lambda: "ready." in _tail(log), 30, f"the worker to be ready:\n{_tail(log)}")
+    return worker, log
+
+
+def celery_entry(name: str, task: str, at: datetime) -> Entry:
+    return Entry(name=name, task=task, schedule=OnceSchedule(at), queue="celery", protocol="celery")
+
+
+def test_a_stock_celery_workers_outcomes_are_in_the_history(tmp_path: Path, redis_url: str) -> None:
+    worker, log = start_events_worker(tmp_path, redis_url)
+    backend = RedisBackend(redis_url)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    entries = [
+        celery_entry("report", "tasks.ok", due),
+        celery_entry("broken", "tasks.fail", due),
+        celery_entry("flaky", "tasks.flaky", due),
+    ]
+    cfg = Config({e.name: e for e in entries})
+    registry = CollectorRegistry()
+    settings = SchedulerSettings(node="n1", lease_ttl=10, max_clock_skew=5)
+    beat = build_scheduler(backend, cfg, lambda: cfg, SystemClock(), settings, registry=registry)
+    [events] = [o for o in beat.observers if isinstance(o, CeleryEvents)]
+    stop = threading.Event()
+    loop = threading.Thread(target=beat.run, args=(stop,))
+    loop.start()
+    ids = {e.name: f"{e.name}@{due:%Y-%m-%dT%H:%M:%SZ}" for e in entries}
+    try:
+        wait_for(lambda: events.listener.stats.listening, 10, "the leader to listen")
+        # tasks beatd did not publish: a UUID, and an id of beatd's shape it never published
+        app = Celery("foreign", broker=redis_url)
+        app.send_task("tasks.ok", task_id="0b1e6a3c-9d43-4d7e-a6a7-1c2d3e4f5a6b")
+        app.send_task("tasks.ok", task_id="ghost@2026-01-01T00:00:00Z")
+
+        def finished() -> bool:
+            return all((r := backend.run(i)) is not None and r.finished for i in ids.values())
+
+        try:
+            wait_for(finished, 30, "three finished runs")
+        except AssertionError:  # say what was heard and what the worker did
+            raise AssertionError(f"{events.listener.stats}\nworker log:\n{_tail(log)}") from None
+        wait_for(lambda: events.listener.stats.events["task-succeeded"] >= 4, 10, "the rest")
+    finally:
+        stop.set()
+        beat.wake.set()
+        loop.join(20)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    report, broken, flaky = (backend.run(ids[name]) for name in ("report", "broken", "flaky"))
+    assert report is not None and broken is not None and flaky is not None
+    assert (report.status, report.celery, report.received_at is not None) == (
+        "succeeded",
+        True,
+        True,
+    )
+    [attempt] = report.attempts
+    assert (attempt.number, attempt.consumer, attempt.host, attempt.pid) == (
+        1,
+        "w1@test",
+        "test",
+        worker.pid,
+    )
+    assert attempt.ended_at is not None and report.published_at <= attempt.ended_at
+    assert attempt.started_at <= attempt.ended_at
+    assert broken.status == "failed"
+    assert [(a.outcome, a.error_type, a.error) for a in broken.attempts] == [
+        ("failed", "ValueError", "the report is empty")
+    ]
+    assert flaky.status == "succeeded"
+    assert [(a.number, a.outcome, a.error_type, a.error) for a in flaky.attempts] == [
+        (1, "retried", "ConnectionError", "db down"),
+        (2, "succeeded", "", ""),
+    ]
+    assert backend.run("ghost@2026-01-01T00:00:00Z") is None
+    assert {r.id for r in backend.runs(HistoryQuery(limit=100))} == set(ids.values())
+    assert backend.summaries()["broken"].consecutive_failures == 1
+
+    def events_of(kind: str) -> float | None:
+        return registry.get_sample_value("beatd_celery_events_total", {"type": kind})
+
+    assert [events_of(f"task-{k}") for k in ("failed", "retried", "revoked")] == [1, 1, 0]
+    assert (events_of("task-succeeded") or 0) >= 4  # the two foreign tasks' too
+    assert registry.get_sample_value("beatd_celery_runs_published_total") == 3
+    assert not events.listener.running  # stopped with the loop
+    backend.close()
+
+
+def test_beatd_run_records_a_stock_workers_outcomes(tmp_path: Path, redis_url: str) -> None:
+    """The daemon as deployed: `beatd run` and `celery worker -E`, two real processes."""
+    worker, log = start_events_worker(tmp_path, redis_url)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "celery.yaml").write_text(
+        "queues:\n  celery: {protocol: celery}\nentries:\n"
+        + "".join(
+            f"  {name}:\n    task: {task}\n    at: '{due.isoformat()}'\n    queue: celery\n"
+            for name, task in (
+                ("good", "tasks.ok"),
+                ("bad", "tasks.fail"),
+                ("again", "tasks.flaky"),
+            )
+        )
+    )
+    run_log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "beatd", "run", "--broker", redis_url, "-s", str(schedules)]
+    argv += ["--no-watch", "--metrics-addr", "127.0.0.1:0", "--node", "n1"]
+    with run_log.open("wb") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    backend = RedisBackend(redis_url)
+    ids = [f"{name}@{due:%Y-%m-%dT%H:%M:%SZ}" for name in ("good", "bad", "again")]
+    try:
+
+        def statuses() -> list[str | None]:
+            return [(r.status if r is not None else None) for r in map(backend.run, ids)]
+
+        try:
+            wait_for(lambda: statuses() == ["succeeded", "failed", "succeeded"], 40)
+        except AssertionError:
+            raise AssertionError(
+                f"{statuses()}\nbeatd run:\n{_tail(run_log)}\nworker:\n{_tail(log)}"
+            ) from None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    again = backend.run(ids[2])
+    assert again is not None
+    assert [(a.number, a.outcome, a.consumer) for a in again.attempts] == [
+        (1, "retried", "w1@test"),
+        (2, "succeeded", "w1@test"),
+    ]
+    said = _tail(run_log)
+    assert "listening to Celery's task events on" in said
+    assert "stopped listening to Celery's task events" in said
+    backend.close()

@@ -6,6 +6,7 @@ import importlib
 import json
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -13,8 +14,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from beatd.backends.base import BeatdQueue, Outgoing
+from beatd.backends.memory import discard
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import common, main
+from beatd.cli.run import parse_run_settings
+from beatd.entry_series import EntrySeries
+from beatd.history import HistoryQuery, Retention
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +53,7 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("dead", "list"),
         ("dead", "retry"),
         ("diff",),
+        ("history",),
         ("migrate",),
         ("next",),
         ("run",),
@@ -500,6 +507,58 @@ def test_the_shared_flags_arrive_as_settings(monkeypatch: pytest.MonkeyPatch) ->
         common.BackendSettings("redis://127.0.0.1:1/0", "staging"),
         common.LogSettings("debug", "json"),
     ]
+
+
+def test_history_flag_is_folded_into_the_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[common.BackendSettings] = []
+
+    @click.command()
+    @common.backend_options
+    @common.history_option
+    def probe(backend: common.BackendSettings) -> None:
+        seen.append(backend)
+
+    url = ["--broker", "memory://flags"]
+    assert CliRunner().invoke(probe, url).exit_code == 0
+    assert CliRunner().invoke(probe, [*url, "--no-history"]).exit_code == 0
+    monkeypatch.setenv("BEATD_HISTORY", "false")
+    assert CliRunner().invoke(probe, url).exit_code == 0
+    assert CliRunner().invoke(probe, [*url, "--history"]).exit_code == 0
+    assert [s.history for s in seen] == [True, False, False, True]
+    assert {(s.url, s.namespace) for s in seen} == {("memory://flags", "beatd")}
+
+
+def test_without_history_the_opened_backend_writes_none() -> None:
+    for history in (True, False):
+        discard("no-history")
+        backend = common.open_broker(common.BackendSettings("memory://no-history", "b", history))
+        lease = backend.acquire_lease("n", 60)
+        assert lease is not None
+        slot = datetime(2026, 3, 1, tzinfo=UTC)
+        backend.commit(lease, [], [Outgoing("a", "a@1", BeatdQueue("q"), "{}", slot, slot)])
+        assert len(backend.runs(HistoryQuery())) == (1 if history else 0)
+    discard("no-history")
+
+
+def test_run_parses_the_retention_flags() -> None:
+    flags = {"lease_ttl": "10s", "node": "n", "watch": False, "max_clock_skew": "1s"}
+    flags |= {"removed_grace": "1h", "metrics_addr": "off", "with_worker": False}
+    flags |= {"metrics_entries": "none"}
+    settings = parse_run_settings(
+        **flags, history_keep=5, history_max_age="1h", history_max_records=100
+    )
+    assert settings.retention == Retention(5, timedelta(hours=1), 100)
+    assert settings.metrics_entries is EntrySeries.NONE
+
+
+def test_run_refuses_a_bad_history_age_before_it_starts(tmp_path: Path) -> None:
+    code, out, err = beatd("run", "--broker", "memory://bad", "--history-max-age", "soon")
+    assert (code, out, err) == (
+        2,
+        "",
+        "beatd: --history-max-age: cannot read 'soon' as a duration: use a number of seconds "
+        "or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)\n",
+    )
 
 
 def test_a_celery_config_alone_reads_no_default_schedules_directory(

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beatd.config.model import Entry, MissedPolicy
-from beatd.core import Decision, MissReason, Planner, RemovedEntries
+from beatd.core import Decision, MissReason, Planner, RemovedEntries, RunCounts, state_lost
+from beatd.history import MissedSlots
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 from beatd.state import EntryState
 
@@ -35,6 +36,7 @@ class Store:
     states: dict[str, EntryState] = field(default_factory=dict)
     published: list[tuple[str, datetime, bool]] = field(default_factory=list)
     missed: Counter[tuple[str, MissReason]] = field(default_factory=Counter)
+    ranges: list[MissedSlots] = field(default_factory=list)
 
     def baseline(self, states: list[EntryState]) -> None:
         self.states.update((state.entry, state) for state in states)
@@ -44,8 +46,11 @@ class Store:
             assert self.states.get(d.entry.name) == d.previous
             self.states[d.entry.name] = d.state
             self.published += [(r.entry.name, r.slot, r.late) for r in d.runs]
-            for reason, n in d.missed.items():
-                self.missed[(d.entry.name, reason)] += n
+            assert len({m.reason for m in d.missed}) == len(d.missed), "one range per reason"
+            for m in d.missed:
+                assert m.entry == d.entry.name
+                self.missed[(d.entry.name, MissReason(m.reason))] += m.total
+            self.ranges += d.missed
 
 
 def named(*entries: Entry) -> dict[str, Entry]:
@@ -335,6 +340,13 @@ def test_every_slot_ends_exactly_once(
         assert published == sorted(set(published)), "a slot was published twice"
         assert set(published) <= set(expected)
         assert len(published) + missed == len(expected), "a slot was lost or counted twice"
+        # each missed range spans exactly its slots, none of them published, none in two ranges
+        covered: list[datetime] = []
+        for m in (m for m in store.ranges if m.entry == entry.name):
+            inside = [t for t in expected if m.first <= t <= m.last]
+            assert (inside[0], inside[-1], len(inside)) == (m.first, m.last, m.total)
+            covered += inside
+        assert sorted(covered + published) == expected
 
 
 def test_removed_entries_are_kept_for_the_grace_from_when_first_seen_absent() -> None:
@@ -352,3 +364,143 @@ def test_removed_entries_are_kept_for_the_grace_from_when_first_seen_absent() ->
     # a new leadership starts every clock again
     assert removed.expired(["c"], t0 + timedelta(hours=2), epoch=2) == []
     assert removed.next_expiry() == t0 + timedelta(hours=3)
+
+
+# --- missed slots as ranges: one per entry and reason, never one per slot -----------------------
+
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+G = timedelta(seconds=10)  # the misfire grace: a slot more than this late is overdue
+
+
+def _down(entry: Entry, downtime: timedelta, walk_limit: int | None = None) -> list[Decision]:
+    """Start `entry` at T0, restart it after `downtime` and decide until it is caught up."""
+    store = Store()
+    start([entry], store, T0)
+    now = T0 + downtime
+    planner = start([entry], store, now, walk_limit)
+    decisions: list[Decision] = []
+    while planner.next_wake() is not None and planner.next_wake() <= now:  # type: ignore[operator]
+        decisions += tick(planner, store, now)
+    return decisions
+
+
+def _missed(decisions: list[Decision]) -> list[MissedSlots]:
+    return [m for d in decisions for m in d.missed]
+
+
+@pytest.mark.parametrize(
+    ("entry", "downtime", "ranges"),
+    [
+        (
+            every("a", 60, missed=MissedPolicy.SKIP, misfire_grace=G),
+            10 * M + timedelta(seconds=30),
+            [("skipped", T0 + M, T0 + 10 * M, 10)],
+        ),
+        (
+            every("a", 60, missed=MissedPolicy.RUN_ONCE, misfire_grace=G),
+            10 * M + timedelta(seconds=30),
+            [("skipped", T0 + M, T0 + 9 * M, 9)],
+        ),
+        (
+            every("a", 60, missed=MissedPolicy.CATCH_UP, max_catch_up=5, misfire_grace=G),
+            10 * M + timedelta(seconds=30),
+            [("beyond_catch_up", T0 + M, T0 + 5 * M, 5)],
+        ),
+        (
+            every("a", 60, missed=MissedPolicy.CATCH_UP, max_catch_up=100, misfire_grace=G),
+            10 * M + timedelta(seconds=30),
+            [],
+        ),
+        (
+            every("a", 60, enabled=False, misfire_grace=G),
+            10 * M + timedelta(seconds=30),
+            [("disabled", T0 + M, T0 + 10 * M, 10)],
+        ),
+        (  # a year of downtime: the gap is counted, not walked, and is still one range
+            every("a", 60, missed=MissedPolicy.RUN_ONCE, misfire_grace=G),
+            timedelta(days=365, seconds=30),
+            [("skipped", T0 + M, T0 + timedelta(days=365) - M, 525_599)],
+        ),
+        (
+            every("a", 60, missed=MissedPolicy.CATCH_UP, max_catch_up=3, misfire_grace=G),
+            timedelta(days=365, seconds=30),
+            [("beyond_catch_up", T0 + M, T0 + timedelta(days=365) - 3 * M, 525_597)],
+        ),
+        (
+            every("a", 60, enabled=False, misfire_grace=G),
+            timedelta(days=365, seconds=30),
+            [("disabled", T0 + M, T0 + timedelta(days=365), 525_600)],
+        ),
+        (
+            cron("a", "*/5 * * * *", missed=MissedPolicy.SKIP, misfire_grace=G),
+            timedelta(hours=1, seconds=30),
+            [("skipped", T0 + 5 * M, T0 + 60 * M, 12)],
+        ),
+        (  # a misfire grace keeps the newest slot on time: it is published, not missed
+            every("a", 60, missed=MissedPolicy.SKIP, misfire_grace=2 * M),
+            10 * M + timedelta(seconds=30),
+            [("skipped", T0 + M, T0 + 8 * M, 8)],
+        ),
+    ],
+    ids=[
+        "skip",
+        "run_once",
+        "catch_up_beyond_max",
+        "catch_up_within_max",
+        "disabled",
+        "run_once_year_arithmetic",
+        "catch_up_year_arithmetic",
+        "disabled_year_arithmetic",
+        "cron_walked",
+        "skip_keeps_the_timely_slots",
+    ],
+)
+def test_missed_slots_are_one_range_per_reason(
+    entry: Entry, downtime: timedelta, ranges: list[tuple[str, datetime, datetime, int]]
+) -> None:
+    missed = _missed(_down(entry, downtime))
+    assert missed == [MissedSlots("a", *r) for r in ranges]
+    assert all(isinstance(m.reason, MissReason) for m in missed)
+
+
+def test_a_walk_cut_at_its_limit_misses_adjacent_ranges_tick_after_tick() -> None:
+    # a cron entry is walked slot by slot: with a limit of 3 per tick, a 20-minute gap takes
+    # several decisions, each one range, together every slot once
+    entry = cron("a", "* * * * *", missed=MissedPolicy.SKIP, misfire_grace=G)
+    missed = _missed(_down(entry, 20 * M + timedelta(seconds=30), walk_limit=3))
+    assert len(missed) > 1
+    assert [m.first for m in missed] == [T0 + M, *(m.last + M for m in missed[:-1])]
+    assert (missed[-1].last, sum(m.total for m in missed)) == (T0 + 20 * M, 20)
+    assert {m.reason for m in missed} == {MissReason.SKIPPED}
+
+
+def test_lost_state_is_one_range_from_the_last_intact_moment() -> None:
+    decision = state_lost(every("a", 60), T0, T0 + 30 * M + timedelta(seconds=5), limit=1000)
+    assert decision is not None and decision.runs == ()
+    assert decision.missed == (MissedSlots("a", "state_lost", T0 + M, T0 + 30 * M, 30),)
+    capped = state_lost(every("a", 60), T0, T0 + 30 * M, limit=7)
+    assert capped is not None
+    assert capped.missed == (MissedSlots("a", "state_lost", T0 + M, T0 + 7 * M, 7),)
+    assert state_lost(every("a", 60), T0, T0 + timedelta(seconds=59), limit=7) is None
+
+
+def test_run_counts_add_the_ranges_by_reason() -> None:
+    counts = RunCounts()
+    for decision in _down(
+        every("a", 60, missed=MissedPolicy.RUN_ONCE, misfire_grace=G), 10 * M + 30 * S
+    ):
+        counts.add(decision)
+    lost = state_lost(every("a", 60), T0, T0 + 3 * M, limit=100)
+    assert lost is not None
+    counts.add(lost)
+    assert counts.get("a") == {
+        "due": 13,
+        "published": 1,
+        "late": 1,
+        "missed_skipped": 9,
+        "missed_beyond_catch_up": 0,
+        "missed_disabled": 0,
+        "missed_state_lost": 3,
+    }
+    assert counts.total("missed_skipped") == 9

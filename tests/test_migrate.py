@@ -21,6 +21,7 @@ from beatd.backends.base import StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
+from beatd.history import HistoryQuery
 from tests.backends.contract import message, state
 from tests.redis_server import RedisServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
@@ -47,6 +48,14 @@ def target(server: RedisServer) -> Iterator[RedisBackend]:
     backend = RedisBackend(server.url)
     yield backend
     backend.close()
+
+
+def copied_line(states: int, letters: int, skipped: int, runs: int = 0, missed: int = 0) -> str:
+    """What `beatd migrate` prints when it is done."""
+    return (
+        f"copied {states} state(s), {letters} dead letter(s), {runs} run record(s), {missed} "
+        f"missed-slot record(s); skipped {skipped} already on the target\n"
+    )
 
 
 def beatd(*args: str) -> tuple[int, str, str]:
@@ -88,7 +97,7 @@ def test_moves_states_and_dead_letters_and_keeps_what_the_target_has(
     code, out, err = beatd("migrate", "--from", source, "--to", server.url)
 
     assert (code, err) == (0, "")
-    assert out == "copied 1 state(s), 1 dead letter(s); skipped 1 already on the target\n"
+    assert out == copied_line(1, 1, 1)
     assert target.load_states() == {"e": state("e", 3, 2), "f": state("f", 9)}
     dead = [("e@2026-03-01T12:03:00Z", "default", '{"id": "e@2026-03-01T12:03:00Z"}', "boom", 1)]
     assert [(d.id, d.queue, d.body, d.reason, d.deliveries) for d in target.dead_letters()] == dead
@@ -118,12 +127,12 @@ def test_migrating_twice_copies_nothing_twice_and_a_retry_queues_each_run_once(
 
     assert first == (
         0,
-        "copied 1 state(s), 2 dead letter(s); skipped 0 already on the target\n",
+        copied_line(1, 2, 0),
         "",
     )
     assert again == (
         0,
-        "copied 0 state(s), 0 dead letter(s); skipped 3 already on the target\n",
+        copied_line(0, 0, 3),
         "",
     )
     assert beatd("dead", "retry", "--all", "--broker", target_url)[:2] == (
@@ -160,12 +169,12 @@ def test_a_dead_letter_whose_bytes_are_not_utf8_is_copied_byte_for_byte(
 
     assert (result.exit_code, result.stdout) == (
         0,
-        "copied 0 state(s), 1 dead letter(s); skipped 0 already on the target\n",
+        copied_line(0, 1, 0),
     ), result.exception
     again = CliRunner().invoke(main, ["migrate", "--from", source, "--to", target_url])
     assert (again.exit_code, again.stdout) == (  # its id is matched exactly: not copied twice
         0,
-        "copied 0 state(s), 0 dead letter(s); skipped 1 already on the target\n",
+        copied_line(0, 0, 1),
     ), again.exception
     if to == "redis":
         ((_, fields),) = redis.Redis.from_url(server.url).xrange("beatd:dead")
@@ -257,8 +266,8 @@ def test_runs_queued_in_a_damaged_file_are_copied_as_dead_letters_when_asked(
 
     assert (code, out, err) == (
         0,
-        "copied 0 state(s), 3 dead letter(s); skipped 0 already on the target\n"
-        "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
+        copied_line(0, 3, 0)
+        + "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
         "with `beatd dead retry ID` or `--all`\n",
         "",
     )
@@ -271,8 +280,8 @@ def test_runs_queued_in_a_damaged_file_are_copied_as_dead_letters_when_asked(
     again = beatd("migrate", "--from", source, "--to", server.url, flag)
     assert again == (
         0,
-        "copied 0 state(s), 0 dead letter(s); skipped 3 already on the target\n"
-        "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
+        copied_line(0, 0, 3)
+        + "3 queued run(s) read as dead letters: see them with `beatd dead list` and run them "
         "with `beatd dead retry ID` or `--all`\n",
         "",
     )
@@ -356,7 +365,15 @@ def test_sqlite_to_redis_end_to_end_neither_repeats_nor_skips_a_slot(
         timeout=30,
     )
     assert (copied.returncode, copied.stderr) == (0, "")
-    assert copied.stdout == "copied 1 state(s), 0 dead letter(s); skipped 0 already on the target\n"
+    # the history comes along: each run taken on SQLite, finished there
+    assert copied.stdout == copied_line(1, 0, 0, runs=len(done))
+    target = RedisBackend(server.url)
+    try:
+        runs = target.runs(HistoryQuery(limit=100))
+    finally:
+        target.close()
+    assert sorted(run.slot for run in runs) == sorted(done)
+    assert {run.status for run in runs} == {"succeeded"}
     # the copy takes a while: at least two slots come due meanwhile, to be caught up on Redis
     gap_ends = max(done) + timedelta(seconds=2.5)
     time.sleep(max(0.0, (gap_ends - datetime.now(UTC)).total_seconds()))

@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
+from beatd.history import HistoryQuery
 from beatd.message import RunMessage
 from tests.redis_server import free_port
 from tests.test_daemon import query
@@ -65,6 +66,14 @@ SCHEDULER_METRICS = {
     "beatd_config_last_reload_success",
     "beatd_backend_up",
     "beatd_backend_data_lost_total",
+    "beatd_history_records",
+    "beatd_history_trimmed_total",
+    "beatd_history_write_errors_total",
+    "beatd_runs_overdue_total",
+    "beatd_entry_failing",
+    "beatd_entry_last_duration_seconds",
+    "beatd_entry_last_succeeded_timestamp_seconds",
+    "beatd_entry_last_failed_timestamp_seconds",
 }
 WORKER_METRICS = {
     "beatd_tasks_total",
@@ -73,6 +82,16 @@ WORKER_METRICS = {
     "beatd_task_duration_seconds",
     "beatd_queue_depth",
     "beatd_dead_letters",
+}
+
+# the leader's Celery event listener (on Redis)
+CELERY_METRICS = {
+    "beatd_celery_events_total",
+    "beatd_celery_events_last_timestamp_seconds",
+    "beatd_celery_events_listening",
+    "beatd_celery_runs_published_total",
+    "beatd_celery_events_undecodable_total",
+    "beatd_celery_events_unrecorded_total",
 }
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
@@ -509,7 +528,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [13]
+    assert [len(group["rules"]) for group in groups["groups"]] == [16]
 
 
 @needs_promtool
@@ -540,8 +559,34 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS
+    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}
     assert used - documented == set()
+
+
+def test_a_deadline_passed_while_no_worker_runs(
+    tmp_path: Path, launch: Callable[..., Proc]
+) -> None:
+    """A real `beatd run` and no worker: each run of an entry with `deadline: 1s` is marked
+    overdue in the history at its due time plus 1 s, counted and logged."""
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text("entries:\n  tick: {task: t.tick, every: 1s, deadline: 1s}\n")
+    a = launch("run", "a", "-s", str(schedule), "--no-watch")
+    wait_for(
+        lambda: value(a.scrape(), "beatd_runs_overdue_total", entry="tick") >= 2,
+        what="two runs marked overdue",
+    )
+    assert a.stop() == 0
+    backend = SQLiteBackend(tmp_path / "db")
+    try:
+        marked = [r for r in backend.runs(HistoryQuery(entry="tick")) if r.overdue_at]
+    finally:
+        backend.close()
+    assert len(marked) >= 2
+    assert all(r.overdue_at == r.due + SECOND and r.status == "overdue" for r in marked)
+    lines = re.findall(r"run overdue entry=tick slot=(\S+) deadline=(\S+):", a.text())
+    assert {(slot, deadline) for slot, deadline in lines} >= {
+        (r.slot.strftime("%Y-%m-%dT%H:%M:%SZ"), (r.due + SECOND).isoformat()) for r in marked
+    }

@@ -13,10 +13,11 @@ from beatd.backends.base import BeatdQueue, CeleryQueue, Lease, Outgoing, StateW
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
-from beatd.config.model import Entry
-from beatd.core import Planner
+from beatd.config.model import Entry, MissedPolicy
+from beatd.core import MissReason, Planner
 from beatd.errors import NotApplied, OutcomeUnknown
 from beatd.events import Event, Published
+from beatd.history import MissedSlots, RunKind
 from beatd.publisher import Publisher
 from beatd.schedules import IntervalSchedule
 
@@ -33,10 +34,12 @@ class FailingOnce(SQLiteBackend):
     (OutcomeUnknown, a reply lost)."""
 
     fault: type[Exception] | None = None
+    sent: list[tuple[Sequence[StateWrite], Sequence[Outgoing]]]
 
     def send_commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> Callable[[], set[str]]:
+        self.sent = [*getattr(self, "sent", []), (writes, messages)]
         fault, self.fault = self.fault, None
         if fault is NotApplied:
             raise NotApplied("injected: refused before writing")
@@ -109,6 +112,46 @@ def test_each_destination_gets_its_own_encoding(backend: FailingOnce, clock: Fak
     envelope = json.loads(theirs.body)
     assert envelope["headers"]["id"] == theirs.id == "theirs@2026-03-01T12:00:10Z"
     assert envelope["headers"]["origin"] == "beatd@n"
+
+
+def test_each_run_carries_its_slot_due_time_and_kind_for_the_history(
+    backend: FailingOnce, clock: FakeClock
+) -> None:
+    jitter = timedelta(seconds=5)
+    ours, theirs = every("ours", 10, jitter=jitter), every("theirs", 10, protocol="celery")
+    setup = Setup(backend, clock, ours, theirs)
+    clock.advance(15)
+    batch = list(setup.planner.decide_due(clock.now()))
+    slot = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    messages = setup.publisher.messages(batch, clock.now())
+    assert sorted((m.entry, m.slot, m.due, m.kind) for m in messages) == [
+        ("ours", slot, slot + ours.jitter_for(slot), RunKind.SCHEDULED),
+        ("theirs", slot, slot, RunKind.SCHEDULED),
+    ]
+    assert timedelta(0) < ours.jitter_for(slot) < jitter  # the due time is not the slot's
+
+
+def test_a_run_kept_by_the_missed_policy_is_caught_up_and_the_rest_are_one_missed_range(
+    backend: FailingOnce, clock: FakeClock
+) -> None:
+    policy = {"missed": MissedPolicy.RUN_ONCE, "misfire_grace": timedelta(seconds=1)}
+    setup = Setup(backend, clock, every("tick", 10, **policy))
+    clock.advance(30)
+    assert backend.renew_lease(setup.lease, 60.0)
+    clock.advance(35)  # stalled: 12:00:10 ... 12:01:00 are all more than the grace late
+    setup.publish()
+    ((writes, messages),) = backend.sent
+    assert [(m.id, m.kind) for m in messages] == [("tick@2026-03-01T12:01:00Z", RunKind.CAUGHT_UP)]
+    first, last = (datetime(2026, 3, 1, 12, 0, s, tzinfo=UTC) for s in (10, 50))
+    assert [w.missed for w in writes] == [
+        (MissedSlots("tick", MissReason.SKIPPED, first, last, 5),)
+    ]
+    # Celery's encoder says so too
+    backend.release_lease(setup.lease)
+    celery = Setup(backend, clock, every("theirs", 10, protocol="celery", **policy))
+    batch = list(celery.planner.decide_due(clock.now()))
+    (message,) = celery.publisher.messages(batch, clock.now())
+    assert (message.id, message.kind) == ("theirs@2026-03-01T12:01:00Z", RunKind.CAUGHT_UP)
 
 
 def test_a_refused_commit_counts_nothing_and_is_decided_again(

@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 
-from beatd.backends.base import BeatdQueue, Delivery, Outgoing
+from beatd.backends.base import BeatdQueue, Delivery, Outgoing, StateWrite
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.errors import TransientBackendError
+from beatd.history import ERROR_LIMIT, LOST, Ending
 from beatd.message import RunMessage
 from beatd.pool import Reply
 from beatd.settling import Outcome, Settler, WorkerStats
+from beatd.state import EntryState
 from beatd.tasks import Task
 
 START = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -48,20 +50,17 @@ class FailingWrites(SQLiteBackend):
             self.failures -= 1
             raise TransientBackendError(f"{self.path}: database or disk is full")
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._maybe_fail()
-        super().ack(delivery)
+        super().ack(delivery, ending)
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         self._maybe_fail()
-        super().dead_letter(delivery, reason)
+        super().dead_letter(delivery, reason, ending)
 
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[FailingWrites]:
-    handle = FailingWrites(tmp_path / "beatd.db")
-    yield handle
-    handle.close()
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        self._maybe_fail()
+        super().note_ending(delivery, ending)
 
 
 @pytest.fixture
@@ -69,9 +68,25 @@ def clock() -> FakeClock:
     return FakeClock(START)
 
 
-def claimed(backend: SQLiteBackend, attempt: int = 1) -> tuple[Delivery, RunMessage]:
+@pytest.fixture
+def backend(tmp_path: Path, clock: FakeClock) -> Iterator[FailingWrites]:
+    handle = FailingWrites(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    yield handle
+    handle.close()
+
+
+def claimed(
+    backend: SQLiteBackend, attempt: int = 1, published: bool = False
+) -> tuple[Delivery, RunMessage]:
+    """A claimed run; `published` by a leader's commit, so that the history holds its record."""
     message = RunMessage("sum@1", "jobs.add", "sum", START, START, "default", attempt=attempt)
-    backend.enqueue([Outgoing("sum", "sum@1", BeatdQueue("default"), message.to_json())])
+    if published:
+        lease = backend.acquire_lease("leader", 60)
+        assert lease is not None
+        outgoing = Outgoing("sum", "sum@1", BeatdQueue("default"), message.to_json(), START, START)
+        backend.commit(lease, [StateWrite(EntryState("sum", START, START, "i"), None)], [outgoing])
+    else:
+        backend.enqueue([Outgoing("sum", "sum@1", BeatdQueue("default"), message.to_json())])
     delivery = backend.claim(["default"], "test", 30)
     assert delivery is not None
     return delivery, message
@@ -165,3 +180,141 @@ def test_a_crash_writes_nothing_and_is_reported_at_once(
     ]
     assert backend.dead_letters() == [] and settler.unsettled == []
     assert backend.claim(["default"], "other", 30) is None  # still claimed: it lapses later
+
+
+# --- the run history: each attempt ends in the worker's words, with its settling write -----------
+
+
+def ended(backend: SQLiteBackend) -> list[tuple[str | None, str, str, str]]:
+    record = backend.run("sum@1")
+    assert record is not None
+    return [(a.outcome, a.reason, a.error_type, a.error) for a in record.attempts]
+
+
+def timed_out(task: Task[..., Any], backend: FailingWrites, clock: FakeClock) -> Started:
+    delivery, message = claimed(backend, published=True)
+    return Started(delivery, message, task, clock.monotonic(), timed_out=True)
+
+
+LIMITED = Task("jobs.add", add, max_retries=1, time_limit=5)
+OVER = "ran over its time limit of 5s"
+
+
+@pytest.mark.parametrize(
+    ("attempt", "reply", "ending"),
+    [
+        (1, Reply("ok", "3"), ("succeeded", "", "", "")),
+        (1, Reply("error", "ValueError: boom"), ("retried", "", "ValueError", "boom")),
+        (2, Reply("error", "ValueError: boom"), ("failed", "", "ValueError", "boom")),
+        (1, Reply("retry", "not yet", countdown=3), ("retried", "", "Retry", "not yet")),
+        (1, Reply("error", "KeyError: "), ("retried", "", "KeyError", "")),
+        (1, Reply("error", "no type here"), ("retried", "", "", "no type here")),
+        (
+            1,
+            Reply("error", "OSError: " + "x" * 2000),
+            ("retried", "", "OSError", "x" * (ERROR_LIMIT - 1) + "…"),
+        ),
+    ],
+    ids=[
+        "succeeded",
+        "retried",
+        "failed",
+        "retry_asked",
+        "empty_message",
+        "no_type",
+        "message_cut",
+    ],
+)
+def test_a_reply_ends_the_attempt_in_the_history_with_its_settling_write(
+    backend: FailingWrites,
+    clock: FakeClock,
+    attempt: int,
+    reply: Reply,
+    ending: tuple[str, str, str, str],
+) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    delivery, message = claimed(backend, attempt, published=True)
+    run = Started(delivery, message, Task("jobs.add", add, max_retries=1), clock.monotonic())
+    settler.replied(run, reply)
+    assert ended(backend) == [ending]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "outcome"), [(1, "retried"), (2, "failed")], ids=["retried", "failed"]
+)
+def test_a_time_limit_kill_is_a_failure_with_reason_time_limit(
+    backend: FailingWrites, clock: FakeClock, attempt: int, outcome: str
+) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    delivery, message = claimed(backend, attempt, published=True)
+    run = Started(delivery, message, LIMITED, clock.monotonic(), timed_out=True)
+    settler.crashed(run, "child pid=7 was killed by SIGKILL", max_deliveries=5)
+    how = f"{OVER}; child pid=7 was killed by SIGKILL"
+    assert ended(backend) == [(outcome, "time_limit", "TimeLimitExceeded", how)]
+
+
+def test_a_thread_interrupted_over_its_time_limit_fails_with_reason_time_limit(
+    backend: FailingWrites, clock: FakeClock
+) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    run = timed_out(LIMITED, backend, clock)
+    settler.replied(run, Reply("error", "TimeLimitExceeded: interrupted"))
+    assert ended(backend) == [("retried", "time_limit", "TimeLimitExceeded", OVER)]
+
+
+def test_runs_that_never_started_end_expired_or_dead_lettered_with_the_reason(
+    backend: FailingWrites, clock: FakeClock
+) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    delivery, message = claimed(backend, published=True)
+    settler.expired(delivery, message)
+    assert ended(backend) == [("expired", "", "", "")]
+    other = FailingWrites(backend.path.with_name("other.db"))
+    delivery, message = claimed(other, published=True)
+    Settler(other, clock, WorkerStats(), max_backoff=5.0).rejected(delivery, message, "no task")
+    assert ended(other) == [("dead_lettered", "no task", "", "")]
+    other.close()
+
+
+def test_a_released_run_says_why(backend: FailingWrites, clock: FakeClock) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    delivery, message = claimed(backend, published=True)
+    run = Started(delivery, message, Task("jobs.add", add), clock.monotonic())
+    settler.released(run, "the worker stopped before the task finished")
+    assert ended(backend) == [("released", "the worker stopped before the task finished", "", "")]
+
+
+def test_a_crash_is_noted_so_the_next_claim_does_not_call_the_attempt_lost(
+    backend: FailingWrites, clock: FakeClock
+) -> None:
+    settler = Settler(backend, clock, WorkerStats(), max_backoff=5.0)
+    delivery, message = claimed(backend, published=True)
+    run = Started(delivery, message, Task("jobs.add", add), clock.monotonic())
+    settler.crashed(run, "child pid=7 was killed by SIGKILL", max_deliveries=5)
+    crashed = ("crashed", "child pid=7 was killed by SIGKILL", "", "")
+    assert ended(backend) == [crashed]
+    assert backend.claim(["default"], "other", 30) is None  # the claim is left to lapse
+    clock.advance(31)
+    assert backend.claim(["default"], "other", 30) is not None
+    assert ended(backend) == [crashed, (None, "", "", "")]
+
+
+def test_a_refused_crash_note_is_logged_once_and_not_written_again(
+    backend: FailingWrites, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    stats = WorkerStats()
+    settler = Settler(backend, clock, stats, max_backoff=5.0)
+    delivery, message = claimed(backend, published=True)
+    run = Started(delivery, message, Task("jobs.add", add), clock.monotonic())
+    backend.failures = 1
+    with caplog.at_level("WARNING", logger="beatd.worker"):
+        settler.crashed(run, "child pid=7 was killed by SIGKILL", max_deliveries=5)
+    assert [r.getMessage() for r in caplog.records if "history" in r.getMessage()] == [
+        "id=sum@1 outcome=crashed not written to the run history (the next claim records the "
+        f"attempt as lost): {backend.path}: database or disk is full"
+    ]
+    assert (settler.unsettled, stats.count(Outcome.CRASHED)) == ([], 1)
+    assert ended(backend) == [(None, "", "", "")]  # still open: the next claim ends it lost
+    clock.advance(31)
+    assert backend.claim(["default"], "other", 30) is not None
+    assert ended(backend) == [(LOST, "", "", ""), (None, "", "", "")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import urllib.error
 import urllib.request
@@ -101,6 +102,17 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     stalled = now.replace(second=0, microsecond=0) - timedelta(minutes=10)
     text = "%Y-%m-%dT%H:%M:%SZ"
     unknown = {"due": None, "published": None, "late": None, "missed": None}
+    # the messages here carry no slot: a requeue's, with no run record, so no run finished
+    no_history = dict.fromkeys(
+        [
+            "last_status",
+            "last_finished",
+            "last_success",
+            "last_failure",
+            "last_duration_seconds",
+            "consecutive_failures",
+        ]
+    )
     assert rows["tick"] == {
         "last_published": tick.strftime(text),
         "horizon": tick.strftime(text),
@@ -108,6 +120,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "overdue_seconds": None,
         "adopted": True,
         **unknown,
+        **no_history,
     }
     overdue = rows["stalled"].pop("overdue_seconds")
     assert 9 * 60 - 1 <= overdue <= 9 * 60 + 60
@@ -117,6 +130,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "next_due": (stalled + timedelta(minutes=1)).strftime(text),
         "adopted": True,
         **unknown,
+        **no_history,
     }
     fresh = datetime.fromisoformat(rows["fresh"].pop("next_due"))
     assert rows["fresh"] == {
@@ -125,6 +139,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "overdue_seconds": None,
         "adopted": False,
         **unknown,
+        **no_history,
     }
     assert now < fresh <= now + timedelta(hours=1) and fresh.minute == fresh.second == 0
     assert report["queues"] == [
@@ -137,10 +152,18 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     lines = result.output.splitlines()
     assert lines[1].startswith("leader   node=node-a epoch=1 lease_left=")
     assert lines[1].endswith(f"s config={fingerprint}")
-    assert lines[3].split() == ["ENTRY", "LAST", "PUBLISHED", "NEXT", "DUE", "LATE", "MISSED"]
-    assert lines[5].split()[:3] == ["stalled", stalled.strftime(text), rows["stalled"]["next_due"]]
-    assert lines[5].split()[3] == "(overdue"
-    assert lines[6].split() == ["tick", tick.strftime(text), rows["tick"]["next_due"], "-", "-"]
+    header = ["ENTRY", "LAST PUBLISHED", "NEXT DUE", "LAST STATUS", "LAST SUCCESS"]
+    assert re.split(r"  +", lines[3]) == [*header, "LAST DURATION", "LATE", "MISSED"]
+    cells = re.split(r"  +", lines[5])
+    assert cells[0] == "stalled"
+    assert re.fullmatch(rf"{stalled.strftime(text)} \((10|9) min ago\)", cells[1]), cells[1]
+    assert re.fullmatch(rf"{rows['stalled']['next_due']} \(overdue (9|8) min\)", cells[2])
+    assert cells[3:] == ["-", "-", "-", "-", "-"]
+    cells = re.split(r"  +", lines[6])
+    assert cells[0] == "tick"
+    assert re.fullmatch(rf"{tick.strftime(text)} \((now|\d+ s ago)\)", cells[1]), cells[1]
+    assert re.fullmatch(rf"{rows['tick']['next_due']} \(in \d+ s\)", cells[2]), cells[2]
+    assert cells[3:] == ["-", "-", "-", "-", "-"]
     assert lines[7:] == [
         "3 entries",
         "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
@@ -161,7 +184,7 @@ def test_status_without_a_leader_or_schedule_files(
     assert result.output.splitlines()[1:] == [
         "leader   none: no scheduler holds the lease, nothing is being published",
         "",
-        "ENTRY  LAST PUBLISHED  NEXT DUE  LATE  MISSED",
+        "ENTRY  LAST PUBLISHED  NEXT DUE  LAST STATUS  LAST SUCCESS  LAST DURATION  LATE  MISSED",
         "0 entries",
         "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
         "",

@@ -26,6 +26,7 @@ from beatd.backends.base import BeatdQueue, Delivery, Outgoing
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.errors import TransientBackendError
+from beatd.history import Ending
 from beatd.message import RunMessage
 from beatd.pool import PoolKind
 from beatd.tasks import Registry, Task, registry
@@ -46,7 +47,10 @@ def publish(
     *args: object,
     id: str,
     expires_at: datetime | None = None,
+    recorded: bool = False,
 ) -> None:
+    """Queue a run; `recorded`: as a leader's commit does, with its record in the run history
+    (once per test: it takes the lease)."""
     now = datetime.now(UTC)
     entry = id.split("@")[0]
     message = RunMessage(
@@ -59,7 +63,20 @@ def publish(
         args=args,
         expires_at=expires_at,
     )
-    backend.enqueue([Outgoing(entry, id, BeatdQueue("default"), message.to_json())])
+    if not recorded:
+        backend.enqueue([Outgoing(entry, id, BeatdQueue("default"), message.to_json())])
+        return
+    lease = backend.acquire_lease("tests", 3600)
+    assert lease is not None, "one recorded run per test"
+    outgoing = Outgoing(entry, id, BeatdQueue("default"), message.to_json(), now, now)
+    backend.commit(lease, [], [outgoing])
+
+
+def attempts(backend: SQLiteBackend, run_id: str) -> list[tuple[str | None, str, str, str]]:
+    """The run's attempts in the history: outcome, reason, error type and message."""
+    record = backend.run(run_id)
+    assert record is not None
+    return [(a.outcome, a.reason, a.error_type, a.error) for a in record.attempts]
 
 
 def claim_all(backend: SQLiteBackend) -> list[Delivery]:
@@ -159,12 +176,23 @@ def test_a_task_runs_and_its_run_is_acknowledged(
     )
 
 
+def test_a_worker_without_history_records_no_attempt(
+    launch: Callable[..., Proc], backend: SQLiteBackend, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    worker = launch("-c", "1", "--no-history")
+    publish(backend, T + "add", str(out), 2, 3, id="sum@1", recorded=True)
+    wait_for(lambda: backend.queue_depths() == {}, what="the run to be acknowledged")
+    assert worker.signal(signal.SIGTERM) == 0
+    assert attempts(backend, "sum@1") == []  # published with its record; no attempt written
+
+
 def test_failures_retry_with_growing_backoff_then_go_to_dead_letters(
     launch: Callable[..., Proc], backend: SQLiteBackend, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     worker = launch("-c", "1")
-    publish(backend, T + "always_fails", str(out), id="flaky@1")
+    publish(backend, T + "always_fails", str(out), id="flaky@1", recorded=True)
     (dead,) = wait_for(backend.dead_letters, what="a dead letter")
     assert (dead.id, dead.reason, dead.deliveries) == (
         "flaky@1",
@@ -194,6 +222,12 @@ def test_failures_retry_with_growing_backoff_then_go_to_dead_letters(
         "reason=failed after 4 attempt(s): ValueError: boom on attempt 4",
     ]
     assert 'raise ValueError(f"boom on attempt' in worker.text()  # the traceback is logged
+    assert attempts(backend, "flaky@1") == [
+        *(("retried", "", "ValueError", f"boom on attempt {n}") for n in (1, 2, 3)),
+        ("failed", "", "ValueError", "boom on attempt 4"),
+    ]
+    record = backend.run("flaky@1")
+    assert record is not None and record.status == "failed"
 
 
 def test_hard_time_limit_kills_a_task_that_swallows_every_exception(
@@ -201,7 +235,7 @@ def test_hard_time_limit_kills_a_task_that_swallows_every_exception(
 ) -> None:
     out = tmp_path / "out"
     worker = launch("-c", "1")
-    publish(backend, T + "ignores_everything", str(out), id="stubborn@1")
+    publish(backend, T + "ignores_everything", str(out), id="stubborn@1", recorded=True)
     (dead,) = wait_for(backend.dead_letters, what="a dead letter")
     first, second = events(out)
     assert (first[0], first[2], second[0], second[2]) == ("start", "1", "start", "2")
@@ -211,6 +245,11 @@ def test_hard_time_limit_kills_a_task_that_swallows_every_exception(
     )
     assert first[4] != second[4] and not alive(int(first[4])) and not alive(int(second[4]))
     assert worker.signal(signal.SIGTERM) == 0
+    over = "ran over its time limit of 0.5s; child pid={} was killed by SIGKILL"
+    assert attempts(backend, "stubborn@1") == [
+        ("retried", "time_limit", "TimeLimitExceeded", over.format(first[4])),
+        ("failed", "time_limit", "TimeLimitExceeded", over.format(second[4])),
+    ]
 
 
 def test_expired_runs_are_acknowledged_without_running(
@@ -218,18 +257,19 @@ def test_expired_runs_are_acknowledged_without_running(
 ) -> None:
     out = tmp_path / "out"
     past = datetime.now(UTC) - timedelta(seconds=1)
-    publish(backend, T + "add", str(out), 1, 1, id="old@1", expires_at=past)
+    publish(backend, T + "add", str(out), 1, 1, id="old@1", expires_at=past, recorded=True)
     worker = launch("-c", "1")
     wait_for(lambda: backend.queue_depths() == {}, what="the expired run to be dropped")
     assert worker.signal(signal.SIGTERM) == 0
     assert not out.exists() and backend.dead_letters() == []
+    assert attempts(backend, "old@1") == [("expired", "", "", "")]
     assert worker.outcomes() == [f"task={T}add id=old@1 attempt=1 outcome=expired deliveries=1"]
 
 
 def test_an_unknown_task_goes_to_dead_letters_with_the_fix(
     launch: Callable[..., Proc], backend: SQLiteBackend
 ) -> None:
-    publish(backend, "tests.nowhere.task", id="lost@1")
+    publish(backend, "tests.nowhere.task", id="lost@1", recorded=True)
     worker = launch("-c", "1")
     (dead,) = wait_for(backend.dead_letters, what="a dead letter")
     reason = (
@@ -242,6 +282,7 @@ def test_an_unknown_task_goes_to_dead_letters_with_the_fix(
         f"task=tests.nowhere.task id=lost@1 attempt=1 outcome=dead_lettered deliveries=1 "
         f"reason={reason}"
     ]
+    assert attempts(backend, "lost@1") == [("dead_lettered", reason, "", "")]
 
 
 def test_a_killed_worker_loses_its_claim_and_a_second_worker_completes_the_run(
@@ -249,18 +290,26 @@ def test_a_killed_worker_loses_its_claim_and_a_second_worker_completes_the_run(
 ) -> None:
     out = tmp_path / "out"
     first = launch("-c", "1", "--visibility-timeout", "1s", name="first")
-    publish(backend, T + "slow", str(out), 0.5, id="long@1")
+    publish(backend, T + "slow", str(out), 0.5, id="long@1", recorded=True)
     wait_for(lambda: events(out), what="the task to start")
     assert first.signal(signal.SIGKILL) == -signal.SIGKILL
     orphan = int(events(out)[0][4])
     wait_for(lambda: not alive(orphan), what="the orphaned child to exit with its parent")
-    launch("-c", "1", "--visibility-timeout", "1s", name="second")
+    second = launch("-c", "1", "--visibility-timeout", "1s", name="second")
     wait_for(lambda: backend.queue_depths() == {}, what="the redelivered run to finish")
     assert [(e[0], e[1], e[3]) for e in events(out)] == [
         ("start", "long@1", "1"),  # delivery 1: killed with its worker, never finished
         ("start", "long@1", "2"),
         ("end", "long@1", "2"),
     ]
+    # the history shows the killed worker's attempt lost, and the redelivered one
+    record = backend.run("long@1")
+    assert record is not None
+    assert [(a.number, a.outcome, a.pid) for a in record.attempts] == [
+        (1, "lost", first.proc.pid),
+        (2, "succeeded", second.proc.pid),
+    ]
+    assert record.status == "succeeded"
 
 
 def test_a_poison_message_is_dead_lettered_after_its_delivery_budget(
@@ -268,7 +317,7 @@ def test_a_poison_message_is_dead_lettered_after_its_delivery_budget(
 ) -> None:
     out = tmp_path / "out"
     worker = launch("-c", "1", "--visibility-timeout", "0.5s", "--max-deliveries", "2")
-    publish(backend, T + "kills_its_process", str(out), id="poison@1")
+    publish(backend, T + "kills_its_process", str(out), id="poison@1", recorded=True)
     (dead,) = wait_for(backend.dead_letters, what="a dead letter")
     reason = (
         "delivered 3 times without finishing (max-deliveries 2): each worker or child that "
@@ -287,6 +336,12 @@ def test_a_poison_message_is_dead_lettered_after_its_delivery_budget(
         ),
         f"task={T}kills_its_process id=poison@1 attempt=1 outcome=dead_lettered deliveries=3 "
         f"reason={reason}",
+    ]
+    # each crash is noted, so the next claim does not call that attempt lost
+    killed = [f"child pid={e[4]} was killed by SIGKILL" for e in events(out)]
+    assert attempts(backend, "poison@1") == [
+        *(("crashed", how, "", "") for how in killed),
+        ("dead_lettered", reason, "", ""),
     ]
 
 
@@ -323,12 +378,14 @@ def test_drain_timeout_releases_the_unfinished_run(
 ) -> None:
     out = tmp_path / "out"
     worker = launch("-c", "1", "--drain-timeout", "0.3s")
-    publish(backend, T + "slow", str(out), 30, id="endless@1")
+    publish(backend, T + "slow", str(out), 30, id="endless@1", recorded=True)
     wait_for(lambda: events(out), what="the task to start")
     started = time.monotonic()
     assert worker.signal(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
     assert [e[0] for e in events(out)] == ["start"]
+    released = ("released", "the worker stopped before the task finished", "", "")
+    assert attempts(backend, "endless@1") == [released]
     (line,) = [re.sub(r" duration=\S+", "", line) for line in worker.outcomes()]
     assert line == (
         f"task={T}slow id=endless@1 attempt=1 outcome=released "
@@ -494,11 +551,11 @@ class FailingAcks(SQLiteBackend):
 
     failures = 2
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         if self.failures:
             self.failures -= 1
             raise TransientBackendError(f"{self.path}: database or disk is full")
-        super().ack(delivery)
+        super().ack(delivery, ending)
 
 
 def test_an_outcome_the_backend_refused_is_written_again(

@@ -51,19 +51,26 @@ def open_backend(
                 f"cannot read broker URL {url!r}: use sqlite:///relative.db or "
                 "sqlite:////absolute/path.db"
             )
-        return SQLiteBackend(url[len(prefix) :], read_only=read_only, create=create)
+        return SQLiteBackend(
+            url[len(prefix) :], read_only=read_only, create=create, history=history
+        )
     if scheme == "memory":
         from beatd.backends.memory import MemoryBackend
 
         return MemoryBackend(urlsplit(url).netloc, history=history)
     if scheme in POSTGRESQL_SCHEMES:
         return _open_postgresql(
-            url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            read_only=read_only,
+            create=create,
+            history=history,
         )
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 
-        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout)
+        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout, history=history)
     from beatd.backends.redis import redact
 
     raise BeatdError(
@@ -73,7 +80,7 @@ def open_backend(
 
 
 def _open_postgresql(
-    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool
+    url: str, *, namespace: str, op_timeout: float, read_only: bool, create: bool, history: bool
 ) -> Backend:
     """PostgreSQL, if the extra that brings its driver is installed."""
     try:
@@ -86,7 +93,12 @@ def _open_postgresql(
             "pip install 'beatd[postgresql]'"
         ) from exc
     return PostgresBackend(
-        url, namespace=namespace, op_timeout=op_timeout, read_only=read_only, create=create
+        url,
+        namespace=namespace,
+        op_timeout=op_timeout,
+        read_only=read_only,
+        create=create,
+        history=history,
     )
 
 

@@ -21,12 +21,21 @@ accepts (`StateStore.accepts`), so nothing outside a backend asks which backend 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from beatd.controls import (
+    AuditRecord,
+    EntryControl,
+    Guard,
+    HeldRun,
+    Trigger,
+    TriggerKey,
+    TriggerResult,
+)
 from beatd.errors import BackendError
 from beatd.history import (
     Ending,
@@ -120,6 +129,11 @@ class StateWrite(NamedTuple):  # made per entry and run published, so cheap tupl
     state: EntryState
     expected: datetime | None  # None: the entry has no persisted state yet
     missed: tuple[MissedSlots, ...] = ()
+    # operator controls (beatd.controls): the overlap rule, whether the decision took the entry
+    # for busy, and the run it holds back (buffer_one); see `StateStore.commit`
+    guard: Guard | None = None
+    busy: bool = False
+    hold: HeldRun | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,7 @@ class Outgoing(NamedTuple):
     slot: datetime | None = None
     due: datetime | None = None  # the slot plus its jitter
     kind: RunKind = RunKind.SCHEDULED
+    audit: str | None = None  # the audit record of a manual or backfill run
 
 
 def utf8_fault(value: bytes, name: str) -> str:
@@ -252,6 +267,24 @@ class WaitsForWork(Protocol):
         become ready since its last return (one ready then was announced by that return: the
         caller claims until the queue is empty or its slots are full, and a wait that found
         the same ready runs again would spin while the slots are full)."""
+
+
+@runtime_checkable
+class HearsCeleryEvents(Protocol):
+    """A backend that can hear the task events Celery's workers send with `-E` (Redis: it is
+    their broker; see beatd.celery_events). Pub/sub: what is sent while nobody listens is lost.
+    """
+
+    def celery_events(self, timeout: float) -> list[bytes]:
+        """The payloads published on Celery's event channels since the last call, in order,
+        waiting up to `timeout` seconds for the first (an empty list then). The first call, and
+        the first after an error or `stop_celery_events`, subscribes on a connection of its own.
+        Raises TransientBackendError when the backend cannot be reached or stops answering (the
+        subscription is dropped: the next call subscribes again), BackendError when it refuses
+        the subscription (ACL). Call it from one thread only."""
+
+    def stop_celery_events(self) -> None:
+        """Unsubscribe and close that connection; idempotent. From the calling thread only."""
 
 
 class Reachable(Protocol):
@@ -337,6 +370,18 @@ class StateStore(Reachable, Protocol):
         it; node and epoch from `lease`, `celery` for a `CeleryQueue`), and
         each applied write's `missed` one `MissedRecord` per item; nothing for a skipped write.
         A record whose run id (or missed key) is already stored is left as it is.
+
+        Operator controls (beatd.controls), checked in the same atomic step against the entry's
+        persisted `EntryControl`, by the backend's clock; a write that fails a check is skipped
+        with its messages and its entry returned, like a horizon mismatch, so the leader
+        resyncs (`load_controls`) and decides again:
+        - a pause: a message of the entry whose `due` the pause `covers` fails (writes without
+          messages pass: they record paused slots as missed);
+        - with a `guard` (overlap skip or buffer_one): the entry counts as busy when its busy
+          mark is younger than `guard.timeout`; the write fails when that differs from
+          `write.busy`. An applied write with messages sets the busy mark to its last run
+          (an older, stale mark is replaced); `hold` replaces the held run (None leaves it).
+        Without a guard the busy mark and held run are neither checked nor changed.
         """
 
     def send_commit(
@@ -369,7 +414,13 @@ class WorkQueue(Reachable, Protocol):
     clock; a final outcome (history.FINAL) updates the entry's `EntrySummary` in that step too.
     A settling step that finds no open attempt (its end was noted) writes no history.
     So the history never disagrees with the queue: an end is recorded if and only if its queue
-    write was applied."""
+    write was applied.
+
+    Operator controls, also with history off: a final outcome (ack, dead_letter; and
+    `RunHistory.attempt_ended` for Celery runs) clears the entry's busy mark if this run holds
+    it and, in the same step, publishes the entry's held run if there is one (enqueued, its
+    published record written, the busy mark set to it) — unless a pause covers now, when the
+    held run is dropped and recorded missed with reason `paused`."""
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         """Add messages to their `BeatdQueue`s outside any lease (worker retries, dead-letter
@@ -500,8 +551,72 @@ class RunHistory(Reachable, Protocol):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         """Store records as they are (`beatd migrate`): a run id or missed key already held is
-        skipped, and a summary replaces one only when it finished later, so copying twice adds
-        nothing. How many run and missed records were added."""
+        skipped, and a summary replaces one unless that one finished later (on a tie the copy
+        wins over one the copied runs computed), so copying twice adds nothing. How many run
+        and missed records were added."""
+
+
+class Controls(Reachable, Protocol):
+    """Operator controls (beatd.controls, docs/controls.md): pauses, manual triggers, backfills,
+    busy marks and held runs, and the audit log. Every write is one atomic step by the backend's
+    clock, needs no lease (a command works with no leader), and records its audit record in that
+    step. Paused and busy entries are enforced by `StateStore.commit`. (`Backend` gains this
+    role once every backend offers it; until then `isinstance`-free callers take a `Controls`.)"""
+
+    def load_controls(self, entries: Sequence[str] | None = None) -> dict[str, EntryControl]:
+        """The control of each entry (of `entries`, or all) that has one (a read)."""
+
+    def pause(
+        self, entries: Sequence[str], reason: str, until: datetime | timedelta | None, by: str
+    ) -> list[AuditRecord]:
+        """Pause `entries` from now (a `timedelta` until: from the backend's now), replacing a
+        pause in place; one audit record per entry, with the pause before and after."""
+
+    def resume(self, entries: Sequence[str], by: str) -> list[AuditRecord]:
+        """Lift the pause of each of `entries` that has one; an audit record for each lifted."""
+
+    def trigger(self, request: Trigger) -> TriggerResult:
+        """Publish one manual run now, in one step: a `request_id` seen within
+        IDEMPOTENCY_KEY_TTL returns that request's result unchanged (a retry after
+        OutcomeUnknown is never a second run); a used `idempotency_key` returns DUPLICATE with
+        its run id; unless `force`, a pause covering now refuses it (REFUSED_PAUSED, the pause
+        in `detail`) and a fresh busy mark under the guard refuses it (skip: REFUSED_BUSY, the
+        running id in `detail`) or holds it (buffer_one: HELD, replacing the held run). A
+        published run gets its record (kind manual, its audit id) and, under a guard, the busy
+        mark. The entry need not have a persisted state."""
+
+    def backfill(
+        self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
+    ) -> tuple[list[str], AuditRecord]:
+        """Publish each of `runs` (kind backfill, their scheduled ids) whose run id has no
+        published record, in one step, with one audit record (its id on each record); the ids
+        published. Running it twice publishes nothing more. BackendError with history off:
+        without published records nothing can be deduplicated."""
+
+    def record_audit(self, record: AuditRecord) -> None:
+        """Store an audit record of an action taken elsewhere (a dead-letter requeue)."""
+
+    def audit(
+        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        """Audit records (of `entry`, at or after `since`), newest first (a read)."""
+
+    def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
+        """Delete at most `limit` audit records older than `max_age`, and idempotency keys and
+        request ids older than IDEMPOTENCY_KEY_TTL; how many went."""
+
+    def import_controls(
+        self,
+        controls: Mapping[str, EntryControl],
+        audit: Sequence[AuditRecord] = (),
+        keys: Sequence[TriggerKey] = (),
+    ) -> int:
+        """Store controls, audit records and trigger keys as they are (`beatd migrate`): an
+        entry that has a control here, an audit id or a key already held is skipped, so copying
+        twice adds nothing. How many were added."""
+
+    def trigger_keys(self) -> list[TriggerKey]:
+        """Every remembered idempotency key and request id (for `beatd migrate`)."""
 
 
 class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Protocol):

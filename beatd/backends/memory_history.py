@@ -226,7 +226,7 @@ class History:
                 added += 1
         for s in summaries:
             held = self.summaries.get(s.entry)
-            if held is None or s.last_finished_at > held.last_finished_at:
+            if held is None or s.last_finished_at >= held.last_finished_at:
                 self.summaries[s.entry] = s
         return added
 

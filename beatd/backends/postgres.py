@@ -12,10 +12,15 @@ Tables, in the schema named by `--namespace` (default `beatd`; docs/postgresql.m
   entry_state   entry -> last_slot_us, last_published_us, identity
   message       queued runs: claimed by receipt until ready_at, `FOR UPDATE SKIP LOCKED`
   dead_letter   dead letters with reason, deliveries, failed_at
+  run, attempt  the run history (format 2): published records with their attempts, written in
+                the commit's, the claim's and the settling steps' transactions
+  missed        missed-slot records, one per entry, reason and decision
+  entry_summary each entry's newest finished run, updated with every final attempt end
 
 The backend is its parts, one per role, sharing one pool (`PostgresLink`, postgres_link.py):
 `PostgresLeaseStore` and `PostgresStateStore` here, `PostgresWorkQueue` and `PostgresQueueAdmin`
-in postgres_queue.py (with the LISTEN/NOTIFY wake-ups).
+in postgres_queue.py (with the LISTEN/NOTIFY wake-ups), `PostgresRunHistory` in
+postgres_history.py (the history's statements inside the others' are postgres_records.py).
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.postgres_history import PostgresRunHistory
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
+from beatd.backends.postgres_records import insert_missed, insert_published
 from beatd.errors import BackendError
 from beatd.state import EntryState
 
@@ -151,9 +158,11 @@ class PostgresStateStore(PostgresLink):
             self._check_lease(db, lease)
             applied = self._write_states(db, writes)
             rejected = {w.state.entry for w in writes} - applied
-            insert_messages(
-                db, self.schema, self.channel, [m for m in messages if m.entry not in rejected]
-            )
+            published = [m for m in messages if m.entry not in rejected]
+            insert_messages(db, self.schema, self.channel, published)
+            if self.history:
+                insert_published(db, self.schema, lease, published)
+                insert_missed(db, self.schema, lease, writes, applied)
             return rejected
 
         return self._run(work)
@@ -211,6 +220,10 @@ class PostgresStateStore(PostgresLink):
 
 
 class PostgresBackend(
-    PostgresLeaseStore, PostgresStateStore, PostgresWorkQueue, PostgresQueueAdmin
+    PostgresLeaseStore,
+    PostgresStateStore,
+    PostgresWorkQueue,
+    PostgresQueueAdmin,
+    PostgresRunHistory,
 ):
     """Every role, on one schema of one database (see the module doc)."""

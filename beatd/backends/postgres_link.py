@@ -37,6 +37,7 @@ DEFAULT_PRIORITY = 5
 # The database's own clock, read at the moment of the statement (now() is the transaction's
 # start, which a transaction waiting on a lock would see as the past).
 NOW = "extract(epoch FROM clock_timestamp())::float8"
+NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"  # the same, in microseconds
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # SQLSTATE classes after which trying again may succeed: connection, transaction rollback
 # (serialization, deadlock), insufficient resources, lock not available, operator intervention
@@ -92,10 +93,73 @@ def _format_1(db: psycopg.Connection[Any], schema: str) -> None:
     )
 
 
+def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
+    """Format 1 to 2: the run history (beatd.history). A run's attempts cascade with it;
+    `finished` mirrors "its last attempt ended the run" for the index of unfinished runs."""
+    db.execute(
+        f"""
+        CREATE TABLE {schema}.run (
+            id text PRIMARY KEY,
+            entry text NOT NULL,
+            slot_us bigint NOT NULL,
+            due_us bigint NOT NULL,
+            published_us bigint NOT NULL,
+            node text NOT NULL,
+            epoch bigint NOT NULL,
+            kind text NOT NULL,
+            celery boolean NOT NULL DEFAULT false,
+            received_us bigint,
+            overdue_us bigint,
+            finished boolean NOT NULL DEFAULT false
+        );
+        CREATE INDEX run_entry_newest ON {schema}.run (entry, published_us DESC, id DESC);
+        CREATE INDEX run_newest ON {schema}.run (published_us DESC, id DESC);
+        CREATE INDEX run_unfinished ON {schema}.run (published_us)
+            WHERE NOT finished AND overdue_us IS NULL;
+        CREATE TABLE {schema}.attempt (
+            run_id text NOT NULL REFERENCES {schema}.run (id) ON DELETE CASCADE,
+            number integer NOT NULL,
+            consumer text NOT NULL,
+            host text NOT NULL,
+            pid integer,
+            started_us bigint NOT NULL,
+            ended_us bigint,
+            outcome text,
+            reason text NOT NULL DEFAULT '',
+            error_type text NOT NULL DEFAULT '',
+            error text NOT NULL DEFAULT '',
+            PRIMARY KEY (run_id, number)
+        );
+        CREATE TABLE {schema}.missed (
+            entry text NOT NULL,
+            reason text NOT NULL,
+            first_us bigint NOT NULL,
+            last_us bigint NOT NULL,
+            total integer NOT NULL,
+            recorded_us bigint NOT NULL,
+            node text NOT NULL,
+            epoch bigint NOT NULL,
+            overdue_us bigint,
+            PRIMARY KEY (entry, reason, first_us)
+        );
+        CREATE INDEX missed_recorded ON {schema}.missed (recorded_us DESC);
+        CREATE TABLE {schema}.entry_summary (
+            entry text PRIMARY KEY,
+            last_status text NOT NULL,
+            last_finished_us bigint NOT NULL,
+            last_duration_us bigint,
+            last_success_us bigint,
+            last_failure_us bigint,
+            consecutive_failures integer NOT NULL
+        );
+        """
+    )
+
+
 # The persisted-state format is the row of SCHEMA.format. MIGRATIONS[n] upgrades format n to
 # n + 1, run under the schema's advisory lock in one transaction with the new version (see
 # `upgrade`): a later change of the tables appends one (docs/design.md, Persisted-state format).
-MIGRATIONS: tuple[Callable[[psycopg.Connection[Any], str], None], ...] = (_format_1,)
+MIGRATIONS: tuple[Callable[[psycopg.Connection[Any], str], None], ...] = (_format_1, _format_2)
 FORMAT_VERSION = len(MIGRATIONS)
 
 
@@ -157,7 +221,8 @@ class PostgresLink:
     """A pool of connections to one database, and beatd's schema `namespace` in it.
 
     `read_only`: for commands that only look; with it or `create=False` the schema is never
-    created or upgraded (`beatd db upgrade` or `beatd run` does), and must be there."""
+    created or upgraded (`beatd db upgrade` or `beatd run` does), and must be there.
+    `history=False`: the writing steps record no run history (beatd.history); reads still work."""
 
     format_known = FORMAT_VERSION
 
@@ -170,8 +235,10 @@ class PostgresLink:
         read_only: bool = False,
         create: bool = True,
         pool_size: int = 4,
+        history: bool = True,
     ) -> None:
         self.url = redact(url)
+        self.history = history  # False: write no run history (reads still work)
         self.schema = schema_name(namespace)
         self.where = f"schema {self.schema} of {self.url}"
         self.conninfo = url

@@ -13,7 +13,9 @@ stored, so `Delivery.unreadable` stays empty here.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +23,11 @@ from typing import Any
 import psycopg
 
 from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen
-from beatd.backends.postgres_link import DEFAULT_PRIORITY, NOW, PostgresLink
+from beatd.backends.postgres_link import DEFAULT_PRIORITY, NOW, NOW_US, PostgresLink
+from beatd.backends.postgres_records import claim_history, end_history
 from beatd.errors import NotApplied
+from beatd.history import Ending
+from beatd.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +67,13 @@ def insert_messages(
 
 
 def _queues_match(queues: Sequence[str]) -> tuple[str, object]:
-    """The claim's condition on the queue and its parameter. For one queue `queue = %s`, so the
+    """The claim's condition on the queue and its parameter. For one queue an equality, so the
     (queue, priority DESC, seq) index yields the runs in claim order and the claim stops at the
     first ready one; PostgreSQL 15 cannot take that order from `= ANY(...)`, and sorts every
     queued run of the queues at each claim (20-40 ms at 15,000 queued)."""
     if len(queues) == 1:
-        return "queue = %s", queues[0]
-    return "queue = ANY(%s)", list(queues)
+        return "queue = %(queues)s", queues[0]
+    return "queue = ANY(%(queues)s)", list(queues)
 
 
 class PostgresWorkQueue(PostgresLink):
@@ -83,66 +88,95 @@ class PostgresWorkQueue(PostgresLink):
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         receipt = f"{consumer}:{secrets.token_hex(8)}"
-        match, value = _queues_match(queues)
-        row = self._run(
-            lambda db: db.execute(
-                f"UPDATE {self.schema}.message SET receipt = %s, ready_at = {NOW} + %s, "
-                "deliveries = deliveries + 1 WHERE seq = ("
-                f"SELECT seq FROM {self.schema}.message WHERE {match} "
-                f"AND ready_at <= {NOW} ORDER BY priority DESC, seq LIMIT 1 "
-                "FOR UPDATE SKIP LOCKED) RETURNING id, queue, body, deliveries",
-                (receipt, visibility, value),
-            ).fetchone()
+        match, queues_value = _queues_match(queues)
+        sql = (
+            f"WITH claimed AS (UPDATE {self.schema}.message SET receipt = %(receipt)s, "
+            f"ready_at = {NOW} + %(visibility)s, deliveries = deliveries + 1 WHERE seq = ("
+            f"SELECT seq FROM {self.schema}.message WHERE {match} "
+            f"AND ready_at <= {NOW} ORDER BY priority DESC, seq LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED) RETURNING id, queue, body, deliveries)"
+            f"{claim_history(self.schema) if self.history else ''} "
+            "SELECT id, queue, body, deliveries FROM claimed"
         )
+        params = {"receipt": receipt, "visibility": visibility, "queues": queues_value}
+        if self.history:
+            params.update(consumer=consumer, host=socket.gethostname(), pid=os.getpid())
+        row = self._run(lambda db: db.execute(sql, params).fetchone())
         if row is None:
             return None
         message_id, queue, body, deliveries = row
         return Delivery(message_id, queue, body, deliveries, receipt)
 
-    def _update_claimed(self, sql: str, params: tuple[object, ...], delivery: Delivery) -> bool:
-        cursor = self._run(lambda db: db.execute(sql, (*params, delivery.receipt)))
+    def extend(self, delivery: Delivery, visibility: float) -> bool:
+        cursor = self._run(
+            lambda db: db.execute(
+                f"UPDATE {self.schema}.message SET ready_at = {NOW} + %s WHERE receipt = %s",
+                (visibility, delivery.receipt),
+            )
+        )
         return cursor.rowcount == 1
 
-    def extend(self, delivery: Delivery, visibility: float) -> bool:
-        return self._update_claimed(
-            f"UPDATE {self.schema}.message SET ready_at = {NOW} + %s WHERE receipt = %s",
-            (visibility,),
-            delivery,
+    def _settle(
+        self, settled: str, params: dict[str, Any], ending: Ending, notify: bool = False
+    ) -> None:
+        """Run the queue write `settled` (CTEs ending in `settled(id, queue)`, the claim checked
+        by `%(receipt)s`) and, unless history is off, end the run's attempt with `ending` in
+        the same statement: both or neither. `notify`: its queue's listeners hear of it."""
+        history, extra = "", dict[str, Any]()
+        if self.history:
+            history, extra = end_history(self.schema, ending, "settled", NOW_US)
+        tail = ", pg_notify(%(channel)s, queue)" if notify else ""
+        sql = f"WITH {settled}{history} SELECT queue{tail} FROM settled"
+        values = {**params, **extra, "channel": self.channel}
+        self._run(lambda db: db.execute(sql, values))
+
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._settle(
+            f"settled AS (DELETE FROM {self.schema}.message WHERE receipt = %(receipt)s "
+            "RETURNING id, queue)",
+            {"receipt": delivery.receipt},
+            ending or Ending(Outcome.SUCCEEDED),
         )
 
-    def ack(self, delivery: Delivery) -> None:
-        self._update_claimed(f"DELETE FROM {self.schema}.message WHERE receipt = %s", (), delivery)
-
-    def release(self, delivery: Delivery) -> None:
-        def work(db: psycopg.Connection[Any]) -> None:
-            cursor = db.execute(
-                f"UPDATE {self.schema}.message SET receipt = NULL, ready_at = {NOW}, "
-                "deliveries = deliveries - 1 WHERE receipt = %s RETURNING queue",
-                (delivery.receipt,),
-            )
-            for (queue,) in cursor.fetchall():
-                db.execute("SELECT pg_notify(%s, %s)", (self.channel, queue))
-
-        self._run(work)
-
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
-        self._update_claimed(
-            f"UPDATE {self.schema}.message SET receipt = NULL, body = %s, "
-            f"ready_at = {NOW} + %s, deliveries = 0 WHERE receipt = %s",
-            (body, delay),
-            delivery,
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._settle(
+            f"settled AS (UPDATE {self.schema}.message SET receipt = NULL, ready_at = {NOW}, "
+            "deliveries = deliveries - 1 WHERE receipt = %(receipt)s RETURNING id, queue)",
+            {"receipt": delivery.receipt},
+            ending or Ending(Outcome.RELEASED),
+            notify=True,
         )
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        self._run(
-            lambda db: db.execute(
-                f"WITH moved AS (DELETE FROM {self.schema}.message WHERE receipt = %s "
-                "RETURNING id, queue, priority, body) "
-                f"INSERT INTO {self.schema}.dead_letter "
-                "(id, queue, priority, body, reason, failed_at, deliveries) "
-                f"SELECT id, queue, priority, body, %s, {NOW}, %s FROM moved",
-                (delivery.receipt, reason, delivery.deliveries),
-            )
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
+        self._settle(
+            f"settled AS (UPDATE {self.schema}.message SET receipt = NULL, body = %(body)s, "
+            f"ready_at = {NOW} + %(delay)s, deliveries = 0 WHERE receipt = %(receipt)s "
+            "RETURNING id, queue)",
+            {"receipt": delivery.receipt, "body": body, "delay": delay},
+            ending or Ending(Outcome.RETRIED),
+        )
+
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
+        self._settle(
+            f"settled AS (DELETE FROM {self.schema}.message WHERE receipt = %(receipt)s "
+            "RETURNING id, queue, priority, body), "
+            f"dead AS (INSERT INTO {self.schema}.dead_letter "
+            "(id, queue, priority, body, reason, failed_at, deliveries) "
+            f"SELECT id, queue, priority, body, %(why)s, {NOW}, %(deliveries)s FROM settled)",
+            {"receipt": delivery.receipt, "why": reason, "deliveries": delivery.deliveries},
+            ending or Ending(Outcome.DEAD_LETTERED),
+        )
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        if not self.history:
+            return
+        self._settle(
+            f"settled AS (SELECT id, queue FROM {self.schema}.message "
+            "WHERE receipt = %(receipt)s FOR UPDATE)",
+            {"receipt": delivery.receipt},
+            ending,
         )
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:

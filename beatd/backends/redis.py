@@ -13,7 +13,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:epoch             string  the fencing epoch, raised on every fresh take of the lease
   beatd:format            string  "1": beatd's data is here (gone: Redis lost it; see identity);
                                   beatd before format versions writes it too
-  beatd:format-version    string  the persisted-state format, "2" (FORMAT), which no beatd
+  beatd:format-version    string  the persisted-state format, "3" (FORMAT), which no beatd
                                   before format versions writes (redis_scripts.MIGRATIONS)
   beatd:state             hash    entry -> JSON [last_slot_us, last_published_us, identity]
   beatd:queues            set     every queue name ever written to
@@ -21,12 +21,13 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
+  beatd:h:*               the run history (redis_history.py has its keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 
 The backend is its parts, one per role, sharing one connection (`RedisLink`, redis_link.py):
 `RedisLeaseStore` and `RedisStateStore` here, `RedisWorkQueue` and `RedisQueueAdmin` in
-redis_queue.py (with how a claim lapses).
+redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.redis_events import RedisCeleryEvents
+from beatd.backends.redis_history import RedisRunHistory, published_fields
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -154,8 +157,10 @@ class RedisLeaseStore(RedisLink):
 class RedisStateStore(RedisLink):
     """The state hash, advanced with the runs' messages by one fenced script."""
 
-    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout)
+    def __init__(
+        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+    ) -> None:
+        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
         # by (kind, queue, priority): hashing a dataclass costs a Python call per message
         self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
 
@@ -196,8 +201,26 @@ class RedisStateStore(RedisLink):
             {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
         )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
-        wait = self._send_fenced("commit", lease, keys, (lease.token, lease.epoch, *flat))
+        history = self._commit_history(lease, writes, messages)
+        args = (lease.token, lease.epoch, *flat, *history)
+        wait = self._send_fenced("commit", lease, keys, args)
         return lambda: set(wait())
+
+    def _commit_history(
+        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+    ) -> tuple[str, str, str, str]:
+        """The commit script's history arguments (see redis_scripts.COMMIT)."""
+        if not self._history:
+            return "", "", "", ""
+        published: list[str] = []
+        for message in messages:
+            published += published_fields(message)
+        missed: list[str | int] = []
+        for write in writes:
+            for m in write.missed:
+                missed += (m.entry, m.reason, str(to_micros(m.first)), str(to_micros(m.last)))
+                missed.append(str(m.total))
+        return self._history, lease.node, _json(published), _json(missed)
 
     def _target(self, message: Outgoing) -> tuple[str, bool]:
         """The key a message goes to, and whether it is a Celery list (not a beatd stream)."""
@@ -217,8 +240,16 @@ class RedisStateStore(RedisLink):
         self._fenced("forget", lease, keys, (lease.token, lease.epoch, *entries))
 
 
-class RedisBackend(RedisLeaseStore, RedisStateStore, RedisWorkQueue, RedisQueueAdmin):
-    """Every role, on one connection pool (see the module doc)."""
+class RedisBackend(
+    RedisLeaseStore,
+    RedisStateStore,
+    RedisWorkQueue,
+    RedisQueueAdmin,
+    RedisRunHistory,
+    RedisCeleryEvents,
+):
+    """Every role, on one connection pool (see the module doc), and Celery's task events on a
+    connection of their own (redis_events.py)."""
 
     def persistence_warnings(self) -> list[str]:
         """What in Redis's configuration breaks beatd's guarantees: what, consequence, fix."""

@@ -80,7 +80,9 @@ def _ms(seconds: float) -> int:
 class RedisLink:
     """One Redis connection pool, its namespace, and the bounded calls every part makes."""
 
-    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+    ) -> None:
         if not namespace:
             raise BackendError("the Redis namespace must not be empty: use e.g. 'beatd'")
         if op_timeout <= 0:
@@ -95,6 +97,8 @@ class RedisLink:
             )
         self.namespace = namespace
         self.op_timeout = op_timeout
+        # the key prefix the scripts write the run history under; '' writes none
+        self._history = self._key("") if history else ""
         self._format_checked = False  # see _check_format
         try:
             self._redis: redis.Redis = redis.Redis.from_url(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,10 +26,13 @@ from redis.client import PubSub
 from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
+from beatd.history import Ending
+from beatd.outcomes import Outcome
 
 # An idle waiting connection PINGs after hearing nothing for this many block periods: a little
 # over one, so an idle worker sends fewer than one command per block period.
 PING_AFTER_SILENCE = 7 / 6
+HOST = socket.gethostname()  # a claimant's, in the attempts the run history records
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
 # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
 _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
@@ -38,8 +43,10 @@ _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
 class RedisWorkQueue(RedisLink):
     """beatd's queues: a stream per queue and priority band, a zset of delayed retries."""
 
-    def __init__(self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout)
+    def __init__(
+        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+    ) -> None:
+        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
         self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
         self._channels: list[str] = []
         self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
@@ -77,6 +84,7 @@ class RedisWorkQueue(RedisLink):
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
         keys.append(self._key("dead"))
         args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
+        args += (self._history, HOST, str(os.getpid()))
         # the claim is made whatever the entry holds; what cannot be read is said in the
         # delivery, so the worker dead-letters it (an exception here would leave it claimed)
         reply = self._send("claim", keys, args, raw=True)()
@@ -194,24 +202,45 @@ class RedisWorkQueue(RedisLink):
         stream, _, claim = self._claimed(delivery)
         return bool(self._eval("extend", (stream,), (*claim, _idle_for(visibility))))
 
-    def ack(self, delivery: Delivery) -> None:
-        stream, _, claim = self._claimed(delivery)
-        self._eval("ack", (stream,), claim)
+    def _ending(
+        self, delivery: Delivery, ending: Ending | None, outcome: Outcome
+    ) -> list[str | int]:
+        """The settling scripts' history arguments (redis_scripts: `settled`)."""
+        if not self._history:
+            return [""]
+        e = ending or Ending(outcome)
+        return [self._history, delivery.id, e.outcome.value, e.reason, e.error_type, e.error]
 
-    def release(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         stream, _, claim = self._claimed(delivery)
-        self._eval("release_claim", (stream,), claim)
+        self._eval("ack", (stream,), claim + self._ending(delivery, ending, Outcome.SUCCEEDED))
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        stream, _, claim = self._claimed(delivery)
+        history = self._ending(delivery, ending, Outcome.RELEASED)
+        self._eval("release_claim", (stream,), claim + history)
+
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
         stream, b, claim = self._claimed(delivery)
         keys = (stream, self._key("delayed", delivery.queue))
         member = _delayed_member(b, delivery.id, body)
-        self._eval("retry", keys, (*claim, _ms(delay) if delay > 0 else 0, member))
+        history = self._ending(delivery, ending, Outcome.RETRIED)
+        self._eval("retry", keys, (*claim, _ms(delay) if delay > 0 else 0, member, *history))
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         stream, b, claim = self._claimed(delivery)
         keys = (stream, self._key("dead"))
-        self._eval("dead_letter", keys, (*claim, delivery.queue, b, reason, delivery.deliveries))
+        history = self._ending(delivery, ending, Outcome.DEAD_LETTERED)
+        args = (*claim, delivery.queue, b, reason, delivery.deliveries, *history)
+        self._eval("dead_letter", keys, args)
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        if not self._history:
+            return
+        stream, _, claim = self._claimed(delivery)
+        self._eval("note_ending", (stream,), claim + self._ending(delivery, ending, ending.outcome))
 
 
 class RedisQueueAdmin(RedisLink):

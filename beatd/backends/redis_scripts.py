@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 
+from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
+
 GROUP = "workers"
 LEASE_LOST = "LEASELOST"
 FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer format
@@ -26,7 +28,10 @@ FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer for
 # MIGRATIONS[n] is Lua that upgrades format n + 1 to n + 2, run by ACQUIRE under the lease it
 # takes, atomically with setting the new version; `NS` is the key prefix ("beatd:"). A later
 # change of the keys appends one (docs/design.md).
-MIGRATIONS: tuple[str, ...] = ("-- format 1 to 2: the same keys; only the version is new",)
+MIGRATIONS: tuple[str, ...] = (
+    "-- format 1 to 2: the same keys; only the version is new",
+    "-- format 2 to 3: the run history's keys (NS .. 'h:*') are new; nothing to convert",
+)
 FORMAT_VERSION = 1 + len(MIGRATIONS)
 FORMAT = str(FORMAT_VERSION)  # the value of the format-version key
 MARKER = "1"  # the value of the marker, as every beatd writes it
@@ -137,10 +142,13 @@ end
 # indexes KEYS; then the number of streams, and the messages' bodies joined by U+001E (no JSON
 # text holds that character unescaped, so they need no escaping). KEYS[4 .. 3 + streams] are
 # beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
-# kombu's Redis transport does). -> the rejected entry names; an error reply LEASELOST and
-# nothing written
+# kombu's Redis transport does); then the history's: NS ('' for none), the node, a flat JSON
+# array of each message's (slot_us, due - slot in us, kind), slot '' for a message with no
+# record, and one of missed slots as (entry, reason, first_us, last_us, total)...
+# -> the rejected entry names; an error reply LEASELOST and nothing written
 COMMIT = (
     CHECK_LEASE
+    + COMMIT_HISTORY
     + """
 local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
 if lost then return lost end
@@ -165,10 +173,27 @@ end
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
+local NS, node = ARGV[8] or '', ARGV[9]
+local prefixes, now = NS ~= '' and cjson.decode(ARGV[10]), NS ~= '' and now_us()
+if NS ~= '' then
+  local missed = cjson.decode(ARGV[11])
+  for i = 1, #missed, 5 do
+    if not skip[missed[i]] then
+      local m = missed
+      missed_slots(NS, m[i], m[i + 1], m[i + 2], m[i + 3], m[i + 4], now, node, ARGV[2])
+    end
+  end
+end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
   if not skip[messages[i + 1]] then
     local k, body = messages[i], string.sub(bodies, at, stop - 1)
+    local h = prefixes and (i - 1)  -- the message's (slot, due - slot, kind) in ARGV[10]
+    if h and prefixes[h + 1] ~= '' then
+      local slot, due_off, kind = prefixes[h + 1], prefixes[h + 2], prefixes[h + 3]
+      published(NS, messages[i + 1], messages[i + 2], slot, due_off, kind, k > last_stream, now,
+        node, ARGV[2])
+    end
     if k > last_stream then
       redis.call('LPUSH', KEYS[k], body)
     else
@@ -213,13 +238,15 @@ return 0
 """
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
-# then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue names
+# then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue
+# names, then the history's NS ('' for none), host and pid of the claimant
 # A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
 # -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
 # {key index, entry id, message id, body, deliveries, pending count}; the message id
 # and body are nil when the entry lacks them, and are bytes as stored (the caller decodes them)
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local NS, host, pid = ARGV[5 + n] or '', ARGV[6 + n], ARGV[7 + n]
 local now = now_ms()
 local function delayed_run(member)
   local ok, m = pcall(cjson.decode, member)
@@ -269,6 +296,7 @@ local function hand_out(k, entry)
   redis.call('XCLAIM', KEYS[k], G, consumer, 0, id, 'IDLE', idle, 'JUSTID')
   local count = redis.call('XPENDING', KEYS[k], G, id, id, 1)[1][4]
   local f = fields(entry[2])
+  claimed(NS, f['id'], consumer, host, pid)
   -- a missing field is nil (false): the caller dead-letters the entry instead of failing
   return {k, id, f['id'] or false, f['body'] or false, (tonumber(f['d']) or 0) + count, count}
 end
@@ -319,17 +347,22 @@ redis.call('XCLAIM', KEYS[1], G, ARGV[2], 0, ARGV[1], 'IDLE', ARGV[4], 'JUSTID')
 return 1
 """
 
-# KEYS stream; ARGV entry id, consumer, count -> 1 removed, 0 not ours
+# The settling scripts end the run's open attempt first (`settled`, redis_history_lua), from
+# the ARGV that follow their own: NS ('' for none), run id, outcome, reason, error type, error.
+
+# KEYS stream; ARGV entry id, consumer, count, history... -> 1 removed, 0 not ours
 ACK = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+settled(4)
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS stream; ARGV entry id, consumer, count -> 1 given back, 0 not ours
+# KEYS stream; ARGV entry id, consumer, count, history... -> 1 given back, 0 not ours
 RELEASE_CLAIM = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+settled(4)
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   local before = (tonumber(f['d']) or 0) + tonumber(ARGV[3]) - 1
@@ -341,9 +374,11 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS stream, delayed; ARGV entry id, consumer, count, delay_ms, member [band, id, body, nonce]
+# KEYS stream, delayed; ARGV entry id, consumer, count, delay_ms, member [band, id, body, nonce],
+# history...
 RETRY = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+settled(6)
 local delay = tonumber(ARGV[4])
 if delay > 0 then
   redis.call('ZADD', KEYS[2], now_ms() + delay, ARGV[5])
@@ -357,9 +392,10 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS stream, dead; ARGV entry id, consumer, count, queue, band, reason, deliveries
+# KEYS stream, dead; ARGV entry id, consumer, count, queue, band, reason, deliveries, history...
 DEAD_LETTER = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+settled(8)
 local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   redis.call('XADD', KEYS[2], '*', 'id', f['id'] or '', 'queue', ARGV[4], 'band', ARGV[5],
@@ -391,7 +427,7 @@ return moved
 
 class _Script:
     def __init__(self, source: str) -> None:
-        self.source = PRELUDE + source
+        self.source = PRELUDE + HISTORY + source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
@@ -411,5 +447,6 @@ SCRIPTS = {
         "retry": RETRY,
         "dead_letter": DEAD_LETTER,
         "requeue": REQUEUE,
+        **HISTORY_SCRIPTS,
     }.items()
 }

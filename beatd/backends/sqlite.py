@@ -12,11 +12,13 @@ also maps SQLite's errors to NotApplied and OutcomeUnknown).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
+from typing import Any
 
 from beatd.backends.base import (
     NEEDS,
@@ -38,6 +40,7 @@ from beatd.backends.sqlite_file import (
     FORMAT_VERSION,
     LARGE_CATCH_UP,
     LEASE,
+    MESSAGE_ATTEMPT,
     SCHEMA,
     SQLiteFile,
     _priority,
@@ -46,13 +49,28 @@ from beatd.backends.sqlite_file import (
     _us,
     upgrade,
 )
+from beatd.backends.sqlite_history import (
+    SQLiteRunHistory,
+    micros,
+    record_ended,
+    record_missed,
+    record_published,
+)
 from beatd.errors import BackendError
+from beatd.history import Ending
+from beatd.outcomes import Outcome
 from beatd.state import EntryState
 
 __all__ = ["SCHEMA", "SQLiteBackend"]
 
 log = logging.getLogger(__name__)
 _destination = attrgetter("destination")
+# what a settling method records when the worker gives no `Ending`
+_SUCCEEDED, _RETRIED = Ending(Outcome.SUCCEEDED), Ending(Outcome.RETRIED)
+_DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEASED)
+_NONE = (None, None, None, None)  # no attempt opened: history is off
+_ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
+_OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -216,6 +234,9 @@ class SQLiteStateStore(SQLiteFile):
                     if m.entry not in rejected
                 ],
             )
+            if self.history:
+                record_published(db, lease, micros(now), messages, rejected)
+                record_missed(db, lease, micros(now), writes, rejected)
             return rejected
 
         rejected = self._run(work, lease=True)
@@ -257,13 +278,16 @@ class SQLiteWorkQueue(SQLiteFile):
 
         def work(db: sqlite3.Connection) -> Delivery | None:
             now = self._now()
+            # the attempt opens in the message's row (a trigger records one left open as lost)
+            attempt = (consumer, self._host, os.getpid(), micros(now)) if self.history else _NONE
             row = db.execute(
-                f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1 "
+                f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1, "
+                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ? "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
                 f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
                 f"{_AS_BYTES.format('body')}, deliveries",
-                (receipt, now + visibility, *queues, now),
+                (receipt, now + visibility, *attempt, *queues, now),
             ).fetchall()
             if not row:
                 return None
@@ -275,37 +299,67 @@ class SQLiteWorkQueue(SQLiteFile):
 
         return self._run(work)
 
-    def _update_claimed(self, sql: str, params: tuple[object, ...], delivery: Delivery) -> bool:
-        cursor = self._run(lambda db: db.execute(sql, (*params, delivery.receipt)))
-        return cursor.rowcount == 1
+    def _end(
+        self, db: sqlite3.Connection, delivery: Delivery, started: Any, ending: Ending
+    ) -> None:
+        """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
+        ended now as `ending` says."""
+        if started is not None and started[3] is not None and self.history:
+            record_ended(db, _stored(delivery.id), started, ending, micros(self._now()))
+
+    def _settle(
+        self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending
+    ) -> None:
+        """Write to the claimed message, if the claim still holds, and with that write end the
+        attempt open in it (`sql` closes it: attempt_us = NULL)."""
+
+        def work(db: sqlite3.Connection) -> None:
+            started = db.execute(_OPEN_ATTEMPT, (delivery.receipt,)).fetchone()
+            if db.execute(sql, (*params, delivery.receipt)).rowcount == 1:
+                self._end(db, delivery, started, ending)
+
+        self._run(work)
 
     def extend(self, delivery: Delivery, visibility: float) -> bool:
-        return self._update_claimed(
-            "UPDATE message SET ready_at = ? WHERE receipt = ?",
-            (self._now() + visibility,),
-            delivery,
+        cursor = self._run(
+            lambda db: db.execute(
+                "UPDATE message SET ready_at = ? WHERE receipt = ?",
+                (self._now() + visibility, delivery.receipt),
+            )
         )
+        return cursor.rowcount == 1
 
-    def ack(self, delivery: Delivery) -> None:
-        self._update_claimed("DELETE FROM message WHERE receipt = ?", (), delivery)
+    def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            started = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
+                (delivery.receipt,),
+            ).fetchone()
+            self._end(db, delivery, started, ending or _SUCCEEDED)
 
-    def release(self, delivery: Delivery) -> None:
-        self._update_claimed(
-            "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1 "
-            "WHERE receipt = ?",
+        self._run(work)
+
+    def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
+        self._settle(
+            "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1, "
+            "attempt_us = NULL WHERE receipt = ?",
             (self._now(),),
             delivery,
+            ending or _RELEASED,
         )
 
-    def retry(self, delivery: Delivery, body: str, delay: float) -> None:
-        self._update_claimed(
-            "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0 "
-            "WHERE receipt = ?",
+    def retry(
+        self, delivery: Delivery, body: str, delay: float, ending: Ending | None = None
+    ) -> None:
+        self._settle(
+            "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0, "
+            "attempt_us = NULL WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
+            ending or _RETRIED,
         )
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:  # moved in SQL: bytes kept as they are
             db.execute(
                 "INSERT INTO dead_letter (id, queue, priority, body, reason, failed_at, "
@@ -313,9 +367,16 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            db.execute("DELETE FROM message WHERE receipt = ?", (delivery.receipt,))
+            started = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
+                (delivery.receipt,),
+            ).fetchone()
+            self._end(db, delivery, started, ending or _DEAD_LETTERED)
 
         self._run(work)
+
+    def note_ending(self, delivery: Delivery, ending: Ending) -> None:
+        self._settle("UPDATE message SET attempt_us = NULL WHERE receipt = ?", (), delivery, ending)
 
 
 class SQLiteQueueAdmin(SQLiteFile):
@@ -395,7 +456,9 @@ class SQLiteQueueAdmin(SQLiteFile):
         return dict(rows)
 
 
-class SQLiteBackend(SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin):
+class SQLiteBackend(
+    SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin, SQLiteRunHistory
+):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or
     `create=False`, a missing file is an error."""

@@ -10,6 +10,8 @@ which is then rolled back: NotApplied.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sqlite3
 import threading
 import time
@@ -22,7 +24,127 @@ from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.history import FAILED_FINALLY, FINAL, LOST
+from beatd.outcomes import Outcome
 
+
+def _listed(outcomes: frozenset[Outcome]) -> str:
+    """Outcomes as an SQL list of text literals (they are plain words)."""
+    return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
+
+
+# The run history (format 2, beatd.history): one `run` row per published run, its ended attempts
+# keyed by (run's seq, number), the missed-slot ranges and each entry's summary. Every page a step
+# dirties is written to the WAL at its commit, and pages, more than statements, are what the
+# history costs a claim and an ack (bench/sqlite_history.py). So:
+# - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
+#   row anyway) and is written to `attempt` once, ended, by the settling step;
+# - what follows from that is done by triggers, in C: a claim that finds the message's attempt
+#   still open records it `lost`; an attempt ended with a final outcome moves its entry's summary;
+# - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
+#   is finished when its last attempt's outcome is final.
+# An attempt started from Celery's task events (no message here) is an `attempt` row with no end.
+# The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
+# most `Retention.per_entry` rows to look at) and all runs by age (newest first; trimming the
+# oldest). Statements one by one, so that they run inside a transaction (executescript commits).
+MESSAGE_ATTEMPT = (
+    ("attempt_consumer", "TEXT"),
+    ("attempt_host", "TEXT"),
+    ("attempt_pid", "INTEGER"),
+    ("attempt_us", "INTEGER"),  # when the claim started it; NULL: none open in this row
+)
+_SUMMARIZE = (
+    "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
+    "last_success_us, last_failure_us, consecutive_failures) "
+    "SELECT entry, new.outcome, new.ended_us, new.ended_us - new.started_us, "
+    f"iif(new.outcome = '{Outcome.SUCCEEDED}', new.ended_us, NULL), "
+    f"iif(new.outcome IN ({_listed(FAILED_FINALLY)}), new.ended_us, NULL), "
+    f"new.outcome IN ({_listed(FAILED_FINALLY)}) FROM run WHERE seq = new.run "
+    "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
+    "last_finished_us = excluded.last_finished_us, "
+    "last_duration_us = excluded.last_duration_us, "
+    "last_success_us = coalesce(excluded.last_success_us, last_success_us), "
+    "last_failure_us = coalesce(excluded.last_failure_us, last_failure_us), "
+    f"consecutive_failures = CASE WHEN excluded.last_status = '{Outcome.SUCCEEDED}' THEN 0 "
+    "WHEN excluded.last_failure_us IS NOT NULL THEN consecutive_failures + 1 "
+    "ELSE consecutive_failures END"
+)
+HISTORY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS run (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    entry TEXT NOT NULL,
+    slot_us INTEGER NOT NULL,
+    due_us INTEGER NOT NULL,
+    published_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    celery INTEGER NOT NULL DEFAULT 0,
+    received_us INTEGER,
+    overdue_us INTEGER
+)""",
+    "CREATE INDEX IF NOT EXISTS run_entry ON run (entry, published_us, id)",
+    "CREATE INDEX IF NOT EXISTS run_published ON run (published_us, id)",
+    """CREATE TABLE IF NOT EXISTS attempt (
+    run INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    started_us INTEGER NOT NULL,
+    ended_us INTEGER,
+    outcome TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    error_type TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run, number)
+) WITHOUT ROWID""",
+    "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
+    "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    # An attempt started from task events ends the run's open one as lost.
+    "CREATE TRIGGER IF NOT EXISTS attempt_started AFTER INSERT ON attempt "
+    "WHEN new.ended_us IS NULL BEGIN "
+    f"UPDATE attempt SET ended_us = new.started_us, outcome = '{LOST}' "
+    "WHERE run = new.run AND number < new.number AND ended_us IS NULL; END",
+    # A claim of a message whose attempt is still open (its claim lapsed): that one was lost.
+    "CREATE TRIGGER IF NOT EXISTS message_claimed_again AFTER UPDATE OF attempt_us ON message "
+    "WHEN old.attempt_us IS NOT NULL AND new.attempt_us IS NOT NULL BEGIN "
+    "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome) "
+    "SELECT seq, (SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
+    "old.attempt_consumer, old.attempt_host, old.attempt_pid, old.attempt_us, "
+    f"new.attempt_us, '{LOST}' FROM run WHERE id = old.id; END",
+    # An attempt that ends with a final outcome (stored ended, or ended later) moves the summary.
+    "CREATE TRIGGER IF NOT EXISTS attempt_stored_ended AFTER INSERT ON attempt "
+    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
+    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    """CREATE TABLE IF NOT EXISTS missed (
+    entry TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_us INTEGER NOT NULL,
+    last_us INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    recorded_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    overdue_us INTEGER,
+    PRIMARY KEY (entry, reason, first_us)
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS missed_recorded ON missed (recorded_us)",
+    """CREATE TABLE IF NOT EXISTS entry_summary (
+    entry TEXT PRIMARY KEY,
+    last_status TEXT NOT NULL,
+    last_finished_us INTEGER NOT NULL,
+    last_duration_us INTEGER,
+    last_success_us INTEGER,
+    last_failure_us INTEGER,
+    consecutive_failures INTEGER NOT NULL
+) WITHOUT ROWID""",
+)
+HISTORY_OBJECTS = frozenset(
+    re.findall(r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)", " ".join(HISTORY_SCHEMA))
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
     name TEXT PRIMARY KEY,
@@ -47,7 +169,11 @@ CREATE TABLE IF NOT EXISTS message (
     body TEXT NOT NULL,
     ready_at REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    attempt_consumer TEXT,
+    attempt_host TEXT,
+    attempt_pid INTEGER,
+    attempt_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
@@ -79,10 +205,35 @@ def _format_1(db: sqlite3.Connection) -> None:
     """Format 0 (beatd before format versions) to 1: the same tables; only the version is new."""
 
 
+def _format_2(db: sqlite3.Connection) -> None:
+    """Format 1 to 2: the run history's tables and the message's open attempt (issue 15). A
+    process that opened the file for writing since has added them already (`add_history`), so
+    that a worker started before the leader upgrades records its attempts."""
+    add_history(db)
+
+
+def add_history(db: sqlite3.Connection) -> None:
+    """Add the run history's layout where it is missing, inside the caller's transaction."""
+    held = {row[1] for row in db.execute("PRAGMA table_info(message)")}
+    for column, kind in MESSAGE_ATTEMPT:
+        if column not in held:
+            db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
+    for statement in HISTORY_SCHEMA:
+        db.execute(statement)
+
+
+def has_history(db: sqlite3.Connection) -> bool:
+    """Whether the file has all of the run history's layout (a read)."""
+    objects = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    return objects >= HISTORY_OBJECTS and "attempt_us" in {
+        row[1] for row in db.execute("PRAGMA table_info(message)")
+    }
+
+
 # The persisted-state format is the file's `PRAGMA user_version`. MIGRATIONS[n] upgrades format n
 # to n + 1, run by the leader in the transaction that takes the lease (see `upgrade`): a later
 # change of the tables appends one (docs/design.md, Persisted-state format).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_format_1, _format_2)
 FORMAT_VERSION = len(MIGRATIONS)
 
 
@@ -117,7 +268,8 @@ def _us(moment: datetime | None) -> int | None:
 
 class SQLiteFile:
     """`read_only`: for commands that only look (status, dead list, a migration's source):
-    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error."""
+    the file is opened with `mode=ro`. With it or `create=False`, a missing file is an error.
+    `history=False`: commits, claims and settlings write no run history (reads still work)."""
 
     def __init__(
         self,
@@ -126,6 +278,7 @@ class SQLiteFile:
         wall_clock: Callable[[], float] = time.time,
         read_only: bool = False,
         create: bool = True,
+        history: bool = True,
     ) -> None:
         if str(path) == ":memory:":  # else sqlite3 opens one connection's private database
             raise BackendError(
@@ -141,6 +294,9 @@ class SQLiteFile:
         self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
         self._check_at = 0.0  # monotonic: when a queue's write checks the file next
         self._published_since_truncate = 0  # runs committed since the WAL was last truncated
+        self.history = history  # False: commits, claims and settlings write no run history
+        self._history_tables = False  # seen in a read-only file (which may be of format 1)
+        self._host = socket.gethostname()  # of the attempts this process's claims start
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
                 f"no database at {self.path}: check the path (`beatd run` creates it)"
@@ -151,6 +307,8 @@ class SQLiteFile:
             self._connection()
         else:
             self._run(lambda db: db.executescript(SCHEMA), write=False)
+            if not self._run(has_history, write=False):  # of format 1: the leader upgrades it
+                self._run(add_history)
 
     def _require_beatd_database(self) -> None:
         """Refuse, as bad input, a file at the path that is not beatd's database (a mistyped

@@ -1,6 +1,17 @@
 """The `beatd` command line. Every daemon setting is a flag with a `BEATD_*` variable."""
 
-from beatd.cli import admin, database, diff, migrate, run, schedules, status, workers
+from beatd.cli import admin, database, diff, history, migrate, run, schedules, status, workers
 from beatd.cli.common import main
 
-__all__ = ["admin", "database", "diff", "main", "migrate", "run", "schedules", "status", "workers"]
+__all__ = [
+    "admin",
+    "database",
+    "diff",
+    "history",
+    "main",
+    "migrate",
+    "run",
+    "schedules",
+    "status",
+    "workers",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -99,10 +100,13 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
-    """Which backend: `--broker` and `--namespace`, parsed once (`backend_options`)."""
+    """Which backend: `--broker` and `--namespace`, parsed once (`backend_options`); for the
+    daemons also whether they write the run history (`--history/--no-history`,
+    `history_option`)."""
 
     url: str
     namespace: str
+    history: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +279,28 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _with_flags([BROKER_FLAG, click.option("--namespace", **NAMESPACE_FLAG)], command)
 
 
+HISTORY_FLAG = click.option(
+    "--history/--no-history",
+    envvar="BEATD_HISTORY",
+    default=True,
+    show_default=True,
+    help="Record each run, its attempts and the missed slots in the run history "
+    "(docs/history.md); without it nothing is written to the history, which can still be read "
+    "(and `beatd run` still trims it).",
+)
+
+
+def history_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--history/--no-history`, folded into the `backend: BackendSettings` that
+    `backend_options` (above this decorator) hands the command."""
+
+    @functools.wraps(func)
+    def command(*args: Any, history: bool, backend: BackendSettings, **kwargs: Any) -> Any:
+        return func(*args, backend=dataclasses.replace(backend, history=history), **kwargs)
+
+    return HISTORY_FLAG(command)
+
+
 def logging_options(
     level: str = "info", *, with_format: bool = True
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -341,6 +367,7 @@ def open_broker(
             op_timeout=op_timeout,
             read_only=read_only,
             create=create,
+            history=settings.history,
         )
     except StorageFailed as exc:  # no bad input: the file is there, but damaged
         fail(exc)

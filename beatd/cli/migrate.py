@@ -1,4 +1,5 @@
-"""`beatd migrate`: copy the run state and dead letters to another backend (SQLite to Redis)."""
+"""`beatd migrate`: copy the run state, dead letters and run history to another backend (SQLite
+to Redis)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ from beatd.service import setup_logging
 def migrate(
     source_url: str, target_url: str, queued_as_dead: bool, namespace: str, log: LogSettings
 ) -> None:
-    """Copy every entry's last published slot and the dead letters to another backend.
+    """Copy every entry's last published slot, the dead letters and the run history to another
+    backend.
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
     queued on the source (or, when they cannot, copy them as dead letters with
@@ -82,8 +84,9 @@ def migrate(
         source.close()
         target.close()
     click.echo(
-        f"copied {report.states} state(s), {report.dead_letters} dead letter(s); skipped "
-        f"{report.skipped} already on the target"
+        f"copied {report.states} state(s), {report.dead_letters} dead letter(s), {report.runs} "
+        f"run record(s), {report.missed} missed-slot record(s); skipped {report.skipped} already "
+        "on the target"
     )
     if queued:
         click.echo(

@@ -31,6 +31,7 @@ COMMAND_ORDER = (
     "run",
     "worker",
     "status",
+    "history",
     "dead list",
     "dead retry",
     "migrate",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -9,6 +10,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -30,6 +32,7 @@ from beatd.cli.common import (
     ScheduleSettings,
     backend_options,
     fail,
+    history_option,
     logging_options,
     main,
     metrics_option,
@@ -44,7 +47,9 @@ from beatd.clock import SystemClock
 from beatd.config import Config, load_config
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import Entry
+from beatd.entry_series import EntrySeries
 from beatd.errors import ConfigError, Problem
+from beatd.history import Retention
 from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
 from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
@@ -61,6 +66,10 @@ RUN_FLAGS = (
     "removed_grace",
     "metrics_addr",
     "with_worker",
+    "metrics_entries",
+    "history_keep",
+    "history_max_age",
+    "history_max_records",
 )
 
 
@@ -83,7 +92,12 @@ def parse_run_settings(
     removed_grace: str,
     metrics_addr: str,
     with_worker: bool,
+    metrics_entries: str,
+    history_keep: int,
+    history_max_age: str,
+    history_max_records: int,
 ) -> RunSettings:
+    max_age = timedelta(seconds=seconds_option("--history-max-age", history_max_age))
     return RunSettings(
         node=node,
         lease_ttl=seconds_option("--lease-ttl", lease_ttl),
@@ -92,12 +106,41 @@ def parse_run_settings(
         watch=watch,
         metrics_addr=metrics_addr,
         with_worker=with_worker,
+        metrics_entries=EntrySeries(metrics_entries),
+        retention=Retention(history_keep, max_age, history_max_records),
     )
 
 
 @main.command()
 @schedule_options
 @backend_options
+@history_option
+@click.option(
+    "--history-keep",
+    envvar="BEATD_HISTORY_KEEP",
+    type=click.IntRange(min=1),
+    default=Retention().per_entry,
+    show_default=True,
+    help="Keep each entry's newest N runs in the run history; the leader trims the rest "
+    "every minute.",
+)
+@click.option(
+    "--history-max-age",
+    envvar="BEATD_HISTORY_MAX_AGE",
+    default="30d",
+    show_default=True,
+    help="Trim run-history records older than this (runs and missed slots, also of entries "
+    "no longer configured).",
+)
+@click.option(
+    "--history-max-records",
+    envvar="BEATD_HISTORY_MAX_RECORDS",
+    type=click.IntRange(min=1),
+    default=Retention().max_records,
+    show_default=True,
+    help="Keep at most N run records in all, and N missed-slot records (the oldest go first): "
+    "a bound on the backend's memory or disk.",
+)
 @logging_options()
 @click.option(
     "--lease-ttl",
@@ -139,6 +182,16 @@ def parse_run_settings(
 )
 @metrics_option(DEFAULT_METRICS_ADDR)
 @click.option(
+    "--metrics-entries",
+    envvar="BEATD_METRICS_ENTRIES",
+    type=click.Choice([s.value for s in EntrySeries]),
+    default=EntrySeries.ALL.value,
+    show_default=True,
+    help="Which entries get per-entry series: all (beyond 10,000 entries: file, logged once), "
+    "file (the schedule files' entries; today every entry is one, runtime entries come later) "
+    "or none (totals and the per-task histogram only).",
+)
+@click.option(
     "--with-worker",
     envvar="BEATD_WITH_WORKER",
     is_flag=True,
@@ -175,12 +228,13 @@ def run(
         notifier=notifier,
         registry=registry,
         worker=worker.worker if worker is not None else None,
+        metrics_entries=settings.metrics_entries,
+        retention=settings.retention,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
-    watcher = None
-    if settings.watch:
-        watcher = watch_schedule_files(schedule.paths, stop, scheduler.request_reload)
+    reload = scheduler.request_reload
+    watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
     logger.info(
         "beatd run node=%s broker=%s entries=%d config=%s",
         settings.node,
@@ -250,7 +304,7 @@ def celery_broker(backend: BackendSettings, celery_config: str | None) -> Backen
     if url is None:
         return backend
     logger.info("broker from the Celery config %s: %s", celery_config, redact(url))
-    return BackendSettings(url, backend.namespace)
+    return dataclasses.replace(backend, url=url)
 
 
 def check_transport(config: Config, backend: StateStore) -> None:

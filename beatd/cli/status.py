@@ -17,7 +17,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -30,6 +30,7 @@ from beatd.cli.common import (
     LogSettings,
     ScheduleSettings,
     backend_options,
+    bad_option,
     fail,
     logging_options,
     main,
@@ -38,9 +39,12 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
+from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
+from beatd.config.convert import suggest
 from beatd.errors import BeatdError
+from beatd.history import EntrySummary
 from beatd.service import setup_logging
 from beatd.state import EntryState
 
@@ -94,15 +98,29 @@ def read_counts(urls: Sequence[str], timeout: float = 5.0) -> dict[str, RunTotal
     return totals
 
 
+def entry_names(
+    config: Config | None, states: dict[str, EntryState], asked: Sequence[str], limit: int | None
+) -> tuple[list[str], int]:
+    """The entries to show: those `asked` (all when none), configured ones (or persisted ones
+    when no configuration is known), in name order, at most `limit`; and how many there were."""
+    known = sorted(config.entries) if config is not None else sorted(states)
+    for name in asked:
+        if name not in known:
+            where = "the schedule files" if config is not None else "the backend's entry states"
+            bad_option("ENTRY", f"no entry {name!r} in {where}{suggest(name, known)}")
+    names = [name for name in known if name in set(asked)] if asked else known
+    return names[:limit], len(names)
+
+
 def entry_rows(
     config: Config | None,
     states: dict[str, EntryState],
+    names: Sequence[str],
     counts: dict[str, RunTotals] | None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """One row per configured entry (or per persisted entry when no configuration is known)."""
+    """One row per entry of `names`: its persisted state and next due time."""
     rows = []
-    names = sorted(config.entries) if config is not None else sorted(states)
     for name in names:
         state = states.get(name)
         row: dict[str, Any] = {
@@ -131,6 +149,31 @@ def entry_rows(
         row["missed"] = dict(sorted(total.missed.items())) if total else None
         rows.append(row)
     return rows
+
+
+def add_summaries(rows: list[dict[str, Any]], summaries: dict[str, EntrySummary] | None) -> None:
+    """Each row's last finished run from the history (None: unknown, the history unreadable)."""
+    for row in rows:
+        summary = summaries.get(row["entry"]) if summaries is not None else None
+        row["last_status"] = summary.last_status if summary else None
+        row["last_finished"] = _time(summary.last_finished_at if summary else None)
+        row["last_success"] = _time(summary.last_success_at if summary else None)
+        row["last_failure"] = _time(summary.last_failure_at if summary else None)
+        duration = summary.last_duration if summary else None
+        row["last_duration_seconds"] = seconds(duration)
+        row["consecutive_failures"] = summary.consecutive_failures if summary else None
+
+
+def read_summaries(store: Backend, names: Sequence[str]) -> dict[str, EntrySummary] | None:
+    """The entries' summaries; None, with a warning, when the history cannot be read (the
+    rest of the status still can)."""
+    if not names:
+        return {}
+    try:
+        return store.summaries(names)
+    except BeatdError as exc:
+        click.echo(f"beatd: warning: cannot read the run history: {exc}", err=True)
+        return None
 
 
 def queue_rows(backend: Backend) -> list[dict[str, Any]]:
@@ -170,15 +213,26 @@ def _time(moment: datetime | None) -> str | None:
     help="A scheduler's metrics, such as http://127.0.0.1:9477 (repeatable: one per `beatd "
     "run`, summed), for the late and missed counts, which only the schedulers keep.",
 )
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    show_default="all",
+    help="Show the first N entries (by name) only.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.argument("entries", nargs=-1, metavar="[ENTRY]...")
 def status(
     schedule: ScheduleSettings,
     backend: BackendSettings,
     log: LogSettings,
     metrics_urls: tuple[str, ...],
+    limit: int | None,
     as_json: bool,
+    entries: tuple[str, ...],
 ) -> None:
-    """Show the leader, each entry's last and next run, queue depths and dead letters."""
+    """Show the leader, each entry's last and next run and how its last run ended, queue
+    depths and dead letters."""
     setup_logging(log.level, log.format)
     config = read_optional_config(schedule)
     counts = read_counts(metrics_urls) if metrics_urls else None
@@ -188,18 +242,23 @@ def status(
     try:
         info = store.leader()
         states = store.load_states()
+        names, total = entry_names(config, states, entries, limit)
+        summaries = read_summaries(store, names)
         queues = queue_rows(store)
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
     now = datetime.fromtimestamp(time.time(), UTC)
+    rows = entry_rows(config, states, names, counts, now)
+    add_summaries(rows, summaries)
     report = {
         "backend": store.url,
         "now": _time(now),
         "config": config.fingerprint if config is not None else None,
         "leader": leader_row(info, config),
-        "entries": entry_rows(config, states, counts, now),
+        "entries": rows,
+        "entries_total": total,
         "queues": queues,
         "counts_from": list(metrics_urls),
     }
@@ -223,21 +282,7 @@ def render(report: dict[str, Any]) -> Iterable[str]:
             f"config={leader['config'] or '?'}{drift[leader['same_config']]}"
         )
     yield ""
-    table = [("ENTRY", "LAST PUBLISHED", "NEXT DUE", "LATE", "MISSED")]
-    for row in report["entries"]:
-        nxt = row["next_due"] or "never"
-        if row["overdue_seconds"] is not None:
-            nxt += f" (overdue {row['overdue_seconds']:.0f}s)"
-        elif not row["adopted"]:
-            nxt += " (new)"
-        missed = row["missed"]
-        missed_text = "-" if missed is None else str(sum(missed.values()))
-        if missed:
-            missed_text += " (" + ", ".join(f"{k} {v}" for k, v in missed.items()) + ")"
-        late = "-" if row["late"] is None else str(row["late"])
-        table.append((row["entry"], row["last_published"] or "never", nxt, late, missed_text))
-    yield from _table(table)
-    yield f"{len(report['entries'])} entries"
+    yield from entry_table(report)
     if not report["counts_from"]:
         yield "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)"
     else:
@@ -248,6 +293,65 @@ def render(report: dict[str, Any]) -> Iterable[str]:
     yield from _table(queues)
     if not report["queues"]:
         yield "no messages waiting and no dead letters"
+
+
+def entry_table(report: dict[str, Any]) -> Iterable[str]:
+    """The entries with their times absolute and relative to now, as `systemctl list-timers`."""
+    now = datetime.fromisoformat(report["now"])
+    header = ("ENTRY", "LAST PUBLISHED", "NEXT DUE", "LAST STATUS", "LAST SUCCESS", "LAST DURATION")
+    table = [(*header, "LATE", "MISSED")]
+    for row in report["entries"]:
+        table.append(
+            (
+                row["entry"],
+                _when(row["last_published"], now),
+                _next_due(row, now),
+                _last_status(row),
+                "-" if row["last_status"] is None else _when(row["last_success"], now),
+                "-" if row["last_status"] is None else span_text(_span(row)),
+                "-" if row["late"] is None else str(row["late"]),
+                _missed(row["missed"]),
+            )
+        )
+    yield from _table(table)
+    shown, total = len(report["entries"]), report["entries_total"]
+    yield f"{shown} entries" if shown == total else f"{shown} of {total} entries (--limit)"
+
+
+def _when(text: str | None, now: datetime) -> str:
+    return absolute_and_relative(None if text is None else datetime.fromisoformat(text), now)
+
+
+def _next_due(row: dict[str, Any], now: datetime) -> str:
+    if row["next_due"] is None:
+        return "never"
+    due = datetime.fromisoformat(row["next_due"])
+    if row["overdue_seconds"] is not None:
+        return f"{row['next_due']} (overdue {relative(due, now).removesuffix(' ago')})"
+    new = "" if row["adopted"] else "new, "
+    return f"{row['next_due']} ({new}{relative(due, now)})"
+
+
+def _last_status(row: dict[str, Any]) -> str:
+    status: str | None = row["last_status"]
+    if status is None:
+        return "-"
+    failures = row["consecutive_failures"] or 0
+    return f"{status} ({failures} in a row)" if failures > 1 else status
+
+
+def _span(row: dict[str, Any]) -> timedelta | None:
+    duration = row["last_duration_seconds"]
+    return None if duration is None else timedelta(seconds=duration)
+
+
+def _missed(missed: dict[str, int] | None) -> str:
+    if missed is None:
+        return "-"
+    text = str(sum(missed.values()))
+    if missed:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in missed.items()) + ")"
+    return text
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> Iterable[str]:

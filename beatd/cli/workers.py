@@ -28,6 +28,7 @@ from beatd.cli.common import (
     backend_options,
     bad_option,
     fail,
+    history_option,
     logging_options,
     main,
     metrics_option,
@@ -275,6 +276,7 @@ def worker_readiness(runner: Worker) -> tuple[bool, str]:
 @main.command()
 @schedule_options
 @backend_options
+@history_option
 @logging_options()
 @worker_options
 @metrics_option(DEFAULT_WORKER_METRICS_ADDR)

@@ -156,6 +156,12 @@ def to_max_catch_up(value: object) -> int:
     return value
 
 
+def to_alert_after_failures(value: object) -> int | None:
+    if value is None:
+        return None
+    return to_max_catch_up(value)
+
+
 @cache
 def _zone_names() -> tuple[str, ...]:
     return tuple(sorted(available_timezones()))

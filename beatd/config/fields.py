@@ -23,6 +23,7 @@ from typing import Any
 
 from beatd.config.convert import (
     TASK_NAME,
+    to_alert_after_failures,
     to_args,
     to_bool,
     to_duration,
@@ -178,6 +179,20 @@ FIELDS: tuple[Field, ...] = (
         "a run published later than this after it was due counts as late, and a slot overdue "
         "by more than this is *missed* and handled by `missed`",
         "5m", DURATION,
+    ),
+    Field(
+        "deadline", "duration", to_optional_duration, None, "none", True,
+        "a run not finished this long after it was due (slot plus jitter), by the leader's "
+        "clock, is marked overdue: also one never started, and the first slot of slots missed "
+        "for any reason but `disabled` ([deadlines](metrics.md#deadlines-and-failing-entries))",
+        "30m", {**DURATION, "type": ["string", "number", "null"]},
+    ),
+    Field(
+        "alert_after_failures", "integer ≥ 1 or null", to_alert_after_failures, None, "none",
+        True,
+        "after this many runs in a row that ended failed or dead-lettered, the entry is "
+        "reported failing (`beatd_entry_failing`, a log line) until a run succeeds",
+        "3", {"type": ["integer", "null"], "minimum": 1},
     ),
 )  # fmt: skip
 

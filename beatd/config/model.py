@@ -49,6 +49,8 @@ class Entry:
     missed: MissedPolicy = MissedPolicy.RUN_ONCE
     max_catch_up: int = 100
     misfire_grace: timedelta = timedelta(seconds=60)
+    deadline: timedelta | None = None  # a run unfinished this long after its due time: overdue
+    alert_after_failures: int | None = None  # consecutive final failures that make it failing
     source: str = ""  # "path:line", for log lines and `beatd check`
 
     @property
@@ -118,6 +120,11 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
     }
     if entry.protocol not in (None, "beatd"):  # beatd's own format hashes as it always did
         fields["protocol"] = entry.protocol
+    # the leader judges deadlines and failures: nodes that disagree on them should say so
+    if entry.deadline is not None:  # unset, an entry hashes as it always did
+        fields["deadline"] = entry.deadline.total_seconds()
+    if entry.alert_after_failures is not None:
+        fields["alert_after_failures"] = entry.alert_after_failures
     return fields
 
 

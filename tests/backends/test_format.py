@@ -17,15 +17,17 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from beatd.backends.base import FormatTooNew
+from beatd.backends.base import BeatdQueue, FormatTooNew, Outgoing, StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
+from beatd.history import HistoryQuery
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
 from tests.redis_server import RedisServer
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -81,8 +83,8 @@ def test_a_sqlite_file_of_format_0_is_upgraded_once_and_published_on_from_its_ho
     publish_on(backend, clock, 1)  # a second leader: nothing left to upgrade
     bodies = backend._connection().execute("SELECT body FROM message ORDER BY seq").fetchall()
     assert [json.loads(body)["id"] for (body,) in bodies] == OLD + NEW
-    assert user_version(old_db) == 1
-    assert upgrades(caplog) == [f"upgraded the persisted state of {old_db} from format 0 to 1"]
+    assert user_version(old_db) == 2
+    assert upgrades(caplog) == [f"upgraded the persisted state of {old_db} from format 0 to 2"]
     backend.close()
 
 
@@ -91,7 +93,7 @@ def test_a_sqlite_file_of_a_newer_format_is_refused_by_every_command(old_db: Pat
         connection.execute("PRAGMA user_version = 7")
     refusal = (
         f"{old_db} holds beatd's persisted state in format 7, but this beatd knows formats up "
-        "to 1 only: a newer beatd upgraded it, and an older one must neither lead nor write "
+        "to 2 only: a newer beatd upgraded it, and an older one must neither lead nor write "
         "there. Upgrade beatd on this host to the version the others run (docs/design.md, "
         "Persisted-state format)"
     )
@@ -103,6 +105,99 @@ def test_a_sqlite_file_of_a_newer_format_is_refused_by_every_command(old_db: Pat
         result = CliRunner().invoke(main, args)
         assert (result.exit_code, result.stderr) == (2, refusal + "\n"), args
     assert user_version(old_db) == 7
+
+
+@pytest.fixture
+def v1_db(tmp_path: Path) -> Path:
+    """Format 1, the last before the run history (tests/fixtures/write_format_1.py): `tick`
+    published at :10, :20 and :30 by "old", the first run dead-lettered, two queued."""
+    db = tmp_path / "beatd.db"
+    shutil.copy(FIXTURES / "format-1.db", db)
+    return db
+
+
+def tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
+
+
+def publish_next(backend: SQLiteBackend) -> str:
+    """Commit `tick`'s next run as a leader "next" does (with its slot, so with a record)."""
+    lease = backend.acquire_lease("next", 10)
+    assert lease is not None
+    held = backend.load_states()["tick"]
+    slot = held.last_slot + timedelta(seconds=10)
+    run_id = f"tick@{slot:%Y-%m-%dT%H:%M:%SZ}"
+    write = StateWrite(held._replace(last_slot=slot, last_published=slot), held.last_slot)
+    sent = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot=slot, due=slot)
+    assert backend.commit(lease, [write], [sent]) == set()
+    backend.release_lease(lease)
+    return run_id
+
+
+def test_a_sqlite_file_of_format_1_is_read_as_it_is_read_only_and_holds_no_history(
+    v1_db: Path,
+) -> None:
+    """`beatd status` and `beatd history` on a file no beatd with history has written yet: the
+    states and queues as they are, an empty history, and the file left untouched."""
+    backend = SQLiteBackend(v1_db, read_only=True)
+    assert [s.last_slot for s in backend.load_states().values()] == [
+        datetime(2026, 12, 4, 12, 0, 30, tzinfo=UTC)
+    ]
+    assert backend.queue_depths() == {"default": 2}
+    assert [d.id for d in backend.dead_letters()] == OLD[:1]
+    assert backend.runs(HistoryQuery()) == []
+    assert backend.run(OLD[1]) is None
+    assert (backend.summaries(), backend.missed(), backend.history_size()) == ({}, [], (0, 0))
+    assert list(backend.export_runs()) == []
+    backend.close()
+    assert user_version(v1_db) == 1
+    assert "run" not in tables(v1_db)
+
+
+def test_a_sqlite_file_of_format_1_is_worked_on_before_and_upgraded_with_a_history(
+    v1_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker started before the leader claims and acks an old run (which has no record, so
+    none is written); the leader upgrades to format 2 as it takes the lease, keeps the states,
+    the queue and the dead letter, and records what it publishes from then on."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    wall = lambda: clock.now().timestamp()  # noqa: E731
+    worker = SQLiteBackend(v1_db, wall_clock=wall)
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == OLD[1]
+    worker.ack(delivery)
+    assert (user_version(v1_db), worker.history_size()) == (1, (0, 0))
+    backend = SQLiteBackend(v1_db, wall_clock=wall)
+    publish_on(backend, clock, 20)
+    publish_on(backend, clock, 1)  # a second leader: nothing left to upgrade
+    bodies = backend._connection().execute("SELECT body FROM message ORDER BY seq").fetchall()
+    assert [json.loads(body)["id"] for (body,) in bodies] == OLD[2:] + NEW
+    assert [d.id for d in backend.dead_letters()] == OLD[:1]
+    assert user_version(v1_db) == 2
+    assert upgrades(caplog) == [f"upgraded the persisted state of {v1_db} from format 1 to 2"]
+    ran = publish_next(backend)  # by the next leader, as the scheduler hands it a run
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == OLD[2]  # an old run: still no record
+    worker.ack(delivery)
+    for _ in NEW:
+        delivery = worker.claim(["default"], "w", 30)
+        assert delivery is not None
+        worker.ack(delivery)
+    record = backend.run(ran)
+    assert record is not None
+    assert (record.node, record.status, len(record.attempts)) == ("next", "queued", 0)
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == ran
+    worker.ack(delivery)
+    record = backend.run(ran)
+    assert record is not None
+    assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
+    assert backend.summaries()["tick"].last_status == "succeeded"
+    worker.close()
+    backend.close()
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -134,9 +229,9 @@ def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_hor
     publish_on(backend, clock, 1)
     assert stream_ids(admin) == OLD + NEW
     # the version in its own key; the marker as beatd before format versions reads it
-    assert admin.mget("beatd:format-version", "beatd:format") == ["2", "1"]
+    assert admin.mget("beatd:format-version", "beatd:format") == ["3", "1"]
     assert upgrades(caplog) == [
-        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 3"
     ]
     backend.close()
     admin.close()
@@ -149,7 +244,7 @@ def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
     admin.set("beatd:format-version", "7")  # as a newer beatd writes it
     refusal = (
         f"Redis at {old_redis.url} (namespace beatd) holds beatd's persisted state in format 7, "
-        "but this beatd knows formats up to 2 only: a newer beatd upgraded it, and an older "
+        "but this beatd knows formats up to 3 only: a newer beatd upgraded it, and an older "
         "one must neither lead nor write there. Upgrade beatd on this host to the version the "
         "others run (docs/design.md, Persisted-state format)"
     )
@@ -205,11 +300,60 @@ def test_a_redis_upgraded_once_is_not_upgraded_again_after_a_beatd_of_before_ver
     admin = old_redis.client()
     clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
     backend = RedisBackend(old_redis.url)
-    publish_on(backend, clock, 1)  # upgraded to format 2
+    publish_on(backend, clock, 1)  # upgraded to format 3
     admin.set("beatd:format", "1")  # an old beatd's fresh take of the lease, as it does it
     publish_on(backend, clock, 1)
     assert upgrades(caplog) == [
-        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 2"
+        f"upgraded the persisted state of {old_redis.url} (namespace beatd) from format 1 to 3"
     ]
+    backend.close()
+    admin.close()
+
+
+@pytest.fixture
+def format_2_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    (tmp_path / "redis").mkdir()
+    shutil.copy(FIXTURES / "format-2.rdb", tmp_path / "redis" / "dump.rdb")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_new_runs_only(
+    format_2_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 3 adds the run history's keys (beatd:h:*). Runs queued before it have no record,
+    so a worker that claims and acks one records nothing; a run committed with its slot after
+    the upgrade has its record, and its claim and ack are recorded in it."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    admin = format_2_redis.client()
+    assert admin.get("beatd:format-version") == "2"
+    assert admin.keys("beatd:h:*") == []
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(format_2_redis.url)
+    publish_on(backend, clock, 20)
+    assert stream_ids(admin) == OLD[1:] + NEW
+    assert admin.mget("beatd:format-version", "beatd:format") == ["3", "1"]
+    assert upgrades(caplog) == [
+        f"upgraded the persisted state of {format_2_redis.url} (namespace beatd) from format 2 to 3"
+    ]
+    lease = backend.acquire_lease("new", 10)
+    assert lease is not None
+    horizon = backend.load_states()["tick"]
+    slot = horizon.last_slot + timedelta(seconds=10)
+    run_id = f"tick@{slot:%Y-%m-%dT%H:%M:%SZ}"
+    later = EntryState("tick", slot, slot, horizon.identity)
+    run = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(later, horizon.last_slot)], [run]) == set()
+    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id]
+    for expected in [*OLD[1:], *NEW, run_id]:
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None and delivery.id == expected
+        backend.ack(delivery)
+    assert [backend.run(i) for i in OLD + NEW] == [None] * len(OLD + NEW)
+    assert backend.history_size() == (1, 0)
+    record = backend.run(run_id)
+    assert record is not None
+    assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
     backend.close()
     admin.close()

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -23,15 +23,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.backends import open_backend
-from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite
+from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite, to_micros
 from beatd.backends.postgres import PostgresBackend
-from beatd.backends.postgres_link import FORMAT_VERSION
+from beatd.backends.postgres_link import FORMAT_VERSION, MIGRATIONS
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
-from tests.backends.contract import BackendContract, message, state
+from tests.backends.contract import T0, BackendContract, message, state
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
 from tests.waiting import wait_for
@@ -64,6 +64,13 @@ def backend_factory(database: str, namespace: str) -> Iterator[Callable[[], Post
 @pytest.fixture
 def backend(backend_factory: Callable[[], PostgresBackend]) -> PostgresBackend:
     return backend_factory()
+
+
+@pytest.fixture
+def history_off_backend(database: str, namespace: str) -> Iterator[PostgresBackend]:
+    backend = PostgresBackend(database, namespace=namespace, history=False)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture
@@ -144,6 +151,55 @@ def test_the_schema_is_created_at_the_format_and_a_newer_one_is_refused(
         "beatd on this host to the version the others run (docs/design.md, Persisted-state "
         "format)"
     )
+
+
+def test_a_schema_of_format_1_is_upgraded_once_to_the_history_and_keeps_its_runs(
+    database: str, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # what a beatd of format 1 left: entry e at minute 1, its run queued with no record
+    session.execute(f"CREATE SCHEMA {namespace}")
+    session.execute(f"CREATE TABLE {namespace}.format (version integer NOT NULL)")
+    session.execute(f"INSERT INTO {namespace}.format VALUES (1)")
+    MIGRATIONS[0](session, namespace)
+    before = state("e", 1, 1)
+    session.execute(
+        f"INSERT INTO {namespace}.entry_state VALUES (%s, %s, %s, %s)",
+        ("e", to_micros(before.last_slot), to_micros(T0 + timedelta(minutes=1)), "every 60s"),
+    )
+    old = message("e", 1)
+    session.execute(
+        f"INSERT INTO {namespace}.message (id, queue, priority, body, ready_at) "
+        "VALUES (%s, 'default', 5, %s, 0)",
+        (old.id, old.body),
+    )
+    session.commit()
+    backend = PostgresBackend(database, namespace=namespace)
+    again = PostgresBackend(database, namespace=namespace)
+    try:
+        assert (backend.format_found, again.format_found) == (1, FORMAT_VERSION)
+        assert backend.load_states() == {"e": before}
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None and delivery.id == old.id
+        backend.ack(delivery)  # a run of before the history: nothing recorded, nothing failed
+        assert backend.run(old.id) is None and backend.queue_depths() == {}
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        new = message("e", 2)._replace(slot=T0 + timedelta(minutes=2))
+        new = new._replace(due=new.slot)
+        assert (
+            backend.commit(lease, [StateWrite(state("e", 2, 2), before.last_slot)], [new]) == set()
+        )
+        record = backend.run(new.id)
+        assert record is not None and (record.entry, record.slot, record.status) == (
+            "e",
+            new.slot,
+            "queued",
+        )
+    finally:
+        backend.close()
+        again.close()
+    row = session.execute(f"SELECT version FROM {namespace}.format").fetchone()
+    assert row == (FORMAT_VERSION,) == (2,)
 
 
 def test_a_command_that_only_looks_never_creates_the_schema(database: str, namespace: str) -> None:

@@ -43,6 +43,8 @@ from beatd.errors import (
     OutcomeUnknown,
     TransientBackendError,
 )
+from beatd.history import Ending, HistoryQuery, MissedSlots, Retention
+from beatd.outcomes import Outcome
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
@@ -91,6 +93,13 @@ def backend_factory(server: RedisServer, admin: redis.Redis) -> Iterator[Callabl
 @pytest.fixture
 def backend(backend_factory: Callable[[], RedisBackend]) -> RedisBackend:
     return backend_factory()
+
+
+@pytest.fixture
+def history_off_backend(server: RedisServer, admin: redis.Redis) -> Iterator[RedisBackend]:
+    backend = RedisBackend(server.url, history=False)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture
@@ -377,6 +386,47 @@ def exercise(backend: Backend) -> None:
         assert backend.wait_for_work(["default"], 1.0)  # woken by the enqueue
 
 
+def exercise_history(backend: RedisBackend) -> None:
+    """Every operation of the run history once: its writes in the commit, claim and settling
+    scripts, its reads, marks, trimming and copying."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    runs = [Outgoing(e, f"{e}@1", BeatdQueue("hist"), "{}", slot, slot) for e in ("p", "q")]
+    gone = MissedSlots("p", "skipped", slot - timedelta(minutes=2), slot - timedelta(minutes=1), 2)
+    writes = [StateWrite(state("p", 0), None, (gone,)), StateWrite(state("q", 0), None)]
+    assert backend.commit(lease, writes, runs) == set()
+    first = backend.claim(["hist"], "w", 30)
+    assert first is not None
+    backend.note_ending(first, Ending.failure(Outcome.CRASHED, "SystemExit", "died"))
+    backend.retry(first, "{}", 0)
+    again = backend.claim(["hist"], "w", 30)
+    assert again is not None
+    backend.ack(again, Ending(Outcome.SUCCEEDED))
+    third = backend.claim(["hist"], "w", 30)
+    assert third is not None
+    backend.dead_letter(third, "boom")
+    backend.release_lease(lease)
+    assert backend.history_size() == (2, 1)
+    assert {r.status for r in backend.runs(HistoryQuery())} == {"succeeded", "dead_lettered"}
+    assert set(backend.summaries()) == {"p", "q"} == set(backend.summaries(["p", "q"]))
+    assert [m.slots for m in backend.missed("p")] == [gone]
+    at = slot + timedelta(minutes=5)
+    assert backend.mark_missed_overdue("p", "skipped", gone.first, at)
+    assert backend.run_received("p@1", "celery@h", at)
+    assert backend.attempt_started("p@1", "celery@h", "h", 1, at)
+    assert backend.mark_overdue("p@1", at)
+    assert backend.attempt_ended("p@1", Ending(Outcome.SUCCEEDED), at)
+    copied = [r for batch in backend.export_runs() for r in batch]
+    missed = backend.export_missed()
+    summaries = list(backend.summaries().values())
+    assert backend.trim(Retention(per_entry=0)) == 2
+    assert backend.trim(Retention(max_age=timedelta(0), max_records=0)) == 1
+    assert backend.history_size() == (0, 0)
+    assert backend.import_history(copied, missed, summaries) == 3
+    assert backend.run("p@1") == next(r for r in copied if r.id == "p@1")
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -392,7 +442,38 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
     try:
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         exercise(backend)
+        exercise_history(backend)
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_trims_by_age_only(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """The history's writes use only what the previous ACL line allowed, so an upgrade that
+    keeps it loses no run: the commit, claim and ack write their records; only trimming per
+    entry needs the new +hkeys, and it trims by age and count before it says so."""
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hkeys"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        run = Outgoing("e", "e@1", BeatdQueue("default"), "{}", slot, slot)
+        assert backend.commit(lease, [StateWrite(state("e", 0), None)], [run]) == set()
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+        record = backend.run("e@1")
+        assert record is not None and record.status == "succeeded"
+        with pytest.raises(BackendError) as caught:
+            backend.trim(Retention(max_age=timedelta(0)))
+        refusal = caught.value.__cause__
+        assert isinstance(refusal, redis.exceptions.NoPermissionError)
+        assert str(caught.value) == f"{backend.url}: hkeys: {refusal}"
+        assert backend.history_size() == (0, 0)  # trimmed by age before HKEYS was refused
         backend.close()
     finally:
         admin.acl_deluser("beatd")
@@ -1050,3 +1131,31 @@ def test_a_call_redis_py_cannot_encode_returns_its_connection(backend: RedisBack
     pool = backend._redis.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
     assert backend.load_states() == {}
+
+
+# --- the run history's memory -------------------------------------------------------------
+
+
+def test_a_run_record_with_its_attempts_keeps_redis_compact_hash_encoding(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """Redis keeps the history in memory: a record whose values all fit
+    hash-max-listpack-value (64 bytes) is a listpack, about half the bytes of a hashtable
+    (docs/history.md). A run retried once on an error and then succeeded, with a worker's real
+    consumer name, stays one."""
+    lease = backend.acquire_lease("beat-node-01.example.com", 10)
+    assert lease is not None
+    slot = datetime.fromtimestamp(backend.server_time() // 60 * 60, UTC)  # a slot of now
+    entry = "nightly-report-for-the-finance-team"
+    run = Outgoing(entry, f"{entry}@1", BeatdQueue("default"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(state(entry, 0), None)], [run]) == set()
+    consumer = "worker-host-01.example.com-123456"
+    first = backend.claim(["default"], consumer, 30)
+    assert first is not None
+    backend.retry(first, "{}", 0, Ending.failure(Outcome.RETRIED, "TimeoutError", "timed out"))
+    again = backend.claim(["default"], consumer, 30)
+    assert again is not None
+    backend.ack(again)
+    record = backend.run(f"{entry}@1")
+    assert record is not None and [a.outcome for a in record.attempts] == ["retried", "succeeded"]
+    assert admin.object("encoding", f"beatd:h:run:{entry}@1") == "listpack"

@@ -1,4 +1,5 @@
-"""The SQLite backend against the contract, plus what only a file can do (fill up)."""
+"""The SQLite backend against the contract, plus what only a file can do (fill up), and that
+the run history's reads are indexed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ import pytest
 from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, NotApplied
+from beatd.history import Attempt, Ending, HistoryQuery, RunKind, RunRecord
+from beatd.outcomes import Outcome
 from tests.backends.contract import BackendContract, Wall, message, state
 
 
@@ -24,6 +29,11 @@ def backend_factory(tmp_path: Path, wall: Wall) -> Callable[[], SQLiteBackend]:
 @pytest.fixture
 def backend(backend_factory: Callable[[], SQLiteBackend]) -> SQLiteBackend:
     return backend_factory()
+
+
+@pytest.fixture
+def history_off_backend(tmp_path: Path, wall: Wall) -> SQLiteBackend:
+    return SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall, history=False)
 
 
 class TestSQLiteContract(BackendContract):
@@ -146,3 +156,123 @@ def test_a_connection_opened_again_on_another_file_is_refused(tmp_path: Path) ->
         f"{tmp_path / 'beatd.db'} is not the database file this process opened (device "
         f"{opened.st_dev} inode {opened.st_ino}): it was deleted or replaced;"
     )
+
+
+# --- the run history's indexes ------------------------------------------------------------------
+
+HISTORY_T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def history_of(backend: SQLiteBackend, entries: int, runs: int, open_of: str = "") -> None:
+    """`runs` finished runs of each of `entries` entries (e00, e01, ...), one a minute, stored
+    as `beatd migrate` stores them; the newest run of entry `open_of` is left unfinished."""
+    records = []
+    for e in range(entries):
+        entry = f"e{e:02d}"
+        for minute in range(runs):
+            at = HISTORY_T0 + timedelta(minutes=minute)
+            done = Attempt(1, "w", "h", 1, at, at + timedelta(seconds=1), Outcome.SUCCEEDED)
+            unfinished = entry == open_of and minute == runs - 1
+            records.append(
+                RunRecord(
+                    f"{entry}@{minute:06d}",
+                    entry,
+                    at,
+                    at,
+                    at,
+                    "n",
+                    1,
+                    RunKind.SCHEDULED,
+                    attempts=() if unfinished else (done,),
+                )
+            )
+    assert backend.import_history(records) == len(records)
+
+
+def steps(backend: SQLiteBackend, read: Callable[[], object]) -> int:
+    """How many SQLite VM instructions (in tens) `read` takes: the work, whatever the machine."""
+    counted = [0]
+
+    def count() -> int:
+        counted[0] += 1
+        return 0
+
+    db = backend._connection()
+    db.set_progress_handler(count, 10)
+    try:
+        read()
+    finally:
+        db.set_progress_handler(None, 10)
+    return counted[0]
+
+
+READS: dict[str, Callable[[SQLiteBackend], object]] = {
+    "an_entry_newest_first": lambda b: b.runs(HistoryQuery(entry="e00", limit=10)),
+    "all_newest_first": lambda b: b.runs(HistoryQuery(limit=10)),
+    "an_entry_since": lambda b: b.runs(
+        HistoryQuery(entry="e00", since=HISTORY_T0 + timedelta(minutes=45))
+    ),
+    "an_entry_unfinished": lambda b: b.runs(HistoryQuery(entry="e00", unfinished=True)),
+    "one_run": lambda b: b.run("e00@000049"),
+}
+
+
+@pytest.mark.parametrize("read", list(READS), ids=list(READS))
+def test_history_reads_cost_the_same_however_much_other_history_is_held(
+    tmp_path: Path, read: str
+) -> None:
+    """Indexed: reading e00's 50 runs, or the newest 10 of all, takes as much work beside 19
+    other entries of 50 runs each as beside 19 of 1,000 (a scan would take 20 times more)."""
+    costs = []
+    for others in (50, 1000):
+        backend = SQLiteBackend(tmp_path / f"{others}.db")
+        history_of(backend, 1, 50, open_of="e00")
+        history_of_others = [
+            RunRecord(
+                f"x{e:02d}@{minute:06d}",
+                f"x{e:02d}",
+                HISTORY_T0 - timedelta(minutes=minute + 1),
+                HISTORY_T0,
+                HISTORY_T0 - timedelta(minutes=minute + 1),  # older than e00's
+                "n",
+                1,
+                RunKind.SCHEDULED,
+            )
+            for e in range(19)
+            for minute in range(others)
+        ]
+        backend.import_history(history_of_others)
+        assert [r.id for r in backend.runs(HistoryQuery(entry="e00", unfinished=True))] == [
+            "e00@000049"
+        ]
+        costs.append(steps(backend, partial(READS[read], backend)))
+        backend.close()
+    small, large = costs
+    assert large <= small * 1.5 + 10, (small, large)
+
+
+@pytest.mark.parametrize("settle", ["ack", "retry", "release", "dead_letter", "note_ending"])
+def test_a_run_whose_id_is_not_utf8_is_settled_and_has_no_history(
+    tmp_path: Path, settle: str
+) -> None:
+    """Another program's queue entry whose id is not UTF-8 text: it is handed out `unreadable`
+    and settled like any other (the history holds no such run, so it records nothing)."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    with sqlite3.connect(tmp_path / "beatd.db") as db:
+        db.execute(
+            "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
+            (b"bad@\xff", "default", 5, "{}", 0.0),
+        )
+    delivery = backend.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.unreadable
+    calls: dict[str, Callable[[], None]] = {
+        "ack": lambda: backend.ack(delivery),
+        "retry": lambda: backend.retry(delivery, "{}", 0.0),
+        "release": lambda: backend.release(delivery),
+        "dead_letter": lambda: backend.dead_letter(delivery, delivery.unreadable),
+        "note_ending": lambda: backend.note_ending(delivery, Ending(Outcome.CRASHED)),
+    }
+    calls[settle]()
+    settled = {"ack": {}, "dead_letter": {}}.get(settle, {"default": 1})
+    assert (backend.queue_depths(), backend.history_size()) == (settled, (0, 0))
+    backend.close()

@@ -469,7 +469,7 @@ def test_an_entry_defined_in_several_files_names_the_first(tmp_path: Path) -> No
 
 
 BOUND = "must be finite and at most 100 years (36525d)"
-DURATION_FIELDS = ["every", "jitter", "expires", "misfire_grace"]
+DURATION_FIELDS = ["every", "jitter", "expires", "misfire_grace", "deadline"]
 
 
 @pytest.mark.parametrize(
@@ -551,3 +551,65 @@ def test_a_file_that_says_it_has_no_entries_is_read(tmp_path: Path) -> None:
     path = write(tmp_path, "s.yaml", "entries: {}\nqueues:\n  q: {protocol: celery}\n")
     config = load_config([path])
     assert (dict(config.entries), list(config.queues)) == ({}, ["q"])
+
+
+def test_deadline_and_alert_after_failures_with_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        defaults:
+          deadline: 10m
+          alert_after_failures: 3
+        entries:
+          inherits: {task: a.b, every: 1m}
+          own: {task: a.b, every: 1m, deadline: 1h30m, alert_after_failures: 1}
+          unset: {task: a.b, every: 1m, deadline: null, alert_after_failures: null}
+        """,
+    )
+    entries = load_config([path]).entries
+    assert (entries["inherits"].deadline, entries["inherits"].alert_after_failures) == (
+        timedelta(minutes=10),
+        3,
+    )
+    assert (entries["own"].deadline, entries["own"].alert_after_failures) == (
+        timedelta(hours=1, minutes=30),
+        1,
+    )
+    assert (entries["unset"].deadline, entries["unset"].alert_after_failures) == (None, None)
+
+
+def test_deadline_and_alert_after_failures_errors_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        defaults:
+          alert_after_failures: 2.5
+        entries:
+          a: {task: a.b, every: 1m, deadline: soon}
+          b: {task: a.b, every: 1m, deadline: 0s, alert_after_failures: 0}
+          c: {task: a.b, every: 1m, alert_after_failures: true}
+        """,
+    )
+    assert errors([path]) == [
+        f"{path}:2:25: field alert_after_failures: expected a whole number of at least 1, "
+        "got number 2.5",
+        f"{path}:4:39: entry a: field deadline: cannot read 'soon' as a duration: use a number "
+        "of seconds or units ms, s, m, h, d, w (for example 30s, 5m, 1h30m, 1d)",
+        f"{path}:5:39: entry b: field deadline: must be positive, got '0s'",
+        f"{path}:5:65: entry b: field alert_after_failures: expected a whole number of at "
+        "least 1, got number 0",
+        f"{path}:6:51: entry c: field alert_after_failures: expected a whole number of at "
+        "least 1, got boolean True",
+    ]
+
+
+def test_deadline_and_failures_change_the_fingerprint_only_when_set(tmp_path: Path) -> None:
+    plain = write(tmp_path, "a.yaml", "entries:\n  a: {task: a.b, every: 1m}\n")
+    judged = write(tmp_path, "b.yaml", "entries:\n  a: {task: a.b, every: 1m, deadline: 5m}\n")
+    failing = write(
+        tmp_path, "c.yaml", "entries:\n  a: {task: a.b, every: 1m, alert_after_failures: 2}\n"
+    )
+    prints = {load_config([p]).fingerprint for p in (plain, judged, failing)}
+    assert len(prints) == 3

@@ -80,7 +80,7 @@ VALID = {
     "every_field": """\
 defaults: {timezone: Europe/Berlin, queue: q, protocol: beatd, priority: null, headers: {},
            enabled: true, jitter: 0, expires: null, missed: skip, max_catch_up: 3,
-           misfire_grace: 30s}
+           misfire_grace: 30s, deadline: 30m, alert_after_failures: 2}
 entries:
   a.b:c/d-e:
     task: pkg.mod.task

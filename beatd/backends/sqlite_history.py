@@ -1,0 +1,579 @@
+"""The SQLite backend's run history (beatd.history): the steps that write it inside the
+commit's, the claim's and the settling's transactions, and the `RunHistory` role (reads,
+deadline marks, Celery's events, trimming, `beatd migrate`'s copy).
+
+The tables are `HISTORY_SCHEMA` (sqlite_file.py, format 2). A run's attempts hang off its
+`run.seq`, so an attempt costs a few bytes of key, and deleting a run deletes them (a trigger).
+A file of format 1 opened read-only, which no beatd of format 2 has opened for writing yet, has
+no history tables: it holds no history, and the reads say so (nothing) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
+from beatd.backends.sqlite_file import SQLiteFile, _listed, has_history
+from beatd.history import (
+    FINAL,
+    Attempt,
+    Ending,
+    EntrySummary,
+    HistoryQuery,
+    MissedRecord,
+    MissedSlots,
+    Retention,
+    RunKind,
+    RunRecord,
+)
+
+_PUBLISHED = (
+    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, kind, published_us, node, epoch) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COPIED = (
+    "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, "
+    "received_us, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING RETURNING seq"
+)
+_MISSED = (
+    "INSERT OR IGNORE INTO missed (entry, reason, first_us, last_us, total, recorded_us, node, "
+    "epoch, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ATTEMPT = (
+    "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
+    "reason, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Whether a run (a row of `run`) finished: its last attempt's outcome is final.
+_FINISHED = (
+    f"coalesce((SELECT outcome IN ({_listed(FINAL)}) FROM attempt WHERE run = seq "
+    "ORDER BY number DESC LIMIT 1), 0)"
+)
+_RUN_COLUMNS = (
+    "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
+    "overdue_us"
+)
+_ATTEMPT_COLUMNS = (
+    "run, number, consumer, host, pid, started_us, ended_us, outcome, reason, error_type, error"
+)
+
+
+def micros(seconds: float) -> int:
+    """The backend's clock (Unix seconds) as stored: whole microseconds."""
+    return round(seconds * 1_000_000)
+
+
+def _us(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+def _at(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+# --- written inside the other roles' transactions ---------------------------------------------
+
+
+def record_published(
+    db: sqlite3.Connection,
+    lease: Lease,
+    now: int,
+    messages: Sequence[Outgoing],
+    rejected: set[str],
+) -> None:
+    """The published record of each run of a commit (a message with a slot, of an applied
+    write); a run id already held is left as it is. Made per run of a burst, so a plain loop
+    that converts each distinct time once (the runs of a burst share their slots)."""
+    shared = (now, lease.node, lease.epoch)
+    micros_of: dict[datetime, int] = {}
+    rows = []
+    for entry, run_id, _, _, slot, due, kind, _audit in messages:
+        if slot is None or (rejected and entry in rejected):
+            continue
+        due = due or slot
+        slot_us = micros_of.get(slot)
+        if slot_us is None:
+            slot_us = micros_of[slot] = to_micros(slot)
+        due_us = micros_of.get(due)
+        if due_us is None:
+            due_us = micros_of[due] = to_micros(due)
+        rows.append((run_id, entry, slot_us, due_us, kind, *shared))
+    db.executemany(_PUBLISHED, rows)
+
+
+def record_missed(
+    db: sqlite3.Connection, lease: Lease, now: int, writes: Sequence[StateWrite], rejected: set[str]
+) -> None:
+    """One record per missed range of each applied write; a key already held is left."""
+    db.executemany(
+        _MISSED,
+        [
+            (
+                m.entry,
+                m.reason,
+                to_micros(m.first),
+                to_micros(m.last),
+                m.total,
+                now,
+                lease.node,
+                lease.epoch,
+                None,
+            )
+            for write in writes
+            if write.missed and write.state.entry not in rejected
+            for m in write.missed
+        ],
+    )
+
+
+def start_attempt(
+    db: sqlite3.Connection, run_id: str, consumer: str, host: str, pid: int | None, at: int
+) -> bool:
+    """Append an attempt to a held run (a trigger ends the open one as lost); False for a run
+    the history does not hold."""
+    return (
+        db.execute(
+            "INSERT INTO attempt (run, number, consumer, host, pid, started_us) "
+            "SELECT seq, coalesce((SELECT max(number) FROM attempt WHERE run = seq), 0) + 1, "
+            "?, ?, ?, ? FROM run WHERE id = ?",
+            (consumer, host, pid, at, run_id),
+        ).rowcount
+        == 1
+    )
+
+
+def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) -> bool:
+    """End a held run's open attempt as `ending` says (for a final outcome a trigger finishes
+    the run and moves its entry's summary on); False when there is no such run or no open
+    attempt."""
+    return (
+        db.execute(
+            "UPDATE attempt SET ended_us = ?, outcome = ?, reason = ?, error_type = ?, error = ? "
+            "WHERE run = (SELECT seq FROM run WHERE id = ?) AND ended_us IS NULL",
+            (at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
+        ).rowcount
+        == 1
+    )
+
+
+def record_ended(
+    db: sqlite3.Connection,
+    run_id: str | bytes,
+    started: Sequence[Any],
+    ending: Ending,
+    at: int,
+) -> None:
+    """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
+    pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
+    moves the entry's summary on for a final outcome). `run_id` as stored (`_stored`): bytes
+    for an id that is not UTF-8, which no run the history holds has."""
+    db.execute(
+        "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
+        "reason, error_type, error) SELECT seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
+        "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
+        (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
+    )
+
+
+# --- the RunHistory role ----------------------------------------------------------------------
+
+
+def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
+    _, run_id, entry, slot, due, published, node, epoch, kind, celery, received, overdue = row
+    return RunRecord(
+        run_id,
+        entry,
+        from_micros(slot),
+        from_micros(due),
+        from_micros(published),
+        node,
+        epoch,
+        RunKind(kind),
+        bool(celery),
+        attempts,
+        _at(received),
+        _at(overdue),
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    _, number, consumer, host, pid, started, ended, outcome, reason, error_type, error = row
+    started_at, ended_at = from_micros(started), _at(ended)
+    return Attempt(
+        number, consumer, host, pid, started_at, ended_at, outcome, reason, error_type, error
+    )
+
+
+def _summary(row: Sequence[Any]) -> EntrySummary:
+    entry, status, finished, duration, success, failure, failures = row
+    return EntrySummary(
+        entry,
+        status,
+        from_micros(finished),
+        None if duration is None else timedelta(microseconds=duration),
+        _at(success),
+        _at(failure),
+        failures,
+    )
+
+
+def _missed_record(row: Sequence[Any]) -> MissedRecord:
+    entry, reason, first, last, total, recorded, node, epoch, overdue = row
+    slots = MissedSlots(entry, reason, from_micros(first), from_micros(last), total)
+    return MissedRecord(slots, from_micros(recorded), node, epoch, _at(overdue))
+
+
+_MISSED_COLUMNS = "entry, reason, first_us, last_us, total, recorded_us, node, epoch, overdue_us"
+
+
+def _delete_runs(db: sqlite3.Connection, chosen: str, params: tuple[object, ...]) -> int:
+    """Delete the runs whose seq `chosen` selects (their attempts go with them: a trigger)."""
+    return int(db.execute(f"DELETE FROM run WHERE seq IN ({chosen})", params).rowcount)
+
+
+def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit: int) -> int:
+    """Runs older than `cutoff`, then each entry's oldest past `per_entry`, then the oldest past
+    `max_records`: at most `limit` of them; how many went."""
+    left = limit - _delete_runs(
+        db,
+        "SELECT seq FROM run WHERE published_us < ? ORDER BY published_us, id LIMIT ?",
+        (
+            cutoff,
+            limit,
+        ),
+    )
+    crowded = db.execute(
+        "SELECT entry, COUNT(*) FROM run GROUP BY entry HAVING COUNT(*) > ?",
+        (retention.per_entry,),
+    ).fetchall()
+    for entry, count in crowded:
+        if left <= 0:
+            break
+        left -= _delete_runs(
+            db,
+            "SELECT seq FROM run WHERE entry = ? ORDER BY published_us, id LIMIT ?",
+            (entry, min(count - retention.per_entry, left)),
+        )
+    excess = db.execute("SELECT COUNT(*) FROM run").fetchone()[0] - retention.max_records
+    if left > 0 and excess > 0:
+        left -= _delete_runs(
+            db, "SELECT seq FROM run ORDER BY published_us, id LIMIT ?", (min(excess, left),)
+        )
+    return limit - left
+
+
+def _trim_missed(db: sqlite3.Connection, retention: Retention, cutoff: int, limit: int) -> int:
+    """Missed records older than `cutoff`, then the oldest past `max_records`."""
+    oldest = (
+        "DELETE FROM missed WHERE (entry, reason, first_us) IN (SELECT entry, reason, first_us "
+        "FROM missed {} ORDER BY recorded_us, entry, reason, first_us LIMIT ?)"
+    )
+    gone = int(db.execute(oldest.format("WHERE recorded_us < ?"), (cutoff, limit)).rowcount)
+    excess = db.execute("SELECT COUNT(*) FROM missed").fetchone()[0] - retention.max_records
+    if gone < limit and excess > 0:
+        gone += int(db.execute(oldest.format(""), (min(excess, limit - gone),)).rowcount)
+    return gone
+
+
+class SQLiteRunHistory(SQLiteFile):
+    """The run, attempt, missed and entry_summary tables, read and kept (see the module doc)."""
+
+    def _holds_history(self) -> bool:
+        """Whether the file has the history's layout (only a read-only open may lack it)."""
+        if not self.read_only or self._history_tables:
+            return True
+        self._history_tables = self._run(has_history, write=False)
+        return self._history_tables
+
+    def _records(self, db: sqlite3.Connection, rows: list[Any]) -> list[RunRecord]:
+        """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order: the
+        ended ones, then the one open in the run's message, if any."""
+        attempts: dict[int, list[Attempt]] = {row[0]: [] for row in rows}
+        for row in db.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempt "
+            "WHERE run IN (SELECT value FROM json_each(?)) ORDER BY run, number",
+            (json.dumps(list(attempts)),),
+        ):
+            attempts[row[0]].append(_attempt(row))
+        seqs = {row[1]: row[0] for row in rows}
+        for run_id, consumer, host, pid, started in db.execute(
+            "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
+            "WHERE receipt IS NOT NULL AND attempt_us IS NOT NULL "
+            "AND id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(seqs)),),
+        ):
+            held = attempts[seqs[run_id]]
+            number = held[-1].number + 1 if held else 1
+            held.append(Attempt(number, consumer, host, pid, from_micros(started)))
+        return [_run_record(row, tuple(attempts[row[0]])) for row in rows]
+
+    def runs(self, query: HistoryQuery) -> list[RunRecord]:
+        if not self._holds_history():
+            return []
+        where, params = ["1"], list[object]()
+        if query.entry is not None:
+            where.append("entry = ?")
+            params.append(query.entry)
+        if query.since is not None:
+            where.append("published_us >= ?")
+            params.append(to_micros(query.since))
+        if query.unfinished:
+            where.append(f"overdue_us IS NULL AND NOT {_FINISHED}")
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM run WHERE {' AND '.join(where)} "
+            "ORDER BY published_us DESC, id DESC LIMIT ?"
+        )
+
+        def read(db: sqlite3.Connection) -> list[RunRecord]:
+            return self._records(db, db.execute(sql, (*params, query.limit)).fetchall())
+
+        return self._run(read, write=False)
+
+    def run(self, run_id: str) -> RunRecord | None:
+        if not self._holds_history():
+            return None
+
+        def read(db: sqlite3.Connection) -> list[RunRecord]:
+            rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM run WHERE id = ?", (run_id,))
+            return self._records(db, rows.fetchall())
+
+        found = self._run(read, write=False)
+        return found[0] if found else None
+
+    def missed(
+        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[MissedRecord]:
+        if not self._holds_history():
+            return []
+        where, params = ["1"], list[object]()
+        if entry is not None:
+            where.append("entry = ?")
+            params.append(entry)
+        if since is not None:
+            where.append("recorded_us >= ?")
+            params.append(to_micros(since))
+        sql = (
+            f"SELECT {_MISSED_COLUMNS} FROM missed WHERE {' AND '.join(where)} "
+            "ORDER BY recorded_us DESC, entry DESC, reason DESC, first_us DESC LIMIT ?"
+        )
+        rows = self._run(lambda db: db.execute(sql, (*params, limit)).fetchall(), write=False)
+        return [_missed_record(row) for row in rows]
+
+    def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
+        if not self._holds_history():
+            return {}
+        sql = "SELECT * FROM entry_summary"
+        params: tuple[object, ...] = ()
+        if entries is not None:
+            sql += " WHERE entry IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(list(entries)),)
+        rows = self._run(lambda db: db.execute(sql, params).fetchall(), write=False)
+        return {row[0]: _summary(row) for row in rows}
+
+    def history_size(self) -> tuple[int, int]:
+        if not self._holds_history():
+            return 0, 0
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT (SELECT COUNT(*) FROM run), (SELECT COUNT(*) FROM missed)"
+            ).fetchone(),
+            write=False,
+        )
+        return int(row[0]), int(row[1])
+
+    def _changed(self, sql: str, params: tuple[object, ...]) -> bool:
+        if not self.history:  # opened with history=False: it writes none
+            return False
+        return int(self._run(lambda db: db.execute(sql, params).rowcount)) == 1
+
+    def mark_overdue(self, run_id: str, at: datetime) -> bool:
+        return self._changed(
+            "UPDATE run SET overdue_us = ? "
+            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED}",
+            (to_micros(at), run_id),
+        )
+
+    def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
+        return self._changed(
+            "UPDATE missed SET overdue_us = ? "
+            "WHERE entry = ? AND reason = ? AND first_us = ? AND overdue_us IS NULL",
+            (to_micros(at), entry, reason, to_micros(first)),
+        )
+
+    def run_received(self, run_id: str, consumer: str, at: datetime) -> bool:
+        return self._changed(
+            "UPDATE run SET received_us = ? WHERE id = ? AND received_us IS NULL",
+            (to_micros(at), run_id),
+        )
+
+    def attempt_started(
+        self, run_id: str, consumer: str, host: str, pid: int | None, at: datetime
+    ) -> bool:
+        when = to_micros(at)
+
+        def work(db: sqlite3.Connection) -> bool:
+            repeat = db.execute(
+                "SELECT 1 FROM attempt WHERE run = (SELECT seq FROM run WHERE id = ?) "
+                "AND ended_us IS NULL AND consumer = ? AND started_us = ?",
+                (run_id, consumer, when),
+            ).fetchone()
+            return repeat is None and start_attempt(db, run_id, consumer, host, pid, when)
+
+        return self.history and self._run(work)
+
+    def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
+        when = to_micros(at)
+
+        def work(db: sqlite3.Connection) -> bool:
+            if end_attempt(db, run_id, ending, when):
+                return True
+            row = db.execute(
+                f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
+                "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
+                (when, ending.outcome, run_id),
+            ).fetchone()
+            if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
+                return False
+            start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
+            return end_attempt(db, run_id, ending, when)
+
+        return self.history and self._run(work)
+
+    def trim(self, retention: Retention, limit: int = 10_000) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            cutoff = micros(self._now() - retention.max_age.total_seconds())
+            gone = _trim_runs(db, retention, cutoff, limit)
+            return gone + _trim_missed(db, retention, cutoff, limit - gone)
+
+        return self._run(work) if self._holds_history() else 0
+
+    def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
+        after = -1
+        while self._holds_history():
+            after, records = self._run(partial(self._after, after=after, batch=batch), write=False)
+            if not records:
+                return
+            yield records
+
+    def _after(self, db: sqlite3.Connection, after: int, batch: int) -> tuple[int, list[RunRecord]]:
+        """The batch of runs stored after seq `after`, and the last seq in it."""
+        rows = db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)
+        ).fetchall()
+        return (rows[-1][0] if rows else after), self._records(db, rows)
+
+    def export_missed(self) -> list[MissedRecord]:
+        if not self._holds_history():
+            return []
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_MISSED_COLUMNS} FROM missed ORDER BY recorded_us"
+            ).fetchall(),
+            write=False,
+        )
+        return [_missed_record(row) for row in rows]
+
+    def import_history(
+        self,
+        runs: Sequence[RunRecord],
+        missed: Sequence[MissedRecord] = (),
+        summaries: Sequence[EntrySummary] = (),
+    ) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            added = sum(_import_run(db, run) for run in runs)
+            added += db.executemany(
+                _MISSED,
+                [
+                    (
+                        m.slots.entry,
+                        m.slots.reason,
+                        to_micros(m.slots.first),
+                        to_micros(m.slots.last),
+                        m.slots.total,
+                        to_micros(m.recorded_at),
+                        m.node,
+                        m.epoch,
+                        _us(m.overdue_at),
+                    )
+                    for m in missed
+                ],
+            ).rowcount
+            for s in summaries:
+                _import_summary(db, s)
+            return added
+
+        return self._run(work)
+
+
+def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
+    """Store a copied run and its attempts unless its id is held: 1 if stored, else 0."""
+    stored = db.execute(
+        _COPIED,
+        (
+            run.id,
+            run.entry,
+            to_micros(run.slot),
+            to_micros(run.due),
+            to_micros(run.published_at),
+            run.node,
+            run.epoch,
+            run.kind,
+            int(run.celery),
+            _us(run.received_at),
+            _us(run.overdue_at),
+        ),
+    ).fetchall()
+    if not stored:
+        return 0
+    db.executemany(
+        _ATTEMPT,
+        [
+            (
+                stored[0][0],
+                a.number,
+                a.consumer,
+                a.host,
+                a.pid,
+                to_micros(a.started_at),
+                _us(a.ended_at),
+                a.outcome,
+                a.reason,
+                a.error_type,
+                a.error,
+            )
+            for a in run.attempts
+        ],
+    )
+    return 1
+
+
+def _import_summary(db: sqlite3.Connection, summary: EntrySummary) -> None:
+    """Store a copied summary unless the one held finished later (a tie: the copy wins, over
+    one the copied runs just computed)."""
+    duration = summary.last_duration
+    db.execute(
+        "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
+        "last_success_us, last_failure_us, consecutive_failures) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
+        "last_finished_us = excluded.last_finished_us, "
+        "last_duration_us = excluded.last_duration_us, "
+        "last_success_us = excluded.last_success_us, "
+        "last_failure_us = excluded.last_failure_us, "
+        "consecutive_failures = excluded.consecutive_failures "
+        "WHERE excluded.last_finished_us >= entry_summary.last_finished_us",
+        (
+            summary.entry,
+            summary.last_status,
+            to_micros(summary.last_finished_at),
+            None if duration is None else duration // timedelta(microseconds=1),
+            _us(summary.last_success_at),
+            _us(summary.last_failure_at),
+            summary.consecutive_failures,
+        ),
+    )

@@ -1,0 +1,343 @@
+"""`beatd history`: what ran, when, for how long and how it ended, and the slots that were
+missed, from the run history the backends keep (docs/history.md).
+
+Every field of `--json` is documented in docs/history.md (a test compares the lists). The
+schedule files are read, when there are any, only for each entry's timezone: the history itself
+is the backend's, the same whichever node asks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from beatd.backends import Backend
+from beatd.cli.common import (
+    BackendSettings,
+    LogSettings,
+    ScheduleSettings,
+    backend_options,
+    bad_option,
+    fail,
+    logging_options,
+    main,
+    open_broker,
+    read_optional_config,
+    schedule_options,
+)
+from beatd.cli.timetext import local_stamp, seconds, span_text, stamp
+from beatd.cli.workers import warn_about_backend
+from beatd.config import Config
+from beatd.config.convert import suggest
+from beatd.durations import read_duration
+from beatd.errors import BeatdError
+from beatd.history import (
+    ATTEMPT_OUTCOMES,
+    HistoryQuery,
+    MissedRecord,
+    RunKind,
+    RunRecord,
+    RunStatus,
+)
+from beatd.service import setup_logging
+
+MISSED = "missed"  # the --outcome that chooses the missed-slot records
+OUTCOMES = (*ATTEMPT_OUTCOMES, *(s.value for s in RunStatus), MISSED)
+# With --outcome, runs are read newest first in growing batches until N match, up to this many.
+SCAN_LIMIT = 20_000
+SINCE_HELP = (
+    "Only records written since then: a duration back from now (30m, 2d) or an ISO 8601 time "
+    "(2026-12-05T01:00:00Z; one without an offset is UTC)."
+)
+
+
+def read_since(text: str | None, now: datetime) -> datetime | None:
+    """--since: a duration back from `now`, or an ISO 8601 time; bad input ends the command."""
+    if text is None:
+        return None
+    try:
+        return now - read_duration(text, zero_ok=True)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        bad_option(
+            "--since",
+            f"cannot read {text!r}: give a duration back from now (such as 30m or 2d) or an ISO "
+            "8601 time (such as 2026-12-05T01:00:00Z)",
+        )
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def read_outcomes(values: Sequence[str]) -> frozenset[str]:
+    for value in values:
+        if value not in OUTCOMES:
+            bad_option(
+                "--outcome",
+                f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}"
+                + suggest(value, OUTCOMES),
+            )
+    return frozenset(values)
+
+
+def read_runs(
+    store: Backend, query: HistoryQuery, outcomes: frozenset[str]
+) -> tuple[list[RunRecord], bool]:
+    """The newest `query.limit` runs whose status is one of `outcomes` (any, when empty), and
+    whether the scan stopped at SCAN_LIMIT before finding them all."""
+    if outcomes and not outcomes - {MISSED}:
+        return [], False
+    size = query.limit
+    while True:
+        runs = store.runs(query._replace(limit=size))
+        chosen = [run for run in runs if not outcomes or run.status in outcomes]
+        if len(chosen) >= query.limit or len(runs) < size:
+            return chosen[: query.limit], False
+        if size >= SCAN_LIMIT:
+            return chosen, True
+        size = min(size * 4, SCAN_LIMIT)
+
+
+def run_object(run: RunRecord, zone: str | None) -> dict[str, Any]:
+    """One run, as `--json` prints it (docs/history.md, "beatd history --json")."""
+    first = run.attempts[0] if run.attempts else None
+    last = run.attempts[-1] if run.attempts else None
+    return {
+        "type": "run",
+        "id": run.id,
+        "entry": run.entry,
+        "kind": str(run.kind),
+        "status": str(run.status),
+        "slot": stamp(run.slot),
+        "slot_local": local_stamp(run.slot, zone),
+        "timezone": zone,
+        "due": stamp(run.due),
+        "published_at": stamp(run.published_at),
+        "started_at": stamp(first.started_at) if first else None,
+        "ended_at": stamp(last.ended_at) if last else None,
+        "delay_seconds": seconds(first.started_at - run.due) if first else None,
+        "duration_seconds": seconds(last.duration) if last else None,
+        "node": run.node,
+        "epoch": run.epoch,
+        "celery": run.celery,
+        "received_at": stamp(run.received_at),
+        "overdue_at": stamp(run.overdue_at),
+        "attempts": [
+            {
+                "number": a.number,
+                "consumer": a.consumer,
+                "host": a.host,
+                "pid": a.pid,
+                "started_at": stamp(a.started_at),
+                "ended_at": stamp(a.ended_at),
+                "duration_seconds": seconds(a.duration),
+                "outcome": a.outcome,
+                "reason": a.reason or None,
+                "error_type": a.error_type or None,
+                "error": a.error or None,
+            }
+            for a in run.attempts
+        ],
+    }
+
+
+def missed_object(record: MissedRecord, zone: str | None) -> dict[str, Any]:
+    """One missed-slot range, as `--json` prints it (docs/history.md)."""
+    slots = record.slots
+    return {
+        "type": "missed",
+        "entry": slots.entry,
+        "reason": slots.reason,
+        "first_slot": stamp(slots.first),
+        "first_slot_local": local_stamp(slots.first, zone),
+        "last_slot": stamp(slots.last),
+        "timezone": zone,
+        "slots": slots.total,
+        "recorded_at": stamp(record.recorded_at),
+        "node": record.node,
+        "epoch": record.epoch,
+        "overdue_at": stamp(record.overdue_at),
+    }
+
+
+def run_row(run: RunRecord, zone: str | None) -> tuple[str, ...]:
+    first = run.attempts[0] if run.attempts else None
+    last = run.attempts[-1] if run.attempts else None
+    detail = [] if run.kind is RunKind.SCHEDULED else [str(run.kind)]
+    if last is not None and last.reason:
+        detail.append(last.reason)
+    if last is not None and last.error_type:
+        detail.append(_one_line(f"{last.error_type}: {last.error}"))
+    if run.overdue_at is not None:
+        detail.append(f"overdue at {_short(run.overdue_at)}")
+    return (
+        run.entry,
+        _short(run.slot),
+        local_stamp(run.slot, zone) or "-",
+        str(run.status),
+        span_text(first.started_at - run.due) if first else "-",
+        _short(first.started_at) if first else "-",
+        span_text(last.duration) if last else "-",
+        str(len(run.attempts)),
+        last.consumer if last else "-",
+        run.node,
+        str(run.epoch),
+        "; ".join(detail),
+    )
+
+
+def missed_row(record: MissedRecord, zone: str | None) -> tuple[str, ...]:
+    slots = record.slots
+    detail = f"{slots.total} slot(s) {slots.reason}"
+    if slots.total > 1:
+        detail += f", the last {_short(slots.last)}"
+    if record.overdue_at is not None:
+        detail += f"; overdue at {_short(record.overdue_at)}"
+    first = (slots.entry, _short(slots.first), local_stamp(slots.first, zone) or "-", MISSED)
+    return (*first, "-", "-", "-", "-", "-", record.node, str(record.epoch), detail)
+
+
+HEADER = (
+    "ENTRY",
+    "SCHEDULED (UTC)",
+    "ENTRY'S ZONE",
+    "STATUS",
+    "DELAY",
+    "STARTED",
+    "DURATION",
+    "TRIES",
+    "WORKER",
+    "NODE",
+    "EPOCH",
+    "DETAIL",
+)
+
+
+def _short(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _one_line(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> Iterable[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+
+
+@main.command()
+@click.argument("entry", required=False)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Show the newest N records.",
+)
+@click.option("--since", metavar="DURATION|TIME", help=SINCE_HELP)
+@click.option(
+    "--outcome",
+    "outcomes",
+    multiple=True,
+    metavar="OUTCOME",
+    help="Only runs with this status (repeatable): " + ", ".join(OUTCOMES[:-1]) + "; `missed` "
+    "for the missed-slot records.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line and record.")
+@schedule_options
+@backend_options
+@logging_options("warning", with_format=False)
+def history(
+    entry: str | None,
+    limit: int,
+    since: str | None,
+    outcomes: tuple[str, ...],
+    as_json: bool,
+    schedule: ScheduleSettings,
+    backend: BackendSettings,
+    log: LogSettings,
+) -> None:
+    """Show the newest runs (of ENTRY, or of all entries) and how they ended, and the slots
+    that were missed.
+
+    Newest first: each run's scheduled time in UTC and in the entry's zone, its status, its
+    delay (from due to the first start), the first start, the last attempt's duration, how
+    many attempts, the last worker, and the leader that published it. See docs/history.md.
+    """
+    setup_logging(log.level, log.format)
+    now = datetime.fromtimestamp(time.time(), UTC)
+    chosen = read_outcomes(outcomes)
+    query = HistoryQuery(entry, read_since(since, now), limit)
+    config = read_optional_config(schedule)
+    store = open_broker(backend, read_only=True)
+    if store.url.startswith("memory://"):  # only this process's own, empty store: say why
+        warn_about_backend(store)
+    try:
+        runs, cut_short = read_runs(store, query, chosen)
+        missed = store.missed(entry, query.since, limit) if not chosen or MISSED in chosen else []
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        store.close()
+    show(runs, missed, _zones(config), limit, as_json)
+    if cut_short:
+        click.echo(
+            f"beatd: --outcome: looked at the newest {SCAN_LIMIT} runs only; narrow the search "
+            "with ENTRY or --since to see older ones",
+            err=True,
+        )
+
+
+def show(
+    runs: Sequence[RunRecord],
+    missed: Sequence[MissedRecord],
+    zones: dict[str, str],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Runs and missed ranges together, newest written first, at most `limit`."""
+    records: list[tuple[datetime, str, RunRecord | MissedRecord]] = [
+        (run.published_at, run.id, run) for run in runs
+    ]
+    records += [(m.recorded_at, m.slots.first.isoformat(), m) for m in missed]
+    records.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    chosen = [record for _, _, record in records[:limit]]
+    if as_json:
+        for record in chosen:
+            click.echo(json.dumps(_object(record, zones), ensure_ascii=False))
+        return
+    if not chosen:
+        click.echo("no runs or missed slots recorded that match")
+        return
+    rows = [HEADER, *(_row(record, zones) for record in chosen)]
+    for line in table(rows):
+        click.echo(line)
+
+
+def _object(record: RunRecord | MissedRecord, zones: dict[str, str]) -> dict[str, Any]:
+    if isinstance(record, RunRecord):
+        return run_object(record, zones.get(record.entry))
+    return missed_object(record, zones.get(record.slots.entry))
+
+
+def _row(record: RunRecord | MissedRecord, zones: dict[str, str]) -> tuple[str, ...]:
+    if isinstance(record, RunRecord):
+        return run_row(record, zones.get(record.entry))
+    return missed_row(record, zones.get(record.slots.entry))
+
+
+def _zones(config: Config | None) -> dict[str, str]:
+    """Each entry's timezone, from the schedule files; none for an entry not in them."""
+    if config is None:
+        return {}
+    return {name: entry.timezone for name, entry in config.entries.items()}

@@ -1,0 +1,141 @@
+"""Operator controls' values: pauses, busy marks and held runs persisted beside each entry's
+horizon, manual triggers, backfills and the audit log (docs/controls.md). Written and read by the
+backends (`Controls` in beatd.backends.base), decided on by the planner (beatd.core) and the
+commands (`beatd pause|resume|trigger|backfill|audit`).
+
+Times are aware UTC from the backend's clock, except where a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+IDEMPOTENCY_KEY_TTL = timedelta(days=7)  # how long a trigger's key (and request id) is remembered
+DEFAULT_OVERLAP_TIMEOUT = timedelta(hours=24)  # `overlap_timeout` of an entry without `expires`
+DEFAULT_AUDIT_RETENTION = timedelta(days=365)
+
+
+class Overlap(StrEnum):
+    """What a slot due while the entry's previous run is still busy does (`overlap:`)."""
+
+    ALLOW = "allow"  # publish it anyway (the default, and beatd's behaviour before)
+    SKIP = "skip"  # missed, reason `overlap`
+    BUFFER_ONE = "buffer_one"  # held (the newest only) and published when the busy run ends
+
+
+class Pause(NamedTuple):
+    """An entry is paused for slots due in [at, until) (until None: till resumed)."""
+
+    at: datetime
+    until: datetime | None
+    reason: str
+    by: str  # self-declared (user@host by default): access to the backend is full access
+
+    def covers(self, due: datetime) -> bool:
+        return due >= self.at and (self.until is None or due < self.until)
+
+
+class Busy(NamedTuple):
+    """The entry's run `run_id`, published at `since`, has not reached a final outcome."""
+
+    run_id: str
+    since: datetime
+
+
+class HeldRun(NamedTuple):
+    """A run `buffer_one` keeps back while the entry is busy, published when it is not: its
+    message, encoded when it was decided (a scheduled slot's id, or a held manual run's)."""
+
+    run_id: str
+    slot: datetime
+    due: datetime
+    kind: str  # beatd.history.RunKind value
+    destination_queue: str
+    body: str
+
+
+class EntryControl(NamedTuple):
+    """What is persisted per entry beside its horizon (`StateStore.load_controls`)."""
+
+    pause: Pause | None = None
+    busy: Busy | None = None
+    held: HeldRun | None = None
+
+
+NO_CONTROL = EntryControl()
+
+
+class Guard(NamedTuple):
+    """The overlap rule a commit applies to one entry's write (`StateWrite.guard`)."""
+
+    overlap: Overlap
+    timeout: float  # seconds after which a busy mark is stale: dropped, logged and counted
+
+
+class TriggerStatus(StrEnum):
+    PUBLISHED = "published"
+    DUPLICATE = "duplicate"  # the idempotency key (or request id) was used: its run id is given
+    REFUSED_BUSY = "refused_busy"  # overlap: skip and the entry is busy (running id given)
+    REFUSED_PAUSED = "refused_paused"
+    HELD = "held"  # overlap: buffer_one and the entry is busy: held, published when it is not
+
+
+def manual_run_id(entry: str, key: str | None = None) -> str:
+    """A manual run's id: never equal to a scheduled run's `<entry>@<slot>`."""
+    return f"{entry}@manual-{key if key is not None else secrets.token_hex(16)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """`beatd trigger`: one manual run, written in one atomic step by `Controls.trigger`."""
+
+    entry: str
+    run_id: str
+    queue: str  # the BeatdQueue (or CeleryQueue) the body is for
+    celery: bool
+    priority: int | None
+    body: str  # the encoded message, its `kind` manual
+    request_id: str  # the same for every retry of one command: a retry is never a second run
+    by: str
+    guard: Guard | None  # None: overlap allow
+    idempotency_key: str | None = None
+    force: bool = False  # past a pause or a busy entry
+
+
+class TriggerResult(NamedTuple):
+    status: TriggerStatus
+    run_id: str  # the run published, held, or found by its key
+    detail: str = ""  # the pause or the running id that refused it
+    audit_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One operator action (or one beatd took for an operator, `pause_after_failures`)."""
+
+    id: str
+    at: datetime
+    action: str  # pause, resume, trigger, backfill, requeue_dead, pause_after_failures
+    entry: str | None
+    by: str
+    detail: Mapping[str, Any] = field(default_factory=dict)  # JSON values
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+
+
+def new_audit_id() -> str:
+    return secrets.token_hex(12)
+
+
+class TriggerKey(NamedTuple):
+    """A remembered idempotency key or request id (for `beatd migrate`)."""
+
+    key: str  # `key:<idempotency key>` or `request:<request id>`, per entry
+    entry: str
+    result: TriggerResult
+    at: datetime
