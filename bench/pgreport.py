@@ -46,11 +46,15 @@ def _provenance(machine: Result) -> str:
     later = [r for r in machine.get("reruns", []) if PG in r.get("backends", [])]
     if not later:
         return "The other backends' figures are from the same run, one scenario at a time;"
-    r = later[-1]
+    runs = "; ".join(
+        f"{', '.join(r['groups'])}: {r['date']}, beatd {r['beatd_commit']}, load average "
+        f"{r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}"
+        for r in later
+    )
     return (
-        f"PostgreSQL's figures are from a later run ({r['date']}, beatd {r['beatd_commit']}, "
-        f"load average {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}) than SQLite's and "
-        "Redis's, so the ratios compare two runs and carry the machine's drift between them;"
+        f"PostgreSQL's figures are from {'a later run' if len(later) == 1 else 'later runs'} "
+        f"({runs}) than SQLite's and Redis's, so the ratios compare runs and carry the "
+        "machine's drift between them;"
     )
 
 

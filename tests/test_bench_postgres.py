@@ -266,7 +266,7 @@ def test_postgresql_merged_from_a_later_run_says_the_ratios_compare_two_runs() -
     assert first == (
         "A scratch database on the machine's PostgreSQL 15.20 server, created by the bench and "
         "dropped after it; the server is shared with the test suites running on the machine. "
-        "PostgreSQL's figures are from a later run (2026-12-05T01:40:00+00:00, beatd abc1234, "
-        "load average 3.50/4.25) than SQLite's and Redis's, so the ratios compare two runs and "
-        "carry the machine's drift between them; × = PostgreSQL's figure / that backend's."
+        "PostgreSQL's figures are from a later run (delay: 2026-12-05T01:40:00+00:00, beatd "
+        "abc1234, load average 3.50/4.25) than SQLite's and Redis's, so the ratios compare runs "
+        "and carry the machine's drift between them; × = PostgreSQL's figure / that backend's."
     )
