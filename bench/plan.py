@@ -73,8 +73,8 @@ def jobs(quick: bool) -> list[Job]:
             "worker",
             {
                 "url": "postgresql",
-                "count": 500 if quick else tasks,
-                "latency_samples": 12 if quick else 100,
+                "count": 200 if quick else tasks,
+                "latency_samples": 10 if quick else 100,
             },
         )
     )
