@@ -9,6 +9,7 @@ each test uses a schema of its own in it.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import threading
 import time
@@ -284,6 +285,42 @@ def test_a_waiting_worker_wakes_at_the_notify_of_a_commit(backend: PostgresBacke
     waiter.join(10)
     assert woke and woke[0][0] and woke[0][1] < 5  # woken by the NOTIFY, not the timeout
     assert backend.wait_for_work(["default"], 20)  # a message is ready: at once
+
+
+def test_a_ready_run_already_announced_does_not_wake_the_waiter_again(
+    backend: PostgresBackend,
+) -> None:
+    """A worker whose slots are all busy leaves ready runs in the queue; its waiting thread
+    must sleep until something new is added, not find the same runs ready again and again."""
+    backend.enqueue([message("e", 1)])
+    assert backend.wait_for_work(["default"], 20)  # ready before the LISTEN: claim once
+    started = time.monotonic()
+    assert not backend.wait_for_work(["default"], 0.3)  # still ready, already announced
+    assert time.monotonic() - started >= 0.25
+    backend.enqueue([message("e", 2)])
+    assert backend.wait_for_work(["default"], 20)  # a new one: at once
+
+
+def test_a_claim_costs_the_same_with_20000_runs_queued_as_with_200(
+    backend: PostgresBackend,
+) -> None:
+    """A claim walks the (queue, priority, seq) index to the first ready run: a queue's length
+    must not make every claim sort the whole queue, which drains a long one in O(n²)."""
+
+    def median_claim() -> float:
+        spent = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert backend.claim(["default"], "w", 60) is not None
+            spent.append(time.perf_counter() - started)
+        return statistics.median(spent)
+
+    backend.enqueue([message(f"short-{i}", 1) for i in range(200)])
+    short = median_claim()
+    for batch in range(20):
+        backend.enqueue([message(f"long-{batch}-{i}", 1) for i in range(1000)])
+    long = median_claim()
+    assert long < 4 * short, (short, long)
 
 
 def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
