@@ -53,7 +53,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis_events import RedisCeleryEvents
-from beatd.backends.redis_history import RedisRunHistory, published_fields
+from beatd.backends.redis_history import RedisRunHistory, published_p
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -201,20 +201,25 @@ class RedisStateStore(RedisLink):
             {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
         )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
-        history = self._commit_history(lease, writes, messages)
+        celery = [is_list for _, is_list in targets]
+        history = self._commit_history(lease, writes, messages, celery)
         args = (lease.token, lease.epoch, *flat, *history)
         wait = self._send_fenced("commit", lease, keys, args)
         return lambda: set(wait())
 
     def _commit_history(
-        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+        self,
+        lease: Lease,
+        writes: Sequence[StateWrite],
+        messages: Sequence[Outgoing],
+        celery: Sequence[bool],
     ) -> tuple[str, str, str, str]:
-        """The commit script's history arguments (see redis_scripts.COMMIT)."""
+        """The commit script's history arguments (see redis_scripts.COMMIT); `celery` says for
+        each message whether it goes to a Celery queue."""
         if not self._history:
             return "", "", "", ""
-        published: list[str] = []
-        for message in messages:
-            published += published_fields(message)
+        epoch = lease.epoch
+        published = [published_p(m, c, epoch) for m, c in zip(messages, celery, strict=True)]
         missed: list[str | int] = []
         for write in writes:
             for m in write.missed:

@@ -6,7 +6,9 @@ Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backe
 with `history=False`: then it writes nothing. A run's record is the hash NS .. 'h:run:' .. id,
 each of its values short enough (64 bytes, Redis's hash-max-listpack-value) for the compact
 listpack encoding unless an entry or node name or an error is long:
-  p      JSON [slot_us, due - slot, published - slot, kind, celery "1"/"0", epoch]
+  p      JSON [slot_us, due - slot, kind, celery "1"/"0", epoch], written whole by the client
+         (the published time is the record's score in the indexes: the commit script writes
+         nothing per run but its HSET and its entry's ZADD)
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
   1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
@@ -106,19 +108,45 @@ local function settled(i)
 end
 """
 
-# what the commit script calls per message with a slot and per missed-slot item of an applied
-# write; every argument a string (slot and due_off in microseconds)
+# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
+# per missed-slot item of an applied write; every argument a string (times in microseconds)
 COMMIT_HISTORY = """
-local function published(NS, entry, id, slot, due_off, kind, celery, at, node, epoch)
-  -- the global index, which holds every record's id, says whether this one is new (a repeated
-  -- commit, an id published before): one call fewer per message than asking the key
-  if redis.call('ZADD', NS .. 'h:runs', 'NX', at, id) == 1 then
-    local pub_off = string.format('%d', tonumber(at) - tonumber(slot))
-    local p = '["' .. slot .. '","' .. due_off .. '","' .. pub_off .. '","' .. kind .. '","'
-      .. (celery and '1' or '0') .. '","' .. epoch .. '"]'
-    redis.call('HSET', NS .. 'h:run:' .. id, 'p', p, 'e', entry, 'N', node)
-    redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+-- the ids of `runs` (a flat list of (id, entry, p)) whose record is stored already (a repeated
+-- commit, an id published before: it keeps its record), by one ZMSCORE of the global index per
+-- chunk; called before the script's first write, as it reads with a command that an ACL line
+-- older than the history lacks
+local function held_runs(NS, runs)
+  local held = {}
+  for first = 1, #runs, 1500 do
+    local ids = {}
+    for i = first, math.min(first + 1499, #runs), 3 do ids[#ids + 1] = runs[i] end
+    local scores = redis.call('ZMSCORE', NS .. 'h:runs', unpack(ids))
+    for j, id in ipairs(ids) do
+      if scores[j] then held[id] = true end
+    end
   end
+  return held
+end
+-- the new records: per run one HSET of its record, whose p the client wrote whole, and one
+-- ZADD of its entry's index; one ZADD of the global index per chunk
+local function published(NS, runs, held, skip, at, node)
+  local add = {}
+  local function flush()
+    if #add > 0 then redis.call('ZADD', NS .. 'h:runs', unpack(add)) end
+    add = {}
+  end
+  for i = 1, #runs, 3 do
+    local id, entry = runs[i], runs[i + 1]
+    if not held[id] and not skip[entry] then
+      held[id] = true
+      redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
+      redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+      add[#add + 1] = at
+      add[#add + 1] = id
+      if #add >= 1000 then flush() end
+    end
+  end
+  flush()
 end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
   local field = entry .. '\\31' .. reason .. '\\31' .. first

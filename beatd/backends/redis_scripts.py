@@ -142,9 +142,9 @@ end
 # indexes KEYS; then the number of streams, and the messages' bodies joined by U+001E (no JSON
 # text holds that character unescaped, so they need no escaping). KEYS[4 .. 3 + streams] are
 # beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
-# kombu's Redis transport does); then the history's: NS ('' for none), the node, a flat JSON
-# array of each message's (slot_us, due - slot in us, kind), slot '' for a message with no
-# record, and one of missed slots as (entry, reason, first_us, last_us, total)...
+# kombu's Redis transport does); then the history's: NS ('' for none), the node, a JSON array
+# of each message's record's p (redis_history_lua), '' for a message with no record, and one of
+# missed slots as (entry, reason, first_us, last_us, total)...
 # -> the rejected entry names; an error reply LEASELOST and nothing written
 COMMIT = (
     CHECK_LEASE
@@ -153,6 +153,18 @@ COMMIT = (
 local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
 if lost then return lost end
 local queues, writes, messages = cjson.decode(ARGV[3]), cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
+local NS, node = ARGV[8] or '', ARGV[9]
+local runs, held = {}, {}  -- the messages' records as (id, entry, p)..., the ids stored already
+if NS ~= '' then
+  for j, p in ipairs(cjson.decode(ARGV[10])) do
+    if p ~= '' then
+      runs[#runs + 1] = messages[3 * j]
+      runs[#runs + 1] = messages[3 * j - 1]
+      runs[#runs + 1] = p
+    end
+  end
+  held = held_runs(NS, runs)
+end
 local rejected, skip = {}, {}
 for i = 1, #writes, 3 do
   local entry, expected = writes[i], writes[i + 1]
@@ -173,27 +185,20 @@ end
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
-local NS, node = ARGV[8] or '', ARGV[9]
-local prefixes, now = NS ~= '' and cjson.decode(ARGV[10]), NS ~= '' and now_us()
 if NS ~= '' then
-  local missed = cjson.decode(ARGV[11])
+  local now, missed = now_us(), cjson.decode(ARGV[11])
   for i = 1, #missed, 5 do
     if not skip[missed[i]] then
       local m = missed
       missed_slots(NS, m[i], m[i + 1], m[i + 2], m[i + 3], m[i + 4], now, node, ARGV[2])
     end
   end
+  published(NS, runs, held, skip, now, node)
 end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
   if not skip[messages[i + 1]] then
     local k, body = messages[i], string.sub(bodies, at, stop - 1)
-    local h = prefixes and (i - 1)  -- the message's (slot, due - slot, kind) in ARGV[10]
-    if h and prefixes[h + 1] ~= '' then
-      local slot, due_off, kind = prefixes[h + 1], prefixes[h + 2], prefixes[h + 3]
-      published(NS, messages[i + 1], messages[i + 2], slot, due_off, kind, k > last_stream, now,
-        node, ARGV[2])
-    end
     if k > last_stream then
       redis.call('LPUSH', KEYS[k], body)
     else
