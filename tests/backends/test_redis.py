@@ -50,6 +50,7 @@ from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
 from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
+from tests.backends.controls_contract import ControlsContract
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
 
@@ -107,7 +108,7 @@ def advance() -> Callable[[float], None]:
     return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
 
 
-class TestRedisContract(BackendContract):
+class TestRedisContract(BackendContract, ControlsContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
