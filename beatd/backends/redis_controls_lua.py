@@ -67,7 +67,8 @@ end
 -- guarded writes that mistake busy, join `skip` and `rejected`; the guards (a JSON array of
 -- [entry, timeout_us, busy '1'/'0', hold JSON or '']) by entry, or nil for none
 local function commit_checks(P, messages, plist, guards, dues, skip, rejected)
-  if redis.call('HLEN', P .. 'ctl:pause') > 0 then
+  if not P or P == '' then return nil end  -- a caller that passes no controls' arguments
+  if redis.call('EXISTS', P .. 'ctl:pause') == 1 then
     local ps, ds = {{}}, dues ~= '' and cjson.decode(dues) or cjson.decode(plist)
     for i = 1, #messages, 3 do
       local entry = messages[i + 1]
@@ -99,7 +100,7 @@ local function commit_checks(P, messages, plist, guards, dues, skip, rejected)
 end
 -- an applied guarded write: its last run marks the entry busy; its hold is kept
 local function commit_applied(P, messages, by, skip, now)
-  if not by then return end
+  if not P or not by then return end
   local last = {{}}
   for i = 1, #messages, 3 do
     if by[messages[i + 1]] then last[messages[i + 1]] = messages[i + 2] end
@@ -300,9 +301,9 @@ local P = ARGV[1]
 local added = 0
 for _, c in ipairs(cjson.decode(ARGV[2])) do
   local e = c[1]
-  local here = redis.call('HEXISTS', P .. 'ctl:pause', e) == 1
-    or redis.call('HEXISTS', P .. 'ctl:busy', e) == 1
-    or redis.call('HEXISTS', P .. 'ctl:held', e) == 1
+  local here = redis.call('HGET', P .. 'ctl:pause', e)
+    or redis.call('HGET', P .. 'ctl:busy', e)
+    or redis.call('HGET', P .. 'ctl:held', e)
   if not here then
     if c[2] ~= '' then redis.call('HSET', P .. 'ctl:pause', e, c[2]) end
     if c[3] ~= '' then
@@ -314,13 +315,13 @@ for _, c in ipairs(cjson.decode(ARGV[2])) do
   end
 end
 for _, a in ipairs(cjson.decode(ARGV[3])) do
-  if redis.call('HEXISTS', P .. 'ctl:audit', a[1]) == 0 then
+  if not redis.call('HGET', P .. 'ctl:audit', a[1]) then
     add_audit(P, a[1], a[2], a[3], a[4])
     added = added + 1
   end
 end
 for _, k in ipairs(cjson.decode(ARGV[4])) do
-  if redis.call('HEXISTS', P .. 'ctl:keys', k[1]) == 0 then
+  if not redis.call('HGET', P .. 'ctl:keys', k[1]) then
     redis.call('HSET', P .. 'ctl:keys', k[1], k[2])
     redis.call('ZADD', P .. 'ctl:keys-at', k[3], k[1])
     added = added + 1
