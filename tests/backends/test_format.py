@@ -24,6 +24,7 @@ from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
+from beatd.controls import Trigger, TriggerStatus
 from beatd.history import HistoryQuery
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -235,6 +236,29 @@ def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_hor
     ]
     backend.close()
     admin.close()
+
+
+def test_a_redis_dump_of_format_1_upgraded_takes_the_controls_and_enforces_them(
+    old_redis: RedisServer,
+) -> None:
+    """The controls' keys (`beatd:ctl:*`) came with format 3 (folded into the history's
+    migration, unreleased): a namespace upgraded from format 1 pauses, triggers and refuses."""
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(old_redis.url)
+    publish_on(backend, clock, 1)
+    [audit] = backend.pause(["tick"], "upgrade check", None, "ops@host")
+    assert (audit.action, audit.entry) == ("pause", "tick")
+    lease = backend.acquire_lease("new", 30)
+    assert lease is not None
+    horizon = backend.load_states()["tick"].last_slot
+    due = datetime.fromtimestamp(backend.server_time(), UTC) + timedelta(seconds=5)
+    run = Outgoing("tick", "tick@later", BeatdQueue("default"), "{}", due, due)
+    write = StateWrite(EntryState("tick", due, due, "every 10s"), horizon)
+    assert backend.commit(lease, [write], [run]) == {"tick"}
+    manual = Trigger("other", "other@manual-1", "default", False, None, "{}", "r1", "ops", None)
+    assert backend.trigger(manual).status == TriggerStatus.PUBLISHED
+    assert [a.action for a in backend.audit()] == ["trigger", "pause"]
+    backend.close()
 
 
 def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(

@@ -7,6 +7,7 @@ before each test) or, for the tests that pause, kill or reconfigure it, one of i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import ssl
 import subprocess
@@ -35,6 +36,15 @@ from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
+from beatd.controls import (
+    AuditRecord,
+    Busy,
+    Guard,
+    HeldRun,
+    Overlap,
+    Trigger,
+    TriggerStatus,
+)
 from beatd.errors import (
     BackendError,
     BeatdError,
@@ -43,7 +53,7 @@ from beatd.errors import (
     OutcomeUnknown,
     TransientBackendError,
 )
-from beatd.history import Ending, HistoryQuery, MissedSlots, Retention
+from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.outcomes import Outcome
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
@@ -428,6 +438,46 @@ def exercise_history(backend: RedisBackend) -> None:
     assert backend.run("p@1") == next(r for r in copied if r.id == "p@1")
 
 
+def exercise_controls(backend: RedisBackend) -> None:
+    """Every operation of the operator controls once: their checks and writes in the commit
+    and the final settling steps, and each script and read of the `Controls` role."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    guard = Guard(Overlap.BUFFER_ONE, 3600)
+    first = Outgoing("c", "c@1", BeatdQueue("ctl"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(state("c", 0), None, guard=guard)], [first]) == set()
+    hold = HeldRun("c@2", slot, slot, "scheduled", "ctl", "{}")
+    write = StateWrite(state("c", 1), backend.load_states()["c"].last_slot)
+    assert backend.commit(lease, [write._replace(guard=guard, busy=True, hold=hold)], []) == set()
+    backend.release_lease(lease)
+    delivery = backend.claim(["ctl"], "w", 30)
+    assert delivery is not None
+    backend.ack(delivery)
+    assert backend.load_controls()["c"].busy == Busy("c@2", backend.load_controls()["c"].busy.since)
+    delivery = backend.claim(["ctl"], "w", 30)
+    assert delivery is not None
+    backend.dead_letter(delivery, "boom")
+    backend.attempt_ended("c@2", Ending(Outcome.SUCCEEDED), slot)
+    backend.pause(["c"], "r", timedelta(hours=1), "ops")
+    request = Trigger("c", "c@manual-1", "ctl", False, None, "{}", "r1", "ops", guard, "k")
+    assert backend.trigger(request).status == TriggerStatus.REFUSED_PAUSED
+    backend.resume(["c"], "ops")
+    assert (
+        backend.trigger(dataclasses.replace(request, request_id="r2")).status
+        == TriggerStatus.PUBLISHED
+    )
+    backfill = Outgoing("c", "c@3", BeatdQueue("ctl"), "{}", slot, slot, RunKind.BACKFILL)
+    assert backend.backfill("c", [backfill], "ops", {})[0] == ["c@3"]
+    backend.record_audit(AuditRecord("x", slot, "requeue_dead", None, "ops"))
+    assert len(backend.audit()) == 5 and len(backend.audit("c")) == 4
+    keys = backend.trigger_keys()
+    assert len(keys) == 3
+    control = backend.load_controls()
+    assert backend.import_controls(control, backend.audit(), keys) == 0
+    assert backend.trim_audit(timedelta(0)) == 5
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -444,6 +494,7 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         exercise(backend)
         exercise_history(backend)
+        exercise_controls(backend)
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
         backend.close()
     finally:
