@@ -5,7 +5,8 @@ sets of run ids (docs/history.md gives the measured bytes per record):
 
   beatd:h:run:ID          hash    the run's record: p, e, N (published), n and 1..n
                                   (attempts), r, o
-  beatd:h:runs            zset    every run id, scored by its published time (us): max_records
+  beatd:h:runs            zset    every run id, scored by its published time (us), which is
+                                  the record's published time (read with ZMSCORE): max_records
                                   and max_age trimming, `beatd history` without an entry
   beatd:h:entry:ENTRY     zset    the entry's run ids, scored likewise: per_entry trimming
   beatd:h:summary         hash    entry -> JSON [status, finished, duration, success, failure,
@@ -190,7 +191,7 @@ class RedisRunHistory(RedisLink):
             with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
                     pipe.hgetall(self._key("h", "run", run_id))
-                pipe.zmscore(self._key("h", "runs"), ids)
+                pipe.zmscore(self._key("h", "runs"), list(ids))
                 return pipe.execute()
 
         if not ids:

@@ -40,13 +40,14 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number)}; nil when not held
+-- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
+-- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
 local function held_run(NS, id)
   local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p')
-  local p = decoded(h[2])
-  if not p or not tonumber(p[1]) then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = tonumber(p[1])}
+  local h = redis.call('HMGET', key, 'n', 'p', 'e')
+  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
+  if not slot then return nil end
+  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
@@ -59,7 +60,7 @@ local function open_attempt(run)  -- the last attempt, if it is still open
 end
 -- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
 local function summarize(run, a)
-  local entry = redis.call('HGET', run.key, 'e')
+  local entry = run.entry
   if not entry then return end
   local skey = run.NS .. 'h:summary'
   local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
@@ -111,42 +112,37 @@ end
 # what the commit script calls once with its new records (a flat list of (id, entry, p)) and
 # per missed-slot item of an applied write; every argument a string (times in microseconds)
 COMMIT_HISTORY = """
--- the ids of `runs` (a flat list of (id, entry, p)) whose record is stored already (a repeated
--- commit, an id published before: it keeps its record), by one ZMSCORE of the global index per
--- chunk; called before the script's first write, as it reads with a command that an ACL line
--- older than the history lacks
-local function held_runs(NS, runs)
-  local held = {}
+-- the commit's new records, `runs` a flat list of (id, entry, p) of the messages of applied
+-- writes: one variadic ZADD NX of the global index per chunk, scored `at`, says how many ids are
+-- new; when fewer than asked (a repeated commit, an id published before: it keeps its record),
+-- the new ones are those scored `at` (no earlier script ran in the same microsecond). Then per
+-- new run one HSET of its record, whose p the client wrote whole, and one ZADD of its entry's
+-- index
+local function published(NS, runs, at, node)
+  local index, seen = NS .. 'h:runs', {}
   for first = 1, #runs, 1500 do
-    local ids = {}
-    for i = first, math.min(first + 1499, #runs), 3 do ids[#ids + 1] = runs[i] end
-    local scores = redis.call('ZMSCORE', NS .. 'h:runs', unpack(ids))
-    for j, id in ipairs(ids) do
-      if scores[j] then held[id] = true end
+    local chunk, add = {}, {}
+    for i = first, math.min(first + 1499, #runs), 3 do
+      if not seen[runs[i]] then
+        seen[runs[i]] = true
+        chunk[#chunk + 1] = i
+        add[#add + 1] = at
+        add[#add + 1] = runs[i]
+      end
+    end
+    local new
+    if #chunk > 0 and redis.call('ZADD', index, 'NX', unpack(add)) < #chunk then
+      new = {}
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, at, at)) do new[id] = true end
+    end
+    for _, i in ipairs(chunk) do
+      local id, entry = runs[i], runs[i + 1]
+      if not new or new[id] then
+        redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
+        redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+      end
     end
   end
-  return held
-end
--- the new records: per run one HSET of its record, whose p the client wrote whole, and one
--- ZADD of its entry's index; one ZADD of the global index per chunk
-local function published(NS, runs, held, skip, at, node)
-  local add = {}
-  local function flush()
-    if #add > 0 then redis.call('ZADD', NS .. 'h:runs', unpack(add)) end
-    add = {}
-  end
-  for i = 1, #runs, 3 do
-    local id, entry = runs[i], runs[i + 1]
-    if not held[id] and not skip[entry] then
-      held[id] = true
-      redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
-      redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
-      add[#add + 1] = at
-      add[#add + 1] = id
-      if #add >= 1000 then flush() end
-    end
-  end
-  flush()
 end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
   local field = entry .. '\\31' .. reason .. '\\31' .. first

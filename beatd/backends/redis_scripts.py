@@ -157,18 +157,6 @@ COMMIT = (
 local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
 if lost then return lost end
 local queues, writes, messages = cjson.decode(ARGV[3]), cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
-local NS, node = ARGV[8] or '', ARGV[9]
-local runs, held = {}, {}  -- the messages' records as (id, entry, p)..., the ids stored already
-if NS ~= '' then
-  for j, p in ipairs(cjson.decode(ARGV[10])) do
-    if p ~= '' then
-      runs[#runs + 1] = messages[3 * j]
-      runs[#runs + 1] = messages[3 * j - 1]
-      runs[#runs + 1] = p
-    end
-  end
-  held = held_runs(NS, runs)
-end
 local rejected, skip = {}, {}
 local guards, gnow = commit_checks(ARGV[12], messages, ARGV[10], ARGV[13], ARGV[14], skip, rejected)
 for i = 1, #writes, 3 do
@@ -193,6 +181,7 @@ commit_applied(ARGV[12], messages, guards, skip, gnow)
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
+local NS, node = ARGV[8] or '', ARGV[9]
 if NS ~= '' then
   local now, missed = now_us(), cjson.decode(ARGV[11])
   for i = 1, #missed, 5 do
@@ -201,7 +190,15 @@ if NS ~= '' then
       missed_slots(NS, m[i], m[i + 1], m[i + 2], m[i + 3], m[i + 4], now, node, ARGV[2])
     end
   end
-  published(NS, runs, held, skip, now, node)
+  local runs = {}  -- the records of the messages of applied writes, as (id, entry, p)...
+  for j, p in ipairs(cjson.decode(ARGV[10])) do
+    if p ~= '' and not skip[messages[3 * j - 1]] then
+      runs[#runs + 1] = messages[3 * j]
+      runs[#runs + 1] = messages[3 * j - 1]
+      runs[#runs + 1] = p
+    end
+  end
+  published(NS, runs, now, node)
 end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1

@@ -348,7 +348,8 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
 ) -> None:
     """Format 3 adds the run history's keys (beatd:h:*). Runs queued before it have no record,
     so a worker that claims and acks one records nothing; a run committed with its slot after
-    the upgrade has its record, and its claim and ack are recorded in it."""
+    the upgrade (the scheduler's, and one committed here) has its record, and its claim and ack
+    are recorded in it."""
     caplog.set_level(logging.INFO, "beatd.backends")
     admin = format_2_redis.client()
     assert admin.get("beatd:format-version") == "2"
@@ -369,13 +370,14 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
     later = EntryState("tick", slot, slot, horizon.identity)
     run = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot, slot)
     assert backend.commit(lease, [StateWrite(later, horizon.last_slot)], [run]) == set()
-    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id]
+    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id, *reversed(NEW)]
     for expected in [*OLD[1:], *NEW, run_id]:
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None and delivery.id == expected
         backend.ack(delivery)
-    assert [backend.run(i) for i in OLD + NEW] == [None] * len(OLD + NEW)
-    assert backend.history_size() == (1, 0)
+    assert [backend.run(i) for i in OLD] == [None] * len(OLD)
+    assert backend.history_size() == (len(NEW) + 1, 0)
+    assert {r.status for r in backend.runs(HistoryQuery())} == {"succeeded"}
     record = backend.run(run_id)
     assert record is not None
     assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])

@@ -501,13 +501,15 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         admin.acl_deluser("beatd")
 
 
-def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_trims_by_age_only(
+def test_acl_user_on_the_line_before_the_history_records_all_but_reads_and_trims_per_entry_not(
     server: RedisServer, admin: redis.Redis
 ) -> None:
     """The history's writes use only what the previous ACL line allowed, so an upgrade that
-    keeps it loses no run: the commit, claim and ack write their records; only trimming per
-    entry needs the new +hkeys, and it trims by age and count before it says so."""
-    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hkeys"])
+    keeps it loses no run: the commit, claim and ack write their records; trimming per entry
+    needs the new +hkeys, and it trims by age and count before it says so; reading a record
+    needs the new +zmscore, and says so."""
+    new = ("+hkeys", "+zmscore")
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w not in new])
     try:
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         lease = backend.acquire_lease("a", 10)
@@ -518,6 +520,14 @@ def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_t
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None
         backend.ack(delivery)
+        assert backend.summaries()["e"].last_status == "succeeded"
+        assert backend.history_size() == (1, 0)
+        with pytest.raises(BackendError) as caught:
+            backend.run("e@1")
+        refusal = caught.value.__cause__
+        assert isinstance(refusal, redis.exceptions.NoPermissionError)
+        assert str(caught.value) == f"{backend.url}: history: {refusal}"
+        admin.acl_setuser("beatd", commands=["+zmscore"])
         record = backend.run("e@1")
         assert record is not None and record.status == "succeeded"
         with pytest.raises(BackendError) as caught:
