@@ -1221,3 +1221,22 @@ def test_a_run_record_with_its_attempts_keeps_redis_compact_hash_encoding(
     record = backend.run(f"{entry}@1")
     assert record is not None and [a.outcome for a in record.attempts] == ["retried", "succeeded"]
     assert admin.object("encoding", f"beatd:h:run:{entry}@1") == "listpack"
+
+
+def test_with_history_off_a_pause_still_fails_a_commit_by_the_due_times_the_client_sends(
+    history_off_backend: RedisBackend,
+) -> None:
+    """Without the history's p fields the client sends each message's due time for the pause
+    check (redis_controls.commit_controls); a run due before the pause passes."""
+    off = history_off_backend
+    lease = off.acquire_lease("a", 30)
+    assert lease is not None
+    [audit] = off.pause(["e"], "r", None, "ops")
+    paused_at = datetime.fromisoformat(audit.after["pause"]["at"])
+    later = paused_at + timedelta(seconds=5)
+    earlier = paused_at - timedelta(seconds=5)
+    covered = Outgoing("e", "e@later", BeatdQueue("q"), "{}", later, later)
+    before = Outgoing("e", "e@earlier", BeatdQueue("q"), "{}", earlier, earlier)
+    assert off.commit(lease, [], [covered]) == {"e"}
+    assert off.commit(lease, [], [before]) == set()
+    assert off.queue_depths() == {"q": 1}
