@@ -22,6 +22,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
   beatd:h:*               the run history (redis_history.py has its keys)
+  beatd:ctl:*             the operator controls (redis_controls.py has their keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 
@@ -52,6 +53,7 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.redis_controls import RedisControls, commit_controls
 from beatd.backends.redis_events import RedisCeleryEvents
 from beatd.backends.redis_history import RedisRunHistory, published_p
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
@@ -203,7 +205,8 @@ class RedisStateStore(RedisLink):
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
         celery = [is_list for _, is_list in targets]
         history = self._commit_history(lease, writes, messages, celery)
-        args = (lease.token, lease.epoch, *flat, *history)
+        controls = commit_controls(self._key(""), bool(self._history), writes, messages)
+        args = (lease.token, lease.epoch, *flat, *history, *controls)
         wait = self._send_fenced("commit", lease, keys, args)
         return lambda: set(wait())
 
@@ -251,6 +254,7 @@ class RedisBackend(
     RedisWorkQueue,
     RedisQueueAdmin,
     RedisRunHistory,
+    RedisControls,
     RedisCeleryEvents,
 ):
     """Every role, on one connection pool (see the module doc), and Celery's task events on a

@@ -26,6 +26,7 @@ from typing import Any
 from beatd.backends.base import Outgoing, from_micros, to_micros
 from beatd.backends.redis_link import RedisLink
 from beatd.history import (
+    FINAL,
     Attempt,
     Ending,
     EntrySummary,
@@ -97,6 +98,7 @@ def _record(run_id: str, fields: dict[str, str], published: float | None) -> Run
         tuple(_attempt(i, slot, fields) for i in range(1, n + 1) if str(i) in fields),
         _us(fields.get("r", "")),
         _us(fields.get("o", "")),
+        fields.get("a") or None,
     )
 
 
@@ -110,6 +112,8 @@ def _fields(record: RunRecord) -> dict[str, str]:
     p = [str(slot), offset(record.due), record.kind.value, "1" if record.celery else "0"]
     p.append(str(record.epoch))
     fields = {"p": json.dumps(p), "e": record.entry, "N": record.node}
+    if record.audit is not None:
+        fields["a"] = record.audit
     for a in record.attempts:
         pid = "" if a.pid is None else str(a.pid)
         times = [offset(a.started_at), offset(a.ended_at)]
@@ -287,6 +291,8 @@ class RedisRunHistory(RedisLink):
 
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         e = ending
+        if not self._history and e.outcome in FINAL:  # the controls' part (redis_controls)
+            self._eval("run_final", (), (self._key(""), "", run_id))
         args = (e.outcome.value, e.reason, e.error_type, e.error, str(to_micros(at)))
         return self._mark("attempt_ended", run_id, *args)
 

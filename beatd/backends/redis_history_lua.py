@@ -199,6 +199,7 @@ return 1
 # ARGV NS, run id, outcome, reason, error type, error, at_us -> 1 ended, 0 not held or a repeat
 # (the last attempt already ended so at that time); with no attempt open one starts at `at`
 ATTEMPT_ENDED = """
+if FINAL[ARGV[3]] then run_final(ARGV[1], ARGV[1], ARGV[2]) end  -- redis_controls_lua
 local run, at = held_run(ARGV[1], ARGV[2]), ARGV[7]
 if not run then return 0 end
 local a = open_attempt(run)
