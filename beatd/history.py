@@ -17,6 +17,9 @@ from beatd.outcomes import Outcome
 
 ERROR_LIMIT = 1024  # characters of an exception's message kept in an attempt (docs/history.md)
 ERROR_TYPE_LIMIT = 200  # characters of an exception's type name kept
+# Unfinished runs past a retention cap (per entry, or in all) that one trim call passes over
+# before it gives up on that cap (RunHistory.trim): bounded work per call.
+PASS_OVER = 1000
 
 
 class RunKind(StrEnum):

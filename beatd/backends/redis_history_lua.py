@@ -27,6 +27,8 @@ before HSET, never HSETNX): an upgrade that keeps the old line loses no run.
 
 from __future__ import annotations
 
+from beatd.history import PASS_OVER
+
 HISTORY = """
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
@@ -217,7 +219,9 @@ return 1
 # per entry only), entry... -> how many records were deleted (at most limit). The caps pass over
 # an unfinished run (its last attempt's outcome not final; a record that does not decode is not
 # one): they read the record of each run past them, the oldest first; only the age deletes it.
-TRIM = """
+TRIM = (
+    f"local PASS_OVER = {PASS_OVER}\n"
+    + """
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local runs, gone = NS .. 'h:runs', 0
 local function drop(id)
@@ -239,14 +243,15 @@ local function unfinished(id)
   return not (last and FINAL[last[3]])
 end
 -- drop the finished runs of `index` past its newest `keep`, the oldest first, a page at a time
--- (the unfinished ones passed over stay at the head: the next page starts after them)
+-- (the unfinished ones passed over stay at the head: the next page starts after them), passing
+-- over at most PASS_OVER unfinished ones
 local function past_cap(index, keep)
   local kept = 0
-  while gone < limit do
+  while gone < limit and kept < PASS_OVER do
     local over = redis.call('ZCARD', index) - keep - kept
     if over <= 0 then return end
     for _, id in ipairs(redis.call('ZRANGE', index, kept, kept + math.min(over, 500) - 1)) do
-      if gone >= limit then return end
+      if gone >= limit or kept >= PASS_OVER then return end
       if unfinished(id) then kept = kept + 1 else drop(id) end
     end
   end
@@ -277,6 +282,7 @@ for i = 7, #ARGV do
 end
 return gone
 """
+)
 
 # ARGV NS, JSON [[id, {field: value}, published_us]...] of runs, JSON [[field, value,
 # recorded_us]...] of missed records, JSON [[entry, summary]...] -> how many run and missed

@@ -21,6 +21,7 @@ from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_mic
 from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
     FINAL,
+    PASS_OVER,
     Attempt,
     Ending,
     EntrySummary,
@@ -348,10 +349,11 @@ def _delete_runs(db: sqlite3.Connection, chosen: str, params: tuple[object, ...]
     return int(db.execute(f"DELETE FROM run WHERE seq IN ({chosen})", params).rowcount)
 
 
-# The finished runs (of those `{}` selects) past the newest OFFSET ones, the oldest first.
+# The finished runs (of those `{}` selects) among the first LIMIT past the newest OFFSET ones
+# (the call's limit plus PASS_OVER: bounded work per call), the oldest first.
 _PAST_CAP = (
     "SELECT seq FROM (SELECT seq, published_us, id FROM run {} "
-    f"ORDER BY published_us DESC, id DESC LIMIT -1 OFFSET ?) WHERE {_FINISHED} "
+    f"ORDER BY published_us DESC, id DESC LIMIT ? OFFSET ?) WHERE {_FINISHED} "
     "ORDER BY published_us, id LIMIT ?"
 )
 
@@ -378,11 +380,13 @@ def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit:
         left -= _delete_runs(
             db,
             _PAST_CAP.format("WHERE entry = ?"),
-            (entry, retention.per_entry, min(count - retention.per_entry, left)),
+            (entry, left + PASS_OVER, retention.per_entry, min(count - retention.per_entry, left)),
         )
     excess = db.execute("SELECT COUNT(*) FROM run").fetchone()[0] - retention.max_records
     if left > 0 and excess > 0:
-        left -= _delete_runs(db, _PAST_CAP.format(""), (retention.max_records, left))
+        left -= _delete_runs(
+            db, _PAST_CAP.format(""), (left + PASS_OVER, retention.max_records, left)
+        )
     return limit - left
 
 
