@@ -5,7 +5,7 @@ deadline to finish, and a range of slots missed for any reason but `disabled` un
 slot's due time plus the deadline. While leading, the scheduler feeds `Deadlines` what it
 committed (the `Published` event) and asks it, every step, to mark what passed: a run not
 finished by then is marked overdue in the history at its deadline (`RunHistory.mark_overdue`,
-which leaves a finished or already marked run alone), with a counter per entry and a WARNING
+which leaves a run finished by then or already marked alone), with a counter per entry and a WARNING
 naming entry and slot. Nothing is persisted here: a new leader rebuilds the watch at its first
 adoption from the history's unfinished runs and unmarked missed ranges (reads per entry with a
 deadline), and marks those whose deadline already passed with their original time, so a
@@ -111,7 +111,8 @@ class Deadlines:
 
     def adopt(self, entries: Mapping[str, Entry]) -> None:
         """At a leadership's first adoption, rebuild the watch from the history: the unfinished
-        runs and the unmarked missed ranges of each entry with a deadline, read by
+        runs, the newest runs that finished after their deadline unmarked, and the unmarked
+        missed ranges of each entry with a deadline, read by
         `mark_passed`, `read_budget` entries a step. Those already past are marked with their
         original time. Later adoptions (a reload) keep the watch."""
         if self._adopted:
