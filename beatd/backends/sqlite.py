@@ -50,11 +50,12 @@ from beatd.backends.sqlite_file import (
     upgrade,
 )
 from beatd.backends.sqlite_history import (
+    PUBLISHED,
     SQLiteRunHistory,
     micros,
+    published_rows,
     record_ended,
     record_missed,
-    record_published,
 )
 from beatd.errors import BackendError
 from beatd.history import Ending
@@ -226,17 +227,21 @@ class SQLiteStateStore(SQLiteFile):
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
             now = self._now()
-            db.executemany(
-                "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
-                    for m in messages
-                    if m.entry not in rejected
-                ],
-            )
-            if self.history:
-                record_published(db, lease, micros(now), messages, rejected)
+            if self.history:  # each run's published record in its message's row
+                db.executemany(
+                    PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
+                )
                 record_missed(db, lease, micros(now), writes, rejected)
+            else:
+                db.executemany(
+                    "INSERT INTO message (id, queue, priority, body, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
+                        for m in messages
+                        if m.entry not in rejected
+                    ],
+                )
             return rejected
 
         rejected = self._run(work, lease=True)
@@ -278,11 +283,13 @@ class SQLiteWorkQueue(SQLiteFile):
 
         def work(db: sqlite3.Connection) -> Delivery | None:
             now = self._now()
-            # the attempt opens in the message's row (a trigger records one left open as lost)
+            # the attempt opens in the message's row (a trigger records one left open as lost);
+            # a first claim moves the run's published record to `run` (a trigger)
             attempt = (consumer, self._host, os.getpid(), micros(now)) if self.history else _NONE
             row = db.execute(
                 f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1, "
-                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ? "
+                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ?, "
+                f"published_us = NULL "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
                 f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "

@@ -33,10 +33,15 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
     return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
 
 
-# The run history (format 2, beatd.history): one `run` row per published run, its ended attempts
+# The run history (format 2, beatd.history): one `run` row per claimed run, its ended attempts
 # keyed by (run's seq, number), the missed-slot ranges and each entry's summary. Every page a step
 # dirties is written to the WAL at its commit, and pages, more than statements, are what the
-# history costs a claim and an ack (bench/sqlite_history.py). So:
+# history costs a commit, a claim and an ack (bench/sqlite_history.py). So:
+# - a run's published record is kept in its message's row (`MESSAGE_PUBLISHED`: the commit writes
+#   that row anyway) until the run is first claimed: the claim clears `published_us` and a trigger
+#   stores the record in `run` (a burst's commit writes no page of `run` nor of its indexes). The
+#   reads take a queued run's record from its message (`QUEUED_RUNS`); a step that writes a run's
+#   record (trim, a deadline mark, import) first moves them all the same way (`MOVE_QUEUED`);
 # - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
 #   row anyway) and is written to `attempt` once, ended, by the settling step;
 # - what follows from that is done by triggers, in C: a claim that finds the message's attempt
@@ -46,7 +51,18 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
 # An attempt started from Celery's task events (no message here) is an `attempt` row with no end.
 # The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
 # most `Retention.per_entry` rows to look at) and all runs by age (newest first; trimming the
-# oldest). Statements one by one, so that they run inside a transaction (executescript commits).
+# oldest). The message table has no index of ids (it would cost a commit a page per run): a
+# queued run's record is found by a scan of the queue. Statements one by one, so that they run
+# inside a transaction (executescript commits).
+MESSAGE_PUBLISHED = (
+    ("entry", "TEXT"),
+    ("slot_us", "INTEGER"),
+    ("due_us", "INTEGER"),
+    ("kind", "TEXT"),
+    ("published_us", "INTEGER"),  # NULL: no record here (none, or moved to `run`)
+    ("node", "TEXT"),
+    ("epoch", "INTEGER"),
+)
 MESSAGE_ATTEMPT = (
     ("attempt_consumer", "TEXT"),
     ("attempt_host", "TEXT"),
@@ -107,6 +123,13 @@ HISTORY_SCHEMA = (
     "WHEN new.ended_us IS NULL BEGIN "
     f"UPDATE attempt SET ended_us = new.started_us, outcome = '{LOST}' "
     "WHERE run = new.run AND number < new.number AND ended_us IS NULL; END",
+    # A run's first claim (or a step that writes its record) moves its record to `run`; a run id
+    # already held there keeps its record.
+    "CREATE TRIGGER IF NOT EXISTS message_record_moved AFTER UPDATE OF published_us ON message "
+    "WHEN old.published_us IS NOT NULL AND new.published_us IS NULL BEGIN "
+    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
+    "VALUES (old.id, old.entry, old.slot_us, old.due_us, old.published_us, old.node, old.epoch, "
+    "old.kind); END",
     # A claim of a message whose attempt is still open (its claim lapsed): that one was lost.
     "CREATE TRIGGER IF NOT EXISTS message_claimed_again AFTER UPDATE OF attempt_us ON message "
     "WHEN old.attempt_us IS NOT NULL AND new.attempt_us IS NOT NULL BEGIN "
@@ -173,7 +196,14 @@ CREATE TABLE IF NOT EXISTS message (
     attempt_consumer TEXT,
     attempt_host TEXT,
     attempt_pid INTEGER,
-    attempt_us INTEGER
+    attempt_us INTEGER,
+    entry TEXT,
+    slot_us INTEGER,
+    due_us INTEGER,
+    kind TEXT,
+    published_us INTEGER,
+    node TEXT,
+    epoch INTEGER
 );
 CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
@@ -206,7 +236,8 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 
 def _format_2(db: sqlite3.Connection) -> None:
-    """Format 1 to 2: the run history's tables and the message's open attempt (issue 15). A
+    """Format 1 to 2: the run history's tables, and the message's open attempt and queued run's
+    record (issue 15). A
     process that opened the file for writing since has added them already (`add_history`), so
     that a worker started before the leader upgrades records its attempts."""
     add_history(db)
@@ -215,7 +246,7 @@ def _format_2(db: sqlite3.Connection) -> None:
 def add_history(db: sqlite3.Connection) -> None:
     """Add the run history's layout where it is missing, inside the caller's transaction."""
     held = {row[1] for row in db.execute("PRAGMA table_info(message)")}
-    for column, kind in MESSAGE_ATTEMPT:
+    for column, kind in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED:
         if column not in held:
             db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
     for statement in HISTORY_SCHEMA:
@@ -225,8 +256,9 @@ def add_history(db: sqlite3.Connection) -> None:
 def has_history(db: sqlite3.Connection) -> bool:
     """Whether the file has all of the run history's layout (a read)."""
     objects = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
-    return objects >= HISTORY_OBJECTS and "attempt_us" in {
-        row[1] for row in db.execute("PRAGMA table_info(message)")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(message)")}
+    return objects >= HISTORY_OBJECTS and columns >= {
+        column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED
     }
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile, _listed, has_history
+from beatd.backends.sqlite_file import SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
     FINAL,
     Attempt,
@@ -32,10 +33,22 @@ from beatd.history import (
     RunRecord,
 )
 
-_PUBLISHED = (
-    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, kind, published_us, node, epoch) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+PUBLISHED = (
+    "INSERT INTO message (id, queue, priority, body, ready_at, entry, slot_us, due_us, kind, "
+    "published_us, node, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The records of the runs queued and never claimed (in their messages' rows: MESSAGE_PUBLISHED),
+# as `_RUN_COLUMNS` with the message's seq negated: of a run id queued twice the first message's,
+# of one held in `run` none (that record was there first).
+QUEUED_RUNS = (
+    "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
+    "0 AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
+    "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
+    "GROUP BY id"
+)
+# Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
+# record (`_move_unless_held`), trim and import.
+MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
 _COPIED = (
     "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, "
     "received_us, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -79,21 +92,25 @@ def _at(value: int | None) -> datetime | None:
 # --- written inside the other roles' transactions ---------------------------------------------
 
 
-def record_published(
-    db: sqlite3.Connection,
+def published_rows(
     lease: Lease,
-    now: int,
+    now: float,
+    now_us: int,
     messages: Sequence[Outgoing],
     rejected: set[str],
-) -> None:
-    """The published record of each run of a commit (a message with a slot, of an applied
-    write); a run id already held is left as it is. Made per run of a burst, so a plain loop
-    that converts each distinct time once (the runs of a burst share their slots)."""
-    shared = (now, lease.node, lease.epoch)
+) -> list[tuple[object, ...]]:
+    """The `PUBLISHED` rows of a commit's messages (of applied writes): a message with a slot
+    carries its run's published record. Made per run of a burst, so a plain loop that converts
+    each distinct time once (the runs of a burst share their slots)."""
+    shared = (now_us, lease.node, lease.epoch)
     micros_of: dict[datetime, int] = {}
-    rows = []
-    for entry, run_id, _, _, slot, due, kind, _audit in messages:
-        if slot is None or (rejected and entry in rejected):
+    rows: list[tuple[object, ...]] = []
+    for entry, run_id, destination, body, slot, due, kind, _audit in messages:
+        if rejected and entry in rejected:
+            continue
+        message = (run_id, destination.queue, _priority(destination.priority), body, now)
+        if slot is None:
+            rows.append((*message, None, None, None, None, None, None, None))
             continue
         due = due or slot
         slot_us = micros_of.get(slot)
@@ -102,8 +119,8 @@ def record_published(
         due_us = micros_of.get(due)
         if due_us is None:
             due_us = micros_of[due] = to_micros(due)
-        rows.append((run_id, entry, slot_us, due_us, kind, *shared))
-    db.executemany(_PUBLISHED, rows)
+        rows.append((*message, entry, slot_us, due_us, kind, *shared))
+    return rows
 
 
 def record_missed(
@@ -181,7 +198,20 @@ def record_ended(
     )
 
 
+def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
+    """Before writing run `run_id`'s record: unless `run` holds it, move every queued run's
+    record there (the queue has no index of ids: one scan moves them all, so the leader's
+    deadline marks of a backed-up queue scan it once, not once a run)."""
+    if db.execute("SELECT 1 FROM run WHERE id = ?", (run_id,)).fetchone() is None:
+        db.execute(MOVE_QUEUED)
+
+
 # --- the RunHistory role ----------------------------------------------------------------------
+
+
+def _newest_first(row: Sequence[Any]) -> tuple[int, str]:
+    """The order of `runs`: by published_us, then id (of `_RUN_COLUMNS` rows)."""
+    return row[5], row[1]
 
 
 def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
@@ -323,15 +353,17 @@ class SQLiteRunHistory(SQLiteFile):
         if query.since is not None:
             where.append("published_us >= ?")
             params.append(to_micros(query.since))
-        if query.unfinished:
-            where.append(f"overdue_us IS NULL AND NOT {_FINISHED}")
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM run WHERE {' AND '.join(where)} "
-            "ORDER BY published_us DESC, id DESC LIMIT ?"
-        )
+        chosen = " AND ".join(where)
+        finished = f" AND overdue_us IS NULL AND NOT {_FINISHED}" if query.unfinished else ""
+        newest = "ORDER BY published_us DESC, id DESC LIMIT ?"
+        held = f"SELECT {_RUN_COLUMNS} FROM run WHERE {chosen}{finished} {newest}"
+        queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE {chosen} {newest}"  # never finished
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
-            return self._records(db, db.execute(sql, (*params, query.limit)).fetchall())
+            rows = db.execute(held, (*params, query.limit)).fetchall()
+            rows += db.execute(queued, (*params, query.limit)).fetchall()
+            rows.sort(key=_newest_first, reverse=True)
+            return self._records(db, rows[: query.limit])
 
         return self._run(read, write=False)
 
@@ -341,7 +373,11 @@ class SQLiteRunHistory(SQLiteFile):
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM run WHERE id = ?", (run_id,))
-            return self._records(db, rows.fetchall())
+            found = (
+                rows.fetchall()
+                or db.execute(f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?", (run_id,)).fetchall()
+            )
+            return self._records(db, found)
 
         found = self._run(read, write=False)
         return found[0] if found else None
@@ -381,7 +417,8 @@ class SQLiteRunHistory(SQLiteFile):
             return 0, 0
         row = self._run(
             lambda db: db.execute(
-                "SELECT (SELECT COUNT(*) FROM run), (SELECT COUNT(*) FROM missed)"
+                f"SELECT (SELECT COUNT(*) FROM run) + (SELECT COUNT(*) FROM ({QUEUED_RUNS})), "
+                "(SELECT COUNT(*) FROM missed)"
             ).fetchone(),
             write=False,
         )
@@ -392,8 +429,18 @@ class SQLiteRunHistory(SQLiteFile):
             return False
         return int(self._run(lambda db: db.execute(sql, params).rowcount)) == 1
 
+    def _run_changed(self, run_id: str, sql: str, params: tuple[object, ...]) -> bool:
+        """`_changed` for a run's record, moved to `run` first if it is queued."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            _move_unless_held(db, run_id)
+            return int(db.execute(sql, params).rowcount) == 1
+
+        return self.history and self._run(work)
+
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
-        return self._changed(
+        return self._run_changed(
+            run_id,
             "UPDATE run SET overdue_us = ? "
             f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED}",
             (to_micros(at), run_id),
@@ -407,7 +454,8 @@ class SQLiteRunHistory(SQLiteFile):
         )
 
     def run_received(self, run_id: str, consumer: str, at: datetime) -> bool:
-        return self._changed(
+        return self._run_changed(
+            run_id,
             "UPDATE run SET received_us = ? WHERE id = ? AND received_us IS NULL",
             (to_micros(at), run_id),
         )
@@ -418,6 +466,7 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
+            _move_unless_held(db, run_id)
             repeat = db.execute(
                 "SELECT 1 FROM attempt WHERE run = (SELECT seq FROM run WHERE id = ?) "
                 "AND ended_us IS NULL AND consumer = ? AND started_us = ?",
@@ -431,6 +480,7 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
+            _move_unless_held(db, run_id)
             if end_attempt(db, run_id, ending, when):
                 return True
             row = db.execute(
@@ -448,24 +498,44 @@ class SQLiteRunHistory(SQLiteFile):
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
             cutoff = micros(self._now() - retention.max_age.total_seconds())
+            db.execute(MOVE_QUEUED)  # the queued runs' records too
             gone = _trim_runs(db, retention, cutoff, limit)
             return gone + _trim_missed(db, retention, cutoff, limit - gone)
 
         return self._run(work) if self._holds_history() else 0
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
-        after = -1
-        while self._holds_history():
-            after, records = self._run(partial(self._after, after=after, batch=batch), write=False)
+        """The runs in `run` by seq, then the queued ones by message (each read `batch` at a
+        time), in batches of `batch`."""
+        if not self._holds_history():
+            return
+        held = f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?"
+        queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        pending: list[RunRecord] = []
+        for sql, start in ((held, -1), (queued, 1)):
+            for records in self._batches(sql, start, batch):
+                pending += records
+                while len(pending) >= batch:
+                    yield pending[:batch]
+                    pending = pending[batch:]
+        if pending:
+            yield pending
+
+    def _batches(self, sql: str, after: int, batch: int) -> Iterator[list[RunRecord]]:
+        """The records `sql` reads past seq `after`, `batch` at a time."""
+        while True:
+            after, records = self._run(
+                partial(self._after, sql=sql, after=after, batch=batch), write=False
+            )
             if not records:
                 return
             yield records
 
-    def _after(self, db: sqlite3.Connection, after: int, batch: int) -> tuple[int, list[RunRecord]]:
-        """The batch of runs stored after seq `after`, and the last seq in it."""
-        rows = db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)
-        ).fetchall()
+    def _after(
+        self, db: sqlite3.Connection, sql: str, after: int, batch: int
+    ) -> tuple[int, list[RunRecord]]:
+        """The batch of runs `sql` reads past seq `after`, and the last seq in it."""
+        rows = db.execute(sql, (after, batch)).fetchall()
         return (rows[-1][0] if rows else after), self._records(db, rows)
 
     def export_missed(self) -> list[MissedRecord]:
@@ -486,7 +556,9 @@ class SQLiteRunHistory(SQLiteFile):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
-            added = sum(_import_run(db, run) for run in runs)
+            db.execute(MOVE_QUEUED)  # a queued run's record is held
+            with _summaries_kept(db, {run.entry for run in runs}):  # not moved by the attempts
+                added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(
                 _MISSED,
                 [
@@ -509,6 +581,18 @@ class SQLiteRunHistory(SQLiteFile):
             return added
 
         return self._run(work)
+
+
+@contextmanager
+def _summaries_kept(db: sqlite3.Connection, entries: set[str]) -> Iterator[None]:
+    """Put the summaries of `entries` back as they were before the block (the triggers move
+    them when an attempt is stored ended: a copied one must not)."""
+    chosen = "entry IN (SELECT value FROM json_each(?))"
+    listed = (json.dumps(sorted(entries)),)
+    kept = db.execute(f"SELECT * FROM entry_summary WHERE {chosen}", listed).fetchall()
+    yield
+    db.execute(f"DELETE FROM entry_summary WHERE {chosen}", listed)
+    db.executemany("INSERT INTO entry_summary VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
 
 
 def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:

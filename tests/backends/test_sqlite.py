@@ -7,17 +7,20 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable
+from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, StorageReplaced
+from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.errors import BackendError, NotApplied
 from beatd.history import Attempt, Ending, HistoryQuery, RunKind, RunRecord
 from beatd.outcomes import Outcome
+from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
 
 
@@ -189,6 +192,24 @@ def history_of(backend: SQLiteBackend, entries: int, runs: int, open_of: str = "
     assert backend.import_history(records) == len(records)
 
 
+def history_of_others(others: int) -> list[RunRecord]:
+    """`others` runs of each of 19 entries (x00, x01, ...), older than e00's, never claimed."""
+    return [
+        RunRecord(
+            f"x{e:02d}@{minute:06d}",
+            f"x{e:02d}",
+            HISTORY_T0 - timedelta(minutes=minute + 1),
+            HISTORY_T0,
+            HISTORY_T0 - timedelta(minutes=minute + 1),  # older than e00's
+            "n",
+            1,
+            RunKind.SCHEDULED,
+        )
+        for e in range(19)
+        for minute in range(others)
+    ]
+
+
 def steps(backend: SQLiteBackend, read: Callable[[], object]) -> int:
     """How many SQLite VM instructions (in tens) `read` takes: the work, whatever the machine."""
     counted = [0]
@@ -227,21 +248,7 @@ def test_history_reads_cost_the_same_however_much_other_history_is_held(
     for others in (50, 1000):
         backend = SQLiteBackend(tmp_path / f"{others}.db")
         history_of(backend, 1, 50, open_of="e00")
-        history_of_others = [
-            RunRecord(
-                f"x{e:02d}@{minute:06d}",
-                f"x{e:02d}",
-                HISTORY_T0 - timedelta(minutes=minute + 1),
-                HISTORY_T0,
-                HISTORY_T0 - timedelta(minutes=minute + 1),  # older than e00's
-                "n",
-                1,
-                RunKind.SCHEDULED,
-            )
-            for e in range(19)
-            for minute in range(others)
-        ]
-        backend.import_history(history_of_others)
+        backend.import_history(history_of_others(others))
         assert [r.id for r in backend.runs(HistoryQuery(entry="e00", unfinished=True))] == [
             "e00@000049"
         ]
@@ -275,4 +282,118 @@ def test_a_run_whose_id_is_not_utf8_is_settled_and_has_no_history(
     calls[settle]()
     settled = {"ack": {}, "dead_letter": {}}.get(settle, {"default": 1})
     assert (backend.queue_depths(), backend.history_size()) == (settled, (0, 0))
+    backend.close()
+
+
+# --- a queued run's record, kept in its message's row -------------------------------------------
+
+
+def queued_run(entry: str, minute: int) -> Outgoing:
+    slot = HISTORY_T0 + timedelta(minutes=minute)
+    rid = f"{entry}@{minute:06d}"
+    return Outgoing(entry, rid, BeatdQueue("q"), "{}", slot, slot)
+
+
+def publish_queued(backend: SQLiteBackend, *runs: Outgoing, node: str = "a") -> None:
+    """Commit `runs` (of distinct entries) under a lease taken by `node`."""
+    lease = backend.acquire_lease(node, 600)
+    assert lease is not None
+    held = backend.load_states()
+    writes = []
+    for r in runs:
+        assert r.slot is not None
+        before = held.get(r.entry)
+        slot = r.slot if before is None else before.last_slot + timedelta(seconds=1)
+        new = EntryState(r.entry, slot, slot, "every 60s")
+        writes.append(StateWrite(new, None if before is None else before.last_slot))
+    assert backend.commit(lease, writes, list(runs)) == set()
+    backend.release_lease(lease)
+
+
+def stored_runs(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM run").fetchone()[0])
+
+
+def test_a_commit_writes_no_run_row_and_the_first_claim_moves_the_record(tmp_path: Path) -> None:
+    """A burst's commit writes each run's record into its message's row (no page of `run` nor
+    of its indexes); the reads find it there; the run's first claim stores it in `run`."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    publish_queued(backend, queued_run("e", 1), queued_run("f", 1))
+    queued = backend.run("e@000001")
+    assert stored_runs(tmp_path / "beatd.db") == 0
+    assert queued is not None and queued.attempts == ()
+    assert [r.id for r in backend.runs(HistoryQuery(entry="e"))] == ["e@000001"]
+    assert backend.history_size() == (2, 0)
+    delivery = backend.claim(["q"], "w", 60)
+    assert delivery is not None and delivery.id == "e@000001"
+    assert stored_runs(tmp_path / "beatd.db") == 1
+    claimed = backend.run("e@000001")
+    assert claimed is not None and replace(claimed, attempts=()) == queued
+    assert backend.history_size() == (2, 0)
+    backend.close()
+
+
+def test_a_run_queued_twice_keeps_the_first_record_queued_and_once_claimed(
+    tmp_path: Path,
+) -> None:
+    """A run id published again (by another leader) is queued twice; its record stays the
+    first's, read from the queue and after both messages were claimed."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    publish_queued(backend, queued_run("e", 1), node="a")
+    publish_queued(backend, queued_run("e", 1), node="b")
+    first = backend.run("e@000001")
+    assert first is not None and first.node == "a"
+    assert backend.history_size() == (1, 0)
+    for _ in range(2):
+        delivery = backend.claim(["q"], "w", 60)
+        assert delivery is not None
+        backend.ack(delivery)
+    after = backend.run("e@000001")
+    assert after is not None and after.node == "a" and len(after.attempts) == 2
+    assert backend.history_size() == (1, 0)
+    backend.close()
+
+
+@pytest.mark.parametrize("read", ["an_entry_newest_first", "an_entry_unfinished", "one_run"])
+def test_a_queued_runs_reads_cost_the_same_however_much_history_is_held(
+    tmp_path: Path, read: str
+) -> None:
+    """A queued run is read from the queue, which is scanned, but beside the stored history the
+    reads stay indexed: as much work beside 19 entries of 50 stored runs as of 1,000."""
+    costs = []
+    for others in (50, 1000):
+        backend = SQLiteBackend(tmp_path / f"{others}.db")
+        history_of(backend, 1, 50)
+        backend.import_history(history_of_others(others))
+        publish_queued(backend, queued_run("e00", 100_000))
+        assert backend.run("e00@100000") is not None
+        costs.append(steps(backend, partial(READS[read], backend)))
+        backend.close()
+    small, large = costs
+    assert large <= small * 1.5 + 10, (small, large)
+
+
+def test_imported_runs_leave_the_summaries_as_they_are(tmp_path: Path) -> None:
+    """`import_history` stores records as they are: a copied run's final attempt does not move
+    its entry's summary (the copied summary does, when it finished later)."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    history_of(backend, 1, 3)
+    assert backend.summaries() == {}
+    backend.close()
+
+
+def test_marking_a_queued_run_moves_every_queued_record_once(tmp_path: Path) -> None:
+    """The leader's first deadline mark of a queued run moves the whole queue's records to
+    `run` in one scan; the next marks find theirs there."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    publish_queued(backend, *(queued_run(f"e{n}", 1) for n in range(5)))
+    assert stored_runs(tmp_path / "beatd.db") == 0
+    assert backend.mark_overdue("e0@000001", HISTORY_T0)
+    assert stored_runs(tmp_path / "beatd.db") == 5
+    assert backend.mark_overdue("e1@000001", HISTORY_T0)
+    assert [r.id for r in backend.runs(HistoryQuery(unfinished=True))] == [
+        f"e{n}@000001" for n in (4, 3, 2)
+    ]
+    assert backend.history_size() == (5, 0)
     backend.close()
