@@ -34,6 +34,7 @@ from beatd.backends.base import (
     unseen,
     utf8_fault,
 )
+from beatd.backends.sqlite_controls import SQLiteControls, applied, failing
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
@@ -192,20 +193,16 @@ class SQLiteStateStore(SQLiteFile):
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
-            refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
-            kind = type(refused.destination)
-            needs = NEEDS.get(kind, ("another broker", ""))[0]
-            raise BackendError(
-                f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
-                "SQLite stores beatd's own messages only"
-            )
+        _only_beatd_queues(messages)
 
         def work(db: sqlite3.Connection) -> set[str]:
             self._check_lease(db, lease)
-            rejected: set[str] = set()
+            now = self._now()  # one reading: the controls' checks and the runs' records
+            rejected, controlled = failing(db, writes, messages, micros(now))
             for write in writes:
                 state = write.state
+                if state.entry in rejected:  # its pause or guard failed
+                    continue
                 params = (
                     _us(state.last_slot),
                     _us(state.last_published),
@@ -226,7 +223,7 @@ class SQLiteStateStore(SQLiteFile):
                     )
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
-            now = self._now()
+            applied(db, writes, messages, rejected, controlled, micros(now))
             if self.history:  # each run's published record in its message's row
                 db.executemany(
                     PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
@@ -260,6 +257,18 @@ class SQLiteStateStore(SQLiteFile):
             db.executemany("DELETE FROM entry_state WHERE entry = ?", [(e,) for e in entries])
 
         self._run(work, lease=True)
+
+
+def _only_beatd_queues(messages: Sequence[Outgoing]) -> None:
+    """Refuse, before anything is written, messages for another broker than this file."""
+    if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
+        refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
+        kind = type(refused.destination)
+        needs = NEEDS.get(kind, ("another broker", ""))[0]
+        raise BackendError(
+            f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
+            "SQLite stores beatd's own messages only"
+        )
 
 
 class SQLiteWorkQueue(SQLiteFile):
@@ -343,6 +352,8 @@ class SQLiteWorkQueue(SQLiteFile):
                 (delivery.receipt,),
             ).fetchone()
             self._end(db, delivery, started, ending or _SUCCEEDED)
+            if started is not None:
+                self._run_final(db, _stored(delivery.id))
 
         self._run(work)
 
@@ -379,6 +390,8 @@ class SQLiteWorkQueue(SQLiteFile):
                 (delivery.receipt,),
             ).fetchone()
             self._end(db, delivery, started, ending or _DEAD_LETTERED)
+            if started is not None:
+                self._run_final(db, _stored(delivery.id))
 
         self._run(work)
 
@@ -464,7 +477,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
 
 class SQLiteBackend(
-    SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin, SQLiteRunHistory
+    SQLiteLeaseStore,
+    SQLiteStateStore,
+    SQLiteWorkQueue,
+    SQLiteQueueAdmin,
+    SQLiteRunHistory,
+    SQLiteControls,
 ):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or

@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -67,6 +68,7 @@ _FINISHED = (
     f"coalesce((SELECT outcome IN ({_listed(FINAL)}) FROM attempt WHERE run = seq "
     "ORDER BY number DESC LIMIT 1), 0)"
 )
+_AUDITED = (RunKind.MANUAL, RunKind.BACKFILL)  # the kinds of run with an audit id (`run_audit`)
 _RUN_COLUMNS = (
     "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
     "overdue_us"
@@ -341,7 +343,16 @@ class SQLiteRunHistory(SQLiteFile):
             held = attempts[seqs[run_id]]
             number = held[-1].number + 1 if held else 1
             held.append(Attempt(number, consumer, host, pid, from_micros(started)))
-        return [_run_record(row, tuple(attempts[row[0]])) for row in rows]
+        audit = dict(
+            db.execute(
+                "SELECT id, audit FROM run_audit WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([row[1] for row in rows if row[8] in _AUDITED]),),
+            )
+        )
+        return [
+            replace(_run_record(row, tuple(attempts[row[0]])), audit=audit.get(row[1]))
+            for row in rows
+        ]
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
         if not self._holds_history():
@@ -480,20 +491,30 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
-            _move_unless_held(db, run_id)
-            if end_attempt(db, run_id, ending, when):
-                return True
-            row = db.execute(
-                f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
-                "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
-                (when, ending.outcome, run_id),
-            ).fetchone()
-            if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
-                return False
-            start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
-            return end_attempt(db, run_id, ending, when)
+            ended = self._attempt_ended(db, run_id, ending, when)
+            if ended and ending.outcome in FINAL:
+                self._run_final(db, run_id)
+            return ended
 
         return self.history and self._run(work)
+
+    def _attempt_ended(
+        self, db: sqlite3.Connection, run_id: str, ending: Ending, when: int
+    ) -> bool:
+        """End the run's attempt (one started from no message if none is open); False when
+        the history does not hold the run, it finished, or this end is a repeat."""
+        _move_unless_held(db, run_id)
+        if end_attempt(db, run_id, ending, when):
+            return True
+        row = db.execute(
+            f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
+            "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
+            (when, ending.outcome, run_id),
+        ).fetchone()
+        if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
+            return False
+        start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
+        return end_attempt(db, run_id, ending, when)
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
@@ -615,6 +636,8 @@ def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
     ).fetchall()
     if not stored:
         return 0
+    if run.audit is not None:
+        db.execute("INSERT OR IGNORE INTO run_audit (id, audit) VALUES (?, ?)", (run.id, run.audit))
     db.executemany(
         _ATTEMPT,
         [

@@ -22,6 +22,7 @@ from beatd.history import Attempt, Ending, HistoryQuery, RunKind, RunRecord
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
+from tests.backends.controls_contract import ControlsContract
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def history_off_backend(tmp_path: Path, wall: Wall) -> SQLiteBackend:
     return SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall, history=False)
 
 
-class TestSQLiteContract(BackendContract):
+class TestSQLiteContract(BackendContract, ControlsContract):
     pass
 
 
