@@ -198,7 +198,7 @@ class SQLiteStateStore(SQLiteFile):
         def work(db: sqlite3.Connection) -> set[str]:
             self._check_lease(db, lease)
             now = self._now()  # one reading: the controls' checks and the runs' records
-            rejected, controlled = failing(db, writes, messages, micros(now))
+            rejected = failing(db, writes, messages, micros(now))
             for write in writes:
                 state = write.state
                 if state.entry in rejected:  # its pause or guard failed
@@ -223,7 +223,7 @@ class SQLiteStateStore(SQLiteFile):
                     )
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
-            applied(db, writes, messages, rejected, controlled, micros(now))
+            applied(db, writes, messages, rejected, micros(now))
             if self.history:  # each run's published record in its message's row
                 db.executemany(
                     PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)

@@ -140,28 +140,41 @@ def is_busy(control: EntryControl | None, guard: Guard, now_us: int) -> bool:
 
 # --- inside StateStore.commit's transaction ---------------------------------------------------
 
+_MARKED_SINCE = (
+    "SELECT entry, busy_since_us FROM entry_control WHERE busy_run IS NOT NULL "
+    "AND entry IN (SELECT value FROM json_each(?))"
+)
+_MARK = (
+    "INSERT INTO entry_control (entry, busy_run, busy_since_us) VALUES (?, ?, ?) "
+    "ON CONFLICT (entry) DO UPDATE SET busy_run = excluded.busy_run, "
+    "busy_since_us = excluded.busy_since_us"
+)
+
 
 def failing(
     db: sqlite3.Connection, writes: Sequence[StateWrite], messages: Sequence[Outgoing], now_us: int
-) -> tuple[set[str], dict[str, EntryControl]]:
-    """The entries whose write (or messages without one) fail their pause or guard, and the
-    controls of the guarded writes' entries (for `applied`)."""
+) -> set[str]:
+    """The entries whose write (or messages without one) fail their pause or guard."""
     guarded = [w for w in writes if w.guard is not None]
     paused = dict(map(_control, db.execute(_PAUSED)))  # an index of the paused entries only
     if not guarded and not paused:
-        return set(), {}
+        return set()
     failed: set[str] = set()
     for m in messages if paused else ():
         pause = paused[m.entry].pause if m.entry in paused else None
         due = m.due if m.due is not None else m.slot
         if pause is not None and due is not None and pause.covers(due):
             failed.add(m.entry)
-    held = controls_of(db, [w.state.entry for w in guarded]) if guarded else {}
-    for write in guarded:
-        assert write.guard is not None
-        if is_busy(held.get(write.state.entry), write.guard, now_us) != write.busy:
-            failed.add(write.state.entry)
-    return failed, held
+    if guarded:
+        entries = json.dumps([w.state.entry for w in guarded])
+        since = dict(db.execute(_MARKED_SINCE, (entries,)).fetchall())
+        for write in guarded:
+            assert write.guard is not None
+            marked = since.get(write.state.entry)
+            busy = marked is not None and now_us - marked < write.guard.timeout * 1_000_000
+            if busy != write.busy:
+                failed.add(write.state.entry)
+    return failed
 
 
 def applied(
@@ -169,23 +182,21 @@ def applied(
     writes: Sequence[StateWrite],
     messages: Sequence[Outgoing],
     rejected: set[str],
-    held: Mapping[str, EntryControl],
     now_us: int,
 ) -> None:
-    """The applied guarded writes: the last run of each marks its entry busy; a hold is kept."""
+    """The applied guarded writes: the last run of each marks its entry busy (an older mark
+    replaced); a hold replaces the held run."""
     chosen = [w for w in writes if w.guard is not None and w.state.entry not in rejected]
     if not chosen:
         return
     last = {m.entry: m.id for m in messages}
-    since = from_micros(now_us)
+    marks = [(w.state.entry, last[w.state.entry], now_us) for w in chosen if w.state.entry in last]
+    db.executemany(_MARK, marks)
     for write in chosen:
-        entry = write.state.entry
-        control = held.get(entry, NO_CONTROL)
-        if entry in last:
-            control = control._replace(busy=Busy(last[entry], since))
         if write.hold is not None:
-            control = control._replace(held=write.hold)
-        put(db, entry, control)
+            entry = write.state.entry
+            control = controls_of(db, [entry]).get(entry, NO_CONTROL)
+            put(db, entry, control._replace(held=write.hold))
 
 
 # --- runs published without a lease, and a final settling step --------------------------------
