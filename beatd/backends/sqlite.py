@@ -42,6 +42,7 @@ from beatd.backends.sqlite_file import (
     LARGE_CATCH_UP,
     LEASE,
     MESSAGE_ATTEMPT,
+    MESSAGE_PUBLISHED,
     SCHEMA,
     SQLiteFile,
     _priority,
@@ -51,8 +52,11 @@ from beatd.backends.sqlite_file import (
     upgrade,
 )
 from beatd.backends.sqlite_history import (
+    FOLD_EVERY,
     PUBLISHED,
     SQLiteRunHistory,
+    fold,
+    log_done,
     micros,
     published_rows,
     record_ended,
@@ -73,6 +77,7 @@ _DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEAS
 _NONE = (None, None, None, None)  # no attempt opened: history is off
 _ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
 _OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
+_GONE = ", ".join(column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED)
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -292,13 +297,11 @@ class SQLiteWorkQueue(SQLiteFile):
 
         def work(db: sqlite3.Connection) -> Delivery | None:
             now = self._now()
-            # the attempt opens in the message's row (a trigger records one left open as lost);
-            # a first claim moves the run's published record to `run` (a trigger)
+            # the attempt opens in the message's row (a trigger records one left open as lost)
             attempt = (consumer, self._host, os.getpid(), micros(now)) if self.history else _NONE
             row = db.execute(
                 f"UPDATE message SET receipt = ?, ready_at = ?, deliveries = deliveries + 1, "
-                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ?, "
-                f"published_us = NULL "
+                f"attempt_consumer = ?, attempt_host = ?, attempt_pid = ?, attempt_us = ? "
                 f"WHERE seq = (SELECT seq FROM message WHERE queue IN ({marks}) "
                 f"AND ready_at <= ? ORDER BY priority DESC, seq LIMIT 1) "
                 f"RETURNING {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
@@ -321,7 +324,21 @@ class SQLiteWorkQueue(SQLiteFile):
         """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
         ended now as `ending` says."""
         if started is not None and started[3] is not None and self.history:
-            record_ended(db, _stored(delivery.id), started, ending, micros(self._now()))
+            record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
+
+    def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
+        """A message deleted for good (`gone`: its MESSAGE_ATTEMPT and MESSAGE_PUBLISHED): a
+        record still in it is logged with its attempt (`log_done`), else the attempt is stored
+        in `run`'s record."""
+        if gone is None or gone[8] is None:  # no record in the message (published_us)
+            self._end(db, delivery, gone, ending)
+            return
+        opened = gone[3] is not None and self.history
+        log_done(db, _stored(delivery.id), gone, ending if opened else None, micros(self._now()))
+        self._logged += 1
+        if self._logged >= FOLD_EVERY:
+            fold(db)
+            self._logged = 0
 
     def _settle(
         self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending
@@ -347,12 +364,11 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
+            gone = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
             ).fetchone()
-            self._end(db, delivery, started, ending or _SUCCEEDED)
-            if started is not None:
+            self._done(db, delivery, gone, ending or _SUCCEEDED)
+            if gone is not None:
                 self._run_final(db, _stored(delivery.id))
 
         self._run(work)
@@ -360,7 +376,7 @@ class SQLiteWorkQueue(SQLiteFile):
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (self._now(),),
             delivery,
             ending or _RELEASED,
@@ -371,7 +387,7 @@ class SQLiteWorkQueue(SQLiteFile):
     ) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
             ending or _RETRIED,
@@ -385,18 +401,22 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
+            gone = db.execute(
+                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
             ).fetchone()
-            self._end(db, delivery, started, ending or _DEAD_LETTERED)
-            if started is not None:
+            self._done(db, delivery, gone, ending or _DEAD_LETTERED)
+            if gone is not None:
                 self._run_final(db, _stored(delivery.id))
 
         self._run(work)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:
-        self._settle("UPDATE message SET attempt_us = NULL WHERE receipt = ?", (), delivery, ending)
+        self._settle(
+            "UPDATE message SET attempt_us = NULL, published_us = NULL WHERE receipt = ?",
+            (),
+            delivery,
+            ending,
+        )
 
 
 class SQLiteQueueAdmin(SQLiteFile):

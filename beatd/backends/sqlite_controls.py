@@ -19,7 +19,7 @@ from typing import Any
 
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite, from_micros, to_micros
 from beatd.backends.sqlite_file import SQLiteFile, _priority
-from beatd.backends.sqlite_history import MOVE_QUEUED, PUBLISHED, micros
+from beatd.backends.sqlite_history import MOVE_QUEUED, PUBLISHED, fold, micros
 from beatd.controls import (
     IDEMPOTENCY_KEY_TTL,
     NO_CONTROL,
@@ -393,7 +393,8 @@ class SQLiteControls(SQLiteFile):
                 new_audit_id(), from_micros(micros(now)), "backfill", entry, by, dict(detail)
             )
             _store_audit(db, record)
-            db.execute(MOVE_QUEUED)  # the queued runs' records into `run`, where they are looked up
+            fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
+            db.execute(MOVE_QUEUED)
             published: list[str] = []
             for message in runs:
                 held = db.execute("SELECT 1 FROM run WHERE id = ?", (message.id,)).fetchone()

@@ -72,10 +72,11 @@ MESSAGE_ATTEMPT = (
 _SUMMARIZE = (
     "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
     "last_success_us, last_failure_us, consecutive_failures) "
-    "SELECT entry, new.outcome, new.ended_us, new.ended_us - new.started_us, "
+    "SELECT {entry}, new.outcome, new.ended_us, new.ended_us - new.started_us, "
     f"iif(new.outcome = '{Outcome.SUCCEEDED}', new.ended_us, NULL), "
     f"iif(new.outcome IN ({_listed(FAILED_FINALLY)}), new.ended_us, NULL), "
-    f"new.outcome IN ({_listed(FAILED_FINALLY)}) FROM run WHERE seq = new.run "
+    f"new.outcome IN ({_listed(FAILED_FINALLY)}) "
+    "{source} "
     "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
     "last_finished_us = excluded.last_finished_us, "
     "last_duration_us = excluded.last_duration_us, "
@@ -84,6 +85,12 @@ _SUMMARIZE = (
     f"consecutive_failures = CASE WHEN excluded.last_status = '{Outcome.SUCCEEDED}' THEN 0 "
     "WHEN excluded.last_failure_us IS NOT NULL THEN consecutive_failures + 1 "
     "ELSE consecutive_failures END"
+)
+_OF_ATTEMPT = _SUMMARIZE.format(entry="entry", source="FROM run WHERE seq = new.run")
+_OF_LOGGED = _SUMMARIZE.format(entry="new.entry", source="WHERE true")
+# The summary moved by an attempt of run :run stored ended (:outcome, :started_us, :ended_us).
+SUMMARIZE_ENDED = _SUMMARIZE.format(entry="entry", source="FROM run WHERE id = :run").replace(
+    "new.", ":"
 )
 HISTORY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS run (
@@ -133,15 +140,40 @@ HISTORY_SCHEMA = (
     # A claim of a message whose attempt is still open (its claim lapsed): that one was lost.
     "CREATE TRIGGER IF NOT EXISTS message_claimed_again AFTER UPDATE OF attempt_us ON message "
     "WHEN old.attempt_us IS NOT NULL AND new.attempt_us IS NOT NULL BEGIN "
+    "UPDATE message SET published_us = NULL WHERE seq = new.seq AND published_us IS NOT NULL; "
     "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome) "
     "SELECT seq, (SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
     "old.attempt_consumer, old.attempt_host, old.attempt_pid, old.attempt_us, "
     f"new.attempt_us, '{LOST}' FROM run WHERE id = old.id; END",
-    # An attempt that ends with a final outcome (stored ended, or ended later) moves the summary.
-    "CREATE TRIGGER IF NOT EXISTS attempt_stored_ended AFTER INSERT ON attempt "
-    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    # An attempt ended later with a final outcome moves the summary (one stored ended does so by
+    # `SUMMARIZE_ENDED`, so that a fold or a copy of attempts already counted does not).
+    "DROP TRIGGER IF EXISTS attempt_stored_ended",
     "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
-    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_ATTEMPT}; END",
+    # A run settled for good before anything moved its record to `run`: its record and its one
+    # attempt, logged in one row of a table without indexes (a page an ack), folded into `run`
+    # and `attempt` many at a time (`FOLD`).
+    """CREATE TABLE IF NOT EXISTS run_done (
+    id TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    slot_us INTEGER NOT NULL,
+    due_us INTEGER NOT NULL,
+    published_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    consumer TEXT,
+    host TEXT,
+    pid INTEGER,
+    started_us INTEGER,
+    ended_us INTEGER,
+    outcome TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    error_type TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE TRIGGER IF NOT EXISTS run_done_logged AFTER INSERT ON run_done "
+    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_LOGGED}; END",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -380,6 +412,7 @@ class SQLiteFile:
         self.history = history  # False: commits, claims and settlings write no run history
         self._history_tables = False  # seen in a read-only file (which may be of format 1)
         self._host = socket.gethostname()  # of the attempts this process's claims start
+        self._logged = 0  # runs this handle logged in run_done since it last folded it
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
                 f"no database at {self.path}: check the path (`beatd run` creates it)"

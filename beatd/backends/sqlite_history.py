@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile, _listed, _priority, has_history
+from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
     FINAL,
     Attempt,
@@ -45,8 +44,20 @@ QUEUED_RUNS = (
     "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
     "0 AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
     "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
-    "GROUP BY id"
+    "AND NOT EXISTS (SELECT 1 FROM run_done WHERE run_done.id = message.id) GROUP BY id"
 )
+_LOGGED_COLUMNS = (
+    "id, entry, slot_us, due_us, published_us, node, epoch, kind, consumer, host, pid, "
+    "started_us, ended_us, outcome, reason, error_type, error"
+)
+# The runs logged in `run_done` (settled for good while their records were in their messages)
+# and not in `run` (of a run id logged twice, the first row), as `_LOGGED_COLUMNS`.
+LOGGED_RUNS = (
+    f"SELECT {_LOGGED_COLUMNS}, min(rowid) AS logged FROM run_done "
+    "WHERE NOT EXISTS (SELECT 1 FROM run WHERE run.id = run_done.id) GROUP BY id"
+)
+# Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
+FOLD_EVERY = 1000
 # Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
 # record (`_move_unless_held`), trim and import.
 MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
@@ -198,6 +209,9 @@ def record_ended(
         "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
         (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
+    if ending.outcome in FINAL:
+        ended = {"run": run_id, "outcome": ending.outcome, "started_us": started[3], "ended_us": at}
+        db.execute(SUMMARIZE_ENDED, ended)
 
 
 def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
@@ -205,15 +219,76 @@ def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
     record there (the queue has no index of ids: one scan moves them all, so the leader's
     deadline marks of a backed-up queue scan it once, not once a run)."""
     if db.execute("SELECT 1 FROM run WHERE id = ?", (run_id,)).fetchone() is None:
+        fold(db)
         db.execute(MOVE_QUEUED)
+
+
+def log_done(
+    db: sqlite3.Connection, run_id: str | bytes, gone: Sequence[Any], ending: Ending | None, at: int
+) -> None:
+    """Log a run whose message is deleted for good while its record is still in it (`gone`:
+    MESSAGE_ATTEMPT then MESSAGE_PUBLISHED), with its attempt ended at `at` as `ending` says
+    (None: no attempt to store). A trigger moves the entry's summary on for a final outcome."""
+    consumer, host, pid, started, entry, slot, due, kind, published, node, epoch = gone
+    attempt: tuple[object, ...] = (None,) * 9
+    if ending is not None:
+        attempt = (consumer, host, pid, started, at, *_ending(ending))
+    db.execute(
+        f"INSERT INTO run_done ({_LOGGED_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, ''), "
+        "coalesce(?, ''))",
+        (run_id, entry, slot, due, published, node, epoch, kind, *attempt),
+    )
+
+
+def _ending(ending: Ending) -> tuple[str, str, str, str]:
+    return ending.outcome, ending.reason, ending.error_type, ending.error
+
+
+def fold(db: sqlite3.Connection) -> None:
+    """Move the runs logged in `run_done` to `run` and `attempt` (a run id held there keeps its
+    record; its attempt is appended). The summaries stay as the log moved them (only an
+    attempt ended later moves them: a trigger)."""
+    db.execute(
+        "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, "
+        "kind) SELECT id, entry, slot_us, due_us, published_us, node, epoch, kind "
+        "FROM run_done ORDER BY rowid"
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO attempt (run, number, consumer, host, pid, started_us, "
+        "ended_us, outcome, reason, error_type, error) SELECT run.seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE attempt.run = run.seq), "
+        "d.consumer, d.host, d.pid, d.started_us, d.ended_us, d.outcome, d.reason, "
+        "d.error_type, d.error FROM run_done AS d JOIN run ON run.id = d.id "
+        "WHERE d.consumer IS NOT NULL ORDER BY d.rowid"
+    )
+    db.execute("DELETE FROM run_done")
+
+
+def _logged_record(row: Sequence[Any]) -> RunRecord:
+    """The record of a `LOGGED_RUNS` row."""
+    run_id, entry, slot, due, published, node, epoch, kind, *attempt, _ = row
+    consumer, host, pid, started, ended, outcome, reason, error_type, error = attempt
+    attempts: tuple[Attempt, ...] = ()
+    if consumer is not None:
+        attempts = (
+            Attempt(
+                1, consumer, host, pid, from_micros(started), _at(ended), outcome, reason,
+                error_type, error,
+            ),
+        )  # fmt: skip
+    return RunRecord(
+        run_id, entry, from_micros(slot), from_micros(due), from_micros(published), node, epoch,
+        RunKind(kind), False, attempts,
+    )  # fmt: skip
 
 
 # --- the RunHistory role ----------------------------------------------------------------------
 
 
-def _newest_first(row: Sequence[Any]) -> tuple[int, str]:
-    """The order of `runs`: by published_us, then id (of `_RUN_COLUMNS` rows)."""
-    return row[5], row[1]
+def _newest_first(record: RunRecord) -> tuple[datetime, str]:
+    """The order of `runs`: by publishing time, then id."""
+    return record.published_at, record.id
 
 
 def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
@@ -232,6 +307,20 @@ def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
         _at(received),
         _at(overdue),
     )
+
+
+def _audited(db: sqlite3.Connection, records: list[RunRecord]) -> list[RunRecord]:
+    """`records` with the audit id of each manual or backfill run (kept in `run_audit`)."""
+    chosen = [r.id for r in records if r.kind in _AUDITED]
+    if not chosen:
+        return records
+    audit = dict(
+        db.execute(
+            "SELECT id, audit FROM run_audit WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(chosen),),
+        )
+    )
+    return [replace(r, audit=audit[r.id]) if r.id in audit else r for r in records]
 
 
 def _attempt(row: Sequence[Any]) -> Attempt:
@@ -343,16 +432,7 @@ class SQLiteRunHistory(SQLiteFile):
             held = attempts[seqs[run_id]]
             number = held[-1].number + 1 if held else 1
             held.append(Attempt(number, consumer, host, pid, from_micros(started)))
-        audit = dict(
-            db.execute(
-                "SELECT id, audit FROM run_audit WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps([row[1] for row in rows if row[8] in _AUDITED]),),
-            )
-        )
-        return [
-            replace(_run_record(row, tuple(attempts[row[0]])), audit=audit.get(row[1]))
-            for row in rows
-        ]
+        return [_run_record(row, tuple(attempts[row[0]])) for row in rows]
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
         if not self._holds_history():
@@ -369,12 +449,19 @@ class SQLiteRunHistory(SQLiteFile):
         newest = "ORDER BY published_us DESC, id DESC LIMIT ?"
         held = f"SELECT {_RUN_COLUMNS} FROM run WHERE {chosen}{finished} {newest}"
         queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE {chosen} {newest}"  # never finished
+        logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE {chosen} {newest}"
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(held, (*params, query.limit)).fetchall()
             rows += db.execute(queued, (*params, query.limit)).fetchall()
-            rows.sort(key=_newest_first, reverse=True)
-            return self._records(db, rows[: query.limit])
+            records = self._records(db, rows)
+            for row in db.execute(logged, (*params, query.limit)):
+                done = _logged_record(row)
+                if not (query.unfinished and done.finished):
+                    records.append(done)
+            records = _audited(db, records)
+            records.sort(key=_newest_first, reverse=True)
+            return records[: query.limit]
 
         return self._run(read, write=False)
 
@@ -384,11 +471,15 @@ class SQLiteRunHistory(SQLiteFile):
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM run WHERE id = ?", (run_id,))
-            found = (
-                rows.fetchall()
-                or db.execute(f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?", (run_id,)).fetchall()
-            )
-            return self._records(db, found)
+            found = rows.fetchall()
+            if not found:
+                logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE id = ?"
+                done = db.execute(logged, (run_id,)).fetchall()
+                if done:
+                    return _audited(db, [_logged_record(done[0])])
+                queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?"
+                found = db.execute(queued, (run_id,)).fetchall()
+            return _audited(db, self._records(db, found))
 
         found = self._run(read, write=False)
         return found[0] if found else None
@@ -428,7 +519,8 @@ class SQLiteRunHistory(SQLiteFile):
             return 0, 0
         row = self._run(
             lambda db: db.execute(
-                f"SELECT (SELECT COUNT(*) FROM run) + (SELECT COUNT(*) FROM ({QUEUED_RUNS})), "
+                f"SELECT (SELECT COUNT(*) FROM run) + (SELECT COUNT(*) FROM ({QUEUED_RUNS})) "
+                f"+ (SELECT COUNT(*) FROM ({LOGGED_RUNS})), "
                 "(SELECT COUNT(*) FROM missed)"
             ).fetchone(),
             write=False,
@@ -519,7 +611,8 @@ class SQLiteRunHistory(SQLiteFile):
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
             cutoff = micros(self._now() - retention.max_age.total_seconds())
-            db.execute(MOVE_QUEUED)  # the queued runs' records too
+            fold(db)
+            db.execute(MOVE_QUEUED)  # the logged and queued runs' records too
             gone = _trim_runs(db, retention, cutoff, limit)
             return gone + _trim_missed(db, retention, cutoff, limit - gone)
 
@@ -532,7 +625,7 @@ class SQLiteRunHistory(SQLiteFile):
             return
         held = f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?"
         queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE seq < ? ORDER BY seq DESC LIMIT ?"
-        pending: list[RunRecord] = []
+        pending: list[RunRecord] = list(self._run(self._logged_runs, write=False))
         for sql, start in ((held, -1), (queued, 1)):
             for records in self._batches(sql, start, batch):
                 pending += records
@@ -541,6 +634,12 @@ class SQLiteRunHistory(SQLiteFile):
                     pending = pending[batch:]
         if pending:
             yield pending
+
+    def _logged_runs(self, db: sqlite3.Connection) -> list[RunRecord]:
+        """The runs logged in `run_done` (at most a fold's worth)."""
+        return _audited(
+            db, [_logged_record(row) for row in db.execute(f"{LOGGED_RUNS} ORDER BY logged")]
+        )
 
     def _batches(self, sql: str, after: int, batch: int) -> Iterator[list[RunRecord]]:
         """The records `sql` reads past seq `after`, `batch` at a time."""
@@ -557,7 +656,7 @@ class SQLiteRunHistory(SQLiteFile):
     ) -> tuple[int, list[RunRecord]]:
         """The batch of runs `sql` reads past seq `after`, and the last seq in it."""
         rows = db.execute(sql, (after, batch)).fetchall()
-        return (rows[-1][0] if rows else after), self._records(db, rows)
+        return (rows[-1][0] if rows else after), _audited(db, self._records(db, rows))
 
     def export_missed(self) -> list[MissedRecord]:
         if not self._holds_history():
@@ -577,9 +676,9 @@ class SQLiteRunHistory(SQLiteFile):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
-            db.execute(MOVE_QUEUED)  # a queued run's record is held
-            with _summaries_kept(db, {run.entry for run in runs}):  # not moved by the attempts
-                added = sum(_import_run(db, run) for run in runs)
+            fold(db)
+            db.execute(MOVE_QUEUED)  # a logged or queued run's record is held
+            added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(
                 _MISSED,
                 [
@@ -602,18 +701,6 @@ class SQLiteRunHistory(SQLiteFile):
             return added
 
         return self._run(work)
-
-
-@contextmanager
-def _summaries_kept(db: sqlite3.Connection, entries: set[str]) -> Iterator[None]:
-    """Put the summaries of `entries` back as they were before the block (the triggers move
-    them when an attempt is stored ended: a copied one must not)."""
-    chosen = "entry IN (SELECT value FROM json_each(?))"
-    listed = (json.dumps(sorted(entries)),)
-    kept = db.execute(f"SELECT * FROM entry_summary WHERE {chosen}", listed).fetchall()
-    yield
-    db.execute(f"DELETE FROM entry_summary WHERE {chosen}", listed)
-    db.executemany("INSERT INTO entry_summary VALUES (?, ?, ?, ?, ?, ?, ?)", kept)
 
 
 def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:

@@ -8,7 +8,6 @@ import sqlite3
 import stat
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -17,8 +16,9 @@ import pytest
 
 from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite, StorageReplaced
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.backends.sqlite_history import FOLD_EVERY
 from beatd.errors import BackendError, NotApplied
-from beatd.history import Attempt, Ending, HistoryQuery, RunKind, RunRecord
+from beatd.history import Attempt, Ending, HistoryQuery, Retention, RunKind, RunRecord
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
@@ -316,30 +316,36 @@ def stored_runs(path: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM run").fetchone()[0])
 
 
-def test_a_commit_writes_no_run_row_and_the_first_claim_moves_the_record(tmp_path: Path) -> None:
+def test_a_run_row_is_written_in_bulk_after_the_run_settled_for_good(tmp_path: Path) -> None:
     """A burst's commit writes each run's record into its message's row (no page of `run` nor
-    of its indexes); the reads find it there; the run's first claim stores it in `run`."""
+    of its indexes); the claim opens its attempt there too; the ack logs record and attempt in
+    one row of `run_done`; a later fold (every FOLD_EVERY logged runs, or a trim) stores them in
+    `run` and `attempt`. The reads find the record wherever it is, the same."""
     backend = SQLiteBackend(tmp_path / "beatd.db")
     publish_queued(backend, queued_run("e", 1), queued_run("f", 1))
     queued = backend.run("e@000001")
-    assert stored_runs(tmp_path / "beatd.db") == 0
     assert queued is not None and queued.attempts == ()
     assert [r.id for r in backend.runs(HistoryQuery(entry="e"))] == ["e@000001"]
-    assert backend.history_size() == (2, 0)
     delivery = backend.claim(["q"], "w", 60)
     assert delivery is not None and delivery.id == "e@000001"
-    assert stored_runs(tmp_path / "beatd.db") == 1
-    claimed = backend.run("e@000001")
-    assert claimed is not None and replace(claimed, attempts=()) == queued
-    assert backend.history_size() == (2, 0)
+    running = backend.run("e@000001")
+    assert running is not None and [a.outcome for a in running.attempts] == [None]
+    backend.ack(delivery)
+    done = backend.run("e@000001")
+    assert done is not None and done.finished
+    assert (stored_runs(tmp_path / "beatd.db"), backend.history_size()) == (0, (2, 0))
+    assert backend.runs(HistoryQuery(unfinished=True)) == [backend.run("f@000001")]
+    summaries = backend.summaries()
+    assert backend.trim(Retention()) == 0
+    assert (stored_runs(tmp_path / "beatd.db"), backend.history_size()) == (2, (2, 0))
+    assert backend.run("e@000001") == done
+    assert backend.summaries() == summaries
     backend.close()
 
 
-def test_a_run_queued_twice_keeps_the_first_record_queued_and_once_claimed(
-    tmp_path: Path,
-) -> None:
+def test_a_run_queued_twice_keeps_the_first_record(tmp_path: Path) -> None:
     """A run id published again (by another leader) is queued twice; its record stays the
-    first's, read from the queue and after both messages were claimed."""
+    first's, read from the queue, from the log and once folded."""
     backend = SQLiteBackend(tmp_path / "beatd.db")
     publish_queued(backend, queued_run("e", 1), node="a")
     publish_queued(backend, queued_run("e", 1), node="b")
@@ -350,8 +356,12 @@ def test_a_run_queued_twice_keeps_the_first_record_queued_and_once_claimed(
         delivery = backend.claim(["q"], "w", 60)
         assert delivery is not None
         backend.ack(delivery)
-    after = backend.run("e@000001")
-    assert after is not None and after.node == "a" and len(after.attempts) == 2
+        after = backend.run("e@000001")
+        assert after is not None and after.node == "a"
+        assert backend.history_size() == (1, 0)
+    backend.trim(Retention())
+    folded = backend.run("e@000001")
+    assert folded is not None and folded.node == "a"
     assert backend.history_size() == (1, 0)
     backend.close()
 
@@ -397,4 +407,21 @@ def test_marking_a_queued_run_moves_every_queued_record_once(tmp_path: Path) -> 
         f"e{n}@000001" for n in (4, 3, 2)
     ]
     assert backend.history_size() == (5, 0)
+    backend.close()
+
+
+def test_a_worker_folds_the_log_every_fold_every_runs(tmp_path: Path) -> None:
+    """The handle that logs FOLD_EVERY settled runs folds them into `run` with the last one's
+    ack, so the log stays short without a leader."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    publish_queued(backend, *(queued_run(f"e{n:03d}", 1) for n in range(FOLD_EVERY + 1)))
+    for n in range(FOLD_EVERY + 1):
+        delivery = backend.claim(["q"], "w", 60)
+        assert delivery is not None
+        backend.ack(delivery)
+        if n == FOLD_EVERY - 2:
+            assert stored_runs(tmp_path / "beatd.db") == 0
+    assert stored_runs(tmp_path / "beatd.db") == FOLD_EVERY
+    assert backend.history_size() == (FOLD_EVERY + 1, 0)
+    assert set(backend.summaries()) == {f"e{n:03d}" for n in range(FOLD_EVERY + 1)}
     backend.close()
