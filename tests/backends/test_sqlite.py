@@ -22,7 +22,7 @@ from beatd.history import Attempt, Ending, HistoryQuery, Retention, RunKind, Run
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
-from tests.backends.controls_contract import ControlsContract
+from tests.backends.controls_contract import ControlsContract, trigger
 
 
 @pytest.fixture
@@ -425,3 +425,55 @@ def test_a_worker_folds_the_log_every_fold_every_runs(tmp_path: Path) -> None:
     assert backend.history_size() == (FOLD_EVERY + 1, 0)
     assert set(backend.summaries()) == {f"e{n:03d}" for n in range(FOLD_EVERY + 1)}
     backend.close()
+
+
+# --- the operator controls --------------------------------------------------------------------
+
+
+def manual_run(backend: SQLiteBackend, request_id: str) -> RunRecord:
+    """Trigger one manual run of `m` (on queue q), claim it and ack it: its record."""
+    result = backend.trigger(trigger("m", request_id))
+    delivery = backend.claim(["q"], "w", 60)
+    assert delivery is not None and delivery.id == result.run_id
+    backend.ack(delivery)
+    found = backend.run(result.run_id)
+    assert found is not None and result.audit_id is not None
+    assert found.audit == result.audit_id
+    return found
+
+
+def test_a_manual_runs_audit_id_is_kept_through_the_log_its_fold_and_a_copy(
+    tmp_path: Path,
+) -> None:
+    """The audit id lives apart from the run's record (`run_audit`): read onto the record while
+    it waits in `run_done`, after the fold, and in a copy to another file."""
+    backend = SQLiteBackend(tmp_path / "a.db")
+    logged = manual_run(backend, "r1")  # in run_done
+    backend.trim(Retention(max_age=timedelta(days=1)))  # folds it into run
+    assert backend.run(logged.id) == logged
+    copy = SQLiteBackend(tmp_path / "b.db")
+    copy.import_history([r for batch in backend.export_runs() for r in batch])
+    assert copy.run(logged.id) == logged
+
+
+def test_a_trimmed_manual_run_takes_its_audit_id_with_it(tmp_path: Path, wall: Wall) -> None:
+    backend = SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall)
+    manual_run(backend, "r1")
+    wall.now += 10
+    assert backend.trim(Retention(max_age=timedelta(seconds=1))) == 1
+    assert backend._connection().execute("SELECT COUNT(*) FROM run_audit").fetchone() == (0,)
+
+
+def test_a_pause_made_by_one_process_refuses_another_processs_commit(tmp_path: Path) -> None:
+    """The controls are in the file: the leader's handle checks a pause another handle (the
+    command's) wrote, in its commit's transaction."""
+    leader, command = SQLiteBackend(tmp_path / "beatd.db"), SQLiteBackend(tmp_path / "beatd.db")
+    lease = leader.acquire_lease("a", 60)
+    assert lease is not None
+    command.pause(["e"], "maintenance", None, "ops@host")
+    due = datetime.now(UTC)
+    run = Outgoing("e", "e@1", BeatdQueue("q"), "{}", due, due)
+    assert leader.commit(lease, [StateWrite(EntryState("e", due, due, "x"), None)], [run]) == {"e"}
+    assert leader.queue_depths() == {}
+    command.resume(["e"], "ops@host")
+    assert leader.commit(lease, [StateWrite(EntryState("e", due, due, "x"), None)], [run]) == set()
