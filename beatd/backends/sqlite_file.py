@@ -33,22 +33,21 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
     return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
 
 
-# The run history (format 2, beatd.history): one `run` row per claimed run, its ended attempts
-# keyed by (run's seq, number), the missed-slot ranges and each entry's summary. Every page a step
-# dirties is written to the WAL at its commit, and pages, more than statements, are what the
-# history costs a commit, a claim and an ack (bench/sqlite_history.py). So:
+# The run history (format 2, beatd.history): one `run` row per run, its attempts keyed by (run's
+# seq, number), the missed-slot ranges and each entry's summary. Every page a step dirties is
+# written to the WAL at its commit, and pages, more than statements, are what the history costs a
+# commit, a claim and an ack (bench/sqlite_history.py); an index costs a page per run when the
+# runs are written one a transaction. So (docs/design.md tells it too):
 # - a run's published record is kept in its message's row (`MESSAGE_PUBLISHED`: the commit writes
-#   that row anyway) until the run is first claimed: the claim clears `published_us` and a trigger
-#   stores the record in `run` (a burst's commit writes no page of `run` nor of its indexes). The
-#   reads take a queued run's record from its message (`QUEUED_RUNS`); a step that writes a run's
-#   record (trim, a deadline mark, import) first moves them all the same way (`MOVE_QUEUED`);
-# - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
-#   row anyway) and is written to `attempt` once, ended, by the settling step;
-# - what follows from that is done by triggers, in C: a claim that finds the message's attempt
-#   still open records it `lost`; an attempt ended with a final outcome moves its entry's summary;
+#   that row anyway), and a claim's attempt stays open there (`MESSAGE_ATTEMPT`);
+# - the ack or dead letter that deletes the message logs record and ended attempt in one row of
+#   `run_done` (no index), folded into `run` and `attempt` a thousand at a time (`fold`);
+# - a step that keeps the message (retry, release, a noted ending, a claim after a lapsed one)
+#   moves the record to `run` by clearing `published_us` (a trigger) and stores the attempt;
+# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; a log
+#   row or an attempt ended later with a final outcome moves the entry's summary;
 # - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
 #   is finished when its last attempt's outcome is final.
-# An attempt started from Celery's task events (no message here) is an `attempt` row with no end.
 # The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
 # most `Retention.per_entry` rows to look at) and all runs by age (newest first; trimming the
 # oldest). The message table has no index of ids (it would cost a commit a page per run): a
