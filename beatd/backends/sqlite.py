@@ -34,7 +34,7 @@ from beatd.backends.base import (
     unseen,
     utf8_fault,
 )
-from beatd.backends.sqlite_controls import SQLiteControls, applied, failing
+from beatd.backends.sqlite_controls import HOLDS_BUSY, SQLiteControls, applied, failing
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
@@ -326,6 +326,18 @@ class SQLiteWorkQueue(SQLiteFile):
         if started is not None and started[3] is not None and self.history:
             record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
 
+    def _delete_for_good(self, db: sqlite3.Connection, delivery: Delivery, ending: Ending) -> None:
+        """Delete the claimed message (ack, dead letter), if the claim still holds: its run's
+        attempt ends (`_done`) and, when the run holds its entry's busy mark (read by the same
+        statement), the controls' step for a final outcome runs (`_run_final`)."""
+        row = db.execute(
+            f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}, {HOLDS_BUSY}",
+            (delivery.receipt,),
+        ).fetchone()
+        self._done(db, delivery, None if row is None else row[:-1], ending)
+        if row is not None and row[-1]:
+            self._run_final(db, _stored(delivery.id))
+
     def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
         """A message deleted for good (`gone`: its MESSAGE_ATTEMPT and MESSAGE_PUBLISHED): a
         record still in it is logged with its attempt (`log_done`), else the attempt is stored
@@ -364,12 +376,7 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            gone = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
-            ).fetchone()
-            self._done(db, delivery, gone, ending or _SUCCEEDED)
-            if gone is not None:
-                self._run_final(db, _stored(delivery.id))
+            self._delete_for_good(db, delivery, ending or _SUCCEEDED)
 
         self._run(work)
 
@@ -401,12 +408,7 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            gone = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
-            ).fetchone()
-            self._done(db, delivery, gone, ending or _DEAD_LETTERED)
-            if gone is not None:
-                self._run_final(db, _stored(delivery.id))
+            self._delete_for_good(db, delivery, ending or _DEAD_LETTERED)
 
         self._run(work)
 

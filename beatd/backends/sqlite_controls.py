@@ -6,7 +6,8 @@ idempotency keys and request ids in `trigger_key`, and a manual or backfill run'
 The steps that go with another role's transaction are functions here: `failing` and `applied`
 (inside `StateStore.commit`'s) and `run_final` (inside a final settling step's, through
 `SQLiteFile._run_final`). A commit without a guarded write costs one read of an index that holds
-the paused entries only; a settling step one look-up in the index of busy marks.
+the paused entries only; an ack or a dead letter one look-up in the index of busy marks, made by
+its DELETE (`HOLDS_BUSY`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite, from_micros, to_micros
@@ -40,6 +42,7 @@ from beatd.controls import (
 from beatd.errors import BackendError
 from beatd.history import RunKind
 
+_GUARDED = attrgetter("guard")  # a Guard is a non-empty tuple: true
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})  # results that use a key
 _TTL_US = IDEMPOTENCY_KEY_TTL // timedelta(microseconds=1)
@@ -140,6 +143,9 @@ def is_busy(control: EntryControl | None, guard: Guard, now_us: int) -> bool:
 
 # --- inside StateStore.commit's transaction ---------------------------------------------------
 
+# Whether the message being deleted (ack, dead letter) holds its entry's busy mark: a column of
+# the DELETE's RETURNING, so that a settling step without a control pays no statement for it.
+HOLDS_BUSY = "EXISTS (SELECT 1 FROM entry_control WHERE busy_run = message.id)"
 _MARKED_SINCE = (
     "SELECT entry, busy_since_us FROM entry_control WHERE busy_run IS NOT NULL "
     "AND entry IN (SELECT value FROM json_each(?))"
@@ -155,7 +161,7 @@ def failing(
     db: sqlite3.Connection, writes: Sequence[StateWrite], messages: Sequence[Outgoing], now_us: int
 ) -> set[str]:
     """The entries whose write (or messages without one) fail their pause or guard."""
-    guarded = [w for w in writes if w.guard is not None]
+    guarded = list(filter(_GUARDED, writes))  # in C: a commit without guards pays next to nothing
     paused = dict(map(_control, db.execute(_PAUSED)))  # an index of the paused entries only
     if not guarded and not paused:
         return set()
@@ -186,9 +192,10 @@ def applied(
 ) -> None:
     """The applied guarded writes: the last run of each marks its entry busy (an older mark
     replaced); a hold replaces the held run."""
-    chosen = [w for w in writes if w.guard is not None and w.state.entry not in rejected]
+    chosen = list(filter(_GUARDED, writes))
     if not chosen:
         return
+    chosen = [w for w in chosen if w.state.entry not in rejected]
     last = {m.entry: m.id for m in messages}
     marks = [(w.state.entry, last[w.state.entry], now_us) for w in chosen if w.state.entry in last]
     db.executemany(_MARK, marks)
