@@ -43,6 +43,7 @@ from beatd.errors import BackendError
 from beatd.history import RunKind
 
 _GUARDED = attrgetter("guard")  # a Guard is a non-empty tuple: true
+_ENTRY = attrgetter("entry")
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})  # results that use a key
 _TTL_US = IDEMPOTENCY_KEY_TTL // timedelta(microseconds=1)
@@ -166,7 +167,8 @@ def failing(
     if not guarded and not paused:
         return set()
     failed: set[str] = set()
-    for m in messages if paused else ():
+    hit = paused.keys() & set(map(_ENTRY, messages)) if paused else ()  # in C
+    for m in messages if hit else ():
         pause = paused[m.entry].pause if m.entry in paused else None
         due = m.due if m.due is not None else m.slot
         if pause is not None and due is not None and pause.covers(due):
