@@ -263,7 +263,10 @@ class WaitsForWork(Protocol):
         server that stops answering while the caller waits is noticed within about `timeout`
         plus the operation timeout: True, and the next `claim` raises NotApplied at once with
         what the wait met, so the caller reports the outage without a second wait. Call it from
-        one thread only; it may return True spuriously, never sleep past a ready run."""
+        one thread only; it may return True spuriously, and never sleeps past a run added or
+        become ready since its last return (one ready then was announced by that return: the
+        caller claims until the queue is empty or its slots are full, and a wait that found
+        the same ready runs again would spin while the slots are full)."""
 
 
 @runtime_checkable

@@ -66,7 +66,7 @@ def published_records(
         f"WITH published AS (INSERT INTO {schema}.run "
         "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
         "SELECT id, entry, slot, due, %s, %s, %s, kind "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[]) "
         "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
         "RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
@@ -99,7 +99,7 @@ def insert_missed(
     db.execute(
         f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, recorded_us, "
         "node, epoch) SELECT entry, reason, first, last, total, %s, %s, %s "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::int[]) "
         "AS m(entry, reason, first, last, total) ON CONFLICT DO NOTHING",
         (
             now_us,
