@@ -6,7 +6,9 @@ Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backe
 with `history=False`: then it writes nothing. A run's record is the hash NS .. 'h:run:' .. id,
 each of its values short enough (64 bytes, Redis's hash-max-listpack-value) for the compact
 listpack encoding unless an entry or node name or an error is long:
-  p      JSON [slot_us, due - slot, published - slot, kind, celery "1"/"0", epoch]
+  p      JSON [slot_us, due - slot, kind, celery "1"/"0", epoch], written whole by the client
+         (the published time is the record's score in the indexes: the commit script writes
+         nothing per run but its HSET and its entry's ZADD)
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
   1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
@@ -38,13 +40,14 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number)}; nil when not held
+-- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
+-- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
 local function held_run(NS, id)
   local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p')
-  local p = decoded(h[2])
-  if not p or not tonumber(p[1]) then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = tonumber(p[1])}
+  local h = redis.call('HMGET', key, 'n', 'p', 'e')
+  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
+  if not slot then return nil end
+  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
@@ -57,7 +60,7 @@ local function open_attempt(run)  -- the last attempt, if it is still open
 end
 -- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
 local function summarize(run, a)
-  local entry = redis.call('HGET', run.key, 'e')
+  local entry = run.entry
   if not entry then return end
   local skey = run.NS .. 'h:summary'
   local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
@@ -106,18 +109,39 @@ local function settled(i)
 end
 """
 
-# what the commit script calls per message with a slot and per missed-slot item of an applied
-# write; every argument a string (slot and due_off in microseconds)
+# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
+# per missed-slot item of an applied write; every argument a string (times in microseconds)
 COMMIT_HISTORY = """
-local function published(NS, entry, id, slot, due_off, kind, celery, at, node, epoch)
-  -- the global index, which holds every record's id, says whether this one is new (a repeated
-  -- commit, an id published before): one call fewer per message than asking the key
-  if redis.call('ZADD', NS .. 'h:runs', 'NX', at, id) == 1 then
-    local pub_off = string.format('%d', tonumber(at) - tonumber(slot))
-    local p = '["' .. slot .. '","' .. due_off .. '","' .. pub_off .. '","' .. kind .. '","'
-      .. (celery and '1' or '0') .. '","' .. epoch .. '"]'
-    redis.call('HSET', NS .. 'h:run:' .. id, 'p', p, 'e', entry, 'N', node)
-    redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+-- the commit's new records, `runs` a flat list of (id, entry, p) of the messages of applied
+-- writes: one variadic ZADD NX of the global index per chunk, scored `at`, says how many ids are
+-- new; when fewer than asked (a repeated commit, an id published before: it keeps its record),
+-- the new ones are those scored `at` (no earlier script ran in the same microsecond). Then per
+-- new run one HSET of its record, whose p the client wrote whole, and one ZADD of its entry's
+-- index
+local function published(NS, runs, at, node)
+  local index, seen = NS .. 'h:runs', {}
+  for first = 1, #runs, 1500 do
+    local chunk, add = {}, {}
+    for i = first, math.min(first + 1499, #runs), 3 do
+      if not seen[runs[i]] then
+        seen[runs[i]] = true
+        chunk[#chunk + 1] = i
+        add[#add + 1] = at
+        add[#add + 1] = runs[i]
+      end
+    end
+    local new
+    if #chunk > 0 and redis.call('ZADD', index, 'NX', unpack(add)) < #chunk then
+      new = {}
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, at, at)) do new[id] = true end
+    end
+    for _, i in ipairs(chunk) do
+      local id, entry = runs[i], runs[i + 1]
+      if not new or new[id] then
+        redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
+        redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+      end
+    end
   end
 end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
@@ -174,6 +198,7 @@ return 1
 # ARGV NS, run id, outcome, reason, error type, error, at_us -> 1 ended, 0 not held or a repeat
 # (the last attempt already ended so at that time); with no attempt open one starts at `at`
 ATTEMPT_ENDED = """
+if FINAL[ARGV[3]] then run_final(ARGV[1], ARGV[1], ARGV[2]) end  -- redis_controls_lua
 local run, at = held_run(ARGV[1], ARGV[2]), ARGV[7]
 if not run then return 0 end
 local a = open_attempt(run)
