@@ -44,8 +44,11 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
 #   `run_done` (no index), folded into `run` and `attempt` a thousand at a time (`fold`);
 # - a step that keeps the message (retry, release, a noted ending, a claim after a lapsed one)
 #   moves the record to `run` by clearing `published_us` (a trigger) and stores the attempt;
-# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; a log
-#   row or an attempt ended later with a final outcome moves the entry's summary;
+# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; an
+#   attempt ended later with a final outcome moves the entry's summary;
+# - the log's runs move the summaries when it is folded (an ack writes no summary page), and the
+#   summaries' reads count the runs logged since; a final end stored outside the log folds it
+#   first, so that the summaries count the runs in the order they ended;
 # - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
 #   is finished when its last attempt's outcome is final.
 # The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
@@ -86,7 +89,6 @@ _SUMMARIZE = (
     "ELSE consecutive_failures END"
 )
 _OF_ATTEMPT = _SUMMARIZE.format(entry="entry", source="FROM run WHERE seq = new.run")
-_OF_LOGGED = _SUMMARIZE.format(entry="new.entry", source="WHERE true")
 # The summary moved by an attempt of run :run stored ended (:outcome, :started_us, :ended_us).
 SUMMARIZE_ENDED = _SUMMARIZE.format(entry="entry", source="FROM run WHERE id = :run").replace(
     "new.", ":"
@@ -171,8 +173,9 @@ HISTORY_SCHEMA = (
     error_type TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT ''
 )""",
-    "CREATE TRIGGER IF NOT EXISTS run_done_logged AFTER INSERT ON run_done "
-    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_LOGGED}; END",
+    # The logged runs move the summaries when they are folded (`fold`), not one an ack; the
+    # summaries' reads count the runs logged since (`summaries`).
+    "DROP TRIGGER IF EXISTS run_done_logged",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite, StorageReplaced
+from beatd.backends.base import (
+    BeatdQueue,
+    CeleryQueue,
+    Delivery,
+    Outgoing,
+    StateWrite,
+    StorageReplaced,
+)
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.backends.sqlite_history import FOLD_EVERY
 from beatd.errors import BackendError, NotApplied
@@ -424,6 +431,68 @@ def test_a_worker_folds_the_log_every_fold_every_runs(tmp_path: Path) -> None:
     assert stored_runs(tmp_path / "beatd.db") == FOLD_EVERY
     assert backend.history_size() == (FOLD_EVERY + 1, 0)
     assert set(backend.summaries()) == {f"e{n:03d}" for n in range(FOLD_EVERY + 1)}
+    backend.close()
+
+
+def stored_summary(path: Path, entry: str) -> tuple[str, int] | None:
+    """The row of `entry_summary` the file holds for `entry`: status and failures."""
+    with closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT last_status, consecutive_failures FROM entry_summary WHERE entry = ?",
+            (entry,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+def ended_at(backend: SQLiteBackend, run_id: str) -> datetime | None:
+    record = backend.run(run_id)
+    assert record is not None and record.attempts
+    return record.attempts[-1].ended_at
+
+
+def test_the_summaries_count_logged_runs_in_the_order_they_ended(tmp_path: Path) -> None:
+    """An ack that logs its run writes no summary: the fold counts the log's runs, and the
+    summaries read adds the ones logged since. A final end stored outside the log (of a run
+    retried before) folds the log first, so the runs count in the order they ended."""
+    path = tmp_path / "beatd.db"
+    backend = SQLiteBackend(path)
+    for minute in (1, 2, 3):
+        publish_queued(backend, queued_run("e", minute))
+    publish_queued(backend, queued_run("f", 1))
+    failed = Ending(Outcome.FAILED, error_type="KeyError", error="'x'")
+
+    def settle(run_id: str, step: Callable[[Delivery], None]) -> None:
+        delivery = backend.claim(["q"], "w", 60)
+        assert delivery is not None and delivery.id == run_id
+        step(delivery)
+
+    settle("e@000001", backend.ack)
+    assert stored_summary(path, "e") is None
+    first = backend.summaries(["e"])
+    assert [(s.last_status, s.consecutive_failures) for s in first.values()] == [
+        (Outcome.SUCCEEDED, 0)
+    ]
+    settle("e@000002", lambda d: backend.retry(d, "{}", 0, Ending(Outcome.RETRIED)))
+    settle("e@000002", lambda d: backend.ack(d, failed))
+    assert stored_summary(path, "e") == (Outcome.FAILED, 1)
+    settle("e@000003", lambda d: backend.ack(d, failed))
+    assert stored_summary(path, "e") == (Outcome.FAILED, 1)
+    success, failure = ended_at(backend, "e@000001"), ended_at(backend, "e@000003")
+    assert success is not None and failure is not None
+    summary = backend.summaries()["e"]
+    expected = (Outcome.FAILED, failure, success, failure, 2)
+    assert (
+        summary.last_status,
+        summary.last_finished_at,
+        summary.last_success_at,
+        summary.last_failure_at,
+        summary.consecutive_failures,
+    ) == expected
+    assert set(backend.summaries()) == {"e"}
+    assert backend.summaries(["f"]) == {}
+    assert backend.trim(Retention()) == 0
+    assert stored_summary(path, "e") == (Outcome.FAILED, 2)
+    assert backend.summaries() == {"e": summary}
     backend.close()
 
 
