@@ -180,7 +180,7 @@ class Retention(NamedTuple):
 
     per_entry: int = 1000
     max_age: timedelta = timedelta(days=30)
-    max_records: int = 1_000_000
+    max_records: int = 200_000  # about 120 MB on Redis (docs/history.md)
 
 
 class HistoryQuery(NamedTuple):

@@ -34,6 +34,7 @@ from beatd.backends.base import (
     unseen,
     utf8_fault,
 )
+from beatd.backends.sqlite_controls import HOLDS_BUSY, SQLiteControls, applied, failing
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
@@ -197,20 +198,16 @@ class SQLiteStateStore(SQLiteFile):
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
-            refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
-            kind = type(refused.destination)
-            needs = NEEDS.get(kind, ("another broker", ""))[0]
-            raise BackendError(
-                f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
-                "SQLite stores beatd's own messages only"
-            )
+        _only_beatd_queues(messages)
 
         def work(db: sqlite3.Connection) -> set[str]:
             self._check_lease(db, lease)
-            rejected: set[str] = set()
+            now = self._now()  # one reading: the controls' checks and the runs' records
+            rejected = failing(db, writes, messages, micros(now))
             for write in writes:
                 state = write.state
+                if state.entry in rejected:  # its pause or guard failed
+                    continue
                 params = (
                     _us(state.last_slot),
                     _us(state.last_published),
@@ -231,7 +228,7 @@ class SQLiteStateStore(SQLiteFile):
                     )
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
-            now = self._now()
+            applied(db, writes, messages, rejected, micros(now))
             if self.history:  # each run's published record in its message's row
                 db.executemany(
                     PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
@@ -265,6 +262,18 @@ class SQLiteStateStore(SQLiteFile):
             db.executemany("DELETE FROM entry_state WHERE entry = ?", [(e,) for e in entries])
 
         self._run(work, lease=True)
+
+
+def _only_beatd_queues(messages: Sequence[Outgoing]) -> None:
+    """Refuse, before anything is written, messages for another broker than this file."""
+    if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
+        refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
+        kind = type(refused.destination)
+        needs = NEEDS.get(kind, ("another broker", ""))[0]
+        raise BackendError(
+            f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
+            "SQLite stores beatd's own messages only"
+        )
 
 
 class SQLiteWorkQueue(SQLiteFile):
@@ -317,6 +326,18 @@ class SQLiteWorkQueue(SQLiteFile):
         if started is not None and started[3] is not None and self.history:
             record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
 
+    def _delete_for_good(self, db: sqlite3.Connection, delivery: Delivery, ending: Ending) -> None:
+        """Delete the claimed message (ack, dead letter), if the claim still holds: its run's
+        attempt ends (`_done`) and, when the run holds its entry's busy mark (read by the same
+        statement), the controls' step for a final outcome runs (`_run_final`)."""
+        row = db.execute(
+            f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}, {HOLDS_BUSY}",
+            (delivery.receipt,),
+        ).fetchone()
+        self._done(db, delivery, None if row is None else row[:-1], ending)
+        if row is not None and row[-1]:
+            self._run_final(db, _stored(delivery.id))
+
     def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
         """A message deleted for good (`gone`: its MESSAGE_ATTEMPT and MESSAGE_PUBLISHED): a
         record still in it is logged with its attempt (`log_done`), else the attempt is stored
@@ -355,10 +376,7 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            gone = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
-            ).fetchone()
-            self._done(db, delivery, gone, ending or _SUCCEEDED)
+            self._delete_for_good(db, delivery, ending or _SUCCEEDED)
 
         self._run(work)
 
@@ -390,10 +408,7 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            gone = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}", (delivery.receipt,)
-            ).fetchone()
-            self._done(db, delivery, gone, ending or _DEAD_LETTERED)
+            self._delete_for_good(db, delivery, ending or _DEAD_LETTERED)
 
         self._run(work)
 
@@ -484,7 +499,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
 
 class SQLiteBackend(
-    SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin, SQLiteRunHistory
+    SQLiteLeaseStore,
+    SQLiteStateStore,
+    SQLiteWorkQueue,
+    SQLiteQueueAdmin,
+    SQLiteRunHistory,
+    SQLiteControls,
 ):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
-from beatd.history import FAILED_FINALLY, FINAL, LOST
+from beatd.history import FAILED_FINALLY, FINAL, LOST, RunKind
 from beatd.outcomes import Outcome
 
 
@@ -44,8 +44,11 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
 #   `run_done` (no index), folded into `run` and `attempt` a thousand at a time (`fold`);
 # - a step that keeps the message (retry, release, a noted ending, a claim after a lapsed one)
 #   moves the record to `run` by clearing `published_us` (a trigger) and stores the attempt;
-# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; a log
-#   row or an attempt ended later with a final outcome moves the entry's summary;
+# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; an
+#   attempt ended later with a final outcome moves the entry's summary;
+# - the log's runs move the summaries when it is folded (an ack writes no summary page), and the
+#   summaries' reads count the runs logged since; a final end stored outside the log folds it
+#   first, so that the summaries count the runs in the order they ended;
 # - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
 #   is finished when its last attempt's outcome is final.
 # The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
@@ -86,7 +89,6 @@ _SUMMARIZE = (
     "ELSE consecutive_failures END"
 )
 _OF_ATTEMPT = _SUMMARIZE.format(entry="entry", source="FROM run WHERE seq = new.run")
-_OF_LOGGED = _SUMMARIZE.format(entry="new.entry", source="WHERE true")
 # The summary moved by an attempt of run :run stored ended (:outcome, :started_us, :ended_us).
 SUMMARIZE_ENDED = _SUMMARIZE.format(entry="entry", source="FROM run WHERE id = :run").replace(
     "new.", ":"
@@ -171,8 +173,9 @@ HISTORY_SCHEMA = (
     error_type TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT ''
 )""",
-    "CREATE TRIGGER IF NOT EXISTS run_done_logged AFTER INSERT ON run_done "
-    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_LOGGED}; END",
+    # The logged runs move the summaries when they are folded (`fold`), not one an ack; the
+    # summaries' reads count the runs logged since (`summaries`).
+    "DROP TRIGGER IF EXISTS run_done_logged",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -196,8 +199,59 @@ HISTORY_SCHEMA = (
     consecutive_failures INTEGER NOT NULL
 ) WITHOUT ROWID""",
 )
+# The operator controls (format 2 too, issue 16; beatd.backends.sqlite_controls): each entry's
+# pause, busy mark and held run (a row only for an entry that has one; partial indexes of the
+# paused entries, read by every commit, and of the busy marks, looked up by every final settling
+# step), the audit log, the remembered trigger keys, and the audit id of a manual or backfill
+# run (apart from `run`, so that no other run's record pays for it).
+CONTROLS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entry_control (
+    entry TEXT PRIMARY KEY,
+    pause_at_us INTEGER,
+    pause_until_us INTEGER,
+    pause_reason TEXT,
+    pause_by TEXT,
+    busy_run TEXT,
+    busy_since_us INTEGER,
+    held TEXT
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS entry_control_paused ON entry_control (entry) "
+    "WHERE pause_at_us IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS entry_control_busy ON entry_control (busy_run) "
+    "WHERE busy_run IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS audit (
+    id TEXT PRIMARY KEY,
+    at_us INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    entry TEXT,
+    actor TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at_us, id)",
+    "CREATE INDEX IF NOT EXISTS audit_entry ON audit (entry, at_us, id)",
+    """CREATE TABLE IF NOT EXISTS trigger_key (
+    key TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    audit_id TEXT,
+    at_us INTEGER NOT NULL,
+    PRIMARY KEY (key, entry)
+)""",
+    "CREATE INDEX IF NOT EXISTS trigger_key_at ON trigger_key (at_us)",
+    "CREATE TABLE IF NOT EXISTS run_audit (id TEXT PRIMARY KEY, audit TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS run_audit_deleted AFTER DELETE ON run "
+    f"WHEN old.kind IN ('{RunKind.MANUAL}', '{RunKind.BACKFILL}') "
+    "BEGIN DELETE FROM run_audit WHERE id = old.id; END",
+)
 HISTORY_OBJECTS = frozenset(
-    re.findall(r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)", " ".join(HISTORY_SCHEMA))
+    re.findall(
+        r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)",
+        " ".join(HISTORY_SCHEMA + CONTROLS_SCHEMA),
+    )
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
@@ -268,7 +322,7 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 def _format_2(db: sqlite3.Connection) -> None:
     """Format 1 to 2: the run history's tables, and the message's open attempt and queued run's
-    record (issue 15). A
+    record (issue 15); the operator controls' tables (issue 16). A
     process that opened the file for writing since has added them already (`add_history`), so
     that a worker started before the leader upgrades records its attempts."""
     add_history(db)
@@ -280,7 +334,7 @@ def add_history(db: sqlite3.Connection) -> None:
     for column, kind in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED:
         if column not in held:
             db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
-    for statement in HISTORY_SCHEMA:
+    for statement in HISTORY_SCHEMA + CONTROLS_SCHEMA:
         db.execute(statement)
 
 
@@ -547,6 +601,10 @@ class SQLiteFile:
         ).fetchone()
         if row is None:
             raise LeaseLost(f"lease epoch {lease.epoch} of {lease.node} is no longer held")
+
+    def _run_final(self, db: sqlite3.Connection, run_id: str | bytes) -> None:
+        """Run `run_id` reached a final outcome, inside `db`'s transaction (a settling step's):
+        the operator controls' step (`SQLiteControls` does it; a part without them, nothing)."""
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

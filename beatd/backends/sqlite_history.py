@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
 from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
+    FAILED_FINALLY,
     FINAL,
     PASS_OVER,
     Attempt,
@@ -32,6 +34,7 @@ from beatd.history import (
     RunKind,
     RunRecord,
 )
+from beatd.outcomes import Outcome
 
 PUBLISHED = (
     "INSERT INTO message (id, queue, priority, body, ready_at, entry, slot_us, due_us, kind, "
@@ -58,6 +61,17 @@ LOGGED_RUNS = (
 )
 # Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
 FOLD_EVERY = 1000
+# The final ends logged in `run_done`, in the order they were logged (`_counted` reads them).
+_LOGGED_ENDS = (
+    "SELECT entry, outcome, started_us, ended_us FROM run_done "
+    f"WHERE outcome IN ({_listed(FINAL)}) {{}} ORDER BY rowid"
+)
+_SUMMARY_COLUMNS = (
+    "entry, last_status, last_finished_us, last_duration_us, last_success_us, last_failure_us, "
+    "consecutive_failures"
+)
+# A row of `entry_summary` (as `_SUMMARY_COLUMNS`).
+SummaryRow = tuple[str, str, int, int | None, int | None, int | None, int]
 # Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
 # record (`_move_unless_held`), trim and import.
 MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
@@ -85,6 +99,7 @@ _FINISHED_BY = (
     f"coalesce((SELECT outcome IN ({_listed(FINAL)}) AND ended_us <= ? FROM attempt "
     "WHERE run = seq ORDER BY number DESC LIMIT 1), 0)"
 )
+_AUDITED = (RunKind.MANUAL, RunKind.BACKFILL)  # the kinds of run with an audit id (`run_audit`)
 _RUN_COLUMNS = (
     "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
     "overdue_us"
@@ -186,6 +201,8 @@ def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) ->
     """End a held run's open attempt as `ending` says (for a final outcome a trigger finishes
     the run and moves its entry's summary on); False when there is no such run or no open
     attempt."""
+    if ending.outcome in FINAL:
+        fold_logged(db)  # the summary counts the runs logged before this one first
     return (
         db.execute(
             "UPDATE attempt SET ended_us = ?, outcome = ?, reason = ?, error_type = ?, error = ? "
@@ -204,9 +221,9 @@ def record_ended(
     at: int,
 ) -> None:
     """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
-    pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
-    moves the entry's summary on for a final outcome). `run_id` as stored (`_stored`): bytes
-    for an id that is not UTF-8, which no run the history holds has."""
+    pid and start), ended at `at` as `ending` says, if the history holds the run (for a final
+    outcome the log is folded, then the entry's summary moved on). `run_id` as stored
+    (`_stored`): bytes for an id that is not UTF-8, which no run the history holds has."""
     db.execute(
         "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
         "reason, error_type, error) SELECT seq, "
@@ -215,6 +232,7 @@ def record_ended(
         (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
     if ending.outcome in FINAL:
+        fold_logged(db)  # the summary counts the runs logged before this one first
         ended = {"run": run_id, "outcome": ending.outcome, "started_us": started[3], "ended_us": at}
         db.execute(SUMMARIZE_ENDED, ended)
 
@@ -233,7 +251,8 @@ def log_done(
 ) -> None:
     """Log a run whose message is deleted for good while its record is still in it (`gone`:
     MESSAGE_ATTEMPT then MESSAGE_PUBLISHED), with its attempt ended at `at` as `ending` says
-    (None: no attempt to store). A trigger moves the entry's summary on for a final outcome."""
+    (None: no attempt to store). The entry's summary counts it when the log is folded (`fold`);
+    until then `summaries` adds it."""
     consumer, host, pid, started, entry, slot, due, kind, published, node, epoch = gone
     attempt: tuple[object, ...] = (None,) * 9
     if ending is not None:
@@ -250,10 +269,50 @@ def _ending(ending: Ending) -> tuple[str, str, str, str]:
     return ending.outcome, ending.reason, ending.error_type, ending.error
 
 
+def _counted(held: dict[str, SummaryRow], ends: Iterable[Sequence[Any]]) -> dict[str, SummaryRow]:
+    """The summaries of the entries that `ends` (of `_LOGGED_ENDS`, in their order) moves, from
+    the summaries `held` (`_SUMMARIZE`'s rules, sqlite_file.py, one end at a time)."""
+    moved: dict[str, SummaryRow] = {}
+    for entry, outcome, started, ended in ends:
+        before = moved.get(entry) or held.get(entry)
+        success, failure, failures = (None, None, 0) if before is None else before[4:]
+        if outcome == Outcome.SUCCEEDED:
+            success, failures = ended, 0
+        elif outcome in FAILED_FINALLY:
+            failure, failures = ended, failures + 1
+        duration = None if started is None else ended - started
+        moved[entry] = (entry, outcome, ended, duration, success, failure, failures)
+    return moved
+
+
+def _held_summaries(db: sqlite3.Connection, entries: Iterable[str]) -> dict[str, SummaryRow]:
+    """The stored summaries of `entries`."""
+    rows = db.execute(
+        f"SELECT {_SUMMARY_COLUMNS} FROM entry_summary "
+        "WHERE entry IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(set(entries))),),
+    )
+    return {row[0]: row for row in rows}
+
+
+def fold_logged(db: sqlite3.Connection) -> None:
+    """`fold`, if anything is logged (before a summary is moved outside the log)."""
+    if db.execute("SELECT 1 FROM run_done LIMIT 1").fetchone() is not None:
+        fold(db)
+
+
 def fold(db: sqlite3.Connection) -> None:
     """Move the runs logged in `run_done` to `run` and `attempt` (a run id held there keeps its
-    record; its attempt is appended). The summaries stay as the log moved them (only an
-    attempt ended later moves them: a trigger)."""
+    record; its attempt is appended), and count their final ends in the summaries, in the order
+    they were logged (an attempt ended later moves them itself)."""
+    ends = db.execute(_LOGGED_ENDS.format("")).fetchall()
+    if ends:
+        held = _held_summaries(db, (end[0] for end in ends))
+        db.executemany(
+            f"INSERT OR REPLACE INTO entry_summary ({_SUMMARY_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            list(_counted(held, ends).values()),
+        )
     db.execute(
         "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, "
         "kind) SELECT id, entry, slot_us, due_us, published_us, node, epoch, kind "
@@ -288,6 +347,23 @@ def _logged_record(row: Sequence[Any]) -> RunRecord:
     )  # fmt: skip
 
 
+def _event_ended(db: sqlite3.Connection, run_id: str, ending: Ending, when: int) -> bool:
+    """End the run's attempt (one started from no message if none is open); False when
+    the history does not hold the run, it finished, or this end is a repeat."""
+    _move_unless_held(db, run_id)
+    if end_attempt(db, run_id, ending, when):
+        return True
+    row = db.execute(
+        f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
+        "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
+        (when, ending.outcome, run_id),
+    ).fetchone()
+    if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
+        return False
+    start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
+    return end_attempt(db, run_id, ending, when)
+
+
 # --- the RunHistory role ----------------------------------------------------------------------
 
 
@@ -312,6 +388,20 @@ def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
         _at(received),
         _at(overdue),
     )
+
+
+def _audited(db: sqlite3.Connection, records: list[RunRecord]) -> list[RunRecord]:
+    """`records` with the audit id of each manual or backfill run (kept in `run_audit`)."""
+    chosen = [r.id for r in records if r.kind in _AUDITED]
+    if not chosen:
+        return records
+    audit = dict(
+        db.execute(
+            "SELECT id, audit FROM run_audit WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(chosen),),
+        )
+    )
+    return [replace(r, audit=audit[r.id]) if r.id in audit else r for r in records]
 
 
 def _attempt(row: Sequence[Any]) -> Attempt:
@@ -460,6 +550,7 @@ class SQLiteRunHistory(SQLiteFile):
                 done = _logged_record(row)
                 if not (query.unfinished and done.finished):
                     records.append(done)
+            records = _audited(db, records)
             records.sort(key=_newest_first, reverse=True)
             return records[: query.limit]
 
@@ -476,10 +567,10 @@ class SQLiteRunHistory(SQLiteFile):
                 logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE id = ?"
                 done = db.execute(logged, (run_id,)).fetchall()
                 if done:
-                    return [_logged_record(done[0])]
+                    return _audited(db, [_logged_record(done[0])])
                 queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?"
                 found = db.execute(queued, (run_id,)).fetchall()
-            return self._records(db, found)
+            return _audited(db, self._records(db, found))
 
         found = self._run(read, write=False)
         return found[0] if found else None
@@ -506,13 +597,19 @@ class SQLiteRunHistory(SQLiteFile):
     def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
         if not self._holds_history():
             return {}
-        sql = "SELECT * FROM entry_summary"
-        params: tuple[object, ...] = ()
+        chosen, params = "", tuple[object, ...]()
         if entries is not None:
-            sql += " WHERE entry IN (SELECT value FROM json_each(?))"
+            chosen = "WHERE entry IN (SELECT value FROM json_each(?))"
             params = (json.dumps(list(entries)),)
-        rows = self._run(lambda db: db.execute(sql, params).fetchall(), write=False)
-        return {row[0]: _summary(row) for row in rows}
+
+        def read(db: sqlite3.Connection) -> dict[str, SummaryRow]:
+            """The stored summaries, with the runs logged since the last fold counted."""
+            sql = f"SELECT {_SUMMARY_COLUMNS} FROM entry_summary {chosen}"
+            held = {row[0]: row for row in db.execute(sql, params)}
+            ends = db.execute(_LOGGED_ENDS.format(chosen.replace("WHERE", "AND")), params)
+            return held | _counted(held, ends)
+
+        return {entry: _summary(row) for entry, row in self._run(read, write=False).items()}
 
     def history_size(self) -> tuple[int, int]:
         if not self._holds_history():
@@ -583,18 +680,10 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
-            _move_unless_held(db, run_id)
-            if end_attempt(db, run_id, ending, when):
-                return True
-            row = db.execute(
-                f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
-                "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
-                (when, ending.outcome, run_id),
-            ).fetchone()
-            if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
-                return False
-            start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
-            return end_attempt(db, run_id, ending, when)
+            ended = _event_ended(db, run_id, ending, when)
+            if ended and ending.outcome in FINAL:
+                self._run_final(db, run_id)
+            return ended
 
         return self.history and self._run(work)
 
@@ -627,7 +716,9 @@ class SQLiteRunHistory(SQLiteFile):
 
     def _logged_runs(self, db: sqlite3.Connection) -> list[RunRecord]:
         """The runs logged in `run_done` (at most a fold's worth)."""
-        return [_logged_record(row) for row in db.execute(f"{LOGGED_RUNS} ORDER BY logged")]
+        return _audited(
+            db, [_logged_record(row) for row in db.execute(f"{LOGGED_RUNS} ORDER BY logged")]
+        )
 
     def _batches(self, sql: str, after: int, batch: int) -> Iterator[list[RunRecord]]:
         """The records `sql` reads past seq `after`, `batch` at a time."""
@@ -644,7 +735,7 @@ class SQLiteRunHistory(SQLiteFile):
     ) -> tuple[int, list[RunRecord]]:
         """The batch of runs `sql` reads past seq `after`, and the last seq in it."""
         rows = db.execute(sql, (after, batch)).fetchall()
-        return (rows[-1][0] if rows else after), self._records(db, rows)
+        return (rows[-1][0] if rows else after), _audited(db, self._records(db, rows))
 
     def export_missed(self) -> list[MissedRecord]:
         if not self._holds_history():
@@ -711,6 +802,8 @@ def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
     ).fetchall()
     if not stored:
         return 0
+    if run.audit is not None:
+        db.execute("INSERT OR IGNORE INTO run_audit (id, audit) VALUES (?, ?)", (run.id, run.audit))
     db.executemany(
         _ATTEMPT,
         [

@@ -201,6 +201,43 @@ def test_a_sqlite_file_of_format_1_is_worked_on_before_and_upgraded_with_a_histo
     backend.close()
 
 
+def test_a_sqlite_file_of_format_1_has_no_controls_read_only_and_gets_them_with_format_2(
+    v1_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator controls' tables come with format 2 (issue 16, folded into the run
+    history's unreleased format): read-only, a file of format 1 has no control, audit record or
+    trigger key, and is left as it is; the leader's upgrade adds them, and a pause then refuses
+    the scheduler's next run until resumed, and a trigger publishes a manual run with its record."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    reader = SQLiteBackend(v1_db, read_only=True)
+    assert (reader.load_controls(), reader.audit(), reader.trigger_keys()) == ({}, [], [])
+    reader.close()
+    assert "entry_control" not in tables(v1_db)
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = SQLiteBackend(v1_db, wall_clock=lambda: clock.now().timestamp())
+    publish_on(backend, clock, 1)
+    assert upgrades(caplog) == [f"upgraded the persisted state of {v1_db} from format 1 to 2"]
+    [paused] = backend.pause(["tick"], "maintenance", None, "ops@host")
+    assert backend.audit("tick") == [paused]
+    held = backend.load_states()["tick"]
+    slot = held.last_slot + timedelta(seconds=10)
+    write = StateWrite(held._replace(last_slot=slot, last_published=slot), held.last_slot)
+    sent = Outgoing("tick", f"tick@{slot:%Y-%m-%dT%H:%M:%SZ}", BeatdQueue("default"), "{}", slot)
+    lease = backend.acquire_lease("next", 10)
+    assert lease is not None
+    assert backend.commit(lease, [write], [sent]) == {"tick"}
+    assert backend.load_states()["tick"] == held
+    backend.resume(["tick"], "ops@host")
+    assert backend.commit(lease, [write], [sent]) == set()
+    result = backend.trigger(
+        Trigger("tick", "tick@manual-r1", "default", False, None, "{}", "r1", "ops", None)
+    )
+    assert result.status == "published"
+    record = backend.run(result.run_id)
+    assert record is not None and (record.kind, record.audit) == ("manual", result.audit_id)
+    backend.close()
+
+
 # --- Redis ------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite, StorageReplaced
+from beatd.backends.base import (
+    BeatdQueue,
+    CeleryQueue,
+    Delivery,
+    Outgoing,
+    StateWrite,
+    StorageReplaced,
+)
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.backends.sqlite_history import FOLD_EVERY
 from beatd.errors import BackendError, NotApplied
@@ -22,6 +29,7 @@ from beatd.history import Attempt, Ending, HistoryQuery, Retention, RunKind, Run
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
+from tests.backends.controls_contract import ControlsContract, trigger
 
 
 @pytest.fixture
@@ -39,7 +47,7 @@ def history_off_backend(tmp_path: Path, wall: Wall) -> SQLiteBackend:
     return SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall, history=False)
 
 
-class TestSQLiteContract(BackendContract):
+class TestSQLiteContract(BackendContract, ControlsContract):
     pass
 
 
@@ -424,3 +432,117 @@ def test_a_worker_folds_the_log_every_fold_every_runs(tmp_path: Path) -> None:
     assert backend.history_size() == (FOLD_EVERY + 1, 0)
     assert set(backend.summaries()) == {f"e{n:03d}" for n in range(FOLD_EVERY + 1)}
     backend.close()
+
+
+def stored_summary(path: Path, entry: str) -> tuple[str, int] | None:
+    """The row of `entry_summary` the file holds for `entry`: status and failures."""
+    with closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT last_status, consecutive_failures FROM entry_summary WHERE entry = ?",
+            (entry,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+def ended_at(backend: SQLiteBackend, run_id: str) -> datetime | None:
+    record = backend.run(run_id)
+    assert record is not None and record.attempts
+    return record.attempts[-1].ended_at
+
+
+def test_the_summaries_count_logged_runs_in_the_order_they_ended(tmp_path: Path) -> None:
+    """An ack that logs its run writes no summary: the fold counts the log's runs, and the
+    summaries read adds the ones logged since. A final end stored outside the log (of a run
+    retried before) folds the log first, so the runs count in the order they ended."""
+    path = tmp_path / "beatd.db"
+    backend = SQLiteBackend(path)
+    for minute in (1, 2, 3):
+        publish_queued(backend, queued_run("e", minute))
+    publish_queued(backend, queued_run("f", 1))
+    failed = Ending(Outcome.FAILED, error_type="KeyError", error="'x'")
+
+    def settle(run_id: str, step: Callable[[Delivery], None]) -> None:
+        delivery = backend.claim(["q"], "w", 60)
+        assert delivery is not None and delivery.id == run_id
+        step(delivery)
+
+    settle("e@000001", backend.ack)
+    assert stored_summary(path, "e") is None
+    first = backend.summaries(["e"])
+    assert [(s.last_status, s.consecutive_failures) for s in first.values()] == [
+        (Outcome.SUCCEEDED, 0)
+    ]
+    settle("e@000002", lambda d: backend.retry(d, "{}", 0, Ending(Outcome.RETRIED)))
+    settle("e@000002", lambda d: backend.ack(d, failed))
+    assert stored_summary(path, "e") == (Outcome.FAILED, 1)
+    settle("e@000003", lambda d: backend.ack(d, failed))
+    assert stored_summary(path, "e") == (Outcome.FAILED, 1)
+    success, failure = ended_at(backend, "e@000001"), ended_at(backend, "e@000003")
+    assert success is not None and failure is not None
+    summary = backend.summaries()["e"]
+    expected = (Outcome.FAILED, failure, success, failure, 2)
+    assert (
+        summary.last_status,
+        summary.last_finished_at,
+        summary.last_success_at,
+        summary.last_failure_at,
+        summary.consecutive_failures,
+    ) == expected
+    assert set(backend.summaries()) == {"e"}
+    assert backend.summaries(["f"]) == {}
+    assert backend.trim(Retention()) == 0
+    assert stored_summary(path, "e") == (Outcome.FAILED, 2)
+    assert backend.summaries() == {"e": summary}
+    backend.close()
+
+
+# --- the operator controls --------------------------------------------------------------------
+
+
+def manual_run(backend: SQLiteBackend, request_id: str) -> RunRecord:
+    """Trigger one manual run of `m` (on queue q), claim it and ack it: its record."""
+    result = backend.trigger(trigger("m", request_id))
+    delivery = backend.claim(["q"], "w", 60)
+    assert delivery is not None and delivery.id == result.run_id
+    backend.ack(delivery)
+    found = backend.run(result.run_id)
+    assert found is not None and result.audit_id is not None
+    assert found.audit == result.audit_id
+    return found
+
+
+def test_a_manual_runs_audit_id_is_kept_through_the_log_its_fold_and_a_copy(
+    tmp_path: Path,
+) -> None:
+    """The audit id lives apart from the run's record (`run_audit`): read onto the record while
+    it waits in `run_done`, after the fold, and in a copy to another file."""
+    backend = SQLiteBackend(tmp_path / "a.db")
+    logged = manual_run(backend, "r1")  # in run_done
+    backend.trim(Retention(max_age=timedelta(days=1)))  # folds it into run
+    assert backend.run(logged.id) == logged
+    copy = SQLiteBackend(tmp_path / "b.db")
+    copy.import_history([r for batch in backend.export_runs() for r in batch])
+    assert copy.run(logged.id) == logged
+
+
+def test_a_trimmed_manual_run_takes_its_audit_id_with_it(tmp_path: Path, wall: Wall) -> None:
+    backend = SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall)
+    manual_run(backend, "r1")
+    wall.now += 10
+    assert backend.trim(Retention(max_age=timedelta(seconds=1))) == 1
+    assert backend._connection().execute("SELECT COUNT(*) FROM run_audit").fetchone() == (0,)
+
+
+def test_a_pause_made_by_one_process_refuses_another_processs_commit(tmp_path: Path) -> None:
+    """The controls are in the file: the leader's handle checks a pause another handle (the
+    command's) wrote, in its commit's transaction."""
+    leader, command = SQLiteBackend(tmp_path / "beatd.db"), SQLiteBackend(tmp_path / "beatd.db")
+    lease = leader.acquire_lease("a", 60)
+    assert lease is not None
+    command.pause(["e"], "maintenance", None, "ops@host")
+    due = datetime.now(UTC)
+    run = Outgoing("e", "e@1", BeatdQueue("q"), "{}", due, due)
+    assert leader.commit(lease, [StateWrite(EntryState("e", due, due, "x"), None)], [run]) == {"e"}
+    assert leader.queue_depths() == {}
+    command.resume(["e"], "ops@host")
+    assert leader.commit(lease, [StateWrite(EntryState("e", due, due, "x"), None)], [run]) == set()
