@@ -101,8 +101,8 @@ class _BeatdRuns(NamedTuple):
         render, destination = self.template.render, self.destination
         for run in decision.runs:
             slot = run.slot
-            body = render(format_slot(slot), stamp, expires)
             kind = CAUGHT_UP if run.late else SCHEDULED
+            body = render(format_slot(slot), stamp, expires, kind)
             into.append(Outgoing(name, run_id(name, slot), destination, body, slot, run.due, kind))
 
 
@@ -126,6 +126,7 @@ class _CeleryRuns(NamedTuple):
     ) -> None:
         entry = self.entry
         for run in decision.runs:
+            kind = CAUGHT_UP if run.late else SCHEDULED
             message = RunMessage(
                 id=run_id(entry.name, run.slot),
                 task=entry.task,
@@ -138,9 +139,9 @@ class _CeleryRuns(NamedTuple):
                 expires_at=published_at + entry.expires if entry.expires else None,
                 priority=entry.priority,
                 headers=entry.headers,
+                kind=kind,
             )
             body = celery_protocol.encode(message, origin=self.origin)
-            kind = CAUGHT_UP if run.late else SCHEDULED
             outgoing = Outgoing(
                 entry.name, message.id, self.destination, body, run.slot, run.due, kind
             )
