@@ -348,3 +348,39 @@ def chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
 
 def horizon(state: EntryState | None) -> datetime | None:
     return state.last_slot if state is not None else None
+
+
+def encode_run(
+    entry: Entry,
+    id: str,
+    slot: datetime,
+    published_at: datetime,
+    kind: RunKind,
+    node: str,
+    audit: str | None = None,
+) -> Outgoing:
+    """One run of `entry` outside the scheduler's loop (`beatd trigger`, `beatd backfill`),
+    encoded as the scheduler's encoder for its destination writes a scheduled one, with its
+    own id and kind. A backfilled slot is due at its jitter, as it would have been; a manual run
+    (slot: the trigger's second) is due at once."""
+    message = RunMessage(
+        id=id,
+        task=entry.task,
+        entry=entry.name,
+        scheduled_for=slot,
+        published_at=published_at,
+        queue=entry.queue,
+        args=entry.args,
+        kwargs=entry.kwargs,
+        expires_at=published_at + entry.expires if entry.expires else None,
+        priority=entry.priority,
+        headers=entry.headers,
+        kind=kind,
+    )
+    due = entry.due_for(slot) if kind is RunKind.BACKFILL else slot
+    if destination_kind(entry.protocol) is CeleryQueue:
+        body = celery_protocol.encode(message, origin=f"beatd@{node}")
+        celery = CeleryQueue(entry.queue, entry.priority)
+        return Outgoing(entry.name, id, celery, body, slot, due, kind, audit)
+    ours = BeatdQueue(entry.queue, entry.priority)
+    return Outgoing(entry.name, id, ours, message.to_json(), slot, due, kind, audit)
