@@ -125,13 +125,7 @@ def migrate(
     nothing is published while the horizon moves. Entries that already have state on the target,
     and dead letters whose run id it already holds, are left as they are and counted skipped.
     """
-    for backend, role in ((source, "source"), (target, "target")):
-        leader = backend.leader()
-        if leader is not None:
-            raise BeatdError(
-                f"the {role} {backend.url} has a running leader (node={leader.node}); stop every "
-                "`beatd run` before migrating"
-            )
+    _require_quiet(source, target)
     lease = target.acquire_lease(MIGRATE_NODE, lease_ttl)
     if lease is None:
         raise BeatdError(f"could not take the lease on {target.url}; is a scheduler running?")
@@ -175,6 +169,16 @@ def migrate(
         report.skipped,
     )
     return report
+
+
+def _require_quiet(source: MigrationEnd, target: MigrationEnd) -> None:
+    for backend, role in ((source, "source"), (target, "target")):
+        leader = backend.leader()
+        if leader is not None:
+            raise BeatdError(
+                f"the {role} {backend.url} has a running leader (node={leader.node}); stop every "
+                "`beatd run` before migrating"
+            )
 
 
 def _copy_any_controls(source: object, target: object) -> ControlsCopy:
