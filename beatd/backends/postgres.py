@@ -14,13 +14,15 @@ Tables, in the schema named by `--namespace` (default `beatd`; docs/postgresql.m
   dead_letter   dead letters with reason, deliveries, failed_at
   run, attempt  the run history (format 2): published records with their attempts, written in
                 the commit's, the claim's and the settling steps' transactions
+  run_open      the runs neither finished nor marked overdue (what a deadline may still mark)
   missed        missed-slot records, one per entry, reason and decision
   entry_summary each entry's newest finished run, updated with every final attempt end
 
 The backend is its parts, one per role, sharing one pool (`PostgresLink`, postgres_link.py):
 `PostgresLeaseStore` and `PostgresStateStore` here, `PostgresWorkQueue` and `PostgresQueueAdmin`
 in postgres_queue.py (with the LISTEN/NOTIFY wake-ups), `PostgresRunHistory` in
-postgres_history.py (the history's statements inside the others' are postgres_records.py).
+postgres_history.py and `PostgresHistoryUpkeep` (retention, migrate's copy) in postgres_upkeep.py;
+the history's statements inside the other parts' transactions are postgres_records.py.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
-from beatd.backends.postgres_history import PostgresRunHistory
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
-from beatd.backends.postgres_records import insert_missed, insert_published
+from beatd.backends.postgres_records import insert_missed, published_records
+from beatd.backends.postgres_upkeep import PostgresHistoryUpkeep
 from beatd.errors import BackendError
 from beatd.state import EntryState
 
@@ -155,14 +157,16 @@ class PostgresStateStore(PostgresLink):
             )
 
         def work(db: psycopg.Connection[Any]) -> set[str]:
-            self._check_lease(db, lease)
+            now_us = self._check_lease(db, lease)  # the commit's one clock reading
             applied = self._write_states(db, writes)
             rejected = {w.state.entry for w in writes} - applied
             published = [m for m in messages if m.entry not in rejected]
-            insert_messages(db, self.schema, self.channel, published)
             if self.history:
-                insert_published(db, self.schema, lease, published)
-                insert_missed(db, self.schema, lease, writes, applied)
+                records = published_records(self.schema, lease, published, now_us)
+                insert_messages(db, self.schema, self.channel, published, with_=records)
+                insert_missed(db, self.schema, lease, writes, applied, now_us)
+            else:
+                insert_messages(db, self.schema, self.channel, published)
             return rejected
 
         return self._run(work)
@@ -224,6 +228,6 @@ class PostgresBackend(
     PostgresStateStore,
     PostgresWorkQueue,
     PostgresQueueAdmin,
-    PostgresRunHistory,
+    PostgresHistoryUpkeep,
 ):
     """Every role, on one schema of one database (see the module doc)."""

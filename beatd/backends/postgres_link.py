@@ -94,8 +94,11 @@ def _format_1(db: psycopg.Connection[Any], schema: str) -> None:
 
 
 def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
-    """Format 1 to 2: the run history (beatd.history). A run's attempts cascade with it;
-    `finished` mirrors "its last attempt ended the run" for the index of unfinished runs."""
+    """Format 1 to 2: the run history (beatd.history). `run_open` holds the runs neither
+    finished nor marked overdue (the deadline marker's set): a row deleted when the run ends,
+    so settling never rewrites the indexed `run` row. Nothing references `run` by foreign key
+    (a key check would lock the run row at every claim); the trims delete a run's attempts
+    and open row with it."""
     db.execute(
         f"""
         CREATE TABLE {schema}.run (
@@ -109,15 +112,16 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             kind text NOT NULL,
             celery boolean NOT NULL DEFAULT false,
             received_us bigint,
-            overdue_us bigint,
-            finished boolean NOT NULL DEFAULT false
+            overdue_us bigint
         );
         CREATE INDEX run_entry_newest ON {schema}.run (entry, published_us DESC, id DESC);
         CREATE INDEX run_newest ON {schema}.run (published_us DESC, id DESC);
-        CREATE INDEX run_unfinished ON {schema}.run (published_us)
-            WHERE NOT finished AND overdue_us IS NULL;
+        CREATE TABLE {schema}.run_open (
+            run_id text PRIMARY KEY,
+            published_us bigint NOT NULL
+        );
         CREATE TABLE {schema}.attempt (
-            run_id text NOT NULL REFERENCES {schema}.run (id) ON DELETE CASCADE,
+            run_id text NOT NULL,
             number integer NOT NULL,
             consumer text NOT NULL,
             host text NOT NULL,
@@ -130,6 +134,14 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             error text NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, number)
         );
+        """
+    )
+    _format_2_missed_and_summaries(db, schema)
+
+
+def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> None:
+    db.execute(
+        f"""
         CREATE TABLE {schema}.missed (
             entry text NOT NULL,
             reason text NOT NULL,
@@ -372,21 +384,23 @@ class PostgresLink:
             return NotApplied(f"{self.url}: {exc}")
         return BackendError(f"{self.where}: {exc}")
 
-    def _check_lease(self, db: psycopg.Connection[Any], lease: Lease) -> None:
+    def _check_lease(self, db: psycopg.Connection[Any], lease: Lease) -> int:
         """Lock the lease row for share until the transaction ends, so no take can commit
-        between this check and the caller's writes, and check that `lease` still holds it."""
+        between this check and the caller's writes, and check that `lease` still holds it; the
+        database's clock then, in microseconds (the moment of the caller's writes)."""
         row = db.execute(
-            f"SELECT token, epoch, node, expires_at > {NOW} "
+            f"SELECT token, epoch, node, expires_at > {NOW}, {NOW_US} "
             f"FROM {self.schema}.lease WHERE name = %s FOR SHARE",
             (LEASE,),
         ).fetchone()
         assert row is not None  # written by the first migration, never deleted
-        token, epoch, node, live = row
+        token, epoch, node, live, now_us = row
         if (token, epoch, live) != (lease.token, lease.epoch, True):
             holder = f"node {node} holds epoch {epoch}" if live else "nobody holds it"
             raise LeaseLost(
                 f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
             )
+        return int(now_us)
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

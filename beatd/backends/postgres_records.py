@@ -53,28 +53,33 @@ def _moment(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
-def insert_published(
-    db: psycopg.Connection[Any], schema: str, lease: Lease, messages: Sequence[Outgoing]
-) -> None:
-    """The published record of each message that has a slot (a run id already held is kept),
-    all published at one reading of the clock (a subquery evaluated once)."""
+def published_records(
+    schema: str, lease: Lease, messages: Sequence[Outgoing], now_us: int
+) -> tuple[str, tuple[Any, ...]]:
+    """A CTE (for `insert_messages`) that inserts the published record of each message that has
+    a slot (a run id already held is kept), published at `now_us` (the commit's one reading of
+    the database's clock), and its parameters; ("", ()) when none has a slot."""
     runs = [m for m in messages if m.slot is not None]
     if not runs:
-        return
-    db.execute(
-        f"INSERT INTO {schema}.run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
-        f"SELECT id, entry, slot, due, (SELECT {NOW_US}), %s, %s, kind "
+        return "", ()
+    sql = (
+        f"WITH published AS (INSERT INTO {schema}.run "
+        "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
+        "SELECT id, entry, slot, due, %s, %s, %s, kind "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING",
-        (
-            lease.node,
-            lease.epoch,
-            [m.id for m in runs],
-            [m.entry for m in runs],
-            [_micros(m.slot) for m in runs],
-            [_micros(m.due or m.slot) for m in runs],
-            [m.kind.value for m in runs],
-        ),
+        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
+        "RETURNING id, published_us), "
+        f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
+    )
+    return sql, (
+        now_us,
+        lease.node,
+        lease.epoch,
+        [m.id for m in runs],
+        [m.entry for m in runs],
+        [_micros(m.slot) for m in runs],
+        [_micros(m.due or m.slot) for m in runs],
+        [m.kind.value for m in runs],
     )
 
 
@@ -84,17 +89,20 @@ def insert_missed(
     lease: Lease,
     writes: Sequence[StateWrite],
     applied: set[str],
+    now_us: int,
 ) -> None:
-    """One missed-slot record per item of each applied write (a key already held is kept)."""
+    """One missed-slot record per item of each applied write (a key already held is kept),
+    recorded at `now_us`."""
     missed = [m for w in writes if w.state.entry in applied for m in w.missed]
     if not missed:
         return
     db.execute(
         f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, recorded_us, "
-        f"node, epoch) SELECT entry, reason, first, last, total, (SELECT {NOW_US}), %s, %s "
+        "node, epoch) SELECT entry, reason, first, last, total, %s, %s, %s "
         "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[]) "
         "AS m(entry, reason, first, last, total) ON CONFLICT DO NOTHING",
         (
+            now_us,
             lease.node,
             lease.epoch,
             [m.entry for m in missed],
@@ -108,12 +116,14 @@ def insert_missed(
 
 def claim_history(schema: str) -> str:
     """CTEs that follow a `claimed(id, ...)` CTE: end the run's open attempt `lost`, reopen a
-    finished run (a dead letter requeued), start the next attempt; only for a run held."""
+    finished run not marked overdue (a dead letter requeued), start the next attempt; only for
+    a run held."""
     return (
         f", lost AS (UPDATE {schema}.attempt a SET ended_us = {NOW_US}, outcome = 'lost' "
         "FROM claimed c WHERE a.run_id = c.id AND a.ended_us IS NULL), "
-        f"reopened AS (UPDATE {schema}.run r SET finished = false FROM claimed c "
-        "WHERE r.id = c.id AND r.finished), "
+        f"reopened AS (INSERT INTO {schema}.run_open SELECT r.id, r.published_us "
+        f"FROM claimed c JOIN {schema}.run r ON r.id = c.id WHERE r.overdue_us IS NULL "
+        "ON CONFLICT DO NOTHING), "
         f"started AS (INSERT INTO {schema}.attempt (run_id, number, consumer, host, pid, "
         f"started_us) SELECT r.id, coalesce((SELECT max(number) FROM {schema}.attempt "
         f"WHERE run_id = r.id), 0) + 1, %(consumer)s, %(host)s, %(pid)s, {NOW_US} "
@@ -123,7 +133,7 @@ def claim_history(schema: str) -> str:
 
 def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str, dict[str, Any]]:
     """CTEs that end the open attempt of each run in `source(id)` with `ending` at the SQL time
-    `at`, and for a final outcome mark the run finished and update its entry's summary; with
+    `at`, and for a final outcome close the run (`run_open`) and update its entry's summary; with
     their parameters."""
     params = {
         "outcome": ending.outcome.value,
@@ -140,8 +150,9 @@ def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str,
     if ending.outcome not in FINAL:
         return sql, params
     return sql + (
-        f", fin AS (UPDATE {schema}.run r SET finished = true FROM ended e "
-        "WHERE r.id = e.run_id RETURNING r.entry, e.started_us, e.ended_us), "
+        f", closed AS (DELETE FROM {schema}.run_open o USING ended e WHERE o.run_id = e.run_id), "
+        f"fin AS (SELECT r.entry, e.started_us, e.ended_us FROM ended e "
+        f"JOIN {schema}.run r ON r.id = e.run_id), "
         f"summary AS (INSERT INTO {schema}.entry_summary AS m ({SUMMARY_COLUMNS}) "
         "SELECT entry, %(outcome)s, ended_us, ended_us - started_us, "
         "CASE WHEN %(outcome)s = 'succeeded' THEN ended_us END, "

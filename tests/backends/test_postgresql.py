@@ -28,9 +28,11 @@ from beatd.backends.postgres_link import FORMAT_VERSION, MIGRATIONS
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
+from tests.backends.history_contract import claimed, lead, publish, record, run, run_id, settle
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
 from tests.waiting import wait_for
@@ -391,3 +393,74 @@ def test_the_pool_and_the_listen_reconnects_are_metrics(
     }
     assert pool[("beatd_backend_connections", ("idle",))] >= 1
     assert samples[("beatd_backend_listen_reconnects_total", ())] == 1
+
+
+def _rows(session: psycopg.Connection[tuple[object, ...]], table: str) -> int:
+    row = session.execute(f"SELECT count(*) FROM {table}").fetchone()
+    session.commit()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_a_trimmed_run_takes_its_attempts_and_open_row_along(
+    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # nothing references a run by foreign key (it would lock the run at every claim): the trim
+    # itself must leave no attempt or open row of a run it deleted
+    lease = lead(backend)
+    publish(backend, lease, *(run("e", m) for m in range(1, 4)))
+    settle(backend, "ack", claimed(backend, "default", "w"), None)
+    claimed(backend, "default", "w")  # e at minute 2: running, its attempt open
+    assert (_rows(session, f"{namespace}.attempt"), _rows(session, f"{namespace}.run_open")) == (
+        2,
+        2,
+    )
+    assert backend.trim(Retention(per_entry=0)) == 3
+    assert (_rows(session, f"{namespace}.attempt"), _rows(session, f"{namespace}.run_open")) == (
+        0,
+        0,
+    )
+
+
+def test_a_dead_letter_requeued_and_claimed_again_is_unfinished_again(
+    backend: PostgresBackend,
+) -> None:
+    lease = lead(backend)
+    publish(backend, lease, run("e", 1))
+    settle(backend, "dead_letter", claimed(backend, "default", "w"), None)
+    assert backend.runs(HistoryQuery(unfinished=True)) == []
+    assert backend.requeue_dead(run_id("e", 1)) == 1
+    claimed(backend, "default", "w")
+    again = backend.runs(HistoryQuery(unfinished=True))
+    assert [(r.id, r.status, len(r.attempts)) for r in again] == [(run_id("e", 1), "running", 2)]
+    assert backend.mark_overdue(run_id("e", 1), T0)
+    assert backend.runs(HistoryQuery(unfinished=True)) == []
+
+
+def test_a_fault_between_the_ack_and_its_record_leaves_both_unwritten(
+    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # the attempt's end fails after the message's delete ran, in the same statement: the
+    # delete must not stay, or the queue would say done while the history says running
+    session.execute(
+        f"CREATE FUNCTION {namespace}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+    )
+    session.execute(
+        f"CREATE TRIGGER refuse BEFORE UPDATE ON {namespace}.attempt "
+        f"FOR EACH ROW EXECUTE FUNCTION {namespace}.refuse()"
+    )
+    session.commit()
+    lease = lead(backend)
+    publish(backend, lease, run("e", 1))
+    delivery = claimed(backend, "default", "w")
+    with pytest.raises(BackendError) as caught:
+        backend.ack(delivery)
+    assert str(caught.value) == f"{backend.where}: {caught.value.__cause__}"
+    assert backend.queue_depths() == {"default": 1}
+    assert record(backend, run_id("e", 1)).status == "running"
+    session.execute(f"DROP TRIGGER refuse ON {namespace}.attempt")
+    session.commit()
+    backend.ack(delivery)  # the settler writes it again: now both go
+    assert backend.queue_depths() == {}
+    assert record(backend, run_id("e", 1)).status == "succeeded"
