@@ -410,7 +410,14 @@ def resume(
 @main.command()
 @click.argument("entry_name", metavar="[ENTRY]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("-n", "limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option(
+    "-n",
+    "limit",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Show the newest N actions.",
+)
 @click.option(
     "--since", metavar="WHEN", help="Only actions since then: a duration back (2d) or ISO time."
 )
@@ -457,9 +464,10 @@ def audit_json(record: AuditRecord) -> dict[str, Any]:
 
 
 def audit_line(record: AuditRecord) -> str:
-    detail = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(record.detail.items()))
-    change = ""
+    """`TIME  BY  ACTION ENTRY  key=value...  before=... after=...` (JSON values)."""
+    parts = [slot_text(record.at), record.by, f"{record.action} {record.entry or '-'}"]
+    if record.detail:
+        parts.append(" ".join(f"{k}={json.dumps(v)}" for k, v in sorted(record.detail.items())))
     if record.before is not None or record.after is not None:
-        change = f" before={json.dumps(record.before)} after={json.dumps(record.after)}"
-    what = f"{record.action} {record.entry or '-'}"
-    return f"{slot_text(record.at)}  {record.by}  {what}  {detail}{change}".rstrip()
+        parts.append(f"before={json.dumps(record.before)} after={json.dumps(record.after)}")
+    return "  ".join(parts)
