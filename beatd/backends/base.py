@@ -558,7 +558,9 @@ class Controls(Reachable, Protocol):
     busy marks and held runs, and the audit log. Every write is one atomic step by the backend's
     clock, needs no lease (a command works with no leader), and records its audit record in that
     step. Paused and busy entries are enforced by `StateStore.commit`. (`Backend` gains this
-    role once every backend offers it; until then `isinstance`-free callers take a `Controls`.)"""
+    role once every backend offers it; until then `isinstance`-free callers take a `Controls`.)
+    A run published without a lease (a trigger, a backfill, a held run published by a final
+    outcome) is recorded with node "" and epoch 0, as is a held run dropped as missed."""
 
     def load_controls(self, entries: Sequence[str] | None = None) -> dict[str, EntryControl]:
         """The control of each entry (of `entries`, or all) that has one (a read)."""
@@ -579,8 +581,10 @@ class Controls(Reachable, Protocol):
         its run id; unless `force`, a pause covering now refuses it (REFUSED_PAUSED, the pause
         in `detail`) and a fresh busy mark under the guard refuses it (skip: REFUSED_BUSY, the
         running id in `detail`) or holds it (buffer_one: HELD, replacing the held run). A
-        published run gets its record (kind manual, its audit id) and, under a guard, the busy
-        mark. The entry need not have a persisted state."""
+        published run gets its record (kind manual, its audit id; slot and due now) and, under
+        a guard, the busy mark. Only a published or held run writes an audit record and uses up
+        its idempotency key; a refused one is remembered by its request id only. The entry need
+        not have a persisted state."""
 
     def backfill(
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]

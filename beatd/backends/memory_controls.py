@@ -38,7 +38,7 @@ from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
 
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
-# What a control can hold a trigger back for: the results a key stays used by.
+# The trigger results that use up an idempotency key (a refused trigger leaves it free).
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})
 
 
@@ -73,10 +73,11 @@ class Book:
         else:
             self.controls[entry] = control
 
-    # --- what commit checks and writes ----------------------------------------------------------
+    # --- what commit checks and writes ------------------------------------------------------------
 
-    def passes(self, entry: str, write: StateWrite | None, messages: Sequence[Outgoing],
-               at: datetime) -> bool:  # fmt: skip
+    def passes(
+        self, entry: str, write: StateWrite | None, messages: Sequence[Outgoing], at: datetime
+    ) -> bool:
         """Whether the entry's write (None: messages without one) passes its pause and guard."""
         control = self.get(entry)
         pause = control.pause
@@ -105,7 +106,7 @@ class Book:
         held = self.controls.items()
         return next((e for e, c in held if c.busy is not None and c.busy.run_id == run_id), None)
 
-    # --- keys and the audit log ----------------------------------------------------------------
+    # --- keys and the audit log -------------------------------------------------------------------
 
     def remembered(self, key: str, entry: str, at: datetime) -> TriggerResult | None:
         held = self.keys.get((key, entry))
@@ -122,8 +123,9 @@ class Book:
             key = f"key:{request.idempotency_key}"
             self.keys[(key, entry)] = TriggerKey(key, entry, result, at)
 
-    def select_audit(self, entry: str | None, since: datetime | None, limit: int
-                     ) -> list[AuditRecord]:  # fmt: skip
+    def select_audit(
+        self, entry: str | None, since: datetime | None, limit: int
+    ) -> list[AuditRecord]:
         chosen = [
             a
             for a in self.audit.values()
@@ -143,8 +145,12 @@ class Book:
             count += 1
         return count
 
-    def add(self, controls: Mapping[str, EntryControl], audit: Sequence[AuditRecord],
-            keys: Sequence[TriggerKey]) -> int:  # fmt: skip
+    def add(
+        self,
+        controls: Mapping[str, EntryControl],
+        audit: Sequence[AuditRecord],
+        keys: Sequence[TriggerKey],
+    ) -> int:
         added = 0
         for entry, control in controls.items():
             if entry not in self.controls and control != NO_CONTROL:
@@ -264,13 +270,14 @@ class MemoryControls:
         self._audit(AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         control = self._book.get(entry)
         if result.status is TriggerStatus.HELD:
-            held = HeldRun(request.run_id, at, at, RunKind.MANUAL.value,
-                           request.queue, request.body, audit_id)  # fmt: skip
+            kind = RunKind.MANUAL.value
+            held = HeldRun(request.run_id, at, at, kind, request.queue, request.body, audit_id)
             self._book.put(entry, control._replace(held=held))
         else:
             queue = BeatdQueue(request.queue, request.priority)
-            outgoing = Outgoing(entry, request.run_id, queue, request.body, at, at,
-                                RunKind.MANUAL, audit_id)  # fmt: skip
+            outgoing = Outgoing(
+                entry, request.run_id, queue, request.body, at, at, RunKind.MANUAL, audit_id
+            )
             self._publish(outgoing, at)
             if request.guard is not None:
                 self._book.put(entry, control._replace(busy=Busy(request.run_id, at)))
@@ -336,7 +343,7 @@ class MemoryControls:
         with self._lock:
             return list(self._book.keys.values())
 
-    # --- hooks, called under the lock --------------------------------------------------------
+    # --- hooks, called under the lock -------------------------------------------------------------
 
     def _run_ended(self, run_id: str) -> None:
         """Run `run_id` reached a final outcome: clear the busy mark it holds and publish the
@@ -354,8 +361,10 @@ class MemoryControls:
                 self._history.missed_one(slots, None, at)
         elif held is not None:
             queue = BeatdQueue(held.destination_queue)
-            outgoing = Outgoing(entry, held.run_id, queue, held.body, held.slot, held.due,
-                                RunKind(held.kind), held.audit)  # fmt: skip
+            kind = RunKind(held.kind)
+            outgoing = Outgoing(
+                entry, held.run_id, queue, held.body, held.slot, held.due, kind, held.audit
+            )
             self._publish(outgoing, at)
             control = control._replace(busy=Busy(held.run_id, at))
         self._book.put(entry, control)

@@ -187,6 +187,15 @@ class ControlsContract:
         assert backend.queue_depths() == {}
         assert backend.history_size() == (0, 0)
 
+    def test_a_pause_fails_messages_committed_without_a_write_of_their_entry(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        controls(backend).pause(["e"], "r", None, BY)
+        due = instant(backend) + timedelta(seconds=5)
+        assert backend.commit(lease, [], [at_run("e", due), at_run("f", due)]) == {"e"}
+        assert queued_ids(backend) == [at_run("f", due).id]
+
     def test_a_write_without_messages_passes_a_pause(self, backend: Backend) -> None:
         lease = lead(backend)
         controls(backend).pause(["e"], "r", None, BY)
@@ -392,6 +401,27 @@ class ControlsContract:
         assert (backend.queue_depths(), controls(backend).audit()) == ({}, [])
         assert controls(backend).trigger_keys() == []
 
+    def test_a_refused_trigger_does_not_use_up_its_idempotency_key(self, backend: Backend) -> None:
+        controls(backend).pause(["e"], "r", None, BY)
+        refused = controls(backend).trigger(trigger("e", "r1", key="k"))
+        assert refused.status == TriggerStatus.REFUSED_PAUSED
+        assert controls(backend).trigger(trigger("e", "r1", key="k")) == refused  # same request
+        controls(backend).resume(["e"], BY)
+        again = controls(backend).trigger(trigger("e", "r2", key="k"))
+        assert (again.status, again.run_id) == (TriggerStatus.PUBLISHED, manual_run_id("e", "k"))
+
+    def test_runs_published_without_a_lease_are_recorded_with_no_node(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        manual = controls(backend).trigger(trigger("f"))
+        [filled], _ = controls(backend).backfill("g", [run("g", 1, "q")], BY, {})
+        finish(backend, "ack", run_id("e", 1))
+        for rid in (manual.run_id, filled, run_id("e", 2)):
+            assert (record(backend, rid).node, record(backend, rid).epoch) == ("", 0)
+
     def test_a_used_idempotency_key_is_a_duplicate(self, backend: Backend) -> None:
         first = controls(backend).trigger(trigger("e", "r1", key="nightly-fix"))
         again = controls(backend).trigger(trigger("e", "r2", key="nightly-fix", run_id="e@x"))
@@ -409,6 +439,8 @@ class ControlsContract:
             TriggerStatus.REFUSED_PAUSED, manual_run_id("e", "r1"), pause.describe()
         )
         assert queued_ids(backend) == []
+        assert controls(backend).audit() == controls(backend).audit("e")  # the pause's only
+        assert len(controls(backend).audit()) == 1
         forced = controls(backend).trigger(trigger("e", "r2", force=True))
         assert forced.status == TriggerStatus.PUBLISHED
         assert queued_ids(backend) == [forced.run_id]

@@ -3,6 +3,7 @@ store per process and name, shared by every handle opened on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import threading
@@ -14,10 +15,11 @@ import pytest
 from beatd.backends import open_backend
 from beatd.backends.base import CeleryQueue, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
+from beatd.controls import IDEMPOTENCY_KEY_TTL, TriggerStatus
 from beatd.errors import BackendError
 from beatd.history import HistoryQuery, MissedSlots
 from tests.backends.contract import T0, BackendContract, Wall, message, state
-from tests.backends.controls_contract import ControlsContract
+from tests.backends.controls_contract import ControlsContract, trigger
 
 
 @pytest.fixture
@@ -134,3 +136,31 @@ def test_concurrent_claims_hand_each_message_out_once(backend: MemoryBackend) ->
         thread.join()
     assert sorted(claimed) == sorted(message(f"e{i}", 1).id for i in range(1000))
     assert backend.queue_depths() == {}
+
+
+def test_trigger_keys_are_remembered_for_their_ttl_and_then_trimmed(
+    backend: MemoryBackend, wall: Wall
+) -> None:
+    first = backend.trigger(trigger("e", "r1", key="k"))
+    wall.now += IDEMPOTENCY_KEY_TTL.total_seconds() - 1
+    assert backend.trigger(trigger("e", "r1", run_id="e@x")) == first
+    assert backend.trigger(trigger("e", "r2", key="k", run_id="e@y")).status == (
+        TriggerStatus.DUPLICATE
+    )
+    wall.now += 1  # the first request's id and key are 7 days old: forgotten
+    again = backend.trigger(trigger("e", "r1", key="k", run_id="e@z"))
+    assert (again.status, again.run_id) == (TriggerStatus.PUBLISHED, "e@z")
+    wall.now += IDEMPOTENCY_KEY_TTL.total_seconds()
+    # request r1 and key k (each remembered anew by the last trigger) and request r2
+    assert backend.trim_audit(IDEMPOTENCY_KEY_TTL * 10) == 3
+    assert backend.trigger_keys() == []
+
+
+def test_a_celery_trigger_is_refused_before_anything_is_written(backend: MemoryBackend) -> None:
+    with pytest.raises(BackendError) as caught:
+        backend.trigger(dataclasses.replace(trigger("c"), celery=True))
+    assert str(caught.value) == (
+        "entry c publishes to a CeleryQueue, which needs a Redis broker (Redis transport "
+        "only); the memory backend stores beatd's own messages only"
+    )
+    assert (backend.queue_depths(), backend.audit(), backend.trigger_keys()) == ({}, [], [])
