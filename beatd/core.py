@@ -349,7 +349,9 @@ class Planner:
         due = slot.entry.due_for(slot.next_slot)  # the item's time is a pause's end
         pause = slot.covering(due)
         if pause is not None:
-            return self._decide_paused(slot, now)
+            decision, count = _paused(slot, now, self.walk_limit)
+            self.next_fire_computations += count
+            return decision
         bound: datetime | None = None
         for p in (slot.control.pause, *slot.lifted):
             if p is not None and due < p.at <= now:  # decide only the slots before it
@@ -359,26 +361,6 @@ class Planner:
         else:
             decision = self._decide(slot, now, bound)
         return _overlap(decision, slot.control, now)
-
-    def _decide_paused(self, slot: _Slot, now: datetime) -> Decision:
-        """The due slots a pause covers, from the entry's next: missed (`paused`)."""
-        entry, state = slot.entry, slot.state
-        current = first = last = slot.next_slot
-        count = 0
-        while current is not None and count < self.walk_limit:
-            due = entry.due_for(current)
-            if due > now or slot.covering(due) is None:
-                break
-            count += 1
-            last = current
-            self.next_fire_computations += 1
-            current = entry.schedule.next_after(current)
-        assert first is not None and last is not None and count
-        if slot.lifted:  # forget the lifted pauses the entry is past
-            slot.lifted = tuple(p for p in slot.lifted if p.until is None or p.until > last)
-        new_state = EntryState(entry.name, last, state.last_published, entry.identity)
-        missed = (MissedSlots(entry.name, MissReason.PAUSED, first, last, count),)
-        return Decision(entry, state, new_state, (), missed, current)
 
     def _decide_on_time(self, slot: _Slot, now: datetime) -> Decision | None:
         """The steady state, without a walk: one slot due, on time, and the next not yet due.
@@ -404,7 +386,8 @@ class Planner:
         keep = _KEEP[entry.missed] if entry.enabled else 0
         if keep is None:
             keep = entry.max_catch_up
-        walk = self._walk(slot, now, keep, stop or now)
+        walk = _walk(slot, now, keep, stop or now, self.walk_limit)
+        self.next_fire_computations += walk.steps
         reason = MissReason.SKIPPED
         if not entry.enabled:
             reason = MissReason.DISABLED
@@ -437,52 +420,72 @@ class Planner:
         new_state = EntryState(entry.name, walk.newest, published, entry.identity)
         return Decision(entry, state, new_state, tuple(runs), missed, walk.following)
 
-    def _walk(self, slot: _Slot, now: datetime, keep: int, stop: datetime) -> _Walk:
-        """Walk the due slots of one entry, from its next slot towards `now`.
 
-        One next-fire computation per due slot; long interval gaps are skipped arithmetically,
-        and a walk through more than `walk_limit` overdue slots stops early (`done` False). It
-        takes no slot due after `stop` (the start of a pause; else `now`).
-        """
-        entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
-        current, due = slot.next_slot, slot.next_due
-        assert current is not None and due is not None
-        walk = _Walk(deque(maxlen=keep), first=current, newest=current)
-        limit = max(self.walk_limit, 2 * keep + 2)
-        steps = 0
-        arithmetic = _arithmetic_interval(schedule)
-        while True:
-            if now - due > grace:
-                if len(walk.overdue) == keep:
-                    walk.dropped(walk.overdue[0][0] if keep else current)
-                walk.overdue.append((current, due))
-                walk.overdue_count += 1
-            else:
-                walk.timely.append((current, due))
-            walk.newest = current
-            if arithmetic is not None:
-                interval, last = arithmetic
-                end = min(now - grace - interval.every, last, stop)
-                skip = interval.count_between(current, end)
-                skip -= keep
-                if skip > 0:
-                    walk.dropped(walk.overdue[0][0] if walk.overdue else current + interval.every)
-                    walk.overdue_count += skip
-                    current += interval.every * skip
-                    walk.newest = walk.last_dropped = current
-                    walk.overdue.clear()
-            self.next_fire_computations += 1
-            steps += 1
-            walk.following = schedule.next_after(current)
-            if walk.following is None:
-                return walk
-            due = entry.due_for(walk.following)
-            if due > stop:
-                return walk
-            if steps >= limit and now - due > grace:
-                walk.done = False
-                return walk
-            current = walk.following
+def _walk(slot: _Slot, now: datetime, keep: int, stop: datetime, walk_limit: int) -> _Walk:
+    """Walk the due slots of one entry, from its next slot towards `now`.
+
+    One next-fire computation per due slot (`steps`); long interval gaps are skipped arithmetically,
+    and a walk through more than `walk_limit` overdue slots stops early (`done` False). It
+    takes no slot due after `stop` (the start of a pause; else `now`).
+    """
+    entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
+    current, due = slot.next_slot, slot.next_due
+    assert current is not None and due is not None
+    walk = _Walk(deque(maxlen=keep), first=current, newest=current)
+    limit = max(walk_limit, 2 * keep + 2)
+    arithmetic = _arithmetic_interval(schedule)
+    while True:
+        if now - due > grace:
+            if len(walk.overdue) == keep:
+                walk.dropped(walk.overdue[0][0] if keep else current)
+            walk.overdue.append((current, due))
+            walk.overdue_count += 1
+        else:
+            walk.timely.append((current, due))
+        walk.newest = current
+        if arithmetic is not None:
+            interval, last = arithmetic
+            end = min(now - grace - interval.every, last, stop)
+            skip = interval.count_between(current, end)
+            skip -= keep
+            if skip > 0:
+                walk.dropped(walk.overdue[0][0] if walk.overdue else current + interval.every)
+                walk.overdue_count += skip
+                current += interval.every * skip
+                walk.newest = walk.last_dropped = current
+                walk.overdue.clear()
+        walk.steps += 1
+        walk.following = schedule.next_after(current)
+        if walk.following is None:
+            return walk
+        due = entry.due_for(walk.following)
+        if due > stop:
+            return walk
+        if walk.steps >= limit and now - due > grace:
+            walk.done = False
+            return walk
+        current = walk.following
+
+
+def _paused(slot: _Slot, now: datetime, limit: int) -> tuple[Decision, int]:
+    """The due slots a pause covers, from the entry's next: missed (`paused`); with the
+    next-fire computations it made."""
+    entry, state = slot.entry, slot.state
+    current = first = last = slot.next_slot
+    count = 0
+    while current is not None and count < limit:
+        due = entry.due_for(current)
+        if due > now or slot.covering(due) is None:
+            break
+        count += 1
+        last = current
+        current = entry.schedule.next_after(current)
+    assert first is not None and last is not None and count
+    if slot.lifted:  # forget the lifted pauses the entry is past
+        slot.lifted = tuple(p for p in slot.lifted if p.until is None or p.until > last)
+    new_state = EntryState(entry.name, last, state.last_published, entry.identity)
+    missed = (MissedSlots(entry.name, MissReason.PAUSED, first, last, count),)
+    return Decision(entry, state, new_state, (), missed, current), count
 
 
 def _overlap(decision: Decision, control: EntryControl, now: datetime) -> Decision:
@@ -602,6 +605,7 @@ class _Walk:
     last_dropped: datetime | None = None  # the newest overdue slot not kept
     following: datetime | None = None  # the first slot after the walk
     done: bool = True  # False: stopped at the walk limit before reaching now
+    steps: int = 0  # next-fire computations made
 
     def dropped(self, slot: datetime) -> None:
         """`slot` is the newest overdue slot not kept (so far)."""
