@@ -57,6 +57,9 @@ class HeldRun(NamedTuple):
     kind: str  # beatd.history.RunKind value
     destination_queue: str
     body: str
+    # how to enqueue it (as `Trigger.celery`/`priority`): a CeleryQueue's envelope, or beatd's
+    celery: bool = False
+    priority: int | None = None
 
 
 class EntryControl(NamedTuple):
