@@ -39,6 +39,22 @@ class Pause(NamedTuple):
     def covers(self, due: datetime) -> bool:
         return due >= self.at and (self.until is None or due < self.until)
 
+    def describe(self) -> str:
+        """The pause in words, as a refused trigger's `detail` gives it."""
+        until = "resumed" if self.until is None else f"{self.until:%Y-%m-%dT%H:%M:%SZ}"
+        return (
+            f"paused by {self.by} since {self.at:%Y-%m-%dT%H:%M:%SZ} until {until}: {self.reason}"
+        )
+
+
+def pause_json(pause: Pause | None) -> dict[str, Any]:
+    """An audit record's `before`/`after` of a pause or resume: `{"pause": ...}` (None: none)."""
+    if pause is None:
+        return {"pause": None}
+    until = None if pause.until is None else pause.until.isoformat()
+    fields = {"at": pause.at.isoformat(), "until": until, "reason": pause.reason, "by": pause.by}
+    return {"pause": fields}
+
 
 class Busy(NamedTuple):
     """The entry's run `run_id`, published at `since`, has not reached a final outcome."""
@@ -57,6 +73,7 @@ class HeldRun(NamedTuple):
     kind: str  # beatd.history.RunKind value
     destination_queue: str
     body: str
+    audit: str | None = None  # a held manual run's audit record, written on its published record
     # how to enqueue it (as `Trigger.celery`/`priority`): a CeleryQueue's envelope, or beatd's
     celery: bool = False
     priority: int | None = None

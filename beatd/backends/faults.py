@@ -25,12 +25,21 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from beatd.backends.base import Backend, DeadLetter, Delivery, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    Backend,
+    Controls,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    StateWrite,
+)
+from beatd.controls import AuditRecord, EntryControl, Trigger, TriggerKey, TriggerResult
 from beatd.errors import NotApplied, OutcomeUnknown
 from beatd.history import Ending, EntrySummary, MissedRecord, Retention, RunRecord
 
@@ -60,6 +69,14 @@ WRITES = frozenset(
         "attempt_ended",
         "trim",
         "import_history",
+        # the operator controls' (the `Controls` role)
+        "pause",
+        "resume",
+        "trigger",
+        "backfill",
+        "record_audit",
+        "trim_audit",
+        "import_controls",
     }
 )
 LEASED = frozenset({"renew_lease", "commit", "forget"})  # the operations a lease guards
@@ -297,4 +314,42 @@ class FaultyBackend:
     ) -> int:
         return self._call(
             "import_history", lambda: self.backend.import_history(runs, missed, summaries)
+        )
+
+    # --- the operator controls' writes (a backend that offers `Controls`) ---------------------
+
+    @property
+    def _controls(self) -> Controls:
+        return cast(Controls, self.backend)  # `Backend` gains the role once every backend has it
+
+    def pause(
+        self, entries: Sequence[str], reason: str, until: datetime | timedelta | None, by: str
+    ) -> list[AuditRecord]:
+        return self._call("pause", lambda: self._controls.pause(entries, reason, until, by))
+
+    def resume(self, entries: Sequence[str], by: str) -> list[AuditRecord]:
+        return self._call("resume", lambda: self._controls.resume(entries, by))
+
+    def trigger(self, request: Trigger) -> TriggerResult:
+        return self._call("trigger", lambda: self._controls.trigger(request))
+
+    def backfill(
+        self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
+    ) -> tuple[list[str], AuditRecord]:
+        return self._call("backfill", lambda: self._controls.backfill(entry, runs, by, detail))
+
+    def record_audit(self, record: AuditRecord) -> None:
+        self._call("record_audit", lambda: self._controls.record_audit(record))
+
+    def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
+        return self._call("trim_audit", lambda: self._controls.trim_audit(max_age, limit))
+
+    def import_controls(
+        self,
+        controls: Mapping[str, EntryControl],
+        audit: Sequence[AuditRecord] = (),
+        keys: Sequence[TriggerKey] = (),
+    ) -> int:
+        return self._call(
+            "import_controls", lambda: self._controls.import_controls(controls, audit, keys)
         )

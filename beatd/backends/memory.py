@@ -39,6 +39,7 @@ from beatd.backends.base import (
     StateWrite,
     unseen,
 )
+from beatd.backends.memory_controls import Book, MemoryControls
 from beatd.backends.memory_history import History, MemoryHistory
 from beatd.errors import BackendError, LeaseLost
 from beatd.history import Ending
@@ -79,6 +80,7 @@ class _Store:
     dead: list[tuple[_Message, DeadLetter]] = field(default_factory=list)  # oldest first
     sequence: itertools.count[int] = field(default_factory=itertools.count)
     history: History = field(default_factory=History)
+    book: Book = field(default_factory=Book)  # the operator controls and the audit log
 
     def add(self, queue: BeatdQueue, message_id: str, body: str, ready_at: float) -> None:
         priority = DEFAULT_PRIORITY if queue.priority is None else queue.priority
@@ -106,7 +108,7 @@ def discard(name: str) -> None:
         _STORES.pop(name, None)
 
 
-class MemoryBackend(MemoryHistory):
+class MemoryBackend(MemoryControls, MemoryHistory):
     """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds);
     with `history` False it writes no run history (it still reads it)."""
 
@@ -122,6 +124,7 @@ class MemoryBackend(MemoryHistory):
         self._store = store(name)
         self._now = wall_clock
         self._lock, self._history = self._store.lock, self._store.history
+        self._book, self._add = self._store.book, self._store.add
         self._writes_history = history
         self._host, self._pid = socket.gethostname(), os.getpid()
 
@@ -215,17 +218,25 @@ class MemoryBackend(MemoryHistory):
             self._check_lease(lease)
             now = self._now()  # one reading: the runs of one commit share it
             at = datetime.fromtimestamp(now, UTC)
-            states = self._store.states
+            states, book = self._store.states, self._store.book
             rejected: set[str] = set()
+            mine: dict[str, list[Outgoing]] = {}
+            for m in messages:
+                mine.setdefault(m.entry, []).append(m)
             for write in writes:
                 entry = write.state.entry
                 current = states.get(entry)
-                if (current.last_slot if current is not None else None) != write.expected:
+                ours = mine.pop(entry, [])
+                if (current.last_slot if current is not None else None) != write.expected or (
+                    not book.passes(entry, write, ours, at)
+                ):
                     rejected.add(entry)
                 else:
                     states[entry] = write.state
+                    book.applied(write, ours, at)
                     if self._writes_history:
                         self._history.missed_by(write, lease, at)
+            rejected.update(e for e, ours in mine.items() if not book.passes(e, None, ours, at))
             for m, queue in zip(messages, queues, strict=True):
                 if m.entry not in rejected:
                     self._store.add(queue, m.id, m.body, now)
@@ -284,6 +295,7 @@ class MemoryBackend(MemoryHistory):
             if message is not None:
                 del self._store.messages[message.seq]
                 self._ended(message, ending or Ending(Outcome.SUCCEEDED))
+                self._run_ended(message.id)
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         with self._store.lock:
@@ -315,6 +327,7 @@ class MemoryBackend(MemoryHistory):
             )
             self._store.dead.append((message, letter))
             self._ended(message, ending or Ending(Outcome.DEAD_LETTERED))
+            self._run_ended(message.id)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:
         with self._store.lock:

@@ -24,6 +24,7 @@ from beatd.history import (
     EntrySummary,
     HistoryQuery,
     MissedRecord,
+    MissedSlots,
     Retention,
     RunRecord,
 )
@@ -72,21 +73,28 @@ class History:
 
     # --- what commit writes ------------------------------------------------------------------
 
-    def published(self, message: Outgoing, lease: Lease, at: datetime) -> None:
+    def published(self, message: Outgoing, lease: Lease | None, at: datetime) -> None:
+        """Record a published run; without a lease (a manual, backfilled or held run published
+        by an operator's or a worker's step) with no node and epoch 0."""
         if message.slot is None or message.id in self.runs:
             return
         due = message.due if message.due is not None else message.slot
         celery = isinstance(message.destination, CeleryQueue)
+        node, epoch = (lease.node, lease.epoch) if lease is not None else ("", 0)
         self.runs[message.id] = RunRecord(
-            message.id, message.entry, message.slot, due, at, lease.node, lease.epoch,
-            message.kind, celery,
+            message.id, message.entry, message.slot, due, at, node, epoch,
+            message.kind, celery, audit=message.audit,
         )  # fmt: skip
 
     def missed_by(self, write: StateWrite, lease: Lease, at: datetime) -> None:
         for slots in write.missed:
-            key = (slots.entry, slots.reason, slots.first)
-            if key not in self.missed:
-                self.missed[key] = MissedRecord(slots, at, lease.node, lease.epoch)
+            self.missed_one(slots, lease, at)
+
+    def missed_one(self, slots: MissedSlots, lease: Lease | None, at: datetime) -> None:
+        key = (slots.entry, slots.reason, slots.first)
+        if key not in self.missed:
+            node, epoch = (lease.node, lease.epoch) if lease is not None else ("", 0)
+            self.missed[key] = MissedRecord(slots, at, node, epoch)
 
     # --- attempts ----------------------------------------------------------------------------
 
@@ -288,7 +296,13 @@ class MemoryHistory:
 
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         with self._lock:
-            return self._writes_history and self._history.event_end(run_id, ending, at)
+            wrote = self._writes_history and self._history.event_end(run_id, ending, at)
+            if ending.outcome in FINAL:
+                self._run_ended(run_id)  # with the history off too
+            return wrote
+
+    def _run_ended(self, run_id: str) -> None:
+        """Run `run_id` reached a final outcome (under the lock): the controls' hook."""
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         with self._lock:

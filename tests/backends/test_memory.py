@@ -17,6 +17,7 @@ from beatd.backends.memory import MemoryBackend, discard
 from beatd.errors import BackendError
 from beatd.history import HistoryQuery, MissedSlots
 from tests.backends.contract import T0, BackendContract, Wall, message, state
+from tests.backends.controls_contract import ControlsContract
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def history_off_backend(name: str, wall: Wall) -> MemoryBackend:
     return MemoryBackend(name, wall_clock=wall, history=False)
 
 
-class TestMemoryContract(BackendContract):
+class TestMemoryContract(BackendContract, ControlsContract):
     pass
 
 
