@@ -265,8 +265,8 @@ class Publisher:
                 CAUGHT_UP,  # published late, when the busy run ends
                 message.destination.queue,
                 message.body,
-                isinstance(message.destination, CeleryQueue),
-                message.destination.priority,
+                celery=isinstance(message.destination, CeleryQueue),
+                priority=message.destination.priority,
             )
         previous = horizon(decision.previous)
         return StateWrite(
