@@ -38,6 +38,14 @@ entries:
   report-daily:
     task: t.report
     cron: "0 * * * *"
+  slow-skip:
+    task: t.slow
+    every: 1h
+    overlap: skip
+  slow-buffer:
+    task: t.slow
+    every: 1h
+    overlap: buffer_one
 """
 MANUAL_ID = re.compile(r"tick@manual-[0-9a-f]{32}")
 
@@ -181,6 +189,41 @@ def test_trigger_of_a_paused_entry_is_refused_naming_the_pause_unless_forced(
     assert [m.id for m in queued(backend)] == [out.strip()]
 
 
+def test_trigger_of_a_busy_entry_under_skip_is_refused_naming_the_run_unless_forced(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    base = ["trigger", "slow-skip", "-s", str(schedules), "--broker", broker]
+    code, running, _ = beatd(*base)
+    assert code == 0
+    assert beatd(*base) == (
+        1,
+        "",
+        f"beatd: slow-skip is busy: run {running.strip()} has not ended, and its overlap is "
+        "skip; nothing was published: wait for it, or add --force\n",
+    )
+    code, forced, _ = beatd(*base, "--force")
+    assert code == 0
+    assert [m.id for m in queued(backend)] == [running.strip(), forced.strip()]
+
+
+def test_trigger_of_a_busy_entry_under_buffer_one_is_held_until_it_ends(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    base = ["trigger", "slow-buffer", "-s", str(schedules), "--broker", broker]
+    running = beatd(*base)[1].strip()
+    code, out, err = beatd(*base)
+    held = out.strip()
+    assert (code, err) == (
+        0,
+        f"held: slow-buffer is busy ({running}) under overlap: buffer_one; the run is published "
+        "when that one ends\n",
+    )
+    assert held != running
+    # the first is claimed and acked: its end publishes the held one, claimed next
+    messages = queued(backend)
+    assert [(m.id, m.kind) for m in messages] == [(running, "manual"), (held, "manual")]
+
+
 class LosesTheFirstReply:
     """The backend's controls, except that the first trigger is applied and its reply lost."""
 
@@ -255,6 +298,8 @@ def test_pause_all_or_by_glob_says_later_entries_are_not_paused_and_resume_lifts
     assert [line.split(":")[0] for line in out.splitlines()] == [
         "paused nightly",
         "paused report-daily",
+        "paused slow-buffer",
+        "paused slow-skip",
         "paused tick",
         "entries added to the schedule files later are not paused",
     ]
@@ -263,9 +308,12 @@ def test_pause_all_or_by_glob_says_later_entries_are_not_paused_and_resume_lifts
     assert (code, out) == (0, "resumed tick\nresumed nightly\n")
     assert set(controls(backend).load_controls()) >= {"report-daily"}
     assert beatd("resume", "tick", "--broker", broker)[1] == "tick was not paused\n"
-    assert beatd("resume", "--all", "--broker", broker)[1] == "resumed report-daily\n"
-    actions = [(r.action, r.entry) for r in controls(backend).audit(limit=10)]
-    assert actions[0] == ("resume", "report-daily")
+    assert beatd("resume", "--all", "--broker", broker)[1] == (
+        "resumed report-daily\nresumed slow-buffer\nresumed slow-skip\n"
+    )
+    actions = [(r.action, r.entry) for r in controls(backend).audit(limit=20)]
+    # the last command's three resumes come first (in one step: one instant, any order)
+    assert set(actions[:3]) == {("resume", e) for e in ("report-daily", "slow-buffer", "slow-skip")}
     assert actions.count(("pause", "report-daily")) == 2
 
 

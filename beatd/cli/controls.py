@@ -42,11 +42,9 @@ from beatd.cli.history import read_since
 from beatd.config import Config, Entry
 from beatd.config.convert import suggest
 from beatd.controls import (
-    DEFAULT_OVERLAP_TIMEOUT,
     NO_CONTROL,
     AuditRecord,
-    Guard,
-    Overlap,
+    EntryControl,
     Pause,
     Trigger,
     TriggerResult,
@@ -100,15 +98,6 @@ def find_entry(config: Config, name: str) -> Entry:
             f"no entry {name!r} in the schedule files{suggest(name, sorted(config.entries))}",
         )
     return entry
-
-
-def entry_guard(entry: Entry) -> Guard | None:
-    """The overlap rule of `entry` (None under `overlap: allow`, the default)."""
-    overlap = Overlap(getattr(entry, "overlap", Overlap.ALLOW))
-    if overlap is Overlap.ALLOW:
-        return None
-    timeout: timedelta | None = getattr(entry, "overlap_timeout", None) or entry.expires
-    return Guard(overlap, (timeout or DEFAULT_OVERLAP_TIMEOUT).total_seconds())
 
 
 def with_retries(step: Callable[[], T], attempts: int = TRIGGER_ATTEMPTS) -> T:
@@ -199,28 +188,30 @@ def trigger(
             body=run.body,
             request_id=secrets.token_hex(16),
             by=by or default_by(),
-            guard=entry_guard(entry),
+            guard=entry.guard,
             idempotency_key=idempotency_key,
             force=force,
         )
         result = with_retries(lambda: controls.trigger(request))
-        pause = None
-        if result.status is TriggerStatus.REFUSED_PAUSED:
-            pause = controls.load_controls([entry.name]).get(entry.name, NO_CONTROL).pause
+        control = NO_CONTROL  # read to name the pause or the busy run in what is said
+        if result.status in (TriggerStatus.REFUSED_PAUSED, TriggerStatus.HELD):
+            control = controls.load_controls([entry.name]).get(entry.name, NO_CONTROL)
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    report_trigger(result, entry.name, pause)
+    report_trigger(result, entry.name, control)
 
 
-def report_trigger(result: TriggerResult, entry: str, pause: Pause | None = None) -> None:
+def report_trigger(result: TriggerResult, entry: str, control: EntryControl = NO_CONTROL) -> None:
+    pause, busy = control.pause, control.busy
     if result.status is TriggerStatus.PUBLISHED:
         click.echo(result.run_id)
     elif result.status is TriggerStatus.HELD:
         click.echo(result.run_id)
         click.echo(
-            f"held: {entry} is busy ({result.detail}) under overlap: buffer_one; the run is "
+            f"held: {entry} is busy ({busy.run_id if busy else result.detail}) under overlap: "
+            "buffer_one; the run is "
             "published when that one ends",
             err=True,
         )
