@@ -401,6 +401,13 @@ def test_backfill_publishes_what_is_not_there_once(
     again = beatd(*base)
     assert again[1].endswith("published 0, already there 3\n")
     assert queued(backend) == []
+    code, out, _ = beatd("history", "report-daily", "--broker", broker)
+    details = {line.split()[1]: line.split()[-1] for line in out.splitlines()[1:]}
+    assert details == {
+        f"{start:%Y-%m-%dT%H:%M:%SZ}": "backfill",
+        f"{start + timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}": "backfill",
+        f"{horizon:%Y-%m-%dT%H:%M:%SZ}": "1",  # the scheduler's: its epoch ends the line
+    }
     record = controls(backend).audit("report-daily", limit=10)[-1]
     assert (record.action, record.by, record.detail["slots"]) == ("backfill", "eve", 3)
 
