@@ -328,7 +328,7 @@ class Publisher:
         assert stale is not None
         name = decision.entry.name
         self.busy_marks_dropped[name] += 1
-        fields = {"entry": name, "run": stale.run_id, "since": format_time(stale.since)}
+        fields = {"entry": name, "run": stale.run_id, "since": format_slot(stale.since)}
         log.warning(
             "busy mark dropped entry=%(entry)s run=%(run)s since=%(since)s: older than the "
             "entry's overlap_timeout, so its next run was published beside it",
