@@ -81,7 +81,8 @@ class Decision(NamedTuple):
     missed: tuple[MissedSlots, ...] = ()  # at most one range per reason
     following: datetime | None = None  # the entry's first slot after this decision
     # operator controls: the overlap rule, whether the entry was taken for busy, the run held
-    # back (buffer_one), the stale busy mark published over, and when it was decided
+    # back (buffer_one), the stale busy mark published over, and when it was decided (set,
+    # and only then, under a guard: one test tells a plain decision)
     guard: Guard | None = None
     busy: bool = False
     hold: Run | None = None
@@ -307,7 +308,7 @@ class Planner:
             if slot is None or slot.entry is not decision.entry:
                 continue
             slot.state = decision.state
-            if decision.guard is not None or decision.hold is not None:
+            if decision.at is not None:  # decided under a guard
                 slot.set_control(_after(slot.control, decision), None)
             if decision.runs or decision.missed or decision.hold:
                 self._set_next(slot, decision.following)

@@ -208,7 +208,7 @@ class Publisher:
                 messages = self.messages(batch, published_at)
                 writes = [
                     StateWrite(d.state, horizon(d.previous), d.missed)
-                    if d.guard is None and d.hold is None
+                    if d.at is None  # no guard: nothing to check or hold
                     else self._guarded(d, published_at)
                     for d in batch
                 ]
