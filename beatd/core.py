@@ -505,9 +505,9 @@ def _overlap(decision: Decision, control: EntryControl, now: datetime) -> Decisi
     hold: Run | None = None
     if guard.overlap == "buffer_one" and (fresh or len(runs) > 1):
         hold = runs[-1]
+    # a held run this one replaces is recorded missed by the commit: a worker's final outcome
+    # may have published it since the planner last knew
     over = [r.slot for r in runs if r not in keep and r is not hold]
-    if hold is not None and control.held is not None:
-        over.insert(0, control.held.slot)  # the older held slot
     missed = decision.missed
     if over:
         name = decision.entry.name

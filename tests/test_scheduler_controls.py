@@ -183,3 +183,22 @@ def test_pause_after_failures_pauses_once(backend: MemoryBackend, clock: FakeClo
     run_for(beat, 60)  # still failing in the summaries, but paused once only
     assert [c.pause for c in backend.load_controls(["tick"]).values()] in ([], [None])
     assert [r.action for r in backend.audit("tick")] == ["resume", "pause"]
+
+
+def test_a_held_run_published_behind_the_leaders_back_is_not_counted_missed(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The ack publishes the held 12:02 while the leader still believes it held: its next hold
+    (12:03) replaces nothing, so 12:02 ends published, never missed as well."""
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    beat.steering.interval = 3600.0  # the leader hears of nothing but refused commits
+    run_for(beat, 65)
+    run = claim(backend)
+    run_for(beat, 60)  # 12:02 held
+    backend.ack(run)  # 12:02:05: publishes the held 12:02, now busy
+    second = claim(backend)
+    run_for(beat, 60)  # 12:03 held behind 12:02's run
+    backend.ack(second)
+    assert claim(backend).id == "tick@2026-03-01T12:03:00Z"
+    assert published(backend) == ["12:01", "12:02", "12:03"]
+    assert missed(backend) == []
