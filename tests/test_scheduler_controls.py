@@ -202,3 +202,12 @@ def test_a_held_run_published_behind_the_leaders_back_is_not_counted_missed(
     assert claim(backend).id == "tick@2026-03-01T12:03:00Z"
     assert published(backend) == ["12:01", "12:02", "12:03"]
     assert missed(backend) == []
+
+
+def test_paused_slots_have_no_deadline(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat = scheduler(backend, clock, every_minute(deadline=timedelta(seconds=30)))
+    backend.pause(["tick"], "quiet hours", timedelta(seconds=150), "ann@ops")
+    run_for(beat, 240)  # 12:01 and 12:02 paused; 12:03 published and never run
+    (record,) = backend.missed(entry="tick")
+    assert (record.slots, record.overdue_at) == (paused(1, 2, 2), None)
+    assert beat.deadlines.overdue == {"tick": 1}  # 12:03's run only
