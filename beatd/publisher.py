@@ -347,7 +347,11 @@ class Publisher:
         self.resolve_doubts(states, names)
         for name in sorted(names):
             if name not in ours:
-                log.warning("entry=%s: persisted state differs from ours; resyncing", name)
+                log.warning(
+                    "entry=%s: persisted state or control (a pause, a busy run) differs from "
+                    "ours; resyncing",
+                    name,
+                )
             control = controls.get(name, NO_CONTROL) if controls is not None else None
             if not planner.resync(states.get(name), name, control, now):
                 self.readopt = True

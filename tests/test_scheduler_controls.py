@@ -211,3 +211,44 @@ def test_paused_slots_have_no_deadline(backend: MemoryBackend, clock: FakeClock)
     (record,) = backend.missed(entry="tick")
     assert (record.slots, record.overdue_at) == (paused(1, 2, 2), None)
     assert beat.deadlines.overdue == {"tick": 1}  # 12:03's run only
+
+
+class PausingMidBurst:
+    """The memory backend, where an operator pauses `entry` just before the leader's second
+    commit of a burst: the batches decided after it are refused for that entry."""
+
+    def __init__(self, inner: MemoryBackend, entry: str) -> None:
+        self.inner, self.entry, self.commits = inner, entry, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def send_commit(self, lease: Any, writes: Any, messages: Any) -> Any:
+        self.commits += 1
+        if self.commits == 3:  # the baselines' commit, then the burst's first batch
+            self.inner.pause([self.entry], "hurting the db", None, "ann@ops")
+        return self.inner.send_commit(lease, writes, messages)
+
+
+def test_a_pause_taking_effect_mid_burst(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = [every_minute(f"e{i:02d}") for i in range(20)]
+    config = Config({e.name: e for e in entries})
+    settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600, batch_size=5)
+    wrapped = PausingMidBurst(backend, "e17")
+    beat = Scheduler(wrapped, lambda: config, clock, settings)  # type: ignore[arg-type]
+    beat.steering.interval = 3600.0
+    with caplog.at_level(logging.WARNING, logger="beatd.scheduler"):
+        run_for(beat, 65)  # the burst of 12:01: four batches of five
+    assert wrapped.commits >= 4
+    assert published(backend, "e16") == ["12:01"] and published(backend, "e17") == []
+    assert beat.planner.paused() == ["e17"]
+    assert (
+        "entry=e17: persisted state or control (a pause, a busy run) differs from ours; resyncing"
+    ) in caplog.messages
+    backend.resume(["e17"], "ann@ops")
+    beat.steering.read_soon()
+    run_for(beat, 60)
+    assert missed(backend, "e17") == [MissedSlots("e17", "paused", T0 + M, T0 + M, 1)]
+    assert published(backend, "e17") == ["12:02"]
