@@ -237,7 +237,7 @@ def test_a_pause_taking_effect_mid_burst(
     config = Config({e.name: e for e in entries})
     settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600, batch_size=5)
     wrapped = PausingMidBurst(backend, "e17")
-    beat = Scheduler(wrapped, lambda: config, clock, settings)  # type: ignore[arg-type]
+    beat = Scheduler(wrapped, lambda: config, clock, settings)
     beat.steering.interval = 3600.0
     with caplog.at_level(logging.WARNING, logger="beatd.scheduler"):
         run_for(beat, 65)  # the burst of 12:01: four batches of five
