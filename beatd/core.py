@@ -231,9 +231,15 @@ class Planner:
         slot = self._slots.get(name)
         return slot.control if slot else None
 
-    def paused(self) -> list[str]:
-        """The entries paused as the planner knows (for `beatd_entry_paused`)."""
-        return [n for n, s in self._slots.items() if s.control.pause is not None]
+    def paused(self, now: datetime | None = None) -> list[str]:
+        """The entries with a pause as the planner knows (for `beatd_entry_paused`): in force
+        at `now`, if given."""
+        return [
+            n
+            for n, s in self._slots.items()
+            if (p := s.control.pause) is not None
+            and (now is None or (p.at <= now and (p.until is None or now < p.until)))
+        ]
 
     def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
         """Every entry's control as persisted now (an entry missing has none): a pause set or

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from beatd.backends.base import Delivery
 from beatd.backends.memory import MemoryBackend, discard
@@ -18,8 +19,10 @@ from beatd.config import Config
 from beatd.config.model import Entry
 from beatd.controls import Overlap
 from beatd.history import HistoryQuery, MissedSlots
+from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from tests.test_metrics import scrape, value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -93,6 +96,7 @@ def test_until_expires_under_the_fake_clock(backend: MemoryBackend, clock: FakeC
     assert published(backend) == ["12:03", "12:04", "12:05"]
     assert missed(backend) == [paused(1, 2, 2)]
     assert beat.planner.paused() == ["tick"]  # the lapsed pause stays stored; it covers nothing
+    assert beat.paused_entries() == []  # so beatd_entry_paused is gone
 
 
 def test_a_pause_during_failover_is_honoured_by_the_next_leader(
@@ -252,3 +256,21 @@ def test_a_pause_taking_effect_mid_burst(
     run_for(beat, 60)
     assert missed(backend, "e17") == [MissedSlots("e17", "paused", T0 + M, T0 + M, 1)]
     assert published(backend, "e17") == ["12:02"]
+
+
+def test_the_paused_gauge_and_the_dropped_marks_counter(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    entry = every_minute(overlap=Overlap.SKIP, overlap_timeout=timedelta(seconds=90))
+    beat = scheduler(backend, clock, entry, every_minute("quiet"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    backend.pause(["quiet"], "maintenance", timedelta(minutes=10), "ann@ops")
+    run_for(beat, 65)
+    claim(backend)
+    run_for(beat, 125)  # tick's 12:03 published over the 12:01 mark
+    samples = scrape(registry)
+    assert value(samples, "beatd_entry_paused", entry="quiet") == 1
+    assert ("beatd_entry_paused", (("entry", "tick"),)) not in samples
+    assert value(samples, "beatd_busy_marks_dropped_total", entry="tick") == 1
+    assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
