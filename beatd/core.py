@@ -81,7 +81,8 @@ class Decision(NamedTuple):
     missed: tuple[MissedSlots, ...] = ()  # at most one range per reason
     following: datetime | None = None  # the entry's first slot after this decision
     # operator controls: the overlap rule, whether the entry was taken for busy, the run held
-    # back (buffer_one), the stale busy mark published over, and when it was decided
+    # back (buffer_one), the stale busy mark published over, and when it was decided (set,
+    # and only then, under a guard: one test tells a plain decision)
     guard: Guard | None = None
     busy: bool = False
     hold: Run | None = None
@@ -115,26 +116,48 @@ def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Deci
 
 
 @dataclass(slots=True)
+class _Gate:
+    """An entry's control as the planner knows it, and the pauses lifted since: ended when the
+    lift was seen, their slots stay paused (a resume publishes none of them)."""
+
+    control: EntryControl = NO_CONTROL
+    lifted: tuple[Pause, ...] = ()
+
+
+@dataclass(slots=True)
 class _Slot:
     entry: Entry
     state: EntryState
     next_slot: datetime | None = None
     # (next due time, name): this very tuple is in the heap; any other for the entry is stale
     item: tuple[datetime, str] | None = None
-    control: EntryControl = NO_CONTROL
-    # pauses lifted since the planner knew them, ended when the lift was seen: their slots stay
-    # paused (a resume publishes none of them)
-    lifted: tuple[Pause, ...] = ()
-    gated: bool = False  # a control or a guard: decided by `_decide_gated`
+    # a control or a guard (decided by `_decide_gated`); None for the many entries with
+    # neither, which stay as small and as fast as before
+    gate: _Gate | None = None
+
+    @property
+    def control(self) -> EntryControl:
+        return self.gate.control if self.gate is not None else NO_CONTROL
+
+    @property
+    def lifted(self) -> tuple[Pause, ...]:
+        return self.gate.lifted if self.gate is not None else ()
 
     def set_control(self, control: EntryControl, now: datetime | None) -> None:
-        old = self.control.pause
+        old, lifted = self.control.pause, self.lifted
         if old is not None and old != control.pause and now is not None:
             end = now if old.until is None else min(old.until, now)
             if end > old.at:
-                self.lifted = (*self.lifted, old._replace(until=end))
-        self.control = control
-        self.gated = control != NO_CONTROL or bool(self.lifted) or self.entry.guard is not None
+                lifted = (*lifted, old._replace(until=end))
+        gated = control != NO_CONTROL or bool(lifted) or self.entry.guard is not None
+        self.gate = _Gate(control, lifted) if gated else None
+
+    def forget_lifted(self, past: datetime) -> None:
+        """Forget the lifted pauses that end at or before `past` (the entry is beyond them)."""
+        if self.gate is not None and self.gate.lifted:
+            self.gate.lifted = tuple(
+                p for p in self.gate.lifted if p.until is None or p.until > past
+            )
 
     def covering(self, due: datetime) -> Pause | None:
         """The pause (current or lifted) that covers a slot due then, if any."""
@@ -220,8 +243,7 @@ class Planner:
 
     def _track(self, entry: Entry, state: EntryState, control: EntryControl, now: datetime) -> None:
         old = self._slots.get(entry.name)
-        slot = _Slot(entry, state, lifted=old.lifted if old is not None else ())
-        slot.control = old.control if old is not None else NO_CONTROL
+        slot = _Slot(entry, state, gate=old.gate if old is not None else None)
         slot.set_control(control, now)
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot)
@@ -230,9 +252,15 @@ class Planner:
         slot = self._slots.get(name)
         return slot.control if slot else None
 
-    def paused(self) -> list[str]:
-        """The entries paused as the planner knows (for `beatd_entry_paused`)."""
-        return [n for n, s in self._slots.items() if s.control.pause is not None]
+    def paused(self, now: datetime | None = None) -> list[str]:
+        """The entries with a pause as the planner knows (for `beatd_entry_paused`): in force
+        at `now`, if given."""
+        return [
+            n
+            for n, s in self._slots.items()
+            if (p := s.control.pause) is not None
+            and (now is None or (p.at <= now and (p.until is None or now < p.until)))
+        ]
 
     def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
         """Every entry's control as persisted now (an entry missing has none): a pause set or
@@ -258,7 +286,7 @@ class Planner:
             return
         entry = slot.entry
         due = entry.due_for(nxt)
-        if slot.gated and (pause := slot.covering(due)) is not None:
+        if slot.gate is not None and (pause := slot.covering(due)) is not None:
             if pause.until is None:  # paused till resumed: a refresh of the controls wakes it
                 slot.item = None
                 return
@@ -295,7 +323,7 @@ class Planner:
             slot = slots.get(item[1])
             if slot is None or slot.item is not item:
                 continue
-            if slot.gated:
+            if slot.gate is not None:
                 yield self._decide_gated(slot, now)
             else:
                 yield self._decide_on_time(slot, now) or self._decide(slot, now)
@@ -307,7 +335,7 @@ class Planner:
             if slot is None or slot.entry is not decision.entry:
                 continue
             slot.state = decision.state
-            if decision.guard is not None or decision.hold is not None:
+            if decision.at is not None:  # decided under a guard
                 slot.set_control(_after(slot.control, decision), None)
             if decision.runs or decision.missed or decision.hold:
                 self._set_next(slot, decision.following)
@@ -481,8 +509,7 @@ def _paused(slot: _Slot, now: datetime, limit: int) -> tuple[Decision, int]:
         last = current
         current = entry.schedule.next_after(current)
     assert first is not None and last is not None and count
-    if slot.lifted:  # forget the lifted pauses the entry is past
-        slot.lifted = tuple(p for p in slot.lifted if p.until is None or p.until > last)
+    slot.forget_lifted(last)
     new_state = EntryState(entry.name, last, state.last_published, entry.identity)
     missed = (MissedSlots(entry.name, MissReason.PAUSED, first, last, count),)
     return Decision(entry, state, new_state, (), missed, current), count
@@ -504,9 +531,9 @@ def _overlap(decision: Decision, control: EntryControl, now: datetime) -> Decisi
     hold: Run | None = None
     if guard.overlap == "buffer_one" and (fresh or len(runs) > 1):
         hold = runs[-1]
+    # a held run this one replaces is recorded missed by the commit: a worker's final outcome
+    # may have published it since the planner last knew
     over = [r.slot for r in runs if r not in keep and r is not hold]
-    if hold is not None and control.held is not None:
-        over.insert(0, control.held.slot)  # the older held slot
     missed = decision.missed
     if over:
         name = decision.entry.name

@@ -1,7 +1,8 @@
 """Deadlines: runs that did not finish in time, judged by the leader's clock.
 
 An entry with `deadline:` gives each run until its due time (the slot plus its jitter) plus the
-deadline to finish, and a range of slots missed for any reason but `disabled` until its first
+deadline to finish, and a range of slots missed for any reason but `disabled` or `paused` (an
+operator's choice, not a failure) until its first
 slot's due time plus the deadline. While leading, the scheduler feeds `Deadlines` what it
 committed (the `Published` event) and asks it, every step, to mark what passed: a run not
 finished by then is marked overdue in the history at its deadline (`RunHistory.mark_overdue`,
@@ -47,6 +48,9 @@ ADOPT_FINISHED = 100  # newest runs read per entry at adoption for ones that fin
 MARK_BUDGET = 1000
 READ_BUDGET = 100  # entries whose history is read per step after an adoption
 _AT_ONCE = datetime.min.replace(tzinfo=UTC)
+
+
+_NO_DEADLINE = frozenset((MissReason.DISABLED.value, MissReason.PAUSED.value))
 
 
 class Deadline(NamedTuple):
@@ -99,11 +103,11 @@ class Deadlines:
 
     def watch_missed(self, entry: Entry, ranges: Iterable[MissedSlots]) -> None:
         """Watch missed ranges of `entry`: each until its first slot's due time plus the
-        deadline; a range missed because the entry was disabled has none."""
+        deadline; a range missed because the entry was disabled or paused has none."""
         if entry.deadline is None:
             return
         for missed in ranges:
-            if missed.reason != MissReason.DISABLED:
+            if missed.reason not in _NO_DEADLINE:
                 at = entry.due_for(missed.first) + entry.deadline
                 self._watch(
                     Deadline(at, entry.name, missed.first, reason=missed.reason, total=missed.total)

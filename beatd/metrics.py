@@ -66,6 +66,7 @@ class SchedulerView(Protocol):
     def health(self) -> HealthView: ...
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]: ...
+    def paused_entries(self) -> list[str]: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -184,10 +185,9 @@ class SchedulerCollector(Collector):
             "1 while the entry is paused (beatd pause); only paused entries, only on the leader.",
             labels=["entry"],
         )
-        if s.lease is not None:
-            for name in sorted(s.planner.paused()):
-                if shown(name):
-                    paused.add_metric([name], 1)
+        for name in sorted(s.paused_entries()):
+            if shown(name):
+                paused.add_metric([name], 1)
         dropped = CounterMetricFamily(
             "beatd_busy_marks_dropped",
             "Busy marks older than the entry's overlap_timeout that this process published over.",

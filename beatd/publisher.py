@@ -209,7 +209,7 @@ class Publisher:
                 messages = self.messages(batch, published_at)
                 writes = [
                     StateWrite(d.state, horizon(d.previous), d.missed)
-                    if d.guard is None and d.hold is None
+                    if d.at is None  # no guard: nothing to check or hold
                     else self._guarded(d, published_at)
                     for d in batch
                 ]
@@ -329,7 +329,7 @@ class Publisher:
         assert stale is not None
         name = decision.entry.name
         self.busy_marks_dropped[name] += 1
-        fields = {"entry": name, "run": stale.run_id, "since": format_time(stale.since)}
+        fields = {"entry": name, "run": stale.run_id, "since": format_slot(stale.since)}
         log.warning(
             "busy mark dropped entry=%(entry)s run=%(run)s since=%(since)s: older than the "
             "entry's overlap_timeout, so its next run was published beside it",
@@ -348,7 +348,11 @@ class Publisher:
         self.resolve_doubts(states, names)
         for name in sorted(names):
             if name not in ours:
-                log.warning("entry=%s: persisted state differs from ours; resyncing", name)
+                log.warning(
+                    "entry=%s: persisted state or control (a pause, a busy run) differs from "
+                    "ours; resyncing",
+                    name,
+                )
             control = controls.get(name, NO_CONTROL) if controls is not None else None
             if not planner.resync(states.get(name), name, control, now):
                 self.readopt = True

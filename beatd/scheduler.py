@@ -131,6 +131,10 @@ class Scheduler:
     def counts(self) -> RunCounts:
         return self.publisher.counts
 
+    def paused_entries(self) -> list[str]:
+        """The entries a pause covers now, as the leader knows (empty on a standby)."""
+        return self.planner.paused(self.clock.now()) if self.is_leader else []
+
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]:
         return self.publisher.busy_marks_dropped

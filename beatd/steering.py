@@ -59,6 +59,10 @@ class Steering:
         if isinstance(event, BecameLeader | SteppedDown):
             self._next_read, self._summaries, self._paused_for = None, None, set()
 
+    def read_soon(self) -> None:
+        """Read every control at the next step."""
+        self._next_read = None
+
     def refresh(self, planner: Planner) -> bool:
         """Read every control when the interval passed; True when the backend was asked."""
         mono = self.clock.monotonic()
@@ -101,5 +105,5 @@ class Steering:
                 extra=fields,
             )
         if due:
-            self._next_read = None  # the planner learns the pauses at the next step
+            self.read_soon()  # the planner learns the pauses at the next step
         return bool(due)

@@ -191,3 +191,20 @@ def test_the_arithmetic_skip_stops_at_the_end_of_the_window() -> None:
     assert len(store.published) + sum(store.missed.values()) == 3 * 86_400 - 1
     assert planner.next_fire_computations - before < 100
     assert planner.next_wake() is None
+
+
+def test_check_warns_that_overlap_on_a_celery_entry_needs_events(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  a: {task: t.a, every: 1m, protocol: celery, overlap: skip}\n"
+        "  b: {task: t.b, every: 1m, overlap: skip}\n"
+        "  c: {task: t.c, every: 1m, protocol: celery}\n"
+    )
+    code, _, err = beatd("check", str(path))
+    assert (code, err) == (
+        0,
+        f"{path}:2:56: entry a: field overlap: warning: overlap: skip on a Celery-protocol "
+        "entry sees a run end only through Celery's events, so its workers must be started "
+        "with -E (else each run counts as busy until overlap_timeout)\n",
+    )

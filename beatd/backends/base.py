@@ -380,7 +380,9 @@ class StateStore(Reachable, Protocol):
         - with a `guard` (overlap skip or buffer_one): the entry counts as busy when its busy
           mark is younger than `guard.timeout`; the write fails when that differs from
           `write.busy`. An applied write with messages sets the busy mark to its last run
-          (an older, stale mark is replaced); `hold` replaces the held run (None leaves it).
+          (an older, stale mark is replaced); `hold` replaces the held run (None leaves it), and
+          a held run it replaces is recorded missed (reason `overlap`, its slot) in that step: the
+          leader cannot tell whether a final outcome published the held run meanwhile.
         Without a guard the busy mark and held run are neither checked nor changed.
         """
 

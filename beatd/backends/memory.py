@@ -233,9 +233,11 @@ class MemoryBackend(MemoryControls, MemoryHistory):
                     rejected.add(entry)
                 else:
                     states[entry] = write.state
-                    book.applied(write, ours, at)
+                    replaced = book.applied(write, ours, at)
                     if self._writes_history:
                         self._history.missed_by(write, lease, at)
+                        if replaced is not None:
+                            self._history.missed_one(replaced, lease, at)
             rejected.update(e for e, ours in mine.items() if not book.passes(e, None, ours, at))
             for m, queue in zip(messages, queues, strict=True):
                 if m.entry not in rejected:

@@ -38,6 +38,7 @@ from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
 
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
+OVERLAP = "overlap"  # the missed reason of a held run a newer one replaced
 # The trigger results that use up an idempotency key (a refused trigger leaves it free).
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})
 
@@ -93,17 +94,25 @@ class Book:
             return True
         return is_busy(control, write.guard, at) == write.busy
 
-    def applied(self, write: StateWrite, messages: Sequence[Outgoing], at: datetime) -> None:
-        """An applied guarded write: its last run marks the entry busy; its hold is kept."""
+    def applied(
+        self, write: StateWrite, messages: Sequence[Outgoing], at: datetime
+    ) -> MissedSlots | None:
+        """An applied guarded write: its last run marks the entry busy; its hold is kept. The
+        held run it replaces, missed (overlap), if there was one."""
         if write.guard is None:
-            return
+            return None
         entry = write.state.entry
         control = self.get(entry)
+        replaced = None
         if messages:
             control = control._replace(busy=Busy(messages[-1].id, at))
         if write.hold is not None:
+            old = control.held
+            if old is not None and old.run_id != write.hold.run_id:
+                replaced = MissedSlots(entry, OVERLAP, old.slot, old.slot, 1)
             control = control._replace(held=write.hold)
         self.put(entry, control)
+        return replaced
 
     def busy_with(self, run_id: str) -> str | None:
         """The entry whose busy mark run `run_id` holds, if one does."""

@@ -187,7 +187,8 @@ FIELDS: tuple[Field, ...] = (
         "deadline", "duration", to_optional_duration, None, "none", True,
         "a run not finished this long after it was due (slot plus jitter), by the leader's "
         "clock, is marked overdue: also one never started, and the first slot of slots missed "
-        "for any reason but `disabled` ([deadlines](metrics.md#deadlines-and-failing-entries))",
+        "for any reason but `disabled` or `paused` "
+        "([deadlines](metrics.md#deadlines-and-failing-entries))",
         "30m", {**DURATION, "type": ["string", "number", "null"]},
     ),
     Field(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from beatd.config import ConfigError, MissedPolicy, load_config
+from beatd.controls import Guard, Overlap
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -613,3 +614,50 @@ def test_deadline_and_failures_change_the_fingerprint_only_when_set(tmp_path: Pa
     )
     prints = {load_config([p]).fingerprint for p in (plain, judged, failing)}
     assert len(prints) == 3
+
+
+def test_overlap_fields_with_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        defaults:
+          overlap: skip
+          pause_after_failures: 4
+        entries:
+          inherits: {task: a.b, every: 1m}
+          expiring: {task: a.b, every: 1m, overlap: buffer_one, expires: 10m}
+          own: {task: a.b, every: 1m, overlap_timeout: 2h, pause_after_failures: null}
+          plain: {task: a.b, every: 1m, overlap: allow}
+        """,
+    )
+    entries = load_config([path]).entries
+    assert (entries["inherits"].guard, entries["inherits"].pause_after_failures) == (
+        Guard(Overlap.SKIP, 86400.0),
+        4,
+    )
+    assert entries["expiring"].guard == Guard(Overlap.BUFFER_ONE, 600.0)
+    assert (entries["own"].guard, entries["own"].pause_after_failures) == (
+        Guard(Overlap.SKIP, 7200.0),
+        None,
+    )
+    assert (entries["plain"].overlap, entries["plain"].guard) == (Overlap.ALLOW, None)
+
+
+def test_overlap_field_errors_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "s.yaml",
+        """\
+        entries:
+          a: {task: a.b, every: 1m, overlap: buffer}
+          b: {task: a.b, every: 1m, overlap_timeout: 0s, pause_after_failures: 0}
+        """,
+    )
+    assert errors([path]) == [
+        f"{path}:2:38: entry a: field overlap: expected one of allow, skip, buffer_one, got "
+        "string 'buffer'; did you mean 'buffer_one'?",
+        f"{path}:3:46: entry b: field overlap_timeout: must be positive, got '0s'",
+        f"{path}:3:72: entry b: field pause_after_failures: expected a whole number of at "
+        "least 1, got number 0",
+    ]

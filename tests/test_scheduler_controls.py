@@ -1,0 +1,276 @@
+"""The scheduler under operator controls, on a fake clock and the in-memory backend: pauses
+(also set behind the leader's back, and across a failover), overlap skip and buffer_one against a
+slow run, a stale busy mark, and pause_after_failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from beatd.backends.base import Delivery
+from beatd.backends.memory import MemoryBackend, discard
+from beatd.clock import FakeClock
+from beatd.config import Config
+from beatd.config.model import Entry
+from beatd.controls import Overlap
+from beatd.history import HistoryQuery, MissedSlots
+from beatd.metrics import register_scheduler
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
+from tests.test_metrics import scrape, value
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+NAME = "scheduler-controls"
+
+
+def every_minute(name: str = "tick", **kw: Any) -> Entry:
+    return Entry(name=name, task="t.task", schedule=IntervalSchedule(M), **kw)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
+    discard(NAME)
+    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
+    discard(NAME)
+
+
+def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") -> Scheduler:
+    config = Config({e.name: e for e in entries})
+    settings = SchedulerSettings(node=node, lease_ttl=30, max_clock_skew=3600)
+    return Scheduler(backend, lambda: config, clock, settings)
+
+
+def published(backend: MemoryBackend, entry: str = "tick") -> list[str]:
+    runs = backend.runs(HistoryQuery(entry=entry))
+    return sorted(r.slot.strftime("%H:%M") for r in runs if r.slot is not None)
+
+
+def missed(backend: MemoryBackend, entry: str = "tick") -> list[MissedSlots]:
+    return sorted((m.slots for m in backend.missed(entry=entry)), key=lambda m: m.first)
+
+
+def paused(first: int, last: int, count: int) -> MissedSlots:
+    return MissedSlots("tick", "paused", T0 + first * M, T0 + last * M, count)
+
+
+def claim(backend: MemoryBackend) -> Delivery:
+    delivery = backend.claim(["default"], "w1", 3600)
+    assert delivery is not None
+    return delivery
+
+
+def test_a_pause_behind_the_leaders_back_is_refused_resynced_and_missed(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The leader does not know of the pause (no refresh): its commit of 12:01 is refused, it
+    reads the control, and 12:01-12:02 end missed (paused); the other entry is unaffected."""
+    beat = scheduler(backend, clock, every_minute(), every_minute("other"))
+    beat.steering.interval = 3600.0  # only a refused commit tells the leader
+    run_for(beat, 30)
+    backend.pause(["tick"], "db migration", timedelta(seconds=140), "ann@ops")  # to 12:02:50
+    run_for(beat, 240)  # to 12:04:30
+    assert published(backend) == ["12:03", "12:04"]
+    assert published(backend, "other") == ["12:01", "12:02", "12:03", "12:04"]
+    assert missed(backend) == [paused(1, 2, 2)]
+    assert beat.counts.get("tick")["missed_paused"] == 2
+
+
+def test_until_expires_under_the_fake_clock(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat = scheduler(backend, clock, every_minute())
+    backend.pause(["tick"], "until lunch", T0 + timedelta(minutes=2, seconds=30), "ann@ops")
+    run_for(beat, 10)
+    assert beat.planner.paused() == ["tick"]
+    assert beat.planner.next_wake() == T0 + timedelta(minutes=2, seconds=30)  # wakes at until
+    run_for(beat, 295)  # to 12:05:05
+    assert published(backend) == ["12:03", "12:04", "12:05"]
+    assert missed(backend) == [paused(1, 2, 2)]
+    assert beat.planner.paused() == ["tick"]  # the lapsed pause stays stored; it covers nothing
+    assert beat.paused_entries() == []  # so beatd_entry_paused is gone
+
+
+def test_a_pause_during_failover_is_honoured_by_the_next_leader(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    first = scheduler(backend, clock, every_minute())
+    run_for(first, 70)  # 12:01 published by a
+    first.shutdown()  # a leaves; nobody leads while the operator pauses
+    backend.pause(["tick"], "incident", None, "ann@ops")
+    clock.advance(180)
+    second = scheduler(backend, clock, every_minute(), node="b")
+    run_for(second, 60)  # 12:04:10 to 12:05:10: b adopts the pause
+    assert published(backend) == ["12:01"]
+    assert second.planner.paused() == ["tick"]
+    backend.resume(["tick"], "ann@ops")
+    run_for(second, 60)  # a refresh sees the resume: 12:02..12:05 paused, 12:06 on time
+    run_for(second, 60)
+    assert published(backend) == ["12:01", "12:06", "12:07"]
+    assert missed(backend) == [paused(2, 5, 4)]
+    assert second.planner.paused() == []
+
+
+def test_overlap_skip_misses_slots_while_a_long_run_is_busy(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.SKIP))
+    run_for(beat, 65)  # 12:01 published
+    run = claim(backend)  # a task that takes two and a half minutes
+    run_for(beat, 125)  # 12:02 and 12:03 due while it runs
+    backend.ack(run)  # 12:03:10: the leader learns it at its next commit or refresh
+    run_for(beat, 60)  # 12:04
+    assert published(backend) == ["12:01", "12:04"]
+    assert missed(backend) == [
+        MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1),
+        MissedSlots("tick", "overlap", T0 + 3 * M, T0 + 3 * M, 1),
+    ]
+    assert beat.counts.get("tick")["missed_overlap"] == 2
+
+
+def test_buffer_one_holds_the_newest_slot_and_the_ack_publishes_it(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)
+    run = claim(backend)
+    run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
+    control = backend.load_controls(["tick"])["tick"]
+    assert control.held is not None and control.held.run_id == "tick@2026-03-01T12:03:00Z"
+    backend.ack(run)  # the ack step publishes the held run
+    held = claim(backend)
+    assert held.id == "tick@2026-03-01T12:03:00Z"
+    assert missed(backend) == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
+    backend.ack(held)
+    run_for(beat, 60)  # 12:04 goes out as usual
+    assert published(backend) == ["12:01", "12:03", "12:04"]
+
+
+def test_a_stale_busy_mark_is_dropped_logged_and_counted(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = every_minute(overlap=Overlap.SKIP, overlap_timeout=timedelta(seconds=90))
+    beat = scheduler(backend, clock, entry)
+    run_for(beat, 65)
+    claim(backend)  # never ends: its worker died and nobody acks it
+    with caplog.at_level(logging.WARNING, logger="beatd.scheduler"):
+        run_for(beat, 125)  # 12:02 skipped (busy 60 s), 12:03 over the 90-s mark
+    assert published(backend) == ["12:01", "12:03"]
+    assert beat.busy_marks_dropped == {"tick": 1}
+    assert (
+        "busy mark dropped entry=tick run=tick@2026-03-01T12:01:00Z since=2026-03-01T12:01:00Z: "
+        "older than the entry's overlap_timeout, so its next run was published beside it"
+    ) in caplog.messages
+
+
+def test_pause_after_failures_pauses_once(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat = scheduler(backend, clock, every_minute(pause_after_failures=2))
+    for _ in range(2):
+        run_for(beat, 65)
+        backend.dead_letter(claim(backend), "boom")
+    run_for(beat, 60)  # the summaries are read (every 15 s): paused by the leader
+    control = backend.load_controls(["tick"])["tick"]
+    assert control.pause is not None
+    assert (control.pause.reason, control.pause.by) == (
+        "paused after 2 consecutive failures",
+        "beatd@a",
+    )
+    backend.resume(["tick"], "ann@ops")
+    run_for(beat, 60)  # still failing in the summaries, but paused once only
+    assert [c.pause for c in backend.load_controls(["tick"]).values()] in ([], [None])
+    assert [r.action for r in backend.audit("tick")] == ["resume", "pause"]
+
+
+def test_a_held_run_published_behind_the_leaders_back_is_not_counted_missed(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The ack publishes the held 12:02 while the leader still believes it held: its next hold
+    (12:03) replaces nothing, so 12:02 ends published, never missed as well."""
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    beat.steering.interval = 3600.0  # the leader hears of nothing but refused commits
+    run_for(beat, 65)
+    run = claim(backend)
+    run_for(beat, 60)  # 12:02 held
+    backend.ack(run)  # 12:02:05: publishes the held 12:02, now busy
+    second = claim(backend)
+    run_for(beat, 60)  # 12:03 held behind 12:02's run
+    backend.ack(second)
+    assert claim(backend).id == "tick@2026-03-01T12:03:00Z"
+    assert published(backend) == ["12:01", "12:02", "12:03"]
+    assert missed(backend) == []
+
+
+def test_paused_slots_have_no_deadline(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat = scheduler(backend, clock, every_minute(deadline=timedelta(seconds=30)))
+    backend.pause(["tick"], "quiet hours", timedelta(seconds=150), "ann@ops")
+    run_for(beat, 240)  # 12:01 and 12:02 paused; 12:03 published and never run
+    (record,) = backend.missed(entry="tick")
+    assert (record.slots, record.overdue_at) == (paused(1, 2, 2), None)
+    assert beat.deadlines.overdue == {"tick": 1}  # 12:03's run only
+
+
+class PausingMidBurst:
+    """The memory backend, where an operator pauses `entry` just before the leader's second
+    commit of a burst: the batches decided after it are refused for that entry."""
+
+    def __init__(self, inner: MemoryBackend, entry: str) -> None:
+        self.inner, self.entry, self.commits = inner, entry, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def send_commit(self, lease: Any, writes: Any, messages: Any) -> Any:
+        self.commits += 1
+        if self.commits == 3:  # the baselines' commit, then the burst's first batch
+            self.inner.pause([self.entry], "hurting the db", None, "ann@ops")
+        return self.inner.send_commit(lease, writes, messages)
+
+
+def test_a_pause_taking_effect_mid_burst(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = [every_minute(f"e{i:02d}") for i in range(20)]
+    config = Config({e.name: e for e in entries})
+    settings = SchedulerSettings(node="a", lease_ttl=30, max_clock_skew=3600, batch_size=5)
+    wrapped = PausingMidBurst(backend, "e17")
+    beat = Scheduler(wrapped, lambda: config, clock, settings)
+    beat.steering.interval = 3600.0
+    with caplog.at_level(logging.WARNING, logger="beatd.scheduler"):
+        run_for(beat, 65)  # the burst of 12:01: four batches of five
+    assert wrapped.commits >= 4
+    assert published(backend, "e16") == ["12:01"] and published(backend, "e17") == []
+    assert beat.planner.paused() == ["e17"]
+    assert (
+        "entry=e17: persisted state or control (a pause, a busy run) differs from ours; resyncing"
+    ) in caplog.messages
+    backend.resume(["e17"], "ann@ops")
+    beat.steering.read_soon()
+    run_for(beat, 60)
+    assert missed(backend, "e17") == [MissedSlots("e17", "paused", T0 + M, T0 + M, 1)]
+    assert published(backend, "e17") == ["12:02"]
+
+
+def test_the_paused_gauge_and_the_dropped_marks_counter(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    entry = every_minute(overlap=Overlap.SKIP, overlap_timeout=timedelta(seconds=90))
+    beat = scheduler(backend, clock, entry, every_minute("quiet"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    backend.pause(["quiet"], "maintenance", timedelta(minutes=10), "ann@ops")
+    run_for(beat, 65)
+    claim(backend)
+    run_for(beat, 125)  # tick's 12:03 published over the 12:01 mark
+    samples = scrape(registry)
+    assert value(samples, "beatd_entry_paused", entry="quiet") == 1
+    assert ("beatd_entry_paused", (("entry", "tick"),)) not in samples
+    assert value(samples, "beatd_busy_marks_dropped_total", entry="tick") == 1
+    assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
