@@ -79,8 +79,11 @@ def _control(row: Sequence[Any]) -> tuple[str, EntryControl]:
 
 
 def _held(text: str) -> HeldRun:
-    run_id, slot, due, kind, queue, body, audit = json.loads(text)
-    return HeldRun(run_id, from_micros(slot), from_micros(due), kind, queue, body, audit)
+    run_id, slot, due, kind, queue, body, audit, *how = json.loads(text)
+    celery, priority = how or (False, None)
+    return HeldRun(
+        run_id, from_micros(slot), from_micros(due), kind, queue, body, audit, celery, priority
+    )
 
 
 def _control_row(entry: str, control: EntryControl) -> tuple[object, ...]:
@@ -246,7 +249,7 @@ def run_final(db: sqlite3.Connection, run_id: str | bytes, now: float, history: 
             slot = to_micros(held.slot)
             db.execute(_MISSED_HELD, (entry, PAUSED, slot, slot, micros(now)))
     elif held is not None:
-        queue = BeatdQueue(held.destination_queue)
+        queue = BeatdQueue(held.destination_queue, held.priority)
         kind = RunKind(held.kind)
         outgoing = Outgoing(
             entry, held.run_id, queue, held.body, held.slot, held.due, kind, held.audit
