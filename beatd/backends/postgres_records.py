@@ -32,7 +32,8 @@ from beatd.history import (
 )
 
 RUN_COLUMNS = (
-    "id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, overdue_us"
+    "id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, overdue_us, "
+    "audit"
 )
 ATTEMPT_COLUMNS = (
     "run_id, number, consumer, host, pid, started_us, ended_us, outcome, reason, error_type, error"
@@ -64,10 +65,10 @@ def published_records(
         return "", ()
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
-        "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
-        "SELECT id, entry, slot, due, %s, %s, %s, kind "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
+        "(id, entry, slot_us, due_us, published_us, node, epoch, kind, audit) "
+        "SELECT id, entry, slot, due, %s, %s, %s, kind, audit "
+        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], "
+        "%s::text[]) AS r(id, entry, slot, due, kind, audit) ON CONFLICT (id) DO NOTHING "
         "RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
@@ -80,6 +81,7 @@ def published_records(
         [_micros(m.slot) for m in runs],
         [_micros(m.due or m.slot) for m in runs],
         [m.kind.value for m in runs],
+        [m.audit for m in runs],
     )
 
 
@@ -169,7 +171,7 @@ def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str,
 
 
 def run_record(row: Sequence[Any], attempts: Sequence[Attempt]) -> RunRecord:
-    rid, entry, slot, due, published, node, epoch, kind, celery, received, overdue = row
+    rid, entry, slot, due, published, node, epoch, kind, celery, received, overdue, audit = row
     return RunRecord(
         rid,
         entry,
@@ -183,6 +185,7 @@ def run_record(row: Sequence[Any], attempts: Sequence[Attempt]) -> RunRecord:
         tuple(attempts),
         _moment(received),
         _moment(overdue),
+        audit,
     )
 
 

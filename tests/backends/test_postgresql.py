@@ -32,6 +32,7 @@ from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
+from tests.backends.controls_contract import ControlsContract
 from tests.backends.history_contract import claimed, lead, publish, record, run, run_id, settle
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
@@ -85,7 +86,7 @@ def session(database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield db
 
 
-class TestPostgreSQLContract(BackendContract):
+class TestPostgreSQLContract(BackendContract, ControlsContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
