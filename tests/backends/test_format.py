@@ -345,15 +345,17 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
     later = EntryState("tick", slot, slot, horizon.identity)
     run = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot, slot)
     assert backend.commit(lease, [StateWrite(later, horizon.last_slot)], [run]) == set()
-    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id]
+    # the runs published after the upgrade have records, those queued before it none
+    assert [r.id for r in backend.runs(HistoryQuery())] == [run_id, *reversed(NEW)]
     for expected in [*OLD[1:], *NEW, run_id]:
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None and delivery.id == expected
         backend.ack(delivery)
-    assert [backend.run(i) for i in OLD + NEW] == [None] * len(OLD + NEW)
-    assert backend.history_size() == (1, 0)
-    record = backend.run(run_id)
-    assert record is not None
-    assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
+    assert [backend.run(i) for i in OLD] == [None] * len(OLD)
+    assert backend.history_size() == (1 + len(NEW), 0)
+    for recorded in [*NEW, run_id]:
+        record = backend.run(recorded)
+        assert record is not None
+        assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
     backend.close()
     admin.close()
