@@ -17,12 +17,15 @@ Tables, in the schema named by `--namespace` (default `beatd`; docs/postgresql.m
   run_open      the runs neither finished nor marked overdue (what a deadline may still mark)
   missed        missed-slot records, one per entry, reason and decision
   entry_summary each entry's newest finished run, updated with every final attempt end
+  control       per entry its pause, busy mark and held run (format 2, the operator controls)
+  audit         the audit log; trigger_key: remembered idempotency keys and request ids
 
 The backend is its parts, one per role, sharing one pool (`PostgresLink`, postgres_link.py):
 `PostgresLeaseStore` and `PostgresStateStore` here, `PostgresWorkQueue` and `PostgresQueueAdmin`
 in postgres_queue.py (with the LISTEN/NOTIFY wake-ups), `PostgresRunHistory` in
-postgres_history.py and `PostgresHistoryUpkeep` (retention, migrate's copy) in postgres_upkeep.py;
-the history's statements inside the other parts' transactions are postgres_records.py.
+postgres_history.py and `PostgresHistoryUpkeep` (retention, migrate's copy) in postgres_upkeep.py,
+`PostgresControls` in postgres_controls.py; the history's statements inside the other parts'
+transactions are postgres_records.py, the controls' postgres_gates.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ audit log and the remembered trigger keys, each write one transaction on the dat
 The tables (`control`, `audit`, `trigger_key`) are format 2's (postgres_link.py); what the
 commit and the settling steps do with the controls is postgres_gates.py.
 
-A trigger locks its entry's control row, or when the entry has none an advisory lock on the
-entry, so two triggers of one entry (or a trigger and a settling step) see each other's marks.
+A trigger, a pause or a resume takes an advisory lock per entry (as a guarded commit does) and
+its control row, so two writes of one entry's control take turns even before it has a row.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
     control_row,
     control_value,
+    lock_entries,
     publish_unleased,
     read_controls,
     run_ended,
@@ -158,11 +159,7 @@ class PostgresControls(PostgresLink):
     def _locked(self, db: Db, entries: Sequence[str]) -> dict[str, EntryControl]:
         """The controls of `entries`, each entry locked for this transaction (its row, and an
         advisory lock for an entry without one yet), in a stable order."""
-        for entry in sorted(set(entries)):
-            db.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                (f"beatd-control:{self.schema}:{entry}",),
-            )
+        lock_entries(db, self.schema, sorted(set(entries)))
         return read_controls(db, self.schema, sorted(set(entries)), lock=True)
 
     # --- trigger ------------------------------------------------------------------------------

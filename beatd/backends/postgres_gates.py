@@ -80,6 +80,15 @@ def control_row(entry: str, control: EntryControl) -> tuple[Any, ...]:
     )
 
 
+def lock_entries(db: Db, schema: str, entries: Sequence[str]) -> None:
+    """Lock `entries` (sorted) for this transaction by an advisory lock each, so the writes
+    that may create an entry's control row (a guarded commit, a trigger, a pause) take turns."""
+    db.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(%s || e)) FROM unnest(%s::text[]) AS e",
+        (f"beatd-control:{schema}:", list(entries)),
+    )
+
+
 def read_controls(db: Db, schema: str, entries: Sequence[str], lock: bool) -> dict[str, Any]:
     """The controls of `entries` that have one, their rows locked `FOR UPDATE` if `lock`."""
     rows = db.execute(
@@ -136,6 +145,9 @@ def gate(
     for message in messages:
         by_entry.setdefault(message.entry, []).append(message)
     entries = {w.state.entry for w in writes} | set(by_entry)
+    guarded = sorted({w.state.entry for w in writes if w.guard is not None})
+    if guarded:  # an entry without a control row yet: as a trigger locks it
+        lock_entries(db, schema, guarded)
     held = read_controls(db, schema, sorted(entries), lock=True)
     now = from_micros(now_us)
     writes_of = {w.state.entry: w for w in writes}
