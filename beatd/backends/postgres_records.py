@@ -63,13 +63,18 @@ def published_records(
     runs = [m for m in messages if m.slot is not None]
     if not runs:
         return "", ()
+    # the audit ids only when a run has one (a manual or backfill run): an array of nothing but
+    # NULLs costs psycopg's dumper more than all the other arrays together
+    audits = [m.audit for m in runs]
+    audited = any(a is not None for a in audits)
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
         "(id, entry, slot_us, due_us, published_us, node, epoch, kind, audit) "
-        "SELECT id, entry, slot, due, %s, %s, %s, kind, audit "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], "
-        "%s::text[]) AS r(id, entry, slot, due, kind, audit) ON CONFLICT (id) DO NOTHING "
-        "RETURNING id, published_us), "
+        f"SELECT id, entry, slot, due, %s, %s, %s, kind, {'audit' if audited else 'NULL'} "
+        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]"
+        f"{', %s::text[]' if audited else ''}) "
+        f"AS r(id, entry, slot, due, kind{', audit' if audited else ''}) "
+        "ON CONFLICT (id) DO NOTHING RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
     return sql, (
@@ -81,7 +86,7 @@ def published_records(
         [_micros(m.slot) for m in runs],
         [_micros(m.due or m.slot) for m in runs],
         [m.kind.value for m in runs],
-        [m.audit for m in runs],
+        *((audits,) if audited else ()),
     )
 
 
