@@ -5,11 +5,14 @@ deadline to finish, and a range of slots missed for any reason but `disabled` un
 slot's due time plus the deadline. While leading, the scheduler feeds `Deadlines` what it
 committed (the `Published` event) and asks it, every step, to mark what passed: a run not
 finished by then is marked overdue in the history at its deadline (`RunHistory.mark_overdue`,
-which leaves a finished or already marked run alone), with a counter per entry and a WARNING
+which leaves a run finished by then or already marked alone), with a counter per entry and a WARNING
 naming entry and slot. Nothing is persisted here: a new leader rebuilds the watch at its first
-adoption from the history's unfinished runs and unmarked missed ranges (one read per entry with
-a deadline), and marks those whose deadline already passed with their original time, so a
-deadline that passed while no leader ran is marked by the next one. A reload keeps the watch:
+adoption from the history's unfinished runs and unmarked missed ranges (reads per entry with a
+deadline), and marks those whose deadline already passed with their original time, so a
+deadline that passed while no leader ran is marked by the next one. It also reads each such
+entry's newest `ADOPT_FINISHED` runs and marks, with its original time, one that finished after
+its deadline without a mark (it finished while no leader watched it; `mark_overdue` marks a run
+unless it finished by `at`). A reload keeps the watch:
 a changed deadline applies to the runs published afterwards.
 
 The deadlines live in the history: with `--no-history` there is nothing to mark.
@@ -38,6 +41,7 @@ log = logging.getLogger("beatd.scheduler")
 
 ADOPT_RUNS = 10_000  # unfinished runs read per entry at adoption (the newest)
 ADOPT_MISSED = 100  # missed-slot records read per entry at adoption (the newest)
+ADOPT_FINISHED = 100  # newest runs read per entry at adoption for ones that finished late
 # marks per step: a backlog (a new leader after a long outage) is marked over several steps, so
 # lease renewals and publishing go on between them
 MARK_BUDGET = 1000
@@ -107,7 +111,8 @@ class Deadlines:
 
     def adopt(self, entries: Mapping[str, Entry]) -> None:
         """At a leadership's first adoption, rebuild the watch from the history: the unfinished
-        runs and the unmarked missed ranges of each entry with a deadline, read by
+        runs, the newest runs that finished after their deadline unmarked, and the unmarked
+        missed ranges of each entry with a deadline, read by
         `mark_passed`, `read_budget` entries a step. Those already past are marked with their
         original time. Later adoptions (a reload) keep the watch."""
         if self._adopted:
@@ -127,6 +132,11 @@ class Deadlines:
             query = HistoryQuery(entry=entry.name, limit=ADOPT_RUNS, unfinished=True)
             for run in self.history.runs(query):
                 self._watch(Deadline(run.due + entry.deadline, entry.name, run.slot))
+            newest = HistoryQuery(entry=entry.name, limit=ADOPT_FINISHED)
+            for run in self.history.runs(newest):
+                at = run.due + entry.deadline
+                if run.overdue_at is None and run.finished_at is not None and run.finished_at > at:
+                    self._watch(Deadline(at, entry.name, run.slot))
             records = self.history.missed(entry.name, limit=ADOPT_MISSED)
             self.watch_missed(entry, [r.slots for r in records if r.overdue_at is None])
             todo.pop()  # only once read: a backend error leaves it to the next step

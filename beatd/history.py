@@ -17,6 +17,9 @@ from beatd.outcomes import Outcome
 
 ERROR_LIMIT = 1024  # characters of an exception's message kept in an attempt (docs/history.md)
 ERROR_TYPE_LIMIT = 200  # characters of an exception's type name kept
+# Unfinished runs past a retention cap (per entry, or in all) that one trim call passes over
+# before it gives up on that cap (RunHistory.trim): bounded work per call.
+PASS_OVER = 1000
 
 
 class RunKind(StrEnum):
@@ -126,6 +129,11 @@ class RunRecord:
     def finished(self) -> bool:
         return bool(self.attempts) and self.attempts[-1].outcome in FINAL
 
+    @property
+    def finished_at(self) -> datetime | None:
+        """When its final attempt ended; None while it is unfinished."""
+        return self.attempts[-1].ended_at if self.finished else None
+
 
 class MissedSlots(NamedTuple):
     """Slots of one entry missed for one reason in one decision: one record, never one per
@@ -172,7 +180,7 @@ class Retention(NamedTuple):
 
     per_entry: int = 1000
     max_age: timedelta = timedelta(days=30)
-    max_records: int = 1_000_000
+    max_records: int = 200_000  # about 120 MB on Redis (docs/history.md)
 
 
 class HistoryQuery(NamedTuple):

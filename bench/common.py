@@ -147,9 +147,18 @@ def open_backend(url: str):
     return open_(url)
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def reset_backend(url: str) -> None:
-    """An empty backend: delete the SQLite file, or flush the Redis database."""
-    if url.startswith("sqlite:///"):
+    """An empty backend: delete the SQLite file, flush the Redis database, or drop beatd's
+    schema from the bench's PostgreSQL database."""
+    if is_postgres(url):
+        from bench import pgdatabase
+
+        pgdatabase.reset(url)
+    elif url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -182,6 +191,8 @@ def _parse(body: str, arrived: float) -> Arrival:
 
 def arrivals(url: str, since: float = 0.0) -> list[Arrival]:
     """Every beatd run message in the backend's queues that arrived after `since`."""
+    if is_postgres(url):
+        return [_parse(body, ready) for body, ready in _postgres_rows(url, since)]
     if url.startswith("sqlite:///"):
         db = sqlite3.connect(url[len("sqlite:///") :], timeout=30)
         try:
@@ -216,6 +227,8 @@ def _xrange(client, key: str, start: str, page: int = 20000):
 
 def queued_count(url: str) -> int:
     """How many messages the backend's queues hold."""
+    if is_postgres(url):
+        return _postgres_count(url)
     if url.startswith("sqlite:///"):
         db = sqlite3.connect(url[len("sqlite:///") :], timeout=30)
         try:
@@ -231,6 +244,33 @@ def queued_count(url: str) -> int:
         return sum(client.xlen(k) for k in client.scan_iter("beatd:queue:*"))
     finally:
         client.close()
+
+
+def _postgres_rows(url: str, since: float) -> list[tuple[str, float]]:
+    """The message table's bodies and `ready_at` (the database's clock at the insert, for a
+    message nobody claimed), oldest first."""
+    import psycopg
+
+    from bench.pgdatabase import SCHEMA
+
+    with psycopg.connect(url, autocommit=True) as db:
+        return db.execute(
+            f"SELECT body, ready_at FROM {SCHEMA}.message WHERE ready_at > %s ORDER BY seq",
+            (since,),
+        ).fetchall()
+
+
+def _postgres_count(url: str) -> int:
+    import psycopg
+
+    from bench.pgdatabase import SCHEMA
+
+    with psycopg.connect(url, autocommit=True) as db:
+        try:
+            row = db.execute(f"SELECT COUNT(*) FROM {SCHEMA}.message").fetchone()
+        except psycopg.errors.UndefinedTable:  # beatd has not created its schema yet
+            return 0
+    return int(row[0]) if row else 0
 
 
 # --- the child-process entry point ---------------------------------------------------------------

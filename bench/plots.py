@@ -21,6 +21,7 @@ COLOURS = {
     "apscheduler": "#2ca02c",
     "sqlite": "#9467bd",
     "redis": "#1f77b4",
+    "postgresql": "#17becf",
 }
 
 
@@ -29,7 +30,7 @@ def throughput(results, out):
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for backend in ("sqlite", "redis"):
+    for backend in ("sqlite", "redis", "postgresql"):
         pts = sorted((r["entries"], r["runs_per_s"]) for r in rows if r["backend"] == backend)
         if pts:
             xs, ys = zip(*pts, strict=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import pgreport
 from bench.peers import PYTHON
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +50,9 @@ def markdown(results: Result, plots: list[str], doc_dir: Path, source: Path) -> 
         "## Targets",
         "",
         _table(["target (issue 7)", "measured", ""], _targets(s)),
+        "## PostgreSQL beside SQLite and Redis (issue 20)",
+        "",
+        pgreport.section(s, results["machine"]),
         "## beatd beside celery beat, RedBeat and APScheduler",
         "",
         "Same redis-server, one tool at a time. Ratio = the peer's figure / beatd's.",
@@ -89,7 +93,9 @@ def _machine(m: Result) -> str:
 
 def _reruns(m: Result) -> str:
     return "".join(
-        f" Re-run later with `--only {','.join(r['groups'])} --merge`: {r['date']}, beatd "
+        f" Re-run later with `--only {','.join(r['groups'])}"
+        + (f" --backends {','.join(r['backends'])}" if r.get("backends") else "")
+        + f" --merge`: {r['date']}, beatd "
         f"{r['beatd_commit']}, load {r['load_before'][0]:.2f}/{r['load_after'][0]:.2f}."
         for r in m.get("reruns", [])
     )
@@ -134,6 +140,8 @@ def _targets(s: dict[str, list[Result]]) -> list[list[str]]:
     )
     for r in _ok(s.get("delay", [])):
         b = r["backend"]
+        if b not in pgreport.PEERS:  # issue 7's targets; PostgreSQL's are issue 20's section
+            continue
         add(
             f"10,000 mixed entries: 100 % landed ({b})",
             r["landed_pct"],
@@ -273,6 +281,7 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "runs_per_s",
                 "cpu_us_per_run",
                 "redis_cpu_s",
+                "postgres_cpu_s",
                 "adopt_wall_s",
                 "all_queued",
             ],
@@ -293,6 +302,8 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "delay_s.max",
                 "first_of_slot_delay_s.p50",
                 "cpu_us_per_run",
+                "redis_cpu_s",
+                "postgres_cpu_s",
                 "daemon_peak_rss_mb",
             ],
         ),

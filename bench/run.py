@@ -3,6 +3,7 @@
     python -m bench.run            # the full run (about 25 minutes on 2 cores)
     python -m bench.run --quick    # the smoke test (under 5 minutes)
     python -m bench.run --only throughput,delay
+    python -m bench.run --only throughput,delay,worker --backends postgresql
     python -m bench.report bench/results/DATE.json   # the report again from raw figures
 
 Each scenario runs in its own process, one after another, so its peak RSS is its own and no two
@@ -10,6 +11,10 @@ measurements share the CPU. The peers (celery, RedBeat, APScheduler) and matplot
 installed into `bench/.peers/` from `requirements/peers.lock` on first use. The full run
 writes `bench/results/DATE.json`, `docs/benchmarks.md` and `docs/bench-*.png`; `--quick` writes
 `bench/results/DATE-quick.json` and its report and plots next to it, leaving docs/ alone.
+
+Redis is the bench's own redis-server; PostgreSQL is a scratch database the bench creates on the
+server at 127.0.0.1:5432 (`bench.pgdatabase`) and drops at the end. When that server cannot be
+reached, the PostgreSQL jobs are reported failed with the reason and the others run.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import peers, plan, report
+from bench import peers, pgdatabase, plan, report
 from bench.common import RESULT_MARK
+from bench.pgdatabase import ScratchDatabase
 from bench.redisserver import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,9 +47,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the short smoke-test run")
     parser.add_argument("--only", help="comma-separated groups: " + ", ".join(_groups()))
     parser.add_argument(
+        "--backends", help="comma-separated backends: " + ", ".join(plan.BACKENDS_ALL)
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
-        help="with --only: replace those groups in today's results file, keep the others",
+        help="with --only: replace those groups in today's results file, keep the others "
+        "(with --backends: only those backends' rows of them)",
     )
     args = parser.parse_args()
     started = time.monotonic()
@@ -51,6 +61,9 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         jobs = [job for job in jobs if job[0] in wanted]
+    backends = args.backends.split(",") if args.backends else None
+    if backends:
+        jobs = plan.for_backends(jobs, backends)
     peers.ensure_venv(log=_say)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "scenarios": {}}
     results["machine"]["load_before"] = os.getloadavg()
@@ -58,9 +71,10 @@ def main() -> None:
         work = Path(tmp)
         server = RedisServer(work / "redis").start()
         results["machine"]["redis_server"] = server.version()
+        database = _postgres(jobs, results["machine"])
         try:
             for index, (group, module, params) in enumerate(jobs, 1):
-                params = _resolve(params, work, server, index)
+                params = _resolve(params, work, server, database, index)
                 label = f"{group} " + " ".join(
                     f"{k}={v}"
                     for k, v in params.items()
@@ -69,19 +83,41 @@ def main() -> None:
                 _say(f"[{index}/{len(jobs)}] {label} ...")
                 result = run_job(module, params)
                 server.flush()
+                if isinstance(database, ScratchDatabase) and params["url"] == database.url:
+                    pgdatabase.reset(database.url)
                 results["scenarios"].setdefault(group, []).append(result)
                 _say(f"    {_brief(result)}")
         finally:
             server.stop()
+            if isinstance(database, ScratchDatabase):
+                database.drop()
     results["machine"]["load_after"] = os.getloadavg()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     if args.merge:
-        results = _merged(results, args.quick)
+        results = _merged(results, args.quick, backends)
     write(results, args.quick)
     _say(f"done in {results['elapsed_s']:.0f} s")
 
 
+def _postgres(jobs: list[plan.Job], machine: dict[str, Any]) -> ScratchDatabase | str | None:
+    """The scratch database when a job needs PostgreSQL, or why there is none."""
+    if not any(params.get("url") == "postgresql" for _, _, params in jobs):
+        return None
+    database = ScratchDatabase()
+    try:
+        database.create()
+        machine["postgresql_server"] = database.version()
+        machine["postgresql_settings"] = database.settings()
+    except Exception as exc:  # no psycopg, no server, no right to create a database: its jobs fail
+        reason = f"no PostgreSQL database for the bench at {database.server}: {exc}"
+        _say(reason)
+        return reason
+    return database
+
+
 def run_job(module: str, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("unavailable"):
+        return {"error": params["unavailable"], "params": _public(params)}
     command = [sys.executable, "-m", "bench.common", module, json.dumps(params)]
     try:
         done = subprocess.run(
@@ -106,16 +142,42 @@ def _stem(quick: bool) -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if quick else "")
 
 
-def _merged(results: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """Today's results with the groups just run replaced; the re-run is noted."""
+def _merged(results: dict[str, Any], quick: bool, backends: list[str] | None) -> dict[str, Any]:
+    """Today's results with the groups just run replaced (only `backends`' rows of them, when
+    given); the re-run is noted."""
     path = RESULTS / f"{_stem(quick)}.json"
     if not path.exists():
         return results
     old = json.loads(path.read_text())
-    old["scenarios"].update(results["scenarios"])
+    old["scenarios"] = merge_scenarios(old["scenarios"], results["scenarios"], backends)
     reruns = old["machine"].setdefault("reruns", [])
-    reruns.append({"groups": sorted(results["scenarios"]), **results["machine"]})
+    rerun = {"groups": sorted(results["scenarios"]), **results["machine"]}
+    if backends:
+        rerun["backends"] = backends
+    reruns.append(rerun)
     return old
+
+
+def merge_scenarios(
+    old: dict[str, list[dict[str, Any]]],
+    new: dict[str, list[dict[str, Any]]],
+    backends: list[str] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """`old` with `new`'s groups in place of its own; with `backends`, a group keeps its rows
+    of the other backends and gains the new ones after them."""
+    out = dict(old)
+    for group, rows in new.items():
+        kept = (
+            []
+            if backends is None
+            else [r for r in old.get(group, []) if _backend(r) not in backends]
+        )
+        out[group] = kept + rows
+    return out
+
+
+def _backend(row: dict[str, Any]) -> str:
+    return row.get("backend") or row.get("params", {}).get("backend_name", "")
 
 
 def write(results: dict[str, Any], quick: bool) -> None:
@@ -159,7 +221,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _resolve(params: dict[str, Any], work: Path, server: RedisServer, index: int) -> dict[str, Any]:
+def _resolve(
+    params: dict[str, Any],
+    work: Path,
+    server: RedisServer,
+    database: ScratchDatabase | str | None,
+    index: int,
+) -> dict[str, Any]:
     params = dict(params, workdir=str(work / f"job-{index}"))
     Path(params["workdir"]).mkdir(parents=True, exist_ok=True)
     if params.get("url") == "sqlite":
@@ -167,12 +235,19 @@ def _resolve(params: dict[str, Any], work: Path, server: RedisServer, index: int
     elif params.get("url") == "redis":
         params["url"] = server.url
         params["redis_pid"] = server.pid
+    elif params.get("url") == "postgresql":
+        if isinstance(database, ScratchDatabase):
+            params["url"] = database.url
+        else:
+            params["unavailable"] = database or "no PostgreSQL database"
+            params["url"] = "postgresql://unavailable"
     params["backend_name"] = params["url"].split(":", 1)[0]
     return params
 
 
 def _public(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k not in ("workdir", "url", "redis_pid")}
+    hidden = ("workdir", "url", "redis_pid", "unavailable")
+    return {k: v for k, v in params.items() if k not in hidden}
 
 
 def _brief(result: dict[str, Any]) -> str:

@@ -127,6 +127,28 @@ def test_no_leader_at_the_deadline_the_next_marks_it_at_adoption_with_the_origin
     )
 
 
+def test_a_run_finished_late_while_no_leader_ran_is_marked_by_the_next_leader(
+    cluster: Cluster,
+) -> None:
+    # the issue: "If no leader ran at the deadline, the next leader marks it at adoption with
+    # the original time" -- a run that finished after its deadline is one not finished by it
+    entry = every("tick", 60, deadline=timedelta(seconds=30), missed=MissedPolicy.SKIP)
+    a = cluster.scheduler("a", entry)
+    run_for(a, 61)  # 12:01:01.5: a publishes the run of 12:01, then stops stepping (killed)
+    cluster.clock.advance(40)  # 12:01:41.5: no leader marked its deadline of 12:01:30
+    worker = cluster.backend()
+    delivery = worker.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == run_id("tick", MINUTE)
+    worker.ack(delivery)  # finished 11.5 s after its deadline
+    cluster.clock.advance(80)
+    b = cluster.scheduler("b", entry)
+    b.step()  # 12:03:01.5: b leads, adopts
+    assert b.is_leader
+    record = b.backend.run(delivery.id)
+    assert record is not None and record.status == Outcome.SUCCEEDED
+    assert record.overdue_at == MINUTE + timedelta(seconds=30)
+
+
 def test_a_new_leader_watches_the_unfinished_runs_whose_deadline_is_ahead(
     cluster: Cluster,
 ) -> None:

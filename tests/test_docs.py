@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import pytest
 
 from beatd.cli import reference
 from beatd.config import fields, load_config
+from beatd.history import RunKind, RunRecord, RunStatus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,33 @@ def test_the_generator_checks_and_rewrites_between_its_markers(
     with pytest.raises(ValueError) as info:
         reference.replace_table("no markers here", "| x |")
     assert str(info.value) == (f"the markers {reference.BEGIN!r} and {reference.END!r} are missing")
+
+
+def test_the_history_doc_gives_the_measured_bytes_per_record_on_each_backend() -> None:
+    # issue 15: "docs/history.md gives the measured bytes per record on each backend"
+    text = (REPO / "docs" / "history.md").read_text()
+    table = text.split("| backend | bytes per run record |")[1].split("\n\n")[0]
+    assert "TODO" not in table, table
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/history.md"])
+def test_the_time_limit_error_the_docs_show_is_in_beatds_words(doc: str) -> None:
+    # the examples are meant as real output: the worker writes "TimeLimitExceeded: ran over its
+    # time limit of 300s" (beatd.settling.over_time), never "hard time limit 300s"
+    shown = re.findall(r"TimeLimitExceeded: ([^\n|]*)", (REPO / doc).read_text())
+    assert shown, f"{doc} shows no time-limit error"
+    assert all(s.startswith("ran over its time limit of ") for s in shown), shown
+
+
+def test_the_statuses_table_says_what_a_celery_run_without_events_is() -> None:
+    # beatd.history.RunRecord.status: a Celery run with no task-received yet is `unknown`
+    # (the contract's test_a_celery_run_is_recorded_as_celery), so `queued` cannot also be
+    # "no event yet"
+    at = datetime(2026, 12, 5, 1, tzinfo=UTC)
+    record = RunRecord(
+        "c@2026-12-05T01:00:00Z", "c", at, at, at, "web-1", 1, RunKind.SCHEDULED, True
+    )
+    assert record.status == RunStatus.UNKNOWN
+    text = (REPO / "docs" / "history.md").read_text()
+    queued = next(line for line in text.splitlines() if line.startswith("| `queued` |"))
+    assert "no event yet" not in queued, queued

@@ -56,7 +56,8 @@ def backend(clock: FakeClock) -> Iterator[Refusing]:
 
 
 def publish(backend: MemoryBackend, entry: str, count: int, clock: FakeClock) -> None:
-    """`count` runs of `entry`, one a minute, each committed as a leader does."""
+    """`count` runs of `entry`, one a minute, each committed as a leader does and run by a
+    worker (the caps trim only finished runs)."""
     lease = backend.acquire_lease("leader", 1e9)
     assert lease is not None
     for _ in range(count):
@@ -65,7 +66,14 @@ def publish(backend: MemoryBackend, entry: str, count: int, clock: FakeClock) ->
         body = f'{{"id": "{entry}@{slot:%H%M}"}}'
         run = Outgoing(entry, f"{entry}@{slot:%H%M}", BeatdQueue("default"), body, slot, slot)
         backend.commit(lease, [], [run])
+        finish(backend)
     backend.release_lease(lease)
+
+
+def finish(backend: MemoryBackend) -> None:
+    """A worker runs every queued run."""
+    while (delivery := backend.claim(["default"], "w", 60)) is not None:
+        backend.ack(delivery)
 
 
 def kept(backend: MemoryBackend, entry: str | None = None) -> list[str]:
@@ -95,6 +103,25 @@ def test_the_leader_keeps_each_entrys_newest_runs_and_trims_every_minute(
     clock.advance(30)
     retention.notify(LEADING)
     assert len(kept(backend, "a")) == 5
+
+
+def test_unfinished_runs_outlive_the_caps_and_expire_by_age(
+    backend: Refusing, clock: FakeClock
+) -> None:
+    # workers down: the backlog's records stay, so their outcomes still reach the summary
+    lease = backend.acquire_lease("leader", 1e9)
+    assert lease is not None
+    for minute in range(1, 8):
+        slot = T0 + timedelta(minutes=minute)
+        body = f'{{"id": "q@{slot:%H%M}"}}'
+        run = Outgoing("q", f"q@{slot:%H%M}", BeatdQueue("default"), body, slot, slot)
+        backend.commit(lease, [], [run])
+    retention = HistoryRetention(backend, clock, KEEP_5_FOR_1H)
+    retention.notify(LEADING)
+    assert len(kept(backend, "q")) == 7
+    clock.advance(3601)  # stuck over an hour: the age takes them
+    retention.notify(LEADING)
+    assert kept(backend, "q") == []
 
 
 def test_records_older_than_the_maximum_age_go_also_for_removed_entries(
@@ -231,6 +258,7 @@ def test_the_scheduler_trims_while_it_leads_n5_max_age_1h(clock: FakeClock) -> N
     class Until:
         def notify(self, event: Event) -> None:
             if isinstance(event, Stepped):
+                finish(backend)
                 published.append(len(kept(backend)))
                 if clock.now() >= T0 + timedelta(hours=3, minutes=1):
                     stop.set()

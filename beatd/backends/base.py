@@ -263,7 +263,10 @@ class WaitsForWork(Protocol):
         server that stops answering while the caller waits is noticed within about `timeout`
         plus the operation timeout: True, and the next `claim` raises NotApplied at once with
         what the wait met, so the caller reports the outage without a second wait. Call it from
-        one thread only; it may return True spuriously, never sleep past a ready run."""
+        one thread only; it may return True spuriously, and never sleeps past a run added or
+        become ready since its last return (one ready then was announced by that return: the
+        caller claims until the queue is empty or its slots are full, and a wait that found
+        the same ready runs again would spin while the slots are full)."""
 
 
 @runtime_checkable
@@ -506,7 +509,9 @@ class RunHistory(Reachable, Protocol):
         """How many run records and missed-slot records are kept (a read)."""
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
-        """Mark a run overdue at `at` (its deadline) unless it finished or was marked."""
+        """Mark a run overdue at `at` (its deadline) unless it finished at or before `at` or
+        was marked: a run that finished after its deadline (while no leader watched it) is
+        marked too."""
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
         """Mark the missed-slot record keyed (entry, reason, first) overdue at `at` unless it
@@ -533,7 +538,11 @@ class RunHistory(Reachable, Protocol):
         `per_entry`, any older than `max_age` by the backend's clock, the oldest past
         `max_records`; missed records by age and count); how many went. Oldest means published
         (recorded) first, ties by run id (missed key). Call again while it returns `limit`.
-        Summaries are kept."""
+        Summaries are kept. The per-entry and total caps never delete an unfinished run (queued,
+        running or overdue: its end must still reach its record and its entry's summary); it
+        counts towards them, and only `max_age` deletes it (so a run stuck forever expires). A
+        backend may pass over at most `PASS_OVER` (beatd.history) unfinished runs past a cap per
+        entry and call: the finished runs behind more of them wait for `max_age` too."""
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
         """Every run record, in batches (for `beatd migrate`)."""

@@ -148,8 +148,10 @@ class History:
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         held = self.runs.get(run_id)
-        if held is None or held.finished or held.overdue_at is not None:
+        if held is None or held.overdue_at is not None:
             return False
+        if held.finished_at is not None and held.finished_at <= at:
+            return False  # finished by its deadline
         self.runs[run_id] = replace(held, overdue_at=at)
         return True
 
@@ -192,7 +194,8 @@ class History:
     # --- retention and copies ------------------------------------------------------------------
 
     def trim(self, retention: Retention, now: datetime, limit: int) -> int:
-        """Delete at most `limit` records beyond `retention`, the oldest first."""
+        """Delete at most `limit` records beyond `retention`, the oldest first; an unfinished
+        run only by its age."""
         cutoff = now - retention.max_age
         runs = sorted(self.runs.values(), key=_newest_first, reverse=True)
         seen: dict[str, int] = {}
@@ -200,9 +203,9 @@ class History:
         doomed: list[RunRecord] = []
         for r in runs:
             seen[r.entry] = seen.get(r.entry, 0) + 1
-            too_many = seen[r.entry] > retention.per_entry or r.published_at < cutoff
-            (doomed if too_many else kept).append(r)
-        doomed += kept[retention.max_records :]
+            too_many = seen[r.entry] > retention.per_entry and r.finished
+            (doomed if too_many or r.published_at < cutoff else kept).append(r)
+        doomed += [r for r in kept[retention.max_records :] if r.finished]
         missed = sorted(self.missed.values(), key=_missed_order, reverse=True)
         young = [m for m in missed if m.recorded_at >= cutoff]
         gone = [m for m in missed if m.recorded_at < cutoff] + young[retention.max_records :]

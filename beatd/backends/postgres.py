@@ -208,7 +208,7 @@ class PostgresStateStore(PostgresLink):
         if not writes:
             return set()
         given = (
-            "unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[]) "
+            "unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::bigint[]) "
             "AS w(entry, slot, published, identity, expected)"
         )
         updated = db.execute(

@@ -21,11 +21,13 @@ from beatd.backends.base import to_micros
 from beatd.backends.postgres_link import PostgresLink
 from beatd.backends.postgres_records import (
     ATTEMPT_COLUMNS,
+    FINAL_SQL,
     MISSED_COLUMNS,
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     attempt_value,
     end_history,
+    last_attempt,
     missed_record,
     run_record,
     summary_value,
@@ -122,11 +124,15 @@ class PostgresRunHistory(PostgresLink):
         return bool(self._run(lambda db: db.execute(sql, params).rowcount) == 1)
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
+        # unfinished (in run_open), or finished after `at` (it finished while no leader
+        # watched its deadline): either way not finished by `at`
+        by_then = last_attempt(self.schema, "r", f"a.outcome IN ({FINAL_SQL}) AND a.ended_us <= %s")
+        moment = to_micros(at)
         return self._changed(
-            f"WITH closed AS (DELETE FROM {self.schema}.run_open WHERE run_id = %s "
-            f"RETURNING run_id) UPDATE {self.schema}.run r SET overdue_us = %s FROM closed "
-            "WHERE r.id = closed.run_id AND r.overdue_us IS NULL",
-            (run_id, to_micros(at)),
+            f"WITH closed AS (DELETE FROM {self.schema}.run_open WHERE run_id = %s) "
+            f"UPDATE {self.schema}.run r SET overdue_us = %s WHERE r.id = %s "
+            f"AND r.overdue_us IS NULL AND NOT coalesce({by_then}, false)",
+            (run_id, moment, run_id, moment),
         )
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:

@@ -45,6 +45,8 @@ def insert_messages(
     with_: tuple[str, tuple[Any, ...]] = ("", ()),
 ) -> None:
     """Insert messages ready after `delay` seconds, and notify their queues when ready now.
+    The columns go as arrays in binary format (`%b`): psycopg writes a text-format array in
+    Python, escaping every quote of every JSON body (15 µs a run; binary: under 1 µs).
     `with_`: a data-modifying CTE (`WITH name AS (...) `) and its parameters, run in the same
     statement (the published records: one round trip for both)."""
     if not messages:
@@ -53,7 +55,7 @@ def insert_messages(
     db.execute(
         f"{prefix}INSERT INTO {schema}.message (id, queue, priority, body, ready_at) "
         f"SELECT id, queue, priority, body, {NOW} + %s "
-        "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[]) "
         "AS m(id, queue, priority, body)",
         (
             *before,
@@ -69,27 +71,39 @@ def insert_messages(
             db.execute("SELECT pg_notify(%s, %s)", (channel, queue))
 
 
+def _queues_match(queues: Sequence[str]) -> tuple[str, object]:
+    """The claim's condition on the queue and its parameter. For one queue an equality, so the
+    (queue, priority DESC, seq) index yields the runs in claim order and the claim stops at the
+    first ready one; PostgreSQL 15 cannot take that order from `= ANY(...)`, and sorts every
+    queued run of the queues at each claim (20-40 ms at 15,000 queued)."""
+    if len(queues) == 1:
+        return "queue = %(queues)s", queues[0]
+    return "queue = ANY(%(queues)s)", list(queues)
+
+
 class PostgresWorkQueue(PostgresLink):
     """The message table: claims by receipt, ready again when their visibility lapses."""
 
     _listener: psycopg.Connection[Any] | None = None
     _listens = 0  # times the wake-up connection was opened
+    _seen_until = 0.0  # the database's time up to which ready messages were announced
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         self._run(lambda db: insert_messages(db, self.schema, self.channel, messages, delay))
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         receipt = f"{consumer}:{secrets.token_hex(8)}"
+        match, queues_value = _queues_match(queues)
         sql = (
             f"WITH claimed AS (UPDATE {self.schema}.message SET receipt = %(receipt)s, "
             f"ready_at = {NOW} + %(visibility)s, deliveries = deliveries + 1 WHERE seq = ("
-            f"SELECT seq FROM {self.schema}.message WHERE queue = ANY(%(queues)s) "
+            f"SELECT seq FROM {self.schema}.message WHERE {match} "
             f"AND ready_at <= {NOW} ORDER BY priority DESC, seq LIMIT 1 "
             "FOR UPDATE SKIP LOCKED) RETURNING id, queue, body, deliveries)"
             f"{claim_history(self.schema) if self.history else ''} "
             "SELECT id, queue, body, deliveries FROM claimed"
         )
-        params = {"receipt": receipt, "visibility": visibility, "queues": list(queues)}
+        params = {"receipt": receipt, "visibility": visibility, "queues": queues_value}
         if self.history:
             params.update(consumer=consumer, host=socket.gethostname(), pid=os.getpid())
         row = self._run(lambda db: db.execute(sql, params).fetchone())
@@ -189,21 +203,30 @@ class PostgresWorkQueue(PostgresLink):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """LISTEN on the dedicated connection; True at a notification for one of `queues`, or
-        when a message there is (or, within `timeout`, becomes) ready without one."""
+        when a message there became ready (or, within `timeout`, becomes ready) without one
+        since the last call returned. A run already ready then was announced by that return:
+        a worker whose slots are all busy leaves it queued, and this wait must not find it
+        again and again (a busy loop), but sleep until something new is added or ready."""
         self._check_prepared()  # the schema, if it could not be checked at open
         try:
             listener = self._listening()
             row = listener.execute(
-                f"SELECT min(ready_at) - {NOW} FROM {self.schema}.message WHERE queue = ANY(%s)",
-                (list(queues),),
+                f"SELECT {NOW}, (SELECT min(ready_at) FROM {self.schema}.message "
+                "WHERE queue = ANY(%s) AND ready_at > %s)",
+                (list(queues), self._seen_until),
             ).fetchone()
-            until_ready = None if row is None or row[0] is None else float(row[0])
-            if until_ready is not None and until_ready <= 0:
+            assert row is not None
+            now, ready_at = float(row[0]), None if row[1] is None else float(row[1])
+            self._seen_until = now
+            if ready_at is not None and ready_at <= now:
                 return True
-            wait = timeout if until_ready is None else min(timeout, until_ready)
+            wait = timeout if ready_at is None else min(timeout, ready_at - now)
             for _ in listener.notifies(timeout=wait, stop_after=1):
                 return True  # maybe another queue's: a spurious True is allowed
-            return until_ready is not None and until_ready <= timeout
+            if ready_at is not None and ready_at - now <= timeout:
+                self._seen_until = ready_at  # announced now: the next call waits past it
+                return True
+            return False
         except psycopg.Error as exc:
             self._drop_listener()
             raise NotApplied(f"{self.url}: cannot wait for work: {exc}") from exc
@@ -215,6 +238,7 @@ class PostgresWorkQueue(PostgresLink):
             )
             listener.execute(f"LISTEN {self.channel}")
             self._listener = listener
+            self._seen_until = 0.0  # whatever is ready now was never announced on it
             self._listens += 1
         return self._listener
 

@@ -44,6 +44,21 @@ SUMMARY_COLUMNS = (
     "consecutive_failures"
 )
 _FAILED = ", ".join(f"'{o.value}'" for o in sorted(FAILED_FINALLY))
+FINAL_SQL = ", ".join(f"'{o.value}'" for o in sorted(FINAL))
+
+
+def last_attempt(schema: str, run: str, what: str) -> str:
+    """A scalar subquery: `what` (over the attempt `a`) of the last attempt of the run aliased
+    `run`; NULL when it has none (a lookup of attempt's primary key)."""
+    return (
+        f"(SELECT {what} FROM {schema}.attempt a WHERE a.run_id = {run}.id "
+        "ORDER BY a.number DESC LIMIT 1)"
+    )
+
+
+def finished(schema: str, run: str) -> str:
+    """A condition: the run aliased `run` finished (its last attempt's outcome is final)."""
+    return f"coalesce({last_attempt(schema, run, f'a.outcome IN ({FINAL_SQL})')}, false)"
 
 
 def _micros(moment: datetime | None) -> int | None:
@@ -63,16 +78,16 @@ def published_records(
     runs = [m for m in messages if m.slot is not None]
     if not runs:
         return "", ()
-    # the audit ids only when a run has one (a manual or backfill run): an array of nothing but
-    # NULLs costs psycopg's dumper more than all the other arrays together
+    # the audit ids only when a run has one (a manual or backfill run): psycopg dumps an array
+    # of nothing but NULLs in text format, element by element, for nothing
     audits = [m.audit for m in runs]
     audited = any(a is not None for a in audits)
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
         "(id, entry, slot_us, due_us, published_us, node, epoch, kind, audit) "
         f"SELECT id, entry, slot, due, %s, %s, %s, kind, {'audit' if audited else 'NULL'} "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]"
-        f"{', %s::text[]' if audited else ''}) "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[]"
+        f"{', %b::text[]' if audited else ''}) "
         f"AS r(id, entry, slot, due, kind{', audit' if audited else ''}) "
         "ON CONFLICT (id) DO NOTHING RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
@@ -106,7 +121,7 @@ def insert_missed(
     db.execute(
         f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, recorded_us, "
         "node, epoch) SELECT entry, reason, first, last, total, %s, %s, %s "
-        "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::int[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::int[]) "
         "AS m(entry, reason, first, last, total) ON CONFLICT DO NOTHING",
         (
             now_us,

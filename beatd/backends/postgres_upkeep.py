@@ -1,6 +1,9 @@
 """PostgreSQL's run history kept in bounds and copied: retention's trims and `beatd migrate`'s
 export and import (the rest of the `RunHistory` role is postgres_history.py). No foreign key
-ties attempts or open rows to their run, so every delete of runs here takes them along.
+ties attempts or open rows to their run, so every delete of runs here takes them along. The
+per-entry and total caps pass over unfinished runs (their last attempt's outcome is not final:
+a lookup of attempt's primary key per run past the cap, at most PASS_OVER more than the call
+may delete); only the age deletes them.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from beatd.backends.postgres_records import (
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     attempt_row,
+    finished,
     missed_record,
     missed_row,
     summary_row,
 )
-from beatd.history import EntrySummary, MissedRecord, Retention, RunRecord
+from beatd.history import PASS_OVER, EntrySummary, MissedRecord, Retention, RunRecord
 
 Db = psycopg.Connection[Any]
 RUN_OLDEST = "published_us, id"  # the order trims delete in
+RUN_NEWEST = "published_us DESC, id DESC"
 MISSED_OLDEST = "recorded_us, entry, reason, first_us"
 
 
@@ -45,7 +50,7 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
             steps: tuple[Callable[[int], int], ...] = (
                 lambda n: self._trim_old(db, "run", RUN_OLDEST, cutoff, n),
                 lambda n: self._trim_per_entry(db, retention.per_entry, n),
-                lambda n: self._trim_total(db, "run", RUN_OLDEST, retention.max_records, n),
+                lambda n: self._trim_total_runs(db, retention.max_records, n),
                 lambda n: self._trim_old(db, "missed", MISSED_OLDEST, cutoff, n),
                 lambda n: self._trim_total(db, "missed", MISSED_OLDEST, retention.max_records, n),
             )
@@ -97,9 +102,22 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
             (min(excess, n),),
         )
 
+    def _trim_total_runs(self, db: Db, keep: int, n: int) -> int:
+        """The oldest `n` finished runs among the `n + PASS_OVER` past the newest `keep` (by
+        run_newest)."""
+        run = f"{self.schema}.run"
+        return self._delete(
+            db,
+            "run",
+            f"SELECT t.ctid FROM (SELECT r.ctid, r.id, r.published_us FROM {run} r "
+            f"ORDER BY {RUN_NEWEST} OFFSET %s LIMIT %s) t WHERE {finished(self.schema, 't')} "
+            f"ORDER BY {RUN_OLDEST} LIMIT %s",
+            (keep, n + PASS_OVER, n),
+        )
+
     def _trim_per_entry(self, db: Db, keep: int, n: int) -> int:
-        """Each entry's runs past its newest `keep`: the entries by a loose scan of
-        run_entry_newest, then each one's tail from the same index."""
+        """Each entry's finished runs among the `n + PASS_OVER` past its newest `keep`: the
+        entries by a loose scan of run_entry_newest, then each one's tail from the same index."""
         run = f"{self.schema}.run"
         entries = (
             "WITH RECURSIVE e(entry) AS ("
@@ -108,11 +126,11 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
             "LIMIT 1) FROM e WHERE e.entry IS NOT NULL)"
         )
         tails = (
-            f"SELECT x.ctid FROM e CROSS JOIN LATERAL (SELECT ctid FROM {run} r "
-            "WHERE r.entry = e.entry ORDER BY published_us DESC, id DESC OFFSET %s LIMIT %s) x "
-            "LIMIT %s"
+            f"SELECT x.ctid FROM e CROSS JOIN LATERAL (SELECT t.ctid FROM (SELECT ctid, id "
+            f"FROM {run} r WHERE r.entry = e.entry ORDER BY {RUN_NEWEST} OFFSET %s LIMIT %s) t "
+            f"WHERE {finished(self.schema, 't')} LIMIT %s) x LIMIT %s"
         )
-        return self._delete(db, "run", tails, (keep, n, n), with_=entries)
+        return self._delete(db, "run", tails, (keep, n + PASS_OVER, n, n), with_=entries)
 
     # --- beatd migrate -----------------------------------------------------------------------
 

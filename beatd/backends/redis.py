@@ -22,6 +22,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
   beatd:h:*               the run history (redis_history.py has its keys)
+  beatd:ctl:*             the operator controls (redis_controls.py has their keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
                                   and outside the namespace (see beatd.celery_protocol)
 
@@ -52,8 +53,9 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.redis_controls import RedisControls, commit_controls
 from beatd.backends.redis_events import RedisCeleryEvents
-from beatd.backends.redis_history import RedisRunHistory, published_fields
+from beatd.backends.redis_history import RedisRunHistory, published_p
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
@@ -201,20 +203,26 @@ class RedisStateStore(RedisLink):
             {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
         )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
-        history = self._commit_history(lease, writes, messages)
-        args = (lease.token, lease.epoch, *flat, *history)
+        celery = [is_list for _, is_list in targets]
+        history = self._commit_history(lease, writes, messages, celery)
+        controls = commit_controls(self._key(""), bool(self._history), writes, messages)
+        args = (lease.token, lease.epoch, *flat, *history, *controls)
         wait = self._send_fenced("commit", lease, keys, args)
         return lambda: set(wait())
 
     def _commit_history(
-        self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
+        self,
+        lease: Lease,
+        writes: Sequence[StateWrite],
+        messages: Sequence[Outgoing],
+        celery: Sequence[bool],
     ) -> tuple[str, str, str, str]:
-        """The commit script's history arguments (see redis_scripts.COMMIT)."""
+        """The commit script's history arguments (see redis_scripts.COMMIT); `celery` says for
+        each message whether it goes to a Celery queue."""
         if not self._history:
             return "", "", "", ""
-        published: list[str] = []
-        for message in messages:
-            published += published_fields(message)
+        epoch = lease.epoch
+        published = [published_p(m, c, epoch) for m, c in zip(messages, celery, strict=True)]
         missed: list[str | int] = []
         for write in writes:
             for m in write.missed:
@@ -246,6 +254,7 @@ class RedisBackend(
     RedisWorkQueue,
     RedisQueueAdmin,
     RedisRunHistory,
+    RedisControls,
     RedisCeleryEvents,
 ):
     """Every role, on one connection pool (see the module doc), and Celery's task events on a

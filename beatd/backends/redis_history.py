@@ -5,7 +5,8 @@ sets of run ids (docs/history.md gives the measured bytes per record):
 
   beatd:h:run:ID          hash    the run's record: p, e, N (published), n and 1..n
                                   (attempts), r, o
-  beatd:h:runs            zset    every run id, scored by its published time (us): max_records
+  beatd:h:runs            zset    every run id, scored by its published time (us), which is
+                                  the record's published time (read with ZMSCORE): max_records
                                   and max_age trimming, `beatd history` without an entry
   beatd:h:entry:ENTRY     zset    the entry's run ids, scored likewise: per_entry trimming
   beatd:h:summary         hash    entry -> JSON [status, finished, duration, success, failure,
@@ -25,6 +26,7 @@ from typing import Any
 from beatd.backends.base import Outgoing, from_micros, to_micros
 from beatd.backends.redis_link import RedisLink
 from beatd.history import (
+    FINAL,
     Attempt,
     Ending,
     EntrySummary,
@@ -40,14 +42,15 @@ TRIM_ENTRIES = 1000  # entries whose per_entry excess one trim script call looks
 IMPORT_BATCH = 500  # records per import script call
 
 
-def published_fields(message: Outgoing) -> tuple[str, str, str]:
-    """What the commit script records of a message: its slot, due - slot (us) and kind; the
-    slot '' for a message with no slot (a requeue: no record)."""
+def published_p(message: Outgoing, celery: bool, epoch: int) -> str:
+    """The p field of a message's record (redis_history_lua), which the commit script stores as
+    it is; '' for a message with no slot (a requeue: no record)."""
     if message.slot is None:
-        return "", "", ""
+        return ""
     slot = to_micros(message.slot)
     due = slot if message.due is None else to_micros(message.due)
-    return str(slot), str(due - slot), message.kind.value
+    flag = "1" if celery else "0"
+    return f'["{slot}","{due - slot}","{message.kind.value}","{flag}","{epoch}"]'
 
 
 def _us(value: str) -> datetime | None:
@@ -73,12 +76,13 @@ def _attempt(number: int, slot: int, fields: dict[str, str]) -> Attempt:
     )
 
 
-def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
-    """A run's record from its hash; None when it is not there (trimmed meanwhile)."""
+def _record(run_id: str, fields: dict[str, str], published: float | None) -> RunRecord | None:
+    """A run's record from its hash and its score in the global index (its published time);
+    None when it is not there (trimmed meanwhile)."""
     p = fields.get("p")
-    if p is None:
+    if p is None or published is None:
         return None
-    slot_text, due, published, kind, celery, epoch = json.loads(p)
+    slot_text, due, kind, celery, epoch = json.loads(p)
     slot = int(slot_text)
     n = int(fields.get("n", "0"))
     return RunRecord(
@@ -86,7 +90,7 @@ def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
         fields.get("e", ""),
         from_micros(slot),
         from_micros(slot + int(due)),
-        from_micros(slot + int(published)),
+        from_micros(int(published)),
         fields.get("N", ""),
         int(epoch),
         RunKind(kind),
@@ -94,6 +98,7 @@ def _record(run_id: str, fields: dict[str, str]) -> RunRecord | None:
         tuple(_attempt(i, slot, fields) for i in range(1, n + 1) if str(i) in fields),
         _us(fields.get("r", "")),
         _us(fields.get("o", "")),
+        fields.get("a") or None,
     )
 
 
@@ -104,9 +109,11 @@ def _fields(record: RunRecord) -> dict[str, str]:
     def offset(moment: datetime | None) -> str:
         return "" if moment is None else str(to_micros(moment) - slot)
 
-    p = [str(slot), offset(record.due), offset(record.published_at), record.kind.value]
-    p += ("1" if record.celery else "0", str(record.epoch))
+    p = [str(slot), offset(record.due), record.kind.value, "1" if record.celery else "0"]
+    p.append(str(record.epoch))
     fields = {"p": json.dumps(p), "e": record.entry, "N": record.node}
+    if record.audit is not None:
+        fields["a"] = record.audit
     for a in record.attempts:
         pid = "" if a.pid is None else str(a.pid)
         times = [offset(a.started_at), offset(a.ended_at)]
@@ -180,14 +187,17 @@ class RedisRunHistory(RedisLink):
         return self._key("")
 
     def _records(self, ids: Sequence[str]) -> list[RunRecord]:
-        def call() -> list[dict[str, str]]:
+        def call() -> list[Any]:
             with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
                     pipe.hgetall(self._key("h", "run", run_id))
+                pipe.zmscore(self._key("h", "runs"), list(ids))
                 return pipe.execute()
 
-        hashes = self._do("history", call) if ids else []
-        records = (_record(i, h) for i, h in zip(ids, hashes, strict=True))
+        if not ids:
+            return []
+        *hashes, published = self._do("history", call)
+        records = (_record(*row) for row in zip(ids, hashes, published, strict=True))
         return [r for r in records if r is not None]
 
     def _newest(self, index: str, low: str, offset: int, count: int) -> list[str]:
@@ -281,6 +291,8 @@ class RedisRunHistory(RedisLink):
 
     def attempt_ended(self, run_id: str, ending: Ending, at: datetime) -> bool:
         e = ending
+        if not self._history and e.outcome in FINAL:  # the controls' part (redis_controls)
+            self._eval("run_final", (), (self._key(""), "", run_id))
         args = (e.outcome.value, e.reason, e.error_type, e.error, str(to_micros(at)))
         return self._mark("attempt_ended", run_id, *args)
 

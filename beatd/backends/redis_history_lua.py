@@ -6,7 +6,9 @@ Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backe
 with `history=False`: then it writes nothing. A run's record is the hash NS .. 'h:run:' .. id,
 each of its values short enough (64 bytes, Redis's hash-max-listpack-value) for the compact
 listpack encoding unless an entry or node name or an error is long:
-  p      JSON [slot_us, due - slot, published - slot, kind, celery "1"/"0", epoch]
+  p      JSON [slot_us, due - slot, kind, celery "1"/"0", epoch], written whole by the client
+         (the published time is the record's score in the indexes: the commit script writes
+         nothing per run but its HSET and its entry's ZADD)
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
   1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
@@ -25,6 +27,8 @@ before HSET, never HSETNX): an upgrade that keeps the old line loses no run.
 
 from __future__ import annotations
 
+from beatd.history import PASS_OVER
+
 HISTORY = """
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
@@ -38,13 +42,14 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number)}; nil when not held
+-- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
+-- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
 local function held_run(NS, id)
   local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p')
-  local p = decoded(h[2])
-  if not p or not tonumber(p[1]) then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = tonumber(p[1])}
+  local h = redis.call('HMGET', key, 'n', 'p', 'e')
+  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
+  if not slot then return nil end
+  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
@@ -57,7 +62,7 @@ local function open_attempt(run)  -- the last attempt, if it is still open
 end
 -- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
 local function summarize(run, a)
-  local entry = redis.call('HGET', run.key, 'e')
+  local entry = run.entry
   if not entry then return end
   local skey = run.NS .. 'h:summary'
   local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
@@ -106,18 +111,39 @@ local function settled(i)
 end
 """
 
-# what the commit script calls per message with a slot and per missed-slot item of an applied
-# write; every argument a string (slot and due_off in microseconds)
+# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
+# per missed-slot item of an applied write; every argument a string (times in microseconds)
 COMMIT_HISTORY = """
-local function published(NS, entry, id, slot, due_off, kind, celery, at, node, epoch)
-  -- the global index, which holds every record's id, says whether this one is new (a repeated
-  -- commit, an id published before): one call fewer per message than asking the key
-  if redis.call('ZADD', NS .. 'h:runs', 'NX', at, id) == 1 then
-    local pub_off = string.format('%d', tonumber(at) - tonumber(slot))
-    local p = '["' .. slot .. '","' .. due_off .. '","' .. pub_off .. '","' .. kind .. '","'
-      .. (celery and '1' or '0') .. '","' .. epoch .. '"]'
-    redis.call('HSET', NS .. 'h:run:' .. id, 'p', p, 'e', entry, 'N', node)
-    redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+-- the commit's new records, `runs` a flat list of (id, entry, p) of the messages of applied
+-- writes: one variadic ZADD NX of the global index per chunk, scored `at`, says how many ids are
+-- new; when fewer than asked (a repeated commit, an id published before: it keeps its record),
+-- the new ones are those scored `at` (no earlier script ran in the same microsecond). Then per
+-- new run one HSET of its record, whose p the client wrote whole, and one ZADD of its entry's
+-- index
+local function published(NS, runs, at, node)
+  local index, seen = NS .. 'h:runs', {}
+  for first = 1, #runs, 1500 do
+    local chunk, add = {}, {}
+    for i = first, math.min(first + 1499, #runs), 3 do
+      if not seen[runs[i]] then
+        seen[runs[i]] = true
+        chunk[#chunk + 1] = i
+        add[#add + 1] = at
+        add[#add + 1] = runs[i]
+      end
+    end
+    local new
+    if #chunk > 0 and redis.call('ZADD', index, 'NX', unpack(add)) < #chunk then
+      new = {}
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, at, at)) do new[id] = true end
+    end
+    for _, i in ipairs(chunk) do
+      local id, entry = runs[i], runs[i + 1]
+      if not new or new[id] then
+        redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
+        redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+      end
+    end
   end
 end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
@@ -130,12 +156,13 @@ local function missed_slots(NS, entry, reason, first, last, total, at, node, epo
 end
 """
 
-# ARGV NS, run id, at_us -> 1 marked, 0 not held, finished or marked already
+# ARGV NS, run id, at_us -> 1 marked, 0 not held, finished by at_us or marked already (a run
+# that finished after at_us is marked: it finished while no leader watched its deadline)
 MARK_OVERDUE = """
 local run = held_run(ARGV[1], ARGV[2])
 if not run or redis.call('HGET', run.key, 'o') then return 0 end
 local last = run.n > 0 and attempt(run, run.n)
-if last and FINAL[last[3]] then return 0 end
+if last and FINAL[last[3]] and run.slot + tonumber(last[2]) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', run.key, 'o', ARGV[3])
 return 1
 """
@@ -174,6 +201,7 @@ return 1
 # ARGV NS, run id, outcome, reason, error type, error, at_us -> 1 ended, 0 not held or a repeat
 # (the last attempt already ended so at that time); with no attempt open one starts at `at`
 ATTEMPT_ENDED = """
+if FINAL[ARGV[3]] then run_final(ARGV[1], ARGV[1], ARGV[2]) end  -- redis_controls_lua
 local run, at = held_run(ARGV[1], ARGV[2]), ARGV[7]
 if not run then return 0 end
 local a = open_attempt(run)
@@ -188,8 +216,12 @@ return 1
 """
 
 # ARGV NS, max_age_us, max_records, limit, per_entry, whole ("1": age and count too, "0":
-# per entry only), entry... -> how many records were deleted (at most limit)
-TRIM = """
+# per entry only), entry... -> how many records were deleted (at most limit). The caps pass over
+# an unfinished run (its last attempt's outcome not final; a record that does not decode is not
+# one): they read the record of each run past them, the oldest first; only the age deletes it.
+TRIM = (
+    f"local PASS_OVER = {PASS_OVER}\n"
+    + """
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local runs, gone = NS .. 'h:runs', 0
 local function drop(id)
@@ -204,14 +236,33 @@ local function oldest(index, count)
   if count <= 0 then return {} end
   return redis.call('ZRANGE', index, 0, count - 1)
 end
+local function unfinished(id)
+  local run = held_run(NS, id)
+  if not run then return false end
+  local last = run.n > 0 and attempt(run, run.n)
+  return not (last and FINAL[last[3]])
+end
+-- drop the finished runs of `index` past its newest `keep`, the oldest first, a page at a time
+-- (the unfinished ones passed over stay at the head: the next page starts after them), passing
+-- over at most PASS_OVER unfinished ones
+local function past_cap(index, keep)
+  local kept = 0
+  while gone < limit and kept < PASS_OVER do
+    local over = redis.call('ZCARD', index) - keep - kept
+    if over <= 0 then return end
+    for _, id in ipairs(redis.call('ZRANGE', index, kept, kept + math.min(over, 500) - 1)) do
+      if gone >= limit or kept >= PASS_OVER then return end
+      if unfinished(id) then kept = kept + 1 else drop(id) end
+    end
+  end
+end
 if ARGV[6] == '1' then
   local t = redis.call('TIME')
   local cutoff = string.format('(%d', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[2]))
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', runs, '-inf', cutoff, 'LIMIT', 0, limit)) do
     drop(id)
   end
-  local excess = redis.call('ZCARD', runs) - tonumber(ARGV[3])
-  for _, id in ipairs(oldest(runs, math.min(excess, limit - gone))) do drop(id) end
+  past_cap(runs, tonumber(ARGV[3]))
   local missed, at = NS .. 'h:missed', NS .. 'h:missed-at'
   local function forget(field)
     redis.call('HDEL', missed, field)
@@ -222,17 +273,16 @@ if ARGV[6] == '1' then
     local aged = redis.call('ZRANGEBYSCORE', at, '-inf', cutoff, 'LIMIT', 0, limit - gone)
     for _, field in ipairs(aged) do forget(field) end
   end
-  excess = redis.call('ZCARD', at) - tonumber(ARGV[3])
+  local excess = redis.call('ZCARD', at) - tonumber(ARGV[3])
   for _, field in ipairs(oldest(at, math.min(excess, limit - gone))) do forget(field) end
 end
 for i = 7, #ARGV do
   if gone >= limit then break end
-  local index = NS .. 'h:entry:' .. ARGV[i]
-  local over = redis.call('ZCARD', index) - per_entry
-  for _, id in ipairs(oldest(index, math.min(over, limit - gone))) do drop(id) end
+  past_cap(NS .. 'h:entry:' .. ARGV[i], per_entry)
 end
 return gone
 """
+)
 
 # ARGV NS, JSON [[id, {field: value}, published_us]...] of runs, JSON [[field, value,
 # recorded_us]...] of missed records, JSON [[entry, summary]...] -> how many run and missed

@@ -206,14 +206,15 @@ class RedisWorkQueue(RedisLink):
         self, delivery: Delivery, ending: Ending | None, outcome: Outcome
     ) -> list[str | int]:
         """The settling scripts' history arguments (redis_scripts: `settled`)."""
-        if not self._history:
-            return [""]
+        if not self._history:  # still the run id, which `run_final` reads
+            return ["", delivery.id, "", "", "", ""]
         e = ending or Ending(outcome)
         return [self._history, delivery.id, e.outcome.value, e.reason, e.error_type, e.error]
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         stream, _, claim = self._claimed(delivery)
-        self._eval("ack", (stream,), claim + self._ending(delivery, ending, Outcome.SUCCEEDED))
+        history = self._ending(delivery, ending, Outcome.SUCCEEDED)
+        self._eval("ack", (stream,), [*claim, *history, self._key("")])
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         stream, _, claim = self._claimed(delivery)
@@ -233,7 +234,7 @@ class RedisWorkQueue(RedisLink):
         stream, b, claim = self._claimed(delivery)
         keys = (stream, self._key("dead"))
         history = self._ending(delivery, ending, Outcome.DEAD_LETTERED)
-        args = (*claim, delivery.queue, b, reason, delivery.deliveries, *history)
+        args = (*claim, delivery.queue, b, reason, delivery.deliveries, *history, self._key(""))
         self._eval("dead_letter", keys, args)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:

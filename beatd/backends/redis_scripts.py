@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
+from beatd.backends.redis_controls_lua import CONTROLS, CONTROLS_SCRIPTS
 from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
 
 GROUP = "workers"
@@ -30,7 +31,8 @@ FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer for
 # change of the keys appends one (docs/design.md).
 MIGRATIONS: tuple[str, ...] = (
     "-- format 1 to 2: the same keys; only the version is new",
-    "-- format 2 to 3: the run history's keys (NS .. 'h:*') are new; nothing to convert",
+    "-- format 2 to 3: the run history's keys (NS .. 'h:*') and the operator controls' "
+    "(NS .. 'ctl:*') are new; nothing to convert",
 )
 FORMAT_VERSION = 1 + len(MIGRATIONS)
 FORMAT = str(FORMAT_VERSION)  # the value of the format-version key
@@ -142,9 +144,11 @@ end
 # indexes KEYS; then the number of streams, and the messages' bodies joined by U+001E (no JSON
 # text holds that character unescaped, so they need no escaping). KEYS[4 .. 3 + streams] are
 # beatd's streams (XADD); the keys after them are kombu's lists of Celery queues (LPUSH, as
-# kombu's Redis transport does); then the history's: NS ('' for none), the node, a flat JSON
-# array of each message's (slot_us, due - slot in us, kind), slot '' for a message with no
-# record, and one of missed slots as (entry, reason, first_us, last_us, total)...
+# kombu's Redis transport does); then the history's: NS ('' for none), the node, a JSON array
+# of each message's record's p (redis_history_lua), '' for a message with no record, and one of
+# missed slots as (entry, reason, first_us, last_us, total)...; then the controls'
+# (redis_controls_lua: `commit_checks`): the key prefix, a JSON array of the guarded writes
+# ('' for none) and one of the messages' due times ('' when the history's p give them)
 # -> the rejected entry names; an error reply LEASELOST and nothing written
 COMMIT = (
     CHECK_LEASE
@@ -154,11 +158,14 @@ local lost = check_lease(KEYS[1], ARGV[1], ARGV[2])
 if lost then return lost end
 local queues, writes, messages = cjson.decode(ARGV[3]), cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
 local rejected, skip = {}, {}
+local guards, gnow = commit_checks(ARGV[12], messages, ARGV[10], ARGV[13], ARGV[14], skip, rejected)
 for i = 1, #writes, 3 do
   local entry, expected = writes[i], writes[i + 1]
   local current = redis.call('HGET', KEYS[2], entry)
   local ok
-  if expected == '' then
+  if skip[entry] then
+    ok = false
+  elseif expected == '' then
     ok = not current
   else
     ok = current and string.sub(current, 1, #expected) == expected
@@ -166,34 +173,37 @@ for i = 1, #writes, 3 do
   if ok then
     redis.call('HSET', KEYS[2], entry, writes[i + 2])
   else
-    rejected[#rejected + 1] = entry
+    if not skip[entry] then rejected[#rejected + 1] = entry end
     skip[entry] = true
   end
 end
+commit_applied(ARGV[12], messages, guards, skip, gnow)
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
 local NS, node = ARGV[8] or '', ARGV[9]
-local prefixes, now = NS ~= '' and cjson.decode(ARGV[10]), NS ~= '' and now_us()
 if NS ~= '' then
-  local missed = cjson.decode(ARGV[11])
+  local now, missed = now_us(), cjson.decode(ARGV[11])
   for i = 1, #missed, 5 do
     if not skip[missed[i]] then
       local m = missed
       missed_slots(NS, m[i], m[i + 1], m[i + 2], m[i + 3], m[i + 4], now, node, ARGV[2])
     end
   end
+  local runs = {}  -- the records of the messages of applied writes, as (id, entry, p)...
+  for j, p in ipairs(cjson.decode(ARGV[10])) do
+    if p ~= '' and not skip[messages[3 * j - 1]] then
+      runs[#runs + 1] = messages[3 * j]
+      runs[#runs + 1] = messages[3 * j - 1]
+      runs[#runs + 1] = p
+    end
+  end
+  published(NS, runs, now, node)
 end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
   if not skip[messages[i + 1]] then
     local k, body = messages[i], string.sub(bodies, at, stop - 1)
-    local h = prefixes and (i - 1)  -- the message's (slot, due - slot, kind) in ARGV[10]
-    if h and prefixes[h + 1] ~= '' then
-      local slot, due_off, kind = prefixes[h + 1], prefixes[h + 2], prefixes[h + 3]
-      published(NS, messages[i + 1], messages[i + 2], slot, due_off, kind, k > last_stream, now,
-        node, ARGV[2])
-    end
     if k > last_stream then
       redis.call('LPUSH', KEYS[k], body)
     else
@@ -349,6 +359,8 @@ return 1
 
 # The settling scripts end the run's open attempt first (`settled`, redis_history_lua), from
 # the ARGV that follow their own: NS ('' for none), run id, outcome, reason, error type, error.
+# The final ones (ack, dead_letter) then free the entry the run keeps busy (`run_final`,
+# redis_controls_lua), by the key prefix that follows those.
 
 # KEYS stream; ARGV entry id, consumer, count, history... -> 1 removed, 0 not ours
 ACK = """
@@ -356,6 +368,7 @@ if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 settled(4)
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
+run_final(ARGV[10], ARGV[4], ARGV[5])
 return 1
 """
 
@@ -403,6 +416,7 @@ if f then
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
+run_final(ARGV[14], ARGV[8], ARGV[9])
 return 1
 """
 
@@ -427,7 +441,7 @@ return moved
 
 class _Script:
     def __init__(self, source: str) -> None:
-        self.source = PRELUDE + HISTORY + source
+        self.source = PRELUDE + HISTORY + CONTROLS + source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
@@ -448,5 +462,6 @@ SCRIPTS = {
         "dead_letter": DEAD_LETTER,
         "requeue": REQUEUE,
         **HISTORY_SCRIPTS,
+        **CONTROLS_SCRIPTS,
     }.items()
 }

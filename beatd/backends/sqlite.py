@@ -34,6 +34,7 @@ from beatd.backends.base import (
     unseen,
     utf8_fault,
 )
+from beatd.backends.sqlite_controls import HOLDS_BUSY, SQLiteControls, applied, failing
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
@@ -41,6 +42,7 @@ from beatd.backends.sqlite_file import (
     LARGE_CATCH_UP,
     LEASE,
     MESSAGE_ATTEMPT,
+    MESSAGE_PUBLISHED,
     SCHEMA,
     SQLiteFile,
     _priority,
@@ -50,11 +52,15 @@ from beatd.backends.sqlite_file import (
     upgrade,
 )
 from beatd.backends.sqlite_history import (
+    FOLD_EVERY,
+    PUBLISHED,
     SQLiteRunHistory,
+    fold,
+    log_done,
     micros,
+    published_rows,
     record_ended,
     record_missed,
-    record_published,
 )
 from beatd.errors import BackendError
 from beatd.history import Ending
@@ -71,6 +77,7 @@ _DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEAS
 _NONE = (None, None, None, None)  # no attempt opened: history is off
 _ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
 _OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
+_GONE = ", ".join(column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED)
 
 
 class SQLiteLeaseStore(SQLiteFile):
@@ -191,20 +198,16 @@ class SQLiteStateStore(SQLiteFile):
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
-        if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
-            refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
-            kind = type(refused.destination)
-            needs = NEEDS.get(kind, ("another broker", ""))[0]
-            raise BackendError(
-                f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
-                "SQLite stores beatd's own messages only"
-            )
+        _only_beatd_queues(messages)
 
         def work(db: sqlite3.Connection) -> set[str]:
             self._check_lease(db, lease)
-            rejected: set[str] = set()
+            now = self._now()  # one reading: the controls' checks and the runs' records
+            rejected = failing(db, writes, messages, micros(now))
             for write in writes:
                 state = write.state
+                if state.entry in rejected:  # its pause or guard failed
+                    continue
                 params = (
                     _us(state.last_slot),
                     _us(state.last_published),
@@ -225,18 +228,22 @@ class SQLiteStateStore(SQLiteFile):
                     )
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
-            now = self._now()
-            db.executemany(
-                "INSERT INTO message (id, queue, priority, body, ready_at) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
-                    for m in messages
-                    if m.entry not in rejected
-                ],
-            )
-            if self.history:
-                record_published(db, lease, micros(now), messages, rejected)
+            applied(db, writes, messages, rejected, micros(now))
+            if self.history:  # each run's published record in its message's row
+                db.executemany(
+                    PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
+                )
                 record_missed(db, lease, micros(now), writes, rejected)
+            else:
+                db.executemany(
+                    "INSERT INTO message (id, queue, priority, body, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (m.id, m.destination.queue, _priority(m.destination.priority), m.body, now)
+                        for m in messages
+                        if m.entry not in rejected
+                    ],
+                )
             return rejected
 
         rejected = self._run(work, lease=True)
@@ -255,6 +262,18 @@ class SQLiteStateStore(SQLiteFile):
             db.executemany("DELETE FROM entry_state WHERE entry = ?", [(e,) for e in entries])
 
         self._run(work, lease=True)
+
+
+def _only_beatd_queues(messages: Sequence[Outgoing]) -> None:
+    """Refuse, before anything is written, messages for another broker than this file."""
+    if set(map(type, map(_destination, messages))) - {BeatdQueue}:  # per run: in C
+        refused = next(m for m in messages if type(m.destination) is not BeatdQueue)
+        kind = type(refused.destination)
+        needs = NEEDS.get(kind, ("another broker", ""))[0]
+        raise BackendError(
+            f"entry {refused.entry} publishes to a {kind.__name__}, which needs {needs}; "
+            "SQLite stores beatd's own messages only"
+        )
 
 
 class SQLiteWorkQueue(SQLiteFile):
@@ -305,7 +324,33 @@ class SQLiteWorkQueue(SQLiteFile):
         """Store the attempt `started` (the claimed row's MESSAGE_ATTEMPT, if one is open),
         ended now as `ending` says."""
         if started is not None and started[3] is not None and self.history:
-            record_ended(db, _stored(delivery.id), started, ending, micros(self._now()))
+            record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
+
+    def _delete_for_good(self, db: sqlite3.Connection, delivery: Delivery, ending: Ending) -> None:
+        """Delete the claimed message (ack, dead letter), if the claim still holds: its run's
+        attempt ends (`_done`) and, when the run holds its entry's busy mark (read by the same
+        statement), the controls' step for a final outcome runs (`_run_final`)."""
+        row = db.execute(
+            f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}, {HOLDS_BUSY}",
+            (delivery.receipt,),
+        ).fetchone()
+        self._done(db, delivery, None if row is None else row[:-1], ending)
+        if row is not None and row[-1]:
+            self._run_final(db, _stored(delivery.id))
+
+    def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
+        """A message deleted for good (`gone`: its MESSAGE_ATTEMPT and MESSAGE_PUBLISHED): a
+        record still in it is logged with its attempt (`log_done`), else the attempt is stored
+        in `run`'s record."""
+        if gone is None or gone[8] is None:  # no record in the message (published_us)
+            self._end(db, delivery, gone, ending)
+            return
+        opened = gone[3] is not None and self.history
+        log_done(db, _stored(delivery.id), gone, ending if opened else None, micros(self._now()))
+        self._logged += 1
+        if self._logged >= FOLD_EVERY:
+            fold(db)
+            self._logged = 0
 
     def _settle(
         self, sql: str, params: tuple[object, ...], delivery: Delivery, ending: Ending
@@ -331,18 +376,14 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
-            ).fetchone()
-            self._end(db, delivery, started, ending or _SUCCEEDED)
+            self._delete_for_good(db, delivery, ending or _SUCCEEDED)
 
         self._run(work)
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, ready_at = ?, deliveries = deliveries - 1, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (self._now(),),
             delivery,
             ending or _RELEASED,
@@ -353,7 +394,7 @@ class SQLiteWorkQueue(SQLiteFile):
     ) -> None:
         self._settle(
             "UPDATE message SET receipt = NULL, body = ?, ready_at = ?, deliveries = 0, "
-            "attempt_us = NULL WHERE receipt = ?",
+            "attempt_us = NULL, published_us = NULL WHERE receipt = ?",
             (body, self._now() + delay),
             delivery,
             ending or _RETRIED,
@@ -367,16 +408,17 @@ class SQLiteWorkQueue(SQLiteFile):
                 "WHERE receipt = ?",
                 (reason, self._now(), delivery.deliveries, delivery.receipt),
             )
-            started = db.execute(
-                f"DELETE FROM message WHERE receipt = ? RETURNING {_ATTEMPT_COLUMNS}",
-                (delivery.receipt,),
-            ).fetchone()
-            self._end(db, delivery, started, ending or _DEAD_LETTERED)
+            self._delete_for_good(db, delivery, ending or _DEAD_LETTERED)
 
         self._run(work)
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:
-        self._settle("UPDATE message SET attempt_us = NULL WHERE receipt = ?", (), delivery, ending)
+        self._settle(
+            "UPDATE message SET attempt_us = NULL, published_us = NULL WHERE receipt = ?",
+            (),
+            delivery,
+            ending,
+        )
 
 
 class SQLiteQueueAdmin(SQLiteFile):
@@ -457,7 +499,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
 
 class SQLiteBackend(
-    SQLiteLeaseStore, SQLiteStateStore, SQLiteWorkQueue, SQLiteQueueAdmin, SQLiteRunHistory
+    SQLiteLeaseStore,
+    SQLiteStateStore,
+    SQLiteWorkQueue,
+    SQLiteQueueAdmin,
+    SQLiteRunHistory,
+    SQLiteControls,
 ):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
-from beatd.history import FAILED_FINALLY, FINAL, LOST
+from beatd.history import FAILED_FINALLY, FINAL, LOST, RunKind
 from beatd.outcomes import Outcome
 
 
@@ -33,20 +33,38 @@ def _listed(outcomes: frozenset[Outcome]) -> str:
     return ", ".join(f"'{outcome}'" for outcome in sorted(outcomes))
 
 
-# The run history (format 2, beatd.history): one `run` row per published run, its ended attempts
-# keyed by (run's seq, number), the missed-slot ranges and each entry's summary. Every page a step
-# dirties is written to the WAL at its commit, and pages, more than statements, are what the
-# history costs a claim and an ack (bench/sqlite_history.py). So:
-# - a claim's attempt stays open in its message's row (`MESSAGE_ATTEMPT`: the claim writes that
-#   row anyway) and is written to `attempt` once, ended, by the settling step;
-# - what follows from that is done by triggers, in C: a claim that finds the message's attempt
-#   still open records it `lost`; an attempt ended with a final outcome moves its entry's summary;
+# The run history (format 2, beatd.history): one `run` row per run, its attempts keyed by (run's
+# seq, number), the missed-slot ranges and each entry's summary. Every page a step dirties is
+# written to the WAL at its commit, and pages, more than statements, are what the history costs a
+# commit, a claim and an ack (bench/sqlite_history.py); an index costs a page per run when the
+# runs are written one a transaction. So (docs/design.md tells it too):
+# - a run's published record is kept in its message's row (`MESSAGE_PUBLISHED`: the commit writes
+#   that row anyway), and a claim's attempt stays open there (`MESSAGE_ATTEMPT`);
+# - the ack or dead letter that deletes the message logs record and ended attempt in one row of
+#   `run_done` (no index), folded into `run` and `attempt` a thousand at a time (`fold`);
+# - a step that keeps the message (retry, release, a noted ending, a claim after a lapsed one)
+#   moves the record to `run` by clearing `published_us` (a trigger) and stores the attempt;
+# - triggers, in C: a claim that finds the message's attempt still open records it `lost`; an
+#   attempt ended later with a final outcome moves the entry's summary;
+# - the log's runs move the summaries when it is folded (an ack writes no summary page), and the
+#   summaries' reads count the runs logged since; a final end stored outside the log folds it
+#   first, so that the summaries count the runs in the order they ended;
 # - a run keeps no "finished" flag (nor an index of the open runs) for each ack to rewrite: a run
 #   is finished when its last attempt's outcome is final.
-# An attempt started from Celery's task events (no message here) is an `attempt` row with no end.
 # The indexes serve an entry's runs newest first (its unfinished ones: a leader's deadlines, at
 # most `Retention.per_entry` rows to look at) and all runs by age (newest first; trimming the
-# oldest). Statements one by one, so that they run inside a transaction (executescript commits).
+# oldest). The message table has no index of ids (it would cost a commit a page per run): a
+# queued run's record is found by a scan of the queue. Statements one by one, so that they run
+# inside a transaction (executescript commits).
+MESSAGE_PUBLISHED = (
+    ("entry", "TEXT"),
+    ("slot_us", "INTEGER"),
+    ("due_us", "INTEGER"),
+    ("kind", "TEXT"),
+    ("published_us", "INTEGER"),  # NULL: no record here (none, or moved to `run`)
+    ("node", "TEXT"),
+    ("epoch", "INTEGER"),
+)
 MESSAGE_ATTEMPT = (
     ("attempt_consumer", "TEXT"),
     ("attempt_host", "TEXT"),
@@ -56,10 +74,11 @@ MESSAGE_ATTEMPT = (
 _SUMMARIZE = (
     "INSERT INTO entry_summary (entry, last_status, last_finished_us, last_duration_us, "
     "last_success_us, last_failure_us, consecutive_failures) "
-    "SELECT entry, new.outcome, new.ended_us, new.ended_us - new.started_us, "
+    "SELECT {entry}, new.outcome, new.ended_us, new.ended_us - new.started_us, "
     f"iif(new.outcome = '{Outcome.SUCCEEDED}', new.ended_us, NULL), "
     f"iif(new.outcome IN ({_listed(FAILED_FINALLY)}), new.ended_us, NULL), "
-    f"new.outcome IN ({_listed(FAILED_FINALLY)}) FROM run WHERE seq = new.run "
+    f"new.outcome IN ({_listed(FAILED_FINALLY)}) "
+    "{source} "
     "ON CONFLICT (entry) DO UPDATE SET last_status = excluded.last_status, "
     "last_finished_us = excluded.last_finished_us, "
     "last_duration_us = excluded.last_duration_us, "
@@ -68,6 +87,11 @@ _SUMMARIZE = (
     f"consecutive_failures = CASE WHEN excluded.last_status = '{Outcome.SUCCEEDED}' THEN 0 "
     "WHEN excluded.last_failure_us IS NOT NULL THEN consecutive_failures + 1 "
     "ELSE consecutive_failures END"
+)
+_OF_ATTEMPT = _SUMMARIZE.format(entry="entry", source="FROM run WHERE seq = new.run")
+# The summary moved by an attempt of run :run stored ended (:outcome, :started_us, :ended_us).
+SUMMARIZE_ENDED = _SUMMARIZE.format(entry="entry", source="FROM run WHERE id = :run").replace(
+    "new.", ":"
 )
 HISTORY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS run (
@@ -107,18 +131,51 @@ HISTORY_SCHEMA = (
     "WHEN new.ended_us IS NULL BEGIN "
     f"UPDATE attempt SET ended_us = new.started_us, outcome = '{LOST}' "
     "WHERE run = new.run AND number < new.number AND ended_us IS NULL; END",
+    # A run's first claim (or a step that writes its record) moves its record to `run`; a run id
+    # already held there keeps its record.
+    "CREATE TRIGGER IF NOT EXISTS message_record_moved AFTER UPDATE OF published_us ON message "
+    "WHEN old.published_us IS NOT NULL AND new.published_us IS NULL BEGIN "
+    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind) "
+    "VALUES (old.id, old.entry, old.slot_us, old.due_us, old.published_us, old.node, old.epoch, "
+    "old.kind); END",
     # A claim of a message whose attempt is still open (its claim lapsed): that one was lost.
     "CREATE TRIGGER IF NOT EXISTS message_claimed_again AFTER UPDATE OF attempt_us ON message "
     "WHEN old.attempt_us IS NOT NULL AND new.attempt_us IS NOT NULL BEGIN "
+    "UPDATE message SET published_us = NULL WHERE seq = new.seq AND published_us IS NOT NULL; "
     "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome) "
     "SELECT seq, (SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE run = seq), "
     "old.attempt_consumer, old.attempt_host, old.attempt_pid, old.attempt_us, "
     f"new.attempt_us, '{LOST}' FROM run WHERE id = old.id; END",
-    # An attempt that ends with a final outcome (stored ended, or ended later) moves the summary.
-    "CREATE TRIGGER IF NOT EXISTS attempt_stored_ended AFTER INSERT ON attempt "
-    f"WHEN new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    # An attempt ended later with a final outcome moves the summary (one stored ended does so by
+    # `SUMMARIZE_ENDED`, so that a fold or a copy of attempts already counted does not).
+    "DROP TRIGGER IF EXISTS attempt_stored_ended",
     "CREATE TRIGGER IF NOT EXISTS attempt_ended AFTER UPDATE OF outcome ON attempt "
-    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_SUMMARIZE}; END",
+    f"WHEN old.outcome IS NULL AND new.outcome IN ({_listed(FINAL)}) BEGIN {_OF_ATTEMPT}; END",
+    # A run settled for good before anything moved its record to `run`: its record and its one
+    # attempt, logged in one row of a table without indexes (a page an ack), folded into `run`
+    # and `attempt` many at a time (`FOLD`).
+    """CREATE TABLE IF NOT EXISTS run_done (
+    id TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    slot_us INTEGER NOT NULL,
+    due_us INTEGER NOT NULL,
+    published_us INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    consumer TEXT,
+    host TEXT,
+    pid INTEGER,
+    started_us INTEGER,
+    ended_us INTEGER,
+    outcome TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    error_type TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT ''
+)""",
+    # The logged runs move the summaries when they are folded (`fold`), not one an ack; the
+    # summaries' reads count the runs logged since (`summaries`).
+    "DROP TRIGGER IF EXISTS run_done_logged",
     """CREATE TABLE IF NOT EXISTS missed (
     entry TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -142,8 +199,59 @@ HISTORY_SCHEMA = (
     consecutive_failures INTEGER NOT NULL
 ) WITHOUT ROWID""",
 )
+# The operator controls (format 2 too, issue 16; beatd.backends.sqlite_controls): each entry's
+# pause, busy mark and held run (a row only for an entry that has one; partial indexes of the
+# paused entries, read by every commit, and of the busy marks, looked up by every final settling
+# step), the audit log, the remembered trigger keys, and the audit id of a manual or backfill
+# run (apart from `run`, so that no other run's record pays for it).
+CONTROLS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entry_control (
+    entry TEXT PRIMARY KEY,
+    pause_at_us INTEGER,
+    pause_until_us INTEGER,
+    pause_reason TEXT,
+    pause_by TEXT,
+    busy_run TEXT,
+    busy_since_us INTEGER,
+    held TEXT
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS entry_control_paused ON entry_control (entry) "
+    "WHERE pause_at_us IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS entry_control_busy ON entry_control (busy_run) "
+    "WHERE busy_run IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS audit (
+    id TEXT PRIMARY KEY,
+    at_us INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    entry TEXT,
+    actor TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at_us, id)",
+    "CREATE INDEX IF NOT EXISTS audit_entry ON audit (entry, at_us, id)",
+    """CREATE TABLE IF NOT EXISTS trigger_key (
+    key TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    audit_id TEXT,
+    at_us INTEGER NOT NULL,
+    PRIMARY KEY (key, entry)
+)""",
+    "CREATE INDEX IF NOT EXISTS trigger_key_at ON trigger_key (at_us)",
+    "CREATE TABLE IF NOT EXISTS run_audit (id TEXT PRIMARY KEY, audit TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS run_audit_deleted AFTER DELETE ON run "
+    f"WHEN old.kind IN ('{RunKind.MANUAL}', '{RunKind.BACKFILL}') "
+    "BEGIN DELETE FROM run_audit WHERE id = old.id; END",
+)
 HISTORY_OBJECTS = frozenset(
-    re.findall(r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)", " ".join(HISTORY_SCHEMA))
+    re.findall(
+        r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)",
+        " ".join(HISTORY_SCHEMA + CONTROLS_SCHEMA),
+    )
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (
@@ -173,7 +281,14 @@ CREATE TABLE IF NOT EXISTS message (
     attempt_consumer TEXT,
     attempt_host TEXT,
     attempt_pid INTEGER,
-    attempt_us INTEGER
+    attempt_us INTEGER,
+    entry TEXT,
+    slot_us INTEGER,
+    due_us INTEGER,
+    kind TEXT,
+    published_us INTEGER,
+    node TEXT,
+    epoch INTEGER
 );
 CREATE INDEX IF NOT EXISTS message_order ON message (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS message_receipt ON message (receipt);
@@ -206,7 +321,8 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 
 def _format_2(db: sqlite3.Connection) -> None:
-    """Format 1 to 2: the run history's tables and the message's open attempt (issue 15). A
+    """Format 1 to 2: the run history's tables, and the message's open attempt and queued run's
+    record (issue 15); the operator controls' tables (issue 16). A
     process that opened the file for writing since has added them already (`add_history`), so
     that a worker started before the leader upgrades records its attempts."""
     add_history(db)
@@ -215,18 +331,19 @@ def _format_2(db: sqlite3.Connection) -> None:
 def add_history(db: sqlite3.Connection) -> None:
     """Add the run history's layout where it is missing, inside the caller's transaction."""
     held = {row[1] for row in db.execute("PRAGMA table_info(message)")}
-    for column, kind in MESSAGE_ATTEMPT:
+    for column, kind in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED:
         if column not in held:
             db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
-    for statement in HISTORY_SCHEMA:
+    for statement in HISTORY_SCHEMA + CONTROLS_SCHEMA:
         db.execute(statement)
 
 
 def has_history(db: sqlite3.Connection) -> bool:
     """Whether the file has all of the run history's layout (a read)."""
     objects = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
-    return objects >= HISTORY_OBJECTS and "attempt_us" in {
-        row[1] for row in db.execute("PRAGMA table_info(message)")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(message)")}
+    return objects >= HISTORY_OBJECTS and columns >= {
+        column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED
     }
 
 
@@ -297,6 +414,7 @@ class SQLiteFile:
         self.history = history  # False: commits, claims and settlings write no run history
         self._history_tables = False  # seen in a read-only file (which may be of format 1)
         self._host = socket.gethostname()  # of the attempts this process's claims start
+        self._logged = 0  # runs this handle logged in run_done since it last folded it
         if (read_only or not create) and not self.path.is_file():
             raise BackendError(
                 f"no database at {self.path}: check the path (`beatd run` creates it)"
@@ -483,6 +601,10 @@ class SQLiteFile:
         ).fetchone()
         if row is None:
             raise LeaseLost(f"lease epoch {lease.epoch} of {lease.node} is no longer held")
+
+    def _run_final(self, db: sqlite3.Connection, run_id: str | bytes) -> None:
+        """Run `run_id` reached a final outcome, inside `db`'s transaction (a settling step's):
+        the operator controls' step (`SQLiteControls` does it; a part without them, nothing)."""
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

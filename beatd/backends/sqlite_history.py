@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
-from beatd.backends.sqlite_file import SQLiteFile, _listed, has_history
+from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
 from beatd.history import (
+    FAILED_FINALLY,
     FINAL,
+    PASS_OVER,
     Attempt,
     Ending,
     EntrySummary,
@@ -31,11 +34,47 @@ from beatd.history import (
     RunKind,
     RunRecord,
 )
+from beatd.outcomes import Outcome
 
-_PUBLISHED = (
-    "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, kind, published_us, node, epoch) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+PUBLISHED = (
+    "INSERT INTO message (id, queue, priority, body, ready_at, entry, slot_us, due_us, kind, "
+    "published_us, node, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The records of the runs queued and never claimed (in their messages' rows: MESSAGE_PUBLISHED),
+# as `_RUN_COLUMNS` with the message's seq negated: of a run id queued twice the first message's,
+# of one held in `run` none (that record was there first).
+QUEUED_RUNS = (
+    "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
+    "0 AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
+    "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
+    "AND NOT EXISTS (SELECT 1 FROM run_done WHERE run_done.id = message.id) GROUP BY id"
+)
+_LOGGED_COLUMNS = (
+    "id, entry, slot_us, due_us, published_us, node, epoch, kind, consumer, host, pid, "
+    "started_us, ended_us, outcome, reason, error_type, error"
+)
+# The runs logged in `run_done` (settled for good while their records were in their messages)
+# and not in `run` (of a run id logged twice, the first row), as `_LOGGED_COLUMNS`.
+LOGGED_RUNS = (
+    f"SELECT {_LOGGED_COLUMNS}, min(rowid) AS logged FROM run_done "
+    "WHERE NOT EXISTS (SELECT 1 FROM run WHERE run.id = run_done.id) GROUP BY id"
+)
+# Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
+FOLD_EVERY = 1000
+# The final ends logged in `run_done`, in the order they were logged (`_counted` reads them).
+_LOGGED_ENDS = (
+    "SELECT entry, outcome, started_us, ended_us FROM run_done "
+    f"WHERE outcome IN ({_listed(FINAL)}) {{}} ORDER BY rowid"
+)
+_SUMMARY_COLUMNS = (
+    "entry, last_status, last_finished_us, last_duration_us, last_success_us, last_failure_us, "
+    "consecutive_failures"
+)
+# A row of `entry_summary` (as `_SUMMARY_COLUMNS`).
+SummaryRow = tuple[str, str, int, int | None, int | None, int | None, int]
+# Move the queued runs' records to `run` (a trigger does): before a step that writes a run's
+# record (`_move_unless_held`), trim and import.
+MOVE_QUEUED = "UPDATE message SET published_us = NULL WHERE published_us IS NOT NULL"
 _COPIED = (
     "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, "
     "received_us, overdue_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -54,6 +93,13 @@ _FINISHED = (
     f"coalesce((SELECT outcome IN ({_listed(FINAL)}) FROM attempt WHERE run = seq "
     "ORDER BY number DESC LIMIT 1), 0)"
 )
+# Whether a run finished by the time given as a parameter: finished, its last attempt ended
+# at or before it.
+_FINISHED_BY = (
+    f"coalesce((SELECT outcome IN ({_listed(FINAL)}) AND ended_us <= ? FROM attempt "
+    "WHERE run = seq ORDER BY number DESC LIMIT 1), 0)"
+)
+_AUDITED = (RunKind.MANUAL, RunKind.BACKFILL)  # the kinds of run with an audit id (`run_audit`)
 _RUN_COLUMNS = (
     "seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, "
     "overdue_us"
@@ -79,21 +125,25 @@ def _at(value: int | None) -> datetime | None:
 # --- written inside the other roles' transactions ---------------------------------------------
 
 
-def record_published(
-    db: sqlite3.Connection,
+def published_rows(
     lease: Lease,
-    now: int,
+    now: float,
+    now_us: int,
     messages: Sequence[Outgoing],
     rejected: set[str],
-) -> None:
-    """The published record of each run of a commit (a message with a slot, of an applied
-    write); a run id already held is left as it is. Made per run of a burst, so a plain loop
-    that converts each distinct time once (the runs of a burst share their slots)."""
-    shared = (now, lease.node, lease.epoch)
+) -> list[tuple[object, ...]]:
+    """The `PUBLISHED` rows of a commit's messages (of applied writes): a message with a slot
+    carries its run's published record. Made per run of a burst, so a plain loop that converts
+    each distinct time once (the runs of a burst share their slots)."""
+    shared = (now_us, lease.node, lease.epoch)
     micros_of: dict[datetime, int] = {}
-    rows = []
-    for entry, run_id, _, _, slot, due, kind, _audit in messages:
-        if slot is None or (rejected and entry in rejected):
+    rows: list[tuple[object, ...]] = []
+    for entry, run_id, destination, body, slot, due, kind, _audit in messages:
+        if rejected and entry in rejected:
+            continue
+        message = (run_id, destination.queue, _priority(destination.priority), body, now)
+        if slot is None:
+            rows.append((*message, None, None, None, None, None, None, None))
             continue
         due = due or slot
         slot_us = micros_of.get(slot)
@@ -102,8 +152,8 @@ def record_published(
         due_us = micros_of.get(due)
         if due_us is None:
             due_us = micros_of[due] = to_micros(due)
-        rows.append((run_id, entry, slot_us, due_us, kind, *shared))
-    db.executemany(_PUBLISHED, rows)
+        rows.append((*message, entry, slot_us, due_us, kind, *shared))
+    return rows
 
 
 def record_missed(
@@ -151,6 +201,8 @@ def end_attempt(db: sqlite3.Connection, run_id: str, ending: Ending, at: int) ->
     """End a held run's open attempt as `ending` says (for a final outcome a trigger finishes
     the run and moves its entry's summary on); False when there is no such run or no open
     attempt."""
+    if ending.outcome in FINAL:
+        fold_logged(db)  # the summary counts the runs logged before this one first
     return (
         db.execute(
             "UPDATE attempt SET ended_us = ?, outcome = ?, reason = ?, error_type = ?, error = ? "
@@ -169,9 +221,9 @@ def record_ended(
     at: int,
 ) -> None:
     """Store the attempt a claim opened in the run's message (`started`: its consumer, host,
-    pid and start), ended at `at` as `ending` says, if the history holds the run (a trigger
-    moves the entry's summary on for a final outcome). `run_id` as stored (`_stored`): bytes
-    for an id that is not UTF-8, which no run the history holds has."""
+    pid and start), ended at `at` as `ending` says, if the history holds the run (for a final
+    outcome the log is folded, then the entry's summary moved on). `run_id` as stored
+    (`_stored`): bytes for an id that is not UTF-8, which no run the history holds has."""
     db.execute(
         "INSERT INTO attempt (run, number, consumer, host, pid, started_us, ended_us, outcome, "
         "reason, error_type, error) SELECT seq, "
@@ -179,9 +231,145 @@ def record_ended(
         "?, ?, ?, ?, ?, ?, ?, ?, ? FROM run WHERE id = ?",
         (*started, at, ending.outcome, ending.reason, ending.error_type, ending.error, run_id),
     )
+    if ending.outcome in FINAL:
+        fold_logged(db)  # the summary counts the runs logged before this one first
+        ended = {"run": run_id, "outcome": ending.outcome, "started_us": started[3], "ended_us": at}
+        db.execute(SUMMARIZE_ENDED, ended)
+
+
+def _move_unless_held(db: sqlite3.Connection, run_id: str) -> None:
+    """Before writing run `run_id`'s record: unless `run` holds it, move every queued run's
+    record there (the queue has no index of ids: one scan moves them all, so the leader's
+    deadline marks of a backed-up queue scan it once, not once a run)."""
+    if db.execute("SELECT 1 FROM run WHERE id = ?", (run_id,)).fetchone() is None:
+        fold(db)
+        db.execute(MOVE_QUEUED)
+
+
+def log_done(
+    db: sqlite3.Connection, run_id: str | bytes, gone: Sequence[Any], ending: Ending | None, at: int
+) -> None:
+    """Log a run whose message is deleted for good while its record is still in it (`gone`:
+    MESSAGE_ATTEMPT then MESSAGE_PUBLISHED), with its attempt ended at `at` as `ending` says
+    (None: no attempt to store). The entry's summary counts it when the log is folded (`fold`);
+    until then `summaries` adds it."""
+    consumer, host, pid, started, entry, slot, due, kind, published, node, epoch = gone
+    attempt: tuple[object, ...] = (None,) * 9
+    if ending is not None:
+        attempt = (consumer, host, pid, started, at, *_ending(ending))
+    db.execute(
+        f"INSERT INTO run_done ({_LOGGED_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, ''), "
+        "coalesce(?, ''))",
+        (run_id, entry, slot, due, published, node, epoch, kind, *attempt),
+    )
+
+
+def _ending(ending: Ending) -> tuple[str, str, str, str]:
+    return ending.outcome, ending.reason, ending.error_type, ending.error
+
+
+def _counted(held: dict[str, SummaryRow], ends: Iterable[Sequence[Any]]) -> dict[str, SummaryRow]:
+    """The summaries of the entries that `ends` (of `_LOGGED_ENDS`, in their order) moves, from
+    the summaries `held` (`_SUMMARIZE`'s rules, sqlite_file.py, one end at a time)."""
+    moved: dict[str, SummaryRow] = {}
+    for entry, outcome, started, ended in ends:
+        before = moved.get(entry) or held.get(entry)
+        success, failure, failures = (None, None, 0) if before is None else before[4:]
+        if outcome == Outcome.SUCCEEDED:
+            success, failures = ended, 0
+        elif outcome in FAILED_FINALLY:
+            failure, failures = ended, failures + 1
+        duration = None if started is None else ended - started
+        moved[entry] = (entry, outcome, ended, duration, success, failure, failures)
+    return moved
+
+
+def _held_summaries(db: sqlite3.Connection, entries: Iterable[str]) -> dict[str, SummaryRow]:
+    """The stored summaries of `entries`."""
+    rows = db.execute(
+        f"SELECT {_SUMMARY_COLUMNS} FROM entry_summary "
+        "WHERE entry IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(set(entries))),),
+    )
+    return {row[0]: row for row in rows}
+
+
+def fold_logged(db: sqlite3.Connection) -> None:
+    """`fold`, if anything is logged (before a summary is moved outside the log)."""
+    if db.execute("SELECT 1 FROM run_done LIMIT 1").fetchone() is not None:
+        fold(db)
+
+
+def fold(db: sqlite3.Connection) -> None:
+    """Move the runs logged in `run_done` to `run` and `attempt` (a run id held there keeps its
+    record; its attempt is appended), and count their final ends in the summaries, in the order
+    they were logged (an attempt ended later moves them itself)."""
+    ends = db.execute(_LOGGED_ENDS.format("")).fetchall()
+    if ends:
+        held = _held_summaries(db, (end[0] for end in ends))
+        db.executemany(
+            f"INSERT OR REPLACE INTO entry_summary ({_SUMMARY_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            list(_counted(held, ends).values()),
+        )
+    db.execute(
+        "INSERT OR IGNORE INTO run (id, entry, slot_us, due_us, published_us, node, epoch, "
+        "kind) SELECT id, entry, slot_us, due_us, published_us, node, epoch, kind "
+        "FROM run_done ORDER BY rowid"
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO attempt (run, number, consumer, host, pid, started_us, "
+        "ended_us, outcome, reason, error_type, error) SELECT run.seq, "
+        "(SELECT coalesce(max(number), 0) + 1 FROM attempt WHERE attempt.run = run.seq), "
+        "d.consumer, d.host, d.pid, d.started_us, d.ended_us, d.outcome, d.reason, "
+        "d.error_type, d.error FROM run_done AS d JOIN run ON run.id = d.id "
+        "WHERE d.consumer IS NOT NULL ORDER BY d.rowid"
+    )
+    db.execute("DELETE FROM run_done")
+
+
+def _logged_record(row: Sequence[Any]) -> RunRecord:
+    """The record of a `LOGGED_RUNS` row."""
+    run_id, entry, slot, due, published, node, epoch, kind, *attempt, _ = row
+    consumer, host, pid, started, ended, outcome, reason, error_type, error = attempt
+    attempts: tuple[Attempt, ...] = ()
+    if consumer is not None:
+        attempts = (
+            Attempt(
+                1, consumer, host, pid, from_micros(started), _at(ended), outcome, reason,
+                error_type, error,
+            ),
+        )  # fmt: skip
+    return RunRecord(
+        run_id, entry, from_micros(slot), from_micros(due), from_micros(published), node, epoch,
+        RunKind(kind), False, attempts,
+    )  # fmt: skip
+
+
+def _event_ended(db: sqlite3.Connection, run_id: str, ending: Ending, when: int) -> bool:
+    """End the run's attempt (one started from no message if none is open); False when
+    the history does not hold the run, it finished, or this end is a repeat."""
+    _move_unless_held(db, run_id)
+    if end_attempt(db, run_id, ending, when):
+        return True
+    row = db.execute(
+        f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
+        "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
+        (when, ending.outcome, run_id),
+    ).fetchone()
+    if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
+        return False
+    start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
+    return end_attempt(db, run_id, ending, when)
 
 
 # --- the RunHistory role ----------------------------------------------------------------------
+
+
+def _newest_first(record: RunRecord) -> tuple[datetime, str]:
+    """The order of `runs`: by publishing time, then id."""
+    return record.published_at, record.id
 
 
 def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
@@ -200,6 +388,20 @@ def _run_record(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> RunRecord:
         _at(received),
         _at(overdue),
     )
+
+
+def _audited(db: sqlite3.Connection, records: list[RunRecord]) -> list[RunRecord]:
+    """`records` with the audit id of each manual or backfill run (kept in `run_audit`)."""
+    chosen = [r.id for r in records if r.kind in _AUDITED]
+    if not chosen:
+        return records
+    audit = dict(
+        db.execute(
+            "SELECT id, audit FROM run_audit WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(chosen),),
+        )
+    )
+    return [replace(r, audit=audit[r.id]) if r.id in audit else r for r in records]
 
 
 def _attempt(row: Sequence[Any]) -> Attempt:
@@ -237,9 +439,19 @@ def _delete_runs(db: sqlite3.Connection, chosen: str, params: tuple[object, ...]
     return int(db.execute(f"DELETE FROM run WHERE seq IN ({chosen})", params).rowcount)
 
 
+# The finished runs (of those `{}` selects) among the first LIMIT past the newest OFFSET ones
+# (the call's limit plus PASS_OVER: bounded work per call), the oldest first.
+_PAST_CAP = (
+    "SELECT seq FROM (SELECT seq, published_us, id FROM run {} "
+    f"ORDER BY published_us DESC, id DESC LIMIT ? OFFSET ?) WHERE {_FINISHED} "
+    "ORDER BY published_us, id LIMIT ?"
+)
+
+
 def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit: int) -> int:
-    """Runs older than `cutoff`, then each entry's oldest past `per_entry`, then the oldest past
-    `max_records`: at most `limit` of them; how many went."""
+    """Runs older than `cutoff`, then each entry's oldest finished runs past its newest
+    `per_entry`, then the oldest finished past the newest `max_records` (the caps pass over an
+    unfinished run: only its age deletes it): at most `limit` of them; how many went."""
     left = limit - _delete_runs(
         db,
         "SELECT seq FROM run WHERE published_us < ? ORDER BY published_us, id LIMIT ?",
@@ -257,13 +469,13 @@ def _trim_runs(db: sqlite3.Connection, retention: Retention, cutoff: int, limit:
             break
         left -= _delete_runs(
             db,
-            "SELECT seq FROM run WHERE entry = ? ORDER BY published_us, id LIMIT ?",
-            (entry, min(count - retention.per_entry, left)),
+            _PAST_CAP.format("WHERE entry = ?"),
+            (entry, left + PASS_OVER, retention.per_entry, min(count - retention.per_entry, left)),
         )
     excess = db.execute("SELECT COUNT(*) FROM run").fetchone()[0] - retention.max_records
     if left > 0 and excess > 0:
         left -= _delete_runs(
-            db, "SELECT seq FROM run ORDER BY published_us, id LIMIT ?", (min(excess, left),)
+            db, _PAST_CAP.format(""), (left + PASS_OVER, retention.max_records, left)
         )
     return limit - left
 
@@ -323,15 +535,24 @@ class SQLiteRunHistory(SQLiteFile):
         if query.since is not None:
             where.append("published_us >= ?")
             params.append(to_micros(query.since))
-        if query.unfinished:
-            where.append(f"overdue_us IS NULL AND NOT {_FINISHED}")
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM run WHERE {' AND '.join(where)} "
-            "ORDER BY published_us DESC, id DESC LIMIT ?"
-        )
+        chosen = " AND ".join(where)
+        finished = f" AND overdue_us IS NULL AND NOT {_FINISHED}" if query.unfinished else ""
+        newest = "ORDER BY published_us DESC, id DESC LIMIT ?"
+        held = f"SELECT {_RUN_COLUMNS} FROM run WHERE {chosen}{finished} {newest}"
+        queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE {chosen} {newest}"  # never finished
+        logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE {chosen} {newest}"
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
-            return self._records(db, db.execute(sql, (*params, query.limit)).fetchall())
+            rows = db.execute(held, (*params, query.limit)).fetchall()
+            rows += db.execute(queued, (*params, query.limit)).fetchall()
+            records = self._records(db, rows)
+            for row in db.execute(logged, (*params, query.limit)):
+                done = _logged_record(row)
+                if not (query.unfinished and done.finished):
+                    records.append(done)
+            records = _audited(db, records)
+            records.sort(key=_newest_first, reverse=True)
+            return records[: query.limit]
 
         return self._run(read, write=False)
 
@@ -341,7 +562,15 @@ class SQLiteRunHistory(SQLiteFile):
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM run WHERE id = ?", (run_id,))
-            return self._records(db, rows.fetchall())
+            found = rows.fetchall()
+            if not found:
+                logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE id = ?"
+                done = db.execute(logged, (run_id,)).fetchall()
+                if done:
+                    return _audited(db, [_logged_record(done[0])])
+                queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?"
+                found = db.execute(queued, (run_id,)).fetchall()
+            return _audited(db, self._records(db, found))
 
         found = self._run(read, write=False)
         return found[0] if found else None
@@ -368,20 +597,28 @@ class SQLiteRunHistory(SQLiteFile):
     def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
         if not self._holds_history():
             return {}
-        sql = "SELECT * FROM entry_summary"
-        params: tuple[object, ...] = ()
+        chosen, params = "", tuple[object, ...]()
         if entries is not None:
-            sql += " WHERE entry IN (SELECT value FROM json_each(?))"
+            chosen = "WHERE entry IN (SELECT value FROM json_each(?))"
             params = (json.dumps(list(entries)),)
-        rows = self._run(lambda db: db.execute(sql, params).fetchall(), write=False)
-        return {row[0]: _summary(row) for row in rows}
+
+        def read(db: sqlite3.Connection) -> dict[str, SummaryRow]:
+            """The stored summaries, with the runs logged since the last fold counted."""
+            sql = f"SELECT {_SUMMARY_COLUMNS} FROM entry_summary {chosen}"
+            held = {row[0]: row for row in db.execute(sql, params)}
+            ends = db.execute(_LOGGED_ENDS.format(chosen.replace("WHERE", "AND")), params)
+            return held | _counted(held, ends)
+
+        return {entry: _summary(row) for entry, row in self._run(read, write=False).items()}
 
     def history_size(self) -> tuple[int, int]:
         if not self._holds_history():
             return 0, 0
         row = self._run(
             lambda db: db.execute(
-                "SELECT (SELECT COUNT(*) FROM run), (SELECT COUNT(*) FROM missed)"
+                f"SELECT (SELECT COUNT(*) FROM run) + (SELECT COUNT(*) FROM ({QUEUED_RUNS})) "
+                f"+ (SELECT COUNT(*) FROM ({LOGGED_RUNS})), "
+                "(SELECT COUNT(*) FROM missed)"
             ).fetchone(),
             write=False,
         )
@@ -392,11 +629,21 @@ class SQLiteRunHistory(SQLiteFile):
             return False
         return int(self._run(lambda db: db.execute(sql, params).rowcount)) == 1
 
+    def _run_changed(self, run_id: str, sql: str, params: tuple[object, ...]) -> bool:
+        """`_changed` for a run's record, moved to `run` first if it is queued."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            _move_unless_held(db, run_id)
+            return int(db.execute(sql, params).rowcount) == 1
+
+        return self.history and self._run(work)
+
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
-        return self._changed(
+        return self._run_changed(
+            run_id,
             "UPDATE run SET overdue_us = ? "
-            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED}",
-            (to_micros(at), run_id),
+            f"WHERE id = ? AND overdue_us IS NULL AND NOT {_FINISHED_BY}",
+            (to_micros(at), run_id, to_micros(at)),
         )
 
     def mark_missed_overdue(self, entry: str, reason: str, first: datetime, at: datetime) -> bool:
@@ -407,7 +654,8 @@ class SQLiteRunHistory(SQLiteFile):
         )
 
     def run_received(self, run_id: str, consumer: str, at: datetime) -> bool:
-        return self._changed(
+        return self._run_changed(
+            run_id,
             "UPDATE run SET received_us = ? WHERE id = ? AND received_us IS NULL",
             (to_micros(at), run_id),
         )
@@ -418,6 +666,7 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
+            _move_unless_held(db, run_id)
             repeat = db.execute(
                 "SELECT 1 FROM attempt WHERE run = (SELECT seq FROM run WHERE id = ?) "
                 "AND ended_us IS NULL AND consumer = ? AND started_us = ?",
@@ -431,42 +680,62 @@ class SQLiteRunHistory(SQLiteFile):
         when = to_micros(at)
 
         def work(db: sqlite3.Connection) -> bool:
-            if end_attempt(db, run_id, ending, when):
-                return True
-            row = db.execute(
-                f"SELECT {_FINISHED}, (SELECT ended_us = ? AND outcome = ? FROM attempt "
-                "WHERE run = seq ORDER BY number DESC LIMIT 1) FROM run WHERE id = ?",
-                (when, ending.outcome, run_id),
-            ).fetchone()
-            if row is None or row[0] or row[1]:  # not held, finished, or this end repeated
-                return False
-            start_attempt(db, run_id, "", "", None, when)  # an event without its task-started
-            return end_attempt(db, run_id, ending, when)
+            ended = _event_ended(db, run_id, ending, when)
+            if ended and ending.outcome in FINAL:
+                self._run_final(db, run_id)
+            return ended
 
         return self.history and self._run(work)
 
     def trim(self, retention: Retention, limit: int = 10_000) -> int:
         def work(db: sqlite3.Connection) -> int:
             cutoff = micros(self._now() - retention.max_age.total_seconds())
+            fold(db)
+            db.execute(MOVE_QUEUED)  # the logged and queued runs' records too
             gone = _trim_runs(db, retention, cutoff, limit)
             return gone + _trim_missed(db, retention, cutoff, limit - gone)
 
         return self._run(work) if self._holds_history() else 0
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
-        after = -1
-        while self._holds_history():
-            after, records = self._run(partial(self._after, after=after, batch=batch), write=False)
+        """The runs in `run` by seq, then the queued ones by message (each read `batch` at a
+        time), in batches of `batch`."""
+        if not self._holds_history():
+            return
+        held = f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?"
+        queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        pending: list[RunRecord] = list(self._run(self._logged_runs, write=False))
+        for sql, start in ((held, -1), (queued, 1)):
+            for records in self._batches(sql, start, batch):
+                pending += records
+                while len(pending) >= batch:
+                    yield pending[:batch]
+                    pending = pending[batch:]
+        if pending:
+            yield pending
+
+    def _logged_runs(self, db: sqlite3.Connection) -> list[RunRecord]:
+        """The runs logged in `run_done` (at most a fold's worth)."""
+        return _audited(
+            db, [_logged_record(row) for row in db.execute(f"{LOGGED_RUNS} ORDER BY logged")]
+        )
+
+    def _batches(self, sql: str, after: int, batch: int) -> Iterator[list[RunRecord]]:
+        """The records `sql` reads past seq `after`, `batch` at a time."""
+        while True:
+            after, records = self._run(
+                partial(self._after, sql=sql, after=after, batch=batch), write=False
+            )
             if not records:
                 return
             yield records
 
-    def _after(self, db: sqlite3.Connection, after: int, batch: int) -> tuple[int, list[RunRecord]]:
-        """The batch of runs stored after seq `after`, and the last seq in it."""
-        rows = db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM run WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)
-        ).fetchall()
-        return (rows[-1][0] if rows else after), self._records(db, rows)
+    def _after(
+        self, db: sqlite3.Connection, sql: str, after: int, batch: int
+    ) -> tuple[int, list[RunRecord]]:
+        """The batch of runs `sql` reads past seq `after`, and the last seq in it."""
+        rows = db.execute(sql, (after, batch)).fetchall()
+        return (rows[-1][0] if rows else after), _audited(db, self._records(db, rows))
 
     def export_missed(self) -> list[MissedRecord]:
         if not self._holds_history():
@@ -486,6 +755,8 @@ class SQLiteRunHistory(SQLiteFile):
         summaries: Sequence[EntrySummary] = (),
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
+            fold(db)
+            db.execute(MOVE_QUEUED)  # a logged or queued run's record is held
             added = sum(_import_run(db, run) for run in runs)
             added += db.executemany(
                 _MISSED,
@@ -531,6 +802,8 @@ def _import_run(db: sqlite3.Connection, run: RunRecord) -> int:
     ).fetchall()
     if not stored:
         return 0
+    if run.audit is not None:
+        db.execute("INSERT OR IGNORE INTO run_audit (id, audit) VALUES (?, ?)", (run.id, run.audit))
     db.executemany(
         _ATTEMPT,
         [

@@ -4,6 +4,11 @@ N entries every 1-60 s (`workload.mixed_intervals`) for a fixed window. Delay is
 arrival time (Redis stream id, SQLite `ready_at`) minus the slot; a run is lost when an expected
 (entry, slot) of the window never reached the queue. The daemon's CPU over the window (from
 /proc) divided by the runs it published gives the steady-state cost per run.
+
+On PostgreSQL the server's CPU is that of the processes serving the bench's database, and the
+size of each of beatd's tables (`pg_total_relation_size`: heap, indexes, TOAST) is read as the
+window opens and once its runs have landed: no worker takes the runs, so the queue grows by
+every run published, and the history's tables by their records once the backend writes them.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import daemons
+from bench import daemons, pgdatabase
 from bench.common import (
     arrivals,
+    is_postgres,
     percentiles,
     proc_cpu,
     proc_hwm_mb,
@@ -44,11 +50,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         time.sleep(max(0.0, start - time.time()))
         cpu0 = proc_cpu(process.pid)
         redis0 = proc_cpu(redis_pid) if redis_pid else None
+        postgres0 = pgdatabase.server_cpu(url) if is_postgres(url) else None
+        tables0 = _tables(url)
         time.sleep(max(0.0, end - time.time()))
         cpu1 = proc_cpu(process.pid)
         redis1 = proc_cpu(redis_pid) if redis_pid else None
+        postgres1 = pgdatabase.server_cpu(url) if is_postgres(url) else None
         time.sleep(2.0)  # the runs of the window's last second land
         rss = proc_hwm_mb(process.pid)
+        tables1 = _tables(url)
     finally:
         daemons.stop(process)
     found = arrivals(url, since=start - 5)
@@ -82,6 +92,19 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "cpu_us_per_run": round(cpu / max(1, runs) * 1e6, 1),
         "cpu_share_of_core": round(cpu / window, 3),
         "redis_cpu_s": round(redis1 - redis0, 3) if redis_pid else None,
+        "postgres_cpu_s": (
+            round(pgdatabase.cpu_between(postgres0, postgres1), 3)
+            if postgres0 is not None and postgres1 is not None
+            else None
+        ),
+        **({"tables": {"before": tables0, "after": tables1}} if tables0 and tables1 else {}),
         "daemon_peak_rss_mb": round(rss, 1),
         "samples": {"delay_s": thin(delays)},
     }
+
+
+def _tables(url: str) -> dict[str, Any] | None:
+    """On PostgreSQL, the bytes of each of beatd's tables and the messages queued, now."""
+    if not is_postgres(url):
+        return None
+    return {"bytes": pgdatabase.table_sizes(url), "messages": queued_count(url)}

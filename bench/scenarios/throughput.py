@@ -13,9 +13,11 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from bench import pgdatabase
 from bench.common import (
     arrivals,
     beatd_scheduler,
+    is_postgres,
     measure,
     open_backend,
     peak_rss_mb,
@@ -47,9 +49,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     assert scheduler.is_leader, "the bench scheduler did not become leader"
     clock.advance(1.0)
     redis_before = proc_cpu(redis_pid) if redis_pid else None
+    postgres_before = pgdatabase.server_cpu(url) if is_postgres(url) else None
     with measure() as publish:
         scheduler.step()
     redis_cpu = proc_cpu(redis_pid) - redis_before if redis_pid else None
+    postgres_cpu = (
+        pgdatabase.cpu_between(postgres_before, pgdatabase.server_cpu(url))
+        if postgres_before is not None
+        else None
+    )
     queued = len({a.id for a in arrivals(url)})  # distinct runs whose message reads back
     backend.close()
     return {
@@ -62,6 +70,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "runs_per_s": round(count / publish.wall, 1),
         "cpu_us_per_run": round(publish.cpu / count * 1e6, 2),
         "redis_cpu_s": round(redis_cpu, 3) if redis_cpu is not None else None,
+        "postgres_cpu_s": round(postgres_cpu, 3) if postgres_cpu is not None else None,
         "adopt_wall_s": round(adopt.wall, 3),
         "adopt_cpu_s": round(adopt.cpu, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -143,6 +143,12 @@ def claimed(backend: Backend, queue: str, consumer: str, visibility: float = 60)
     return delivery
 
 
+def finish_all(backend: Backend, queue: str = "default") -> None:
+    """Claim and ack every run queued in `queue`: their records are finished."""
+    while (delivery := backend.claim([queue], "w", 60)) is not None:
+        backend.ack(delivery)
+
+
 def settle(
     backend: Backend | FaultyBackend, how: str, delivery: Delivery, ending: Ending | None
 ) -> None:
@@ -488,10 +494,29 @@ class HistoryContract:
         assert not backend.mark_overdue(run_id("e", 1), deadline + timedelta(minutes=1))
         e = record(backend, run_id("e", 1))
         assert (e.overdue_at, e.status) == (deadline, RunStatus.OVERDUE)
-        settle(backend, "ack", claimed(backend, "q", "w"), None)
-        assert not backend.mark_overdue(run_id("f", 1), deadline)
+        with window(backend) as acked:
+            settle(backend, "ack", claimed(backend, "q", "w"), None)
+        later = acked[1] + timedelta(seconds=1)  # a deadline after it finished
+        assert not backend.mark_overdue(run_id("f", 1), later)
         assert record(backend, run_id("f", 1)).overdue_at is None
         assert not backend.mark_overdue("nobody@1", deadline)
+
+    def test_a_run_finished_after_its_deadline_is_marked_and_keeps_its_outcome(
+        self, backend: Backend
+    ) -> None:
+        # no leader watched the deadline: the next one marks what finished after it
+        publish(backend, lead(backend), run("e", 1), run("f", 1))
+        ended = T0 + timedelta(seconds=40)
+        assert backend.attempt_ended(run_id("e", 1), Ending(Outcome.SUCCEEDED), ended)
+        assert backend.attempt_ended(run_id("f", 1), Ending(Outcome.SUCCEEDED), ended)
+        assert not backend.mark_overdue(run_id("f", 1), ended)  # finished at its deadline
+        deadline = ended - timedelta(seconds=10)
+        assert backend.mark_overdue(run_id("e", 1), deadline)
+        assert not backend.mark_overdue(run_id("e", 1), deadline)
+        e, f = record(backend, run_id("e", 1)), record(backend, run_id("f", 1))
+        assert (e.overdue_at, e.status, e.finished_at) == (deadline, Outcome.SUCCEEDED, ended)
+        assert (f.overdue_at, f.status) == (None, Outcome.SUCCEEDED)
+        assert backend.summaries()["e"].last_status == Outcome.SUCCEEDED
 
     def test_a_missed_record_is_marked_overdue_once(self, backend: Backend) -> None:
         publish(backend, lead(backend), run("e", 3), gone=(missed("e", "skipped", 1, 2),))
@@ -556,12 +581,41 @@ class HistoryContract:
         lease = lead(backend)
         publish(backend, lease, *(run("e", m) for m in range(1, 8)), run("f", 1, "q"))
         settle(backend, "ack", claimed(backend, "q", "w"), None)
+        finish_all(backend)
         assert backend.trim(Retention(per_entry=5)) == 2
         kept = [r.id for r in backend.runs(HistoryQuery(entry="e"))]
         assert kept == [run_id("e", m) for m in range(7, 2, -1)]
         assert backend.trim(Retention(per_entry=0)) == 6
         assert backend.history_size() == (0, 0)
-        assert set(backend.summaries()) == {"f"}
+        assert set(backend.summaries()) == {"e", "f"}
+
+    def test_a_run_trimmed_while_queued_still_counts_in_the_summary_when_it_ends(
+        self, backend: Backend
+    ) -> None:
+        # workers down, a backlog past --history-keep: the leader's trim must not make the
+        # backlog's outcomes vanish from `beatd status` and alert_after_failures
+        publish(backend, lead(backend), *(run("e", m, "q") for m in range(1, 4)))
+        backend.trim(Retention(per_entry=1))
+        delivery = claimed(backend, "q", "w")
+        assert delivery.id == run_id("e", 1)
+        backend.ack(delivery, Ending.failure(Outcome.FAILED, "ValueError", "bad"))
+        summary = backend.summaries().get("e")
+        assert summary is not None, "a failed run left no trace in the entry's summary"
+        assert (summary.last_status, summary.consecutive_failures) == (Outcome.FAILED, 1)
+
+    def test_the_caps_keep_unfinished_runs_and_max_age_drops_them(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = lead(backend)
+        publish(backend, lease, *(run("e", m, "q") for m in range(1, 5)))
+        claimed(backend, "q", "w")  # e at minute 1 running, 2..4 queued
+        for m in (2, 3):
+            backend.mark_overdue(run_id("e", m), T0)  # overdue, still unfinished
+        assert backend.trim(Retention(per_entry=1, max_records=1)) == 0
+        assert backend.history_size() == (4, 0)
+        advance(2 * unit)  # stuck for good: only the age takes them
+        assert backend.trim(Retention(max_age=timedelta(seconds=1 * unit))) == 4
+        assert backend.history_size() == (0, 0)
 
     def test_trim_drops_records_older_than_max_age(
         self, backend: Backend, advance: Callable[[float], None], unit: float
@@ -578,6 +632,7 @@ class HistoryContract:
         lease = lead(backend)
         gone = tuple(missed("e", "skipped", m, m) for m in (1, 3, 5))
         publish(backend, lease, *(run("e", m) for m in (2, 4, 6, 8)), gone=gone)
+        finish_all(backend)
         assert backend.trim(Retention(max_records=2)) == 3
         assert [r.id for r in backend.runs(HistoryQuery())] == [run_id("e", 8), run_id("e", 6)]
         assert backend.history_size() == (2, 2)
@@ -585,6 +640,7 @@ class HistoryContract:
 
     def test_trim_goes_at_most_limit_at_a_time(self, backend: Backend) -> None:
         publish(backend, lead(backend), *(run("e", m) for m in range(1, 8)))
+        finish_all(backend)
         retention = Retention(per_entry=1)
         assert [backend.trim(retention, limit=4) for _ in range(3)] == [4, 2, 0]
         assert [r.id for r in backend.runs(HistoryQuery())] == [run_id("e", 7)]

@@ -24,6 +24,7 @@ from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
+from beatd.controls import Trigger, TriggerStatus
 from beatd.history import HistoryQuery
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -200,6 +201,43 @@ def test_a_sqlite_file_of_format_1_is_worked_on_before_and_upgraded_with_a_histo
     backend.close()
 
 
+def test_a_sqlite_file_of_format_1_has_no_controls_read_only_and_gets_them_with_format_2(
+    v1_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator controls' tables come with format 2 (issue 16, folded into the run
+    history's unreleased format): read-only, a file of format 1 has no control, audit record or
+    trigger key, and is left as it is; the leader's upgrade adds them, and a pause then refuses
+    the scheduler's next run until resumed, and a trigger publishes a manual run with its record."""
+    caplog.set_level(logging.INFO, "beatd.backends")
+    reader = SQLiteBackend(v1_db, read_only=True)
+    assert (reader.load_controls(), reader.audit(), reader.trigger_keys()) == ({}, [], [])
+    reader.close()
+    assert "entry_control" not in tables(v1_db)
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = SQLiteBackend(v1_db, wall_clock=lambda: clock.now().timestamp())
+    publish_on(backend, clock, 1)
+    assert upgrades(caplog) == [f"upgraded the persisted state of {v1_db} from format 1 to 2"]
+    [paused] = backend.pause(["tick"], "maintenance", None, "ops@host")
+    assert backend.audit("tick") == [paused]
+    held = backend.load_states()["tick"]
+    slot = held.last_slot + timedelta(seconds=10)
+    write = StateWrite(held._replace(last_slot=slot, last_published=slot), held.last_slot)
+    sent = Outgoing("tick", f"tick@{slot:%Y-%m-%dT%H:%M:%SZ}", BeatdQueue("default"), "{}", slot)
+    lease = backend.acquire_lease("next", 10)
+    assert lease is not None
+    assert backend.commit(lease, [write], [sent]) == {"tick"}
+    assert backend.load_states()["tick"] == held
+    backend.resume(["tick"], "ops@host")
+    assert backend.commit(lease, [write], [sent]) == set()
+    result = backend.trigger(
+        Trigger("tick", "tick@manual-r1", "default", False, None, "{}", "r1", "ops", None)
+    )
+    assert result.status == "published"
+    record = backend.run(result.run_id)
+    assert record is not None and (record.kind, record.audit) == ("manual", result.audit_id)
+    backend.close()
+
+
 # --- Redis ------------------------------------------------------------------------------------
 
 
@@ -235,6 +273,29 @@ def test_a_redis_dump_of_format_1_is_upgraded_once_and_published_on_from_its_hor
     ]
     backend.close()
     admin.close()
+
+
+def test_a_redis_dump_of_format_1_upgraded_takes_the_controls_and_enforces_them(
+    old_redis: RedisServer,
+) -> None:
+    """The controls' keys (`beatd:ctl:*`) came with format 3 (folded into the history's
+    migration, unreleased): a namespace upgraded from format 1 pauses, triggers and refuses."""
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = RedisBackend(old_redis.url)
+    publish_on(backend, clock, 1)
+    [audit] = backend.pause(["tick"], "upgrade check", None, "ops@host")
+    assert (audit.action, audit.entry) == ("pause", "tick")
+    lease = backend.acquire_lease("new", 30)
+    assert lease is not None
+    horizon = backend.load_states()["tick"].last_slot
+    due = datetime.fromtimestamp(backend.server_time(), UTC) + timedelta(seconds=5)
+    run = Outgoing("tick", "tick@later", BeatdQueue("default"), "{}", due, due)
+    write = StateWrite(EntryState("tick", due, due, "every 10s"), horizon)
+    assert backend.commit(lease, [write], [run]) == {"tick"}
+    manual = Trigger("other", "other@manual-1", "default", False, None, "{}", "r1", "ops", None)
+    assert backend.trigger(manual).status == TriggerStatus.PUBLISHED
+    assert [a.action for a in backend.audit()] == ["trigger", "pause"]
+    backend.close()
 
 
 def test_a_redis_of_a_newer_format_is_refused_by_readers_and_by_a_leader(
@@ -324,7 +385,8 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
 ) -> None:
     """Format 3 adds the run history's keys (beatd:h:*). Runs queued before it have no record,
     so a worker that claims and acks one records nothing; a run committed with its slot after
-    the upgrade has its record, and its claim and ack are recorded in it."""
+    the upgrade (the scheduler's, and one committed here) has its record, and its claim and ack
+    are recorded in it."""
     caplog.set_level(logging.INFO, "beatd.backends")
     admin = format_2_redis.client()
     assert admin.get("beatd:format-version") == "2"
@@ -345,17 +407,16 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
     later = EntryState("tick", slot, slot, horizon.identity)
     run = Outgoing("tick", run_id, BeatdQueue("default"), "{}", slot, slot)
     assert backend.commit(lease, [StateWrite(later, horizon.last_slot)], [run]) == set()
-    # the runs published after the upgrade have records, those queued before it none
     assert [r.id for r in backend.runs(HistoryQuery())] == [run_id, *reversed(NEW)]
     for expected in [*OLD[1:], *NEW, run_id]:
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None and delivery.id == expected
         backend.ack(delivery)
     assert [backend.run(i) for i in OLD] == [None] * len(OLD)
-    assert backend.history_size() == (1 + len(NEW), 0)
-    for recorded in [*NEW, run_id]:
-        record = backend.run(recorded)
-        assert record is not None
-        assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
+    assert backend.history_size() == (len(NEW) + 1, 0)
+    assert {r.status for r in backend.runs(HistoryQuery())} == {"succeeded"}
+    record = backend.run(run_id)
+    assert record is not None
+    assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
     backend.close()
     admin.close()

@@ -7,6 +7,7 @@ before each test) or, for the tests that pause, kill or reconfigure it, one of i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import ssl
 import subprocess
@@ -35,6 +36,15 @@ from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
+from beatd.controls import (
+    AuditRecord,
+    Busy,
+    Guard,
+    HeldRun,
+    Overlap,
+    Trigger,
+    TriggerStatus,
+)
 from beatd.errors import (
     BackendError,
     BeatdError,
@@ -43,13 +53,14 @@ from beatd.errors import (
     OutcomeUnknown,
     TransientBackendError,
 )
-from beatd.history import Ending, HistoryQuery, MissedSlots, Retention
+from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.outcomes import Outcome
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
 from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
+from tests.backends.controls_contract import ControlsContract
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
 
@@ -107,7 +118,7 @@ def advance() -> Callable[[float], None]:
     return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
 
 
-class TestRedisContract(BackendContract):
+class TestRedisContract(BackendContract, ControlsContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
@@ -427,6 +438,46 @@ def exercise_history(backend: RedisBackend) -> None:
     assert backend.run("p@1") == next(r for r in copied if r.id == "p@1")
 
 
+def exercise_controls(backend: RedisBackend) -> None:
+    """Every operation of the operator controls once: their checks and writes in the commit
+    and the final settling steps, and each script and read of the `Controls` role."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    guard = Guard(Overlap.BUFFER_ONE, 3600)
+    first = Outgoing("c", "c@1", BeatdQueue("ctl"), "{}", slot, slot)
+    assert backend.commit(lease, [StateWrite(state("c", 0), None, guard=guard)], [first]) == set()
+    hold = HeldRun("c@2", slot, slot, "scheduled", "ctl", "{}")
+    write = StateWrite(state("c", 1), backend.load_states()["c"].last_slot)
+    assert backend.commit(lease, [write._replace(guard=guard, busy=True, hold=hold)], []) == set()
+    backend.release_lease(lease)
+    delivery = backend.claim(["ctl"], "w", 30)
+    assert delivery is not None
+    backend.ack(delivery)
+    assert backend.load_controls()["c"].busy == Busy("c@2", backend.load_controls()["c"].busy.since)
+    delivery = backend.claim(["ctl"], "w", 30)
+    assert delivery is not None
+    backend.dead_letter(delivery, "boom")
+    backend.attempt_ended("c@2", Ending(Outcome.SUCCEEDED), slot)
+    backend.pause(["c"], "r", timedelta(hours=1), "ops")
+    request = Trigger("c", "c@manual-1", "ctl", False, None, "{}", "r1", "ops", guard, "k")
+    assert backend.trigger(request).status == TriggerStatus.REFUSED_PAUSED
+    backend.resume(["c"], "ops")
+    assert (
+        backend.trigger(dataclasses.replace(request, request_id="r2")).status
+        == TriggerStatus.PUBLISHED
+    )
+    backfill = Outgoing("c", "c@3", BeatdQueue("ctl"), "{}", slot, slot, RunKind.BACKFILL)
+    assert backend.backfill("c", [backfill], "ops", {})[0] == ["c@3"]
+    backend.record_audit(AuditRecord("x", slot, "requeue_dead", None, "ops"))
+    assert len(backend.audit()) == 5 and len(backend.audit("c")) == 4
+    keys = backend.trigger_keys()
+    assert len(keys) == 3
+    control = backend.load_controls()
+    assert backend.import_controls(control, backend.audit(), keys) == 0
+    assert backend.trim_audit(timedelta(0)) == 5
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -443,19 +494,22 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         exercise(backend)
         exercise_history(backend)
+        exercise_controls(backend)
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
         backend.close()
     finally:
         admin.acl_deluser("beatd")
 
 
-def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_trims_by_age_only(
+def test_acl_user_on_the_line_before_the_history_records_all_but_reads_and_trims_per_entry_not(
     server: RedisServer, admin: redis.Redis
 ) -> None:
     """The history's writes use only what the previous ACL line allowed, so an upgrade that
-    keeps it loses no run: the commit, claim and ack write their records; only trimming per
-    entry needs the new +hkeys, and it trims by age and count before it says so."""
-    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hkeys"])
+    keeps it loses no run: the commit, claim and ack write their records; trimming per entry
+    needs the new +hkeys, and it trims by age and count before it says so; reading a record
+    needs the new +zmscore, and says so."""
+    new = ("+hkeys", "+zmscore")
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w not in new])
     try:
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         lease = backend.acquire_lease("a", 10)
@@ -466,6 +520,14 @@ def test_acl_user_on_the_line_before_the_history_publishes_and_records_all_but_t
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None
         backend.ack(delivery)
+        assert backend.summaries()["e"].last_status == "succeeded"
+        assert backend.history_size() == (1, 0)
+        with pytest.raises(BackendError) as caught:
+            backend.run("e@1")
+        refusal = caught.value.__cause__
+        assert isinstance(refusal, redis.exceptions.NoPermissionError)
+        assert str(caught.value) == f"{backend.url}: history: {refusal}"
+        admin.acl_setuser("beatd", commands=["+zmscore"])
         record = backend.run("e@1")
         assert record is not None and record.status == "succeeded"
         with pytest.raises(BackendError) as caught:
@@ -1159,3 +1221,22 @@ def test_a_run_record_with_its_attempts_keeps_redis_compact_hash_encoding(
     record = backend.run(f"{entry}@1")
     assert record is not None and [a.outcome for a in record.attempts] == ["retried", "succeeded"]
     assert admin.object("encoding", f"beatd:h:run:{entry}@1") == "listpack"
+
+
+def test_with_history_off_a_pause_still_fails_a_commit_by_the_due_times_the_client_sends(
+    history_off_backend: RedisBackend,
+) -> None:
+    """Without the history's p fields the client sends each message's due time for the pause
+    check (redis_controls.commit_controls); a run due before the pause passes."""
+    off = history_off_backend
+    lease = off.acquire_lease("a", 30)
+    assert lease is not None
+    [audit] = off.pause(["e"], "r", None, "ops")
+    paused_at = datetime.fromisoformat(audit.after["pause"]["at"])
+    later = paused_at + timedelta(seconds=5)
+    earlier = paused_at - timedelta(seconds=5)
+    covered = Outgoing("e", "e@later", BeatdQueue("q"), "{}", later, later)
+    before = Outgoing("e", "e@earlier", BeatdQueue("q"), "{}", earlier, earlier)
+    assert off.commit(lease, [], [covered]) == {"e"}
+    assert off.commit(lease, [], [before]) == set()
+    assert off.queue_depths() == {"q": 1}
