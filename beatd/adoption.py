@@ -49,7 +49,9 @@ class Adoption:
         lost: dict[str, tuple[MissedSlots, ...]] = {}
         if self.data_loss.pending:
             states, lost = self._recover(config, planner, lease, states, now)
-        baselines, _ = planner.load(config.entries, states, now)
+        controls = self.publisher.controls
+        found = controls.load_controls() if controls is not None else None
+        baselines, _ = planner.load(config.entries, states, now, found)
         absent = [name for name in states if name not in config.entries]
         self._forget_removed(lease, absent, now)
         for batch in chunks(iter(baselines), batch_size):

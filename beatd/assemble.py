@@ -120,7 +120,8 @@ def build_scheduler(
         if registry is not None:
             register_celery_events(registry, listener.stats)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
-    # without per-entry series, only the entries with alert_after_failures are read
+    # without per-entry series, only the entries with alert_after_failures or
+    # pause_after_failures are read
     scheduler.health.gauges = registry is not None and metrics_entries is not EntrySeries.NONE
     if registry is not None:
         register_scheduler(registry, scheduler, EntryFilter(metrics_entries))

@@ -105,6 +105,8 @@ def envelope(message: RunMessage, origin: str) -> dict[str, Any]:
             "beatd_published_at": format_time(message.published_at),
         }
     )
+    if message.kind is not None:
+        headers["beatd_kind"] = message.kind
     properties: dict[str, Any] = {
         "correlation_id": message.id,
         "reply_to": "",

@@ -74,6 +74,9 @@ class HeldRun(NamedTuple):
     destination_queue: str
     body: str
     audit: str | None = None  # a held manual run's audit record, written on its published record
+    # how to enqueue it (as `Trigger.celery`/`priority`): a CeleryQueue's envelope, or beatd's
+    celery: bool = False
+    priority: int | None = None
 
 
 class EntryControl(NamedTuple):

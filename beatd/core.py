@@ -12,6 +12,15 @@ Every slot of every entry ends exactly once: published on time, published late (
 `misfire_grace` after it was due), or missed with a reason from `MissReason`. Missed slots are
 handed on as ranges (`beatd.history.MissedSlots`: first, last, how many), one per entry and
 reason in a decision, never one per slot: a catch-up after a year of downtime is one record.
+
+Operator controls (beatd.controls) are the planner's too: it holds each entry's `EntryControl`
+(loaded at adoption, refreshed after a commit returned the entry and every few seconds). A slot
+whose due time a pause covers ends missed (`paused`) under every `missed:` policy, and the
+entry wakes when the pause ends; under `overlap: skip` a slot due while the entry's previous run
+is busy ends missed (`overlap`), under `buffer_one` the newest is held (`Decision.hold`). Each
+decision says what it assumed (`busy`), and the backend's commit refuses it if that was wrong;
+the entry is then resynced and decided again. Entries without a control and with `overlap:
+allow` take the same path as before, at the cost of one attribute test.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
-from beatd.history import MissedSlots
+from beatd.controls import NO_CONTROL, Busy, EntryControl, Guard, HeldRun, Pause
+from beatd.history import MissedSlots, RunKind
+from beatd.message import run_id
 from beatd.schedules import IntervalSchedule, Schedule
 from beatd.schedules.window import WindowedSchedule
 from beatd.state import EntryState
@@ -39,6 +50,8 @@ class MissReason(StrEnum):
     BEYOND_CATCH_UP = "beyond_catch_up"  # catch_up, but older than the newest max_catch_up
     DISABLED = "disabled"  # the entry was disabled when the slot came
     STATE_LOST = "state_lost"  # the backend lost the entry's position (Redis restarted empty)
+    PAUSED = "paused"  # an operator's pause covered its due time (`beatd pause`)
+    OVERLAP = "overlap"  # due while the previous run was busy (overlap: skip, or held and replaced)
 
 
 # Run and Decision are made for every run published, so they are named tuples:
@@ -67,10 +80,21 @@ class Decision(NamedTuple):
     runs: tuple[Run, ...] = ()
     missed: tuple[MissedSlots, ...] = ()  # at most one range per reason
     following: datetime | None = None  # the entry's first slot after this decision
+    # operator controls: the overlap rule, whether the entry was taken for busy, the run held
+    # back (buffer_one), the stale busy mark published over, and when it was decided
+    guard: Guard | None = None
+    busy: bool = False
+    hold: Run | None = None
+    stale: Busy | None = None
+    at: datetime | None = None
 
     @property
     def due_count(self) -> int:
         return len(self.runs) + sum(m.total for m in self.missed)
+
+    @property
+    def previous_published(self) -> datetime | None:
+        return self.previous.last_published if self.previous is not None else None
 
 
 def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Decision | None:
@@ -97,6 +121,30 @@ class _Slot:
     next_slot: datetime | None = None
     # (next due time, name): this very tuple is in the heap; any other for the entry is stale
     item: tuple[datetime, str] | None = None
+    control: EntryControl = NO_CONTROL
+    # pauses lifted since the planner knew them, ended when the lift was seen: their slots stay
+    # paused (a resume publishes none of them)
+    lifted: tuple[Pause, ...] = ()
+    gated: bool = False  # a control or a guard: decided by `_decide_gated`
+
+    def set_control(self, control: EntryControl, now: datetime | None) -> None:
+        old = self.control.pause
+        if old is not None and old != control.pause and now is not None:
+            end = now if old.until is None else min(old.until, now)
+            if end > old.at:
+                self.lifted = (*self.lifted, old._replace(until=end))
+        self.control = control
+        self.gated = control != NO_CONTROL or bool(self.lifted) or self.entry.guard is not None
+
+    def covering(self, due: datetime) -> Pause | None:
+        """The pause (current or lifted) that covers a slot due then, if any."""
+        pause = self.control.pause
+        if pause is not None and pause.covers(due):
+            return pause
+        for lifted in self.lifted:
+            if lifted.covers(due):
+                return lifted
+        return None
 
     @property
     def next_due(self) -> datetime | None:
@@ -132,13 +180,18 @@ class Planner:
         return slot.next_due if slot else None
 
     def load(
-        self, entries: Mapping[str, Entry], states: Mapping[str, EntryState], now: datetime
+        self,
+        entries: Mapping[str, Entry],
+        states: Mapping[str, EntryState],
+        now: datetime,
+        controls: Mapping[str, EntryControl] | None = None,
     ) -> tuple[list[EntryState], list[str]]:
         """Take a (new) configuration, with every entry's state as persisted now.
 
         Returns the baseline states to persist, each over the state in `states` (entries new or
         with a changed schedule start from `now`, so history is not replayed), and the names of
-        entries that were removed.
+        entries that were removed. `controls`: each entry's control as persisted (None: keep
+        the ones known; an entry missing from it has none).
         """
         baselines: list[EntryState] = []
         for entry in entries.values():
@@ -149,18 +202,50 @@ class Planner:
                 fresh = EntryState(entry.name, now, published, entry.identity)
                 baselines.append(fresh)
                 state = fresh
-            if current is not None and current.entry == entry and current.state == state:
+            control = current.control if current is not None else NO_CONTROL
+            if controls is not None:
+                control = controls.get(entry.name, NO_CONTROL)
+            if (
+                current is not None
+                and current.entry == entry
+                and current.state == state
+                and current.control == control
+            ):
                 continue
-            self._track(entry, state)
+            self._track(entry, state, control, now)
         removed = [name for name in self._slots if name not in entries]
         for name in removed:
             del self._slots[name]
         return baselines, removed
 
-    def _track(self, entry: Entry, state: EntryState) -> None:
-        slot = _Slot(entry, state)
+    def _track(self, entry: Entry, state: EntryState, control: EntryControl, now: datetime) -> None:
+        old = self._slots.get(entry.name)
+        slot = _Slot(entry, state, lifted=old.lifted if old is not None else ())
+        slot.control = old.control if old is not None else NO_CONTROL
+        slot.set_control(control, now)
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot)
+
+    def control(self, name: str) -> EntryControl | None:
+        slot = self._slots.get(name)
+        return slot.control if slot else None
+
+    def paused(self) -> list[str]:
+        """The entries paused as the planner knows (for `beatd_entry_paused`)."""
+        return [n for n, s in self._slots.items() if s.control.pause is not None]
+
+    def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
+        """Every entry's control as persisted now (an entry missing has none): a pause set or
+        lifted, a busy mark cleared, a held run published elsewhere. How many changed."""
+        changed = 0
+        for name, slot in self._slots.items():
+            control = controls.get(name, NO_CONTROL)
+            if control != slot.control:
+                changed += 1
+                slot.set_control(control, now)
+                if slot.next_slot is not None:
+                    self._set_next(slot, slot.next_slot)
+        return changed
 
     def _schedule_next(self, slot: _Slot, after: datetime) -> None:
         self.next_fire_computations += 1
@@ -172,7 +257,13 @@ class Planner:
             slot.item = None
             return
         entry = slot.entry
-        slot.item = (entry.due_for(nxt), entry.name)
+        due = entry.due_for(nxt)
+        if slot.gated and (pause := slot.covering(due)) is not None:
+            if pause.until is None:  # paused till resumed: a refresh of the controls wakes it
+                slot.item = None
+                return
+            due = max(due, pause.until)  # all the slots it covers, in one decision
+        slot.item = (due, entry.name)
         heapq.heappush(self._heap, slot.item)
 
     def next_wake(self) -> datetime | None:
@@ -204,7 +295,10 @@ class Planner:
             slot = slots.get(item[1])
             if slot is None or slot.item is not item:
                 continue
-            yield self._decide_on_time(slot, now) or self._decide(slot, now)
+            if slot.gated:
+                yield self._decide_gated(slot, now)
+            else:
+                yield self._decide_on_time(slot, now) or self._decide(slot, now)
 
     def settle(self, decisions: Iterable[Decision]) -> None:
         """The decisions were persisted: move each entry on to its next slot."""
@@ -213,7 +307,9 @@ class Planner:
             if slot is None or slot.entry is not decision.entry:
                 continue
             slot.state = decision.state
-            if decision.runs or decision.missed:
+            if decision.guard is not None or decision.hold is not None:
+                slot.set_control(_after(slot.control, decision), None)
+            if decision.runs or decision.missed or decision.hold:
                 self._set_next(slot, decision.following)
 
     def release(self, decisions: Iterable[Decision]) -> None:
@@ -223,7 +319,13 @@ class Planner:
             if slot is not None and slot.item is not None:
                 heapq.heappush(self._heap, slot.item)
 
-    def resync(self, state: EntryState | None, name: str) -> bool:
+    def resync(
+        self,
+        state: EntryState | None,
+        name: str,
+        control: EntryControl | None = None,
+        now: datetime | None = None,
+    ) -> bool:
         """Another writer moved this entry on: continue from what is persisted.
 
         False when the persisted state cannot be continued from (missing, or for another
@@ -235,8 +337,30 @@ class Planner:
         if state is None or state.identity != slot.entry.identity:
             return False
         slot.state = state
+        if control is not None:
+            slot.set_control(control, now)
         self._schedule_next(slot, state.last_slot)
         return True
+
+    def _decide_gated(self, slot: _Slot, now: datetime) -> Decision:
+        """An entry with a control or a guard: its paused slots, or the slots before the next
+        pause under its `missed:` policy, then its overlap rule."""
+        assert slot.next_slot is not None
+        due = slot.entry.due_for(slot.next_slot)  # the item's time is a pause's end
+        pause = slot.covering(due)
+        if pause is not None:
+            decision, count = _paused(slot, now, self.walk_limit)
+            self.next_fire_computations += count
+            return decision
+        bound: datetime | None = None
+        for p in (slot.control.pause, *slot.lifted):
+            if p is not None and due < p.at <= now:  # decide only the slots before it
+                bound = min(bound or now, p.at - _JUST_BEFORE)
+        if bound is None:
+            decision = self._decide_on_time(slot, now) or self._decide(slot, now)
+        else:
+            decision = self._decide(slot, now, bound)
+        return _overlap(decision, slot.control, now)
 
     def _decide_on_time(self, slot: _Slot, now: datetime) -> Decision | None:
         """The steady state, without a walk: one slot due, on time, and the next not yet due.
@@ -257,12 +381,13 @@ class Planner:
         run = Run(entry, current, due, False)
         return Decision(entry, slot.state, state, (run,), following=following)
 
-    def _decide(self, slot: _Slot, now: datetime) -> Decision:
+    def _decide(self, slot: _Slot, now: datetime, stop: datetime | None = None) -> Decision:
         entry, state = slot.entry, slot.state
         keep = _KEEP[entry.missed] if entry.enabled else 0
         if keep is None:
             keep = entry.max_catch_up
-        walk = self._walk(slot, now, keep)
+        walk = _walk(slot, now, keep, stop or now, self.walk_limit)
+        self.next_fire_computations += walk.steps
         reason = MissReason.SKIPPED
         if not entry.enabled:
             reason = MissReason.DISABLED
@@ -295,50 +420,123 @@ class Planner:
         new_state = EntryState(entry.name, walk.newest, published, entry.identity)
         return Decision(entry, state, new_state, tuple(runs), missed, walk.following)
 
-    def _walk(self, slot: _Slot, now: datetime, keep: int) -> _Walk:
-        """Walk the due slots of one entry, from its next slot towards `now`.
 
-        One next-fire computation per due slot; long interval gaps are skipped arithmetically,
-        and a walk through more than `walk_limit` overdue slots stops early (`done` False).
-        """
-        entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
-        current, due = slot.next_slot, slot.next_due
-        assert current is not None and due is not None
-        walk = _Walk(deque(maxlen=keep), first=current, newest=current)
-        limit = max(self.walk_limit, 2 * keep + 2)
-        steps = 0
-        arithmetic = _arithmetic_interval(schedule)
-        while True:
-            if now - due > grace:
-                if len(walk.overdue) == keep:
-                    walk.dropped(walk.overdue[0][0] if keep else current)
-                walk.overdue.append((current, due))
-                walk.overdue_count += 1
-            else:
-                walk.timely.append((current, due))
-            walk.newest = current
-            if arithmetic is not None:
-                interval, last = arithmetic
-                skip = interval.count_between(current, min(now - grace - interval.every, last))
-                skip -= keep
-                if skip > 0:
-                    walk.dropped(walk.overdue[0][0] if walk.overdue else current + interval.every)
-                    walk.overdue_count += skip
-                    current += interval.every * skip
-                    walk.newest = walk.last_dropped = current
-                    walk.overdue.clear()
-            self.next_fire_computations += 1
-            steps += 1
-            walk.following = schedule.next_after(current)
-            if walk.following is None:
-                return walk
-            due = entry.due_for(walk.following)
-            if due > now:
-                return walk
-            if steps >= limit and now - due > grace:
-                walk.done = False
-                return walk
-            current = walk.following
+def _walk(slot: _Slot, now: datetime, keep: int, stop: datetime, walk_limit: int) -> _Walk:
+    """Walk the due slots of one entry, from its next slot towards `now`.
+
+    One next-fire computation per due slot (`steps`); long interval gaps are skipped arithmetically,
+    and a walk through more than `walk_limit` overdue slots stops early (`done` False). It
+    takes no slot due after `stop` (the start of a pause; else `now`).
+    """
+    entry, schedule, grace = slot.entry, slot.entry.schedule, slot.entry.misfire_grace
+    current, due = slot.next_slot, slot.next_due
+    assert current is not None and due is not None
+    walk = _Walk(deque(maxlen=keep), first=current, newest=current)
+    limit = max(walk_limit, 2 * keep + 2)
+    arithmetic = _arithmetic_interval(schedule)
+    while True:
+        if now - due > grace:
+            if len(walk.overdue) == keep:
+                walk.dropped(walk.overdue[0][0] if keep else current)
+            walk.overdue.append((current, due))
+            walk.overdue_count += 1
+        else:
+            walk.timely.append((current, due))
+        walk.newest = current
+        if arithmetic is not None:
+            interval, last = arithmetic
+            end = min(now - grace - interval.every, last, stop)
+            skip = interval.count_between(current, end)
+            skip -= keep
+            if skip > 0:
+                walk.dropped(walk.overdue[0][0] if walk.overdue else current + interval.every)
+                walk.overdue_count += skip
+                current += interval.every * skip
+                walk.newest = walk.last_dropped = current
+                walk.overdue.clear()
+        walk.steps += 1
+        walk.following = schedule.next_after(current)
+        if walk.following is None:
+            return walk
+        due = entry.due_for(walk.following)
+        if due > stop:
+            return walk
+        if walk.steps >= limit and now - due > grace:
+            walk.done = False
+            return walk
+        current = walk.following
+
+
+def _paused(slot: _Slot, now: datetime, limit: int) -> tuple[Decision, int]:
+    """The due slots a pause covers, from the entry's next: missed (`paused`); with the
+    next-fire computations it made."""
+    entry, state = slot.entry, slot.state
+    current = first = last = slot.next_slot
+    count = 0
+    while current is not None and count < limit:
+        due = entry.due_for(current)
+        if due > now or slot.covering(due) is None:
+            break
+        count += 1
+        last = current
+        current = entry.schedule.next_after(current)
+    assert first is not None and last is not None and count
+    if slot.lifted:  # forget the lifted pauses the entry is past
+        slot.lifted = tuple(p for p in slot.lifted if p.until is None or p.until > last)
+    new_state = EntryState(entry.name, last, state.last_published, entry.identity)
+    missed = (MissedSlots(entry.name, MissReason.PAUSED, first, last, count),)
+    return Decision(entry, state, new_state, (), missed, current), count
+
+
+def _overlap(decision: Decision, control: EntryControl, now: datetime) -> Decision:
+    """A decision under its entry's overlap rule: at most one run published, and none while
+    the previous is busy (skip: missed `overlap`; buffer_one: the newest held)."""
+    guard = decision.entry.guard
+    if guard is None:
+        return decision
+    busy = control.busy
+    fresh = busy is not None and (now - busy.since).total_seconds() < guard.timeout
+    stale = busy if busy is not None and not fresh else None
+    runs = decision.runs
+    if not runs:
+        return decision._replace(guard=guard, busy=fresh, at=now)
+    keep: tuple[Run, ...] = () if fresh else runs[:1]
+    hold: Run | None = None
+    if guard.overlap == "buffer_one" and (fresh or len(runs) > 1):
+        hold = runs[-1]
+    over = [r.slot for r in runs if r not in keep and r is not hold]
+    if hold is not None and control.held is not None:
+        over.insert(0, control.held.slot)  # the older held slot
+    missed = decision.missed
+    if over:
+        name = decision.entry.name
+        missed = (*missed, MissedSlots(name, MissReason.OVERLAP, min(over), max(over), len(over)))
+    published = keep[-1].slot if keep else decision.previous_published
+    state = decision.state._replace(last_published=published)
+    return decision._replace(
+        state=state,
+        runs=keep,
+        missed=missed,
+        guard=guard,
+        busy=fresh,
+        hold=hold,
+        stale=stale if keep else None,
+        at=now,
+    )
+
+
+def _after(control: EntryControl, decision: Decision) -> EntryControl:
+    """The control a settled decision left: the busy mark of its last run, its held run."""
+    if decision.runs and decision.at is not None:
+        last = decision.runs[-1]
+        control = control._replace(busy=Busy(run_id(last.entry.name, last.slot), decision.at))
+    hold = decision.hold
+    if hold is not None:
+        name = hold.entry.name
+        kind = RunKind.CAUGHT_UP if hold.late else RunKind.SCHEDULED
+        held = HeldRun(run_id(name, hold.slot), hold.slot, hold.due, kind, "", "")
+        control = control._replace(held=held)
+    return control
 
 
 def _arithmetic_interval(schedule: Schedule) -> tuple[IntervalSchedule, datetime] | None:
@@ -407,6 +605,7 @@ class _Walk:
     last_dropped: datetime | None = None  # the newest overdue slot not kept
     following: datetime | None = None  # the first slot after the walk
     done: bool = True  # False: stopped at the walk limit before reaching now
+    steps: int = 0  # next-fire computations made
 
     def dropped(self, slot: datetime) -> None:
         """`slot` is the newest overdue slot not kept (so far)."""

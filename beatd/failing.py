@@ -77,7 +77,11 @@ class EntryHealth:
         if self._next_read is not None and mono < self._next_read:
             return False
         self._next_read = mono + self.interval
-        names = [n for n, e in entries.items() if self.gauges or e.alert_after_failures]
+        names = [
+            n
+            for n, e in entries.items()
+            if self.gauges or e.alert_after_failures or e.pause_after_failures
+        ]
         if not names:
             self.summaries, self.failing = {}, frozenset()
             return False

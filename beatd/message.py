@@ -1,7 +1,9 @@
 """The run message: one documented JSON object per published run (format version `v`).
 
 Readers ignore fields they do not know, so a newer publisher and an older worker can coexist
-during a rolling upgrade; unknown fields are kept and written back unchanged.
+during a rolling upgrade; unknown fields are kept and written back unchanged. `kind` (why the run
+was published: scheduled, caught_up, manual, backfill) was added within v 1: a message written
+before it has none, and is read with `kind` None and written back without one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _FIELDS = (
     "priority",
     "headers",
     "attempt",
+    "kind",
 )
 
 
@@ -74,10 +77,11 @@ class RunMessage:
     priority: int | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    kind: str | None = None  # a beatd.history.RunKind value; None in a message from before it
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             **self.extra,
             "v": VERSION,
             "id": self.id,
@@ -93,6 +97,9 @@ class RunMessage:
             "headers": dict(self.headers),
             "attempt": self.attempt,
         }
+        if self.kind is not None:
+            data["kind"] = self.kind
+        return data
 
     def to_json(self) -> str:
         return _dumps(self.to_dict())
@@ -127,6 +134,7 @@ class RunMessage:
                 priority=data.get("priority"),
                 headers=_typed(data, "headers", dict, {}),
                 attempt=_typed(data, "attempt", int, 1),
+                kind=_typed(data, "kind", str, None),
                 extra={k: v for k, v in data.items() if k not in _FIELDS},
             )
         except (TypeError, ValueError) as exc:
@@ -164,15 +172,22 @@ class RunTemplate:
         # usually the same for every entry of a queue: one copy, however many entries
         self._tail = sys.intern(
             f',"queue":{_string(queue)},"priority":{rank},'
-            f'"headers":{_dumps(dict(headers)) if headers else "{}"},"attempt":1}}'
+            f'"headers":{_dumps(dict(headers)) if headers else "{}"},"attempt":1,"kind":"'
         )
 
-    def render(self, slot: str, published_at: str, expires_at: str | None = None) -> str:
-        """The message for a run; arguments as `format_slot` and `format_time` write them."""
+    def render(
+        self,
+        slot: str,
+        published_at: str,
+        expires_at: str | None = None,
+        kind: str = "scheduled",
+    ) -> str:
+        """The message for a run; arguments as `format_slot` and `format_time` write them,
+        `kind` a beatd.history.RunKind value (plain letters: written as it is)."""
         expires = "null" if expires_at is None else f'"{expires_at}"'
         return (
             f'{self._id_head}{slot}{self._to_slot}{slot}","published_at":"{published_at}",'
-            f'"expires_at":{expires}{self._tail}'
+            f'"expires_at":{expires}{self._tail}{kind}"}}'
         )
 
 

@@ -64,6 +64,8 @@ class SchedulerView(Protocol):
     def deadlines(self) -> OverdueView: ...
     @property
     def health(self) -> HealthView: ...
+    @property
+    def busy_marks_dropped(self) -> Mapping[str, int]: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -148,6 +150,7 @@ class SchedulerCollector(Collector):
         shown = self.entries.shown(s.config)
         yield from self._run_counts(shown)
         yield from self._entry_times(shown)
+        yield from self._controls(shown)
         yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
 
@@ -173,6 +176,27 @@ class SchedulerCollector(Collector):
                 if counts[index]:
                     missed.add_metric([entry, reason], counts[index])
         yield from (due, published, late, missed)
+
+    def _controls(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
+        s = self.scheduler
+        paused = GaugeMetricFamily(
+            "beatd_entry_paused",
+            "1 while the entry is paused (beatd pause); only paused entries, only on the leader.",
+            labels=["entry"],
+        )
+        if s.lease is not None:
+            for name in sorted(s.planner.paused()):
+                if shown(name):
+                    paused.add_metric([name], 1)
+        dropped = CounterMetricFamily(
+            "beatd_busy_marks_dropped",
+            "Busy marks older than the entry's overlap_timeout that this process published over.",
+            labels=["entry"],
+        )
+        for name, count in sorted(s.busy_marks_dropped.items()):
+            if shown(name):
+                dropped.add_metric([name], count)
+        yield from (paused, dropped)
 
     def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         s = self.scheduler

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from beatd.backends.base import (
+    Controls,
     DeadLetter,
     LeaseStore,
     QueueAdmin,
@@ -45,6 +46,9 @@ class MigrationReport:
     skipped: int  # states, dead letters and records the target already had, left as they are
     runs: int = 0  # run records copied
     missed: int = 0  # missed-slot records copied
+    controls: int = 0  # entries' controls (pause, busy mark, held run) copied
+    audit: int = 0  # audit records copied
+    keys: int = 0  # idempotency keys and request ids copied
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,42 @@ class HistoryCopy:
     runs: int  # copied
     missed: int  # copied
     skipped: int  # run and missed records the target already held
+
+
+@dataclass(frozen=True, slots=True)
+class ControlsCopy:
+    controls: int  # entries whose control was copied
+    audit: int  # audit records copied
+    keys: int  # trigger keys copied
+    skipped: int  # of all three, those the target already held
+
+
+AUDIT_COPY_LIMIT = 100_000_000  # every audit record: Controls.audit reads newest first, bounded
+
+
+def copy_controls(source: Controls, target: Controls, batch: int = 1000) -> ControlsCopy:
+    """Copy every entry's control (pause, busy mark, held run), the audit log and the
+    remembered trigger keys as they are, each kind counted; what the target already holds is
+    kept (`Controls.import_controls`)."""
+    controls = sorted(source.load_controls().items())
+    audit = source.audit(limit=AUDIT_COPY_LIMIT)
+    keys = source.trigger_keys()
+    copied = [0, 0, 0]
+    for start in range(0, len(controls), batch):
+        copied[0] += target.import_controls(dict(controls[start : start + batch]))
+    for start in range(0, len(audit), batch):
+        copied[1] += target.import_controls({}, audit[start : start + batch])
+    for start in range(0, len(keys), batch):
+        copied[2] += target.import_controls({}, (), keys[start : start + batch])
+    seen = len(controls) + len(audit) + len(keys)
+    return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied))
+
+
+def offers_controls(backend: object) -> Controls | None:
+    """`backend` as its operator controls, None if it offers none (not every backend does yet)."""
+    if not callable(getattr(backend, "import_controls", None)):
+        return None
+    return cast(Controls, backend)
 
 
 def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
@@ -85,13 +125,7 @@ def migrate(
     nothing is published while the horizon moves. Entries that already have state on the target,
     and dead letters whose run id it already holds, are left as they are and counted skipped.
     """
-    for backend, role in ((source, "source"), (target, "target")):
-        leader = backend.leader()
-        if leader is not None:
-            raise BeatdError(
-                f"the {role} {backend.url} has a running leader (node={leader.node}); stop every "
-                "`beatd run` before migrating"
-            )
+    _require_quiet(source, target)
     lease = target.acquire_lease(MIGRATE_NODE, lease_ttl)
     if lease is None:
         raise BeatdError(f"could not take the lease on {target.url}; is a scheduler running?")
@@ -104,14 +138,24 @@ def migrate(
         letters = [*source.dead_letters(), *queued]
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
+        controls = _copy_any_controls(source, target)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
         len(states) - len(skipped),
         copied,
-        len(skipped) + len(letters) - copied + history.skipped,
+        len(skipped) + len(letters) - copied + history.skipped + controls.skipped,
         history.runs,
         history.missed,
+        controls.controls,
+        controls.audit,
+        controls.keys,
+    )
+    log.info(
+        "copied %d controls, %d audit records and %d trigger keys",
+        report.controls,
+        report.audit,
+        report.keys,
     )
     log.info(
         "copied %d entry states, %d dead letters, %d run records and %d missed-slot records "
@@ -125,3 +169,30 @@ def migrate(
         report.skipped,
     )
     return report
+
+
+def _require_quiet(source: MigrationEnd, target: MigrationEnd) -> None:
+    for backend, role in ((source, "source"), (target, "target")):
+        leader = backend.leader()
+        if leader is not None:
+            raise BeatdError(
+                f"the {role} {backend.url} has a running leader (node={leader.node}); stop every "
+                "`beatd run` before migrating"
+            )
+
+
+def _copy_any_controls(source: object, target: object) -> ControlsCopy:
+    """The controls copied when both sides keep them; a source with controls and a target
+    without refuses (they would be lost)."""
+    ours, theirs = offers_controls(source), offers_controls(target)
+    if ours is None:
+        return ControlsCopy(0, 0, 0, 0)
+    if theirs is None:
+        if ours.load_controls() or ours.audit(limit=1) or ours.trigger_keys():
+            raise BeatdError(
+                f"{getattr(target, 'url', target)} keeps no operator controls, and the source "
+                "holds pauses, an audit log or trigger keys that would be lost; migrate to a "
+                "backend that keeps them"
+            )
+        return ControlsCopy(0, 0, 0, 0)
+    return copy_controls(ours, theirs)

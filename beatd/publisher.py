@@ -14,6 +14,7 @@ each entry at its first run.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from beatd import celery_protocol
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
+    Controls,
     Destination,
     Lease,
     Outgoing,
@@ -34,6 +36,7 @@ from beatd.backends.base import (
 )
 from beatd.clock import Clock
 from beatd.config import Entry
+from beatd.controls import NO_CONTROL, HeldRun
 from beatd.core import Decision, Planner, RunCounts
 from beatd.errors import BackendError, LeaseLost, NotApplied
 from beatd.events import Event, Published
@@ -101,8 +104,8 @@ class _BeatdRuns(NamedTuple):
         render, destination = self.template.render, self.destination
         for run in decision.runs:
             slot = run.slot
-            body = render(format_slot(slot), stamp, expires)
             kind = CAUGHT_UP if run.late else SCHEDULED
+            body = render(format_slot(slot), stamp, expires, kind)
             into.append(Outgoing(name, run_id(name, slot), destination, body, slot, run.due, kind))
 
 
@@ -126,6 +129,7 @@ class _CeleryRuns(NamedTuple):
     ) -> None:
         entry = self.entry
         for run in decision.runs:
+            kind = CAUGHT_UP if run.late else SCHEDULED
             message = RunMessage(
                 id=run_id(entry.name, run.slot),
                 task=entry.task,
@@ -138,9 +142,9 @@ class _CeleryRuns(NamedTuple):
                 expires_at=published_at + entry.expires if entry.expires else None,
                 priority=entry.priority,
                 headers=entry.headers,
+                kind=kind,
             )
             body = celery_protocol.encode(message, origin=self.origin)
-            kind = CAUGHT_UP if run.late else SCHEDULED
             outgoing = Outgoing(
                 entry.name, message.id, self.destination, body, run.slot, run.due, kind
             )
@@ -186,6 +190,9 @@ class Publisher:
         # persisted state shows whether they were applied
         self.in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.readopt = False  # an entry could not be resynced: adopt the configuration again
+        # the backend's controls (None: a backend without them); read when resyncing
+        self.controls: Controls | None = None
+        self.busy_marks_dropped: Counter[str] = Counter()  # stale marks published over
 
     def publish(self, planner: Planner, lease: Lease) -> Round:
         """Publish what is due, a batch at a time, with one batch's commit in flight: the next
@@ -199,8 +206,13 @@ class Publisher:
             for batch in chunks(planner.decide_due(self.clock.now()), self.batch_size):
                 asked = True
                 published_at = self.clock.now()
-                writes = [StateWrite(d.state, horizon(d.previous), d.missed) for d in batch]
                 messages = self.messages(batch, published_at)
+                writes = [
+                    StateWrite(d.state, horizon(d.previous), d.missed)
+                    if d.guard is None and d.hold is None
+                    else self._guarded(d, published_at)
+                    for d in batch
+                ]
                 if sent is not None:
                     last, sent = sent, None
                     self._conclude(planner, last)
@@ -223,9 +235,11 @@ class Publisher:
             raise
         return Round(asked, before, None)
 
-    def messages(self, batch: list[Decision], published_at: datetime) -> list[Outgoing]:
+    def messages(
+        self, batch: list[Decision], published_at: datetime, into: list[Outgoing] | None = None
+    ) -> list[Outgoing]:
         stamp = format_time(published_at)
-        messages: list[Outgoing] = []
+        messages: list[Outgoing] = [] if into is None else into
         by_entry = self._by_entry
         for decision in batch:
             if decision.runs:
@@ -235,6 +249,30 @@ class Publisher:
                     encoder = self._encoder(entry)
                 encoder.encode(decision, published_at, stamp, messages)
         return messages
+
+    def _guarded(self, decision: Decision, published_at: datetime) -> StateWrite:
+        """The write of a decision under an overlap rule: what it assumed, and its held run
+        encoded now (published as it is when the busy run ends)."""
+        held: HeldRun | None = None
+        if decision.hold is not None:
+            run = decision.hold
+            outgoing: list[Outgoing] = []
+            self.messages([decision._replace(runs=(run,))], published_at, outgoing)
+            (message,) = outgoing
+            held = HeldRun(
+                message.id,
+                run.slot,
+                run.due,
+                CAUGHT_UP,  # published late, when the busy run ends
+                message.destination.queue,
+                message.body,
+                celery=isinstance(message.destination, CeleryQueue),
+                priority=message.destination.priority,
+            )
+        previous = horizon(decision.previous)
+        return StateWrite(
+            decision.state, previous, decision.missed, decision.guard, decision.busy, held
+        )
 
     def _encoder(self, entry: Entry) -> EntryEncoder:
         """The encoder of the entry's destination kind, for this entry."""
@@ -279,21 +317,40 @@ class Publisher:
             return
         for decision in decisions:
             self.counts.add(decision)
+            if decision.stale is not None:
+                self._dropped(decision)
         if log.isEnabledFor(logging.DEBUG):
             for decision in decisions:
                 _log_decision(decision)
         self._emit(Published(published_at, decisions))
 
+    def _dropped(self, decision: Decision) -> None:
+        stale = decision.stale
+        assert stale is not None
+        name = decision.entry.name
+        self.busy_marks_dropped[name] += 1
+        fields = {"entry": name, "run": stale.run_id, "since": format_time(stale.since)}
+        log.warning(
+            "busy mark dropped entry=%(entry)s run=%(run)s since=%(since)s: older than the "
+            "entry's overlap_timeout, so its next run was published beside it",
+            fields,
+            extra=fields,
+        )
+
     def resync(self, planner: Planner, names: set[str]) -> None:
-        """Entries whose persisted state was not what a decision expected: continue from the
-        backend's state, or adopt the configuration again where there is none to continue."""
+        """Entries whose persisted state (or control: a pause, a busy mark) was not what a
+        decision expected: continue from the backend's, or adopt the configuration again where
+        there is none to continue."""
         states = self.store.load_states()
+        controls = self.controls.load_controls(sorted(names)) if self.controls else None
+        now = self.clock.now()
         ours = {name for name in names if name in self.in_doubt}  # a lost commit of our own
         self.resolve_doubts(states, names)
         for name in sorted(names):
             if name not in ours:
                 log.warning("entry=%s: persisted state differs from ours; resyncing", name)
-            if not planner.resync(states.get(name), name):
+            control = controls.get(name, NO_CONTROL) if controls is not None else None
+            if not planner.resync(states.get(name), name, control, now):
                 self.readopt = True
 
     def resolve_doubts(self, states: Mapping[str, EntryState], names: Iterable[str]) -> None:
@@ -347,3 +404,39 @@ def chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
 
 def horizon(state: EntryState | None) -> datetime | None:
     return state.last_slot if state is not None else None
+
+
+def encode_run(
+    entry: Entry,
+    id: str,
+    slot: datetime,
+    published_at: datetime,
+    kind: RunKind,
+    node: str,
+    audit: str | None = None,
+) -> Outgoing:
+    """One run of `entry` outside the scheduler's loop (`beatd trigger`, `beatd backfill`),
+    encoded as the scheduler's encoder for its destination writes a scheduled one, with its
+    own id and kind. A backfilled slot is due at its jitter, as it would have been; a manual run
+    (slot: the trigger's second) is due at once."""
+    message = RunMessage(
+        id=id,
+        task=entry.task,
+        entry=entry.name,
+        scheduled_for=slot,
+        published_at=published_at,
+        queue=entry.queue,
+        args=entry.args,
+        kwargs=entry.kwargs,
+        expires_at=published_at + entry.expires if entry.expires else None,
+        priority=entry.priority,
+        headers=entry.headers,
+        kind=kind,
+    )
+    due = entry.due_for(slot) if kind is RunKind.BACKFILL else slot
+    if destination_kind(entry.protocol) is CeleryQueue:
+        body = celery_protocol.encode(message, origin=f"beatd@{node}")
+        celery = CeleryQueue(entry.queue, entry.priority)
+        return Outgoing(entry.name, id, celery, body, slot, due, kind, audit)
+    ours = BeatdQueue(entry.queue, entry.priority)
+    return Outgoing(entry.name, id, ours, message.to_json(), slot, due, kind, audit)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from beatd.adoption import Adoption
@@ -42,6 +42,7 @@ from beatd.events import (
 from beatd.failing import EntryHealth
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
+from beatd.steering import Steering, controls_of
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,20 @@ class Scheduler:
         self.config = config if config is not None else load_config()
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
-        self.observers: tuple[Observer, ...] = (self.deadlines, self.health, *observers)
+        self.steering = Steering(controls_of(backend), clock, settings.node)
+        self.observers: tuple[Observer, ...] = (
+            self.deadlines,
+            self.health,
+            self.steering,
+            *observers,
+        )
         self.totals = Totals()
         self.planner = Planner(settings.tick_budget)
         self.wake = threading.Event()
         data_loss = DataLossRecovery(backend, settings.lease_ttl)
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
+        self.publisher.controls = self.steering.controls
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
@@ -122,6 +130,10 @@ class Scheduler:
     @property
     def counts(self) -> RunCounts:
         return self.publisher.counts
+
+    @property
+    def busy_marks_dropped(self) -> Mapping[str, int]:
+        return self.publisher.busy_marks_dropped
 
     def status(self) -> Status:
         return Status(
@@ -180,11 +192,14 @@ class Scheduler:
             asked = True
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
+            asked |= self.steering.refresh(self.planner)
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
             asked |= self.deadlines.mark_passed(self.clock.now())
             asked |= self.health.refresh(self.config.entries)
+            summaries = self.health.summaries
+            asked |= self.steering.pause_failing(self.config.entries, summaries, self.planner)
         return asked
 
     def _publish(self, lease: Lease) -> bool:

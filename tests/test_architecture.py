@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.systemd",
             "beatd.deadlines",
             "beatd.failing",
+            "beatd.steering",
             "beatd.celery_listener",
         ),
     ),

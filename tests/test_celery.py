@@ -203,6 +203,7 @@ def test_the_envelope_matches_what_celery_itself_writes(redis_url: str) -> None:
             kwargs={"k": [1]},
             expires_at=expires_at,
             priority=priority,
+            kind="manual",
         )
         ours = celery_protocol.envelope(message, origin="beatd@n1")
         assert celery_protocol.list_name("reports", priority) == theirs_key
@@ -211,7 +212,9 @@ def test_the_envelope_matches_what_celery_itself_writes(redis_url: str) -> None:
             "beatd_entry",
             "beatd_scheduled_for",
             "beatd_published_at",
+            "beatd_kind",
         }
+        assert ours["headers"]["beatd_kind"] == "manual"
         assert theirs["headers"].keys() <= ours["headers"].keys()
         for field in ("lang", "task", "expires", "retries", "timelimit", "argsrepr", "kwargsrepr"):
             assert ours["headers"][field] == theirs["headers"][field], field

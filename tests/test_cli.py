@@ -46,6 +46,8 @@ COMMANDS = command_paths(main)
 def test_the_command_tree_is_what_the_help_tests_cover() -> None:
     assert COMMANDS == [
         (),
+        ("audit",),
+        ("backfill",),
         ("check",),
         ("db",),
         ("db", "upgrade"),
@@ -56,9 +58,12 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("history",),
         ("migrate",),
         ("next",),
+        ("pause",),
+        ("resume",),
         ("run",),
         ("schema",),
         ("status",),
+        ("trigger",),
         ("worker",),
     ]
 

@@ -502,5 +502,7 @@ def test_run_counts_add_the_ranges_by_reason() -> None:
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
         "missed_state_lost": 3,
+        "missed_paused": 0,
+        "missed_overlap": 0,
     }
     assert counts.total("missed_skipped") == 9

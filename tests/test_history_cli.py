@@ -354,7 +354,9 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
     report = json.loads(json_out)
     assert report["entries_total"] == 2
     (row,) = report["entries"]
-    assert {k: row[k] for k in list(row)[-6:]} == {
+    # the history's six keys, then the controls' (tests/test_controls_cli.py)
+    assert list(row)[-3:] == ["paused", "busy", "held"]
+    assert {k: row[k] for k in list(row)[-9:-3]} == {
         "last_status": "failed",
         "last_finished": f"{ten_min:%Y-%m-%dT%H:%M:%SZ}",
         "last_success": f"{three_h:%Y-%m-%dT%H:%M:%SZ}",
@@ -404,14 +406,14 @@ def test_migrate_copies_the_history_once(broker: str, tmp_path: Path) -> None:
         source.close()
     assert first == (
         0,
-        "copied 0 state(s), 0 dead letter(s), 2 run record(s), 1 missed-slot record(s); "
-        "skipped 0 already on the target\n",
+        "copied 0 state(s), 0 dead letter(s), 2 run record(s), 1 missed-slot record(s), "
+        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 0 already on the target\n",
         "",
     )
     assert again == (
         0,
-        "copied 0 state(s), 0 dead letter(s), 0 run record(s), 0 missed-slot record(s); "
-        "skipped 3 already on the target\n",
+        "copied 0 state(s), 0 dead letter(s), 0 run record(s), 0 missed-slot record(s), "
+        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 3 already on the target\n",
         "",
     )
 

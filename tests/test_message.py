@@ -115,11 +115,66 @@ def test_template_writes_what_the_message_writes(
         scheduled_for=SLOT,
         published_at=published,
         expires_at=expires_at,
+        kind="caught_up",
         **fields,
     )
     template = RunTemplate(**fields)
     text = template.render(
-        format_slot(SLOT), format_time(published), format_time(expires_at) if expires_at else None
+        format_slot(SLOT),
+        format_time(published),
+        format_time(expires_at) if expires_at else None,
+        "caught_up",
     )
     assert text == message.to_json()
     assert RunMessage.from_json(text) == message
+
+
+# A message as beatd wrote it before `kind` (v 1, 2026-11): byte for byte, from docs/design.md.
+GOLDEN_BEFORE_KIND = (
+    '{"v":1,"id":"daily-report@2026-11-27T00:00:00Z","task":"examples.tasks.daily_report",'
+    '"args":[],"kwargs":{"fmt":"pdf"},"entry":"daily-report",'
+    '"scheduled_for":"2026-11-27T00:00:00Z","published_at":"2026-11-27T00:00:00.004Z",'
+    '"expires_at":null,"queue":"default","priority":null,"headers":{},"attempt":1}'
+)
+FIELDS_BEFORE_KIND = [
+    "v",
+    "id",
+    "task",
+    "args",
+    "kwargs",
+    "entry",
+    "scheduled_for",
+    "published_at",
+    "expires_at",
+    "queue",
+    "priority",
+    "headers",
+    "attempt",
+]
+
+
+def test_a_message_from_before_kind_is_read_and_written_back_unchanged() -> None:
+    message = RunMessage.from_json(GOLDEN_BEFORE_KIND)
+    assert message.kind is None and message.extra == {}
+    assert message.entry == "daily-report" and message.kwargs == {"fmt": "pdf"}
+    assert message.to_json() == GOLDEN_BEFORE_KIND
+    assert "kind" not in json.loads(message.next_attempt().to_json())
+
+
+@pytest.mark.parametrize("kind", ["scheduled", "caught_up", "manual", "backfill"])
+def test_new_messages_carry_the_old_fields_then_kind(kind: str) -> None:
+    template = RunTemplate("daily-report", "examples.tasks.daily_report", "default")
+    text = template.render("2026-11-27T00:00:00Z", "2026-11-27T00:00:00.004Z", None, kind)
+    data = json.loads(text)
+    assert list(data) == [*FIELDS_BEFORE_KIND, "kind"]
+    assert data["kind"] == kind
+    # what an older reader (the fields before kind, unknown ones kept aside) makes of it
+    old = {key: value for key, value in data.items() if key in FIELDS_BEFORE_KIND}
+    assert json.loads(GOLDEN_BEFORE_KIND).keys() == old.keys()
+    assert RunMessage.from_json(text).kind == kind
+
+
+def test_an_unknown_kind_is_read_as_it_is() -> None:
+    data = json.loads(GOLDEN_BEFORE_KIND)
+    data["kind"] = "replayed"  # a later beatd's kind: kept, not refused
+    assert RunMessage.from_json(json.dumps(data)).kind == "replayed"

@@ -54,7 +54,8 @@ def copied_line(states: int, letters: int, skipped: int, runs: int = 0, missed: 
     """What `beatd migrate` prints when it is done."""
     return (
         f"copied {states} state(s), {letters} dead letter(s), {runs} run record(s), {missed} "
-        f"missed-slot record(s); skipped {skipped} already on the target\n"
+        f"missed-slot record(s), 0 control(s), 0 audit record(s), 0 trigger key(s); skipped "
+        f"{skipped} already on the target\n"
     )
 
 

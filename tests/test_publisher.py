@@ -108,10 +108,12 @@ def test_each_destination_gets_its_own_encoding(backend: FailingOnce, clock: Fak
     ours, theirs = setup.publisher.messages(batch, clock.now())
     assert ours.destination == BeatdQueue("default")
     assert json.loads(ours.body)["scheduled_for"] == "2026-03-01T12:00:10Z"
+    assert json.loads(ours.body)["kind"] == "scheduled"
     assert theirs.destination == CeleryQueue("default")
     envelope = json.loads(theirs.body)
     assert envelope["headers"]["id"] == theirs.id == "theirs@2026-03-01T12:00:10Z"
     assert envelope["headers"]["origin"] == "beatd@n"
+    assert envelope["headers"]["beatd_kind"] == "scheduled"
 
 
 def test_each_run_carries_its_slot_due_time_and_kind_for_the_history(
@@ -142,6 +144,7 @@ def test_a_run_kept_by_the_missed_policy_is_caught_up_and_the_rest_are_one_misse
     setup.publish()
     ((writes, messages),) = backend.sent
     assert [(m.id, m.kind) for m in messages] == [("tick@2026-03-01T12:01:00Z", RunKind.CAUGHT_UP)]
+    assert json.loads(messages[0].body)["kind"] == "caught_up"  # the message says so too
     first, last = (datetime(2026, 3, 1, 12, 0, s, tzinfo=UTC) for s in (10, 50))
     assert [w.missed for w in writes] == [
         (MissedSlots("tick", MissReason.SKIPPED, first, last, 5),)
@@ -152,6 +155,7 @@ def test_a_run_kept_by_the_missed_policy_is_caught_up_and_the_rest_are_one_misse
     batch = list(celery.planner.decide_due(clock.now()))
     (message,) = celery.publisher.messages(batch, clock.now())
     assert (message.id, message.kind) == ("theirs@2026-03-01T12:01:00Z", RunKind.CAUGHT_UP)
+    assert json.loads(message.body)["headers"]["beatd_kind"] == "caught_up"
 
 
 def test_a_refused_commit_counts_nothing_and_is_decided_again(

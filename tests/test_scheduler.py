@@ -92,6 +92,8 @@ def test_publishes_each_slot_once_with_the_documented_message(
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
         "missed_state_lost": 0,
+        "missed_paused": 0,
+        "missed_overlap": 0,
     }
 
 
@@ -135,6 +137,8 @@ def test_standby_takes_over_when_the_leader_stops_without_loss_or_repeat(
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
         "missed_state_lost": 0,
+        "missed_paused": 0,
+        "missed_overlap": 0,
     }
 
 
@@ -325,6 +329,8 @@ def test_backend_errors_are_survived_and_retried(
         "missed_beyond_catch_up": 0,
         "missed_disabled": 0,
         "missed_state_lost": 0,
+        "missed_paused": 0,
+        "missed_overlap": 0,
     }
 
 

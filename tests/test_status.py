@@ -111,6 +111,9 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
             "last_failure",
             "last_duration_seconds",
             "consecutive_failures",
+            "paused",  # no pause, busy mark or held run here (tests/test_controls_cli.py)
+            "busy",
+            "held",
         ]
     )
     assert rows["tick"] == {

@@ -540,7 +540,8 @@ class RunHistory(Reachable, Protocol):
         (recorded) first, ties by run id (missed key). Call again while it returns `limit`.
         Summaries are kept. The per-entry and total caps never delete an unfinished run (queued,
         running or overdue: its end must still reach its record and its entry's summary); it
-        counts towards them, and only `max_age` deletes it (so a run stuck forever expires). A
+        counts towards them, and only `max_age` deletes it (so a run stuck forever expires);
+        a Celery run no task event reached (`unknown`: it may never finish) is not protected. A
         backend may pass over at most `PASS_OVER` (beatd.history) unfinished runs past a cap per
         entry and call: the finished runs behind more of them wait for `max_age` too."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
+from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite
 from beatd.backends.memory_history import History
 from beatd.controls import (
     IDEMPOTENCY_KEY_TTL,
@@ -273,8 +273,17 @@ class MemoryControls:
         self._audit(AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         control = self._book.get(entry)
         if result.status is TriggerStatus.HELD:
-            kind = RunKind.MANUAL.value
-            held = HeldRun(request.run_id, at, at, kind, request.queue, request.body, audit_id)
+            held = HeldRun(
+                request.run_id,
+                at,
+                at,
+                RunKind.MANUAL.value,
+                request.queue,
+                request.body,
+                audit_id,
+                request.celery,
+                request.priority,
+            )
             self._book.put(entry, control._replace(held=held))
         else:
             queue = BeatdQueue(request.queue, request.priority)
@@ -363,7 +372,8 @@ class MemoryControls:
                 slots = MissedSlots(entry, PAUSED, held.slot, held.slot, 1)
                 self._history.missed_one(slots, None, at)
         elif held is not None:
-            queue = BeatdQueue(held.destination_queue)
+            destination = CeleryQueue if held.celery else BeatdQueue
+            queue = destination(held.destination_queue, held.priority)
             kind = RunKind(held.kind)
             outgoing = Outgoing(
                 entry, held.run_id, queue, held.body, held.slot, held.due, kind, held.audit

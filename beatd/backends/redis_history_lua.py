@@ -239,7 +239,14 @@ end
 local function unfinished(id)
   local run = held_run(NS, id)
   if not run then return false end
-  local last = run.n > 0 and attempt(run, run.n)
+  if run.n == 0 then
+    -- a Celery run no task event reached (unknown) may never finish (workers without -E):
+    -- the caps take it like a finished one
+    local h = redis.call('HMGET', run.key, 'p', 'r')
+    local p = decoded(h[1])
+    return not (p and p[4] == '1' and not h[2])
+  end
+  local last = attempt(run, run.n)
   return not (last and FINAL[last[3]])
 end
 -- drop the finished runs of `index` past its newest `keep`, the oldest first, a page at a time

@@ -1,10 +1,24 @@
 """The `beatd` command line. Every daemon setting is a flag with a `BEATD_*` variable."""
 
-from beatd.cli import admin, database, diff, history, migrate, run, schedules, status, workers
+from beatd.cli import (
+    admin,
+    backfill,
+    controls,
+    database,
+    diff,
+    history,
+    migrate,
+    run,
+    schedules,
+    status,
+    workers,
+)
 from beatd.cli.common import main
 
 __all__ = [
     "admin",
+    "backfill",
+    "controls",
     "database",
     "diff",
     "history",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from beatd.backends import DeadLetter
+from beatd.backends import Backend, DeadLetter
 from beatd.cli.common import (
     BackendSettings,
     LogSettings,
@@ -19,6 +19,8 @@ from beatd.cli.common import (
     open_broker,
     slot_text,
 )
+from beatd.cli.controls import BY_HELP, backend_now, default_by, optional_controls
+from beatd.controls import AuditRecord, new_audit_id
 from beatd.errors import BeatdError
 from beatd.service import setup_logging
 
@@ -80,16 +82,25 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
 @logging_options()
 @click.argument("message_id", metavar="ID", required=False)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead letter.")
+@click.option("--by", metavar="NAME", help=BY_HELP)
 def dead_retry(
-    backend: BackendSettings, log: LogSettings, message_id: str | None, everything: bool
+    backend: BackendSettings,
+    log: LogSettings,
+    message_id: str | None,
+    everything: bool,
+    by: str | None,
 ) -> None:
-    """Put a dead letter (by run ID) or all of them back on their queues."""
+    """Put a dead letter (by run ID) or all of them back on their queues; the audit log
+    records who did."""
     setup_logging(log.level, log.format)
     if (message_id is None) == (not everything):
         bad_option("ID/--all", "give a run ID or --all, not both and not neither")
     store = open_broker(backend, create=False)
     try:
         moved = store.requeue_dead(None if everything else message_id)
+        controls = optional_controls(store)
+        if moved and controls is not None:
+            controls.record_audit(requeue_record(store, message_id, moved, by or default_by()))
     except BeatdError as exc:
         fail(exc)
     finally:
@@ -97,3 +108,16 @@ def dead_retry(
     if message_id is not None and moved == 0:
         bad_option("ID", f"no dead letter with id {message_id!r} (see beatd dead list)")
     click.echo(f"requeued {moved} dead letter(s)")
+
+
+def requeue_record(store: Backend, message_id: str | None, moved: int, by: str) -> AuditRecord:
+    """The audit record of a dead-letter requeue (of one run, or of all: no entry)."""
+    entry = message_id.rpartition("@")[0] or None if message_id is not None else None
+    return AuditRecord(
+        id=new_audit_id(),
+        at=backend_now(store),
+        action="requeue_dead",
+        entry=entry,
+        by=by,
+        detail={"run_id": message_id, "requeued": moved},
+    )

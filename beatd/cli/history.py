@@ -113,6 +113,7 @@ def run_object(run: RunRecord, zone: str | None) -> dict[str, Any]:
         "id": run.id,
         "entry": run.entry,
         "kind": str(run.kind),
+        "audit": run.audit,
         "status": str(run.status),
         "slot": stamp(run.slot),
         "slot_local": local_stamp(run.slot, zone),

@@ -85,8 +85,9 @@ def migrate(
         target.close()
     click.echo(
         f"copied {report.states} state(s), {report.dead_letters} dead letter(s), {report.runs} "
-        f"run record(s), {report.missed} missed-slot record(s); skipped {report.skipped} already "
-        "on the target"
+        f"run record(s), {report.missed} missed-slot record(s), {report.controls} control(s), "
+        f"{report.audit} audit record(s), {report.keys} trigger key(s); skipped {report.skipped} "
+        "already on the target"
     )
     if queued:
         click.echo(

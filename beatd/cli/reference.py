@@ -38,6 +38,11 @@ COMMAND_ORDER = (
     "check",
     "next",
     "diff",
+    "trigger",
+    "pause",
+    "resume",
+    "backfill",
+    "audit",
 )
 HEADER = "| flag | variable | default | commands | meaning |\n|---|---|---|---|---|"
 
@@ -76,16 +81,16 @@ def commands(group: click.Group = main) -> Iterator[tuple[str, click.Command]]:
 
 def table() -> str:
     """The flags table: one row per flag, in the order the commands first show them."""
-    rows: dict[str, Row] = {}
+    rows: dict[str, Row] = {}  # by flag and variable
     for path, command in commands():
         ctx = click.Context(command, info_name=path)
         for option in command.params:
             if not isinstance(option, click.Option) or option.hidden:
                 continue
             flag = _flag(option)
-            row = rows.setdefault(
-                flag, Row(flag, f"`{option.envvar}`" if option.envvar else "none")
-            )
+            variable = f"`{option.envvar}`" if option.envvar else "none"
+            # a flag of one name and two variables (migrate's --from and backfill's) is two rows
+            row = rows.setdefault(f"{flag} {variable}", Row(flag, variable))
             row.commands.append(path)
             row.defaults[path] = _default(option, ctx)
             row.meanings[path] = _meaning(option)

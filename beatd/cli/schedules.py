@@ -33,6 +33,7 @@ from beatd.config.convert import (
 )
 from beatd.config.schema import schema_text
 from beatd.config.yamlfile import field_positions
+from beatd.controls import Overlap
 from beatd.errors import Problem, ScheduleError
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.cron import uses_hash
@@ -171,6 +172,13 @@ def _warnings(config: Config, now: datetime) -> list[str]:
                 "never run again; move end: into the future or remove the entry"
             )
             warnings.append(locator.problem(entry, "end", message))
+        if entry.overlap is not Overlap.ALLOW and entry.protocol == "celery":
+            message = (
+                f"warning: overlap: {entry.overlap.value} on a Celery-protocol entry sees a run "
+                "end only through Celery's events, so its workers must be started with -E "
+                "(else each run counts as busy until overlap_timeout)"
+            )
+            warnings.append(locator.problem(entry, "overlap", message))
     return warnings
 
 

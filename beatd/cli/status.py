@@ -39,10 +39,12 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
+from beatd.cli.controls import optional_controls
 from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
 from beatd.config.convert import suggest
+from beatd.controls import EntryControl
 from beatd.errors import BeatdError
 from beatd.history import EntrySummary
 from beatd.service import setup_logging
@@ -176,6 +178,51 @@ def read_summaries(store: Backend, names: Sequence[str]) -> dict[str, EntrySumma
         return None
 
 
+def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryControl] | None:
+    """The entries' pauses, busy marks and held runs; None when the backend keeps none."""
+    controls = optional_controls(store)
+    if controls is None or not names:
+        return None if controls is None else {}
+    return controls.load_controls(names)
+
+
+def add_controls(rows: list[dict[str, Any]], controls: dict[str, EntryControl] | None) -> None:
+    """Each row's pause (who, why, until), busy mark and held run (None: none, or unknown)."""
+    for row in rows:
+        control = controls.get(row["entry"]) if controls is not None else None
+        pause = control.pause if control else None
+        busy = control.busy if control else None
+        held = control.held if control else None
+        row["paused"] = (
+            None
+            if pause is None
+            else {
+                "at": _time(pause.at),
+                "until": _time(pause.until),
+                "reason": pause.reason,
+                "by": pause.by,
+            }
+        )
+        row["busy"] = None if busy is None else {"run_id": busy.run_id, "since": _time(busy.since)}
+        row["held"] = None if held is None else {"run_id": held.run_id, "slot": _time(held.slot)}
+
+
+def control_lines(rows: Sequence[dict[str, Any]]) -> Iterable[str]:
+    """One line per pause, busy mark and held run of the entries shown."""
+    for row in rows:
+        pause, busy, held = row.get("paused"), row.get("busy"), row.get("held")
+        if pause:
+            until = pause["until"] or "resumed"
+            yield (
+                f"paused   {row['entry']}: by {pause['by']}, reason {pause['reason']!r}, "
+                f"since {pause['at']}, until {until}"
+            )
+        if busy:
+            yield f"busy     {row['entry']}: run {busy['run_id']} since {busy['since']}"
+        if held:
+            yield f"held     {row['entry']}: run {held['run_id']}, published when the busy one ends"
+
+
 def queue_rows(backend: Backend) -> list[dict[str, Any]]:
     depths = backend.queue_depths()
     letters = Counter(letter.queue for letter in backend.dead_letters())
@@ -244,6 +291,7 @@ def status(
         states = store.load_states()
         names, total = entry_names(config, states, entries, limit)
         summaries = read_summaries(store, names)
+        controls = read_controls(store, names)
         queues = queue_rows(store)
     except BeatdError as exc:
         fail(exc)
@@ -252,6 +300,7 @@ def status(
     now = datetime.fromtimestamp(time.time(), UTC)
     rows = entry_rows(config, states, names, counts, now)
     add_summaries(rows, summaries)
+    add_controls(rows, controls)
     report = {
         "backend": store.url,
         "now": _time(now),
@@ -283,6 +332,7 @@ def render(report: dict[str, Any]) -> Iterable[str]:
         )
     yield ""
     yield from entry_table(report)
+    yield from control_lines(report["entries"])
     if not report["counts_from"]:
         yield "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)"
     else:

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from beatd.config.model import MissedPolicy
+from beatd.controls import Overlap
 from beatd.durations import read_duration
 
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
@@ -148,6 +149,14 @@ def to_missed(value: object) -> MissedPolicy:
         hint = suggest(value, choices) if isinstance(value, str) else ""
         raise ValueError(f"expected one of {', '.join(choices)}, got {describe_value(value)}{hint}")
     return MissedPolicy(value)
+
+
+def to_overlap(value: object) -> Overlap:
+    choices = [o.value for o in Overlap]
+    if not isinstance(value, str) or value not in choices:
+        hint = suggest(value, choices) if isinstance(value, str) else ""
+        raise ValueError(f"expected one of {', '.join(choices)}, got {describe_value(value)}{hint}")
+    return Overlap(value)
 
 
 def to_max_catch_up(value: object) -> int:

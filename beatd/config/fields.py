@@ -32,6 +32,7 @@ from beatd.config.convert import (
     to_max_catch_up,
     to_missed,
     to_optional_duration,
+    to_overlap,
     to_priority,
     to_protocol,
     to_queue_name,
@@ -40,6 +41,7 @@ from beatd.config.convert import (
     to_timezone,
 )
 from beatd.config.model import NO_ITEMS, MissedPolicy
+from beatd.controls import Overlap
 
 Converter = Callable[[Any], Any]
 REQUIRED = object()  # the `default` of a field every entry must give
@@ -164,7 +166,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "missed", "`skip`, `run_once`, `catch_up`", to_missed, MissedPolicy.RUN_ONCE,
         "`run_once`", True,
-        "what to publish for slots missed during downtime, an outage or a pause "
+        "what to publish for slots missed while no scheduler could publish (downtime, an outage, a "
+        "stopped process); not for an operator's pause, whose slots are always missed (`paused`) "
         "([below](#missed-runs))",
         "catch_up", {"enum": [p.value for p in MissedPolicy]},
     ),
@@ -193,6 +196,28 @@ FIELDS: tuple[Field, ...] = (
         "after this many runs in a row that ended failed or dead-lettered, the entry is "
         "reported failing (`beatd_entry_failing`, a log line) until a run succeeds",
         "3", {"type": ["integer", "null"], "minimum": 1},
+    ),
+    Field(
+        "overlap", "`allow`, `skip`, `buffer_one`", to_overlap, Overlap.ALLOW, "`allow`", True,
+        "a slot due while the entry's previous run has not ended: `allow` publishes it, `skip` "
+        "records it missed (`overlap`), `buffer_one` holds the newest such slot and publishes it "
+        "when the run ends ([controls.md](controls.md)); Celery entries need workers started "
+        "with `-E`",
+        "skip", {"enum": [o.value for o in Overlap]},
+    ),
+    Field(
+        "overlap_timeout", "duration", to_optional_duration, None,
+        "`expires`, else 24 h", True,
+        "with `skip` or `buffer_one`: a run busy for longer than this no longer blocks the next "
+        "slot (its mark is dropped, logged and counted)",
+        "2h", {**DURATION, "type": ["string", "number", "null"]},
+    ),
+    Field(
+        "pause_after_failures", "integer ≥ 1 or null", to_alert_after_failures, None, "none",
+        True,
+        "after this many runs in a row that ended failed or dead-lettered, the leader pauses the "
+        "entry (once, by `beatd@NODE`, the reason saying so) until `beatd resume`",
+        "5", {"type": ["integer", "null"], "minimum": 1},
     ),
 )  # fmt: skip
 

@@ -13,6 +13,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
+from beatd.controls import DEFAULT_OVERLAP_TIMEOUT, Guard, Overlap
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.window import WindowedSchedule
 
@@ -51,7 +52,18 @@ class Entry:
     misfire_grace: timedelta = timedelta(seconds=60)
     deadline: timedelta | None = None  # a run unfinished this long after its due time: overdue
     alert_after_failures: int | None = None  # consecutive final failures that make it failing
+    overlap: Overlap = Overlap.ALLOW  # a slot due while the previous run is busy (beatd.controls)
+    overlap_timeout: timedelta | None = None  # None: `expires`, else DEFAULT_OVERLAP_TIMEOUT
+    pause_after_failures: int | None = None  # consecutive final failures that pause the entry
     source: str = ""  # "path:line", for log lines and `beatd check`
+
+    @property
+    def guard(self) -> Guard | None:
+        """The overlap rule its commits apply; None under `overlap: allow`."""
+        if self.overlap is Overlap.ALLOW:
+            return None
+        timeout = self.overlap_timeout or self.expires or DEFAULT_OVERLAP_TIMEOUT
+        return Guard(self.overlap, timeout.total_seconds())
 
     @property
     def identity(self) -> str:
@@ -125,6 +137,13 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
         fields["deadline"] = entry.deadline.total_seconds()
     if entry.alert_after_failures is not None:
         fields["alert_after_failures"] = entry.alert_after_failures
+    # the leader applies overlap and pauses after failures: unset, an entry hashes as before
+    if entry.overlap is not Overlap.ALLOW:
+        fields["overlap"] = entry.overlap.value
+    if entry.overlap_timeout is not None:
+        fields["overlap_timeout"] = entry.overlap_timeout.total_seconds()
+    if entry.pause_after_failures is not None:
+        fields["pause_after_failures"] = entry.pause_after_failures
     return fields
 
 

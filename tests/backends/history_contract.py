@@ -617,6 +617,20 @@ class HistoryContract:
         assert backend.trim(Retention(max_age=timedelta(seconds=1 * unit))) == 4
         assert backend.history_size() == (0, 0)
 
+    def test_the_caps_trim_celery_runs_no_task_event_reached(self, backend: Backend) -> None:
+        # workers without -E: their runs stay unknown for ever, and must not pile up past the
+        # caps until max_age (a Redis under noeviction would fill up and stop publishing)
+        if not backend.accepts(CeleryQueue):
+            pytest.skip("this backend publishes no Celery messages")
+        lease = lead(backend)
+        celery = [
+            run("c", m)._replace(destination=CeleryQueue("celery"), body="{}") for m in (1, 2, 3)
+        ]
+        publish(backend, lease, *celery)
+        backend.run_received(run_id("c", 3), "celery@w", slot_of(3))  # this one was heard of
+        assert backend.trim(Retention(per_entry=1)) == 2
+        assert [r.id for r in backend.runs(HistoryQuery(entry="c"))] == [run_id("c", 3)]
+
     def test_trim_drops_records_older_than_max_age(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:

@@ -1,0 +1,105 @@
+"""The leader's side of the operator controls (beatd.controls, docs/controls.md).
+
+The planner learns a control from the backend at adoption and when a commit is refused; a pause
+lifted (`beatd resume`), a busy mark cleared or a held run published by a worker refuse nothing,
+so the leader reads every control again each `interval` (5 s) of its monotonic clock, at a step
+it takes anyway (a lease renewal wakes it at least every third of the lease): the read returns
+only the entries that have a control, so it costs nothing where none has one.
+
+`pause_after_failures: N`: once the history's summaries (read by `EntryHealth`) show N or more
+runs in a row ended failed or dead-lettered, the leader pauses the entry till resumed, by
+`beatd@NODE`, once per run of failures: resumed by an operator, it is paused again only after a
+success and N new failures (a new leader, which remembers nothing, pauses it again if it is still
+failing and not paused).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import cast
+
+from beatd.backends.base import Controls
+from beatd.clock import Clock
+from beatd.config import Entry
+from beatd.core import Planner
+from beatd.events import BecameLeader, Event, SteppedDown
+from beatd.history import EntrySummary
+
+log = logging.getLogger("beatd.scheduler")
+
+REFRESH_INTERVAL = 5.0  # seconds between two reads of every entry's control
+
+
+def controls_of(backend: object) -> Controls | None:
+    """The backend's `Controls` role, if it offers it (until `Backend` includes the role)."""
+    return cast(Controls, backend) if callable(getattr(backend, "load_controls", None)) else None
+
+
+class Steering:
+    """Keeps the planner's controls fresh and pauses entries that keep failing."""
+
+    def __init__(
+        self,
+        controls: Controls | None,
+        clock: Clock,
+        node: str,
+        interval: float = REFRESH_INTERVAL,
+    ) -> None:
+        self.controls = controls
+        self.clock = clock
+        self.by = f"beatd@{node}"
+        self.interval = interval
+        self._next_read: float | None = None  # monotonic; None: at the next step
+        self._summaries: Mapping[str, EntrySummary] | None = None  # the last judged
+        self._paused_for: set[str] = set()  # paused after failures, in their current run
+
+    def notify(self, event: Event) -> None:
+        """An observer of the loop: a change of leader starts afresh."""
+        if isinstance(event, BecameLeader | SteppedDown):
+            self._next_read, self._summaries, self._paused_for = None, None, set()
+
+    def refresh(self, planner: Planner) -> bool:
+        """Read every control when the interval passed; True when the backend was asked."""
+        mono = self.clock.monotonic()
+        if self.controls is None or (self._next_read is not None and mono < self._next_read):
+            return False
+        self._next_read = mono + self.interval
+        changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now())
+        if changed:
+            log.debug("controls changed entries=%d", changed)
+        return True
+
+    def pause_failing(
+        self, entries: Mapping[str, Entry], summaries: Mapping[str, EntrySummary], planner: Planner
+    ) -> bool:
+        """Pause the entries whose `pause_after_failures` the newest summaries reach (once per
+        run of failures); True when the backend was asked."""
+        if self.controls is None or summaries is self._summaries:
+            return False
+        self._summaries = summaries
+        due = []
+        for name, summary in summaries.items():
+            entry = entries.get(name)
+            limit = entry.pause_after_failures if entry is not None else None
+            if not limit or summary.consecutive_failures < limit:
+                self._paused_for.discard(name)
+                continue
+            control = planner.control(name)
+            if name not in self._paused_for and control is not None and control.pause is None:
+                due.append((name, limit, summary.consecutive_failures))
+        for name, limit, failures in due:
+            reason = f"paused after {limit} consecutive failures"
+            self.controls.pause([name], reason, None, self.by)
+            self._paused_for.add(name)
+            fields = {"entry": name, "failures": failures, "limit": limit}
+            log.warning(
+                "entry paused entry=%(entry)s failures=%(failures)d: that many runs in a row "
+                "ended failed or dead-lettered (pause_after_failures: %(limit)d); "
+                "`beatd resume %(entry)s` lifts it",
+                fields,
+                extra=fields,
+            )
+        if due:
+            self._next_read = None  # the planner learns the pauses at the next step
+        return bool(due)
