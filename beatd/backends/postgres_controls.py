@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from beatd.backends.base import BeatdQueue, Outgoing, from_micros, to_micros
 from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
+    CONTROL_MARKS,
     control_row,
     control_value,
     lock_entries,
@@ -247,7 +248,17 @@ class PostgresControls(PostgresLink):
         self._audit(db, AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL
-            hold = HeldRun(request.run_id, at, at, kind, request.queue, request.body, audit_id)
+            hold = HeldRun(
+                request.run_id,
+                at,
+                at,
+                kind,
+                request.queue,
+                request.body,
+                audit_id,
+                request.celery,
+                request.priority,
+            )
             store_control(db, self.schema, entry, control._replace(held=hold))
         else:
             queue = BeatdQueue(request.queue, request.priority)
@@ -347,13 +358,12 @@ class PostgresControls(PostgresLink):
     ) -> int:
         def work(db: Db) -> int:
             added = 0
-            marks = ", ".join(["%s"] * 14)
             for entry, control in controls.items():
                 if control == EntryControl():
                     continue
                 added += db.execute(
-                    f"INSERT INTO {self.schema}.control ({CONTROL_COLUMNS}) VALUES ({marks}) "
-                    "ON CONFLICT (entry) DO NOTHING",
+                    f"INSERT INTO {self.schema}.control ({CONTROL_COLUMNS}) "
+                    f"VALUES ({CONTROL_MARKS}) ON CONFLICT (entry) DO NOTHING",
                     control_row(entry, control),
                 ).rowcount
             for record in audit:

@@ -29,8 +29,10 @@ NO_LEASE = Lease("", "", 0)  # what a run published without a lease is recorded 
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
 CONTROL_COLUMNS = (
     "entry, pause_at_us, pause_until_us, pause_reason, pause_by, busy_run, busy_since_us, "
-    "held_run, held_slot_us, held_due_us, held_kind, held_queue, held_body, held_audit"
+    "held_run, held_slot_us, held_due_us, held_kind, held_queue, held_body, held_audit, "
+    "held_celery, held_priority"
 )
+CONTROL_MARKS = ", ".join(["%s"] * len(CONTROL_COLUMNS.split(", ")))
 
 
 def _micros(moment: datetime | None) -> int | None:
@@ -44,13 +46,14 @@ def _moment(value: int | None) -> datetime | None:
 def control_value(row: Sequence[Any]) -> tuple[str, EntryControl]:
     """A row of CONTROL_COLUMNS as its entry and control."""
     entry, p_at, p_until, reason, by, busy_run, busy_since = row[:7]
-    h_run, h_slot, h_due, h_kind, h_queue, h_body, h_audit = row[7:]
+    h_run, h_slot, h_due, h_kind, h_queue, h_body, h_audit, h_celery, h_priority = row[7:]
     pause = None if p_at is None else Pause(from_micros(p_at), _moment(p_until), reason, by)
     busy = None if busy_run is None else Busy(busy_run, from_micros(busy_since))
     held = None
     if h_run is not None:
         slot, due = from_micros(h_slot), from_micros(h_due)
-        held = HeldRun(h_run, slot, due, RunKind(h_kind), h_queue, h_body, h_audit)
+        kind = RunKind(h_kind)
+        held = HeldRun(h_run, slot, due, kind, h_queue, h_body, h_audit, h_celery, h_priority)
     return entry, EntryControl(pause, busy, held)
 
 
@@ -65,7 +68,7 @@ def control_row(entry: str, control: EntryControl) -> tuple[Any, ...]:
         ),
         *((None, None) if busy is None else (busy.run_id, to_micros(busy.since))),
         *(
-            (None,) * 7
+            (None,) * 9
             if held is None
             else (
                 held.run_id,
@@ -75,6 +78,8 @@ def control_row(entry: str, control: EntryControl) -> tuple[Any, ...]:
                 held.destination_queue,
                 held.body,
                 held.audit,
+                held.celery,
+                held.priority,
             )
         ),
     )
@@ -104,10 +109,9 @@ def store_control(db: Db, schema: str, entry: str, control: EntryControl) -> Non
     if control == EntryControl():
         db.execute(f"DELETE FROM {schema}.control WHERE entry = %s", (entry,))
         return
-    marks = ", ".join(["%s"] * 14)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in CONTROL_COLUMNS.split(", ")[1:])
     db.execute(
-        f"INSERT INTO {schema}.control ({CONTROL_COLUMNS}) VALUES ({marks}) "
+        f"INSERT INTO {schema}.control ({CONTROL_COLUMNS}) VALUES ({CONTROL_MARKS}) "
         f"ON CONFLICT (entry) DO UPDATE SET {updates}",
         control_row(entry, control),
     )
@@ -218,7 +222,7 @@ def run_ended(db: Db, schema: str, channel: str, run_id: str, history: bool) -> 
                 (entry, PAUSED, to_micros(hold.slot), to_micros(hold.slot), now_us),
             )
     elif hold is not None:
-        queue = BeatdQueue(hold.destination_queue)
+        queue = BeatdQueue(hold.destination_queue, hold.priority)  # PostgreSQL: never Celery
         outgoing = Outgoing(
             entry,
             hold.run_id,

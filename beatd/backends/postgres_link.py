@@ -191,7 +191,9 @@ def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
             held_kind text,
             held_queue text,
             held_body text,
-            held_audit text
+            held_audit text,
+            held_celery boolean,
+            held_priority integer
         );
         CREATE INDEX control_busy ON {schema}.control (busy_run) WHERE busy_run IS NOT NULL;
         CREATE TABLE {schema}.audit (
