@@ -17,12 +17,15 @@ Tables, in the schema named by `--namespace` (default `beatd`; docs/postgresql.m
   run_open      the runs neither finished nor marked overdue (what a deadline may still mark)
   missed        missed-slot records, one per entry, reason and decision
   entry_summary each entry's newest finished run, updated with every final attempt end
+  control       per entry its pause, busy mark and held run (format 2, the operator controls)
+  audit         the audit log; trigger_key: remembered idempotency keys and request ids
 
 The backend is its parts, one per role, sharing one pool (`PostgresLink`, postgres_link.py):
 `PostgresLeaseStore` and `PostgresStateStore` here, `PostgresWorkQueue` and `PostgresQueueAdmin`
 in postgres_queue.py (with the LISTEN/NOTIFY wake-ups), `PostgresRunHistory` in
-postgres_history.py and `PostgresHistoryUpkeep` (retention, migrate's copy) in postgres_upkeep.py;
-the history's statements inside the other parts' transactions are postgres_records.py.
+postgres_history.py and `PostgresHistoryUpkeep` (retention, migrate's copy) in postgres_upkeep.py,
+`PostgresControls` in postgres_controls.py; the history's statements inside the other parts'
+transactions are postgres_records.py, the controls' postgres_gates.py.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from beatd.backends.base import (
     from_micros,
     to_micros,
 )
+from beatd.backends.postgres_controls import PostgresControls
+from beatd.backends.postgres_gates import gate, mark
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
 from beatd.backends.postgres_records import insert_missed, published_records
@@ -126,6 +131,10 @@ class PostgresStateStore(PostgresLink):
     """The entry_state table, advanced with the runs' messages in one transaction that holds
     the lease row locked for share."""
 
+    @property
+    def _any_control(self) -> str:
+        return f"EXISTS (SELECT 1 FROM {self.schema}.control)"
+
     def accepts(self, kind: type[Destination]) -> bool:
         return kind is BeatdQueue
 
@@ -157,10 +166,20 @@ class PostgresStateStore(PostgresLink):
             )
 
         def work(db: psycopg.Connection[Any]) -> set[str]:
-            now_us = self._check_lease(db, lease)  # the commit's one clock reading
-            applied = self._write_states(db, writes)
-            rejected = {w.state.entry for w in writes} - applied
+            # the commit's one clock reading, and whether any entry has a control
+            now_us, controlled = self._check_lease_and(db, lease, self._any_control)
+            guarded = any(w.guard is not None for w in writes)
+            failed, held = (
+                gate(db, self.schema, writes, messages, now_us)
+                if (controlled or guarded)
+                else (set[str](), {})
+            )
+            kept = [w for w in writes if w.state.entry not in failed] if failed else writes
+            applied = self._write_states(db, kept)
+            rejected = ({w.state.entry for w in writes} - applied) | failed
             published = [m for m in messages if m.entry not in rejected]
+            if guarded:
+                mark(db, self.schema, writes, applied, published, held, now_us)
             if self.history:
                 records = published_records(self.schema, lease, published, now_us)
                 insert_messages(db, self.schema, self.channel, published, with_=records)
@@ -229,5 +248,6 @@ class PostgresBackend(
     PostgresWorkQueue,
     PostgresQueueAdmin,
     PostgresHistoryUpkeep,
+    PostgresControls,
 ):
     """Every role, on one schema of one database (see the module doc)."""

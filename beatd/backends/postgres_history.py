@@ -33,6 +33,7 @@ from beatd.backends.postgres_records import (
     summary_value,
 )
 from beatd.history import (
+    FINAL,
     Attempt,
     Ending,
     EntrySummary,
@@ -219,6 +220,8 @@ class PostgresRunHistory(PostgresLink):
                 f"WITH src AS (SELECT %(run_id)s::text AS id){history} SELECT 1",
                 {**params, "run_id": run_id, "at": moment},
             )
+            if ending.outcome in FINAL:
+                self._run_ended(db, run_id)
             return True
 
         return self._run(work)

@@ -112,7 +112,8 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             kind text NOT NULL,
             celery boolean NOT NULL DEFAULT false,
             received_us bigint,
-            overdue_us bigint
+            overdue_us bigint,
+            audit text
         );
         CREATE INDEX run_entry_newest ON {schema}.run (entry, published_us DESC, id DESC);
         CREATE INDEX run_newest ON {schema}.run (published_us DESC, id DESC);
@@ -137,6 +138,7 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
         """
     )
     _format_2_missed_and_summaries(db, schema)
+    _format_2_controls(db, schema)
 
 
 def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> None:
@@ -164,6 +166,59 @@ def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> 
             last_failure_us bigint,
             consecutive_failures integer NOT NULL
         );
+        """
+    )
+
+
+def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
+    """The operator controls (beatd.controls), folded into format 2 while it is unreleased:
+    `control` one row per entry with a pause, a busy mark or a held run (none: no row; the
+    partial index finds the entry a settled run keeps busy), `audit` the audit log,
+    `trigger_key` the remembered idempotency keys and request ids."""
+    db.execute(
+        f"""
+        CREATE TABLE {schema}.control (
+            entry text PRIMARY KEY,
+            pause_at_us bigint,
+            pause_until_us bigint,
+            pause_reason text,
+            pause_by text,
+            busy_run text,
+            busy_since_us bigint,
+            held_run text,
+            held_slot_us bigint,
+            held_due_us bigint,
+            held_kind text,
+            held_queue text,
+            held_body text,
+            held_audit text,
+            held_celery boolean,
+            held_priority integer
+        );
+        CREATE INDEX control_busy ON {schema}.control (busy_run) WHERE busy_run IS NOT NULL;
+        CREATE TABLE {schema}.audit (
+            id text PRIMARY KEY,
+            at_us bigint NOT NULL,
+            action text NOT NULL,
+            entry text,
+            by_ text NOT NULL,
+            detail jsonb NOT NULL,
+            before jsonb,
+            after jsonb
+        );
+        CREATE INDEX audit_newest ON {schema}.audit (at_us DESC, id DESC);
+        CREATE INDEX audit_entry_newest ON {schema}.audit (entry, at_us DESC, id DESC);
+        CREATE TABLE {schema}.trigger_key (
+            key text NOT NULL,
+            entry text NOT NULL,
+            status text NOT NULL,
+            run_id text NOT NULL,
+            detail text NOT NULL,
+            audit_id text,
+            at_us bigint NOT NULL,
+            PRIMARY KEY (key, entry)
+        );
+        CREATE INDEX trigger_key_at ON {schema}.trigger_key (at_us);
         """
     )
 
@@ -388,19 +443,29 @@ class PostgresLink:
         """Lock the lease row for share until the transaction ends, so no take can commit
         between this check and the caller's writes, and check that `lease` still holds it; the
         database's clock then, in microseconds (the moment of the caller's writes)."""
+        return self._check_lease_and(db, lease, "NULL")[0]
+
+    def _check_lease_and(
+        self, db: psycopg.Connection[Any], lease: Lease, also: str
+    ) -> tuple[int, Any]:
+        """`_check_lease`, and the SQL expression `also` read in the same statement."""
         row = db.execute(
-            f"SELECT token, epoch, node, expires_at > {NOW}, {NOW_US} "
+            f"SELECT token, epoch, node, expires_at > {NOW}, {NOW_US}, {also} "
             f"FROM {self.schema}.lease WHERE name = %s FOR SHARE",
             (LEASE,),
         ).fetchone()
         assert row is not None  # written by the first migration, never deleted
-        token, epoch, node, live, now_us = row
+        token, epoch, node, live, now_us, extra = row
         if (token, epoch, live) != (lease.token, lease.epoch, True):
             holder = f"node {node} holds epoch {epoch}" if live else "nobody holds it"
             raise LeaseLost(
                 f"lease epoch {lease.epoch} of {lease.node} is no longer held ({holder})"
             )
-        return int(now_us)
+        return int(now_us), extra
+
+    def _run_ended(self, db: psycopg.Connection[Any], run_id: str) -> None:
+        """Run `run_id` reached a final outcome in `db`'s transaction: what the operator
+        controls do then (`PostgresControls`, postgres_controls.py); nothing here."""
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)

@@ -122,18 +122,33 @@ class PostgresWorkQueue(PostgresLink):
         return cursor.rowcount == 1
 
     def _settle(
-        self, settled: str, params: dict[str, Any], ending: Ending, notify: bool = False
+        self,
+        settled: str,
+        params: dict[str, Any],
+        ending: Ending,
+        notify: bool = False,
+        final: bool = False,
     ) -> None:
         """Run the queue write `settled` (CTEs ending in `settled(id, queue)`, the claim checked
         by `%(receipt)s`) and, unless history is off, end the run's attempt with `ending` in
-        the same statement: both or neither. `notify`: its queue's listeners hear of it."""
+        the same statement: both or neither. `notify`: its queue's listeners hear of it.
+        `final`: the run reached a final outcome; if it holds its entry's busy mark (the same
+        statement looks), the mark is cleared in the same transaction (postgres_gates.py)."""
         history, extra = "", dict[str, Any]()
         if self.history:
             history, extra = end_history(self.schema, ending, "settled", NOW_US)
         tail = ", pg_notify(%(channel)s, queue)" if notify else ""
+        if final:
+            tail += f", id, EXISTS (SELECT 1 FROM {self.schema}.control WHERE busy_run = id)"
         sql = f"WITH {settled}{history} SELECT queue{tail} FROM settled"
         values = {**params, **extra, "channel": self.channel}
-        self._run(lambda db: db.execute(sql, values))
+
+        def work(db: psycopg.Connection[Any]) -> None:
+            row = db.execute(sql, values).fetchone()
+            if final and row is not None and row[-1]:
+                self._run_ended(db, row[-2])
+
+        self._run(work)
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         self._settle(
@@ -141,6 +156,7 @@ class PostgresWorkQueue(PostgresLink):
             "RETURNING id, queue)",
             {"receipt": delivery.receipt},
             ending or Ending(Outcome.SUCCEEDED),
+            final=True,
         )
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
@@ -172,6 +188,7 @@ class PostgresWorkQueue(PostgresLink):
             f"SELECT id, queue, priority, body, %(why)s, {NOW}, %(deliveries)s FROM settled)",
             {"receipt": delivery.receipt, "why": reason, "deliveries": delivery.deliveries},
             ending or Ending(Outcome.DEAD_LETTERED),
+            final=True,
         )
 
     def note_ending(self, delivery: Delivery, ending: Ending) -> None:

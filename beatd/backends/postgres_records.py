@@ -32,7 +32,8 @@ from beatd.history import (
 )
 
 RUN_COLUMNS = (
-    "id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, overdue_us"
+    "id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, received_us, overdue_us, "
+    "audit"
 )
 ATTEMPT_COLUMNS = (
     "run_id, number, consumer, host, pid, started_us, ended_us, outcome, reason, error_type, error"
@@ -77,13 +78,18 @@ def published_records(
     runs = [m for m in messages if m.slot is not None]
     if not runs:
         return "", ()
+    # the audit ids only when a run has one (a manual or backfill run): psycopg dumps an array
+    # of nothing but NULLs in text format, element by element, for nothing
+    audits = [m.audit for m in runs]
+    audited = any(a is not None for a in audits)
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
-        "(id, entry, slot_us, due_us, published_us, node, epoch, kind) "
-        "SELECT id, entry, slot, due, %s, %s, %s, kind "
-        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[]) "
-        "AS r(id, entry, slot, due, kind) ON CONFLICT (id) DO NOTHING "
-        "RETURNING id, published_us), "
+        "(id, entry, slot_us, due_us, published_us, node, epoch, kind, audit) "
+        f"SELECT id, entry, slot, due, %s, %s, %s, kind, {'audit' if audited else 'NULL'} "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[]"
+        f"{', %b::text[]' if audited else ''}) "
+        f"AS r(id, entry, slot, due, kind{', audit' if audited else ''}) "
+        "ON CONFLICT (id) DO NOTHING RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
     return sql, (
@@ -95,6 +101,7 @@ def published_records(
         [_micros(m.slot) for m in runs],
         [_micros(m.due or m.slot) for m in runs],
         [m.kind.value for m in runs],
+        *((audits,) if audited else ()),
     )
 
 
@@ -184,7 +191,7 @@ def end_history(schema: str, ending: Ending, source: str, at: str) -> tuple[str,
 
 
 def run_record(row: Sequence[Any], attempts: Sequence[Attempt]) -> RunRecord:
-    rid, entry, slot, due, published, node, epoch, kind, celery, received, overdue = row
+    rid, entry, slot, due, published, node, epoch, kind, celery, received, overdue, audit = row
     return RunRecord(
         rid,
         entry,
@@ -198,6 +205,7 @@ def run_record(row: Sequence[Any], attempts: Sequence[Attempt]) -> RunRecord:
         tuple(attempts),
         _moment(received),
         _moment(overdue),
+        audit,
     )
 
 

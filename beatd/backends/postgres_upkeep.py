@@ -179,7 +179,7 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
         with db.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {self.schema}.run ({RUN_COLUMNS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                 [
                     (
                         r.id,
@@ -193,6 +193,7 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
                         r.celery,
                         None if r.received_at is None else to_micros(r.received_at),
                         None if r.overdue_at is None else to_micros(r.overdue_at),
+                        r.audit,
                     )
                     for r in new
                 ],

@@ -30,11 +30,13 @@ from beatd.backends.postgres_link import FORMAT_VERSION, MIGRATIONS, NOW
 from beatd.backends.postgres_queue import _queues_match
 from beatd.clock import FakeClock
 from beatd.config import Config
+from beatd.controls import TriggerStatus
 from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
+from tests.backends.controls_contract import ControlsContract, trigger
 from tests.backends.history_contract import claimed, lead, publish, record, run, run_id, settle
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
@@ -88,7 +90,7 @@ def session(database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield db
 
 
-class TestPostgreSQLContract(BackendContract):
+class TestPostgreSQLContract(BackendContract, ControlsContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
@@ -160,6 +162,8 @@ def test_the_schema_is_created_at_the_format_and_a_newer_one_is_refused(
 def test_a_schema_of_format_1_is_upgraded_once_to_the_history_and_keeps_its_runs(
     database: str, namespace: str, session: psycopg.Connection[tuple[object, ...]]
 ) -> None:
+    """Format 2 (unreleased) carries the history and the operator controls: an upgraded schema
+    publishes with records, and its entries can be paused and triggered."""
     # what a beatd of format 1 left: entry e at minute 1, its run queued with no record
     session.execute(f"CREATE SCHEMA {namespace}")
     session.execute(f"CREATE TABLE {namespace}.format (version integer NOT NULL)")
@@ -198,6 +202,18 @@ def test_a_schema_of_format_1_is_upgraded_once_to_the_history_and_keeps_its_runs
             "e",
             new.slot,
             "queued",
+        )
+        [audit] = backend.pause(["e"], "upgraded", None, "ops@host")
+        paused_at = backend.load_controls()["e"].pause
+        assert paused_at is not None
+        third = message("e", 3)._replace(slot=T0 + timedelta(minutes=3), due=paused_at.at)
+        writes = [StateWrite(state("e", 3, 3), state("e", 2, 2).last_slot)]
+        assert backend.commit(lease, writes, [third]) == {"e"}  # paused
+        assert backend.audit("e") == [audit]
+        manual = backend.trigger(trigger("e", force=True))
+        assert (manual.status, backend.run(manual.run_id) is not None) == (
+            TriggerStatus.PUBLISHED,
+            True,
         )
     finally:
         backend.close()
