@@ -532,3 +532,47 @@ def test_migrate_carries_pauses_audit_and_keys(
     finally:
         kept.close()
         discard(target.removeprefix("memory://"))
+
+
+def test_status_does_not_show_a_lapsed_pause_as_paused(schedules: Path, tmp_path: Path) -> None:
+    """Found with real processes on SQLite and Redis: after `--until` passed (and the leader
+    published the entry's slots again) `beatd status` kept printing `paused   tick: ...` and its
+    JSON kept `paused` set."""
+    import time
+
+    broker = f"sqlite:///{tmp_path / 'b.db'}"
+    code, _, err = beatd(
+        "pause", "tick", "--reason", "short", "--until", "1s", "--by", "dee",
+        "-s", schedules, "--broker", broker,
+    )  # fmt: skip
+    assert code == 0, err
+    time.sleep(1.5)
+    code, out, _ = beatd("status", "-s", schedules, "--broker", broker, "--json")
+    rows = {row["entry"]: row for row in json.loads(out)["entries"]}
+    assert rows["tick"]["paused"] is None
+
+
+def test_pause_until_a_time_already_past_is_refused(broker: str, schedules: Path) -> None:
+    """Found on SQLite: `--until 2026-12-01T06:00Z` four days ago paused nothing yet printed
+    `paused tick: ... until 2026-12-01T06:00:00Z`, exit 0 (a mistyped month looks like a pause)."""
+    code, out, err = beatd(
+        "pause", "tick", "--reason", "x", "--until", "2000-01-01T06:00:00Z",
+        "-s", schedules, "--broker", broker,
+    )  # fmt: skip
+    assert code == 2, out
+    assert err.startswith("beatd: --until:")
+
+
+def test_status_does_not_call_a_paused_entry_overdue(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    """Found on SQLite: while `tick` (every 10s here) was paused, `beatd status` printed its NEXT
+    DUE as `(overdue 8 s)`, growing for the whole pause, as if the scheduler were stuck."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    arrange_horizon(backend, schedules, now - timedelta(seconds=60), name="tick")
+    code, _, err = beatd("pause", "tick", "--reason", "x", "-s", schedules, "--broker", broker)
+    assert code == 0, err
+    code, out, _ = beatd("status", "-s", schedules, "--broker", broker, "--json")
+    rows = {row["entry"]: row for row in json.loads(out)["entries"]}
+    assert rows["tick"]["paused"] is not None
+    assert not rows["tick"]["overdue_seconds"]

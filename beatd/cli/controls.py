@@ -291,6 +291,12 @@ def read_until(text: str | None) -> datetime | timedelta | None:
             f"{text!r} has no offset, so it could mean any zone: add one (Z for UTC, or such as "
             "+01:00)",
         )
+    if moment <= datetime.now(UTC):
+        bad_option(
+            "--until",
+            f"{text!r} is already past, so the pause would cover nothing: give a time to come "
+            "(or a duration from now, such as 8h)",
+        )
     return moment.astimezone(UTC)
 
 

@@ -186,11 +186,19 @@ def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryContro
     return controls.load_controls(names)
 
 
-def add_controls(rows: list[dict[str, Any]], controls: dict[str, EntryControl] | None) -> None:
-    """Each row's pause (who, why, until), busy mark and held run (None: none, or unknown)."""
+def add_controls(
+    rows: list[dict[str, Any]], controls: dict[str, EntryControl] | None, now: datetime
+) -> None:
+    """Each row's pause (who, why, until), busy mark and held run (None: none, or unknown). A
+    pause whose `until` has passed is over, though still stored; a paused entry is not overdue:
+    its slots end missed (paused), not late."""
     for row in rows:
         control = controls.get(row["entry"]) if controls is not None else None
         pause = control.pause if control else None
+        if pause is not None and pause.until is not None and pause.until <= now:
+            pause = None
+        if pause is not None:
+            row["overdue_seconds"] = None
         busy = control.busy if control else None
         held = control.held if control else None
         row["paused"] = (
@@ -300,7 +308,7 @@ def status(
     now = datetime.fromtimestamp(time.time(), UTC)
     rows = entry_rows(config, states, names, counts, now)
     add_summaries(rows, summaries)
-    add_controls(rows, controls)
+    add_controls(rows, controls, now)
     report = {
         "backend": store.url,
         "now": _time(now),
