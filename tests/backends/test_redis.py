@@ -60,7 +60,6 @@ from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
 from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
-from tests.backends.controls_contract import ControlsContract
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
 
@@ -118,7 +117,7 @@ def advance() -> Callable[[float], None]:
     return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
 
 
-class TestRedisContract(BackendContract, ControlsContract):
+class TestRedisContract(BackendContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
