@@ -262,6 +262,33 @@ class ControlsContract:
         write(backend, lease, "e", guard=BUFFER, busy=True)
         assert backend.load_controls()["e"].held == held("e", 3)
 
+    def test_a_hold_that_replaces_a_held_run_records_it_missed_by_overlap(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))  # the same run
+        assert backend.missed("e") == []
+        with window(backend) as bounds:
+            write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3))
+        (gone,) = backend.missed("e")
+        assert gone.slots == MissedSlots("e", "overlap", slot_of(2), slot_of(2), 1)
+        assert (gone.node, gone.epoch) == (lease.node, lease.epoch)
+        assert within(gone.recorded_at, bounds)
+        assert backend.load_controls()["e"].held == held("e", 3)
+
+    def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        finish(backend, "ack", run_id("e", 1))  # publishes e@2, which marks the entry busy
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3))
+        assert backend.missed("e") == []
+        assert backend.load_controls()["e"].held == held("e", 3)
+
     def test_without_a_guard_busy_is_neither_checked_nor_changed(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
