@@ -98,9 +98,11 @@ local function commit_checks(P, messages, plist, guards, dues, skip, rejected)
   end
   return by, now
 end
--- an applied guarded write: its last run marks the entry busy; its hold is kept
+-- an applied guarded write: its last run marks the entry busy; its hold is kept. Returns the
+-- held runs a hold replaced, as {{entry, slot}}..., for the commit to record missed (overlap)
 local function commit_applied(P, messages, by, skip, now)
-  if not P or not by then return end
+  local replaced = {{}}
+  if not P or not by then return replaced end
   local last = {{}}
   for i = 1, #messages, 3 do
     if by[messages[i + 1]] then last[messages[i + 1]] = messages[i + 2] end
@@ -108,9 +110,16 @@ local function commit_applied(P, messages, by, skip, now)
   for entry, g in pairs(by) do
     if not skip[entry] then
       if last[entry] then set_busy(P, entry, last[entry], now) end
-      if g[4] ~= '' then redis.call('HSET', P .. 'ctl:held', entry, g[4]) end
+      if g[4] ~= '' then
+        local old = decoded(redis.call('HGET', P .. 'ctl:held', entry))
+        if old and old[1] ~= cjson.decode(g[4])[1] then
+          replaced[#replaced + 1] = {{entry, old[2]}}
+        end
+        redis.call('HSET', P .. 'ctl:held', entry, g[4])
+      end
     end
   end
+  return replaced
 end
 -- run `id` reached a final outcome: clear the busy mark it holds and publish the entry's held
 -- run (dropped as missed, reason paused, when a pause covers now)
