@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, BeatdQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.controls import (
     AuditRecord,
@@ -326,6 +326,39 @@ class ControlsContract:
         )  # fmt: skip
         assert within(published.published_at, bounds)
         assert run_id("e", 2) in queued_ids(backend)
+
+    def test_a_held_run_keeps_its_priority_and_celery_flag(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        urgent = held("e", 2)._replace(priority=9)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=urgent)
+        assert backend.load_controls()["e"].held == urgent
+        if backend.accepts(CeleryQueue):
+            task = held("e", 3)._replace(destination_queue="celery", celery=True, priority=2)
+            write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+            assert backend.load_controls()["e"].held == task
+
+    def test_a_held_run_is_published_in_its_prioritys_band(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2)._replace(priority=9))
+        write(backend, lease, "f", run("f", 1, "q"))  # normal priority, queued before e@2
+        finish(backend, "ack", run_id("e", 1))
+        assert queued_ids(backend) == [run_id("e", 2), run_id("f", 1)]
+
+    def test_a_held_celery_run_is_published_as_the_commit_publishes_one(
+        self, backend: Backend
+    ) -> None:
+        if not backend.accepts(CeleryQueue):
+            pytest.skip("this backend publishes no Celery messages")
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        task = held("e", 2)._replace(destination_queue="q", celery=True, body="{}")
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+        finish(backend, "ack", run_id("e", 1))
+        published = record(backend, run_id("e", 2))
+        assert (published.celery, published.kind) == (True, RunKind.SCHEDULED)
+        assert queued_ids(backend) == []  # not in beatd's queue q: in Celery's
 
     @pytest.mark.parametrize("how", ["ack", "dead_letter"])
     def test_a_pause_covering_now_drops_the_held_run_as_missed(
