@@ -70,6 +70,7 @@ RUN_FLAGS = (
     "history_keep",
     "history_max_age",
     "history_max_records",
+    "audit_retention",
 )
 
 
@@ -96,8 +97,10 @@ def parse_run_settings(
     history_keep: int,
     history_max_age: str,
     history_max_records: int,
+    audit_retention: str,
 ) -> RunSettings:
     max_age = timedelta(seconds=seconds_option("--history-max-age", history_max_age))
+    audit_max_age = timedelta(seconds=seconds_option("--audit-retention", audit_retention))
     return RunSettings(
         node=node,
         lease_ttl=seconds_option("--lease-ttl", lease_ttl),
@@ -108,6 +111,7 @@ def parse_run_settings(
         with_worker=with_worker,
         metrics_entries=EntrySeries(metrics_entries),
         retention=Retention(history_keep, max_age, history_max_records),
+        audit_retention=audit_max_age,
     )
 
 
@@ -140,6 +144,14 @@ def parse_run_settings(
     show_default=True,
     help="Keep at most N run records in all, and N missed-slot records (the oldest go first): "
     "a bound on the backend's memory or disk.",
+)
+@click.option(
+    "--audit-retention",
+    envvar="BEATD_AUDIT_RETENTION",
+    default="365d",
+    show_default=True,
+    help="Trim the operator controls' audit log (pause, resume, trigger, backfill, requeue) "
+    "of records older than this; the leader trims it with the run history.",
 )
 @logging_options()
 @click.option(
@@ -230,6 +242,7 @@ def run(
         worker=worker.worker if worker is not None else None,
         metrics_entries=settings.metrics_entries,
         retention=settings.retention,
+        audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
