@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends.base import (
     NEEDS,
+    Backend,
     Destination,
     StateStore,
     StorageFailed,
@@ -248,13 +249,7 @@ def run(
     on_signals(stop, scheduler.wake, scheduler.request_reload)
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
-    logger.info(
-        "beatd run node=%s broker=%s entries=%d config=%s",
-        settings.node,
-        store.url,
-        len(config.entries),
-        config.fingerprint,
-    )
+    log_start(settings, store, config)
     try:
         if worker is not None:
             worker.start(stop, scheduler.wake)
@@ -273,6 +268,16 @@ def run(
             worker.finish()
         if watcher is not None:
             stop_watching(watcher)
+
+
+def log_start(settings: RunSettings, store: Backend, config: Config) -> None:
+    logger.info(
+        "beatd run node=%s broker=%s entries=%d config=%s",
+        settings.node,
+        store.url,
+        len(config.entries),
+        config.fingerprint,
+    )
 
 
 def refuse_unwritable(config: Config, backend: StateStore) -> None:
