@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
@@ -27,7 +28,7 @@ from beatd.metrics import (
 )
 from beatd.observers import GcTuning, Nudgeable, SystemdNotify, WorkerNudge
 from beatd.pool import PoolKind
-from beatd.retention import HistoryRetention
+from beatd.retention import AUDIT_RETENTION, HistoryRetention
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.systemd import Notifier
 from beatd.tasks import Registry
@@ -73,6 +74,7 @@ class RunSettings:
     with_worker: bool
     metrics_entries: EntrySeries = EntrySeries.ALL
     retention: Retention = field(default_factory=Retention)
+    audit_retention: timedelta = AUDIT_RETENTION
 
     def scheduler(self, watchdog_interval: float | None) -> SchedulerSettings:
         return SchedulerSettings(
@@ -96,12 +98,14 @@ def build_scheduler(
     worker: Nudgeable | None = None,
     metrics_entries: EntrySeries = EntrySeries.ALL,
     retention: Retention | None = None,
+    audit_retention: timedelta = AUDIT_RETENTION,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
     in-process `worker` nudged after each step, and, while leading, the run history trimmed to
-    `retention` (none: never trimmed) and, leading Celery entries on a backend that hears
-    Celery's task events, their outcomes recorded from those events."""
+    `retention` (none: never trimmed, nor the audit log) and the controls' audit log to
+    `audit_retention`, and, leading Celery entries on a backend that hears Celery's task
+    events, their outcomes recorded from those events."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -110,7 +114,9 @@ def build_scheduler(
     if worker is not None:
         observers.append(WorkerNudge(worker))
     if retention is not None:
-        trimming = HistoryRetention(backend, clock, retention)
+        trimming = HistoryRetention(
+            backend, clock, retention, controls=backend, audit_max_age=audit_retention
+        )
         observers.append(trimming)
         if registry is not None:
             register_history(registry, trimming.stats)

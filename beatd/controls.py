@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from beatd.history import MissedSlots
+
 IDEMPOTENCY_KEY_TTL = timedelta(days=7)  # how long a trigger's key (and request id) is remembered
 DEFAULT_OVERLAP_TIMEOUT = timedelta(hours=24)  # `overlap_timeout` of an entry without `expires`
 DEFAULT_AUDIT_RETENTION = timedelta(days=365)
@@ -88,6 +90,15 @@ class EntryControl(NamedTuple):
 
 
 NO_CONTROL = EntryControl()
+HELD_REPLACED = "overlap"  # the missed reason of a held run a newer hold replaced
+
+
+def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> MissedSlots | None:
+    """What a commit records missed when its write's `hold` replaces `held` (the held run
+    before it): that run's slot, unless there was none or it is the same run."""
+    if held is None or held.run_id == hold.run_id:
+        return None
+    return MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1)
 
 
 class Guard(NamedTuple):

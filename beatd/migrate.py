@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 from beatd.backends.base import (
     Controls,
@@ -34,9 +34,9 @@ QUEUED_REASON = (
 )
 
 
-class MigrationEnd(LeaseStore, StateStore, QueueAdmin, RunHistory, Protocol):
+class MigrationEnd(LeaseStore, StateStore, QueueAdmin, RunHistory, Controls, Protocol):
     """What a migration reads and writes on either side: the lease (nobody may lead), the
-    run state, the dead letters and the run history; no work queue."""
+    run state, the dead letters, the run history and the operator controls; no work queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +87,6 @@ def copy_controls(source: Controls, target: Controls, batch: int = 1000) -> Cont
     return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied))
 
 
-def offers_controls(backend: object) -> Controls | None:
-    """`backend` as its operator controls, None if it offers none (not every backend does yet)."""
-    if not callable(getattr(backend, "import_controls", None)):
-        return None
-    return cast(Controls, backend)
-
-
 def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
     """Copy every run record and missed-slot record, and each entry's summary, as they are;
     what the target already holds is kept (`RunHistory.import_history`)."""
@@ -138,7 +131,7 @@ def migrate(
         letters = [*source.dead_letters(), *queued]
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
-        controls = _copy_any_controls(source, target)
+        controls = copy_controls(source, target)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
@@ -179,20 +172,3 @@ def _require_quiet(source: MigrationEnd, target: MigrationEnd) -> None:
                 f"the {role} {backend.url} has a running leader (node={leader.node}); stop every "
                 "`beatd run` before migrating"
             )
-
-
-def _copy_any_controls(source: object, target: object) -> ControlsCopy:
-    """The controls copied when both sides keep them; a source with controls and a target
-    without refuses (they would be lost)."""
-    ours, theirs = offers_controls(source), offers_controls(target)
-    if ours is None:
-        return ControlsCopy(0, 0, 0, 0)
-    if theirs is None:
-        if ours.load_controls() or ours.audit(limit=1) or ours.trigger_keys():
-            raise BeatdError(
-                f"{getattr(target, 'url', target)} keeps no operator controls, and the source "
-                "holds pauses, an audit log or trigger keys that would be lost; migrate to a "
-                "backend that keeps them"
-            )
-        return ControlsCopy(0, 0, 0, 0)
-    return copy_controls(ours, theirs)

@@ -8,14 +8,21 @@ holds publishing up for long; what is left is trimmed at the next step, not an i
 After a trim it counts what is kept (`history_size`) for the metrics. Only the leader trims, so
 several nodes never trim the same records at once. A trim the backend refuses is logged and
 counted (`beatd_history_write_errors_total`) and tried again at the next interval.
+
+With `controls` it keeps the operator controls' audit log too (docs/controls.md): after the
+history, in the same step and budget, `Controls.trim_audit(audit_max_age, batch)` deletes audit
+records older than `audit_max_age` (`beatd run --audit-retention`, a year by default) and the
+idempotency keys and request ids past IDEMPOTENCY_KEY_TTL.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from beatd.backends.base import RunHistory
+from beatd.backends.base import Controls, RunHistory
 from beatd.clock import Clock
 from beatd.errors import BackendError
 from beatd.events import Event, Stepped, SteppedDown
@@ -23,6 +30,8 @@ from beatd.history import Retention
 
 # the loop's log lines keep the logger name operators filter on
 log = logging.getLogger("beatd.scheduler")
+
+AUDIT_RETENTION = timedelta(days=365)  # `beatd run --audit-retention`'s default
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,7 @@ class HistoryStats:
     runs: int | None = None  # run records kept, at the leader's last count (None: not leading)
     missed: int | None = None  # missed-slot records kept
     trimmed: int = 0  # records trimmed by this node since start
+    audit_trimmed: int = 0  # audit records and trigger keys trimmed by this node since start
     write_errors: int = 0  # history writes (trims) the backend refused
 
     def write_failed(self) -> None:
@@ -59,8 +69,13 @@ class HistoryRetention:
         retention: Retention,
         settings: TrimSettings | None = None,
         stats: HistoryStats | None = None,
+        *,
+        controls: Controls | None = None,
+        audit_max_age: timedelta = AUDIT_RETENTION,
     ) -> None:
         self.history = history
+        self.controls = controls
+        self.audit_max_age = audit_max_age
         self.clock = clock
         self.retention = retention
         self.settings = settings or TrimSettings()
@@ -93,18 +108,38 @@ class HistoryRetention:
         return True
 
     def _trim(self, started: float) -> bool:
-        """Trim up to the step's budget; True when nothing beyond the retention is left."""
-        settings, trimmed = self.settings, 0
+        """Trim the history, then the audit log, up to the step's budget; True when nothing
+        beyond either retention is left."""
+        stats, before = self.stats, self.stats.trimmed
         try:
-            for _ in range(settings.batches):
-                gone = self.history.trim(self.retention, settings.batch)
-                trimmed += gone
-                if gone < settings.batch:
-                    return True
-                if self.clock.monotonic() - started >= settings.budget:
-                    break
-            return False
+            finished = self._batches(lambda n: self.history.trim(self.retention, n), started)
         finally:
-            self.stats.trimmed += trimmed
-            if trimmed:
-                log.debug("trimmed=%d history records beyond the retention", trimmed)
+            if stats.trimmed > before:
+                log.debug("trimmed=%d history records beyond the retention", stats.trimmed - before)
+        controls = self.controls
+        if controls is None or not finished:
+            return finished
+        before = stats.audit_trimmed
+        max_age = self.audit_max_age
+        try:
+            return self._batches(lambda n: controls.trim_audit(max_age, n), started, audit=True)
+        finally:
+            if stats.audit_trimmed > before:
+                gone = stats.audit_trimmed - before
+                log.debug("trimmed=%d audit records and trigger keys beyond their retention", gone)
+
+    def _batches(self, trim: Callable[[int], int], started: float, audit: bool = False) -> bool:
+        """Call `trim(batch)` while each call removes a full batch, within the step's calls
+        and budget (counting what went in `stats`); True when nothing is left."""
+        settings = self.settings
+        for _ in range(settings.batches):
+            gone = trim(settings.batch)
+            if audit:
+                self.stats.audit_trimmed += gone
+            else:
+                self.stats.trimmed += gone
+            if gone < settings.batch:
+                return True
+            if self.clock.monotonic() - started >= settings.budget:
+                break
+        return False

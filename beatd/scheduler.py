@@ -42,7 +42,7 @@ from beatd.events import (
 from beatd.failing import EntryHealth
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
-from beatd.steering import Steering, controls_of
+from beatd.steering import Steering
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Scheduler:
         self.config = config if config is not None else load_config()
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
-        self.steering = Steering(controls_of(backend), clock, settings.node)
+        self.steering = Steering(backend, clock, settings.node)
         self.observers: tuple[Observer, ...] = (
             self.deadlines,
             self.health,

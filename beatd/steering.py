@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import cast
 
 from beatd.backends.base import Controls
 from beatd.clock import Clock
@@ -31,17 +30,12 @@ log = logging.getLogger("beatd.scheduler")
 REFRESH_INTERVAL = 5.0  # seconds between two reads of every entry's control
 
 
-def controls_of(backend: object) -> Controls | None:
-    """The backend's `Controls` role, if it offers it (until `Backend` includes the role)."""
-    return cast(Controls, backend) if callable(getattr(backend, "load_controls", None)) else None
-
-
 class Steering:
     """Keeps the planner's controls fresh and pauses entries that keep failing."""
 
     def __init__(
         self,
-        controls: Controls | None,
+        controls: Controls,
         clock: Clock,
         node: str,
         interval: float = REFRESH_INTERVAL,
@@ -66,7 +60,7 @@ class Steering:
     def refresh(self, planner: Planner) -> bool:
         """Read every control when the interval passed; True when the backend was asked."""
         mono = self.clock.monotonic()
-        if self.controls is None or (self._next_read is not None and mono < self._next_read):
+        if self._next_read is not None and mono < self._next_read:
             return False
         self._next_read = mono + self.interval
         changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now())
@@ -79,7 +73,7 @@ class Steering:
     ) -> bool:
         """Pause the entries whose `pause_after_failures` the newest summaries reach (once per
         run of failures); True when the backend was asked."""
-        if self.controls is None or summaries is self._summaries:
+        if summaries is self._summaries:
             return False
         self._summaries = summaries
         due = []

@@ -550,10 +550,20 @@ def test_run_parses_the_retention_flags() -> None:
     flags |= {"removed_grace": "1h", "metrics_addr": "off", "with_worker": False}
     flags |= {"metrics_entries": "none"}
     settings = parse_run_settings(
-        **flags, history_keep=5, history_max_age="1h", history_max_records=100
+        **flags,
+        history_keep=5,
+        history_max_age="1h",
+        history_max_records=100,
+        audit_retention="90d",
     )
     assert settings.retention == Retention(5, timedelta(hours=1), 100)
+    assert settings.audit_retention == timedelta(days=90)
     assert settings.metrics_entries is EntrySeries.NONE
+
+
+def test_run_refuses_a_bad_audit_retention_before_it_starts() -> None:
+    code, out, err = beatd("run", "--broker", "memory://bad", "--audit-retention", "0")
+    assert (code, out, err) == (2, "", "beatd: --audit-retention: must be positive, got '0'\n")
 
 
 def test_run_refuses_a_bad_history_age_before_it_starts(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
+from beatd.controls import IDEMPOTENCY_KEY_TTL, AuditRecord, Trigger, new_audit_id
 from beatd.errors import TransientBackendError
 from beatd.events import Event, Status, Stepped, SteppedDown
 from beatd.history import HistoryQuery, MissedSlots, Retention
@@ -28,6 +29,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEADING = Stepped(Status(True, True, 1, "memory://retention"))
 STANDBY = Stepped(Status(True, False, 1, "memory://retention"))
 DOWN = Stepped(Status(False, True, 1, "memory://retention"))
+BY = "ops@host"
 KEEP_5_FOR_1H = Retention(per_entry=5, max_age=timedelta(hours=1), max_records=1000)
 
 
@@ -251,7 +253,13 @@ def test_the_scheduler_trims_while_it_leads_n5_max_age_1h(clock: FakeClock) -> N
         SchedulerSettings(node="n1"),
         registry=registry,
         retention=retention,
+        audit_retention=timedelta(hours=1),
     )
+    kept_audit = AuditRecord(
+        new_audit_id(), T0 + timedelta(hours=2, minutes=30), "requeue", None, BY, {}
+    )
+    backend.record_audit(AuditRecord(new_audit_id(), T0, "requeue", None, BY, {}))
+    backend.record_audit(kept_audit)
     stop = threading.Event()
     published: list[int] = []
 
@@ -271,4 +279,36 @@ def test_the_scheduler_trims_while_it_leads_n5_max_age_1h(clock: FakeClock) -> N
     ]
     assert max(published) == 6  # a sixth run lives until the next trim, a minute at most
     assert 'beatd_history_records{kind="run"} 5.0' in generate_latest(registry).decode()
+    assert backend.audit() == [kept_audit]  # the audit log kept to its hour too
     discard("retention-e2e")
+
+
+def test_the_leader_trims_the_audit_log_and_old_trigger_keys_past_their_retention(
+    backend: Refusing, clock: FakeClock
+) -> None:
+    retention = HistoryRetention(
+        backend, clock, KEEP_5_FOR_1H, controls=backend, audit_max_age=timedelta(days=2)
+    )
+    backend.pause(["e"], "maintenance", None, BY)
+    clock.advance(timedelta(days=1).total_seconds())
+    (resumed,) = backend.resume(["e"], BY)
+    result = backend.trigger(Trigger("e", "e@m", "default", False, None, "{}", "r1", BY, None))
+    clock.advance(timedelta(days=1, seconds=1).total_seconds())
+    retention.notify(STANDBY)
+    assert len(backend.audit()) == 3  # a standby trims nothing
+    retention.notify(LEADING)
+    assert {r.id for r in backend.audit()} == {result.audit_id, resumed.id}
+    assert retention.stats.audit_trimmed == 1
+    clock.advance(IDEMPOTENCY_KEY_TTL.total_seconds())
+    assert backend.trigger_keys() != []
+    retention.notify(LEADING)  # a minute has passed
+    assert (backend.audit(), backend.trigger_keys()) == ([], [])
+    assert retention.stats.audit_trimmed == 4  # three audit records, and request r1's id
+
+
+def test_without_controls_the_audit_log_is_not_trimmed(backend: Refusing, clock: FakeClock) -> None:
+    retention = HistoryRetention(backend, clock, KEEP_5_FOR_1H)
+    backend.pause(["e"], "maintenance", None, BY)
+    clock.advance(timedelta(days=400).total_seconds())
+    retention.notify(LEADING)
+    assert len(backend.audit()) == 1

@@ -83,6 +83,7 @@ def test_publishes_each_slot_once_with_the_documented_message(
         "priority": 7,
         "headers": {},
         "attempt": 1,
+        "kind": "scheduled",
     }
     assert beat.counts.get("tick") == {
         "due": 3,

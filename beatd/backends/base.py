@@ -569,8 +569,7 @@ class Controls(Reachable, Protocol):
     """Operator controls (beatd.controls, docs/controls.md): pauses, manual triggers, backfills,
     busy marks and held runs, and the audit log. Every write is one atomic step by the backend's
     clock, needs no lease (a command works with no leader), and records its audit record in that
-    step. Paused and busy entries are enforced by `StateStore.commit`. (`Backend` gains this
-    role once every backend offers it; until then `isinstance`-free callers take a `Controls`.)
+    step. Paused and busy entries are enforced by `StateStore.commit`.
     A run published without a lease (a trigger, a backfill, a held run published by a final
     outcome) is recorded with node "" and epoch 0, as is a held run dropped as missed."""
 
@@ -632,6 +631,6 @@ class Controls(Reachable, Protocol):
         """Every remembered idempotency key and request id (for `beatd migrate`)."""
 
 
-class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Protocol):
+class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, Protocol):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
     PostgreSQL, memory)."""

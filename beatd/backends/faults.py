@@ -28,11 +28,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from beatd.backends.base import (
     Backend,
-    Controls,
     DeadLetter,
     Delivery,
     Lease,
@@ -316,33 +315,29 @@ class FaultyBackend:
             "import_history", lambda: self.backend.import_history(runs, missed, summaries)
         )
 
-    # --- the operator controls' writes (a backend that offers `Controls`) ---------------------
-
-    @property
-    def _controls(self) -> Controls:
-        return cast(Controls, self.backend)  # `Backend` gains the role once every backend has it
+    # --- the operator controls' writes --------------------------------------------------------
 
     def pause(
         self, entries: Sequence[str], reason: str, until: datetime | timedelta | None, by: str
     ) -> list[AuditRecord]:
-        return self._call("pause", lambda: self._controls.pause(entries, reason, until, by))
+        return self._call("pause", lambda: self.backend.pause(entries, reason, until, by))
 
     def resume(self, entries: Sequence[str], by: str) -> list[AuditRecord]:
-        return self._call("resume", lambda: self._controls.resume(entries, by))
+        return self._call("resume", lambda: self.backend.resume(entries, by))
 
     def trigger(self, request: Trigger) -> TriggerResult:
-        return self._call("trigger", lambda: self._controls.trigger(request))
+        return self._call("trigger", lambda: self.backend.trigger(request))
 
     def backfill(
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
     ) -> tuple[list[str], AuditRecord]:
-        return self._call("backfill", lambda: self._controls.backfill(entry, runs, by, detail))
+        return self._call("backfill", lambda: self.backend.backfill(entry, runs, by, detail))
 
     def record_audit(self, record: AuditRecord) -> None:
-        self._call("record_audit", lambda: self._controls.record_audit(record))
+        self._call("record_audit", lambda: self.backend.record_audit(record))
 
     def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
-        return self._call("trim_audit", lambda: self._controls.trim_audit(max_age, limit))
+        return self._call("trim_audit", lambda: self.backend.trim_audit(max_age, limit))
 
     def import_controls(
         self,
@@ -351,5 +346,5 @@ class FaultyBackend:
         keys: Sequence[TriggerKey] = (),
     ) -> int:
         return self._call(
-            "import_controls", lambda: self._controls.import_controls(controls, audit, keys)
+            "import_controls", lambda: self.backend.import_controls(controls, audit, keys)
         )

@@ -33,12 +33,12 @@ from beatd.controls import (
     TriggerStatus,
     new_audit_id,
     pause_json,
+    replaced_held,
 )
 from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
 
 PAUSED = "paused"  # the missed reason of a held run a pause dropped
-OVERLAP = "overlap"  # the missed reason of a held run a newer one replaced
 # The trigger results that use up an idempotency key (a refused trigger leaves it free).
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})
 
@@ -107,9 +107,7 @@ class Book:
         if messages:
             control = control._replace(busy=Busy(messages[-1].id, at))
         if write.hold is not None:
-            old = control.held
-            if old is not None and old.run_id != write.hold.run_id:
-                replaced = MissedSlots(entry, OVERLAP, old.slot, old.slot, 1)
+            replaced = replaced_held(entry, control.held, write.hold)
             control = control._replace(held=write.hold)
         self.put(entry, control)
         return replaced

@@ -178,12 +178,13 @@ class PostgresStateStore(PostgresLink):
             applied = self._write_states(db, kept)
             rejected = ({w.state.entry for w in writes} - applied) | failed
             published = [m for m in messages if m.entry not in rejected]
+            replaced = []
             if guarded:
-                mark(db, self.schema, writes, applied, published, held, now_us)
+                replaced = mark(db, self.schema, writes, applied, published, held, now_us)
             if self.history:
                 records = published_records(self.schema, lease, published, now_us)
                 insert_messages(db, self.schema, self.channel, published, with_=records)
-                insert_missed(db, self.schema, lease, writes, applied, now_us)
+                insert_missed(db, self.schema, lease, writes, applied, now_us, replaced)
             else:
                 insert_messages(db, self.schema, self.channel, published)
             return rejected

@@ -21,8 +21,8 @@ from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite, from_mi
 from beatd.backends.postgres_link import NOW_US
 from beatd.backends.postgres_queue import insert_messages
 from beatd.backends.postgres_records import published_records
-from beatd.controls import Busy, EntryControl, HeldRun, Pause
-from beatd.history import RunKind
+from beatd.controls import Busy, EntryControl, HeldRun, Pause, replaced_held
+from beatd.history import MissedSlots, RunKind
 
 Db = psycopg.Connection[Any]
 NO_LEASE = Lease("", "", 0)  # what a run published without a lease is recorded with
@@ -173,9 +173,11 @@ def mark(
     messages: Sequence[Outgoing],
     held: dict[str, EntryControl],
     now_us: int,
-) -> None:
-    """The applied guarded writes: the busy mark of their last run, and their held run."""
+) -> list[MissedSlots]:
+    """The applied guarded writes: the busy mark of their last run, and their held run. The
+    held runs a hold replaced, to record missed."""
     last = {m.entry: m.id for m in messages}
+    replaced = []
     for write in writes:
         entry = write.state.entry
         if write.guard is None or entry not in applied:
@@ -184,8 +186,12 @@ def mark(
         if entry in last:
             control = control._replace(busy=Busy(last[entry], from_micros(now_us)))
         if write.hold is not None:
+            gone = replaced_held(entry, control.held, write.hold)
+            if gone is not None:
+                replaced.append(gone)
             control = control._replace(held=write.hold)
         store_control(db, schema, entry, control)
+    return replaced
 
 
 def publish_unleased(

@@ -112,10 +112,12 @@ def insert_missed(
     writes: Sequence[StateWrite],
     applied: set[str],
     now_us: int,
+    replaced: Sequence[MissedSlots] = (),
 ) -> None:
-    """One missed-slot record per item of each applied write (a key already held is kept),
-    recorded at `now_us`."""
+    """One missed-slot record per item of each applied write and per held run a hold replaced
+    (`replaced`; a key already held is kept), recorded at `now_us`."""
     missed = [m for w in writes if w.state.entry in applied for m in w.missed]
+    missed += replaced
     if not missed:
         return
     db.execute(

@@ -19,7 +19,7 @@ from typing import Any
 from beatd import celery_protocol
 from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, from_micros, to_micros
 from beatd.backends.redis_history import published_p
-from beatd.backends.redis_link import RedisLink, band
+from beatd.backends.redis_link import BANDS, RedisLink, band
 from beatd.controls import (
     AuditRecord,
     Busy,
@@ -53,16 +53,30 @@ def _pause_text(pause: Pause) -> str:
 
 
 def _held(text: str) -> HeldRun:
-    run_id, slot, due, kind, queue, body, audit = json.loads(text)
+    fields = json.loads(text)
+    run_id, slot, due, kind, queue, body, audit = fields[:7]
     slot_at, due_at = from_micros(int(slot)), from_micros(int(due))
-    return HeldRun(run_id, slot_at, due_at, kind, queue, body, audit or None)
+    held = HeldRun(run_id, slot_at, due_at, kind, queue, body, audit or None)
+    if len(fields) < 10:  # held before a held run kept its celery flag and priority: beatd's
+        return held
+    celery, priority = fields[7] == "1", fields[8]
+    return held._replace(celery=celery, priority=int(priority) if priority else None)
 
 
-def held_text(held: HeldRun) -> str:
-    """A held run as the held hash stores it."""
+def held_target(prefix: str, held: HeldRun) -> str:
+    """The key a final outcome publishes the held run to, as the commit would publish it: a
+    Celery list in kombu's layout, or beatd's stream of the run's priority band."""
+    if held.celery:
+        return celery_protocol.list_name(held.destination_queue, held.priority)
+    return f"{prefix}queue:{held.destination_queue}:{BANDS[band(held.priority)]}"
+
+
+def held_text(prefix: str, held: HeldRun) -> str:
+    """A held run as the held hash stores it (`prefix`: the keys', "beatd:")."""
     times = [_us(held.slot), _us(held.due)]
     rest = [str(held.kind), held.destination_queue, held.body, held.audit or ""]
-    return json.dumps([held.run_id, *times, *rest])
+    how = ["1" if held.celery else "0", "" if held.priority is None else str(held.priority)]
+    return json.dumps([held.run_id, *times, *rest, *how, held_target(prefix, held)])
 
 
 def _busy_text(busy: Busy) -> str:
@@ -102,7 +116,7 @@ def commit_controls(
     """The commit script's controls arguments (redis_scripts.COMMIT): the key prefix, the guarded
     writes, and each message's due time when the history (whose p give them) is off."""
     guards = [
-        [w.state.entry, str(int(w.guard.timeout * 1e6)), "1" if w.busy else "0", _hold(w)]
+        [w.state.entry, str(int(w.guard.timeout * 1e6)), "1" if w.busy else "0", _hold(prefix, w)]
         for w in writes
         if w.guard is not None
     ]
@@ -179,6 +193,7 @@ class RedisControls(RedisLink):
             "1" if request.force else "0",
             new_audit_id(),
             "1" if request.celery else "0",
+            "" if request.priority is None else str(request.priority),
         )
         reply = self._eval("trigger", (target, self._key("queues")), args)
         return _result(json.loads(reply))
@@ -241,7 +256,7 @@ class RedisControls(RedisLink):
                 entry,
                 "" if c.pause is None else _pause_text(c.pause),
                 "" if c.busy is None else _busy_text(c.busy),
-                "" if c.held is None else held_text(c.held),
+                "" if c.held is None else held_text(self._key(""), c.held),
             ]
             for entry, c in controls.items()
             if c != EntryControl()
@@ -264,8 +279,8 @@ class RedisControls(RedisLink):
         return out
 
 
-def _hold(write: StateWrite) -> str:
-    return "" if write.hold is None else held_text(write.hold)
+def _hold(prefix: str, write: StateWrite) -> str:
+    return "" if write.hold is None else held_text(prefix, write.hold)
 
 
 def _due(message: Outgoing) -> str:

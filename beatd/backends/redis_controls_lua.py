@@ -8,7 +8,9 @@ numbers are doubles, which hold today's microseconds exactly, but cjson prints 1
   P .. 'ctl:pause'      hash  entry -> JSON [at, until ('' for none), reason, by]
   P .. 'ctl:busy'       hash  entry -> JSON [run id, since]
   P .. 'ctl:busy-run'   hash  run id -> entry (which entry a final outcome frees: one HGET)
-  P .. 'ctl:held'       hash  entry -> JSON [run id, slot, due, kind, queue, body, audit id]
+  P .. 'ctl:held'       hash  entry -> JSON [run id, slot, due, kind, queue, body, audit id,
+                        celery '1'/'0', priority ('' none), the key it is published to] (held
+                        before the last three were kept: a beatd run in the normal band)
   P .. 'ctl:audit'      hash  id -> JSON [at, action, entry, by, detail, before, after, form]
   P .. 'ctl:audit-at'   zset  audit ids by at; P .. 'ctl:audit:' .. entry, the entry's
   P .. 'ctl:keys'       hash  key US entry -> JSON [status, run id, detail, audit id, at]
@@ -98,9 +100,11 @@ local function commit_checks(P, messages, plist, guards, dues, skip, rejected)
   end
   return by, now
 end
--- an applied guarded write: its last run marks the entry busy; its hold is kept
+-- an applied guarded write: its last run marks the entry busy; its hold is kept. Returns the
+-- held runs a hold replaced, as {{entry, slot}}..., for the commit to record missed (overlap)
 local function commit_applied(P, messages, by, skip, now)
-  if not P or not by then return end
+  local replaced = {{}}
+  if not P or not by then return replaced end
   local last = {{}}
   for i = 1, #messages, 3 do
     if by[messages[i + 1]] then last[messages[i + 1]] = messages[i + 2] end
@@ -108,9 +112,16 @@ local function commit_applied(P, messages, by, skip, now)
   for entry, g in pairs(by) do
     if not skip[entry] then
       if last[entry] then set_busy(P, entry, last[entry], now) end
-      if g[4] ~= '' then redis.call('HSET', P .. 'ctl:held', entry, g[4]) end
+      if g[4] ~= '' then
+        local old = decoded(redis.call('HGET', P .. 'ctl:held', entry))
+        if old and old[1] ~= cjson.decode(g[4])[1] then
+          replaced[#replaced + 1] = {{entry, old[2]}}
+        end
+        redis.call('HSET', P .. 'ctl:held', entry, g[4])
+      end
     end
   end
+  return replaced
 end
 -- run `id` reached a final outcome: clear the busy mark it holds and publish the entry's held
 -- run (dropped as missed, reason paused, when a pause covers now)
@@ -137,11 +148,12 @@ local function run_final(P, H, id)
     end
     return
   end
-  local key = P .. 'queue:' .. held[5] .. ':normal'
-  redis.call('SADD', P .. 'queues', held[5])
+  local celery = held[8] == '1'
+  local key = held[10] or (P .. 'queue:' .. held[5] .. ':normal')
+  if not celery then redis.call('SADD', P .. 'queues', held[5]) end
   local offset = us(tonumber(held[3]) - tonumber(held[2]))
-  local p = cjson.encode({{held[2], offset, held[4], '0', '0'}})
-  publish_run(P, H, key, false, entry, held[1], held[6], p, held[7], now)
+  local p = cjson.encode({{held[2], offset, held[4], celery and '1' or '0', '0'}})
+  publish_run(P, H, key, celery, entry, held[1], held[6], p, held[7], now)
   set_busy(P, entry, held[1], now)
 end
 """
@@ -188,13 +200,13 @@ return out
 
 # KEYS target (stream or Celery list), queues; ARGV P, H, entry, run id, queue, body, request
 # id, by, overlap ('' none, skip, buffer_one), timeout_us, idempotency key ('' none), force
-# '1'/'0', audit id, celery '1'/'0' -> JSON [status, run id, detail, audit id ('' none)]; a
-# refused_paused's detail is the pause as stored (the client describes it)
+# '1'/'0', audit id, celery '1'/'0', priority ('' none) -> JSON [status, run id, detail, audit
+# id ('' none)]; a refused_paused's detail is the pause as stored (the client describes it)
 TRIGGER = """
 local P, H, entry, rid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local queue, body, request, by = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local overlap, timeout, key, force = ARGV[9], ARGV[10], ARGV[11], ARGV[12] == '1'
-local audit, celery = ARGV[13], ARGV[14] == '1'
+local audit, celery, priority = ARGV[13], ARGV[14] == '1', ARGV[15]
 local now = now_us()
 local function remembered(k)
   local r = decoded(redis.call('HGET', P .. 'ctl:keys', k .. '\\31' .. entry))
@@ -226,7 +238,7 @@ else
       cjson.null, ''}))
     if busy then
       redis.call('HSET', P .. 'ctl:held', entry,
-        cjson.encode({rid, now, now, 'manual', queue, body, audit}))
+        cjson.encode({rid, now, now, 'manual', queue, body, audit, ARGV[14], priority, KEYS[1]}))
     else
       if not celery then redis.call('SADD', KEYS[2], queue) end
       local p = cjson.encode({now, '0', 'manual', celery and '1' or '0', '0'})

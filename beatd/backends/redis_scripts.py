@@ -177,7 +177,7 @@ for i = 1, #writes, 3 do
     skip[entry] = true
   end
 end
-commit_applied(ARGV[12], messages, guards, skip, gnow)
+local replaced = commit_applied(ARGV[12], messages, guards, skip, gnow)
 local last_stream, bodies, at = 3 + tonumber(ARGV[6]), ARGV[7], 1
 for k = 4, last_stream do ensure_stream(KEYS[k]) end
 for _, queue in ipairs(queues) do redis.call('SADD', KEYS[3], queue) end
@@ -189,6 +189,9 @@ if NS ~= '' then
       local m = missed
       missed_slots(NS, m[i], m[i + 1], m[i + 2], m[i + 3], m[i + 4], now, node, ARGV[2])
     end
+  end
+  for _, r in ipairs(replaced) do  -- held runs a hold replaced (the controls' commit_applied)
+    missed_slots(NS, r[1], 'overlap', r[2], r[2], '1', now, node, ARGV[2])
   end
   local runs = {}  -- the records of the messages of applied writes, as (id, entry, p)...
   for j, p in ipairs(cjson.decode(ARGV[10])) do

@@ -228,12 +228,12 @@ class SQLiteStateStore(SQLiteFile):
                     )
                 if cursor.rowcount != 1:
                     rejected.add(state.entry)
-            applied(db, writes, messages, rejected, micros(now))
+            replaced = applied(db, writes, messages, rejected, micros(now))
             if self.history:  # each run's published record in its message's row
                 db.executemany(
                     PUBLISHED, published_rows(lease, now, micros(now), messages, rejected)
                 )
-                record_missed(db, lease, micros(now), writes, rejected)
+                record_missed(db, lease, micros(now), writes, rejected, replaced)
             else:
                 db.executemany(
                     "INSERT INTO message (id, queue, priority, body, ready_at) "

@@ -38,9 +38,10 @@ from beatd.controls import (
     TriggerStatus,
     new_audit_id,
     pause_json,
+    replaced_held,
 )
 from beatd.errors import BackendError
-from beatd.history import RunKind
+from beatd.history import MissedSlots, RunKind
 
 _GUARDED = attrgetter("guard")  # a Guard is a non-empty tuple: true
 _ENTRY = attrgetter("entry")
@@ -194,21 +195,26 @@ def applied(
     messages: Sequence[Outgoing],
     rejected: set[str],
     now_us: int,
-) -> None:
+) -> list[MissedSlots]:
     """The applied guarded writes: the last run of each marks its entry busy (an older mark
-    replaced); a hold replaces the held run."""
+    replaced); a hold replaces the held run. The held runs replaced, to record missed."""
     chosen = list(filter(_GUARDED, writes))
     if not chosen:
-        return
+        return []
     chosen = [w for w in chosen if w.state.entry not in rejected]
     last = {m.entry: m.id for m in messages}
     marks = [(w.state.entry, last[w.state.entry], now_us) for w in chosen if w.state.entry in last]
     db.executemany(_MARK, marks)
+    replaced = []
     for write in chosen:
         if write.hold is not None:
             entry = write.state.entry
             control = controls_of(db, [entry]).get(entry, NO_CONTROL)
+            gone = replaced_held(entry, control.held, write.hold)
+            if gone is not None:
+                replaced.append(gone)
             put(db, entry, control._replace(held=write.hold))
+    return replaced
 
 
 # --- runs published without a lease, and a final settling step --------------------------------

@@ -157,9 +157,16 @@ def published_rows(
 
 
 def record_missed(
-    db: sqlite3.Connection, lease: Lease, now: int, writes: Sequence[StateWrite], rejected: set[str]
+    db: sqlite3.Connection,
+    lease: Lease,
+    now: int,
+    writes: Sequence[StateWrite],
+    rejected: set[str],
+    replaced: Sequence[MissedSlots] = (),
 ) -> None:
-    """One record per missed range of each applied write; a key already held is left."""
+    """One record per missed range of each applied write, and per held run a hold replaced
+    (`replaced`); a key already held is left."""
+    ranges = [m for w in writes if w.missed and w.state.entry not in rejected for m in w.missed]
     db.executemany(
         _MISSED,
         [
@@ -174,9 +181,7 @@ def record_missed(
                 lease.epoch,
                 None,
             )
-            for write in writes
-            if write.missed and write.state.entry not in rejected
-            for m in write.missed
+            for m in [*ranges, *replaced]
         ],
     )
 

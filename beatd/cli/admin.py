@@ -19,7 +19,7 @@ from beatd.cli.common import (
     open_broker,
     slot_text,
 )
-from beatd.cli.controls import BY_HELP, backend_now, default_by, optional_controls
+from beatd.cli.controls import BY_HELP, backend_now, default_by
 from beatd.controls import AuditRecord, new_audit_id
 from beatd.errors import BeatdError
 from beatd.service import setup_logging
@@ -98,9 +98,8 @@ def dead_retry(
     store = open_broker(backend, create=False)
     try:
         moved = store.requeue_dead(None if everything else message_id)
-        controls = optional_controls(store)
-        if moved and controls is not None:
-            controls.record_audit(requeue_record(store, message_id, moved, by or default_by()))
+        if moved:
+            store.record_audit(requeue_record(store, message_id, moved, by or default_by()))
     except BeatdError as exc:
         fail(exc)
     finally:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends.base import (
     NEEDS,
+    Backend,
     Destination,
     StateStore,
     StorageFailed,
@@ -70,6 +71,7 @@ RUN_FLAGS = (
     "history_keep",
     "history_max_age",
     "history_max_records",
+    "audit_retention",
 )
 
 
@@ -96,8 +98,10 @@ def parse_run_settings(
     history_keep: int,
     history_max_age: str,
     history_max_records: int,
+    audit_retention: str,
 ) -> RunSettings:
     max_age = timedelta(seconds=seconds_option("--history-max-age", history_max_age))
+    audit_max_age = timedelta(seconds=seconds_option("--audit-retention", audit_retention))
     return RunSettings(
         node=node,
         lease_ttl=seconds_option("--lease-ttl", lease_ttl),
@@ -108,6 +112,7 @@ def parse_run_settings(
         with_worker=with_worker,
         metrics_entries=EntrySeries(metrics_entries),
         retention=Retention(history_keep, max_age, history_max_records),
+        audit_retention=audit_max_age,
     )
 
 
@@ -140,6 +145,14 @@ def parse_run_settings(
     show_default=True,
     help="Keep at most N run records in all, and N missed-slot records (the oldest go first): "
     "a bound on the backend's memory or disk.",
+)
+@click.option(
+    "--audit-retention",
+    envvar="BEATD_AUDIT_RETENTION",
+    default="365d",
+    show_default=True,
+    help="Trim the operator controls' audit log (pause, resume, trigger, backfill, requeue) "
+    "of records older than this; the leader trims it with the run history.",
 )
 @logging_options()
 @click.option(
@@ -230,18 +243,13 @@ def run(
         worker=worker.worker if worker is not None else None,
         metrics_entries=settings.metrics_entries,
         retention=settings.retention,
+        audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
-    logger.info(
-        "beatd run node=%s broker=%s entries=%d config=%s",
-        settings.node,
-        store.url,
-        len(config.entries),
-        config.fingerprint,
-    )
+    log_start(settings, store, config)
     try:
         if worker is not None:
             worker.start(stop, scheduler.wake)
@@ -260,6 +268,16 @@ def run(
             worker.finish()
         if watcher is not None:
             stop_watching(watcher)
+
+
+def log_start(settings: RunSettings, store: Backend, config: Config) -> None:
+    logger.info(
+        "beatd run node=%s broker=%s entries=%d config=%s",
+        settings.node,
+        store.url,
+        len(config.entries),
+        config.fingerprint,
+    )
 
 
 def refuse_unwritable(config: Config, backend: StateStore) -> None:

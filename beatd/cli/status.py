@@ -39,7 +39,6 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
-from beatd.cli.controls import optional_controls
 from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
@@ -178,12 +177,9 @@ def read_summaries(store: Backend, names: Sequence[str]) -> dict[str, EntrySumma
         return None
 
 
-def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryControl] | None:
-    """The entries' pauses, busy marks and held runs; None when the backend keeps none."""
-    controls = optional_controls(store)
-    if controls is None or not names:
-        return None if controls is None else {}
-    return controls.load_controls(names)
+def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryControl]:
+    """The entries' pauses, busy marks and held runs."""
+    return store.load_controls(names) if names else {}
 
 
 def add_controls(

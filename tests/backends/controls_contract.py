@@ -1,10 +1,9 @@
 """The operator controls' contract (beatd.controls, the `Controls` role and the controls
 paragraphs of `StateStore.commit` and `WorkQueue` in beatd/backends/base.py).
 
-`ControlsContract` is a mixin a backend's test module adds to its contract class once the
-backend offers the role (it is not part of `BackendContract` until every backend does). It asks
-for the fixtures `BackendContract` and `HistoryContract` ask for (`backend`, `backend_factory`,
-`history_off_backend`, `advance`, `unit`, `plan`, `faulty`).
+`ControlsContract` is a mixin `BackendContract` includes, so every backend's contract class
+runs it. It asks for the fixtures `BackendContract` and `HistoryContract` ask for (`backend`,
+`backend_factory`, `history_off_backend`, `advance`, `unit`, `plan`, `faulty`).
 
 Times the backend takes from its own clock are checked to lie between two readings of
 `server_time()` taken around the call, as in the history's contract; durations are multiples of
@@ -15,11 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 
-from beatd.backends.base import Backend, BeatdQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.controls import (
     AuditRecord,
@@ -56,11 +54,6 @@ BY = "ops@host"
 SKIP = Guard(Overlap.SKIP, 3600.0)
 BUFFER = Guard(Overlap.BUFFER_ONE, 3600.0)
 FINAL_STEPS = ["ack", "dead_letter", "attempt_ended"]
-
-
-def controls(backend: Any) -> Any:
-    """The backend as its `Controls` role (typed `Any`: `Backend` does not include it yet)."""
-    return backend
 
 
 def at_run(entry: str, due: datetime, queue: str = "q") -> Outgoing:
@@ -137,42 +130,42 @@ class ControlsContract:
         self, backend: Backend
     ) -> None:
         with window(backend) as bounds:
-            [audit] = controls(backend).pause(["e"], "db maintenance", None, BY)
-        pause = controls(backend).load_controls()["e"].pause
+            [audit] = backend.pause(["e"], "db maintenance", None, BY)
+        pause = backend.load_controls()["e"].pause
         assert within(pause.at, bounds)
         assert pause == Pause(pause.at, None, "db maintenance", BY)
         assert within(audit.at, bounds)
         assert (audit.action, audit.entry, audit.by) == ("pause", "e", BY)
         assert (audit.before, audit.after) == (pause_json(None), pause_json(pause))
-        assert controls(backend).audit() == [audit]
+        assert backend.audit() == [audit]
 
     def test_pause_until_is_a_time_or_a_duration_from_the_backends_clock(
         self, backend: Backend
     ) -> None:
         until = instant(backend) + timedelta(hours=2)
-        controls(backend).pause(["e"], "r", until, BY)
+        backend.pause(["e"], "r", until, BY)
         with window(backend) as bounds:
-            controls(backend).pause(["f"], "r", timedelta(hours=1), BY)
-        got = controls(backend).load_controls(["e", "f"])
+            backend.pause(["f"], "r", timedelta(hours=1), BY)
+        got = backend.load_controls(["e", "f"])
         assert got["e"].pause.until == until
         assert within(got["f"].pause.until - timedelta(hours=1), bounds)
 
     def test_a_second_pause_replaces_the_first_in_place(self, backend: Backend) -> None:
-        [first] = controls(backend).pause(["e"], "one", None, BY)
-        [second] = controls(backend).pause(["e"], "two", timedelta(hours=1), "other@host")
-        pause = controls(backend).load_controls()["e"].pause
+        [first] = backend.pause(["e"], "one", None, BY)
+        [second] = backend.pause(["e"], "two", timedelta(hours=1), "other@host")
+        pause = backend.load_controls()["e"].pause
         assert (pause.reason, pause.by) == ("two", "other@host")
         assert second.before == first.after
         assert second.after == pause_json(pause)
-        assert {a.id for a in controls(backend).audit("e")} == {second.id, first.id}
+        assert {a.id for a in backend.audit("e")} == {second.id, first.id}
 
     def test_resume_lifts_only_the_pauses_there_are(self, backend: Backend) -> None:
-        [paused] = controls(backend).pause(["e"], "r", None, BY)
-        [lifted] = controls(backend).resume(["e", "f"], BY)
+        [paused] = backend.pause(["e"], "r", None, BY)
+        [lifted] = backend.resume(["e", "f"], BY)
         assert (lifted.action, lifted.entry) == ("resume", "e")
         assert (lifted.before, lifted.after) == (paused.after, pause_json(None))
-        assert controls(backend).load_controls() == {}
-        assert controls(backend).resume(["e"], BY) == []
+        assert backend.load_controls() == {}
+        assert backend.resume(["e"], BY) == []
 
     def test_a_pause_fails_a_commit_with_a_message_it_covers_and_writes_nothing(
         self, backend: Backend
@@ -180,7 +173,7 @@ class ControlsContract:
         lease = lead(backend)
         write(backend, lease, "e")
         before = backend.load_states()
-        controls(backend).pause(["e"], "r", None, BY)
+        backend.pause(["e"], "r", None, BY)
         due = instant(backend) + timedelta(seconds=5)
         assert write(backend, lease, "e", at_run("e", due)) == {"e"}
         assert backend.load_states() == before
@@ -191,22 +184,22 @@ class ControlsContract:
         self, backend: Backend
     ) -> None:
         lease = lead(backend)
-        controls(backend).pause(["e"], "r", None, BY)
+        backend.pause(["e"], "r", None, BY)
         due = instant(backend) + timedelta(seconds=5)
         assert backend.commit(lease, [], [at_run("e", due), at_run("f", due)]) == {"e"}
         assert queued_ids(backend) == [at_run("f", due).id]
 
     def test_a_write_without_messages_passes_a_pause(self, backend: Backend) -> None:
         lease = lead(backend)
-        controls(backend).pause(["e"], "r", None, BY)
+        backend.pause(["e"], "r", None, BY)
         gone = (MissedSlots("e", "paused", slot_of(1), slot_of(1), 1),)
         assert write(backend, lease, "e", missed=gone) == set()
         assert [m.slots for m in backend.missed("e")] == list(gone)
 
     def test_a_pause_covers_due_times_from_its_start_until_its_end(self, backend: Backend) -> None:
         lease = lead(backend)
-        controls(backend).pause(["e"], "r", timedelta(hours=1), BY)
-        pause = controls(backend).load_controls()["e"].pause
+        backend.pause(["e"], "r", timedelta(hours=1), BY)
+        pause = backend.load_controls()["e"].pause
         earlier = at_run("e", pause.at - timedelta(seconds=1))
         later = at_run("e", pause.until)
         assert write(backend, lease, "e", earlier) == set()
@@ -218,10 +211,10 @@ class ControlsContract:
 
     def test_after_resume_a_commit_passes(self, backend: Backend) -> None:
         lease = lead(backend)
-        controls(backend).pause(["e"], "r", None, BY)
+        backend.pause(["e"], "r", None, BY)
         due = instant(backend) + timedelta(seconds=5)
         assert write(backend, lease, "e", at_run("e", due)) == {"e"}
-        controls(backend).resume(["e"], BY)
+        backend.resume(["e"], BY)
         assert write(backend, lease, "e", at_run("e", due)) == set()
 
     # --- the overlap guard ------------------------------------------------------------------------
@@ -233,7 +226,7 @@ class ControlsContract:
         with window(backend) as bounds:
             runs = (run("e", 1, "q"), run("e", 2, "q"))
             assert write(backend, lease, "e", *runs, guard=SKIP) == set()
-        busy = controls(backend).load_controls()["e"].busy
+        busy = backend.load_controls()["e"].busy
         assert busy == Busy(run_id("e", 2), busy.since)
         assert within(busy.since, bounds)
 
@@ -247,7 +240,7 @@ class ControlsContract:
         assert backend.run(run_id("e", 2)) is None
         gone = (MissedSlots("e", "overlap", slot_of(2), slot_of(2), 1),)
         assert write(backend, lease, "e", guard=SKIP, busy=True, missed=gone) == set()
-        assert controls(backend).load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
 
     def test_a_busy_mark_older_than_the_guards_timeout_counts_as_not_busy(
         self, backend: Backend, advance: Callable[[float], None], unit: float
@@ -258,23 +251,50 @@ class ControlsContract:
         advance(1.5 * unit)
         assert write(backend, lease, "e", guard=guard, busy=True) == {"e"}
         assert write(backend, lease, "e", run("e", 2, "q"), guard=guard) == set()
-        assert controls(backend).load_controls()["e"].busy.run_id == run_id("e", 2)
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 2)
 
     def test_hold_replaces_the_held_run_and_none_leaves_it(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3))
-        assert controls(backend).load_controls()["e"].held == held("e", 3)
+        assert backend.load_controls()["e"].held == held("e", 3)
         write(backend, lease, "e", guard=BUFFER, busy=True)
-        assert controls(backend).load_controls()["e"].held == held("e", 3)
+        assert backend.load_controls()["e"].held == held("e", 3)
+
+    def test_a_hold_that_replaces_a_held_run_records_it_missed_by_overlap(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))  # the same run
+        assert backend.missed("e") == []
+        with window(backend) as bounds:
+            write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3))
+        (gone,) = backend.missed("e")
+        assert gone.slots == MissedSlots("e", "overlap", slot_of(2), slot_of(2), 1)
+        assert (gone.node, gone.epoch) == (lease.node, lease.epoch)
+        assert within(gone.recorded_at, bounds)
+        assert backend.load_controls()["e"].held == held("e", 3)
+
+    def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        finish(backend, "ack", run_id("e", 1))  # publishes e@2, which marks the entry busy
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3))
+        assert backend.missed("e") == []
+        assert backend.load_controls()["e"].held == held("e", 3)
 
     def test_without_a_guard_busy_is_neither_checked_nor_changed(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
         assert write(backend, lease, "e", run("e", 2, "q")) == set()
         assert write(backend, lease, "e", busy=True) == set()
-        assert controls(backend).load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
 
     # --- final outcomes ---------------------------------------------------------------------------
 
@@ -285,7 +305,7 @@ class ControlsContract:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
         finish(backend, how, run_id("e", 1))
-        assert controls(backend).load_controls() == {}
+        assert backend.load_controls() == {}
         assert write(backend, lease, "e", run("e", 2, "q"), guard=SKIP) == set()
 
     @pytest.mark.parametrize("how", FINAL_STEPS)
@@ -297,7 +317,7 @@ class ControlsContract:
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2, RunKind.CAUGHT_UP))
         with window(backend) as bounds:
             finish(backend, how, run_id("e", 1))
-        control = controls(backend).load_controls()["e"]
+        control = backend.load_controls()["e"]
         assert (control.held, control.busy.run_id) == (None, run_id("e", 2))
         assert within(control.busy.since, bounds)
         published = record(backend, run_id("e", 2))
@@ -307,6 +327,39 @@ class ControlsContract:
         assert within(published.published_at, bounds)
         assert run_id("e", 2) in queued_ids(backend)
 
+    def test_a_held_run_keeps_its_priority_and_celery_flag(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        urgent = held("e", 2)._replace(priority=9)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=urgent)
+        assert backend.load_controls()["e"].held == urgent
+        if backend.accepts(CeleryQueue):
+            task = held("e", 3)._replace(destination_queue="celery", celery=True, priority=2)
+            write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+            assert backend.load_controls()["e"].held == task
+
+    def test_a_held_run_is_published_in_its_prioritys_band(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2)._replace(priority=9))
+        write(backend, lease, "f", run("f", 1, "q"))  # normal priority, queued before e@2
+        finish(backend, "ack", run_id("e", 1))
+        assert queued_ids(backend) == [run_id("e", 2), run_id("f", 1)]
+
+    def test_a_held_celery_run_is_published_as_the_commit_publishes_one(
+        self, backend: Backend
+    ) -> None:
+        if not backend.accepts(CeleryQueue):
+            pytest.skip("this backend publishes no Celery messages")
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        task = held("e", 2)._replace(destination_queue="q", celery=True, body="{}")
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+        finish(backend, "ack", run_id("e", 1))
+        published = record(backend, run_id("e", 2))
+        assert (published.celery, published.kind) == (True, RunKind.SCHEDULED)
+        assert queued_ids(backend) == []  # not in beatd's queue q: in Celery's
+
     @pytest.mark.parametrize("how", ["ack", "dead_letter"])
     def test_a_pause_covering_now_drops_the_held_run_as_missed(
         self, backend: Backend, how: str
@@ -314,9 +367,9 @@ class ControlsContract:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
-        controls(backend).pause(["e"], "r", None, BY)
+        backend.pause(["e"], "r", None, BY)
         finish(backend, how, run_id("e", 1))
-        control = controls(backend).load_controls()["e"]
+        control = backend.load_controls()["e"]
         assert (control.busy, control.held) == (None, None)
         assert backend.run(run_id("e", 2)) is None
         assert queued_ids(backend) == []
@@ -339,7 +392,7 @@ class ControlsContract:
         else:
             advance(1.5 * unit)
             claimed(backend, "q", "w2")
-        control = controls(backend).load_controls()["e"]
+        control = backend.load_controls()["e"]
         assert (control.busy.run_id, control.held) == (run_id("e", 1), held("e", 2))
 
     def test_a_final_outcome_of_another_run_leaves_the_busy_mark(self, backend: Backend) -> None:
@@ -347,7 +400,7 @@ class ControlsContract:
         write(backend, lease, "f", run("f", 1, "q"))
         write(backend, lease, "e", run("e", 1, "other"), guard=SKIP)
         finish(backend, "ack", run_id("f", 1))
-        assert controls(backend).load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
 
     def test_with_history_off_a_final_outcome_still_publishes_the_held_run(
         self, history_off_backend: Backend
@@ -357,7 +410,7 @@ class ControlsContract:
         write(off, lease, "e", run("e", 1, "q"), guard=BUFFER)
         write(off, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
         finish(off, "ack", run_id("e", 1))
-        assert controls(off).load_controls()["e"].busy.run_id == run_id("e", 2)
+        assert off.load_controls()["e"].busy.run_id == run_id("e", 2)
         assert queued_ids(off) == [run_id("e", 2)]
         assert off.history_size() == (0, 0)
 
@@ -365,14 +418,14 @@ class ControlsContract:
 
     def test_a_trigger_publishes_a_manual_run_with_its_audit_record(self, backend: Backend) -> None:
         with window(backend) as bounds:
-            result = controls(backend).trigger(trigger("e"))
+            result = backend.trigger(trigger("e"))
         rid = manual_run_id("e", "r1")
         assert result == TriggerResult(TriggerStatus.PUBLISHED, rid, "", result.audit_id)
         published = record(backend, rid)
         assert (published.kind, published.audit) == (RunKind.MANUAL, result.audit_id)
         assert within(published.published_at, bounds)
         assert within(published.slot, bounds) and published.due == published.slot
-        [audit] = controls(backend).audit("e")
+        [audit] = backend.audit("e")
         assert (audit.id, audit.action, audit.by, audit.entry) == (
             result.audit_id, "trigger", BY, "e",
         )  # fmt: skip
@@ -385,29 +438,29 @@ class ControlsContract:
     ) -> None:
         plan.inject("trigger", Fault.FAIL_AFTER_WRITE)
         with pytest.raises(OutcomeUnknown):
-            controls(faulty).trigger(trigger("e", "req"))
-        again = controls(faulty).trigger(trigger("e", "req", run_id=manual_run_id("e")))
+            faulty.trigger(trigger("e", "req"))
+        again = faulty.trigger(trigger("e", "req", run_id=manual_run_id("e")))
         assert again.status == TriggerStatus.PUBLISHED
         assert again.run_id == manual_run_id("e", "req")
         assert queued_ids(backend) == [manual_run_id("e", "req")]
-        assert len(controls(backend).audit()) == 1
+        assert len(backend.audit()) == 1
 
     def test_a_trigger_that_failed_before_writing_wrote_nothing(
         self, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
     ) -> None:
         plan.inject("trigger", Fault.FAIL_BEFORE_WRITE)
         with pytest.raises(NotApplied):
-            controls(faulty).trigger(trigger("e"))
-        assert (backend.queue_depths(), controls(backend).audit()) == ({}, [])
-        assert controls(backend).trigger_keys() == []
+            faulty.trigger(trigger("e"))
+        assert (backend.queue_depths(), backend.audit()) == ({}, [])
+        assert backend.trigger_keys() == []
 
     def test_a_refused_trigger_does_not_use_up_its_idempotency_key(self, backend: Backend) -> None:
-        controls(backend).pause(["e"], "r", None, BY)
-        refused = controls(backend).trigger(trigger("e", "r1", key="k"))
+        backend.pause(["e"], "r", None, BY)
+        refused = backend.trigger(trigger("e", "r1", key="k"))
         assert refused.status == TriggerStatus.REFUSED_PAUSED
-        assert controls(backend).trigger(trigger("e", "r1", key="k")) == refused  # same request
-        controls(backend).resume(["e"], BY)
-        again = controls(backend).trigger(trigger("e", "r2", key="k"))
+        assert backend.trigger(trigger("e", "r1", key="k")) == refused  # same request
+        backend.resume(["e"], BY)
+        again = backend.trigger(trigger("e", "r2", key="k"))
         assert (again.status, again.run_id) == (TriggerStatus.PUBLISHED, manual_run_id("e", "k"))
 
     def test_runs_published_without_a_lease_are_recorded_with_no_node(
@@ -416,32 +469,32 @@ class ControlsContract:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
-        manual = controls(backend).trigger(trigger("f"))
-        [filled], _ = controls(backend).backfill("g", [run("g", 1, "q")], BY, {})
+        manual = backend.trigger(trigger("f"))
+        [filled], _ = backend.backfill("g", [run("g", 1, "q")], BY, {})
         finish(backend, "ack", run_id("e", 1))
         for rid in (manual.run_id, filled, run_id("e", 2)):
             assert (record(backend, rid).node, record(backend, rid).epoch) == ("", 0)
 
     def test_a_used_idempotency_key_is_a_duplicate(self, backend: Backend) -> None:
-        first = controls(backend).trigger(trigger("e", "r1", key="nightly-fix"))
-        again = controls(backend).trigger(trigger("e", "r2", key="nightly-fix", run_id="e@x"))
+        first = backend.trigger(trigger("e", "r1", key="nightly-fix"))
+        again = backend.trigger(trigger("e", "r2", key="nightly-fix", run_id="e@x"))
         assert (again.status, again.run_id) == (TriggerStatus.DUPLICATE, first.run_id)
-        assert controls(backend).trigger(trigger("f", "r3", key="nightly-fix")).status == (
+        assert backend.trigger(trigger("f", "r3", key="nightly-fix")).status == (
             TriggerStatus.PUBLISHED  # keys are per entry
         )
         assert len(queued_ids(backend)) == 2
 
     def test_a_paused_entry_refuses_a_trigger_unless_forced(self, backend: Backend) -> None:
-        controls(backend).pause(["e"], "db down", None, BY)
-        pause = controls(backend).load_controls()["e"].pause
-        refused = controls(backend).trigger(trigger("e", "r1"))
+        backend.pause(["e"], "db down", None, BY)
+        pause = backend.load_controls()["e"].pause
+        refused = backend.trigger(trigger("e", "r1"))
         assert refused == TriggerResult(
             TriggerStatus.REFUSED_PAUSED, manual_run_id("e", "r1"), pause.describe()
         )
         assert queued_ids(backend) == []
-        assert controls(backend).audit() == controls(backend).audit("e")  # the pause's only
-        assert len(controls(backend).audit()) == 1
-        forced = controls(backend).trigger(trigger("e", "r2", force=True))
+        assert backend.audit() == backend.audit("e")  # the pause's only
+        assert len(backend.audit()) == 1
+        forced = backend.trigger(trigger("e", "r2", force=True))
         assert forced.status == TriggerStatus.PUBLISHED
         assert queued_ids(backend) == [forced.run_id]
 
@@ -450,34 +503,34 @@ class ControlsContract:
     ) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
-        refused = controls(backend).trigger(trigger("e", "r1", guard=SKIP))
+        refused = backend.trigger(trigger("e", "r1", guard=SKIP))
         assert (refused.status, refused.detail) == (TriggerStatus.REFUSED_BUSY, run_id("e", 1))
-        forced = controls(backend).trigger(trigger("e", "r2", guard=SKIP, force=True))
+        forced = backend.trigger(trigger("e", "r2", guard=SKIP, force=True))
         assert forced.status == TriggerStatus.PUBLISHED
-        assert controls(backend).load_controls()["e"].busy.run_id == forced.run_id
+        assert backend.load_controls()["e"].busy.run_id == forced.run_id
 
     def test_a_trigger_under_a_guard_marks_the_entry_busy(self, backend: Backend) -> None:
         with window(backend) as bounds:
-            result = controls(backend).trigger(trigger("e", guard=SKIP))
-        busy = controls(backend).load_controls()["e"].busy
+            result = backend.trigger(trigger("e", guard=SKIP))
+        busy = backend.load_controls()["e"].busy
         assert busy.run_id == result.run_id and within(busy.since, bounds)
-        assert controls(backend).trigger(trigger("e", "r2", guard=SKIP)).status == (
+        assert backend.trigger(trigger("e", "r2", guard=SKIP)).status == (
             TriggerStatus.REFUSED_BUSY
         )
 
     def test_a_trigger_without_a_guard_leaves_the_busy_mark(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
-        assert controls(backend).trigger(trigger("e")).status == TriggerStatus.PUBLISHED
-        assert controls(backend).load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.trigger(trigger("e")).status == TriggerStatus.PUBLISHED
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
 
     def test_a_busy_entry_under_buffer_one_holds_the_trigger(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
         write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
-        result = controls(backend).trigger(trigger("e", guard=BUFFER))
+        result = backend.trigger(trigger("e", guard=BUFFER))
         assert result.status == TriggerStatus.HELD
-        hold = controls(backend).load_controls()["e"].held
+        hold = backend.load_controls()["e"].held
         assert (hold.run_id, hold.kind, hold.audit) == (
             result.run_id, RunKind.MANUAL, result.audit_id,
         )  # fmt: skip
@@ -490,7 +543,7 @@ class ControlsContract:
     def test_a_trigger_at_a_slots_exact_second_and_the_slot_are_two_runs(
         self, backend: Backend
     ) -> None:
-        result = controls(backend).trigger(trigger("e"))
+        result = backend.trigger(trigger("e"))
         slot = record(backend, result.run_id).slot
         scheduled = at_run("e", slot)._replace(id=f"e@{slot:%Y-%m-%dT%H:%M:%SZ}")
         assert write(backend, lead(backend), "e", scheduled) == set()
@@ -506,24 +559,24 @@ class ControlsContract:
     ) -> None:
         write(backend, lead(backend), "e", run("e", 1, "q"))
         runs = [run("e", m, "q", kind=RunKind.BACKFILL) for m in (1, 2, 3)]
-        ids, audit = controls(backend).backfill("e", runs, BY, {"from": "a", "to": "b"})
+        ids, audit = backend.backfill("e", runs, BY, {"from": "a", "to": "b"})
         assert ids == [run_id("e", 2), run_id("e", 3)]
         assert (audit.action, audit.entry, audit.by, dict(audit.detail)) == (
             "backfill", "e", BY, {"from": "a", "to": "b"},
         )  # fmt: skip
-        assert controls(backend).audit("e") == [audit]
+        assert backend.audit("e") == [audit]
         for rid in ids:
             assert (record(backend, rid).kind, record(backend, rid).audit) == (
                 RunKind.BACKFILL, audit.id,
             )  # fmt: skip
         assert record(backend, run_id("e", 1)).kind == RunKind.SCHEDULED
-        again, _ = controls(backend).backfill("e", runs, BY, {})
+        again, _ = backend.backfill("e", runs, BY, {})
         assert again == []
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
 
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:
         with pytest.raises(BackendError):
-            controls(history_off_backend).backfill("e", [run("e", 1, "q")], BY, {})
+            history_off_backend.backfill("e", [run("e", 1, "q")], BY, {})
         assert history_off_backend.queue_depths() == {}
 
     # --- the audit log ----------------------------------------------------------------------------
@@ -531,39 +584,39 @@ class ControlsContract:
     def test_audit_is_read_newest_first_by_entry_since_and_limit(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
-        [first] = controls(backend).pause(["e"], "r", None, BY)
+        [first] = backend.pause(["e"], "r", None, BY)
         advance(1 * unit)
         middle = instant(backend)
-        [second] = controls(backend).pause(["f"], "r", None, BY)
+        [second] = backend.pause(["f"], "r", None, BY)
         advance(1 * unit)
-        [third] = controls(backend).resume(["e"], BY)
-        assert [a.id for a in controls(backend).audit()] == [third.id, second.id, first.id]
-        assert controls(backend).audit("e") == [third, first]
-        assert [a.id for a in controls(backend).audit(since=middle)] == [third.id, second.id]
-        assert controls(backend).audit(limit=1) == [third]
+        [third] = backend.resume(["e"], BY)
+        assert [a.id for a in backend.audit()] == [third.id, second.id, first.id]
+        assert backend.audit("e") == [third, first]
+        assert [a.id for a in backend.audit(since=middle)] == [third.id, second.id]
+        assert backend.audit(limit=1) == [third]
 
     def test_an_audit_record_of_an_action_taken_elsewhere_is_stored(self, backend: Backend) -> None:
         done = AuditRecord("a1", instant(backend), "requeue_dead", None, BY, {"moved": 2})
-        controls(backend).record_audit(done)
-        assert controls(backend).audit() == [done]
+        backend.record_audit(done)
+        assert backend.audit() == [done]
 
     def test_trim_audit_deletes_records_older_than_max_age(
         self, backend: Backend, advance: Callable[[float], None], unit: float
     ) -> None:
-        controls(backend).pause(["e", "f"], "r", None, BY)
+        backend.pause(["e", "f"], "r", None, BY)
         advance(2 * unit)
-        [kept] = controls(backend).resume(["e"], BY)
-        assert controls(backend).trim_audit(timedelta(seconds=1 * unit), limit=1) == 1
-        assert controls(backend).trim_audit(timedelta(seconds=1 * unit)) == 1
-        assert controls(backend).audit() == [kept]
-        assert controls(backend).trim_audit(timedelta(seconds=1 * unit)) == 0
+        [kept] = backend.resume(["e"], BY)
+        assert backend.trim_audit(timedelta(seconds=1 * unit), limit=1) == 1
+        assert backend.trim_audit(timedelta(seconds=1 * unit)) == 1
+        assert backend.audit() == [kept]
+        assert backend.trim_audit(timedelta(seconds=1 * unit)) == 0
 
     # --- copies (beatd migrate) -------------------------------------------------------------------
 
     def test_trigger_keys_are_every_remembered_key_and_request_id(self, backend: Backend) -> None:
         with window(backend) as bounds:
-            result = controls(backend).trigger(trigger("e", "r1", key="k"))
-        keys = sorted(controls(backend).trigger_keys())
+            result = backend.trigger(trigger("e", "r1", key="k"))
+        keys = sorted(backend.trigger_keys())
         assert [(k.key, k.entry, k.result) for k in keys] == [
             ("key:k", "e", result),
             ("request:r1", "e", result),
@@ -576,19 +629,19 @@ class ControlsContract:
         audit = AuditRecord("a1", at, "pause", "e", BY, {}, pause_json(None), {"pause": None})
         done = TriggerResult(TriggerStatus.PUBLISHED, "e@manual-k", "", "a0")
         key = TriggerKey("key:k", "e", done, at)
-        assert controls(backend).import_controls({"e": control}, [audit], [key]) == 3
-        assert controls(backend).import_controls({"e": control}, [audit], [key]) == 0
-        assert controls(backend).load_controls() == {"e": control}
-        assert controls(backend).audit() == [audit]
-        assert controls(backend).trigger_keys() == [key]
-        dup = controls(backend).trigger(trigger("e", "r9", key="k", run_id="e@other"))
+        assert backend.import_controls({"e": control}, [audit], [key]) == 3
+        assert backend.import_controls({"e": control}, [audit], [key]) == 0
+        assert backend.load_controls() == {"e": control}
+        assert backend.audit() == [audit]
+        assert backend.trigger_keys() == [key]
+        dup = backend.trigger(trigger("e", "r9", key="k", run_id="e@other"))
         assert (dup.status, dup.run_id) == (TriggerStatus.DUPLICATE, "e@manual-k")
 
     def test_an_entry_with_a_control_here_is_not_replaced_by_an_import(
         self, backend: Backend
     ) -> None:
-        controls(backend).pause(["e"], "mine", None, BY)
-        mine = controls(backend).load_controls()["e"]
+        backend.pause(["e"], "mine", None, BY)
+        mine = backend.load_controls()["e"]
         other = EntryControl(Pause(instant(backend), None, "theirs", BY))
-        assert controls(backend).import_controls({"e": other}) == 0
-        assert controls(backend).load_controls() == {"e": mine}
+        assert backend.import_controls({"e": other}) == 0
+        assert backend.load_controls() == {"e": mine}

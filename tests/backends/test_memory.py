@@ -19,7 +19,7 @@ from beatd.controls import IDEMPOTENCY_KEY_TTL, TriggerStatus
 from beatd.errors import BackendError
 from beatd.history import HistoryQuery, MissedSlots
 from tests.backends.contract import T0, BackendContract, Wall, message, state
-from tests.backends.controls_contract import ControlsContract, trigger
+from tests.backends.controls_contract import trigger
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def history_off_backend(name: str, wall: Wall) -> MemoryBackend:
     return MemoryBackend(name, wall_clock=wall, history=False)
 
 
-class TestMemoryContract(BackendContract, ControlsContract):
+class TestMemoryContract(BackendContract):
     pass
 
 

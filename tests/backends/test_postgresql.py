@@ -36,7 +36,7 @@ from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
-from tests.backends.controls_contract import ControlsContract, trigger
+from tests.backends.controls_contract import trigger
 from tests.backends.history_contract import claimed, lead, publish, record, run, run_id, settle
 from tests.postgres_database import scratch_database
 from tests.redis_server import free_port
@@ -90,7 +90,7 @@ def session(database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield db
 
 
-class TestPostgreSQLContract(BackendContract, ControlsContract):
+class TestPostgreSQLContract(BackendContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from beatd import celery_protocol
 from beatd.backends import open_backend
 from beatd.backends.base import (
     Backend,
@@ -31,6 +32,7 @@ from beatd.backends.base import (
     Outgoing,
     StateWrite,
     StoreIdentity,
+    to_micros,
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.clock import FakeClock
@@ -60,7 +62,8 @@ from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
 from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
-from tests.backends.controls_contract import ControlsContract
+from tests.backends.controls_contract import BUFFER, finish, held, queued_ids, trigger, write
+from tests.backends.history_contract import lead, run, run_id, slot_of
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
 
@@ -118,7 +121,7 @@ def advance() -> Callable[[float], None]:
     return time.sleep  # Redis keeps time itself: the only way to move it on is to wait
 
 
-class TestRedisContract(BackendContract, ControlsContract):
+class TestRedisContract(BackendContract):
     @pytest.fixture
     def unit(self) -> float:
         return 0.5
@@ -360,6 +363,41 @@ def test_namespaces_share_one_redis_without_seeing_each_other(
     ]
     blue.close()
     green.close()
+
+
+@pytest.mark.parametrize("how", ["commit", "trigger"])
+def test_a_held_celery_run_goes_to_kombus_list_of_its_priority(
+    backend: RedisBackend, admin: redis.Redis, how: str
+) -> None:
+    lease = lead(backend)
+    write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+    body = '{"body": "e@2"}'
+    if how == "commit":
+        task = held("e", 2)._replace(destination_queue="c", body=body, celery=True, priority=1)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+    else:
+        request = dataclasses.replace(
+            trigger("e", guard=BUFFER), queue="c", body=body, celery=True, priority=1
+        )
+        assert backend.trigger(request).status == TriggerStatus.HELD
+        assert backend.load_controls()["e"].held.priority == 1
+    finish(backend, "ack", run_id("e", 1))
+    assert celery_protocol.list_name("c", 1) == "c\x06\x166"  # kombu's list of priority 6
+    assert admin.lrange("c\x06\x166", 0, -1) == [body]
+    assert admin.lrange("c", 0, -1) == []
+
+
+def test_a_run_held_before_its_priority_was_kept_is_published_in_the_normal_band(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    lease = lead(backend)
+    write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+    at = str(to_micros(slot_of(2)))
+    old = json.dumps([run_id("e", 2), at, at, "scheduled", "q", "{}", ""])
+    admin.hset("beatd:ctl:held", "e", old)  # as beatd stored it before the held run's priority
+    assert backend.load_controls()["e"].held == held("e", 2)._replace(body="{}")
+    finish(backend, "ack", run_id("e", 1))
+    assert queued_ids(backend) == [run_id("e", 2)]
 
 
 def exercise(backend: Backend) -> None:

@@ -29,7 +29,7 @@ from beatd.history import Attempt, Ending, HistoryQuery, Retention, RunKind, Run
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.contract import BackendContract, Wall, message, state
-from tests.backends.controls_contract import ControlsContract, trigger
+from tests.backends.controls_contract import trigger
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def history_off_backend(tmp_path: Path, wall: Wall) -> SQLiteBackend:
     return SQLiteBackend(tmp_path / "beatd.db", wall_clock=wall, history=False)
 
 
-class TestSQLiteContract(BackendContract, ControlsContract):
+class TestSQLiteContract(BackendContract):
     pass
 
 
