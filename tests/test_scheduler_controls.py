@@ -274,3 +274,147 @@ def test_the_paused_gauge_and_the_dropped_marks_counter(
     assert ("beatd_entry_paused", (("entry", "tick"),)) not in samples
     assert value(samples, "beatd_busy_marks_dropped_total", entry="tick") == 1
     assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
+
+
+def test_buffer_one_on_sqlite_misses_the_replaced_held_slot(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    """Found with real processes on SQLite (every 5s, a 12 s task, buffer_one): the held slots
+    that newer ones replaced left no missed(overlap) record and no count."""
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)
+    run = backend.claim(["default"], "w1", 3600)
+    assert run is not None
+    run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
+    backend.ack(run)
+    held = backend.claim(["default"], "w1", 3600)
+    assert held is not None and held.id == "tick@2026-03-01T12:03:00Z"
+    slots = sorted((m.slots for m in backend.missed(entry="tick")), key=lambda m: m.first)
+    assert slots == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 16 review, open: a held trigger is replaced by the next held slot"
+)
+def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """Found with real processes on SQLite: `beatd trigger` of a busy buffer_one entry printed
+    `held: ... the run is published when that one ends` (exit 0), then the next slot the leader
+    held replaced it: the manual run never ran and nothing recorded it."""
+    from tests.backends.controls_contract import BUFFER, trigger
+
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)  # 12:01 published, busy
+    run = claim(backend)
+    result = backend.trigger(trigger("tick", guard=BUFFER))
+    assert result.status.name == "HELD"
+    run_for(beat, 60)  # 12:02 comes due while 12:01 runs
+    backend.ack(run)
+    assert backend.run(result.run_id) is not None or any(
+        result.run_id in str(m) for m in backend.missed(entry="tick")
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16 review, open: an ack's held run leaves last published",
+)
+def test_status_last_published_follows_a_held_run_the_ack_published(
+    backend: MemoryBackend, clock: FakeClock, tmp_path: Any
+) -> None:
+    """Found with real processes on SQLite: a buffer_one entry whose held slots went out every
+    cycle showed LAST PUBLISHED frozen at its first slot (`2 min ago`), as if it had stopped."""
+    import json
+
+    from click.testing import CliRunner
+
+    from beatd.cli import main
+
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)
+    run = claim(backend)
+    run_for(beat, 60)  # 12:02 held
+    backend.ack(run)  # publishes 12:02
+    assert claim(backend).id == "tick@2026-03-01T12:02:00Z"
+    (tmp_path / "s.yaml").write_text(
+        "entries:\n  tick:\n    task: t.task\n    every: 1m\n    overlap: buffer_one\n"
+    )
+    result = CliRunner().invoke(
+        main, ["status", "-s", str(tmp_path), "--broker", f"memory://{NAME}", "--json"]
+    )
+    rows = {row["entry"]: row for row in json.loads(result.stdout)["entries"]}
+    assert rows["tick"]["last_published"] == "2026-03-01T12:02:00Z"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16 review, open: buffer_one slots are not counted",
+)
+def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """Found with real processes on SQLite and Redis: a buffer_one entry (every 5s, a 12 s task)
+    showed beatd_runs_due_total and beatd_runs_published_total 0 after minutes of runs, and no
+    beatd_runs_missed_total{reason="overlap"}, so BeatdRunsMissed never sees its skipped slots."""
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 65)
+    claim(backend)
+    run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
+    samples = scrape(registry)
+    assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
+    assert value(samples, "beatd_runs_due_total", entry="tick") == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16 review, open: a cleared busy mark logs a resync warning",
+)
+def test_overlap_skip_a_run_ending_as_usual_logs_no_warning(
+    tmp_path: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found with real processes on SQLite and Redis: under overlap: skip every run that ended
+    within the 5 s before the leader re-read the controls made its next commit fail and log
+    `WARNING ... differs from ours; resyncing` (23 times in 7 minutes for an every-5s entry):
+    a normal run's end reads as trouble."""
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.SKIP))
+    beat.steering.interval = 3600.0  # between two reads of the controls, as most ticks are
+    run_for(beat, 65)
+    run = backend.claim(["default"], "w1", 3600)
+    assert run is not None
+    run_for(beat, 60)  # 12:02 missed (overlap)
+    backend.ack(run)  # 12:01's run ends before 12:03
+    with caplog.at_level(logging.WARNING):
+        run_for(beat, 60)
+    assert len(backend.runs(HistoryQuery(entry="tick"))) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 16 review, open: no metric counts runs triggered or backfilled"
+)
+def test_the_metrics_count_runs_triggered_and_backfilled(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """Issue 16 ("Around it"): metrics count runs triggered and backfilled. No process serves
+    such a series (checked on the leader's /metrics on SQLite and Redis after beatd trigger and
+    beatd backfill), and docs/metrics.md lists none."""
+    from tests.backends.controls_contract import trigger
+
+    beat = scheduler(backend, clock, every_minute())
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 65)
+    backend.trigger(trigger("tick"))
+    run_for(beat, 60)
+    names = {name for name, _ in scrape(registry)}
+    assert any("trigger" in name for name in names), sorted(names)
+    assert any("backfill" in name for name in names), sorted(names)
