@@ -66,6 +66,8 @@ class SchedulerView(Protocol):
     def health(self) -> HealthView: ...
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]: ...
+    @property
+    def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]: ...
     def paused_entries(self) -> list[str]: ...
 
 
@@ -197,6 +199,24 @@ class SchedulerCollector(Collector):
             if shown(name):
                 dropped.add_metric([name], count)
         yield from (paused, dropped)
+        triggered_counts, backfill_counts = s.commands_counted
+        triggered = CounterMetricFamily(
+            "beatd_runs_triggered",
+            "Runs triggered (beatd trigger: published or held), counted by the leader from the "
+            "audit log.",
+            labels=["entry"],
+        )
+        backfills = CounterMetricFamily(
+            "beatd_runs_backfill_batches",
+            "Backfill steps (beatd backfill, one per batch of runs), counted by the leader from "
+            "the audit log.",
+            labels=["entry"],
+        )
+        for name in sorted(set(triggered_counts) | set(backfill_counts)):
+            if shown(name):  # both series from the first command on the entry, one at 0
+                triggered.add_metric([name], triggered_counts.get(name, 0))
+                backfills.add_metric([name], backfill_counts.get(name, 0))
+        yield from (triggered, backfills)
 
     def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         s = self.scheduler

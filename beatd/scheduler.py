@@ -139,6 +139,11 @@ class Scheduler:
     def busy_marks_dropped(self) -> Mapping[str, int]:
         return self.publisher.busy_marks_dropped
 
+    @property
+    def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Trigger and backfill audit records counted while leading, per entry."""
+        return self.steering.triggered, self.steering.backfill_batches
+
     def status(self) -> Status:
         return Status(
             self.totals.backend_up, self.is_leader, len(self.config.entries), self.backend.url

@@ -11,12 +11,20 @@ runs in a row ended failed or dead-lettered, the leader pauses the entry till re
 `beatd@NODE`, once per run of failures: resumed by an operator, it is paused again only after a
 success and N new failures (a new leader, which remembers nothing, pauses it again if it is still
 failing and not paused).
+
+The commands `beatd trigger` and `beatd backfill` run in their own processes, so the leader
+counts them: each refresh also reads the audit log since its last read (one read of at most
+`AUDIT_READ_LIMIT` records) and counts the trigger and backfill records per entry (the metrics
+`beatd_runs_triggered_total` and `beatd_runs_backfill_batches_total`). A new leader starts from the
+newest record it finds and counts only what comes after.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime
 
 from beatd.backends.base import Controls
 from beatd.clock import Clock
@@ -28,6 +36,7 @@ from beatd.history import EntrySummary
 log = logging.getLogger("beatd.scheduler")
 
 REFRESH_INTERVAL = 5.0  # seconds between two reads of every entry's control
+AUDIT_READ_LIMIT = 500  # audit records read per refresh, at most
 
 
 class Steering:
@@ -47,11 +56,17 @@ class Steering:
         self._next_read: float | None = None  # monotonic; None: at the next step
         self._summaries: Mapping[str, EntrySummary] | None = None  # the last judged
         self._paused_for: set[str] = set()  # paused after failures, in their current run
+        self.triggered: Counter[str] = Counter()  # trigger audit records, per entry
+        self.backfill_batches: Counter[str] = Counter()  # backfill audit records, per entry
+        self._audit_since: datetime | None = None  # the newest audit record's time seen
+        self._audit_seen: set[str] = set()  # the ids of the records at that time
+        self._audit_started = False
 
     def notify(self, event: Event) -> None:
         """An observer of the loop: a change of leader starts afresh."""
         if isinstance(event, BecameLeader | SteppedDown):
             self._next_read, self._summaries, self._paused_for = None, None, set()
+            self._audit_since, self._audit_seen, self._audit_started = None, set(), False
 
     def read_soon(self) -> None:
         """Read every control at the next step."""
@@ -66,7 +81,37 @@ class Steering:
         changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now())
         if changed:
             log.debug("controls changed entries=%d", changed)
+        self._count_commands()
         return True
+
+    def _count_commands(self) -> None:
+        """Count the trigger and backfill records written since the last read (the first read
+        of a leadership only finds where to start)."""
+        if not self._audit_started:
+            records = self.controls.audit(limit=1)
+        else:
+            records = self.controls.audit(since=self._audit_since, limit=AUDIT_READ_LIMIT)
+        new = [r for r in records if r.id not in self._audit_seen]
+        if self._audit_started:
+            for record in new:
+                if record.entry is None:
+                    continue
+                if record.action == "trigger":
+                    self.triggered[record.entry] += 1
+                elif record.action == "backfill":
+                    self.backfill_batches[record.entry] += 1
+            if len(records) >= AUDIT_READ_LIMIT:
+                log.warning(
+                    "audit log read limit reached records=%d: older trigger and backfill "
+                    "records since the last read are not counted",
+                    len(records),
+                )
+        self._audit_started = True
+        if new:
+            newest = max(r.at for r in new)
+            if self._audit_since is None or newest > self._audit_since:
+                self._audit_since, self._audit_seen = newest, set()
+            self._audit_seen |= {r.id for r in new if r.at == newest}
 
     def pause_failing(
         self, entries: Mapping[str, Entry], summaries: Mapping[str, EntrySummary], planner: Planner

@@ -398,15 +398,11 @@ def test_overlap_skip_a_run_ending_as_usual_logs_no_warning(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16 review, open: no metric counts runs triggered or backfilled"
-)
 def test_the_metrics_count_runs_triggered_and_backfilled(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
-    """Issue 16 ("Around it"): metrics count runs triggered and backfilled. No process serves
-    such a series (checked on the leader's /metrics on SQLite and Redis after beatd trigger and
-    beatd backfill), and docs/metrics.md lists none."""
+    """Issue 16 ("Around it"): metrics count runs triggered and backfilled. The commands run in
+    their own processes, so the leader counts their audit records (once each, across refreshes)."""
     from tests.backends.controls_contract import trigger
 
     beat = scheduler(backend, clock, every_minute())
@@ -418,3 +414,11 @@ def test_the_metrics_count_runs_triggered_and_backfilled(
     names = {name for name, _ in scrape(registry)}
     assert any("trigger" in name for name in names), sorted(names)
     assert any("backfill" in name for name in names), sorted(names)
+    assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
+    backend.trigger(trigger("tick", "r2"))
+    backend.trigger(trigger("tick", "r3"))
+    backend.backfill("tick", [], "test", {"slots": 0})
+    run_for(beat, 60)
+    samples = scrape(registry)
+    assert value(samples, "beatd_runs_triggered_total", entry="tick") == 3
+    assert value(samples, "beatd_runs_backfill_batches_total", entry="tick") == 1
