@@ -422,3 +422,21 @@ def test_the_metrics_count_runs_triggered_and_backfilled(
     samples = scrape(registry)
     assert value(samples, "beatd_runs_triggered_total", entry="tick") == 3
     assert value(samples, "beatd_runs_backfill_batches_total", entry="tick") == 1
+
+
+def test_a_new_leader_counts_only_the_commands_after_it_took_over(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The counts are this process's: a trigger recorded before it led is not counted, one after
+    is, once, however many refreshes read it again (a read is from the newest record's time)."""
+    from tests.backends.controls_contract import trigger
+
+    backend.trigger(trigger("tick", "before"))
+    beat = scheduler(backend, clock, every_minute())
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 30)
+    assert not any("triggered" in name for name, _ in scrape(registry))
+    backend.trigger(trigger("tick", "after"))
+    run_for(beat, 30)
+    assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
