@@ -296,9 +296,6 @@ def test_buffer_one_on_sqlite_misses_the_replaced_held_slot(
     assert slots == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16 review, open: a held trigger is replaced by the next held slot"
-)
 def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:

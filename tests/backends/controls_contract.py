@@ -278,6 +278,24 @@ class ControlsContract:
         assert within(gone.recorded_at, bounds)
         assert backend.load_controls()["e"].held == held("e", 3)
 
+    def test_a_hold_never_replaces_a_held_manual_run_its_slot_is_missed_instead(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        manual = backend.trigger(trigger("e", guard=BUFFER))
+        assert manual.status == TriggerStatus.HELD
+        with window(backend) as bounds:
+            assert write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3)) == set()
+        assert backend.load_controls()["e"].held.run_id == manual.run_id
+        (kept_out,) = backend.missed("e")
+        assert kept_out.slots == MissedSlots("e", "overlap", slot_of(3), slot_of(3), 1)
+        assert (kept_out.node, kept_out.epoch) == (lease.node, lease.epoch)
+        assert within(kept_out.recorded_at, bounds)
+        finish(backend, "ack", run_id("e", 1))
+        assert record(backend, manual.run_id).kind == RunKind.MANUAL
+        assert queued_ids(backend) == [manual.run_id]
+
     def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
         self, backend: Backend
     ) -> None:
