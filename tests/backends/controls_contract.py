@@ -296,6 +296,19 @@ class ControlsContract:
         assert record(backend, manual.run_id).kind == RunKind.MANUAL
         assert queued_ids(backend) == [manual.run_id]
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="x-held finding, open: a held trigger replaces a held run and records nothing",
+    )
+    def test_a_second_held_trigger_does_not_lose_the_first(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        first = backend.trigger(trigger("e", "r1", guard=BUFFER))
+        second = backend.trigger(trigger("e", "r2", guard=BUFFER))
+        assert (first.status, second.status) == (TriggerStatus.HELD, TriggerStatus.HELD)
+        finish(backend, "ack", run_id("e", 1))
+        assert first.run_id in queued_ids(backend) or backend.missed("e") != []
+
     def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
         self, backend: Backend
     ) -> None:
