@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from beatd.history import MissedSlots
+from beatd.history import MissedSlots, RunKind
 
 IDEMPOTENCY_KEY_TTL = timedelta(days=7)  # how long a trigger's key (and request id) is remembered
 DEFAULT_OVERLAP_TIMEOUT = timedelta(hours=24)  # `overlap_timeout` of an entry without `expires`
@@ -93,12 +93,23 @@ NO_CONTROL = EntryControl()
 HELD_REPLACED = "overlap"  # the missed reason of a held run a newer hold replaced
 
 
-def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> MissedSlots | None:
-    """What a commit records missed when its write's `hold` replaces `held` (the held run
-    before it): that run's slot, unless there was none or it is the same run."""
+class HeldAfter(NamedTuple):
+    """What a commit's `hold` leaves: the run that stays held, and the slot recorded missed."""
+
+    held: HeldRun
+    missed: MissedSlots | None
+
+
+def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> HeldAfter:
+    """The rule every backend's commit applies to a write's `hold` (`StateStore.commit`): the
+    hold replaces `held` (the held run before it), which is recorded missed (overlap, its slot),
+    unless there was none or it is the same run; but a held manual run is never replaced: it
+    stays, and the slot the hold wanted is recorded missed (overlap) instead."""
     if held is None or held.run_id == hold.run_id:
-        return None
-    return MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1)
+        return HeldAfter(hold, None)
+    if held.kind == RunKind.MANUAL:
+        return HeldAfter(held, MissedSlots(entry, HELD_REPLACED, hold.slot, hold.slot, 1))
+    return HeldAfter(hold, MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1))
 
 
 class Guard(NamedTuple):

@@ -296,9 +296,6 @@ def test_buffer_one_on_sqlite_misses_the_replaced_held_slot(
     assert slots == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 16 review, open: a held trigger is replaced by the next held slot"
-)
 def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -317,6 +314,25 @@ def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
     assert backend.run(result.run_id) is not None or any(
         result.run_id in str(m) for m in backend.missed(entry="tick")
     )
+
+
+def test_buffer_one_a_held_trigger_runs_next_and_the_slot_it_kept_out_is_missed(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The held manual run stays held; the slot the leader wanted to hold ends missed."""
+    from tests.backends.controls_contract import BUFFER, trigger
+
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)  # 12:01 published, busy
+    run = claim(backend)
+    result = backend.trigger(trigger("tick", guard=BUFFER))
+    run_for(beat, 60)  # 12:02 comes due while 12:01 runs
+    backend.ack(run)
+    manual = backend.claim(["q"], "w1", 3600)  # the queue `trigger` names
+    assert manual is not None and manual.id == result.run_id
+    assert backend.claim(["default"], "w1", 3600) is None
+    (kept_out,) = backend.missed(entry="tick")
+    assert kept_out.slots == MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)
 
 
 @pytest.mark.xfail(

@@ -382,7 +382,10 @@ class StateStore(Reachable, Protocol):
           `write.busy`. An applied write with messages sets the busy mark to its last run
           (an older, stale mark is replaced); `hold` replaces the held run (None leaves it), and
           a held run it replaces is recorded missed (reason `overlap`, its slot) in that step: the
-          leader cannot tell whether a final outcome published the held run meanwhile.
+          leader cannot tell whether a final outcome published the held run meanwhile. But a
+          held manual run (kind `manual`, `beatd trigger`) is never replaced: it stays held and
+          the slot `hold` wanted is recorded missed (reason `overlap`) instead, in that step
+          (one rule, `beatd.controls.replaced_held`).
         Without a guard the busy mark and held run are neither checked nor changed.
         """
 

@@ -107,8 +107,8 @@ class Book:
         if messages:
             control = control._replace(busy=Busy(messages[-1].id, at))
         if write.hold is not None:
-            replaced = replaced_held(entry, control.held, write.hold)
-            control = control._replace(held=write.hold)
+            held, replaced = replaced_held(entry, control.held, write.hold)
+            control = control._replace(held=held)
         self.put(entry, control)
         return replaced
 

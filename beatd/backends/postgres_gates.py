@@ -186,10 +186,10 @@ def mark(
         if entry in last:
             control = control._replace(busy=Busy(last[entry], from_micros(now_us)))
         if write.hold is not None:
-            gone = replaced_held(entry, control.held, write.hold)
+            kept, gone = replaced_held(entry, control.held, write.hold)
             if gone is not None:
                 replaced.append(gone)
-            control = control._replace(held=write.hold)
+            control = control._replace(held=kept)
         store_control(db, schema, entry, control)
     return replaced
 

@@ -100,8 +100,9 @@ local function commit_checks(P, messages, plist, guards, dues, skip, rejected)
   end
   return by, now
 end
--- an applied guarded write: its last run marks the entry busy; its hold is kept. Returns the
--- held runs a hold replaced, as {{entry, slot}}..., for the commit to record missed (overlap)
+-- an applied guarded write: its last run marks the entry busy; its hold is kept, unless a held
+-- manual run is (beatd.controls.replaced_held). Returns the slots to record missed (overlap): the
+-- held runs a hold replaced, or the hold a held manual run kept out, as {{entry, slot}}...
 local function commit_applied(P, messages, by, skip, now)
   local replaced = {{}}
   if not P or not by then return replaced end
@@ -113,11 +114,13 @@ local function commit_applied(P, messages, by, skip, now)
     if not skip[entry] then
       if last[entry] then set_busy(P, entry, last[entry], now) end
       if g[4] ~= '' then
-        local old = decoded(redis.call('HGET', P .. 'ctl:held', entry))
-        if old and old[1] ~= cjson.decode(g[4])[1] then
-          replaced[#replaced + 1] = {{entry, old[2]}}
+        local old, new = decoded(redis.call('HGET', P .. 'ctl:held', entry)), cjson.decode(g[4])
+        if old and old[1] ~= new[1] and old[4] == 'manual' then
+          replaced[#replaced + 1] = {{entry, new[2]}}  -- a held manual run stays held
+        else
+          if old and old[1] ~= new[1] then replaced[#replaced + 1] = {{entry, old[2]}} end
+          redis.call('HSET', P .. 'ctl:held', entry, g[4])
         end
-        redis.call('HSET', P .. 'ctl:held', entry, g[4])
       end
     end
   end

@@ -210,10 +210,10 @@ def applied(
         if write.hold is not None:
             entry = write.state.entry
             control = controls_of(db, [entry]).get(entry, NO_CONTROL)
-            gone = replaced_held(entry, control.held, write.hold)
+            kept, gone = replaced_held(entry, control.held, write.hold)
             if gone is not None:
                 replaced.append(gone)
-            put(db, entry, control._replace(held=write.hold))
+            put(db, entry, control._replace(held=kept))
     return replaced
 
 

@@ -278,6 +278,37 @@ class ControlsContract:
         assert within(gone.recorded_at, bounds)
         assert backend.load_controls()["e"].held == held("e", 3)
 
+    def test_a_hold_never_replaces_a_held_manual_run_its_slot_is_missed_instead(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        manual = backend.trigger(trigger("e", guard=BUFFER))
+        assert manual.status == TriggerStatus.HELD
+        with window(backend) as bounds:
+            assert write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 3)) == set()
+        assert backend.load_controls()["e"].held.run_id == manual.run_id
+        (kept_out,) = backend.missed("e")
+        assert kept_out.slots == MissedSlots("e", "overlap", slot_of(3), slot_of(3), 1)
+        assert (kept_out.node, kept_out.epoch) == (lease.node, lease.epoch)
+        assert within(kept_out.recorded_at, bounds)
+        finish(backend, "ack", run_id("e", 1))
+        assert record(backend, manual.run_id).kind == RunKind.MANUAL
+        assert queued_ids(backend) == [manual.run_id]
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="x-held finding, open: a held trigger replaces a held run and records nothing",
+    )
+    def test_a_second_held_trigger_does_not_lose_the_first(self, backend: Backend) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        first = backend.trigger(trigger("e", "r1", guard=BUFFER))
+        second = backend.trigger(trigger("e", "r2", guard=BUFFER))
+        assert (first.status, second.status) == (TriggerStatus.HELD, TriggerStatus.HELD)
+        finish(backend, "ack", run_id("e", 1))
+        assert first.run_id in queued_ids(backend) or backend.missed("e") != []
+
     def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
         self, backend: Backend
     ) -> None:
