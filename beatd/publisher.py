@@ -36,7 +36,7 @@ from beatd.backends.base import (
 )
 from beatd.clock import Clock
 from beatd.config import Entry
-from beatd.controls import NO_CONTROL, HeldRun
+from beatd.controls import NO_CONTROL, EntryControl, HeldRun
 from beatd.core import Decision, Planner, RunCounts
 from beatd.errors import BackendError, LeaseLost, NotApplied
 from beatd.events import Event, Published
@@ -347,13 +347,19 @@ class Publisher:
         ours = {name for name in names if name in self.in_doubt}  # a lost commit of our own
         self.resolve_doubts(states, names)
         for name in sorted(names):
-            if name not in ours:
+            control = controls.get(name, NO_CONTROL) if controls is not None else None
+            if name in ours:
+                pass
+            elif _busy_run_ended(planner, name, states.get(name), control):
+                # the usual end of a run under overlap: its final step cleared the busy mark
+                # the planner still held: not trouble, only a decision to make again
+                log.debug("entry=%s: its busy run ended; deciding again", name)
+            else:
                 log.warning(
                     "entry=%s: persisted state or control (a pause, a busy run) differs from "
                     "ours; resyncing",
                     name,
                 )
-            control = controls.get(name, NO_CONTROL) if controls is not None else None
             if not planner.resync(states.get(name), name, control, now):
                 self.readopt = True
 
@@ -381,6 +387,20 @@ class Publisher:
             summary,
             extra=summary,  # as fields of their own, for --log-format json
         )
+
+
+def _busy_run_ended(
+    planner: Planner, name: str, state: EntryState | None, control: EntryControl | None
+) -> bool:
+    """Whether the only difference from what the planner knows is that the entry's busy run
+    ended (its busy mark cleared by the run's final step, or replaced by the held run that step
+    published): the horizon and the pause are as the planner has them."""
+    known = planner.control(name)
+    if control is None or known is None or known.busy is None:
+        return False
+    same_place = state is not None and state == planner.state(name)
+    busy_moved = control.busy is None or control.busy.run_id != known.busy.run_id
+    return same_place and busy_moved and control.pause == known.pause
 
 
 def _log_decision(decision: Decision) -> None:

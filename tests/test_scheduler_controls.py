@@ -387,10 +387,6 @@ def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
     assert value(samples, "beatd_runs_due_total", entry="tick") == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 review, open: a cleared busy mark logs a resync warning",
-)
 def test_overlap_skip_a_run_ending_as_usual_logs_no_warning(
     tmp_path: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
