@@ -568,6 +568,15 @@ class RunHistory(Reachable, Protocol):
         and missed records were added."""
 
 
+def backfill_needs_history(entry: str, url: str) -> BackendError:
+    """The refusal of `Controls.backfill` on a backend opened with the history off."""
+    return BackendError(
+        f"cannot backfill entry {entry}: {url} was opened with the run history off, and without "
+        "published records the slots already published cannot be told apart; open it with the "
+        "history on"
+    )
+
+
 class Controls(Reachable, Protocol):
     """Operator controls (beatd.controls, docs/controls.md): pauses, manual triggers, backfills,
     busy marks and held runs, and the audit log. Every write is one atomic step by the backend's

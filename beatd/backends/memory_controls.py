@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from beatd.backends.base import BeatdQueue, CeleryQueue, Outgoing, StateWrite
+from beatd.backends.base import (
+    BeatdQueue,
+    CeleryQueue,
+    Outgoing,
+    StateWrite,
+    backfill_needs_history,
+)
 from beatd.backends.memory_history import History
 from beatd.controls import (
     IDEMPOTENCY_KEY_TTL,
@@ -313,11 +319,7 @@ class MemoryControls:
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
     ) -> tuple[list[str], AuditRecord]:
         if not self._writes_history:
-            raise BackendError(
-                f"cannot backfill entry {entry}: {self.url} was opened with the run history "
-                "off, and without published records the slots already published cannot be "
-                "told apart; open it with the history on"
-            )
+            raise backfill_needs_history(entry, self.url)
         for message in runs:
             if not isinstance(message.destination, BeatdQueue):
                 raise BackendError(

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from beatd.backends.base import BeatdQueue, Outgoing, from_micros, to_micros
+from beatd.backends.base import BeatdQueue, Outgoing, backfill_needs_history, from_micros, to_micros
 from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
     CONTROL_MARKS,
@@ -277,11 +277,7 @@ class PostgresControls(PostgresLink):
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
     ) -> tuple[list[str], AuditRecord]:
         if not self.history:
-            raise BackendError(
-                f"cannot backfill entry {entry}: {self.url} was opened with the run history "
-                "off, and without published records the slots already published cannot be "
-                "told apart; open it with the history on"
-            )
+            raise backfill_needs_history(entry, self.url)
         for message in runs:
             if type(message.destination) is not BeatdQueue:
                 raise BackendError(

@@ -17,7 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from beatd import celery_protocol
-from beatd.backends.base import CeleryQueue, Outgoing, StateWrite, from_micros, to_micros
+from beatd.backends.base import (
+    CeleryQueue,
+    Outgoing,
+    StateWrite,
+    backfill_needs_history,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.redis_history import published_p
 from beatd.backends.redis_link import BANDS, RedisLink, band
 from beatd.controls import (
@@ -33,7 +40,6 @@ from beatd.controls import (
     new_audit_id,
     pause_json,
 )
-from beatd.errors import BackendError
 
 SEPARATOR = "\x1f"  # between a trigger key and its entry in the keys hash's fields
 
@@ -202,11 +208,7 @@ class RedisControls(RedisLink):
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
     ) -> tuple[list[str], AuditRecord]:
         if not self._history:
-            raise BackendError(
-                f"cannot backfill entry {entry}: {self.url} was opened with the run history "
-                "off, and without published records the slots already published cannot be "
-                "told apart; open it with the history on"
-            )
+            raise backfill_needs_history(entry, self.url)
         keys = [self._key("queues")]
         flat: list[str | int] = []
         for m in runs:

@@ -19,7 +19,14 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from beatd.backends.base import BeatdQueue, Outgoing, StateWrite, from_micros, to_micros
+from beatd.backends.base import (
+    BeatdQueue,
+    Outgoing,
+    StateWrite,
+    backfill_needs_history,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.sqlite_file import SQLiteFile, _priority
 from beatd.backends.sqlite_history import MOVE_QUEUED, PUBLISHED, fold, micros
 from beatd.controls import (
@@ -393,11 +400,7 @@ class SQLiteControls(SQLiteFile):
         self, entry: str, runs: Sequence[Outgoing], by: str, detail: Mapping[str, Any]
     ) -> tuple[list[str], AuditRecord]:
         if not self.history:
-            raise BackendError(
-                f"cannot backfill entry {entry}: {self.url} was opened with the run history "
-                "off, and without published records the slots already published cannot be "
-                "told apart; open it with the history on"
-            )
+            raise backfill_needs_history(entry, self.url)
         for message in runs:
             if not isinstance(message.destination, BeatdQueue):
                 raise BackendError(
