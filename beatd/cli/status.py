@@ -39,7 +39,7 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
-from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_text
+from beatd.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
 from beatd.config.convert import suggest
