@@ -30,11 +30,17 @@ from beatd.cli.common import (
 )
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
-from beatd.config.convert import suggest
-from beatd.durations import read_duration
 from beatd.errors import BeatdError
 from beatd.history import HistoryQuery, MissedRecord, RunKind, RunRecord
-from beatd.operations.history import MISSED, OUTCOMES, SCAN_LIMIT, read_history, record_object
+from beatd.operations.history import (
+    MISSED,
+    OUTCOMES,
+    SCAN_LIMIT,
+    parse_since,
+    read_history,
+    record_object,
+    unknown_outcome,
+)
 from beatd.service import setup_logging
 from beatd.timetext import local_stamp, span_text
 
@@ -49,28 +55,16 @@ def read_since(text: str | None, now: datetime) -> datetime | None:
     if text is None:
         return None
     try:
-        return now - read_duration(text, zero_ok=True)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        bad_option(
-            "--since",
-            f"cannot read {text!r}: give a duration back from now (such as 30m or 2d) or an ISO "
-            "8601 time (such as 2026-12-05T01:00:00Z)",
-        )
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return parse_since(text, now)
+    except ValueError as exc:
+        bad_option("--since", str(exc))
 
 
 def read_outcomes(values: Sequence[str]) -> frozenset[str]:
     for value in values:
-        if value not in OUTCOMES:
-            bad_option(
-                "--outcome",
-                f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}"
-                + suggest(value, OUTCOMES),
-            )
+        problem = unknown_outcome(value)
+        if problem is not None:
+            bad_option("--outcome", problem)
     return frozenset(values)
 
 

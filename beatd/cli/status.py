@@ -39,7 +39,6 @@ from beatd.cli.common import (
     schedule_options,
     slot_text,
 )
-from beatd.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
 from beatd.config.convert import suggest
@@ -48,6 +47,7 @@ from beatd.errors import BeatdError
 from beatd.history import EntrySummary
 from beatd.service import setup_logging
 from beatd.state import EntryState
+from beatd.timetext import absolute_and_relative, relative, seconds, span_text
 
 COUNTED = {
     "beatd_runs_due_total": "due",

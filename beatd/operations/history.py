@@ -5,9 +5,12 @@ the HTTP API returns the same objects)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from beatd.backends import Backend
+from beatd.config.convert import suggest
+from beatd.durations import read_duration
 from beatd.history import ATTEMPT_OUTCOMES, HistoryQuery, MissedRecord, RunRecord, RunStatus
 from beatd.timetext import local_stamp, seconds, stamp
 
@@ -15,6 +18,30 @@ MISSED = "missed"  # the outcome that chooses the missed-slot records
 OUTCOMES = (*ATTEMPT_OUTCOMES, *(s.value for s in RunStatus), MISSED)
 # Filtered by outcome, runs are read newest first in growing batches until N match, up to this.
 SCAN_LIMIT = 20_000
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A duration back from `now` (30m, 2d) or an ISO 8601 time (UTC when it has no offset);
+    ValueError with the reason when it is neither."""
+    try:
+        return now - read_duration(text, zero_ok=True)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # overflow: year 1 with a positive offset, say
+        raise ValueError(
+            f"cannot read {text!r}: give a duration back from now (such as 30m or 2d) or an ISO "
+            "8601 time (such as 2026-12-05T01:00:00Z)"
+        ) from None
+
+
+def unknown_outcome(value: str) -> str | None:
+    """Why `value` is not an outcome to filter by, or None when it is one."""
+    if value in OUTCOMES:
+        return None
+    return f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}" + suggest(value, OUTCOMES)
 
 
 class HistoryPage(NamedTuple):
