@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from beatd.backends import open_backend
+from beatd.backends import DeadLetter, open_backend
 from beatd.cli import main
 from beatd.cli.api import allowed_hosts
 from beatd.config import load_config
@@ -34,6 +35,15 @@ from tests.test_history_cli import (
     nightly_success,
 )
 
+
+class AnyHeaders:
+    """Equal to any headers, for comparing whole answers whose headers do not matter."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message)
+
+
+ANY_HEADERS: Any = AnyHeaders()
 READER, WRITER = new_token("dashboards", Scope.READ), new_token("ops", Scope.WRITE)
 
 
@@ -305,3 +315,60 @@ def test_the_openapi_document_lists_every_route(api: Api) -> None:
 
 def context_for(api: Api) -> ApiContext:
     return ApiContext(lambda: open_backend(api.broker), lambda: None)
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+
+def letters(broker: str) -> list[DeadLetter]:
+    failed = datetime(2026, 12, 5, 3, 0, 0, 250_000, tzinfo=UTC)
+    body = json.dumps({"v": 1, "id": "tick@2026-12-05T03:00:00Z", "task": "t.tick"})
+    made = [
+        DeadLetter("tick@2026-12-05T03:00:00Z", "default", body, "ValueError: bad", failed, 3),
+        DeadLetter("gone@x", "reports", "not json", "unknown task", failed, 1),
+    ]
+    backend = open_backend(broker)
+    backend.add_dead_letters(made)
+    backend.close()
+    return made
+
+
+def test_dead_letters_answer_what_dead_list_json_prints(api: Api) -> None:
+    letters(api.broker)
+    status, _, body = api.ask("/v1/dead-letters")
+    printed = CliRunner().invoke(main, ["dead", "list", "--json", "--broker", api.broker])
+    assert status == 200 and printed.exit_code == 0
+    assert body == {"dead_letters": json.loads(printed.stdout)}
+    assert [letter["id"] for letter in body["dead_letters"]] == [
+        "tick@2026-12-05T03:00:00Z",
+        "gone@x",
+    ]
+
+
+def test_a_retry_requeues_one_and_the_audit_log_names_the_token(api: Api) -> None:
+    letters(api.broker)
+    path = "/v1/dead-letters/tick@2026-12-05T03:00:00Z/retry"
+    assert api.ask(path, method="POST")[0] == 403
+    assert api.ask(path, WRITER.token, "POST") == (200, ANY_HEADERS, {"requeued": 1})
+    backend = open_backend(api.broker)
+    try:
+        assert [d.id for d in backend.dead_letters()] == ["gone@x"]
+        (record,) = backend.audit()
+        assert (record.action, record.entry, record.by) == ("requeue_dead", "tick", "ops")
+        assert record.detail == {"run_id": "tick@2026-12-05T03:00:00Z", "requeued": 1}
+    finally:
+        backend.close()
+    status, _, body = api.ask(path, WRITER.token, "POST")
+    assert status == 404
+    assert only_error(body) == {
+        "entry": None,
+        "field": "id",
+        "message": "no dead letter with id 'tick@2026-12-05T03:00:00Z'",
+        "pointer": None,
+    }
+
+
+def test_retry_all_requeues_every_dead_letter(api: Api) -> None:
+    letters(api.broker)
+    assert api.ask("/v1/dead-letters/retry", WRITER.token, "POST")[2] == {"requeued": 2}
+    assert api.ask("/v1/dead-letters")[2] == {"dead_letters": []}

@@ -10,6 +10,7 @@ from flask import Flask
 
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
+from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.history_routes import history_routes
 from beatd.http.openapi import openapi_document
 from beatd.http.routes import Reply, Route
@@ -20,7 +21,7 @@ OPENAPI_SCHEMA = {"type": "object", "required": ["openapi", "paths"]}
 
 def all_routes(context: ApiContext) -> list[Route]:
     """Every operation of the API, the OpenAPI document's own included."""
-    routes = [*history_routes(context)]
+    routes = [*history_routes(context), *dead_letter_routes(context)]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()
     )
