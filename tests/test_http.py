@@ -372,3 +372,15 @@ def test_retry_all_requeues_every_dead_letter(api: Api) -> None:
     letters(api.broker)
     assert api.ask("/v1/dead-letters/retry", WRITER.token, "POST")[2] == {"requeued": 2}
     assert api.ask("/v1/dead-letters")[2] == {"dead_letters": []}
+
+
+def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
+    letters(api.broker)
+    api.ask("/v1/dead-letters/retry", WRITER.token, "POST")
+    status, _, body = api.ask("/v1/audit?entry=tick")
+    assert status == 200 and body == {"records": []}  # a requeue of all names no entry
+    _, _, body = api.ask("/v1/audit?since=1h&limit=5")
+    printed = CliRunner().invoke(main, ["audit", "--json", "--broker", api.broker])
+    assert printed.exit_code == 0
+    assert body["records"] == json.loads(printed.stdout)
+    assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]

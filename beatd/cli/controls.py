@@ -54,6 +54,7 @@ from beatd.controls import (
 from beatd.durations import read_duration
 from beatd.errors import BeatdError, NotApplied, OutcomeUnknown
 from beatd.history import RunKind
+from beatd.operations.audit import audit_object
 from beatd.publisher import encode_run
 from beatd.service import setup_logging
 
@@ -426,24 +427,11 @@ def audit(
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([audit_json(r) for r in records], indent=2))
+        click.echo(json.dumps([audit_object(r) for r in records], indent=2))
         return
     for record in records:
         click.echo(audit_line(record))
     click.echo(f"{len(records)} action(s)")
-
-
-def audit_json(record: AuditRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "at": record.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "action": record.action,
-        "entry": record.entry,
-        "by": record.by,
-        "detail": dict(record.detail),
-        "before": None if record.before is None else dict(record.before),
-        "after": None if record.after is None else dict(record.after),
-    }
 
 
 def audit_line(record: AuditRecord) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from beatd.http.app import Access, create_app
+from beatd.http.audit_routes import audit_routes
 from beatd.http.context import ApiContext
 from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.history_routes import history_routes
@@ -21,7 +22,7 @@ OPENAPI_SCHEMA = {"type": "object", "required": ["openapi", "paths"]}
 
 def all_routes(context: ApiContext) -> list[Route]:
     """Every operation of the API, the OpenAPI document's own included."""
-    routes = [*history_routes(context), *dead_letter_routes(context)]
+    routes = [*history_routes(context), *audit_routes(context), *dead_letter_routes(context)]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()
     )

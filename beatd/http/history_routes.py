@@ -6,13 +6,12 @@ from typing import Any
 
 from beatd.history import HistoryQuery
 from beatd.http.context import ApiContext
-from beatd.http.queries import query_int, query_text
+from beatd.http.queries import query_int, query_since, query_text
 from beatd.http.routes import ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations.history import (
     OUTCOMES,
     SCAN_LIMIT,
-    parse_since,
     read_history,
     record_object,
     unknown_outcome,
@@ -65,19 +64,13 @@ PARAMS = (
 def history_routes(context: ApiContext) -> list[Route]:
     def history(req: Any) -> Reply:
         entry = query_text(req, "entry")
-        since_text = query_text(req, "since")
         limit = query_int(req, "limit", 20, 1, MAX_LIMIT)
         outcomes = req.args.getlist("outcome")
         for value in outcomes:
             problem = unknown_outcome(value)
             if problem is not None:
                 raise ApiError(422, problem, field="outcome")
-        since = None
-        if since_text is not None:
-            try:
-                since = parse_since(since_text, context.now())
-            except ValueError as exc:
-                raise ApiError(422, str(exc), field="since") from None
+        since = query_since(req, context.now())
         page = read_history(
             context.backend(), HistoryQuery(entry, since, limit), frozenset(outcomes)
         )
