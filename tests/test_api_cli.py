@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,14 +69,35 @@ def status_of(port: int, token: str) -> int:
         return 0  # not listening yet
 
 
+def ask(port: int, path: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        body: dict[str, Any] = json.loads(answer.read())
+        return body
+
+
+def leading(port: int, token: str) -> dict[str, Any] | None:
+    report = ask(port, "/v1/status", token)
+    leader = report["leader"]
+    return report if leader is not None and leader["node"] == "n1" else None
+
+
+def published(report: dict[str, Any] | None) -> int:
+    return int(report["entries"][0]["published"] or 0) if report else 0
+
+
 def test_run_serves_the_api_and_sighup_rereads_the_tokens(
     tmp_path: Path, launch: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     port = free_port()
     tokens = token_file(tmp_path, FIRST.line)
-    proc = launch("--api-addr", f"127.0.0.1:{port}", "--api-tokens", str(tokens))
+    proc = launch("--api-addr", f"127.0.0.1:{port}", "--api-tokens", str(tokens), "--node", "n1")
     wait_for(lambda: status_of(port, FIRST.token) == 200, what="the API answering")
     assert status_of(port, SECOND.token) == 401
+    report = wait_for(lambda: leading(port, FIRST.token), what="a status naming the leader")
+    assert report["counts_from"] == ["node:n1"]
+    assert wait_for(lambda: published(leading(port, FIRST.token)), what="a run counted") >= 1
     token_file(tmp_path, SECOND.line)
     proc.send_signal(signal.SIGHUP)
     wait_for(lambda: status_of(port, SECOND.token) == 200, what="the new token taken")

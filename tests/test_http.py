@@ -384,3 +384,35 @@ def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
     assert printed.exit_code == 0
     assert body["records"] == json.loads(printed.stdout)
     assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def without_now(report: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in report.items() if key != "now"}
+
+
+def test_status_answers_what_beatd_status_json_prints(api: Api) -> None:
+    seed(api.broker)
+    letters(api.broker)
+    status, _, body = api.ask("/v1/status?entry=nightly&entry=tick")
+    printed = CliRunner().invoke(
+        main, ["status", "--json", "-s", str(api.schedules), "--broker", api.broker]
+    )
+    assert status == 200 and printed.exit_code == 0
+    assert body.pop("warnings") == []
+    assert without_now(body) == without_now(json.loads(printed.stdout))
+    assert [row["entry"] for row in body["entries"]] == ["nightly", "tick"]
+    assert {"queue": "reports", "depth": 0, "dead_letters": 1} in body["queues"]
+
+
+def test_status_of_an_unknown_entry_is_404_with_a_suggestion(api: Api) -> None:
+    status, _, body = api.ask("/v1/status?entry=nighty")
+    assert status == 404
+    assert only_error(body) == {
+        "entry": None,
+        "field": "entry",
+        "message": "no entry 'nighty' in the schedule files; did you mean 'nightly'?",
+        "pointer": None,
+    }

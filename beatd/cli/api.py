@@ -15,13 +15,14 @@ import click
 from click.core import ParameterSource
 
 from beatd.cli.common import EXIT_RUNTIME, BackendSettings, bad_option, main, open_broker
-from beatd.config import Config
 from beatd.http import build_app
 from beatd.http.app import Access
 from beatd.http.context import ApiContext
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenFileError, TokenSource, new_token
 from beatd.metrics import parse_address
+from beatd.operations.status import totals_of
+from beatd.scheduler import Scheduler
 
 log = logging.getLogger("beatd")
 DEFAULT_API_ADDR = "127.0.0.1:9479"
@@ -114,9 +115,7 @@ def allowed_hosts(host: str, port: int, extra: tuple[str, ...]) -> frozenset[str
     return frozenset({*names, *(f"{name}:{port}" for name in names)})
 
 
-def start_api(
-    api: ApiSettings, broker: BackendSettings, config: Callable[[], Config | None]
-) -> ServedApi | None:
+def start_api(api: ApiSettings, broker: BackendSettings, scheduler: Scheduler) -> ServedApi | None:
     """The API server, started, or None when it is off or has nothing to answer."""
     if api.off:
         return None
@@ -131,7 +130,12 @@ def start_api(
     if api.tokens is None and not api.public_read:
         log.info("HTTP API not served: give it --api-tokens (docs/api.md)")
         return None
-    context = ApiContext(lambda: open_broker(broker), config)
+    context = ApiContext(
+        lambda: open_broker(broker),
+        lambda: scheduler.config,
+        counts=lambda: totals_of(scheduler.counts),
+        node=scheduler.leadership.settings.node,
+    )
     access = Access(tokens, allowed_hosts(host, port, api.allowed_hosts), api.public_read)
     try:
         server = ApiServer(build_app(context, access), ServerSettings(host, port)).start()

@@ -15,6 +15,7 @@ from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.history_routes import history_routes
 from beatd.http.openapi import openapi_document
 from beatd.http.routes import Reply, Route
+from beatd.http.status_routes import status_routes
 from beatd.http.tokens import Scope
 
 OPENAPI_SCHEMA = {"type": "object", "required": ["openapi", "paths"]}
@@ -22,7 +23,12 @@ OPENAPI_SCHEMA = {"type": "object", "required": ["openapi", "paths"]}
 
 def all_routes(context: ApiContext) -> list[Route]:
     """Every operation of the API, the OpenAPI document's own included."""
-    routes = [*history_routes(context), *audit_routes(context), *dead_letter_routes(context)]
+    routes = [
+        *status_routes(context),
+        *history_routes(context),
+        *audit_routes(context),
+        *dead_letter_routes(context),
+    ]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()
     )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from beatd.backends import Backend
 from beatd.config import Config
+from beatd.operations.status import RunTotals
 
 
 class ApiContext:
@@ -17,10 +18,14 @@ class ApiContext:
         open_backend: Callable[[], Backend],
         config: Callable[[], Config | None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        counts: Callable[[], dict[str, RunTotals] | None] = lambda: None,
+        node: str = "",
     ) -> None:
         self._open_backend = open_backend
         self.config = config
         self.now = now
+        self.counts = counts  # this node's own run counts since it started (None: not known)
+        self.node = node
         self._local = threading.local()
         self._opened: list[Backend] = []
         self._lock = threading.Lock()
