@@ -11,10 +11,11 @@ write nothing: ids that cannot be beatd's (Celery's UUIDs) are not even looked u
 history ignores the others.
 
 Events are pub/sub: those sent while no leader listens are lost, so such runs stay `unknown`
-(docs/history.md). An outage of the source or of the history is waited out with backoff and
-the subscription made again, logged once when it begins and once when it ends, and counted
-(`CeleryEventStats.interruptions`); events heard but not yet written wait (up to
-`PENDING_LIMIT`) and are written on recovery, since every history write is idempotent.
+(docs/history.md). An outage of the source or of the history is waited out with backoff (the
+subscription made again after the source's), logged once when it begins and once when it ends,
+and counted (`CeleryEventStats.interruptions`). The source is read during the history's: events
+heard but not yet written wait (up to `PENDING_LIMIT`) and are written on recovery, since every
+history write is idempotent.
 
 `CeleryEvents` is the scheduler loop's observer that runs the listener while this node leads a
 configuration with Celery entries, and counts their published runs for the alert on workers
@@ -113,10 +114,7 @@ class CeleryEventListener:
         try:
             while not stop.is_set():
                 try:
-                    self.flush()
-                    payloads = self.source.celery_events(self.poll)
-                    self.stats.listening = True
-                    self.handle(payloads)
+                    self._listen_once()
                 except BackendError as exc:
                     self._interrupted(backoff)
                     self._failed(exc, began=not backoff.failing)
@@ -126,6 +124,7 @@ class CeleryEventListener:
                     self._interrupted(backoff)
                     log.exception("Celery task events: unexpected error; listening again")
                     self.source.stop_celery_events()
+                    self.stats.listening = False
                     stop.wait(backoff.failed())
                     continue
                 if backoff.failing:
@@ -136,8 +135,19 @@ class CeleryEventListener:
             self.stats.listening = False
             self.source.stop_celery_events()
 
+    def _listen_once(self) -> None:
+        """Read what the source heard, then write it. The source is read even while the history
+        fails (what was read waits), so that a subscription is not dropped for going unread: a
+        RabbitMQ connection that misses its heartbeats, a Redis subscriber's output buffer."""
+        try:
+            payloads = self.source.celery_events(self.poll)
+        except BaseException:
+            self.stats.listening = False
+            raise
+        self.stats.listening = True
+        self.handle(payloads)
+
     def _interrupted(self, backoff: Backoff) -> None:
-        self.stats.listening = False
         if not backoff.failing:
             self.stats.interruptions += 1
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite
+from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
@@ -278,3 +279,29 @@ def test_an_outage_is_logged_once_and_counted_once(
         ("INFO", "stopped listening to Celery's task events"),
     ]
     assert ear.stats.interruptions == 2
+
+
+def test_the_source_is_still_read_while_the_history_cannot_be_written(
+    backend: MemoryBackend,
+) -> None:
+    """A history outage must not stop the reading: unread, a RabbitMQ connection misses its
+    heartbeats and is closed with its queue, and a Redis subscriber's output buffer overflows.
+    What was read waits (up to PENDING_LIMIT) and is written when the history is back."""
+    plan = FaultPlan()
+    plan.inject("run_received", Fault.FAIL_BEFORE_WRITE, times=100)
+    source = Heard()
+    solo = payloads("solo")
+    source.queued.extend([solo[:1], [], solo[1:2], [], solo[2:]])
+    ear = CeleryEventListener(
+        source, FaultyBackend(backend, plan), FakeClock(T0), poll=0.01, max_backoff=0.01
+    )
+    ear.start()
+    try:
+        wait_for(lambda: not source.queued, 10, "every batch read")
+        assert ear.stats.recorded == 0 and len(plan.injected) < 100  # the history still fails
+        wait_for(lambda: ear.stats.recorded >= 14, 20, "the solo worker's events recorded")
+    finally:
+        ear.stop(wait=5)
+    assert ear.stats.interruptions == 1 and ear.stats.write_errors == 0
+    record = backend.run("retry@1")
+    assert record is not None and record.status == "succeeded"
