@@ -389,6 +389,15 @@ def test_where_the_leader_hears_celerys_events(history: SQLiteBackend) -> None:
     assert events.listener.history is history  # recorded where the runs were committed
 
 
+def test_a_url_that_is_not_amqp_is_refused_by_name() -> None:
+    with pytest.raises(BeatdError) as caught:
+        AmqpCeleryEvents("redis://:s3cret@127.0.0.1:6379/0")
+    assert str(caught.value) == (
+        "cannot hear Celery's task events at 'redis://:***@127.0.0.1:6379/0': not an AMQP URL; "
+        "use amqp://user:password@host:5672/vhost or amqps://..."
+    )
+
+
 def test_a_missing_extra_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pika", None)  # as if the extra were not installed
     monkeypatch.delitem(sys.modules, "beatd.backends.amqp_events")

@@ -34,7 +34,7 @@ import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from beatd.celery_events import EXCHANGE, TASK_ROUTING_KEY, AmqpMessage
-from beatd.errors import BackendError, NotApplied
+from beatd.errors import BackendError, BeatdError, NotApplied
 
 HEARTBEAT = 10  # seconds: a silent broker is given up after about twice this
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect, and for each socket operation
@@ -176,7 +176,15 @@ class AmqpCeleryEvents:
 
 def _parameters(url: str) -> pika.URLParameters:
     """pika's connection settings from the URL, with beatd's timeouts where it names none."""
-    parameters = pika.URLParameters(url)
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        raise BeatdError(
+            f"cannot hear Celery's task events at {redact(url)!r}: not an AMQP URL; use "
+            "amqp://user:password@host:5672/vhost or amqps://..."
+        )
+    try:
+        parameters = pika.URLParameters(url)
+    except ValueError as exc:
+        raise BeatdError(f"cannot read AMQP URL {redact(url)!r}: {exc}") from None
     named = parse_qs(urlsplit(url).query)
     if "heartbeat" not in named:
         parameters.heartbeat = HEARTBEAT
