@@ -44,7 +44,7 @@ class TcpProxy:
     def stop(self) -> None:
         self._stopped.set()
         self.cut()
-        self._listener.close()
+        _close(self._listener)  # the shutdown wakes the thread blocked in accept()
         self._thread.join(5)
 
     def _accept(self) -> None:
