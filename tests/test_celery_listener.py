@@ -299,6 +299,7 @@ def test_the_source_is_still_read_while_the_history_cannot_be_written(
     try:
         wait_for(lambda: not source.queued, 10, "every batch read")
         assert ear.stats.recorded == 0 and len(plan.injected) < 100  # the history still fails
+        assert ear.stats.listening  # the subscription holds through the history's outage
         wait_for(lambda: ear.stats.recorded >= 14, 20, "the solo worker's events recorded")
     finally:
         ear.stop(wait=5)
