@@ -380,6 +380,11 @@ class CeleryEventsCollector(Collector):
             "Task events of beatd's runs lost because the history could not be written.",
             s.write_errors,
         )
+        yield _counter(
+            "beatd_celery_events_interruptions",
+            "Times the event source or the history failed and listening resumed with backoff.",
+            s.interruptions,
+        )
 
 
 def register_celery_events(registry: CollectorRegistry, stats: CeleryEventStats) -> None:

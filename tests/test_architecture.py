@@ -249,7 +249,7 @@ def test_import_beatd_loads_no_config_reader_nor_server_client() -> None:
         name
         for name in loaded
         if is_within(name, "beatd.config")
-        or name.split(".")[0] in ("yaml", "redis", "prometheus_client", "click")
+        or name.split(".")[0] in ("yaml", "redis", "prometheus_client", "click", "pika")
     ]
     assert heavy == []
     assert "beatd.tasks" in loaded  # the check looked at a real import of beatd

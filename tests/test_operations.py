@@ -96,6 +96,7 @@ CELERY_METRICS = {
     "beatd_celery_runs_published_total",
     "beatd_celery_events_undecodable_total",
     "beatd_celery_events_unrecorded_total",
+    "beatd_celery_events_interruptions_total",
 }
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from beatd.celery_events import Payload
 from beatd.controls import (
     AuditRecord,
     EntryControl,
@@ -271,17 +272,20 @@ class WaitsForWork(Protocol):
 
 @runtime_checkable
 class HearsCeleryEvents(Protocol):
-    """A backend that can hear the task events Celery's workers send with `-E` (Redis: it is
-    their broker; see beatd.celery_events). Pub/sub: what is sent while nobody listens is lost.
+    """A source of the task events Celery's workers send with `-E`: a Redis backend (it is their
+    broker; see beatd.celery_events), or RabbitMQ's `celeryev` exchange
+    (beatd.backends.amqp_events). Pub/sub: what is sent while nobody listens is lost.
     """
 
-    def celery_events(self, timeout: float) -> list[bytes]:
-        """The payloads published on Celery's event channels since the last call, in order,
+    url: str  # for logs: never includes a password
+
+    def celery_events(self, timeout: float) -> Sequence[Payload]:
+        """The messages published on Celery's event channels since the last call, in order,
         waiting up to `timeout` seconds for the first (an empty list then). The first call, and
         the first after an error or `stop_celery_events`, subscribes on a connection of its own.
-        Raises TransientBackendError when the backend cannot be reached or stops answering (the
+        Raises TransientBackendError when the source cannot be reached or stops answering (the
         subscription is dropped: the next call subscribes again), BackendError when it refuses
-        the subscription (ACL). Call it from one thread only."""
+        the subscription (ACL, permissions). Call it from one thread only."""
 
     def stop_celery_events(self) -> None:
         """Unsubscribe and close that connection; idempotent. From the calling thread only."""
