@@ -73,6 +73,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.outcomes",
             "beatd.history",
             "beatd.controls",
+            "beatd.runtime_entries",
         ),
     ),
 )
