@@ -443,3 +443,23 @@ def test_a_sqlite_file_of_format_1_has_no_runtime_entries_read_only_and_gets_the
     assert backend.entry_changes(0) == ChangePage((EntryChange(1, "a", 1),), 1)
     assert [a.action for a in backend.audit("a")] == ["entry.add"]
     backend.close()
+
+
+def test_a_redis_dump_of_format_1_upgraded_holds_runtime_entries_and_their_feed(
+    old_redis: RedisServer,
+) -> None:
+    """The runtime entries' keys (`beatd:rt:*`) came with format 3 too (issue 18, folded in
+    unreleased): an old namespace holds none, and once upgraded keeps them with their feed."""
+    backend = RedisBackend(old_redis.url)
+    assert (backend.list_entries(), backend.entry_changes(None)) == (
+        [],
+        ChangePage((), 0, reload=True),
+    )
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    publish_on(backend, clock, 1)
+    now = datetime.fromtimestamp(backend.server_time(), UTC)
+    stored = backend.put_entry(resolve_entry("a", {"task": "t.a", "every": "1m"}, now=now), "ops")
+    assert backend.list_entries() == [stored]
+    assert backend.entry_changes(0) == ChangePage((EntryChange(1, "a", 1),), 1)
+    assert [a.action for a in backend.audit("a")] == ["entry.add"]
+    backend.close()

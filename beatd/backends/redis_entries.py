@@ -1,0 +1,142 @@
+"""Redis's runtime entries: the `RuntimeEntries` role (beatd.backends.base) over the keys
+`beatd:rt:*` (beatd.backends.redis_entries_lua lists them); every write and every page read is
+one script, so it is atomic with its change record and its audit record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.redis_link import RedisLink
+from beatd.controls import new_audit_id
+from beatd.runtime_entries import (
+    API_SOURCE,
+    FEED_RETENTION,
+    ChangePage,
+    EntryChange,
+    FileEntryReadOnly,
+    NameTaken,
+    ResolvedEntry,
+    RuntimeEntry,
+    UnknownEntry,
+    VersionMismatch,
+    page_of,
+)
+
+SEPARATOR = "\x1f"  # between a change record's seq, name and version
+
+
+def _entry(name: str, meta: str, definition: str) -> RuntimeEntry:
+    version, created, created_by, updated, updated_by, request_id = json.loads(meta)
+    return RuntimeEntry(
+        name,
+        json.loads(definition),
+        int(version),
+        from_micros(int(created)),
+        created_by,
+        from_micros(int(updated)),
+        updated_by,
+        request_id or None,
+    )
+
+
+def _meta(entry: RuntimeEntry) -> str:
+    created, updated = to_micros(entry.created_at), to_micros(entry.updated_at)
+    fields = [entry.version, str(created), entry.created_by, str(updated), entry.updated_by]
+    return json.dumps([*fields, entry.request_id or ""])
+
+
+def _change(record: str) -> EntryChange:
+    seq, name, version = record.split(SEPARATOR)
+    return EntryChange(int(seq), name, int(version) if version else None)
+
+
+def _detail(request_id: str | None) -> str:
+    return json.dumps({"request_id": request_id, "source": API_SOURCE})
+
+
+class RedisEntries(RedisLink):
+    """The `RuntimeEntries` role."""
+
+    feed_retention: int = FEED_RETENTION
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        self._check_format("put_entry")
+        definition = json.dumps(dict(entry.definition), ensure_ascii=False)
+        expected = "" if expected_version is None else str(expected_version)
+        args = (self._key(""), entry.name, definition, by, expected, request_id or "")
+        rest = (new_audit_id(), _detail(request_id), str(self.feed_retention))
+        reply = self._eval("put_entry", (), (*args, *rest))
+        return self._written(entry.name, reply, expected_version)
+
+    def remove_entry(
+        self, name: str, by: str, *, expected_version: int | None = None
+    ) -> RuntimeEntry:
+        self._check_format("remove_entry")
+        expected = "" if expected_version is None else str(expected_version)
+        args = (self._key(""), name, by, expected, new_audit_id(), _detail(None))
+        reply = self._eval("remove_entry", (), (*args, str(self.feed_retention)))
+        if reply[0] == "unknown":
+            raise UnknownEntry(name)
+        return self._written(name, reply, expected_version)
+
+    def _written(self, name: str, reply: Sequence[str], expected: int | None) -> RuntimeEntry:
+        """The entry a write's reply carries, or the refusal it says."""
+        status = reply[0]
+        if status == "taken":
+            raise NameTaken(name, reply[1])
+        if status == "readonly":
+            raise FileEntryReadOnly(name, reply[1])
+        if status == "mismatch":
+            assert expected is not None
+            raise VersionMismatch(name, expected, int(reply[1]))
+        return _entry(name, reply[1], reply[2])
+
+    def get_entry(self, name: str) -> RuntimeEntry | None:
+        self._check_format("get_entry")
+        meta, definition = self._eval("get_entry", (), (self._key(""), name))
+        return None if meta is None else _entry(name, meta, definition)
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
+        self._check_format("list_entries")
+        if limit <= 0:
+            return []
+        reply = self._eval("list_entries", (), (self._key(""), after, str(limit)))
+        return [_entry(*reply[i : i + 3]) for i in range(0, len(reply), 3)]
+
+    def entry_changes(self, cursor: int | None, limit: int = 1000) -> ChangePage:
+        self._check_format("entry_changes")
+        seen = "" if cursor is None else str(cursor)
+        reply = self._eval("entry_changes", (), (self._key(""), seen, str(max(limit, 0))))
+        head, oldest = int(reply[0]), reply[1]
+        records = [_change(r) for r in reply[2:]][: max(limit, 0)]
+        return page_of(cursor, head, int(oldest) if oldest else head + 1, lambda _: records)
+
+    def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
+        pairs = [part for item in sorted(files.items()) for part in item]
+        args: list[str | int] = [lease.token, lease.epoch, self._key(""), *pairs]
+        colliding = self._fenced("register_files", lease, (self._key("lease"),), args)
+        return sorted(colliding)
+
+    def file_entries(self) -> dict[str, str]:
+        self._check_format("file_entries")
+        held: dict[str, str] = self._cmd("HGETALL", self._key("rt", "files"))
+        return held
+
+    def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
+        self._check_format("import_entries")
+        flat: list[Any] = []
+        for entry in entries:
+            definition = json.dumps(dict(entry.definition), ensure_ascii=False)
+            flat += (entry.name, _meta(entry), definition)
+        args = (self._key(""), str(self.feed_retention), *flat)
+        return int(self._eval("import_entries", (), args))
