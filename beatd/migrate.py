@@ -1,9 +1,10 @@
-"""Copying run state, dead letters and the run history from one backend to another, e.g.
-SQLite to Redis.
+"""Copying run state, dead letters, the run history, the operator controls and the runtime
+entries from one backend to another, e.g. SQLite to Redis.
 
 The source is only read, never changed; copying again adds nothing (states already on the
 target are kept, dead letters and run records are keyed by run id, missed-slot records by entry,
-reason and first slot, and an entry's summary is replaced only by a newer one), so an
+reason and first slot, an entry's summary is replaced only by a newer one, and a runtime entry
+the target holds by name is kept), so an
 interrupted migration is run again.
 """
 
@@ -20,6 +21,7 @@ from beatd.backends.base import (
     LeaseStore,
     QueueAdmin,
     RunHistory,
+    RuntimeEntries,
     StateStore,
     StateWrite,
 )
@@ -49,6 +51,7 @@ class MigrationReport:
     controls: int = 0  # entries' controls (pause, busy mark, held run) copied
     audit: int = 0  # audit records copied
     keys: int = 0  # idempotency keys and request ids copied
+    entries: int = 0  # runtime entries copied, with their versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,36 @@ def copy_controls(source: Controls, target: Controls, batch: int = 1000) -> Cont
     return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied))
 
 
+def copy_entries(
+    source: RuntimeEntries, target: RuntimeEntries, batch: int = 1000
+) -> tuple[int, int]:
+    """Copy every runtime entry as it is (version, times and authors), page by page by name;
+    a name the target holds is kept (`RuntimeEntries.import_entries`). How many were copied,
+    and how many skipped."""
+    copied = seen = 0
+    after = ""
+    while page := source.list_entries(after, batch):
+        copied += target.import_entries(page)
+        seen += len(page)
+        after = page[-1].name
+    return copied, seen - copied
+
+
+def _entries_of(
+    source: MigrationEnd, target: MigrationEnd
+) -> tuple[RuntimeEntries, RuntimeEntries] | None:
+    """Both ends' runtime entries, or None when the source keeps none; refused (nothing
+    copied) when the source holds some and the target cannot keep them (PostgreSQL for now)."""
+    if not isinstance(source, RuntimeEntries) or not source.list_entries(limit=1):
+        return None
+    if not isinstance(target, RuntimeEntries):
+        raise BeatdError(
+            f"the source {source.url} holds runtime entries, but {target.url} cannot keep them "
+            "yet (PostgreSQL has no runtime entries, issue 18); nothing was copied"
+        )
+    return source, target
+
+
 def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
     """Copy every run record and missed-slot record, and each entry's summary, as they are;
     what the target already holds is kept (`RunHistory.import_history`)."""
@@ -119,6 +152,7 @@ def migrate(
     and dead letters whose run id it already holds, are left as they are and counted skipped.
     """
     _require_quiet(source, target)
+    entry_ends = _entries_of(source, target)
     lease = target.acquire_lease(MIGRATE_NODE, lease_ttl)
     if lease is None:
         raise BeatdError(f"could not take the lease on {target.url}; is a scheduler running?")
@@ -132,23 +166,26 @@ def migrate(
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
         controls = copy_controls(source, target)
+        entries, entries_skipped = (0, 0) if entry_ends is None else copy_entries(*entry_ends)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
         len(states) - len(skipped),
         copied,
-        len(skipped) + len(letters) - copied + history.skipped + controls.skipped,
+        len(skipped) + len(letters) - copied + history.skipped + controls.skipped + entries_skipped,
         history.runs,
         history.missed,
         controls.controls,
         controls.audit,
         controls.keys,
+        entries,
     )
     log.info(
-        "copied %d controls, %d audit records and %d trigger keys",
+        "copied %d controls, %d audit records, %d trigger keys and %d runtime entries",
         report.controls,
         report.audit,
         report.keys,
+        report.entries,
     )
     log.info(
         "copied %d entry states, %d dead letters, %d run records and %d missed-slot records "
