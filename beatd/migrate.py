@@ -36,9 +36,12 @@ QUEUED_REASON = (
 )
 
 
-class MigrationEnd(LeaseStore, StateStore, QueueAdmin, RunHistory, Controls, Protocol):
+class MigrationEnd(
+    LeaseStore, StateStore, QueueAdmin, RunHistory, Controls, RuntimeEntries, Protocol
+):
     """What a migration reads and writes on either side: the lease (nobody may lead), the
-    run state, the dead letters, the run history and the operator controls; no work queue."""
+    run state, the dead letters, the run history, the operator controls and the runtime
+    entries; no work queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +108,6 @@ def copy_entries(
     return copied, seen - copied
 
 
-def _entries_of(
-    source: MigrationEnd, target: MigrationEnd
-) -> tuple[RuntimeEntries, RuntimeEntries] | None:
-    """Both ends' runtime entries, or None when the source keeps none; refused (nothing
-    copied) when the source holds some and the target cannot keep them (PostgreSQL for now)."""
-    if not isinstance(source, RuntimeEntries) or not source.list_entries(limit=1):
-        return None
-    if not isinstance(target, RuntimeEntries):
-        raise BeatdError(
-            f"the source {source.url} holds runtime entries, but {target.url} cannot keep them "
-            "yet (PostgreSQL has no runtime entries, issue 18); nothing was copied"
-        )
-    return source, target
-
-
 def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
     """Copy every run record and missed-slot record, and each entry's summary, as they are;
     what the target already holds is kept (`RunHistory.import_history`)."""
@@ -152,7 +140,6 @@ def migrate(
     and dead letters whose run id it already holds, are left as they are and counted skipped.
     """
     _require_quiet(source, target)
-    entry_ends = _entries_of(source, target)
     lease = target.acquire_lease(MIGRATE_NODE, lease_ttl)
     if lease is None:
         raise BeatdError(f"could not take the lease on {target.url}; is a scheduler running?")
@@ -166,7 +153,7 @@ def migrate(
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
         controls = copy_controls(source, target)
-        entries, entries_skipped = (0, 0) if entry_ends is None else copy_entries(*entry_ends)
+        entries, entries_skipped = copy_entries(source, target)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
@@ -180,6 +167,11 @@ def migrate(
         controls.keys,
         entries,
     )
+    _log_report(report, source.url, target.url)
+    return report
+
+
+def _log_report(report: MigrationReport, source: str, target: str) -> None:
     log.info(
         "copied %d controls, %d audit records, %d trigger keys and %d runtime entries",
         report.controls,
@@ -194,11 +186,10 @@ def migrate(
         report.dead_letters,
         report.runs,
         report.missed,
-        source.url,
-        target.url,
+        source,
+        target,
         report.skipped,
     )
-    return report
 
 
 def _require_quiet(source: MigrationEnd, target: MigrationEnd) -> None:

@@ -733,6 +733,8 @@ class RuntimeEntries(Reachable, Protocol):
         stored is skipped, so copying twice adds nothing. How many were added."""
 
 
-class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, Protocol):
+class Backend(
+    LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, RuntimeEntries, Protocol
+):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
     PostgreSQL, memory)."""

@@ -1,8 +1,7 @@
 """The runtime entries' contract (`RuntimeEntries` in beatd/backends/base.py, issue 18).
 
 `EntriesContract` is a mixin `BackendContract` includes, so every backend's contract class runs
-it, through the `entries` fixture: the backend as its `RuntimeEntries` role. A backend that does
-not offer the role yet (PostgreSQL) overrides that fixture with a skip that says so.
+it, through the `entries` fixture: the backend as its `RuntimeEntries` role.
 
 Times the backend takes from its own clock are checked to lie between two readings of
 `server_time()` taken around the call, as in the history's contract.
