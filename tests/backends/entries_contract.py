@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from beatd.backends.base import Backend, RuntimeEntries
-from beatd.errors import LeaseLost
+from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.errors import LeaseLost, NotApplied, OutcomeUnknown
 from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
@@ -287,3 +288,50 @@ class EntriesContract:
         entry = stored.entry()
         assert (entry.name, entry.timezone, entry.source) == ("a", "Europe/Berlin", "api")
         assert entry.kwargs == {"é": [1.5]}
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def test_a_put_whose_reply_was_lost_is_retried_with_its_request_id_as_one_write(
+        self, entries: RuntimeEntries, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        cursor = head(entries)
+        plan.inject("put_entry", Fault.FAIL_AFTER_WRITE)
+        with pytest.raises(OutcomeUnknown):
+            faulty.put_entry(defined("a"), BY, expected_version=0, request_id="r1")
+        stored = faulty.put_entry(defined("a"), BY, expected_version=0, request_id="r1")
+        assert stored.version == 1 and entries.get_entry("a") == stored
+        assert entries.entry_changes(cursor).changes == (EntryChange(cursor + 1, "a", 1),)
+        assert [r.action for r in backend.audit("a")] == ["entry.add"]
+
+    def test_writes_that_failed_before_writing_wrote_nothing(
+        self, entries: RuntimeEntries, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        entries.put_entry(defined("a"), BY)
+        cursor = head(entries)
+        plan.inject("put_entry", Fault.FAIL_BEFORE_WRITE)
+        plan.inject("remove_entry", Fault.FAIL_BEFORE_WRITE)
+        with pytest.raises(NotApplied):
+            faulty.put_entry(defined("b"), BY)
+        with pytest.raises(NotApplied):
+            faulty.remove_entry("a", BY)
+        assert [e.name for e in entries.list_entries()] == ["a"]
+        assert entries.entry_changes(cursor) == ChangePage((), cursor)
+
+    def test_a_removal_whose_reply_was_lost_finds_the_entry_gone_when_repeated(
+        self, entries: RuntimeEntries, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        entries.put_entry(defined("a"), BY)
+        plan.inject("remove_entry", Fault.FAIL_AFTER_WRITE)
+        with pytest.raises(OutcomeUnknown):
+            faulty.remove_entry("a", BY)
+        with pytest.raises(UnknownEntry):
+            faulty.remove_entry("a", BY)
+
+    def test_file_names_registered_by_a_leader_that_lost_its_lease_are_refused(
+        self, entries: RuntimeEntries, backend: Backend, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        lease = lead(backend)
+        plan.inject("register_file_entries", Fault.LOSE_LEASE)
+        with pytest.raises(LeaseLost):
+            faulty.register_file_entries(lease, {"a": "x.yaml"})
+        assert entries.file_entries() == {}
