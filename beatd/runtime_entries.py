@@ -266,6 +266,52 @@ def next_entry(
     )
 
 
+class EntryPut(NamedTuple):
+    """One entry of a put: its definition and the version it expects (None: any; 0: none)."""
+
+    entry: ResolvedEntry
+    expected: int | None = None
+
+
+class PutOutcome(NamedTuple):
+    """What a put does to one entry: `stored` replaces `before`, unless it is a repeat of the
+    request that stored it (`written` False: nothing to write, no record)."""
+
+    stored: RuntimeEntry
+    before: RuntimeEntry | None
+    written: bool
+
+
+def check_unique(puts: Sequence[EntryPut]) -> None:
+    """Refuse a batch that names an entry twice (which of the two would win is not said)."""
+    names = [p.entry.name for p in puts]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise BackendError(f"entries {', '.join(twice)} are given twice; nothing was written")
+
+
+def plan_puts(
+    puts: Sequence[EntryPut],
+    current: Sequence[RuntimeEntry | None],
+    files: Sequence[str | None],
+    at: datetime,
+    by: str,
+    request_id: str | None,
+) -> list[PutOutcome]:
+    """The outcome of each put (`current` and `files`: its stored entry and its file, if any),
+    or the first refusal (`check_put`), so that a batch is written whole or not at all."""
+    check_unique(puts)
+    outcomes = []
+    for put, stored, path in zip(puts, current, files, strict=True):
+        if request_id is not None and stored is not None and stored.request_id == request_id:
+            outcomes.append(PutOutcome(stored, stored, False))
+            continue
+        check_put(put.entry.name, stored, path, put.expected)
+        written = next_entry(put.entry, stored, at, by, request_id)
+        outcomes.append(PutOutcome(written, stored, True))
+    return outcomes
+
+
 def page_of(
     cursor: int | None, head: int, oldest: int, after: Callable[[int], Sequence[EntryChange]]
 ) -> ChangePage:

@@ -692,6 +692,22 @@ class RuntimeEntries(Reachable, Protocol):
         for a conditional replace. A `request_id` equal to the stored entry's last write's
         returns that entry as stored, writing nothing (see the timeouts above)."""
 
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        """`put_entry` of each of `entries` (expected version 0 with `create_only`, else none),
+        all in one atomic step, in order (their change records too): every entry is written or,
+        at the first refusal (raised as `put_entry` raises it), none. A name given twice is a
+        BackendError, nothing written. An entry whose stored last write is `request_id` is
+        returned as stored and not written again, so a batch repeated after OutcomeUnknown
+        writes nothing twice. The entries stored, in order. (`Client.add_many` and bulk imports:
+        one step per batch, not per entry.)"""
+
     def remove_entry(
         self, name: str, by: str, *, expected_version: int | None = None
     ) -> RuntimeEntry:

@@ -79,6 +79,7 @@ WRITES = frozenset(
         "import_controls",
         # the runtime entries' (the `RuntimeEntries` role)
         "put_entry",
+        "put_entries",
         "remove_entry",
         "register_file_entries",
         "import_entries",
@@ -371,6 +372,21 @@ class FaultyBackend:
             "put_entry",
             lambda: self.backend.put_entry(
                 entry, by, expected_version=expected_version, request_id=request_id
+            ),
+        )
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        return self._call(
+            "put_entries",
+            lambda: self.backend.put_entries(
+                entries, by, create_only=create_only, request_id=request_id
             ),
         )
 

@@ -19,13 +19,13 @@ from beatd.runtime_entries import (
     FEED_RETENTION,
     ChangePage,
     EntryChange,
+    EntryPut,
     ResolvedEntry,
     RuntimeEntry,
-    check_put,
     check_remove,
     entry_audit,
-    next_entry,
     page_of,
+    plan_puts,
 )
 
 
@@ -76,17 +76,32 @@ class MemoryEntries:
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> RuntimeEntry:
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         with self._lock:
-            current = self._shelf.entries.get(entry.name)
-            if request_id is not None and current is not None and current.request_id == request_id:
-                return current
-            check_put(entry.name, current, self._shelf.files.get(entry.name), expected_version)
+            shelf, names = self._shelf, [p.entry.name for p in puts]
             at = datetime.fromtimestamp(self._now(), UTC)
-            stored = next_entry(entry, current, at, by, request_id)
-            self._shelf.store(stored, self.feed_retention)
-            record = entry_audit(new_audit_id(), at, by, current, stored, request_id)
-            self._book.audit[record.id] = record
-            return stored
+            current = [shelf.entries.get(n) for n in names]
+            files = [shelf.files.get(n) for n in names]
+            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            for stored, before, written in outcomes:
+                if written:
+                    shelf.store(stored, self.feed_retention)
+                    record = entry_audit(new_audit_id(), at, by, before, stored, request_id)
+                    self._book.audit[record.id] = record
+            return [o.stored for o in outcomes]
 
     def remove_entry(
         self, name: str, by: str, *, expected_version: int | None = None

@@ -20,13 +20,13 @@ from beatd.runtime_entries import (
     FEED_RETENTION,
     ChangePage,
     EntryChange,
+    EntryPut,
     ResolvedEntry,
     RuntimeEntry,
-    check_put,
     check_remove,
     entry_audit,
-    next_entry,
     page_of,
+    plan_puts,
 )
 
 Db = psycopg.Connection[Any]
@@ -116,18 +116,34 @@ class PostgresEntries(PostgresControls):
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> RuntimeEntry:
-        def work(db: Db) -> RuntimeEntry:
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        def work(db: Db) -> list[RuntimeEntry]:
             head, now_us = self._take_turn(db)
-            current = self._current(db, entry.name)
-            if request_id is not None and current is not None and current.request_id == request_id:
-                return current
-            check_put(entry.name, current, self._file_of(db, entry.name), expected_version)
+            names = [p.entry.name for p in puts]
+            current = [self._current(db, n) for n in names]
+            files = [self._file_of(db, n) for n in names]
             at = from_micros(now_us)
-            stored = next_entry(entry, current, at, by, request_id)
-            self._store(db, stored)
-            self._entry_changed(db, head, entry.name, stored.version)
-            self._audit(db, entry_audit(new_audit_id(), at, by, current, stored, request_id))
-            return stored
+            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            for stored, before, written in outcomes:
+                if written:
+                    self._store(db, stored)
+                    self._entry_changed(db, head, stored.name, stored.version)
+                    head += 1
+                    self._audit(db, entry_audit(new_audit_id(), at, by, before, stored, request_id))
+            return [o.stored for o in outcomes]
 
         return self._run(work)
 

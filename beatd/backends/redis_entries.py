@@ -16,12 +16,14 @@ from beatd.runtime_entries import (
     FEED_RETENTION,
     ChangePage,
     EntryChange,
+    EntryPut,
     FileEntryReadOnly,
     NameTaken,
     ResolvedEntry,
     RuntimeEntry,
     UnknownEntry,
     VersionMismatch,
+    check_unique,
     page_of,
 )
 
@@ -57,6 +59,17 @@ def _detail(request_id: str | None) -> str:
     return json.dumps({"request_id": request_id, "source": API_SOURCE})
 
 
+def _refusal(reply: Sequence[str]) -> None:
+    """Raise the refusal a put's reply says, if it says one."""
+    status = reply[0] if reply else ""
+    if status == "taken":
+        raise NameTaken(reply[1], reply[2])
+    if status == "readonly":
+        raise FileEntryReadOnly(reply[1], reply[2])
+    if status == "mismatch":
+        raise VersionMismatch(reply[1], int(reply[2]), int(reply[3]))
+
+
 class RedisEntries(RedisLink):
     """The `RuntimeEntries` role."""
 
@@ -70,13 +83,32 @@ class RedisEntries(RedisLink):
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> RuntimeEntry:
-        self._check_format("put_entry")
-        definition = json.dumps(dict(entry.definition), ensure_ascii=False)
-        expected = "" if expected_version is None else str(expected_version)
-        args = (self._key(""), entry.name, definition, by, expected, request_id or "")
-        rest = (new_audit_id(), _detail(request_id), str(self.feed_retention))
-        reply = self._eval("put_entry", (), (*args, *rest))
-        return self._written(entry.name, reply, expected_version)
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        self._check_format("put_entries")
+        check_unique(puts)
+        head = (self._key(""), by, request_id or "", _detail(request_id), str(self.feed_retention))
+        flat: list[str] = []
+        for entry, expected in puts:
+            definition = json.dumps(dict(entry.definition), ensure_ascii=False)
+            flat += (entry.name, definition, "" if expected is None else str(expected))
+            flat.append(new_audit_id())
+        reply = self._eval("put_entries", (), (*head, *flat))
+        _refusal(reply)
+        names = [p.entry.name for p in puts]
+        return [_entry(n, reply[2 * i], reply[2 * i + 1]) for i, n in enumerate(names)]
 
     def remove_entry(
         self, name: str, by: str, *, expected_version: int | None = None
@@ -87,18 +119,10 @@ class RedisEntries(RedisLink):
         reply = self._eval("remove_entry", (), (*args, str(self.feed_retention)))
         if reply[0] == "unknown":
             raise UnknownEntry(name)
-        return self._written(name, reply, expected_version)
-
-    def _written(self, name: str, reply: Sequence[str], expected: int | None) -> RuntimeEntry:
-        """The entry a write's reply carries, or the refusal it says."""
-        status = reply[0]
-        if status == "taken":
-            raise NameTaken(name, reply[1])
-        if status == "readonly":
+        if reply[0] == "readonly":
             raise FileEntryReadOnly(name, reply[1])
-        if status == "mismatch":
-            assert expected is not None
-            raise VersionMismatch(name, expected, int(reply[1]))
+        if reply[0] == "mismatch":
+            raise VersionMismatch(name, int(expected), int(reply[1]))
         return _entry(name, reply[1], reply[2])
 
     def get_entry(self, name: str) -> RuntimeEntry | None:

@@ -32,38 +32,55 @@ local function entry_json(P, name, meta)
 end
 """
 
-# ARGV P, name, definition, by, expected ('' none), request id ('' none), audit id, the audit
-# detail (JSON), feed retention -> {'ok' | 'same', meta, definition} | {'taken' | 'readonly',
-# file} | {'mismatch', actual version}
-PUT_ENTRY = """
-local P, name, def, by, expected, rid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local stored = redis.call('HGET', P .. 'rt:meta', name)
-local m = stored and cjson.decode(stored)
-if m and rid ~= '' and m[6] == rid then
-  return {'same', stored, redis.call('HGET', P .. 'rt:def', name)}
+# ARGV P, by, request id ('' none), the audit detail (JSON), feed retention, then per entry
+# (name, definition, expected ('' none), audit id) -> {meta, definition}... for every entry, in
+# order | {'taken' | 'readonly', name, file} | {'mismatch', name, expected, actual version}: the
+# first refusal, nothing written
+PUT_ENTRIES = """
+local P, by, rid, detail, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local stored = {}
+for i = 6, #ARGV, 4 do
+  local name, expected = ARGV[i], ARGV[i + 2]
+  local text = redis.call('HGET', P .. 'rt:meta', name)
+  local m = text and cjson.decode(text)
+  if not (m and rid ~= '' and m[6] == rid) then
+    local file = redis.call('HGET', P .. 'rt:files', name)
+    if file then
+      if expected == '' or expected == '0' then return {'taken', name, file} end
+      return {'readonly', name, file}
+    end
+    local actual = m and tonumber(m[1]) or 0
+    if expected ~= '' and tonumber(expected) ~= actual then
+      return {'mismatch', name, expected, tostring(actual)}
+    end
+  end
+  stored[i] = m or false
 end
-local file = redis.call('HGET', P .. 'rt:files', name)
-if file then
-  if expected == '' or expected == '0' then return {'taken', file} end
-  return {'readonly', file}
+local now, out = now_us(), {}
+for i = 6, #ARGV, 4 do
+  local name, def, m = ARGV[i], ARGV[i + 1], stored[i]
+  if m and rid ~= '' and m[6] == rid then
+    out[#out + 1] = redis.call('HGET', P .. 'rt:meta', name)
+    out[#out + 1] = redis.call('HGET', P .. 'rt:def', name)
+  else
+    local meta, before, action = {1, now, by, now, by, rid}, 'null', 'entry.add'
+    if m then
+      meta, action = {m[1] + 1, m[2], m[3], now, by, rid}, 'entry.set'
+      before = entry_json(P, name, m)
+    end
+    local text = cjson.encode(meta)
+    redis.call('HSET', P .. 'rt:meta', name, text)
+    redis.call('HSET', P .. 'rt:def', name, def)
+    redis.call('ZADD', P .. 'rt:names', 0, name)
+    entry_changed(P, name, meta[1], keep)
+    local after = '{"version":' .. meta[1] .. ',"definition":' .. def .. '}'
+    add_audit(P, ARGV[i + 3], now, name, '[' .. cjson.encode(action) .. ',' .. cjson.encode(name)
+      .. ',' .. cjson.encode(by) .. ',' .. detail .. ',' .. before .. ',' .. after .. ',""]')
+    out[#out + 1] = text
+    out[#out + 1] = def
+  end
 end
-local actual = m and tonumber(m[1]) or 0
-if expected ~= '' and tonumber(expected) ~= actual then return {'mismatch', tostring(actual)} end
-local now, before, action = now_us(), 'null', 'entry.add'
-local meta = {1, now, by, now, by, rid}
-if m then
-  before, action = entry_json(P, name, m), 'entry.set'
-  meta = {actual + 1, m[2], m[3], now, by, rid}
-end
-local text = cjson.encode(meta)
-redis.call('HSET', P .. 'rt:meta', name, text)
-redis.call('HSET', P .. 'rt:def', name, def)
-redis.call('ZADD', P .. 'rt:names', 0, name)
-entry_changed(P, name, meta[1], tonumber(ARGV[9]))
-local after = '{"version":' .. meta[1] .. ',"definition":' .. def .. '}'
-add_audit(P, ARGV[7], now, name, '[' .. cjson.encode(action) .. ',' .. cjson.encode(name) .. ','
-  .. cjson.encode(by) .. ',' .. ARGV[8] .. ',' .. before .. ',' .. after .. ',""]')
-return {'ok', text, def}
+return out
 """
 
 # ARGV P, name, by, expected ('' none), audit id, the audit detail (JSON), feed retention
@@ -158,7 +175,7 @@ return added
 """
 
 ENTRIES_SCRIPTS = {
-    "put_entry": PUT_ENTRY,
+    "put_entries": PUT_ENTRIES,
     "remove_entry": REMOVE_ENTRY,
     "get_entry": GET_ENTRY,
     "list_entries": LIST_ENTRIES,

@@ -18,13 +18,13 @@ from beatd.runtime_entries import (
     FEED_RETENTION,
     ChangePage,
     EntryChange,
+    EntryPut,
     ResolvedEntry,
     RuntimeEntry,
-    check_put,
     check_remove,
     entry_audit,
-    next_entry,
     page_of,
+    plan_puts,
 )
 
 _COLUMNS = "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
@@ -96,17 +96,34 @@ class SQLiteEntries(SQLiteFile):
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> RuntimeEntry:
-        def work(db: sqlite3.Connection) -> RuntimeEntry:
-            current = _current(db, entry.name)
-            if request_id is not None and current is not None and current.request_id == request_id:
-                return current
-            check_put(entry.name, current, _file_of(db, entry.name), expected_version)
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        def work(db: sqlite3.Connection) -> list[RuntimeEntry]:
+            names = [p.entry.name for p in puts]
+            current = [_current(db, n) for n in names]
+            files = [_file_of(db, n) for n in names]
             at = from_micros(micros(self._now()))
-            stored = next_entry(entry, current, at, by, request_id)
-            db.execute(_PUT, _row(stored))
-            _changed(db, entry.name, stored.version, self.feed_retention)
-            _store_audit(db, entry_audit(new_audit_id(), at, by, current, stored, request_id))
-            return stored
+            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            for stored, before, written in outcomes:
+                if written:
+                    db.execute(_PUT, _row(stored))
+                    _changed(db, stored.name, stored.version, self.feed_retention)
+                    _store_audit(
+                        db, entry_audit(new_audit_id(), at, by, before, stored, request_id)
+                    )
+            return [o.stored for o in outcomes]
 
         return self._run(work)
 

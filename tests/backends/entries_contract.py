@@ -16,7 +16,7 @@ import pytest
 
 from beatd.backends.base import Backend, RuntimeEntries
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
-from beatd.errors import LeaseLost, NotApplied, OutcomeUnknown
+from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
@@ -116,6 +116,57 @@ class EntriesContract:
         assert [r.action for r in backend.audit("a")] == ["entry.add"]
         again = entries.put_entry(defined("a"), BY, request_id="r2")
         assert again.version == 2 and again.request_id == "r2"
+
+    def test_a_batch_is_written_whole_in_order_with_a_record_each(
+        self, entries: RuntimeEntries, backend: Backend
+    ) -> None:
+        entries.put_entry(defined("b"), BY)
+        cursor = head(entries)
+        stored = entries.put_entries([defined("c"), defined("b", queue="q"), defined("a")], BY)
+        assert [(e.name, e.version) for e in stored] == [("c", 1), ("b", 2), ("a", 1)]
+        assert entries.list_entries() == sorted(stored, key=lambda e: e.name)
+        assert entries.entry_changes(cursor).changes == (
+            EntryChange(cursor + 1, "c", 1),
+            EntryChange(cursor + 2, "b", 2),
+            EntryChange(cursor + 3, "a", 1),
+        )
+        assert sorted(r.action for r in backend.audit()) == [
+            "entry.add",
+            "entry.add",
+            "entry.add",
+            "entry.set",
+        ]
+
+    def test_a_batch_with_one_refusal_writes_nothing(
+        self, entries: RuntimeEntries, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        entries.register_file_entries(lease, {"nightly": "app.yaml"})
+        entries.put_entry(defined("b"), BY)
+        cursor = head(entries)
+        with pytest.raises(VersionMismatch) as exists:
+            entries.put_entries([defined("a"), defined("b")], BY, create_only=True)
+        assert str(exists.value) == "entry b exists already (version 1); nothing was written"
+        with pytest.raises(NameTaken) as taken:
+            entries.put_entries([defined("a"), defined("nightly")], BY)
+        assert taken.value.path == "app.yaml"
+        with pytest.raises(BackendError) as twice:
+            entries.put_entries([defined("a"), defined("c"), defined("a")], BY)
+        assert str(twice.value) == "entries a are given twice; nothing was written"
+        assert [e.name for e in entries.list_entries()] == ["b"]
+        assert entries.entry_changes(cursor) == ChangePage((), cursor)
+
+    def test_a_batch_repeated_with_its_request_id_writes_nothing_twice(
+        self, entries: RuntimeEntries, faulty: FaultyBackend, plan: FaultPlan
+    ) -> None:
+        cursor = head(entries)
+        batch = [defined("a"), defined("b")]
+        plan.inject("put_entries", Fault.FAIL_AFTER_WRITE)
+        with pytest.raises(OutcomeUnknown):
+            faulty.put_entries(batch, BY, create_only=True, request_id="bulk-1")
+        stored = faulty.put_entries(batch, BY, create_only=True, request_id="bulk-1")
+        assert [(e.name, e.version) for e in stored] == [("a", 1), ("b", 1)]
+        assert len(entries.entry_changes(cursor).changes) == 2
 
     def test_a_remove_returns_the_entry_and_a_second_finds_none(
         self, entries: RuntimeEntries
