@@ -191,7 +191,8 @@ def resolve_entry(
             value = _resolved(field.name, field.default, entry, protocol, definition)
             if value is not _ABSENT:
                 definition[field.name] = value
-    _built(name, definition)  # what is stored reads back as it was checked
+    # that it builds back the entry checked is a test's (tests/test_runtime_entries.py, each
+    # field of the table): building it again here would double the cost of a bulk import
     return ResolvedEntry(name, definition)
 
 

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from beatd.cli import main
 from beatd.config import load_config
+from beatd.config.entries import EntryReader, build_entry
+from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
 from beatd.config.model import QueueSettings
 from beatd.runtime_entries import (
     ChangePage,
@@ -213,3 +217,31 @@ def test_times_in_the_audit_json_are_not_there_only_version_and_definition() -> 
     later = NOW + timedelta(hours=1)
     stored = RuntimeEntry("a", resolved.definition, 3, NOW, "x", later, "y", "r")
     assert stored.audit_json() == {"version": 3, "definition": dict(resolved.definition)}
+
+
+def _example_fields() -> list[Any]:
+    """Each field of the table with its documented example, on an entry it applies to."""
+    schedules = {"every": {"every": "1h"}, "cron": {"cron": "0 7 * * *"}, "at": {}}
+    cases = []
+    for field in FIELDS:
+        value = yaml.safe_load(f"v: {field.example}")["v"]
+        base: dict[str, Any] = {"task": "reports.nightly"}
+        if field.name not in SCHEDULE_FIELDS:
+            base |= schedules["cron" if field.name in ("start", "end") else "every"]
+        if field.name == "at":
+            value = "2026-12-24T18:00:00"
+        cases.append(pytest.param(field.name, {**base, field.name: value}, id=field.name))
+    return cases
+
+
+@pytest.mark.parametrize(("field", "fields"), _example_fields())
+def test_each_fields_example_reads_back_as_the_entry_it_was_resolved_from(
+    field: str, fields: dict[str, Any]
+) -> None:
+    resolved = resolve_entry("e", fields, now=NOW)
+    assert json.loads(json.dumps(resolved.definition)) == resolved.definition  # JSON values
+    stored = RuntimeEntry("e", resolved.definition, 1, NOW, "ops", NOW, "ops")
+    reader = EntryReader("api", "e", fields, lambda _f, _k: (0, 0))
+    direct = build_entry(reader, {}, "UTC", [])
+    assert direct is not None
+    assert stored.entry() == dataclasses.replace(direct, source="api")
