@@ -33,7 +33,6 @@ API_SOURCE = "api"  # the source of every runtime entry (a file entry's is its p
 FEED_RETENTION = 100_000
 # Fields resolved from the built entry when not given (the rest from the field table's default)
 _DERIVED_DURATIONS = ("jitter", "misfire_grace")
-_OPTIONAL = (*WINDOW_FIELDS,)  # no value at all when not given: no bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +351,7 @@ def _resolved(
 ) -> Any:
     """The stored value of field `name`, which the definition does not give."""
     schedule = next(f for f in SCHEDULE_FIELDS if f in given)
-    if name in SCHEDULE_FIELDS or name in _OPTIONAL:
+    if name in SCHEDULE_FIELDS or name in WINDOW_FIELDS:  # a window not given has no bound
         return _ABSENT
     if name == "anchor":
         return EPOCH.isoformat() if schedule == "every" else _ABSENT

@@ -1,6 +1,7 @@
 """What a backend is, by role: the leader lease, the run state, the work queues, their
-administration. Each role is a small protocol whose docstrings are the contract; `Backend` is
-the composition that SQLite and Redis offer. A caller asks for the role it uses (the worker a
+administration, the run history, the operator controls and the runtime entries. Each role is a
+small protocol whose docstrings are the contract; `Backend` is the composition that SQLite,
+Redis, PostgreSQL and the in-memory backend offer. A caller asks for the role it uses (the worker a
 `WorkQueue`, `beatd migrate` a `StateStore` and a `QueueAdmin`), so a backend that offers some
 roles only can serve the callers that need no more. Every backend passes the same contract tests
 (`tests/backends/contract.py`).
