@@ -69,11 +69,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.errors",
             "beatd.durations",
             "beatd.state",
+            "beatd.runtime_entries",  # runtime entries' values (issue 18)
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",
             "beatd.controls",
-            "beatd.runtime_entries",
         ),
     ),
 )
