@@ -162,7 +162,9 @@ class AuditRecord:
 
     id: str
     at: datetime
-    action: str  # pause, resume, trigger, backfill, requeue_dead, pause_after_failures
+    # pause, resume, trigger, backfill, requeue_dead, pause_after_failures; a runtime entry's
+    # entry.add, entry.set, entry.remove (beatd.runtime_entries)
+    action: str
     entry: str | None
     by: str
     detail: Mapping[str, Any] = field(default_factory=dict)  # JSON values

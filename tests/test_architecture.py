@@ -71,6 +71,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.errors",
             "beatd.durations",
             "beatd.state",
+            "beatd.runtime_entries",  # runtime entries' values (issue 18)
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",
