@@ -576,3 +576,31 @@ def test_status_does_not_call_a_paused_entry_overdue(
     rows = {row["entry"]: row for row in json.loads(out)["entries"]}
     assert rows["tick"]["paused"] is not None
     assert not rows["tick"]["overdue_seconds"]
+
+
+# --- a reader that goes away (`beatd history | head`)
+
+
+@pytest.mark.parametrize("command", [["audit"], ["history"], ["dead", "list"]])
+def test_a_read_command_whose_reader_went_away_exits_141_quietly(
+    tmp_path: Path, schedules: Path, command: list[str]
+) -> None:
+    """A real pipe whose reading end is closed before the command writes: the conventional
+    status of a tool stopped by a closed pipe (128 + SIGPIPE), and nothing on stderr."""
+    import subprocess
+    import sys
+
+    broker = f"sqlite:///{tmp_path / 'b.db'}"
+    for request in ("r1", "r2"):
+        assert (
+            beatd("trigger", "tick", "-s", schedules, "--by", request, "--broker", broker)[0] == 0
+        )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "beatd", *command, "--broker", broker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `head` does once it has its lines
+    status = process.wait(timeout=60)
+    assert (status, process.stderr.read()) == (141, b"")
