@@ -317,6 +317,31 @@ def test_pause_all_or_by_glob_says_later_entries_are_not_paused_and_resume_lifts
     assert actions.count(("pause", "report-daily")) == 2
 
 
+def test_resume_of_a_lapsed_pause_says_it_was_no_longer_paused(
+    broker: str, backend: Backend
+) -> None:
+    """Found with real processes: `beatd resume --all` printed `resumed tick` for a pause whose
+    --until had passed, as if tick had been paused till then."""
+    import time
+
+    from beatd.backends.memory import MemoryBackend
+
+    an_hour_ago = MemoryBackend(
+        broker.removeprefix("memory://"), wall_clock=lambda: time.time() - 3600
+    )
+    [lapsed] = an_hour_ago.pause(["tick"], "was", timedelta(minutes=10), "cy")
+    backend.pause(["nightly"], "is", timedelta(hours=1), "cy")
+    until = lapsed.after["pause"]["until"] if lapsed.after and lapsed.after["pause"] else ""
+    ended = datetime.fromisoformat(until).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = beatd("resume", "--all", "--by", "cy", "--broker", broker)
+    assert (code, err) == (0, "")
+    assert out == (
+        "resumed nightly\n"
+        f"tick was no longer paused: its pause ended at {ended}; the lapsed pause was cleared\n"
+    )
+    assert controls(backend).load_controls() == {}
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
