@@ -224,6 +224,22 @@ def test_trigger_of_a_busy_entry_under_buffer_one_is_held_until_it_ends(
     assert [(m.id, m.kind) for m in messages] == [(running, "manual"), (held, "manual")]
 
 
+def test_a_second_trigger_of_a_buffer_one_entry_holding_one_is_refused(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    base = ["trigger", "slow-buffer", "-s", str(schedules), "--broker", broker]
+    beatd(*base)
+    held = beatd(*base)[1].strip()
+    assert beatd(*base) == (
+        1,
+        "",
+        f"beatd: slow-buffer already holds manual run {held}, to publish when its busy run ends "
+        "(overlap: buffer_one keeps one); nothing was published: wait for it to go out, or add "
+        "--force to publish now beside the busy run\n",
+    )
+    assert controls(backend).load_controls()["slow-buffer"].held.run_id == held
+
+
 class LosesTheFirstReply:
     """The backend's controls, except that the first trigger is applied and its reply lost."""
 

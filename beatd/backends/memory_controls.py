@@ -37,6 +37,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    held_trigger,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -269,7 +270,7 @@ class MemoryControls:
         if request.force or guard is None or not is_busy(control, guard, at):
             return TriggerResult(TriggerStatus.PUBLISHED, rid)
         if guard.overlap is Overlap.BUFFER_ONE:
-            return TriggerResult(TriggerStatus.HELD, rid)
+            return held_trigger(control, rid)
         assert control.busy is not None
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, control.busy.run_id)
 
@@ -297,7 +298,10 @@ class MemoryControls:
                 request.celery,
                 request.priority,
             )
+            held, replaced = replaced_held(entry, control.held, held)
             self._book.put(entry, control._replace(held=held))
+            if replaced is not None and self._writes_history:
+                self._history.missed_one(replaced, None, at)
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(

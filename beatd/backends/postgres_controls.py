@@ -23,6 +23,7 @@ from beatd.backends.postgres_gates import (
     control_row,
     control_value,
     lock_entries,
+    missed_unleased,
     publish_unleased,
     read_controls,
     run_ended,
@@ -41,8 +42,10 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    held_trigger,
     new_audit_id,
     pause_json,
+    replaced_held,
 )
 from beatd.errors import BackendError
 from beatd.history import RunKind
@@ -225,7 +228,7 @@ class PostgresControls(PostgresLink):
         ):
             return TriggerResult(TriggerStatus.PUBLISHED, rid)
         if guard.overlap is Overlap.BUFFER_ONE:
-            return TriggerResult(TriggerStatus.HELD, rid)
+            return held_trigger(control, rid)
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, busy.run_id)
 
     def _carry_out(
@@ -259,7 +262,10 @@ class PostgresControls(PostgresLink):
                 request.celery,
                 request.priority,
             )
+            hold, replaced = replaced_held(entry, control.held, hold)
             store_control(db, self.schema, entry, control._replace(held=hold))
+            if replaced is not None and self.history:
+                missed_unleased(db, self.schema, replaced, now_us)
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(

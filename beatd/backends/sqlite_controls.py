@@ -43,6 +43,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    held_trigger,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -385,7 +386,11 @@ class SQLiteControls(SQLiteFile):
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL.value
             held = HeldRun(request.run_id, at, at, kind, request.queue, request.body, record.id)
+            held, replaced = replaced_held(entry, control.held, held)
             put(db, entry, control._replace(held=held))
+            if replaced is not None and self.history:
+                slot = to_micros(replaced.first)
+                db.execute(_MISSED_HELD, (entry, replaced.reason, slot, slot, micros(now)))
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(
@@ -549,6 +554,6 @@ def _decide(db: sqlite3.Connection, request: Trigger, now_us: int) -> TriggerRes
     if request.force or guard is None or not is_busy(control, guard, now_us):
         return TriggerResult(TriggerStatus.PUBLISHED, rid)
     if guard.overlap is Overlap.BUFFER_ONE:
-        return TriggerResult(TriggerStatus.HELD, rid)
+        return held_trigger(control, rid)
     assert control.busy is not None
     return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, control.busy.run_id)

@@ -216,6 +216,14 @@ def report_trigger(result: TriggerResult, entry: str, control: EntryControl = NO
             err=True,
         )
         raise SystemExit(EXIT_RUNTIME)
+    elif result.status is TriggerStatus.REFUSED_HELD:
+        click.echo(
+            f"beatd: {entry} already holds manual run {result.detail}, to publish when its busy "
+            "run ends (overlap: buffer_one keeps one); nothing was published: wait for it to "
+            "go out, or add --force to publish now beside the busy run",
+            err=True,
+        )
+        raise SystemExit(EXIT_RUNTIME)
     else:
         click.echo(
             f"beatd: {entry} is busy: run {result.detail} has not ended, and its overlap is "
