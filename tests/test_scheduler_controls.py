@@ -335,10 +335,6 @@ def test_buffer_one_a_held_trigger_runs_next_and_the_slot_it_kept_out_is_missed(
     assert kept_out.slots == MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 review, open: an ack's held run leaves last published",
-)
 def test_status_last_published_follows_a_held_run_the_ack_published(
     backend: MemoryBackend, clock: FakeClock, tmp_path: Any
 ) -> None:
@@ -366,10 +362,6 @@ def test_status_last_published_follows_a_held_run_the_ack_published(
     assert rows["tick"]["last_published"] == "2026-03-01T12:02:00Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 review, open: buffer_one slots are not counted",
-)
 def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -380,11 +372,47 @@ def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
     registry = CollectorRegistry()
     register_scheduler(registry, beat)
     run_for(beat, 65)
-    claim(backend)
+    run = claim(backend)
     run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
     samples = scrape(registry)
     assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
     assert value(samples, "beatd_runs_due_total", entry="tick") == 3
+    assert value(samples, "beatd_runs_published_total", entry="tick") == 1
+    backend.ack(run)  # 12:03:10: the ack publishes the held 12:03, behind the leader's back
+    run_for(beat, 10)  # the leader reads the controls (every 5 s): 12:03 left, published
+    samples = scrape(registry)
+    assert value(samples, "beatd_runs_published_total", entry="tick") == 2
+    assert value(samples, "beatd_runs_late_total", entry="tick") == 0  # within misfire_grace
+    assert value(samples, "beatd_runs_due_total", entry="tick") == 3
+    last = value(samples, "beatd_last_published_timestamp_seconds", entry="tick")
+    assert last == (T0 + 3 * M).timestamp()
+
+
+def test_buffer_one_a_held_slot_a_trigger_replaced_and_one_published_late_are_counted(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    from tests.backends.controls_contract import BUFFER, trigger
+
+    entry = every_minute(overlap=Overlap.BUFFER_ONE, misfire_grace=timedelta(seconds=30))
+    beat = scheduler(backend, clock, entry)
+    run_for(beat, 65)  # 12:01 published
+    first = claim(backend)
+    run_for(beat, 60)  # 12:02 held
+    assert backend.trigger(trigger("tick", guard=BUFFER)).status.name == "HELD"  # over 12:02
+    run_for(beat, 15)
+    backend.ack(first)  # publishes the manual run
+    backend.ack(backend.claim(["q"], "w1", 3600) or claim(backend))
+    run_for(beat, 45)  # 12:03 published
+    third = claim(backend)
+    run_for(beat, 60)  # 12:04 held
+    run_for(beat, 35)
+    backend.ack(third)  # 12:04:40: the held 12:04 goes out 40 s late
+    run_for(beat, 15)
+    counts = beat.counts.get("tick")
+    assert (counts["due"], counts["published"], counts["late"]) == (4, 3, 1)
+    assert counts["missed_overlap"] == 1  # 12:02, which the trigger replaced
+    assert published(backend) == ["12:01", "12:02", "12:03", "12:04"]  # 12:02: the manual run
+    assert missed(backend) == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
 def test_overlap_skip_a_run_ending_as_usual_logs_no_warning(

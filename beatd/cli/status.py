@@ -43,9 +43,9 @@ from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_te
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
 from beatd.config.convert import suggest
-from beatd.controls import EntryControl
+from beatd.controls import EntryControl, Overlap
 from beatd.errors import BeatdError
-from beatd.history import EntrySummary
+from beatd.history import EntrySummary, HistoryQuery, RunKind
 from beatd.service import setup_logging
 from beatd.state import EntryState
 
@@ -55,6 +55,8 @@ COUNTED = {
     "beatd_runs_late_total": "late",
 }
 MISSED = "beatd_runs_missed_total"
+SCHEDULED_KINDS = frozenset({RunKind.SCHEDULED, RunKind.CAUGHT_UP})  # not manual, not backfill
+HELD_READ_LIMIT = 20  # a buffer_one entry's newest runs read for its last published slot
 
 
 @dataclass
@@ -177,6 +179,38 @@ def read_summaries(store: Backend, names: Sequence[str]) -> dict[str, EntrySumma
         return None
 
 
+def read_held_published(
+    store: Backend, config: Config | None, states: dict[str, EntryState], names: Sequence[str]
+) -> dict[str, datetime]:
+    """The newest scheduled slot the history holds published for each `buffer_one` entry (of
+    `names`, when the schedule files are known): a run's final outcome publishes a held slot
+    behind the leader's back, and the persisted state learns of it at the leader's next write
+    of the entry only. Empty when the history cannot be read (read_summaries says so)."""
+    if config is None:
+        return {}
+    newest: dict[str, datetime] = {}
+    try:
+        for name in names:
+            if config.entries[name].overlap is not Overlap.BUFFER_ONE:
+                continue
+            state = states.get(name)
+            since = state.last_published if state is not None else None
+            query = HistoryQuery(entry=name, since=since, limit=HELD_READ_LIMIT)
+            slots = [r.slot for r in store.runs(query) if r.kind in SCHEDULED_KINDS]
+            if slots:
+                newest[name] = max(slots)
+    except BeatdError:
+        return {}
+    return newest
+
+
+def add_held_published(rows: list[dict[str, Any]], newest: dict[str, datetime]) -> None:
+    for row in rows:
+        slot = newest.get(row["entry"])
+        if slot is not None and (row["last_published"] or "") < slot_text(slot):
+            row["last_published"] = slot_text(slot)
+
+
 def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryControl]:
     """The entries' pauses, busy marks and held runs."""
     return store.load_controls(names) if names else {}
@@ -296,6 +330,7 @@ def status(
         names, total = entry_names(config, states, entries, limit)
         summaries = read_summaries(store, names)
         controls = read_controls(store, names)
+        held_published = read_held_published(store, config, states, names)
         queues = queue_rows(store)
     except BeatdError as exc:
         fail(exc)
@@ -303,6 +338,7 @@ def status(
         store.close()
     now = datetime.fromtimestamp(time.time(), UTC)
     rows = entry_rows(config, states, names, counts, now)
+    add_held_published(rows, held_published)
     add_summaries(rows, summaries)
     add_controls(rows, controls, now)
     report = {
