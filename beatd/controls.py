@@ -182,6 +182,12 @@ class AuditRecord:
     after: Mapping[str, Any] | None = None
 
 
+def backfill_detail(detail: Mapping[str, Any], runs: int, published: int) -> dict[str, Any]:
+    """A backfill step's audit detail: the command's (`from`, `to`, `slots` of the whole range)
+    and what this step did, `published` and `already_there` (its runs with a published record)."""
+    return {**detail, "published": published, "already_there": runs - published}
+
+
 def new_audit_id() -> str:
     return secrets.token_hex(12)
 

@@ -143,8 +143,8 @@ class Scheduler:
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
-        """Trigger and backfill audit records counted while leading, per entry."""
-        return self.steering.triggered, self.steering.backfill_batches
+        """Runs triggered and backfilled, counted from the audit log while leading, per entry."""
+        return self.steering.triggered, self.steering.backfilled
 
     def status(self) -> Status:
         return Status(

@@ -74,7 +74,7 @@ SCHEDULER_METRICS = {
     "beatd_entry_paused",
     "beatd_busy_marks_dropped_total",
     "beatd_runs_triggered_total",
-    "beatd_runs_backfill_batches_total",
+    "beatd_runs_backfilled_total",
     "beatd_entry_last_duration_seconds",
     "beatd_entry_last_succeeded_timestamp_seconds",
     "beatd_entry_last_failed_timestamp_seconds",

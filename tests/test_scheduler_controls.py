@@ -18,8 +18,10 @@ from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
 from beatd.controls import Overlap
-from beatd.history import HistoryQuery, MissedSlots
+from beatd.history import HistoryQuery, MissedSlots, RunKind
+from beatd.message import run_id
 from beatd.metrics import register_scheduler
+from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from tests.test_metrics import scrape, value
@@ -457,11 +459,16 @@ def test_the_metrics_count_runs_triggered_and_backfilled(
     assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
     backend.trigger(trigger("tick", "r2"))
     backend.trigger(trigger("tick", "r3"))
-    backend.backfill("tick", [], "test", {"slots": 0})
+    slots = [T0 - 2 * M, T0 - M, T0 + M]  # 12:01 was published by the scheduler
+    runs = [
+        encode_run(every_minute(), run_id("tick", s), s, T0, RunKind.BACKFILL, "a") for s in slots
+    ]
+    backend.backfill("tick", runs[:2], "test", {"slots": 3})  # two steps of one command
+    backend.backfill("tick", runs[2:], "test", {"slots": 3})
     run_for(beat, 60)
     samples = scrape(registry)
     assert value(samples, "beatd_runs_triggered_total", entry="tick") == 3
-    assert value(samples, "beatd_runs_backfill_batches_total", entry="tick") == 1
+    assert value(samples, "beatd_runs_backfilled_total", entry="tick") == 2
 
 
 def test_a_new_leader_counts_only_the_commands_after_it_took_over(

@@ -37,6 +37,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
     held_trigger,
     new_audit_id,
     pause_json,
@@ -331,14 +332,15 @@ class MemoryControls:
                     "memory backend stores beatd's own messages only"
                 )
         with self._lock:
-            at = self._instant()
-            audit = self._audit(AuditRecord(new_audit_id(), at, "backfill", entry, by, detail))
+            at, audit_id = self._instant(), new_audit_id()
             published: list[str] = []
             for message in runs:
                 if message.id in self._history.runs or message.id in published:
                     continue
-                self._publish(message._replace(audit=audit.id), at)
+                self._publish(message._replace(audit=audit_id), at)
                 published.append(message.id)
+            done = backfill_detail(detail, len(runs), len(published))
+            audit = self._audit(AuditRecord(audit_id, at, "backfill", entry, by, done))
             return published, audit
 
     def record_audit(self, record: AuditRecord) -> None:

@@ -42,6 +42,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
     held_trigger,
     new_audit_id,
     pause_json,
@@ -293,9 +294,7 @@ class PostgresControls(PostgresLink):
 
         def work(db: Db) -> tuple[list[str], AuditRecord]:
             self._locked(db, [entry])  # one backfill of an entry at a time
-            now_us = _now(db)
-            audit = AuditRecord(new_audit_id(), from_micros(now_us), "backfill", entry, by, detail)
-            self._audit(db, audit)
+            now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
                 rid
@@ -303,8 +302,11 @@ class PostgresControls(PostgresLink):
                     f"SELECT id FROM {self.schema}.run WHERE id = ANY(%s)", (ids,)
                 )
             }
-            fresh = {m.id: m._replace(audit=audit.id) for m in runs if m.id not in held}
+            fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
+            done = backfill_detail(detail, len(runs), len(fresh))
+            audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
+            self._audit(db, audit)
             return list(fresh), audit
 
         return self._run(work)

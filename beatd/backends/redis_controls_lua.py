@@ -268,7 +268,6 @@ return cjson.encode(r)
 BACKFILL = """
 local P, H, entry, audit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_us()
-add_audit(P, audit, now, entry, ARGV[5])
 local ids, seen = {}, {}
 for i = 6, #ARGV, 6 do
   local id = ARGV[i + 1]
@@ -281,6 +280,11 @@ for i = 6, #ARGV, 6 do
     ids[#ids + 1] = id
   end
 end
+-- the detail says what this step did (beatd.controls.backfill_detail)
+local rest = cjson.decode(ARGV[5])
+rest[4]['published'] = #ids
+rest[4]['already_there'] = (#ARGV - 5) / 6 - #ids
+add_audit(P, audit, now, entry, cjson.encode(rest))
 return {ids, redis.call('HGET', P .. 'ctl:audit', audit)}
 """
 

@@ -43,6 +43,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
     held_trigger,
     new_audit_id,
     pause_json,
@@ -414,19 +415,18 @@ class SQLiteControls(SQLiteFile):
                 )
 
         def work(db: sqlite3.Connection) -> tuple[list[str], AuditRecord]:
-            now = self._now()
-            record = AuditRecord(
-                new_audit_id(), from_micros(micros(now)), "backfill", entry, by, dict(detail)
-            )
-            _store_audit(db, record)
+            now, audit_id = self._now(), new_audit_id()
             fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
             db.execute(MOVE_QUEUED)
             published: list[str] = []
             for message in runs:
                 held = db.execute("SELECT 1 FROM run WHERE id = ?", (message.id,)).fetchone()
                 if held is None and message.id not in published:
-                    publish(db, message._replace(audit=record.id), now, True)
+                    publish(db, message._replace(audit=audit_id), now, True)
                     published.append(message.id)
+            done = backfill_detail(detail, len(runs), len(published))
+            record = AuditRecord(audit_id, from_micros(micros(now)), "backfill", entry, by, done)
+            _store_audit(db, record)
             return published, record
 
         return self._run(work)

@@ -616,7 +616,7 @@ class ControlsContract:
         ids, audit = backend.backfill("e", runs, BY, {"from": "a", "to": "b"})
         assert ids == [run_id("e", 2), run_id("e", 3)]
         assert (audit.action, audit.entry, audit.by, dict(audit.detail)) == (
-            "backfill", "e", BY, {"from": "a", "to": "b"},
+            "backfill", "e", BY, {"from": "a", "to": "b", "published": 2, "already_there": 1},
         )  # fmt: skip
         assert backend.audit("e") == [audit]
         for rid in ids:
@@ -624,8 +624,10 @@ class ControlsContract:
                 RunKind.BACKFILL, audit.id,
             )  # fmt: skip
         assert record(backend, run_id("e", 1)).kind == RunKind.SCHEDULED
-        again, _ = backend.backfill("e", runs, BY, {})
+        again, repeat = backend.backfill("e", runs, BY, {})
         assert again == []
+        assert dict(repeat.detail) == {"published": 0, "already_there": 3}
+        assert repeat in backend.audit("e")  # as stored
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
 
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:
