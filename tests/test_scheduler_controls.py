@@ -298,6 +298,23 @@ def test_buffer_one_on_sqlite_misses_the_replaced_held_slot(
     assert slots == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
+def test_buffer_one_on_sqlite_counts_the_replaced_slot_missed_and_the_ack_published_one(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)
+    run = backend.claim(["default"], "w1", 3600)
+    assert run is not None
+    run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
+    backend.ack(run)  # publishes 12:03
+    run_for(beat, 15)
+    counts = beat.counts.get("tick")
+    assert (counts["due"], counts["published"], counts["missed_overlap"]) == (3, 2, 1)
+
+
 def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
