@@ -14,8 +14,9 @@ failing and not paused).
 
 The commands `beatd trigger` and `beatd backfill` run in their own processes, so the leader
 counts them: each refresh also reads the audit log since its last read (one read of at most
-`AUDIT_READ_LIMIT` records) and counts the trigger and backfill records per entry (the metrics
-`beatd_runs_triggered_total` and `beatd_runs_backfill_batches_total`). A new leader starts from the
+`AUDIT_READ_LIMIT` records) and counts per entry the trigger records, and the runs each backfill
+record says its step published (`published` in its detail), as the metrics
+`beatd_runs_triggered_total` and `beatd_runs_backfilled_total`. A new leader starts from the
 newest record it finds and counts only what comes after.
 """
 
@@ -25,6 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from beatd.backends.base import Controls
 from beatd.clock import Clock
@@ -57,7 +59,7 @@ class Steering:
         self._summaries: Mapping[str, EntrySummary] | None = None  # the last judged
         self._paused_for: set[str] = set()  # paused after failures, in their current run
         self.triggered: Counter[str] = Counter()  # trigger audit records, per entry
-        self.backfill_batches: Counter[str] = Counter()  # backfill audit records, per entry
+        self.backfilled: Counter[str] = Counter()  # runs published by backfills, per entry
         self._audit_since: datetime | None = None  # the newest audit record's time seen
         self._audit_seen: set[str] = set()  # the ids of the records at that time
         self._audit_started = False
@@ -99,7 +101,7 @@ class Steering:
                 if record.action == "trigger":
                     self.triggered[record.entry] += 1
                 elif record.action == "backfill":
-                    self.backfill_batches[record.entry] += 1
+                    self.backfilled[record.entry] += _published(record.detail)
             if len(records) >= AUDIT_READ_LIMIT:
                 log.warning(
                     "audit log read limit reached records=%d: older trigger and backfill "
@@ -146,3 +148,10 @@ class Steering:
         if due:
             self.read_soon()  # the planner learns the pauses at the next step
         return bool(due)
+
+
+def _published(detail: Mapping[str, Any]) -> int:
+    """How many runs a backfill step published, as its audit record says (0 when a beatd from
+    before the count wrote it)."""
+    published = detail.get("published")
+    return published if isinstance(published, int) and not isinstance(published, bool) else 0

@@ -224,6 +224,22 @@ def test_trigger_of_a_busy_entry_under_buffer_one_is_held_until_it_ends(
     assert [(m.id, m.kind) for m in messages] == [(running, "manual"), (held, "manual")]
 
 
+def test_a_second_trigger_of_a_buffer_one_entry_holding_one_is_refused(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    base = ["trigger", "slow-buffer", "-s", str(schedules), "--broker", broker]
+    beatd(*base)
+    held = beatd(*base)[1].strip()
+    assert beatd(*base) == (
+        1,
+        "",
+        f"beatd: slow-buffer already holds manual run {held}, to publish when its busy run ends "
+        "(overlap: buffer_one keeps one); nothing was published: wait for it to go out, or add "
+        "--force to publish now beside the busy run\n",
+    )
+    assert controls(backend).load_controls()["slow-buffer"].held.run_id == held
+
+
 class LosesTheFirstReply:
     """The backend's controls, except that the first trigger is applied and its reply lost."""
 
@@ -315,6 +331,31 @@ def test_pause_all_or_by_glob_says_later_entries_are_not_paused_and_resume_lifts
     # the last command's three resumes come first (in one step: one instant, any order)
     assert set(actions[:3]) == {("resume", e) for e in ("report-daily", "slow-buffer", "slow-skip")}
     assert actions.count(("pause", "report-daily")) == 2
+
+
+def test_resume_of_a_lapsed_pause_says_it_was_no_longer_paused(
+    broker: str, backend: Backend
+) -> None:
+    """Found with real processes: `beatd resume --all` printed `resumed tick` for a pause whose
+    --until had passed, as if tick had been paused till then."""
+    import time
+
+    from beatd.backends.memory import MemoryBackend
+
+    an_hour_ago = MemoryBackend(
+        broker.removeprefix("memory://"), wall_clock=lambda: time.time() - 3600
+    )
+    [lapsed] = an_hour_ago.pause(["tick"], "was", timedelta(minutes=10), "cy")
+    backend.pause(["nightly"], "is", timedelta(hours=1), "cy")
+    until = lapsed.after["pause"]["until"] if lapsed.after and lapsed.after["pause"] else ""
+    ended = datetime.fromisoformat(until).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = beatd("resume", "--all", "--by", "cy", "--broker", broker)
+    assert (code, err) == (0, "")
+    assert out == (
+        "resumed nightly\n"
+        f"tick was no longer paused: its pause ended at {ended}; the lapsed pause was cleared\n"
+    )
+    assert controls(backend).load_controls() == {}
 
 
 @pytest.mark.parametrize(
@@ -576,3 +617,31 @@ def test_status_does_not_call_a_paused_entry_overdue(
     rows = {row["entry"]: row for row in json.loads(out)["entries"]}
     assert rows["tick"]["paused"] is not None
     assert not rows["tick"]["overdue_seconds"]
+
+
+# --- a reader that goes away (`beatd history | head`)
+
+
+@pytest.mark.parametrize("command", [["audit"], ["history"], ["dead", "list"]])
+def test_a_read_command_whose_reader_went_away_exits_141_quietly(
+    tmp_path: Path, schedules: Path, command: list[str]
+) -> None:
+    """A real pipe whose reading end is closed before the command writes: the conventional
+    status of a tool stopped by a closed pipe (128 + SIGPIPE), and nothing on stderr."""
+    import subprocess
+    import sys
+
+    broker = f"sqlite:///{tmp_path / 'b.db'}"
+    for request in ("r1", "r2"):
+        assert (
+            beatd("trigger", "tick", "-s", schedules, "--by", request, "--broker", broker)[0] == 0
+        )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "beatd", *command, "--broker", broker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `head` does once it has its lines
+    status = process.wait(timeout=60)
+    assert (status, process.stderr.read()) == (141, b"")

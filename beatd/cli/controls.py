@@ -217,6 +217,14 @@ def report_trigger(result: TriggerResult, entry: str, control: EntryControl = NO
             err=True,
         )
         raise SystemExit(EXIT_RUNTIME)
+    elif result.status is TriggerStatus.REFUSED_HELD:
+        click.echo(
+            f"beatd: {entry} already holds manual run {result.detail}, to publish when its busy "
+            "run ends (overlap: buffer_one keeps one); nothing was published: wait for it to "
+            "go out, or add --force to publish now beside the busy run",
+            err=True,
+        )
+        raise SystemExit(EXIT_RUNTIME)
     else:
         click.echo(
             f"beatd: {entry} is busy: run {result.detail} has not ended, and its overlap is "
@@ -373,11 +381,12 @@ def resume(
     store = open_broker(backend)
     try:
         controls = controls_of(store)
-        paused = sorted(n for n, c in controls.load_controls().items() if c.pause is not None)
+        pauses = {n: c.pause for n, c in controls.load_controls().items() if c.pause is not None}
         if names and not everything and pattern is None:
             chosen = list(dict.fromkeys(names))
         else:
-            chosen = select_entries(names, everything, pattern, paused)
+            chosen = select_entries(names, everything, pattern, sorted(pauses))
+        now = backend_now(store)
         records = controls.resume(chosen, by or default_by())
     except BeatdError as exc:
         fail(exc)
@@ -385,7 +394,19 @@ def resume(
         store.close()
     lifted = {record.entry for record in records}
     for name in chosen:
-        click.echo(f"resumed {name}" if name in lifted else f"{name} was not paused")
+        click.echo(resume_text(name, pauses.get(name) if name in lifted else None, now))
+
+
+def resume_text(name: str, lifted: Pause | None, now: datetime) -> str:
+    """What resuming `name` did: lifted its pause, cleared one that had lapsed, or nothing."""
+    if lifted is None:
+        return f"{name} was not paused"
+    if lifted.until is not None and lifted.until <= now:
+        return (
+            f"{name} was no longer paused: its pause ended at {slot_text(lifted.until)}; "
+            "the lapsed pause was cleared"
+        )
+    return f"resumed {name}"
 
 
 # --- beatd audit
