@@ -1,0 +1,309 @@
+"""Runtime entries as every way in writes and shows them (issue 18): the CLI (`beatd entries`),
+the HTTP API (`/v1/entries`) and `beatd.Client` all stand on these functions, so an entry is
+validated with the same messages (`beatd check`'s, through `resolve_entry`) and refused with
+the same errors whichever way it came.
+
+Writes go to the backend's `RuntimeEntries` role, which checks names against the leader's file
+set and versions in its own atomic step; the leader applies them through its change feed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from beatd.backends import Backend
+from beatd.config.fields import SCHEDULE_FIELDS, WINDOW_FIELDS
+from beatd.config.model import Config, Entry, QueueSettings
+from beatd.runtime_entries import (
+    API_SOURCE,
+    FieldProblem,
+    FileEntryReadOnly,
+    InvalidEntry,
+    RuntimeEntry,
+    UnknownEntry,
+    VersionMismatch,
+    resolve_entry,
+)
+from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
+from beatd.schedules.window import WindowedSchedule
+from beatd.timetext import stamp
+
+MAX_ARGUMENT_BYTES = 64 * 1024  # args and kwargs together, as JSON
+MAX_PAGE = 10_000
+SOURCES = (API_SOURCE, "file")  # what `list --source` chooses between
+# Fields derived from the schedule when not given: a `set` that changes the schedule derives
+# them again unless it gives them too.
+_FOLLOW_SCHEDULE = ("anchor", "jitter", "misfire_grace")
+
+
+class ArgumentsTooLarge(InvalidEntry):
+    """args and kwargs together take more than MAX_ARGUMENT_BYTES as JSON (HTTP 413)."""
+
+
+class Writing(NamedTuple):
+    """What a write needs besides the entry: who asks (the audit's `by`), the queues'
+    protocols (the caller's schedule files), and the timezone of an entry that gives none."""
+
+    by: str
+    queues: Mapping[str, QueueSettings] | None = None
+    default_timezone: str = "UTC"
+
+
+def backend_now(store: Backend) -> datetime:
+    """The backend's clock: an `at:` is checked against the time every node agrees on."""
+    return datetime.fromtimestamp(store.server_time(), UTC)
+
+
+def resolve(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing) -> Any:
+    """`resolve_entry` of one definition, args and kwargs first checked for size."""
+    check_argument_size(name, raw)
+    return resolve_entry(
+        name,
+        raw,
+        now=backend_now(store),
+        queues=writing.queues,
+        default_timezone=writing.default_timezone,
+    )
+
+
+def check_argument_size(name: str, raw: Mapping[str, Any]) -> None:
+    sizes = {f: len(json.dumps(raw.get(f, None), default=str)) for f in ("args", "kwargs")}
+    total = sum(sizes.values())
+    if total > MAX_ARGUMENT_BYTES:
+        field = max(sizes, key=lambda f: sizes[f])
+        message = (
+            f"args and kwargs take {total} bytes as JSON, more than {MAX_ARGUMENT_BYTES // 1024} "
+            "KiB: pass a reference (an id, a key, a path) and let the task load the data"
+        )
+        raise ArgumentsTooLarge([FieldProblem(name, field, message)])
+
+
+def add(
+    store: Backend, name: str, raw: Mapping[str, Any], writing: Writing
+) -> RuntimeEntry:
+    """Create the runtime entry `name` (VersionMismatch when it exists, NameTaken when a file
+    entry has the name)."""
+    return store.put_entry(resolve(store, name, raw, writing), writing.by, expected_version=0)
+
+
+def add_many(
+    store: Backend, definitions: Sequence[tuple[str, Mapping[str, Any]]], writing: Writing
+) -> list[RuntimeEntry]:
+    """Create every entry or none: InvalidEntry lists every problem of every definition."""
+    resolved, problems = [], []
+    for name, raw in definitions:
+        try:
+            resolved.append(resolve(store, name, raw, writing))
+        except InvalidEntry as exc:
+            problems.extend(exc.fields)
+    if problems:
+        raise InvalidEntry(problems)
+    return store.put_entries(resolved, writing.by, create_only=True)
+
+
+def replace(
+    store: Backend,
+    name: str,
+    raw: Mapping[str, Any],
+    writing: Writing,
+    expected: int | None = None,
+) -> RuntimeEntry:
+    """Replace the whole definition of `name` (at version `expected`, when given); an entry
+    not stored yet is created unless `expected` names a version."""
+    refuse_file_entry(store, name)
+    resolved = resolve(store, name, raw, writing)
+    return store.put_entry(resolved, writing.by, expected_version=expected)
+
+
+def update(
+    store: Backend,
+    name: str,
+    changes: Mapping[str, Any],
+    writing: Writing,
+    expected: int | None = None,
+) -> RuntimeEntry:
+    """Change the given fields of the runtime entry `name`, keeping the others as stored: read,
+    merge, and put with the version read (VersionMismatch if it changed in between)."""
+    current = stored_entry(store, name)
+    if expected is not None and expected != current.version:
+        raise VersionMismatch(name, expected, current.version)
+    merged = merged_definition(current.definition, changes)
+    resolved = resolve(store, name, merged, writing)
+    return store.put_entry(resolved, writing.by, expected_version=current.version)
+
+
+def merged_definition(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`stored` with `changes` over it. A change of schedule (`every`, `cron`, `at`) drops the
+    other schedule fields and what was derived from the old one (anchor, jitter, grace), and
+    an `at` drops the window, unless the change gives them."""
+    merged = dict(stored)
+    if any(f in changes for f in SCHEDULE_FIELDS):
+        dropped = [*SCHEDULE_FIELDS, *_FOLLOW_SCHEDULE]
+        if "at" in changes:
+            dropped += WINDOW_FIELDS
+        for field in dropped:
+            merged.pop(field, None)
+    merged.update(changes)
+    return merged
+
+
+def remove(
+    store: Backend, name: str, by: str, expected: int | None = None
+) -> RuntimeEntry:
+    """Remove the runtime entry `name`; the entry as it was."""
+    return store.remove_entry(name, by, expected_version=expected)
+
+
+def stored_entry(store: Backend, name: str) -> RuntimeEntry:
+    """The runtime entry `name`: FileEntryReadOnly for a file entry's, UnknownEntry if none."""
+    current = store.get_entry(name)
+    if current is None:
+        refuse_file_entry(store, name)
+        raise UnknownEntry(name)
+    return current
+
+
+def refuse_file_entry(store: Backend, name: str) -> None:
+    path = store.file_entries().get(name)
+    if path is not None:
+        raise FileEntryReadOnly(name, path)
+
+
+# --- showing ----------------------------------------------------------------------------------
+
+
+def entry_object(entry: RuntimeEntry) -> dict[str, Any]:
+    """A runtime entry's JSON form: its name, source, version, every field of its definition,
+    and when and by whom it was created and last changed."""
+    return {
+        "name": entry.name,
+        "source": entry.source,
+        "version": entry.version,
+        "definition": dict(entry.definition),
+        "created_at": stamp(entry.created_at),
+        "created_by": entry.created_by,
+        "updated_at": stamp(entry.updated_at),
+        "updated_by": entry.updated_by,
+    }
+
+
+def file_entry_object(entry: Entry) -> dict[str, Any]:
+    """A file entry's JSON form, in a runtime entry's shape: its source is its file, and it
+    has no version nor write times (its file's history has them)."""
+    path = entry.source.rsplit(":", 1)[0]
+    return {
+        "name": entry.name,
+        "source": path,
+        "version": None,
+        "definition": file_definition(entry),
+        "created_at": None,
+        "created_by": None,
+        "updated_at": None,
+        "updated_by": None,
+    }
+
+
+def file_definition(entry: Entry) -> dict[str, Any]:
+    """Every field of a file entry, as a runtime entry stores them."""
+    definition: dict[str, Any] = {"task": entry.task, **schedule_fields(entry.schedule)}
+    definition |= {
+        "args": list(entry.args),
+        "kwargs": dict(entry.kwargs),
+        "description": entry.description,
+        "timezone": entry.timezone,
+        "queue": entry.queue,
+        "protocol": entry.protocol or "beatd",
+        "priority": entry.priority,
+        "headers": dict(entry.headers),
+        "enabled": entry.enabled,
+        "jitter": _seconds(entry.jitter.total_seconds()),
+        "expires": _optional_seconds(entry.expires),
+        "missed": entry.missed.value,
+        "max_catch_up": entry.max_catch_up,
+        "misfire_grace": _seconds(entry.misfire_grace.total_seconds()),
+        "deadline": _optional_seconds(entry.deadline),
+        "alert_after_failures": entry.alert_after_failures,
+        "overlap": entry.overlap.value,
+        "overlap_timeout": _optional_seconds(entry.overlap_timeout),
+        "pause_after_failures": entry.pause_after_failures,
+    }
+    return definition
+
+
+def schedule_fields(schedule: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if isinstance(schedule, WindowedSchedule):
+        for bound in WINDOW_FIELDS:
+            moment = getattr(schedule, bound)
+            if moment is not None:
+                fields[bound] = moment.isoformat()
+        schedule = schedule.inner
+    if isinstance(schedule, IntervalSchedule):
+        fields["every"] = _seconds(schedule.every.total_seconds())
+        fields["anchor"] = schedule.anchor.isoformat()
+    elif isinstance(schedule, CronSchedule):
+        fields["cron"] = schedule.expression.text
+    elif isinstance(schedule, OnceSchedule):
+        fields["at"] = schedule.at.isoformat()
+    return fields
+
+
+def _seconds(value: float) -> int | float:
+    return int(value) if value == int(value) else value
+
+
+def _optional_seconds(value: Any) -> int | float | None:
+    return None if value is None else _seconds(value.total_seconds())
+
+
+class EntryPage(NamedTuple):
+    """One page of `list_entries`: entry objects by name; `next_after` is the name to pass for
+    the next page (None: this is the last)."""
+
+    entries: list[dict[str, Any]]
+    next_after: str | None
+
+
+def list_entries(
+    store: Backend,
+    config: Config | None,
+    *,
+    after: str = "",
+    limit: int = 1000,
+    source: str | None = None,
+) -> EntryPage:
+    """Runtime entries and the entries of `config` (the caller's schedule files), merged by
+    name: at most `limit` whose names sort after `after`. `source`: only `api` or `file`."""
+    found: list[dict[str, Any]] = []
+    if source in (None, API_SOURCE):
+        found += [entry_object(e) for e in store.list_entries(after, limit)]
+    if source in (None, "file") and config is not None:
+        names = sorted(n for n in config.entries if n > after)[:limit]
+        found += [file_entry_object(config.entries[n]) for n in names]
+    found.sort(key=lambda e: str(e["name"]))
+    page = found[:limit]
+    return EntryPage(page, page[-1]["name"] if page and len(page) == limit else None)
+
+
+def all_runtime_entries(store: Backend, batch: int = 1000) -> list[RuntimeEntry]:
+    entries: list[RuntimeEntry] = []
+    after = ""
+    while True:
+        page = store.list_entries(after, batch)
+        entries += page
+        if len(page) < batch:
+            return entries
+        after = page[-1].name
+
+
+def get_entry(store: Backend, config: Config | None, name: str) -> dict[str, Any]:
+    """The entry object of `name`, a runtime entry or one of `config`'s; UnknownEntry."""
+    stored = store.get_entry(name)
+    if stored is not None:
+        return entry_object(stored)
+    if config is not None and name in config.entries:
+        return file_entry_object(config.entries[name])
+    raise UnknownEntry(name)
