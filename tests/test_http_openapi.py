@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from beatd.http import all_routes
 from beatd.http.context import ApiContext
@@ -18,6 +19,11 @@ from tests.test_history_cli import SCHEDULES
 from tests.test_http import WRITER, Api, seed, start
 
 EXAMPLES = 25  # per operation: enough to reach each parameter's edges, bounded for CI
+# Writes of an entry's definition: a schema cannot say all `beatd check` checks (a cron
+# expression's grammar, an IANA zone, a jitter shorter than the period, an `at` in the
+# future), so a body the schema allows may be answered 422, with the errors the document
+# describes (which the other checks still compare).
+DEFINITION_WRITES = ("POST /v1/entries", "POST /v1/entries/batch", "PUT /v1/entries/{name}")
 
 
 def operations() -> list[str]:
@@ -55,6 +61,8 @@ def test_every_answer_matches_the_openapi_document(label: str, served: Api) -> N
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     def answers_as_documented(case: Any) -> None:
-        case.call_and_validate(base_url=served.base, headers=headers)
+        case.call_and_validate(base_url=served.base, headers=headers, excluded_checks=excluded)
+
+    excluded = [positive_data_acceptance] if label in DEFINITION_WRITES else []
 
     answers_as_documented()

@@ -12,6 +12,7 @@ from beatd.http.app import Access, create_app
 from beatd.http.audit_routes import audit_routes
 from beatd.http.context import ApiContext
 from beatd.http.dead_letter_routes import dead_letter_routes
+from beatd.http.entries_routes import entry_routes
 from beatd.http.history_routes import history_routes
 from beatd.http.openapi import openapi_document
 from beatd.http.routes import Reply, Route
@@ -28,6 +29,7 @@ def all_routes(context: ApiContext) -> list[Route]:
         *history_routes(context),
         *audit_routes(context),
         *dead_letter_routes(context),
+        *entry_routes(context),
     ]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()

@@ -10,6 +10,7 @@ set and versions in its own atomic step; the leader applies them through its cha
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -81,9 +82,7 @@ def check_argument_size(name: str, raw: Mapping[str, Any]) -> None:
         raise ArgumentsTooLarge([FieldProblem(name, field, message)])
 
 
-def add(
-    store: Backend, name: str, raw: Mapping[str, Any], writing: Writing
-) -> RuntimeEntry:
+def add(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing) -> RuntimeEntry:
     """Create the runtime entry `name` (VersionMismatch when it exists, NameTaken when a file
     entry has the name)."""
     return store.put_entry(resolve(store, name, raw, writing), writing.by, expected_version=0)
@@ -93,7 +92,7 @@ def add_many(
     store: Backend, definitions: Sequence[tuple[str, Mapping[str, Any]]], writing: Writing
 ) -> list[RuntimeEntry]:
     """Create every entry or none: InvalidEntry lists every problem of every definition."""
-    resolved, problems = [], []
+    resolved, problems = [], twice([name for name, _ in definitions])
     for name, raw in definitions:
         try:
             resolved.append(resolve(store, name, raw, writing))
@@ -102,6 +101,13 @@ def add_many(
     if problems:
         raise InvalidEntry(problems)
     return store.put_entries(resolved, writing.by, create_only=True)
+
+
+def twice(names: Sequence[str]) -> list[FieldProblem]:
+    """A problem for each name given more than once in one batch."""
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    message = "the name is given twice in one batch; nothing was written"
+    return [FieldProblem(name, "name", message) for name in repeated]
 
 
 def replace(
@@ -150,9 +156,7 @@ def merged_definition(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> 
     return merged
 
 
-def remove(
-    store: Backend, name: str, by: str, expected: int | None = None
-) -> RuntimeEntry:
+def remove(store: Backend, name: str, by: str, expected: int | None = None) -> RuntimeEntry:
     """Remove the runtime entry `name`; the entry as it was."""
     return store.remove_entry(name, by, expected_version=expected)
 
