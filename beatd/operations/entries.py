@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from beatd.backends import Backend
-from beatd.config.fields import SCHEDULE_FIELDS, WINDOW_FIELDS
+from beatd.config.fields import ENTRY_FIELDS, SCHEDULE_FIELDS, WINDOW_FIELDS
 from beatd.config.model import Config, Entry, QueueSettings
 from beatd.runtime_entries import (
     API_SOURCE,
@@ -153,7 +153,13 @@ def merged_definition(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> 
         for field in dropped:
             merged.pop(field, None)
     merged.update(changes)
-    return merged
+    return in_table_order(merged)
+
+
+def in_table_order(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """`definition` with its fields in the field table's order (unknown ones last)."""
+    known = {f: definition[f] for f in ENTRY_FIELDS if f in definition}
+    return known | {f: v for f, v in definition.items() if f not in known}
 
 
 def remove(store: Backend, name: str, by: str, expected: int | None = None) -> RuntimeEntry:

@@ -14,6 +14,7 @@ from beatd.config.model import QueueSettings
 from beatd.config.yamlfile import read_yaml_file
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES, YamlMap, load_yaml
 from beatd.errors import ConfigError, Problem
+from beatd.operations.entries import in_table_order
 from beatd.runtime_entries import InvalidEntry, RuntimeEntry
 
 HEADER = (
@@ -30,7 +31,8 @@ def export_texts(entries: Sequence[RuntimeEntry], max_bytes: int = DEFAULT_MAX_B
     chunks: list[str] = []
     size = len(HEADER.encode())
     for entry in entries:
-        chunk = _indented(yaml.safe_dump({entry.name: dict(entry.definition)}, sort_keys=False))
+        definition = in_table_order(entry.definition)
+        chunk = _indented(yaml.safe_dump({entry.name: definition}, sort_keys=False))
         length = len(chunk.encode())
         if chunks and size + length > max_bytes:
             texts.append(HEADER + "".join(chunks))
