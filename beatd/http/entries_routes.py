@@ -14,20 +14,14 @@ from urllib.parse import quote
 
 from beatd.config.convert import ENTRY_NAME
 from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
+from beatd.errors import BeatdError
 from beatd.http.app import body_of, token_of
 from beatd.http.context import ApiContext
 from beatd.http.queries import query_int, query_text
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations import entries as ops
-from beatd.runtime_entries import (
-    FileEntryReadOnly,
-    InvalidEntry,
-    NameTaken,
-    RuntimeEntry,
-    UnknownEntry,
-    VersionMismatch,
-)
+from beatd.runtime_entries import RuntimeEntry
 
 T = TypeVar("T")
 ERRORS: JSON = {"$ref": "#/components/schemas/Errors"}
@@ -87,6 +81,20 @@ IF_MATCH = Param(
     'The version the write expects (the ETag of a GET, such as "3"); 412 otherwise.',
     {"type": "string", "pattern": '^"[0-9]{1,9}"$'},
 )
+NEXT_RUNS: JSON = {
+    "type": "object",
+    "required": ["entry", "slots"],
+    "properties": {
+        "entry": {"type": "string"},
+        "slots": {"type": "array", "items": {"type": "string"}},
+    },
+}
+COUNT = Param(
+    "count",
+    "query",
+    "How many slots.",
+    {"type": "integer", "minimum": 1, "maximum": ops.MAX_NEXT_RUNS, "default": 5},
+)
 LIST_PARAMS = (
     Param("after", "query", "Only entries whose names sort after this one.", {"type": "string"}),
     Param(
@@ -114,6 +122,12 @@ def entry_routes(context: ApiContext) -> list[Route]:
             "One entry: every field, its source, its version (also its ETag).",
             Scope.READ, handlers.get, (NAME,),
             replies={200: ("The entry.", ENTRY), 404: ("No such entry.", ERRORS)},
+        ),
+        Route(
+            "GET", "/v1/next-runs/{name}", "next_runs",
+            "An entry's next slots from now, in UTC (fewer when its schedule ends).",
+            Scope.READ, handlers.next_runs, (NAME, COUNT),
+            replies={200: ("The slots.", NEXT_RUNS), 404: ("No such entry.", ERRORS)},
         ),
         Route(
             "POST", "/v1/entries", "add_entry",
@@ -175,6 +189,15 @@ class _Handlers:
         found = _answer(lambda: ops.get_entry(self.context.backend(), self.context.config(), name))
         headers = {} if found["version"] is None else {"ETag": _etag(found["version"])}
         return Reply(200, found, headers)
+
+    def next_runs(self, req: Any) -> Reply:
+        name = req.view_args["name"]
+        count = query_int(req, "count", 5, 1, ops.MAX_NEXT_RUNS)
+        context = self.context
+        slots = _answer(
+            lambda: ops.next_runs(context.backend(), context.config(), name, count, context.now())
+        )
+        return Reply(200, {"entry": name, "slots": slots})
 
     def add(self, req: Any) -> Reply:
         body = _object(body_of(req), "")
@@ -262,36 +285,11 @@ def _name(value: Any, pointer: str) -> str:
 def _answer(
     write: Callable[[], T], positions: dict[str, str] | None = None, *, conditional: bool = False
 ) -> T:
-    """`write()`, its refusals as the API answers them (`positions`: where each entry is in a
-    batch's body, for the errors' pointers). A version mismatch is 412 for a `conditional`
-    write (If-Match), else 409 (a create found the entry there)."""
-    where = positions or {}
+    """`write()`, its refusals answered as every way in words them (ops.refusal)."""
     try:
         return write()
-    except ops.ArgumentsTooLarge as exc:
-        raise _problems(413, exc, where) from None
-    except InvalidEntry as exc:
-        raise _problems(422, exc, where) from None
-    except (NameTaken, FileEntryReadOnly) as exc:
-        raise ApiError(409, str(exc), entry=exc.name, pointer=where.get(exc.name)) from None
-    except VersionMismatch as exc:
-        if conditional:
-            raise ApiError(412, str(exc), entry=exc.name, field="If-Match") from None
-        raise ApiError(409, str(exc), entry=exc.name, field="name", pointer="/name") from None
-    except UnknownEntry as exc:
-        raise ApiError(404, str(exc), entry=exc.name, field="name") from None
-
-
-def _problems(status: int, error: InvalidEntry, where: dict[str, str]) -> ApiError:
-    return ApiError.many(
-        status,
-        [
-            {
-                "entry": p.entry,
-                "field": p.field,
-                "message": p.message,
-                "pointer": where.get(p.entry, "") + p.pointer,
-            }
-            for p in error.fields
-        ],
-    )
+    except BeatdError as exc:
+        refused = ops.refusal(exc, conditional=conditional, positions=positions)
+        if refused is None:
+            raise
+        raise ApiError.many(refused.status, refused.errors) from None

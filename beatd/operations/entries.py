@@ -18,11 +18,13 @@ from typing import Any, NamedTuple
 from beatd.backends import Backend
 from beatd.config.fields import ENTRY_FIELDS, SCHEDULE_FIELDS, WINDOW_FIELDS
 from beatd.config.model import Config, Entry, QueueSettings
+from beatd.errors import BeatdError
 from beatd.runtime_entries import (
     API_SOURCE,
     FieldProblem,
     FileEntryReadOnly,
     InvalidEntry,
+    NameTaken,
     RuntimeEntry,
     UnknownEntry,
     VersionMismatch,
@@ -317,3 +319,69 @@ def get_entry(store: Backend, config: Config | None, name: str) -> dict[str, Any
     if config is not None and name in config.entries:
         return file_entry_object(config.entries[name])
     raise UnknownEntry(name)
+
+
+MAX_NEXT_RUNS = 1000
+
+
+def next_runs(
+    store: Backend, config: Config | None, name: str, count: int, now: datetime
+) -> list[str]:
+    """The next `count` slots of entry `name` after `now` (fewer when its schedule ends), as
+    UTC stamps: a runtime entry's, else one of `config`'s; UnknownEntry."""
+    stored = store.get_entry(name)
+    if stored is not None:
+        entry = stored.entry()
+    elif config is not None and name in config.entries:
+        entry = config.entries[name]
+    else:
+        raise UnknownEntry(name)
+    slots: list[str] = []
+    moment: datetime | None = now
+    while moment is not None and len(slots) < count:
+        moment = entry.schedule.next_after(moment)
+        if moment is not None:
+            slots.append(str(stamp(moment)))
+    return slots
+
+
+class Refusal(NamedTuple):
+    """How every way in answers a refused write or read of an entry: the HTTP status (the
+    client raises the matching ClientError, the CLI exits 2 for 413 and 422, else 1) and
+    each error with its entry, field, message and JSON pointer."""
+
+    status: int
+    errors: list[dict[str, Any]]
+
+
+def refusal(
+    error: BeatdError, *, conditional: bool = False, positions: Mapping[str, str] | None = None
+) -> Refusal | None:
+    """`error` as a refusal, None when it is none of an entry's refusals. A version mismatch is
+    412 for a `conditional` write (one with an expected version), else 409 (a create found the
+    entry). `positions`: where each entry is in a request's body (a batch), for the pointers."""
+    where = positions or {}
+    if isinstance(error, InvalidEntry):
+        status = 413 if isinstance(error, ArgumentsTooLarge) else 422
+        return Refusal(status, [_field_error(p, where.get(p.entry, "")) for p in error.fields])
+    if isinstance(error, NameTaken | FileEntryReadOnly):
+        return Refusal(409, [_error(error.name, None, str(error), where.get(error.name))])
+    if isinstance(error, VersionMismatch):
+        if conditional:
+            return Refusal(412, [_error(error.name, "If-Match", str(error), None)])
+        return Refusal(
+            409, [_error(error.name, "name", str(error), where.get(error.name, "") + "/name")]
+        )
+    if isinstance(error, UnknownEntry):
+        return Refusal(404, [_error(error.name, "name", str(error), None)])
+    return None
+
+
+def _field_error(problem: FieldProblem, prefix: str) -> dict[str, Any]:
+    return _error(problem.entry, problem.field, problem.message, prefix + problem.pointer)
+
+
+def _error(
+    entry: str | None, field: str | None, message: str, pointer: str | None
+) -> dict[str, Any]:
+    return {"entry": entry, "field": field, "message": message, "pointer": pointer}
