@@ -245,6 +245,7 @@ def _schedule(entry: dict[str, Any]) -> str:
 )
 @click.option(
     "--max-file-size",
+    envvar="BEATD_MAX_FILE_SIZE",
     type=int,
     default=DEFAULT_MAX_BYTES,
     show_default=True,
