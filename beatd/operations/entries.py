@@ -73,7 +73,7 @@ def resolve(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing)
 
 
 def check_argument_size(name: str, raw: Mapping[str, Any]) -> None:
-    sizes = {f: len(json.dumps(raw.get(f, None), default=str)) for f in ("args", "kwargs")}
+    sizes = {f: len(json.dumps(raw[f], default=str)) for f in ("args", "kwargs") if f in raw}
     total = sum(sizes.values())
     if total > MAX_ARGUMENT_BYTES:
         field = max(sizes, key=lambda f: sizes[f])
