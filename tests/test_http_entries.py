@@ -129,7 +129,7 @@ def test_args_over_64_kib_are_413_and_a_taken_name_409(api: Api) -> None:
         "args",
         "/args",
     )
-    register_files_of(api, {"nightly": "schedules/s.yaml"})
+    served_file = api.schedules / "s.yaml"  # a file entry of the daemon's, not registered yet
     assert send(api, "POST", "/v1/entries", {"name": "nightly", **NIGHTLY}) == (
         409,
         ANY_HEADERS,
@@ -139,19 +139,26 @@ def test_args_over_64_kib_are_413_and_a_taken_name_409(api: Api) -> None:
                     "entry": "nightly",
                     "field": None,
                     "message": "entry nightly: the name is taken by a file entry in "
-                    "schedules/s.yaml; names are unique across schedule files and runtime "
+                    f"{served_file}; names are unique across schedule files and runtime "
                     "entries: choose another name",
                     "pointer": None,
                 }
             ]
         },
     )
-    status, _, body = send(api, "PUT", "/v1/entries/nightly", NIGHTLY)
+    register_files_of(api, {"billing": "schedules/other.yaml"})  # by another node's leader
+    status, _, body = send(api, "POST", "/v1/entries", {"name": "billing", **NIGHTLY})
     assert (status, body["errors"][0]["message"]) == (
         409,
-        "entry nightly is defined in schedules/s.yaml and cannot be changed or removed at "
-        "runtime: edit schedules/s.yaml and reload (pause, resume, trigger and backfill work on "
-        "it)",
+        "entry billing: the name is taken by a file entry in schedules/other.yaml; names are "
+        "unique across schedule files and runtime entries: choose another name",
+    )
+    status, _, body = send(api, "PUT", "/v1/entries/billing", NIGHTLY)
+    assert (status, body["errors"][0]["message"]) == (
+        409,
+        "entry billing is defined in schedules/other.yaml and cannot be changed or removed at "
+        "runtime: edit schedules/other.yaml and reload (pause, resume, trigger and backfill work "
+        "on it)",
     )
     assert send(api, "POST", "/v1/entries", {"name": "x", **NIGHTLY})[0] == 201
     status, _, body = send(api, "POST", "/v1/entries", {"name": "x", **NIGHTLY})

@@ -42,7 +42,8 @@ from beatd.service import setup_logging
 
 T = TypeVar("T")
 BY_FLAG = click.option("--by", metavar="NAME", help=BY_HELP)
-QUEUES_FLAG = SCHEDULE_FLAGS[0]  # --schedules: the queues' protocols, for an entry giving none
+# --schedules: the queues' protocols (for an entry giving none) and the file entries' names
+QUEUES_FLAG = SCHEDULE_FLAGS[0]
 
 
 @main.group()
@@ -53,8 +54,7 @@ def entries() -> None:
 
 def _writing(by: str | None, schedules: tuple[str, ...]) -> ops.Writing:
     settings = ScheduleSettings(schedules, "UTC", DEFAULT_MAX_BYTES, None)
-    config = read_optional_config(settings)
-    return ops.Writing(by or default_by(), None if config is None else config.queues)
+    return ops.Writing.of(by or default_by(), read_optional_config(settings))
 
 
 def _with_store(backend: BackendSettings, step: Callable[[Backend], T], **how: Any) -> T:
@@ -110,8 +110,7 @@ def _add_from_yaml(backend: BackendSettings, path: str, writing: ops.Writing) ->
         found = FileDefinitions(path)
     except BeatdError as exc:
         fail(exc)
-    queues = {**(writing.queues or {}), **found.queues}
-    writing = writing._replace(queues=queues)
+    writing = writing._replace(queues={**(writing.queues or {}), **found.queues})
 
     def add_all(store: Backend) -> list[RuntimeEntry]:
         try:

@@ -170,8 +170,7 @@ class _Handlers:
         self.context = context
 
     def writing(self, req: Any) -> ops.Writing:
-        config = self.context.config()
-        return ops.Writing(token_of(req).name, None if config is None else config.queues)
+        return ops.Writing.of(token_of(req).name, self.context.config())
 
     def list(self, req: Any) -> Reply:
         after = req.args.get("after", "")

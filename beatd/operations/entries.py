@@ -48,11 +48,25 @@ class ArgumentsTooLarge(InvalidEntry):
 
 class Writing(NamedTuple):
     """What a write needs besides the entry: who asks (the audit's `by`), the queues'
-    protocols (the caller's schedule files), and the timezone of an entry that gives none."""
+    protocols and the file entries (name -> file) of the caller's schedule files, and the
+    timezone of an entry that gives none.
+
+    The backend refuses the names the leader registered, atomically with the write; `files`
+    refuses the caller's own file entries' names as well, before it (a daemon's API, say, while
+    no leader has registered them yet)."""
 
     by: str
     queues: Mapping[str, QueueSettings] | None = None
     default_timezone: str = "UTC"
+    files: Mapping[str, str] = {}
+
+    @classmethod
+    def of(cls, by: str, config: Config | None) -> Writing:
+        """Who writes, with the queues and the file entries of `config` (if any)."""
+        if config is None:
+            return cls(by)
+        files = {name: entry.source.rsplit(":", 1)[0] for name, entry in config.entries.items()}
+        return cls(by, config.queues, files=files)
 
 
 def backend_now(store: Backend) -> datetime:
@@ -61,7 +75,10 @@ def backend_now(store: Backend) -> datetime:
 
 
 def resolve(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing) -> Any:
-    """`resolve_entry` of one definition, args and kwargs first checked for size."""
+    """`resolve_entry` of one definition, args and kwargs first checked for size; NameTaken
+    for a name of the caller's file entries."""
+    if name in writing.files:
+        raise NameTaken(name, writing.files[name])
     check_argument_size(name, raw)
     return resolve_entry(
         name,
@@ -121,7 +138,7 @@ def replace(
 ) -> RuntimeEntry:
     """Replace the whole definition of `name` (at version `expected`, when given); an entry
     not stored yet is created unless `expected` names a version."""
-    refuse_file_entry(store, name)
+    refuse_file_entry(store, name, writing.files)
     resolved = resolve(store, name, raw, writing)
     return store.put_entry(resolved, writing.by, expected_version=expected)
 
@@ -135,7 +152,7 @@ def update(
 ) -> RuntimeEntry:
     """Change the given fields of the runtime entry `name`, keeping the others as stored: read,
     merge, and put with the version read (VersionMismatch if it changed in between)."""
-    current = stored_entry(store, name)
+    current = stored_entry(store, name, writing.files)
     if expected is not None and expected != current.version:
         raise VersionMismatch(name, expected, current.version)
     merged = merged_definition(current.definition, changes)
@@ -169,17 +186,19 @@ def remove(store: Backend, name: str, by: str, expected: int | None = None) -> R
     return store.remove_entry(name, by, expected_version=expected)
 
 
-def stored_entry(store: Backend, name: str) -> RuntimeEntry:
+def stored_entry(store: Backend, name: str, files: Mapping[str, str] | None = None) -> RuntimeEntry:
     """The runtime entry `name`: FileEntryReadOnly for a file entry's, UnknownEntry if none."""
     current = store.get_entry(name)
     if current is None:
-        refuse_file_entry(store, name)
+        refuse_file_entry(store, name, files or {})
         raise UnknownEntry(name)
     return current
 
 
-def refuse_file_entry(store: Backend, name: str) -> None:
-    path = store.file_entries().get(name)
+def refuse_file_entry(store: Backend, name: str, files: Mapping[str, str]) -> None:
+    """FileEntryReadOnly when `name` is a file entry's: the caller's (`files`) or one the
+    leader registered."""
+    path = files.get(name) or store.file_entries().get(name)
     if path is not None:
         raise FileEntryReadOnly(name, path)
 
