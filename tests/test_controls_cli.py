@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import beatd.cli.controls as cli_controls
+import beatd.operations.controls as operations_controls
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Controls, Outgoing, StateWrite
 from beatd.backends.memory import discard
@@ -268,7 +269,7 @@ def test_a_trigger_whose_reply_is_lost_is_sent_again_and_runs_once(
         return wrappers[-1]
 
     monkeypatch.setattr(cli_controls, "controls_of", lossy)
-    monkeypatch.setattr(cli_controls.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(operations_controls.time, "sleep", lambda seconds: None)
     code, out, err = beatd("trigger", "tick", "-s", schedules, "--broker", broker)
     assert (code, err) == (0, "")
     (wrapper,) = wrappers
