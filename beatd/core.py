@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -143,10 +143,16 @@ class _Slot:
     def lifted(self) -> tuple[Pause, ...]:
         return self.gate.lifted if self.gate is not None else ()
 
-    def set_control(self, control: EntryControl, now: datetime | None) -> None:
+    def set_control(
+        self, control: EntryControl, now: datetime | None, lifts: Sequence[datetime] = ()
+    ) -> None:
         old, lifted = self.control.pause, self.lifted
         if old is not None and old != control.pause and now is not None:
-            end = now if old.until is None else min(old.until, now)
+            # it ended when it was lifted, if the caller knows when (a resume's audit record);
+            # else when the change was seen
+            end = min((t for t in lifts if old.at < t < now), default=now)
+            if old.until is not None:
+                end = min(old.until, end)
             if end > old.at:
                 lifted = (*lifted, old._replace(until=end))
         gated = control != NO_CONTROL or bool(lifted) or self.entry.guard is not None
@@ -262,15 +268,22 @@ class Planner:
             and (now is None or (p.at <= now and (p.until is None or now < p.until)))
         ]
 
-    def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
+    def refresh_controls(
+        self,
+        controls: Mapping[str, EntryControl],
+        now: datetime,
+        lifts: Mapping[str, Sequence[datetime]] | None = None,
+    ) -> int:
         """Every entry's control as persisted now (an entry missing has none): a pause set or
-        lifted, a busy mark cleared, a held run published elsewhere. How many changed."""
+        lifted, a busy mark cleared, a held run published elsewhere. How many changed.
+        `lifts`: per entry, when pauses were lifted since the last refresh, if known (a pause
+        lifted at no time known ends `now`)."""
         changed = 0
         for name, slot in self._slots.items():
             control = controls.get(name, NO_CONTROL)
             if control != slot.control:
                 changed += 1
-                slot.set_control(control, now)
+                slot.set_control(control, now, lifts.get(name, ()) if lifts else ())
                 if slot.next_slot is not None:
                     self._set_next(slot, slot.next_slot)
         return changed
