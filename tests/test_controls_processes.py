@@ -149,7 +149,6 @@ def test_a_pause_during_failover_holds_on_the_standby_and_resume_publishes_the_n
     b = procs.scheduler("b")
     a.signal(signal.SIGKILL)
     a.popen.wait()
-    killed_at = now()
 
     code, out, err = beatd(procs, "pause", "paused", "--reason", "failover drill", "--by", "ops")
     assert b.count("became leader") == 0, "the pause was to land while no leader led"
@@ -190,7 +189,6 @@ def test_a_pause_during_failover_holds_on_the_standby_and_resume_publishes_the_n
     assert paused_at <= min(stopped) and max(stopped) < resumed_at
     assert [s for s in published if paused_at <= s < resumed_at] == []
     assert min(s for s in published if s > paused_at) == max(stopped) + SECOND
-    assert max(s for s in published if s < paused_at) < killed_at + SECOND
 
 
 # --- overlap: skip, with real workers ------------------------------------------------------
@@ -315,8 +313,8 @@ def test_a_trigger_during_a_pause_is_refused_naming_it_and_forced_runs(procs: Pr
         lambda: [r for r in runs(procs, "tick", "succeeded") if r["id"] == forced],
         what="the forced run to be run",
     )
-    resync = "entry=tick: persisted state or control (a pause, a busy run) differs from ours"
-    wait_for(lambda: a.count(resync), what="a slot due in the pause to meet it at the commit")
+    first_paused = at(since[1]) + SECOND  # the first slot due after the pause began
+    wait_for(lambda: now() > first_paused, what="a slot to fall due in the pause")
     code, stdout, err = beatd(procs, "resume", "tick", "--by", "bob", schedules=False)
     assert (code, stdout, err) == (0, "resumed tick\n", "")
     resumed_at = action_time(procs, "tick", "resume")
