@@ -206,7 +206,7 @@ def select_entries(
     if pattern is not None:
         chosen = sorted(name for name in known if fnmatch.fnmatchcase(name, pattern))
         if not chosen:
-            raise BadRequest("match", "--match", f"no entry matches {pattern!r}")
+            raise UnknownName("match", "--match", f"no entry matches {pattern!r}")
         return chosen
     for name in names:
         if name not in known:
