@@ -121,7 +121,7 @@ class RedisLeaseStore(RedisLink):
         mine = (held.token, held.epoch) if held is not None else ("", "")
         prefix = self._key("")
         args = (node, token, _ms(ttl), config_hash, *mine, min_epoch, prefix)
-        reply = self._eval("acquire", keys, args)
+        reply = self._send("acquire", keys, args, replicated=True)()
         if reply is None:
             return None
         if len(reply) > 2 and int(reply[2]) < FORMAT_VERSION:  # upgraded under this fresh take
@@ -160,9 +160,21 @@ class RedisStateStore(RedisLink):
     """The state hash, advanced with the runs' messages by one fenced script."""
 
     def __init__(
-        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+        self,
+        url: str,
+        *,
+        namespace: str = "beatd",
+        op_timeout: float = 2.0,
+        history: bool = True,
+        wait_replicas: int | None = None,
     ) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
+        super().__init__(
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            history=history,
+            wait_replicas=wait_replicas,
+        )
         # by (kind, queue, priority): hashing a dataclass costs a Python call per message
         self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
 
@@ -207,7 +219,7 @@ class RedisStateStore(RedisLink):
         history = self._commit_history(lease, writes, messages, celery)
         controls = commit_controls(self._key(""), bool(self._history), writes, messages)
         args = (lease.token, lease.epoch, *flat, *history, *controls)
-        wait = self._send_fenced("commit", lease, keys, args)
+        wait = self._send_fenced("commit", lease, keys, args, replicated=True)
         return lambda: set(wait())
 
     def _commit_history(

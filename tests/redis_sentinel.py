@@ -1,0 +1,119 @@
+"""A Redis primary, one replica and three sentinels, each a real process on a free port.
+
+Started by the test and stopped by pid (tests/redis_server.py); Sentinel watches the primary as
+service `beatd-test` with `down-after-milliseconds 1000` and quorum 2, so a killed primary is
+replaced by the replica within a few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import redis
+
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.waiting import wait_for
+
+SERVICE = "beatd-test"
+DOWN_AFTER_MS = 1000
+
+
+class SentinelProcess:
+    """One `redis-server --sentinel` with a generated configuration file."""
+
+    def __init__(self, directory: Path, primary_port: int) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.primary_port = primary_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.directory}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+        )
+        log = (self.directory / "sentinel.log").open("ab")
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
+
+    def log(self) -> str:
+        path = self.directory / "sentinel.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+class SentinelCluster:
+    """Primary, replica and three sentinels; `url` names them as beatd reads it."""
+
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+        self.primary = RedisServer(directory / "primary", persistent=persistent)
+        self.replica = RedisServer(directory / "replica", persistent=persistent)
+        self.sentinels = [
+            SentinelProcess(directory / f"sentinel{i}", self.primary.port) for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> SentinelCluster:
+        self.primary.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.start()
+        wait_for(self._replica_synced, what="the replica to sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self._sentinels_ready, what="the sentinels to see the replica and each other")
+        return self
+
+    def _replica_synced(self) -> bool:
+        with self.replica.client() as client:
+            return bool(client.info("replication").get("master_link_status") == "up")
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                try:
+                    state = client.sentinel_master(SERVICE)
+                except redis.ConnectionError:
+                    return False
+            if state["num-other-sentinels"] != 2 or state["num-slaves"] != 1:
+                return False
+        return True
+
+    def primary_port(self) -> int:
+        """The primary's port, as the first sentinel that answers says."""
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            with sentinel.client() as client:
+                try:
+                    _, port = client.sentinel_get_master_addr_by_name(SERVICE)
+                    return int(port)
+                except redis.ConnectionError:
+                    continue
+        raise RuntimeError("no sentinel answers")
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        self.replica.stop()
+        self.primary.stop()
