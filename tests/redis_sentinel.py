@@ -22,21 +22,29 @@ DOWN_AFTER_MS = 1000
 class SentinelProcess:
     """One `redis-server --sentinel` with a generated configuration file."""
 
-    def __init__(self, directory: Path, primary_port: int) -> None:
+    def __init__(self, directory: Path, number: int, primary_port: int) -> None:
         self.directory = directory
         self.port = free_port()
+        self.myid = f"{number + 1:040x}"
         self.primary_port = primary_port
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> SentinelProcess:
+    def start(self, replica_port: int, others: list[SentinelProcess]) -> SentinelProcess:
+        """Started knowing the replica and the other sentinels, so that it can vote and fail
+        over at once (found on its own, they take a few seconds of INFO and hello messages)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "sentinel.conf"
+        known = "".join(
+            f"sentinel known-sentinel {SERVICE} 127.0.0.1 {o.port} {o.myid}\n" for o in others
+        )
         config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.directory}\n"
+            f"sentinel myid {self.myid}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
+            f"sentinel known-replica {SERVICE} 127.0.0.1 {replica_port}\n{known}"
         )
         log = (self.directory / "sentinel.log").open("ab")
         self.process = subprocess.Popen(
@@ -63,10 +71,12 @@ class SentinelCluster:
     """Primary, replica and three sentinels; `url` names them as beatd reads it."""
 
     def __init__(self, directory: Path, *, persistent: bool = True) -> None:
-        self.primary = RedisServer(directory / "primary", persistent=persistent)
-        self.replica = RedisServer(directory / "replica", persistent=persistent)
+        # no 5 s wait for more replicas before a full sync
+        fast = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(directory / "primary", persistent=persistent, extra=fast)
+        self.replica = RedisServer(directory / "replica", persistent=persistent, extra=fast)
         self.sentinels = [
-            SentinelProcess(directory / f"sentinel{i}", self.primary.port) for i in range(3)
+            SentinelProcess(directory / f"sentinel{i}", i, self.primary.port) for i in range(3)
         ]
 
     @property
@@ -76,11 +86,12 @@ class SentinelCluster:
 
     def start(self) -> SentinelCluster:
         self.primary.start()
-        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.extra += ("--replicaof", "127.0.0.1", str(self.primary.port))
         self.replica.start()
         wait_for(self._replica_synced, what="the replica to sync")
         for sentinel in self.sentinels:
-            sentinel.start()
+            others = [s for s in self.sentinels if s is not sentinel]
+            sentinel.start(self.replica.port, others)
         wait_for(self._sentinels_ready, what="the sentinels to see the replica and each other")
         return self
 

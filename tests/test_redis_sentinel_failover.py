@@ -1,0 +1,189 @@
+"""A Redis primary killed under `beatd run` and `beatd worker`, behind Sentinel, as real processes.
+
+One primary, one replica and three sentinels (`down-after-milliseconds 1000`) started by the
+test; ten `catch_up` entries every second; the scheduler (lease TTL 2 s) and a worker follow the
+service by its `redis+sentinel://` URL. Each run notes its id, its publish time and its
+delivery: a slot published twice shows one id with two publish times, a slot lost is a gap in
+its entry's runs. The figures each test measured are printed (`pytest -s` shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from tests.redis_sentinel import SentinelCluster
+from tests.test_redis_faults import Proc
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+ENTRIES = 10
+SECOND = timedelta(seconds=1)
+
+
+class Deployment:
+    """The Sentinel set, and `beatd run` and `beatd worker` processes following it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.out = tmp_path / "runs.txt"
+        self.cluster = SentinelCluster(tmp_path / "redis").start()
+        (tmp_path / "schedules").mkdir()
+        lines = ["defaults:\n  missed: catch_up\nentries:\n"]
+        for i in range(ENTRIES):
+            lines.append(
+                f"  e{i}:\n    task: tests.worker_tasks.note_publish\n    every: 1s\n"
+                f"    args: ['{self.out}']\n"
+            )
+        (tmp_path / "schedules" / "s.yaml").write_text("".join(lines))
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, *argv: str, ready: str) -> Proc:
+        log = self.dir / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "beatd", *argv, "--broker", self.cluster.url]
+        command += ["-s", str(self.dir / "schedules"), "--log-format", "json"]
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, env=env
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        wait_for(lambda: proc.count(ready) or popen.poll() is not None, what=name)
+        assert proc.count(ready) == 1, log.read_text()
+        return proc
+
+    def runs(self) -> list[tuple[str, datetime, int]]:
+        """(run id, published at, delivery) of every run completed so far."""
+        if not self.out.exists():
+            return []
+        found = []
+        for line in self.out.read_text().splitlines():
+            run, published, delivery = line.split()
+            found.append((run, datetime.fromisoformat(published), int(delivery)))
+        return found
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.cluster.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    started = Deployment(tmp_path)
+    yield started
+    started.close()
+
+
+def slots_by_entry(runs: list[tuple[str, datetime, int]]) -> dict[str, set[datetime]]:
+    found: dict[str, set[datetime]] = {}
+    for run, _, _ in runs:
+        entry, slot = run.split("@")
+        found.setdefault(entry, set()).add(datetime.fromisoformat(slot))
+    return found
+
+
+def lost(runs: list[tuple[str, datetime, int]]) -> int:
+    """Slots missing between each entry's first and last run."""
+    missing = 0
+    for slots in slots_by_entry(runs).values():
+        missing += sum((b - a) // SECOND - 1 for a, b in pairwise(sorted(slots)))
+    return missing
+
+
+def republished(runs: list[tuple[str, datetime, int]]) -> int:
+    """Runs published more than once: one id, several publish times."""
+    times: dict[str, set[datetime]] = {}
+    for run, published, _ in runs:
+        times.setdefault(run, set()).add(published)
+    return sum(len(t) - 1 for t in times.values())
+
+
+def fail_over(deployment: Deployment, before_kill: float) -> tuple[float, int, int]:
+    """Kill the primary under load; (seconds from the kill to the first run published after
+    it, runs republished, slots lost), counted once the scheduler stopped and the worker ran
+    every slot up to the last published."""
+    cluster = deployment.cluster
+    scheduler = deployment.start(
+        "a", "run", "--node", "a", "--lease-ttl", "2s", "--no-watch", ready="beatd run node=a "
+    )
+    worker = deployment.start(
+        "w",
+        "worker",
+        "-A",
+        "tests.worker_tasks",
+        "-c",
+        "4",
+        "--visibility-timeout",
+        "3s",
+        ready="ready: ",
+    )
+    wait_for(lambda: len(deployment.runs()) >= 3 * ENTRIES, what="runs before the kill")
+    before_kill()
+    new_primary = cluster.replica.port
+    cluster.primary.kill()
+    killed_at = time.time()
+    cluster.replica.resume()  # (no-op unless paused)
+
+    def published_after() -> list[float]:
+        return [p.timestamp() for _, p, _ in deployment.runs() if p.timestamp() > killed_at]
+
+    wait_for(published_after, timeout=30, what="a run published after the failover")
+    gap = min(published_after()) - killed_at
+    assert cluster.primary_port() == new_primary
+    wait_for(
+        lambda: len(published_after()) >= 3 * ENTRIES, timeout=30, what="runs after the failover"
+    )
+    scheduler.signal(signal.SIGTERM)
+    assert scheduler.popen.wait(15) == 0
+    last = max(p for _, p, _ in deployment.runs())
+
+    def drained() -> bool:  # every slot up to the last published has run
+        runs = deployment.runs()
+        ends = [max(s) for s in slots_by_entry(runs).values()]
+        return lost(runs) == 0 and min(ends) >= last - 2 * SECOND
+
+    wait_for(drained, timeout=20, what="the worker to run every slot published")
+    assert worker.stop() == 0
+    runs = deployment.runs()
+    assert sorted(slots_by_entry(runs)) == sorted(f"e{i}" for i in range(ENTRIES))
+    assert scheduler.count("moved to a new primary") == 1, scheduler.log.read_text()
+    return gap, republished(runs), lost(runs)
+
+
+def test_primary_killed_in_steady_state_every_slot_is_published_once_none_lost(
+    deployment: Deployment,
+) -> None:
+    gap, again, missing = fail_over(deployment, lambda: None)
+    print(f"\nsteady state: gap {gap:.1f} s, republished {again}, lost {missing}")
+    assert (again, missing) == (0, 0)
+    assert gap < 1.0 + 2.0 + 3.0  # down-after + lease TTL + the vote, promotion and backoff
+
+
+def test_primary_killed_with_its_replica_stopped_first_none_lost(deployment: Deployment) -> None:
+    cluster = deployment.cluster
+
+    def stop_replica() -> None:  # its acknowledgements stop: commits pause, unacknowledged
+        cluster.replica.pause()
+        wait_for(
+            lambda: deployment.procs[0].count("not acknowledged by any replica"),
+            timeout=10,
+            what="the leader to pause",
+        )
+
+    gap, again, missing = fail_over(deployment, stop_replica)
+    print(f"\nreplica stopped first: gap {gap:.1f} s, republished {again}, lost {missing}")
+    assert missing == 0
