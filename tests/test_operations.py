@@ -100,6 +100,11 @@ CELERY_METRICS = {
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
 BACKEND_METRICS = {"beatd_backend_connections", "beatd_backend_listen_reconnects_total"}
+# both daemons, on Redis (tests/backends/test_redis_sentinel.py)
+REPLICATION_METRICS = {
+    "beatd_backend_unacknowledged_writes_total",
+    "beatd_backend_primary_changes_total",
+}
 
 THREE_POLICIES = """\
 entries:
@@ -563,7 +568,9 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
+    assert documented == (
+        SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS | REPLICATION_METRICS
+    )
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}

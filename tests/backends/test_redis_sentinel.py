@@ -19,6 +19,7 @@ from beatd.backends.base import Backend, Lease, StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.redis_sentinel import SentinelAddress, parse_sentinel_url
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
+from beatd.metrics import _replication_metrics
 from tests.backends.contract import BackendContract, message, state
 from tests.backends.test_redis import DOCS, documented_acl, exercise
 from tests.redis_sentinel import SERVICE, SentinelCluster
@@ -207,6 +208,11 @@ def test_a_commit_no_replica_acknowledged_is_in_doubt_counted_and_pauses_publish
         wait_for(lambda: _commits(backend, lease), timeout=10, what="publishing to resume")
     assert set(backend.load_states()) == {"e", "f"}
     assert backend.replication_stats() == {"unacknowledged": 1, "primary_changes": 0}
+    exported = {s.name: s.value for m in _replication_metrics(backend) for s in m.samples}
+    assert exported == {
+        "beatd_backend_unacknowledged_writes_total": 1,
+        "beatd_backend_primary_changes_total": 0,
+    }
     assert f"{shown}: replicas acknowledged the commits again; publishing resumes" in (
         caplog.messages
     )
