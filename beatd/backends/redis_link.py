@@ -135,6 +135,7 @@ class RedisLink:
         self._redis: redis.Redis
         # the Sentinel that finds the primary, when the URL names one (redis_sentinel.py)
         self._sentinel: FollowedPrimary | None = None
+        self._changes_seen = 0  # the primary changes the replica count was looked at after
         if is_sentinel(url):
             address = parse_sentinel_url(url, self.url)
             self._redis, self._sentinel = sentinel_client(address, self.url, **connection)
@@ -257,6 +258,9 @@ class RedisLink:
 
     def _await_replicas(self, name: str, connection: Any) -> None:
         """WAIT, on the connection that wrote, for the replicas the setting asks for."""
+        if self._sentinel is not None and self._sentinel.changes != self._changes_seen:
+            self._changes_seen = self._sentinel.changes  # a new primary: its own replicas
+            self._replicas.forget()
         wanted = self._replicas.wanted(self._replication)
         if wanted == 0:
             return

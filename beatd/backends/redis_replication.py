@@ -80,6 +80,10 @@ class ReplicaWait:
             self._wanted = (now, wanted)
         return wanted
 
+    def forget(self) -> None:
+        """The primary changed (a failover): look at its replicas again before the next wait."""
+        self._wanted = (-AUTO_REFRESH, 0)
+
     def _replicas_seen(self, info: Callable[[], Replication]) -> tuple[int, ...]:
         try:
             return info().acknowledged
