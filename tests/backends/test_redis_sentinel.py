@@ -175,6 +175,18 @@ def test_a_bad_sentinel_url_is_refused_naming_it_without_passwords_and_what_is_w
     assert str(caught.value) == f"cannot use Redis Sentinel URL {problem}; {FORM}"
 
 
+def test_celery_task_events_are_heard_from_the_primary(
+    cluster: SentinelCluster, admin: redis.Redis
+) -> None:
+    backend = RedisBackend(cluster.url)
+    assert backend.celery_events(0.05) == []  # subscribed now, on a connection of its own
+    admin.publish("/0.celeryev/task.succeeded", b"event")
+    heard: list[bytes] = []
+    wait_for(lambda: heard.extend(backend.celery_events(0.2)) or heard, timeout=5)
+    assert heard == [b"event"]
+    backend.close()
+
+
 # --- WAIT, its pause, and a failover -------------------------------------------------------
 
 
