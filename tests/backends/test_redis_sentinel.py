@@ -21,8 +21,8 @@ from beatd.backends.redis_sentinel import SentinelAddress, parse_sentinel_url
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.metrics import _replication_metrics
 from tests.backends.contract import BackendContract, message, state
-from tests.backends.test_redis import DOCS, documented_acl, exercise
-from tests.redis_sentinel import SERVICE, SentinelCluster
+from tests.backends.test_redis import DOCS, documented_acl, exercise, make_certificates
+from tests.redis_sentinel import SERVICE, Certificates, SentinelCluster
 from tests.waiting import wait_for
 
 FORM = "the form is redis+sentinel://[user:password@]host1:26379,host2:26379/SERVICE/DB"
@@ -286,6 +286,22 @@ def _answers(backend: RedisBackend) -> bool:
     except (NotApplied, OutcomeUnknown):
         return False
     return True
+
+
+def test_rediss_sentinel_speaks_tls_to_the_sentinels_and_the_primary(tmp_path: Path) -> None:
+    tls = Certificates(*make_certificates(tmp_path))
+    cluster = SentinelCluster(tmp_path / "set", tls=tls).start()
+    try:
+        backend = RedisBackend(cluster.url)
+        exercise(backend)  # every commit and take WAITs for the replica, over TLS
+        assert backend.replication_stats() == {"unacknowledged": 0, "primary_changes": 0}
+        backend.close()
+        plain = RedisBackend(cluster.url.replace("rediss+", "redis+").split("?")[0])
+        with pytest.raises(NotApplied):  # the sentinels' TLS ports answer no plain text
+            plain.ping()
+        plain.close()
+    finally:
+        cluster.stop()
 
 
 # --- users ---------------------------------------------------------------------------------
