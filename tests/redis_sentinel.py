@@ -140,8 +140,11 @@ class SentinelCluster:
         return self
 
     def _replica_synced(self) -> bool:
-        with self.replica.client() as client:
-            return bool(client.info("replication").get("master_link_status") == "up")
+        """The replica is online as the primary sees it (after a diskless sync, only once its
+        first acknowledgement arrived: before that WAIT does not count it)."""
+        with self.primary.client() as client:
+            replica = client.info("replication").get("slave0")
+        return isinstance(replica, dict) and replica.get("state") == "online"
 
     def _sentinels_ready(self) -> bool:
         for sentinel in self.sentinels:

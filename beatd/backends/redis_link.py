@@ -9,6 +9,7 @@ lost (a timeout, a connection lost while waiting) is OutcomeUnknown: Redis may s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import socket
 import ssl
@@ -30,7 +31,13 @@ from beatd.backends.redis_sentinel import (
     parse_sentinel_url,
     sentinel_client,
 )
-from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.errors import (
+    BackendError,
+    LeaseLost,
+    NotApplied,
+    OutcomeUnknown,
+    TransientBackendError,
+)
 
 T = TypeVar("T")
 
@@ -119,7 +126,8 @@ class RedisLink:
         # the key prefix the scripts write the run history under; '' writes none
         self._history = self._key("") if history else ""
         self._format_checked = False  # see _check_format
-        self._replicas = ReplicaWait(wait_replicas, _ms(op_timeout / 2), self.url)
+        self._wait_ms = _ms(op_timeout / 2)  # WAIT's timeout: well inside the call's
+        self._replicas = ReplicaWait(wait_replicas, self._wait_ms, self.url)
         connection: dict[str, Any] = dict(
             decode_responses=True,
             socket_timeout=op_timeout,
@@ -264,18 +272,35 @@ class RedisLink:
         wanted = self._replicas.wanted(self._replication)
         if wanted == 0:
             return
+        acked = int(self._do("wait", lambda: _reply(connection, "WAIT", wanted, self._wait_ms)))
 
-        def call() -> Any:
-            connection.send_command("WAIT", wanted, self._replicas.wait_ms)
-            return connection.read_response()
+        def written() -> Replication:  # the primary this connection wrote to
+            return Replication.parse(self._do("info", lambda: _reply(connection, *INFO)))
 
-        acked = int(self._do("wait", call))
-        doubt = self._replicas.acknowledged(name, acked, wanted, self._replication)
+        doubt = self._replicas.acknowledged(name, acked, wanted, written)
         if doubt is not None:
+            self._follow_primary()
             raise OutcomeUnknown(doubt)
 
     def _replication(self) -> Replication:
-        return Replication.parse(self._cmd("INFO", "replication"))
+        """The replication of the primary the next call reaches."""
+        self._follow_primary()
+        pool = self._redis.connection_pool
+        connection = self._do("info", pool.get_connection, unsent=True)
+        try:
+            return Replication.parse(self._do("info", lambda: _reply(connection, *INFO)))
+        finally:
+            pool.release(connection)
+
+    def _follow_primary(self) -> None:
+        """Under Sentinel, ask the sentinels for the primary now: if they name another one
+        (a failover, while the old primary still answers), the pooled connections to the old
+        one are dropped, so the next call goes to the new one (redis-py's pool does this)."""
+        if self._sentinel is None:
+            return
+        pool = self._redis.connection_pool
+        with contextlib.suppress(TransientBackendError):  # the next call says it again
+            self._do("sentinel masters", pool.get_master_address)  # type: ignore[attr-defined]
 
     def replication_stats(self) -> dict[str, int]:
         """`unacknowledged` writes (no replica acknowledged them in time) and the times the
@@ -321,6 +346,15 @@ class RedisLink:
 
     def ping(self) -> None:
         self._cmd("PING")
+
+
+INFO = ("INFO", "replication")
+
+
+def _reply(connection: Any, *command: str | int) -> Any:
+    """One command on `connection`, its reply unparsed (a string)."""
+    connection.send_command(*command)
+    return connection.read_response()
 
 
 def _never_connected(exc: BaseException) -> bool:

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from beatd.errors import BackendError, TransientBackendError
 
@@ -39,17 +38,18 @@ class Replication:
     acknowledged: tuple[int, ...]
 
     @classmethod
-    def parse(cls, info: dict[str, Any]) -> Replication:
-        acknowledged = tuple(
-            int(value["offset"])
-            for key, value in info.items()
-            if key.startswith("slave")
-            and isinstance(value, dict)
-            and value.get("state") == "online"
-        )
-        return cls(
-            str(info.get("master_replid", "")), int(info.get("master_repl_offset", 0)), acknowledged
-        )
+    def parse(cls, text: str) -> Replication:
+        """From the reply to `INFO replication` (`key:value` lines; a replica's line is
+        `slaveN:ip=...,port=...,state=online,offset=N,lag=N`)."""
+        fields = dict(line.partition(":")[::2] for line in text.splitlines() if ":" in line)
+        acknowledged = []
+        for key, value in fields.items():
+            if key.startswith("slave") and key[5:].isdigit():
+                replica = dict(pair.partition("=")[::2] for pair in value.split(","))
+                if replica.get("state") == "online":
+                    acknowledged.append(int(replica.get("offset", "0")))
+        offset = int(fields.get("master_repl_offset", "0").strip() or 0)
+        return cls(fields.get("master_replid", "").strip(), offset, tuple(acknowledged))
 
     def holding(self, offset: int) -> int:
         return sum(acked >= offset for acked in self.acknowledged)
