@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
+from beatd.backends import open_celery_events
 from beatd.backends.base import Backend, HearsCeleryEvents
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
@@ -99,13 +100,14 @@ def build_scheduler(
     metrics_entries: EntrySeries = EntrySeries.ALL,
     retention: Retention | None = None,
     audit_retention: timedelta = AUDIT_RETENTION,
+    celery_events_url: str | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
     in-process `worker` nudged after each step, and, while leading, the run history trimmed to
     `retention` (none: never trimmed, nor the audit log) and the controls' audit log to
-    `audit_retention`, and, leading Celery entries on a backend that hears Celery's task
-    events, their outcomes recorded from those events."""
+    `audit_retention`, and, leading Celery entries, their outcomes recorded from Celery's task
+    events (`celery_event_source`: on RabbitMQ at `celery_events_url`, else on the backend)."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -120,8 +122,9 @@ def build_scheduler(
         observers.append(trimming)
         if registry is not None:
             register_history(registry, trimming.stats)
-    if isinstance(backend, HearsCeleryEvents):  # runs in Celery's protocol report back
-        listener = CeleryEventListener(backend, backend, clock)
+    source = celery_event_source(backend, celery_events_url)
+    if source is not None:  # runs in Celery's protocol report back
+        listener = CeleryEventListener(source, backend, clock)
         observers.append(CeleryEvents(listener))
         if registry is not None:
             register_celery_events(registry, listener.stats)
@@ -132,6 +135,15 @@ def build_scheduler(
     if registry is not None:
         register_scheduler(registry, scheduler, EntryFilter(metrics_entries))
     return scheduler
+
+
+def celery_event_source(backend: Backend, amqp_url: str | None) -> HearsCeleryEvents | None:
+    """Where the leader hears Celery's task events: RabbitMQ's `celeryev` exchange at
+    `amqp_url` when Celery runs go to RabbitMQ, else the backend if it is their broker (Redis);
+    None when neither can be heard. The history they are recorded in is the backend's."""
+    if amqp_url is not None:
+        return open_celery_events(amqp_url)
+    return backend if isinstance(backend, HearsCeleryEvents) else None
 
 
 def build_worker(

@@ -18,6 +18,12 @@ of them. An event carries `type`, `uuid` (the task id: beatd's run id), `hostnam
 worker's node name, `celery@host`), `pid`, `timestamp` (the worker's clock, Unix time), and per
 type: `exception` (task-failed, task-retried: the exception's repr), `expired` and `terminated`
 (task-revoked).
+
+On RabbitMQ (AMQP) `celeryev` is a topic exchange, and an event of type `task-started` is
+published with the routing key `task.started` (`task.multi` for a batch). A receiver binds a
+queue of its own with `task.#`, as Celery's `EventReceiver` binds one (with `#`), and each
+message's body is the event (or the batch) itself, as JSON: its `content_type` property is
+`application/json`, its `content_encoding` `utf-8` (`AmqpMessage`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from beatd.history import TIME_LIMIT, Ending
 from beatd.outcomes import Outcome
 
 EXCHANGE = "celeryev"  # Celery's event_exchange
+TASK_ROUTING_KEY = "task.#"  # on AMQP: every task event, batches (`task.multi`) included
+JSON = "application/json"  # Celery's default event_serializer
 # The task events beatd records; a worker's own events (worker-heartbeat...) are not read.
 RECEIVED, STARTED, SUCCEEDED = "task-received", "task-started", "task-succeeded"
 FAILED, RETRIED, REVOKED = "task-failed", "task-retried", "task-revoked"
@@ -87,15 +95,32 @@ class TaskEvent(NamedTuple):
         return self.hostname.rpartition("@")[2]
 
 
-def decode(payload: bytes | str) -> list[TaskEvent]:
-    """The task events of one PUBLISH payload on Celery's event channels, in the order the
-    worker sent them; other events (worker-heartbeat...) are left out. Raises `Undecodable`
-    (with what was wrong) for a payload that is not a kombu envelope of JSON events."""
-    try:
-        envelope = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Undecodable(f"the message is not a JSON kombu envelope ({exc})") from None
-    body = _body(envelope)
+class AmqpMessage(NamedTuple):
+    """A message from Celery's event exchange on AMQP: its body as delivered and the two
+    properties that say how to read it."""
+
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+
+
+# What an event source hands over: a kombu envelope (Redis pub/sub) or an AMQP message.
+Payload = bytes | str | AmqpMessage
+
+
+def decode(payload: Payload) -> list[TaskEvent]:
+    """The task events of one message on Celery's event channels, in the order the worker sent
+    them; other events (worker-heartbeat...) are left out. Raises `Undecodable` (with what was
+    wrong) for a message that is not a kombu envelope (Redis) or an AMQP message of JSON
+    events."""
+    if isinstance(payload, AmqpMessage):
+        body = _amqp_body(payload)
+    else:
+        try:
+            envelope = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Undecodable(f"the message is not a JSON kombu envelope ({exc})") from None
+        body = _body(envelope)
     items = body if isinstance(body, list) else [body]
     return [event for item in items if (event := _event(item)) is not None]
 
@@ -103,12 +128,7 @@ def decode(payload: bytes | str) -> list[TaskEvent]:
 def _body(envelope: Any) -> Any:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), str):
         raise Undecodable("the message is not a kombu envelope (no `body` text)")
-    content_type = envelope.get("content-type")
-    if content_type != "application/json":
-        raise Undecodable(
-            f"the event is encoded as {content_type!r}, not application/json: set Celery's "
-            "event_serializer to json (its default)"
-        )
+    _must_be_json(envelope.get("content-type"))
     raw: str = envelope["body"]
     properties = envelope.get("properties")
     encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
@@ -117,6 +137,23 @@ def _body(envelope: Any) -> Any:
         return json.loads(text)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise Undecodable(f"the event body is not {encoding or 'plain'} JSON ({exc})") from None
+
+
+def _amqp_body(message: AmqpMessage) -> Any:
+    _must_be_json(message.content_type)
+    charset = message.content_encoding or "utf-8"
+    try:
+        return json.loads(message.body.decode(charset))
+    except (LookupError, UnicodeDecodeError, ValueError) as exc:
+        raise Undecodable(f"the event body is not {charset} JSON ({exc})") from None
+
+
+def _must_be_json(content_type: object) -> None:
+    if content_type != JSON:
+        raise Undecodable(
+            f"the event is encoded as {content_type!r}, not {JSON}: set Celery's "
+            "event_serializer to json (its default)"
+        )
 
 
 def _event(item: Any) -> TaskEvent | None:
@@ -211,3 +248,4 @@ class CeleryEventStats:
     write_errors: int = 0  # events lost because the history could not be written
     published: int = 0  # runs published in Celery's protocol while leading
     listening: bool = False  # subscribed now
+    interruptions: int = 0  # times the source or the history failed and listening resumed

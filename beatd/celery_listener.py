@@ -1,18 +1,21 @@
 """The leader's ear for Celery's task events: the outcomes of the runs beatd published in
 Celery's protocol, recorded in the run history as stock Celery workers report them.
 
-`CeleryEventListener` is a thread that reads the events from a backend that hears them
-(`HearsCeleryEvents`: Redis), decodes them (beatd.celery_events) and writes each one for a run
-beatd published to the `RunHistory`: task-received -> `run_received`, task-started ->
-`attempt_started` (consumer: the worker's node name, its host and pid), task-succeeded,
--failed, -retried and -revoked -> `attempt_ended`. The times are the events' own (the worker's
-clock). Events for task ids beatd did not publish write nothing: ids that cannot be beatd's
-(Celery's UUIDs) are not even looked up, and the history ignores the others.
+`CeleryEventListener` is a thread that reads the events from a source that hears them
+(`HearsCeleryEvents`: a Redis backend, or RabbitMQ's event exchange), decodes them
+(beatd.celery_events) and writes each one for a run beatd published to the `RunHistory`:
+task-received -> `run_received`, task-started -> `attempt_started` (consumer: the worker's node
+name, its host and pid), task-succeeded, -failed, -retried and -revoked -> `attempt_ended`.
+The times are the events' own (the worker's clock). Events for task ids beatd did not publish
+write nothing: ids that cannot be beatd's (Celery's UUIDs) are not even looked up, and the
+history ignores the others.
 
 Events are pub/sub: those sent while no leader listens are lost, so such runs stay `unknown`
-(docs/history.md). A backend outage is waited out with backoff and the subscription made
-again; events heard but not yet written wait (up to `PENDING_LIMIT`) and are written on
-recovery, since every history write is idempotent.
+(docs/history.md). An outage of the source or of the history is waited out with backoff (the
+subscription made again after the source's), logged once when it begins and once when it ends,
+and counted (`CeleryEventStats.interruptions`). The source is read during the history's: events
+heard but not yet written wait (up to `PENDING_LIMIT`) and are written on recovery, since every
+history write is idempotent.
 
 `CeleryEvents` is the scheduler loop's observer that runs the listener while this node leads a
 configuration with Celery entries, and counts their published runs for the alert on workers
@@ -32,6 +35,7 @@ from beatd.celery_events import (
     RECEIVED,
     STARTED,
     CeleryEventStats,
+    Payload,
     TaskEvent,
     Undecodable,
     decode,
@@ -73,7 +77,7 @@ class CeleryEventListener:
         self._last: OrderedDict[str, tuple[bool, tuple[str, str, float]]] = OrderedDict()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._said = ""  # the last error logged, so an outage is logged once
+        self._said = ""  # the permanent error last logged in this outage
 
     @property
     def running(self) -> bool:
@@ -93,7 +97,7 @@ class CeleryEventListener:
             target=self._run, args=(self._stop,), name="beatd-celery-events", daemon=True
         )
         self._thread.start()
-        log.info("listening to Celery's task events on %s", self.history.url)
+        log.info("listening to Celery's task events on %s", self.source.url)
 
     def stop(self, wait: float = 0.0) -> None:
         """Stop listening (idempotent); `wait` seconds at most for the thread to end."""
@@ -110,45 +114,61 @@ class CeleryEventListener:
         try:
             while not stop.is_set():
                 try:
-                    self.flush()
-                    payloads = self.source.celery_events(self.poll)
-                    self.stats.listening = True
-                    self.handle(payloads)
+                    self._listen_once()
                 except BackendError as exc:
-                    self.stats.listening = False
-                    self._failed(exc)
+                    self._interrupted(backoff)
+                    self._failed(exc, began=not backoff.failing)
                     stop.wait(backoff.failed())
                     continue
                 except Exception:  # a bug must not silence the listener for good: say it, go on
-                    self.stats.listening = False
+                    self._interrupted(backoff)
                     log.exception("Celery task events: unexpected error; listening again")
                     self.source.stop_celery_events()
+                    self.stats.listening = False
                     stop.wait(backoff.failed())
                     continue
                 if backoff.failing:
-                    log.info("hearing Celery's task events again on %s", self.history.url)
+                    log.info("hearing Celery's task events again on %s", self.source.url)
                     self._said = ""
                 backoff.succeeded()
         finally:
             self.stats.listening = False
             self.source.stop_celery_events()
 
-    def _failed(self, exc: BackendError) -> None:
-        said = str(exc)
-        if said == self._said:
+    def _listen_once(self) -> None:
+        """Read what the source heard, then write it. The source is read even while the history
+        fails (what was read waits), so that a subscription is not dropped for going unread: a
+        RabbitMQ connection that misses its heartbeats, a Redis subscriber's output buffer."""
+        try:
+            payloads = self.source.celery_events(self.poll)
+        except BaseException:
+            self.stats.listening = False
+            raise
+        self.stats.listening = True
+        self.handle(payloads)
+
+    def _interrupted(self, backoff: Backoff) -> None:
+        if not backoff.failing:
+            self.stats.interruptions += 1
+
+    def _failed(self, exc: BackendError, *, began: bool) -> None:
+        """Log an outage once, when it begins; while it lasts, only a permanent error not said
+        yet (what was found on trying again may need a fix)."""
+        transient = isinstance(exc, TransientBackendError)
+        if not began and (transient or str(exc) == self._said):
             log.debug("Celery task events: still failing: %s", exc)
             return
-        self._said = said
-        if isinstance(exc, TransientBackendError):
+        if transient:
             log.warning(
-                "Celery task events: backend unavailable, listening again with backoff (events "
-                "sent meanwhile are lost: their runs stay unknown): %s",
+                "Celery task events: unavailable, listening again with backoff (events sent "
+                "meanwhile are lost: their runs stay unknown): %s",
                 exc,
             )
         else:
+            self._said = str(exc)
             log.error("Celery task events: %s", exc)
 
-    def handle(self, payloads: Sequence[bytes]) -> None:
+    def handle(self, payloads: Sequence[Payload]) -> None:
         """Decode what was heard and record the events of beatd's runs (raises the history's
         TransientBackendError; what was not written waits for the next `flush`)."""
         for payload in payloads:

@@ -208,9 +208,9 @@ class SchedulerCollector(Collector):
             labels=["entry"],
         )
         backfills = CounterMetricFamily(
-            "beatd_runs_backfill_batches",
-            "Backfill steps (beatd backfill, one per batch of runs), counted by the leader from "
-            "the audit log.",
+            "beatd_runs_backfilled",
+            "Runs published by beatd backfill (slots already there are not counted), counted by "
+            "the leader from the audit log.",
             labels=["entry"],
         )
         for name in sorted(set(triggered_counts) | set(backfill_counts)):
@@ -406,6 +406,11 @@ class CeleryEventsCollector(Collector):
             "beatd_celery_events_unrecorded",
             "Task events of beatd's runs lost because the history could not be written.",
             s.write_errors,
+        )
+        yield _counter(
+            "beatd_celery_events_interruptions",
+            "Times the event source or the history failed and listening resumed with backoff.",
+            s.interruptions,
         )
 
 

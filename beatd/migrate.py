@@ -1,9 +1,10 @@
-"""Copying run state, dead letters and the run history from one backend to another, e.g.
-SQLite to Redis.
+"""Copying run state, dead letters, the run history, the operator controls and the runtime
+entries from one backend to another, e.g. SQLite to Redis.
 
 The source is only read, never changed; copying again adds nothing (states already on the
 target are kept, dead letters and run records are keyed by run id, missed-slot records by entry,
-reason and first slot, and an entry's summary is replaced only by a newer one), so an
+reason and first slot, an entry's summary is replaced only by a newer one, and a runtime entry
+the target holds by name is kept), so an
 interrupted migration is run again.
 """
 
@@ -20,6 +21,7 @@ from beatd.backends.base import (
     LeaseStore,
     QueueAdmin,
     RunHistory,
+    RuntimeEntries,
     StateStore,
     StateWrite,
 )
@@ -34,9 +36,12 @@ QUEUED_REASON = (
 )
 
 
-class MigrationEnd(LeaseStore, StateStore, QueueAdmin, RunHistory, Controls, Protocol):
+class MigrationEnd(
+    LeaseStore, StateStore, QueueAdmin, RunHistory, Controls, RuntimeEntries, Protocol
+):
     """What a migration reads and writes on either side: the lease (nobody may lead), the
-    run state, the dead letters, the run history and the operator controls; no work queue."""
+    run state, the dead letters, the run history, the operator controls and the runtime
+    entries; no work queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class MigrationReport:
     controls: int = 0  # entries' controls (pause, busy mark, held run) copied
     audit: int = 0  # audit records copied
     keys: int = 0  # idempotency keys and request ids copied
+    entries: int = 0  # runtime entries copied, with their versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,21 @@ def copy_controls(source: Controls, target: Controls, batch: int = 1000) -> Cont
         copied[2] += target.import_controls({}, (), keys[start : start + batch])
     seen = len(controls) + len(audit) + len(keys)
     return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied))
+
+
+def copy_entries(
+    source: RuntimeEntries, target: RuntimeEntries, batch: int = 1000
+) -> tuple[int, int]:
+    """Copy every runtime entry as it is (version, times and authors), page by page by name;
+    a name the target holds is kept (`RuntimeEntries.import_entries`). How many were copied,
+    and how many skipped."""
+    copied = seen = 0
+    after = ""
+    while page := source.list_entries(after, batch):
+        copied += target.import_entries(page)
+        seen += len(page)
+        after = page[-1].name
+    return copied, seen - copied
 
 
 def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> HistoryCopy:
@@ -132,23 +153,31 @@ def migrate(
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
         controls = copy_controls(source, target)
+        entries, entries_skipped = copy_entries(source, target)
     finally:
         target.release_lease(lease)
     report = MigrationReport(
         len(states) - len(skipped),
         copied,
-        len(skipped) + len(letters) - copied + history.skipped + controls.skipped,
+        len(skipped) + len(letters) - copied + history.skipped + controls.skipped + entries_skipped,
         history.runs,
         history.missed,
         controls.controls,
         controls.audit,
         controls.keys,
+        entries,
     )
+    _log_report(report, source.url, target.url)
+    return report
+
+
+def _log_report(report: MigrationReport, source: str, target: str) -> None:
     log.info(
-        "copied %d controls, %d audit records and %d trigger keys",
+        "copied %d controls, %d audit records, %d trigger keys and %d runtime entries",
         report.controls,
         report.audit,
         report.keys,
+        report.entries,
     )
     log.info(
         "copied %d entry states, %d dead letters, %d run records and %d missed-slot records "
@@ -157,11 +186,10 @@ def migrate(
         report.dead_letters,
         report.runs,
         report.missed,
-        source.url,
-        target.url,
+        source,
+        target,
         report.skipped,
     )
-    return report
 
 
 def _require_quiet(source: MigrationEnd, target: MigrationEnd) -> None:

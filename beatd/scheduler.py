@@ -40,6 +40,7 @@ from beatd.events import (
     Totals,
 )
 from beatd.failing import EntryHealth
+from beatd.holding import HeldEnds
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
 from beatd.steering import Steering
@@ -109,6 +110,7 @@ class Scheduler:
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
+        self.held_ends = HeldEnds(backend, self.publisher.counts)
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
@@ -141,8 +143,8 @@ class Scheduler:
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
-        """Trigger and backfill audit records counted while leading, per entry."""
-        return self.steering.triggered, self.steering.backfill_batches
+        """Runs triggered and backfilled, counted from the audit log while leading, per entry."""
+        return self.steering.triggered, self.steering.backfilled
 
     def status(self) -> Status:
         return Status(
@@ -205,6 +207,7 @@ class Scheduler:
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
+            asked |= self.held_ends.count(self.planner)
             asked |= self.deadlines.mark_passed(self.clock.now())
             asked |= self.health.refresh(self.config.entries)
             summaries = self.health.summaries

@@ -21,6 +21,9 @@ _RECORD_ATTRIBUTES = frozenset(
 )
 # Libraries that log at INFO on their own ("1 change detected"): their warnings still show.
 QUIET_LIBRARIES = ("watchfiles", "redis", "prometheus_client", "urllib3")
+# libraries whose errors beatd reports itself, once per outage: pika logs an ERROR with a
+# traceback at every failed try to connect, which would repeat beatd's one line each backoff
+SPOKEN_FOR_LIBRARIES = ("pika",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,7 +51,8 @@ def setup_logging(level: str, fmt: str) -> None:
     """Configure the root logger once, on stderr; no timestamps of our own under journald.
 
     Task code logs at `level` as beatd does; the libraries beatd uses log their warnings and
-    errors only, unless `level` is debug.
+    errors only, and those whose failures beatd reports itself (pika) nothing, unless `level` is
+    debug.
     """
     handler = logging.StreamHandler()
     if fmt == "json":
@@ -63,6 +67,9 @@ def setup_logging(level: str, fmt: str) -> None:
     quiet = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(quiet)
+    silent = logging.NOTSET if level.upper() == "DEBUG" else logging.CRITICAL
+    for library in SPOKEN_FOR_LIBRARIES:
+        logging.getLogger(library).setLevel(silent)
 
 
 def on_signals(stop: threading.Event, wake: threading.Event, reload: Callable[[], None]) -> None:

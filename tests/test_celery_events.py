@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from beatd.celery_events import (
+    AmqpMessage,
     TaskEvent,
     Undecodable,
     channel_patterns,
@@ -124,6 +125,64 @@ def test_one_event_per_message_without_batches_nor_base64() -> None:
     assert decode(plain) == [
         TaskEvent("task-started", "e@1", "celery@h", 7, datetime(1970, 1, 1, tzinfo=UTC))
     ]
+
+
+def amqp(body: Any, content_type: str | None = "application/json", **kw: Any) -> AmqpMessage:
+    """A message as RabbitMQ delivers a worker's event: the JSON itself, its type in the
+    properties."""
+    return AmqpMessage(json.dumps(body).encode(), content_type, kw.get("encoding", "utf-8"))
+
+
+def test_an_amqp_message_is_the_event_itself_or_a_batch() -> None:
+    """On RabbitMQ the body is not a kombu envelope: it is the event (or the batch) as JSON."""
+    started = {"type": "task-started", "uuid": "e@1", "hostname": "celery@h", "pid": 7}
+    expected = TaskEvent("task-started", "e@1", "celery@h", 7, datetime(1970, 1, 1, tzinfo=UTC))
+    assert decode(amqp({**started, "timestamp": 0})) == [expected]
+    heartbeat = {"type": "worker-heartbeat", "hostname": "celery@h", "timestamp": 1.0}
+    batch = [{**started, "timestamp": 0}, heartbeat, {**started, "timestamp": 0, "uuid": "f@1"}]
+    assert decode(amqp(batch)) == [expected, expected._replace(uuid="f@1")]
+    # no content_encoding property: JSON is UTF-8
+    assert decode(amqp({**started, "timestamp": 0}, encoding=None)) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        pytest.param(
+            AmqpMessage(b"\x80\x04K\x01.", "application/x-python-serialize", "binary"),
+            "the event is encoded as 'application/x-python-serialize', not application/json: "
+            "set Celery's event_serializer to json (its default)",
+            id="pickle",
+        ),
+        pytest.param(
+            AmqpMessage(b"{}", None, None),
+            "the event is encoded as None, not application/json: set Celery's event_serializer "
+            "to json (its default)",
+            id="no_content_type",
+        ),
+        pytest.param(
+            AmqpMessage(b"\xff{", "application/json", "utf-8"),
+            "the event body is not utf-8 JSON",
+            id="not_utf8",
+        ),
+        pytest.param(
+            AmqpMessage(b"{}", "application/json", "no-such-charset"),
+            "the event body is not no-such-charset JSON",
+            id="unknown_charset",
+        ),
+        pytest.param(
+            amqp({"type": "task-succeeded", "hostname": "celery@h", "timestamp": 1}),
+            "a task-succeeded event without its uuid or hostname",
+            id="no_uuid",
+        ),
+    ],
+)
+def test_an_amqp_message_that_cannot_be_read_says_why(message: AmqpMessage, said: str) -> None:
+    with pytest.raises(Undecodable) as caught:
+        decode(message)
+    text = str(caught.value)
+    # the messages that quote the parser's own complaint end with it in parentheses
+    assert text == said or (text.startswith(said + " (") and text.endswith(")"))
 
 
 def test_worker_events_are_left_out() -> None:

@@ -5,6 +5,7 @@ real worker are in tests/test_celery.py."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -13,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite
+from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
 from beatd.core import Decision, Run
-from beatd.errors import NotApplied
+from beatd.errors import BackendError, NotApplied
 from beatd.events import Adopted, Published, Status, SteppedDown, Stopped
 from beatd.history import Attempt, HistoryQuery, RunRecord
 from beatd.outcomes import Outcome
@@ -40,6 +42,8 @@ def payloads(pool: str) -> list[bytes]:
 
 class Heard:
     """A stand-in for the backend's subscription: hands out what a test queued, else waits."""
+
+    url = "heard://test"
 
     def __init__(self) -> None:
         self.queued: deque[list[bytes] | Exception] = deque()
@@ -236,3 +240,69 @@ def test_the_observer_listens_while_leading_celery_entries(backend: MemoryBacken
         assert ear._thread is not None and not ear._thread.is_alive()
     finally:
         ear.stop(wait=5)
+
+
+def test_an_outage_is_logged_once_and_counted_once(
+    backend: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each try during an outage may fail differently (the connection lost, then refused): one
+    warning when it begins, one line when it ends, one count; a permanent error found while
+    trying again is said too, once."""
+    source = Heard()
+    lost, refused = NotApplied("amqp://x: connection lost"), NotApplied("amqp://x: refused")
+    denied = BackendError("amqp://x: refused the login")
+    solo = payloads("solo")
+    source.queued.extend([lost, refused, refused, denied, denied, solo[:1], refused, solo[1:]])
+    ear = listener(backend, source)
+    ear.max_backoff = 0.01
+    caplog.set_level(logging.DEBUG, "beatd.celery_listener")
+    ear.start()
+    try:
+        wait_for(lambda: ear.stats.recorded >= 14, 10, "the solo worker's events recorded")
+    finally:
+        ear.stop(wait=5)
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.INFO and not r.getMessage().startswith("listening to")
+    ]
+    warning = (
+        "Celery task events: unavailable, listening again with backoff (events sent meanwhile "
+        "are lost: their runs stay unknown): "
+    )
+    assert said == [
+        ("WARNING", warning + "amqp://x: connection lost"),
+        ("ERROR", "Celery task events: amqp://x: refused the login"),
+        ("INFO", "hearing Celery's task events again on heard://test"),
+        ("WARNING", warning + "amqp://x: refused"),
+        ("INFO", "hearing Celery's task events again on heard://test"),
+        ("INFO", "stopped listening to Celery's task events"),
+    ]
+    assert ear.stats.interruptions == 2
+
+
+def test_the_source_is_still_read_while_the_history_cannot_be_written(
+    backend: MemoryBackend,
+) -> None:
+    """A history outage must not stop the reading: unread, a RabbitMQ connection misses its
+    heartbeats and is closed with its queue, and a Redis subscriber's output buffer overflows.
+    What was read waits (up to PENDING_LIMIT) and is written when the history is back."""
+    plan = FaultPlan()
+    plan.inject("run_received", Fault.FAIL_BEFORE_WRITE, times=100)
+    source = Heard()
+    solo = payloads("solo")
+    source.queued.extend([solo[:1], [], solo[1:2], [], solo[2:]])
+    ear = CeleryEventListener(
+        source, FaultyBackend(backend, plan), FakeClock(T0), poll=0.01, max_backoff=0.01
+    )
+    ear.start()
+    try:
+        wait_for(lambda: not source.queued, 10, "every batch read")
+        assert ear.stats.recorded == 0 and len(plan.injected) < 100  # the history still fails
+        assert ear.stats.listening  # the subscription holds through the history's outage
+        wait_for(lambda: ear.stats.recorded >= 14, 20, "the solo worker's events recorded")
+    finally:
+        ear.stop(wait=5)
+    assert ear.stats.interruptions == 1 and ear.stats.write_errors == 0
+    record = backend.run("retry@1")
+    assert record is not None and record.status == "succeeded"

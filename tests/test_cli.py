@@ -46,6 +46,8 @@ COMMANDS = command_paths(main)
 def test_the_command_tree_is_what_the_help_tests_cover() -> None:
     assert COMMANDS == [
         (),
+        ("api",),
+        ("api", "token"),
         ("audit",),
         ("backfill",),
         ("check",),

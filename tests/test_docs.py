@@ -42,8 +42,8 @@ def test_every_command_is_in_the_flags_table() -> None:
     }
     assert used == with_flags
     # run, worker, status, history, dead list, dead retry, migrate, check, next, diff, trigger,
-    # pause, resume, backfill, audit, db upgrade (schema has none)
-    assert len(used) == 16
+    # pause, resume, backfill, audit, db upgrade, api token (schema has none)
+    assert len(used) == 17
 
 
 def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:
@@ -55,7 +55,7 @@ def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:
     )
     assert sentence is not None
     assert set(re.findall(r"`[^`]+`", sentence.group(1))) == without
-    assert len(without) == 31
+    assert len(without) == 32
 
 
 def yaml_blocks(path: Path) -> list[str]:
@@ -128,3 +128,15 @@ def test_the_statuses_table_says_what_a_celery_run_without_events_is() -> None:
     text = (REPO / "docs" / "history.md").read_text()
     queued = next(line for line in text.splitlines() if line.startswith("| `queued` |"))
     assert "no event yet" not in queued, queued
+
+
+def test_the_api_page_lists_every_api_option_with_its_variable() -> None:
+    text = (REPO / "docs" / "api.md").read_text()
+    rows = set(re.findall(r"^\| `(--api-[a-z-]+)[^`]*` \| `(BEATD_[A-Z_]+)` \|", text, re.M))
+    run = dict(reference.commands())["run"]
+    options = {
+        (param.opts[0], str(param.envvar))
+        for param in run.params
+        if isinstance(param, click.Option) and param.opts[0].startswith("--api-")
+    }
+    assert rows == options and len(options) == 4

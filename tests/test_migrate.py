@@ -22,6 +22,7 @@ from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli import main
 from beatd.history import HistoryQuery
+from beatd.runtime_entries import ResolvedEntry, resolve_entry
 from tests.backends.contract import message, state
 from tests.redis_server import RedisServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
@@ -392,3 +393,38 @@ def test_sqlite_to_redis_end_to_end_neither_repeats_nor_skips_a_slot(
     assert after[0] == max(done) + timedelta(seconds=1)  # the next slot, not a repeat
     assert_contiguous(done + after, timedelta(seconds=1))
     assert after[0] < started - timedelta(seconds=1)  # the gap of the move was caught up
+
+
+def test_runtime_entries_are_carried_with_their_versions_once(
+    sqlite: SQLiteBackend, target: RedisBackend, server: RedisServer, tmp_path: Path
+) -> None:
+    now = datetime.fromtimestamp(sqlite.server_time(), UTC)
+
+    def resolved(name: str, queue: str = "default") -> ResolvedEntry:
+        return resolve_entry(name, {"task": "t.x", "every": "1m", "queue": queue}, now=now)
+
+    sqlite.put_entry(resolved("a"), "ops@a")
+    sqlite.put_entry(resolved("a", "q2"), "ops@b")
+    changed = sqlite.put_entry(resolved("a", "q3"), "ops@c", request_id="r3")
+    sqlite.put_entry(resolved("b"), "ops@a")
+    sqlite.remove_entry("b", "ops@a")
+    kept = sqlite.put_entry(resolved("c"), "ops@a")
+    already = target.put_entry(resolved("c", "there"), "ops@target")
+
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == ["copied 1 runtime entr(ies) with their versions"]
+    assert target.list_entries() == [changed, already]
+    assert target.get_entry("a") == changed and changed.version == 3
+    assert kept != already
+    actions = sorted(r.action for r in target.audit("a"))
+    assert actions == ["entry.add", "entry.set", "entry.set"]  # with the audit log
+    page = target.entry_changes(None)
+    assert target.entry_changes(page.cursor - 1).changes == ((page.cursor, "a", 3),)
+
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, err) == (0, "")
+    assert len(out.splitlines()) == 1  # nothing copied twice
+    assert target.entry_changes(page.cursor).changes == ()

@@ -74,7 +74,7 @@ SCHEDULER_METRICS = {
     "beatd_entry_paused",
     "beatd_busy_marks_dropped_total",
     "beatd_runs_triggered_total",
-    "beatd_runs_backfill_batches_total",
+    "beatd_runs_backfilled_total",
     "beatd_entry_last_duration_seconds",
     "beatd_entry_last_succeeded_timestamp_seconds",
     "beatd_entry_last_failed_timestamp_seconds",
@@ -96,6 +96,7 @@ CELERY_METRICS = {
     "beatd_celery_runs_published_total",
     "beatd_celery_events_undecodable_total",
     "beatd_celery_events_unrecorded_total",
+    "beatd_celery_events_interruptions_total",
 }
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
@@ -537,7 +538,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [16]
+    assert [len(group["rules"]) for group in groups["groups"]] == [17]
 
 
 @needs_promtool

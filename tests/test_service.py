@@ -26,7 +26,7 @@ from beatd.message import RunMessage
 from beatd.observers import GcTuning
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
-from beatd.service import JsonFormatter
+from beatd.service import JsonFormatter, setup_logging
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,3 +212,18 @@ def test_debug_publish_lines_carry_entry_and_slot(
     assert formatted["msg"] == (
         "publish entry=a slot=2026-03-01T12:00:10Z due=2026-03-01T12:00:10+00:00 late=False"
     )
+
+
+@pytest.mark.parametrize(("level", "pika_level"), [("info", logging.CRITICAL), ("debug", 0)])
+def test_pikas_own_error_lines_are_left_out_unless_debugging(level: str, pika_level: int) -> None:
+    """beatd says an AMQP outage once; pika would log an ERROR with a traceback at every try."""
+    root, pika, redis = logging.getLogger(), logging.getLogger("pika"), logging.getLogger("redis")
+    handlers, levels = root.handlers[:], [root.level, pika.level, redis.level]
+    try:
+        setup_logging(level, "text")
+        quiet = logging.WARNING if level == "info" else logging.NOTSET
+        assert (pika.level, redis.level) == (pika_level, quiet)
+    finally:
+        root.handlers[:] = handlers
+        for logger, before in zip((root, pika, redis), levels, strict=True):
+            logger.setLevel(before)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from beatd.cli.timetext import absolute_and_relative, local_stamp, relative, span_text, stamp
+from beatd.timetext import absolute_and_relative, local_stamp, relative, span_text, stamp
 
 NOW = datetime(2026, 12, 5, 1, 30, tzinfo=UTC)
 

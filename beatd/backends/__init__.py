@@ -12,7 +12,15 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from beatd.backends.base import Backend, DeadLetter, Delivery, LeaderInfo, Lease, Outgoing
+from beatd.backends.base import (
+    Backend,
+    DeadLetter,
+    Delivery,
+    HearsCeleryEvents,
+    LeaderInfo,
+    Lease,
+    Outgoing,
+)
 from beatd.errors import BeatdError
 
 
@@ -113,6 +121,21 @@ def _open_postgresql(
     )
 
 
+def open_celery_events(url: str, *, exchange: str = "celeryev") -> HearsCeleryEvents:
+    """Celery's task events from the `exchange` of the RabbitMQ broker at `url` (`amqp://` or
+    `amqps://`), if the extra that brings its client is installed."""
+    try:
+        from beatd.backends.amqp_events import AmqpCeleryEvents
+    except ModuleNotFoundError as exc:
+        if exc.name != "pika":
+            raise
+        raise BeatdError(
+            "hearing Celery's task events on an amqp:// broker needs the pika package, which "
+            "is not installed: pip install 'beatd[amqp]'"
+        ) from exc
+    return AmqpCeleryEvents(url, exchange=exchange)
+
+
 __all__ = [
     "Backend",
     "DeadLetter",
@@ -122,4 +145,5 @@ __all__ = [
     "Outgoing",
     "default_broker",
     "open_backend",
+    "open_celery_events",
 ]

@@ -1,6 +1,7 @@
 """What a backend is, by role: the leader lease, the run state, the work queues, their
-administration. Each role is a small protocol whose docstrings are the contract; `Backend` is
-the composition that SQLite and Redis offer. A caller asks for the role it uses (the worker a
+administration, the run history, the operator controls and the runtime entries. Each role is a
+small protocol whose docstrings are the contract; `Backend` is the composition that SQLite,
+Redis, PostgreSQL and the in-memory backend offer. A caller asks for the role it uses (the worker a
 `WorkQueue`, `beatd migrate` a `StateStore` and a `QueueAdmin`), so a backend that offers some
 roles only can serve the callers that need no more. Every backend passes the same contract tests
 (`tests/backends/contract.py`).
@@ -27,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from beatd.celery_events import Payload
 from beatd.controls import (
     AuditRecord,
     EntryControl,
@@ -47,6 +49,7 @@ from beatd.history import (
     RunKind,
     RunRecord,
 )
+from beatd.runtime_entries import ChangePage, ResolvedEntry, RuntimeEntry
 from beatd.state import EntryState
 
 
@@ -271,17 +274,20 @@ class WaitsForWork(Protocol):
 
 @runtime_checkable
 class HearsCeleryEvents(Protocol):
-    """A backend that can hear the task events Celery's workers send with `-E` (Redis: it is
-    their broker; see beatd.celery_events). Pub/sub: what is sent while nobody listens is lost.
+    """A source of the task events Celery's workers send with `-E`: a Redis backend (it is their
+    broker; see beatd.celery_events), or RabbitMQ's `celeryev` exchange
+    (beatd.backends.amqp_events). Pub/sub: what is sent while nobody listens is lost.
     """
 
-    def celery_events(self, timeout: float) -> list[bytes]:
-        """The payloads published on Celery's event channels since the last call, in order,
+    url: str  # for logs: never includes a password
+
+    def celery_events(self, timeout: float) -> Sequence[Payload]:
+        """The messages published on Celery's event channels since the last call, in order,
         waiting up to `timeout` seconds for the first (an empty list then). The first call, and
         the first after an error or `stop_celery_events`, subscribes on a connection of its own.
-        Raises TransientBackendError when the backend cannot be reached or stops answering (the
+        Raises TransientBackendError when the source cannot be reached or stops answering (the
         subscription is dropped: the next call subscribes again), BackendError when it refuses
-        the subscription (ACL). Call it from one thread only."""
+        the subscription (ACL, permissions). Call it from one thread only."""
 
     def stop_celery_events(self) -> None:
         """Unsubscribe and close that connection; idempotent. From the calling thread only."""
@@ -603,7 +609,9 @@ class Controls(Reachable, Protocol):
         OutcomeUnknown is never a second run); a used `idempotency_key` returns DUPLICATE with
         its run id; unless `force`, a pause covering now refuses it (REFUSED_PAUSED, the pause
         in `detail`) and a fresh busy mark under the guard refuses it (skip: REFUSED_BUSY, the
-        running id in `detail`) or holds it (buffer_one: HELD, replacing the held run). A
+        running id in `detail`) or holds it (buffer_one: HELD; a held scheduled slot gives way,
+        recorded missed, reason `overlap`, node "" and epoch 0; but a held manual run is kept
+        and the trigger refused, REFUSED_HELD with the held run's id in `detail`). A
         published run gets its record (kind manual, its audit id; slot and due now) and, under
         a guard, the busy mark. Only a published or held run writes an audit record and uses up
         its idempotency key; a refused one is remembered by its request id only. The entry need
@@ -643,6 +651,113 @@ class Controls(Reachable, Protocol):
         """Every remembered idempotency key and request id (for `beatd migrate`)."""
 
 
-class Backend(LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, Protocol):
+@runtime_checkable
+class RuntimeEntries(Reachable, Protocol):
+    """Runtime entries (beatd.runtime_entries, issue 18): entries written through the API, the
+    CLI or a client rather than in schedule files, with their change feed, which the leader and
+    the standbys poll to hold every entry without reading them all again.
+
+    Each write (`put_entry`, `remove_entry`) is one atomic step by the backend's clock that also
+    appends its change-feed record and writes its audit record (`entry.add`, `entry.set` or
+    `entry.remove`, with the entry before and after as `RuntimeEntry.audit_json`, under `by`),
+    so the feed and the audit log never disagree with the entries. A write needs no lease (a
+    command works with no leader); the leader alone registers the file entries' names.
+
+    Names are unique across schedule files and runtime entries: the leader registers its file
+    entries' names at adoption (`register_file_entries`), and a write checks a name against that
+    set in its atomic step, so a name registered between a caller's read and its write is still
+    refused.
+
+    Timeouts (OutcomeUnknown), method by method: the reads and `register_file_entries` are safe
+    to repeat. `put_entry` may have been applied: repeat it with the same `request_id`, and if it
+    was, the entry it stored is returned unchanged (no second version, audit or change record)
+    as long as no other write came between (then the repeat's expected version fails, or without
+    one it writes again). `remove_entry` may have been applied: a repeat raises UnknownEntry if
+    it was (or someone else removed the entry).
+
+    `feed_retention` change records are kept (beatd.runtime_entries.FEED_RETENTION unless set
+    on the handle); each write trims the oldest beyond it in its step."""
+
+    feed_retention: int
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        """Create or replace the runtime entry `entry.name`: version 1 when created, one more
+        than the stored one when replaced; created and updated at the backend's clock. The
+        entry stored is returned.
+
+        `expected_version`: None writes whatever is stored; 0 creates only; N replaces version
+        N only. Otherwise VersionMismatch (expected and actual, 0 for none), nothing written.
+        A name in the registered file set is refused, nothing written: NameTaken (naming the
+        file) for a create or an unconditional put, FileEntryReadOnly (naming the file to edit)
+        for a conditional replace. A `request_id` equal to the stored entry's last write's
+        returns that entry as stored, writing nothing (see the timeouts above)."""
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        """`put_entry` of each of `entries` (expected version 0 with `create_only`, else none),
+        all in one atomic step, in order (their change records too): every entry is written or,
+        at the first refusal (raised as `put_entry` raises it), none. A name given twice is a
+        BackendError, nothing written. An entry whose stored last write is `request_id` is
+        returned as stored and not written again, so a batch repeated after OutcomeUnknown
+        writes nothing twice. The entries stored, in order. (`Client.add_many` and bulk imports:
+        one step per batch, not per entry.)"""
+
+    def remove_entry(
+        self, name: str, by: str, *, expected_version: int | None = None
+    ) -> RuntimeEntry:
+        """Remove the runtime entry `name` (only at `expected_version`, when given); the entry
+        as it was. UnknownEntry when there is none, FileEntryReadOnly (naming the file) for a
+        file entry's name, VersionMismatch: nothing written."""
+
+    def get_entry(self, name: str) -> RuntimeEntry | None:
+        """The runtime entry `name`, if stored (a read)."""
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
+        """At most `limit` runtime entries whose names sort after `after` (by code point),
+        in that order: a page; pass the last name for the next (a read, consistent per page)."""
+
+    def entry_changes(self, cursor: int | None, limit: int = 1000) -> ChangePage:
+        """The change records after `cursor` (the `seq` of the last one seen), oldest first, at
+        most `limit`, and the cursor to pass next (a read).
+
+        A reader starts with None: it gets `reload` and the head's cursor, loads every entry
+        (`list_entries`), then polls from that cursor; a change made while it loaded is seen
+        both ways, and the reader applies it by reading the entry's current value (`get_entry`)
+        so order never matters. `reload` is returned too when records after `cursor` were
+        trimmed (the reader fell more than `feed_retention` behind) or `cursor` is beyond the
+        head (the storage was replaced or lost its data): load every entry again."""
+
+    def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
+        """Replace the registered file-entry names (name -> the file that defines it), under
+        `lease` (LeaseLost otherwise), in one step that first checks them against the runtime
+        entries: the colliding names, sorted, and nothing registered when there are any (the
+        leader reports the configuration error naming both sources and keeps the last good
+        configuration). Idempotent."""
+
+    def file_entries(self) -> dict[str, str]:
+        """The registered file-entry names and their files (a read)."""
+
+    def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
+        """Store entries as they are, versions and times included (`beatd migrate`), each with
+        its change record and no audit record (the audit log is copied apart); a name already
+        stored is skipped, so copying twice adds nothing. How many were added."""
+
+
+class Backend(
+    LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, RuntimeEntries, Protocol
+):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
     PostgreSQL, memory)."""

@@ -41,6 +41,7 @@ from beatd.backends.base import (
 from beatd.controls import AuditRecord, EntryControl, Trigger, TriggerKey, TriggerResult
 from beatd.errors import NotApplied, OutcomeUnknown
 from beatd.history import Ending, EntrySummary, MissedRecord, Retention, RunRecord
+from beatd.runtime_entries import ResolvedEntry, RuntimeEntry
 
 T = TypeVar("T")
 
@@ -76,9 +77,17 @@ WRITES = frozenset(
         "record_audit",
         "trim_audit",
         "import_controls",
+        # the runtime entries' (the `RuntimeEntries` role)
+        "put_entry",
+        "put_entries",
+        "remove_entry",
+        "register_file_entries",
+        "import_entries",
     }
 )
-LEASED = frozenset({"renew_lease", "commit", "forget"})  # the operations a lease guards
+LEASED = frozenset(
+    {"renew_lease", "commit", "forget", "register_file_entries"}
+)  # the operations a lease guards
 THIEF = "thief"  # the node that takes a lost lease
 
 
@@ -348,3 +357,53 @@ class FaultyBackend:
         return self._call(
             "import_controls", lambda: self.backend.import_controls(controls, audit, keys)
         )
+
+    # --- runtime entries ------------------------------------------------------------------
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        return self._call(
+            "put_entry",
+            lambda: self.backend.put_entry(
+                entry, by, expected_version=expected_version, request_id=request_id
+            ),
+        )
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        return self._call(
+            "put_entries",
+            lambda: self.backend.put_entries(
+                entries, by, create_only=create_only, request_id=request_id
+            ),
+        )
+
+    def remove_entry(
+        self, name: str, by: str, *, expected_version: int | None = None
+    ) -> RuntimeEntry:
+        return self._call(
+            "remove_entry",
+            lambda: self.backend.remove_entry(name, by, expected_version=expected_version),
+        )
+
+    def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
+        return self._call(
+            "register_file_entries",
+            lambda: self.backend.register_file_entries(lease, files),
+            lease,
+        )
+
+    def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
+        return self._call("import_entries", lambda: self.backend.import_entries(entries))

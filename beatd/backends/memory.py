@@ -40,6 +40,7 @@ from beatd.backends.base import (
     unseen,
 )
 from beatd.backends.memory_controls import Book, MemoryControls
+from beatd.backends.memory_entries import MemoryEntries, Shelf
 from beatd.backends.memory_history import History, MemoryHistory
 from beatd.errors import BackendError, LeaseLost
 from beatd.history import Ending
@@ -81,6 +82,7 @@ class _Store:
     sequence: itertools.count[int] = field(default_factory=itertools.count)
     history: History = field(default_factory=History)
     book: Book = field(default_factory=Book)  # the operator controls and the audit log
+    shelf: Shelf = field(default_factory=Shelf)  # the runtime entries and their change feed
 
     def add(self, queue: BeatdQueue, message_id: str, body: str, ready_at: float) -> None:
         priority = DEFAULT_PRIORITY if queue.priority is None else queue.priority
@@ -108,7 +110,7 @@ def discard(name: str) -> None:
         _STORES.pop(name, None)
 
 
-class MemoryBackend(MemoryControls, MemoryHistory):
+class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries):
     """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds);
     with `history` False it writes no run history (it still reads it)."""
 
@@ -125,6 +127,7 @@ class MemoryBackend(MemoryControls, MemoryHistory):
         self._now = wall_clock
         self._lock, self._history = self._store.lock, self._store.history
         self._book, self._add = self._store.book, self._store.add
+        self._shelf = self._store.shelf
         self._writes_history = history
         self._host, self._pid = socket.gethostname(), os.getpid()
 

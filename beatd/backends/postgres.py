@@ -48,6 +48,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.postgres_controls import PostgresControls
+from beatd.backends.postgres_entries import PostgresEntries
 from beatd.backends.postgres_gates import gate, mark
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
@@ -249,6 +250,7 @@ class PostgresBackend(
     PostgresWorkQueue,
     PostgresQueueAdmin,
     PostgresHistoryUpkeep,
+    PostgresEntries,  # its writes' audit records go through PostgresControls
     PostgresControls,
 ):
     """Every role, on one schema of one database (see the module doc)."""

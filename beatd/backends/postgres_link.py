@@ -139,6 +139,7 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
     )
     _format_2_missed_and_summaries(db, schema)
     _format_2_controls(db, schema)
+    _format_2_entries(db, schema)
 
 
 def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> None:
@@ -219,6 +220,37 @@ def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
             PRIMARY KEY (key, entry)
         );
         CREATE INDEX trigger_key_at ON {schema}.trigger_key (at_us);
+        """
+    )
+
+
+def _format_2_entries(db: psycopg.Connection[Any], schema: str) -> None:
+    """The runtime entries (beatd.runtime_entries), folded into format 2 while it is unreleased:
+    `runtime_entry` (the definition as the JSON text beatd wrote), the change feed
+    `entry_change`, its head in the one row of `entry_head` (every entry write updates it
+    first, so the writes take turns and commit in the order of their seqs: a reader never finds
+    a seq below its cursor committed late), and the leader's registered `file_entry` names.
+    Names sort by code point (COLLATE "C"), as on the other backends, for pages by name."""
+    db.execute(
+        f"""
+        CREATE TABLE {schema}.runtime_entry (
+            name text COLLATE "C" PRIMARY KEY,
+            version integer NOT NULL,
+            definition text NOT NULL,
+            created_us bigint NOT NULL,
+            created_by text NOT NULL,
+            updated_us bigint NOT NULL,
+            updated_by text NOT NULL,
+            request_id text
+        );
+        CREATE TABLE {schema}.entry_change (
+            seq bigint PRIMARY KEY,
+            name text NOT NULL,
+            version integer
+        );
+        CREATE TABLE {schema}.entry_head (head bigint NOT NULL);
+        INSERT INTO {schema}.entry_head VALUES (0);
+        CREATE TABLE {schema}.file_entry (name text PRIMARY KEY, path text NOT NULL);
         """
     )
 

@@ -54,6 +54,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis_controls import RedisControls, commit_controls
+from beatd.backends.redis_entries import RedisEntries
 from beatd.backends.redis_events import RedisCeleryEvents
 from beatd.backends.redis_history import RedisRunHistory, published_p
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
@@ -267,6 +268,7 @@ class RedisBackend(
     RedisQueueAdmin,
     RedisRunHistory,
     RedisControls,
+    RedisEntries,
     RedisCeleryEvents,
 ):
     """Every role, on one connection pool (see the module doc), and Celery's task events on a

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 
 from beatd.backends.redis_controls_lua import CONTROLS, CONTROLS_SCRIPTS
+from beatd.backends.redis_entries_lua import ENTRIES, ENTRIES_SCRIPTS, REGISTER_FILES
 from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
 
 GROUP = "workers"
@@ -31,8 +32,8 @@ FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer for
 # change of the keys appends one (docs/design.md).
 MIGRATIONS: tuple[str, ...] = (
     "-- format 1 to 2: the same keys; only the version is new",
-    "-- format 2 to 3: the run history's keys (NS .. 'h:*') and the operator controls' "
-    "(NS .. 'ctl:*') are new; nothing to convert",
+    "-- format 2 to 3: the run history's keys (NS .. 'h:*'), the operator controls' "
+    "(NS .. 'ctl:*') and the runtime entries' (NS .. 'rt:*') are new; nothing to convert",
 )
 FORMAT_VERSION = 1 + len(MIGRATIONS)
 FORMAT = str(FORMAT_VERSION)  # the value of the format-version key
@@ -466,5 +467,7 @@ SCRIPTS = {
         "requeue": REQUEUE,
         **HISTORY_SCRIPTS,
         **CONTROLS_SCRIPTS,
+        **{name: ENTRIES + source for name, source in ENTRIES_SCRIPTS.items()},
+        "register_files": CHECK_LEASE + ENTRIES + REGISTER_FILES,
     }.items()
 }

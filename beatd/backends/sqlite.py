@@ -35,6 +35,7 @@ from beatd.backends.base import (
     utf8_fault,
 )
 from beatd.backends.sqlite_controls import HOLDS_BUSY, SQLiteControls, applied, failing
+from beatd.backends.sqlite_entries import SQLiteEntries
 from beatd.backends.sqlite_file import (
     _AS_BYTES,
     DEFAULT_PRIORITY,
@@ -505,6 +506,7 @@ class SQLiteBackend(
     SQLiteQueueAdmin,
     SQLiteRunHistory,
     SQLiteControls,
+    SQLiteEntries,
 ):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or

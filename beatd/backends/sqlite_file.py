@@ -247,10 +247,32 @@ CONTROLS_SCHEMA = (
     f"WHEN old.kind IN ('{RunKind.MANUAL}', '{RunKind.BACKFILL}') "
     "BEGIN DELETE FROM run_audit WHERE id = old.id; END",
 )
+# The runtime entries (format 2 too, issue 18; beatd.backends.sqlite_entries): each entry with
+# its version and resolved definition (JSON), the change feed (its seq from AUTOINCREMENT, so it
+# never goes back once records are trimmed), and the leader's registered file-entry names.
+ENTRIES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS runtime_entry (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_us INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    request_id TEXT
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS entry_change (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER
+)""",
+    "CREATE TABLE IF NOT EXISTS file_entry (name TEXT PRIMARY KEY, path TEXT NOT NULL) "
+    "WITHOUT ROWID",
+)
 HISTORY_OBJECTS = frozenset(
     re.findall(
         r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)",
-        " ".join(HISTORY_SCHEMA + CONTROLS_SCHEMA),
+        " ".join(HISTORY_SCHEMA + CONTROLS_SCHEMA + ENTRIES_SCHEMA),
     )
 )
 SCHEMA = """
@@ -322,7 +344,7 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 def _format_2(db: sqlite3.Connection) -> None:
     """Format 1 to 2: the run history's tables, and the message's open attempt and queued run's
-    record (issue 15); the operator controls' tables (issue 16). A
+    record (issue 15); the operator controls' tables (issue 16); the runtime entries' (issue 18). A
     process that opened the file for writing since has added them already (`add_history`), so
     that a worker started before the leader upgrades records its attempts."""
     add_history(db)
@@ -334,7 +356,7 @@ def add_history(db: sqlite3.Connection) -> None:
     for column, kind in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED:
         if column not in held:
             db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
-    for statement in HISTORY_SCHEMA + CONTROLS_SCHEMA:
+    for statement in HISTORY_SCHEMA + CONTROLS_SCHEMA + ENTRIES_SCHEMA:
         db.execute(statement)
 
 

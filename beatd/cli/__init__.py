@@ -2,6 +2,7 @@
 
 from beatd.cli import (
     admin,
+    api,
     backfill,
     controls,
     database,
@@ -17,6 +18,7 @@ from beatd.cli.common import main
 
 __all__ = [
     "admin",
+    "api",
     "backfill",
     "controls",
     "database",

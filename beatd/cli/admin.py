@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
-from beatd.backends import Backend, DeadLetter
 from beatd.cli.common import (
     BackendSettings,
     LogSettings,
@@ -17,11 +15,10 @@ from beatd.cli.common import (
     logging_options,
     main,
     open_broker,
-    slot_text,
 )
-from beatd.cli.controls import BY_HELP, backend_now, default_by
-from beatd.controls import AuditRecord, new_audit_id
+from beatd.cli.controls import BY_HELP, default_by
 from beatd.errors import BeatdError
+from beatd.operations.dead_letters import dead_letter_object, requeue_dead
 from beatd.service import setup_logging
 
 
@@ -44,7 +41,7 @@ def dead_list(backend: BackendSettings, log: LogSettings, as_json: bool) -> None
         fail(exc)
     finally:
         store.close()
-    rows = [_dead_row(d) for d in letters]
+    rows = [dead_letter_object(d) for d in letters]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -58,23 +55,6 @@ def dead_list(backend: BackendSettings, log: LogSettings, as_json: bool) -> None
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
     click.echo(f"{len(rows)} dead letter(s)")
-
-
-def _dead_row(letter: DeadLetter) -> dict[str, Any]:
-    try:
-        message: Any = json.loads(letter.body)
-    except ValueError:
-        message = letter.body
-    task = message.get("task", "?") if isinstance(message, dict) else "?"
-    return {
-        "id": letter.id,
-        "task": task,
-        "queue": letter.queue,
-        "failed_at": slot_text(letter.failed_at),
-        "deliveries": letter.deliveries,
-        "reason": letter.reason,
-        "message": message,
-    }
 
 
 @dead.command(name="retry")
@@ -97,9 +77,7 @@ def dead_retry(
         bad_option("ID/--all", "give a run ID or --all, not both and not neither")
     store = open_broker(backend, create=False)
     try:
-        moved = store.requeue_dead(None if everything else message_id)
-        if moved:
-            store.record_audit(requeue_record(store, message_id, moved, by or default_by()))
+        moved = requeue_dead(store, None if everything else message_id, by or default_by())
     except BeatdError as exc:
         fail(exc)
     finally:
@@ -107,16 +85,3 @@ def dead_retry(
     if message_id is not None and moved == 0:
         bad_option("ID", f"no dead letter with id {message_id!r} (see beatd dead list)")
     click.echo(f"requeued {moved} dead letter(s)")
-
-
-def requeue_record(store: Backend, message_id: str | None, moved: int, by: str) -> AuditRecord:
-    """The audit record of a dead-letter requeue (of one run, or of all: no entry)."""
-    entry = message_id.rpartition("@")[0] or None if message_id is not None else None
-    return AuditRecord(
-        id=new_audit_id(),
-        at=backend_now(store),
-        action="requeue_dead",
-        entry=entry,
-        by=by,
-        detail={"run_id": message_id, "requeued": moved},
-    )

@@ -12,11 +12,9 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
-from beatd.backends import Backend
 from beatd.cli.common import (
     BackendSettings,
     LogSettings,
@@ -30,26 +28,22 @@ from beatd.cli.common import (
     read_optional_config,
     schedule_options,
 )
-from beatd.cli.timetext import local_stamp, seconds, span_text, stamp
 from beatd.cli.workers import warn_about_backend
 from beatd.config import Config
-from beatd.config.convert import suggest
-from beatd.durations import read_duration
 from beatd.errors import BeatdError
-from beatd.history import (
-    ATTEMPT_OUTCOMES,
-    HistoryQuery,
-    MissedRecord,
-    RunKind,
-    RunRecord,
-    RunStatus,
+from beatd.history import HistoryQuery, MissedRecord, RunKind, RunRecord
+from beatd.operations.history import (
+    MISSED,
+    OUTCOMES,
+    SCAN_LIMIT,
+    parse_since,
+    read_history,
+    record_object,
+    unknown_outcome,
 )
 from beatd.service import setup_logging
+from beatd.timetext import local_stamp, span_text
 
-MISSED = "missed"  # the --outcome that chooses the missed-slot records
-OUTCOMES = (*ATTEMPT_OUTCOMES, *(s.value for s in RunStatus), MISSED)
-# With --outcome, runs are read newest first in growing batches until N match, up to this many.
-SCAN_LIMIT = 20_000
 SINCE_HELP = (
     "Only records written since then: a duration back from now (30m, 2d) or an ISO 8601 time "
     "(2026-12-05T01:00:00Z; one without an offset is UTC)."
@@ -61,110 +55,17 @@ def read_since(text: str | None, now: datetime) -> datetime | None:
     if text is None:
         return None
     try:
-        return now - read_duration(text, zero_ok=True)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        bad_option(
-            "--since",
-            f"cannot read {text!r}: give a duration back from now (such as 30m or 2d) or an ISO "
-            "8601 time (such as 2026-12-05T01:00:00Z)",
-        )
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return parse_since(text, now)
+    except ValueError as exc:
+        bad_option("--since", str(exc))
 
 
 def read_outcomes(values: Sequence[str]) -> frozenset[str]:
     for value in values:
-        if value not in OUTCOMES:
-            bad_option(
-                "--outcome",
-                f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}"
-                + suggest(value, OUTCOMES),
-            )
+        problem = unknown_outcome(value)
+        if problem is not None:
+            bad_option("--outcome", problem)
     return frozenset(values)
-
-
-def read_runs(
-    store: Backend, query: HistoryQuery, outcomes: frozenset[str]
-) -> tuple[list[RunRecord], bool]:
-    """The newest `query.limit` runs whose status is one of `outcomes` (any, when empty), and
-    whether the scan stopped at SCAN_LIMIT before finding them all."""
-    if outcomes and not outcomes - {MISSED}:
-        return [], False
-    size = query.limit
-    while True:
-        runs = store.runs(query._replace(limit=size))
-        chosen = [run for run in runs if not outcomes or run.status in outcomes]
-        if len(chosen) >= query.limit or len(runs) < size:
-            return chosen[: query.limit], False
-        if size >= SCAN_LIMIT:
-            return chosen, True
-        size = min(size * 4, SCAN_LIMIT)
-
-
-def run_object(run: RunRecord, zone: str | None) -> dict[str, Any]:
-    """One run, as `--json` prints it (docs/history.md, "beatd history --json")."""
-    first = run.attempts[0] if run.attempts else None
-    last = run.attempts[-1] if run.attempts else None
-    return {
-        "type": "run",
-        "id": run.id,
-        "entry": run.entry,
-        "kind": str(run.kind),
-        "audit": run.audit,
-        "status": str(run.status),
-        "slot": stamp(run.slot),
-        "slot_local": local_stamp(run.slot, zone),
-        "timezone": zone,
-        "due": stamp(run.due),
-        "published_at": stamp(run.published_at),
-        "started_at": stamp(first.started_at) if first else None,
-        "ended_at": stamp(last.ended_at) if last else None,
-        "delay_seconds": seconds(first.started_at - run.due) if first else None,
-        "duration_seconds": seconds(last.duration) if last else None,
-        "node": run.node,
-        "epoch": run.epoch,
-        "celery": run.celery,
-        "received_at": stamp(run.received_at),
-        "overdue_at": stamp(run.overdue_at),
-        "attempts": [
-            {
-                "number": a.number,
-                "consumer": a.consumer,
-                "host": a.host,
-                "pid": a.pid,
-                "started_at": stamp(a.started_at),
-                "ended_at": stamp(a.ended_at),
-                "duration_seconds": seconds(a.duration),
-                "outcome": a.outcome,
-                "reason": a.reason or None,
-                "error_type": a.error_type or None,
-                "error": a.error or None,
-            }
-            for a in run.attempts
-        ],
-    }
-
-
-def missed_object(record: MissedRecord, zone: str | None) -> dict[str, Any]:
-    """One missed-slot range, as `--json` prints it (docs/history.md)."""
-    slots = record.slots
-    return {
-        "type": "missed",
-        "entry": slots.entry,
-        "reason": slots.reason,
-        "first_slot": stamp(slots.first),
-        "first_slot_local": local_stamp(slots.first, zone),
-        "last_slot": stamp(slots.last),
-        "timezone": zone,
-        "slots": slots.total,
-        "recorded_at": stamp(record.recorded_at),
-        "node": record.node,
-        "epoch": record.epoch,
-        "overdue_at": stamp(record.overdue_at),
-    }
 
 
 def run_row(run: RunRecord, zone: str | None) -> tuple[str, ...]:
@@ -284,14 +185,13 @@ def history(
     if store.url.startswith("memory://"):  # only this process's own, empty store: say why
         warn_about_backend(store)
     try:
-        runs, cut_short = read_runs(store, query, chosen)
-        missed = store.missed(entry, query.since, limit) if not chosen or MISSED in chosen else []
+        page = read_history(store, query, chosen)
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    show(runs, missed, _zones(config), limit, as_json)
-    if cut_short:
+    show(page.records, _zones(config), as_json)
+    if page.cut_short:
         click.echo(
             f"beatd: --outcome: looked at the newest {SCAN_LIMIT} runs only; narrow the search "
             "with ENTRY or --since to see older ones",
@@ -299,36 +199,18 @@ def history(
         )
 
 
-def show(
-    runs: Sequence[RunRecord],
-    missed: Sequence[MissedRecord],
-    zones: dict[str, str],
-    limit: int,
-    as_json: bool,
-) -> None:
-    """Runs and missed ranges together, newest written first, at most `limit`."""
-    records: list[tuple[datetime, str, RunRecord | MissedRecord]] = [
-        (run.published_at, run.id, run) for run in runs
-    ]
-    records += [(m.recorded_at, m.slots.first.isoformat(), m) for m in missed]
-    records.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    chosen = [record for _, _, record in records[:limit]]
+def show(records: Sequence[RunRecord | MissedRecord], zones: dict[str, str], as_json: bool) -> None:
+    """Runs and missed ranges, newest written first: JSON lines or a table."""
     if as_json:
-        for record in chosen:
-            click.echo(json.dumps(_object(record, zones), ensure_ascii=False))
+        for record in records:
+            click.echo(json.dumps(record_object(record, zones), ensure_ascii=False))
         return
-    if not chosen:
+    if not records:
         click.echo("no runs or missed slots recorded that match")
         return
-    rows = [HEADER, *(_row(record, zones) for record in chosen)]
+    rows = [HEADER, *(_row(record, zones) for record in records)]
     for line in table(rows):
         click.echo(line)
-
-
-def _object(record: RunRecord | MissedRecord, zones: dict[str, str]) -> dict[str, Any]:
-    if isinstance(record, RunRecord):
-        return run_object(record, zones.get(record.entry))
-    return missed_object(record, zones.get(record.slots.entry))
 
 
 def _row(record: RunRecord | MissedRecord, zones: dict[str, str]) -> tuple[str, ...]:

@@ -89,6 +89,8 @@ def migrate(
         f"{report.audit} audit record(s), {report.keys} trigger key(s); skipped {report.skipped} "
         "already on the target"
     )
+    if report.entries:
+        click.echo(f"copied {report.entries} runtime entr(ies) with their versions")
     if queued:
         click.echo(
             f"{len(queued)} queued run(s) read as dead letters: see them with `beatd dead list` "

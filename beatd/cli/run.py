@@ -27,6 +27,7 @@ from beatd.backends.base import (
     destination_kind,
 )
 from beatd.backends.redis import redact
+from beatd.cli.api import ApiSettings, ServedApi, api_options, start_api
 from beatd.cli.common import (
     BackendSettings,
     LogSettings,
@@ -213,6 +214,7 @@ def parse_run_settings(
     help="Also run the published tasks, in this process: the scheduler loop and the worker's "
     "dispatcher as threads (the one-command quickstart).",
 )
+@api_options
 @run_settings
 @worker_options
 def run(
@@ -221,6 +223,7 @@ def run(
     log: LogSettings,
     settings: RunSettings,
     worker_options: WorkerOptions,
+    api: ApiSettings,
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log.level, log.format)
@@ -248,7 +251,8 @@ def run(
         audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
-    on_signals(stop, scheduler.wake, scheduler.request_reload)
+    served = start_api(api, broker, scheduler)
+    on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
     log_start(settings, store, config)
@@ -265,11 +269,24 @@ def run(
     finally:
         notifier.stopping()
         stop.set()
+        if served is not None:
+            served.stop()
         store.close()
         if worker is not None:
             worker.finish()
         if watcher is not None:
             stop_watching(watcher)
+
+
+def on_sighup(scheduler: Scheduler, served: ServedApi | None) -> Callable[[], None]:
+    """SIGHUP: reload the schedule files, and reread the API's token file."""
+
+    def reload() -> None:
+        scheduler.request_reload()
+        if served is not None:
+            served.tokens.reread()
+
+    return reload
 
 
 def log_start(settings: RunSettings, store: Backend, config: Config) -> None:

@@ -14,16 +14,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 from prometheus_client.parser import text_string_to_metric_families
 
-from beatd.backends import Backend, LeaderInfo
 from beatd.cli.common import (
     EXIT_RUNTIME,
     BackendSettings,
@@ -37,17 +34,12 @@ from beatd.cli.common import (
     open_broker,
     read_optional_config,
     schedule_options,
-    slot_text,
 )
-from beatd.cli.timetext import absolute_and_relative, relative, seconds, span_text
 from beatd.cli.workers import warn_about_backend
-from beatd.config import Config
-from beatd.config.convert import suggest
-from beatd.controls import EntryControl
 from beatd.errors import BeatdError
-from beatd.history import EntrySummary
+from beatd.operations.status import RunTotals, UnknownEntry, status_report
 from beatd.service import setup_logging
-from beatd.state import EntryState
+from beatd.timetext import absolute_and_relative, relative, span_text
 
 COUNTED = {
     "beatd_runs_due_total": "due",
@@ -55,16 +47,6 @@ COUNTED = {
     "beatd_runs_late_total": "late",
 }
 MISSED = "beatd_runs_missed_total"
-
-
-@dataclass
-class RunTotals:
-    """Counts of one entry, summed over the schedulers whose /metrics were read."""
-
-    due: int = 0
-    published: int = 0
-    late: int = 0
-    missed: Counter[str] = field(default_factory=Counter)
 
 
 def read_counts(urls: Sequence[str], timeout: float = 5.0) -> dict[str, RunTotals]:
@@ -99,118 +81,6 @@ def read_counts(urls: Sequence[str], timeout: float = 5.0) -> dict[str, RunTotal
     return totals
 
 
-def entry_names(
-    config: Config | None, states: dict[str, EntryState], asked: Sequence[str], limit: int | None
-) -> tuple[list[str], int]:
-    """The entries to show: those `asked` (all when none), configured ones (or persisted ones
-    when no configuration is known), in name order, at most `limit`; and how many there were."""
-    known = sorted(config.entries) if config is not None else sorted(states)
-    for name in asked:
-        if name not in known:
-            where = "the schedule files" if config is not None else "the backend's entry states"
-            bad_option("ENTRY", f"no entry {name!r} in {where}{suggest(name, known)}")
-    names = [name for name in known if name in set(asked)] if asked else known
-    return names[:limit], len(names)
-
-
-def entry_rows(
-    config: Config | None,
-    states: dict[str, EntryState],
-    names: Sequence[str],
-    counts: dict[str, RunTotals] | None,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """One row per entry of `names`: its persisted state and next due time."""
-    rows = []
-    for name in names:
-        state = states.get(name)
-        row: dict[str, Any] = {
-            "entry": name,
-            "last_published": _time(state.last_published if state else None),
-            "horizon": _time(state.last_slot if state else None),
-            "next_due": None,
-            "overdue_seconds": None,
-            "adopted": state is not None,
-        }
-        if config is not None:
-            entry = config.entries[name]
-            row["adopted"] = state is not None and state.identity == entry.identity
-            # A leader starts an entry new to it (or with a changed schedule) from now.
-            after = state.last_slot if state is not None and row["adopted"] else now
-            slot = entry.schedule.next_after(after)
-            if slot is not None:
-                due = entry.due_for(slot)
-                row["next_due"] = _time(due)
-                if now - due > entry.misfire_grace:
-                    row["overdue_seconds"] = round((now - due).total_seconds(), 3)
-        total = counts.get(name, RunTotals()) if counts is not None else None
-        row["due"] = total.due if total else None
-        row["published"] = total.published if total else None
-        row["late"] = total.late if total else None
-        row["missed"] = dict(sorted(total.missed.items())) if total else None
-        rows.append(row)
-    return rows
-
-
-def add_summaries(rows: list[dict[str, Any]], summaries: dict[str, EntrySummary] | None) -> None:
-    """Each row's last finished run from the history (None: unknown, the history unreadable)."""
-    for row in rows:
-        summary = summaries.get(row["entry"]) if summaries is not None else None
-        row["last_status"] = summary.last_status if summary else None
-        row["last_finished"] = _time(summary.last_finished_at if summary else None)
-        row["last_success"] = _time(summary.last_success_at if summary else None)
-        row["last_failure"] = _time(summary.last_failure_at if summary else None)
-        duration = summary.last_duration if summary else None
-        row["last_duration_seconds"] = seconds(duration)
-        row["consecutive_failures"] = summary.consecutive_failures if summary else None
-
-
-def read_summaries(store: Backend, names: Sequence[str]) -> dict[str, EntrySummary] | None:
-    """The entries' summaries; None, with a warning, when the history cannot be read (the
-    rest of the status still can)."""
-    if not names:
-        return {}
-    try:
-        return store.summaries(names)
-    except BeatdError as exc:
-        click.echo(f"beatd: warning: cannot read the run history: {exc}", err=True)
-        return None
-
-
-def read_controls(store: Backend, names: Sequence[str]) -> dict[str, EntryControl]:
-    """The entries' pauses, busy marks and held runs."""
-    return store.load_controls(names) if names else {}
-
-
-def add_controls(
-    rows: list[dict[str, Any]], controls: dict[str, EntryControl] | None, now: datetime
-) -> None:
-    """Each row's pause (who, why, until), busy mark and held run (None: none, or unknown). A
-    pause whose `until` has passed is over, though still stored; a paused entry is not overdue:
-    its slots end missed (paused), not late."""
-    for row in rows:
-        control = controls.get(row["entry"]) if controls is not None else None
-        pause = control.pause if control else None
-        if pause is not None and pause.until is not None and pause.until <= now:
-            pause = None
-        if pause is not None:
-            row["overdue_seconds"] = None
-        busy = control.busy if control else None
-        held = control.held if control else None
-        row["paused"] = (
-            None
-            if pause is None
-            else {
-                "at": _time(pause.at),
-                "until": _time(pause.until),
-                "reason": pause.reason,
-                "by": pause.by,
-            }
-        )
-        row["busy"] = None if busy is None else {"run_id": busy.run_id, "since": _time(busy.since)}
-        row["held"] = None if held is None else {"run_id": held.run_id, "slot": _time(held.slot)}
-
-
 def control_lines(rows: Sequence[dict[str, Any]]) -> Iterable[str]:
     """One line per pause, busy mark and held run of the entries shown."""
     for row in rows:
@@ -225,31 +95,6 @@ def control_lines(rows: Sequence[dict[str, Any]]) -> Iterable[str]:
             yield f"busy     {row['entry']}: run {busy['run_id']} since {busy['since']}"
         if held:
             yield f"held     {row['entry']}: run {held['run_id']}, published when the busy one ends"
-
-
-def queue_rows(backend: Backend) -> list[dict[str, Any]]:
-    depths = backend.queue_depths()
-    letters = Counter(letter.queue for letter in backend.dead_letters())
-    return [
-        {"queue": q, "depth": depths.get(q, 0), "dead_letters": letters.get(q, 0)}
-        for q in sorted({*depths, *letters})
-    ]
-
-
-def leader_row(info: LeaderInfo | None, config: Config | None) -> dict[str, Any] | None:
-    if info is None:
-        return None
-    return {
-        "node": info.node,
-        "epoch": info.epoch,
-        "lease_left_seconds": round(info.expires_in, 3),
-        "config": info.config_hash or None,
-        "same_config": None if config is None else info.config_hash == config.fingerprint,
-    }
-
-
-def _time(moment: datetime | None) -> str | None:
-    return slot_text(moment) if moment is not None else None
 
 
 @main.command()
@@ -290,31 +135,18 @@ def status(
     store = open_broker(backend, read_only=True)
     if store.url.startswith("memory://"):  # only this process's own, empty store: say why
         warn_about_backend(store)
+    now = datetime.fromtimestamp(time.time(), UTC)
     try:
-        info = store.leader()
-        states = store.load_states()
-        names, total = entry_names(config, states, entries, limit)
-        summaries = read_summaries(store, names)
-        controls = read_controls(store, names)
-        queues = queue_rows(store)
+        built = status_report(store, config, entries, limit, counts, now)
+    except UnknownEntry as exc:
+        bad_option("ENTRY", str(exc))
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    now = datetime.fromtimestamp(time.time(), UTC)
-    rows = entry_rows(config, states, names, counts, now)
-    add_summaries(rows, summaries)
-    add_controls(rows, controls, now)
-    report = {
-        "backend": store.url,
-        "now": _time(now),
-        "config": config.fingerprint if config is not None else None,
-        "leader": leader_row(info, config),
-        "entries": rows,
-        "entries_total": total,
-        "queues": queues,
-        "counts_from": list(metrics_urls),
-    }
+    for warning in built.warnings:
+        click.echo(f"beatd: warning: {warning}", err=True)
+    report = {**built.report, "counts_from": list(metrics_urls)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -25,6 +25,7 @@ from beatd.backends.faults import THIEF, Fault, FaultPlan, FaultyBackend
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
 from tests.backends.controls_contract import ControlsContract
+from tests.backends.entries_contract import EntriesContract
 from tests.backends.history_contract import HistoryContract
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -62,7 +63,7 @@ def moved_on(backend: Backend) -> tuple[Lease, list[StateWrite], list[Outgoing]]
     return lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
 
 
-class BackendContract(HistoryContract, ControlsContract):
+class BackendContract(HistoryContract, ControlsContract, EntriesContract):
     @pytest.fixture
     def unit(self) -> float:
         return 1.0

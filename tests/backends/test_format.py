@@ -26,6 +26,7 @@ from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Trigger, TriggerStatus
 from beatd.history import HistoryQuery
+from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
@@ -420,3 +421,45 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
     assert (record.status, [a.consumer for a in record.attempts]) == ("succeeded", ["w"])
     backend.close()
     admin.close()
+
+
+def test_a_sqlite_file_of_format_1_has_no_runtime_entries_read_only_and_gets_them_with_2(
+    v1_db: Path,
+) -> None:
+    """The runtime entries' tables come with format 2 too (issue 18, folded in unreleased):
+    read-only, a file of format 1 holds none and its feed says reload at cursor 0; once opened
+    for writing it keeps them, with their feed and audit records."""
+    reader = SQLiteBackend(v1_db, read_only=True)
+    assert (reader.list_entries(), reader.get_entry("a"), reader.file_entries()) == ([], None, {})
+    assert reader.entry_changes(None) == ChangePage((), 0, reload=True)
+    reader.close()
+    assert "runtime_entry" not in tables(v1_db)
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    backend = SQLiteBackend(v1_db, wall_clock=lambda: clock.now().timestamp())
+    publish_on(backend, clock, 1)
+    resolved = resolve_entry("a", {"task": "t.a", "every": "1m"}, now=clock.now())
+    stored = backend.put_entry(resolved, "ops@host")
+    assert backend.list_entries() == [stored]
+    assert backend.entry_changes(0) == ChangePage((EntryChange(1, "a", 1),), 1)
+    assert [a.action for a in backend.audit("a")] == ["entry.add"]
+    backend.close()
+
+
+def test_a_redis_dump_of_format_1_upgraded_holds_runtime_entries_and_their_feed(
+    old_redis: RedisServer,
+) -> None:
+    """The runtime entries' keys (`beatd:rt:*`) came with format 3 too (issue 18, folded in
+    unreleased): an old namespace holds none, and once upgraded keeps them with their feed."""
+    backend = RedisBackend(old_redis.url)
+    assert (backend.list_entries(), backend.entry_changes(None)) == (
+        [],
+        ChangePage((), 0, reload=True),
+    )
+    clock = FakeClock(WRITTEN_AT + timedelta(seconds=65))
+    publish_on(backend, clock, 1)
+    now = datetime.fromtimestamp(backend.server_time(), UTC)
+    stored = backend.put_entry(resolve_entry("a", {"task": "t.a", "every": "1m"}, now=now), "ops")
+    assert backend.list_entries() == [stored]
+    assert backend.entry_changes(0) == ChangePage((EntryChange(1, "a", 1),), 1)
+    assert [a.action for a in backend.audit("a")] == ["entry.add"]
+    backend.close()

@@ -24,7 +24,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.backends import open_backend
-from beatd.backends.base import CeleryQueue, FormatTooNew, Outgoing, StateWrite, to_micros
+from beatd.backends.base import (
+    CeleryQueue,
+    FormatTooNew,
+    Outgoing,
+    StateWrite,
+    to_micros,
+)
 from beatd.backends.postgres import PostgresBackend
 from beatd.backends.postgres_link import FORMAT_VERSION, MIGRATIONS, NOW
 from beatd.backends.postgres_queue import _queues_match
@@ -34,6 +40,7 @@ from beatd.controls import TriggerStatus
 from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
+from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
 from tests.backends.controls_contract import trigger
@@ -162,8 +169,9 @@ def test_the_schema_is_created_at_the_format_and_a_newer_one_is_refused(
 def test_a_schema_of_format_1_is_upgraded_once_to_the_history_and_keeps_its_runs(
     database: str, namespace: str, session: psycopg.Connection[tuple[object, ...]]
 ) -> None:
-    """Format 2 (unreleased) carries the history and the operator controls: an upgraded schema
-    publishes with records, and its entries can be paused and triggered."""
+    """Format 2 (unreleased) carries the history, the operator controls and the runtime
+    entries: an upgraded schema publishes with records, its entries can be paused and
+    triggered, and it keeps runtime entries with their feed."""
     # what a beatd of format 1 left: entry e at minute 1, its run queued with no record
     session.execute(f"CREATE SCHEMA {namespace}")
     session.execute(f"CREATE TABLE {namespace}.format (version integer NOT NULL)")
@@ -215,6 +223,11 @@ def test_a_schema_of_format_1_is_upgraded_once_to_the_history_and_keeps_its_runs
             TriggerStatus.PUBLISHED,
             True,
         )
+        resolved = resolve_entry("r", {"task": "t.r", "every": "1m"}, now=T0)
+        assert again.entry_changes(None) == ChangePage((), 0, reload=True)
+        stored = backend.put_entry(resolved, "ops@host")
+        assert again.list_entries() == [stored]
+        assert again.entry_changes(0) == ChangePage((EntryChange(1, "r", 1),), 1)
     finally:
         backend.close()
         again.close()

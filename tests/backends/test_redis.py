@@ -57,6 +57,7 @@ from beatd.errors import (
 )
 from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.outcomes import Outcome
+from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.schedules import IntervalSchedule
 from beatd.tasks import Registry
@@ -517,6 +518,27 @@ def exercise_controls(backend: RedisBackend) -> None:
     assert backend.trim_audit(timedelta(0)) == 5
 
 
+def exercise_entries(backend: RedisBackend) -> None:
+    """Every script and read of the `RuntimeEntries` role once, the feed's trim included."""
+    backend.feed_retention = 2
+    now = datetime.fromtimestamp(backend.server_time(), UTC)
+    resolved = resolve_entry("rt", {"task": "t.rt", "every": "1m"}, now=now)
+    stored = backend.put_entry(resolved, "ops", request_id="r")
+    assert backend.put_entry(resolved, "ops", request_id="r") == stored
+    assert backend.put_entry(resolved, "ops", expected_version=1).version == 2
+    assert backend.get_entry("rt") is not None and len(backend.list_entries()) == 1
+    assert backend.remove_entry("rt", "ops").version == 2
+    assert backend.import_entries([stored]) == 1
+    page = backend.entry_changes(None)
+    assert backend.entry_changes(page.cursor - 2).changes[-1] == (page.cursor, "rt", 1)
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    assert backend.register_file_entries(lease, {"rt": "x.yaml"}) == ["rt"]
+    assert backend.register_file_entries(lease, {"f": "x.yaml"}) == []
+    assert backend.file_entries() == {"f": "x.yaml"}
+    backend.release_lease(lease)
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -534,6 +556,7 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         exercise(backend)
         exercise_history(backend)
         exercise_controls(backend)
+        exercise_entries(backend)
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
         backend.close()
     finally:

@@ -1,0 +1,166 @@
+"""Redis's runtime entries: the `RuntimeEntries` role (beatd.backends.base) over the keys
+`beatd:rt:*` (beatd.backends.redis_entries_lua lists them); every write and every page read is
+one script, so it is atomic with its change record and its audit record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.redis_link import RedisLink
+from beatd.controls import new_audit_id
+from beatd.runtime_entries import (
+    API_SOURCE,
+    FEED_RETENTION,
+    ChangePage,
+    EntryChange,
+    EntryPut,
+    FileEntryReadOnly,
+    NameTaken,
+    ResolvedEntry,
+    RuntimeEntry,
+    UnknownEntry,
+    VersionMismatch,
+    check_unique,
+    page_of,
+)
+
+SEPARATOR = "\x1f"  # between a change record's seq, name and version
+
+
+def _entry(name: str, meta: str, definition: str) -> RuntimeEntry:
+    version, created, created_by, updated, updated_by, request_id = json.loads(meta)
+    return RuntimeEntry(
+        name,
+        json.loads(definition),
+        int(version),
+        from_micros(int(created)),
+        created_by,
+        from_micros(int(updated)),
+        updated_by,
+        request_id or None,
+    )
+
+
+def _meta(entry: RuntimeEntry) -> str:
+    created, updated = to_micros(entry.created_at), to_micros(entry.updated_at)
+    fields = [entry.version, str(created), entry.created_by, str(updated), entry.updated_by]
+    return json.dumps([*fields, entry.request_id or ""])
+
+
+def _change(record: str) -> EntryChange:
+    seq, name, version = record.split(SEPARATOR)
+    return EntryChange(int(seq), name, int(version) if version else None)
+
+
+def _detail(request_id: str | None) -> str:
+    return json.dumps({"request_id": request_id, "source": API_SOURCE})
+
+
+def _refusal(reply: Sequence[str]) -> None:
+    """Raise the refusal a put's reply says, if it says one."""
+    status = reply[0] if reply else ""
+    if status == "taken":
+        raise NameTaken(reply[1], reply[2])
+    if status == "readonly":
+        raise FileEntryReadOnly(reply[1], reply[2])
+    if status == "mismatch":
+        raise VersionMismatch(reply[1], int(reply[2]), int(reply[3]))
+
+
+class RedisEntries(RedisLink):
+    """The `RuntimeEntries` role."""
+
+    feed_retention: int = FEED_RETENTION
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        self._check_format("put_entries")
+        check_unique(puts)
+        head = (self._key(""), by, request_id or "", _detail(request_id), str(self.feed_retention))
+        flat: list[str] = []
+        for entry, expected in puts:
+            definition = json.dumps(dict(entry.definition), ensure_ascii=False)
+            flat += (entry.name, definition, "" if expected is None else str(expected))
+            flat.append(new_audit_id())
+        reply = self._eval("put_entries", (), (*head, *flat))
+        _refusal(reply)
+        names = [p.entry.name for p in puts]
+        return [_entry(n, reply[2 * i], reply[2 * i + 1]) for i, n in enumerate(names)]
+
+    def remove_entry(
+        self, name: str, by: str, *, expected_version: int | None = None
+    ) -> RuntimeEntry:
+        self._check_format("remove_entry")
+        expected = "" if expected_version is None else str(expected_version)
+        args = (self._key(""), name, by, expected, new_audit_id(), _detail(None))
+        reply = self._eval("remove_entry", (), (*args, str(self.feed_retention)))
+        if reply[0] == "unknown":
+            raise UnknownEntry(name)
+        if reply[0] == "readonly":
+            raise FileEntryReadOnly(name, reply[1])
+        if reply[0] == "mismatch":
+            raise VersionMismatch(name, int(expected), int(reply[1]))
+        return _entry(name, reply[1], reply[2])
+
+    def get_entry(self, name: str) -> RuntimeEntry | None:
+        self._check_format("get_entry")
+        meta, definition = self._eval("get_entry", (), (self._key(""), name))
+        return None if meta is None else _entry(name, meta, definition)
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
+        self._check_format("list_entries")
+        if limit <= 0:
+            return []
+        reply = self._eval("list_entries", (), (self._key(""), after, str(limit)))
+        return [_entry(*reply[i : i + 3]) for i in range(0, len(reply), 3)]
+
+    def entry_changes(self, cursor: int | None, limit: int = 1000) -> ChangePage:
+        self._check_format("entry_changes")
+        seen = "" if cursor is None else str(cursor)
+        reply = self._eval("entry_changes", (), (self._key(""), seen, str(max(limit, 0))))
+        head, oldest = int(reply[0]), reply[1]
+        records = [_change(r) for r in reply[2:]][: max(limit, 0)]
+        return page_of(cursor, head, int(oldest) if oldest else head + 1, lambda _: records)
+
+    def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
+        pairs = [part for item in sorted(files.items()) for part in item]
+        args: list[str | int] = [lease.token, lease.epoch, self._key(""), *pairs]
+        colliding = self._fenced("register_files", lease, (self._key("lease"),), args)
+        return sorted(colliding)
+
+    def file_entries(self) -> dict[str, str]:
+        self._check_format("file_entries")
+        held: dict[str, str] = self._cmd("HGETALL", self._key("rt", "files"))
+        return held
+
+    def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
+        self._check_format("import_entries")
+        flat: list[Any] = []
+        for entry in entries:
+            definition = json.dumps(dict(entry.definition), ensure_ascii=False)
+            flat += (entry.name, _meta(entry), definition)
+        args = (self._key(""), str(self.feed_retention), *flat)
+        return int(self._eval("import_entries", (), args))

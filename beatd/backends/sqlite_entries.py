@@ -1,0 +1,215 @@
+"""The SQLite backend's runtime entries (`RuntimeEntries` in beatd.backends.base): the tables
+`runtime_entry`, `entry_change` (the feed) and `file_entry` (ENTRIES_SCHEMA, sqlite_file.py,
+format 2). Each write is one transaction with its change record and its audit record."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.sqlite_controls import _store_audit
+from beatd.backends.sqlite_file import SQLiteFile
+from beatd.backends.sqlite_history import micros
+from beatd.controls import new_audit_id
+from beatd.runtime_entries import (
+    FEED_RETENTION,
+    ChangePage,
+    EntryChange,
+    EntryPut,
+    ResolvedEntry,
+    RuntimeEntry,
+    check_remove,
+    entry_audit,
+    page_of,
+    plan_puts,
+)
+
+_COLUMNS = "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
+_PUT = f"INSERT OR REPLACE INTO runtime_entry ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_HEAD = "SELECT seq FROM sqlite_sequence WHERE name = 'entry_change'"
+
+
+def _entry(row: Sequence[Any]) -> RuntimeEntry:
+    name, version, definition, created, created_by, updated, updated_by, request_id = row
+    return RuntimeEntry(
+        name,
+        json.loads(definition),
+        version,
+        from_micros(created),
+        created_by,
+        from_micros(updated),
+        updated_by,
+        request_id,
+    )
+
+
+def _row(entry: RuntimeEntry) -> tuple[object, ...]:
+    return (
+        entry.name,
+        entry.version,
+        json.dumps(dict(entry.definition), ensure_ascii=False),
+        to_micros(entry.created_at),
+        entry.created_by,
+        to_micros(entry.updated_at),
+        entry.updated_by,
+        entry.request_id,
+    )
+
+
+def _current(db: sqlite3.Connection, name: str) -> RuntimeEntry | None:
+    row = db.execute(f"SELECT {_COLUMNS} FROM runtime_entry WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _entry(row)
+
+
+def _file_of(db: sqlite3.Connection, name: str) -> str | None:
+    row = db.execute("SELECT path FROM file_entry WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _changed(db: sqlite3.Connection, name: str, version: int | None, retention: int) -> None:
+    """Append the change record and trim the feed to `retention` records."""
+    seq = db.execute(
+        "INSERT INTO entry_change (name, version) VALUES (?, ?) RETURNING seq", (name, version)
+    ).fetchone()[0]
+    db.execute("DELETE FROM entry_change WHERE seq <= ?", (seq - max(retention, 1),))
+
+
+def _has_tables(db: sqlite3.Connection) -> bool:
+    """Whether the file has the runtime entries' tables (a read-only file of format 1 has not)."""
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runtime_entry'").fetchone()
+    return row is not None
+
+
+class SQLiteEntries(SQLiteFile):
+    """The `RuntimeEntries` role."""
+
+    feed_retention: int = FEED_RETENTION
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        def work(db: sqlite3.Connection) -> list[RuntimeEntry]:
+            names = [p.entry.name for p in puts]
+            current = [_current(db, n) for n in names]
+            files = [_file_of(db, n) for n in names]
+            at = from_micros(micros(self._now()))
+            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            for stored, before, written in outcomes:
+                if written:
+                    db.execute(_PUT, _row(stored))
+                    _changed(db, stored.name, stored.version, self.feed_retention)
+                    _store_audit(
+                        db, entry_audit(new_audit_id(), at, by, before, stored, request_id)
+                    )
+            return [o.stored for o in outcomes]
+
+        return self._run(work)
+
+    def remove_entry(
+        self, name: str, by: str, *, expected_version: int | None = None
+    ) -> RuntimeEntry:
+        def work(db: sqlite3.Connection) -> RuntimeEntry:
+            current = _current(db, name)
+            removed = check_remove(name, current, _file_of(db, name), expected_version)
+            at = from_micros(micros(self._now()))
+            db.execute("DELETE FROM runtime_entry WHERE name = ?", (name,))
+            _changed(db, name, None, self.feed_retention)
+            _store_audit(db, entry_audit(new_audit_id(), at, by, removed, None, None))
+            return removed
+
+        return self._run(work)
+
+    def get_entry(self, name: str) -> RuntimeEntry | None:
+        return self._run(lambda db: _current(db, name) if _has_tables(db) else None, write=False)
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
+        def read(db: sqlite3.Connection) -> list[RuntimeEntry]:
+            if not _has_tables(db):
+                return []
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM runtime_entry WHERE name > ? ORDER BY name LIMIT ?",
+                (after, max(limit, 0)),
+            )
+            return [_entry(row) for row in rows]
+
+        return self._run(read, write=False)
+
+    def entry_changes(self, cursor: int | None, limit: int = 1000) -> ChangePage:
+        def read(db: sqlite3.Connection) -> ChangePage:
+            if not _has_tables(db):
+                return page_of(cursor, 0, 1, lambda _seen: [])
+            row = db.execute(_HEAD).fetchone()
+            head = 0 if row is None else int(row[0])
+            oldest = db.execute("SELECT min(seq) FROM entry_change").fetchone()[0]
+
+            def after(seen: int) -> list[EntryChange]:
+                rows = db.execute(
+                    "SELECT seq, name, version FROM entry_change WHERE seq > ? ORDER BY seq "
+                    "LIMIT ?",
+                    (seen, max(limit, 0)),
+                )
+                return [EntryChange(*r) for r in rows]
+
+            return page_of(cursor, head, head + 1 if oldest is None else oldest, after)
+
+        return self._run(read, write=False)
+
+    def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            self._check_lease(db, lease)
+            names = sorted(files)
+            colliding = [
+                n
+                for (n,) in db.execute(
+                    "SELECT name FROM runtime_entry WHERE name IN (SELECT value FROM json_each(?))",
+                    (json.dumps(names),),
+                )
+            ]
+            if not colliding:
+                db.execute("DELETE FROM file_entry")
+                db.executemany("INSERT INTO file_entry (name, path) VALUES (?, ?)", files.items())
+            return sorted(colliding)
+
+        return self._run(work, lease=True)
+
+    def file_entries(self) -> dict[str, str]:
+        def read(db: sqlite3.Connection) -> dict[str, str]:
+            if not _has_tables(db):
+                return {}
+            return dict(db.execute("SELECT name, path FROM file_entry").fetchall())
+
+        return self._run(read, write=False)
+
+    def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            added = 0
+            for entry in entries:
+                if _current(db, entry.name) is None:
+                    db.execute(_PUT, _row(entry))
+                    _changed(db, entry.name, entry.version, self.feed_retention)
+                    added += 1
+            return added
+
+        return self._run(work)

@@ -1,0 +1,152 @@
+"""The HTTP API as a WSGI application (docs/api.md).
+
+Before any route: the Host header must be one this server answers to (421 otherwise: a page
+from another site reaching 127.0.0.1 through DNS rebinding names its own host), the request
+must carry a token of the route's scope (401, 403) unless reads are public, and its body must
+fit 1 MiB (413). Every answer is JSON; no CORS headers are sent, so a browser page from another
+origin cannot read an answer. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Request, Response, request
+from werkzeug.exceptions import HTTPException
+
+from beatd.http.routes import ApiError, Reply, Route
+from beatd.http.tokens import ApiToken, Scope, TokenTable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+PUBLIC = ApiToken("public", Scope.READ, b"")  # who reads when --api-public-read is on
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may ask: the tokens (re-read on SIGHUP, hence a callable), whether reads need none,
+    and the Host header values this server answers to (`host` or `host:port`, lowercase)."""
+
+    tokens: Callable[[], TokenTable]
+    allowed_hosts: frozenset[str]
+    public_read: bool = False
+
+
+def create_app(routes: Sequence[Route], access: Access) -> Flask:
+    app = Flask("beatd.http")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    for route in routes:
+        app.add_url_rule(
+            route.flask_rule,
+            endpoint=route.name,
+            view_func=_view(route, access),
+            methods=[route.method],
+        )
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ApiError, _api_error)
+    return app
+
+
+def _view(route: Route, access: Access) -> Callable[..., Response]:
+    def view(**_path: str) -> Response:
+        check_host(request, access.allowed_hosts)
+        request.environ["beatd.token"] = authorize(request, route.scope, access)
+        if route.body is not None:
+            request.environ["beatd.body"] = read_body(request)
+        reply = route.handler(request)
+        return json_response(reply.status, reply.body, reply.headers)
+
+    view.__name__ = route.name
+    return view
+
+
+def check_host(req: Request, allowed: frozenset[str]) -> None:
+    host = (req.host or "").lower()
+    if host not in allowed and host.rsplit(":", 1)[0] not in allowed:
+        raise ApiError(
+            421,
+            f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
+            "if that is the name clients use",
+            field="Host",
+        )
+
+
+def authorize(req: Request, scope: Scope, access: Access) -> ApiToken:
+    header = req.headers.get("Authorization", "")
+    kind, _, presented = header.partition(" ")
+    if not header:
+        if access.public_read and scope is Scope.READ:
+            return PUBLIC
+        raise _unauthorized("this request needs a token: Authorization: Bearer TOKEN")
+    if kind.lower() != "bearer" or not presented.strip():
+        raise _unauthorized("the Authorization header must be `Bearer TOKEN`")
+    token = access.tokens().find(presented.strip())
+    if token is None:
+        log.warning("API request refused: unknown token method=%s path=%s", req.method, req.path)
+        raise _unauthorized("the token is not in the API token file")
+    if scope is Scope.WRITE and token.scope is not Scope.WRITE:
+        raise ApiError(403, f"token {token.name} may only read; this request needs a write token")
+    return token
+
+
+def read_body(req: Request) -> Any:
+    """The request's JSON body: 413 above MAX_BODY, 422 when it is not JSON."""
+    if req.content_length is not None and req.content_length > MAX_BODY:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
+    data = req.get_data(cache=True)  # werkzeug stops reading a chunked body at MAX_BODY
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ApiError(422, f"the body is not JSON: {exc}", pointer="") from None
+
+
+def body_of(req: Request) -> Any:
+    return req.environ["beatd.body"]
+
+
+def token_of(req: Request) -> ApiToken:
+    token: ApiToken = req.environ["beatd.token"]
+    return token
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(
+        401, message, field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="beatd"'}
+    )
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | Any = None) -> Response:
+    response = Response(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _api_error(error: ApiError) -> Response:
+    return json_response(error.status, error.body(), error.headers)
+
+
+def _http_error(error: HTTPException) -> Response:
+    code = error.code or 500
+    messages = {
+        404: "no such path in the API: GET /v1/openapi.json lists them",
+        405: "this path does not take that method: GET /v1/openapi.json lists them",
+        413: f"the request body is larger than {MAX_BODY // 1024} KiB",
+    }
+    message = messages.get(code, error.description or error.name)
+    headers = {}
+    if code == 405 and error.get_response().headers.get("Allow"):
+        headers["Allow"] = error.get_response().headers["Allow"]
+    return json_response(code, ApiError(code, message).body(), headers)
+
+
+def reply(body: Any, status: int = 200) -> Reply:
+    return Reply(status, body)

@@ -1,0 +1,54 @@
+"""What the HTTP API's handlers reach: the backend (one connection per server thread, apart
+from the scheduler's), the configuration the daemon runs now, and the clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from beatd.backends import Backend
+from beatd.config import Config
+from beatd.operations.status import RunTotals
+
+
+class ApiContext:
+    def __init__(
+        self,
+        open_backend: Callable[[], Backend],
+        config: Callable[[], Config | None],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        counts: Callable[[], dict[str, RunTotals] | None] = lambda: None,
+        node: str = "",
+    ) -> None:
+        self._open_backend = open_backend
+        self.config = config
+        self.now = now
+        self.counts = counts  # this node's own run counts since it started (None: not known)
+        self.node = node
+        self._local = threading.local()
+        self._opened: list[Backend] = []
+        self._lock = threading.Lock()
+
+    def backend(self) -> Backend:
+        """This thread's own backend connection, opened on first use."""
+        store: Backend | None = getattr(self._local, "backend", None)
+        if store is None:
+            store = self._open_backend()
+            self._local.backend = store
+            with self._lock:
+                self._opened.append(store)
+        return store
+
+    def zones(self) -> dict[str, str]:
+        """Each configured entry's timezone."""
+        config = self.config()
+        if config is None:
+            return {}
+        return {name: entry.timezone for name, entry in config.entries.items()}
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for store in opened:
+            store.close()

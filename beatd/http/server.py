@@ -1,0 +1,72 @@
+"""The HTTP API's server: waitress in its own threads beside the scheduling loop.
+
+waitress reads each request whole (headers and body, within `channel_timeout`) on its own event
+loop before handing it to one of a fixed pool of worker threads, so a slow or stalled client
+holds neither a worker nor the scheduler; `connection_limit` bounds open connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, create_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    threads: int = 4
+    channel_timeout: int = 30  # seconds a connection may sit idle or trickle a request
+    connection_limit: int = 64
+
+
+class ApiServer:
+    """Serves `app` at the settings' address from a daemon thread until `stop()`."""
+
+    def __init__(self, app: Any, settings: ServerSettings) -> None:
+        server = create_server(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            channel_timeout=settings.channel_timeout,
+            connection_limit=settings.connection_limit,
+            max_request_body_size=2 * 1024 * 1024,  # the app answers 413 above 1 MiB
+            ident="beatd",
+            clear_untrusted_proxy_headers=True,
+            expose_tracebacks=False,
+            asyncore_loop_timeout=0.25,  # how soon stop() ends the loop; 4 idle wake-ups a second
+        )
+        if not isinstance(server, BaseWSGIServer):  # one host and port: one listening socket
+            raise TypeError(f"unexpected waitress server {server!r}")
+        self._server = server
+        self._channels: Any = vars(server)["_map"]  # the connections stop() must close
+        self.host = settings.host
+        listening = server.socket
+        if listening is None:
+            raise TypeError("waitress made a server without a socket")
+        self.port = int(listening.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="beatd-api", daemon=True)
+
+    def start(self) -> ApiServer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except OSError as exc:  # closed under the loop by stop(): nothing left to serve
+            log.debug("API server loop ended: %s", exc)
+
+    def stop(self) -> None:
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        self._server.close()
+        wasyncore.close_all(self._channels)
+        self._thread.join(timeout=5)

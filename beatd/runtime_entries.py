@@ -1,0 +1,385 @@
+"""Runtime entries' values (issue 18): entries written at runtime (the API, the CLI, a client)
+rather than in schedule files, stored by the backend's `RuntimeEntries` role
+(beatd.backends.base) and followed by every node through its change feed.
+
+A runtime entry has exactly a file entry's fields and is validated by the same code
+(`beatd.config.entries.build_entry`), so its problems read as `beatd check` words them. It is
+stored with every field resolved at write time (`resolve_entry`): the timezone (UTC unless
+given), the protocol (its queue's at that time), every default, since API entries have no
+`defaults:` and nodes' flags may differ. Reading it back gives the same `Entry` on every node.
+
+Pure: no backend, no clock (the caller passes `now`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from enum import Enum
+from typing import Any, NamedTuple
+
+from beatd.config.entries import EntryReader, build_entry
+from beatd.config.fields import FIELDS, REQUIRED, SCHEDULE_FIELDS, WINDOW_FIELDS
+from beatd.config.model import Entry, QueueSettings
+from beatd.controls import AuditRecord
+from beatd.errors import BackendError, BeatdError, ConfigError
+from beatd.schedules import OnceSchedule
+from beatd.schedules.interval import EPOCH
+
+API_SOURCE = "api"  # the source of every runtime entry (a file entry's is its path)
+# How many change records a backend keeps (`RuntimeEntries.entry_changes`): a reader further
+# behind than this reloads every entry. At 100 changes a second, about a quarter of an hour.
+FEED_RETENTION = 100_000
+# Fields resolved from the built entry when not given (the rest from the field table's default)
+_DERIVED_DURATIONS = ("jitter", "misfire_grace")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One problem with a runtime entry's definition, in the words `beatd check` uses for the
+    same field in a file; `pointer` locates it in an API request's body (RFC 6901)."""
+
+    entry: str
+    field: str | None
+    message: str
+
+    @property
+    def pointer(self) -> str:
+        return "" if self.field is None else f"/{self.field}"
+
+    def __str__(self) -> str:
+        where = f"entry {self.entry}:" + ("" if self.field is None else f" field {self.field}:")
+        return f"{where} {self.message}"
+
+
+class InvalidEntry(ConfigError):
+    """A runtime entry's definition is refused: every problem, as `beatd check` words them."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.fields = list(problems)
+        self.problems = []  # no file location: `fields` locates them
+        BeatdError.__init__(self, "\n".join(str(p) for p in self.fields))
+
+
+class NameTaken(BackendError):
+    """A runtime entry cannot take a name a file entry has (the leader's registered file set)."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(
+            f"entry {name}: the name is taken by a file entry in {path}; names are unique "
+            "across schedule files and runtime entries: choose another name"
+        )
+        self.name, self.path = name, path
+
+
+class FileEntryReadOnly(BackendError):
+    """A file entry's definition is changed in its file, not at runtime."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(
+            f"entry {name} is defined in {path} and cannot be changed or removed at runtime: "
+            f"edit {path} and reload (pause, resume, trigger and backfill work on it)"
+        )
+        self.name, self.path = name, path
+
+
+class VersionMismatch(BackendError):
+    """A conditional write found another version (0: no such entry) than the one expected."""
+
+    def __init__(self, name: str, expected: int, actual: int) -> None:
+        if expected == 0:
+            message = f"entry {name} exists already (version {actual}); nothing was written"
+        elif actual == 0:
+            message = (
+                f"entry {name} does not exist (expected version {expected}); nothing was written"
+            )
+        else:
+            message = (
+                f"entry {name} is at version {actual}, not the expected {expected}: it changed "
+                "since it was read; nothing was written: read it again and retry"
+            )
+        super().__init__(message)
+        self.name, self.expected, self.actual = name, expected, actual
+
+
+class UnknownEntry(BackendError):
+    """No runtime entry has the name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no runtime entry {name}")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedEntry:
+    """A definition `resolve_entry` validated and resolved: what `RuntimeEntries.put_entry`
+    stores (JSON values only)."""
+
+    name: str
+    definition: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeEntry:
+    """A stored runtime entry; times are the backend's clock, aware UTC."""
+
+    name: str
+    definition: Mapping[str, Any]  # every field resolved, JSON values
+    version: int  # 1 when created, one more at every change (again 1 once removed and re-added)
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    updated_by: str
+    request_id: str | None = None  # the last write's, so a retry of it is answered, not repeated
+    source: str = API_SOURCE
+
+    def entry(self) -> Entry:
+        """The entry it schedules (built by the same code as a file's)."""
+        return replace(_built(self.name, self.definition), source=API_SOURCE)
+
+    def audit_json(self) -> dict[str, Any]:
+        """An audit record's `before` or `after`."""
+        return {"version": self.version, "definition": dict(self.definition)}
+
+
+class EntryChange(NamedTuple):
+    """One change-feed record: entry `name` was written at `version`, or removed (None)."""
+
+    seq: int  # increases by one with every put and remove of the backend
+    name: str
+    version: int | None
+
+    @property
+    def removed(self) -> bool:
+        return self.version is None
+
+
+class ChangePage(NamedTuple):
+    """What `RuntimeEntries.entry_changes` returns. `reload`: the cursor was older than the
+    feed keeps (or newer than its head: the storage was replaced): load every entry again with
+    `list_entries`, then follow the feed from `cursor`."""
+
+    changes: tuple[EntryChange, ...]
+    cursor: int  # the seq of the last change returned (the head, with `reload`)
+    reload: bool = False
+
+
+def resolve_entry(
+    name: str,
+    raw: Mapping[str, Any],
+    *,
+    now: datetime,
+    queues: Mapping[str, QueueSettings] | None = None,
+    default_timezone: str = "UTC",
+) -> ResolvedEntry:
+    """Validate a runtime entry's fields as a file's entry is validated (the same messages),
+    refuse an `at:` at or before `now` (it would never run), and resolve every field: a field not
+    given takes its default now (timezone `default_timezone`, protocol the queue's in `queues`,
+    else beatd's). InvalidEntry lists every problem."""
+    entry = _check(name, raw, default_timezone)
+    if isinstance(entry.schedule, OnceSchedule) and entry.schedule.next_after(now) is None:
+        at = entry.schedule.at.isoformat()
+        raise InvalidEntry(
+            [FieldProblem(name, "at", f"{at} is not after now: the entry would never run")]
+        )
+    protocol = entry.protocol if "protocol" in raw else _queue_protocol(entry.queue, queues)
+    definition = {key: _json(value) for key, value in raw.items()}
+    for field in FIELDS:
+        if field.name not in definition:
+            value = _resolved(field.name, field.default, entry, protocol, definition)
+            if value is not _ABSENT:
+                definition[field.name] = value
+    # that it builds back the entry checked is a test's (tests/test_runtime_entries.py, each
+    # field of the table): building it again here would double the cost of a bulk import
+    return ResolvedEntry(name, definition)
+
+
+def entry_audit(
+    audit_id: str,
+    at: datetime,
+    by: str,
+    before: RuntimeEntry | None,
+    after: RuntimeEntry | None,
+    request_id: str | None,
+) -> AuditRecord:
+    """The audit record of a put (`entry.add` or `entry.set`) or a remove (`entry.remove`)."""
+    action = "entry.remove" if after is None else "entry.add" if before is None else "entry.set"
+    changed = after if after is not None else before
+    assert changed is not None
+    return AuditRecord(
+        audit_id,
+        at,
+        action,
+        changed.name,
+        by,
+        {"request_id": request_id, "source": API_SOURCE},
+        None if before is None else before.audit_json(),
+        None if after is None else after.audit_json(),
+    )
+
+
+def check_put(
+    name: str, current: RuntimeEntry | None, file_path: str | None, expected: int | None
+) -> None:
+    """The refusals of a put (`RuntimeEntries.put_entry`): a file entry's name, a version
+    other than `expected` (0: create only)."""
+    if file_path is not None:
+        if expected is None or expected == 0:
+            raise NameTaken(name, file_path)
+        raise FileEntryReadOnly(name, file_path)
+    actual = 0 if current is None else current.version
+    if expected is not None and expected != actual:
+        raise VersionMismatch(name, expected, actual)
+
+
+def check_remove(
+    name: str, current: RuntimeEntry | None, file_path: str | None, expected: int | None
+) -> RuntimeEntry:
+    """The refusals of a remove; the entry removed."""
+    if file_path is not None:
+        raise FileEntryReadOnly(name, file_path)
+    if current is None:
+        raise UnknownEntry(name)
+    if expected is not None and expected != current.version:
+        raise VersionMismatch(name, expected, current.version)
+    return current
+
+
+def next_entry(
+    resolved: ResolvedEntry,
+    current: RuntimeEntry | None,
+    at: datetime,
+    by: str,
+    request_id: str | None,
+) -> RuntimeEntry:
+    """The entry a put stores over `current`."""
+    if current is None:
+        return RuntimeEntry(resolved.name, resolved.definition, 1, at, by, at, by, request_id)
+    return replace(
+        current,
+        definition=resolved.definition,
+        version=current.version + 1,
+        updated_at=at,
+        updated_by=by,
+        request_id=request_id,
+    )
+
+
+class EntryPut(NamedTuple):
+    """One entry of a put: its definition and the version it expects (None: any; 0: none)."""
+
+    entry: ResolvedEntry
+    expected: int | None = None
+
+
+class PutOutcome(NamedTuple):
+    """What a put does to one entry: `stored` replaces `before`, unless it is a repeat of the
+    request that stored it (`written` False: nothing to write, no record)."""
+
+    stored: RuntimeEntry
+    before: RuntimeEntry | None
+    written: bool
+
+
+def check_unique(puts: Sequence[EntryPut]) -> None:
+    """Refuse a batch that names an entry twice (which of the two would win is not said)."""
+    names = [p.entry.name for p in puts]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise BackendError(f"entries {', '.join(twice)} are given twice; nothing was written")
+
+
+def plan_puts(
+    puts: Sequence[EntryPut],
+    current: Sequence[RuntimeEntry | None],
+    files: Sequence[str | None],
+    at: datetime,
+    by: str,
+    request_id: str | None,
+) -> list[PutOutcome]:
+    """The outcome of each put (`current` and `files`: its stored entry and its file, if any),
+    or the first refusal (`check_put`), so that a batch is written whole or not at all."""
+    check_unique(puts)
+    outcomes = []
+    for put, stored, path in zip(puts, current, files, strict=True):
+        if request_id is not None and stored is not None and stored.request_id == request_id:
+            outcomes.append(PutOutcome(stored, stored, False))
+            continue
+        check_put(put.entry.name, stored, path, put.expected)
+        written = next_entry(put.entry, stored, at, by, request_id)
+        outcomes.append(PutOutcome(written, stored, True))
+    return outcomes
+
+
+def page_of(
+    cursor: int | None, head: int, oldest: int, after: Callable[[int], Sequence[EntryChange]]
+) -> ChangePage:
+    """The page `entry_changes(cursor, limit)` returns from a feed holding seq `oldest` to
+    `head` (`oldest` is head + 1 when it holds none); `after(cursor)` reads the records after
+    `cursor`, at most `limit`, in order."""
+    if cursor is None or cursor > head or cursor < oldest - 1:
+        return ChangePage((), head, reload=True)
+    chosen = tuple(after(cursor))
+    return ChangePage(chosen, chosen[-1].seq if chosen else cursor)
+
+
+# --- resolving ----------------------------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def _check(name: str, raw: Mapping[str, Any], default_timezone: str) -> Entry:
+    reader = EntryReader(API_SOURCE, name, raw, lambda _field, _key: (0, 0))
+    entry = build_entry(reader, {}, default_timezone, [])
+    if entry is None:
+        raise InvalidEntry([FieldProblem(name, p.field, p.message) for p in reader.problems])
+    return entry
+
+
+def _built(name: str, definition: Mapping[str, Any]) -> Entry:
+    return _check(name, definition, "UTC")
+
+
+def _queue_protocol(queue: str, queues: Mapping[str, QueueSettings] | None) -> str:
+    settings = None if queues is None else queues.get(queue)
+    return "beatd" if settings is None else settings.protocol
+
+
+def _resolved(
+    name: str, default: Any, entry: Entry, protocol: str | None, given: Mapping[str, Any]
+) -> Any:
+    """The stored value of field `name`, which the definition does not give."""
+    schedule = next(f for f in SCHEDULE_FIELDS if f in given)
+    if name in SCHEDULE_FIELDS or name in WINDOW_FIELDS:  # a window not given has no bound
+        return _ABSENT
+    if name == "anchor":
+        return EPOCH.isoformat() if schedule == "every" else _ABSENT
+    if name == "timezone":
+        return entry.timezone
+    if name == "protocol":
+        return protocol
+    if name in _DERIVED_DURATIONS:
+        return _seconds(getattr(entry, name))
+    assert default is not REQUIRED
+    return _json(default)
+
+
+def _seconds(value: timedelta) -> int | float:
+    seconds = value.total_seconds()
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
+def _json(value: Any) -> Any:
+    """A field's value as JSON holds it (a YAML flag may give dates, tuples, a cron spec)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return _seconds(value)
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value

@@ -1,0 +1,418 @@
+"""The HTTP API's server and its rules (beatd.http): a real waitress server on a free loopback
+port, in front of a real SQLite file, asked with urllib."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from beatd.backends import DeadLetter, open_backend
+from beatd.cli import main
+from beatd.cli.api import allowed_hosts
+from beatd.config import load_config
+from beatd.http import all_routes
+from beatd.http.app import Access, create_app
+from beatd.http.context import ApiContext
+from beatd.http.routes import Reply, Route
+from beatd.http.server import ApiServer, ServerSettings
+from beatd.http.tokens import Scope, TokenTable, new_token, read_token_file
+from tests.test_history_cli import (
+    SCHEDULES,
+    gone_queued,
+    nightly_dead,
+    nightly_missed,
+    nightly_success,
+)
+
+
+class AnyHeaders:
+    """Equal to any headers, for comparing whole answers whose headers do not matter."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message)
+
+
+ANY_HEADERS: Any = AnyHeaders()
+READER, WRITER = new_token("dashboards", Scope.READ), new_token("ops", Scope.WRITE)
+
+
+@dataclass
+class Api:
+    base: str
+    server: ApiServer
+    broker: str
+    schedules: Path
+
+    def ask(
+        self,
+        path: str,
+        token: str | None = READER.token,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Message, Any]:
+        request = urllib.request.Request(self.base + path, data=body, method=method)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.headers, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, json.loads(error.read())
+
+
+def tokens(tmp_path: Path) -> TokenTable:
+    path = tmp_path / "api-tokens"
+    path.write_text(f"{READER.line}\n{WRITER.line}\n")
+    path.chmod(0o600)
+    return read_token_file(path)
+
+
+def echo(_request: Any) -> Reply:
+    return Reply(200, {"ok": True})
+
+
+# A write route of the tests' own, to see the rules every write route gets.
+ECHO = Route("POST", "/v1/echo", "echo", "Echo.", Scope.WRITE, echo, body={"type": "object"})
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'beatd.db'}"
+
+
+@pytest.fixture
+def schedules(tmp_path: Path) -> Path:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(SCHEDULES)
+    return folder
+
+
+def start(tmp_path: Path, broker: str, schedules: Path, *, public_read: bool = False) -> Api:
+    config = load_config([str(schedules)])
+    context = ApiContext(lambda: open_backend(broker), lambda: config)
+    table = tokens(tmp_path)
+    access = Access(lambda: table, allowed_hosts("127.0.0.1", 0, ()), public_read)
+    app = create_app([*all_routes(context), ECHO], access)
+    server = ApiServer(app, ServerSettings("127.0.0.1", 0, threads=2)).start()
+    return Api(f"http://127.0.0.1:{server.port}", server, broker, schedules)
+
+
+@pytest.fixture
+def api(tmp_path: Path, broker: str, schedules: Path) -> Iterator[Api]:
+    served = start(tmp_path, broker, schedules)
+    yield served
+    served.server.stop()
+
+
+def seed(broker: str) -> None:
+    backend = open_backend(broker)
+    backend.import_history([nightly_success(), nightly_dead(), gone_queued()], [nightly_missed()])
+    backend.close()
+
+
+def cli_history(broker: str, schedules: Path, *args: str) -> list[Any]:
+    result = CliRunner().invoke(
+        main, ["history", "--json", "-s", str(schedules), "--broker", broker, *args]
+    )
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+ERROR_KEYS = {"entry", "field", "message", "pointer"}
+
+
+def only_error(body: Any) -> dict[str, Any]:
+    (error,) = body["errors"]
+    assert set(error) == ERROR_KEYS
+    return dict(error)
+
+
+# --- what every request meets ------------------------------------------------------------------
+
+
+def test_no_token_is_401_with_the_bearer_challenge(api: Api) -> None:
+    status, headers, body = api.ask("/v1/history", token=None)
+    assert status == 401
+    assert headers["WWW-Authenticate"] == 'Bearer realm="beatd"'
+    assert only_error(body) == {
+        "entry": None,
+        "field": "Authorization",
+        "message": "this request needs a token: Authorization: Bearer TOKEN",
+        "pointer": None,
+    }
+
+
+def test_an_unknown_token_is_401_and_is_never_logged(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, _, body = api.ask("/v1/history", token="beatd_guessed")
+    assert status == 401
+    assert only_error(body)["message"] == "the token is not in the API token file"
+    assert "beatd_guessed" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "beatd.http.app"] == [
+        "API request refused: unknown token method=GET path=/v1/history"
+    ]
+
+
+def test_a_malformed_authorization_header_is_401(api: Api) -> None:
+    status, _, body = api.ask("/v1/history", token=None, headers={"Authorization": "Basic x"})
+    assert status == 401
+    assert only_error(body)["message"] == "the Authorization header must be `Bearer TOKEN`"
+
+
+def test_a_read_token_cannot_write_and_a_write_token_can(api: Api) -> None:
+    status, _, body = api.ask("/v1/echo", method="POST", body=b"{}")
+    assert status == 403
+    assert only_error(body)["message"] == (
+        "token dashboards may only read; this request needs a write token"
+    )
+    assert api.ask("/v1/echo", WRITER.token, "POST", b"{}")[0] == 200
+    assert api.ask("/v1/history", WRITER.token)[0] == 200
+
+
+def test_another_host_header_is_421(api: Api) -> None:
+    status, _, body = api.ask("/v1/history", headers={"Host": "rebound.example:9479"})
+    assert status == 421
+    assert only_error(body) == {
+        "entry": None,
+        "field": "Host",
+        "message": "this server does not answer to the host 'rebound.example:9479'; add it to "
+        "--api-allowed-hosts if that is the name clients use",
+        "pointer": None,
+    }
+    assert api.ask("/v1/history", headers={"Host": "localhost:1"})[0] == 200
+
+
+def test_a_body_over_one_mib_is_413(api: Api) -> None:
+    body = json.dumps({"pad": "x" * (1024 * 1024)}).encode()
+    status, _, answer = api.ask("/v1/echo", WRITER.token, "POST", body)
+    assert status == 413
+    assert only_error(answer)["message"] == "the request body is larger than 1024 KiB"
+
+
+def test_unknown_paths_and_methods_answer_json(api: Api) -> None:
+    status, _, body = api.ask("/v1/nothing")
+    assert status == 404
+    assert only_error(body)["message"] == "no such path in the API: GET /v1/openapi.json lists them"
+    status, headers, body = api.ask("/v1/history", WRITER.token, "DELETE")
+    assert (status == 405 and headers["Allow"] == "GET, HEAD, OPTIONS") or "GET" in headers["Allow"]
+    assert only_error(body)["message"] == (
+        "this path does not take that method: GET /v1/openapi.json lists them"
+    )
+
+
+def test_answers_carry_no_cors_headers_and_are_not_cached(api: Api) -> None:
+    _, headers, _ = api.ask("/v1/history", headers={"Origin": "https://elsewhere.example"})
+    assert not [name for name, _ in headers.items() if name.lower().startswith("access-control-")]
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_public_read_answers_reads_without_a_token_but_not_writes(
+    tmp_path: Path, broker: str, schedules: Path
+) -> None:
+    served = start(tmp_path, broker, schedules, public_read=True)
+    try:
+        assert served.ask("/v1/history", token=None)[0] == 200
+        assert served.ask("/v1/echo", None, "POST", b"{}")[0] == 401
+    finally:
+        served.server.stop()
+
+
+HALF_A_REQUEST = b"POST /v1/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99\r\n\r\n{"
+
+
+def test_a_slow_client_holds_no_worker_thread(api: Api) -> None:
+    """Two server threads, three clients that send half a request and stall: a whole request
+    is still answered at once, since waitress reads requests before handing them on."""
+    port = int(api.base.rsplit(":", 1)[1])
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        for connection in stalled:
+            connection.sendall(
+                b"POST /v1/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99\r\n\r\n{"
+            )
+        assert api.ask("/v1/history")[0] == 200
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+# --- GET /v1/history ---------------------------------------------------------------------------
+
+
+def test_history_answers_what_beatd_history_json_prints(api: Api) -> None:
+    seed(api.broker)
+    status, _, body = api.ask("/v1/history?limit=10")
+    assert status == 200
+    assert body == {
+        "records": cli_history(api.broker, api.schedules, "-n", "10"),
+        "cut_short": False,
+    }
+    assert [record["type"] for record in body["records"]].count("missed") == 1
+
+
+def test_history_filters_as_the_command_does(api: Api) -> None:
+    seed(api.broker)
+    _, _, body = api.ask("/v1/history?entry=nightly&outcome=dead_lettered&outcome=missed")
+    expected = cli_history(
+        api.broker, api.schedules, "nightly", "--outcome", "dead_lettered", "--outcome", "missed"
+    )
+    assert body["records"] == expected and len(expected) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ("limit=0", "limit", "limit must be a whole number from 1 to 10000, got '0'"),
+        ("limit=ten", "limit", "limit must be a whole number from 1 to 10000, got 'ten'"),
+        (
+            "outcome=succeded",
+            "outcome",
+            "unknown outcome 'succeded': use one of succeeded, retried, failed, expired, "
+            "dead_lettered, crashed, released, lost, queued, running, overdue, unknown, missed; "
+            "did you mean 'succeeded'?",
+        ),
+        (
+            "since=yesterday",
+            "since",
+            "cannot read 'yesterday': give a duration back from now (such as 30m or 2d) or an "
+            "ISO 8601 time (such as 2026-12-05T01:00:00Z)",
+        ),
+        ("entry=", "entry", "entry is empty: leave it out, or give a value"),
+    ],
+)
+def test_bad_history_parameters_are_422_naming_the_field(
+    api: Api, query: str, field: str, message: str
+) -> None:
+    status, _, body = api.ask(f"/v1/history?{query}")
+    assert status == 422
+    assert only_error(body) == {"entry": None, "field": field, "message": message, "pointer": None}
+
+
+def test_the_openapi_document_lists_every_route(api: Api) -> None:
+    status, _, body = api.ask("/v1/openapi.json")
+    assert status == 200
+    assert body["openapi"] == "3.1.0"
+    served = {(route.method.lower(), route.path) for route in all_routes(context_for(api))}
+    listed = {(method, path) for path, item in body["paths"].items() for method in item}
+    assert listed == served
+
+
+def context_for(api: Api) -> ApiContext:
+    return ApiContext(lambda: open_backend(api.broker), lambda: None)
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+
+def letters(broker: str) -> list[DeadLetter]:
+    failed = datetime(2026, 12, 5, 3, 0, 0, 250_000, tzinfo=UTC)
+    body = json.dumps({"v": 1, "id": "tick@2026-12-05T03:00:00Z", "task": "t.tick"})
+    made = [
+        DeadLetter("tick@2026-12-05T03:00:00Z", "default", body, "ValueError: bad", failed, 3),
+        DeadLetter("gone@x", "reports", "not json", "unknown task", failed, 1),
+    ]
+    backend = open_backend(broker)
+    backend.add_dead_letters(made)
+    backend.close()
+    return made
+
+
+def test_dead_letters_answer_what_dead_list_json_prints(api: Api) -> None:
+    letters(api.broker)
+    status, _, body = api.ask("/v1/dead-letters")
+    printed = CliRunner().invoke(main, ["dead", "list", "--json", "--broker", api.broker])
+    assert status == 200 and printed.exit_code == 0
+    assert body == {"dead_letters": json.loads(printed.stdout)}
+    assert [letter["id"] for letter in body["dead_letters"]] == [
+        "tick@2026-12-05T03:00:00Z",
+        "gone@x",
+    ]
+
+
+def test_a_retry_requeues_one_and_the_audit_log_names_the_token(api: Api) -> None:
+    letters(api.broker)
+    path = "/v1/dead-letters/tick@2026-12-05T03:00:00Z/retry"
+    assert api.ask(path, method="POST")[0] == 403
+    assert api.ask(path, WRITER.token, "POST") == (200, ANY_HEADERS, {"requeued": 1})
+    backend = open_backend(api.broker)
+    try:
+        assert [d.id for d in backend.dead_letters()] == ["gone@x"]
+        (record,) = backend.audit()
+        assert (record.action, record.entry, record.by) == ("requeue_dead", "tick", "ops")
+        assert record.detail == {"run_id": "tick@2026-12-05T03:00:00Z", "requeued": 1}
+    finally:
+        backend.close()
+    status, _, body = api.ask(path, WRITER.token, "POST")
+    assert status == 404
+    assert only_error(body) == {
+        "entry": None,
+        "field": "id",
+        "message": "no dead letter with id 'tick@2026-12-05T03:00:00Z'",
+        "pointer": None,
+    }
+
+
+def test_retry_all_requeues_every_dead_letter(api: Api) -> None:
+    letters(api.broker)
+    assert api.ask("/v1/dead-letters/retry", WRITER.token, "POST")[2] == {"requeued": 2}
+    assert api.ask("/v1/dead-letters")[2] == {"dead_letters": []}
+
+
+def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
+    letters(api.broker)
+    api.ask("/v1/dead-letters/retry", WRITER.token, "POST")
+    status, _, body = api.ask("/v1/audit?entry=tick")
+    assert status == 200 and body == {"records": []}  # a requeue of all names no entry
+    _, _, body = api.ask("/v1/audit?since=1h&limit=5")
+    printed = CliRunner().invoke(main, ["audit", "--json", "--broker", api.broker])
+    assert printed.exit_code == 0
+    assert body["records"] == json.loads(printed.stdout)
+    assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def without_now(report: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in report.items() if key != "now"}
+
+
+def test_status_answers_what_beatd_status_json_prints(api: Api) -> None:
+    seed(api.broker)
+    letters(api.broker)
+    status, _, body = api.ask("/v1/status?entry=nightly&entry=tick")
+    printed = CliRunner().invoke(
+        main, ["status", "--json", "-s", str(api.schedules), "--broker", api.broker]
+    )
+    assert status == 200 and printed.exit_code == 0
+    assert body.pop("warnings") == []
+    assert without_now(body) == without_now(json.loads(printed.stdout))
+    assert [row["entry"] for row in body["entries"]] == ["nightly", "tick"]
+    assert {"queue": "reports", "depth": 0, "dead_letters": 1} in body["queues"]
+
+
+def test_status_of_an_unknown_entry_is_404_with_a_suggestion(api: Api) -> None:
+    status, _, body = api.ask("/v1/status?entry=nighty")
+    assert status == 404
+    assert only_error(body) == {
+        "entry": None,
+        "field": "entry",
+        "message": "no entry 'nighty' in the schedule files; did you mean 'nightly'?",
+        "pointer": None,
+    }

@@ -1,0 +1,60 @@
+"""The HTTP API against its own OpenAPI document: schemathesis generates requests from the
+document (a bounded number per operation) and checks each answer's status, content type and
+body against it, through a real server on loopback. The document served is the one checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from beatd.http import all_routes
+from beatd.http.context import ApiContext
+from tests.test_history_cli import SCHEDULES
+from tests.test_http import WRITER, Api, seed, start
+
+EXAMPLES = 25  # per operation: enough to reach each parameter's edges, bounded for CI
+
+
+def operations() -> list[str]:
+    return [f"{route.method} {route.path}" for route in all_routes(ApiContext(_none, _none))]
+
+
+def _none() -> Any:
+    return None
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Api]:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(SCHEDULES)
+    api = start(tmp_path, f"sqlite:///{tmp_path / 'beatd.db'}", folder)
+    seed(api.broker)
+    yield api
+    api.server.stop()
+
+
+@pytest.mark.parametrize("label", operations())
+def test_every_answer_matches_the_openapi_document(label: str, served: Api) -> None:
+    status, _, document = served.ask("/v1/openapi.json", WRITER.token)
+    assert status == 200
+    method, path = label.split(" ", 1)
+    operation = schemathesis.openapi.from_dict(document)[path][method]
+    headers = {"Authorization": f"Bearer {WRITER.token}"}
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    def answers_as_documented(case: Any) -> None:
+        case.call_and_validate(base_url=served.base, headers=headers)
+
+    answers_as_documented()
