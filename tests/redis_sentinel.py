@@ -140,11 +140,13 @@ class SentinelCluster:
         return self
 
     def _replica_synced(self) -> bool:
-        """The replica is online as the primary sees it (after a diskless sync, only once its
-        first acknowledgement arrived: before that WAIT does not count it)."""
+        """The replica acknowledges writes (after a full sync the primary streams to it only
+        once its first acknowledgement arrived: before that a WAIT waits for it)."""
         with self.primary.client() as client:
-            replica = client.info("replication").get("slave0")
-        return isinstance(replica, dict) and replica.get("state") == "online"
+            client.set("sentinel-test:probe", "1")
+            acknowledged = client.wait(1, 100)
+            client.delete("sentinel-test:probe")
+        return bool(acknowledged >= 1)
 
     def _sentinels_ready(self) -> bool:
         for sentinel in self.sentinels:

@@ -9,10 +9,7 @@ its entry's runs. The figures each test measured are printed (`pytest -s` shows 
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -22,8 +19,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.processes import Processes
 from tests.redis_sentinel import SentinelCluster
-from tests.test_redis_faults import Proc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -37,33 +34,16 @@ class Deployment:
     """The Sentinel set, and `beatd run` and `beatd worker` processes following it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.dir = tmp_path
         self.out = tmp_path / "runs.txt"
         self.cluster = SentinelCluster(tmp_path / "redis").start()
-        (tmp_path / "schedules").mkdir()
+        self.processes = Processes(tmp_path, self.cluster.url, TTL)
         lines = ["defaults:\n  missed: catch_up\nentries:\n"]
         for i in range(ENTRIES):
             lines.append(
                 f"  e{i}:\n    task: tests.worker_tasks.note_publish\n    every: 1s\n"
                 f"    args: ['{self.out}']\n"
             )
-        (tmp_path / "schedules" / "s.yaml").write_text("".join(lines))
-        self.procs: list[Proc] = []
-
-    def start(self, name: str, *argv: str, ready: str) -> Proc:
-        log = self.dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        command = [sys.executable, "-m", "beatd", *argv, "--broker", self.cluster.url]
-        command += ["-s", str(self.dir / "schedules"), "--log-format", "json"]
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, env=env
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        wait_for(lambda: proc.count(ready) or popen.poll() is not None, what=name)
-        assert proc.count(ready) == 1, log.read_text()
-        return proc
+        self.processes.schedule("".join(lines))
 
     def runs(self) -> list[tuple[str, datetime, int]]:
         """(run id, published at, delivery) of every run completed so far."""
@@ -76,10 +56,7 @@ class Deployment:
         return found
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait()
+        self.processes.close()
         self.cluster.stop()
 
 
@@ -145,28 +122,8 @@ def fail_over(
     """Kill the primary under load, and count once the scheduler stopped and the worker ran
     every slot up to the last published."""
     cluster = deployment.cluster
-    scheduler = deployment.start(
-        "a",
-        "run",
-        "--node",
-        "a",
-        "--lease-ttl",
-        f"{TTL:g}s",
-        "--no-watch",
-        *scheduler_args,
-        ready="beatd run node=a ",
-    )
-    worker = deployment.start(
-        "w",
-        "worker",
-        "-A",
-        "tests.worker_tasks",
-        "-c",
-        "4",
-        "--visibility-timeout",
-        "3s",
-        ready="ready: ",
-    )
+    scheduler = deployment.processes.scheduler("a", *scheduler_args)
+    worker = deployment.processes.worker("w", "-c", "4", "--visibility-timeout", "3s")
     wait_for(lambda: len(deployment.runs()) >= 3 * ENTRIES, what="runs before the kill")
     before_kill()
     new_primary = cluster.replica.port
@@ -225,7 +182,7 @@ def test_primary_killed_with_its_replica_stopped_first_none_lost(deployment: Dep
     def stop_replica() -> None:
         cluster.replica.kill()
         wait_for(
-            lambda: deployment.procs[0].count("not acknowledged by any replica"),
+            lambda: deployment.processes.procs[0].count("not acknowledged by any replica"),
             timeout=10,
             what="the leader to pause",
         )
