@@ -28,7 +28,9 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
 
 The backend is its parts, one per role, sharing one connection (`RedisLink`, redis_link.py):
 `RedisLeaseStore` and `RedisStateStore` here, `RedisWorkQueue` and `RedisQueueAdmin` in
-redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py.
+redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py. Behind
+Sentinel (`redis+sentinel://`) the connection follows the primary (redis_sentinel.py), and each
+commit and take of the lease WAITs for the replicas (redis_replication.py).
 """
 
 from __future__ import annotations
