@@ -90,3 +90,13 @@ def subtract(path: str, a: int, b: int) -> int:
     """Registered by no decorator: only a registry built by hand names it."""
     note(path, f"difference={a - b}")
     return a - b
+
+
+@beatd.task
+def note_publish(path: str) -> None:
+    """Notes the run's id, when it was published and its delivery: a run published twice shows
+    one id with two publish times (a redelivery shows the same time)."""
+    run = beatd.current_run()
+    published = run.message.published_at.isoformat()
+    with Path(path).open("a", encoding="utf-8") as out:
+        out.write(f"{run.id} {published} {run.deliveries}\n")

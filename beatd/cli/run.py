@@ -40,6 +40,7 @@ from beatd.cli.common import (
     metrics_option,
     open_broker,
     read_config,
+    redis_wait_option,
     schedule_options,
     seconds_option,
     start_metrics,
@@ -121,6 +122,7 @@ def parse_run_settings(
 @schedule_options
 @backend_options
 @history_option
+@redis_wait_option
 @click.option(
     "--history-keep",
     envvar="BEATD_HISTORY_KEEP",
