@@ -56,7 +56,7 @@ class DataLossWatch:
             if not now.run_id:
                 return None
             log.warning(
-                "Redis at %s restarted (run id changed) with beatd's data: epoch=%d",
+                "Redis at %s restarted or failed over (run id changed) with beatd's data: epoch=%d",
                 self._url,
                 now.epoch,
             )

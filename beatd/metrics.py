@@ -156,6 +156,7 @@ class SchedulerCollector(Collector):
         yield from self._controls(shown)
         yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
+        yield from _replication_metrics(s.backend)
 
     def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
@@ -273,6 +274,32 @@ def _connection_metrics(backend: object) -> Iterator[Metric]:
         "beatd_backend_listen_reconnects",
         "Times the dedicated wake-up (LISTEN) connection was opened again.",
         found["listen_reconnects"],
+    )
+
+
+@runtime_checkable
+class ReplicatesWrites(Protocol):
+    """A backend that waits for replicas and follows a moving primary (Redis)."""
+
+    def replication_stats(self) -> Mapping[str, int]:
+        """`unacknowledged` (writes no replica acknowledged in time) and `primary_changes`
+        (times Sentinel named a new primary), since start."""
+
+
+def _replication_metrics(backend: object) -> Iterator[Metric]:
+    if not isinstance(backend, ReplicatesWrites):
+        return
+    found = backend.replication_stats()
+    yield _counter(
+        "beatd_backend_unacknowledged_writes",
+        "Commits and takes of the lease that no replica acknowledged in time (Redis WAIT); "
+        "publishing pauses after each until a replica does or a failover ends.",
+        found["unacknowledged"],
+    )
+    yield _counter(
+        "beatd_backend_primary_changes",
+        "Times Redis Sentinel named a new primary and this process reconnected to it.",
+        found["primary_changes"],
     )
 
 
@@ -458,6 +485,7 @@ class WorkerCollector(Collector):
         yield depth
         yield dead
         yield from _connection_metrics(self.admin)  # the backend the worker uses
+        yield from _replication_metrics(self.admin)
 
 
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)

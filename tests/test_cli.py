@@ -629,3 +629,24 @@ def test_next_name_follows_the_entry_name_rules() -> None:
         "beatd: --name: 'nightly report': entry names use letters, digits and _ . : / - "
         "(a run's id is NAME@SLOT)\n",
     )
+
+
+def test_run_refuses_a_redis_wait_that_is_neither_auto_nor_a_number() -> None:
+    code, out, err = beatd("run", "--broker", "memory://bad", "--redis-wait-replicas", "all")
+    assert (code, out, err) == (
+        2,
+        "",
+        "beatd: --redis-wait-replicas: 'all' is neither auto nor a number of replicas (0, 1...)\n",
+    )
+
+
+def test_a_bad_sentinel_broker_url_is_refused_naming_it_without_its_password() -> None:
+    code, out, err = beatd("status", "--broker", "redis+sentinel://:pw@s1:26379")
+    assert (code, out) == (2, "")
+    assert err == (
+        "beatd: warning: --broker: the URL holds a password, which every user of this host can "
+        "read in ps; give the URL in BEATD_BROKER instead\n"
+        "beatd: --broker: cannot use Redis Sentinel URL redis+sentinel://:***@s1:26379: no "
+        "service name (the name in Sentinel's `sentinel monitor` line) in the path; the form is "
+        "redis+sentinel://[user:password@]host1:26379,host2:26379/SERVICE/DB\n"
+    )

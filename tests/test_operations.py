@@ -101,6 +101,11 @@ CELERY_METRICS = {
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
 BACKEND_METRICS = {"beatd_backend_connections", "beatd_backend_listen_reconnects_total"}
+# both daemons, on Redis (tests/backends/test_redis_sentinel.py)
+REPLICATION_METRICS = {
+    "beatd_backend_unacknowledged_writes_total",
+    "beatd_backend_primary_changes_total",
+}
 
 THREE_POLICIES = """\
 entries:
@@ -533,7 +538,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [17]
+    assert [len(group["rules"]) for group in groups["groups"]] == [18]
 
 
 @needs_promtool
@@ -564,7 +569,9 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
+    assert documented == (
+        SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS | REPLICATION_METRICS
+    )
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}

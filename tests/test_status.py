@@ -20,6 +20,7 @@ from beatd.cli import main
 from beatd.config import load_config
 from beatd.errors import TransientBackendError
 from beatd.state import EntryState
+from tests.redis_sentinel import SentinelCluster
 from tests.redis_server import RedisServer, free_port
 
 SCHEDULES = """\
@@ -36,10 +37,17 @@ entries:
 """
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis_sentinel"])
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'beatd.db'}"
+        return
+    if request.param == "redis_sentinel":
+        cluster = SentinelCluster(tmp_path / "redis").start()
+        try:
+            yield cluster.url
+        finally:
+            cluster.stop()
         return
     server = RedisServer(tmp_path / "redis").start()
     try:

@@ -60,6 +60,11 @@ def ignores_everything(path: str) -> None:
 
 
 @beatd.task
+def notes_its_slot(path: str) -> None:
+    note(path, f"slot={beatd.current_run().message.scheduled_for:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@beatd.task
 def kills_its_process(path: str) -> None:
     note(path, "start")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -85,3 +90,13 @@ def subtract(path: str, a: int, b: int) -> int:
     """Registered by no decorator: only a registry built by hand names it."""
     note(path, f"difference={a - b}")
     return a - b
+
+
+@beatd.task
+def note_publish(path: str) -> None:
+    """Notes the run's id, when it was published and its delivery: a run published twice shows
+    one id with two publish times (a redelivery shows the same time)."""
+    run = beatd.current_run()
+    published = run.message.published_at.isoformat()
+    with Path(path).open("a", encoding="utf-8") as out:
+        out.write(f"{run.id} {published} {run.deliveries}\n")

@@ -1,5 +1,7 @@
 """Backends by URL scheme: `sqlite:///relative.db`, `sqlite:////absolute.db`, and Redis as
-`redis://[user:password@]host:port/db`, `rediss://...` (TLS) or `unix:///path/redis.sock`, and
+`redis://[user:password@]host:port/db`, `rediss://...` (TLS), `unix:///path/redis.sock` or,
+behind Sentinel, `redis+sentinel://[user:password@]host1:26379,host2:26379/SERVICE/DB` (or
+`rediss+sentinel://`; see beatd.backends.redis_sentinel), and
 `postgresql://[user[:password]@]host[:port][,host2...]/dbname[?libpq parameters]` (or
 `postgres://`; the namespace is the schema; extra `beatd[postgresql]`), and `memory://NAME`:
 one store per process and name, shared by every backend opened on it (tests, a scheduler with
@@ -30,7 +32,7 @@ def default_broker() -> str:
     return "sqlite:///beatd.db"
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
@@ -42,8 +44,10 @@ def open_backend(
     read_only: bool = False,
     create: bool = True,
     history: bool = True,
+    wait_replicas: int | None = None,
 ) -> Backend:
-    """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's.
+    """The backend a URL names; `namespace` and `op_timeout` (seconds per call) are Redis's,
+    and `wait_replicas` (the replicas a commit waits for; None: auto) too.
     With `history` False it writes no run history (docs/history.md); reads still work.
 
     `read_only` (commands that only look) and `create=False` (commands that change what is
@@ -78,12 +82,19 @@ def open_backend(
     if scheme in REDIS_SCHEMES:
         from beatd.backends.redis import RedisBackend
 
-        return RedisBackend(url, namespace=namespace, op_timeout=op_timeout, history=history)
+        return RedisBackend(
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            history=history,
+            wait_replicas=wait_replicas,
+        )
     from beatd.backends.redis import redact
 
     raise BeatdError(
         f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
-        "use sqlite://, redis://, rediss://, unix://, postgresql:// or postgres://"
+        "use sqlite://, redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
+        "postgresql:// or postgres://"
     )
 
 

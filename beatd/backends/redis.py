@@ -28,7 +28,9 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
 
 The backend is its parts, one per role, sharing one connection (`RedisLink`, redis_link.py):
 `RedisLeaseStore` and `RedisStateStore` here, `RedisWorkQueue` and `RedisQueueAdmin` in
-redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py.
+redis_queue.py (with how a claim lapses), `RedisCeleryEvents` in redis_events.py. Behind
+Sentinel (`redis+sentinel://`) the connection follows the primary (redis_sentinel.py), and each
+commit and take of the lease WAITs for the replicas (redis_replication.py).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class RedisLeaseStore(RedisLink):
         mine = (held.token, held.epoch) if held is not None else ("", "")
         prefix = self._key("")
         args = (node, token, _ms(ttl), config_hash, *mine, min_epoch, prefix)
-        reply = self._eval("acquire", keys, args)
+        reply = self._send("acquire", keys, args, replicated=True)()
         if reply is None:
             return None
         if len(reply) > 2 and int(reply[2]) < FORMAT_VERSION:  # upgraded under this fresh take
@@ -161,9 +163,21 @@ class RedisStateStore(RedisLink):
     """The state hash, advanced with the runs' messages by one fenced script."""
 
     def __init__(
-        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+        self,
+        url: str,
+        *,
+        namespace: str = "beatd",
+        op_timeout: float = 2.0,
+        history: bool = True,
+        wait_replicas: int | None = None,
     ) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
+        super().__init__(
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            history=history,
+            wait_replicas=wait_replicas,
+        )
         # by (kind, queue, priority): hashing a dataclass costs a Python call per message
         self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
 
@@ -208,7 +222,7 @@ class RedisStateStore(RedisLink):
         history = self._commit_history(lease, writes, messages, celery)
         controls = commit_controls(self._key(""), bool(self._history), writes, messages)
         args = (lease.token, lease.epoch, *flat, *history, *controls)
-        wait = self._send_fenced("commit", lease, keys, args)
+        wait = self._send_fenced("commit", lease, keys, args, replicated=True)
         return lambda: set(wait())
 
     def _commit_history(

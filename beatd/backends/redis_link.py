@@ -9,6 +9,7 @@ lost (a timeout, a connection lost while waiting) is OutcomeUnknown: Redis may s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import socket
 import ssl
@@ -19,10 +20,24 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from beatd.backends.base import FormatTooNew, Lease
+from beatd.backends.redis_replication import Replication, ReplicaWait
 from beatd.backends.redis_scripts import FORMAT_NEWER, FORMAT_VERSION, LEASE_LOST, SCRIPTS
-from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.backends.redis_sentinel import (
+    FollowedPrimary,
+    is_sentinel,
+    parse_sentinel_url,
+    sentinel_client,
+)
+from beatd.errors import (
+    BackendError,
+    LeaseLost,
+    NotApplied,
+    OutcomeUnknown,
+    TransientBackendError,
+)
 
 T = TypeVar("T")
 
@@ -49,6 +64,9 @@ UNBOUNDING_OPTIONS = (
 )
 
 
+SECRET_OPTIONS = ("password", "sentinel_password")
+
+
 def band(priority: int | None) -> int:
     """Index into BANDS: 7-9 high, 4-6 or unset normal, 0-3 low."""
     if priority is None or 4 <= priority <= 6:
@@ -68,7 +86,7 @@ def redact(url: str) -> str:
     if parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         shown += "?" + urlencode(
-            [(k, "***" if k == "password" else v) for k, v in pairs], safe="*/"
+            [(k, "***" if k in SECRET_OPTIONS else v) for k, v in pairs], safe="*/"
         )
     return shown
 
@@ -81,8 +99,16 @@ class RedisLink:
     """One Redis connection pool, its namespace, and the bounded calls every part makes."""
 
     def __init__(
-        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+        self,
+        url: str,
+        *,
+        namespace: str = "beatd",
+        op_timeout: float = 2.0,
+        history: bool = True,
+        wait_replicas: int | None = None,
     ) -> None:
+        """`wait_replicas`: the replicas each commit and take of the lease waits for (WAIT;
+        redis_replication.py), None for 1 while the primary has any."""
         if not namespace:
             raise BackendError("the Redis namespace must not be empty: use e.g. 'beatd'")
         if op_timeout <= 0:
@@ -100,20 +126,30 @@ class RedisLink:
         # the key prefix the scripts write the run history under; '' writes none
         self._history = self._key("") if history else ""
         self._format_checked = False  # see _check_format
+        self._wait_ms = _ms(op_timeout / 2)  # WAIT's timeout: well inside the call's
+        self._replicas = ReplicaWait(wait_replicas, self._wait_ms, self.url)
+        connection: dict[str, Any] = dict(
+            decode_responses=True,
+            socket_timeout=op_timeout,
+            socket_connect_timeout=op_timeout,
+            # one attempt per call: a retry after a timeout could double the wait and
+            # re-send a write that the server may still execute (see the module doc)
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+            health_check_interval=0,
+            protocol=2,  # RESP2: no HELLO round trip before the first command
+            **NO_CLIENT_SETINFO,
+        )
+        self._redis: redis.Redis
+        # the Sentinel that finds the primary, when the URL names one (redis_sentinel.py)
+        self._sentinel: FollowedPrimary | None = None
+        self._changes_seen = 0  # the primary changes the replica count was looked at after
+        if is_sentinel(url):
+            address = parse_sentinel_url(url, self.url)
+            self._redis, self._sentinel = sentinel_client(address, self.url, **connection)
+            return
         try:
-            self._redis: redis.Redis = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=op_timeout,
-                socket_connect_timeout=op_timeout,
-                # one attempt per call: a retry after a timeout could double the wait and
-                # re-send a write that the server may still execute (see the module doc)
-                retry=Retry(NoBackoff(), 0),
-                retry_on_error=[],
-                health_check_interval=0,
-                protocol=2,  # RESP2: no HELLO round trip before the first command
-                **NO_CLIENT_SETINFO,
-            )
+            self._redis = redis.Redis.from_url(url, **connection)
         except ValueError as exc:  # redis-py's complaint about the URL, e.g. a bad scheme
             raise BackendError(f"cannot use Redis URL {self.url}: {exc}") from None
 
@@ -180,15 +216,24 @@ class RedisLink:
         return self._send(name, keys, args)()
 
     def _send(
-        self, name: str, keys: Sequence[str], args: Sequence[str | int], *, raw: bool = False
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        *,
+        raw: bool = False,
+        replicated: bool = False,
     ) -> Callable[[], Any]:
         """Send one script call; the returned function waits for its reply.
 
         Between the two the caller can work while Redis runs the script; the connection stays
         out of the pool until the reply is read, so each call must be waited for. A `raw` reply
-        keeps its strings as bytes, for replies that carry what someone else stored.
+        keeps its strings as bytes, for replies that carry what someone else stored. A
+        `replicated` write waits for the replicas too (redis_replication.py).
         """
         script = SCRIPTS[name]
+        if replicated and (paused := self._replicas.gate(name, self._replication)):
+            raise NotApplied(paused)
         pool = self._redis.connection_pool
         connection = self._do(name, pool.get_connection, unsent=True)  # connects if need be
 
@@ -204,7 +249,10 @@ class RedisLink:
 
         def wait() -> Any:
             try:
-                return self._do(name, reply)
+                result = self._do(name, reply)
+                if replicated:
+                    self._await_replicas(name, connection)
+                return result
             finally:
                 pool.release(connection)
 
@@ -215,6 +263,50 @@ class RedisLink:
             pool.release(connection)
             raise
         return wait
+
+    def _await_replicas(self, name: str, connection: Any) -> None:
+        """WAIT, on the connection that wrote, for the replicas the setting asks for."""
+        if self._sentinel is not None and self._sentinel.changes != self._changes_seen:
+            self._changes_seen = self._sentinel.changes  # a new primary: its own replicas
+            self._replicas.forget()
+        wanted = self._replicas.wanted(self._replication)
+        if wanted == 0:
+            return
+        acked = int(self._do("wait", lambda: _reply(connection, "WAIT", wanted, self._wait_ms)))
+
+        def written() -> Replication:  # the primary this connection wrote to
+            return Replication.parse(self._do("info", lambda: _reply(connection, *INFO)))
+
+        doubt = self._replicas.acknowledged(name, acked, wanted, written)
+        if doubt is not None:
+            self._follow_primary()
+            raise OutcomeUnknown(doubt)
+
+    def _replication(self) -> Replication:
+        """The replication of the primary the next call reaches."""
+        self._follow_primary()
+        pool = self._redis.connection_pool
+        connection = self._do("info", pool.get_connection, unsent=True)
+        try:
+            return Replication.parse(self._do("info", lambda: _reply(connection, *INFO)))
+        finally:
+            pool.release(connection)
+
+    def _follow_primary(self) -> None:
+        """Under Sentinel, ask the sentinels for the primary now: if they name another one
+        (a failover, while the old primary still answers), the pooled connections to the old
+        one are dropped, so the next call goes to the new one (redis-py's pool does this)."""
+        if self._sentinel is None:
+            return
+        pool = self._redis.connection_pool
+        with contextlib.suppress(TransientBackendError):  # the next call says it again
+            self._do("sentinel masters", pool.get_master_address)  # type: ignore[attr-defined]
+
+    def replication_stats(self) -> dict[str, int]:
+        """`unacknowledged` writes (no replica acknowledged them in time) and the times the
+        Sentinel service moved to a new primary (`primary_changes`), since start."""
+        changes = self._sentinel.changes if self._sentinel is not None else 0
+        return {"unacknowledged": self._replicas.unacknowledged, "primary_changes": changes}
 
     def _cmd(self, *args: str | int) -> Any:
         """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""
@@ -227,10 +319,16 @@ class RedisLink:
         return self._send_fenced(name, lease, keys, args)()
 
     def _send_fenced(
-        self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
+        self,
+        name: str,
+        lease: Lease,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        *,
+        replicated: bool = False,
     ) -> Callable[[], Any]:
         """Send a script that refuses to write unless `lease` (token and epoch) still holds."""
-        wait = self._send(name, keys, args)
+        wait = self._send(name, keys, args, replicated=replicated)
 
         def fenced() -> Any:
             try:
@@ -250,10 +348,21 @@ class RedisLink:
         self._cmd("PING")
 
 
+INFO = ("INFO", "replication")
+
+
+def _reply(connection: Any, *command: str | int) -> Any:
+    """One command on `connection`, its reply unparsed (a string)."""
+    connection.send_command(*command)
+    return connection.read_response()
+
+
 def _never_connected(exc: BaseException) -> bool:
     """Whether the connection failed before anything was sent: refused, no such socket file,
     no such host (redis-py raises its error while handling the OS's)."""
     cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, MasterNotFoundError):  # no sentinel named a primary: none to send to
+        return True
     while cause is not None:
         if isinstance(cause, ConnectionRefusedError | FileNotFoundError | socket.gaierror):
             return True

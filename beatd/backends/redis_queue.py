@@ -44,9 +44,21 @@ class RedisWorkQueue(RedisLink):
     """beatd's queues: a stream per queue and priority band, a zset of delayed retries."""
 
     def __init__(
-        self, url: str, *, namespace: str = "beatd", op_timeout: float = 2.0, history: bool = True
+        self,
+        url: str,
+        *,
+        namespace: str = "beatd",
+        op_timeout: float = 2.0,
+        history: bool = True,
+        wait_replicas: int | None = None,
     ) -> None:
-        super().__init__(url, namespace=namespace, op_timeout=op_timeout, history=history)
+        super().__init__(
+            url,
+            namespace=namespace,
+            op_timeout=op_timeout,
+            history=history,
+            wait_replicas=wait_replicas,
+        )
         self._pubsub: PubSub | None = None  # the idle worker's wake-ups (see wait_for_work)
         self._channels: list[str] = []
         self._delayed_at: float | None = None  # monotonic: a delayed retry is ready

@@ -123,6 +123,7 @@ class BackendSettings:
     url: str
     namespace: str
     history: bool = True
+    wait_replicas: int | None = None  # Redis: WAIT after commits (None: auto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,8 @@ def url_with_password(variable: str) -> Callable[[click.Context, click.Parameter
 def has_password(url: str) -> bool:
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    return bool(parts.password) or any(query.get("password", []))
+    secrets = query.get("password", []) + query.get("sentinel_password", [])
+    return bool(parts.password) or any(secrets)
 
 
 SCHEDULE_FLAGS = [
@@ -384,11 +386,49 @@ def open_broker(
             read_only=read_only,
             create=create,
             history=settings.history,
+            wait_replicas=settings.wait_replicas,
         )
     except StorageFailed as exc:  # no bad input: the file is there, but damaged
         fail(exc)
     except BeatdError as exc:
         bad_option("--broker", str(exc))
+
+
+REDIS_WAIT_FLAG = click.option(
+    "--redis-wait-replicas",
+    envvar="BEATD_REDIS_WAIT_REPLICAS",
+    default="auto",
+    show_default=True,
+    metavar="auto|N",
+    help="Redis: after each commit and take of the lease, WAIT until N replicas acknowledged "
+    "it (half the per-call timeout at most); a commit none acknowledged pauses publishing "
+    "until one does or a failover ends. auto: 1 while the primary has a replica; 0: never "
+    "wait (docs/redis.md, Sentinel).",
+)
+
+
+def redis_wait_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--redis-wait-replicas`, folded into the `backend: BackendSettings` that
+    `backend_options` (above this decorator) hands the command."""
+
+    @functools.wraps(func)
+    def command(
+        *args: Any, redis_wait_replicas: str, backend: BackendSettings, **kwargs: Any
+    ) -> Any:
+        wanted = _wait_replicas(redis_wait_replicas)
+        return func(*args, backend=dataclasses.replace(backend, wait_replicas=wanted), **kwargs)
+
+    return REDIS_WAIT_FLAG(command)
+
+
+def _wait_replicas(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        bad_option(
+            "--redis-wait-replicas", f"{value!r} is neither auto nor a number of replicas (0, 1...)"
+        )
+    return int(value)
 
 
 def metrics_option(default: str) -> Callable[[Decorated], Decorated]:

@@ -40,6 +40,7 @@ from beatd.cli.common import (
     metrics_option,
     open_broker,
     read_config,
+    redis_wait_option,
     schedule_options,
     seconds_option,
     start_metrics,
@@ -121,6 +122,7 @@ def parse_run_settings(
 @schedule_options
 @backend_options
 @history_option
+@redis_wait_option
 @click.option(
     "--history-keep",
     envvar="BEATD_HISTORY_KEEP",
@@ -249,7 +251,7 @@ def run(
         audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
-    served = start_api(api, broker, scheduler)
+    served = start_api(api, broker, scheduler, settings.retention.max_age)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None

@@ -11,6 +11,7 @@ from flask import Flask
 from beatd.http.app import Access, create_app
 from beatd.http.audit_routes import audit_routes
 from beatd.http.context import ApiContext
+from beatd.http.controls_routes import control_routes
 from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.entries_routes import entry_routes
 from beatd.http.history_routes import history_routes
@@ -29,6 +30,7 @@ def all_routes(context: ApiContext) -> list[Route]:
         *history_routes(context),
         *audit_routes(context),
         *dead_letter_routes(context),
+        *control_routes(context, context.history_max_age),
         *entry_routes(context),
     ]
     document = openapi_document(

@@ -331,7 +331,8 @@ def test_open_backend_by_scheme(server: RedisServer, admin: redis.Redis) -> None
         open_backend("amqp://guest:guest@localhost//")
     assert str(caught.value) == (
         "unsupported broker URL scheme 'amqp' in 'amqp://guest:***@localhost//': "
-        "use sqlite://, redis://, rediss://, unix://, postgresql:// or postgres://"
+        "use sqlite://, redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
+        "postgresql:// or postgres://"
     )
 
 
