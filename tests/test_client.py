@@ -5,7 +5,7 @@ the same exceptions, the same messages."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,3 +104,38 @@ def test_refusals_are_the_same_exceptions_and_messages(client: Client) -> None:
     with pytest.raises(InvalidRequest):
         client.add_many({"a": {"task": "x.y", "every": "1h"}, "b": {"task": "x.y"}})
     assert [e["name"] for e in client.list(source="api")] == ["report-acme"]
+
+
+def test_controls_work_on_a_runtime_entry(client: Client, transport: str) -> None:
+    client.add("report-acme", **NIGHTLY)
+    done = client.trigger("report-acme", idempotency_key="incident-4711")
+    assert done == {
+        "run_id": "report-acme@manual-incident-4711",
+        "status": "published",
+        "message": None,
+    }
+    by = "ops" if transport == "http" else "ops@host"
+    paused = client.pause("report-acme", "tenant on hold", until="8h")
+    assert paused is not None
+    assert (paused["reason"], paused["by"]) == ("tenant on hold", by)
+    with pytest.raises(Conflict) as refused:
+        client.trigger("report-acme")
+    assert str(refused.value).startswith("report-acme is paused")
+    assert client.resume("report-acme") == "resumed report-acme"
+    assert client.resume("report-acme") == "report-acme was not paused"
+    with pytest.raises(NotFound) as missing:
+        client.pause("nope", "why")
+    assert str(missing.value) == "no entry 'nope'"
+
+
+def test_a_backfill_before_any_horizon_is_refused_alike(client: Client) -> None:
+    client.add("hourly", task="x.y", every="1h")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    start, end = (hour - timedelta(hours=3)).isoformat(), (hour - timedelta(hours=1)).isoformat()
+    with pytest.raises(InvalidRequest) as refused:
+        client.backfill("hourly", start, end, dry_run=True)
+    assert str(refused.value) == (
+        "hourly has no persisted horizon yet (no scheduler has accounted for any of its slots): "
+        "every slot is still the scheduler's"
+    )
+    assert refused.value.errors[0]["field"] == "to"

@@ -15,7 +15,7 @@ same entry objects (docs/api.md) and raise the same ClientError, with the same m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -29,6 +29,9 @@ from beatd.client.errors import (
     TooLarge,
     VersionConflict,
 )
+from beatd.client.local import BackfillAsk
+from beatd.config import load_config
+from beatd.operations.controls import TriggerAsk
 
 EntryObject = dict[str, Any]  # name, source, version, definition, created/updated at and by
 __all__ = [
@@ -61,6 +64,10 @@ class _Transport(Protocol):
     def next_runs(self, name: str, count: int) -> list[str]: ...
     def history(self, entry: str | None, limit: int) -> list[dict[str, Any]]: ...
     def audit(self, entry: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def trigger(self, name: str, ask: TriggerAsk) -> dict[str, Any]: ...
+    def pause(self, name: str, reason: str, until: str | None) -> dict[str, Any] | None: ...
+    def resume(self, name: str) -> str: ...
+    def backfill(self, name: str, span: BackfillAsk) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -69,7 +76,9 @@ class Client:
 
     `url`: a backend URL, or the HTTP API's (`token`: a token of `beatd api token`, write
     scope to write). `by`: who writes, for the audit log, on a backend URL (default
-    user@host; the API records the token's name). `timeout`: seconds per call."""
+    user@host; the API records the token's name). `timeout`: seconds per call. `schedules`:
+    on a backend URL, schedule files whose entries `get`, `list` and the controls see too
+    (over HTTP, the serving daemon's are)."""
 
     def __init__(
         self,
@@ -79,6 +88,7 @@ class Client:
         by: str | None = None,
         namespace: str = "beatd",
         timeout: float = 10.0,
+        schedules: Sequence[str] = (),
     ) -> None:
         self._transport: _Transport
         if url.startswith(("http://", "https://")):
@@ -88,7 +98,10 @@ class Client:
         else:
             from beatd.client.local import LocalTransport
 
-            self._transport = LocalTransport(url, by=by, namespace=namespace, timeout=timeout)
+            config = load_config(list(schedules)) if schedules else None
+            self._transport = LocalTransport(
+                url, by=by, namespace=namespace, timeout=timeout, config=config
+            )
 
     def add(self, name: str, **fields: Any) -> EntryObject:
         """Create the runtime entry `name` with the fields of a schedule file's entry
@@ -140,6 +153,37 @@ class Client:
     def audit(self, entry: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest audit records (of `entry`), as `beatd audit --json` prints them."""
         return self._transport.audit(entry, limit)
+
+    def trigger(
+        self,
+        name: str,
+        *,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Publish one manual run of `name` now, as `beatd trigger` does: `{"run_id",
+        "status", "message"}`; Conflict when refused (paused, busy), naming why."""
+        ask = TriggerAsk(None if args is None else list(args), kwargs, idempotency_key, force)
+        return self._transport.trigger(name, ask)
+
+    def pause(self, name: str, reason: str, *, until: str | None = None) -> dict[str, Any] | None:
+        """Pause `name` (`until`: a duration such as 8h, or an ISO time with an offset): the
+        pause as stored, `{"at", "until", "reason", "by"}`."""
+        return self._transport.pause(name, reason, until)
+
+    def resume(self, name: str) -> str:
+        """Lift the pause of `name`: what was done, in `beatd resume`'s words."""
+        return self._transport.resume(name)
+
+    def backfill(
+        self, name: str, start: str, end: str, *, dry_run: bool = False, max_runs: int = 1000
+    ) -> dict[str, Any]:
+        """Publish the slots of `name` from `start` to `end` (ISO times, without an offset in
+        the entry's zone) that were not published, as `beatd backfill` does: `{"runs",
+        "published", "already_there", "dry_run"}`."""
+        return self._transport.backfill(name, BackfillAsk(start, end, dry_run, max_runs))
 
     def close(self) -> None:
         self._transport.close()

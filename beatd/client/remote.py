@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from beatd.client.errors import ClientError, error_for
+from beatd.client.local import BackfillAsk
+from beatd.operations.controls import TriggerAsk
 from beatd.operations.entries import merged_definition, refusal
 from beatd.runtime_entries import VersionMismatch
 
@@ -109,6 +111,33 @@ class RemoteTransport:
         records = self.call("GET", "/v1/audit", query={"entry": entry, "limit": limit})
         found: list[dict[str, Any]] = records["records"]
         return found
+
+    def trigger(self, name: str, ask: TriggerAsk) -> dict[str, Any]:
+        given = {
+            "args": ask.args,
+            "kwargs": None if ask.kwargs is None else dict(ask.kwargs),
+            "idempotency_key": ask.idempotency_key,
+            "force": ask.force or None,
+        }
+        body = {key: value for key, value in given.items() if value is not None}
+        done: dict[str, Any] = self.call("POST", _entry_path(name) + "/trigger", body)
+        return done
+
+    def pause(self, name: str, reason: str, until: str | None) -> dict[str, Any] | None:
+        body = {"reason": reason} if until is None else {"reason": reason, "until": until}
+        paused: dict[str, Any] | None = self.call("POST", _entry_path(name) + "/pause", body)[
+            "paused"
+        ][name]
+        return paused
+
+    def resume(self, name: str) -> str:
+        (said,) = self.call("POST", _entry_path(name) + "/resume", {})["said"]
+        return str(said)
+
+    def backfill(self, name: str, span: BackfillAsk) -> dict[str, Any]:
+        body = {"from": span.start, "to": span.end, "dry_run": span.dry_run, "max": span.most}
+        done: dict[str, Any] = self.call("POST", _entry_path(name) + "/backfill", body)
+        return done
 
     def close(self) -> None:
         """Nothing held open: each call is its own connection."""
