@@ -152,3 +152,26 @@ def test_from_yaml_errors_name_file_line_entry_and_field(broker: str, tmp_path: 
     )
     listed = json.loads(beatd(broker, "entries", "list", "--json", "--source", "api")[1])
     assert [e["name"] for e in listed] == ["first"]  # all or none: `ok` was not added
+
+
+def test_the_schedule_files_names_are_refused_and_listed(broker: str, tmp_path: Path) -> None:
+    app = tmp_path / "app.yaml"
+    app.write_text("entries:\n  nightly:\n    task: x.y\n    cron: '0 3 * * *'\n")
+    files = ("--schedules", str(app))
+    assert beatd(broker, "entries", "add", "nightly", "--task", "a.b", "--every", "1h", *files) == (
+        1,
+        "",
+        f"entry nightly: the name is taken by a file entry in {app}; names are unique across "
+        "schedule files and runtime entries: choose another name\n",
+    )
+    assert (
+        beatd(broker, "entries", "add", "hourly", "--task", "a.b", "--every", "1h", *files)[0] == 0
+    )
+    assert beatd(broker, "entries", "list", *files) == (
+        0,
+        f"NAME     SOURCE{' ' * (len(str(app)) - 6)}  VERSION  SCHEDULE        TASK\n"
+        f"hourly   api{' ' * (len(str(app)) - 3)}  1        every 1h        a.b\n"
+        f"nightly  {app}  -        cron 0 3 * * *  x.y\n"
+        "2 entries\n",
+        "",
+    )
