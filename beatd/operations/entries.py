@@ -74,16 +74,22 @@ def backend_now(store: Backend) -> datetime:
     return datetime.fromtimestamp(store.server_time(), UTC)
 
 
-def resolve(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing) -> Any:
-    """`resolve_entry` of one definition, args and kwargs first checked for size; NameTaken
-    for a name of the caller's file entries."""
+def resolve(
+    store: Backend,
+    name: str,
+    raw: Mapping[str, Any],
+    writing: Writing,
+    now: datetime | None = None,
+) -> Any:
+    """`resolve_entry` of one definition at `now` (the backend's clock when not given), args
+    and kwargs first checked for size; NameTaken for a name of the caller's file entries."""
     if name in writing.files:
         raise NameTaken(name, writing.files[name])
     check_argument_size(name, raw)
     return resolve_entry(
         name,
         raw,
-        now=backend_now(store),
+        now=backend_now(store) if now is None else now,
         queues=writing.queues,
         default_timezone=writing.default_timezone,
     )
@@ -112,9 +118,10 @@ def add_many(
 ) -> list[RuntimeEntry]:
     """Create every entry or none: InvalidEntry lists every problem of every definition."""
     resolved, problems = [], twice([name for name, _ in definitions])
+    now = backend_now(store)  # once per batch: a round trip to the backend each
     for name, raw in definitions:
         try:
-            resolved.append(resolve(store, name, raw, writing))
+            resolved.append(resolve(store, name, raw, writing, now))
         except InvalidEntry as exc:
             problems.extend(exc.fields)
     if problems:
