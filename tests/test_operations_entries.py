@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from beatd.backends import Backend, open_backend
+from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.config import load_config
 from beatd.errors import ConfigError
 from beatd.operations import entries as ops
@@ -292,3 +293,22 @@ def test_next_runs_of_a_runtime_entry(store: Backend) -> None:
     ]
     with pytest.raises(UnknownEntry):
         ops.next_runs(store, None, "nope", 2, now)
+
+
+def test_a_write_whose_reply_was_lost_is_repeated_and_written_once(store: Backend) -> None:
+    plan = FaultPlan()
+    faulty: Any = FaultyBackend(store, plan)
+    plan.inject("put_entry", Fault.FAIL_AFTER_WRITE)
+    plan.inject("put_entries", Fault.FAIL_AFTER_WRITE)
+    assert ops.add(faulty, "nightly", NIGHTLY, WRITING).version == 1
+    plan.inject("put_entry", Fault.FAIL_BEFORE_WRITE)
+    assert ops.update(faulty, "nightly", {"queue": "q"}, WRITING).version == 2
+    added = ops.add_many(faulty, [("a", NIGHTLY), ("b", NIGHTLY)], WRITING)
+    assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 1)]
+    assert [name for name, _ in plan.injected] == ["put_entry", "put_entry", "put_entries"]
+    assert sorted((r.action, r.entry) for r in store.audit()) == [
+        ("entry.add", "a"),
+        ("entry.add", "b"),
+        ("entry.add", "nightly"),
+        ("entry.set", "nightly"),
+    ]

@@ -10,15 +10,17 @@ set and versions in its own atomic step; the leader applies them through its cha
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from beatd.backends import Backend
 from beatd.config.fields import ENTRY_FIELDS, SCHEDULE_FIELDS, WINDOW_FIELDS
 from beatd.config.model import Config, Entry, QueueSettings
-from beatd.errors import BeatdError
+from beatd.errors import BeatdError, NotApplied, OutcomeUnknown
 from beatd.runtime_entries import (
     API_SOURCE,
     FieldProblem,
@@ -34,8 +36,10 @@ from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 from beatd.schedules.window import WindowedSchedule
 from beatd.timetext import stamp
 
+T = TypeVar("T")
 MAX_ARGUMENT_BYTES = 64 * 1024  # args and kwargs together, as JSON
 MAX_PAGE = 10_000
+WRITE_ATTEMPTS = 4  # a put the backend could not confirm is repeated (with its request id)
 SOURCES = (API_SOURCE, "file")  # what `list --source` chooses between
 # Fields derived from the schedule when not given: a `set` that changes the schedule derives
 # them again unless it gives them too.
@@ -107,10 +111,28 @@ def check_argument_size(name: str, raw: Mapping[str, Any]) -> None:
         raise ArgumentsTooLarge([FieldProblem(name, field, message)])
 
 
+def repeated(write: Callable[[str], T], attempts: int = WRITE_ATTEMPTS) -> T:
+    """`write(request_id)`, repeated with the same request id when the backend could not say
+    whether it was applied (OutcomeUnknown) or did not apply it (NotApplied): a put applied
+    already is answered as stored, written once (RuntimeEntries' timeouts contract)."""
+    request_id = secrets.token_hex(16)
+    for attempt in range(1, attempts + 1):
+        try:
+            return write(request_id)
+        except (OutcomeUnknown, NotApplied):
+            if attempt == attempts:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+    raise AssertionError("unreachable")
+
+
 def add(store: Backend, name: str, raw: Mapping[str, Any], writing: Writing) -> RuntimeEntry:
     """Create the runtime entry `name` (VersionMismatch when it exists, NameTaken when a file
     entry has the name)."""
-    return store.put_entry(resolve(store, name, raw, writing), writing.by, expected_version=0)
+    resolved = resolve(store, name, raw, writing)
+    return repeated(
+        lambda rid: store.put_entry(resolved, writing.by, expected_version=0, request_id=rid)
+    )
 
 
 def add_many(
@@ -126,7 +148,9 @@ def add_many(
             problems.extend(exc.fields)
     if problems:
         raise InvalidEntry(problems)
-    return store.put_entries(resolved, writing.by, create_only=True)
+    return repeated(
+        lambda rid: store.put_entries(resolved, writing.by, create_only=True, request_id=rid)
+    )
 
 
 def twice(names: Sequence[str]) -> list[FieldProblem]:
@@ -147,7 +171,9 @@ def replace(
     not stored yet is created unless `expected` names a version."""
     refuse_file_entry(store, name, writing.files)
     resolved = resolve(store, name, raw, writing)
-    return store.put_entry(resolved, writing.by, expected_version=expected)
+    return repeated(
+        lambda rid: store.put_entry(resolved, writing.by, expected_version=expected, request_id=rid)
+    )
 
 
 def update(
@@ -164,7 +190,11 @@ def update(
         raise VersionMismatch(name, expected, current.version)
     merged = merged_definition(current.definition, changes)
     resolved = resolve(store, name, merged, writing)
-    return store.put_entry(resolved, writing.by, expected_version=current.version)
+    return repeated(
+        lambda rid: store.put_entry(
+            resolved, writing.by, expected_version=current.version, request_id=rid
+        )
+    )
 
 
 def merged_definition(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
