@@ -15,6 +15,7 @@ from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.config import load_config
 from beatd.errors import ConfigError
 from beatd.operations import entries as ops
+from beatd.operations import entry_objects as shown
 from beatd.operations.entries_files import FileDefinitions, export_texts, write_export
 from beatd.runtime_entries import (
     FileEntryReadOnly,
@@ -55,7 +56,7 @@ RESOLVED = {
 
 
 def test_add_stores_every_field_resolved_and_who_wrote_it(store: Backend) -> None:
-    added = ops.entry_object(ops.add(store, "nightly", NIGHTLY, WRITING))
+    added = shown.entry_object(ops.add(store, "nightly", NIGHTLY, WRITING))
     assert added == {
         "name": "nightly",
         "source": "api",
@@ -66,7 +67,7 @@ def test_add_stores_every_field_resolved_and_who_wrote_it(store: Backend) -> Non
         "updated_at": added["created_at"],
         "updated_by": "ops@host",
     }
-    assert ops.get_entry(store, None, "nightly") == added
+    assert shown.get_entry(store, None, "nightly") == added
 
 
 def test_add_is_create_only(store: Backend) -> None:
@@ -123,7 +124,7 @@ def test_fields_are_refused_in_the_words_of_beatd_check(store: Backend) -> None:
     assert str(too_long.value) == (
         "entry bad: field jitter: jitter 2h must be shorter than the schedule's period 1h"
     )
-    assert ops.all_runtime_entries(store) == []
+    assert shown.all_runtime_entries(store) == []
 
 
 def test_args_and_kwargs_over_64_kib_are_refused_naming_the_larger(store: Backend) -> None:
@@ -191,7 +192,7 @@ def test_add_many_is_all_or_nothing_and_names_every_problem(store: Backend) -> N
         "entry a: field name: the name is given twice in one batch; nothing was written\n"
         f"entry b: field every: {_every_problem('soon')}"
     )
-    assert ops.all_runtime_entries(store) == []
+    assert shown.all_runtime_entries(store) == []
     added = ops.add_many(store, [*batch[:1], ("b", {"task": "x.y", "every": "2h"})], WRITING)
     assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 1)]
 
@@ -216,19 +217,19 @@ def test_list_pages_runtime_and_file_entries_by_name(store: Backend, tmp_path: P
     )
     config = load_config([str(tmp_path / "app.yaml")])
     ops.add_many(store, [(n, {"task": "x.y", "every": "5m"}) for n in ("a", "c", "e")], WRITING)
-    first = ops.list_entries(store, config, limit=3)
+    first = shown.list_entries(store, config, limit=3)
     assert [(e["name"], e["source"]) for e in first.entries] == [
         ("a", "api"),
         ("b-file", str(tmp_path / "app.yaml")),
         ("c", "api"),
     ]
     assert first.next_after == "c"
-    rest = ops.list_entries(store, config, after="c", limit=3)
+    rest = shown.list_entries(store, config, after="c", limit=3)
     assert [e["name"] for e in rest.entries] == ["d-file", "e"]
     assert rest.next_after is None
-    files = ops.list_entries(store, config, source="file").entries
+    files = shown.list_entries(store, config, source="file").entries
     assert files[1]["definition"]["cron"] == "0 3 * * *" and files[1]["version"] is None
-    assert [e["name"] for e in ops.list_entries(store, config, source="api").entries] == [
+    assert [e["name"] for e in shown.list_entries(store, config, source="api").entries] == [
         "a",
         "c",
         "e",
@@ -243,7 +244,7 @@ def test_export_is_accepted_by_check_and_adds_back_the_same_entries(
         ("once", {"task": "x.y", "at": "2099-01-01T09:00:00", "timezone": "Asia/Tokyo"})
     )
     ops.add_many(store, definitions, WRITING)
-    exported = ops.all_runtime_entries(store)
+    exported = shown.all_runtime_entries(store)
     paths = write_export(exported, tmp_path / "out", max_bytes=8_000)
     assert len(paths) > 1
     assert all(path.stat().st_size <= 8_000 for path in paths)
@@ -253,7 +254,7 @@ def test_export_is_accepted_by_check_and_adds_back_the_same_entries(
         for path in paths:
             found = FileDefinitions(str(path))
             ops.add_many(other, list(found.items()), WRITING)
-        again = {e.name: dict(e.definition) for e in ops.all_runtime_entries(other)}
+        again = {e.name: dict(e.definition) for e in shown.all_runtime_entries(other)}
     finally:
         other.close()
     assert again == {e.name: dict(e.definition) for e in exported}
@@ -287,12 +288,12 @@ def test_from_yaml_problems_are_located_in_the_file(store: Backend, tmp_path: Pa
 def test_next_runs_of_a_runtime_entry(store: Backend) -> None:
     ops.add(store, "nightly", NIGHTLY, WRITING)
     now = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
-    assert ops.next_runs(store, None, "nightly", 2, now) == [
+    assert shown.next_runs(store, None, "nightly", 2, now) == [
         "2026-12-06T02:30:00Z",
         "2026-12-07T02:30:00Z",
     ]
     with pytest.raises(UnknownEntry):
-        ops.next_runs(store, None, "nope", 2, now)
+        shown.next_runs(store, None, "nope", 2, now)
 
 
 def test_a_write_whose_reply_was_lost_is_repeated_and_written_once(store: Backend) -> None:

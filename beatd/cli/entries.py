@@ -36,6 +36,7 @@ from beatd.config import Config
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
 from beatd.errors import BeatdError
 from beatd.operations import entries as ops
+from beatd.operations import entry_objects as shown
 from beatd.operations.entries_files import FileDefinitions, write_export
 from beatd.runtime_entries import InvalidEntry, RuntimeEntry
 from beatd.service import setup_logging
@@ -182,7 +183,7 @@ def entries_rm(
 @logging_options()
 @click.option(
     "--source",
-    type=click.Choice(ops.SOURCES),
+    type=click.Choice(shown.SOURCES),
     help="Only runtime entries (api) or only the schedule files' (file).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of entry objects.")
@@ -219,7 +220,7 @@ def _every_entry(
 ) -> Iterator[dict[str, Any]]:
     after: str | None = ""
     while after is not None:
-        page = ops.list_entries(store, config, after=after, limit=1000, source=source)
+        page = shown.list_entries(store, config, after=after, limit=1000, source=source)
         yield from page.entries
         after = page.next_after
 
@@ -256,7 +257,7 @@ def entries_export(
     """Write every runtime entry to schedule files that `beatd check` accepts and
     `beatd entries add --from-yaml` adds back as the same entries."""
     setup_logging(log.level, log.format)
-    found = _with_store(backend, ops.all_runtime_entries, read_only=True)
+    found = _with_store(backend, shown.all_runtime_entries, read_only=True)
     for path in write_export(found, Path(out), max_file_size):
         click.echo(str(path))
     click.echo(f"exported {_count(len(found))}")

@@ -14,6 +14,7 @@ from beatd.config import Config, Entry
 from beatd.errors import BeatdError
 from beatd.history import HistoryQuery
 from beatd.operations import entries as ops
+from beatd.operations import entry_objects as shown
 from beatd.operations.audit import audit_object
 from beatd.operations.backfill import DEFAULT_MAX, backfill_range, plan_backfill, send
 from beatd.operations.controls import (
@@ -59,11 +60,11 @@ class LocalTransport:
             raise error_for(refused.status, refused.errors) from None
 
     def add(self, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        return ops.entry_object(self._do(lambda: ops.add(self.store, name, fields, self.writing)))
+        return shown.entry_object(self._do(lambda: ops.add(self.store, name, fields, self.writing)))
 
     def add_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
         added = self._do(lambda: ops.add_many(self.store, entries, self.writing))
-        return [ops.entry_object(e) for e in added]
+        return [shown.entry_object(e) for e in added]
 
     def update(
         self, name: str, fields: Mapping[str, Any], if_version: int | None
@@ -72,7 +73,7 @@ class LocalTransport:
             lambda: ops.update(self.store, name, fields, self.writing, if_version),
             conditional=True,
         )
-        return ops.entry_object(changed)
+        return shown.entry_object(changed)
 
     def replace(
         self, name: str, definition: Mapping[str, Any], if_version: int | None
@@ -81,27 +82,27 @@ class LocalTransport:
             lambda: ops.replace(self.store, name, definition, self.writing, if_version),
             conditional=if_version is not None,
         )
-        return ops.entry_object(stored)
+        return shown.entry_object(stored)
 
     def remove(self, name: str, if_version: int | None) -> dict[str, Any]:
         removed = self._do(
             lambda: ops.remove(self.store, name, self.writing.by, if_version),
             conditional=if_version is not None,
         )
-        return ops.entry_object(removed)
+        return shown.entry_object(removed)
 
     def get(self, name: str) -> dict[str, Any]:
-        return self._do(lambda: ops.get_entry(self.store, self.config, name))
+        return self._do(lambda: shown.get_entry(self.store, self.config, name))
 
     def list_page(
         self, after: str, limit: int, source: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        page = ops.list_entries(self.store, self.config, after=after, limit=limit, source=source)
+        page = shown.list_entries(self.store, self.config, after=after, limit=limit, source=source)
         return page.entries, page.next_after
 
     def next_runs(self, name: str, count: int) -> list[str]:
         now = datetime.now(UTC)
-        return self._do(lambda: ops.next_runs(self.store, self.config, name, count, now))
+        return self._do(lambda: shown.next_runs(self.store, self.config, name, count, now))
 
     def history(self, entry: str | None, limit: int) -> list[dict[str, Any]]:
         page = read_history(self.store, HistoryQuery(entry, None, limit), frozenset())

@@ -21,6 +21,7 @@ from beatd.http.queries import query_int, query_text
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations import entries as ops
+from beatd.operations import entry_objects as shown
 from beatd.runtime_entries import RuntimeEntry
 
 T = TypeVar("T")
@@ -93,7 +94,7 @@ COUNT = Param(
     "count",
     "query",
     "How many slots.",
-    {"type": "integer", "minimum": 1, "maximum": ops.MAX_NEXT_RUNS, "default": 5},
+    {"type": "integer", "minimum": 1, "maximum": shown.MAX_NEXT_RUNS, "default": 5},
 )
 LIST_PARAMS = (
     Param("after", "query", "Only entries whose names sort after this one.", {"type": "string"}),
@@ -101,9 +102,9 @@ LIST_PARAMS = (
         "limit",
         "query",
         "At most this many entries, by name.",
-        {"type": "integer", "minimum": 1, "maximum": ops.MAX_PAGE, "default": 100},
+        {"type": "integer", "minimum": 1, "maximum": shown.MAX_PAGE, "default": 100},
     ),
-    Param("source", "query", "Only runtime (api) or file entries.", {"enum": list(ops.SOURCES)}),
+    Param("source", "query", "Only runtime (api) or file entries.", {"enum": list(shown.SOURCES)}),
 )
 
 
@@ -174,27 +175,29 @@ class _Handlers:
 
     def list(self, req: Any) -> Reply:
         after = req.args.get("after", "")
-        limit = query_int(req, "limit", 100, 1, ops.MAX_PAGE)
+        limit = query_int(req, "limit", 100, 1, shown.MAX_PAGE)
         source = query_text(req, "source")
-        if source is not None and source not in ops.SOURCES:
-            raise ApiError(422, f"source must be one of {', '.join(ops.SOURCES)}", field="source")
-        page = ops.list_entries(
+        if source is not None and source not in shown.SOURCES:
+            raise ApiError(422, f"source must be one of {', '.join(shown.SOURCES)}", field="source")
+        page = shown.list_entries(
             self.context.backend(), self.context.config(), after=after, limit=limit, source=source
         )
         return Reply(200, {"entries": page.entries, "next_after": page.next_after})
 
     def get(self, req: Any) -> Reply:
         name = req.view_args["name"]
-        found = _answer(lambda: ops.get_entry(self.context.backend(), self.context.config(), name))
+        found = _answer(
+            lambda: shown.get_entry(self.context.backend(), self.context.config(), name)
+        )
         headers = {} if found["version"] is None else {"ETag": _etag(found["version"])}
         return Reply(200, found, headers)
 
     def next_runs(self, req: Any) -> Reply:
         name = req.view_args["name"]
-        count = query_int(req, "count", 5, 1, ops.MAX_NEXT_RUNS)
+        count = query_int(req, "count", 5, 1, shown.MAX_NEXT_RUNS)
         context = self.context
         slots = _answer(
-            lambda: ops.next_runs(context.backend(), context.config(), name, count, context.now())
+            lambda: shown.next_runs(context.backend(), context.config(), name, count, context.now())
         )
         return Reply(200, {"entry": name, "slots": slots})
 
@@ -220,7 +223,7 @@ class _Handlers:
             lambda: ops.add_many(self.context.backend(), definitions, self.writing(req)),
             positions,
         )
-        return Reply(201, {"entries": [ops.entry_object(e) for e in stored]})
+        return Reply(201, {"entries": [shown.entry_object(e) for e in stored]})
 
     def replace(self, req: Any) -> Reply:
         name = req.view_args["name"]
@@ -242,12 +245,12 @@ class _Handlers:
             lambda: ops.remove(self.context.backend(), name, by, expected),
             conditional=expected is not None,
         )
-        return Reply(200, ops.entry_object(removed))
+        return Reply(200, shown.entry_object(removed))
 
 
 def _written(entry: RuntimeEntry, status: int) -> Reply:
     headers = {"ETag": _etag(entry.version), "Location": f"/v1/entries/{quote(entry.name)}"}
-    return Reply(status, ops.entry_object(entry), headers)
+    return Reply(status, shown.entry_object(entry), headers)
 
 
 def _etag(version: int) -> str:
