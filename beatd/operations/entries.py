@@ -1,7 +1,7 @@
-"""Runtime entries as every way in writes and shows them (issue 18): the CLI (`beatd entries`),
-the HTTP API (`/v1/entries`) and `beatd.Client` all stand on these functions, so an entry is
-validated with the same messages (`beatd check`'s, through `resolve_entry`) and refused with
-the same errors whichever way it came.
+"""Runtime entries as every way in writes them (issue 18): the CLI (`beatd entries`), the
+HTTP API (`/v1/entries`) and `beatd.Client` all stand on these functions (and show entries
+with beatd.operations.entry_objects), so an entry is validated with the same messages (`beatd
+check`'s, through `resolve_entry`) and refused with the same errors whichever way it came.
 
 Writes go to the backend's `RuntimeEntries` role, which checks names against the leader's file
 set and versions in its own atomic step; the leader applies them through its change feed.
