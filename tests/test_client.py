@@ -139,3 +139,12 @@ def test_a_backfill_before_any_horizon_is_refused_alike(client: Client) -> None:
         "every slot is still the scheduler's"
     )
     assert refused.value.errors[0]["field"] == "to"
+
+
+def test_a_name_with_a_slash_works_every_way(client: Client) -> None:
+    client.add("tenants/acme", **NIGHTLY)
+    assert client.get("tenants/acme")["name"] == "tenants/acme"
+    assert client.trigger("tenants/acme")["status"] == "published"
+    assert client.resume("tenants/acme") == "tenants/acme was not paused"
+    assert len(client.next_runs("tenants/acme", 1)) == 1
+    assert client.remove("tenants/acme")["name"] == "tenants/acme"

@@ -32,7 +32,7 @@ from beatd.operations.controls import (
 )
 
 ERRORS: JSON = {"$ref": "#/components/schemas/Errors"}
-NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1})
+NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1}, slashes=True)
 LONGEST_PACED_BACKFILL = timedelta(seconds=60)  # longer holds a server thread: use the CLI
 STRINGS: JSON = {"type": "array", "items": {"type": "string", "minLength": 1}}
 PAUSE_OBJECT: JSON = {
