@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.entry_series",
             "beatd.migrate",
             "beatd.dataloss",
+            "beatd.amqp_link",  # the AMQP relay's and the celeryev listener's one URL reading
         ),
     ),
     (
