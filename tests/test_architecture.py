@@ -53,7 +53,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.entry_series",
             "beatd.migrate",
             "beatd.dataloss",
-            "beatd.amqp_link",  # the AMQP relay's and the celeryev listener's one URL reading
         ),
     ),
     (
@@ -65,6 +64,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.message",
             "beatd.celery_protocol",
             "beatd.celery_events",
+            "beatd.amqp_link",  # one URL reading for config, relay and listener (pika: lazily)
             "beatd.tasks",
             "beatd.clock",
             "beatd.errors",
