@@ -57,6 +57,20 @@ class AmqpLink:
         return f"{scheme}://{self.user}@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
 
 
+class Logins:
+    """How to log in to each broker named by a URL without password (a schedule file's, the
+    outbox's): with the password of a URL given with one (the Celery config's broker_url) for
+    the same broker and user, else `password` (--amqp-password), else Celery's default."""
+
+    def __init__(self, password: str | None = None, urls: tuple[str, ...] = ()) -> None:
+        self.password = password
+        self._known = [parse_amqp_url(url) for url in urls]
+
+    def link(self, url: str) -> AmqpLink:
+        link = parse_amqp_url(url, password=self.password)
+        return next((known for known in self._known if known == link), link)
+
+
 def has_password(url: str) -> bool:
     """Whether the URL carries a password (a schedule file must not)."""
     try:
@@ -77,6 +91,15 @@ def redact(url: str) -> str:
     user, _, host = parts.netloc.rpartition("@")
     name = user.split(":", 1)[0]
     return parts._replace(netloc=f"{name}:***@{host}").geturl()
+
+
+def without_password(url: str) -> str:
+    """The URL with its password left out (the user stays): what may be stored and shown."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}").geturl()
 
 
 def is_amqp_url(url: str) -> bool:

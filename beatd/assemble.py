@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
+from beatd.amqp_relay import AmqpRelay, AmqpRelaying
 from beatd.backends.base import Backend, HearsCeleryEvents
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import Clock
@@ -22,6 +23,7 @@ from beatd.events import Observer
 from beatd.history import Retention
 from beatd.metrics import (
     PublishDelay,
+    register_amqp_relay,
     register_celery_events,
     register_history,
     register_scheduler,
@@ -99,13 +101,15 @@ def build_scheduler(
     metrics_entries: EntrySeries = EntrySeries.ALL,
     retention: Retention | None = None,
     audit_retention: timedelta = AUDIT_RETENTION,
+    relay: AmqpRelay | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
     in-process `worker` nudged after each step, and, while leading, the run history trimmed to
     `retention` (none: never trimmed, nor the audit log) and the controls' audit log to
     `audit_retention`, and, leading Celery entries on a backend that hears Celery's task
-    events, their outcomes recorded from those events."""
+    events, their outcomes recorded from those events; with a `relay`, leading AMQP
+    destinations, their outbox published to RabbitMQ."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -125,6 +129,10 @@ def build_scheduler(
         observers.append(CeleryEvents(listener))
         if registry is not None:
             register_celery_events(registry, listener.stats)
+    if relay is not None:
+        observers.append(AmqpRelaying(relay))
+        if registry is not None:
+            register_amqp_relay(registry, relay.stats, backend)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
     # without per-entry series, only the entries with alert_after_failures or
     # pause_after_failures are read

@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.failing",
             "beatd.steering",
             "beatd.celery_listener",
+            "beatd.amqp_relay",
         ),
     ),
     (
@@ -64,6 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.message",
             "beatd.celery_protocol",
             "beatd.celery_events",
+            "beatd.celery_amqp",
             "beatd.amqp_link",  # one URL reading for config, relay and listener (pika: lazily)
             "beatd.tasks",
             "beatd.clock",

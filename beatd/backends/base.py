@@ -168,9 +168,11 @@ NEEDS: dict[type[Destination], tuple[str, str]] = {
 }
 
 
-def destination_kind(protocol: str | None) -> type[Destination]:
-    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own)."""
-    return DESTINATION_OF_PROTOCOL[protocol or "beatd"]
+def destination_kind(protocol: str | None, amqp: bool = False) -> type[Destination]:
+    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own); with
+    `amqp` (an AMQP destination), to the outbox, a `BeatdQueue` the leader's relay empties
+    (beatd.celery_amqp)."""
+    return BeatdQueue if amqp else DESTINATION_OF_PROTOCOL[protocol or "beatd"]
 
 
 class Outgoing(NamedTuple):

@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
+from beatd.amqp_link import is_amqp_url
 from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends.base import (
     NEEDS,
@@ -27,6 +28,7 @@ from beatd.backends.base import (
     destination_kind,
 )
 from beatd.backends.redis import redact
+from beatd.cli.amqp import AMQP_PASSWORD_FLAG, build_relay
 from beatd.cli.common import (
     BackendSettings,
     LogSettings,
@@ -211,6 +213,7 @@ def parse_run_settings(
     help="Also run the published tasks, in this process: the scheduler loop and the worker's "
     "dispatcher as threads (the one-command quickstart).",
 )
+@AMQP_PASSWORD_FLAG
 @run_settings
 @worker_options
 def run(
@@ -219,6 +222,7 @@ def run(
     log: LogSettings,
     settings: RunSettings,
     worker_options: WorkerOptions,
+    amqp_password: str | None,
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log.level, log.format)
@@ -232,6 +236,7 @@ def run(
     worker = None
     if settings.with_worker:
         worker = build_embedded_worker(broker, config, settings.lease_ttl, worker_options)
+    relay = build_relay(broker, settings, schedule, amqp_password)
     scheduler = build_scheduler(
         store,
         config,
@@ -244,6 +249,7 @@ def run(
         metrics_entries=settings.metrics_entries,
         retention=settings.retention,
         audit_retention=settings.audit_retention,
+        relay=relay,
     )
     stop = threading.Event()
     on_signals(stop, scheduler.wake, scheduler.request_reload)
@@ -263,6 +269,7 @@ def run(
     finally:
         notifier.stopping()
         stop.set()
+        relay.close()
         store.close()
         if worker is not None:
             worker.finish()
@@ -314,12 +321,13 @@ def serve(scheduler: Scheduler, stop: threading.Event) -> None:
 
 
 def celery_broker(backend: BackendSettings, celery_config: str | None) -> BackendSettings:
-    """--broker, unless it was left at its default and the Celery config names a broker."""
+    """--broker, unless it was left at its default and the Celery config names a Redis
+    broker (RabbitMQ is where its entries go, through the outbox in --broker)."""
     source = click.get_current_context().get_parameter_source("broker")
     if not celery_config or source is not ParameterSource.DEFAULT:
         return backend
     url = read_celery_config(celery_config, "UTC").broker_url
-    if url is None:
+    if url is None or is_amqp_url(url):  # RabbitMQ: the entries' destination, not the store
         return backend
     logger.info("broker from the Celery config %s: %s", celery_config, redact(url))
     return dataclasses.replace(backend, url=url)
@@ -330,7 +338,7 @@ def check_transport(config: Config, backend: StateStore) -> None:
     Redis): the first of them, with how many there are."""
     refused: dict[type[Destination], list[Entry]] = {}
     for entry in config.entries.values():
-        kind = destination_kind(entry.protocol)
+        kind = destination_kind(entry.protocol, entry.amqp is not None)
         if not backend.accepts(kind):
             refused.setdefault(kind, []).append(entry)
     problems = []
