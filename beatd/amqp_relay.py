@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from beatd.amqp_link import AmqpLink, connect, parse_amqp_url
@@ -145,6 +146,7 @@ class AmqpRelay:
         self.targets: dict[str, set[tuple[str, str]]] = {}  # broker -> (exchange, queue)
         self._links: dict[str, _Link] = {}
         self._told_unroutable: set[str] = set()
+        self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
         self._down: str | None = None  # the broker of the outage being waited out
         self._stop = threading.Event()
@@ -221,8 +223,9 @@ class AmqpRelay:
         BackendError (the outbox) and _Unreachable (the broker; the run was given back)."""
         settings = self.settings
         delivery = self.outbox.claim([OUTBOX_QUEUE], settings.consumer, settings.visibility)
-        if delivery is None:
-            self.stats.oldest_age = 0.0
+        if delivery is None:  # none ready: the oldest is a returned one waiting, if any
+            oldest = min(self._deferred.values(), default=None)
+            self.stats.oldest_age = self._age(oldest) if oldest else 0.0
             return False
         try:
             run = decode(delivery.body) if not delivery.unreadable else None
@@ -235,9 +238,12 @@ class AmqpRelay:
             log.error("outbox message %s dead-lettered unread: %s", delivery.id, reason)
             self.outbox.dead_letter(delivery, reason)
             return True
-        self.stats.oldest_age = max(0.0, (self.clock.now() - run.published_at).total_seconds())
+        self.stats.oldest_age = self._age(run.published_at)
         self._publish(delivery, run)
         return True
+
+    def _age(self, committed: datetime) -> float:
+        return max(0.0, (self.clock.now() - committed).total_seconds())
 
     def _publish(self, delivery: Delivery, run: OutboxRun) -> None:
         import pika
@@ -277,10 +283,12 @@ class AmqpRelay:
             log.info(REPUBLISHED, run.id)
         self.stats.published += 1
         self._told_unroutable.discard(run.queue)
+        self._deferred.pop(run.id, None)
         self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
 
     def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
         self.stats.unroutable[run.queue] += 1
+        self._deferred[run.id] = run.published_at
         level = logging.DEBUG if run.queue in self._told_unroutable else logging.WARNING
         self._told_unroutable.add(run.queue)
         delay = self.settings.unroutable_delay

@@ -20,6 +20,7 @@ from typing import Any
 
 import pika
 import pytest
+from prometheus_client import CollectorRegistry
 
 from beatd.amqp_link import Logins
 from beatd.amqp_relay import OUTAGE, RECOVERED, REPUBLISHED, UNROUTABLE, AmqpRelay, RelaySettings
@@ -31,6 +32,7 @@ from beatd.clock import FakeClock, SystemClock
 from beatd.config import AmqpTarget, Config
 from beatd.config.model import Entry
 from beatd.errors import NotApplied
+from beatd.metrics import register_amqp_relay
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule, OnceSchedule
 from tests.tcp_proxy import TcpProxy
@@ -275,6 +277,12 @@ def test_an_unroutable_run_stays_in_the_outbox_until_its_queue_exists(
             {later: 2},
             0,
         )
+        metrics = CollectorRegistry()
+        register_amqp_relay(metrics, relay.stats, store)
+        sample = metrics.get_sample_value
+        assert sample("beatd_amqp_unroutable_total", {"queue": later}) == 2
+        assert (sample("beatd_amqp_outbox_depth"), sample("beatd_amqp_published_total")) == (2, 0)
+        assert 3500 < sample("beatd_amqp_outbox_oldest_age_seconds") < 3700  # an hour ago
         said = [r for r in caplog.records if r.msg == UNROUTABLE]
         assert [r.getMessage() for r in said] == [
             f"run e1@{stamp(s(1))} to queue {later} returned by RabbitMQ at "
@@ -402,8 +410,48 @@ def test_a_relay_killed_between_confirm_and_removal_republishes_once(
     finally:
         second.close()
     assert (second.stats.published, second.stats.republished, depth(store)) == (1, 1, 0)
+    metrics = CollectorRegistry()
+    register_amqp_relay(metrics, second.stats, store)
+    assert metrics.get_sample_value("beatd_amqp_republished_total") == 1
     ids = [headers["id"] for _, headers, _ in rabbit.drain(queue)]
     assert ids == [once, once]
     assert [r.getMessage() for r in caplog.records if r.msg == REPUBLISHED] == [
         f"run {once} published to RabbitMQ again (a claim lapsed before its removal)"
     ]
+
+
+CELERY_ON_RABBITMQ = """
+broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+beat_schedule = {{
+    "ping": {{"task": "tasks.ping", "schedule": 1.0, "options": {{"queue": "{queue}"}}}},
+}}
+"""
+
+
+def test_beatd_run_relays_a_celery_configs_schedule_to_rabbitmq(
+    tmp_path: Path, rabbit: Rabbit
+) -> None:
+    """The daemon as deployed: `beatd run --celery-config` with an amqp:// broker_url keeps its
+    state in the default SQLite file and publishes to RabbitMQ with the config's password."""
+    queue = rabbit.name("cli")
+    rabbit.declare(queue)
+    (tmp_path / "celeryconfig_amqp.py").write_text(CELERY_ON_RABBITMQ.format(queue=queue))
+    run_log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "beatd", "run", "--celery-config", "celeryconfig_amqp"]
+    argv += ["--no-watch", "--metrics-addr", "off", "--node", "n1"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    with run_log.open("wb") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        wait_for(lambda: rabbit.depth(queue) >= 3, 30, f"3 runs; beatd run:\n{_tail(run_log)}")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+    said = _tail(run_log)
+    assert (tmp_path / "beatd.db").exists()
+    assert "relaying the outbox to RabbitMQ" in said
+    assert "stopped relaying the outbox to RabbitMQ" in said
+    assert "guest:guest" not in said
+    taken = rabbit.drain(queue)
+    assert {headers["task"] for _, headers, _ in taken} == {"tasks.ping"}
+    assert all(headers["id"].startswith("ping@") for _, headers, _ in taken)
