@@ -4,7 +4,7 @@ leader's relay (beatd.amqp_relay) has RabbitMQ's confirm for it.
 Celery's AMQP form is the Redis one (beatd.celery_protocol) without kombu's Redis envelope: the
 same headers and body, the body sent as it is (JSON, utf-8), and AMQP properties for the rest:
 `correlation_id` (the task id), `content_type`, `content_encoding`, `reply_to`, `priority` and
-`delivery_mode` 2 (persistent). Expiry is as Celery 5.5+ sends it over AMQP: the `expires`
+`delivery_mode` 2 (persistent). Expiry is as Celery sends it over AMQP: the `expires`
 header, which a worker checks (it revokes a run received after it), and the `expiration`
 property, the milliseconds left until then, computed when the relay publishes (0 once past:
 RabbitMQ then drops the run at the queue unless a consumer takes it at once, and Celery's
