@@ -166,6 +166,18 @@ def _heartbeat(query: str, shown: str) -> int:
     return heartbeat
 
 
+def require_client() -> None:
+    """Raise AmqpUrlError naming the extra to install when pika, the AMQP client, is missing."""
+    try:
+        import pika  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "pika":
+            raise
+        raise AmqpUrlError(
+            f"an AMQP destination needs the pika package, which is not installed: {INSTALL_HINT}"
+        ) from None
+
+
 def connect(link: AmqpLink, *, timeout: float) -> pika.BlockingConnection:
     """A blocking connection to `link`, each socket step bounded by `timeout` seconds.
 
@@ -173,14 +185,9 @@ def connect(link: AmqpLink, *, timeout: float) -> pika.BlockingConnection:
     errors (pika.exceptions.AMQPConnectionError and kin) pass through for the caller, which
     knows whether a failure is worth a retry.
     """
-    try:
-        import pika
-    except ModuleNotFoundError as exc:
-        if exc.name != "pika":
-            raise
-        raise AmqpUrlError(
-            f"an AMQP destination needs the pika package, which is not installed: {INSTALL_HINT}"
-        ) from exc
+    require_client()
+    import pika
+
     credentials = pika.PlainCredentials(link.user, link.password, erase_on_connect=True)
     tls = pika.SSLOptions(ssl.create_default_context(), link.host) if link.tls else None
     parameters = pika.ConnectionParameters(

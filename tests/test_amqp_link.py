@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from beatd.amqp_link import AmqpLink, AmqpUrlError, connect, has_password, parse_amqp_url, redact
@@ -90,3 +94,20 @@ def test_connects_to_the_machines_rabbitmq() -> None:
         assert connection.is_open
     finally:
         connection.close()
+
+
+def test_without_the_client_beatd_run_stops_naming_the_extra(tmp_path: Path) -> None:
+    """pika made unimportable, as where `beatd[amqp]` is not installed."""
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text(
+        "entries:\n  e: {task: t.a, every: 10s, protocol: celery, amqp: 'amqp://h//'}\n"
+    )
+    code = "import sys; sys.modules['pika'] = None; from beatd.cli import main; main()"
+    argv = [sys.executable, "-c", code, "run", "-s", str(schedule), "--no-watch"]
+    argv += ["--broker", f"sqlite:///{tmp_path / 'b.db'}", "--metrics-addr", "off"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "beatd: --schedules: an AMQP destination needs the pika package, which is not "
+        "installed: pip install 'beatd[amqp]'"
+    )

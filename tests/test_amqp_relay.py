@@ -23,7 +23,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from beatd.amqp_link import Logins
-from beatd.amqp_relay import OUTAGE, RECOVERED, REPUBLISHED, UNROUTABLE, AmqpRelay, RelaySettings
+from beatd.amqp_relay import (
+    MISSING,
+    OUTAGE,
+    RECOVERED,
+    REPUBLISHED,
+    UNROUTABLE,
+    AmqpRelay,
+    RelaySettings,
+)
 from beatd.backends import open_backend
 from beatd.backends.base import Backend
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
@@ -269,9 +277,18 @@ def test_an_unroutable_run_stays_in_the_outbox_until_its_queue_exists(
     runs = [entry(f"e{n}", s(n), later, route={"exchange": ""}) for n in (1, 2)]
     publish(store, FakeClock(start), runs, 3)
     relay = relay_for(store, unroutable_delay=1.0)
+    broker = "amqp://guest@127.0.0.1:5672/%2F"
+    relay.targets = {broker: {("", later), (f"{later}-x", later)}}  # checked at connection
     caplog.set_level(logging.WARNING, "beatd.amqp_relay")
     try:
         assert relay_all(relay) == 2
+        missing = [r.getMessage() for r in caplog.records if r.msg == MISSING]
+        assert missing == [
+            f"exchange '{later}-x' does not exist on RabbitMQ at {broker}: beatd declares none, "
+            "so runs to it stay in the outbox until the Celery workers (or the app) declare it",
+            f"queue '{later}' does not exist on RabbitMQ at {broker}: beatd declares none, so "
+            "runs to it stay in the outbox until the Celery workers (or the app) declare it",
+        ]
         assert (depth(store), relay.stats.unroutable, relay.stats.published) == (
             2,
             {later: 2},

@@ -6,13 +6,14 @@ from typing import Any
 
 import click
 
-from beatd.amqp_link import AmqpUrlError, Logins, is_amqp_url
-from beatd.amqp_relay import AmqpRelay, RelaySettings
+from beatd.amqp_link import AmqpUrlError, Logins, is_amqp_url, require_client
+from beatd.amqp_relay import AmqpRelay, RelaySettings, relay_targets
 from beatd.assemble import RunSettings
 from beatd.backends import open_backend
 from beatd.backends.base import WorkQueue
 from beatd.cli.common import BackendSettings, ScheduleSettings, bad_option
 from beatd.clock import SystemClock
+from beatd.config import Config
 from beatd.config.celeryconf import read_celery_config
 
 AMQP_PASSWORD_FLAG = click.option(
@@ -46,10 +47,20 @@ def celery_amqp_url(celery_config: str | None) -> str | None:
 
 
 def build_relay(
-    backend: BackendSettings, run: RunSettings, schedule: ScheduleSettings, password: str | None
+    backend: BackendSettings,
+    run: RunSettings,
+    schedule: ScheduleSettings,
+    password: str | None,
+    config: Config,
 ) -> AmqpRelay:
     """The relay for `beatd run`: idle until this node leads AMQP destinations; its outbox
-    handle, without run history, opened at its first claim."""
+    handle, without run history, opened at its first claim. Exits at once (status 2) when
+    `config` has AMQP destinations and the AMQP client is not installed."""
+    if relay_targets(config):
+        try:
+            require_client()
+        except AmqpUrlError as exc:
+            bad_option("--schedules", str(exc))
     op_timeout = run.lease_ttl / 5  # as the scheduler's: a hung backend cannot outlast the lease
     celery_url = celery_amqp_url(schedule.celery_config)
     try:

@@ -236,7 +236,7 @@ def run(
     worker = None
     if settings.with_worker:
         worker = build_embedded_worker(broker, config, settings.lease_ttl, worker_options)
-    relay = build_relay(broker, settings, schedule, amqp_password)
+    relay = build_relay(broker, settings, schedule, amqp_password, config)
     scheduler = build_scheduler(
         store,
         config,
