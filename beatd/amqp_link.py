@@ -196,7 +196,9 @@ def connect(link: AmqpLink, *, timeout: float) -> pika.BlockingConnection:
         virtual_host=link.vhost,
         credentials=credentials,
         heartbeat=link.heartbeat,
-        blocked_connection_timeout=max(timeout, 1.0) * 10,
+        # a broker that blocks publishers (a memory or disk alarm) fails the publish after this,
+        # well inside the relay's claim, which would otherwise lapse and bring a republish
+        blocked_connection_timeout=timeout * 4,
         socket_timeout=timeout,
         stack_timeout=timeout * 2,
         connection_attempts=1,

@@ -62,6 +62,8 @@ class TcpProxy:
                 _shut(client)
                 continue
             upstream.settimeout(None)
+            for sock in (client, upstream):  # no Nagle delay on the small AMQP frames
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from beatd.clock import FakeClock, SystemClock
 from beatd.config import AmqpTarget, Config
 from beatd.config.model import Entry
 from beatd.errors import NotApplied
+from beatd.history import HistoryQuery
 from beatd.metrics import register_amqp_relay
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule, OnceSchedule
@@ -328,6 +330,7 @@ def test_the_message_is_celerys_amqp_message(rabbit: Rabbit, store: Backend) -> 
     app.conf.task_queue_max_priority = 9  # as the queue was declared
     app.send_task("tasks.record", args=(2, "é"), kwargs={"k": [1]}, queue=queue, priority=7,
                   expires=expires_at)  # fmt: skip
+    wait_for(lambda: rabbit.depth(queue) == 1, 10, "Celery's message to arrive")  # unconfirmed
     [(theirs, their_headers, their_body)] = rabbit.drain(queue)
     one = entry("e", at, queue, args=(2, "é"), kwargs={"k": [1]}, priority=7,
                 expires=expires_at - at)  # fmt: skip
@@ -361,14 +364,17 @@ def test_the_message_is_celerys_amqp_message(rabbit: Rabbit, store: Backend) -> 
 def test_rabbitmq_unreachable_for_30_s_under_load_loses_nothing(
     rabbit: Rabbit, store: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A scheduler on the real clock commits 20 runs a second throughout; RabbitMQ is cut off
+    for 30 s by a proxy the test owns. Every committed run reaches RabbitMQ, the relay catches
+    up, and the outage is logged once as it begins and once as it ends."""
     queue = rabbit.name("outage")
     rabbit.declare(queue)
-    start = an_hour_ago()
-    every = IntervalSchedule(timedelta(seconds=1), start)
-    entries = [entry(f"e{n}", start, queue, schedule=every) for n in range(20)]
-    publish(store, FakeClock(start), entries, 30)  # 20 entries x 30 s: 600 runs waiting
-    expected = depth(store)
-    assert expected >= 580
+    every = IntervalSchedule(timedelta(seconds=1), datetime(2026, 1, 1, tzinfo=UTC))
+    entries = [entry(f"e{n}", every.anchor, queue, schedule=every) for n in range(20)]
+    cfg = Config({e.name: e for e in entries})
+    beat = Scheduler(store, lambda: cfg, SystemClock(), SchedulerSettings(node="n1", lease_ttl=10))
+    stop_beat = threading.Event()
+    beating = threading.Thread(target=beat.run, args=(stop_beat,), daemon=True)
     caplog.set_level(logging.INFO, "beatd.amqp_relay")
     with TcpProxy(RABBITMQ) as proxy:
         url = f"amqp://guest@127.0.0.1:{proxy.port}//"
@@ -378,6 +384,7 @@ def test_rabbitmq_unreachable_for_30_s_under_load_loses_nothing(
             SystemClock(),
             RelaySettings(timeout=2.0, max_backoff=1.0, visibility=30.0),
         )
+        beating.start()
         relay.start({})
         try:
             wait_for(lambda: relay.stats.published >= 100, 30, "100 runs relayed")
@@ -386,13 +393,19 @@ def test_rabbitmq_unreachable_for_30_s_under_load_loses_nothing(
             wait_for(lambda: time.monotonic() >= back_at, 40, "the 30 s outage to pass")
             assert proxy.refused >= 10  # the relay kept trying, with backoff
             assert relay.stats.published - cut_at <= 1  # at most the publish in flight
+            assert depth(store) >= 500  # 30 s of runs waited in the outbox
             proxy.restore()
-            wait_for(lambda: depth(store) == 0, 60, "the relay to catch up")
+            wait_for(lambda: depth(store) < 40, 60, f"the relay to catch up: {relay.stats}")
         finally:
+            stop_beat.set()
+            beating.join(20)
+            wait_for(lambda: depth(store) == 0, 30, "the last runs relayed")
             relay.close()
+    committed = {r.id for r in store.runs(HistoryQuery(limit=100_000))}
     ids = [headers["id"] for _, headers, _ in rabbit.drain(queue)]
-    assert len(set(ids)) == expected  # nothing lost
-    assert len(ids) - len(set(ids)) <= relay.stats.republished  # any repeat was counted
+    assert len(committed) >= 700  # 100 before the cut, 600 during it, some after
+    assert set(ids) == committed  # nothing lost
+    assert len(ids) - len(committed) <= relay.stats.republished  # any repeat was counted
     said = [r.msg for r in caplog.records if r.msg in (OUTAGE, RECOVERED)]
     assert said == [OUTAGE, RECOVERED]
 
@@ -438,7 +451,7 @@ def test_a_relay_killed_between_confirm_and_removal_republishes_once(
 
 
 CELERY_ON_RABBITMQ = """
-broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+broker_url = "amqp://guest:guest@127.0.0.1:{port}//"
 beat_schedule = {{
     "ping": {{"task": "tasks.ping", "schedule": 1.0, "options": {{"queue": "{queue}"}}}},
 }}
@@ -449,10 +462,13 @@ def test_beatd_run_relays_a_celery_configs_schedule_to_rabbitmq(
     tmp_path: Path, rabbit: Rabbit
 ) -> None:
     """The daemon as deployed: `beatd run --celery-config` with an amqp:// broker_url keeps its
-    state in the default SQLite file and publishes to RabbitMQ with the config's password."""
+    state in the default SQLite file and publishes to RabbitMQ with the config's password; a
+    short outage (a proxy the test owns) is said once as it begins and once as it ends."""
     queue = rabbit.name("cli")
     rabbit.declare(queue)
-    (tmp_path / "celeryconfig_amqp.py").write_text(CELERY_ON_RABBITMQ.format(queue=queue))
+    proxy = TcpProxy(RABBITMQ)
+    config = CELERY_ON_RABBITMQ.format(queue=queue, port=proxy.port)
+    (tmp_path / "celeryconfig_amqp.py").write_text(config)
     run_log = tmp_path / "run.log"
     argv = [sys.executable, "-m", "beatd", "run", "--celery-config", "celeryconfig_amqp"]
     argv += ["--no-watch", "--metrics-addr", "off", "--node", "n1"]
@@ -461,10 +477,19 @@ def test_beatd_run_relays_a_celery_configs_schedule_to_rabbitmq(
         daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
     try:
         wait_for(lambda: rabbit.depth(queue) >= 3, 30, f"3 runs; beatd run:\n{_tail(run_log)}")
+        proxy.cut()
+        wait_for(lambda: proxy.refused >= 3, 20, "the relay to try again while cut")
+        proxy.restore()
+        cut_at = rabbit.depth(queue)
+        wait_for(lambda: rabbit.depth(queue) >= cut_at + 3, 30, "runs relayed again")
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+        proxy.close()
     said = _tail(run_log)
+    assert said.count("unreachable; runs wait in the outbox") == 1, said
+    assert said.count("reachable again; relaying the outbox") == 1, said
+    assert " pika" not in said
     assert (tmp_path / "beatd.db").exists()
     assert "relaying the outbox to RabbitMQ" in said
     assert "stopped relaying the outbox to RabbitMQ" in said
