@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.config.celeryconf import read_celery_config
 from beatd.config.model import AmqpTarget, Config, Entry, MissedPolicy, QueueSettings
 from beatd.config.pyfile import read_python_file
@@ -107,11 +108,14 @@ def _route_to_amqp(entries: dict[str, Entry], queues: Mapping[str, QueueSettings
         queue = queues.get(entry.queue)
         if entry.amqp is None and entry.protocol == "celery" and queue and queue.amqp:
             entries[name] = entry = replace(entry, amqp=queue.amqp)
-        if entry.amqp is None:
+        if entry.amqp is None and entry.queue != OUTBOX_QUEUE:
             continue
         path, _, line = entry.source.rpartition(":")
         where = (path or entry.source, int(line) if line.isdigit() else 1, 1)
-        if entry.protocol != "celery":
+        if entry.queue == OUTBOX_QUEUE:
+            message = f"{OUTBOX_QUEUE} is beatd's outbox for RabbitMQ; name another queue"
+            problems.append(Problem(*where, message, name, "queue"))
+        elif entry.protocol != "celery":
             message = (
                 f"an AMQP destination takes Celery's messages, but the protocol is "
                 f"{entry.protocol}; set protocol: celery"

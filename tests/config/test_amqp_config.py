@@ -133,3 +133,11 @@ def test_an_amqp_broker_url_is_the_celery_entries_destination_without_its_passwo
         "report": ("reports", AmqpTarget("amqp://app@rabbit.internal:5672//")),
     }
     assert "s3cret" not in repr(config)
+
+
+def test_the_outbox_queue_is_no_entrys_queue(tmp_path: Path) -> None:
+    text = "entries:\n  sneaky:\n    task: t.a\n    every: 10s\n    queue: amqp.outbox\n"
+    assert refusal(tmp_path, text) == [
+        "s.yaml:2:1: entry sneaky: field queue: amqp.outbox is beatd's outbox for RabbitMQ; "
+        "name another queue"
+    ]
