@@ -154,8 +154,9 @@ class CeleryQueue:
     priority: int | None = None
 
 
-# Every kind of destination; a new one (an AMQP exchange) is added here and accepted by the
-# backends that can write it (docs/design.md, "Adding a backend or a destination").
+# Every kind of destination a backend writes; a new one is added here and accepted by the
+# backends that can write it (docs/design.md, "Adding a backend or a destination"). RabbitMQ is
+# none: its runs go to an outbox `BeatdQueue` that the leader's relay publishes.
 Destination = BeatdQueue | CeleryQueue
 # What an entry's `protocol` (beatd.config) names.
 DESTINATION_OF_PROTOCOL: dict[str, type[Destination]] = {"beatd": BeatdQueue, "celery": CeleryQueue}

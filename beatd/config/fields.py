@@ -135,7 +135,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "protocol", "`beatd`, `celery`", to_protocol, DERIVED, "the queue's, else `beatd`", True,
         "the wire format: `beatd` for beatd's worker, `celery` for stock Celery workers on "
-        "Redis ([celery.md](celery.md))",
+        "Redis, or on RabbitMQ with `amqp` ([celery.md](celery.md))",
         "celery", {"enum": ["beatd", "celery"]},
     ),
     Field(
