@@ -204,6 +204,10 @@ class AmqpRelay:
                     stop.wait(self.settings.poll)
         finally:
             self._close_all()
+            # a node that no longer relays says nothing waits: its last age would keep the
+            # outbox alert firing on a follower
+            self.stats.oldest_age = 0.0
+            self._deferred.clear()
 
     @property
     def outbox(self) -> WorkQueue:

@@ -408,6 +408,7 @@ def test_rabbitmq_unreachable_for_30_s_under_load_loses_nothing(
     assert len(ids) - len(committed) <= relay.stats.republished  # any repeat was counted
     said = [r.msg for r in caplog.records if r.msg in (OUTAGE, RECOVERED)]
     assert said == [OUTAGE, RECOVERED]
+    assert (relay.running, relay.stats.oldest_age) == (False, 0.0)  # as a follower exports it
 
 
 def test_a_relay_killed_between_confirm_and_removal_republishes_once(
