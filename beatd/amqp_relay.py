@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from beatd.amqp_link import AmqpLink, connect, parse_amqp_url
+from beatd.amqp_link import AmqpLink, AmqpUrlError, connect, parse_amqp_url
 from beatd.backends.base import Delivery, WorkQueue
 from beatd.backoff import Backoff
 from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
@@ -253,7 +253,13 @@ class AmqpRelay:
         import pika
         import pika.exceptions as amqp
 
-        link = self._link(run.broker)
+        try:
+            link = self._link(run.broker)
+        except AmqpUrlError as exc:  # a broker no reading of this beatd accepts: never sendable
+            self.stats.unreadable += 1
+            log.error("outbox run %s dead-lettered: %s", run.id, exc)
+            self.outbox.dead_letter(delivery, str(exc))
+            return
         sending = False  # once the publish began, a lost connection leaves it in doubt
         try:
             channel = link.channel()

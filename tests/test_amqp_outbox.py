@@ -78,3 +78,39 @@ def test_check_accepts_amqp_entries_on_sqlite(tmp_path: Path) -> None:
     schedule.write_text(SCHEDULE)
     result = CliRunner().invoke(main, ["check", "-s", str(schedule)])
     assert result.exit_code == 0, result.output
+
+
+def test_outbox_messages_no_relay_can_send_are_dead_lettered_with_why(tmp_path: Path) -> None:
+    import json
+
+    from beatd.amqp_link import Logins
+    from beatd.amqp_relay import AmqpRelay
+    from beatd.backends.base import BeatdQueue, Outgoing
+    from beatd.clock import SystemClock
+
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text(SCHEDULE)
+    db = tmp_path / "b.db"
+    broker = ["trigger", "nightly", "-s", str(schedule), "--broker", f"sqlite:///{db}"]
+    assert CliRunner().invoke(main, broker).exit_code == 0
+    backend = SQLiteBackend(db)
+    try:
+        good = backend.claim([OUTBOX_QUEUE], "test", 30)
+        assert good is not None
+        backend.release(good)
+        newer = json.dumps({**json.loads(good.body), "format": 2})
+        elsewhere = json.dumps({**json.loads(good.body), "broker": "redis://h/0"})
+        outbox = BeatdQueue(OUTBOX_QUEUE)
+        backend.enqueue([Outgoing("nightly", "x@1", outbox, newer)])
+        backend.enqueue([Outgoing("nightly", "x@2", outbox, elsewhere)])
+        backend.ack(backend.claim([OUTBOX_QUEUE], "test", 30))  # the good one: not this test's
+        relay = AmqpRelay(lambda: backend, Logins().link, SystemClock())
+        assert (relay.relay_one(), relay.relay_one(), relay.relay_one()) == (True, True, False)
+        reasons = {d.id: d.reason for d in backend.dead_letters()}
+    finally:
+        backend.close()
+    assert relay.stats.unreadable == 2
+    assert reasons == {
+        "x@1": "outbox format 2, this beatd reads 1",
+        "x@2": "cannot use AMQP URL redis://h/0: the scheme must be amqp://, amqps:// or pyamqp://",
+    }
