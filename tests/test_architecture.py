@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.steering",
             "beatd.holding",
             "beatd.celery_listener",
+            "beatd.amqp_relay",
         ),
     ),
     (
@@ -67,6 +68,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.message",
             "beatd.celery_protocol",
             "beatd.celery_events",
+            "beatd.celery_amqp",
+            "beatd.amqp_link",  # one URL reading for config, relay and listener (pika: lazily)
             "beatd.tasks",
             "beatd.clock",
             "beatd.errors",

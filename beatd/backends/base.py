@@ -157,8 +157,9 @@ class CeleryQueue:
     priority: int | None = None
 
 
-# Every kind of destination; a new one (an AMQP exchange) is added here and accepted by the
-# backends that can write it (docs/design.md, "Adding a backend or a destination").
+# Every kind of destination a backend writes; a new one is added here and accepted by the
+# backends that can write it (docs/design.md, "Adding a backend or a destination"). RabbitMQ is
+# none: its runs go to an outbox `BeatdQueue` that the leader's relay publishes.
 Destination = BeatdQueue | CeleryQueue
 # What an entry's `protocol` (beatd.config) names.
 DESTINATION_OF_PROTOCOL: dict[str, type[Destination]] = {"beatd": BeatdQueue, "celery": CeleryQueue}
@@ -171,9 +172,11 @@ NEEDS: dict[type[Destination], tuple[str, str]] = {
 }
 
 
-def destination_kind(protocol: str | None) -> type[Destination]:
-    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own)."""
-    return DESTINATION_OF_PROTOCOL[protocol or "beatd"]
+def destination_kind(protocol: str | None, amqp: bool = False) -> type[Destination]:
+    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own); with
+    `amqp` (an AMQP destination), to the outbox, a `BeatdQueue` the leader's relay empties
+    (beatd.celery_amqp)."""
+    return BeatdQueue if amqp else DESTINATION_OF_PROTOCOL[protocol or "beatd"]
 
 
 class Outgoing(NamedTuple):
