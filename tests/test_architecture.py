@@ -73,6 +73,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.durations",
             "beatd.state",
             "beatd.runtime_entries",  # runtime entries' values (issue 18)
+            "beatd.nodes",  # node records and the timezone database (issue 18)
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",
