@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.scheduler",
             "beatd.adoption",
             "beatd.leadership",
+            "beatd.node_reports",
             "beatd.publisher",
             "beatd.observers",
             "beatd.retention",
