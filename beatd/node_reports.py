@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 
 from beatd.backends.base import Nodes, StorageFailed
@@ -69,6 +69,11 @@ class NodeReports:
         self.totals = totals
         self._drifting: dict[str, str] = {}  # node -> its tz version, as last said
         self._failing = False
+
+    def serving(self, api_addr: str | None) -> None:
+        """Say from the next record on that this node's HTTP API answers at `api_addr` (the
+        address it bound, known once the server started) or nowhere (None)."""
+        self.identity = replace(self.identity, api_addr=api_addr)
 
     def report(self, leading: bool, fingerprint: str) -> bool:
         """Write this node's record (and, leading, compare the others'); True when the backend

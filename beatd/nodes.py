@@ -23,6 +23,21 @@ UNKNOWN_VERSION = "unknown"
 ZONE_FILES = ("tzdata.zi", "+VERSION", "UTC")
 
 
+# The fields of a node as `beatd status --json` and GET /v1/nodes show it (`NodeRecord.row`).
+NODE_FIELDS = (
+    "node",
+    "role",
+    "version",
+    "config",
+    "tz_version",
+    "tz_source",
+    "api_addr",
+    "last_seen",
+    "same_config",
+    "same_tz",
+)
+
+
 class NodeRole(StrEnum):
     LEADER = "leader"
     STANDBY = "standby"

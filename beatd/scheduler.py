@@ -61,7 +61,6 @@ class SchedulerSettings:
     max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
     tick_budget: int | None = None  # next-fire computations per tick (core.TICK_BUDGET)
     removed_grace: float = 3600.0  # seconds a removed entry's state is kept (core.RemovedEntries)
-    api_addr: str | None = None  # where this node's HTTP API answers, for its node record
 
     @property
     def renew_interval(self) -> float:
@@ -112,7 +111,7 @@ class Scheduler:
         self.wake = threading.Event()
         data_loss = DataLossRecovery(backend, settings.lease_ttl)
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
-        identity = identity or this_process(settings.api_addr)
+        identity = identity or this_process(api_addr=None)  # `node_reports.serving` sets it
         self.node_reports = NodeReports(
             backend, settings.node, identity, settings.lease_ttl, self.totals
         )
