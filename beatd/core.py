@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
@@ -143,12 +144,20 @@ class _Slot:
     def lifted(self) -> tuple[Pause, ...]:
         return self.gate.lifted if self.gate is not None else ()
 
-    def set_control(self, control: EntryControl, now: datetime | None) -> HeldRun | None:
-        """Take `control` as the entry's; the held slot it no longer holds, if one left."""
+    def set_control(
+        self, control: EntryControl, now: datetime | None, lifts: Sequence[datetime] = ()
+    ) -> HeldRun | None:
+        """Take `control` as the entry's; the held slot it no longer holds, if one left.
+        `lifts`: when pauses were lifted, if known (a lifted pause ends at the first of them
+        after it began, else `now`)."""
         old, lifted = self.control.pause, self.lifted
         held = self.control.held
         if old is not None and old != control.pause and now is not None:
-            end = now if old.until is None else min(old.until, now)
+            # it ended when it was lifted, if the caller knows when (a resume's audit record);
+            # else when the change was seen
+            end = min((t for t in lifts if old.at < t < now), default=now)
+            if old.until is not None:
+                end = min(old.until, end)
             if end > old.at:
                 lifted = (*lifted, old._replace(until=end))
         gated = control != NO_CONTROL or bool(lifted) or self.entry.guard is not None
@@ -185,6 +194,11 @@ class Departed(NamedTuple):
 
     entry: Entry
     held: HeldRun
+
+
+Lifts = Sequence[datetime]  # when an entry's pauses were lifted (resume records' times)
+LiftsByEntry = Mapping[str, Lifts]
+NO_LIFTS: LiftsByEntry = MappingProxyType({})
 
 
 class Planner:
@@ -262,8 +276,10 @@ class Planner:
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot)
 
-    def _set_control(self, slot: _Slot, control: EntryControl, now: datetime | None) -> None:
-        departed = slot.set_control(control, now)
+    def _set_control(
+        self, slot: _Slot, control: EntryControl, now: datetime | None, lifts: Lifts = ()
+    ) -> None:
+        departed = slot.set_control(control, now, lifts)
         if departed is not None:
             self._departed.append(Departed(slot.entry, departed))
 
@@ -296,15 +312,19 @@ class Planner:
             and (now is None or (p.at <= now and (p.until is None or now < p.until)))
         ]
 
-    def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
+    def refresh_controls(
+        self, controls: Mapping[str, EntryControl], now: datetime, lifts: LiftsByEntry = NO_LIFTS
+    ) -> int:
         """Every entry's control as persisted now (an entry missing has none): a pause set or
-        lifted, a busy mark cleared, a held run published elsewhere. How many changed."""
+        lifted, a busy mark cleared, a held run published elsewhere. How many changed.
+        `lifts`: per entry, when pauses were lifted since the last refresh, if known (a pause
+        lifted at no time known ends `now`)."""
         changed = 0
         for name, slot in self._slots.items():
             control = controls.get(name, NO_CONTROL)
             if control != slot.control:
                 changed += 1
-                self._set_control(slot, control, now)
+                self._set_control(slot, control, now, lifts.get(name, ()))
                 if slot.next_slot is not None:
                     self._set_next(slot, slot.next_slot)
         return changed

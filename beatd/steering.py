@@ -17,7 +17,9 @@ counts them: each refresh also reads the audit log since its last read (one read
 `AUDIT_READ_LIMIT` records) and counts per entry the trigger records, and the runs each backfill
 record says its step published (`published` in its detail), as the metrics
 `beatd_runs_triggered_total` and `beatd_runs_backfilled_total`. A new leader starts from the
-newest record it finds and counts only what comes after.
+newest record it finds and counts only what comes after. The resume records read there end
+the pauses they lifted at their own time, so the slots due between a resume and the read that
+sees it are not paused.
 """
 
 from __future__ import annotations
@@ -80,20 +82,25 @@ class Steering:
         if self._next_read is not None and mono < self._next_read:
             return False
         self._next_read = mono + self.interval
-        changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now())
+        lifts = self._read_audit()  # before the controls: a resume read is then in both
+        changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now(), lifts)
         if changed:
             log.debug("controls changed entries=%d", changed)
-        self._count_commands()
         return True
 
-    def _count_commands(self) -> None:
+    def _read_audit(self) -> dict[str, list[datetime]]:
         """Count the trigger and backfill records written since the last read (the first read
-        of a leadership only finds where to start)."""
+        of a leadership only finds where to start); when the resumes among them were, per
+        entry, so that a pause lifted ends then, not when the leader reads it."""
+        lifts: dict[str, list[datetime]] = {}
         if not self._audit_started:
             records = self.controls.audit(limit=1)
         else:
             records = self.controls.audit(since=self._audit_since, limit=AUDIT_READ_LIMIT)
         new = [r for r in records if r.id not in self._audit_seen]
+        for record in new:
+            if record.action == "resume" and record.entry is not None:
+                lifts.setdefault(record.entry, []).append(record.at)
         if self._audit_started:
             for record in new:
                 if record.entry is None:
@@ -114,6 +121,7 @@ class Steering:
             if self._audit_since is None or newest > self._audit_since:
                 self._audit_since, self._audit_seen = newest, set()
             self._audit_seen |= {r.id for r in new if r.at == newest}
+        return lifts
 
     def pause_failing(
         self, entries: Mapping[str, Entry], summaries: Mapping[str, EntrySummary], planner: Planner

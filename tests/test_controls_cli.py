@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import beatd.cli.controls as cli_controls
+import beatd.operations.controls as operations_controls
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Controls, Outgoing, StateWrite
 from beatd.backends.memory import discard
@@ -268,7 +270,7 @@ def test_a_trigger_whose_reply_is_lost_is_sent_again_and_runs_once(
         return wrappers[-1]
 
     monkeypatch.setattr(cli_controls, "controls_of", lossy)
-    monkeypatch.setattr(cli_controls.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(operations_controls.time, "sleep", lambda seconds: None)
     code, out, err = beatd("trigger", "tick", "-s", schedules, "--broker", broker)
     assert (code, err) == (0, "")
     (wrapper,) = wrappers
@@ -645,3 +647,70 @@ def test_a_read_command_whose_reader_went_away_exits_141_quietly(
     process.stdout.close()  # as `head` does once it has its lines
     status = process.wait(timeout=60)
     assert (status, process.stderr.read()) == (141, b"")
+
+
+# --- the README's example
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_SCHEDULES = """\
+entries:
+  nightly-export:
+    task: exports.nightly
+    cron: "30 1 * * *"
+  hourly-sync:
+    task: sync.hourly
+    cron: "0 * * * *"
+"""
+README_HORIZON = datetime(2026, 12, 5, 2, tzinfo=UTC)  # hourly-sync published up to then
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)?")
+WITH_SCHEDULES = {"trigger", "pause", "backfill"}
+
+
+def readme_session() -> list[tuple[str, list[str]]]:
+    """The commands of the README's steering example, each with the lines it shows."""
+    found = re.search(r"\n## Steering it.*?```\n(.*?)```", README.read_text(), flags=re.S)
+    assert found is not None
+    session: list[tuple[str, list[str]]] = []
+    for line in found[1].splitlines():
+        if line.startswith("$ "):
+            session.append((line[2:], []))
+        else:
+            session[-1][1].append(line)
+    return session
+
+
+def test_the_readme_steering_example_shows_what_its_commands_print(
+    broker: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Every command of the example run as shown (its times moved to today), every line as
+    printed but for the times."""
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(README_SCHEDULES)
+    horizon = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    arrange_horizon(backend, folder, horizon, "hourly-sync")
+
+    def today(arg: str) -> str:
+        if not TIME.fullmatch(arg):
+            return arg
+        moved = datetime.fromisoformat(arg).replace(tzinfo=UTC) + (horizon - README_HORIZON)
+        return f"{moved:%Y-%m-%dT%H:%M}"
+
+    session = readme_session()
+    assert [command.split()[1] for command, _ in session] == [
+        "trigger", "pause", "trigger", "backfill", "backfill", "audit",
+    ]  # fmt: skip
+    for command, shown in session:
+        command, _, head = command.partition(" | head -")
+        argv = [today(arg) for arg in shlex.split(command)[1:]]
+        if argv[0] in WITH_SCHEDULES:
+            argv += ["-s", str(folder)]
+        code, out, err = beatd(*argv, "--broker", broker)
+        printed = (out + err).splitlines()[: int(head) if head else None]
+        exit_shown = re.fullmatch(r"\(exit (\d)\)", shown[-1]) if shown else None
+        expected = shown[:-1] if exit_shown else shown
+        assert code == (int(exit_shown[1]) if exit_shown else 0), command
+        assert [TIME.sub("TIME", line) for line in printed] == [
+            TIME.sub("TIME", line) for line in expected
+        ], command

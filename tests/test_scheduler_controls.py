@@ -16,7 +16,7 @@ from beatd.backends.base import Delivery
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
-from beatd.config.model import Entry
+from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Overlap
 from beatd.history import HistoryQuery, MissedSlots, RunKind
 from beatd.message import run_id
@@ -29,6 +29,7 @@ from tests.test_metrics import scrape, value
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 NAME = "scheduler-controls"
+CATCH_UP = MissedPolicy.CATCH_UP
 
 
 def every_minute(name: str = "tick", **kw: Any) -> Entry:
@@ -504,3 +505,24 @@ def test_a_new_leader_counts_only_the_commands_after_it_took_over(
     backend.trigger(trigger("tick", "after"))
     run_for(beat, 30)
     assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
+
+
+def test_a_slot_due_after_the_resume_is_not_missed_as_paused(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The leader reads the controls every 5 s, so it sees a resume up to 5 s late; the slots
+    due between the resume and that read are not paused (`beatd resume`: the next slot after now
+    runs as usual): they follow `missed:` like any slot published late."""
+    two = timedelta(seconds=2)
+    entry = Entry(name="tick", task="t.task", schedule=IntervalSchedule(two), missed=CATCH_UP)
+    beat = scheduler(backend, clock, entry)
+    run_for(beat, 1)  # leading from 12:00:00; the first slot is 12:00:02
+    backend.pause(["tick"], "incident", None, "ann@ops")  # at 12:00:01
+    run_for(beat, 10)  # to 12:00:11, the controls last read at 12:00:10
+    backend.resume(["tick"], "ann@ops")  # at 12:00:11: 12:00:02..12:00:10 stay paused
+    run_for(beat, 10)  # read at 12:00:15: 12:00:12 and 12:00:14 caught up, then on time
+    slots = sorted(r.slot for r in backend.runs(HistoryQuery(entry="tick")) if r.slot)
+    assert [f"{s:%H:%M:%S}" for s in slots] == [
+        "12:00:12", "12:00:14", "12:00:16", "12:00:18", "12:00:20",
+    ]  # fmt: skip
+    assert missed(backend) == [MissedSlots("tick", "paused", T0 + two, T0 + 5 * two, 5)]

@@ -249,7 +249,7 @@ def run(
         audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
-    served = start_api(api, broker, scheduler)
+    served = start_api(api, broker, scheduler, settings.retention.max_age)
     scheduler.node_reports.serving(served.address if served is not None else None)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
