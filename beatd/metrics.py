@@ -140,6 +140,16 @@ class SchedulerCollector(Collector):
             "1 while the leader runs a configuration that differs from this node's.",
             int(s.totals.config_drift),
         )
+        yield _gauge(
+            "beatd_nodes_tz_drift",
+            "1 while this leader sees a node whose timezone database differs from its own.",
+            int(s.totals.tz_drift),
+        )
+        yield _counter(
+            "beatd_node_records_failed",
+            "Writes of this node's record (at each renewal or standby attempt) that failed.",
+            s.totals.node_records_failed,
+        )
         reloads = CounterMetricFamily(
             "beatd_config_reloads", "Configuration reloads by result.", labels=["result"]
         )

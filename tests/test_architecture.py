@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.scheduler",
             "beatd.adoption",
             "beatd.leadership",
+            "beatd.node_reports",
             "beatd.publisher",
             "beatd.observers",
             "beatd.retention",
@@ -76,6 +77,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.durations",
             "beatd.state",
             "beatd.runtime_entries",  # runtime entries' values (issue 18)
+            "beatd.nodes",  # node records and the timezone database (issue 18)
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",

@@ -51,6 +51,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SCHEDULER_METRICS = {
     "beatd_clock_skew_seconds",
     "beatd_config_drift",
+    "beatd_nodes_tz_drift",
+    "beatd_node_records_failed_total",
     "beatd_entries",
     "beatd_is_leader",
     "beatd_leader_epoch",
