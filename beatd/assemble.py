@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
+from beatd.amqp_relay import AmqpRelay, AmqpRelaying
 from beatd.backends import open_celery_events
 from beatd.backends.base import Backend, HearsCeleryEvents
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
@@ -23,6 +24,7 @@ from beatd.events import Observer
 from beatd.history import Retention
 from beatd.metrics import (
     PublishDelay,
+    register_amqp_relay,
     register_celery_events,
     register_history,
     register_scheduler,
@@ -101,13 +103,15 @@ def build_scheduler(
     retention: Retention | None = None,
     audit_retention: timedelta = AUDIT_RETENTION,
     celery_events_url: str | None = None,
+    relay: AmqpRelay | None = None,
 ) -> Scheduler:
     """A scheduler as `beatd run` runs one: the garbage collector tuned for it, systemd told
     (`notifier`), its metrics in `registry` (per-entry series as `metrics_entries` says), an
     in-process `worker` nudged after each step, and, while leading, the run history trimmed to
     `retention` (none: never trimmed, nor the audit log) and the controls' audit log to
     `audit_retention`, and, leading Celery entries, their outcomes recorded from Celery's task
-    events (`celery_event_source`: on RabbitMQ at `celery_events_url`, else on the backend)."""
+    events (`celery_event_source`: on RabbitMQ at `celery_events_url`, else on the backend);
+    with a `relay`, leading AMQP destinations, their outbox published to RabbitMQ."""
     observers: list[Observer] = [GcTuning()]
     if notifier is not None:
         observers.append(SystemdNotify(notifier))
@@ -128,6 +132,10 @@ def build_scheduler(
         observers.append(CeleryEvents(listener))
         if registry is not None:
             register_celery_events(registry, listener.stats)
+    if relay is not None:
+        observers.append(AmqpRelaying(relay))
+        if registry is not None:
+            register_amqp_relay(registry, relay.stats, backend)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)
     # without per-entry series, only the entries with alert_after_failures or
     # pause_after_failures are read

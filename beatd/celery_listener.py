@@ -247,7 +247,7 @@ def celery_entries(config: Config) -> frozenset[str]:
     return frozenset(
         name
         for name, entry in config.entries.items()
-        if destination_kind(entry.protocol) is CeleryQueue
+        if destination_kind(entry.protocol, entry.amqp is not None) is CeleryQueue
     )
 
 

@@ -73,10 +73,15 @@ def list_name(queue: str, priority: int | None) -> str:
     return f"{queue}{SEPARATOR}{step}" if step else queue
 
 
-def envelope(message: RunMessage, origin: str) -> dict[str, Any]:
-    """The JSON object kombu's Redis transport stores for one Celery task message."""
+def task_body(message: RunMessage) -> str:
+    """Protocol 2's body, as JSON text: [args, kwargs, embed]."""
     embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    body = json.dumps([list(message.args), dict(message.kwargs), embed], ensure_ascii=False)
+    return json.dumps([list(message.args), dict(message.kwargs), embed], ensure_ascii=False)
+
+
+def task_headers(message: RunMessage, origin: str) -> dict[str, Any]:
+    """Protocol 2's headers, with the schedule's own (which cannot replace Celery's) and
+    beatd's (`beatd_entry`, `beatd_scheduled_for`, `beatd_published_at`, `beatd_kind`)."""
     expires = message.expires_at.astimezone(UTC).isoformat() if message.expires_at else None
     headers = {k: v for k, v in message.headers.items() if k not in RESERVED_HEADERS}
     headers.update(
@@ -107,6 +112,13 @@ def envelope(message: RunMessage, origin: str) -> dict[str, Any]:
     )
     if message.kind is not None:
         headers["beatd_kind"] = message.kind
+    return headers
+
+
+def envelope(message: RunMessage, origin: str) -> dict[str, Any]:
+    """The JSON object kombu's Redis transport stores for one Celery task message."""
+    body = task_body(message)
+    headers = task_headers(message, origin)
     properties: dict[str, Any] = {
         "correlation_id": message.id,
         "reply_to": "",

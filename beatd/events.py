@@ -29,6 +29,8 @@ class Totals:
     backend_up: bool = True
     clock_skew: float = 0.0  # our clock minus the backend's, at the last check
     config_drift: bool = False  # the leader runs a configuration that differs from ours
+    tz_drift: bool = False  # leading: another node's timezone database differs from ours
+    node_records_failed: int = 0  # writes of this node's record that failed
     data_lost: int = 0  # times the backend was found to have lost beatd's data
 
 

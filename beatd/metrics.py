@@ -22,6 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from beatd.backends.base import Lease, QueueAdmin, StateStore
+from beatd.celery_amqp import OUTBOX_QUEUE, RelayStats
 from beatd.celery_events import TASK_EVENTS, CeleryEventStats
 from beatd.config import Config
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
@@ -138,6 +139,16 @@ class SchedulerCollector(Collector):
             "beatd_config_drift",
             "1 while the leader runs a configuration that differs from this node's.",
             int(s.totals.config_drift),
+        )
+        yield _gauge(
+            "beatd_nodes_tz_drift",
+            "1 while this leader sees a node whose timezone database differs from its own.",
+            int(s.totals.tz_drift),
+        )
+        yield _counter(
+            "beatd_node_records_failed",
+            "Writes of this node's record (at each renewal or standby attempt) that failed.",
+            s.totals.node_records_failed,
         )
         reloads = CounterMetricFamily(
             "beatd_config_reloads", "Configuration reloads by result.", labels=["result"]
@@ -417,6 +428,55 @@ class CeleryEventsCollector(Collector):
 def register_celery_events(registry: CollectorRegistry, stats: CeleryEventStats) -> None:
     """Add the Celery event listener's collector to `registry`."""
     registry.register(CeleryEventsCollector(stats))
+
+
+class AmqpRelayCollector(Collector):
+    """Reads the leader's AMQP relay and the depth of its outbox, at scrape time."""
+
+    def __init__(self, stats: RelayStats, outbox: QueueAdmin) -> None:
+        self.stats = stats
+        self.outbox = outbox
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        try:
+            depth: float = self.outbox.queue_depths().get(OUTBOX_QUEUE, 0)
+        except Exception as exc:  # a scrape must not fail because the backend did
+            log.debug("metrics: cannot read the outbox depth: %s", exc)
+            depth = float("nan")
+        yield _gauge("beatd_amqp_outbox_depth", "Runs in the outbox not yet confirmed by "
+                     "RabbitMQ (waiting or being published).", depth)  # fmt: skip
+        yield _gauge(
+            "beatd_amqp_outbox_oldest_age_seconds",
+            "Age of the run the relay claimed last (since its commit); 0 when the outbox was "
+            "found empty.",
+            s.oldest_age,
+        )
+        yield _gauge("beatd_amqp_connected", "1 while the relay's last publish was confirmed.",
+                     int(s.connected))  # fmt: skip
+        yield _counter("beatd_amqp_published", "Runs RabbitMQ confirmed.", s.published)
+        yield _counter(
+            "beatd_amqp_republished",
+            "Runs published to RabbitMQ again, with the same task id, after a claim lapsed or a "
+            "connection was lost before the confirm.",
+            s.republished,
+        )
+        unroutable = CounterMetricFamily(
+            "beatd_amqp_unroutable",
+            "Publishes RabbitMQ returned (no queue bound to the route), by queue; the runs stay "
+            "in the outbox.",
+            labels=["queue"],
+        )
+        for queue, count in sorted(s.unroutable.items()):
+            unroutable.add_metric([queue], count)
+        yield unroutable
+        yield _counter("beatd_amqp_outbox_unreadable", "Outbox messages dead-lettered unread.",
+                       s.unreadable)  # fmt: skip
+
+
+def register_amqp_relay(registry: CollectorRegistry, stats: RelayStats, outbox: QueueAdmin) -> None:
+    """Add the AMQP relay's collector to `registry`."""
+    registry.register(AmqpRelayCollector(stats, outbox))
 
 
 class PublishDelay:

@@ -23,6 +23,7 @@ from itertools import islice
 from typing import NamedTuple, Protocol, TypeVar
 
 from beatd import celery_protocol
+from beatd.amqp_link import parse_amqp_url
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
@@ -34,6 +35,7 @@ from beatd.backends.base import (
     StateWrite,
     destination_kind,
 )
+from beatd.celery_amqp import OUTBOX_QUEUE, outbox_run
 from beatd.clock import Clock
 from beatd.config import Entry
 from beatd.controls import NO_CONTROL, EntryControl, HeldRun
@@ -130,25 +132,74 @@ class _CeleryRuns(NamedTuple):
         entry = self.entry
         for run in decision.runs:
             kind = CAUGHT_UP if run.late else SCHEDULED
-            message = RunMessage(
-                id=run_id(entry.name, run.slot),
-                task=entry.task,
-                entry=entry.name,
-                scheduled_for=run.slot,
-                published_at=published_at,
-                queue=entry.queue,
-                args=entry.args,
-                kwargs=entry.kwargs,
-                expires_at=published_at + entry.expires if entry.expires else None,
-                priority=entry.priority,
-                headers=entry.headers,
-                kind=kind,
+            message = celery_message(
+                entry, run_id(entry.name, run.slot), run.slot, published_at, kind
             )
             body = celery_protocol.encode(message, origin=self.origin)
             outgoing = Outgoing(
                 entry.name, message.id, self.destination, body, run.slot, run.due, kind
             )
             into.append(outgoing)
+
+
+class AmqpEncoder:
+    """Celery's AMQP message, kept in the outbox for the leader's relay (beatd.amqp_relay)."""
+
+    def __init__(self, node: str) -> None:
+        self._origin = f"beatd@{node}"
+
+    def for_entry(self, entry: Entry) -> EntryEncoder:
+        return _AmqpRuns(entry, BeatdQueue(OUTBOX_QUEUE, entry.priority), self._origin)
+
+
+class _AmqpRuns(NamedTuple):
+    entry: Entry
+    destination: BeatdQueue
+    origin: str
+
+    def encode(
+        self, decision: Decision, published_at: datetime, stamp: str, into: list[Outgoing]
+    ) -> None:
+        for run in decision.runs:
+            kind = CAUGHT_UP if run.late else SCHEDULED
+            message = celery_message(
+                self.entry, run_id(self.entry.name, run.slot), run.slot, published_at, kind
+            )
+            body = amqp_body(self.entry, message, self.origin)
+            into.append(
+                Outgoing(
+                    self.entry.name, message.id, self.destination, body, run.slot, run.due, kind
+                )
+            )
+
+
+def celery_message(
+    entry: Entry, id: str, slot: datetime, published_at: datetime, kind: RunKind
+) -> RunMessage:
+    """The message of one run of `entry`, as Celery's encoders read it."""
+    return RunMessage(
+        id=id,
+        task=entry.task,
+        entry=entry.name,
+        scheduled_for=slot,
+        published_at=published_at,
+        queue=entry.queue,
+        args=entry.args,
+        kwargs=entry.kwargs,
+        expires_at=published_at + entry.expires if entry.expires else None,
+        priority=entry.priority,
+        headers=entry.headers,
+        kind=kind,
+    )
+
+
+def amqp_body(entry: Entry, message: RunMessage, origin: str) -> str:
+    """The outbox text of `message`, routed as `entry.amqp` says."""
+    target = entry.amqp
+    assert target is not None
+    broker = parse_amqp_url(target.url).shown  # one spelling per broker: the relay's key
+    exchange, key = target.exchange_for(entry.queue), target.routing_key_for(entry.queue)
+    return outbox_run(message, origin, broker, exchange, key).encode()
 
 
 class Round(NamedTuple):
@@ -185,6 +236,7 @@ class Publisher:
             BeatdQueue: BeatdEncoder(),
             CeleryQueue: CeleryEncoder(node),
         }
+        self._amqp = AmqpEncoder(node)
         self._by_entry: dict[str, EntryEncoder] = {}  # made at an entry's first run
         # decisions whose commit's outcome was lost (a timeout after sending): counted once the
         # persisted state shows whether they were applied
@@ -276,7 +328,8 @@ class Publisher:
 
     def _encoder(self, entry: Entry) -> EntryEncoder:
         """The encoder of the entry's destination kind, for this entry."""
-        encoder = self._encoders[destination_kind(entry.protocol)].for_entry(entry)
+        kind = self._amqp if entry.amqp else self._encoders[destination_kind(entry.protocol)]
+        encoder = kind.for_entry(entry)
         self._by_entry[entry.name] = encoder
         return encoder
 
@@ -443,21 +496,12 @@ def encode_run(
     encoded as the scheduler's encoder for its destination writes a scheduled one, with its
     own id and kind. A backfilled slot is due at its jitter, as it would have been; a manual run
     (slot: the trigger's second) is due at once."""
-    message = RunMessage(
-        id=id,
-        task=entry.task,
-        entry=entry.name,
-        scheduled_for=slot,
-        published_at=published_at,
-        queue=entry.queue,
-        args=entry.args,
-        kwargs=entry.kwargs,
-        expires_at=published_at + entry.expires if entry.expires else None,
-        priority=entry.priority,
-        headers=entry.headers,
-        kind=kind,
-    )
+    message = celery_message(entry, id, slot, published_at, kind)
     due = entry.due_for(slot) if kind is RunKind.BACKFILL else slot
+    if entry.amqp:
+        outbox = BeatdQueue(OUTBOX_QUEUE, entry.priority)
+        body = amqp_body(entry, message, f"beatd@{node}")
+        return Outgoing(entry.name, id, outbox, body, slot, due, kind, audit)
     if destination_kind(entry.protocol) is CeleryQueue:
         body = celery_protocol.encode(message, origin=f"beatd@{node}")
         celery = CeleryQueue(entry.queue, entry.priority)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from beatd.config.entries import EntryReader, build_entry
 from beatd.config.fields import FIELDS, REQUIRED, SCHEDULE_FIELDS, WINDOW_FIELDS
-from beatd.config.model import Entry, QueueSettings
+from beatd.config.model import AmqpTarget, Entry, QueueSettings
 from beatd.controls import AuditRecord
 from beatd.errors import BackendError, BeatdError, ConfigError
 from beatd.schedules import OnceSchedule
@@ -185,6 +185,10 @@ def resolve_entry(
         )
     protocol = entry.protocol if "protocol" in raw else _queue_protocol(entry.queue, queues)
     definition = {key: _json(value) for key, value in raw.items()}
+    if "amqp" not in raw:  # a Celery entry goes where its queue says, as in a file
+        target = _queue_amqp(entry.queue, protocol, queues)
+        if target is not None:
+            definition["amqp"] = target
     for field in FIELDS:
         if field.name not in definition:
             value = _resolved(field.name, field.default, entry, protocol, definition)
@@ -346,12 +350,29 @@ def _queue_protocol(queue: str, queues: Mapping[str, QueueSettings] | None) -> s
     return "beatd" if settings is None else settings.protocol
 
 
+def _queue_amqp(
+    queue: str, protocol: str | None, queues: Mapping[str, QueueSettings] | None
+) -> dict[str, str] | None:
+    settings = None if queues is None else queues.get(queue)
+    if protocol != "celery" or settings is None or settings.amqp is None:
+        return None
+    return amqp_json(settings.amqp)
+
+
+def amqp_json(target: AmqpTarget) -> dict[str, str]:
+    """An AMQP destination as an entry's `amqp:` field gives it (a mapping)."""
+    given = {"url": target.url, "exchange": target.exchange, "routing_key": target.routing_key}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _resolved(
     name: str, default: Any, entry: Entry, protocol: str | None, given: Mapping[str, Any]
 ) -> Any:
     """The stored value of field `name`, which the definition does not give."""
     schedule = next(f for f in SCHEDULE_FIELDS if f in given)
     if name in SCHEDULE_FIELDS or name in WINDOW_FIELDS:  # a window not given has no bound
+        return _ABSENT
+    if name == "amqp":  # none, unless its queue's (set above): a null is no destination
         return _ABSENT
     if name == "anchor":
         return EPOCH.isoformat() if schedule == "every" else _ABSENT

@@ -42,6 +42,7 @@ from beatd.events import (
 from beatd.failing import EntryHealth
 from beatd.holding import HeldEnds
 from beatd.leadership import Leadership, LeadershipSettings, Role
+from beatd.node_reports import NodeIdentity, NodeReports, this_process
 from beatd.publisher import Publisher
 from beatd.steering import Steering
 
@@ -75,9 +76,10 @@ class SchedulerSettings:
 
 
 class Scheduler:
-    """The loop. Its parts: `Leadership` (the lease), `Adoption` (configuration and persisted
-    state into the planner), `Publisher` (decisions into commits), `Deadlines` and
-    `EntryHealth` (the history judged while leading), and the observers."""
+    """The loop. Its parts: `Leadership` (the lease), `NodeReports` (this node's record),
+    `Adoption` (configuration and persisted state into the planner), `Publisher` (decisions
+    into commits), `Deadlines` and `EntryHealth` (the history judged while leading), and the
+    observers."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class Scheduler:
         *,
         config: Config | None = None,
         observers: Sequence[Observer] = (),
+        identity: NodeIdentity | None = None,
     ) -> None:
         self.backend = backend
         self.clock = clock
@@ -108,6 +111,10 @@ class Scheduler:
         self.wake = threading.Event()
         data_loss = DataLossRecovery(backend, settings.lease_ttl)
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
+        identity = identity or this_process(api_addr=None)  # `node_reports.serving` sets it
+        self.node_reports = NodeReports(
+            backend, settings.node, identity, settings.lease_ttl, self.totals
+        )
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
@@ -197,6 +204,8 @@ class Scheduler:
             self._became_leader()
         elif poll.role is Role.STEPPED_DOWN:
             self._stepped_down()
+        if poll.asked:  # a renewal or a standby attempt: say who we are
+            self.node_reports.report(self.is_leader, self.config.fingerprint)
         lease, asked = self.lease, poll.asked
         if lease is not None and (not self._adopted or self.publisher.readopt):
             self._adopt(lease)

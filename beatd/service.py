@@ -21,9 +21,9 @@ _RECORD_ATTRIBUTES = frozenset(
 )
 # Libraries that log at INFO on their own ("1 change detected"): their warnings still show.
 QUIET_LIBRARIES = ("watchfiles", "redis", "prometheus_client", "urllib3")
-# libraries whose errors beatd reports itself, once per outage: pika logs an ERROR with a
-# traceback at every failed try to connect, which would repeat beatd's one line each backoff
-SPOKEN_FOR_LIBRARIES = ("pika",)
+# pika logs each failed connection attempt as an error with a traceback; the AMQP relay says an
+# outage once as it begins and once as it ends (beatd.amqp_relay), so pika's own stay unsaid
+SILENT_LIBRARIES = ("pika",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,8 +51,7 @@ def setup_logging(level: str, fmt: str) -> None:
     """Configure the root logger once, on stderr; no timestamps of our own under journald.
 
     Task code logs at `level` as beatd does; the libraries beatd uses log their warnings and
-    errors only, and those whose failures beatd reports itself (pika) nothing, unless `level` is
-    debug.
+    errors only (pika nothing: beatd says what its errors mean), unless `level` is debug.
     """
     handler = logging.StreamHandler()
     if fmt == "json":
@@ -64,12 +63,11 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    quiet = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
+    debug = level.upper() == "DEBUG"
     for library in QUIET_LIBRARIES:
-        logging.getLogger(library).setLevel(quiet)
-    silent = logging.NOTSET if level.upper() == "DEBUG" else logging.CRITICAL
-    for library in SPOKEN_FOR_LIBRARIES:
-        logging.getLogger(library).setLevel(silent)
+        logging.getLogger(library).setLevel(logging.NOTSET if debug else logging.WARNING)
+    for library in SILENT_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.NOTSET if debug else logging.CRITICAL)
 
 
 def on_signals(stop: threading.Event, wake: threading.Event, reload: Callable[[], None]) -> None:

@@ -1,97 +1,86 @@
-"""A loopback TCP proxy a test owns, to cut a client off a shared server without touching it.
-
-`TcpProxy(port).start()` listens on a free port of 127.0.0.1 and forwards each connection to
-127.0.0.1:`port`. `cut()` closes every connection it carries, as a broker outage would, and
-refuses new ones until `restore()`: the server itself never notices more than clients leaving.
-"""
+"""A loopback TCP proxy the test owns, to cut a connection to a shared server (RabbitMQ) without
+touching the server: `cut()` drops every connection and refuses new ones until `restore()`."""
 
 from __future__ import annotations
 
 import contextlib
-import selectors
 import socket
 import threading
+from types import TracebackType
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
-        self.target = (host, target_port)
-        self._listener = socket.create_server((host, 0))
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._refusing = False
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
-        self.accepted = 0  # connections forwarded since start
+        self._cut = False
+        self._closed = False
+        self.refused = 0  # connections turned away while cut
+        threading.Thread(target=self._accept, daemon=True, name="tcp-proxy").start()
 
-    def start(self) -> TcpProxy:
-        self._thread.start()
+    def __enter__(self) -> TcpProxy:
         return self
 
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
     def cut(self) -> None:
-        """Close every connection carried now, and refuse new ones until `restore`."""
         with self._lock:
-            self._refusing = True
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            _close(*pair)
+            self._cut = True
+            doomed, self._open = self._open, set()
+        for sock in doomed:
+            _shut(sock)
 
     def restore(self) -> None:
         with self._lock:
-            self._refusing = False
+            self._cut = False
 
-    def stop(self) -> None:
-        self._stopped.set()
+    def close(self) -> None:
+        self._closed = True
         self.cut()
-        _close(self._listener)  # the shutdown wakes the thread blocked in accept()
-        self._thread.join(5)
+        _shut(self._listener)  # shutdown wakes the accept() blocked in the proxy's thread
 
     def _accept(self) -> None:
-        while not self._stopped.is_set():
+        while not self._closed:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
             with self._lock:
-                refusing = self._refusing
-            if refusing:
-                client.close()
-                continue
+                if self._cut:
+                    self.refused += 1
+                    _shut(client)
+                    continue
             try:
-                server = socket.create_connection(self.target, timeout=5)
+                upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
-                client.close()
+                _shut(client)
                 continue
+            upstream.settimeout(None)
+            for sock in (client, upstream):  # no Nagle delay on the small AMQP frames
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                self._pairs.append((client, server))
-                self.accepted += 1
-            threading.Thread(target=_pump, args=(client, server), daemon=True).start()
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            return  # cut, or closed by either end: the finally shuts both
+        finally:
+            _shut(source)
+            _shut(sink)
 
 
-def _pump(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until either side closes (or `cut` closes both)."""
-    selector = selectors.DefaultSelector()
-    try:
-        selector.register(a, selectors.EVENT_READ, b)
-        selector.register(b, selectors.EVENT_READ, a)
-        while True:
-            for key, _ in selector.select(timeout=1.0):
-                source: socket.socket = key.fileobj  # type: ignore[assignment]
-                data = source.recv(65536)
-                if not data:
-                    return
-                key.data.sendall(data)
-    except (OSError, ValueError):  # closed under us by cut()
-        return
-    finally:
-        selector.close()
-        _close(a, b)
-
-
-def _close(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            sock.close()
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

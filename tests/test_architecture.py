@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.scheduler",
             "beatd.adoption",
             "beatd.leadership",
+            "beatd.node_reports",
             "beatd.publisher",
             "beatd.observers",
             "beatd.retention",
@@ -44,6 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.steering",
             "beatd.holding",
             "beatd.celery_listener",
+            "beatd.amqp_relay",
         ),
     ),
     (
@@ -67,12 +69,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.message",
             "beatd.celery_protocol",
             "beatd.celery_events",
+            "beatd.celery_amqp",
+            "beatd.amqp_link",  # one URL reading for config, relay and listener (pika: lazily)
             "beatd.tasks",
             "beatd.clock",
             "beatd.errors",
             "beatd.durations",
             "beatd.state",
             "beatd.runtime_entries",  # runtime entries' values (issue 18)
+            "beatd.nodes",  # node records and the timezone database (issue 18)
             "beatd.backoff",
             "beatd.outcomes",
             "beatd.history",

@@ -271,7 +271,7 @@ def test_the_listener_hears_again_after_the_connection_is_cut(
 ) -> None:
     before, after = run_id("before"), run_id("after")
     published(history, before, after)
-    proxy = TcpProxy(5672).start()
+    proxy = TcpProxy(("127.0.0.1", 5672))
     try:
         caplog.set_level(logging.DEBUG, "beatd.celery_listener")
         ear = listening(f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F")
@@ -290,7 +290,7 @@ def test_the_listener_hears_again_after_the_connection_is_cut(
         wait_for(lambda: status(history, after) == "succeeded", 30, "the second run's end")
         ear.stop(wait=10)
     finally:
-        proxy.stop()
+        proxy.close()
     assert ear.stats.interruptions == 1
     ours = [r for r in caplog.records if r.name == "beatd.celery_listener"]
     warnings = [r for r in ours if r.levelno >= logging.WARNING]

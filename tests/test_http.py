@@ -27,6 +27,7 @@ from beatd.http.context import ApiContext
 from beatd.http.routes import Reply, Route
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenTable, new_token, read_token_file
+from beatd.nodes import NodeRecord, NodeRole
 from tests.test_controls_cli import arrange_horizon
 from tests.test_history_cli import (
     SCHEDULES,
@@ -406,6 +407,51 @@ def test_status_answers_what_beatd_status_json_prints(api: Api) -> None:
     assert without_now(body) == without_now(json.loads(printed.stdout))
     assert [row["entry"] for row in body["entries"]] == ["nightly", "tick"]
     assert {"queue": "reports", "depth": 0, "dead_letters": 1} in body["queues"]
+
+
+def test_nodes_answers_the_nodes_beatd_status_json_lists(api: Api) -> None:
+    backend = open_backend(api.broker)
+    lease = backend.acquire_lease("a", 30, "cfg-1")
+    assert lease is not None
+    backend.write_node(
+        NodeRecord("a", NodeRole.LEADER, "1.0", "cfg-1", "2025b", "system", None), 30
+    )
+    backend.write_node(
+        NodeRecord("b", NodeRole.STANDBY, "1.0", "cfg-1", "2026a", "tzdata", "[::1]:9479"), 30
+    )
+    backend.close()
+    status, _, body = api.ask("/v1/nodes")
+    printed = CliRunner().invoke(
+        main, ["status", "--json", "-s", str(api.schedules), "--broker", api.broker]
+    )
+    assert status == 200 and printed.exit_code == 0
+    assert body == {"nodes": json.loads(printed.stdout)["nodes"]}
+    for row in body["nodes"]:
+        del row["last_seen"]
+    assert body["nodes"] == [
+        {
+            "node": "a",
+            "role": "leader",
+            "version": "1.0",
+            "config": "cfg-1",
+            "tz_version": "2025b",
+            "tz_source": "system",
+            "api_addr": None,
+            "same_config": True,
+            "same_tz": True,
+        },
+        {
+            "node": "b",
+            "role": "standby",
+            "version": "1.0",
+            "config": "cfg-1",
+            "tz_version": "2026a",
+            "tz_source": "tzdata",
+            "api_addr": "[::1]:9479",
+            "same_config": True,
+            "same_tz": False,
+        },
+    ]
 
 
 def test_status_of_an_unknown_entry_is_404_with_a_suggestion(api: Api) -> None:

@@ -13,8 +13,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from beatd.backends import open_backend
 from beatd.http import all_routes
 from beatd.http.context import ApiContext
+from beatd.nodes import NodeRecord, NodeRole
 from tests.test_history_cli import SCHEDULES
 from tests.test_http import WRITER, Api, seed, start
 
@@ -50,6 +52,9 @@ def served(tmp_path: Path) -> Iterator[Api]:
     (folder / "s.yaml").write_text(SCHEDULES)
     api = start(tmp_path, f"sqlite:///{tmp_path / 'beatd.db'}", folder)
     seed(api.broker)
+    backend = open_backend(api.broker)
+    backend.write_node(NodeRecord("a", NodeRole.STANDBY, "1", "", "2025b", "system", None), 600)
+    backend.close()
     yield api
     api.server.stop()
 

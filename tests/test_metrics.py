@@ -23,6 +23,8 @@ from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
 from beatd.errors import Problem
 from beatd.metrics import MetricsServer, PublishDelay, register_scheduler
+from beatd.node_reports import NodeIdentity
+from beatd.nodes import TzDatabase
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 
@@ -56,7 +58,16 @@ def open_db(tmp_path: Path, clock: FakeClock) -> Callable[[], SQLiteBackend]:
     return lambda: SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
 
 
-def observed(backend: SQLiteBackend, clock: FakeClock, config: Config, node: str = "a"):
+TZ_2025B, TZ_2026A = TzDatabase("2025b", "system", ""), TzDatabase("2026a", "tzdata", "")
+
+
+def observed(
+    backend: SQLiteBackend,
+    clock: FakeClock,
+    config: Config,
+    node: str = "a",
+    identity: NodeIdentity | None = None,
+):
     configs = [config]
 
     def load() -> Config:
@@ -66,8 +77,9 @@ def observed(backend: SQLiteBackend, clock: FakeClock, config: Config, node: str
 
     registry = CollectorRegistry()
     observers = [PublishDelay(registry)]
+    settings = SchedulerSettings(node=node)
     beat = Scheduler(
-        backend, load, clock, SchedulerSettings(node=node), config=config, observers=observers
+        backend, load, clock, settings, config=config, observers=observers, identity=identity
     )
     register_scheduler(registry, beat)
     return beat, registry, configs
@@ -201,6 +213,26 @@ def test_clock_skew_and_config_drift(tmp_path: Path, clock: FakeClock) -> None:
     standby.step()
     s = scrape(registry)
     assert value(s, "beatd_config_drift") == 1 and value(s, "beatd_clock_skew_seconds") == 0
+
+
+def test_the_leader_counts_a_node_with_other_tz_data_as_drift(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    def db() -> SQLiteBackend:
+        return SQLiteBackend(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+
+    cfg = Config({"a": every("a", 10)})
+    leader, registry, _ = observed(db(), clock, cfg, "l", NodeIdentity("1", TZ_2025B, None))
+    standby, _, _ = observed(db(), clock, cfg, "s", NodeIdentity("1", TZ_2026A, None))
+    leader.step()
+    s = scrape(registry)
+    assert (
+        value(s, "beatd_nodes_tz_drift") == 0 and value(s, "beatd_node_records_failed_total") == 0
+    )
+    standby.step()
+    clock.advance(leader.settings.renew_interval)
+    leader.step()
+    assert value(scrape(registry), "beatd_nodes_tz_drift") == 1
 
 
 def test_a_taken_default_metrics_port_is_a_warning_a_taken_explicit_one_a_runtime_failure(

@@ -51,6 +51,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SCHEDULER_METRICS = {
     "beatd_clock_skew_seconds",
     "beatd_config_drift",
+    "beatd_nodes_tz_drift",
+    "beatd_node_records_failed_total",
     "beatd_entries",
     "beatd_is_leader",
     "beatd_leader_epoch",
@@ -97,6 +99,17 @@ CELERY_METRICS = {
     "beatd_celery_events_undecodable_total",
     "beatd_celery_events_unrecorded_total",
     "beatd_celery_events_interruptions_total",
+}
+
+# the leader's AMQP relay (`beatd run`, every backend; they move while it leads AMQP entries)
+AMQP_METRICS = {
+    "beatd_amqp_outbox_depth",
+    "beatd_amqp_outbox_oldest_age_seconds",
+    "beatd_amqp_connected",
+    "beatd_amqp_published_total",
+    "beatd_amqp_republished_total",
+    "beatd_amqp_unroutable_total",
+    "beatd_amqp_outbox_unreadable_total",
 }
 
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
@@ -302,7 +315,7 @@ def test_scheduler_metrics_after_a_late_run_a_total_outage_and_a_failed_reload(
     assert value(s, "beatd_is_leader") == 1 and value(s, "beatd_leader_epoch") == 1
     assert value(s, "beatd_leader_changes_total") == 1 and value(s, "beatd_entries") == 3
     assert value(s, "beatd_backend_up") == 1
-    assert families(a.port) >= SCHEDULER_METRICS
+    assert families(a.port) >= SCHEDULER_METRICS | AMQP_METRICS
 
     # A total outage: nobody schedules for 4 slots and the 1 s grace of the next (a slot less
     # overdue than that is published on time). B, started afterwards, counts what was missed
@@ -538,7 +551,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [18]
+    assert [len(group["rules"]) for group in groups["groups"]] == [20]
 
 
 @needs_promtool
@@ -569,9 +582,8 @@ def test_the_alert_table_names_every_rule_in_order() -> None:
 def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
-    assert documented == (
-        SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS | REPLICATION_METRICS
-    )
+    every = SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
+    assert documented == every | REPLICATION_METRICS | AMQP_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}

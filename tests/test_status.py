@@ -19,6 +19,7 @@ from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.cli import main
 from beatd.config import load_config
 from beatd.errors import TransientBackendError
+from beatd.nodes import NodeRecord, NodeRole
 from beatd.state import EntryState
 from tests.redis_sentinel import SentinelCluster
 from tests.redis_server import RedisServer, free_port
@@ -79,6 +80,13 @@ def arrange(backend: Backend, schedules: Path, now: datetime) -> None:
     delivery = backend.claim(["reports"], "test", 30)
     assert delivery is not None
     backend.dead_letter(delivery, "failed for good")
+    leader = NodeRecord(
+        "node-a", NodeRole.LEADER, "1.0", config.fingerprint, "2025b", "system", "127.0.0.1:9479"
+    )
+    backend.write_node(leader, 60)
+    backend.write_node(
+        NodeRecord("node-b", NodeRole.STANDBY, "1.0", "", "2026a", "tzdata", None), 60
+    )
 
 
 def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path) -> None:
@@ -105,6 +113,32 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "same_config": True,
     }
     assert report["config"] == fingerprint and report["counts_from"] == []
+    seen = [datetime.fromisoformat(row.pop("last_seen")) for row in report["nodes"]]
+    assert all(now - timedelta(seconds=1) <= s <= datetime.now(UTC) for s in seen), seen
+    assert report["nodes"] == [
+        {
+            "node": "node-a",
+            "role": "leader",
+            "version": "1.0",
+            "config": fingerprint,
+            "tz_version": "2025b",
+            "tz_source": "system",
+            "api_addr": "127.0.0.1:9479",
+            "same_config": True,
+            "same_tz": True,
+        },
+        {
+            "node": "node-b",
+            "role": "standby",
+            "version": "1.0",
+            "config": None,
+            "tz_version": "2026a",
+            "tz_source": "tzdata",
+            "api_addr": None,
+            "same_config": False,
+            "same_tz": False,
+        },
+    ]
     rows = {row.pop("entry"): row for row in report["entries"]}
     tick = now.replace(microsecond=0) - timedelta(seconds=now.second % 10)
     stalled = now.replace(second=0, microsecond=0) - timedelta(minutes=10)
@@ -163,6 +197,21 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     lines = result.output.splitlines()
     assert lines[1].startswith("leader   node=node-a epoch=1 lease_left=")
     assert lines[1].endswith(f"s config={fingerprint}")
+    assert [re.split(r"  +", line) for line in lines[3:6]] == [
+        ["NODE", "ROLE", "VERSION", "CONFIG", "TZ DATA", "API", "LAST SEEN"],
+        ["node-a", "leader", "1.0", fingerprint, "2025b (system)", "127.0.0.1:9479", "now"],
+        [
+            "node-b",
+            "standby",
+            "1.0",
+            "? (differs)",
+            "2026a (tzdata) (differs from the leader's)",
+            "-",
+            "now",
+        ],
+    ]
+    assert lines[6:8] == ["2 nodes", ""]
+    del lines[3:8]
     header = ["ENTRY", "LAST PUBLISHED", "NEXT DUE", "LAST STATUS", "LAST SUCCESS"]
     assert re.split(r"  +", lines[3]) == [*header, "LAST DURATION", "LATE", "MISSED"]
     cells = re.split(r"  +", lines[5])
@@ -194,6 +243,8 @@ def test_status_without_a_leader_or_schedule_files(
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1:] == [
         "leader   none: no scheduler holds the lease, nothing is being published",
+        "",
+        "nodes    none: no `beatd run` wrote its record within 3 x its lease TTL",
         "",
         "ENTRY  LAST PUBLISHED  NEXT DUE  LAST STATUS  LAST SUCCESS  LAST DURATION  LATE  MISSED",
         "0 entries",

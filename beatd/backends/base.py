@@ -1,10 +1,10 @@
 """What a backend is, by role: the leader lease, the run state, the work queues, their
-administration, the run history, the operator controls and the runtime entries. Each role is a
-small protocol whose docstrings are the contract; `Backend` is the composition that SQLite,
-Redis, PostgreSQL and the in-memory backend offer. A caller asks for the role it uses (the worker a
-`WorkQueue`, `beatd migrate` a `StateStore` and a `QueueAdmin`), so a backend that offers some
-roles only can serve the callers that need no more. Every backend passes the same contract tests
-(`tests/backends/contract.py`).
+administration, the run history, the operator controls, the runtime entries and the node
+records. Each role is a small protocol whose docstrings are the contract; `Backend` is the
+composition that SQLite, Redis, PostgreSQL and the in-memory backend offer. A caller asks for
+the role it uses (the worker a `WorkQueue`, `beatd migrate` a `StateStore` and a `QueueAdmin`),
+so a backend that offers some roles only can serve the callers that need no more. Every backend
+passes the same contract tests (`tests/backends/contract.py`).
 
 Errors (beatd.errors), for every method of every role:
 - `NotApplied` (a `TransientBackendError`): unreachable or busy, and nothing was written; try
@@ -49,6 +49,7 @@ from beatd.history import (
     RunKind,
     RunRecord,
 )
+from beatd.nodes import NodeRecord
 from beatd.runtime_entries import ChangePage, ResolvedEntry, RuntimeEntry
 from beatd.state import EntryState
 
@@ -157,8 +158,9 @@ class CeleryQueue:
     priority: int | None = None
 
 
-# Every kind of destination; a new one (an AMQP exchange) is added here and accepted by the
-# backends that can write it (docs/design.md, "Adding a backend or a destination").
+# Every kind of destination a backend writes; a new one is added here and accepted by the
+# backends that can write it (docs/design.md, "Adding a backend or a destination"). RabbitMQ is
+# none: its runs go to an outbox `BeatdQueue` that the leader's relay publishes.
 Destination = BeatdQueue | CeleryQueue
 # What an entry's `protocol` (beatd.config) names.
 DESTINATION_OF_PROTOCOL: dict[str, type[Destination]] = {"beatd": BeatdQueue, "celery": CeleryQueue}
@@ -171,9 +173,11 @@ NEEDS: dict[type[Destination], tuple[str, str]] = {
 }
 
 
-def destination_kind(protocol: str | None) -> type[Destination]:
-    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own)."""
-    return DESTINATION_OF_PROTOCOL[protocol or "beatd"]
+def destination_kind(protocol: str | None, amqp: bool = False) -> type[Destination]:
+    """Where an entry of the configuration's `protocol` publishes to (None: beatd's own); with
+    `amqp` (an AMQP destination), to the outbox, a `BeatdQueue` the leader's relay empties
+    (beatd.celery_amqp)."""
+    return BeatdQueue if amqp else DESTINATION_OF_PROTOCOL[protocol or "beatd"]
 
 
 class Outgoing(NamedTuple):
@@ -756,8 +760,34 @@ class RuntimeEntries(Reachable, Protocol):
         stored is skipped, so copying twice adds nothing. How many were added."""
 
 
+@runtime_checkable
+class Nodes(Reachable, Protocol):
+    """Node records (beatd.nodes, issue 18): each `beatd run` says who it is at every lease
+    renewal or standby attempt (every TTL/3 at most), so one cheap write, apart from the
+    commits. A write needs no lease; records are kept by the backend's clock, so nodes whose
+    clocks differ still agree on which are live."""
+
+    def write_node(self, record: NodeRecord, keep: float) -> None:
+        """Store `record` in place of its node's, stamped `last_seen` now by the backend's
+        clock and kept for `keep` seconds of that clock (the scheduler: 3 x the lease TTL). One
+        atomic step; safe to repeat after OutcomeUnknown (it only moves `last_seen`). Records
+        of other nodes that have expired may be deleted in the same step."""
+
+    def nodes(self) -> list[NodeRecord]:
+        """The records not expired by the backend's clock, by node name, each with its
+        `last_seen` (a read)."""
+
+
 class Backend(
-    LeaseStore, StateStore, WorkQueue, QueueAdmin, RunHistory, Controls, RuntimeEntries, Protocol
+    LeaseStore,
+    StateStore,
+    WorkQueue,
+    QueueAdmin,
+    RunHistory,
+    Controls,
+    RuntimeEntries,
+    Nodes,
+    Protocol,
 ):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
     PostgreSQL, memory)."""

@@ -41,6 +41,7 @@ from beatd.backends.base import (
 from beatd.controls import AuditRecord, EntryControl, Trigger, TriggerKey, TriggerResult
 from beatd.errors import NotApplied, OutcomeUnknown
 from beatd.history import Ending, EntrySummary, MissedRecord, Retention, RunRecord
+from beatd.nodes import NodeRecord
 from beatd.runtime_entries import ResolvedEntry, RuntimeEntry
 
 T = TypeVar("T")
@@ -83,6 +84,8 @@ WRITES = frozenset(
         "remove_entry",
         "register_file_entries",
         "import_entries",
+        # the node records' (the `Nodes` role)
+        "write_node",
     }
 )
 LEASED = frozenset(
@@ -407,3 +410,8 @@ class FaultyBackend:
 
     def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
         return self._call("import_entries", lambda: self.backend.import_entries(entries))
+
+    # --- the node records' write -------------------------------------------------------------
+
+    def write_node(self, record: NodeRecord, keep: float) -> None:
+        self._call("write_node", lambda: self.backend.write_node(record, keep))

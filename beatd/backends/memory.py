@@ -42,6 +42,7 @@ from beatd.backends.base import (
 from beatd.backends.memory_controls import Book, MemoryControls
 from beatd.backends.memory_entries import MemoryEntries, Shelf
 from beatd.backends.memory_history import History, MemoryHistory
+from beatd.backends.memory_nodes import MemoryNodes, NodeBook
 from beatd.errors import BackendError, LeaseLost
 from beatd.history import Ending
 from beatd.outcomes import Outcome
@@ -83,6 +84,7 @@ class _Store:
     history: History = field(default_factory=History)
     book: Book = field(default_factory=Book)  # the operator controls and the audit log
     shelf: Shelf = field(default_factory=Shelf)  # the runtime entries and their change feed
+    nodes: NodeBook = field(default_factory=NodeBook)  # the node records
 
     def add(self, queue: BeatdQueue, message_id: str, body: str, ready_at: float) -> None:
         priority = DEFAULT_PRIORITY if queue.priority is None else queue.priority
@@ -110,7 +112,7 @@ def discard(name: str) -> None:
         _STORES.pop(name, None)
 
 
-class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries):
+class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
     """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds);
     with `history` False it writes no run history (it still reads it)."""
 
@@ -127,7 +129,7 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries):
         self._now = wall_clock
         self._lock, self._history = self._store.lock, self._store.history
         self._book, self._add = self._store.book, self._store.add
-        self._shelf = self._store.shelf
+        self._shelf, self._nodes = self._store.shelf, self._store.nodes
         self._writes_history = history
         self._host, self._pid = socket.gethostname(), os.getpid()
 

@@ -51,6 +51,7 @@ from beatd.backends.postgres_controls import PostgresControls
 from beatd.backends.postgres_entries import PostgresEntries
 from beatd.backends.postgres_gates import gate, mark
 from beatd.backends.postgres_link import LEASE, NOW, PostgresLink, redact
+from beatd.backends.postgres_nodes import PostgresNodes
 from beatd.backends.postgres_queue import PostgresQueueAdmin, PostgresWorkQueue, insert_messages
 from beatd.backends.postgres_records import insert_missed, published_records
 from beatd.backends.postgres_upkeep import PostgresHistoryUpkeep
@@ -252,5 +253,6 @@ class PostgresBackend(
     PostgresHistoryUpkeep,
     PostgresEntries,  # its writes' audit records go through PostgresControls
     PostgresControls,
+    PostgresNodes,
 ):
     """Every role, on one schema of one database (see the module doc)."""

@@ -140,6 +140,7 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
     _format_2_missed_and_summaries(db, schema)
     _format_2_controls(db, schema)
     _format_2_entries(db, schema)
+    _format_2_nodes(db, schema)
 
 
 def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> None:
@@ -251,6 +252,21 @@ def _format_2_entries(db: psycopg.Connection[Any], schema: str) -> None:
         CREATE TABLE {schema}.entry_head (head bigint NOT NULL);
         INSERT INTO {schema}.entry_head VALUES (0);
         CREATE TABLE {schema}.file_entry (name text PRIMARY KEY, path text NOT NULL);
+        """
+    )
+
+
+def _format_2_nodes(db: psycopg.Connection[Any], schema: str) -> None:
+    """The node records (beatd.nodes), folded into format 2 while it is unreleased: each node's
+    record as JSON text, its last write and its expiry in µs of the database's clock."""
+    db.execute(
+        f"""
+        CREATE TABLE {schema}.node (
+            name text PRIMARY KEY,
+            record text NOT NULL,
+            seen_us bigint NOT NULL,
+            expires_us bigint NOT NULL
+        );
         """
     )
 

@@ -60,6 +60,7 @@ from beatd.backends.redis_entries import RedisEntries
 from beatd.backends.redis_events import RedisCeleryEvents
 from beatd.backends.redis_history import RedisRunHistory, published_p
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band, redact
+from beatd.backends.redis_nodes import RedisNodes
 from beatd.backends.redis_queue import RECLAIM_IDLE_MS, RedisQueueAdmin, RedisWorkQueue, _json
 from beatd.backends.redis_scripts import FORMAT_VERSION, SCRIPTS
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
@@ -271,6 +272,7 @@ class RedisBackend(
     RedisRunHistory,
     RedisControls,
     RedisEntries,
+    RedisNodes,
     RedisCeleryEvents,
 ):
     """Every role, on one connection pool (see the module doc), and Celery's task events on a

@@ -17,6 +17,7 @@ import hashlib
 from beatd.backends.redis_controls_lua import CONTROLS, CONTROLS_SCRIPTS
 from beatd.backends.redis_entries_lua import ENTRIES, ENTRIES_SCRIPTS, REGISTER_FILES
 from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
+from beatd.backends.redis_nodes_lua import NODES_SCRIPTS
 
 GROUP = "workers"
 LEASE_LOST = "LEASELOST"
@@ -469,5 +470,6 @@ SCRIPTS = {
         **CONTROLS_SCRIPTS,
         **{name: ENTRIES + source for name, source in ENTRIES_SCRIPTS.items()},
         "register_files": CHECK_LEASE + ENTRIES + REGISTER_FILES,
+        **NODES_SCRIPTS,
     }.items()
 }

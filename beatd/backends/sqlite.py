@@ -63,6 +63,7 @@ from beatd.backends.sqlite_history import (
     record_ended,
     record_missed,
 )
+from beatd.backends.sqlite_nodes import SQLiteNodes
 from beatd.errors import BackendError
 from beatd.history import Ending
 from beatd.outcomes import Outcome
@@ -507,6 +508,7 @@ class SQLiteBackend(
     SQLiteRunHistory,
     SQLiteControls,
     SQLiteEntries,
+    SQLiteNodes,
 ):
     """Every role, on one file (see the module doc). `read_only`: for commands that only look
     (status, dead list, a migration's source): the file is opened with `mode=ro`. With it or

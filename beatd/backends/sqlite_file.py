@@ -269,10 +269,21 @@ ENTRIES_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS file_entry (name TEXT PRIMARY KEY, path TEXT NOT NULL) "
     "WITHOUT ROWID",
 )
+# The node records (format 2 too, issue 18; beatd.backends.sqlite_nodes): each node's record as
+# JSON (beatd.nodes), its last write and its expiry (µs of the host's clock).
+NODES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS node (
+    name TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    seen_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL
+) WITHOUT ROWID""",
+)
+FORMAT_2_SCHEMA = HISTORY_SCHEMA + CONTROLS_SCHEMA + ENTRIES_SCHEMA + NODES_SCHEMA
 HISTORY_OBJECTS = frozenset(
     re.findall(
         r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)",
-        " ".join(HISTORY_SCHEMA + CONTROLS_SCHEMA + ENTRIES_SCHEMA),
+        " ".join(FORMAT_2_SCHEMA),
     )
 )
 SCHEMA = """
@@ -344,9 +355,10 @@ def _format_1(db: sqlite3.Connection) -> None:
 
 def _format_2(db: sqlite3.Connection) -> None:
     """Format 1 to 2: the run history's tables, and the message's open attempt and queued run's
-    record (issue 15); the operator controls' tables (issue 16); the runtime entries' (issue 18). A
-    process that opened the file for writing since has added them already (`add_history`), so
-    that a worker started before the leader upgrades records its attempts."""
+    record (issue 15); the operator controls' tables (issue 16); the runtime entries' and the
+    node records' (issue 18). A process that opened the file for writing since has added them
+    already (`add_history`), so that a worker started before the leader upgrades records its
+    attempts."""
     add_history(db)
 
 
@@ -356,7 +368,7 @@ def add_history(db: sqlite3.Connection) -> None:
     for column, kind in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED:
         if column not in held:
             db.execute(f"ALTER TABLE message ADD COLUMN {column} {kind}")
-    for statement in HISTORY_SCHEMA + CONTROLS_SCHEMA + ENTRIES_SCHEMA:
+    for statement in FORMAT_2_SCHEMA:
         db.execute(statement)
 
 

@@ -102,6 +102,12 @@ class ServedApi:
     context: ApiContext
     tokens: TokenSource
 
+    @property
+    def address(self) -> str:
+        """HOST:PORT as bound (the port the system chose for port 0; [IPv6]:PORT)."""
+        host = self.server.host
+        return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
+
     def stop(self) -> None:
         self.server.stop()
         self.context.close()

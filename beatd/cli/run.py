@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
+from beatd.amqp_link import is_amqp_url
 from beatd.assemble import RunSettings, WorkerOptions, build_scheduler
 from beatd.backends.base import (
     NEEDS,
@@ -27,6 +28,7 @@ from beatd.backends.base import (
     destination_kind,
 )
 from beatd.backends.redis import redact
+from beatd.cli.amqp import AMQP_PASSWORD_FLAG, build_relay, celery_events_url
 from beatd.cli.api import ApiSettings, ServedApi, api_options, start_api
 from beatd.cli.common import (
     BackendSettings,
@@ -53,7 +55,7 @@ from beatd.config.model import Entry
 from beatd.entry_series import EntrySeries
 from beatd.errors import ConfigError, Problem
 from beatd.history import Retention
-from beatd.metrics import DEFAULT_METRICS_ADDR, register_worker
+from beatd.metrics import DEFAULT_METRICS_ADDR, MetricsServer, register_worker
 from beatd.scheduler import Scheduler
 from beatd.service import on_signals, setup_logging, stop_watching, watch_schedule_files
 from beatd.systemd import Notifier
@@ -215,6 +217,7 @@ def parse_run_settings(
     "dispatcher as threads (the one-command quickstart).",
 )
 @api_options
+@AMQP_PASSWORD_FLAG
 @run_settings
 @worker_options
 def run(
@@ -224,6 +227,7 @@ def run(
     settings: RunSettings,
     worker_options: WorkerOptions,
     api: ApiSettings,
+    amqp_password: str | None,
 ) -> None:
     """Run the scheduler: publish each due run once, as leader among all `beatd run`."""
     setup_logging(log.level, log.format)
@@ -237,6 +241,7 @@ def run(
     worker = None
     if settings.with_worker:
         worker = build_embedded_worker(broker, config, settings.lease_ttl, worker_options)
+    relay = build_relay(broker, settings, schedule, amqp_password, config)
     scheduler = build_scheduler(
         store,
         config,
@@ -249,9 +254,12 @@ def run(
         metrics_entries=settings.metrics_entries,
         retention=settings.retention,
         audit_retention=settings.audit_retention,
+        relay=relay,
+        celery_events_url=celery_events_url(config, schedule, amqp_password),
     )
     stop = threading.Event()
     served = start_api(api, broker, scheduler, settings.retention.max_age)
+    scheduler.node_reports.serving(served.address if served is not None else None)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
@@ -260,17 +268,14 @@ def run(
         if worker is not None:
             worker.start(stop, scheduler.wake)
             register_worker(registry, worker.worker, worker.backend)
-        server = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
-        try:
-            serve(scheduler, stop)
-        finally:
-            if server is not None:
-                server.stop()
+        metrics = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
+        serve(scheduler, stop, metrics)
     finally:
         notifier.stopping()
         stop.set()
         if served is not None:
             served.stop()
+        relay.close()
         store.close()
         if worker is not None:
             worker.finish()
@@ -324,21 +329,26 @@ def config_loader(schedule: ScheduleSettings, backend: StateStore) -> Callable[[
     return load
 
 
-def serve(scheduler: Scheduler, stop: threading.Event) -> None:
-    """Run the loop until stopped; exit with the storage's status when it failed."""
+def serve(scheduler: Scheduler, stop: threading.Event, metrics: MetricsServer | None) -> None:
+    """Run the loop until stopped, then stop serving `metrics`; exit with the storage's
+    status when it failed."""
     try:
         scheduler.run(stop)
     except StorageFailed as exc:  # logged by the scheduler as it stepped down
         sys.exit(exc.exit_status)
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 def celery_broker(backend: BackendSettings, celery_config: str | None) -> BackendSettings:
-    """--broker, unless it was left at its default and the Celery config names a broker."""
+    """--broker, unless it was left at its default and the Celery config names a Redis
+    broker (RabbitMQ is where its entries go, through the outbox in --broker)."""
     source = click.get_current_context().get_parameter_source("broker")
     if not celery_config or source is not ParameterSource.DEFAULT:
         return backend
     url = read_celery_config(celery_config, "UTC").broker_url
-    if url is None:
+    if url is None or is_amqp_url(url):  # RabbitMQ: the entries' destination, not the store
         return backend
     logger.info("broker from the Celery config %s: %s", celery_config, redact(url))
     return dataclasses.replace(backend, url=url)
@@ -349,7 +359,7 @@ def check_transport(config: Config, backend: StateStore) -> None:
     Redis): the first of them, with how many there are."""
     refused: dict[type[Destination], list[Entry]] = {}
     for entry in config.entries.values():
-        kind = destination_kind(entry.protocol)
+        kind = destination_kind(entry.protocol, entry.amqp is not None)
         if not backend.accepts(kind):
             refused.setdefault(kind, []).append(entry)
     problems = []

@@ -167,6 +167,7 @@ def render(report: dict[str, Any]) -> Iterable[str]:
             f"config={leader['config'] or '?'}{drift[leader['same_config']]}"
         )
     yield ""
+    yield from node_table(report)
     yield from entry_table(report)
     yield from control_lines(report["entries"])
     if not report["counts_from"]:
@@ -179,6 +180,38 @@ def render(report: dict[str, Any]) -> Iterable[str]:
     yield from _table(queues)
     if not report["queues"]:
         yield "no messages waiting and no dead letters"
+
+
+def node_table(report: dict[str, Any]) -> Iterable[str]:
+    """The nodes whose records are live, each marked where it differs from the leader's."""
+    nodes = report["nodes"]
+    if nodes is None:
+        return  # unreadable: the warning said so
+    if not nodes:
+        yield "nodes    none: no `beatd run` wrote its record within 3 x its lease TTL"
+        yield ""
+        return
+    now = datetime.fromisoformat(report["now"])
+    table = [("NODE", "ROLE", "VERSION", "CONFIG", "TZ DATA", "API", "LAST SEEN")]
+    for row in nodes:
+        config = (row["config"] or "?") + (" (differs)" if row["same_config"] is False else "")
+        tz = f"{row['tz_version']} ({row['tz_source']})"
+        tz += " (differs from the leader's)" if row["same_tz"] is False else ""
+        seen = datetime.fromisoformat(row["last_seen"])
+        table.append(
+            (
+                row["node"],
+                row["role"],
+                row["version"],
+                config,
+                tz,
+                row["api_addr"] or "-",
+                relative(seen, now),
+            )
+        )
+    yield from _table(table)
+    yield f"{len(nodes)} nodes" if len(nodes) != 1 else "1 node"
+    yield ""
 
 
 def entry_table(report: dict[str, Any]) -> Iterable[str]:

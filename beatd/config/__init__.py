@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.config.celeryconf import read_celery_config
-from beatd.config.model import Config, Entry, MissedPolicy, QueueSettings
+from beatd.config.model import AmqpTarget, Config, Entry, MissedPolicy, QueueSettings
 from beatd.config.pyfile import read_python_file
 from beatd.config.source import SourceFile
 from beatd.config.yamlfile import read_yaml_file
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
+from beatd.controls import Overlap
 from beatd.errors import ConfigError, Problem
 from beatd.schedules.crontab import CronSpec, crontab
 
@@ -94,7 +96,39 @@ def merge(sources: Sequence[SourceFile]) -> Config:
             queue = queues.get(entry.queue)
             if queue is not None and queue.protocol != entry.protocol:
                 entries[name] = replace(entry, protocol=queue.protocol)
+    _route_to_amqp(entries, queues)
     return Config(entries, queues, tuple(imports), tuple(s.path for s in sources))
+
+
+def _route_to_amqp(entries: dict[str, Entry], queues: Mapping[str, QueueSettings]) -> None:
+    """Give Celery entries that name no AMQP destination their queue's, then refuse an AMQP
+    destination where it cannot work (ConfigError, every problem at once)."""
+    problems = []
+    for name, entry in entries.items():
+        queue = queues.get(entry.queue)
+        if entry.amqp is None and entry.protocol == "celery" and queue and queue.amqp:
+            entries[name] = entry = replace(entry, amqp=queue.amqp)
+        if entry.amqp is None and entry.queue != OUTBOX_QUEUE:
+            continue
+        path, _, line = entry.source.rpartition(":")
+        where = (path or entry.source, int(line) if line.isdigit() else 1, 1)
+        if entry.queue == OUTBOX_QUEUE:
+            message = f"{OUTBOX_QUEUE} is beatd's outbox for RabbitMQ; name another queue"
+            problems.append(Problem(*where, message, name, "queue"))
+        elif entry.protocol != "celery":
+            message = (
+                f"an AMQP destination takes Celery's messages, but the protocol is "
+                f"{entry.protocol}; set protocol: celery"
+            )
+            problems.append(Problem(*where, message, name, "amqp"))
+        elif entry.overlap is not Overlap.ALLOW:
+            message = (
+                f"overlap {entry.overlap.value} needs to hear when a run ends, which beatd does "
+                "not yet for runs published to RabbitMQ; use overlap: allow"
+            )
+            problems.append(Problem(*where, message, name, "overlap"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def _defined_before(source: SourceFile, earlier: Sequence[SourceFile]) -> Iterator[Problem]:
@@ -115,6 +149,7 @@ def _defined_before(source: SourceFile, earlier: Sequence[SourceFile]) -> Iterat
 
 
 __all__ = [
+    "AmqpTarget",
     "Config",
     "ConfigError",
     "CronSpec",

@@ -5,7 +5,9 @@ MODULE is a Celery config module (`celeryconfig`, with `beat_schedule`, `timezon
 it runs its code, as `celery beat` does; beatd itself never imports celery.
 
 Entries go to Celery's default queue `celery` unless `options.queue` says otherwise, and are
-published in Celery's message protocol. The old upper-case names (`CELERYBEAT_SCHEDULE`,
+published in Celery's message protocol. An `amqp://` broker_url (RabbitMQ) is the AMQP
+destination of every entry (its password, if any, is the relay's, never the configuration's).
+The old upper-case names (`CELERYBEAT_SCHEDULE`,
 `CELERY_TIMEZONE`, `BROKER_URL`) are read too, with a warning naming the new one.
 """
 
@@ -16,11 +18,13 @@ import logging
 import sys
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from beatd.amqp_link import is_amqp_url, without_password
 from beatd.config.convert import to_timezone
+from beatd.config.model import AmqpTarget
 from beatd.config.pyfile import _line_of, _read_entry
 from beatd.config.source import SourceFile
 from beatd.errors import Problem
@@ -73,6 +77,12 @@ def read_celery_config(spec: str, default_timezone: str) -> CeleryConfig:
         position = _line_of(text, str(name)) if text else (1, 1)
         source.entry_lines[str(name)] = position
         _read_entry(source, str(name), entry, zone, lambda _f, _k, p=position: p, celery=True)
+    if result.broker_url and is_amqp_url(result.broker_url):
+        target = AmqpTarget(without_password(result.broker_url))
+        source.entries = [
+            replace(e, amqp=target) if e.protocol == "celery" and not e.amqp else e
+            for e in source.entries
+        ]
     return result
 
 

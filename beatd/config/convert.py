@@ -15,7 +15,8 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from beatd.config.model import MissedPolicy
+from beatd.amqp_link import AmqpUrlError, has_password, parse_amqp_url
+from beatd.config.model import AmqpTarget, MissedPolicy
 from beatd.controls import Overlap
 from beatd.durations import read_duration
 
@@ -83,6 +84,47 @@ def to_protocol(value: object) -> str:
         hint = suggest(value, PROTOCOLS) if isinstance(value, str) else ""
         raise ValueError(f"expected one of {', '.join(PROTOCOLS)}, got {value!r}{hint}")
     assert isinstance(value, str)
+    return value
+
+
+AMQP_KEYS = ("url", "exchange", "routing_key")
+NO_PASSWORD = (
+    "must not hold a password (a schedule file is no place for one): give it with "
+    "--amqp-password or BEATD_AMQP_PASSWORD, or in the Celery config's broker_url"
+)
+
+
+def to_amqp(value: object) -> AmqpTarget:
+    """An AMQP destination: its URL alone, or a mapping of url, exchange and routing_key."""
+    raw: Mapping[str, Any] = {"url": value} if isinstance(value, str) else _amqp_mapping(value)
+    url = raw.get("url")
+    if not isinstance(url, str):
+        raise ValueError(f"url: expected an amqp:// URL, got {describe_value(url)}")
+    if has_password(url):
+        raise ValueError(f"url {NO_PASSWORD}")
+    try:
+        parse_amqp_url(url)
+    except AmqpUrlError as exc:
+        raise ValueError(str(exc)) from None
+    names = {key: raw.get(key) for key in ("exchange", "routing_key")}
+    for key, name in names.items():
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"{key}: expected a string, got {describe_value(name)}")
+    return AmqpTarget(url, names["exchange"], names["routing_key"])
+
+
+def _amqp_mapping(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"expected an amqp:// URL or a mapping of {', '.join(AMQP_KEYS)}, got "
+            f"{describe_value(value)}"
+        )
+    unknown = [k for k in value if k not in AMQP_KEYS]
+    if unknown:
+        word = str(unknown[0])
+        raise ValueError(
+            f"unknown key {word!r}: expected {', '.join(AMQP_KEYS)}{suggest(word, AMQP_KEYS)}"
+        )
     return value
 
 

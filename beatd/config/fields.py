@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from beatd.config.convert import (
+    AMQP_KEYS,
     TASK_NAME,
     to_alert_after_failures,
+    to_amqp,
     to_args,
     to_bool,
     to_duration,
@@ -133,8 +135,26 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "protocol", "`beatd`, `celery`", to_protocol, DERIVED, "the queue's, else `beatd`", True,
         "the wire format: `beatd` for beatd's worker, `celery` for stock Celery workers on "
-        "Redis ([celery.md](celery.md))",
+        "Redis, or on RabbitMQ with `amqp` ([celery.md](celery.md))",
         "celery", {"enum": ["beatd", "celery"]},
+    ),
+    Field(
+        "amqp", "URL or mapping", to_amqp, None, "the queue's, else none", True,
+        "with `protocol: celery`: publish to RabbitMQ instead of `--broker`, through the "
+        "leader's outbox: `url` (`amqp://`, no password), `exchange` and `routing_key` "
+        "(both default to the queue's name, as Celery's do) ([celery.md](celery.md#rabbitmq))",
+        '"amqp://celery@rabbit.internal:5672//"',
+        {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "properties": {k: {"type": "string"} for k in AMQP_KEYS},
+                    "required": ["url"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
     ),
     Field(
         "priority", "0–9 or null", to_priority, None, "null", True,
@@ -224,6 +244,7 @@ FIELDS: tuple[Field, ...] = (
 
 BY_NAME: Mapping[str, Field] = {f.name: f for f in FIELDS}
 ENTRY_FIELDS = tuple(f.name for f in FIELDS)
+QUEUE_FIELDS = ("protocol", "amqp")  # what a `queues:` section may set for its entries
 SCHEDULE_FIELDS = ("every", "cron", "at")  # exactly one of them
 WINDOW_FIELDS = ("start", "end")  # with every or cron
 DEFAULTABLE_FIELDS = tuple(f.name for f in FIELDS if f.in_defaults)

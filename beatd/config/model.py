@@ -32,6 +32,24 @@ NO_ITEMS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
+class AmqpTarget:
+    """Where a Celery entry's runs go on an AMQP broker (RabbitMQ): the broker's URL, never
+    with a password (beatd.amqp_link tells where that comes from), an exchange and a routing
+    key. Unset, both are the entry's queue name, as Celery routes a task to a queue by
+    default (a direct exchange named as the queue, bound with the queue's name)."""
+
+    url: str
+    exchange: str | None = None
+    routing_key: str | None = None
+
+    def exchange_for(self, queue: str) -> str:
+        return queue if self.exchange is None else self.exchange
+
+    def routing_key_for(self, queue: str) -> str:
+        return queue if self.routing_key is None else self.routing_key
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     name: str
     task: str
@@ -55,6 +73,7 @@ class Entry:
     overlap: Overlap = Overlap.ALLOW  # a slot due while the previous run is busy (beatd.controls)
     overlap_timeout: timedelta | None = None  # None: `expires`, else DEFAULT_OVERLAP_TIMEOUT
     pause_after_failures: int | None = None  # consecutive final failures that pause the entry
+    amqp: AmqpTarget | None = None  # with protocol celery: published to RabbitMQ, not --broker
     source: str = ""  # "path:line", for log lines and `beatd check`
 
     @property
@@ -87,6 +106,7 @@ class Entry:
 class QueueSettings:
     name: str
     protocol: str = "beatd"
+    amqp: AmqpTarget | None = None  # the AMQP destination of its entries that name none
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +125,8 @@ class Config:
         for entry in sorted(self.entries.values(), key=attrgetter("name")):
             digest.update(encode(_entry_fields(entry)).encode())
         for queue in sorted(self.queues.values(), key=lambda q: q.name):
-            digest.update(f"{queue.name}:{queue.protocol}".encode())
+            amqp = f":{queue.amqp}" if queue.amqp else ""  # unset: hashed as it always was
+            digest.update(f"{queue.name}:{queue.protocol}{amqp}".encode())
         object.__setattr__(self, "fingerprint", digest.hexdigest()[:16])
 
 
@@ -144,6 +165,8 @@ def _entry_fields(entry: Entry) -> dict[str, Any]:
         fields["overlap_timeout"] = entry.overlap_timeout.total_seconds()
     if entry.pause_after_failures is not None:
         fields["pause_after_failures"] = entry.pause_after_failures
+    if entry.amqp is not None:  # where the runs go: nodes must agree on it
+        fields["amqp"] = f"{entry.amqp.url} {entry.amqp.exchange} {entry.amqp.routing_key}"
     return fields
 
 

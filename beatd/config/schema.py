@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from beatd.config.convert import ENTRY_NAME, QUEUE_NAME
-from beatd.config.fields import FIELDS, REQUIRED, SCHEDULE_FIELDS, Field
+from beatd.config.fields import FIELDS, QUEUE_FIELDS, REQUIRED, SCHEDULE_FIELDS, Field
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "https://github.com/beatd/beatd/schemas/schedule.schema.json"
@@ -72,10 +72,9 @@ def _entry() -> dict[str, Any]:
 
 
 def _queue() -> dict[str, Any]:
-    protocol = next(f for f in FIELDS if f.name == "protocol")
     return {
         "type": "object",
-        "properties": {"protocol": _property(protocol)},
+        "properties": {f.name: _property(f) for f in FIELDS if f.name in QUEUE_FIELDS},
         "additionalProperties": False,
     }
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from beatd.config.convert import describe_value, to_protocol, to_queue_name
+from beatd.config.convert import describe_value, to_amqp, to_protocol, to_queue_name
 from beatd.config.entries import EntryReader, Locate, build_entry
+from beatd.config.fields import QUEUE_FIELDS
 from beatd.config.model import QueueSettings
 from beatd.config.source import SourceFile
 from beatd.config.yamlsafe import Mark, Stream, YamlMap, load_yaml
 from beatd.errors import ConfigError, Problem
 
 SECTIONS = ("defaults", "entries", "queues", "imports")
-QUEUE_FIELDS = ("protocol",)
 # A file half written by an editor or a deploy tool must not remove every entry at a reload.
 NO_ENTRIES = (
     "refusing it: it may be half written, and loading it would remove every entry; write "
@@ -150,7 +150,8 @@ def _read_queues(source: SourceFile, queues: YamlMap) -> None:
         except ValueError as exc:
             reader.problem(None, f"queue {exc}", at_key=True)
         reader.check_keys(QUEUE_FIELDS)
-        source.queues[name] = QueueSettings(name, reader.read("protocol", to_protocol, "beatd"))
+        protocol = reader.read("protocol", to_protocol, "beatd")
+        source.queues[name] = QueueSettings(name, protocol, reader.read("amqp", to_amqp, None))
         source.problems.extend(reader.problems)
 
 

@@ -15,6 +15,7 @@ from beatd.http.controls_routes import control_routes
 from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.entries_routes import entry_routes
 from beatd.http.history_routes import history_routes
+from beatd.http.node_routes import node_routes
 from beatd.http.openapi import openapi_document
 from beatd.http.routes import Reply, Route
 from beatd.http.status_routes import status_routes
@@ -27,6 +28,7 @@ def all_routes(context: ApiContext) -> list[Route]:
     """Every operation of the API, the OpenAPI document's own included."""
     routes = [
         *status_routes(context),
+        *node_routes(context),
         *history_routes(context),
         *audit_routes(context),
         *dead_letter_routes(context),

@@ -13,12 +13,22 @@ from beatd.operations.status import UnknownEntry, status_report
 
 STATUS: JSON = {
     "type": "object",
-    "required": ["backend", "now", "config", "leader", "entries", "entries_total", "queues"],
+    "required": [
+        "backend",
+        "now",
+        "config",
+        "leader",
+        "nodes",
+        "entries",
+        "entries_total",
+        "queues",
+    ],
     "properties": {
         "backend": {"type": "string"},
         "now": {"type": "string"},
         "config": {"type": ["string", "null"]},
         "leader": {"type": ["object", "null"]},
+        "nodes": {"type": ["array", "null"], "items": {"type": "object"}},
         "entries": {"type": "array", "items": {"type": "object", "required": ["entry"]}},
         "entries_total": {"type": "integer"},
         "queues": {"type": "array", "items": {"type": "object"}},
@@ -63,8 +73,8 @@ def status_routes(context: ApiContext) -> list[Route]:
             "GET",
             "/v1/status",
             "status",
-            "The leader, each entry's last and next run and how its last run ended, its pause, "
-            "busy mark and held run, and the queues (docs/api.md).",
+            "The leader, the nodes, each entry's last and next run and how its last run ended, "
+            "its pause, busy mark and held run, and the queues (docs/api.md).",
             Scope.READ,
             status,
             PARAMS,

@@ -119,7 +119,7 @@ def trigger(controls: Controls, now: datetime, entry: Entry, ask: TriggerAsk, by
     request = Trigger(
         entry=entry.name,
         run_id=run_id,
-        queue=entry.queue,
+        queue=run.destination.queue,  # an AMQP entry's: the outbox
         celery=isinstance(run.destination, CeleryQueue),
         priority=entry.priority,
         body=run.body,

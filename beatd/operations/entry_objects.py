@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 
 from beatd.backends import Backend
 from beatd.config.fields import WINDOW_FIELDS
-from beatd.config.model import Config, Entry
-from beatd.runtime_entries import API_SOURCE, RuntimeEntry, UnknownEntry
+from beatd.config.model import AmqpTarget, Config, Entry
+from beatd.runtime_entries import API_SOURCE, RuntimeEntry, UnknownEntry, amqp_json
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 from beatd.schedules.window import WindowedSchedule
 from beatd.timetext import stamp
@@ -61,6 +61,7 @@ def file_definition(entry: Entry) -> dict[str, Any]:
         "timezone": entry.timezone,
         "queue": entry.queue,
         "protocol": entry.protocol or "beatd",
+        "amqp": _amqp(entry.amqp),
         "priority": entry.priority,
         "headers": dict(entry.headers),
         "enabled": entry.enabled,
@@ -94,6 +95,10 @@ def schedule_fields(schedule: Any) -> dict[str, Any]:
     elif isinstance(schedule, OnceSchedule):
         fields["at"] = schedule.at.isoformat()
     return fields
+
+
+def _amqp(target: AmqpTarget | None) -> dict[str, str] | None:
+    return None if target is None else amqp_json(target)
 
 
 def _seconds(value: float) -> int | float:

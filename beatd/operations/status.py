@@ -1,8 +1,9 @@
 """The status report both ways in show (`beatd status --json`, `GET /v1/status`): the
-leader, each entry's persisted position and next due time, how its last run ended, its pause,
-busy mark and held run, and the queues. Everything comes from the backend and the schedule
-files, so it is the same whichever node asks; the run counts (due, published, late, missed) are
-each scheduler's own and are added by whoever knows them."""
+leader, the nodes (their records, beatd.nodes), each entry's persisted position and next due
+time, how its last run ended, its pause, busy mark and held run, and the queues. Everything
+comes from the backend and the schedule files, so it is the same whichever node asks; the run
+counts (due, published, late, missed) are each scheduler's own and are added by whoever knows
+them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from beatd.controls import EntryControl, Overlap
 from beatd.core import COUNT_FIELDS, RunCounts
 from beatd.errors import BeatdError
 from beatd.history import EntrySummary, HistoryQuery, RunKind
+from beatd.nodes import NodeRole
 from beatd.state import EntryState
 from beatd.timetext import seconds, stamp
 
@@ -82,6 +84,7 @@ def status_report(
     held_published = read_held_published(store, config, states, names)
     controls = store.load_controls(names) if names else {}
     queues = queue_rows(store)
+    nodes = node_rows(store, info, warnings)
     rows = entry_rows(config, states, names, counts, now)
     add_held_published(rows, held_published)
     add_summaries(rows, summaries)
@@ -91,6 +94,7 @@ def status_report(
         "now": _time(now),
         "config": config.fingerprint if config is not None else None,
         "leader": leader_row(info, config),
+        "nodes": nodes,
         "entries": rows,
         "entries_total": total,
         "queues": queues,
@@ -246,6 +250,26 @@ def queue_rows(backend: Backend) -> list[dict[str, Any]]:
         {"queue": q, "depth": depths.get(q, 0), "dead_letters": letters.get(q, 0)}
         for q in sorted({*depths, *letters})
     ]
+
+
+def node_rows(
+    store: Backend, info: LeaderInfo | None, warnings: list[str]
+) -> list[dict[str, Any]] | None:
+    """Every live node's record (beatd.nodes), by name, compared with the lease holder's (its
+    configuration and timezone database); None, with a warning, when they cannot be read."""
+    try:
+        records = store.nodes()
+    except BeatdError as exc:
+        warnings.append(f"cannot read the node records: {exc}")
+        return None
+    holder = info.node if info is not None else None
+    leader = next((r for r in records if r.node == holder and r.role is NodeRole.LEADER), None)
+    rows = []
+    for record in records:
+        row = record.row(leader)
+        row["last_seen"] = _time(record.last_seen)
+        rows.append(row)
+    return rows
 
 
 def leader_row(info: LeaderInfo | None, config: Config | None) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ published on from its horizons; data in a newer format is refused (exit status 2
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Trigger, TriggerStatus
 from beatd.history import HistoryQuery
+from beatd.nodes import NodeRecord, NodeRole
 from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -462,4 +464,31 @@ def test_a_redis_dump_of_format_1_upgraded_holds_runtime_entries_and_their_feed(
     assert backend.list_entries() == [stored]
     assert backend.entry_changes(0) == ChangePage((EntryChange(1, "a", 1),), 1)
     assert [a.action for a in backend.audit("a")] == ["entry.add"]
+    backend.close()
+
+
+def test_a_sqlite_file_of_format_1_lists_no_nodes_read_only_and_keeps_them_once_opened(
+    v1_db: Path,
+) -> None:
+    """The node records' table comes with format 2 too (issue 18, folded in unreleased): a file
+    of format 1 read-only lists none; opened for writing (a standby, before any leader upgraded
+    it) it keeps them."""
+    reader = SQLiteBackend(v1_db, read_only=True)
+    assert reader.nodes() == []
+    reader.close()
+    assert "node" not in tables(v1_db)
+    backend = SQLiteBackend(v1_db)
+    record = NodeRecord("b", NodeRole.STANDBY, "1", "cfg", "2025b", "system", None)
+    backend.write_node(record, 60)
+    assert [dataclasses.replace(r, last_seen=None) for r in backend.nodes()] == [record]
+    backend.close()
+
+
+def test_a_redis_dump_of_format_1_lists_no_nodes_and_keeps_them(old_redis: RedisServer) -> None:
+    """The node records' hash (`beatd:nodes`) came with format 3 (folded in unreleased)."""
+    backend = RedisBackend(old_redis.url)
+    assert backend.nodes() == []
+    record = NodeRecord("b", NodeRole.STANDBY, "1", "cfg", "2025b", "tzdata", "[::1]:9479")
+    backend.write_node(record, 60)
+    assert [dataclasses.replace(r, last_seen=None) for r in backend.nodes()] == [record]
     backend.close()

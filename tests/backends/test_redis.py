@@ -56,6 +56,7 @@ from beatd.errors import (
     TransientBackendError,
 )
 from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
+from beatd.nodes import NodeRecord, NodeRole
 from beatd.outcomes import Outcome
 from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
@@ -539,6 +540,15 @@ def exercise_entries(backend: RedisBackend) -> None:
     backend.release_lease(lease)
 
 
+def exercise_nodes(backend: RedisBackend) -> None:
+    """Both scripts of the `Nodes` role, an expired record's deletion included."""
+    record = NodeRecord("gone", NodeRole.STANDBY, "1", "cfg", "2025b", "system", None)
+    backend.write_node(record, 0.001)
+    wait_for(lambda: backend.nodes() == [], what="the record to expire")
+    backend.write_node(dataclasses.replace(record, node="here"), 60)  # deletes the expired one
+    assert [r.node for r in backend.nodes()] == ["here"]
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -557,6 +567,7 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         exercise_history(backend)
         exercise_controls(backend)
         exercise_entries(backend)
+        exercise_nodes(backend)
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
         backend.close()
     finally:

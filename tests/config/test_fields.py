@@ -27,6 +27,8 @@ def entry_with(field: Field) -> str:
         lines.append("    task: reports.nightly")
     if field.name not in SCHEDULE_FIELDS:
         lines.append("    every: 1d")
+    if field.name == "amqp":  # an AMQP destination takes Celery's messages
+        lines.append("    protocol: celery")
     return "\n".join(lines)
 
 

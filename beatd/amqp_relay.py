@@ -1,0 +1,376 @@
+"""The leader's relay from beatd's outbox to RabbitMQ: each run a Celery entry with an AMQP
+destination published (beatd.celery_amqp) reaches RabbitMQ at least once.
+
+The scheduler commits a run to the outbox (the work queue `amqp.outbox` of `--broker`) in the
+same atomic step as its slot. The relay, a thread of the leader, claims the runs one at a time,
+publishes each persistent (delivery mode 2) with `mandatory` on a channel in confirm mode, and
+acknowledges (removes) it only after RabbitMQ's confirm. So:
+
+- RabbitMQ unreachable: the claimed run is given back untouched and the relay waits with
+  backoff; the outage is logged once when it begins and once when it ends. Nothing is lost.
+- Returned (no queue bound to the route, `mandatory`): the run stays in the outbox and is
+  tried again after `unroutable_delay`, logged once per queue and counted; the runs of other
+  queues go on meanwhile.
+- The relay dies between the confirm and the removal (a crash, a lost leadership, a backend
+  that failed the removal): the claim lapses after `visibility` and a relay publishes the run
+  again, with the same task id (the run id). Such a second publish is counted
+  (`beatd_amqp_republished_total`); a Celery worker runs it twice unless the task is
+  idempotent. A publish whose connection was lost before its confirm counts the same way.
+
+beatd declares no queue or exchange: at each connection it checks the destinations passively
+and warns of one that is missing (runs to it stay in the outbox until it exists).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from beatd.amqp_link import AmqpLink, AmqpUrlError, connect, parse_amqp_url
+from beatd.backends.base import Delivery, WorkQueue
+from beatd.backoff import Backoff
+from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
+from beatd.clock import Clock
+from beatd.config import Config
+from beatd.errors import BackendError
+from beatd.events import Adopted, Event, SteppedDown, Stopped
+
+log = logging.getLogger(__name__)
+
+OUTAGE = "RabbitMQ at %s unreachable; runs wait in the outbox, retrying with backoff: %s"
+RECOVERED = "RabbitMQ at %s reachable again; relaying the outbox"
+UNROUTABLE = (
+    "run %s to queue %s returned by RabbitMQ at %s (exchange %r, routing key %r): no queue is "
+    "bound to that route; it stays in the outbox and is tried again every %.0f s (said once "
+    "per queue)"
+)
+REPUBLISHED = "run %s published to RabbitMQ again (a claim lapsed before its removal)"
+MISSING = (
+    "%s %r does not exist on RabbitMQ at %s: beatd declares none, so runs to it stay in the "
+    "outbox until the Celery workers (or the app) declare it"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    consumer: str = "amqp-relay"
+    visibility: float = 30.0  # a claim lapses (and the run is published again) after this
+    poll: float = 0.5  # how often an empty outbox is looked at again
+    timeout: float = 5.0  # each socket step to RabbitMQ
+    unroutable_delay: float = 10.0
+    max_backoff: float = 5.0
+
+
+class _Unreachable(Exception):
+    """The broker cannot be talked to now: give the run back and wait."""
+
+
+class _Link:
+    """One broker's connection and confirm-mode channel, opened on first use."""
+
+    def __init__(self, link: AmqpLink, timeout: float, targets: Iterable[tuple[str, str]]):
+        self.link = link
+        self.timeout = timeout
+        self.targets = tuple(targets)  # (exchange, queue) to check passively
+        self._connection: Any = None
+        self._channel: Any = None
+
+    def channel(self) -> Any:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        if self._connection is None or not self._connection.is_open:
+            self._connection = connect(self.link, timeout=self.timeout)
+            self._check_destinations()
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()
+        return self._channel
+
+    def _check_destinations(self) -> None:
+        """Warn of each exchange and queue of the configuration the broker lacks (a passive
+        declare: a missing one closes the channel it was asked on, so each gets its own)."""
+        import pika.exceptions
+
+        for kind, name in self._checked_names():
+            channel = self._connection.channel()
+            try:
+                if kind == "exchange":
+                    channel.exchange_declare(name, passive=True)
+                else:
+                    channel.queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                log.warning(MISSING, kind, name, self.link.shown)
+                continue
+            channel.close()
+
+    def _checked_names(self) -> list[tuple[str, str]]:
+        names = {("exchange", e) for e, _ in self.targets if e}
+        names |= {("queue", q) for _, q in self.targets}
+        return sorted(names)
+
+    def idle(self) -> None:
+        """Let the connection answer heartbeats while there is nothing to publish."""
+        if self._connection is not None and self._connection.is_open:
+            self._connection.process_data_events(0)
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception as exc:  # closing a broken connection: nothing left to save
+                log.debug("closing the AMQP connection to %s: %s", self.link.shown, exc)
+
+
+class AmqpRelay:
+    """Publishes the outbox to RabbitMQ in a thread of its own (module doc)."""
+
+    def __init__(
+        self,
+        open_outbox: Callable[[], WorkQueue],
+        resolve: Callable[[str], AmqpLink],
+        clock: Clock,
+        settings: RelaySettings | None = None,
+    ) -> None:
+        # the outbox, opened at first need without run history: the relay's claims are not
+        # attempts of the run, which Celery's workers make
+        self._open_outbox = open_outbox
+        self._outbox: WorkQueue | None = None
+        self.resolve = resolve  # the outbox's broker URL (no password) -> how to log in
+        self.clock = clock
+        self.settings = settings or RelaySettings()
+        self.stats = RelayStats()
+        self.targets: dict[str, set[tuple[str, str]]] = {}  # broker -> (exchange, queue)
+        self._links: dict[str, _Link] = {}
+        self._told_unroutable: set[str] = set()
+        self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
+        self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
+        self._down: str | None = None  # the broker of the outage being waited out
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def start(self, targets: dict[str, set[tuple[str, str]]]) -> None:
+        """Relay, unless already relaying (idempotent); `targets` are checked at connection."""
+        self.targets = targets
+        if self.running:
+            return
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(self.settings.timeout * 3)
+            if self._thread.is_alive():
+                log.warning("the AMQP relay did not stop in time; not relaying")
+                return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="beatd-amqp-relay", daemon=True
+        )
+        self._thread.start()
+        log.info("relaying the outbox to RabbitMQ")
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Stop relaying (idempotent); `wait` seconds at most for the thread to end."""
+        if self._thread is None:
+            return
+        if not self._stop.is_set():
+            self._stop.set()
+            log.info("stopped relaying the outbox to RabbitMQ")
+        if wait > 0:
+            self._thread.join(wait)
+
+    def _run(self, stop: threading.Event) -> None:
+        backoff = Backoff(maximum=self.settings.max_backoff)
+        try:
+            while not stop.is_set():
+                try:
+                    relayed = self.relay_one()
+                except (BackendError, _Unreachable):
+                    stop.wait(backoff.failed())
+                    continue
+                except Exception:  # a bug must not stop the relay for good: say it, go on
+                    log.exception("AMQP relay: unexpected error; relaying again")
+                    self._close_all()
+                    stop.wait(backoff.failed())
+                    continue
+                backoff.succeeded()
+                if not relayed:
+                    for link in list(self._links.values()):
+                        self._idle(link)
+                    stop.wait(self.settings.poll)
+        finally:
+            self._close_all()
+            # a node that no longer relays says nothing waits: its last age would keep the
+            # outbox alert firing on a follower
+            self.stats.oldest_age = 0.0
+            self._deferred.clear()
+
+    @property
+    def outbox(self) -> WorkQueue:
+        if self._outbox is None:
+            self._outbox = self._open_outbox()
+        return self._outbox
+
+    def close(self) -> None:
+        """Stop, and close the outbox's handle (the daemon ends)."""
+        self.stop(wait=self.settings.timeout * 3)
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
+
+    def relay_one(self) -> bool:
+        """Claim one run and publish it; False when the outbox had none ready. Raises
+        BackendError (the outbox) and _Unreachable (the broker; the run was given back)."""
+        settings = self.settings
+        delivery = self.outbox.claim([OUTBOX_QUEUE], settings.consumer, settings.visibility)
+        if delivery is None:  # none ready: the oldest is a returned one waiting, if any
+            oldest = min(self._deferred.values(), default=None)
+            self.stats.oldest_age = self._age(oldest) if oldest else 0.0
+            return False
+        try:
+            run = decode(delivery.body) if not delivery.unreadable else None
+        except UnreadableOutboxRun as exc:
+            run, reason = None, str(exc)
+        else:
+            reason = delivery.unreadable
+        if run is None:
+            self.stats.unreadable += 1
+            log.error("outbox message %s dead-lettered unread: %s", delivery.id, reason)
+            self.outbox.dead_letter(delivery, reason)
+            return True
+        self.stats.oldest_age = self._age(run.published_at)
+        self._publish(delivery, run)
+        return True
+
+    def _age(self, committed: datetime) -> float:
+        return max(0.0, (self.clock.now() - committed).total_seconds())
+
+    def _publish(self, delivery: Delivery, run: OutboxRun) -> None:
+        import pika
+        import pika.exceptions as amqp
+
+        try:
+            link = self._link(run.broker)
+        except AmqpUrlError as exc:  # a broker no reading of this beatd accepts: never sendable
+            self.stats.unreadable += 1
+            log.error("outbox run %s dead-lettered: %s", run.id, exc)
+            self.outbox.dead_letter(delivery, str(exc))
+            return
+        sending = False  # once the publish began, a lost connection leaves it in doubt
+        try:
+            channel = link.channel()
+            properties = pika.BasicProperties(**run.properties(self.clock.now()))
+            sending = True
+            channel.basic_publish(
+                run.exchange, run.routing_key, run.body.encode(), properties, mandatory=True
+            )
+        except amqp.UnroutableError:
+            self._unroutable(delivery, run, link)
+            return
+        except amqp.ChannelClosedByBroker as exc:  # e.g. the exchange does not exist
+            if exc.reply_code != 404:
+                raise self._unreachable(delivery, run, link, exc, sending) from None
+            self._unroutable(delivery, run, link)
+            return
+        except amqp.NackError as exc:  # refused (e.g. a full queue that rejects): not sent
+            raise self._unreachable(delivery, run, link, exc, False) from None
+        except (amqp.AMQPError, OSError) as exc:  # a lost or refused connection
+            raise self._unreachable(delivery, run, link, exc, sending) from None
+        self._confirmed(delivery, run, link)
+
+    def _confirmed(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
+        if self._down is not None:
+            log.info(RECOVERED, link.link.shown)
+            self._down = None
+        self.stats.connected = True
+        if delivery.deliveries > 1 or run.id in self._in_doubt:
+            self.stats.republished += 1
+            self._in_doubt.discard(run.id)
+            log.info(REPUBLISHED, run.id)
+        self.stats.published += 1
+        self._told_unroutable.discard(run.queue)
+        self._deferred.pop(run.id, None)
+        self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
+
+    def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
+        self.stats.unroutable[run.queue] += 1
+        self._deferred[run.id] = run.published_at
+        level = logging.DEBUG if run.queue in self._told_unroutable else logging.WARNING
+        self._told_unroutable.add(run.queue)
+        delay = self.settings.unroutable_delay
+        log.log(level, UNROUTABLE, run.id, run.queue, link.link.shown, run.exchange,
+                run.routing_key, delay)  # fmt: skip
+        self.outbox.retry(delivery, delivery.body, delay)
+
+    def _unreachable(
+        self, delivery: Delivery, run: OutboxRun, link: _Link, exc: BaseException, sent: bool
+    ) -> _Unreachable:
+        """Give the run back, drop the connection, say so once per outage."""
+        if sent:
+            self._in_doubt.add(run.id)
+        link.close()
+        self.stats.connected = False
+        if self._down is None:
+            self._down = run.broker
+            log.warning(OUTAGE, link.link.shown, repr(exc))
+        else:
+            log.debug("RabbitMQ at %s still unreachable: %r", link.link.shown, exc)
+        self.outbox.release(delivery)
+        return _Unreachable(str(exc))
+
+    def _link(self, broker: str) -> _Link:
+        link = self._links.get(broker)
+        if link is None:
+            targets = self.targets.get(broker, set())
+            link = _Link(self.resolve(broker), self.settings.timeout, targets)
+            self._links[broker] = link
+        return link
+
+    def _idle(self, link: _Link) -> None:
+        try:
+            link.idle()
+        except Exception as exc:  # a dead idle connection: the next publish reconnects
+            log.debug("AMQP connection to %s lost while idle: %r", link.link.shown, exc)
+            link.close()
+
+    def _close_all(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        self.stats.connected = False
+
+
+def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
+    """Per broker (its URL without password), the (exchange, queue) pairs its entries use."""
+    targets: dict[str, set[tuple[str, str]]] = {}
+    for entry in config.entries.values():
+        if entry.amqp is not None:
+            broker = parse_amqp_url(entry.amqp.url).shown
+            pair = (entry.amqp.exchange_for(entry.queue), entry.queue)
+            targets.setdefault(broker, set()).add(pair)
+    return targets
+
+
+class AmqpRelaying:
+    """An observer of the scheduler loop: the relay runs while this node leads a configuration
+    with AMQP destinations (from each adoption until it steps down or stops). A configuration
+    without any stops it: runs left in the outbox wait for a leader whose configuration has."""
+
+    def __init__(self, relay: AmqpRelay) -> None:
+        self.relay = relay
+
+    def notify(self, event: Event) -> None:
+        if isinstance(event, Adopted) and event.config is not None:
+            targets = relay_targets(event.config)
+            if targets:
+                self.relay.start(targets)
+            else:
+                self.relay.stop()
+        elif isinstance(event, SteppedDown):
+            self.relay.stop()
+        elif isinstance(event, Stopped):  # done before the daemon closes the backend
+            self.relay.stop(wait=self.relay.settings.timeout * 3)

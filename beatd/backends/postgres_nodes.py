@@ -1,0 +1,42 @@
+"""PostgreSQL's node records (`Nodes` in beatd.backends.base): the table `node` (format 2's,
+postgres_link.py), kept by the database's clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from beatd.backends.base import from_micros
+from beatd.backends.postgres_link import NOW_US, PostgresLink
+from beatd.nodes import NodeRecord
+
+Db = psycopg.Connection[Any]
+
+
+class PostgresNodes(PostgresLink):
+    """The `Nodes` role."""
+
+    def write_node(self, record: NodeRecord, keep: float) -> None:
+        def work(db: Db) -> None:
+            node = f"{self.schema}.node"
+            db.execute(f"DELETE FROM {node} WHERE expires_us <= {NOW_US}")
+            db.execute(
+                f"INSERT INTO {node} (name, record, seen_us, expires_us) "
+                f"VALUES (%s, %s, {NOW_US}, {NOW_US} + %s) ON CONFLICT (name) DO UPDATE SET "
+                "record = excluded.record, seen_us = excluded.seen_us, "
+                "expires_us = excluded.expires_us",
+                (record.node, record.to_json(), round(keep * 1e6)),
+            )
+
+        self._run(work)
+
+    def nodes(self) -> list[NodeRecord]:
+        def read(db: Db) -> list[NodeRecord]:
+            rows = db.execute(
+                f"SELECT name, record, seen_us FROM {self.schema}.node "
+                f'WHERE expires_us > {NOW_US} ORDER BY name COLLATE "C"'
+            )
+            return [NodeRecord.from_json(n, text, from_micros(seen)) for n, text, seen in rows]
+
+        return self._run(read, write=False)

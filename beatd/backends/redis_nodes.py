@@ -1,0 +1,29 @@
+"""Redis's node records (`Nodes` in beatd.backends.base): the hash `beatd:nodes`, one field per
+node, written and read by scripts that take the time from Redis's clock (TIME), so expiry is
+the server's and no node's clock matters (the layout: beatd.backends.redis_nodes_lua)."""
+
+from __future__ import annotations
+
+from beatd.backends.base import from_micros
+from beatd.backends.redis_link import RedisLink
+from beatd.nodes import NodeRecord
+
+SEPARATOR = "\x1f"  # between the last seen time and the record (redis_nodes_lua)
+
+
+class RedisNodes(RedisLink):
+    """The `Nodes` role."""
+
+    def write_node(self, record: NodeRecord, keep: float) -> None:
+        self._check_format("write_node")
+        args = (self._key(""), record.node, record.to_json(), str(round(keep * 1e6)))
+        self._eval("write_node", (), args)
+
+    def nodes(self) -> list[NodeRecord]:
+        self._check_format("nodes")
+        reply = self._eval("list_nodes", (), (self._key(""),))
+        records = []
+        for i in range(0, len(reply), 2):
+            seen, text = reply[i + 1].split(SEPARATOR, 1)
+            records.append(NodeRecord.from_json(reply[i], text, from_micros(int(seen))))
+        return sorted(records, key=lambda r: r.node)

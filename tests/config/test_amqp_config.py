@@ -1,0 +1,143 @@
+"""AMQP destinations in schedule files and Celery configs: read, inherited from the queue,
+refused with located messages where they cannot work, and never with a password."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from beatd.config import AmqpTarget, load_config
+from beatd.errors import ConfigError
+
+ROUTED = """\
+queues:
+  jobs:
+    protocol: celery
+    amqp: amqp://app@rabbit.internal//
+entries:
+  inherits:
+    task: t.a
+    every: 10s
+    queue: jobs
+  own:
+    task: t.b
+    every: 10s
+    queue: jobs
+    amqp: {url: "amqp://other@rabbit.internal/prod", exchange: tasks, routing_key: b}
+  plain:
+    task: t.c
+    every: 10s
+"""
+
+
+def load(tmp_path: Path, text: str) -> dict[str, AmqpTarget | None]:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return {name: e.amqp for name, e in load_config([str(path)]).entries.items()}
+
+
+def refusal(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config([str(path)])
+    return str(caught.value).replace(str(path), "s.yaml").splitlines()
+
+
+def test_an_entry_takes_its_queues_destination_unless_it_names_one(tmp_path: Path) -> None:
+    assert load(tmp_path, ROUTED) == {
+        "inherits": AmqpTarget("amqp://app@rabbit.internal//"),
+        "own": AmqpTarget("amqp://other@rabbit.internal/prod", "tasks", "b"),
+        "plain": None,
+    }
+
+
+def test_the_route_defaults_to_the_queue_name_as_celerys_does() -> None:
+    target = AmqpTarget("amqp://h//")
+    assert (target.exchange_for("reports"), target.routing_key_for("reports")) == (
+        "reports",
+        "reports",
+    )
+    default_exchange = AmqpTarget("amqp://h//", exchange="")
+    assert default_exchange.exchange_for("reports") == ""
+
+
+def test_a_password_in_a_schedule_file_is_refused(tmp_path: Path) -> None:
+    text = ROUTED.replace("amqp://app@", "amqp://app:s3cret@")
+    assert refusal(tmp_path, text) == [
+        "s.yaml:4:11: field amqp: url must not hold a password (a schedule file is no place "
+        "for one): give it with --amqp-password or BEATD_AMQP_PASSWORD, or in the Celery "
+        "config's broker_url"
+    ]
+
+
+def test_destinations_that_cannot_work_are_refused_together(tmp_path: Path) -> None:
+    text = """\
+entries:
+  beatd-format:
+    task: t.a
+    every: 10s
+    amqp: amqp://h//
+  skip-overlap:
+    task: t.b
+    every: 10s
+    protocol: celery
+    overlap: skip
+    amqp: amqp://h//
+  typo:
+    task: t.c
+    every: 10s
+    protocol: celery
+    amqp: {url: "amqp://h//", exchang: x}
+  not-amqp:
+    task: t.d
+    every: 10s
+    protocol: celery
+    amqp: redis://h/0
+"""
+    assert refusal(tmp_path, text) == [
+        "s.yaml:16:11: entry typo: field amqp: unknown key 'exchang': expected url, exchange, "
+        "routing_key; did you mean 'exchange'?",
+        "s.yaml:21:11: entry not-amqp: field amqp: cannot use AMQP URL redis://h/0: the scheme "
+        "must be amqp://, amqps:// or pyamqp://",
+    ]
+    text = "\n".join(text.splitlines()[:11]) + "\n"  # the others, once those are fixed
+    assert refusal(tmp_path, text) == [
+        "s.yaml:2:1: entry beatd-format: field amqp: an AMQP destination takes Celery's "
+        "messages, but the protocol is beatd; set protocol: celery",
+        "s.yaml:6:1: entry skip-overlap: field overlap: overlap skip needs to hear when a run "
+        "ends, which beatd does not yet for runs published to RabbitMQ; use overlap: allow",
+    ]
+
+
+CELERY_ON_RABBITMQ = """
+broker_url = "amqp://app:s3cret@rabbit.internal:5672//"
+beat_schedule = {
+    "ping": {"task": "tasks.ping", "schedule": 30.0},
+    "report": {"task": "tasks.report", "schedule": 60.0, "options": {"queue": "reports"}},
+}
+"""
+
+
+def test_an_amqp_broker_url_is_the_celery_entries_destination_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "celeryconfig_rabbit.py").write_text(CELERY_ON_RABBITMQ)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "celeryconfig_rabbit", raising=False)
+    config = load_config([], celery_config="celeryconfig_rabbit")
+    assert {name: (e.queue, e.amqp) for name, e in config.entries.items()} == {
+        "ping": ("celery", AmqpTarget("amqp://app@rabbit.internal:5672//")),
+        "report": ("reports", AmqpTarget("amqp://app@rabbit.internal:5672//")),
+    }
+    assert "s3cret" not in repr(config)
+
+
+def test_the_outbox_queue_is_no_entrys_queue(tmp_path: Path) -> None:
+    text = "entries:\n  sneaky:\n    task: t.a\n    every: 10s\n    queue: amqp.outbox\n"
+    assert refusal(tmp_path, text) == [
+        "s.yaml:2:1: entry sneaky: field queue: amqp.outbox is beatd's outbox for RabbitMQ; "
+        "name another queue"
+    ]
