@@ -175,3 +175,13 @@ def test_the_schedule_files_names_are_refused_and_listed(broker: str, tmp_path: 
         "2 entries\n",
         "",
     )
+
+
+def test_rm_removes_every_name_it_can_and_names_the_others(broker: str) -> None:
+    for name in ("a", "c"):
+        assert beatd(broker, "entries", "add", name, "--task", "x.y", "--every", "1h")[0] == 0
+    assert beatd(broker, "entries", "rm", "a", "b", "c") == (
+        1,
+        "removed a (version 1)\nremoved c (version 1)\n",
+        "no runtime entry b\n",
+    )

@@ -9,6 +9,7 @@ and the field, and the file's line for `--from-yaml`; a name taken or a version 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import click
 
 from beatd.backends import Backend
 from beatd.cli.common import (
+    EXIT_RUNTIME,
     SCHEDULE_FLAGS,
     BackendSettings,
     LogSettings,
@@ -38,7 +40,7 @@ from beatd.errors import BeatdError
 from beatd.operations import entries as ops
 from beatd.operations import entry_objects as shown
 from beatd.operations.entries_files import FileDefinitions, write_export
-from beatd.runtime_entries import InvalidEntry, RuntimeEntry
+from beatd.runtime_entries import FileEntryReadOnly, InvalidEntry, RuntimeEntry, UnknownEntry
 from beatd.service import setup_logging
 
 T = TypeVar("T")
@@ -165,16 +167,27 @@ def entries_set(
 def entries_rm(
     backend: BackendSettings, log: LogSettings, names: tuple[str, ...], by: str | None
 ) -> None:
-    """Remove runtime entries; the leader stops publishing them at once."""
+    """Remove runtime entries; the leader stops publishing them at once. Each name that cannot
+    be removed is said why, the others are removed (exit 1 if any could not be)."""
     setup_logging(log.level, log.format)
     who = by or default_by()
 
-    def remove_all(store: Backend) -> None:
+    def remove_all(store: Backend) -> list[BeatdError]:
+        refused: list[BeatdError] = []
         for name in names:
-            removed = ops.remove(store, name, who)
+            try:
+                removed = ops.remove(store, name, who)
+            except (UnknownEntry, FileEntryReadOnly) as exc:
+                refused.append(exc)
+                continue
             click.echo(f"removed {removed.name} (version {removed.version})")
+        return refused
 
-    _with_store(backend, remove_all, create=False)
+    refused = _with_store(backend, remove_all, create=False)
+    for error in refused:
+        click.echo(str(error), err=True)
+    if refused:
+        sys.exit(EXIT_RUNTIME)
 
 
 @entries.command(name="list")
