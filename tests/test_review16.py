@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -188,3 +189,62 @@ def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
     )  # fmt: skip
     assert code == 1  # refused as a trigger is: the entry is busy
     assert queued(store) == [running]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: --idempotency-key is not checked: '' gives run id 'tick@manual-', a key "
+    "with a newline or space goes into the run id, the history table and the logs as it is",
+)
+@pytest.mark.parametrize("key", ["", "two words", "line\nbreak"], ids=["empty", "space", "newline"])
+def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
+    broker: str, schedules: Path, store: Backend, key: str
+) -> None:
+    code, out, err = beatd(
+        "trigger", "report-hourly", "--idempotency-key", key, "-s", schedules, "--broker", broker
+    )
+    assert (code, out) == (2, "")
+    assert err.startswith("beatd: --idempotency-key: ")
+    assert queued(store) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: the history's missed record of paused slots says neither who paused, nor "
+    "why, nor until when, nor which audit record (issue 16: status, the history and the metrics "
+    "show who paused, why and until when)",
+)
+def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute())
+    backend.pause(["tick"], "db migration OPS-12", T0 + timedelta(minutes=2, seconds=30), "ann@ops")
+    run_for(beat, 190)
+    code, out, _ = beatd("history", "tick", "--json", "--broker", f"memory://{NAME}")
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if '"paused"' in line]
+    assert "ann@ops" in line
+    assert "db migration OPS-12" in line
+    assert "2026-03-01T12:02:30" in line
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: beatd migrate counts pauses, busy marks and held runs together as "
+    "'control(s)'; issue 16 asks it to count each kind",
+)
+def test_migrate_counts_pauses_apart_from_other_controls(
+    broker: str, schedules: Path, store: Backend
+) -> None:
+    beatd(
+        "pause", "report-hourly", "slow-skip", "--reason", "r", "-s", schedules, "--broker", broker
+    )
+    target = f"memory://review16-target-{uuid.uuid4().hex}"
+    kept = open_backend(target)
+    try:
+        code, out, err = beatd("migrate", "--from", broker, "--to", target)
+        assert (code, err) == (0, "")
+        assert re.search(r"\b2 pauses?\b", out), out
+    finally:
+        kept.close()
+        discard(target.removeprefix("memory://"))
