@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -275,3 +276,24 @@ def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     store.ack(busy)  # the busy run ends, under the pause
     control = store.load_controls(["slow-buffer"])["slow-buffer"]
     assert store.run(held) is not None or control.held is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: `beatd dead retry --all` writes one audit record with no entry and no "
+    "run ids, so `beatd audit ENTRY` never shows that the entry's dead letter was requeued",
+)
+def test_a_requeue_of_all_dead_letters_shows_in_each_entrys_audit(
+    broker: str, schedules: Path, store: Backend
+) -> None:
+    base = ["-s", str(schedules), "--broker", broker]
+    code, out, _ = beatd("trigger", "report-hourly", *base)
+    assert code == 0
+    delivery = store.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == out.strip()
+    store.dead_letter(delivery, "boom")
+    assert beatd("dead", "retry", "--all", "--by", "rev", "--broker", broker)[0] == 0
+    code, out, _ = beatd("audit", "report-hourly", "--json", "--broker", broker)
+    assert code == 0
+    actions = [record["action"] for record in json.loads(out)]
+    assert actions == ["requeue_dead", "trigger"]
