@@ -20,8 +20,10 @@ from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.config.model import Entry, MissedPolicy
-from beatd.history import HistoryQuery, MissedSlots, Retention
+from beatd.controls import Overlap
+from beatd.history import HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.message import run_id
+from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
@@ -376,3 +378,33 @@ def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     assert (
         not datetime.fromisoformat(pause["at"]) <= next_due < datetime.fromisoformat(pause["until"])
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: a backfill of a slot held under buffer_one publishes it (no published "
+    "record yet), and the busy run's end publishes the held one again: one slot, two runs "
+    "under one id",
+)
+def test_a_backfilled_held_slot_is_not_published_again_when_the_busy_run_ends(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    entry = every_minute(overlap=Overlap.BUFFER_ONE)
+    beat = scheduler(backend, clock, entry)
+    beat.steering.interval = 3600.0
+    run_for(beat, 65)  # 12:01 published
+    busy = backend.claim(["default"], "w1", 3600)
+    assert busy is not None
+    run_for(beat, 60)  # 12:02 held behind it
+    held = backend.load_controls(["tick"])["tick"].held
+    assert held is not None and held.slot == T0 + 2 * M
+    slot = held.slot
+    assert backend.load_states()["tick"].last_slot == slot  # so `beatd backfill` takes it
+    run = encode_run(entry, run_id("tick", slot), slot, clock.now(), RunKind.BACKFILL, "h")
+    assert backend.backfill("tick", [run], "rev", {})[0] == [run.id]
+    backend.ack(busy)  # the busy run ends
+    ids = []
+    while (delivery := backend.claim(["default"], "w1", 3600)) is not None:
+        ids.append(delivery.id)
+        backend.ack(delivery)
+    assert ids == [run.id]
