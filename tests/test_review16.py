@@ -432,3 +432,31 @@ def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     )  # fmt: skip
     assert code in (0, 2)  # published nothing, or refused: the history cannot tell
     assert queued(store) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: after a resume, pause_after_failures never pauses the entry again until "
+    "one run succeeds: N more failures in a row (the streak only grows) go on unpaused",
+)
+def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resume(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute(pause_after_failures=2))
+    for _ in range(2):
+        run_for(beat, 65)
+        delivery = backend.claim(["default"], "w1", 3600)
+        assert delivery is not None
+        backend.dead_letter(delivery, "boom")
+    run_for(beat, 60)
+    backend.resume(["tick"], "ann@ops")  # resumed: the fix did not work
+    failed_since = 0
+    for _ in range(2):
+        run_for(beat, 60)
+        while (delivery := backend.claim(["default"], "w1", 3600)) is not None:
+            backend.dead_letter(delivery, "boom")
+            failed_since += 1
+    assert failed_since >= 2
+    run_for(beat, 60)
+    control = backend.load_controls(["tick"]).get("tick")
+    assert control is not None and control.pause is not None
