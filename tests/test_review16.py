@@ -27,6 +27,7 @@ from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
+from tests.test_controls_cli import readme_session
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -460,3 +461,13 @@ def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resum
     run_for(beat, 60)
     control = backend.load_controls(["tick"]).get("tick")
     assert control is not None and control.pause is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: the README's steering example never shows `beatd resume` (nor the pause "
+    "in `beatd status`); issue 16 asks the README to show each command with real output",
+)
+def test_the_readme_steering_example_shows_each_control_command() -> None:
+    shown = {command.split()[1] for command, _ in readme_session()}
+    assert {"trigger", "pause", "resume", "backfill", "audit"} <= shown
