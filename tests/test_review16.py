@@ -20,7 +20,7 @@ from beatd.cli import main
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.config.model import Entry, MissedPolicy
-from beatd.controls import Overlap
+from beatd.controls import Busy, EntryControl, Overlap
 from beatd.history import HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.message import run_id
 from beatd.publisher import encode_run
@@ -498,3 +498,21 @@ def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_lette
     finally:
         kept.close()
         discard(target.removeprefix("memory://"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review16: a trigger over a stale busy mark (older than overlap_timeout) publishes "
+    "without a word: the dropped mark is neither logged nor said, nor counted anywhere, "
+    "against 'overlap_timeout drops a stale mark, logged and counted'",
+)
+def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
+    broker: str, schedules: Path, store: Backend
+) -> None:
+    stale = "slow-skip@2026-01-01T00:00:00Z"
+    since = datetime.now(UTC) - timedelta(days=2)  # past the default 24 h overlap_timeout
+    assert store.import_controls({"slow-skip": EntryControl(busy=Busy(stale, since))}) == 1
+    code, out, err = beatd("trigger", "slow-skip", "-s", schedules, "--broker", broker)
+    assert code == 0
+    assert queued(store) == [out.strip()]
+    assert stale in err
