@@ -153,7 +153,9 @@ def start_api(
         _not_bound(api, exc)
         return None
     log.info("HTTP API at http://%s:%d/v1/ tokens=%d", host, server.port, len(tokens()))
-    return ServedApi(server, context, tokens)
+    served = ServedApi(server, context, tokens)
+    scheduler.node_reports.serving(served.address)  # the node record says where it answers
+    return served
 
 
 def _not_bound(api: ApiSettings, exc: OSError) -> None:

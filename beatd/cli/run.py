@@ -259,7 +259,6 @@ def run(
     )
     stop = threading.Event()
     served = start_api(api, broker, scheduler, settings.retention.max_age)
-    scheduler.node_reports.serving(served.address if served is not None else None)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
