@@ -380,12 +380,6 @@ def _resolved(
         return entry.timezone
     if name == "protocol":
         return protocol
-    if name == "amqp":  # the queue's AMQP destination at write time, if it has one
-        target = entry.amqp
-        if target is None:
-            return _ABSENT
-        parts = {"url": target.url, "exchange": target.exchange, "routing_key": target.routing_key}
-        return {key: value for key, value in parts.items() if value is not None}
     if name in _DERIVED_DURATIONS:
         return _seconds(getattr(entry, name))
     assert default is not REQUIRED
