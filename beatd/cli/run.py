@@ -258,7 +258,7 @@ def run(
         celery_events_url=celery_events_url(config, schedule, amqp_password),
     )
     stop = threading.Event()
-    served = start_api(api, broker, scheduler, settings.retention.max_age)
+    served = start_api(api, broker, scheduler, settings.retention.max_age, registry)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
