@@ -187,6 +187,8 @@ class RedisRunHistory(RedisLink):
         return self._key("")
 
     def _records(self, ids: Sequence[str]) -> list[RunRecord]:
+        """The runs' records as stored (a caller folds the log first)."""
+
         def call() -> list[Any]:
             with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
@@ -209,6 +211,7 @@ class RedisRunHistory(RedisLink):
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
         self._check_format("history")
+        self._fold_log()
         index = (
             self._key("h", "runs") if query.entry is None else self._key("h", "entry", query.entry)
         )
@@ -227,6 +230,7 @@ class RedisRunHistory(RedisLink):
 
     def run(self, run_id: str) -> RunRecord | None:
         self._check_format("history")
+        self._fold_log()
         records = self._records([run_id])
         return records[0] if records else None
 
@@ -246,6 +250,7 @@ class RedisRunHistory(RedisLink):
 
     def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
         self._check_format("history")
+        self._fold_log()
         key = self._key("h", "summary")
         if entries is None:
             raw: dict[str, str] = self._cmd("HGETALL", key)
@@ -257,6 +262,7 @@ class RedisRunHistory(RedisLink):
 
     def history_size(self) -> tuple[int, int]:
         self._check_format("history")
+        self._fold_log()
 
         def call() -> list[int]:
             with self._redis.pipeline(transaction=False) as pipe:
@@ -271,7 +277,7 @@ class RedisRunHistory(RedisLink):
         """One of the marking scripts; False, writing nothing, with `history=False`."""
         if not self._history:
             return False
-        return bool(self._eval(name, (), (self._history, *args)))
+        return bool(self._eval_folded(name, (), (self._history, *args)))
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         return self._mark("mark_overdue", run_id, str(to_micros(at)))
@@ -303,20 +309,21 @@ class RedisRunHistory(RedisLink):
         max_age = str(retention.max_age // timedelta(microseconds=1))
         common = (self._ns(), max_age, str(retention.max_records))
         per_entry = str(retention.per_entry)
-        gone = int(self._eval("trim", (), (*common, str(limit), per_entry, "1")))
+        gone = int(self._eval_folded("trim", (), (*common, str(limit), per_entry, "1")))
         if gone >= limit:
             return gone
         entries: list[str] = sorted(self._cmd("HKEYS", self._key("state")))
         for start in range(0, len(entries), TRIM_ENTRIES):
             batch = entries[start : start + TRIM_ENTRIES]
             args = (*common, str(limit - gone), per_entry, "0", *batch)
-            gone += int(self._eval("trim", (), args))
+            gone += int(self._eval_folded("trim", (), args))
             if gone >= limit:
                 break
         return gone
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
         self._check_format("history")
+        self._fold_log()
         offset = 0
         while True:
             ids = self._cmd("ZRANGE", self._key("h", "runs"), offset, offset + batch - 1)
@@ -347,6 +354,6 @@ class RedisRunHistory(RedisLink):
             batch = runs[start : start + IMPORT_BATCH]
             rows = [[r.id, _fields(r), str(to_micros(r.published_at))] for r in batch]
             args = (self._ns(), json.dumps(rows), json.dumps(missed_rows), json.dumps(summary_rows))
-            added += int(self._eval("import_history", (), args))
+            added += int(self._eval_folded("import_history", (), args))
             missed_rows, summary_rows = [], []
         return added

@@ -29,9 +29,17 @@ from __future__ import annotations
 
 from beatd.history import PASS_OVER
 
-HISTORY = """
+FOLD_MORE = "FOLDMORE"  # the reply of a script that needs the log folded first: call it again
+FOLD_BATCH = 1000  # log records (a published run, a start, an end) one fold call takes
+
+HISTORY = (
+    f"""
+local FOLD_MORE, FOLD_BATCH = '{FOLD_MORE}', {FOLD_BATCH}
+"""
+    + r"""
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
+local LOG_SIZE = {P = 4, S = 6, E = 7}  -- a log record's elements, its tag included
 local function now_us()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2]))
@@ -42,112 +50,210 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
--- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
-local function held_run(NS, id)
-  local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p', 'e')
-  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
-  if not slot then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
+-- a JSON array of strings; cjson only for a value that needs escaping
+local function arr(list)
+  for _, v in ipairs(list) do
+    if string.find(v, '[%c"\\]') then return cjson.encode(list) end
+  end
+  return '["' .. table.concat(list, '","') .. '"]'
+end
+-- A batch: the runs' records and entries' summaries a script reads once, changes in memory and
+-- writes back once (`flush`), each hash with one HSET
+local function batch(NS) return {NS = NS, runs = {}, order = {}, sums = {}} end
+local function slot_of(p) return p and tonumber(string.match(p, '^%["(%-?%d+)"')) end
+-- a held run's record: {key, f (its fields), n (attempts), slot (us), entry}; nil when not held
+local function held_run(B, id)
+  local run = B.runs[id]
+  if run == nil then
+    local key = B.NS .. 'h:run:' .. id
+    local f = fields(redis.call('HGETALL', key))
+    run = {key = key, f = f, n = tonumber(f['n'] or '0') or 0, slot = slot_of(f['p']),
+      entry = f['e'], dirty = {}}
+    B.runs[id] = run
+    B.order[#B.order + 1] = run
+  end
+  if not run.slot then return nil end
+  return run
+end
+local function set(run, name, value)
+  run.f[name] = value
+  run.dirty[name] = true
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
-local function attempt(run, i) return decoded(redis.call('HGET', run.key, tostring(i))) end
+local function attempt(run, i) return decoded(run.f[tostring(i)]) end
 local function open_attempt(run)  -- the last attempt, if it is still open
   if run.n == 0 then return nil end
   local a = attempt(run, run.n)
   if a and a[2] == '' then return a end
   return nil
 end
--- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
-local function summarize(run, a)
+-- the entry's summary: [status, finished_us, duration_us, success_us, failure_us, failures]
+local function summarize(B, run, a)
   local entry = run.entry
   if not entry then return end
-  local skey = run.NS .. 'h:summary'
-  local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
+  local s = B.sums[entry]
+  if not s then
+    s = decoded(redis.call('HGET', B.NS .. 'h:summary', entry)) or {'', '0', '', '', '', '0'}
+    B.sums[entry] = s
+  end
   local finished = abs(run, a[2])
   if tonumber(finished) < tonumber(s[2]) then return end  -- a newer run's end is kept
-  s[1], s[2] = a[3], finished
+  s[1], s[2], s.dirty = a[3], finished, true
   s[3] = string.format('%d', tonumber(a[2]) - tonumber(a[1]))
   if a[3] == 'succeeded' then
     s[4], s[6] = finished, '0'
   elseif FAILED_FINALLY[a[3]] then
     s[5], s[6] = finished, string.format('%d', (tonumber(s[6]) or 0) + 1)
   end
-  redis.call('HSET', skey, entry, cjson.encode(s))
 end
-local function end_attempt(run, a, outcome, reason, error_type, err, at)
+local function end_attempt(B, run, a, outcome, reason, error_type, err, at)
   a[2], a[3], a[4] = off(run, at), outcome, reason
   local i = tostring(run.n)
-  if error_type == '' and err == '' then
-    redis.call('HSET', run.key, i, cjson.encode(a))
-  else
-    redis.call('HSET', run.key, i, cjson.encode(a), 'x' .. i, cjson.encode({error_type, err}))
-  end
-  if FINAL[outcome] then summarize(run, a) end
+  set(run, i, arr(a))
+  if error_type ~= '' or err ~= '' then set(run, 'x' .. i, arr({error_type, err})) end
+  if FINAL[outcome] then summarize(B, run, a) end
 end
 -- a new attempt; a previous one still open ends `lost`
-local function start_attempt(run, consumer, host, pid, at)
+local function start_attempt(B, run, consumer, host, pid, at)
   local a = open_attempt(run)
-  if a then end_attempt(run, a, 'lost', '', '', '', at) end
+  if a then end_attempt(B, run, a, 'lost', '', '', '', at) end
   run.n = run.n + 1
   local i = tostring(run.n)
-  local new, where = cjson.encode({off(run, at), '', '', ''}), cjson.encode({host, pid})
-  redis.call('HSET', run.key, 'n', i, i, new, 'c' .. i, consumer, 'h' .. i, where)
+  set(run, 'n', i)
+  set(run, i, arr({off(run, at), '', '', ''}))
+  set(run, 'c' .. i, consumer)
+  set(run, 'h' .. i, arr({host, pid}))
+end
+-- write what the batch changed: each run's hash and new runs' entry index, the summaries
+local function flush(B)
+  for _, run in ipairs(B.order) do
+    local args = {}
+    for name in pairs(run.dirty) do
+      args[#args + 1] = name
+      args[#args + 1] = run.f[name]
+    end
+    if #args > 0 then redis.call('HSET', run.key, unpack(args)) end
+    if run.at then redis.call('ZADD', B.NS .. 'h:entry:' .. run.entry, run.at, run.id) end
+  end
+  local sums = {}
+  for entry, s in pairs(B.sums) do
+    if s.dirty then
+      s.dirty = nil
+      sums[#sums + 1] = entry
+      sums[#sums + 1] = arr(s)
+    end
+  end
+  if #sums > 0 then redis.call('HSET', B.NS .. 'h:summary', unpack(sums)) end
+  B.runs, B.order, B.sums = {}, {}, {}
+end
+-- The log (NS .. 'h:log', a list): what the hot paths append instead of writing the records,
+-- folded into them in order, a batch at a time (`fold`). Its records, elements of the list:
+--   P, published_us, node, the runs as id US entry US p, joined by RS (a commit's, or a trigger's)
+--   S, run id, consumer, host, pid, at_us (a claim: an attempt starts)
+--   E, run id, at_us, outcome, reason, error type, error (a settling step: the attempt ends)
+-- Appended with pcall: a user whose ACL lacks RPUSH loses the record, not the run.
+local function log_published(NS, runs, at, node)
+  if #runs == 0 then return end
+  local parts = {}
+  for i = 1, #runs, 3 do
+    parts[#parts + 1] = runs[i] .. '\31' .. runs[i + 1] .. '\31' .. runs[i + 2]
+  end
+  redis.pcall('RPUSH', NS .. 'h:log', 'P', at, node, table.concat(parts, '\30'))
 end
 local function claimed(NS, id, consumer, host, pid)
   if NS == '' or type(id) ~= 'string' then return end
-  local run = held_run(NS, id)
-  if run then start_attempt(run, consumer, host, pid, now_us()) end
+  redis.pcall('RPUSH', NS .. 'h:log', 'S', id, consumer, host, pid, now_us())
 end
 -- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
 local function settled(i)
   local NS = ARGV[i] or ''  -- none: a caller that writes no history
   if NS == '' then return end
-  local run = held_run(NS, ARGV[i + 1])
-  local a = run and open_attempt(run)
-  if a then end_attempt(run, a, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now_us()) end
+  redis.pcall('RPUSH', NS .. 'h:log', 'E', ARGV[i + 1], now_us(), ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4], ARGV[i + 5])
 end
-"""
-
-# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
-# per missed-slot item of an applied write; every argument a string (times in microseconds)
-COMMIT_HISTORY = """
--- the commit's new records, `runs` a flat list of (id, entry, p) of the messages of applied
--- writes: one variadic ZADD NX of the global index per chunk, scored `at`, says how many ids are
--- new; when fewer than asked (a repeated commit, an id published before: it keeps its record),
--- the new ones are those scored `at` (no earlier script ran in the same microsecond). Then per
--- new run one HSET of its record, whose p the client wrote whole, and one ZADD of its entry's
--- index
-local function published(NS, runs, at, node)
-  local index, seen = NS .. 'h:runs', {}
-  for first = 1, #runs, 1500 do
+-- a P record's runs that have no record yet: one variadic ZADD NX of the global index per
+-- chunk, scored `at`, says how many are new; when fewer than asked (an id published before
+-- keeps its record), the new ones are those scored `at` (no other record has that time)
+local function fold_published(B, at, node, packed)
+  local index, ids, recs = B.NS .. 'h:runs', {}, {}
+  for rec in string.gmatch(packed, '[^\30]+') do
+    local id, entry, p = string.match(rec, '^([^\31]*)\31([^\31]*)\31(.*)$')
+    local known = id and B.runs[id]
+    if id and not (known and known.slot) and not recs[id] then
+      ids[#ids + 1] = id
+      recs[id] = {entry, p}
+    end
+  end
+  for first = 1, #ids, 500 do
     local chunk, add = {}, {}
-    for i = first, math.min(first + 1499, #runs), 3 do
-      if not seen[runs[i]] then
-        seen[runs[i]] = true
-        chunk[#chunk + 1] = i
-        add[#add + 1] = at
-        add[#add + 1] = runs[i]
-      end
+    for j = first, math.min(first + 499, #ids) do
+      chunk[#chunk + 1] = ids[j]
+      add[#add + 1] = at
+      add[#add + 1] = ids[j]
     end
-    local new
-    if #chunk > 0 and redis.call('ZADD', index, 'NX', unpack(add)) < #chunk then
-      new = {}
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, at, at)) do new[id] = true end
-    end
-    for _, i in ipairs(chunk) do
-      local id, entry = runs[i], runs[i + 1]
-      if not new or new[id] then
-        redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
-        redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
+    local new = redis.call('ZADD', index, 'NX', unpack(add)) == #chunk
+    local scores = (not new) and redis.call('ZMSCORE', index, unpack(chunk))
+    for j, id in ipairs(chunk) do
+      if new or tonumber(scores[j]) == tonumber(at) then
+        local r = recs[id]
+        local run = {key = B.NS .. 'h:run:' .. id, f = {p = r[2], e = r[1], N = node}, n = 0,
+          slot = slot_of(r[2]), entry = r[1], dirty = {p = true, e = true, N = true},
+          at = at, id = id}
+        B.runs[id] = run
+        B.order[#B.order + 1] = run
       end
     end
   end
+  return #ids
 end
+-- fold up to `limit` log records (a published run counts one) into the records, in the order
+-- they were appended, each touched record written once -> how many records the log still holds.
+-- An element that is not a record's head is skipped, never an error
+local function fold(NS, limit)
+  local log = NS .. 'h:log'
+  local items = redis.call('LRANGE', log, 0, 7 * limit - 1)
+  if #items == 0 then return 0 end
+  local B, i, done = batch(NS), 1, 0
+  while i <= #items and done < limit do
+    local tag = items[i]
+    local size = LOG_SIZE[tag]
+    if not size then
+      i = i + 1
+    elseif i + size - 1 > #items then
+      break
+    else
+      local v = {unpack(items, i + 1, i + size - 1)}
+      if tag == 'P' then
+        done = done + fold_published(B, v[1], v[2], v[3])
+      else
+        local run = held_run(B, v[1])
+        if run and tag == 'S' then
+          start_attempt(B, run, v[2], v[3], v[4], v[5])
+        elseif run then
+          local a = open_attempt(run)
+          if a then end_attempt(B, run, a, v[3], v[4], v[5], v[6], v[2]) end
+        end
+        done = done + 1
+      end
+      i = i + size
+    end
+  end
+  flush(B)
+  redis.call('LTRIM', log, i - 1, -1)
+  return redis.call('LLEN', log)
+end
+-- fold a batch; false when the log still holds records (the caller replies FOLD_MORE)
+local function caught_up(NS) return NS == '' or fold(NS, FOLD_BATCH) == 0 end
+"""
+)
+
+# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
+# per missed-slot item of an applied write; every argument a string (times in microseconds)
+COMMIT_HISTORY = r"""
+local function published(NS, runs, at, node) log_published(NS, runs, at, node) end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
-  local field = entry .. '\\31' .. reason .. '\\31' .. first
+  local field = entry .. '\31' .. reason .. '\31' .. first
   local value = cjson.encode({entry, reason, first, last, total, at, node, epoch, ''})
   if not redis.call('HGET', NS .. 'h:missed', field) then
     redis.call('HSET', NS .. 'h:missed', field, value)
@@ -159,8 +265,9 @@ end
 # ARGV NS, run id, at_us -> 1 marked, 0 not held, finished by at_us or marked already (a run
 # that finished after at_us is marked: it finished while no leader watched its deadline)
 MARK_OVERDUE = """
-local run = held_run(ARGV[1], ARGV[2])
-if not run or redis.call('HGET', run.key, 'o') then return 0 end
+if not caught_up(ARGV[1]) then return FOLD_MORE end
+local run = held_run(batch(ARGV[1]), ARGV[2])
+if not run or run.f['o'] then return 0 end
 local last = run.n > 0 and attempt(run, run.n)
 if last and FINAL[last[3]] and run.slot + tonumber(last[2]) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', run.key, 'o', ARGV[3])
@@ -179,6 +286,7 @@ return 1
 
 # ARGV NS, run id, at_us -> 1 recorded, 0 not held or received already
 RUN_RECEIVED = """
+if not caught_up(ARGV[1]) then return FOLD_MORE end
 local key = ARGV[1] .. 'h:run:' .. ARGV[2]
 local held = redis.call('HMGET', key, 'p', 'r')
 if not held[1] or held[2] then return 0 end
@@ -188,30 +296,34 @@ return 1
 
 # ARGV NS, run id, consumer, host, pid ('' for none), at_us -> 1 started, 0 not held or a repeat
 ATTEMPT_STARTED = """
-local run = held_run(ARGV[1], ARGV[2])
+if not caught_up(ARGV[1]) then return FOLD_MORE end
+local B = batch(ARGV[1])
+local run = held_run(B, ARGV[2])
 if not run then return 0 end
 local a = open_attempt(run)
-if a and a[1] == off(run, ARGV[6]) and redis.call('HGET', run.key, 'c' .. run.n) == ARGV[3] then
-  return 0
-end
-start_attempt(run, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if a and a[1] == off(run, ARGV[6]) and run.f['c' .. run.n] == ARGV[3] then return 0 end
+start_attempt(B, run, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+flush(B)
 return 1
 """
 
 # ARGV NS, run id, outcome, reason, error type, error, at_us -> 1 ended, 0 not held or a repeat
 # (the last attempt already ended so at that time); with no attempt open one starts at `at`
 ATTEMPT_ENDED = """
+if not caught_up(ARGV[1]) then return FOLD_MORE end
 if FINAL[ARGV[3]] then run_final(ARGV[1], ARGV[1], ARGV[2]) end  -- redis_controls_lua
-local run, at = held_run(ARGV[1], ARGV[2]), ARGV[7]
+local B, at = batch(ARGV[1]), ARGV[7]
+local run = held_run(B, ARGV[2])
 if not run then return 0 end
 local a = open_attempt(run)
 if not a then
   local last = run.n > 0 and attempt(run, run.n)
   if last and last[2] == off(run, at) and last[3] == ARGV[3] then return 0 end
-  start_attempt(run, '', '', '', at)
+  start_attempt(B, run, '', '', '', at)
   a = open_attempt(run)
 end
-end_attempt(run, a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], at)
+end_attempt(B, run, a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], at)
+flush(B)
 return 1
 """
 
@@ -223,6 +335,7 @@ TRIM = (
     f"local PASS_OVER = {PASS_OVER}\n"
     + """
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+if not caught_up(NS) then return FOLD_MORE end
 local runs, gone = NS .. 'h:runs', 0
 local function drop(id)
   local key = NS .. 'h:run:' .. id
@@ -237,14 +350,13 @@ local function oldest(index, count)
   return redis.call('ZRANGE', index, 0, count - 1)
 end
 local function unfinished(id)
-  local run = held_run(NS, id)
+  local run = held_run(batch(NS), id)
   if not run then return false end
   if run.n == 0 then
     -- a Celery run no task event reached (unknown) may never finish (workers without -E):
     -- the caps take it like a finished one
-    local h = redis.call('HMGET', run.key, 'p', 'r')
-    local p = decoded(h[1])
-    return not (p and p[4] == '1' and not h[2])
+    local p = decoded(run.f['p'])
+    return not (p and p[4] == '1' and not run.f['r'])
   end
   local last = attempt(run, run.n)
   return not (last and FINAL[last[3]])
@@ -296,6 +408,7 @@ return gone
 # records were added
 IMPORT = """
 local NS = ARGV[1]
+if not caught_up(NS) then return FOLD_MORE end
 local added = 0
 for _, run in ipairs(cjson.decode(ARGV[2])) do
   local id, f = run[1], run[2]
@@ -324,6 +437,11 @@ end
 return added
 """
 
+# ARGV NS -> how many log records are left after folding a batch (0: the log is folded)
+FOLD = """
+return fold(ARGV[1], FOLD_BATCH)
+"""
+
 # KEYS stream; ARGV entry id, consumer, count, then `settled`'s from 4 -> 1 recorded, 0 not ours
 NOTE_ENDING = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
@@ -340,4 +458,5 @@ HISTORY_SCRIPTS = {
     "trim": TRIM,
     "import_history": IMPORT,
     "note_ending": NOTE_ENDING,
+    "fold": FOLD,
 }

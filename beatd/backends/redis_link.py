@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from beatd.backends.base import FormatTooNew, Lease
+from beatd.backends.redis_history_lua import FOLD_MORE
 from beatd.backends.redis_scripts import FORMAT_NEWER, FORMAT_VERSION, LEASE_LOST, SCRIPTS
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 
@@ -215,6 +216,19 @@ class RedisLink:
             pool.release(connection)
             raise
         return wait
+
+    def _fold_log(self) -> None:
+        """Fold the run history's log into its records (redis_history_lua: `fold`), a batch a
+        call, until it is empty: what a reader of the records does first."""
+        while int(self._eval("fold", (), (self._key(""),))) > 0:
+            pass
+
+    def _eval_folded(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """A script that reads or writes the records: each call folds a batch of the log
+        first, and replies FOLD_MORE, having done nothing else, while some is left."""
+        while (reply := self._eval(name, keys, args)) == FOLD_MORE:
+            pass
+        return reply
 
     def _cmd(self, *args: str | int) -> Any:
         """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""
