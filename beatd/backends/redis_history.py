@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from beatd.backends.base import Outgoing, from_micros, to_micros
@@ -43,14 +44,24 @@ IMPORT_BATCH = 500  # records per import script call
 
 
 def published_p(message: Outgoing, celery: bool, epoch: int) -> str:
-    """The p field of a message's record (redis_history_lua), which the commit script stores as
-    it is; '' for a message with no slot (a requeue: no record)."""
+    """The p field of a message's record (redis_history_lua), which the commit script logs as
+    it is; '' for a message with no slot (a requeue: no record). Its two halves are remembered:
+    a burst's runs share their slots and due times, and a commit its kinds and epoch."""
     if message.slot is None:
         return ""
-    slot = to_micros(message.slot)
-    due = slot if message.due is None else to_micros(message.due)
-    flag = "1" if celery else "0"
-    return f'["{slot}","{due - slot}","{message.kind.value}","{flag}","{epoch}"]'
+    return _p_times(message.slot, message.due) + _p_rest(message.kind, celery, epoch)
+
+
+@lru_cache(maxsize=4096)
+def _p_times(slot: datetime, due: datetime | None) -> str:
+    slot_us = to_micros(slot)
+    due_us = slot_us if due is None else to_micros(due)
+    return f'["{slot_us}","{due_us - slot_us}","'
+
+
+@lru_cache(maxsize=64)
+def _p_rest(kind: RunKind, celery: bool, epoch: int) -> str:
+    return f'{kind.value}","{"1" if celery else "0"}","{epoch}"]'
 
 
 def _us(value: str) -> datetime | None:

@@ -68,7 +68,7 @@ local function held_run(B, id)
     local key = B.NS .. 'h:run:' .. id
     local f = fields(redis.call('HGETALL', key))
     run = {key = key, f = f, n = tonumber(f['n'] or '0') or 0, slot = slot_of(f['p']),
-      entry = f['e'], dirty = {}}
+      entry = f['e'], dirty = {}, a = {}}
     B.runs[id] = run
     B.order[#B.order + 1] = run
   end
@@ -81,7 +81,20 @@ local function set(run, name, value)
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
-local function attempt(run, i) return decoded(run.f[tostring(i)]) end
+-- attempt i, decoded once (run.a); `put` changes it, flush encodes it
+local function attempt(run, i)
+  local k = tostring(i)
+  local a = run.a[k]
+  if a == nil then
+    a = decoded(run.f[k]) or false
+    run.a[k] = a
+  end
+  return a or nil
+end
+local function put(run, i, a)
+  run.a[i] = a
+  run.dirty[i] = true
+end
 local function open_attempt(run)  -- the last attempt, if it is still open
   if run.n == 0 then return nil end
   local a = attempt(run, run.n)
@@ -110,7 +123,7 @@ end
 local function end_attempt(B, run, a, outcome, reason, error_type, err, at)
   a[2], a[3], a[4] = off(run, at), outcome, reason
   local i = tostring(run.n)
-  set(run, i, arr(a))
+  put(run, i, a)
   if error_type ~= '' or err ~= '' then set(run, 'x' .. i, arr({error_type, err})) end
   if FINAL[outcome] then summarize(B, run, a) end
 end
@@ -121,7 +134,7 @@ local function start_attempt(B, run, consumer, host, pid, at)
   run.n = run.n + 1
   local i = tostring(run.n)
   set(run, 'n', i)
-  set(run, i, arr({off(run, at), '', '', ''}))
+  put(run, i, {off(run, at), '', '', ''})
   set(run, 'c' .. i, consumer)
   set(run, 'h' .. i, arr({host, pid}))
 end
@@ -130,8 +143,9 @@ local function flush(B)
   for _, run in ipairs(B.order) do
     local args = {}
     for name in pairs(run.dirty) do
+      local a = run.a[name]
       args[#args + 1] = name
-      args[#args + 1] = run.f[name]
+      args[#args + 1] = a and arr(a) or run.f[name]
     end
     if #args > 0 then redis.call('HSET', run.key, unpack(args)) end
     if run.at then redis.call('ZADD', B.NS .. 'h:entry:' .. run.entry, run.at, run.id) end
@@ -198,7 +212,7 @@ local function fold_published(B, at, node, packed)
       if new or tonumber(scores[j]) == tonumber(at) then
         local r = recs[id]
         local run = {key = B.NS .. 'h:run:' .. id, f = {p = r[2], e = r[1], N = node}, n = 0,
-          slot = slot_of(r[2]), entry = r[1], dirty = {p = true, e = true, N = true},
+          slot = slot_of(r[2]), entry = r[1], dirty = {p = true, e = true, N = true}, a = {},
           at = at, id = id}
         B.runs[id] = run
         B.order[#B.order + 1] = run
@@ -223,16 +237,16 @@ local function fold(NS, limit)
     elseif i + size - 1 > #items then
       break
     else
-      local v = {unpack(items, i + 1, i + size - 1)}
+      local v1, v2, v3, v4, v5, v6 = unpack(items, i + 1, i + size - 1)
       if tag == 'P' then
-        done = done + fold_published(B, v[1], v[2], v[3])
+        done = done + fold_published(B, v1, v2, v3)
       else
-        local run = held_run(B, v[1])
+        local run = held_run(B, v1)
         if run and tag == 'S' then
-          start_attempt(B, run, v[2], v[3], v[4], v[5])
+          start_attempt(B, run, v2, v3, v4, v5)
         elseif run then
           local a = open_attempt(run)
-          if a then end_attempt(B, run, a, v[3], v[4], v[5], v[6], v[2]) end
+          if a then end_attempt(B, run, a, v3, v4, v5, v6, v2) end
         end
         done = done + 1
       end
