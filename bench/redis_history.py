@@ -58,21 +58,25 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def fresh(server: RedisServer, history: bool) -> tuple[RedisBackend, Lease]:
-    client = server.client()
-    client.flushall()
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def fresh(url: str, history: bool) -> tuple[RedisBackend, Lease]:
+    client = connect(url)
+    client.flushdb()
     client.close()
-    backend = RedisBackend(server.url, history=history)
+    backend = RedisBackend(url, history=history)
     lease = backend.acquire_lease("bench", 3600)
     assert lease is not None
     return backend, lease
 
 
-def fill_attempts(server: RedisServer, backend: RedisBackend, ids: list[str]) -> None:
+def fill_attempts(url: str, backend: RedisBackend, ids: list[str]) -> None:
     """One attempt per run, started and succeeded, written by the same Lua as a claim and an
     ack write (attempt_started, attempt_ended), pipelined: a claim and ack per run through the
     queue would measure the client, not the memory."""
-    client = server.client()
+    client = connect(url)
     ns = backend._key("")
     started, ended = SCRIPTS["attempt_started"], SCRIPTS["attempt_ended"]
     client.eval(started.source, 0, ns, "", "", "", "", "0")  # loads both scripts' cache
@@ -87,19 +91,19 @@ def fill_attempts(server: RedisServer, backend: RedisBackend, ids: list[str]) ->
     client.close()
 
 
-def memory(server: RedisServer, entries: int, runs: int, history: bool) -> int:
+def memory(url: str, entries: int, runs: int, history: bool) -> int:
     """used_memory after `runs` runs of each of `entries` entries, each run with one attempt
-    that succeeded, its queue emptied."""
-    backend, lease = fresh(server, history)
+    that succeeded, its queue emptied and the history's log folded."""
+    backend, lease = fresh(url, history)
     for run in range(runs):
         publish(backend, lease, range(entries), run)
     backend.history_size()  # folds the log into the records
-    client = server.client()
+    client = connect(url)
     client.delete(*client.keys("beatd:queue:*"))
     ids = [m for m in client.zrange("beatd:h:runs", 0, -1)]
     if history:
         assert len(ids) == entries * runs
-        fill_attempts(server, backend, ids)
+        fill_attempts(url, backend, ids)
         backend.history_size()
     used = used_memory(client)
     client.close()
@@ -107,37 +111,37 @@ def memory(server: RedisServer, entries: int, runs: int, history: bool) -> int:
     return used
 
 
-def script_us(server: RedisServer) -> float:
+def script_us(url: str) -> float:
     """Microseconds Redis spent in scripts since the last call (then resets the count)."""
-    client = server.client()
+    client = connect(url)
     used = float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
     client.config_resetstat()
     client.close()
     return used
 
 
-def rate(server: RedisServer, history: bool, n: int) -> tuple[float, ...]:
+def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
     """Messages committed per second, claims with their acks per second, Redis's script time
     per message committed and per run claimed and acked, what folding the log left after them
     costs per run, and the sum (us), for the second run of each of `n` entries. (The worker's
     claims fold a batch of the log now and then: their share is in the claim+ack figure.)"""
-    backend, lease = fresh(server, history)
+    backend, lease = fresh(url, history)
     publish(backend, lease, range(n), 0)  # the entries' states and indexes exist, as they
     backend.history_size()  # do in a scheduler that has run a while (and folded since)
-    client = server.client()
+    client = connect(url)
     client.delete(*client.keys("beatd:queue:*"))
     client.close()
-    script_us(server)
+    script_us(url)
     start = time.perf_counter()
     publish(backend, lease, range(n), 1)
     committed = n / (time.perf_counter() - start)
-    commit_us = script_us(server) / n
+    commit_us = script_us(url) / n
     start = time.perf_counter()
     assert drain(backend) == n
     settled = n / (time.perf_counter() - start)
-    settle_us = script_us(server) / n
+    settle_us = script_us(url) / n
     backend.history_size()
-    fold_us = script_us(server) / n
+    fold_us = script_us(url) / n
     backend.close()
     return committed, settled, commit_us, settle_us, fold_us, commit_us + settle_us + fold_us
 
@@ -181,18 +185,18 @@ def main() -> None:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
             if not args.skip_rates:
-                interleaved(args.rounds, lambda history: rate(server, history, args.rate_runs))
+                interleaved(args.rounds, lambda history: rate(server.url, history, args.rate_runs))
             if args.skip_memory:
                 return
             for entries, runs in ((100, args.records // 100), (args.records, 1)):
-                off = memory(server, entries, runs, history=False)
-                on = memory(server, entries, runs, history=True)
+                off = memory(server.url, entries, runs, history=False)
+                on = memory(server.url, entries, runs, history=True)
                 print(
                     f"{entries} entries x {runs} runs: used_memory off {off} on {on}: "
                     f"{(on - off) / (entries * runs):.0f} bytes per record"
                 )
-            on = memory(server, args.entries, args.runs, history=True)
-            off = memory(server, args.entries, args.runs, history=False)
+            on = memory(server.url, args.entries, args.runs, history=True)
+            off = memory(server.url, args.entries, args.runs, history=False)
             print(
                 f"{args.entries} entries x {args.runs} runs: used_memory with history "
                 f"{on / 2**20:.0f} MiB, without {off / 2**20:.0f} MiB"
