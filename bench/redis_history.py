@@ -121,9 +121,10 @@ def script_us(url: str) -> float:
 
 
 def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
-    """Messages committed per second, claims with their acks per second, Redis's script time
-    per message committed and per run claimed and acked, what folding the log left after them
-    costs per run, and the sum (us), for the second run of each of `n` entries. (The worker's
+    """Messages committed per second, claims with their acks per second, this client's CPU per
+    message committed and per run claimed and acked, Redis's script time per message committed
+    and per run claimed and acked, what folding the log left after them costs per run, and the
+    sum (us), for the second run of each of `n` entries. (The worker's
     claims fold a batch of the log now and then: their share is in the claim+ack figure.)"""
     backend, lease = fresh(url, history)
     publish(backend, lease, range(n), 0)  # the entries' states and indexes exist, as they
@@ -132,18 +133,21 @@ def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
     client.delete(*client.keys("beatd:queue:*"))
     client.close()
     script_us(url)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     publish(backend, lease, range(n), 1)
     committed = n / (time.perf_counter() - start)
+    commit_cpu = (time.process_time() - cpu) / n * 1e6
     commit_us = script_us(url) / n
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     assert drain(backend) == n
     settled = n / (time.perf_counter() - start)
+    settle_cpu = (time.process_time() - cpu) / n * 1e6
     settle_us = script_us(url) / n
     backend.history_size()
     fold_us = script_us(url) / n
     backend.close()
-    return committed, settled, commit_us, settle_us, fold_us, commit_us + settle_us + fold_us
+    scripts = commit_us + settle_us + fold_us
+    return committed, settled, commit_cpu, settle_cpu, commit_us, settle_us, fold_us, scripts
 
 
 def interleaved(rounds: int, measure: Callable[[bool], tuple[float, ...]]) -> None:
@@ -154,6 +158,8 @@ def interleaved(rounds: int, measure: Callable[[bool], tuple[float, ...]]) -> No
     whats = (
         "commit (messages/s)",
         "claim+ack (runs/s)",
+        "commit: client CPU (us/message)",
+        "claim+ack: client CPU (us/run)",
         "commit script (us/message)",
         "claim+ack scripts (us/run)",
         "fold of the rest of the log (us/run)",

@@ -1,14 +1,16 @@
 """The run history's Lua (beatd.backends.redis_history has the keys): `HISTORY`, the helpers
-the commit, claim and settling scripts call to write their record in their own atomic step,
-and the scripts of the `RunHistory` role.
+the commit, claim and settling scripts call to log their records in their own atomic step, the
+fold that moves the log into the records, and the scripts of the `RunHistory` role.
 
 Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backend was opened
-with `history=False`: then it writes nothing. A run's record is the hash NS .. 'h:run:' .. id,
-each of its values short enough (64 bytes, Redis's hash-max-listpack-value) for the compact
-listpack encoding unless an entry or node name or an error is long:
+with `history=False`: then it writes nothing. The hot paths only append to the log (one RPUSH a
+script: a commit's runs packed in one element); `fold` moves it into the records in order, a
+batch at a time, each record it touches read and written once. A run's record is the hash
+NS .. 'h:run:' .. id, each of its values short enough (64 bytes, Redis's
+hash-max-listpack-value) for the compact listpack encoding unless an entry or node name or an
+error is long:
   p      JSON [slot_us, due - slot, kind, celery "1"/"0", epoch], written whole by the client
-         (the published time is the record's score in the indexes: the commit script writes
-         nothing per run but its HSET and its entry's ZADD)
+         (the published time is the record's score in the indexes)
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
   1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
@@ -21,8 +23,8 @@ All values are strings, times microseconds as decimal digits (offsets from the s
 short), exact (Lua's numbers are doubles, and
 cjson would print them to 14 digits). A record that does not decode is left alone, never an
 error: a script must not fail after a queue write it cannot take back. For the same reason the
-writes use only commands the ACL line of beatd before the history allowed (EXISTS and HGET
-before HSET, never HSETNX): an upgrade that keeps the old line loses no run.
+appends to the log are made with pcall (RPUSH is new to the ACL line with the history): a user
+left on the older line loses the records, not the runs.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ local FOLD_MORE, FOLD_BATCH = '{FOLD_MORE}', {FOLD_BATCH}
     + r"""
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
-local LOG_SIZE = {P = 4, S = 6, E = 7}  -- a log record's elements, its tag included
+local LOG_SIZE = {P = 6, S = 6, E = 7}  -- a log record's elements, its tag included
 local function now_us()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2]))
@@ -163,17 +165,18 @@ local function flush(B)
 end
 -- The log (NS .. 'h:log', a list): what the hot paths append instead of writing the records,
 -- folded into them in order, a batch at a time (`fold`). Its records, elements of the list:
---   P, published_us, node, the runs as id US entry US p, joined by RS (a commit's, or a trigger's)
+--   P, published_us, node, the commit's messages and their p as the commit got them (JSON
+--     [k, entry, id, ...] and [p, ...]: nothing is formatted per run), the entries whose
+--     writes were not applied (JSON, '' for none: their runs have no record)
 --   S, run id, consumer, host, pid, at_us (a claim: an attempt starts)
 --   E, run id, at_us, outcome, reason, error type, error (a settling step: the attempt ends)
 -- Appended with pcall: a user whose ACL lacks RPUSH loses the record, not the run.
-local function log_published(NS, runs, at, node)
-  if #runs == 0 then return end
-  local parts = {}
-  for i = 1, #runs, 3 do
-    parts[#parts + 1] = runs[i] .. '\31' .. runs[i + 1] .. '\31' .. runs[i + 2]
-  end
-  redis.pcall('RPUSH', NS .. 'h:log', 'P', at, node, table.concat(parts, '\30'))
+local function log_published(NS, messages, plist, skip, at, node)
+  if not string.find(plist, '"[', 1, true) then return end  -- every p '': no record
+  local skipped = {}
+  for entry in pairs(skip) do skipped[#skipped + 1] = entry end
+  skipped = #skipped > 0 and cjson.encode(skipped) or ''
+  redis.pcall('RPUSH', NS .. 'h:log', 'P', at, node, messages, plist, skipped)
 end
 local function claimed(NS, id, consumer, host, pid)
   if NS == '' or type(id) ~= 'string' then return end
@@ -189,12 +192,15 @@ end
 -- a P record's runs that have no record yet: one variadic ZADD NX of the global index per
 -- chunk, scored `at`, says how many are new; when fewer than asked (an id published before
 -- keeps its record), the new ones are those scored `at` (no other record has that time)
-local function fold_published(B, at, node, packed)
+local function fold_published(B, at, node, mtext, ptext, skipped)
   local index, ids, recs = B.NS .. 'h:runs', {}, {}
-  for rec in string.gmatch(packed, '[^\30]+') do
-    local id, entry, p = string.match(rec, '^([^\31]*)\31([^\31]*)\31(.*)$')
-    local known = id and B.runs[id]
-    if id and not (known and known.slot) and not recs[id] then
+  local messages, ps, skip = decoded(mtext) or {}, decoded(ptext) or {}, {}
+  for _, entry in ipairs(decoded(skipped) or {}) do skip[entry] = true end
+  for j, p in ipairs(ps) do
+    local entry, id = messages[3 * j - 1], messages[3 * j]
+    local known = type(id) == 'string' and B.runs[id]
+    if p ~= '' and type(id) == 'string' and not skip[entry] and not (known and known.slot)
+        and not recs[id] then
       ids[#ids + 1] = id
       recs[id] = {entry, p}
     end
@@ -239,7 +245,7 @@ local function fold(NS, limit)
     else
       local v1, v2, v3, v4, v5, v6 = unpack(items, i + 1, i + size - 1)
       if tag == 'P' then
-        done = done + fold_published(B, v1, v2, v3)
+        done = done + fold_published(B, v1, v2, v3, v4, v5)
       else
         local run = held_run(B, v1)
         if run and tag == 'S' then
@@ -262,10 +268,12 @@ local function caught_up(NS) return NS == '' or fold(NS, FOLD_BATCH) == 0 end
 """
 )
 
-# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
-# per missed-slot item of an applied write; every argument a string (times in microseconds)
+# what the commit script calls once with its messages and their p (its own JSON arguments) and
+# the entries it skipped, and per missed-slot item of an applied write; times in microseconds
 COMMIT_HISTORY = r"""
-local function published(NS, runs, at, node) log_published(NS, runs, at, node) end
+local function published(NS, messages, plist, skip, at, node)
+  log_published(NS, messages, plist, skip, at, node)
+end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
   local field = entry .. '\31' .. reason .. '\31' .. first
   local value = cjson.encode({entry, reason, first, last, total, at, node, epoch, ''})

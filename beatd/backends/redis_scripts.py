@@ -193,15 +193,7 @@ if NS ~= '' then
   for _, r in ipairs(replaced) do  -- held runs a hold replaced (the controls' commit_applied)
     missed_slots(NS, r[1], 'overlap', r[2], r[2], '1', now, node, ARGV[2])
   end
-  local runs = {}  -- the records of the messages of applied writes, as (id, entry, p)...
-  for j, p in ipairs(cjson.decode(ARGV[10])) do
-    if p ~= '' and not skip[messages[3 * j - 1]] then
-      runs[#runs + 1] = messages[3 * j]
-      runs[#runs + 1] = messages[3 * j - 1]
-      runs[#runs + 1] = p
-    end
-  end
-  published(NS, runs, now, node)
+  if #messages > 0 then published(NS, ARGV[5], ARGV[10], skip, now, node) end
 end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
