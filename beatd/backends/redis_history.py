@@ -264,7 +264,7 @@ class RedisRunHistory(RedisLink):
 
     def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
         self._check_format("history")
-        self._fold_log()
+        self._fold_log(ends_only=True)  # a published record changes no summary
         key = self._key("h", "summary")
         if entries is None:
             raw: dict[str, str] = self._cmd("HGETALL", key)

@@ -163,8 +163,10 @@ local function flush(B)
   if #sums > 0 then redis.call('HSET', B.NS .. 'h:summary', unpack(sums)) end
   B.runs, B.order, B.sums = {}, {}, {}
 end
--- The log (NS .. 'h:log', a list): what the hot paths append instead of writing the records,
--- folded into them in order, a batch at a time (`fold`). Its records, elements of the list:
+-- The logs (lists): what the hot paths append instead of writing the records, folded into them
+-- in order, a batch at a time (`fold`): NS .. 'h:published' the commits' records, NS ..
+-- 'h:attempts' the claims' and settling steps'. A run's start is logged after its commit, so
+-- folding every published record first keeps each run's order. Their records, as elements:
 --   P, published_us, node, the commit's messages and their p as the commit got them (JSON
 --     [k, entry, id, ...] and [p, ...]: nothing is formatted per run), the entries whose
 --     writes were not applied (JSON, '' for none: their runs have no record)
@@ -176,17 +178,17 @@ local function log_published(NS, messages, plist, skip, at, node)
   local skipped = {}
   for entry in pairs(skip) do skipped[#skipped + 1] = entry end
   skipped = #skipped > 0 and cjson.encode(skipped) or ''
-  redis.pcall('RPUSH', NS .. 'h:log', 'P', at, node, messages, plist, skipped)
+  redis.pcall('RPUSH', NS .. 'h:published', 'P', at, node, messages, plist, skipped)
 end
 local function claimed(NS, id, consumer, host, pid)
   if NS == '' or type(id) ~= 'string' then return end
-  redis.pcall('RPUSH', NS .. 'h:log', 'S', id, consumer, host, pid, now_us())
+  redis.pcall('RPUSH', NS .. 'h:attempts', 'S', id, consumer, host, pid, now_us())
 end
 -- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
 local function settled(i)
   local NS = ARGV[i] or ''  -- none: a caller that writes no history
   if NS == '' then return end
-  redis.pcall('RPUSH', NS .. 'h:log', 'E', ARGV[i + 1], now_us(), ARGV[i + 2], ARGV[i + 3],
+  redis.pcall('RPUSH', NS .. 'h:attempts', 'E', ARGV[i + 1], now_us(), ARGV[i + 2], ARGV[i + 3],
     ARGV[i + 4], ARGV[i + 5])
 end
 -- a P record's runs that have no record yet: one variadic ZADD NX of the global index per
@@ -227,44 +229,60 @@ local function fold_published(B, at, node, mtext, ptext, skipped)
   end
   return #ids
 end
--- fold up to `limit` log records (a published run counts one) into the records, in the order
--- they were appended, each touched record written once -> how many records the log still holds.
--- An element that is not a record's head is skipped, never an error
-local function fold(NS, limit)
-  local log = NS .. 'h:log'
-  local items = redis.call('LRANGE', log, 0, 7 * limit - 1)
-  if #items == 0 then return 0 end
-  local B, i, done = batch(NS), 1, 0
-  while i <= #items and done < limit do
-    local tag = items[i]
-    local size = LOG_SIZE[tag]
-    if not size then
-      i = i + 1
-    elseif i + size - 1 > #items then
-      break
-    else
-      local v1, v2, v3, v4, v5, v6 = unpack(items, i + 1, i + size - 1)
-      if tag == 'P' then
-        done = done + fold_published(B, v1, v2, v3, v4, v5)
+-- apply the records at the head of the list `key` to the batch, up to `limit` (a published run
+-- counts one, a start or an end one), in the order they were appended, fetched `chunk` elements
+-- at a time, and take them off the list -> how many were applied. An element that is not a
+-- record's head is skipped, never an error
+local function fold_list(B, key, limit, chunk)
+  local done, taken = 0, 0
+  while done < limit do
+    local items = redis.call('LRANGE', key, taken, taken + chunk - 1)
+    local i = 1
+    while i <= #items and done < limit do
+      local tag = items[i]
+      local size = LOG_SIZE[tag]
+      if not size then
+        i = i + 1
+      elseif i + size - 1 > #items then
+        break
       else
-        local run = held_run(B, v1)
-        if run and tag == 'S' then
-          start_attempt(B, run, v2, v3, v4, v5)
-        elseif run then
-          local a = open_attempt(run)
-          if a then end_attempt(B, run, a, v3, v4, v5, v6, v2) end
+        local v1, v2, v3, v4, v5, v6 = unpack(items, i + 1, i + size - 1)
+        if tag == 'P' then
+          done = done + math.max(1, fold_published(B, v1, v2, v3, v4, v5))
+        else
+          local run = held_run(B, v1)
+          if run and tag == 'S' then
+            start_attempt(B, run, v2, v3, v4, v5)
+          elseif run then
+            local a = open_attempt(run)
+            if a then end_attempt(B, run, a, v3, v4, v5, v6, v2) end
+          end
+          done = done + 1
         end
-        done = done + 1
+        i = i + size
       end
-      i = i + size
     end
+    taken = taken + i - 1
+    if #items < chunk then break end
   end
+  if taken > 0 then redis.call('LTRIM', key, taken, -1) end
+  return done
+end
+-- fold up to `limit` log records into the records: the published runs' first, then (once
+-- none is left) the attempts' starts and ends, each record and summary the batch touches
+-- written once; with `ends_only`, nothing unless a start or an end is logged (the summaries
+-- change with nothing else) -> how many records the logs still hold
+local function fold(NS, limit, ends_only)
+  local published, attempts = NS .. 'h:published', NS .. 'h:attempts'
+  if ends_only and redis.call('LLEN', attempts) == 0 then return 0 end
+  local B = batch(NS)
+  local done = fold_list(B, published, limit, 96)
+  if done < limit then done = done + fold_list(B, attempts, limit - done, 7 * limit) end
   flush(B)
-  redis.call('LTRIM', log, i - 1, -1)
-  return redis.call('LLEN', log)
+  return redis.call('LLEN', published) + redis.call('LLEN', attempts)
 end
 -- fold a batch; false when the log still holds records (the caller replies FOLD_MORE)
-local function caught_up(NS) return NS == '' or fold(NS, FOLD_BATCH) == 0 end
+local function caught_up(NS) return NS == '' or fold(NS, FOLD_BATCH, false) == 0 end
 """
 )
 
@@ -459,9 +477,10 @@ end
 return added
 """
 
-# ARGV NS -> how many log records are left after folding a batch (0: the log is folded)
+# ARGV NS, "1" to fold only when a start or an end is logged -> how many log records are left
+# after folding a batch (0: the logs are folded, or with "1": the summaries are current)
 FOLD = """
-return fold(ARGV[1], FOLD_BATCH)
+return fold(ARGV[1], FOLD_BATCH, ARGV[2] == '1')
 """
 
 # KEYS stream; ARGV entry id, consumer, count, then `settled`'s from 4 -> 1 recorded, 0 not ours

@@ -217,10 +217,12 @@ class RedisLink:
             raise
         return wait
 
-    def _fold_log(self) -> None:
-        """Fold the run history's log into its records (redis_history_lua: `fold`), a batch a
-        call, until it is empty: what a reader of the records does first."""
-        while int(self._eval("fold", (), (self._key(""),))) > 0:
+    def _fold_log(self, *, ends_only: bool = False) -> None:
+        """Fold the run history's logs into its records (redis_history_lua: `fold`), a batch a
+        call, until they are empty: what a reader of the records does first. `ends_only`: only
+        when a start or an end is logged (what a reader of the summaries needs)."""
+        args = (self._key(""), "1" if ends_only else "0")
+        while int(self._eval("fold", (), args)) > 0:
             pass
 
     def _eval_folded(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:

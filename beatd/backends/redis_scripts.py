@@ -253,7 +253,7 @@ return 0
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local NS, host, pid = ARGV[5 + n] or '', ARGV[6 + n], ARGV[7 + n]
-if NS ~= '' and ARGV[8 + n] == '1' then fold(NS, FOLD_BATCH) end
+if NS ~= '' and ARGV[8 + n] == '1' then fold(NS, FOLD_BATCH, false) end
 local now = now_ms()
 local function delayed_run(member)
   local ok, m = pcall(cjson.decode, member)

@@ -1299,18 +1299,20 @@ def published_run(entry: str) -> Outgoing:
 def test_a_commit_logs_its_records_in_one_element_that_a_read_folds(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
-    """The commit appends one log record for all its runs (no key per run); the first read of
-    the history folds it into the records."""
+    """The commit appends one log record for all its runs (no key per run); a read of the
+    summaries leaves it (a published record changes none), a read of the runs folds it."""
     lease = backend.acquire_lease("a", 10)
     assert lease is not None
     names = [f"e{i}" for i in range(100)]
     writes = [StateWrite(state(n, 0), None) for n in names]
     assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
     # P, the published time, the node, the messages, their p, the entries skipped
-    assert admin.llen("beatd:h:log") == 6
+    assert admin.llen("beatd:h:published") == 6
     assert admin.keys("beatd:h:run:*") == []
+    assert backend.summaries() == {}
+    assert admin.llen("beatd:h:published") == 6
     assert backend.history_size() == (100, 0)
-    assert admin.llen("beatd:h:log") == 0
+    assert admin.llen("beatd:h:published") == 0
     record = backend.run("e7@1")
     assert record is not None and record.entry == "e7" and record.node == "a"
 
@@ -1318,7 +1320,7 @@ def test_a_commit_logs_its_records_in_one_element_that_a_read_folds(
 def test_a_workers_claims_fold_the_history_log_as_they_go(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
-    """Without a reader the log does not grow with the runs a worker settles: every FOLD_EVERY
+    """Without a reader the logs do not grow with the runs a worker settles: every FOLD_EVERY
     records of its own (a start, an end), a claim folds a batch of FOLD_BATCH first."""
     lease = backend.acquire_lease("a", 10)
     assert lease is not None
@@ -1330,7 +1332,8 @@ def test_a_workers_claims_fold_the_history_log_as_they_go(
         delivery = backend.claim(["default"], "w", 30)
         assert delivery is not None
         backend.ack(delivery)
-    unfolded = 6 + runs * (6 + 7)  # the commit's record, then a start and an end per run
-    assert 0 < admin.llen("beatd:h:log") <= FOLD_EVERY * 7 < unfolded
+    assert admin.llen("beatd:h:published") == 0
+    unfolded = runs * (6 + 7)  # a start and an end per run
+    assert 0 < admin.llen("beatd:h:attempts") <= FOLD_EVERY * 7 < unfolded
     assert backend.summaries()[names[-1]].last_status == "succeeded"
-    assert admin.llen("beatd:h:log") == 0
+    assert admin.llen("beatd:h:attempts") == 0
