@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -22,6 +23,7 @@ from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite, to_micr
 from beatd.backends.redis import SCRIPTS, RedisBackend
 from beatd.backends.redis_queue import HOST
 from beatd.state import EntryState
+from bench.common import proc_cpu
 from tests.redis_server import RedisServer
 
 T0 = datetime(2026, 12, 5, tzinfo=UTC)
@@ -120,11 +122,13 @@ def script_us(url: str) -> float:
     return used
 
 
-def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
+def rate(url: str, pid: int, history: bool, n: int) -> tuple[float, ...]:
     """Messages committed per second, claims with their acks per second, this client's CPU per
     message committed and per run claimed and acked, Redis's script time per message committed
     and per run claimed and acked, what folding the log left after them costs per run, and the
-    sum (us), for the second run of each of `n` entries. (The worker's
+    sum, and the CPU the redis-server process `pid` used for all of it (us, from /proc: less
+    moved by other processes than the scripts' wall time), for the second run of each of `n`
+    entries. (The worker's
     claims fold a batch of the log now and then: their share is in the claim+ack figure.)"""
     backend, lease = fresh(url, history)
     publish(backend, lease, range(n), 0)  # the entries' states and indexes exist, as they
@@ -133,6 +137,7 @@ def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
     client.delete(*client.keys("beatd:queue:*"))
     client.close()
     script_us(url)
+    server_cpu = proc_cpu(pid)
     start, cpu = time.perf_counter(), time.process_time()
     publish(backend, lease, range(n), 1)
     committed = n / (time.perf_counter() - start)
@@ -145,9 +150,13 @@ def rate(url: str, history: bool, n: int) -> tuple[float, ...]:
     settle_us = script_us(url) / n
     backend.history_size()
     fold_us = script_us(url) / n
+    server_us = (proc_cpu(pid) - server_cpu) / n * 1e6
     backend.close()
     scripts = commit_us + settle_us + fold_us
-    return committed, settled, commit_cpu, settle_cpu, commit_us, settle_us, fold_us, scripts
+    return (
+        *(committed, settled, commit_cpu, settle_cpu),
+        *(commit_us, settle_us, fold_us, scripts, server_us),
+    )
 
 
 def interleaved(rounds: int, measure: Callable[[bool], tuple[float, ...]]) -> None:
@@ -164,6 +173,7 @@ def interleaved(rounds: int, measure: Callable[[bool], tuple[float, ...]]) -> No
         "claim+ack scripts (us/run)",
         "fold of the rest of the log (us/run)",
         "all scripts (us/run)",
+        "redis-server CPU, all of it (us/run)",
     )
     for i, what in enumerate(whats):
         off = [r[i] for r in results[False]]
@@ -189,9 +199,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
+        assert server.process is not None
+        pid = server.process.pid
         try:
             if not args.skip_rates:
-                interleaved(args.rounds, lambda history: rate(server.url, history, args.rate_runs))
+                measure = partial(rate, server.url, pid, n=args.rate_runs)
+                interleaved(args.rounds, lambda history: measure(history=history))
             if args.skip_memory:
                 return
             for entries, runs in ((100, args.records // 100), (args.records, 1)):
