@@ -4,8 +4,9 @@ a time (redis_history_lua has the record's layout and the fold; every read here 
 Redis keeps it all in memory, so a record is one small hash and the indexes are sorted sets of
 run ids (docs/history.md gives the measured bytes per record):
 
-  beatd:h:log             list    what the commit, claim and settling scripts append: P
-                                  (published runs), S (an attempt's start), E (its end)
+  beatd:h:published       list    what the commit scripts append: P (published runs)
+  beatd:h:attempts        list    what the claim and settling scripts append: S (an attempt's
+                                  start), E (its end)
   beatd:h:run:ID          hash    the run's record: p, e, N (published), n and 1..n
                                   (attempts), r, o
   beatd:h:runs            zset    every run id, scored by its published time (us), which is

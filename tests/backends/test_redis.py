@@ -35,6 +35,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
+from beatd.backends.redis_history_lua import FOLD_BATCH
 from beatd.backends.redis_queue import FOLD_EVERY
 from beatd.clock import FakeClock
 from beatd.config import Config
@@ -1337,3 +1338,19 @@ def test_a_workers_claims_fold_the_history_log_as_they_go(
     assert 0 < admin.llen("beatd:h:attempts") <= FOLD_EVERY * 7 < unfolded
     assert backend.summaries()[names[-1]].last_status == "succeeded"
     assert admin.llen("beatd:h:attempts") == 0
+
+
+def test_a_mark_folds_a_log_longer_than_a_batch_before_it_reads_the_record(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """The scripts that read a record to write it fold a batch a call and reply FOLDMORE, doing
+    nothing else, until the logs are empty: the backend calls them again until they act."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    assert backend.commit(lease, [StateWrite(state("e", 0), None)], [published_run("e")]) == set()
+    nobody = ["E", "nobody@1", "0", "succeeded", "", "", ""]  # an end of a run with no record
+    admin.rpush("beatd:h:attempts", *nobody * (FOLD_BATCH + 500))
+    assert backend.mark_overdue("e@1", datetime(2026, 3, 1, 12, 5, tzinfo=UTC))
+    assert (admin.llen("beatd:h:published"), admin.llen("beatd:h:attempts")) == (0, 0)
+    record = backend.run("e@1")
+    assert record is not None and record.overdue_at == datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
