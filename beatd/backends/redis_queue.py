@@ -35,9 +35,12 @@ from beatd.outcomes import Outcome
 PING_AFTER_SILENCE = 7 / 6
 HOST = socket.gethostname()  # a claimant's, in the attempts the run history records
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
-# a worker's claim folds a batch of the history's log (FOLD_BATCH records) after this many
-# records of its own: fewer than a batch, as each run's published record is folded too
+# The leader folds the history's logs (its reads of the summaries every 15 s, its trim); a
+# worker's claim only bounds them while no leader does: after every FOLD_EVERY log records of
+# its own, the claim folds a batch if the attempts' log is past FOLD_BOUND elements (about
+# 15,000 runs, a few MB)
 FOLD_EVERY = FOLD_BATCH // 2
+FOLD_BOUND = 100_000
 # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
 _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":")
@@ -92,7 +95,7 @@ class RedisWorkQueue(RedisLink):
         fold = self._history != "" and self._logged >= FOLD_EVERY
         if fold:
             self._logged = 0
-        args += (self._history, HOST, str(os.getpid()), "1" if fold else "0")
+        args += (self._history, HOST, str(os.getpid()), FOLD_BOUND if fold else 0)
         # the claim is made whatever the entry holds; what cannot be read is said in the
         # delivery, so the worker dead-letters it (an exception here would leave it claimed)
         reply = self._send("claim", keys, args, raw=True)()

@@ -244,8 +244,9 @@ return 0
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
 # then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue
-# names, then the history's NS ('' for none), host and pid of the claimant, and "1" to fold a
-# batch of the history's log first (redis_history_lua: `fold`)
+# names, then the history's NS ('' for none), host and pid of the claimant, and a bound (0 for
+# none): fold a batch of the history's logs first if the attempts' log is longer
+# (redis_history_lua: `fold`)
 # A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
 # -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
 # {key index, entry id, message id, body, deliveries, pending count}; the message id
@@ -253,7 +254,10 @@ return 0
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local NS, host, pid = ARGV[5 + n] or '', ARGV[6 + n], ARGV[7 + n]
-if NS ~= '' and ARGV[8 + n] == '1' then fold(NS, FOLD_BATCH, false) end
+local bound = tonumber(ARGV[8 + n]) or 0
+if NS ~= '' and bound > 0 and redis.call('LLEN', NS .. 'h:attempts') > bound then
+  fold(NS, FOLD_BATCH, false)
+end
 local now = now_ms()
 local function delayed_run(member)
   local ok, m = pcall(cjson.decode, member)

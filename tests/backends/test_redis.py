@@ -36,7 +36,7 @@ from beatd.backends.base import (
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
 from beatd.backends.redis_history_lua import FOLD_BATCH
-from beatd.backends.redis_queue import FOLD_EVERY
+from beatd.backends.redis_queue import FOLD_BOUND, FOLD_EVERY
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
@@ -1318,26 +1318,40 @@ def test_a_commit_logs_its_records_in_one_element_that_a_read_folds(
     assert record is not None and record.entry == "e7" and record.node == "a"
 
 
-def test_a_workers_claims_fold_the_history_log_as_they_go(
+def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
-    """Without a reader the logs do not grow with the runs a worker settles: every FOLD_EVERY
-    records of its own (a start, an end), a claim folds a batch of FOLD_BATCH first."""
+    """The leader folds the logs; a worker's claim bounds them while no leader does: after
+    every FOLD_EVERY log records of its own, a claim folds a batch if the attempts' log holds
+    more than FOLD_BOUND elements, and leaves it alone otherwise."""
     lease = backend.acquire_lease("a", 10)
     assert lease is not None
-    runs = 3 * FOLD_EVERY
-    names = [f"e{i}" for i in range(runs)]
+    runs = FOLD_EVERY // 2 + 1  # the last claim is the first after FOLD_EVERY records
+    names = [f"e{i}" for i in range(2 * runs)]
     writes = [StateWrite(state(n, 0), None) for n in names]
     assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
-    for _ in range(runs):
-        delivery = backend.claim(["default"], "w", 30)
-        assert delivery is not None
-        backend.ack(delivery)
+
+    def work_off() -> None:
+        for _ in range(runs):
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None
+            backend.ack(delivery)
+
+    work_off()
+    per_run = 6 + 7  # a start and an end
+    assert admin.llen("beatd:h:attempts") == runs * per_run  # under the bound: not folded
+    assert admin.llen("beatd:h:published") == 6
+    nobody = ["E", "nobody@1", "0", "succeeded", "", "", ""]  # an end of a run with no record
+    filler = FOLD_BOUND // len(nobody) + 1
+    admin.rpush("beatd:h:attempts", *nobody * filler)
+    before = admin.llen("beatd:h:attempts")
+    work_off()  # a claim finds the log past the bound: it folds FOLD_BATCH records, the
+    # published one first (it counts its runs), then the oldest starts and ends
+    oldest = FOLD_BATCH - 2 * runs
+    assert admin.llen("beatd:h:attempts") == before + runs * per_run - oldest // 2 * per_run
     assert admin.llen("beatd:h:published") == 0
-    unfolded = runs * (6 + 7)  # a start and an end per run
-    assert 0 < admin.llen("beatd:h:attempts") <= FOLD_EVERY * 7 < unfolded
-    assert backend.summaries()[names[-1]].last_status == "succeeded"
-    assert admin.llen("beatd:h:attempts") == 0
+    assert backend.summaries()[names[0]].last_status == "succeeded"
+    assert (admin.llen("beatd:h:published"), admin.llen("beatd:h:attempts")) == (0, 0)
 
 
 def test_a_mark_folds_a_log_longer_than_a_batch_before_it_reads_the_record(
