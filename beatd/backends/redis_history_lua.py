@@ -1,11 +1,10 @@
 """The run history's Lua (beatd.backends.redis_history has the keys): `HISTORY`, the helpers
-the commit, claim and settling scripts call to log their records in their own atomic step, the
-fold that moves the log into the records, and the scripts of the `RunHistory` role.
+that read a run's record and its entry's summary into a batch, change them and write them back
+once, and the scripts of the `RunHistory` role (redis_history_log_lua has the logs the commit,
+claim and settling scripts append to, and the fold that moves them into the records).
 
 Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backend was opened
-with `history=False`: then it writes nothing. The hot paths only append to the log (one RPUSH a
-script: a commit's runs packed in one element); `fold` moves it into the records in order, a
-batch at a time, each record it touches read and written once. A run's record is the hash
+with `history=False`: then it writes nothing. A run's record is the hash
 NS .. 'h:run:' .. id, each of its values short enough (64 bytes, Redis's
 hash-max-listpack-value) for the compact listpack encoding unless an entry or node name or an
 error is long:
@@ -31,17 +30,9 @@ from __future__ import annotations
 
 from beatd.history import PASS_OVER
 
-FOLD_MORE = "FOLDMORE"  # the reply of a script that needs the log folded first: call it again
-FOLD_BATCH = 1000  # log records (a published run, a start, an end) one fold call takes
-
-HISTORY = (
-    f"""
-local FOLD_MORE, FOLD_BATCH = '{FOLD_MORE}', {FOLD_BATCH}
-"""
-    + r"""
+HISTORY = r"""
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
-local LOG_SIZE = {P = 6, S = 6, E = 7}  -- a log record's elements, its tag included
 local function now_us()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2]))
@@ -52,10 +43,11 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a JSON array of strings; cjson only for a value that needs escaping
+-- a JSON array of strings; cjson only for a value that needs escaping (or is not a string: a
+-- record changed by hand must not stop a fold)
 local function arr(list)
   for _, v in ipairs(list) do
-    if string.find(v, '[%c"\\]') then return cjson.encode(list) end
+    if type(v) ~= 'string' or string.find(v, '[%c"\\]') then return cjson.encode(list) end
   end
   return '["' .. table.concat(list, '","') .. '"]'
 end
@@ -163,128 +155,7 @@ local function flush(B)
   if #sums > 0 then redis.call('HSET', B.NS .. 'h:summary', unpack(sums)) end
   B.runs, B.order, B.sums = {}, {}, {}
 end
--- The logs (lists): what the hot paths append instead of writing the records, folded into them
--- in order, a batch at a time (`fold`): NS .. 'h:published' the commits' records, NS ..
--- 'h:attempts' the claims' and settling steps'. A run's start is logged after its commit, so
--- folding every published record first keeps each run's order. Their records, as elements:
---   P, published_us, node, the commit's messages and their p as the commit got them (JSON
---     [k, entry, id, ...] and [p, ...]: nothing is formatted per run), the entries whose
---     writes were not applied (JSON, '' for none: their runs have no record)
---   S, run id, consumer, host, pid, at_us (a claim: an attempt starts)
---   E, run id, at_us, outcome, reason, error type, error (a settling step: the attempt ends)
--- Appended with pcall: a user whose ACL lacks RPUSH loses the record, not the run.
-local function log_published(NS, messages, plist, skip, at, node)
-  if not string.find(plist, '"[', 1, true) then return end  -- every p '': no record
-  local skipped = {}
-  for entry in pairs(skip) do skipped[#skipped + 1] = entry end
-  skipped = #skipped > 0 and cjson.encode(skipped) or ''
-  redis.pcall('RPUSH', NS .. 'h:published', 'P', at, node, messages, plist, skipped)
-end
-local function claimed(NS, id, consumer, host, pid)
-  if NS == '' or type(id) ~= 'string' then return end
-  redis.pcall('RPUSH', NS .. 'h:attempts', 'S', id, consumer, host, pid, now_us())
-end
--- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
-local function settled(i)
-  local NS = ARGV[i] or ''  -- none: a caller that writes no history
-  if NS == '' then return end
-  redis.pcall('RPUSH', NS .. 'h:attempts', 'E', ARGV[i + 1], now_us(), ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5])
-end
--- a P record's runs that have no record yet: one variadic ZADD NX of the global index per
--- chunk, scored `at`, says how many are new; when fewer than asked (an id published before
--- keeps its record), the new ones are those scored `at` (no other record has that time)
-local function fold_published(B, at, node, mtext, ptext, skipped)
-  local index, ids, recs = B.NS .. 'h:runs', {}, {}
-  local messages, ps, skip = decoded(mtext) or {}, decoded(ptext) or {}, {}
-  for _, entry in ipairs(decoded(skipped) or {}) do skip[entry] = true end
-  for j, p in ipairs(ps) do
-    local entry, id = messages[3 * j - 1], messages[3 * j]
-    local known = type(id) == 'string' and B.runs[id]
-    if p ~= '' and type(id) == 'string' and not skip[entry] and not (known and known.slot)
-        and not recs[id] then
-      ids[#ids + 1] = id
-      recs[id] = {entry, p}
-    end
-  end
-  for first = 1, #ids, 500 do
-    local chunk, add = {}, {}
-    for j = first, math.min(first + 499, #ids) do
-      chunk[#chunk + 1] = ids[j]
-      add[#add + 1] = at
-      add[#add + 1] = ids[j]
-    end
-    local new = redis.call('ZADD', index, 'NX', unpack(add)) == #chunk
-    local scores = (not new) and redis.call('ZMSCORE', index, unpack(chunk))
-    for j, id in ipairs(chunk) do
-      if new or tonumber(scores[j]) == tonumber(at) then
-        local r = recs[id]
-        local run = {key = B.NS .. 'h:run:' .. id, f = {p = r[2], e = r[1], N = node}, n = 0,
-          slot = slot_of(r[2]), entry = r[1], dirty = {p = true, e = true, N = true}, a = {},
-          at = at, id = id}
-        B.runs[id] = run
-        B.order[#B.order + 1] = run
-      end
-    end
-  end
-  return #ids
-end
--- apply the records at the head of the list `key` to the batch, up to `limit` (a published run
--- counts one, a start or an end one), in the order they were appended, fetched `chunk` elements
--- at a time, and take them off the list -> how many were applied. An element that is not a
--- record's head is skipped, never an error
-local function fold_list(B, key, limit, chunk)
-  local done, taken = 0, 0
-  while done < limit do
-    local items = redis.call('LRANGE', key, taken, taken + chunk - 1)
-    local i = 1
-    while i <= #items and done < limit do
-      local tag = items[i]
-      local size = LOG_SIZE[tag]
-      if not size then
-        i = i + 1
-      elseif i + size - 1 > #items then
-        break
-      else
-        local v1, v2, v3, v4, v5, v6 = unpack(items, i + 1, i + size - 1)
-        if tag == 'P' then
-          done = done + math.max(1, fold_published(B, v1, v2, v3, v4, v5))
-        else
-          local run = held_run(B, v1)
-          if run and tag == 'S' then
-            start_attempt(B, run, v2, v3, v4, v5)
-          elseif run then
-            local a = open_attempt(run)
-            if a then end_attempt(B, run, a, v3, v4, v5, v6, v2) end
-          end
-          done = done + 1
-        end
-        i = i + size
-      end
-    end
-    taken = taken + i - 1
-    if #items < chunk then break end
-  end
-  if taken > 0 then redis.call('LTRIM', key, taken, -1) end
-  return done
-end
--- fold up to `limit` log records into the records: the published runs' first, then (once
--- none is left) the attempts' starts and ends, each record and summary the batch touches
--- written once; with `ends_only`, nothing unless a start or an end is logged (the summaries
--- change with nothing else) -> how many records the logs still hold
-local function fold(NS, limit, ends_only)
-  local published, attempts = NS .. 'h:published', NS .. 'h:attempts'
-  if ends_only and redis.call('LLEN', attempts) == 0 then return 0 end
-  local B = batch(NS)
-  local done = fold_list(B, published, limit, 96)
-  if done < limit then done = done + fold_list(B, attempts, limit - done, 7 * limit) end
-  flush(B)
-  return redis.call('LLEN', published) + redis.call('LLEN', attempts)
-end
--- fold a batch; false when the log still holds records (the caller replies FOLD_MORE)
-local function caught_up(NS) return NS == '' or fold(NS, FOLD_BATCH, false) == 0 end
 """
-)
 
 # what the commit script calls once with its messages and their p (its own JSON arguments) and
 # the entries it skipped, and per missed-slot item of an applied write; times in microseconds
@@ -477,12 +348,6 @@ end
 return added
 """
 
-# ARGV NS, "1" to fold only when a start or an end is logged -> how many log records are left
-# after folding a batch (0: the logs are folded, or with "1": the summaries are current)
-FOLD = """
-return fold(ARGV[1], FOLD_BATCH, ARGV[2] == '1')
-"""
-
 # KEYS stream; ARGV entry id, consumer, count, then `settled`'s from 4 -> 1 recorded, 0 not ours
 NOTE_ENDING = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
@@ -499,5 +364,4 @@ HISTORY_SCRIPTS = {
     "trim": TRIM,
     "import_history": IMPORT,
     "note_ending": NOTE_ENDING,
-    "fold": FOLD,
 }

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from beatd.backends.base import FormatTooNew, Lease
-from beatd.backends.redis_history_lua import FOLD_MORE
+from beatd.backends.redis_history_log_lua import FOLD_MORE
 from beatd.backends.redis_scripts import FORMAT_NEWER, FORMAT_VERSION, LEASE_LOST, SCRIPTS
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 

@@ -24,7 +24,7 @@ import redis
 from redis.client import PubSub
 
 from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
-from beatd.backends.redis_history_lua import FOLD_BATCH
+from beatd.backends.redis_history_log_lua import FOLD_BATCH
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.history import Ending

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 
 from beatd.backends.redis_controls_lua import CONTROLS, CONTROLS_SCRIPTS
+from beatd.backends.redis_history_log_lua import FOLD, HISTORY_LOG
 from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
 
 GROUP = "workers"
@@ -442,7 +443,7 @@ return moved
 
 class _Script:
     def __init__(self, source: str) -> None:
-        self.source = PRELUDE + HISTORY + CONTROLS + source
+        self.source = PRELUDE + HISTORY + HISTORY_LOG + CONTROLS + source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
@@ -462,6 +463,7 @@ SCRIPTS = {
         "retry": RETRY,
         "dead_letter": DEAD_LETTER,
         "requeue": REQUEUE,
+        "fold": FOLD,
         **HISTORY_SCRIPTS,
         **CONTROLS_SCRIPTS,
     }.items()

@@ -35,7 +35,7 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
-from beatd.backends.redis_history_lua import FOLD_BATCH
+from beatd.backends.redis_history_log_lua import FOLD_BATCH
 from beatd.backends.redis_queue import FOLD_BOUND, FOLD_EVERY
 from beatd.clock import FakeClock
 from beatd.config import Config
