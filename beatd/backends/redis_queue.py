@@ -35,12 +35,13 @@ from beatd.outcomes import Outcome
 PING_AFTER_SILENCE = 7 / 6
 HOST = socket.gethostname()  # a claimant's, in the attempts the run history records
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
-# The leader folds the history's logs (its reads of the summaries every 15 s, its trim); a
-# worker's claim only bounds them while no leader does: after every FOLD_EVERY log records of
-# its own, the claim folds a batch if the attempts' log is past FOLD_BOUND elements (about
-# 15,000 runs, a few MB)
+# Workers fold the attempts they log, off the leader's path (a leader that folded 15 s of a busy
+# worker's runs in its step would hold its publishing up for a second): after every FOLD_EVERY
+# log records of its own, a claim folds a batch if the attempts' log holds more than a batch
+# (FOLD_BOUND elements), so a fold takes about 1,000 records at a time and the leader's reads
+# find at most about that much
 FOLD_EVERY = FOLD_BATCH // 2
-FOLD_BOUND = 100_000
+FOLD_BOUND = 7 * FOLD_BATCH
 # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
 _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":")

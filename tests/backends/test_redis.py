@@ -1321,9 +1321,9 @@ def test_a_commit_logs_its_records_in_one_element_that_a_read_folds(
 def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
-    """The leader folds the logs; a worker's claim bounds them while no leader does: after
-    every FOLD_EVERY log records of its own, a claim folds a batch if the attempts' log holds
-    more than FOLD_BOUND elements, and leaves it alone otherwise."""
+    """Workers fold what they log: after every FOLD_EVERY log records of its own, a claim folds
+    a batch if the attempts' log holds more than FOLD_BOUND elements (a batch), and leaves it
+    alone otherwise."""
     lease = backend.acquire_lease("a", 10)
     assert lease is not None
     runs = FOLD_EVERY // 2 + 1  # the last claim is the first after FOLD_EVERY records
