@@ -373,6 +373,19 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "duplicates",
             ],
         ),
+        (
+            "7. Run history's memory on Redis (one finished run per entry; `--quick`: 10,000 "
+            "entries instead of 100,000)",
+            "history_memory",
+            [
+                "backend",
+                "entries",
+                "runs_per_entry",
+                "used_memory_mib_history",
+                "used_memory_mib_no_history",
+                "bytes_per_record",
+            ],
+        ),
     ]
     out = []
     for title, key, columns in sections:
