@@ -98,6 +98,13 @@ class Decision(NamedTuple):
         return self.previous.last_published if self.previous is not None else None
 
 
+class Baseline(NamedTuple):
+    """A state to persist before an entry's first decision (`Planner.put`), over `previous`."""
+
+    state: EntryState
+    previous: EntryState | None
+
+
 def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Decision | None:
     """The slots of an entry in (since, now] that no node can account for any more: its
     position was lost with the backend's data. Counted as missed, never published (the old
@@ -240,6 +247,31 @@ class Planner:
         for name in removed:
             del self._slots[name]
         return baselines, removed
+
+    def put(
+        self, entry: Entry, now: datetime, persisted: EntryState | None = None
+    ) -> Baseline | None:
+        """Add one entry, or replace the one of its name, touching no other (a runtime entry's
+        change). Its state (the one the planner holds, else `persisted`) continues when its
+        schedule is the same; otherwise it starts from `now`, as on a reload, and the baseline
+        to persist over that state is returned."""
+        current = self._slots.get(entry.name)
+        control = current.control if current is not None else NO_CONTROL
+        held = current.state if current is not None else persisted
+        if held is not None and held.identity == entry.identity:
+            if current is None or current.entry != entry:
+                self._track(entry, held, control, now)
+            return None
+        published = held.last_published if held is not None else None
+        fresh = EntryState(entry.name, now, published, entry.identity)
+        self._track(entry, fresh, control, now)
+        return Baseline(fresh, held)
+
+    def drop(self, name: str) -> EntryState | None:
+        """Remove one entry, touching no other: nothing of it is due any more. Its state as the
+        planner held it (None when it held no such entry)."""
+        slot = self._slots.pop(name, None)  # its heap item goes stale and is skipped
+        return slot.state if slot is not None else None
 
     def _track(self, entry: Entry, state: EntryState, control: EntryControl, now: datetime) -> None:
         old = self._slots.get(entry.name)
