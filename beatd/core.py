@@ -268,8 +268,7 @@ class Planner:
         return Baseline(fresh, held)
 
     def drop(self, name: str) -> EntryState | None:
-        """Remove one entry, touching no other: nothing of it is due any more. Its state as the
-        planner held it (None when it held no such entry)."""
+        """Remove one entry, touching no other; its state as held (None: no such entry)."""
         slot = self._slots.pop(name, None)  # its heap item goes stale and is skipped
         return slot.state if slot is not None else None
 
@@ -635,6 +634,19 @@ class RemovedEntries:
         self._absent_since = {name: since.get(name, now) for name in absent}
         self._first = min(self._absent_since.values(), default=None)
         return sorted(n for n, t in self._absent_since.items() if now - t >= self.grace)
+
+    def add(self, name: str, now: datetime) -> None:
+        """Note one entry removed now (a runtime entry's removal), touching no other."""
+        self._absent_since.setdefault(name, now)
+        self._first = now if self._first is None else min(self._first, now)
+
+    def discard(self, name: str) -> bool:
+        """The entry is back (re-added in time); whether its state was kept."""
+        if self._absent_since.pop(name, None) is None:
+            return False
+        if not self._absent_since:
+            self._first = None
+        return True
 
     def forgotten(self, names: Iterable[str]) -> None:
         for name in names:

@@ -1,9 +1,16 @@
 """The daemon loop: composes leadership, adoption and publishing around a clock.
 
-`Scheduler.step()` does one round (reload, leadership, adopt, publish) and says how long to
-sleep: until the next due time, the next lease renewal or standby attempt, or half the watchdog
-interval, whichever is first. Signals and schedule-file changes wake it early. There is no
-polling. What happens is told to the observers (beatd.events) given to the constructor.
+`Scheduler.step()` does one round (reload, the runtime entries' feed, leadership, adopt,
+publish) and says how long to sleep: until the next due time, the next lease renewal or standby
+attempt, the next read of the runtime entries' change feed (`RuntimeView`, every 0.2 s) or half
+the watchdog interval, whichever is first. Signals and schedule-file changes wake it early. What
+happens is told to the observers (beatd.events) given to the constructor.
+
+What the leader plans is the files' entries and the runtime entries (`entries`). A runtime
+entry's change touches that entry in the planner (`Planner.put`, `drop`); the leader reads the
+feed again right before publishing, so a removal acknowledged before the round that would
+publish the entry's slot publishes nothing. A file entry whose name a runtime entry has is a
+configuration error naming both: the reload is refused (at start: exit 2).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from beatd.adoption import Adoption
 from beatd.backends.base import Backend, Lease, StorageFailed
@@ -22,6 +30,11 @@ from beatd.config import Config
 from beatd.core import Planner, RunCounts
 from beatd.dataloss import DataLossRecovery
 from beatd.deadlines import Deadlines
+from beatd.entry_feed import (
+    POLL_INTERVAL,
+    PlannedEntries,
+    RuntimeView,
+)
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.events import (
     Adopted,
@@ -40,6 +53,7 @@ from beatd.events import (
     Totals,
 )
 from beatd.failing import EntryHealth
+from beatd.following import FeedFollower
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
 from beatd.steering import Steering
@@ -59,6 +73,7 @@ class SchedulerSettings:
     max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
     tick_budget: int | None = None  # next-fire computations per tick (core.TICK_BUDGET)
     removed_grace: float = 3600.0  # seconds a removed entry's state is kept (core.RemovedEntries)
+    entry_poll: float = POLL_INTERVAL  # seconds between reads of the runtime entries' feed
 
     @property
     def renew_interval(self) -> float:
@@ -93,6 +108,9 @@ class Scheduler:
         self.settings = settings = settings or SchedulerSettings()
         self._load_config = load_config
         self.config = config if config is not None else load_config()
+        self.runtime = RuntimeView(backend, clock, settings.entry_poll)
+        self.planned = PlannedEntries(self.runtime, self.config.entries)
+        self._good: Config | None = None  # the last configuration found clear of runtime names
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
         self.steering = Steering(backend, clock, settings.node)
@@ -110,6 +128,7 @@ class Scheduler:
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
+        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock)
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
         self._reload_requested = False
@@ -146,7 +165,7 @@ class Scheduler:
 
     def status(self) -> Status:
         return Status(
-            self.totals.backend_up, self.is_leader, len(self.config.entries), self.backend.url
+            self.totals.backend_up, self.is_leader, len(self.planned.entries), self.backend.url
         )
 
     def request_reload(self) -> None:
@@ -190,25 +209,29 @@ class Scheduler:
     def _lead(self, mono: float) -> bool:
         """Leadership, then (leading) adoption and publishing; True when the backend was
         asked."""
+        followed = self.runtime.due() and self._follow_feed()
         poll = self.leadership.poll(mono, self.config.fingerprint, self.planner)
         if poll.role is Role.BECAME_LEADER:
             self._became_leader()
         elif poll.role is Role.STEPPED_DOWN:
             self._stepped_down()
-        lease, asked = self.lease, poll.asked
+        lease, asked = self.lease, poll.asked or followed
         if lease is not None and (not self._adopted or self.publisher.readopt):
             self._adopt(lease)
             asked = True
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
             asked |= self.steering.refresh(self.planner)
+        if self.lease is not None and self._adopted and not followed:
+            # a removal acknowledged before this round publishes nothing
+            asked |= _due(self.planner, self.clock.now()) and self._follow_feed()
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
             asked |= self.deadlines.mark_passed(self.clock.now())
-            asked |= self.health.refresh(self.config.entries)
+            asked |= self.health.refresh(self.planned.entries)
             summaries = self.health.summaries
-            asked |= self.steering.pause_failing(self.config.entries, summaries, self.planner)
+            asked |= self.steering.pause_failing(self.planned.entries, summaries, self.planner)
         return asked
 
     def _publish(self, lease: Lease) -> bool:
@@ -220,24 +243,30 @@ class Scheduler:
         return done.asked
 
     def _adopt(self, lease: Lease) -> None:
+        if not self.runtime.loaded:
+            return  # the runtime entries first: a plan without them would be adopted twice
         try:
             if not self.leadership.announce(self.config.fingerprint, self.planner):
                 self._stepped_down()
                 return
-            self.adoption.adopt(self.config, self.planner, lease)
-            self.deadlines.adopt(self.config.entries)
+            clash = self.following.register(lease, self.config.entries)
+            if clash is not None:
+                return self._refuse(clash)
+            self.adoption.adopt(self.planned.entries, self.planner, lease)
+            self.deadlines.adopt(self.planned.entries)
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
             return
         self._adopted = True
+        self._good = self.config
         self._emit(Adopted(self.config))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
         if self._retry_at > mono:
             return self._retry_at - mono
-        deadlines = [self.leadership.wake_at]
+        deadlines = [self.leadership.wake_at, self.runtime.next_at]
         if self.lease is not None:
             for wake in (
                 self.planner.next_wake(),
@@ -262,23 +291,53 @@ class Scheduler:
         self._emit(Reloading())
         try:
             config = self._load_config()
+            if (clash := self.planned.clash(config.entries)) is not None:
+                raise clash
         except ConfigError as exc:
-            self.totals.reloads_failed += 1
-            self.totals.last_reload_ok = False
-            log.error(
-                "reload refused, keeping the last good configuration (%d entries):\n%s",
-                len(self.config.entries),
-                exc,
-            )
-            self._emit(ReloadFailed(self.status()))
+            self._reload_refused(exc)
             return False
         self.config = config
+        self.planned.use(config.entries)
         self.publisher.forget()
         self.totals.reloads_ok += 1
         self.totals.last_reload_ok = True
         self._adopted = False
         log.info("reloaded %d entries config=%s", len(config.entries), config.fingerprint)
         self._emit(Reloaded(self.status()))
+        return True
+
+    def _reload_refused(self, exc: ConfigError) -> None:
+        self.totals.reloads_failed += 1
+        self.totals.last_reload_ok = False
+        log.error(
+            "reload refused, keeping the last good configuration (%d entries):\n%s",
+            len(self.config.entries),
+            exc,
+        )
+        self._emit(ReloadFailed(self.status()))
+
+    def _refuse(self, clash: ConfigError) -> None:
+        """File entries named like runtime entries (found registering the files' names): the
+        configuration is refused, the last good one kept (none: raise)."""
+        good = self._good
+        if good is None or good is self.config:
+            raise clash
+        self._reload_refused(clash)
+        self.config = good
+        self.planned.use(good.entries)
+        self.publisher.forget()
+
+    # --- runtime entries -----------------------------------------------------------------
+
+    def _follow_feed(self) -> bool:
+        lease = self.lease if self._adopted else None
+        try:
+            files, checked = self.config.entries, self._good is not None
+            if self.following.follow(self.planner, lease, files, checked):
+                self._adopted = False
+        except LeaseLost as exc:
+            log.warning("%s; now standby", exc)
+            self._step_down()
         return True
 
     # --- leadership changes and backend health -------------------------------------------
@@ -329,6 +388,11 @@ class Scheduler:
         if was_down:
             log.info("backend %s reachable again", self.backend.url)
             self._emit(BackendUp(self.status()))
+
+
+def _due(planner: Planner, now: datetime) -> bool:
+    wake = planner.next_wake()
+    return wake is not None and wake <= now
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:

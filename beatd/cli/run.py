@@ -323,11 +323,14 @@ def config_loader(schedule: ScheduleSettings, backend: StateStore) -> Callable[[
 
 
 def serve(scheduler: Scheduler, stop: threading.Event) -> None:
-    """Run the loop until stopped; exit with the storage's status when it failed."""
+    """Run the loop until stopped; exit with the storage's status when it failed, and 2 when
+    a schedule file names an entry a runtime entry has (found once they are read)."""
     try:
         scheduler.run(stop)
     except StorageFailed as exc:  # logged by the scheduler as it stepped down
         sys.exit(exc.exit_status)
+    except ConfigError as exc:
+        fail(exc)
 
 
 def celery_broker(backend: BackendSettings, celery_config: str | None) -> BackendSettings:
