@@ -5,20 +5,24 @@ planned by the leader (and held by the standbys) through the change feed."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry
 from beatd.history import HistoryQuery
+from beatd.metrics import register_scheduler
 from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from tests.test_metrics import scrape, value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -211,3 +215,23 @@ def test_a_follower_behind_the_feed_reads_every_entry_again(
     run_for(beat, 60)
     assert sorted(beat.planner.entries) == [f"tenant-{i}" for i in range(5)]
     assert published(backend, "tenant-4") == ["12:01:00"]
+
+
+def test_the_runtime_entries_and_the_feeds_lag_are_exported(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 10)
+    assert math.isnan(value(scrape(registry), "beatd_entry_changes_lag_seconds"))
+    put(backend, clock, "tenant-1")
+    clock.advance(0.15)  # the write is 150 ms old when the next read applies it
+    run_for(beat, 1)
+    samples = scrape(registry)
+    assert value(samples, "beatd_runtime_entries") == 1
+    assert value(samples, "beatd_entries") == 1  # the files'
+    assert value(samples, "beatd_entry_changes_applied_total") == 1
+    assert 0.15 <= value(samples, "beatd_entry_changes_lag_seconds") < 0.2
+    due = (T0 + M).timestamp()
+    assert value(samples, "beatd_next_due_timestamp_seconds", entry="tenant-1") == due

@@ -201,9 +201,9 @@ def parse_run_settings(
     type=click.Choice([s.value for s in EntrySeries]),
     default=EntrySeries.ALL.value,
     show_default=True,
-    help="Which entries get per-entry series: all (beyond 10,000 entries: file, logged once), "
-    "file (the schedule files' entries; today every entry is one, runtime entries come later) "
-    "or none (totals and the per-task histogram only).",
+    help="Which entries get per-entry series: all (runtime entries too; beyond 10,000 "
+    "entries: file, logged once), file (the schedule files' entries only) or none (totals and "
+    "the per-task histogram only).",
 )
 @click.option(
     "--with-worker",
