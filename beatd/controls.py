@@ -112,6 +112,16 @@ def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> HeldAfter:
     return HeldAfter(hold, MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1))
 
 
+def held_trigger(control: EntryControl, run_id: str) -> TriggerResult:
+    """A trigger of a busy `buffer_one` entry: held, unless a manual run is held already; then
+    refused naming that run, since buffer_one keeps one run and an operator's run must never
+    vanish. A held scheduled slot gives way (`replaced_held`: it is recorded missed, overlap)."""
+    held = control.held
+    if held is not None and held.kind == RunKind.MANUAL:
+        return TriggerResult(TriggerStatus.REFUSED_HELD, run_id, held.run_id)
+    return TriggerResult(TriggerStatus.HELD, run_id)
+
+
 class Guard(NamedTuple):
     """The overlap rule a commit applies to one entry's write (`StateWrite.guard`)."""
 
@@ -125,6 +135,8 @@ class TriggerStatus(StrEnum):
     REFUSED_BUSY = "refused_busy"  # overlap: skip and the entry is busy (running id given)
     REFUSED_PAUSED = "refused_paused"
     HELD = "held"  # overlap: buffer_one and the entry is busy: held, published when it is not
+    # buffer_one, busy, and a manual run is held already (its id given): one is kept, never lost
+    REFUSED_HELD = "refused_held"
 
 
 def manual_run_id(entry: str, key: str | None = None) -> str:
@@ -170,6 +182,12 @@ class AuditRecord:
     detail: Mapping[str, Any] = field(default_factory=dict)  # JSON values
     before: Mapping[str, Any] | None = None
     after: Mapping[str, Any] | None = None
+
+
+def backfill_detail(detail: Mapping[str, Any], runs: int, published: int) -> dict[str, Any]:
+    """A backfill step's audit detail: the command's (`from`, `to`, `slots` of the whole range)
+    and what this step did, `published` and `already_there` (its runs with a published record)."""
+    return {**detail, "published": published, "already_there": runs - published}
 
 
 def new_audit_id() -> str:

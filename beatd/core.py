@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 from typing import NamedTuple
 
 from beatd.config.model import Entry, MissedPolicy
@@ -150,14 +151,27 @@ class _Slot:
     def lifted(self) -> tuple[Pause, ...]:
         return self.gate.lifted if self.gate is not None else ()
 
-    def set_control(self, control: EntryControl, now: datetime | None) -> None:
+    def set_control(
+        self, control: EntryControl, now: datetime | None, lifts: Sequence[datetime] = ()
+    ) -> HeldRun | None:
+        """Take `control` as the entry's; the held slot it no longer holds, if one left.
+        `lifts`: when pauses were lifted, if known (a lifted pause ends at the first of them
+        after it began, else `now`)."""
         old, lifted = self.control.pause, self.lifted
+        held = self.control.held
         if old is not None and old != control.pause and now is not None:
-            end = now if old.until is None else min(old.until, now)
+            # it ended when it was lifted, if the caller knows when (a resume's audit record);
+            # else when the change was seen
+            end = min((t for t in lifts if old.at < t < now), default=now)
+            if old.until is not None:
+                end = min(old.until, end)
             if end > old.at:
                 lifted = (*lifted, old._replace(until=end))
         gated = control != NO_CONTROL or bool(lifted) or self.entry.guard is not None
         self.gate = _Gate(control, lifted) if gated else None
+        if held is None or held.kind == RunKind.MANUAL:  # a manual run is counted as triggered
+            return None
+        return held if control.held is None or control.held.run_id != held.run_id else None
 
     def forget_lifted(self, past: datetime) -> None:
         """Forget the lifted pauses that end at or before `past` (the entry is beyond them)."""
@@ -181,12 +195,26 @@ class _Slot:
         return self.item[0] if self.item is not None else None
 
 
+class Departed(NamedTuple):
+    """A slot `buffer_one` held that left its entry's control: published by a run's final
+    outcome, or missed (replaced, or dropped under a pause). Its end is in the run history."""
+
+    entry: Entry
+    held: HeldRun
+
+
+Lifts = Sequence[datetime]  # when an entry's pauses were lifted (resume records' times)
+LiftsByEntry = Mapping[str, Lifts]
+NO_LIFTS: LiftsByEntry = MappingProxyType({})
+
+
 class Planner:
     """Decides, tick by tick, what each entry publishes and misses."""
 
     def __init__(self, tick_budget: int | None = None, walk_limit: int | None = None) -> None:
         self._slots: dict[str, _Slot] = {}
         self._heap: list[tuple[datetime, str]] = []
+        self._departed: list[Departed] = []  # held slots that left a control, since last taken
         self.next_fire_computations = 0  # counted so tests can check a tick's cost
         # A tick stops taking entries once it has spent this many next-fire computations (about
         # 1.5 s), so catching up after long downtime never holds the loop past a lease renewal:
@@ -275,9 +303,31 @@ class Planner:
     def _track(self, entry: Entry, state: EntryState, control: EntryControl, now: datetime) -> None:
         old = self._slots.get(entry.name)
         slot = _Slot(entry, state, gate=old.gate if old is not None else None)
-        slot.set_control(control, now)
+        self._set_control(slot, control, now)
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot)
+
+    def _set_control(
+        self, slot: _Slot, control: EntryControl, now: datetime | None, lifts: Lifts = ()
+    ) -> None:
+        departed = slot.set_control(control, now, lifts)
+        if departed is not None:
+            self._departed.append(Departed(slot.entry, departed))
+
+    def take_departed(self) -> list[Departed]:
+        """The held slots that left their entry's control since the last call."""
+        departed, self._departed = self._departed, []
+        return departed
+
+    def published_elsewhere(self, name: str, slot: datetime) -> None:
+        """A held slot of `name` was published by a run's final outcome: it is the entry's last
+        published slot (persisted with the entry's next write) unless a newer one is."""
+        tracked = self._slots.get(name)
+        if tracked is None:
+            return
+        last = tracked.state.last_published
+        if last is None or slot > last:
+            tracked.state = tracked.state._replace(last_published=slot)
 
     def control(self, name: str) -> EntryControl | None:
         slot = self._slots.get(name)
@@ -293,15 +343,19 @@ class Planner:
             and (now is None or (p.at <= now and (p.until is None or now < p.until)))
         ]
 
-    def refresh_controls(self, controls: Mapping[str, EntryControl], now: datetime) -> int:
+    def refresh_controls(
+        self, controls: Mapping[str, EntryControl], now: datetime, lifts: LiftsByEntry = NO_LIFTS
+    ) -> int:
         """Every entry's control as persisted now (an entry missing has none): a pause set or
-        lifted, a busy mark cleared, a held run published elsewhere. How many changed."""
+        lifted, a busy mark cleared, a held run published elsewhere. How many changed.
+        `lifts`: per entry, when pauses were lifted since the last refresh, if known (a pause
+        lifted at no time known ends `now`)."""
         changed = 0
         for name, slot in self._slots.items():
             control = controls.get(name, NO_CONTROL)
             if control != slot.control:
                 changed += 1
-                slot.set_control(control, now)
+                self._set_control(slot, control, now, lifts.get(name, ()))
                 if slot.next_slot is not None:
                     self._set_next(slot, slot.next_slot)
         return changed
@@ -357,7 +411,7 @@ class Planner:
             if slot.gate is not None:
                 yield self._decide_gated(slot, now)
             else:
-                yield self._decide_on_time(slot, now) or self._decide(slot, now)
+                yield self._decide(slot, now)
 
     def settle(self, decisions: Iterable[Decision]) -> None:
         """The decisions were persisted: move each entry on to its next slot."""
@@ -367,7 +421,7 @@ class Planner:
                 continue
             slot.state = decision.state
             if decision.at is not None:  # decided under a guard
-                slot.set_control(_after(slot.control, decision), None)
+                self._set_control(slot, _after(slot.control, decision), None)
             if decision.runs or decision.missed or decision.hold:
                 self._set_next(slot, decision.following)
 
@@ -397,7 +451,7 @@ class Planner:
             return False
         slot.state = state
         if control is not None:
-            slot.set_control(control, now)
+            self._set_control(slot, control, now)
         self._schedule_next(slot, state.last_slot)
         return True
 
@@ -415,69 +469,74 @@ class Planner:
         for p in (slot.control.pause, *slot.lifted):
             if p is not None and due < p.at <= now:  # decide only the slots before it
                 bound = min(bound or now, p.at - _JUST_BEFORE)
-        if bound is None:
-            decision = self._decide_on_time(slot, now) or self._decide(slot, now)
-        else:
-            decision = self._decide(slot, now, bound)
-        return _overlap(decision, slot.control, now)
-
-    def _decide_on_time(self, slot: _Slot, now: datetime) -> Decision | None:
-        """The steady state, without a walk: one slot due, on time, and the next not yet due.
-
-        None when that is not the case; `_decide` then walks from the same slot, and repeats
-        (and counts) the next-fire computation made here.
-        """
-        entry, due = slot.entry, slot.next_due
-        assert due is not None and slot.next_slot is not None
-        if not entry.enabled or now - due > entry.misfire_grace:
-            return None
-        current = slot.next_slot
-        following = entry.schedule.next_after(current)
-        if following is not None and entry.due_for(following) <= now:
-            return None
-        self.next_fire_computations += 1
-        state = EntryState(entry.name, current, current, entry.identity)
-        run = Run(entry, current, due, False)
-        return Decision(entry, slot.state, state, (run,), following=following)
+        return _overlap(self._decide(slot, now, bound), slot.control, now)
 
     def _decide(self, slot: _Slot, now: datetime, stop: datetime | None = None) -> Decision:
-        entry, state = slot.entry, slot.state
-        keep = _KEEP[entry.missed] if entry.enabled else 0
-        if keep is None:
-            keep = entry.max_catch_up
-        walk = _walk(slot, now, keep, stop or now, self.walk_limit)
-        self.next_fire_computations += walk.steps
-        reason = MissReason.SKIPPED
-        if not entry.enabled:
-            reason = MissReason.DISABLED
-        elif entry.missed is MissedPolicy.CATCH_UP:
-            reason = MissReason.BEYOND_CATCH_UP
-        dropped = walk.overdue_count - len(walk.overdue)
-        missed: tuple[MissedSlots, ...] = ()
-        if dropped:
-            assert walk.first_dropped is not None and walk.last_dropped is not None
-            missed = (
-                MissedSlots(entry.name, reason, walk.first_dropped, walk.last_dropped, dropped),
-            )
-        if not walk.done:
-            # As far as one tick goes: account for the slots known to be too old to publish,
-            # and leave the newest `keep` overdue ones to be walked again at the next tick.
-            assert walk.last_dropped is not None  # a walk stops only after dropping
-            new_state = EntryState(
-                entry.name, walk.last_dropped, state.last_published, entry.identity
-            )
-            resume = walk.overdue[0][0] if walk.overdue else walk.following
-            return Decision(entry, state, new_state, (), missed, resume)
-        runs: list[Run] = []
-        if not entry.enabled:
-            total = walk.overdue_count + len(walk.timely)
-            missed = (MissedSlots(entry.name, reason, walk.first, walk.newest, total),)
-        else:
-            runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
-            runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
-        published = runs[-1].slot if runs else state.last_published
-        new_state = EntryState(entry.name, walk.newest, published, entry.identity)
-        return Decision(entry, state, new_state, tuple(runs), missed, walk.following)
+        """The entry's due slots (up to `stop`): on time without a walk when it can be (and
+        no `stop`), else walked; the next-fire computations counted."""
+        if stop is None and (decision := _on_time(slot, now)) is not None:
+            self.next_fire_computations += 1
+            return decision
+        decision, steps = _walked(slot, now, self.walk_limit, stop)
+        self.next_fire_computations += steps
+        return decision
+
+
+def _on_time(slot: _Slot, now: datetime) -> Decision | None:
+    """The steady state, without a walk: one slot due, on time, and the next not yet due.
+
+    None when that is not the case; `_walked` then walks from the same slot, and repeats the
+    next-fire computation made here (the caller counts one when it returns a decision).
+    """
+    entry, due = slot.entry, slot.next_due
+    assert due is not None and slot.next_slot is not None
+    if not entry.enabled or now - due > entry.misfire_grace:
+        return None
+    current = slot.next_slot
+    following = entry.schedule.next_after(current)
+    if following is not None and entry.due_for(following) <= now:
+        return None
+    state = EntryState(entry.name, current, current, entry.identity)
+    run = Run(entry, current, due, False)
+    return Decision(entry, slot.state, state, (run,), following=following)
+
+
+def _walked(
+    slot: _Slot, now: datetime, walk_limit: int, stop: datetime | None
+) -> tuple[Decision, int]:
+    """The entry's due slots, walked (`_walk`); with the next-fire computations it made."""
+    entry, state = slot.entry, slot.state
+    keep = _KEEP[entry.missed] if entry.enabled else 0
+    if keep is None:
+        keep = entry.max_catch_up
+    walk = _walk(slot, now, keep, stop or now, walk_limit)
+    reason = MissReason.SKIPPED
+    if not entry.enabled:
+        reason = MissReason.DISABLED
+    elif entry.missed is MissedPolicy.CATCH_UP:
+        reason = MissReason.BEYOND_CATCH_UP
+    dropped = walk.overdue_count - len(walk.overdue)
+    missed: tuple[MissedSlots, ...] = ()
+    if dropped:
+        assert walk.first_dropped is not None and walk.last_dropped is not None
+        missed = (MissedSlots(entry.name, reason, walk.first_dropped, walk.last_dropped, dropped),)
+    if not walk.done:
+        # As far as one tick goes: account for the slots known to be too old to publish,
+        # and leave the newest `keep` overdue ones to be walked again at the next tick.
+        assert walk.last_dropped is not None  # a walk stops only after dropping
+        new_state = EntryState(entry.name, walk.last_dropped, state.last_published, entry.identity)
+        resume = walk.overdue[0][0] if walk.overdue else walk.following
+        return Decision(entry, state, new_state, (), missed, resume), walk.steps
+    runs: list[Run] = []
+    if not entry.enabled:
+        total = walk.overdue_count + len(walk.timely)
+        missed = (MissedSlots(entry.name, reason, walk.first, walk.newest, total),)
+    else:
+        runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
+        runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
+    published = runs[-1].slot if runs else state.last_published
+    new_state = EntryState(entry.name, walk.newest, published, entry.identity)
+    return Decision(entry, state, new_state, tuple(runs), missed, walk.following), walk.steps
 
 
 def _walk(slot: _Slot, now: datetime, keep: int, stop: datetime, walk_limit: int) -> _Walk:
@@ -722,6 +781,20 @@ class RunCounts:
             counts[index] += count
             totals[0] += count
             totals[index] += count
+        if decision.hold is not None:  # due now; its end is counted by `held_ended`
+            counts[0] += 1
+            totals[0] += 1
+
+    def held_ended(self, entry: str, missed: str | None, late: bool) -> None:
+        """A held slot (counted due when held) ended: published (`missed` None; `late` past
+        its misfire_grace) or missed with reason `missed`."""
+        counts = self._by_entry.setdefault(entry, [0] * len(COUNT_FIELDS))
+        indexes = [1, 2] if missed is None and late else [1] if missed is None else []
+        if missed is not None:
+            indexes.append(_MISSED_INDEX[missed])
+        for index in indexes:
+            counts[index] += 1
+            self._totals[index] += 1
 
     def get(self, entry: str) -> dict[str, int]:
         counts = self._by_entry.get(entry, [0] * len(COUNT_FIELDS))

@@ -224,9 +224,9 @@ class SchedulerCollector(Collector):
             labels=["entry"],
         )
         backfills = CounterMetricFamily(
-            "beatd_runs_backfill_batches",
-            "Backfill steps (beatd backfill, one per batch of runs), counted by the leader from "
-            "the audit log.",
+            "beatd_runs_backfilled",
+            "Runs published by beatd backfill (slots already there are not counted), counted by "
+            "the leader from the audit log.",
             labels=["entry"],
         )
         for name in sorted(set(triggered_counts) | set(backfill_counts)):

@@ -54,6 +54,7 @@ from beatd.events import (
 )
 from beatd.failing import EntryHealth
 from beatd.following import FeedFollower
+from beatd.holding import HeldEnds
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.publisher import Publisher
 from beatd.steering import Steering
@@ -127,6 +128,7 @@ class Scheduler:
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
+        self.held_ends = HeldEnds(backend, self.publisher.counts)
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
         self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock)
         self._backoff = Backoff(maximum=settings.max_backoff)
@@ -160,8 +162,8 @@ class Scheduler:
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
-        """Trigger and backfill audit records counted while leading, per entry."""
-        return self.steering.triggered, self.steering.backfill_batches
+        """Runs triggered and backfilled, counted from the audit log while leading, per entry."""
+        return self.steering.triggered, self.steering.backfilled
 
     def status(self) -> Status:
         return Status(
@@ -228,6 +230,7 @@ class Scheduler:
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
+            asked |= self.held_ends.count(self.planner)
             asked |= self.deadlines.mark_passed(self.clock.now())
             asked |= self.health.refresh(self.planned.entries)
             summaries = self.health.summaries
@@ -319,21 +322,18 @@ class Scheduler:
     def _refuse(self, clash: ConfigError) -> None:
         """File entries named like runtime entries (found registering the files' names): the
         configuration is refused, the last good one kept (none: raise)."""
-        good = self._good
-        if good is None or good is self.config:
+        if (good := self._good) is None or good is self.config:
             raise clash
         self._reload_refused(clash)
         self.config = good
         self.planned.use(good.entries)
         self.publisher.forget()
 
-    # --- runtime entries -----------------------------------------------------------------
-
     def _follow_feed(self) -> bool:
-        lease = self.lease if self._adopted else None
+        """The runtime entries' changes, applied (see FeedFollower)."""
+        lease, files = self.lease if self._adopted else None, self.config.entries
         try:
-            files, checked = self.config.entries, self._good is not None
-            if self.following.follow(self.planner, lease, files, checked):
+            if self.following.follow(self.planner, lease, files, self._good is not None):
                 self._adopted = False
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)

@@ -14,9 +14,12 @@ failing and not paused).
 
 The commands `beatd trigger` and `beatd backfill` run in their own processes, so the leader
 counts them: each refresh also reads the audit log since its last read (one read of at most
-`AUDIT_READ_LIMIT` records) and counts the trigger and backfill records per entry (the metrics
-`beatd_runs_triggered_total` and `beatd_runs_backfill_batches_total`). A new leader starts from the
-newest record it finds and counts only what comes after.
+`AUDIT_READ_LIMIT` records) and counts per entry the trigger records, and the runs each backfill
+record says its step published (`published` in its detail), as the metrics
+`beatd_runs_triggered_total` and `beatd_runs_backfilled_total`. A new leader starts from the
+newest record it finds and counts only what comes after. The resume records read there end
+the pauses they lifted at their own time, so the slots due between a resume and the read that
+sees it are not paused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from beatd.backends.base import Controls
 from beatd.clock import Clock
@@ -57,7 +61,7 @@ class Steering:
         self._summaries: Mapping[str, EntrySummary] | None = None  # the last judged
         self._paused_for: set[str] = set()  # paused after failures, in their current run
         self.triggered: Counter[str] = Counter()  # trigger audit records, per entry
-        self.backfill_batches: Counter[str] = Counter()  # backfill audit records, per entry
+        self.backfilled: Counter[str] = Counter()  # runs published by backfills, per entry
         self._audit_since: datetime | None = None  # the newest audit record's time seen
         self._audit_seen: set[str] = set()  # the ids of the records at that time
         self._audit_started = False
@@ -78,20 +82,25 @@ class Steering:
         if self._next_read is not None and mono < self._next_read:
             return False
         self._next_read = mono + self.interval
-        changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now())
+        lifts = self._read_audit()  # before the controls: a resume read is then in both
+        changed = planner.refresh_controls(self.controls.load_controls(), self.clock.now(), lifts)
         if changed:
             log.debug("controls changed entries=%d", changed)
-        self._count_commands()
         return True
 
-    def _count_commands(self) -> None:
+    def _read_audit(self) -> dict[str, list[datetime]]:
         """Count the trigger and backfill records written since the last read (the first read
-        of a leadership only finds where to start)."""
+        of a leadership only finds where to start); when the resumes among them were, per
+        entry, so that a pause lifted ends then, not when the leader reads it."""
+        lifts: dict[str, list[datetime]] = {}
         if not self._audit_started:
             records = self.controls.audit(limit=1)
         else:
             records = self.controls.audit(since=self._audit_since, limit=AUDIT_READ_LIMIT)
         new = [r for r in records if r.id not in self._audit_seen]
+        for record in new:
+            if record.action == "resume" and record.entry is not None:
+                lifts.setdefault(record.entry, []).append(record.at)
         if self._audit_started:
             for record in new:
                 if record.entry is None:
@@ -99,7 +108,7 @@ class Steering:
                 if record.action == "trigger":
                     self.triggered[record.entry] += 1
                 elif record.action == "backfill":
-                    self.backfill_batches[record.entry] += 1
+                    self.backfilled[record.entry] += _published(record.detail)
             if len(records) >= AUDIT_READ_LIMIT:
                 log.warning(
                     "audit log read limit reached records=%d: older trigger and backfill "
@@ -112,6 +121,7 @@ class Steering:
             if self._audit_since is None or newest > self._audit_since:
                 self._audit_since, self._audit_seen = newest, set()
             self._audit_seen |= {r.id for r in new if r.at == newest}
+        return lifts
 
     def pause_failing(
         self, entries: Mapping[str, Entry], summaries: Mapping[str, EntrySummary], planner: Planner
@@ -146,3 +156,10 @@ class Steering:
         if due:
             self.read_soon()  # the planner learns the pauses at the next step
         return bool(due)
+
+
+def _published(detail: Mapping[str, Any]) -> int:
+    """How many runs a backfill step published, as its audit record says (0 when a beatd from
+    before the count wrote it)."""
+    published = detail.get("published")
+    return published if isinstance(published, int) and not isinstance(published, bool) else 0

@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.deadlines",
             "beatd.failing",
             "beatd.steering",
+            "beatd.holding",
             "beatd.celery_listener",
         ),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import beatd.cli.controls as cli_controls
+import beatd.operations.controls as operations_controls
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Controls, Outgoing, StateWrite
 from beatd.backends.memory import discard
@@ -224,6 +226,22 @@ def test_trigger_of_a_busy_entry_under_buffer_one_is_held_until_it_ends(
     assert [(m.id, m.kind) for m in messages] == [(running, "manual"), (held, "manual")]
 
 
+def test_a_second_trigger_of_a_buffer_one_entry_holding_one_is_refused(
+    broker: str, schedules: Path, backend: Backend
+) -> None:
+    base = ["trigger", "slow-buffer", "-s", str(schedules), "--broker", broker]
+    beatd(*base)
+    held = beatd(*base)[1].strip()
+    assert beatd(*base) == (
+        1,
+        "",
+        f"beatd: slow-buffer already holds manual run {held}, to publish when its busy run ends "
+        "(overlap: buffer_one keeps one); nothing was published: wait for it to go out, or add "
+        "--force to publish now beside the busy run\n",
+    )
+    assert controls(backend).load_controls()["slow-buffer"].held.run_id == held
+
+
 class LosesTheFirstReply:
     """The backend's controls, except that the first trigger is applied and its reply lost."""
 
@@ -252,7 +270,7 @@ def test_a_trigger_whose_reply_is_lost_is_sent_again_and_runs_once(
         return wrappers[-1]
 
     monkeypatch.setattr(cli_controls, "controls_of", lossy)
-    monkeypatch.setattr(cli_controls.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(operations_controls.time, "sleep", lambda seconds: None)
     code, out, err = beatd("trigger", "tick", "-s", schedules, "--broker", broker)
     assert (code, err) == (0, "")
     (wrapper,) = wrappers
@@ -315,6 +333,31 @@ def test_pause_all_or_by_glob_says_later_entries_are_not_paused_and_resume_lifts
     # the last command's three resumes come first (in one step: one instant, any order)
     assert set(actions[:3]) == {("resume", e) for e in ("report-daily", "slow-buffer", "slow-skip")}
     assert actions.count(("pause", "report-daily")) == 2
+
+
+def test_resume_of_a_lapsed_pause_says_it_was_no_longer_paused(
+    broker: str, backend: Backend
+) -> None:
+    """Found with real processes: `beatd resume --all` printed `resumed tick` for a pause whose
+    --until had passed, as if tick had been paused till then."""
+    import time
+
+    from beatd.backends.memory import MemoryBackend
+
+    an_hour_ago = MemoryBackend(
+        broker.removeprefix("memory://"), wall_clock=lambda: time.time() - 3600
+    )
+    [lapsed] = an_hour_ago.pause(["tick"], "was", timedelta(minutes=10), "cy")
+    backend.pause(["nightly"], "is", timedelta(hours=1), "cy")
+    until = lapsed.after["pause"]["until"] if lapsed.after and lapsed.after["pause"] else ""
+    ended = datetime.fromisoformat(until).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = beatd("resume", "--all", "--by", "cy", "--broker", broker)
+    assert (code, err) == (0, "")
+    assert out == (
+        "resumed nightly\n"
+        f"tick was no longer paused: its pause ended at {ended}; the lapsed pause was cleared\n"
+    )
+    assert controls(backend).load_controls() == {}
 
 
 @pytest.mark.parametrize(
@@ -576,3 +619,98 @@ def test_status_does_not_call_a_paused_entry_overdue(
     rows = {row["entry"]: row for row in json.loads(out)["entries"]}
     assert rows["tick"]["paused"] is not None
     assert not rows["tick"]["overdue_seconds"]
+
+
+# --- a reader that goes away (`beatd history | head`)
+
+
+@pytest.mark.parametrize("command", [["audit"], ["history"], ["dead", "list"]])
+def test_a_read_command_whose_reader_went_away_exits_141_quietly(
+    tmp_path: Path, schedules: Path, command: list[str]
+) -> None:
+    """A real pipe whose reading end is closed before the command writes: the conventional
+    status of a tool stopped by a closed pipe (128 + SIGPIPE), and nothing on stderr."""
+    import subprocess
+    import sys
+
+    broker = f"sqlite:///{tmp_path / 'b.db'}"
+    for request in ("r1", "r2"):
+        assert (
+            beatd("trigger", "tick", "-s", schedules, "--by", request, "--broker", broker)[0] == 0
+        )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "beatd", *command, "--broker", broker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `head` does once it has its lines
+    status = process.wait(timeout=60)
+    assert (status, process.stderr.read()) == (141, b"")
+
+
+# --- the README's example
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_SCHEDULES = """\
+entries:
+  nightly-export:
+    task: exports.nightly
+    cron: "30 1 * * *"
+  hourly-sync:
+    task: sync.hourly
+    cron: "0 * * * *"
+"""
+README_HORIZON = datetime(2026, 12, 5, 2, tzinfo=UTC)  # hourly-sync published up to then
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)?")
+WITH_SCHEDULES = {"trigger", "pause", "backfill"}
+
+
+def readme_session() -> list[tuple[str, list[str]]]:
+    """The commands of the README's steering example, each with the lines it shows."""
+    found = re.search(r"\n## Steering it.*?```\n(.*?)```", README.read_text(), flags=re.S)
+    assert found is not None
+    session: list[tuple[str, list[str]]] = []
+    for line in found[1].splitlines():
+        if line.startswith("$ "):
+            session.append((line[2:], []))
+        else:
+            session[-1][1].append(line)
+    return session
+
+
+def test_the_readme_steering_example_shows_what_its_commands_print(
+    broker: str, tmp_path: Path, backend: Backend
+) -> None:
+    """Every command of the example run as shown (its times moved to today), every line as
+    printed but for the times."""
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(README_SCHEDULES)
+    horizon = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    arrange_horizon(backend, folder, horizon, "hourly-sync")
+
+    def today(arg: str) -> str:
+        if not TIME.fullmatch(arg):
+            return arg
+        moved = datetime.fromisoformat(arg).replace(tzinfo=UTC) + (horizon - README_HORIZON)
+        return f"{moved:%Y-%m-%dT%H:%M}"
+
+    session = readme_session()
+    assert [command.split()[1] for command, _ in session] == [
+        "trigger", "pause", "trigger", "backfill", "backfill", "audit",
+    ]  # fmt: skip
+    for command, shown in session:
+        command, _, head = command.partition(" | head -")
+        argv = [today(arg) for arg in shlex.split(command)[1:]]
+        if argv[0] in WITH_SCHEDULES:
+            argv += ["-s", str(folder)]
+        code, out, err = beatd(*argv, "--broker", broker)
+        printed = (out + err).splitlines()[: int(head) if head else None]
+        exit_shown = re.fullmatch(r"\(exit (\d)\)", shown[-1]) if shown else None
+        expected = shown[:-1] if exit_shown else shown
+        assert code == (int(exit_shown[1]) if exit_shown else 0), command
+        assert [TIME.sub("TIME", line) for line in printed] == [
+            TIME.sub("TIME", line) for line in expected
+        ], command

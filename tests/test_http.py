@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from beatd.http.context import ApiContext
 from beatd.http.routes import Reply, Route
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenTable, new_token, read_token_file
+from tests.test_controls_cli import arrange_horizon
 from tests.test_history_cli import (
     SCHEDULES,
     gone_queued,
@@ -416,3 +417,119 @@ def test_status_of_an_unknown_entry_is_404_with_a_suggestion(api: Api) -> None:
         "message": "no entry 'nighty' in the schedule files; did you mean 'nightly'?",
         "pointer": None,
     }
+
+
+# --- controls -----------------------------------------------------------------------------------
+
+
+def post(api: Api, path: str, body: Any = None, token: str = WRITER.token) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    status, _, answer = api.ask(path, token, "POST", data, headers)
+    return status, answer
+
+
+def test_a_trigger_publishes_one_manual_run_and_a_key_makes_it_once(api: Api) -> None:
+    status, body = post(api, "/v1/entries/tick/trigger", {"kwargs": {"n": 1}})
+    assert status == 201 and body["status"] == "published" and body["message"] is None
+    assert body["run_id"].startswith("tick@manual-")
+    first = post(api, "/v1/entries/tick/trigger", {"idempotency_key": "incident-1"})
+    again = post(api, "/v1/entries/tick/trigger", {"idempotency_key": "incident-1"})
+    assert first == (
+        201,
+        {"run_id": "tick@manual-incident-1", "status": "published", "message": None},
+    )
+    assert again == (
+        200,
+        {
+            "run_id": "tick@manual-incident-1",
+            "status": "duplicate",
+            "message": "duplicate: this idempotency key was already used for "
+            "tick@manual-incident-1; nothing more was published",
+        },
+    )
+    _, _, audit = api.ask("/v1/audit?entry=tick")
+    assert {(r["action"], r["by"]) for r in audit["records"]} == {("trigger", "ops")}
+
+
+def test_a_trigger_of_a_paused_entry_is_409_in_the_commands_words(api: Api) -> None:
+    status, body = post(api, "/v1/entries/tick/pause", {"reason": "db migration", "until": "8h"})
+    assert status == 200 and body["note"] is None
+    paused = body["paused"]["tick"]
+    assert (paused["reason"], paused["by"]) == ("db migration", "ops")
+    status, body = post(api, "/v1/entries/tick/trigger", {})
+    assert status == 409
+    assert only_error(body) == {
+        "entry": "tick",
+        "field": None,
+        "message": f"tick is paused (by ops, reason 'db migration', since {paused['at']}, until "
+        f"{paused['until']}); nothing was published: resume it with `beatd resume`, or add --force",
+        "pointer": None,
+    }
+    assert post(api, "/v1/entries/tick/trigger", {"force": True})[0] == 201
+    assert post(api, "/v1/entries/tick/resume") == (200, {"said": ["resumed tick"]})
+    assert post(api, "/v1/entries/tick/resume") == (200, {"said": ["tick was not paused"]})
+
+
+def test_pause_all_says_later_entries_are_not_paused_and_resume_by_glob(api: Api) -> None:
+    status, body = post(api, "/v1/pause", {"all": True, "reason": "freeze"})
+    assert status == 200 and sorted(body["paused"]) == ["nightly", "tick"]
+    assert body["note"] == "entries added to the schedule files later are not paused"
+    assert post(api, "/v1/resume", {"match": "ni*"}) == (200, {"said": ["resumed nightly"]})
+    status, body = post(api, "/v1/resume", {"match": "x*"})
+    assert status == 404 and only_error(body)["message"] == "no entry matches 'x*'"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field", "message"),
+    [
+        ("/v1/entries/tock/trigger", {}, 404, "name",
+         "no entry 'tock' in the schedule files; did you mean 'tick'?"),
+        ("/v1/entries/tick/trigger", {"args": {"a": 1}}, 422, "args", "args must be an array"),
+        ("/v1/entries/tick/trigger", {"when": 1}, 422, "when",
+         "unknown member 'when': use args, force, idempotency_key, kwargs"),
+        ("/v1/entries/tick/pause", {}, 422, "reason", "reason is required"),
+        ("/v1/entries/tick/pause", {"reason": "x", "until": "2026-12-05T07:00:00"}, 422, "until",
+         "'2026-12-05T07:00:00' has no offset, so it could mean any zone: add one (Z for UTC, or "
+         "such as +01:00)"),
+        ("/v1/pause", {"reason": "x", "entries": ["tick", "nope"]}, 404, "entries",
+         "no entry 'nope'"),
+    ],
+)  # fmt: skip
+def test_bad_control_requests_name_the_field_in_the_commands_words(
+    api: Api, path: str, body: Any, status: int, field: str, message: str
+) -> None:
+    answered, answer = post(api, path, body)
+    assert answered == status
+    error = only_error(answer)
+    assert (error["field"], error["message"]) == (field, message)
+
+
+def test_a_backfill_dry_run_lists_then_publishes_only_what_is_absent(api: Api) -> None:
+    backend = open_backend(api.broker)
+    horizon = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    arrange_horizon(backend, api.schedules, horizon, name="tick")
+    backend.close()
+    span = {"from": f"{horizon - timedelta(seconds=30):%Y-%m-%dT%H:%M:%S}Z",
+            "to": f"{horizon + timedelta(seconds=1):%Y-%m-%dT%H:%M:%S}Z"}  # fmt: skip
+    status, body = post(api, "/v1/entries/tick/backfill", {**span, "dry_run": True})
+    ids = [f"tick@{horizon - timedelta(seconds=s):%Y-%m-%dT%H:%M:%SZ}" for s in (30, 20, 10, 0)]
+    assert status == 200
+    assert body == {
+        "runs": [{"id": i, "published": None} for i in ids],
+        "published": None,
+        "already_there": None,
+        "dry_run": True,
+    }
+    status, body = post(api, "/v1/entries/tick/backfill", span)
+    assert (status, body["published"], body["already_there"]) == (200, 3, 1)
+    assert [run["published"] for run in body["runs"]] == [True, True, True, False]
+    too_many = {**span, "to": "2999-01-01T00:00:00Z", "max": 10}
+    status, body = post(api, "/v1/entries/tick/backfill", too_many)
+    assert (status, only_error(body)["field"]) == (422, "max")
+    past_horizon = {**span, "to": f"{horizon + timedelta(seconds=21):%Y-%m-%dT%H:%M:%S}Z"}
+    status, body = post(api, "/v1/entries/tick/backfill", past_horizon)
+    assert (status, only_error(body)["field"]) == (422, "to")
+    assert only_error(body)["message"].endswith(
+        "later slots are the scheduler's to publish; end the range at or before it"
+    )

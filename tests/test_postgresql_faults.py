@@ -27,9 +27,9 @@ from beatd.backends.postgres import PostgresBackend
 from beatd.errors import NotApplied
 from beatd.message import RunMessage
 from tests.postgres_server import PostgresServer
+from tests.processes import REPO, Proc, Processes
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
 from tests.test_redis_faults import (
-    Proc,
     adding,
     assert_each_once_and_contiguous,
     completed,
@@ -38,55 +38,18 @@ from tests.test_redis_faults import (
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 TTL = 2.0  # seconds: the lease of every scheduler here
 SECOND = timedelta(seconds=1)
 DOWN_FOR = 8.0  # seconds the server stays down when a test restarts it
 VISIBILITY = 3.0  # seconds: the workers' claims, where a test waits for one to lapse
 
 
-class Cluster:
+class Cluster(Processes):
     """One PostgreSQL server and the beatd processes started against it."""
 
     def __init__(self, tmp_path: Path, *settings: str) -> None:
-        self.dir = tmp_path
         self.server = PostgresServer(*settings).start()
-        self.procs: list[Proc] = []
-
-    def schedule(self, text: str) -> None:
-        (self.dir / "schedules").mkdir()
-        (self.dir / "schedules" / "s.yaml").write_text(text)
-
-    def _start(self, name: str, argv: list[str]) -> Proc:
-        log = self.dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        argv = [sys.executable, "-m", "beatd", *argv, "--broker", self.server.url]
-        if (self.dir / "schedules" / "s.yaml").exists():
-            argv += ["-s", str(self.dir / "schedules")]
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [*argv, "--log-format", "json"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def _started(self, proc: Proc, line: str) -> Proc:
-        wait_for(lambda: proc.count(line) or proc.popen.poll() is not None, what=proc.name)
-        assert proc.count(line) == 1, proc.log.read_text()
-        return proc
-
-    def scheduler(self, node: str, *args: str) -> Proc:
-        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch", *args]
-        return self._started(self._start(node, argv), f"beatd run node={node} ")
-
-    def worker(self, name: str, *args: str) -> Proc:
-        argv = ["worker", "-A", "tests.worker_tasks", "--pool", "process", *args]
-        return self._started(self._start(name, argv), "ready: ")
+        super().__init__(tmp_path, self.server.url, TTL)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.server.url, autocommit=True) as db:
@@ -112,10 +75,7 @@ class Cluster:
         return int(rows[0][0])
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait()
+        super().close()
         self.server.remove()
 
 

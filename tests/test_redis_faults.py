@@ -11,8 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,12 +24,12 @@ from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.redis import SCRIPTS, RedisBackend
 from beatd.errors import TransientBackendError
 from beatd.message import RunMessage
+from tests.processes import Processes
 from tests.redis_server import RedisServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
 from tests.worker_tasks import events
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 TTL = 2.0  # seconds: the lease of every scheduler here; calls are bounded by TTL / 5
 SECOND = timedelta(seconds=1)
 STREAM = "beatd:queue:default:normal"
@@ -49,85 +47,13 @@ def adding(entries: int, out: Path) -> str:
     return "".join(lines)
 
 
-class Proc:
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
-        self.name, self.popen, self.log = name, popen, log
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON log lines so far (a line still being written is skipped)."""
-        found = []
-        for line in self.log.read_text().splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-        return found
-
-    def messages(self) -> list[str]:
-        return [r["msg"] for r in self.records()]
-
-    def count(self, fragment: str) -> int:
-        return sum(fragment in m for m in self.messages())
-
-    def first(self, fragment: str) -> tuple[float, str]:
-        """When (epoch seconds) and what was logged first containing `fragment`."""
-        for r in self.records():
-            if fragment in r["msg"]:
-                moment = datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-                return moment.timestamp(), r["msg"]
-        raise AssertionError(f"{self.name} never logged {fragment!r}")
-
-    def signal(self, signum: int) -> None:
-        self.popen.send_signal(signum)
-
-    def stop(self) -> int:
-        self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(15)
-
-
-class Cluster:
+class Cluster(Processes):
     """One redis-server (persistent unless told) and the beatd processes started against it."""
 
     def __init__(self, tmp_path: Path, *, persistent: bool = True) -> None:
-        self.dir = tmp_path
         self.server = RedisServer(tmp_path / "redis", persistent=persistent).start()
+        super().__init__(tmp_path, self.server.url, TTL)
         self.admin: redis.Redis = self.server.client()
-        self.procs: list[Proc] = []
-
-    def schedule(self, text: str) -> None:
-        (self.dir / "schedules").mkdir()
-        (self.dir / "schedules" / "s.yaml").write_text(text)
-
-    def _start(self, name: str, argv: list[str]) -> Proc:
-        log = self.dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        argv = [sys.executable, "-m", "beatd", *argv, "--broker", self.server.url]
-        if (self.dir / "schedules" / "s.yaml").exists():
-            argv += ["-s", str(self.dir / "schedules")]
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [*argv, "--log-format", "json"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def _started(self, proc: Proc, line: str) -> Proc:
-        wait_for(lambda: proc.count(line) or proc.popen.poll() is not None, what=proc.name)
-        assert proc.count(line) == 1, proc.log.read_text()
-        return proc
-
-    def scheduler(self, node: str, *args: str) -> Proc:
-        argv = ["run", "--node", node, "--lease-ttl", f"{TTL:g}s", "--no-watch", *args]
-        return self._started(self._start(node, argv), f"beatd run node={node} ")
-
-    def worker(self, name: str, *args: str) -> Proc:
-        argv = ["worker", "-A", "tests.worker_tasks", "--pool", "process", *args]
-        return self._started(self._start(name, argv), "ready: ")
 
     def leader(self) -> str | None:
         node: Any = self.admin.hget("beatd:lease", "node")
@@ -142,11 +68,7 @@ class Cluster:
         return [datetime.fromisoformat(m["scheduled_for"]) for m in self.published()]
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGCONT)
-                proc.popen.kill()
-                proc.popen.wait()
+        super().close()
         self.admin.close()
         self.server.stop()
 

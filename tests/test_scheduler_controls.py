@@ -16,10 +16,12 @@ from beatd.backends.base import Delivery
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
-from beatd.config.model import Entry
+from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Overlap
-from beatd.history import HistoryQuery, MissedSlots
+from beatd.history import HistoryQuery, MissedSlots, RunKind
+from beatd.message import run_id
 from beatd.metrics import register_scheduler
+from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from tests.test_metrics import scrape, value
@@ -27,6 +29,7 @@ from tests.test_metrics import scrape, value
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 NAME = "scheduler-controls"
+CATCH_UP = MissedPolicy.CATCH_UP
 
 
 def every_minute(name: str = "tick", **kw: Any) -> Entry:
@@ -296,6 +299,23 @@ def test_buffer_one_on_sqlite_misses_the_replaced_held_slot(
     assert slots == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
+def test_buffer_one_on_sqlite_counts_the_replaced_slot_missed_and_the_ack_published_one(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    beat = scheduler(backend, clock, every_minute(overlap=Overlap.BUFFER_ONE))
+    run_for(beat, 65)
+    run = backend.claim(["default"], "w1", 3600)
+    assert run is not None
+    run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
+    backend.ack(run)  # publishes 12:03
+    run_for(beat, 15)
+    counts = beat.counts.get("tick")
+    assert (counts["due"], counts["published"], counts["missed_overlap"]) == (3, 2, 1)
+
+
 def test_buffer_one_a_held_trigger_is_not_lost_to_the_next_held_slot(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -335,10 +355,6 @@ def test_buffer_one_a_held_trigger_runs_next_and_the_slot_it_kept_out_is_missed(
     assert kept_out.slots == MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 review, open: an ack's held run leaves last published",
-)
 def test_status_last_published_follows_a_held_run_the_ack_published(
     backend: MemoryBackend, clock: FakeClock, tmp_path: Any
 ) -> None:
@@ -366,10 +382,6 @@ def test_status_last_published_follows_a_held_run_the_ack_published(
     assert rows["tick"]["last_published"] == "2026-03-01T12:02:00Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 review, open: buffer_one slots are not counted",
-)
 def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -380,11 +392,47 @@ def test_buffer_one_slots_are_counted_due_and_the_replaced_one_missed(
     registry = CollectorRegistry()
     register_scheduler(registry, beat)
     run_for(beat, 65)
-    claim(backend)
+    run = claim(backend)
     run_for(beat, 125)  # 12:02 held, then 12:03 held and 12:02 missed (overlap)
     samples = scrape(registry)
     assert value(samples, "beatd_runs_missed_total", entry="tick", reason="overlap") == 1
     assert value(samples, "beatd_runs_due_total", entry="tick") == 3
+    assert value(samples, "beatd_runs_published_total", entry="tick") == 1
+    backend.ack(run)  # 12:03:10: the ack publishes the held 12:03, behind the leader's back
+    run_for(beat, 10)  # the leader reads the controls (every 5 s): 12:03 left, published
+    samples = scrape(registry)
+    assert value(samples, "beatd_runs_published_total", entry="tick") == 2
+    assert value(samples, "beatd_runs_late_total", entry="tick") == 0  # within misfire_grace
+    assert value(samples, "beatd_runs_due_total", entry="tick") == 3
+    last = value(samples, "beatd_last_published_timestamp_seconds", entry="tick")
+    assert last == (T0 + 3 * M).timestamp()
+
+
+def test_buffer_one_a_held_slot_a_trigger_replaced_and_one_published_late_are_counted(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    from tests.backends.controls_contract import BUFFER, trigger
+
+    entry = every_minute(overlap=Overlap.BUFFER_ONE, misfire_grace=timedelta(seconds=30))
+    beat = scheduler(backend, clock, entry)
+    run_for(beat, 65)  # 12:01 published
+    first = claim(backend)
+    run_for(beat, 60)  # 12:02 held
+    assert backend.trigger(trigger("tick", guard=BUFFER)).status.name == "HELD"  # over 12:02
+    run_for(beat, 15)
+    backend.ack(first)  # publishes the manual run
+    backend.ack(backend.claim(["q"], "w1", 3600) or claim(backend))
+    run_for(beat, 45)  # 12:03 published
+    third = claim(backend)
+    run_for(beat, 60)  # 12:04 held
+    run_for(beat, 35)
+    backend.ack(third)  # 12:04:40: the held 12:04 goes out 40 s late
+    run_for(beat, 15)
+    counts = beat.counts.get("tick")
+    assert (counts["due"], counts["published"], counts["late"]) == (4, 3, 1)
+    assert counts["missed_overlap"] == 1  # 12:02, which the trigger replaced
+    assert published(backend) == ["12:01", "12:02", "12:03", "12:04"]  # 12:02: the manual run
+    assert missed(backend) == [MissedSlots("tick", "overlap", T0 + 2 * M, T0 + 2 * M, 1)]
 
 
 def test_overlap_skip_a_run_ending_as_usual_logs_no_warning(
@@ -429,11 +477,16 @@ def test_the_metrics_count_runs_triggered_and_backfilled(
     assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
     backend.trigger(trigger("tick", "r2"))
     backend.trigger(trigger("tick", "r3"))
-    backend.backfill("tick", [], "test", {"slots": 0})
+    slots = [T0 - 2 * M, T0 - M, T0 + M]  # 12:01 was published by the scheduler
+    runs = [
+        encode_run(every_minute(), run_id("tick", s), s, T0, RunKind.BACKFILL, "a") for s in slots
+    ]
+    backend.backfill("tick", runs[:2], "test", {"slots": 3})  # two steps of one command
+    backend.backfill("tick", runs[2:], "test", {"slots": 3})
     run_for(beat, 60)
     samples = scrape(registry)
     assert value(samples, "beatd_runs_triggered_total", entry="tick") == 3
-    assert value(samples, "beatd_runs_backfill_batches_total", entry="tick") == 1
+    assert value(samples, "beatd_runs_backfilled_total", entry="tick") == 2
 
 
 def test_a_new_leader_counts_only_the_commands_after_it_took_over(
@@ -452,3 +505,24 @@ def test_a_new_leader_counts_only_the_commands_after_it_took_over(
     backend.trigger(trigger("tick", "after"))
     run_for(beat, 30)
     assert value(scrape(registry), "beatd_runs_triggered_total", entry="tick") == 1
+
+
+def test_a_slot_due_after_the_resume_is_not_missed_as_paused(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """The leader reads the controls every 5 s, so it sees a resume up to 5 s late; the slots
+    due between the resume and that read are not paused (`beatd resume`: the next slot after now
+    runs as usual): they follow `missed:` like any slot published late."""
+    two = timedelta(seconds=2)
+    entry = Entry(name="tick", task="t.task", schedule=IntervalSchedule(two), missed=CATCH_UP)
+    beat = scheduler(backend, clock, entry)
+    run_for(beat, 1)  # leading from 12:00:00; the first slot is 12:00:02
+    backend.pause(["tick"], "incident", None, "ann@ops")  # at 12:00:01
+    run_for(beat, 10)  # to 12:00:11, the controls last read at 12:00:10
+    backend.resume(["tick"], "ann@ops")  # at 12:00:11: 12:00:02..12:00:10 stay paused
+    run_for(beat, 10)  # read at 12:00:15: 12:00:12 and 12:00:14 caught up, then on time
+    slots = sorted(r.slot for r in backend.runs(HistoryQuery(entry="tick")) if r.slot)
+    assert [f"{s:%H:%M:%S}" for s in slots] == [
+        "12:00:12", "12:00:14", "12:00:16", "12:00:18", "12:00:20",
+    ]  # fmt: skip
+    assert missed(backend) == [MissedSlots("tick", "paused", T0 + two, T0 + 5 * two, 5)]

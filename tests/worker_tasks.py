@@ -60,6 +60,11 @@ def ignores_everything(path: str) -> None:
 
 
 @beatd.task
+def notes_its_slot(path: str) -> None:
+    note(path, f"slot={beatd.current_run().message.scheduled_for:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@beatd.task
 def kills_its_process(path: str) -> None:
     note(path, "start")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -609,7 +609,9 @@ class Controls(Reachable, Protocol):
         OutcomeUnknown is never a second run); a used `idempotency_key` returns DUPLICATE with
         its run id; unless `force`, a pause covering now refuses it (REFUSED_PAUSED, the pause
         in `detail`) and a fresh busy mark under the guard refuses it (skip: REFUSED_BUSY, the
-        running id in `detail`) or holds it (buffer_one: HELD, replacing the held run). A
+        running id in `detail`) or holds it (buffer_one: HELD; a held scheduled slot gives way,
+        recorded missed, reason `overlap`, node "" and epoch 0; but a held manual run is kept
+        and the trigger refused, REFUSED_HELD with the held run's id in `detail`). A
         published run gets its record (kind manual, its audit id; slot and due now) and, under
         a guard, the busy mark. Only a published or held run writes an audit record and uses up
         its idempotency key; a refused one is remembered by its request id only. The entry need

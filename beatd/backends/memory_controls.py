@@ -37,6 +37,8 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
+    held_trigger,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -269,7 +271,7 @@ class MemoryControls:
         if request.force or guard is None or not is_busy(control, guard, at):
             return TriggerResult(TriggerStatus.PUBLISHED, rid)
         if guard.overlap is Overlap.BUFFER_ONE:
-            return TriggerResult(TriggerStatus.HELD, rid)
+            return held_trigger(control, rid)
         assert control.busy is not None
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, control.busy.run_id)
 
@@ -297,7 +299,10 @@ class MemoryControls:
                 request.celery,
                 request.priority,
             )
+            held, replaced = replaced_held(entry, control.held, held)
             self._book.put(entry, control._replace(held=held))
+            if replaced is not None and self._writes_history:
+                self._history.missed_one(replaced, None, at)
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(
@@ -327,14 +332,15 @@ class MemoryControls:
                     "memory backend stores beatd's own messages only"
                 )
         with self._lock:
-            at = self._instant()
-            audit = self._audit(AuditRecord(new_audit_id(), at, "backfill", entry, by, detail))
+            at, audit_id = self._instant(), new_audit_id()
             published: list[str] = []
             for message in runs:
                 if message.id in self._history.runs or message.id in published:
                     continue
-                self._publish(message._replace(audit=audit.id), at)
+                self._publish(message._replace(audit=audit_id), at)
                 published.append(message.id)
+            done = backfill_detail(detail, len(runs), len(published))
+            audit = self._audit(AuditRecord(audit_id, at, "backfill", entry, by, done))
             return published, audit
 
     def record_audit(self, record: AuditRecord) -> None:

@@ -23,6 +23,7 @@ from beatd.backends.postgres_gates import (
     control_row,
     control_value,
     lock_entries,
+    missed_unleased,
     publish_unleased,
     read_controls,
     run_ended,
@@ -41,8 +42,11 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
+    held_trigger,
     new_audit_id,
     pause_json,
+    replaced_held,
 )
 from beatd.errors import BackendError
 from beatd.history import RunKind
@@ -225,7 +229,7 @@ class PostgresControls(PostgresLink):
         ):
             return TriggerResult(TriggerStatus.PUBLISHED, rid)
         if guard.overlap is Overlap.BUFFER_ONE:
-            return TriggerResult(TriggerStatus.HELD, rid)
+            return held_trigger(control, rid)
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, busy.run_id)
 
     def _carry_out(
@@ -259,7 +263,10 @@ class PostgresControls(PostgresLink):
                 request.celery,
                 request.priority,
             )
+            hold, replaced = replaced_held(entry, control.held, hold)
             store_control(db, self.schema, entry, control._replace(held=hold))
+            if replaced is not None and self.history:
+                missed_unleased(db, self.schema, replaced, now_us)
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(
@@ -287,9 +294,7 @@ class PostgresControls(PostgresLink):
 
         def work(db: Db) -> tuple[list[str], AuditRecord]:
             self._locked(db, [entry])  # one backfill of an entry at a time
-            now_us = _now(db)
-            audit = AuditRecord(new_audit_id(), from_micros(now_us), "backfill", entry, by, detail)
-            self._audit(db, audit)
+            now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
                 rid
@@ -297,8 +302,11 @@ class PostgresControls(PostgresLink):
                     f"SELECT id FROM {self.schema}.run WHERE id = ANY(%s)", (ids,)
                 )
             }
-            fresh = {m.id: m._replace(audit=audit.id) for m in runs if m.id not in held}
+            fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
+            done = backfill_detail(detail, len(runs), len(fresh))
+            audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
+            self._audit(db, audit)
             return list(fresh), audit
 
         return self._run(work)

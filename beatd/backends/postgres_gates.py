@@ -221,12 +221,7 @@ def run_ended(db: Db, schema: str, channel: str, run_id: str, history: bool) -> 
     control = control._replace(busy=None, held=None)
     if hold is not None and pause is not None and pause.covers(now):
         if history:
-            db.execute(
-                f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, "
-                "recorded_us, node, epoch) VALUES (%s, %s, %s, %s, 1, %s, '', 0) "
-                "ON CONFLICT DO NOTHING",
-                (entry, PAUSED, to_micros(hold.slot), to_micros(hold.slot), now_us),
-            )
+            missed_unleased(db, schema, MissedSlots(entry, PAUSED, hold.slot, hold.slot, 1), now_us)
     elif hold is not None:
         queue = BeatdQueue(hold.destination_queue, hold.priority)  # PostgreSQL: never Celery
         outgoing = Outgoing(
@@ -242,3 +237,20 @@ def run_ended(db: Db, schema: str, channel: str, run_id: str, history: bool) -> 
         publish_unleased(db, schema, channel, [outgoing], now_us, history)
         control = control._replace(busy=Busy(hold.run_id, now))
     store_control(db, schema, entry, control)
+
+
+def missed_unleased(db: Db, schema: str, slots: MissedSlots, now_us: int) -> None:
+    """Record a held run's slot missed outside a commit (no node, epoch 0)."""
+    db.execute(
+        f"INSERT INTO {schema}.missed (entry, reason, first_us, last_us, total, "
+        "recorded_us, node, epoch) VALUES (%s, %s, %s, %s, %s, %s, '', 0) "
+        "ON CONFLICT DO NOTHING",
+        (
+            slots.entry,
+            slots.reason,
+            to_micros(slots.first),
+            to_micros(slots.last),
+            slots.total,
+            now_us,
+        ),
+    )

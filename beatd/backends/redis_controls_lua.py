@@ -126,6 +126,17 @@ local function commit_applied(P, messages, by, skip, now)
   end
   return replaced
 end
+-- a held run's slot missed outside a commit, as COMMIT_HISTORY's missed_slots
+-- (redis_history_lua) writes it, node '' and epoch 0 (H '': the history is off)
+local function missed_unleased(H, entry, reason, slot, now)
+  if H == '' then return end
+  local field = entry .. '\\31' .. reason .. '\\31' .. slot
+  local value = cjson.encode({{entry, reason, slot, slot, '1', now, '', '0', ''}})
+  if not redis.call('HGET', H .. 'h:missed', field) then
+    redis.call('HSET', H .. 'h:missed', field, value)
+    redis.call('ZADD', H .. 'h:missed-at', now, field)
+  end
+end
 -- run `id` reached a final outcome: clear the busy mark it holds and publish the entry's held
 -- run (dropped as missed, reason paused, when a pause covers now)
 local function run_final(P, H, id)
@@ -140,15 +151,7 @@ local function run_final(P, H, id)
   local now = now_us()
   local pause = decoded(redis.call('HGET', P .. 'ctl:pause', entry))
   if pause and covers(pause, now) then
-    if H ~= '' then
-      -- as COMMIT_HISTORY's missed_slots (redis_history_lua) writes it, node '' and epoch 0
-      local field = entry .. '\\31paused\\31' .. held[2]
-      local value = cjson.encode({{entry, 'paused', held[2], held[2], '1', now, '', '0', ''}})
-      if not redis.call('HGET', H .. 'h:missed', field) then
-        redis.call('HSET', H .. 'h:missed', field, value)
-        redis.call('ZADD', H .. 'h:missed-at', now, field)
-      end
-    end
+    missed_unleased(H, entry, 'paused', held[2], now)
     return
   end
   local celery = held[8] == '1'
@@ -229,10 +232,13 @@ if used then
 else
   local pause = decoded(redis.call('HGET', P .. 'ctl:pause', entry))
   local busy = overlap ~= '' and not force and busy_now(P, entry, timeout, now)
+  local held = busy and decoded(redis.call('HGET', P .. 'ctl:held', entry))
   if not force and pause and covers(pause, now) then
     r = {'refused_paused', rid, redis.call('HGET', P .. 'ctl:pause', entry), ''}
   elseif busy and overlap == 'skip' then
     r = {'refused_busy', rid, busy, ''}
+  elseif held and held[4] == 'manual' then
+    r = {'refused_held', rid, held[1], ''}  -- buffer_one keeps one run: never an operator's lost
   else
     r = {busy and 'held' or 'published', rid, '', audit}
     local detail = {run_id = rid, status = r[1], force = force, request_id = request,
@@ -240,6 +246,7 @@ else
     add_audit(P, audit, now, entry, cjson.encode({'trigger', entry, by, detail, cjson.null,
       cjson.null, ''}))
     if busy then
+      if held then missed_unleased(H, entry, 'overlap', held[2], now) end  -- a slot gives way
       redis.call('HSET', P .. 'ctl:held', entry,
         cjson.encode({rid, now, now, 'manual', queue, body, audit, ARGV[14], priority, KEYS[1]}))
     else
@@ -261,7 +268,6 @@ return cjson.encode(r)
 BACKFILL = """
 local P, H, entry, audit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_us()
-add_audit(P, audit, now, entry, ARGV[5])
 local ids, seen = {}, {}
 for i = 6, #ARGV, 6 do
   local id = ARGV[i + 1]
@@ -274,6 +280,11 @@ for i = 6, #ARGV, 6 do
     ids[#ids + 1] = id
   end
 end
+-- the detail says what this step did (beatd.controls.backfill_detail)
+local rest = cjson.decode(ARGV[5])
+rest[4]['published'] = #ids
+rest[4]['already_there'] = (#ARGV - 5) / 6 - #ids
+add_audit(P, audit, now, entry, cjson.encode(rest))
 return {ids, redis.call('HGET', P .. 'ctl:audit', audit)}
 """
 

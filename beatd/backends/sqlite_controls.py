@@ -43,6 +43,8 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    backfill_detail,
+    held_trigger,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -385,7 +387,11 @@ class SQLiteControls(SQLiteFile):
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL.value
             held = HeldRun(request.run_id, at, at, kind, request.queue, request.body, record.id)
+            held, replaced = replaced_held(entry, control.held, held)
             put(db, entry, control._replace(held=held))
+            if replaced is not None and self.history:
+                slot = to_micros(replaced.first)
+                db.execute(_MISSED_HELD, (entry, replaced.reason, slot, slot, micros(now)))
         else:
             queue = BeatdQueue(request.queue, request.priority)
             outgoing = Outgoing(
@@ -409,19 +415,18 @@ class SQLiteControls(SQLiteFile):
                 )
 
         def work(db: sqlite3.Connection) -> tuple[list[str], AuditRecord]:
-            now = self._now()
-            record = AuditRecord(
-                new_audit_id(), from_micros(micros(now)), "backfill", entry, by, dict(detail)
-            )
-            _store_audit(db, record)
+            now, audit_id = self._now(), new_audit_id()
             fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
             db.execute(MOVE_QUEUED)
             published: list[str] = []
             for message in runs:
                 held = db.execute("SELECT 1 FROM run WHERE id = ?", (message.id,)).fetchone()
                 if held is None and message.id not in published:
-                    publish(db, message._replace(audit=record.id), now, True)
+                    publish(db, message._replace(audit=audit_id), now, True)
                     published.append(message.id)
+            done = backfill_detail(detail, len(runs), len(published))
+            record = AuditRecord(audit_id, from_micros(micros(now)), "backfill", entry, by, done)
+            _store_audit(db, record)
             return published, record
 
         return self._run(work)
@@ -549,6 +554,6 @@ def _decide(db: sqlite3.Connection, request: Trigger, now_us: int) -> TriggerRes
     if request.force or guard is None or not is_busy(control, guard, now_us):
         return TriggerResult(TriggerStatus.PUBLISHED, rid)
     if guard.overlap is Overlap.BUFFER_ONE:
-        return TriggerResult(TriggerStatus.HELD, rid)
+        return held_trigger(control, rid)
     assert control.busy is not None
     return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, control.busy.run_id)

@@ -9,6 +9,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -115,7 +116,9 @@ def allowed_hosts(host: str, port: int, extra: tuple[str, ...]) -> frozenset[str
     return frozenset({*names, *(f"{name}:{port}" for name in names)})
 
 
-def start_api(api: ApiSettings, broker: BackendSettings, scheduler: Scheduler) -> ServedApi | None:
+def start_api(
+    api: ApiSettings, broker: BackendSettings, scheduler: Scheduler, history_max_age: timedelta
+) -> ServedApi | None:
     """The API server, started, or None when it is off or has nothing to answer."""
     if api.off:
         return None
@@ -135,6 +138,7 @@ def start_api(api: ApiSettings, broker: BackendSettings, scheduler: Scheduler) -
         lambda: scheduler.config,
         counts=lambda: totals_of(scheduler.counts),
         node=scheduler.leadership.settings.node,
+        history_max_age=history_max_age,
     )
     access = Access(tokens, allowed_hosts(host, port, api.allowed_hosts), api.public_read)
     try:

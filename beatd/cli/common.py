@@ -29,6 +29,9 @@ from beatd.metrics import MetricsServer
 log = logging.getLogger("beatd")
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
+# 128 + SIGPIPE: how a shell reports a tool stopped because the reader of its output went away
+EXIT_CLOSED_PIPE = 141
+DAEMONS = frozenset({"run", "worker"})  # their output is logs, never a pipe to read from
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 NAMESPACE_HELP = (
     "Key prefix on Redis, schema name on PostgreSQL, so several deployments can share one server."
@@ -73,6 +76,19 @@ class BeatdCommand(click.Command):
 class BeatdGroup(BeatdCommand, click.Group):
     command_class = BeatdCommand
     group_class = type  # subgroups (`dead`) are BeatdGroups too
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A command whose reader went away (`beatd history | head`) stops quietly with
+        EXIT_CLOSED_PIPE, as other tools do, instead of click's status 1."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            if ctx.invoked_subcommand in DAEMONS:
+                raise
+            # what is still buffered for stdout would fail again when Python flushes it at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_CLOSED_PIPE)
 
 
 @click.group(

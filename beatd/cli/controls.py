@@ -8,21 +8,17 @@ says who they said they were.
 
 from __future__ import annotations
 
-import fnmatch
 import getpass
 import json
-import secrets
 import socket
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
 from beatd.backends import Backend
-from beatd.backends.base import CeleryQueue, Controls
+from beatd.backends.base import Controls
 from beatd.cli.common import (
     EXIT_RUNTIME,
     BackendSettings,
@@ -39,29 +35,31 @@ from beatd.cli.common import (
     slot_text,
 )
 from beatd.cli.history import read_since
-from beatd.config import Config, Entry
-from beatd.config.convert import suggest
 from beatd.controls import (
-    NO_CONTROL,
     AuditRecord,
-    EntryControl,
-    Pause,
-    Trigger,
-    TriggerResult,
-    TriggerStatus,
-    manual_run_id,
 )
-from beatd.durations import read_duration
-from beatd.errors import BeatdError, NotApplied, OutcomeUnknown
-from beatd.history import RunKind
+from beatd.errors import BeatdError
 from beatd.operations.audit import audit_object
-from beatd.publisher import encode_run
+from beatd.operations.controls import (
+    LATER_NOT_PAUSED,
+    BadRequest,
+    TriggerAsk,
+    backend_now,
+    check_reason,
+    find_entry,
+    parse_until,
+    pause_text,
+    paused_now,
+    select_entries,
+    trigger_words,
+)
+from beatd.operations.controls import pause as pause_entries
+from beatd.operations.controls import resume as resume_entries
+from beatd.operations.controls import trigger as trigger_run
 from beatd.service import setup_logging
 
 T = TypeVar("T")
-TRIGGER_ATTEMPTS = 5  # a timed-out trigger is sent again, with the same request id, this often
 BY_HELP = "Who is acting, for the audit log (self-declared); default: user@host."
-LATER_NOT_PAUSED = "entries added to the schedule files later are not paused"
 
 
 def default_by() -> str:
@@ -71,36 +69,6 @@ def default_by() -> str:
 def controls_of(backend: Backend) -> Controls:
     """The backend's operator controls (every backend offers them; a seam the tests wrap)."""
     return backend
-
-
-def backend_now(backend: Backend) -> datetime:
-    return datetime.fromtimestamp(backend.server_time(), UTC)
-
-
-def find_entry(config: Config, name: str) -> Entry:
-    entry = config.entries.get(name)
-    if entry is None:
-        bad_option(
-            "ENTRY",
-            f"no entry {name!r} in the schedule files{suggest(name, sorted(config.entries))}",
-        )
-    return entry
-
-
-def with_retries(step: Callable[[], T], attempts: int = TRIGGER_ATTEMPTS) -> T:
-    """`step` again after a transient fault (bounded): only for a step safe to repeat."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return step()
-        except (OutcomeUnknown, NotApplied) as exc:
-            if attempt == attempts:
-                raise BeatdError(
-                    f"the backend did not answer {attempts} times ({exc}); the request may have "
-                    "been applied: repeat the same command with --idempotency-key to be sure "
-                    "it runs once"
-                ) from exc
-            time.sleep(min(0.2 * 2**attempt, 2.0))
-    raise AssertionError("unreachable")
 
 
 def read_json_option(option: str, text: str | None, kind: type) -> Any:
@@ -153,138 +121,45 @@ def trigger(
     run is held until the busy one ends.
     """
     setup_logging(log.level, log.format)
-    entry = find_entry(read_config(schedule), entry_name)
-    args = read_json_option("--args", args_json, list)
-    kwargs = read_json_option("--kwargs", kwargs_json, dict)
-    if args is not None:
-        entry = replace(entry, args=tuple(args))
-    if kwargs is not None:
-        entry = replace(entry, kwargs=kwargs)
+    entry = asked(lambda: find_entry(read_config(schedule), entry_name))
+    ask = TriggerAsk(
+        read_json_option("--args", args_json, list),
+        read_json_option("--kwargs", kwargs_json, dict),
+        idempotency_key,
+        force,
+    )
     store = open_broker(backend)
     try:
-        controls = controls_of(store)
-        now = backend_now(store).replace(microsecond=0)
-        run_id = manual_run_id(entry.name, idempotency_key)
-        run = encode_run(entry, run_id, now, now, RunKind.MANUAL, socket.gethostname())
-        request = Trigger(
-            entry=entry.name,
-            run_id=run_id,
-            queue=entry.queue,
-            celery=isinstance(run.destination, CeleryQueue),
-            priority=entry.priority,
-            body=run.body,
-            request_id=secrets.token_hex(16),
-            by=by or default_by(),
-            guard=entry.guard,
-            idempotency_key=idempotency_key,
-            force=force,
-        )
-        result = with_retries(lambda: controls.trigger(request))
-        control = NO_CONTROL  # read to name the pause or the busy run in what is said
-        if result.status in (TriggerStatus.REFUSED_PAUSED, TriggerStatus.HELD):
-            control = controls.load_controls([entry.name]).get(entry.name, NO_CONTROL)
+        done = trigger_run(controls_of(store), backend_now(store), entry, ask, by or default_by())
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    report_trigger(result, entry.name, control)
-
-
-def report_trigger(result: TriggerResult, entry: str, control: EntryControl = NO_CONTROL) -> None:
-    pause, busy = control.pause, control.busy
-    if result.status is TriggerStatus.PUBLISHED:
-        click.echo(result.run_id)
-    elif result.status is TriggerStatus.HELD:
-        click.echo(result.run_id)
-        click.echo(
-            f"held: {entry} is busy ({busy.run_id if busy else result.detail}) under overlap: "
-            "buffer_one; the run is "
-            "published when that one ends",
-            err=True,
-        )
-    elif result.status is TriggerStatus.DUPLICATE:
-        click.echo(result.run_id)
-        click.echo(
-            f"duplicate: this idempotency key was already used for {result.run_id}; nothing "
-            "more was published",
-            err=True,
-        )
-    elif result.status is TriggerStatus.REFUSED_PAUSED:
-        click.echo(
-            f"beatd: {entry} is paused ({pause_text(pause) if pause else result.detail}); "
-            "nothing was published: resume it "
-            "with `beatd resume`, or add --force",
-            err=True,
-        )
+    words = trigger_words(done, entry.name)
+    if words.run_id is not None:
+        click.echo(words.run_id)
+    if words.note is not None:
+        click.echo(f"beatd: {words.note}" if words.refused else words.note, err=True)
+    if words.refused:
         raise SystemExit(EXIT_RUNTIME)
-    else:
-        click.echo(
-            f"beatd: {entry} is busy: run {result.detail} has not ended, and its overlap is "
-            "skip; nothing was published: wait for it, or add --force",
-            err=True,
-        )
-        raise SystemExit(EXIT_RUNTIME)
-
-
-def pause_text(pause: Pause) -> str:
-    """`by NAME, reason "TEXT", until TIME` (or `until resumed`)."""
-    until = slot_text(pause.until) if pause.until is not None else "resumed"
-    return f"by {pause.by}, reason {pause.reason!r}, since {slot_text(pause.at)}, until {until}"
 
 
 # --- beatd pause / beatd resume
-
-
-def select_entries(
-    names: Sequence[str], everything: bool, pattern: str | None, known: Sequence[str]
-) -> list[str]:
-    """ENTRY..., --all or --match GLOB (exactly one of them) among `known`; exit 2 if none."""
-    given = [bool(names), everything, pattern is not None]
-    if sum(given) != 1:
-        bad_option("ENTRY/--all/--match", "give entry names, --all or --match GLOB: exactly one")
-    if everything:
-        chosen = sorted(known)
-    elif pattern is not None:
-        chosen = sorted(name for name in known if fnmatch.fnmatchcase(name, pattern))
-        if not chosen:
-            bad_option("--match", f"no entry matches {pattern!r}")
-    else:
-        for name in names:
-            if name not in known:
-                bad_option("ENTRY", f"no entry {name!r}{suggest(name, sorted(known))}")
-        chosen = list(dict.fromkeys(names))
-    return chosen
 
 
 def read_until(text: str | None) -> datetime | timedelta | None:
     """--until: a duration from the backend's now, or an ISO 8601 time with an offset."""
     if text is None:
         return None
+    return parse_until(text, datetime.now(UTC))
+
+
+def asked(step: Callable[[], T]) -> T:
+    """`step`, with bad input ending the command as bad input (exit 2) naming the option."""
     try:
-        return read_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        bad_option(
-            "--until",
-            f"cannot read {text!r}: give a duration from now (such as 8h or 2d) or an ISO 8601 "
-            "time with an offset (such as 2026-12-05T07:00:00Z)",
-        )
-    if moment.tzinfo is None:
-        bad_option(
-            "--until",
-            f"{text!r} has no offset, so it could mean any zone: add one (Z for UTC, or such as "
-            "+01:00)",
-        )
-    if moment <= datetime.now(UTC):
-        bad_option(
-            "--until",
-            f"{text!r} is already past, so the pause would cover nothing: give a time to come "
-            "(or a duration from now, such as 8h)",
-        )
-    return moment.astimezone(UTC)
+        return step()
+    except BadRequest as exc:
+        bad_option(exc.option, exc.message)
 
 
 SELECTION = [
@@ -331,21 +206,17 @@ def pause(
     """
     setup_logging(log.level, log.format)
     config = read_config(schedule)
-    chosen = select_entries(names, everything, pattern, sorted(config.entries))
-    end = read_until(until)
-    if not reason.strip():
-        bad_option("--reason", "say why (it is shown by beatd status and the audit log)")
+    chosen = asked(lambda: select_entries(names, everything, pattern, sorted(config.entries)))
+    end = asked(lambda: read_until(until))
+    asked(lambda: check_reason(reason))
     store = open_broker(backend)
     try:
-        controls = controls_of(store)
-        controls.pause(chosen, reason, end, by or default_by())
-        now = controls.load_controls(chosen)
+        pauses = pause_entries(controls_of(store), chosen, reason, end, by or default_by())
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    for name in chosen:
-        paused = now[name].pause if name in now else None
+    for name, paused in pauses.items():
         click.echo(f"paused {name}: {pause_text(paused)}" if paused else f"{name}: not paused")
     if everything or pattern is not None:
         click.echo(LATER_NOT_PAUSED)
@@ -373,19 +244,18 @@ def resume(
     store = open_broker(backend)
     try:
         controls = controls_of(store)
-        paused = sorted(n for n, c in controls.load_controls().items() if c.pause is not None)
         if names and not everything and pattern is None:
             chosen = list(dict.fromkeys(names))
         else:
-            chosen = select_entries(names, everything, pattern, paused)
-        records = controls.resume(chosen, by or default_by())
+            known = sorted(paused_now(controls))
+            chosen = asked(lambda: select_entries(names, everything, pattern, known))
+        said = resume_entries(controls, backend_now(store), chosen, by or default_by())
     except BeatdError as exc:
         fail(exc)
     finally:
         store.close()
-    lifted = {record.entry for record in records}
-    for name in chosen:
-        click.echo(f"resumed {name}" if name in lifted else f"{name} was not paused")
+    for line in said:
+        click.echo(line)
 
 
 # --- beatd audit

@@ -249,7 +249,7 @@ def run(
         audit_retention=settings.audit_retention,
     )
     stop = threading.Event()
-    served = start_api(api, broker, scheduler)
+    served = start_api(api, broker, scheduler, settings.retention.max_age)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None

@@ -11,6 +11,7 @@ from flask import Flask
 from beatd.http.app import Access, create_app
 from beatd.http.audit_routes import audit_routes
 from beatd.http.context import ApiContext
+from beatd.http.controls_routes import control_routes
 from beatd.http.dead_letter_routes import dead_letter_routes
 from beatd.http.history_routes import history_routes
 from beatd.http.openapi import openapi_document
@@ -28,6 +29,7 @@ def all_routes(context: ApiContext) -> list[Route]:
         *history_routes(context),
         *audit_routes(context),
         *dead_letter_routes(context),
+        *control_routes(context, context.history_max_age),
     ]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()

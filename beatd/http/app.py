@@ -99,6 +99,8 @@ def read_body(req: Request) -> Any:
     if req.content_length is not None and req.content_length > MAX_BODY:
         raise ApiError(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
     data = req.get_data(cache=True)  # werkzeug stops reading a chunked body at MAX_BODY
+    if not data.strip():
+        return {}  # no body: an empty object (POST .../resume needs none)
     try:
         return json.loads(data)
     except ValueError as exc:

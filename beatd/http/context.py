@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from beatd.backends import Backend
 from beatd.config import Config
@@ -20,12 +20,14 @@ class ApiContext:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         counts: Callable[[], dict[str, RunTotals] | None] = lambda: None,
         node: str = "",
+        history_max_age: timedelta = timedelta(days=30),
     ) -> None:
         self._open_backend = open_backend
         self.config = config
         self.now = now
         self.counts = counts  # this node's own run counts since it started (None: not known)
         self.node = node
+        self.history_max_age = history_max_age  # the run history's retention: backfill's bound
         self._local = threading.local()
         self._opened: list[Backend] = []
         self._lock = threading.Lock()

@@ -5,11 +5,11 @@ audit log records under who asked."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from beatd.backends import Backend, DeadLetter
 from beatd.controls import AuditRecord, new_audit_id
+from beatd.operations.controls import backend_now
 from beatd.timetext import stamp
 
 
@@ -30,11 +30,6 @@ def dead_letter_object(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "message": message,
     }
-
-
-def backend_now(store: Backend) -> datetime:
-    """The backend's clock: the times every node agrees on."""
-    return datetime.fromtimestamp(store.server_time(), UTC)
 
 
 def requeue_dead(store: Backend, run_id: str | None, by: str) -> int:

@@ -17,14 +17,16 @@ from beatd.backends import Backend, LeaderInfo
 from beatd.config import Config, ConfigError
 from beatd.config.convert import suggest
 from beatd.config.model import Entry
-from beatd.controls import EntryControl
+from beatd.controls import EntryControl, Overlap
 from beatd.core import COUNT_FIELDS, RunCounts
 from beatd.errors import BeatdError
-from beatd.history import EntrySummary
+from beatd.history import EntrySummary, HistoryQuery, RunKind
 from beatd.state import EntryState
 from beatd.timetext import seconds, stamp
 
 _PAGE = 1000  # runtime entries read at a time
+SCHEDULED_KINDS = frozenset({RunKind.SCHEDULED, RunKind.CAUGHT_UP})  # not manual, not backfill
+HELD_READ_LIMIT = 20  # a buffer_one entry's newest runs read for its last published slot
 
 
 @dataclass
@@ -81,9 +83,11 @@ def status_report(
     entries = known_entries(config, read_runtime(store, warnings))
     names, total = entry_names(entries, states, asked, limit)
     summaries = read_summaries(store, names, warnings)
+    held_published = read_held_published(store, entries, states, names)
     controls = store.load_controls(names) if names else {}
     queues = queue_rows(store)
     rows = entry_rows(entries, states, names, counts, now)
+    add_held_published(rows, held_published)
     add_summaries(rows, summaries)
     add_controls(rows, controls, now)
     report = {
@@ -141,6 +145,42 @@ def entry_names(
             raise UnknownEntry(f"no entry {name!r} in {where}{suggest(name, known)}")
     names = [name for name in known if name in set(asked)] if asked else known
     return names[:limit], len(names)
+
+
+def read_held_published(
+    store: Backend,
+    entries: Mapping[str, Entry] | None,
+    states: dict[str, EntryState],
+    names: Sequence[str],
+) -> dict[str, datetime]:
+    """The newest scheduled slot the history holds published for each `buffer_one` entry (of
+    `names`, when their entries are known): a run's final outcome publishes a held slot
+    behind the leader's back, and the persisted state learns of it at the leader's next write
+    of the entry only. Empty when the history cannot be read (read_summaries says so)."""
+    if entries is None:
+        return {}
+    newest: dict[str, datetime] = {}
+    try:
+        for name in names:
+            if entries[name].overlap is not Overlap.BUFFER_ONE:
+                continue
+            state = states.get(name)
+            since = state.last_published if state is not None else None
+            query = HistoryQuery(entry=name, since=since, limit=HELD_READ_LIMIT)
+            slots = [r.slot for r in store.runs(query) if r.kind in SCHEDULED_KINDS]
+            if slots:
+                newest[name] = max(slots)
+    except BeatdError:
+        return {}
+    return newest
+
+
+def add_held_published(rows: list[dict[str, Any]], newest: dict[str, datetime]) -> None:
+    for row in rows:
+        slot = newest.get(row["entry"])
+        shown = _time(slot)
+        if shown is not None and (row["last_published"] or "") < shown:
+            row["last_published"] = shown
 
 
 def read_summaries(

@@ -296,18 +296,41 @@ class ControlsContract:
         assert record(backend, manual.run_id).kind == RunKind.MANUAL
         assert queued_ids(backend) == [manual.run_id]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="x-held finding, open: a held trigger replaces a held run and records nothing",
-    )
-    def test_a_second_held_trigger_does_not_lose_the_first(self, backend: Backend) -> None:
+    def test_a_second_held_trigger_is_refused_naming_the_first(self, backend: Backend) -> None:
+        """buffer_one keeps one run: a second trigger would lose the first silently, so it is
+        refused (its request remembered, its key left free, no audit record)."""
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
         first = backend.trigger(trigger("e", "r1", guard=BUFFER))
-        second = backend.trigger(trigger("e", "r2", guard=BUFFER))
-        assert (first.status, second.status) == (TriggerStatus.HELD, TriggerStatus.HELD)
+        second = backend.trigger(trigger("e", "r2", key="k2", guard=BUFFER))
+        assert first.status == TriggerStatus.HELD
+        assert second == TriggerResult(
+            TriggerStatus.REFUSED_HELD, manual_run_id("e", "k2"), first.run_id
+        )
+        assert backend.trigger(trigger("e", "r2", key="k2", guard=BUFFER)) == second
+        assert [a.detail["run_id"] for a in backend.audit("e")] == [first.run_id]
         finish(backend, "ack", run_id("e", 1))
-        assert first.run_id in queued_ids(backend) or backend.missed("e") != []
+        assert queued_ids(backend) == [first.run_id]
+        assert backend.missed("e") == []
+        again = backend.trigger(trigger("e", "r3", key="k2", guard=BUFFER))
+        assert again.status == TriggerStatus.HELD  # the key was not used up by the refusal
+
+    def test_a_held_trigger_over_a_held_slot_records_the_slot_missed(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        with window(backend) as bounds:
+            manual = backend.trigger(trigger("e", guard=BUFFER))
+        assert manual.status == TriggerStatus.HELD
+        assert backend.load_controls()["e"].held.run_id == manual.run_id
+        (gave_way,) = backend.missed("e")
+        assert gave_way.slots == MissedSlots("e", "overlap", slot_of(2), slot_of(2), 1)
+        assert (gave_way.node, gave_way.epoch) == ("", 0)
+        assert within(gave_way.recorded_at, bounds)
+        finish(backend, "ack", run_id("e", 1))
+        assert queued_ids(backend) == [manual.run_id]
 
     def test_a_hold_after_the_held_run_was_published_records_nothing_missed(
         self, backend: Backend
@@ -593,7 +616,7 @@ class ControlsContract:
         ids, audit = backend.backfill("e", runs, BY, {"from": "a", "to": "b"})
         assert ids == [run_id("e", 2), run_id("e", 3)]
         assert (audit.action, audit.entry, audit.by, dict(audit.detail)) == (
-            "backfill", "e", BY, {"from": "a", "to": "b"},
+            "backfill", "e", BY, {"from": "a", "to": "b", "published": 2, "already_there": 1},
         )  # fmt: skip
         assert backend.audit("e") == [audit]
         for rid in ids:
@@ -601,8 +624,10 @@ class ControlsContract:
                 RunKind.BACKFILL, audit.id,
             )  # fmt: skip
         assert record(backend, run_id("e", 1)).kind == RunKind.SCHEDULED
-        again, _ = backend.backfill("e", runs, BY, {})
+        again, repeat = backend.backfill("e", runs, BY, {})
         assert again == []
+        assert dict(repeat.detail) == {"published": 0, "already_there": 3}
+        assert repeat in backend.audit("e")  # as stored
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
 
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:

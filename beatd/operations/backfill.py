@@ -1,0 +1,166 @@
+"""Backfill as both ways in carry it out (docs/controls.md): an entry's past slots in
+[from, to), published under their scheduled ids, marked backfill. A slot whose id already has a
+published record in the run history is not published again, checked in the same atomic step as
+the enqueue, so a backfill over slots the scheduler published, or the same backfill twice,
+publishes nothing more.
+
+The range is bounded on both sides: slots after the entry's horizon are still the scheduler's
+to publish, and slots older than the run history's retention cannot be checked against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from beatd.backends import Backend
+from beatd.backends.base import Controls, Outgoing
+from beatd.config import Entry
+from beatd.history import RunKind
+from beatd.message import run_id
+from beatd.operations.controls import BadRequest, backend_now, slot_text, with_retries
+from beatd.publisher import encode_run
+
+DEFAULT_MAX = 1_000
+BATCH = 100  # runs per atomic step at most
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRange:
+    """The slots asked for: [start, end) as aware UTC, at most `most` of them."""
+
+    start: datetime
+    end: datetime
+    most: int
+
+
+def parse_moment(field: str, option: str, text: str, zone: str) -> datetime:
+    """An ISO 8601 time; one without an offset is in the entry's zone."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(zone))
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise BadRequest(
+            field, option, f"cannot read {text!r}: give an ISO 8601 time (2026-12-04T00:00)"
+        ) from None
+
+
+def backfill_range(entry: Entry, start: str, end: str, most: int) -> BackfillRange:
+    """[start, end) read in the entry's zone; the end must come after the start."""
+    asked = BackfillRange(
+        parse_moment("from", "--from", start, entry.timezone),
+        parse_moment("to", "--to", end, entry.timezone),
+        most,
+    )
+    if asked.start >= asked.end:
+        raise BadRequest("to", "--to", f"{end!r} is not after --from {start!r}")
+    return asked
+
+
+def parse_rate(text: str | None) -> float | None:
+    """N/s (or N): runs per second; None: as fast as the backend takes them."""
+    if text is None:
+        return None
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/s)?\s*", text)
+    if found is None or float(found.group(1)) <= 0:
+        message = f"cannot read {text!r}: give runs per second, such as 10/s"
+        raise BadRequest("rate", "--rate", message)
+    return float(found.group(1))
+
+
+def slots_in(entry: Entry, asked: BackfillRange) -> list[datetime]:
+    """The entry's slots in [start, end); more than `most` is refused."""
+    slots: list[datetime] = []
+    slot = entry.schedule.next_after(asked.start - timedelta(microseconds=1))
+    while slot is not None and slot < asked.end:
+        if len(slots) == asked.most:
+            raise BadRequest(
+                "max",
+                "--max",
+                f"[{slot_text(asked.start)}, {slot_text(asked.end)}) holds more than "
+                f"{asked.most} slots of {entry.name}; narrow the range or raise --max",
+            )
+        slots.append(slot)
+        slot = entry.schedule.next_after(slot)
+    return slots
+
+
+def check_bounds(
+    entry: Entry, slots: list[datetime], horizon: datetime | None, oldest: datetime
+) -> None:
+    """Refuse slots the scheduler has yet to account for, or the history forgot."""
+    if not slots:
+        return
+    if horizon is None:
+        raise BadRequest(
+            "to",
+            "--to",
+            f"{entry.name} has no persisted horizon yet (no scheduler has accounted for any "
+            "of its slots): every slot is still the scheduler's",
+        )
+    if slots[-1] > horizon:
+        raise BadRequest(
+            "to",
+            "--to",
+            f"{slot_text(slots[-1])} is past {entry.name}'s horizon {slot_text(horizon)}: later "
+            "slots are the scheduler's to publish; end the range at or before it",
+        )
+    if slots[0] < oldest:
+        raise BadRequest(
+            "from",
+            "--from",
+            f"{slot_text(slots[0])} is older than the run history's retention (since "
+            f"{slot_text(oldest)}, --history-max-age): it could not be checked against what "
+            "was published; start the range later",
+        )
+
+
+def plan_backfill(
+    store: Backend, entry: Entry, asked: BackfillRange, max_age: timedelta
+) -> list[Outgoing]:
+    """The runs a backfill would send, checked against the entry's horizon and the history's
+    retention (BadRequest naming the bound crossed)."""
+    slots = slots_in(entry, asked)
+    now = backend_now(store)
+    state = store.load_states().get(entry.name)
+    check_bounds(entry, slots, state.last_slot if state else None, now - max_age)
+    host = socket.gethostname()
+    return [encode_run(entry, run_id(entry.name, s), s, now, RunKind.BACKFILL, host) for s in slots]
+
+
+def batches(runs: list[Outgoing], rate: float | None) -> Iterator[list[Outgoing]]:
+    """`runs` in atomic steps, paced to `rate` runs per second (None: unpaced)."""
+    size = BATCH if rate is None else max(1, min(BATCH, int(rate)))
+    started = time.monotonic()
+    for first in range(0, len(runs), size):
+        if rate is not None:
+            ahead = first / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        yield runs[first : first + size]
+
+
+def send(
+    controls: Controls,
+    entry: Entry,
+    runs: list[Outgoing],
+    rate: float | None,
+    by: str,
+    asked: BackfillRange,
+) -> set[str]:
+    """Each batch in one atomic step (retried: a repeat publishes nothing more); the ids
+    published."""
+    published: set[str] = set()
+    detail = {"from": slot_text(asked.start), "to": slot_text(asked.end), "slots": len(runs)}
+    for batch in batches(runs, rate):
+        ids, _ = with_retries(functools.partial(controls.backfill, entry.name, batch, by, detail))
+        published.update(ids)
+    return published
