@@ -19,7 +19,7 @@ from beatd.config.model import Entry
 from beatd.core import Baseline, Planner, RemovedEntries
 from beatd.dataloss import DataLossRecovery
 from beatd.durations import format_duration
-from beatd.entry_feed import EntryApplied
+from beatd.entry_feed import EntryApplied, PlannedEntries
 from beatd.history import MissedSlots
 from beatd.publisher import Publisher, chunks, horizon
 from beatd.state import EntryState
@@ -58,6 +58,28 @@ class Adoption:
             return None
         self.removed.discard(name)
         return planner.put(change.entry, now, self.kept.pop(name, None))
+
+    def files_changed(
+        self, planner: Planner, lease: Lease, before: Mapping[str, Entry], planned: PlannedEntries
+    ) -> None:
+        """A reload while leading: the file entries that changed are put in the plan, those
+        that left the files taken out (their state kept for the grace), at a cost in proportion
+        to the file entries: the runtime entries are neither read nor compared again."""
+        files, now = planned.files, self.clock.now()
+        gone = [EntryApplied(n, planned.entries.get(n), None) for n in before if n not in files]
+        changed = [EntryApplied(n, e, None) for n, e in files.items() if before.get(n) != e]
+        baselines = [b for c in (*gone, *changed) if (b := self.apply(planner, c, now))]
+        self.baseline(planner, lease, baselines)
+        removed = [c.name for c in gone if c.entry is None]
+        if removed:
+            log.info(
+                "keeping the state of %d entries removed from the configuration for %s "
+                "(--removed-grace): re-added in time, each resumes where it was: %s",
+                len(removed),
+                format_duration(self.removed.grace),
+                _some(removed),
+            )
+        self.publisher.readopt = False
 
     def baseline(self, planner: Planner, lease: Lease, baselines: Sequence[Baseline]) -> None:
         """Persist the baselines of entries put in the plan one at a time; resync those

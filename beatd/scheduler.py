@@ -27,6 +27,7 @@ from beatd.backends.base import Backend, Lease, StorageFailed
 from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.config import Config
+from beatd.config.model import Entry
 from beatd.core import Planner, RunCounts
 from beatd.dataloss import DataLossRecovery
 from beatd.deadlines import Deadlines
@@ -115,12 +116,8 @@ class Scheduler:
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
         self.steering = Steering(backend, clock, settings.node)
-        self.observers: tuple[Observer, ...] = (
-            self.deadlines,
-            self.health,
-            self.steering,
-            *observers,
-        )
+        parts = (self.deadlines, self.health, self.steering)
+        self.observers: tuple[Observer, ...] = (*parts, *observers)
         self.totals = Totals()
         self.planner = Planner(settings.tick_budget)
         self.wake = threading.Event()
@@ -135,6 +132,7 @@ class Scheduler:
         self._retry_at = 0.0  # monotonic: backoff after a backend error
         self._reload_requested = False
         self._adopted = False
+        self._files_before: Mapping[str, Entry] | None = None  # the files adopted, at a reload
 
     @property
     def lease(self) -> Lease | None:
@@ -255,8 +253,12 @@ class Scheduler:
             clash = self.following.register(lease, self.config.entries)
             if clash is not None:
                 return self._refuse(clash)
-            self.adoption.adopt(self.planned.entries, self.planner, lease)
-            self.deadlines.adopt(self.planned.entries)
+            before, self._files_before = self._files_before, None
+            if before is not None and not self.publisher.readopt:
+                self.adoption.files_changed(self.planner, lease, before, self.planned)
+            else:
+                self.adoption.adopt(self.planned.entries, self.planner, lease)
+                self.deadlines.adopt(self.planned.entries)
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
@@ -299,6 +301,7 @@ class Scheduler:
         except ConfigError as exc:
             self._reload_refused(exc)
             return False
+        self._files_before = self.config.entries if self._adopted else self._files_before
         self.config = config
         self.planned.use(config.entries)
         self.publisher.forget()
@@ -330,11 +333,10 @@ class Scheduler:
         self.publisher.forget()
 
     def _follow_feed(self) -> bool:
-        """The runtime entries' changes, applied (see FeedFollower)."""
         lease, files = self.lease if self._adopted else None, self.config.entries
         try:
             if self.following.follow(self.planner, lease, files, self._good is not None):
-                self._adopted = False
+                self._adopted, self._files_before = False, None
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
@@ -346,7 +348,7 @@ class Scheduler:
         lease = self.leadership.lease
         assert lease is not None
         self.planner = Planner(self.settings.tick_budget)
-        self._adopted = False
+        self._adopted, self._files_before = False, None
         self._emit(BecameLeader(self.status(), lease.node, lease.epoch))
 
     def _step_down(self) -> None:

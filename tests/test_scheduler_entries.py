@@ -22,6 +22,7 @@ from beatd.metrics import register_scheduler
 from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
 from tests.test_metrics import scrape, value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -235,3 +236,30 @@ def test_the_runtime_entries_and_the_feeds_lag_are_exported(
     assert 0.15 <= value(samples, "beatd_entry_changes_lag_seconds") < 0.2
     due = (T0 + M).timestamp()
     assert value(samples, "beatd_next_due_timestamp_seconds", entry="tenant-1") == due
+
+
+def test_a_reload_while_leading_touches_only_the_file_entries_that_changed(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(300):
+        put(backend, clock, f"tenant-{i:03}", every="1h")
+    slow = Entry(name="b", task="t.file", schedule=IntervalSchedule(M * 10), source="/f.yaml:5")
+    beat, configs = scheduler(backend, clock, config(file_entry("a"), slow, file_entry("c")))
+    run_for(beat, 90)
+    computations = beat.planner.next_fire_computations
+    caplog.set_level(logging.INFO, logger="beatd.scheduler")
+    configs.append(config(file_entry("a"), file_entry("b", line=5)))  # b rescheduled, c gone
+    beat.request_reload()
+    beat.step()
+    assert beat.planner.next_fire_computations - computations == 1  # b's next slot, from now
+    assert sorted(n for n in beat.planner.entries if not n.startswith("tenant-")) == ["a", "b"]
+    assert len(beat.planner) == 302
+    rescheduled = EntryState("b", T0 + timedelta(seconds=90), None, file_entry("b").identity)
+    assert beat.planner.state("b") == rescheduled
+    assert (
+        "keeping the state of 1 entries removed from the configuration for 1h (--removed-grace): "
+        "re-added in time, each resumes where it was: entries=c"
+    ) in [r.getMessage() for r in caplog.records]
+    run_for(beat, 60)
+    assert published(backend, "b") == ["12:02:00"]
+    assert published(backend, "c") == ["12:01:00"]
