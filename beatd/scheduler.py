@@ -112,7 +112,7 @@ class Scheduler:
         self.config = config if config is not None else load_config()
         self.runtime = RuntimeView(backend, clock, settings.entry_poll)
         self.planned = PlannedEntries(self.runtime, self.config.entries)
-        self._good: Config | None = None  # the last configuration found clear of runtime names
+        self._good: Config | None = None  # the last configuration clear of runtime entries' names
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
         self.steering = Steering(backend, clock, settings.node)
@@ -223,7 +223,6 @@ class Scheduler:
             asked |= self.adoption.forget_expired(self.lease)
             asked |= self.steering.refresh(self.planner)
         if self.lease is not None and self._adopted and not followed:
-            # a removal acknowledged before this round publishes nothing
             asked |= _due(self.planner, self.clock.now()) and self._follow_feed()
         if self.lease is not None:
             asked |= self._publish(self.lease)
@@ -337,6 +336,7 @@ class Scheduler:
         try:
             if self.following.follow(self.planner, lease, files, self._good is not None):
                 self._adopted, self._files_before = False, None
+            self._good = self._good or self.config  # checked against every runtime entry
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
@@ -393,6 +393,8 @@ class Scheduler:
 
 
 def _due(planner: Planner, now: datetime) -> bool:
+    """Whether a run is due: the feed is read again first, so that a removal acknowledged
+    before this round publishes nothing."""
     wake = planner.next_wake()
     return wake is not None and wake <= now
 

@@ -263,3 +263,19 @@ def test_a_reload_while_leading_touches_only_the_file_entries_that_changed(
     run_for(beat, 60)
     assert published(backend, "b") == ["12:02:00"]
     assert published(backend, "c") == ["12:01:00"]
+
+
+def test_a_standby_behind_the_feed_leaves_out_a_runtime_entry_its_files_name(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.feed_retention = 2
+    leader, _ = scheduler(backend, clock, config(), node="a")
+    standby, _ = scheduler(backend, clock, config(file_entry("mine")), node="b", entry_poll=5)
+    leader.step()
+    standby.step()  # standby, its files checked against the runtime entries (none)
+    for name in ("x", "y", "mine"):  # the leader's files do not name `mine`: the API takes it
+        put(backend, clock, name)
+    caplog.set_level(logging.ERROR, logger="beatd.scheduler")
+    run_for(standby, 6)  # reads every entry again: no configuration error mid-run
+    assert sorted(standby.planned.entries) == ["mine", "x", "y"]
+    assert standby.planned.entries["mine"].source == "/etc/beatd/app.yaml:3"
