@@ -322,9 +322,9 @@ class Scheduler:
         self._emit(ReloadFailed(self.status()))
 
     def _refuse(self, clash: ConfigError) -> None:
-        """File entries named like runtime entries (found registering the files' names): the
-        configuration is refused, the last good one kept (none: raise)."""
+        """Files naming runtime entries: keep the last good configuration (none: stop, raise)."""
         if (good := self._good) is None or good is self.config:
+            self.shutdown()  # the lease given back: a standby takes over at once
             raise clash
         self._reload_refused(clash)
         self.config = good

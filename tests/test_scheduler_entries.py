@@ -279,3 +279,22 @@ def test_a_standby_behind_the_feed_leaves_out_a_runtime_entry_its_files_name(
     run_for(standby, 6)  # reads every entry again: no configuration error mid-run
     assert sorted(standby.planned.entries) == ["mine", "x", "y"]
     assert standby.planned.entries["mine"].source == "/etc/beatd/app.yaml:3"
+
+
+def test_a_node_whose_files_name_a_runtime_entry_stops_at_its_takeover_and_gives_the_lease_back(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    leader, _ = scheduler(backend, clock, config(), node="a")
+    standby, _ = scheduler(backend, clock, config(file_entry("mine")), node="b")
+    leader.step()
+    standby.step()
+    put(backend, clock, "mine")
+    leader.shutdown()
+    with pytest.raises(ConfigError) as refused:
+        run_for(standby, 2)
+    assert str(refused.value) == (
+        "/etc/beatd/app.yaml:3:1: entry mine: the name is taken by a runtime entry (source api); "
+        "names are unique across schedule files and runtime entries: rename the entry in this "
+        "file, or remove the runtime entry first"
+    )
+    assert backend.leader() is None
