@@ -20,7 +20,6 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from beatd.adoption import Adoption
 from beatd.backends.base import Backend, Lease, StorageFailed
@@ -215,15 +214,15 @@ class Scheduler:
             self._became_leader()
         elif poll.role is Role.STEPPED_DOWN:
             self._stepped_down()
-        lease, asked = self.lease, poll.asked or followed
+        lease, asked = self.lease, poll.asked  # not the feed's reads: writes may still fail
         if lease is not None and (not self._adopted or self.publisher.readopt):
             self._adopt(lease)
             asked = True
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
             asked |= self.steering.refresh(self.planner)
-        if self.lease is not None and self._adopted and not followed:
-            asked |= _due(self.planner, self.clock.now()) and self._follow_feed()
+        if not followed and self._adopted and self.is_leader and _due(self.planner, self.clock):
+            self._follow_feed()
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
@@ -392,11 +391,11 @@ class Scheduler:
             self._emit(BackendUp(self.status()))
 
 
-def _due(planner: Planner, now: datetime) -> bool:
+def _due(planner: Planner, clock: Clock) -> bool:
     """Whether a run is due: the feed is read again first, so that a removal acknowledged
     before this round publishes nothing."""
     wake = planner.next_wake()
-    return wake is not None and wake <= now
+    return wake is not None and wake <= clock.now()
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:
