@@ -203,6 +203,8 @@ class PlannedEntries:
     def apply(self, change: EntryApplied) -> bool:
         """Take one runtime entry's change; False when it is left out (a file's name)."""
         name = change.name
+        if name in self.files and change.entry is None:
+            return False  # it was left out
         if name in self.files:
             log.error(
                 "runtime entry %s is left out: %s defines an entry of that name; names are "
