@@ -222,7 +222,7 @@ def test_a_standby_that_holds_no_positions_counts_the_lost_slots_as_state_lost(
         tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
         beat = Scheduler(standby, lambda: Config({"tick": tick}), clock, settings)
         beat.step()  # a standby: it sees a's lease, so the data is whole now
-        assert beat.lease is None and beat.epoch_seen == 1
+        assert beat.lease is None and beat.leadership.epoch_seen == 1
         server.restart()  # SIGKILL, then an empty redis-server on the same port
 
         clock.advance(10)
