@@ -354,8 +354,12 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "pool_cpu_us_per_task",
                 "worker_main_cpu_s",
                 "worker_pool_cpu_s",
+                "latency_samples",
                 "latency_p50_ms",
+                "latency_p90_ms",
                 "latency_p99_ms",
+                "latency_max_ms",
+                "enqueue_p50_ms",
             ],
         ),
         (
