@@ -282,10 +282,10 @@ class EntriesContract:
         entries.put_entry(defined("b"), BY)
         entries.put_entry(defined("a"), BY)
         entries.remove_entry("b", BY)
-        expected = (
-            EntryChange(start + 1, "a", 1),
-            EntryChange(start + 2, "b", 1),
-            EntryChange(start + 3, "a", 2),
+        expected = (  # created at its change record's seq, then one more per change
+            EntryChange(start + 1, "a", start + 1),
+            EntryChange(start + 2, "b", start + 2),
+            EntryChange(start + 3, "a", start + 2),
             EntryChange(start + 4, "b", None),
         )
         assert entries.entry_changes(start) == ChangePage(expected, start + 4)
