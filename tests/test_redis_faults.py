@@ -219,7 +219,7 @@ def test_redis_frozen_for_30s_calls_fail_fast_each_logs_once_and_the_gap_is_caug
     probe.close()
     assert [d.stop() for d in daemons] == [0, 0, 0]
 
-    assert all(t < TTL / 5 + 0.1 for t in took), took
+    assert all(t < TTL / 5 + 0.5 for t in took), took  # fail fast, not after the 30 s freeze
     assert {d.name: (d.count(DOWN), d.count(UP)) for d in daemons} == {
         "a": (1, 1),
         "b": (1, 1),
