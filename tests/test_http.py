@@ -534,6 +534,12 @@ def test_pause_all_says_later_entries_are_not_paused_and_resume_by_glob(api: Api
         ("/v1/entries/tick/trigger", {"args": {"a": 1}}, 422, "args", "args must be an array"),
         ("/v1/entries/tick/trigger", {"when": 1}, 422, "when",
          "unknown member 'when': use args, force, idempotency_key, kwargs"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": "two words"}, 422, "idempotency_key",
+         "'two words' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' "
+         "or '-' (such as incident-4711)"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": ""}, 422, "idempotency_key",
+         "'' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' or '-' "
+         "(such as incident-4711)"),
         ("/v1/entries/tick/pause", {}, 422, "reason", "reason is required"),
         ("/v1/entries/tick/pause", {"reason": "x", "until": "2026-12-05T07:00:00"}, 422, "until",
          "'2026-12-05T07:00:00' has no offset, so it could mean any zone: add one (Z for UTC, or "

@@ -199,11 +199,6 @@ def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
     assert queued(store) == [running]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: --idempotency-key is not checked: '' gives run id 'tick@manual-', a key "
-    "with a newline or space goes into the run id, the history table and the logs as it is",
-)
 @pytest.mark.parametrize("key", ["", "two words", "line\nbreak"], ids=["empty", "space", "newline"])
 def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     broker: str, schedules: Path, store: Backend, key: str

@@ -16,6 +16,7 @@ from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations.backfill import DEFAULT_MAX, backfill_range, parse_rate, plan_backfill, send
 from beatd.operations.controls import (
+    IDEMPOTENCY_KEY,
     LATER_NOT_PAUSED,
     BadRequest,
     TriggerAsk,
@@ -35,6 +36,7 @@ from beatd.operations.controls import (
 ERRORS: JSON = {"$ref": "#/components/schemas/Errors"}
 NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1})
 LONGEST_PACED_BACKFILL = timedelta(seconds=60)  # longer holds a server thread: use the CLI
+KEY_PATTERN = "^" + IDEMPOTENCY_KEY.pattern.removesuffix("\\Z") + "$"  # as ECMA-262 reads it
 STRINGS: JSON = {"type": "array", "items": {"type": "string", "minLength": 1}}
 PAUSE_OBJECT: JSON = {
     "type": ["object", "null"],
@@ -51,7 +53,7 @@ TRIGGER_BODY: JSON = {
     "properties": {
         "args": {"type": "array"},
         "kwargs": {"type": "object"},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
+        "idempotency_key": {"type": "string", "pattern": KEY_PATTERN},
         "force": {"type": "boolean"},
     },
 }
@@ -175,7 +177,10 @@ class ControlRoutes:
             body.get("force", False),
         )
         store = self.context.backend()
-        done = trigger(store, backend_now(store), entry, ask, token_of(req).name)
+        try:
+            done = trigger(store, backend_now(store), entry, ask, token_of(req).name)
+        except BadRequest as exc:
+            raise bad(exc) from None
         words = trigger_words(done, entry.name)
         if words.refused:
             raise ApiError(409, words.note or "refused", entry=entry.name)
