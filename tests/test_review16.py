@@ -231,11 +231,6 @@ def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
     assert "2026-03-01T12:02:30" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: beatd migrate counts pauses, busy marks and held runs together as "
-    "'control(s)'; issue 16 asks it to count each kind",
-)
 def test_migrate_counts_pauses_apart_from_other_controls(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -468,12 +463,6 @@ def test_the_readme_steering_example_shows_each_control_command() -> None:
     assert {"trigger", "pause", "resume", "backfill", "audit"} <= shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: migrate --queued-as-dead-letters copies the busy mark of a run it turned "
-    "into a dead letter (a final outcome): on the target the entry stays busy, its slots "
-    "missed (overlap), until overlap_timeout (24 h by default)",
-)
 def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_letter(
     schedules: Path, tmp_path: Path
 ) -> None:
@@ -490,6 +479,33 @@ def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_lette
         assert [letter.id for letter in kept.dead_letters()] == [out.strip()]
         control = kept.load_controls(["slow-skip"]).get("slow-skip")
         assert control is None or control.busy is None
+    finally:
+        kept.close()
+        discard(target.removeprefix("memory://"))
+
+
+def test_migrate_copies_the_run_held_behind_a_dead_lettered_run_as_a_dead_letter(
+    schedules: Path, tmp_path: Path
+) -> None:
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    base = ["-s", str(schedules), "--broker", source]
+    busy = beatd("trigger", "slow-buffer", *base)[1].strip()
+    held = beatd("trigger", "slow-buffer", *base)[1].strip()  # held behind the queued one
+    target = f"memory://review16-target-{uuid.uuid4().hex}"
+    kept = open_backend(target)
+    try:
+        code, out, err = beatd(
+            "migrate", "--from", source, "--to", target, "--queued-as-dead-letters"
+        )
+        assert (code, err) == (0, "")
+        assert "0 busy mark(s), 0 held run(s)" in out
+        letters = {letter.id: letter.reason for letter in kept.dead_letters()}
+        assert letters[held] == (
+            f"held in {source} behind run {busy}, which was queued when it was migrated (copied "
+            "as a dead letter); run it with `beatd dead retry` after that one"
+        )
+        assert sorted(letters) == sorted([busy, held])
+        assert kept.load_controls(["slow-buffer"]) == {}
     finally:
         kept.close()
         discard(target.removeprefix("memory://"))
