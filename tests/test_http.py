@@ -380,12 +380,16 @@ def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
     letters(api.broker)
     api.ask("/v1/dead-letters/retry", WRITER.token, "POST")
     status, _, body = api.ask("/v1/audit?entry=tick")
-    assert status == 200 and body == {"records": []}  # a requeue of all names no entry
+    assert status == 200  # a requeue of all is recorded under each letter's entry
+    assert [r["detail"]["run_id"] for r in body["records"]] == ["tick@2026-12-05T03:00:00Z"]
     _, _, body = api.ask("/v1/audit?since=1h&limit=5")
     printed = CliRunner().invoke(main, ["audit", "--json", "--broker", api.broker])
     assert printed.exit_code == 0
     assert body["records"] == json.loads(printed.stdout)
-    assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]
+    assert sorted((r["action"], r["entry"], r["by"]) for r in body["records"]) == [
+        ("requeue_dead", "gone", "ops"),
+        ("requeue_dead", "tick", "ops"),
+    ]
 
 
 # --- status -------------------------------------------------------------------------------------

@@ -271,11 +271,6 @@ def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     assert store.run(held) is not None or control.held is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: `beatd dead retry --all` writes one audit record with no entry and no "
-    "run ids, so `beatd audit ENTRY` never shows that the entry's dead letter was requeued",
-)
 def test_a_requeue_of_all_dead_letters_shows_in_each_entrys_audit(
     broker: str, schedules: Path, store: Backend
 ) -> None:
