@@ -703,7 +703,7 @@ def test_the_readme_steering_example_shows_what_its_commands_print(
 
     session = readme_session()
     assert [command.split()[1] for command, _ in session] == [
-        "trigger", "pause", "trigger", "backfill", "backfill", "audit",
+        "trigger", "pause", "trigger", "resume", "backfill", "backfill", "audit",
     ]  # fmt: skip
     for command, shown in session:
         command, _, head = command.partition(" | head -")

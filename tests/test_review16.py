@@ -448,11 +448,6 @@ def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resum
     assert control is not None and control.pause is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: the README's steering example never shows `beatd resume` (nor the pause "
-    "in `beatd status`); issue 16 asks the README to show each command with real output",
-)
 def test_the_readme_steering_example_shows_each_control_command() -> None:
     shown = {command.split()[1] for command, _ in readme_session()}
     assert {"trigger", "pause", "resume", "backfill", "audit"} <= shown
