@@ -157,11 +157,6 @@ def hours_back(count: int) -> list[datetime]:
     return [top - timedelta(hours=h) for h in reversed(range(count))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: backfill checks only --history-max-age; slots whose published records "
-    "--history-keep (or --history-max-records) trimmed are published a second time",
-)
 def test_backfill_never_republishes_slots_whose_records_the_count_cap_trimmed(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -177,12 +172,6 @@ def test_backfill_never_republishes_slots_whose_records_the_count_cap_trimmed(
     assert queued(store) == []  # every slot had been published and run already
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: backfill ignores overlap: a busy `overlap: skip` entry gets every "
-    "backfilled slot at once, beside the busy run and each other (seen on SQLite: four runs "
-    "of one skip entry at the same time)",
-)
 def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -366,12 +355,6 @@ def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a backfill of a slot held under buffer_one publishes it (no published "
-    "record yet), and the busy run's end publishes the held one again: one slot, two runs "
-    "under one id",
-)
 def test_a_backfilled_held_slot_is_not_published_again_when_the_busy_run_ends(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -396,12 +379,6 @@ def test_a_backfilled_held_slot_is_not_published_again_when_the_busy_run_ends(
     assert ids == [run.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: with `beatd run --no-history` the scheduler records no published runs, "
-    "and `beatd backfill` (history on in its own process) takes their absence for 'never "
-    "published': every slot the scheduler published goes out again",
-)
 def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     broker: str, schedules: Path, store: Backend
 ) -> None:

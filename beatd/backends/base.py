@@ -523,6 +523,11 @@ class RunHistory(Reachable, Protocol):
     def history_size(self) -> tuple[int, int]:
         """How many run records and missed-slot records are kept (a read)."""
 
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        """The newest slot of `entry` whose run record (of any kind but manual) `trim` deleted,
+        written in the trim's step; None if none was. The history vouches for what was
+        published only after it: `beatd backfill` refuses slots at or before it (a read)."""
+
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         """Mark a run overdue at `at` (its deadline) unless it finished at or before `at` or
         was marked: a run that finished after its deadline (while no leader watched it) is

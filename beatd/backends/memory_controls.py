@@ -339,6 +339,10 @@ class MemoryControls:
                     continue
                 self._publish(message._replace(audit=audit_id), at)
                 published.append(message.id)
+            control = self._book.get(entry)
+            if control.held is not None and control.held.run_id in published:
+                # published here: the busy run's end must not publish it again
+                self._book.put(entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(published))
             audit = self._audit(AuditRecord(audit_id, at, "backfill", entry, by, done))
             return published, audit

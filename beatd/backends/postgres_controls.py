@@ -293,7 +293,8 @@ class PostgresControls(PostgresLink):
                 )
 
         def work(db: Db) -> tuple[list[str], AuditRecord]:
-            self._locked(db, [entry])  # one backfill of an entry at a time
+            # one backfill of an entry at a time
+            control = self._locked(db, [entry]).get(entry, EntryControl())
             now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
@@ -304,6 +305,9 @@ class PostgresControls(PostgresLink):
             }
             fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
+            if control.held is not None and control.held.run_id in fresh:
+                # published here: the busy run's end must not publish it again
+                store_control(db, self.schema, entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(fresh))
             audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
             self._audit(db, audit)

@@ -280,6 +280,9 @@ for i = 6, #ARGV, 6 do
     ids[#ids + 1] = id
   end
 end
+-- a held slot it published is no longer held: the busy run's end must not publish it again
+local held = decoded(redis.call('HGET', P .. 'ctl:held', entry))
+if held and seen[held[1]] then redis.call('HDEL', P .. 'ctl:held', entry) end
 -- the detail says what this step did (beatd.controls.backfill_detail)
 local rest = cjson.decode(ARGV[5])
 rest[4]['published'] = #ids

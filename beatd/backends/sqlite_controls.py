@@ -107,6 +107,14 @@ def _control_row(entry: str, control: EntryControl) -> tuple[object, ...]:
     return (entry, *paused, *marked, kept)
 
 
+def _unhold(db: sqlite3.Connection, entry: str, published: Sequence[str]) -> None:
+    """A held run published elsewhere (a backfill of its slot) is no longer held: the busy
+    run's end must not publish it again."""
+    control = controls_of(db, [entry]).get(entry, NO_CONTROL)
+    if control.held is not None and control.held.run_id in published:
+        put(db, entry, control._replace(held=None))
+
+
 def put(db: sqlite3.Connection, entry: str, control: EntryControl) -> None:
     """Store the entry's control (none left: its row goes)."""
     if control == NO_CONTROL:
@@ -424,6 +432,7 @@ class SQLiteControls(SQLiteFile):
                 if held is None and message.id not in published:
                     publish(db, message._replace(audit=audit_id), now, True)
                     published.append(message.id)
+            _unhold(db, entry, published)
             done = backfill_detail(detail, len(runs), len(published))
             record = AuditRecord(audit_id, from_micros(micros(now)), "backfill", entry, by, done)
             _store_audit(db, record)

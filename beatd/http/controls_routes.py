@@ -14,7 +14,14 @@ from beatd.http.context import ApiContext
 from beatd.http.queries import body_object
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
-from beatd.operations.backfill import DEFAULT_MAX, backfill_range, parse_rate, plan_backfill, send
+from beatd.operations.backfill import (
+    DEFAULT_MAX,
+    BackfillRefused,
+    backfill_range,
+    parse_rate,
+    plan_backfill,
+    send,
+)
 from beatd.operations.controls import (
     IDEMPOTENCY_KEY,
     LATER_NOT_PAUSED,
@@ -112,6 +119,7 @@ BACKFILL_BODY: JSON = {
         "dry_run": {"type": "boolean"},
         "rate": {"type": "string", "minLength": 1},
         "max": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "force": {"type": "boolean"},
     },
 }
 BACKFILLED: JSON = {
@@ -234,9 +242,11 @@ class ControlRoutes:
         try:
             span = backfill_range(entry, body["from"], body["to"], body.get("max", DEFAULT_MAX))
             rate = parse_rate(body.get("rate"))
-            runs = plan_backfill(store, entry, span, self.history_max_age)
+            runs = plan_backfill(store, entry, span, self.history_max_age, body.get("force", False))
         except BadRequest as exc:
             raise bad(exc) from None
+        except BackfillRefused as exc:
+            raise ApiError(409, str(exc), entry=entry.name) from None
         if rate is not None and timedelta(seconds=len(runs) / rate) > LONGEST_PACED_BACKFILL:
             raise ApiError(
                 422,
@@ -286,5 +296,6 @@ def control_routes(context: ApiContext, history_max_age: timedelta) -> list[Rout
         Route("POST", "/v1/entries/{name}/backfill", "backfill",
               "Publish the entry's slots in [from, to) not published yet (beatd backfill); "
               "`dry_run` lists them.", Scope.WRITE, handlers.backfill, (NAME,), BACKFILL_BODY,
-              {200: ("The runs, and which were published.", BACKFILLED), 404: unknown}),
+              {200: ("The runs, and which were published.", BACKFILLED), 404: unknown,
+               409: ("Refused: the entry is busy under skip or buffer_one.", ERRORS)}),
     ]  # fmt: skip

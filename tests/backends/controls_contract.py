@@ -630,6 +630,21 @@ class ControlsContract:
         assert repeat in backend.audit("e")  # as stored
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
 
+    @pytest.mark.parametrize("how", FINAL_STEPS)
+    def test_a_backfill_of_the_held_slot_publishes_it_once_the_busy_end_not_again(
+        self, backend: Backend, how: str
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        backfilled = [run("e", 2, "q", kind=RunKind.BACKFILL)]
+        assert backend.backfill("e", backfilled, BY, {})[0] == [run_id("e", 2)]
+        assert backend.load_controls()["e"].held is None
+        finish(backend, how, run_id("e", 1))
+        assert backend.load_controls() == {}
+        assert record(backend, run_id("e", 2)).kind == RunKind.BACKFILL
+        assert queued_ids(backend).count(run_id("e", 2)) == 1
+
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:
         with pytest.raises(BackendError):
             history_off_backend.backfill("e", [run("e", 1, "q")], BY, {})
