@@ -494,3 +494,42 @@ def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     assert code == 0
     assert queued(store) == [out.strip()]
     assert stale in err
+
+
+def test_backfill_names_the_trimmed_bound_the_missing_history_and_the_busy_run(
+    broker: str, schedules: Path, store: Backend
+) -> None:
+    slots = hours_back(3)
+    text = [f"{slot:{SLOT}}" for slot in slots]
+    base = ["-s", schedules, "--broker", broker, "--by", "rev"]
+    span = ["--from", text[0], "--to", f"{slots[-1] + timedelta(seconds=1):{SLOT}}"]
+    leader_side = open_backend(broker, history=False)  # `beatd run --no-history`
+    publish_as_scheduler(leader_side, schedules, "report-hourly", slots)
+    leader_side.close()
+    assert beatd("backfill", "report-hourly", *span, *base) == (
+        2,
+        "",
+        "beatd: --from: the run history holds no record of a scheduled run of report-hourly: if "
+        "its scheduler runs with --no-history, what it published cannot be checked, and every "
+        "slot would go out again; run the scheduler with the history on, then backfill\n",
+    )
+    publish_as_scheduler(store, schedules, "slow-skip", slots)
+    store.trim(Retention(per_entry=2))  # the first slot's record goes
+    assert beatd("backfill", "slow-skip", *span, *base) == (
+        2,
+        "",
+        f"beatd: --from: {text[0]} is not after {text[0]}, the newest slot of slow-skip whose "
+        "run record the history's retention trimmed (--history-keep, --history-max-records): "
+        "what was published up to it can no longer be checked; start the range after it\n",
+    )
+    code, running, _ = beatd("trigger", "slow-skip", "-s", schedules, "--broker", broker)
+    assert code == 0
+    later = ["--from", text[1], span[2], span[3]]
+    assert beatd("backfill", "slow-skip", *later, *base) == (
+        1,
+        "",
+        f"beatd: slow-skip is busy: run {running.strip()} has not ended, and its overlap is "
+        "skip; nothing was published: wait for it, or add --force\n",
+    )
+    code, out, _ = beatd("backfill", "slow-skip", *later, "--force", *base)
+    assert (code, out.splitlines()[-1]) == (0, "published 0, already there 2")
