@@ -17,12 +17,15 @@ from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.cli import main
+from beatd.cli.controls import controls_of
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Busy, EntryControl, Overlap
 from beatd.history import HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.message import run_id
+from beatd.operations.backfill import BackfillRange, plan_backfill, send
+from beatd.operations.controls import BadRequest
 from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -533,3 +536,19 @@ def test_backfill_names_the_trimmed_bound_the_missing_history_and_the_busy_run(
     )
     code, out, _ = beatd("backfill", "slow-skip", *later, "--force", *base)
     assert (code, out.splitlines()[-1]) == (0, "published 0, already there 2")
+
+
+def test_a_trim_between_a_backfills_plan_and_its_step_publishes_nothing(
+    schedules: Path, store: Backend
+) -> None:
+    slots = hours_back(3)
+    publish_as_scheduler(store, schedules, "report-hourly", slots)
+    entry = load_config([str(schedules)]).entries["report-hourly"]
+    asked = BackfillRange(slots[1], slots[-1] + timedelta(seconds=1), 10)
+    runs = plan_backfill(store, entry, asked, timedelta(days=30))
+    store.trim(Retention(per_entry=1))  # the leader trims meanwhile: slots[1] loses its record
+    with pytest.raises(BadRequest) as refused:
+        send(controls_of(store), entry, runs, None, "rev", asked)
+    assert refused.value.option == "--from"
+    assert refused.value.message.startswith(f"{slots[1]:{SLOT}} is not after {slots[1]:{SLOT}}")
+    assert queued(store) == []

@@ -18,9 +18,11 @@ from typing import Any
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
 )
 from beatd.backends.memory_history import History
 from beatd.controls import (
@@ -332,6 +334,10 @@ class MemoryControls:
                     "memory backend stores beatd's own messages only"
                 )
         with self._lock:
+            bound = self._history.trimmed.get(entry)
+            if first_trimmed(runs, bound):
+                assert bound is not None
+                raise HistoryTrimmed(entry, bound)
             at, audit_id = self._instant(), new_audit_id()
             published: list[str] = []
             for message in runs:

@@ -16,7 +16,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from beatd.backends.base import BeatdQueue, Outgoing, backfill_needs_history, from_micros, to_micros
+from beatd.backends.base import (
+    BeatdQueue,
+    HistoryTrimmed,
+    Outgoing,
+    backfill_needs_history,
+    first_trimmed,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
     CONTROL_MARKS,
@@ -295,6 +303,11 @@ class PostgresControls(PostgresLink):
         def work(db: Db) -> tuple[list[str], AuditRecord]:
             # one backfill of an entry at a time
             control = self._locked(db, [entry]).get(entry, EntryControl())
+            trimmed = db.execute(
+                f"SELECT slot_us FROM {self.schema}.run_trimmed WHERE entry = %s", (entry,)
+            ).fetchone()
+            if trimmed is not None and first_trimmed(runs, from_micros(int(trimmed[0]))):
+                raise HistoryTrimmed(entry, from_micros(int(trimmed[0])))  # rolled back
             now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {

@@ -19,6 +19,7 @@ from typing import Any
 from beatd import celery_protocol
 from beatd.backends.base import (
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
@@ -224,6 +225,8 @@ class RedisControls(RedisLink):
         rest = _audit_rest(AuditRecord(audit_id, from_micros(0), "backfill", entry, by, detail))
         args = (self._key(""), self._history, entry, audit_id, rest, *flat)
         ids, stored = self._eval("backfill", keys, args)
+        if ids == "trimmed":
+            raise HistoryTrimmed(entry, from_micros(int(stored)))
         return list(ids), _audit(audit_id, stored)
 
     def record_audit(self, record: AuditRecord) -> None:

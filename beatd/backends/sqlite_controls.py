@@ -21,9 +21,11 @@ from typing import Any
 
 from beatd.backends.base import (
     BeatdQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
     from_micros,
     to_micros,
 )
@@ -423,6 +425,10 @@ class SQLiteControls(SQLiteFile):
                 )
 
         def work(db: sqlite3.Connection) -> tuple[list[str], AuditRecord]:
+            trimmed = db.execute("SELECT slot_us FROM run_trimmed WHERE entry = ?", (entry,))
+            row = trimmed.fetchone()
+            if row is not None and first_trimmed(runs, from_micros(row[0])):
+                raise HistoryTrimmed(entry, from_micros(row[0]))  # rolled back: nothing written
             now, audit_id = self._now(), new_audit_id()
             fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
             db.execute(MOVE_QUEUED)

@@ -106,7 +106,8 @@ def backfill(
                 click.echo(run.id)
             click.echo(f"{len(runs)} slot(s) would be published unless already there")
             return
-        published = send(controls_of(store), entry, runs, per_second, by or default_by(), span)
+        controls, who = controls_of(store), by or default_by()
+        published = asked(lambda: send(controls, entry, runs, per_second, who, span))
     except BackfillRefused as exc:
         click.echo(f"beatd: {exc}", err=True)
         raise SystemExit(EXIT_RUNTIME) from None

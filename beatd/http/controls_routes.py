@@ -260,7 +260,10 @@ class ControlRoutes:
             return Reply(
                 200, {"runs": listed, "published": None, "already_there": None, "dry_run": True}
             )
-        published = send(store, entry, runs, rate, token_of(req).name, span)
+        try:
+            published = send(store, entry, runs, rate, token_of(req).name, span)
+        except BadRequest as exc:
+            raise bad(exc) from None
         listed = [{"id": run.id, "published": run.id in published} for run in runs]
         return Reply(
             200,

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from beatd.backends import Backend
-from beatd.backends.base import Controls, Outgoing
+from beatd.backends.base import Controls, HistoryTrimmed, Outgoing
 from beatd.config import Entry
 from beatd.controls import NO_CONTROL
 from beatd.errors import BeatdError
@@ -134,6 +134,16 @@ def check_bounds(
         )
 
 
+def trimmed_refusal(entry: str, first: datetime, trimmed: datetime) -> BadRequest:
+    return BadRequest(
+        "from",
+        "--from",
+        f"{slot_text(first)} is not after {slot_text(trimmed)}, the newest slot of {entry} whose "
+        "run record the history's retention trimmed (--history-keep, --history-max-records): "
+        "what was published up to it can no longer be checked; start the range after it",
+    )
+
+
 def check_vouched(store: Backend, entry: Entry, slots: list[datetime]) -> None:
     """Refuse slots the history cannot vouch for: at or before the newest slot whose record a
     trim deleted (one published there has no record left to find, and would go out twice),
@@ -143,14 +153,7 @@ def check_vouched(store: Backend, entry: Entry, slots: list[datetime]) -> None:
         return
     trimmed = store.trimmed_up_to(entry.name)
     if trimmed is not None and slots[0] <= trimmed:
-        raise BadRequest(
-            "from",
-            "--from",
-            f"{slot_text(slots[0])} is not after {slot_text(trimmed)}, the newest slot of "
-            f"{entry.name} whose run record the history's retention trimmed (--history-keep, "
-            "--history-max-records): what was published up to it can no longer be checked; "
-            "start the range after it",
-        )
+        raise trimmed_refusal(entry.name, slots[0], trimmed)
     records = store.runs(HistoryQuery(entry=entry.name, limit=VOUCH_READ_LIMIT))
     if not any(record.kind in SCHEDULER_KINDS for record in records):
         raise BadRequest(
@@ -217,6 +220,11 @@ def send(
     published: set[str] = set()
     detail = {"from": slot_text(asked.start), "to": slot_text(asked.end), "slots": len(runs)}
     for batch in batches(runs, rate):
-        ids, _ = with_retries(functools.partial(controls.backfill, entry.name, batch, by, detail))
+        step = functools.partial(controls.backfill, entry.name, batch, by, detail)
+        try:
+            ids, _ = with_retries(step)
+        except HistoryTrimmed as exc:  # a trim since the plan: the step published nothing
+            first = min(m.slot for m in batch if m.slot is not None)
+            raise trimmed_refusal(entry.name, first, exc.bound) from None
         published.update(ids)
     return published
