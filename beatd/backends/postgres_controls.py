@@ -107,6 +107,15 @@ def key_value(row: Sequence[Any]) -> TriggerKey:
     )
 
 
+def refuse_trimmed(db: Db, schema: str, entry: str, runs: Sequence[Outgoing]) -> None:
+    """HistoryTrimmed (the step rolled back) when a run's slot is at or before the entry's
+    trimmed bound (`RunHistory.trimmed_up_to`)."""
+    sql = f"SELECT slot_us FROM {schema}.run_trimmed WHERE entry = %s"
+    row = db.execute(sql, (entry,)).fetchone()
+    if row is not None and first_trimmed(runs, from_micros(int(row[0]))):
+        raise HistoryTrimmed(entry, from_micros(int(row[0])))
+
+
 class PostgresControls(PostgresLink):
     """The tables control, audit and trigger_key."""
 
@@ -303,11 +312,7 @@ class PostgresControls(PostgresLink):
         def work(db: Db) -> tuple[list[str], AuditRecord]:
             # one backfill of an entry at a time
             control = self._locked(db, [entry]).get(entry, EntryControl())
-            trimmed = db.execute(
-                f"SELECT slot_us FROM {self.schema}.run_trimmed WHERE entry = %s", (entry,)
-            ).fetchone()
-            if trimmed is not None and first_trimmed(runs, from_micros(int(trimmed[0]))):
-                raise HistoryTrimmed(entry, from_micros(int(trimmed[0])))  # rolled back
+            refuse_trimmed(db, self.schema, entry, runs)
             now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
@@ -318,8 +323,7 @@ class PostgresControls(PostgresLink):
             }
             fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
-            if control.held is not None and control.held.run_id in fresh:
-                # published here: the busy run's end must not publish it again
+            if control.held is not None and control.held.run_id in fresh:  # not to publish twice
                 store_control(db, self.schema, entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(fresh))
             audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
