@@ -565,9 +565,13 @@ def test_migrate_carries_pauses_audit_and_keys(
         queued(backend)  # the source's queue must be empty to migrate
         code, out, err = beatd("migrate", "--from", broker, "--to", target)
         assert (code, err) == (0, ""), err
-        assert "1 control(s), 2 audit record(s), 2 trigger key(s)" in out
+        assert (
+            "1 pause(s), 0 busy mark(s), 0 held run(s), 2 audit record(s), 2 trigger key(s)" in out
+        )
         code, out, _ = beatd("migrate", "--from", broker, "--to", target)
-        assert "0 control(s), 0 audit record(s), 0 trigger key(s)" in out
+        assert (
+            "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s)" in out
+        )
         assert controls(kept).load_controls()["tick"].pause is not None
         again = beatd("trigger", "nightly", "--idempotency-key", "k", "-s", schedules,
                       "--broker", target)  # fmt: skip
@@ -699,7 +703,7 @@ def test_the_readme_steering_example_shows_what_its_commands_print(
 
     session = readme_session()
     assert [command.split()[1] for command, _ in session] == [
-        "trigger", "pause", "trigger", "backfill", "backfill", "audit",
+        "trigger", "pause", "trigger", "resume", "backfill", "backfill", "audit",
     ]  # fmt: skip
     for command, shown in session:
         command, _, head = command.partition(" | head -")

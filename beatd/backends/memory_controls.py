@@ -18,9 +18,11 @@ from typing import Any
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
 )
 from beatd.backends.memory_history import History
 from beatd.controls import (
@@ -332,6 +334,10 @@ class MemoryControls:
                     "memory backend stores beatd's own messages only"
                 )
         with self._lock:
+            bound = self._history.trimmed.get(entry)
+            if first_trimmed(runs, bound):
+                assert bound is not None
+                raise HistoryTrimmed(entry, bound)
             at, audit_id = self._instant(), new_audit_id()
             published: list[str] = []
             for message in runs:
@@ -339,6 +345,10 @@ class MemoryControls:
                     continue
                 self._publish(message._replace(audit=audit_id), at)
                 published.append(message.id)
+            control = self._book.get(entry)
+            if control.held is not None and control.held.run_id in published:
+                # published here: the busy run's end must not publish it again
+                self._book.put(entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(published))
             audit = self._audit(AuditRecord(audit_id, at, "backfill", entry, by, done))
             return published, audit

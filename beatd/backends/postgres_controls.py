@@ -16,7 +16,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from beatd.backends.base import BeatdQueue, Outgoing, backfill_needs_history, from_micros, to_micros
+from beatd.backends.base import (
+    BeatdQueue,
+    HistoryTrimmed,
+    Outgoing,
+    backfill_needs_history,
+    first_trimmed,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
     CONTROL_MARKS,
@@ -97,6 +105,15 @@ def key_value(row: Sequence[Any]) -> TriggerKey:
     return TriggerKey(
         key, entry, TriggerResult(TriggerStatus(status), run_id, detail, audit_id), from_micros(at)
     )
+
+
+def refuse_trimmed(db: Db, schema: str, entry: str, runs: Sequence[Outgoing]) -> None:
+    """HistoryTrimmed (the step rolled back) when a run's slot is at or before the entry's
+    trimmed bound (`RunHistory.trimmed_up_to`)."""
+    sql = f"SELECT slot_us FROM {schema}.run_trimmed WHERE entry = %s"
+    row = db.execute(sql, (entry,)).fetchone()
+    if row is not None and first_trimmed(runs, from_micros(int(row[0]))):
+        raise HistoryTrimmed(entry, from_micros(int(row[0])))
 
 
 class PostgresControls(PostgresLink):
@@ -293,7 +310,9 @@ class PostgresControls(PostgresLink):
                 )
 
         def work(db: Db) -> tuple[list[str], AuditRecord]:
-            self._locked(db, [entry])  # one backfill of an entry at a time
+            # one backfill of an entry at a time
+            control = self._locked(db, [entry]).get(entry, EntryControl())
+            refuse_trimmed(db, self.schema, entry, runs)
             now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
@@ -304,6 +323,8 @@ class PostgresControls(PostgresLink):
             }
             fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
+            if control.held is not None and control.held.run_id in fresh:  # not to publish twice
+                store_control(db, self.schema, entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(fresh))
             audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
             self._audit(db, audit)

@@ -137,6 +137,10 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             error text NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, number)
         );
+        CREATE TABLE {schema}.run_trimmed (
+            entry text PRIMARY KEY,
+            slot_us bigint NOT NULL
+        );
         """
     )
     _format_2_missed_and_summaries(db, schema)

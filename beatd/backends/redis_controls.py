@@ -19,6 +19,7 @@ from typing import Any
 from beatd import celery_protocol
 from beatd.backends.base import (
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
@@ -225,6 +226,8 @@ class RedisControls(RedisLink):
         args = (self._key(""), self._history, entry, audit_id, rest, *flat)
         self._fold_log()  # a run already published keeps its record: the records say which
         ids, stored = self._eval("backfill", keys, args)
+        if ids == "trimmed":
+            raise HistoryTrimmed(entry, from_micros(int(stored)))
         return list(ids), _audit(audit_id, stored)
 
     def record_audit(self, record: AuditRecord) -> None:

@@ -267,6 +267,14 @@ return cjson.encode(r)
 # {the ids published, the audit record as stored}
 BACKFILL = """
 local P, H, entry, audit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- a slot at or before the newest one a trim took the record of: refused, nothing written
+local bound = redis.call('HGET', H .. 'h:trimmed', entry)
+if bound then
+  for i = 6, #ARGV, 6 do
+    local p = ARGV[i + 2] ~= '' and cjson.decode(ARGV[i + 2])
+    if p and tonumber(p[1]) <= tonumber(bound) then return {'trimmed', bound} end
+  end
+end
 local now = now_us()
 local ids, seen = {}, {}
 for i = 6, #ARGV, 6 do
@@ -280,6 +288,9 @@ for i = 6, #ARGV, 6 do
     ids[#ids + 1] = id
   end
 end
+-- a held slot it published is no longer held: the busy run's end must not publish it again
+local held = decoded(redis.call('HGET', P .. 'ctl:held', entry))
+if held and seen[held[1]] then redis.call('HDEL', P .. 'ctl:held', entry) end
 -- the detail says what this step did (beatd.controls.backfill_detail)
 local rest = cjson.decode(ARGV[5])
 rest[4]['published'] = #ids

@@ -21,9 +21,11 @@ from typing import Any
 
 from beatd.backends.base import (
     BeatdQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
     from_micros,
     to_micros,
 )
@@ -105,6 +107,14 @@ def _control_row(entry: str, control: EntryControl) -> tuple[object, ...]:
         times = (to_micros(held.slot), to_micros(held.due))
         kept = json.dumps([held.run_id, *times, held.kind, *held[4:]])
     return (entry, *paused, *marked, kept)
+
+
+def _unhold(db: sqlite3.Connection, entry: str, published: Sequence[str]) -> None:
+    """A held run published elsewhere (a backfill of its slot) is no longer held: the busy
+    run's end must not publish it again."""
+    control = controls_of(db, [entry]).get(entry, NO_CONTROL)
+    if control.held is not None and control.held.run_id in published:
+        put(db, entry, control._replace(held=None))
 
 
 def put(db: sqlite3.Connection, entry: str, control: EntryControl) -> None:
@@ -415,6 +425,10 @@ class SQLiteControls(SQLiteFile):
                 )
 
         def work(db: sqlite3.Connection) -> tuple[list[str], AuditRecord]:
+            trimmed = db.execute("SELECT slot_us FROM run_trimmed WHERE entry = ?", (entry,))
+            row = trimmed.fetchone()
+            if row is not None and first_trimmed(runs, from_micros(row[0])):
+                raise HistoryTrimmed(entry, from_micros(row[0]))  # rolled back: nothing written
             now, audit_id = self._now(), new_audit_id()
             fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
             db.execute(MOVE_QUEUED)
@@ -424,6 +438,7 @@ class SQLiteControls(SQLiteFile):
                 if held is None and message.id not in published:
                     publish(db, message._replace(audit=audit_id), now, True)
                     published.append(message.id)
+            _unhold(db, entry, published)
             done = backfill_detail(detail, len(runs), len(published))
             record = AuditRecord(audit_id, from_micros(micros(now)), "backfill", entry, by, done)
             _store_audit(db, record)

@@ -126,6 +126,14 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
     "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
     "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    # Each entry's newest slot whose record a trim deleted (only trims delete runs): backfill
+    # refuses slots at or before it, which the history can no longer vouch for.
+    "CREATE TABLE IF NOT EXISTS run_trimmed (entry TEXT PRIMARY KEY, slot_us INTEGER NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS run_trimmed_up_to AFTER DELETE ON run "
+    f"WHEN old.kind <> '{RunKind.MANUAL}' BEGIN INSERT INTO run_trimmed (entry, slot_us) "
+    "VALUES (old.entry, old.slot_us) ON CONFLICT (entry) DO UPDATE SET "
+    "slot_us = max(slot_us, excluded.slot_us); END",
     # An attempt started from task events ends the run's open one as lost.
     "CREATE TRIGGER IF NOT EXISTS attempt_started AFTER INSERT ON attempt "
     "WHEN new.ended_us IS NULL BEGIN "

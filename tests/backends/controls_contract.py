@@ -17,7 +17,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    Backend,
+    BeatdQueue,
+    CeleryQueue,
+    HistoryTrimmed,
+    Lease,
+    Outgoing,
+    StateWrite,
+)
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.controls import (
     AuditRecord,
@@ -35,7 +43,7 @@ from beatd.controls import (
     pause_json,
 )
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
-from beatd.history import Ending, HistoryQuery, MissedSlots, RunKind
+from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.history_contract import (
@@ -629,6 +637,36 @@ class ControlsContract:
         assert dict(repeat.detail) == {"published": 0, "already_there": 3}
         assert repeat in backend.audit("e")  # as stored
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
+
+    @pytest.mark.parametrize("how", FINAL_STEPS)
+    def test_a_backfill_of_the_held_slot_publishes_it_once_the_busy_end_not_again(
+        self, backend: Backend, how: str
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        backfilled = [run("e", 2, "q", kind=RunKind.BACKFILL)]
+        assert backend.backfill("e", backfilled, BY, {})[0] == [run_id("e", 2)]
+        assert backend.load_controls()["e"].held is None
+        finish(backend, how, run_id("e", 1))
+        assert backend.load_controls() == {}
+        assert record(backend, run_id("e", 2)).kind == RunKind.BACKFILL
+        assert queued_ids(backend).count(run_id("e", 2)) == 1
+
+    def test_backfill_at_or_before_a_trimmed_slot_is_refused_in_its_step(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        for m in (1, 2, 3):
+            write(backend, lease, "e", run("e", m, "q"))
+            finish(backend, "ack", run_id("e", m))
+        assert backend.trim(Retention(per_entry=1)) == 2
+        runs = [run("e", m, "q", kind=RunKind.BACKFILL) for m in (2, 3)]
+        with pytest.raises(HistoryTrimmed) as refused:
+            backend.backfill("e", runs, BY, {})
+        assert (refused.value.entry, refused.value.bound) == ("e", slot_of(2))
+        assert backend.audit("e") == [] and queued_ids(backend) == []
+        assert backend.backfill("e", runs[1:], BY, {})[0] == []  # after it: checked as ever
 
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:
         with pytest.raises(BackendError):
