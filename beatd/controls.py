@@ -8,10 +8,11 @@ Times are aware UTC from the backend's clock, except where a field says otherwis
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -82,11 +83,55 @@ class HeldRun(NamedTuple):
 
 
 class EntryControl(NamedTuple):
-    """What is persisted per entry beside its horizon (`StateStore.load_controls`)."""
+    """What is persisted per entry beside its horizon (`StateStore.load_controls`).
+
+    `lifted`: the pauses resumed or replaced that may still cover slots past the entry's
+    horizon, each ending when it was lifted: kept so that a leader that was not running then
+    still ends their slots missed (paused); dropped once the horizon passes them (`lift`)."""
 
     pause: Pause | None = None
     busy: Busy | None = None
     held: HeldRun | None = None
+    lifted: tuple[Pause, ...] = ()
+
+
+def lift(control: EntryControl, at: datetime, horizon: datetime | None) -> tuple[Pause, ...]:
+    """The lifted pauses to persist when the entry's pause is resumed or replaced at `at`: the
+    ones kept, less those that end at or before the entry's `horizon` (its slots up to there
+    are accounted for; None: no horizon known), and the pause lifted now, ended at `at`."""
+    kept = [p for p in control.lifted if horizon is None or p.until is None or p.until > horizon]
+    pause = control.pause
+    if pause is not None:
+        end = at if pause.until is None else min(pause.until, at)
+        if end > pause.at and (horizon is None or end > horizon):
+            kept.append(pause._replace(until=end))
+    return tuple(kept)
+
+
+def lifted_json(lifted: tuple[Pause, ...]) -> str:
+    """The lifted pauses as stored (SQLite, PostgreSQL, Redis): a JSON list of
+    [at_us, until_us, reason, by]."""
+    return json.dumps([[_micros(p.at), _micros(p.until), p.reason, p.by] for p in lifted])
+
+
+def lifted_from_json(text: str | None) -> tuple[Pause, ...]:
+    if not text:
+        return ()
+    return tuple(
+        Pause(_moment(at), _moment(until), reason, by) for at, until, reason, by in json.loads(text)
+    )
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime:
+    assert micros is not None
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 NO_CONTROL = EntryControl()

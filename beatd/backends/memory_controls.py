@@ -39,6 +39,7 @@ from beatd.controls import (
     TriggerStatus,
     backfill_detail,
     held_trigger,
+    lift,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -197,6 +198,7 @@ class MemoryControls:
     _writes_history: bool
     _now: Callable[[], float]
     _add: Callable[[BeatdQueue, str, str, float], None]
+    _horizon: Callable[[str], datetime | None]  # an entry's persisted last slot, if any
 
     def _instant(self) -> datetime:
         return datetime.fromtimestamp(self._now(), UTC)
@@ -221,7 +223,8 @@ class MemoryControls:
             records = []
             for entry in entries:
                 control = self._book.get(entry)
-                self._book.put(entry, control._replace(pause=pause))
+                lifted = lift(control, at, self._horizon(entry))
+                self._book.put(entry, control._replace(pause=pause, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(pause)
                 record = AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
                 records.append(self._audit(record))
@@ -235,7 +238,8 @@ class MemoryControls:
                 control = self._book.get(entry)
                 if control.pause is None:
                     continue
-                self._book.put(entry, control._replace(pause=None))
+                lifted = lift(control, at, self._horizon(entry))
+                self._book.put(entry, control._replace(pause=None, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(None)
                 record = AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)
                 records.append(self._audit(record))

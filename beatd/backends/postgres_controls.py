@@ -22,6 +22,7 @@ from beatd.backends.postgres_gates import (
     CONTROL_MARKS,
     control_row,
     control_value,
+    horizon,
     lock_entries,
     missed_unleased,
     publish_unleased,
@@ -44,6 +45,7 @@ from beatd.controls import (
     TriggerStatus,
     backfill_detail,
     held_trigger,
+    lift,
     new_audit_id,
     pause_json,
     replaced_held,
@@ -134,7 +136,8 @@ class PostgresControls(PostgresLink):
             records = []
             for entry in entries:
                 control = held.get(entry, EntryControl())
-                held[entry] = control._replace(pause=pause)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=pause, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(pause)
                 record = AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
@@ -152,7 +155,8 @@ class PostgresControls(PostgresLink):
                 control = held.get(entry, EntryControl())
                 if control.pause is None:
                     continue
-                held[entry] = control._replace(pause=None)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=None, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(None)
                 record = AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)

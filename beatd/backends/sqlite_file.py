@@ -213,7 +213,8 @@ CONTROLS_SCHEMA = (
     pause_by TEXT,
     busy_run TEXT,
     busy_since_us INTEGER,
-    held TEXT
+    held TEXT,
+    lifted TEXT
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS entry_control_paused ON entry_control (entry) "
     "WHERE pause_at_us IS NOT NULL",

@@ -164,8 +164,39 @@ class ControlsContract:
         [lifted] = backend.resume(["e", "f"], BY)
         assert (lifted.action, lifted.entry) == ("resume", "e")
         assert (lifted.before, lifted.after) == (paused.after, pause_json(None))
-        assert backend.load_controls() == {}
+        assert backend.load_controls().get("e", EntryControl()).pause is None
         assert backend.resume(["e"], BY) == []
+
+    def test_a_resumed_pause_is_kept_as_lifted_ending_at_the_resume(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        [paused] = backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        [resumed] = backend.resume(["e"], BY)
+        lifted = Pause(paused.at, resumed.at, "r", BY)
+        assert backend.load_controls() == {"e": EntryControl(lifted=(lifted,))}
+
+    def test_a_replaced_pause_is_kept_as_lifted_ending_at_the_new_one(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        [first] = backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        [second] = backend.pause(["e"], "longer", None, "bob@host")
+        pause = Pause(second.at, None, "longer", "bob@host")
+        lifted = Pause(first.at, second.at, "r", BY)
+        assert backend.load_controls() == {"e": EntryControl(pause, lifted=(lifted,))}
+
+    def test_lifted_pauses_the_horizon_passed_are_dropped_at_the_next_pause_or_resume(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = lead(backend)
+        backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        backend.resume(["e"], BY)
+        later = instant(backend) + timedelta(hours=1)
+        assert write(backend, lease, "e", at_run("e", later)) == set()  # past the lifted pause
+        [again] = backend.pause(["e"], "r2", None, BY)
+        assert backend.load_controls() == {"e": EntryControl(Pause(again.at, None, "r2", BY))}
 
     def test_a_pause_fails_a_commit_with_a_message_it_covers_and_writes_nothing(
         self, backend: Backend
