@@ -99,7 +99,7 @@ class Scheduler:
         self.config = config if config is not None else load_config()
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
-        self.steering = Steering(backend, clock, settings.node)
+        self.steering = Steering(backend, backend, clock, settings.node)
         self.observers: tuple[Observer, ...] = (
             self.deadlines,
             self.health,

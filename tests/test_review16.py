@@ -56,11 +56,6 @@ def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") 
     return Scheduler(backend, lambda: config, clock, settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: pause_after_failures remembers 'paused once' per process only; a new "
-    "leader re-pauses an entry the operator resumed, with no new failure",
-)
 def test_a_resumed_entry_is_not_paused_again_by_the_next_leader(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -430,11 +425,6 @@ def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: after a resume, pause_after_failures never pauses the entry again until "
-    "one run succeeds: N more failures in a row (the streak only grows) go on unpaused",
-)
 def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resume(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
