@@ -157,6 +157,14 @@ def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> HeldAfter:
     return HeldAfter(hold, MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1))
 
 
+def dropped_by_pause(held: HeldRun, pause: Pause | None, at: datetime) -> bool:
+    """Whether the held run, its busy run ended at `at`, is dropped (missed, reason paused)
+    rather than published: a held slot a pause covers is; a held manual run never is, since the
+    trigger was accepted before the pause (a pause covers slots, and a trigger's own check of
+    the pause was made when it was asked) and an operator's run must never vanish."""
+    return held.kind != RunKind.MANUAL and pause is not None and pause.covers(at)
+
+
 def held_trigger(control: EntryControl, run_id: str) -> TriggerResult:
     """A trigger of a busy `buffer_one` entry: held, unless a manual run is held already; then
     refused naming that run, since buffer_one keeps one run and an operator's run must never

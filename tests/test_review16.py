@@ -253,12 +253,6 @@ def test_migrate_counts_pauses_apart_from_other_controls(
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a held manual run (trigger said 'held ... published when that one ends', "
-    "exit 0) vanishes when a pause comes before the busy run ends: dropped as a missed "
-    "'paused' slot at the trigger's time, its run id nowhere in the history",
-)
 def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     broker: str, schedules: Path, store: Backend
 ) -> None:

@@ -38,6 +38,7 @@ from beatd.controls import (
     TriggerResult,
     TriggerStatus,
     backfill_detail,
+    dropped_by_pause,
     held_trigger,
     lift,
     new_audit_id,
@@ -386,7 +387,7 @@ class MemoryControls:
         control = self._book.get(entry)
         held, pause = control.held, control.pause
         control = control._replace(busy=None, held=None)
-        if held is not None and pause is not None and pause.covers(at):
+        if held is not None and dropped_by_pause(held, pause, at):
             if self._writes_history:
                 slots = MissedSlots(entry, PAUSED, held.slot, held.slot, 1)
                 self._history.missed_one(slots, None, at)

@@ -26,6 +26,7 @@ from beatd.controls import (
     EntryControl,
     HeldRun,
     Pause,
+    dropped_by_pause,
     lifted_from_json,
     lifted_json,
     replaced_held,
@@ -236,7 +237,7 @@ def run_ended(db: Db, schema: str, channel: str, run_id: str, history: bool) -> 
     now = from_micros(now_us)
     hold, pause = control.held, control.pause
     control = control._replace(busy=None, held=None)
-    if hold is not None and pause is not None and pause.covers(now):
+    if hold is not None and dropped_by_pause(hold, pause, now):
         if history:
             missed_unleased(db, schema, MissedSlots(entry, PAUSED, hold.slot, hold.slot, 1), now_us)
     elif hold is not None:

@@ -178,7 +178,7 @@ local function run_final(P, H, id)
   redis.call('HDEL', P .. 'ctl:held', entry)
   local now = now_us()
   local pause = decoded(redis.call('HGET', P .. 'ctl:pause', entry))
-  if pause and covers(pause, now) then
+  if pause and covers(pause, now) and held[4] ~= 'manual' then
     missed_unleased(H, entry, 'paused', held[2], now)
     return
   end

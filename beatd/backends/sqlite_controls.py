@@ -44,6 +44,7 @@ from beatd.controls import (
     TriggerResult,
     TriggerStatus,
     backfill_detail,
+    dropped_by_pause,
     held_trigger,
     lift,
     lifted_from_json,
@@ -271,7 +272,7 @@ def run_final(db: sqlite3.Connection, run_id: str | bytes, now: float, history: 
     entry, control = _control(found)
     at, held, pause = from_micros(micros(now)), control.held, control.pause
     control = control._replace(busy=None, held=None)
-    if held is not None and pause is not None and pause.covers(at):
+    if held is not None and dropped_by_pause(held, pause, at):
         if history:
             slot = to_micros(held.slot)
             db.execute(_MISSED_HELD, (entry, PAUSED, slot, slot, micros(now)))

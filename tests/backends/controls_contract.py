@@ -462,6 +462,21 @@ class ControlsContract:
             MissedSlots("e", "paused", slot_of(2), slot_of(2), 1)
         ]
 
+    @pytest.mark.parametrize("how", ["ack", "dead_letter"])
+    def test_a_held_manual_run_is_published_when_the_busy_run_ends_under_a_pause(
+        self, backend: Backend, how: str
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        manual = held("e", 2, RunKind.MANUAL)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=manual)
+        backend.pause(["e"], "r", None, BY)
+        finish(backend, how, run_id("e", 1))
+        control = backend.load_controls()["e"]
+        assert (control.busy, control.held) == (Busy(manual.run_id, control.busy.since), None)
+        assert queued_ids(backend) == [manual.run_id]
+        assert backend.missed("e") == []
+
     @pytest.mark.parametrize("how", ["retry", "release", "lost"])
     def test_retry_release_and_a_lost_claim_keep_the_entry_busy(
         self, backend: Backend, advance: Callable[[float], None], unit: float, how: str
