@@ -341,12 +341,6 @@ def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slot
     assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 5, 4)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: beatd status shows as NEXT DUE a slot the pause covers (it will end "
-    "missed, paused), as docs/controls.md's own example does (nightly-export, due 01:30, "
-    "paused until 06:22)",
-)
 def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     broker: str, schedules: Path, store: Backend
 ) -> None:
