@@ -165,6 +165,31 @@ def dropped_by_pause(held: HeldRun, pause: Pause | None, at: datetime) -> bool:
     return held.kind != RunKind.MANUAL and pause is not None and pause.covers(at)
 
 
+def published_trigger(request: Trigger, control: EntryControl) -> TriggerResult:
+    """A trigger that publishes: its `detail` the busy run whose mark it drops as stale (a
+    guarded, unforced trigger publishes over a mark only when it is older than the entry's
+    `overlap_timeout`), "" when none."""
+    busy = control.busy
+    guarded = request.guard is not None and not request.force
+    dropped = busy.run_id if busy is not None and guarded else ""
+    return TriggerResult(TriggerStatus.PUBLISHED, request.run_id, dropped)
+
+
+def trigger_detail(request: Trigger, result: TriggerResult) -> dict[str, Any]:
+    """A trigger's audit record detail; `dropped_busy`: the stale busy mark it published over
+    (counted by the leader as `beatd_busy_marks_dropped_total`)."""
+    detail = {
+        "run_id": request.run_id,
+        "status": result.status.value,
+        "force": request.force,
+        "idempotency_key": request.idempotency_key,
+        "request_id": request.request_id,
+    }
+    if result.status is TriggerStatus.PUBLISHED and result.detail:
+        detail["dropped_busy"] = result.detail
+    return detail
+
+
 def held_trigger(control: EntryControl, run_id: str) -> TriggerResult:
     """A trigger of a busy `buffer_one` entry: held, unless a manual run is held already; then
     refused naming that run, since buffer_one keeps one run and an operator's run must never

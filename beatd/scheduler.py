@@ -146,7 +146,7 @@ class Scheduler:
 
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]:
-        return self.publisher.busy_marks_dropped
+        return self.publisher.busy_marks_dropped + self.steering.dropped
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:

@@ -18,10 +18,12 @@ The commands `beatd trigger` and `beatd backfill` run in their own processes, so
 counts them: each refresh also reads the audit log since its last read (one read of at most
 `AUDIT_READ_LIMIT` records) and counts per entry the trigger records, and the runs each backfill
 record says its step published (`published` in its detail), as the metrics
-`beatd_runs_triggered_total` and `beatd_runs_backfilled_total`. A new leader starts from the
-newest record it finds and counts only what comes after. The resume records read there end
-the pauses they lifted at their own time, so the slots due between a resume and the read that
-sees it are not paused.
+`beatd_runs_triggered_total` and `beatd_runs_backfilled_total`, and the stale busy marks a
+trigger published over (`dropped_busy` in its detail) in `beatd_busy_marks_dropped_total`.
+A new leader starts from the newest record it finds and counts only what comes after. The
+resume records read there end the pauses they lifted at their own time, so the slots due
+between a resume and the read that sees it are not paused (the backend keeps the pause too, as
+lifted, for a leader that was not running then: beatd.controls.lift).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Steering:
         self._summaries: Mapping[str, EntrySummary] | None = None  # the last judged
         self._judged: dict[str, int] = {}  # the streak each entry not paused was judged at
         self.triggered: Counter[str] = Counter()  # trigger audit records, per entry
+        self.dropped: Counter[str] = Counter()  # stale busy marks triggers published over
         self.backfilled: Counter[str] = Counter()  # runs published by backfills, per entry
         self._audit_since: datetime | None = None  # the newest audit record's time seen
         self._audit_seen: set[str] = set()  # the ids of the records at that time
@@ -112,6 +115,8 @@ class Steering:
                     continue
                 if record.action == "trigger":
                     self.triggered[record.entry] += 1
+                    if record.detail.get("dropped_busy"):
+                        self.dropped[record.entry] += 1
                 elif record.action == "backfill":
                     self.backfilled[record.entry] += _published(record.detail)
             if len(records) >= AUDIT_READ_LIMIT:

@@ -473,12 +473,6 @@ def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_lette
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a trigger over a stale busy mark (older than overlap_timeout) publishes "
-    "without a word: the dropped mark is neither logged nor said, nor counted anywhere, "
-    "against 'overlap_timeout drops a stale mark, logged and counted'",
-)
 def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     broker: str, schedules: Path, store: Backend
 ) -> None:

@@ -17,7 +17,7 @@ from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
-from beatd.controls import Overlap
+from beatd.controls import Guard, Overlap, TriggerStatus
 from beatd.history import HistoryQuery, MissedSlots, RunKind
 from beatd.message import run_id
 from beatd.metrics import register_scheduler
@@ -526,3 +526,27 @@ def test_a_slot_due_after_the_resume_is_not_missed_as_paused(
         "12:00:12", "12:00:14", "12:00:16", "12:00:18", "12:00:20",
     ]  # fmt: skip
     assert missed(backend) == [MissedSlots("tick", "paused", T0 + two, T0 + 5 * two, 5)]
+
+
+def test_the_leader_counts_the_stale_busy_marks_a_trigger_dropped(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """A trigger runs in its own process: the stale mark it published over is counted by the
+    leader from its audit record (`dropped_busy`), as the leader counts the marks it drops."""
+    from tests.backends.controls_contract import trigger
+
+    guard = Guard(Overlap.SKIP, 90.0)
+    every = IntervalSchedule(10 * M)
+    entry = Entry(
+        "tick", "t.task", every, overlap=Overlap.SKIP, overlap_timeout=timedelta(seconds=90)
+    )
+    beat = scheduler(backend, clock, entry)
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 605)  # 12:10 published: tick is busy
+    run_for(beat, 100)  # its mark is stale now, and the next slot is not due yet
+    result = backend.trigger(trigger("tick", guard=guard))
+    assert (result.status, result.detail) == (TriggerStatus.PUBLISHED, run_id("tick", T0 + 10 * M))
+    beat.steering.read_soon()
+    run_for(beat, 1)
+    assert value(scrape(registry), "beatd_busy_marks_dropped_total", entry="tick") == 1

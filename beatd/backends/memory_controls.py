@@ -43,7 +43,9 @@ from beatd.controls import (
     lift,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
@@ -274,7 +276,7 @@ class MemoryControls:
             return TriggerResult(TriggerStatus.REFUSED_PAUSED, rid, control.pause.describe())
         guard = request.guard
         if request.force or guard is None or not is_busy(control, guard, at):
-            return TriggerResult(TriggerStatus.PUBLISHED, rid)
+            return published_trigger(request, control)
         if guard.overlap is Overlap.BUFFER_ONE:
             return held_trigger(control, rid)
         assert control.busy is not None
@@ -283,13 +285,7 @@ class MemoryControls:
     def _carry_out(self, request: Trigger, result: TriggerResult, at: datetime) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         audit_id, entry = new_audit_id(), request.entry
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         self._audit(AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         control = self._book.get(entry)
         if result.status is TriggerStatus.HELD:

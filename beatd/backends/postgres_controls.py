@@ -48,7 +48,9 @@ from beatd.controls import (
     lift,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import RunKind
@@ -231,7 +233,7 @@ class PostgresControls(PostgresLink):
             or busy is None
             or now - busy.since >= timedelta(seconds=guard.timeout)
         ):
-            return TriggerResult(TriggerStatus.PUBLISHED, rid)
+            return published_trigger(request, control)
         if guard.overlap is Overlap.BUFFER_ONE:
             return held_trigger(control, rid)
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, busy.run_id)
@@ -246,13 +248,7 @@ class PostgresControls(PostgresLink):
     ) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         audit_id, entry, at = new_audit_id(), request.entry, from_micros(now_us)
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         self._audit(db, AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL

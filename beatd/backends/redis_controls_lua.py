@@ -270,9 +270,13 @@ else
   elseif held and held[4] == 'manual' then
     r = {'refused_held', rid, held[1], ''}  -- buffer_one keeps one run: never an operator's lost
   else
-    r = {busy and 'held' or 'published', rid, '', audit}
+    -- a guarded, unforced trigger not held publishes over a stale busy mark: its run id said
+    local mark = overlap ~= '' and not force and not busy
+      and decoded(redis.call('HGET', P .. 'ctl:busy', entry))
+    r = {busy and 'held' or 'published', rid, mark and mark[1] or '', audit}
     local detail = {run_id = rid, status = r[1], force = force, request_id = request,
       idempotency_key = key ~= '' and key or cjson.null}
+    if mark then detail['dropped_busy'] = mark[1] end
     add_audit(P, audit, now, entry, cjson.encode({'trigger', entry, by, detail, cjson.null,
       cjson.null, ''}))
     if busy then

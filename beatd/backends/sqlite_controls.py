@@ -51,7 +51,9 @@ from beatd.controls import (
     lifted_json,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
@@ -389,13 +391,7 @@ class SQLiteControls(SQLiteFile):
     ) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         at, entry = from_micros(micros(now)), request.entry
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         record = AuditRecord(new_audit_id(), at, "trigger", entry, request.by, detail)
         _store_audit(db, record)
         control = controls_of(db, [entry]).get(entry, NO_CONTROL)
@@ -567,7 +563,7 @@ def _decide(db: sqlite3.Connection, request: Trigger, now_us: int) -> TriggerRes
         return TriggerResult(TriggerStatus.REFUSED_PAUSED, rid, control.pause.describe())
     guard = request.guard
     if request.force or guard is None or not is_busy(control, guard, now_us):
-        return TriggerResult(TriggerStatus.PUBLISHED, rid)
+        return published_trigger(request, control)
     if guard.overlap is Overlap.BUFFER_ONE:
         return held_trigger(control, rid)
     assert control.busy is not None

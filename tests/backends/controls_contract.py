@@ -618,6 +618,21 @@ class ControlsContract:
             TriggerStatus.REFUSED_BUSY
         )
 
+    def test_a_trigger_over_a_stale_busy_mark_names_it_and_its_audit_record_too(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = lead(backend)
+        guard = Guard(Overlap.SKIP, 1 * unit)
+        write(backend, lease, "e", run("e", 1, "q"), guard=guard)
+        advance(1.5 * unit)
+        result = backend.trigger(trigger("e", guard=guard))
+        assert (result.status, result.detail) == (TriggerStatus.PUBLISHED, run_id("e", 1))
+        [record] = backend.audit("e")
+        assert record.detail["dropped_busy"] == run_id("e", 1)
+        assert backend.load_controls()["e"].busy.run_id == result.run_id
+        fresh = backend.trigger(trigger("e", "r2", guard=guard, force=True))
+        assert (fresh.status, fresh.detail) == (TriggerStatus.PUBLISHED, "")  # forced: not stale
+
     def test_a_trigger_without_a_guard_leaves_the_busy_mark(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
