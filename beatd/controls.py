@@ -59,6 +59,20 @@ def pause_json(pause: Pause | None) -> dict[str, Any]:
     return {"pause": fields}
 
 
+def pause_of(state: Mapping[str, Any] | None) -> Pause | None:
+    """The pause in an audit record's `before`/`after` (`pause_json`), if there is one."""
+    fields = state.get("pause") if state else None
+    if not isinstance(fields, Mapping):
+        return None
+    until = fields.get("until")
+    return Pause(
+        datetime.fromisoformat(fields["at"]),
+        None if until is None else datetime.fromisoformat(until),
+        str(fields.get("reason", "")),
+        str(fields.get("by", "")),
+    )
+
+
 class Busy(NamedTuple):
     """The entry's run `run_id`, published at `since`, has not reached a final outcome."""
 

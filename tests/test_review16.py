@@ -211,12 +211,6 @@ def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: the history's missed record of paused slots says neither who paused, nor "
-    "why, nor until when, nor which audit record (issue 16: status, the history and the metrics "
-    "show who paused, why and until when)",
-)
 def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:

@@ -18,9 +18,10 @@ from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Guard, Overlap, TriggerStatus
-from beatd.history import HistoryQuery, MissedSlots, RunKind
+from beatd.history import HistoryQuery, MissedRecord, MissedSlots, RunKind
 from beatd.message import run_id
 from beatd.metrics import register_scheduler
+from beatd.operations.history import read_history, record_object
 from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -550,3 +551,39 @@ def test_the_leader_counts_the_stale_busy_marks_a_trigger_dropped(
     beat.steering.read_soon()
     run_for(beat, 1)
     assert value(scrape(registry), "beatd_busy_marks_dropped_total", entry="tick") == 1
+
+
+def test_the_history_names_the_pause_each_paused_range_was_under(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute())
+    run_for(beat, 65)  # 12:01 published
+    [ann] = backend.pause(["tick"], "incident", None, "ann@ops")
+    run_for(beat, 120)
+    backend.resume(["tick"], "ann@ops")  # 12:02 and 12:03 were paused
+    beat.steering.read_soon()
+    run_for(beat, 60)  # 12:04 published
+    [bob] = backend.pause(["tick"], "deploy", T0 + 7 * M, "bob@ops")
+    run_for(beat, 240)  # 12:05 and 12:06 paused, 12:07 published
+    page = read_history(backend, HistoryQuery("tick"), frozenset({"missed"}))
+    found = {
+        record.slots.first.strftime("%H:%M"): record_object(record, {}, page.pauses)["pause"]
+        for record in page.records
+        if isinstance(record, MissedRecord)
+    }
+    assert found == {
+        "12:02": {
+            "at": f"{ann.at:%Y-%m-%dT%H:%M:%SZ}",
+            "until": None,
+            "reason": "incident",
+            "by": "ann@ops",
+            "audit": ann.id,
+        },
+        "12:05": {
+            "at": f"{bob.at:%Y-%m-%dT%H:%M:%SZ}",
+            "until": "2026-03-01T12:07:00Z",
+            "reason": "deploy",
+            "by": "bob@ops",
+            "audit": bob.id,
+        },
+    }
