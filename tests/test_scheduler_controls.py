@@ -587,3 +587,31 @@ def test_the_history_names_the_pause_each_paused_range_was_under(
             "audit": bob.id,
         },
     }
+
+
+@pytest.mark.parametrize("how", ["resumed", "replaced"])
+def test_a_pause_lifted_while_no_leader_ran_covers_its_slots_on_sqlite(
+    tmp_path: Any, clock: FakeClock, how: str
+) -> None:
+    """The lifted pause is persisted (beatd.controls.lift): the next leader, which never saw
+    it, ends its slots missed (paused) under `missed: catch_up`, publishing none of them."""
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    entry = every_minute(missed=MissedPolicy.CATCH_UP)
+    first = scheduler(backend, clock, entry)
+    run_for(first, 70)  # 12:01 published
+    first.shutdown()  # nobody leads from here
+    backend.pause(["tick"], "incident", None, "ann@ops")  # 12:01:10
+    clock.advance(180)
+    if how == "resumed":
+        backend.resume(["tick"], "ann@ops")  # 12:04:10
+    else:
+        backend.pause(
+            ["tick"], "later", T0 + 4 * M + timedelta(seconds=20), "bob@ops"
+        )  # till 12:04:20
+    clock.advance(30)
+    second = scheduler(backend, clock, entry, node="b")
+    run_for(second, 60)  # 12:04:40 to 12:05:40
+    assert published(backend, "tick") == ["12:01", "12:05"]
+    assert missed(backend, "tick") == [MissedSlots("tick", "paused", T0 + 2 * M, T0 + 4 * M, 3)]

@@ -200,10 +200,10 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
 )
 # The operator controls (format 2 too, issue 16; beatd.backends.sqlite_controls): each entry's
-# pause, busy mark, held run and lifted pauses (a row only for an entry that has one; partial indexes of the
-# paused entries, read by every commit, and of the busy marks, looked up by every final settling
-# step), the audit log, the remembered trigger keys, and the audit id of a manual or backfill
-# run (apart from `run`, so that no other run's record pays for it).
+# pause, busy mark, held run and lifted pauses (a row only for an entry that has one; partial
+# indexes of the paused entries, read by every commit, and of the busy marks, looked up by every
+# final settling step), the audit log, the remembered trigger keys, and the audit id of a manual
+# or backfill run (apart from `run`, so that no other run's record pays for it).
 CONTROLS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entry_control (
     entry TEXT PRIMARY KEY,
