@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from beatd.config.entries import EntryReader, build_entry
 from beatd.config.fields import FIELDS, REQUIRED, SCHEDULE_FIELDS, WINDOW_FIELDS
-from beatd.config.model import Entry, QueueSettings
+from beatd.config.model import AmqpTarget, Entry, QueueSettings
 from beatd.controls import AuditRecord
 from beatd.errors import BackendError, BeatdError, ConfigError
 from beatd.schedules import OnceSchedule
@@ -126,7 +126,10 @@ class RuntimeEntry:
 
     name: str
     definition: Mapping[str, Any]  # every field resolved, JSON values
-    version: int  # 1 when created, one more at every change (again 1 once removed and re-added)
+    # when created, the seq of its change record (so a name removed and added again never
+    # repeats a version: a write expecting the old one cannot match the new entry); one more
+    # at every change
+    version: int
     created_at: datetime
     created_by: str
     updated_at: datetime
@@ -185,6 +188,10 @@ def resolve_entry(
         )
     protocol = entry.protocol if "protocol" in raw else _queue_protocol(entry.queue, queues)
     definition = {key: _json(value) for key, value in raw.items()}
+    if "amqp" not in raw:  # a Celery entry goes where its queue says, as in a file
+        target = _queue_amqp(entry.queue, protocol, queues)
+        if target is not None:
+            definition["amqp"] = target
     for field in FIELDS:
         if field.name not in definition:
             value = _resolved(field.name, field.default, entry, protocol, definition)
@@ -252,10 +259,11 @@ def next_entry(
     at: datetime,
     by: str,
     request_id: str | None,
+    seq: int,
 ) -> RuntimeEntry:
-    """The entry a put stores over `current`."""
+    """The entry a put stores over `current`, with change record `seq`."""
     if current is None:
-        return RuntimeEntry(resolved.name, resolved.definition, 1, at, by, at, by, request_id)
+        return RuntimeEntry(resolved.name, resolved.definition, seq, at, by, at, by, request_id)
     return replace(
         current,
         definition=resolved.definition,
@@ -297,17 +305,20 @@ def plan_puts(
     at: datetime,
     by: str,
     request_id: str | None,
+    head: int,
 ) -> list[PutOutcome]:
     """The outcome of each put (`current` and `files`: its stored entry and its file, if any),
-    or the first refusal (`check_put`), so that a batch is written whole or not at all."""
+    or the first refusal (`check_put`), so that a batch is written whole or not at all. The
+    writes' change records follow the feed's `head`, one each, in order."""
     check_unique(puts)
-    outcomes = []
+    outcomes: list[PutOutcome] = []
     for put, stored, path in zip(puts, current, files, strict=True):
         if request_id is not None and stored is not None and stored.request_id == request_id:
             outcomes.append(PutOutcome(stored, stored, False))
             continue
         check_put(put.entry.name, stored, path, put.expected)
-        written = next_entry(put.entry, stored, at, by, request_id)
+        head += 1
+        written = next_entry(put.entry, stored, at, by, request_id, head)
         outcomes.append(PutOutcome(written, stored, True))
     return outcomes
 
@@ -346,6 +357,21 @@ def _queue_protocol(queue: str, queues: Mapping[str, QueueSettings] | None) -> s
     return "beatd" if settings is None else settings.protocol
 
 
+def _queue_amqp(
+    queue: str, protocol: str | None, queues: Mapping[str, QueueSettings] | None
+) -> dict[str, str] | None:
+    settings = None if queues is None else queues.get(queue)
+    if protocol != "celery" or settings is None or settings.amqp is None:
+        return None
+    return amqp_json(settings.amqp)
+
+
+def amqp_json(target: AmqpTarget) -> dict[str, str]:
+    """An AMQP destination as an entry's `amqp:` field gives it (a mapping)."""
+    given = {"url": target.url, "exchange": target.exchange, "routing_key": target.routing_key}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _resolved(
     name: str, default: Any, entry: Entry, protocol: str | None, given: Mapping[str, Any]
 ) -> Any:
@@ -353,18 +379,14 @@ def _resolved(
     schedule = next(f for f in SCHEDULE_FIELDS if f in given)
     if name in SCHEDULE_FIELDS or name in WINDOW_FIELDS:  # a window not given has no bound
         return _ABSENT
+    if name == "amqp":  # none, unless its queue's (set above): a null is no destination
+        return _ABSENT
     if name == "anchor":
         return EPOCH.isoformat() if schedule == "every" else _ABSENT
     if name == "timezone":
         return entry.timezone
     if name == "protocol":
         return protocol
-    if name == "amqp":  # the queue's AMQP destination at write time, if it has one
-        target = entry.amqp
-        if target is None:
-            return _ABSENT
-        parts = {"url": target.url, "exchange": target.exchange, "routing_key": target.routing_key}
-        return {key: value for key, value in parts.items() if value is not None}
     if name in _DERIVED_DURATIONS:
         return _seconds(getattr(entry, name))
     assert default is not REQUIRED

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beatd"
 # one above. A name covers the module and, if it is a package, everything in it. A new module
 # takes its place here (the test names any that has none).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ways in", ("beatd.cli", "beatd.__main__", "beatd.http")),
+    ("ways in", ("beatd.cli", "beatd.__main__", "beatd.http", "beatd.client")),
     # What an operator can ask, the same through each way in: the command line and the HTTP API.
     ("operations", ("beatd.operations",)),
     ("assembly", ("beatd.assemble",)),
@@ -28,7 +28,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "daemons",
         (
             "beatd.scheduler",
+            "beatd.following",  # the loop follows the runtime entries (issue 18)
             "beatd.adoption",
+            "beatd.entry_feed",  # the runtime entries a node holds (issue 18)
             "beatd.leadership",
             "beatd.node_reports",
             "beatd.publisher",
@@ -98,6 +100,11 @@ APART = (
     ("beatd.core", "beatd.backends"),
     ("beatd.backends", "beatd.core"),  # the persisted state type lives below both
 )
+
+# Upward imports that load nothing at `import beatd`: the package names `beatd.Client` for type
+# checkers (under TYPE_CHECKING) and imports it on first use (`beatd.__getattr__`);
+# test_import_beatd_loads_no_config_reader_nor_server_client checks it stays unloaded.
+LAZY_EXPORTS = (("beatd", "beatd.client"),)
 
 MAX_CLASS_LINES = 300
 MAX_FUNCTION_LINES = 60
@@ -177,7 +184,8 @@ def layering_problems(found: list[Module], known: set[str]) -> list[str]:
             if not is_within(target, "beatd"):
                 continue
             theirs = layer_of(target)
-            if own is not None and theirs is not None and theirs < own:
+            lazy = (module.name, target) in LAZY_EXPORTS
+            if own is not None and theirs is not None and theirs < own and not lazy:
                 wrong.append(
                     f"{module.path.name}:{line}: {module.name} ({LAYERS[own][0]}) imports "
                     f"{target} ({LAYERS[theirs][0]}), a layer above it"
@@ -256,6 +264,7 @@ def test_import_beatd_loads_no_config_reader_nor_server_client() -> None:
         name
         for name in loaded
         if is_within(name, "beatd.config")
+        or is_within(name, "beatd.client")
         or name.split(".")[0] in ("yaml", "redis", "prometheus_client", "click", "pika")
     ]
     assert heavy == []

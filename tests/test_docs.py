@@ -42,8 +42,9 @@ def test_every_command_is_in_the_flags_table() -> None:
     }
     assert used == with_flags
     # run, worker, status, history, dead list, dead retry, migrate, check, next, diff, trigger,
-    # pause, resume, backfill, audit, db upgrade, api token (schema has none)
-    assert len(used) == 17
+    # pause, resume, backfill, audit, db upgrade, api token, entries add, set, rm, list, export
+    # (schema has none)
+    assert len(used) == 22
 
 
 def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:
@@ -55,7 +56,7 @@ def test_the_flags_without_a_variable_are_the_ones_the_text_names() -> None:
     )
     assert sentence is not None
     assert set(re.findall(r"`[^`]+`", sentence.group(1))) == without
-    assert len(without) == 32
+    assert len(without) == 59
 
 
 def yaml_blocks(path: Path) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
 from beatd.backends import DeadLetter, open_backend
 from beatd.cli import main
@@ -24,6 +25,7 @@ from beatd.config import load_config
 from beatd.http import all_routes
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
+from beatd.http.metrics import ApiMetrics
 from beatd.http.routes import Reply, Route
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenTable, new_token, read_token_file
@@ -579,3 +581,45 @@ def test_a_backfill_dry_run_lists_then_publishes_only_what_is_absent(api: Api) -
     assert only_error(body)["message"].endswith(
         "later slots are the scheduler's to publish; end the range at or before it"
     )
+
+
+# --- the API's own metrics ----------------------------------------------------------------------
+
+
+def test_requests_are_counted_by_route_and_code_and_refused_tokens_by_why(
+    tmp_path: Path, broker: str, schedules: Path
+) -> None:
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    config = load_config([str(schedules)])
+    context = ApiContext(lambda: open_backend(broker), lambda: config)
+    table = tokens(tmp_path)
+    access = Access(
+        lambda: table,
+        allowed_hosts("127.0.0.1", 0, ()),
+        refused=lambda why: metrics.refused.labels(why).inc(),
+    )
+    app = metrics.wrap(create_app([*all_routes(context), ECHO], access))
+    server = ApiServer(app, ServerSettings("127.0.0.1", 0, threads=2)).start()
+    api = Api(f"http://127.0.0.1:{server.port}", server, broker, schedules)
+    try:
+        api.ask("/v1/history")
+        api.ask("/v1/history")
+        api.ask("/v1/history", token=None)
+        api.ask("/v1/history", token="beatd_wrong")
+        api.ask("/v1/echo", method="POST", body=b"{}")
+        api.ask("/v1/nowhere")
+    finally:
+        server.stop()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("beatd_api_requests_total", route="history", code="200") == 2
+    assert sample("beatd_api_requests_total", route="history", code="401") == 2
+    assert sample("beatd_api_requests_total", route="echo", code="403") == 1
+    assert sample("beatd_api_requests_total", route="none", code="404") == 1
+    assert sample("beatd_api_request_duration_seconds_count", route="history") == 4
+    assert sample("beatd_api_auth_failures_total", reason="missing") == 1
+    assert sample("beatd_api_auth_failures_total", reason="unknown") == 1
+    assert sample("beatd_api_auth_failures_total", reason="scope") == 1

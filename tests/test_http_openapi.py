@@ -22,12 +22,18 @@ from tests.test_http import WRITER, Api, seed, start
 
 EXAMPLES = 25  # per operation: enough to reach each parameter's edges, bounded for CI
 # Operations whose valid input depends on more than its shape (a pause's `until` must lie ahead;
-# a backfill's range must end before the entry's horizon): schema-valid requests may be refused
-# (422), so the check that every schema-valid request is accepted does not apply to them.
+# a backfill's range must end before the entry's horizon; an entry's definition is checked as
+# `beatd check` checks it: a cron expression's grammar, an IANA zone, a jitter shorter than the
+# period, an `at` in the future): schema-valid requests may be refused (422, with the errors the
+# document describes, which the other checks still compare), so the check that every
+# schema-valid request is accepted does not apply to them.
 BEYOND_THE_SCHEMA = {
     "POST /v1/pause",
     "POST /v1/entries/{name}/pause",
     "POST /v1/entries/{name}/backfill",
+    "POST /v1/entries",
+    "POST /v1/entries/batch",
+    "PUT /v1/entries/{name}",
 }
 
 

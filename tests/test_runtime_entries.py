@@ -18,7 +18,7 @@ from beatd.cli import main
 from beatd.config import load_config
 from beatd.config.entries import EntryReader, build_entry
 from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
-from beatd.config.model import QueueSettings
+from beatd.config.model import AmqpTarget, QueueSettings
 from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
@@ -245,3 +245,17 @@ def test_each_fields_example_reads_back_as_the_entry_it_was_resolved_from(
     direct = build_entry(reader, {}, "UTC", [])
     assert direct is not None
     assert stored.entry() == dataclasses.replace(direct, source="api")
+
+
+def test_a_celery_entry_takes_its_queues_amqp_destination_at_write_time() -> None:
+    rabbit = AmqpTarget("amqp://rabbit.example:5672/", "jobs")
+    resolved = resolve_entry(
+        "r", {"task": "reports.nightly", "every": 30, "queue": "legacy"}, now=NOW,
+        queues={"legacy": QueueSettings("legacy", "celery", rabbit)},
+    )  # fmt: skip
+    assert resolved.definition["amqp"] == {"url": "amqp://rabbit.example:5672/", "exchange": "jobs"}
+    stored = RuntimeEntry("r", resolved.definition, 1, NOW, "ops", NOW, "ops")
+    assert stored.entry().amqp == rabbit
+    plain = resolve_entry("p", {"task": "reports.nightly", "every": 30}, now=NOW)
+    assert "amqp" not in plain.definition
+    assert RuntimeEntry("p", plain.definition, 1, NOW, "ops", NOW, "ops").entry().amqp is None

@@ -23,6 +23,7 @@ from beatd.controls import EntryControl, Pause
 from beatd.errors import TransientBackendError
 from beatd.nodes import NodeRecord, NodeRole
 from beatd.operations.status import next_unpaused
+from beatd.runtime_entries import resolve_entry
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
 from tests.redis_sentinel import SentinelCluster
@@ -101,6 +102,8 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     now = datetime.now(UTC)
     try:
         arrange(backend, schedules, now)
+        runtime = {"task": "t.report", "cron": "0 6 * * *"}
+        backend.put_entry(resolve_entry("weekly-report", runtime, now=now), "ops@host")
     finally:
         backend.close()
     args = ["status", "--broker", broker, "-s", str(schedules)]
@@ -168,6 +171,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "next_due": (tick + timedelta(seconds=10)).strftime(text),
         "overdue_seconds": None,
         "adopted": True,
+        "source": f"{schedules / 's.yaml'}:2",
         **unknown,
         **no_history,
     }
@@ -178,6 +182,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "horizon": stalled.strftime(text),
         "next_due": (stalled + timedelta(minutes=1)).strftime(text),
         "adopted": True,
+        "source": f"{schedules / 's.yaml'}:5",
         **unknown,
         **no_history,
     }
@@ -187,6 +192,19 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "horizon": None,
         "overdue_seconds": None,
         "adopted": False,
+        "source": f"{schedules / 's.yaml'}:8",
+        **unknown,
+        **no_history,
+    }
+    report_due = now.replace(hour=6, minute=0, second=0, microsecond=0)
+    report_due += timedelta(days=1) if report_due <= now else timedelta(0)
+    assert rows["weekly-report"] == {  # a runtime entry, not yet adopted by a leader
+        "last_published": None,
+        "horizon": None,
+        "next_due": report_due.strftime(text),
+        "overdue_seconds": None,
+        "adopted": False,
+        "source": "api",
         **unknown,
         **no_history,
     }
@@ -228,8 +246,11 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     assert re.fullmatch(rf"{tick.strftime(text)} \((now|\d+ s ago)\)", cells[1]), cells[1]
     assert re.fullmatch(rf"{rows['tick']['next_due']} \(in \d+ s\)", cells[2]), cells[2]
     assert cells[3:] == ["-", "-", "-", "-", "-"]
-    assert lines[7:] == [
-        "3 entries",
+    cells = re.split(r"  +", lines[7])
+    assert cells[:2] == ["weekly-report (api)", "never"]
+    assert re.fullmatch(rf"{rows['weekly-report']['next_due']} \(new, in \d+ \w+\)", cells[2])
+    assert lines[8:] == [
+        "4 entries",
         "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
         "",
         "QUEUE    DEPTH  DEAD LETTERS",

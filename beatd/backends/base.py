@@ -692,9 +692,10 @@ class RuntimeEntries(Reachable, Protocol):
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> RuntimeEntry:
-        """Create or replace the runtime entry `entry.name`: version 1 when created, one more
-        than the stored one when replaced; created and updated at the backend's clock. The
-        entry stored is returned.
+        """Create or replace the runtime entry `entry.name`: when created, at the version of
+        its change record's seq (so a name removed and added again never repeats a version),
+        one more than the stored one when replaced; created and updated at the backend's
+        clock. The entry stored is returned.
 
         `expected_version`: None writes whatever is stored; 0 creates only; N replaces version
         N only. Otherwise VersionMismatch (expected and actual, 0 for none), nothing written.
@@ -756,8 +757,9 @@ class RuntimeEntries(Reachable, Protocol):
 
     def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
         """Store entries as they are, versions and times included (`beatd migrate`), each with
-        its change record and no audit record (the audit log is copied apart); a name already
-        stored is skipped, so copying twice adds nothing. How many were added."""
+        its change record (its seq past the entry's version, so no entry created later takes
+        it) and no audit record (the audit log is copied apart); a name already stored is
+        skipped, so copying twice adds nothing. How many were added."""
 
 
 @runtime_checkable

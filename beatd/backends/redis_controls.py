@@ -229,6 +229,7 @@ class RedisControls(RedisLink):
         audit_id = new_audit_id()
         rest = _audit_rest(AuditRecord(audit_id, from_micros(0), "backfill", entry, by, detail))
         args = (self._key(""), self._history, entry, audit_id, rest, *flat)
+        self._fold_log()  # a run already published keeps its record: the records say which
         ids, stored = self._eval("backfill", keys, args)
         return list(ids), _audit(audit_id, stored)
 

@@ -43,6 +43,11 @@ COMMAND_ORDER = (
     "resume",
     "backfill",
     "audit",
+    "entries add",
+    "entries set",
+    "entries rm",
+    "entries list",
+    "entries export",
 )
 HEADER = "| flag | variable | default | commands | meaning |\n|---|---|---|---|---|"
 

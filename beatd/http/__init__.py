@@ -13,6 +13,7 @@ from beatd.http.audit_routes import audit_routes
 from beatd.http.context import ApiContext
 from beatd.http.controls_routes import control_routes
 from beatd.http.dead_letter_routes import dead_letter_routes
+from beatd.http.entries_routes import entry_routes
 from beatd.http.history_routes import history_routes
 from beatd.http.node_routes import node_routes
 from beatd.http.openapi import openapi_document
@@ -32,6 +33,7 @@ def all_routes(context: ApiContext) -> list[Route]:
         *audit_routes(context),
         *dead_letter_routes(context),
         *control_routes(context, context.history_max_age),
+        *entry_routes(context),
     ]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()

@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 from beatd.config import Config, Entry
-from beatd.controls import Pause
 from beatd.http.app import token_of
 from beatd.http.context import ApiContext
 from beatd.http.queries import body_object
@@ -24,16 +23,16 @@ from beatd.operations.controls import (
     find_entry,
     parse_until,
     pause,
+    pause_object,
     paused_now,
     resume,
     select_entries,
-    slot_text,
     trigger,
     trigger_words,
 )
 
 ERRORS: JSON = {"$ref": "#/components/schemas/Errors"}
-NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1})
+NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1}, slashes=True)
 LONGEST_PACED_BACKFILL = timedelta(seconds=60)  # longer holds a server thread: use the CLI
 STRINGS: JSON = {"type": "array", "items": {"type": "string", "minLength": 1}}
 PAUSE_OBJECT: JSON = {
@@ -134,13 +133,6 @@ BACKFILLED: JSON = {
 }
 
 
-def pause_object(paused: Pause | None) -> JSON | None:
-    if paused is None:
-        return None
-    until = slot_text(paused.until) if paused.until is not None else None
-    return {"at": slot_text(paused.at), "until": until, "reason": paused.reason, "by": paused.by}
-
-
 def bad(exc: BadRequest) -> ApiError:
     status = 404 if isinstance(exc, UnknownName) else 422
     return ApiError(status, exc.message, field=exc.field, pointer=f"/{exc.field}")
@@ -160,10 +152,24 @@ class ControlRoutes:
         return config
 
     def entry(self, req: Any) -> Entry:
+        """The entry the path names: the configuration's, else a runtime entry."""
+        name = req.view_args["name"]
         try:
-            return find_entry(self.config(), req.view_args["name"])
+            return find_entry(self.config(), name)
         except UnknownName as exc:
-            raise ApiError(404, exc.message, field="name") from None
+            stored = self.context.backend().get_entry(name)
+            if stored is None:
+                raise ApiError(404, exc.message, field="name") from None
+            return stored.entry()
+
+    def known(self, req: Any) -> list[str]:
+        """The names a pause may choose among: the configuration's, and the runtime entry the
+        path names (all runtime entries are not read for a glob or `all`)."""
+        names = sorted(self.config().entries)
+        name = req.view_args.get("name") if req.view_args else None
+        if name is not None and name not in names and self.context.backend().get_entry(name):
+            names.append(name)
+        return names
 
     def trigger(self, req: Any) -> Reply:
         entry = self.entry(req)
@@ -200,7 +206,7 @@ class ControlRoutes:
     def pause(self, req: Any) -> Reply:
         one = bool(req.view_args and "name" in req.view_args)
         body = body_object(req, PAUSE_ONE_BODY if one else PAUSE_BODY)
-        chosen = self.chosen(req, body, sorted(self.config().entries))
+        chosen = self.chosen(req, body, self.known(req))
         store = self.context.backend()
         try:
             until = parse_until(body["until"], backend_now(store)) if "until" in body else None

@@ -22,6 +22,7 @@ class Param:
     schema: JSON
     required: bool = False
     repeated: bool = False  # a query parameter given several times (?outcome=a&outcome=b)
+    slashes: bool = False  # a path parameter that may hold `/` (an entry's name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,11 @@ class Route:
 
     @property
     def flask_rule(self) -> str:
-        return self.path.replace("{", "<").replace("}", ">")
+        rule = self.path
+        for param in self.params:
+            if param.where == "path" and param.slashes:
+                rule = rule.replace("{" + param.name + "}", f"<path:{param.name}>")
+        return rule.replace("{", "<").replace("}", ">")
 
 
 class ApiError(Exception):

@@ -279,6 +279,14 @@ def pause(
     return {name: now[name].pause if name in now else None for name in names}
 
 
+def pause_object(paused: Pause | None) -> dict[str, Any] | None:
+    """A pause as JSON: when, until when (None: until resumed), why and by whom."""
+    if paused is None:
+        return None
+    until = slot_text(paused.until) if paused.until is not None else None
+    return {"at": slot_text(paused.at), "until": until, "reason": paused.reason, "by": paused.by}
+
+
 def paused_now(controls: Controls) -> dict[str, Pause]:
     return {n: c.pause for n, c in controls.load_controls().items() if c.pause is not None}
 
