@@ -357,7 +357,13 @@ def test_resume_of_a_lapsed_pause_says_it_was_no_longer_paused(
         "resumed nightly\n"
         f"tick was no longer paused: its pause ended at {ended}; the lapsed pause was cleared\n"
     )
-    assert controls(backend).load_controls() == {}
+    left = controls(backend).load_controls()
+    assert [c.pause for c in left.values()] == [None, None]
+    # kept as lifted until a leader's horizon passes them: no leader ran while they were in force
+    assert sorted((name, [p.reason for p in c.lifted]) for name, c in left.items()) == [
+        ("nightly", ["is"]),
+        ("tick", ["was"]),
+    ]
 
 
 @pytest.mark.parametrize(

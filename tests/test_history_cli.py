@@ -259,6 +259,7 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
         "node": "node-a",
         "epoch": 3,
         "overdue_at": None,
+        "pause": None,  # skipped, not paused
     }
 
 

@@ -59,11 +59,6 @@ def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") 
     return Scheduler(backend, lambda: config, clock, settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: pause_after_failures remembers 'paused once' per process only; a new "
-    "leader re-pauses an entry the operator resumed, with no new failure",
-)
 def test_a_resumed_entry_is_not_paused_again_by_the_next_leader(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -203,12 +198,6 @@ def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: the history's missed record of paused slots says neither who paused, nor "
-    "why, nor until when, nor which audit record (issue 16: status, the history and the metrics "
-    "show who paused, why and until when)",
-)
 def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -240,12 +229,6 @@ def test_migrate_counts_pauses_apart_from_other_controls(
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a held manual run (trigger said 'held ... published when that one ends', "
-    "exit 0) vanishes when a pause comes before the busy run ends: dropped as a missed "
-    "'paused' slot at the trigger's time, its run id nowhere in the history",
-)
 def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -288,12 +271,6 @@ def published_slots(backend: MemoryBackend) -> list[str]:
     return sorted(r.slot.strftime("%H:%M") for r in runs if r.slot is not None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a pause and its resume while no leader runs are forgotten: the next "
-    "leader reads only the newest audit record, so the paused slots follow `missed:` "
-    "(catch_up publishes them all) instead of ending missed (paused)",
-)
 def test_slots_paused_and_resumed_while_no_leader_ran_stay_missed_paused(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -313,9 +290,10 @@ def test_slots_paused_and_resumed_while_no_leader_ran_stay_missed_paused(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review16: a second pause replaces the first with a later `at`; with no leader "
-    "running between them, the slots under the first pause follow `missed:` instead of "
-    "ending missed (paused)",
+    reason="fix16a: the first pause's slots now end missed (paused) and none is published, "
+    "but as one record (12:02-12:04, 3) at adoption: 12:05, under the second pause (open, "
+    "till resumed), is decided when that pause ends, as with a leader running throughout; "
+    "the asserted single record 12:02-12:05 cannot be written by 12:05:40",
 )
 def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slots(
     backend: MemoryBackend, clock: FakeClock
@@ -334,12 +312,6 @@ def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slot
     assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 5, 4)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: beatd status shows as NEXT DUE a slot the pause covers (it will end "
-    "missed, paused), as docs/controls.md's own example does (nightly-export, due 01:30, "
-    "paused until 06:22)",
-)
 def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -400,11 +372,6 @@ def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: after a resume, pause_after_failures never pauses the entry again until "
-    "one run succeeds: N more failures in a row (the streak only grows) go on unpaused",
-)
 def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resume(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -481,12 +448,6 @@ def test_migrate_copies_the_run_held_behind_a_dead_lettered_run_as_a_dead_letter
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a trigger over a stale busy mark (older than overlap_timeout) publishes "
-    "without a word: the dropped mark is neither logged nor said, nor counted anywhere, "
-    "against 'overlap_timeout drops a stale mark, logged and counted'",
-)
 def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     broker: str, schedules: Path, store: Backend
 ) -> None:

@@ -30,6 +30,7 @@ from beatd.backends.postgres_gates import (
     CONTROL_MARKS,
     control_row,
     control_value,
+    horizon,
     lock_entries,
     missed_unleased,
     publish_unleased,
@@ -52,9 +53,12 @@ from beatd.controls import (
     TriggerStatus,
     backfill_detail,
     held_trigger,
+    lift,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import RunKind
@@ -151,7 +155,8 @@ class PostgresControls(PostgresLink):
             records = []
             for entry in entries:
                 control = held.get(entry, EntryControl())
-                held[entry] = control._replace(pause=pause)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=pause, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(pause)
                 record = AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
@@ -169,7 +174,8 @@ class PostgresControls(PostgresLink):
                 control = held.get(entry, EntryControl())
                 if control.pause is None:
                     continue
-                held[entry] = control._replace(pause=None)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=None, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(None)
                 record = AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)
@@ -244,7 +250,7 @@ class PostgresControls(PostgresLink):
             or busy is None
             or now - busy.since >= timedelta(seconds=guard.timeout)
         ):
-            return TriggerResult(TriggerStatus.PUBLISHED, rid)
+            return published_trigger(request, control)
         if guard.overlap is Overlap.BUFFER_ONE:
             return held_trigger(control, rid)
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, busy.run_id)
@@ -259,13 +265,7 @@ class PostgresControls(PostgresLink):
     ) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         audit_id, entry, at = new_audit_id(), request.entry, from_micros(now_us)
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         self._audit(db, AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL

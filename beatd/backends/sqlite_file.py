@@ -208,10 +208,10 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
 )
 # The operator controls (format 2 too, issue 16; beatd.backends.sqlite_controls): each entry's
-# pause, busy mark and held run (a row only for an entry that has one; partial indexes of the
-# paused entries, read by every commit, and of the busy marks, looked up by every final settling
-# step), the audit log, the remembered trigger keys, and the audit id of a manual or backfill
-# run (apart from `run`, so that no other run's record pays for it).
+# pause, busy mark, held run and lifted pauses (a row only for an entry that has one; partial
+# indexes of the paused entries, read by every commit, and of the busy marks, looked up by every
+# final settling step), the audit log, the remembered trigger keys, and the audit id of a manual
+# or backfill run (apart from `run`, so that no other run's record pays for it).
 CONTROLS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entry_control (
     entry TEXT PRIMARY KEY,
@@ -221,7 +221,8 @@ CONTROLS_SCHEMA = (
     pause_by TEXT,
     busy_run TEXT,
     busy_since_us INTEGER,
-    held TEXT
+    held TEXT,
+    lifted TEXT
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS entry_control_paused ON entry_control (entry) "
     "WHERE pause_at_us IS NOT NULL",

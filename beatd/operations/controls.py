@@ -159,11 +159,21 @@ class TriggerWords(NamedTuple):
     refused: bool
 
 
+def dropped_words(entry: str, dropped: str) -> str | None:
+    """What a published trigger says of the stale busy mark it dropped, if it dropped one."""
+    if not dropped:
+        return None
+    return (
+        f"dropped a stale busy mark: run {dropped} of {entry} has not ended within the entry's "
+        "overlap_timeout, so it no longer counts as running; published beside it"
+    )
+
+
 def trigger_words(done: Triggered, entry: str) -> TriggerWords:
     result, pause, busy = done.result, done.control.pause, done.control.busy
     status = result.status
     if status is TriggerStatus.PUBLISHED:
-        return TriggerWords(result.run_id, None, False)
+        return TriggerWords(result.run_id, dropped_words(entry, result.detail), False)
     if status is TriggerStatus.HELD:
         running = busy.run_id if busy else result.detail
         note = (
