@@ -288,13 +288,6 @@ def test_slots_paused_and_resumed_while_no_leader_ran_stay_missed_paused(
     assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 4, 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix16a: the first pause's slots now end missed (paused) and none is published, "
-    "but as one record (12:02-12:04, 3) at adoption: 12:05, under the second pause (open, "
-    "till resumed), is decided when that pause ends, as with a leader running throughout; "
-    "the asserted single record 12:02-12:05 cannot be written by 12:05:40",
-)
 def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slots(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -307,9 +300,14 @@ def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slot
     backend.pause(["tick"], "incident, longer", None, "bob@ops")  # 12:04:10, a new reason
     clock.advance(30)
     second = scheduler(backend, clock, entry, node="b")
-    run_for(second, 60)
+    run_for(second, 60)  # to 12:05:40: the first pause's slots are decided at adoption
     assert published_slots(backend) == ["12:01"]
-    assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 5, 4)]
+    assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 4, 3)]
+    backend.resume(["tick"], "bob@ops")  # 12:05:40: the second pause's slot 12:05 ends with it
+    run_for(second, 60)  # to 12:06:40
+    assert published_slots(backend) == ["12:01", "12:06"]
+    missed = sorted(m.slots for m in backend.missed(entry="tick"))
+    assert missed == [paused_slots(2, 4, 3), paused_slots(5, 5, 1)]
 
 
 def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
