@@ -88,6 +88,7 @@ def jobs(quick: bool) -> list[Job]:
                 {"url": backend, "kills": 2 if quick else 20, "lease_ttl": 2 if quick else 5},
             )
         )
+    out += scale(quick)
     steady = ((1_000, 6),) if quick else ((10_000, 40), (1_000, 20))
     for n, window in steady:
         for tool in TOOLS:
@@ -114,6 +115,22 @@ def jobs(quick: bool) -> list[Job]:
                     },
                 )
             )
+    return out
+
+
+def scale(quick: bool) -> list[Job]:
+    """Issue 18's runtime entries: 100,000 imported over each way into a backend holding 0 or
+    200,000 already (1,000,000 is beyond this shared machine: the report extrapolates), and
+    RedBeat holding the same entries; `--quick` imports 10,000 into an empty one."""
+    counts = (10_000,) if quick else (100_000, 300_000)
+    out: list[Job] = []
+    for count in counts:
+        batch = min(count, 100_000)
+        for backend in BACKENDS:
+            for way in ("backend", "http"):
+                params = {"url": backend, "way": way, "count": count, "batch": batch}
+                out.append(("scale", "scale", params))
+        out.append(("scale", "scale", {"url": "redis", "way": "redbeat", "count": count}))
     return out
 
 
