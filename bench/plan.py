@@ -8,6 +8,7 @@ steady load (delay, with its tables' sizes) and the worker.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 Job = tuple[str, str, dict[str, Any]]
@@ -131,6 +132,9 @@ def scale(quick: bool) -> list[Job]:
                 params = {"url": backend, "way": way, "count": count, "batch": batch}
                 out.append(("scale", "scale", params))
         out.append(("scale", "scale", {"url": "redis", "way": "redbeat", "count": count}))
+    if not quick and find_spec("beatd.entry_feed") is not None:  # the leader loads them
+        for backend in BACKENDS:
+            out.append(("scale", "scale", {"url": backend, "way": "leader", "count": 300_000}))
     return out
 
 

@@ -98,3 +98,24 @@ def test_storage_for_a_million_is_extrapolated_from_the_largest_run_of_each() ->
         "- redbeat on redis: 860 bytes per entry at 300,000 entries, so about 0.80 GiB for "
         "1,000,000 (extrapolated)\n"
     )
+
+
+def test_the_leader_figures_are_held_to_the_targets_at_a_million() -> None:
+    row = {
+        "way": "leader",
+        "backend": "redis",
+        "entries": 300_000,
+        "first_publish_s": 42.0,
+        "daemon_peak_rss_mb": 376.0,
+        "change_to_slot_s": {"p99": 0.9},
+    }
+    where = "(300,000 runtime entries, redis)"
+    assert scalereport._leader_targets([row]) == [
+        [f"spawn to first publish ≤ 15 s {where}", "42.00 s", "**missed**"],
+        [f"peak RSS ≤ 1 GiB {where}", "376 MiB", "n/a (met here)"],
+        [
+            f"a change held by the leader ≤ 1 s p99 (write to its first slot) {where}",
+            "0.90 s",
+            "n/a (met here)",
+        ],
+    ]
