@@ -134,7 +134,7 @@ def scale(quick: bool) -> list[Job]:
         out.append(("scale", "scale", {"url": "redis", "way": "redbeat", "count": count}))
     if not quick and find_spec("beatd.entry_feed") is not None:  # the leader loads them
         for backend in BACKENDS:
-            out.append(("scale", "scale", {"url": backend, "way": "leader", "count": 300_000}))
+            out.append(("scale", "scale", {"url": backend, "way": "leader", "count": 100_000}))
     return out
 
 
