@@ -10,14 +10,16 @@ as missed (`DataLossRecovery`). Retried at the next step if the backend fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from beatd.backends.base import Lease, StateStore, StateWrite
 from beatd.clock import Clock
-from beatd.config import Config
-from beatd.core import Planner, RemovedEntries
+from beatd.config.model import Entry
+from beatd.core import Baseline, Planner, RemovedEntries
 from beatd.dataloss import DataLossRecovery
 from beatd.durations import format_duration
+from beatd.entry_feed import EntryApplied, PlannedEntries
 from beatd.history import MissedSlots
 from beatd.publisher import Publisher, chunks, horizon
 from beatd.state import EntryState
@@ -40,20 +42,69 @@ class Adoption:
         self.publisher = publisher
         self.data_loss = data_loss
         self.removed = RemovedEntries(timedelta(seconds=removed_grace))
+        self.kept: dict[str, EntryState] = {}  # the removed entries' states, while kept
 
-    def adopt(self, config: Config, planner: Planner, lease: Lease) -> None:
-        """Load `config` into `planner` against the persisted state, under `lease`."""
+    # --- one runtime entry at a time (beatd.entry_feed) ----------------------------------
+
+    def apply(self, planner: Planner, change: EntryApplied, now: datetime) -> Baseline | None:
+        """One runtime entry changed: put it in the plan or take it out (its state kept for the
+        grace, as a removed file entry's); the baseline to persist when it starts from now."""
+        name = change.name
+        if change.entry is None:
+            state = planner.drop(name)
+            if state is not None:
+                self.kept[name] = state
+                self.removed.add(name, now)
+            return None
+        self.removed.discard(name)
+        return planner.put(change.entry, now, self.kept.pop(name, None))
+
+    def files_changed(
+        self, planner: Planner, lease: Lease, before: Mapping[str, Entry], planned: PlannedEntries
+    ) -> None:
+        """A reload while leading: the file entries that changed are put in the plan, those
+        that left the files taken out (their state kept for the grace), at a cost in proportion
+        to the file entries: the runtime entries are neither read nor compared again."""
+        files, now = planned.files, self.clock.now()
+        gone = [EntryApplied(n, planned.entries.get(n), None) for n in before if n not in files]
+        changed = [EntryApplied(n, e, None) for n, e in files.items() if before.get(n) != e]
+        baselines = [b for c in (*gone, *changed) if (b := self.apply(planner, c, now))]
+        self.baseline(planner, lease, baselines)
+        removed = [c.name for c in gone if c.entry is None]
+        if removed:
+            log.info(
+                "keeping the state of %d entries removed from the configuration for %s "
+                "(--removed-grace): re-added in time, each resumes where it was: %s",
+                len(removed),
+                format_duration(self.removed.grace),
+                _some(removed),
+            )
+        self.publisher.readopt = False
+
+    def baseline(self, planner: Planner, lease: Lease, baselines: Sequence[Baseline]) -> None:
+        """Persist the baselines of entries put in the plan one at a time; resync those
+        another write moved on (LeaseLost when the lease is gone)."""
+        writes = (StateWrite(b.state, horizon(b.previous)) for b in baselines)
+        for batch in chunks(writes, self.publisher.batch_size):
+            rejected = self.store.commit(lease, batch, [])
+            if rejected:
+                self.publisher.resync(planner, rejected)
+
+    def adopt(self, entries: Mapping[str, Entry], planner: Planner, lease: Lease) -> None:
+        """Load `entries` (the files' and the runtime entries) into `planner` against the
+        persisted state, under `lease`."""
         batch_size = self.publisher.batch_size
         states = self.store.load_states()
         now = self.clock.now()
         lost: dict[str, tuple[MissedSlots, ...]] = {}
         if self.data_loss.pending:
-            states, lost = self._recover(config, planner, lease, states, now)
+            states, lost = self._recover(entries, planner, lease, states, now)
         controls = self.publisher.controls
         found = controls.load_controls() if controls is not None else None
-        baselines, _ = planner.load(config.entries, states, now, found)
-        absent = [name for name in states if name not in config.entries]
+        baselines, _ = planner.load(entries, states, now, found)
+        absent = [name for name in states if name not in entries]
         self._forget_removed(lease, absent, now)
+        self.kept = {name: states[name] for name in self.removed.absent}
         for batch in chunks(iter(baselines), batch_size):
             # an entry whose position was lost starts from now: its lost slots go into the
             # history as missed (state_lost) with its new baseline
@@ -86,6 +137,8 @@ class Adoption:
         if expired:
             self.store.forget(lease, expired)
             self.removed.forgotten(expired)
+            for name in expired:
+                self.kept.pop(name, None)
             log.info(
                 "forgot %d entries removed from the configuration for %s: %s",
                 len(expired),
@@ -104,7 +157,7 @@ class Adoption:
 
     def _recover(
         self,
-        config: Config,
+        entries: Mapping[str, Entry],
         planner: Planner,
         lease: Lease,
         states: dict[str, EntryState],
@@ -113,7 +166,7 @@ class Adoption:
         """After a data loss: write back the positions this node holds; count the lost slots of
         the entries nobody held (see DataLossRecovery.recover). The states as they are now,
         and the lost slots of each entry, for its baseline write."""
-        restore, lost = self.data_loss.recover(states, config.entries, now, planner.walk_limit)
+        restore, lost = self.data_loss.recover(states, entries, now, planner.walk_limit)
         for batch in chunks(iter(restore), self.publisher.batch_size):
             self.store.commit(lease, [StateWrite(p, None) for p in batch], [])
         for decision in lost:

@@ -99,6 +99,13 @@ class Decision(NamedTuple):
         return self.previous.last_published if self.previous is not None else None
 
 
+class Baseline(NamedTuple):
+    """A state to persist before an entry's first decision (`Planner.put`), over `previous`."""
+
+    state: EntryState
+    previous: EntryState | None
+
+
 def state_lost(entry: Entry, since: datetime, now: datetime, limit: int) -> Decision | None:
     """The slots of an entry in (since, now] that no node can account for any more: its
     position was lost with the backend's data. Counted as missed, never published (the old
@@ -142,7 +149,11 @@ class _Slot:
 
     @property
     def lifted(self) -> tuple[Pause, ...]:
-        return self.gate.lifted if self.gate is not None else ()
+        """The pauses lifted: as persisted (the backend's, kept while no leader ran) and as
+        seen by this planner."""
+        if self.gate is None:
+            return ()
+        return (*self.gate.control.lifted, *self.gate.lifted)
 
     def set_control(
         self, control: EntryControl, now: datetime | None, lifts: Sequence[datetime] = ()
@@ -150,7 +161,7 @@ class _Slot:
         """Take `control` as the entry's; the held slot it no longer holds, if one left.
         `lifts`: when pauses were lifted, if known (a lifted pause ends at the first of them
         after it began, else `now`)."""
-        old, lifted = self.control.pause, self.lifted
+        old, lifted = self.control.pause, self.gate.lifted if self.gate is not None else ()
         held = self.control.held
         if old is not None and old != control.pause and now is not None:
             # it ended when it was lifted, if the caller knows when (a resume's audit record);
@@ -269,6 +280,30 @@ class Planner:
             del self._slots[name]
         return baselines, removed
 
+    def put(
+        self, entry: Entry, now: datetime, persisted: EntryState | None = None
+    ) -> Baseline | None:
+        """Add one entry, or replace the one of its name, touching no other (a runtime entry's
+        change). Its state (the one the planner holds, else `persisted`) continues when its
+        schedule is the same; otherwise it starts from `now`, as on a reload, and the baseline
+        to persist over that state is returned."""
+        current = self._slots.get(entry.name)
+        control = current.control if current is not None else NO_CONTROL
+        held = current.state if current is not None else persisted
+        if held is not None and held.identity == entry.identity:
+            if current is None or current.entry != entry:
+                self._track(entry, held, control, now)
+            return None
+        published = held.last_published if held is not None else None
+        fresh = EntryState(entry.name, now, published, entry.identity)
+        self._track(entry, fresh, control, now)
+        return Baseline(fresh, held)
+
+    def drop(self, name: str) -> EntryState | None:
+        """Remove one entry, touching no other; its state as held (None: no such entry)."""
+        slot = self._slots.pop(name, None)  # its heap item goes stale and is skipped
+        return slot.state if slot is not None else None
+
     def _track(self, entry: Entry, state: EntryState, control: EntryControl, now: datetime) -> None:
         old = self._slots.get(entry.name)
         slot = _Slot(entry, state, gate=old.gate if old is not None else None)
@@ -380,7 +415,7 @@ class Planner:
             if slot.gate is not None:
                 yield self._decide_gated(slot, now)
             else:
-                yield self._decide_on_time(slot, now) or self._decide(slot, now)
+                yield self._decide(slot, now)
 
     def settle(self, decisions: Iterable[Decision]) -> None:
         """The decisions were persisted: move each entry on to its next slot."""
@@ -438,69 +473,74 @@ class Planner:
         for p in (slot.control.pause, *slot.lifted):
             if p is not None and due < p.at <= now:  # decide only the slots before it
                 bound = min(bound or now, p.at - _JUST_BEFORE)
-        if bound is None:
-            decision = self._decide_on_time(slot, now) or self._decide(slot, now)
-        else:
-            decision = self._decide(slot, now, bound)
-        return _overlap(decision, slot.control, now)
-
-    def _decide_on_time(self, slot: _Slot, now: datetime) -> Decision | None:
-        """The steady state, without a walk: one slot due, on time, and the next not yet due.
-
-        None when that is not the case; `_decide` then walks from the same slot, and repeats
-        (and counts) the next-fire computation made here.
-        """
-        entry, due = slot.entry, slot.next_due
-        assert due is not None and slot.next_slot is not None
-        if not entry.enabled or now - due > entry.misfire_grace:
-            return None
-        current = slot.next_slot
-        following = entry.schedule.next_after(current)
-        if following is not None and entry.due_for(following) <= now:
-            return None
-        self.next_fire_computations += 1
-        state = EntryState(entry.name, current, current, entry.identity)
-        run = Run(entry, current, due, False)
-        return Decision(entry, slot.state, state, (run,), following=following)
+        return _overlap(self._decide(slot, now, bound), slot.control, now)
 
     def _decide(self, slot: _Slot, now: datetime, stop: datetime | None = None) -> Decision:
-        entry, state = slot.entry, slot.state
-        keep = _KEEP[entry.missed] if entry.enabled else 0
-        if keep is None:
-            keep = entry.max_catch_up
-        walk = _walk(slot, now, keep, stop or now, self.walk_limit)
-        self.next_fire_computations += walk.steps
-        reason = MissReason.SKIPPED
-        if not entry.enabled:
-            reason = MissReason.DISABLED
-        elif entry.missed is MissedPolicy.CATCH_UP:
-            reason = MissReason.BEYOND_CATCH_UP
-        dropped = walk.overdue_count - len(walk.overdue)
-        missed: tuple[MissedSlots, ...] = ()
-        if dropped:
-            assert walk.first_dropped is not None and walk.last_dropped is not None
-            missed = (
-                MissedSlots(entry.name, reason, walk.first_dropped, walk.last_dropped, dropped),
-            )
-        if not walk.done:
-            # As far as one tick goes: account for the slots known to be too old to publish,
-            # and leave the newest `keep` overdue ones to be walked again at the next tick.
-            assert walk.last_dropped is not None  # a walk stops only after dropping
-            new_state = EntryState(
-                entry.name, walk.last_dropped, state.last_published, entry.identity
-            )
-            resume = walk.overdue[0][0] if walk.overdue else walk.following
-            return Decision(entry, state, new_state, (), missed, resume)
-        runs: list[Run] = []
-        if not entry.enabled:
-            total = walk.overdue_count + len(walk.timely)
-            missed = (MissedSlots(entry.name, reason, walk.first, walk.newest, total),)
-        else:
-            runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
-            runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
-        published = runs[-1].slot if runs else state.last_published
-        new_state = EntryState(entry.name, walk.newest, published, entry.identity)
-        return Decision(entry, state, new_state, tuple(runs), missed, walk.following)
+        """The entry's due slots (up to `stop`): on time without a walk when it can be (and
+        no `stop`), else walked; the next-fire computations counted."""
+        if stop is None and (decision := _on_time(slot, now)) is not None:
+            self.next_fire_computations += 1
+            return decision
+        decision, steps = _walked(slot, now, self.walk_limit, stop)
+        self.next_fire_computations += steps
+        return decision
+
+
+def _on_time(slot: _Slot, now: datetime) -> Decision | None:
+    """The steady state, without a walk: one slot due, on time, and the next not yet due.
+
+    None when that is not the case; `_walked` then walks from the same slot, and repeats the
+    next-fire computation made here (the caller counts one when it returns a decision).
+    """
+    entry, due = slot.entry, slot.next_due
+    assert due is not None and slot.next_slot is not None
+    if not entry.enabled or now - due > entry.misfire_grace:
+        return None
+    current = slot.next_slot
+    following = entry.schedule.next_after(current)
+    if following is not None and entry.due_for(following) <= now:
+        return None
+    state = EntryState(entry.name, current, current, entry.identity)
+    run = Run(entry, current, due, False)
+    return Decision(entry, slot.state, state, (run,), following=following)
+
+
+def _walked(
+    slot: _Slot, now: datetime, walk_limit: int, stop: datetime | None
+) -> tuple[Decision, int]:
+    """The entry's due slots, walked (`_walk`); with the next-fire computations it made."""
+    entry, state = slot.entry, slot.state
+    keep = _KEEP[entry.missed] if entry.enabled else 0
+    if keep is None:
+        keep = entry.max_catch_up
+    walk = _walk(slot, now, keep, stop or now, walk_limit)
+    reason = MissReason.SKIPPED
+    if not entry.enabled:
+        reason = MissReason.DISABLED
+    elif entry.missed is MissedPolicy.CATCH_UP:
+        reason = MissReason.BEYOND_CATCH_UP
+    dropped = walk.overdue_count - len(walk.overdue)
+    missed: tuple[MissedSlots, ...] = ()
+    if dropped:
+        assert walk.first_dropped is not None and walk.last_dropped is not None
+        missed = (MissedSlots(entry.name, reason, walk.first_dropped, walk.last_dropped, dropped),)
+    if not walk.done:
+        # As far as one tick goes: account for the slots known to be too old to publish,
+        # and leave the newest `keep` overdue ones to be walked again at the next tick.
+        assert walk.last_dropped is not None  # a walk stops only after dropping
+        new_state = EntryState(entry.name, walk.last_dropped, state.last_published, entry.identity)
+        resume = walk.overdue[0][0] if walk.overdue else walk.following
+        return Decision(entry, state, new_state, (), missed, resume), walk.steps
+    runs: list[Run] = []
+    if not entry.enabled:
+        total = walk.overdue_count + len(walk.timely)
+        missed = (MissedSlots(entry.name, reason, walk.first, walk.newest, total),)
+    else:
+        runs = [Run(entry, s, d, late=True) for s, d in walk.overdue]
+        runs += [Run(entry, s, d, late=False) for s, d in walk.timely]
+    published = runs[-1].slot if runs else state.last_published
+    new_state = EntryState(entry.name, walk.newest, published, entry.identity)
+    return Decision(entry, state, new_state, tuple(runs), missed, walk.following), walk.steps
 
 
 def _walk(slot: _Slot, now: datetime, keep: int, stop: datetime, walk_limit: int) -> _Walk:
@@ -657,6 +697,19 @@ class RemovedEntries:
         self._absent_since = {name: since.get(name, now) for name in absent}
         self._first = min(self._absent_since.values(), default=None)
         return sorted(n for n, t in self._absent_since.items() if now - t >= self.grace)
+
+    def add(self, name: str, now: datetime) -> None:
+        """Note one entry removed now (a runtime entry's removal), touching no other."""
+        self._absent_since.setdefault(name, now)
+        self._first = now if self._first is None else min(self._first, now)
+
+    def discard(self, name: str) -> bool:
+        """The entry is back (re-added in time); whether its state was kept."""
+        if self._absent_since.pop(name, None) is None:
+            return False
+        if not self._absent_since:
+            self._first = None
+        return True
 
     def forgotten(self, names: Iterable[str]) -> None:
         for name in names:

@@ -24,32 +24,32 @@ class EntrySeries(StrEnum):
     """Which entries get per-entry series (`beatd run --metrics-entries`)."""
 
     ALL = "all"  # every entry this scheduler counts (removed ones included), up to a bound
-    FILE = "file"  # the entries of the schedule files now loaded
+    FILE = "file"  # the entries of the schedule files now loaded (no runtime entry)
     NONE = "none"  # none: only the totals and the per-task histogram
 
 
 class EntryFilter:
-    """Which entries a scrape shows, by `--metrics-entries`. Every entry is a schedule file's
-    today, so `file` differs from `all` only by the entries that were removed but still have
-    counts (this process's); runtime entries (a later issue) will be shown by `all` alone. `all`
-    turns into `file` beyond `limit` entries, logged once."""
+    """Which entries a scrape shows, by `--metrics-entries`: `file`, the schedule files'
+    entries; `all`, those and the runtime entries, and the removed ones that still have counts
+    (this process's). `all` turns into `file` beyond `limit` entries, logged once."""
 
     def __init__(self, mode: EntrySeries = EntrySeries.ALL, limit: int = MAX_ALL_ENTRIES) -> None:
         self.mode = mode
         self.limit = limit
         self._bounded = False
 
-    def shown(self, config: Config) -> Callable[[str], bool]:
-        """Whether an entry, by name, has per-entry series in this scrape."""
-        mode = self.mode
-        if mode is EntrySeries.ALL and len(config.entries) > self.limit:
+    def shown(self, config: Config, runtime: int = 0) -> Callable[[str], bool]:
+        """Whether an entry, by name, has per-entry series in this scrape (`runtime`: how many
+        runtime entries there are besides the files')."""
+        mode, total = self.mode, len(config.entries) + runtime
+        if mode is EntrySeries.ALL and total > self.limit:
             if not self._bounded:
                 self._bounded = True
                 log.warning(
                     "metrics: %d entries are more than %d: per-entry series only for the "
                     "schedule files' entries (--metrics-entries file); --metrics-entries none "
                     "leaves only the totals",
-                    len(config.entries),
+                    total,
                     self.limit,
                 )
             mode = EntrySeries.FILE

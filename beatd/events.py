@@ -33,6 +33,13 @@ class Totals:
     node_records_failed: int = 0  # writes of this node's record that failed
     data_lost: int = 0  # times the backend was found to have lost beatd's data
 
+    def reloaded(self, *, ok: bool) -> None:
+        if ok:
+            self.reloads_ok += 1
+        else:
+            self.reloads_failed += 1
+        self.last_reload_ok = ok
+
 
 @dataclass(frozen=True, slots=True)
 class Status:

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -25,6 +26,7 @@ from beatd.backends.base import Lease, QueueAdmin, StateStore
 from beatd.celery_amqp import OUTBOX_QUEUE, RelayStats
 from beatd.celery_events import TASK_EVENTS, CeleryEventStats
 from beatd.config import Config
+from beatd.config.model import Entry
 from beatd.core import COUNT_FIELDS, MissReason, Planner, RunCounts
 from beatd.entry_series import EntryFilter, HealthView, OverdueView, history_metrics
 from beatd.events import Event, Published, Totals
@@ -46,8 +48,22 @@ def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+class FeedView(Protocol):
+    """The runtime entries a node holds (a `beatd.entry_feed.RuntimeView` is one)."""
+
+    @property
+    def entries(self) -> Mapping[str, Entry]: ...
+    @property
+    def applied(self) -> int: ...
+    @property
+    def lag(self) -> float | None: ...
+
+
 class SchedulerView(Protocol):
     """What the scheduler's collector reads (a `beatd.scheduler.Scheduler` is one)."""
+
+    @property
+    def runtime(self) -> FeedView: ...
 
     @property
     def backend(self) -> StateStore: ...
@@ -112,6 +128,7 @@ class SchedulerCollector(Collector):
         s = self.scheduler
         lease = s.lease
         yield _gauge("beatd_entries", "Entries in the loaded configuration.", len(s.config.entries))
+        yield from _runtime_metrics(s.runtime)
         yield _gauge(
             "beatd_is_leader", "1 while this scheduler holds the lease.", int(lease is not None)
         )
@@ -135,21 +152,7 @@ class SchedulerCollector(Collector):
             "beyond --max-clock-skew).",
             s.totals.clock_skew,
         )
-        yield _gauge(
-            "beatd_config_drift",
-            "1 while the leader runs a configuration that differs from this node's.",
-            int(s.totals.config_drift),
-        )
-        yield _gauge(
-            "beatd_nodes_tz_drift",
-            "1 while this leader sees a node whose timezone database differs from its own.",
-            int(s.totals.tz_drift),
-        )
-        yield _counter(
-            "beatd_node_records_failed",
-            "Writes of this node's record (at each renewal or standby attempt) that failed.",
-            s.totals.node_records_failed,
-        )
+        yield from _drift_metrics(s.totals)
         reloads = CounterMetricFamily(
             "beatd_config_reloads", "Configuration reloads by result.", labels=["result"]
         )
@@ -161,7 +164,7 @@ class SchedulerCollector(Collector):
             "1 when the last reload succeeded (or none failed since start).",
             int(s.totals.last_reload_ok),
         )
-        shown = self.entries.shown(s.config)
+        shown = self.entries.shown(s.config, len(s.runtime.entries))
         yield from self._run_counts(shown)
         yield from self._entry_times(shown)
         yield from self._controls(shown)
@@ -204,7 +207,8 @@ class SchedulerCollector(Collector):
                 paused.add_metric([name], 1)
         dropped = CounterMetricFamily(
             "beatd_busy_marks_dropped",
-            "Busy marks older than the entry's overlap_timeout that this process published over.",
+            "Busy marks older than the entry's overlap_timeout that this process published "
+            "over, and that triggers did (counted by the leader from the audit log).",
             labels=["entry"],
         )
         for name, count in sorted(s.busy_marks_dropped.items()):
@@ -244,7 +248,9 @@ class SchedulerCollector(Collector):
         )
         leading = s.lease is not None
         states = {} if leading else self._persisted_states()
-        for name, entry in s.config.entries.items():
+        files = s.config.entries
+        runtime = ((n, e) for n, e in s.runtime.entries.items() if n not in files)
+        for name, entry in chain(files.items(), runtime):
             if not shown(name):
                 continue
             if leading:
@@ -314,12 +320,50 @@ def _replication_metrics(backend: object) -> Iterator[Metric]:
     )
 
 
+def _drift_metrics(totals: Totals) -> Iterator[Metric]:
+    """How this node differs from the leader, and whether its node record is written."""
+    yield _gauge(
+        "beatd_config_drift",
+        "1 while the leader runs a configuration that differs from this node's.",
+        int(totals.config_drift),
+    )
+    yield _gauge(
+        "beatd_nodes_tz_drift",
+        "1 while this leader sees a node whose timezone database differs from its own.",
+        int(totals.tz_drift),
+    )
+    yield _counter(
+        "beatd_node_records_failed",
+        "Writes of this node's record (at each renewal or standby attempt) that failed.",
+        totals.node_records_failed,
+    )
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def _runtime_metrics(feed: FeedView) -> Iterator[Metric]:
+    yield _gauge(
+        "beatd_runtime_entries",
+        "Runtime entries this node holds (followed through the backend's change feed).",
+        len(feed.entries),
+    )
+    yield _counter(
+        "beatd_entry_changes_applied",
+        "Runtime entries' changes this node read from the change feed and applied.",
+        feed.applied,
+    )
+    yield _gauge(
+        "beatd_entry_changes_lag_seconds",
+        "Seconds from the last runtime entry written to its application on this node (the "
+        "write's time by the backend's clock); NaN before the first.",
+        float("nan") if feed.lag is None else feed.lag,
+    )
 
 
 def register_scheduler(

@@ -124,7 +124,10 @@ class RuntimeEntry:
 
     name: str
     definition: Mapping[str, Any]  # every field resolved, JSON values
-    version: int  # 1 when created, one more at every change (again 1 once removed and re-added)
+    # when created, the seq of its change record (so a name removed and added again never
+    # repeats a version: a write expecting the old one cannot match the new entry); one more
+    # at every change
+    version: int
     created_at: datetime
     created_by: str
     updated_at: datetime
@@ -250,10 +253,11 @@ def next_entry(
     at: datetime,
     by: str,
     request_id: str | None,
+    seq: int,
 ) -> RuntimeEntry:
-    """The entry a put stores over `current`."""
+    """The entry a put stores over `current`, with change record `seq`."""
     if current is None:
-        return RuntimeEntry(resolved.name, resolved.definition, 1, at, by, at, by, request_id)
+        return RuntimeEntry(resolved.name, resolved.definition, seq, at, by, at, by, request_id)
     return replace(
         current,
         definition=resolved.definition,
@@ -295,17 +299,20 @@ def plan_puts(
     at: datetime,
     by: str,
     request_id: str | None,
+    head: int,
 ) -> list[PutOutcome]:
     """The outcome of each put (`current` and `files`: its stored entry and its file, if any),
-    or the first refusal (`check_put`), so that a batch is written whole or not at all."""
+    or the first refusal (`check_put`), so that a batch is written whole or not at all. The
+    writes' change records follow the feed's `head`, one each, in order."""
     check_unique(puts)
-    outcomes = []
+    outcomes: list[PutOutcome] = []
     for put, stored, path in zip(puts, current, files, strict=True):
         if request_id is not None and stored is not None and stored.request_id == request_id:
             outcomes.append(PutOutcome(stored, stored, False))
             continue
         check_put(put.entry.name, stored, path, put.expected)
-        written = next_entry(put.entry, stored, at, by, request_id)
+        head += 1
+        written = next_entry(put.entry, stored, at, by, request_id, head)
         outcomes.append(PutOutcome(written, stored, True))
     return outcomes
 

@@ -1,9 +1,16 @@
 """The daemon loop: composes leadership, adoption and publishing around a clock.
 
-`Scheduler.step()` does one round (reload, leadership, adopt, publish) and says how long to
-sleep: until the next due time, the next lease renewal or standby attempt, or half the watchdog
-interval, whichever is first. Signals and schedule-file changes wake it early. There is no
-polling. What happens is told to the observers (beatd.events) given to the constructor.
+`Scheduler.step()` does one round (reload, the runtime entries' feed, leadership, adopt,
+publish) and says how long to sleep: until the next due time, the next lease renewal or standby
+attempt, the next read of the runtime entries' change feed (`RuntimeView`, every 0.2 s) or half
+the watchdog interval, whichever is first. Signals and schedule-file changes wake it early. What
+happens is told to the observers (beatd.events) given to the constructor.
+
+What the leader plans is the files' entries and the runtime entries (`entries`). A runtime
+entry's change touches that entry in the planner (`Planner.put`, `drop`); the leader reads the
+feed again right before publishing, so a removal acknowledged before the round that would
+publish the entry's slot publishes nothing. A file entry whose name a runtime entry has is a
+configuration error naming both: the reload is refused (at start: exit 2).
 """
 
 from __future__ import annotations
@@ -19,9 +26,15 @@ from beatd.backends.base import Backend, Lease, StorageFailed
 from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.config import Config
+from beatd.config.model import Entry
 from beatd.core import Planner, RunCounts
 from beatd.dataloss import DataLossRecovery
 from beatd.deadlines import Deadlines
+from beatd.entry_feed import (
+    POLL_INTERVAL,
+    PlannedEntries,
+    RuntimeView,
+)
 from beatd.errors import BackendError, ConfigError, LeaseLost
 from beatd.events import (
     Adopted,
@@ -40,6 +53,7 @@ from beatd.events import (
     Totals,
 )
 from beatd.failing import EntryHealth
+from beatd.following import FeedFollower
 from beatd.holding import HeldEnds
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.node_reports import NodeIdentity, NodeReports, this_process
@@ -49,6 +63,9 @@ from beatd.steering import Steering
 log = logging.getLogger(__name__)
 
 __all__ = ["Scheduler", "SchedulerSettings", "Totals", "run_for"]
+
+
+RELOAD_REFUSED = "reload refused, keeping the last good configuration (%d entries):\n%s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +78,7 @@ class SchedulerSettings:
     max_clock_skew: float = 1.0  # refuse leadership when our clock is this far off the backend's
     tick_budget: int | None = None  # next-fire computations per tick (core.TICK_BUDGET)
     removed_grace: float = 3600.0  # seconds a removed entry's state is kept (core.RemovedEntries)
+    entry_poll: float = POLL_INTERVAL  # seconds between reads of the runtime entries' feed
 
     @property
     def renew_interval(self) -> float:
@@ -97,15 +115,14 @@ class Scheduler:
         self.settings = settings = settings or SchedulerSettings()
         self._load_config = load_config
         self.config = config if config is not None else load_config()
+        self.runtime = RuntimeView(backend, clock, settings.entry_poll)
+        self.planned = PlannedEntries(self.runtime, self.config.entries)
+        self._good: Config | None = None  # the last configuration clear of runtime entries' names
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
-        self.steering = Steering(backend, clock, settings.node)
-        self.observers: tuple[Observer, ...] = (
-            self.deadlines,
-            self.health,
-            self.steering,
-            *observers,
-        )
+        self.steering = Steering(backend, backend, clock, settings.node)
+        parts = (self.deadlines, self.health, self.steering)
+        self.observers: tuple[Observer, ...] = (*parts, *observers)
         self.totals = Totals()
         self.planner = Planner(settings.tick_budget)
         self.wake = threading.Event()
@@ -119,10 +136,12 @@ class Scheduler:
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
+        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock)
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
         self._reload_requested = False
         self._adopted = False
+        self._files_before: Mapping[str, Entry] | None = None  # the files adopted, at a reload
 
     @property
     def lease(self) -> Lease | None:
@@ -131,10 +150,6 @@ class Scheduler:
     @property
     def is_leader(self) -> bool:
         return self.leadership.lease is not None
-
-    @property
-    def epoch_seen(self) -> int:
-        return self.leadership.epoch_seen
 
     @property
     def counts(self) -> RunCounts:
@@ -146,7 +161,7 @@ class Scheduler:
 
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]:
-        return self.publisher.busy_marks_dropped
+        return self.publisher.busy_marks_dropped + self.steering.dropped
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
@@ -155,7 +170,7 @@ class Scheduler:
 
     def status(self) -> Status:
         return Status(
-            self.totals.backend_up, self.is_leader, len(self.config.entries), self.backend.url
+            self.totals.backend_up, self.is_leader, len(self.planned.entries), self.backend.url
         )
 
     def request_reload(self) -> None:
@@ -199,6 +214,7 @@ class Scheduler:
     def _lead(self, mono: float) -> bool:
         """Leadership, then (leading) adoption and publishing; True when the backend was
         asked."""
+        followed = self.runtime.due() and self._follow_feed()
         poll = self.leadership.poll(mono, self.config.fingerprint, self.planner)
         if poll.role is Role.BECAME_LEADER:
             self._became_leader()
@@ -206,21 +222,23 @@ class Scheduler:
             self._stepped_down()
         if poll.asked:  # a renewal or a standby attempt: say who we are
             self.node_reports.report(self.is_leader, self.config.fingerprint)
-        lease, asked = self.lease, poll.asked
+        lease, asked = self.lease, poll.asked  # not the feed's reads: writes may still fail
         if lease is not None and (not self._adopted or self.publisher.readopt):
             self._adopt(lease)
             asked = True
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
             asked |= self.steering.refresh(self.planner)
+        if not followed and self._adopted and self.is_leader and _due(self.planner, self.clock):
+            self._follow_feed()
         if self.lease is not None:
             asked |= self._publish(self.lease)
         if self.lease is not None and self._adopted:
             asked |= self.held_ends.count(self.planner)
             asked |= self.deadlines.mark_passed(self.clock.now())
-            asked |= self.health.refresh(self.config.entries)
+            asked |= self.health.refresh(self.planned.entries)
             summaries = self.health.summaries
-            asked |= self.steering.pause_failing(self.config.entries, summaries, self.planner)
+            asked |= self.steering.pause_failing(self.planned.entries, summaries, self.planner)
         return asked
 
     def _publish(self, lease: Lease) -> bool:
@@ -232,24 +250,34 @@ class Scheduler:
         return done.asked
 
     def _adopt(self, lease: Lease) -> None:
+        if not self.runtime.loaded:
+            return  # the runtime entries first: a plan without them would be adopted twice
         try:
             if not self.leadership.announce(self.config.fingerprint, self.planner):
                 self._stepped_down()
                 return
-            self.adoption.adopt(self.config, self.planner, lease)
-            self.deadlines.adopt(self.config.entries)
+            clash = self.following.register(lease, self.config.entries)
+            if clash is not None:
+                return self._refuse(clash)
+            before, self._files_before = self._files_before, None
+            if before is not None and not self.publisher.readopt:
+                self.adoption.files_changed(self.planner, lease, before, self.planned)
+            else:
+                self.adoption.adopt(self.planned.entries, self.planner, lease)
+                self.deadlines.adopt(self.planned.entries)
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
             return
         self._adopted = True
+        self._good = self.config
         self._emit(Adopted(self.config))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
         if self._retry_at > mono:
             return self._retry_at - mono
-        deadlines = [self.leadership.wake_at]
+        deadlines = [self.leadership.wake_at, self.runtime.next_at]
         if self.lease is not None:
             for wake in (
                 self.planner.next_wake(),
@@ -274,23 +302,45 @@ class Scheduler:
         self._emit(Reloading())
         try:
             config = self._load_config()
+            if (clash := self.planned.clash(config.entries)) is not None:
+                raise clash
         except ConfigError as exc:
-            self.totals.reloads_failed += 1
-            self.totals.last_reload_ok = False
-            log.error(
-                "reload refused, keeping the last good configuration (%d entries):\n%s",
-                len(self.config.entries),
-                exc,
-            )
-            self._emit(ReloadFailed(self.status()))
+            self._reload_refused(exc)
             return False
+        self._files_before = self.config.entries if self._adopted else self._files_before
         self.config = config
+        self.planned.use(config.entries)
         self.publisher.forget()
-        self.totals.reloads_ok += 1
-        self.totals.last_reload_ok = True
+        self.totals.reloaded(ok=True)
         self._adopted = False
         log.info("reloaded %d entries config=%s", len(config.entries), config.fingerprint)
         self._emit(Reloaded(self.status()))
+        return True
+
+    def _reload_refused(self, exc: ConfigError) -> None:
+        self.totals.reloaded(ok=False)
+        log.error(RELOAD_REFUSED, len(self.config.entries), exc)
+        self._emit(ReloadFailed(self.status()))
+
+    def _refuse(self, clash: ConfigError) -> None:
+        """Files naming runtime entries: keep the last good configuration (none: stop, raise)."""
+        if (good := self._good) is None or good is self.config:
+            self.shutdown()  # the lease given back: a standby takes over at once
+            raise clash
+        self._reload_refused(clash)
+        self.config = good
+        self.planned.use(good.entries)
+        self.publisher.forget()
+
+    def _follow_feed(self) -> bool:
+        lease, files = self.lease if self._adopted else None, self.config.entries
+        try:
+            if self.following.follow(self.planner, lease, files, self._good is not None):
+                self._adopted, self._files_before = False, None
+            self._good = self._good or self.config  # checked against every runtime entry
+        except LeaseLost as exc:
+            log.warning("%s; now standby", exc)
+            self._step_down()
         return True
 
     # --- leadership changes and backend health -------------------------------------------
@@ -299,7 +349,7 @@ class Scheduler:
         lease = self.leadership.lease
         assert lease is not None
         self.planner = Planner(self.settings.tick_budget)
-        self._adopted = False
+        self._adopted, self._files_before = False, None
         self._emit(BecameLeader(self.status(), lease.node, lease.epoch))
 
     def _step_down(self) -> None:
@@ -341,6 +391,13 @@ class Scheduler:
         if was_down:
             log.info("backend %s reachable again", self.backend.url)
             self._emit(BackendUp(self.status()))
+
+
+def _due(planner: Planner, clock: Clock) -> bool:
+    """Whether a run is due: the feed is read again first, so that a removal acknowledged
+    before this round publishes nothing."""
+    wake = planner.next_wake()
+    return wake is not None and wake <= clock.now()
 
 
 def run_for(scheduler: Scheduler, seconds: float) -> None:

@@ -81,6 +81,9 @@ def jobs(quick: bool) -> list[Job]:
     )
     # the same no-op tasks for a real Celery worker, in beatd's Celery-protocol messages
     out.append(("worker", "worker", {"url": "redis", "count": tasks, "tool": "celery"}))
+    # issue 15: Redis's used_memory with the history on at 100,000 entries (10,000 in --quick)
+    entries = 10_000 if quick else 100_000
+    out.append(("history_memory", "history_memory", {"url": "redis", "entries": entries}))
     for backend in BACKENDS:
         out.append(
             (

@@ -357,8 +357,12 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "pool_cpu_us_per_task",
                 "worker_main_cpu_s",
                 "worker_pool_cpu_s",
+                "latency_samples",
                 "latency_p50_ms",
+                "latency_p90_ms",
                 "latency_p99_ms",
+                "latency_max_ms",
+                "enqueue_p50_ms",
             ],
         ),
         (
@@ -374,6 +378,19 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
                 "expected_runs",
                 "lost",
                 "duplicates",
+            ],
+        ),
+        (
+            "7. Run history's memory on Redis (one finished run per entry; `--quick`: 10,000 "
+            "entries instead of 100,000)",
+            "history_memory",
+            [
+                "backend",
+                "entries",
+                "runs_per_entry",
+                "used_memory_mib_history",
+                "used_memory_mib_no_history",
+                "bytes_per_record",
             ],
         ),
     ]

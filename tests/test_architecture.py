@@ -28,7 +28,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "daemons",
         (
             "beatd.scheduler",
+            "beatd.following",  # the loop follows the runtime entries (issue 18)
             "beatd.adoption",
+            "beatd.entry_feed",  # the runtime entries a node holds (issue 18)
             "beatd.leadership",
             "beatd.node_reports",
             "beatd.publisher",

@@ -123,6 +123,24 @@ def test_targets_not_measured_say_so_and_no_ratio_without_a_peer() -> None:
     ]
 
 
+def test_a_p99_of_few_samples_is_called_the_worst_beside_p90_and_the_queueing() -> None:
+    measured = {
+        **_worker("postgresql", 140.0, 16.0),
+        "latency_samples": 100,
+        "latency_p90_ms": 9.5,
+        "latency_max_ms": 16.0,
+        "enqueue_p50_ms": 3.3,
+    }
+    scenarios = {**SCENARIOS, "worker": [_worker("redis", 1_400.0, 4.0), measured]}
+
+    assert pgreport.targets(scenarios)[3] == [
+        "queue-to-start latency p99 ≤ 20 ms (bundled worker, LISTEN/NOTIFY)",
+        "16.0 ms (×4 Redis): the worst of 100 runs; p90 9.5 ms; the queueing call itself, "
+        "p50 3.3 ms",
+        "**met**",
+    ]
+
+
 def test_postgresql_beside_sqlite_and_redis_row_by_row() -> None:
     assert pgreport.beside(SCENARIOS) == [
         [

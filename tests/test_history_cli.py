@@ -259,6 +259,7 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
         "node": "node-a",
         "epoch": 3,
         "overdue_at": None,
+        "pause": None,  # skipped, not paused
     }
 
 
@@ -305,6 +306,12 @@ def summary(entry: str, status: str, finished: datetime, **kw: Any) -> EntrySumm
     return EntrySummary(entry, status, finished, **values)
 
 
+def from_the_table(out: str) -> list[str]:
+    """The status's lines from three before its entry table (the nodes' lines come before)."""
+    lines = out.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("ENTRY")) - 3 :]
+
+
 def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedules: Path) -> None:
     now = datetime.now(UTC)
     backend = open_backend(broker)
@@ -330,7 +337,7 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
     finally:
         backend.close()
     assert code == 0, err
-    lines = out.splitlines()
+    lines = from_the_table(out)
     assert re.split(r"  +", lines[3]) == [
         "ENTRY", "LAST PUBLISHED", "NEXT DUE", "LAST STATUS", "LAST SUCCESS", "LAST DURATION",
         "LATE", "MISSED",
@@ -365,11 +372,11 @@ def test_status_shows_the_last_run_and_times_relative_to_now(broker: str, schedu
         "consecutive_failures": 3,
     }
     assert one_code == 0
-    assert [line.split()[0] for line in one_out.splitlines()[3:5]] == ["ENTRY", "tick"]
-    assert one_out.splitlines()[5] == "1 entries"
+    assert [line.split()[0] for line in from_the_table(one_out)[3:5]] == ["ENTRY", "tick"]
+    assert from_the_table(one_out)[5] == "1 entries"
     assert first_code == 0
-    assert first_out.splitlines()[4].split()[0] == "nightly"
-    assert first_out.splitlines()[5] == "1 of 2 entries (--limit)"
+    assert from_the_table(first_out)[4].split()[0] == "nightly"
+    assert from_the_table(first_out)[5] == "1 of 2 entries (--limit)"
 
 
 def test_status_of_an_unknown_entry_is_bad_input(broker: str, schedules: Path) -> None:
@@ -407,13 +414,15 @@ def test_migrate_copies_the_history_once(broker: str, tmp_path: Path) -> None:
     assert first == (
         0,
         "copied 0 state(s), 0 dead letter(s), 2 run record(s), 1 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 0 already on the target\n",
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 0 already on the target\n",
         "",
     )
     assert again == (
         0,
         "copied 0 state(s), 0 dead letter(s), 0 run record(s), 0 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 3 already on the target\n",
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 3 already on the target\n",
         "",
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
 from beatd.backends import DeadLetter, open_backend
 from beatd.cli import main
@@ -24,6 +25,7 @@ from beatd.config import load_config
 from beatd.http import all_routes
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
+from beatd.http.metrics import ApiMetrics
 from beatd.http.routes import Reply, Route
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenTable, new_token, read_token_file
@@ -380,12 +382,16 @@ def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
     letters(api.broker)
     api.ask("/v1/dead-letters/retry", WRITER.token, "POST")
     status, _, body = api.ask("/v1/audit?entry=tick")
-    assert status == 200 and body == {"records": []}  # a requeue of all names no entry
+    assert status == 200  # a requeue of all is recorded under each letter's entry
+    assert [r["detail"]["run_id"] for r in body["records"]] == ["tick@2026-12-05T03:00:00Z"]
     _, _, body = api.ask("/v1/audit?since=1h&limit=5")
     printed = CliRunner().invoke(main, ["audit", "--json", "--broker", api.broker])
     assert printed.exit_code == 0
     assert body["records"] == json.loads(printed.stdout)
-    assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]
+    assert sorted((r["action"], r["entry"], r["by"]) for r in body["records"]) == [
+        ("requeue_dead", "gone", "ops"),
+        ("requeue_dead", "tick", "ops"),
+    ]
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -534,6 +540,12 @@ def test_pause_all_says_later_entries_are_not_paused_and_resume_by_glob(api: Api
         ("/v1/entries/tick/trigger", {"args": {"a": 1}}, 422, "args", "args must be an array"),
         ("/v1/entries/tick/trigger", {"when": 1}, 422, "when",
          "unknown member 'when': use args, force, idempotency_key, kwargs"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": "two words"}, 422, "idempotency_key",
+         "'two words' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' "
+         "or '-' (such as incident-4711)"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": ""}, 422, "idempotency_key",
+         "'' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' or '-' "
+         "(such as incident-4711)"),
         ("/v1/entries/tick/pause", {}, 422, "reason", "reason is required"),
         ("/v1/entries/tick/pause", {"reason": "x", "until": "2026-12-05T07:00:00"}, 422, "until",
          "'2026-12-05T07:00:00' has no offset, so it could mean any zone: add one (Z for UTC, or "
@@ -579,3 +591,45 @@ def test_a_backfill_dry_run_lists_then_publishes_only_what_is_absent(api: Api) -
     assert only_error(body)["message"].endswith(
         "later slots are the scheduler's to publish; end the range at or before it"
     )
+
+
+# --- the API's own metrics ----------------------------------------------------------------------
+
+
+def test_requests_are_counted_by_route_and_code_and_refused_tokens_by_why(
+    tmp_path: Path, broker: str, schedules: Path
+) -> None:
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    config = load_config([str(schedules)])
+    context = ApiContext(lambda: open_backend(broker), lambda: config)
+    table = tokens(tmp_path)
+    access = Access(
+        lambda: table,
+        allowed_hosts("127.0.0.1", 0, ()),
+        refused=lambda why: metrics.refused.labels(why).inc(),
+    )
+    app = metrics.wrap(create_app([*all_routes(context), ECHO], access))
+    server = ApiServer(app, ServerSettings("127.0.0.1", 0, threads=2)).start()
+    api = Api(f"http://127.0.0.1:{server.port}", server, broker, schedules)
+    try:
+        api.ask("/v1/history")
+        api.ask("/v1/history")
+        api.ask("/v1/history", token=None)
+        api.ask("/v1/history", token="beatd_wrong")
+        api.ask("/v1/echo", method="POST", body=b"{}")
+        api.ask("/v1/nowhere")
+    finally:
+        server.stop()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("beatd_api_requests_total", route="history", code="200") == 2
+    assert sample("beatd_api_requests_total", route="history", code="401") == 2
+    assert sample("beatd_api_requests_total", route="echo", code="403") == 1
+    assert sample("beatd_api_requests_total", route="none", code="404") == 1
+    assert sample("beatd_api_request_duration_seconds_count", route="history") == 4
+    assert sample("beatd_api_auth_failures_total", reason="missing") == 1
+    assert sample("beatd_api_auth_failures_total", reason="unknown") == 1
+    assert sample("beatd_api_auth_failures_total", reason="scope") == 1

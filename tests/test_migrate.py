@@ -55,7 +55,8 @@ def copied_line(states: int, letters: int, skipped: int, runs: int = 0, missed: 
     """What `beatd migrate` prints when it is done."""
     return (
         f"copied {states} state(s), {letters} dead letter(s), {runs} run record(s), {missed} "
-        f"missed-slot record(s), 0 control(s), 0 audit record(s), 0 trigger key(s); skipped "
+        f"missed-slot record(s), 0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), "
+        f"0 trigger key(s); skipped "
         f"{skipped} already on the target\n"
     )
 

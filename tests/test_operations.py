@@ -54,6 +54,9 @@ SCHEDULER_METRICS = {
     "beatd_nodes_tz_drift",
     "beatd_node_records_failed_total",
     "beatd_entries",
+    "beatd_runtime_entries",
+    "beatd_entry_changes_applied_total",
+    "beatd_entry_changes_lag_seconds",
     "beatd_is_leader",
     "beatd_leader_epoch",
     "beatd_leader_changes_total",
@@ -112,6 +115,12 @@ AMQP_METRICS = {
     "beatd_amqp_outbox_unreadable_total",
 }
 
+# `beatd run` serving the HTTP API (tests/test_http.py)
+API_METRICS = {
+    "beatd_api_requests_total",
+    "beatd_api_request_duration_seconds",
+    "beatd_api_auth_failures_total",
+}
 # both daemons, on a backend that pools connections (PostgreSQL: tests/backends/test_postgresql.py)
 BACKEND_METRICS = {"beatd_backend_connections", "beatd_backend_listen_reconnects_total"}
 # both daemons, on Redis (tests/backends/test_redis_sentinel.py)
@@ -551,7 +560,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr  # promtool's verdict
     # what it checked: every rule of the file (its report's wording is promtool's to change)
     groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    assert [len(group["rules"]) for group in groups["groups"]] == [20]
+    assert [len(group["rules"]) for group in groups["groups"]] == [21]
 
 
 @needs_promtool
@@ -583,7 +592,7 @@ def test_every_metric_is_documented_and_every_query_uses_one() -> None:
     doc = (REPO / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `(beatd_\w+)`", doc, flags=re.M))
     every = SCHEDULER_METRICS | WORKER_METRICS | BACKEND_METRICS | CELERY_METRICS
-    assert documented == every | REPLICATION_METRICS | AMQP_METRICS
+    assert documented == every | REPLICATION_METRICS | AMQP_METRICS | API_METRICS
     queries = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     queries += (REPO / "deploy" / "grafana" / "beatd-dashboard.json").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"beatd_\w+", queries)}

@@ -101,11 +101,17 @@ def test_publishes_each_slot_once_with_the_documented_message(
 def test_sleeps_until_the_next_due_time_or_lease_renewal(
     open_db: Callable[[], SQLiteBackend], clock: FakeClock
 ) -> None:
-    beat = scheduler(open_db(), clock, config(every("hourly", 3600)), ttl=30)
-    assert beat.step() == pytest.approx(10.0)  # renew the 30-s lease every 10 s
-    quiet = scheduler(open_db(), clock, config(every("fast", 2)), node="b", ttl=30)
+    def beat(node: str, cfg: Config) -> Scheduler:  # the runtime entries' feed read rarely
+        settings = SchedulerSettings(node=node, lease_ttl=30, entry_poll=60)
+        return Scheduler(open_db(), lambda: cfg, clock, settings)
+
+    assert beat("a", config(every("hourly", 3600))).step() == pytest.approx(10.0)  # renew
+    quiet = beat("b", config(every("fast", 2)))
     quiet.step()  # standby: the lease is held by the first
     assert quiet.step() == pytest.approx(1.0)  # standbys try once a second
+    clock.advance(1)
+    feed = scheduler(open_db(), clock, config(every("hourly", 3600)), node="c", ttl=30)
+    assert feed.step() == pytest.approx(0.2)  # the runtime entries' feed, read 5 times a second
 
 
 def test_standby_takes_over_when_the_leader_stops_without_loss_or_repeat(
@@ -243,7 +249,7 @@ def test_a_removed_entry_is_forgotten_once_the_grace_is_over(
 ) -> None:
     caplog.set_level(logging.INFO, logger="beatd.scheduler")
     tick, other = every("tick", 10), every("other", 3600)
-    beat, reload = reloading(open_db, clock, config(tick, other), removed_grace=60)
+    beat, reload = reloading(open_db, clock, config(tick, other), removed_grace=60, entry_poll=3600)
     run_for(beat, 15)
     reload(config(other))
     run_for(beat, 59.5)  # removed at 12:00:15.5

@@ -18,8 +18,13 @@ from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.cli import main
 from beatd.config import load_config
+from beatd.config.model import Entry
+from beatd.controls import EntryControl, Pause
 from beatd.errors import TransientBackendError
 from beatd.nodes import NodeRecord, NodeRole
+from beatd.operations.status import next_unpaused
+from beatd.runtime_entries import resolve_entry
+from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
 from tests.redis_sentinel import SentinelCluster
 from tests.redis_server import RedisServer, free_port
@@ -97,6 +102,8 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     now = datetime.now(UTC)
     try:
         arrange(backend, schedules, now)
+        runtime = {"task": "t.report", "cron": "0 6 * * *"}
+        backend.put_entry(resolve_entry("weekly-report", runtime, now=now), "ops@host")
     finally:
         backend.close()
     args = ["status", "--broker", broker, "-s", str(schedules)]
@@ -164,6 +171,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "next_due": (tick + timedelta(seconds=10)).strftime(text),
         "overdue_seconds": None,
         "adopted": True,
+        "source": f"{schedules / 's.yaml'}:2",
         **unknown,
         **no_history,
     }
@@ -174,6 +182,7 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "horizon": stalled.strftime(text),
         "next_due": (stalled + timedelta(minutes=1)).strftime(text),
         "adopted": True,
+        "source": f"{schedules / 's.yaml'}:5",
         **unknown,
         **no_history,
     }
@@ -183,6 +192,19 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
         "horizon": None,
         "overdue_seconds": None,
         "adopted": False,
+        "source": f"{schedules / 's.yaml'}:8",
+        **unknown,
+        **no_history,
+    }
+    report_due = now.replace(hour=6, minute=0, second=0, microsecond=0)
+    report_due += timedelta(days=1) if report_due <= now else timedelta(0)
+    assert rows["weekly-report"] == {  # a runtime entry, not yet adopted by a leader
+        "last_published": None,
+        "horizon": None,
+        "next_due": report_due.strftime(text),
+        "overdue_seconds": None,
+        "adopted": False,
+        "source": "api",
         **unknown,
         **no_history,
     }
@@ -224,8 +246,11 @@ def test_status_shows_the_leader_entries_and_queues(broker: str, tmp_path: Path)
     assert re.fullmatch(rf"{tick.strftime(text)} \((now|\d+ s ago)\)", cells[1]), cells[1]
     assert re.fullmatch(rf"{rows['tick']['next_due']} \(in \d+ s\)", cells[2]), cells[2]
     assert cells[3:] == ["-", "-", "-", "-", "-"]
-    assert lines[7:] == [
-        "3 entries",
+    cells = re.split(r"  +", lines[7])
+    assert cells[:2] == ["weekly-report (api)", "never"]
+    assert re.fullmatch(rf"{rows['weekly-report']['next_due']} \(new, in \d+ \w+\)", cells[2])
+    assert lines[8:] == [
+        "4 entries",
         "late/missed: unknown; pass --metrics-url of each `beatd run` (counted per process)",
         "",
         "QUEUE    DEPTH  DEAD LETTERS",
@@ -357,3 +382,54 @@ def test_status_on_memory_warns_that_it_sees_only_its_own_process() -> None:
     discard("status-alone")
     assert result.exit_code == 0, result.output
     assert f"WARNING beatd: {warning}" in result.stderr
+
+
+# --- the next due time past pauses (beatd.operations.status.next_unpaused)
+
+H0 = datetime(2026, 12, 6, 0, 0, tzinfo=UTC)
+
+
+def hourly(jitter: timedelta | None = None) -> Entry:
+    return Entry(name="h", task="t", schedule=IntervalSchedule(timedelta(hours=1)), jitter=jitter)
+
+
+def paused(at: int, until: int | None, *lifted: tuple[int, int]) -> EntryControl:
+    def hour(h: int | None) -> datetime | None:
+        return None if h is None else H0 + timedelta(hours=h)
+
+    def pause(a: int, u: int | None) -> Pause:
+        start = hour(a)
+        assert start is not None
+        return Pause(start, hour(u), "r", "ann@ops")
+
+    return EntryControl(pause(at, until), lifted=tuple(pause(a, u) for a, u in lifted))
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        (None, 1),
+        (EntryControl(), 1),
+        (paused(0, 3), 3),  # 01:00 and 02:00 are covered: they end missed, never due
+        (paused(0, None), None),  # paused till resumed: nothing is due
+        (paused(5, 8, (0, 2), (2, 4)), 4),  # lifted pauses, back to back, then a gap
+        (paused(5, 8), 1),  # a pause later on covers nothing yet
+    ],
+    ids=["no_control", "empty_control", "pause_until", "till_resumed", "lifted", "later_pause"],
+)
+def test_next_due_is_the_first_slot_no_pause_covers(
+    control: EntryControl | None, expected: int | None
+) -> None:
+    first = H0 + timedelta(hours=1)
+    found = next_unpaused(hourly(), first, control)
+    assert found == (None if expected is None else H0 + timedelta(hours=expected))
+
+
+def test_next_due_past_a_pause_counts_the_jitter() -> None:
+    entry = hourly(jitter=timedelta(minutes=59))
+    control = paused(0, 3)
+    found = next_unpaused(entry, H0 + timedelta(hours=1), control)
+    assert found is not None
+    earlier = found - timedelta(hours=1)
+    assert entry.due_for(found) >= H0 + timedelta(hours=3)
+    assert earlier < H0 + timedelta(hours=1) or entry.due_for(earlier) < H0 + timedelta(hours=3)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
+from operator import attrgetter
 
 from beatd.backends.base import Lease
 from beatd.backends.memory_controls import Book
@@ -95,7 +96,7 @@ class MemoryEntries:
             at = datetime.fromtimestamp(self._now(), UTC)
             current = [shelf.entries.get(n) for n in names]
             files = [shelf.files.get(n) for n in names]
-            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            outcomes = plan_puts(puts, current, files, at, by, request_id, shelf.head)
             for stored, before, written in outcomes:
                 if written:
                     shelf.store(stored, self.feed_retention)
@@ -132,7 +133,7 @@ class MemoryEntries:
             oldest = feed[0].seq if feed else head + 1
 
             def after(seen: int) -> list[EntryChange]:
-                start = seen - oldest + 1  # the feed's seqs follow each other
+                start = bisect.bisect_right(feed, seen, key=attrgetter("seq"))
                 return list(islice(feed, start, start + max(limit, 0)))
 
             return page_of(cursor, head, oldest, after)
@@ -152,6 +153,8 @@ class MemoryEntries:
     def import_entries(self, entries: Sequence[RuntimeEntry]) -> int:
         with self._lock:
             added = [e for e in entries if e.name not in self._shelf.entries]
+            # no entry created later may take a version an imported one has (see `version`)
+            self._shelf.head = max([self._shelf.head, *(e.version for e in added)])
             for entry in added:
                 self._shelf.store(entry, self.feed_retention)
             return len(added)

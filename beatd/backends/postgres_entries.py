@@ -136,7 +136,7 @@ class PostgresEntries(PostgresControls):
             current = [self._current(db, n) for n in names]
             files = [self._file_of(db, n) for n in names]
             at = from_micros(now_us)
-            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            outcomes = plan_puts(puts, current, files, at, by, request_id, head)
             for stored, before, written in outcomes:
                 if written:
                     self._store(db, stored)
@@ -235,7 +235,9 @@ class PostgresEntries(PostgresControls):
             for entry in entries:
                 if self._current(db, entry.name) is None:
                     self._store(db, entry)
-                    self._entry_changed(db, head + added, entry.name, entry.version)
+                    head = max(head, entry.version)  # no later entry takes its version
+                    self._entry_changed(db, head, entry.name, entry.version)
+                    head += 1
                     added += 1
             return added
 

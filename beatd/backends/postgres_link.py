@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import select
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -44,6 +45,7 @@ SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # (admin shutdown, statement timeout), and a server that is starting or in recovery.
 TRANSIENT_CLASSES = ("08", "40", "53", "57")
 SESSION_ENDED_CLASSES = ("08", "57")  # connection exception, operator intervention
+QUERY_CANCELED = "57014"  # the statement timeout (or a cancel request) stopped a statement
 TRANSIENT_STATES = frozenset({"55P03", "25006"})  # lock_not_available, read_only_sql_transaction
 T = TypeVar("T")
 
@@ -135,6 +137,10 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             error text NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, number)
         );
+        CREATE TABLE {schema}.run_trimmed (
+            entry text PRIMARY KEY,
+            slot_us bigint NOT NULL
+        );
         """
     )
     _format_2_missed_and_summaries(db, schema)
@@ -174,7 +180,8 @@ def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> 
 
 def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
     """The operator controls (beatd.controls), folded into format 2 while it is unreleased:
-    `control` one row per entry with a pause, a busy mark or a held run (none: no row; the
+    `control` one row per entry with a pause, a busy mark, a held run or pauses lifted that its
+    horizon has not passed (`lifted`, JSON as beatd.controls.lifted_json; none: no row; the
     partial index finds the entry a settled run keeps busy), `audit` the audit log,
     `trigger_key` the remembered idempotency keys and request ids."""
     db.execute(
@@ -195,7 +202,8 @@ def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
             held_body text,
             held_audit text,
             held_celery boolean,
-            held_priority integer
+            held_priority integer,
+            lifted text
         );
         CREATE INDEX control_busy ON {schema}.control (busy_run) WHERE busy_run IS NOT NULL;
         CREATE TABLE {schema}.audit (
@@ -332,6 +340,19 @@ def upgrade(db: psycopg.Connection[Any], schema: str, where: str) -> int:
     return found
 
 
+def check_if_spoken_to(db: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it lends: a round trip (an empty query) only when the
+    server sent something while the connection sat idle, which for a pooled connection (it
+    LISTENs to nothing) means the session is ending: a terminated backend or a shutdown sends
+    its error, then closes. A quiet one is lent without a round trip, which every call would
+    otherwise pay (on the queue-to-start path a wake-up of two processes). A connection that
+    raises here is discarded, and the pool lends another."""
+    poller = select.poll()
+    poller.register(db.fileno(), select.POLLIN)
+    if poller.poll(0):
+        psycopg_pool.ConnectionPool.check_connection(db)
+
+
 class PostgresLink:
     """A pool of connections to one database, and beatd's schema `namespace` in it.
 
@@ -371,7 +392,7 @@ class PostgresLink:
             reconnect_timeout=max(1.0, 2 * op_timeout),
             kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
             configure=self._configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=check_if_spoken_to,
             open=False,
             name=f"beatd-{self.schema}",
         )
@@ -440,18 +461,34 @@ class PostgresLink:
         if not self._prepared:
             self._prepare()
 
-    def _run(self, work: Callable[[psycopg.Connection[Any]], T], *, write: bool = True) -> T:
+    def _run(
+        self,
+        work: Callable[[psycopg.Connection[Any]], T],
+        *,
+        write: bool = True,
+        alone: bool = False,
+    ) -> T:
         """`_transact`, once the schema was checked (see `_prepare`)."""
         self._check_prepared()
-        return self._transact(work, write=write)
+        return self._transact(work, write=write, alone=alone)
 
-    def _transact(self, work: Callable[[psycopg.Connection[Any]], T], *, write: bool = True) -> T:
+    def _transact(
+        self,
+        work: Callable[[psycopg.Connection[Any]], T],
+        *,
+        write: bool = True,
+        alone: bool = False,
+    ) -> T:
         """Run `work` in one transaction (`write`) or on its own (a read), turning
-        PostgreSQL's errors into backend errors."""
+        PostgreSQL's errors into backend errors. `alone`: `work` writes with one statement,
+        its own transaction (autocommit: one round trip, where BEGIN, it and COMMIT are three);
+        a session that ends under it may have committed it (OutcomeUnknown)."""
         try:
             with self._pool.connection() as db:
                 if not write:
                     return work(db)
+                if alone:
+                    return self._alone(db, work)
                 db.execute("BEGIN")
                 try:
                     result = work(db)
@@ -462,7 +499,7 @@ class PostgresLink:
                 try:
                     db.execute("COMMIT")
                 except psycopg.Error as exc:
-                    raise self._failure(exc, committing=True) from exc
+                    raise self._failure(exc, committing="COMMIT") from exc
                 return result
         except psycopg_pool.PoolTimeout as exc:
             raise NotApplied(
@@ -471,15 +508,28 @@ class PostgresLink:
         except psycopg.Error as exc:
             raise self._failure(exc) from exc
 
-    def _failure(self, exc: psycopg.Error, *, committing: bool = False) -> BackendError:
-        """The backend error for PostgreSQL's; `committing`: the COMMIT failed, and if the
-        connection broke under it, whether it was applied is unknown."""
+    def _alone(
+        self, db: psycopg.Connection[Any], work: Callable[[psycopg.Connection[Any]], T]
+    ) -> T:
+        """`work`'s one statement, committed by the server as it ends (autocommit)."""
+        try:
+            return work(db)
+        except psycopg.Error as exc:
+            if exc.sqlstate == QUERY_CANCELED:  # before its commit: rolled back, not applied
+                raise self._failure(exc) from exc
+            raise self._failure(exc, committing="a one-statement transaction") from exc
+
+    def _failure(self, exc: psycopg.Error, *, committing: str = "") -> BackendError:
+        """The backend error for PostgreSQL's; `committing`: what failed commits (COMMIT, or
+        a one-statement transaction), and if the session ended under it, whether it was
+        applied is unknown."""
         state = exc.sqlstate
         if committing and (state is None or state[:2] in SESSION_ENDED_CLASSES):
-            # A session ended under COMMIT (terminated, the server shut down, the connection
+            # A session ended under a commit (terminated, the server shut down, the connection
             # lost): the commit record may be written already, the reply never sent.
             return OutcomeUnknown(
-                f"{self.url}: the session ended during COMMIT, which may have been applied: {exc}"
+                f"{self.url}: the session ended during {committing}, which may have been "
+                f"applied: {exc}"
             )
         if state is None:  # no reply from the server: the connection failed or broke
             return NotApplied(f"{self.url}: {exc}")

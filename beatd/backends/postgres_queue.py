@@ -44,31 +44,38 @@ def insert_messages(
     delay: float = 0.0,
     with_: tuple[str, tuple[Any, ...]] = ("", ()),
 ) -> None:
-    """Insert messages ready after `delay` seconds, and notify their queues when ready now.
+    """Insert messages ready after `delay` seconds and, when ready now, notify their queues, in
+    one statement (one round trip; the NOTIFY is delivered when the transaction commits).
     The columns go as arrays in binary format (`%b`): psycopg writes a text-format array in
     Python, escaping every quote of every JSON body (15 µs a run; binary: under 1 µs).
-    `with_`: a data-modifying CTE (`WITH name AS (...) `) and its parameters, run in the same
-    statement (the published records: one round trip for both)."""
+    `with_`: data-modifying CTEs (`WITH name AS (...) `) and their parameters, run in the same
+    statement (the published records: one round trip for all)."""
     if not messages:
         return
     prefix, before = with_
-    db.execute(
-        f"{prefix}INSERT INTO {schema}.message (id, queue, priority, body, ready_at) "
+    insert = (
+        f"INSERT INTO {schema}.message (id, queue, priority, body, ready_at) "
         f"SELECT id, queue, priority, body, {NOW} + %s "
         "FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[]) "
-        "AS m(id, queue, priority, body)",
-        (
-            *before,
-            delay,
-            [m.id for m in messages],
-            [m.destination.queue for m in messages],
-            [_priority(m.destination.priority) for m in messages],
-            [m.body for m in messages],
-        ),
+        "AS m(id, queue, priority, body)"
     )
-    if delay <= 0:
-        for queue in sorted({m.destination.queue for m in messages}):
-            db.execute("SELECT pg_notify(%s, %s)", (channel, queue))
+    columns = (
+        delay,
+        [m.id for m in messages],
+        [m.destination.queue for m in messages],
+        [_priority(m.destination.priority) for m in messages],
+        [m.body for m in messages],
+    )
+    if delay > 0:  # ready later: announced by nobody (see wait_for_work)
+        db.execute(f"{prefix}{insert}", (*before, *columns))
+        return
+    # a data-modifying CTE runs to its end whether or not the query reads it
+    queued = f"{prefix}, queued AS ({insert}) " if prefix else f"WITH queued AS ({insert}) "
+    queues = sorted({m.destination.queue for m in messages})
+    db.execute(
+        f"{queued}SELECT pg_notify(%s, queue) FROM unnest(%s::text[]) AS q(queue)",
+        (*before, *columns, channel, queues),
+    )
 
 
 def _queues_match(queues: Sequence[str]) -> tuple[str, object]:
@@ -89,7 +96,9 @@ class PostgresWorkQueue(PostgresLink):
     _seen_until = 0.0  # the database's time up to which ready messages were announced
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
-        self._run(lambda db: insert_messages(db, self.schema, self.channel, messages, delay))
+        self._run(
+            lambda db: insert_messages(db, self.schema, self.channel, messages, delay), alone=True
+        )
 
     def claim(self, queues: Sequence[str], consumer: str, visibility: float) -> Delivery | None:
         receipt = f"{consumer}:{secrets.token_hex(8)}"
@@ -106,7 +115,7 @@ class PostgresWorkQueue(PostgresLink):
         params = {"receipt": receipt, "visibility": visibility, "queues": queues_value}
         if self.history:
             params.update(consumer=consumer, host=socket.gethostname(), pid=os.getpid())
-        row = self._run(lambda db: db.execute(sql, params).fetchone())
+        row = self._run(lambda db: db.execute(sql, params).fetchone(), alone=True)
         if row is None:
             return None
         message_id, queue, body, deliveries = row

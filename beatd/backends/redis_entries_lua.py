@@ -63,7 +63,8 @@ for i = 6, #ARGV, 4 do
     out[#out + 1] = redis.call('HGET', P .. 'rt:meta', name)
     out[#out + 1] = redis.call('HGET', P .. 'rt:def', name)
   else
-    local meta, before, action = {1, now, by, now, by, rid}, 'null', 'entry.add'
+    local seq = tonumber(redis.call('GET', P .. 'rt:seq') or '0') + 1
+    local meta, before, action = {seq, now, by, now, by, rid}, 'null', 'entry.add'
     if m then
       meta, action = {m[1] + 1, m[2], m[3], now, by, rid}, 'entry.set'
       before = entry_json(P, name, m)
@@ -164,10 +165,14 @@ local P, keep, added = ARGV[1], tonumber(ARGV[2]), 0
 for i = 3, #ARGV, 3 do
   local name = ARGV[i]
   if not redis.call('HGET', P .. 'rt:meta', name) then
+    local version = cjson.decode(ARGV[i + 1])[1]
+    if tonumber(redis.call('GET', P .. 'rt:seq') or '0') < version then
+      redis.call('SET', P .. 'rt:seq', version)  -- no later entry takes its version
+    end
     redis.call('HSET', P .. 'rt:meta', name, ARGV[i + 1])
     redis.call('HSET', P .. 'rt:def', name, ARGV[i + 2])
     redis.call('ZADD', P .. 'rt:names', 0, name)
-    entry_changed(P, name, cjson.decode(ARGV[i + 1])[1], keep)
+    entry_changed(P, name, version, keep)
     added = added + 1
   end
 end

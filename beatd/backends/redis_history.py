@@ -1,8 +1,12 @@
 """Redis's run history: the `RunHistory` role (beatd.backends.base) over the keys the commit,
-claim and settling scripts write in their own atomic steps (redis_history_lua has the record's
-layout). Redis keeps it all in memory, so a record is one small hash and the indexes are sorted
-sets of run ids (docs/history.md gives the measured bytes per record):
+claim and settling scripts log to in their own atomic steps, folded into the records a batch at
+a time (redis_history_lua has the record's layout and the fold; every read here folds first).
+Redis keeps it all in memory, so a record is one small hash and the indexes are sorted sets of
+run ids (docs/history.md gives the measured bytes per record):
 
+  beatd:h:published       list    what the commit scripts append: P (published runs)
+  beatd:h:attempts        list    what the claim and settling scripts append: S (an attempt's
+                                  start), E (its end)
   beatd:h:run:ID          hash    the run's record: p, e, N (published), n and 1..n
                                   (attempts), r, o
   beatd:h:runs            zset    every run id, scored by its published time (us), which is
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from beatd.backends.base import Outgoing, from_micros, to_micros
@@ -43,14 +48,24 @@ IMPORT_BATCH = 500  # records per import script call
 
 
 def published_p(message: Outgoing, celery: bool, epoch: int) -> str:
-    """The p field of a message's record (redis_history_lua), which the commit script stores as
-    it is; '' for a message with no slot (a requeue: no record)."""
+    """The p field of a message's record (redis_history_lua), which the commit script logs as
+    it is; '' for a message with no slot (a requeue: no record). Its two halves are remembered:
+    a burst's runs share their slots and due times, and a commit its kinds and epoch."""
     if message.slot is None:
         return ""
-    slot = to_micros(message.slot)
-    due = slot if message.due is None else to_micros(message.due)
-    flag = "1" if celery else "0"
-    return f'["{slot}","{due - slot}","{message.kind.value}","{flag}","{epoch}"]'
+    return _p_times(message.slot, message.due) + _p_rest(message.kind, celery, epoch)
+
+
+@lru_cache(maxsize=4096)
+def _p_times(slot: datetime, due: datetime | None) -> str:
+    slot_us = to_micros(slot)
+    due_us = slot_us if due is None else to_micros(due)
+    return f'["{slot_us}","{due_us - slot_us}","'
+
+
+@lru_cache(maxsize=64)
+def _p_rest(kind: RunKind, celery: bool, epoch: int) -> str:
+    return f'{kind.value}","{"1" if celery else "0"}","{epoch}"]'
 
 
 def _us(value: str) -> datetime | None:
@@ -187,6 +202,8 @@ class RedisRunHistory(RedisLink):
         return self._key("")
 
     def _records(self, ids: Sequence[str]) -> list[RunRecord]:
+        """The runs' records as stored (a caller folds the log first)."""
+
         def call() -> list[Any]:
             with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
@@ -209,6 +226,7 @@ class RedisRunHistory(RedisLink):
 
     def runs(self, query: HistoryQuery) -> list[RunRecord]:
         self._check_format("history")
+        self._fold_log()
         index = (
             self._key("h", "runs") if query.entry is None else self._key("h", "entry", query.entry)
         )
@@ -227,6 +245,7 @@ class RedisRunHistory(RedisLink):
 
     def run(self, run_id: str) -> RunRecord | None:
         self._check_format("history")
+        self._fold_log()
         records = self._records([run_id])
         return records[0] if records else None
 
@@ -246,6 +265,7 @@ class RedisRunHistory(RedisLink):
 
     def summaries(self, entries: Sequence[str] | None = None) -> dict[str, EntrySummary]:
         self._check_format("history")
+        self._fold_log(ends_only=True)  # a published record changes no summary
         key = self._key("h", "summary")
         if entries is None:
             raw: dict[str, str] = self._cmd("HGETALL", key)
@@ -255,8 +275,13 @@ class RedisRunHistory(RedisLink):
             raw = {e: v for e, v in zip(names, values, strict=True) if v is not None}
         return {entry: _summary(entry, value) for entry, value in raw.items()}
 
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        self._check_format("history")
+        return _us(self._cmd("HGET", self._key("h", "trimmed"), entry) or "")
+
     def history_size(self) -> tuple[int, int]:
         self._check_format("history")
+        self._fold_log()
 
         def call() -> list[int]:
             with self._redis.pipeline(transaction=False) as pipe:
@@ -271,7 +296,7 @@ class RedisRunHistory(RedisLink):
         """One of the marking scripts; False, writing nothing, with `history=False`."""
         if not self._history:
             return False
-        return bool(self._eval(name, (), (self._history, *args)))
+        return bool(self._eval_folded(name, (), (self._history, *args)))
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         return self._mark("mark_overdue", run_id, str(to_micros(at)))
@@ -303,20 +328,21 @@ class RedisRunHistory(RedisLink):
         max_age = str(retention.max_age // timedelta(microseconds=1))
         common = (self._ns(), max_age, str(retention.max_records))
         per_entry = str(retention.per_entry)
-        gone = int(self._eval("trim", (), (*common, str(limit), per_entry, "1")))
+        gone = int(self._eval_folded("trim", (), (*common, str(limit), per_entry, "1")))
         if gone >= limit:
             return gone
         entries: list[str] = sorted(self._cmd("HKEYS", self._key("state")))
         for start in range(0, len(entries), TRIM_ENTRIES):
             batch = entries[start : start + TRIM_ENTRIES]
             args = (*common, str(limit - gone), per_entry, "0", *batch)
-            gone += int(self._eval("trim", (), args))
+            gone += int(self._eval_folded("trim", (), args))
             if gone >= limit:
                 break
         return gone
 
     def export_runs(self, batch: int = 1000) -> Iterator[list[RunRecord]]:
         self._check_format("history")
+        self._fold_log()
         offset = 0
         while True:
             ids = self._cmd("ZRANGE", self._key("h", "runs"), offset, offset + batch - 1)
@@ -347,6 +373,6 @@ class RedisRunHistory(RedisLink):
             batch = runs[start : start + IMPORT_BATCH]
             rows = [[r.id, _fields(r), str(to_micros(r.published_at))] for r in batch]
             args = (self._ns(), json.dumps(rows), json.dumps(missed_rows), json.dumps(summary_rows))
-            added += int(self._eval("import_history", (), args))
+            added += int(self._eval_folded("import_history", (), args))
             missed_rows, summary_rows = [], []
         return added

@@ -1,14 +1,15 @@
 """The run history's Lua (beatd.backends.redis_history has the keys): `HISTORY`, the helpers
-the commit, claim and settling scripts call to write their record in their own atomic step,
-and the scripts of the `RunHistory` role.
+that read a run's record and its entry's summary into a batch, change them and write them back
+once, and the scripts of the `RunHistory` role (redis_history_log_lua has the logs the commit,
+claim and settling scripts append to, and the fold that moves them into the records).
 
 Every history helper takes `NS`, the key prefix ("beatd:"), or '' when the backend was opened
-with `history=False`: then it writes nothing. A run's record is the hash NS .. 'h:run:' .. id,
-each of its values short enough (64 bytes, Redis's hash-max-listpack-value) for the compact
-listpack encoding unless an entry or node name or an error is long:
+with `history=False`: then it writes nothing. A run's record is the hash
+NS .. 'h:run:' .. id, each of its values short enough (64 bytes, Redis's
+hash-max-listpack-value) for the compact listpack encoding unless an entry or node name or an
+error is long:
   p      JSON [slot_us, due - slot, kind, celery "1"/"0", epoch], written whole by the client
-         (the published time is the record's score in the indexes: the commit script writes
-         nothing per run but its HSET and its entry's ZADD)
+         (the published time is the record's score in the indexes)
   e, N   the entry, the node that published it
   n      how many attempts (absent: none yet)
   1..n   attempt i: JSON [start - slot, end - slot, outcome, reason] ('' for what is not
@@ -21,15 +22,15 @@ All values are strings, times microseconds as decimal digits (offsets from the s
 short), exact (Lua's numbers are doubles, and
 cjson would print them to 14 digits). A record that does not decode is left alone, never an
 error: a script must not fail after a queue write it cannot take back. For the same reason the
-writes use only commands the ACL line of beatd before the history allowed (EXISTS and HGET
-before HSET, never HSETNX): an upgrade that keeps the old line loses no run.
+appends to the log are made with pcall (RPUSH is new to the ACL line with the history): a user
+left on the older line loses the records, not the runs.
 """
 
 from __future__ import annotations
 
 from beatd.history import PASS_OVER
 
-HISTORY = """
+HISTORY = r"""
 local FINAL = {succeeded = true, failed = true, expired = true, dead_lettered = true}
 local FAILED_FINALLY = {failed = true, dead_lettered = true}
 local function now_us()
@@ -42,112 +43,128 @@ local function decoded(text)
   if ok and type(v) == 'table' then return v end
   return nil
 end
--- a held run's record: {key, n (attempts), slot (us, a number), entry}; nil when not held. The
--- slot is read from p's head with a pattern, not cjson: the claim and settling scripts call this
-local function held_run(NS, id)
-  local key = NS .. 'h:run:' .. id
-  local h = redis.call('HMGET', key, 'n', 'p', 'e')
-  local slot = h[2] and tonumber(string.match(h[2], '^%["(%-?%d+)"'))
-  if not slot then return nil end
-  return {NS = NS, key = key, n = tonumber(h[1] or '0') or 0, slot = slot, entry = h[3]}
+-- a JSON array of strings; cjson only for a value that needs escaping (or is not a string: a
+-- record changed by hand must not stop a fold)
+local function arr(list)
+  for _, v in ipairs(list) do
+    if type(v) ~= 'string' or string.find(v, '[%c"\\]') then return cjson.encode(list) end
+  end
+  return '["' .. table.concat(list, '","') .. '"]'
+end
+-- A batch: the runs' records and entries' summaries a script reads once, changes in memory and
+-- writes back once (`flush`), each hash with one HSET
+local function batch(NS) return {NS = NS, runs = {}, order = {}, sums = {}} end
+local function slot_of(p) return p and tonumber(string.match(p, '^%["(%-?%d+)"')) end
+-- a held run's record: {key, f (its fields), n (attempts), slot (us), entry}; nil when not held
+local function held_run(B, id)
+  local run = B.runs[id]
+  if run == nil then
+    local key = B.NS .. 'h:run:' .. id
+    local f = fields(redis.call('HGETALL', key))
+    run = {key = key, f = f, n = tonumber(f['n'] or '0') or 0, slot = slot_of(f['p']),
+      entry = f['e'], dirty = {}, a = {}}
+    B.runs[id] = run
+    B.order[#B.order + 1] = run
+  end
+  if not run.slot then return nil end
+  return run
+end
+local function set(run, name, value)
+  run.f[name] = value
+  run.dirty[name] = true
 end
 local function off(run, at) return string.format('%d', tonumber(at) - run.slot) end
 local function abs(run, o) return string.format('%d', run.slot + tonumber(o)) end
-local function attempt(run, i) return decoded(redis.call('HGET', run.key, tostring(i))) end
+-- attempt i, decoded once (run.a); `put` changes it, flush encodes it
+local function attempt(run, i)
+  local k = tostring(i)
+  local a = run.a[k]
+  if a == nil then
+    a = decoded(run.f[k]) or false
+    run.a[k] = a
+  end
+  return a or nil
+end
+local function put(run, i, a)
+  run.a[i] = a
+  run.dirty[i] = true
+end
 local function open_attempt(run)  -- the last attempt, if it is still open
   if run.n == 0 then return nil end
   local a = attempt(run, run.n)
   if a and a[2] == '' then return a end
   return nil
 end
--- the entry's summary: JSON [status, finished_us, duration_us, success_us, failure_us, failures]
-local function summarize(run, a)
+-- the entry's summary: [status, finished_us, duration_us, success_us, failure_us, failures]
+local function summarize(B, run, a)
   local entry = run.entry
   if not entry then return end
-  local skey = run.NS .. 'h:summary'
-  local s = decoded(redis.call('HGET', skey, entry)) or {'', '0', '', '', '', '0'}
+  local s = B.sums[entry]
+  if not s then
+    s = decoded(redis.call('HGET', B.NS .. 'h:summary', entry)) or {'', '0', '', '', '', '0'}
+    B.sums[entry] = s
+  end
   local finished = abs(run, a[2])
   if tonumber(finished) < tonumber(s[2]) then return end  -- a newer run's end is kept
-  s[1], s[2] = a[3], finished
+  s[1], s[2], s.dirty = a[3], finished, true
   s[3] = string.format('%d', tonumber(a[2]) - tonumber(a[1]))
   if a[3] == 'succeeded' then
     s[4], s[6] = finished, '0'
   elseif FAILED_FINALLY[a[3]] then
     s[5], s[6] = finished, string.format('%d', (tonumber(s[6]) or 0) + 1)
   end
-  redis.call('HSET', skey, entry, cjson.encode(s))
 end
-local function end_attempt(run, a, outcome, reason, error_type, err, at)
+local function end_attempt(B, run, a, outcome, reason, error_type, err, at)
   a[2], a[3], a[4] = off(run, at), outcome, reason
   local i = tostring(run.n)
-  if error_type == '' and err == '' then
-    redis.call('HSET', run.key, i, cjson.encode(a))
-  else
-    redis.call('HSET', run.key, i, cjson.encode(a), 'x' .. i, cjson.encode({error_type, err}))
-  end
-  if FINAL[outcome] then summarize(run, a) end
+  put(run, i, a)
+  if error_type ~= '' or err ~= '' then set(run, 'x' .. i, arr({error_type, err})) end
+  if FINAL[outcome] then summarize(B, run, a) end
 end
 -- a new attempt; a previous one still open ends `lost`
-local function start_attempt(run, consumer, host, pid, at)
+local function start_attempt(B, run, consumer, host, pid, at)
   local a = open_attempt(run)
-  if a then end_attempt(run, a, 'lost', '', '', '', at) end
+  if a then end_attempt(B, run, a, 'lost', '', '', '', at) end
   run.n = run.n + 1
   local i = tostring(run.n)
-  local new, where = cjson.encode({off(run, at), '', '', ''}), cjson.encode({host, pid})
-  redis.call('HSET', run.key, 'n', i, i, new, 'c' .. i, consumer, 'h' .. i, where)
+  set(run, 'n', i)
+  put(run, i, {off(run, at), '', '', ''})
+  set(run, 'c' .. i, consumer)
+  set(run, 'h' .. i, arr({host, pid}))
 end
-local function claimed(NS, id, consumer, host, pid)
-  if NS == '' or type(id) ~= 'string' then return end
-  local run = held_run(NS, id)
-  if run then start_attempt(run, consumer, host, pid, now_us()) end
-end
--- ARGV[i ..] NS, run id, outcome, reason, error type, error: end the run's open attempt now
-local function settled(i)
-  local NS = ARGV[i] or ''  -- none: a caller that writes no history
-  if NS == '' then return end
-  local run = held_run(NS, ARGV[i + 1])
-  local a = run and open_attempt(run)
-  if a then end_attempt(run, a, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], now_us()) end
+-- write what the batch changed: each run's hash and new runs' entry index, the summaries
+local function flush(B)
+  for _, run in ipairs(B.order) do
+    local args = {}
+    for name in pairs(run.dirty) do
+      local a = run.a[name]
+      args[#args + 1] = name
+      args[#args + 1] = a and arr(a) or run.f[name]
+    end
+    if #args > 0 then redis.call('HSET', run.key, unpack(args)) end
+    if run.at then redis.call('ZADD', B.NS .. 'h:entry:' .. run.entry, run.at, run.id) end
+  end
+  local sums = {}
+  for entry, s in pairs(B.sums) do
+    if s.dirty then
+      s.dirty = nil
+      sums[#sums + 1] = entry
+      sums[#sums + 1] = arr(s)
+    end
+  end
+  if #sums > 0 then redis.call('HSET', B.NS .. 'h:summary', unpack(sums)) end
+  B.runs, B.order, B.sums = {}, {}, {}
 end
 """
 
-# what the commit script calls once with its new records (a flat list of (id, entry, p)) and
-# per missed-slot item of an applied write; every argument a string (times in microseconds)
-COMMIT_HISTORY = """
--- the commit's new records, `runs` a flat list of (id, entry, p) of the messages of applied
--- writes: one variadic ZADD NX of the global index per chunk, scored `at`, says how many ids are
--- new; when fewer than asked (a repeated commit, an id published before: it keeps its record),
--- the new ones are those scored `at` (no earlier script ran in the same microsecond). Then per
--- new run one HSET of its record, whose p the client wrote whole, and one ZADD of its entry's
--- index
-local function published(NS, runs, at, node)
-  local index, seen = NS .. 'h:runs', {}
-  for first = 1, #runs, 1500 do
-    local chunk, add = {}, {}
-    for i = first, math.min(first + 1499, #runs), 3 do
-      if not seen[runs[i]] then
-        seen[runs[i]] = true
-        chunk[#chunk + 1] = i
-        add[#add + 1] = at
-        add[#add + 1] = runs[i]
-      end
-    end
-    local new
-    if #chunk > 0 and redis.call('ZADD', index, 'NX', unpack(add)) < #chunk then
-      new = {}
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, at, at)) do new[id] = true end
-    end
-    for _, i in ipairs(chunk) do
-      local id, entry = runs[i], runs[i + 1]
-      if not new or new[id] then
-        redis.call('HSET', NS .. 'h:run:' .. id, 'p', runs[i + 2], 'e', entry, 'N', node)
-        redis.call('ZADD', NS .. 'h:entry:' .. entry, at, id)
-      end
-    end
-  end
+# what the commit script calls once with its messages and their p (its own JSON arguments) and
+# the entries it skipped, and per missed-slot item of an applied write; times in microseconds
+COMMIT_HISTORY = r"""
+local function published(NS, messages, plist, skip, at, node)
+  log_published(NS, messages, plist, skip, at, node)
 end
 local function missed_slots(NS, entry, reason, first, last, total, at, node, epoch)
-  local field = entry .. '\\31' .. reason .. '\\31' .. first
+  local field = entry .. '\31' .. reason .. '\31' .. first
   local value = cjson.encode({entry, reason, first, last, total, at, node, epoch, ''})
   if not redis.call('HGET', NS .. 'h:missed', field) then
     redis.call('HSET', NS .. 'h:missed', field, value)
@@ -159,8 +176,9 @@ end
 # ARGV NS, run id, at_us -> 1 marked, 0 not held, finished by at_us or marked already (a run
 # that finished after at_us is marked: it finished while no leader watched its deadline)
 MARK_OVERDUE = """
-local run = held_run(ARGV[1], ARGV[2])
-if not run or redis.call('HGET', run.key, 'o') then return 0 end
+if not caught_up(ARGV[1]) then return FOLD_MORE end
+local run = held_run(batch(ARGV[1]), ARGV[2])
+if not run or run.f['o'] then return 0 end
 local last = run.n > 0 and attempt(run, run.n)
 if last and FINAL[last[3]] and run.slot + tonumber(last[2]) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', run.key, 'o', ARGV[3])
@@ -179,6 +197,7 @@ return 1
 
 # ARGV NS, run id, at_us -> 1 recorded, 0 not held or received already
 RUN_RECEIVED = """
+if not caught_up(ARGV[1]) then return FOLD_MORE end
 local key = ARGV[1] .. 'h:run:' .. ARGV[2]
 local held = redis.call('HMGET', key, 'p', 'r')
 if not held[1] or held[2] then return 0 end
@@ -188,30 +207,34 @@ return 1
 
 # ARGV NS, run id, consumer, host, pid ('' for none), at_us -> 1 started, 0 not held or a repeat
 ATTEMPT_STARTED = """
-local run = held_run(ARGV[1], ARGV[2])
+if not caught_up(ARGV[1]) then return FOLD_MORE end
+local B = batch(ARGV[1])
+local run = held_run(B, ARGV[2])
 if not run then return 0 end
 local a = open_attempt(run)
-if a and a[1] == off(run, ARGV[6]) and redis.call('HGET', run.key, 'c' .. run.n) == ARGV[3] then
-  return 0
-end
-start_attempt(run, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if a and a[1] == off(run, ARGV[6]) and run.f['c' .. run.n] == ARGV[3] then return 0 end
+start_attempt(B, run, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+flush(B)
 return 1
 """
 
 # ARGV NS, run id, outcome, reason, error type, error, at_us -> 1 ended, 0 not held or a repeat
 # (the last attempt already ended so at that time); with no attempt open one starts at `at`
 ATTEMPT_ENDED = """
+if not caught_up(ARGV[1]) then return FOLD_MORE end
 if FINAL[ARGV[3]] then run_final(ARGV[1], ARGV[1], ARGV[2]) end  -- redis_controls_lua
-local run, at = held_run(ARGV[1], ARGV[2]), ARGV[7]
+local B, at = batch(ARGV[1]), ARGV[7]
+local run = held_run(B, ARGV[2])
 if not run then return 0 end
 local a = open_attempt(run)
 if not a then
   local last = run.n > 0 and attempt(run, run.n)
   if last and last[2] == off(run, at) and last[3] == ARGV[3] then return 0 end
-  start_attempt(run, '', '', '', at)
+  start_attempt(B, run, '', '', '', at)
   a = open_attempt(run)
 end
-end_attempt(run, a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], at)
+end_attempt(B, run, a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], at)
+flush(B)
 return 1
 """
 
@@ -223,11 +246,20 @@ TRIM = (
     f"local PASS_OVER = {PASS_OVER}\n"
     + """
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+if not caught_up(NS) then return FOLD_MORE end
 local runs, gone = NS .. 'h:runs', 0
+local trimmed = NS .. 'h:trimmed'
 local function drop(id)
   local key = NS .. 'h:run:' .. id
-  local entry = redis.call('HGET', key, 'e')
+  local h = redis.call('HMGET', key, 'e', 'p')
+  local entry = h[1]
   if entry then redis.call('ZREM', NS .. 'h:entry:' .. entry, id) end
+  -- the entry's newest slot whose record went (RunHistory.trimmed_up_to): backfill refuses it
+  local p = entry and decoded(h[2])
+  if p and p[3] ~= 'manual' then
+    local was = redis.call('HGET', trimmed, entry)
+    if not was or tonumber(was) < tonumber(p[1]) then redis.call('HSET', trimmed, entry, p[1]) end
+  end
   redis.call('DEL', key)
   redis.call('ZREM', runs, id)
   gone = gone + 1
@@ -237,14 +269,13 @@ local function oldest(index, count)
   return redis.call('ZRANGE', index, 0, count - 1)
 end
 local function unfinished(id)
-  local run = held_run(NS, id)
+  local run = held_run(batch(NS), id)
   if not run then return false end
   if run.n == 0 then
     -- a Celery run no task event reached (unknown) may never finish (workers without -E):
     -- the caps take it like a finished one
-    local h = redis.call('HMGET', run.key, 'p', 'r')
-    local p = decoded(h[1])
-    return not (p and p[4] == '1' and not h[2])
+    local p = decoded(run.f['p'])
+    return not (p and p[4] == '1' and not run.f['r'])
   end
   local last = attempt(run, run.n)
   return not (last and FINAL[last[3]])
@@ -296,6 +327,7 @@ return gone
 # records were added
 IMPORT = """
 local NS = ARGV[1]
+if not caught_up(NS) then return FOLD_MORE end
 local added = 0
 for _, run in ipairs(cjson.decode(ARGV[2])) do
   local id, f = run[1], run[2]

@@ -23,6 +23,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError
 
 from beatd.backends.base import FormatTooNew, Lease
+from beatd.backends.redis_history_log_lua import FOLD_MORE
 from beatd.backends.redis_replication import Replication, ReplicaWait
 from beatd.backends.redis_scripts import FORMAT_NEWER, FORMAT_VERSION, LEASE_LOST, SCRIPTS
 from beatd.backends.redis_sentinel import (
@@ -307,6 +308,21 @@ class RedisLink:
         Sentinel service moved to a new primary (`primary_changes`), since start."""
         changes = self._sentinel.changes if self._sentinel is not None else 0
         return {"unacknowledged": self._replicas.unacknowledged, "primary_changes": changes}
+
+    def _fold_log(self, *, ends_only: bool = False) -> None:
+        """Fold the run history's logs into its records (redis_history_lua: `fold`), a batch a
+        call, until they are empty: what a reader of the records does first. `ends_only`: only
+        when a start or an end is logged (what a reader of the summaries needs)."""
+        args = (self._key(""), "1" if ends_only else "0")
+        while int(self._eval("fold", (), args)) > 0:
+            pass
+
+    def _eval_folded(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """A script that reads or writes the records: each call folds a batch of the log
+        first, and replies FOLD_MORE, having done nothing else, while some is left."""
+        while (reply := self._eval(name, keys, args)) == FOLD_MORE:
+            pass
+        return reply
 
     def _cmd(self, *args: str | int) -> Any:
         """One plain command, parsed by redis-py's reply callbacks (HGETALL gives a dict)."""

@@ -24,6 +24,7 @@ import redis
 from redis.client import PubSub
 
 from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
+from beatd.backends.redis_history_log_lua import FOLD_BATCH
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.history import Ending
@@ -34,6 +35,13 @@ from beatd.outcomes import Outcome
 PING_AFTER_SILENCE = 7 / 6
 HOST = socket.gethostname()  # a claimant's, in the attempts the run history records
 RECLAIM_IDLE_MS = 86_400_000  # a claim lapses when its pending entry is this idle (see above)
+# Workers fold the attempts they log, off the leader's path (a leader that folded 15 s of a busy
+# worker's runs in its step would hold its publishing up for a second): after every FOLD_EVERY
+# log records of its own, a claim folds a batch if the attempts' log holds more than a batch
+# (FOLD_BOUND elements), so a fold takes about 1,000 records at a time and the leader's reads
+# find at most about that much
+FOLD_EVERY = FOLD_BATCH // 2
+FOLD_BOUND = 7 * FOLD_BATCH
 # UTF-8 as is: Redis's cjson copies it through; only quotes, backslashes, controls escaped
 _json: Callable[[Sequence[str | int]], str] = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":")
@@ -64,6 +72,7 @@ class RedisWorkQueue(RedisLink):
         self._delayed_at: float | None = None  # monotonic: a delayed retry is ready
         self._heard_at = 0.0  # monotonic: the waiting connection last heard from Redis
         self._unanswered: OutcomeUnknown | None = None  # what the waiting connection's PING met
+        self._logged = 0  # history log records this handle appended since its claim last folded
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         if not messages:
@@ -96,7 +105,10 @@ class RedisWorkQueue(RedisLink):
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
         keys.append(self._key("dead"))
         args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
-        args += (self._history, HOST, str(os.getpid()))
+        fold = self._history != "" and self._logged >= FOLD_EVERY
+        if fold:
+            self._logged = 0
+        args += (self._history, HOST, str(os.getpid()), FOLD_BOUND if fold else 0)
         # the claim is made whatever the entry holds; what cannot be read is said in the
         # delivery, so the worker dead-letters it (an exception here would leave it claimed)
         reply = self._send("claim", keys, args, raw=True)()
@@ -104,6 +116,7 @@ class RedisWorkQueue(RedisLink):
             self._delayed_at = None if reply < 0 else time.monotonic() + reply / 1000
             return None
         k, entry_id, raw_id, raw_body, deliveries, count = reply
+        self._logged += 1
         b, i = divmod(k - 1 - n, n)
         receipt = f"{b}/{entry_id.decode()}/{count}/{consumer}"
         message_id, id_fault = _field_text(raw_id, "id")
@@ -220,6 +233,7 @@ class RedisWorkQueue(RedisLink):
         """The settling scripts' history arguments (redis_scripts: `settled`)."""
         if not self._history:  # still the run id, which `run_final` reads
             return ["", delivery.id, "", "", "", ""]
+        self._logged += 1
         e = ending or Ending(outcome)
         return [self._history, delivery.id, e.outcome.value, e.reason, e.error_type, e.error]
 

@@ -16,6 +16,7 @@ import hashlib
 
 from beatd.backends.redis_controls_lua import CONTROLS, CONTROLS_SCRIPTS
 from beatd.backends.redis_entries_lua import ENTRIES, ENTRIES_SCRIPTS, REGISTER_FILES
+from beatd.backends.redis_history_log_lua import FOLD, HISTORY_LOG
 from beatd.backends.redis_history_lua import COMMIT_HISTORY, HISTORY, HISTORY_SCRIPTS
 from beatd.backends.redis_nodes_lua import NODES_SCRIPTS
 
@@ -195,15 +196,7 @@ if NS ~= '' then
   for _, r in ipairs(replaced) do  -- held runs a hold replaced (the controls' commit_applied)
     missed_slots(NS, r[1], 'overlap', r[2], r[2], '1', now, node, ARGV[2])
   end
-  local runs = {}  -- the records of the messages of applied writes, as (id, entry, p)...
-  for j, p in ipairs(cjson.decode(ARGV[10])) do
-    if p ~= '' and not skip[messages[3 * j - 1]] then
-      runs[#runs + 1] = messages[3 * j]
-      runs[#runs + 1] = messages[3 * j - 1]
-      runs[#runs + 1] = p
-    end
-  end
-  published(NS, runs, now, node)
+  if #messages > 0 then published(NS, ARGV[5], ARGV[10], skip, now, node) end
 end
 for i = 1, #messages, 3 do
   local stop = string.find(bodies, '\\30', at, true) or #bodies + 1
@@ -254,7 +247,9 @@ return 0
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
 # then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue
-# names, then the history's NS ('' for none), host and pid of the claimant
+# names, then the history's NS ('' for none), host and pid of the claimant, and a bound (0 for
+# none): fold a batch of the history's logs first if the attempts' log is longer
+# (redis_history_lua: `fold`)
 # A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
 # -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
 # {key index, entry id, message id, body, deliveries, pending count}; the message id
@@ -262,6 +257,10 @@ return 0
 CLAIM = """
 local consumer, idle, n, reclaim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local NS, host, pid = ARGV[5 + n] or '', ARGV[6 + n], ARGV[7 + n]
+local bound = tonumber(ARGV[8 + n]) or 0
+if NS ~= '' and bound > 0 and redis.call('LLEN', NS .. 'h:attempts') > bound then
+  fold(NS, FOLD_BATCH, false)
+end
 local now = now_ms()
 local function delayed_run(member)
   local ok, m = pcall(cjson.decode, member)
@@ -446,7 +445,7 @@ return moved
 
 class _Script:
     def __init__(self, source: str) -> None:
-        self.source = PRELUDE + HISTORY + CONTROLS + source
+        self.source = PRELUDE + HISTORY + HISTORY_LOG + CONTROLS + source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
@@ -466,6 +465,7 @@ SCRIPTS = {
         "retry": RETRY,
         "dead_letter": DEAD_LETTER,
         "requeue": REQUEUE,
+        "fold": FOLD,
         **HISTORY_SCRIPTS,
         **CONTROLS_SCRIPTS,
         **{name: ENTRIES + source for name, source in ENTRIES_SCRIPTS.items()},

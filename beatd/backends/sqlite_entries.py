@@ -77,6 +77,20 @@ def _changed(db: sqlite3.Connection, name: str, version: int | None, retention: 
     db.execute("DELETE FROM entry_change WHERE seq <= ?", (seq - max(retention, 1),))
 
 
+def _head(db: sqlite3.Connection) -> int:
+    """The last change record's seq (0: none yet)."""
+    row = db.execute(_HEAD).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _raise_head(db: sqlite3.Connection, seq: int) -> None:
+    """Make the next change record's seq follow `seq` at least (an imported entry's version)."""
+    if _head(db) >= seq:
+        return
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'entry_change'")
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('entry_change', ?)", (seq,))
+
+
 def _has_tables(db: sqlite3.Connection) -> bool:
     """Whether the file has the runtime entries' tables (a read-only file of format 1 has not)."""
     row = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runtime_entry'").fetchone()
@@ -115,7 +129,7 @@ class SQLiteEntries(SQLiteFile):
             current = [_current(db, n) for n in names]
             files = [_file_of(db, n) for n in names]
             at = from_micros(micros(self._now()))
-            outcomes = plan_puts(puts, current, files, at, by, request_id)
+            outcomes = plan_puts(puts, current, files, at, by, request_id, _head(db))
             for stored, before, written in outcomes:
                 if written:
                     db.execute(_PUT, _row(stored))
@@ -160,8 +174,7 @@ class SQLiteEntries(SQLiteFile):
         def read(db: sqlite3.Connection) -> ChangePage:
             if not _has_tables(db):
                 return page_of(cursor, 0, 1, lambda _seen: [])
-            row = db.execute(_HEAD).fetchone()
-            head = 0 if row is None else int(row[0])
+            head = _head(db)
             oldest = db.execute("SELECT min(seq) FROM entry_change").fetchone()[0]
 
             def after(seen: int) -> list[EntryChange]:
@@ -207,6 +220,7 @@ class SQLiteEntries(SQLiteFile):
             added = 0
             for entry in entries:
                 if _current(db, entry.name) is None:
+                    _raise_head(db, entry.version)
                     db.execute(_PUT, _row(entry))
                     _changed(db, entry.name, entry.version, self.feed_retention)
                     added += 1

@@ -14,11 +14,13 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
+from prometheus_client import CollectorRegistry
 
 from beatd.cli.common import EXIT_RUNTIME, BackendSettings, bad_option, main, open_broker
 from beatd.http import build_app
 from beatd.http.app import Access
 from beatd.http.context import ApiContext
+from beatd.http.metrics import ApiMetrics
 from beatd.http.server import ApiServer, ServerSettings
 from beatd.http.tokens import Scope, TokenFileError, TokenSource, new_token
 from beatd.metrics import parse_address
@@ -123,9 +125,14 @@ def allowed_hosts(host: str, port: int, extra: tuple[str, ...]) -> frozenset[str
 
 
 def start_api(
-    api: ApiSettings, broker: BackendSettings, scheduler: Scheduler, history_max_age: timedelta
+    api: ApiSettings,
+    broker: BackendSettings,
+    scheduler: Scheduler,
+    history_max_age: timedelta,
+    registry: CollectorRegistry,
 ) -> ServedApi | None:
-    """The API server, started, or None when it is off or has nothing to answer."""
+    """The API server, started, or None when it is off or has nothing to answer; its metrics
+    in `registry`."""
     if api.off:
         return None
     try:
@@ -146,9 +153,12 @@ def start_api(
         node=scheduler.leadership.settings.node,
         history_max_age=history_max_age,
     )
-    access = Access(tokens, allowed_hosts(host, port, api.allowed_hosts), api.public_read)
+    metrics = ApiMetrics(registry)
+    hosts = allowed_hosts(host, port, api.allowed_hosts)
+    access = Access(tokens, hosts, api.public_read, lambda why: metrics.refused.labels(why).inc())
     try:
-        server = ApiServer(build_app(context, access), ServerSettings(host, port)).start()
+        app = metrics.wrap(build_app(context, access))
+        server = ApiServer(app, ServerSettings(host, port)).start()
     except OSError as exc:
         _not_bound(api, exc)
         return None

@@ -205,9 +205,9 @@ def parse_run_settings(
     type=click.Choice([s.value for s in EntrySeries]),
     default=EntrySeries.ALL.value,
     show_default=True,
-    help="Which entries get per-entry series: all (beyond 10,000 entries: file, logged once), "
-    "file (the schedule files' entries; today every entry is one, runtime entries come later) "
-    "or none (totals and the per-task histogram only).",
+    help="Which entries get per-entry series: all (runtime entries too; beyond 10,000 "
+    "entries: file, logged once), file (the schedule files' entries only) or none (totals and "
+    "the per-task histogram only).",
 )
 @click.option(
     "--with-worker",
@@ -258,7 +258,7 @@ def run(
         celery_events_url=celery_events_url(config, schedule, amqp_password),
     )
     stop = threading.Event()
-    served = start_api(api, broker, scheduler, settings.retention.max_age)
+    served = start_api(api, broker, scheduler, settings.retention.max_age, registry)
     on_signals(stop, scheduler.wake, on_sighup(scheduler, served))
     reload = scheduler.request_reload
     watcher = watch_schedule_files(schedule.paths, stop, reload) if settings.watch else None
@@ -329,12 +329,15 @@ def config_loader(schedule: ScheduleSettings, backend: StateStore) -> Callable[[
 
 
 def serve(scheduler: Scheduler, stop: threading.Event, metrics: MetricsServer | None) -> None:
-    """Run the loop until stopped, then stop serving `metrics`; exit with the storage's
-    status when it failed."""
+    """Run the loop until stopped, then stop serving `metrics`; exit with the storage's status
+    when it failed, and 2 when a schedule file names an entry a runtime entry has (found once
+    they are read)."""
     try:
         scheduler.run(stop)
     except StorageFailed as exc:  # logged by the scheduler as it stepped down
         sys.exit(exc.exit_status)
+    except ConfigError as exc:
+        fail(exc)
     finally:
         if metrics is not None:
             metrics.stop()

@@ -38,6 +38,7 @@ from beatd.cli.common import (
 from beatd.cli.workers import warn_about_backend
 from beatd.errors import BeatdError
 from beatd.operations.status import RunTotals, UnknownEntry, status_report
+from beatd.runtime_entries import API_SOURCE
 from beatd.service import setup_logging
 from beatd.timetext import absolute_and_relative, relative, span_text
 
@@ -222,7 +223,7 @@ def entry_table(report: dict[str, Any]) -> Iterable[str]:
     for row in report["entries"]:
         table.append(
             (
-                row["entry"],
+                row["entry"] + (" (api)" if row.get("source") == API_SOURCE else ""),
                 _when(row["last_published"], now),
                 _next_due(row, now),
                 _last_status(row),

@@ -35,6 +35,7 @@ class Access:
     tokens: Callable[[], TokenTable]
     allowed_hosts: frozenset[str]
     public_read: bool = False
+    refused: Callable[[str], None] = lambda _reason: None  # counts a refused token, by why
 
 
 def create_app(routes: Sequence[Route], access: Access) -> Flask:
@@ -54,6 +55,7 @@ def create_app(routes: Sequence[Route], access: Access) -> Flask:
 
 def _view(route: Route, access: Access) -> Callable[..., Response]:
     def view(**_path: str) -> Response:
+        request.environ["beatd.route"] = route.name
         check_host(request, access.allowed_hosts)
         request.environ["beatd.token"] = authorize(request, route.scope, access)
         if route.body is not None:
@@ -82,14 +84,18 @@ def authorize(req: Request, scope: Scope, access: Access) -> ApiToken:
     if not header:
         if access.public_read and scope is Scope.READ:
             return PUBLIC
+        access.refused("missing")
         raise _unauthorized("this request needs a token: Authorization: Bearer TOKEN")
     if kind.lower() != "bearer" or not presented.strip():
+        access.refused("malformed")
         raise _unauthorized("the Authorization header must be `Bearer TOKEN`")
     token = access.tokens().find(presented.strip())
     if token is None:
+        access.refused("unknown")
         log.warning("API request refused: unknown token method=%s path=%s", req.method, req.path)
         raise _unauthorized("the token is not in the API token file")
     if scope is Scope.WRITE and token.scope is not Scope.WRITE:
+        access.refused("scope")
         raise ApiError(403, f"token {token.name} may only read; this request needs a write token")
     return token
 

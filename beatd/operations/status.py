@@ -1,21 +1,22 @@
 """The status report both ways in show (`beatd status --json`, `GET /v1/status`): the
 leader, the nodes (their records, beatd.nodes), each entry's persisted position and next due
 time, how its last run ended, its pause, busy mark and held run, and the queues. Everything
-comes from the backend and the schedule files, so it is the same whichever node asks; the run
-counts (due, published, late, missed) are each scheduler's own and are added by whoever knows
-them."""
+comes from the backend (runtime entries included, `source` api) and the schedule files, so it
+is the same whichever node asks; the run counts (due, published, late, missed) are each
+scheduler's own and are added by whoever knows them."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from beatd.backends import Backend, LeaderInfo
-from beatd.config import Config
+from beatd.config import Config, ConfigError
 from beatd.config.convert import suggest
+from beatd.config.model import Entry
 from beatd.controls import EntryControl, Overlap
 from beatd.core import COUNT_FIELDS, RunCounts
 from beatd.errors import BeatdError
@@ -24,6 +25,7 @@ from beatd.nodes import NodeRole
 from beatd.state import EntryState
 from beatd.timetext import seconds, stamp
 
+_PAGE = 1000  # runtime entries read at a time
 SCHEDULED_KINDS = frozenset({RunKind.SCHEDULED, RunKind.CAUGHT_UP})  # not manual, not backfill
 HELD_READ_LIMIT = 20  # a buffer_one entry's newest runs read for its last published slot
 
@@ -78,14 +80,15 @@ def status_report(
     backend cannot be read, UnknownEntry for a name in `asked` nobody knows)."""
     info = store.leader()
     states = store.load_states()
-    names, total = entry_names(config, states, asked, limit)
     warnings: list[str] = []
+    entries = known_entries(config, read_runtime(store, warnings))
+    names, total = entry_names(entries, states, asked, limit)
     summaries = read_summaries(store, names, warnings)
-    held_published = read_held_published(store, config, states, names)
+    held_published = read_held_published(store, entries, states, names)
     controls = store.load_controls(names) if names else {}
     queues = queue_rows(store)
     nodes = node_rows(store, info, warnings)
-    rows = entry_rows(config, states, names, counts, now)
+    rows = entry_rows(entries, states, names, counts, now, controls)
     add_held_published(rows, held_published)
     add_summaries(rows, summaries)
     add_controls(rows, controls, now)
@@ -102,33 +105,67 @@ def status_report(
     return StatusReport(report, warnings)
 
 
+def read_runtime(store: Backend, warnings: list[str]) -> dict[str, Entry]:
+    """Every runtime entry, built; none, with a warning, when they cannot be read."""
+    runtime: dict[str, Entry] = {}
+    after = ""
+    try:
+        while page := store.list_entries(after, _PAGE):
+            for stored in page:
+                try:
+                    runtime[stored.name] = stored.entry()
+                except ConfigError as exc:
+                    warnings.append(f"runtime entry {stored.name} cannot be shown: {exc}")
+            after = page[-1].name
+    except BeatdError as exc:
+        warnings.append(f"cannot read the runtime entries: {exc}")
+    return runtime
+
+
+def known_entries(
+    config: Config | None, runtime: Mapping[str, Entry]
+) -> Mapping[str, Entry] | None:
+    """The schedule files' entries and the runtime entries of other names; None when neither
+    is known (no files given, no runtime entry)."""
+    if config is None and not runtime:
+        return None
+    files = config.entries if config is not None else {}
+    return {**runtime, **files}
+
+
 def entry_names(
-    config: Config | None, states: dict[str, EntryState], asked: Sequence[str], limit: int | None
+    entries: Mapping[str, Entry] | None,
+    states: dict[str, EntryState],
+    asked: Sequence[str],
+    limit: int | None,
 ) -> tuple[list[str], int]:
-    """The entries to show: those `asked` (all when none), configured ones (or persisted ones
-    when no configuration is known), in name order, at most `limit`; and how many there were."""
-    known = sorted(config.entries) if config is not None else sorted(states)
+    """The entries to show: those `asked` (all when none), known ones (or persisted ones when no
+    entry is known), in name order, at most `limit`; and how many there were."""
+    known = sorted(entries) if entries is not None else sorted(states)
     for name in asked:
         if name not in known:
-            where = "the schedule files" if config is not None else "the backend's entry states"
+            where = "the schedule files" if entries is not None else "the backend's entry states"
             raise UnknownEntry(f"no entry {name!r} in {where}{suggest(name, known)}")
     names = [name for name in known if name in set(asked)] if asked else known
     return names[:limit], len(names)
 
 
 def read_held_published(
-    store: Backend, config: Config | None, states: dict[str, EntryState], names: Sequence[str]
+    store: Backend,
+    entries: Mapping[str, Entry] | None,
+    states: dict[str, EntryState],
+    names: Sequence[str],
 ) -> dict[str, datetime]:
     """The newest scheduled slot the history holds published for each `buffer_one` entry (of
-    `names`, when the schedule files are known): a run's final outcome publishes a held slot
+    `names`, when their entries are known): a run's final outcome publishes a held slot
     behind the leader's back, and the persisted state learns of it at the leader's next write
     of the entry only. Empty when the history cannot be read (read_summaries says so)."""
-    if config is None:
+    if entries is None:
         return {}
     newest: dict[str, datetime] = {}
     try:
         for name in names:
-            if config.entries[name].overlap is not Overlap.BUFFER_ONE:
+            if entries[name].overlap is not Overlap.BUFFER_ONE:
                 continue
             state = states.get(name)
             since = state.last_published if state is not None else None
@@ -163,13 +200,16 @@ def read_summaries(
 
 
 def entry_rows(
-    config: Config | None,
+    entries: Mapping[str, Entry] | None,
     states: dict[str, EntryState],
     names: Sequence[str],
     counts: dict[str, RunTotals] | None,
     now: datetime,
+    controls: Mapping[str, EntryControl] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per entry of `names`: its persisted state and next due time."""
+    """One row per entry of `names`: its persisted state and next due time, the first slot no
+    pause covers (a covered slot ends missed, never published; None while paused till
+    resumed)."""
     rows = []
     for name in names:
         state = states.get(name)
@@ -180,13 +220,16 @@ def entry_rows(
             "next_due": None,
             "overdue_seconds": None,
             "adopted": state is not None,
+            "source": None,
         }
-        if config is not None:
-            entry = config.entries[name]
+        if entries is not None:
+            entry = entries[name]
+            row["source"] = entry.source
             row["adopted"] = state is not None and state.identity == entry.identity
             # A leader starts an entry new to it (or with a changed schedule) from now.
             after = state.last_slot if state is not None and row["adopted"] else now
-            slot = entry.schedule.next_after(after)
+            control = controls.get(name) if controls is not None else None
+            slot = next_unpaused(entry, entry.schedule.next_after(after), control)
             if slot is not None:
                 due = entry.due_for(slot)
                 row["next_due"] = _time(due)
@@ -199,6 +242,33 @@ def entry_rows(
         row["missed"] = dict(sorted(total.missed.items())) if total else None
         rows.append(row)
     return rows
+
+
+NEXT_DUE_WALK = 1000  # slots walked past pauses to find the next due, at most
+
+
+def next_unpaused(
+    entry: Entry, slot: datetime | None, control: EntryControl | None
+) -> datetime | None:
+    """The first slot from `slot` whose due time no pause of `control` (in force or lifted)
+    covers; None when there is none, or a pause till resumed covers it."""
+    pauses = [] if control is None else [*filter(None, [control.pause]), *control.lifted]
+    jitter = entry.jitter or timedelta(0)
+    for _ in range(NEXT_DUE_WALK):
+        if slot is None:
+            return None
+        due = entry.due_for(slot)
+        pause = next((p for p in pauses if p.covers(due)), None)
+        if pause is None:
+            return slot
+        if pause.until is None:
+            return None
+        # the first slot whose due (the slot plus a jitter in [0, jitter)) may pass the pause
+        slot = entry.schedule.next_after(max(slot, pause.until - jitter - _JUST_BEFORE))
+    return slot
+
+
+_JUST_BEFORE = timedelta(microseconds=1)
 
 
 def add_summaries(rows: list[dict[str, Any]], summaries: dict[str, EntrySummary] | None) -> None:

@@ -52,17 +52,19 @@ class EntriesContract:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def test_a_put_creates_the_entry_at_version_1_by_the_backends_clock(
+    def test_a_put_creates_the_entry_at_its_change_records_seq_by_the_backends_clock(
         self, entries: RuntimeEntries, backend: Backend
     ) -> None:
+        cursor = head(entries)
         with window(backend) as bounds:
             stored = entries.put_entry(defined("a"), BY)
         assert (stored.name, stored.version, stored.created_by, stored.updated_by) == (
             "a",
-            1,
+            cursor + 1,
             BY,
             BY,
         )
+        assert entries.entry_changes(cursor).changes == (EntryChange(cursor + 1, "a", cursor + 1),)
         assert stored.definition == defined("a").definition
         assert within(stored.created_at, bounds) and stored.updated_at == stored.created_at
         assert stored.source == "api"
@@ -120,15 +122,16 @@ class EntriesContract:
     def test_a_batch_is_written_whole_in_order_with_a_record_each(
         self, entries: RuntimeEntries, backend: Backend
     ) -> None:
-        entries.put_entry(defined("b"), BY)
+        b = entries.put_entry(defined("b"), BY)
         cursor = head(entries)
         stored = entries.put_entries([defined("c"), defined("b", queue="q"), defined("a")], BY)
-        assert [(e.name, e.version) for e in stored] == [("c", 1), ("b", 2), ("a", 1)]
+        c, a = cursor + 1, cursor + 3  # created: the seq of its change record
+        assert [(e.name, e.version) for e in stored] == [("c", c), ("b", b.version + 1), ("a", a)]
         assert entries.list_entries() == sorted(stored, key=lambda e: e.name)
         assert entries.entry_changes(cursor).changes == (
-            EntryChange(cursor + 1, "c", 1),
-            EntryChange(cursor + 2, "b", 2),
-            EntryChange(cursor + 3, "a", 1),
+            EntryChange(cursor + 1, "c", c),
+            EntryChange(cursor + 2, "b", b.version + 1),
+            EntryChange(cursor + 3, "a", a),
         )
         assert sorted(r.action for r in backend.audit()) == [
             "entry.add",
@@ -142,11 +145,13 @@ class EntriesContract:
     ) -> None:
         lease = lead(backend)
         entries.register_file_entries(lease, {"nightly": "app.yaml"})
-        entries.put_entry(defined("b"), BY)
+        b = entries.put_entry(defined("b"), BY)
         cursor = head(entries)
         with pytest.raises(VersionMismatch) as exists:
             entries.put_entries([defined("a"), defined("b")], BY, create_only=True)
-        assert str(exists.value) == "entry b exists already (version 1); nothing was written"
+        assert str(exists.value) == (
+            f"entry b exists already (version {b.version}); nothing was written"
+        )
         with pytest.raises(NameTaken) as taken:
             entries.put_entries([defined("a"), defined("nightly")], BY)
         assert taken.value.path == "app.yaml"
@@ -165,7 +170,7 @@ class EntriesContract:
         with pytest.raises(OutcomeUnknown):
             faulty.put_entries(batch, BY, create_only=True, request_id="bulk-1")
         stored = faulty.put_entries(batch, BY, create_only=True, request_id="bulk-1")
-        assert [(e.name, e.version) for e in stored] == [("a", 1), ("b", 1)]
+        assert [(e.name, e.version) for e in stored] == [("a", cursor + 1), ("b", cursor + 2)]
         assert len(entries.entry_changes(cursor).changes) == 2
 
     def test_a_remove_returns_the_entry_and_a_second_finds_none(
@@ -174,15 +179,33 @@ class EntriesContract:
         stored = entries.put_entry(defined("a"), BY)
         entries.put_entry(defined("b"), BY)
         with pytest.raises(VersionMismatch) as refused:
-            entries.remove_entry("a", BY, expected_version=2)
-        assert (refused.value.expected, refused.value.actual) == (2, 1)
-        assert entries.remove_entry("a", BY, expected_version=1) == stored
+            entries.remove_entry("a", BY, expected_version=stored.version + 1)
+        assert (refused.value.expected, refused.value.actual) == (
+            stored.version + 1,
+            stored.version,
+        )
+        assert entries.remove_entry("a", BY, expected_version=stored.version) == stored
         assert entries.get_entry("a") is None
         assert [e.name for e in entries.list_entries()] == ["b"]
         with pytest.raises(UnknownEntry) as gone:
             entries.remove_entry("a", BY)
         assert str(gone.value) == "no runtime entry a"
-        assert entries.put_entry(defined("a"), BY).version == 1  # a new life
+        cursor = head(entries)
+        again = entries.put_entry(defined("a"), BY)  # a new life, at a version never seen
+        assert again.version == cursor + 1 and again.version > stored.version
+
+    def test_a_write_expecting_a_removed_entrys_version_never_matches_its_successor(
+        self, entries: RuntimeEntries
+    ) -> None:
+        old = entries.put_entry(defined("a"), BY)
+        entries.remove_entry("a", BY)
+        new = entries.put_entry(defined("a"), BY)
+        with pytest.raises(VersionMismatch) as refused:
+            entries.put_entry(defined("a", queue="q"), BY, expected_version=old.version)
+        assert (refused.value.expected, refused.value.actual) == (old.version, new.version)
+        with pytest.raises(VersionMismatch):
+            entries.remove_entry("a", BY, expected_version=old.version)
+        assert entries.get_entry("a") == new
 
     def test_entries_are_listed_by_name_in_pages(self, entries: RuntimeEntries) -> None:
         for name in ("c", "a", "e", "b", "d"):
@@ -259,10 +282,10 @@ class EntriesContract:
         entries.put_entry(defined("b"), BY)
         entries.put_entry(defined("a"), BY)
         entries.remove_entry("b", BY)
-        expected = (
-            EntryChange(start + 1, "a", 1),
-            EntryChange(start + 2, "b", 1),
-            EntryChange(start + 3, "a", 2),
+        expected = (  # created at its change record's seq, then one more per change
+            EntryChange(start + 1, "a", start + 1),
+            EntryChange(start + 2, "b", start + 2),
+            EntryChange(start + 3, "a", start + 2),
             EntryChange(start + 4, "b", None),
         )
         assert entries.entry_changes(start) == ChangePage(expected, start + 4)
@@ -310,7 +333,10 @@ class EntriesContract:
         assert add.detail == {"request_id": "r1", "source": "api"}
         assert (change.before, change.after) == (first.audit_json(), second.audit_json())
         assert (remove.before, remove.after) == (second.audit_json(), None)
-        assert first.audit_json() == {"version": 1, "definition": defined("a").definition}
+        assert first.audit_json() == {
+            "version": first.version,
+            "definition": defined("a").definition,
+        }
 
     def test_imported_entries_keep_their_versions_and_are_never_imported_twice(
         self, entries: RuntimeEntries, backend: Backend
@@ -326,9 +352,12 @@ class EntriesContract:
         assert entries.import_entries(copied) == 1
         assert entries.get_entry("a") == copied[0]
         assert entries.get_entry("b") != copied[1]
-        assert entries.entry_changes(cursor).changes == (EntryChange(cursor + 1, "a", 7),)
+        # its record follows its version: no entry created later takes version 7
+        assert entries.entry_changes(cursor).changes == (EntryChange(8, "a", 7),)
         assert entries.import_entries(copied) == 0
         assert [r.action for r in backend.audit("a")] == []
+        entries.remove_entry("a", BY)
+        assert entries.put_entry(defined("a"), BY).version == 10
 
     def test_a_stored_entry_reads_back_as_resolved(self, entries: RuntimeEntries) -> None:
         fields = {"task": "reports.nightly", "cron": "30 7 * * mon-fri", "kwargs": {"é": [1.5]}}

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -332,6 +333,40 @@ def test_a_ready_run_already_announced_does_not_wake_the_waiter_again(
     assert backend.wait_for_work(["default"], 20)  # a new one: at once
 
 
+def round_trips(backend: PostgresBackend, call: Callable[[], object], trace: Path) -> int:
+    """The round trips `call` makes to the server: the ReadyForQuery replies on the backend's
+    one pooled connection (pool_size=1), from libpq's protocol trace."""
+    with backend._pool.connection() as db:
+        pgconn = db.pgconn
+    with trace.open("w") as out:
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            call()
+        finally:
+            pgconn.untrace()
+    return trace.read_text().count("\tReadyForQuery\t")
+
+
+def test_a_run_queued_and_its_claim_are_one_round_trip_each(
+    database: str, namespace: str, tmp_path: Path
+) -> None:
+    """Queue to start is an enqueue, a NOTIFY and a claim: each round trip on that path wakes
+    a client and a server process, and on a busy host each wake-up may wait for a CPU. An
+    enqueue and a claim are one statement each, their own transaction, sent on a pooled
+    connection lent without a check of its own."""
+    backend = PostgresBackend(database, namespace=namespace, pool_size=1)
+    try:
+        trace = tmp_path / "trace"
+        assert round_trips(backend, lambda: backend.enqueue([message("e", 1)]), trace) == 1
+        delivery: list[object] = []
+        claim = lambda: delivery.append(backend.claim(["default"], "w", 30))  # noqa: E731
+        assert round_trips(backend, claim, trace) == 1
+        assert delivery[0] is not None
+    finally:
+        backend.close()
+
+
 def test_a_claim_of_one_queue_walks_the_index_to_the_first_ready_run(
     backend: PostgresBackend,
 ) -> None:
@@ -370,10 +405,28 @@ def test_a_delayed_retry_wakes_a_waiting_worker_when_it_is_ready(
     assert backend.claim(["default"], "w", 30) is not None
 
 
+@pytest.mark.parametrize(
+    ("write", "committing"),
+    [("commit", "COMMIT"), ("enqueue", "a one-statement transaction")],
+    ids=["transaction", "one_statement"],
+)
 def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
-    backend: PostgresBackend, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+    backend: PostgresBackend,
+    namespace: str,
+    session: psycopg.Connection[tuple[object, ...]],
+    write: str,
+    committing: str,
 ) -> None:
-    # a deferred trigger runs inside COMMIT: the session is terminated while COMMIT is under way
+    """A deferred trigger runs as the transaction commits: at COMMIT, or as a one-statement
+    transaction (an enqueue, a claim) ends. The session is terminated while it sleeps there."""
+    lease = backend.acquire_lease("a", 60)
+    assert lease is not None
+    writes = {
+        "commit": lambda: backend.commit(
+            lease, [StateWrite(state("e", 1), None)], [message("e", 1)]
+        ),
+        "enqueue": lambda: backend.enqueue([message("e", 1)]),
+    }
     session.execute(
         f"CREATE FUNCTION {namespace}.slow() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
@@ -387,7 +440,7 @@ def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
 
     def enqueue() -> None:
         try:
-            backend.enqueue([message("e", 1)])
+            writes[write]()
         except BackendError as exc:
             outcome.append(exc)
 
@@ -397,14 +450,67 @@ def test_a_connection_terminated_during_commit_is_an_outcome_unknown(
         "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
         "AND datname = current_database()"
     )
-    pid = wait_for(lambda: session.execute(sleeping).fetchall(), 10, "COMMIT to be under way")
+    pid = wait_for(lambda: session.execute(sleeping).fetchall(), 10, f"{committing} under way")
     session.execute("SELECT pg_terminate_backend(%s)", pid[0])
     enqueuer.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], OutcomeUnknown)
     cause = outcome[0].__cause__
     assert str(outcome[0]) == (
-        f"{backend.url}: the session ended during COMMIT, which may have been applied: {cause}"
+        f"{backend.url}: the session ended during {committing}, which may have been applied: "
+        f"{cause}"
     )
+
+
+def test_a_pooled_connection_terminated_while_idle_is_replaced_before_the_next_call(
+    database: str, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The pool lends a connection without a round trip unless the server spoke on it while it
+    sat idle: a terminated session did (its error, then the close), so the next call gets a
+    new connection and succeeds."""
+    backend = PostgresBackend(database, namespace=namespace, pool_size=1)
+    try:
+        backend.enqueue([message("e", 1)])
+        row = backend._run(lambda db: db.execute("SELECT pg_backend_pid()").fetchone())
+        assert row is not None
+        session.execute("SELECT pg_terminate_backend(%s)", row)
+
+        def ended() -> bool:
+            found = session.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", row)
+            count = found.fetchone()
+            session.commit()  # pg_stat_activity is read once per transaction
+            return count == (0,)
+
+        wait_for(ended, what="its session to end")
+        assert backend.queue_depths() == {"default": 1}
+        again = backend._run(lambda db: db.execute("SELECT pg_backend_pid()").fetchone())
+        assert again is not None and again != row
+    finally:
+        backend.close()
+
+
+def test_a_one_statement_write_stopped_by_the_statement_timeout_is_not_applied(
+    database: str, namespace: str, session: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The statement timeout stops a one-statement transaction before it commits: nothing
+    written, so NotApplied (safe to repeat), not OutcomeUnknown."""
+    backend = PostgresBackend(database, namespace=namespace, op_timeout=0.5)
+    try:
+        session.execute(
+            f"CREATE FUNCTION {namespace}.slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$"
+        )
+        session.execute(
+            f"CREATE TRIGGER slow BEFORE INSERT ON {namespace}.message "
+            f"FOR EACH ROW EXECUTE FUNCTION {namespace}.slow()"
+        )
+        session.commit()
+        with pytest.raises(NotApplied) as raised:
+            backend.enqueue([message("e", 1)])
+        assert str(raised.value) == f"{backend.url}: {raised.value.__cause__}"
+        assert isinstance(raised.value.__cause__, psycopg.errors.QueryCanceled)
+        assert backend.queue_depths() == {}
+    finally:
+        backend.close()
 
 
 def test_a_multi_host_url_goes_on_to_the_host_that_takes_writes(

@@ -35,6 +35,8 @@ from beatd.backends.base import (
     to_micros,
 )
 from beatd.backends.redis import RECLAIM_IDLE_MS, SCRIPTS, RedisBackend
+from beatd.backends.redis_history_log_lua import FOLD_BATCH
+from beatd.backends.redis_queue import FOLD_BOUND, FOLD_EVERY
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry
@@ -220,7 +222,7 @@ def test_a_standby_that_holds_no_positions_counts_the_lost_slots_as_state_lost(
         tick = Entry(name="tick", task="t.task", schedule=IntervalSchedule(timedelta(seconds=1)))
         beat = Scheduler(standby, lambda: Config({"tick": tick}), clock, settings)
         beat.step()  # a standby: it sees a's lease, so the data is whole now
-        assert beat.lease is None and beat.epoch_seen == 1
+        assert beat.lease is None and beat.leadership.epoch_seen == 1
         server.restart()  # SIGKILL, then an empty redis-server on the same port
 
         clock.advance(10)
@@ -574,35 +576,44 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         admin.acl_deluser("beatd")
 
 
-def test_acl_user_on_the_line_before_the_history_records_all_but_reads_and_trims_per_entry_not(
+def test_acl_user_on_the_line_before_the_history_loses_no_run_and_reads_say_what_is_refused(
     server: RedisServer, admin: redis.Redis
 ) -> None:
-    """The history's writes use only what the previous ACL line allowed, so an upgrade that
-    keeps it loses no run: the commit, claim and ack write their records; trimming per entry
-    needs the new +hkeys, and it trims by age and count before it says so; reading a record
-    needs the new +zmscore, and says so."""
-    new = ("+hkeys", "+zmscore")
+    """An upgrade that keeps the previous ACL line loses no run: the commit, claim and ack
+    append to the history's log with pcall, so a refused RPUSH loses the record, not the run.
+    Reading the history (which folds the log first) says which command is refused; once the
+    line is updated the history records again; trimming per entry needs +hkeys, and trims by
+    age and count before it says so."""
+    new = ("+hkeys", "+zmscore", "+rpush", "+lrange", "+ltrim", "+llen")
     admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w not in new])
     try:
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         lease = backend.acquire_lease("a", 10)
         assert lease is not None
         slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-        run = Outgoing("e", "e@1", BeatdQueue("default"), "{}", slot, slot)
-        assert backend.commit(lease, [StateWrite(state("e", 0), None)], [run]) == set()
-        delivery = backend.claim(["default"], "w", 30)
-        assert delivery is not None
-        backend.ack(delivery)
-        assert backend.summaries()["e"].last_status == "succeeded"
-        assert backend.history_size() == (1, 0)
+
+        def publish_and_run(n: int) -> None:
+            run = Outgoing("e", f"e@{n}", BeatdQueue("default"), "{}", slot, slot)
+            expected = None if n == 1 else state("e", n - 1).last_slot
+            write = StateWrite(state("e", n), expected)
+            assert backend.commit(lease, [write], [run]) == set()
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None and delivery.id == f"e@{n}"
+            backend.ack(delivery)
+            assert backend.queue_depths() == {}
+
+        publish_and_run(1)
         with pytest.raises(BackendError) as caught:
-            backend.run("e@1")
-        refusal = caught.value.__cause__
-        assert isinstance(refusal, redis.exceptions.NoPermissionError)
-        assert str(caught.value) == f"{backend.url}: history: {refusal}"
-        admin.acl_setuser("beatd", commands=["+zmscore"])
-        record = backend.run("e@1")
+            backend.history_size()
+        refusal = caught.value.__cause__  # inside a script: a ResponseError naming the script
+        assert isinstance(refusal, redis.exceptions.ResponseError)
+        assert str(caught.value) == f"{backend.url}: fold: {refusal}"
+        admin.acl_setuser("beatd", commands=list(new[1:]))
+        assert backend.history_size() == (0, 0)  # its record was refused, not its run
+        publish_and_run(2)
+        record = backend.run("e@2")
         assert record is not None and record.status == "succeeded"
+        assert backend.summaries()["e"].last_status == "succeeded"
         with pytest.raises(BackendError) as caught:
             backend.trim(Retention(max_age=timedelta(0)))
         refusal = caught.value.__cause__
@@ -1313,3 +1324,82 @@ def test_with_history_off_a_pause_still_fails_a_commit_by_the_due_times_the_clie
     assert off.commit(lease, [], [covered]) == {"e"}
     assert off.commit(lease, [], [before]) == set()
     assert off.queue_depths() == {"q": 1}
+
+
+def published_run(entry: str) -> Outgoing:
+    """A run of `entry` at 2026-03-01 12:00 as a leader publishes it: with its slot (a record)."""
+    slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    return Outgoing(entry, f"{entry}@1", BeatdQueue("default"), "{}", slot, slot)
+
+
+def test_a_commit_logs_its_records_in_one_element_that_a_read_folds(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """The commit appends one log record for all its runs (no key per run); a read of the
+    summaries leaves it (a published record changes none), a read of the runs folds it."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    names = [f"e{i}" for i in range(100)]
+    writes = [StateWrite(state(n, 0), None) for n in names]
+    assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
+    # P, the published time, the node, the messages, their p, the entries skipped
+    assert admin.llen("beatd:h:published") == 6
+    assert admin.keys("beatd:h:run:*") == []
+    assert backend.summaries() == {}
+    assert admin.llen("beatd:h:published") == 6
+    assert backend.history_size() == (100, 0)
+    assert admin.llen("beatd:h:published") == 0
+    record = backend.run("e7@1")
+    assert record is not None and record.entry == "e7" and record.node == "a"
+
+
+def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """Workers fold what they log: after every FOLD_EVERY log records of its own, a claim folds
+    a batch if the attempts' log holds more than FOLD_BOUND elements (a batch), and leaves it
+    alone otherwise."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    runs = FOLD_EVERY // 2 + 1  # the last claim is the first after FOLD_EVERY records
+    names = [f"e{i}" for i in range(2 * runs)]
+    writes = [StateWrite(state(n, 0), None) for n in names]
+    assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
+
+    def work_off() -> None:
+        for _ in range(runs):
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None
+            backend.ack(delivery)
+
+    work_off()
+    per_run = 6 + 7  # a start and an end
+    assert admin.llen("beatd:h:attempts") == runs * per_run  # under the bound: not folded
+    assert admin.llen("beatd:h:published") == 6
+    nobody = ["E", "nobody@1", "0", "succeeded", "", "", ""]  # an end of a run with no record
+    filler = FOLD_BOUND // len(nobody) + 1
+    admin.rpush("beatd:h:attempts", *nobody * filler)
+    before = admin.llen("beatd:h:attempts")
+    work_off()  # a claim finds the log past the bound: it folds FOLD_BATCH records, the
+    # published one first (it counts its runs), then the oldest starts and ends
+    oldest = FOLD_BATCH - 2 * runs
+    assert admin.llen("beatd:h:attempts") == before + runs * per_run - oldest // 2 * per_run
+    assert admin.llen("beatd:h:published") == 0
+    assert backend.summaries()[names[0]].last_status == "succeeded"
+    assert (admin.llen("beatd:h:published"), admin.llen("beatd:h:attempts")) == (0, 0)
+
+
+def test_a_mark_folds_a_log_longer_than_a_batch_before_it_reads_the_record(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """The scripts that read a record to write it fold a batch a call and reply FOLDMORE, doing
+    nothing else, until the logs are empty: the backend calls them again until they act."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    assert backend.commit(lease, [StateWrite(state("e", 0), None)], [published_run("e")]) == set()
+    nobody = ["E", "nobody@1", "0", "succeeded", "", "", ""]  # an end of a run with no record
+    admin.rpush("beatd:h:attempts", *nobody * (FOLD_BATCH + 500))
+    assert backend.mark_overdue("e@1", datetime(2026, 3, 1, 12, 5, tzinfo=UTC))
+    assert (admin.llen("beatd:h:published"), admin.llen("beatd:h:attempts")) == (0, 0)
+    record = backend.run("e@1")
+    assert record is not None and record.overdue_at == datetime(2026, 3, 1, 12, 5, tzinfo=UTC)

@@ -1,0 +1,220 @@
+"""The runtime entries a node holds (issue 18), kept by following the backend's change feed.
+
+Every node, leader and standby, holds every runtime entry built (`RuntimeView.entries`), so a
+standby taking over plans them without reading them all again. `RuntimeView.poll` reads the
+feed after its cursor and applies each change by reading the entry's current value, so the
+order in which changes are seen never matters: one change costs one read and one build. A feed
+that says `reload` (this node was further behind than the feed keeps, or the storage was
+replaced) is answered by reading every entry again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from beatd.backends.base import RuntimeEntries
+from beatd.clock import Clock
+from beatd.config.model import Entry
+from beatd.errors import ConfigError, Problem
+from beatd.runtime_entries import EntryChange, RuntimeEntry
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2  # seconds between two reads of the feed (a change reaches the plan in 1 s)
+PAGE = 1000  # change records, and entries of a reload, read at a time
+
+
+class EntryApplied(NamedTuple):
+    """One runtime entry as a change left it: `entry` None when it is gone."""
+
+    name: str
+    entry: Entry | None
+    written_at: datetime | None  # the write's time by the backend's clock (None: removed)
+
+
+class FeedRound(NamedTuple):
+    """What one poll found: the entries changed, or `reloaded` (every entry read again); `more`:
+    the feed holds more after these (poll again)."""
+
+    changes: tuple[EntryApplied, ...] = ()
+    reloaded: bool = False
+    more: bool = False
+
+
+class RuntimeView:
+    """The runtime entries by name, as built entries, and where this node is in the feed."""
+
+    def __init__(
+        self, store: RuntimeEntries, clock: Clock, interval: float = POLL_INTERVAL, page: int = PAGE
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.page = page
+        self.entries: dict[str, Entry] = {}
+        self.cursor: int | None = None  # None: nothing read yet (the first poll reads all)
+        self._versions: dict[str, int] = {}
+        self._next_at = float("-inf")  # monotonic
+        self.applied = 0  # changes applied since start
+        self.lag: float | None = None  # seconds from the last put applied to its application
+
+    @property
+    def loaded(self) -> bool:
+        return self.cursor is not None
+
+    @property
+    def next_at(self) -> float:
+        """When (monotonic) the next poll is due."""
+        return self._next_at
+
+    def due(self) -> bool:
+        return self.clock.monotonic() >= self._next_at
+
+    def poll(self) -> FeedRound:
+        """Read one page of the feed after the cursor and apply it: all of it, or (a backend
+        error) none of it."""
+        self._next_at = self.clock.monotonic() + self.interval
+        page = self.store.entry_changes(self.cursor, self.page)
+        if page.reload:
+            self._load_all()
+            self.cursor = page.cursor
+            return FeedRound(reloaded=True)
+        applied = self._apply(page.changes)
+        self.cursor = page.cursor
+        return FeedRound(tuple(applied), more=len(page.changes) >= self.page)
+
+    def _apply(self, changes: Sequence[EntryChange]) -> list[EntryApplied]:
+        latest = {change.name: change for change in changes}  # each name's last change
+        wanted = [name for name, change in latest.items() if self._changes(change)]
+        stored = [self.store.get_entry(name) for name in wanted]  # read all, then hold
+        applied = [a for n, s in zip(wanted, stored, strict=True) if (a := self._hold(n, s))]
+        self.applied += len(applied)
+        return applied
+
+    def _changes(self, change: EntryChange) -> bool:
+        """Whether the record may change what this node holds (else: seen, or never held)."""
+        held = self._versions.get(change.name)
+        if change.version is None:
+            return held is not None
+        return held is None or held < change.version
+
+    def _hold(self, name: str, stored: RuntimeEntry | None) -> EntryApplied | None:
+        """Hold `stored` (None: no entry) as `name`'s current value; what changed, if anything."""
+        entry = _built(stored) if stored is not None else None
+        if entry is None or stored is None:
+            if self._versions.pop(name, None) is None:
+                return None
+            self.entries.pop(name, None)
+            return EntryApplied(name, None, None)
+        if self._versions.get(name) == stored.version:
+            return None
+        self._versions[name] = stored.version
+        self.entries[name] = entry
+        self.lag = max(0.0, (self.clock.now() - stored.updated_at).total_seconds())
+        return EntryApplied(name, entry, stored.updated_at)
+
+    def _load_all(self) -> None:
+        entries: dict[str, Entry] = {}
+        versions: dict[str, int] = {}
+        after = ""
+        while True:
+            stored = self.store.list_entries(after, self.page)
+            for one in stored:
+                entry = _built(one)
+                if entry is not None:
+                    entries[one.name], versions[one.name] = entry, one.version
+            if len(stored) < self.page:
+                break
+            after = stored[-1].name
+        self.entries, self._versions = entries, versions
+        log.info("read %d runtime entries", len(entries))
+
+
+def _built(stored: RuntimeEntry) -> Entry | None:
+    """The entry a stored definition schedules; None (logged) when this version of beatd
+    cannot build it (a definition written by a newer one)."""
+    try:
+        return stored.entry()
+    except ConfigError as exc:
+        log.error(
+            "runtime entry %s (version %d) cannot be scheduled by this beatd and is left out: %s",
+            stored.name,
+            stored.version,
+            exc,
+        )
+        return None
+
+
+def name_clashes(files: Mapping[str, Entry], names: Iterable[str]) -> ConfigError | None:
+    """The configuration error of file entries whose names runtime entries have (`names`),
+    located in their files; None when there is none."""
+    problems = []
+    for name in sorted(names):
+        entry = files.get(name)
+        if entry is None:
+            continue
+        path, _, line = entry.source.rpartition(":")
+        problems.append(
+            Problem(
+                path or entry.source,
+                int(line) if line.isdigit() else 1,
+                1,
+                "the name is taken by a runtime entry (source api); names are unique across "
+                "schedule files and runtime entries: rename the entry in this file, or remove "
+                "the runtime entry first",
+                name,
+            )
+        )
+    return ConfigError(problems) if problems else None
+
+
+def file_paths(entries: Mapping[str, Entry]) -> dict[str, str]:
+    """Each file entry's name and the file that defines it (`register_file_entries`)."""
+    return {
+        name: entry.source.rpartition(":")[0] or entry.source for name, entry in entries.items()
+    }
+
+
+class PlannedEntries:
+    """What the leader plans: the files' entries, and the runtime entries (`view`) of other
+    names. A runtime entry named like a file entry is left out (logged): the file wins, and
+    a file that brings such a name is refused (`clash`)."""
+
+    def __init__(self, view: RuntimeView, files: Mapping[str, Entry]) -> None:
+        self.view = view
+        self.files = files
+        self.entries: dict[str, Entry] = dict(files)
+
+    def use(self, files: Mapping[str, Entry]) -> None:
+        """Plan these file entries with the runtime entries held now."""
+        self.files = files
+        entries = dict(files)
+        for name, entry in self.view.entries.items():
+            entries.setdefault(name, entry)
+        self.entries = entries
+
+    def clash(self, files: Mapping[str, Entry]) -> ConfigError | None:
+        """The configuration error of file entries named like runtime entries held now."""
+        return name_clashes(files, self.view.entries.keys()) if self.view.loaded else None
+
+    def apply(self, change: EntryApplied) -> bool:
+        """Take one runtime entry's change; False when it is left out (a file's name)."""
+        name = change.name
+        if name in self.files and change.entry is None:
+            return False  # it was left out
+        if name in self.files:
+            log.error(
+                "runtime entry %s is left out: %s defines an entry of that name; names are "
+                "unique across schedule files and runtime entries",
+                name,
+                self.files[name].source,
+            )
+            return False
+        if change.entry is None:
+            self.entries.pop(name, None)
+        else:
+            self.entries[name] = change.entry
+        return True

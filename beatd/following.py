@@ -1,0 +1,55 @@
+"""The loop's part that follows the runtime entries' change feed (issue 18): each change read
+(`RuntimeView`) is taken into what is planned (`PlannedEntries`) and, while leading, into the
+planner one entry at a time (`Adoption.apply`), with the baselines of entries that start from
+now persisted in the same step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from beatd.adoption import Adoption
+from beatd.backends.base import Lease
+from beatd.clock import Clock
+from beatd.config.model import Entry
+from beatd.core import Planner
+from beatd.entry_feed import PlannedEntries, RuntimeView, file_paths, name_clashes
+from beatd.errors import ConfigError
+
+
+class FeedFollower:
+    def __init__(
+        self, view: RuntimeView, planned: PlannedEntries, adoption: Adoption, clock: Clock
+    ) -> None:
+        self.view = view
+        self.planned = planned
+        self.adoption = adoption
+        self.clock = clock
+
+    def follow(
+        self, planner: Planner, lease: Lease | None, files: Mapping[str, Entry], checked: bool
+    ) -> bool:
+        """Read the feed to its head; apply each change to what is planned and, under `lease`
+        (leading, adopted), to `planner`. True when every runtime entry was read again (the plan
+        must be adopted again). `checked` False (at start): a file entry named like a runtime
+        entry raises the ConfigError naming both. LeaseLost: the lease is gone."""
+        replan = False
+        while True:
+            feed = self.view.poll()
+            if feed.reloaded:
+                if not checked and (clash := self.planned.clash(files)) is not None:
+                    raise clash
+                self.planned.use(files)
+                replan = True
+            changes = [c for c in feed.changes if self.planned.apply(c)]
+            if changes and lease is not None and not replan:
+                now = self.clock.now()
+                baselines = [b for c in changes if (b := self.adoption.apply(planner, c, now))]
+                self.adoption.baseline(planner, lease, baselines)
+            if not feed.more:
+                return replan
+
+    def register(self, lease: Lease, files: Mapping[str, Entry]) -> ConfigError | None:
+        """Register the file entries' names in the backend, so that no runtime entry takes
+        one; the configuration error of those runtime entries have already (none written)."""
+        clashes = self.view.store.register_file_entries(lease, file_paths(files))
+        return name_clashes(files, clashes) if clashes else None

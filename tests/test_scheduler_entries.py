@@ -1,0 +1,300 @@
+"""Runtime entries in the loop (issue 18), on the memory backend and a fake clock: written
+through the backend's `RuntimeEntries` role, as the CLI, the client and the API will, and
+planned by the leader (and held by the standbys) through the change feed."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from beatd.backends.memory import MemoryBackend, discard
+from beatd.clock import FakeClock
+from beatd.config import Config, ConfigError
+from beatd.config.model import Entry
+from beatd.history import HistoryQuery
+from beatd.metrics import register_scheduler
+from beatd.runtime_entries import resolve_entry
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
+from tests.test_metrics import scrape, value
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+NAME = "scheduler-entries"
+BY = "ops@host"
+
+
+def file_entry(name: str, line: int = 3) -> Entry:
+    schedule = IntervalSchedule(M)
+    return Entry(name=name, task="t.file", schedule=schedule, source=f"/etc/beatd/app.yaml:{line}")
+
+
+def config(*entries: Entry) -> Config:
+    return Config({e.name: e for e in entries})
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
+    discard(NAME)
+    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
+    discard(NAME)
+
+
+def scheduler(
+    backend: MemoryBackend, clock: FakeClock, cfg: Config, node: str = "a", **kw: Any
+) -> tuple[Scheduler, list[Config]]:
+    """A scheduler and the configurations its reloads read (the last one)."""
+    configs = [cfg]
+    settings = SchedulerSettings(node=node, lease_ttl=10, max_clock_skew=3600, **kw)
+    return Scheduler(backend, lambda: configs[-1], clock, settings), configs
+
+
+def put(backend: MemoryBackend, clock: FakeClock, name: str, **fields: Any) -> None:
+    raw = {"task": "t.runtime", "every": "1m", **fields}
+    backend.put_entry(resolve_entry(name, raw, now=clock.now()), BY)
+
+
+def published(backend: MemoryBackend, entry: str) -> list[str]:
+    runs = backend.runs(HistoryQuery(entry=entry))
+    return sorted(r.slot.strftime("%H:%M:%S") for r in runs if r.slot is not None)
+
+
+def test_an_entry_added_at_runtime_is_published_from_the_next_slot(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    run_for(beat, 90)
+    put(backend, clock, "tenant-1")
+    run_for(beat, 95)  # to 12:03:05
+    assert published(backend, "tenant-1") == ["12:02:00", "12:03:00"]
+    assert published(backend, "files") == ["12:01:00", "12:02:00", "12:03:00"]
+    assert beat.planner.entries["tenant-1"].source == "api"
+
+
+def test_a_removal_10_ms_before_the_slot_publishes_nothing(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    # the feed is read every 5 s here: only the read before publishing can see the removal
+    beat, _ = scheduler(backend, clock, config(), entry_poll=5)
+    put(backend, clock, "tenant-1")
+    run_for(beat, 119.99)  # 12:01:00 published, 12:02:00 due in 10 ms
+    backend.remove_entry("tenant-1", BY)
+    run_for(beat, 120)
+    assert published(backend, "tenant-1") == ["12:01:00"]
+    assert "tenant-1" not in beat.planner.entries
+
+
+def test_a_rescheduled_entry_starts_from_now(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat, _ = scheduler(backend, clock, config())
+    put(backend, clock, "tenant-1", every="1h")
+    run_for(beat, 150)  # 12:02:30: nothing due yet
+    put(backend, clock, "tenant-1", every="1m")
+    run_for(beat, 60)
+    assert published(backend, "tenant-1") == ["12:03:00"]  # not 12:01 nor 12:02: from now
+
+
+def test_a_changed_definition_with_the_same_schedule_keeps_the_position(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat, _ = scheduler(backend, clock, config())
+    put(backend, clock, "tenant-1")
+    run_for(beat, 70)
+    put(backend, clock, "tenant-1", queue="reports")
+    run_for(beat, 60)
+    claimed = [backend.claim([queue], "w1", 3600) for queue in ("default", "reports")]
+    assert [(d.id, d.queue) for d in claimed if d is not None] == [
+        ("tenant-1@2026-03-01T12:01:00Z", "default"),
+        ("tenant-1@2026-03-01T12:02:00Z", "reports"),
+    ]
+
+
+def test_one_change_touches_one_entry_in_the_plan(backend: MemoryBackend, clock: FakeClock) -> None:
+    for i in range(500):
+        put(backend, clock, f"tenant-{i:03}")
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    run_for(beat, 30)
+    assert len(beat.planner) == 501
+    computations = beat.planner.next_fire_computations
+    put(backend, clock, "tenant-new")
+    backend.remove_entry("tenant-007", BY)
+    run_for(beat, 1)  # nothing due: only the two changes
+    assert beat.planner.next_fire_computations - computations == 1
+    assert len(beat.planner) == 501 and "tenant-007" not in beat.planner.entries
+
+
+def test_a_file_reload_keeps_every_runtime_entry(backend: MemoryBackend, clock: FakeClock) -> None:
+    beat, configs = scheduler(backend, clock, config(file_entry("a"), file_entry("b")))
+    put(backend, clock, "tenant-1")
+    run_for(beat, 30)
+    configs.append(config(file_entry("a")))
+    beat.request_reload()
+    run_for(beat, 40)
+    assert sorted(beat.planner.entries) == ["a", "tenant-1"]
+    assert published(backend, "tenant-1") == ["12:01:00"]
+    assert backend.file_entries() == {"a": "/etc/beatd/app.yaml"}
+
+
+def test_a_file_bringing_a_runtime_entrys_name_is_refused_and_the_old_one_kept(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    beat, configs = scheduler(backend, clock, config(file_entry("a")))
+    put(backend, clock, "tenant-1")
+    run_for(beat, 30)
+    configs.append(config(file_entry("a"), file_entry("tenant-1", line=9)))
+    caplog.set_level(logging.ERROR, logger="beatd.scheduler")
+    beat.request_reload()
+    run_for(beat, 40)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "reload refused, keeping the last good configuration (1 entries):\n"
+        "/etc/beatd/app.yaml:9:1: entry tenant-1: the name is taken by a runtime entry (source "
+        "api); names are unique across schedule files and runtime entries: rename the entry in "
+        "this file, or remove the runtime entry first"
+    ]
+    assert beat.config is configs[0] and beat.totals.reloads_failed == 1
+    assert beat.planner.entries["tenant-1"].source == "api"
+    assert published(backend, "tenant-1") == ["12:01:00"]
+
+
+def test_at_start_a_file_entry_named_like_a_runtime_entry_is_a_configuration_error(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, clock, "tenant-1")
+    beat, _ = scheduler(backend, clock, config(file_entry("tenant-1", line=7)))
+    with pytest.raises(ConfigError) as refused:
+        beat.step()
+    assert str(refused.value) == (
+        "/etc/beatd/app.yaml:7:1: entry tenant-1: the name is taken by a runtime entry (source "
+        "api); names are unique across schedule files and runtime entries: rename the entry in "
+        "this file, or remove the runtime entry first"
+    )
+    assert backend.leader() is None  # refused before leading
+
+
+def test_a_standby_holds_the_runtime_entries_and_takes_over_within_the_ttl(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    leader, _ = scheduler(backend, clock, config(), node="a")
+    standby, _ = scheduler(backend, clock, config(), node="b")
+    put(backend, clock, "tenant-1")
+    for _ in range(20):  # both step for 10 s
+        leader.step()
+        standby.step()
+        clock.advance(0.5)
+    put(backend, clock, "tenant-2")
+    standby.step()
+    assert sorted(standby.runtime.entries) == ["tenant-1", "tenant-2"] and not standby.is_leader
+    # 12:00:10: the leader is gone (no step, no release)
+    run_for(standby, 11)  # lease TTL 10 s + 1 s
+    assert standby.is_leader
+    run_for(standby, 45)
+    assert published(backend, "tenant-1") == ["12:01:00"]
+    assert published(backend, "tenant-2") == ["12:01:00"]
+
+
+def test_a_follower_behind_the_feed_reads_every_entry_again(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    backend.feed_retention = 3
+    beat, _ = scheduler(backend, clock, config(), entry_poll=30)
+    put(backend, clock, "gone")
+    run_for(beat, 1)
+    for i in range(5):  # more changes than the feed keeps, before the next read
+        put(backend, clock, f"tenant-{i}")
+    backend.remove_entry("gone", BY)
+    run_for(beat, 60)
+    assert sorted(beat.planner.entries) == [f"tenant-{i}" for i in range(5)]
+    assert published(backend, "tenant-4") == ["12:01:00"]
+
+
+def test_the_runtime_entries_and_the_feeds_lag_are_exported(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 10)
+    assert math.isnan(value(scrape(registry), "beatd_entry_changes_lag_seconds"))
+    put(backend, clock, "tenant-1")
+    clock.advance(0.15)  # the write is 150 ms old when the next read applies it
+    run_for(beat, 1)
+    samples = scrape(registry)
+    assert value(samples, "beatd_runtime_entries") == 1
+    assert value(samples, "beatd_entries") == 1  # the files'
+    assert value(samples, "beatd_entry_changes_applied_total") == 1
+    assert 0.15 <= value(samples, "beatd_entry_changes_lag_seconds") < 0.2
+    due = (T0 + M).timestamp()
+    assert value(samples, "beatd_next_due_timestamp_seconds", entry="tenant-1") == due
+
+
+def test_a_reload_while_leading_touches_only_the_file_entries_that_changed(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(300):
+        put(backend, clock, f"tenant-{i:03}", every="1h")
+    slow = Entry(name="b", task="t.file", schedule=IntervalSchedule(M * 10), source="/f.yaml:5")
+    beat, configs = scheduler(backend, clock, config(file_entry("a"), slow, file_entry("c")))
+    run_for(beat, 90)
+    computations = beat.planner.next_fire_computations
+    caplog.set_level(logging.INFO, logger="beatd.scheduler")
+    configs.append(config(file_entry("a"), file_entry("b", line=5)))  # b rescheduled, c gone
+    beat.request_reload()
+    beat.step()
+    assert beat.planner.next_fire_computations - computations == 1  # b's next slot, from now
+    assert sorted(n for n in beat.planner.entries if not n.startswith("tenant-")) == ["a", "b"]
+    assert len(beat.planner) == 302
+    rescheduled = EntryState("b", T0 + timedelta(seconds=90), None, file_entry("b").identity)
+    assert beat.planner.state("b") == rescheduled
+    assert (
+        "keeping the state of 1 entries removed from the configuration for 1h (--removed-grace): "
+        "re-added in time, each resumes where it was: entries=c"
+    ) in [r.getMessage() for r in caplog.records]
+    run_for(beat, 60)
+    assert published(backend, "b") == ["12:02:00"]
+    assert published(backend, "c") == ["12:01:00"]
+
+
+def test_a_standby_behind_the_feed_leaves_out_a_runtime_entry_its_files_name(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.feed_retention = 2
+    leader, _ = scheduler(backend, clock, config(), node="a")
+    standby, _ = scheduler(backend, clock, config(file_entry("mine")), node="b", entry_poll=5)
+    leader.step()
+    standby.step()  # standby, its files checked against the runtime entries (none)
+    for name in ("x", "y", "mine"):  # the leader's files do not name `mine`: the API takes it
+        put(backend, clock, name)
+    caplog.set_level(logging.ERROR, logger="beatd.scheduler")
+    run_for(standby, 6)  # reads every entry again: no configuration error mid-run
+    assert sorted(standby.planned.entries) == ["mine", "x", "y"]
+    assert standby.planned.entries["mine"].source == "/etc/beatd/app.yaml:3"
+
+
+def test_a_node_whose_files_name_a_runtime_entry_stops_at_its_takeover_and_gives_the_lease_back(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    leader, _ = scheduler(backend, clock, config(), node="a")
+    standby, _ = scheduler(backend, clock, config(file_entry("mine")), node="b")
+    leader.step()
+    standby.step()
+    put(backend, clock, "mine")
+    leader.shutdown()
+    with pytest.raises(ConfigError) as refused:
+        run_for(standby, 2)
+    assert str(refused.value) == (
+        "/etc/beatd/app.yaml:3:1: entry mine: the name is taken by a runtime entry (source api); "
+        "names are unique across schedule files and runtime entries: rename the entry in this "
+        "file, or remove the runtime entry first"
+    )
+    assert backend.leader() is None
