@@ -109,3 +109,49 @@ def test_migrate_from_sqlite_to_postgresql_and_on_to_redis(database: str, tmp_pa
             redis.close()
     finally:
         server.stop()
+
+
+def test_migrate_carries_history_controls_audit_and_runtime_entries_to_sqlite_and_back(
+    database: str, tmp_path: Path
+) -> None:
+    """The migration above carries states and dead letters only: here a run record, a pause,
+    the audit log and a runtime entry written on PostgreSQL read back the same, as the
+    commands show them, after PostgreSQL → SQLite → PostgreSQL (another schema)."""
+    schedules = tmp_path / "s.yaml"
+    schedules.write_text("entries:\n  e:\n    task: t.x\n    every: 1h\n", encoding="utf-8")
+    on_postgresql = ("-s", str(schedules), "--broker", database)
+    assert beatd("db", "upgrade", "--broker", database)[0] == 0
+    add = ("entries", "add", "rt", "--task", "t.y", "--every", "10s", "--by", "rev")
+    assert beatd(*add, *on_postgresql)[0] == 0
+    assert beatd("trigger", "e", "--by", "rev", *on_postgresql)[0] == 0
+    assert beatd("pause", "e", "--reason", "review", "--by", "rev", *on_postgresql)[0] == 0
+    backend = open_backend(database)
+    try:
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+    finally:
+        backend.close()
+
+    def shown(url: str, namespace: str = "beatd") -> list[tuple[int, str, str]]:
+        where = ("--broker", url, "--namespace", namespace)
+        return [
+            beatd("audit", *where),
+            beatd("history", *where),
+            beatd("entries", "list", "--json", "-s", str(schedules), *where),
+            beatd("status", "-s", str(schedules), *where),
+        ]
+
+    before = shown(database)
+    PAUSED = "\npaused   e: by rev, reason 'review', since "
+    assert [code for code, _, _ in before] == [0, 0, 0, 0]
+    assert before[0][1].endswith("3 action(s)\n")  # entry.add, trigger, pause
+    assert before[1][1].count(" succeeded ") == 1 and before[1][1].endswith(" manual\n")
+    assert PAUSED in before[3][1]
+    sqlite = f"sqlite:///{tmp_path / 'beatd.db'}"
+    assert beatd("migrate", "--from", database, "--to", sqlite)[0] == 0
+    after = shown(sqlite)
+    assert after[:3] == before[:3] and PAUSED in after[3][1]
+    assert beatd("migrate", "--from", sqlite, "--to", database, "--namespace", "back")[0] == 0
+    back = shown(database, "back")
+    assert back[:3] == before[:3] and PAUSED in back[3][1]
