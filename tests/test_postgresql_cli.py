@@ -111,3 +111,140 @@ def test_migrate_from_sqlite_to_postgresql_and_on_to_redis(database: str, tmp_pa
             redis.close()
     finally:
         server.stop()
+
+
+def test_migrate_carries_history_controls_audit_and_runtime_entries_to_sqlite_and_back(
+    database: str, tmp_path: Path
+) -> None:
+    """The migration above carries states and dead letters only: here a run record, a pause,
+    the audit log and a runtime entry written on PostgreSQL read back the same, as the
+    commands show them, after PostgreSQL → SQLite → PostgreSQL (another schema)."""
+    schedules = tmp_path / "s.yaml"
+    schedules.write_text("entries:\n  e:\n    task: t.x\n    every: 1h\n", encoding="utf-8")
+    on_postgresql = ("-s", str(schedules), "--broker", database)
+    assert beatd("db", "upgrade", "--broker", database)[0] == 0
+    add = ("entries", "add", "rt", "--task", "t.y", "--every", "10s", "--by", "rev")
+    assert beatd(*add, *on_postgresql)[0] == 0
+    assert beatd("trigger", "e", "--by", "rev", *on_postgresql)[0] == 0
+    assert beatd("pause", "e", "--reason", "review", "--by", "rev", *on_postgresql)[0] == 0
+    backend = open_backend(database)
+    try:
+        delivery = backend.claim(["default"], "w", 30)
+        assert delivery is not None
+        backend.ack(delivery)
+    finally:
+        backend.close()
+
+    def shown(url: str, namespace: str = "beatd") -> list[tuple[int, str, str]]:
+        where = ("--broker", url, "--namespace", namespace)
+        return [
+            beatd("audit", *where),
+            beatd("history", *where),
+            beatd("entries", "list", "--json", "-s", str(schedules), *where),
+            beatd("status", "-s", str(schedules), *where),
+        ]
+
+    before = shown(database)
+    PAUSED = "\npaused   e: by rev, reason 'review', since "
+    assert [code for code, _, _ in before] == [0, 0, 0, 0]
+    assert before[0][1].endswith("3 action(s)\n")  # entry.add, trigger, pause
+    assert before[1][1].count(" succeeded ") == 1 and before[1][1].endswith(" manual\n")
+    assert PAUSED in before[3][1]
+    sqlite = f"sqlite:///{tmp_path / 'beatd.db'}"
+    assert beatd("migrate", "--from", database, "--to", sqlite)[0] == 0
+    after = shown(sqlite)
+    assert after[:3] == before[:3] and PAUSED in after[3][1]
+    assert beatd("migrate", "--from", sqlite, "--to", database, "--namespace", "back")[0] == 0
+    back = shown(database, "back")
+    assert back[:3] == before[:3] and PAUSED in back[3][1]
+
+
+@pytest.fixture
+def roles(database: str) -> Iterator[tuple[str, str]]:
+    """The URLs of docs/postgresql.md's two roles on `database`, set up as its "Roles and
+    grants" says: an owner that may create the schema, and the daemons' role, which may only
+    read and write its tables once the owner ran `beatd db upgrade` (`grant_daemons`)."""
+    suffix = database.rsplit("_", 1)[1]
+    owner, daemons = f"beatd_owner_{suffix}", f"beatd_{suffix}"
+    name = database.rsplit("/", 1)[1]
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN")
+        admin.execute(f"CREATE ROLE {daemons} LOGIN")
+        admin.execute(f"GRANT CREATE ON DATABASE {name} TO {owner}")
+    try:
+        yield (
+            database.replace("postgres@", f"{owner}@"),
+            database.replace("postgres@", f"{daemons}@"),
+        )
+    finally:
+        with psycopg.connect(database, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {owner}, {daemons} CASCADE")
+            admin.execute(f"DROP ROLE {owner}")
+            admin.execute(f"DROP ROLE {daemons}")
+
+
+def grant_daemons(owner: str, daemons: str) -> None:
+    role = daemons.split("://", 1)[1].split("@", 1)[0]
+    with psycopg.connect(owner, autocommit=True) as db:
+        db.execute(f"GRANT USAGE ON SCHEMA beatd TO {role}")
+        db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA beatd TO {role}")
+        db.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA beatd TO {role}")
+
+
+def test_the_roles_and_grants_of_the_docs_let_the_daemons_role_publish_and_claim(
+    roles: tuple[str, str], tmp_path: Path
+) -> None:
+    owner, daemons = roles
+    assert beatd("db", "upgrade", "--broker", owner)[0] == 0
+    grant_daemons(owner, daemons)
+    schedules = tmp_path / "s.yaml"
+    schedules.write_text("entries:\n  e:\n    task: t.x\n    every: 1h\n", encoding="utf-8")
+    on_daemons = ("-s", str(schedules), "--broker", daemons)
+    assert beatd("pause", "e", "--reason", "r", "--by", "rev", *on_daemons)[0] == 0
+    assert beatd("trigger", "e", "--force", "--by", "rev", *on_daemons)[0] == 0
+    backend = open_backend(daemons)
+    try:
+        lease = backend.acquire_lease("n", 30)
+        assert lease is not None
+        backend.commit(lease, [StateWrite(state("f", 3, 2), None)], [message("f", 3)])
+        claimed = [backend.claim(["default"], "w", 30) for _ in range(2)]
+        for delivery in claimed:
+            assert delivery is not None
+            backend.ack(delivery)
+        assert backend.claim(["default"], "w", 30) is None
+    finally:
+        backend.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review20: `beatd db upgrade` as the daemons' role (no CREATE on the database) on a "
+    "schema already at the current format fails with exit 1 and PostgreSQL's 'permission "
+    "denied for database' instead of saying there is nothing to upgrade: upgrade() runs "
+    "CREATE SCHEMA IF NOT EXISTS, whose privilege check comes before its existence check",
+)
+def test_db_upgrade_by_the_daemons_role_on_a_current_schema_has_nothing_to_do(
+    roles: tuple[str, str],
+) -> None:
+    owner, daemons = roles
+    assert beatd("db", "upgrade", "--broker", owner)[0] == 0
+    grant_daemons(owner, daemons)
+    assert beatd("db", "upgrade", "--broker", daemons) == (
+        0,
+        f"schema beatd of {daemons}: at format {FORMAT_VERSION}, nothing to upgrade\n",
+        "",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review20: a namespace that is no schema name is reported against --broker "
+    "('beatd: --broker: cannot use the namespace ...'): open_broker names --broker for every "
+    "BeatdError of open_backend, though the offending field is --namespace",
+)
+def test_a_namespace_that_is_no_schema_name_is_reported_against_namespace(database: str) -> None:
+    code, out, err = beatd("status", "--broker", database, "--namespace", "Beatd")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        "beatd: --namespace: cannot use the namespace 'Beatd' as a PostgreSQL schema name: "
+    )

@@ -646,3 +646,23 @@ def test_a_fault_between_the_ack_and_its_record_leaves_both_unwritten(
     backend.ack(delivery)  # the settler writes it again: now both go
     assert backend.queue_depths() == {}
     assert record(backend, run_id("e", 1)).status == "succeeded"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review20: a namespace of 59-63 characters is accepted and its schema created, but "
+    "its NOTIFY channel (namespace + '_work') is longer than PostgreSQL's 63, so every commit "
+    "and enqueue fails ('channel name too long') and the leader retries for ever",
+)
+def test_a_namespace_of_63_characters_is_refused_at_open_or_queues_runs(database: str) -> None:
+    namespace = "n" * 63  # the longest SCHEMA_NAME accepts
+    try:
+        backend = PostgresBackend(database, namespace=namespace)
+    except BackendError as refused:  # a fix that refuses it up front names the namespace
+        assert str(refused).startswith(f"cannot use the namespace {namespace!r} ")
+        return
+    try:
+        backend.enqueue([message("e", 1)])
+        assert backend.wait_for_work(["default"], 20)
+    finally:
+        backend.close()
