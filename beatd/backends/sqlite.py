@@ -30,6 +30,7 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    ack_ends_run,
     from_micros,
     unseen,
     utf8_fault,
@@ -328,16 +329,18 @@ class SQLiteWorkQueue(SQLiteFile):
         if started is not None and started[3] is not None and self.history:
             record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
 
-    def _delete_for_good(self, db: sqlite3.Connection, delivery: Delivery, ending: Ending) -> None:
+    def _delete_for_good(
+        self, db: sqlite3.Connection, delivery: Delivery, ending: Ending, final: bool = True
+    ) -> None:
         """Delete the claimed message (ack, dead letter), if the claim still holds: its run's
-        attempt ends (`_done`) and, when the run holds its entry's busy mark (read by the same
-        statement), the controls' step for a final outcome runs (`_run_final`)."""
+        attempt ends (`_done`) and, when `final` and the run holds its entry's busy mark (read
+        by the same statement), the controls' step for a final outcome runs (`_run_final`)."""
         row = db.execute(
             f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}, {HOLDS_BUSY}",
             (delivery.receipt,),
         ).fetchone()
         self._done(db, delivery, None if row is None else row[:-1], ending)
-        if row is not None and row[-1]:
+        if final and row is not None and row[-1]:
             self._run_final(db, _stored(delivery.id))
 
     def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
@@ -378,7 +381,7 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            self._delete_for_good(db, delivery, ending or _SUCCEEDED)
+            self._delete_for_good(db, delivery, ending or _SUCCEEDED, ack_ends_run(delivery.queue))
 
         self._run(work)
 

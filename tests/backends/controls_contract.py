@@ -19,6 +19,7 @@ import pytest
 
 from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.controls import (
     AuditRecord,
     Busy,
@@ -467,6 +468,28 @@ class ControlsContract:
         assert off.load_controls()["e"].busy.run_id == run_id("e", 2)
         assert queued_ids(off) == [run_id("e", 2)]
         assert off.history_size() == (0, 0)
+
+    def test_a_run_acked_from_the_amqp_outbox_keeps_the_busy_mark_until_its_task_event(
+        self, backend: Backend, history_off_backend: Backend
+    ) -> None:
+        """The relay (its outbox opened with history off) acks a run once RabbitMQ confirmed
+        it: no outcome of the run, which only Celery's task event (or the guard's timeout)
+        ends."""
+        relay = history_off_backend
+        write(backend, lead(backend), "e", run("e", 1, OUTBOX_QUEUE), guard=SKIP)
+        relay.ack(claimed(relay, OUTBOX_QUEUE, "amqp-relay"))
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.attempt_ended(run_id("e", 1), Ending(Outcome.SUCCEEDED), instant(backend))
+        assert backend.load_controls() == {}
+
+    def test_a_run_dead_lettered_from_the_amqp_outbox_clears_the_busy_mark(
+        self, backend: Backend, history_off_backend: Backend
+    ) -> None:
+        """An outbox run the relay cannot read never reaches RabbitMQ: it ends there."""
+        relay = history_off_backend
+        write(backend, lead(backend), "e", run("e", 1, OUTBOX_QUEUE), guard=SKIP)
+        relay.dead_letter(claimed(relay, OUTBOX_QUEUE, "amqp-relay"), "unreadable")
+        assert backend.load_controls() == {}
 
     # --- trigger ----------------------------------------------------------------------------------
 
