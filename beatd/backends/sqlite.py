@@ -482,9 +482,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
         return self._run(work)
 
-    def queued_as_dead_letters(self, reason: str) -> list[DeadLetter]:
-        """Every run still queued (claimed or not), as dead letters with `reason`, bytes as
-        stored: what `beatd migrate --queued-as-dead-letters` copies out of a damaged file."""
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every run still queued (claimed or not) in the queues `of_queue` takes, as dead
+        letters with `reason`, bytes as stored: what `beatd migrate --queued-as-dead-letters`
+        copies out of a damaged file (and the outbox runs it carries)."""
         rows = self._run(
             lambda db: db.execute(
                 f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
@@ -493,7 +496,8 @@ class SQLiteQueueAdmin(SQLiteFile):
             write=False,
         )
         now = datetime.fromtimestamp(self._now(), UTC)
-        return [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
+        letters = [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
+        return [letter for letter in letters if of_queue(letter.queue)]
 
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(
