@@ -197,6 +197,12 @@ class Outgoing(NamedTuple):
     audit: str | None = None  # the audit record of a manual or backfill run
 
 
+def is_celery_run(destination: Destination) -> bool:
+    """Whether a run sent to `destination` is a Celery task (its record's `celery`): in a
+    Celery queue, or in the AMQP outbox, bound for Celery's workers on RabbitMQ."""
+    return isinstance(destination, CeleryQueue) or destination.queue == OUTBOX_QUEUE
+
+
 def ack_ends_run(queue: str) -> bool:
     """Whether acking a message of `queue` is its run's final outcome: not in the AMQP outbox,
     where the relay's ack says only that RabbitMQ has the run; Celery's task event ends it."""

@@ -58,6 +58,7 @@ from beatd.backends.sqlite_history import (
     PUBLISHED,
     SQLiteRunHistory,
     fold,
+    keep_relayed,
     log_done,
     micros,
     published_rows,
@@ -65,6 +66,7 @@ from beatd.backends.sqlite_history import (
     record_missed,
 )
 from beatd.backends.sqlite_nodes import SQLiteNodes
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.errors import BackendError
 from beatd.history import Ending
 from beatd.outcomes import Outcome
@@ -349,6 +351,9 @@ class SQLiteWorkQueue(SQLiteFile):
         in `run`'s record."""
         if gone is None or gone[8] is None:  # no record in the message (published_us)
             self._end(db, delivery, gone, ending)
+            return
+        if delivery.queue == OUTBOX_QUEUE:
+            keep_relayed(db, _stored(delivery.id), gone)
             return
         opened = gone[3] is not None and self.history
         log_done(db, _stored(delivery.id), gone, ending if opened else None, micros(self._now()))

@@ -13,6 +13,7 @@ Times the backend takes from its own clock are checked to lie between two readin
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -481,6 +482,22 @@ class ControlsContract:
         assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
         assert backend.attempt_ended(run_id("e", 1), Ending(Outcome.SUCCEEDED), instant(backend))
         assert backend.load_controls() == {}
+
+    def test_a_held_run_published_to_the_amqp_outbox_is_recorded_as_celery(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        task = held("e", 2)._replace(destination_queue=OUTBOX_QUEUE)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+        finish(backend, "attempt_ended", run_id("e", 1))
+        assert record(backend, run_id("e", 2)).celery
+        assert queued_ids(backend, OUTBOX_QUEUE) == [run_id("e", 2)]
+
+    def test_a_trigger_to_the_amqp_outbox_is_recorded_as_celery(self, backend: Backend) -> None:
+        request = replace(trigger("e"), queue=OUTBOX_QUEUE)
+        assert backend.trigger(request).status is TriggerStatus.PUBLISHED
+        assert record(backend, request.run_id).celery
 
     def test_a_run_dead_lettered_from_the_amqp_outbox_clears_the_busy_mark(
         self, backend: Backend, history_off_backend: Backend
