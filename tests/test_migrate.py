@@ -466,3 +466,37 @@ def test_undelivered_outbox_runs_are_carried_to_the_targets_outbox_once(
     assert target.queue_depths() == {OUTBOX_QUEUE: 1}
     delivery = target.claim([OUTBOX_QUEUE], "amqp-relay", 30)
     assert delivery is not None and (delivery.id, delivery.body) == (waiting.id, waiting.body)
+
+
+def test_outbox_runs_are_read_from_a_sqlite_source_only(
+    server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    target.enqueue([message("e", 1, queue=OUTBOX_QUEUE)])
+    to = f"sqlite:///{tmp_path / 'new.db'}"
+    code, _, err = beatd("migrate", "--from", server.url, "--to", to)
+    assert (code, err) == (
+        1,
+        f"{server.url} holds 1 run(s) not yet relayed to RabbitMQ (amqp.outbox=1), "
+        f"which migrate reads from a SQLite source only: start one `beatd run` on {server.url} "
+        "until its relay has emptied the outbox (`beatd status`), stop it, then migrate again\n",
+    )
+
+
+def test_an_unreadable_outbox_run_is_copied_as_a_dead_letter_saying_why(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    damaged = message("e", 1, queue=OUTBOX_QUEUE)  # beatd's run message: no outbox run
+    sqlite.enqueue([damaged])
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, out, err) == (
+        0,
+        copied_line(0, 1, 0)
+        + f"carried 0 undelivered run(s) to the target's outbox ({OUTBOX_QUEUE}) for its relay\n",
+        "",
+    )
+    assert [(d.id, d.queue, d.body, d.reason) for d in target.dead_letters()] == [
+        (damaged.id, OUTBOX_QUEUE, damaged.body, "unreadable outbox run: outbox format None, "
+         "this beatd reads 1"),
+    ]  # fmt: skip
+    assert target.queue_depths() == {}
