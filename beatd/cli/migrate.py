@@ -53,7 +53,8 @@ from beatd.service import setup_logging
     "queued_as_dead",
     is_flag=True,
     help="Copy the runs still queued in a SQLite source as dead letters (for a damaged file "
-    "no worker can empty), to run with `beatd dead retry` on the target.",
+    "no worker can empty), to run with `beatd dead retry` on the target. Runs waiting for "
+    "RabbitMQ (the outbox) are carried as they are, with or without it.",
 )
 @click.option("--namespace", **NAMESPACE_FLAG)
 @logging_options("warning", with_format=False)
@@ -65,9 +66,11 @@ def migrate(
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
     queued on the source (or, when they cannot, copy them as dead letters with
-    --queued-as-dead-letters). Then start every `beatd run` and `beatd worker` with the new
-    --broker: each entry goes on from the slot after its last published one, so no run is
-    repeated or skipped. The source is only read; running the copy again adds nothing twice.
+    --queued-as-dead-letters). Runs waiting in the outbox for RabbitMQ are carried to the
+    target's outbox, for its leader's relay. Then start every `beatd run` and `beatd worker`
+    with the new --broker: each entry goes on from the slot after its last published one, so
+    no run is repeated or skipped. The source is only read; running the copy again adds
+    nothing twice.
     """
     setup_logging(log.level, log.format)
     if source_url == target_url:
