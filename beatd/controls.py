@@ -8,10 +8,11 @@ Times are aware UTC from the backend's clock, except where a field says otherwis
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -58,6 +59,20 @@ def pause_json(pause: Pause | None) -> dict[str, Any]:
     return {"pause": fields}
 
 
+def pause_of(state: Mapping[str, Any] | None) -> Pause | None:
+    """The pause in an audit record's `before`/`after` (`pause_json`), if there is one."""
+    fields = state.get("pause") if state else None
+    if not isinstance(fields, Mapping):
+        return None
+    until = fields.get("until")
+    return Pause(
+        datetime.fromisoformat(fields["at"]),
+        None if until is None else datetime.fromisoformat(until),
+        str(fields.get("reason", "")),
+        str(fields.get("by", "")),
+    )
+
+
 class Busy(NamedTuple):
     """The entry's run `run_id`, published at `since`, has not reached a final outcome."""
 
@@ -82,11 +97,55 @@ class HeldRun(NamedTuple):
 
 
 class EntryControl(NamedTuple):
-    """What is persisted per entry beside its horizon (`StateStore.load_controls`)."""
+    """What is persisted per entry beside its horizon (`StateStore.load_controls`).
+
+    `lifted`: the pauses resumed or replaced that may still cover slots past the entry's
+    horizon, each ending when it was lifted: kept so that a leader that was not running then
+    still ends their slots missed (paused); dropped once the horizon passes them (`lift`)."""
 
     pause: Pause | None = None
     busy: Busy | None = None
     held: HeldRun | None = None
+    lifted: tuple[Pause, ...] = ()
+
+
+def lift(control: EntryControl, at: datetime, horizon: datetime | None) -> tuple[Pause, ...]:
+    """The lifted pauses to persist when the entry's pause is resumed or replaced at `at`: the
+    ones kept, less those that end at or before the entry's `horizon` (its slots up to there
+    are accounted for; None: no horizon known), and the pause lifted now, ended at `at`."""
+    kept = [p for p in control.lifted if horizon is None or p.until is None or p.until > horizon]
+    pause = control.pause
+    if pause is not None:
+        end = at if pause.until is None else min(pause.until, at)
+        if end > pause.at and (horizon is None or end > horizon):
+            kept.append(pause._replace(until=end))
+    return tuple(kept)
+
+
+def lifted_json(lifted: tuple[Pause, ...]) -> str:
+    """The lifted pauses as stored (SQLite, PostgreSQL, Redis): a JSON list of
+    [at_us, until_us, reason, by]."""
+    return json.dumps([[_micros(p.at), _micros(p.until), p.reason, p.by] for p in lifted])
+
+
+def lifted_from_json(text: str | None) -> tuple[Pause, ...]:
+    if not text:
+        return ()
+    return tuple(
+        Pause(_moment(at), _moment(until), reason, by) for at, until, reason, by in json.loads(text)
+    )
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime:
+    assert micros is not None
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 NO_CONTROL = EntryControl()
@@ -110,6 +169,39 @@ def replaced_held(entry: str, held: HeldRun | None, hold: HeldRun) -> HeldAfter:
     if held.kind == RunKind.MANUAL:
         return HeldAfter(held, MissedSlots(entry, HELD_REPLACED, hold.slot, hold.slot, 1))
     return HeldAfter(hold, MissedSlots(entry, HELD_REPLACED, held.slot, held.slot, 1))
+
+
+def dropped_by_pause(held: HeldRun, pause: Pause | None, at: datetime) -> bool:
+    """Whether the held run, its busy run ended at `at`, is dropped (missed, reason paused)
+    rather than published: a held slot a pause covers is; a held manual run never is, since the
+    trigger was accepted before the pause (a pause covers slots, and a trigger's own check of
+    the pause was made when it was asked) and an operator's run must never vanish."""
+    return held.kind != RunKind.MANUAL and pause is not None and pause.covers(at)
+
+
+def published_trigger(request: Trigger, control: EntryControl) -> TriggerResult:
+    """A trigger that publishes: its `detail` the busy run whose mark it drops as stale (a
+    guarded, unforced trigger publishes over a mark only when it is older than the entry's
+    `overlap_timeout`), "" when none."""
+    busy = control.busy
+    guarded = request.guard is not None and not request.force
+    dropped = busy.run_id if busy is not None and guarded else ""
+    return TriggerResult(TriggerStatus.PUBLISHED, request.run_id, dropped)
+
+
+def trigger_detail(request: Trigger, result: TriggerResult) -> dict[str, Any]:
+    """A trigger's audit record detail; `dropped_busy`: the stale busy mark it published over
+    (counted by the leader as `beatd_busy_marks_dropped_total`)."""
+    detail = {
+        "run_id": request.run_id,
+        "status": result.status.value,
+        "force": request.force,
+        "idempotency_key": request.idempotency_key,
+        "request_id": request.request_id,
+    }
+    if result.status is TriggerStatus.PUBLISHED and result.detail:
+        detail["dropped_busy"] = result.detail
+    return detail
 
 
 def held_trigger(control: EntryControl, run_id: str) -> TriggerResult:

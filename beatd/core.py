@@ -149,7 +149,11 @@ class _Slot:
 
     @property
     def lifted(self) -> tuple[Pause, ...]:
-        return self.gate.lifted if self.gate is not None else ()
+        """The pauses lifted: as persisted (the backend's, kept while no leader ran) and as
+        seen by this planner."""
+        if self.gate is None:
+            return ()
+        return (*self.gate.control.lifted, *self.gate.lifted)
 
     def set_control(
         self, control: EntryControl, now: datetime | None, lifts: Sequence[datetime] = ()
@@ -157,7 +161,7 @@ class _Slot:
         """Take `control` as the entry's; the held slot it no longer holds, if one left.
         `lifts`: when pauses were lifted, if known (a lifted pause ends at the first of them
         after it began, else `now`)."""
-        old, lifted = self.control.pause, self.lifted
+        old, lifted = self.control.pause, self.gate.lifted if self.gate is not None else ()
         held = self.control.held
         if old is not None and old != control.pause and now is not None:
             # it ended when it was lifted, if the caller knows when (a resume's audit record);

@@ -207,7 +207,8 @@ class SchedulerCollector(Collector):
                 paused.add_metric([name], 1)
         dropped = CounterMetricFamily(
             "beatd_busy_marks_dropped",
-            "Busy marks older than the entry's overlap_timeout that this process published over.",
+            "Busy marks older than the entry's overlap_timeout that this process published "
+            "over, and that triggers did (counted by the leader from the audit log).",
             labels=["entry"],
         )
         for name, count in sorted(s.busy_marks_dropped.items()):

@@ -11,9 +11,9 @@ interrupted migration is run again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from beatd.backends.base import (
     BeatdQueue,
@@ -29,6 +29,7 @@ from beatd.backends.base import (
     StateWrite,
 )
 from beatd.celery_amqp import OUTBOX_QUEUE, UnreadableOutboxRun, decode
+from beatd.controls import NO_CONTROL, EntryControl
 from beatd.errors import BeatdError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,30 @@ class MigrationEnd(
 
 
 @dataclass(frozen=True, slots=True)
+class ControlKinds:
+    """Entries' controls copied, by what each holds (an entry may hold more than one)."""
+
+    pauses: int = 0
+    busy_marks: int = 0
+    held_runs: int = 0
+
+    @classmethod
+    def of(cls, controls: Sequence[EntryControl]) -> ControlKinds:
+        return cls(
+            sum(c.pause is not None for c in controls),
+            sum(c.busy is not None for c in controls),
+            sum(c.held is not None for c in controls),
+        )
+
+    def __add__(self, other: ControlKinds) -> ControlKinds:
+        return ControlKinds(
+            self.pauses + other.pauses,
+            self.busy_marks + other.busy_marks,
+            self.held_runs + other.held_runs,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationReport:
     states: int  # copied
     dead_letters: int  # copied
@@ -59,6 +84,7 @@ class MigrationReport:
     audit: int = 0  # audit records copied
     keys: int = 0  # idempotency keys and request ids copied
     entries: int = 0  # runtime entries copied, with their versions
+    kinds: ControlKinds = ControlKinds()  # the controls copied, by kind
     outbox: int = 0  # undelivered runs for RabbitMQ carried to the target's outbox
 
 
@@ -75,27 +101,74 @@ class ControlsCopy:
     audit: int  # audit records copied
     keys: int  # trigger keys copied
     skipped: int  # of all three, those the target already held
+    kinds: ControlKinds = ControlKinds()  # the controls copied, by kind
 
 
 AUDIT_COPY_LIMIT = 100_000_000  # every audit record: Controls.audit reads newest first, bounded
+HELD_BEHIND_QUEUED_REASON = (
+    "held in {source} behind run {busy}, which was queued when it was migrated (copied as a "
+    "dead letter); run it with `beatd dead retry` after that one"
+)
 
 
-def copy_controls(source: Controls, target: Controls, batch: int = 1000) -> ControlsCopy:
-    """Copy every entry's control (pause, busy mark, held run), the audit log and the
-    remembered trigger keys as they are, each kind counted; what the target already holds is
-    kept (`Controls.import_controls`)."""
-    controls = sorted(source.load_controls().items())
+class SettledControls(NamedTuple):
+    """The source's controls as the target takes them, and the held runs that become dead
+    letters with the queued runs they waited for."""
+
+    controls: dict[str, EntryControl]
+    held_letters: list[DeadLetter]
+
+
+def settle_dead_lettered(
+    controls: Mapping[str, EntryControl], dead: Sequence[DeadLetter], source: str
+) -> SettledControls:
+    """A run copied as a dead letter has reached a final outcome: the busy mark it holds is
+    not copied (the entry would stay busy until overlap_timeout), and the run held behind it,
+    which its end would have published, is copied as a dead letter too."""
+    ended = {letter.id for letter in dead}
+    settled: dict[str, EntryControl] = {}
+    letters: list[DeadLetter] = []
+    for name, control in controls.items():
+        busy = control.busy
+        if busy is not None and busy.run_id in ended:
+            held = control.held
+            if held is not None:
+                reason = HELD_BEHIND_QUEUED_REASON.format(source=source, busy=busy.run_id)
+                letter = DeadLetter(
+                    held.run_id, held.destination_queue, held.body, reason, dead[0].failed_at, 0
+                )
+                letters.append(letter)
+            control = control._replace(busy=None, held=None)
+        if control != NO_CONTROL:
+            settled[name] = control
+    return SettledControls(settled, letters)
+
+
+def copy_controls(
+    source: Controls,
+    target: Controls,
+    batch: int = 1000,
+    controls: Mapping[str, EntryControl] | None = None,
+) -> ControlsCopy:
+    """Copy every entry's control (pause, busy mark, held run) — `controls` when given, else
+    the source's — the audit log and the remembered trigger keys as they are, each kind
+    counted; what the target already holds is kept (`Controls.import_controls`)."""
+    chosen = sorted((source.load_controls() if controls is None else controls).items())
     audit = source.audit(limit=AUDIT_COPY_LIMIT)
     keys = source.trigger_keys()
     copied = [0, 0, 0]
-    for start in range(0, len(controls), batch):
-        copied[0] += target.import_controls(dict(controls[start : start + batch]))
+    kinds = ControlKinds()
+    for start in range(0, len(chosen), batch):
+        page = dict(chosen[start : start + batch])
+        held_there = target.load_controls(list(page))
+        kinds += ControlKinds.of([c for n, c in page.items() if n not in held_there])
+        copied[0] += target.import_controls(page)
     for start in range(0, len(audit), batch):
         copied[1] += target.import_controls({}, audit[start : start + batch])
     for start in range(0, len(keys), batch):
         copied[2] += target.import_controls({}, (), keys[start : start + batch])
-    seen = len(controls) + len(audit) + len(keys)
-    return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied))
+    seen = len(chosen) + len(audit) + len(keys)
+    return ControlsCopy(copied[0], copied[1], copied[2], seen - sum(copied), kinds)
 
 
 def copy_entries(
@@ -180,10 +253,12 @@ def migrate(
         for start in range(0, len(writes), 1000):
             skipped |= target.commit(lease, writes[start : start + 1000], [])
         carried, unreadable = carry_outbox(target, lease, outbox)
-        letters = [*source.dead_letters(), *queued, *unreadable]
+        dead = [*queued, *unreadable]
+        settled = settle_dead_lettered(source.load_controls(), dead, source.url)
+        letters = [*source.dead_letters(), *dead, *settled.held_letters]
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
-        controls = copy_controls(source, target)
+        controls = copy_controls(source, target, controls=settled.controls)
         entries, entries_skipped = copy_entries(source, target)
     finally:
         target.release_lease(lease)
@@ -205,6 +280,7 @@ def migrate(
         controls.audit,
         controls.keys,
         entries,
+        controls.kinds,
         carried,
     )
     _log_report(report, source.url, target.url)
@@ -213,9 +289,12 @@ def migrate(
 
 def _log_report(report: MigrationReport, source: str, target: str) -> None:
     log.info(
-        "copied %d controls, %d audit records, %d trigger keys and %d runtime entries; carried "
-        "%d undelivered runs to the outbox",
+        "copied %d controls (%d pauses, %d busy marks, %d held runs), %d audit records, %d "
+        "trigger keys and %d runtime entries; carried %d undelivered runs to the outbox",
         report.controls,
+        report.kinds.pauses,
+        report.kinds.busy_marks,
+        report.kinds.held_runs,
         report.audit,
         report.keys,
         report.entries,

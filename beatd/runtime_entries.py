@@ -31,8 +31,6 @@ API_SOURCE = "api"  # the source of every runtime entry (a file entry's is its p
 # How many change records a backend keeps (`RuntimeEntries.entry_changes`): a reader further
 # behind than this reloads every entry. At 100 changes a second, about a quarter of an hour.
 FEED_RETENTION = 100_000
-# Fields resolved from the built entry when not given (the rest from the field table's default)
-_DERIVED_DURATIONS = ("jitter", "misfire_grace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +190,7 @@ def resolve_entry(
         target = _queue_amqp(entry.queue, protocol, queues)
         if target is not None:
             definition["amqp"] = target
-    for field in FIELDS:
-        if field.name not in definition:
-            value = _resolved(field.name, field.default, entry, protocol, definition)
-            if value is not _ABSENT:
-                definition[field.name] = value
+    _fill_defaults(definition, entry, protocol)
     # that it builds back the entry checked is a test's (tests/test_runtime_entries.py, each
     # field of the table): building it again here would double the cost of a bulk import
     return ResolvedEntry(name, definition)
@@ -338,6 +332,11 @@ def page_of(
 # --- resolving ----------------------------------------------------------------------------------
 
 _ABSENT = object()
+_EPOCH_TEXT = EPOCH.isoformat()
+_PLAIN = (str, int, float, bool)
+# Fields stored only when given: a window not given has no bound, and a null amqp is no
+# destination (a Celery entry's queue's is set from `queues`); the schedule is always given.
+_FILLED = tuple(f for f in FIELDS if f.name not in (*SCHEDULE_FIELDS, *WINDOW_FIELDS, "amqp"))
 
 
 def _check(name: str, raw: Mapping[str, Any], default_timezone: str) -> Entry:
@@ -372,25 +371,27 @@ def amqp_json(target: AmqpTarget) -> dict[str, str]:
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _resolved(
-    name: str, default: Any, entry: Entry, protocol: str | None, given: Mapping[str, Any]
-) -> Any:
-    """The stored value of field `name`, which the definition does not give."""
-    schedule = next(f for f in SCHEDULE_FIELDS if f in given)
-    if name in SCHEDULE_FIELDS or name in WINDOW_FIELDS:  # a window not given has no bound
-        return _ABSENT
-    if name == "amqp":  # none, unless its queue's (set above): a null is no destination
-        return _ABSENT
-    if name == "anchor":
-        return EPOCH.isoformat() if schedule == "every" else _ABSENT
-    if name == "timezone":
-        return entry.timezone
-    if name == "protocol":
-        return protocol
-    if name in _DERIVED_DURATIONS:
-        return _seconds(getattr(entry, name))
-    assert default is not REQUIRED
-    return _json(default)
+def _fill_defaults(definition: dict[str, Any], entry: Entry, protocol: str | None) -> None:
+    """Store in `definition` every field it does not give: derived from the built entry, or
+    the field table's default."""
+    derived = {
+        "anchor": _EPOCH_TEXT if "every" in definition else _ABSENT,
+        "timezone": entry.timezone,
+        "protocol": protocol,
+        "jitter": _seconds(entry.jitter),
+        "misfire_grace": _seconds(entry.misfire_grace),
+    }
+    for field in _FILLED:
+        name = field.name
+        if name in definition:
+            continue
+        if name in derived:
+            value = derived[name]
+            if value is not _ABSENT:
+                definition[name] = value
+        else:
+            assert field.default is not REQUIRED
+            definition[name] = _json(field.default)
 
 
 def _seconds(value: timedelta) -> int | float:
@@ -400,6 +401,8 @@ def _seconds(value: timedelta) -> int | float:
 
 def _json(value: Any) -> Any:
     """A field's value as JSON holds it (a YAML flag may give dates, tuples, a cron spec)."""
+    if value is None or type(value) in _PLAIN:  # most values: checked first, as it is cheap
+        return value
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime | date):

@@ -120,7 +120,7 @@ class Scheduler:
         self._good: Config | None = None  # the last configuration clear of runtime entries' names
         self.deadlines = Deadlines(backend, clock)
         self.health = EntryHealth(backend, clock)
-        self.steering = Steering(backend, clock, settings.node)
+        self.steering = Steering(backend, backend, clock, settings.node)
         parts = (self.deadlines, self.health, self.steering)
         self.observers: tuple[Observer, ...] = (*parts, *observers)
         self.totals = Totals()
@@ -161,7 +161,7 @@ class Scheduler:
 
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]:
-        return self.publisher.busy_marks_dropped
+        return self.publisher.busy_marks_dropped + self.steering.dropped
 
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]:

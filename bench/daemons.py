@@ -91,3 +91,15 @@ def kill9(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+
+
+def beatd_output(args: Sequence[str]) -> str:
+    """What `python -m beatd ARGS` prints (it must succeed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "beatd", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ).stdout

@@ -8,6 +8,7 @@ steady load (delay, with its tables' sizes) and the worker.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 Job = tuple[str, str, dict[str, Any]]
@@ -91,6 +92,7 @@ def jobs(quick: bool) -> list[Job]:
                 {"url": backend, "kills": 2 if quick else 20, "lease_ttl": 2 if quick else 5},
             )
         )
+    out += scale(quick)
     steady = ((1_000, 6),) if quick else ((10_000, 40), (1_000, 20))
     for n, window in steady:
         for tool in TOOLS:
@@ -117,6 +119,25 @@ def jobs(quick: bool) -> list[Job]:
                     },
                 )
             )
+    return out
+
+
+def scale(quick: bool) -> list[Job]:
+    """Issue 18's runtime entries: 100,000 imported over each way into a backend holding 0 or
+    200,000 already (1,000,000 is beyond this shared machine: the report extrapolates), and
+    RedBeat holding the same entries; `--quick` imports 10,000 into an empty one."""
+    counts = (10_000,) if quick else (100_000, 300_000)
+    out: list[Job] = []
+    for count in counts:
+        batch = min(count, 100_000)
+        for backend in BACKENDS:
+            for way in ("backend", "http"):
+                params = {"url": backend, "way": way, "count": count, "batch": batch}
+                out.append(("scale", "scale", params))
+        out.append(("scale", "scale", {"url": "redis", "way": "redbeat", "count": count}))
+    if not quick and find_spec("beatd.entry_feed") is not None:  # the leader loads them
+        for backend in BACKENDS:
+            out.append(("scale", "scale", {"url": backend, "way": "leader", "count": 100_000}))
     return out
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pgreport
+from bench import pgreport, scalereport
 from bench.peers import PYTHON
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +53,9 @@ def markdown(results: Result, plots: list[str], doc_dir: Path, source: Path) -> 
         "## PostgreSQL beside SQLite and Redis (issue 20)",
         "",
         pgreport.section(s, results["machine"]),
+        "## Runtime entries at scale, beside RedBeat (issue 18)",
+        "",
+        scalereport.section(s),
         "## beatd beside celery beat, RedBeat and APScheduler",
         "",
         "Same redis-server, one tool at a time. Ratio = the peer's figure / beatd's.",

@@ -78,7 +78,7 @@ def main() -> None:
                 label = f"{group} " + " ".join(
                     f"{k}={v}"
                     for k, v in params.items()
-                    if k in ("count", "tool", "mode", "backend_name")
+                    if k in ("count", "tool", "mode", "way", "backend_name")
                 )
                 _say(f"[{index}/{len(jobs)}] {label} ...")
                 result = run_job(module, params)
@@ -266,6 +266,9 @@ def _brief(result: dict[str, Any]) -> str:
         "tasks_per_s",
         "queued_pct",
         "all_queued_s",
+        "import_s",
+        "import_us_per_entry",
+        "bytes_per_entry",
     )
     parts = [f"{k}={result[k]}" for k in keys if k in result]
     for name in ("delay_s", "gap_s"):

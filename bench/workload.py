@@ -112,3 +112,40 @@ def expected_slots(item: dict[str, Any], start: float, end: float) -> list[float
         out.append(t)
         t += every
     return out
+
+
+# Issue 18's scale mix: 50 zones for the daily cron entries (every continent, both hemispheres,
+# half-hour and quarter-hour offsets)
+ZONES_50 = (
+    "UTC", "Europe/London", "Europe/Paris", "Europe/Berlin", "Europe/Madrid", "Europe/Rome",
+    "Europe/Amsterdam", "Europe/Stockholm", "Europe/Warsaw", "Europe/Athens", "Europe/Helsinki",
+    "Europe/Istanbul", "Europe/Moscow", "Europe/Lisbon", "Europe/Dublin", "Africa/Cairo",
+    "Africa/Lagos", "Africa/Johannesburg", "Africa/Nairobi", "Africa/Casablanca", "Asia/Dubai",
+    "Asia/Tehran", "Asia/Karachi", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Dhaka",
+    "Asia/Bangkok", "Asia/Jakarta", "Asia/Singapore", "Asia/Shanghai", "Asia/Hong_Kong",
+    "Asia/Tokyo", "Asia/Seoul", "Australia/Perth", "Australia/Adelaide", "Australia/Sydney",
+    "Pacific/Auckland", "Pacific/Honolulu", "America/Anchorage", "America/Los_Angeles",
+    "America/Denver", "America/Phoenix", "America/Chicago", "America/Mexico_City",
+    "America/New_York", "America/Toronto", "America/Bogota", "America/Sao_Paulo",
+    "America/Argentina/Buenos_Aires", "America/St_Johns",
+)  # fmt: skip
+
+
+def runtime_mix(count: int, start: int = 0, seed: int = 18) -> dict[str, dict[str, Any]]:
+    """Issue 18's runtime entries, name -> `Client.add_many` fields: of every 10, 4 daily cron
+    entries in one of 50 zones, 4 hourly cron entries (UTC), 2 intervals from 1 min to 1 day.
+    Entries `start` .. `start + count - 1` of the same deterministic sequence."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(start, start + count):
+        rng = random.Random(seed * 1_000_003 + i)
+        kind = i % 10
+        fields: dict[str, Any] = {"task": TASK, "args": [f"rt-{i:07d}"]}
+        if kind < 4:
+            fields["cron"] = f"{rng.randrange(60)} {rng.randrange(24)} * * *"
+            fields["timezone"] = ZONES_50[(i // 10 * 4 + kind) % len(ZONES_50)]
+        elif kind < 8:
+            fields["cron"] = f"{rng.randrange(60)} * * * *"
+        else:
+            fields["every"] = f"{rng.randint(60, 86400)}s"
+        out[f"rt-{i:07d}"] = fields
+    return out

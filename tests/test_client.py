@@ -60,7 +60,7 @@ def test_add_update_get_list_remove(client: Client, transport: str) -> None:
     assert [e["name"] for e in many] == ["t0", "t1", "t2"]
     listed = client.list(page_size=2)
     assert [e["name"] for e in listed] == ["report-acme", "t0", "t1", "t2"]
-    assert client.remove("t1", if_version=1)["name"] == "t1"
+    assert client.remove("t1", if_version=many[1]["version"])["name"] == "t1"
     assert [e["name"] for e in client.list(source="api")] == ["report-acme", "t0", "t2"]
     by = "ops" if transport == "http" else "ops@host"  # the token's name over HTTP
     assert (added["created_by"], changed["updated_by"]) == (by, by)

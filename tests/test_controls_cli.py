@@ -357,7 +357,13 @@ def test_resume_of_a_lapsed_pause_says_it_was_no_longer_paused(
         "resumed nightly\n"
         f"tick was no longer paused: its pause ended at {ended}; the lapsed pause was cleared\n"
     )
-    assert controls(backend).load_controls() == {}
+    left = controls(backend).load_controls()
+    assert [c.pause for c in left.values()] == [None, None]
+    # kept as lifted until a leader's horizon passes them: no leader ran while they were in force
+    assert sorted((name, [p.reason for p in c.lifted]) for name, c in left.items()) == [
+        ("nightly", ["is"]),
+        ("tick", ["was"]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -565,9 +571,13 @@ def test_migrate_carries_pauses_audit_and_keys(
         queued(backend)  # the source's queue must be empty to migrate
         code, out, err = beatd("migrate", "--from", broker, "--to", target)
         assert (code, err) == (0, ""), err
-        assert "1 control(s), 2 audit record(s), 2 trigger key(s)" in out
+        assert (
+            "1 pause(s), 0 busy mark(s), 0 held run(s), 2 audit record(s), 2 trigger key(s)" in out
+        )
         code, out, _ = beatd("migrate", "--from", broker, "--to", target)
-        assert "0 control(s), 0 audit record(s), 0 trigger key(s)" in out
+        assert (
+            "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s)" in out
+        )
         assert controls(kept).load_controls()["tick"].pause is not None
         again = beatd("trigger", "nightly", "--idempotency-key", "k", "-s", schedules,
                       "--broker", target)  # fmt: skip
@@ -699,7 +709,7 @@ def test_the_readme_steering_example_shows_what_its_commands_print(
 
     session = readme_session()
     assert [command.split()[1] for command, _ in session] == [
-        "trigger", "pause", "trigger", "backfill", "backfill", "audit",
+        "trigger", "pause", "trigger", "resume", "backfill", "backfill", "audit",
     ]  # fmt: skip
     for command, shown in session:
         command, _, head = command.partition(" | head -")

@@ -182,6 +182,6 @@ def test_rm_removes_every_name_it_can_and_names_the_others(broker: str) -> None:
         assert beatd(broker, "entries", "add", name, "--task", "x.y", "--every", "1h")[0] == 0
     assert beatd(broker, "entries", "rm", "a", "b", "c") == (
         1,
-        "removed a (version 1)\nremoved c (version 1)\n",
+        "removed a (version 1)\nremoved c (version 2)\n",  # created at its change record's seq
         "no runtime entry b\n",
     )

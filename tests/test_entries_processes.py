@@ -116,8 +116,9 @@ def test_a_standby_holding_the_runtime_entries_takes_over_within_the_ttl(
 
 
 def test_a_change_reaches_the_leaders_plan_within_1_s(procs: Processes, store: Backend) -> None:
-    """From each write's acknowledgement to the planner holding the entry, 100 times, on a
-    scheduler in this process (real clock, real backend): p99 under 1 s, printed."""
+    """From each write's acknowledgement to the planner holding the entry, on a scheduler in
+    this process (real clock, real backend): each within 1 s (the feed is read every 0.2 s).
+    The p99 under load is the bench's to measure (bench/scenarios, runtime entries)."""
     settings = SchedulerSettings(node="latency", lease_ttl=5)
     beat = Scheduler(store, lambda: Config({}), SystemClock(), settings)
     stop = threading.Event()
@@ -126,7 +127,7 @@ def test_a_change_reaches_the_leaders_plan_within_1_s(procs: Processes, store: B
     try:
         wait_for(lambda: beat.is_leader, what="leading")
         latencies = []
-        for i in range(100):
+        for i in range(15):
             name = f"tenant-{i:03}"
             put(store, name, "1h")
             acked = time.monotonic()
@@ -136,13 +137,11 @@ def test_a_change_reaches_the_leaders_plan_within_1_s(procs: Processes, store: B
         stop.set()
         beat.wake.set()
         loop.join(10)
-    p99 = statistics.quantiles(latencies, n=100)[98]
     print(
         f"\n{store.url.split(':')[0]}: a change in the leader's plan after "
-        f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-        f"max {max(latencies) * 1000:.0f} ms"
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
-    assert p99 < 1.0
+    assert max(latencies) < 1.0
 
 
 def test_a_schedule_file_taking_a_runtime_entrys_name_exits_2_at_start(

@@ -259,6 +259,7 @@ def test_every_json_field_is_documented_and_every_documented_field_is_emitted(
         "node": "node-a",
         "epoch": 3,
         "overdue_at": None,
+        "pause": None,  # skipped, not paused
     }
 
 
@@ -413,13 +414,15 @@ def test_migrate_copies_the_history_once(broker: str, tmp_path: Path) -> None:
     assert first == (
         0,
         "copied 0 state(s), 0 dead letter(s), 2 run record(s), 1 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 0 already on the target\n",
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 0 already on the target\n",
         "",
     )
     assert again == (
         0,
         "copied 0 state(s), 0 dead letter(s), 0 run record(s), 0 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 3 already on the target\n",
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 3 already on the target\n",
         "",
     )
 

@@ -382,12 +382,16 @@ def test_audit_answers_what_beatd_audit_json_prints(api: Api) -> None:
     letters(api.broker)
     api.ask("/v1/dead-letters/retry", WRITER.token, "POST")
     status, _, body = api.ask("/v1/audit?entry=tick")
-    assert status == 200 and body == {"records": []}  # a requeue of all names no entry
+    assert status == 200  # a requeue of all is recorded under each letter's entry
+    assert [r["detail"]["run_id"] for r in body["records"]] == ["tick@2026-12-05T03:00:00Z"]
     _, _, body = api.ask("/v1/audit?since=1h&limit=5")
     printed = CliRunner().invoke(main, ["audit", "--json", "--broker", api.broker])
     assert printed.exit_code == 0
     assert body["records"] == json.loads(printed.stdout)
-    assert [(r["action"], r["by"]) for r in body["records"]] == [("requeue_dead", "ops")]
+    assert sorted((r["action"], r["entry"], r["by"]) for r in body["records"]) == [
+        ("requeue_dead", "gone", "ops"),
+        ("requeue_dead", "tick", "ops"),
+    ]
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -536,6 +540,12 @@ def test_pause_all_says_later_entries_are_not_paused_and_resume_by_glob(api: Api
         ("/v1/entries/tick/trigger", {"args": {"a": 1}}, 422, "args", "args must be an array"),
         ("/v1/entries/tick/trigger", {"when": 1}, 422, "when",
          "unknown member 'when': use args, force, idempotency_key, kwargs"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": "two words"}, 422, "idempotency_key",
+         "'two words' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' "
+         "or '-' (such as incident-4711)"),
+        ("/v1/entries/tick/trigger", {"idempotency_key": ""}, 422, "idempotency_key",
+         "'' cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' or '-' "
+         "(such as incident-4711)"),
         ("/v1/entries/tick/pause", {}, 422, "reason", "reason is required"),
         ("/v1/entries/tick/pause", {"reason": "x", "until": "2026-12-05T07:00:00"}, 422, "until",
          "'2026-12-05T07:00:00' has no offset, so it could mean any zone: add one (Z for UTC, or "

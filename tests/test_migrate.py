@@ -57,7 +57,8 @@ def copied_line(states: int, letters: int, skipped: int, runs: int = 0, missed: 
     """What `beatd migrate` prints when it is done."""
     return (
         f"copied {states} state(s), {letters} dead letter(s), {runs} run record(s), {missed} "
-        f"missed-slot record(s), 0 control(s), 0 audit record(s), 0 trigger key(s); skipped "
+        f"missed-slot record(s), 0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), "
+        f"0 trigger key(s); skipped "
         f"{skipped} already on the target\n"
     )
 
@@ -451,7 +452,8 @@ def test_undelivered_outbox_runs_are_carried_to_the_targets_outbox_once(
     def summary(skipped: int, copied: int, carried: int) -> str:
         return (
             f"copied 0 state(s), 0 dead letter(s), {copied} run record(s), 0 missed-slot "
-            f"record(s), 0 control(s), {copied} audit record(s), {copied} trigger key(s); "
+            f"record(s), 0 pause(s), 0 busy mark(s), 0 held run(s), {copied} audit record(s), "
+            f"{copied} trigger key(s); "
             f"skipped {skipped} already on the target\ncarried {carried} undelivered run(s) to "
             f"the target's outbox ({OUTBOX_QUEUE}) for its relay\n"
         )

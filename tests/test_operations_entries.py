@@ -194,7 +194,7 @@ def test_add_many_is_all_or_nothing_and_names_every_problem(store: Backend) -> N
     )
     assert shown.all_runtime_entries(store) == []
     added = ops.add_many(store, [*batch[:1], ("b", {"task": "x.y", "every": "2h"})], WRITING)
-    assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 1)]
+    assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 2)]  # their changes' seqs
 
 
 def _every_problem(text: str) -> str:
@@ -305,7 +305,7 @@ def test_a_write_whose_reply_was_lost_is_repeated_and_written_once(store: Backen
     plan.inject("put_entry", Fault.FAIL_BEFORE_WRITE)
     assert ops.update(faulty, "nightly", {"queue": "q"}, WRITING).version == 2
     added = ops.add_many(faulty, [("a", NIGHTLY), ("b", NIGHTLY)], WRITING)
-    assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 1)]
+    assert [(e.name, e.version) for e in added] == [("a", 3), ("b", 4)]  # their changes' seqs
     assert [name for name, _ in plan.injected] == ["put_entry", "put_entry", "put_entries"]
     assert sorted((r.action, r.entry) for r in store.audit()) == [
         ("entry.add", "a"),

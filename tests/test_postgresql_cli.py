@@ -78,7 +78,8 @@ def test_migrate_from_sqlite_to_postgresql_and_on_to_redis(database: str, tmp_pa
     # the message has no slot (no run record), so no history to copy
     copied = (
         "copied 1 state(s), 1 dead letter(s), 0 run record(s), 0 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 0 already on the target\n"
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 0 already on the target\n"
     )
     dead = [("e@2026-03-01T12:03:00Z", "default", "boom", 1)]
 
@@ -86,7 +87,8 @@ def test_migrate_from_sqlite_to_postgresql_and_on_to_redis(database: str, tmp_pa
     assert beatd("migrate", "--from", source, "--to", database) == (
         0,
         "copied 0 state(s), 0 dead letter(s), 0 run record(s), 0 missed-slot record(s), "
-        "0 control(s), 0 audit record(s), 0 trigger key(s); skipped 2 already on the target\n",
+        "0 pause(s), 0 busy mark(s), 0 held run(s), 0 audit record(s), 0 trigger key(s); "
+        "skipped 2 already on the target\n",
         "",
     )
     postgresql = open_backend(database, read_only=True)

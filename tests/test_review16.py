@@ -17,12 +17,15 @@ from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.cli import main
+from beatd.cli.controls import controls_of
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Busy, EntryControl, Overlap
 from beatd.history import HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.message import run_id
+from beatd.operations.backfill import BackfillRange, plan_backfill, send
+from beatd.operations.controls import BadRequest
 from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -56,11 +59,6 @@ def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") 
     return Scheduler(backend, lambda: config, clock, settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: pause_after_failures remembers 'paused once' per process only; a new "
-    "leader re-pauses an entry the operator resumed, with no new failure",
-)
 def test_a_resumed_entry_is_not_paused_again_by_the_next_leader(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -157,11 +155,6 @@ def hours_back(count: int) -> list[datetime]:
     return [top - timedelta(hours=h) for h in reversed(range(count))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: backfill checks only --history-max-age; slots whose published records "
-    "--history-keep (or --history-max-records) trimmed are published a second time",
-)
 def test_backfill_never_republishes_slots_whose_records_the_count_cap_trimmed(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -177,12 +170,6 @@ def test_backfill_never_republishes_slots_whose_records_the_count_cap_trimmed(
     assert queued(store) == []  # every slot had been published and run already
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: backfill ignores overlap: a busy `overlap: skip` entry gets every "
-    "backfilled slot at once, beside the busy run and each other (seen on SQLite: four runs "
-    "of one skip entry at the same time)",
-)
 def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -199,11 +186,6 @@ def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
     assert queued(store) == [running]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: --idempotency-key is not checked: '' gives run id 'tick@manual-', a key "
-    "with a newline or space goes into the run id, the history table and the logs as it is",
-)
 @pytest.mark.parametrize("key", ["", "two words", "line\nbreak"], ids=["empty", "space", "newline"])
 def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     broker: str, schedules: Path, store: Backend, key: str
@@ -216,12 +198,6 @@ def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: the history's missed record of paused slots says neither who paused, nor "
-    "why, nor until when, nor which audit record (issue 16: status, the history and the metrics "
-    "show who paused, why and until when)",
-)
 def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -236,11 +212,6 @@ def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
     assert "2026-03-01T12:02:30" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: beatd migrate counts pauses, busy marks and held runs together as "
-    "'control(s)'; issue 16 asks it to count each kind",
-)
 def test_migrate_counts_pauses_apart_from_other_controls(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -258,12 +229,6 @@ def test_migrate_counts_pauses_apart_from_other_controls(
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a held manual run (trigger said 'held ... published when that one ends', "
-    "exit 0) vanishes when a pause comes before the busy run ends: dropped as a missed "
-    "'paused' slot at the trigger's time, its run id nowhere in the history",
-)
 def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -281,11 +246,6 @@ def test_a_held_manual_run_does_not_vanish_under_a_later_pause(
     assert store.run(held) is not None or control.held is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: `beatd dead retry --all` writes one audit record with no entry and no "
-    "run ids, so `beatd audit ENTRY` never shows that the entry's dead letter was requeued",
-)
 def test_a_requeue_of_all_dead_letters_shows_in_each_entrys_audit(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -311,12 +271,6 @@ def published_slots(backend: MemoryBackend) -> list[str]:
     return sorted(r.slot.strftime("%H:%M") for r in runs if r.slot is not None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a pause and its resume while no leader runs are forgotten: the next "
-    "leader reads only the newest audit record, so the paused slots follow `missed:` "
-    "(catch_up publishes them all) instead of ending missed (paused)",
-)
 def test_slots_paused_and_resumed_while_no_leader_ran_stay_missed_paused(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -334,12 +288,6 @@ def test_slots_paused_and_resumed_while_no_leader_ran_stay_missed_paused(
     assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 4, 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a second pause replaces the first with a later `at`; with no leader "
-    "running between them, the slots under the first pause follow `missed:` instead of "
-    "ending missed (paused)",
-)
 def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slots(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -352,17 +300,16 @@ def test_a_pause_replaced_while_no_leader_ran_still_covers_the_first_pauses_slot
     backend.pause(["tick"], "incident, longer", None, "bob@ops")  # 12:04:10, a new reason
     clock.advance(30)
     second = scheduler(backend, clock, entry, node="b")
-    run_for(second, 60)
+    run_for(second, 60)  # to 12:05:40: the first pause's slots are decided at adoption
     assert published_slots(backend) == ["12:01"]
-    assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 5, 4)]
+    assert sorted(m.slots for m in backend.missed(entry="tick")) == [paused_slots(2, 4, 3)]
+    backend.resume(["tick"], "bob@ops")  # 12:05:40: the second pause's slot 12:05 ends with it
+    run_for(second, 60)  # to 12:06:40
+    assert published_slots(backend) == ["12:01", "12:06"]
+    missed = sorted(m.slots for m in backend.missed(entry="tick"))
+    assert missed == [paused_slots(2, 4, 3), paused_slots(5, 5, 1)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: beatd status shows as NEXT DUE a slot the pause covers (it will end "
-    "missed, paused), as docs/controls.md's own example does (nightly-export, due 01:30, "
-    "paused until 06:22)",
-)
 def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -381,12 +328,6 @@ def test_status_never_shows_a_slot_the_pause_covers_as_next_due(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a backfill of a slot held under buffer_one publishes it (no published "
-    "record yet), and the busy run's end publishes the held one again: one slot, two runs "
-    "under one id",
-)
 def test_a_backfilled_held_slot_is_not_published_again_when_the_busy_run_ends(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -411,12 +352,6 @@ def test_a_backfilled_held_slot_is_not_published_again_when_the_busy_run_ends(
     assert ids == [run.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: with `beatd run --no-history` the scheduler records no published runs, "
-    "and `beatd backfill` (history on in its own process) takes their absence for 'never "
-    "published': every slot the scheduler published goes out again",
-)
 def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -435,11 +370,6 @@ def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
     assert queued(store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: after a resume, pause_after_failures never pauses the entry again until "
-    "one run succeeds: N more failures in a row (the streak only grows) go on unpaused",
-)
 def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resume(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
@@ -463,22 +393,11 @@ def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resum
     assert control is not None and control.pause is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: the README's steering example never shows `beatd resume` (nor the pause "
-    "in `beatd status`); issue 16 asks the README to show each command with real output",
-)
 def test_the_readme_steering_example_shows_each_control_command() -> None:
     shown = {command.split()[1] for command, _ in readme_session()}
     assert {"trigger", "pause", "resume", "backfill", "audit"} <= shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: migrate --queued-as-dead-letters copies the busy mark of a run it turned "
-    "into a dead letter (a final outcome): on the target the entry stays busy, its slots "
-    "missed (overlap), until overlap_timeout (24 h by default)",
-)
 def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_letter(
     schedules: Path, tmp_path: Path
 ) -> None:
@@ -500,12 +419,33 @@ def test_migrate_does_not_keep_a_busy_mark_for_a_run_it_turned_into_a_dead_lette
         discard(target.removeprefix("memory://"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review16: a trigger over a stale busy mark (older than overlap_timeout) publishes "
-    "without a word: the dropped mark is neither logged nor said, nor counted anywhere, "
-    "against 'overlap_timeout drops a stale mark, logged and counted'",
-)
+def test_migrate_copies_the_run_held_behind_a_dead_lettered_run_as_a_dead_letter(
+    schedules: Path, tmp_path: Path
+) -> None:
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    base = ["-s", str(schedules), "--broker", source]
+    busy = beatd("trigger", "slow-buffer", *base)[1].strip()
+    held = beatd("trigger", "slow-buffer", *base)[1].strip()  # held behind the queued one
+    target = f"memory://review16-target-{uuid.uuid4().hex}"
+    kept = open_backend(target)
+    try:
+        code, out, err = beatd(
+            "migrate", "--from", source, "--to", target, "--queued-as-dead-letters"
+        )
+        assert (code, err) == (0, "")
+        assert "0 busy mark(s), 0 held run(s)" in out
+        letters = {letter.id: letter.reason for letter in kept.dead_letters()}
+        assert letters[held] == (
+            f"held in {source} behind run {busy}, which was queued when it was migrated (copied "
+            "as a dead letter); run it with `beatd dead retry` after that one"
+        )
+        assert sorted(letters) == sorted([busy, held])
+        assert kept.load_controls(["slow-buffer"]) == {}
+    finally:
+        kept.close()
+        discard(target.removeprefix("memory://"))
+
+
 def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     broker: str, schedules: Path, store: Backend
 ) -> None:
@@ -516,3 +456,58 @@ def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     assert code == 0
     assert queued(store) == [out.strip()]
     assert stale in err
+
+
+def test_backfill_names_the_trimmed_bound_the_missing_history_and_the_busy_run(
+    broker: str, schedules: Path, store: Backend
+) -> None:
+    slots = hours_back(3)
+    text = [f"{slot:{SLOT}}" for slot in slots]
+    base = ["-s", schedules, "--broker", broker, "--by", "rev"]
+    span = ["--from", text[0], "--to", f"{slots[-1] + timedelta(seconds=1):{SLOT}}"]
+    leader_side = open_backend(broker, history=False)  # `beatd run --no-history`
+    publish_as_scheduler(leader_side, schedules, "report-hourly", slots)
+    leader_side.close()
+    assert beatd("backfill", "report-hourly", *span, *base) == (
+        2,
+        "",
+        "beatd: --from: the run history holds no record of a scheduled run of report-hourly: if "
+        "its scheduler runs with --no-history, what it published cannot be checked, and every "
+        "slot would go out again; run the scheduler with the history on, then backfill\n",
+    )
+    publish_as_scheduler(store, schedules, "slow-skip", slots)
+    store.trim(Retention(per_entry=2))  # the first slot's record goes
+    assert beatd("backfill", "slow-skip", *span, *base) == (
+        2,
+        "",
+        f"beatd: --from: {text[0]} is not after {text[0]}, the newest slot of slow-skip whose "
+        "run record the history's retention trimmed (--history-keep, --history-max-records): "
+        "what was published up to it can no longer be checked; start the range after it\n",
+    )
+    code, running, _ = beatd("trigger", "slow-skip", "-s", schedules, "--broker", broker)
+    assert code == 0
+    later = ["--from", text[1], span[2], span[3]]
+    assert beatd("backfill", "slow-skip", *later, *base) == (
+        1,
+        "",
+        f"beatd: slow-skip is busy: run {running.strip()} has not ended, and its overlap is "
+        "skip; nothing was published: wait for it, or add --force\n",
+    )
+    code, out, _ = beatd("backfill", "slow-skip", *later, "--force", *base)
+    assert (code, out.splitlines()[-1]) == (0, "published 0, already there 2")
+
+
+def test_a_trim_between_a_backfills_plan_and_its_step_publishes_nothing(
+    schedules: Path, store: Backend
+) -> None:
+    slots = hours_back(3)
+    publish_as_scheduler(store, schedules, "report-hourly", slots)
+    entry = load_config([str(schedules)]).entries["report-hourly"]
+    asked = BackfillRange(slots[1], slots[-1] + timedelta(seconds=1), 10)
+    runs = plan_backfill(store, entry, asked, timedelta(days=30))
+    store.trim(Retention(per_entry=1))  # the leader trims meanwhile: slots[1] loses its record
+    with pytest.raises(BadRequest) as refused:
+        send(controls_of(store), entry, runs, None, "rev", asked)
+    assert refused.value.option == "--from"
+    assert refused.value.message.startswith(f"{slots[1]:{SLOT}} is not after {slots[1]:{SLOT}}")
+    assert queued(store) == []

@@ -17,10 +17,11 @@ from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
-from beatd.controls import Overlap
-from beatd.history import HistoryQuery, MissedSlots, RunKind
+from beatd.controls import Guard, Overlap, TriggerStatus
+from beatd.history import HistoryQuery, MissedRecord, MissedSlots, RunKind
 from beatd.message import run_id
 from beatd.metrics import register_scheduler
+from beatd.operations.history import read_history, record_object
 from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
@@ -526,3 +527,91 @@ def test_a_slot_due_after_the_resume_is_not_missed_as_paused(
         "12:00:12", "12:00:14", "12:00:16", "12:00:18", "12:00:20",
     ]  # fmt: skip
     assert missed(backend) == [MissedSlots("tick", "paused", T0 + two, T0 + 5 * two, 5)]
+
+
+def test_the_leader_counts_the_stale_busy_marks_a_trigger_dropped(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """A trigger runs in its own process: the stale mark it published over is counted by the
+    leader from its audit record (`dropped_busy`), as the leader counts the marks it drops."""
+    from tests.backends.controls_contract import trigger
+
+    guard = Guard(Overlap.SKIP, 90.0)
+    every = IntervalSchedule(10 * M)
+    entry = Entry(
+        "tick", "t.task", every, overlap=Overlap.SKIP, overlap_timeout=timedelta(seconds=90)
+    )
+    beat = scheduler(backend, clock, entry)
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    run_for(beat, 605)  # 12:10 published: tick is busy
+    run_for(beat, 100)  # its mark is stale now, and the next slot is not due yet
+    result = backend.trigger(trigger("tick", guard=guard))
+    assert (result.status, result.detail) == (TriggerStatus.PUBLISHED, run_id("tick", T0 + 10 * M))
+    beat.steering.read_soon()
+    run_for(beat, 1)
+    assert value(scrape(registry), "beatd_busy_marks_dropped_total", entry="tick") == 1
+
+
+def test_the_history_names_the_pause_each_paused_range_was_under(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    beat = scheduler(backend, clock, every_minute())
+    run_for(beat, 65)  # 12:01 published
+    [ann] = backend.pause(["tick"], "incident", None, "ann@ops")
+    run_for(beat, 120)
+    backend.resume(["tick"], "ann@ops")  # 12:02 and 12:03 were paused
+    beat.steering.read_soon()
+    run_for(beat, 60)  # 12:04 published
+    [bob] = backend.pause(["tick"], "deploy", T0 + 7 * M, "bob@ops")
+    run_for(beat, 240)  # 12:05 and 12:06 paused, 12:07 published
+    page = read_history(backend, HistoryQuery("tick"), frozenset({"missed"}))
+    found = {
+        record.slots.first.strftime("%H:%M"): record_object(record, {}, page.pauses)["pause"]
+        for record in page.records
+        if isinstance(record, MissedRecord)
+    }
+    assert found == {
+        "12:02": {
+            "at": f"{ann.at:%Y-%m-%dT%H:%M:%SZ}",
+            "until": None,
+            "reason": "incident",
+            "by": "ann@ops",
+            "audit": ann.id,
+        },
+        "12:05": {
+            "at": f"{bob.at:%Y-%m-%dT%H:%M:%SZ}",
+            "until": "2026-03-01T12:07:00Z",
+            "reason": "deploy",
+            "by": "bob@ops",
+            "audit": bob.id,
+        },
+    }
+
+
+@pytest.mark.parametrize("how", ["resumed", "replaced"])
+def test_a_pause_lifted_while_no_leader_ran_covers_its_slots_on_sqlite(
+    tmp_path: Any, clock: FakeClock, how: str
+) -> None:
+    """The lifted pause is persisted (beatd.controls.lift): the next leader, which never saw
+    it, ends its slots missed (paused) under `missed: catch_up`, publishing none of them."""
+    from beatd.backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path / "b.db", wall_clock=lambda: clock.now().timestamp())
+    entry = every_minute(missed=MissedPolicy.CATCH_UP)
+    first = scheduler(backend, clock, entry)
+    run_for(first, 70)  # 12:01 published
+    first.shutdown()  # nobody leads from here
+    backend.pause(["tick"], "incident", None, "ann@ops")  # 12:01:10
+    clock.advance(180)
+    if how == "resumed":
+        backend.resume(["tick"], "ann@ops")  # 12:04:10
+    else:
+        backend.pause(
+            ["tick"], "later", T0 + 4 * M + timedelta(seconds=20), "bob@ops"
+        )  # till 12:04:20
+    clock.advance(30)
+    second = scheduler(backend, clock, entry, node="b")
+    run_for(second, 60)  # 12:04:40 to 12:05:40
+    assert published(backend, "tick") == ["12:01", "12:05"]
+    assert missed(backend, "tick") == [MissedSlots("tick", "paused", T0 + 2 * M, T0 + 4 * M, 3)]

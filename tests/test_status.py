@@ -18,9 +18,13 @@ from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.cli import main
 from beatd.config import load_config
+from beatd.config.model import Entry
+from beatd.controls import EntryControl, Pause
 from beatd.errors import TransientBackendError
 from beatd.nodes import NodeRecord, NodeRole
+from beatd.operations.status import next_unpaused
 from beatd.runtime_entries import resolve_entry
+from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
 from tests.redis_sentinel import SentinelCluster
 from tests.redis_server import RedisServer, free_port
@@ -378,3 +382,54 @@ def test_status_on_memory_warns_that_it_sees_only_its_own_process() -> None:
     discard("status-alone")
     assert result.exit_code == 0, result.output
     assert f"WARNING beatd: {warning}" in result.stderr
+
+
+# --- the next due time past pauses (beatd.operations.status.next_unpaused)
+
+H0 = datetime(2026, 12, 6, 0, 0, tzinfo=UTC)
+
+
+def hourly(jitter: timedelta | None = None) -> Entry:
+    return Entry(name="h", task="t", schedule=IntervalSchedule(timedelta(hours=1)), jitter=jitter)
+
+
+def paused(at: int, until: int | None, *lifted: tuple[int, int]) -> EntryControl:
+    def hour(h: int | None) -> datetime | None:
+        return None if h is None else H0 + timedelta(hours=h)
+
+    def pause(a: int, u: int | None) -> Pause:
+        start = hour(a)
+        assert start is not None
+        return Pause(start, hour(u), "r", "ann@ops")
+
+    return EntryControl(pause(at, until), lifted=tuple(pause(a, u) for a, u in lifted))
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        (None, 1),
+        (EntryControl(), 1),
+        (paused(0, 3), 3),  # 01:00 and 02:00 are covered: they end missed, never due
+        (paused(0, None), None),  # paused till resumed: nothing is due
+        (paused(5, 8, (0, 2), (2, 4)), 4),  # lifted pauses, back to back, then a gap
+        (paused(5, 8), 1),  # a pause later on covers nothing yet
+    ],
+    ids=["no_control", "empty_control", "pause_until", "till_resumed", "lifted", "later_pause"],
+)
+def test_next_due_is_the_first_slot_no_pause_covers(
+    control: EntryControl | None, expected: int | None
+) -> None:
+    first = H0 + timedelta(hours=1)
+    found = next_unpaused(hourly(), first, control)
+    assert found == (None if expected is None else H0 + timedelta(hours=expected))
+
+
+def test_next_due_past_a_pause_counts_the_jitter() -> None:
+    entry = hourly(jitter=timedelta(minutes=59))
+    control = paused(0, 3)
+    found = next_unpaused(entry, H0 + timedelta(hours=1), control)
+    assert found is not None
+    earlier = found - timedelta(hours=1)
+    assert entry.due_for(found) >= H0 + timedelta(hours=3)
+    assert earlier < H0 + timedelta(hours=1) or entry.due_for(earlier) < H0 + timedelta(hours=3)

@@ -537,6 +537,11 @@ class RunHistory(Reachable, Protocol):
     def history_size(self) -> tuple[int, int]:
         """How many run records and missed-slot records are kept (a read)."""
 
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        """The newest slot of `entry` whose run record (of any kind but manual) `trim` deleted,
+        written in the trim's step; None if none was. The history vouches for what was
+        published only after it: `beatd backfill` refuses slots at or before it (a read)."""
+
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         """Mark a run overdue at `at` (its deadline) unless it finished at or before `at` or
         was marked: a run that finished after its deadline (while no leader watched it) is
@@ -592,6 +597,23 @@ class RunHistory(Reachable, Protocol):
         and missed records were added."""
 
 
+class HistoryTrimmed(BackendError):
+    """`Controls.backfill` refused, nothing published: a run's slot is at or before `bound`,
+    the newest slot of `entry` whose record a trim deleted (`RunHistory.trimmed_up_to`)."""
+
+    def __init__(self, entry: str, bound: datetime) -> None:
+        super().__init__(
+            f"cannot backfill entry {entry}: the run history's retention trimmed its records up "
+            f"to slot {bound.isoformat()}, so slots up to it can no longer be checked"
+        )
+        self.entry, self.bound = entry, bound
+
+
+def first_trimmed(runs: Sequence[Outgoing], bound: datetime | None) -> bool:
+    """Whether a run of `runs` has a slot at or before `bound` (None: nothing was trimmed)."""
+    return bound is not None and any(m.slot is not None and m.slot <= bound for m in runs)
+
+
 def backfill_needs_history(entry: str, url: str) -> BackendError:
     """The refusal of `Controls.backfill` on a backend opened with the history off."""
     return BackendError(
@@ -640,8 +662,10 @@ class Controls(Reachable, Protocol):
     ) -> tuple[list[str], AuditRecord]:
         """Publish each of `runs` (kind backfill, their scheduled ids) whose run id has no
         published record, in one step, with one audit record (its id on each record); the ids
-        published. Running it twice publishes nothing more. BackendError with history off:
-        without published records nothing can be deduplicated."""
+        published, and a held run among them is no longer held. Running it twice publishes
+        nothing more. HistoryTrimmed, nothing published, when a run's slot is at or before
+        the entry's `trimmed_up_to`. BackendError with history off: without published records
+        nothing can be deduplicated."""
 
     def record_audit(self, record: AuditRecord) -> None:
         """Store an audit record of an action taken elsewhere (a dead-letter requeue)."""

@@ -134,6 +134,10 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
         self._writes_history = history
         self._host, self._pid = socket.gethostname(), os.getpid()
 
+    def _horizon(self, entry: str) -> datetime | None:
+        state = self._store.states.get(entry)  # under the lock, from the controls' steps
+        return state.last_slot if state is not None else None
+
     def close(self) -> None:
         """Nothing to let go of: the store stays with the process for the other handles."""
 

@@ -18,9 +18,11 @@ from typing import Any
 from beatd.backends.base import (
     BeatdQueue,
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
 )
 from beatd.backends.memory_history import History
 from beatd.controls import (
@@ -38,10 +40,14 @@ from beatd.controls import (
     TriggerResult,
     TriggerStatus,
     backfill_detail,
+    dropped_by_pause,
     held_trigger,
+    lift,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
@@ -197,6 +203,7 @@ class MemoryControls:
     _writes_history: bool
     _now: Callable[[], float]
     _add: Callable[[BeatdQueue, str, str, float], None]
+    _horizon: Callable[[str], datetime | None]  # an entry's persisted last slot, if any
 
     def _instant(self) -> datetime:
         return datetime.fromtimestamp(self._now(), UTC)
@@ -221,7 +228,8 @@ class MemoryControls:
             records = []
             for entry in entries:
                 control = self._book.get(entry)
-                self._book.put(entry, control._replace(pause=pause))
+                lifted = lift(control, at, self._horizon(entry))
+                self._book.put(entry, control._replace(pause=pause, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(pause)
                 record = AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
                 records.append(self._audit(record))
@@ -235,7 +243,8 @@ class MemoryControls:
                 control = self._book.get(entry)
                 if control.pause is None:
                     continue
-                self._book.put(entry, control._replace(pause=None))
+                lifted = lift(control, at, self._horizon(entry))
+                self._book.put(entry, control._replace(pause=None, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(None)
                 record = AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)
                 records.append(self._audit(record))
@@ -269,7 +278,7 @@ class MemoryControls:
             return TriggerResult(TriggerStatus.REFUSED_PAUSED, rid, control.pause.describe())
         guard = request.guard
         if request.force or guard is None or not is_busy(control, guard, at):
-            return TriggerResult(TriggerStatus.PUBLISHED, rid)
+            return published_trigger(request, control)
         if guard.overlap is Overlap.BUFFER_ONE:
             return held_trigger(control, rid)
         assert control.busy is not None
@@ -278,13 +287,7 @@ class MemoryControls:
     def _carry_out(self, request: Trigger, result: TriggerResult, at: datetime) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         audit_id, entry = new_audit_id(), request.entry
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         self._audit(AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         control = self._book.get(entry)
         if result.status is TriggerStatus.HELD:
@@ -332,6 +335,10 @@ class MemoryControls:
                     "memory backend stores beatd's own messages only"
                 )
         with self._lock:
+            bound = self._history.trimmed.get(entry)
+            if first_trimmed(runs, bound):
+                assert bound is not None
+                raise HistoryTrimmed(entry, bound)
             at, audit_id = self._instant(), new_audit_id()
             published: list[str] = []
             for message in runs:
@@ -339,6 +346,10 @@ class MemoryControls:
                     continue
                 self._publish(message._replace(audit=audit_id), at)
                 published.append(message.id)
+            control = self._book.get(entry)
+            if control.held is not None and control.held.run_id in published:
+                # published here: the busy run's end must not publish it again
+                self._book.put(entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(published))
             audit = self._audit(AuditRecord(audit_id, at, "backfill", entry, by, done))
             return published, audit
@@ -382,7 +393,7 @@ class MemoryControls:
         control = self._book.get(entry)
         held, pause = control.held, control.pause
         control = control._replace(busy=None, held=None)
-        if held is not None and pause is not None and pause.covers(at):
+        if held is not None and dropped_by_pause(held, pause, at):
             if self._writes_history:
                 slots = MissedSlots(entry, PAUSED, held.slot, held.slot, 1)
                 self._history.missed_one(slots, None, at)

@@ -26,6 +26,7 @@ from beatd.history import (
     MissedRecord,
     MissedSlots,
     Retention,
+    RunKind,
     RunRecord,
 )
 from beatd.outcomes import Outcome
@@ -70,6 +71,7 @@ class History:
     runs: dict[str, RunRecord] = field(default_factory=dict)
     missed: dict[MissedKey, MissedRecord] = field(default_factory=dict)
     summaries: dict[str, EntrySummary] = field(default_factory=dict)
+    trimmed: dict[str, datetime] = field(default_factory=dict)  # `RunHistory.trimmed_up_to`
 
     # --- what commit writes ------------------------------------------------------------------
 
@@ -215,6 +217,8 @@ class History:
         for r in oldest_first[:limit]:
             del self.runs[r.id]
             count += 1
+            if r.kind != RunKind.MANUAL:  # backfill vouches only for slots after it
+                self.trimmed[r.entry] = max(r.slot, self.trimmed.get(r.entry, r.slot))
         for m in missed_first[: limit - count]:
             del self.missed[_missed_key(m)]
             count += 1
@@ -277,6 +281,10 @@ class MemoryHistory:
     def history_size(self) -> tuple[int, int]:
         with self._lock:
             return len(self._history.runs), len(self._history.missed)
+
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        with self._lock:
+            return self._history.trimmed.get(entry)
 
     def mark_overdue(self, run_id: str, at: datetime) -> bool:
         with self._lock:

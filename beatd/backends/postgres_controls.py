@@ -16,12 +16,21 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from beatd.backends.base import BeatdQueue, Outgoing, backfill_needs_history, from_micros, to_micros
+from beatd.backends.base import (
+    BeatdQueue,
+    HistoryTrimmed,
+    Outgoing,
+    backfill_needs_history,
+    first_trimmed,
+    from_micros,
+    to_micros,
+)
 from beatd.backends.postgres_gates import (
     CONTROL_COLUMNS,
     CONTROL_MARKS,
     control_row,
     control_value,
+    horizon,
     lock_entries,
     missed_unleased,
     publish_unleased,
@@ -44,9 +53,12 @@ from beatd.controls import (
     TriggerStatus,
     backfill_detail,
     held_trigger,
+    lift,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import RunKind
@@ -99,6 +111,15 @@ def key_value(row: Sequence[Any]) -> TriggerKey:
     )
 
 
+def refuse_trimmed(db: Db, schema: str, entry: str, runs: Sequence[Outgoing]) -> None:
+    """HistoryTrimmed (the step rolled back) when a run's slot is at or before the entry's
+    trimmed bound (`RunHistory.trimmed_up_to`)."""
+    sql = f"SELECT slot_us FROM {schema}.run_trimmed WHERE entry = %s"
+    row = db.execute(sql, (entry,)).fetchone()
+    if row is not None and first_trimmed(runs, from_micros(int(row[0]))):
+        raise HistoryTrimmed(entry, from_micros(int(row[0])))
+
+
 class PostgresControls(PostgresLink):
     """The tables control, audit and trigger_key."""
 
@@ -134,7 +155,8 @@ class PostgresControls(PostgresLink):
             records = []
             for entry in entries:
                 control = held.get(entry, EntryControl())
-                held[entry] = control._replace(pause=pause)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=pause, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(pause)
                 record = AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
@@ -152,7 +174,8 @@ class PostgresControls(PostgresLink):
                 control = held.get(entry, EntryControl())
                 if control.pause is None:
                     continue
-                held[entry] = control._replace(pause=None)
+                lifted = lift(control, at, horizon(db, self.schema, entry))
+                held[entry] = control._replace(pause=None, lifted=lifted)
                 store_control(db, self.schema, entry, held[entry])
                 before, after = pause_json(control.pause), pause_json(None)
                 record = AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)
@@ -227,7 +250,7 @@ class PostgresControls(PostgresLink):
             or busy is None
             or now - busy.since >= timedelta(seconds=guard.timeout)
         ):
-            return TriggerResult(TriggerStatus.PUBLISHED, rid)
+            return published_trigger(request, control)
         if guard.overlap is Overlap.BUFFER_ONE:
             return held_trigger(control, rid)
         return TriggerResult(TriggerStatus.REFUSED_BUSY, rid, busy.run_id)
@@ -242,13 +265,7 @@ class PostgresControls(PostgresLink):
     ) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         audit_id, entry, at = new_audit_id(), request.entry, from_micros(now_us)
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         self._audit(db, AuditRecord(audit_id, at, "trigger", entry, request.by, detail))
         if result.status is TriggerStatus.HELD:
             kind = RunKind.MANUAL
@@ -293,7 +310,9 @@ class PostgresControls(PostgresLink):
                 )
 
         def work(db: Db) -> tuple[list[str], AuditRecord]:
-            self._locked(db, [entry])  # one backfill of an entry at a time
+            # one backfill of an entry at a time
+            control = self._locked(db, [entry]).get(entry, EntryControl())
+            refuse_trimmed(db, self.schema, entry, runs)
             now_us, audit_id = _now(db), new_audit_id()
             ids = list(dict.fromkeys(m.id for m in runs))
             held = {
@@ -304,6 +323,8 @@ class PostgresControls(PostgresLink):
             }
             fresh = {m.id: m._replace(audit=audit_id) for m in runs if m.id not in held}
             publish_unleased(db, self.schema, self.channel, list(fresh.values()), now_us, True)
+            if control.held is not None and control.held.run_id in fresh:  # not to publish twice
+                store_control(db, self.schema, entry, control._replace(held=None))
             done = backfill_detail(detail, len(runs), len(fresh))
             audit = AuditRecord(audit_id, from_micros(now_us), "backfill", entry, by, done)
             self._audit(db, audit)

@@ -21,7 +21,16 @@ from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite, from_mi
 from beatd.backends.postgres_link import NOW_US
 from beatd.backends.postgres_queue import insert_messages
 from beatd.backends.postgres_records import published_records
-from beatd.controls import Busy, EntryControl, HeldRun, Pause, replaced_held
+from beatd.controls import (
+    Busy,
+    EntryControl,
+    HeldRun,
+    Pause,
+    dropped_by_pause,
+    lifted_from_json,
+    lifted_json,
+    replaced_held,
+)
 from beatd.history import MissedSlots, RunKind
 
 Db = psycopg.Connection[Any]
@@ -30,7 +39,7 @@ PAUSED = "paused"  # the missed reason of a held run a pause dropped
 CONTROL_COLUMNS = (
     "entry, pause_at_us, pause_until_us, pause_reason, pause_by, busy_run, busy_since_us, "
     "held_run, held_slot_us, held_due_us, held_kind, held_queue, held_body, held_audit, "
-    "held_celery, held_priority"
+    "held_celery, held_priority, lifted"
 )
 CONTROL_MARKS = ", ".join(["%s"] * len(CONTROL_COLUMNS.split(", ")))
 
@@ -46,7 +55,7 @@ def _moment(value: int | None) -> datetime | None:
 def control_value(row: Sequence[Any]) -> tuple[str, EntryControl]:
     """A row of CONTROL_COLUMNS as its entry and control."""
     entry, p_at, p_until, reason, by, busy_run, busy_since = row[:7]
-    h_run, h_slot, h_due, h_kind, h_queue, h_body, h_audit, h_celery, h_priority = row[7:]
+    h_run, h_slot, h_due, h_kind, h_queue, h_body, h_audit, h_celery, h_priority = row[7:16]
     pause = None if p_at is None else Pause(from_micros(p_at), _moment(p_until), reason, by)
     busy = None if busy_run is None else Busy(busy_run, from_micros(busy_since))
     held = None
@@ -54,11 +63,11 @@ def control_value(row: Sequence[Any]) -> tuple[str, EntryControl]:
         slot, due = from_micros(h_slot), from_micros(h_due)
         kind = RunKind(h_kind)
         held = HeldRun(h_run, slot, due, kind, h_queue, h_body, h_audit, h_celery, h_priority)
-    return entry, EntryControl(pause, busy, held)
+    return entry, EntryControl(pause, busy, held, lifted_from_json(row[16]))
 
 
 def control_row(entry: str, control: EntryControl) -> tuple[Any, ...]:
-    pause, busy, held = control
+    pause, busy, held, lifted = control
     return (
         entry,
         *(
@@ -82,7 +91,16 @@ def control_row(entry: str, control: EntryControl) -> tuple[Any, ...]:
                 held.priority,
             )
         ),
+        lifted_json(lifted) if lifted else None,
     )
+
+
+def horizon(db: Db, schema: str, entry: str) -> datetime | None:
+    """The entry's persisted last slot, if it has one."""
+    row = db.execute(
+        f"SELECT last_slot_us FROM {schema}.entry_state WHERE entry = %s", (entry,)
+    ).fetchone()
+    return None if row is None else from_micros(row[0])
 
 
 def lock_entries(db: Db, schema: str, entries: Sequence[str]) -> None:
@@ -219,7 +237,7 @@ def run_ended(db: Db, schema: str, channel: str, run_id: str, history: bool) -> 
     now = from_micros(now_us)
     hold, pause = control.held, control.pause
     control = control._replace(busy=None, held=None)
-    if hold is not None and pause is not None and pause.covers(now):
+    if hold is not None and dropped_by_pause(hold, pause, now):
         if history:
             missed_unleased(db, schema, MissedSlots(entry, PAUSED, hold.slot, hold.slot, 1), now_us)
     elif hold is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from beatd.backends.base import to_micros
+from beatd.backends.base import from_micros, to_micros
 from beatd.backends.postgres_link import PostgresLink
 from beatd.backends.postgres_records import (
     ATTEMPT_COLUMNS,
@@ -104,6 +104,11 @@ class PostgresRunHistory(PostgresLink):
         names = None if entries is None else list(entries)
         rows = self._run(lambda db: db.execute(sql, (names, names)).fetchall(), write=False)
         return {row[0]: summary_value(row) for row in rows}
+
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        sql = f"SELECT slot_us FROM {self.schema}.run_trimmed WHERE entry = %s"
+        row = self._run(lambda db: db.execute(sql, (entry,)).fetchone(), write=False)
+        return None if row is None else from_micros(int(row[0]))
 
     def history_size(self) -> tuple[int, int]:
         row = self._run(

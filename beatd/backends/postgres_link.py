@@ -137,6 +137,10 @@ def _format_2(db: psycopg.Connection[Any], schema: str) -> None:
             error text NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, number)
         );
+        CREATE TABLE {schema}.run_trimmed (
+            entry text PRIMARY KEY,
+            slot_us bigint NOT NULL
+        );
         """
     )
     _format_2_missed_and_summaries(db, schema)
@@ -176,7 +180,8 @@ def _format_2_missed_and_summaries(db: psycopg.Connection[Any], schema: str) -> 
 
 def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
     """The operator controls (beatd.controls), folded into format 2 while it is unreleased:
-    `control` one row per entry with a pause, a busy mark or a held run (none: no row; the
+    `control` one row per entry with a pause, a busy mark, a held run or pauses lifted that its
+    horizon has not passed (`lifted`, JSON as beatd.controls.lifted_json; none: no row; the
     partial index finds the entry a settled run keeps busy), `audit` the audit log,
     `trigger_key` the remembered idempotency keys and request ids."""
     db.execute(
@@ -197,7 +202,8 @@ def _format_2_controls(db: psycopg.Connection[Any], schema: str) -> None:
             held_body text,
             held_audit text,
             held_celery boolean,
-            held_priority integer
+            held_priority integer,
+            lifted text
         );
         CREATE INDEX control_busy ON {schema}.control (busy_run) WHERE busy_run IS NOT NULL;
         CREATE TABLE {schema}.audit (

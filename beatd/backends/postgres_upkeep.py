@@ -27,7 +27,7 @@ from beatd.backends.postgres_records import (
     missed_row,
     summary_row,
 )
-from beatd.history import PASS_OVER, EntrySummary, MissedRecord, Retention, RunRecord
+from beatd.history import PASS_OVER, EntrySummary, MissedRecord, Retention, RunKind, RunRecord
 
 Db = psycopg.Connection[Any]
 RUN_OLDEST = "published_us, id"  # the order trims delete in
@@ -69,10 +69,15 @@ class PostgresHistoryUpkeep(PostgresRunHistory):
         if table != "run":
             sql = f"{ctes}{gone}RETURNING 1) SELECT count(*) FROM gone"
         else:
+            trimmed = f"{self.schema}.run_trimmed"
             sql = (
-                f"{ctes}{gone}RETURNING id), "
+                f"{ctes}{gone}RETURNING id, entry, slot_us, kind), "
                 f"a AS (DELETE FROM {self.schema}.attempt WHERE run_id IN (SELECT id FROM gone)), "
-                f"o AS (DELETE FROM {self.schema}.run_open WHERE run_id IN (SELECT id FROM gone)) "
+                f"o AS (DELETE FROM {self.schema}.run_open WHERE run_id IN (SELECT id FROM gone)), "
+                # each entry's newest slot whose record went: backfill refuses it and older
+                f"t AS (INSERT INTO {trimmed} SELECT entry, max(slot_us) FROM gone "
+                f"WHERE kind <> '{RunKind.MANUAL}' GROUP BY entry ON CONFLICT (entry) DO UPDATE "
+                f"SET slot_us = GREATEST({trimmed}.slot_us, EXCLUDED.slot_us)) "
                 "SELECT count(*) FROM gone"
             )
         row = db.execute(sql, params).fetchone()

@@ -1,7 +1,8 @@
 """Redis's operator controls: the `Controls` role (beatd.backends.base) over the keys
 redis_controls_lua describes, and the arguments the commit script checks pauses and guards with.
 
-  beatd:ctl:pause, ctl:busy, ctl:busy-run, ctl:held   hashes by entry (busy-run: by run id)
+  beatd:ctl:pause, ctl:busy, ctl:busy-run, ctl:held, ctl:lifted   hashes by entry (busy-run:
+    by run id; lifted: the pauses resumed or replaced the entry's horizon has not passed)
   beatd:ctl:audit (hash), ctl:audit-at and ctl:audit:ENTRY (zsets by time)   the audit log
   beatd:ctl:keys (hash), ctl:keys-at (zset)   remembered idempotency keys and request ids
 
@@ -19,6 +20,7 @@ from typing import Any
 from beatd import celery_protocol
 from beatd.backends.base import (
     CeleryQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
@@ -52,6 +54,10 @@ def _us(moment: datetime) -> str:
 def _pause(text: str) -> Pause:
     at, until, reason, by = json.loads(text)
     return Pause(from_micros(int(at)), from_micros(int(until)) if until else None, reason, by)
+
+
+def _lifted(text: str | None) -> tuple[Pause, ...]:
+    return tuple(_pause(json.dumps(p)) for p in json.loads(text)) if text else ()
 
 
 def _pause_text(pause: Pause) -> str:
@@ -136,7 +142,7 @@ class RedisControls(RedisLink):
 
     def load_controls(self, entries: Sequence[str] | None = None) -> dict[str, EntryControl]:
         self._check_format("controls")
-        names = ("pause", "busy", "held")
+        names = ("pause", "busy", "held", "lifted")
 
         def call() -> list[Any]:
             with self._redis.pipeline(transaction=True) as pipe:
@@ -150,14 +156,15 @@ class RedisControls(RedisLink):
         replies = self._do("load_controls", call)
         if entries is not None:
             replies = [{e: v for e, v in zip(entries, r, strict=False) if v} for r in replies]
-        pauses, busy, held = replies
+        pauses, busy, held, lifted = replies
         out: dict[str, EntryControl] = {}
-        for entry in sorted({*pauses, *busy, *held}):
+        for entry in sorted({*pauses, *busy, *held, *lifted}):
             b = busy.get(entry)
             out[entry] = EntryControl(
                 _pause(pauses[entry]) if entry in pauses else None,
                 Busy(json.loads(b)[0], from_micros(int(json.loads(b)[1]))) if b else None,
                 _held(held[entry]) if entry in held else None,
+                _lifted(lifted.get(entry)),
             )
         return out
 
@@ -226,6 +233,8 @@ class RedisControls(RedisLink):
         args = (self._key(""), self._history, entry, audit_id, rest, *flat)
         self._fold_log()  # a run already published keeps its record: the records say which
         ids, stored = self._eval("backfill", keys, args)
+        if ids == "trimmed":
+            raise HistoryTrimmed(entry, from_micros(int(stored)))
         return list(ids), _audit(audit_id, stored)
 
     def record_audit(self, record: AuditRecord) -> None:
@@ -261,6 +270,7 @@ class RedisControls(RedisLink):
                 "" if c.pause is None else _pause_text(c.pause),
                 "" if c.busy is None else _busy_text(c.busy),
                 "" if c.held is None else held_text(self._key(""), c.held),
+                json.dumps([json.loads(_pause_text(p)) for p in c.lifted]) if c.lifted else "",
             ]
             for entry, c in controls.items()
             if c != EntryControl()

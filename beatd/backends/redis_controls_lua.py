@@ -6,6 +6,8 @@ Every helper takes `P`, the key prefix ("beatd:"), and `H`, the history's prefix
 history off: no record is written). Times are microseconds as decimal strings (exact: Lua's
 numbers are doubles, which hold today's microseconds exactly, but cjson prints 14 digits).
   P .. 'ctl:pause'      hash  entry -> JSON [at, until ('' for none), reason, by]
+  P .. 'ctl:lifted'     hash  entry -> JSON [[at, until, reason, by]...]: pauses resumed or
+                        replaced that the entry's horizon has not passed (beatd.controls.lift)
   P .. 'ctl:busy'       hash  entry -> JSON [run id, since]
   P .. 'ctl:busy-run'   hash  run id -> entry (which entry a final outcome frees: one HGET)
   P .. 'ctl:held'       hash  entry -> JSON [run id, slot, due, kind, queue, body, audit id,
@@ -44,6 +46,32 @@ local function busy_now(P, entry, timeout, now)
   b = cjson.decode(b)
   if tonumber(now) - tonumber(b[2]) < tonumber(timeout) then return b[1] end
   return nil
+end
+-- the entry's pause lifted at `now` (resumed or replaced) kept in ctl:lifted, with the lifted
+-- ones before it, less those that end at or before the entry's horizon (beatd.controls.lift)
+local function lift(P, entry, now)
+  local state = redis.call('HGET', P .. 'state', entry)
+  local horizon = state and tonumber(string.match(state, '^%[(%-?%d+),'))
+  local kept = {{}}
+  local function keep(p)
+    if not horizon or p[2] == '' or tonumber(p[2]) > horizon then kept[#kept + 1] = p end
+  end
+  local old = redis.call('HGET', P .. 'ctl:lifted', entry)
+  if old then
+    for _, p in ipairs(cjson.decode(old)) do keep(p) end
+  end
+  local raw = redis.call('HGET', P .. 'ctl:pause', entry)
+  if raw then
+    local p = cjson.decode(raw)
+    local ending = now
+    if p[2] ~= '' and tonumber(p[2]) < tonumber(now) then ending = p[2] end
+    if tonumber(ending) > tonumber(p[1]) then keep({{p[1], ending, p[3], p[4]}}) end
+  end
+  if #kept == 0 then
+    redis.call('HDEL', P .. 'ctl:lifted', entry)
+  else
+    redis.call('HSET', P .. 'ctl:lifted', entry, cjson.encode(kept))
+  end
 end
 local function covers(p, due)
   local t = tonumber(due)
@@ -152,7 +180,7 @@ local function run_final(P, H, id)
   redis.call('HDEL', P .. 'ctl:held', entry)
   local now = now_us()
   local pause = decoded(redis.call('HGET', P .. 'ctl:pause', entry))
-  if pause and covers(pause, now) then
+  if pause and covers(pause, now) and held[4] ~= 'manual' then
     missed_unleased(H, entry, 'paused', held[2], now)
     return
   end
@@ -180,6 +208,7 @@ local out = {}
 for i = 5, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local before = redis.call('HGET', P .. 'ctl:pause', entry) or cjson.null
+  lift(P, entry, now)
   redis.call('HSET', P .. 'ctl:pause', entry, value)
   add_audit(P, id, now, entry, cjson.encode({'pause', entry, by, {}, before, value, 'pause'}))
   out[#out + 1] = id
@@ -197,6 +226,7 @@ for i = 3, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local before = redis.call('HGET', P .. 'ctl:pause', entry)
   if before then
+    lift(P, entry, now)
     redis.call('HDEL', P .. 'ctl:pause', entry)
     add_audit(P, id, now, entry,
       cjson.encode({'resume', entry, by, {}, before, cjson.null, 'pause'}))
@@ -243,9 +273,13 @@ else
   elseif held and held[4] == 'manual' then
     r = {'refused_held', rid, held[1], ''}  -- buffer_one keeps one run: never an operator's lost
   else
-    r = {busy and 'held' or 'published', rid, '', audit}
+    -- a guarded, unforced trigger not held publishes over a stale busy mark: its run id said
+    local mark = overlap ~= '' and not force and not busy
+      and decoded(redis.call('HGET', P .. 'ctl:busy', entry))
+    r = {busy and 'held' or 'published', rid, mark and mark[1] or '', audit}
     local detail = {run_id = rid, status = r[1], force = force, request_id = request,
       idempotency_key = key ~= '' and key or cjson.null}
+    if mark then detail['dropped_busy'] = mark[1] end
     add_audit(P, audit, now, entry, cjson.encode({'trigger', entry, by, detail, cjson.null,
       cjson.null, ''}))
     if busy then
@@ -271,6 +305,14 @@ return cjson.encode(r)
 # {the ids published, the audit record as stored}
 BACKFILL = """
 local P, H, entry, audit = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- a slot at or before the newest one a trim took the record of: refused, nothing written
+local bound = redis.call('HGET', H .. 'h:trimmed', entry)
+if bound then
+  for i = 6, #ARGV, 6 do
+    local p = ARGV[i + 2] ~= '' and cjson.decode(ARGV[i + 2])
+    if p and tonumber(p[1]) <= tonumber(bound) then return {'trimmed', bound} end
+  end
+end
 local now = now_us()
 local ids, seen = {}, {}
 for i = 6, #ARGV, 6 do
@@ -284,6 +326,9 @@ for i = 6, #ARGV, 6 do
     ids[#ids + 1] = id
   end
 end
+-- a held slot it published is no longer held: the busy run's end must not publish it again
+local held = decoded(redis.call('HGET', P .. 'ctl:held', entry))
+if held and seen[held[1]] then redis.call('HDEL', P .. 'ctl:held', entry) end
 -- the detail says what this step did (beatd.controls.backfill_detail)
 local rest = cjson.decode(ARGV[5])
 rest[4]['published'] = #ids
@@ -324,7 +369,8 @@ end
 return gone
 """
 
-# ARGV P, JSON [[entry, pause, busy, held]...] ('' for none), JSON [[id, at_us, entry, rest]...],
+# ARGV P, JSON [[entry, pause, busy, held, lifted]...] ('' for none),
+# JSON [[id, at_us, entry, rest]...],
 # JSON [[field, value, at_us]...] -> how many were added
 IMPORT_CONTROLS = """
 local P = ARGV[1]
@@ -334,6 +380,7 @@ for _, c in ipairs(cjson.decode(ARGV[2])) do
   local here = redis.call('HGET', P .. 'ctl:pause', e)
     or redis.call('HGET', P .. 'ctl:busy', e)
     or redis.call('HGET', P .. 'ctl:held', e)
+    or redis.call('HGET', P .. 'ctl:lifted', e)
   if not here then
     if c[2] ~= '' then redis.call('HSET', P .. 'ctl:pause', e, c[2]) end
     if c[3] ~= '' then
@@ -341,6 +388,7 @@ for _, c in ipairs(cjson.decode(ARGV[2])) do
       redis.call('HSET', P .. 'ctl:busy-run', cjson.decode(c[3])[1], e)
     end
     if c[4] ~= '' then redis.call('HSET', P .. 'ctl:held', e, c[4]) end
+    if c[5] and c[5] ~= '' then redis.call('HSET', P .. 'ctl:lifted', e, c[5]) end
     added = added + 1
   end
 end

@@ -275,6 +275,10 @@ class RedisRunHistory(RedisLink):
             raw = {e: v for e, v in zip(names, values, strict=True) if v is not None}
         return {entry: _summary(entry, value) for entry, value in raw.items()}
 
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        self._check_format("history")
+        return _us(self._cmd("HGET", self._key("h", "trimmed"), entry) or "")
+
     def history_size(self) -> tuple[int, int]:
         self._check_format("history")
         self._fold_log()

@@ -248,10 +248,18 @@ TRIM = (
 local NS, limit, per_entry = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 if not caught_up(NS) then return FOLD_MORE end
 local runs, gone = NS .. 'h:runs', 0
+local trimmed = NS .. 'h:trimmed'
 local function drop(id)
   local key = NS .. 'h:run:' .. id
-  local entry = redis.call('HGET', key, 'e')
+  local h = redis.call('HMGET', key, 'e', 'p')
+  local entry = h[1]
   if entry then redis.call('ZREM', NS .. 'h:entry:' .. entry, id) end
+  -- the entry's newest slot whose record went (RunHistory.trimmed_up_to): backfill refuses it
+  local p = entry and decoded(h[2])
+  if p and p[3] ~= 'manual' then
+    local was = redis.call('HGET', trimmed, entry)
+    if not was or tonumber(was) < tonumber(p[1]) then redis.call('HSET', trimmed, entry, p[1]) end
+  end
   redis.call('DEL', key)
   redis.call('ZREM', runs, id)
   gone = gone + 1

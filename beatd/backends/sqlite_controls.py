@@ -21,9 +21,11 @@ from typing import Any
 
 from beatd.backends.base import (
     BeatdQueue,
+    HistoryTrimmed,
     Outgoing,
     StateWrite,
     backfill_needs_history,
+    first_trimmed,
     from_micros,
     to_micros,
 )
@@ -44,10 +46,16 @@ from beatd.controls import (
     TriggerResult,
     TriggerStatus,
     backfill_detail,
+    dropped_by_pause,
     held_trigger,
+    lift,
+    lifted_from_json,
+    lifted_json,
     new_audit_id,
     pause_json,
+    published_trigger,
     replaced_held,
+    trigger_detail,
 )
 from beatd.errors import BackendError
 from beatd.history import MissedSlots, RunKind
@@ -58,9 +66,11 @@ PAUSED = "paused"  # the missed reason of a held run a pause dropped
 KEEPS_KEY = frozenset({TriggerStatus.PUBLISHED, TriggerStatus.HELD})  # results that use a key
 _TTL_US = IDEMPOTENCY_KEY_TTL // timedelta(microseconds=1)
 _CONTROL = (
-    "entry, pause_at_us, pause_until_us, pause_reason, pause_by, busy_run, busy_since_us, held"
+    "entry, pause_at_us, pause_until_us, pause_reason, pause_by, busy_run, busy_since_us, held, "
+    "lifted"
 )
-_PUT = f"INSERT OR REPLACE INTO entry_control ({_CONTROL}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT = f"INSERT OR REPLACE INTO entry_control ({_CONTROL}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HORIZON = "SELECT last_slot_us FROM entry_state WHERE entry = ?"
 _PAUSED = f"SELECT {_CONTROL} FROM entry_control WHERE pause_at_us IS NOT NULL"
 _AUDIT = "id, at_us, action, entry, actor, detail, before, after"
 _KEY = "key, entry, status, run_id, detail, audit_id, at_us"
@@ -82,10 +92,11 @@ def _us(moment: datetime | None) -> int | None:
 
 
 def _control(row: Sequence[Any]) -> tuple[str, EntryControl]:
-    entry, at, until, reason, by, busy_run, busy_since, held = row
+    entry, at, until, reason, by, busy_run, busy_since, held, lifted = row
     pause = None if at is None else Pause(from_micros(at), _at(until), reason, by)
     busy = None if busy_run is None else Busy(busy_run, from_micros(busy_since))
-    return entry, EntryControl(pause, busy, None if held is None else _held(held))
+    kept = None if held is None else _held(held)
+    return entry, EntryControl(pause, busy, kept, lifted_from_json(lifted))
 
 
 def _held(text: str) -> HeldRun:
@@ -97,14 +108,28 @@ def _held(text: str) -> HeldRun:
 
 
 def _control_row(entry: str, control: EntryControl) -> tuple[object, ...]:
-    pause, busy, held = control
+    pause, busy, held, lifted = control
     paused = (None,) * 4 if pause is None else (_us(pause.at), _us(pause.until), *pause[2:])
     marked = (None, None) if busy is None else (busy.run_id, to_micros(busy.since))
     kept = None
     if held is not None:
         times = (to_micros(held.slot), to_micros(held.due))
         kept = json.dumps([held.run_id, *times, held.kind, *held[4:]])
-    return (entry, *paused, *marked, kept)
+    return (entry, *paused, *marked, kept, lifted_json(lifted) if lifted else None)
+
+
+def horizon(db: sqlite3.Connection, entry: str) -> datetime | None:
+    """The entry's persisted last slot, if it has one."""
+    row = db.execute(_HORIZON, (entry,)).fetchone()
+    return None if row is None else from_micros(row[0])
+
+
+def _unhold(db: sqlite3.Connection, entry: str, published: Sequence[str]) -> None:
+    """A held run published elsewhere (a backfill of its slot) is no longer held: the busy
+    run's end must not publish it again."""
+    control = controls_of(db, [entry]).get(entry, NO_CONTROL)
+    if control.held is not None and control.held.run_id in published:
+        put(db, entry, control._replace(held=None))
 
 
 def put(db: sqlite3.Connection, entry: str, control: EntryControl) -> None:
@@ -259,7 +284,7 @@ def run_final(db: sqlite3.Connection, run_id: str | bytes, now: float, history: 
     entry, control = _control(found)
     at, held, pause = from_micros(micros(now)), control.held, control.pause
     control = control._replace(busy=None, held=None)
-    if held is not None and pause is not None and pause.covers(at):
+    if held is not None and dropped_by_pause(held, pause, at):
         if history:
             slot = to_micros(held.slot)
             db.execute(_MISSED_HELD, (entry, PAUSED, slot, slot, micros(now)))
@@ -315,7 +340,8 @@ class SQLiteControls(SQLiteFile):
             records = []
             for entry in entries:
                 control = held.get(entry, NO_CONTROL)
-                put(db, entry, control._replace(pause=pause))
+                lifted = lift(control, at, horizon(db, entry))
+                put(db, entry, control._replace(pause=pause, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(pause)
                 records.append(
                     AuditRecord(new_audit_id(), at, "pause", entry, by, {}, before, after)
@@ -335,7 +361,8 @@ class SQLiteControls(SQLiteFile):
             for entry, control in controls_of(db, entries).items():
                 if control.pause is None:
                     continue
-                put(db, entry, control._replace(pause=None))
+                lifted = lift(control, at, horizon(db, entry))
+                put(db, entry, control._replace(pause=None, lifted=lifted))
                 before, after = pause_json(control.pause), pause_json(None)
                 records.append(
                     AuditRecord(new_audit_id(), at, "resume", entry, by, {}, before, after)
@@ -374,13 +401,7 @@ class SQLiteControls(SQLiteFile):
     ) -> TriggerResult:
         """Publish or hold the triggered run, with its audit record."""
         at, entry = from_micros(micros(now)), request.entry
-        detail = {
-            "run_id": request.run_id,
-            "status": result.status.value,
-            "force": request.force,
-            "idempotency_key": request.idempotency_key,
-            "request_id": request.request_id,
-        }
+        detail = trigger_detail(request, result)
         record = AuditRecord(new_audit_id(), at, "trigger", entry, request.by, detail)
         _store_audit(db, record)
         control = controls_of(db, [entry]).get(entry, NO_CONTROL)
@@ -415,6 +436,10 @@ class SQLiteControls(SQLiteFile):
                 )
 
         def work(db: sqlite3.Connection) -> tuple[list[str], AuditRecord]:
+            trimmed = db.execute("SELECT slot_us FROM run_trimmed WHERE entry = ?", (entry,))
+            row = trimmed.fetchone()
+            if row is not None and first_trimmed(runs, from_micros(row[0])):
+                raise HistoryTrimmed(entry, from_micros(row[0]))  # rolled back: nothing written
             now, audit_id = self._now(), new_audit_id()
             fold(db)  # the logged and the queued runs' records into `run`, where they are looked up
             db.execute(MOVE_QUEUED)
@@ -424,6 +449,7 @@ class SQLiteControls(SQLiteFile):
                 if held is None and message.id not in published:
                     publish(db, message._replace(audit=audit_id), now, True)
                     published.append(message.id)
+            _unhold(db, entry, published)
             done = backfill_detail(detail, len(runs), len(published))
             record = AuditRecord(audit_id, from_micros(micros(now)), "backfill", entry, by, done)
             _store_audit(db, record)
@@ -552,7 +578,7 @@ def _decide(db: sqlite3.Connection, request: Trigger, now_us: int) -> TriggerRes
         return TriggerResult(TriggerStatus.REFUSED_PAUSED, rid, control.pause.describe())
     guard = request.guard
     if request.force or guard is None or not is_busy(control, guard, now_us):
-        return TriggerResult(TriggerStatus.PUBLISHED, rid)
+        return published_trigger(request, control)
     if guard.overlap is Overlap.BUFFER_ONE:
         return held_trigger(control, rid)
     assert control.busy is not None

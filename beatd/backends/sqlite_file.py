@@ -126,6 +126,14 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
     "CREATE TRIGGER IF NOT EXISTS run_deleted AFTER DELETE ON run "
     "BEGIN DELETE FROM attempt WHERE run = old.seq; END",
+    # Each entry's newest slot whose record a trim deleted (only trims delete runs): backfill
+    # refuses slots at or before it, which the history can no longer vouch for.
+    "CREATE TABLE IF NOT EXISTS run_trimmed (entry TEXT PRIMARY KEY, slot_us INTEGER NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS run_trimmed_up_to AFTER DELETE ON run "
+    f"WHEN old.kind <> '{RunKind.MANUAL}' BEGIN INSERT INTO run_trimmed (entry, slot_us) "
+    "VALUES (old.entry, old.slot_us) ON CONFLICT (entry) DO UPDATE SET "
+    "slot_us = max(slot_us, excluded.slot_us); END",
     # An attempt started from task events ends the run's open one as lost.
     "CREATE TRIGGER IF NOT EXISTS attempt_started AFTER INSERT ON attempt "
     "WHEN new.ended_us IS NULL BEGIN "
@@ -200,10 +208,10 @@ HISTORY_SCHEMA = (
 ) WITHOUT ROWID""",
 )
 # The operator controls (format 2 too, issue 16; beatd.backends.sqlite_controls): each entry's
-# pause, busy mark and held run (a row only for an entry that has one; partial indexes of the
-# paused entries, read by every commit, and of the busy marks, looked up by every final settling
-# step), the audit log, the remembered trigger keys, and the audit id of a manual or backfill
-# run (apart from `run`, so that no other run's record pays for it).
+# pause, busy mark, held run and lifted pauses (a row only for an entry that has one; partial
+# indexes of the paused entries, read by every commit, and of the busy marks, looked up by every
+# final settling step), the audit log, the remembered trigger keys, and the audit id of a manual
+# or backfill run (apart from `run`, so that no other run's record pays for it).
 CONTROLS_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS entry_control (
     entry TEXT PRIMARY KEY,
@@ -213,7 +221,8 @@ CONTROLS_SCHEMA = (
     pause_by TEXT,
     busy_run TEXT,
     busy_since_us INTEGER,
-    held TEXT
+    held TEXT,
+    lifted TEXT
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS entry_control_paused ON entry_control (entry) "
     "WHERE pause_at_us IS NOT NULL",

@@ -629,6 +629,17 @@ class SQLiteRunHistory(SQLiteFile):
 
         return {entry: _summary(row) for entry, row in self._run(read, write=False).items()}
 
+    def trimmed_up_to(self, entry: str) -> datetime | None:
+        if not self._holds_history():
+            return None
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT slot_us FROM run_trimmed WHERE entry = ?", (entry,)
+            ).fetchone(),
+            write=False,
+        )
+        return None if row is None else from_micros(row[0])
+
     def history_size(self) -> tuple[int, int]:
         if not self._holds_history():
             return 0, 0

@@ -4,7 +4,7 @@ published again, checked in the same atomic step as the enqueue, so a backfill o
 scheduler published, or the same backfill twice, publishes nothing more.
 
 The range is bounded on both sides: slots after the entry's horizon are still the scheduler's
-to publish, and slots older than the run history's retention cannot be checked against it.
+to publish, and slots older than what the run history vouches for cannot be checked against it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import timedelta
 import click
 
 from beatd.cli.common import (
+    EXIT_RUNTIME,
     BackendSettings,
     LogSettings,
     ScheduleSettings,
@@ -30,6 +31,7 @@ from beatd.cli.controls import BY_HELP, asked, controls_of, default_by
 from beatd.errors import BeatdError
 from beatd.operations.backfill import (
     DEFAULT_MAX,
+    BackfillRefused,
     backfill_range,
     parse_rate,
     plan_backfill,
@@ -60,6 +62,11 @@ from beatd.service import setup_logging
     show_default=True,
     help="The run history's retention (as `beatd run` was given): older slots are refused.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Publish even while the entry's run is busy under overlap: skip or buffer_one.",
+)
 @click.option("--by", metavar="NAME", help=BY_HELP)
 @schedule_options
 @backend_options
@@ -72,6 +79,7 @@ def backfill(
     rate: str | None,
     most: int,
     history_max_age: str,
+    force: bool,
     by: str | None,
     schedule: ScheduleSettings,
     backend: BackendSettings,
@@ -81,7 +89,9 @@ def backfill(
 
     Times without an offset are in the entry's timezone. A slot already published (by the
     scheduler or an earlier backfill) is not published again. Slots past the entry's horizon
-    (the scheduler's) or older than the run history's retention are refused (exit 2).
+    (the scheduler's), older than the run history's retention or before the entry's oldest
+    record of a scheduled run are refused (exit 2); so is, under `overlap: skip` or
+    `buffer_one`, a busy entry's backfill (exit 1) unless --force.
     """
     setup_logging(log.level, log.format)
     entry = asked(lambda: find_entry(read_config(schedule), entry_name))
@@ -90,13 +100,17 @@ def backfill(
     max_age = timedelta(seconds=seconds_option("--history-max-age", history_max_age))
     store = open_broker(backend)
     try:
-        runs = asked(lambda: plan_backfill(store, entry, span, max_age))
+        runs = asked(lambda: plan_backfill(store, entry, span, max_age, force))
         if dry_run:
             for run in runs:
                 click.echo(run.id)
             click.echo(f"{len(runs)} slot(s) would be published unless already there")
             return
-        published = send(controls_of(store), entry, runs, per_second, by or default_by(), span)
+        controls, who = controls_of(store), by or default_by()
+        published = asked(lambda: send(controls, entry, runs, per_second, who, span))
+    except BackfillRefused as exc:
+        click.echo(f"beatd: {exc}", err=True)
+        raise SystemExit(EXIT_RUNTIME) from None
     except BeatdError as exc:
         fail(exc)
     finally:

@@ -45,6 +45,7 @@ from beatd.operations.controls import (
     BadRequest,
     TriggerAsk,
     backend_now,
+    check_idempotency_key,
     check_reason,
     find_entry,
     parse_until,
@@ -122,6 +123,7 @@ def trigger(
     """
     setup_logging(log.level, log.format)
     entry = asked(lambda: find_entry(read_config(schedule), entry_name))
+    asked(lambda: check_idempotency_key(idempotency_key))
     ask = TriggerAsk(
         read_json_option("--args", args_json, list),
         read_json_option("--kwargs", kwargs_json, dict),

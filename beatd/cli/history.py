@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import click
@@ -36,6 +36,7 @@ from beatd.operations.history import (
     MISSED,
     OUTCOMES,
     SCAN_LIMIT,
+    PauseFound,
     parse_since,
     read_history,
     record_object,
@@ -190,7 +191,7 @@ def history(
         fail(exc)
     finally:
         store.close()
-    show(page.records, _zones(config), as_json)
+    show(page.records, _zones(config), as_json, page.pauses)
     if page.cut_short:
         click.echo(
             f"beatd: --outcome: looked at the newest {SCAN_LIMIT} runs only; narrow the search "
@@ -199,11 +200,16 @@ def history(
         )
 
 
-def show(records: Sequence[RunRecord | MissedRecord], zones: dict[str, str], as_json: bool) -> None:
+def show(
+    records: Sequence[RunRecord | MissedRecord],
+    zones: dict[str, str],
+    as_json: bool,
+    pauses: Mapping[tuple[str, datetime], PauseFound] | None = None,
+) -> None:
     """Runs and missed ranges, newest written first: JSON lines or a table."""
     if as_json:
         for record in records:
-            click.echo(json.dumps(record_object(record, zones), ensure_ascii=False))
+            click.echo(json.dumps(record_object(record, zones, pauses), ensure_ascii=False))
         return
     if not records:
         click.echo("no runs or missed slots recorded that match")

@@ -89,11 +89,12 @@ def migrate(
     finally:
         source.close()
         target.close()
+    kinds = report.kinds
     click.echo(
         f"copied {report.states} state(s), {report.dead_letters} dead letter(s), {report.runs} "
-        f"run record(s), {report.missed} missed-slot record(s), {report.controls} control(s), "
-        f"{report.audit} audit record(s), {report.keys} trigger key(s); skipped {report.skipped} "
-        "already on the target"
+        f"run record(s), {report.missed} missed-slot record(s), {kinds.pauses} pause(s), "
+        f"{kinds.busy_marks} busy mark(s), {kinds.held_runs} held run(s), {report.audit} audit "
+        f"record(s), {report.keys} trigger key(s); skipped {report.skipped} already on the target"
     )
     if report.entries:
         click.echo(f"copied {report.entries} runtime entr(ies) with their versions")

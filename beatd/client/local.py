@@ -109,7 +109,7 @@ class LocalTransport:
         zones = (
             {} if self.config is None else {n: e.timezone for n, e in self.config.entries.items()}
         )
-        return [record_object(record, zones) for record in page.records]
+        return [record_object(record, zones, page.pauses) for record in page.records]
 
     def audit(self, entry: str | None, limit: int) -> list[dict[str, Any]]:
         return [audit_object(record) for record in self.store.audit(entry, None, limit)]

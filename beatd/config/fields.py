@@ -237,7 +237,8 @@ FIELDS: tuple[Field, ...] = (
         "pause_after_failures", "integer ≥ 1 or null", to_alert_after_failures, None, "none",
         True,
         "after this many runs in a row that ended failed or dead-lettered, the leader pauses the "
-        "entry (once, by `beatd@NODE`, the reason saying so) until `beatd resume`",
+        "entry (by `beatd@NODE`, the reason saying so) until `beatd resume`; resumed, again "
+        "after this many more since the resume",
         "5", {"type": ["integer", "null"], "minimum": 1},
     ),
 )  # fmt: skip

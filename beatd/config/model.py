@@ -186,6 +186,24 @@ def nominal_period(schedule: Schedule) -> timedelta | None:
     return min((b - a for a, b in pairwise(fires)), default=None)
 
 
+_MINUTE = timedelta(minutes=1)
+
+
+def period_floor(schedule: Schedule) -> timedelta:
+    """A bound `nominal_period` is never below (when not None), known without searching for
+    fires. A cron expression without seconds fires at whole minutes of wall time, and every
+    zone's offsets and transitions from 2001 (where `nominal_period` probes) are whole minutes
+    too (tests/config/test_period_floor.py checks the installed tz database), so its fires are
+    a minute apart or more."""
+    if isinstance(schedule, WindowedSchedule):
+        schedule = schedule.inner
+    if isinstance(schedule, IntervalSchedule):
+        return schedule.every
+    if isinstance(schedule, CronSchedule) and not schedule.expression.has_seconds:
+        return _MINUTE
+    return timedelta(0)
+
+
 def _first_fires(schedule: Schedule, count: int) -> list[datetime]:
     fires: list[datetime] = []
     t: datetime | None = _PERIOD_PROBE

@@ -13,8 +13,16 @@ from beatd.http.context import ApiContext
 from beatd.http.queries import body_object
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
-from beatd.operations.backfill import DEFAULT_MAX, backfill_range, parse_rate, plan_backfill, send
+from beatd.operations.backfill import (
+    DEFAULT_MAX,
+    BackfillRefused,
+    backfill_range,
+    parse_rate,
+    plan_backfill,
+    send,
+)
 from beatd.operations.controls import (
+    IDEMPOTENCY_KEY,
     LATER_NOT_PAUSED,
     BadRequest,
     TriggerAsk,
@@ -34,6 +42,7 @@ from beatd.operations.controls import (
 ERRORS: JSON = {"$ref": "#/components/schemas/Errors"}
 NAME = Param("name", "path", "The entry's name.", {"type": "string", "minLength": 1}, slashes=True)
 LONGEST_PACED_BACKFILL = timedelta(seconds=60)  # longer holds a server thread: use the CLI
+KEY_PATTERN = "^" + IDEMPOTENCY_KEY.pattern.removesuffix("\\Z") + "$"  # as ECMA-262 reads it
 STRINGS: JSON = {"type": "array", "items": {"type": "string", "minLength": 1}}
 PAUSE_OBJECT: JSON = {
     "type": ["object", "null"],
@@ -50,7 +59,7 @@ TRIGGER_BODY: JSON = {
     "properties": {
         "args": {"type": "array"},
         "kwargs": {"type": "object"},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
+        "idempotency_key": {"type": "string", "pattern": KEY_PATTERN},
         "force": {"type": "boolean"},
     },
 }
@@ -109,6 +118,7 @@ BACKFILL_BODY: JSON = {
         "dry_run": {"type": "boolean"},
         "rate": {"type": "string", "minLength": 1},
         "max": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "force": {"type": "boolean"},
     },
 }
 BACKFILLED: JSON = {
@@ -181,7 +191,10 @@ class ControlRoutes:
             body.get("force", False),
         )
         store = self.context.backend()
-        done = trigger(store, backend_now(store), entry, ask, token_of(req).name)
+        try:
+            done = trigger(store, backend_now(store), entry, ask, token_of(req).name)
+        except BadRequest as exc:
+            raise bad(exc) from None
         words = trigger_words(done, entry.name)
         if words.refused:
             raise ApiError(409, words.note or "refused", entry=entry.name)
@@ -235,9 +248,11 @@ class ControlRoutes:
         try:
             span = backfill_range(entry, body["from"], body["to"], body.get("max", DEFAULT_MAX))
             rate = parse_rate(body.get("rate"))
-            runs = plan_backfill(store, entry, span, self.history_max_age)
+            runs = plan_backfill(store, entry, span, self.history_max_age, body.get("force", False))
         except BadRequest as exc:
             raise bad(exc) from None
+        except BackfillRefused as exc:
+            raise ApiError(409, str(exc), entry=entry.name) from None
         if rate is not None and timedelta(seconds=len(runs) / rate) > LONGEST_PACED_BACKFILL:
             raise ApiError(
                 422,
@@ -251,7 +266,10 @@ class ControlRoutes:
             return Reply(
                 200, {"runs": listed, "published": None, "already_there": None, "dry_run": True}
             )
-        published = send(store, entry, runs, rate, token_of(req).name, span)
+        try:
+            published = send(store, entry, runs, rate, token_of(req).name, span)
+        except BadRequest as exc:
+            raise bad(exc) from None
         listed = [{"id": run.id, "published": run.id in published} for run in runs]
         return Reply(
             200,
@@ -287,5 +305,6 @@ def control_routes(context: ApiContext, history_max_age: timedelta) -> list[Rout
         Route("POST", "/v1/entries/{name}/backfill", "backfill",
               "Publish the entry's slots in [from, to) not published yet (beatd backfill); "
               "`dry_run` lists them.", Scope.WRITE, handlers.backfill, (NAME,), BACKFILL_BODY,
-              {200: ("The runs, and which were published.", BACKFILLED), 404: unknown}),
+              {200: ("The runs, and which were published.", BACKFILLED), 404: unknown,
+               409: ("Refused: the entry is busy under skip or buffer_one.", ERRORS)}),
     ]  # fmt: skip

@@ -75,7 +75,7 @@ def history_routes(context: ApiContext) -> list[Route]:
             context.backend(), HistoryQuery(entry, since, limit), frozenset(outcomes)
         )
         zones = context.zones()
-        records = [record_object(record, zones) for record in page.records]
+        records = [record_object(record, zones, page.pauses) for record in page.records]
         return Reply(200, {"records": records, "cut_short": page.cut_short})
 
     return [

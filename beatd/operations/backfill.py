@@ -5,7 +5,10 @@ the enqueue, so a backfill over slots the scheduler published, or the same backf
 publishes nothing more.
 
 The range is bounded on both sides: slots after the entry's horizon are still the scheduler's
-to publish, and slots older than the run history's retention cannot be checked against it.
+to publish, and slots the run history cannot vouch for cannot be checked against it: older than
+its retention, at or before the newest slot whose record a trim deleted, or any when it holds
+no record of the entry's scheduled runs (a scheduler run with --no-history). Under `overlap:
+skip` or `buffer_one` a busy entry's backfill is refused, as a trigger's is, unless forced.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from beatd.backends import Backend
-from beatd.backends.base import Controls, Outgoing
+from beatd.backends.base import Controls, HistoryTrimmed, Outgoing
 from beatd.config import Entry
-from beatd.history import RunKind
+from beatd.controls import NO_CONTROL
+from beatd.errors import BeatdError
+from beatd.history import HistoryQuery, RunKind
 from beatd.message import run_id
 from beatd.operations.controls import BadRequest, backend_now, slot_text, with_retries
 from beatd.publisher import encode_run
 
 DEFAULT_MAX = 1_000
 BATCH = 100  # runs per atomic step at most
+VOUCH_READ_LIMIT = 1_000  # the entry's newest records read for one of its scheduled runs
+SCHEDULER_KINDS = frozenset({RunKind.SCHEDULED, RunKind.CAUGHT_UP})  # written by a leader only
+
+
+class BackfillRefused(BeatdError):
+    """A backfill refused as a trigger would be (the entry is busy): `--force` sends it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +134,63 @@ def check_bounds(
         )
 
 
+def trimmed_refusal(entry: str, first: datetime, trimmed: datetime) -> BadRequest:
+    return BadRequest(
+        "from",
+        "--from",
+        f"{slot_text(first)} is not after {slot_text(trimmed)}, the newest slot of {entry} whose "
+        "run record the history's retention trimmed (--history-keep, --history-max-records): "
+        "what was published up to it can no longer be checked; start the range after it",
+    )
+
+
+def check_vouched(store: Backend, entry: Entry, slots: list[datetime]) -> None:
+    """Refuse slots the history cannot vouch for: at or before the newest slot whose record a
+    trim deleted (one published there has no record left to find, and would go out twice),
+    or any when it holds no record of the entry's scheduled runs (its scheduler runs with
+    --no-history: nothing it published can be found)."""
+    if not slots:
+        return
+    trimmed = store.trimmed_up_to(entry.name)
+    if trimmed is not None and slots[0] <= trimmed:
+        raise trimmed_refusal(entry.name, slots[0], trimmed)
+    records = store.runs(HistoryQuery(entry=entry.name, limit=VOUCH_READ_LIMIT))
+    if not any(record.kind in SCHEDULER_KINDS for record in records):
+        raise BadRequest(
+            "from",
+            "--from",
+            f"the run history holds no record of a scheduled run of {entry.name}: if its "
+            "scheduler runs with --no-history, what it published cannot be checked, and every "
+            "slot would go out again; run the scheduler with the history on, then backfill",
+        )
+
+
+def check_not_busy(store: Backend, entry: Entry, now: datetime) -> None:
+    """Under `skip` or `buffer_one`, refuse while the entry's run is busy (its mark fresh)."""
+    guard = entry.guard
+    if guard is None:
+        return
+    busy = store.load_controls([entry.name]).get(entry.name, NO_CONTROL).busy
+    if busy is not None and (now - busy.since).total_seconds() < guard.timeout:
+        raise BackfillRefused(
+            f"{entry.name} is busy: run {busy.run_id} has not ended, and its overlap is "
+            f"{guard.overlap}; nothing was published: wait for it, or add --force"
+        )
+
+
 def plan_backfill(
-    store: Backend, entry: Entry, asked: BackfillRange, max_age: timedelta
+    store: Backend, entry: Entry, asked: BackfillRange, max_age: timedelta, force: bool = False
 ) -> list[Outgoing]:
-    """The runs a backfill would send, checked against the entry's horizon and the history's
-    retention (BadRequest naming the bound crossed)."""
+    """The runs a backfill would send, checked against the entry's horizon and what the
+    history vouches for (BadRequest naming the bound crossed) and, unless `force`, its busy
+    run (BackfillRefused)."""
     slots = slots_in(entry, asked)
     now = backend_now(store)
     state = store.load_states().get(entry.name)
     check_bounds(entry, slots, state.last_slot if state else None, now - max_age)
+    if slots and not force:
+        check_not_busy(store, entry, now)
+    check_vouched(store, entry, slots)
     host = socket.gethostname()
     return [encode_run(entry, run_id(entry.name, s), s, now, RunKind.BACKFILL, host) for s in slots]
 
@@ -161,6 +220,11 @@ def send(
     published: set[str] = set()
     detail = {"from": slot_text(asked.start), "to": slot_text(asked.end), "slots": len(runs)}
     for batch in batches(runs, rate):
-        ids, _ = with_retries(functools.partial(controls.backfill, entry.name, batch, by, detail))
+        step = functools.partial(controls.backfill, entry.name, batch, by, detail)
+        try:
+            ids, _ = with_retries(step)
+        except HistoryTrimmed as exc:  # a trim since the plan: the step published nothing
+            first = min(m.slot for m in batch if m.slot is not None)
+            raise trimmed_refusal(entry.name, first, exc.bound) from None
         published.update(ids)
     return published

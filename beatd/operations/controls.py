@@ -6,6 +6,7 @@ resume, and the words each outcome is told in. Every write is one atomic step of
 from __future__ import annotations
 
 import fnmatch
+import re
 import secrets
 import socket
 import time
@@ -36,6 +37,8 @@ from beatd.timetext import stamp
 T = TypeVar("T")
 TRIGGER_ATTEMPTS = 5  # a timed-out trigger is sent again, with the same request id, this often
 LATER_NOT_PAUSED = "entries added to the schedule files later are not paused"
+# A key goes into the run id, the history and the logs as it is: letters, digits and `_.:-`
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,200}\Z")
 
 
 class BadRequest(BeatdError):
@@ -106,9 +109,20 @@ class TriggerAsk:
     force: bool = False
 
 
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise BadRequest(
+            "idempotency_key",
+            "--idempotency-key",
+            f"{key!r} cannot be part of a run id: give 1 to 200 letters, digits, '_', '.', ':' "
+            "or '-' (such as incident-4711)",
+        )
+
+
 def trigger(controls: Controls, now: datetime, entry: Entry, ask: TriggerAsk, by: str) -> Triggered:
     """Publish one manual run of `entry` at `now` (the backend's clock), in one atomic step
     retried with its request id."""
+    check_idempotency_key(ask.idempotency_key)
     if ask.args is not None:
         entry = replace(entry, args=tuple(ask.args))
     if ask.kwargs is not None:
@@ -145,11 +159,21 @@ class TriggerWords(NamedTuple):
     refused: bool
 
 
+def dropped_words(entry: str, dropped: str) -> str | None:
+    """What a published trigger says of the stale busy mark it dropped, if it dropped one."""
+    if not dropped:
+        return None
+    return (
+        f"dropped a stale busy mark: run {dropped} of {entry} has not ended within the entry's "
+        "overlap_timeout, so it no longer counts as running; published beside it"
+    )
+
+
 def trigger_words(done: Triggered, entry: str) -> TriggerWords:
     result, pause, busy = done.result, done.control.pause, done.control.busy
     status = result.status
     if status is TriggerStatus.PUBLISHED:
-        return TriggerWords(result.run_id, None, False)
+        return TriggerWords(result.run_id, dropped_words(entry, result.detail), False)
     if status is TriggerStatus.HELD:
         running = busy.run_id if busy else result.detail
         note = (

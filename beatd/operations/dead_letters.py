@@ -34,22 +34,29 @@ def dead_letter_object(letter: DeadLetter) -> dict[str, Any]:
 
 def requeue_dead(store: Backend, run_id: str | None, by: str) -> int:
     """Put one dead letter (`run_id`) or all of them (None) back on their queues; how many
-    went. A requeue is recorded in the audit log under `by`, after the requeue: a crash between
-    the two leaves the runs requeued with no record."""
+    went. Each requeued run is recorded in the audit log under `by` and its entry, after its
+    requeue (a crash between the two leaves one run requeued with no record); all of them are
+    requeued one by one, so `beatd audit ENTRY` shows each entry's requeue and a letter that
+    arrives meanwhile is left for the next retry rather than requeued unrecorded."""
+    if run_id is not None:
+        return requeue_one(store, run_id, by)
+    return sum(requeue_one(store, letter.id, by) for letter in store.dead_letters())
+
+
+def requeue_one(store: Backend, run_id: str, by: str) -> int:
     moved = store.requeue_dead(run_id)
     if moved:
         store.record_audit(requeue_record(store, run_id, moved, by))
     return moved
 
 
-def requeue_record(store: Backend, run_id: str | None, moved: int, by: str) -> AuditRecord:
-    """The audit record of a dead-letter requeue (of one run, or of all: no entry)."""
-    entry = run_id.rpartition("@")[0] or None if run_id is not None else None
+def requeue_record(store: Backend, run_id: str, moved: int, by: str) -> AuditRecord:
+    """The audit record of a dead letter's requeue, under the entry its run id names."""
     return AuditRecord(
         id=new_audit_id(),
         at=backend_now(store),
         action="requeue_dead",
-        entry=entry,
+        entry=run_id.rpartition("@")[0] or None,
         by=by,
         detail={"run_id": run_id, "requeued": moved},
     )

@@ -10,11 +10,14 @@ from typing import Any, NamedTuple
 
 from beatd.backends import Backend
 from beatd.config.convert import suggest
+from beatd.controls import Pause, pause_of
 from beatd.durations import read_duration
 from beatd.history import ATTEMPT_OUTCOMES, HistoryQuery, MissedRecord, RunRecord, RunStatus
 from beatd.timetext import local_stamp, seconds, stamp
 
 MISSED = "missed"  # the outcome that chooses the missed-slot records
+PAUSED = "paused"  # the missed reason of the slots a pause covered
+AUDIT_READ = 1000  # audit records read per entry to find the pauses of paused ranges, at most
 OUTCOMES = (*ATTEMPT_OUTCOMES, *(s.value for s in RunStatus), MISSED)
 # Filtered by outcome, runs are read newest first in growing batches until N match, up to this.
 SCAN_LIMIT = 20_000
@@ -44,12 +47,21 @@ def unknown_outcome(value: str) -> str | None:
     return f"unknown outcome {value!r}: use one of {', '.join(OUTCOMES)}" + suggest(value, OUTCOMES)
 
 
+class PauseFound(NamedTuple):
+    """The pause a range of slots missed (`paused`) was under, from its audit record."""
+
+    pause: Pause
+    audit: str  # the pause's audit record id
+
+
 class HistoryPage(NamedTuple):
     """Runs and missed ranges together, newest written first; `cut_short` when the search by
-    outcome stopped at SCAN_LIMIT runs before finding `limit`."""
+    outcome stopped at SCAN_LIMIT runs before finding `limit`; `pauses`: the pause each range
+    missed (`paused`) was under, by (entry, first slot), where the audit log still has it."""
 
     records: list[RunRecord | MissedRecord]
     cut_short: bool
+    pauses: Mapping[tuple[str, datetime], PauseFound] = {}
 
 
 def read_history(store: Backend, query: HistoryQuery, outcomes: frozenset[str]) -> HistoryPage:
@@ -59,7 +71,29 @@ def read_history(store: Backend, query: HistoryQuery, outcomes: frozenset[str]) 
     missed: Sequence[MissedRecord] = []
     if not outcomes or MISSED in outcomes:
         missed = store.missed(query.entry, query.since, query.limit)
-    return HistoryPage(newest_first(runs, missed, query.limit), cut_short)
+    records = newest_first(runs, missed, query.limit)
+    return HistoryPage(records, cut_short, pauses_of(store, records))
+
+
+def pauses_of(
+    store: Backend, records: Sequence[RunRecord | MissedRecord]
+) -> dict[tuple[str, datetime], PauseFound]:
+    """The pause each range missed (`paused`) among `records` was under: the entry's newest
+    pause record (one read of its audit log per entry) that began by the first slot and had not
+    ended then (a range decided late, under a pause lifted since, is found all the same)."""
+    paused = [r.slots for r in records if isinstance(r, MissedRecord) and r.slots.reason == PAUSED]
+    found: dict[tuple[str, datetime], PauseFound] = {}
+    for entry in sorted({slots.entry for slots in paused}):
+        pauses = [
+            (pause, record.id)
+            for record in store.audit(entry, limit=AUDIT_READ)
+            if record.action == "pause" and (pause := pause_of(record.after)) is not None
+        ]  # newest first
+        for slots in (s for s in paused if s.entry == entry):
+            match = next(((p, i) for p, i in pauses if p.covers(slots.first)), None)
+            if match is not None:
+                found[(entry, slots.first)] = PauseFound(*match)
+    return found
 
 
 def read_runs(
@@ -92,11 +126,18 @@ def newest_first(
     return [record for _, _, record in records[:limit]]
 
 
-def record_object(record: RunRecord | MissedRecord, zones: Mapping[str, str]) -> dict[str, Any]:
-    """One record as JSON, with the entry's zone when the schedule files name it."""
+def record_object(
+    record: RunRecord | MissedRecord,
+    zones: Mapping[str, str],
+    pauses: Mapping[tuple[str, datetime], PauseFound] | None = None,
+) -> dict[str, Any]:
+    """One record as JSON, with the entry's zone when the schedule files name it (and a paused
+    range's pause, when `pauses` has it)."""
     if isinstance(record, RunRecord):
         return run_object(record, zones.get(record.entry))
-    return missed_object(record, zones.get(record.slots.entry))
+    slots = record.slots
+    found = (pauses or {}).get((slots.entry, slots.first))
+    return missed_object(record, zones.get(slots.entry), found)
 
 
 def run_object(run: RunRecord, zone: str | None) -> dict[str, Any]:
@@ -143,9 +184,21 @@ def run_object(run: RunRecord, zone: str | None) -> dict[str, Any]:
     }
 
 
-def missed_object(record: MissedRecord, zone: str | None) -> dict[str, Any]:
+def missed_object(
+    record: MissedRecord, zone: str | None, found: PauseFound | None = None
+) -> dict[str, Any]:
     """One missed-slot range, as `--json` prints it (docs/history.md)."""
     slots = record.slots
+    pause = None
+    if found is not None:
+        p = found.pause
+        pause = {
+            "at": stamp(p.at),
+            "until": stamp(p.until),
+            "reason": p.reason,
+            "by": p.by,
+            "audit": found.audit,
+        }
     return {
         "type": "missed",
         "entry": slots.entry,
@@ -159,4 +212,5 @@ def missed_object(record: MissedRecord, zone: str | None) -> dict[str, Any]:
         "node": record.node,
         "epoch": record.epoch,
         "overdue_at": stamp(record.overdue_at),
+        "pause": pause,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from beatd.backends import Backend, LeaderInfo
@@ -88,7 +88,7 @@ def status_report(
     controls = store.load_controls(names) if names else {}
     queues = queue_rows(store)
     nodes = node_rows(store, info, warnings)
-    rows = entry_rows(entries, states, names, counts, now)
+    rows = entry_rows(entries, states, names, counts, now, controls)
     add_held_published(rows, held_published)
     add_summaries(rows, summaries)
     add_controls(rows, controls, now)
@@ -205,8 +205,11 @@ def entry_rows(
     names: Sequence[str],
     counts: dict[str, RunTotals] | None,
     now: datetime,
+    controls: Mapping[str, EntryControl] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per entry of `names`: its persisted state and next due time."""
+    """One row per entry of `names`: its persisted state and next due time, the first slot no
+    pause covers (a covered slot ends missed, never published; None while paused till
+    resumed)."""
     rows = []
     for name in names:
         state = states.get(name)
@@ -225,7 +228,8 @@ def entry_rows(
             row["adopted"] = state is not None and state.identity == entry.identity
             # A leader starts an entry new to it (or with a changed schedule) from now.
             after = state.last_slot if state is not None and row["adopted"] else now
-            slot = entry.schedule.next_after(after)
+            control = controls.get(name) if controls is not None else None
+            slot = next_unpaused(entry, entry.schedule.next_after(after), control)
             if slot is not None:
                 due = entry.due_for(slot)
                 row["next_due"] = _time(due)
@@ -238,6 +242,33 @@ def entry_rows(
         row["missed"] = dict(sorted(total.missed.items())) if total else None
         rows.append(row)
     return rows
+
+
+NEXT_DUE_WALK = 1000  # slots walked past pauses to find the next due, at most
+
+
+def next_unpaused(
+    entry: Entry, slot: datetime | None, control: EntryControl | None
+) -> datetime | None:
+    """The first slot from `slot` whose due time no pause of `control` (in force or lifted)
+    covers; None when there is none, or a pause till resumed covers it."""
+    pauses = [] if control is None else [*filter(None, [control.pause]), *control.lifted]
+    jitter = entry.jitter or timedelta(0)
+    for _ in range(NEXT_DUE_WALK):
+        if slot is None:
+            return None
+        due = entry.due_for(slot)
+        pause = next((p for p in pauses if p.covers(due)), None)
+        if pause is None:
+            return slot
+        if pause.until is None:
+            return None
+        # the first slot whose due (the slot plus a jitter in [0, jitter)) may pass the pause
+        slot = entry.schedule.next_after(max(slot, pause.until - jitter - _JUST_BEFORE))
+    return slot
+
+
+_JUST_BEFORE = timedelta(microseconds=1)
 
 
 def add_summaries(rows: list[dict[str, Any]], summaries: dict[str, EntrySummary] | None) -> None:

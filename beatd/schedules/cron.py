@@ -508,7 +508,14 @@ class CronSchedule:
 
 @lru_cache(maxsize=1024)
 def _parse_schedule(text: str, zone: ZoneInfo, both_days: bool, entry: str | None) -> CronSchedule:
-    return CronSchedule(CronExpression.parse(text, both_days=both_days, entry=entry), zone)
+    return CronSchedule(_parse_expression(text, both_days, entry), zone)
+
+
+# Apart from the zone: a daily expression in 50 zones is parsed once, not in each (1,440 daily
+# expressions in 50 zones are more schedules than the cache above keeps)
+@lru_cache(maxsize=4096)
+def _parse_expression(text: str, both_days: bool, entry: str | None) -> CronExpression:
+    return CronExpression.parse(text, both_days=both_days, entry=entry)
 
 
 def transition(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:

@@ -18,7 +18,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    Backend,
+    BeatdQueue,
+    CeleryQueue,
+    HistoryTrimmed,
+    Lease,
+    Outgoing,
+    StateWrite,
+)
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.controls import (
@@ -37,7 +45,7 @@ from beatd.controls import (
     pause_json,
 )
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
-from beatd.history import Ending, HistoryQuery, MissedSlots, RunKind
+from beatd.history import Ending, HistoryQuery, MissedSlots, Retention, RunKind
 from beatd.outcomes import Outcome
 from beatd.state import EntryState
 from tests.backends.history_contract import (
@@ -166,8 +174,39 @@ class ControlsContract:
         [lifted] = backend.resume(["e", "f"], BY)
         assert (lifted.action, lifted.entry) == ("resume", "e")
         assert (lifted.before, lifted.after) == (paused.after, pause_json(None))
-        assert backend.load_controls() == {}
+        assert backend.load_controls().get("e", EntryControl()).pause is None
         assert backend.resume(["e"], BY) == []
+
+    def test_a_resumed_pause_is_kept_as_lifted_ending_at_the_resume(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        [paused] = backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        [resumed] = backend.resume(["e"], BY)
+        lifted = Pause(paused.at, resumed.at, "r", BY)
+        assert backend.load_controls() == {"e": EntryControl(lifted=(lifted,))}
+
+    def test_a_replaced_pause_is_kept_as_lifted_ending_at_the_new_one(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        [first] = backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        [second] = backend.pause(["e"], "longer", None, "bob@host")
+        pause = Pause(second.at, None, "longer", "bob@host")
+        lifted = Pause(first.at, second.at, "r", BY)
+        assert backend.load_controls() == {"e": EntryControl(pause, lifted=(lifted,))}
+
+    def test_lifted_pauses_the_horizon_passed_are_dropped_at_the_next_pause_or_resume(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = lead(backend)
+        backend.pause(["e"], "r", None, BY)
+        advance(1 * unit)
+        backend.resume(["e"], BY)
+        later = instant(backend) + timedelta(hours=1)
+        assert write(backend, lease, "e", at_run("e", later)) == set()  # past the lifted pause
+        [again] = backend.pause(["e"], "r2", None, BY)
+        assert backend.load_controls() == {"e": EntryControl(Pause(again.at, None, "r2", BY))}
 
     def test_a_pause_fails_a_commit_with_a_message_it_covers_and_writes_nothing(
         self, backend: Backend
@@ -433,6 +472,21 @@ class ControlsContract:
             MissedSlots("e", "paused", slot_of(2), slot_of(2), 1)
         ]
 
+    @pytest.mark.parametrize("how", ["ack", "dead_letter"])
+    def test_a_held_manual_run_is_published_when_the_busy_run_ends_under_a_pause(
+        self, backend: Backend, how: str
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        manual = held("e", 2, RunKind.MANUAL)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=manual)
+        backend.pause(["e"], "r", None, BY)
+        finish(backend, how, run_id("e", 1))
+        control = backend.load_controls()["e"]
+        assert (control.busy, control.held) == (Busy(manual.run_id, control.busy.since), None)
+        assert queued_ids(backend) == [manual.run_id]
+        assert backend.missed("e") == []
+
     @pytest.mark.parametrize("how", ["retry", "release", "lost"])
     def test_retry_release_and_a_lost_claim_keep_the_entry_busy(
         self, backend: Backend, advance: Callable[[float], None], unit: float, how: str
@@ -612,6 +666,21 @@ class ControlsContract:
             TriggerStatus.REFUSED_BUSY
         )
 
+    def test_a_trigger_over_a_stale_busy_mark_names_it_and_its_audit_record_too(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        lease = lead(backend)
+        guard = Guard(Overlap.SKIP, 1 * unit)
+        write(backend, lease, "e", run("e", 1, "q"), guard=guard)
+        advance(1.5 * unit)
+        result = backend.trigger(trigger("e", guard=guard))
+        assert (result.status, result.detail) == (TriggerStatus.PUBLISHED, run_id("e", 1))
+        [record] = backend.audit("e")
+        assert record.detail["dropped_busy"] == run_id("e", 1)
+        assert backend.load_controls()["e"].busy.run_id == result.run_id
+        fresh = backend.trigger(trigger("e", "r2", guard=guard, force=True))
+        assert (fresh.status, fresh.detail) == (TriggerStatus.PUBLISHED, "")  # forced: not stale
+
     def test_a_trigger_without_a_guard_leaves_the_busy_mark(self, backend: Backend) -> None:
         lease = lead(backend)
         write(backend, lease, "e", run("e", 1, "q"), guard=SKIP)
@@ -669,6 +738,36 @@ class ControlsContract:
         assert dict(repeat.detail) == {"published": 0, "already_there": 3}
         assert repeat in backend.audit("e")  # as stored
         assert sorted(queued_ids(backend)) == [run_id("e", m) for m in (1, 2, 3)]
+
+    @pytest.mark.parametrize("how", FINAL_STEPS)
+    def test_a_backfill_of_the_held_slot_publishes_it_once_the_busy_end_not_again(
+        self, backend: Backend, how: str
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=held("e", 2))
+        backfilled = [run("e", 2, "q", kind=RunKind.BACKFILL)]
+        assert backend.backfill("e", backfilled, BY, {})[0] == [run_id("e", 2)]
+        assert backend.load_controls()["e"].held is None
+        finish(backend, how, run_id("e", 1))
+        assert backend.load_controls() == {}
+        assert record(backend, run_id("e", 2)).kind == RunKind.BACKFILL
+        assert queued_ids(backend).count(run_id("e", 2)) == 1
+
+    def test_backfill_at_or_before_a_trimmed_slot_is_refused_in_its_step(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        for m in (1, 2, 3):
+            write(backend, lease, "e", run("e", m, "q"))
+            finish(backend, "ack", run_id("e", m))
+        assert backend.trim(Retention(per_entry=1)) == 2
+        runs = [run("e", m, "q", kind=RunKind.BACKFILL) for m in (2, 3)]
+        with pytest.raises(HistoryTrimmed) as refused:
+            backend.backfill("e", runs, BY, {})
+        assert (refused.value.entry, refused.value.bound) == ("e", slot_of(2))
+        assert backend.audit("e") == [] and queued_ids(backend) == []
+        assert backend.backfill("e", runs[1:], BY, {})[0] == []  # after it: checked as ever
 
     def test_backfill_with_history_off_is_refused(self, history_off_backend: Backend) -> None:
         with pytest.raises(BackendError):

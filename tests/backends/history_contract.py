@@ -604,6 +604,16 @@ class HistoryContract:
         assert backend.history_size() == (0, 0)
         assert set(backend.summaries()) == {"e", "f"}
 
+    def test_trim_remembers_each_entrys_newest_trimmed_slot(self, backend: Backend) -> None:
+        lease = lead(backend)
+        publish(backend, lease, *(run("e", m) for m in range(1, 5)), run("f", 1))
+        finish_all(backend)
+        assert backend.trimmed_up_to("e") is None
+        assert backend.trim(Retention(per_entry=2)) == 2  # e's minutes 1 and 2
+        assert (backend.trimmed_up_to("e"), backend.trimmed_up_to("f")) == (slot_of(2), None)
+        assert backend.trim(Retention(max_records=1)) == 2  # e's 3 and 4 (ties: by run id)
+        assert (backend.trimmed_up_to("e"), backend.trimmed_up_to("f")) == (slot_of(4), None)
+
     def test_a_run_trimmed_while_queued_still_counts_in_the_summary_when_it_ends(
         self, backend: Backend
     ) -> None:

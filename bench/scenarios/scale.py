@@ -1,0 +1,274 @@
+"""Scenario 8: issue 18's scale — runtime entries held in the backend, beside RedBeat.
+
+`count` entries of issue 18's mix (`bench.workload.runtime_mix`: 40 % daily cron in 50 zones,
+40 % hourly cron, 20 % intervals from 1 min to 1 day). The first `count - batch` are the stock,
+written over the backend URL in `Client.add_many` calls of `STOCK_CHUNK` (timed apart); the last
+`batch` are the import held to issue 18's ≤ 10 s per 100,000, by `way`:
+
+- `backend`: one `Client.add_many` over the backend URL;
+- `http`: `Client.add_many` through a real `beatd run`'s API in requests of `chunk` entries
+  (the API refuses a body above 1 MiB);
+- `redbeat`: every entry through `RedBeatSchedulerEntry(...).save()` (bench/drivers/
+  redbeat_import.py, on the peers' venv; the stock is written by RedBeat too).
+
+Then the bytes per entry: the growth of Redis `used_memory` (the bench's own redis-server,
+flushed before), or the SQLite file with its WAL after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import redis
+
+from bench import daemons
+from bench.common import (
+    arrivals,
+    percentiles,
+    proc_cpu,
+    proc_hwm_mb,
+    queued_count,
+    reset_backend,
+    wait_until,
+)
+from bench.peers import PYTHON
+from bench.redisserver import free_port
+from bench.tools import DRIVERS
+from bench.workload import TASK, daily, runtime_mix, write_yaml
+
+STOCK_CHUNK = 20_000
+HTTP_CHUNK = 5_000  # about 560 KiB of JSON: under the API's 1 MiB
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    url, count, way = params["url"], params["count"], params["way"]
+    batch = min(params.get("batch", 100_000), count)
+    work = Path(params["workdir"]) / f"scale-{way}-{count}"
+    work.mkdir(parents=True, exist_ok=True)
+    reset_backend(url)
+    before = _used_memory(url)
+    if way == "redbeat":
+        result = _redbeat(url, count, work)
+    elif way == "leader":
+        result = _leader(url, count, work, params.get("changes", 20))
+    else:
+        result = _beatd(url, count, batch, way, work, params.get("chunk", HTTP_CHUNK))
+    size = _stored_bytes(url) - before
+    reset_backend(url)
+    return {
+        "way": way,
+        "backend": url.split(":", 1)[0],
+        "entries": count,
+        "batch": batch if way != "redbeat" else count,
+        **result,
+        "stored_bytes": size,
+        "bytes_per_entry": round(size / count, 1),
+    }
+
+
+def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -> dict[str, Any]:
+    from beatd import Client
+
+    stock = count - batch
+    with Client(url, by="bench", timeout=120) as client:
+        started = time.perf_counter()
+        for start in range(0, stock, STOCK_CHUNK):
+            client.add_many(runtime_mix(min(STOCK_CHUNK, stock - start), start=start))
+        stock_s = time.perf_counter() - started
+    entries = runtime_mix(batch, start=stock)
+    if way == "http":
+        timed = _through_api(url, entries, work, chunk)
+    else:
+        with Client(url, by="bench", timeout=120) as client:
+            cpu, started = time.process_time(), time.perf_counter()
+            client.add_many(entries)
+            timed = {
+                "import_s": time.perf_counter() - started,
+                "client_cpu_s": round(time.process_time() - cpu, 3),
+            }
+    import_s = timed.pop("import_s")
+    return {
+        "stock_s": round(stock_s, 3),
+        "stock_us_per_entry": round(stock_s / stock * 1e6, 1) if stock else None,
+        "import_s": round(import_s, 3),
+        "import_us_per_entry": round(import_s / batch * 1e6, 1),
+        "import_s_per_100k": round(import_s / batch * 100_000, 2),
+        **timed,
+    }
+
+
+def _leader(url: str, count: int, work: Path, changes: int) -> dict[str, Any]:
+    """`count` runtime entries written over the backend URL, then a real `beatd run` whose file
+    holds one probe entry every second: spawn to first publish, its peak RSS, and `changes`
+    entries (every second) added one at a time — from each write's acknowledgement to its first
+    slot (the leader held it by then, as it published it) and to its run's arrival."""
+    from beatd import Client
+
+    with Client(url, by="bench", timeout=120) as client:
+        for start in range(0, count, STOCK_CHUNK):
+            client.add_many(runtime_mix(min(STOCK_CHUNK, count - start), start=start))
+    schedule = write_yaml([{"name": "probe", "every": 1, "offset": 0}], work / "beatd.yaml")
+    spawned = time.time()
+    process = daemons.run(schedule, url, work / "beatd.log")
+    try:
+        if not wait_until(lambda: queued_count(url) > 0, timeout=300, interval=0.05):
+            raise RuntimeError(f"beatd published nothing within 300 s; see {work}")
+        first = min(arrivals(url), key=lambda a: a.arrived)
+        cpu = proc_cpu(process.pid)
+        to_slot, to_arrival = _changes(url, changes)
+        rss = proc_hwm_mb(process.pid)
+    finally:
+        daemons.stop(process)
+    return {
+        "first_publish_s": round(first.arrived - spawned, 3),
+        "daemon_cpu_to_first_publish_s": round(cpu, 3),
+        "daemon_peak_rss_mb": round(rss, 1),
+        "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
+        "change_to_slot_s": percentiles(to_slot),
+        "change_to_arrival_s": percentiles(to_arrival),
+    }
+
+
+def _changes(url: str, changes: int) -> tuple[list[float], list[float]]:
+    from beatd import Client
+
+    to_slot, to_arrival = [], []
+    with Client(url, by="bench", timeout=30) as client:
+        for i in range(changes):
+            name = f"change-{i:03d}"
+            client.add(name, task=TASK, every="1s", args=[name])
+            first = _first_run(url, name, time.time())
+            if first is not None:
+                to_slot.append(first.slot - first.acked)
+                to_arrival.append(first.arrived - first.acked)
+    return to_slot, to_arrival
+
+
+class _FirstRun(NamedTuple):
+    acked: float
+    slot: float
+    arrived: float
+
+
+def _first_run(url: str, name: str, acked: float, timeout: float = 30.0) -> _FirstRun | None:
+    """The first run of entry `name` to reach the queue, written at `acked`; None if none
+    arrives within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [a for a in arrivals(url, acked - 1) if a.entry == name]
+        if runs:
+            first = min(runs, key=lambda a: a.slot)
+            return _FirstRun(acked, first.slot, first.arrived)
+        time.sleep(0.05)
+    return None
+
+
+def _through_api(
+    url: str, entries: dict[str, dict[str, Any]], work: Path, chunk: int
+) -> dict[str, Any]:
+    """`entries` through the API of a `beatd run` on `url`, `chunk` a request."""
+    from beatd import Client
+
+    token, tokens = _token(work)
+    port = free_port()
+    schedule = write_yaml(daily(1, avoid=_now(), window=600), work / "beatd.yaml")
+    extra = ("--api-addr", f"127.0.0.1:{port}", "--api-tokens", str(tokens))
+    process = daemons.run(schedule, url, work / "beatd.log", extra=extra)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until(lambda: _answers(api, token), timeout=60, interval=0.1):
+            raise RuntimeError(f"the API at {api} did not answer within 60 s; see {work}")
+        cpu0 = proc_cpu(process.pid)
+        names = list(entries)
+        with Client(api, token=token, timeout=120) as client:
+            started = time.perf_counter()
+            for at in range(0, len(names), chunk):
+                client.add_many({name: entries[name] for name in names[at : at + chunk]})
+            import_s = time.perf_counter() - started
+        return {
+            "import_s": import_s,
+            "requests": -(-len(names) // chunk),
+            "daemon_cpu_s": round(proc_cpu(process.pid) - cpu0, 3),
+            "daemon_peak_rss_mb": round(proc_hwm_mb(process.pid), 1),
+        }
+    finally:
+        daemons.stop(process)
+
+
+def _redbeat(url: str, count: int, work: Path) -> dict[str, Any]:
+    path = work / "entries.json"
+    path.write_text(json.dumps(runtime_mix(count)))
+    done = subprocess.run(
+        [str(PYTHON), str(DRIVERS / "redbeat_import.py"), url, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    timed = json.loads(done.stdout.splitlines()[-1])
+    return {
+        "import_s": round(timed["wall_s"], 3),
+        "import_us_per_entry": round(timed["wall_s"] / count * 1e6, 1),
+        "import_s_per_100k": round(timed["wall_s"] / count * 100_000, 2),
+        "client_cpu_s": round(timed["cpu_s"], 3),
+    }
+
+
+def _token(work: Path) -> tuple[str, Path]:
+    made = daemons.beatd_output(["api", "token", "bench", "--scope", "write"])
+    token = next(line.split()[-1] for line in made.splitlines() if line.startswith("token:"))
+    line = made.split("file:", 1)[1].split("the token")[0].strip()
+    path = work / "tokens"
+    path.write_text(line + "\n")
+    os.chmod(path, 0o600)
+    return token, path
+
+
+def _answers(api: str, token: str) -> bool:
+    from beatd import Client
+    from beatd.client import ClientError
+
+    try:
+        with Client(api, token=token, timeout=2) as client:
+            next(iter(client.iter(page_size=1)), None)  # one page, not every entry
+        return True
+    except (OSError, ClientError):
+        return False
+
+
+def _now() -> Any:
+    from bench.common import utc
+
+    return utc(time.time())
+
+
+def _used_memory(url: str) -> int:
+    if not url.startswith("redis"):
+        return 0
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def _stored_bytes(url: str) -> int:
+    """Redis `used_memory`, or the SQLite file and its WAL after a checkpoint."""
+    if url.startswith("redis"):
+        return _used_memory(url)
+    path = Path(url[len("sqlite:///") :])
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return sum(
+        Path(f"{path}{suffix}").stat().st_size
+        for suffix in ("", "-wal")
+        if Path(f"{path}{suffix}").exists()
+    )
