@@ -243,11 +243,12 @@ class CeleryEventListener:
 
 
 def celery_entries(config: Config) -> frozenset[str]:
-    """The entries of `config` published in Celery's protocol."""
+    """The entries of `config` published in Celery's protocol, to Redis or (through the
+    outbox) to RabbitMQ."""
     return frozenset(
         name
         for name, entry in config.entries.items()
-        if destination_kind(entry.protocol, entry.amqp is not None) is CeleryQueue
+        if destination_kind(entry.protocol) is CeleryQueue
     )
 
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from beatd.backends.base import (
+    BeatdQueue,
     Controls,
     DeadLetter,
+    Lease,
     LeaseStore,
+    Outgoing,
     QueueAdmin,
     RunHistory,
     RuntimeEntries,
     StateStore,
     StateWrite,
 )
+from beatd.celery_amqp import OUTBOX_QUEUE, UnreadableOutboxRun, decode
 from beatd.controls import NO_CONTROL, EntryControl
 from beatd.errors import BeatdError
 
@@ -81,6 +85,7 @@ class MigrationReport:
     keys: int = 0  # idempotency keys and request ids copied
     entries: int = 0  # runtime entries copied, with their versions
     kinds: ControlKinds = ControlKinds()  # the controls copied, by kind
+    outbox: int = 0  # undelivered runs for RabbitMQ carried to the target's outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,15 +203,40 @@ def copy_history(source: RunHistory, target: RunHistory, batch: int = 1000) -> H
     return HistoryCopy(runs, missed_copied, seen - runs + len(missed) - missed_copied)
 
 
+def carry_outbox(
+    target: MigrationEnd, lease: Lease, waiting: Sequence[DeadLetter]
+) -> tuple[int, list[DeadLetter]]:
+    """Commit the source's undelivered outbox runs (`waiting`, read as dead letters) to the
+    target's outbox as they are, for its leader's relay; a run whose published record the
+    target holds was carried by an earlier copy and is skipped. How many were carried, and the
+    runs that cannot be read (left to be copied as dead letters, saying why)."""
+    carried: list[Outgoing] = []
+    unreadable: list[DeadLetter] = []
+    for letter in waiting:
+        try:
+            run = decode(letter.body)
+        except UnreadableOutboxRun as exc:
+            unreadable.append(replace(letter, reason=f"unreadable outbox run: {exc}"))
+            continue
+        if target.run(letter.id) is None:
+            outbox = BeatdQueue(OUTBOX_QUEUE, run.priority)
+            carried.append(Outgoing(run.entry, letter.id, outbox, letter.body))
+    for start in range(0, len(carried), 1000):
+        target.commit(lease, [], carried[start : start + 1000])
+    return len(carried), unreadable
+
+
 def migrate(
     source: MigrationEnd,
     target: MigrationEnd,
     *,
     lease_ttl: float = 30.0,
     queued: Sequence[DeadLetter] = (),
+    outbox: Sequence[DeadLetter] = (),
 ) -> MigrationReport:
-    """Copy every entry's state and every dead letter from `source` to `target`, and the
-    `queued` runs (read from the source) as dead letters too.
+    """Copy every entry's state and every dead letter from `source` to `target`, the
+    `queued` runs (read from the source) as dead letters too, and the undelivered `outbox`
+    runs (read from the source) to the target's outbox (`carry_outbox`).
 
     Both must be quiet: no scheduler may lead on either (stop `beatd run` everywhere first), so
     nothing is published while the horizon moves. Entries that already have state on the target,
@@ -222,8 +252,10 @@ def migrate(
         skipped: set[str] = set()
         for start in range(0, len(writes), 1000):
             skipped |= target.commit(lease, writes[start : start + 1000], [])
-        settled = settle_dead_lettered(source.load_controls(), queued, source.url)
-        letters = [*source.dead_letters(), *queued, *settled.held_letters]
+        carried, unreadable = carry_outbox(target, lease, outbox)
+        dead = [*queued, *unreadable]
+        settled = settle_dead_lettered(source.load_controls(), dead, source.url)
+        letters = [*source.dead_letters(), *dead, *settled.held_letters]
         copied = target.add_dead_letters(letters)
         history = copy_history(source, target)
         controls = copy_controls(source, target, controls=settled.controls)
@@ -233,7 +265,15 @@ def migrate(
     report = MigrationReport(
         len(states) - len(skipped),
         copied,
-        len(skipped) + len(letters) - copied + history.skipped + controls.skipped + entries_skipped,
+        len(skipped)
+        + len(letters)
+        - copied
+        + history.skipped
+        + controls.skipped
+        + entries_skipped
+        + len(outbox)
+        - len(unreadable)
+        - carried,
         history.runs,
         history.missed,
         controls.controls,
@@ -241,6 +281,7 @@ def migrate(
         controls.keys,
         entries,
         controls.kinds,
+        carried,
     )
     _log_report(report, source.url, target.url)
     return report
@@ -249,7 +290,7 @@ def migrate(
 def _log_report(report: MigrationReport, source: str, target: str) -> None:
     log.info(
         "copied %d controls (%d pauses, %d busy marks, %d held runs), %d audit records, %d "
-        "trigger keys and %d runtime entries",
+        "trigger keys and %d runtime entries; carried %d undelivered runs to the outbox",
         report.controls,
         report.kinds.pauses,
         report.kinds.busy_marks,
@@ -257,6 +298,7 @@ def _log_report(report: MigrationReport, source: str, target: str) -> None:
         report.audit,
         report.keys,
         report.entries,
+        report.outbox,
     )
     log.info(
         "copied %d entry states, %d dead letters, %d run records and %d missed-slot records "

@@ -479,6 +479,9 @@ def test_beatd_run_relays_a_celery_configs_schedule_to_rabbitmq(
     try:
         wait_for(lambda: rabbit.depth(queue) >= 3, 30, f"3 runs; beatd run:\n{_tail(run_log)}")
         proxy.cut()
+        # the leader's event listener reconnects through the proxy too: wait for the relay
+        said_cut = lambda: "unreachable; runs wait in the outbox" in _tail(run_log)  # noqa: E731
+        wait_for(said_cut, 20, f"the relay to meet the cut; beatd run:\n{_tail(run_log)}")
         wait_for(lambda: proxy.refused >= 3, 20, "the relay to try again while cut")
         proxy.restore()
         cut_at = rabbit.depth(queue)

@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,24 @@ import pika.exceptions
 import pytest
 
 from beatd import celery_protocol
+from beatd.amqp_link import Logins
+from beatd.amqp_relay import AmqpRelay, RelaySettings
 from beatd.assemble import build_scheduler, celery_event_source
-from beatd.backends import open_celery_events
+from beatd.backends import open_backend, open_celery_events
 from beatd.backends.amqp_events import QUEUE_PREFIX, AmqpCeleryEvents
 from beatd.backends.base import BeatdQueue, Lease, Outgoing, StateWrite
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
-from beatd.clock import SystemClock
-from beatd.config import Config
+from beatd.clock import FakeClock, SystemClock
+from beatd.config import AmqpTarget, Config
+from beatd.config.model import Entry
 from beatd.controls import Guard, Overlap
 from beatd.errors import BackendError, BeatdError, TransientBackendError
 from beatd.history import HistoryQuery
 from beatd.message import RunMessage
-from beatd.scheduler import SchedulerSettings
+from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_for
@@ -47,7 +52,7 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 FOREIGN = "0b1e6a3c-9d43-4d7e-a6a7-1c2d3e4f5a6b"
 
 EVENTS_APP = """
-import os
+import os, time
 from celery import Celery
 
 app = Celery("amqp_events_app", broker=os.environ["BROKER"])
@@ -66,6 +71,10 @@ def ok():
 @app.task(name="tasks.fail")
 def fail():
     raise ValueError("the report is empty")
+
+@app.task(name="tasks.slow")
+def slow():
+    time.sleep(float(os.environ.get("SLOW", "2")))  # longer than the skip entry's interval
 
 @app.task(name="tasks.flaky", bind=True, max_retries=2, default_retry_delay=0)
 def flaky(self):
@@ -338,6 +347,69 @@ def test_a_skip_entry_is_free_again_when_its_run_succeeded_on_rabbitmq(
     rabbit.publish(rid, "tasks.ok")
     wait_for(lambda: "nightly" not in history.load_controls(), 30, "the busy mark cleared")
     assert status(history, rid) == "succeeded"
+
+
+def test_a_skip_entry_on_rabbitmq_publishes_no_overlapping_run_and_goes_on_after_its_end(
+    rabbit: Rabbit,
+    history: SQLiteBackend,
+    listening: Callable[[str], CeleryEventListener],
+) -> None:
+    """The whole path: a scheduler (fake time) commits an `overlap: skip` entry's runs to the
+    outbox, the relay publishes them, a stock worker with -E runs a task longer than the
+    interval, and its task-succeeded heard on RabbitMQ frees the entry. The relay's ack after
+    RabbitMQ's confirm does not: the slot due meanwhile is missed, none overlaps."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    slot = lambda n: start + timedelta(seconds=10 * n)  # noqa: E731
+    target = AmqpTarget("amqp://guest@127.0.0.1:5672//")  # exchange and routing key: the queue
+    slow = Entry(
+        name="slow",
+        task="tasks.slow",
+        schedule=IntervalSchedule(timedelta(seconds=10), anchor=start),
+        queue=rabbit.queue,
+        protocol="celery",
+        amqp=target,
+        overlap=Overlap.SKIP,
+        overlap_timeout=timedelta(hours=1),
+    )
+    config = Config({"slow": slow})
+    clock = FakeClock(start)
+    settings = SchedulerSettings(node="n1", lease_ttl=10, max_clock_skew=86_400)
+    beat = Scheduler(history, lambda: config, clock, settings)
+    relay = AmqpRelay(
+        lambda: open_backend(history.url, history=False),
+        Logins("guest").link,
+        SystemClock(),
+        RelaySettings(visibility=30.0, unroutable_delay=0.2),
+    )
+    listening(AMQP)
+    outbox = lambda: history.queue_depths().get(OUTBOX_QUEUE, 0)  # noqa: E731
+    try:
+        run_for(beat, 10.5)  # slot 1 to the outbox, the entry busy
+        first = f"slow@{slot(1):%Y-%m-%dT%H:%M:%SZ}"
+        assert (outbox(), history.load_controls()["slow"].busy.run_id) == (1, first)
+        assert relay.relay_one() and outbox() == 0  # on RabbitMQ; the worker runs it (2 s)
+        assert history.load_controls()["slow"].busy.run_id == first  # the ack ended nothing
+        run_for(beat, 10)  # slot 2 is due while the first run is busy: skipped
+        assert outbox() == 0
+        wait_for(lambda: "slow" not in history.load_controls(), 30, "the busy mark cleared")
+        ended = history.run(first)
+        assert ended is not None and ended.status == "succeeded"
+        run_for(beat, 10)  # slot 3: the entry is free again
+        third = f"slow@{slot(3):%Y-%m-%dT%H:%M:%SZ}"
+        assert outbox() == 1 and history.load_controls()["slow"].busy.run_id == third
+        assert relay.relay_one()
+        wait_for(lambda: status(history, third) == "succeeded", 30, "the third run to succeed")
+    finally:
+        beat.shutdown()
+        relay.close()
+    assert [(m.slots.reason, m.slots.first, m.slots.total) for m in history.missed("slow")] == [
+        ("overlap", slot(2), 1)
+    ]
+    runs = history.runs(HistoryQuery(entry="slow"))
+    assert sorted(r.id for r in runs) == [first, third]
+    third_run, first_run = sorted(runs, key=lambda r: r.published_at, reverse=True)
+    assert first_run.attempts[-1].ended_at is not None
+    assert third_run.published_at >= first_run.attempts[-1].ended_at
 
 
 def test_a_refused_login_is_permanent_and_says_what_to_fix() -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
-from beatd.config import Config
+from beatd.config import AmqpTarget, Config
 from beatd.config.model import Entry
 from beatd.core import Decision, Run
 from beatd.errors import BackendError, NotApplied
@@ -238,6 +239,26 @@ def test_the_observer_listens_while_leading_celery_entries(backend: MemoryBacken
         observer.notify(Adopted(both))
         observer.notify(Stopped())  # the daemon stops: the thread has ended
         assert ear._thread is not None and not ear._thread.is_alive()
+    finally:
+        ear.stop(wait=5)
+
+
+def test_the_observer_listens_while_leading_celery_entries_on_rabbitmq(
+    backend: MemoryBackend,
+) -> None:
+    """Runs for RabbitMQ go to the outbox, but they are Celery's: their events are heard."""
+    ear = listener(backend)
+    observer = CeleryEvents(ear)
+    rabbit = replace(entry("r", "celery"), amqp=AmqpTarget("amqp://guest@127.0.0.1:5672//"))
+    amqp_only = Config({"r": rabbit})
+    try:
+        observer.notify(Adopted(amqp_only))
+        assert running(ear)
+        state = EntryState("r", T0, T0, "once")
+        observer.notify(
+            Published(T0, [Decision(rabbit, None, state, (Run(rabbit, T0, T0, False),))])
+        )
+        assert ear.stats.published == 1
     finally:
         ear.stop(wait=5)
 

@@ -20,11 +20,13 @@ from click.testing import CliRunner
 from beatd.backends.base import StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.cli import main
-from beatd.history import HistoryQuery
+from beatd.history import HistoryQuery, RunKind
 from beatd.runtime_entries import ResolvedEntry, resolve_entry
 from tests.backends.contract import message, state
 from tests.redis_server import RedisServer
+from tests.test_amqp_outbox import SCHEDULE as AMQP_SCHEDULE
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
 
 pytestmark = pytest.mark.slow
@@ -429,3 +431,74 @@ def test_runtime_entries_are_carried_with_their_versions_once(
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 1  # nothing copied twice
     assert target.entry_changes(page.cursor).changes == ()
+
+
+def test_undelivered_outbox_runs_are_carried_to_the_targets_outbox_once(
+    server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    """A run committed for RabbitMQ and not yet relayed is no dead letter: it goes on waiting
+    in the target's outbox, as it is, for the new leader's relay; a second copy adds nothing."""
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text(AMQP_SCHEDULE)
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, _, err = beatd("trigger", "nightly", "-s", str(schedule), "--broker", source)
+    assert (code, err) == (0, "")
+    sqlite = SQLiteBackend(tmp_path / "beatd.db")
+    (waiting,) = sqlite.queued_as_dead_letters("")
+    sqlite.close()
+
+    first = beatd("migrate", "--from", source, "--to", server.url)
+
+    def summary(skipped: int, copied: int, carried: int) -> str:
+        return (
+            f"copied 0 state(s), 0 dead letter(s), {copied} run record(s), 0 missed-slot "
+            f"record(s), 0 pause(s), 0 busy mark(s), 0 held run(s), {copied} audit record(s), "
+            f"{copied} trigger key(s); "
+            f"skipped {skipped} already on the target\ncarried {carried} undelivered run(s) to "
+            f"the target's outbox ({OUTBOX_QUEUE}) for its relay\n"
+        )
+
+    assert first == (0, summary(0, 1, 1), "")
+    assert target.queue_depths() == {OUTBOX_QUEUE: 1}
+    assert target.dead_letters() == []
+    record = target.run(waiting.id)
+    assert record is not None and record.kind is RunKind.MANUAL
+    second = beatd("migrate", "--from", source, "--to", server.url)
+    assert second == (0, summary(4, 0, 0), "")  # the record, audit record, key and run
+    assert target.queue_depths() == {OUTBOX_QUEUE: 1}
+    delivery = target.claim([OUTBOX_QUEUE], "amqp-relay", 30)
+    assert delivery is not None and (delivery.id, delivery.body) == (waiting.id, waiting.body)
+
+
+def test_outbox_runs_are_read_from_a_sqlite_source_only(
+    server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    target.enqueue([message("e", 1, queue=OUTBOX_QUEUE)])
+    to = f"sqlite:///{tmp_path / 'new.db'}"
+    code, _, err = beatd("migrate", "--from", server.url, "--to", to)
+    assert (code, err) == (
+        1,
+        f"{server.url} holds 1 run(s) not yet relayed to RabbitMQ (amqp.outbox=1), "
+        f"which migrate reads from a SQLite source only: start one `beatd run` on {server.url} "
+        "until its relay has emptied the outbox (`beatd status`), stop it, then migrate again\n",
+    )
+
+
+def test_an_unreadable_outbox_run_is_copied_as_a_dead_letter_saying_why(
+    sqlite: SQLiteBackend, server: RedisServer, target: RedisBackend, tmp_path: Path
+) -> None:
+    damaged = message("e", 1, queue=OUTBOX_QUEUE)  # beatd's run message: no outbox run
+    sqlite.enqueue([damaged])
+    source = f"sqlite:///{tmp_path / 'beatd.db'}"
+    code, out, err = beatd("migrate", "--from", source, "--to", server.url)
+    assert (code, out, err) == (
+        0,
+        copied_line(0, 1, 0)
+        + f"carried 0 undelivered run(s) to the target's outbox ({OUTBOX_QUEUE}) for its relay\n",
+        "",
+    )
+    assert [(d.id, d.queue, d.body, d.reason) for d in target.dead_letters()] == [
+        (damaged.id, OUTBOX_QUEUE, damaged.body, "unreadable outbox run: outbox format None, "
+         "this beatd reads 1"),
+    ]  # fmt: skip
+    assert target.queue_depths() == {}

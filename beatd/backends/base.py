@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.celery_events import Payload
 from beatd.controls import (
     AuditRecord,
@@ -194,6 +195,18 @@ class Outgoing(NamedTuple):
     due: datetime | None = None  # the slot plus its jitter
     kind: RunKind = RunKind.SCHEDULED
     audit: str | None = None  # the audit record of a manual or backfill run
+
+
+def is_celery_run(destination: Destination) -> bool:
+    """Whether a run sent to `destination` is a Celery task (its record's `celery`): in a
+    Celery queue, or in the AMQP outbox, bound for Celery's workers on RabbitMQ."""
+    return isinstance(destination, CeleryQueue) or destination.queue == OUTBOX_QUEUE
+
+
+def ack_ends_run(queue: str) -> bool:
+    """Whether acking a message of `queue` is its run's final outcome: not in the AMQP outbox,
+    where the relay's ack says only that RabbitMQ has the run; Celery's task event ends it."""
+    return queue != OUTBOX_QUEUE
 
 
 def utf8_fault(value: bytes, name: str) -> str:
@@ -433,9 +446,10 @@ class WorkQueue(Reachable, Protocol):
 
     Operator controls, also with history off: a final outcome (ack, dead_letter; and
     `RunHistory.attempt_ended` for Celery runs) clears the entry's busy mark if this run holds
-    it and, in the same step, publishes the entry's held run if there is one (enqueued, its
-    published record written, the busy mark set to it) — unless a pause covers now, when the
-    held run is dropped and recorded missed with reason `paused`."""
+    it (an ack in the AMQP outbox is none: `ack_ends_run`) and, in the same step, publishes
+    the entry's held run if there is one (enqueued, its published record written, the busy
+    mark set to it) — unless a pause covers now, when the held run is dropped and recorded
+    missed with reason `paused`."""
 
     def enqueue(self, messages: Sequence[Outgoing], delay: float = 0.0) -> None:
         """Add messages to their `BeatdQueue`s outside any lease (worker retries, dead-letter

@@ -37,6 +37,7 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    ack_ends_run,
     unseen,
 )
 from beatd.backends.memory_controls import Book, MemoryControls
@@ -306,7 +307,8 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
             if message is not None:
                 del self._store.messages[message.seq]
                 self._ended(message, ending or Ending(Outcome.SUCCEEDED))
-                self._run_ended(message.id)
+                if ack_ends_run(message.queue):
+                    self._run_ended(message.id)
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         with self._store.lock:

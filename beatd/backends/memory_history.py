@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from beatd.backends.base import CeleryQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import Lease, Outgoing, StateWrite, is_celery_run
 from beatd.history import (
     FAILED_FINALLY,
     FINAL,
@@ -81,7 +81,7 @@ class History:
         if message.slot is None or message.id in self.runs:
             return
         due = message.due if message.due is not None else message.slot
-        celery = isinstance(message.destination, CeleryQueue)
+        celery = is_celery_run(message.destination)
         node, epoch = (lease.node, lease.epoch) if lease is not None else ("", 0)
         self.runs[message.id] = RunRecord(
             message.id, message.entry, message.slot, due, at, node, epoch,

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen
+from beatd.backends.base import DeadLetter, Delivery, Outgoing, ack_ends_run, unseen
 from beatd.backends.postgres_link import DEFAULT_PRIORITY, NOW, NOW_US, PostgresLink
 from beatd.backends.postgres_records import claim_history, end_history
 from beatd.errors import NotApplied
@@ -165,7 +165,7 @@ class PostgresWorkQueue(PostgresLink):
             "RETURNING id, queue)",
             {"receipt": delivery.receipt},
             ending or Ending(Outcome.SUCCEEDED),
-            final=True,
+            final=ack_ends_run(delivery.queue),
         )
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:

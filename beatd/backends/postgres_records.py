@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
+from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, is_celery_run, to_micros
 from beatd.backends.postgres_link import NOW_US
 from beatd.history import (
     FAILED_FINALLY,
@@ -84,11 +84,11 @@ def published_records(
     audited = any(a is not None for a in audits)
     sql = (
         f"WITH published AS (INSERT INTO {schema}.run "
-        "(id, entry, slot_us, due_us, published_us, node, epoch, kind, audit) "
-        f"SELECT id, entry, slot, due, %s, %s, %s, kind, {'audit' if audited else 'NULL'} "
-        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[]"
-        f"{', %b::text[]' if audited else ''}) "
-        f"AS r(id, entry, slot, due, kind{', audit' if audited else ''}) "
+        "(id, entry, slot_us, due_us, published_us, node, epoch, kind, celery, audit) "
+        f"SELECT id, entry, slot, due, %s, %s, %s, kind, celery, {'audit' if audited else 'NULL'} "
+        "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], "
+        f"%b::boolean[]{', %b::text[]' if audited else ''}) "
+        f"AS r(id, entry, slot, due, kind, celery{', audit' if audited else ''}) "
         "ON CONFLICT (id) DO NOTHING RETURNING id, published_us), "
         f"opened AS (INSERT INTO {schema}.run_open SELECT id, published_us FROM published) "
     )
@@ -101,6 +101,7 @@ def published_records(
         [_micros(m.slot) for m in runs],
         [_micros(m.due or m.slot) for m in runs],
         [m.kind.value for m in runs],
+        [is_celery_run(m.destination) for m in runs],
         *((audits,) if audited else ()),
     )
 

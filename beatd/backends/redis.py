@@ -53,6 +53,7 @@ from beatd.backends.base import (
     StateWrite,
     StoreIdentity,
     from_micros,
+    is_celery_run,
     to_micros,
 )
 from beatd.backends.redis_controls import RedisControls, commit_controls
@@ -219,7 +220,7 @@ class RedisStateStore(RedisLink):
             {m.destination.queue for m in messages if type(m.destination) is BeatdQueue}
         )
         flat = (_json(queues), _json(flat_writes), _json(flat_messages), len(streams), bodies)
-        celery = [is_list for _, is_list in targets]
+        celery = [is_celery_run(m.destination) for m in messages]
         history = self._commit_history(lease, writes, messages, celery)
         controls = commit_controls(self._key(""), bool(self._history), writes, messages)
         args = (lease.token, lease.epoch, *flat, *history, *controls)
@@ -234,7 +235,7 @@ class RedisStateStore(RedisLink):
         celery: Sequence[bool],
     ) -> tuple[str, str, str, str]:
         """The commit script's history arguments (see redis_scripts.COMMIT); `celery` says for
-        each message whether it goes to a Celery queue."""
+        each message whether it is a Celery task (`is_celery_run`)."""
         if not self._history:
             return "", "", "", ""
         epoch = lease.epoch

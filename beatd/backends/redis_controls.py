@@ -25,6 +25,7 @@ from beatd.backends.base import (
     StateWrite,
     backfill_needs_history,
     from_micros,
+    is_celery_run,
     to_micros,
 )
 from beatd.backends.redis_history import published_p
@@ -225,7 +226,7 @@ class RedisControls(RedisLink):
             else:
                 target = self._stream(m.destination.queue, band(m.destination.priority))
             keys.append(target)
-            p = published_p(m, celery, 0)
+            p = published_p(m, is_celery_run(m.destination), 0)
             flat += (len(keys), m.id, p, m.body, "1" if celery else "0", m.destination.queue)
         audit_id = new_audit_id()
         rest = _audit_rest(AuditRecord(audit_id, from_micros(0), "backfill", entry, by, detail))

@@ -22,6 +22,8 @@ numbers are doubles, which hold today's microseconds exactly, but cjson prints 1
 
 from __future__ import annotations
 
+from beatd.celery_amqp import OUTBOX_QUEUE
+
 TTL_US = 7 * 24 * 3600 * 1_000_000  # beatd.controls.IDEMPOTENCY_KEY_TTL
 
 CONTROLS = f"""
@@ -186,7 +188,8 @@ local function run_final(P, H, id)
   local key = held[10] or (P .. 'queue:' .. held[5] .. ':normal')
   if not celery then redis.call('SADD', P .. 'queues', held[5]) end
   local offset = us(tonumber(held[3]) - tonumber(held[2]))
-  local p = cjson.encode({{held[2], offset, held[4], celery and '1' or '0', '0'}})
+  local task = celery or held[5] == '{OUTBOX_QUEUE}'  -- the AMQP outbox's runs are Celery's too
+  local p = cjson.encode({{held[2], offset, held[4], task and '1' or '0', '0'}})
   publish_run(P, H, key, celery, entry, held[1], held[6], p, held[7], now)
   set_busy(P, entry, held[1], now)
 end
@@ -285,7 +288,8 @@ else
         cjson.encode({rid, now, now, 'manual', queue, body, audit, ARGV[14], priority, KEYS[1]}))
     else
       if not celery then redis.call('SADD', KEYS[2], queue) end
-      local p = cjson.encode({now, '0', 'manual', celery and '1' or '0', '0'})
+      local task = celery or queue == '%OUTBOX%'  -- the AMQP outbox's runs are Celery's too
+      local p = cjson.encode({now, '0', 'manual', task and '1' or '0', '0'})
       publish_run(P, H, KEYS[1], celery, entry, rid, body, p, audit, now)
       if overlap ~= '' then set_busy(P, entry, rid, now) end
     end
@@ -294,7 +298,7 @@ else
 end
 remember('request:' .. request, r)
 return cjson.encode(r)
-"""
+""".replace("%OUTBOX%", OUTBOX_QUEUE)
 
 # KEYS queues, target...; ARGV P, H, entry, audit id, the audit record's rest (JSON [action,
 # entry, by, detail, null, null, '']), then (k, run id, p, body, celery '1'/'0', queue)... ->

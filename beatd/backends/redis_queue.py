@@ -23,7 +23,14 @@ from typing import cast
 import redis
 from redis.client import PubSub
 
-from beatd.backends.base import DeadLetter, Delivery, Outgoing, unseen, utf8_fault
+from beatd.backends.base import (
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    ack_ends_run,
+    unseen,
+    utf8_fault,
+)
 from beatd.backends.redis_history_log_lua import FOLD_BATCH
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
@@ -240,7 +247,8 @@ class RedisWorkQueue(RedisLink):
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         stream, _, claim = self._claimed(delivery)
         history = self._ending(delivery, ending, Outcome.SUCCEEDED)
-        self._eval("ack", (stream,), [*claim, *history, self._key("")])
+        controls = self._key("") if ack_ends_run(delivery.queue) else ""  # '': `run_final` skips
+        self._eval("ack", (stream,), [*claim, *history, controls])
 
     def release(self, delivery: Delivery, ending: Ending | None = None) -> None:
         stream, _, claim = self._claimed(delivery)

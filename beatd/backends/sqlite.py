@@ -30,6 +30,7 @@ from beatd.backends.base import (
     Lease,
     Outgoing,
     StateWrite,
+    ack_ends_run,
     from_micros,
     unseen,
     utf8_fault,
@@ -57,6 +58,7 @@ from beatd.backends.sqlite_history import (
     PUBLISHED,
     SQLiteRunHistory,
     fold,
+    keep_relayed,
     log_done,
     micros,
     published_rows,
@@ -64,6 +66,7 @@ from beatd.backends.sqlite_history import (
     record_missed,
 )
 from beatd.backends.sqlite_nodes import SQLiteNodes
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.errors import BackendError
 from beatd.history import Ending
 from beatd.outcomes import Outcome
@@ -328,16 +331,18 @@ class SQLiteWorkQueue(SQLiteFile):
         if started is not None and started[3] is not None and self.history:
             record_ended(db, _stored(delivery.id), started[:4], ending, micros(self._now()))
 
-    def _delete_for_good(self, db: sqlite3.Connection, delivery: Delivery, ending: Ending) -> None:
+    def _delete_for_good(
+        self, db: sqlite3.Connection, delivery: Delivery, ending: Ending, final: bool = True
+    ) -> None:
         """Delete the claimed message (ack, dead letter), if the claim still holds: its run's
-        attempt ends (`_done`) and, when the run holds its entry's busy mark (read by the same
-        statement), the controls' step for a final outcome runs (`_run_final`)."""
+        attempt ends (`_done`) and, when `final` and the run holds its entry's busy mark (read
+        by the same statement), the controls' step for a final outcome runs (`_run_final`)."""
         row = db.execute(
             f"DELETE FROM message WHERE receipt = ? RETURNING {_GONE}, {HOLDS_BUSY}",
             (delivery.receipt,),
         ).fetchone()
         self._done(db, delivery, None if row is None else row[:-1], ending)
-        if row is not None and row[-1]:
+        if final and row is not None and row[-1]:
             self._run_final(db, _stored(delivery.id))
 
     def _done(self, db: sqlite3.Connection, delivery: Delivery, gone: Any, ending: Ending) -> None:
@@ -346,6 +351,9 @@ class SQLiteWorkQueue(SQLiteFile):
         in `run`'s record."""
         if gone is None or gone[8] is None:  # no record in the message (published_us)
             self._end(db, delivery, gone, ending)
+            return
+        if delivery.queue == OUTBOX_QUEUE:
+            keep_relayed(db, _stored(delivery.id), gone)
             return
         opened = gone[3] is not None and self.history
         log_done(db, _stored(delivery.id), gone, ending if opened else None, micros(self._now()))
@@ -378,7 +386,7 @@ class SQLiteWorkQueue(SQLiteFile):
 
     def ack(self, delivery: Delivery, ending: Ending | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            self._delete_for_good(db, delivery, ending or _SUCCEEDED)
+            self._delete_for_good(db, delivery, ending or _SUCCEEDED, ack_ends_run(delivery.queue))
 
         self._run(work)
 
@@ -479,9 +487,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
         return self._run(work)
 
-    def queued_as_dead_letters(self, reason: str) -> list[DeadLetter]:
-        """Every run still queued (claimed or not), as dead letters with `reason`, bytes as
-        stored: what `beatd migrate --queued-as-dead-letters` copies out of a damaged file."""
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every run still queued (claimed or not) in the queues `of_queue` takes, as dead
+        letters with `reason`, bytes as stored: what `beatd migrate --queued-as-dead-letters`
+        copies out of a damaged file (and the outbox runs it carries)."""
         rows = self._run(
             lambda db: db.execute(
                 f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
@@ -490,7 +501,8 @@ class SQLiteQueueAdmin(SQLiteFile):
             write=False,
         )
         now = datetime.fromtimestamp(self._now(), UTC)
-        return [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
+        letters = [DeadLetter(_text(i), _text(q), _text(b), reason, now, d) for i, q, b, d in rows]
+        return [letter for letter in letters if of_queue(letter.queue)]
 
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(

@@ -20,6 +20,7 @@ from typing import Any
 
 from beatd.backends.base import Lease, Outgoing, StateWrite, from_micros, to_micros
 from beatd.backends.sqlite_file import SUMMARIZE_ENDED, SQLiteFile, _listed, _priority, has_history
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.history import (
     FAILED_FINALLY,
     FINAL,
@@ -45,7 +46,7 @@ PUBLISHED = (
 # of one held in `run` none (that record was there first).
 QUEUED_RUNS = (
     "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
-    "0 AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
+    f"queue = '{OUTBOX_QUEUE}' AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
     "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
     "AND NOT EXISTS (SELECT 1 FROM run_done WHERE run_done.id = message.id) GROUP BY id"
 )
@@ -267,6 +268,18 @@ def log_done(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, ''), coalesce(?, ''), "
         "coalesce(?, ''))",
         (run_id, entry, slot, due, published, node, epoch, kind, *attempt),
+    )
+
+
+def keep_relayed(db: sqlite3.Connection, run_id: str | bytes, gone: Sequence[Any]) -> None:
+    """Store the record of a run the relay removed from the AMQP outbox (`gone` as `log_done`
+    takes it) in `run`, as a Celery run: its attempts come from Celery's task events, which
+    `run_done` (beatd's worker's log) cannot take."""
+    entry, slot, due, kind, published, node, epoch = gone[4:]
+    db.execute(
+        "INSERT INTO run (id, entry, slot_us, due_us, published_us, node, epoch, kind, celery) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (id) DO NOTHING",
+        (run_id, entry, slot, due, published, node, epoch, kind),
     )
 
 

@@ -11,6 +11,7 @@ import click
 from beatd.backends import Backend
 from beatd.backends.base import DeadLetter
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.cli.common import (
     NAMESPACE_FLAG,
     BackendSettings,
@@ -52,7 +53,8 @@ from beatd.service import setup_logging
     "queued_as_dead",
     is_flag=True,
     help="Copy the runs still queued in a SQLite source as dead letters (for a damaged file "
-    "no worker can empty), to run with `beatd dead retry` on the target.",
+    "no worker can empty), to run with `beatd dead retry` on the target. Runs waiting for "
+    "RabbitMQ (the outbox) are carried as they are, with or without it.",
 )
 @click.option("--namespace", **NAMESPACE_FLAG)
 @logging_options("warning", with_format=False)
@@ -64,9 +66,11 @@ def migrate(
 
     Stop every `beatd run` on both sides first, and let the workers finish the runs already
     queued on the source (or, when they cannot, copy them as dead letters with
-    --queued-as-dead-letters). Then start every `beatd run` and `beatd worker` with the new
-    --broker: each entry goes on from the slot after its last published one, so no run is
-    repeated or skipped. The source is only read; running the copy again adds nothing twice.
+    --queued-as-dead-letters). Runs waiting in the outbox for RabbitMQ are carried to the
+    target's outbox, for its leader's relay. Then start every `beatd run` and `beatd worker`
+    with the new --broker: each entry goes on from the slot after its last published one, so
+    no run is repeated or skipped. The source is only read; running the copy again adds
+    nothing twice.
     """
     setup_logging(log.level, log.format)
     if source_url == target_url:
@@ -76,8 +80,10 @@ def migrate(
     source = open_broker(BackendSettings(source_url, namespace), read_only=True)
     target = open_broker(BackendSettings(target_url, namespace))
     try:
-        queued = _queued_runs(source, queued_as_dead)
-        report = migrate_states(source, target, queued=queued)
+        depths = source.queue_depths()
+        outbox = _outbox_runs(source, depths.pop(OUTBOX_QUEUE, 0))
+        queued = _queued_runs(source, depths, queued_as_dead)
+        report = migrate_states(source, target, queued=queued, outbox=outbox)
     except BeatdError as exc:
         fail(exc)
     finally:
@@ -92,6 +98,11 @@ def migrate(
     )
     if report.entries:
         click.echo(f"copied {report.entries} runtime entr(ies) with their versions")
+    if outbox:
+        click.echo(
+            f"carried {report.outbox} undelivered run(s) to the target's outbox ({OUTBOX_QUEUE}) "
+            "for its relay"
+        )
     if queued:
         click.echo(
             f"{len(queued)} queued run(s) read as dead letters: see them with `beatd dead list` "
@@ -108,14 +119,31 @@ def _require_existing_sqlite(option: str, url: str) -> None:
         bad_option(option, f"no database at {path} (from {url}); check the path")
 
 
-def _queued_runs(source: Backend, as_dead_letters: bool) -> list[DeadLetter]:
-    """The runs queued on the source, as dead letters when asked; else none may be queued:
-    they would be stranded there once the workers move."""
-    depths = source.queue_depths()
+def _outbox_runs(source: Backend, waiting: int) -> list[DeadLetter]:
+    """The runs in the source's outbox, not yet relayed to RabbitMQ (read as dead letters): no
+    worker empties it, only a leader's relay, so they are carried to the target's outbox."""
+    if not waiting:
+        return []
+    if isinstance(source, SQLiteBackend):
+        return source.queued_as_dead_letters("", lambda queue: queue == OUTBOX_QUEUE)
+    raise BeatdError(
+        f"{source.url} holds {waiting} run(s) not yet relayed to RabbitMQ ({OUTBOX_QUEUE}="
+        f"{waiting}), which migrate reads from a SQLite source only: start one `beatd run` on "
+        f"{source.url} until its relay has emptied the outbox (`beatd status`), stop it, then "
+        "migrate again"
+    )
+
+
+def _queued_runs(
+    source: Backend, depths: dict[str, int], as_dead_letters: bool
+) -> list[DeadLetter]:
+    """The runs queued on the source (`depths`: outside the outbox), as dead letters when
+    asked; else none may be queued: they would be stranded there once the workers move."""
     if not depths:
         return []
     if as_dead_letters and isinstance(source, SQLiteBackend):
-        return source.queued_as_dead_letters(QUEUED_REASON.format(source=source.url))
+        reason = QUEUED_REASON.format(source=source.url)
+        return source.queued_as_dead_letters(reason, lambda queue: queue != OUTBOX_QUEUE)
     if as_dead_letters:
         bad_option("--queued-as-dead-letters", f"reads a SQLite source only, not {source.url}")
     waiting = " ".join(f"{queue}={n}" for queue, n in sorted(depths.items()))

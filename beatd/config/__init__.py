@@ -13,7 +13,6 @@ from beatd.config.pyfile import read_python_file
 from beatd.config.source import SourceFile
 from beatd.config.yamlfile import read_yaml_file
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
-from beatd.controls import Overlap
 from beatd.errors import ConfigError, Problem
 from beatd.schedules.crontab import CronSpec, crontab
 
@@ -121,12 +120,6 @@ def _route_to_amqp(entries: dict[str, Entry], queues: Mapping[str, QueueSettings
                 f"{entry.protocol}; set protocol: celery"
             )
             problems.append(Problem(*where, message, name, "amqp"))
-        elif entry.overlap is not Overlap.ALLOW:
-            message = (
-                f"overlap {entry.overlap.value} needs to hear when a run ends, which beatd does "
-                "not yet for runs published to RabbitMQ; use overlap: allow"
-            )
-            problems.append(Problem(*where, message, name, "overlap"))
     if problems:
         raise ConfigError(problems)
 

@@ -13,6 +13,7 @@ Times the backend takes from its own clock are checked to lie between two readin
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -27,6 +28,7 @@ from beatd.backends.base import (
     StateWrite,
 )
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.controls import (
     AuditRecord,
     Busy,
@@ -521,6 +523,44 @@ class ControlsContract:
         assert off.load_controls()["e"].busy.run_id == run_id("e", 2)
         assert queued_ids(off) == [run_id("e", 2)]
         assert off.history_size() == (0, 0)
+
+    def test_a_run_acked_from_the_amqp_outbox_keeps_the_busy_mark_until_its_task_event(
+        self, backend: Backend, history_off_backend: Backend
+    ) -> None:
+        """The relay (its outbox opened with history off) acks a run once RabbitMQ confirmed
+        it: no outcome of the run, which only Celery's task event (or the guard's timeout)
+        ends."""
+        relay = history_off_backend
+        write(backend, lead(backend), "e", run("e", 1, OUTBOX_QUEUE), guard=SKIP)
+        relay.ack(claimed(relay, OUTBOX_QUEUE, "amqp-relay"))
+        assert backend.load_controls()["e"].busy.run_id == run_id("e", 1)
+        assert backend.attempt_ended(run_id("e", 1), Ending(Outcome.SUCCEEDED), instant(backend))
+        assert backend.load_controls() == {}
+
+    def test_a_held_run_published_to_the_amqp_outbox_is_recorded_as_celery(
+        self, backend: Backend
+    ) -> None:
+        lease = lead(backend)
+        write(backend, lease, "e", run("e", 1, "q"), guard=BUFFER)
+        task = held("e", 2)._replace(destination_queue=OUTBOX_QUEUE)
+        write(backend, lease, "e", guard=BUFFER, busy=True, hold=task)
+        finish(backend, "attempt_ended", run_id("e", 1))
+        assert record(backend, run_id("e", 2)).celery
+        assert queued_ids(backend, OUTBOX_QUEUE) == [run_id("e", 2)]
+
+    def test_a_trigger_to_the_amqp_outbox_is_recorded_as_celery(self, backend: Backend) -> None:
+        request = replace(trigger("e"), queue=OUTBOX_QUEUE)
+        assert backend.trigger(request).status is TriggerStatus.PUBLISHED
+        assert record(backend, request.run_id).celery
+
+    def test_a_run_dead_lettered_from_the_amqp_outbox_clears_the_busy_mark(
+        self, backend: Backend, history_off_backend: Backend
+    ) -> None:
+        """An outbox run the relay cannot read never reaches RabbitMQ: it ends there."""
+        relay = history_off_backend
+        write(backend, lead(backend), "e", run("e", 1, OUTBOX_QUEUE), guard=SKIP)
+        relay.dead_letter(claimed(relay, OUTBOX_QUEUE, "amqp-relay"), "unreadable")
+        assert backend.load_controls() == {}
 
     # --- trigger ----------------------------------------------------------------------------------
 

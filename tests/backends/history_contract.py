@@ -30,6 +30,7 @@ from beatd.backends.base import (
     StateWrite,
 )
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.errors import NotApplied, OutcomeUnknown
 from beatd.history import (
     LOST,
@@ -212,6 +213,20 @@ class HistoryContract:
         publish(backend, lease, celery)
         assert record(backend, run_id("c", 1)).celery
         assert record(backend, run_id("c", 1)).status == RunStatus.UNKNOWN
+
+    def test_a_run_committed_to_the_amqp_outbox_is_recorded_as_celery(
+        self, backend: Backend, history_off_backend: Backend
+    ) -> None:
+        """An outbox run is a Celery task on RabbitMQ: its attempts come from task events, and
+        one no event reached is `unknown`, not `queued` -- also once the relay removed it."""
+        lease = lead(backend)
+        publish(backend, lease, run("c", 1, OUTBOX_QUEUE), run("c", 2, OUTBOX_QUEUE))
+        assert record(backend, run_id("c", 1)).celery
+        relay = history_off_backend
+        relay.ack(claimed(relay, OUTBOX_QUEUE, "amqp-relay"))
+        relayed, waiting = record(backend, run_id("c", 1)), record(backend, run_id("c", 2))
+        assert (relayed.celery, relayed.status) == (True, RunStatus.UNKNOWN)
+        assert (waiting.celery, waiting.status) == (True, RunStatus.UNKNOWN)
 
     def test_a_skipped_write_records_nothing(self, backend: Backend) -> None:
         lease = lead(backend)

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from beatd.cli import main
 from beatd.config import AmqpTarget, load_config
 from beatd.errors import ConfigError
 
@@ -107,9 +109,7 @@ entries:
     assert refusal(tmp_path, text) == [
         "s.yaml:2:1: entry beatd-format: field amqp: an AMQP destination takes Celery's "
         "messages, but the protocol is beatd; set protocol: celery",
-        "s.yaml:6:1: entry skip-overlap: field overlap: overlap skip needs to hear when a run "
-        "ends, which beatd does not yet for runs published to RabbitMQ; use overlap: allow",
-    ]
+    ]  # overlap: skip is taken: Celery's task events on RabbitMQ end its runs
 
 
 CELERY_ON_RABBITMQ = """
@@ -141,3 +141,18 @@ def test_the_outbox_queue_is_no_entrys_queue(tmp_path: Path) -> None:
         "s.yaml:2:1: entry sneaky: field queue: amqp.outbox is beatd's outbox for RabbitMQ; "
         "name another queue"
     ]
+
+
+def test_check_warns_that_overlap_on_a_rabbitmq_entry_needs_events(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "entries:\n"
+        "  a: {task: t.a, every: 1m, protocol: celery, overlap: buffer_one, amqp: 'amqp://h//'}\n"
+    )
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert (result.exit_code, result.stderr) == (
+        0,
+        f"{path}:2:56: entry a: field overlap: warning: overlap: buffer_one on a "
+        "Celery-protocol entry sees a run end only through Celery's events, so its workers must "
+        "be started with -E (else each run counts as busy until overlap_timeout)\n",
+    )
