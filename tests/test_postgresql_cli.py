@@ -216,13 +216,6 @@ def test_the_roles_and_grants_of_the_docs_let_the_daemons_role_publish_and_claim
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review20: `beatd db upgrade` as the daemons' role (no CREATE on the database) on a "
-    "schema already at the current format fails with exit 1 and PostgreSQL's 'permission "
-    "denied for database' instead of saying there is nothing to upgrade: upgrade() runs "
-    "CREATE SCHEMA IF NOT EXISTS, whose privilege check comes before its existence check",
-)
 def test_db_upgrade_by_the_daemons_role_on_a_current_schema_has_nothing_to_do(
     roles: tuple[str, str],
 ) -> None:
@@ -236,12 +229,6 @@ def test_db_upgrade_by_the_daemons_role_on_a_current_schema_has_nothing_to_do(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review20: a namespace that is no schema name is reported against --broker "
-    "('beatd: --broker: cannot use the namespace ...'): open_broker names --broker for every "
-    "BeatdError of open_backend, though the offending field is --namespace",
-)
 def test_a_namespace_that_is_no_schema_name_is_reported_against_namespace(database: str) -> None:
     code, out, err = beatd("status", "--broker", database, "--namespace", "Beatd")
     assert (code, out) == (2, "")

@@ -38,7 +38,14 @@ from beatd.backends.postgres_queue import _queues_match
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.controls import TriggerStatus
-from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.errors import (
+    BackendError,
+    BeatdError,
+    LeaseLost,
+    NamespaceError,
+    NotApplied,
+    OutcomeUnknown,
+)
 from beatd.history import HistoryQuery, Retention
 from beatd.metrics import register_scheduler
 from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
@@ -247,12 +254,22 @@ def test_a_command_that_only_looks_never_creates_the_schema(database: str, names
 
 
 def test_a_namespace_that_is_no_plain_schema_name_is_refused(database: str) -> None:
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(NamespaceError) as caught:
         open_backend(database, namespace="Beatd; DROP")
     assert str(caught.value) == (
         "cannot use the namespace 'Beatd; DROP' as a PostgreSQL schema name: use lower-case "
-        "letters, digits and underscores, starting with a letter or underscore (at most 63)"
+        "letters, digits and underscores, starting with a letter or underscore (at most 58: "
+        "PostgreSQL's 63 less the '_work' of the wake-up channel)"
     )
+
+
+def test_a_namespace_of_58_characters_queues_and_wakes_a_worker(database: str) -> None:
+    backend = PostgresBackend(database, namespace="n" * 58)
+    try:
+        backend.enqueue([message("e", 1)])
+        assert backend.wait_for_work(["default"], 20)
+    finally:
+        backend.close()
 
 
 def test_both_schemes_open_the_backend_and_the_password_is_never_shown(
@@ -648,12 +665,6 @@ def test_a_fault_between_the_ack_and_its_record_leaves_both_unwritten(
     assert record(backend, run_id("e", 1)).status == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review20: a namespace of 59-63 characters is accepted and its schema created, but "
-    "its NOTIFY channel (namespace + '_work') is longer than PostgreSQL's 63, so every commit "
-    "and enqueue fails ('channel name too long') and the leader retries for ever",
-)
 def test_a_namespace_of_63_characters_is_refused_at_open_or_queues_runs(database: str) -> None:
     namespace = "n" * 63  # the longest SCHEMA_NAME accepts
     try:
