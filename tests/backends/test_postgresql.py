@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ from beatd.errors import (
     OutcomeUnknown,
 )
 from beatd.history import HistoryQuery, Retention
-from beatd.metrics import register_scheduler
+from beatd.metrics import register_scheduler, register_worker
+from beatd.outcomes import WorkerStats
 from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
@@ -590,6 +592,42 @@ def test_the_pool_and_the_listen_reconnects_are_metrics(
     }
     assert pool[("beatd_backend_connections", ("idle",))] >= 1
     assert samples[("beatd_backend_listen_reconnects_total", ())] == 1
+
+
+@dataclass(frozen=True)
+class IdleWorkerSettings:
+    queues: tuple[str, ...] = ("default",)
+
+
+@dataclass(frozen=True)
+class IdleWorker:
+    """What the worker's collector reads, of a worker that ran nothing yet."""
+
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    settings: IdleWorkerSettings = IdleWorkerSettings()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fix20: `beatd run --with-worker` registers the scheduler's and the worker's "
+    "collectors in one registry, and both yield beatd_backend_connections and "
+    "beatd_backend_listen_reconnects_total, so /metrics has each family twice (a second TYPE "
+    "line, which Prometheus refuses: the whole scrape fails)",
+)
+def test_the_scheduler_and_an_embedded_worker_expose_each_connection_metric_once(
+    backend_factory: Callable[[], PostgresBackend],
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    beat = Scheduler(backend_factory(), lambda: Config({}), clock, SchedulerSettings(node="a"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    register_worker(registry, IdleWorker(), backend_factory())  # as `beatd run --with-worker`
+    types = [
+        line.split()[2]
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith(("# TYPE beatd_backend_connections ", "# TYPE beatd_backend_listen"))
+    ]
+    assert sorted(types) == ["beatd_backend_connections", "beatd_backend_listen_reconnects_total"]
 
 
 def _rows(session: psycopg.Connection[tuple[object, ...]], table: str) -> int:
