@@ -50,6 +50,10 @@ class BackendError(BeatdError):
     """The backend refused or failed an operation; retrying will not help."""
 
 
+class NamespaceError(BackendError):
+    """The namespace (`--namespace`) cannot name beatd's data in this backend."""
+
+
 class TransientBackendError(BackendError):
     """The backend is unreachable or busy for now; the caller retries with backoff.
 

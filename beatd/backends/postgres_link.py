@@ -26,6 +26,7 @@ from beatd.backends.base import FormatTooNew, Lease
 from beatd.errors import (
     BackendError,
     LeaseLost,
+    NamespaceError,
     NotApplied,
     OutcomeUnknown,
     TransientBackendError,
@@ -39,7 +40,11 @@ DEFAULT_PRIORITY = 5
 # start, which a transaction waiting on a lock would see as the past).
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 NOW_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"  # the same, in microseconds
-SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# PostgreSQL truncates identifiers to 63 bytes and refuses a longer NOTIFY channel: the
+# channel is the schema + "_work", so the schema gets 5 fewer.
+CHANNEL_SUFFIX = "_work"
+SCHEMA_NAME_MAX = 63 - len(CHANNEL_SUFFIX)
+SCHEMA_NAME = re.compile(rf"[a-z_][a-z0-9_]{{0,{SCHEMA_NAME_MAX - 1}}}")
 # SQLSTATE classes after which trying again may succeed: connection, transaction rollback
 # (serialization, deadlock), insufficient resources, lock not available, operator intervention
 # (admin shutdown, statement timeout), and a server that is starting or in recovery.
@@ -306,9 +311,11 @@ def redact(url: str) -> str:
 def schema_name(namespace: str) -> str:
     """The namespace as the schema that holds beatd's tables, refused unless a plain name."""
     if SCHEMA_NAME.fullmatch(namespace) is None:
-        raise BackendError(
+        raise NamespaceError(
             f"cannot use the namespace {namespace!r} as a PostgreSQL schema name: use lower-case "
-            "letters, digits and underscores, starting with a letter or underscore (at most 63)"
+            "letters, digits and underscores, starting with a letter or underscore (at most "
+            f"{SCHEMA_NAME_MAX}: PostgreSQL's 63 less the {CHANNEL_SUFFIX!r} of the wake-up "
+            "channel)"
         )
     return namespace
 
@@ -326,14 +333,18 @@ def upgrade(db: psycopg.Connection[Any], schema: str, where: str) -> int:
     """Bring the schema to FORMAT_VERSION under its advisory lock, in the caller's transaction,
     so the migrations and the new version commit together; the format found."""
     db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"beatd-schema:{schema}",))
-    db.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     found = _format_found(db, schema)
     if found is None:
+        # Only now: CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database
+        # before it checks existence, which the daemons' role lacks (docs/postgresql.md).
+        db.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         db.execute(f"CREATE TABLE {schema}.format (version integer NOT NULL)")
         db.execute(f"INSERT INTO {schema}.format VALUES (0)")
         found = 0
     if found > FORMAT_VERSION:
         raise FormatTooNew(where, found, FORMAT_VERSION)
+    if found == FORMAT_VERSION:  # nothing to write, so nothing the daemons' role may not
+        return found
     for migration in MIGRATIONS[found:]:
         migration(db, schema)
     db.execute(f"UPDATE {schema}.format SET version = %s", (FORMAT_VERSION,))
@@ -380,7 +391,7 @@ class PostgresLink:
         self.conninfo = url
         self.op_timeout = op_timeout
         self.connect_timeout = max(2, math.ceil(op_timeout))  # libpq's least is 2 s
-        self.channel = f"{self.schema}_work"  # NOTIFY channel: a queue got a ready message
+        self.channel = self.schema + CHANNEL_SUFFIX  # NOTIFY: a queue got a ready message
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,

@@ -35,6 +35,7 @@ from beatd.backends.redis_sentinel import (
 from beatd.errors import (
     BackendError,
     LeaseLost,
+    NamespaceError,
     NotApplied,
     OutcomeUnknown,
     TransientBackendError,
@@ -111,7 +112,7 @@ class RedisLink:
         """`wait_replicas`: the replicas each commit and take of the lease waits for (WAIT;
         redis_replication.py), None for 1 while the primary has any."""
         if not namespace:
-            raise BackendError("the Redis namespace must not be empty: use e.g. 'beatd'")
+            raise NamespaceError("the Redis namespace must not be empty: use e.g. 'beatd'")
         if op_timeout <= 0:
             raise BackendError(f"op_timeout must be positive, got {op_timeout!r}")
         self.url = redact(url)

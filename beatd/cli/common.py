@@ -23,7 +23,7 @@ from beatd.config import Config, load_config
 from beatd.config.convert import to_timezone
 from beatd.config.yamlsafe import DEFAULT_MAX_BYTES
 from beatd.durations import read_duration
-from beatd.errors import BeatdError, ConfigError
+from beatd.errors import BeatdError, ConfigError, NamespaceError
 from beatd.metrics import MetricsServer
 
 log = logging.getLogger("beatd")
@@ -390,6 +390,8 @@ def open_broker(
         )
     except StorageFailed as exc:  # no bad input: the file is there, but damaged
         fail(exc)
+    except NamespaceError as exc:
+        bad_option("--namespace", str(exc))
     except BeatdError as exc:
         bad_option("--broker", str(exc))
 

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,17 @@ from beatd.backends.postgres_queue import _queues_match
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.controls import TriggerStatus
-from beatd.errors import BackendError, BeatdError, LeaseLost, NotApplied, OutcomeUnknown
+from beatd.errors import (
+    BackendError,
+    BeatdError,
+    LeaseLost,
+    NamespaceError,
+    NotApplied,
+    OutcomeUnknown,
+)
 from beatd.history import HistoryQuery, Retention
-from beatd.metrics import register_scheduler
+from beatd.metrics import register_scheduler, register_worker
+from beatd.outcomes import WorkerStats
 from beatd.runtime_entries import ChangePage, EntryChange, resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
 from tests.backends.contract import T0, BackendContract, message, state
@@ -247,12 +256,22 @@ def test_a_command_that_only_looks_never_creates_the_schema(database: str, names
 
 
 def test_a_namespace_that_is_no_plain_schema_name_is_refused(database: str) -> None:
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(NamespaceError) as caught:
         open_backend(database, namespace="Beatd; DROP")
     assert str(caught.value) == (
         "cannot use the namespace 'Beatd; DROP' as a PostgreSQL schema name: use lower-case "
-        "letters, digits and underscores, starting with a letter or underscore (at most 63)"
+        "letters, digits and underscores, starting with a letter or underscore (at most 58: "
+        "PostgreSQL's 63 less the '_work' of the wake-up channel)"
     )
+
+
+def test_a_namespace_of_58_characters_queues_and_wakes_a_worker(database: str) -> None:
+    backend = PostgresBackend(database, namespace="n" * 58)
+    try:
+        backend.enqueue([message("e", 1)])
+        assert backend.wait_for_work(["default"], 20)
+    finally:
+        backend.close()
 
 
 def test_both_schemes_open_the_backend_and_the_password_is_never_shown(
@@ -575,6 +594,42 @@ def test_the_pool_and_the_listen_reconnects_are_metrics(
     assert samples[("beatd_backend_listen_reconnects_total", ())] == 1
 
 
+@dataclass(frozen=True)
+class IdleWorkerSettings:
+    queues: tuple[str, ...] = ("default",)
+
+
+@dataclass(frozen=True)
+class IdleWorker:
+    """What the worker's collector reads, of a worker that ran nothing yet."""
+
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    settings: IdleWorkerSettings = IdleWorkerSettings()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fix20: `beatd run --with-worker` registers the scheduler's and the worker's "
+    "collectors in one registry, and both yield beatd_backend_connections and "
+    "beatd_backend_listen_reconnects_total, so /metrics has each family twice (a second TYPE "
+    "line, which Prometheus refuses: the whole scrape fails)",
+)
+def test_the_scheduler_and_an_embedded_worker_expose_each_connection_metric_once(
+    backend_factory: Callable[[], PostgresBackend],
+) -> None:
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    beat = Scheduler(backend_factory(), lambda: Config({}), clock, SchedulerSettings(node="a"))
+    registry = CollectorRegistry()
+    register_scheduler(registry, beat)
+    register_worker(registry, IdleWorker(), backend_factory())  # as `beatd run --with-worker`
+    types = [
+        line.split()[2]
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith(("# TYPE beatd_backend_connections ", "# TYPE beatd_backend_listen"))
+    ]
+    assert sorted(types) == ["beatd_backend_connections", "beatd_backend_listen_reconnects_total"]
+
+
 def _rows(session: psycopg.Connection[tuple[object, ...]], table: str) -> int:
     row = session.execute(f"SELECT count(*) FROM {table}").fetchone()
     session.commit()
@@ -648,12 +703,6 @@ def test_a_fault_between_the_ack_and_its_record_leaves_both_unwritten(
     assert record(backend, run_id("e", 1)).status == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review20: a namespace of 59-63 characters is accepted and its schema created, but "
-    "its NOTIFY channel (namespace + '_work') is longer than PostgreSQL's 63, so every commit "
-    "and enqueue fails ('channel name too long') and the leader retries for ever",
-)
 def test_a_namespace_of_63_characters_is_refused_at_open_or_queues_runs(database: str) -> None:
     namespace = "n" * 63  # the longest SCHEMA_NAME accepts
     try:
