@@ -548,9 +548,10 @@ class WorkerCollector(Collector):
     The worker's parent process settles every run, so its counts cover all its children.
     """
 
-    def __init__(self, worker: WorkerView, admin: QueueAdmin) -> None:
+    def __init__(self, worker: WorkerView, admin: QueueAdmin, embedded: bool = False) -> None:
         self.worker = worker
         self.admin = admin
+        self.embedded = embedded  # in `beatd run`: the scheduler reports the backend's metrics
 
     def collect(self) -> Iterator[Metric]:
         stats = self.worker.stats
@@ -588,17 +589,22 @@ class WorkerCollector(Collector):
                 dead.add_metric([queue], letters.get(queue, 0))
         yield depth
         yield dead
-        yield from _connection_metrics(self.admin)  # the backend the worker uses
-        yield from _replication_metrics(self.admin)
+        if not self.embedded:  # one family each per registry, or Prometheus refuses the scrape
+            yield from _connection_metrics(self.admin)  # the backend the worker uses
+            yield from _replication_metrics(self.admin)
 
 
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
-def register_worker(registry: CollectorRegistry, worker: WorkerView, admin: QueueAdmin) -> None:
+def register_worker(
+    registry: CollectorRegistry, worker: WorkerView, admin: QueueAdmin, *, embedded: bool = False
+) -> None:
     """Add the worker's collector (queue depths read from `admin`) and its task-duration
-    histogram to `registry`."""
-    registry.register(WorkerCollector(worker, admin))
+    histogram to `registry`. `embedded` (`beatd run --with-worker`): the scheduler's collector
+    in the same registry reports the backend's connection and replication metrics, for its
+    own pool."""
+    registry.register(WorkerCollector(worker, admin, embedded))
     duration = Histogram(
         "beatd_task_duration_seconds",
         "How long task runs took, from start to settlement.",

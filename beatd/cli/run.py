@@ -266,7 +266,7 @@ def run(
     try:
         if worker is not None:
             worker.start(stop, scheduler.wake)
-            register_worker(registry, worker.worker, worker.backend)
+            register_worker(registry, worker.worker, worker.backend, embedded=True)
         metrics = start_metrics(settings.metrics_addr, registry, lambda: readiness(scheduler))
         serve(scheduler, stop, metrics)
     finally:

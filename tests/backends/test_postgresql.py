@@ -607,13 +607,6 @@ class IdleWorker:
     settings: IdleWorkerSettings = IdleWorkerSettings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix20: `beatd run --with-worker` registers the scheduler's and the worker's "
-    "collectors in one registry, and both yield beatd_backend_connections and "
-    "beatd_backend_listen_reconnects_total, so /metrics has each family twice (a second TYPE "
-    "line, which Prometheus refuses: the whole scrape fails)",
-)
 def test_the_scheduler_and_an_embedded_worker_expose_each_connection_metric_once(
     backend_factory: Callable[[], PostgresBackend],
 ) -> None:
@@ -621,7 +614,7 @@ def test_the_scheduler_and_an_embedded_worker_expose_each_connection_metric_once
     beat = Scheduler(backend_factory(), lambda: Config({}), clock, SchedulerSettings(node="a"))
     registry = CollectorRegistry()
     register_scheduler(registry, beat)
-    register_worker(registry, IdleWorker(), backend_factory())  # as `beatd run --with-worker`
+    register_worker(registry, IdleWorker(), backend_factory(), embedded=True)  # as `--with-worker`
     types = [
         line.split()[2]
         for line in generate_latest(registry).decode().splitlines()
