@@ -22,7 +22,7 @@ def query_int(req: Any, name: str, default: int, low: int, high: int) -> int:
 
 def query_text(req: Any, name: str) -> str | None:
     text: str | None = req.args.get(name)
-    if text is not None and not text.strip():
+    if text == "":  # given empty; any other text is a name to look for, found or not
         raise ApiError(422, f"{name} is empty: leave it out, or give a value", field=name)
     return text
 
