@@ -233,11 +233,17 @@ def test_a_stock_celery_worker_runs_what_beatd_relayed(
         try:
             lines = lambda: out.read_text().splitlines() if out.exists() else []  # noqa: E731
             wait_for(lambda: len(lines()) >= 8, 60, f"8 runs; worker log:\n{_tail(log)}")
-            # expired when relayed, a consumer waiting: the worker gets it and refuses it
+            # expired when relayed, a consumer waiting: the worker gets it and refuses it, or,
+            # when the worker is still busy with its last run (a loaded machine), RabbitMQ drops
+            # it, its TTL past, before delivering it: either way it never runs
             late = entry("late", s(13), celery, args=("never",), expires=timedelta(seconds=60))
             publish(store, FakeClock(s(12)), [late], 2)
             assert relay_all(relay) == 1
-            wait_for(lambda: "late@" in _tail(log), 20, "the expired run to be discarded")
+            wait_for(
+                lambda: "late@" in _tail(log) or rabbit.depth(celery) == 0,
+                20,
+                "the expired run discarded by the worker or dropped by RabbitMQ",
+            )
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(30)
@@ -256,7 +262,8 @@ def test_a_stock_celery_worker_runs_what_beatd_relayed(
     assert by_entry["with-kwargs"]["kwargs"] == {"word": "grüß", "n": 3}
     assert by_entry["report"]["queue"] == reports
     assert len(runs) == 8 and "stale" not in by_entry and "late" not in by_entry
-    assert f"Discarding revoked task: tasks.record[late@{stamp(s(13))}]" in _tail(log)
+    if "late@" in _tail(log):  # the worker got it: it refused it as revoked (expired)
+        assert f"Discarding revoked task: tasks.record[late@{stamp(s(13))}]" in _tail(log)
     # AMQP's priorities run as beatd's: 9 first. Unset is sent without one, as Celery does,
     # which RabbitMQ reads as 0: beside p0, in the order relayed (the outbox hands out beatd's
     # bands, 4-6 or unset before 0-3)
