@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,24 @@ from click.testing import CliRunner
 
 from beatd.backends import open_backend
 from beatd.cli import main
+from beatd.cli.api import allowed_hosts
+from beatd.config import load_config
+from beatd.http import all_routes
+from beatd.http.app import Access, create_app
+from beatd.http.context import ApiContext
+from beatd.http.server import ApiServer, ServerSettings
 from tests.entries_backends import broker, redis_server
 from tests.test_history_cli import SCHEDULES
-from tests.test_http import ANY_HEADERS, WRITER, Api, letters, only_error, start
+from tests.test_http import (
+    ANY_HEADERS,
+    ECHO,
+    WRITER,
+    Api,
+    letters,
+    only_error,
+    start,
+    tokens,
+)
 
 __all__ = ["broker", "redis_server"]  # fixtures
 
@@ -30,6 +46,20 @@ def api(tmp_path: Path, broker: str) -> Iterator[Api]:
     served = start(tmp_path, broker, folder)
     yield served
     served.server.stop()
+
+
+def serve(tmp_path: Path, broker: str, now: datetime) -> Api:
+    """The API on a SQLite or Redis backend whose handlers see the time `now`."""
+    folder = tmp_path / "schedules"
+    folder.mkdir(exist_ok=True)
+    (folder / "s.yaml").write_text(SCHEDULES)
+    config = load_config([str(folder)])
+    context = ApiContext(lambda: open_backend(broker), lambda: config, lambda: now)
+    table = tokens(tmp_path)
+    access = Access(lambda: table, allowed_hosts("127.0.0.1", 0, ()))
+    app = create_app([*all_routes(context), ECHO], access)
+    server = ApiServer(app, ServerSettings("127.0.0.1", 0, threads=2)).start()
+    return Api(f"http://127.0.0.1:{server.port}", server, broker, folder)
 
 
 def audit_of(broker: str) -> list[tuple[str, str | None, str, object]]:
@@ -146,3 +176,38 @@ def test_dead_rm_needs_ids_or_all(broker: str, args: list[str]) -> None:
     assert done.exit_code == 2
     assert done.stderr == "beatd: ID/--all: give run IDs or --all, not both and not neither\n"
     assert remaining(broker) == [TICK, "gone@x"]
+
+
+# --- next runs with DST marks -------------------------------------------------------------------
+
+
+def test_next_runs_mark_what_a_dst_rule_moved_as_beatd_next_json_does(
+    tmp_path: Path, broker: str
+) -> None:
+    api = serve(tmp_path, broker, datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
+    try:
+        entry = {"name": "berlin", "task": "t", "cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+        headers = {"Content-Type": "application/json"}
+        body = json.dumps(entry).encode()
+        assert api.ask("/v1/entries", WRITER.token, "POST", body, headers)[0] == 201
+        status, _, answer = api.ask("/v1/next-runs/berlin?count=3")
+    finally:
+        api.server.stop()
+    asked = ["--cron", "30 2 * * *", "--timezone", "Europe/Berlin", "--after", "2026-03-28T12:00"]
+    printed = CliRunner().invoke(main, ["next", *asked, "-n", "3", "--json"])
+    moved = {
+        "rule": "spring_gap_fixed_time",
+        "note": "for 02:30:00, which does not exist (clocks go forward, 02:00-03:00): a "
+        "fixed-time job runs at the jump",
+    }
+    assert status == 200
+    assert answer == {
+        "entry": "berlin",
+        "slots": ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z", "2026-03-31T00:30:00Z"],
+        "runs": [
+            {"slot": "2026-03-29T01:00:00Z", "dst": moved},
+            {"slot": "2026-03-30T00:30:00Z", "dst": None},
+            {"slot": "2026-03-31T00:30:00Z", "dst": None},
+        ],
+    }
+    assert answer["runs"] == json.loads(printed.stdout)
