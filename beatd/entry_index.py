@@ -168,6 +168,7 @@ class EntryIndex:
         self._view: RuntimeView | None = None
         self._next_refresh = float("-inf")  # monotonic
         self.refreshed_in = 0.0  # seconds the last refresh took
+        self._feeding = threading.Lock()  # one feeder at a time (`run`'s thread, or `catch_up`)
 
     # --- feeding --------------------------------------------------------------------------
 
@@ -176,15 +177,28 @@ class EntryIndex:
         logged and retried at the next turn)."""
         while not stop.is_set():
             try:
-                if not self.ready.is_set():
-                    self.build()
-                self.follow()
-                if self.clock.monotonic() >= self._next_refresh:
-                    self.refresh()
+                self.catch_up()
             except BeatdError as exc:
                 log.warning("entry index: cannot read the backend, will retry: %s", exc)
             self.clock.sleep(self.feed_interval, stop)
         self.close()
+
+    def start(self) -> threading.Event:
+        """Run `run` in a thread of its own (a daemon thread); set the event returned to stop."""
+        stop = threading.Event()
+        threading.Thread(target=self.run, args=(stop,), name="entry-index", daemon=True).start()
+        return stop
+
+    def catch_up(self) -> None:
+        """Build (the first time), follow the feed to its head, and refresh when due: what a
+        caller without `run`'s thread does before it reads."""
+        with self._feeding:
+            if not self.ready.is_set():
+                self.build()
+                return
+            self.follow()
+            if self.clock.monotonic() >= self._next_refresh:
+                self.refresh()
 
     def build(self) -> None:
         """Read every runtime entry and the configuration's file entries, then refresh."""
