@@ -390,10 +390,13 @@ def _merged(
 def _refreshed(
     row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
 ) -> None:
-    """Take the row's persisted horizon (its next due recomputed when it moved) and summary."""
+    """Take the row's persisted horizon (its next due recomputed when it moved; without one,
+    when it has passed: a leader starts such an entry from now, as `beatd status` says) and its
+    summary."""
     adopted = state is not None and state.identity == row.entry.identity
     horizon = state.last_slot if state is not None and adopted else None
-    if not row.computed or horizon != row.horizon:
+    passed = horizon is None and row.next_due is not None and row.next_due <= now
+    if not row.computed or horizon != row.horizon or passed:
         _next_due(row, horizon, now)
     row.last_status = summary.last_status if summary is not None else None
     duration = summary.last_duration if summary is not None else None

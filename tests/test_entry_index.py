@@ -197,12 +197,29 @@ def test_an_entry_past_its_grace_is_overdue_unless_paused(
     clock = FakeClock(T0)
     index = built(broker, config, clock)
     try:
-        clock.advance(3600)
+        horizon = datetime(2026, 12, 6, 0, 0, tzinfo=UTC)
+        commit_horizon(store, config, "tick", horizon)
+        index.refresh()
         (nightly, tick) = index.rows()
-        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (True, True)
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, True)
         store.pause(["tick"], "maintenance", None, "ops")
         index.refresh()
         assert not index.rows()[1].overdue(clock.now())
+    finally:
+        index.close()
+
+
+def test_without_a_horizon_the_next_due_follows_now_as_a_leader_would_start_it(
+    broker: str, config: Config
+) -> None:
+    clock = FakeClock(T0)
+    index = built(broker, config, clock)
+    try:
+        clock.advance(3600)
+        index.refresh()
+        (nightly, tick) = index.rows()
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, False)
+        assert tick.as_json()["next_due"] == "2026-12-06T02:00:10Z"
     finally:
         index.close()
 
