@@ -144,6 +144,28 @@ def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) ->
         index.close()
 
 
+def test_a_name_part_few_names_hold_is_found_in_order_once_per_name(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(30):
+        add(store, f"r{n:02}-r{n:02}")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, name="r07") == ["r07-r07"]  # twice in the name, listed once
+        assert names(index, name="7-r") == ["r07-r07", "r17-r17", "r27-r27"]
+        assert names(index, name="k") == ["tick"]  # the last name
+        assert names(index, name="nig") == ["nightly"]
+        assert names(index, name="r1", sort="next_due", limit=3) == [
+            "r10-r10",
+            "r11-r11",
+            "r12-r12",
+        ]
+        assert index.page(IndexQuery(name="-")).total == 30  # most names: row by row
+        assert index.page(IndexQuery(name="\n")).total == 0
+    finally:
+        index.close()
+
+
 def test_the_change_feed_adds_replaces_and_removes_rows_before_a_refresh(
     broker: str, store: Backend, config: Config
 ) -> None:
