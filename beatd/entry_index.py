@@ -367,6 +367,18 @@ class Ordered:
     def __init__(self, rows: list[IndexRow]) -> None:
         self.rows = rows
         self._text: tuple[str, list[int]] | None = None
+        self._groups: dict[str, dict[Any, list[IndexRow]]] = {}
+
+    def having(self, field: str, value: object) -> list[IndexRow]:
+        """The rows whose `field` is `value`, in order (the rows grouped by that field at the
+        first ask: later asks are one look-up)."""
+        groups = self._groups.get(field)
+        if groups is None:  # two threads may both make it: the same value
+            groups = {}
+            for row in self.rows:
+                groups.setdefault(getattr(row, field), []).append(row)
+            self._groups[field] = groups
+        return groups.get(value, [])
 
     def text(self) -> tuple[str, list[int]]:
         """The names joined by newlines, and where each starts."""
@@ -398,23 +410,31 @@ class Ordered:
 
 def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
     """The rows that match `query`'s filters, in their order: a name's substring first when
-    few rows hold it, then one pass per filter given."""
-    rows = ordered.rows
+    few rows hold it, else the rows of the narrowest exact filter (a look-up), then one pass
+    per filter left."""
+    exact = [
+        (field, value)
+        for field, value in (
+            ("task", query.task),
+            ("queue", query.queue),
+            ("last_status", query.status),
+            ("source", query.source),
+            ("paused", query.paused),
+        )
+        if value is not None
+    ]
     part = query.name
-    if part:
-        narrowed = ordered.containing(part)
-        if narrowed is not None:
-            rows, part = narrowed, ""
-    if query.task is not None:
-        rows = [r for r in rows if r.task == query.task]
-    if query.queue is not None:
-        rows = [r for r in rows if r.queue == query.queue]
-    if query.status is not None:
-        rows = [r for r in rows if r.last_status == query.status]
-    if query.source is not None:
-        rows = [r for r in rows if r.source == query.source]
-    if query.paused is not None:
-        rows = [r for r in rows if r.paused is query.paused]
+    narrowed = ordered.containing(part) if part else None
+    if narrowed is not None:
+        rows, part = narrowed, ""
+    elif exact:
+        groups = [(ordered.having(field, value), field) for field, value in exact]
+        rows, first = min(groups, key=lambda group: len(group[0]))
+        exact = [(field, value) for field, value in exact if field != first]
+    else:
+        rows = ordered.rows
+    for field, value in exact:
+        rows = [r for r in rows if getattr(r, field) == value]
     if part:
         rows = [r for r in rows if part in r.name]
     return rows
