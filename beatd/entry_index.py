@@ -337,6 +337,31 @@ class EntryIndex:
         found = filtered(ordered, query)
         return IndexPage(len(found), found[query.offset : query.offset + query.limit])
 
+    def overdue(self, now: datetime) -> list[IndexRow]:
+        """The rows overdue at `now` (IndexRow.overdue), by next due: only the rows whose next
+        due has passed are looked at."""
+        with self._lock:
+            ordered = self._ordered("next_due")
+        limit, found = now.timestamp(), []
+        for row in ordered.rows:
+            if row.due_ts > limit:
+                break
+            if row.overdue(now):
+                found.append(row)
+        return found
+
+    def failing(self) -> list[IndexRow]:
+        """The rows failing (IndexRow.failing), by name: only the rows whose last run ended
+        failed or dead-lettered are looked at."""
+        with self._lock:
+            ordered = self._ordered("name")
+        ended = [
+            row
+            for status in sorted(FAILED_FINALLY)
+            for row in ordered.having("last_status", status)
+        ]
+        return sorted((row for row in ended if row.failing), key=lambda row: row.name)
+
     def rows(self) -> list[IndexRow]:
         """Every row, by name."""
         with self._lock:

@@ -357,3 +357,18 @@ def test_the_overview_shows_leader_queues_dead_letters_the_last_hour_and_trouble
         "failing_total": 1,
         "warnings": [],
     }
+
+
+def test_the_overview_lists_no_entries_while_the_index_is_built(
+    tmp_path: Path, broker: str
+) -> None:
+    index = EntryIndex(lambda: open_backend(broker), lambda: None, FakeClock(NOW))
+    api = serve(tmp_path, broker, NOW, index)
+    try:
+        status, _, body = api.ask("/v1/overview")
+    finally:
+        api.server.stop()
+        index.close()
+    assert status == 200
+    assert (body["index_ready"], body["overdue"], body["failing"]) == (False, [], [])
+    assert (body["leader"], body["queues"], body["dead_letters"]) == (None, [], 0)
