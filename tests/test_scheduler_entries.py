@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from beatd.backends.memory import MemoryBackend, discard
+from beatd.backends.memory import MemoryBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry
@@ -23,6 +23,7 @@ from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
+from tests.in_process import memory_backend
 from tests.test_metrics import scrape, value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -47,9 +48,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
-    discard(NAME)
-    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
-    discard(NAME)
+    yield from memory_backend(NAME, clock)
 
 
 def scheduler(
