@@ -17,10 +17,11 @@ from werkzeug.wrappers import Response
 
 from beatd.console import overview, signin
 from beatd.console.api_caller import CONSOLE_TOKEN
-from beatd.console.pages import forget_flash, redirect_with, refuse
+from beatd.console.pages import backend_down, forget_flash, redirect_with, refuse
 from beatd.console.security import add_security_headers, is_console_path
 from beatd.console.sessions import SESSION_COOKIE, Session
 from beatd.console.settings import EXTENSION, Console, KeyOnce, console
+from beatd.errors import BackendError
 from beatd.http.app import Access, host_allowed, http_error
 from beatd.http.context import ApiContext
 
@@ -57,6 +58,7 @@ def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:
     ui.before_request(_before)
     ui.after_request(_after)
     ui.context_processor(_page_context)
+    ui.register_error_handler(BackendError, backend_down)
     signin.add_pages(ui)
     overview.add_pages(ui)
     for add_pages in extra:

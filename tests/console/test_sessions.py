@@ -19,7 +19,7 @@ from beatd.backends import DeadLetter, open_backend
 from beatd.console import action, api, redirect_with, refuse
 from beatd.http.tokens import NewToken, Scope, new_token
 from tests.console.conftest import ORIGIN, READER, WRITER, Console, make_console
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 TWELVE_HOURS = 12 * 3600
 ENDED = (
@@ -326,3 +326,14 @@ def test_a_session_opened_on_one_node_is_good_on_another(
     assert signed_in_page(second)
     first.context.close()
     second.context.close()
+
+
+def test_a_backend_that_does_not_answer_gets_a_page_saying_so(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    console = make_console(tmp_path, f"redis://127.0.0.1:{port}/0")
+    console.client.set_cookie("beatd_session", "x.y", domain="127.0.0.1", path="/ui")
+    answer = console.get("/ui/")
+    assert answer.status_code == 503
+    assert "the backend did not answer, so sessions cannot be checked: " in answer.text
+    assert console.sign_in(WRITER).status_code == 503
+    console.context.close()
