@@ -24,6 +24,7 @@ from beatd.http import all_routes, build_app
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
 from beatd.http.tokens import NewToken, Scope, TokenSource, new_token
+from tests.redis_server import RedisServer
 
 HOST = "127.0.0.1:9479"
 ORIGIN = f"http://{HOST}"
@@ -102,9 +103,22 @@ def make_console(
     return Console(app, app.test_client(), token_file, tokens, context, clock, refused)
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'beatd.db'}"
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real SQLite file, or a real Redis emptied after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'beatd.db'}"
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield server.url
+    server.client().flushall()
 
 
 @pytest.fixture

@@ -303,13 +303,6 @@ def test_with_public_reads_an_action_still_needs_a_session(tmp_path: Path, broke
 # --- every node accepts a session any node opened ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield started
-    started.stop()
-
-
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_a_session_opened_on_one_node_is_good_on_another(
     tmp_path: Path, store: str, request: pytest.FixtureRequest
