@@ -42,7 +42,7 @@ from beatd.state import EntryState
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lowest]
 CELERY = str(Path(sys.executable).with_name("celery"))
 SEP = "\x06\x16"
 
