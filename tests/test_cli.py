@@ -368,7 +368,9 @@ def test_next_one_entry_as_text() -> None:
         ),
         (
             ["nosuch", "-s", str(REPO / "schedules")],
-            f"beatd: ENTRY: no entry named 'nosuch' in {REPO / 'schedules' / 'examples.yaml'}",
+            f"beatd: ENTRY: no entry named 'nosuch' in {REPO / 'schedules' / 'examples.yaml'}; "
+            "without --broker (BEATD_BROKER) only the schedule files' entries are shown, not "
+            "runtime entries",
         ),
     ],
     ids=["bad_cron", "bad_every", "bad_tz", "bad_after", "unknown_entry"],
