@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +36,9 @@ from beatd.backends.base import Delivery, WorkQueue
 from beatd.backoff import Backoff
 from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
 from beatd.clock import Clock
-from beatd.config import Config
+from beatd.config import Config, Entry
 from beatd.errors import BackendError
-from beatd.events import Adopted, Event, SteppedDown, Stopped
+from beatd.events import Adopted, EntriesChanged, Event, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -346,31 +347,71 @@ class AmqpRelay:
 
 def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
     """Per broker (its URL without password), the (exchange, queue) pairs its entries use."""
-    targets: dict[str, set[tuple[str, str]]] = {}
-    for entry in config.entries.values():
-        if entry.amqp is not None:
-            broker = parse_amqp_url(entry.amqp.url).shown
-            pair = (entry.amqp.exchange_for(entry.queue), entry.queue)
-            targets.setdefault(broker, set()).add(pair)
-    return targets
+    return grouped(t for entry in config.entries.values() if (t := entry_target(entry)))
+
+
+Target = tuple[str, tuple[str, str]]  # a broker (URL without password), (exchange, queue)
+
+
+def entry_target(entry: Entry) -> Target | None:
+    """Where the relay publishes `entry`'s runs; None: it has no AMQP destination."""
+    if entry.amqp is None:
+        return None
+    broker = parse_amqp_url(entry.amqp.url).shown
+    return broker, (entry.amqp.exchange_for(entry.queue), entry.queue)
+
+
+def grouped(targets: Iterable[Target]) -> dict[str, set[tuple[str, str]]]:
+    found: dict[str, set[tuple[str, str]]] = {}
+    for broker, pair in targets:
+        found.setdefault(broker, set()).add(pair)
+    return found
 
 
 class AmqpRelaying:
-    """An observer of the scheduler loop: the relay runs while this node leads a configuration
-    with AMQP destinations (from each adoption until it steps down or stops). A configuration
-    without any stops it: runs left in the outbox wait for a leader whose configuration has."""
+    """An observer of the scheduler loop: the relay runs while this node leads entries with
+    AMQP destinations, from the files or at runtime (from each adoption, or the runtime change
+    that brings the first, until it steps down or stops). Leading none stops it: runs left in
+    the outbox wait for a leader that leads some."""
 
     def __init__(self, relay: AmqpRelay) -> None:
         self.relay = relay
+        self._targets: dict[str, Target] = {}  # per entry led with an AMQP destination
+        self._uses: Counter[Target] = Counter()  # how many of those entries use each target
 
     def notify(self, event: Event) -> None:
         if isinstance(event, Adopted) and event.config is not None:
-            targets = relay_targets(event.config)
-            if targets:
-                self.relay.start(targets)
-            else:
-                self.relay.stop()
+            led = event.led().items()
+            self._targets = {name: t for name, entry in led if (t := entry_target(entry))}
+            self._uses = Counter(self._targets.values())
+            self._relay()
+        elif isinstance(event, EntriesChanged):
+            # a change costs work in proportion to it: the relay is told only of new targets
+            # or targets no entry uses any more
+            changed = [self._take(name, entry) for name, entry in event.changed.items()]
+            if any(changed):
+                self._relay()
         elif isinstance(event, SteppedDown):
             self.relay.stop()
         elif isinstance(event, Stopped):  # done before the daemon closes the backend
             self.relay.stop(wait=self.relay.settings.timeout * 3)
+
+    def _take(self, name: str, entry: Entry | None) -> bool:
+        """Follow entry `name`'s target; whether a target came or went."""
+        target = None if entry is None else entry_target(entry)
+        old = self._targets.pop(name, None)
+        if old is not None:
+            self._uses[old] -= 1
+        if target is not None:
+            self._targets[name] = target
+            self._uses[target] += 1
+        if old is not None and self._uses[old] == 0:
+            del self._uses[old]
+            return True
+        return target is not None and self._uses[target] == 1
+
+    def _relay(self) -> None:
+        if self._uses:
+            self.relay.start(grouped(self._uses))
+        else:
+            self.relay.stop()
