@@ -16,6 +16,8 @@ acknowledges (removes) it only after RabbitMQ's confirm. So:
   again, with the same task id (the run id). Such a second publish is counted
   (`beatd_amqp_republished_total`); a Celery worker runs it twice unless the task is
   idempotent. A publish whose connection was lost before its confirm counts the same way.
+  `RelaySettings.stop_after_confirm` (BEATD_FAULT_POINT=relay-after-confirm, for tests) stops
+  the process right there (SIGSTOP), once, so that a test can kill it at that very point.
 
 beatd declares no queue or exchange: at each connection it checks the destinations passively
 and warns of one that is missing (runs to it stay in the outbox until it exists).
@@ -24,6 +26,7 @@ and warns of one that is missing (runs to it stay in the outbox until it exists)
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -50,6 +53,10 @@ UNROUTABLE = (
     "per queue)"
 )
 REPUBLISHED = "run %s published to RabbitMQ again (a claim lapsed before its removal)"
+FAULT_POINT = (
+    "fault point relay-after-confirm: run %s confirmed by RabbitMQ and not removed from the "
+    "outbox yet; this process stops itself here (SIGSTOP)"
+)
 MISSING = (
     "%s %r does not exist on RabbitMQ at %s: beatd declares none, so runs to it stay in the "
     "outbox until the Celery workers (or the app) declare it"
@@ -64,6 +71,9 @@ class RelaySettings:
     timeout: float = 5.0  # each socket step to RabbitMQ
     unroutable_delay: float = 10.0
     max_backoff: float = 5.0
+    # a fault point for tests: stop the process (SIGSTOP) after the first confirm, before the
+    # removal, so a test kills it exactly there (BEATD_FAULT_POINT=relay-after-confirm)
+    stop_after_confirm: bool = False
 
 
 class _Unreachable(Exception):
@@ -150,6 +160,7 @@ class AmqpRelay:
         self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
         self._down: str | None = None  # the broker of the outage being waited out
+        self._fault_done = False  # the fault point stops the process once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -295,7 +306,20 @@ class AmqpRelay:
         self.stats.published += 1
         self._told_unroutable.discard(run.queue)
         self._deferred.pop(run.id, None)
+        if self.settings.stop_after_confirm and not self._fault_done:
+            self._stop_here(run)
         self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
+
+    def _stop_here(self, run: OutboxRun) -> None:
+        """The fault point relay-after-confirm: say so, then stop the whole process until a
+        SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
+        self._fault_done = True
+        log.warning(FAULT_POINT, run.id)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # sent to this thread, which then stops before its next instruction (a signal to the
+        # process may be taken by another thread while this one goes on to remove the run)
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
     def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
         self.stats.unroutable[run.queue] += 1
