@@ -520,6 +520,20 @@ class QueueAdmin(Reachable, Protocol):
         flight until a worker takes it again."""
 
 
+@runtime_checkable
+class QueuedReads(Protocol):
+    """Reading the runs still queued as they are: what `beatd migrate` carries from the AMQP
+    outbox, and copies as dead letters out of a damaged SQLite file (SQLite, Redis, PostgreSQL;
+    not the memory backend)."""
+
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every run still queued in the queues `of_queue` takes, claimed or not (a claim whose
+        claimant died included) and delayed retries too, as dead letters with `reason`, failed
+        now by the backend's clock, ids and bodies as stored (a read)."""
+
+
 class RunHistory(Reachable, Protocol):
     """The run history (beatd.history): read by `beatd history` and `beatd status`, marked by
     the leader (deadlines) and fed by it from Celery's task events, trimmed by retention, and
@@ -830,6 +844,22 @@ class Nodes(Reachable, Protocol):
         `last_seen` (a read)."""
 
 
+SESSION_KEY_BYTES = 32
+
+
+@runtime_checkable
+class SessionKeys(Reachable, Protocol):
+    """The web console's session key (beatd.console.sessions, issue 19): one random secret per
+    namespace that every node signs and checks session cookies with."""
+
+    def session_key(self) -> bytes:
+        """The namespace's session key, SESSION_KEY_BYTES random bytes, made on the first call
+        in one atomic get-or-create step: callers on every node, first or concurrent, get the
+        same key, and it never changes after. Safe to repeat after OutcomeUnknown (a key made
+        by a lost reply is the one the repeat returns). Not copied by `beatd migrate`: the
+        sessions signed with it end (sign in again)."""
+
+
 class Backend(
     LeaseStore,
     StateStore,
@@ -839,6 +869,7 @@ class Backend(
     Controls,
     RuntimeEntries,
     Nodes,
+    SessionKeys,
     Protocol,
 ):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,
