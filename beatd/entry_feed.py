@@ -18,6 +18,7 @@ from typing import NamedTuple
 from beatd.backends.base import RuntimeEntries
 from beatd.clock import Clock
 from beatd.config.model import Entry
+from beatd.config.resolved import EntryBuilder
 from beatd.errors import ConfigError, Problem
 from beatd.runtime_entries import EntryChange, RuntimeEntry
 
@@ -57,6 +58,7 @@ class RuntimeView:
         self.entries: dict[str, Entry] = {}
         self.cursor: int | None = None  # None: nothing read yet (the first poll reads all)
         self._versions: dict[str, int] = {}
+        self.builder = EntryBuilder()  # shares equal schedules between the entries held
         self._next_at = float("-inf")  # monotonic
         self.applied = 0  # changes applied since start
         self.lag: float | None = None  # seconds from the last put applied to its application
@@ -103,7 +105,7 @@ class RuntimeView:
 
     def _hold(self, name: str, stored: RuntimeEntry | None) -> EntryApplied | None:
         """Hold `stored` (None: no entry) as `name`'s current value; what changed, if anything."""
-        entry = _built(stored) if stored is not None else None
+        entry = _built(stored, self.builder) if stored is not None else None
         if entry is None or stored is None:
             if self._versions.pop(name, None) is None:
                 return None
@@ -117,25 +119,31 @@ class RuntimeView:
         return EntryApplied(name, entry, stored.updated_at)
 
     def _load_all(self) -> None:
+        """Read every entry, a page at a time (a page's definitions are dropped once built)."""
         entries: dict[str, Entry] = {}
         versions: dict[str, int] = {}
+        builder = EntryBuilder()  # what the entries held before share is let go with them
         after = ""
         while True:
             stored = self.store.list_entries(after, self.page)
             for one in stored:
-                entry = _built(one)
+                entry = _built(one, builder)
                 if entry is not None:
                     entries[one.name], versions[one.name] = entry, one.version
             if len(stored) < self.page:
                 break
             after = stored[-1].name
-        self.entries, self._versions = entries, versions
+        self.entries, self._versions, self.builder = entries, versions, builder
         log.info("read %d runtime entries", len(entries))
 
 
-def _built(stored: RuntimeEntry) -> Entry | None:
-    """The entry a stored definition schedules; None (logged) when this version of beatd
-    cannot build it (a definition written by a newer one)."""
+def _built(stored: RuntimeEntry, builder: EntryBuilder) -> Entry | None:
+    """The entry a stored definition schedules: built as resolved when it has the resolved
+    form (`beatd.config.resolved`), else validated as written; None (logged) when this version
+    of beatd cannot build it (a definition written by a newer one)."""
+    entry = builder.build(stored.name, stored.definition)
+    if entry is not None:
+        return entry
     try:
         return stored.entry()
     except ConfigError as exc:
