@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -44,6 +44,7 @@ from beatd.state import EntryState
 
 _LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 _JUST_BEFORE = timedelta(microseconds=1)
+PACE = 10_000  # entries `Planner.load` takes between two calls of its `pace`
 
 
 class MissReason(StrEnum):
@@ -247,16 +248,20 @@ class Planner:
         states: Mapping[str, EntryState],
         now: datetime,
         controls: Mapping[str, EntryControl] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> tuple[list[EntryState], list[str]]:
         """Take a (new) configuration, with every entry's state as persisted now.
 
         Returns the baseline states to persist, each over the state in `states` (entries new or
         with a changed schedule start from `now`, so history is not replayed), and the names of
         entries that were removed. `controls`: each entry's control as persisted (None: keep
-        the ones known; an entry missing from it has none).
+        the ones known; an entry missing from it has none). `pace` is called every
+        `PACE` entries (the loop renews its lease there).
         """
         baselines: list[EntryState] = []
-        for entry in entries.values():
+        for count, entry in enumerate(entries.values(), 1):
+            if pace is not None and count % PACE == 0:
+                pace()
             current = self._slots.get(entry.name)
             state = states.get(entry.name)  # persisted: a baseline not yet written is redone
             if state is None or state.identity != entry.identity:

@@ -11,7 +11,7 @@ replaced) is answered by reading every entry again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -75,13 +75,14 @@ class RuntimeView:
     def due(self) -> bool:
         return self.clock.monotonic() >= self._next_at
 
-    def poll(self) -> FeedRound:
+    def poll(self, pace: Callable[[], None] | None = None) -> FeedRound:
         """Read one page of the feed after the cursor and apply it: all of it, or (a backend
-        error) none of it."""
+        error) none of it. `pace` is called between the pages of a reload of every entry (the
+        leader renews its lease there)."""
         self._next_at = self.clock.monotonic() + self.interval
         page = self.store.entry_changes(self.cursor, self.page)
         if page.reload:
-            self._load_all()
+            self._load_all(pace)
             self.cursor = page.cursor
             return FeedRound(reloaded=True)
         applied = self._apply(page.changes)
@@ -118,7 +119,7 @@ class RuntimeView:
         self.lag = max(0.0, (self.clock.now() - stored.updated_at).total_seconds())
         return EntryApplied(name, entry, stored.updated_at)
 
-    def _load_all(self) -> None:
+    def _load_all(self, pace: Callable[[], None] | None) -> None:
         """Read every entry, a page at a time (a page's definitions are dropped once built)."""
         entries: dict[str, Entry] = {}
         versions: dict[str, int] = {}
@@ -133,6 +134,8 @@ class RuntimeView:
             if len(stored) < self.page:
                 break
             after = stored[-1].name
+            if pace is not None:
+                pace()
         self.entries, self._versions, self.builder = entries, versions, builder
         log.info("read %d runtime entries", len(entries))
 

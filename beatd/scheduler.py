@@ -135,8 +135,17 @@ class Scheduler:
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
-        self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
-        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock)
+        self.adoption = Adoption(
+            backend,
+            clock,
+            self.publisher,
+            data_loss,
+            settings.removed_grace,
+            self.leadership.keep_alive,
+        )
+        self.following = FeedFollower(
+            self.runtime, self.planned, self.adoption, clock, self.leadership.keep_alive
+        )
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
         self._reload_requested = False

@@ -298,3 +298,38 @@ def test_a_node_whose_files_name_a_runtime_entry_stops_at_its_takeover_and_gives
         "file, or remove the runtime entry first"
     )
     assert backend.leader() is None
+
+
+class SlowCommits(MemoryBackend):
+    """The memory backend with writes that each take `seconds` of the fake clock, as a loaded
+    machine's Redis did (issue 18's 8.8 s change: an adoption longer than the lease)."""
+
+    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
+        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+        self.clock, self.seconds = clock, seconds
+
+    def commit(self, lease: Any, writes: Any, messages: Any) -> set[str]:
+        self.clock.advance(self.seconds)
+        return super().commit(lease, writes, messages)
+
+
+def test_an_adoption_longer_than_the_lease_keeps_the_lease_and_a_change_waits_no_longer(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    discard(NAME)
+    slow = SlowCommits(NAME, clock, 1.0)
+    for i in range(3_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    # 30 baseline writes of 100 entries, a second each: three times the lease's 10 s
+    beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
+    with caplog.at_level(logging.WARNING):
+        beat.step()  # reads the entries, takes the lease, adopts them all
+        assert beat.is_leader and beat.lease is not None and beat.lease.epoch == 1
+        put(slow, clock, "late-change", every="1s")
+        clock.advance(1)
+        run_for(beat, 3)
+    assert beat.totals.leader_changes == 1
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert "late-change" in beat.planned.entries
+    assert published(slow, "late-change")  # within the seconds after its write
+    discard(NAME)
