@@ -224,6 +224,8 @@ class Scheduler:
         """Leadership, then (leading) adoption and publishing; True when the backend was
         asked."""
         followed = self.runtime.due() and self._follow_feed()
+        if followed:  # reading every entry may take long: time the lease from its taking
+            mono = self.clock.monotonic()
         poll = self.leadership.poll(mono, self.config.fingerprint, self.planner)
         if poll.role is Role.BECAME_LEADER:
             self._became_leader()

@@ -333,3 +333,36 @@ def test_an_adoption_longer_than_the_lease_keeps_the_lease_and_a_change_waits_no
     assert "late-change" in beat.planned.entries
     assert published(slow, "late-change")  # within the seconds after its write
     discard(NAME)
+
+
+class SlowReads(MemoryBackend):
+    """The memory backend whose pages of entries each take `seconds` of the fake clock."""
+
+    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
+        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+        self.clock, self.seconds = clock, seconds
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[Any]:
+        self.clock.advance(self.seconds)
+        return super().list_entries(after, limit)
+
+
+def test_a_lease_taken_after_a_long_read_of_the_entries_is_timed_from_its_taking(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    discard(NAME)
+    slow = SlowReads(NAME, clock, 4.0)
+    for i in range(3_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    # the first step reads 4 pages of 1,000 (16 s, beyond the 10 s lease), then takes the lease
+    beat, _ = scheduler(slow, clock, config(file_entry("files")))
+    with caplog.at_level(logging.WARNING):
+        beat.step()
+        assert beat.is_leader
+        clock.advance(2)
+        beat.step()  # the lease was taken 2 s ago: no renewal is late
+        run_for(beat, 30)
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert beat.is_leader and beat.totals.leader_changes == 1
+    discard(NAME)
