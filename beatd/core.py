@@ -259,6 +259,7 @@ class Planner:
         `PACE` entries (the loop renews its lease there).
         """
         baselines: list[EntryState] = []
+        times: dict[datetime, datetime] = {}  # one object per equal time of the states
         for count, entry in enumerate(entries.values(), 1):
             if pace is not None and count % PACE == 0:
                 pace()
@@ -269,6 +270,8 @@ class Planner:
                 fresh = EntryState(entry.name, now, published, entry.identity)
                 baselines.append(fresh)
                 state = fresh
+            elif state.entry is not entry.name or state.identity is not entry.identity:
+                state = _shared(state, entry, times)
             control = current.control if current is not None else NO_CONTROL
             if controls is not None:
                 control = controls.get(entry.name, NO_CONTROL)
@@ -751,6 +754,16 @@ class _Walk:
         self.last_dropped = slot
         if self.first_dropped is None:
             self.first_dropped = slot
+
+
+def _shared(state: EntryState, entry: Entry, times: dict[datetime, datetime]) -> EntryState:
+    """`state` (as read from a backend: every string and time its own copy) holding the entry's
+    name and identity, and one object per equal time: a million entries' states add up."""
+    last, published = state.last_slot, state.last_published
+    last = times.setdefault(last, last)
+    if published is not None:
+        published = times.setdefault(published, published)
+    return EntryState(entry.name, last, published, entry.identity)
 
 
 WALK_LIMIT = 20_000

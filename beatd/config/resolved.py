@@ -79,7 +79,7 @@ class EntryBuilder:
             tuple(d["args"]),
             dict(kwargs) if kwargs else NO_ITEMS,
             sys.intern(d["queue"]),
-            d["protocol"],
+            _name(d["protocol"]),
             d["priority"],
             dict(headers) if headers else NO_ITEMS,
             d["description"],
@@ -108,7 +108,7 @@ class EntryBuilder:
         if type(value) is not str and (kind != "every" or isinstance(value, bool)):
             raise TypeError(kind)
         hashed = kind == "cron" and self._uses_hash(value)
-        key = (kind, value, zone, anchor, start, end, name if hashed else None)
+        key = (kind, _name(value), zone, _name(anchor), start, end, name if hashed else None)
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._schedules[key] = self._new_schedule(name, kind, value, d, zone)
@@ -167,6 +167,11 @@ class EntryBuilder:
 
     def _optional(self, value: int | float | str | None) -> timedelta | None:
         return None if value is None else self._duration(value)
+
+
+def _name(value: Any) -> Any:
+    """A string many entries repeat, as one object (`sys.intern`); any other value as is."""
+    return sys.intern(value) if type(value) is str else value
 
 
 def _flag(value: Any) -> bool:
