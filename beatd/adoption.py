@@ -10,7 +10,7 @@ as missed (`DataLossRecovery`). Retried at the next step if the backend fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from beatd.backends.base import Lease, StateStore, StateWrite
@@ -36,8 +36,12 @@ class Adoption:
         publisher: Publisher,
         data_loss: DataLossRecovery,
         removed_grace: float,
+        keep_alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
+        # renews the lease when due (`Leadership.keep_alive`; LeaseLost when gone), called
+        # between the parts of work in proportion to the entries, which may outlast the lease
+        self.keep_alive = keep_alive
         self.clock = clock
         self.publisher = publisher
         self.data_loss = data_loss
@@ -86,6 +90,7 @@ class Adoption:
         another write moved on (LeaseLost when the lease is gone)."""
         writes = (StateWrite(b.state, horizon(b.previous)) for b in baselines)
         for batch in chunks(writes, self.publisher.batch_size):
+            self.keep_alive()
             rejected = self.store.commit(lease, batch, [])
             if rejected:
                 self.publisher.resync(planner, rejected)
@@ -95,17 +100,19 @@ class Adoption:
         persisted state, under `lease`."""
         batch_size = self.publisher.batch_size
         states = self.store.load_states()
+        self.keep_alive()
         now = self.clock.now()
         lost: dict[str, tuple[MissedSlots, ...]] = {}
         if self.data_loss.pending:
             states, lost = self._recover(entries, planner, lease, states, now)
         controls = self.publisher.controls
         found = controls.load_controls() if controls is not None else None
-        baselines, _ = planner.load(entries, states, now, found)
+        baselines, _ = planner.load(entries, states, now, found, self.keep_alive)
         absent = [name for name in states if name not in entries]
         self._forget_removed(lease, absent, now)
         self.kept = {name: states[name] for name in self.removed.absent}
         for batch in chunks(iter(baselines), batch_size):
+            self.keep_alive()
             # an entry whose position was lost starts from now: its lost slots go into the
             # history as missed (state_lost) with its new baseline
             writes = [

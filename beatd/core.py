@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -44,6 +44,7 @@ from beatd.state import EntryState
 
 _LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 _JUST_BEFORE = timedelta(microseconds=1)
+PACE = 10_000  # entries `Planner.load` takes between two calls of its `pace`
 
 
 class MissReason(StrEnum):
@@ -247,16 +248,21 @@ class Planner:
         states: Mapping[str, EntryState],
         now: datetime,
         controls: Mapping[str, EntryControl] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> tuple[list[EntryState], list[str]]:
         """Take a (new) configuration, with every entry's state as persisted now.
 
         Returns the baseline states to persist, each over the state in `states` (entries new or
         with a changed schedule start from `now`, so history is not replayed), and the names of
         entries that were removed. `controls`: each entry's control as persisted (None: keep
-        the ones known; an entry missing from it has none).
+        the ones known; an entry missing from it has none). `pace` is called every
+        `PACE` entries (the loop renews its lease there).
         """
         baselines: list[EntryState] = []
-        for entry in entries.values():
+        times: dict[datetime, datetime] = {}  # one object per equal time of the states
+        for count, entry in enumerate(entries.values(), 1):
+            if pace is not None and count % PACE == 0:
+                pace()
             current = self._slots.get(entry.name)
             state = states.get(entry.name)  # persisted: a baseline not yet written is redone
             if state is None or state.identity != entry.identity:
@@ -264,6 +270,8 @@ class Planner:
                 fresh = EntryState(entry.name, now, published, entry.identity)
                 baselines.append(fresh)
                 state = fresh
+            elif state.entry is not entry.name or state.identity is not entry.identity:
+                state = _shared(state, entry, times)
             control = current.control if current is not None else NO_CONTROL
             if controls is not None:
                 control = controls.get(entry.name, NO_CONTROL)
@@ -746,6 +754,16 @@ class _Walk:
         self.last_dropped = slot
         if self.first_dropped is None:
             self.first_dropped = slot
+
+
+def _shared(state: EntryState, entry: Entry, times: dict[datetime, datetime]) -> EntryState:
+    """`state` (as read from a backend: every string and time its own copy) holding the entry's
+    name and identity, and one object per equal time: a million entries' states add up."""
+    last, published = state.last_slot, state.last_published
+    last = times.setdefault(last, last)
+    if published is not None:
+        published = times.setdefault(published, published)
+    return EntryState(entry.name, last, published, entry.identity)
 
 
 WALK_LIMIT = 20_000

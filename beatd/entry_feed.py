@@ -11,13 +11,14 @@ replaced) is answered by reading every entry again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 from beatd.backends.base import RuntimeEntries
 from beatd.clock import Clock
 from beatd.config.model import Entry
+from beatd.config.resolved import EntryBuilder
 from beatd.errors import ConfigError, Problem
 from beatd.runtime_entries import EntryChange, RuntimeEntry
 
@@ -57,6 +58,7 @@ class RuntimeView:
         self.entries: dict[str, Entry] = {}
         self.cursor: int | None = None  # None: nothing read yet (the first poll reads all)
         self._versions: dict[str, int] = {}
+        self.builder = EntryBuilder()  # shares equal schedules between the entries held
         self._next_at = float("-inf")  # monotonic
         self.applied = 0  # changes applied since start
         self.lag: float | None = None  # seconds from the last put applied to its application
@@ -77,13 +79,14 @@ class RuntimeView:
         """The version of runtime entry `name` held (None: none held)."""
         return self._versions.get(name)
 
-    def poll(self) -> FeedRound:
+    def poll(self, pace: Callable[[], None] | None = None) -> FeedRound:
         """Read one page of the feed after the cursor and apply it: all of it, or (a backend
-        error) none of it."""
+        error) none of it. `pace` is called between the pages of a reload of every entry (the
+        leader renews its lease there)."""
         self._next_at = self.clock.monotonic() + self.interval
         page = self.store.entry_changes(self.cursor, self.page)
         if page.reload:
-            self._load_all()
+            self._load_all(pace)
             self.cursor = page.cursor
             return FeedRound(reloaded=True)
         applied = self._apply(page.changes)
@@ -107,7 +110,7 @@ class RuntimeView:
 
     def _hold(self, name: str, stored: RuntimeEntry | None) -> EntryApplied | None:
         """Hold `stored` (None: no entry) as `name`'s current value; what changed, if anything."""
-        entry = _built(stored) if stored is not None else None
+        entry = _built(stored, self.builder) if stored is not None else None
         if entry is None or stored is None:
             if self._versions.pop(name, None) is None:
                 return None
@@ -120,26 +123,34 @@ class RuntimeView:
         self.lag = max(0.0, (self.clock.now() - stored.updated_at).total_seconds())
         return EntryApplied(name, entry, stored.updated_at)
 
-    def _load_all(self) -> None:
+    def _load_all(self, pace: Callable[[], None] | None) -> None:
+        """Read every entry, a page at a time (a page's definitions are dropped once built)."""
         entries: dict[str, Entry] = {}
         versions: dict[str, int] = {}
+        builder = EntryBuilder()  # what the entries held before share is let go with them
         after = ""
         while True:
             stored = self.store.list_entries(after, self.page)
             for one in stored:
-                entry = _built(one)
+                entry = _built(one, builder)
                 if entry is not None:
                     entries[one.name], versions[one.name] = entry, one.version
             if len(stored) < self.page:
                 break
             after = stored[-1].name
-        self.entries, self._versions = entries, versions
+            if pace is not None:
+                pace()
+        self.entries, self._versions, self.builder = entries, versions, builder
         log.info("read %d runtime entries", len(entries))
 
 
-def _built(stored: RuntimeEntry) -> Entry | None:
-    """The entry a stored definition schedules; None (logged) when this version of beatd
-    cannot build it (a definition written by a newer one)."""
+def _built(stored: RuntimeEntry, builder: EntryBuilder) -> Entry | None:
+    """The entry a stored definition schedules: built as resolved when it has the resolved
+    form (`beatd.config.resolved`), else validated as written; None (logged) when this version
+    of beatd cannot build it (a definition written by a newer one)."""
+    entry = builder.build(stored.name, stored.definition)
+    if entry is not None:
+        return entry
     try:
         return stored.entry()
     except ConfigError as exc:

@@ -5,7 +5,7 @@ now persisted in the same step."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from beatd.adoption import Adoption
 from beatd.backends.base import Lease
@@ -18,9 +18,15 @@ from beatd.errors import ConfigError
 
 class FeedFollower:
     def __init__(
-        self, view: RuntimeView, planned: PlannedEntries, adoption: Adoption, clock: Clock
+        self,
+        view: RuntimeView,
+        planned: PlannedEntries,
+        adoption: Adoption,
+        clock: Clock,
+        keep_alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.view = view
+        self.keep_alive = keep_alive  # renews the lease, if held, between a reload's pages
         self.planned = planned
         self.adoption = adoption
         self.clock = clock
@@ -37,7 +43,7 @@ class FeedFollower:
         replan = False
         self._taken = []  # those of a round a lost lease ended are not told
         while True:
-            feed = self.view.poll()
+            feed = self.view.poll(self.keep_alive)
             if feed.reloaded:
                 if not checked and (clash := self.planned.clash(files)) is not None:
                     raise clash

@@ -17,7 +17,7 @@ from beatd.backends.base import Lease, LeaseStore
 from beatd.clock import Clock
 from beatd.core import Planner
 from beatd.dataloss import DataLossRecovery
-from beatd.errors import BackendError
+from beatd.errors import BackendError, LeaseLost
 from beatd.events import Totals
 
 # the loop's log lines keep the logger name operators filter on
@@ -132,6 +132,22 @@ class Leadership:
         self.step_down(planner)
         self._check_data(mono)  # gone with the rest of Redis's data?
         return Poll(Role.STEPPED_DOWN, asked=True)
+
+    def keep_alive(self) -> None:
+        """Renew the lease if a renewal is due, from within a long step (adopting or reading a
+        great many entries), so that it does not expire under work in proportion to the
+        entries; LeaseLost when it is gone (the caller steps down)."""
+        lease = self.lease
+        mono = self.clock.monotonic()
+        if lease is None or mono < self._renew_at:
+            return
+        if mono >= self._deadline or not self.leases.renew_lease(lease, self.settings.lease_ttl):
+            raise LeaseLost(
+                f"lease epoch {lease.epoch} of {lease.node} could not be renewed in time during "
+                "work in proportion to the entries (adopting or reading them)"
+            )
+        self.data_loss.seen_whole(self.clock.now(), mono)
+        self._held_until_renewal(mono)
 
     def _held_until_renewal(self, mono: float) -> None:
         self._deadline = mono + self.settings.lease_ttl * 0.9

@@ -136,8 +136,10 @@ class Scheduler:
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
-        self.adoption = Adoption(backend, clock, self.publisher, data_loss, settings.removed_grace)
-        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock)
+        keep = self.leadership.keep_alive  # renews the lease within work on every entry
+        grace = settings.removed_grace
+        self.adoption = Adoption(backend, clock, self.publisher, data_loss, grace, keep)
+        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock, keep)
         self._backoff = Backoff(maximum=settings.max_backoff)
         self._retry_at = 0.0  # monotonic: backoff after a backend error
         self._reload_requested = False
@@ -179,8 +181,6 @@ class Scheduler:
         self._reload_requested = True
         self.wake.set()
 
-    # --- the loop ------------------------------------------------------------------------
-
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set; raises StorageFailed (after stepping down) when the storage
         is gone or damaged."""
@@ -200,10 +200,9 @@ class Scheduler:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        mono = self.clock.monotonic()
-        if mono >= self._retry_at:
+        if self.clock.monotonic() >= self._retry_at:
             try:
-                if self._lead(mono):
+                if self._lead():
                     self._backend_recovered()
             except StorageFailed as exc:
                 self._storage_failed(exc)
@@ -212,11 +211,11 @@ class Scheduler:
                 self._backend_failed(exc)
         return self._delay()
 
-    def _lead(self, mono: float) -> bool:
+    def _lead(self) -> bool:
         """Leadership, then (leading) adoption and publishing; True when the backend was
         asked."""
-        followed = self.runtime.due() and self._follow_feed()
-        poll = self.leadership.poll(mono, self.config.fingerprint, self.planner)
+        followed = self.runtime.due() and self._follow_feed()  # may read every entry: long
+        poll = self.leadership.poll(self.clock.monotonic(), self.config.fingerprint, self.planner)
         if poll.role is Role.BECAME_LEADER:
             self._became_leader()
         elif poll.role is Role.STEPPED_DOWN:
@@ -266,6 +265,7 @@ class Scheduler:
             else:
                 self.adoption.adopt(self.planned.entries, self.planner, lease)
                 self.deadlines.adopt(self.planned.entries)
+            self.leadership.keep_alive()  # its observers (a collector's pass) take long too
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()

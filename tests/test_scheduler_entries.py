@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from beatd.amqp_link import AmqpLink
 from beatd.amqp_relay import AmqpRelay, AmqpRelaying
-from beatd.backends.memory import MemoryBackend
+from beatd.backends.memory import MemoryBackend, discard
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
@@ -372,3 +372,71 @@ def test_a_new_leader_hears_the_runtime_celery_entries_at_adoption(
         assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
     finally:
         ear.stop(wait=5)
+
+
+class SlowCommits(MemoryBackend):
+    """The memory backend with writes that each take `seconds` of the fake clock, as a loaded
+    machine's Redis did (issue 18's 8.8 s change: an adoption longer than the lease)."""
+
+    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
+        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+        self.clock, self.seconds = clock, seconds
+
+    def commit(self, lease: Any, writes: Any, messages: Any) -> set[str]:
+        self.clock.advance(self.seconds)
+        return super().commit(lease, writes, messages)
+
+
+def test_an_adoption_longer_than_the_lease_keeps_the_lease_and_a_change_waits_no_longer(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    discard(NAME)
+    slow = SlowCommits(NAME, clock, 1.0)
+    for i in range(3_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    # 30 baseline writes of 100 entries, a second each: three times the lease's 10 s
+    beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
+    with caplog.at_level(logging.WARNING):
+        beat.step()  # reads the entries, takes the lease, adopts them all
+        assert beat.is_leader and beat.lease is not None and beat.lease.epoch == 1
+        put(slow, clock, "late-change", every="1s")
+        clock.advance(1)
+        run_for(beat, 3)
+    assert beat.totals.leader_changes == 1
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert "late-change" in beat.planned.entries
+    assert published(slow, "late-change")  # within the seconds after its write
+    discard(NAME)
+
+
+class SlowReads(MemoryBackend):
+    """The memory backend whose pages of entries each take `seconds` of the fake clock."""
+
+    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
+        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+        self.clock, self.seconds = clock, seconds
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[Any]:
+        self.clock.advance(self.seconds)
+        return super().list_entries(after, limit)
+
+
+def test_a_lease_taken_after_a_long_read_of_the_entries_is_timed_from_its_taking(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    discard(NAME)
+    slow = SlowReads(NAME, clock, 4.0)
+    for i in range(3_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    # the first step reads 4 pages of 1,000 (16 s, beyond the 10 s lease), then takes the lease
+    beat, _ = scheduler(slow, clock, config(file_entry("files")))
+    with caplog.at_level(logging.WARNING):
+        beat.step()
+        assert beat.is_leader
+        clock.advance(2)
+        beat.step()  # the lease was taken 2 s ago: no renewal is late
+        run_for(beat, 30)
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert beat.is_leader and beat.totals.leader_changes == 1
+    discard(NAME)

@@ -382,6 +382,17 @@ class CronSchedule:
     # Entries that share an expression and zone share one schedule (see `parse`) and, at a
     # burst, ask it for the fire after the same slot: the answers are kept for a while.
     _fires: dict[datetime, datetime | None] = field(default_factory=dict, compare=False, repr=False)
+    # the canonical text (`spec` below), made once: every entry's state holds it as its identity
+    _spec: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        expression = self.expression
+        days = " both-days" if expression.both_days else ""
+        # With H, the text as written too: `H/n` is a wildcard, its resolved range is not.
+        text = expression.text
+        if expression.hashed_from:
+            text = f"{expression.hashed_from} = {text}"
+        object.__setattr__(self, "_spec", f"cron {text}{days} tz {self.timezone.key}")
 
     @classmethod
     def parse(
@@ -497,13 +508,7 @@ class CronSchedule:
 
     @property
     def spec(self) -> str:
-        expression = self.expression
-        days = " both-days" if expression.both_days else ""
-        # With H, the text as written too: `H/n` is a wildcard, its resolved range is not.
-        text = expression.text
-        if expression.hashed_from:
-            text = f"{expression.hashed_from} = {text}"
-        return f"cron {text}{days} tz {self.timezone.key}"
+        return self._spec
 
 
 @lru_cache(maxsize=1024)

@@ -128,6 +128,7 @@ def _leader(url: str, count: int, work: Path, changes: int) -> dict[str, Any]:
     return {
         "first_publish_s": round(first.arrived - spawned, 3),
         "daemon_cpu_to_first_publish_s": round(cpu, 3),
+        "daemon_cpu_us_per_entry": round(cpu / count * 1e6, 1),
         "daemon_peak_rss_mb": round(rss, 1),
         "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
         "change_to_slot_s": percentiles(to_slot),

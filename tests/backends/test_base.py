@@ -14,6 +14,7 @@ def test_micros_round_trip_to_the_microsecond() -> None:
     assert from_micros(to_micros(moment)) == moment
     assert from_micros(to_micros(moment)).tzinfo is UTC
     assert to_micros(datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)) == -1_000_000
+    assert from_micros(-1_000_001) == datetime(1969, 12, 31, 23, 59, 58, 999999, tzinfo=UTC)
 
 
 def test_local_times_equal_across_a_fold_are_two_instants() -> None:
