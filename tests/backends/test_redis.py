@@ -1398,6 +1398,33 @@ def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
     assert backend.history_size() == (2 * runs, 0)
 
 
+def test_a_start_whose_published_record_is_past_the_pull_budget_waits_for_the_next_batch(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """A fold pulls published records off the log until the run a start names is among them,
+    up to about a batch of runs; past that the start waits at the head of the attempts' log and
+    the runs pulled go into the records (so every batch makes progress): the next batch finds
+    the run, and its record has the published fields and the attempt."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    size = FOLD_BATCH * 6 // 10
+    for c in range(3):  # three published records of `size` runs each
+        names = [f"c{c}-e{i}" for i in range(size)]
+        writes = [StateWrite(state(n, 0), None) for n in names]
+        assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
+    assert admin.llen("beatd:h:published") == 3 * 6
+    last = f"c2-e{size - 1}@1"
+    admin.rpush("beatd:h:attempts", "S", last, "w", "host", "1", "1772366700000000")
+    fold = SCRIPTS["fold"]
+    assert admin.eval(fold.source, 0, "beatd:", "0") == 6 + 6  # the start, the third record
+    assert admin.exists("beatd:h:run:c1-e0@1") == 1  # the two pulled: in the records
+    assert admin.exists(f"beatd:h:run:{last}") == 0
+    assert admin.eval(fold.source, 0, "beatd:", "0") == 0
+    fields = admin.hmget(f"beatd:h:run:{last}", "e", "n", "c1")
+    assert fields == [f"c2-e{size - 1}", "1", "w"]
+    assert backend.history_size() == (3 * size, 0)
+
+
 def test_a_mark_folds_a_log_longer_than_a_batch_before_it_reads_the_record(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:
