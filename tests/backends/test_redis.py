@@ -1364,7 +1364,10 @@ def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
 ) -> None:
     """Workers fold what they log: after every FOLD_EVERY log records of its own, a claim folds
     a batch if the attempts' log holds more than FOLD_BOUND elements (a batch), and leaves it
-    alone otherwise."""
+    alone otherwise. The batch is FOLD_BATCH starts and ends, the oldest, with their runs'
+    published records taken off the published log as they need them: each of those runs is
+    written once, published record and attempt together; the runs of that published record
+    that no start or end of the batch names go back to the published log's head."""
     lease = backend.acquire_lease("a", 10)
     assert lease is not None
     runs = FOLD_EVERY // 2 + 1  # the last claim is the first after FOLD_EVERY records
@@ -1386,13 +1389,46 @@ def test_a_workers_claims_fold_the_attempts_log_only_past_its_bound(
     filler = FOLD_BOUND // len(nobody) + 1
     admin.rpush("beatd:h:attempts", *nobody * filler)
     before = admin.llen("beatd:h:attempts")
-    work_off()  # a claim finds the log past the bound: it folds FOLD_BATCH records, the
-    # published one first (it counts its runs), then the oldest starts and ends
-    oldest = FOLD_BATCH - 2 * runs
-    assert admin.llen("beatd:h:attempts") == before + runs * per_run - oldest // 2 * per_run
-    assert admin.llen("beatd:h:published") == 0
+    work_off()  # a claim finds the log past the bound: it folds FOLD_BATCH starts and ends,
+    # the first runs' (with their published records) then as many of the filler's ends
+    fillers = FOLD_BATCH - 2 * runs
+    folded = runs * per_run + fillers * len(nobody)
+    assert admin.llen("beatd:h:attempts") == before + runs * per_run - folded
+    assert admin.hmget("beatd:h:run:e0@1", "e", "n", "c1") == ["e0", "1", "w"]
+    assert admin.exists(f"beatd:h:run:{names[runs]}@1") == 0  # not claimed before that fold:
+    assert admin.llen("beatd:h:published") == 6  # back in the log, in one record
     assert backend.summaries()[names[0]].last_status == "succeeded"
     assert (admin.llen("beatd:h:published"), admin.llen("beatd:h:attempts")) == (0, 0)
+    record = backend.run(f"{names[-1]}@1")
+    assert record is not None and record.entry == names[-1] and record.status == "succeeded"
+    assert backend.history_size() == (2 * runs, 0)
+
+
+def test_a_start_whose_published_record_is_past_the_pull_budget_waits_for_the_next_batch(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    """A fold pulls published records off the log until the run a start names is among them,
+    up to about a batch of runs; past that the start waits at the head of the attempts' log and
+    the runs pulled go into the records (so every batch makes progress): the next batch finds
+    the run, and its record has the published fields and the attempt."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    size = FOLD_BATCH * 6 // 10
+    for c in range(3):  # three published records of `size` runs each
+        names = [f"c{c}-e{i}" for i in range(size)]
+        writes = [StateWrite(state(n, 0), None) for n in names]
+        assert backend.commit(lease, writes, [published_run(n) for n in names]) == set()
+    assert admin.llen("beatd:h:published") == 3 * 6
+    last = f"c2-e{size - 1}@1"
+    admin.rpush("beatd:h:attempts", "S", last, "w", "host", "1", "1772366700000000")
+    fold = SCRIPTS["fold"]
+    assert admin.eval(fold.source, 0, "beatd:", "0") == 6 + 6  # the start, the third record
+    assert admin.exists("beatd:h:run:c1-e0@1") == 1  # the two pulled: in the records
+    assert admin.exists(f"beatd:h:run:{last}") == 0
+    assert admin.eval(fold.source, 0, "beatd:", "0") == 0
+    fields = admin.hmget(f"beatd:h:run:{last}", "e", "n", "c1")
+    assert fields == [f"c2-e{size - 1}", "1", "w"]
+    assert backend.history_size() == (3 * size, 0)
 
 
 def test_a_mark_folds_a_log_longer_than_a_batch_before_it_reads_the_record(
