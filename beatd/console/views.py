@@ -149,25 +149,25 @@ class PauseNote(NamedTuple):
 
 
 def pause_note(audit: Sequence[Mapping[str, Any]], now: datetime) -> PauseNote | None:
-    """The pause in force, from the entry's audit log (newest first): its newest pause or
-    resume; a pause whose end has passed is over."""
+    """The pause in force, from the entry's audit log (newest first): the newest record that
+    changed its pause (a pause, `pause_after_failures`, a resume); a pause whose end has passed
+    is over."""
     for record in audit:
-        if record["action"] == "resume":
+        after = record.get("after") or {}
+        if "pause" not in after:
+            continue  # a trigger, a backfill, an edit: no change to the pause
+        pause = after["pause"]
+        if not isinstance(pause, Mapping):
             return None
-        if record["action"] == "pause":
-            after = record.get("after") or {}
-            pause = after.get("pause")
-            if not isinstance(pause, Mapping) or "reason" not in pause:
-                return None
-            until = parse_stamp(pause.get("until"))
-            if until is not None and until <= now:
-                return None
-            return PauseNote(
-                str(pause["reason"]),
-                str(pause.get("by") or record["by"]),
-                str(pause.get("at") or record["at"]),
-                pause.get("until"),
-            )
+        until = parse_stamp(pause.get("until"))
+        if until is not None and until <= now:
+            return None
+        return PauseNote(
+            str(pause.get("reason", "")),
+            str(pause.get("by") or record["by"]),
+            str(pause.get("at") or record["at"]),
+            pause.get("until"),
+        )
     return None
 
 

@@ -88,7 +88,8 @@ def test_next_runs_carry_their_dst_marks() -> None:
 
 
 def audit(action: str, pause: dict[str, str | None] | None = None) -> dict[str, object]:
-    return {"action": action, "by": "ops", "at": "2026-12-05T01:00:00Z", "after": {"pause": pause}}
+    after = {} if action == "trigger" else {"pause": pause}
+    return {"action": action, "by": "ops", "at": "2026-12-05T01:00:00Z", "after": after}
 
 
 def test_the_pause_note_is_the_newest_pause_unless_resumed_or_ended() -> None:
