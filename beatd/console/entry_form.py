@@ -11,8 +11,8 @@ from flask import Blueprint, request, url_for
 
 from beatd.config.yamlsafe import loads_yaml
 from beatd.console.api_caller import ApiFailure, api
-from beatd.console.pages import redirect_with, render
 from beatd.console.entry import GET_ENTRY, definition_text
+from beatd.console.pages import redirect_with, render
 from beatd.console.replies import entry_url, refusal
 from beatd.console.security import action
 from beatd.console.views import errors_by_field

@@ -21,6 +21,12 @@ def parse_stamp(text: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def utc_text(text: str | None) -> str | None:
+    """A time of the API (any ISO form) as the console writes it: `2026-12-05T01:30:00Z`."""
+    moment = parse_stamp(text)
+    return None if moment is None else f"{moment:%Y-%m-%dT%H:%M:%SZ}"
+
+
 def relative_text(text: str | None, now: datetime) -> str:
     """ "in 4 min", "3 h ago"; "-" for no time."""
     moment = parse_stamp(text)
@@ -165,8 +171,8 @@ def pause_note(audit: Sequence[Mapping[str, Any]], now: datetime) -> PauseNote |
         return PauseNote(
             str(pause.get("reason", "")),
             str(pause.get("by") or record["by"]),
-            str(pause.get("at") or record["at"]),
-            pause.get("until"),
+            utc_text(pause.get("at") or record["at"]) or "",
+            utc_text(pause.get("until")),
         )
     return None
 

@@ -98,6 +98,10 @@ def test_the_pause_note_is_the_newest_pause_unless_resumed_or_ended() -> None:
         "db migration", "ops", "2026-12-05T01:00:00Z", None
     )
     assert pause_note([audit("resume"), audit("pause", pause)], NOW) is None
+    later = {**pause, "at": "2026-12-05T01:00:00.5+00:00", "until": "2026-12-05T03:00:00+00:00"}
+    assert pause_note([audit("pause", later)], NOW) == PauseNote(
+        "db migration", "ops", "2026-12-05T01:00:00Z", "2026-12-05T03:00:00Z"
+    )
     ended = {**pause, "until": "2026-12-05T01:20:00Z"}
     assert pause_note([audit("pause", ended)], NOW) is None
     assert pause_note([], NOW) is None
