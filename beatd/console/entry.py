@@ -40,7 +40,8 @@ def entry_page(name: str) -> Any:
         return refusal(failure.status, failure.errors)
     moment = now()
     try:
-        slots = caller.get(NEXT_RUNS, path={"name": name}, query={"count": NEXT_COUNT})["slots"]
+        coming = caller.get(NEXT_RUNS, path={"name": name}, query={"count": NEXT_COUNT})
+        slots = coming["runs"]  # each slot with its DST mark (`slots`: the bare times)
         next_errors: list[dict[str, Any]] = []
     except ApiFailure as failure:  # a schedule this node cannot compute, say
         slots, next_errors = [], failure.errors

@@ -117,3 +117,18 @@ def test_no_page_has_inline_script_or_style(console: Console) -> None:
         page = console.get(path).text
         assert re.search(r"<script(?![^>]*\bsrc=)", page) is None, path
         assert "<style" not in page and "style=" not in page, path
+
+
+def test_next_runs_carry_their_dst_marks(console: Console) -> None:
+    signed_in(console)
+    # 02:30 on 28 March 2027, Berlin: the wall time the clocks skip (02:00 -> 03:00)
+    add_entries(
+        console,
+        {"name": "spring", "task": "t.s", "cron": "30 2 28 3 *", "timezone": "Europe/Berlin"},
+    )
+    text = visible(console.get("/ui/entries/spring").text)
+    assert (
+        "2027-03-28T01:00:00Z in 112 d spring_gap_fixed_time: for 02:30:00, which does not exist "
+        "(clocks go forward, 02:00-03:00): a fixed-time job runs at the jump "
+        "2028-03-28T00:30:00Z in 477 d -"
+    ) in text
