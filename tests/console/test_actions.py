@@ -44,7 +44,8 @@ def test_pause_with_a_reason_and_an_end_then_resume(console: Console) -> None:
     assert "paused nightly until 2030-01-01T00:00:00Z: db migration" in text
     # since: the backend's clock (real), not the console's (the test's)
     assert re.search(
-        r"Paused by ops since 2026-\d\d-\d\dT\d\d:\d\d:\d\dZ, until 2030-01-01T00:00:00Z: db migration",
+        r"Paused by ops since 2026-\d\d-\d\dT\d\d:\d\d:\d\dZ, "
+        "until 2030-01-01T00:00:00Z: db migration",
         text,
     ), text
     control = console.context.backend().load_controls(["nightly"])["nightly"]
