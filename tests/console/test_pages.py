@@ -64,7 +64,7 @@ def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
     signed_in(console)
     page = console.get("/ui/entries?limit=9999")
     assert page.status_code == 422
-    assert "The entry index refused this view: limit:" in visible(page.text)
+    assert "This view of the entries cannot be shown: limit:" in visible(page.text)
 
 
 def test_a_file_entry_page_shows_its_definition_next_runs_history_chart_and_audit(
