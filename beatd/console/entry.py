@@ -70,7 +70,7 @@ def index_row(name: str) -> dict[str, Any] | None:
     index is searched by a part of the name, so the exact name is picked among the first."""
     try:
         found = api().get(ENTRY_INDEX, query={"name": name, "sort": "name", "limit": 500})
-    except (ApiFailure, LookupError):  # TEMPORARY until consoleapi's route is merged
+    except ApiFailure:
         return None  # the page shows the rest: the index may still be being built (503)
     return next((e for e in found["entries"] if e["name"] == name), None)
 

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint
 
 from beatd.console.api_caller import api
-from beatd.console.pages import render
+from beatd.console.pages import Message, render
 from beatd.console.replies import now
 from beatd.console.views import Moment, parse_stamp, seconds_text
 
@@ -36,6 +36,7 @@ def overview_page() -> Any:
     ]
     return render(
         "overview.html",
+        messages=[Message(warning, "error") for warning in data.get("warnings", [])],
         overview=data,
         as_of=Moment.of(data["now"], moment),
         nodes=nodes,
