@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime, timedelta
 
+from beatd.history import RunKind, RunRecord
 from tests.console.conftest import WRITER, Console
-from tests.console.seeds import add_entries, seed_dead_letters, seed_runs
+from tests.console.seeds import add_entries, attempt, seed_dead_letters, seed_runs
 
 
 def visible(page: str) -> str:
@@ -137,3 +139,29 @@ def test_next_runs_carry_their_dst_marks(console: Console) -> None:
         "(clocks go forward, 02:00-03:00): a fixed-time job runs at the jump "
         "2028-03-28T00:30:00Z in 477 d -"
     ) in text
+
+
+def test_the_overview_counts_the_hour_and_shows_leader_queues_and_failing(
+    console: Console,
+) -> None:
+    signed_in(console)
+    store = console.context.backend()
+    lease = store.acquire_lease("node-a", 600)
+    assert lease is not None
+    # a run that failed a few minutes ago by the backend's clock (the hour is the backend's)
+    slot = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    failed = RunRecord(
+        f"nightly@{slot:%Y-%m-%dT%H:%M:%SZ}", "nightly", slot, slot, slot, "node-a", 1,
+        RunKind.SCHEDULED, attempts=(attempt(1, slot, 1.0, "failed"),),
+    )  # fmt: skip
+    store.import_history([failed], [])
+    assert act_trigger(console) == 303  # one run waiting on the default queue
+    text = visible(console.get("/ui/").text)
+    assert f"Node node-a leads, epoch {lease.epoch}." in text
+    assert "Late runs 0 Missed slots 0 Failed runs 1 Dead letters 0" in text
+    assert re.search(r"Queues Queue Waiting runs Oldest waiting default 1 [\d.]+ m?s", text), text
+
+
+def act_trigger(console: Console) -> int:
+    csrf = console.csrf("/ui/entries/nightly")
+    return console.post("/ui/trigger/nightly", {"csrf": csrf}).status_code
