@@ -6,10 +6,12 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from beatd.history import RunKind, RunRecord
 from tests.console.conftest import WRITER, Console
 from tests.console.seeds import add_entries, attempt, seed_dead_letters, seed_runs
+from tests.test_controls_cli import arrange_horizon
 
 
 def visible(page: str) -> str:
@@ -141,11 +143,13 @@ def test_next_runs_carry_their_dst_marks(console: Console) -> None:
     ) in text
 
 
-def test_the_overview_counts_the_hour_and_shows_leader_queues_and_failing(
-    console: Console,
+def test_the_overview_counts_the_hour_and_shows_leader_queues_and_overdue(
+    console: Console, tmp_path: Path
 ) -> None:
     signed_in(console)
     store = console.context.backend()
+    # nightly accounted up to 1 December: its next slots are long overdue
+    arrange_horizon(store, tmp_path / "schedules", datetime(2026, 12, 1, 3, tzinfo=UTC), "nightly")
     lease = store.acquire_lease("node-a", 600)
     assert lease is not None
     # a run that failed a few minutes ago by the backend's clock (the hour is the backend's)
@@ -159,6 +163,7 @@ def test_the_overview_counts_the_hour_and_shows_leader_queues_and_failing(
     text = visible(console.get("/ui/").text)
     assert f"Node node-a leads, epoch {lease.epoch}." in text
     assert "Late runs 0 Missed slots 0 Failed runs 1 Dead letters 0" in text
+    assert "Overdue (1) nightly Failing (0) None." in text
     assert re.search(r"Queues Queue Waiting runs Oldest waiting default 1 [\d.]+ m?s", text), text
 
 
