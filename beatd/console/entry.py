@@ -12,7 +12,7 @@ from flask import Blueprint
 from beatd.console.api_caller import ApiFailure, api
 from beatd.console.chart import run_chart
 from beatd.console.pages import render
-from beatd.console.replies import now, refusal
+from beatd.console.replies import now, shows_refusals
 from beatd.console.views import (
     Moment,
     chart_runs,
@@ -29,15 +29,12 @@ AUDIT_LIMIT = 50
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/entries/<path:name>", "entry", entry_page, methods=["GET"])
+    ui.add_url_rule("/entries/<path:name>", "entry", shows_refusals(entry_page), methods=["GET"])
 
 
 def entry_page(name: str) -> Any:
     caller = api()
-    try:
-        entry = caller.get(GET_ENTRY, path={"name": name})
-    except ApiFailure as failure:
-        return refusal(failure.status, failure.errors)
+    entry = caller.get(GET_ENTRY, path={"name": name})  # 404: the API's words (shows_refusals)
     moment = now()
     try:
         coming = caller.get(NEXT_RUNS, path={"name": name}, query={"count": NEXT_COUNT})

@@ -10,14 +10,14 @@ from flask import Blueprint
 
 from beatd.console.api_caller import api
 from beatd.console.pages import Message, render
-from beatd.console.replies import now
+from beatd.console.replies import now, shows_refusals
 from beatd.console.views import Moment, parse_stamp, seconds_text
 
 OVERVIEW = "overview"  # the API's operationId
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/", "overview", overview_page, methods=["GET"])
+    ui.add_url_rule("/", "overview", shows_refusals(overview_page), methods=["GET"])
 
 
 def overview_page() -> Any:
