@@ -215,3 +215,12 @@ def test_the_edit_form_saves_its_own_text_unchanged(console: Console) -> None:
     stored = console.context.backend().get_entry("r")
     assert stored is not None and stored.version == 2
     assert (stored.definition["cron"], stored.definition["queue"]) == ("0 3 * * *", "reports")
+
+
+def test_a_paused_entry_is_listed_on_the_overview(console: Console) -> None:
+    console.sign_in(WRITER)
+    assert "Paused (0) None." in visible(console.get("/ui/").text)
+    form = {"reason": "db migration"}
+    assert act(console, "/ui/pause/nightly", form, "/ui/entries/nightly").status_code == 303
+    console.context.index().refresh()  # the index reads pauses in bulk, every few seconds
+    assert "Paused (1) nightly" in visible(console.get("/ui/").text)

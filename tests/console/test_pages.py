@@ -37,7 +37,7 @@ def test_the_overview_shows_the_leader_the_last_hour_and_the_dead_letters(
     text = visible(page.text)
     assert "No node holds the lease: nothing is being published." in text
     assert "Late runs 0 Missed slots 0 Failed runs 0 Dead letters 2" in text
-    assert "Overdue (0) None." in text
+    assert "Overdue (0) None. Failing (0) None. Paused (0) None." in text
     assert "No node has reported." in text
 
 
