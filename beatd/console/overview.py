@@ -50,7 +50,7 @@ def overview_page() -> Any:
 def paused_entries() -> dict[str, Any] | None:
     """The first paused entries by name and how many are paused, from the entry index; None
     while it is being built (its 503)."""
-    query = {"paused": "true", "sort": "name", "limit": PAUSED_SHOWN}
+    query: dict[str, str | int] = {"paused": "true", "sort": "name", "limit": PAUSED_SHOWN}
     try:
         found = api().get(ENTRY_INDEX, query=query)
     except ApiFailure:
