@@ -17,10 +17,12 @@ FILTERS = ("name", "task", "queue", "source", "status", "paused")
 SORTS = {"name": "name", "next_due": "next due", "last_status": "last status"}
 SOURCES = {"": "any", "api": "API (runtime)", "file": "file"}
 PAUSED = {"": "either", "true": "paused", "false": "not paused"}
-STATUSES = ("", "succeeded", "failed", "retried", "dead_lettered", "expired", "crashed", "lost",
-            "running", "queued", "overdue", "unknown")  # fmt: skip
+STATUSES = {"": "any", **{s: s for s in (
+    "succeeded", "failed", "retried", "dead_lettered", "expired", "crashed", "lost", "running",
+    "queued", "overdue", "unknown",
+)}}  # fmt: skip
 DEFAULT_LIMIT = 50
-LIMITS = (20, 50, 100, 200, 500)
+LIMITS = {str(n): str(n) for n in (20, 50, 100, 200, 500)}
 
 
 def add_pages(ui: Blueprint) -> None:

@@ -64,9 +64,15 @@ def test_the_entries_page_filters_sorts_and_pages(console: Console) -> None:
     assert "Entries 101–122 of 122." in text
     assert "nightly file reports.nightly" in text
     assert "other API app.other reports" in text
-    one = visible(console.get("/ui/entries?name=other&queue=reports").text)
+    filtered = console.get("/ui/entries?name=other&queue=reports&sort=next_due&limit=20").text
+    one = visible(filtered)
     assert "Entries 1–1 of 1." in one
     assert "job-000" not in one
+    # the form shows the view it asked for
+    assert 'name="name" type="search" value="other"' in filtered
+    assert 'name="queue" type="text" value="reports"' in filtered
+    assert '<option value="next_due" selected>next due</option>' in filtered
+    assert '<option value="20" selected>20</option>' in filtered
 
 
 def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
