@@ -224,3 +224,13 @@ def test_a_paused_entry_is_listed_on_the_overview(console: Console) -> None:
     assert act(console, "/ui/pause/nightly", form, "/ui/entries/nightly").status_code == 303
     console.context.index().refresh()  # the index reads pauses in bulk, every few seconds
     assert "Paused (1) nightly" in visible(console.get("/ui/").text)
+
+
+def test_public_read_shows_pages_but_actions_need_a_session(public_console: Console) -> None:
+    page = public_console.get("/ui/entries/nightly")
+    assert page.status_code == 200
+    assert "Entry nightly" in visible(page.text)
+    refused = public_console.post("/ui/trigger/nightly", {"csrf": ""})
+    assert refused.status_code == 403
+    assert "actions need you signed in with a write token: sign in first" in visible(refused.text)
+    assert audit(public_console) == []
