@@ -29,9 +29,9 @@ def module_constants(tree: ast.Module) -> dict[str, str]:
             if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
                 pairs = list(zip(target.elts, node.value.elts, strict=False))
             for name, value in pairs:
-                if isinstance(name, ast.Name) and isinstance(value, ast.Constant):
-                    if isinstance(value.value, str):
-                        found[name.id] = value.value
+                constant = isinstance(value, ast.Constant) and isinstance(value.value, str)
+                if isinstance(name, ast.Name) and constant:
+                    found[name.id] = value.value
     return found
 
 
