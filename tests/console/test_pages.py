@@ -8,6 +8,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from beatd.console import entry
+from beatd.controls import AuditRecord, new_audit_id
 from beatd.history import RunKind, RunRecord
 from tests.console.conftest import WRITER, Console
 from tests.console.seeds import add_entries, attempt, seed_dead_letters, seed_runs
@@ -176,3 +180,21 @@ def test_the_overview_counts_the_hour_and_shows_leader_queues_and_overdue(
 def act_trigger(console: Console) -> int:
     csrf = console.csrf("/ui/entries/nightly")
     return console.post("/ui/trigger/nightly", {"csrf": csrf}).status_code
+
+
+def test_a_pause_older_than_the_audit_shown_is_still_said(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in(console)
+    monkeypatch.setattr(entry, "AUDIT_LIMIT", 2)
+    store = console.context.backend()
+    store.pause(["nightly"], "db migration", None, "ops")
+    later = datetime.now(UTC) + timedelta(minutes=1)  # the pause is at the backend's (real) now
+    for _ in range(2):  # newer actions push the pause out of the page's audit log
+        store.record_audit(AuditRecord(new_audit_id(), later, "trigger", "nightly", "ops", {}))
+    console.context.index().refresh()
+    text = visible(console.get("/ui/entries/nightly").text)
+    assert (
+        "Paused (the pause is older than the 2 actions shown below: beatd audit nightly has it)."
+    ) in text
+    assert "Resume" in text
