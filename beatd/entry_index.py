@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -158,7 +158,7 @@ class EntryIndex:
         self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
         self._fresh: set[str] = set()  # names added since the orders were computed
         self._generation = 0  # moves at every change of the rows held (the cache's key)
-        self._cache: dict[str, tuple[int, list[IndexRow]]] = {}
+        self._cache: dict[str, tuple[int, Ordered]] = {}
         self._config_seen: Config | None = None
         self._store: Backend | None = None
         self._view: RuntimeView | None = None
@@ -241,7 +241,7 @@ class EntryIndex:
         controls = store.load_controls(None)
         now = self.clock.now()
         with self._lock:
-            rows = self._ordered("name")
+            rows = self._ordered("name").rows
         moved = False
         for row in rows:
             before = (row.due_ts, row.last_status, row.paused)
@@ -333,18 +333,43 @@ class EntryIndex:
                 "start); try again in a few seconds"
             )
         with self._lock:
-            rows = self._ordered(query.sort)  # a list nobody changes: filtered without the lock
-        found = filtered(rows, query)
+            ordered = self._ordered(query.sort)  # nobody changes it: filtered without the lock
+        found = filtered(ordered, query)
         return IndexPage(len(found), found[query.offset : query.offset + query.limit])
+
+    def overdue(self, now: datetime) -> list[IndexRow]:
+        """The rows overdue at `now` (IndexRow.overdue), by next due: only the rows whose next
+        due has passed are looked at."""
+        with self._lock:
+            ordered = self._ordered("next_due")
+        limit, found = now.timestamp(), []
+        for row in ordered.rows:
+            if row.due_ts > limit:
+                break
+            if row.overdue(now):
+                found.append(row)
+        return found
+
+    def failing(self) -> list[IndexRow]:
+        """The rows failing (IndexRow.failing), by name: only the rows whose last run ended
+        failed or dead-lettered are looked at."""
+        with self._lock:
+            ordered = self._ordered("name")
+        ended = [
+            row
+            for status in sorted(FAILED_FINALLY)
+            for row in ordered.having("last_status", status)
+        ]
+        return sorted((row for row in ended if row.failing), key=lambda row: row.name)
 
     def rows(self) -> list[IndexRow]:
         """Every row, by name."""
         with self._lock:
-            return self._ordered("name")
+            return self._ordered("name").rows
 
-    def _ordered(self, sort: str) -> list[IndexRow]:
+    def _ordered(self, sort: str) -> Ordered:
         """Every row in the order `sort` names (call with the lock held): computed once per
-        change of the rows, then shared (never changed: a change makes a new list)."""
+        change of the rows, then shared (never changed: a change makes a new one)."""
         cached = self._cache.get(sort)
         if cached is not None and cached[0] == self._generation:
             return cached[1]
@@ -356,25 +381,87 @@ class EntryIndex:
             known = (r for r in self._orders[sort] if rows.get(r.name) is r)
             fresh = sorted((rows[n] for n in sorted(self._fresh) if n in rows), key=key)
             ordered = list(_merged(known, fresh, key)) if fresh else list(known)
-        self._cache[sort] = (self._generation, ordered)
-        return ordered
+        self._cache[sort] = (self._generation, Ordered(ordered))
+        return self._cache[sort][1]
 
 
-def filtered(rows: list[IndexRow], query: IndexQuery) -> list[IndexRow]:
-    """The rows that match `query`'s filters, in their order: one pass per filter given, the
-    exact ones first (usually the narrower), the name's substring last."""
-    if query.task is not None:
-        rows = [r for r in rows if r.task == query.task]
-    if query.queue is not None:
-        rows = [r for r in rows if r.queue == query.queue]
-    if query.status is not None:
-        rows = [r for r in rows if r.last_status == query.status]
-    if query.source is not None:
-        rows = [r for r in rows if r.source == query.source]
-    if query.paused is not None:
-        rows = [r for r in rows if r.paused is query.paused]
-    if query.name:
-        rows = [r for r in rows if query.name in r.name]
+class Ordered:
+    """Rows in one order, and (made at the first search) their names as one text, one a line,
+    so that a name's substring is found by the text's own search rather than row by row."""
+
+    def __init__(self, rows: list[IndexRow]) -> None:
+        self.rows = rows
+        self._text: tuple[str, list[int]] | None = None
+        self._groups: dict[str, dict[Any, list[IndexRow]]] = {}
+
+    def having(self, field: str, value: object) -> list[IndexRow]:
+        """The rows whose `field` is `value`, in order (the rows grouped by that field at the
+        first ask: later asks are one look-up)."""
+        groups = self._groups.get(field)
+        if groups is None:  # two threads may both make it: the same value
+            groups = {}
+            for row in self.rows:
+                groups.setdefault(getattr(row, field), []).append(row)
+            self._groups[field] = groups
+        return groups.get(value, [])
+
+    def text(self) -> tuple[str, list[int]]:
+        """The names joined by newlines, and where each starts."""
+        if self._text is None:  # two threads may both make it: the same value
+            starts, at = [], 0
+            for row in self.rows:
+                starts.append(at)
+                at += len(row.name) + 1
+            self._text = ("\n".join(row.name for row in self.rows), starts)
+        return self._text
+
+    def containing(self, part: str) -> list[IndexRow] | None:
+        """The rows whose name contains `part`, in order; None when a row-by-row pass is as
+        cheap (`part` matches an eighth of the rows or more, or holds a newline)."""
+        if "\n" in part:
+            return None
+        text, starts = self.text()
+        if text.count(part) * 8 >= len(self.rows):
+            return None
+        found: list[IndexRow] = []
+        at = text.find(part)
+        while at >= 0:
+            index = bisect_right(starts, at) - 1
+            found.append(self.rows[index])
+            after = starts[index + 1] if index + 1 < len(starts) else len(text)
+            at = text.find(part, after)
+        return found
+
+
+def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
+    """The rows that match `query`'s filters, in their order: a name's substring first when
+    few rows hold it, else the rows of the narrowest exact filter (a look-up), then one pass
+    per filter left."""
+    exact = [
+        (field, value)
+        for field, value in (
+            ("task", query.task),
+            ("queue", query.queue),
+            ("last_status", query.status),
+            ("source", query.source),
+            ("paused", query.paused),
+        )
+        if value is not None
+    ]
+    part = query.name
+    narrowed = ordered.containing(part) if part else None
+    if narrowed is not None:
+        rows, part = narrowed, ""
+    elif exact:
+        groups = [(ordered.having(field, value), field) for field, value in exact]
+        rows, first = min(groups, key=lambda group: len(group[0]))
+        exact = [(field, value) for field, value in exact if field != first]
+    else:
+        rows = ordered.rows
+    for field, value in exact:
+        rows = [r for r in rows if getattr(r, field) == value]
+    if part:
+        rows = [r for r in rows if part in r.name]
     return rows
 
 
@@ -390,10 +477,13 @@ def _merged(
 def _refreshed(
     row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
 ) -> None:
-    """Take the row's persisted horizon (its next due recomputed when it moved) and summary."""
+    """Take the row's persisted horizon (its next due recomputed when it moved; without one,
+    when it has passed: a leader starts such an entry from now, as `beatd status` says) and its
+    summary."""
     adopted = state is not None and state.identity == row.entry.identity
     horizon = state.last_slot if state is not None and adopted else None
-    if not row.computed or horizon != row.horizon:
+    passed = horizon is None and row.next_due is not None and row.next_due <= now
+    if not row.computed or horizon != row.horizon or passed:
         _next_due(row, horizon, now)
     row.last_status = summary.last_status if summary is not None else None
     duration = summary.last_duration if summary is not None else None

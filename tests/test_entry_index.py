@@ -144,6 +144,28 @@ def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) ->
         index.close()
 
 
+def test_a_name_part_few_names_hold_is_found_in_order_once_per_name(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(30):
+        add(store, f"r{n:02}-r{n:02}")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, name="r07") == ["r07-r07"]  # twice in the name, listed once
+        assert names(index, name="7-r") == ["r07-r07", "r17-r17", "r27-r27"]
+        assert names(index, name="k") == ["tick"]  # the last name
+        assert names(index, name="nig") == ["nightly"]
+        assert names(index, name="r1", sort="next_due", limit=3) == [
+            "r10-r10",
+            "r11-r11",
+            "r12-r12",
+        ]
+        assert index.page(IndexQuery(name="-")).total == 30  # most names: row by row
+        assert index.page(IndexQuery(name="\n")).total == 0
+    finally:
+        index.close()
+
+
 def test_the_change_feed_adds_replaces_and_removes_rows_before_a_refresh(
     broker: str, store: Backend, config: Config
 ) -> None:
@@ -197,12 +219,29 @@ def test_an_entry_past_its_grace_is_overdue_unless_paused(
     clock = FakeClock(T0)
     index = built(broker, config, clock)
     try:
-        clock.advance(3600)
+        horizon = datetime(2026, 12, 6, 0, 0, tzinfo=UTC)
+        commit_horizon(store, config, "tick", horizon)
+        index.refresh()
         (nightly, tick) = index.rows()
-        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (True, True)
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, True)
         store.pause(["tick"], "maintenance", None, "ops")
         index.refresh()
         assert not index.rows()[1].overdue(clock.now())
+    finally:
+        index.close()
+
+
+def test_without_a_horizon_the_next_due_follows_now_as_a_leader_would_start_it(
+    broker: str, config: Config
+) -> None:
+    clock = FakeClock(T0)
+    index = built(broker, config, clock)
+    try:
+        clock.advance(3600)
+        index.refresh()
+        (nightly, tick) = index.rows()
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, False)
+        assert tick.as_json()["next_due"] == "2026-12-06T02:00:10Z"
     finally:
         index.close()
 
