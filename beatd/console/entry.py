@@ -19,6 +19,7 @@ from beatd.console.views import (
     history_rows,
     next_run_rows,
     pause_note,
+    seconds_text,
 )
 
 GET_ENTRY, NEXT_RUNS, HISTORY, AUDIT = "get_entry", "next_runs", "history", "audit"
@@ -53,6 +54,7 @@ def entry_page(name: str) -> Any:
         definition=definition_text(entry["definition"]),
         row=row,
         next_due=Moment.of(row["next_due"], moment) if row else None,
+        last_duration=seconds_text(row.get("last_duration_s")) if row else "-",
         next_runs=next_run_rows(slots, moment),
         next_errors=next_errors,
         history=history_rows(history),
