@@ -273,3 +273,21 @@ def commit_horizon(store: Backend, config: Config, name: str, horizon: datetime)
     )  # fmt: skip
     assert store.commit(lease, [StateWrite(state, None)], [run]) == set()
     store.release_lease(lease)
+
+
+@pytest.mark.parametrize(("failures", "failing"), [(1, False), (2, True)], ids=["one", "two"])
+def test_an_entry_is_failing_after_its_alert_after_failures(
+    broker: str, store: Backend, config: Config, failures: int, failing: bool
+) -> None:
+    store.put_entry(
+        resolve_entry("sync", {"task": "t.s", "every": "1h", "alert_after_failures": 2}, now=T0),
+        "test",
+    )
+    ended = T0 - timedelta(minutes=1)
+    summary = EntrySummary("sync", "failed", ended, None, None, ended, failures)
+    store.import_history([], summaries=[summary])
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert [row.name for row in index.failing()] == (["sync"] if failing else [])
+    finally:
+        index.close()
