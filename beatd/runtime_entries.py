@@ -101,6 +101,21 @@ class VersionMismatch(BackendError):
         self.name, self.expected, self.actual = name, expected, actual
 
 
+class PartlyWritten(BackendError):
+    """A batch written in steps (Redis: `put_entries` of more than one script's worth) was
+    refused at a later step, after every entry had been checked: a name was taken, or an entry
+    changed, between the check and its step. The earlier steps' entries stay written."""
+
+    def __init__(self, cause: BackendError, written: Sequence[str], total: int) -> None:
+        rest = total - len(written)
+        where = f" ({written[0]} to {written[-1]})" if written else ""
+        super().__init__(
+            f"{cause}; {len(written)} of the batch's {total} entries were written before it"
+            f"{where}, the other {rest} were not: add those again"
+        )
+        self.cause, self.written, self.total = cause, list(written), total
+
+
 class UnknownEntry(BackendError):
     """No runtime entry has the name."""
 
