@@ -284,6 +284,14 @@ def backfill_detail(detail: Mapping[str, Any], runs: int, published: int) -> dic
     return {**detail, "published": published, "already_there": runs - published}
 
 
+ENTRY_CHANGE_PREFIX = "entry."  # the audit actions of runtime entries' changes (issue 18)
+
+
+def is_entry_change(action: str) -> bool:
+    """Whether an audit record's action is a runtime entry's change (`entry.add`, ...)."""
+    return action.startswith(ENTRY_CHANGE_PREFIX)
+
+
 _ID_LOCK = threading.Lock()
 _last_id_us = 0
 

@@ -101,10 +101,12 @@ class Steering:
         of a leadership only finds where to start); when the resumes among them were, per
         entry, so that a pause lifted ends then, not when the leader reads it."""
         lifts: dict[str, list[datetime]] = {}
+        # without the runtime entries' changes: an import writes them by the 100,000
         if not self._audit_started:
-            records = self.controls.audit(limit=1)
+            records = self.controls.audit(limit=1, controls_only=True)
         else:
-            records = self.controls.audit(since=self._audit_since, limit=AUDIT_READ_LIMIT)
+            since = self._audit_since
+            records = self.controls.audit(since=since, limit=AUDIT_READ_LIMIT, controls_only=True)
         new = [r for r in records if r.id not in self._audit_seen]
         for record in new:
             if record.action == "resume" and record.entry is not None:

@@ -615,3 +615,30 @@ def test_a_pause_lifted_while_no_leader_ran_covers_its_slots_on_sqlite(
     run_for(second, 60)  # 12:04:40 to 12:05:40
     assert published(backend, "tick") == ["12:01", "12:05"]
     assert missed(backend, "tick") == [MissedSlots("tick", "paused", T0 + 2 * M, T0 + 4 * M, 3)]
+
+
+def test_a_bulk_import_between_two_reads_hides_no_trigger_and_floods_no_warning(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: the leader reads the audit log for triggers and backfills; an import's entry
+    changes (an audit record each) must not fill that read, which is bounded: the trigger
+    before them was left uncounted, and "audit log read limit reached" logged every read."""
+    from beatd.runtime_entries import resolve_entry
+    from beatd.steering import AUDIT_READ_LIMIT
+    from tests.backends.controls_contract import trigger
+
+    beat = scheduler(backend, clock, every_minute())
+    beat.steering.interval = 3600.0
+    run_for(beat, 5)  # leader; its first read found where to start
+    backend.trigger(trigger("tick"))
+    clock.advance(1)
+    fields = {"task": "t.task", "every": "1h"}
+    imported = [
+        resolve_entry(f"rt-{i:04d}", fields, now=clock.now()) for i in range(AUDIT_READ_LIMIT + 100)
+    ]
+    backend.put_entries(imported, "ann@ops", create_only=True)
+    beat.steering.read_soon()
+    with caplog.at_level(logging.WARNING, logger="beatd"):
+        run_for(beat, 1)
+    assert beat.steering.triggered["tick"] == 1
+    assert [r.getMessage() for r in caplog.records if "audit" in r.getMessage()] == []

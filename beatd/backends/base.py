@@ -671,9 +671,16 @@ class Controls(Reachable, Protocol):
         """Store an audit record of an action taken elsewhere (a dead-letter requeue)."""
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
-        """Audit records (of `entry`, at or after `since`), newest first (a read)."""
+        """Audit records (of `entry`, at or after `since`), newest first (a read).
+        `controls_only`: without the runtime entries' changes (actions `entry.*`, an import
+        writes them by the 100,000), read at a cost in proportion to the others."""
 
     def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
         """Delete at most `limit` audit records older than `max_age`, and idempotency keys and

@@ -6,8 +6,9 @@ the steps small."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -175,3 +176,16 @@ def test_a_batch_cut_off_between_steps_is_completed_by_its_repeat_writing_each_e
         (name, cursor + i) for i, name in enumerate("abcde", start=1)
     ]
     assert len(backend.entry_changes(cursor).changes) == 5
+
+
+def test_the_index_of_the_controls_records_is_trimmed_with_the_log(
+    make: Callable[..., RedisBackend], admin: redis.Redis
+) -> None:
+    backend = make()
+    backend.pause(["a"], "r", None, BY)
+    backend.put_entries(batch("a", "b"), BY)
+    assert admin.zcard("beatd:ctl:audit-ctl") == 1
+    time.sleep(0.01)
+    assert backend.trim_audit(timedelta(microseconds=1)) == 3
+    assert admin.zcard("beatd:ctl:audit-ctl") == 0
+    assert backend.audit(controls_only=True) == []
