@@ -405,8 +405,8 @@ def _fill_defaults(definition: dict[str, Any], entry: Entry, protocol: str | Non
             if value is not _ABSENT:
                 definition[name] = value
         else:
-            assert field.default is not REQUIRED
-            definition[name] = _json(field.default)
+            value = _DEFAULTS[name]  # a fresh container each: definitions share no value
+            definition[name] = type(value)(value) if isinstance(value, list | dict) else value
 
 
 def _seconds(value: timedelta) -> int | float:
@@ -429,3 +429,13 @@ def _json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json(v) for v in value]
     return value
+
+
+# The field table's defaults as JSON, converted once (a bulk import fills them by the 100,000);
+# the fields derived from the built entry (`_fill_defaults`) and the required ones have none.
+_DERIVED = ("anchor", "timezone", "protocol", "jitter", "misfire_grace")
+_DEFAULTS = {
+    f.name: _json(f.default)
+    for f in _FILLED
+    if f.name not in _DERIVED and f.default is not REQUIRED
+}
