@@ -264,7 +264,7 @@ def _redis_cpu(url: str) -> float | None:
     """Redis's CPU seconds so far (`INFO cpu`: user and system), None for another backend."""
     if not url.startswith("redis"):
         return None
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=120)
     try:
         info = client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -275,7 +275,7 @@ def _redis_cpu(url: str) -> float | None:
 def _used_memory(url: str) -> int:
     if not url.startswith("redis"):
         return 0
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=120)
     try:
         return int(client.info("memory")["used_memory"])
     finally:
