@@ -642,3 +642,43 @@ def test_a_bulk_import_between_two_reads_hides_no_trigger_and_floods_no_warning(
         run_for(beat, 1)
     assert beat.steering.triggered["tick"] == 1
     assert [r.getMessage() for r in caplog.records if "audit" in r.getMessage()] == []
+
+
+class AuditReads(MemoryBackend):
+    """Remembers the `since` of each read of the controls' audit records."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.since: list[datetime | None] = []
+
+    def audit(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("controls_only") and kwargs.get("limit") != 1:
+            self.since.append(kwargs.get("since"))
+        return super().audit(*args, **kwargs)
+
+
+def test_the_leaders_reads_of_the_audit_log_start_at_most_a_minute_back(
+    clock: FakeClock,
+) -> None:
+    """Without a controls record to start from (or with an old one) a read from the start of
+    the log would go through every entry change ever written (SQLite and PostgreSQL filter
+    them as they read): the reads start at most AUDIT_LAG before now."""
+    from beatd.steering import AUDIT_LAG
+    from tests.backends.controls_contract import trigger
+
+    discard(NAME)
+    backend = AuditReads(NAME, wall_clock=lambda: clock.now().timestamp())
+    try:
+        beat = scheduler(backend, clock, every_minute())
+        backend.pause(["gone"], "old", None, "ann@ops")  # a record, then a long quiet
+        run_for(beat, 600)
+        assert backend.since and None not in backend.since
+        assert clock.now() - backend.since[-1] <= AUDIT_LAG + timedelta(seconds=10)
+        assert backend.trigger(trigger("tick")).status == TriggerStatus.PUBLISHED
+        beat.steering.read_soon()
+        run_for(beat, 1)
+        assert beat.steering.triggered["tick"] == 1
+        run_for(beat, 120)
+        assert beat.steering.triggered["tick"] == 1  # counted once, though read again
+    finally:
+        discard(NAME)
