@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -282,8 +284,28 @@ def backfill_detail(detail: Mapping[str, Any], runs: int, published: int) -> dic
     return {**detail, "published": published, "already_there": runs - published}
 
 
+ENTRY_CHANGE_PREFIX = "entry."  # the audit actions of runtime entries' changes (issue 18)
+
+
+def is_entry_change(action: str) -> bool:
+    """Whether an audit record's action is a runtime entry's change (`entry.add`, ...)."""
+    return action.startswith(ENTRY_CHANGE_PREFIX)
+
+
+_ID_LOCK = threading.Lock()
+_last_id_us = 0
+
+
 def new_audit_id() -> str:
-    return secrets.token_hex(12)
+    """A new audit record's id: 14 hex digits of the host's clock in µs (one more than the
+    last id's when the clock has not moved on), then 10 random ones. Ids made later on one host
+    sort later, so a bulk write appends to the audit table's key (SQLite, PostgreSQL) instead
+    of touching a random page per record (issue 18: an import slowed as the table grew)."""
+    global _last_id_us
+    with _ID_LOCK:
+        _last_id_us = max(time.time_ns() // 1000, _last_id_us + 1)
+        us = _last_id_us
+    return f"{us:014x}{secrets.token_hex(5)}"
 
 
 class TriggerKey(NamedTuple):

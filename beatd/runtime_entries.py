@@ -102,6 +102,21 @@ class VersionMismatch(BackendError):
         self.name, self.expected, self.actual = name, expected, actual
 
 
+class PartlyWritten(BackendError):
+    """A batch written in steps (Redis: `put_entries` of more than one script's worth) was
+    refused at a later step, after every entry had been checked: a name was taken, or an entry
+    changed, between the check and its step. The earlier steps' entries stay written."""
+
+    def __init__(self, cause: BackendError, written: Sequence[str], total: int) -> None:
+        rest = total - len(written)
+        where = f" ({written[0]} to {written[-1]})" if written else ""
+        super().__init__(
+            f"{cause}; {len(written)} of the batch's {total} entries were written before it"
+            f"{where}, the other {rest} were not: add those again"
+        )
+        self.cause, self.written, self.total = cause, list(written), total
+
+
 class UnknownEntry(BackendError):
     """No runtime entry has the name."""
 
@@ -421,8 +436,8 @@ def _fill_defaults(definition: dict[str, Any], entry: Entry, protocol: str | Non
             if value is not _ABSENT:
                 definition[name] = value
         else:
-            assert field.default is not REQUIRED
-            definition[name] = _json(field.default)
+            value = _DEFAULTS[name]  # a fresh container each: definitions share no value
+            definition[name] = type(value)(value) if isinstance(value, list | dict) else value
 
 
 def _seconds(value: timedelta) -> int | float:
@@ -445,3 +460,13 @@ def _json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json(v) for v in value]
     return value
+
+
+# The field table's defaults as JSON, converted once (a bulk import fills them by the 100,000);
+# the fields derived from the built entry (`_fill_defaults`) and the required ones have none.
+_DERIVED = ("anchor", "timezone", "protocol", "jitter", "misfire_grace")
+_DEFAULTS = {
+    f.name: _json(f.default)
+    for f in _FILLED
+    if f.name not in _DERIVED and f.default is not REQUIRED
+}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from beatd.backends.base import Controls, RunHistory
@@ -46,6 +46,11 @@ log = logging.getLogger("beatd.scheduler")
 
 REFRESH_INTERVAL = 5.0  # seconds between two reads of every entry's control
 AUDIT_READ_LIMIT = 500  # audit records read per refresh, at most
+# How far back a read of the audit log starts at most: a record is visible within this of its
+# time (taken when its write starts), by a clock within this of the leader's. Without it a read
+# after a quiet spell would start at the last record, and SQLite and PostgreSQL go through every
+# runtime entry's change since (issue 18: an import writes them by the 100,000).
+AUDIT_LAG = timedelta(minutes=1)
 
 
 class Steering:
@@ -101,10 +106,12 @@ class Steering:
         of a leadership only finds where to start); when the resumes among them were, per
         entry, so that a pause lifted ends then, not when the leader reads it."""
         lifts: dict[str, list[datetime]] = {}
+        # without the runtime entries' changes: an import writes them by the 100,000
         if not self._audit_started:
-            records = self.controls.audit(limit=1)
+            records = self.controls.audit(limit=1, controls_only=True)
         else:
-            records = self.controls.audit(since=self._audit_since, limit=AUDIT_READ_LIMIT)
+            since = self._audit_since
+            records = self.controls.audit(since=since, limit=AUDIT_READ_LIMIT, controls_only=True)
         new = [r for r in records if r.id not in self._audit_seen]
         for record in new:
             if record.action == "resume" and record.entry is not None:
@@ -131,6 +138,11 @@ class Steering:
             if self._audit_since is None or newest > self._audit_since:
                 self._audit_since, self._audit_seen = newest, set()
             self._audit_seen |= {r.id for r in new if r.at == newest}
+        floor = self.clock.now() - AUDIT_LAG
+        if self._audit_since is None or self._audit_since < floor:
+            # the records from `floor` on were all read now: the next read skips them
+            self._audit_since = floor
+            self._audit_seen = {r.id for r in records if r.at >= floor}
         return lifts
 
     def pause_failing(

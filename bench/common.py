@@ -165,7 +165,8 @@ def reset_backend(url: str) -> None:
     else:
         import redis
 
-        redis.Redis.from_url(url).flushdb()
+        # a flush of 300,000 entries can take longer than redis-py's 5 s on a loaded host
+        redis.Redis.from_url(url, socket_timeout=120).flushdb()
 
 
 # --- reading what reached the queue --------------------------------------------------------------

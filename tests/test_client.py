@@ -148,3 +148,41 @@ def test_a_name_with_a_slash_works_every_way(client: Client) -> None:
     assert client.resume("tenants/acme") == "tenants/acme was not paused"
     assert len(client.next_runs("tenants/acme", 1)) == 1
     assert client.remove("tenants/acme")["name"] == "tenants/acme"
+
+
+def test_a_batch_over_http_goes_in_requests_each_all_or_none_and_a_refusal_says_what_was_kept(
+    broker: str, tmp_path: Path
+) -> None:
+    """Over HTTP a batch bigger than one request (the API's 1 MiB) is sent in several, some at
+    once; the refusal of one points into the whole batch and says what the others wrote."""
+    from beatd.client.remote import RemoteTransport
+
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text("entries: {}\n")
+    api = start(tmp_path, broker, folder)
+    try:
+        with Client(api.base, token=WRITER.token) as remote:
+            transport = remote._transport
+            assert isinstance(transport, RemoteTransport)
+            transport.request_entries = 3
+            many = remote.add_many({f"t{i}": {"task": "x.y", "every": "1h"} for i in range(7)})
+            assert [e["name"] for e in many] == [f"t{i}" for i in range(7)]
+            assert many[6]["definition"]["every"] == "1h"
+            batch = {f"u{i}": {"task": "x.y", "every": "1h"} for i in range(7)}
+            batch["u4"] = {"task": "x.y"}  # the second request's
+            with pytest.raises(InvalidRequest) as refused:
+                remote.add_many(batch)
+            names = [e["name"] for e in remote.list(source="api")]
+    finally:
+        api.server.stop()
+    assert names == [*(f"t{i}" for i in range(7)), "u0", "u1", "u2", "u6"]
+    first, kept = refused.value.errors
+    assert (first["entry"], first["pointer"]) == ("u4", "/entries/4")
+    assert kept == {
+        "entry": None,
+        "field": None,
+        "pointer": None,
+        "message": "4 of the batch's 7 entries were written by its other requests (first u0, "
+        "last u6), the other 3 were not: add those again",
+    }

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from beatd.backends.base import Delivery
-from beatd.backends.memory import MemoryBackend
+from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
@@ -607,3 +607,70 @@ def test_a_pause_lifted_while_no_leader_ran_covers_its_slots_on_sqlite(
     run_for(second, 60)  # 12:04:40 to 12:05:40
     assert published(backend, "tick") == ["12:01", "12:05"]
     assert missed(backend, "tick") == [MissedSlots("tick", "paused", T0 + 2 * M, T0 + 4 * M, 3)]
+
+
+def test_a_bulk_import_between_two_reads_hides_no_trigger_and_floods_no_warning(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: the leader reads the audit log for triggers and backfills; an import's entry
+    changes (an audit record each) must not fill that read, which is bounded: the trigger
+    before them was left uncounted, and "audit log read limit reached" logged every read."""
+    from beatd.runtime_entries import resolve_entry
+    from beatd.steering import AUDIT_READ_LIMIT
+    from tests.backends.controls_contract import trigger
+
+    beat = scheduler(backend, clock, every_minute())
+    beat.steering.interval = 3600.0
+    run_for(beat, 5)  # leader; its first read found where to start
+    backend.trigger(trigger("tick"))
+    clock.advance(1)
+    fields = {"task": "t.task", "every": "1h"}
+    imported = [
+        resolve_entry(f"rt-{i:04d}", fields, now=clock.now()) for i in range(AUDIT_READ_LIMIT + 100)
+    ]
+    backend.put_entries(imported, "ann@ops", create_only=True)
+    beat.steering.read_soon()
+    with caplog.at_level(logging.WARNING, logger="beatd"):
+        run_for(beat, 1)
+    assert beat.steering.triggered["tick"] == 1
+    assert [r.getMessage() for r in caplog.records if "audit" in r.getMessage()] == []
+
+
+class AuditReads(MemoryBackend):
+    """Remembers the `since` of each read of the controls' audit records."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.since: list[datetime | None] = []
+
+    def audit(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("controls_only") and kwargs.get("limit") != 1:
+            self.since.append(kwargs.get("since"))
+        return super().audit(*args, **kwargs)
+
+
+def test_the_leaders_reads_of_the_audit_log_start_at_most_a_minute_back(
+    clock: FakeClock,
+) -> None:
+    """Without a controls record to start from (or with an old one) a read from the start of
+    the log would go through every entry change ever written (SQLite and PostgreSQL filter
+    them as they read): the reads start at most AUDIT_LAG before now."""
+    from beatd.steering import AUDIT_LAG
+    from tests.backends.controls_contract import trigger
+
+    discard(NAME)
+    backend = AuditReads(NAME, wall_clock=lambda: clock.now().timestamp())
+    try:
+        beat = scheduler(backend, clock, every_minute())
+        backend.pause(["gone"], "old", None, "ann@ops")  # a record, then a long quiet
+        run_for(beat, 600)
+        assert backend.since and None not in backend.since
+        assert clock.now() - backend.since[-1] <= AUDIT_LAG + timedelta(seconds=10)
+        assert backend.trigger(trigger("tick")).status == TriggerStatus.PUBLISHED
+        beat.steering.read_soon()
+        run_for(beat, 1)
+        assert beat.steering.triggered["tick"] == 1
+        run_for(beat, 120)
+        assert beat.steering.triggered["tick"] == 1  # counted once, though read again
+    finally:
+        discard(NAME)

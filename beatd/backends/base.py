@@ -702,9 +702,16 @@ class Controls(Reachable, Protocol):
         """Store an audit record of an action taken elsewhere (a dead-letter requeue)."""
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
-        """Audit records (of `entry`, at or after `since`), newest first (a read)."""
+        """Audit records (of `entry`, at or after `since`), newest first (a read).
+        `controls_only`: without the runtime entries' changes (actions `entry.*`, an import
+        writes them by the 100,000), read at a cost in proportion to the others."""
 
     def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
         """Delete at most `limit` audit records older than `max_age`, and idempotency keys and
@@ -787,7 +794,11 @@ class RuntimeEntries(Reachable, Protocol):
         BackendError, nothing written. An entry whose stored last write is `request_id` is
         returned as stored and not written again, so a batch repeated after OutcomeUnknown
         writes nothing twice. The entries stored, in order. (`Client.add_many` and bulk imports:
-        one step per batch, not per entry.)"""
+        one step per batch, not per entry.) A backend may write a big batch in several atomic
+        steps (Redis: so that no script holds it long) if it checks every entry before the
+        first, so that a refusal then writes nothing; a refusal found at a later step (another
+        writer took a name in between) is PartlyWritten, naming the entries written; a repeat
+        with `request_id` completes a batch cut off between steps."""
 
     def remove_entry(
         self, name: str, by: str, *, expected_version: int | None = None

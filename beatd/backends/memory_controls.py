@@ -42,6 +42,7 @@ from beatd.controls import (
     backfill_detail,
     dropped_by_pause,
     held_trigger,
+    is_entry_change,
     lift,
     new_audit_id,
     pause_json,
@@ -148,12 +149,14 @@ class Book:
             self.keys[(key, entry)] = TriggerKey(key, entry, result, at)
 
     def select_audit(
-        self, entry: str | None, since: datetime | None, limit: int
+        self, entry: str | None, since: datetime | None, limit: int, controls_only: bool = False
     ) -> list[AuditRecord]:
         chosen = [
             a
             for a in self.audit.values()
-            if entry in (None, a.entry) and (since is None or a.at >= since)
+            if entry in (None, a.entry)
+            and (since is None or a.at >= since)
+            and not (controls_only and is_entry_change(a.action))
         ]
         return sorted(chosen, key=_newest_first, reverse=True)[: max(limit, 0)]
 
@@ -359,10 +362,15 @@ class MemoryControls:
             self._audit(record)
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
         with self._lock:
-            return self._book.select_audit(entry, since, limit)
+            return self._book.select_audit(entry, since, limit, controls_only)
 
     def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
         with self._lock:

@@ -40,6 +40,7 @@ from beatd.backends.postgres_gates import (
 )
 from beatd.backends.postgres_link import NOW_US, PostgresLink
 from beatd.controls import (
+    ENTRY_CHANGE_PREFIX,
     IDEMPOTENCY_KEY_TTL,
     AuditRecord,
     Busy,
@@ -336,17 +337,16 @@ class PostgresControls(PostgresLink):
         self._run(lambda db: self._audit(db, record))
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
-        where, params = ["true"], list[Any]()
-        if entry is not None:
-            where.append("entry = %s")
-            params.append(entry)
-        if since is not None:
-            where.append("at_us >= %s")
-            params.append(to_micros(since))
+        where, params = _audit_where(entry, since, controls_only)
         sql = (
-            f"SELECT {AUDIT_COLUMNS} FROM {self.schema}.audit WHERE {' AND '.join(where)} "
+            f"SELECT {AUDIT_COLUMNS} FROM {self.schema}.audit WHERE {where} "
             "ORDER BY at_us DESC, id DESC LIMIT %s"
         )
         rows = self._run(
@@ -415,3 +415,19 @@ class PostgresControls(PostgresLink):
             write=False,
         )
         return [key_value(row) for row in rows]
+
+
+def _audit_where(
+    entry: str | None, since: datetime | None, controls_only: bool
+) -> tuple[str, list[Any]]:
+    """An audit read's condition and its parameters."""
+    where, params = ["true"], list[Any]()
+    if controls_only:  # the runtime entries' changes left out
+        where.append(f"action NOT LIKE '{ENTRY_CHANGE_PREFIX}%%'")
+    if entry is not None:
+        where.append("entry = %s")
+        params.append(entry)
+    if since is not None:
+        where.append("at_us >= %s")
+        params.append(to_micros(since))
+    return " AND ".join(where), params

@@ -40,6 +40,7 @@ from beatd.controls import (
     TriggerKey,
     TriggerResult,
     TriggerStatus,
+    is_entry_change,
     new_audit_id,
     pause_json,
 )
@@ -242,17 +243,29 @@ class RedisControls(RedisLink):
         self._eval("record_audit", (), args)
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
         self._check_format("audit")
-        index = self._key("ctl", "audit-at") if entry is None else self._key("ctl", "audit", entry)
+        index = (
+            self._key("ctl", "audit", entry)
+            if entry is not None
+            else self._key("ctl", "audit-ctl" if controls_only else "audit-at")
+        )
         low = "-inf" if since is None else _us(since)
         args = ("+inf", low, "BYSCORE", "REV", "LIMIT", 0, max(limit, 0))
         ids: list[str] = self._cmd("ZRANGE", index, *args)  # ZRANGE: the ACL line allows it
         if not ids:
             return []
         texts = self._cmd("HMGET", self._key("ctl", "audit"), *ids)
-        return [_audit(i, t) for i, t in zip(ids, texts, strict=True) if t is not None]
+        found = [_audit(i, t) for i, t in zip(ids, texts, strict=True) if t is not None]
+        if controls_only and entry is not None:  # an entry's own changes: a few
+            return [r for r in found if not is_entry_change(r.action)]
+        return found
 
     def trim_audit(self, max_age: timedelta, limit: int = 10_000) -> int:
         age = str(max_age // timedelta(microseconds=1))

@@ -14,7 +14,8 @@ numbers are doubles, which hold today's microseconds exactly, but cjson prints 1
                         celery '1'/'0', priority ('' none), the key it is published to] (held
                         before the last three were kept: a beatd run in the normal band)
   P .. 'ctl:audit'      hash  id -> JSON [at, action, entry, by, detail, before, after, form]
-  P .. 'ctl:audit-at'   zset  audit ids by at; P .. 'ctl:audit:' .. entry, the entry's
+  P .. 'ctl:audit-at'   zset  audit ids by at; P .. 'ctl:audit:' .. entry, the entry's;
+  P .. 'ctl:audit-ctl'  zset  those of every action but a runtime entry's change (entry.*)
   P .. 'ctl:keys'       hash  key US entry -> JSON [status, run id, detail, audit id, at]
   P .. 'ctl:keys-at'    zset  the keys' fields by at
 `form` 'pause' says before and after are a pause's stored JSON (or null), converted on read.
@@ -32,6 +33,7 @@ local function us(n) return string.format('%d', n) end
 local function add_audit(P, id, at, entry, rest)
   redis.call('HSET', P .. 'ctl:audit', id, '["' .. at .. '",' .. string.sub(rest, 2))
   redis.call('ZADD', P .. 'ctl:audit-at', at, id)
+  if string.sub(rest, 1, 8) ~= '["entry.' then redis.call('ZADD', P .. 'ctl:audit-ctl', at, id) end
   if entry ~= '' then redis.call('ZADD', P .. 'ctl:audit:' .. entry, at, id) end
 end
 local function set_busy(P, entry, run_id, at)
@@ -355,6 +357,7 @@ for _, id in ipairs(old) do
   if r and type(r[3]) == 'string' then redis.call('ZREM', P .. 'ctl:audit:' .. r[3], id) end
   redis.call('HDEL', P .. 'ctl:audit', id)
   redis.call('ZREM', P .. 'ctl:audit-at', id)
+  redis.call('ZREM', P .. 'ctl:audit-ctl', id)
   gone = gone + 1
 end
 if gone < limit then

@@ -32,14 +32,15 @@ local function entry_json(P, name, meta)
 end
 """
 
-# ARGV P, by, request id ('' none), the audit detail (JSON), feed retention, then per entry
-# (name, definition, expected ('' none), audit id) -> {meta, definition}... for every entry, in
-# order | {'taken' | 'readonly', name, file} | {'mismatch', name, expected, actual version}: the
-# first refusal, nothing written
+# ARGV P, by, request id ('' none), the audit detail (JSON), feed retention, 'write' or 'check',
+# then per entry (name, definition, expected ('' none), audit id) -> {meta}... for every entry,
+# in order (the definition is the one sent: a repeat of the request stored that one), or {} to
+# a 'check' (which only checks: definitions and audit ids may be '') | {'taken' | 'readonly',
+# name, file} | {'mismatch', name, expected, actual version}: the first refusal, nothing written
 PUT_ENTRIES = """
 local P, by, rid, detail, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local stored = {}
-for i = 6, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local name, expected = ARGV[i], ARGV[i + 2]
   local text = redis.call('HGET', P .. 'rt:meta', name)
   local m = text and cjson.decode(text)
@@ -56,12 +57,12 @@ for i = 6, #ARGV, 4 do
   end
   stored[i] = m or false
 end
+if ARGV[6] == 'check' then return {} end
 local now, out = now_us(), {}
-for i = 6, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local name, def, m = ARGV[i], ARGV[i + 1], stored[i]
   if m and rid ~= '' and m[6] == rid then
     out[#out + 1] = redis.call('HGET', P .. 'rt:meta', name)
-    out[#out + 1] = redis.call('HGET', P .. 'rt:def', name)
   else
     local seq = tonumber(redis.call('GET', P .. 'rt:seq') or '0') + 1
     local meta, before, action = {seq, now, by, now, by, rid}, 'null', 'entry.add'
@@ -78,7 +79,6 @@ for i = 6, #ARGV, 4 do
     add_audit(P, ARGV[i + 3], now, name, '[' .. cjson.encode(action) .. ',' .. cjson.encode(name)
       .. ',' .. cjson.encode(by) .. ',' .. detail .. ',' .. before .. ',' .. after .. ',""]')
     out[#out + 1] = text
-    out[#out + 1] = def
   end
 end
 return out

@@ -32,6 +32,7 @@ from beatd.backends.base import (
 from beatd.backends.sqlite_file import SQLiteFile, _priority
 from beatd.backends.sqlite_history import MOVE_QUEUED, PUBLISHED, fold, micros
 from beatd.controls import (
+    ENTRY_CHANGE_PREFIX,
     IDEMPOTENCY_KEY_TTL,
     NO_CONTROL,
     AuditRecord,
@@ -461,7 +462,12 @@ class SQLiteControls(SQLiteFile):
         self._run(lambda db: _store_audit(db, record))
 
     def audit(
-        self, entry: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        entry: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        *,
+        controls_only: bool = False,
     ) -> list[AuditRecord]:
         if not self._holds_controls():
             return []
@@ -471,8 +477,9 @@ class SQLiteControls(SQLiteFile):
         rows = self._run(
             lambda db: db.execute(
                 f"SELECT {_AUDIT} FROM audit WHERE {chosen}(?2 IS NULL OR at_us >= ?2) "
+                f"AND (?4 = 0 OR substr(action, 1, {len(ENTRY_CHANGE_PREFIX)}) != ?5) "
                 "ORDER BY at_us DESC, id DESC LIMIT ?3",
-                (entry, _us(since), max(limit, 0)),
+                (entry, _us(since), max(limit, 0), controls_only, ENTRY_CHANGE_PREFIX),
             ).fetchall(),
             write=False,
         )

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from beatd.backends.base import Lease, from_micros
+from beatd.backends.base import Lease, from_micros, to_micros
 from beatd.backends.entry_rows import ENTRY_COLUMNS, entry_of_row, entry_row
+from beatd.backends.sqlite_controls import _AUDIT as _AUDIT_COLUMNS
 from beatd.backends.sqlite_controls import _store_audit
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
 from beatd.controls import new_audit_id
 from beatd.runtime_entries import (
+    API_SOURCE,
     FEED_RETENTION,
     ChangePage,
     EntryChange,
@@ -36,6 +39,46 @@ def _current(db: sqlite3.Connection, name: str) -> RuntimeEntry | None:
         f"SELECT {ENTRY_COLUMNS} FROM runtime_entry WHERE name = ?", (name,)
     ).fetchone()
     return None if row is None else entry_of_row(row)
+
+
+def _currents(db: sqlite3.Connection, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+    """The stored entries of `names` (one query)."""
+    rows = db.execute(
+        f"SELECT {ENTRY_COLUMNS} FROM runtime_entry WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(names)),),
+    )
+    return {row[0]: entry_of_row(row) for row in rows}
+
+
+def _files_of(db: sqlite3.Connection, names: Sequence[str]) -> dict[str, str]:
+    """The files of those of `names` that are file entries' (one query)."""
+    rows = db.execute(
+        "SELECT name, path FROM file_entry WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(names)),),
+    )
+    return {str(name): str(path) for name, path in rows}
+
+
+def _trim_feed(db: sqlite3.Connection, retention: int) -> None:
+    """Keep the feed's newest `retention` change records."""
+    db.execute("DELETE FROM entry_change WHERE seq <= ?", (_head(db) - max(retention, 1),))
+
+
+def _audit_row(
+    stored: RuntimeEntry,
+    before: RuntimeEntry | None,
+    definition: object,
+    at: datetime,
+    by: str,
+    detail: str,
+) -> tuple[object, ...]:
+    """The audit row of a put (`entry_audit`'s record, as `_store_audit` writes it), its
+    definition's JSON text as the entry's row has it, not encoded again."""
+    action = "entry.add" if before is None else "entry.set"
+    before_text = None if before is None else json.dumps(before.audit_json())
+    after_text = f'{{"version": {stored.version}, "definition": {definition}}}'
+    row = (new_audit_id(), to_micros(at), action, stored.name, by, detail)
+    return (*row, before_text, after_text)
 
 
 def _file_of(db: sqlite3.Connection, name: str) -> str | None:
@@ -77,19 +120,33 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
     feed_retention: int = FEED_RETENTION
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        """One transaction; the stored entries and the files' names read in one query each,
+        the rows written with executemany, the feed trimmed once."""
+
         def work(db: sqlite3.Connection) -> list[RuntimeEntry]:
             names = [p.entry.name for p in puts]
-            current = [_current(db, n) for n in names]
-            files = [_file_of(db, n) for n in names]
+            current, files = _currents(db, names), _files_of(db, names)
             at = from_micros(micros(self._now()))
-            outcomes = plan_puts(puts, current, files, at, by, request_id, _head(db))
-            for stored, before, written in outcomes:
-                if written:
-                    db.execute(_PUT, entry_row(stored))
-                    _changed(db, stored.name, stored.version, self.feed_retention)
-                    _store_audit(
-                        db, entry_audit(new_audit_id(), at, by, before, stored, request_id)
-                    )
+            outcomes = plan_puts(
+                puts, [current.get(n) for n in names], [files.get(n) for n in names],
+                at, by, request_id, _head(db),
+            )  # fmt: skip
+            written = [(o.stored, o.before) for o in outcomes if o.written]
+            rows = [entry_row(stored) for stored, _ in written]
+            db.executemany(_PUT, rows)
+            db.executemany(
+                "INSERT INTO entry_change (name, version) VALUES (?, ?)",
+                [(stored.name, stored.version) for stored, _ in written],
+            )
+            _trim_feed(db, self.feed_retention)
+            detail = json.dumps({"request_id": request_id, "source": API_SOURCE})
+            db.executemany(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    _audit_row(stored, before, row[2], at, by, detail)
+                    for (stored, before), row in zip(written, rows, strict=True)
+                ],
+            )
             return [o.stored for o in outcomes]
 
         return self._run(work)

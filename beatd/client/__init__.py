@@ -110,7 +110,9 @@ class Client:
         return self._transport.add(name, fields)
 
     def add_many(self, entries: Mapping[str, Mapping[str, Any]]) -> list[EntryObject]:
-        """Create every entry of `entries` (name -> fields) in one step, or none of them."""
+        """Create every entry of `entries` (name -> fields), or none of them if one is refused
+        (docs/api.md, Bulk imports: Redis writes in steps, and over HTTP a batch above 5,000
+        entries goes as several requests, each all or none)."""
         return self._transport.add_many(list(entries.items()))
 
     def update(self, name: str, *, if_version: int | None = None, **fields: Any) -> EntryObject:

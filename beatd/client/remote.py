@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -17,9 +18,16 @@ from beatd.operations.entries import merged_definition, refusal
 from beatd.runtime_entries import VersionMismatch
 
 Query = Mapping[str, str | int | None]
+# A batch over HTTP: entries per request (about 560 KiB of a few fields each, under the API's
+# 1 MiB), and requests in flight at once.
+REQUEST_ENTRIES = 5000
+IN_FLIGHT = 3
 
 
 class RemoteTransport:
+    request_entries: int = REQUEST_ENTRIES
+    in_flight: int = IN_FLIGHT
+
     def __init__(self, url: str, *, token: str | None, timeout: float) -> None:
         self.base = url.rstrip("/")
         self.token = token
@@ -56,9 +64,39 @@ class RemoteTransport:
         return created
 
     def add_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """One request per `request_entries` entries (each all or none), `in_flight` at once:
+        the server validates one while the backend writes another."""
+        step = self.request_entries
+        parts = [(i, entries[i : i + step]) for i in range(0, len(entries), step)]
+        if len(parts) <= 1:
+            return self._add_part(0, entries)
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="beatd-client") as pool:
+            done = list(pool.map(lambda part: self._try_part(*part), parts))
+        refused = [d for d in done if isinstance(d, ClientError)]
+        if refused:
+            written = [e["name"] for d in done if not isinstance(d, ClientError) for e in d]
+            raise _partly(refused, written, len(entries))
+        return [e for d in done if not isinstance(d, ClientError) for e in d]
+
+    def _add_part(
+        self, offset: int, entries: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
         body = {"entries": [{"name": name, **fields} for name, fields in entries]}
-        created: list[dict[str, Any]] = self.call("POST", "/v1/entries/batch", body)["entries"]
+        try:
+            created: list[dict[str, Any]] = self.call("POST", "/v1/entries/batch", body)["entries"]
+        except ClientError as exc:
+            if offset == 0:
+                raise
+            raise error_for(exc.status, [_shifted(e, offset) for e in exc.errors]) from None
         return created
+
+    def _try_part(
+        self, offset: int, entries: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]] | ClientError:
+        try:
+            return self._add_part(offset, entries)
+        except ClientError as exc:
+            return exc
 
     def update(
         self, name: str, fields: Mapping[str, Any], if_version: int | None
@@ -141,6 +179,31 @@ class RemoteTransport:
 
     def close(self) -> None:
         """Nothing held open: each call is its own connection."""
+
+
+def _shifted(error: Mapping[str, Any], offset: int) -> dict[str, Any]:
+    """A batch request's error with its pointer into the whole batch (`/entries/N/...`)."""
+    pointer = error.get("pointer")
+    if not isinstance(pointer, str) or not pointer.startswith("/entries/"):
+        return dict(error)
+    index, _, rest = pointer[len("/entries/") :].partition("/")
+    if not index.isdigit():
+        return dict(error)
+    return {**error, "pointer": f"/entries/{int(index) + offset}" + (f"/{rest}" if rest else "")}
+
+
+def _partly(refused: Sequence[ClientError], written: Sequence[str], total: int) -> ClientError:
+    """The first refusal among a batch's requests, saying what its other requests wrote."""
+    first = refused[0]
+    errors = [e for r in refused for e in r.errors]
+    if written:
+        message = (
+            f"{len(written)} of the batch's {total} entries were written by its other requests "
+            f"(first {written[0]}, last {written[-1]}), the other {total - len(written)} were not: "
+            "add those again"
+        )
+        errors.append({"entry": None, "field": None, "message": message, "pointer": None})
+    return error_for(first.status, errors)
 
 
 def _entry_path(name: str) -> str:

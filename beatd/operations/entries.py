@@ -26,6 +26,7 @@ from beatd.runtime_entries import (
     FileEntryReadOnly,
     InvalidEntry,
     NameTaken,
+    PartlyWritten,
     RuntimeEntry,
     UnknownEntry,
     VersionMismatch,
@@ -250,6 +251,11 @@ def refusal(
     412 for a `conditional` write (one with an expected version), else 409 (a create found the
     entry). `positions`: where each entry is in a request's body (a batch), for the pointers."""
     where = positions or {}
+    if isinstance(error, PartlyWritten):  # the cause's refusal, in words that say what was kept
+        cause = refusal(error.cause, conditional=conditional, positions=positions)
+        if cause is None:
+            return None
+        return Refusal(cause.status, [{**e, "message": str(error)} for e in cause.errors])
     if isinstance(error, InvalidEntry):
         status = 413 if isinstance(error, ArgumentsTooLarge) else 422
         return Refusal(status, [_field_error(p, where.get(p.entry, "")) for p in error.fields])

@@ -16,6 +16,7 @@ import pytest
 
 from beatd.backends.base import Backend, RuntimeEntries
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.controls import AuditRecord, new_audit_id
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.runtime_entries import (
     ChangePage,
@@ -337,6 +338,25 @@ class EntriesContract:
             "version": first.version,
             "definition": defined("a").definition,
         }
+
+    def test_a_read_of_the_controls_records_leaves_the_entries_changes_out(
+        self, entries: RuntimeEntries, backend: Backend
+    ) -> None:
+        """What the leader reads for triggers and backfills (beatd.steering): an import's
+        records by the 100,000 must not fill it."""
+        [paused] = backend.pause(["a"], "r", None, BY)
+        entries.put_entries([defined("a"), defined("b")], BY)
+        entries.remove_entry("b", BY)
+        backend.record_audit(AuditRecord(new_audit_id(), paused.at, "requeue", None, BY, {}))
+        assert {r.action for r in backend.audit()} == {
+            "pause", "entry.add", "entry.remove", "requeue",
+        }  # fmt: skip
+        mine = backend.audit(controls_only=True)
+        assert sorted(r.action for r in mine) == ["pause", "requeue"]
+        assert [r.action for r in backend.audit("a", controls_only=True)] == ["pause"]
+        assert backend.audit(since=paused.at, limit=1, controls_only=True)[0].action in (
+            "pause", "requeue",
+        )  # fmt: skip
 
     def test_imported_entries_keep_their_versions_and_are_never_imported_twice(
         self, entries: RuntimeEntries, backend: Backend
