@@ -220,7 +220,12 @@ def outbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
 
 
 def commit_runs(
-    url: str, namespace: str, queue: str, count: int, other: tuple[str, str] | None = None
+    url: str,
+    namespace: str,
+    queue: str,
+    count: int,
+    other: tuple[str, str] | None = None,
+    exchange: str | None = "",
 ) -> list[str]:
     """`count` runs of entries with an AMQP destination to `queue` (default exchange),
     committed to the outbox by a scheduler on a fake clock; their ids. With `other` (a broker
@@ -234,7 +239,7 @@ def commit_runs(
             schedule=OnceSchedule(start + timedelta(seconds=n + 1)),
             queue=routes[n % 2][1],
             protocol="celery",
-            amqp=AmqpTarget(routes[n % 2][0], exchange=""),
+            amqp=AmqpTarget(routes[n % 2][0], exchange=exchange),
         )
         for n in range(count)
     ]
@@ -295,6 +300,30 @@ def test_a_returned_run_relayed_once_its_queue_exists_is_not_counted_republished
     assert sorted(drain(rabbit, queue)) == sorted(ids)
     assert (relay.stats.published, relay.stats.republished) == (3, 0)
     assert outbox_depth(url, namespace) == 0
+
+
+def test_a_run_to_celerys_default_route_before_any_worker_declared_it_waits_and_goes_once(
+    rabbit: Rabbit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's default route (a direct exchange named as the queue) before any worker
+    declared it: the exchange is missing (the channel closed, 404); the runs stay, said once,
+    and go once the worker's declarations exist."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    queue = rabbit.name()
+    ids = commit_runs(url, "beatd", queue, 2, exchange=None)
+    caplog.set_level(logging.WARNING, "beatd.amqp_relay")
+    relay = relay_on(url, "beatd")
+    try:
+        assert relay_all(relay) == 2
+        assert (relay.stats.unroutable[queue], outbox_depth(url, "beatd")) == (2, 2)
+        declare(rabbit, queue)
+        wait_for(lambda: relay_all(relay) >= 0 and relay.stats.published == 2, 10, "2 relayed")
+    finally:
+        relay.close()
+    assert sorted(drain(rabbit, queue)) == sorted(ids)
+    assert relay.stats.republished == 0
+    said = [r.getMessage() for r in caplog.records if "returned by RabbitMQ" in r.getMessage()]
+    assert len(said) == 1 and f"(exchange {queue!r}, routing key {queue!r})" in said[0]
 
 
 def test_runs_given_back_while_rabbitmq_is_cut_off_are_relayed_once_and_not_counted_again(
