@@ -32,6 +32,7 @@ from beatd.config.model import Entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import OnceSchedule
 from tests.postgres_database import scratch_database
+from tests.processes import Processes
 from tests.redis_sentinel import SentinelCluster
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_for
@@ -384,6 +385,38 @@ def test_an_unreachable_broker_does_not_hold_up_the_runs_to_another(
         finally:
             relay.close()
     assert sorted(drain(rabbit, reachable)) == sorted(ids[0::2])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review21: the relay runs only while the leader leads entries with an AMQP "
+    "destination: runs committed to the outbox whose entries were since removed (or moved off "
+    "RabbitMQ) are never relayed, and the relay that is not running exports an oldest age of 0, "
+    "so BeatdAmqpOutboxStuck never fires for them",
+)
+def test_outbox_runs_are_relayed_after_their_entries_left_the_schedule(
+    rabbit: Rabbit, tmp_path: Path
+) -> None:
+    queue = rabbit.name()
+    declare(rabbit, queue)
+    db = tmp_path / "b.db"
+    before = tmp_path / "before.yaml"
+    before.write_text(
+        f"queues:\n  {queue}:\n    protocol: celery\n    amqp: {{url: {SHOWN!r}, exchange: ''}}\n"
+        f"entries:\n  report:\n    task: r.t\n    cron: '0 2 * * *'\n    queue: {queue}\n"
+    )
+    code, run_id, err = beatd("trigger", "report", "-s", str(before), "--broker", f"sqlite:///{db}")
+    assert (code, err) == (0, "")
+    processes = Processes(tmp_path, f"sqlite:///{db}")
+    processes.schedule("entries:\n  other:\n    task: o.t\n    cron: '0 3 * * *'\n")
+    try:
+        leader = processes.scheduler("n1", "--metrics-addr", "127.0.0.1:0")
+        wait_for(lambda: leader.count("became leader"), 10, "n1 to lead")
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: outbox_depth(f"sqlite:///{db}", "beatd") == 0, 8, "the run relayed")
+    finally:
+        processes.close()
+    assert drain(rabbit, queue) == [run_id.strip()]
 
 
 @pytest.mark.xfail(
