@@ -503,3 +503,24 @@ def test_a_sentinel_url_with_passwords_shows_none_in_errors(cluster: SentinelClu
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review21: with --redis-wait-replicas 2 and one replica, the pause warning says 'not "
+    "acknowledged by any replica ... (1 of 2)' although one replica acknowledged it",
+)
+def test_the_pause_warning_counts_the_replicas_that_acknowledged(
+    cluster: SentinelCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    namespace = f"review21-{uuid.uuid4().hex[:8]}"
+    backend = open_backend(cluster.url, namespace=namespace, op_timeout=1, wait_replicas=2)
+    try:
+        caplog.set_level(logging.WARNING, "beatd.backends.redis_replication")
+        with pytest.raises(Exception, match="acknowledged by 1 of 2 replicas"):
+            backend.acquire_lease("a", 30)
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "(1 of 2)" in said[0]
+        assert "by any replica" not in said[0]
+    finally:
+        backend.close()
