@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _string
 from typing import Any
 
+import redis
+
 from beatd import celery_protocol
 from beatd.backends.base import (
     BeatdQueue,
@@ -71,6 +73,8 @@ __all__ = ["BANDS", "RECLAIM_IDLE_MS", "SCRIPTS", "RedisBackend", "band", "redac
 
 log = logging.getLogger(__name__)
 RECORD_SEPARATOR = "\x1e"  # between the bodies of a commit (see redis_scripts.COMMIT)
+# states per HSCAN call of load_states: about 10 ms of Redis and 1 MiB of reply each
+STATE_PAGE = 10_000
 
 
 def _pack_state(state: EntryState) -> str:
@@ -182,13 +186,42 @@ class RedisStateStore(RedisLink):
         )
         # by (kind, queue, priority): hashing a dataclass costs a Python call per message
         self._targets: dict[tuple[type[Destination], str, int | None], tuple[str, bool]] = {}
+        self._hscan_refused = False  # said once: the ACL line before +hscan
 
     def accepts(self, kind: type[Destination]) -> bool:
         return kind in (BeatdQueue, CeleryQueue)
 
     def load_states(self) -> dict[str, EntryState]:
-        self._check_format("hgetall")
-        raw: dict[str, str] = self._cmd("HGETALL", self._key("state"))
+        """Every state, read by HSCAN in pages of about STATE_PAGE: one HGETALL of 1,000,000
+        states held Redis past the per-call limit. A state present throughout the scan is read
+        (maybe twice: the dict keeps one); the leader reads under its lease, which fences every
+        other state write, so nothing moves under its scan."""
+        self._check_format("hscan")
+        key, cursor = self._key("state"), 0
+        states: dict[str, EntryState] = {}
+        while True:
+            try:
+                cursor, raw = self._cmd("HSCAN", key, cursor, "COUNT", STATE_PAGE)
+            except BackendError as exc:
+                if cursor or not isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
+                    raise
+                return self._load_states_whole(key)
+            for entry, value in raw.items():
+                states[entry] = _unpack_state(entry, value)
+            if not cursor:
+                return states
+
+    def _load_states_whole(self, key: str) -> dict[str, EntryState]:
+        """The states in one HGETALL, for a user left on the ACL line before +hscan."""
+        if not self._hscan_refused:
+            self._hscan_refused = True
+            log.warning(
+                "Redis at %s refuses HSCAN to beatd's user: the entries' states are read in one "
+                "HGETALL, which with a great many entries can outlast the per-call limit (a "
+                "leader then cannot adopt); add +hscan to the user's ACL (docs/redis.md)",
+                self.url,
+            )
+        raw: dict[str, str] = self._cmd("HGETALL", key)
         return {entry: _unpack_state(entry, value) for entry, value in raw.items()}
 
     def commit(

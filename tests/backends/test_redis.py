@@ -23,6 +23,7 @@ import redis
 
 from beatd import celery_protocol
 from beatd.backends import open_backend
+from beatd.backends import redis as redis_backend
 from beatd.backends.base import (
     Backend,
     BeatdQueue,
@@ -556,6 +557,25 @@ def exercise_nodes(backend: RedisBackend) -> None:
     assert [r.node for r in backend.nodes()] == ["here"]
 
 
+def test_states_are_read_in_pages_never_all_in_one_call(
+    backend: RedisBackend, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader restarting with 1,000,000 entries read every state in one HGETALL, which held
+    Redis past the 2 s per-call limit: the states are read by HSCAN, STATE_PAGE at a time, each
+    call bounded however many there are (here 1,000 in pages of 100)."""
+    monkeypatch.setattr(redis_backend, "STATE_PAGE", 100)
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    writes = [StateWrite(state(f"e{i}", i % 7, i % 3 or None), None) for i in range(1000)]
+    for start in range(0, len(writes), 250):
+        assert backend.commit(lease, writes[start : start + 250], []) == set()
+    admin.config_resetstat()
+    assert backend.load_states() == {w.state.entry: w.state for w in writes}
+    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    assert "cmdstat_hgetall" not in calls
+    assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -655,6 +675,30 @@ def test_acl_user_without_config_get_gets_one_warning_not_a_crash(
         )
         backend.close()
         wrong.close()
+    finally:
+        admin.acl_deluser("beatd")
+
+
+def test_acl_user_on_the_line_before_hscan_reads_the_states_whole_and_says_so_once(
+    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade that keeps the previous ACL line (no +hscan) still adopts: the states are
+    read in one HGETALL as before, with one warning saying what to add."""
+    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w != "+hscan"])
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        assert backend.commit(lease, [StateWrite(state("e", 1), None)], []) == set()
+        with caplog.at_level("WARNING", logger="beatd.backends.redis"):
+            assert backend.load_states() == {"e": state("e", 1)}
+            assert backend.load_states() == {"e": state("e", 1)}
+        assert [r.getMessage() for r in caplog.records] == [
+            f"Redis at {backend.url} refuses HSCAN to beatd's user: the entries' states are "
+            "read in one HGETALL, which with a great many entries can outlast the per-call "
+            "limit (a leader then cannot adopt); add +hscan to the user's ACL (docs/redis.md)"
+        ]
+        backend.close()
     finally:
         admin.acl_deluser("beatd")
 
