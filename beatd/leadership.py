@@ -133,13 +133,14 @@ class Leadership:
         self._check_data(mono)  # gone with the rest of Redis's data?
         return Poll(Role.STEPPED_DOWN, asked=True)
 
-    def keep_alive(self) -> None:
-        """Renew the lease if a renewal is due, from within a long step (adopting or reading a
-        great many entries), so that it does not expire under work in proportion to the
-        entries; LeaseLost when it is gone (the caller steps down)."""
+    def keep_alive(self, *, now: bool = False) -> None:
+        """Renew the lease if a renewal is due (or `now`: before work that may take long and
+        cannot renew within, such as the collector's pass after an adoption), from within a
+        long step (adopting or reading a great many entries), so that it does not expire under
+        work in proportion to the entries; LeaseLost when it is gone (the caller steps down)."""
         lease = self.lease
         mono = self.clock.monotonic()
-        if lease is None or mono < self._renew_at:
+        if lease is None or (mono < self._renew_at and not now):
             return
         if mono >= self._deadline or not self.leases.renew_lease(lease, self.settings.lease_ttl):
             raise LeaseLost(
