@@ -60,6 +60,9 @@ from beatd.state import EntryState
 
 __all__ = ["PostgresBackend", "redact"]
 
+# states per statement of load_states: a few ms of the server and 1 MiB of reply each
+STATE_PAGE = 10_000
+
 
 class PostgresLeaseStore(PostgresLink):
     """The lease row, locked `FOR UPDATE` by every change."""
@@ -141,19 +144,27 @@ class PostgresStateStore(PostgresLink):
         return kind is BeatdQueue
 
     def load_states(self) -> dict[str, EntryState]:
-        rows = self._run(
-            lambda db: db.execute(
-                "SELECT entry, last_slot_us, last_published_us, identity "
-                f"FROM {self.schema}.entry_state"
-            ).fetchall(),
-            write=False,
+        """Every state, STATE_PAGE at a time in the key's order, each page its own statement
+        within the statement timeout (one SELECT of 1,000,000 may outlast it); the leader reads
+        under its lease, which fences every other state write."""
+        query = (
+            "SELECT entry, last_slot_us, last_published_us, identity "
+            f"FROM {self.schema}.entry_state WHERE entry > %s ORDER BY entry LIMIT %s"
         )
-        return {
-            entry: EntryState(
-                entry, from_micros(slot), from_micros(published) if published else None, identity
-            )
-            for entry, slot, published, identity in rows
-        }
+        states: dict[str, EntryState] = {}
+        after, page = "", STATE_PAGE
+
+        def read(at: tuple[str, int]) -> list[Any]:
+            return self._run(lambda db: db.execute(query, at).fetchall(), write=False)
+
+        while True:
+            rows = read((after, page))
+            for entry, slot, published, identity in rows:
+                last = from_micros(published) if published else None
+                states[entry] = EntryState(entry, from_micros(slot), last, identity)
+            if len(rows) < page:
+                return states
+            after = rows[-1][0]
 
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]

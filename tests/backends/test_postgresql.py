@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.backends import open_backend
+from beatd.backends import postgres as postgres_backend
 from beatd.backends.base import (
     CeleryQueue,
     FormatTooNew,
@@ -382,6 +383,28 @@ def test_a_run_queued_and_its_claim_are_one_round_trip_each(
         claim = lambda: delivery.append(backend.claim(["default"], "w", 30))  # noqa: E731
         assert round_trips(backend, claim, trace) == 1
         assert delivery[0] is not None
+    finally:
+        backend.close()
+
+
+def test_states_are_read_in_pages_each_its_own_statement(
+    database: str, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement is bounded by the statement timeout (op_timeout, 2 s): one SELECT of
+    1,000,000 states may outlast it, so a leader restarting with that many runtime entries
+    could not adopt. They are read STATE_PAGE at a time in the key's order (here 1,000 in
+    pages of 100: ten full pages and the empty one that ends them)."""
+    monkeypatch.setattr(postgres_backend, "STATE_PAGE", 100)
+    backend = PostgresBackend(database, namespace=namespace, pool_size=1)
+    try:
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        writes = [StateWrite(state(f"e{i}", i % 7, i % 3 or None), None) for i in range(1000)]
+        assert backend.commit(lease, writes, []) == set()
+        read: list[object] = []
+        trips = round_trips(backend, lambda: read.append(backend.load_states()), tmp_path / "t")
+        assert read == [{w.state.entry: w.state for w in writes}]
+        assert 11 <= trips <= 12  # psycopg prepares a statement at its fifth use: a trip more
     finally:
         backend.close()
 
