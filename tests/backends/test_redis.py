@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from beatd import celery_protocol
-from beatd.backends import open_backend
+from beatd.backends import open_backend, redis_history
 from beatd.backends import redis as redis_backend
 from beatd.backends.base import (
     Backend,
@@ -576,6 +576,26 @@ def test_states_are_read_in_pages_never_all_in_one_call(
     assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
 
 
+def test_the_history_trim_reads_the_entry_names_in_pages_never_all_in_one_call(
+    backend: RedisBackend, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trim per entry read every name of the state hash in one HKEYS: with 1,000,000 it
+    held Redis past the 2 s per-call limit a minute into a leader's start, the leader's next
+    calls timed out behind it and it lost its lease. It reads them by HSCAN, TRIM_ENTRIES at a
+    time, each page one trim call."""
+    monkeypatch.setattr(redis_history, "TRIM_ENTRIES", 100)
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    writes = [StateWrite(state(f"e{i}", 1), None) for i in range(1000)]
+    for start in range(0, len(writes), 250):
+        assert backend.commit(lease, writes[start : start + 250], []) == set()
+    admin.config_resetstat()
+    assert backend.trim(Retention()) == 0
+    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    assert "cmdstat_hkeys" not in calls
+    assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
+
+
 def documented_acl(user: str, password: str) -> list[str]:
     """The `ACL SETUSER beatd ...` line of docs/redis.md, for `user` with `password`."""
     line = next(x for x in DOCS.read_text().splitlines() if x.startswith("ACL SETUSER beatd "))
@@ -611,7 +631,9 @@ def test_acl_user_on_the_line_before_the_history_loses_no_run_and_reads_say_what
     line is updated the history records again; trimming per entry needs +hkeys, and trims by
     age and count before it says so."""
     new = ("+hkeys", "+zmscore", "+rpush", "+lrange", "+ltrim", "+llen")
-    admin.execute_command(*[w for w in documented_acl("beatd", "s3cret") if w not in new])
+    later = ("+hscan",)  # not on that line either: the trim falls back to HKEYS
+    acl = [w for w in documented_acl("beatd", "s3cret") if w not in (*new, *later)]
+    admin.execute_command(*acl)
     try:
         backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
         lease = backend.acquire_lease("a", 10)
