@@ -99,7 +99,7 @@ class Adoption:
         """Load `entries` (the files' and the runtime entries) into `planner` against the
         persisted state, under `lease`."""
         batch_size = self.publisher.batch_size
-        states = self.store.load_states()
+        states = self.store.load_states(self.keep_alive)
         self.keep_alive()
         now = self.clock.now()
         lost: dict[str, tuple[MissedSlots, ...]] = {}

@@ -563,11 +563,11 @@ class FaultyCommits(SQLiteBackend):
 
         return wait
 
-    def load_states(self):  # type: ignore[no-untyped-def]
+    def load_states(self, pace=None):  # type: ignore[no-untyped-def]
         if self.failing_reads:
             self.failing_reads -= 1
             raise TransientBackendError("injected at load_states")
-        return super().load_states()
+        return super().load_states(pace)
 
 
 def faulty_burst(tmp_path: Path, clock: FakeClock, count: int) -> tuple[FaultyCommits, Scheduler]:

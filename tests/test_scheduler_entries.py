@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -441,6 +441,40 @@ def test_a_long_pass_of_the_observers_after_an_adoption_keeps_the_lease(
         run_for(beat, 5)
     assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
     assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert beat.is_leader and beat.totals.leader_changes == 1
+    discard(NAME)
+
+
+class SlowStates(MemoryBackend):
+    """The memory backend whose states are read in `pages`, each taking `seconds` of the fake
+    clock, calling `pace` between them as Redis's and PostgreSQL's pages do."""
+
+    def __init__(self, name: str, clock: FakeClock, pages: int, seconds: float) -> None:
+        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+        self.clock, self.pages, self.seconds = clock, pages, seconds
+
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        for _ in range(self.pages):
+            self.clock.advance(self.seconds)
+            if pace is not None:
+                pace()
+        return super().load_states()
+
+
+def test_reading_the_states_for_longer_than_the_lease_keeps_it(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader restarting with 1,000,000 entries on Redis read their states for 18-30 s on a
+    loaded machine, past its 10 s lease, and lost it at the first renewal after: taken again,
+    it read them again and lost it again. The lease is renewed between the pages."""
+    discard(NAME)
+    slow = SlowStates(NAME, clock, 5, 3.0)  # 15 s of reading
+    put(slow, clock, "tenant-1")
+    beat, _ = scheduler(slow, clock, config(file_entry("files")))
+    with caplog.at_level(logging.WARNING):
+        beat.step()
+        run_for(beat, 5)
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
     assert beat.is_leader and beat.totals.leader_changes == 1
     discard(NAME)
 

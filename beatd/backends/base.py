@@ -377,8 +377,9 @@ class StateStore(Reachable, Protocol):
     def accepts(self, kind: type[Destination]) -> bool:
         """Whether `commit` can write messages to destinations of `kind`."""
 
-    def load_states(self) -> dict[str, EntryState]:
-        """Every entry's persisted state (a read)."""
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        """Every entry's persisted state (a read). A backend that reads them in pages calls
+        `pace` between the pages (a leader renews its lease there)."""
 
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]

@@ -216,7 +216,7 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
     def accepts(self, kind: type[Destination]) -> bool:
         return kind is BeatdQueue
 
-    def load_states(self) -> dict[str, EntryState]:
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
         with self._store.lock:
             return dict(self._store.states)
 

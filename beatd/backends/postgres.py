@@ -143,7 +143,7 @@ class PostgresStateStore(PostgresLink):
     def accepts(self, kind: type[Destination]) -> bool:
         return kind is BeatdQueue
 
-    def load_states(self) -> dict[str, EntryState]:
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
         """Every state, STATE_PAGE at a time in the key's order, each page its own statement
         within the statement timeout (one SELECT of 1,000,000 may outlast it); the leader reads
         under its lease, which fences every other state write."""
@@ -165,6 +165,8 @@ class PostgresStateStore(PostgresLink):
             if len(rows) < page:
                 return states
             after = rows[-1][0]
+            if pace is not None:
+                pace()
 
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]

@@ -191,7 +191,7 @@ class RedisStateStore(RedisLink):
     def accepts(self, kind: type[Destination]) -> bool:
         return kind in (BeatdQueue, CeleryQueue)
 
-    def load_states(self) -> dict[str, EntryState]:
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
         """Every state, read by HSCAN in pages of about STATE_PAGE: one HGETALL of 1,000,000
         states held Redis past the per-call limit. A state present throughout the scan is read
         (maybe twice: the dict keeps one); the leader reads under its lease, which fences every
@@ -210,6 +210,8 @@ class RedisStateStore(RedisLink):
                 states[entry] = _unpack_state(entry, value)
             if not cursor:
                 return states
+            if pace is not None:
+                pace()
 
     def _load_states_whole(self, key: str) -> dict[str, EntryState]:
         """The states in one HGETALL, for a user left on the ACL line before +hscan."""

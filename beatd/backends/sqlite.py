@@ -186,7 +186,8 @@ class SQLiteStateStore(SQLiteFile):
     def accepts(self, kind: type[Destination]) -> bool:
         return kind is BeatdQueue
 
-    def load_states(self) -> dict[str, EntryState]:
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        """Every state in one read: SQLite's file has no per-call limit to outlast."""
         rows = self._run(
             lambda db: db.execute(
                 "SELECT entry, last_slot_us, last_published_us, identity FROM entry_state"

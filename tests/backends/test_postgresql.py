@@ -402,8 +402,11 @@ def test_states_are_read_in_pages_each_its_own_statement(
         writes = [StateWrite(state(f"e{i}", i % 7, i % 3 or None), None) for i in range(1000)]
         assert backend.commit(lease, writes, []) == set()
         read: list[object] = []
-        trips = round_trips(backend, lambda: read.append(backend.load_states()), tmp_path / "t")
+        paced: list[None] = []
+        load = lambda: read.append(backend.load_states(lambda: paced.append(None)))  # noqa: E731
+        trips = round_trips(backend, load, tmp_path / "t")
         assert read == [{w.state.entry: w.state for w in writes}]
+        assert len(paced) == 10  # between the pages: the lease renewed
         assert 11 <= trips <= 12  # psycopg prepares a statement at its fifth use: a trip more
     finally:
         backend.close()

@@ -570,10 +570,14 @@ def test_states_are_read_in_pages_never_all_in_one_call(
     for start in range(0, len(writes), 250):
         assert backend.commit(lease, writes[start : start + 250], []) == set()
     admin.config_resetstat()
-    assert backend.load_states() == {w.state.entry: w.state for w in writes}
+    paced: list[None] = []
+    assert backend.load_states(lambda: paced.append(None)) == {
+        w.state.entry: w.state for w in writes
+    }
     calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
     assert "cmdstat_hgetall" not in calls
     assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
+    assert len(paced) == calls["cmdstat_hscan"] - 1  # between the pages: the lease renewed
 
 
 def test_the_history_trim_reads_the_entry_names_in_pages_never_all_in_one_call(
