@@ -242,6 +242,9 @@ class Publisher:
         # persisted state shows whether they were applied
         self.in_doubt: dict[str, tuple[Decision, datetime]] = {}
         self.readopt = False  # an entry could not be resynced: adopt the configuration again
+        # renews the lease when due (`Leadership.keep_alive`; LeaseLost when gone), called
+        # between a round's batches: a restart's catch-up may hold tens of thousands due at once
+        self.keep_alive: Callable[[], None] = lambda: None
         # the backend's controls (None: a backend without them); read when resyncing
         self.controls: Controls | None = None
         self.busy_marks_dropped: Counter[str] = Counter()  # stale marks published over
@@ -268,6 +271,7 @@ class Publisher:
                 if sent is not None:
                     last, sent = sent, None
                     self._conclude(planner, last)
+                self.keep_alive()  # nothing in flight here: a LeaseLost releases `batch`
                 outcome = self.store.send_commit(lease, writes, messages)
                 sent = _Sent(batch, published_at, outcome)
                 batch = []

@@ -137,6 +137,7 @@ class Scheduler:
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
         keep = self.leadership.keep_alive  # renews the lease within work on every entry
+        self.publisher.keep_alive = keep
         grace = settings.removed_grace
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, grace, keep)
         self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock, keep)

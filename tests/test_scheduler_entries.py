@@ -445,6 +445,29 @@ def test_a_long_pass_of_the_observers_after_an_adoption_keeps_the_lease(
     discard(NAME)
 
 
+def test_a_round_publishing_longer_than_the_lease_keeps_it(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader restarting with 1,000,000 entries had tens of thousands due at once (the slots
+    missed while it was down) and lost its lease within the round publishing them: the round
+    renews it between its batches, as the adoption does."""
+    discard(NAME)
+    slow = SlowCommits(NAME, clock, 0.0)
+    for i in range(2_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
+    beat.step()  # adopts them, each due at the next minute
+    assert beat.is_leader
+    slow.seconds = 0.5  # 20 batches of 100 at the minute: 10 s, past the 9 s of a renewal
+    with caplog.at_level(logging.WARNING):
+        run_for(beat, 90)
+    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert beat.is_leader and beat.totals.leader_changes == 1
+    assert len(published(slow, "tenant-1999")) >= 1
+    discard(NAME)
+
+
 class SlowStates(MemoryBackend):
     """The memory backend whose states are read in `pages`, each taking `seconds` of the fake
     clock, calling `pace` between them as Redis's and PostgreSQL's pages do."""
