@@ -958,7 +958,7 @@ PAUSED_CALL_FAILS_IN = {
     "renew_lease": "renew",
     "release_lease": "release",
     "leader": "leader",
-    "load_states": "hgetall",
+    "load_states": "hscan",
     "commit": "commit",
     "forget": "forget",
     "enqueue": "enqueue",
