@@ -136,8 +136,7 @@ class Scheduler:
         self.publisher = Publisher(backend, clock, settings.node, settings.batch_size, self._emit)
         self.publisher.controls = self.steering.controls
         self.held_ends = HeldEnds(backend, self.publisher.counts)
-        keep = self.leadership.keep_alive  # renews the lease within work on every entry
-        self.publisher.keep_alive = keep
+        self.publisher.keep_alive = keep = self.leadership.keep_alive  # within work on every entry
         grace = settings.removed_grace
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, grace, keep)
         self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock, keep)
@@ -266,21 +265,14 @@ class Scheduler:
             else:
                 self.adoption.adopt(self.planned.entries, self.planner, lease)
                 self.deadlines.adopt(self.planned.entries)
-            # a whole lease for its observers, which cannot renew within: the collector's pass
-            # over 1,000,000 entries took 14.5 s of wall time on a loaded machine
-            self.leadership.keep_alive(now=True)
+            self.leadership.keep_alive(now=True)  # a whole lease for its observers' long work
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()
             return
         self._adopted = True
         self._good = self.config
-        self._emit(Adopted(self.config, self.planned.entries))
-        try:
-            self.leadership.keep_alive()
-        except LeaseLost as exc:
-            log.warning("%s; now standby", exc)
-            self._step_down()
+        self._emit(Adopted(self.config, self.planned.entries))  # then renewed when due, as ever
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
