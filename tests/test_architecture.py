@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "beatd"
 # one above. A name covers the module and, if it is a package, everything in it. A new module
 # takes its place here (the test names any that has none).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ways in", ("beatd.cli", "beatd.__main__", "beatd.http", "beatd.client")),
+    # The console (issue 19) stands on the HTTP API, which serves it at /ui (build_app).
+    ("ways in", ("beatd.cli", "beatd.__main__", "beatd.http", "beatd.client", "beatd.console")),
     # What an operator can ask, the same through each way in: the command line and the HTTP API.
     ("operations", ("beatd.operations",)),
     ("assembly", ("beatd.assemble",)),
@@ -97,6 +98,9 @@ IMPURE_LIBRARIES = ("redis", "sqlite3", "prometheus_client", "time")
 # Parts of one layer that stay apart: (importer, imported).
 APART = (
     ("beatd.http", "beatd.cli"),  # both stand on beatd.operations; the CLI starts the server
+    ("beatd.console", "beatd.cli"),  # the console calls the API's routes, never the CLI
+    ("beatd.cli", "beatd.console"),  # the CLI starts the API, which brings the console
+    ("beatd.console", "beatd.client"),  # in process, not over HTTP
     ("beatd.core", "beatd.backends"),
     ("beatd.backends", "beatd.core"),  # the persisted state type lives below both
 )

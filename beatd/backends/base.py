@@ -818,6 +818,22 @@ class Nodes(Reachable, Protocol):
         `last_seen` (a read)."""
 
 
+SESSION_KEY_BYTES = 32
+
+
+@runtime_checkable
+class SessionKeys(Reachable, Protocol):
+    """The web console's session key (beatd.console.sessions, issue 19): one random secret per
+    namespace that every node signs and checks session cookies with."""
+
+    def session_key(self) -> bytes:
+        """The namespace's session key, SESSION_KEY_BYTES random bytes, made on the first call
+        in one atomic get-or-create step: callers on every node, first or concurrent, get the
+        same key, and it never changes after. Safe to repeat after OutcomeUnknown (a key made
+        by a lost reply is the one the repeat returns). Not copied by `beatd migrate`: the
+        sessions signed with it end (sign in again)."""
+
+
 class Backend(
     LeaseStore,
     StateStore,
@@ -827,6 +843,7 @@ class Backend(
     Controls,
     RuntimeEntries,
     Nodes,
+    SessionKeys,
     Protocol,
 ):
     """A backend that offers every role: what `open_backend` returns (SQLite, Redis,

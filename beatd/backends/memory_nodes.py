@@ -1,13 +1,16 @@
 """The in-memory backend's node records (`Nodes` in beatd.backends.base), in the store's
-`NodeBook`, under the store's lock, kept by the handle's wall clock."""
+`NodeBook`, under the store's lock, kept by the handle's wall clock; and the console's
+session key (`SessionKeys`), beside them in the book."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from beatd.backends.base import SESSION_KEY_BYTES
 from beatd.nodes import NodeRecord
 
 
@@ -16,6 +19,7 @@ class NodeBook:
     """Each node's record (with its last_seen) and when it expires (wall-clock seconds)."""
 
     records: dict[str, tuple[NodeRecord, float]] = field(default_factory=dict)
+    session_key: bytes | None = None  # the console's (SessionKeys), made on first use
 
 
 class MemoryNodes:
@@ -38,3 +42,9 @@ class MemoryNodes:
             now = self._now()
             held = self._nodes.records
             return [held[n][0] for n in sorted(held) if held[n][1] > now]
+
+    def session_key(self) -> bytes:
+        with self._lock:
+            if self._nodes.session_key is None:
+                self._nodes.session_key = secrets.token_bytes(SESSION_KEY_BYTES)
+            return self._nodes.session_key

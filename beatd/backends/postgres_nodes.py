@@ -1,13 +1,16 @@
 """PostgreSQL's node records (`Nodes` in beatd.backends.base): the table `node` (format 2's,
-postgres_link.py), kept by the database's clock."""
+postgres_link.py), kept by the database's clock; and the console's session key (`SessionKeys`),
+in the table `console_key`, made with its one row by the first call under an advisory lock (no
+format change: a schema without it simply has no key yet)."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import psycopg
 
-from beatd.backends.base import from_micros
+from beatd.backends.base import SESSION_KEY_BYTES, from_micros
 from beatd.backends.postgres_link import NOW_US, PostgresLink
 from beatd.nodes import NodeRecord
 
@@ -40,3 +43,22 @@ class PostgresNodes(PostgresLink):
             return [NodeRecord.from_json(n, text, from_micros(seen)) for n, text, seen in rows]
 
         return self._run(read, write=False)
+
+    def session_key(self) -> bytes:
+        def work(db: Db) -> bytes:
+            table = f"{self.schema}.console_key"
+            # concurrent CREATE TABLE IF NOT EXISTS can collide: take turns
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} "
+                "(id integer PRIMARY KEY CHECK (id = 1), key bytea NOT NULL)"
+            )
+            db.execute(
+                f"INSERT INTO {table} (id, key) VALUES (1, %s) ON CONFLICT (id) DO NOTHING",
+                (secrets.token_bytes(SESSION_KEY_BYTES),),
+            )
+            row = db.execute(f"SELECT key FROM {table} WHERE id = 1").fetchone()
+            assert row is not None
+            return bytes(row[0])
+
+        return self._run(work)

@@ -1,10 +1,14 @@
 """Redis's node records (`Nodes` in beatd.backends.base): the hash `beatd:nodes`, one field per
 node, written and read by scripts that take the time from Redis's clock (TIME), so expiry is
-the server's and no node's clock matters (the layout: beatd.backends.redis_nodes_lua)."""
+the server's and no node's clock matters (the layout: beatd.backends.redis_nodes_lua); and the
+console's session key (`SessionKeys`), the string `beatd:console-key` (hex), made by one
+`SET ... NX GET`."""
 
 from __future__ import annotations
 
-from beatd.backends.base import from_micros
+import secrets
+
+from beatd.backends.base import SESSION_KEY_BYTES, from_micros
 from beatd.backends.redis_link import RedisLink
 from beatd.nodes import NodeRecord
 
@@ -27,3 +31,10 @@ class RedisNodes(RedisLink):
             seen, text = reply[i + 1].split(SEPARATOR, 1)
             records.append(NodeRecord.from_json(reply[i], text, from_micros(int(seen))))
         return sorted(records, key=lambda r: r.node)
+
+    def session_key(self) -> bytes:
+        made = secrets.token_hex(SESSION_KEY_BYTES)
+        # NX GET: set only if absent, and return what was there (None: ours is the key)
+        key = self._key("console-key")
+        held = self._do("set", lambda: self._redis.set(key, made, nx=True, get=True))
+        return bytes.fromhex(made if held is None else str(held))

@@ -1,16 +1,23 @@
 """The SQLite backend's node records (`Nodes` in beatd.backends.base): the table `node`
 (NODES_SCHEMA, sqlite_file.py, format 2), kept by the host's clock, which every process on the
-file shares."""
+file shares; and the console's session key (`SessionKeys`), in the table `console_key`, made
+with its one row by the first call (no format change: a file without it simply has no key
+yet)."""
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 
-from beatd.backends.base import from_micros
+from beatd.backends.base import SESSION_KEY_BYTES, from_micros
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
 from beatd.nodes import NodeRecord
 
+_KEY_TABLE = (
+    "CREATE TABLE IF NOT EXISTS console_key (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "key BLOB NOT NULL)"
+)
 _PUT = "INSERT OR REPLACE INTO node (name, record, seen_us, expires_us) VALUES (?, ?, ?, ?)"
 
 
@@ -41,3 +48,15 @@ class SQLiteNodes(SQLiteFile):
             return [NodeRecord.from_json(n, text, from_micros(seen)) for n, text, seen in rows]
 
         return self._run(read, write=False)
+
+    def session_key(self) -> bytes:
+        def work(db: sqlite3.Connection) -> bytes:  # one write transaction: the file's lock
+            db.execute(_KEY_TABLE)
+            db.execute(
+                "INSERT OR IGNORE INTO console_key (id, key) VALUES (1, ?)",
+                (secrets.token_bytes(SESSION_KEY_BYTES),),
+            )
+            row = db.execute("SELECT key FROM console_key WHERE id = 1").fetchone()
+            return bytes(row[0])
+
+        return self._run(work)

@@ -58,7 +58,12 @@ def openapi_route(handler: Any) -> Route:
 
 
 def build_app(context: ApiContext, access: Access) -> Flask:
-    return create_app(all_routes(context), access)
+    """The API and, at /ui, the console (beatd.console) that stands on it."""
+    from beatd.console import register_console  # the console imports this package's modules
+
+    app = create_app(all_routes(context), access)
+    register_console(app, context, access)
+    return app
 
 
 def beatd_version() -> str:

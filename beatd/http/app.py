@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 PUBLIC = ApiToken("public", Scope.READ, b"")  # who reads when --api-public-read is on
+SESSION_TOKEN = "beatd.session_token"  # environ key: the console session's token (in process)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ def create_app(routes: Sequence[Route], access: Access) -> Flask:
             view_func=_view(route, access),
             methods=[route.method],
         )
-    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(ApiError, _api_error)
     return app
 
@@ -67,9 +68,15 @@ def _view(route: Route, access: Access) -> Callable[..., Response]:
     return view
 
 
+def host_allowed(req: Request, allowed: frozenset[str]) -> bool:
+    """Whether the request's Host header is one this server answers to."""
+    host = (req.host or "").lower()
+    return host in allowed or host.rsplit(":", 1)[0] in allowed
+
+
 def check_host(req: Request, allowed: frozenset[str]) -> None:
     host = (req.host or "").lower()
-    if host not in allowed and host.rsplit(":", 1)[0] not in allowed:
+    if not host_allowed(req, allowed):
         raise ApiError(
             421,
             f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
@@ -79,6 +86,20 @@ def check_host(req: Request, allowed: frozenset[str]) -> None:
 
 
 def authorize(req: Request, scope: Scope, access: Access) -> ApiToken:
+    """The token the request acts with, checked for the route's `scope`. The console's
+    in-process calls (beatd.console.api_caller) carry the signed-in session's token in the
+    environ key SESSION_TOKEN, which no client can set (HTTP headers become HTTP_* keys)."""
+    session = req.environ.get(SESSION_TOKEN)
+    token = session if isinstance(session, ApiToken) else bearer_token(req, scope, access)
+    if scope is Scope.WRITE and token.scope is not Scope.WRITE:
+        access.refused("scope")
+        raise ApiError(403, f"token {token.name} may only read; this request needs a write token")
+    return token
+
+
+def bearer_token(req: Request, scope: Scope, access: Access) -> ApiToken:
+    """The token of the Authorization header (PUBLIC for a read without one, when reads are
+    public); 401 when it is missing, malformed or not in the token file."""
     header = req.headers.get("Authorization", "")
     kind, _, presented = header.partition(" ")
     if not header:
@@ -94,9 +115,6 @@ def authorize(req: Request, scope: Scope, access: Access) -> ApiToken:
         access.refused("unknown")
         log.warning("API request refused: unknown token method=%s path=%s", req.method, req.path)
         raise _unauthorized("the token is not in the API token file")
-    if scope is Scope.WRITE and token.scope is not Scope.WRITE:
-        access.refused("scope")
-        raise ApiError(403, f"token {token.name} may only read; this request needs a write token")
     return token
 
 
@@ -142,7 +160,8 @@ def _api_error(error: ApiError) -> Response:
     return json_response(error.status, error.body(), error.headers)
 
 
-def _http_error(error: HTTPException) -> Response:
+def http_error(error: HTTPException) -> Response:
+    """The API's JSON answer to a routing or protocol error (404, 405, 413...)."""
     code = error.code or 500
     messages = {
         404: "no such path in the API: GET /v1/openapi.json lists them",

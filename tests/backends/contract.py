@@ -28,6 +28,7 @@ from tests.backends.controls_contract import ControlsContract
 from tests.backends.entries_contract import EntriesContract
 from tests.backends.history_contract import HistoryContract
 from tests.backends.nodes_contract import NodesContract
+from tests.backends.session_keys_contract import SessionKeysContract
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -64,7 +65,9 @@ def moved_on(backend: Backend) -> tuple[Lease, list[StateWrite], list[Outgoing]]
     return lease, [StateWrite(state("e", 1, 1), state("e", 0).last_slot)], [message("e", 1)]
 
 
-class BackendContract(HistoryContract, ControlsContract, EntriesContract, NodesContract):
+class BackendContract(
+    HistoryContract, ControlsContract, EntriesContract, NodesContract, SessionKeysContract
+):
     @pytest.fixture
     def unit(self) -> float:
         return 1.0

@@ -570,6 +570,7 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         exercise_controls(backend)
         exercise_entries(backend)
         exercise_nodes(backend)
+        assert backend.session_key() == backend.session_key()  # SET NX GET, then GET's answer
         assert backend.persistence_warnings() == [NO_PERSISTENCE.format(url=backend.url)]
         backend.close()
     finally:
