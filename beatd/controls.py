@@ -266,8 +266,8 @@ class AuditRecord:
 
     id: str
     at: datetime
-    # pause, resume, trigger, backfill, requeue_dead, pause_after_failures; a runtime entry's
-    # entry.add, entry.set, entry.remove (beatd.runtime_entries)
+    # pause, resume, trigger, backfill, requeue_dead, delete_dead, pause_after_failures; a runtime
+    # entry's entry.add, entry.set, entry.remove (beatd.runtime_entries)
     action: str
     entry: str | None
     by: str

@@ -56,6 +56,7 @@ def test_the_command_tree_is_what_the_help_tests_cover() -> None:
         ("dead",),
         ("dead", "list"),
         ("dead", "retry"),
+        ("dead", "rm"),
         ("diff",),
         ("entries",),
         ("entries", "add"),

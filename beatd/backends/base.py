@@ -504,6 +504,11 @@ class QueueAdmin(Reachable, Protocol):
         """Move one dead letter (or all, for None) back to its queue; how many moved. A dead
         letter moves once: repeating finds it gone."""
 
+    def delete_dead(self, message_id: str | None) -> int:
+        """Delete one dead letter (or all, for None) for good; how many went. One atomic step
+        per call; a letter goes once: repeating (or an id no dead letter has) deletes nothing
+        and returns 0, so the caller can say the id is unknown."""
+
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting or in flight per queue (a read)."""
 

@@ -63,6 +63,7 @@ WRITES = frozenset(
         "note_ending",
         "add_dead_letters",
         "requeue_dead",
+        "delete_dead",
         "mark_overdue",
         "mark_missed_overdue",
         "run_received",
@@ -288,6 +289,9 @@ class FaultyBackend:
 
     def requeue_dead(self, message_id: str | None) -> int:
         return self._call("requeue_dead", lambda: self.backend.requeue_dead(message_id))
+
+    def delete_dead(self, message_id: str | None) -> int:
+        return self._call("delete_dead", lambda: self.backend.delete_dead(message_id))
 
     # --- the run history's writes -------------------------------------------------------------
 

@@ -377,6 +377,13 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
                 self._store.add(queue, message.id, message.body, now)
             return len(moving)
 
+    def delete_dead(self, message_id: str | None) -> int:
+        with self._store.lock:
+            kept = [d for d in self._store.dead if message_id not in (None, d[1].id)]
+            gone = len(self._store.dead) - len(kept)
+            self._store.dead = kept
+            return gone
+
     def queue_depths(self) -> dict[str, int]:
         with self._store.lock:
             return dict(Counter(m.queue for m in self._store.messages.values()))

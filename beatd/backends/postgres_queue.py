@@ -323,6 +323,14 @@ class PostgresQueueAdmin(PostgresLink):
 
         return self._run(work)
 
+    def delete_dead(self, message_id: str | None) -> int:
+        where, params = ("", ()) if message_id is None else ("WHERE id = %s", (message_id,))
+        return self._run(
+            lambda db: int(
+                db.execute(f"DELETE FROM {self.schema}.dead_letter {where}", params).rowcount
+            )
+        )
+
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(
             lambda db: db.execute(

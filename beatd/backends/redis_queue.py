@@ -359,6 +359,15 @@ class RedisQueueAdmin(RedisLink):
             return 0
         return int(self._eval("requeue", keys, args))
 
+    def delete_dead(self, message_id: str | None) -> int:
+        """XDEL of the stream entries holding the letter (one command: atomic; an entry
+        already gone counts nothing, so a repeat deletes nothing)."""
+        self._check_format("xrange")
+        gone = [e for e, f in self._dead() if message_id is None or f["id"] == message_id]
+        if not gone:
+            return 0
+        return int(self._cmd("XDEL", self._key("dead"), *gone))
+
     def queue_depths(self) -> dict[str, int]:
         self._check_format("smembers")
         queues = sorted(self._cmd("SMEMBERS", self._key("queues")))

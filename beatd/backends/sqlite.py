@@ -487,6 +487,12 @@ class SQLiteQueueAdmin(SQLiteFile):
 
         return self._run(work)
 
+    def delete_dead(self, message_id: str | None) -> int:
+        where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
+        return self._run(
+            lambda db: int(db.execute(f"DELETE FROM dead_letter {where}", params).rowcount)
+        )
+
     def queued_as_dead_letters(
         self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
     ) -> list[DeadLetter]:

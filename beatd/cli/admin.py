@@ -18,13 +18,13 @@ from beatd.cli.common import (
 )
 from beatd.cli.controls import BY_HELP, default_by
 from beatd.errors import BeatdError
-from beatd.operations.dead_letters import dead_letter_object, requeue_dead
+from beatd.operations.dead_letters import dead_letter_object, delete_dead, requeue_dead
 from beatd.service import setup_logging
 
 
 @main.group()
 def dead() -> None:
-    """Inspect and requeue dead letters: runs that failed for good or could not run."""
+    """Inspect, requeue and delete dead letters: runs that failed for good or could not run."""
 
 
 @dead.command(name="list")
@@ -85,3 +85,37 @@ def dead_retry(
     if message_id is not None and moved == 0:
         bad_option("ID", f"no dead letter with id {message_id!r} (see beatd dead list)")
     click.echo(f"requeued {moved} dead letter(s)")
+
+
+@dead.command(name="rm")
+@backend_options
+@logging_options()
+@click.argument("message_ids", metavar="ID...", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Delete every dead letter.")
+@click.option("--by", metavar="NAME", help=BY_HELP)
+def dead_rm(
+    backend: BackendSettings,
+    log: LogSettings,
+    message_ids: tuple[str, ...],
+    everything: bool,
+    by: str | None,
+) -> None:
+    """Delete dead letters (by run ID) or all of them for good, without running them; the
+    audit log records each deletion and who did it."""
+    setup_logging(log.level, log.format)
+    if bool(message_ids) == everything:
+        bad_option("ID/--all", "give run IDs or --all, not both and not neither")
+    store = open_broker(backend, create=False)
+    try:
+        gone = delete_dead(store, None if everything else message_ids, by or default_by())
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        store.close()
+    unknown = [i for i in dict.fromkeys(message_ids) if i not in gone]
+    if unknown:
+        click.echo(f"deleted {len(gone)} dead letter(s)")
+        listed = ", ".join(repr(i) for i in unknown)
+        ids = "ids" if len(unknown) > 1 else "id"
+        bad_option("ID", f"no dead letter with {ids} {listed} (see beatd dead list)")
+    click.echo(f"deleted {len(gone)} dead letter(s)")

@@ -7,8 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from itertools import pairwise
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -35,15 +34,15 @@ from beatd.config.schema import schema_text
 from beatd.config.yamlfile import field_positions
 from beatd.controls import Overlap
 from beatd.errors import Problem, ScheduleError
+from beatd.operations.upcoming import dst_object, next_marked
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.cron import uses_hash
-from beatd.schedules.dstmarks import DstMark, dst_mark
+from beatd.schedules.dstmarks import DstMark
 from beatd.schedules.window import WindowedSchedule
 from beatd.tasks import TaskError, import_task_modules, registry
 
 COUNT_HELP = "How many due times to show, per entry."
 NEVER = "never fires before the end of year 9999"
-_JUST_BEFORE = timedelta(microseconds=1)  # a slot at a window's start belongs to the window
 
 
 @main.command()
@@ -299,7 +298,7 @@ def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone:
 
 
 def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_json: bool) -> None:
-    runs = _marked(schedule, start, _upcoming(schedule, start, count))
+    runs = next_marked(schedule, start, count)
     if as_json:
         click.echo(json.dumps([_run_json(t, mark) for t, mark in runs]))
         return
@@ -310,22 +309,8 @@ def _print_adhoc(schedule: Schedule, start: datetime, count: int, zone: str, as_
         click.echo(NEVER)
 
 
-def _marked(
-    schedule: Schedule, start: datetime, times: list[datetime]
-) -> list[tuple[datetime, DstMark | None]]:
-    """Each time with the DST rule that moved, kept or skipped something there, if one did."""
-    cron = schedule.inner if isinstance(schedule, WindowedSchedule) else schedule
-    if not isinstance(cron, CronSchedule):
-        return [(t, None) for t in times]  # intervals follow elapsed time: DST touches nothing
-    if isinstance(schedule, WindowedSchedule) and schedule.start is not None:
-        # Slots before the window do not exist: DST moved or skipped nothing there.
-        start = max(start, schedule.start - _JUST_BEFORE)
-    return [(t, dst_mark(cron, previous, t)) for previous, t in pairwise([start, *times])]
-
-
 def _run_json(t: datetime, mark: DstMark | None) -> dict[str, object]:
-    dst = None if mark is None else {"rule": mark.rule, "note": mark.note}
-    return {"slot": slot_text(t), "dst": dst}
+    return {"slot": slot_text(t), "dst": dst_object(mark)}
 
 
 def _run_line(t: datetime, mark: DstMark | None, zone: ZoneInfo) -> str:
@@ -333,21 +318,8 @@ def _run_line(t: datetime, mark: DstMark | None, zone: ZoneInfo) -> str:
     return line if mark is None else f"{line}  DST {mark.rule}: {mark.note}"
 
 
-def _upcoming(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
-    times: list[datetime] = []
-    t: datetime | None = start
-    while len(times) < count:
-        t = schedule.next_after(t) if t is not None else None
-        if t is None:
-            break
-        times.append(t)
-    return times
-
-
 def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: bool) -> None:
-    table = {
-        e.name: _marked(e.schedule, start, _upcoming(e.schedule, start, count)) for e in entries
-    }
+    table = {e.name: next_marked(e.schedule, start, count) for e in entries}
     if as_json:
         runs = {name: [_run_json(t, mark) for t, mark in ts] for name, ts in table.items()}
         click.echo(json.dumps(runs))

@@ -102,7 +102,8 @@ class LocalTransport:
 
     def next_runs(self, name: str, count: int) -> list[str]:
         now = datetime.now(UTC)
-        return self._do(lambda: shown.next_runs(self.store, self.config, name, count, now))
+        runs = self._do(lambda: shown.next_runs(self.store, self.config, name, count, now))
+        return [run["slot"] for run in runs]
 
     def history(self, entry: str | None, limit: int) -> list[dict[str, Any]]:
         page = read_history(self.store, HistoryQuery(entry, None, limit), frozenset())

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from beatd.console import overview, signin
+from beatd.console import actions, dead, entries, entry, entry_form, overview, signin
 from beatd.console.api_caller import CONSOLE_TOKEN
 from beatd.console.pages import forget_flash, refuse
 from beatd.console.security import add_security_headers, is_console_path
@@ -53,7 +53,8 @@ def console_blueprint() -> Blueprint:
     ui.after_request(_after)
     ui.context_processor(_page_context)
     signin.add_pages(ui)
-    overview.add_pages(ui)
+    for pages in (overview, entries, entry, entry_form, actions, dead):
+        pages.add_pages(ui)
     return ui
 
 

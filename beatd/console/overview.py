@@ -1,21 +1,53 @@
-"""The overview page: a placeholder showing the leader, until the overview of issue 19 (the
-consolepages work) replaces it."""
+"""GET /ui/: the scheduler at a glance (`GET /v1/overview`): the leader and its epoch, the
+nodes with their configuration fingerprint, drift and timezone database, the queues, the dead
+letters, the last hour's late, missed and failed runs, and the entries overdue or failing."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
 
-from beatd.console.api_caller import ApiFailure, api
-from beatd.console.pages import Message, render
+from beatd.console.api_caller import api
+from beatd.console.pages import render
+from beatd.console.replies import now
+from beatd.console.views import Moment, parse_stamp, seconds_text
+
+OVERVIEW = "overview"  # the API's operationId
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/", "overview", overview, methods=["GET"])
+    ui.add_url_rule("/", "overview", overview_page, methods=["GET"])
 
 
-def overview() -> str:
-    try:
-        status = api().get("status", query={"limit": 1})
-    except ApiFailure as failure:
-        return render("overview.html", status=None, messages=[Message(failure.message, "error")])
-    return render("overview.html", status=status)
+def overview_page() -> Any:
+    data = api().get(OVERVIEW)
+    moment = parse_stamp(data["now"]) or now()
+    nodes = [
+        {
+            **node,
+            "seen": Moment.of(node.get("last_seen"), moment),
+            "drift": drift(node),
+        }
+        for node in data["nodes"]
+    ]
+    queues = [
+        {**queue, "oldest": seconds_text(queue.get("oldest_waiting_s"))} for queue in data["queues"]
+    ]
+    return render(
+        "overview.html",
+        overview=data,
+        as_of=Moment.of(data["now"], moment),
+        nodes=nodes,
+        queues=queues,
+    )
+
+
+def drift(node: dict[str, Any]) -> list[str]:
+    """How a node differs from the leader, in words (empty: it does not, or it leads)."""
+    said = []
+    if node.get("same_config") is False:
+        said.append("runs another configuration than the leader")
+    if node.get("same_tz") is False:
+        said.append("has another timezone database than the leader")
+    return said

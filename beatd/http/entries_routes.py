@@ -82,12 +82,25 @@ IF_MATCH = Param(
     'The version the write expects (the ETag of a GET, such as "3"); 412 otherwise.',
     {"type": "string", "pattern": '^"[0-9]{1,9}"$'},
 )
+DST: JSON = {
+    "type": ["object", "null"],
+    "required": ["rule", "note"],
+    "properties": {"rule": {"type": "string"}, "note": {"type": "string"}},
+}
 NEXT_RUNS: JSON = {
     "type": "object",
-    "required": ["entry", "slots"],
+    "required": ["entry", "slots", "runs"],
     "properties": {
         "entry": {"type": "string"},
         "slots": {"type": "array", "items": {"type": "string"}},
+        "runs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["slot", "dst"],
+                "properties": {"slot": {"type": "string"}, "dst": DST},
+            },
+        },
     },
 }
 COUNT = Param(
@@ -126,7 +139,8 @@ def entry_routes(context: ApiContext) -> list[Route]:
         ),
         Route(
             "GET", "/v1/next-runs/{name}", "next_runs",
-            "An entry's next slots from now, in UTC (fewer when its schedule ends).",
+            "An entry's next slots from now, in UTC (fewer when its schedule ends), and the "
+            "same as runs, each with its DST mark as `beatd next --json` shows it.",
             Scope.READ, handlers.next_runs, (NAME, COUNT),
             replies={200: ("The slots.", NEXT_RUNS), 404: ("No such entry.", ERRORS)},
         ),
@@ -196,10 +210,10 @@ class _Handlers:
         name = req.view_args["name"]
         count = query_int(req, "count", 5, 1, shown.MAX_NEXT_RUNS)
         context = self.context
-        slots = _answer(
+        runs = _answer(
             lambda: shown.next_runs(context.backend(), context.config(), name, count, context.now())
         )
-        return Reply(200, {"entry": name, "slots": slots})
+        return Reply(200, {"entry": name, "slots": [r["slot"] for r in runs], "runs": runs})
 
     def add(self, req: Any) -> Reply:
         body = _object(body_of(req), "")

@@ -1,10 +1,11 @@
-"""Dead letters as both ways in show and requeue them: one JSON object per letter (what
-`beatd dead list --json` prints and `GET /v1/dead-letters` returns), and a requeue that the
-audit log records under who asked."""
+"""Dead letters as both ways in show, requeue and delete them: one JSON object per letter (what
+`beatd dead list --json` prints and `GET /v1/dead-letters` returns), and a requeue or deletion
+that the audit log records under who asked."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from beatd.backends import Backend, DeadLetter
@@ -60,3 +61,29 @@ def requeue_record(store: Backend, run_id: str, moved: int, by: str) -> AuditRec
         by=by,
         detail={"run_id": run_id, "requeued": moved},
     )
+
+
+def delete_dead(store: Backend, run_ids: Sequence[str] | None, by: str) -> list[str]:
+    """Delete the dead letters `run_ids` (all of them for None) for good; the ids deleted, in
+    the order asked (an id no dead letter has is left out: the caller says so). Each deletion
+    is recorded in the audit log under `by` and its entry, after it (a crash between the two
+    leaves one letter deleted with no record). All of them are deleted one by one, as a requeue
+    of all is, so a letter that arrives meanwhile is left for the next deletion."""
+    asked = [letter.id for letter in store.dead_letters()] if run_ids is None else run_ids
+    return [run_id for run_id in dict.fromkeys(asked) if delete_one(store, run_id, by)]
+
+
+def delete_one(store: Backend, run_id: str, by: str) -> int:
+    gone = store.delete_dead(run_id)
+    if gone:
+        store.record_audit(
+            AuditRecord(
+                id=new_audit_id(),
+                at=backend_now(store),
+                action="delete_dead",
+                entry=run_id.rpartition("@")[0] or None,
+                by=by,
+                detail={"run_id": run_id, "deleted": gone},
+            )
+        )
+    return gone

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from beatd.backends import Backend
 from beatd.config.fields import WINDOW_FIELDS
 from beatd.config.model import AmqpTarget, Config, Entry
+from beatd.operations.upcoming import next_marked, run_object
 from beatd.runtime_entries import API_SOURCE, RuntimeEntry, UnknownEntry, amqp_json
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule
 from beatd.schedules.window import WindowedSchedule
@@ -161,9 +162,10 @@ def get_entry(store: Backend, config: Config | None, name: str) -> dict[str, Any
 
 def next_runs(
     store: Backend, config: Config | None, name: str, count: int, now: datetime
-) -> list[str]:
-    """The next `count` slots of entry `name` after `now` (fewer when its schedule ends), as
-    UTC stamps: a runtime entry's, else one of `config`'s; UnknownEntry."""
+) -> list[dict[str, Any]]:
+    """The next `count` runs of entry `name` after `now` (fewer when its schedule ends), each
+    its slot as a UTC stamp and its DST mark as `beatd next --json` shows it: a runtime
+    entry's, else one of `config`'s; UnknownEntry."""
     stored = store.get_entry(name)
     if stored is not None:
         entry = stored.entry()
@@ -171,10 +173,4 @@ def next_runs(
         entry = config.entries[name]
     else:
         raise UnknownEntry(name)
-    slots: list[str] = []
-    moment: datetime | None = now
-    while moment is not None and len(slots) < count:
-        moment = entry.schedule.next_after(moment)
-        if moment is not None:
-            slots.append(str(stamp(moment)))
-    return slots
+    return [run_object(t, mark) for t, mark in next_marked(entry.schedule, now, count)]

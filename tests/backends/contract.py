@@ -369,6 +369,21 @@ class BackendContract(
         assert backend.requeue_dead(None) == 1
         assert backend.queue_depths() == {"default": 2}
 
+    def test_dead_letters_deleted_one_and_all_once(self, backend: Backend) -> None:
+        backend.enqueue([message("a", 1), message("b", 1), message("c", 1)])
+        for _ in range(3):
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None
+            backend.dead_letter(delivery, "boom")
+        ids = [d.id for d in backend.dead_letters()]
+        assert backend.delete_dead(ids[1]) == 1
+        assert backend.delete_dead(ids[1]) == 0  # gone: a repeat deletes nothing
+        assert backend.delete_dead("no-such@2026-03-01T12:01:00Z") == 0
+        assert [d.id for d in backend.dead_letters()] == [ids[0], ids[2]]
+        assert backend.delete_dead(None) == 2
+        assert (backend.dead_letters(), backend.delete_dead(None)) == ([], 0)
+        assert backend.queue_depths() == {}  # deleted, not requeued
+
     # --- faults ---------------------------------------------------------------------------
 
     def test_a_commit_that_failed_before_writing_wrote_nothing_and_its_retry_applies(

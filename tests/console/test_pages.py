@@ -1,0 +1,119 @@
+"""The console's pages under Flask's test client on a real SQLite file: what each page shows,
+in beatd's own words, from the public API."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from tests.console.conftest import WRITER, Console
+from tests.console.seeds import add_entries, seed_dead_letters, seed_runs
+
+
+def visible(page: str) -> str:
+    """A page's text as a reader sees it: no tags, whitespace collapsed."""
+    body = page.split("<body", 1)[-1]
+    text = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", body, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return re.sub(r"\s+", " ", html.unescape(text)).strip()
+
+
+def signed_in(console: Console) -> Console:
+    assert console.sign_in(WRITER).status_code == 303
+    return console
+
+
+def test_the_overview_shows_the_leader_the_last_hour_and_the_dead_letters(
+    console: Console,
+) -> None:
+    signed_in(console)
+    seed_dead_letters(console)
+    page = console.get("/ui/")
+    assert page.status_code == 200
+    text = visible(page.text)
+    assert "No node holds the lease: nothing is being published." in text
+    assert "Late runs 0 Missed slots 0 Failed runs 0 Dead letters 2" in text
+    assert "Overdue (0) None." in text
+    assert "No node has reported." in text
+
+
+def test_the_entries_page_filters_sorts_and_pages(console: Console) -> None:
+    signed_in(console)
+    add_entries(
+        console,
+        *({"name": f"job-{i:03}", "task": "app.job", "every": "10m"} for i in range(120)),
+        {"name": "other", "task": "app.other", "cron": "0 3 * * *", "queue": "reports"},
+    )
+    page = console.get("/ui/entries?sort=name&limit=50")
+    text = visible(page.text)
+    assert "Entries 1–50 of 122." in text
+    assert "job-000 API app.job default every 10 minutes UTC" in text
+    last = re.search(r'<a href="([^"]+)" rel="last">Last page</a>', page.text)
+    assert last is not None
+    assert html.unescape(last.group(1)) == "/ui/entries?sort=name&limit=50&offset=100"
+    text = visible(console.get(html.unescape(last.group(1))).text)
+    assert "Entries 101–122 of 122." in text
+    assert "nightly file reports.nightly" in text
+    assert "other API app.other reports" in text
+    one = visible(console.get("/ui/entries?name=other&queue=reports").text)
+    assert "Entries 1–1 of 1." in one
+    assert "job-000" not in one
+
+
+def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
+    signed_in(console)
+    page = console.get("/ui/entries?limit=9999")
+    assert page.status_code == 422
+    assert "The entry index refused this view: limit:" in visible(page.text)
+
+
+def test_a_file_entry_page_shows_its_definition_next_runs_history_chart_and_audit(
+    console: Console,
+) -> None:
+    signed_in(console)
+    seed_runs(console)
+    page = console.get("/ui/entries/nightly")
+    assert page.status_code == 200
+    text = visible(page.text)
+    assert "Defined in the schedule file" in text
+    assert "read-only here; edit the file and reload." in text
+    assert "task: reports.nightly cron: 0 3 * * *" in text
+    assert "Next 10 runs" in text
+    assert "2026-12-06T03:00:00Z in 2 h" in text
+    assert "2026-12-15T03:00:00Z in 9 d" in text
+    # newest first: outcome, kind, duration, delay, attempts, the last attempt's error
+    assert "2026-12-05T03:00:00Z succeeded scheduled 3.2 s 412 ms 1" in text
+    assert "2026-12-04T03:00:00Z failed scheduled 4.2 s 1.0 s 2 ValueError bad row 7" in text
+    assert '<svg xmlns="http://www.w3.org/2000/svg" class="run-chart" role="img"' in page.text
+    assert "2 runs, from 2026-12-04T03:00:00Z to 2026-12-05T03:00:00Z" in page.text
+    assert "No operator action yet." in text
+    assert "Edit this entry" not in text
+
+
+def test_an_unknown_entry_is_the_api_404(console: Console) -> None:
+    signed_in(console)
+    page = console.get("/ui/entries/nope")
+    assert page.status_code == 404
+    assert "Not found (404) name: no runtime entry nope" in visible(page.text)
+
+
+def test_the_dead_letter_page_shows_message_reason_and_deliveries(console: Console) -> None:
+    signed_in(console)
+    seed_dead_letters(console)
+    text = visible(console.get("/ui/dead").text)
+    assert (
+        "nightly@2026-12-05T03:00:00Z reports.nightly default 2026-12-06T00:30:00Z (30 min ago) "
+        "3 ValueError: bad Message"
+    ) in text
+    assert '"task": "reports.nightly"' in text
+    assert "gone@x ? reports 2026-12-06T00:30:00Z (30 min ago) 1 unknown task Message" in text
+
+
+def test_no_page_has_inline_script_or_style(console: Console) -> None:
+    signed_in(console)
+    seed_runs(console)
+    seed_dead_letters(console)
+    for path in ("/ui/", "/ui/entries", "/ui/entries/nightly", "/ui/dead", "/ui/new-entry"):
+        page = console.get(path).text
+        assert re.search(r"<script(?![^>]*\bsrc=)", page) is None, path
+        assert "<style" not in page and "style=" not in page, path

@@ -1,0 +1,213 @@
+"""The API routes the console needs (issue 19) and the dead-letter deletion (issue 18): a real
+waitress server in front of a real SQLite file and a real redis-server, as in
+tests/test_http_entries.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from beatd.backends import open_backend
+from beatd.cli import main
+from beatd.cli.api import allowed_hosts
+from beatd.config import load_config
+from beatd.http import all_routes
+from beatd.http.app import Access, create_app
+from beatd.http.context import ApiContext
+from beatd.http.server import ApiServer, ServerSettings
+from tests.entries_backends import broker, redis_server
+from tests.test_history_cli import SCHEDULES
+from tests.test_http import (
+    ANY_HEADERS,
+    ECHO,
+    WRITER,
+    Api,
+    letters,
+    only_error,
+    start,
+    tokens,
+)
+
+__all__ = ["broker", "redis_server"]  # fixtures
+
+TICK = "tick@2026-12-05T03:00:00Z"
+
+
+@pytest.fixture
+def api(tmp_path: Path, broker: str) -> Iterator[Api]:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(SCHEDULES)
+    served = start(tmp_path, broker, folder)
+    yield served
+    served.server.stop()
+
+
+def serve(tmp_path: Path, broker: str, now: datetime) -> Api:
+    """The API on a SQLite or Redis backend whose handlers see the time `now`."""
+    folder = tmp_path / "schedules"
+    folder.mkdir(exist_ok=True)
+    (folder / "s.yaml").write_text(SCHEDULES)
+    config = load_config([str(folder)])
+    context = ApiContext(lambda: open_backend(broker), lambda: config, lambda: now)
+    table = tokens(tmp_path)
+    access = Access(lambda: table, allowed_hosts("127.0.0.1", 0, ()))
+    app = create_app([*all_routes(context), ECHO], access)
+    server = ApiServer(app, ServerSettings("127.0.0.1", 0, threads=2)).start()
+    return Api(f"http://127.0.0.1:{server.port}", server, broker, folder)
+
+
+def audit_of(broker: str) -> list[tuple[str, str | None, str, object]]:
+    backend = open_backend(broker)
+    try:
+        return sorted((r.action, r.entry, r.by, r.detail) for r in backend.audit())
+    finally:
+        backend.close()
+
+
+def remaining(broker: str) -> list[str]:
+    backend = open_backend(broker)
+    try:
+        return [d.id for d in backend.dead_letters()]
+    finally:
+        backend.close()
+
+
+# --- deleting dead letters ----------------------------------------------------------------------
+
+
+def test_a_delete_removes_one_letter_and_the_audit_log_names_the_token(api: Api) -> None:
+    letters(api.broker)
+    path = f"/v1/dead-letters/{TICK}"
+    assert api.ask(path, method="DELETE")[0] == 403
+    assert api.ask(path, WRITER.token, "DELETE") == (200, ANY_HEADERS, {"deleted": [TICK]})
+    assert remaining(api.broker) == ["gone@x"]
+    assert audit_of(api.broker) == [("delete_dead", "tick", "ops", {"run_id": TICK, "deleted": 1})]
+    status, _, body = api.ask(path, WRITER.token, "DELETE")
+    assert status == 404
+    assert only_error(body) == {
+        "entry": None,
+        "field": "id",
+        "message": f"no dead letter with id {TICK!r}",
+        "pointer": None,
+    }
+
+
+def test_delete_all_removes_every_letter_one_audit_record_each(api: Api) -> None:
+    letters(api.broker)
+    body = json.dumps({"all": True}).encode()
+    status, _, answer = api.ask("/v1/dead-letters/delete", WRITER.token, "POST", body)
+    assert (status, answer) == (200, {"deleted": [TICK, "gone@x"]})
+    assert remaining(api.broker) == []
+    assert [(a, e) for a, e, _, _ in audit_of(api.broker)] == [
+        ("delete_dead", "gone"),
+        ("delete_dead", "tick"),
+    ]
+    assert api.ask("/v1/dead-letters")[2] == {"dead_letters": []}
+
+
+def test_delete_by_ids_deletes_the_known_and_names_the_unknown(api: Api) -> None:
+    letters(api.broker)
+    body = json.dumps({"ids": ["nope@1", TICK]}).encode()
+    status, _, answer = api.ask("/v1/dead-letters/delete", WRITER.token, "POST", body)
+    assert status == 404
+    assert only_error(answer) == {
+        "entry": None,
+        "field": "ids",
+        "message": "no dead letter with id 'nope@1'; the others asked for were deleted",
+        "pointer": "/ids",
+    }
+    assert remaining(api.broker) == ["gone@x"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "pointer"),
+    [
+        ({}, 'give either "all": true or "ids", not both and not neither', ""),
+        (
+            {"all": True, "ids": ["a"]},
+            'give either "all": true or "ids", not both and not neither',
+            "",
+        ),
+        ({"all": False}, '"all" must be true', "/all"),
+        ({"ids": []}, '"ids" must be a list of 1 to 1000 run ids', "/ids"),
+        ({"ids": ["a", ""]}, "ids[1] must be a run id (a non-empty string)", "/ids/1"),
+        ({"id": "a"}, 'the body must be {"all": true} or {"ids": [RUN_ID, ...]}', ""),
+    ],
+    ids=["neither", "both", "all_false", "no_ids", "empty_id", "unknown_field"],
+)
+def test_a_delete_body_of_neither_form_is_refused_with_nothing_deleted(
+    api: Api, body: object, message: str, pointer: str
+) -> None:
+    letters(api.broker)
+    status, _, answer = api.ask(
+        "/v1/dead-letters/delete", WRITER.token, "POST", json.dumps(body).encode()
+    )
+    assert status == 422
+    assert only_error(answer)["message"] == message
+    assert only_error(answer)["pointer"] == pointer
+    assert remaining(api.broker) == [TICK, "gone@x"]
+
+
+def test_dead_rm_deletes_by_id_and_all_and_refuses_an_unknown_id(broker: str) -> None:
+    letters(broker)
+    runner = CliRunner()
+    done = runner.invoke(main, ["dead", "rm", TICK, "--by", "me", "--broker", broker])
+    assert (done.exit_code, done.stdout) == (0, "deleted 1 dead letter(s)\n")
+    assert audit_of(broker) == [("delete_dead", "tick", "me", {"run_id": TICK, "deleted": 1})]
+    again = runner.invoke(main, ["dead", "rm", TICK, "gone@x", "--broker", broker])
+    assert (again.exit_code, again.stdout) == (2, "deleted 1 dead letter(s)\n")
+    assert again.stderr == f"beatd: ID: no dead letter with id {TICK!r} (see beatd dead list)\n"
+    letters(broker)
+    everything = runner.invoke(main, ["dead", "rm", "--all", "--broker", broker])
+    assert (everything.exit_code, everything.stdout) == (0, "deleted 2 dead letter(s)\n")
+    assert remaining(broker) == []
+
+
+@pytest.mark.parametrize("args", [[], ["x@1", "--all"]], ids=["neither", "both"])
+def test_dead_rm_needs_ids_or_all(broker: str, args: list[str]) -> None:
+    letters(broker)
+    done = CliRunner().invoke(main, ["dead", "rm", *args, "--broker", broker])
+    assert done.exit_code == 2
+    assert done.stderr == "beatd: ID/--all: give run IDs or --all, not both and not neither\n"
+    assert remaining(broker) == [TICK, "gone@x"]
+
+
+# --- next runs with DST marks -------------------------------------------------------------------
+
+
+def test_next_runs_mark_what_a_dst_rule_moved_as_beatd_next_json_does(
+    tmp_path: Path, broker: str
+) -> None:
+    api = serve(tmp_path, broker, datetime(2026, 3, 28, 12, 0, tzinfo=UTC))
+    try:
+        entry = {"name": "berlin", "task": "t", "cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+        headers = {"Content-Type": "application/json"}
+        body = json.dumps(entry).encode()
+        assert api.ask("/v1/entries", WRITER.token, "POST", body, headers)[0] == 201
+        status, _, answer = api.ask("/v1/next-runs/berlin?count=3")
+    finally:
+        api.server.stop()
+    asked = ["--cron", "30 2 * * *", "--timezone", "Europe/Berlin", "--after", "2026-03-28T12:00"]
+    printed = CliRunner().invoke(main, ["next", *asked, "-n", "3", "--json"])
+    moved = {
+        "rule": "spring_gap_fixed_time",
+        "note": "for 02:30:00, which does not exist (clocks go forward, 02:00-03:00): a "
+        "fixed-time job runs at the jump",
+    }
+    assert status == 200
+    assert answer == {
+        "entry": "berlin",
+        "slots": ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z", "2026-03-31T00:30:00Z"],
+        "runs": [
+            {"slot": "2026-03-29T01:00:00Z", "dst": moved},
+            {"slot": "2026-03-30T00:30:00Z", "dst": None},
+            {"slot": "2026-03-31T00:30:00Z", "dst": None},
+        ],
+    }
+    assert answer["runs"] == json.loads(printed.stdout)
