@@ -171,7 +171,7 @@ class ConsoleServer:
             [sys.executable, "-m", "beatd", *args, "--broker", self.broker],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=240,  # `beatd status NAME` builds every runtime entry (20-60 s for 100,000)
             cwd=self.dir,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             check=False,
