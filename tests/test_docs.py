@@ -140,4 +140,4 @@ def test_the_api_page_lists_every_api_option_with_its_variable() -> None:
         for param in run.params
         if isinstance(param, click.Option) and param.opts[0].startswith("--api-")
     }
-    assert rows == options and len(options) == 4
+    assert rows == options and len(options) == 5

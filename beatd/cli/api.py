@@ -34,12 +34,14 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
-    """`--api-addr`, `--api-tokens`, `--api-public-read` and `--api-allowed-hosts`, parsed."""
+    """`--api-addr`, `--api-tokens`, `--api-public-read`, `--api-allowed-hosts` and
+    `--api-trusted-proxy`, parsed."""
 
     addr: str
     tokens: str | None
     public_read: bool
     allowed_hosts: tuple[str, ...]
+    trusted_proxy: str | None = None
 
     @property
     def off(self) -> bool:
@@ -57,6 +59,7 @@ def api_options(func: Callable[..., None]) -> Callable[..., None]:
             kwargs.pop("api_tokens"),
             kwargs.pop("api_public_read"),
             tuple(h.strip().lower() for h in (hosts or "").split(",") if h.strip()),
+            kwargs.pop("api_trusted_proxy") or None,
         )
         func(**kwargs, api=api)
 
@@ -89,6 +92,14 @@ def api_options(func: Callable[..., None]) -> Callable[..., None]:
             metavar="HOST,...",
             help="Host header values the API answers to, besides its own address (and the "
             "loopback names when it listens on loopback); others get 421.",
+        ),
+        click.option(
+            "--api-trusted-proxy",
+            envvar="BEATD_API_TRUSTED_PROXY",
+            metavar="ADDR",
+            help="The IP address of the reverse proxy that terminates TLS in front of the API: "
+            "its X-Forwarded-Proto says whether a request came over https (the console's "
+            "Secure cookie and Origin check); that header from anyone else is dropped.",
         ),
     ]
     for option in reversed(options):
@@ -158,7 +169,8 @@ def start_api(
     access = Access(tokens, hosts, api.public_read, lambda why: metrics.refused.labels(why).inc())
     try:
         app = metrics.wrap(build_app(context, access))
-        server = ApiServer(app, ServerSettings(host, port)).start()
+        settings = ServerSettings(host, port, trusted_proxy=api.trusted_proxy)
+        server = ApiServer(app, settings).start()
     except OSError as exc:
         _not_bound(api, exc)
         return None

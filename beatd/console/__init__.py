@@ -9,8 +9,11 @@ How a page is written (the overview, beatd/console/overview.py, is the smallest)
   API route of that operationId in process, as the signed-in session's token, and returns its
   JSON, or raises `ApiFailure(status, errors)` with the API's own messages. Writes use
   `api().send(route_name, path, body, headers)`, which returns an `ApiAnswer` (status, body,
-  headers, `.ok`, `.errors`) refusals included, for the page to show. Route names must exist:
-  tests/console/test_routes_exist.py lists the ones the console uses (add yours there).
+  headers, `.ok`, `.errors`) refusals included, for the page to show. Pass the route name as
+  a string literal as the first argument: tests/console/test_guards.py finds every such call
+  and checks the name is an operationId of the OpenAPI document. Every GET page is also
+  checked there: a 303 to sign-in without a session, shown with --api-public-read, the CSP
+  signed in (path parameters are filled with "nightly", an entry of the test's schedules).
 - Pages: `render("page.html", **context)` (beatd.console.pages). Templates extend base.html
   and fill the blocks `title` and `content`; every template has `csrf_token`, `signed_in` (the
   token's name or None), `scope`, `public_read`, `now` and `messages` (Message(text, kind),

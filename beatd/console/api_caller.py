@@ -89,7 +89,11 @@ class ApiCaller:
 
     def method_of(self, route_name: str) -> str:
         """The method the route is served with (each route takes exactly one)."""
-        for rule in self.app.url_map.iter_rules(route_name):
+        try:
+            rules = list(self.app.url_map.iter_rules(route_name))
+        except KeyError:
+            rules = []
+        for rule in rules:
             methods = (rule.methods or set()) - {"HEAD", "OPTIONS"}
             if len(methods) == 1:
                 return methods.pop()

@@ -8,6 +8,7 @@ page for anyone not signed in. After every answer under /ui: the security header
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
@@ -16,31 +17,36 @@ from werkzeug.wrappers import Response
 
 from beatd.console import actions, dead, entries, entry, entry_form, overview, signin
 from beatd.console.api_caller import CONSOLE_TOKEN
-from beatd.console.pages import forget_flash, refuse
+from beatd.console.pages import backend_down, forget_flash, redirect_with, refuse
 from beatd.console.security import add_security_headers, is_console_path
 from beatd.console.sessions import SESSION_COOKIE, Session
 from beatd.console.settings import EXTENSION, Console, KeyOnce, console
+from beatd.errors import BackendError
 from beatd.http.app import Access, host_allowed, http_error
 from beatd.http.context import ApiContext
 
+AddPages = Callable[[Blueprint], None]  # a page module's add_pages
 # Endpoints shown to anyone who reaches the server, signed in or not.
 OPEN_ENDPOINTS = frozenset({"ui.static", "ui.signin", "ui.signin_submit", "ui.signout"})
 
 
-def register_console(app: Flask, context: ApiContext, access: Access) -> None:
-    """Serve the console at /ui on `app` (the API's), `/` redirecting to it."""
+def register_console(
+    app: Flask, context: ApiContext, access: Access, extra: Sequence[AddPages] = ()
+) -> None:
+    """Serve the console at /ui on `app` (the API's), `/` redirecting to it; `extra` adds
+    pages of a caller's own (tests)."""
     app.extensions[EXTENSION] = Console(
         access,
         KeyOnce(lambda: context.backend().session_key()),
         lambda: context.now().timestamp(),
     )
-    app.register_blueprint(console_blueprint())
+    app.register_blueprint(console_blueprint(extra))
     app.add_url_rule("/", "console_root", lambda: redirect("/ui/", 303), methods=["GET"])
     app.after_request(add_security_headers)
     app.register_error_handler(HTTPException, _error_page)
 
 
-def console_blueprint() -> Blueprint:
+def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:
     ui = Blueprint(
         "ui",
         __name__,
@@ -52,9 +58,12 @@ def console_blueprint() -> Blueprint:
     ui.before_request(_before)
     ui.after_request(_after)
     ui.context_processor(_page_context)
+    ui.register_error_handler(BackendError, backend_down)
     signin.add_pages(ui)
     for pages in (overview, entries, entry, entry_form, actions, dead):
         pages.add_pages(ui)
+    for add_pages in extra:
+        add_pages(ui)
     return ui
 
 
@@ -82,7 +91,10 @@ def _before() -> Response | None:
         request.environ[CONSOLE_TOKEN] = token
         g.token = token
     if g.session is None and not settings.public_read and request.endpoint not in OPEN_ENDPOINTS:
-        return redirect(url_for("ui.signin", next=request.full_path.rstrip("?")), 303)
+        to_sign_in = url_for("ui.signin", next=request.full_path.rstrip("?"))
+        if g.get("session_ended"):
+            return redirect_with(to_sign_in, signin.SESSION_ENDED)
+        return redirect(to_sign_in, 303)
     return None
 
 

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 
 from beatd.console.sessions import FLASH_PURPOSE, sign, unsign
 from beatd.console.settings import console
+from beatd.errors import BackendError
 
 FLASH_COOKIE = "beatd_flash"
 FLASH_LIFETIME = 60  # seconds: the next page shows the messages, then they go
@@ -66,7 +67,11 @@ def flashed() -> list[Message]:
     if not value or g.get("flash_read"):
         return []
     g.flash_read = True
-    data = unsign(console().session_key(), FLASH_PURPOSE, value)
+    try:
+        key = console().session_key()
+    except BackendError:  # the page says so (backend_down); its messages are lost
+        return []
+    data = unsign(key, FLASH_PURPOSE, value)
     try:
         pairs = json.loads(data) if data is not None else []
         return [Message(str(text), str(kind)) for kind, text in pairs]
@@ -85,3 +90,8 @@ def forget_flash(response: Response) -> Response:
             samesite="Strict",
         )
     return response
+
+
+def backend_down(error: BackendError) -> Response:
+    """The page of a console request the backend could not serve (the session key)."""
+    return refuse(503, f"the backend did not answer, so sessions cannot be checked: {error}")

@@ -19,6 +19,11 @@ from beatd.console.sessions import SESSION_COOKIE, SESSION_LIFETIME, Session
 from beatd.console.settings import console
 
 log = logging.getLogger(__name__)
+SESSION_ENDED = Message(
+    "your session has ended: it was opened 12 hours ago, or its token is no longer in the API "
+    "token file; sign in again",
+    "error",
+)
 
 
 def add_pages(ui: Blueprint) -> None:
@@ -35,15 +40,7 @@ def safe_next(value: str | None) -> str:
 
 
 def signin_page() -> str:
-    ended = []
-    if g.get("session_ended"):
-        ended = [
-            Message(
-                "your session has ended: it was opened 12 hours ago, or its token is no longer "
-                "in the API token file; sign in again",
-                "error",
-            )
-        ]
+    ended = [SESSION_ENDED] if g.get("session_ended") else []
     return render("signin.html", next=safe_next(request.args.get("next")), messages=ended)
 
 

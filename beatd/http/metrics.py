@@ -35,7 +35,7 @@ class ApiMetrics:
         self.refused = Counter(
             "beatd_api_auth_failures",
             "HTTP API requests refused for their token: missing, malformed, unknown, or a "
-            "read token on a write (scope).",
+            "read token on a write (scope); the console's sign-ins too.",
             ["reason"],
             registry=registry,
         )

@@ -25,12 +25,19 @@ class ServerSettings:
     threads: int = 4
     channel_timeout: int = 30  # seconds a connection may sit idle or trickle a request
     connection_limit: int = 64
+    trusted_proxy: str | None = None  # whose X-Forwarded-Proto sets the request's scheme
 
 
 class ApiServer:
     """Serves `app` at the settings' address from a daemon thread until `stop()`."""
 
     def __init__(self, app: Any, settings: ServerSettings) -> None:
+        proxy: dict[str, Any] = {}
+        if settings.trusted_proxy is not None:  # https behind a TLS proxy (docs/api.md, TLS)
+            proxy = {
+                "trusted_proxy": settings.trusted_proxy,
+                "trusted_proxy_headers": {"x-forwarded-proto"},
+            }
         server = create_server(
             app,
             host=settings.host,
@@ -43,6 +50,7 @@ class ApiServer:
             clear_untrusted_proxy_headers=True,
             expose_tracebacks=False,
             asyncore_loop_timeout=0.25,  # how soon stop() ends the loop; 4 idle wake-ups a second
+            **proxy,
         )
         if not isinstance(server, BaseWSGIServer):  # one host and port: one listening socket
             raise TypeError(f"unexpected waitress server {server!r}")

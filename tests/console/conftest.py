@@ -5,7 +5,7 @@ reread (as SIGHUP does), and a clock the test moves."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +19,12 @@ from werkzeug.test import TestResponse
 from beatd.backends import open_backend
 from beatd.cli.api import allowed_hosts
 from beatd.config import Config, load_config
-from beatd.http import build_app
-from beatd.http.app import Access
+from beatd.console.app import AddPages, register_console
+from beatd.http import all_routes, build_app
+from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
 from beatd.http.tokens import NewToken, Scope, TokenSource, new_token
+from tests.redis_server import RedisServer
 
 HOST = "127.0.0.1:9479"
 ORIGIN = f"http://{HOST}"
@@ -76,9 +78,12 @@ class Console:
         self.clock[0] = datetime.fromtimestamp(self.clock[0].timestamp() + seconds, UTC)
 
 
-def make_console(tmp_path: Path, broker: str, *, public_read: bool = False) -> Console:
+def make_console(
+    tmp_path: Path, broker: str, *, public_read: bool = False, extra: Sequence[AddPages] = ()
+) -> Console:
+    """The API and the console as `beatd run` serves them, with `extra` pages of the test's."""
     folder = tmp_path / "schedules"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "s.yaml").write_text(SCHEDULES)
     config: Config = load_config([str(folder)])
     token_file = tmp_path / "api-tokens"
@@ -89,13 +94,31 @@ def make_console(tmp_path: Path, broker: str, *, public_read: bool = False) -> C
     context = ApiContext(lambda: open_backend(broker), lambda: config, now=lambda: clock[0])
     refused: list[str] = []
     hosts = allowed_hosts("127.0.0.1", 9479, ())
-    app = build_app(context, Access(tokens, hosts, public_read, refused.append))
+    access = Access(tokens, hosts, public_read, refused.append)
+    if extra:
+        app = create_app(all_routes(context), access)
+        register_console(app, context, access, extra)
+    else:
+        app = build_app(context, access)
     return Console(app, app.test_client(), token_file, tokens, context, clock, refused)
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'beatd.db'}"
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real SQLite file, or a real Redis emptied after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'beatd.db'}"
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield server.url
+    server.client().flushall()
 
 
 @pytest.fixture

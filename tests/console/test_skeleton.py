@@ -6,7 +6,11 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
-from tests.console.conftest import WRITER, Console
+from prometheus_client import CollectorRegistry
+from werkzeug.test import Client
+
+from beatd.http.metrics import ApiMetrics
+from tests.console.conftest import ORIGIN, WRITER, Console
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLE = REPO / "beatd" / "console"
@@ -95,3 +99,23 @@ def test_the_wheel_ships_every_template_and_asset() -> None:
     ]
     assert files
     assert [f for f in files if not any(fnmatch(f, pattern) for pattern in patterns)] == []
+
+
+def test_console_pages_are_counted_under_their_endpoint(console: Console) -> None:
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    browser = Client(metrics.wrap(console.app))
+    browser.get("/ui/signin", base_url=ORIGIN)
+    browser.post(
+        "/ui/signin",
+        base_url=ORIGIN,
+        data={"token": WRITER.token},
+        headers={"Origin": ORIGIN},
+    )
+    browser.get("/ui/", base_url=ORIGIN)
+
+    def count(route: str, code: str) -> float | None:
+        return registry.get_sample_value("beatd_api_requests_total", {"route": route, "code": code})
+
+    assert [count("ui.signin", "200"), count("ui.signin_submit", "303")] == [1.0, 1.0]
+    assert [count("ui.overview", "200"), count("status", "200")] == [1.0, None]
