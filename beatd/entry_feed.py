@@ -73,6 +73,10 @@ class RuntimeView:
     def due(self) -> bool:
         return self.clock.monotonic() >= self._next_at
 
+    def version_of(self, name: str) -> int | None:
+        """The version of runtime entry `name` held (None: none held)."""
+        return self._versions.get(name)
+
     def poll(self) -> FeedRound:
         """Read one page of the feed after the cursor and apply it: all of it, or (a backend
         error) none of it."""

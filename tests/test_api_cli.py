@@ -144,3 +144,32 @@ def test_without_tokens_nothing_is_served(
     assert status_of(port, FIRST.token) == 0
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
+
+
+def index_names(port: int, token: str) -> list[str] | None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/entry-index?sort=next_due")
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return [e["name"] for e in json.loads(answer.read())["entries"]]
+    except (urllib.error.HTTPError, OSError):
+        return None  # not listening, or the index not built yet (503)
+
+
+def test_run_feeds_the_entry_index_from_the_change_feed(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    port = free_port()
+    writer = new_token("ops", Scope.WRITE)
+    tokens = token_file(tmp_path, writer.line)
+    proc = launch("--api-addr", f"127.0.0.1:{port}", "--api-tokens", str(tokens))
+    assert wait_for(lambda: index_names(port, writer.token), what="the index built") == ["tick"]
+    body = json.dumps({"name": "hourly", "task": "t.h", "every": "1h"}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/entries", body, method="POST")
+    request.add_header("Authorization", f"Bearer {writer.token}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 201
+    wait_for(lambda: index_names(port, writer.token) == ["tick", "hourly"], what="hourly indexed")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0

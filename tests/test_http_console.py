@@ -6,20 +6,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from beatd.backends import open_backend
+from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.cli import main
 from beatd.cli.api import allowed_hosts
-from beatd.config import load_config
+from beatd.clock import FakeClock
+from beatd.config import Entry, load_config
+from beatd.entry_index import EntryIndex
+from beatd.history import (
+    Attempt,
+    EntrySummary,
+    MissedRecord,
+    MissedSlots,
+    RunKind,
+    RunRecord,
+)
 from beatd.http import all_routes
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
 from beatd.http.server import ApiServer, ServerSettings
+from beatd.state import EntryState
 from tests.entries_backends import broker, redis_server
 from tests.test_history_cli import SCHEDULES
 from tests.test_http import (
@@ -48,13 +60,14 @@ def api(tmp_path: Path, broker: str) -> Iterator[Api]:
     served.server.stop()
 
 
-def serve(tmp_path: Path, broker: str, now: datetime) -> Api:
+def serve(tmp_path: Path, broker: str, now: datetime, index: EntryIndex | None = None) -> Api:
     """The API on a SQLite or Redis backend whose handlers see the time `now`."""
     folder = tmp_path / "schedules"
     folder.mkdir(exist_ok=True)
     (folder / "s.yaml").write_text(SCHEDULES)
     config = load_config([str(folder)])
-    context = ApiContext(lambda: open_backend(broker), lambda: config, lambda: now)
+    opened = lambda: open_backend(broker)  # noqa: E731
+    context = ApiContext(opened, lambda: config, lambda: now, entry_index=index)
     table = tokens(tmp_path)
     access = Access(lambda: table, allowed_hosts("127.0.0.1", 0, ()))
     app = create_app([*all_routes(context), ECHO], access)
@@ -211,3 +224,132 @@ def test_next_runs_mark_what_a_dst_rule_moved_as_beatd_next_json_does(
         ],
     }
     assert answer["runs"] == json.loads(printed.stdout)
+
+
+# --- the entry index ----------------------------------------------------------------------------
+
+
+def add_entries(api: Api, *entries: dict[str, object]) -> None:
+    body = json.dumps({"entries": list(entries)}).encode()
+    headers = {"Content-Type": "application/json"}
+    assert api.ask("/v1/entries/batch", WRITER.token, "POST", body, headers)[0] == 201
+
+
+def test_the_entry_index_filters_sorts_and_pages_files_and_runtime_entries(api: Api) -> None:
+    add_entries(
+        api,
+        *({"name": f"report-{n}", "task": "t.report", "every": f"{n + 1}m"} for n in range(5)),
+        {"name": "sync", "task": "t.sync", "cron": "0 * * * *", "queue": "io"},
+    )
+    status, _, page = api.ask("/v1/entry-index?name=report&sort=next_due&offset=1&limit=2")
+    assert status == 200
+    assert (page["total"], page["offset"], page["limit"]) == (5, 1, 2)
+    assert [e["name"] for e in page["entries"]] == ["report-1", "report-2"]
+    assert page["entries"][0]["schedule"] == "every 2m"
+    assert page["entries"][0]["source"] == "api"
+    _, _, files = api.ask("/v1/entry-index?source=file")
+    assert [(e["name"], e["source"], e["version"]) for e in files["entries"]] == [
+        ("nightly", "file", None),
+        ("tick", "file", None),
+    ]
+    _, _, io = api.ask("/v1/entry-index?queue=io&task=t.sync&paused=false")
+    assert [e["name"] for e in io["entries"]] == ["sync"]
+    assert api.ask("/v1/entry-index?paused=true")[2]["total"] == 0
+    assert api.ask("/v1/entry-index")[2]["total"] == 8
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ("sort=due", "sort", "sort must be name, next_due, last_status, got 'due'"),
+        ("source=yaml", "source", "source must be api or file, got 'yaml'"),
+        ("paused=yes", "paused", "paused must be true or false, got 'yes'"),
+        ("limit=501", "limit", "limit must be a whole number from 1 to 500, got '501'"),
+        ("name=", "name", "name is empty: leave it out, or give a value"),
+    ],
+    ids=["sort", "source", "paused", "limit", "empty_name"],
+)
+def test_a_wrong_entry_index_query_names_its_parameter(
+    api: Api, query: str, field: str, message: str
+) -> None:
+    status, _, body = api.ask(f"/v1/entry-index?{query}")
+    assert status == 422
+    assert only_error(body) == {"entry": None, "field": field, "message": message, "pointer": None}
+
+
+def test_the_entry_index_answers_503_until_it_is_built(tmp_path: Path, broker: str) -> None:
+    index = EntryIndex(lambda: open_backend(broker), lambda: None, FakeClock(NOW))
+    api = serve(tmp_path, broker, NOW, index)
+    try:
+        status, headers, body = api.ask("/v1/entry-index")
+        index.build()
+        after = api.ask("/v1/entry-index")[0]
+    finally:
+        api.server.stop()
+        index.close()
+    assert (status, headers["Retry-After"], after) == (503, "5", 200)
+    assert only_error(body)["message"] == (
+        "this node's entry index is still being built (it reads every entry once at start); "
+        "try again in a few seconds"
+    )
+
+
+# --- the overview -------------------------------------------------------------------------------
+
+NOW = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+
+
+def seed_overview(broker: str, config_entry: Entry) -> int:
+    """A leader, a waiting run, two dead letters, and an hour of history: one run late, one
+    failed, one failed two hours ago, three slots missed; `tick` overdue, `nightly` failing.
+    The leader's epoch."""
+    letters(broker)
+    store = open_backend(broker)
+    try:
+        now = datetime.fromtimestamp(store.server_time(), UTC)
+        lease = store.acquire_lease("node-a", 600)
+        assert lease is not None
+        horizon = (now - timedelta(hours=1)).replace(microsecond=0)
+        state = EntryState("tick", horizon, horizon, config_entry.identity)
+        run = Outgoing("tick", f"tick@{horizon:%Y-%m-%dT%H:%M:%SZ}", BeatdQueue("reports"), "{}")
+        assert store.commit(lease, [StateWrite(state, None)], [run]) == set()
+        ended = now - timedelta(minutes=5)
+        failed = Attempt(1, "w", "h", 1, ended - timedelta(seconds=2), ended, "failed")
+        runs = [
+            RunRecord("nightly@1", "nightly", ended, ended, ended, "a", 1, RunKind.CAUGHT_UP),
+            RunRecord("nightly@2", "nightly", ended, ended, ended, "a", 1, RunKind.SCHEDULED,
+                      attempts=(failed,)),
+            RunRecord("nightly@0", "nightly", ended, ended, now - timedelta(hours=2), "a", 1,
+                      RunKind.SCHEDULED, attempts=(failed,)),
+        ]  # fmt: skip
+        missed = MissedRecord(MissedSlots("nightly", "skipped", ended, ended, 3), now, "a", 1)
+        summary = EntrySummary("nightly", "failed", ended, timedelta(seconds=2), None, ended, 1)
+        store.import_history(runs, [missed], [summary])
+        return lease.epoch
+    finally:
+        store.close()
+
+
+def test_the_overview_shows_leader_queues_dead_letters_the_last_hour_and_trouble(
+    api: Api,
+) -> None:
+    config = load_config([str(api.schedules)])
+    epoch = seed_overview(api.broker, config.entries["tick"])
+    status, _, body = api.ask("/v1/overview")
+    assert status == 200
+    (queue,) = body.pop("queues")
+    assert (queue["name"], queue["depth"]) == ("reports", 1)
+    assert 0 <= queue["oldest_waiting_s"] < 60
+    assert [n["node"] for n in body.pop("nodes")] == []
+    assert body.pop("now").endswith("Z")
+    assert body == {
+        "leader": {"node": "node-a", "epoch": epoch},
+        "dead_letters": 2,
+        "last_hour": {"late": 1, "missed": 3, "failed": 1, "complete": True},
+        "index_ready": True,
+        "overdue": ["tick"],
+        "overdue_total": 1,
+        "failing": ["nightly"],
+        "failing_total": 1,
+        "warnings": [],
+    }

@@ -512,6 +512,13 @@ class QueueAdmin(Reachable, Protocol):
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting or in flight per queue (a read)."""
 
+    def oldest_waiting(self) -> dict[str, datetime]:
+        """Per queue that has a message ready for a worker and not handed out, when the oldest
+        such message became ready (queued, or its retry delay ended), by the backend's clock
+        (a read; queues with none are left out). A message whose claim lapsed counts from the
+        lapse where claims are rows (SQLite, PostgreSQL, memory); on Redis it counts as in
+        flight until a worker takes it again."""
+
 
 class RunHistory(Reachable, Protocol):
     """The run history (beatd.history): read by `beatd history` and `beatd status`, marked by

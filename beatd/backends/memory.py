@@ -384,6 +384,14 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
             self._store.dead = kept
             return gone
 
+    def oldest_waiting(self) -> dict[str, datetime]:
+        with self._store.lock:
+            now, oldest = self._now(), dict[str, float]()
+            for m in self._store.messages.values():
+                if m.ready_at <= now and m.ready_at < oldest.get(m.queue, now + 1):
+                    oldest[m.queue] = m.ready_at
+        return {q: datetime.fromtimestamp(t, UTC) for q, t in oldest.items()}
+
     def queue_depths(self) -> dict[str, int]:
         with self._store.lock:
             return dict(Counter(m.queue for m in self._store.messages.values()))

@@ -323,6 +323,16 @@ class PostgresQueueAdmin(PostgresLink):
 
         return self._run(work)
 
+    def oldest_waiting(self) -> dict[str, datetime]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT queue, MIN(ready_at) FROM {self.schema}.message "
+                f"WHERE ready_at <= {NOW} GROUP BY queue"
+            ).fetchall(),
+            write=False,
+        )
+        return {queue: datetime.fromtimestamp(t, UTC) for queue, t in rows}
+
     def delete_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = %s", (message_id,))
         return self._run(

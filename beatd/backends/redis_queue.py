@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import redis
 from redis.client import PubSub
@@ -33,6 +33,7 @@ from beatd.backends.base import (
 )
 from beatd.backends.redis_history_log_lua import FOLD_BATCH
 from beatd.backends.redis_link import BANDS, RedisLink, _ms, band
+from beatd.backends.redis_scripts import GROUP
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.history import Ending
 from beatd.outcomes import Outcome
@@ -368,6 +369,38 @@ class RedisQueueAdmin(RedisLink):
             return 0
         return int(self._cmd("XDEL", self._key("dead"), *gone))
 
+    def oldest_waiting(self) -> dict[str, datetime]:
+        """Per stream, the first entry after the group's last delivered one (as the claim
+        script finds it): its id's milliseconds are Redis's time at its XADD."""
+        self._check_format("smembers")
+        queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
+        keys = [(q, self._stream(q, b)) for q in queues for b in range(len(BANDS))]
+
+        def groups() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for _, key in keys:
+                    pipe.xinfo_groups(key)
+                return pipe.execute(raise_on_error=False)
+
+        found = self._do("xinfo", groups) if keys else []
+        lasts = {key: _last_delivered(g) for (_, key), g in zip(keys, found, strict=True)}
+        waiting = [(q, key) for q, key in keys if lasts[key] is not None]
+        if not waiting:
+            return {}
+
+        def heads() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for _, key in waiting:
+                    pipe.xrange(key, f"({lasts[key]}", "+", count=1)
+                return pipe.execute()
+
+        oldest: dict[str, int] = {}
+        for (queue, _), head in zip(waiting, self._do("xrange", heads), strict=True):
+            if head:
+                ms = int(_text(head[0][0]).partition("-")[0])
+                oldest[queue] = min(ms, oldest.get(queue, ms))
+        return {q: datetime.fromtimestamp(ms / 1000, UTC) for q, ms in oldest.items()}
+
     def queue_depths(self) -> dict[str, int]:
         self._check_format("smembers")
         queues = sorted(self._cmd("SMEMBERS", self._key("queues")))
@@ -384,6 +417,21 @@ class RedisQueueAdmin(RedisLink):
         width = len(BANDS) + 1
         depths = {q: sum(counts[i * width : (i + 1) * width]) for i, q in enumerate(queues)}
         return {q: depth for q, depth in depths.items() if depth}
+
+
+def _last_delivered(groups: Any) -> str | None:
+    """The workers group's last delivered id, from XINFO GROUPS (None: no such stream or
+    group, nothing was ever queued there)."""
+    if not isinstance(groups, list):
+        return None  # the pipeline's error for a stream that does not exist
+    for group in groups:
+        if group.get("name") in (GROUP, GROUP.encode()):
+            return _text(group.get("last-delivered-id"))
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _field_text(value: bytes | None, name: str) -> tuple[str, str]:

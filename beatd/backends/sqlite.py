@@ -487,6 +487,17 @@ class SQLiteQueueAdmin(SQLiteFile):
 
         return self._run(work)
 
+    def oldest_waiting(self) -> dict[str, datetime]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_AS_BYTES.format('queue')}, MIN(ready_at) FROM message "
+                "WHERE ready_at <= ? GROUP BY queue",
+                (self._now(),),
+            ).fetchall(),
+            write=False,
+        )
+        return {_text(q): datetime.fromtimestamp(t, UTC) for q, t in rows}
+
     def delete_dead(self, message_id: str | None) -> int:
         where, params = ("", ()) if message_id is None else ("WHERE id = ?", (message_id,))
         return self._run(

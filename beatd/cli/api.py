@@ -7,6 +7,7 @@ import functools
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,8 @@ from click.core import ParameterSource
 from prometheus_client import CollectorRegistry
 
 from beatd.cli.common import EXIT_RUNTIME, BackendSettings, bad_option, main, open_broker
+from beatd.clock import SystemClock
+from beatd.entry_index import EntryIndex
 from beatd.http import build_app
 from beatd.http.app import Access
 from beatd.http.context import ApiContext
@@ -114,6 +117,7 @@ class ServedApi:
     server: ApiServer
     context: ApiContext
     tokens: TokenSource
+    index_stop: threading.Event | None = None  # stops the entry index's thread
 
     @property
     def address(self) -> str:
@@ -123,6 +127,8 @@ class ServedApi:
 
     def stop(self) -> None:
         self.server.stop()
+        if self.index_stop is not None:
+            self.index_stop.set()
         self.context.close()
 
 
@@ -157,12 +163,15 @@ def start_api(
     if api.tokens is None and not api.public_read:
         log.info("HTTP API not served: give it --api-tokens (docs/api.md)")
         return None
+    # the console's entries page reads this node's entry index, built and fed in its own thread
+    index = EntryIndex(lambda: open_broker(broker), lambda: scheduler.config, SystemClock())
     context = ApiContext(
         lambda: open_broker(broker),
         lambda: scheduler.config,
         counts=lambda: totals_of(scheduler.counts),
         node=scheduler.leadership.settings.node,
         history_max_age=history_max_age,
+        entry_index=index,
     )
     metrics = ApiMetrics(registry)
     hosts = allowed_hosts(host, port, api.allowed_hosts)
@@ -175,7 +184,7 @@ def start_api(
         _not_bound(api, exc)
         return None
     log.info("HTTP API at http://%s:%d/v1/ tokens=%d", host, server.port, len(tokens()))
-    served = ServedApi(server, context, tokens)
+    served = ServedApi(server, context, tokens, index.start())
     scheduler.node_reports.serving(served.address)  # the node record says where it answers
     return served
 

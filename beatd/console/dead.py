@@ -10,7 +10,7 @@ from flask import Blueprint, url_for
 
 from beatd.console.api_caller import api
 from beatd.console.pages import redirect_with, render
-from beatd.console.replies import now, refusal
+from beatd.console.replies import now, refusal, shows_refusals
 from beatd.console.security import action
 from beatd.console.views import Moment
 
@@ -19,7 +19,7 @@ DELETE, DELETE_MANY = "delete_dead_letter", "delete_dead_letters"
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/dead", "dead_letters", dead_page, methods=["GET"])
+    ui.add_url_rule("/dead", "dead_letters", shows_refusals(dead_page), methods=["GET"])
     for path, endpoint, view in (
         ("/dead/retry/<path:run_id>", "retry_dead", retry_one),
         ("/dead/delete/<path:run_id>", "delete_dead", delete_one),

@@ -12,7 +12,7 @@ from flask import Blueprint
 from beatd.console.api_caller import ApiFailure, api
 from beatd.console.chart import run_chart
 from beatd.console.pages import render
-from beatd.console.replies import now, refusal
+from beatd.console.replies import now, shows_refusals
 from beatd.console.views import (
     Moment,
     chart_runs,
@@ -29,18 +29,16 @@ AUDIT_LIMIT = 50
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/entries/<path:name>", "entry", entry_page, methods=["GET"])
+    ui.add_url_rule("/entries/<path:name>", "entry", shows_refusals(entry_page), methods=["GET"])
 
 
 def entry_page(name: str) -> Any:
     caller = api()
-    try:
-        entry = caller.get(GET_ENTRY, path={"name": name})
-    except ApiFailure as failure:
-        return refusal(failure.status, failure.errors)
+    entry = caller.get(GET_ENTRY, path={"name": name})  # 404: the API's words (shows_refusals)
     moment = now()
     try:
-        slots = caller.get(NEXT_RUNS, path={"name": name}, query={"count": NEXT_COUNT})["slots"]
+        coming = caller.get(NEXT_RUNS, path={"name": name}, query={"count": NEXT_COUNT})
+        slots = coming["runs"]  # each slot with its DST mark (`slots`: the bare times)
         next_errors: list[dict[str, Any]] = []
     except ApiFailure as failure:  # a schedule this node cannot compute, say
         slots, next_errors = [], failure.errors
@@ -69,7 +67,7 @@ def index_row(name: str) -> dict[str, Any] | None:
     index is searched by a part of the name, so the exact name is picked among the first."""
     try:
         found = api().get(ENTRY_INDEX, query={"name": name, "sort": "name", "limit": 500})
-    except (ApiFailure, LookupError):  # TEMPORARY until consoleapi's route is merged
+    except ApiFailure:
         return None  # the page shows the rest: the index may still be being built (503)
     return next((e for e in found["entries"] if e["name"] == name), None)
 

@@ -1,6 +1,7 @@
 """GET /ui/: the scheduler at a glance (`GET /v1/overview`): the leader and its epoch, the
 nodes with their configuration fingerprint, drift and timezone database, the queues, the dead
-letters, the last hour's late, missed and failed runs, and the entries overdue or failing."""
+letters, the last hour's late, missed and failed runs, and the entries overdue or failing; and
+the paused entries (`GET /v1/entry-index?paused=true`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from typing import Any
 
 from flask import Blueprint
 
-from beatd.console.api_caller import api
-from beatd.console.pages import render
-from beatd.console.replies import now
+from beatd.console.api_caller import ApiFailure, api
+from beatd.console.pages import Message, render
+from beatd.console.replies import now, shows_refusals
 from beatd.console.views import Moment, parse_stamp, seconds_text
 
-OVERVIEW = "overview"  # the API's operationId
+OVERVIEW, ENTRY_INDEX = "overview", "entry_index"  # the API's operationIds
+PAUSED_SHOWN = 100
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/", "overview", overview_page, methods=["GET"])
+    ui.add_url_rule("/", "overview", shows_refusals(overview_page), methods=["GET"])
 
 
 def overview_page() -> Any:
@@ -36,11 +38,24 @@ def overview_page() -> Any:
     ]
     return render(
         "overview.html",
+        messages=[Message(warning, "error") for warning in data.get("warnings", [])],
         overview=data,
         as_of=Moment.of(data["now"], moment),
         nodes=nodes,
         queues=queues,
+        paused=paused_entries(),
     )
+
+
+def paused_entries() -> dict[str, Any] | None:
+    """The first paused entries by name and how many are paused, from the entry index; None
+    while it is being built (its 503)."""
+    query: dict[str, str | int] = {"paused": "true", "sort": "name", "limit": PAUSED_SHOWN}
+    try:
+        found = api().get(ENTRY_INDEX, query=query)
+    except ApiFailure:
+        return None
+    return {"names": [e["name"] for e in found["entries"]], "total": found["total"]}
 
 
 def drift(node: dict[str, Any]) -> list[str]:

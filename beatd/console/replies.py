@@ -3,13 +3,15 @@ entry's page is, and an API refusal shown as a page in the API's own words and s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import url_for
 from werkzeug.wrappers import Response
 
+from beatd.console.api_caller import ApiFailure
 from beatd.console.pages import refuse
 from beatd.console.settings import console
 
@@ -31,3 +33,17 @@ def refusal(status: int, errors: Sequence[Mapping[str, Any]]) -> Response:
         for error in errors
     ]
     return refuse(status, "; ".join(said) or f"the API answered {status}")
+
+
+def shows_refusals(page: Callable[..., Any]) -> Callable[..., Any]:
+    """A page whose API reads may be refused (a 503 while the backend is unreachable, say):
+    the refusal is shown as a page, in the API's words and status, not as a 500."""
+
+    @functools.wraps(page)
+    def shown(**kwargs: Any) -> Any:
+        try:
+            return page(**kwargs)
+        except ApiFailure as failure:
+            return refusal(failure.status, failure.errors)
+
+    return shown

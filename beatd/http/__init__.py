@@ -10,6 +10,7 @@ from flask import Flask
 
 from beatd.http.app import Access, create_app
 from beatd.http.audit_routes import audit_routes
+from beatd.http.console_routes import console_routes
 from beatd.http.context import ApiContext
 from beatd.http.controls_routes import control_routes
 from beatd.http.dead_letter_routes import dead_letter_routes
@@ -34,6 +35,7 @@ def all_routes(context: ApiContext) -> list[Route]:
         *dead_letter_routes(context),
         *control_routes(context, context.history_max_age),
         *entry_routes(context),
+        *console_routes(context),
     ]
     document = openapi_document(
         [*routes, openapi_route(lambda _req: Reply(200, {}))], beatd_version()

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from beatd.backends import Backend
+from beatd.clock import SystemClock
 from beatd.config import Config
+from beatd.entry_index import EntryIndex
 from beatd.operations.status import RunTotals
 
 
@@ -21,6 +23,7 @@ class ApiContext:
         counts: Callable[[], dict[str, RunTotals] | None] = lambda: None,
         node: str = "",
         history_max_age: timedelta = timedelta(days=30),
+        entry_index: EntryIndex | None = None,
     ) -> None:
         self._open_backend = open_backend
         self.config = config
@@ -28,6 +31,9 @@ class ApiContext:
         self.counts = counts  # this node's own run counts since it started (None: not known)
         self.node = node
         self.history_max_age = history_max_age  # the run history's retention: backfill's bound
+        # fed by a thread of its own (`beatd run` starts it); without one, each read catches up
+        self.entry_index = entry_index
+        self._inline = entry_index is None
         self._local = threading.local()
         self._opened: list[Backend] = []
         self._lock = threading.Lock()
@@ -42,6 +48,17 @@ class ApiContext:
                 self._opened.append(store)
         return store
 
+    def index(self) -> EntryIndex:
+        """The node's entry index; one built here, and caught up at each read, when none was
+        given (a server without a feeding thread: tests, tools)."""
+        with self._lock:
+            if self.entry_index is None:
+                self.entry_index = EntryIndex(self._open_backend, self.config, SystemClock())
+            index = self.entry_index
+        if self._inline:
+            index.catch_up()
+        return index
+
     def zones(self) -> dict[str, str]:
         """Each configured entry's timezone."""
         config = self.config()
@@ -54,3 +71,5 @@ class ApiContext:
             opened, self._opened = self._opened, []
         for store in opened:
             store.close()
+        if self._inline and self.entry_index is not None:
+            self.entry_index.close()

@@ -369,6 +369,25 @@ class BackendContract(
         assert backend.requeue_dead(None) == 1
         assert backend.queue_depths() == {"default": 2}
 
+    def test_oldest_waiting_is_per_queue_the_oldest_ready_message_not_handed_out(
+        self, backend: Backend, advance: Callable[[float], None], unit: float
+    ) -> None:
+        assert backend.oldest_waiting() == {}
+        backend.enqueue([message("a", 1, "q1")])
+        advance(2 * unit)
+        backend.enqueue([message("b", 1, "q1"), message("c", 1, "q2")])
+        first = backend.oldest_waiting()
+        assert sorted(first) == ["q1", "q2"]
+        assert (first["q2"] - first["q1"]).total_seconds() >= 1.5 * unit
+        taken = backend.claim(["q1"], "w", 30)
+        assert taken is not None and taken.id == message("a", 1).id
+        after = backend.oldest_waiting()
+        assert abs((after["q1"] - first["q2"]).total_seconds()) < 0.5 * unit
+        assert after["q2"] == first["q2"]
+        for queue in ("q1", "q2"):
+            assert backend.claim([queue], "w", 30) is not None
+        assert backend.oldest_waiting() == {}
+
     def test_dead_letters_deleted_one_and_all_once(self, backend: Backend) -> None:
         backend.enqueue([message("a", 1), message("b", 1), message("c", 1)])
         for _ in range(3):

@@ -4,6 +4,7 @@ the signed-in token's name, and answers 303 back with what was done; refusals ar
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_pause_with_a_reason_and_an_end_then_resume(console: Console) -> None:
     assert "paused nightly until 2030-01-01T00:00:00Z: db migration" in text
     # since: the backend's clock (real), not the console's (the test's)
     assert re.search(
-        r"Paused by ops since 2026-\d\d-\d\dT\d\d:\d\d:\d\dZ, until 2030-01-01T00:00:00Z: db migration",
+        r"Paused by ops since 2026-\d\d-\d\dT\d\d:\d\d:\d\dZ, "
+        "until 2030-01-01T00:00:00Z: db migration",
         text,
     ), text
     control = console.context.backend().load_controls(["nightly"])["nightly"]
@@ -198,3 +200,27 @@ def test_runtime_entries_added_through_the_api_are_listed(console: Console) -> N
     console.sign_in(WRITER)
     add_entries(console, {"name": "a", "task": "t.a", "every": "10s"})
     assert "a API t.a" in visible(console.get("/ui/entries?sort=name").text)
+
+
+def test_the_edit_form_saves_its_own_text_unchanged(console: Console) -> None:
+    console.sign_in(WRITER)
+    add_entries(console, {"name": "r", "task": "t.r", "cron": "0 3 * * *", "queue": "reports"})
+    page = console.get("/ui/edit/r").text
+    found = re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S)
+    assert found is not None
+    text = html.unescape(found.group(1))
+    assert text.startswith("cron: 0 3 * * *\nqueue: reports\ntask: t.r\n")
+    saved = act(console, "/ui/edit/r", {"fields": text, "version": "1"}, "/ui/edit/r")
+    assert (saved.status_code, saved.headers["Location"]) == (303, "/ui/entries/r")
+    stored = console.context.backend().get_entry("r")
+    assert stored is not None and stored.version == 2
+    assert (stored.definition["cron"], stored.definition["queue"]) == ("0 3 * * *", "reports")
+
+
+def test_a_paused_entry_is_listed_on_the_overview(console: Console) -> None:
+    console.sign_in(WRITER)
+    assert "Paused (0) None." in visible(console.get("/ui/").text)
+    form = {"reason": "db migration"}
+    assert act(console, "/ui/pause/nightly", form, "/ui/entries/nightly").status_code == 303
+    console.context.index().refresh()  # the index reads pauses in bulk, every few seconds
+    assert "Paused (1) nightly" in visible(console.get("/ui/").text)

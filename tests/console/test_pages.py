@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from beatd.history import RunKind, RunRecord
 from tests.console.conftest import WRITER, Console
-from tests.console.seeds import add_entries, seed_dead_letters, seed_runs
+from tests.console.seeds import add_entries, attempt, seed_dead_letters, seed_runs
+from tests.test_controls_cli import arrange_horizon
 
 
 def visible(page: str) -> str:
@@ -33,7 +37,7 @@ def test_the_overview_shows_the_leader_the_last_hour_and_the_dead_letters(
     text = visible(page.text)
     assert "No node holds the lease: nothing is being published." in text
     assert "Late runs 0 Missed slots 0 Failed runs 0 Dead letters 2" in text
-    assert "Overdue (0) None." in text
+    assert "Overdue (0) None. Failing (0) None. Paused (0) None." in text
     assert "No node has reported." in text
 
 
@@ -47,7 +51,12 @@ def test_the_entries_page_filters_sorts_and_pages(console: Console) -> None:
     page = console.get("/ui/entries?sort=name&limit=50")
     text = visible(page.text)
     assert "Entries 1–50 of 122." in text
-    assert "job-000 API app.job default every 10 minutes UTC" in text
+    # the next due time: the index's own clock (the system's), the relative: the console's
+    assert re.search(
+        r"job-000 API app\.job default every 10m UTC \d{4}-\d\d-\d\dT\d\d:\d0:00Z \([^)]+\) "
+        r"never run - no",
+        text,
+    ), text
     last = re.search(r'<a href="([^"]+)" rel="last">Last page</a>', page.text)
     assert last is not None
     assert html.unescape(last.group(1)) == "/ui/entries?sort=name&limit=50&offset=100"
@@ -64,7 +73,7 @@ def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
     signed_in(console)
     page = console.get("/ui/entries?limit=9999")
     assert page.status_code == 422
-    assert "The entry index refused this view: limit:" in visible(page.text)
+    assert "This view of the entries cannot be shown: limit:" in visible(page.text)
 
 
 def test_a_file_entry_page_shows_its_definition_next_runs_history_chart_and_audit(
@@ -117,3 +126,47 @@ def test_no_page_has_inline_script_or_style(console: Console) -> None:
         page = console.get(path).text
         assert re.search(r"<script(?![^>]*\bsrc=)", page) is None, path
         assert "<style" not in page and "style=" not in page, path
+
+
+def test_next_runs_carry_their_dst_marks(console: Console) -> None:
+    signed_in(console)
+    # 02:30 on 28 March 2027, Berlin: the wall time the clocks skip (02:00 -> 03:00)
+    add_entries(
+        console,
+        {"name": "spring", "task": "t.s", "cron": "30 2 28 3 *", "timezone": "Europe/Berlin"},
+    )
+    text = visible(console.get("/ui/entries/spring").text)
+    assert (
+        "2027-03-28T01:00:00Z in 112 d spring_gap_fixed_time: for 02:30:00, which does not exist "
+        "(clocks go forward, 02:00-03:00): a fixed-time job runs at the jump "
+        "2028-03-28T00:30:00Z in 477 d -"
+    ) in text
+
+
+def test_the_overview_counts_the_hour_and_shows_leader_queues_and_overdue(
+    console: Console, tmp_path: Path
+) -> None:
+    signed_in(console)
+    store = console.context.backend()
+    # nightly accounted up to 1 December: its next slots are long overdue
+    arrange_horizon(store, tmp_path / "schedules", datetime(2026, 12, 1, 3, tzinfo=UTC), "nightly")
+    lease = store.acquire_lease("node-a", 600)
+    assert lease is not None
+    # a run that failed a few minutes ago by the backend's clock (the hour is the backend's)
+    slot = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    failed = RunRecord(
+        f"nightly@{slot:%Y-%m-%dT%H:%M:%SZ}", "nightly", slot, slot, slot, "node-a", 1,
+        RunKind.SCHEDULED, attempts=(attempt(1, slot, 1.0, "failed"),),
+    )  # fmt: skip
+    store.import_history([failed], [])
+    assert act_trigger(console) == 303  # one run waiting on the default queue
+    text = visible(console.get("/ui/").text)
+    assert f"Node node-a leads, epoch {lease.epoch}." in text
+    assert "Late runs 0 Missed slots 0 Failed runs 1 Dead letters 0" in text
+    assert "Overdue (1) nightly Failing (0) None." in text
+    assert re.search(r"Queues Queue Waiting runs Oldest waiting default 1 [\d.]+ m?s", text), text
+
+
+def act_trigger(console: Console) -> int:
+    csrf = console.csrf("/ui/entries/nightly")
+    return console.post("/ui/trigger/nightly", {"csrf": csrf}).status_code

@@ -1,0 +1,387 @@
+"""A node's index of every entry, for the console's entries page (`GET /v1/entry-index`, issue
+19): the file entries of the configuration it runs and the runtime entries, each with its
+schedule in words, its next due time, how its last run ended and whether it is paused, kept in
+memory so that a filtered, sorted page of 100,000 entries costs one pass over them.
+
+What it holds comes from three places, each read as cheaply as it changes:
+- the file entries from the running configuration, taken again whenever it is replaced (SIGHUP);
+- the runtime entries from the backend's change feed (beatd.entry_feed.RuntimeView, as every
+  node follows it: one read per change, every entry read again only on `reload`);
+- the persisted horizons, the runs' summaries and the controls, read in bulk by `refresh`, at
+  most every `interval` seconds and never more than a fifth of the time (a refresh that took
+  1 s waits 4 s): a row's next due time is recomputed only when its horizon or definition
+  changed, so a refresh costs a schedule step per entry that moved, not per entry.
+
+Between refreshes a next due time may have passed while the leader has published it: the page
+shows it until the next refresh. The orders by next due and by last status are computed by the
+refresh (one sort each); entries added since are merged into them at the page's time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from beatd.backends import Backend
+from beatd.clock import Clock
+from beatd.config import Config
+from beatd.config.model import Entry
+from beatd.controls import EntryControl
+from beatd.entry_feed import RuntimeView
+from beatd.errors import BeatdError
+from beatd.history import FAILED_FINALLY, EntrySummary
+from beatd.runtime_entries import API_SOURCE
+from beatd.state import EntryState
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = 5.0  # seconds between two bulk reads of horizons, summaries and controls
+REFRESH_SHARE = 0.2  # at most this share of the time spent refreshing
+FEED_INTERVAL = 1.0  # seconds between two reads of the change feed
+SORTS = ("name", "next_due", "last_status")
+_LAST = "\U0010ffff"  # sorts after every status
+
+
+@dataclass(slots=True)
+class IndexRow:
+    """One entry as the index shows it."""
+
+    name: str
+    source: str  # "api" or "file"
+    entry: Entry
+    schedule: str  # in words
+    version: int | None  # a runtime entry's; None for a file entry
+    horizon: datetime | None = None  # the persisted last slot its next due was computed from
+    computed: bool = False  # whether next_due was computed from `horizon`
+    next_due: datetime | None = None
+    last_status: str | None = None
+    last_duration_s: float | None = None
+    failures: int = 0  # consecutive final failures (the history's summary)
+    paused: bool = False
+
+    @property
+    def failing(self) -> bool:
+        threshold = self.entry.alert_after_failures or 1
+        return self.last_status in FAILED_FINALLY and self.failures >= threshold
+
+    def overdue(self, now: datetime) -> bool:
+        """Its next due time passed more than its misfire grace ago, and it is not paused."""
+        due = self.next_due
+        return not self.paused and due is not None and now - due > self.entry.misfire_grace
+
+    def as_json(self) -> dict[str, Any]:
+        due = self.next_due
+        return {
+            "name": self.name,
+            "source": self.source,
+            "task": self.entry.task,
+            "queue": self.entry.queue,
+            "schedule": self.schedule,
+            "timezone": self.entry.timezone,
+            "next_due": None if due is None else due.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "last_status": self.last_status,
+            "last_duration_s": self.last_duration_s,
+            "paused": self.paused,
+            "version": self.version,
+        }
+
+
+class IndexQuery(NamedTuple):
+    """A page: the filters (None: any), the order, and where it starts."""
+
+    name: str = ""  # a substring of the name
+    task: str | None = None
+    queue: str | None = None
+    source: str | None = None  # "api" or "file"
+    status: str | None = None  # the last run's status
+    paused: bool | None = None
+    sort: str = "name"
+    offset: int = 0
+    limit: int = 50
+
+    def matches(self, row: IndexRow) -> bool:
+        entry = row.entry
+        return (
+            (not self.name or self.name in row.name)
+            and (self.task is None or entry.task == self.task)
+            and (self.queue is None or entry.queue == self.queue)
+            and (self.source is None or row.source == self.source)
+            and (self.status is None or row.last_status == self.status)
+            and (self.paused is None or row.paused == self.paused)
+        )
+
+
+class IndexPage(NamedTuple):
+    total: int  # rows matching the filters
+    rows: list[IndexRow]
+
+
+def _due_key(row: IndexRow) -> tuple[bool, datetime | None, str]:
+    return (row.next_due is None, row.next_due, row.name)
+
+
+def _status_key(row: IndexRow) -> tuple[str, str]:
+    return (row.last_status or _LAST, row.name)
+
+
+KEYS: dict[str, Callable[[IndexRow], Any]] = {"next_due": _due_key, "last_status": _status_key}
+
+
+class IndexNotReady(BeatdError):
+    """The index is still being built (GET /v1/entry-index answers 503)."""
+
+
+class EntryIndex:
+    """Every entry as `IndexRow`s, by name; `page` answers a query. Fed by `run` (a thread of
+    its own, with its own backend connection) or, in tests, by `build`, `follow` and
+    `refresh` called in turn."""
+
+    def __init__(
+        self,
+        open_backend: Callable[[], Backend],
+        config: Callable[[], Config | None],
+        clock: Clock,
+        interval: float = REFRESH_INTERVAL,
+        feed_interval: float = FEED_INTERVAL,
+    ) -> None:
+        self._open_backend = open_backend
+        self._config = config
+        self.clock = clock
+        self.interval = interval
+        self.feed_interval = feed_interval
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._rows: dict[str, IndexRow] = {}
+        self._names: list[str] = []  # sorted
+        self._files: dict[str, Entry] = {}
+        self._runtime: dict[str, Entry] = {}
+        self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
+        self._fresh: set[str] = set()  # names added since the orders were computed
+        self._config_seen: Config | None = None
+        self._store: Backend | None = None
+        self._view: RuntimeView | None = None
+        self._next_refresh = float("-inf")  # monotonic
+        self.refreshed_in = 0.0  # seconds the last refresh took
+        self._feeding = threading.Lock()  # one feeder at a time (`run`'s thread, or `catch_up`)
+
+    # --- feeding --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Build, then follow the feed and refresh until `stop` is set (backend errors are
+        logged and retried at the next turn)."""
+        while not stop.is_set():
+            try:
+                self.catch_up()
+            except BeatdError as exc:
+                log.warning("entry index: cannot read the backend, will retry: %s", exc)
+            self.clock.sleep(self.feed_interval, stop)
+        self.close()
+
+    def start(self) -> threading.Event:
+        """Run `run` in a thread of its own (a daemon thread); set the event returned to stop."""
+        stop = threading.Event()
+        threading.Thread(target=self.run, args=(stop,), name="entry-index", daemon=True).start()
+        return stop
+
+    def catch_up(self) -> None:
+        """Build (the first time), follow the feed to its head, and refresh when due: what a
+        caller without `run`'s thread does before it reads."""
+        with self._feeding:
+            if not self.ready.is_set():
+                self.build()
+                return
+            self.follow()
+            if self.clock.monotonic() >= self._next_refresh:
+                self.refresh()
+
+    def build(self) -> None:
+        """Read every runtime entry and the configuration's file entries, then refresh."""
+        store = self.store()
+        self._view = RuntimeView(store, self.clock)
+        self._view.poll()  # the first poll reads every entry
+        self._runtime = dict(self._view.entries)
+        self._take_files(self._config())
+        self._rebuild()
+        self.refresh()
+        self.ready.set()
+        log.info("entry index built: %d entries", len(self._rows))
+
+    def follow(self) -> None:
+        """Apply the change feed's changes up to its head, and a replaced configuration."""
+        config = self._config()
+        if config is not self._config_seen:
+            self._take_files(config)
+            self._rebuild()
+        view = self._view
+        if view is None:
+            return
+        while True:
+            feed = view.poll()
+            if feed.reloaded:
+                self._runtime = dict(view.entries)
+                self._rebuild()
+            for change in feed.changes:
+                if change.entry is None:
+                    self._runtime.pop(change.name, None)
+                else:
+                    self._runtime[change.name] = change.entry
+                self._replace(change.name)
+            if not feed.more:
+                return
+
+    def refresh(self) -> None:
+        """Read the horizons, summaries and controls of every entry, and recompute the next
+        due times that moved and the orders."""
+        store = self.store()
+        started = self.clock.monotonic()
+        states = store.load_states()
+        summaries = store.summaries(None)
+        controls = store.load_controls(None)
+        now = self.clock.now()
+        with self._lock:
+            rows = list(self._rows.values())
+        for row in rows:
+            _refreshed(row, states.get(row.name), summaries.get(row.name), now)
+            _paused(row, controls.get(row.name), now)
+        orders = {key: sorted(rows, key=sort_key) for key, sort_key in KEYS.items()}
+        taken = {row.name: row for row in rows}
+        with self._lock:
+            self._orders = orders  # rows added or replaced since the snapshot stay fresh
+            held = self._rows
+            self._fresh = {n for n in self._fresh if n in held and taken.get(n) is not held[n]}
+        self.refreshed_in = self.clock.monotonic() - started
+        wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
+        self._next_refresh = started + wait
+
+    def store(self) -> Backend:
+        if self._store is None:
+            self._store = self._open_backend()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _take_files(self, config: Config | None) -> None:
+        self._config_seen = config
+        self._files = dict(config.entries) if config is not None else {}
+
+    def _rebuild(self) -> None:
+        """Rows for every entry held now: the files' and the runtime entries of other names
+        (a row whose entry is unchanged is kept as it is)."""
+        names = {*self._runtime, *self._files}
+        with self._lock:
+            for name in [n for n in self._rows if n not in names]:
+                del self._rows[name]
+        for name in names:
+            self._replace(name, bulk=True)
+        with self._lock:
+            self._names = sorted(self._rows)
+
+    def _replace(self, name: str, *, bulk: bool = False) -> None:
+        """Make `name`'s row follow the entry held now (none: the row goes). `bulk`: the
+        caller sorts the names once afterwards."""
+        entry = self._files.get(name) or self._runtime.get(name)
+        version = None
+        if name not in self._files and self._view is not None:
+            version = self._view.version_of(name)
+        with self._lock:
+            row = self._rows.get(name)
+            if entry is None:
+                if row is not None:
+                    del self._rows[name]
+                    if not bulk:
+                        del self._names[bisect_left(self._names, name)]
+                return
+            if row is not None and row.entry is entry and row.version == version:
+                return
+            source = API_SOURCE if entry.source == API_SOURCE else "file"
+            fresh = IndexRow(name, source, entry, entry.schedule.describe(), version)
+            if row is not None:  # the figures stay; the next due follows the new definition
+                fresh.last_status, fresh.last_duration_s = row.last_status, row.last_duration_s
+                fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
+            elif not bulk:
+                insort(self._names, name)
+            _next_due(fresh, fresh.horizon, self.clock.now())
+            self._rows[name] = fresh
+            self._fresh.add(name)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def page(self, query: IndexQuery) -> IndexPage:
+        """The rows `query` asks for, and how many match its filters; IndexNotReady."""
+        if not self.ready.is_set():
+            raise IndexNotReady(
+                "this node's entry index is still being built (it reads every entry once at "
+                "start); try again in a few seconds"
+            )
+        with self._lock:
+            total, found = 0, []
+            end = query.offset + query.limit
+            for row in self._ordered(query.sort):
+                if query.matches(row):
+                    if query.offset <= total < end:
+                        found.append(row)
+                    total += 1
+        return IndexPage(total, found)
+
+    def rows(self) -> list[IndexRow]:
+        """Every row, by name (a copy)."""
+        with self._lock:
+            return [self._rows[name] for name in self._names]
+
+    def _ordered(self, sort: str) -> Iterable[IndexRow]:
+        """Every row in the order `sort` names (call with the lock held)."""
+        if sort == "name":
+            return (self._rows[name] for name in self._names)
+        key = KEYS[sort]
+        rows = self._rows
+        known = (r for r in self._orders[sort] if rows.get(r.name) is r)
+        if not self._fresh:
+            return known
+        fresh = sorted((rows[n] for n in self._fresh if n in rows), key=key)
+        return _merged(known, fresh, key)
+
+
+def _merged(
+    known: Iterator[IndexRow], fresh: list[IndexRow], key: Callable[[IndexRow], Any]
+) -> Iterable[IndexRow]:
+    seen = {row.name for row in fresh}
+    return heapq.merge((r for r in known if r.name not in seen), fresh, key=key)
+
+
+def _refreshed(
+    row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
+) -> None:
+    """Take the row's persisted horizon (its next due recomputed when it moved) and summary."""
+    adopted = state is not None and state.identity == row.entry.identity
+    horizon = state.last_slot if state is not None and adopted else None
+    if not row.computed or horizon != row.horizon:
+        _next_due(row, horizon, now)
+    row.last_status = summary.last_status if summary is not None else None
+    duration = summary.last_duration if summary is not None else None
+    row.last_duration_s = None if duration is None else round(duration.total_seconds(), 3)
+    row.failures = summary.consecutive_failures if summary is not None else 0
+
+
+def _next_due(row: IndexRow, horizon: datetime | None, now: datetime) -> None:
+    """The first slot after the horizon (after now when there is none: a leader starts an entry
+    new to it from now), plus its jitter."""
+    slot = row.entry.schedule.next_after(horizon if horizon is not None else now)
+    row.horizon, row.computed = horizon, True
+    row.next_due = None if slot is None else row.entry.due_for(slot)
+
+
+def _paused(row: IndexRow, control: EntryControl | None, now: datetime) -> None:
+    pause = control.pause if control is not None else None
+    row.paused = pause is not None and (pause.until is None or pause.until > now)

@@ -1,0 +1,236 @@
+"""The entry index (beatd.entry_index) on a real SQLite file and a real redis-server, on a fake
+clock: built from the files and the runtime entries, fed by the change feed, refreshed in bulk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from beatd.backends import Backend, open_backend
+from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
+from beatd.clock import FakeClock
+from beatd.config import Config, load_config
+from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery
+from beatd.history import EntrySummary
+from beatd.runtime_entries import resolve_entry
+from beatd.state import EntryState
+from tests.entries_backends import broker, redis_server
+from tests.test_history_cli import SCHEDULES, nightly_dead
+
+__all__ = ["broker", "redis_server"]  # fixtures
+
+T0 = datetime(2026, 12, 6, 1, 0, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(SCHEDULES)
+    return load_config([str(folder)])
+
+
+@pytest.fixture
+def store(broker: str) -> Iterator[Backend]:
+    opened = open_backend(broker)
+    yield opened
+    opened.close()
+
+
+def add(store: Backend, name: str, **fields: str) -> None:
+    raw = {"task": "t.report", "every": "1h", **fields}
+    store.put_entry(resolve_entry(name, raw, now=T0), "test")
+
+
+def names(index: EntryIndex, **asked: object) -> list[str]:
+    return [row.name for row in index.page(IndexQuery(**asked)).rows]  # type: ignore[arg-type]
+
+
+def built(broker: str, config: Config, clock: FakeClock) -> EntryIndex:
+    index = EntryIndex(lambda: open_backend(broker), lambda: config, clock)
+    index.build()
+    return index
+
+
+def test_a_page_before_the_index_is_built_is_refused_with_why(broker: str, config: Config) -> None:
+    index = EntryIndex(lambda: open_backend(broker), lambda: config, FakeClock(T0))
+    with pytest.raises(IndexNotReady) as refused:
+        index.page(IndexQuery())
+    assert str(refused.value) == (
+        "this node's entry index is still being built (it reads every entry once at start); "
+        "try again in a few seconds"
+    )
+
+
+def test_files_and_runtime_entries_each_a_row_with_its_schedule_in_words(
+    broker: str, store: Backend, config: Config
+) -> None:
+    add(store, "report-acme", queue="reports")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        page = index.page(IndexQuery())
+        assert page.total == 3
+        assert [row.as_json() for row in page.rows] == [
+            {
+                "name": "nightly",
+                "source": "file",
+                "task": "t.nightly",
+                "queue": "default",
+                "schedule": load_schedule(config, "nightly"),
+                "timezone": "Europe/Berlin",
+                "next_due": "2026-12-06T01:30:00Z",
+                "last_status": None,
+                "last_duration_s": None,
+                "paused": False,
+                "version": None,
+            },
+            {
+                "name": "report-acme",
+                "source": "api",
+                "task": "t.report",
+                "queue": "reports",
+                "schedule": "every 1h",
+                "timezone": "UTC",
+                "next_due": page.rows[1].as_json()["next_due"],
+                "last_status": None,
+                "last_duration_s": None,
+                "paused": False,
+                "version": page.rows[1].version,
+            },
+            {
+                "name": "tick",
+                "source": "file",
+                "task": "t.tick",
+                "queue": "default",
+                "schedule": "every 10s",
+                "timezone": "UTC",
+                "next_due": "2026-12-06T01:00:10Z",
+                "last_status": None,
+                "last_duration_s": None,
+                "paused": False,
+                "version": None,
+            },
+        ]
+        assert page.rows[1].version is not None and page.rows[1].version > 0
+    finally:
+        index.close()
+
+
+def load_schedule(config: Config, name: str) -> str:
+    return config.entries[name].schedule.describe()
+
+
+def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) -> None:
+    for n in range(12):
+        add(store, f"report-{n:02}", queue="reports" if n % 2 else "default")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert index.page(IndexQuery(name="report-1")).total == 2
+        assert names(index, name="report", queue="reports", offset=2, limit=2) == [
+            "report-05",
+            "report-07",
+        ]
+        assert index.page(IndexQuery(name="report", queue="reports", limit=2)).total == 6
+        assert names(index, source="file") == ["nightly", "tick"]
+        assert names(index, task="t.tick") == ["tick"]
+        assert names(index, sort="next_due", limit=2) == ["tick", "nightly"]
+        assert index.page(IndexQuery(paused=True)).total == 0
+        assert index.page(IndexQuery(offset=100)) == (14, [])
+    finally:
+        index.close()
+
+
+def test_the_change_feed_adds_replaces_and_removes_rows_before_a_refresh(
+    broker: str, store: Backend, config: Config
+) -> None:
+    add(store, "report-a")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        add(store, "report-b", every="5s")
+        add(store, "report-a", every="2h", queue="slow")
+        index.follow()
+        assert names(index) == ["nightly", "report-a", "report-b", "tick"]
+        assert names(index, queue="slow") == ["report-a"]
+        assert names(index, sort="next_due", limit=2) == ["report-b", "tick"]  # merged in
+        store.remove_entry("report-b", "test")
+        index.follow()
+        assert names(index, sort="next_due") == ["tick", "nightly", "report-a"]
+        index.refresh()
+        assert names(index, sort="next_due") == ["tick", "nightly", "report-a"]
+    finally:
+        index.close()
+
+
+def test_a_refresh_takes_horizons_summaries_and_pauses(
+    broker: str, store: Backend, config: Config
+) -> None:
+    index = built(broker, config, FakeClock(T0))
+    try:
+        horizon = datetime(2026, 12, 6, 1, 30, tzinfo=UTC)
+        commit_horizon(store, config, "nightly", horizon)
+        run = nightly_dead()
+        ended = run.attempts[-1].ended_at
+        assert ended is not None
+        summary = EntrySummary(
+            "nightly", "dead_lettered", ended, timedelta(seconds=60), None, ended, 1
+        )
+        store.import_history([run], summaries=[summary])
+        store.pause(["tick"], "maintenance", None, "ops")
+        index.refresh()
+        (nightly,) = index.page(IndexQuery(status="dead_lettered")).rows
+        assert nightly.as_json()["next_due"] == "2026-12-07T01:30:00Z"  # after the horizon
+        assert (nightly.last_status, nightly.last_duration_s) == ("dead_lettered", 60.0)
+        assert nightly.failing
+        assert names(index, paused=True) == ["tick"]
+        assert names(index, sort="last_status") == ["nightly", "tick"]
+    finally:
+        index.close()
+
+
+def test_an_entry_past_its_grace_is_overdue_unless_paused(
+    broker: str, store: Backend, config: Config
+) -> None:
+    clock = FakeClock(T0)
+    index = built(broker, config, clock)
+    try:
+        clock.advance(3600)
+        (nightly, tick) = index.rows()
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (True, True)
+        store.pause(["tick"], "maintenance", None, "ops")
+        index.refresh()
+        assert not index.rows()[1].overdue(clock.now())
+    finally:
+        index.close()
+
+
+def test_a_replaced_configuration_replaces_the_file_rows(broker: str, tmp_path: Path) -> None:
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(SCHEDULES)
+    configs = [load_config([str(folder)])]
+    index = EntryIndex(lambda: open_backend(broker), lambda: configs[-1], FakeClock(T0))
+    index.build()
+    try:
+        (folder / "s.yaml").write_text("entries:\n  hourly:\n    task: t.h\n    every: 1h\n")
+        configs.append(load_config([str(folder)]))
+        index.follow()
+        assert names(index) == ["hourly"]
+    finally:
+        index.close()
+
+
+def commit_horizon(store: Backend, config: Config, name: str, horizon: datetime) -> None:
+    entry = config.entries[name]
+    lease = store.acquire_lease("node-a", 30)
+    assert lease is not None
+    state = EntryState(name, horizon, horizon, entry.identity)
+    run = Outgoing(
+        name, f"{name}@{horizon:%Y-%m-%dT%H:%M:%SZ}", BeatdQueue("default"),
+        json.dumps({"task": entry.task}), horizon, horizon,
+    )  # fmt: skip
+    assert store.commit(lease, [StateWrite(state, None)], [run]) == set()
+    store.release_lease(lease)
