@@ -126,7 +126,7 @@ class ConsoleServer:
             *(sys.executable, "-m", "beatd", "run", "--with-worker", "-A", "tests.worker_tasks"),
             *("-s", str(directory / "schedules"), "--broker", self.broker, "--no-watch"),
             *("--api-addr", f"127.0.0.1:{self.port}", "--api-tokens", str(tokens)),
-            *("--node", "console", "--lease-ttl", "60s", "--metrics-addr", "off"),
+            *("--node", "console", "--lease-ttl", "20s", "--metrics-addr", "off"),
             *("-c", "1", "--pool", "thread", *extra),
         ]
         with self.log.open("wb") as out:
@@ -151,9 +151,14 @@ class ConsoleServer:
                 nodes = self.api("GET", "/v1/nodes")["nodes"]
             except OSError:
                 return False
-            return any(n["node"] == "console" and n["role"] == "leader" for n in nodes)
+            if not any(n["node"] == "console" and n["role"] == "leader" for n in nodes):
+                return False
+            try:  # 503 while the node's entry index is being built
+                return bool(self.api("GET", "/v1/entry-index?limit=1")["total"] == SEEDED + 2)
+            except OSError:
+                return False
 
-        wait_for(ready, timeout=timeout, interval=0.2, what="beatd run leading, its API up")
+        wait_for(ready, timeout=timeout, interval=0.2, what="leading, the entry index built")
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         """The API's JSON answer (HTTPError for a non-2xx one), with the write token."""
