@@ -141,7 +141,7 @@ class ConsoleServer:
     def url(self, path: str) -> str:
         return self.origin + path
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 240.0) -> None:
         """Until the API answers and the daemon leads with every seeded entry read."""
 
         def ready() -> bool:
