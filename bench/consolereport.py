@@ -54,7 +54,8 @@ def targets(rows: list[Result]) -> list[list[str]]:
                 [
                     f"steady-load p99 publish delay ({r['entries']:,} entries on {r['backend']}) "
                     f"with the entries page fetched {r['rate_per_s']:g}/s: within max(10 %, 5 ms) "
-                    f"of the idle console's ({r['runs_each']} runs each, medians)",
+                    f"of the idle console's ({r['runs_each']} runs each of {r['window_s']:g} s, "
+                    "medians)",
                     f"{r['busy_p99_ms_median']:.1f} ms against {r['idle_p99_ms_median']:.1f} ms "
                     f"({r['difference_ms']:+.1f} ms; allowed {allowed:.1f})",
                     _verdict(r["difference_ms"] <= allowed),
@@ -69,7 +70,8 @@ def _pages(rows: list[Result]) -> list[str]:
         if r["mode"] != "pages":
             continue
         out += [
-            f"Pages with {r['entries']:,} entries on {r['backend']} (ms; the index built "
+            f"Pages with {r['entries']:,} entries on {r['backend']} (ms; each page timed for at "
+            f"most {r.get('params', {}).get('budget_s', 60):g} s; the index built "
             f"{r['index_built_s']:g} s after the daemon started):",
             "",
             _table(
