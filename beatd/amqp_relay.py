@@ -16,6 +16,8 @@ acknowledges (removes) it only after RabbitMQ's confirm. So:
   again, with the same task id (the run id). Such a second publish is counted
   (`beatd_amqp_republished_total`); a Celery worker runs it twice unless the task is
   idempotent. A publish whose connection was lost before its confirm counts the same way.
+  `RelaySettings.stop_after_confirm` (BEATD_FAULT_POINT=relay-after-confirm, for tests) stops
+  the process right there (SIGSTOP), once, so that a test can kill it at that very point.
 
 beatd declares no queue or exchange: at each connection it checks the destinations passively
 and warns of one that is missing (runs to it stay in the outbox until it exists).
@@ -24,7 +26,9 @@ and warns of one that is missing (runs to it stay in the outbox until it exists)
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +39,9 @@ from beatd.backends.base import Delivery, WorkQueue
 from beatd.backoff import Backoff
 from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
 from beatd.clock import Clock
-from beatd.config import Config
+from beatd.config import Config, Entry
 from beatd.errors import BackendError
-from beatd.events import Adopted, Event, SteppedDown, Stopped
+from beatd.events import Adopted, EntriesChanged, Event, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,10 @@ UNROUTABLE = (
     "per queue)"
 )
 REPUBLISHED = "run %s published to RabbitMQ again (a claim lapsed before its removal)"
+FAULT_POINT = (
+    "fault point relay-after-confirm: run %s confirmed by RabbitMQ and not removed from the "
+    "outbox yet; this process stops itself here (SIGSTOP)"
+)
 MISSING = (
     "%s %r does not exist on RabbitMQ at %s: beatd declares none, so runs to it stay in the "
     "outbox until the Celery workers (or the app) declare it"
@@ -63,6 +71,9 @@ class RelaySettings:
     timeout: float = 5.0  # each socket step to RabbitMQ
     unroutable_delay: float = 10.0
     max_backoff: float = 5.0
+    # a fault point for tests: stop the process (SIGSTOP) after the first confirm, before the
+    # removal, so a test kills it exactly there (BEATD_FAULT_POINT=relay-after-confirm)
+    stop_after_confirm: bool = False
 
 
 class _Unreachable(Exception):
@@ -149,6 +160,7 @@ class AmqpRelay:
         self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
         self._down: str | None = None  # the broker of the outage being waited out
+        self._fault_done = False  # the fault point stops the process once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -294,7 +306,20 @@ class AmqpRelay:
         self.stats.published += 1
         self._told_unroutable.discard(run.queue)
         self._deferred.pop(run.id, None)
+        if self.settings.stop_after_confirm and not self._fault_done:
+            self._stop_here(run)
         self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
+
+    def _stop_here(self, run: OutboxRun) -> None:
+        """The fault point relay-after-confirm: say so, then stop the whole process until a
+        SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
+        self._fault_done = True
+        log.warning(FAULT_POINT, run.id)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # sent to this thread, which then stops before its next instruction (a signal to the
+        # process may be taken by another thread while this one goes on to remove the run)
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
     def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
         self.stats.unroutable[run.queue] += 1
@@ -346,31 +371,71 @@ class AmqpRelay:
 
 def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
     """Per broker (its URL without password), the (exchange, queue) pairs its entries use."""
-    targets: dict[str, set[tuple[str, str]]] = {}
-    for entry in config.entries.values():
-        if entry.amqp is not None:
-            broker = parse_amqp_url(entry.amqp.url).shown
-            pair = (entry.amqp.exchange_for(entry.queue), entry.queue)
-            targets.setdefault(broker, set()).add(pair)
-    return targets
+    return grouped(t for entry in config.entries.values() if (t := entry_target(entry)))
+
+
+Target = tuple[str, tuple[str, str]]  # a broker (URL without password), (exchange, queue)
+
+
+def entry_target(entry: Entry) -> Target | None:
+    """Where the relay publishes `entry`'s runs; None: it has no AMQP destination."""
+    if entry.amqp is None:
+        return None
+    broker = parse_amqp_url(entry.amqp.url).shown
+    return broker, (entry.amqp.exchange_for(entry.queue), entry.queue)
+
+
+def grouped(targets: Iterable[Target]) -> dict[str, set[tuple[str, str]]]:
+    found: dict[str, set[tuple[str, str]]] = {}
+    for broker, pair in targets:
+        found.setdefault(broker, set()).add(pair)
+    return found
 
 
 class AmqpRelaying:
-    """An observer of the scheduler loop: the relay runs while this node leads a configuration
-    with AMQP destinations (from each adoption until it steps down or stops). A configuration
-    without any stops it: runs left in the outbox wait for a leader whose configuration has."""
+    """An observer of the scheduler loop: the relay runs while this node leads entries with
+    AMQP destinations, from the files or at runtime (from each adoption, or the runtime change
+    that brings the first, until it steps down or stops). Leading none stops it: runs left in
+    the outbox wait for a leader that leads some."""
 
     def __init__(self, relay: AmqpRelay) -> None:
         self.relay = relay
+        self._targets: dict[str, Target] = {}  # per entry led with an AMQP destination
+        self._uses: Counter[Target] = Counter()  # how many of those entries use each target
 
     def notify(self, event: Event) -> None:
         if isinstance(event, Adopted) and event.config is not None:
-            targets = relay_targets(event.config)
-            if targets:
-                self.relay.start(targets)
-            else:
-                self.relay.stop()
+            led = event.led().items()
+            self._targets = {name: t for name, entry in led if (t := entry_target(entry))}
+            self._uses = Counter(self._targets.values())
+            self._relay()
+        elif isinstance(event, EntriesChanged):
+            # a change costs work in proportion to it: the relay is told only of new targets
+            # or targets no entry uses any more
+            changed = [self._take(name, entry) for name, entry in event.changed.items()]
+            if any(changed):
+                self._relay()
         elif isinstance(event, SteppedDown):
             self.relay.stop()
         elif isinstance(event, Stopped):  # done before the daemon closes the backend
             self.relay.stop(wait=self.relay.settings.timeout * 3)
+
+    def _take(self, name: str, entry: Entry | None) -> bool:
+        """Follow entry `name`'s target; whether a target came or went."""
+        target = None if entry is None else entry_target(entry)
+        old = self._targets.pop(name, None)
+        if old is not None:
+            self._uses[old] -= 1
+        if target is not None:
+            self._targets[name] = target
+            self._uses[target] += 1
+        if old is not None and self._uses[old] == 0:
+            del self._uses[old]
+            return True
+        return target is not None and self._uses[target] == 1
+
+    def _relay(self) -> None:
+        if self._uses:
+            self.relay.start(grouped(self._uses))
+        else:
+            self.relay.stop()

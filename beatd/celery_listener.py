@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from beatd.backends.base import CeleryQueue, HearsCeleryEvents, RunHistory, destination_kind
 from beatd.backoff import Backoff
@@ -43,9 +43,9 @@ from beatd.celery_events import (
     may_be_beatds,
 )
 from beatd.clock import Clock
-from beatd.config import Config
+from beatd.config import Entry
 from beatd.errors import BackendError, TransientBackendError
-from beatd.events import Adopted, Event, Published, SteppedDown, Stopped
+from beatd.events import Adopted, EntriesChanged, Event, Published, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -242,32 +242,38 @@ class CeleryEventListener:
         return self.history.attempt_ended(event.uuid, ending, event.at)
 
 
-def celery_entries(config: Config) -> frozenset[str]:
-    """The entries of `config` published in Celery's protocol, to Redis or (through the
-    outbox) to RabbitMQ."""
-    return frozenset(
-        name
-        for name, entry in config.entries.items()
-        if destination_kind(entry.protocol) is CeleryQueue
-    )
+def is_celerys(entry: Entry) -> bool:
+    """Whether `entry` is published in Celery's protocol, to Redis or (through the outbox) to
+    RabbitMQ."""
+    return destination_kind(entry.protocol) is CeleryQueue
+
+
+def celery_entries(entries: Mapping[str, Entry]) -> set[str]:
+    """The names of `entries` published in Celery's protocol."""
+    return {name for name, entry in entries.items() if is_celerys(entry)}
 
 
 class CeleryEvents:
-    """An observer of the scheduler loop: the listener runs while this node leads a
-    configuration with Celery entries (from each adoption until it steps down or stops), and
-    the runs those entries publish are counted for the alert on workers that send no events."""
+    """An observer of the scheduler loop: the listener runs while this node leads Celery
+    entries, from the files or at runtime (from each adoption, or the runtime change that brings
+    the first, until it steps down, stops, or leads none), and the runs those entries publish
+    are counted for the alert on workers that send no events."""
 
     def __init__(self, listener: CeleryEventListener) -> None:
         self.listener = listener
-        self._entries: frozenset[str] = frozenset()
+        self._entries: set[str] = set()
 
     def notify(self, event: Event) -> None:
         if isinstance(event, Adopted) and event.config is not None:
-            self._entries = celery_entries(event.config)
-            if self._entries:
-                self.listener.start()
-            else:
-                self.listener.stop()
+            self._entries = celery_entries(event.led())
+            self._listen()
+        elif isinstance(event, EntriesChanged):
+            for name, entry in event.changed.items():
+                if entry is not None and is_celerys(entry):
+                    self._entries.add(name)
+                else:
+                    self._entries.discard(name)
+            self._listen()
         elif isinstance(event, SteppedDown):
             self.listener.stop()
         elif isinstance(event, Stopped):  # unsubscribed before the daemon closes the backend
@@ -277,3 +283,9 @@ class CeleryEvents:
             self.listener.stats.published += sum(
                 len(d.runs) for d in event.decisions if d.entry.name in entries
             )
+
+    def _listen(self) -> None:
+        if self._entries:
+            self.listener.start()  # idempotent
+        else:
+            self.listener.stop()

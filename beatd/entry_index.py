@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +46,7 @@ REFRESH_SHARE = 0.2  # at most this share of the time spent refreshing
 FEED_INTERVAL = 1.0  # seconds between two reads of the change feed
 SORTS = ("name", "next_due", "last_status")
 _LAST = "\U0010ffff"  # sorts after every status
+_NEVER = float("inf")
 
 
 @dataclass(slots=True)
@@ -57,9 +58,12 @@ class IndexRow:
     entry: Entry
     schedule: str  # in words
     version: int | None  # a runtime entry's; None for a file entry
+    task: str = ""  # the entry's, held flat: a filter reads one attribute per row
+    queue: str = ""
     horizon: datetime | None = None  # the persisted last slot its next due was computed from
     computed: bool = False  # whether next_due was computed from `horizon`
     next_due: datetime | None = None
+    due_ts: float = _NEVER  # next_due as a POSIX time (inf: none), the next_due order's key
     last_status: str | None = None
     last_duration_s: float | None = None
     failures: int = 0  # consecutive final failures (the history's summary)
@@ -80,8 +84,8 @@ class IndexRow:
         return {
             "name": self.name,
             "source": self.source,
-            "task": self.entry.task,
-            "queue": self.entry.queue,
+            "task": self.task,
+            "queue": self.queue,
             "schedule": self.schedule,
             "timezone": self.entry.timezone,
             "next_due": None if due is None else due.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -105,31 +109,21 @@ class IndexQuery(NamedTuple):
     offset: int = 0
     limit: int = 50
 
-    def matches(self, row: IndexRow) -> bool:
-        entry = row.entry
-        return (
-            (not self.name or self.name in row.name)
-            and (self.task is None or entry.task == self.task)
-            and (self.queue is None or entry.queue == self.queue)
-            and (self.source is None or row.source == self.source)
-            and (self.status is None or row.last_status == self.status)
-            and (self.paused is None or row.paused == self.paused)
-        )
-
 
 class IndexPage(NamedTuple):
     total: int  # rows matching the filters
     rows: list[IndexRow]
 
 
-def _due_key(row: IndexRow) -> tuple[bool, datetime | None, str]:
-    return (row.next_due is None, row.next_due, row.name)
+def _due_key(row: IndexRow) -> float:
+    return row.due_ts
 
 
-def _status_key(row: IndexRow) -> tuple[str, str]:
-    return (row.last_status or _LAST, row.name)
+def _status_key(row: IndexRow) -> str:
+    return row.last_status or _LAST
 
 
+# Each order sorts rows already in name order, and Python's sort is stable: ties stay by name.
 KEYS: dict[str, Callable[[IndexRow], Any]] = {"next_due": _due_key, "last_status": _status_key}
 
 
@@ -163,6 +157,8 @@ class EntryIndex:
         self._runtime: dict[str, Entry] = {}
         self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
         self._fresh: set[str] = set()  # names added since the orders were computed
+        self._generation = 0  # moves at every change of the rows held (the cache's key)
+        self._cache: dict[str, tuple[int, Ordered]] = {}
         self._config_seen: Config | None = None
         self._store: Backend | None = None
         self._view: RuntimeView | None = None
@@ -245,16 +241,23 @@ class EntryIndex:
         controls = store.load_controls(None)
         now = self.clock.now()
         with self._lock:
-            rows = list(self._rows.values())
+            rows = self._ordered("name").rows
+        moved = False
         for row in rows:
+            before = (row.due_ts, row.last_status, row.paused)
             _refreshed(row, states.get(row.name), summaries.get(row.name), now)
             _paused(row, controls.get(row.name), now)
-        orders = {key: sorted(rows, key=sort_key) for key, sort_key in KEYS.items()}
-        taken = {row.name: row for row in rows}
+            moved = moved or before != (row.due_ts, row.last_status, row.paused)
         with self._lock:
-            self._orders = orders  # rows added or replaced since the snapshot stay fresh
-            held = self._rows
-            self._fresh = {n for n in self._fresh if n in held and taken.get(n) is not held[n]}
+            stale = self._fresh or any(len(o) != len(rows) for o in self._orders.values())
+        if moved or stale:
+            orders = {key: sorted(rows, key=sort_key) for key, sort_key in KEYS.items()}
+            taken = {row.name: row for row in rows}
+            with self._lock:
+                self._orders = orders  # rows added or replaced since the snapshot stay fresh
+                held = self._rows
+                self._fresh = {n for n in self._fresh if n in held and taken.get(n) is not held[n]}
+                self._generation += 1
         self.refreshed_in = self.clock.monotonic() - started
         wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
         self._next_refresh = started + wait
@@ -284,6 +287,7 @@ class EntryIndex:
             self._replace(name, bulk=True)
         with self._lock:
             self._names = sorted(self._rows)
+            self._generation += 1
 
     def _replace(self, name: str, *, bulk: bool = False) -> None:
         """Make `name`'s row follow the entry held now (none: the row goes). `bulk`: the
@@ -296,6 +300,7 @@ class EntryIndex:
             row = self._rows.get(name)
             if entry is None:
                 if row is not None:
+                    self._generation += 1
                     del self._rows[name]
                     if not bulk:
                         del self._names[bisect_left(self._names, name)]
@@ -303,7 +308,8 @@ class EntryIndex:
             if row is not None and row.entry is entry and row.version == version:
                 return
             source = API_SOURCE if entry.source == API_SOURCE else "file"
-            fresh = IndexRow(name, source, entry, entry.schedule.describe(), version)
+            words = entry.schedule.describe()
+            fresh = IndexRow(name, source, entry, words, version, entry.task, entry.queue)
             if row is not None:  # the figures stay; the next due follows the new definition
                 fresh.last_status, fresh.last_duration_s = row.last_status, row.last_duration_s
                 fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
@@ -312,6 +318,7 @@ class EntryIndex:
             _next_due(fresh, fresh.horizon, self.clock.now())
             self._rows[name] = fresh
             self._fresh.add(name)
+            self._generation += 1
 
     # --- reading --------------------------------------------------------------------------
 
@@ -326,47 +333,157 @@ class EntryIndex:
                 "start); try again in a few seconds"
             )
         with self._lock:
-            total, found = 0, []
-            end = query.offset + query.limit
-            for row in self._ordered(query.sort):
-                if query.matches(row):
-                    if query.offset <= total < end:
-                        found.append(row)
-                    total += 1
-        return IndexPage(total, found)
+            ordered = self._ordered(query.sort)  # nobody changes it: filtered without the lock
+        found = filtered(ordered, query)
+        return IndexPage(len(found), found[query.offset : query.offset + query.limit])
+
+    def overdue(self, now: datetime) -> list[IndexRow]:
+        """The rows overdue at `now` (IndexRow.overdue), by next due: only the rows whose next
+        due has passed are looked at."""
+        with self._lock:
+            ordered = self._ordered("next_due")
+        limit, found = now.timestamp(), []
+        for row in ordered.rows:
+            if row.due_ts > limit:
+                break
+            if row.overdue(now):
+                found.append(row)
+        return found
+
+    def failing(self) -> list[IndexRow]:
+        """The rows failing (IndexRow.failing), by name: only the rows whose last run ended
+        failed or dead-lettered are looked at."""
+        with self._lock:
+            ordered = self._ordered("name")
+        ended = [
+            row
+            for status in sorted(FAILED_FINALLY)
+            for row in ordered.having("last_status", status)
+        ]
+        return sorted((row for row in ended if row.failing), key=lambda row: row.name)
 
     def rows(self) -> list[IndexRow]:
-        """Every row, by name (a copy)."""
+        """Every row, by name."""
         with self._lock:
-            return [self._rows[name] for name in self._names]
+            return self._ordered("name").rows
 
-    def _ordered(self, sort: str) -> Iterable[IndexRow]:
-        """Every row in the order `sort` names (call with the lock held)."""
-        if sort == "name":
-            return (self._rows[name] for name in self._names)
-        key = KEYS[sort]
+    def _ordered(self, sort: str) -> Ordered:
+        """Every row in the order `sort` names (call with the lock held): computed once per
+        change of the rows, then shared (never changed: a change makes a new one)."""
+        cached = self._cache.get(sort)
+        if cached is not None and cached[0] == self._generation:
+            return cached[1]
         rows = self._rows
-        known = (r for r in self._orders[sort] if rows.get(r.name) is r)
-        if not self._fresh:
-            return known
-        fresh = sorted((rows[n] for n in self._fresh if n in rows), key=key)
-        return _merged(known, fresh, key)
+        if sort == "name":
+            ordered = [rows[name] for name in self._names]
+        else:
+            key = KEYS[sort]
+            known = (r for r in self._orders[sort] if rows.get(r.name) is r)
+            fresh = sorted((rows[n] for n in sorted(self._fresh) if n in rows), key=key)
+            ordered = list(_merged(known, fresh, key)) if fresh else list(known)
+        self._cache[sort] = (self._generation, Ordered(ordered))
+        return self._cache[sort][1]
+
+
+class Ordered:
+    """Rows in one order, and (made at the first search) their names as one text, one a line,
+    so that a name's substring is found by the text's own search rather than row by row."""
+
+    def __init__(self, rows: list[IndexRow]) -> None:
+        self.rows = rows
+        self._text: tuple[str, list[int]] | None = None
+        self._groups: dict[str, dict[Any, list[IndexRow]]] = {}
+
+    def having(self, field: str, value: object) -> list[IndexRow]:
+        """The rows whose `field` is `value`, in order (the rows grouped by that field at the
+        first ask: later asks are one look-up)."""
+        groups = self._groups.get(field)
+        if groups is None:  # two threads may both make it: the same value
+            groups = {}
+            for row in self.rows:
+                groups.setdefault(getattr(row, field), []).append(row)
+            self._groups[field] = groups
+        return groups.get(value, [])
+
+    def text(self) -> tuple[str, list[int]]:
+        """The names joined by newlines, and where each starts."""
+        if self._text is None:  # two threads may both make it: the same value
+            starts, at = [], 0
+            for row in self.rows:
+                starts.append(at)
+                at += len(row.name) + 1
+            self._text = ("\n".join(row.name for row in self.rows), starts)
+        return self._text
+
+    def containing(self, part: str) -> list[IndexRow] | None:
+        """The rows whose name contains `part`, in order; None when a row-by-row pass is as
+        cheap (`part` matches an eighth of the rows or more, or holds a newline)."""
+        if "\n" in part:
+            return None
+        text, starts = self.text()
+        if text.count(part) * 8 >= len(self.rows):
+            return None
+        found: list[IndexRow] = []
+        at = text.find(part)
+        while at >= 0:
+            index = bisect_right(starts, at) - 1
+            found.append(self.rows[index])
+            after = starts[index + 1] if index + 1 < len(starts) else len(text)
+            at = text.find(part, after)
+        return found
+
+
+def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
+    """The rows that match `query`'s filters, in their order: a name's substring first when
+    few rows hold it, else the rows of the narrowest exact filter (a look-up), then one pass
+    per filter left."""
+    exact = [
+        (field, value)
+        for field, value in (
+            ("task", query.task),
+            ("queue", query.queue),
+            ("last_status", query.status),
+            ("source", query.source),
+            ("paused", query.paused),
+        )
+        if value is not None
+    ]
+    part = query.name
+    narrowed = ordered.containing(part) if part else None
+    if narrowed is not None:
+        rows, part = narrowed, ""
+    elif exact:
+        groups = [(ordered.having(field, value), field) for field, value in exact]
+        rows, first = min(groups, key=lambda group: len(group[0]))
+        exact = [(field, value) for field, value in exact if field != first]
+    else:
+        rows = ordered.rows
+    for field, value in exact:
+        rows = [r for r in rows if getattr(r, field) == value]
+    if part:
+        rows = [r for r in rows if part in r.name]
+    return rows
 
 
 def _merged(
     known: Iterator[IndexRow], fresh: list[IndexRow], key: Callable[[IndexRow], Any]
 ) -> Iterable[IndexRow]:
+    """Both in one order, ties by name (each is in order, ties by name)."""
     seen = {row.name for row in fresh}
-    return heapq.merge((r for r in known if r.name not in seen), fresh, key=key)
+    rest = (r for r in known if r.name not in seen)
+    return heapq.merge(rest, fresh, key=lambda r: (key(r), r.name))
 
 
 def _refreshed(
     row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
 ) -> None:
-    """Take the row's persisted horizon (its next due recomputed when it moved) and summary."""
+    """Take the row's persisted horizon (its next due recomputed when it moved; without one,
+    when it has passed: a leader starts such an entry from now, as `beatd status` says) and its
+    summary."""
     adopted = state is not None and state.identity == row.entry.identity
     horizon = state.last_slot if state is not None and adopted else None
-    if not row.computed or horizon != row.horizon:
+    passed = horizon is None and row.next_due is not None and row.next_due <= now
+    if not row.computed or horizon != row.horizon or passed:
         _next_due(row, horizon, now)
     row.last_status = summary.last_status if summary is not None else None
     duration = summary.last_duration if summary is not None else None
@@ -380,6 +497,7 @@ def _next_due(row: IndexRow, horizon: datetime | None, now: datetime) -> None:
     slot = row.entry.schedule.next_after(horizon if horizon is not None else now)
     row.horizon, row.computed = horizon, True
     row.next_due = None if slot is None else row.entry.due_for(slot)
+    row.due_ts = _NEVER if row.next_due is None else row.next_due.timestamp()
 
 
 def _paused(row: IndexRow, control: EntryControl | None, now: datetime) -> None:

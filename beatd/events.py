@@ -9,12 +9,12 @@ walks them itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from beatd.config import Config
+from beatd.config import Config, Entry
 from beatd.core import Decision
 
 
@@ -104,6 +104,23 @@ class Adopted:
     """The planner was brought in line with the configuration and the persisted state."""
 
     config: Config | None = None  # the configuration now led
+    # every entry now led, the files' and the runtime entries (None: `config`'s); read it when
+    # told, it changes after
+    entries: Mapping[str, Entry] | None = None
+
+    def led(self) -> Mapping[str, Entry]:
+        """Every entry now led (none without a configuration)."""
+        if self.entries is not None:
+            return self.entries
+        return {} if self.config is None else self.config.entries
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesChanged:
+    """While leading, runtime entries changed and were taken into the plan (issue 18): each
+    name with its entry now, None when it was removed or left out (a file entry's name)."""
+
+    changed: Mapping[str, Entry | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,7 @@ Event = (
     | SteppedDown
     | Stopped
     | Adopted
+    | EntriesChanged
     | BackendDown
     | BackendUp
     | Published

@@ -12,7 +12,7 @@ from beatd.backends.base import Lease
 from beatd.clock import Clock
 from beatd.config.model import Entry
 from beatd.core import Planner
-from beatd.entry_feed import PlannedEntries, RuntimeView, file_paths, name_clashes
+from beatd.entry_feed import EntryApplied, PlannedEntries, RuntimeView, file_paths, name_clashes
 from beatd.errors import ConfigError
 
 
@@ -24,6 +24,8 @@ class FeedFollower:
         self.planned = planned
         self.adoption = adoption
         self.clock = clock
+        # the changes taken into the planner under a lease, for the loop to tell (`taken`)
+        self._taken: list[EntryApplied] = []
 
     def follow(
         self, planner: Planner, lease: Lease | None, files: Mapping[str, Entry], checked: bool
@@ -33,6 +35,7 @@ class FeedFollower:
         must be adopted again). `checked` False (at start): a file entry named like a runtime
         entry raises the ConfigError naming both. LeaseLost: the lease is gone."""
         replan = False
+        self._taken = []  # those of a round a lost lease ended are not told
         while True:
             feed = self.view.poll()
             if feed.reloaded:
@@ -45,8 +48,15 @@ class FeedFollower:
                 now = self.clock.now()
                 baselines = [b for c in changes if (b := self.adoption.apply(planner, c, now))]
                 self.adoption.baseline(planner, lease, baselines)
+                self._taken += changes
             if not feed.more:
                 return replan
+
+    def taken(self) -> dict[str, Entry | None]:
+        """The runtime entries the last `follow` took into the planner: each name with its entry
+        now (None: gone), for the observers (`beatd.events.EntriesChanged`)."""
+        taken, self._taken = self._taken, []
+        return {change.name: change.entry for change in taken}
 
     def register(self, lease: Lease, files: Mapping[str, Entry]) -> ConfigError | None:
         """Register the file entries' names in the backend, so that no runtime entry takes

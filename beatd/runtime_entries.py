@@ -13,6 +13,7 @@ Pure: no backend, no clock (the caller passes `now`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -315,6 +316,36 @@ def plan_puts(
         written = next_entry(put.entry, stored, at, by, request_id, head)
         outcomes.append(PutOutcome(written, stored, True))
     return outcomes
+
+
+class EntryWrites(ABC):
+    """`put_entry` and `put_entries` of the `RuntimeEntries` role (beatd.backends.base), the
+    same for every backend: each is a batch of `EntryPut`s handed to the backend's `_put`."""
+
+    def put_entry(
+        self,
+        entry: ResolvedEntry,
+        by: str,
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> RuntimeEntry:
+        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
+
+    def put_entries(
+        self,
+        entries: Sequence[ResolvedEntry],
+        by: str,
+        *,
+        create_only: bool = False,
+        request_id: str | None = None,
+    ) -> list[RuntimeEntry]:
+        expected = 0 if create_only else None
+        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
+
+    @abstractmethod
+    def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
+        """Write `puts` in one atomic step, as `put_entries` says (`plan_puts` decides each)."""
 
 
 def page_of(

@@ -41,6 +41,7 @@ from beatd.events import (
     BackendDown,
     BackendUp,
     BecameLeader,
+    EntriesChanged,
     Event,
     Observer,
     Reloaded,
@@ -271,7 +272,7 @@ class Scheduler:
             return
         self._adopted = True
         self._good = self.config
-        self._emit(Adopted(self.config))
+        self._emit(Adopted(self.config, self.planned.entries))
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
@@ -337,6 +338,8 @@ class Scheduler:
         try:
             if self.following.follow(self.planner, lease, files, self._good is not None):
                 self._adopted, self._files_before = False, None
+            if taken := self.following.taken():
+                self._emit(EntriesChanged(taken))
             self._good = self._good or self.config  # checked against every runtime entry
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)

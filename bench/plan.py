@@ -18,14 +18,18 @@ TOOLS = ("beatd", "celery-beat", "redbeat", "apscheduler")
 
 
 def jobs(quick: bool) -> list[Job]:
-    counts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    counts = (1_000,) if quick else (1_000, 10_000, 100_000)
     out: list[Job] = []
     for backend in BACKENDS_ALL:
         for n in counts:
             out.append(("throughput", "throughput", {"url": backend, "count": n}))
     for backend in BACKENDS_ALL:
         out.append(
-            ("delay", "delay", {"url": backend, "count": 10_000, "window": 5 if quick else 60})
+            (
+                "delay",
+                "delay",
+                {"url": backend, "count": 2_000 if quick else 10_000, "window": 2 if quick else 60},
+            )
         )
     for backend in BACKENDS:
         for n in counts:
@@ -37,7 +41,7 @@ def jobs(quick: bool) -> list[Job]:
                         "url": backend,
                         "count": n,
                         "mode": "steady",
-                        "runs": 20_000 if quick else 200_000,
+                        "runs": 5_000 if quick else 200_000,
                     },
                 )
             )
@@ -47,13 +51,13 @@ def jobs(quick: bool) -> list[Job]:
                 "cost",
                 {
                     "url": backend,
-                    "count": 10_000 if quick else 100_000,
+                    "count": 2_000 if quick else 100_000,
                     "mode": "idle",
-                    "window": 5 if quick else 30,
+                    "window": 2 if quick else 30,
                 },
             )
         )
-    for n in (20_000,) if quick else (1_000, 10_000, 100_000):
+    for n in (2_000,) if quick else (1_000, 10_000, 100_000):
         out.append(
             (
                 "startup",
@@ -63,7 +67,7 @@ def jobs(quick: bool) -> list[Job]:
         )
     if not quick:
         out.append(("startup", "startup", {"url": "redis", "count": 100_000}))
-    tasks = 2_000 if quick else 20_000
+    tasks = 500 if quick else 20_000
     for backend in BACKENDS:
         out.append(("worker", "worker", {"url": backend, "count": tasks}))
     # PostgreSQL's queue-to-start p99 is a target of its own (issue 20): 100 samples in the
@@ -74,27 +78,27 @@ def jobs(quick: bool) -> list[Job]:
             "worker",
             {
                 "url": "postgresql",
-                "count": 200 if quick else tasks,
+                "count": 100 if quick else tasks,
                 "latency_samples": 10 if quick else 100,
             },
         )
     )
     # the same no-op tasks for a real Celery worker, in beatd's Celery-protocol messages
     out.append(("worker", "worker", {"url": "redis", "count": tasks, "tool": "celery"}))
-    # issue 15: Redis's used_memory with the history on at 100,000 entries (10,000 in --quick)
-    entries = 10_000 if quick else 100_000
+    # issue 15: Redis's used_memory with the history on at 100,000 entries (2,000 in --quick)
+    entries = 2_000 if quick else 100_000
     out.append(("history_memory", "history_memory", {"url": "redis", "entries": entries}))
     for backend in BACKENDS:
         out.append(
             (
                 "failover",
                 "failover",
-                {"url": backend, "kills": 2 if quick else 20, "lease_ttl": 2 if quick else 5},
+                {"url": backend, "kills": 1 if quick else 20, "lease_ttl": 2 if quick else 5},
             )
         )
     out += scale(quick)
     out += console(quick)
-    steady = ((1_000, 6),) if quick else ((10_000, 40), (1_000, 20))
+    steady = ((1_000, 3),) if quick else ((10_000, 40), (1_000, 20))
     for n, window in steady:
         for tool in TOOLS:
             out.append(
@@ -126,8 +130,8 @@ def jobs(quick: bool) -> list[Job]:
 def scale(quick: bool) -> list[Job]:
     """Issue 18's runtime entries: 100,000 imported over each way into a backend holding 0 or
     200,000 already (1,000,000 is beyond this shared machine: the report extrapolates), and
-    RedBeat holding the same entries; `--quick` imports 10,000 into an empty one."""
-    counts = (10_000,) if quick else (100_000, 300_000)
+    RedBeat holding the same entries; `--quick` imports 2,000 into an empty one."""
+    counts = (2_000,) if quick else (100_000, 300_000)
     out: list[Job] = []
     for count in counts:
         batch = min(count, 100_000)

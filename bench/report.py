@@ -384,7 +384,7 @@ def _scenarios(s: dict[str, list[Result]]) -> str:
             ],
         ),
         (
-            "7. Run history's memory on Redis (one finished run per entry; `--quick`: 10,000 "
+            "7. Run history's memory on Redis (one finished run per entry; `--quick`: 2,000 "
             "entries instead of 100,000)",
             "history_memory",
             [

@@ -73,9 +73,9 @@ class Processes:
         self.schedules.mkdir()
         (self.schedules / "s.yaml").write_text(text)
 
-    def _start(self, name: str, argv: list[str]) -> Proc:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         argv = [sys.executable, "-m", "beatd", *argv, "--broker", self.broker]
         if (self.schedules / "s.yaml").exists():
             argv += ["-s", str(self.schedules)]
@@ -96,9 +96,10 @@ class Processes:
         assert proc.count(line) == 1, proc.log.read_text()
         return proc
 
-    def scheduler(self, node: str, *args: str) -> Proc:
+    def scheduler(self, node: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """`beatd run` as node `node`, with `env` added to the test's environment."""
         argv = ["run", "--node", node, "--lease-ttl", f"{self.lease_ttl:g}s", "--no-watch", *args]
-        return self._started(self._start(node, argv), f"beatd run node={node} ")
+        return self._started(self._start(node, argv, env), f"beatd run node={node} ")
 
     def worker(self, name: str, *args: str) -> Proc:
         argv = ["worker", "-A", "tests.worker_tasks", "--pool", "process", *args]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,9 @@ from typing import Any
 
 import pika
 import pytest
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from beatd.amqp_link import Logins
 from beatd.amqp_relay import (
@@ -36,7 +39,9 @@ from beatd.amqp_relay import (
 from beatd.backends import open_backend
 from beatd.backends.base import Backend
 from beatd.backends.faults import Fault, FaultPlan, FaultyBackend
+from beatd.backends.sqlite import SQLiteBackend
 from beatd.celery_amqp import OUTBOX_QUEUE
+from beatd.cli import main
 from beatd.clock import FakeClock, SystemClock
 from beatd.config import AmqpTarget, Config
 from beatd.config.model import Entry
@@ -45,6 +50,8 @@ from beatd.history import HistoryQuery
 from beatd.metrics import register_amqp_relay
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule, OnceSchedule
+from tests.processes import Processes
+from tests.redis_server import free_port
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_for
 
@@ -508,3 +515,88 @@ def test_beatd_run_relays_a_celery_configs_schedule_to_rabbitmq(
     taken = rabbit.drain(queue)
     assert {headers["task"] for _, headers, _ in taken} == {"tasks.ping"}
     assert all(headers["id"].startswith("ping@") for _, headers, _ in taken)
+
+
+KILLED_SCHEDULE = """\
+queues:
+  {queue}:
+    protocol: celery
+    amqp: {{url: "amqp://guest@127.0.0.1:5672//"}}
+entries:
+  yearly:
+    task: tasks.record
+    cron: "0 0 1 1 *"
+    queue: {queue}
+"""
+FAULT_SAID = "fault point relay-after-confirm: run {run} confirmed by RabbitMQ"
+
+
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"
+
+
+def test_beatd_run_killed_between_confirm_and_removal_is_republished_once_by_the_next(
+    tmp_path: Path, rabbit: Rabbit
+) -> None:
+    """A real `beatd run` stops itself (BEATD_FAULT_POINT=relay-after-confirm) right after
+    RabbitMQ confirmed a run and before removing it from the outbox, and is killed there with
+    SIGKILL; the `beatd run` that takes over publishes the run once more, with the same task id,
+    and counts it; the run history still holds one run."""
+    queue = rabbit.name("killed-run")
+    rabbit.declare(queue)
+    db = tmp_path / "beatd.db"
+    cluster = Processes(tmp_path, f"sqlite:///{db}", lease_ttl=2.0)
+    cluster.schedule(KILLED_SCHEDULE.format(queue=queue))
+    env = {"BEATD_AMQP_PASSWORD": "guest"}
+    triggered = CliRunner().invoke(
+        main, ["trigger", "yearly", "-s", str(cluster.schedules), "--broker", cluster.broker]
+    )
+    assert triggered.exit_code == 0, triggered.output
+    source = SQLiteBackend(db)
+    (waiting,) = source.queued_as_dead_letters("")
+    source.close()
+    try:
+        first = cluster.scheduler("n1", env={**env, "BEATD_FAULT_POINT": "relay-after-confirm"})
+        said = FAULT_SAID.format(run=waiting.id)
+        wait_for(lambda: first.count(said), 30, f"the fault point; {first.log.read_text()}")
+        wait_for(lambda: stopped(first.popen.pid), 10, "n1 to stop itself")
+        assert rabbit.depth(queue) == 1  # published and confirmed, still in the outbox:
+        outbox = SQLiteBackend(db)
+        assert outbox.queue_depths() == {OUTBOX_QUEUE: 1}
+        outbox.close()
+        first.popen.kill()  # SIGKILL, exactly there
+        assert first.popen.wait(10) == -signal.SIGKILL
+        port = free_port()
+        second = cluster.scheduler("n2", "--metrics-addr", f"127.0.0.1:{port}", env=env)
+        # the first's claim lapses after the relay's visibility (30 s), then n2 relays it again
+        wait_for(lambda: rabbit.depth(queue) == 2, 60, f"the republish; {second.log.read_text()}")
+        metric = "beatd_amqp_republished_total"
+        wait_for(lambda: scraped(port, metric) == 1.0, 10, f"{metric} at 1")
+        assert second.count(f"run {waiting.id} published to RabbitMQ again") == 1
+        assert second.stop() == 0
+    finally:
+        cluster.close()
+    ids = [headers["id"] for _, headers, _ in rabbit.drain(queue)]
+    assert ids == [waiting.id, waiting.id]
+    history = SQLiteBackend(db)
+    try:
+        assert [r.id for r in history.runs(HistoryQuery(entry="yearly"))] == [waiting.id]
+        assert history.queue_depths() == {}
+    finally:
+        history.close()
+
+
+def scraped(port: int, name: str) -> float | None:
+    """A sample of the metrics page at `port` (None: not served yet, or absent)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            page = answer.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None

@@ -22,7 +22,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         started.stop()
 
 
-@pytest.mark.parametrize(("quick", "entries"), [(False, 100_000), (True, 10_000)])
+@pytest.mark.parametrize(("quick", "entries"), [(False, 100_000), (True, 2_000)])
 def test_the_plan_measures_redis_memory_with_history(quick: bool, entries: int) -> None:
     jobs = [job for job in plan.jobs(quick) if job[0] == "history_memory"]
     assert jobs == [("history_memory", "history_memory", {"url": "redis", "entries": entries})]
@@ -51,7 +51,7 @@ def test_the_report_shows_the_memory_section() -> None:
     }
     text = report._scenarios({"history_memory": [row]})
     assert text.split("### 7. ")[1] == (
-        "Run history's memory on Redis (one finished run per entry; `--quick`: 10,000 entries "
+        "Run history's memory on Redis (one finished run per entry; `--quick`: 2,000 entries "
         "instead of 100,000)\n"
         "\n"
         "| backend | entries | runs_per_entry | used_memory_mib_history "

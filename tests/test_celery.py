@@ -36,13 +36,14 @@ from beatd.config.model import Entry
 from beatd.errors import LeaseLost
 from beatd.history import HistoryQuery
 from beatd.message import RunMessage
+from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import OnceSchedule
 from beatd.state import EntryState
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lowest]
 CELERY = str(Path(sys.executable).with_name("celery"))
 SEP = "\x06\x16"
 
@@ -572,3 +573,45 @@ def test_beatd_run_records_a_stock_workers_outcomes(tmp_path: Path, redis_url: s
     assert "listening to Celery's task events on" in said
     assert "stopped listening to Celery's task events" in said
     backend.close()
+
+
+def test_beatd_run_hears_the_outcomes_of_a_celery_entry_added_at_runtime(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A leader whose files have no Celery entry starts listening to Celery's task events when
+    one is added at runtime, so a stock worker's outcome reaches the history."""
+    worker, log = start_events_worker(tmp_path, redis_url)
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "s.yaml").write_text("entries:\n  own:\n    task: t.own\n    cron: '0 0 1 1 *'\n")
+    run_log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "beatd", "run", "--broker", redis_url, "-s", str(schedules)]
+    argv += ["--no-watch", "--metrics-addr", "off", "--node", "n1"]
+    with run_log.open("wb") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    backend = RedisBackend(redis_url)
+    try:
+        wait_for(lambda: "became leader" in _tail(run_log), 20, "n1 to lead")
+        assert "listening to Celery's task events" not in _tail(run_log)
+        due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        raw = {"task": "tasks.ok", "at": due.isoformat(), "queue": "celery", "protocol": "celery"}
+        backend.put_entry(resolve_entry("added", raw, now=datetime.now(UTC)), "ops@host")
+        added = f"added@{due:%Y-%m-%dT%H:%M:%SZ}"
+
+        def status() -> str | None:
+            record = backend.run(added)
+            return None if record is None else record.status
+
+        try:
+            wait_for(lambda: status() == "succeeded", 30)
+        except AssertionError:
+            raise AssertionError(
+                f"{status()}\nbeatd run:\n{_tail(run_log)}\nworker:\n{_tail(log)}"
+            ) from None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+        backend.close()
+    assert "listening to Celery's task events on" in _tail(run_log)

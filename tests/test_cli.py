@@ -369,7 +369,9 @@ def test_next_one_entry_as_text() -> None:
         ),
         (
             ["nosuch", "-s", str(REPO / "schedules")],
-            f"beatd: ENTRY: no entry named 'nosuch' in {REPO / 'schedules' / 'examples.yaml'}",
+            f"beatd: ENTRY: no entry named 'nosuch' in {REPO / 'schedules' / 'examples.yaml'}; "
+            "without --broker (BEATD_BROKER) only the schedule files' entries are shown, not "
+            "runtime entries",
         ),
     ],
     ids=["bad_cron", "bad_every", "bad_tz", "bad_after", "unknown_entry"],
@@ -573,6 +575,19 @@ def test_run_parses_the_retention_flags() -> None:
 def test_run_refuses_a_bad_audit_retention_before_it_starts() -> None:
     code, out, err = beatd("run", "--broker", "memory://bad", "--audit-retention", "0")
     assert (code, out, err) == (2, "", "beatd: --audit-retention: must be positive, got '0'\n")
+
+
+def test_run_refuses_an_unknown_fault_point_before_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("entries: {}\n")
+    broker = f"sqlite:///{tmp_path / 'beatd.db'}"
+    args = ["run", "--broker", broker, "-s", str(tmp_path / "s.yaml"), "--metrics-addr", "off"]
+    result = CliRunner().invoke(main, args, env={"BEATD_FAULT_POINT": "relay-before-confirm"})
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        "beatd: BEATD_FAULT_POINT: 'relay-before-confirm' is no fault point: the one beatd "
+        "knows is relay-after-confirm (for tests only); unset it\n",
+    )
 
 
 def test_run_refuses_a_bad_history_age_before_it_starts(tmp_path: Path) -> None:

@@ -13,19 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 import beatd.cli.controls as cli_controls
 import beatd.operations.controls as operations_controls
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Controls, Outgoing, StateWrite
 from beatd.backends.memory import discard
-from beatd.cli import main
 from beatd.config import load_config
 from beatd.controls import Trigger, TriggerResult
 from beatd.errors import OutcomeUnknown
-from beatd.message import RunMessage
 from beatd.state import EntryState
+from tests.in_process import beatd, memory_broker, queued, schedules_folder
 
 SCHEDULES = """\
 entries:
@@ -54,17 +52,12 @@ MANUAL_ID = re.compile(r"tick@manual-[0-9a-f]{32}")
 
 @pytest.fixture
 def broker() -> Iterator[str]:
-    name = f"controls-cli-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    discard(name)
+    yield from memory_broker("controls-cli")
 
 
 @pytest.fixture
 def schedules(tmp_path: Path) -> Path:
-    folder = tmp_path / "schedules"
-    folder.mkdir()
-    (folder / "s.yaml").write_text(SCHEDULES)
-    return folder
+    return schedules_folder(tmp_path, SCHEDULES)
 
 
 @pytest.fixture
@@ -72,19 +65,6 @@ def backend(broker: str) -> Iterator[Backend]:
     store = open_backend(broker)  # holds the memory store open for the test
     yield store
     store.close()
-
-
-def beatd(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def queued(store: Backend, queue: str = "default") -> list[RunMessage]:
-    messages = []
-    while (delivery := store.claim([queue], "test", 30)) is not None:
-        messages.append(RunMessage.from_json(delivery.body))
-        store.ack(delivery)
-    return messages
 
 
 def controls(store: Backend) -> Controls:

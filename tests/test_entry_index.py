@@ -144,6 +144,28 @@ def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) ->
         index.close()
 
 
+def test_a_name_part_few_names_hold_is_found_in_order_once_per_name(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(30):
+        add(store, f"r{n:02}-r{n:02}")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, name="r07") == ["r07-r07"]  # twice in the name, listed once
+        assert names(index, name="7-r") == ["r07-r07", "r17-r17", "r27-r27"]
+        assert names(index, name="k") == ["tick"]  # the last name
+        assert names(index, name="nig") == ["nightly"]
+        assert names(index, name="r1", sort="next_due", limit=3) == [
+            "r10-r10",
+            "r11-r11",
+            "r12-r12",
+        ]
+        assert index.page(IndexQuery(name="-")).total == 30  # most names: row by row
+        assert index.page(IndexQuery(name="\n")).total == 0
+    finally:
+        index.close()
+
+
 def test_the_change_feed_adds_replaces_and_removes_rows_before_a_refresh(
     broker: str, store: Backend, config: Config
 ) -> None:
@@ -197,12 +219,29 @@ def test_an_entry_past_its_grace_is_overdue_unless_paused(
     clock = FakeClock(T0)
     index = built(broker, config, clock)
     try:
-        clock.advance(3600)
+        horizon = datetime(2026, 12, 6, 0, 0, tzinfo=UTC)
+        commit_horizon(store, config, "tick", horizon)
+        index.refresh()
         (nightly, tick) = index.rows()
-        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (True, True)
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, True)
         store.pause(["tick"], "maintenance", None, "ops")
         index.refresh()
         assert not index.rows()[1].overdue(clock.now())
+    finally:
+        index.close()
+
+
+def test_without_a_horizon_the_next_due_follows_now_as_a_leader_would_start_it(
+    broker: str, config: Config
+) -> None:
+    clock = FakeClock(T0)
+    index = built(broker, config, clock)
+    try:
+        clock.advance(3600)
+        index.refresh()
+        (nightly, tick) = index.rows()
+        assert (nightly.overdue(clock.now()), tick.overdue(clock.now())) == (False, False)
+        assert tick.as_json()["next_due"] == "2026-12-06T02:00:10Z"
     finally:
         index.close()
 
@@ -234,3 +273,21 @@ def commit_horizon(store: Backend, config: Config, name: str, horizon: datetime)
     )  # fmt: skip
     assert store.commit(lease, [StateWrite(state, None)], [run]) == set()
     store.release_lease(lease)
+
+
+@pytest.mark.parametrize(("failures", "failing"), [(1, False), (2, True)], ids=["one", "two"])
+def test_an_entry_is_failing_after_its_alert_after_failures(
+    broker: str, store: Backend, config: Config, failures: int, failing: bool
+) -> None:
+    store.put_entry(
+        resolve_entry("sync", {"task": "t.s", "every": "1h", "alert_after_failures": 2}, now=T0),
+        "test",
+    )
+    ended = T0 - timedelta(minutes=1)
+    summary = EntrySummary("sync", "failed", ended, None, None, ended, failures)
+    store.import_history([], summaries=[summary])
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert [row.name for row in index.failing()] == (["sync"] if failing else [])
+    finally:
+        index.close()

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.backends.memory import discard
-from beatd.cli import main
 from beatd.history import (
     Attempt,
     EntrySummary,
@@ -28,6 +26,7 @@ from beatd.history import (
     RunRecord,
 )
 from beatd.state import EntryState
+from tests.in_process import beatd, schedules_folder
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2025, 12, 4, 1, 30, tzinfo=UTC)
@@ -55,10 +54,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def schedules(tmp_path: Path) -> Path:
-    folder = tmp_path / "schedules"
-    folder.mkdir()
-    (folder / "s.yaml").write_text(SCHEDULES)
-    return folder
+    return schedules_folder(tmp_path, SCHEDULES)
 
 
 def at(seconds: float) -> datetime:
@@ -108,11 +104,6 @@ def seed(url: str, *runs: RunRecord, missed: tuple[MissedRecord, ...] = ()) -> B
     backend = open_backend(url)
     backend.import_history(runs, missed)
     return backend
-
-
-def beatd(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_history_shows_each_run_and_missed_range_newest_first(broker: str, schedules: Path) -> None:

@@ -238,14 +238,18 @@ def add_entries(api: Api, *entries: dict[str, object]) -> None:
 def test_the_entry_index_filters_sorts_and_pages_files_and_runtime_entries(api: Api) -> None:
     add_entries(
         api,
-        *({"name": f"report-{n}", "task": "t.report", "every": f"{n + 1}m"} for n in range(5)),
+        # each period a multiple of the one before: their next slots come in name order
+        *(
+            {"name": f"report-{n}", "task": "t.report", "every": every}
+            for n, every in enumerate(["28d", "7d", "1d", "1h", "1m"][::-1])
+        ),
         {"name": "sync", "task": "t.sync", "cron": "0 * * * *", "queue": "io"},
     )
     status, _, page = api.ask("/v1/entry-index?name=report&sort=next_due&offset=1&limit=2")
     assert status == 200
     assert (page["total"], page["offset"], page["limit"]) == (5, 1, 2)
     assert [e["name"] for e in page["entries"]] == ["report-1", "report-2"]
-    assert page["entries"][0]["schedule"] == "every 2m"
+    assert page["entries"][0]["schedule"] == "every 1h"
     assert page["entries"][0]["source"] == "api"
     _, _, files = api.ask("/v1/entry-index?source=file")
     assert [(e["name"], e["source"], e["version"]) for e in files["entries"]] == [
@@ -353,3 +357,18 @@ def test_the_overview_shows_leader_queues_dead_letters_the_last_hour_and_trouble
         "failing_total": 1,
         "warnings": [],
     }
+
+
+def test_the_overview_lists_no_entries_while_the_index_is_built(
+    tmp_path: Path, broker: str
+) -> None:
+    index = EntryIndex(lambda: open_backend(broker), lambda: None, FakeClock(NOW))
+    api = serve(tmp_path, broker, NOW, index)
+    try:
+        status, _, body = api.ask("/v1/overview")
+    finally:
+        api.server.stop()
+        index.close()
+    assert status == 200
+    assert (body["index_ready"], body["overdue"], body["failing"]) == (False, [], [])
+    assert (body["leader"], body["queues"], body["dead_letters"]) == (None, [], 0)

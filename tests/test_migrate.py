@@ -17,6 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from beatd.backends import open_backend
 from beatd.backends.base import StateWrite
 from beatd.backends.redis import RedisBackend
 from beatd.backends.sqlite import SQLiteBackend
@@ -25,6 +26,7 @@ from beatd.cli import main
 from beatd.history import HistoryQuery, RunKind
 from beatd.runtime_entries import ResolvedEntry, resolve_entry
 from tests.backends.contract import message, state
+from tests.postgres_database import scratch_database
 from tests.redis_server import RedisServer
 from tests.test_amqp_outbox import SCHEDULE as AMQP_SCHEDULE
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
@@ -470,18 +472,50 @@ def test_undelivered_outbox_runs_are_carried_to_the_targets_outbox_once(
     assert delivery is not None and (delivery.id, delivery.body) == (waiting.id, waiting.body)
 
 
-def test_outbox_runs_are_read_from_a_sqlite_source_only(
-    server: RedisServer, target: RedisBackend, tmp_path: Path
+@pytest.fixture(params=["redis", "postgresql"])
+def outbox_source(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis or PostgreSQL source URL, empty."""
+    if request.param == "redis":
+        yield request.getfixturevalue("server").url
+        return
+    with scratch_database() as url:
+        yield url
+
+
+def test_undelivered_outbox_runs_are_carried_from_redis_and_postgresql(
+    outbox_source: str, tmp_path: Path
 ) -> None:
-    target.enqueue([message("e", 1, queue=OUTBOX_QUEUE)])
+    """As from SQLite: a run waiting for the relay, and one a relay claimed and did not finish
+    (its process killed), go on waiting in the target's outbox; a second copy adds nothing."""
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text(AMQP_SCHEDULE)
+    for _ in range(2):
+        code, _, err = beatd("trigger", "nightly", "-s", str(schedule), "--broker", outbox_source)
+        assert (code, err) == (0, "")
+    source = open_backend(outbox_source)
+    claimed = source.claim([OUTBOX_QUEUE], "amqp-relay@dead", 30)
+    assert claimed is not None and source.queue_depths() == {OUTBOX_QUEUE: 2}
+    source.close()
     to = f"sqlite:///{tmp_path / 'new.db'}"
-    code, _, err = beatd("migrate", "--from", server.url, "--to", to)
-    assert (code, err) == (
-        1,
-        f"{server.url} holds 1 run(s) not yet relayed to RabbitMQ (amqp.outbox=1), "
-        f"which migrate reads from a SQLite source only: start one `beatd run` on {server.url} "
-        "until its relay has emptied the outbox (`beatd status`), stop it, then migrate again\n",
+
+    code, out, err = beatd("migrate", "--from", outbox_source, "--to", to)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        f"carried 2 undelivered run(s) to the target's outbox ({OUTBOX_QUEUE}) for its relay"
     )
+    code, out, err = beatd("migrate", "--from", outbox_source, "--to", to)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        f"carried 0 undelivered run(s) to the target's outbox ({OUTBOX_QUEUE}) for its relay"
+    )
+    target = SQLiteBackend(tmp_path / "new.db")
+    try:
+        assert target.queue_depths() == {OUTBOX_QUEUE: 2} and target.dead_letters() == []
+        carried = [target.claim([OUTBOX_QUEUE], "amqp-relay", 30) for _ in range(2)]
+        ids = sorted((d.id, d.body) for d in carried if d is not None)
+        assert claimed.id in [i for i, _ in ids] and len(set(ids)) == 2
+    finally:
+        target.close()
 
 
 def test_an_unreadable_outbox_run_is_copied_as_a_dead_letter_saying_why(

@@ -289,8 +289,8 @@ def test_next_runs_of_a_runtime_entry(store: Backend) -> None:
     ops.add(store, "nightly", NIGHTLY, WRITING)
     now = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
     assert shown.next_runs(store, None, "nightly", 2, now) == [
-        "2026-12-06T02:30:00Z",
-        "2026-12-07T02:30:00Z",
+        {"slot": "2026-12-06T02:30:00Z", "dst": None},
+        {"slot": "2026-12-07T02:30:00Z", "dst": None},
     ]
     with pytest.raises(UnknownEntry):
         shown.next_runs(store, None, "nope", 2, now)

@@ -37,7 +37,7 @@ from tests.test_redis_faults import (
 )
 from tests.worker_tasks import events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lowest]
 TTL = 2.0  # seconds: the lease of every scheduler here
 SECOND = timedelta(seconds=1)
 DOWN_FOR = 8.0  # seconds the server stays down when a test restarts it

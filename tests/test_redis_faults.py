@@ -29,7 +29,7 @@ from tests.redis_server import RedisServer
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
 from tests.worker_tasks import events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.lowest]
 TTL = 2.0  # seconds: the lease of every scheduler here; calls are bounded by TTL / 5
 SECOND = timedelta(seconds=1)
 STREAM = "beatd:queue:default:normal"

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.backends.memory import MemoryBackend, discard
-from beatd.cli import main
 from beatd.cli.controls import controls_of
 from beatd.clock import FakeClock
-from beatd.config import Config, load_config
+from beatd.config import load_config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.controls import Busy, EntryControl, Overlap
 from beatd.history import HistoryQuery, MissedSlots, Retention, RunKind
@@ -27,12 +25,20 @@ from beatd.message import run_id
 from beatd.operations.backfill import BackfillRange, plan_backfill, send
 from beatd.operations.controls import BadRequest
 from beatd.publisher import encode_run
-from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.scheduler import run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
+from tests.in_process import (
+    T0,
+    beatd,
+    memory_backend,
+    memory_broker,
+    queued,
+    scheduler,
+    schedules_folder,
+)
 from tests.test_controls_cli import readme_session
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 NAME = "review16"
 
@@ -48,15 +54,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
-    discard(NAME)
-    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
-    discard(NAME)
-
-
-def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") -> Scheduler:
-    config = Config({e.name: e for e in entries})
-    settings = SchedulerSettings(node=node, lease_ttl=30, max_clock_skew=3600)
-    return Scheduler(backend, lambda: config, clock, settings)
+    yield from memory_backend(NAME, clock)
 
 
 def test_a_resumed_entry_is_not_paused_again_by_the_next_leader(
@@ -100,17 +98,12 @@ SLOT = "%Y-%m-%dT%H:%M:%SZ"
 
 @pytest.fixture
 def broker() -> Iterator[str]:
-    name = f"review16-cli-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    discard(name)
+    yield from memory_broker("review16-cli")
 
 
 @pytest.fixture
 def schedules(tmp_path: Path) -> Path:
-    folder = tmp_path / "schedules"
-    folder.mkdir()
-    (folder / "s.yaml").write_text(SCHEDULES)
-    return folder
+    return schedules_folder(tmp_path, SCHEDULES)
 
 
 @pytest.fixture
@@ -120,17 +113,8 @@ def store(broker: str) -> Iterator[Backend]:
     opened.close()
 
 
-def beatd(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def queued(store: Backend) -> list[str]:
-    ids = []
-    while (delivery := store.claim(["default"], "test", 30)) is not None:
-        ids.append(delivery.id)
-        store.ack(delivery)
-    return ids
+def queued_ids(store: Backend) -> list[str]:
+    return [message.id for message in queued(store)]
 
 
 def publish_as_scheduler(store: Backend, schedules: Path, name: str, slots: list[datetime]) -> None:
@@ -167,7 +151,7 @@ def test_backfill_never_republishes_slots_whose_records_the_count_cap_trimmed(
         "-s", schedules, "--broker", broker, "--by", "rev",
     )  # fmt: skip
     assert code in (0, 2)  # published nothing more, or refused naming the bound
-    assert queued(store) == []  # every slot had been published and run already
+    assert queued_ids(store) == []  # every slot had been published and run already
 
 
 def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
@@ -183,7 +167,7 @@ def test_backfill_of_a_busy_skip_entry_publishes_nothing_beside_the_busy_run(
         "-s", schedules, "--broker", broker, "--by", "rev",
     )  # fmt: skip
     assert code == 1  # refused as a trigger is: the entry is busy
-    assert queued(store) == [running]
+    assert queued_ids(store) == [running]
 
 
 @pytest.mark.parametrize("key", ["", "two words", "line\nbreak"], ids=["empty", "space", "newline"])
@@ -195,7 +179,7 @@ def test_an_idempotency_key_that_cannot_be_part_of_a_run_id_is_refused(
     )
     assert (code, out) == (2, "")
     assert err.startswith("beatd: --idempotency-key: ")
-    assert queued(store) == []
+    assert queued_ids(store) == []
 
 
 def test_the_history_of_paused_slots_says_who_paused_why_and_until_when(
@@ -367,7 +351,7 @@ def test_backfill_beside_a_scheduler_without_history_republishes_nothing(
         "-s", schedules, "--broker", broker, "--by", "rev",
     )  # fmt: skip
     assert code in (0, 2)  # published nothing, or refused: the history cannot tell
-    assert queued(store) == []
+    assert queued_ids(store) == []
 
 
 def test_pause_after_failures_pauses_again_after_n_more_failures_since_the_resume(
@@ -454,7 +438,7 @@ def test_a_trigger_over_a_stale_busy_mark_says_it_dropped_it(
     assert store.import_controls({"slow-skip": EntryControl(busy=Busy(stale, since))}) == 1
     code, out, err = beatd("trigger", "slow-skip", "-s", schedules, "--broker", broker)
     assert code == 0
-    assert queued(store) == [out.strip()]
+    assert queued_ids(store) == [out.strip()]
     assert stale in err
 
 
@@ -510,4 +494,4 @@ def test_a_trim_between_a_backfills_plan_and_its_step_publishes_nothing(
         send(controls_of(store), entry, runs, None, "rev", asked)
     assert refused.value.option == "--from"
     assert refused.value.message.startswith(f"{slots[1]:{SLOT}} is not after {slots[1]:{SLOT}}")
-    assert queued(store) == []
+    assert queued_ids(store) == []

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from beatd.backends.base import Delivery
-from beatd.backends.memory import MemoryBackend, discard
+from beatd.backends.memory import MemoryBackend
 from beatd.clock import FakeClock
 from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
@@ -25,9 +25,9 @@ from beatd.operations.history import read_history, record_object
 from beatd.publisher import encode_run
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from tests.in_process import T0, memory_backend, scheduler
 from tests.test_metrics import scrape, value
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 NAME = "scheduler-controls"
 CATCH_UP = MissedPolicy.CATCH_UP
@@ -44,15 +44,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
-    discard(NAME)
-    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
-    discard(NAME)
-
-
-def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") -> Scheduler:
-    config = Config({e.name: e for e in entries})
-    settings = SchedulerSettings(node=node, lease_ttl=30, max_clock_skew=3600)
-    return Scheduler(backend, lambda: config, clock, settings)
+    yield from memory_backend(NAME, clock)
 
 
 def published(backend: MemoryBackend, entry: str = "tick") -> list[str]:

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from beatd.backends.memory import MemoryBackend, discard
+from beatd.amqp_link import AmqpLink
+from beatd.amqp_relay import AmqpRelay, AmqpRelaying
+from beatd.backends.memory import MemoryBackend
+from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry
@@ -23,6 +26,8 @@ from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
+from tests.in_process import memory_backend
+from tests.test_celery_listener import Heard
 from tests.test_metrics import scrape, value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -47,9 +52,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
-    discard(NAME)
-    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
-    discard(NAME)
+    yield from memory_backend(NAME, clock)
 
 
 def scheduler(
@@ -298,3 +301,74 @@ def test_a_node_whose_files_name_a_runtime_entry_stops_at_its_takeover_and_gives
         "file, or remove the runtime entry first"
     )
     assert backend.leader() is None
+
+
+class Relay(AmqpRelay):
+    """The relay without its thread: what the observer asked of it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(lambda: discard_outbox(), lambda url: resolve(url), clock)
+        self.relaying: dict[str, set[tuple[str, str]]] | None = None
+
+    def start(self, targets: dict[str, set[tuple[str, str]]]) -> None:
+        self.relaying = {broker: set(pairs) for broker, pairs in targets.items()}
+
+    def stop(self, wait: float = 0.0) -> None:
+        self.relaying = None
+
+
+def discard_outbox() -> MemoryBackend:
+    raise AssertionError("the stand-in relay opens no outbox")
+
+
+def resolve(url: str) -> AmqpLink:
+    raise AssertionError(f"the stand-in relay logs in nowhere: {url}")
+
+
+RABBIT = "amqp://guest@127.0.0.1:5672//"
+
+
+def test_celery_entries_added_at_runtime_start_the_event_listener_and_the_relay(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    ear = CeleryEventListener(Heard(), backend, clock, poll=0.01)
+    relay = Relay(clock)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    observers = [CeleryEvents(ear), AmqpRelaying(relay)]
+    beat = Scheduler(backend, lambda: config(), clock, settings, observers=observers)
+    try:
+        run_for(beat, 5)
+        assert not ear.running and relay.relaying is None  # leading no Celery entry
+        # (due at midnight: the memory backend holds no Celery queue to publish to)
+        put(backend, clock, "tenant-c", protocol="celery", queue="celery", every="1d")
+        run_for(beat, 5)
+        assert ear.running and relay.relaying is None
+        put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
+        run_for(beat, 5)
+        assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
+        backend.remove_entry("tenant-r", BY)
+        run_for(beat, 5)
+        assert relay.relaying is None and ear.running
+        backend.remove_entry("tenant-c", BY)
+        run_for(beat, 5)
+        assert not ear.running  # no Celery entry led any more
+    finally:
+        ear.stop(wait=5)
+
+
+def test_a_new_leader_hears_the_runtime_celery_entries_at_adoption(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, clock, "tenant-c", protocol="celery", queue="celery", every="1d")
+    put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
+    ear = CeleryEventListener(Heard(), backend, clock, poll=0.01)
+    relay = Relay(clock)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    observers = [CeleryEvents(ear), AmqpRelaying(relay)]
+    beat = Scheduler(backend, lambda: config(), clock, settings, observers=observers)
+    try:
+        run_for(beat, 5)
+        assert ear.running
+        assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
+    finally:
+        ear.stop(wait=5)

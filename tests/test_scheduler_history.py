@@ -4,7 +4,7 @@ published run's record, and the slots it missed as one range per entry and reaso
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,13 +12,12 @@ import pytest
 from beatd.backends.base import StoreIdentity
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
-from beatd.config import Config
 from beatd.config.model import Entry, MissedPolicy
 from beatd.history import HistoryQuery, MissedSlots, RunKind
-from beatd.scheduler import Scheduler, SchedulerSettings, run_for
+from beatd.scheduler import run_for
 from beatd.schedules import IntervalSchedule
+from tests.in_process import T0, memory_backend, scheduler
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NAME = "scheduler-history"
 
 
@@ -34,15 +33,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
-    discard(NAME)
-    yield MemoryBackend(NAME, wall_clock=lambda: clock.now().timestamp())
-    discard(NAME)
-
-
-def scheduler(backend: Any, clock: FakeClock, *entries: Entry, node: str = "a") -> Scheduler:
-    config = Config({e.name: e for e in entries})
-    settings = SchedulerSettings(node=node, lease_ttl=30, max_clock_skew=3600)
-    return Scheduler(backend, lambda: config, clock, settings)
+    yield from memory_backend(NAME, clock)
 
 
 def test_downtime_is_one_missed_range_and_the_kept_run_is_caught_up(

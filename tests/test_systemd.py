@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from beatd.clock import FakeClock
+from beatd.http.tokens import Scope, new_token
 from beatd.systemd import Notifier
+from tests.redis_server import free_port
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +133,83 @@ def test_security_scores(tmp_path: Path) -> None:
     assert not exposed_at_most(service, 0)  # the threshold is heeded: no unit scores 0
     worker = unit_copy(tmp_path, "beatd-worker@.service", "beatd-worker@default.service")
     assert exposed_at_most(worker, 2.0)
+
+
+def service_settings(name: str) -> dict[str, list[str]]:
+    """Each setting of a shipped unit and its values, in order (comments left out)."""
+    settings: dict[str, list[str]] = {}
+    for line in (REPO / "systemd" / name).read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def run_as_the_unit(tmp_path: Path, credential: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`beatd run` started as systemd starts beatd.service: its credential `api-tokens` copied
+    into a directory of the service's own (mode 0400, as systemd writes it),
+    ${CREDENTIALS_DIRECTORY} in ExecStart= expanded; the test's broker, schedules and API port
+    added."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api-tokens").write_text(credential)
+    (credentials / "api-tokens").chmod(0o400)
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(
+        "entries:\n  tick:\n    task: t.tick\n    every: 1h\n"
+    )
+    [exec_start] = service_settings("beatd.service")["ExecStart"]
+    argv = shlex.split(exec_start.replace("${CREDENTIALS_DIRECTORY}", str(credentials)))
+    assert argv[:2] == ["/usr/local/bin/beatd", "run"]
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "beatd", *argv[1:], "-s", str(tmp_path / "schedules")),
+        *("--broker", f"sqlite:///{tmp_path / 'beatd.db'}", "--metrics-addr", "off"),
+        *("--api-addr", f"127.0.0.1:{port}"),
+    ]
+    log = (tmp_path / "run.log").open("wb")
+    environ = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+    popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    return popen, port
+
+
+def api_status(port: int, token: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/history?limit=1")
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0  # not listening yet
+
+
+def test_the_unit_loads_the_token_file_as_a_credential() -> None:
+    settings = service_settings("beatd.service")
+    assert settings["LoadCredential"] == ["api-tokens:/etc/beatd/api-tokens"]
+    assert settings["ExecStart"] == [
+        "/usr/local/bin/beatd run --api-tokens ${CREDENTIALS_DIRECTORY}/api-tokens"
+    ]
+    # The default when /etc/beatd/api-tokens is missing: the unit still starts (a credential
+    # LoadCredential= cannot read fails the start unless SetCredential= gives the same ID).
+    [default] = settings["SetCredential"]
+    assert default.startswith("api-tokens:#")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", [True, False], ids=["token_file", "no_token_file"])
+def test_beatd_run_as_the_unit_serves_the_credentials_tokens(tmp_path: Path, given: bool) -> None:
+    token = new_token("deploy", Scope.READ)
+    [default] = service_settings("beatd.service")["SetCredential"]
+    credential = token.line + "\n" if given else default.removeprefix("api-tokens:")
+    popen, port = run_as_the_unit(tmp_path, credential)
+    try:
+        wait_for(lambda: api_status(port, "beatd_other") == 401, what="the API answering")
+        assert api_status(port, token.token) == (200 if given else 401)
+        popen.send_signal(signal.SIGTERM)
+        assert popen.wait(timeout=20) == 0
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()

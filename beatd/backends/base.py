@@ -520,6 +520,20 @@ class QueueAdmin(Reachable, Protocol):
         flight until a worker takes it again."""
 
 
+@runtime_checkable
+class QueuedReads(Protocol):
+    """Reading the runs still queued as they are: what `beatd migrate` carries from the AMQP
+    outbox, and copies as dead letters out of a damaged SQLite file (SQLite, Redis, PostgreSQL;
+    not the memory backend)."""
+
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every run still queued in the queues `of_queue` takes, claimed or not (a claim whose
+        claimant died included) and delayed retries too, as dead letters with `reason`, failed
+        now by the backend's clock, ids and bodies as stored (a read)."""
+
+
 class RunHistory(Reachable, Protocol):
     """The run history (beatd.history): read by `beatd history` and `beatd status`, marked by
     the leader (deadlines) and fed by it from Celery's task events, trimmed by retention, and

@@ -21,7 +21,7 @@ from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
     EntryPut,
-    ResolvedEntry,
+    EntryWrites,
     RuntimeEntry,
     check_remove,
     entry_audit,
@@ -59,7 +59,7 @@ class Shelf:
             self.feed.popleft()
 
 
-class MemoryEntries:
+class MemoryEntries(EntryWrites):
     """The `RuntimeEntries` role over `_shelf` under `_lock` (audit records into `_book`)."""
 
     feed_retention: int = FEED_RETENTION
@@ -68,27 +68,6 @@ class MemoryEntries:
     _book: Book
     _now: Callable[[], float]
     _check_lease: Callable[[Lease], None]
-
-    def put_entry(
-        self,
-        entry: ResolvedEntry,
-        by: str,
-        *,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> RuntimeEntry:
-        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
-
-    def put_entries(
-        self,
-        entries: Sequence[ResolvedEntry],
-        by: str,
-        *,
-        create_only: bool = False,
-        request_id: str | None = None,
-    ) -> list[RuntimeEntry]:
-        expected = 0 if create_only else None
-        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         with self._lock:

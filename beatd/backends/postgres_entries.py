@@ -6,13 +6,13 @@ records commit in the order of their seqs."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 
-from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.base import Lease, from_micros
+from beatd.backends.entry_rows import ENTRY_COLUMNS, entry_of_row, entry_row
 from beatd.backends.postgres_controls import PostgresControls
 from beatd.backends.postgres_link import NOW_US
 from beatd.controls import new_audit_id
@@ -21,7 +21,7 @@ from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
     EntryPut,
-    ResolvedEntry,
+    EntryWrites,
     RuntimeEntry,
     check_remove,
     entry_audit,
@@ -30,37 +30,9 @@ from beatd.runtime_entries import (
 )
 
 Db = psycopg.Connection[Any]
-COLUMNS = "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
 
 
-def _entry(row: Sequence[Any]) -> RuntimeEntry:
-    name, version, definition, created, created_by, updated, updated_by, request_id = row
-    return RuntimeEntry(
-        name,
-        json.loads(definition),
-        version,
-        from_micros(created),
-        created_by,
-        from_micros(updated),
-        updated_by,
-        request_id,
-    )
-
-
-def _row(entry: RuntimeEntry) -> tuple[Any, ...]:
-    return (
-        entry.name,
-        entry.version,
-        json.dumps(dict(entry.definition), ensure_ascii=False),
-        to_micros(entry.created_at),
-        entry.created_by,
-        to_micros(entry.updated_at),
-        entry.updated_by,
-        entry.request_id,
-    )
-
-
-class PostgresEntries(PostgresControls):
+class PostgresEntries(PostgresControls, EntryWrites):
     """The `RuntimeEntries` role."""
 
     feed_retention: int = FEED_RETENTION
@@ -75,9 +47,9 @@ class PostgresEntries(PostgresControls):
 
     def _current(self, db: Db, name: str) -> RuntimeEntry | None:
         row = db.execute(
-            f"SELECT {COLUMNS} FROM {self.schema}.runtime_entry WHERE name = %s", (name,)
+            f"SELECT {ENTRY_COLUMNS} FROM {self.schema}.runtime_entry WHERE name = %s", (name,)
         ).fetchone()
-        return None if row is None else _entry(row)
+        return None if row is None else entry_of_row(row)
 
     def _file_of(self, db: Db, name: str) -> str | None:
         row = db.execute(
@@ -87,12 +59,12 @@ class PostgresEntries(PostgresControls):
 
     def _store(self, db: Db, entry: RuntimeEntry) -> None:
         db.execute(
-            f"INSERT INTO {self.schema}.runtime_entry ({COLUMNS}) VALUES "
+            f"INSERT INTO {self.schema}.runtime_entry ({ENTRY_COLUMNS}) VALUES "
             "(%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
             "version = excluded.version, definition = excluded.definition, "
             "updated_us = excluded.updated_us, updated_by = excluded.updated_by, "
             "request_id = excluded.request_id",
-            _row(entry),
+            entry_row(entry),
         )
 
     def _entry_changed(self, db: Db, head: int, name: str, version: int | None) -> None:
@@ -107,27 +79,6 @@ class PostgresEntries(PostgresControls):
             f"DELETE FROM {schema}.entry_change WHERE seq <= %s",
             (seq - max(self.feed_retention, 1),),
         )
-
-    def put_entry(
-        self,
-        entry: ResolvedEntry,
-        by: str,
-        *,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> RuntimeEntry:
-        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
-
-    def put_entries(
-        self,
-        entries: Sequence[ResolvedEntry],
-        by: str,
-        *,
-        create_only: bool = False,
-        request_id: str | None = None,
-    ) -> list[RuntimeEntry]:
-        expected = 0 if create_only else None
-        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         def work(db: Db) -> list[RuntimeEntry]:
@@ -168,11 +119,11 @@ class PostgresEntries(PostgresControls):
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         def read(db: Db) -> list[RuntimeEntry]:
             rows = db.execute(
-                f"SELECT {COLUMNS} FROM {self.schema}.runtime_entry WHERE name > %s "
+                f"SELECT {ENTRY_COLUMNS} FROM {self.schema}.runtime_entry WHERE name > %s "
                 "ORDER BY name LIMIT %s",
                 (after, max(limit, 0)),
             )
-            return [_entry(row) for row in rows]
+            return [entry_of_row(row) for row in rows]
 
         return self._run(read, write=False)
 

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -340,6 +340,23 @@ class PostgresQueueAdmin(PostgresLink):
                 db.execute(f"DELETE FROM {self.schema}.dead_letter {where}", params).rowcount
             )
         )
+
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every message in the queues `of_queue` takes, claimed or not, as dead letters
+        (QueuedReads), in the order they were queued."""
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT id, queue, body, deliveries, {NOW} FROM {self.schema}.message ORDER BY seq"
+            ).fetchall(),
+            write=False,
+        )
+        return [
+            DeadLetter(i, q, b, reason, datetime.fromtimestamp(now, UTC), d)
+            for i, q, b, d, now in rows
+            if of_queue(q)
+        ]
 
     def queue_depths(self) -> dict[str, int]:
         rows = self._run(

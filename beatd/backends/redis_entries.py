@@ -17,9 +17,9 @@ from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
     EntryPut,
+    EntryWrites,
     FileEntryReadOnly,
     NameTaken,
-    ResolvedEntry,
     RuntimeEntry,
     UnknownEntry,
     VersionMismatch,
@@ -70,31 +70,10 @@ def _refusal(reply: Sequence[str]) -> None:
         raise VersionMismatch(reply[1], int(reply[2]), int(reply[3]))
 
 
-class RedisEntries(RedisLink):
+class RedisEntries(RedisLink, EntryWrites):
     """The `RuntimeEntries` role."""
 
     feed_retention: int = FEED_RETENTION
-
-    def put_entry(
-        self,
-        entry: ResolvedEntry,
-        by: str,
-        *,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> RuntimeEntry:
-        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
-
-    def put_entries(
-        self,
-        entries: Sequence[ResolvedEntry],
-        by: str,
-        *,
-        create_only: bool = False,
-        request_id: str | None = None,
-    ) -> list[RuntimeEntry]:
-        expected = 0 if create_only else None
-        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         self._check_format("put_entries")

@@ -401,6 +401,41 @@ class RedisQueueAdmin(RedisLink):
                 oldest[queue] = min(ms, oldest.get(queue, ms))
         return {q: datetime.fromtimestamp(ms / 1000, UTC) for q, ms in oldest.items()}
 
+    def queued_as_dead_letters(
+        self, reason: str, of_queue: Callable[[str], bool] = lambda queue: True
+    ) -> list[DeadLetter]:
+        """Every run in the queues `of_queue` takes: its bands' streams (claimed entries stay
+        in a stream until acknowledged) and its delayed retries, as dead letters (QueuedReads);
+        deliveries as the entry records them (those before its last retry)."""
+        self._check_format("smembers")
+        queues = [q for q in sorted(self._cmd("SMEMBERS", self._key("queues"))) if of_queue(q)]
+
+        def read() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for q in queues:
+                    for b in range(len(BANDS)):
+                        pipe.xrange(self._stream(q, b))
+                    pipe.zrange(self._key("delayed", q), 0, -1)
+                return pipe.execute()
+
+        replies = self._do("read queued runs", read)
+        seconds, micros = replies[0]
+        now = datetime.fromtimestamp(int(seconds) + int(micros) / 1e6, UTC)
+        letters: list[DeadLetter] = []
+        width = len(BANDS) + 1
+        for i, queue in enumerate(queues):
+            *streams, delayed = replies[1 + i * width : 1 + (i + 1) * width]
+            for entries in streams:
+                for _, f in entries:
+                    letters.append(
+                        DeadLetter(f["id"], queue, f["body"], reason, now, int(f.get("d", 0)))
+                    )
+            for member in delayed:
+                _band, message_id, body, _nonce = json.loads(member)
+                letters.append(DeadLetter(message_id, queue, body, reason, now, 0))
+        return letters
+
     def queue_depths(self) -> dict[str, int]:
         self._check_format("smembers")
         queues = sorted(self._cmd("SMEMBERS", self._key("queues")))

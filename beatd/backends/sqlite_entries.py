@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.base import Lease, from_micros
+from beatd.backends.entry_rows import ENTRY_COLUMNS, entry_of_row, entry_row
 from beatd.backends.sqlite_controls import _store_audit
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
@@ -19,7 +19,7 @@ from beatd.runtime_entries import (
     ChangePage,
     EntryChange,
     EntryPut,
-    ResolvedEntry,
+    EntryWrites,
     RuntimeEntry,
     check_remove,
     entry_audit,
@@ -27,41 +27,15 @@ from beatd.runtime_entries import (
     plan_puts,
 )
 
-_COLUMNS = "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
-_PUT = f"INSERT OR REPLACE INTO runtime_entry ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT = f"INSERT OR REPLACE INTO runtime_entry ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _HEAD = "SELECT seq FROM sqlite_sequence WHERE name = 'entry_change'"
 
 
-def _entry(row: Sequence[Any]) -> RuntimeEntry:
-    name, version, definition, created, created_by, updated, updated_by, request_id = row
-    return RuntimeEntry(
-        name,
-        json.loads(definition),
-        version,
-        from_micros(created),
-        created_by,
-        from_micros(updated),
-        updated_by,
-        request_id,
-    )
-
-
-def _row(entry: RuntimeEntry) -> tuple[object, ...]:
-    return (
-        entry.name,
-        entry.version,
-        json.dumps(dict(entry.definition), ensure_ascii=False),
-        to_micros(entry.created_at),
-        entry.created_by,
-        to_micros(entry.updated_at),
-        entry.updated_by,
-        entry.request_id,
-    )
-
-
 def _current(db: sqlite3.Connection, name: str) -> RuntimeEntry | None:
-    row = db.execute(f"SELECT {_COLUMNS} FROM runtime_entry WHERE name = ?", (name,)).fetchone()
-    return None if row is None else _entry(row)
+    row = db.execute(
+        f"SELECT {ENTRY_COLUMNS} FROM runtime_entry WHERE name = ?", (name,)
+    ).fetchone()
+    return None if row is None else entry_of_row(row)
 
 
 def _file_of(db: sqlite3.Connection, name: str) -> str | None:
@@ -97,31 +71,10 @@ def _has_tables(db: sqlite3.Connection) -> bool:
     return row is not None
 
 
-class SQLiteEntries(SQLiteFile):
+class SQLiteEntries(SQLiteFile, EntryWrites):
     """The `RuntimeEntries` role."""
 
     feed_retention: int = FEED_RETENTION
-
-    def put_entry(
-        self,
-        entry: ResolvedEntry,
-        by: str,
-        *,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> RuntimeEntry:
-        return self._put([EntryPut(entry, expected_version)], by, request_id)[0]
-
-    def put_entries(
-        self,
-        entries: Sequence[ResolvedEntry],
-        by: str,
-        *,
-        create_only: bool = False,
-        request_id: str | None = None,
-    ) -> list[RuntimeEntry]:
-        expected = 0 if create_only else None
-        return self._put([EntryPut(e, expected) for e in entries], by, request_id)
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         def work(db: sqlite3.Connection) -> list[RuntimeEntry]:
@@ -132,7 +85,7 @@ class SQLiteEntries(SQLiteFile):
             outcomes = plan_puts(puts, current, files, at, by, request_id, _head(db))
             for stored, before, written in outcomes:
                 if written:
-                    db.execute(_PUT, _row(stored))
+                    db.execute(_PUT, entry_row(stored))
                     _changed(db, stored.name, stored.version, self.feed_retention)
                     _store_audit(
                         db, entry_audit(new_audit_id(), at, by, before, stored, request_id)
@@ -163,10 +116,10 @@ class SQLiteEntries(SQLiteFile):
             if not _has_tables(db):
                 return []
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM runtime_entry WHERE name > ? ORDER BY name LIMIT ?",
+                f"SELECT {ENTRY_COLUMNS} FROM runtime_entry WHERE name > ? ORDER BY name LIMIT ?",
                 (after, max(limit, 0)),
             )
-            return [_entry(row) for row in rows]
+            return [entry_of_row(row) for row in rows]
 
         return self._run(read, write=False)
 
@@ -221,7 +174,7 @@ class SQLiteEntries(SQLiteFile):
             for entry in entries:
                 if _current(db, entry.name) is None:
                     _raise_head(db, entry.version)
-                    db.execute(_PUT, _row(entry))
+                    db.execute(_PUT, entry_row(entry))
                     _changed(db, entry.name, entry.version, self.feed_retention)
                     added += 1
             return added

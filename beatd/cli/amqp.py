@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -69,8 +71,29 @@ def build_relay(
         url, namespace = backend.url, backend.namespace
         return open_backend(url, namespace=namespace, op_timeout=op_timeout, history=False)
 
-    settings = RelaySettings(consumer=f"amqp-relay@{run.node}")
+    settings = RelaySettings(consumer=f"amqp-relay@{run.node}", stop_after_confirm=_fault_point())
     return AmqpRelay(open_outbox, logins.link, SystemClock(), settings)
+
+
+FAULT_POINTS = ("relay-after-confirm",)
+log = logging.getLogger(__name__)
+
+
+def _fault_point() -> bool:
+    """BEATD_FAULT_POINT, read once at start: `relay-after-confirm` stops the process after the
+    relay's first confirm, before the run's removal, for tests that kill it there
+    (tests/test_amqp_relay.py). Unset (or empty) in production."""
+    value = os.environ.get("BEATD_FAULT_POINT", "")
+    if not value:
+        return False
+    if value not in FAULT_POINTS:
+        bad_option(
+            "BEATD_FAULT_POINT",
+            f"{value!r} is no fault point: the one beatd knows is relay-after-confirm (for "
+            "tests only); unset it",
+        )
+    log.warning("fault point %s armed: for tests only, never in production", value)
+    return True
 
 
 def amqp_logins(schedule: ScheduleSettings, password: str | None) -> Logins:

@@ -297,6 +297,26 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _with_flags([BROKER_FLAG, click.option("--namespace", **NAMESPACE_FLAG)], command)
 
 
+def runtime_entries_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--broker` without a default, and `--namespace`, for the commands that read schedule
+    files and, given a backend, its runtime entries too (`check`, `next`): handed to the
+    command as `backend: BackendSettings | None` (None: no --broker nor BEATD_BROKER)."""
+
+    @functools.wraps(func)
+    def command(*args: Any, broker: str | None, namespace: str, **kwargs: Any) -> Any:
+        kwargs["backend"] = None if broker is None else BackendSettings(broker, namespace)
+        return func(*args, **kwargs)
+
+    broker_flag = click.option(
+        "--broker",
+        envvar="BEATD_BROKER",
+        callback=url_with_password("BEATD_BROKER"),
+        help="Also read the runtime entries of this backend (read-only; docs/api.md); without "
+        "it only the schedule files' entries are known.",
+    )
+    return _with_flags([broker_flag, click.option("--namespace", **NAMESPACE_FLAG)], command)
+
+
 HISTORY_FLAG = click.option(
     "--history/--no-history",
     envvar="BEATD_HISTORY",

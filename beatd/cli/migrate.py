@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import click
 
 from beatd.backends import Backend
-from beatd.backends.base import DeadLetter
+from beatd.backends.base import DeadLetter, QueuedReads
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.cli.common import (
@@ -124,11 +124,11 @@ def _outbox_runs(source: Backend, waiting: int) -> list[DeadLetter]:
     worker empties it, only a leader's relay, so they are carried to the target's outbox."""
     if not waiting:
         return []
-    if isinstance(source, SQLiteBackend):
+    if isinstance(source, QueuedReads):
         return source.queued_as_dead_letters("", lambda queue: queue == OUTBOX_QUEUE)
     raise BeatdError(
         f"{source.url} holds {waiting} run(s) not yet relayed to RabbitMQ ({OUTBOX_QUEUE}="
-        f"{waiting}), which migrate reads from a SQLite source only: start one `beatd run` on "
+        f"{waiting}), which migrate cannot read from this backend: start one `beatd run` on "
         f"{source.url} until its relay has emptied the outbox (`beatd status`), stop it, then "
         "migrate again"
     )

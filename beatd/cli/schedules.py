@@ -5,21 +5,34 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import chain
 from zoneinfo import ZoneInfo
 
 import click
 
+from beatd.backends import Backend
 from beatd.cli.common import (
     EXIT_BAD_INPUT,
+    BackendSettings,
     ScheduleSettings,
     bad_option,
+    fail,
     main,
     read_config,
+    runtime_entries_options,
     schedule_options,
     slot_text,
+)
+from beatd.cli.known_entries import (
+    FILES_ONLY,
+    file_clashes,
+    open_runtime,
+    runtime_entries,
+    runtime_entry,
+    source_of,
 )
 from beatd.config import YAML_SUFFIXES, Config, Entry
 from beatd.config.convert import (
@@ -33,7 +46,7 @@ from beatd.config.convert import (
 from beatd.config.schema import schema_text
 from beatd.config.yamlfile import field_positions
 from beatd.controls import Overlap
-from beatd.errors import Problem, ScheduleError
+from beatd.errors import BeatdError, Problem, ScheduleError
 from beatd.operations.upcoming import dst_object, next_marked
 from beatd.schedules import CronSchedule, IntervalSchedule, OnceSchedule, Schedule
 from beatd.schedules.cron import uses_hash
@@ -66,6 +79,7 @@ NEVER = "never fires before the end of year 9999"
     "space-separated).",
 )
 @schedule_options
+@runtime_entries_options
 def check(
     paths: tuple[str, ...],
     yaml_only: bool,
@@ -74,9 +88,15 @@ def check(
     check_tasks: bool,
     apps: tuple[str, ...],
     schedule: ScheduleSettings,
+    backend: BackendSettings | None,
 ) -> None:
-    """Validate schedule files and show each entry with its next due time."""
+    """Validate schedule files and show each entry with its next due time.
+
+    With --broker, a file entry named like one of its runtime entries is an error, as the
+    scheduler reports it.
+    """
     config = read_config(replace(schedule, paths=paths) if paths else schedule, yaml_only)
+    _check_names(config, backend)
     now = datetime.now(UTC)
     if check_tasks:
         problems = _task_problems(config, apps)
@@ -94,6 +114,22 @@ def check(
         click.echo(f"{count} read {files}, {len(warnings)} warning(s): not OK with --strict")
         bad_option("--strict", f"failing because of {len(warnings)} warning(s)")
     click.echo(f"{count} OK {files}" + (f", {len(warnings)} warning(s)" if warnings else ""))
+
+
+def _check_names(config: Config, backend: BackendSettings | None) -> None:
+    """Exit 2 with the scheduler's configuration error when a file entry has the name of one
+    of the backend's runtime entries."""
+    store = open_runtime(backend)
+    if store is None:
+        return
+    try:
+        clash = file_clashes(store, config.entries)
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        store.close()
+    if clash is not None:
+        fail(clash)
 
 
 def _task_problems(config: Config, apps: tuple[str, ...]) -> list[str]:
@@ -235,6 +271,7 @@ def _deprecated_tz(_ctx: click.Context, _param: click.Parameter, value: str | No
 @click.option("--tz", "old_tz", hidden=True, callback=_deprecated_tz, help="Use --timezone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with UTC times.")
 @schedule_options
+@runtime_entries_options
 def next_command(
     entry: str | None,
     count: int,
@@ -245,10 +282,12 @@ def next_command(
     old_tz: str | None,
     as_json: bool,
     schedule: ScheduleSettings,
+    backend: BackendSettings | None,
 ) -> None:
     """Show the next due times of configured entries, or of --cron / --every.
 
     --timezone is the zone of --cron, of a naive --after and of entries whose file gives none.
+    With --broker, the backend's runtime entries are shown too, each entry with its source.
     """
     if old_tz is not None:
         schedule = replace(schedule, timezone=old_tz)
@@ -269,12 +308,38 @@ def next_command(
         _print_adhoc(adhoc, start, count, zone_name, as_json)
         return
     config = read_config(schedule)
-    entries = list(config.entries.values())
-    if entry is not None:
-        if entry not in config.entries:
-            bad_option("ENTRY", f"no entry named {entry!r} in {', '.join(config.sources)}")
-        entries = [config.entries[entry]]
-    _print_entries(entries, start, count, as_json)
+    store = open_runtime(backend)
+    try:
+        chunks = _configured(config, store, entry)
+        _print_entries(chunks, start, count, as_json, sources=store is not None)
+    except BeatdError as exc:
+        fail(exc)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _configured(config: Config, store: Backend | None, name: str | None) -> Iterable[list[Entry]]:
+    """The entries `next` shows, in chunks: entry `name`, or every file entry then (with a
+    backend) the runtime entries by name, but those a file entry's name hides."""
+    if name is None:
+        if store is None:
+            click.echo(
+                "beatd: note: schedule files' entries only: give --broker (BEATD_BROKER) to show "
+                "runtime entries too",
+                err=True,
+            )
+            return [list(config.entries.values())]
+        return chain([list(config.entries.values())], runtime_entries(store, config.entries))
+    if name in config.entries:
+        return [[config.entries[name]]]
+    found = None if store is None else runtime_entry(store, name)
+    if found is None:
+        where = f"no entry named {name!r} in {', '.join(config.sources)}"
+        if store is None:
+            bad_option("ENTRY", f"{where}; without --broker (BEATD_BROKER) {FILES_ONLY}")
+        bad_option("ENTRY", f"{where}, nor a runtime entry of that name")
+    return [[found]]
 
 
 def _adhoc_schedule(cron: str | None, every: str | None, name: str | None, zone: str) -> Schedule:
@@ -318,19 +383,28 @@ def _run_line(t: datetime, mark: DstMark | None, zone: ZoneInfo) -> str:
     return line if mark is None else f"{line}  DST {mark.rule}: {mark.note}"
 
 
-def _print_entries(entries: list[Entry], start: datetime, count: int, as_json: bool) -> None:
-    table = {e.name: next_marked(e.schedule, start, count) for e in entries}
-    if as_json:
-        runs = {name: [_run_json(t, mark) for t, mark in ts] for name, ts in table.items()}
-        click.echo(json.dumps(runs))
-        return
-    for entry in entries:
-        click.echo(f"{entry.name}: {entry.schedule.describe()} ({entry.timezone})")
+def _print_entries(
+    chunks: Iterable[list[Entry]], start: datetime, count: int, as_json: bool, sources: bool
+) -> None:
+    """Each entry's next runs, a chunk at a time (runtime entries come a page at a time):
+    text, with each entry's source when `sources`, or one JSON object keyed by entry name."""
+    separator = "{"
+    for entry in chain.from_iterable(chunks):
+        runs = next_marked(entry.schedule, start, count)
+        if as_json:
+            shown = json.dumps([_run_json(t, mark) for t, mark in runs])
+            click.echo(f"{separator}{json.dumps(entry.name)}: {shown}", nl=False)
+            separator = ", "
+            continue
+        source = f", source {source_of(entry)}" if sources else ""
+        click.echo(f"{entry.name}: {entry.schedule.describe()} ({entry.timezone}){source}")
         zone = ZoneInfo(entry.timezone)
-        for t, mark in table[entry.name]:
+        for t, mark in runs:
             click.echo(f"  {_run_line(t, mark, zone)}")
         if _never_fires(entry.schedule, start):
             click.echo(f"  {NEVER}")
+    if as_json:
+        click.echo("{}" if separator == "{" else "}")
 
 
 @main.command()

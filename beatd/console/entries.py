@@ -11,16 +11,17 @@ from beatd.console.api_caller import ApiFailure, api
 from beatd.console.pages import render
 from beatd.console.replies import now
 from beatd.console.views import Moment, errors_by_field, paging, seconds_text
+from beatd.history import FINAL
 
 ENTRY_INDEX = "entry_index"  # the API's operationId
 FILTERS = ("name", "task", "queue", "source", "status", "paused")
 SORTS = {"name": "name", "next_due": "next due", "last_status": "last status"}
 SOURCES = {"": "any", "api": "API (runtime)", "file": "file"}
 PAUSED = {"": "either", "true": "paused", "false": "not paused"}
-STATUSES = ("", "succeeded", "failed", "retried", "dead_lettered", "expired", "crashed", "lost",
-            "running", "queued", "overdue", "unknown")  # fmt: skip
+# a last status is a finished run's final outcome
+STATUSES = {"": "any", **{str(o): str(o) for o in sorted(FINAL, key=str)}}
 DEFAULT_LIMIT = 50
-LIMITS = (20, 50, 100, 200, 500)
+LIMITS = {str(n): str(n) for n in (20, 50, 100, 200, 500)}
 
 
 def add_pages(ui: Blueprint) -> None:

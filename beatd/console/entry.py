@@ -19,6 +19,7 @@ from beatd.console.views import (
     history_rows,
     next_run_rows,
     pause_note,
+    seconds_text,
 )
 
 GET_ENTRY, NEXT_RUNS, HISTORY, AUDIT = "get_entry", "next_runs", "history", "audit"
@@ -53,11 +54,13 @@ def entry_page(name: str) -> Any:
         definition=definition_text(entry["definition"]),
         row=row,
         next_due=Moment.of(row["next_due"], moment) if row else None,
+        last_duration=seconds_text(row.get("last_duration_s")) if row else "-",
         next_runs=next_run_rows(slots, moment),
         next_errors=next_errors,
         history=history_rows(history),
         chart=run_chart(chart_runs(history)),
         pause=pause_note(audit, moment),
+        older_pause=older_pause(audit, row),
         audit=[{**record, "when": Moment.of(record["at"], moment)} for record in audit],
     )
 
@@ -70,6 +73,14 @@ def index_row(name: str) -> dict[str, Any] | None:
     except ApiFailure:
         return None  # the page shows the rest: the index may still be being built (503)
     return next((e for e in found["entries"] if e["name"] == name), None)
+
+
+def older_pause(audit: list[dict[str, Any]], row: dict[str, Any] | None) -> bool:
+    """Whether the entry is paused by a pause older than the audit records shown: the index
+    says paused and none of them changed the pause (the index lags a fresh pause or resume by
+    a few seconds; the audit log does not)."""
+    changed = any("pause" in (record.get("after") or {}) for record in audit)
+    return bool(row and row["paused"] and not changed)
 
 
 def definition_text(definition: dict[str, Any]) -> str:

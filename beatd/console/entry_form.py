@@ -41,7 +41,7 @@ def create_entry() -> Any:
     fields, problems = read_fields(text)
     if problems:
         return _form(None, name, text, None, problems, 422)
-    answer = api().send(ADD, body={"name": name, **fields})
+    answer = api().send(ADD, body={**fields, "name": name})  # the form's name, not a field's
     if not answer.ok:
         return _form(None, name, text, None, errors_by_field(answer.errors), answer.status)
     return redirect_with(entry_url(name), f"added {name} (version {answer.body['version']})")

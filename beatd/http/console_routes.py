@@ -120,9 +120,7 @@ INDEX_PARAMS = (
 
 def console_routes(context: ApiContext) -> list[Route]:
     def show_overview(_req: Any) -> Reply:
-        index = context.index()
-        rows = index.rows() if index.ready.is_set() else None
-        return Reply(200, overview(context.backend(), rows, context.now()))
+        return Reply(200, overview(context.backend(), context.index(), context.now()))
 
     def entry_index(req: Any) -> Reply:
         query = index_query(req)

@@ -9,12 +9,11 @@ entries come from the node's entry index (beatd.entry_index)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from beatd.backends import Backend
-from beatd.entry_index import IndexRow
+from beatd.entry_index import EntryIndex
 from beatd.history import FAILED_FINALLY, HistoryQuery, RunKind
 from beatd.operations.controls import backend_now
 from beatd.operations.status import node_rows
@@ -25,18 +24,15 @@ HISTORY_CAP = 5000  # run records, and missed-slot records, read for the last ho
 HOUR = timedelta(hours=1)
 
 
-def overview(store: Backend, rows: Sequence[IndexRow] | None, now: datetime) -> dict[str, Any]:
-    """The overview; `rows` the entry index's (None: not built yet, no entries listed)."""
+def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]:
+    """The overview; the overdue and failing entries from `index` (none while it is built)."""
     info = store.leader()
     warnings: list[str] = []
     nodes = node_rows(store, info, warnings)
     server_now = backend_now(store)
-    overdue = (
-        []
-        if rows is None
-        else sorted((r for r in rows if r.overdue(now)), key=lambda r: (r.next_due, r.name))
-    )
-    failing = [] if rows is None else [r for r in rows if r.failing]
+    ready = index.ready.is_set()
+    overdue = index.overdue(now) if ready else []
+    failing = index.failing() if ready else []
     return {
         "now": stamp(now.replace(microsecond=0)),
         "leader": None if info is None else {"node": info.node, "epoch": info.epoch},
@@ -44,7 +40,7 @@ def overview(store: Backend, rows: Sequence[IndexRow] | None, now: datetime) -> 
         "queues": queue_rows(store, server_now),
         "dead_letters": len(store.dead_letters()),
         "last_hour": last_hour(store, server_now),
-        "index_ready": rows is not None,
+        "index_ready": ready,
         "overdue": [r.name for r in overdue[:LIST_CAP]],
         "overdue_total": len(overdue),
         "failing": [r.name for r in failing[:LIST_CAP]],

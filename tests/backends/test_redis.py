@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -95,17 +96,22 @@ def admin(server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def backend_factory(server: RedisServer, admin: redis.Redis) -> Iterator[Callable[[], Backend]]:
+def backends_of(url: str, **options: Any) -> Iterator[Callable[[], RedisBackend]]:
+    """Makes backends on `url`, closed afterwards (a fixture's body: `yield from`)."""
     made: list[RedisBackend] = []
 
     def make() -> RedisBackend:
-        made.append(RedisBackend(server.url))
+        made.append(RedisBackend(url, **options))
         return made[-1]
 
     yield make
     for backend in made:
         backend.close()
+
+
+@pytest.fixture
+def backend_factory(server: RedisServer, admin: redis.Redis) -> Iterator[Callable[[], Backend]]:
+    yield from backends_of(server.url)
 
 
 @pytest.fixture
@@ -115,9 +121,8 @@ def backend(backend_factory: Callable[[], RedisBackend]) -> RedisBackend:
 
 @pytest.fixture
 def history_off_backend(server: RedisServer, admin: redis.Redis) -> Iterator[RedisBackend]:
-    backend = RedisBackend(server.url, history=False)
-    yield backend
-    backend.close()
+    for make in backends_of(server.url, history=False):
+        yield make()
 
 
 @pytest.fixture

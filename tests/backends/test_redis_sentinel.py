@@ -23,7 +23,7 @@ from beatd.backends.redis_sentinel import SentinelAddress, parse_sentinel_url
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.metrics import _replication_metrics
 from tests.backends.contract import BackendContract, message, state
-from tests.backends.test_redis import DOCS, documented_acl, exercise, make_certificates
+from tests.backends.test_redis import DOCS, backends_of, documented_acl, exercise, make_certificates
 from tests.redis_sentinel import SERVICE, Certificates, SentinelCluster
 from tests.waiting import wait_for
 
@@ -57,15 +57,7 @@ def admin(cluster: SentinelCluster) -> Iterator[redis.Redis]:
 def backend_factory(
     cluster: SentinelCluster, admin: redis.Redis
 ) -> Iterator[Callable[[], Backend]]:
-    made: list[RedisBackend] = []
-
-    def make() -> RedisBackend:
-        made.append(RedisBackend(cluster.url))
-        return made[-1]
-
-    yield make
-    for backend in made:
-        backend.close()
+    yield from backends_of(cluster.url)
 
 
 @pytest.fixture
@@ -75,9 +67,8 @@ def backend(backend_factory: Callable[[], RedisBackend]) -> RedisBackend:
 
 @pytest.fixture
 def history_off_backend(cluster: SentinelCluster, admin: redis.Redis) -> Iterator[RedisBackend]:
-    backend = RedisBackend(cluster.url, history=False)
-    yield backend
-    backend.close()
+    for make in backends_of(cluster.url, history=False):
+        yield make()
 
 
 @pytest.fixture

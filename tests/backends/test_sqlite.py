@@ -24,6 +24,7 @@ from beatd.backends.base import (
 )
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.backends.sqlite_history import FOLD_EVERY
+from beatd.controls import AuditRecord
 from beatd.errors import BackendError, NotApplied
 from beatd.history import Attempt, Ending, HistoryQuery, Retention, RunKind, RunRecord
 from beatd.outcomes import Outcome
@@ -546,3 +547,32 @@ def test_a_pause_made_by_one_process_refuses_another_processs_commit(tmp_path: P
     assert leader.queue_depths() == {}
     command.resume(["e"], "ops@host")
     assert leader.commit(lease, [StateWrite(EntryState("e", due, due, "x"), None)], [run]) == set()
+
+
+def test_an_entrys_audit_log_is_read_by_its_index_however_long_the_whole_log(
+    tmp_path: Path,
+) -> None:
+    """The console's entry page reads one entry's newest actions: as much work beside 50 other
+    records as beside 5,000 (100,000 runtime entries made through the API leave 100,000), the
+    entry's own records found by the (entry, at) index, not by walking the whole log."""
+    costs = []
+    for others in (50, 5000):
+        backend = SQLiteBackend(tmp_path / f"{others}.db")
+        at = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+        own = [
+            AuditRecord(f"own{n}", at + timedelta(seconds=n), "pause", "e", "ops", {})
+            for n in range(3)
+        ]
+        newer = [
+            AuditRecord(
+                f"o{n:05}", at + timedelta(hours=1, seconds=n), "entry.add", f"x{n}", "ops", {}
+            )
+            for n in range(others)
+        ]
+        for record in [*own, *newer]:
+            backend.record_audit(record)
+        assert [r.id for r in backend.audit("e", limit=50)] == ["own2", "own1", "own0"]
+        costs.append(steps(backend, partial(backend.audit, "e", None, 50)))
+        backend.close()
+    small, large = costs
+    assert large <= small * 1.5 + 10, (small, large)

@@ -224,3 +224,32 @@ def test_a_paused_entry_is_listed_on_the_overview(console: Console) -> None:
     assert act(console, "/ui/pause/nightly", form, "/ui/entries/nightly").status_code == 303
     console.context.index().refresh()  # the index reads pauses in bulk, every few seconds
     assert "Paused (1) nightly" in visible(console.get("/ui/").text)
+
+
+def test_public_read_shows_pages_but_actions_need_a_session(public_console: Console) -> None:
+    page = public_console.get("/ui/entries/nightly")
+    assert page.status_code == 200
+    assert "Entry nightly" in visible(page.text)
+    refused = public_console.post("/ui/trigger/nightly", {"csrf": ""})
+    assert refused.status_code == 403
+    assert "actions need you signed in with a write token: sign in first" in visible(refused.text)
+    assert audit(public_console) == []
+
+
+def test_a_trigger_the_api_refuses_is_shown_in_the_api_words(console: Console) -> None:
+    console.sign_in(WRITER)
+    assert (
+        act(console, "/ui/pause/nightly", {"reason": "quiet"}, "/ui/entries/nightly").status_code
+        == 303
+    )
+    direct = console.client.post(
+        "/v1/entries/nightly/trigger",
+        base_url="http://127.0.0.1:9479",
+        json={},
+        headers={"Authorization": f"Bearer {WRITER.token}"},
+    )
+    assert direct.status_code == 409
+    said = direct.json["errors"][0]["message"]
+    answer = act(console, "/ui/trigger/nightly", page="/ui/entries/nightly")
+    assert answer.status_code == 409
+    assert f"Not done (409) {said} Back to the overview" in visible(answer.text)

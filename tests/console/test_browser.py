@@ -26,7 +26,8 @@ from tests.console.browser import (
 )
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# real processes (slow), and in the lowest set too: the lowest selenium must drive chromium
+pytestmark = [pytest.mark.slow, pytest.mark.lowest]
 
 
 @pytest.fixture(scope="module")

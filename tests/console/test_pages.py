@@ -8,6 +8,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from beatd.console import entry
+from beatd.controls import AuditRecord, new_audit_id
 from beatd.history import RunKind, RunRecord
 from tests.console.conftest import WRITER, Console
 from tests.console.seeds import add_entries, attempt, seed_dead_letters, seed_runs
@@ -64,9 +68,15 @@ def test_the_entries_page_filters_sorts_and_pages(console: Console) -> None:
     assert "Entries 101–122 of 122." in text
     assert "nightly file reports.nightly" in text
     assert "other API app.other reports" in text
-    one = visible(console.get("/ui/entries?name=other&queue=reports").text)
+    filtered = console.get("/ui/entries?name=other&queue=reports&sort=next_due&limit=20").text
+    one = visible(filtered)
     assert "Entries 1–1 of 1." in one
     assert "job-000" not in one
+    # the form shows the view it asked for
+    assert 'name="name" type="search" value="other"' in filtered
+    assert 'name="queue" type="text" value="reports"' in filtered
+    assert '<option value="next_due" selected>next due</option>' in filtered
+    assert '<option value="20" selected>20</option>' in filtered
 
 
 def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
@@ -170,3 +180,21 @@ def test_the_overview_counts_the_hour_and_shows_leader_queues_and_overdue(
 def act_trigger(console: Console) -> int:
     csrf = console.csrf("/ui/entries/nightly")
     return console.post("/ui/trigger/nightly", {"csrf": csrf}).status_code
+
+
+def test_a_pause_older_than_the_audit_shown_is_still_said(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in(console)
+    monkeypatch.setattr(entry, "AUDIT_LIMIT", 2)
+    store = console.context.backend()
+    store.pause(["nightly"], "db migration", None, "ops")
+    later = datetime.now(UTC) + timedelta(minutes=1)  # the pause is at the backend's (real) now
+    for _ in range(2):  # newer actions push the pause out of the page's audit log
+        store.record_audit(AuditRecord(new_audit_id(), later, "trigger", "nightly", "ops", {}))
+    console.context.index().refresh()
+    text = visible(console.get("/ui/entries/nightly").text)
+    assert (
+        "Paused (the pause is older than the 2 actions shown below: beatd audit nightly has it)."
+    ) in text
+    assert "Resume" in text

@@ -1,0 +1,44 @@
+"""A runtime entry as one row of the SQL backends' `runtime_entry` table (SQLite and
+PostgreSQL store the same columns): the definition as JSON text, times in µs since the epoch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from beatd.backends.base import from_micros, to_micros
+from beatd.runtime_entries import RuntimeEntry
+
+ENTRY_COLUMNS = (
+    "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
+)
+
+
+def entry_of_row(row: Sequence[Any]) -> RuntimeEntry:
+    """The entry a row of ENTRY_COLUMNS holds."""
+    name, version, definition, created, created_by, updated, updated_by, request_id = row
+    return RuntimeEntry(
+        name,
+        json.loads(definition),
+        version,
+        from_micros(created),
+        created_by,
+        from_micros(updated),
+        updated_by,
+        request_id,
+    )
+
+
+def entry_row(entry: RuntimeEntry) -> tuple[Any, ...]:
+    """The row of ENTRY_COLUMNS that holds `entry`."""
+    return (
+        entry.name,
+        entry.version,
+        json.dumps(dict(entry.definition), ensure_ascii=False),
+        to_micros(entry.created_at),
+        entry.created_by,
+        to_micros(entry.updated_at),
+        entry.updated_by,
+        entry.request_id,
+    )
