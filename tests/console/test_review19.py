@@ -10,6 +10,8 @@ import http.client
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -593,6 +595,16 @@ def test_the_entries_page_with_100000_entries(
             spent.append(time.perf_counter() - started)
             assert answer.status_code == 200
         timings[what] = sorted(spent)[len(spent) // 2] * 1000
+    for what, page in (("overview", "/ui/"), ("an entry", "/ui/entries/job-050000")):
+        spent = []
+        for _ in range(10):
+            started = time.perf_counter()
+            answer = client.get(page, base_url=ORIGIN)
+            spent.append(time.perf_counter() - started)
+            assert answer.status_code == 200, page
+        timings[what] = sorted(spent)[len(spent) // 2] * 1000
+    entry_page = client.get("/ui/entries/job-050000", base_url=ORIGIN).text
+    assert "<dt>Schedule</dt>" in entry_page
     last = client.get("/ui/entries", base_url=ORIGIN, query_string=views["by name, last page"])
     assert "Entries 99951–100000 of 100000." in last.text and "job-099999" in last.text
     with capsys.disabled():
@@ -785,3 +797,46 @@ def test_a_next_with_a_line_break_falls_back_to_the_overview(console: Console) -
     for name, value in SECURITY.items():
         assert answer.headers.get(name) == value
     assert (answer.status_code, answer.headers.get("Location")) == (303, "/ui/")
+
+
+# --- runtime entries: the console's refusals are the CLI's words ---------------------------------
+
+CLI_CASES = [
+    ("cron: '61 * * * *'", ["--cron", "61 * * * *"]),
+    ("cron: '0 3 * * *'\ntimezone: Mars/Base", ["--cron", "0 3 * * *", "--timezone", "Mars/Base"]),
+    ("every: 10s\nqueue: a b", ["--every", "10s", "--queue", "a b"]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize(("fields", "flags"), CLI_CASES, ids=["cron", "timezone", "queue", "none"])
+def test_a_refused_entry_says_what_beatd_entries_add_says(
+    tmp_path: Path, fields: str, flags: list[str]
+) -> None:
+    from tests.console.conftest import make_console
+
+    db = tmp_path / "cli.db"
+    cli = subprocess.run(
+        [sys.executable, "-m", "beatd", "entries", "add", "report", "--broker", f"sqlite:///{db}",
+         "--task", "app.report", *flags],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode != 0
+    said = [
+        line.removeprefix("entry report: ").removeprefix("field ")
+        for line in cli.stderr.splitlines()
+        if line.startswith("entry report: ")
+    ]
+    assert said, cli.stderr
+    console = make_console(tmp_path / "c", f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        console.sign_in(WRITER)
+        answer = act(
+            console, "/ui/new-entry", {"name": "report", "fields": f"task: app.report\n{fields}"}
+        )
+        assert answer.status_code == 422
+        shown = html.unescape(re.sub(r"<strong>([a-z_]+):</strong> ", r"\1: ", answer.text))
+        for words in said:
+            assert words in shown, (words, shown[shown.find("errors") :][:600])
+    finally:
+        console.context.close()
