@@ -365,3 +365,27 @@ def test_a_new_entry_is_at_version_1_as_docs_api_md_says(daemon: Daemon) -> None
         "POST", "/v1/entries", {"name": "r-v-1", "task": "t", "every": "1h"}
     )
     assert (status, headers["etag"], body["version"]) == (201, '"1"', 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review18: Client on a backend URL answers history/audit limit=0 and next_runs n=0 "
+    "with [], where over HTTP the same call raises InvalidRequest (one behaviour, same errors)",
+)
+def test_the_client_refuses_a_zero_limit_the_same_way_over_both_urls(daemon: Daemon) -> None:
+    over_http = Client(daemon.api, token=daemon.write)
+    direct = Client(daemon.procs.broker, by="rev@host")
+    over_http.add("r-limit", task="t", every="1h")
+    calls = [
+        ("limit", lambda c: c.history(entry="r-limit", limit=0), 10000),
+        ("limit", lambda c: c.audit(entry="r-limit", limit=0), 10000),
+        ("count", lambda c: c.next_runs("r-limit", 0), 1000),
+    ]
+    for word, call, most in calls:
+        for client in (over_http, direct):
+            with pytest.raises(ClientError) as caught:
+                call(client)
+            assert (caught.value.status, str(caught.value)) == (
+                422,
+                f"{word} must be a whole number from 1 to {most}, got '0'",
+            )
