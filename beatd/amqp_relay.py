@@ -6,8 +6,13 @@ same atomic step as its slot. The relay, a thread of the leader, claims the runs
 publishes each persistent (delivery mode 2) with `mandatory` on a channel in confirm mode, and
 acknowledges (removes) it only after RabbitMQ's confirm. So:
 
-- RabbitMQ unreachable: the claimed run is given back untouched and the relay waits with
-  backoff; the outage is logged once when it begins and once when it ends. Nothing is lost.
+- RabbitMQ unreachable: the claimed run is given back untouched and that broker is waited out
+  with a backoff of its own; the outage is logged once per broker when it begins and once when
+  it ends. Nothing is lost. Meanwhile the runs to other brokers go on: a run to a broker being
+  waited out is set aside (given back after the pass; `skip_limit` claims per pass at most),
+  so the relay reaches the runs behind it; when only such runs are ready, the oldest one's broker is
+  tried again. A login RabbitMQ refuses (a wrong user, password or virtual host) is said as
+  such, at ERROR, with what to fix; it is tried again the same way.
 - Returned (no queue bound to the route, `mandatory`): the run stays in the outbox and is
   tried again after `unroutable_delay`, logged once per queue and counted; the runs of other
   queues go on meanwhile.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +52,11 @@ from beatd.events import Adopted, EntriesChanged, Event, SteppedDown, Stopped
 log = logging.getLogger(__name__)
 
 OUTAGE = "RabbitMQ at %s unreachable; runs wait in the outbox, retrying with backoff: %s"
+REFUSED = (
+    "RabbitMQ at %s refused the %s of user %r: runs to it wait in the outbox, tried again with "
+    "backoff; fix the user, the password (--amqp-password, BEATD_AMQP_PASSWORD or the Celery "
+    "config's broker_url) or the virtual host and its permissions (docs/celery.md)"
+)
 RECOVERED = "RabbitMQ at %s reachable again; relaying the outbox"
 UNROUTABLE = (
     "run %s to queue %s returned by RabbitMQ at %s (exchange %r, routing key %r): no queue is "
@@ -71,6 +82,7 @@ class RelaySettings:
     timeout: float = 5.0  # each socket step to RabbitMQ
     unroutable_delay: float = 10.0
     max_backoff: float = 5.0
+    skip_limit: int = 100  # claims per pass at most (runs to brokers waited out set aside)
     # a fault point for tests: stop the process (SIGSTOP) after the first confirm, before the
     # removal, so a test kills it exactly there (BEATD_FAULT_POINT=relay-after-confirm)
     stop_after_confirm: bool = False
@@ -78,6 +90,36 @@ class RelaySettings:
 
 class _Unreachable(Exception):
     """The broker cannot be talked to now: give the run back and wait."""
+
+
+class _Outages:
+    """The brokers being waited out, each with a backoff of its own (said once per outage)."""
+
+    def __init__(self, maximum: float) -> None:
+        self.maximum = maximum
+        self._down: dict[str, tuple[Backoff, float]] = {}  # broker -> (backoff, next try)
+
+    def __bool__(self) -> bool:
+        return bool(self._down)
+
+    def waiting(self, broker: str) -> bool:
+        """Whether runs to `broker` are set aside now (down, its next try not yet due)."""
+        down = self._down.get(broker)
+        return down is not None and time.monotonic() < down[1]
+
+    def failed(self, broker: str) -> bool:
+        """Note a failure; whether it begins an outage."""
+        backoff, _ = self._down.get(broker) or (Backoff(maximum=self.maximum), 0.0)
+        began = not backoff.failing
+        self._down[broker] = (backoff, time.monotonic() + backoff.failed())
+        return began
+
+    def ended(self, broker: str) -> bool:
+        """Note a confirm; whether it ends an outage."""
+        return self._down.pop(broker, None) is not None
+
+    def clear(self) -> None:
+        self._down.clear()
 
 
 class _Link:
@@ -159,7 +201,7 @@ class AmqpRelay:
         self._told_unroutable: set[str] = set()
         self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
-        self._down: str | None = None  # the broker of the outage being waited out
+        self._down = _Outages(self.settings.max_backoff)  # the brokers being waited out
         self._fault_done = False  # the fault point stops the process once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -220,6 +262,7 @@ class AmqpRelay:
             # outbox alert firing on a follower
             self.stats.oldest_age = 0.0
             self._deferred.clear()
+            self._down.clear()
 
     @property
     def outbox(self) -> WorkQueue:
@@ -235,14 +278,45 @@ class AmqpRelay:
             self._outbox = None
 
     def relay_one(self) -> bool:
-        """Claim one run and publish it; False when the outbox had none ready. Raises
-        BackendError (the outbox) and _Unreachable (the broker; the run was given back)."""
+        """Publish one run; False when the outbox had none ready. Runs to brokers being waited
+        out are set aside and given back (module doc). Raises BackendError (the outbox) and
+        _Unreachable (the broker; the run was given back)."""
+        aside: list[tuple[Delivery, OutboxRun]] = []
+        failed: _Unreachable | None = None  # a broker that failed in this pass
+        try:
+            for _ in range(self.settings.skip_limit):  # claims in this pass, at most
+                claimed = self._claim()
+                if claimed is None:
+                    break
+                if isinstance(claimed, bool):
+                    return claimed
+                if self._down.waiting(claimed[1].broker):
+                    aside.append(claimed)
+                    continue
+                try:
+                    self._publish(*claimed)
+                except _Unreachable as exc:  # given back: set aside when claimed again
+                    failed = exc
+                    continue
+                return True
+            if failed is not None:
+                raise failed
+            if not aside:
+                return self._none_ready()
+            # only runs to brokers being waited out: try the oldest one's broker again (the
+            # relay's loop backs off between such passes)
+            self._publish(*aside.pop(0))
+            return True
+        finally:
+            for delivery, _ in aside:
+                self.outbox.release(delivery)
+
+    def _claim(self) -> tuple[Delivery, OutboxRun] | bool | None:
+        """The next ready run; None: none; True: an unreadable one, dead-lettered."""
         settings = self.settings
         delivery = self.outbox.claim([OUTBOX_QUEUE], settings.consumer, settings.visibility)
-        if delivery is None:  # none ready: the oldest is a returned one waiting, if any
-            oldest = min(self._deferred.values(), default=None)
-            self.stats.oldest_age = self._age(oldest) if oldest else 0.0
-            return False
+        if delivery is None:
+            return None
         try:
             run = decode(delivery.body) if not delivery.unreadable else None
         except UnreadableOutboxRun as exc:
@@ -255,8 +329,13 @@ class AmqpRelay:
             self.outbox.dead_letter(delivery, reason)
             return True
         self.stats.oldest_age = self._age(run.published_at)
-        self._publish(delivery, run)
-        return True
+        return delivery, run
+
+    def _none_ready(self) -> bool:
+        """None ready: the oldest run is a returned one waiting, if any."""
+        oldest = min(self._deferred.values(), default=None)
+        self.stats.oldest_age = self._age(oldest) if oldest else 0.0
+        return False
 
     def _age(self, committed: datetime) -> float:
         return max(0.0, (self.clock.now() - committed).total_seconds())
@@ -290,15 +369,16 @@ class AmqpRelay:
             return
         except amqp.NackError as exc:  # refused (e.g. a full queue that rejects): not sent
             raise self._unreachable(delivery, run, link, exc, False) from None
+        except (amqp.ProbableAuthenticationError, amqp.ProbableAccessDeniedError) as exc:
+            raise self._unreachable(delivery, run, link, exc, False) from None
         except (amqp.AMQPError, OSError) as exc:  # a lost or refused connection
             raise self._unreachable(delivery, run, link, exc, sending) from None
         self._confirmed(delivery, run, link)
 
     def _confirmed(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
-        if self._down is not None:
+        if self._down.ended(run.broker):
             log.info(RECOVERED, link.link.shown)
-            self._down = None
-        self.stats.connected = True
+        self.stats.connected = not self._down
         if delivery.deliveries > 1 or run.id in self._in_doubt:
             self.stats.republished += 1
             self._in_doubt.discard(run.id)
@@ -334,16 +414,23 @@ class AmqpRelay:
     def _unreachable(
         self, delivery: Delivery, run: OutboxRun, link: _Link, exc: BaseException, sent: bool
     ) -> _Unreachable:
-        """Give the run back, drop the connection, say so once per outage."""
+        """Give the run back, drop the connection, say so once per outage of its broker."""
+        import pika.exceptions as amqp
+
         if sent:
             self._in_doubt.add(run.id)
         link.close()
         self.stats.connected = False
-        if self._down is None:
-            self._down = run.broker
-            log.warning(OUTAGE, link.link.shown, repr(exc))
+        began = self._down.failed(run.broker)
+        shown = link.link.shown
+        if not began:
+            log.debug("RabbitMQ at %s still unreachable: %r", shown, exc)
+        elif isinstance(exc, amqp.ProbableAuthenticationError):
+            log.error(REFUSED, shown, "login", link.link.user)
+        elif isinstance(exc, amqp.ProbableAccessDeniedError):
+            log.error(REFUSED, shown, "virtual host access", link.link.user)
         else:
-            log.debug("RabbitMQ at %s still unreachable: %r", link.link.shown, exc)
+            log.warning(OUTAGE, shown, repr(exc))
         self.outbox.release(delivery)
         return _Unreachable(str(exc))
 
