@@ -31,6 +31,7 @@ and warns of one that is missing (runs to it stay in the outbox until it exists)
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -38,16 +39,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from beatd.amqp_link import AmqpLink, AmqpUrlError, connect, parse_amqp_url
-from beatd.backends.base import Delivery, WorkQueue
+from beatd.backends.base import Delivery, QueueAdmin, WorkQueue
 from beatd.backoff import Backoff
 from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
 from beatd.clock import Clock
 from beatd.config import Config, Entry
 from beatd.errors import BackendError
-from beatd.events import Adopted, EntriesChanged, Event, SteppedDown, Stopped
+from beatd.events import Adopted, EntriesChanged, Event, Stepped, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ UNROUTABLE = (
     "run %s to queue %s returned by RabbitMQ at %s (exchange %r, routing key %r): no queue is "
     "bound to that route; it stays in the outbox and is tried again every %.0f s (said once "
     "per queue)"
+)
+DRAINED = (
+    "relayed the %d run(s) left in the outbox (no entry this node leads sends to RabbitMQ); "
+    "the outbox is empty, stopped relaying"
 )
 REPUBLISHED = "run %s published to RabbitMQ again (a claim lapsed before its removal)"
 FAULT_POINT = (
@@ -86,6 +91,10 @@ class RelaySettings:
     # a fault point for tests: stop the process (SIGSTOP) after the first confirm, before the
     # removal, so a test kills it exactly there (BEATD_FAULT_POINT=relay-after-confirm)
     stop_after_confirm: bool = False
+
+
+class Outbox(WorkQueue, QueueAdmin, Protocol):
+    """What the relay needs of the backend holding the outbox."""
 
 
 class _Unreachable(Exception):
@@ -183,7 +192,7 @@ class AmqpRelay:
 
     def __init__(
         self,
-        open_outbox: Callable[[], WorkQueue],
+        open_outbox: Callable[[], Outbox],
         resolve: Callable[[str], AmqpLink],
         clock: Clock,
         settings: RelaySettings | None = None,
@@ -191,7 +200,7 @@ class AmqpRelay:
         # the outbox, opened at first need without run history: the relay's claims are not
         # attempts of the run, which Celery's workers make
         self._open_outbox = open_outbox
-        self._outbox: WorkQueue | None = None
+        self._outbox: Outbox | None = None
         self.resolve = resolve  # the outbox's broker URL (no password) -> how to log in
         self.clock = clock
         self.settings = settings or RelaySettings()
@@ -203,6 +212,9 @@ class AmqpRelay:
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
         self._down = _Outages(self.settings.max_backoff)  # the brokers being waited out
         self._fault_done = False  # the fault point stops the process once
+        self._drain = False  # leading no AMQP destination: stop once the outbox is empty
+        self._relayed = 0  # runs confirmed since this start
+        self._lock = threading.Lock()  # start() against a draining relay stopping itself
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -210,22 +222,46 @@ class AmqpRelay:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
-    def start(self, targets: dict[str, set[tuple[str, str]]]) -> None:
-        """Relay, unless already relaying (idempotent); `targets` are checked at connection."""
-        self.targets = targets
-        if self.running:
-            return
+    def start(self, targets: dict[str, set[tuple[str, str]]], *, drain: bool = False) -> None:
+        """Relay, unless already relaying (idempotent); `targets` are checked at connection.
+        `drain`: no entry led has an AMQP destination; relay the runs left in the outbox (a
+        trigger's, a migration's, or those of entries since removed) and stop once it is
+        empty."""
+        with self._lock:
+            self.targets = targets
+            self._drain = drain
+            if self.running:
+                return
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(self.settings.timeout * 3)
             if self._thread.is_alive():
                 log.warning("the AMQP relay did not stop in time; not relaying")
                 return
         self._stop = threading.Event()
+        self._relayed = 0
         self._thread = threading.Thread(
             target=self._run, args=(self._stop,), name="beatd-amqp-relay", daemon=True
         )
         self._thread.start()
-        log.info("relaying the outbox to RabbitMQ")
+        if drain:
+            log.debug("looking for runs left in the outbox")
+        else:
+            log.info("relaying the outbox to RabbitMQ")
+
+    def _still_draining(self) -> bool:
+        return self._drain
+
+    def _drained(self, stop: threading.Event) -> bool:
+        """Draining and the outbox is empty: stop (said when it relayed any)."""
+        if not self._drain or self.outbox.queue_depths().get(OUTBOX_QUEUE, 0):
+            return False
+        with self._lock:  # start() may have been called meanwhile: then relay on
+            if not self._still_draining():
+                return False
+            stop.set()
+        if self._relayed:
+            log.info(DRAINED, self._relayed)
+        return True
 
     def stop(self, wait: float = 0.0) -> None:
         """Stop relaying (idempotent); `wait` seconds at most for the thread to end."""
@@ -243,6 +279,8 @@ class AmqpRelay:
             while not stop.is_set():
                 try:
                     relayed = self.relay_one()
+                    if not relayed and self._drained(stop):
+                        break
                 except (BackendError, _Unreachable):
                     stop.wait(backoff.failed())
                     continue
@@ -265,7 +303,7 @@ class AmqpRelay:
             self._down.clear()
 
     @property
-    def outbox(self) -> WorkQueue:
+    def outbox(self) -> Outbox:
         if self._outbox is None:
             self._outbox = self._open_outbox()
         return self._outbox
@@ -384,6 +422,7 @@ class AmqpRelay:
             self._in_doubt.discard(run.id)
             log.info(REPUBLISHED, run.id)
         self.stats.published += 1
+        self._relayed += 1
         self._told_unroutable.discard(run.queue)
         self._deferred.pop(run.id, None)
         if self.settings.stop_after_confirm and not self._fault_done:
@@ -482,11 +521,15 @@ def grouped(targets: Iterable[Target]) -> dict[str, set[tuple[str, str]]]:
 class AmqpRelaying:
     """An observer of the scheduler loop: the relay runs while this node leads entries with
     AMQP destinations, from the files or at runtime (from each adoption, or the runtime change
-    that brings the first, until it steps down or stops). Leading none stops it: runs left in
-    the outbox wait for a leader that leads some."""
+    that brings the first, until it steps down or stops). Leading none, it relays the runs left
+    in the outbox (each carries its broker) and stops once the outbox is empty; the leader
+    looks again at each adoption and every `look_every` seconds (a trigger's or a migration's
+    runs), one claim each time."""
 
-    def __init__(self, relay: AmqpRelay) -> None:
+    def __init__(self, relay: AmqpRelay, look_every: float = 60.0) -> None:
         self.relay = relay
+        self.look_every = look_every
+        self._looked = -math.inf  # when it last looked while leading none (the relay's clock)
         self._targets: dict[str, Target] = {}  # per entry led with an AMQP destination
         self._uses: Counter[Target] = Counter()  # how many of those entries use each target
 
@@ -502,6 +545,9 @@ class AmqpRelaying:
             changed = [self._take(name, entry) for name, entry in event.changed.items()]
             if any(changed):
                 self._relay()
+        elif isinstance(event, Stepped):
+            if event.status.leader and not self.relay.running and self._look_due():
+                self.relay.start({}, drain=True)
         elif isinstance(event, SteppedDown):
             self.relay.stop()
         elif isinstance(event, Stopped):  # done before the daemon closes the backend
@@ -521,8 +567,16 @@ class AmqpRelaying:
             return True
         return target is not None and self._uses[target] == 1
 
+    def _look_due(self) -> bool:
+        now = self.relay.clock.monotonic()
+        if now - self._looked < self.look_every:
+            return False
+        self._looked = now
+        return True
+
     def _relay(self) -> None:
         if self._uses:
             self.relay.start(grouped(self._uses))
         else:
-            self.relay.stop()
+            self._looked = self.relay.clock.monotonic()
+            self.relay.start({}, drain=True)
