@@ -426,19 +426,9 @@ class AmqpRelay:
         self._told_unroutable.discard(run.queue)
         self._deferred.pop(run.id, None)
         if self.settings.stop_after_confirm and not self._fault_done:
-            self._stop_here(run)
+            self._fault_done = True
+            _stop_here(run)
         self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
-
-    def _stop_here(self, run: OutboxRun) -> None:
-        """The fault point relay-after-confirm: say so, then stop the whole process until a
-        SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
-        self._fault_done = True
-        log.warning(FAULT_POINT, run.id)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        # sent to this thread, which then stops before its next instruction (a signal to the
-        # process may be taken by another thread while this one goes on to remove the run)
-        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
     def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
         self.stats.unroutable[run.queue] += 1
@@ -493,6 +483,17 @@ class AmqpRelay:
             link.close()
         self._links.clear()
         self.stats.connected = False
+
+
+def _stop_here(run: OutboxRun) -> None:
+    """The fault point relay-after-confirm: say so, then stop the whole process until a
+    SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
+    log.warning(FAULT_POINT, run.id)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # sent to this thread, which then stops before its next instruction (a signal to the
+    # process may be taken by another thread while this one goes on to remove the run)
+    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
 
 def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
