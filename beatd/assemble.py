@@ -13,7 +13,8 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
-from beatd.amqp_relay import AmqpRelay, AmqpRelaying
+from beatd.amqp_relay import AmqpRelay
+from beatd.amqp_relaying import AmqpRelaying
 from beatd.backends import open_celery_events
 from beatd.backends.base import Backend, HearsCeleryEvents
 from beatd.celery_listener import CeleryEventListener, CeleryEvents

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from beatd.amqp_link import AmqpLink
-from beatd.amqp_relay import AmqpRelay, AmqpRelaying
+from beatd.amqp_relay import AmqpRelay
+from beatd.amqp_relaying import AmqpRelaying
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock

@@ -10,7 +10,8 @@ from urllib.parse import quote
 import click
 
 from beatd.amqp_link import AmqpUrlError, Logins, is_amqp_url, require_client
-from beatd.amqp_relay import AmqpRelay, RelaySettings, relay_targets
+from beatd.amqp_relay import AmqpRelay, RelaySettings
+from beatd.amqp_relaying import relay_targets
 from beatd.assemble import RunSettings
 from beatd.backends import open_backend
 from beatd.backends.base import Backend
