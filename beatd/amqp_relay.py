@@ -257,6 +257,9 @@ class AmqpRelay:
             stop.set()
         if self._relayed:
             log.info(DRAINED, self._relayed)
+        outbox, self._outbox = self._outbox, None  # no handle kept while there is no need
+        if outbox is not None:
+            outbox.close()
         return True
 
     def stop(self, wait: float = 0.0) -> None:

@@ -3,14 +3,20 @@ observer of the scheduler loop."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable
 
 from beatd.amqp_link import parse_amqp_url
 from beatd.amqp_relay import AmqpRelay
+from beatd.backends.base import QueueAdmin
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.config import Config, Entry
+from beatd.errors import BackendError
 from beatd.events import Adopted, EntriesChanged, Event, Stepped, SteppedDown, Stopped
+
+log = logging.getLogger(__name__)
 
 
 def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
@@ -42,10 +48,14 @@ class AmqpRelaying:
     that brings the first, until it steps down or stops). Leading none, it relays the runs left
     in the outbox (each carries its broker) and stops once the outbox is empty; the leader
     looks again at each adoption and every `look_every` seconds (a trigger's or a migration's
-    runs), one claim each time."""
+    runs). With `outbox` (the scheduler's own backend, read on its thread), it looks there
+    first, so a leader that never uses RabbitMQ opens no handle of the relay's."""
 
-    def __init__(self, relay: AmqpRelay, look_every: float = 60.0) -> None:
+    def __init__(
+        self, relay: AmqpRelay, outbox: QueueAdmin | None = None, look_every: float = 60.0
+    ) -> None:
         self.relay = relay
+        self.outbox = outbox
         self.look_every = look_every
         self._looked = -math.inf  # when it last looked while leading none (the relay's clock)
         self._targets: dict[str, Target] = {}  # per entry led with an AMQP destination
@@ -65,7 +75,7 @@ class AmqpRelaying:
                 self._relay()
         elif isinstance(event, Stepped):
             if event.status.leader and not self.relay.running and self._look_due():
-                self.relay.start({}, drain=True)
+                self._drain()
         elif isinstance(event, SteppedDown):
             self.relay.stop()
         elif isinstance(event, Stopped):  # done before the daemon closes the backend
@@ -97,4 +107,16 @@ class AmqpRelaying:
             self.relay.start(grouped(self._uses))
         else:
             self._looked = self.relay.clock.monotonic()
-            self.relay.start({}, drain=True)
+            self._drain()
+
+    def _drain(self) -> None:
+        """Relay the runs left in the outbox, if it holds any (one read)."""
+        if self.outbox is not None:
+            try:
+                if not self.outbox.queue_depths().get(OUTBOX_QUEUE, 0):
+                    self.relay.stop()
+                    return
+            except BackendError as exc:  # looked at again in `look_every`
+                log.debug("cannot read the outbox's depth: %s", exc)
+                return
+        self.relay.start({}, drain=True)

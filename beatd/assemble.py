@@ -134,7 +134,7 @@ def build_scheduler(
         if registry is not None:
             register_celery_events(registry, listener.stats)
     if relay is not None:
-        observers.append(AmqpRelaying(relay))
+        observers.append(AmqpRelaying(relay, backend))
         if registry is not None:
             register_amqp_relay(registry, relay.stats, backend)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)

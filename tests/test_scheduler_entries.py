@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry
 from beatd.amqp_link import AmqpLink
 from beatd.amqp_relay import AmqpRelay
 from beatd.amqp_relaying import AmqpRelaying
+from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.memory import MemoryBackend, discard
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
@@ -390,6 +392,23 @@ def test_leading_no_amqp_entry_the_relay_drains_the_outbox_at_adoption_and_every
     relaying.notify(Stepped(leading))
     relaying.notify(Stepped(leading))
     assert relay.drains == 3
+
+
+def test_given_the_backend_the_relay_starts_only_when_the_outbox_holds_runs(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """A leader that never used RabbitMQ opens no relay handle: the outbox is looked at on the
+    scheduler's own backend first."""
+    relay = Relay(clock)
+    relaying = AmqpRelaying(relay, backend)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: config(), clock, settings, observers=[relaying])
+    run_for(beat, 5)
+    assert relay.drains == 0  # the outbox is empty
+    backend.enqueue([Outgoing("gone", "gone@1", BeatdQueue(OUTBOX_QUEUE), "{}")])
+    clock.advance(60)
+    relaying.notify(Stepped(Status(True, True, 0, "memory://")))
+    assert relay.drains == 1
 
 
 def test_a_new_leader_hears_the_runtime_celery_entries_at_adoption(
