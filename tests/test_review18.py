@@ -406,12 +406,6 @@ def test_a_batch_of_more_than_10000_entries_is_refused_as_a_whole(daemon: Daemon
     assert [e["pointer"] for e in body["errors"]] == ["/entries"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: the leader applies a 10,000-entry batch in its loop for longer than the "
-    "lease TTL (2 s here): the lease is lost ('could not be renewed in time during work in "
-    "proportion to the entries'), every-second slots missed, on SQLite and Redis",
-)
 def test_a_10000_entry_batch_over_http_leaves_the_scheduling_loop_on_time(daemon: Daemon) -> None:
     """Last in the module: it may cost the leader its lease. The clock entry runs every second;
     no slot of it may be late or missed while the batch is written and applied."""
