@@ -187,6 +187,26 @@ def test_a_batch_is_all_or_nothing_with_pointers_into_it(api: Api) -> None:
     assert (status, [e["name"] for e in body["entries"]]) == (201, ["a", "b"])
 
 
+def test_a_batch_of_more_than_10000_entries_is_413_and_writes_nothing(api: Api) -> None:
+    batch = {"entries": [{"name": f"m{i}", **NIGHTLY} for i in range(10_001)]}
+    assert send(api, "POST", "/v1/entries/batch", batch) == (
+        413,
+        ANY_HEADERS,
+        {
+            "errors": [
+                {
+                    "entry": None,
+                    "field": "entries",
+                    "message": "a batch holds at most 10000 entries, this one 10001; nothing was "
+                    "written: send it as several batches (Client.add_many does)",
+                    "pointer": "/entries",
+                }
+            ]
+        },
+    )
+    assert api.ask("/v1/entries?source=api")[2] == {"entries": [], "next_after": None}
+
+
 def test_list_pages_with_the_file_entries_and_next_runs(api: Api) -> None:
     send(api, "POST", "/v1/entries/batch", {"entries": [{"name": "a", **NIGHTLY}]})
     status, _, page = api.ask("/v1/entries?limit=2")

@@ -73,7 +73,7 @@ PAGE: JSON = {
 BATCH: JSON = {
     "type": "object",
     "required": ["entries"],
-    "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": 10_000}},
+    "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": ops.MAX_BATCH}},
 }
 NAME = Param("name", "path", "The entry's name.", NAME_SCHEMA, slashes=True)
 IF_MATCH = Param(
@@ -227,6 +227,12 @@ class _Handlers:
         items = body.get("entries")
         if not isinstance(items, list):
             raise ApiError(422, "entries must be a list of entries", field="entries", pointer="")
+        if len(items) > ops.MAX_BATCH:
+            message = (
+                f"a batch holds at most {ops.MAX_BATCH} entries, this one {len(items)}; nothing "
+                "was written: send it as several batches (Client.add_many does)"
+            )
+            raise ApiError(413, message, field="entries", pointer="/entries")
         definitions = []
         for index, item in enumerate(items):
             item = _object(item, f"/entries/{index}")
