@@ -97,6 +97,13 @@ def test_put_creates_an_entry_not_there(api: Api) -> None:
     assert (status, headers["ETag"], created["version"]) == (201, '"1"', 1)
 
 
+def test_put_creates_with_201_when_the_feed_holds_records_already(api: Api) -> None:
+    assert send(api, "POST", "/v1/entries", {"name": "first", **NIGHTLY})[0] == 201
+    status, _, created = send(api, "PUT", "/v1/entries/second", NIGHTLY)
+    assert (status, created["name"], created["version"]) == (201, "second", 2)
+    assert send(api, "PUT", "/v1/entries/second", NIGHTLY)[0] == 200
+
+
 def test_invalid_fields_are_422_in_the_words_of_beatd_check(api: Api) -> None:
     body = {"name": "bad", "task": "x.y", "every": "1h", "kwargs": [1], "priority": 12}
     assert send(api, "POST", "/v1/entries", body) == (

@@ -338,11 +338,6 @@ def test_a_malformed_name_over_http_is_refused_in_beatd_checks_words(daemon: Dae
     assert refusals[0] == refusals[1] == f"entry a b: {ENTRY_NAME_RULE}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: PUT /v1/entries/NAME that creates the entry answers 200, not the "
-    "documented 201, once the change feed holds a record (a new entry's version is the feed's seq)",
-)
 def test_a_put_that_creates_an_entry_answers_201(daemon: Daemon) -> None:
     assert (
         daemon.call("POST", "/v1/entries", {"name": "r-put-0", "task": "t", "every": "1h"})[0]

@@ -255,7 +255,9 @@ class _Handlers:
             lambda: ops.replace(store, name, raw, self.writing(req), expected),
             conditional=expected is not None,
         )
-        return _written(stored, 200 if existed or stored.version > 1 else 201)
+        # created or replaced, by whether it was there: a new entry's version is its change
+        # record's seq, more than 1 once the feed holds any record
+        return _written(stored, 200 if existed else 201)
 
     def remove(self, req: Any) -> Reply:
         name = req.view_args["name"]
