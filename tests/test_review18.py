@@ -347,19 +347,28 @@ def test_a_put_that_creates_an_entry_answers_201(daemon: Daemon) -> None:
     assert (status, body["name"]) == (201, "r-put-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: docs/api.md says a runtime entry's version is 1 when created (and its "
-    "`entries add` example prints version 1); it is the change feed's seq",
-)
-def test_a_new_entry_is_at_version_1_as_docs_api_md_says(daemon: Daemon) -> None:
+def test_a_new_entry_is_at_the_change_feeds_position_as_docs_api_md_says(
+    daemon: Daemon,
+) -> None:
+    """review18 found docs/api.md saying a new entry is at version 1; it is at the change feed's
+    position of its creation (so a name removed and added again never repeats a version)."""
     assert (
         daemon.call("POST", "/v1/entries", {"name": "r-v-0", "task": "t", "every": "1h"})[0] == 201
     )
+    first = daemon.call("GET", "/v1/entries/r-v-0", token="read")[2]["version"]
     status, headers, body = daemon.call(
         "POST", "/v1/entries", {"name": "r-v-1", "task": "t", "every": "1h"}
     )
-    assert (status, headers["etag"], body["version"]) == (201, '"1"', 1)
+    assert status == 201 and body["version"] > first
+    assert headers["etag"] == f'"{body["version"]}"'
+    status, _, changed = daemon.call("PUT", "/v1/entries/r-v-1", {"task": "t", "every": "2h"})
+    assert (status, changed["version"]) == (200, body["version"] + 1)
+    assert daemon.call("DELETE", "/v1/entries/r-v-1")[0] in (200, 204)
+    again = daemon.call("POST", "/v1/entries", {"name": "r-v-1", "task": "t", "every": "1h"})[2]
+    assert again["version"] > changed["version"]
+    docs = (REPO / "docs" / "api.md").read_text()
+    assert "1 when created" not in docs
+    assert "the change feed's position of its creation" in docs
 
 
 @pytest.mark.xfail(
