@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from beatd.backends import open_backend
+from beatd.config.convert import ENTRY_NAME_RULE
 from tests.entries_backends import broker, redis_server, register_files
 from tests.test_history_cli import SCHEDULES
 from tests.test_http import ANY_HEADERS, READER, WRITER, Api, start
@@ -212,6 +213,34 @@ def test_a_batch_of_more_than_10000_entries_is_413_and_writes_nothing(api: Api) 
         },
     )
     assert api.ask("/v1/entries?source=api")[2] == {"entries": [], "next_after": None}
+
+
+def test_a_malformed_name_is_refused_in_beatd_checks_words_and_a_missing_one_required(
+    api: Api,
+) -> None:
+    batch = {"entries": [{"name": "ok", **NIGHTLY}, {"name": "a b", **NIGHTLY}]}
+    assert send(api, "POST", "/v1/entries/batch", batch)[2] == {
+        "errors": [
+            {
+                "entry": "a b",
+                "field": None,
+                "message": ENTRY_NAME_RULE,
+                "pointer": "/entries/1/name",
+            }
+        ]
+    }
+    status, _, body = send(api, "POST", "/v1/entries", NIGHTLY)
+    assert (status, body["errors"]) == (
+        422,
+        [
+            {
+                "entry": None,
+                "field": "name",
+                "message": "name is required: entry names use letters, digits and _ . : / -",
+                "pointer": "/name",
+            }
+        ],
+    )
 
 
 def test_list_pages_with_the_file_entries_and_next_runs(api: Api) -> None:

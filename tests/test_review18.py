@@ -319,11 +319,6 @@ def test_a_token_file_others_could_read_or_change_stops_the_start(
 # --- defects ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: POST /v1/entries (and /batch) refuses a malformed name as 'name is "
-    "required', entry null, not in beatd check's (and the backend-URL client's) words",
-)
 def test_a_malformed_name_over_http_is_refused_in_beatd_checks_words(daemon: Daemon) -> None:
     status, _, body = daemon.call(
         "POST", "/v1/entries", {"name": "a b", "task": "t", "every": "1h"}

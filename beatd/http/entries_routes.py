@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from beatd.config.convert import ENTRY_NAME
+from beatd.config.convert import ENTRY_NAME, ENTRY_NAME_RULE
 from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
 from beatd.errors import BeatdError
 from beatd.http.app import body_of, token_of
@@ -300,9 +300,13 @@ def _object(value: Any, pointer: str) -> dict[str, Any]:
 
 
 def _name(value: Any, pointer: str) -> str:
-    if not isinstance(value, str) or not ENTRY_NAME.match(value):
+    """The entry's name: "required" only when missing (or not text); a malformed one refused
+    in `beatd check`'s words, as every way in refuses it (its entry the name, no field)."""
+    if not isinstance(value, str) or not value:
         message = "name is required: entry names use letters, digits and _ . : / -"
         raise ApiError(422, message, field="name", pointer=pointer)
+    if not ENTRY_NAME.match(value):
+        raise ApiError(422, ENTRY_NAME_RULE, entry=value, pointer=pointer)
     return value
 
 
