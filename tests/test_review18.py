@@ -366,11 +366,6 @@ def test_a_new_entry_is_at_the_change_feeds_position_as_docs_api_md_says(
     assert "the change feed's position of its creation" in docs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: Client on a backend URL answers history/audit limit=0 and next_runs n=0 "
-    "with [], where over HTTP the same call raises InvalidRequest (one behaviour, same errors)",
-)
 def test_the_client_refuses_a_zero_limit_the_same_way_over_both_urls(daemon: Daemon) -> None:
     over_http = Client(daemon.api, token=daemon.write)
     direct = Client(daemon.procs.broker, by="rev@host")
