@@ -3,8 +3,8 @@ and the HTTP API; tokens; node records), with real processes: one `beatd run` pe
 (SQLite, and a redis-server of its own) serving the API on a free port with a token file,
 shared by the module's tests and asked with urllib and `beatd.Client`.
 
-A test marked xfail(strict) pins a defect found in the review; the others pin a promise of the
-issue that holds now."""
+The tests under "defects" pinned defects the review found (strict xfails, fixed on branch
+fix18); the others pin a promise of the issue that held at the review."""
 
 from __future__ import annotations
 
