@@ -3,8 +3,8 @@ and the HTTP API; tokens; node records), with real processes: one `beatd run` pe
 (SQLite, and a redis-server of its own) serving the API on a free port with a token file,
 shared by the module's tests and asked with urllib and `beatd.Client`.
 
-A test marked xfail(strict) pins a defect found in the review; the others pin a promise of the
-issue that holds now."""
+The tests under "defects" pinned defects the review found (strict xfails, fixed on branch
+fix18); the others pin a promise of the issue that held at the review."""
 
 from __future__ import annotations
 
@@ -319,11 +319,6 @@ def test_a_token_file_others_could_read_or_change_stops_the_start(
 # --- defects ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: POST /v1/entries (and /batch) refuses a malformed name as 'name is "
-    "required', entry null, not in beatd check's (and the backend-URL client's) words",
-)
 def test_a_malformed_name_over_http_is_refused_in_beatd_checks_words(daemon: Daemon) -> None:
     status, _, body = daemon.call(
         "POST", "/v1/entries", {"name": "a b", "task": "t", "every": "1h"}
@@ -338,11 +333,6 @@ def test_a_malformed_name_over_http_is_refused_in_beatd_checks_words(daemon: Dae
     assert refusals[0] == refusals[1] == f"entry a b: {ENTRY_NAME_RULE}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: PUT /v1/entries/NAME that creates the entry answers 200, not the "
-    "documented 201, once the change feed holds a record (a new entry's version is the feed's seq)",
-)
 def test_a_put_that_creates_an_entry_answers_201(daemon: Daemon) -> None:
     assert (
         daemon.call("POST", "/v1/entries", {"name": "r-put-0", "task": "t", "every": "1h"})[0]
@@ -352,26 +342,30 @@ def test_a_put_that_creates_an_entry_answers_201(daemon: Daemon) -> None:
     assert (status, body["name"]) == (201, "r-put-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: docs/api.md says a runtime entry's version is 1 when created (and its "
-    "`entries add` example prints version 1); it is the change feed's seq",
-)
-def test_a_new_entry_is_at_version_1_as_docs_api_md_says(daemon: Daemon) -> None:
+def test_a_new_entry_is_at_the_change_feeds_position_as_docs_api_md_says(
+    daemon: Daemon,
+) -> None:
+    """review18 found docs/api.md saying a new entry is at version 1; it is at the change feed's
+    position of its creation (so a name removed and added again never repeats a version)."""
     assert (
         daemon.call("POST", "/v1/entries", {"name": "r-v-0", "task": "t", "every": "1h"})[0] == 201
     )
+    first = daemon.call("GET", "/v1/entries/r-v-0", token="read")[2]["version"]
     status, headers, body = daemon.call(
         "POST", "/v1/entries", {"name": "r-v-1", "task": "t", "every": "1h"}
     )
-    assert (status, headers["etag"], body["version"]) == (201, '"1"', 1)
+    assert status == 201 and body["version"] > first
+    assert headers["etag"] == f'"{body["version"]}"'
+    status, _, changed = daemon.call("PUT", "/v1/entries/r-v-1", {"task": "t", "every": "2h"})
+    assert (status, changed["version"]) == (200, body["version"] + 1)
+    assert daemon.call("DELETE", "/v1/entries/r-v-1")[0] in (200, 204)
+    again = daemon.call("POST", "/v1/entries", {"name": "r-v-1", "task": "t", "every": "1h"})[2]
+    assert again["version"] > changed["version"]
+    docs = (REPO / "docs" / "api.md").read_text()
+    assert "1 when created" not in docs
+    assert "the change feed's position of its creation" in docs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: Client on a backend URL answers history/audit limit=0 and next_runs n=0 "
-    "with [], where over HTTP the same call raises InvalidRequest (one behaviour, same errors)",
-)
 def test_the_client_refuses_a_zero_limit_the_same_way_over_both_urls(daemon: Daemon) -> None:
     over_http = Client(daemon.api, token=daemon.write)
     direct = Client(daemon.procs.broker, by="rev@host")
@@ -391,11 +385,6 @@ def test_the_client_refuses_a_zero_limit_the_same_way_over_both_urls(daemon: Dae
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: POST /v1/entries/batch takes more than the documented (and OpenAPI's "
-    "maxItems) 10,000 entries: no limit is checked",
-)
 def test_a_batch_of_more_than_10000_entries_is_refused_as_a_whole(daemon: Daemon) -> None:
     entries: list[dict[str, Any]] = [
         {"name": f"r-many-{i}", "task": "t", "every": "1h"} for i in range(10_000)
@@ -406,12 +395,6 @@ def test_a_batch_of_more_than_10000_entries_is_refused_as_a_whole(daemon: Daemon
     assert [e["pointer"] for e in body["errors"]] == ["/entries"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review18: the leader applies a 10,000-entry batch in its loop for longer than the "
-    "lease TTL (2 s here): the lease is lost ('could not be renewed in time during work in "
-    "proportion to the entries'), every-second slots missed, on SQLite and Redis",
-)
 def test_a_10000_entry_batch_over_http_leaves_the_scheduling_loop_on_time(daemon: Daemon) -> None:
     """Last in the module: it may cost the leader its lease. The clock entry runs every second;
     no slot of it may be late or missed while the batch is written and applied."""

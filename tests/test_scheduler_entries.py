@@ -141,6 +141,29 @@ def test_one_change_touches_one_entry_in_the_plan(backend: MemoryBackend, clock:
     assert len(beat.planner) == 501 and "tenant-007" not in beat.planner.entries
 
 
+def test_a_bulk_import_is_applied_a_page_a_step_with_the_due_slots_published_between(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """review18: a 10,000-entry batch applied in one step held the loop for seconds (slots
+    late, the lease at risk). The leader takes one page of the feed (250 changes) a step, the
+    next step due at once."""
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    run_for(beat, 59.95)  # leading and adopted
+    now = clock.now()
+    bulk = [
+        resolve_entry(f"bulk-{i:04}", {"task": "t", "every": "1h"}, now=now) for i in range(1000)
+    ]
+    backend.put_entries(bulk, BY, create_only=True)
+    clock.advance(0.05)  # 12:01:00 is due
+    assert beat.step() == 0  # more of the feed waits: the next step at once
+    assert len(beat.planner) == 1 + 250
+    assert published(backend, "files") == ["12:01:00"]  # published in the same step
+    for taken in (500, 750, 1000):
+        beat.step()
+        assert len(beat.planner) == 1 + taken
+    assert beat.step() > 0  # the feed read to its head: the next read after the poll interval
+
+
 def test_a_file_reload_keeps_every_runtime_entry(backend: MemoryBackend, clock: FakeClock) -> None:
     beat, configs = scheduler(backend, clock, config(file_entry("a"), file_entry("b")))
     put(backend, clock, "tenant-1")
