@@ -6,8 +6,13 @@ same atomic step as its slot. The relay, a thread of the leader, claims the runs
 publishes each persistent (delivery mode 2) with `mandatory` on a channel in confirm mode, and
 acknowledges (removes) it only after RabbitMQ's confirm. So:
 
-- RabbitMQ unreachable: the claimed run is given back untouched and the relay waits with
-  backoff; the outage is logged once when it begins and once when it ends. Nothing is lost.
+- RabbitMQ unreachable: the claimed run is given back untouched and that broker is waited out
+  with a backoff of its own; the outage is logged once per broker when it begins and once when
+  it ends. Nothing is lost. Meanwhile the runs to other brokers go on: a run to a broker being
+  waited out is set aside (given back after the pass; `skip_limit` claims per pass at most),
+  so the relay reaches the runs behind it; when only such runs are ready, the oldest one's broker is
+  tried again. A login RabbitMQ refuses (a wrong user, password or virtual host) is said as
+  such, at ERROR, with what to fix; it is tried again the same way.
 - Returned (no queue bound to the route, `mandatory`): the run stays in the outbox and is
   tried again after `unroutable_delay`, logged once per queue and counted; the runs of other
   queues go on meanwhile.
@@ -28,29 +33,36 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections import Counter
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from beatd.amqp_link import AmqpLink, AmqpUrlError, connect, parse_amqp_url
-from beatd.backends.base import Delivery, WorkQueue
+from beatd.amqp_link import AmqpLink, AmqpUrlError, connect
+from beatd.backends.base import Delivery, QueueAdmin, WorkQueue
 from beatd.backoff import Backoff
 from beatd.celery_amqp import OUTBOX_QUEUE, OutboxRun, RelayStats, UnreadableOutboxRun, decode
 from beatd.clock import Clock
-from beatd.config import Config, Entry
 from beatd.errors import BackendError
-from beatd.events import Adopted, EntriesChanged, Event, SteppedDown, Stopped
 
 log = logging.getLogger(__name__)
 
 OUTAGE = "RabbitMQ at %s unreachable; runs wait in the outbox, retrying with backoff: %s"
+REFUSED = (
+    "RabbitMQ at %s refused the %s of user %r: runs to it wait in the outbox, tried again with "
+    "backoff; fix the user, the password (--amqp-password, BEATD_AMQP_PASSWORD or the Celery "
+    "config's broker_url) or the virtual host and its permissions (docs/celery.md)"
+)
 RECOVERED = "RabbitMQ at %s reachable again; relaying the outbox"
 UNROUTABLE = (
     "run %s to queue %s returned by RabbitMQ at %s (exchange %r, routing key %r): no queue is "
     "bound to that route; it stays in the outbox and is tried again every %.0f s (said once "
     "per queue)"
+)
+DRAINED = (
+    "relayed the %d run(s) left in the outbox (no entry this node leads sends to RabbitMQ); "
+    "the outbox is empty, stopped relaying"
 )
 REPUBLISHED = "run %s published to RabbitMQ again (a claim lapsed before its removal)"
 FAULT_POINT = (
@@ -71,13 +83,48 @@ class RelaySettings:
     timeout: float = 5.0  # each socket step to RabbitMQ
     unroutable_delay: float = 10.0
     max_backoff: float = 5.0
+    skip_limit: int = 100  # claims per pass at most (runs to brokers waited out set aside)
     # a fault point for tests: stop the process (SIGSTOP) after the first confirm, before the
     # removal, so a test kills it exactly there (BEATD_FAULT_POINT=relay-after-confirm)
     stop_after_confirm: bool = False
 
 
+class Outbox(WorkQueue, QueueAdmin, Protocol):
+    """What the relay needs of the backend holding the outbox."""
+
+
 class _Unreachable(Exception):
     """The broker cannot be talked to now: give the run back and wait."""
+
+
+class _Outages:
+    """The brokers being waited out, each with a backoff of its own (said once per outage)."""
+
+    def __init__(self, maximum: float) -> None:
+        self.maximum = maximum
+        self._down: dict[str, tuple[Backoff, float]] = {}  # broker -> (backoff, next try)
+
+    def __bool__(self) -> bool:
+        return bool(self._down)
+
+    def waiting(self, broker: str) -> bool:
+        """Whether runs to `broker` are set aside now (down, its next try not yet due)."""
+        down = self._down.get(broker)
+        return down is not None and time.monotonic() < down[1]
+
+    def failed(self, broker: str) -> bool:
+        """Note a failure; whether it begins an outage."""
+        backoff, _ = self._down.get(broker) or (Backoff(maximum=self.maximum), 0.0)
+        began = not backoff.failing
+        self._down[broker] = (backoff, time.monotonic() + backoff.failed())
+        return began
+
+    def ended(self, broker: str) -> bool:
+        """Note a confirm; whether it ends an outage."""
+        return self._down.pop(broker, None) is not None
+
+    def clear(self) -> None:
+        self._down.clear()
 
 
 class _Link:
@@ -141,7 +188,7 @@ class AmqpRelay:
 
     def __init__(
         self,
-        open_outbox: Callable[[], WorkQueue],
+        open_outbox: Callable[[], Outbox],
         resolve: Callable[[str], AmqpLink],
         clock: Clock,
         settings: RelaySettings | None = None,
@@ -149,7 +196,7 @@ class AmqpRelay:
         # the outbox, opened at first need without run history: the relay's claims are not
         # attempts of the run, which Celery's workers make
         self._open_outbox = open_outbox
-        self._outbox: WorkQueue | None = None
+        self._outbox: Outbox | None = None
         self.resolve = resolve  # the outbox's broker URL (no password) -> how to log in
         self.clock = clock
         self.settings = settings or RelaySettings()
@@ -159,8 +206,11 @@ class AmqpRelay:
         self._told_unroutable: set[str] = set()
         self._deferred: dict[str, datetime] = {}  # returned runs waiting: id -> committed at
         self._in_doubt: set[str] = set()  # run ids whose publish lost its connection unconfirmed
-        self._down: str | None = None  # the broker of the outage being waited out
+        self._down = _Outages(self.settings.max_backoff)  # the brokers being waited out
         self._fault_done = False  # the fault point stops the process once
+        self._drain = False  # leading no AMQP destination: stop once the outbox is empty
+        self._relayed = 0  # runs confirmed since this start
+        self._lock = threading.Lock()  # start() against a draining relay stopping itself
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,22 +218,49 @@ class AmqpRelay:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
-    def start(self, targets: dict[str, set[tuple[str, str]]]) -> None:
-        """Relay, unless already relaying (idempotent); `targets` are checked at connection."""
-        self.targets = targets
-        if self.running:
-            return
+    def start(self, targets: dict[str, set[tuple[str, str]]], *, drain: bool = False) -> None:
+        """Relay, unless already relaying (idempotent); `targets` are checked at connection.
+        `drain`: no entry led has an AMQP destination; relay the runs left in the outbox (a
+        trigger's, a migration's, or those of entries since removed) and stop once it is
+        empty."""
+        with self._lock:
+            self.targets = targets
+            self._drain = drain
+            if self.running:
+                return
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(self.settings.timeout * 3)
             if self._thread.is_alive():
                 log.warning("the AMQP relay did not stop in time; not relaying")
                 return
         self._stop = threading.Event()
+        self._relayed = 0
         self._thread = threading.Thread(
             target=self._run, args=(self._stop,), name="beatd-amqp-relay", daemon=True
         )
         self._thread.start()
-        log.info("relaying the outbox to RabbitMQ")
+        if drain:
+            log.debug("looking for runs left in the outbox")
+        else:
+            log.info("relaying the outbox to RabbitMQ")
+
+    def _still_draining(self) -> bool:
+        return self._drain
+
+    def _drained(self, stop: threading.Event) -> bool:
+        """Draining and the outbox is empty: stop (said when it relayed any)."""
+        if not self._drain or self.outbox.queue_depths().get(OUTBOX_QUEUE, 0):
+            return False
+        with self._lock:  # start() may have been called meanwhile: then relay on
+            if not self._still_draining():
+                return False
+            stop.set()
+        if self._relayed:
+            log.info(DRAINED, self._relayed)
+        outbox, self._outbox = self._outbox, None  # no handle kept while there is no need
+        if outbox is not None:
+            outbox.close()
+        return True
 
     def stop(self, wait: float = 0.0) -> None:
         """Stop relaying (idempotent); `wait` seconds at most for the thread to end."""
@@ -201,6 +278,8 @@ class AmqpRelay:
             while not stop.is_set():
                 try:
                     relayed = self.relay_one()
+                    if not relayed and self._drained(stop):
+                        break
                 except (BackendError, _Unreachable):
                     stop.wait(backoff.failed())
                     continue
@@ -220,9 +299,10 @@ class AmqpRelay:
             # outbox alert firing on a follower
             self.stats.oldest_age = 0.0
             self._deferred.clear()
+            self._down.clear()
 
     @property
-    def outbox(self) -> WorkQueue:
+    def outbox(self) -> Outbox:
         if self._outbox is None:
             self._outbox = self._open_outbox()
         return self._outbox
@@ -235,14 +315,45 @@ class AmqpRelay:
             self._outbox = None
 
     def relay_one(self) -> bool:
-        """Claim one run and publish it; False when the outbox had none ready. Raises
-        BackendError (the outbox) and _Unreachable (the broker; the run was given back)."""
+        """Publish one run; False when the outbox had none ready. Runs to brokers being waited
+        out are set aside and given back (module doc). Raises BackendError (the outbox) and
+        _Unreachable (the broker; the run was given back)."""
+        aside: list[tuple[Delivery, OutboxRun]] = []
+        failed: _Unreachable | None = None  # a broker that failed in this pass
+        try:
+            for _ in range(self.settings.skip_limit):  # claims in this pass, at most
+                claimed = self._claim()
+                if claimed is None:
+                    break
+                if isinstance(claimed, bool):
+                    return claimed
+                if self._down.waiting(claimed[1].broker):
+                    aside.append(claimed)
+                    continue
+                try:
+                    self._publish(*claimed)
+                except _Unreachable as exc:  # given back: set aside when claimed again
+                    failed = exc
+                    continue
+                return True
+            if failed is not None:
+                raise failed
+            if not aside:
+                return self._none_ready()
+            # only runs to brokers being waited out: try the oldest one's broker again (the
+            # relay's loop backs off between such passes)
+            self._publish(*aside.pop(0))
+            return True
+        finally:
+            for delivery, _ in aside:
+                self.outbox.release(delivery)
+
+    def _claim(self) -> tuple[Delivery, OutboxRun] | bool | None:
+        """The next ready run; None: none; True: an unreadable one, dead-lettered."""
         settings = self.settings
         delivery = self.outbox.claim([OUTBOX_QUEUE], settings.consumer, settings.visibility)
-        if delivery is None:  # none ready: the oldest is a returned one waiting, if any
-            oldest = min(self._deferred.values(), default=None)
-            self.stats.oldest_age = self._age(oldest) if oldest else 0.0
-            return False
+        if delivery is None:
+            return None
         try:
             run = decode(delivery.body) if not delivery.unreadable else None
         except UnreadableOutboxRun as exc:
@@ -255,8 +366,13 @@ class AmqpRelay:
             self.outbox.dead_letter(delivery, reason)
             return True
         self.stats.oldest_age = self._age(run.published_at)
-        self._publish(delivery, run)
-        return True
+        return delivery, run
+
+    def _none_ready(self) -> bool:
+        """None ready: the oldest run is a returned one waiting, if any."""
+        oldest = min(self._deferred.values(), default=None)
+        self.stats.oldest_age = self._age(oldest) if oldest else 0.0
+        return False
 
     def _age(self, committed: datetime) -> float:
         return max(0.0, (self.clock.now() - committed).total_seconds())
@@ -290,36 +406,28 @@ class AmqpRelay:
             return
         except amqp.NackError as exc:  # refused (e.g. a full queue that rejects): not sent
             raise self._unreachable(delivery, run, link, exc, False) from None
+        except (amqp.ProbableAuthenticationError, amqp.ProbableAccessDeniedError) as exc:
+            raise self._unreachable(delivery, run, link, exc, False) from None
         except (amqp.AMQPError, OSError) as exc:  # a lost or refused connection
             raise self._unreachable(delivery, run, link, exc, sending) from None
         self._confirmed(delivery, run, link)
 
     def _confirmed(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
-        if self._down is not None:
+        if self._down.ended(run.broker):
             log.info(RECOVERED, link.link.shown)
-            self._down = None
-        self.stats.connected = True
+        self.stats.connected = not self._down
         if delivery.deliveries > 1 or run.id in self._in_doubt:
             self.stats.republished += 1
             self._in_doubt.discard(run.id)
             log.info(REPUBLISHED, run.id)
         self.stats.published += 1
+        self._relayed += 1
         self._told_unroutable.discard(run.queue)
         self._deferred.pop(run.id, None)
         if self.settings.stop_after_confirm and not self._fault_done:
-            self._stop_here(run)
+            self._fault_done = True
+            _stop_here(run)
         self.outbox.ack(delivery)  # a failure: the claim lapses, the run goes again (counted)
-
-    def _stop_here(self, run: OutboxRun) -> None:
-        """The fault point relay-after-confirm: say so, then stop the whole process until a
-        SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
-        self._fault_done = True
-        log.warning(FAULT_POINT, run.id)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        # sent to this thread, which then stops before its next instruction (a signal to the
-        # process may be taken by another thread while this one goes on to remove the run)
-        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
     def _unroutable(self, delivery: Delivery, run: OutboxRun, link: _Link) -> None:
         self.stats.unroutable[run.queue] += 1
@@ -334,16 +442,23 @@ class AmqpRelay:
     def _unreachable(
         self, delivery: Delivery, run: OutboxRun, link: _Link, exc: BaseException, sent: bool
     ) -> _Unreachable:
-        """Give the run back, drop the connection, say so once per outage."""
+        """Give the run back, drop the connection, say so once per outage of its broker."""
+        import pika.exceptions as amqp
+
         if sent:
             self._in_doubt.add(run.id)
         link.close()
         self.stats.connected = False
-        if self._down is None:
-            self._down = run.broker
-            log.warning(OUTAGE, link.link.shown, repr(exc))
+        began = self._down.failed(run.broker)
+        shown = link.link.shown
+        if not began:
+            log.debug("RabbitMQ at %s still unreachable: %r", shown, exc)
+        elif isinstance(exc, amqp.ProbableAuthenticationError):
+            log.error(REFUSED, shown, "login", link.link.user)
+        elif isinstance(exc, amqp.ProbableAccessDeniedError):
+            log.error(REFUSED, shown, "virtual host access", link.link.user)
         else:
-            log.debug("RabbitMQ at %s still unreachable: %r", link.link.shown, exc)
+            log.warning(OUTAGE, shown, repr(exc))
         self.outbox.release(delivery)
         return _Unreachable(str(exc))
 
@@ -369,73 +484,12 @@ class AmqpRelay:
         self.stats.connected = False
 
 
-def relay_targets(config: Config) -> dict[str, set[tuple[str, str]]]:
-    """Per broker (its URL without password), the (exchange, queue) pairs its entries use."""
-    return grouped(t for entry in config.entries.values() if (t := entry_target(entry)))
-
-
-Target = tuple[str, tuple[str, str]]  # a broker (URL without password), (exchange, queue)
-
-
-def entry_target(entry: Entry) -> Target | None:
-    """Where the relay publishes `entry`'s runs; None: it has no AMQP destination."""
-    if entry.amqp is None:
-        return None
-    broker = parse_amqp_url(entry.amqp.url).shown
-    return broker, (entry.amqp.exchange_for(entry.queue), entry.queue)
-
-
-def grouped(targets: Iterable[Target]) -> dict[str, set[tuple[str, str]]]:
-    found: dict[str, set[tuple[str, str]]] = {}
-    for broker, pair in targets:
-        found.setdefault(broker, set()).add(pair)
-    return found
-
-
-class AmqpRelaying:
-    """An observer of the scheduler loop: the relay runs while this node leads entries with
-    AMQP destinations, from the files or at runtime (from each adoption, or the runtime change
-    that brings the first, until it steps down or stops). Leading none stops it: runs left in
-    the outbox wait for a leader that leads some."""
-
-    def __init__(self, relay: AmqpRelay) -> None:
-        self.relay = relay
-        self._targets: dict[str, Target] = {}  # per entry led with an AMQP destination
-        self._uses: Counter[Target] = Counter()  # how many of those entries use each target
-
-    def notify(self, event: Event) -> None:
-        if isinstance(event, Adopted) and event.config is not None:
-            led = event.led().items()
-            self._targets = {name: t for name, entry in led if (t := entry_target(entry))}
-            self._uses = Counter(self._targets.values())
-            self._relay()
-        elif isinstance(event, EntriesChanged):
-            # a change costs work in proportion to it: the relay is told only of new targets
-            # or targets no entry uses any more
-            changed = [self._take(name, entry) for name, entry in event.changed.items()]
-            if any(changed):
-                self._relay()
-        elif isinstance(event, SteppedDown):
-            self.relay.stop()
-        elif isinstance(event, Stopped):  # done before the daemon closes the backend
-            self.relay.stop(wait=self.relay.settings.timeout * 3)
-
-    def _take(self, name: str, entry: Entry | None) -> bool:
-        """Follow entry `name`'s target; whether a target came or went."""
-        target = None if entry is None else entry_target(entry)
-        old = self._targets.pop(name, None)
-        if old is not None:
-            self._uses[old] -= 1
-        if target is not None:
-            self._targets[name] = target
-            self._uses[target] += 1
-        if old is not None and self._uses[old] == 0:
-            del self._uses[old]
-            return True
-        return target is not None and self._uses[target] == 1
-
-    def _relay(self) -> None:
-        if self._uses:
-            self.relay.start(grouped(self._uses))
-        else:
-            self.relay.stop()
+def _stop_here(run: OutboxRun) -> None:
+    """The fault point relay-after-confirm: say so, then stop the whole process until a
+    SIGCONT (it then goes on and removes the run) or, as tests do, a SIGKILL."""
+    log.warning(FAULT_POINT, run.id)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # sent to this thread, which then stops before its next instruction (a signal to the
+    # process may be taken by another thread while this one goes on to remove the run)
+    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

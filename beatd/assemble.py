@@ -13,7 +13,8 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
-from beatd.amqp_relay import AmqpRelay, AmqpRelaying
+from beatd.amqp_relay import AmqpRelay
+from beatd.amqp_relaying import AmqpRelaying
 from beatd.backends import open_celery_events
 from beatd.backends.base import Backend, HearsCeleryEvents
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
@@ -133,7 +134,7 @@ def build_scheduler(
         if registry is not None:
             register_celery_events(registry, listener.stats)
     if relay is not None:
-        observers.append(AmqpRelaying(relay))
+        observers.append(AmqpRelaying(relay, backend))
         if registry is not None:
             register_amqp_relay(registry, relay.stats, backend)
     scheduler = Scheduler(backend, load_config, clock, settings, config=config, observers=observers)

@@ -25,7 +25,11 @@ from beatd.runtime_entries import EntryChange, RuntimeEntry
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2  # seconds between two reads of the feed (a change reaches the plan in 1 s)
-PAGE = 1000  # change records, and entries of a reload, read at a time
+PAGE = 1000  # entries of a reload read at a time
+# change records read and applied at a time: the leader applies one such page per step of its
+# loop, publishing due slots in between, so that a bulk import (10,000 entries) never holds the
+# loop longer than a page's reads and builds (tens of ms) however big it is
+CHANGES_PAGE = 250
 
 
 class EntryApplied(NamedTuple):
@@ -49,12 +53,18 @@ class RuntimeView:
     """The runtime entries by name, as built entries, and where this node is in the feed."""
 
     def __init__(
-        self, store: RuntimeEntries, clock: Clock, interval: float = POLL_INTERVAL, page: int = PAGE
+        self,
+        store: RuntimeEntries,
+        clock: Clock,
+        interval: float = POLL_INTERVAL,
+        page: int = PAGE,
+        changes_page: int = CHANGES_PAGE,
     ) -> None:
         self.store = store
         self.clock = clock
         self.interval = interval
         self.page = page
+        self.changes_page = changes_page
         self.entries: dict[str, Entry] = {}
         self.cursor: int | None = None  # None: nothing read yet (the first poll reads all)
         self._versions: dict[str, int] = {}
@@ -82,16 +92,20 @@ class RuntimeView:
     def poll(self, pace: Callable[[], None] | None = None) -> FeedRound:
         """Read one page of the feed after the cursor and apply it: all of it, or (a backend
         error) none of it. `pace` is called between the pages of a reload of every entry (the
-        leader renews its lease there)."""
+        leader renews its lease there). When the feed holds more, the next poll is due at
+        once."""
         self._next_at = self.clock.monotonic() + self.interval
-        page = self.store.entry_changes(self.cursor, self.page)
+        page = self.store.entry_changes(self.cursor, self.changes_page)
         if page.reload:
             self._load_all(pace)
             self.cursor = page.cursor
             return FeedRound(reloaded=True)
         applied = self._apply(page.changes)
         self.cursor = page.cursor
-        return FeedRound(tuple(applied), more=len(page.changes) >= self.page)
+        more = len(page.changes) >= self.changes_page
+        if more:
+            self._next_at = self.clock.monotonic()
+        return FeedRound(tuple(applied), more=more)
 
     def _apply(self, changes: Sequence[EntryChange]) -> list[EntryApplied]:
         latest = {change.name: change for change in changes}  # each name's last change

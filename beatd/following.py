@@ -39,7 +39,12 @@ class FeedFollower:
         """Read the feed to its head; apply each change to what is planned and, under `lease`
         (leading, adopted), to `planner`. True when every runtime entry was read again (the plan
         must be adopted again). `checked` False (at start): a file entry named like a runtime
-        entry raises the ConfigError naming both. LeaseLost: the lease is gone."""
+        entry raises the ConfigError naming both. LeaseLost: the lease is gone.
+
+        Under `lease`, one page of changes at most (`RuntimeView.changes_page`): the rest is
+        read at the loop's next step, at once, after the due slots are published, so that a
+        bulk import neither delays slots nor outlasts the lease. Otherwise (standby, or not
+        adopted yet) the feed is read to its head, the lease renewed between pages."""
         replan = False
         self._taken = []  # those of a round a lost lease ended are not told
         while True:
@@ -55,8 +60,9 @@ class FeedFollower:
                 baselines = [b for c in changes if (b := self.adoption.apply(planner, c, now))]
                 self.adoption.baseline(planner, lease, baselines)
                 self._taken += changes
-            if not feed.more:
+            if not feed.more or lease is not None:
                 return replan
+            self.keep_alive()
 
     def taken(self) -> dict[str, Entry | None]:
         """The runtime entries the last `follow` took into the planner: each name with its entry

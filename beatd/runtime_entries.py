@@ -103,7 +103,7 @@ class VersionMismatch(BackendError):
 
 
 class PartlyWritten(BackendError):
-    """A batch written in steps (Redis: `put_entries` of more than one script's worth) was
+    """A batch written in steps (Redis, SQLite: `put_entries` of more than one step's worth) was
     refused at a later step, after every entry had been checked: a name was taken, or an entry
     changed, between the check and its step. The earlier steps' entries stay written."""
 

@@ -97,6 +97,7 @@ def jobs(quick: bool) -> list[Job]:
             )
         )
     out += scale(quick)
+    out += console(quick)
     steady = ((1_000, 3),) if quick else ((10_000, 40), (1_000, 20))
     for n, window in steady:
         for tool in TOOLS:
@@ -142,6 +143,21 @@ def scale(quick: bool) -> list[Job]:
     if not quick and find_spec("beatd.entry_feed") is not None:  # the leader loads them
         for backend in BACKENDS:
             out.append(("scale", "scale", {"url": backend, "way": "leader", "count": 100_000}))
+    return out
+
+
+def console(quick: bool) -> list[Job]:
+    """Issue 19's console: each page's p95 over `requests` GETs with `count` runtime entries,
+    and the steady load's p99 publish delay with the entries page fetched 10 times a second
+    against the console idle (`runs` of each, interleaved)."""
+    out: list[Job] = []
+    for backend in BACKENDS:
+        params = {"url": backend, "mode": "pages", "count": 2_000 if quick else 100_000}
+        out.append(("console", "console", {**params, "requests": 20 if quick else 100}))
+    for backend in BACKENDS:
+        steady = {"count": 1_000, "window": 4, "runs": 1} if quick else {
+            "count": 10_000, "window": 20, "runs": 5}  # fmt: skip
+        out.append(("console", "console", {"url": backend, "mode": "load", **steady}))
     return out
 
 

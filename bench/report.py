@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import pgreport, scalereport
+from bench import consolereport, pgreport, scalereport
 from bench.peers import PYTHON
 
 HERE = Path(__file__).resolve().parent
@@ -56,6 +56,9 @@ def markdown(results: Result, plots: list[str], doc_dir: Path, source: Path) -> 
         "## Runtime entries at scale, beside RedBeat (issue 18)",
         "",
         scalereport.section(s),
+        "## The web console (issue 19)",
+        "",
+        consolereport.section(s),
         "## beatd beside celery beat, RedBeat and APScheduler",
         "",
         "Same redis-server, one tool at a time. Ratio = the peer's figure / beatd's.",

@@ -269,6 +269,9 @@ def _brief(result: dict[str, Any]) -> str:
         "import_s",
         "import_us_per_entry",
         "bytes_per_entry",
+        "worst_p95_ms",
+        "idle_p99_ms_median",
+        "busy_p99_ms_median",
     )
     parts = [f"{k}={result[k]}" for k in keys if k in result]
     for name in ("delay_s", "gap_s"):

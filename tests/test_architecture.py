@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.holding",
             "beatd.celery_listener",
             "beatd.amqp_relay",
+            "beatd.amqp_relaying",  # when the leader relays (the relay split off: file size)
         ),
     ),
     (

@@ -75,6 +75,19 @@ def test_next_runs_are_aware_utc(client: Client) -> None:
     assert runs[0] > datetime.now(UTC)
 
 
+def test_counts_out_of_range_are_refused_in_the_apis_words_every_way(client: Client) -> None:
+    client.add("report-acme", **NIGHTLY)
+    calls = [
+        (lambda: client.history(entry="report-acme", limit=10_001), "limit", 10_000, 10_001),
+        (lambda: client.audit(limit=0), "limit", 10_000, 0),
+        (lambda: client.next_runs("report-acme", 1001), "count", 1000, 1001),
+    ]
+    for call, word, most, given in calls:
+        with pytest.raises(InvalidRequest) as caught:
+            call()
+        assert str(caught.value) == f"{word} must be a whole number from 1 to {most}, got '{given}'"
+
+
 def test_refusals_are_the_same_exceptions_and_messages(client: Client) -> None:
     client.add("report-acme", **NIGHTLY)
     with pytest.raises(Conflict) as exists:

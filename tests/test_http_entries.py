@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from beatd.backends import open_backend
+from beatd.config.convert import ENTRY_NAME_RULE
 from tests.entries_backends import broker, redis_server, register_files
 from tests.test_history_cli import SCHEDULES
 from tests.test_http import ANY_HEADERS, READER, WRITER, Api, start
@@ -95,6 +96,13 @@ def test_create_read_replace_and_remove(api: Api) -> None:
 def test_put_creates_an_entry_not_there(api: Api) -> None:
     status, headers, created = send(api, "PUT", "/v1/entries/fresh", NIGHTLY)
     assert (status, headers["ETag"], created["version"]) == (201, '"1"', 1)
+
+
+def test_put_creates_with_201_when_the_feed_holds_records_already(api: Api) -> None:
+    assert send(api, "POST", "/v1/entries", {"name": "first", **NIGHTLY})[0] == 201
+    status, _, created = send(api, "PUT", "/v1/entries/second", NIGHTLY)
+    assert (status, created["name"], created["version"]) == (201, "second", 2)
+    assert send(api, "PUT", "/v1/entries/second", NIGHTLY)[0] == 200
 
 
 def test_invalid_fields_are_422_in_the_words_of_beatd_check(api: Api) -> None:
@@ -185,6 +193,54 @@ def test_a_batch_is_all_or_nothing_with_pointers_into_it(api: Api) -> None:
     batch["entries"][1]["every"] = "5m"
     status, _, body = send(api, "POST", "/v1/entries/batch", batch)
     assert (status, [e["name"] for e in body["entries"]]) == (201, ["a", "b"])
+
+
+def test_a_batch_of_more_than_10000_entries_is_413_and_writes_nothing(api: Api) -> None:
+    batch = {"entries": [{"name": f"m{i}", **NIGHTLY} for i in range(10_001)]}
+    assert send(api, "POST", "/v1/entries/batch", batch) == (
+        413,
+        ANY_HEADERS,
+        {
+            "errors": [
+                {
+                    "entry": None,
+                    "field": "entries",
+                    "message": "a batch holds at most 10000 entries, this one 10001; nothing was "
+                    "written: send it as several batches (Client.add_many does)",
+                    "pointer": "/entries",
+                }
+            ]
+        },
+    )
+    assert api.ask("/v1/entries?source=api")[2] == {"entries": [], "next_after": None}
+
+
+def test_a_malformed_name_is_refused_in_beatd_checks_words_and_a_missing_one_required(
+    api: Api,
+) -> None:
+    batch = {"entries": [{"name": "ok", **NIGHTLY}, {"name": "a b", **NIGHTLY}]}
+    assert send(api, "POST", "/v1/entries/batch", batch)[2] == {
+        "errors": [
+            {
+                "entry": "a b",
+                "field": None,
+                "message": ENTRY_NAME_RULE,
+                "pointer": "/entries/1/name",
+            }
+        ]
+    }
+    status, _, body = send(api, "POST", "/v1/entries", NIGHTLY)
+    assert (status, body["errors"]) == (
+        422,
+        [
+            {
+                "entry": None,
+                "field": "name",
+                "message": "name is required: entry names use letters, digits and _ . : / -",
+                "pointer": "/name",
+            }
+        ],
+    )
 
 
 def test_list_pages_with_the_file_entries_and_next_runs(api: Api) -> None:

@@ -82,12 +82,6 @@ app.conf.beat_schedule = {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: a Celery config's options.priority is read on Redis's scale (9 - p) even "
-    "when its broker_url is amqp://, where Celery's 9 is the highest: celery beat's priority 9 "
-    "reaches RabbitMQ as 0 and 0 as 9 (inverted)",
-)
 def test_celery_config_priorities_on_rabbitmq_reach_rabbitmq_as_celery_beat_sends_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,12 +110,6 @@ app.conf.beat_schedule = {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: with an amqp:// broker_url, a beat_schedule entry's options.exchange is "
-    "refused as unknown and options.routing_key with Redis-only wording ('onto its queue's "
-    "Redis list'), though the issue gives AMQP entries an exchange and routing key",
-)
 def test_celery_config_exchange_and_routing_key_options_route_the_run_on_rabbitmq(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,12 +128,6 @@ app.conf.beat_schedule = {"tick": {"task": "proj.tick", "schedule": 60.0}}
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: Celery's failover broker_url 'amqp://h1//;amqp://h2//' is taken as one "
-    "broker whose vhost is '/;amqp://guest@127.0.0.2:5672//': accepted silently, its runs can "
-    "never be delivered (the vhost does not exist); it should be refused naming broker_url",
-)
 def test_a_failover_broker_url_is_refused_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -355,12 +337,6 @@ def test_runs_given_back_while_rabbitmq_is_cut_off_are_relayed_once_and_not_coun
     assert len(outage) == 1  # the outage said once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: one broker unreachable stops the runs to every other broker: the run "
-    "given back is ready at once and claimed first again, so the relay retries it forever and "
-    "the outbox's runs to a reachable broker wait behind it",
-)
 def test_an_unreachable_broker_does_not_hold_up_the_runs_to_another(
     rabbit: Rabbit, tmp_path: Path
 ) -> None:
@@ -387,13 +363,6 @@ def test_an_unreachable_broker_does_not_hold_up_the_runs_to_another(
     assert sorted(drain(rabbit, reachable)) == sorted(ids[0::2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: the relay runs only while the leader leads entries with an AMQP "
-    "destination: runs committed to the outbox whose entries were since removed (or moved off "
-    "RabbitMQ) are never relayed, and the relay that is not running exports an oldest age of 0, "
-    "so BeatdAmqpOutboxStuck never fires for them",
-)
 def test_outbox_runs_are_relayed_after_their_entries_left_the_schedule(
     rabbit: Rabbit, tmp_path: Path
 ) -> None:
@@ -419,12 +388,6 @@ def test_outbox_runs_are_relayed_after_their_entries_left_the_schedule(
     assert drain(rabbit, queue) == [run_id.strip()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: a login RabbitMQ refuses (wrong password) is a permanent fault the relay "
-    "reports as 'unreachable ... retrying with backoff' at WARNING, forever; the celeryev "
-    "listener says 'refused the login of user ...' at ERROR with what to fix",
-)
 def test_a_refused_login_is_said_as_such_by_the_relay(
     rabbit: Rabbit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -505,11 +468,6 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review21: with --redis-wait-replicas 2 and one replica, the pause warning says 'not "
-    "acknowledged by any replica ... (1 of 2)' although one replica acknowledged it",
-)
 def test_the_pause_warning_counts_the_replicas_that_acknowledged(
     cluster: SentinelCluster, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,13 +14,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from beatd.amqp_link import AmqpLink
-from beatd.amqp_relay import AmqpRelay, AmqpRelaying
+from beatd.amqp_relay import AmqpRelay
+from beatd.amqp_relaying import AmqpRelaying
+from beatd.backends.base import BeatdQueue, Outgoing
 from beatd.backends.memory import MemoryBackend, discard
+from beatd.celery_amqp import OUTBOX_QUEUE
 from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry
-from beatd.events import Adopted, Event
+from beatd.events import Adopted, Event, Status, Stepped
 from beatd.history import HistoryQuery
 from beatd.metrics import register_scheduler
 from beatd.runtime_entries import resolve_entry
@@ -136,6 +139,29 @@ def test_one_change_touches_one_entry_in_the_plan(backend: MemoryBackend, clock:
     run_for(beat, 1)  # nothing due: only the two changes
     assert beat.planner.next_fire_computations - computations == 1
     assert len(beat.planner) == 501 and "tenant-007" not in beat.planner.entries
+
+
+def test_a_bulk_import_is_applied_a_page_a_step_with_the_due_slots_published_between(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """review18: a 10,000-entry batch applied in one step held the loop for seconds (slots
+    late, the lease at risk). The leader takes one page of the feed (250 changes) a step, the
+    next step due at once."""
+    beat, _ = scheduler(backend, clock, config(file_entry("files")))
+    run_for(beat, 59.95)  # leading and adopted
+    now = clock.now()
+    bulk = [
+        resolve_entry(f"bulk-{i:04}", {"task": "t", "every": "1h"}, now=now) for i in range(1000)
+    ]
+    backend.put_entries(bulk, BY, create_only=True)
+    clock.advance(0.05)  # 12:01:00 is due
+    assert beat.step() == 0  # more of the feed waits: the next step at once
+    assert len(beat.planner) == 1 + 250
+    assert published(backend, "files") == ["12:01:00"]  # published in the same step
+    for taken in (500, 750, 1000):
+        beat.step()
+        assert len(beat.planner) == 1 + taken
+    assert beat.step() > 0  # the feed read to its head: the next read after the poll interval
 
 
 def test_a_file_reload_keeps_every_runtime_entry(backend: MemoryBackend, clock: FakeClock) -> None:
@@ -310,8 +336,13 @@ class Relay(AmqpRelay):
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(lambda: discard_outbox(), lambda url: resolve(url), clock)
         self.relaying: dict[str, set[tuple[str, str]]] | None = None
+        self.drains = 0  # starts to relay the runs left in the outbox, leading none
 
-    def start(self, targets: dict[str, set[tuple[str, str]]]) -> None:
+    def start(self, targets: dict[str, set[tuple[str, str]]], *, drain: bool = False) -> None:
+        if drain:
+            self.drains += 1
+            self.relaying = None
+            return
         self.relaying = {broker: set(pairs) for broker, pairs in targets.items()}
 
     def stop(self, wait: float = 0.0) -> None:
@@ -355,6 +386,52 @@ def test_celery_entries_added_at_runtime_start_the_event_listener_and_the_relay(
         assert not ear.running  # no Celery entry led any more
     finally:
         ear.stop(wait=5)
+
+
+def test_leading_no_amqp_entry_the_relay_drains_the_outbox_at_adoption_and_every_minute(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """Runs left in the outbox (a trigger's, those of entries since removed) are relayed by a
+    leader that leads no AMQP entry: it looks at adoption, when the last such entry leaves,
+    and every 60 s while leading (each look one claim; the relay stops once it is empty)."""
+    relay = Relay(clock)
+    relaying = AmqpRelaying(relay)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: config(), clock, settings, observers=[relaying])
+    run_for(beat, 5)
+    assert (relay.relaying, relay.drains) == (None, 1)  # at adoption
+    put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
+    run_for(beat, 5)
+    assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
+    backend.remove_entry("tenant-r", BY)
+    run_for(beat, 5)
+    assert (relay.relaying, relay.drains) == (None, 2)  # its runs left behind go too
+    leading, following = Status(True, True, 0, "memory://"), Status(True, False, 0, "memory://")
+    relaying.notify(Stepped(leading))
+    assert relay.drains == 2  # looked less than 60 s ago
+    clock.advance(60)
+    relaying.notify(Stepped(following))
+    assert relay.drains == 2  # a follower relays nothing
+    relaying.notify(Stepped(leading))
+    relaying.notify(Stepped(leading))
+    assert relay.drains == 3
+
+
+def test_given_the_backend_the_relay_starts_only_when_the_outbox_holds_runs(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """A leader that never used RabbitMQ opens no relay handle: the outbox is looked at on the
+    scheduler's own backend first."""
+    relay = Relay(clock)
+    relaying = AmqpRelaying(relay, backend)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: config(), clock, settings, observers=[relaying])
+    run_for(beat, 5)
+    assert relay.drains == 0  # the outbox is empty
+    backend.enqueue([Outgoing("gone", "gone@1", BeatdQueue(OUTBOX_QUEUE), "{}")])
+    clock.advance(60)
+    relaying.notify(Stepped(Status(True, True, 0, "memory://")))
+    assert relay.drains == 1
 
 
 def test_a_new_leader_hears_the_runtime_celery_entries_at_adoption(

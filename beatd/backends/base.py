@@ -796,7 +796,7 @@ class RuntimeEntries(Reachable, Protocol):
         returned as stored and not written again, so a batch repeated after OutcomeUnknown
         writes nothing twice. The entries stored, in order. (`Client.add_many` and bulk imports:
         one step per batch, not per entry.) A backend may write a big batch in several atomic
-        steps (Redis: so that no script holds it long) if it checks every entry before the
+        steps (Redis, SQLite: so that no step holds it long) if it checks every entry before the
         first, so that a refusal then writes nothing; a refusal found at a later step (another
         writer took a name in between) is PartlyWritten, naming the entries written; a repeat
         with `request_id` completes a batch cut off between steps."""

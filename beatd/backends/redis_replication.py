@@ -119,8 +119,8 @@ class ReplicaWait:
         else:
             return (
                 f"{self.where}: {what}: publishing paused: the last commit is acknowledged by "
-                f"{now.holding(offset)} of {wanted} replicas (WAIT); it resumes when a replica "
-                "acknowledges it or a failover ends (docs/redis.md, Sentinel)"
+                f"{now.holding(offset)} of {wanted} replicas (WAIT); it resumes when "
+                f"{_until(wanted)} or a failover ends (docs/redis.md, Sentinel)"
             )
         self._pending = None
         return None
@@ -136,16 +136,24 @@ class ReplicaWait:
         if self._pending is None:
             now = info()
             self._pending = (now.replid, now.offset)
+            said = "acknowledged by too few replicas"
+            if acked == 0:
+                said = "not acknowledged by any replica"
             log.warning(
-                "%s: %s not acknowledged by any replica within %d ms (%d of %d): publishing "
-                "pauses until a replica acknowledges it or a failover ends",
+                "%s: %s %s within %d ms (%d of %d): publishing pauses until %s or a failover ends",
                 self.where,
                 what,
+                said,
                 self.wait_ms,
                 acked,
                 wanted,
+                _until(wanted),
             )
         return (
             f"{self.where}: {what}: applied on the primary but acknowledged by {acked} of "
             f"{wanted} replicas within {self.wait_ms} ms (WAIT): a failover now could lose it"
         )
+
+
+def _until(wanted: int) -> str:
+    return "a replica acknowledges it" if wanted == 1 else f"{wanted} replicas acknowledge it"

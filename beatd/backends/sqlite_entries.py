@@ -1,6 +1,7 @@
 """The SQLite backend's runtime entries (`RuntimeEntries` in beatd.backends.base): the tables
 `runtime_entry`, `entry_change` (the feed) and `file_entry` (ENTRIES_SCHEMA, sqlite_file.py,
-format 2). Each write is one transaction with its change record and its audit record."""
+format 2). Each write is one transaction with its change record and its audit record (a big
+batch: one per `put_step` entries, checked whole first)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import partial
 
 from beatd.backends.base import Lease, from_micros, to_micros
 from beatd.backends.entry_rows import ENTRY_COLUMNS, entry_of_row, entry_row
@@ -16,6 +18,7 @@ from beatd.backends.sqlite_controls import _store_audit
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
 from beatd.controls import new_audit_id
+from beatd.errors import BackendError, TransientBackendError
 from beatd.runtime_entries import (
     API_SOURCE,
     FEED_RETENTION,
@@ -23,13 +26,18 @@ from beatd.runtime_entries import (
     EntryChange,
     EntryPut,
     EntryWrites,
+    PartlyWritten,
     RuntimeEntry,
     check_remove,
+    check_unique,
     entry_audit,
     page_of,
     plan_puts,
 )
 
+# Entries per write transaction of a batch: about 50 ms each (100,000 in one transaction held
+# the file's one writer 5 s, so that the leader's lease renewal waited out its busy timeout).
+PUT_STEP = 1000
 _PUT = f"INSERT OR REPLACE INTO runtime_entry ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _HEAD = "SELECT seq FROM sqlite_sequence WHERE name = 'entry_change'"
 
@@ -119,37 +127,73 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
 
     feed_retention: int = FEED_RETENTION
 
+    put_step: int = PUT_STEP
+
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
-        """One transaction; the stored entries and the files' names read in one query each,
-        the rows written with executemany, the feed trimmed once."""
+        """One transaction per `put_step` entries, so that none holds the file's one writer
+        long (the leader's commits and lease renewals wait for it); a batch of more is checked
+        whole first (`_check_puts`), so a refusal then writes nothing. A refusal found at a
+        later step (another writer in between) is PartlyWritten, as on Redis."""
+        check_unique(puts)
+        steps = [puts[at : at + self.put_step] for at in range(0, len(puts), self.put_step)]
+        if len(steps) > 1:
+            self._run(lambda db: self._check_puts(db, puts, request_id), write=False)
+        stored: list[RuntimeEntry] = []
+        for step in steps:
+            write = partial(self._put_step, puts=step, by=by, request_id=request_id)
+            try:
+                stored += self._run(write)
+            except TransientBackendError:
+                raise  # repeated with the request id, the steps written are answered as stored
+            except BackendError as exc:
+                if not stored:
+                    raise
+                raise PartlyWritten(exc, [e.name for e in stored], len(puts)) from None
+        return stored
 
-        def work(db: sqlite3.Connection) -> list[RuntimeEntry]:
-            names = [p.entry.name for p in puts]
-            current, files = _currents(db, names), _files_of(db, names)
-            at = from_micros(micros(self._now()))
-            outcomes = plan_puts(
-                puts, [current.get(n) for n in names], [files.get(n) for n in names],
-                at, by, request_id, _head(db),
-            )  # fmt: skip
-            written = [(o.stored, o.before) for o in outcomes if o.written]
-            rows = [entry_row(stored) for stored, _ in written]
-            db.executemany(_PUT, rows)
-            db.executemany(
-                "INSERT INTO entry_change (name, version) VALUES (?, ?)",
-                [(stored.name, stored.version) for stored, _ in written],
-            )
-            _trim_feed(db, self.feed_retention)
-            detail = json.dumps({"request_id": request_id, "source": API_SOURCE})
-            db.executemany(
-                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    _audit_row(stored, before, row[2], at, by, detail)
-                    for (stored, before), row in zip(written, rows, strict=True)
-                ],
-            )
-            return [o.stored for o in outcomes]
+    def _check_puts(
+        self, db: sqlite3.Connection, puts: Sequence[EntryPut], request_id: str | None
+    ) -> None:
+        """Raise the first refusal of `puts` (a read: nothing written)."""
+        if not _has_tables(db):
+            return
+        names = [p.entry.name for p in puts]
+        current, files = _currents(db, names), _files_of(db, names)
+        at = from_micros(micros(self._now()))
+        plan_puts(
+            puts, [current.get(n) for n in names], [files.get(n) for n in names],
+            at, "", request_id, _head(db),
+        )  # fmt: skip
 
-        return self._run(work)
+    def _put_step(
+        self, db: sqlite3.Connection, puts: Sequence[EntryPut], by: str, request_id: str | None
+    ) -> list[RuntimeEntry]:
+        """One step's transaction; the stored entries and the files' names read in one query
+        each, the rows written with executemany, the feed trimmed once."""
+        names = [p.entry.name for p in puts]
+        current, files = _currents(db, names), _files_of(db, names)
+        at = from_micros(micros(self._now()))
+        outcomes = plan_puts(
+            puts, [current.get(n) for n in names], [files.get(n) for n in names],
+            at, by, request_id, _head(db),
+        )  # fmt: skip
+        written = [(o.stored, o.before) for o in outcomes if o.written]
+        rows = [entry_row(stored) for stored, _ in written]
+        db.executemany(_PUT, rows)
+        db.executemany(
+            "INSERT INTO entry_change (name, version) VALUES (?, ?)",
+            [(stored.name, stored.version) for stored, _ in written],
+        )
+        _trim_feed(db, self.feed_retention)
+        detail = json.dumps({"request_id": request_id, "source": API_SOURCE})
+        db.executemany(
+            f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                _audit_row(stored, before, row[2], at, by, detail)
+                for (stored, before), row in zip(written, rows, strict=True)
+            ],
+        )
+        return [o.stored for o in outcomes]
 
     def remove_entry(
         self, name: str, by: str, *, expected_version: int | None = None

@@ -10,10 +10,11 @@ from urllib.parse import quote
 import click
 
 from beatd.amqp_link import AmqpUrlError, Logins, is_amqp_url, require_client
-from beatd.amqp_relay import AmqpRelay, RelaySettings, relay_targets
+from beatd.amqp_relay import AmqpRelay, RelaySettings
+from beatd.amqp_relaying import relay_targets
 from beatd.assemble import RunSettings
 from beatd.backends import open_backend
-from beatd.backends.base import WorkQueue
+from beatd.backends.base import Backend
 from beatd.cli.common import BackendSettings, ScheduleSettings, bad_option
 from beatd.clock import SystemClock
 from beatd.config import Config
@@ -67,7 +68,7 @@ def build_relay(
     op_timeout = run.lease_ttl / 5  # as the scheduler's: a hung backend cannot outlast the lease
     logins = amqp_logins(schedule, password)
 
-    def open_outbox() -> WorkQueue:
+    def open_outbox() -> Backend:
         url, namespace = backend.url, backend.namespace
         return open_backend(url, namespace=namespace, op_timeout=op_timeout, history=False)
 

@@ -18,6 +18,7 @@ from beatd.operations import entry_objects as shown
 from beatd.operations.audit import audit_object
 from beatd.operations.backfill import DEFAULT_MAX, backfill_range, plan_backfill, send
 from beatd.operations.controls import (
+    MAX_RECORDS,
     BadRequest,
     TriggerAsk,
     UnknownName,
@@ -30,6 +31,7 @@ from beatd.operations.controls import (
     select_entries,
     trigger,
     trigger_words,
+    whole_number,
 )
 from beatd.operations.history import read_history, record_object
 
@@ -101,11 +103,13 @@ class LocalTransport:
         return page.entries, page.next_after
 
     def next_runs(self, name: str, count: int) -> list[str]:
+        _number("count", count, shown.MAX_NEXT_RUNS)
         now = datetime.now(UTC)
         runs = self._do(lambda: shown.next_runs(self.store, self.config, name, count, now))
         return [run["slot"] for run in runs]
 
     def history(self, entry: str | None, limit: int) -> list[dict[str, Any]]:
+        _number("limit", limit, MAX_RECORDS)
         page = read_history(self.store, HistoryQuery(entry, None, limit), frozenset())
         zones = (
             {} if self.config is None else {n: e.timezone for n, e in self.config.entries.items()}
@@ -113,6 +117,7 @@ class LocalTransport:
         return [record_object(record, zones, page.pauses) for record in page.records]
 
     def audit(self, entry: str | None, limit: int) -> list[dict[str, Any]]:
+        _number("limit", limit, MAX_RECORDS)
         return [audit_object(record) for record in self.store.audit(entry, None, limit)]
 
     def trigger(self, name: str, ask: TriggerAsk) -> dict[str, Any]:
@@ -212,3 +217,11 @@ def _bad(exc: BadRequest) -> ClientError:
     status = 404 if isinstance(exc, UnknownName) else 422
     return error_for(status, [{"entry": None, "field": exc.field, "message": exc.message,
                                "pointer": f"/{exc.field}"}])  # fmt: skip
+
+
+def _number(field: str, value: int, high: int) -> None:
+    """A count the API would refuse (from 1 to `high`), refused in its words."""
+    try:
+        whole_number(field, value, 1, high)
+    except BadRequest as exc:
+        raise _bad(exc) from None

@@ -6,7 +6,10 @@ it runs its code, as `celery beat` does; beatd itself never imports celery.
 
 Entries go to Celery's default queue `celery` unless `options.queue` says otherwise, and are
 published in Celery's message protocol. An `amqp://` broker_url (RabbitMQ) is the AMQP
-destination of every entry (its password, if any, is the relay's, never the configuration's).
+destination of every entry (its password, if any, is the relay's, never the configuration's);
+an entry's `exchange` and `routing_key` options route it there, and its `priority` is taken as
+is (RabbitMQ's 9 is highest, as beatd's). A failover broker_url naming RabbitMQ (Celery's
+`URL;URL`, or a list) is refused: beatd publishes to one broker.
 The old upper-case names (`CELERYBEAT_SCHEDULE`,
 `CELERY_TIMEZONE`, `BROKER_URL`) are read too, with a warning naming the new one.
 """
@@ -18,11 +21,11 @@ import logging
 import sys
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beatd.amqp_link import is_amqp_url, without_password
+from beatd.amqp_link import is_amqp_url, redact, without_password
 from beatd.config.convert import to_timezone
 from beatd.config.model import AmqpTarget
 from beatd.config.pyfile import _line_of, _read_entry
@@ -62,6 +65,16 @@ def read_celery_config(spec: str, default_timezone: str) -> CeleryConfig:
     text = Path(path).read_text(encoding="utf-8", errors="replace") if path != spec else ""
     broker = values["broker_url"]
     result.broker_url = broker if isinstance(broker, str) and broker else None
+    if _failover(broker):
+        message = (
+            f"broker_url {_shown(broker)} lists failover brokers (Celery's 'URL;URL' or a list): "
+            "beatd publishes to one RabbitMQ broker; give broker_url a single amqp:// URL"
+        )
+        source.problems.append(Problem(path, *_line_of(text, "broker_url"), message))
+        return result
+    amqp = None
+    if result.broker_url and is_amqp_url(result.broker_url):
+        amqp = AmqpTarget(without_password(result.broker_url))
     schedule = values["beat_schedule"]
     if not isinstance(schedule, Mapping) or not schedule:
         message = f"{spec} defines no beat_schedule (or CELERYBEAT_SCHEDULE) entries"
@@ -76,14 +89,24 @@ def read_celery_config(spec: str, default_timezone: str) -> CeleryConfig:
     for name, entry in schedule.items():
         position = _line_of(text, str(name)) if text else (1, 1)
         source.entry_lines[str(name)] = position
-        _read_entry(source, str(name), entry, zone, lambda _f, _k, p=position: p, celery=True)
-    if result.broker_url and is_amqp_url(result.broker_url):
-        target = AmqpTarget(without_password(result.broker_url))
-        source.entries = [
-            replace(e, amqp=target) if e.protocol == "celery" and not e.amqp else e
-            for e in source.entries
-        ]
+        locate = lambda _f, _k, p=position: p  # noqa: E731
+        _read_entry(source, str(name), entry, zone, locate, celery=True, amqp=amqp)
     return result
+
+
+def _failover(broker: Any) -> bool:
+    """Whether `broker` lists several brokers of which one is RabbitMQ (Celery's failover)."""
+    if isinstance(broker, str):
+        urls = [u.strip() for u in broker.split(";") if u.strip()]
+        return len(urls) > 1 and any(is_amqp_url(u) for u in urls)
+    if isinstance(broker, list | tuple):  # a list is failover even of one URL: never read
+        return any(isinstance(u, str) and is_amqp_url(u) for u in broker)
+    return False
+
+
+def _shown(broker: Any) -> str:
+    urls = broker.split(";") if isinstance(broker, str) else broker
+    return repr(";".join(redact(str(u).strip()) for u in urls))
 
 
 def _settings(module_name: str, attr: str) -> tuple[Mapping[str, Any], str]:

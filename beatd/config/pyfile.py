@@ -10,6 +10,7 @@ import math
 import runpy
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from beatd.config.convert import describe_value, suggest, to_priority, to_timezone
 from beatd.config.entries import EntryReader, build_entry
 from beatd.config.fields import ENTRY_FIELDS
+from beatd.config.model import AmqpTarget
 from beatd.config.source import SourceFile
 from beatd.errors import Problem
 from beatd.schedules.crontab import CronSpec, crontab
@@ -57,12 +59,21 @@ def read_python_file(path: str, default_timezone: str) -> SourceFile:
 
 
 def _read_entry(
-    source: SourceFile, name: str, spec: Any, zone: str, locate: Any, *, celery: bool = False
+    source: SourceFile,
+    name: str,
+    spec: Any,
+    zone: str,
+    locate: Any,
+    *,
+    celery: bool = False,
+    amqp: AmqpTarget | None = None,
 ) -> None:
     """One beat_schedule entry; `celery` reads it as `celery beat` would (see read_celery_config).
 
-    A Celery config's entries default to Celery's queue `celery` and protocol, and its
-    `priority` option is Celery's (on Redis 0 is highest), turned into beatd's 9 - p.
+    A Celery config's entries default to Celery's queue `celery` and protocol. Its `priority`
+    option is Celery's: on Redis 0 is highest, turned into beatd's 9 - p; on RabbitMQ (`amqp`,
+    the broker_url's destination) 9 is highest, as in beatd, taken unchanged. With `amqp`, the
+    `exchange` and `routing_key` options route the entry's runs there.
     """
     if not isinstance(spec, Mapping):
         message = f"expected a dictionary of fields, got {describe_value(spec)}"
@@ -80,13 +91,15 @@ def _read_entry(
     if not isinstance(options, Mapping):
         checker.problem("options", f"expected a dictionary, got {describe_value(options)}")
     else:
-        _read_options(checker, options, raw, celery)
+        _read_options(checker, options, raw, celery, amqp is not None)
     if celery:
         raw.setdefault("queue", DEFAULT_QUEUE)
         raw.setdefault("protocol", "celery")
     routing_key = options.get("routing_key") if isinstance(options, Mapping) else None
     queue = raw.get("queue", "default")
-    if routing_key is not None and routing_key != queue:
+    if amqp is not None and isinstance(options, Mapping):
+        amqp = _amqp_route(checker, options, amqp)
+    elif routing_key is not None and routing_key != queue:
         checker.problem(
             "options.routing_key",
             f"routing_key {routing_key!r} differs from the queue {queue!r}: beatd writes each "
@@ -97,26 +110,50 @@ def _read_entry(
     entry = None if checker.problems else build_entry(reader, {}, zone, source.unset_protocol)
     source.problems.extend(checker.problems + reader.problems)
     if entry is not None:
+        if amqp is not None and entry.protocol == "celery" and entry.amqp is None:
+            entry = replace(entry, amqp=amqp)
         source.entries.append(entry)
 
 
+def _amqp_route(checker: EntryReader, options: Mapping[Any, Any], amqp: AmqpTarget) -> AmqpTarget:
+    """The broker_url's destination with the entry's `exchange` and `routing_key` options (on
+    RabbitMQ, as `celery beat` publishes them); unset, Celery's default route by queue."""
+    route: dict[str, str] = {}
+    for key in ("exchange", "routing_key"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            route[key] = value
+        else:
+            checker.problem(f"options.{key}", f"expected a name, got {describe_value(value)}")
+    return replace(amqp, **route) if route else amqp
+
+
 def _read_options(
-    checker: EntryReader, options: Mapping[Any, Any], raw: dict[str, Any], celery: bool
+    checker: EntryReader,
+    options: Mapping[Any, Any],
+    raw: dict[str, Any],
+    celery: bool,
+    amqp: bool = False,
 ) -> None:
+    routed = ("exchange", "routing_key") if amqp else ("routing_key",)
     for key, value in options.items():
-        if key == "routing_key":
-            continue  # checked against the queue once that is known
+        if key in routed:
+            continue  # read once the queue (and the AMQP destination) is known
         if key not in OPTION_FIELDS:
-            hint = suggest(str(key), [*OPTION_FIELDS, "routing_key"])
+            hint = suggest(str(key), [*OPTION_FIELDS, *routed])
             checker.problem(f"options.{key}", "unknown option" + hint)
         elif key == "priority" and celery:
+            scale = "9 highest on RabbitMQ" if amqp else "0 highest on Redis"
             try:
                 celery_value = to_priority(value)
             except ValueError as exc:
-                checker.problem("options.priority", f"{exc} (Celery's scale: 0 highest on Redis)")
+                checker.problem("options.priority", f"{exc} (Celery's scale: {scale})")
                 continue
             if celery_value is not None:
-                raw.setdefault("priority", 9 - celery_value)  # the inverse of beatd's 9 - p
+                # RabbitMQ's scale is beatd's; on Redis, the inverse of beatd's 9 - p
+                raw.setdefault("priority", celery_value if amqp else 9 - celery_value)
         else:
             raw.setdefault(OPTION_FIELDS[key], value)
 

@@ -11,8 +11,9 @@ from beatd.http.queries import query_int, query_since, query_text
 from beatd.http.routes import JSON, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations.audit import audit_object
+from beatd.operations.controls import MAX_RECORDS
 
-MAX_LIMIT = 10_000
+MAX_LIMIT = MAX_RECORDS
 OBJECT_OR_NULL: JSON = {"type": ["object", "null"]}
 RECORD: JSON = {
     "type": "object",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from beatd.config.convert import ENTRY_NAME
+from beatd.config.convert import ENTRY_NAME, ENTRY_NAME_RULE
 from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
 from beatd.errors import BeatdError
 from beatd.http.app import body_of, token_of
@@ -73,7 +73,7 @@ PAGE: JSON = {
 BATCH: JSON = {
     "type": "object",
     "required": ["entries"],
-    "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": 10_000}},
+    "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": ops.MAX_BATCH}},
 }
 NAME = Param("name", "path", "The entry's name.", NAME_SCHEMA, slashes=True)
 IF_MATCH = Param(
@@ -227,6 +227,12 @@ class _Handlers:
         items = body.get("entries")
         if not isinstance(items, list):
             raise ApiError(422, "entries must be a list of entries", field="entries", pointer="")
+        if len(items) > ops.MAX_BATCH:
+            message = (
+                f"a batch holds at most {ops.MAX_BATCH} entries, this one {len(items)}; nothing "
+                "was written: send it as several batches (Client.add_many does)"
+            )
+            raise ApiError(413, message, field="entries", pointer="/entries")
         definitions = []
         for index, item in enumerate(items):
             item = _object(item, f"/entries/{index}")
@@ -249,7 +255,9 @@ class _Handlers:
             lambda: ops.replace(store, name, raw, self.writing(req), expected),
             conditional=expected is not None,
         )
-        return _written(stored, 200 if existed or stored.version > 1 else 201)
+        # created or replaced, by whether it was there: a new entry's version is its change
+        # record's seq, more than 1 once the feed holds any record
+        return _written(stored, 200 if existed else 201)
 
     def remove(self, req: Any) -> Reply:
         name = req.view_args["name"]
@@ -292,9 +300,13 @@ def _object(value: Any, pointer: str) -> dict[str, Any]:
 
 
 def _name(value: Any, pointer: str) -> str:
-    if not isinstance(value, str) or not ENTRY_NAME.match(value):
+    """The entry's name: "required" only when missing (or not text); a malformed one refused
+    in `beatd check`'s words, as every way in refuses it (its entry the name, no field)."""
+    if not isinstance(value, str) or not value:
         message = "name is required: entry names use letters, digits and _ . : / -"
         raise ApiError(422, message, field="name", pointer=pointer)
+    if not ENTRY_NAME.match(value):
+        raise ApiError(422, ENTRY_NAME_RULE, entry=value, pointer=pointer)
     return value
 
 

@@ -9,6 +9,7 @@ from beatd.http.context import ApiContext
 from beatd.http.queries import query_int, query_since, query_text
 from beatd.http.routes import ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
+from beatd.operations.controls import MAX_RECORDS
 from beatd.operations.history import (
     OUTCOMES,
     SCAN_LIMIT,
@@ -17,7 +18,7 @@ from beatd.operations.history import (
     unknown_outcome,
 )
 
-MAX_LIMIT = 10_000
+MAX_LIMIT = MAX_RECORDS
 RECORD = {
     "type": "object",
     "required": ["type"],

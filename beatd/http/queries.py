@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from beatd.http.routes import ApiError
+from beatd.operations.controls import number_words
 from beatd.operations.history import parse_since
 
 
@@ -14,9 +15,7 @@ def query_int(req: Any, name: str, default: int, low: int, high: int) -> int:
     if text is None:
         return default
     if not text.isdigit() or not low <= int(text) <= high:
-        raise ApiError(
-            422, f"{name} must be a whole number from {low} to {high}, got {text!r}", field=name
-        )
+        raise ApiError(422, number_words(name, low, high, text), field=name)
     return int(text)
 
 

@@ -50,6 +50,21 @@ class BadRequest(BeatdError):
         self.field, self.option, self.message = field, option, message
 
 
+MAX_RECORDS = 10_000  # history and audit records one read may ask for (`limit`)
+
+
+def number_words(field: str, low: int, high: int, given: object) -> str:
+    """How every way in refuses a count out of range (the API's query parameters, the client)."""
+    return f"{field} must be a whole number from {low} to {high}, got {str(given)!r}"
+
+
+def whole_number(field: str, value: int, low: int, high: int) -> int:
+    """`value` when from `low` to `high`, else BadRequest in the API's words."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(field, f"--{field}", number_words(field, low, high, value))
+    return value
+
+
 class UnknownName(BadRequest):
     """An entry named that nobody knows (the API answers 404)."""
 

@@ -35,6 +35,7 @@ from beatd.runtime_entries import (
 
 T = TypeVar("T")
 MAX_ARGUMENT_BYTES = 64 * 1024  # args and kwargs together, as JSON
+MAX_BATCH = 10_000  # entries of one POST /v1/entries/batch (Client.add_many sends more as several)
 WRITE_ATTEMPTS = 4  # a put the backend could not confirm is repeated (with its request id)
 # Fields derived from the schedule when not given: a `set` that changes the schedule derives
 # them again unless it gives them too.

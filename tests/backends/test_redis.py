@@ -27,6 +27,7 @@ from beatd.backends import redis as redis_backend
 from beatd.backends.base import (
     Backend,
     BeatdQueue,
+    CeleryQueue,
     DeadLetter,
     Delivery,
     LeaderInfo,
@@ -648,6 +649,30 @@ def test_acl_user_with_the_documented_permissions_can_do_everything(
         backend.close()
     finally:
         admin.acl_deluser("beatd")
+
+
+def test_acl_user_with_the_documented_line_publishes_celery_runs_to_kombus_lists(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    """review18: the commit script LPUSHes a `protocol: celery` run to kombu's lists of its
+    queue, whose keys are the queue's own name (`celery`, `celery\\x06\\x166`), outside
+    `~beatd:*`: the documented line allows them for the default queue `celery`."""
+    admin.delete("celery", "celery\x06\x166")
+    admin.execute_command(*documented_acl("beatd", "s3cret"))
+    try:
+        backend = RedisBackend(f"redis://beatd:s3cret@127.0.0.1:{server.port}/0")
+        lease = backend.acquire_lease("a", 10)
+        assert lease is not None
+        plain = run("c", 1)._replace(destination=CeleryQueue("celery"), body='{"n": 1}')
+        high = run("d", 1)._replace(destination=CeleryQueue("celery", 1), body='{"n": 2}')
+        writes = [StateWrite(state(e, 1), None) for e in ("c", "d")]
+        assert backend.commit(lease, writes, [plain, high]) == set()
+        assert admin.lrange("celery", 0, -1) == ['{"n": 1}']
+        assert admin.lrange(celery_protocol.list_name("celery", 1), 0, -1) == ['{"n": 2}']
+        backend.close()
+    finally:
+        admin.acl_deluser("beatd")
+        admin.delete("celery", "celery\x06\x166")
 
 
 def test_acl_user_on_the_line_before_the_history_loses_no_run_and_reads_say_what_is_refused(

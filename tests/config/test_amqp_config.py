@@ -156,3 +156,55 @@ def test_check_warns_that_overlap_on_a_rabbitmq_entry_needs_events(tmp_path: Pat
         "Celery-protocol entry sees a run end only through Celery's events, so its workers must "
         "be started with -E (else each run counts as busy until overlap_timeout)\n",
     )
+
+
+def celery_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str) -> str:
+    (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def test_a_failover_broker_url_list_naming_rabbitmq_is_refused_with_passwords_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (
+        'broker_url = ["amqp://app:s3cret@h1//", "amqp://app:s3cret@h2//"]\n'
+        'beat_schedule = {"tick": {"task": "t.a", "schedule": 10.0}}\n'
+    )
+    module = celery_module(tmp_path, monkeypatch, "celeryconfig_failover", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config([], celery_config=module)
+    path = str(tmp_path / f"{module}.py")
+    assert str(caught.value) == (
+        f"{path}:1:1: broker_url 'amqp://app:***@h1//;amqp://app:***@h2//' lists failover "
+        "brokers (Celery's 'URL;URL' or a list): beatd publishes to one RabbitMQ broker; give "
+        "broker_url a single amqp:// URL"
+    )
+
+
+def test_a_failover_broker_url_of_redis_brokers_is_left_alone_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """broker_url names RabbitMQ only for the AMQP destination; Redis failover lists were
+    never read (--broker is the store) and still load."""
+    text = (
+        'broker_url = "redis://h1:6379/0;redis://h2:6379/0"\n'
+        'beat_schedule = {"tick": {"task": "t.a", "schedule": 10.0, "options": {"priority": 0}}}\n'
+    )
+    module = celery_module(tmp_path, monkeypatch, "celeryconfig_redis_failover", text)
+    entry = load_config([], celery_config=module).entries["tick"]
+    assert (entry.amqp, entry.priority) == (None, 9)  # Redis's 0 is beatd's 9
+
+
+def test_an_amqp_entry_priority_out_of_range_names_rabbitmqs_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (
+        'broker_url = "amqp://app@h1//"\n'
+        'beat_schedule = {"tick": {"task": "t.a", "schedule": 10.0, "options": {"priority": 12}}}\n'
+    )
+    module = celery_module(tmp_path, monkeypatch, "celeryconfig_amqp_priority", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config([], celery_config=module)
+    assert "(Celery's scale: 9 highest on RabbitMQ)" in str(caught.value)
