@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 from werkzeug.wrappers import Response
 
 from beatd.console import actions, dead, entries, entry, entry_form, overview, signin
@@ -35,6 +37,7 @@ def register_console(
 ) -> None:
     """Serve the console at /ui on `app` (the API's), `/` redirecting to it; `extra` adds
     pages of a caller's own (tests)."""
+    app.url_map.converters["entry"] = EntryName
     app.extensions[EXTENSION] = Console(
         access,
         KeyOnce(lambda: context.backend().session_key()),
@@ -44,6 +47,15 @@ def register_console(
     app.add_url_rule("/", "console_root", lambda: redirect("/ui/", 303), methods=["GET"])
     app.after_request(add_security_headers)
     app.register_error_handler(HTTPException, _error_page)
+
+
+class EntryName(PathConverter):
+    """An entry's name (or a run's id) in a console URL: its slashes sent as %2F, so that no
+    browser resolves a stored name's "." or ".." parts (`x/../../dead/delete-all`) to another
+    page; the server decodes them back (a `path` converter reads it)."""
+
+    def to_url(self, value: str) -> str:
+        return quote(value, safe=":@")
 
 
 def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:

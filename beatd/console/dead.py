@@ -21,8 +21,8 @@ DELETE, DELETE_MANY = "delete_dead_letter", "delete_dead_letters"
 def add_pages(ui: Blueprint) -> None:
     ui.add_url_rule("/dead", "dead_letters", shows_refusals(dead_page), methods=["GET"])
     for path, endpoint, view in (
-        ("/dead/retry/<path:run_id>", "retry_dead", retry_one),
-        ("/dead/delete/<path:run_id>", "delete_dead", delete_one),
+        ("/dead/retry/<entry:run_id>", "retry_dead", retry_one),
+        ("/dead/delete/<entry:run_id>", "delete_dead", delete_one),
         ("/dead/retry-all", "retry_all_dead", retry_all),
         ("/dead/delete-all", "delete_all_dead", delete_all),
     ):

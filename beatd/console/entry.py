@@ -30,7 +30,7 @@ AUDIT_LIMIT = 50
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/entries/<path:name>", "entry", shows_refusals(entry_page), methods=["GET"])
+    ui.add_url_rule("/entries/<entry:name>", "entry", shows_refusals(entry_page), methods=["GET"])
 
 
 def entry_page(name: str) -> Any:

@@ -26,9 +26,9 @@ EXAMPLE = "task: app.tasks.report\ncron: 0 3 * * *\ntimezone: Europe/Paris\n"
 def add_pages(ui: Blueprint) -> None:
     ui.add_url_rule("/new-entry", "new_entry", new_entry, methods=["GET"])
     ui.add_url_rule("/new-entry", "create_entry", action(create_entry), methods=["POST"])
-    ui.add_url_rule("/edit/<path:name>", "edit_entry", edit_entry, methods=["GET"])
-    ui.add_url_rule("/edit/<path:name>", "save_entry", action(save_entry), methods=["POST"])
-    ui.add_url_rule("/delete/<path:name>", "delete_entry", action(delete_entry), methods=["POST"])
+    ui.add_url_rule("/edit/<entry:name>", "edit_entry", edit_entry, methods=["GET"])
+    ui.add_url_rule("/edit/<entry:name>", "save_entry", action(save_entry), methods=["POST"])
+    ui.add_url_rule("/delete/<entry:name>", "delete_entry", action(delete_entry), methods=["POST"])
 
 
 def new_entry() -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from beatd.config.convert import ENTRY_NAME
+from beatd.config.convert import ENTRY_NAME, ENTRY_NAME_RULE
 from beatd.config.fields import FIELDS, SCHEDULE_FIELDS
 from beatd.errors import BeatdError
 from beatd.http.app import body_of, token_of
@@ -75,7 +75,16 @@ BATCH: JSON = {
     "required": ["entries"],
     "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": 10_000}},
 }
-NAME = Param("name", "path", "The entry's name.", NAME_SCHEMA, slashes=True)
+# a stored name may predate the rule against empty, "." and ".." parts: it stays reachable
+# (with its slashes sent as %2F, which clients do not merge or resolve)
+STORED_NAME: JSON = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$"}
+NAME = Param(
+    "name",
+    "path",
+    "The entry's name (send '/' as %2F to keep a client from resolving '..').",
+    STORED_NAME,
+    slashes=True,
+)
 IF_MATCH = Param(
     "If-Match",
     "header",
@@ -292,9 +301,10 @@ def _object(value: Any, pointer: str) -> dict[str, Any]:
 
 
 def _name(value: Any, pointer: str) -> str:
-    if not isinstance(value, str) or not ENTRY_NAME.match(value):
-        message = "name is required: entry names use letters, digits and _ . : / -"
-        raise ApiError(422, message, field="name", pointer=pointer)
+    if not isinstance(value, str):
+        raise ApiError(422, f"name is required: {ENTRY_NAME_RULE}", field="name", pointer=pointer)
+    if not ENTRY_NAME.match(value):
+        raise ApiError(422, ENTRY_NAME_RULE, field="name", pointer=pointer)
     return value
 
 
