@@ -474,10 +474,6 @@ def test_filters_sort_and_the_last_page(console: Console) -> None:
     assert re.findall(r'<a href="/ui/entries/([^"]+)">', files) == ["nightly"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: an offset past the end says 'Entries 8–8 of 8.' above an empty table",
-)
 def test_a_page_past_the_end_does_not_claim_rows(console: Console) -> None:
     add_entries(console, *(runtime(f"job-{i}") for i in range(7)))
     console.sign_in(READER)
@@ -846,11 +842,6 @@ def test_a_refused_entry_says_what_beatd_entries_add_says(
 # --- the dead letters page with many letters ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the dead letters page renders every dead letter at once (no page, no "
-    "limit): 10,000 letters took 4-5.5 s and 13.5 MiB of HTML here, 1,000 letters 240-380 ms",
-)
 def test_the_dead_letters_page_shows_a_page_of_letters_at_a_time(console: Console) -> None:
     failed = T0 - timedelta(minutes=5)
     body = json.dumps({"v": 1, "id": "x", "task": "reports.nightly"})
