@@ -144,6 +144,22 @@ def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) ->
         index.close()
 
 
+def test_an_exact_name_is_one_look_up_among_names_containing_it(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(3):
+        add(store, f"a-report-0{n}")
+    add(store, "report-0")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, exact="report-0") == ["report-0"]
+        assert names(index, exact="report") == []
+        assert names(index, exact="report-0", queue="elsewhere") == []
+        assert names(index, exact="tick", source="file") == ["tick"]
+    finally:
+        index.close()
+
+
 def test_a_name_part_few_names_hold_is_found_in_order_once_per_name(
     broker: str, store: Backend, config: Config
 ) -> None:

@@ -274,6 +274,9 @@ def test_the_entry_index_filters_sorts_and_pages_files_and_runtime_entries(api: 
     assert [e["name"] for e in io["entries"]] == ["sync"]
     assert api.ask("/v1/entry-index?paused=true")[2]["total"] == 0
     assert api.ask("/v1/entry-index")[2]["total"] == 8
+    _, _, exact = api.ask("/v1/entry-index?exact=report-1")
+    assert [e["name"] for e in exact["entries"]] == ["report-1"]
+    assert api.ask("/v1/entry-index?exact=report")[2]["total"] == 0
 
 
 @pytest.mark.parametrize(

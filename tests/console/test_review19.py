@@ -482,12 +482,6 @@ def test_a_page_past_the_end_does_not_claim_rows(console: Console) -> None:
     assert "Entries 8–8 of 8." not in page
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the entry page finds its own index row among the first 500 names that "
-    "contain it; an entry with 500 longer names sorting before it loses its schedule, next due "
-    "and last status",
-)
 def test_an_entry_page_shows_its_row_among_many_names_containing_it(console: Console) -> None:
     add_entries(console, *(runtime(f"a-nightly-{i:03d}") for i in range(501)))
     console.sign_in(READER)
