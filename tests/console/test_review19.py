@@ -879,11 +879,6 @@ def test_another_host_is_refused_on_every_console_path(console: Console) -> None
         assert answer.status_code == 421, path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: an edit or delete form without its version is sent without If-Match, so "
-    "it overwrites (deletes) whatever version is there instead of being refused",
-)
 def test_an_edit_without_its_version_is_refused(console: Console) -> None:
     add_entries(console, runtime("mine"))
     console.sign_in(WRITER)
