@@ -210,7 +210,7 @@ def test_an_edit_or_delete_without_a_version_is_refused_and_says_why(console: Co
 def test_a_file_entry_cannot_be_edited_and_the_api_names_its_file(console: Console) -> None:
     console.sign_in(WRITER)
     answer = act(
-        console, "/ui/edit/nightly", {"fields": "task: x\nevery: 10s\n", "version": ""},
+        console, "/ui/edit/nightly", {"fields": "task: x\nevery: 10s\n", "version": "1"},
         "/ui/edit/nightly",
     )  # fmt: skip
     assert answer.status_code == 409
