@@ -33,8 +33,15 @@ def add_pages(ui: Blueprint) -> None:
 
 
 def safe_next(value: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site)."""
-    if value and value.startswith("/ui/") and not value.startswith("/ui//") and "\\" not in value:
+    """Where to go after signing in: a console path only (never another site), of printable
+    ASCII only (a line break or a control character cannot be put in a Location header)."""
+    if (
+        value
+        and value.startswith("/ui/")
+        and not value.startswith("/ui//")
+        and "\\" not in value
+        and all("!" <= char <= "~" for char in value)
+    ):
         return value
     return url_for("ui.overview")
 
