@@ -218,3 +218,14 @@ def test_a_pause_older_than_the_audit_shown_is_still_said(
         "Paused (the pause is older than the 2 actions shown below: beatd audit nightly has it)."
     ) in text
     assert "Resume" in text
+
+
+def test_the_entries_filters_lay_out_in_a_row_that_wraps(console: Console) -> None:
+    signed_in(console)
+    assert (
+        '<form method="get" action="/ui/entries" class="filters"' in console.get("/ui/entries").text
+    )
+    css = (Path(entry.__file__).parent / "static" / "console.css").read_text()
+    rule = re.search(r"form\.filters \{([^}]*)\}", css)
+    assert rule is not None and "display: flex" in rule.group(1)
+    assert "flex-wrap: wrap" in rule.group(1)

@@ -848,13 +848,6 @@ def test_the_dead_letters_page_shows_a_page_of_letters_at_a_time(console: Consol
 # --- nits ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the chart's CSS rules select svg.chart, but the chart is "
-    'svg class="run-chart" (inside figure.chart): its max-width and the CSS colours never '
-    "apply (the presentation attributes still colour it), so a narrow window scrolls the "
-    "640-px chart",
-)
 def test_the_css_styles_the_chart_the_page_draws(console: Console) -> None:
     console.sign_in(READER)
     page = console.get("/ui/entries/nightly").text
