@@ -45,6 +45,7 @@ def register_console(
     )
     app.register_blueprint(console_blueprint(extra))
     app.add_url_rule("/", "console_root", lambda: redirect("/ui/", 303), methods=["GET"])
+    app.before_request(_host_check)  # every console path: those no view matches, and /
     app.after_request(add_security_headers)
     app.register_error_handler(HTTPException, _error_page)
 
@@ -79,16 +80,22 @@ def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:
     return ui
 
 
+def _host_check() -> Response | None:
+    """A console path (/, /ui and under, matched by a view or not) asked for under another
+    host: the 421 page (the API's paths have the API's own check)."""
+    if not is_console_path(request.path) or host_allowed(request, console().access.allowed_hosts):
+        return None
+    host = (request.host or "").lower()
+    return refuse(
+        421,
+        f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
+        "if that is the name clients use",
+    )
+
+
 def _before() -> Response | None:
     request.environ["beatd.route"] = request.endpoint or "none"  # the metrics' route label
     settings = console()
-    if not host_allowed(request, settings.access.allowed_hosts):
-        host = (request.host or "").lower()
-        return refuse(
-            421,
-            f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
-            "if that is the name clients use",
-        )
     if request.endpoint == "ui.static":
         return None
     g.session, token = None, None

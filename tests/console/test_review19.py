@@ -857,11 +857,6 @@ def test_the_css_styles_the_chart_the_page_draws(console: Console) -> None:
     assert f"svg.{svg.group(1)}" in css or "figure.chart svg" in css or ".chart svg" in css
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the Host check runs in the console's own views only: a path under /ui "
-    "that matches none (and /) answers another host with a 404 page (a 303) instead of the 421",
-)
 def test_another_host_is_refused_on_every_console_path(console: Console) -> None:
     for path in ("/ui/no-such-page", "/"):
         answer = console.client.get(path, base_url="http://evil.test")
