@@ -16,6 +16,7 @@ from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery
 from beatd.history import EntrySummary
+from beatd.http.context import ApiContext
 from beatd.runtime_entries import resolve_entry
 from beatd.state import EntryState
 from tests.entries_backends import broker, redis_server
@@ -307,3 +308,16 @@ def test_an_entry_is_failing_after_its_alert_after_failures(
         assert [row.name for row in index.failing()] == (["sync"] if failing else [])
     finally:
         index.close()
+
+
+def test_an_api_contexts_own_index_reads_the_contexts_clock(
+    broker: str, store: Backend, config: Config
+) -> None:
+    later = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    store.put_entry(resolve_entry("daily", {"task": "t.d", "cron": "0 4 * * *"}, now=T0), "test")
+    context = ApiContext(lambda: open_backend(broker), lambda: config, lambda: later)
+    try:
+        (row,) = context.index().page(IndexQuery(exact="daily")).rows
+        assert row.as_json()["next_due"] == "2030-01-02T04:00:00Z"
+    finally:
+        context.close()
