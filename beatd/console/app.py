@@ -42,6 +42,8 @@ def register_console(
         access,
         KeyOnce(lambda: context.backend().session_key()),
         lambda: context.now().timestamp(),
+        lambda digest: context.backend().session_generation(digest),
+        lambda digest: context.backend().end_sessions(digest),
     )
     app.register_blueprint(console_blueprint(extra))
     app.add_url_rule("/", "console_root", lambda: redirect("/ui/", 303), methods=["GET"])
@@ -104,6 +106,8 @@ def _before() -> Response | None:
         session = Session.decode(cookie, settings.session_key())
         if session is not None:
             token = session.token_in(settings.access.tokens(), settings.now())
+            if token is not None and session.generation != settings.generation(session.digest):
+                token = None  # signed out (in this browser or another) since it was issued
         g.session = session if token is not None else None
         g.session_ended = token is None
     if token is not None:

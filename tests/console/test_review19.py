@@ -725,11 +725,6 @@ def test_a_real_daemon_signs_in_acts_audits_and_ends_the_session_at_sighup(
 # --- sessions: sign-out, namespaces, next= with line breaks --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: signing out only asks the browser to drop the cookie; a copy of it (taken "
-    "before) is honoured until its 12 hours end",
-)
 def test_a_cookie_copied_before_signing_out_is_refused_after(console: Console) -> None:
     console.sign_in(WRITER)
     copied = console.client.get_cookie("beatd_session", domain="127.0.0.1", path="/ui")
