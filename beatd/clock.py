@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -22,6 +23,23 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float, wake: threading.Event) -> bool:
+        return wake.wait(max(seconds, 0.0))
+
+
+class WallClock:
+    """The wall-clock time of a `now` callable (an ApiContext's, a fake one in tests and
+    screenshots) and the system's monotonic time and waits."""
+
+    def __init__(self, now: Callable[[], datetime]) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now()
 
     def monotonic(self) -> float:
         return time.monotonic()

@@ -108,6 +108,7 @@ class IndexQuery(NamedTuple):
     sort: str = "name"
     offset: int = 0
     limit: int = 50
+    exact: str = ""  # the whole name: one look-up (an entry's page), the other filters too
 
 
 class IndexPage(NamedTuple):
@@ -333,7 +334,11 @@ class EntryIndex:
                 "start); try again in a few seconds"
             )
         with self._lock:
-            ordered = self._ordered(query.sort)  # nobody changes it: filtered without the lock
+            if query.exact:
+                row = self._rows.get(query.exact)
+                ordered = Ordered([] if row is None else [row])
+            else:  # nobody changes it: filtered without the lock
+                ordered = self._ordered(query.sort)
         found = filtered(ordered, query)
         return IndexPage(len(found), found[query.offset : query.offset + query.limit])
 

@@ -20,16 +20,18 @@ reached, the PostgreSQL jobs are reported failed with the reason and the others 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import peers, pgdatabase, plan, report
 from bench.common import RESULT_MARK
@@ -115,20 +117,41 @@ def _postgres(jobs: list[plan.Job], machine: dict[str, Any]) -> ScratchDatabase 
     return database
 
 
+class Done(NamedTuple):
+    timed_out: bool
+    stdout: str
+    stderr: str
+
+
+def run_command(command: list[str], timeout: float) -> Done:
+    """Run `command` in a process group of its own; after `timeout` seconds kill the whole
+    group: the job and the `beatd run` daemons (and servers) it started, which a kill of the
+    job alone would leave running into the next jobs."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+        return Done(False, out, err)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        return Done(True, out, err)
+
+
 def run_job(module: str, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("unavailable"):
         return {"error": params["unavailable"], "params": _public(params)}
     command = [sys.executable, "-m", "bench.common", module, json.dumps(params)]
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=JOB_TIMEOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-    except subprocess.TimeoutExpired:
+    done = run_command(command, JOB_TIMEOUT)
+    if done.timed_out:
         return {"error": f"timed out after {JOB_TIMEOUT} s", "params": _public(params)}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):

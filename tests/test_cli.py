@@ -642,8 +642,8 @@ def test_next_name_follows_the_entry_name_rules() -> None:
     assert (code, out, err) == (
         2,
         "",
-        "beatd: --name: 'nightly report': entry names use letters, digits and _ . : / - "
-        "(a run's id is NAME@SLOT)\n",
+        "beatd: --name: 'nightly report': entry names use letters, digits and _ . : / -, with "
+        "no empty, '.' or '..' part between slashes (a run's id is NAME@SLOT)\n",
     )
 
 

@@ -16,6 +16,7 @@ from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery
 from beatd.history import EntrySummary
+from beatd.http.context import ApiContext
 from beatd.runtime_entries import resolve_entry
 from beatd.state import EntryState
 from tests.entries_backends import broker, redis_server
@@ -140,6 +141,22 @@ def test_filters_sorts_and_pages(broker: str, store: Backend, config: Config) ->
         assert names(index, sort="next_due", limit=2) == ["tick", "nightly"]
         assert index.page(IndexQuery(paused=True)).total == 0
         assert index.page(IndexQuery(offset=100)) == (14, [])
+    finally:
+        index.close()
+
+
+def test_an_exact_name_is_one_look_up_among_names_containing_it(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(3):
+        add(store, f"a-report-0{n}")
+    add(store, "report-0")
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, exact="report-0") == ["report-0"]
+        assert names(index, exact="report") == []
+        assert names(index, exact="report-0", queue="elsewhere") == []
+        assert names(index, exact="tick", source="file") == ["tick"]
     finally:
         index.close()
 
@@ -291,3 +308,16 @@ def test_an_entry_is_failing_after_its_alert_after_failures(
         assert [row.name for row in index.failing()] == (["sync"] if failing else [])
     finally:
         index.close()
+
+
+def test_an_api_contexts_own_index_reads_the_contexts_clock(
+    broker: str, store: Backend, config: Config
+) -> None:
+    later = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    store.put_entry(resolve_entry("daily", {"task": "t.d", "cron": "0 4 * * *"}, now=T0), "test")
+    context = ApiContext(lambda: open_backend(broker), lambda: config, lambda: later)
+    try:
+        (row,) = context.index().page(IndexQuery(exact="daily")).rows
+        assert row.as_json()["next_due"] == "2030-01-02T04:00:00Z"
+    finally:
+        context.close()

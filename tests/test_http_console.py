@@ -121,7 +121,21 @@ def test_delete_all_removes_every_letter_one_audit_record_each(api: Api) -> None
         ("delete_dead", "gone"),
         ("delete_dead", "tick"),
     ]
-    assert api.ask("/v1/dead-letters")[2] == {"dead_letters": []}
+    assert api.ask("/v1/dead-letters")[2] == {"dead_letters": [], "total": 0}
+
+
+def test_dead_letters_come_a_page_at_a_time_with_their_total(api: Api) -> None:
+    letters(api.broker)
+    status, _, first = api.ask("/v1/dead-letters?limit=1")
+    assert (status, [d["id"] for d in first["dead_letters"]], first["total"]) == (200, [TICK], 2)
+    _, _, second = api.ask("/v1/dead-letters?offset=1&limit=1")
+    assert ([d["id"] for d in second["dead_letters"]], second["total"]) == (["gone@x"], 2)
+    assert api.ask("/v1/dead-letters?offset=5")[2] == {"dead_letters": [], "total": 2}
+    status, _, refused = api.ask("/v1/dead-letters?limit=0")
+    assert (status, only_error(refused)["message"]) == (
+        422,
+        "limit must be a whole number from 1 to 1000, got '0'",
+    )
 
 
 def test_delete_by_ids_deletes_the_known_and_names_the_unknown(api: Api) -> None:
@@ -260,6 +274,9 @@ def test_the_entry_index_filters_sorts_and_pages_files_and_runtime_entries(api: 
     assert [e["name"] for e in io["entries"]] == ["sync"]
     assert api.ask("/v1/entry-index?paused=true")[2]["total"] == 0
     assert api.ask("/v1/entry-index")[2]["total"] == 8
+    _, _, exact = api.ask("/v1/entry-index?exact=report-1")
+    assert [e["name"] for e in exact["entries"]] == ["report-1"]
+    assert api.ask("/v1/entry-index?exact=report")[2]["total"] == 0
 
 
 @pytest.mark.parametrize(

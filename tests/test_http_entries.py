@@ -13,6 +13,7 @@ import pytest
 
 from beatd.backends import open_backend
 from beatd.config.convert import ENTRY_NAME_RULE
+from beatd.runtime_entries import ResolvedEntry
 from tests.entries_backends import broker, redis_server, register_files
 from tests.test_history_cli import SCHEDULES
 from tests.test_http import ANY_HEADERS, READER, WRITER, Api, start
@@ -236,7 +237,8 @@ def test_a_malformed_name_is_refused_in_beatd_checks_words_and_a_missing_one_req
             {
                 "entry": None,
                 "field": "name",
-                "message": "name is required: entry names use letters, digits and _ . : / -",
+                "message": "name is required: entry names use letters, digits and _ . : / -, "
+                "with no empty, '.' or '..' part between slashes (a run's id is NAME@SLOT)",
                 "pointer": "/name",
             }
         ],
@@ -265,3 +267,35 @@ def test_writes_need_a_write_token(api: Api) -> None:
     body = json.dumps({"name": "a", **NIGHTLY}).encode()
     headers = {"Content-Type": "application/json"}
     assert api.ask("/v1/entries", READER.token, "POST", body, headers)[0] == 403
+
+
+def test_a_name_with_a_dot_dot_part_is_refused_in_the_files_words(api: Api) -> None:
+    status, _, body = send(api, "POST", "/v1/entries", {"name": "x/../dead", **NIGHTLY})
+    assert (status, body) == (
+        422,
+        {
+            "errors": [
+                {
+                    "entry": "x/../dead",
+                    "field": None,
+                    "message": "entry names use letters, digits and _ . : / -, with no empty, "
+                    "'.' or '..' part between slashes (a run's id is NAME@SLOT)",
+                    "pointer": "/name",
+                }
+            ]
+        },
+    )
+
+
+def test_a_name_stored_before_the_dot_dot_rule_can_still_be_read_and_removed(api: Api) -> None:
+    backend = open_backend(api.broker)
+    try:
+        old = ResolvedEntry("x/../../dead", {"task": "a.b", "every": "1h"})
+        backend.put_entry(old, "ops")
+    finally:
+        backend.close()
+    status, _, read = api.ask("/v1/entries/x%2F..%2F..%2Fdead", READER.token)
+    assert (status, read["name"]) == (200, "x/../../dead")
+    status, _, removed = send(api, "DELETE", "/v1/entries/x%2F..%2F..%2Fdead")
+    assert (status, removed["name"]) == (200, "x/../../dead")
+    assert api.ask("/v1/entries/x%2F..%2F..%2Fdead", READER.token)[0] == 404

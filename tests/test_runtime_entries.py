@@ -86,7 +86,7 @@ def test_each_problem_names_its_entry_field_and_json_pointer() -> None:
         FieldProblem(
             "Bad Name",
             None,
-            "entry names use letters, digits and _ . : / - (a run's id is NAME@SLOT)",
+            RULE,
         ),
         FieldProblem("Bad Name", None, "missing required field 'task'"),
         FieldProblem(
@@ -96,6 +96,24 @@ def test_each_problem_names_its_entry_field_and_json_pointer() -> None:
         ),
     ]
     assert [p.pointer for p in refused.value.fields] == ["", "", "/queue"]
+
+
+RULE = (
+    "entry names use letters, digits and _ . : / -, with no empty, '.' or '..' part between "
+    "slashes (a run's id is NAME@SLOT)"
+)
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../dead", "x/..", "x/./y", "x/.", "a//b", "a/", "x/../../dead/delete-all"]
+)
+def test_a_name_with_an_empty_dot_or_dot_dot_part_is_refused(name: str) -> None:
+    assert problems(name, {"task": "a.b", "every": "1h"}) == [f"entry {name}: {RULE}"]
+
+
+@pytest.mark.parametrize("name", ["a.b/c..d", "x/.hidden", "x/..y/z...", "a/b/c", "v1.2:x_y-z"])
+def test_dots_inside_a_part_are_allowed(name: str) -> None:
+    assert resolve_entry(name, {"task": "a.b", "every": "1h"}, now=NOW).name == name
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from beatd.controls import EntryControl, Pause
 from beatd.errors import TransientBackendError
 from beatd.nodes import NodeRecord, NodeRole
 from beatd.operations.status import next_unpaused
-from beatd.runtime_entries import resolve_entry
+from beatd.runtime_entries import RuntimeEntry, resolve_entry
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
 from tests.redis_sentinel import SentinelCluster
@@ -433,3 +433,33 @@ def test_next_due_past_a_pause_counts_the_jitter() -> None:
     earlier = found - timedelta(hours=1)
     assert entry.due_for(found) >= H0 + timedelta(hours=3)
     assert earlier < H0 + timedelta(hours=1) or entry.due_for(earlier) < H0 + timedelta(hours=3)
+
+
+def test_status_of_named_entries_builds_only_those_runtime_entries(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./schedules: runtime entries only
+    now = datetime.now(UTC)
+    backend = open_backend(broker)
+    try:
+        for n in range(30):
+            raw = {"task": "t.report", "every": "1h"}
+            backend.put_entry(resolve_entry(f"report-{n:02}", raw, now=now), "ops")
+    finally:
+        backend.close()
+    built: list[str] = []
+    entry = RuntimeEntry.entry
+
+    def counted(self: RuntimeEntry) -> Entry:
+        built.append(self.name)
+        return entry(self)
+
+    monkeypatch.setattr(RuntimeEntry, "entry", counted)
+    result = CliRunner().invoke(main, ["status", "--broker", broker, "report-07", "report-11"])
+    assert result.exit_code == 0, result.output
+    assert sorted(built) == ["report-07", "report-11"]
+    assert "report-07" in result.output and "report-11" in result.output
+    assert "report-08" not in result.output
+    unknown = CliRunner().invoke(main, ["status", "--broker", broker, "report-7"])
+    assert unknown.exit_code != 0
+    assert "no entry 'report-7'" in unknown.output

@@ -876,6 +876,15 @@ class SessionKeys(Reachable, Protocol):
         by a lost reply is the one the repeat returns). Not copied by `beatd migrate`: the
         sessions signed with it end (sign in again)."""
 
+    def session_generation(self, token: str) -> int:
+        """How often the token whose digest prefix is `token` signed out of the console: 0
+        before the first time (a read). A session cookie carries the generation it was issued
+        at and is honoured only while it is still the token's."""
+
+    def end_sessions(self, token: str) -> int:
+        """Sign the token `token` out everywhere: one more than its generation, in one atomic
+        step; the new generation. Not copied by `beatd migrate` (nor is the key)."""
+
 
 class Backend(
     LeaseStore,

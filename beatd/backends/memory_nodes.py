@@ -20,6 +20,7 @@ class NodeBook:
 
     records: dict[str, tuple[NodeRecord, float]] = field(default_factory=dict)
     session_key: bytes | None = None  # the console's (SessionKeys), made on first use
+    session_generations: dict[str, int] = field(default_factory=dict)  # by token digest
 
 
 class MemoryNodes:
@@ -48,3 +49,13 @@ class MemoryNodes:
             if self._nodes.session_key is None:
                 self._nodes.session_key = secrets.token_bytes(SESSION_KEY_BYTES)
             return self._nodes.session_key
+
+    def session_generation(self, token: str) -> int:
+        with self._lock:
+            return self._nodes.session_generations.get(token, 0)
+
+    def end_sessions(self, token: str) -> int:
+        with self._lock:
+            generation = self._nodes.session_generations.get(token, 0) + 1
+            self._nodes.session_generations[token] = generation
+            return generation

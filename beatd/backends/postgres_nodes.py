@@ -62,3 +62,35 @@ class PostgresNodes(PostgresLink):
             return bytes(row[0])
 
         return self._run(work)
+
+    def session_generation(self, token: str) -> int:
+        def read(db: Db) -> int:
+            table = f"{self.schema}.console_signout"
+            made = db.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            if made is None or made[0] is None:
+                return 0  # nobody signed out yet: the table is made by the first sign-out
+            row = db.execute(
+                f"SELECT generation FROM {table} WHERE token = %s", (token,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return self._run(read)
+
+    def end_sessions(self, token: str) -> int:
+        def work(db: Db) -> int:
+            table = f"{self.schema}.console_signout"
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} "
+                "(token text PRIMARY KEY, generation bigint NOT NULL)"
+            )
+            row = db.execute(
+                f"INSERT INTO {table} (token, generation) VALUES (%s, 1) "
+                f"ON CONFLICT (token) DO UPDATE SET generation = {table}.generation + 1 "
+                "RETURNING generation",
+                (token,),
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return self._run(work)

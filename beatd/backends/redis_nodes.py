@@ -38,3 +38,12 @@ class RedisNodes(RedisLink):
         key = self._key("console-key")
         held = self._do("set", lambda: self._redis.set(key, made, nx=True, get=True))
         return bytes.fromhex(made if held is None else str(held))
+
+    def session_generation(self, token: str) -> int:
+        key = self._key("console-signouts")
+        held = self._do("hget", lambda: self._redis.hget(key, token))
+        return 0 if held is None else int(held)
+
+    def end_sessions(self, token: str) -> int:
+        key = self._key("console-signouts")
+        return int(self._do("hincrby", lambda: self._redis.hincrby(key, token, 1)))

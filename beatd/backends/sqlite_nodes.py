@@ -18,6 +18,10 @@ _KEY_TABLE = (
     "CREATE TABLE IF NOT EXISTS console_key (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "key BLOB NOT NULL)"
 )
+_SIGNOUT_TABLE = (
+    "CREATE TABLE IF NOT EXISTS console_signout (token TEXT PRIMARY KEY, "
+    "generation INTEGER NOT NULL) WITHOUT ROWID"
+)
 _PUT = "INSERT OR REPLACE INTO node (name, record, seen_us, expires_us) VALUES (?, ?, ?, ?)"
 
 
@@ -58,5 +62,30 @@ class SQLiteNodes(SQLiteFile):
             )
             row = db.execute("SELECT key FROM console_key WHERE id = 1").fetchone()
             return bytes(row[0])
+
+        return self._run(work)
+
+    def session_generation(self, token: str) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            known = "SELECT 1 FROM sqlite_master WHERE name = 'console_signout'"
+            if db.execute(known).fetchone() is None:
+                return 0  # nobody signed out yet: the table is made by the first sign-out
+            row = db.execute(
+                "SELECT generation FROM console_signout WHERE token = ?", (token,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return self._run(read, write=False)
+
+    def end_sessions(self, token: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            db.execute(_SIGNOUT_TABLE)
+            row = db.execute(
+                "INSERT INTO console_signout (token, generation) VALUES (?, 1) "
+                "ON CONFLICT (token) DO UPDATE SET generation = generation + 1 "
+                "RETURNING generation",
+                (token,),
+            ).fetchone()
+            return int(row[0])
 
         return self._run(work)

@@ -20,8 +20,13 @@ from beatd.config.model import AmqpTarget, MissedPolicy
 from beatd.controls import Overlap
 from beatd.durations import read_duration
 
-ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
-ENTRY_NAME_RULE = "entry names use letters, digits and _ . : / - (a run's id is NAME@SLOT)"
+# no empty, "." or ".." part between slashes: the console's URLs and any HTTP client would
+# resolve such a name's URL to another one (`x/../../dead`), or merge its slashes
+ENTRY_NAME = re.compile(r"(?!.*/\.{0,2}(?:/|$))[A-Za-z0-9_][A-Za-z0-9_.:/-]*\Z")
+ENTRY_NAME_RULE = (
+    "entry names use letters, digits and _ . : / -, with no empty, '.' or '..' part between "
+    "slashes (a run's id is NAME@SLOT)"
+)
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 PROTOCOLS = ("beatd", "celery")
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")

@@ -19,11 +19,11 @@ TRIGGER, PAUSE, RESUME, BACKFILL = "trigger", "pause_entry", "resume_entry", "ba
 
 def add_pages(ui: Blueprint) -> None:
     for path, endpoint, view in (
-        ("/trigger/<path:name>", "trigger", trigger),
-        ("/pause/<path:name>", "pause", pause),
-        ("/resume/<path:name>", "resume", resume),
-        ("/backfill/<path:name>", "backfill", backfill),
-        ("/backfill-confirm/<path:name>", "backfill_confirm", backfill_confirmed),
+        ("/trigger/<entry:name>", "trigger", trigger),
+        ("/pause/<entry:name>", "pause", pause),
+        ("/resume/<entry:name>", "resume", resume),
+        ("/backfill/<entry:name>", "backfill", backfill),
+        ("/backfill-confirm/<entry:name>", "backfill_confirm", backfill_confirmed),
     ):
         ui.add_url_rule(path, endpoint, action(view), methods=["POST"])
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 from werkzeug.wrappers import Response
 
 from beatd.console import actions, dead, entries, entry, entry_form, overview, signin
@@ -35,15 +37,28 @@ def register_console(
 ) -> None:
     """Serve the console at /ui on `app` (the API's), `/` redirecting to it; `extra` adds
     pages of a caller's own (tests)."""
+    app.url_map.converters["entry"] = EntryName
     app.extensions[EXTENSION] = Console(
         access,
         KeyOnce(lambda: context.backend().session_key()),
         lambda: context.now().timestamp(),
+        lambda digest: context.backend().session_generation(digest),
+        lambda digest: context.backend().end_sessions(digest),
     )
     app.register_blueprint(console_blueprint(extra))
     app.add_url_rule("/", "console_root", lambda: redirect("/ui/", 303), methods=["GET"])
+    app.before_request(_host_check)  # every console path: those no view matches, and /
     app.after_request(add_security_headers)
     app.register_error_handler(HTTPException, _error_page)
+
+
+class EntryName(PathConverter):
+    """An entry's name (or a run's id) in a console URL: its slashes sent as %2F, so that no
+    browser resolves a stored name's "." or ".." parts (`x/../../dead/delete-all`) to another
+    page; the server decodes them back (a `path` converter reads it)."""
+
+    def to_url(self, value: str) -> str:
+        return quote(value, safe=":@")
 
 
 def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:
@@ -67,16 +82,22 @@ def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:
     return ui
 
 
+def _host_check() -> Response | None:
+    """A console path (/, /ui and under, matched by a view or not) asked for under another
+    host: the 421 page (the API's paths have the API's own check)."""
+    if not is_console_path(request.path) or host_allowed(request, console().access.allowed_hosts):
+        return None
+    host = (request.host or "").lower()
+    return refuse(
+        421,
+        f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
+        "if that is the name clients use",
+    )
+
+
 def _before() -> Response | None:
     request.environ["beatd.route"] = request.endpoint or "none"  # the metrics' route label
     settings = console()
-    if not host_allowed(request, settings.access.allowed_hosts):
-        host = (request.host or "").lower()
-        return refuse(
-            421,
-            f"this server does not answer to the host {host!r}; add it to --api-allowed-hosts "
-            "if that is the name clients use",
-        )
     if request.endpoint == "ui.static":
         return None
     g.session, token = None, None
@@ -85,6 +106,8 @@ def _before() -> Response | None:
         session = Session.decode(cookie, settings.session_key())
         if session is not None:
             token = session.token_in(settings.access.tokens(), settings.now())
+            if token is not None and session.generation != settings.generation(session.digest):
+                token = None  # signed out (in this browser or another) since it was issued
         g.session = session if token is not None else None
         g.session_ended = token is None
     if token is not None:

@@ -6,23 +6,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, url_for
+from flask import Blueprint, request, url_for
 
 from beatd.console.api_caller import api
 from beatd.console.pages import redirect_with, render
 from beatd.console.replies import now, refusal, shows_refusals
 from beatd.console.security import action
-from beatd.console.views import Moment
+from beatd.console.views import Moment, paging
 
 LIST, RETRY, RETRY_ALL = "list_dead_letters", "retry_dead_letter", "retry_all_dead_letters"
 DELETE, DELETE_MANY = "delete_dead_letter", "delete_dead_letters"
+PAGE_SIZE = 100
 
 
 def add_pages(ui: Blueprint) -> None:
     ui.add_url_rule("/dead", "dead_letters", shows_refusals(dead_page), methods=["GET"])
     for path, endpoint, view in (
-        ("/dead/retry/<path:run_id>", "retry_dead", retry_one),
-        ("/dead/delete/<path:run_id>", "delete_dead", delete_one),
+        ("/dead/retry/<entry:run_id>", "retry_dead", retry_one),
+        ("/dead/delete/<entry:run_id>", "delete_dead", delete_one),
         ("/dead/retry-all", "retry_all_dead", retry_all),
         ("/dead/delete-all", "delete_all_dead", delete_all),
     ):
@@ -30,7 +31,8 @@ def add_pages(ui: Blueprint) -> None:
 
 
 def dead_page() -> Any:
-    letters = api().get(LIST)["dead_letters"]
+    offset = _number(request.args.get("offset"))
+    page = api().get(LIST, query={"offset": str(offset), "limit": str(PAGE_SIZE)})
     moment = now()
     rows = [
         {
@@ -38,9 +40,19 @@ def dead_page() -> Any:
             "failed": Moment.of(letter["failed_at"], moment),
             "text": json.dumps(letter["message"], indent=2, ensure_ascii=False),
         }
-        for letter in letters
+        for letter in page["dead_letters"]
     ]
-    return render("dead.html", letters=rows)
+    pager = paging(page["total"], offset, PAGE_SIZE)
+    links = {
+        which: url_for("ui.dead_letters", offset=at)
+        for which, at in pager._asdict().items()
+        if which in ("first", "previous", "next", "last") and at is not None
+    }
+    return render("dead.html", letters=rows, pager=pager, links=links)
+
+
+def _number(text: str | None) -> int:
+    return int(text) if text is not None and text.strip().isdigit() else 0
 
 
 def retry_one(run_id: str) -> Any:

@@ -30,7 +30,7 @@ AUDIT_LIMIT = 50
 
 
 def add_pages(ui: Blueprint) -> None:
-    ui.add_url_rule("/entries/<path:name>", "entry", shows_refusals(entry_page), methods=["GET"])
+    ui.add_url_rule("/entries/<entry:name>", "entry", shows_refusals(entry_page), methods=["GET"])
 
 
 def entry_page(name: str) -> Any:
@@ -66,13 +66,13 @@ def entry_page(name: str) -> Any:
 
 
 def index_row(name: str) -> dict[str, Any] | None:
-    """The entry's row in the entry index (its schedule in words, next due, last status): the
-    index is searched by a part of the name, so the exact name is picked among the first."""
+    """The entry's row in the entry index (its schedule in words, next due, last status): one
+    look-up by its exact name."""
     try:
-        found = api().get(ENTRY_INDEX, query={"name": name, "sort": "name", "limit": 500})
+        found = api().get(ENTRY_INDEX, query={"exact": name, "limit": 1})
     except ApiFailure:
         return None  # the page shows the rest: the index may still be being built (503)
-    return next((e for e in found["entries"] if e["name"] == name), None)
+    return next(iter(found["entries"]), None)
 
 
 def older_pause(audit: list[dict[str, Any]], row: dict[str, Any] | None) -> bool:

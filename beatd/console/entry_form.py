@@ -23,12 +23,19 @@ FIELDS_FILE = "fields"  # how a YAML problem names the text, as `fields:LINE:COL
 EXAMPLE = "task: app.tasks.report\ncron: 0 3 * * *\ntimezone: Europe/Paris\n"
 
 
+# edits and deletes are conditional: the form carries the version it was made from
+NO_VERSION = (
+    "the form has no version of the entry (a whole number), so it could overwrite another "
+    "change: open the entry's page again and retry"
+)
+
+
 def add_pages(ui: Blueprint) -> None:
     ui.add_url_rule("/new-entry", "new_entry", new_entry, methods=["GET"])
     ui.add_url_rule("/new-entry", "create_entry", action(create_entry), methods=["POST"])
-    ui.add_url_rule("/edit/<path:name>", "edit_entry", edit_entry, methods=["GET"])
-    ui.add_url_rule("/edit/<path:name>", "save_entry", action(save_entry), methods=["POST"])
-    ui.add_url_rule("/delete/<path:name>", "delete_entry", action(delete_entry), methods=["POST"])
+    ui.add_url_rule("/edit/<entry:name>", "edit_entry", edit_entry, methods=["GET"])
+    ui.add_url_rule("/edit/<entry:name>", "save_entry", action(save_entry), methods=["POST"])
+    ui.add_url_rule("/delete/<entry:name>", "delete_entry", action(delete_entry), methods=["POST"])
 
 
 def new_entry() -> Any:
@@ -59,9 +66,11 @@ def save_entry(name: str) -> Any:
     text = request.form.get("fields", "")
     version = request.form.get("version", "")
     fields, problems = read_fields(text)
+    if not version.isdigit():
+        problems = {**problems, "version": [NO_VERSION]}
     if problems:
         return _form(name, name, text, version, problems, 422)
-    headers = {"If-Match": f'"{version}"'} if version.isdigit() else {}
+    headers = {"If-Match": f'"{version}"'}
     answer = api().send(REPLACE, path={"name": name}, body=fields, headers=headers)
     if not answer.ok:
         return _form(name, name, text, version, errors_by_field(answer.errors), answer.status)
@@ -70,8 +79,9 @@ def save_entry(name: str) -> Any:
 
 def delete_entry(name: str) -> Any:
     version = request.form.get("version", "")
-    headers = {"If-Match": f'"{version}"'} if version.isdigit() else {}
-    answer = api().send(REMOVE, path={"name": name}, headers=headers)
+    if not version.isdigit():
+        return refusal(422, [{"field": "version", "message": NO_VERSION}])
+    answer = api().send(REMOVE, path={"name": name}, headers={"If-Match": f'"{version}"'})
     if not answer.ok:
         return refusal(answer.status, answer.errors)
     return redirect_with(url_for("ui.entries"), f"removed {name}")

@@ -2,14 +2,17 @@
 
 The cookie `beatd_session` holds `PAYLOAD.MAC`, both base64url: the payload is JSON
 {"n": token name, "d": the token's SHA-256, first 16 bytes in hex, "i": issued (Unix seconds),
-"c": the session's CSRF token}, and the MAC is HMAC-SHA256 over it with the namespace's session
-key, kept in the backend (`SessionKeys.session_key`), so every node accepts a cookie any node
-issued. The token itself is never in the cookie.
+"c": the session's CSRF token, "g": the token's sign-out generation when issued}, and the MAC
+is HMAC-SHA256 over it with the namespace's session key, kept in the backend
+(`SessionKeys.session_key`), so every node accepts a cookie any node issued. The token itself
+is never in the cookie.
 
 A cookie is honoured when its MAC is right, it was issued less than SESSION_LIFETIME ago (and
 not in the future, beyond a minute of clock skew), and the token file as read now (SIGHUP
 rereads it) still has a token of that name and digest: removing the line ends every session it
 opened, on every node. The scope is the file's, so a token turned read-only acts read-only.
+Signing out moves the token's generation in the backend (`SessionKeys.end_sessions`): every
+cookie of that token issued before, a copy of the one signed out too, is refused from then on.
 """
 
 from __future__ import annotations
@@ -40,15 +43,25 @@ class Session:
     digest: str
     issued: int
     csrf: str
+    generation: int = 0  # the token's sign-out generation when issued
+
+    @staticmethod
+    def digest_of(token: ApiToken) -> str:
+        return token.digest[:DIGEST_BYTES].hex()
 
     @classmethod
-    def open(cls, token: ApiToken, now: float) -> Session:
-        """A new session for `token`, issued at `now`, with a fresh CSRF token."""
-        digest = token.digest[:DIGEST_BYTES].hex()
-        return cls(token.name, digest, int(now), secrets.token_urlsafe(32))
+    def open(cls, token: ApiToken, now: float, generation: int = 0) -> Session:
+        """A new session for `token`, issued at `now` at its sign-out `generation`, with a
+        fresh CSRF token."""
+        return cls(
+            token.name, cls.digest_of(token), int(now), secrets.token_urlsafe(32), generation
+        )
 
     def encode(self, key: bytes) -> str:
-        payload = {"n": self.name, "d": self.digest, "i": self.issued, "c": self.csrf}
+        payload = {
+            "n": self.name, "d": self.digest, "i": self.issued, "c": self.csrf,
+            "g": self.generation,
+        }  # fmt: skip
         return sign(key, SESSION_PURPOSE, json.dumps(payload, separators=(",", ":")).encode())
 
     @classmethod
@@ -60,10 +73,10 @@ class Session:
         try:
             payload = json.loads(data)
             name, digest, csrf = str(payload["n"]), str(payload["d"]), str(payload["c"])
-            issued = int(payload["i"])
-        except (ValueError, KeyError, TypeError):
+            issued, generation = int(payload["i"]), int(payload.get("g", 0))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return cls(name, digest, issued, csrf)
+        return cls(name, digest, issued, csrf, generation)
 
     def expires(self) -> int:
         return self.issued + SESSION_LIFETIME

@@ -1,5 +1,5 @@
 """What the console reaches, held by the Flask app (`app.extensions`): who may ask (the API's
-own `Access`), the session key from the backend, and the clock (injected in tests)."""
+own `Access`), the session key and sign-outs from the backend, and the clock (injected in tests)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ class Console:
     access: Access
     session_key: Callable[[], bytes]
     now: Callable[[], float]  # Unix seconds
+    # a token's sign-out generation (by its digest prefix), and signing it out everywhere
+    generation: Callable[[str], int]
+    end_sessions: Callable[[str], int]
 
     @property
     def public_read(self) -> bool:

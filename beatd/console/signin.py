@@ -33,8 +33,15 @@ def add_pages(ui: Blueprint) -> None:
 
 
 def safe_next(value: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site)."""
-    if value and value.startswith("/ui/") and not value.startswith("/ui//") and "\\" not in value:
+    """Where to go after signing in: a console path only (never another site), of printable
+    ASCII only (a line break or a control character cannot be put in a Location header)."""
+    if (
+        value
+        and value.startswith("/ui/")
+        and not value.startswith("/ui//")
+        and "\\" not in value
+        and all("!" <= char <= "~" for char in value)
+    ):
         return value
     return url_for("ui.overview")
 
@@ -63,7 +70,7 @@ def signin_submit() -> Response | tuple[str, int]:
             else "enter a token to sign in"
         )
         return render("signin.html", next=target, messages=[Message(message, "error")]), 401
-    session = Session.open(token, settings.now())
+    session = Session.open(token, settings.now(), settings.generation(Session.digest_of(token)))
     response = redirect_with(target, f"signed in as {token.name} ({token.scope})")
     response.set_cookie(
         SESSION_COOKIE,
@@ -86,6 +93,8 @@ def signout() -> Response:
         why = csrf_refusal(session, request)
     if why is not None:
         return refuse(403, why)
+    if session is not None:  # every cookie of this token issued so far, copies too, ends
+        console().end_sessions(session.digest)
     response = redirect_with(url_for("ui.signin"), "signed out")
     response.delete_cookie(
         SESSION_COOKIE, path=COOKIE_PATH, secure=request.is_secure, httponly=True, samesite="Strict"

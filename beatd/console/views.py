@@ -191,14 +191,16 @@ class Page(NamedTuple):
 
 
 def paging(total: int, offset: int, limit: int) -> Page:
+    """A page past the end shows no rows (0-0) and leads back to the first and last pages."""
     last = max(0, (total - 1) // limit * limit)
+    past_end = offset >= total
     return Page(
         0 if offset > 0 else None,
-        max(0, offset - limit) if offset > 0 else None,
+        min(max(0, offset - limit), last) if offset > 0 else None,
         offset + limit if offset + limit < total else None,
-        last if offset < last else None,
-        min(offset + 1, total),
-        min(offset + limit, total),
+        last if offset != last and (offset < last or past_end) else None,
+        0 if past_end else offset + 1,
+        0 if past_end else min(offset + limit, total),
         total,
     )
 

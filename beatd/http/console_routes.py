@@ -97,6 +97,7 @@ INDEX_PAGE: JSON = {
 TEXT: JSON = {"type": "string", "minLength": 1}
 INDEX_PARAMS = (
     Param("name", "query", "Only entries whose name contains this.", TEXT),
+    Param("exact", "query", "Only the entry of exactly this name (one look-up).", TEXT),
     Param("task", "query", "Only entries of this task.", TEXT),
     Param("queue", "query", "Only entries publishing to this queue.", TEXT),
     Param("source", "query", "Only runtime (api) or file entries.", {"enum": ["api", "file"]}),
@@ -179,6 +180,7 @@ def index_query(req: Any) -> IndexQuery:
         raise ApiError(422, f"paused must be true or false, got {paused!r}", field="paused")
     return IndexQuery(
         name=query_text(req, "name") or "",
+        exact=query_text(req, "exact") or "",
         task=query_text(req, "task"),
         queue=query_text(req, "queue"),
         source=source,

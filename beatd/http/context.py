@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from beatd.backends import Backend
-from beatd.clock import SystemClock
+from beatd.clock import WallClock
 from beatd.config import Config
 from beatd.entry_index import EntryIndex
 from beatd.operations.status import RunTotals
@@ -53,7 +53,7 @@ class ApiContext:
         given (a server without a feeding thread: tests, tools)."""
         with self._lock:
             if self.entry_index is None:
-                self.entry_index = EntryIndex(self._open_backend, self.config, SystemClock())
+                self.entry_index = EntryIndex(self._open_backend, self.config, WallClock(self.now))
             index = self.entry_index
         if self._inline:
             index.catch_up()

@@ -7,6 +7,7 @@ from typing import Any
 
 from beatd.http.app import body_of, token_of
 from beatd.http.context import ApiContext
+from beatd.http.queries import query_int
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations.dead_letters import dead_letter_object, delete_dead, requeue_dead
@@ -26,9 +27,28 @@ DEAD_LETTER: JSON = {
 }
 LIST: JSON = {
     "type": "object",
-    "required": ["dead_letters"],
-    "properties": {"dead_letters": {"type": "array", "items": DEAD_LETTER}},
+    "required": ["dead_letters", "total"],
+    "properties": {
+        "dead_letters": {"type": "array", "items": DEAD_LETTER},
+        "total": {"type": "integer", "minimum": 0},
+    },
 }
+MAX_LIMIT = 1000
+MAX_OFFSET = 10_000_000
+PAGE_PARAMS = (
+    Param(
+        "offset",
+        "query",
+        "Skip this many dead letters (oldest first).",
+        {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+    ),
+    Param(
+        "limit",
+        "query",
+        "At most this many dead letters (every one without it).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    ),
+)
 REQUEUED: JSON = {
     "type": "object",
     "required": ["requeued"],
@@ -68,9 +88,13 @@ NOT_FOUND: JSON = {"$ref": "#/components/schemas/Errors"}
 
 
 def dead_letter_routes(context: ApiContext) -> list[Route]:
-    def list_letters(_req: Any) -> Reply:
+    def list_letters(req: Any) -> Reply:
+        offset = query_int(req, "offset", 0, 0, MAX_OFFSET)
+        limit = query_int(req, "limit", MAX_LIMIT, 1, MAX_LIMIT) if "limit" in req.args else None
         letters = context.backend().dead_letters()
-        return Reply(200, {"dead_letters": [dead_letter_object(d) for d in letters]})
+        shown = letters[offset:] if limit is None else letters[offset : offset + limit]
+        objects = [dead_letter_object(d) for d in shown]
+        return Reply(200, {"dead_letters": objects, "total": len(letters)})
 
     def retry_one(req: Any) -> Reply:
         run_id = req.view_args["id"]
@@ -90,7 +114,8 @@ def dead_letter_routes(context: ApiContext) -> list[Route]:
             "The dead letters, oldest first, each with why it failed.",
             Scope.READ,
             list_letters,
-            replies={200: ("The dead letters.", LIST)},
+            PAGE_PARAMS,
+            replies={200: ("The dead letters and how many there are.", LIST)},
         ),
         Route(
             "POST",

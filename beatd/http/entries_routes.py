@@ -75,7 +75,16 @@ BATCH: JSON = {
     "required": ["entries"],
     "properties": {"entries": {"type": "array", "items": NEW_ENTRY, "maxItems": ops.MAX_BATCH}},
 }
-NAME = Param("name", "path", "The entry's name.", NAME_SCHEMA, slashes=True)
+# a stored name may predate the rule against empty, "." and ".." parts: it stays reachable
+# (with its slashes sent as %2F, which clients do not merge or resolve)
+STORED_NAME: JSON = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$"}
+NAME = Param(
+    "name",
+    "path",
+    "The entry's name (send '/' as %2F to keep a client from resolving '..').",
+    STORED_NAME,
+    slashes=True,
+)
 IF_MATCH = Param(
     "If-Match",
     "header",
@@ -303,8 +312,7 @@ def _name(value: Any, pointer: str) -> str:
     """The entry's name: "required" only when missing (or not text); a malformed one refused
     in `beatd check`'s words, as every way in refuses it (its entry the name, no field)."""
     if not isinstance(value, str) or not value:
-        message = "name is required: entry names use letters, digits and _ . : / -"
-        raise ApiError(422, message, field="name", pointer=pointer)
+        raise ApiError(422, f"name is required: {ENTRY_NAME_RULE}", field="name", pointer=pointer)
     if not ENTRY_NAME.match(value):
         raise ApiError(422, ENTRY_NAME_RULE, entry=value, pointer=pointer)
     return value

@@ -41,3 +41,17 @@ class SessionKeysContract:
         assert set(keys) == {backend.session_key()}
         for handle in handles:
             handle.close()
+
+    def test_signing_out_moves_a_tokens_session_generation_for_every_handle(
+        self, backend: Backend, backend_factory: Callable[[], Backend]
+    ) -> None:
+        assert backend.session_generation("ab" * 16) == 0
+        assert backend.end_sessions("ab" * 16) == 1
+        other = backend_factory()
+        try:
+            assert other.session_generation("ab" * 16) == 1
+            assert other.end_sessions("ab" * 16) == 2
+        finally:
+            other.close()
+        assert backend.session_generation("ab" * 16) == 2
+        assert backend.session_generation("cd" * 16) == 0

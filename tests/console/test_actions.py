@@ -186,10 +186,31 @@ def test_yaml_that_is_not_a_mapping_is_refused_with_its_place(console: Console) 
     assert "fields:2:1:" in visible(answer.text)
 
 
+NO_VERSION = (
+    "version: the form has no version of the entry (a whole number), so it could overwrite "
+    "another change: open the entry's page again and retry"
+)
+
+
+def test_an_edit_or_delete_without_a_version_is_refused_and_says_why(console: Console) -> None:
+    add_entries(console, {"name": "mine", "task": "a.b", "cron": "0 4 * * *"})
+    console.sign_in(WRITER)
+    fields = "task: a.c\ncron: 0 6 * * *\n"
+    for path, form in (
+        ("/ui/edit/mine", {"fields": fields, "version": "one"}),
+        ("/ui/delete/mine", {}),
+    ):
+        answer = act(console, path, form)
+        assert answer.status_code == 422, path
+        assert NO_VERSION in html.unescape(visible(answer.text)), path
+    stored = console.context.backend().get_entry("mine")
+    assert stored is not None and stored.version == 1
+
+
 def test_a_file_entry_cannot_be_edited_and_the_api_names_its_file(console: Console) -> None:
     console.sign_in(WRITER)
     answer = act(
-        console, "/ui/edit/nightly", {"fields": "task: x\nevery: 10s\n", "version": ""},
+        console, "/ui/edit/nightly", {"fields": "task: x\nevery: 10s\n", "version": "1"},
         "/ui/edit/nightly",
     )  # fmt: skip
     assert answer.status_code == 409

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from beatd.backends import DeadLetter
 from beatd.console import entry
 from beatd.controls import AuditRecord, new_audit_id
 from beatd.history import RunKind, RunRecord
@@ -128,6 +129,25 @@ def test_the_dead_letter_page_shows_message_reason_and_deliveries(console: Conso
     assert "gone@x ? reports 2026-12-06T00:30:00Z (30 min ago) 1 unknown task Message" in text
 
 
+def test_the_dead_letter_page_shows_100_at_a_time_and_all_says_every_page(
+    console: Console,
+) -> None:
+    signed_in(console)
+    failed = datetime(2026, 12, 6, 0, 30, tzinfo=UTC)
+    console.context.backend().add_dead_letters(
+        [DeadLetter(f"e{i:03d}@x", "default", "not json", "bad", failed, 1) for i in range(150)]
+    )
+    first = console.get("/ui/dead").text
+    assert first.count('<th scope="row">') == 100
+    assert "Dead letters 1–100 of 150, oldest first." in first
+    assert 'data-confirm="Delete all 150 dead letters (every page, not only the 100 shown)' in first
+    assert '<a href="/ui/dead?offset=100" rel="next">Next page</a>' in first
+    second = console.get("/ui/dead?offset=100").text
+    assert second.count('<th scope="row">') == 50
+    assert "Dead letters 101–150 of 150, oldest first." in second
+    assert "<code>e149@x</code>" in second and "<code>e099@x</code>" not in second
+
+
 def test_no_page_has_inline_script_or_style(console: Console) -> None:
     signed_in(console)
     seed_runs(console)
@@ -198,3 +218,14 @@ def test_a_pause_older_than_the_audit_shown_is_still_said(
         "Paused (the pause is older than the 2 actions shown below: beatd audit nightly has it)."
     ) in text
     assert "Resume" in text
+
+
+def test_the_entries_filters_lay_out_in_a_row_that_wraps(console: Console) -> None:
+    signed_in(console)
+    assert (
+        '<form method="get" action="/ui/entries" class="filters"' in console.get("/ui/entries").text
+    )
+    css = (Path(entry.__file__).parent / "static" / "console.css").read_text()
+    rule = re.search(r"form\.filters \{([^}]*)\}", css)
+    assert rule is not None and "display: flex" in rule.group(1)
+    assert "flex-wrap: wrap" in rule.group(1)

@@ -31,6 +31,7 @@ from beatd.http import all_routes
 from beatd.http.app import Access, create_app
 from beatd.http.context import ApiContext
 from beatd.http.tokens import TokenSource
+from beatd.runtime_entries import resolve_entry
 from tests.console.conftest import ORIGIN, READER, T0, WRITER, Console
 from tests.console.seeds import add_entries, seed_dead_letters, seed_runs
 from tests.processes import Processes
@@ -473,10 +474,6 @@ def test_filters_sort_and_the_last_page(console: Console) -> None:
     assert re.findall(r'<a href="/ui/entries/([^"]+)">', files) == ["nightly"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: an offset past the end says 'Entries 8–8 of 8.' above an empty table",
-)
 def test_a_page_past_the_end_does_not_claim_rows(console: Console) -> None:
     add_entries(console, *(runtime(f"job-{i}") for i in range(7)))
     console.sign_in(READER)
@@ -485,12 +482,6 @@ def test_a_page_past_the_end_does_not_claim_rows(console: Console) -> None:
     assert "Entries 8–8 of 8." not in page
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the entry page finds its own index row among the first 500 names that "
-    "contain it; an entry with 500 longer names sorting before it loses its schedule, next due "
-    "and last status",
-)
 def test_an_entry_page_shows_its_row_among_many_names_containing_it(console: Console) -> None:
     add_entries(console, *(runtime(f"a-nightly-{i:03d}") for i in range(501)))
     console.sign_in(READER)
@@ -498,15 +489,10 @@ def test_an_entry_page_shows_its_row_among_many_names_containing_it(console: Con
     assert "<dt>Schedule</dt>" in text and "<dt>Next due</dt>" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: entry names may hold '..' path segments, so the console's links and "
-    "forms for such an entry resolve (in any browser) to other console URLs: the trigger "
-    "button of x/../../dead/delete-all posts to /ui/dead/delete-all",
-)
 def test_an_entrys_forms_post_to_its_own_urls(console: Console) -> None:
-    name = "x/../../dead/delete-all"
-    add_entries(console, runtime(name))
+    name = "x/../../dead/delete-all"  # stored before names with ".." parts were refused
+    stored = resolve_entry("x", {"task": "reports.daily", "cron": "0 4 * * *"}, now=T0)
+    console.context.backend().put_entry(replace(stored, name=name), "ops")
     seed_dead_letters(console)
     console.sign_in(WRITER)
     base = f"{ORIGIN}/ui/entries/{name}"
@@ -516,6 +502,11 @@ def test_an_entrys_forms_post_to_its_own_urls(console: Console) -> None:
     for action in actions:
         resolved = urlsplit(urljoin(base, html.unescape(action))).path
         assert resolved == html.unescape(action), f"{action} resolves to {resolved}"
+    delete = next(a for a in actions if "/delete/" in a)
+    removed = act(console, html.unescape(delete), {"version": "1"}, page=f"/ui/entries/{name}")
+    assert removed.status_code == 303, removed.text
+    assert console.context.backend().get_entry(name) is None
+    assert len(console.context.backend().dead_letters()) == 2
 
 
 # --- If-Match on edit ---------------------------------------------------------------------------
@@ -734,11 +725,6 @@ def test_a_real_daemon_signs_in_acts_audits_and_ends_the_session_at_sighup(
 # --- sessions: sign-out, namespaces, next= with line breaks --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: signing out only asks the browser to drop the cookie; a copy of it (taken "
-    "before) is honoured until its 12 hours end",
-)
 def test_a_cookie_copied_before_signing_out_is_refused_after(console: Console) -> None:
     console.sign_in(WRITER)
     copied = console.client.get_cookie("beatd_session", domain="127.0.0.1", path="/ui")
@@ -787,16 +773,12 @@ def test_a_session_of_one_redis_namespace_is_refused_on_another(
         server.client().flushall()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: a next= holding a line break (a crafted sign-in link) makes a valid "
-    "sign-in answer 500 instead of going to the overview",
-)
 def test_a_next_with_a_line_break_falls_back_to_the_overview(console: Console) -> None:
-    answer = console.post("/ui/signin", {"token": WRITER.token, "next": "/ui/\r\nX-Evil: 1"})
-    for name, value in SECURITY.items():
-        assert answer.headers.get(name) == value
-    assert (answer.status_code, answer.headers.get("Location")) == (303, "/ui/")
+    for next_ in ("/ui/\r\nX-Evil: 1", "/ui/\tx", "/ui/\x7f", "/ui/caf\u00e9"):
+        answer = console.post("/ui/signin", {"token": WRITER.token, "next": next_})
+        for name, value in SECURITY.items():
+            assert answer.headers.get(name) == value
+        assert (answer.status_code, answer.headers.get("Location")) == (303, "/ui/"), next_
 
 
 # --- runtime entries: the console's refusals are the CLI's words ---------------------------------
@@ -845,11 +827,6 @@ def test_a_refused_entry_says_what_beatd_entries_add_says(
 # --- the dead letters page with many letters ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the dead letters page renders every dead letter at once (no page, no "
-    "limit): 10,000 letters took 4-5.5 s and 13.5 MiB of HTML here, 1,000 letters 240-380 ms",
-)
 def test_the_dead_letters_page_shows_a_page_of_letters_at_a_time(console: Console) -> None:
     failed = T0 - timedelta(minutes=5)
     body = json.dumps({"v": 1, "id": "x", "task": "reports.nightly"})
@@ -866,13 +843,6 @@ def test_the_dead_letters_page_shows_a_page_of_letters_at_a_time(console: Consol
 # --- nits ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the chart's CSS rules select svg.chart, but the chart is "
-    'svg class="run-chart" (inside figure.chart): its max-width and the CSS colours never '
-    "apply (the presentation attributes still colour it), so a narrow window scrolls the "
-    "640-px chart",
-)
 def test_the_css_styles_the_chart_the_page_draws(console: Console) -> None:
     console.sign_in(READER)
     page = console.get("/ui/entries/nightly").text
@@ -882,22 +852,12 @@ def test_the_css_styles_the_chart_the_page_draws(console: Console) -> None:
     assert f"svg.{svg.group(1)}" in css or "figure.chart svg" in css or ".chart svg" in css
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: the Host check runs in the console's own views only: a path under /ui "
-    "that matches none (and /) answers another host with a 404 page (a 303) instead of the 421",
-)
 def test_another_host_is_refused_on_every_console_path(console: Console) -> None:
     for path in ("/ui/no-such-page", "/"):
         answer = console.client.get(path, base_url="http://evil.test")
         assert answer.status_code == 421, path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review19: an edit or delete form without its version is sent without If-Match, so "
-    "it overwrites (deletes) whatever version is there instead of being refused",
-)
 def test_an_edit_without_its_version_is_refused(console: Console) -> None:
     add_entries(console, runtime("mine"))
     console.sign_in(WRITER)

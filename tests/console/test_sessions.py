@@ -108,7 +108,7 @@ def test_the_cookie_holds_the_name_and_a_digest_never_the_token(console: Console
     value = str(cookie_of(console.sign_in(WRITER), "beatd_session")["value"])
     payload_part = value.split(".")[0]
     payload = json.loads(base64.urlsafe_b64decode(payload_part + "=" * (-len(payload_part) % 4)))
-    assert set(payload) == {"n", "d", "i", "c"}
+    assert set(payload) == {"n", "d", "i", "c", "g"}
     assert (payload["n"], payload["i"]) == (
         "ops",
         int(datetime(2026, 12, 6, 1, 0, tzinfo=UTC).timestamp()),
@@ -330,3 +330,17 @@ def test_a_backend_that_does_not_answer_gets_a_page_saying_so(tmp_path: Path) ->
     assert "the backend did not answer, so sessions cannot be checked: " in answer.text
     assert console.sign_in(WRITER).status_code == 503
     console.context.close()
+
+
+def test_signing_out_ends_the_tokens_other_sessions_but_not_a_later_sign_in(
+    console: Console,
+) -> None:
+    console.sign_in(WRITER)
+    copied = console.client.get_cookie("beatd_session", domain="127.0.0.1", path="/ui")
+    assert copied is not None
+    assert console.post("/ui/signout", {"csrf": console.csrf()}).status_code == 303
+    console.client.set_cookie("beatd_session", copied.value, domain="127.0.0.1", path="/ui")
+    refused = console.get("/ui/")
+    assert refused.status_code == 303 and refused.headers["Location"].startswith("/ui/signin")
+    console.sign_in(WRITER)  # at the same (fake) time: a new generation, honoured
+    assert console.get("/ui/").status_code == 200

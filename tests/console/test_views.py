@@ -115,6 +115,11 @@ def test_paging_offers_first_previous_next_and_last() -> None:
     assert paging(100, 0, 50) == Page(None, None, 50, 50, 1, 50, 100)
 
 
+def test_a_page_past_the_end_shows_no_rows_and_leads_back() -> None:
+    assert paging(8, 50, 20) == Page(0, 0, None, 0, 0, 0, 8)
+    assert paging(120, 200, 50) == Page(0, 100, None, 100, 0, 0, 120)
+
+
 def test_errors_are_grouped_by_field() -> None:
     errors: list[dict[str, str | None]] = [
         {"field": "cron", "message": "a"},
