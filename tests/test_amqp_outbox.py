@@ -28,9 +28,15 @@ entries:
 """
 
 
-def test_a_triggered_run_goes_to_the_outbox_routed_as_configured(tmp_path: Path) -> None:
-    schedule = tmp_path / "s.yaml"
+def amqp_schedule(folder: Path) -> Path:
+    """SCHEDULE written to `folder`/s.yaml: a Celery entry whose runs go to RabbitMQ."""
+    schedule = folder / "s.yaml"
     schedule.write_text(SCHEDULE)
+    return schedule
+
+
+def test_a_triggered_run_goes_to_the_outbox_routed_as_configured(tmp_path: Path) -> None:
+    schedule = amqp_schedule(tmp_path)
     db = tmp_path / "b.db"
     result = CliRunner().invoke(
         main, ["trigger", "nightly", "-s", str(schedule), "--broker", f"sqlite:///{db}"]
@@ -74,8 +80,7 @@ def test_a_triggered_run_goes_to_the_outbox_routed_as_configured(tmp_path: Path)
 
 
 def test_check_accepts_amqp_entries_on_sqlite(tmp_path: Path) -> None:
-    schedule = tmp_path / "s.yaml"
-    schedule.write_text(SCHEDULE)
+    schedule = amqp_schedule(tmp_path)
     result = CliRunner().invoke(main, ["check", "-s", str(schedule)])
     assert result.exit_code == 0, result.output
 
@@ -88,8 +93,7 @@ def test_outbox_messages_no_relay_can_send_are_dead_lettered_with_why(tmp_path: 
     from beatd.backends.base import BeatdQueue, Outgoing
     from beatd.clock import SystemClock
 
-    schedule = tmp_path / "s.yaml"
-    schedule.write_text(SCHEDULE)
+    schedule = amqp_schedule(tmp_path)
     db = tmp_path / "b.db"
     broker = ["trigger", "nightly", "-s", str(schedule), "--broker", f"sqlite:///{db}"]
     assert CliRunner().invoke(main, broker).exit_code == 0

@@ -28,7 +28,7 @@ from beatd.runtime_entries import ResolvedEntry, resolve_entry
 from tests.backends.contract import message, state
 from tests.postgres_database import scratch_database
 from tests.redis_server import RedisServer
-from tests.test_amqp_outbox import SCHEDULE as AMQP_SCHEDULE
+from tests.test_amqp_outbox import amqp_schedule
 from tests.test_daemon import EVERY_SECOND, assert_contiguous, wait_for
 
 pytestmark = pytest.mark.slow
@@ -440,8 +440,7 @@ def test_undelivered_outbox_runs_are_carried_to_the_targets_outbox_once(
 ) -> None:
     """A run committed for RabbitMQ and not yet relayed is no dead letter: it goes on waiting
     in the target's outbox, as it is, for the new leader's relay; a second copy adds nothing."""
-    schedule = tmp_path / "s.yaml"
-    schedule.write_text(AMQP_SCHEDULE)
+    schedule = amqp_schedule(tmp_path)
     source = f"sqlite:///{tmp_path / 'beatd.db'}"
     code, _, err = beatd("trigger", "nightly", "-s", str(schedule), "--broker", source)
     assert (code, err) == (0, "")
@@ -487,8 +486,7 @@ def test_undelivered_outbox_runs_are_carried_from_redis_and_postgresql(
 ) -> None:
     """As from SQLite: a run waiting for the relay, and one a relay claimed and did not finish
     (its process killed), go on waiting in the target's outbox; a second copy adds nothing."""
-    schedule = tmp_path / "s.yaml"
-    schedule.write_text(AMQP_SCHEDULE)
+    schedule = amqp_schedule(tmp_path)
     for _ in range(2):
         code, _, err = beatd("trigger", "nightly", "-s", str(schedule), "--broker", outbox_source)
         assert (code, err) == (0, "")

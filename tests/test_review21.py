@@ -35,6 +35,7 @@ from tests.postgres_database import scratch_database
 from tests.processes import Processes
 from tests.redis_sentinel import SentinelCluster
 from tests.tcp_proxy import TcpProxy
+from tests.test_amqp_outbox import amqp_schedule
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -410,19 +411,6 @@ def test_a_refused_login_is_said_as_such_by_the_relay(
 
 # --- Redis Sentinel: every command on a redis+sentinel:// URL -----------------------------------
 
-AMQP_SCHEDULE = """\
-queues:
-  reports:
-    protocol: celery
-    amqp: {url: "amqp://app@rabbit.internal/prod", exchange: tasks}
-entries:
-  nightly:
-    task: reports.nightly
-    cron: "0 2 * * *"
-    queue: reports
-    priority: 7
-"""
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
@@ -436,8 +424,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluste
 def test_status_dead_and_migrate_work_on_a_sentinel_url(
     cluster: SentinelCluster, tmp_path: Path
 ) -> None:
-    schedule = tmp_path / "s.yaml"
-    schedule.write_text(AMQP_SCHEDULE)
+    schedule = amqp_schedule(tmp_path)
     code, out, err = beatd("trigger", "nightly", "-s", str(schedule), "--broker", cluster.url)
     assert (code, err) == (0, "") and out.startswith("nightly@manual-")
     code, out, err = beatd("status", "--broker", cluster.url)
@@ -464,10 +451,6 @@ def test_a_sentinel_url_with_passwords_shows_none_in_errors(cluster: SentinelClu
     assert ":***@" in err and "sentinel_password=***" in err
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_the_pause_warning_counts_the_replicas_that_acknowledged(
     cluster: SentinelCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -482,3 +465,7 @@ def test_the_pause_warning_counts_the_replicas_that_acknowledged(
         assert "by any replica" not in said[0]
     finally:
         backend.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

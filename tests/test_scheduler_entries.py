@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from beatd.celery_listener import CeleryEventListener, CeleryEvents
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry
-from beatd.events import Adopted, Event, Status, Stepped
+from beatd.events import Adopted, Event, Observer, Status, Stepped
 from beatd.history import HistoryQuery
 from beatd.metrics import register_scheduler
 from beatd.runtime_entries import resolve_entry
@@ -60,12 +60,18 @@ def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
 
 
 def scheduler(
-    backend: MemoryBackend, clock: FakeClock, cfg: Config, node: str = "a", **kw: Any
+    backend: MemoryBackend,
+    clock: FakeClock,
+    cfg: Config,
+    node: str = "a",
+    observers: Sequence[Observer] = (),
+    **kw: Any,
 ) -> tuple[Scheduler, list[Config]]:
     """A scheduler and the configurations its reloads read (the last one)."""
     configs = [cfg]
     settings = SchedulerSettings(node=node, lease_ttl=10, max_clock_skew=3600, **kw)
-    return Scheduler(backend, lambda: configs[-1], clock, settings), configs
+    beat = Scheduler(backend, lambda: configs[-1], clock, settings, observers=observers)
+    return beat, configs
 
 
 def put(backend: MemoryBackend, clock: FakeClock, name: str, **fields: Any) -> None:
@@ -358,34 +364,38 @@ def resolve(url: str) -> AmqpLink:
 
 
 RABBIT = "amqp://guest@127.0.0.1:5672//"
+RELAYING = {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}  # RABBIT's queue
+
+
+@pytest.fixture
+def ear(backend: MemoryBackend, clock: FakeClock) -> Iterator[CeleryEventListener]:
+    """The Celery event listener on the backend, stopped after the test."""
+    listening = CeleryEventListener(Heard(), backend, clock, poll=0.01)
+    yield listening
+    listening.stop(wait=5)
 
 
 def test_celery_entries_added_at_runtime_start_the_event_listener_and_the_relay(
-    backend: MemoryBackend, clock: FakeClock
+    backend: MemoryBackend, clock: FakeClock, ear: CeleryEventListener
 ) -> None:
-    ear = CeleryEventListener(Heard(), backend, clock, poll=0.01)
     relay = Relay(clock)
-    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
     observers = [CeleryEvents(ear), AmqpRelaying(relay)]
-    beat = Scheduler(backend, lambda: config(), clock, settings, observers=observers)
-    try:
-        run_for(beat, 5)
-        assert not ear.running and relay.relaying is None  # leading no Celery entry
-        # (due at midnight: the memory backend holds no Celery queue to publish to)
-        put(backend, clock, "tenant-c", protocol="celery", queue="celery", every="1d")
-        run_for(beat, 5)
-        assert ear.running and relay.relaying is None
-        put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
-        run_for(beat, 5)
-        assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
-        backend.remove_entry("tenant-r", BY)
-        run_for(beat, 5)
-        assert relay.relaying is None and ear.running
-        backend.remove_entry("tenant-c", BY)
-        run_for(beat, 5)
-        assert not ear.running  # no Celery entry led any more
-    finally:
-        ear.stop(wait=5)
+    beat, _ = scheduler(backend, clock, config(), observers=observers)
+    run_for(beat, 5)
+    assert not ear.running and relay.relaying is None  # leading no Celery entry
+    # (due at midnight: the memory backend holds no Celery queue to publish to)
+    put(backend, clock, "tenant-c", protocol="celery", queue="celery", every="1d")
+    run_for(beat, 5)
+    assert ear.running and relay.relaying is None
+    put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
+    run_for(beat, 5)
+    assert relay.relaying == RELAYING
+    backend.remove_entry("tenant-r", BY)
+    run_for(beat, 5)
+    assert relay.relaying is None and ear.running
+    backend.remove_entry("tenant-c", BY)
+    run_for(beat, 5)
+    assert not ear.running  # no Celery entry led any more
 
 
 def test_leading_no_amqp_entry_the_relay_drains_the_outbox_at_adoption_and_every_minute(
@@ -396,13 +406,12 @@ def test_leading_no_amqp_entry_the_relay_drains_the_outbox_at_adoption_and_every
     and every 60 s while leading (each look one claim; the relay stops once it is empty)."""
     relay = Relay(clock)
     relaying = AmqpRelaying(relay)
-    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
-    beat = Scheduler(backend, lambda: config(), clock, settings, observers=[relaying])
+    beat, _ = scheduler(backend, clock, config(), observers=[relaying])
     run_for(beat, 5)
     assert (relay.relaying, relay.drains) == (None, 1)  # at adoption
     put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
     run_for(beat, 5)
-    assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
+    assert relay.relaying == RELAYING
     backend.remove_entry("tenant-r", BY)
     run_for(beat, 5)
     assert (relay.relaying, relay.drains) == (None, 2)  # its runs left behind go too
@@ -424,8 +433,7 @@ def test_given_the_backend_the_relay_starts_only_when_the_outbox_holds_runs(
     scheduler's own backend first."""
     relay = Relay(clock)
     relaying = AmqpRelaying(relay, backend)
-    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
-    beat = Scheduler(backend, lambda: config(), clock, settings, observers=[relaying])
+    beat, _ = scheduler(backend, clock, config(), observers=[relaying])
     run_for(beat, 5)
     assert relay.drains == 0  # the outbox is empty
     backend.enqueue([Outgoing("gone", "gone@1", BeatdQueue(OUTBOX_QUEUE), "{}")])
@@ -435,56 +443,61 @@ def test_given_the_backend_the_relay_starts_only_when_the_outbox_holds_runs(
 
 
 def test_a_new_leader_hears_the_runtime_celery_entries_at_adoption(
-    backend: MemoryBackend, clock: FakeClock
+    backend: MemoryBackend, clock: FakeClock, ear: CeleryEventListener
 ) -> None:
     put(backend, clock, "tenant-c", protocol="celery", queue="celery", every="1d")
     put(backend, clock, "tenant-r", protocol="celery", queue="reports", amqp={"url": RABBIT})
-    ear = CeleryEventListener(Heard(), backend, clock, poll=0.01)
     relay = Relay(clock)
-    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
-    observers = [CeleryEvents(ear), AmqpRelaying(relay)]
-    beat = Scheduler(backend, lambda: config(), clock, settings, observers=observers)
-    try:
-        run_for(beat, 5)
-        assert ear.running
-        assert relay.relaying == {"amqp://guest@127.0.0.1:5672/%2F": {("reports", "reports")}}
-    finally:
-        ear.stop(wait=5)
+    beat, _ = scheduler(
+        backend, clock, config(), observers=[CeleryEvents(ear), AmqpRelaying(relay)]
+    )
+    run_for(beat, 5)
+    assert ear.running
+    assert relay.relaying == RELAYING
 
 
-class SlowCommits(MemoryBackend):
-    """The memory backend with writes that each take `seconds` of the fake clock, as a loaded
-    machine's Redis did (issue 18's 8.8 s change: an adoption longer than the lease)."""
+class Slow(MemoryBackend):
+    """The memory backend `NAME` whose calls a subclass names each take `seconds` of the fake
+    clock, as a loaded machine's did (issue 18: a leader lost its lease right after adopting
+    1,000,000 entries, or publishing, or reading them)."""
 
-    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
-        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        super().__init__(NAME, wall_clock=lambda: clock.now().timestamp())
         self.clock, self.seconds = clock, seconds
 
-    def commit(self, lease: Any, writes: Any, messages: Any) -> set[str]:
+    def take(self) -> None:
         self.clock.advance(self.seconds)
+
+
+class SlowCommits(Slow):
+    """Writes that each take `seconds` (issue 18's 8.8 s change: an adoption longer than the
+    lease)."""
+
+    def commit(self, lease: Any, writes: Any, messages: Any) -> set[str]:
+        self.take()
         return super().commit(lease, writes, messages)
 
 
-def test_an_adoption_longer_than_the_lease_keeps_the_lease_and_a_change_waits_no_longer(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    discard(NAME)
-    slow = SlowCommits(NAME, clock, 1.0)
-    for i in range(3_000):
-        put(slow, clock, f"tenant-{i:04d}")
-    # 30 baseline writes of 100 entries, a second each: three times the lease's 10 s
-    beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
-    with caplog.at_level(logging.WARNING):
-        beat.step()  # reads the entries, takes the lease, adopts them all
-        assert beat.is_leader and beat.lease is not None and beat.lease.epoch == 1
-        put(slow, clock, "late-change", every="1s")
-        clock.advance(1)
-        run_for(beat, 3)
-    assert beat.totals.leader_changes == 1
-    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
-    assert "late-change" in beat.planned.entries
-    assert published(slow, "late-change")  # within the seconds after its write
-    discard(NAME)
+class SlowStates(Slow):
+    """States read in `pages`, each taking `seconds`, calling `pace` between them as Redis's and
+    PostgreSQL's pages do."""
+
+    pages = 1
+
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        for _ in range(self.pages):
+            self.take()
+            if pace is not None:
+                pace()
+        return super().load_states()
+
+
+class SlowReads(Slow):
+    """Pages of entries that each take `seconds`."""
+
+    def list_entries(self, after: str = "", limit: int = 1000) -> list[Any]:
+        self.take()
+        return super().list_entries(after, limit)
 
 
 class SlowCollector:
@@ -500,36 +513,69 @@ class SlowCollector:
             self.clock.advance(self.seconds)
 
 
+@pytest.fixture
+def slow_store() -> Iterator[None]:
+    """The store `NAME` the slow backends open: empty before the test, discarded after it."""
+    discard(NAME)
+    yield
+    discard(NAME)
+
+
+def lease_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the scheduler logged of losing its lease: a renewal late, or a node a standby."""
+    said = [r.getMessage() for r in caplog.records]
+    return [m for m in said if "stepping down" in m or "standby" in m]
+
+
+@pytest.mark.usefixtures("slow_store")
+def test_an_adoption_longer_than_the_lease_keeps_the_lease_and_a_change_waits_no_longer(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = SlowCommits(clock, 1.0)
+    for i in range(3_000):
+        put(slow, clock, f"tenant-{i:04d}")
+    # 30 baseline writes of 100 entries, a second each: three times the lease's 10 s
+    beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
+    with caplog.at_level(logging.WARNING):
+        beat.step()  # reads the entries, takes the lease, adopts them all
+        assert beat.is_leader and beat.lease is not None and beat.lease.epoch == 1
+        put(slow, clock, "late-change", every="1s")
+        clock.advance(1)
+        run_for(beat, 3)
+    assert lease_warnings(caplog) == []
+    assert beat.is_leader and beat.totals.leader_changes == 1
+    assert "late-change" in beat.planned.entries
+    assert published(slow, "late-change")  # within the seconds after its write
+
+
+@pytest.mark.usefixtures("slow_store")
 def test_a_long_pass_of_the_observers_after_an_adoption_keeps_the_lease(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    discard(NAME)
-    slow = SlowCommits(NAME, clock, 1.0)
+    slow = SlowCommits(clock, 1.0)
     for i in range(250):
         put(slow, clock, f"tenant-{i:03d}")
     # 3 baseline writes of 100 (3 s, no renewal due yet), then 8 s of the observers: 11 s
     # from the lease's last renewal, past its 9 s; a renewal right before them gives 9 s again
-    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600, batch_size=100)
     cfg = config(file_entry("files"))
-    beat = Scheduler(slow, lambda: cfg, clock, settings, observers=[SlowCollector(clock, 8.0)])
+    observers = [SlowCollector(clock, 8.0)]
+    beat, _ = scheduler(slow, clock, cfg, batch_size=100, observers=observers)
     with caplog.at_level(logging.WARNING):
         beat.step()
         assert beat.is_leader
         run_for(beat, 5)
-    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
-    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert lease_warnings(caplog) == []
     assert beat.is_leader and beat.totals.leader_changes == 1
-    discard(NAME)
 
 
+@pytest.mark.usefixtures("slow_store")
 def test_a_round_publishing_longer_than_the_lease_keeps_it(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A leader restarting with 1,000,000 entries had tens of thousands due at once (the slots
     missed while it was down) and lost its lease within the round publishing them: the round
     renews it between its batches, as the adoption does."""
-    discard(NAME)
-    slow = SlowCommits(NAME, clock, 0.0)
+    slow = SlowCommits(clock, 0.0)
     for i in range(2_000):
         put(slow, clock, f"tenant-{i:04d}")
     beat, _ = scheduler(slow, clock, config(file_entry("files")), batch_size=100)
@@ -538,64 +584,34 @@ def test_a_round_publishing_longer_than_the_lease_keeps_it(
     slow.seconds = 0.5  # 20 batches of 100 at the minute: 10 s, past the 9 s of a renewal
     with caplog.at_level(logging.WARNING):
         run_for(beat, 90)
-    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
-    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert lease_warnings(caplog) == []
     assert beat.is_leader and beat.totals.leader_changes == 1
     assert len(published(slow, "tenant-1999")) >= 1
-    discard(NAME)
 
 
-class SlowStates(MemoryBackend):
-    """The memory backend whose states are read in `pages`, each taking `seconds` of the fake
-    clock, calling `pace` between them as Redis's and PostgreSQL's pages do."""
-
-    def __init__(self, name: str, clock: FakeClock, pages: int, seconds: float) -> None:
-        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
-        self.clock, self.pages, self.seconds = clock, pages, seconds
-
-    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
-        for _ in range(self.pages):
-            self.clock.advance(self.seconds)
-            if pace is not None:
-                pace()
-        return super().load_states()
-
-
+@pytest.mark.usefixtures("slow_store")
 def test_reading_the_states_for_longer_than_the_lease_keeps_it(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A leader restarting with 1,000,000 entries on Redis read their states for 18-30 s on a
     loaded machine, past its 10 s lease, and lost it at the first renewal after: taken again,
     it read them again and lost it again. The lease is renewed between the pages."""
-    discard(NAME)
-    slow = SlowStates(NAME, clock, 5, 3.0)  # 15 s of reading
+    slow = SlowStates(clock, 3.0)
+    slow.pages = 5  # 15 s of reading
     put(slow, clock, "tenant-1")
     beat, _ = scheduler(slow, clock, config(file_entry("files")))
     with caplog.at_level(logging.WARNING):
         beat.step()
         run_for(beat, 5)
-    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
+    assert lease_warnings(caplog) == []
     assert beat.is_leader and beat.totals.leader_changes == 1
-    discard(NAME)
 
 
-class SlowReads(MemoryBackend):
-    """The memory backend whose pages of entries each take `seconds` of the fake clock."""
-
-    def __init__(self, name: str, clock: FakeClock, seconds: float) -> None:
-        super().__init__(name, wall_clock=lambda: clock.now().timestamp())
-        self.clock, self.seconds = clock, seconds
-
-    def list_entries(self, after: str = "", limit: int = 1000) -> list[Any]:
-        self.clock.advance(self.seconds)
-        return super().list_entries(after, limit)
-
-
+@pytest.mark.usefixtures("slow_store")
 def test_a_lease_taken_after_a_long_read_of_the_entries_is_timed_from_its_taking(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    discard(NAME)
-    slow = SlowReads(NAME, clock, 4.0)
+    slow = SlowReads(clock, 4.0)
     for i in range(3_000):
         put(slow, clock, f"tenant-{i:04d}")
     # the first step reads 4 pages of 1,000 (16 s, beyond the 10 s lease), then takes the lease
@@ -606,7 +622,5 @@ def test_a_lease_taken_after_a_long_read_of_the_entries_is_timed_from_its_taking
         clock.advance(2)
         beat.step()  # the lease was taken 2 s ago: no renewal is late
         run_for(beat, 30)
-    assert [r.getMessage() for r in caplog.records if "standby" in r.getMessage()] == []
-    assert [r.getMessage() for r in caplog.records if "stepping down" in r.getMessage()] == []
+    assert lease_warnings(caplog) == []
     assert beat.is_leader and beat.totals.leader_changes == 1
-    discard(NAME)

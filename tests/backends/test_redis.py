@@ -70,6 +70,7 @@ from beatd.tasks import Registry
 from beatd.worker import Worker, WorkerSettings
 from tests.backends.contract import BackendContract, message, state
 from tests.backends.controls_contract import BUFFER, finish, held, queued_ids, trigger, write
+from tests.backends.entries_contract import BY, defined
 from tests.backends.history_contract import lead, run, run_id, slot_of
 from tests.redis_server import RedisServer, free_port
 from tests.waiting import wait_for
@@ -98,12 +99,14 @@ def admin(server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def backends_of(url: str, **options: Any) -> Iterator[Callable[[], RedisBackend]]:
-    """Makes backends on `url`, closed afterwards (a fixture's body: `yield from`)."""
+def backends_of(
+    url: str, kind: type[RedisBackend] = RedisBackend, **options: Any
+) -> Iterator[Callable[[], RedisBackend]]:
+    """Makes backends of `kind` on `url`, closed afterwards (a fixture's body: `yield from`)."""
     made: list[RedisBackend] = []
 
     def make() -> RedisBackend:
-        made.append(RedisBackend(url, **options))
+        made.append(kind(url, **options))
         return made[-1]
 
     yield make
@@ -623,6 +626,18 @@ def test_the_history_trim_per_entry_goes_on_where_the_last_call_stopped(
         assert backend.trim(Retention()) == 0
     calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
     assert calls["cmdstat_zcard"] >= 1000  # every entry looked at once in the pass
+
+
+def test_the_index_of_the_controls_records_is_trimmed_with_the_log(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    backend.pause(["a"], "r", None, BY)
+    backend.put_entries([defined("a"), defined("b")], BY)
+    assert admin.zcard("beatd:ctl:audit-ctl") == 1
+    time.sleep(0.01)
+    assert backend.trim_audit(timedelta(microseconds=1)) == 3
+    assert admin.zcard("beatd:ctl:audit-ctl") == 0
+    assert backend.audit(controls_only=True) == []
 
 
 def documented_acl(user: str, password: str) -> list[str]:
