@@ -278,11 +278,12 @@ def test_redis_restarted_with_aof_under_load_both_daemons_recover_nothing_twice_
     )
     assert [*cluster.stop_leader_last(a, b), w.stop()] == [0, 0, 0]  # w runs what a published
 
-    assert {d.name: (d.count(DOWN), d.count(UP)) for d in daemons} == {
-        "a": (1, 1),
-        "b": (1, 1),
-        "w": (1, 1),
-    }
+    # each outage logged once, then its end: a loaded machine may time out a call again later,
+    # which is an outage of its own, but never a second line for the same one
+    for d in daemons:
+        said = [m for m in d.messages() if DOWN in m or UP in m]
+        assert said and all(DOWN in m for m in said[::2]) and all(UP in m for m in said[1::2])
+        assert len(said) % 2 == 0, f"{d.name} did not log the end of its last outage: {said}"
     # At most once published, at least once run: a run that finished just before the kill but
     # whose ack the kill lost is delivered again after the visibility timeout, so it may run
     # twice, but only as a later delivery of the same published run, never as a second one.
