@@ -242,9 +242,27 @@ def queued_count(url: str) -> int:
 
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return sum(client.xlen(k) for k in client.scan_iter("beatd:queue:*"))
+        keys = redis_queue_keys(client)
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xlen(key)
+            return sum(pipe.execute())
     finally:
         client.close()
+
+
+def redis_queue_keys(client: Any) -> list[str]:
+    """The streams of the queues named in `beatd:queues` (every script that adds a run adds its
+    queue there), one round trip. Not a SCAN of `beatd:queue:*`: that walks the whole keyspace
+    ten keys a call, and the run history's keys (one per run) made the worker scenario's depth
+    sampling take hundreds of round trips a sample with the history on, which slowed the worker
+    it measured (issue 15). A beatd from before that set is scanned instead."""
+    from beatd.backends.redis_link import BANDS
+
+    queues = client.smembers("beatd:queues")
+    if not queues:
+        return list(client.scan_iter("beatd:queue:*", count=10_000))
+    return [f"beatd:queue:{q}:{b}" for q in sorted(queues) for b in BANDS]
 
 
 def _postgres_rows(url: str, since: float) -> list[tuple[str, float]]:

@@ -16,8 +16,11 @@ the machine decides it, so the worst and p90 are given beside it.
 
 The rate is taken between 90 % and 10 % remaining, so process start-up and the last stragglers
 are left out; so is the CPU per task, of the main process and of the pool (every descendant
-process), read from /proc at those two marks. Every run of the task counts itself
-(bench/taskcount.py), and the result says how many executed: N when every message ran.
+process), read from /proc at those two marks, and on Redis the server's (`INFO cpu`, which counts
+every client's commands: the bench's own depth samples too), which the worker waits for on each
+claim and ack: a figure the machine's load bends less than the rate. Every run of the task
+counts itself (bench/taskcount.py), and the result says how many executed: N when every message
+ran.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ QUEUE = "default"  # beatd's
 CELERY_QUEUE = "celery"  # Celery's default queue, where `beatd run` sends an entry without one
 BATCH = 1000
 
-Mark = tuple[float, float, float]  # monotonic time, CPU s of the main process, CPU s of the pool
+# monotonic time, CPU s of the main process, of the pool, and of the Redis server (0 on others)
+Mark = tuple[float, float, float, float]
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -59,16 +63,18 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     if tool == "celery":
         _fill_celery(url, count)
         depth = _celery_depth(url)
+        server_cpu = _server_cpu(url)
         extra["celery"] = peers.versions()["celery"]
         spawned = time.monotonic()
         process = _celery_worker(url, concurrency, counts, log)
     else:
         _fill(url, count)
         depth = lambda: queued_count(url)  # noqa: E731
+        server_cpu = _server_cpu(url)
         spawned = time.monotonic()
         process = _beatd_worker(url, concurrency, counts, log, params.get("log_level", "info"))
     try:
-        marks = _drain(process, depth, count, params.get("timeout", 240), log)
+        marks = _drain(process, depth, server_cpu, count, params.get("timeout", 240), log)
         # Celery's queue empties as its last tasks are taken, not finished: wait for them
         wait_until(lambda: taskcount.executed(counts) >= count, 30, 0.05)
         main_cpu, pool_cpu = _tree_cpu(process.pid)
@@ -94,6 +100,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         ),
         "pool_cpu_us_per_task": (
             round(1e6 * (marks["p10"][2] - marks["p90"][2]) / per_task, 1) if done else None
+        ),
+        "server_cpu_us_per_task": (
+            round(1e6 * (marks["p10"][3] - marks["p90"][3]) / per_task, 1)
+            if done and kind == "redis"
+            else None
         ),
         "latency_samples": len(latencies),
         "latency_p50_ms": _percentile(latencies, 50),
@@ -180,6 +191,7 @@ def _celery_queue_one(url: str) -> Callable[[int], None]:
 def _drain(
     process: subprocess.Popen[bytes],
     depth: Callable[[], int],
+    server_cpu: Callable[[], float],
     count: int,
     timeout: float,
     log: Path,
@@ -191,11 +203,11 @@ def _drain(
         remaining = depth()
         now = time.monotonic()
         if remaining <= 0.9 * count and "p90" not in marks:
-            marks["p90"] = (now, *_tree_cpu(process.pid))
+            marks["p90"] = (now, *_tree_cpu(process.pid), server_cpu())
         if remaining <= 0.1 * count and "p10" not in marks:
-            marks["p10"] = (now, *_tree_cpu(process.pid))
+            marks["p10"] = (now, *_tree_cpu(process.pid), server_cpu())
         if remaining == 0:
-            marks["empty"] = (now, 0.0, 0.0)
+            marks["empty"] = (now, 0.0, 0.0, 0.0)
             break
         if process.poll() is not None:
             raise RuntimeError(f"the worker exited with {process.returncode}; see {log}")
@@ -216,6 +228,22 @@ def _tree_cpu(pid: int) -> tuple[float, float]:
             continue
         pending += _children(child)
     return proc_cpu(pid), descendants
+
+
+def _server_cpu(url: str) -> Callable[[], float]:
+    """CPU seconds (user + system) the Redis server at `url` has used, from `INFO cpu`; 0 for
+    another backend (SQLite runs in the worker's own process)."""
+    if not url.startswith("redis"):
+        return lambda: 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    return cpu
 
 
 def _children(pid: int) -> list[int]:
