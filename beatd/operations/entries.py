@@ -98,8 +98,13 @@ def resolve(
     )
 
 
+# json.dumps(..., default=str), without making an encoder per entry of a batch
+_ARGUMENT_JSON = json.JSONEncoder(default=str)
+
+
 def check_argument_size(name: str, raw: Mapping[str, Any]) -> None:
-    sizes = {f: len(json.dumps(raw[f], default=str)) for f in ("args", "kwargs") if f in raw}
+    encode = _ARGUMENT_JSON.encode
+    sizes = {f: len(encode(raw[f])) for f in ("args", "kwargs") if f in raw}
     total = sum(sizes.values())
     if total > MAX_ARGUMENT_BYTES:
         field = max(sizes, key=lambda f: sizes[f])
