@@ -308,6 +308,20 @@ def check_unique(puts: Sequence[EntryPut]) -> None:
         raise BackendError(f"entries {', '.join(twice)} are given twice; nothing was written")
 
 
+def check_puts(
+    puts: Sequence[EntryPut],
+    current: Sequence[RuntimeEntry | None],
+    files: Sequence[str | None],
+    request_id: str | None,
+) -> None:
+    """The first refusal `plan_puts` would raise for `puts`, without making the entries (a
+    batch written in steps is checked whole before its first step)."""
+    check_unique(puts)
+    for put, stored, path in zip(puts, current, files, strict=True):
+        if request_id is None or stored is None or stored.request_id != request_id:
+            check_put(put.entry.name, stored, path, put.expected)
+
+
 def plan_puts(
     puts: Sequence[EntryPut],
     current: Sequence[RuntimeEntry | None],
@@ -377,7 +391,6 @@ def page_of(
 
 # --- resolving ----------------------------------------------------------------------------------
 
-_ABSENT = object()
 _EPOCH_TEXT = EPOCH.isoformat()
 _PLAIN = (str, int, float, bool)
 # Fields stored only when given: a window not given has no bound, and a null amqp is no
@@ -386,11 +399,16 @@ _FILLED = tuple(f for f in FIELDS if f.name not in (*SCHEDULE_FIELDS, *WINDOW_FI
 
 
 def _check(name: str, raw: Mapping[str, Any], default_timezone: str) -> Entry:
-    reader = EntryReader(API_SOURCE, name, raw, lambda _field, _key: (0, 0))
+    reader = EntryReader(API_SOURCE, name, raw, _nowhere)
     entry = build_entry(reader, {}, default_timezone, [])
     if entry is None:
         raise InvalidEntry([FieldProblem(name, p.field, p.message) for p in reader.problems])
     return entry
+
+
+def _nowhere(_field: str | None, _at_key: bool) -> tuple[int, int]:
+    """A runtime entry's problems have no line and column (`FieldProblem` locates them)."""
+    return (0, 0)
 
 
 def _built(name: str, definition: Mapping[str, Any]) -> Entry:
@@ -418,26 +436,27 @@ def amqp_json(target: AmqpTarget) -> dict[str, str]:
 
 
 def _fill_defaults(definition: dict[str, Any], entry: Entry, protocol: str | None) -> None:
-    """Store in `definition` every field it does not give: derived from the built entry, or
-    the field table's default."""
-    derived = {
-        "anchor": _EPOCH_TEXT if "every" in definition else _ABSENT,
-        "timezone": entry.timezone,
-        "protocol": protocol,
-        "jitter": _seconds(entry.jitter),
-        "misfire_grace": _seconds(entry.misfire_grace),
-    }
-    for field in _FILLED:
-        name = field.name
+    """Store in `definition` every field it does not give, in the field table's order: derived
+    from the built entry, or the field table's default."""
+    for name in _FILLED_NAMES:
         if name in definition:
             continue
-        if name in derived:
-            value = derived[name]
-            if value is not _ABSENT:
-                definition[name] = value
+        if name in _DERIVED:
+            if name == "anchor":
+                if "every" in definition:
+                    definition[name] = _EPOCH_TEXT
+            elif name == "timezone":
+                definition[name] = entry.timezone
+            elif name == "protocol":
+                definition[name] = protocol
+            elif name == "jitter":
+                definition[name] = _seconds(entry.jitter)
+            else:
+                definition[name] = _seconds(entry.misfire_grace)
+        elif name in _CONTAINERS:  # a fresh container each: definitions share no value
+            definition[name] = _CONTAINERS[name].copy()
         else:
-            value = _DEFAULTS[name]  # a fresh container each: definitions share no value
-            definition[name] = type(value)(value) if isinstance(value, list | dict) else value
+            definition[name] = _DEFAULTS[name]
 
 
 def _seconds(value: timedelta) -> int | float:
@@ -447,8 +466,13 @@ def _seconds(value: timedelta) -> int | float:
 
 def _json(value: Any) -> Any:
     """A field's value as JSON holds it (a YAML flag may give dates, tuples, a cron spec)."""
-    if value is None or type(value) in _PLAIN:  # most values: checked first, as it is cheap
+    kind = type(value)
+    if value is None or kind in _PLAIN:  # most values: checked first, as it is cheap
         return value
+    if kind is list:  # args, as JSON gives them: the plain values kept, without a call each
+        return [v if v is None or type(v) in _PLAIN else _json(v) for v in value]
+    if kind is dict:
+        return {k: v if v is None or type(v) in _PLAIN else _json(v) for k, v in value.items()}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime | date):
@@ -469,4 +493,9 @@ _DEFAULTS = {
     f.name: _json(f.default)
     for f in _FILLED
     if f.name not in _DERIVED and f.default is not REQUIRED
+}
+_FILLED_NAMES = tuple(f.name for f in _FILLED)
+# the defaults that are containers (args, kwargs, headers): made anew for each definition
+_CONTAINERS: dict[str, list[Any] | dict[str, Any]] = {
+    name: value for name, value in _DEFAULTS.items() if isinstance(value, list | dict)
 }

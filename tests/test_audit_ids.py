@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 
-from beatd.controls import new_audit_id
+from beatd.controls import new_audit_id, new_audit_ids
 
 
 def test_ids_made_one_after_another_sort_in_that_order() -> None:
@@ -37,3 +37,13 @@ def test_ids_made_by_threads_at_once_are_unique() -> None:
     every = [i for m in made for i in m]
     assert len(set(every)) == len(every)
     assert all(m == sorted(m) for m in made)
+
+
+def test_ids_made_in_bulk_keep_their_form_and_order_among_single_ones() -> None:
+    before = new_audit_id()
+    bulk = new_audit_ids(3000)
+    after = new_audit_id()
+    assert all(re.fullmatch("[0-9a-f]{24}", i) for i in bulk)
+    assert [before, *bulk, after] == sorted([before, *bulk, after])
+    assert len({before, *bulk, after}) == len(bulk) + 2
+    assert new_audit_ids(0) == []

@@ -4,6 +4,8 @@ the list with file entries, and export / import back into the same entries."""
 
 from __future__ import annotations
 
+import gc
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,59 @@ def test_add_many_is_all_or_nothing_and_names_every_problem(store: Backend) -> N
     assert shown.all_runtime_entries(store) == []
     added = ops.add_many(store, [*batch[:1], ("b", {"task": "x.y", "every": "2h"})], WRITING)
     assert [(e.name, e.version) for e in added] == [("a", 1), ("b", 2)]  # their changes' seqs
+
+
+class _Watching:
+    """A backend that notes whether the cyclic collector ran while a batch was written."""
+
+    def __init__(self, store: Backend) -> None:
+        self.store, self.collecting = store, [gc.isenabled()]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def put_entries(self, *args: Any, **kwargs: Any) -> Any:
+        self.collecting.append(gc.isenabled())
+        return self.store.put_entries(*args, **kwargs)
+
+
+def test_add_many_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it(
+    store: Backend,
+) -> None:
+    watching = _Watching(store)
+    ops.add_many(watching, [("a", {"task": "x.y", "every": "1h"})], WRITING)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEntry):
+        ops.add_many(store, [("b", {"task": "x.y", "every": "soon"})], WRITING)
+    assert watching.collecting == [True, False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ops.add_many(store, [("c", {"task": "x.y", "every": "1h"})], WRITING)
+        assert not gc.isenabled()  # off before: not turned on
+    finally:
+        gc.enable()
+
+
+def test_overlapping_pauses_of_the_collector_end_with_the_last() -> None:
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        first_in.wait(5)
+        with ops.collector_paused():
+            second_in.set()
+            first_out.wait(5)
+            seen.append(gc.isenabled())  # the first has ended: still paused for this one
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with ops.collector_paused():
+        first_in.set()
+        second_in.wait(5)
+    first_out.set()
+    thread.join(5)
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 def _every_problem(text: str) -> str:

@@ -4,7 +4,7 @@ PostgreSQL store the same columns): the definition as JSON text, times in µs si
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beatd.backends.base import from_micros, to_micros
@@ -30,12 +30,21 @@ def entry_of_row(row: Sequence[Any]) -> RuntimeEntry:
     )
 
 
+# json.dumps(..., ensure_ascii=False) without making an encoder per entry
+_DEFINITION_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
+def definition_json(definition: Mapping[str, Any]) -> str:
+    """A definition's JSON text, as every backend stores it."""
+    return _DEFINITION_JSON.encode(definition if type(definition) is dict else dict(definition))
+
+
 def entry_row(entry: RuntimeEntry) -> tuple[Any, ...]:
     """The row of ENTRY_COLUMNS that holds `entry`."""
     return (
         entry.name,
         entry.version,
-        json.dumps(dict(entry.definition), ensure_ascii=False),
+        definition_json(entry.definition),
         to_micros(entry.created_at),
         entry.created_by,
         to_micros(entry.updated_at),

@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beatd.backends.base import Lease, from_micros, to_micros
+from beatd.backends.entry_rows import definition_json
 from beatd.backends.redis_link import RedisLink
-from beatd.controls import new_audit_id
+from beatd.controls import new_audit_id, new_audit_ids
 from beatd.errors import BackendError
 from beatd.runtime_entries import (
     API_SOURCE,
@@ -51,9 +52,9 @@ def _entry(name: str, meta: str, definition: str | Mapping[str, Any]) -> Runtime
 def _put_args(puts: Sequence[EntryPut]) -> list[str]:
     """A put script's arguments for `puts`: name, definition, expected version, audit id."""
     flat: list[str] = []
-    for entry, expected in puts:
-        definition = json.dumps(dict(entry.definition), ensure_ascii=False)
-        flat += (entry.name, definition, "" if expected is None else str(expected), new_audit_id())
+    for (entry, expected), audit_id in zip(puts, new_audit_ids(len(puts)), strict=True):
+        definition = definition_json(entry.definition)
+        flat += (entry.name, definition, "" if expected is None else str(expected), audit_id)
     return flat
 
 
@@ -127,7 +128,7 @@ class RedisEntries(RedisLink, EntryWrites):
         for at in range(0, len(puts), self.check_step):
             flat: list[str] = []
             for entry, expected in puts[at : at + self.check_step]:
-                flat += (entry.name, "", "" if expected is None else str(expected), "")
+                flat += (entry.name, "" if expected is None else str(expected))
             _refusal(self._eval("put_entries", (), (*head, "check", *flat)))
 
     def remove_entry(

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 ENTRIES = """
 local US = '\\31'
+local function trim_feed(P, keep)
+  local over = redis.call('ZCARD', P .. 'rt:feed') - keep
+  while over > 0 do  -- the oldest records, a thousand a call (unpack's stack is bounded)
+    local n = math.min(over, 1000)
+    redis.call('ZREM', P .. 'rt:feed', unpack(redis.call('ZRANGE', P .. 'rt:feed', 0, n - 1)))
+    over = over - n
+  end
+end
 local function entry_changed(P, name, version, keep)
   local seq = tonumber(redis.call('GET', P .. 'rt:seq') or '0') + 1
   redis.call('SET', P .. 'rt:seq', seq)
   redis.call('ZADD', P .. 'rt:feed', seq, seq .. US .. name .. US .. version)
-  local over = redis.call('ZCARD', P .. 'rt:feed') - keep
-  if over > 0 then
-    redis.call('ZREM', P .. 'rt:feed', unpack(redis.call('ZRANGE', P .. 'rt:feed', 0, over - 1)))
-  end
+  trim_feed(P, keep)
 end
 local function entry_json(P, name, meta)
   return '{"version":' .. meta[1] .. ',"definition":' .. redis.call('HGET', P .. 'rt:def', name)
@@ -33,15 +38,18 @@ end
 """
 
 # ARGV P, by, request id ('' none), the audit detail (JSON), feed retention, 'write' or 'check',
-# then per entry (name, definition, expected ('' none), audit id) -> {meta}... for every entry,
-# in order (the definition is the one sent: a repeat of the request stored that one), or {} to
-# a 'check' (which only checks: definitions and audit ids may be '') | {'taken' | 'readonly',
-# name, file} | {'mismatch', name, expected, actual version}: the first refusal, nothing written
+# then per entry to a 'write' (name, definition, expected ('' none), audit id), to a 'check'
+# (name, expected) -> {meta}... for every entry, in order (the definition is the one sent: a
+# repeat of the request stored that one), or {} to a 'check' (which only checks) | {'taken' |
+# 'readonly', name, file} | {'mismatch', name, expected, actual version}: the first refusal,
+# nothing written. The feed's seq is read and set, and the feed trimmed, once a script.
 PUT_ENTRIES = """
 local P, by, rid, detail, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local check = ARGV[6] == 'check'
+local width, at = check and 2 or 4, check and 1 or 2
 local stored = {}
-for i = 7, #ARGV, 4 do
-  local name, expected = ARGV[i], ARGV[i + 2]
+for i = 7, #ARGV, width do
+  local name, expected = ARGV[i], ARGV[i + at]
   local text = redis.call('HGET', P .. 'rt:meta', name)
   local m = text and cjson.decode(text)
   if not (m and rid ~= '' and m[6] == rid) then
@@ -57,14 +65,16 @@ for i = 7, #ARGV, 4 do
   end
   stored[i] = m or false
 end
-if ARGV[6] == 'check' then return {} end
+if check then return {} end
 local now, out = now_us(), {}
+local head = tonumber(redis.call('GET', P .. 'rt:seq') or '0')
+local seq = head
 for i = 7, #ARGV, 4 do
   local name, def, m = ARGV[i], ARGV[i + 1], stored[i]
   if m and rid ~= '' and m[6] == rid then
     out[#out + 1] = redis.call('HGET', P .. 'rt:meta', name)
   else
-    local seq = tonumber(redis.call('GET', P .. 'rt:seq') or '0') + 1
+    seq = seq + 1
     local meta, before, action = {seq, now, by, now, by, rid}, 'null', 'entry.add'
     if m then
       meta, action = {m[1] + 1, m[2], m[3], now, by, rid}, 'entry.set'
@@ -74,12 +84,16 @@ for i = 7, #ARGV, 4 do
     redis.call('HSET', P .. 'rt:meta', name, text)
     redis.call('HSET', P .. 'rt:def', name, def)
     redis.call('ZADD', P .. 'rt:names', 0, name)
-    entry_changed(P, name, meta[1], keep)
+    redis.call('ZADD', P .. 'rt:feed', seq, seq .. US .. name .. US .. meta[1])
     local after = '{"version":' .. meta[1] .. ',"definition":' .. def .. '}'
     add_audit(P, ARGV[i + 3], now, name, '[' .. cjson.encode(action) .. ',' .. cjson.encode(name)
       .. ',' .. cjson.encode(by) .. ',' .. detail .. ',' .. before .. ',' .. after .. ',""]')
     out[#out + 1] = text
   end
+end
+if seq > head then
+  redis.call('SET', P .. 'rt:seq', seq)
+  trim_feed(P, keep)
 end
 return out
 """

@@ -17,7 +17,7 @@ from beatd.backends.sqlite_controls import _AUDIT as _AUDIT_COLUMNS
 from beatd.backends.sqlite_controls import _store_audit
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
-from beatd.controls import new_audit_id
+from beatd.controls import new_audit_id, new_audit_ids
 from beatd.errors import BackendError, TransientBackendError
 from beatd.runtime_entries import (
     API_SOURCE,
@@ -28,6 +28,7 @@ from beatd.runtime_entries import (
     EntryWrites,
     PartlyWritten,
     RuntimeEntry,
+    check_puts,
     check_remove,
     check_unique,
     entry_audit,
@@ -73,6 +74,7 @@ def _trim_feed(db: sqlite3.Connection, retention: int) -> None:
 
 
 def _audit_row(
+    audit_id: str,
     stored: RuntimeEntry,
     before: RuntimeEntry | None,
     definition: object,
@@ -85,7 +87,7 @@ def _audit_row(
     action = "entry.add" if before is None else "entry.set"
     before_text = None if before is None else json.dumps(before.audit_json())
     after_text = f'{{"version": {stored.version}, "definition": {definition}}}'
-    row = (new_audit_id(), to_micros(at), action, stored.name, by, detail)
+    row = (audit_id, to_micros(at), action, stored.name, by, detail)
     return (*row, before_text, after_text)
 
 
@@ -159,11 +161,7 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
             return
         names = [p.entry.name for p in puts]
         current, files = _currents(db, names), _files_of(db, names)
-        at = from_micros(micros(self._now()))
-        plan_puts(
-            puts, [current.get(n) for n in names], [files.get(n) for n in names],
-            at, "", request_id, _head(db),
-        )  # fmt: skip
+        check_puts(puts, [current.get(n) for n in names], [files.get(n) for n in names], request_id)
 
     def _put_step(
         self, db: sqlite3.Connection, puts: Sequence[EntryPut], by: str, request_id: str | None
@@ -186,11 +184,12 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
         )
         _trim_feed(db, self.feed_retention)
         detail = json.dumps({"request_id": request_id, "source": API_SOURCE})
+        ids = new_audit_ids(len(written))
         db.executemany(
             f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                _audit_row(stored, before, row[2], at, by, detail)
-                for (stored, before), row in zip(written, rows, strict=True)
+                _audit_row(audit_id, stored, before, row[2], at, by, detail)
+                for audit_id, (stored, before), row in zip(ids, written, rows, strict=True)
             ],
         )
         return [o.stored for o in outcomes]

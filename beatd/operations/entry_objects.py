@@ -5,6 +5,7 @@ pages of them by name, and an entry's next slots."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from beatd.backends import Backend
@@ -21,6 +22,10 @@ MAX_NEXT_RUNS = 1000
 SOURCES = (API_SOURCE, "file")  # what `list --source` chooses between
 
 
+# The write times of a batch's entries are a few instants (one a step), shown 100,000 times
+_stamp = lru_cache(maxsize=256)(stamp)
+
+
 def entry_object(entry: RuntimeEntry) -> dict[str, Any]:
     """A runtime entry's JSON form: its name, source, version, every field of its definition,
     and when and by whom it was created and last changed."""
@@ -29,9 +34,9 @@ def entry_object(entry: RuntimeEntry) -> dict[str, Any]:
         "source": entry.source,
         "version": entry.version,
         "definition": dict(entry.definition),
-        "created_at": stamp(entry.created_at),
+        "created_at": _stamp(entry.created_at),
         "created_by": entry.created_by,
-        "updated_at": stamp(entry.updated_at),
+        "updated_at": _stamp(entry.updated_at),
         "updated_by": entry.updated_by,
     }
 

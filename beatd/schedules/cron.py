@@ -351,6 +351,7 @@ class CronExpression:
         return days
 
 
+@lru_cache(maxsize=4096)  # asked for every cron entry of a bulk import: the texts repeat
 def uses_hash(text: str) -> bool:
     """Whether the expression has `H` items (a day name such as THU or a macro has none)."""
     expr = " ".join(text.split())

@@ -313,6 +313,17 @@ class EntriesContract:
         )
         assert entries.entry_changes(last + 1) == ChangePage((), last, reload=True)
 
+    def test_a_batch_of_more_changes_than_the_feed_keeps_leaves_its_newest_records(
+        self, entries: RuntimeEntries
+    ) -> None:
+        entries.feed_retention = 3
+        start = head(entries)
+        entries.put_entries([defined(f"b{n}") for n in range(5)], BY)
+        last = start + 5
+        kept = tuple(EntryChange(start + n, f"b{n - 1}", start + n) for n in (3, 4, 5))
+        assert entries.entry_changes(start + 2) == ChangePage(kept, last)
+        assert entries.entry_changes(start + 1) == ChangePage((), last, reload=True)
+
     # --- audit and migration --------------------------------------------------------------
 
     def test_each_write_has_its_audit_record_with_before_and_after(
