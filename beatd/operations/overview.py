@@ -38,7 +38,7 @@ def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]
         "leader": None if info is None else {"node": info.node, "epoch": info.epoch},
         "nodes": nodes if nodes is not None else [],
         "queues": queue_rows(store, server_now),
-        "dead_letters": len(store.dead_letters()),
+        "dead_letters": store.count_dead_letters(),
         "last_hour": last_hour(store, server_now),
         "index_ready": ready,
         "overdue": [r.name for r in overdue[:LIST_CAP]],
