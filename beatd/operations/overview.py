@@ -4,11 +4,14 @@ the runs late, missed and failed in the last hour, and the entries overdue or fa
 
 The last hour's figures come from the run history by the backend's clock, so every node shows
 the same numbers; they read at most `HISTORY_CAP` run and missed-slot records (bounded work on
-every backend), and say `complete: false` when the hour held more. The overdue and failing
-entries come from the node's entry index (beatd.entry_index)."""
+every backend), and say `complete: false` when the hour held more. That read is the page's
+dearest (a few hundred milliseconds at 100,000 entries), so a node makes it at most once every
+`HOUR_FIGURES_TTL` seconds (`HourFigures`): figures of the last hour may be that much behind.
+The overdue and failing entries come from the node's entry index (beatd.entry_index)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,14 +25,44 @@ from beatd.timetext import stamp
 LIST_CAP = 100  # names listed as overdue or failing, at most
 HISTORY_CAP = 5000  # run records, and missed-slot records, read for the last hour at most
 HOUR = timedelta(hours=1)
+HOUR_FIGURES_TTL = 10.0  # seconds, by the backend's clock, that the last hour's figures are kept
 
 
-def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]:
-    """The overview; the overdue and failing entries from `index` (none while it is built)."""
+class HourFigures:
+    """The last hour's figures (`last_hour`), read again once they are `HOUR_FIGURES_TTL`
+    seconds old by the backend's clock (or that clock went back): one read of the history
+    however often the overview is asked. Safe to share between request threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at: datetime | None = None
+        self._figures: dict[str, Any] = {}
+
+    def get(self, store: Backend) -> dict[str, Any]:
+        server_now = backend_now(store)
+        with self._lock:
+            read_at = self._read_at
+            if read_at is not None and read_at <= server_now < read_at + KEPT:
+                return dict(self._figures)
+        figures = last_hour(store, server_now)  # outside the lock: two may read, both right
+        with self._lock:
+            self._read_at, self._figures = server_now, figures
+        return dict(figures)
+
+
+KEPT = timedelta(seconds=HOUR_FIGURES_TTL)
+
+
+def overview(
+    store: Backend, index: EntryIndex, now: datetime, hour: HourFigures | None = None
+) -> dict[str, Any]:
+    """The overview; the overdue and failing entries from `index` (none while it is built);
+    the last hour's figures kept by `hour` (read afresh without one)."""
     info = store.leader()
     warnings: list[str] = []
     nodes = node_rows(store, info, warnings)
     server_now = backend_now(store)
+    figures = last_hour(store, server_now) if hour is None else hour.get(store)
     ready = index.ready.is_set()
     overdue = index.overdue(now) if ready else []
     failing = index.failing() if ready else []
@@ -39,7 +72,7 @@ def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]
         "nodes": nodes if nodes is not None else [],
         "queues": queue_rows(store, server_now),
         "dead_letters": store.count_dead_letters(),
-        "last_hour": last_hour(store, server_now),
+        "last_hour": figures,
         "index_ready": ready,
         "overdue": [r.name for r in overdue[:LIST_CAP]],
         "overdue_total": len(overdue),
