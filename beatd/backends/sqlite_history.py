@@ -70,6 +70,13 @@ LOGGED_RUNS = (
     f"SELECT {_LOGGED_COLUMNS}, min(rowid) AS logged FROM run_done "
     "WHERE NOT EXISTS (SELECT 1 FROM run WHERE run.id = run_done.id) GROUP BY id"
 )
+# The open attempts of the runs listed (a JSON array of ids), looked for among the claimed
+# messages only: `receipt >= ''` (every receipt is text) searches the receipt index, where
+# `IS NOT NULL` made SQLite scan every queued message (message has no index on id).
+OPEN_ATTEMPTS = (
+    "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
+    "WHERE receipt >= '' AND attempt_us IS NOT NULL AND id IN (SELECT value FROM json_each(?))"
+)
 # Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
 FOLD_EVERY = 1000
 # The final ends logged in `run_done`, in the order they were logged (`_counted` reads them).
@@ -533,7 +540,7 @@ class SQLiteRunHistory(SQLiteFile):
 
     def _records(self, db: sqlite3.Connection, rows: list[Any]) -> list[RunRecord]:
         """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order: the
-        ended ones, then the one open in the run's message, if any."""
+        ended ones, then the one open in the run's message, if any (`OPEN_ATTEMPTS`)."""
         attempts: dict[int, list[Attempt]] = {row[0]: [] for row in rows}
         for row in db.execute(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempt "
@@ -543,10 +550,7 @@ class SQLiteRunHistory(SQLiteFile):
             attempts[row[0]].append(_attempt(row))
         seqs = {row[1]: row[0] for row in rows}
         for run_id, consumer, host, pid, started in db.execute(
-            "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
-            "WHERE receipt IS NOT NULL AND attempt_us IS NOT NULL "
-            "AND id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(seqs)),),
+            OPEN_ATTEMPTS, (json.dumps(list(seqs)),)
         ):
             held = attempts[seqs[run_id]]
             number = held[-1].number + 1 if held else 1
