@@ -501,6 +501,14 @@ class QueueAdmin(Reachable, Protocol):
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter, oldest first (a read)."""
 
+    def count_dead_letters(self) -> int:
+        """How many dead letters there are, without reading them (a read)."""
+
+    def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
+        """At most `limit` dead letters, oldest first, after skipping the `offset` oldest: the
+        same letters as `dead_letters()[offset:offset + limit]`, reading only those (a read;
+        deep pages may cost the letters skipped on Redis, whose stream has no offset)."""
+
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters as they are (used when migrating between backends), keyed by run
         id: a letter whose id is already a dead letter here is skipped, so copying twice adds

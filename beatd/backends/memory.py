@@ -359,6 +359,14 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
         with self._store.lock:
             return [letter for _, letter in self._store.dead]
 
+    def count_dead_letters(self) -> int:
+        with self._store.lock:
+            return len(self._store.dead)
+
+    def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
+        with self._store.lock:
+            return [letter for _, letter in self._store.dead[offset : offset + limit]]
+
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         with self._store.lock:
             new = unseen(letters, {letter.id for _, letter in self._store.dead})

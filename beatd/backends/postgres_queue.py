@@ -276,10 +276,22 @@ class PostgresQueueAdmin(PostgresLink):
     """The dead_letter table and queue depths, for operators and `beatd migrate`."""
 
     def dead_letters(self) -> list[DeadLetter]:
+        return self._dead_rows("", ())
+
+    def count_dead_letters(self) -> int:
+        sql = f"SELECT count(*) FROM {self.schema}.dead_letter"
+        row = self._run(lambda db: db.execute(sql).fetchone(), write=False)
+        return int(row[0]) if row is not None else 0
+
+    def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
+        return self._dead_rows(" LIMIT %s OFFSET %s", (max(0, limit), max(0, offset)))
+
+    def _dead_rows(self, page: str, params: tuple[int, ...]) -> list[DeadLetter]:
         rows = self._run(
             lambda db: db.execute(
                 "SELECT id, queue, body, reason, failed_at, deliveries "
-                f"FROM {self.schema}.dead_letter ORDER BY seq"
+                f"FROM {self.schema}.dead_letter ORDER BY seq{page}",
+                params,
             ).fetchall(),
             write=False,
         )

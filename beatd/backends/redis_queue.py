@@ -282,39 +282,37 @@ class RedisWorkQueue(RedisLink):
 class RedisQueueAdmin(RedisLink):
     """Dead letters and queue depths, for operators and `beatd migrate`."""
 
-    def _dead_raw(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The dead letters' stream entries, bytes as stored."""
+    def _dead_raw(self, count: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The dead letters' stream entries (the `count` oldest, or all), bytes as stored."""
         key = self._key("dead")
         call = self._redis.execute_command
+        limit = () if count is None else ("COUNT", count)
         entries: list[tuple[bytes, dict[bytes, bytes]]] = self._do(
             "xrange",
-            lambda: call("XRANGE", key, "-", "+", NEVER_DECODE=True),  # type: ignore[no-untyped-call]
+            lambda: call("XRANGE", key, "-", "+", *limit, NEVER_DECODE=True),  # type: ignore[no-untyped-call]
         )
         return entries
 
     def _dead(self) -> list[tuple[str, dict[str, str]]]:
         """The dead letters, their bytes shown as text even where they are not UTF-8."""
-        return [
-            (
-                entry_id.decode(),
-                {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
-            )
-            for entry_id, fields in self._dead_raw()
-        ]
+        return _as_text(self._dead_raw())
 
     def dead_letters(self) -> list[DeadLetter]:
         self._check_format("xrange")
-        return [
-            DeadLetter(
-                f["id"],
-                f["queue"],
-                f["body"],
-                f["reason"],
-                datetime.fromtimestamp(int(f["failed_at"]) / 1000, UTC),
-                int(f["deliveries"]),
-            )
-            for _, f in self._dead()
-        ]
+        return _letters(self._dead())
+
+    def count_dead_letters(self) -> int:
+        self._check_format("xlen")
+        return int(self._cmd("XLEN", self._key("dead")))
+
+    def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
+        """XRANGE with COUNT `offset + limit`: a stream has no offset, so the letters skipped
+        are read and dropped (bounded by the page asked for, never the whole stream)."""
+        self._check_format("xrange")
+        if limit <= 0:
+            return []
+        raw = self._dead_raw(max(0, offset) + limit)[max(0, offset) :]
+        return _letters(_as_text(raw))
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters as they are, in the normal band (migration from another backend).
@@ -497,3 +495,28 @@ def _idle_for(visibility: float) -> int:
 def _delayed_member(band_index: int, message_id: str, body: str) -> str:
     """A delayed zset member: unique (a nonce) even when the same run is retried twice."""
     return _json([band_index, message_id, body, secrets.token_hex(8)])
+
+
+def _as_text(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, dict[str, str]]]:
+    """Dead letters' stream entries, their bytes shown as text even where they are not UTF-8."""
+    return [
+        (
+            entry_id.decode(),
+            {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def _letters(entries: list[tuple[str, dict[str, str]]]) -> list[DeadLetter]:
+    return [
+        DeadLetter(
+            f["id"],
+            f["queue"],
+            f["body"],
+            f["reason"],
+            datetime.fromtimestamp(int(f["failed_at"]) / 1000, UTC),
+            int(f["deliveries"]),
+        )
+        for _, f in entries
+    ]

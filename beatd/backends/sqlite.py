@@ -436,11 +436,26 @@ class SQLiteQueueAdmin(SQLiteFile):
     """The dead_letter table and queue depths, for operators and `beatd migrate`."""
 
     def dead_letters(self) -> list[DeadLetter]:
+        return self._dead_rows("", ())
+
+    def count_dead_letters(self) -> int:
+        return int(
+            self._run(
+                lambda db: db.execute("SELECT count(*) FROM dead_letter").fetchone()[0],
+                write=False,
+            )
+        )
+
+    def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
+        return self._dead_rows(" LIMIT ? OFFSET ?", (max(0, limit), max(0, offset)))
+
+    def _dead_rows(self, page: str, params: tuple[int, ...]) -> list[DeadLetter]:
         rows = self._run(
             lambda db: db.execute(
                 f"SELECT {_AS_BYTES.format('id')}, {_AS_BYTES.format('queue')}, "
                 f"{_AS_BYTES.format('body')}, {_AS_BYTES.format('reason')}, failed_at, "
-                "deliveries FROM dead_letter ORDER BY seq"
+                f"deliveries FROM dead_letter ORDER BY seq{page}",
+                params,
             ).fetchall(),
             write=False,
         )

@@ -41,15 +41,25 @@ PUBLISHED = (
     "INSERT INTO message (id, queue, priority, body, ready_at, entry, slot_us, due_us, kind, "
     "published_us, node, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
 # The records of the runs queued and never claimed (in their messages' rows: MESSAGE_PUBLISHED),
 # as `_RUN_COLUMNS` with the message's seq negated: of a run id queued twice the first message's,
-# of one held in `run` none (that record was there first).
-QUEUED_RUNS = (
-    "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
-    f"queue = '{OUTBOX_QUEUE}' AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
-    "WHERE published_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
-    "AND NOT EXISTS (SELECT 1 FROM run_done WHERE run_done.id = message.id) GROUP BY id"
-)
+# of one held in `run` none (that record was there first). `of_run`: a condition on the
+# messages' own columns that every message of a run id meets or none does (its `entry`, its
+# `id`), tested before the two look-ups per message: one entry's queued runs cost a pass over
+# the messages, not two searches per queued message (run_done has no index on id).
+def queued_runs(of_run: str = "1") -> str:
+    return (
+        "SELECT -min(seq) AS seq, id, entry, slot_us, due_us, published_us, node, epoch, kind, "
+        f"queue = '{OUTBOX_QUEUE}' AS celery, NULL AS received_us, NULL AS overdue_us FROM message "
+        f"WHERE published_us IS NOT NULL AND ({of_run}) "
+        "AND NOT EXISTS (SELECT 1 FROM run WHERE run.id = message.id) "
+        "AND NOT EXISTS (SELECT 1 FROM run_done WHERE run_done.id = message.id) GROUP BY id"
+    )
+
+
+QUEUED_RUNS = queued_runs()
 _LOGGED_COLUMNS = (
     "id, entry, slot_us, due_us, published_us, node, epoch, kind, consumer, host, pid, "
     "started_us, ended_us, outcome, reason, error_type, error"
@@ -59,6 +69,13 @@ _LOGGED_COLUMNS = (
 LOGGED_RUNS = (
     f"SELECT {_LOGGED_COLUMNS}, min(rowid) AS logged FROM run_done "
     "WHERE NOT EXISTS (SELECT 1 FROM run WHERE run.id = run_done.id) GROUP BY id"
+)
+# The open attempts of the runs listed (a JSON array of ids), looked for among the claimed
+# messages only: `receipt >= ''` (every receipt is text) searches the receipt index, where
+# `IS NOT NULL` made SQLite scan every queued message (message has no index on id).
+OPEN_ATTEMPTS = (
+    "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
+    "WHERE receipt >= '' AND attempt_us IS NOT NULL AND id IN (SELECT value FROM json_each(?))"
 )
 # Runs `log_done` stores, after which the handle folds `run_done` into `run` and `attempt`.
 FOLD_EVERY = 1000
@@ -523,7 +540,7 @@ class SQLiteRunHistory(SQLiteFile):
 
     def _records(self, db: sqlite3.Connection, rows: list[Any]) -> list[RunRecord]:
         """The records of `rows` (of `_RUN_COLUMNS`) with their attempts, in their order: the
-        ended ones, then the one open in the run's message, if any."""
+        ended ones, then the one open in the run's message, if any (`OPEN_ATTEMPTS`)."""
         attempts: dict[int, list[Attempt]] = {row[0]: [] for row in rows}
         for row in db.execute(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempt "
@@ -533,10 +550,7 @@ class SQLiteRunHistory(SQLiteFile):
             attempts[row[0]].append(_attempt(row))
         seqs = {row[1]: row[0] for row in rows}
         for run_id, consumer, host, pid, started in db.execute(
-            "SELECT id, attempt_consumer, attempt_host, attempt_pid, attempt_us FROM message "
-            "WHERE receipt IS NOT NULL AND attempt_us IS NOT NULL "
-            "AND id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(seqs)),),
+            OPEN_ATTEMPTS, (json.dumps(list(seqs)),)
         ):
             held = attempts[seqs[run_id]]
             number = held[-1].number + 1 if held else 1
@@ -557,12 +571,14 @@ class SQLiteRunHistory(SQLiteFile):
         finished = f" AND overdue_us IS NULL AND NOT {_FINISHED}" if query.unfinished else ""
         newest = "ORDER BY published_us DESC, id DESC LIMIT ?"
         held = f"SELECT {_RUN_COLUMNS} FROM run WHERE {chosen}{finished} {newest}"
-        queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE {chosen} {newest}"  # never finished
+        of_run = "entry = ?" if query.entry is not None else "1"
+        queued = f"SELECT * FROM ({queued_runs(of_run)}) WHERE {chosen} {newest}"  # never finished
         logged = f"SELECT * FROM ({LOGGED_RUNS}) WHERE {chosen} {newest}"
 
         def read(db: sqlite3.Connection) -> list[RunRecord]:
             rows = db.execute(held, (*params, query.limit)).fetchall()
-            rows += db.execute(queued, (*params, query.limit)).fetchall()
+            inner = (query.entry,) if query.entry is not None else ()
+            rows += db.execute(queued, (*inner, *params, query.limit)).fetchall()
             records = self._records(db, rows)
             for row in db.execute(logged, (*params, query.limit)):
                 done = _logged_record(row)
@@ -586,7 +602,7 @@ class SQLiteRunHistory(SQLiteFile):
                 done = db.execute(logged, (run_id,)).fetchall()
                 if done:
                     return _audited(db, [_logged_record(done[0])])
-                queued = f"SELECT * FROM ({QUEUED_RUNS}) WHERE id = ?"
+                queued = f"SELECT * FROM ({queued_runs('id = ?')})"
                 found = db.execute(queued, (run_id,)).fetchall()
             return _audited(db, self._records(db, found))
 

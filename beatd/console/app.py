@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from urllib.parse import quote
 
 from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
@@ -23,6 +22,7 @@ from beatd.console.pages import backend_down, forget_flash, redirect_with, refus
 from beatd.console.security import add_security_headers, is_console_path
 from beatd.console.sessions import SESSION_COOKIE, Session
 from beatd.console.settings import EXTENSION, Console, KeyOnce, console
+from beatd.console.views import name_in_url
 from beatd.errors import BackendError
 from beatd.http.app import Access, host_allowed, http_error
 from beatd.http.context import ApiContext
@@ -53,12 +53,11 @@ def register_console(
 
 
 class EntryName(PathConverter):
-    """An entry's name (or a run's id) in a console URL: its slashes sent as %2F, so that no
-    browser resolves a stored name's "." or ".." parts (`x/../../dead/delete-all`) to another
-    page; the server decodes them back (a `path` converter reads it)."""
+    """An entry's name (or a run's id) in a console URL, as `name_in_url` writes it; the server
+    decodes it back (a `path` converter reads it)."""
 
     def to_url(self, value: str) -> str:
-        return quote(value, safe=":@")
+        return name_in_url(value)
 
 
 def console_blueprint(extra: Sequence[AddPages] = ()) -> Blueprint:

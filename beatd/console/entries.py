@@ -10,7 +10,7 @@ from flask import Blueprint, request, url_for
 from beatd.console.api_caller import ApiFailure, api
 from beatd.console.pages import render
 from beatd.console.replies import now
-from beatd.console.views import Moment, errors_by_field, paging, seconds_text
+from beatd.console.views import Moment, entry_links, errors_by_field, paging, seconds_text
 from beatd.history import FINAL
 
 ENTRY_INDEX = "entry_index"  # the API's operationId
@@ -43,13 +43,15 @@ def entries_page() -> Any:
         )  # fmt: skip
         return shown, failure.status
     moment = now()
+    hrefs = entry_links([entry["name"] for entry in data["entries"]])
     rows = [
         {
             **entry,
+            "href": link,
             "next": Moment.of(entry.get("next_due"), moment),
             "duration": seconds_text(entry.get("last_duration_s")),
         }
-        for entry in data["entries"]
+        for entry, link in zip(data["entries"], hrefs, strict=True)
     ]
     pager = paging(data["total"], data["offset"], data["limit"])
     kept: dict[str, Any] = {**chosen, "sort": sort, "limit": limit}

@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+from urllib.parse import quote
+
+from flask import url_for
 
 from beatd.console.chart import ChartRun
 from beatd.timetext import relative, span_text
@@ -51,6 +54,21 @@ class Moment:
         if moment is None:
             return None
         return cls(f"{moment:%Y-%m-%dT%H:%M:%SZ}", relative(moment, now))
+
+
+def name_in_url(name: str) -> str:
+    """An entry's name (or a run's id) as a console URL carries it: its slashes sent as %2F, so
+    that no browser resolves a stored name's "." or ".." parts (`x/../../dead/delete-all`) to
+    another page (beatd.console.app.EntryName decodes it back)."""
+    return quote(name, safe=":@")
+
+
+def entry_links(names: Sequence[str]) -> list[str]:
+    """Each entry's page URL, built once for all (`url_for` per row was a fifth of the
+    entries page's time)."""
+    marker = "_"
+    base = url_for("ui.entry", name=marker)[: -len(marker)]
+    return [base + name_in_url(name) for name in names]
 
 
 class HistoryRow(NamedTuple):

@@ -13,7 +13,7 @@ from beatd.http.node_routes import NODE
 from beatd.http.queries import query_int, query_text
 from beatd.http.routes import JSON, ApiError, Param, Reply, Route
 from beatd.http.tokens import Scope
-from beatd.operations.overview import overview
+from beatd.operations.overview import Overviews, overview
 
 MAX_LIMIT = 500
 MAX_OFFSET = 10_000_000
@@ -120,8 +120,10 @@ INDEX_PARAMS = (
 
 
 def console_routes(context: ApiContext) -> list[Route]:
+    kept = Overviews()  # the overview's slower reads, shared by this API's requests
+
     def show_overview(_req: Any) -> Reply:
-        return Reply(200, overview(context.backend(), context.index(), context.now()))
+        return Reply(200, overview(context.backend(), context.index(), context.now(), kept))
 
     def entry_index(req: Any) -> Reply:
         query = index_query(req)

@@ -91,10 +91,14 @@ def dead_letter_routes(context: ApiContext) -> list[Route]:
     def list_letters(req: Any) -> Reply:
         offset = query_int(req, "offset", 0, 0, MAX_OFFSET)
         limit = query_int(req, "limit", MAX_LIMIT, 1, MAX_LIMIT) if "limit" in req.args else None
-        letters = context.backend().dead_letters()
-        shown = letters[offset:] if limit is None else letters[offset : offset + limit]
+        store = context.backend()
+        if limit is None:  # every one: read them all once
+            letters = store.dead_letters()
+            shown, total = letters[offset:], len(letters)
+        else:  # a page: only its letters read, the rest counted
+            shown, total = store.dead_letter_page(offset, limit), store.count_dead_letters()
         objects = [dead_letter_object(d) for d in shown]
-        return Reply(200, {"dead_letters": objects, "total": len(letters)})
+        return Reply(200, {"dead_letters": objects, "total": total})
 
     def retry_one(req: Any) -> Reply:
         run_id = req.view_args["id"]

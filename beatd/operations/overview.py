@@ -4,13 +4,19 @@ the runs late, missed and failed in the last hour, and the entries overdue or fa
 
 The last hour's figures come from the run history by the backend's clock, so every node shows
 the same numbers; they read at most `HISTORY_CAP` run and missed-slot records (bounded work on
-every backend), and say `complete: false` when the hour held more. The overdue and failing
-entries come from the node's entry index (beatd.entry_index)."""
+every backend), and say `complete: false` when the hour held more. That read is the page's
+dearest (a few hundred milliseconds at 100,000 entries), so a node makes it at most once every
+`HOUR_FIGURES_TTL` seconds (`Kept`): figures of the last hour may be that much behind. The
+queues' depths and oldest waiting runs (a pass over the queued messages on SQLite) are kept
+`QUEUES_TTL` seconds; how long the oldest has waited is counted to the moment asked.
+The overdue and failing entries come from the node's entry index (beatd.entry_index)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from beatd.backends import Backend
 from beatd.entry_index import EntryIndex
@@ -22,14 +28,53 @@ from beatd.timetext import stamp
 LIST_CAP = 100  # names listed as overdue or failing, at most
 HISTORY_CAP = 5000  # run records, and missed-slot records, read for the last hour at most
 HOUR = timedelta(hours=1)
+HOUR_FIGURES_TTL = 10.0  # seconds, by the backend's clock, that the last hour's figures are kept
+QUEUES_TTL = 2.0  # seconds, by the backend's clock, that the queues' depths and oldest are kept
+T = TypeVar("T")
+QueueReads = tuple[dict[str, int], dict[str, datetime]]
 
 
-def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]:
-    """The overview; the overdue and failing entries from `index` (none while it is built)."""
+class Kept(Generic[T]):
+    """What `read(store, server_now)` answers, read again once it is `ttl` seconds old by the
+    backend's clock (or that clock went back): one read however often the overview is asked.
+    Safe to share between request threads (two may read at once: both are right)."""
+
+    def __init__(self, ttl: float, read: Callable[[Backend, datetime], T]) -> None:
+        self.ttl = timedelta(seconds=ttl)
+        self._read = read
+        self._lock = threading.Lock()
+        self._held: tuple[datetime, T] | None = None
+
+    def get(self, store: Backend, server_now: datetime) -> T:
+        with self._lock:
+            held = self._held
+        if held is not None and held[0] <= server_now < held[0] + self.ttl:
+            return held[1]
+        value = self._read(store, server_now)
+        with self._lock:
+            self._held = (server_now, value)
+        return value
+
+
+class Overviews:
+    """What one API's overview requests share: the last hour's figures and the queues' reads,
+    each kept a few seconds (`HOUR_FIGURES_TTL`, `QUEUES_TTL`)."""
+
+    def __init__(self) -> None:
+        self.hour: Kept[dict[str, Any]] = Kept(HOUR_FIGURES_TTL, last_hour)
+        self.queues: Kept[QueueReads] = Kept(QUEUES_TTL, queue_reads)
+
+
+def overview(
+    store: Backend, index: EntryIndex, now: datetime, kept: Overviews | None = None
+) -> dict[str, Any]:
+    """The overview; the overdue and failing entries from `index` (none while it is built);
+    the last hour's figures and the queues kept by `kept` (read afresh without it)."""
     info = store.leader()
     warnings: list[str] = []
     nodes = node_rows(store, info, warnings)
     server_now = backend_now(store)
+    kept = kept or Overviews()
     ready = index.ready.is_set()
     overdue = index.overdue(now) if ready else []
     failing = index.failing() if ready else []
@@ -37,9 +82,9 @@ def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]
         "now": stamp(now.replace(microsecond=0)),
         "leader": None if info is None else {"node": info.node, "epoch": info.epoch},
         "nodes": nodes if nodes is not None else [],
-        "queues": queue_rows(store, server_now),
-        "dead_letters": len(store.dead_letters()),
-        "last_hour": last_hour(store, server_now),
+        "queues": queue_rows(kept.queues.get(store, server_now), server_now),
+        "dead_letters": store.count_dead_letters(),
+        "last_hour": dict(kept.hour.get(store, server_now)),
         "index_ready": ready,
         "overdue": [r.name for r in overdue[:LIST_CAP]],
         "overdue_total": len(overdue),
@@ -49,11 +94,15 @@ def overview(store: Backend, index: EntryIndex, now: datetime) -> dict[str, Any]
     }
 
 
-def queue_rows(store: Backend, server_now: datetime) -> list[dict[str, Any]]:
+def queue_reads(store: Backend, _server_now: datetime) -> QueueReads:
+    """Each queue's depth, and when its oldest waiting run became ready."""
+    return store.queue_depths(), store.oldest_waiting()
+
+
+def queue_rows(reads: QueueReads, server_now: datetime) -> list[dict[str, Any]]:
     """Each queue with messages: its depth (waiting or in flight) and the seconds its oldest
-    waiting run has waited (None: none waits, all are in flight or delayed)."""
-    depths = store.queue_depths()
-    oldest = store.oldest_waiting()
+    waiting run has waited by `server_now` (None: none waits, all are in flight or delayed)."""
+    depths, oldest = reads
     rows = []
     for name in sorted({*depths, *oldest}):
         since = oldest.get(name)

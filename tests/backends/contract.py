@@ -403,6 +403,23 @@ class BackendContract(
         assert (backend.dead_letters(), backend.delete_dead(None)) == ([], 0)
         assert backend.queue_depths() == {}  # deleted, not requeued
 
+    def test_dead_letters_counted_and_read_a_page_at_a_time(self, backend: Backend) -> None:
+        assert (backend.count_dead_letters(), backend.dead_letter_page(0, 10)) == (0, [])
+        backend.enqueue([message(name, 1) for name in "abcde"])
+        for _ in range(5):
+            delivery = backend.claim(["default"], "w", 30)
+            assert delivery is not None
+            backend.dead_letter(delivery, "boom")
+        every = backend.dead_letters()
+        assert backend.count_dead_letters() == 5
+        assert backend.dead_letter_page(0, 2) == every[:2]
+        assert backend.dead_letter_page(2, 2) == every[2:4]
+        assert backend.dead_letter_page(4, 2) == every[4:]
+        assert backend.dead_letter_page(5, 2) == []
+        assert backend.dead_letter_page(1, 0) == []
+        backend.delete_dead(every[0].id)
+        assert (backend.count_dead_letters(), backend.dead_letter_page(0, 1)) == (4, every[1:2])
+
     # --- faults ---------------------------------------------------------------------------
 
     def test_a_commit_that_failed_before_writing_wrote_nothing_and_its_retry_applies(

@@ -474,6 +474,19 @@ def test_filters_sort_and_the_last_page(console: Console) -> None:
     assert re.findall(r'<a href="/ui/entries/([^"]+)">', files) == ["nightly"]
 
 
+def test_each_row_links_to_its_entry_page_with_its_slashes_encoded(console: Console) -> None:
+    add_entries(console, runtime("team/db:vacuum"), runtime("plain"))
+    console.sign_in(READER)
+    page = console.get("/ui/entries", query_string={"sort": "name"}).text
+    links = re.findall(r'<a href="(/ui/entries/[^"]+)">', page)
+    assert links == [
+        "/ui/entries/nightly",
+        "/ui/entries/plain",
+        "/ui/entries/team%2Fdb:vacuum",
+    ]
+    assert "<dt>Schedule</dt>" in console.get(links[2]).text
+
+
 def test_a_page_past_the_end_does_not_claim_rows(console: Console) -> None:
     add_entries(console, *(runtime(f"job-{i}") for i in range(7)))
     console.sign_in(READER)
