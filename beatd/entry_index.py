@@ -251,13 +251,13 @@ class EntryIndex:
         states = store.load_states()
         summaries = store.summaries(None)
         controls = store.load_controls(None)
-        now = self.clock.now()
+        now, nexts = self.clock.now(), NextDues()
         with self._lock:
             rows = self._ordered("name").rows
         moved = False
         for row in rows:
             before = (row.due_ts, row.last_status, row.paused)
-            _refreshed(row, states.get(row.name), summaries.get(row.name), now)
+            _refreshed(row, states.get(row.name), summaries.get(row.name), now, nexts)
             _paused(row, controls.get(row.name), now)
             moved = moved or before != (row.due_ts, row.last_status, row.paused)
         with self._lock:
@@ -297,9 +297,10 @@ class EntryIndex:
             for name in [n for n in self._rows if n not in names]:
                 del self._rows[name]
         self._words = ScheduleWords()  # the schedules of entries no longer held are let go
-        now = self.clock.now()
+        now, nexts = self.clock.now(), NextDues()
         for name in names:
-            self._replace(name, runtime.get(name), versions.get(name), bulk=True, now=now)
+            held = runtime.get(name)
+            self._replace(name, held, versions.get(name), bulk=True, now=now, nexts=nexts)
         with self._lock:
             self._names = sorted(self._rows)
             self._generation += 1
@@ -307,12 +308,12 @@ class EntryIndex:
     def _files_changed(self, before: dict[str, Entry]) -> None:
         """The rows of the names the files held before or hold now follow the entry of the name
         now (a runtime entry's again where a file's left): work in proportion to the files."""
-        reader, now = self._reader, self.clock.now()
+        reader, now, nexts = self._reader, self.clock.now(), NextDues()
         moved = False
         for name in {*before, *self._files}:
             held = reader.get(name) if reader is not None and name not in self._files else None
             entry, version = held if held is not None else (None, None)
-            moved |= self._replace(name, entry, version, bulk=True, now=now)
+            moved |= self._replace(name, entry, version, bulk=True, now=now, nexts=nexts)
         with self._lock:
             if moved:  # a name came or went: sorted again (a reload's rare cost)
                 self._names = sorted(self._rows)
@@ -326,6 +327,7 @@ class EntryIndex:
         *,
         bulk: bool = False,
         now: datetime | None = None,
+        nexts: NextDues | None = None,
     ) -> bool:
         """Make `name`'s row follow the entry held now: the files' of that name, else `runtime`
         at `version` (neither: the row goes). `bulk`: the caller sorts the names afterwards.
@@ -352,7 +354,7 @@ class EntryIndex:
                 fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
             elif not bulk:
                 insort(self._names, name)
-            _next_due(fresh, fresh.horizon, now or self.clock.now())
+            _next_due(fresh, fresh.horizon, now or self.clock.now(), nexts)
             self._rows[name] = fresh
             self._fresh.add(name)
             self._generation += 1
@@ -535,29 +537,64 @@ def _merged(
 
 
 def _refreshed(
-    row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
+    row: IndexRow,
+    state: EntryState | None,
+    summary: EntrySummary | None,
+    now: datetime,
+    nexts: NextDues,
 ) -> None:
     """Take the row's persisted horizon (its next due recomputed when it moved; without one,
     when it has passed: a leader starts such an entry from now, as `beatd status` says) and its
     summary."""
     adopted = state is not None and state.identity == row.entry.identity
-    horizon = state.last_slot if state is not None and adopted else None
+    horizon = nexts.shared(state.last_slot) if state is not None and adopted else None
     passed = horizon is None and row.next_due is not None and row.next_due <= now
     if not row.computed or horizon != row.horizon or passed:
-        _next_due(row, horizon, now)
+        _next_due(row, horizon, now, nexts)
     row.last_status = summary.last_status if summary is not None else None
     duration = summary.last_duration if summary is not None else None
     row.last_duration_s = None if duration is None else round(duration.total_seconds(), 3)
     row.failures = summary.consecutive_failures if summary is not None else 0
 
 
-def _next_due(row: IndexRow, horizon: datetime | None, now: datetime) -> None:
+class NextDues:
+    """The next slots computed in one pass over the rows, by schedule object and start: rows
+    sharing both (runtime entries share their equal schedules, and most start from the same
+    horizon or from now) take one computation, and one time object, between them."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, datetime], tuple[Schedule, datetime | None, float]] = {}
+        self._times: dict[datetime, datetime] = {}
+
+    def shared(self, moment: datetime) -> datetime:
+        """One object per equal time (a row keeps its horizon: the states read are let go)."""
+        return self._times.setdefault(moment, moment)
+
+    def after(self, schedule: Schedule, start: datetime) -> tuple[datetime | None, float]:
+        """The schedule's first slot after `start`, and it as a POSIX time (inf: none)."""
+        key = (id(schedule), start)
+        known = self._known.get(key)
+        if known is not None and known[0] is schedule:
+            return known[1], known[2]
+        slot = schedule.next_after(start)
+        stamp = _NEVER if slot is None else slot.timestamp()
+        self._known[key] = (schedule, slot, stamp)
+        return slot, stamp
+
+
+def _next_due(
+    row: IndexRow, horizon: datetime | None, now: datetime, nexts: NextDues | None = None
+) -> None:
     """The first slot after the horizon (after now when there is none: a leader starts an entry
     new to it from now), plus its jitter."""
-    slot = row.entry.schedule.next_after(horizon if horizon is not None else now)
+    entry = row.entry
+    slot, stamp = (nexts or NextDues()).after(entry.schedule, horizon or now)
     row.horizon, row.computed = horizon, True
-    row.next_due = None if slot is None else row.entry.due_for(slot)
-    row.due_ts = _NEVER if row.next_due is None else row.next_due.timestamp()
+    if slot is not None and entry.jitter:
+        row.next_due = entry.due_for(slot)
+        row.due_ts = row.next_due.timestamp()
+    else:
+        row.next_due, row.due_ts = slot, stamp
 
 
 def _paused(row: IndexRow, control: EntryControl | None, now: datetime) -> None:

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--profile")
     parser.add_argument("--seed-only", action="store_true")
+    parser.add_argument(
+        "--top", type=int, default=0, help="with --trace: the lines allocating most"
+    )
     args = parser.parse_args(argv)
     if args.seed_only:
         return {"held": seed(args.url, args.count)}
@@ -109,6 +112,11 @@ def _measured(out: dict[str, Any], part: str, args: argparse.Namespace) -> None:
         traced = tracemalloc.get_traced_memory()[0]
         out[f"traced_after_{part}_mb"] = round(traced / 2**20, 1)
         out[f"traced_after_{part}_bytes_per_entry"] = round(traced / count)
+        if args.top:
+            stats = tracemalloc.take_snapshot().statistics("lineno")[: args.top]
+            out[f"top_after_{part}"] = [
+                f"{s.size / count:.0f} B/entry {s.traceback}" for s in stats
+            ]
     out[f"rss_after_{part}_mb"] = _rss_mb()
 
 

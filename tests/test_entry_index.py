@@ -383,3 +383,18 @@ def test_beside_a_scheduler_the_index_takes_its_runtime_entries_and_reads_none(
         index.close()
         beat.shutdown()
         beat.backend.close()
+
+
+def test_rows_sharing_a_schedule_and_a_horizon_share_their_next_due(
+    broker: str, store: Backend
+) -> None:
+    for i in range(20):
+        add(store, f"hourly-{i:02d}")
+    index = built(broker, Config({}), FakeClock(T0))
+    try:
+        rows = index.rows()
+        assert {row.as_json()["next_due"] for row in rows} == {"2026-12-06T02:00:00Z"}
+        assert len({id(row.next_due) for row in rows}) == 1  # one computation, one object
+        assert len({id(row.schedule) for row in rows}) == 1  # one text in words
+    finally:
+        index.close()
