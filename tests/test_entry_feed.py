@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from beatd.backends.memory import MemoryBackend
 from beatd.clock import FakeClock
-from beatd.entry_feed import RuntimeView
+from beatd.config.model import Entry
+from beatd.entry_feed import PlannedEntries, RuntimeView
 from beatd.runtime_entries import resolve_entry
+from beatd.schedules import IntervalSchedule
 from tests.in_process import memory_backend
 
 T0 = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
@@ -75,3 +77,25 @@ def test_after_the_view_reads_every_entry_again_a_reader_takes_them_all(
     again = reader.take()
     assert again is not None and again.reloaded
     assert sorted(again.entries) == ["a", "b"]
+
+
+def test_the_planned_entries_read_the_view_through_and_a_files_name_stays_the_files(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, "a")
+    put(backend, "shadowed")
+    view = RuntimeView(backend, clock)
+    view.poll()
+    file = Entry(name="shadowed", task="t.file", schedule=IntervalSchedule(timedelta(hours=1)))
+    planned = PlannedEntries(view, {"shadowed": file})
+    assert dict(planned.entries) == {"shadowed": file, "a": view.entries["a"]}
+    put(backend, "b")
+    backend.remove_entry("a", "test")
+    view.poll()
+    assert dict(planned.entries.items()) == {"shadowed": file, "b": view.entries["b"]}
+    assert list(planned.entries.values()) == [file, view.entries["b"]]
+    assert (len(planned.entries), "a" in planned.entries, planned.entries.get("a")) == (
+        2,
+        False,
+        None,
+    )
