@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _index(url: str, scheduler: Scheduler, view: RuntimeView | None) -> EntryIndex:
     clock = SystemClock()
+    if view is None:  # as before the index shared the scheduler's view (runs on older beatd)
+        return EntryIndex(lambda: open_backend(url), lambda: scheduler.config, clock)
     return EntryIndex(lambda: open_backend(url), lambda: scheduler.config, clock, view=view)
 
 
