@@ -151,8 +151,7 @@ class RuntimeView:
         with self._lock:
             if not self.loaded:
                 return None
-            # a change of most entries: all of them taken again, as cheap, and a full answer
-            if reader.reload or len(reader.changed) > 1000 + len(self.entries) // 2:
+            if reader.reload:
                 reader.reload, reader.changed = False, set()
                 return Taken(True, dict(self.entries), dict(self._versions))
             changed, reader.changed = reader.changed, set()
@@ -214,9 +213,15 @@ class RuntimeView:
         return EntryApplied(name, entry, stored.updated_at)
 
     def _noted(self, name: str) -> None:
-        """Note a change of `name` for the readers (call with the lock held)."""
+        """Note a change of `name` for the readers (call with the lock held). A reader that
+        has not taken for most entries' changes takes them all again (the set stays bounded
+        when none takes: an API that failed to start)."""
         for reader in self._readers:
+            if reader.reload:
+                continue
             reader.changed.add(name)
+            if len(reader.changed) > max(1000, len(self.entries) // 2):
+                reader.reload, reader.changed = True, set()
 
     def _load_all(self, pace: Callable[[], None] | None) -> None:
         """Read every entry, a page at a time (a page's definitions are dropped once built)."""

@@ -99,3 +99,20 @@ def test_the_planned_entries_read_the_view_through_and_a_files_name_stays_the_fi
         False,
         None,
     )
+
+
+def test_a_reader_that_does_not_take_holds_a_bounded_set_then_takes_them_all(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    view = RuntimeView(backend, clock)
+    view.poll()
+    reader = view.reader()
+    assert reader.take() is not None
+    for i in range(1002):
+        put(backend, f"e{i:04d}")
+    while view.poll().more:
+        pass
+    assert len(view.entries) == 1002
+    assert reader.reload and not reader.changed  # more than 1,000 and half the entries
+    taken = reader.take()
+    assert taken is not None and taken.reloaded and len(taken.entries) == 1002
