@@ -324,7 +324,8 @@ class Planner:
     ) -> None:
         old = self._slots.get(entry.name)
         slot = _Slot(entry, state, gate=old.gate if old is not None else None)
-        self._set_control(slot, control, now)
+        if old is not None or control is not NO_CONTROL or entry.guard is not None:
+            self._set_control(slot, control, now)  # else: nothing to gate, nothing held before
         self._slots[entry.name] = slot
         self._schedule_next(slot, state.last_slot, nexts)
 
