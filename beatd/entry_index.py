@@ -169,7 +169,6 @@ class EntryIndex:
         self._store: Backend | None = None
         self._view: RuntimeView | None = None  # its own, polled by `follow` (no `view` given)
         self._reader: ViewReader | None = view.reader() if view is not None else None
-        self._words = ScheduleWords()
         self._next_refresh = float("-inf")  # monotonic
         self.refreshed_in = 0.0  # seconds the last refresh took
         self._feeding = threading.Lock()  # one feeder at a time (`run`'s thread, or `catch_up`)
@@ -296,11 +295,10 @@ class EntryIndex:
         with self._lock:
             for name in [n for n in self._rows if n not in names]:
                 del self._rows[name]
-        self._words = ScheduleWords()  # the schedules of entries no longer held are let go
-        now, nexts = self.clock.now(), NextDues()
+        now, nexts, words = self.clock.now(), NextDues(), ScheduleWords()
         for name in names:
-            held = runtime.get(name)
-            self._replace(name, held, versions.get(name), bulk=True, now=now, nexts=nexts)
+            held, version = runtime.get(name), versions.get(name)
+            self._replace(name, held, version, bulk=True, now=now, nexts=nexts, words=words)
         with self._lock:
             self._names = sorted(self._rows)
             self._generation += 1
@@ -328,6 +326,7 @@ class EntryIndex:
         bulk: bool = False,
         now: datetime | None = None,
         nexts: NextDues | None = None,
+        words: ScheduleWords | None = None,
     ) -> bool:
         """Make `name`'s row follow the entry held now: the files' of that name, else `runtime`
         at `version` (neither: the row goes). `bulk`: the caller sorts the names afterwards.
@@ -347,8 +346,8 @@ class EntryIndex:
             if row is not None and row.entry is entry and row.version == version:
                 return False
             source = API_SOURCE if entry.source == API_SOURCE else "file"
-            words = self._words.of(entry.schedule, len(self._rows))
-            fresh = IndexRow(name, source, entry, words, version, entry.task, entry.queue)
+            text = (words or ScheduleWords()).of(entry.schedule)
+            fresh = IndexRow(name, source, entry, text, version, entry.task, entry.queue)
             if row is not None:  # the figures stay; the next due follows the new definition
                 fresh.last_status, fresh.last_duration_s = row.last_status, row.last_duration_s
                 fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
@@ -430,19 +429,17 @@ class EntryIndex:
 
 
 class ScheduleWords:
-    """Each schedule's words: one text per schedule object (runtime entries share their equal
-    schedules: one text for thousands of rows)."""
+    """Each schedule's words in one pass over the rows: one text per schedule object (runtime
+    entries share their equal schedules: one text for thousands of rows)."""
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[Schedule, str]] = {}  # by the schedule's id
 
-    def of(self, schedule: Schedule, rows: int) -> str:
+    def of(self, schedule: Schedule) -> str:
         known = self._known.get(id(schedule))
         if known is not None and known[0] is schedule:
             return known[1]
         words = schedule.describe()
-        if len(self._known) > 2 * rows + 1000:  # changes brought new schedules: start again
-            self._known = {}
         self._known[id(schedule)] = (schedule, words)
         return words
 
