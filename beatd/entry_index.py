@@ -5,8 +5,11 @@ memory so that a filtered, sorted page of 100,000 entries costs one pass over th
 
 What it holds comes from three places, each read as cheaply as it changes:
 - the file entries from the running configuration, taken again whenever it is replaced (SIGHUP);
-- the runtime entries from the backend's change feed (beatd.entry_feed.RuntimeView, as every
-  node follows it: one read per change, every entry read again only on `reload`);
+- the runtime entries from the view of them this node's scheduler holds (`beatd run`: the
+  scheduler's `beatd.entry_feed.RuntimeView`, followed through a `ViewReader`, so that no
+  entry is read or built twice), or, without a scheduler (tools, tests), from a view of its own
+  that follows the backend's change feed: one read per change, every entry read again only on
+  `reload`;
 - the persisted horizons, the runs' summaries and the controls, read in bulk by `refresh`, at
   most every `interval` seconds and never more than a fifth of the time (a refresh that took
   1 s waits 4 s): a row's next due time is recomputed only when its horizon or definition
@@ -33,10 +36,11 @@ from beatd.clock import Clock
 from beatd.config import Config
 from beatd.config.model import Entry
 from beatd.controls import EntryControl
-from beatd.entry_feed import RuntimeView
+from beatd.entry_feed import RuntimeView, Taken, ViewReader
 from beatd.errors import BeatdError
 from beatd.history import FAILED_FINALLY, EntrySummary
 from beatd.runtime_entries import API_SOURCE
+from beatd.schedules import Schedule
 from beatd.state import EntryState
 
 log = logging.getLogger(__name__)
@@ -135,7 +139,8 @@ class IndexNotReady(BeatdError):
 class EntryIndex:
     """Every entry as `IndexRow`s, by name; `page` answers a query. Fed by `run` (a thread of
     its own, with its own backend connection) or, in tests, by `build`, `follow` and
-    `refresh` called in turn."""
+    `refresh` called in turn. `view`: the runtime entries' view this node's scheduler holds
+    (followed, never polled here); None: the index reads them with a view of its own."""
 
     def __init__(
         self,
@@ -144,6 +149,7 @@ class EntryIndex:
         clock: Clock,
         interval: float = REFRESH_INTERVAL,
         feed_interval: float = FEED_INTERVAL,
+        view: RuntimeView | None = None,
     ) -> None:
         self._open_backend = open_backend
         self._config = config
@@ -155,14 +161,14 @@ class EntryIndex:
         self._rows: dict[str, IndexRow] = {}
         self._names: list[str] = []  # sorted
         self._files: dict[str, Entry] = {}
-        self._runtime: dict[str, Entry] = {}
         self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
         self._fresh: set[str] = set()  # names added since the orders were computed
         self._generation = 0  # moves at every change of the rows held (the cache's key)
         self._cache: dict[str, tuple[int, Ordered]] = {}
         self._config_seen: Config | None = None
         self._store: Backend | None = None
-        self._view: RuntimeView | None = None
+        self._view: RuntimeView | None = None  # its own, polled by `follow` (no `view` given)
+        self._reader: ViewReader | None = view.reader() if view is not None else None
         self._next_refresh = float("-inf")  # monotonic
         self.refreshed_in = 0.0  # seconds the last refresh took
         self._feeding = threading.Lock()  # one feeder at a time (`run`'s thread, or `catch_up`)
@@ -198,39 +204,43 @@ class EntryIndex:
                 self.refresh()
 
     def build(self) -> None:
-        """Read every runtime entry and the configuration's file entries, then refresh."""
-        store = self.store()
-        self._view = RuntimeView(store, self.clock)
-        self._view.poll()  # the first poll reads every entry
-        self._runtime = dict(self._view.entries)
+        """Take every runtime entry (from the scheduler's view, else read by a view of its own)
+        and the configuration's file entries, then refresh. Not ready while the scheduler's
+        view has not read the entries yet: the next call tries again."""
+        if self._reader is None:
+            self._view = RuntimeView(self.store(), self.clock)
+            self._view.poll()  # the first poll reads every entry
+            self._reader = self._view.reader()
+        taken = self._reader.take()
+        if taken is None:
+            return
         self._take_files(self._config())
-        self._rebuild()
+        self._rebuild(taken)
         self.refresh()
         self.ready.set()
         log.info("entry index built: %d entries", len(self._rows))
 
     def follow(self) -> None:
-        """Apply the change feed's changes up to its head, and a replaced configuration."""
+        """Apply the runtime entries changed since the last call, and a replaced configuration
+        (only the file entries' rows are looked at)."""
         config = self._config()
         if config is not self._config_seen:
+            before = self._files
             self._take_files(config)
-            self._rebuild()
-        view = self._view
-        if view is None:
+            self._files_changed(before)
+        if self._view is not None:  # its own view: the feed read to its head
+            while self._view.poll().more:
+                pass
+        taken = self._reader.take() if self._reader is not None else None
+        if taken is None:
             return
-        while True:
-            feed = view.poll()
-            if feed.reloaded:
-                self._runtime = dict(view.entries)
-                self._rebuild()
-            for change in feed.changes:
-                if change.entry is None:
-                    self._runtime.pop(change.name, None)
-                else:
-                    self._runtime[change.name] = change.entry
-                self._replace(change.name)
-            if not feed.more:
-                return
+        if taken.reloaded:
+            self._rebuild(taken)
+            return
+        for name, entry in taken.entries.items():
+            self._replace(name, entry, taken.versions[name])
+        for name in taken.gone:
+            self._replace(name, None, None)
 
     def refresh(self) -> None:
         """Read the horizons, summaries and controls of every entry, and recompute the next
@@ -240,13 +250,13 @@ class EntryIndex:
         states = store.load_states()
         summaries = store.summaries(None)
         controls = store.load_controls(None)
-        now = self.clock.now()
+        now, nexts = self.clock.now(), NextDues()
         with self._lock:
             rows = self._ordered("name").rows
         moved = False
         for row in rows:
             before = (row.due_ts, row.last_status, row.paused)
-            _refreshed(row, states.get(row.name), summaries.get(row.name), now)
+            _refreshed(row, states.get(row.name), summaries.get(row.name), now, nexts)
             _paused(row, controls.get(row.name), now)
             moved = moved or before != (row.due_ts, row.last_status, row.paused)
         with self._lock:
@@ -277,26 +287,53 @@ class EntryIndex:
         self._config_seen = config
         self._files = dict(config.entries) if config is not None else {}
 
-    def _rebuild(self) -> None:
-        """Rows for every entry held now: the files' and the runtime entries of other names
-        (a row whose entry is unchanged is kept as it is)."""
-        names = {*self._runtime, *self._files}
+    def _rebuild(self, taken: Taken) -> None:
+        """Rows for every entry held now: the files' and the runtime entries (`taken`, all of
+        them) of other names (a row whose entry is unchanged is kept as it is)."""
+        runtime, versions = taken.entries, taken.versions
+        names = {*runtime, *self._files}
         with self._lock:
             for name in [n for n in self._rows if n not in names]:
                 del self._rows[name]
+        now, nexts, words = self.clock.now(), NextDues(), ScheduleWords()
         for name in names:
-            self._replace(name, bulk=True)
+            held, version = runtime.get(name), versions.get(name)
+            self._replace(name, held, version, bulk=True, now=now, nexts=nexts, words=words)
         with self._lock:
             self._names = sorted(self._rows)
             self._generation += 1
 
-    def _replace(self, name: str, *, bulk: bool = False) -> None:
-        """Make `name`'s row follow the entry held now (none: the row goes). `bulk`: the
-        caller sorts the names once afterwards."""
-        entry = self._files.get(name) or self._runtime.get(name)
-        version = None
-        if name not in self._files and self._view is not None:
-            version = self._view.version_of(name)
+    def _files_changed(self, before: dict[str, Entry]) -> None:
+        """The rows of the names the files held before or hold now follow the entry of the name
+        now (a runtime entry's again where a file's left): work in proportion to the files."""
+        reader, now, nexts = self._reader, self.clock.now(), NextDues()
+        moved = False
+        for name in {*before, *self._files}:
+            held = reader.get(name) if reader is not None and name not in self._files else None
+            entry, version = held if held is not None else (None, None)
+            moved |= self._replace(name, entry, version, bulk=True, now=now, nexts=nexts)
+        with self._lock:
+            if moved:  # a name came or went: sorted again (a reload's rare cost)
+                self._names = sorted(self._rows)
+            self._generation += 1
+
+    def _replace(
+        self,
+        name: str,
+        runtime: Entry | None,
+        version: int | None,
+        *,
+        bulk: bool = False,
+        now: datetime | None = None,
+        nexts: NextDues | None = None,
+        words: ScheduleWords | None = None,
+    ) -> bool:
+        """Make `name`'s row follow the entry held now: the files' of that name, else `runtime`
+        at `version` (neither: the row goes). `bulk`: the caller sorts the names afterwards.
+        True when the row came or went."""
+        entry = self._files.get(name) or runtime
+        if name in self._files:
+            version = None
         with self._lock:
             row = self._rows.get(name)
             if entry is None:
@@ -305,21 +342,22 @@ class EntryIndex:
                     del self._rows[name]
                     if not bulk:
                         del self._names[bisect_left(self._names, name)]
-                return
+                return row is not None
             if row is not None and row.entry is entry and row.version == version:
-                return
+                return False
             source = API_SOURCE if entry.source == API_SOURCE else "file"
-            words = entry.schedule.describe()
-            fresh = IndexRow(name, source, entry, words, version, entry.task, entry.queue)
+            text = (words or ScheduleWords()).of(entry.schedule)
+            fresh = IndexRow(name, source, entry, text, version, entry.task, entry.queue)
             if row is not None:  # the figures stay; the next due follows the new definition
                 fresh.last_status, fresh.last_duration_s = row.last_status, row.last_duration_s
                 fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
             elif not bulk:
                 insort(self._names, name)
-            _next_due(fresh, fresh.horizon, self.clock.now())
+            _next_due(fresh, fresh.horizon, now or self.clock.now(), nexts)
             self._rows[name] = fresh
             self._fresh.add(name)
             self._generation += 1
+            return row is None
 
     # --- reading --------------------------------------------------------------------------
 
@@ -388,6 +426,22 @@ class EntryIndex:
             ordered = list(_merged(known, fresh, key)) if fresh else list(known)
         self._cache[sort] = (self._generation, Ordered(ordered))
         return self._cache[sort][1]
+
+
+class ScheduleWords:
+    """Each schedule's words in one pass over the rows: one text per schedule object (runtime
+    entries share their equal schedules: one text for thousands of rows)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Schedule, str]] = {}  # by the schedule's id
+
+    def of(self, schedule: Schedule) -> str:
+        known = self._known.get(id(schedule))
+        if known is not None and known[0] is schedule:
+            return known[1]
+        words = schedule.describe()
+        self._known[id(schedule)] = (schedule, words)
+        return words
 
 
 class Ordered:
@@ -480,29 +534,64 @@ def _merged(
 
 
 def _refreshed(
-    row: IndexRow, state: EntryState | None, summary: EntrySummary | None, now: datetime
+    row: IndexRow,
+    state: EntryState | None,
+    summary: EntrySummary | None,
+    now: datetime,
+    nexts: NextDues,
 ) -> None:
     """Take the row's persisted horizon (its next due recomputed when it moved; without one,
     when it has passed: a leader starts such an entry from now, as `beatd status` says) and its
     summary."""
     adopted = state is not None and state.identity == row.entry.identity
-    horizon = state.last_slot if state is not None and adopted else None
+    horizon = nexts.shared(state.last_slot) if state is not None and adopted else None
     passed = horizon is None and row.next_due is not None and row.next_due <= now
     if not row.computed or horizon != row.horizon or passed:
-        _next_due(row, horizon, now)
+        _next_due(row, horizon, now, nexts)
     row.last_status = summary.last_status if summary is not None else None
     duration = summary.last_duration if summary is not None else None
     row.last_duration_s = None if duration is None else round(duration.total_seconds(), 3)
     row.failures = summary.consecutive_failures if summary is not None else 0
 
 
-def _next_due(row: IndexRow, horizon: datetime | None, now: datetime) -> None:
+class NextDues:
+    """The next slots computed in one pass over the rows, by schedule object and start: rows
+    sharing both (runtime entries share their equal schedules, and most start from the same
+    horizon or from now) take one computation, and one time object, between them."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, datetime], tuple[Schedule, datetime | None, float]] = {}
+        self._times: dict[datetime, datetime] = {}
+
+    def shared(self, moment: datetime) -> datetime:
+        """One object per equal time (a row keeps its horizon: the states read are let go)."""
+        return self._times.setdefault(moment, moment)
+
+    def after(self, schedule: Schedule, start: datetime) -> tuple[datetime | None, float]:
+        """The schedule's first slot after `start`, and it as a POSIX time (inf: none)."""
+        key = (id(schedule), start)
+        known = self._known.get(key)
+        if known is not None and known[0] is schedule:
+            return known[1], known[2]
+        slot = schedule.next_after(start)
+        stamp = _NEVER if slot is None else slot.timestamp()
+        self._known[key] = (schedule, slot, stamp)
+        return slot, stamp
+
+
+def _next_due(
+    row: IndexRow, horizon: datetime | None, now: datetime, nexts: NextDues | None = None
+) -> None:
     """The first slot after the horizon (after now when there is none: a leader starts an entry
     new to it from now), plus its jitter."""
-    slot = row.entry.schedule.next_after(horizon if horizon is not None else now)
+    entry = row.entry
+    slot, stamp = (nexts or NextDues()).after(entry.schedule, horizon or now)
     row.horizon, row.computed = horizon, True
-    row.next_due = None if slot is None else row.entry.due_for(slot)
-    row.due_ts = _NEVER if row.next_due is None else row.next_due.timestamp()
+    if slot is not None and entry.jitter:
+        row.next_due = entry.due_for(slot)
+        row.due_ts = row.next_due.timestamp()
+    else:
+        row.next_due, row.due_ts = slot, stamp
 
 
 def _paused(row: IndexRow, control: EntryControl | None, now: datetime) -> None:

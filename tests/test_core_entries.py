@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from beatd.core import Baseline
+from beatd.config.model import Entry
+from beatd.core import Baseline, Planner
 from beatd.state import EntryState
 from tests.test_core import T0, Store, cron, every, run_until, start, tick
 
@@ -85,3 +86,26 @@ def test_an_entry_put_again_with_its_persisted_state_resumes_where_it_was() -> N
     kept = planner.drop("a")
     assert planner.put(every("a", 60), T0 + timedelta(minutes=1, seconds=30), kept) is None
     assert planner.next_due("a") == T0 + timedelta(minutes=2)
+
+
+def test_entries_sharing_a_schedule_and_a_horizon_cost_one_next_fire_computation_at_load() -> None:
+    daily = cron("d0", "30 9 * * *", "Europe/Paris").schedule  # one object, as EntryBuilder makes
+    hourly = every("h0", 3600).schedule
+    paris = "Europe/Paris"
+    entries = [
+        *(Entry(name=f"d{i}", task="t.task", schedule=daily, timezone=paris) for i in range(500)),
+        *(Entry(name=f"h{i}", task="t.task", schedule=hourly) for i in range(500)),
+        every("other", 60),
+    ]
+    store = Store()
+    planner = start(entries, store, T0)
+    assert planner.next_fire_computations == 3
+    alike = cron("paris", "30 9 * * *", paris).schedule  # an equal schedule of its own
+    assert {planner.next_due(f"d{i}") for i in range(500)} == {alike.next_after(T0)}
+    assert {planner.next_due(f"h{i}") for i in range(500)} == {T0 + timedelta(hours=1)}
+    tick(planner, store, T0 + timedelta(hours=1))  # the hourly ones move on, each on its own
+    assert planner.next_due("h7") == T0 + timedelta(hours=2)
+    again = Planner()
+    again.load({e.name: e for e in entries}, store.states, T0 + timedelta(hours=1, seconds=1))
+    assert again.next_fire_computations == 3  # their horizons equal again: still one each
+    assert again.next_due("h7") == T0 + timedelta(hours=2)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -18,6 +19,7 @@ from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery
 from beatd.history import EntrySummary
 from beatd.http.context import ApiContext
 from beatd.runtime_entries import resolve_entry
+from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.state import EntryState
 from tests.entries_backends import broker, redis_server
 from tests.test_history_cli import SCHEDULES, nightly_dead
@@ -321,3 +323,78 @@ def test_an_api_contexts_own_index_reads_the_contexts_clock(
         assert row.as_json()["next_due"] == "2030-01-02T04:00:00Z"
     finally:
         context.close()
+
+
+class Reads:
+    """A backend that records which of its methods were called."""
+
+    def __init__(self, store: Backend) -> None:
+        self.store = store
+        self.called: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.called.add(name)
+        return getattr(self.store, name)
+
+
+ENTRY_READS = {"list_entries", "get_entry", "entry_changes"}
+
+
+def test_beside_a_scheduler_the_index_takes_its_runtime_entries_and_reads_none(
+    broker: str, store: Backend, config: Config
+) -> None:
+    add(store, "report-a")
+    clock = FakeClock(T0)
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    beat = Scheduler(open_backend(broker), lambda: config, clock, settings)
+    reads: list[Reads] = []
+
+    def opened() -> Backend:
+        reads.append(Reads(open_backend(broker)))
+        return cast(Backend, reads[-1])
+
+    index = EntryIndex(opened, lambda: config, clock, view=beat.runtime)
+    try:
+        index.build()  # the scheduler has not read the runtime entries yet: not ready
+        assert not index.ready.is_set()
+        beat.step()
+        index.build()
+        assert names(index) == ["nightly", "report-a", "tick"]
+        row = index.page(IndexQuery(exact="report-a")).rows[0]
+        assert row.entry is beat.runtime.entries["report-a"]
+        assert row.version == 1
+        add(store, "report-b", every="5s")
+        add(store, "report-a", every="2h", queue="slow")
+        index.follow()  # the scheduler has not read the feed since: nothing new
+        assert names(index) == ["nightly", "report-a", "tick"]
+        clock.advance(1)
+        beat.step()
+        index.follow()
+        assert names(index) == ["nightly", "report-a", "report-b", "tick"]
+        assert names(index, queue="slow") == ["report-a"]
+        assert index.page(IndexQuery(exact="report-a")).rows[0].version == 2
+        store.remove_entry("report-b", "test")
+        clock.advance(1)
+        beat.step()
+        index.follow()
+        assert names(index) == ["nightly", "report-a", "tick"]
+        assert all(not (r.called & ENTRY_READS) for r in reads)
+    finally:
+        index.close()
+        beat.shutdown()
+        beat.backend.close()
+
+
+def test_rows_sharing_a_schedule_and_a_horizon_share_their_next_due(
+    broker: str, store: Backend
+) -> None:
+    for i in range(20):
+        add(store, f"hourly-{i:02d}")
+    index = built(broker, Config({}), FakeClock(T0))
+    try:
+        rows = index.rows()
+        assert {row.as_json()["next_due"] for row in rows} == {"2026-12-06T02:00:00Z"}
+        assert len({id(row.next_due) for row in rows}) == 1  # one computation, one object
+        assert len({id(row.schedule) for row in rows}) == 1  # one text in words
+    finally:
+        index.close()

@@ -164,7 +164,10 @@ def start_api(
         log.info("HTTP API not served: give it --api-tokens (docs/api.md)")
         return None
     # the console's entries page reads this node's entry index, built and fed in its own thread
-    index = EntryIndex(lambda: open_broker(broker), lambda: scheduler.config, SystemClock())
+    # from the runtime entries the scheduler holds (none read or built a second time)
+    index = EntryIndex(
+        lambda: open_broker(broker), lambda: scheduler.config, SystemClock(), view=scheduler.runtime
+    )
     context = ApiContext(
         lambda: open_broker(broker),
         lambda: scheduler.config,

@@ -1,0 +1,118 @@
+"""The runtime entries' view (beatd.entry_feed.RuntimeView) as another thread follows it: a
+`ViewReader` takes every entry held, then the changes since, sharing the built entries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from beatd.backends.memory import MemoryBackend
+from beatd.clock import FakeClock
+from beatd.config.model import Entry
+from beatd.entry_feed import PlannedEntries, RuntimeView
+from beatd.runtime_entries import resolve_entry
+from beatd.schedules import IntervalSchedule
+from tests.in_process import memory_backend
+
+T0 = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def backend(clock: FakeClock) -> Iterator[MemoryBackend]:
+    yield from memory_backend("entry-feed", clock)
+
+
+def put(backend: MemoryBackend, name: str, every: str = "1m") -> None:
+    backend.put_entry(resolve_entry(name, {"task": "t.x", "every": every}, now=T0), "test")
+
+
+def test_a_reader_takes_every_entry_then_the_changes_the_view_applied(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, "a")
+    put(backend, "b")
+    view = RuntimeView(backend, clock)
+    reader = view.reader()
+    assert reader.take() is None  # nothing read yet
+    view.poll()
+    first = reader.take()
+    assert first is not None and first.reloaded
+    assert first.entries == view.entries and first.entries is not view.entries
+    assert all(first.entries[n] is view.entries[n] for n in ("a", "b"))  # shared, not built
+    assert first.versions == {"a": view.version_of("a"), "b": view.version_of("b")}
+    version_a = first.versions["a"]
+    put(backend, "a", every="5m")
+    backend.remove_entry("b", "test")
+    put(backend, "c")
+    untaken = reader.take()
+    assert untaken is not None and (untaken.entries, untaken.gone) == ({}, ())
+    view.poll()
+    taken = reader.take()
+    assert taken is not None and not taken.reloaded
+    assert taken.entries == {"a": view.entries["a"], "c": view.entries["c"]}
+    assert taken.versions == {"a": view.version_of("a"), "c": view.version_of("c")}
+    assert taken.versions["a"] > version_a and taken.gone == ("b",)
+    assert reader.get("a") == (view.entries["a"], taken.versions["a"])
+    assert reader.get("b") is None
+
+
+def test_after_the_view_reads_every_entry_again_a_reader_takes_them_all(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, "a")
+    view = RuntimeView(backend, clock)
+    view.poll()
+    reader = view.reader()
+    assert reader.take() is not None
+    put(backend, "b")
+    view.cursor = None  # as after a feed's `reload`: every entry read again
+    view.poll()
+    again = reader.take()
+    assert again is not None and again.reloaded
+    assert sorted(again.entries) == ["a", "b"]
+
+
+def test_the_planned_entries_read_the_view_through_and_a_files_name_stays_the_files(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    put(backend, "a")
+    put(backend, "shadowed")
+    view = RuntimeView(backend, clock)
+    view.poll()
+    file = Entry(name="shadowed", task="t.file", schedule=IntervalSchedule(timedelta(hours=1)))
+    planned = PlannedEntries(view, {"shadowed": file})
+    assert dict(planned.entries) == {"shadowed": file, "a": view.entries["a"]}
+    put(backend, "b")
+    backend.remove_entry("a", "test")
+    view.poll()
+    assert dict(planned.entries.items()) == {"shadowed": file, "b": view.entries["b"]}
+    assert list(planned.entries.values()) == [file, view.entries["b"]]
+    assert (len(planned.entries), "a" in planned.entries, planned.entries.get("a")) == (
+        2,
+        False,
+        None,
+    )
+
+
+def test_a_reader_that_does_not_take_holds_a_bounded_set_then_takes_them_all(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    view = RuntimeView(backend, clock)
+    view.poll()
+    reader = view.reader()
+    assert reader.take() is not None
+    for i in range(1002):
+        put(backend, f"e{i:04d}")
+    while view.poll().more:
+        pass
+    assert len(view.entries) == 1002
+    assert reader.reload and not reader.changed  # more than 1,000 and half the entries
+    taken = reader.take()
+    assert taken is not None and taken.reloaded and len(taken.entries) == 1002
