@@ -248,10 +248,13 @@ class SchedulerCollector(Collector):
         )
         leading = s.lease is not None
         states = {} if leading else self._persisted_states()
-        files = s.config.entries
-        runtime = ((n, e) for n, e in s.runtime.entries.items() if n not in files)
+        files, held = s.config.entries, s.runtime.entries
+        # The loop's thread changes the runtime entries while a scrape runs: their names are
+        # copied first (one step: no other thread runs while a dict of str keys is copied), and
+        # an entry removed since is passed over.
+        runtime = ((n, held.get(n)) for n in list(held) if n not in files)
         for name, entry in chain(files.items(), runtime):
-            if not shown(name):
+            if entry is None or not shown(name):
                 continue
             if leading:
                 due, state = s.planner.next_due(name), s.planner.state(name)

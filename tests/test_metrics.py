@@ -6,7 +6,7 @@ import logging
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,17 +16,20 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from beatd.backends.memory import MemoryBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli.common import metrics_option, start_metrics
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
+from beatd.entry_series import EntryFilter
 from beatd.errors import Problem
-from beatd.metrics import MetricsServer, PublishDelay, register_scheduler
+from beatd.metrics import MetricsServer, PublishDelay, SchedulerCollector, register_scheduler
 from beatd.node_reports import NodeIdentity
 from beatd.nodes import TzDatabase
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from tests.in_process import memory_backend, scheduler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -327,3 +330,43 @@ def test_a_malformed_metrics_address_is_bad_input(given: str, message: str) -> N
 
     result = CliRunner().invoke(serve_one, ["--metrics-addr", given])
     assert (result.exit_code, result.stderr) == (2, message)
+
+
+class ChangingFilter(EntryFilter):
+    """Shows every entry, and changes the runtime entries at the first one it is asked about:
+    what the loop's thread may do while another thread scrapes."""
+
+    def __init__(self, runtime: dict[str, Entry]) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def shown(self, config: Config, runtime: int = 0) -> Callable[[str], bool]:
+        def changing(_name: str) -> bool:
+            self.runtime[f"added-{len(self.runtime)}"] = every("added", 60)
+            return True
+
+        return changing
+
+
+@pytest.fixture
+def memory(clock: FakeClock) -> Iterator[MemoryBackend]:
+    yield from memory_backend("scrape-while-changing", clock)
+
+
+def test_a_scrape_while_the_runtime_entries_change_shows_those_it_started_with(
+    memory: MemoryBackend, clock: FakeClock
+) -> None:
+    sched = scheduler(memory, clock, every("file", 60))
+    sched.step()  # leads, its runtime entries read (none): the next due times are the planner's
+    held = sched.runtime.entries
+    held.update({f"api-{i}": every(f"api-{i}", 60) for i in range(3)})
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(sched, ChangingFilter(held)))
+    samples = scrape(registry)
+    due = {
+        dict(labels)["entry"]
+        for name, labels in samples
+        if name == "beatd_next_due_timestamp_seconds"
+    }
+    assert due == {"file"}  # runtime entries not planned here have no next due, and no error
+    assert len(held) > 3  # the entries did change during the scrape
