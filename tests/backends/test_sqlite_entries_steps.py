@@ -8,6 +8,7 @@ steps small."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from beatd.backends.sqlite import SQLiteBackend
+from beatd.backends.sqlite_turns import turns_of
 from beatd.runtime_entries import (
     EntryChange,
     EntryPut,
@@ -26,6 +28,7 @@ from beatd.runtime_entries import (
     resolve_entry,
 )
 from tests.backends.history_contract import lead
+from tests.waiting import wait_for
 
 BY = "ops@host"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -145,3 +148,74 @@ def test_a_repeat_with_the_request_id_completes_a_batch_answering_the_written_as
         (name, cursor + i) for i, name in enumerate("abc", start=1)
     ]
     assert len(backend.entry_changes(cursor).changes) == 3
+
+
+class Held(SQLiteBackend):
+    """Holds the file's writer in its batch's first step until `release` is set; each step
+    notes whether the lease was taken before it began."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.leased_before: list[bool] = []
+
+    def _put_step(
+        self, db: sqlite3.Connection, puts: Sequence[EntryPut], by: str, request_id: str | None
+    ) -> list[RuntimeEntry]:
+        self.leased_before.append(db.execute("SELECT count(*) FROM lease").fetchone()[0] > 0)
+        if len(self.leased_before) == 1:
+            self.inside.set()
+            self.release.wait(30)
+        return super()._put_step(db, puts, by, request_id)
+
+
+def _in_thread(backend: SQLiteBackend, work: Callable[[], object]) -> threading.Thread:
+    """`work` in a thread of its own, which closes its connection to the file when done."""
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            backend.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_lease_write_waiting_for_the_file_goes_before_a_batchs_next_step(
+    tmp_path: Path,
+) -> None:
+    """SQLite's busy handler lets a waiting writer sleep through many steps of a batch (the
+    leader's commit 1.4 s late behind three on a loaded machine); within the process, the step
+    after the one under way waits for it."""
+    importer, leader = Held(tmp_path / "beatd.db"), SQLiteBackend(tmp_path / "beatd.db")
+    importer.put_step = importer.put_step_least = 2
+    writing = _in_thread(importer, lambda: importer.put_entries(batch(*"abcde"), BY))
+    try:
+        assert importer.inside.wait(30)
+        taking = _in_thread(leader, lambda: leader.acquire_lease("a", 60.0))
+        wait_for(lambda: turns_of(tmp_path / "beatd.db").writers == 1, what="the lease write")
+    finally:
+        importer.release.set()
+    writing.join(30)
+    taking.join(30)
+    assert importer.leased_before == [False, True, True]
+    assert [e.name for e in leader.list_entries()] == list("abcde")
+    importer.close()
+    leader.close()
+
+
+def test_a_batchs_steps_are_sized_by_the_time_they_hold_the_file(
+    make: Callable[..., Counted],
+) -> None:
+    backend = make(step=8)
+    backend.put_step_least = 2
+    backend.put_step_time = 0.0  # every step too long: the least
+    backend.put_entries(batch(*"abcdefg"), BY)
+    assert backend.steps == 4
+    backend.steps = 0
+    backend.put_step_time = 1e9  # every step quick: twice the last, up to put_step
+    backend.put_entries(batch(*"hijklmnopqrstu"), BY)
+    assert backend.steps == 3  # 2, 4, 8
+    assert len(backend.list_entries()) == 21
