@@ -23,7 +23,7 @@ from beatd.cli import main
 from beatd.cli.api import allowed_hosts
 from beatd.config import load_config
 from beatd.http import all_routes
-from beatd.http.app import Access, create_app
+from beatd.http.app import JSON_PIECE, Access, create_app, json_text
 from beatd.http.context import ApiContext
 from beatd.http.metrics import ApiMetrics
 from beatd.http.routes import Reply, Route
@@ -147,6 +147,26 @@ def only_error(body: Any) -> dict[str, Any]:
 
 
 # --- what every request meets ------------------------------------------------------------------
+
+
+_ENTRY = {"name": "r-ü", "version": 3, "definition": {"task": "t", "every": "1h", "args": [1]}}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty_object"),
+        pytest.param([], id="empty_list"),
+        pytest.param([_ENTRY] * JSON_PIECE, id="one_piece"),
+        pytest.param([_ENTRY] * (JSON_PIECE + 1), id="a_piece_and_one"),
+        pytest.param({"entries": [_ENTRY] * (3 * JSON_PIECE), "next_after": None}, id="a_page"),
+        pytest.param({"a": {"b": list(range(2 * JSON_PIECE + 7)), "c": "ü"}}, id="nested"),
+        pytest.param({1: "x", "y": [None] * (JSON_PIECE + 2)}, id="keys_not_text"),
+        pytest.param([[0] * (JSON_PIECE + 1)] * 2, id="lists_of_lists"),
+    ],
+)
+def test_an_answer_encoded_in_pieces_is_the_text_json_dumps_makes(body: Any) -> None:
+    assert json_text(body) == json.dumps(body, ensure_ascii=False)
 
 
 def test_no_token_is_401_with_the_bearer_challenge(api: Api) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -17,6 +18,7 @@ from beatd.backends.sqlite_controls import _AUDIT as _AUDIT_COLUMNS
 from beatd.backends.sqlite_controls import _store_audit
 from beatd.backends.sqlite_file import SQLiteFile
 from beatd.backends.sqlite_history import micros
+from beatd.backends.sqlite_turns import STEP_TIME, next_step
 from beatd.controls import new_audit_id, new_audit_ids
 from beatd.errors import BackendError, TransientBackendError
 from beatd.runtime_entries import (
@@ -36,9 +38,13 @@ from beatd.runtime_entries import (
     plan_puts,
 )
 
-# Entries per write transaction of a batch: about 50 ms each (100,000 in one transaction held
-# the file's one writer 5 s, so that the leader's lease renewal waited out its busy timeout).
+# Entries per write transaction of a batch, at most: about 50 ms each on a quiet machine (100,000
+# in one transaction held the file's one writer 5 s, so that the leader's lease renewal waited
+# out its busy timeout). A batch starts with a quarter of it, and each next step holds as many
+# as should take STEP_TIME of the writer, as long as the last took (sqlite_turns.next_step), at
+# least PUT_STEP_LEAST: on a loaded machine, where 1,000 held the writer up to 0.9 s, fewer.
 PUT_STEP = 1000
+PUT_STEP_LEAST = 50
 _PUT = f"INSERT OR REPLACE INTO runtime_entry ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _HEAD = "SELECT seq FROM sqlite_sequence WHERE name = 'entry_change'"
 
@@ -129,29 +135,47 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
 
     feed_retention: int = FEED_RETENTION
 
-    put_step: int = PUT_STEP
+    put_step: int = PUT_STEP  # entries a step, at most
+    put_step_least: int = PUT_STEP_LEAST  # entries a step, at least (or put_step if fewer)
+    put_step_time: float = STEP_TIME  # seconds a step should hold the file's one writer
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
-        """One transaction per `put_step` entries, so that none holds the file's one writer
-        long (the leader's commits and lease renewals wait for it); a batch of more is checked
-        whole first (`_check_puts`), so a refusal then writes nothing. A refusal found at a
-        later step (another writer in between) is PartlyWritten, as on Redis."""
+        """One transaction a step, each step sized to hold the file's one writer about
+        `put_step_time` (the leader's commits and lease renewals wait for it), and begun after
+        the writes of this process that wait (sqlite_turns.py); a batch of more than the first
+        step is checked whole first (`_check_puts`), so a refusal then writes nothing. A refusal
+        found at a later step (another writer in between) is PartlyWritten, as on Redis."""
         check_unique(puts)
-        steps = [puts[at : at + self.put_step] for at in range(0, len(puts), self.put_step)]
-        if len(steps) > 1:
+        most = self.put_step
+        least = min(self.put_step_least, most)
+        size = max(least, most // 4)
+        if len(puts) > size:
             self._run(lambda db: self._check_puts(db, puts, request_id), write=False)
         stored: list[RuntimeEntry] = []
-        for step in steps:
-            write = partial(self._put_step, puts=step, by=by, request_id=request_id)
+        done = 0
+        while done < len(puts):
+            step = puts[done : done + size]
+            write = partial(self._timed_step, puts=step, by=by, request_id=request_id)
             try:
-                stored += self._run(write)
+                written, took = self._run(write, step=True)
             except TransientBackendError:
                 raise  # repeated with the request id, the steps written are answered as stored
             except BackendError as exc:
                 if not stored:
                     raise
                 raise PartlyWritten(exc, [e.name for e in stored], len(puts)) from None
+            stored += written
+            done += len(step)
+            size = next_step(size, took, least=least, most=most, target=self.put_step_time)
         return stored
+
+    def _timed_step(
+        self, db: sqlite3.Connection, puts: Sequence[EntryPut], by: str, request_id: str | None
+    ) -> tuple[list[RuntimeEntry], float]:
+        """`_put_step`, and the seconds it took (holding the file's writer)."""
+        started = time.monotonic()
+        stored = self._put_step(db, puts, by, request_id)
+        return stored, time.monotonic() - started
 
     def _check_puts(
         self, db: sqlite3.Connection, puts: Sequence[EntryPut], request_id: str | None

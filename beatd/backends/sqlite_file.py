@@ -16,13 +16,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
 from beatd.backends.base import FormatTooNew, Lease, StorageCorrupt, StorageReplaced, to_micros
+from beatd.backends.sqlite_turns import turns_of
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.history import FAILED_FINALLY, FINAL, LOST, RunKind
 from beatd.outcomes import Outcome
@@ -451,6 +452,7 @@ class SQLiteFile:
         self.read_only = read_only
         self._now = wall_clock
         self._local = threading.local()  # a connection per thread
+        self._turns = turns_of(self.path)  # this process's writers of the file (bulk steps wait)
         self._opened: tuple[int, int] | None = None  # the file's device and inode, first opened
         self._check_at = 0.0  # monotonic: when a queue's write checks the file next
         self._published_since_truncate = 0  # runs committed since the WAL was last truncated
@@ -565,39 +567,46 @@ class SQLiteFile:
         )
 
     @contextmanager
-    def _transaction(self, lease: bool) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, lease: bool, step: bool) -> Iterator[sqlite3.Connection]:
         db = self._connection()
         now = time.monotonic()
         if lease or now >= self._check_at:  # a queue's writes: at most every FILE_CHECK_INTERVAL
             self._check_file()
             self._check_at = now + FILE_CHECK_INTERVAL
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if (
-                db.in_transaction
-            ):  # SQLite ends it itself on a full disk or corruption: keep that error
-                db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            if not db.in_transaction:  # ended by SQLite mid-commit: the record may be written
-                raise _CommitFailed(exc) from exc
-            with suppress(sqlite3.Error):  # still open (busy): nothing was applied
-                db.execute("ROLLBACK")
-            raise
+        if step:  # a bulk write's step: after this process's other writers (sqlite_turns.py)
+            self._turns.step_turn()
+        with nullcontext() if step else self._turns.writing():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite ends it on a full disk or corruption: keep that
+                    db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if not db.in_transaction:  # ended by SQLite mid-commit: the record may be written
+                    raise _CommitFailed(exc) from exc
+                with suppress(sqlite3.Error):  # still open (busy): nothing was applied
+                    db.execute("ROLLBACK")
+                raise
 
     def _run(
-        self, work: Callable[[sqlite3.Connection], T], *, write: bool = True, lease: bool = False
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = True,
+        lease: bool = False,
+        step: bool = False,
     ) -> T:
         """Run `work` in a transaction, turning SQLite's errors into backend errors. `lease`:
-        a write of the lease or under it, always made to the file at the path (`_check_file`)."""
+        a write of the lease or under it, always made to the file at the path (`_check_file`).
+        `step`: one step of a bulk write, which lets this process's other writes go first."""
         try:
             if not write:
                 return work(self._connection())
-            with self._transaction(lease) as db:
+            with self._transaction(lease, step) as db:
                 return work(db)
         except _CommitFailed as failed:
             raise self._failure(failed.error, committing=True) from failed.error
