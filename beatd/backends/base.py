@@ -504,6 +504,12 @@ class QueueAdmin(Reachable, Protocol):
     def count_dead_letters(self) -> int:
         """How many dead letters there are, without reading them (a read)."""
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """How many dead letters each queue has (queues with none left out), without reading
+        the letters: what `beatd status` and the metrics scrape show (a read; Redis keeps a
+        count per queue beside the letters, and reads them all only while that count cannot be
+        trusted: see RedisQueueAdmin)."""
+
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         """At most `limit` dead letters, oldest first, after skipping the `offset` oldest: the
         same letters as `dead_letters()[offset:offset + limit]`, reading only those (a read;

@@ -363,6 +363,10 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
         with self._store.lock:
             return len(self._store.dead)
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._store.lock:
+            return dict(Counter(letter.queue for _, letter in self._store.dead))
+
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         with self._store.lock:
             return [letter for _, letter in self._store.dead[offset : offset + limit]]

@@ -446,6 +446,15 @@ class SQLiteQueueAdmin(SQLiteFile):
             )
         )
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_AS_BYTES.format('queue')}, count(*) FROM dead_letter GROUP BY 1"
+            ).fetchall(),
+            write=False,
+        )
+        return {_text(q): int(n) for q, n in rows}
+
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         return self._dead_rows(" LIMIT ? OFFSET ?", (max(0, limit), max(0, offset)))
 
