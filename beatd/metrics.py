@@ -10,7 +10,6 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from itertools import chain
@@ -582,7 +581,7 @@ class WorkerCollector(Collector):
         )
         try:
             depths = self.admin.queue_depths()
-            letters = Counter(d.queue for d in self.admin.dead_letters())
+            letters = self.admin.dead_letter_counts()  # counted, never read
         except Exception as exc:  # a scrape must not fail because the backend did
             log.debug("metrics: cannot read queue depths: %s", exc)
         else:

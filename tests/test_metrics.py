@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from beatd.backends.base import DeadLetter
 from beatd.backends.memory import MemoryBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli.common import metrics_option, start_metrics
@@ -24,12 +26,19 @@ from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
 from beatd.entry_series import EntryFilter
 from beatd.errors import Problem
-from beatd.metrics import MetricsServer, PublishDelay, SchedulerCollector, register_scheduler
+from beatd.metrics import (
+    MetricsServer,
+    PublishDelay,
+    SchedulerCollector,
+    register_scheduler,
+    register_worker,
+)
 from beatd.node_reports import NodeIdentity
 from beatd.nodes import TzDatabase
+from beatd.outcomes import WorkerStats
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
-from tests.in_process import memory_backend, scheduler
+from tests.in_process import discard, memory_backend, scheduler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -370,3 +379,41 @@ def test_a_scrape_while_the_runtime_entries_change_shows_those_it_started_with(
     }
     assert due == {"file"}  # runtime entries not planned here have no next due, and no error
     assert len(held) > 3  # the entries did change during the scrape
+
+
+class CountsOnly(MemoryBackend):
+    """A store whose dead letters can be counted but not read: a read of them all fails."""
+
+    def dead_letters(self) -> list[DeadLetter]:
+        raise AssertionError("every dead letter read to count them")
+
+
+@dataclass(frozen=True)
+class QueuesSettings:
+    queues: tuple[str, ...] = ("default", "idle")
+
+
+@dataclass(frozen=True)
+class IdleWorker:
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    settings: QueuesSettings = QueuesSettings()
+
+
+def test_the_scrape_counts_dead_letters_per_queue_without_reading_them(clock: FakeClock) -> None:
+    discard("counts-only")
+    backend = CountsOnly("counts-only", wall_clock=lambda: clock.now().timestamp())
+    backend.add_dead_letters(
+        [
+            DeadLetter(f"{name}@1", queue, "{}", "boom", T0, 1)
+            for name, queue in (("a", "default"), ("b", "default"), ("c", "reports"))
+        ]
+    )
+    registry = CollectorRegistry()
+    register_worker(registry, IdleWorker(), backend)
+    s = scrape(registry)
+    assert {q: value(s, "beatd_dead_letters", queue=q) for q in ("default", "idle", "reports")} == {
+        "default": 2,
+        "idle": 0,  # a queue the worker serves is shown with none
+        "reports": 1,
+    }
+    discard("counts-only")

@@ -465,3 +465,26 @@ def test_status_of_named_entries_builds_only_those_runtime_entries(
     unknown = CliRunner().invoke(main, ["status", "--broker", broker, "report-7"])
     assert unknown.exit_code != 0
     assert "no entry 'report-7'" in unknown.output
+
+
+def test_status_counts_dead_letters_per_queue_without_reading_them() -> None:
+    """The queues' rows take each queue's dead letters from the backend's counts: a read of every
+    letter (a large, growing cost at scale) would fail here."""
+    from beatd.backends.base import DeadLetter
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.operations.status import queue_rows
+
+    class CountsOnly(MemoryBackend):
+        def dead_letters(self) -> list[DeadLetter]:
+            raise AssertionError("every dead letter read to count them")
+
+    discard("status-counts")
+    store = CountsOnly("status-counts")
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    store.add_dead_letters([DeadLetter("a@1", "reports", "{}", "boom", at, 1)])
+    store.enqueue([Outgoing("b", "b@1", BeatdQueue("default"), "{}")])
+    assert queue_rows(store) == [
+        {"queue": "default", "depth": 1, "dead_letters": 0},
+        {"queue": "reports", "depth": 0, "dead_letters": 1},
+    ]
+    discard("status-counts")
