@@ -21,6 +21,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
+  beatd:dead-count        hash    queue -> its dead letters, kept beside them (redis_queue.py)
   beatd:h:*               the run history (redis_history.py has its keys)
   beatd:ctl:*             the operator controls (redis_controls.py has their keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
