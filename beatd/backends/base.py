@@ -381,6 +381,11 @@ class StateStore(Reachable, Protocol):
         """Every entry's persisted state (a read). A backend that reads them in pages calls
         `pace` between the pages (a leader renews its lease there)."""
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """The persisted states of the entries `names` (those with none left out), reading only
+        those, whatever the number of other entries (a read): what `beatd status` and a
+        standby's metrics show of a few entries among many."""
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:

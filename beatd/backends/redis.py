@@ -214,6 +214,18 @@ class RedisStateStore(RedisLink):
             if pace is not None:
                 pace()
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """HMGET of STATE_PAGE names a call."""
+        self._check_format("hmget")
+        key, asked = self._key("state"), list(dict.fromkeys(names))
+        states: dict[str, EntryState] = {}
+        for i in range(0, len(asked), STATE_PAGE):
+            chunk = asked[i : i + STATE_PAGE]
+            for entry, value in zip(chunk, self._cmd("HMGET", key, *chunk), strict=True):
+                if value is not None:
+                    states[entry] = _unpack_state(entry, value)
+        return states
+
     def _load_states_whole(self, key: str) -> dict[str, EntryState]:
         """The states in one HGETALL, for a user left on the ACL line before +hscan."""
         if not self._hscan_refused:

@@ -429,6 +429,21 @@ class BackendContract(
         backend.delete_dead(every[0].id)
         assert (backend.count_dead_letters(), backend.dead_letter_page(0, 1)) == (4, every[1:2])
 
+    def test_states_of_some_entries_are_read_without_the_others(self, backend: Backend) -> None:
+        assert backend.states_of([]) == {}
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        written = [state(f"e{i:04}", i, i) for i in range(1200)] + [state("\u00e9t\u00e9", 1)]
+        backend.commit(lease, [StateWrite(s, None) for s in written], [])
+        asked = ["e0007", "no-such", "\u00e9t\u00e9", "e1199", "e0007"]
+        assert backend.states_of(asked) == {
+            "e0007": written[7],
+            "\u00e9t\u00e9": written[-1],
+            "e1199": written[1199],
+        }
+        every = [s.entry for s in written]  # more than one statement's worth on SQLite
+        assert backend.states_of(every) == backend.load_states()
+
     def test_dead_letters_counted_per_queue_through_every_way_in_and_out(
         self, backend: Backend
     ) -> None:
