@@ -488,3 +488,33 @@ def test_status_counts_dead_letters_per_queue_without_reading_them() -> None:
         {"queue": "reports", "depth": 0, "dead_letters": 1},
     ]
     discard("status-counts")
+
+
+def test_status_with_the_entries_known_reads_the_states_of_the_entries_it_shows_only() -> None:
+    """With the schedule files given, the entries shown (at most `limit`) are known without
+    the backend: their states are read by name, never every entry's (a million, say)."""
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.config import Config
+    from beatd.operations.status import status_report
+
+    class ByNameOnly(MemoryBackend):
+        def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+            raise AssertionError("every state read to show a few")
+
+    discard("status-by-name")
+    store = ByNameOnly("status-by-name")
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    lease = store.acquire_lease("a", 60)
+    assert lease is not None
+    written = [EntryState(n, at, at, "every 60s") for n in ("a", "b", "c", "not-in-files")]
+    store.commit(lease, [StateWrite(s, None) for s in written], [])
+    hour = IntervalSchedule(timedelta(hours=1))
+    config = Config({n: Entry(name=n, task="t.task", schedule=hour) for n in ("a", "b", "c")})
+    status = status_report(store, config, [], 2, None, at + timedelta(minutes=1))
+    rows = status.report["entries"]
+    assert [(r["entry"], r["horizon"]) for r in rows] == [
+        ("a", "2026-03-01T12:00:00Z"),
+        ("b", "2026-03-01T12:00:00Z"),
+    ]
+    assert status.report["entries_total"] == 3
+    discard("status-by-name")

@@ -79,7 +79,6 @@ def status_report(
     """Read everything the report shows from `store` and build it (BeatdError when the
     backend cannot be read, UnknownEntry for a name in `asked` nobody knows)."""
     info = store.leader()
-    states = store.load_states()
     warnings: list[str] = []
     if asked:
         files = config.entries if config is not None else {}
@@ -87,7 +86,12 @@ def status_report(
         entries = known_entries(config, runtime, any_runtime=stored)
     else:
         entries = known_entries(config, read_runtime(store, warnings))
-    names, total = entry_names(entries, states, asked, limit)
+    if entries is None:  # the names are the persisted states': every one is read
+        states = store.load_states()
+        names, total = entry_names(entries, states, asked, limit)
+    else:  # known without the backend: only the states of those shown are read
+        names, total = entry_names(entries, {}, asked, limit)
+        states = store.states_of(names)
     summaries = read_summaries(store, names, warnings)
     held_published = read_held_published(store, entries, states, names)
     controls = store.load_controls(names) if names else {}
