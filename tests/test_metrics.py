@@ -24,7 +24,7 @@ from beatd.cli.common import metrics_option, start_metrics
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
-from beatd.entry_series import EntryFilter
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.errors import Problem
 from beatd.metrics import (
     MetricsServer,
@@ -38,6 +38,7 @@ from beatd.nodes import TzDatabase
 from beatd.outcomes import WorkerStats
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
+from beatd.state import EntryState
 from tests.in_process import discard, memory_backend, scheduler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
@@ -183,6 +184,43 @@ def test_standby_shows_persisted_last_published(
         value(s, "beatd_next_due_timestamp_seconds", entry="a")
         == datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC).timestamp()
     )
+
+
+class StatesCounted(SQLiteBackend):
+    """Counts the reads of every entry's state."""
+
+    every_state_reads = 0
+
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        StatesCounted.every_state_reads += 1
+        return super().load_states(pace)
+
+
+def test_a_standby_scrape_reads_the_states_of_the_entries_it_shows_only(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A standby shows each entry's persisted last published time: it reads those entries'
+    states by name, never every entry's (a million runtime entries, say), and none at all
+    when it shows no entry (--metrics-entries none)."""
+    cfg = Config({"a": every("a", 10), "b": every("b", 10)})
+    wall = lambda: clock.now().timestamp()  # noqa: E731
+    leader, _, _ = observed(SQLiteBackend(tmp_path / "db", wall_clock=wall), clock, cfg)
+    standby, registry, _ = observed(
+        StatesCounted(tmp_path / "db", wall_clock=wall), clock, cfg, node="b"
+    )
+    hidden = CollectorRegistry()
+    register_scheduler(hidden, standby, EntryFilter(EntrySeries.NONE))
+    for _ in range(15):
+        leader.step()
+        standby.step()
+        clock.advance(1)
+    before = StatesCounted.every_state_reads
+    s = scrape(registry)
+    shown = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC).timestamp()
+    assert value(s, "beatd_last_published_timestamp_seconds", entry="a") == shown
+    assert value(s, "beatd_last_published_timestamp_seconds", entry="b") == shown
+    assert not [k for k in scrape(hidden) if k[0] == "beatd_last_published_timestamp_seconds"]
+    assert StatesCounted.every_state_reads == before
 
 
 def test_http_endpoints(open_db: Callable[[], SQLiteBackend], clock: FakeClock) -> None:
