@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -38,6 +39,8 @@ from beatd.backends.redis_scripts import GROUP
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.history import Ending
 from beatd.outcomes import Outcome
+
+log = logging.getLogger(__name__)
 
 # An idle waiting connection PINGs after hearing nothing for this many block periods: a little
 # over one, so an idle worker sends fewer than one command per block period.
@@ -283,6 +286,8 @@ class RedisWorkQueue(RedisLink):
 class RedisQueueAdmin(RedisLink):
     """Dead letters and queue depths, for operators and `beatd migrate`."""
 
+    _miscounted = False  # said once per handle: the dead letters' counts disagree
+
     def _dead_raw(self, count: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The dead letters' stream entries (the `count` oldest, or all), bytes as stored."""
         key = self._key("dead")
@@ -324,6 +329,19 @@ class RedisQueueAdmin(RedisLink):
         counts = {_text(q): int(n) for q, n in held.items() if int(n) > 0}
         if sum(counts.values()) == int(length):
             return counts
+        if held and not self._miscounted:  # none at all: format 2, not yet upgraded
+            self._miscounted = True
+            log.warning(
+                "Redis at %s: the dead letters' counts per queue (%s) add up to %d, but %s holds "
+                "%d letters: a worker of an older beatd added or removed letters without "
+                "counting them. Status and the metrics scrape read every letter to count them "
+                "until the next fresh take of the lease counts them again; upgrade every worker",
+                self.url,
+                self._key("dead-count"),
+                sum(counts.values()),
+                self._key("dead"),
+                int(length),
+            )
         return dict(Counter(letter.queue for letter in _letters(self._dead())))
 
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:

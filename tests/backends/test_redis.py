@@ -1387,7 +1387,7 @@ def test_dead_letters_are_counted_per_queue_in_the_steps_that_add_and_remove_the
 
 
 def test_dead_letters_written_without_counts_are_read_until_a_fresh_take_recounts_them(
-    backend: RedisBackend, admin: redis.Redis
+    backend: RedisBackend, admin: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker of format 2 (or a namespace not yet upgraded) adds dead letters without their
     counts: the sum of the counts is then not the stream's length, so they are counted by
@@ -1411,6 +1411,15 @@ def test_dead_letters_written_without_counts_are_read_until_a_fresh_take_recount
         )
     assert admin.hgetall("beatd:dead-count") == {"q1": "1"}
     assert backend.dead_letter_counts() == {"q1": 2, "q2": 2}
+    assert backend.dead_letter_counts() == {"q1": 2, "q2": 2}
+    said = [r.getMessage() for r in caplog.records if r.name == "beatd.backends.redis_queue"]
+    assert said == [  # once per handle
+        f"Redis at {backend.url}: the dead letters' counts per queue (beatd:dead-count) add up "
+        "to 1, but beatd:dead holds 4 letters: a worker of an older beatd added or removed "
+        "letters without counting them. Status and the metrics scrape read every letter to "
+        "count them until the next fresh take of the lease counts them again; upgrade every "
+        "worker"
+    ]
     lease = backend.acquire_lease("a", 30)
     assert lease is not None
     assert admin.hgetall("beatd:dead-count") == {"q1": "2", "q2": "2"}
