@@ -518,3 +518,33 @@ def test_status_with_the_entries_known_reads_the_states_of_the_entries_it_shows_
     ]
     assert status.report["entries_total"] == 3
     discard("status-by-name")
+
+
+def test_status_with_a_limit_builds_the_runtime_entries_it_shows_only() -> None:
+    """Building a runtime entry is the costly part of reading it (100,000 took a minute): with
+    a limit, the names are listed and only the entries shown are built, so one that cannot be
+    built is warned of when it would be shown; without a limit every one is, as before."""
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.config import Config
+    from beatd.operations.status import status_report
+    from beatd.runtime_entries import ResolvedEntry
+
+    discard("status-built")
+    store = MemoryBackend("status-built")
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    good = resolve_entry("b-runtime", {"task": "t.task", "every": "1h"}, now=at)
+    store.put_entries([good, ResolvedEntry("zz-broken", {"bogus": 1})], "ops@host")
+    hour = IntervalSchedule(timedelta(hours=1))
+    config = Config({n: Entry(name=n, task="t.task", schedule=hour) for n in ("a", "c")})
+    shown = status_report(store, config, [], 2, None, at)
+    assert [r["entry"] for r in shown.report["entries"]] == ["a", "b-runtime"]
+    assert (shown.report["entries_total"], shown.warnings) == (4, [])
+    every = status_report(store, config, [], None, None, at)
+    assert [r["entry"] for r in every.report["entries"]] == ["a", "b-runtime", "c"]
+    assert every.report["entries_total"] == 3
+    [warning] = every.warnings
+    assert warning.startswith("runtime entry zz-broken cannot be shown: entry zz-broken: ")
+    last = status_report(store, config, [], 4, None, at)
+    assert [r["entry"] for r in last.report["entries"]] == ["a", "b-runtime", "c"]
+    assert (last.report["entries_total"], last.warnings) == (3, every.warnings)
+    discard("status-built")
