@@ -56,14 +56,14 @@ def best_ms(call: Callable[[], Any], repeat: int) -> float:
     return round(min(times), 2)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
     parser.add_argument("letters", type=int)
     parser.add_argument("entries", type=int)
     parser.add_argument("--shown", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     store = open_backend(args.url)
     seed(store, args.letters, args.entries)
     every = Counter(d.queue for d in store.dead_letters())
@@ -75,24 +75,22 @@ def main() -> None:
     counted = best_ms(store.dead_letter_counts, args.repeat)
     all_states = best_ms(store.load_states, args.repeat)
     by_name = best_ms(lambda: store.states_of(names), args.repeat)
-    print(
-        json.dumps(
-            {
-                "url": args.url.split("://")[0],
-                "letters": args.letters,
-                "entries": args.entries,
-                "shown": len(names),
-                "load": round(os.getloadavg()[0], 1),
-                "dead_read_all_ms": read_all,
-                "dead_counted_ms": counted,
-                "dead_ratio": round(read_all / max(counted, 0.01)),
-                "states_all_ms": all_states,
-                "states_of_ms": by_name,
-                "states_ratio": round(all_states / max(by_name, 0.01)),
-            }
-        )
-    )
+    out = {
+        "url": args.url.split("://")[0],
+        "letters": args.letters,
+        "entries": args.entries,
+        "shown": len(names),
+        "load": round(os.getloadavg()[0], 1),
+        "dead_read_all_ms": read_all,
+        "dead_counted_ms": counted,
+        "dead_ratio": round(read_all / max(counted, 0.01)),
+        "states_all_ms": all_states,
+        "states_of_ms": by_name,
+        "states_ratio": round(all_states / max(by_name, 0.01)),
+    }
+    print(json.dumps(out))
     store.close()
+    return out
 
 
 if __name__ == "__main__":
