@@ -10,8 +10,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -110,15 +109,19 @@ class SchedulerCollector(Collector):
         self.scheduler = scheduler
         self.entries = entries or EntryFilter()
         self._states: Mapping[str, EntryState] = {}
+        self._states_of: frozenset[str] = frozenset()  # the names they were read for
         self._states_read = float("-inf")
         self._lock = threading.Lock()
 
-    def _persisted_states(self) -> Mapping[str, EntryState]:
-        """A standby's view of each entry, from the backend (cached for a few seconds)."""
+    def _persisted_states(self, names: Sequence[str]) -> Mapping[str, EntryState]:
+        """A standby's view of the entries `names` (those shown), read by name from the
+        backend, never every entry's; cached for a few seconds, unless a name is new."""
         with self._lock:
-            if time.monotonic() - self._states_read > STANDBY_STATE_TTL:
+            stale = time.monotonic() - self._states_read > STANDBY_STATE_TTL
+            if names and (stale or not self._states_of.issuperset(names)):
                 try:
-                    self._states = self.scheduler.backend.load_states()
+                    self._states = self.scheduler.backend.states_of(names)
+                    self._states_of = frozenset(names)
                 except Exception as exc:  # a scrape must not fail because the backend did
                     log.debug("metrics: cannot read persisted states: %s", exc)
                 self._states_read = time.monotonic()
@@ -247,15 +250,14 @@ class SchedulerCollector(Collector):
             labels=["entry"],
         )
         leading = s.lease is not None
-        states = {} if leading else self._persisted_states()
         files, held = s.config.entries, s.runtime.entries
         # The loop's thread changes the runtime entries while a scrape runs: their names are
         # copied first (one step: no other thread runs while a dict of str keys is copied), and
         # an entry removed since is passed over.
         runtime = ((n, held.get(n)) for n in list(held) if n not in files)
-        for name, entry in chain(files.items(), runtime):
-            if entry is None or not shown(name):
-                continue
+        entries = [(n, e) for n, e in chain(files.items(), runtime) if e is not None and shown(n)]
+        states = {} if leading else self._persisted_states([n for n, _ in entries])
+        for name, entry in entries:
             if leading:
                 due, state = s.planner.next_due(name), s.planner.state(name)
             else:
@@ -582,7 +584,7 @@ class WorkerCollector(Collector):
         )
         try:
             depths = self.admin.queue_depths()
-            letters = Counter(d.queue for d in self.admin.dead_letters())
+            letters = self.admin.dead_letter_counts()  # counted, never read
         except Exception as exc:  # a scrape must not fail because the backend did
             log.debug("metrics: cannot read queue depths: %s", exc)
         else:

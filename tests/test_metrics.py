@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,20 +17,29 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from beatd.backends.base import DeadLetter
 from beatd.backends.memory import MemoryBackend
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.cli.common import metrics_option, start_metrics
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
-from beatd.entry_series import EntryFilter
+from beatd.entry_series import EntryFilter, EntrySeries
 from beatd.errors import Problem
-from beatd.metrics import MetricsServer, PublishDelay, SchedulerCollector, register_scheduler
+from beatd.metrics import (
+    MetricsServer,
+    PublishDelay,
+    SchedulerCollector,
+    register_scheduler,
+    register_worker,
+)
 from beatd.node_reports import NodeIdentity
 from beatd.nodes import TzDatabase
+from beatd.outcomes import WorkerStats
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
-from tests.in_process import memory_backend, scheduler
+from beatd.state import EntryState
+from tests.in_process import discard, memory_backend, scheduler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -174,6 +184,43 @@ def test_standby_shows_persisted_last_published(
         value(s, "beatd_next_due_timestamp_seconds", entry="a")
         == datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC).timestamp()
     )
+
+
+class StatesCounted(SQLiteBackend):
+    """Counts the reads of every entry's state."""
+
+    every_state_reads = 0
+
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        StatesCounted.every_state_reads += 1
+        return super().load_states(pace)
+
+
+def test_a_standby_scrape_reads_the_states_of_the_entries_it_shows_only(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A standby shows each entry's persisted last published time: it reads those entries'
+    states by name, never every entry's (a million runtime entries, say), and none at all
+    when it shows no entry (--metrics-entries none)."""
+    cfg = Config({"a": every("a", 10), "b": every("b", 10)})
+    wall = lambda: clock.now().timestamp()  # noqa: E731
+    leader, _, _ = observed(SQLiteBackend(tmp_path / "db", wall_clock=wall), clock, cfg)
+    standby, registry, _ = observed(
+        StatesCounted(tmp_path / "db", wall_clock=wall), clock, cfg, node="b"
+    )
+    hidden = CollectorRegistry()
+    register_scheduler(hidden, standby, EntryFilter(EntrySeries.NONE))
+    for _ in range(15):
+        leader.step()
+        standby.step()
+        clock.advance(1)
+    before = StatesCounted.every_state_reads
+    s = scrape(registry)
+    shown = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC).timestamp()
+    assert value(s, "beatd_last_published_timestamp_seconds", entry="a") == shown
+    assert value(s, "beatd_last_published_timestamp_seconds", entry="b") == shown
+    assert not [k for k in scrape(hidden) if k[0] == "beatd_last_published_timestamp_seconds"]
+    assert StatesCounted.every_state_reads == before
 
 
 def test_http_endpoints(open_db: Callable[[], SQLiteBackend], clock: FakeClock) -> None:
@@ -370,3 +417,41 @@ def test_a_scrape_while_the_runtime_entries_change_shows_those_it_started_with(
     }
     assert due == {"file"}  # runtime entries not planned here have no next due, and no error
     assert len(held) > 3  # the entries did change during the scrape
+
+
+class CountsOnly(MemoryBackend):
+    """A store whose dead letters can be counted but not read: a read of them all fails."""
+
+    def dead_letters(self) -> list[DeadLetter]:
+        raise AssertionError("every dead letter read to count them")
+
+
+@dataclass(frozen=True)
+class QueuesSettings:
+    queues: tuple[str, ...] = ("default", "idle")
+
+
+@dataclass(frozen=True)
+class IdleWorker:
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    settings: QueuesSettings = QueuesSettings()
+
+
+def test_the_scrape_counts_dead_letters_per_queue_without_reading_them(clock: FakeClock) -> None:
+    discard("counts-only")
+    backend = CountsOnly("counts-only", wall_clock=lambda: clock.now().timestamp())
+    backend.add_dead_letters(
+        [
+            DeadLetter(f"{name}@1", queue, "{}", "boom", T0, 1)
+            for name, queue in (("a", "default"), ("b", "default"), ("c", "reports"))
+        ]
+    )
+    registry = CollectorRegistry()
+    register_worker(registry, IdleWorker(), backend)
+    s = scrape(registry)
+    assert {q: value(s, "beatd_dead_letters", queue=q) for q in ("default", "idle", "reports")} == {
+        "default": 2,
+        "idle": 0,  # a queue the worker serves is shown with none
+        "reports": 1,
+    }
+    discard("counts-only")

@@ -465,3 +465,86 @@ def test_status_of_named_entries_builds_only_those_runtime_entries(
     unknown = CliRunner().invoke(main, ["status", "--broker", broker, "report-7"])
     assert unknown.exit_code != 0
     assert "no entry 'report-7'" in unknown.output
+
+
+def test_status_counts_dead_letters_per_queue_without_reading_them() -> None:
+    """The queues' rows take each queue's dead letters from the backend's counts: a read of every
+    letter (a large, growing cost at scale) would fail here."""
+    from beatd.backends.base import DeadLetter
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.operations.status import queue_rows
+
+    class CountsOnly(MemoryBackend):
+        def dead_letters(self) -> list[DeadLetter]:
+            raise AssertionError("every dead letter read to count them")
+
+    discard("status-counts")
+    store = CountsOnly("status-counts")
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    store.add_dead_letters([DeadLetter("a@1", "reports", "{}", "boom", at, 1)])
+    store.enqueue([Outgoing("b", "b@1", BeatdQueue("default"), "{}")])
+    assert queue_rows(store) == [
+        {"queue": "default", "depth": 1, "dead_letters": 0},
+        {"queue": "reports", "depth": 0, "dead_letters": 1},
+    ]
+    discard("status-counts")
+
+
+def test_status_with_the_entries_known_reads_the_states_of_the_entries_it_shows_only() -> None:
+    """With the schedule files given, the entries shown (at most `limit`) are known without
+    the backend: their states are read by name, never every entry's (a million, say)."""
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.config import Config
+    from beatd.operations.status import status_report
+
+    class ByNameOnly(MemoryBackend):
+        def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+            raise AssertionError("every state read to show a few")
+
+    discard("status-by-name")
+    store = ByNameOnly("status-by-name")
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    lease = store.acquire_lease("a", 60)
+    assert lease is not None
+    written = [EntryState(n, at, at, "every 60s") for n in ("a", "b", "c", "not-in-files")]
+    store.commit(lease, [StateWrite(s, None) for s in written], [])
+    hour = IntervalSchedule(timedelta(hours=1))
+    config = Config({n: Entry(name=n, task="t.task", schedule=hour) for n in ("a", "b", "c")})
+    status = status_report(store, config, [], 2, None, at + timedelta(minutes=1))
+    rows = status.report["entries"]
+    assert [(r["entry"], r["horizon"]) for r in rows] == [
+        ("a", "2026-03-01T12:00:00Z"),
+        ("b", "2026-03-01T12:00:00Z"),
+    ]
+    assert status.report["entries_total"] == 3
+    discard("status-by-name")
+
+
+def test_status_with_a_limit_builds_the_runtime_entries_it_shows_only() -> None:
+    """Building a runtime entry is the costly part of reading it (100,000 took a minute): with
+    a limit, the names are listed and only the entries shown are built, so one that cannot be
+    built is warned of when it would be shown; without a limit every one is, as before."""
+    from beatd.backends.memory import MemoryBackend, discard
+    from beatd.config import Config
+    from beatd.operations.status import status_report
+    from beatd.runtime_entries import ResolvedEntry
+
+    discard("status-built")
+    store = MemoryBackend("status-built")
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    good = resolve_entry("b-runtime", {"task": "t.task", "every": "1h"}, now=at)
+    store.put_entries([good, ResolvedEntry("zz-broken", {"bogus": 1})], "ops@host")
+    hour = IntervalSchedule(timedelta(hours=1))
+    config = Config({n: Entry(name=n, task="t.task", schedule=hour) for n in ("a", "c")})
+    shown = status_report(store, config, [], 2, None, at)
+    assert [r["entry"] for r in shown.report["entries"]] == ["a", "b-runtime"]
+    assert (shown.report["entries_total"], shown.warnings) == (4, [])
+    every = status_report(store, config, [], None, None, at)
+    assert [r["entry"] for r in every.report["entries"]] == ["a", "b-runtime", "c"]
+    assert every.report["entries_total"] == 3
+    [warning] = every.warnings
+    assert warning.startswith("runtime entry zz-broken cannot be shown: entry zz-broken: ")
+    last = status_report(store, config, [], 4, None, at)
+    assert [r["entry"] for r in last.report["entries"]] == ["a", "b-runtime", "c"]
+    assert (last.report["entries_total"], last.warnings) == (3, every.warnings)
+    discard("status-built")

@@ -381,6 +381,11 @@ class StateStore(Reachable, Protocol):
         """Every entry's persisted state (a read). A backend that reads them in pages calls
         `pace` between the pages (a leader renews its lease there)."""
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """The persisted states of the entries `names` (those with none left out), reading only
+        those, whatever the number of other entries (a read): what `beatd status` and a
+        standby's metrics show of a few entries among many."""
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
@@ -503,6 +508,12 @@ class QueueAdmin(Reachable, Protocol):
 
     def count_dead_letters(self) -> int:
         """How many dead letters there are, without reading them (a read)."""
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """How many dead letters each queue has (queues with none left out), without reading
+        the letters: what `beatd status` and the metrics scrape show (a read; Redis keeps a
+        count per queue beside the letters, and reads them all only while that count cannot be
+        trusted: see RedisQueueAdmin)."""
 
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         """At most `limit` dead letters, oldest first, after skipping the `offset` oldest: the

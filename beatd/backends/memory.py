@@ -220,6 +220,11 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
         with self._store.lock:
             return dict(self._store.states)
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        with self._store.lock:
+            held = self._store.states
+            return {n: held[n] for n in names if n in held}
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:
@@ -362,6 +367,10 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
     def count_dead_letters(self) -> int:
         with self._store.lock:
             return len(self._store.dead)
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._store.lock:
+            return dict(Counter(letter.queue for _, letter in self._store.dead))
 
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         with self._store.lock:

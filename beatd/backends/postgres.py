@@ -168,6 +168,24 @@ class PostgresStateStore(PostgresLink):
             if pace is not None:
                 pace()
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """By the primary key, STATE_PAGE names a statement."""
+        query = (
+            "SELECT entry, last_slot_us, last_published_us, identity "
+            f"FROM {self.schema}.entry_state WHERE entry = ANY(%s)"
+        )
+        asked = list(dict.fromkeys(names))
+        states: dict[str, EntryState] = {}
+
+        def read(chunk: list[str]) -> list[Any]:
+            return self._run(lambda db: db.execute(query, (chunk,)).fetchall(), write=False)
+
+        for i in range(0, len(asked), STATE_PAGE):
+            for entry, slot, published, identity in read(asked[i : i + STATE_PAGE]):
+                last = from_micros(published) if published else None
+                states[entry] = EntryState(entry, from_micros(slot), last, identity)
+        return states
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:

@@ -283,6 +283,11 @@ class PostgresQueueAdmin(PostgresLink):
         row = self._run(lambda db: db.execute(sql).fetchone(), write=False)
         return int(row[0]) if row is not None else 0
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        sql = f"SELECT queue, count(*) FROM {self.schema}.dead_letter GROUP BY queue"
+        rows = self._run(lambda db: db.execute(sql).fetchall(), write=False)
+        return {q: int(n) for q, n in rows}
+
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         return self._dead_rows(" LIMIT %s OFFSET %s", (max(0, limit), max(0, offset)))
 

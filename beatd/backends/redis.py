@@ -21,6 +21,7 @@ Keys (`beatd` is the namespace; docs/redis.md has the full table):
                                   consumer group `workers`; acknowledged entries are deleted
   beatd:delayed:Q         zset    retries of queue Q waiting, scored by ready time (ms)
   beatd:dead              stream  dead letters with reason, deliveries, failed_at
+  beatd:dead-count        hash    queue -> its dead letters, kept beside them (redis_queue.py)
   beatd:h:*               the run history (redis_history.py has its keys)
   beatd:ctl:*             the operator controls (redis_controls.py has their keys)
   Q, Q\x06\x16{3,6,9}      list    runs of a CeleryQueue Q (`protocol: celery`), in kombu's layout
@@ -212,6 +213,18 @@ class RedisStateStore(RedisLink):
                 return states
             if pace is not None:
                 pace()
+
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """HMGET of STATE_PAGE names a call."""
+        self._check_format("hmget")
+        key, asked = self._key("state"), list(dict.fromkeys(names))
+        states: dict[str, EntryState] = {}
+        for i in range(0, len(asked), STATE_PAGE):
+            chunk = asked[i : i + STATE_PAGE]
+            for entry, value in zip(chunk, self._cmd("HMGET", key, *chunk), strict=True):
+                if value is not None:
+                    states[entry] = _unpack_state(entry, value)
+        return states
 
     def _load_states_whole(self, key: str) -> dict[str, EntryState]:
         """The states in one HGETALL, for a user left on the ACL line before +hscan."""

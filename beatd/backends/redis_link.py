@@ -214,14 +214,14 @@ class RedisLink:
         except redis.RedisError as exc:
             raise BackendError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from exc
 
-    def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[str | int | bytes]) -> Any:
         return self._send(name, keys, args)()
 
     def _send(
         self,
         name: str,
         keys: Sequence[str],
-        args: Sequence[str | int],
+        args: Sequence[str | int | bytes],
         *,
         raw: bool = False,
         replicated: bool = False,

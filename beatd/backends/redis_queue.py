@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -37,6 +39,8 @@ from beatd.backends.redis_scripts import GROUP
 from beatd.errors import BackendError, NotApplied, OutcomeUnknown
 from beatd.history import Ending
 from beatd.outcomes import Outcome
+
+log = logging.getLogger(__name__)
 
 # An idle waiting connection PINGs after hearing nothing for this many block periods: a little
 # over one, so an idle worker sends fewer than one command per block period.
@@ -111,7 +115,7 @@ class RedisWorkQueue(RedisLink):
         n = len(names)
         keys = [self._key("delayed", q) for q in names]
         keys += [self._stream(q, b) for b in range(len(BANDS)) for q in names]
-        keys.append(self._key("dead"))
+        keys += (self._key("dead"), self._key("dead-count"))
         args: list[str | int] = [consumer, _idle_for(visibility), n, RECLAIM_IDLE_MS, *names]
         fold = self._history != "" and self._logged >= FOLD_EVERY
         if fold:
@@ -267,7 +271,7 @@ class RedisWorkQueue(RedisLink):
 
     def dead_letter(self, delivery: Delivery, reason: str, ending: Ending | None = None) -> None:
         stream, b, claim = self._claimed(delivery)
-        keys = (stream, self._key("dead"))
+        keys = (stream, self._key("dead"), self._key("dead-count"))
         history = self._ending(delivery, ending, Outcome.DEAD_LETTERED)
         args = (*claim, delivery.queue, b, reason, delivery.deliveries, *history, self._key(""))
         self._eval("dead_letter", keys, args)
@@ -281,6 +285,8 @@ class RedisWorkQueue(RedisLink):
 
 class RedisQueueAdmin(RedisLink):
     """Dead letters and queue depths, for operators and `beatd migrate`."""
+
+    _miscounted = False  # said once per handle: the dead letters' counts disagree
 
     def _dead_raw(self, count: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The dead letters' stream entries (the `count` oldest, or all), bytes as stored."""
@@ -305,6 +311,39 @@ class RedisQueueAdmin(RedisLink):
         self._check_format("xlen")
         return int(self._cmd("XLEN", self._key("dead")))
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """The hash `dead-count` (queue -> letters), which every script that adds or removes a
+        letter keeps in its own step, read with the stream's length in one transaction. Their
+        sum is the length unless letters came without their count (a namespace of format 2 not
+        yet upgraded, a worker of an older beatd beside this one): then the letters are read
+        and counted, as before the counts, until the next fresh take of the lease recounts."""
+        self._check_format("hgetall")
+
+        def call() -> list[Any]:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._key("dead-count"))
+                pipe.xlen(self._key("dead"))
+                return pipe.execute()
+
+        held, length = self._do("count dead letters", call)
+        counts = {_text(q): int(n) for q, n in held.items() if int(n) > 0}
+        if sum(counts.values()) == int(length):
+            return counts
+        if held and not self._miscounted:  # none at all: format 2, not yet upgraded
+            self._miscounted = True
+            log.warning(
+                "Redis at %s: the dead letters' counts per queue (%s) add up to %d, but %s holds "
+                "%d letters: a worker of an older beatd added or removed letters without "
+                "counting them. Status and the metrics scrape read every letter to count them "
+                "until the next fresh take of the lease counts them again; upgrade every worker",
+                self.url,
+                self._key("dead-count"),
+                sum(counts.values()),
+                self._key("dead"),
+                int(length),
+            )
+        return dict(Counter(letter.queue for letter in _letters(self._dead())))
+
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         """XRANGE with COUNT `offset + limit`: a stream has no offset, so the letters skipped
         are read and dropped (bounded by the page asked for, never the whole stream)."""
@@ -321,28 +360,17 @@ class RedisQueueAdmin(RedisLink):
         # SQLite backend reads them), so it is decoded here the same way, never replaced
         held = {f.get(b"id", b"").decode("utf-8", "surrogateescape") for _, f in self._dead_raw()}
         new = unseen(letters, held)
-
-        def call() -> None:
-            with self._redis.pipeline(transaction=True) as pipe:
-                for d in new:
-                    fields = {
-                        "id": _raw(d.id),
-                        "queue": _raw(d.queue),
-                        "band": 1,
-                        "body": _raw(d.body),
-                        "reason": _raw(d.reason),
-                        "deliveries": d.deliveries,
-                        "failed_at": round(d.failed_at.timestamp() * 1000),
-                    }
-                    pipe.xadd(self._key("dead"), fields)  # type: ignore[arg-type]
-                pipe.execute()
-
+        args: list[str | int | bytes] = []
+        for d in new:
+            failed_at = round(d.failed_at.timestamp() * 1000)
+            args += (_raw(d.id), _raw(d.queue), _raw(d.body), _raw(d.reason), d.deliveries)
+            args.append(failed_at)
         if new:
-            self._do("add dead letters", call)
+            self._eval("add_dead", (self._key("dead"), self._key("dead-count")), args)
         return len(new)
 
     def requeue_dead(self, message_id: str | None) -> int:
-        keys = [self._key("dead"), self._key("queues")]
+        keys = [self._key("dead"), self._key("queues"), self._key("dead-count")]
         index: dict[str, int] = {}
         args: list[str | int] = []
         for entry_id, f in self._dead():
@@ -359,13 +387,13 @@ class RedisQueueAdmin(RedisLink):
         return int(self._eval("requeue", keys, args))
 
     def delete_dead(self, message_id: str | None) -> int:
-        """XDEL of the stream entries holding the letter (one command: atomic; an entry
-        already gone counts nothing, so a repeat deletes nothing)."""
+        """The stream entries holding the letter deleted with their counts (one script: atomic;
+        an entry already gone counts nothing, so a repeat deletes nothing)."""
         self._check_format("xrange")
         gone = [e for e, f in self._dead() if message_id is None or f["id"] == message_id]
         if not gone:
             return 0
-        return int(self._cmd("XDEL", self._key("dead"), *gone))
+        return int(self._eval("delete_dead", (self._key("dead"), self._key("dead-count")), gone))
 
     def oldest_waiting(self) -> dict[str, datetime]:
         """Per stream, the first entry after the group's last delivered one (as the claim

@@ -35,7 +35,9 @@ FORMAT_NEWER = "FORMATNEWER"  # the error reply of a take that finds a newer for
 MIGRATIONS: tuple[str, ...] = (
     "-- format 1 to 2: the same keys; only the version is new",
     "-- format 2 to 3: the run history's keys (NS .. 'h:*'), the operator controls' "
-    "(NS .. 'ctl:*') and the runtime entries' (NS .. 'rt:*') are new; nothing to convert",
+    "(NS .. 'ctl:*'), the runtime entries' (NS .. 'rt:*') and the dead letters' counts per "
+    "queue (NS .. 'dead-count') are new; nothing to convert here: the counts are made by the "
+    "recount that follows in every fresh take",
 )
 FORMAT_VERSION = 1 + len(MIGRATIONS)
 FORMAT = str(FORMAT_VERSION)  # the value of the format-version key
@@ -78,6 +80,36 @@ local function entry_fields(key, id)
   if #r == 0 then return nil end
   return fields(r[1][2])
 end
+-- the dead letters' count of a queue (a hash field of NS .. 'dead-count') moved by `by`; a
+-- queue whose count falls to nothing loses its field. HGET/HSET, not HINCRBY: beatd's ACL line
+local function count_dead(key, queue, by)
+  local n = (tonumber(redis.call('HGET', key, queue)) or 0) + by
+  if n > 0 then redis.call('HSET', key, queue, n) else redis.call('HDEL', key, queue) end
+end
+"""
+
+# The dead letters' counts per queue, made again from the stream when their sum is not its length
+# (a namespace of format 2, or a dead letter an older beatd's worker wrote without counting): a
+# pass over every letter, in a fresh take only; when they agree, an HGETALL and an XLEN
+RECOUNT_DEAD = """
+local function recount_dead(dead, counts)
+  local sum = 0
+  local held = redis.call('HGETALL', counts)
+  for j = 2, #held, 2 do sum = sum + (tonumber(held[j]) or 0) end
+  if sum == redis.call('XLEN', dead) then return end
+  local by = {}
+  local cursor = '-'
+  repeat
+    local page = redis.call('XRANGE', dead, cursor, '+', 'COUNT', 1000)
+    for _, entry in ipairs(page) do
+      local q = fields(entry[2])['queue'] or ''
+      by[q] = (by[q] or 0) + 1
+      cursor = '(' .. entry[1]
+    end
+  until #page < 1000
+  redis.call('DEL', counts)
+  for q, n in pairs(by) do redis.call('HSET', counts, q, n) end
+end
 """
 
 # KEYS lease, epoch, format marker, format version; ARGV node, token, ttl_ms, config, held token
@@ -87,7 +119,8 @@ end
 # gets epoch max(last, min epoch) + 1, upgrades an older format (MIGRATIONS, each once: the
 # version key records it) and (re)writes the version and the marker
 ACQUIRE = (
-    """
+    RECOUNT_DEAD
+    + """
 local found = tonumber(redis.call('GET', KEYS[4]) or redis.call('GET', KEYS[3]) or FORMAT) or 0
 if found > tonumber(FORMAT) then return redis.error_reply('"""
     + FORMAT_NEWER
@@ -105,6 +138,7 @@ local NS = ARGV[8]
         f"if found < {n + 2} then\n{migration}\nend" for n, migration in enumerate(MIGRATIONS)
     )
     + """
+recount_dead(NS .. 'dead', NS .. 'dead-count')
 local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 local epoch = string.format('%d', math.max(last, tonumber(ARGV[7])) + 1)
 redis.call('SET', KEYS[2], epoch)
@@ -246,10 +280,10 @@ return 0
 """
 
 # KEYS delayed(q1..qn), then streams band-major: KEYS[n + b*n + i] is queue i in band b (0..2),
-# then dead; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n, reclaim_idle_ms, queue
-# names, then the history's NS ('' for none), host and pid of the claimant, and a bound (0 for
-# none): fold a batch of the history's logs first if the attempts' log is longer
-# (redis_history_lua: `fold`)
+# then dead and the dead letters' counts; ARGV consumer, idle_ms (RECLAIM_IDLE - visibility), n,
+# reclaim_idle_ms, queue names, then the history's NS ('' for none), host and pid of the
+# claimant, and a bound (0 for none): fold a batch of the history's logs first if the attempts'
+# log is longer (redis_history_lua: `fold`)
 # A delayed member that is not [band, id, body, nonce] is dead-lettered as it is, not claimed
 # -> the ms until the soonest delayed retry is ready (-1: none) when nothing is ready, or
 # {key index, entry id, message id, body, deliveries, pending count}; the message id
@@ -281,9 +315,10 @@ for i = 1, n do
       redis.call('XADD', key, '*', 'id', m[2], 'body', m[3])
       wake(key)
     else
-      redis.call('XADD', KEYS[#KEYS], '*', 'id', '', 'queue', ARGV[4 + i], 'band', 1,
+      redis.call('XADD', KEYS[#KEYS - 1], '*', 'id', '', 'queue', ARGV[4 + i], 'band', 1,
         'body', member, 'reason', 'a delayed retry that is not [band, id, body, nonce] JSON',
         'deliveries', 0, 'failed_at', now)
+      count_dead(KEYS[#KEYS], ARGV[4 + i], 1)
     end
     redis.call('ZREM', KEYS[i], member)
   end
@@ -409,7 +444,8 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS stream, dead; ARGV entry id, consumer, count, queue, band, reason, deliveries, history...
+# KEYS stream, dead, dead letters' counts; ARGV entry id, consumer, count, queue, band, reason,
+# deliveries, history...
 DEAD_LETTER = """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 settled(8)
@@ -417,6 +453,7 @@ local f = entry_fields(KEYS[1], ARGV[1])
 if f then
   redis.call('XADD', KEYS[2], '*', 'id', f['id'] or '', 'queue', ARGV[4], 'band', ARGV[5],
     'body', f['body'] or '', 'reason', ARGV[6], 'deliveries', ARGV[7], 'failed_at', now_ms())
+  count_dead(KEYS[3], ARGV[4], 1)
 end
 redis.call('XACK', KEYS[1], G, ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
@@ -424,12 +461,14 @@ run_final(ARGV[14], ARGV[8], ARGV[9])
 return 1
 """
 
-# KEYS dead, queues, stream...; ARGV (dead entry id, k, queue)... -> how many moved
+# KEYS dead, queues, dead letters' counts, stream...; ARGV (dead entry id, k, queue)... -> how
+# many moved
 REQUEUE = """
 local moved = 0
 for i = 1, #ARGV, 3 do
   local f = entry_fields(KEYS[1], ARGV[i])
   if f then
+    count_dead(KEYS[3], f['queue'] or '', -1)
     local key = KEYS[tonumber(ARGV[i + 1])]
     ensure_stream(key)
     redis.call('XADD', key, '*', 'id', f['id'] or '', 'body', f['body'] or '')
@@ -440,6 +479,33 @@ for i = 1, #ARGV, 3 do
   end
 end
 return moved
+"""
+
+# KEYS dead, dead letters' counts; ARGV dead entry ids -> how many went (an id already gone
+# counts nothing, so a repeat deletes nothing)
+DELETE_DEAD = """
+local gone = 0
+for i = 1, #ARGV do
+  local f = entry_fields(KEYS[1], ARGV[i])
+  if f then
+    count_dead(KEYS[2], f['queue'] or '', -1)
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+# KEYS dead, dead letters' counts; ARGV (id, queue, body, reason, deliveries, failed_at ms)...,
+# each added as it is in the normal band -> how many were added
+ADD_DEAD = """
+for i = 1, #ARGV, 6 do
+  redis.call('XADD', KEYS[1], '*', 'id', ARGV[i], 'queue', ARGV[i + 1], 'band', 1,
+    'body', ARGV[i + 2], 'reason', ARGV[i + 3], 'deliveries', ARGV[i + 4],
+    'failed_at', ARGV[i + 5])
+  count_dead(KEYS[2], ARGV[i + 1], 1)
+end
+return #ARGV / 6
 """
 
 
@@ -465,6 +531,8 @@ SCRIPTS = {
         "retry": RETRY,
         "dead_letter": DEAD_LETTER,
         "requeue": REQUEUE,
+        "delete_dead": DELETE_DEAD,
+        "add_dead": ADD_DEAD,
         "fold": FOLD,
         **HISTORY_SCRIPTS,
         **CONTROLS_SCRIPTS,

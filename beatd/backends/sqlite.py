@@ -80,6 +80,7 @@ _destination = attrgetter("destination")
 _SUCCEEDED, _RETRIED = Ending(Outcome.SUCCEEDED), Ending(Outcome.RETRIED)
 _DEAD_LETTERED, _RELEASED = Ending(Outcome.DEAD_LETTERED), Ending(Outcome.RELEASED)
 _NONE = (None, None, None, None)  # no attempt opened: history is off
+NAMES_PER_READ = 500  # names per `IN (...)`: within every SQLite's bound on parameters (999)
 _ATTEMPT_COLUMNS = ", ".join(column for column, _ in MESSAGE_ATTEMPT)
 _OPEN_ATTEMPT = f"SELECT {_ATTEMPT_COLUMNS} FROM message WHERE receipt = ?"
 _GONE = ", ".join(column for column, _ in MESSAGE_ATTEMPT + MESSAGE_PUBLISHED)
@@ -194,6 +195,30 @@ class SQLiteStateStore(SQLiteFile):
             ).fetchall(),
             write=False,
         )
+        return {
+            entry: EntryState(
+                entry, from_micros(slot), from_micros(published) if published else None, identity
+            )
+            for entry, slot, published, identity in rows
+        }
+
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        """By the primary key, NAMES_PER_READ names a statement (SQLite's bound on parameters)."""
+        asked = list(dict.fromkeys(names))
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            for i in range(0, len(asked), NAMES_PER_READ):
+                chunk = asked[i : i + NAMES_PER_READ]
+                marks = ", ".join("?" * len(chunk))
+                rows += db.execute(
+                    "SELECT entry, last_slot_us, last_published_us, identity FROM entry_state "
+                    f"WHERE entry IN ({marks})",
+                    chunk,
+                ).fetchall()
+            return rows
+
+        rows = self._run(read, write=False) if asked else []
         return {
             entry: EntryState(
                 entry, from_micros(slot), from_micros(published) if published else None, identity
@@ -445,6 +470,15 @@ class SQLiteQueueAdmin(SQLiteFile):
                 write=False,
             )
         )
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_AS_BYTES.format('queue')}, count(*) FROM dead_letter GROUP BY 1"
+            ).fetchall(),
+            write=False,
+        )
+        return {_text(q): int(n) for q, n in rows}
 
     def dead_letter_page(self, offset: int, limit: int) -> list[DeadLetter]:
         return self._dead_rows(" LIMIT ? OFFSET ?", (max(0, limit), max(0, offset)))

@@ -186,7 +186,7 @@ def plan_backfill(
     run (BackfillRefused)."""
     slots = slots_in(entry, asked)
     now = backend_now(store)
-    state = store.load_states().get(entry.name)
+    state = store.states_of([entry.name]).get(entry.name)  # one entry's, not every one's
     check_bounds(entry, slots, state.last_slot if state else None, now - max_age)
     if slots and not force:
         check_not_busy(store, entry, now)

@@ -22,6 +22,7 @@ from beatd.core import COUNT_FIELDS, RunCounts
 from beatd.errors import BeatdError
 from beatd.history import EntrySummary, HistoryQuery, RunKind
 from beatd.nodes import NodeRole
+from beatd.runtime_entries import RuntimeEntry
 from beatd.state import EntryState
 from beatd.timetext import seconds, stamp
 
@@ -79,15 +80,24 @@ def status_report(
     """Read everything the report shows from `store` and build it (BeatdError when the
     backend cannot be read, UnknownEntry for a name in `asked` nobody knows)."""
     info = store.leader()
-    states = store.load_states()
     warnings: list[str] = []
+    known_total: int | None = None  # how many entries, when `entries` holds the shown ones only
     if asked:
         files = config.entries if config is not None else {}
         runtime, stored = read_asked_runtime(store, [n for n in asked if n not in files], warnings)
         entries = known_entries(config, runtime, any_runtime=stored)
+    elif limit is not None:
+        listed = read_runtime_stored(store, warnings)
+        entries, known_total = first_entries(config, listed, limit, warnings)
     else:
         entries = known_entries(config, read_runtime(store, warnings))
-    names, total = entry_names(entries, states, asked, limit)
+    if entries is None:  # the names are the persisted states': every one is read
+        states = store.load_states()
+        names, total = entry_names(entries, states, asked, limit)
+    else:  # known without the backend: only the states of those shown are read
+        names, total = entry_names(entries, {}, asked, limit)
+        total = total if known_total is None else known_total
+        states = store.states_of(names)
     summaries = read_summaries(store, names, warnings)
     held_published = read_held_published(store, entries, states, names)
     controls = store.load_controls(names) if names else {}
@@ -110,21 +120,62 @@ def status_report(
     return StatusReport(report, warnings)
 
 
-def read_runtime(store: Backend, warnings: list[str]) -> dict[str, Entry]:
-    """Every runtime entry, built; none, with a warning, when they cannot be read."""
-    runtime: dict[str, Entry] = {}
+def read_runtime_stored(store: Backend, warnings: list[str]) -> dict[str, RuntimeEntry]:
+    """Every runtime entry as stored, not built; none, with a warning, when they cannot be
+    read."""
+    stored: dict[str, RuntimeEntry] = {}
     after = ""
     try:
         while page := store.list_entries(after, _PAGE):
-            for stored in page:
-                try:
-                    runtime[stored.name] = stored.entry()
-                except ConfigError as exc:
-                    warnings.append(f"runtime entry {stored.name} cannot be shown: {exc}")
+            stored.update((s.name, s) for s in page)
             after = page[-1].name
     except BeatdError as exc:
         warnings.append(f"cannot read the runtime entries: {exc}")
+        return {}
+    return stored
+
+
+def read_runtime(store: Backend, warnings: list[str]) -> dict[str, Entry]:
+    """Every runtime entry, built; none, with a warning, when they cannot be read."""
+    runtime: dict[str, Entry] = {}
+    for name, stored in read_runtime_stored(store, warnings).items():
+        if (entry := built(stored, warnings)) is not None:
+            runtime[name] = entry
     return runtime
+
+
+def built(stored: RuntimeEntry, warnings: list[str]) -> Entry | None:
+    """The entry a runtime entry schedules; None, with a warning, when it cannot be built."""
+    try:
+        return stored.entry()
+    except ConfigError as exc:
+        warnings.append(f"runtime entry {stored.name} cannot be shown: {exc}")
+        return None
+
+
+def first_entries(
+    config: Config | None, listed: Mapping[str, RuntimeEntry], limit: int, warnings: list[str]
+) -> tuple[dict[str, Entry] | None, int]:
+    """The first `limit` entries by name of the schedule files and the runtime entries of other
+    names, building those runtime entries only (building is the costly part of reading one),
+    and how many entries there are: a runtime entry that cannot be built is left out, with a
+    warning, when it comes within the first `limit`, and counted otherwise. None when neither
+    is known (as known_entries)."""
+    if config is None and not listed:
+        return None, 0
+    files = config.entries if config is not None else {}
+    names = sorted({*files, *listed})
+    shown: dict[str, Entry] = {}
+    left_out = 0
+    for name in names:
+        if len(shown) >= limit:
+            break
+        entry = files[name] if name in files else built(listed[name], warnings)
+        if entry is None:
+            left_out += 1
+        else:
+            shown[name] = entry
+    return shown, len(names) - left_out
 
 
 def read_asked_runtime(
@@ -341,7 +392,7 @@ def add_controls(
 
 def queue_rows(backend: Backend) -> list[dict[str, Any]]:
     depths = backend.queue_depths()
-    letters = Counter(letter.queue for letter in backend.dead_letters())
+    letters = backend.dead_letter_counts()  # counted, never read
     return [
         {"queue": q, "depth": depths.get(q, 0), "dead_letters": letters.get(q, 0)}
         for q in sorted({*depths, *letters})

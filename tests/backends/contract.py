@@ -15,12 +15,21 @@ handle on the same storage opened with `history=False`.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from beatd.backends.base import Backend, BeatdQueue, CeleryQueue, Lease, Outgoing, StateWrite
+from beatd.backends.base import (
+    Backend,
+    BeatdQueue,
+    CeleryQueue,
+    DeadLetter,
+    Lease,
+    Outgoing,
+    StateWrite,
+)
 from beatd.backends.faults import THIEF, Fault, FaultPlan, FaultyBackend
 from beatd.errors import BackendError, LeaseLost, NotApplied, OutcomeUnknown
 from beatd.state import EntryState
@@ -419,6 +428,47 @@ class BackendContract(
         assert backend.dead_letter_page(1, 0) == []
         backend.delete_dead(every[0].id)
         assert (backend.count_dead_letters(), backend.dead_letter_page(0, 1)) == (4, every[1:2])
+
+    def test_states_of_some_entries_are_read_without_the_others(self, backend: Backend) -> None:
+        assert backend.states_of([]) == {}
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        written = [state(f"e{i:04}", i, i) for i in range(1200)] + [state("\u00e9t\u00e9", 1)]
+        backend.commit(lease, [StateWrite(s, None) for s in written], [])
+        asked = ["e0007", "no-such", "\u00e9t\u00e9", "e1199", "e0007"]
+        assert backend.states_of(asked) == {
+            "e0007": written[7],
+            "\u00e9t\u00e9": written[-1],
+            "e1199": written[1199],
+        }
+        every = [s.entry for s in written]  # more than one statement's worth on SQLite
+        assert backend.states_of(every) == backend.load_states()
+
+    def test_dead_letters_counted_per_queue_through_every_way_in_and_out(
+        self, backend: Backend
+    ) -> None:
+        assert backend.dead_letter_counts() == {}
+        backend.enqueue([message("a", 1, "q1"), message("b", 1, "q1"), message("c", 1, "q2")])
+        for _ in range(3):
+            delivery = backend.claim(["q1", "q2"], "w", 30)
+            assert delivery is not None
+            backend.dead_letter(delivery, "boom")
+        assert backend.dead_letter_counts() == {"q1": 2, "q2": 1}
+        carried = DeadLetter("m@2026-03-01T12:05:00Z", "q3", "{}", "carried", T0, 2)
+        assert backend.add_dead_letters([carried, carried]) == 1
+        assert backend.add_dead_letters([carried]) == 0  # already there: not counted twice
+        assert backend.dead_letter_counts() == {"q1": 2, "q2": 1, "q3": 1}
+        first = backend.dead_letters()[0]
+        assert backend.requeue_dead(first.id) == 1
+        assert backend.requeue_dead(first.id) == 0
+        assert backend.dead_letter_counts() == {"q1": 1, "q2": 1, "q3": 1}
+        assert backend.delete_dead(carried.id) == 1
+        assert backend.delete_dead(carried.id) == 0
+        assert backend.dead_letter_counts() == {"q1": 1, "q2": 1}  # a queue with none is left out
+        every = Counter(letter.queue for letter in backend.dead_letters())
+        assert backend.dead_letter_counts() == dict(every)
+        assert backend.delete_dead(None) == 2
+        assert backend.dead_letter_counts() == {}
 
     # --- faults ---------------------------------------------------------------------------
 

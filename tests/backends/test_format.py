@@ -425,6 +425,32 @@ def test_a_redis_dump_of_format_2_is_upgraded_to_3_and_records_the_history_of_ne
     admin.close()
 
 
+def test_a_redis_dump_of_format_2_with_dead_letters_gets_their_counts_in_the_upgrade(
+    format_2_redis: RedisServer,
+) -> None:
+    """Format 3 keeps the dead letters' counts per queue (beatd:dead-count) beside the stream.
+    Letters of format 2 have none: before the upgrade they are counted by reading them, the
+    upgrading take counts them, and a letter added after is counted in its own step."""
+    admin = format_2_redis.client()
+    old = {"id": "tick@x", "band": 1, "body": "{}", "reason": "boom", "deliveries": 1}
+    for queue in ("default", "default", "other"):  # the fields format 2's DEAD_LETTER wrote
+        admin.xadd("beatd:dead", {**old, "queue": queue, "failed_at": 0})
+    backend = RedisBackend(format_2_redis.url)
+    assert backend.dead_letter_counts() == {"default": 2, "other": 1}
+    assert admin.exists("beatd:dead-count") == 0  # a reader writes nothing
+    lease = backend.acquire_lease("new", 10)
+    assert lease is not None
+    assert admin.mget("beatd:format-version") == ["3"]
+    assert admin.hgetall("beatd:dead-count") == {"default": "2", "other": "1"}
+    delivery = backend.claim(["default"], "w", 30)
+    assert delivery is not None and delivery.id == OLD[1]
+    backend.dead_letter(delivery, "boom")
+    assert admin.hgetall("beatd:dead-count") == {"default": "3", "other": "1"}
+    assert backend.dead_letter_counts() == {"default": 3, "other": 1}
+    backend.close()
+    admin.close()
+
+
 def test_a_sqlite_file_of_format_1_has_no_runtime_entries_read_only_and_gets_them_with_2(
     v1_db: Path,
 ) -> None:
