@@ -228,9 +228,7 @@ class EntriesContract:
         assert read == {n: e for n in ("a", "b") if (e := entries.get_entry(n)) is not None}
         assert entries.get_entries([]) == {}
 
-    def test_a_read_of_more_names_than_a_step_reads_them_all(
-        self, entries: RuntimeEntries
-    ) -> None:
+    def test_a_read_of_more_names_than_a_step_reads_them_all(self, entries: RuntimeEntries) -> None:
         """A backend may read a long list in several steps (Redis: `get_step` a script)."""
         first, last = entries.put_entry(defined("a"), BY), entries.put_entry(defined("z"), BY)
         names = ["a", *(f"absent-{i:05d}" for i in range(5_000)), "z"]
