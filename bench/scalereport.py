@@ -21,6 +21,7 @@ COLUMNS = (
     ("applied_s", "applied s"),
     ("daemon_cpu_applied_s", "daemon CPU s until applied"),
     ("redis_cpu_s", "Redis CPU s"),
+    ("redis_cpu_applied_s", "Redis CPU s until applied"),
     ("cpu_us_per_entry", "CPU µs/entry"),
     ("daemon_peak_rss_mb", "daemon peak RSS MiB"),
     ("first_publish_s", "first publish s"),
@@ -54,8 +55,8 @@ def section(s: dict[str, list[Result]]) -> str:
         "steadier than the wall time on a shared machine. Over HTTP the leader goes on "
         "applying the change feed after the last request is answered: `applied s` is when it "
         "had applied the whole import (it published the first slot of a probe entry written "
-        "after it), from the import's start, and `daemon CPU s until applied` the daemon's CPU "
-        "until then.",
+        "after it), from the import's start, and `daemon CPU s until applied` (and Redis's) the "
+        "CPU until then.",
         "",
         _table(["target (issue 18)", "measured", ""], _targets(ok)),
         _table(

@@ -95,9 +95,12 @@ def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -
                 "client_cpu_s": round(time.process_time() - cpu, 3),
             }
     import_s = timed.pop("import_s")
-    redis_after = _redis_cpu(url)
-    if redis_cpu is not None and redis_after is not None:
+    redis_end = _redis_cpu(url)
+    redis_after = timed.pop("redis_cpu_at_return", redis_end)  # over HTTP: before the probe
+    if redis_cpu is not None and redis_after is not None and redis_end is not None:
         timed["redis_cpu_s"] = round(redis_after - redis_cpu, 3)
+        if way == "http":
+            timed["redis_cpu_applied_s"] = round(redis_end - redis_cpu, 3)
     cpu = sum(timed.get(k) or 0 for k in ("client_cpu_s", "daemon_cpu_s", "redis_cpu_s"))
     timed["cpu_us_per_entry"] = round(cpu / batch * 1e6, 1)
     return {
@@ -207,6 +210,7 @@ def _through_api(
             import_s = time.perf_counter() - started
             daemon_cpu = proc_cpu(process.pid) - cpu0
             client_cpu = time.process_time() - cpu
+            redis_cpu = _redis_cpu(url)
             applied_s = _applied(client, url, started)
         return {
             "import_s": import_s,
@@ -215,6 +219,7 @@ def _through_api(
             "client_cpu_s": round(client_cpu, 3),
             "applied_s": round(applied_s, 3),
             "daemon_cpu_applied_s": round(proc_cpu(process.pid) - cpu0, 3),
+            "redis_cpu_at_return": redis_cpu,
             "daemon_peak_rss_mb": round(proc_hwm_mb(process.pid), 1),
         }
     finally:
