@@ -3,7 +3,8 @@
 Every node, leader and standby, holds every runtime entry built (`RuntimeView.entries`), so a
 standby taking over plans them without reading them all again. `RuntimeView.poll` reads the
 feed after its cursor and applies each change by reading the entry's current value, so the
-order in which changes are seen never matters: one change costs one read and one build. A feed
+order in which changes are seen never matters: a page of changes costs one read (`get_entries`)
+and a build per entry changed. A feed
 that says `reload` (this node was further behind than the feed keeps, or the storage was
 replaced) is answered by reading every entry again.
 """
@@ -180,8 +181,8 @@ class RuntimeView:
     def _apply(self, changes: Sequence[EntryChange]) -> list[EntryApplied]:
         latest = {change.name: change for change in changes}  # each name's last change
         wanted = [name for name, change in latest.items() if self._changes(change)]
-        stored = [self.store.get_entry(name) for name in wanted]  # read all, then hold
-        applied = [a for n, s in zip(wanted, stored, strict=True) if (a := self._hold(n, s))]
+        stored = self.store.get_entries(wanted) if wanted else {}  # read all, then hold
+        applied = [a for n in wanted if (a := self._hold(n, stored.get(n)))]
         self.applied += len(applied)
         return applied
 

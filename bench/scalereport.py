@@ -18,7 +18,10 @@ COLUMNS = (
     ("bytes_per_entry", "bytes/entry"),
     ("client_cpu_s", "client CPU s"),
     ("daemon_cpu_s", "daemon CPU s"),
+    ("applied_s", "applied s"),
+    ("daemon_cpu_applied_s", "daemon CPU s until applied"),
     ("redis_cpu_s", "Redis CPU s"),
+    ("redis_cpu_applied_s", "Redis CPU s until applied"),
     ("cpu_us_per_entry", "CPU µs/entry"),
     ("daemon_peak_rss_mb", "daemon peak RSS MiB"),
     ("first_publish_s", "first publish s"),
@@ -49,7 +52,11 @@ def section(s: dict[str, list[Result]]) -> str:
         "Redis `used_memory`, or the SQLite file after a checkpoint; beatd's include the audit "
         "record of each write (its before and after), about half of them on Redis. CPU µs/entry: "
         "the import's CPU, client, daemon and Redis (`INFO cpu`) together, per entry imported: "
-        "steadier than the wall time on a shared machine.",
+        "steadier than the wall time on a shared machine. Over HTTP the leader goes on "
+        "applying the change feed after the last request is answered: `applied s` is when it "
+        "had applied the whole import (it published the first slot of a probe entry written "
+        "after it), from the import's start, and `daemon CPU s until applied` (and Redis's) the "
+        "CPU until then.",
         "",
         _table(["target (issue 18)", "measured", ""], _targets(ok)),
         _table(

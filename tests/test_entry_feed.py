@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 
+from beatd.backends.base import RuntimeEntries
 from beatd.backends.memory import MemoryBackend
 from beatd.clock import FakeClock
 from beatd.config.model import Entry
@@ -116,3 +118,46 @@ def test_a_reader_that_does_not_take_holds_a_bounded_set_then_takes_them_all(
     assert reader.reload and not reader.changed  # more than 1,000 and half the entries
     taken = reader.take()
     assert taken is not None and taken.reloaded and len(taken.entries) == 1002
+
+
+class Calls:
+    """A backend that records each call of the methods it is asked for, with its arguments."""
+
+    def __init__(self, store: MemoryBackend) -> None:
+        self.store = store
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def called(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args))
+            return method(*args, **kwargs)
+
+        return called
+
+
+def test_a_page_of_changes_is_read_in_one_call_once_a_name_for_the_entries_it_may_change(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    """Issue 18: a bulk import's changes cost the leader one backend read per page of the feed,
+    not one per entry; a name changed twice is read once, one added and removed before the view
+    held it not at all."""
+    put(backend, "held")
+    calls = Calls(backend)
+    view = RuntimeView(cast(RuntimeEntries, calls), clock, changes_page=5)
+    view.poll()
+    for name in ("a", "b", "a", "c"):
+        put(backend, name)
+    backend.remove_entry("b", "test")
+    put(backend, "d")  # the sixth change: the next page's
+    calls.calls.clear()
+    first = view.poll()
+    assert calls.calls == [("entry_changes", (1, 5)), ("get_entries", (["a", "c"],))]
+    assert [(c.name, c.entry is not None) for c in first.changes] == [("a", True), ("c", True)]
+    assert first.more and sorted(view.entries) == ["a", "c", "held"]
+    calls.calls.clear()
+    assert [c.name for c in view.poll().changes] == ["d"]
+    assert [name for name, _ in calls.calls] == ["entry_changes", "get_entries"]
+    calls.calls.clear()
+    assert view.poll().changes == () and calls.calls == [("entry_changes", (7, 5))]

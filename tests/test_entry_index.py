@@ -337,7 +337,7 @@ class Reads:
         return getattr(self.store, name)
 
 
-ENTRY_READS = {"list_entries", "get_entry", "entry_changes"}
+ENTRY_READS = {"list_entries", "get_entry", "get_entries", "entry_changes"}
 
 
 def test_beside_a_scheduler_the_index_takes_its_runtime_entries_and_reads_none(

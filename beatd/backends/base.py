@@ -830,6 +830,14 @@ class RuntimeEntries(Reachable, Protocol):
     def get_entry(self, name: str) -> RuntimeEntry | None:
         """The runtime entry `name`, if stored (a read)."""
 
+    def get_entries(self, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+        """The runtime entries of `names` that are stored, by name, each as `get_entry` reads
+        it (a read; a name absent or given twice is no error). One query, script or locked
+        step per call, so a reader of many names (the change feed's) pays one round trip, not
+        one each; a backend may read a long list in several steps (Redis: `get_step` names a
+        script), each consistent, which the feed's readers allow since they read values, not
+        differences."""
+
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         """At most `limit` runtime entries whose names sort after `after` (by code point),
         in that order: a page; pass the last name for the next (a read, consistent per page)."""
@@ -840,10 +848,11 @@ class RuntimeEntries(Reachable, Protocol):
 
         A reader starts with None: it gets `reload` and the head's cursor, loads every entry
         (`list_entries`), then polls from that cursor; a change made while it loaded is seen
-        both ways, and the reader applies it by reading the entry's current value (`get_entry`)
-        so order never matters. `reload` is returned too when records after `cursor` were
-        trimmed (the reader fell more than `feed_retention` behind) or `cursor` is beyond the
-        head (the storage was replaced or lost its data): load every entry again."""
+        both ways, and the reader applies it by reading the entry's current value (a page's
+        entries at once: `get_entries`) so order never matters. `reload` is returned too when
+        records after `cursor` were trimmed (the reader fell more than `feed_retention` behind)
+        or `cursor` is beyond the head (the storage was replaced or lost its data): load every
+        entry again."""
 
     def register_file_entries(self, lease: Lease, files: Mapping[str, str]) -> list[str]:
         """Replace the registered file-entry names (name -> the file that defines it), under

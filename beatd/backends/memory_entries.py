@@ -100,6 +100,11 @@ class MemoryEntries(EntryWrites):
         with self._lock:
             return self._shelf.entries.get(name)
 
+    def get_entries(self, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+        with self._lock:
+            held = self._shelf.entries
+            return {n: e for n in names if (e := held.get(n)) is not None}
+
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         with self._lock:
             names = self._shelf.names

@@ -116,6 +116,19 @@ class PostgresEntries(PostgresControls, EntryWrites):
     def get_entry(self, name: str) -> RuntimeEntry | None:
         return self._run(lambda db: self._current(db, name), write=False)
 
+    def get_entries(self, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+        if not names:
+            return {}
+
+        def read(db: Db) -> dict[str, RuntimeEntry]:
+            rows = db.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM {self.schema}.runtime_entry WHERE name = ANY(%s)",
+                (list(names),),
+            )
+            return {row[0]: entry_of_row(row) for row in rows}
+
+        return self._run(read, write=False)
+
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         def read(db: Db) -> list[RuntimeEntry]:
             rows = db.execute(

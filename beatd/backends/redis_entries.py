@@ -32,6 +32,7 @@ from beatd.runtime_entries import (
 
 PUT_STEP = 250
 CHECK_STEP = 2000
+GET_STEP = 1000
 SEPARATOR = "\x1f"  # between a change record's seq, name and version
 
 
@@ -93,6 +94,8 @@ class RedisEntries(RedisLink, EntryWrites):
     # (a few µs each).
     put_step: int = PUT_STEP
     check_step: int = CHECK_STEP
+    # Names per read script (`get_entries`): two HGETs each, so that none holds Redis long.
+    get_step: int = GET_STEP
 
     def _put(self, puts: Sequence[EntryPut], by: str, request_id: str | None) -> list[RuntimeEntry]:
         """One script per `put_step` entries, so that none holds Redis long (a lease renewal
@@ -150,6 +153,23 @@ class RedisEntries(RedisLink, EntryWrites):
         self._check_format("get_entry")
         meta, definition = self._eval("get_entry", (), (self._key(""), name))
         return None if meta is None else _entry(name, meta, definition)
+
+    def get_entries(self, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+        """One script per `get_step` names; each step's request is sent before the reply of
+        the one before is decoded."""
+        self._check_format("get_entries")
+        unique = list(dict.fromkeys(names))
+        steps = [unique[at : at + self.get_step] for at in range(0, len(unique), self.get_step)]
+        read: dict[str, RuntimeEntry] = {}
+        waiting = [self._send("get_entries", (), (self._key(""), *step)) for step in steps[:1]]
+        for at, step in enumerate(steps):
+            reply = waiting.pop()()
+            if at + 1 < len(steps):
+                waiting.append(self._send("get_entries", (), (self._key(""), *steps[at + 1])))
+            for name, meta, definition in zip(step, reply[::2], reply[1::2], strict=True):
+                if meta is not None:
+                    read[name] = _entry(name, meta, definition)
+        return read
 
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         self._check_format("list_entries")

@@ -140,6 +140,17 @@ local P, name = ARGV[1], ARGV[2]
 return {redis.call('HGET', P .. 'rt:meta', name), redis.call('HGET', P .. 'rt:def', name)}
 """
 
+# ARGV P, name... -> {meta, definition}... in the order of the names (false each when there is
+# none): HMGET's, a name at a time (unpack's stack is bounded)
+GET_ENTRIES = """
+local P, out = ARGV[1], {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('HGET', P .. 'rt:meta', ARGV[i])
+  out[#out + 1] = redis.call('HGET', P .. 'rt:def', ARGV[i])
+end
+return out
+"""
+
 # ARGV P, cursor -> {head, oldest seq ('' none), record...}
 ENTRY_CHANGES = """
 local P = ARGV[1]
@@ -197,6 +208,7 @@ ENTRIES_SCRIPTS = {
     "put_entries": PUT_ENTRIES,
     "remove_entry": REMOVE_ENTRY,
     "get_entry": GET_ENTRY,
+    "get_entries": GET_ENTRIES,
     "list_entries": LIST_ENTRIES,
     "entry_changes": ENTRY_CHANGES,
     "import_entries": IMPORT_ENTRIES,

@@ -235,6 +235,11 @@ class SQLiteEntries(SQLiteFile, EntryWrites):
     def get_entry(self, name: str) -> RuntimeEntry | None:
         return self._run(lambda db: _current(db, name) if _has_tables(db) else None, write=False)
 
+    def get_entries(self, names: Sequence[str]) -> dict[str, RuntimeEntry]:
+        if not names:
+            return {}
+        return self._run(lambda db: _currents(db, names) if _has_tables(db) else {}, write=False)
+
     def list_entries(self, after: str = "", limit: int = 1000) -> list[RuntimeEntry]:
         def read(db: sqlite3.Connection) -> list[RuntimeEntry]:
             if not _has_tables(db):

@@ -44,6 +44,7 @@ from bench.workload import TASK, daily, runtime_mix, write_yaml
 
 STOCK_CHUNK = 20_000
 HTTP_CHUNK = 5_000  # about 560 KiB of JSON: under the API's 1 MiB
+PROBE = "zz-applied-probe"  # written after an import over HTTP: applied, the import is too
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +95,12 @@ def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -
                 "client_cpu_s": round(time.process_time() - cpu, 3),
             }
     import_s = timed.pop("import_s")
-    redis_after = _redis_cpu(url)
-    if redis_cpu is not None and redis_after is not None:
+    redis_end = _redis_cpu(url)
+    redis_after = timed.pop("redis_cpu_at_return", redis_end)  # over HTTP: before the probe
+    if redis_cpu is not None and redis_after is not None and redis_end is not None:
         timed["redis_cpu_s"] = round(redis_after - redis_cpu, 3)
+        if way == "http":
+            timed["redis_cpu_applied_s"] = round(redis_end - redis_cpu, 3)
     cpu = sum(timed.get(k) or 0 for k in ("client_cpu_s", "daemon_cpu_s", "redis_cpu_s"))
     timed["cpu_us_per_entry"] = round(cpu / batch * 1e6, 1)
     return {
@@ -204,15 +208,34 @@ def _through_api(
                 for at in range(0, len(names), chunk):
                     client.add_many({name: entries[name] for name in names[at : at + chunk]})
             import_s = time.perf_counter() - started
+            daemon_cpu = proc_cpu(process.pid) - cpu0
+            client_cpu = time.process_time() - cpu
+            redis_cpu = _redis_cpu(url)
+            applied_s = _applied(client, url, started)
         return {
             "import_s": import_s,
             "requests": -(-len(entries) // chunk),
-            "daemon_cpu_s": round(proc_cpu(process.pid) - cpu0, 3),
-            "client_cpu_s": round(time.process_time() - cpu, 3),
+            "daemon_cpu_s": round(daemon_cpu, 3),
+            "client_cpu_s": round(client_cpu, 3),
+            "applied_s": round(applied_s, 3),
+            "daemon_cpu_applied_s": round(proc_cpu(process.pid) - cpu0, 3),
+            "redis_cpu_at_return": redis_cpu,
             "daemon_peak_rss_mb": round(proc_hwm_mb(process.pid), 1),
         }
     finally:
         daemons.stop(process)
+
+
+def _applied(client: Any, url: str, started: float) -> float:
+    """Seconds from `started` until the leader had applied the import: it publishes the first
+    slot of a probe entry written after it (the feed is applied in order). The probe is removed
+    again."""
+    client.add(PROBE, task=TASK, every="1s")
+    first = _first_run(url, PROBE, time.time(), timeout=300)
+    client.remove(PROBE)
+    if first is None:
+        raise RuntimeError("the leader published no slot of the probe within 300 s")
+    return time.perf_counter() - started - (time.time() - first.slot)
 
 
 def _redbeat(url: str, count: int, work: Path) -> dict[str, Any]:

@@ -217,6 +217,23 @@ class EntriesContract:
         assert entries.list_entries("e") == []
         assert [e.name for e in entries.list_entries("bb")] == ["c", "d", "e"]
 
+    def test_entries_are_read_by_name_at_once_each_as_get_entry_reads_it(
+        self, entries: RuntimeEntries
+    ) -> None:
+        stored = {n: entries.put_entry(defined(n), BY) for n in ("a", "b", "c")}
+        stored["b"] = entries.put_entry(defined("b", queue="q"), BY)
+        entries.remove_entry("c", BY)
+        read = entries.get_entries(["c", "b", "never", "a", "b"])
+        assert read == {"a": stored["a"], "b": stored["b"]}
+        assert read == {n: e for n in ("a", "b") if (e := entries.get_entry(n)) is not None}
+        assert entries.get_entries([]) == {}
+
+    def test_a_read_of_more_names_than_a_step_reads_them_all(self, entries: RuntimeEntries) -> None:
+        """A backend may read a long list in several steps (Redis: `get_step` a script)."""
+        first, last = entries.put_entry(defined("a"), BY), entries.put_entry(defined("z"), BY)
+        names = ["a", *(f"absent-{i:05d}" for i in range(5_000)), "z"]
+        assert entries.get_entries(names) == {"a": first, "z": last}
+
     # --- names of file entries ------------------------------------------------------------
 
     def test_a_name_of_a_file_entry_is_refused_even_when_registered_after_the_read(

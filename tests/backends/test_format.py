@@ -459,6 +459,7 @@ def test_a_sqlite_file_of_format_1_has_no_runtime_entries_read_only_and_gets_the
     for writing it keeps them, with their feed and audit records."""
     reader = SQLiteBackend(v1_db, read_only=True)
     assert (reader.list_entries(), reader.get_entry("a"), reader.file_entries()) == ([], None, {})
+    assert reader.get_entries(["a"]) == {}
     assert reader.entry_changes(None) == ChangePage((), 0, reload=True)
     reader.close()
     assert "runtime_entry" not in tables(v1_db)

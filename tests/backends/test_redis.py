@@ -540,6 +540,7 @@ def exercise_entries(backend: RedisBackend) -> None:
     assert backend.put_entry(resolved, "ops", request_id="r") == stored
     assert backend.put_entry(resolved, "ops", expected_version=1).version == 2
     assert backend.get_entry("rt") is not None and len(backend.list_entries()) == 1
+    assert list(backend.get_entries(["rt", "none"])) == ["rt"]
     assert backend.remove_entry("rt", "ops").version == 2
     assert backend.import_entries([stored]) == 1
     page = backend.entry_changes(None)
