@@ -526,7 +526,9 @@ def test_a_stock_celery_workers_outcomes_are_in_the_history(tmp_path: Path, redi
 def test_beatd_run_records_a_stock_workers_outcomes(tmp_path: Path, redis_url: str) -> None:
     """The daemon as deployed: `beatd run` and `celery worker -E`, two real processes."""
     worker, log = start_events_worker(tmp_path, redis_url)
-    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    # far enough ahead for `beatd run` to start and lead first: an `at:` already past when a
+    # new entry is adopted never runs (its start took 3.7 s at a CI's load)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=10)
     schedules = tmp_path / "schedules"
     schedules.mkdir()
     (schedules / "celery.yaml").write_text(
