@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import secrets
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +119,7 @@ class IndexQuery(NamedTuple):
 class IndexPage(NamedTuple):
     total: int  # rows matching the filters
     rows: list[IndexRow]
+    tag: str = ""  # the index's tag when it was read (EntryIndex.tag)
 
 
 def _due_key(row: IndexRow) -> float:
@@ -134,6 +136,14 @@ KEYS: dict[str, Callable[[IndexRow], Any]] = {"next_due": _due_key, "last_status
 
 class IndexNotReady(BeatdError):
     """The index is still being built (GET /v1/entry-index answers 503)."""
+
+
+def _refuse_unless(ready: threading.Event) -> None:
+    if not ready.is_set():
+        raise IndexNotReady(
+            "this node's entry index is still being built (it reads every entry once at "
+            "start); try again in a few seconds"
+        )
 
 
 class EntryIndex:
@@ -163,7 +173,8 @@ class EntryIndex:
         self._files: dict[str, Entry] = {}
         self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
         self._fresh: set[str] = set()  # names added since the orders were computed
-        self._generation = 0  # moves at every change of the rows held (the cache's key)
+        self._generation = 0  # moves at every change of the rows held (the caches' key)
+        self._instance = secrets.token_hex(4)  # a tag of this index is no other index's
         self._cache: dict[str, tuple[int, Ordered]] = {}
         self._config_seen: Config | None = None
         self._store: Backend | None = None
@@ -253,12 +264,7 @@ class EntryIndex:
         now, nexts = self.clock.now(), NextDues()
         with self._lock:
             rows = self._ordered("name").rows
-        moved = False
-        for row in rows:
-            before = (row.due_ts, row.last_status, row.paused)
-            _refreshed(row, states.get(row.name), summaries.get(row.name), now, nexts)
-            _paused(row, controls.get(row.name), now)
-            moved = moved or before != (row.due_ts, row.last_status, row.paused)
+        moved, shown = _refresh_rows(rows, states, summaries, controls, now, nexts)
         with self._lock:
             stale = self._fresh or any(len(o) != len(rows) for o in self._orders.values())
         if moved or stale:
@@ -268,6 +274,9 @@ class EntryIndex:
                 self._orders = orders  # rows added or replaced since the snapshot stay fresh
                 held = self._rows
                 self._fresh = {n for n in self._fresh if n in held and taken.get(n) is not held[n]}
+                self._generation += 1
+        elif shown:  # a figure pages show moved, no order did: a cached page is stale
+            with self._lock:
                 self._generation += 1
         self.refreshed_in = self.clock.monotonic() - started
         wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
@@ -364,21 +373,27 @@ class EntryIndex:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def page(self, query: IndexQuery) -> IndexPage:
-        """The rows `query` asks for, and how many match its filters; IndexNotReady."""
-        if not self.ready.is_set():
-            raise IndexNotReady(
-                "this node's entry index is still being built (it reads every entry once at "
-                "start); try again in a few seconds"
-            )
+    def tag(self) -> str:
+        """Moves whenever anything a page shows may have changed, and no index has another's:
+        an answer kept under a tag is good while the tag stays (a refresh under way shows its
+        changes under the next one). IndexNotReady."""
+        _refuse_unless(self.ready)
         with self._lock:
+            return f"{self._instance}-{self._generation}"
+
+    def page(self, query: IndexQuery) -> IndexPage:
+        """The rows `query` asks for, how many match its filters, and the tag read with them;
+        IndexNotReady."""
+        _refuse_unless(self.ready)
+        with self._lock:
+            tag = f"{self._instance}-{self._generation}"
             if query.exact:
                 row = self._rows.get(query.exact)
                 ordered = Ordered([] if row is None else [row])
             else:  # nobody changes it: filtered without the lock
                 ordered = self._ordered(query.sort)
         found = filtered(ordered, query)
-        return IndexPage(len(found), found[query.offset : query.offset + query.limit])
+        return IndexPage(len(found), found[query.offset : query.offset + query.limit], tag)
 
     def overdue(self, now: datetime) -> list[IndexRow]:
         """The rows overdue at `now` (IndexRow.overdue), by next due: only the rows whose next
@@ -531,6 +546,27 @@ def _merged(
     seen = {row.name for row in fresh}
     rest = (r for r in known if r.name not in seen)
     return heapq.merge(rest, fresh, key=lambda r: (key(r), r.name))
+
+
+def _refresh_rows(
+    rows: list[IndexRow],
+    states: dict[str, EntryState],
+    summaries: dict[str, EntrySummary],
+    controls: dict[str, EntryControl],
+    now: datetime,
+    nexts: NextDues,
+) -> tuple[bool, bool]:
+    """Each row refreshed (`_refreshed`, `_paused`); whether an order's key moved, and whether
+    anything else a page shows did (a last duration)."""
+    moved = shown = False
+    for row in rows:
+        before = (row.due_ts, row.last_status, row.paused)
+        duration = row.last_duration_s
+        _refreshed(row, states.get(row.name), summaries.get(row.name), now, nexts)
+        _paused(row, controls.get(row.name), now)
+        moved = moved or before != (row.due_ts, row.last_status, row.paused)
+        shown = shown or duration != row.last_duration_s
+    return moved, shown
 
 
 def _refreshed(

@@ -5,6 +5,8 @@ tests/test_http_entries.py."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +39,7 @@ from tests.test_history_cli import SCHEDULES
 from tests.test_http import (
     ANY_HEADERS,
     ECHO,
+    READER,
     WRITER,
     Api,
     letters,
@@ -277,6 +280,31 @@ def test_the_entry_index_filters_sorts_and_pages_files_and_runtime_entries(api: 
     _, _, exact = api.ask("/v1/entry-index?exact=report-1")
     assert [e["name"] for e in exact["entries"]] == ["report-1"]
     assert api.ask("/v1/entry-index?exact=report")[2]["total"] == 0
+
+
+def conditional(api: Api, path: str, tag: str) -> tuple[int, str | None, bytes]:
+    """GET `path` with If-None-Match `tag`: the status, the ETag and the raw body."""
+    request = urllib.request.Request(api.base + path, headers={"If-None-Match": tag})
+    request.add_header("Authorization", f"Bearer {READER.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.headers["ETag"], answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["ETag"], error.read()
+
+
+def test_the_entry_index_answers_304_to_its_etag_until_the_index_changes(api: Api) -> None:
+    status, headers, first = api.ask("/v1/entry-index?sort=name")
+    tag = headers["ETag"]
+    assert status == 200
+    assert conditional(api, "/v1/entry-index?sort=name", tag) == (304, tag, b"")
+    assert conditional(api, "/v1/entry-index?sort=name", '"another"')[0] == 200
+    add_entries(api, {"name": "sync", "task": "t.sync", "cron": "0 * * * *"})
+    status, fresh, body = conditional(api, "/v1/entry-index?sort=name", tag)
+    assert (status, fresh != tag) == (200, True)
+    page = json.loads(body)
+    assert page["total"] == first["total"] + 1
+    assert "sync" in [e["name"] for e in page["entries"]]
 
 
 @pytest.mark.parametrize(

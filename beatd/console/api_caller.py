@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from flask import Flask, Request, current_app, request, url_for
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from beatd.http.app import SESSION_TOKEN
+from beatd.http.app import NOT_MODIFIED, SESSION_TOKEN
 
 CONSOLE_TOKEN = "beatd.console.token"  # environ key: the signed-in session's ApiToken, if any
 Query = Mapping[str, str | int | bool | Sequence[str] | None]
@@ -74,6 +74,20 @@ class ApiCaller:
         if not answer.ok:
             raise ApiFailure(answer.status, answer.errors)
         return answer.body
+
+    def get_unless(
+        self, route_name: str, tag: str | None, query: Query | None = None
+    ) -> ApiAnswer | None:
+        """A GET's answer, sent with If-None-Match `tag` (None: none): None when the API
+        answers 304 (nothing changed since the answer of that ETag); ApiFailure for an
+        answer other than 2xx and 304 (the token is checked either way)."""
+        headers = {} if tag is None else {"If-None-Match": tag}
+        answer = self.call("GET", route_name, query=query, headers=headers)
+        if answer.status == NOT_MODIFIED:
+            return None
+        if not answer.ok:
+            raise ApiFailure(answer.status, answer.errors)
+        return answer
 
     def send(
         self,

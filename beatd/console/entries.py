@@ -8,9 +8,10 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from beatd.console.api_caller import ApiFailure, api
+from beatd.console.entry_rows import Rendered, install, kept_rows
 from beatd.console.pages import render
 from beatd.console.replies import now
-from beatd.console.views import Moment, entry_links, errors_by_field, paging, seconds_text
+from beatd.console.views import errors_by_field, paging
 from beatd.history import FINAL
 
 ENTRY_INDEX = "entry_index"  # the API's operationId
@@ -26,6 +27,7 @@ LIMITS = {str(n): str(n) for n in (20, 50, 100, 200, 500)}
 
 def add_pages(ui: Blueprint) -> None:
     ui.add_url_rule("/entries", "entries", entries_page, methods=["GET"])
+    ui.record_once(lambda state: install(state.app))
 
 
 def entries_page() -> Any:
@@ -34,35 +36,31 @@ def entries_page() -> Any:
     limit = _number(request.args.get("limit"), DEFAULT_LIMIT)
     offset = _number(request.args.get("offset"), 0)
     query = {**chosen, "sort": sort, "offset": str(offset), "limit": str(limit)}
-    try:
-        data = api().get(ENTRY_INDEX, query=query)
+    view, kept = tuple(sorted(query.items())), kept_rows()
+    held = kept.get(view)
+    try:  # the rows rendered from the last answer, while the API says nothing changed
+        answer = api().get_unless(ENTRY_INDEX, held.tag if held else None, query=query)
     except ApiFailure as failure:
         shown = render(
-            "entries.html", **_form(chosen, sort, limit), rows=[], pager=None, links={},
+            "entries.html", **_form(chosen, sort, limit), rows_html="", pager=None, links={},
             errors=errors_by_field(failure.errors),
         )  # fmt: skip
         return shown, failure.status
-    moment = now()
-    hrefs = entry_links([entry["name"] for entry in data["entries"]])
-    rows = [
-        {
-            **entry,
-            "href": link,
-            "next": Moment.of(entry.get("next_due"), moment),
-            "duration": seconds_text(entry.get("last_duration_s")),
-        }
-        for entry, link in zip(data["entries"], hrefs, strict=True)
-    ]
+    if answer is not None:
+        held = Rendered.of(answer.body, answer.headers.get("ETag"))
+        kept.put(view, held)
+    assert held is not None  # without a tag asked about, the API never answers 304
+    data = held.data
     pager = paging(data["total"], data["offset"], data["limit"])
-    kept: dict[str, Any] = {**chosen, "sort": sort, "limit": limit}
+    kept_query: dict[str, Any] = {**chosen, "sort": sort, "limit": limit}
     links = {
-        which: url_for("ui.entries", **kept, offset=at)
+        which: url_for("ui.entries", **kept_query, offset=at)
         for which, at in pager._asdict().items()
         if which in ("first", "previous", "next", "last") and at is not None
     }
     return render(
-        "entries.html", **_form(chosen, sort, limit), rows=rows, pager=pager, links=links,
-        errors={},
+        "entries.html", **_form(chosen, sort, limit), rows_html=held.at(now()), pager=pager,
+        links=links, errors={},
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from beatd.http.tokens import ApiToken, Scope, TokenTable
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+NOT_MODIFIED = 304
 PUBLIC = ApiToken("public", Scope.READ, b"")  # who reads when --api-public-read is on
 SESSION_TOKEN = "beatd.session_token"  # environ key: the console session's token (in process)
 # Items of a long list encoded at a time (`json_text`): one json.dumps holds the interpreter
@@ -151,7 +152,9 @@ def _unauthorized(message: str) -> ApiError:
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | Any = None) -> Response:
-    response = Response(json_text(body), status=status, mimetype="application/json")
+    """`body` as JSON (`json_text`); a 304 has no body (RFC 9110)."""
+    text = None if status == NOT_MODIFIED else json_text(body)
+    response = Response(text, status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     response.headers["Cache-Control"] = "no-store"

@@ -128,7 +128,11 @@ def console_routes(context: ApiContext) -> list[Route]:
     def entry_index(req: Any) -> Reply:
         query = index_query(req)
         try:
-            page = context.index().page(query)
+            index = context.index()
+            known = req.headers.get("If-None-Match")
+            if known is not None and known == _etag(index.tag()):
+                return Reply(304, None, {"ETag": known})  # no change since that answer
+            page = index.page(query)
         except IndexNotReady as exc:
             raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
         except BeatdError as exc:
@@ -139,7 +143,7 @@ def console_routes(context: ApiContext) -> list[Route]:
             "limit": query.limit,
             "entries": [row.as_json() for row in page.rows],
         }
-        return Reply(200, body)
+        return Reply(200, body, {"ETag": _etag(page.tag)})
 
     return [
         Route(
@@ -163,11 +167,18 @@ def console_routes(context: ApiContext) -> list[Route]:
             entry_index,
             INDEX_PARAMS,
             replies={
-                200: ("A page of entries and how many match.", INDEX_PAGE),
+                200: ("A page of entries and how many match; its ETag.", INDEX_PAGE),
+                304: ("Unchanged since the answer whose ETag If-None-Match gives.", None),
                 503: ("The index is still being built.", ERRORS),
             },
         ),
     ]
+
+
+def _etag(tag: str) -> str:
+    """The index's tag as an entity tag: the same for every query while the index holds the
+    same rows, so a page answered under it is still right while it is."""
+    return f'"{tag}"'
 
 
 def index_query(req: Any) -> IndexQuery:

@@ -67,10 +67,8 @@ def parameter(param: Param) -> JSON:
 
 def responses(route: Route) -> JSON:
     answers: JSON = {
-        str(status): {
-            "description": description,
-            "content": {"application/json": {"schema": schema}},
-        }
+        str(status): {"description": description}
+        | ({} if schema is None else {"content": {"application/json": {"schema": schema}}})
         for status, (description, schema) in route.replies.items()
     }
     errors = dict(COMMON_ERRORS)

@@ -28,7 +28,7 @@ class Param:
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    body: JSON
+    body: JSON | None  # None: no body (a 304)
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -44,7 +44,8 @@ class Route:
     handler: Callable[[Any], Reply]
     params: tuple[Param, ...] = ()
     body: JSON | None = None  # the request body's JSON schema
-    replies: Mapping[int, tuple[str, JSON]] = field(default_factory=dict)
+    # status: (description, the body's JSON schema; None: no body, a 304)
+    replies: Mapping[int, tuple[str, JSON | None]] = field(default_factory=dict)
 
     @property
     def flask_rule(self) -> str:

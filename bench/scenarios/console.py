@@ -28,6 +28,7 @@ from bench import daemons
 from bench.common import (
     arrivals,
     percentiles,
+    proc_cpu,
     queued_count,
     reset_backend,
     wait_until,
@@ -240,6 +241,10 @@ def _load(params: dict[str, Any]) -> dict[str, Any]:
     idle = [r["delay_p99_ms"] for r in rows if not r["busy"]]
     loaded = [r["delay_p99_ms"] for r in rows if r["busy"]]
     idle_median, busy_median = statistics.median(idle), statistics.median(loaded)
+    cpu = {
+        busy: statistics.median(r["cpu_us_per_run"] for r in rows if r["busy"] == busy)
+        for busy in (False, True)
+    }
     allowed = max(0.10 * idle_median, 5.0)
     return {
         "mode": "load",
@@ -252,6 +257,8 @@ def _load(params: dict[str, Any]) -> dict[str, Any]:
         "busy_p99_ms_median": round(busy_median, 2),
         "difference_ms": round(busy_median - idle_median, 2),
         "allowed_ms": round(allowed, 2),
+        "idle_cpu_us_per_run_median": round(cpu[False], 1),
+        "busy_cpu_us_per_run_median": round(cpu[True], 1),
         "met": busy_median - idle_median <= allowed,
         "runs": rows,
     }
@@ -271,7 +278,10 @@ def _steady(url: str, schedule: Path, work: Path, window: float, rate: float) ->
             fetcher.start()
         start = float(int(time.time()) + 2)
         end = start + window
+        time.sleep(max(0.0, start - time.time()))
+        cpu0 = proc_cpu(console.process.pid)
         time.sleep(max(0.0, end - time.time()))
+        cpu = proc_cpu(console.process.pid) - cpu0
         time.sleep(2.0)  # the runs of the window's last second land
     finally:
         if fetcher is not None:
@@ -287,6 +297,7 @@ def _steady(url: str, schedule: Path, work: Path, window: float, rate: float) ->
         "published_runs": figures["n"],
         "delay_p50_ms": round(figures["p50"], 2),
         "delay_p99_ms": round(figures["p99"], 2),
+        "cpu_us_per_run": round(cpu / max(1, figures["n"]) * 1e6, 1),
         "fetches": fetched["n"] if fetched else 0,
         "fetch_failures": fetcher.failed if fetcher else 0,
         "fetch_p95_ms": round(fetched["p95"], 2) if fetched and fetched["n"] else None,

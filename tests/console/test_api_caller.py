@@ -85,3 +85,25 @@ def test_no_header_reaches_the_session_token(console: Console) -> None:
 def test_a_query_is_encoded_as_the_api_reads_it() -> None:
     query = {"entry": ["a b", "c"], "limit": 5, "paused": False, "since": None, "q": "x&y"}
     assert encode_query(query) == "entry=a+b&entry=c&limit=5&paused=false&q=x%26y"
+
+
+def test_a_conditional_get_is_none_while_the_etag_holds_and_refusals_still_raise(
+    console: Console,
+) -> None:
+    with console.app.test_request_context("/ui/", base_url=ORIGIN):
+        request.environ[CONSOLE_TOKEN] = token_of(console, "viewer")
+        first = api().get_unless("entry_index", None, query={"sort": "name"})
+        assert first is not None and first.status == 200
+        tag = first.headers["ETag"]
+        assert api().get_unless("entry_index", tag, query={"sort": "name"}) is None
+        again = api().get_unless("entry_index", '"other"', query={"sort": "name"})
+        assert again is not None and again.body == first.body
+        with pytest.raises(ApiFailure) as refused:
+            api().get_unless("entry_index", tag, query={"sort": "due"})
+    assert refused.value.status == 422
+    with (
+        console.app.test_request_context("/ui/", base_url=ORIGIN),
+        pytest.raises(ApiFailure) as unsigned,
+    ):
+        api().get_unless("entry_index", tag, query={"sort": "name"})
+    assert unsigned.value.status == 401

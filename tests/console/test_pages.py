@@ -80,6 +80,36 @@ def test_the_entries_page_filters_sorts_and_pages(console: Console) -> None:
     assert '<option value="20" selected>20</option>' in filtered
 
 
+def test_the_entries_page_follows_every_change_of_the_index_and_of_the_clock(
+    console: Console,
+) -> None:
+    """The page keeps what it rendered while the index and the second stay (issue 19: a
+    console fetched 10 times a second must not slow the scheduler), and no longer."""
+    signed_in(console)
+    nightly = re.compile(
+        r"nightly file reports\.nightly default at 03:00, every day UTC (.*?) nightly"
+    )
+
+    def row() -> str:
+        text = visible(console.get("/ui/entries?sort=name").text) + " nightly"
+        found = nightly.search(text)
+        assert found is not None, text
+        return found.group(1)
+
+    first = row()
+    assert first == "2026-12-06T03:00:00Z (in 2 h) never run - no"
+    assert row() == first
+    add_entries(console, {"name": "job-b", "task": "app.job", "cron": "0 3 * * *"})
+    assert "job-b API app.job" in visible(console.get("/ui/entries?sort=name").text)
+    console.context.backend().pause(["nightly"], "maintenance", None, "ops")
+    console.context.index().refresh()
+    assert row() == "2026-12-06T03:00:00Z (in 2 h) never run - paused"
+    console.move(3600)
+    assert row() == "2026-12-06T03:00:00Z (in 1 h) never run - paused"
+    console.move(0.5)
+    assert row() == "2026-12-06T03:00:00Z (in 59 min) never run - paused"
+
+
 def test_a_refused_filter_shows_the_api_words(console: Console) -> None:
     signed_in(console)
     page = console.get("/ui/entries?limit=9999")
