@@ -43,8 +43,6 @@ from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _string
 from typing import Any
 
-import redis
-
 from beatd import celery_protocol
 from beatd.backends.base import (
     BeatdQueue,
@@ -201,12 +199,9 @@ class RedisStateStore(RedisLink):
         key, cursor = self._key("state"), 0
         states: dict[str, EntryState] = {}
         while True:
-            try:
-                cursor, raw = self._cmd("HSCAN", key, cursor, "COUNT", STATE_PAGE)
-            except BackendError as exc:
-                if cursor or not isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
-                    raise
+            if (scanned := self._hscan(key, cursor, STATE_PAGE)) is None:
                 return self._load_states_whole(key)
+            cursor, raw = scanned
             for entry, value in raw.items():
                 states[entry] = _unpack_state(entry, value)
             if not cursor:

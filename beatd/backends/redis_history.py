@@ -28,11 +28,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-import redis
-
 from beatd.backends.base import Outgoing, from_micros, to_micros
 from beatd.backends.redis_link import RedisLink
-from beatd.errors import BackendError
 from beatd.history import (
     FINAL,
     Attempt,
@@ -359,15 +356,12 @@ class RedisRunHistory(RedisLink):
         reads them in one HKEYS, as before (cursor None)."""
         key = self._key("state")
         while True:
-            try:
-                cursor, page = self._cmd("HSCAN", key, cursor, "COUNT", TRIM_ENTRIES)
-            except BackendError as exc:
-                if cursor or not isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
-                    raise
+            if (scanned := self._hscan(key, cursor, TRIM_ENTRIES)) is None:
                 names: list[str] = sorted(self._cmd("HKEYS", key))
                 for start in range(0, len(names), TRIM_ENTRIES):
                     yield None, names[start : start + TRIM_ENTRIES]
                 return
+            cursor, page = scanned
             if page or not cursor:
                 yield cursor, list(page)
             if not cursor:

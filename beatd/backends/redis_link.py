@@ -330,6 +330,18 @@ class RedisLink:
         call = self._redis.execute_command
         return self._do(str(args[0]).lower(), lambda: call(*args))  # type: ignore[no-untyped-call]
 
+    def _hscan(self, key: str, cursor: int, count: int) -> tuple[int, dict[str, str]] | None:
+        """One HSCAN page of `key` from `cursor`: the cursor after it and the fields read. None
+        when the first page is refused for want of +hscan (a user on the ACL line before it),
+        for the caller to read the hash in one command, as before."""
+        try:
+            after, page = self._cmd("HSCAN", key, cursor, "COUNT", count)
+        except BackendError as exc:
+            if cursor or not isinstance(exc.__cause__, redis.exceptions.NoPermissionError):
+                raise
+            return None
+        return int(after), page
+
     def _fenced(
         self, name: str, lease: Lease, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
