@@ -562,6 +562,19 @@ def exercise_nodes(backend: RedisBackend) -> None:
     assert [r.node for r in backend.nodes()] == ["here"]
 
 
+def committed(backend: RedisBackend, writes: list[StateWrite]) -> None:
+    """`writes` committed by a new leader, 250 a commit."""
+    lease = backend.acquire_lease("a", 10)
+    assert lease is not None
+    for start in range(0, len(writes), 250):
+        assert backend.commit(lease, writes[start : start + 250], []) == set()
+
+
+def command_calls(admin: redis.Redis) -> dict[str, int]:
+    """How many times each command ran since the last CONFIG RESETSTAT."""
+    return {k: v["calls"] for k, v in admin.info("commandstats").items()}
+
+
 def test_states_are_read_in_pages_never_all_in_one_call(
     backend: RedisBackend, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -569,17 +582,14 @@ def test_states_are_read_in_pages_never_all_in_one_call(
     Redis past the 2 s per-call limit: the states are read by HSCAN, STATE_PAGE at a time, each
     call bounded however many there are (here 1,000 in pages of 100)."""
     monkeypatch.setattr(redis_backend, "STATE_PAGE", 100)
-    lease = backend.acquire_lease("a", 10)
-    assert lease is not None
     writes = [StateWrite(state(f"e{i}", i % 7, i % 3 or None), None) for i in range(1000)]
-    for start in range(0, len(writes), 250):
-        assert backend.commit(lease, writes[start : start + 250], []) == set()
+    committed(backend, writes)
     admin.config_resetstat()
     paced: list[None] = []
     assert backend.load_states(lambda: paced.append(None)) == {
         w.state.entry: w.state for w in writes
     }
-    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    calls = command_calls(admin)
     assert "cmdstat_hgetall" not in calls
     assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
     assert len(paced) == calls["cmdstat_hscan"] - 1  # between the pages: the lease renewed
@@ -593,14 +603,10 @@ def test_the_history_trim_reads_the_entry_names_in_pages_never_all_in_one_call(
     calls timed out behind it and it lost its lease. It reads them by HSCAN, TRIM_ENTRIES at a
     time, each page one trim call."""
     monkeypatch.setattr(redis_history, "TRIM_ENTRIES", 100)
-    lease = backend.acquire_lease("a", 10)
-    assert lease is not None
-    writes = [StateWrite(state(f"e{i}", 1), None) for i in range(1000)]
-    for start in range(0, len(writes), 250):
-        assert backend.commit(lease, writes[start : start + 250], []) == set()
+    committed(backend, [StateWrite(state(f"e{i}", 1), None) for i in range(1000)])
     admin.config_resetstat()
     assert backend.trim(Retention()) == 0
-    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    calls = command_calls(admin)
     assert "cmdstat_hkeys" not in calls
     assert calls["cmdstat_hscan"] >= 5  # about 1,000 / 100 (COUNT is a hint)
 
@@ -613,19 +619,15 @@ def test_the_history_trim_per_entry_goes_on_where_the_last_call_stopped(
     looks at TRIM_PAGES pages of entries at most and the next goes on from there."""
     monkeypatch.setattr(redis_history, "TRIM_ENTRIES", 100)
     monkeypatch.setattr(redis_history, "TRIM_PAGES", 3)
-    lease = backend.acquire_lease("a", 10)
-    assert lease is not None
-    writes = [StateWrite(state(f"e{i}", 1), None) for i in range(1000)]
-    for start in range(0, len(writes), 250):
-        assert backend.commit(lease, writes[start : start + 250], []) == set()
+    committed(backend, [StateWrite(state(f"e{i}", 1), None) for i in range(1000)])
     admin.config_resetstat()
     assert backend.trim(Retention()) == 0
-    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    calls = command_calls(admin)
     assert calls["cmdstat_hscan"] == 3
     assert 200 <= calls["cmdstat_zcard"] <= 400  # about 300 entries looked at
     for _ in range(4):
         assert backend.trim(Retention()) == 0
-    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    calls = command_calls(admin)
     assert calls["cmdstat_zcard"] >= 1000  # every entry looked at once in the pass
 
 
