@@ -12,7 +12,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,16 @@ from beatd.runtime_entries import (
     ResolvedEntry,
     RuntimeEntry,
     VersionMismatch,
-    resolve_entry,
 )
+from tests.backends.entries_contract import BY, defined
 from tests.backends.history_contract import lead
 from tests.backends.test_redis import backends_of
 from tests.entries_backends import BACKENDS, redis_server
 from tests.redis_server import RedisServer
 
-BY = "ops@host"
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STEP = 2
 
 __all__ = ["redis_server"]  # a fixture
-
-
-def defined(name: str) -> ResolvedEntry:
-    return resolve_entry(name, {"task": "reports.nightly", "every": "1h"}, now=NOW)
 
 
 def batch(*names: str) -> list[ResolvedEntry]:
