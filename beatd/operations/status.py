@@ -185,9 +185,9 @@ def read_asked_runtime(
     minute), and whether the backend holds any runtime entry at all."""
     runtime: dict[str, Entry] = {}
     try:
+        found = store.get_entries(asked)  # one read, whatever the number asked
         for name in dict.fromkeys(asked):
-            stored = store.get_entry(name)
-            if stored is None:
+            if (stored := found.get(name)) is None:
                 continue
             try:
                 runtime[name] = stored.entry()
