@@ -130,10 +130,15 @@ class SentinelCluster:
 
     def start(self) -> SentinelCluster:
         self.primary.start()
+        if not self.tls:  # a server whose port was taken meanwhile started on another
+            self.reach["primary"] = self.primary.port
         self.replica.extra += ("--replicaof", "127.0.0.1", str(self.reach["primary"]))
         self.replica.start()
+        if not self.tls:
+            self.reach["replica"] = self.replica.port
         wait_for(self._replica_synced, what="the replica to sync")
         for sentinel in self.sentinels:
+            sentinel.primary_port = self.reach["primary"]
             others = [s for s in self.sentinels if s is not sentinel]
             sentinel.start(self.reach["replica"], others)
         wait_for(self._sentinels_ready, what="the sentinels to see the replica and each other")

@@ -21,11 +21,24 @@ import redis
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+_handed_out: set[int] = set()
+
+
+class PortTaken(RuntimeError):
+    """Another process listened on the port between its pick and the server's start."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on now, never the same one twice in this process: the kernel gives
+    a port just released to the next bind(0) often enough that a Sentinel set's five picks in a
+    row held two the same (CI: the replica could not bind the primary's port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class RedisServer:
@@ -40,6 +53,7 @@ class RedisServer:
         self.persistent = persistent
         self.extra = tuple(extra)
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where the last start's output begins in redis.log
 
     @property
     def url(self) -> str:
@@ -56,30 +70,58 @@ class RedisServer:
         return [*args, *self.extra]
 
     def start(self) -> RedisServer:
+        """Started and answering; on a new port if another process took this one meanwhile
+        (a port is only free until something binds it), never on a restart."""
+        for _ in range(5):
+            try:
+                self._spawn()
+                return self
+            except PortTaken:
+                self.port = free_port()
+        raise RuntimeError(f"redis-server found 5 ports taken: {self.log()}")
+
+    def _spawn(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "redis.log").open("ab")
+        self._log_start = log.tell()
         self.process = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until this server answers: an answer from another process's server on the same port
+        raises PortTaken."""
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
                     if client.ping():
+                        self._check_owner(client)
                         return
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass
                 if self.process is not None and self.process.poll() is not None:
+                    if "Address already in use" in self._new_log():
+                        raise PortTaken(self._new_log())
                     raise RuntimeError(f"redis-server exited: {self.log()}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not answer in {timeout}s: {self.log()}")
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def _check_owner(self, client: redis.Redis) -> None:
+        if self.process is None or client.info("server")["process_id"] == self.process.pid:
+            return
+        self.process.wait(10)  # it could not bind the port, so it exits
+        raise PortTaken(self._new_log())
+
+    def _new_log(self) -> str:
+        path = self.directory / "redis.log"
+        with path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def log(self) -> str:
         path = self.directory / "redis.log"
@@ -119,5 +161,6 @@ class RedisServer:
         self.process = None
 
     def restart(self) -> None:
+        """On the same port: its clients know it."""
         self.kill()
-        self.start()
+        self._spawn()

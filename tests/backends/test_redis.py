@@ -1121,7 +1121,7 @@ def test_a_waiting_connection_notices_a_paused_redis_and_the_next_claim_says_so_
         assert str(caught.value) == f"{server.url}: wait: TimeoutError: {timeout}"
         # a PING after a little over a block period of silence, unanswered for the op timeout
         assert noticed <= block_period * 7 / 6 + op_timeout + 0.3, noticed
-        assert said_in < 0.1, said_in  # the claim did not wait for Redis a second time
+        assert said_in < 0.3, said_in  # the claim did not wait for Redis again (0.4 s)
         assert backend.claim(["default"], "w", 30) is None  # resumed: claims as before
         backend.close()
     finally:

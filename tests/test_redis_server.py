@@ -1,0 +1,28 @@
+"""The tests' own servers: a port handed out once, and a server that found its port taken
+starts on another instead of passing for the server that holds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.redis_server import RedisServer, free_port
+
+
+def test_free_port_never_hands_out_the_same_port_twice_in_a_process() -> None:
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Path) -> None:
+    holder = RedisServer(tmp_path / "holder").start()
+    late = RedisServer(tmp_path / "late")
+    late.port = holder.port  # another process's server took it between the pick and the start
+    try:
+        late.start()
+        assert late.port != holder.port
+        with late.client() as client:
+            assert late.process is not None
+            assert client.info("server")["process_id"] == late.process.pid
+    finally:
+        late.stop()
+        holder.stop()
