@@ -8,6 +8,7 @@ persistence and outage tests see the same server a deployment would.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,17 +29,33 @@ class PortTaken(RuntimeError):
     """Another process listened on the port between its pick and the server's start."""
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel picks for bind(0) and for outgoing connections."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
+EPHEMERAL = _ephemeral_ports()
+# Below the kernel's own range, so that no bind(0) and no client connection of another test
+# process takes a port between its pick and its server's start (the kernel gives a port just
+# released to the next bind(0): a Sentinel set's five picks in a row once held two the same),
+# and drawn at random, so that the test processes running at once seldom draw the same.
+PICKED_FROM = range(10_000, EPHEMERAL.start) if EPHEMERAL.start > 12_000 else EPHEMERAL
+
+
 def free_port() -> int:
-    """A port nothing listens on now, never the same one twice in this process: the kernel gives
-    a port just released to the next bind(0) often enough that a Sentinel set's five picks in a
-    row held two the same (CI: the replica could not bind the primary's port)."""
+    """A port nothing listens on now, never the same one twice in this process."""
     while True:
+        port = random.choice(PICKED_FROM)
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # a service, or another test's server
+                continue
+        _handed_out.add(port)
+        return port
 
 
 class RedisServer:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import EPHEMERAL, RedisServer, free_port
 
 
 def test_free_port_never_hands_out_the_same_port_twice_in_a_process() -> None:
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_free_port_is_not_one_the_kernel_gives_to_other_processes() -> None:
+    assert EPHEMERAL.start > 12_000  # Linux's default 32768-60999 here
+    assert all(free_port() not in EPHEMERAL for _ in range(100))
 
 
 def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Path) -> None:
