@@ -410,12 +410,14 @@ class EntryIndex:
         _refuse_unless(self.ready)
         with self._lock:
             tag = f"{self._instance}-{self._generation}"
+            by_name = None
             if query.exact:
                 row = self._rows.get(query.exact)
                 ordered = Ordered([] if row is None else [row])
             else:  # nobody changes it: filtered without the lock
                 ordered = self._ordered(query.sort)
-        found = filtered(ordered, query)
+                by_name = self._ordered("name") if query.name else None
+        found = filtered(ordered, query, by_name)
         return IndexPage(len(found), found[query.offset : query.offset + query.limit], tag)
 
     def overdue(self, now: datetime) -> list[IndexRow]:
@@ -542,10 +544,12 @@ class Ordered:
         return found
 
 
-def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
+def filtered(ordered: Ordered, query: IndexQuery, by_name: Ordered | None = None) -> list[IndexRow]:
     """The rows that match `query`'s filters, in their order: a name's substring first when
     few rows hold it, else the rows of the narrowest exact filter (a look-up), then one pass
-    per filter left."""
+    per filter left. `by_name`: the same rows by name, whose names' text outlives the other
+    orders (a refresh makes those again): a name's few rows are found there, then put in
+    `ordered`'s order."""
     exact = [
         (field, value)
         for field, value in (
@@ -558,9 +562,12 @@ def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
         if value is not None
     ]
     part = query.name
-    narrowed = ordered.containing(part) if part else None
+    searched = by_name if by_name is not None and query.sort in KEYS else ordered
+    narrowed = searched.containing(part) if part else None
     if narrowed is not None:
         rows, part = narrowed, ""
+        if searched is not ordered:  # by name; each order keeps ties by name (a stable sort)
+            rows.sort(key=KEYS[query.sort])
     elif exact:
         groups = [(ordered.having(field, value), field) for field, value in exact]
         rows, first = min(groups, key=lambda group: len(group[0]))
