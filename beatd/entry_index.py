@@ -51,6 +51,10 @@ REFRESH_SHARE = 0.2  # at most this share of the time spent refreshing
 FEED_INTERVAL = 1.0  # seconds between two reads of the change feed
 SORTS = ("name", "next_due", "last_status")
 _LAST = "\U0010ffff"  # sorts after every status
+# An IndexRow's fields set from its entry (a changed entry makes a new row), and those a
+# refresh moves that pages group the rows by (the overview's paused and failing entries)
+ENTRY_FIELDS = frozenset({"name", "source", "task", "queue", "version"})
+REFRESHED_GROUPS = ("paused", "last_status")
 _NEVER = float("inf")
 
 
@@ -174,6 +178,9 @@ class EntryIndex:
         self._orders: dict[str, list[IndexRow]] = {key: [] for key in KEYS}
         self._fresh: set[str] = set()  # names added since the orders were computed
         self._generation = 0  # moves at every change of the rows held (the caches' key)
+        self._changes = 0  # moves at every row added, replaced or removed (not at a refresh)
+        self._orders_at = -1  # `_changes` when `_orders` were computed: exact while it stays
+        self._by_name: tuple[int, list[IndexRow]] = (-1, [])  # (`_changes`, rows by name)
         self._instance = secrets.token_hex(4)  # a tag of this index is no other index's
         self._cache: dict[str, tuple[int, Ordered]] = {}
         self._config_seen: Config | None = None
@@ -263,7 +270,7 @@ class EntryIndex:
         controls = store.load_controls(None)
         now, nexts = self.clock.now(), NextDues()
         with self._lock:
-            rows = self._ordered("name").rows
+            rows, changes = self._ordered("name").rows, self._changes
         moved, shown = _refresh_rows(rows, states, summaries, controls, now, nexts)
         with self._lock:
             stale = self._fresh or any(len(o) != len(rows) for o in self._orders.values())
@@ -272,15 +279,26 @@ class EntryIndex:
             taken = {row.name: row for row in rows}
             with self._lock:
                 self._orders = orders  # rows added or replaced since the snapshot stay fresh
+                self._orders_at = changes
                 held = self._rows
                 self._fresh = {n for n in self._fresh if n in held and taken.get(n) is not held[n]}
                 self._generation += 1
         elif shown:  # a figure pages show moved, no order did: a cached page is stale
             with self._lock:
                 self._generation += 1
+        self._prepare()
         self.refreshed_in = self.clock.monotonic() - started
         wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
         self._next_refresh = started + wait
+
+    def _prepare(self) -> None:
+        """Make here, in the index's thread, what the first page after a refresh would
+        otherwise make in its request: the orders, and the name order's grouping by the
+        figures a refresh moves (the overview's paused and failing entries)."""
+        with self._lock:
+            ordered = {sort: self._ordered(sort) for sort in SORTS}
+        for field in REFRESHED_GROUPS:
+            ordered["name"].having(field, None)
 
     def store(self) -> Backend:
         if self._store is None:
@@ -304,6 +322,7 @@ class EntryIndex:
         with self._lock:
             for name in [n for n in self._rows if n not in names]:
                 del self._rows[name]
+                self._changes += 1
         now, nexts, words = self.clock.now(), NextDues(), ScheduleWords()
         for name in names:
             held, version = runtime.get(name), versions.get(name)
@@ -311,6 +330,7 @@ class EntryIndex:
         with self._lock:
             self._names = sorted(self._rows)
             self._generation += 1
+            self._changes += 1
 
     def _files_changed(self, before: dict[str, Entry]) -> None:
         """The rows of the names the files held before or hold now follow the entry of the name
@@ -324,6 +344,7 @@ class EntryIndex:
         with self._lock:
             if moved:  # a name came or went: sorted again (a reload's rare cost)
                 self._names = sorted(self._rows)
+                self._changes += 1
             self._generation += 1
 
     def _replace(
@@ -348,6 +369,7 @@ class EntryIndex:
             if entry is None:
                 if row is not None:
                     self._generation += 1
+                    self._changes += 1
                     del self._rows[name]
                     if not bulk:
                         del self._names[bisect_left(self._names, name)]
@@ -366,6 +388,7 @@ class EntryIndex:
             self._rows[name] = fresh
             self._fresh.add(name)
             self._generation += 1
+            self._changes += 1
             return row is None
 
     # --- reading --------------------------------------------------------------------------
@@ -387,12 +410,14 @@ class EntryIndex:
         _refuse_unless(self.ready)
         with self._lock:
             tag = f"{self._instance}-{self._generation}"
+            by_name = None
             if query.exact:
                 row = self._rows.get(query.exact)
                 ordered = Ordered([] if row is None else [row])
             else:  # nobody changes it: filtered without the lock
                 ordered = self._ordered(query.sort)
-        found = filtered(ordered, query)
+                by_name = self._ordered("name") if query.name else None
+        found = filtered(ordered, query, by_name)
         return IndexPage(len(found), found[query.offset : query.offset + query.limit], tag)
 
     def overdue(self, now: datetime) -> list[IndexRow]:
@@ -427,19 +452,26 @@ class EntryIndex:
 
     def _ordered(self, sort: str) -> Ordered:
         """Every row in the order `sort` names (call with the lock held): computed once per
-        change of the rows, then shared (never changed: a change makes a new one)."""
+        change of the rows, then shared (never changed: a change makes a new one). A pass over
+        the rows only when one was added, replaced or removed since the order was made: after
+        a refresh that moved figures only, the refresh's orders and the name order are taken
+        as they are."""
         cached = self._cache.get(sort)
         if cached is not None and cached[0] == self._generation:
             return cached[1]
         rows = self._rows
         if sort == "name":
-            ordered = [rows[name] for name in self._names]
+            if self._by_name[0] != self._changes:
+                self._by_name = (self._changes, [rows[name] for name in self._names])
+            ordered = self._by_name[1]
+        elif self._orders_at == self._changes:  # the refresh's order holds exactly these rows
+            ordered = self._orders[sort]
         else:
             key = KEYS[sort]
             known = (r for r in self._orders[sort] if rows.get(r.name) is r)
             fresh = sorted((rows[n] for n in sorted(self._fresh) if n in rows), key=key)
             ordered = list(_merged(known, fresh, key)) if fresh else list(known)
-        self._cache[sort] = (self._generation, Ordered(ordered))
+        self._cache[sort] = (self._generation, Ordered(ordered, cached[1] if cached else None))
         return self._cache[sort][1]
 
 
@@ -461,12 +493,17 @@ class ScheduleWords:
 
 class Ordered:
     """Rows in one order, and (made at the first search) their names as one text, one a line,
-    so that a name's substring is found by the text's own search rather than row by row."""
+    so that a name's substring is found by the text's own search rather than row by row.
+    `before`: the order it follows; of the same rows list, what it made that a refresh cannot
+    move (the names' text, the groupings by the entry's own fields) is taken over."""
 
-    def __init__(self, rows: list[IndexRow]) -> None:
+    def __init__(self, rows: list[IndexRow], before: Ordered | None = None) -> None:
         self.rows = rows
         self._text: tuple[str, list[int]] | None = None
         self._groups: dict[str, dict[Any, list[IndexRow]]] = {}
+        if before is not None and before.rows is rows:
+            self._text = before._text
+            self._groups = {f: g for f, g in before._groups.items() if f in ENTRY_FIELDS}
 
     def having(self, field: str, value: object) -> list[IndexRow]:
         """The rows whose `field` is `value`, in order (the rows grouped by that field at the
@@ -507,10 +544,12 @@ class Ordered:
         return found
 
 
-def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
+def filtered(ordered: Ordered, query: IndexQuery, by_name: Ordered | None = None) -> list[IndexRow]:
     """The rows that match `query`'s filters, in their order: a name's substring first when
     few rows hold it, else the rows of the narrowest exact filter (a look-up), then one pass
-    per filter left."""
+    per filter left. `by_name`: the same rows by name, whose names' text outlives the other
+    orders (a refresh makes those again): a name's few rows are found there, then put in
+    `ordered`'s order."""
     exact = [
         (field, value)
         for field, value in (
@@ -523,9 +562,12 @@ def filtered(ordered: Ordered, query: IndexQuery) -> list[IndexRow]:
         if value is not None
     ]
     part = query.name
-    narrowed = ordered.containing(part) if part else None
+    searched = by_name if by_name is not None and query.sort in KEYS else ordered
+    narrowed = searched.containing(part) if part else None
     if narrowed is not None:
         rows, part = narrowed, ""
+        if searched is not ordered:  # by name; each order keeps ties by name (a stable sort)
+            rows.sort(key=KEYS[query.sort])
     elif exact:
         groups = [(ordered.having(field, value), field) for field, value in exact]
         rows, first = min(groups, key=lambda group: len(group[0]))

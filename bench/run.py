@@ -150,9 +150,10 @@ def run_job(module: str, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("unavailable"):
         return {"error": params["unavailable"], "params": _public(params)}
     command = [sys.executable, "-m", "bench.common", module, json.dumps(params)]
-    done = run_command(command, JOB_TIMEOUT)
+    timeout = params.get("timeout_s", JOB_TIMEOUT)  # a job that needs longer says so
+    done = run_command(command, timeout)
     if done.timed_out:
-        return {"error": f"timed out after {JOB_TIMEOUT} s", "params": _public(params)}
+        return {"error": f"timed out after {timeout} s", "params": _public(params)}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             result = json.loads(line[len(RESULT_MARK) :])

@@ -9,11 +9,14 @@ from bench import consolereport, plan
 from bench.scenarios.console import pages
 
 
-def test_the_full_run_times_every_page_at_100000_entries_and_five_interleaved_load_runs() -> None:
+def test_the_full_run_times_every_page_at_100000_and_1000000_entries_and_five_load_runs() -> None:
     jobs = [params for group, _, params in plan.jobs(False) if group == "console"]
+    longer = {"count": 1_000_000, "timeout_s": 2_400}
     assert jobs == [
         {"url": "sqlite", "mode": "pages", "count": 100_000, "requests": 100},
         {"url": "redis", "mode": "pages", "count": 100_000, "requests": 100},
+        {"url": "sqlite", "mode": "pages", **longer, "requests": 100},
+        {"url": "redis", "mode": "pages", **longer, "requests": 100},
         {"url": "sqlite", "mode": "load", "count": 10_000, "window": 20, "runs": 5},
         {"url": "redis", "mode": "load", "count": 10_000, "window": 20, "runs": 5},
     ]

@@ -576,3 +576,29 @@ def test_an_entrys_audit_log_is_read_by_its_index_however_long_the_whole_log(
         backend.close()
     small, large = costs
     assert large <= small * 1.5 + 10, (small, large)
+
+
+def test_the_leaders_read_of_new_control_records_costs_the_same_however_long_the_log(
+    tmp_path: Path,
+) -> None:
+    """The leader reads the trigger, backfill and resume records written since its last read
+    every 5 s: as much work beside 50 older records of runtime entries' changes as beside
+    5,000 (an import of 1,000,000 entries leaves 1,000,000; walking them took 2 s a read)."""
+    costs = []
+    for others in (50, 5000):
+        backend = SQLiteBackend(tmp_path / f"{others}.db")
+        at = datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+        older = [
+            AuditRecord(f"o{n:05}", at + timedelta(seconds=n), "entry.add", f"x{n}", "ops", {})
+            for n in range(others)
+        ]
+        resumed = AuditRecord("resumed", at + timedelta(hours=3), "resume", "e", "ops", {})
+        for record in [*older, resumed]:
+            backend.record_audit(record)
+        since = at + timedelta(hours=2)
+        read = partial(backend.audit, None, since, 1000, controls_only=True)
+        assert [r.id for r in read()] == ["resumed"]
+        costs.append(steps(backend, read))
+        backend.close()
+    small, large = costs
+    assert large <= small * 1.5 + 10, (small, large)
