@@ -462,7 +462,11 @@ class EntryIndex:
         rows = self._rows
         if sort == "name":
             if self._by_name[0] != self._changes:
-                self._by_name = (self._changes, [rows[name] for name in self._names])
+                # a reload sorts the names once at its end: until then a row it removed may
+                # still be named (and one it added not yet), so a page between shows the rows
+                # that are there
+                named = (rows.get(name) for name in self._names)
+                self._by_name = (self._changes, [row for row in named if row is not None])
             ordered = self._by_name[1]
         elif self._orders_at == self._changes:  # the refresh's order holds exactly these rows
             ordered = self._orders[sort]

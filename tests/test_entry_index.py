@@ -4,6 +4,7 @@ clock: built from the files and the runtime entries, fed by the change feed, ref
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from beatd.backends import Backend, open_backend
 from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
+from beatd.entry_feed import Taken
 from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery, Ordered
 from beatd.history import EntrySummary
 from beatd.http.context import ApiContext
@@ -515,3 +517,58 @@ def test_a_name_part_is_searched_in_the_names_text_made_once_whatever_the_order(
         assert made == [25]
     finally:
         index.close()
+
+
+def _pages_between_row_changes(index: EntryIndex) -> list[BaseException]:
+    """Makes a request thread ask for a page between each two row changes of a reload, as the
+    API's threads may at any moment; the errors they met."""
+    errors: list[BaseException] = []
+    replace = index._replace
+
+    def page() -> None:
+        try:
+            index.page(IndexQuery())
+            index.failing()
+        except Exception as error:
+            errors.append(error)
+
+    def replaced(*args: Any, **kwargs: Any) -> bool:
+        changed = replace(*args, **kwargs)
+        asking = threading.Thread(target=page)
+        asking.start()
+        asking.join()
+        return changed
+
+    index._replace = replaced  # type: ignore[method-assign]
+    return errors
+
+
+def test_a_page_asked_while_a_feed_reload_drops_rows_answers(
+    broker: str, store: Backend, config: Config
+) -> None:
+    add(store, "report-a", every="2h")
+    add(store, "report-b", every="3h")
+    index = built(broker, config, FakeClock(T0))
+    a, b = index._rows["report-a"], index._rows["report-b"]
+    errors = _pages_between_row_changes(index)
+    index._rebuild(
+        Taken(
+            True, {"report-b": b.entry, "report-c": a.entry}, {"report-b": b.version, "report-c": 1}
+        )
+    )
+    index.close()
+    assert errors == []
+    assert "report-a" not in names(index) and "report-c" in names(index)
+
+
+def test_a_page_asked_while_a_reload_drops_a_file_entry_answers(
+    broker: str, config: Config
+) -> None:
+    index = built(broker, config, FakeClock(T0))
+    errors = _pages_between_row_changes(index)
+    before = index._files
+    index._files = {name: entry for name, entry in before.items() if name != "tick"}
+    index._files_changed(before)
+    index.close()
+    assert errors == []
+    assert "tick" in before and "tick" not in names(index)
