@@ -220,6 +220,7 @@ def test_retry_then_delete_a_dead_letter(server: ConsoleServer, browser: Browser
         what="the retried run to fail again and be dead-lettered",
     )
     driver.get(server.url("/ui/dead"))
+    assert unnamed_controls(driver) == []  # a letter's own controls (the page check sees none)
     driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Delete {letter}']").click()
     alert = WebDriverWait(driver, 10).until(lambda d: d.switch_to.alert)
     assert alert.text == f"Delete the dead letter {letter} for good?"
