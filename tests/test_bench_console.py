@@ -3,10 +3,11 @@ times, and the report's targets."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bench import consolereport, plan
-from bench.scenarios.console import pages
+from bench.scenarios.console import _timed, pages
 
 
 def test_the_full_run_times_every_page_at_100000_and_1000000_entries_and_five_load_runs() -> None:
@@ -81,3 +82,24 @@ def test_the_targets_take_the_worst_page_and_the_larger_of_10_percent_and_5_ms()
 
 def test_a_run_without_the_console_scenario_says_so() -> None:
     assert consolereport.section({}) == "Not measured in this run.\n"
+
+
+class _Answering:
+    """A console that answers every GET at once and notes when it was asked."""
+
+    host = "127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def get(self, path: str, connection: Any = None) -> tuple[int, str]:
+        self.asked.append(time.monotonic())
+        return 200, "ok"
+
+
+def test_the_pages_can_be_timed_with_a_gap_between_the_requests() -> None:
+    console = _Answering()
+    figures = _timed(console, "/ui/", 5, budget=60.0, gap=0.05)  # type: ignore[arg-type]
+    assert figures["n"] == 5
+    apart = [b - a for a, b in zip(console.asked[1:], console.asked[2:], strict=False)]
+    assert len(apart) == 4 and min(apart) >= 0.05
