@@ -376,14 +376,9 @@ class EntryIndex:
                 return row is not None
             if row is not None and row.entry is entry and row.version == version:
                 return False
-            source = API_SOURCE if entry.source == API_SOURCE else "file"
-            text = (words or ScheduleWords()).of(entry.schedule)
-            fresh = IndexRow(name, source, entry, text, version, entry.task, entry.queue)
-            if row is not None:  # the figures stay; the next due follows the new definition
-                fresh.last_status, fresh.last_duration_s = row.last_status, row.last_duration_s
-                fresh.failures, fresh.paused, fresh.horizon = row.failures, row.paused, row.horizon
-            elif not bulk:
+            if row is None and not bulk:
                 insort(self._names, name)
+            fresh = _new_row(name, entry, version, row, words or ScheduleWords())
             _next_due(fresh, fresh.horizon, now or self.clock.now(), nexts)
             self._rows[name] = fresh
             self._fresh.add(name)
@@ -421,29 +416,16 @@ class EntryIndex:
         return IndexPage(len(found), found[query.offset : query.offset + query.limit], tag)
 
     def overdue(self, now: datetime) -> list[IndexRow]:
-        """The rows overdue at `now` (IndexRow.overdue), by next due: only the rows whose next
-        due has passed are looked at."""
+        """The rows overdue at `now` (IndexRow.overdue), by next due."""
         with self._lock:
             ordered = self._ordered("next_due")
-        limit, found = now.timestamp(), []
-        for row in ordered.rows:
-            if row.due_ts > limit:
-                break
-            if row.overdue(now):
-                found.append(row)
-        return found
+        return _overdue_in(ordered, now)
 
     def failing(self) -> list[IndexRow]:
-        """The rows failing (IndexRow.failing), by name: only the rows whose last run ended
-        failed or dead-lettered are looked at."""
+        """The rows failing (IndexRow.failing), by name."""
         with self._lock:
             ordered = self._ordered("name")
-        ended = [
-            row
-            for status in sorted(FAILED_FINALLY)
-            for row in ordered.having("last_status", status)
-        ]
-        return sorted((row for row in ended if row.failing), key=lambda row: row.name)
+        return _failing_in(ordered)
 
     def rows(self) -> list[IndexRow]:
         """Every row, by name."""
@@ -451,32 +433,78 @@ class EntryIndex:
             return self._ordered("name").rows
 
     def _ordered(self, sort: str) -> Ordered:
-        """Every row in the order `sort` names (call with the lock held): computed once per
-        change of the rows, then shared (never changed: a change makes a new one). A pass over
-        the rows only when one was added, replaced or removed since the order was made: after
-        a refresh that moved figures only, the refresh's orders and the name order are taken
-        as they are."""
+        """Every row in the order `sort` names (call with the lock held): made once per change
+        of the rows, then shared (a change makes a new one); after a refresh that moved figures
+        only, the refresh's orders and the name order are taken as they are."""
         cached = self._cache.get(sort)
         if cached is not None and cached[0] == self._generation:
             return cached[1]
         rows = self._rows
         if sort == "name":
             if self._by_name[0] != self._changes:
-                # a reload sorts the names once at its end: until then a row it removed may
-                # still be named (and one it added not yet), so a page between shows the rows
-                # that are there
-                named = (rows.get(name) for name in self._names)
-                self._by_name = (self._changes, [row for row in named if row is not None])
+                self._by_name = (self._changes, _held(rows, self._names))
             ordered = self._by_name[1]
         elif self._orders_at == self._changes:  # the refresh's order holds exactly these rows
             ordered = self._orders[sort]
         else:
-            key = KEYS[sort]
-            known = (r for r in self._orders[sort] if rows.get(r.name) is r)
-            fresh = sorted((rows[n] for n in sorted(self._fresh) if n in rows), key=key)
-            ordered = list(_merged(known, fresh, key)) if fresh else list(known)
+            ordered = _with_fresh(self._orders[sort], rows, self._fresh, KEYS[sort])
         self._cache[sort] = (self._generation, Ordered(ordered, cached[1] if cached else None))
         return self._cache[sort][1]
+
+
+def _held(rows: dict[str, IndexRow], names: list[str]) -> list[IndexRow]:
+    """The rows of `names` that are held. A reload sorts the names once at its end: until then
+    a row it removed may still be named (and one it added not yet named), so a page asked in
+    between shows the rows that are there."""
+    named = (rows.get(name) for name in names)
+    return [row for row in named if row is not None]
+
+
+def _with_fresh(
+    order: list[IndexRow],
+    rows: dict[str, IndexRow],
+    fresh: set[str],
+    key: Callable[[IndexRow], Any],
+) -> list[IndexRow]:
+    """`order`, a refresh's, without the rows replaced or removed since, and with the rows
+    added or replaced since (`fresh`) merged in by `key`."""
+    known = (row for row in order if rows.get(row.name) is row)
+    added = sorted((rows[name] for name in sorted(fresh) if name in rows), key=key)
+    return list(_merged(known, added, key)) if added else list(known)
+
+
+def _new_row(
+    name: str, entry: Entry, version: int | None, before: IndexRow | None, words: ScheduleWords
+) -> IndexRow:
+    """`name`'s row for `entry`: the figures of the row `before` it stay (the next due is the
+    caller's to compute, from the new definition)."""
+    source = API_SOURCE if entry.source == API_SOURCE else "file"
+    row = IndexRow(name, source, entry, words.of(entry.schedule), version, entry.task, entry.queue)
+    if before is not None:
+        row.last_status, row.last_duration_s = before.last_status, before.last_duration_s
+        row.failures, row.paused, row.horizon = before.failures, before.paused, before.horizon
+    return row
+
+
+def _overdue_in(ordered: Ordered, now: datetime) -> list[IndexRow]:
+    """The rows of `ordered` (by next due) overdue at `now`: only those whose next due has
+    passed are looked at."""
+    limit, found = now.timestamp(), []
+    for row in ordered.rows:
+        if row.due_ts > limit:
+            break
+        if row.overdue(now):
+            found.append(row)
+    return found
+
+
+def _failing_in(ordered: Ordered) -> list[IndexRow]:
+    """The rows of `ordered` failing, by name: only those whose last run ended failed or
+    dead-lettered are looked at."""
+    ended = (
+        row for status in sorted(FAILED_FINALLY) for row in ordered.having("last_status", status)
+    )
+    return sorted((row for row in ended if row.failing), key=lambda row: row.name)
 
 
 class ScheduleWords:
