@@ -129,6 +129,15 @@ class SentinelCluster:
         return f"{scheme}://{hosts}/{SERVICE}/0{options}"
 
     def start(self) -> SentinelCluster:
+        """Every process started and seeing the others; what was started is stopped again if
+        the set does not come up (a failed fixture's servers outlived the test run)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelCluster:
         self.primary.start()
         if not self.tls:  # a server whose port was taken meanwhile started on another
             self.reach["primary"] = self.primary.port

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.redis_sentinel import SentinelCluster, SentinelProcess
 from tests.redis_server import EPHEMERAL, RedisServer, free_port
 
 
@@ -31,3 +34,15 @@ def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Pat
     finally:
         late.stop()
         holder.stop()
+
+
+def test_a_sentinel_set_that_does_not_come_up_leaves_no_server_running(tmp_path: Path) -> None:
+    cluster = SentinelCluster(tmp_path, persistent=False)
+
+    def refused(*args: object) -> SentinelProcess:
+        raise RuntimeError("this sentinel does not start")
+
+    cluster.sentinels[0].start = refused  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="this sentinel does not start"):
+        cluster.start()
+    assert cluster.primary.process is None and cluster.replica.process is None
