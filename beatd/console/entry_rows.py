@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,18 +44,16 @@ class Rendered:
 
     @classmethod
     def of(cls, data: Mapping[str, Any], tag: str | None) -> Rendered:
-        entries = data["entries"]
-        hrefs = entry_links([entry["name"] for entry in entries])
-        rows, dues = [], []
-        for entry, link in zip(entries, hrefs, strict=True):
-            due = parse_stamp(entry.get("next_due"))
-            if due is not None:
-                dues.append(due)
-            shown = None if due is None else Moment(f"{due:%Y-%m-%dT%H:%M:%SZ}", HOLE)
-            duration = seconds_text(entry.get("last_duration_s"))
-            rows.append({**entry, "href": link, "next": shown, "duration": duration})
-        html = current_app.jinja_env.get_template(TEMPLATE).render(rows=rows)
-        parts = html.split(HOLE)
+        dues: list[datetime] = []  # in the rows' order, as `_html` shows them
+
+        def held_open(stamp: str | None) -> Moment | None:
+            due = parse_stamp(stamp)
+            if due is None:
+                return None
+            dues.append(due)
+            return Moment(f"{due:%Y-%m-%dT%H:%M:%SZ}", HOLE)
+
+        parts = _html(data["entries"], held_open).split(HOLE)
         if len(parts) != len(dues) + 1:  # a text held the hole's mark: not kept, never wrong
             return cls(None, data, [], [])
         return cls(tag, data, parts, dues)
@@ -72,13 +70,20 @@ class Rendered:
 
 
 def _rendered_at(data: Mapping[str, Any], moment: datetime) -> str:
-    entries = data["entries"]
+    """The rows of `data` rendered afresh, as they read at `moment`."""
+    return _html(data["entries"], lambda stamp: Moment.of(stamp, moment))
+
+
+def _html(
+    entries: Sequence[Mapping[str, Any]], shown_next: Callable[[str | None], Moment | None]
+) -> str:
+    """The rows of `entries`, each next due shown as `shown_next` makes it."""
     hrefs = entry_links([entry["name"] for entry in entries])
     rows = [
         {
             **entry,
             "href": link,
-            "next": Moment.of(entry.get("next_due"), moment),
+            "next": shown_next(entry.get("next_due")),
             "duration": seconds_text(entry.get("last_duration_s")),
         }
         for entry, link in zip(entries, hrefs, strict=True)
