@@ -49,13 +49,16 @@ class ApiServer:
             ident="beatd",
             clear_untrusted_proxy_headers=True,
             expose_tracebacks=False,
-            asyncore_loop_timeout=0.25,  # how soon stop() ends the loop; 4 idle wake-ups a second
+            # waitress takes whole seconds (it casts to int: 0.25 made a loop that never
+            # waited, a core and the GIL taken from the scheduler); stop() wakes it at once
+            asyncore_loop_timeout=1,
             **proxy,
         )
         if not isinstance(server, BaseWSGIServer):  # one host and port: one listening socket
             raise TypeError(f"unexpected waitress server {server!r}")
         self._server = server
         self._channels: Any = vars(server)["_map"]  # the connections stop() must close
+        self._trigger: Any = vars(server)["trigger"]  # wakes the loop (its stub says int)
         self.host = settings.host
         listening = server.socket
         if listening is None:
@@ -75,6 +78,12 @@ class ApiServer:
 
     def stop(self) -> None:
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
+        if self._thread.is_alive():  # closed by the loop's own thread, woken by its trigger
+            self._trigger.pull_trigger(self._close)
+            self._thread.join(timeout=5)
+        if self._channels:  # never started, or its loop did not answer
+            self._close()
+
+    def _close(self) -> None:
         self._server.close()
         wasyncore.close_all(self._channels)
-        self._thread.join(timeout=5)
