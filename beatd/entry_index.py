@@ -10,7 +10,8 @@ What it holds comes from three places, each read as cheaply as it changes:
   entry is read or built twice), or, without a scheduler (tools, tests), from a view of its own
   that follows the backend's change feed: one read per change, every entry read again only on
   `reload`;
-- the persisted horizons, the runs' summaries and the controls, read in bulk by `refresh`, at
+- the persisted horizons, the runs' summaries and the controls, read by `refresh` in pieces of
+  REFRESH_PIECE entries, each after a gap in the scheduling loop's rounds (`beatd.turns`), at
   most every `interval` seconds and never more than a fifth of the time (a refresh that took
   1 s waits 4 s): a row's next due time is recomputed only when its horizon or definition
   changed, so a refresh costs a schedule step per entry that moved, not per entry.
@@ -43,11 +44,13 @@ from beatd.history import FAILED_FINALLY, EntrySummary
 from beatd.runtime_entries import API_SOURCE
 from beatd.schedules import Schedule
 from beatd.state import EntryState
+from beatd.turns import LoopTurns
 
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 5.0  # seconds between two bulk reads of horizons, summaries and controls
 REFRESH_SHARE = 0.2  # at most this share of the time spent refreshing
+REFRESH_PIECE = 500  # entries read and refreshed at a time: a few ms of the GIL
 FEED_INTERVAL = 1.0  # seconds between two reads of the change feed
 SORTS = ("name", "next_due", "last_status")
 _LAST = "\U0010ffff"  # sorts after every status
@@ -164,8 +167,11 @@ class EntryIndex:
         interval: float = REFRESH_INTERVAL,
         feed_interval: float = FEED_INTERVAL,
         view: RuntimeView | None = None,
+        turns: LoopTurns | None = None,
     ) -> None:
         self._open_backend = open_backend
+        # each piece of a refresh waits for a gap in the scheduling loop's rounds
+        self._wait_gap = turns.wait_gap if turns is not None else _no_wait
         self._config = config
         self.clock = clock
         self.interval = interval
@@ -262,20 +268,17 @@ class EntryIndex:
 
     def refresh(self) -> None:
         """Read the horizons, summaries and controls of every entry, and recompute the next
-        due times that moved and the orders."""
+        due times that moved and the orders, a piece at a time (`_refresh_pieces`)."""
         store = self.store()
         started = self.clock.monotonic()
-        states = store.load_states()
-        summaries = store.summaries(None)
-        controls = store.load_controls(None)
         now, nexts = self.clock.now(), NextDues()
         with self._lock:
             rows, changes = self._ordered("name").rows, self._changes
-        moved, shown = _refresh_rows(rows, states, summaries, controls, now, nexts)
+        moved, shown = _refresh_pieces(store, rows, now, nexts, self._wait_gap)
         with self._lock:
             stale = self._fresh or any(len(o) != len(rows) for o in self._orders.values())
         if moved or stale:
-            orders = {key: sorted(rows, key=sort_key) for key, sort_key in KEYS.items()}
+            orders = _sorted_orders(rows, self._wait_gap)
             taken = {row.name: row for row in rows}
             with self._lock:
                 self._orders = orders  # rows added or replaced since the snapshot stay fresh
@@ -620,6 +623,42 @@ def _merged(
     seen = {row.name for row in fresh}
     rest = (r for r in known if r.name not in seen)
     return heapq.merge(rest, fresh, key=lambda r: (key(r), r.name))
+
+
+def _refresh_pieces(
+    store: Backend,
+    rows: list[IndexRow],
+    now: datetime,
+    nexts: NextDues,
+    wait_gap: Callable[[], object],
+) -> tuple[bool, bool]:
+    """`_refresh_rows` of REFRESH_PIECE rows at a time, each after a gap, with the states and
+    summaries of its rows (every entry has them); the controls, which few entries have, read
+    at once (asked by name, they cost three times a state on Redis)."""
+    moved = shown = False
+    controls = store.load_controls(None)
+    for at in range(0, len(rows), REFRESH_PIECE):
+        wait_gap()
+        piece = rows[at : at + REFRESH_PIECE]
+        names = [row.name for row in piece]
+        read = (store.states_of(names), store.summaries(names))
+        piece_moved, piece_shown = _refresh_rows(piece, *read, controls, now, nexts)
+        moved, shown = moved or piece_moved, shown or piece_shown
+    return moved, shown
+
+
+def _sorted_orders(
+    rows: list[IndexRow], wait_gap: Callable[[], object]
+) -> dict[str, list[IndexRow]]:
+    orders = {}
+    for key, sort_key in KEYS.items():
+        wait_gap()
+        orders[key] = sorted(rows, key=sort_key)
+    return orders
+
+
+def _no_wait() -> None:
+    pass
 
 
 def _refresh_rows(

@@ -60,6 +60,7 @@ from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.node_reports import NodeIdentity, NodeReports, this_process
 from beatd.publisher import Publisher
 from beatd.steering import Steering
+from beatd.turns import LoopTurns
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class Scheduler:
         self.totals = Totals()
         self.planner = Planner(settings.tick_budget)
         self.wake = threading.Event()
+        self.turns = LoopTurns()  # the API's threads wait for a gap in this loop's rounds
         data_loss = DataLossRecovery(backend, settings.lease_ttl)
         self.leadership = Leadership(backend, clock, settings.leadership, self.totals, data_loss)
         identity = identity or this_process(api_addr=None)  # `node_reports.serving` sets it
@@ -185,13 +187,16 @@ class Scheduler:
         """Run until `stop` is set; raises StorageFailed (after stepping down) when the storage
         is gone or damaged."""
         while not stop.is_set():
+            self.turns.awake()
             delay = self.step()
             self._emit(Stepped(self.status()))
+            self.turns.sleeping(delay)
             self.clock.sleep(delay, self.wake)
             self.wake.clear()
         self.shutdown()
 
     def shutdown(self) -> None:
+        self.turns.stopped()
         self.leadership.release()
         self._emit(Stopped())
 
@@ -372,19 +377,15 @@ class Scheduler:
             log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
             self._emit(BackendDown(self.status()))
         else:
-            log.debug(
-                "backend %s still unavailable; next try in %.1f s",
-                self.backend.url,
-                self._backoff.delay,
-            )
+            delay = self._backoff.delay
+            log.debug("backend %s still unavailable; next try in %.1f s", self.backend.url, delay)
 
     def _storage_failed(self, exc: StorageFailed) -> None:
         """Gone or damaged storage is no outage to wait out: stop leading, say why, stop."""
         self._step_down()
         self.totals.backend_up = False
-        log.error(
-            "storage failed, stepping down and exiting with status %d: %s", exc.exit_status, exc
-        )
+        why = "storage failed, stepping down and exiting with status %d: %s"
+        log.error(why, exc.exit_status, exc)
         self._emit(BackendDown(self.status()))
 
     def _backend_recovered(self) -> None:

@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.failing",
             "beatd.steering",
             "beatd.holding",
+            "beatd.turns",  # the loop goes first: other threads wait for a gap (issue 19)
             "beatd.celery_listener",
             "beatd.amqp_relay",
             "beatd.amqp_relaying",  # when the leader relays (the relay split off: file size)

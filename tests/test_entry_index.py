@@ -17,12 +17,13 @@ from beatd.backends.base import BeatdQueue, Outgoing, StateWrite
 from beatd.clock import FakeClock
 from beatd.config import Config, load_config
 from beatd.entry_feed import Taken
-from beatd.entry_index import EntryIndex, IndexNotReady, IndexQuery, Ordered
+from beatd.entry_index import REFRESH_PIECE, EntryIndex, IndexNotReady, IndexQuery, Ordered
 from beatd.history import EntrySummary
 from beatd.http.context import ApiContext
 from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings
 from beatd.state import EntryState
+from beatd.turns import LoopTurns
 from tests.entries_backends import broker, redis_server
 from tests.test_history_cli import SCHEDULES, nightly_dead
 
@@ -572,3 +573,38 @@ def test_a_page_asked_while_a_reload_drops_a_file_entry_answers(
     index.close()
     assert errors == []
     assert "tick" in before and "tick" not in names(index)
+
+
+def test_a_refresh_reads_every_piece_of_many_entries(
+    broker: str, store: Backend, config: Config
+) -> None:
+    many = [f"r{n:04d}" for n in range(2 * REFRESH_PIECE + 100)]  # three pieces
+    store.put_entries([resolve_entry(n, {"task": "t.r", "every": "1h"}, now=T0) for n in many], "t")
+    store.pause([many[-1], many[REFRESH_PIECE]], "maintenance", None, "ops")  # third, second
+    index = built(broker, config, FakeClock(T0))
+    try:
+        assert names(index, paused=True, limit=5) == [many[REFRESH_PIECE], many[-1]]
+        assert index.page(IndexQuery(limit=1)).total == len(many) + len(config.entries)
+    finally:
+        index.close()
+
+
+def test_a_refresh_waits_for_gaps_in_the_loops_rounds(
+    broker: str, store: Backend, config: Config
+) -> None:
+    for n in range(REFRESH_PIECE + 10):
+        add(store, f"r{n:04d}")
+    turns = LoopTurns()
+    index = EntryIndex(lambda: open_backend(broker), lambda: config, FakeClock(T0), turns=turns)
+    try:
+        turns.awake()  # a round that goes on: each piece waits up to its limit (1 s)
+        refresh = threading.Thread(target=index.build)
+        refresh.start()
+        refresh.join(0.5)
+        assert refresh.is_alive() and not index.ready.is_set()
+        turns.sleeping(60.0)  # the loop sleeps with time to spare: the refresh goes on at once
+        refresh.join(5)
+        assert index.ready.is_set()
+        assert index.page(IndexQuery(limit=1)).total == REFRESH_PIECE + 10 + len(config.entries)
+    finally:
+        index.close()

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from beatd.http.server import ApiServer, ServerSettings
+from beatd.http.server import REQUEST_WAIT_S, ApiServer, ServerSettings, after_gaps
+from beatd.turns import LoopTurns
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -64,3 +65,22 @@ def test_stop_of_a_server_never_started_closes_its_port() -> None:
     served.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=2)
+
+
+def answered_in_s(port: int) -> float:
+    began = time.monotonic()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+        assert reply.read() == b"hello"
+    return time.monotonic() - began
+
+
+def test_a_request_waits_for_a_gap_in_the_loops_rounds_but_not_past_its_bound() -> None:
+    turns = LoopTurns()
+    served = ApiServer(after_gaps(hello, turns), ServerSettings("127.0.0.1", 0)).start()
+    try:
+        turns.awake()  # a round going on: each request waits for its end, at most its bound
+        assert REQUEST_WAIT_S <= answered_in_s(served.port) < 5.0
+        turns.sleeping(60.0)  # the loop sleeps with time to spare: answered at once
+        assert answered_in_s(served.port) < REQUEST_WAIT_S
+    finally:
+        served.stop()

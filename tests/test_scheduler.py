@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
 from beatd.config.model import Entry, MissedPolicy
 from beatd.errors import LeaseLost, NotApplied, Problem, TransientBackendError
+from beatd.events import Event, Stepped
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import CronSchedule, IntervalSchedule
 from beatd.state import EntryState
@@ -651,3 +653,27 @@ def test_runs_of_a_commit_known_not_applied_are_never_counted_as_published(
     # the refused commit held nothing in doubt, so the entry another writer moved is not ours
     assert sorted(m["entry"] for m in published(backend)) == ["b", "c"]
     assert beat.counts.total("published") == 2
+
+
+def test_while_the_loop_works_a_round_other_threads_wait_and_none_once_it_stops(
+    open_db: Callable[[], SQLiteBackend], clock: FakeClock
+) -> None:
+    stop = threading.Event()
+    seen: list[bool] = []
+
+    class MidRound:
+        def notify(self, event: Event) -> None:
+            if not isinstance(event, Stepped) or stop.is_set():
+                return
+            waiter = threading.Thread(target=lambda: beat.turns.wait_gap(0.05, 30.0))
+            waiter.start()
+            waiter.join(0.3)
+            seen.append(waiter.is_alive())  # the round is not over: the API's work waits
+            stop.set()
+
+    cfg = config(every("tick", 10))
+    settings = SchedulerSettings(node="a")
+    beat = Scheduler(open_db(), lambda: cfg, clock, settings, observers=[MidRound()])
+    beat.run(stop)
+    assert seen == [True]
+    assert beat.turns.wait_gap(0.05, 30.0) < 1.0  # stopped: nothing to wait for

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
+from beatd.turns import GAP_S, LoopTurns
+
 log = logging.getLogger(__name__)
+
+REQUEST_WAIT_S = 0.25  # at most this long a request waits for a gap in the loop's rounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +92,16 @@ class ApiServer:
     def _close(self) -> None:
         self._server.close()
         wasyncore.close_all(self._channels)
+
+
+def after_gaps(app: Any, turns: LoopTurns) -> Callable[..., Iterable[bytes]]:
+    """`app` answering each request in a gap of the scheduling loop's rounds (`beatd.turns`):
+    a page rendered beside a round that publishes would make the round later. A request waits
+    at most REQUEST_WAIT_S."""
+
+    def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        turns.wait_gap(GAP_S, REQUEST_WAIT_S)
+        result: Iterable[bytes] = app(environ, start_response)
+        return result
+
+    return answer
