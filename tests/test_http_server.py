@@ -67,20 +67,31 @@ def test_stop_of_a_server_never_started_closes_its_port() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=2)
 
 
-def answered_in_s(port: int) -> float:
+def answered_in_s(port: int, method: str = "GET") -> float:
     began = time.monotonic()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+    asked = urllib.request.Request(f"http://127.0.0.1:{port}/", method=method)
+    with urllib.request.urlopen(asked, timeout=10) as reply:
         assert reply.read() == b"hello"
     return time.monotonic() - began
 
 
-def test_a_request_waits_for_a_gap_in_the_loops_rounds_but_not_past_its_bound() -> None:
+def test_a_read_waits_for_a_gap_in_the_loops_rounds_but_not_past_its_bound() -> None:
     turns = LoopTurns()
     served = ApiServer(after_gaps(hello, turns), ServerSettings("127.0.0.1", 0)).start()
     try:
-        turns.awake()  # a round going on: each request waits for its end, at most its bound
+        turns.awake()  # a round going on: each read waits for its end, at most its bound
         assert REQUEST_WAIT_S <= answered_in_s(served.port) < 5.0
         turns.sleeping(60.0)  # the loop sleeps with time to spare: answered at once
         assert answered_in_s(served.port) < REQUEST_WAIT_S
+    finally:
+        served.stop()
+
+
+def test_a_write_goes_at_once_even_while_the_loop_works() -> None:
+    turns = LoopTurns()
+    served = ApiServer(after_gaps(hello, turns), ServerSettings("127.0.0.1", 0)).start()
+    try:
+        turns.awake()  # an import's requests must not each wait while the leader applies it
+        assert answered_in_s(served.port, "POST") < REQUEST_WAIT_S
     finally:
         served.stop()

@@ -20,7 +20,8 @@ from beatd.turns import GAP_S, LoopTurns
 
 log = logging.getLogger(__name__)
 
-REQUEST_WAIT_S = 0.25  # at most this long a request waits for a gap in the loop's rounds
+REQUEST_WAIT_S = 0.25  # at most this long a read waits for a gap in the loop's rounds
+READS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +96,14 @@ class ApiServer:
 
 
 def after_gaps(app: Any, turns: LoopTurns) -> Callable[..., Iterable[bytes]]:
-    """`app` answering each request in a gap of the scheduling loop's rounds (`beatd.turns`):
-    a page rendered beside a round that publishes would make the round later. A request waits
-    at most REQUEST_WAIT_S."""
+    """`app` answering each read (GET, HEAD) in a gap of the scheduling loop's rounds
+    (`beatd.turns`): a page rendered beside a round that publishes would make the round later.
+    A read waits at most REQUEST_WAIT_S. Writes go at once: an operator waits on each, and an
+    import's requests would each wait while the leader applies the import before them."""
 
     def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        turns.wait_gap(GAP_S, REQUEST_WAIT_S)
+        if environ.get("REQUEST_METHOD") in READS:
+            turns.wait_gap(GAP_S, REQUEST_WAIT_S)
         result: Iterable[bytes] = app(environ, start_response)
         return result
 
