@@ -171,7 +171,7 @@ class EntryIndex:
     ) -> None:
         self._open_backend = open_backend
         # each piece of a refresh waits for a gap in the scheduling loop's rounds
-        self._wait_gap = turns.wait_gap if turns is not None else _no_wait
+        self._wait_gap: Callable[[], float] = turns.wait_gap if turns is not None else _no_wait
         self._config = config
         self.clock = clock
         self.interval = interval
@@ -269,16 +269,14 @@ class EntryIndex:
     def refresh(self) -> None:
         """Read the horizons, summaries and controls of every entry, and recompute the next
         due times that moved and the orders, a piece at a time (`_refresh_pieces`)."""
-        store = self.store()
-        started = self.clock.monotonic()
-        now, nexts = self.clock.now(), NextDues()
+        started, gaps = self.clock.monotonic(), Gaps(self._wait_gap)
         with self._lock:
             rows, changes = self._ordered("name").rows, self._changes
-        moved, shown = _refresh_pieces(store, rows, now, nexts, self._wait_gap)
+        moved, shown = _refresh_pieces(self.store(), rows, self.clock.now, gaps)
         with self._lock:
             stale = self._fresh or any(len(o) != len(rows) for o in self._orders.values())
         if moved or stale:
-            orders = _sorted_orders(rows, self._wait_gap)
+            orders = _sorted_orders(rows, gaps)
             taken = {row.name: row for row in rows}
             with self._lock:
                 self._orders = orders  # rows added or replaced since the snapshot stay fresh
@@ -289,8 +287,9 @@ class EntryIndex:
         elif shown:  # a figure pages show moved, no order did: a cached page is stale
             with self._lock:
                 self._generation += 1
+        gaps()
         self._prepare()
-        self.refreshed_in = self.clock.monotonic() - started
+        self.refreshed_in = self.clock.monotonic() - started - gaps.waited  # the work's share
         wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
         self._next_refresh = started + wait
 
@@ -625,40 +624,49 @@ def _merged(
     return heapq.merge(rest, fresh, key=lambda r: (key(r), r.name))
 
 
+class Gaps:
+    """Waits for gaps in the scheduling loop's rounds (`beatd.turns`) before each piece of a
+    refresh, adding up the seconds waited, which the refresh's share of the time leaves out."""
+
+    def __init__(self, wait_gap: Callable[[], float]) -> None:
+        self._wait_gap = wait_gap
+        self.waited = 0.0
+
+    def __call__(self) -> None:
+        self.waited += self._wait_gap()
+
+
 def _refresh_pieces(
-    store: Backend,
-    rows: list[IndexRow],
-    now: datetime,
-    nexts: NextDues,
-    wait_gap: Callable[[], object],
+    store: Backend, rows: list[IndexRow], now: Callable[[], datetime], gap: Gaps
 ) -> tuple[bool, bool]:
     """`_refresh_rows` of REFRESH_PIECE rows at a time, each after a gap, with the states and
-    summaries of its rows (every entry has them); the controls, which few entries have, read
-    at once (asked by name, they cost three times a state on Redis)."""
+    summaries of its rows (every entry has them) and its own now (pieces may span seconds);
+    the controls, which few entries have, read at once (asked by name, they cost three times a
+    state on Redis)."""
     moved = shown = False
-    controls = store.load_controls(None)
+    controls, nexts = store.load_controls(None), NextDues()
     for at in range(0, len(rows), REFRESH_PIECE):
-        wait_gap()
+        gap()
         piece = rows[at : at + REFRESH_PIECE]
         names = [row.name for row in piece]
         read = (store.states_of(names), store.summaries(names))
-        piece_moved, piece_shown = _refresh_rows(piece, *read, controls, now, nexts)
+        piece_moved, piece_shown = _refresh_rows(piece, *read, controls, now(), nexts)
         moved, shown = moved or piece_moved, shown or piece_shown
     return moved, shown
 
 
-def _sorted_orders(
-    rows: list[IndexRow], wait_gap: Callable[[], object]
-) -> dict[str, list[IndexRow]]:
+def _sorted_orders(rows: list[IndexRow], gap: Gaps) -> dict[str, list[IndexRow]]:
+    """Each order, sorted after a gap (at 1,000,000 entries a sort holds the GIL for about a
+    second: one piece)."""
     orders = {}
     for key, sort_key in KEYS.items():
-        wait_gap()
+        gap()
         orders[key] = sorted(rows, key=sort_key)
     return orders
 
 
-def _no_wait() -> None:
-    pass
+def _no_wait() -> float:
+    return 0.0
 
 
 def _refresh_rows(

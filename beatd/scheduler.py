@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from beatd.adoption import Adoption
 from beatd.backends.base import Backend, Lease, StorageFailed
-from beatd.backoff import Backoff
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.config.model import Entry
@@ -58,6 +57,7 @@ from beatd.following import FeedFollower
 from beatd.holding import HeldEnds
 from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.node_reports import NodeIdentity, NodeReports, this_process
+from beatd.outage import BackendOutage
 from beatd.publisher import Publisher
 from beatd.steering import Steering
 from beatd.turns import LoopTurns
@@ -142,8 +142,7 @@ class Scheduler:
         grace = settings.removed_grace
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, grace, keep)
         self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock, keep)
-        self._backoff = Backoff(maximum=settings.max_backoff)
-        self._retry_at = 0.0  # monotonic: backoff after a backend error
+        self.outage = BackendOutage(clock, backend.url, self.totals, settings.max_backoff)
         self._reload_requested = False
         self._adopted = False
         self._files_before: Mapping[str, Entry] | None = None  # the files adopted, at a reload
@@ -186,17 +185,20 @@ class Scheduler:
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set; raises StorageFailed (after stepping down) when the storage
         is gone or damaged."""
-        while not stop.is_set():
-            self.turns.awake()
-            delay = self.step()
-            self._emit(Stepped(self.status()))
-            self.turns.sleeping(delay)
-            self.clock.sleep(delay, self.wake)
-            self.wake.clear()
+        try:
+            while not stop.is_set():
+                self.turns.awake()
+                delay = self.step()
+                self._emit(Stepped(self.status()))
+                self.turns.sleeping(delay)
+                self.clock.sleep(delay, self.wake)
+                self.wake.clear()
+        finally:
+            self.turns.stopped()  # raising too (StorageFailed): nothing waits for it any more
         self.shutdown()
 
     def shutdown(self) -> None:
-        self.turns.stopped()
+        self.turns.stopped()  # no round comes any more
         self.leadership.release()
         self._emit(Stopped())
 
@@ -205,7 +207,7 @@ class Scheduler:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        if self.clock.monotonic() >= self._retry_at:
+        if self.clock.monotonic() >= self.outage.retry_at:
             try:
                 if self._lead():
                     self._backend_recovered()
@@ -281,8 +283,8 @@ class Scheduler:
 
     def _delay(self) -> float:
         mono = self.clock.monotonic()
-        if self._retry_at > mono:
-            return self._retry_at - mono
+        if self.outage.retry_at > mono:
+            return self.outage.retry_at - mono
         deadlines = [self.leadership.wake_at, self.runtime.next_at]
         if self.lease is not None:
             for wake in (
@@ -370,30 +372,17 @@ class Scheduler:
         self._emit(SteppedDown(self.status()))
 
     def _backend_failed(self, exc: BackendError) -> None:
-        was_down = self._backoff.failing
-        self._retry_at = self.clock.monotonic() + self._backoff.failed()
-        self.totals.backend_up = False
-        if not was_down:
-            log.error("backend %s unavailable, retrying with backoff: %s", self.backend.url, exc)
+        if self.outage.failed(exc):
             self._emit(BackendDown(self.status()))
-        else:
-            delay = self._backoff.delay
-            log.debug("backend %s still unavailable; next try in %.1f s", self.backend.url, delay)
 
     def _storage_failed(self, exc: StorageFailed) -> None:
         """Gone or damaged storage is no outage to wait out: stop leading, say why, stop."""
         self._step_down()
-        self.totals.backend_up = False
-        why = "storage failed, stepping down and exiting with status %d: %s"
-        log.error(why, exc.exit_status, exc)
+        self.outage.storage_failed(exc)
         self._emit(BackendDown(self.status()))
 
     def _backend_recovered(self) -> None:
-        was_down = self._backoff.failing
-        self._backoff.succeeded()
-        self.totals.backend_up = True
-        if was_down:
-            log.info("backend %s reachable again", self.backend.url)
+        if self.outage.recovered():
             self._emit(BackendUp(self.status()))
 
 

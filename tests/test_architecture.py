@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.steering",
             "beatd.holding",
             "beatd.turns",  # the loop goes first: other threads wait for a gap (issue 19)
+            "beatd.outage",  # the backend down for the loop: backoff, logged once each way
             "beatd.celery_listener",
             "beatd.amqp_relay",
             "beatd.amqp_relaying",  # when the leader relays (the relay split off: file size)

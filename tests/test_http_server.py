@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from beatd.http.server import REQUEST_WAIT_S, ApiServer, ServerSettings, after_gaps
+from beatd.http.server import ApiServer, ServerSettings, answering
 from beatd.turns import LoopTurns
 
 
@@ -34,16 +34,12 @@ def thread_cpu_s(thread: threading.Thread) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serving_thread() -> threading.Thread:
-    return next(t for t in threading.enumerate() if t.name == "beatd-api")
-
-
 def test_an_idle_server_waits_for_its_sockets_instead_of_spinning(server: ApiServer) -> None:
     # every `beatd run` serves the API by default: a loop that polled its sockets without
     # waiting took most of a core, and the GIL from the scheduling loop, doing nothing
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/") as reply:
         assert reply.read() == b"hello"
-    thread = serving_thread()
+    thread = server.thread
     before = thread_cpu_s(thread)
     time.sleep(1.0)
     assert thread_cpu_s(thread) - before < 0.05  # a spinning loop used 0.7-1.0 s of it
@@ -51,10 +47,11 @@ def test_an_idle_server_waits_for_its_sockets_instead_of_spinning(server: ApiSer
 
 def test_stop_ends_the_serving_thread_and_closes_the_port() -> None:
     served = ApiServer(hello, ServerSettings("127.0.0.1", 0, threads=1)).start()
-    thread = serving_thread()
+    thread = served.thread
     with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/") as reply:
         assert reply.status == 200
     served.stop()
+    served.stop()  # a second stop finds nothing left to close
     assert not thread.is_alive()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=2)
@@ -67,31 +64,33 @@ def test_stop_of_a_server_never_started_closes_its_port() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=2)
 
 
-def answered_in_s(port: int, method: str = "GET") -> float:
-    began = time.monotonic()
-    asked = urllib.request.Request(f"http://127.0.0.1:{port}/", method=method)
-    with urllib.request.urlopen(asked, timeout=10) as reply:
-        assert reply.read() == b"hello"
-    return time.monotonic() - began
-
-
-def test_a_read_waits_for_a_gap_in_the_loops_rounds_but_not_past_its_bound() -> None:
+def test_answers_never_wait_for_the_loop_and_background_work_waits_for_them() -> None:
     turns = LoopTurns()
-    served = ApiServer(after_gaps(hello, turns), ServerSettings("127.0.0.1", 0)).start()
-    try:
-        turns.awake()  # a round going on: each read waits for its end, at most its bound
-        assert REQUEST_WAIT_S <= answered_in_s(served.port) < 5.0
-        turns.sleeping(60.0)  # the loop sleeps with time to spare: answered at once
-        assert answered_in_s(served.port) < REQUEST_WAIT_S
-    finally:
-        served.stop()
+    entered, release = threading.Event(), threading.Event()
 
+    def slow(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        entered.set()
+        release.wait(10)
+        return hello(environ, start_response)
 
-def test_a_write_goes_at_once_even_while_the_loop_works() -> None:
-    turns = LoopTurns()
-    served = ApiServer(after_gaps(hello, turns), ServerSettings("127.0.0.1", 0)).start()
+    served = ApiServer(answering(slow, turns), ServerSettings("127.0.0.1", 0)).start()
     try:
-        turns.awake()  # an import's requests must not each wait while the leader applies it
-        assert answered_in_s(served.port, "POST") < REQUEST_WAIT_S
+        turns.awake()
+        turns.sleeping(60.0)  # the loop sleeps long: only the answer holds background work
+        asked = threading.Thread(
+            target=urllib.request.urlopen, args=(f"http://127.0.0.1:{served.port}/",)
+        )
+        asked.start()
+        assert entered.wait(5)
+        assert turns.wait_gap(0.05, 0.3) >= 0.3  # an answer is being made: the piece waits
+        release.set()
+        asked.join(5)
+        assert turns.wait_gap(0.05, 5.0) < 1.0  # made: it goes at once
+        turns.awake()  # a round going on: an answer still goes at once
+        began = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=10) as reply:
+            assert reply.read() == b"hello"
+        assert time.monotonic() - began < 1.0
     finally:
+        release.set()
         served.stop()

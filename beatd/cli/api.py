@@ -24,7 +24,7 @@ from beatd.http import build_app
 from beatd.http.app import Access
 from beatd.http.context import ApiContext
 from beatd.http.metrics import ApiMetrics
-from beatd.http.server import ApiServer, ServerSettings, after_gaps
+from beatd.http.server import ApiServer, ServerSettings, answering
 from beatd.http.tokens import Scope, TokenFileError, TokenSource, new_token
 from beatd.metrics import parse_address
 from beatd.operations.status import totals_of
@@ -184,7 +184,7 @@ def start_api(
     hosts = allowed_hosts(host, port, api.allowed_hosts)
     access = Access(tokens, hosts, api.public_read, lambda why: metrics.refused.labels(why).inc())
     try:
-        app = metrics.wrap(after_gaps(build_app(context, access), scheduler.turns))
+        app = metrics.wrap(answering(build_app(context, access), scheduler.turns))
         settings = ServerSettings(host, port, trusted_proxy=api.trusted_proxy)
         server = ApiServer(app, settings).start()
     except OSError as exc:

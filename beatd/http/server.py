@@ -16,12 +16,9 @@ from typing import Any
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
-from beatd.turns import GAP_S, LoopTurns
+from beatd.turns import LoopTurns
 
 log = logging.getLogger(__name__)
-
-REQUEST_WAIT_S = 0.25  # at most this long a read waits for a gap in the loop's rounds
-READS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +67,10 @@ class ApiServer:
         if listening is None:
             raise TypeError("waitress made a server without a socket")
         self.port = int(listening.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, name="beatd-api", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="beatd-api", daemon=True)
 
     def start(self) -> ApiServer:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def _serve(self) -> None:
@@ -84,9 +81,9 @@ class ApiServer:
 
     def stop(self) -> None:
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-        if self._thread.is_alive():  # closed by the loop's own thread, woken by its trigger
+        if self.thread.is_alive():  # closed by the loop's own thread, woken by its trigger
             self._trigger.pull_trigger(self._close)
-            self._thread.join(timeout=5)
+            self.thread.join(timeout=5)
         if self._channels:  # never started, or its loop did not answer
             self._close()
 
@@ -95,16 +92,13 @@ class ApiServer:
         wasyncore.close_all(self._channels)
 
 
-def after_gaps(app: Any, turns: LoopTurns) -> Callable[..., Iterable[bytes]]:
-    """`app` answering each read (GET, HEAD) in a gap of the scheduling loop's rounds
-    (`beatd.turns`): a page rendered beside a round that publishes would make the round later.
-    A read waits at most REQUEST_WAIT_S. Writes go at once: an operator waits on each, and an
-    import's requests would each wait while the leader applies the import before them."""
+def answering(app: Any, turns: LoopTurns) -> Callable[..., Iterable[bytes]]:
+    """`app`, each answer counted in `turns` while it is made: the entry index's refreshes wait
+    for the answers (`beatd.turns`), which themselves never wait."""
 
     def answer(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") in READS:
-            turns.wait_gap(GAP_S, REQUEST_WAIT_S)
-        result: Iterable[bytes] = app(environ, start_response)
+        with turns.answering():
+            result: Iterable[bytes] = app(environ, start_response)
         return result
 
     return answer
