@@ -289,9 +289,10 @@ class EntryIndex:
                 self._generation += 1
         gaps()
         self._prepare()
-        self.refreshed_in = self.clock.monotonic() - started - gaps.waited  # the work's share
-        wait = max(self.interval, self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE)
-        self._next_refresh = started + wait
+        ended = self.clock.monotonic()
+        self.refreshed_in = max(0.0, ended - started - gaps.waited)  # its work, not its waits
+        rest = self.refreshed_in * (1 - REFRESH_SHARE) / REFRESH_SHARE
+        self._next_refresh = max(started + self.interval, ended + rest)
 
     def _prepare(self) -> None:
         """Make here, in the index's thread, what the first page after a refresh would

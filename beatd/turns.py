@@ -10,7 +10,8 @@ it is awake and when it next wakes (`LoopTurns.awake`, `LoopTurns.sleeping`), th
 while it answers (`LoopTurns.answering`), and background work, cut into pieces of a few
 milliseconds, waits before each piece until the loop sleeps with time to spare and no answer is
 being made (`LoopTurns.wait_gap`), never longer than a bound: slowed, never starved. Answers
-themselves never wait: an operator waits on each, and a page costs the loop a few milliseconds.
+themselves never wait: an operator waits on each, and at 10,000 entries a page costs a
+publishing round a few milliseconds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 GAP_S = 0.05  # seconds a piece of work may take before the loop's next wake
+MIN_GAP_S = 0.005  # ... or at least this, right after a round (due times closer than GAP_S)
 WAIT_LIMIT_S = 1.0  # seconds a piece waits at most: a loop awake for long (an import) slows it
 
 
@@ -67,15 +69,17 @@ class LoopTurns:
 
     def wait_gap(self, need: float = GAP_S, limit: float = WAIT_LIMIT_S) -> float:
         """Wait until no answer is being made and the loop sleeps, with at least `need` seconds
-        before its next wake or just after a round ended (a loop whose due times lie closer
-        than `need` never sleeps that long: its rounds are short), at most `limit` seconds;
-        returns the seconds waited."""
+        before its next wake, or MIN_GAP_S when a round ended since the last look (a loop whose
+        due times lie closer than `need` never sleeps that long: its rounds are short), at
+        most `limit` seconds; returns the seconds waited."""
         began = time.monotonic()
         give_up = began + limit
         with self._changed:
             rounds = self._rounds
             while (now := time.monotonic()) < give_up:
-                spare = self._wakes_at - now >= need or self._rounds != rounds
+                ended, rounds = self._rounds != rounds, self._rounds  # since the last look
+                left = self._wakes_at - now
+                spare = left >= need or (ended and left >= MIN_GAP_S)
                 if spare and not self._awake and not self._answering:
                     break
                 # until the loop has gone to sleep again, or the answers are made

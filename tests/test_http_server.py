@@ -86,11 +86,10 @@ def test_answers_never_wait_for_the_loop_and_background_work_waits_for_them() ->
         release.set()
         asked.join(5)
         assert turns.wait_gap(0.05, 5.0) < 1.0  # made: it goes at once
-        turns.awake()  # a round going on: an answer still goes at once
-        began = time.monotonic()
+        turns.awake()  # a round going on: an answer still goes at once, asking nothing
+        turns.wait_gap = None  # type: ignore[assignment,method-assign]  # called: TypeError
         with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=10) as reply:
             assert reply.read() == b"hello"
-        assert time.monotonic() - began < 1.0
     finally:
         release.set()
         served.stop()

@@ -668,7 +668,7 @@ def test_while_the_loop_works_a_round_other_threads_wait_and_none_once_it_stops(
             waiter = threading.Thread(target=lambda: beat.turns.wait_gap(0.05, 30.0))
             waiter.start()
             waiter.join(0.3)
-            seen.append(waiter.is_alive())  # the round is not over: the API's work waits
+            seen.append(waiter.is_alive())  # the round is not over: background work waits
             stop.set()
 
     cfg = config(every("tick", 10))

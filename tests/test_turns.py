@@ -1,4 +1,5 @@
-"""beatd.turns: other threads wait for a gap in the scheduling loop's work."""
+"""beatd.turns: background work waits for a gap in the scheduling loop's rounds and in the API's
+answers."""
 
 from __future__ import annotations
 
@@ -47,8 +48,28 @@ def test_work_waits_when_the_loop_wakes_within_what_it_needs() -> None:
     waiter.start()
     waiter.join(0.3)
     assert waiter.is_alive()  # it did not go in the last 10 ms before the loop's round
+    deadline = time.monotonic() + 5.0
+    while waiter.is_alive() and time.monotonic() < deadline:
+        turns.awake()
+        turns.sleeping(0.02)  # a round ended: the work goes, though the next is as close
+        waiter.join(0.05)
+    assert not waiter.is_alive()
+
+
+def test_a_round_that_ended_while_an_answer_was_made_is_no_gap_once_it_is_made() -> None:
+    turns = LoopTurns()
+    released: list[float] = []
+    with turns.answering():
+        waiter = threading.Thread(target=lambda: released.append(turns.wait_gap(0.05, 10.0)))
+        waiter.start()
+        time.sleep(0.05)
+        turns.awake()
+        turns.sleeping(0.03)  # a round ends while the answer is made: no gap for the work
+        time.sleep(0.025)
+    waiter.join(0.3)  # the answer made, the loop wakes within 5 ms or is overdue: still waits
+    assert waiter.is_alive()
     turns.awake()
-    turns.sleeping(0.01)  # a round ended: the work goes, though the next is as close
+    turns.sleeping(10.0)
     waiter.join(5)
     assert not waiter.is_alive()
 

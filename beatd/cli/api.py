@@ -184,7 +184,7 @@ def start_api(
     hosts = allowed_hosts(host, port, api.allowed_hosts)
     access = Access(tokens, hosts, api.public_read, lambda why: metrics.refused.labels(why).inc())
     try:
-        app = metrics.wrap(answering(build_app(context, access), scheduler.turns))
+        app = answering(metrics.wrap(build_app(context, access)), scheduler.turns)
         settings = ServerSettings(host, port, trusted_proxy=api.trusted_proxy)
         server = ApiServer(app, settings).start()
     except OSError as exc:
