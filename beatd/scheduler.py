@@ -198,7 +198,6 @@ class Scheduler:
         self.shutdown()
 
     def shutdown(self) -> None:
-        self.turns.stopped()  # no round comes any more
         self.leadership.release()
         self._emit(Stopped())
 

@@ -61,7 +61,7 @@ class ApiServer:
             raise TypeError(f"unexpected waitress server {server!r}")
         self._server = server
         self._channels: Any = vars(server)["_map"]  # the connections stop() must close
-        self._trigger: Any = vars(server)["trigger"]  # wakes the loop (its stub says int)
+        self._trigger: Any = vars(server)["trigger"]  # wakes the loop (typed int by types-waitress)
         self.host = settings.host
         listening = server.socket
         if listening is None:
