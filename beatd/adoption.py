@@ -125,6 +125,14 @@ class Adoption:
         self.publisher.resolve_doubts(states, list(self.publisher.in_doubt))
         self.publisher.readopt = False
 
+    def absent_found(self, lease: Lease, absent: Mapping[str, EntryState], now: datetime) -> None:
+        """An adoption in stages (beatd.staging) passed over the persisted states and found
+        `absent` (no entry configured has them): as `adopt` does, forget those removed for the
+        grace and keep the others' states, with those of entries the feed removed meanwhile."""
+        found = {**absent, **self.kept}
+        self._forget_removed(lease, list(found), now)
+        self.kept = {name: found[name] for name in self.removed.absent if name in found}
+
     def forget_expired(self, lease: Lease) -> bool:
         """Forget removed entries whose grace ran out since the adoption; True when the backend
         was asked."""

@@ -259,36 +259,41 @@ class Planner:
         the ones known; an entry missing from it has none). `pace` is called every
         `PACE` entries (the loop renews its lease there).
         """
-        baselines: list[EntryState] = []
-        times: dict[datetime, datetime] = {}  # one object per equal time of the states
-        nexts: NextFires = {}  # entries sharing a schedule and a horizon: one computation
-        for count, entry in enumerate(entries.values(), 1):
-            if pace is not None and count % PACE == 0:
-                pace()
-            current = self._slots.get(entry.name)
-            state = states.get(entry.name)  # persisted: a baseline not yet written is redone
-            if state is None or state.identity != entry.identity:
-                published = state.last_published if state else None
-                fresh = EntryState(entry.name, now, published, entry.identity)
-                baselines.append(fresh)
-                state = fresh
-            elif state.entry is not entry.name or state.identity is not entry.identity:
-                state = _shared(state, entry, times)
-            control = current.control if current is not None else NO_CONTROL
-            if controls is not None:
-                control = controls.get(entry.name, NO_CONTROL)
-            if (
-                current is not None
-                and current.entry == entry
-                and current.state == state
-                and current.control == control
-            ):
-                continue
-            self._track(entry, state, control, now, nexts)
+        baselines = self.take(entries.values(), states, now, controls, pace)
         removed = [name for name in self._slots if name not in entries]
         for name in removed:
             del self._slots[name]
         return baselines, removed
+
+    def take(
+        self,
+        entries: Iterable[Entry],
+        states: Mapping[str, EntryState],
+        now: datetime,
+        controls: Mapping[str, EntryControl] | None = None,
+        pace: Callable[[], None] | None = None,
+    ) -> list[EntryState]:
+        """`load` without removing the entries not in `entries`: a part of a configuration
+        (an adoption in stages, beatd.staging). The baselines to persist, as `load`'s."""
+        baselines: list[EntryState] = []
+        times: dict[datetime, datetime] = {}  # one object per equal time of the states
+        nexts: NextFires = {}  # entries sharing a schedule and a horizon: one computation
+        for count, entry in enumerate(entries, 1):
+            if pace is not None and count % PACE == 0:
+                pace()
+            current = self._slots.get(entry.name)
+            # persisted: a baseline not yet written is redone
+            state, fresh = _continued(entry, states.get(entry.name), now, times)
+            if fresh:
+                baselines.append(state)
+            control = current.control if current is not None else NO_CONTROL
+            if controls is not None:
+                control = controls.get(entry.name, NO_CONTROL)
+            same = (entry, state, control)
+            if current is not None and (current.entry, current.state, current.control) == same:
+                continue
+            self._track(entry, state, control, now, nexts)
+        return baselines
 
     def put(
         self, entry: Entry, now: datetime, persisted: EntryState | None = None
@@ -358,12 +363,7 @@ class Planner:
     def paused(self, now: datetime | None = None) -> list[str]:
         """The entries with a pause as the planner knows (for `beatd_entry_paused`): in force
         at `now`, if given."""
-        return [
-            n
-            for n, s in self._slots.items()
-            if (p := s.control.pause) is not None
-            and (now is None or (p.at <= now and (p.until is None or now < p.until)))
-        ]
+        return [n for n, s in self._slots.items() if _in_force(s.control.pause, now)]
 
     def refresh_controls(
         self, controls: Mapping[str, EntryControl], now: datetime, lifts: LiftsByEntry = NO_LIFTS
@@ -776,6 +776,27 @@ class _Walk:
         self.last_dropped = slot
         if self.first_dropped is None:
             self.first_dropped = slot
+
+
+def _in_force(pause: Pause | None, now: datetime | None) -> bool:
+    """Whether there is a pause, in force at `now` if given."""
+    if pause is None or now is None:
+        return pause is not None
+    return pause.at <= now and (pause.until is None or now < pause.until)
+
+
+def _continued(
+    entry: Entry, state: EntryState | None, now: datetime, times: dict[datetime, datetime]
+) -> tuple[EntryState, bool]:
+    """The state `entry` continues from: the persisted `state` when it measured the same
+    schedule (its values shared), else a new one starting from `now`, a baseline to write
+    (True)."""
+    if state is None or state.identity != entry.identity:
+        published = state.last_published if state else None
+        return EntryState(entry.name, now, published, entry.identity), True
+    if state.entry is not entry.name or state.identity is not entry.identity:
+        return _shared(state, entry, times), False
+    return state, False
 
 
 def _shared(state: EntryState, entry: Entry, times: dict[datetime, datetime]) -> EntryState:

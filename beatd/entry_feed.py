@@ -7,6 +7,11 @@ order in which changes are seen never matters: a page of changes costs one read 
 and a build per entry changed. A feed
 that says `reload` (this node was further behind than the feed keeps, or the storage was
 replaced) is answered by reading every entry again.
+
+The first read of every entry (at start) goes a page a poll, the feed followed beside it from
+its head at the read's start, so that a leader can publish (and adopt in stages,
+beatd.staging) while a million entries are read: each page's entries are held as read, and the
+names read are told to whoever follows them (`follow_reads`).
 """
 
 from __future__ import annotations
@@ -52,11 +57,13 @@ class EntryApplied(NamedTuple):
 
 class FeedRound(NamedTuple):
     """What one poll found: the entries changed, or `reloaded` (every entry read again); `more`:
-    the feed holds more after these (poll again)."""
+    the feed holds more after these (poll again); `reading`: the first read of every entry is
+    under way (the next poll reads its next page)."""
 
     changes: tuple[EntryApplied, ...] = ()
     reloaded: bool = False
     more: bool = False
+    reading: bool = False
 
 
 class Taken(NamedTuple):
@@ -117,10 +124,32 @@ class RuntimeView:
         self.lag: float | None = None  # seconds from the last put applied to its application
         self._lock = threading.Lock()  # held while the entries change and while a reader takes
         self._readers: list[ViewReader] = []
+        self._first: _FirstRead | None = None  # the first read of every entry, under way
+        self._reads: list[str] | None = None  # names read since `take_reads` (None: not told)
+        self.reloads = 0  # whole reads of every entry after the first (`_load_all`)
 
     @property
     def loaded(self) -> bool:
-        return self.cursor is not None
+        return self.cursor is not None and self._first is None
+
+    @property
+    def reading(self) -> bool:
+        """Whether the first read of every entry is under way."""
+        return self._first is not None
+
+    def follow_reads(self) -> list[str]:
+        """Every name held now; from now on the names the first read brings are kept for
+        `take_reads` (until `stop_reads`)."""
+        self._reads = []
+        return list(self.entries)
+
+    def take_reads(self) -> list[str]:
+        """The names the first read brought since the last call (see `follow_reads`)."""
+        reads, self._reads = self._reads or [], ([] if self._reads is not None else None)
+        return reads
+
+    def stop_reads(self) -> None:
+        self._reads = None
 
     @property
     def next_at(self) -> float:
@@ -167,16 +196,48 @@ class RuntimeView:
         once."""
         self._next_at = self.clock.monotonic() + self.interval
         page = self.store.entry_changes(self.cursor, self.changes_page)
-        if page.reload:
+        if page.reload and self._first is None and self.cursor is None and not self.entries:
+            self._first, self.cursor = _FirstRead(), page.cursor  # followed from here
+            return self._read_page(())
+        if page.reload and self._first is None:
             self._load_all(pace)
             self.cursor = page.cursor
             return FeedRound(reloaded=True)
+        if page.reload:  # the feed moved on past what it keeps during the first read
+            self._first = None
+            return self.poll(pace)  # read again, at once
         applied = self._apply(page.changes)
         self.cursor = page.cursor
         more = len(page.changes) >= self.changes_page
+        if self._first is not None:
+            return self._read_page(tuple(applied))
         if more:
             self._next_at = self.clock.monotonic()
         return FeedRound(tuple(applied), more=more)
+
+    def _read_page(self, applied: tuple[EntryApplied, ...]) -> FeedRound:
+        """The first read's next page, held as read: an entry the feed brought already is held
+        at the newer of the two versions."""
+        first = self._first
+        assert first is not None
+        stored = self.store.list_entries(first.after, self.page)
+        built = [(one, entry) for one in stored if (entry := _built(one, self.builder))]
+        with self._lock:
+            for one, entry in built:
+                if self._versions.get(one.name, 0) < one.version:
+                    self.entries[one.name], self._versions[one.name] = entry, one.version
+        if self._reads is not None:
+            self._reads += [one.name for one, _ in built]
+        if len(stored) == self.page:
+            first.after = stored[-1].name
+            self._next_at = self.clock.monotonic()  # the next page at once
+            return FeedRound(applied, reading=True)
+        self._first = None
+        with self._lock:
+            for reader in self._readers:
+                reader.reload, reader.changed = True, set()
+        log.info("read %d runtime entries", len(self.entries))
+        return FeedRound(applied, reloaded=True)
 
     def _apply(self, changes: Sequence[EntryChange]) -> list[EntryApplied]:
         latest = {change.name: change for change in changes}  # each name's last change
@@ -245,7 +306,15 @@ class RuntimeView:
             self.entries, self._versions, self.builder = entries, versions, builder
             for reader in self._readers:
                 reader.reload, reader.changed = True, set()
+        self.reloads += 1
         log.info("read %d runtime entries", len(entries))
+
+
+class _FirstRead:
+    """Where the first read of every entry is: the last name read."""
+
+    def __init__(self) -> None:
+        self.after = ""
 
 
 def _built(stored: RuntimeEntry, builder: EntryBuilder) -> Entry | None:

@@ -14,6 +14,7 @@ from beatd.config.model import Entry
 from beatd.core import Planner
 from beatd.entry_feed import EntryApplied, PlannedEntries, RuntimeView, file_paths, name_clashes
 from beatd.errors import ConfigError
+from beatd.staging import Stages, staged_change
 
 
 class FeedFollower:
@@ -23,9 +24,11 @@ class FeedFollower:
         planned: PlannedEntries,
         adoption: Adoption,
         clock: Clock,
+        stages: Stages,
         keep_alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.view = view
+        self.stages = stages  # an adoption in stages under way: its changes go there
         self.keep_alive = keep_alive  # renews the lease, if held, between a reload's pages
         self.planned = planned
         self.adoption = adoption
@@ -37,9 +40,11 @@ class FeedFollower:
         self, planner: Planner, lease: Lease | None, files: Mapping[str, Entry], checked: bool
     ) -> bool:
         """Read the feed to its head; apply each change to what is planned and, under `lease`
-        (leading, adopted), to `planner`. True when every runtime entry was read again (the plan
-        must be adopted again). `checked` False (at start): a file entry named like a runtime
-        entry raises the ConfigError naming both. LeaseLost: the lease is gone.
+        (leading, adopted or adopting in stages: `staging`), to `planner`: during a staging,
+        only the changes of entries staged (the others are staged later, as they are then).
+        True when every runtime entry was read again (the plan must be adopted again).
+        `checked` False (at start): a file entry named like a runtime entry raises the
+        ConfigError naming both. LeaseLost: the lease is gone.
 
         Under `lease`, one page of changes at most (`RuntimeView.changes_page`): the rest is
         read at the loop's next step, at once, after the due slots are published, so that a
@@ -55,7 +60,10 @@ class FeedFollower:
                 self.planned.use(files)
                 replan = True
             changes = [c for c in feed.changes if self.planned.apply(c)]
-            if changes and lease is not None and not replan:
+            staging = self.stages.staging
+            if staging is not None and lease is not None:
+                changes = staged_change(staging, planner, changes)
+            if changes and lease is not None and (not replan or staging is not None):
                 now = self.clock.now()
                 baselines = [b for c in changes if (b := self.adoption.apply(planner, c, now))]
                 self.adoption.baseline(planner, lease, baselines)

@@ -59,6 +59,7 @@ from beatd.leadership import Leadership, LeadershipSettings, Role
 from beatd.node_reports import NodeIdentity, NodeReports, this_process
 from beatd.outage import BackendOutage
 from beatd.publisher import Publisher
+from beatd.staging import Done, Stages
 from beatd.steering import Steering
 from beatd.turns import LoopTurns
 
@@ -141,7 +142,10 @@ class Scheduler:
         self.publisher.keep_alive = keep = self.leadership.keep_alive  # within work on every entry
         grace = settings.removed_grace
         self.adoption = Adoption(backend, clock, self.publisher, data_loss, grace, keep)
-        self.following = FeedFollower(self.runtime, self.planned, self.adoption, clock, keep)
+        self.stages = Stages(self.adoption, self.runtime, data_loss)
+        self.following = FeedFollower(
+            self.runtime, self.planned, self.adoption, clock, self.stages, keep
+        )
         self.outage = BackendOutage(clock, backend.url, self.totals, settings.max_backoff)
         self._reload_requested = False
         self._adopted = False
@@ -215,7 +219,7 @@ class Scheduler:
                 raise
             except BackendError as exc:
                 self._backend_failed(exc)
-        return self._delay()
+        return _delay(self)
 
     def _lead(self) -> bool:
         """Leadership, then (leading) adoption and publishing; True when the backend was
@@ -256,20 +260,24 @@ class Scheduler:
         return done.asked
 
     def _adopt(self, lease: Lease) -> None:
-        if not self.runtime.loaded:
+        if self.stages.stale:
+            self._unstage()  # every entry read again meanwhile: begin again
+        stages = self.stages.staging is not None
+        if not stages and not self.runtime.loaded and not self.stages.wanted(self.planner, None):
             return  # the runtime entries first: a plan without them would be adopted twice
         try:
             if not self.leadership.announce(self.config.fingerprint, self.planner):
                 self._stepped_down()
                 return
-            clash = self.following.register(lease, self.config.entries)
-            if clash is not None:
-                return self._refuse(clash)
+            if not stages:
+                clash = self.following.register(lease, self.config.entries)
+                if clash is not None:
+                    return self._refuse(clash)
             before, self._files_before = self._files_before, None
-            if before is not None and not self.publisher.readopt:
-                self.adoption.files_changed(self.planner, lease, before, self.planned)
-            else:
-                self.adoption.adopt(self.planned.entries, self.planner, lease)
+            done = self.stages.adopt(self.planner, lease, self.planned, before)
+            if done is Done.NOT_YET:
+                return
+            if done is Done.EVERY_ENTRY:
                 self.deadlines.adopt(self.planned.entries)
             self.leadership.keep_alive(now=True)  # a whole lease for its observers' long work
         except LeaseLost as exc:
@@ -280,24 +288,11 @@ class Scheduler:
         self._good = self.config
         self._emit(Adopted(self.config, self.planned.entries))  # then renewed when due, as ever
 
-    def _delay(self) -> float:
-        mono = self.clock.monotonic()
-        if self.outage.retry_at > mono:
-            return self.outage.retry_at - mono
-        deadlines = [self.leadership.wake_at, self.runtime.next_at]
-        if self.lease is not None:
-            for wake in (
-                self.planner.next_wake(),
-                self.adoption.removed.next_expiry(),
-                self.deadlines.next_at(),
-            ):
-                if wake is not None:
-                    deadlines.append(mono + (wake - self.clock.now()).total_seconds())
-            if (read := self.health.next_read()) is not None:
-                deadlines.append(read)
-        if self.settings.watchdog_interval:
-            deadlines.append(mono + self.settings.watchdog_interval / 2)
-        return max(0.0, min(deadlines) - mono)
+    def _unstage(self) -> None:
+        """Let a staging under way go, with what it planned."""
+        if self.stages.staging is not None:
+            self.stages.stop()
+            self.planner = Planner(self.settings.tick_budget)
 
     def _emit(self, event: Event) -> None:
         for observer in self.observers:
@@ -315,6 +310,7 @@ class Scheduler:
             self._reload_refused(exc)
             return False
         self._files_before = self.config.entries if self._adopted else self._files_before
+        self._unstage()  # staged with the files before: begin again
         self.config = config
         self.planned.use(config.entries)
         self.publisher.forget()
@@ -340,7 +336,8 @@ class Scheduler:
         self.publisher.forget()
 
     def _follow_feed(self) -> bool:
-        lease, files = self.lease if self._adopted else None, self.config.entries
+        under = self._adopted or self.stages.staging is not None
+        lease, files = self.lease if under else None, self.config.entries
         try:
             if self.following.follow(self.planner, lease, files, self._good is not None):
                 self._adopted, self._files_before = False, None
@@ -359,6 +356,7 @@ class Scheduler:
         assert lease is not None
         self.planner = Planner(self.settings.tick_budget)
         self._adopted, self._files_before = False, None
+        self.stages.stop()
         self._emit(BecameLeader(self.status(), lease.node, lease.epoch))
 
     def _step_down(self) -> None:
@@ -368,6 +366,7 @@ class Scheduler:
     def _stepped_down(self) -> None:
         self.publisher.in_doubt.clear()  # outcomes unknown for good: neither repeated nor counted
         self.planner = Planner(self.settings.tick_budget)
+        self.stages.stop()
         self._emit(SteppedDown(self.status()))
 
     def _backend_failed(self, exc: BackendError) -> None:
@@ -383,6 +382,31 @@ class Scheduler:
     def _backend_recovered(self) -> None:
         if self.outage.recovered():
             self._emit(BackendUp(self.status()))
+
+
+def _delay(scheduler: Scheduler) -> float:
+    """Seconds the loop sleeps: until the next due time, lease renewal or standby attempt,
+    read of the feed, removed entry's expiry, deadline or history read (half the watchdog
+    interval at most); none while an adoption in stages goes on or the backend is retried."""
+    mono = scheduler.clock.monotonic()
+    if scheduler.outage.retry_at > mono:
+        return scheduler.outage.retry_at - mono
+    deadlines = [scheduler.leadership.wake_at, scheduler.runtime.next_at]
+    if scheduler.lease is not None and scheduler.stages.staging is not None:
+        deadlines.append(mono)  # the next stage at once, due slots published in between
+    if scheduler.lease is not None:
+        for wake in (
+            scheduler.planner.next_wake(),
+            scheduler.adoption.removed.next_expiry(),
+            scheduler.deadlines.next_at(),
+        ):
+            if wake is not None:
+                deadlines.append(mono + (wake - scheduler.clock.now()).total_seconds())
+        if (read := scheduler.health.next_read()) is not None:
+            deadlines.append(read)
+    if scheduler.settings.watchdog_interval:
+        deadlines.append(mono + scheduler.settings.watchdog_interval / 2)
+    return max(0.0, min(deadlines) - mono)
 
 
 def _due(planner: Planner, clock: Clock) -> bool:

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "beatd.scheduler",
             "beatd.following",  # the loop follows the runtime entries (issue 18)
             "beatd.adoption",
+            "beatd.staging",  # a new leader adopts in stages, publishing between (issue 18)
             "beatd.entry_feed",  # the runtime entries a node holds (issue 18)
             "beatd.entry_index",  # every entry for the console's entries page (issue 19)
             "beatd.leadership",

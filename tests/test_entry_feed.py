@@ -161,3 +161,40 @@ def test_a_page_of_changes_is_read_in_one_call_once_a_name_for_the_entries_it_ma
     assert [name for name, _ in calls.calls] == ["entry_changes", "get_entries"]
     calls.calls.clear()
     assert view.poll().changes == () and calls.calls == [("entry_changes", (7, 5))]
+
+
+def test_the_first_read_goes_a_page_a_poll_with_the_feed_followed_beside_it(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    for i in range(30):
+        put(backend, f"e{i:02}")
+    view = RuntimeView(backend, clock, page=10)
+    reader = view.reader()
+    assert view.follow_reads() == []
+    first = view.poll()
+    assert first.reading and not first.reloaded and not view.loaded and view.reading
+    assert sorted(view.entries) == [f"e{i:02}" for i in range(10)]
+    assert view.next_at == clock.monotonic()  # the next page at once
+    assert reader.take() is None  # a reader waits for every entry
+    put(backend, "e05", every="5m")  # read already: the feed brings the change
+    put(backend, "e25", every="5m")  # not read yet: the feed brings it first
+    backend.remove_entry("e26", "test")  # not read yet: never held
+    put(backend, "new")
+    second = view.poll()
+    assert sorted(a.name for a in second.changes) == ["e05", "e25", "new"]
+    assert second.reading
+    while (feed := view.poll()).reading:
+        pass
+    assert feed.reloaded and view.loaded and not view.reading
+    expected = {f"e{i:02}" for i in range(30)} - {"e26"} | {"new"}
+    assert set(view.entries) == expected
+    assert (
+        str(view.entries["e25"].schedule)
+        == str(view.entries["e05"].schedule)
+        != str(view.entries["e00"].schedule)
+    )
+    # every name the pages read, in their order ("new" sorts last: the last page read it too)
+    assert view.take_reads() == sorted(expected)
+    assert view.take_reads() == []
+    taken = reader.take()
+    assert taken is not None and taken.reloaded and set(taken.entries) == expected

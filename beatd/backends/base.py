@@ -386,6 +386,12 @@ class StateStore(Reachable, Protocol):
         those, whatever the number of other entries (a read): what `beatd status` and a
         standby's metrics show of a few entries among many."""
 
+    def state_page(self, cursor: str, limit: int) -> tuple[dict[str, EntryState], str]:
+        """About `limit` of the persisted states from `cursor` ("": the first page), and the
+        cursor of the next page ("": none left), each page one short read: a pass over every
+        state in steps (a leader adopting in stages looks for the states of entries no longer
+        configured). A state present throughout the pass is in it (maybe twice)."""
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:

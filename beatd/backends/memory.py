@@ -113,7 +113,29 @@ def discard(name: str) -> None:
         _STORES.pop(name, None)
 
 
-class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
+class _StateReads:
+    """The reads of the `StateStore` role, over the store's states under its lock."""
+
+    _store: _Store
+
+    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
+        with self._store.lock:
+            return dict(self._store.states)
+
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        with self._store.lock:
+            held = self._store.states
+            return {n: held[n] for n in names if n in held}
+
+    def state_page(self, cursor: str, limit: int) -> tuple[dict[str, EntryState], str]:
+        with self._store.lock:
+            held = self._store.states
+            names = sorted(n for n in held if n > cursor)[:limit]
+            page = {n: held[n] for n in names}
+        return page, (names[-1] if len(names) == limit else "")
+
+
+class MemoryBackend(_StateReads, MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
     """A handle on the store `name` of this process; `wall_clock` is its time (Unix seconds);
     with `history` False it writes no run history (it still reads it)."""
 
@@ -215,15 +237,6 @@ class MemoryBackend(MemoryControls, MemoryHistory, MemoryEntries, MemoryNodes):
 
     def accepts(self, kind: type[Destination]) -> bool:
         return kind is BeatdQueue
-
-    def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
-        with self._store.lock:
-            return dict(self._store.states)
-
-    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
-        with self._store.lock:
-            held = self._store.states
-            return {n: held[n] for n in names if n in held}
 
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]

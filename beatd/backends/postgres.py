@@ -186,6 +186,19 @@ class PostgresStateStore(PostgresLink):
                 states[entry] = EntryState(entry, from_micros(slot), last, identity)
         return states
 
+    def state_page(self, cursor: str, limit: int) -> tuple[dict[str, EntryState], str]:
+        """In the key's order, from after the last name read."""
+        query = (
+            "SELECT entry, last_slot_us, last_published_us, identity "
+            f"FROM {self.schema}.entry_state WHERE entry > %s ORDER BY entry LIMIT %s"
+        )
+        rows = self._run(lambda db: db.execute(query, (cursor, limit)).fetchall(), write=False)
+        page: dict[str, EntryState] = {}
+        for entry, slot, published, identity in rows:
+            last = from_micros(published) if published else None
+            page[entry] = EntryState(entry, from_micros(slot), last, identity)
+        return page, (rows[-1][0] if len(rows) == limit else "")
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:

@@ -221,6 +221,17 @@ class RedisStateStore(RedisLink):
                     states[entry] = _unpack_state(entry, value)
         return states
 
+    def state_page(self, cursor: str, limit: int) -> tuple[dict[str, EntryState], str]:
+        """One HSCAN from `cursor` (Redis's own, as text); the whole hash in one read for a user
+        without +hscan (`load_states` says so in the log)."""
+        self._check_format("hscan")
+        key = self._key("state")
+        if (scanned := self._hscan(key, int(cursor or 0), limit)) is None:
+            return self._load_states_whole(key), ""
+        at, raw = scanned
+        page = {entry: _unpack_state(entry, value) for entry, value in raw.items()}
+        return page, (str(at) if at else "")
+
     def _load_states_whole(self, key: str) -> dict[str, EntryState]:
         """The states in one HGETALL, for a user left on the ACL line before +hscan."""
         if not self._hscan_refused:

@@ -226,6 +226,24 @@ class SQLiteStateStore(SQLiteFile):
             for entry, slot, published, identity in rows
         }
 
+    def state_page(self, cursor: str, limit: int) -> tuple[dict[str, EntryState], str]:
+        """In the key's order, from after the last name read."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT entry, last_slot_us, last_published_us, identity FROM entry_state "
+                "WHERE entry > ? ORDER BY entry LIMIT ?",
+                (cursor, limit),
+            ).fetchall(),
+            write=False,
+        )
+        page = {
+            entry: EntryState(
+                entry, from_micros(slot), from_micros(published) if published else None, identity
+            )
+            for entry, slot, published, identity in rows
+        }
+        return page, (rows[-1][0] if len(rows) == limit else "")
+
     def commit(
         self, lease: Lease, writes: Sequence[StateWrite], messages: Sequence[Outgoing]
     ) -> set[str]:

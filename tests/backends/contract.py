@@ -444,6 +444,24 @@ class BackendContract(
         every = [s.entry for s in written]  # more than one statement's worth on SQLite
         assert backend.states_of(every) == backend.load_states()
 
+    def test_every_state_is_read_a_page_at_a_time(self, backend: Backend) -> None:
+        assert backend.state_page("", 100) == ({}, "")
+        lease = backend.acquire_lease("a", 60)
+        assert lease is not None
+        written = [state(f"e{i:04}", i, i) for i in range(1200)] + [state("\u00e9t\u00e9", 1)]
+        backend.commit(lease, [StateWrite(s, None) for s in written], [])
+        seen: dict[str, EntryState] = {}
+        cursor, pages = "", 0
+        while True:
+            page, cursor = backend.state_page(cursor, 100)
+            seen.update(page)
+            pages += 1
+            if not cursor:
+                break
+            assert pages < 100, "the pass never ends"
+        assert seen == {s.entry: s for s in written}
+        assert pages >= 2, pages  # in steps (Redis takes `limit` as a hint)
+
     def test_dead_letters_counted_per_queue_through_every_way_in_and_out(
         self, backend: Backend
     ) -> None:
