@@ -398,7 +398,7 @@ class Publisher:
         """Entries whose persisted state (or control: a pause, a busy mark) was not what a
         decision expected: continue from the backend's, or adopt the configuration again where
         there is none to continue."""
-        states = self.store.load_states()
+        states = self.store.states_of(sorted(names))
         controls = self.controls.load_controls(sorted(names)) if self.controls else None
         now = self.clock.now()
         ours = {name for name in names if name in self.in_doubt}  # a lost commit of our own
