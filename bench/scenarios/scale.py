@@ -52,16 +52,20 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     batch = min(params.get("batch", 100_000), count)
     work = Path(params["workdir"]) / f"scale-{way}-{count}"
     work.mkdir(parents=True, exist_ok=True)
-    reset_backend(url)
+    seeded = params.get("seeded", False)  # the entries are there already (a store kept)
+    if not seeded:
+        reset_backend(url)
     before = _used_memory(url)
     if way == "redbeat":
         result = _redbeat(url, count, work)
     elif way == "leader":
-        result = _leader(url, count, work, params.get("changes", 20))
+        start = Start(seeded, params.get("restart", False))
+        result = _leader(url, count, work, params.get("changes", 20), start)
     else:
         result = _beatd(url, count, batch, way, work, params.get("chunk", HTTP_CHUNK))
     size = _stored_bytes(url) - before
-    reset_backend(url)
+    if not seeded:
+        reset_backend(url)
     return {
         "way": way,
         "backend": url.split(":", 1)[0],
@@ -113,37 +117,94 @@ def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -
     }
 
 
-def _leader(url: str, count: int, work: Path, changes: int) -> dict[str, Any]:
+class Start(NamedTuple):
+    """How the leader starts: over entries written already (`seeded`), and after a first run
+    that wrote every entry's state (`restart`: the states are read, not written)."""
+
+    seeded: bool = False
+    restart: bool = False
+
+
+def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dict[str, Any]:
     """`count` runtime entries written over the backend URL, then a real `beatd run` whose file
-    holds one probe entry every second: spawn to first publish, its peak RSS, and `changes`
-    entries (every second) added one at a time — from each write's acknowledgement to its first
-    slot (the leader held it by then, as it published it) and to its run's arrival."""
+    holds one probe entry every second: spawn to first publish, to every entry adopted (its
+    log's `adopted in stages`), how late the runs of slots in between were, its peak RSS, and
+    `changes` entries (every second) added one at a time — from each write's acknowledgement
+    to its first slot (the leader held it by then, as it published it) and to its run's
+    arrival."""
     from beatd import Client
 
-    with Client(url, by="bench", timeout=120) as client:
-        for start in range(0, count, STOCK_CHUNK):
-            client.add_many(runtime_mix(min(STOCK_CHUNK, count - start), start=start))
+    if not start.seeded:
+        with Client(url, by="bench", timeout=120) as client:
+            for at in range(0, count, STOCK_CHUNK):
+                client.add_many(runtime_mix(min(STOCK_CHUNK, count - at), start=at))
     schedule = write_yaml([{"name": "probe", "every": 1, "offset": 0}], work / "beatd.yaml")
+    if start.restart:
+        _run_until_adopted(schedule, url, work / "beatd-first.log")
+    _clear_queues(url)
     spawned = time.time()
-    process = daemons.run(schedule, url, work / "beatd.log")
+    log = work / "beatd.log"
+    process = daemons.run(schedule, url, log)
     try:
         if not wait_until(lambda: queued_count(url) > 0, timeout=300, interval=0.05):
             raise RuntimeError(f"beatd published nothing within 300 s; see {work}")
         first = min(arrivals(url), key=lambda a: a.arrived)
         cpu = proc_cpu(process.pid)
+        if not wait_until(lambda: ADOPTED in log.read_text(), timeout=900, interval=0.2):
+            raise RuntimeError(f"beatd adopted nothing in stages within 900 s; see {work}")
+        adopted = time.time()
+        adopted_cpu, adopted_rss = proc_cpu(process.pid), proc_hwm_mb(process.pid)
+        late = [a.arrived - a.slot for a in arrivals(url) if spawned <= a.slot <= adopted]
         to_slot, to_arrival = _changes(url, changes)
         rss = proc_hwm_mb(process.pid)
     finally:
         daemons.stop(process)
     return {
+        "restart": start.restart,
         "first_publish_s": round(first.arrived - spawned, 3),
         "daemon_cpu_to_first_publish_s": round(cpu, 3),
-        "daemon_cpu_us_per_entry": round(cpu / count * 1e6, 1),
+        "adopted_s": round(adopted - spawned, 3),
+        "daemon_cpu_to_adopted_s": round(adopted_cpu, 3),
+        "daemon_cpu_us_per_entry": round(adopted_cpu / count * 1e6, 1),
+        "startup_run_delay_s": percentiles(late),
+        "daemon_peak_rss_adopted_mb": round(adopted_rss, 1),
         "daemon_peak_rss_mb": round(rss, 1),
         "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
         "change_to_slot_s": percentiles(to_slot),
         "change_to_arrival_s": percentiles(to_arrival),
     }
+
+
+ADOPTED = "adopted in stages"  # beatd.staging's line when every entry is adopted
+
+
+def _run_until_adopted(schedule: Path, url: str, log: Path) -> None:
+    """A first `beatd run` that adopts every entry (writing their states), then stops."""
+    process = daemons.run(schedule, url, log)
+    try:
+        if not wait_until(lambda: ADOPTED in log.read_text(), timeout=900, interval=0.5):
+            raise RuntimeError(f"the first beatd adopted nothing in stages in 900 s; see {log}")
+    finally:
+        daemons.stop(process)
+
+
+def _clear_queues(url: str) -> None:
+    """No message left from a run before (no worker takes them): the first publish is this
+    run's."""
+    if url.startswith("sqlite:///"):
+        db = sqlite3.connect(url[len("sqlite:///") :], timeout=60)
+        try:
+            db.execute("DELETE FROM message")
+            db.commit()
+        except sqlite3.OperationalError:  # no table yet: nothing to clear
+            pass
+        finally:
+            db.close()
+    elif url.startswith("redis"):
+        client = redis.Redis.from_url(url, socket_timeout=120)
+        for key in client.scan_iter("beatd:queue:*"):
+            client.delete(key)
+        client.close()
 
 
 def _changes(url: str, changes: int) -> tuple[list[float], list[float]]:
