@@ -181,3 +181,23 @@ def test_a_few_runtime_entries_held_are_adopted_in_one_step(
     beat.step()
     assert beat._adopted and beat.stages.staging is None and len(beat.planner) == 21
     assert Counting.whole_reads == 1
+
+
+def test_a_reload_during_the_staging_begins_it_again_with_the_new_files(
+    backend: Counting, clock: FakeClock
+) -> None:
+    tenants(backend, clock)
+    configs = [config(file_entry("files"))]
+    settings = SchedulerSettings(node="a", lease_ttl=10, max_clock_skew=3600)
+    beat = Scheduler(backend, lambda: configs[-1], clock, settings)
+    beat.runtime.page, beat.stages.stage = 10, 10
+    for _ in range(3):
+        beat.step()
+    assert beat.stages.staging is not None and "files" in beat.planner.entries
+    configs.append(config(file_entry("other")))
+    beat.request_reload()
+    beat.step()
+    assert "files" not in beat.planner.entries and "other" in beat.planner.entries
+    steps_until_adopted(beat)
+    assert sorted(beat.planner.entries)[:1] == ["other"] and len(beat.planner) == 1 + RUNTIME
+    assert backend.file_entries() == {"other": "/etc/beatd/app.yaml"}

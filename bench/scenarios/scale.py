@@ -61,6 +61,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     elif way == "leader":
         start = Start(seeded, params.get("restart", False))
         result = _leader(url, count, work, params.get("changes", 20), start)
+    elif way == "takeover":
+        result = _takeover(url, count, work, seeded)
     else:
         result = _beatd(url, count, batch, way, work, params.get("chunk", HTTP_CHUNK))
     size = _stored_bytes(url) - before
@@ -176,6 +178,60 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
 
 
 ADOPTED = "adopted in stages"  # beatd.staging's line when every entry is adopted
+
+
+def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
+    """A leader and a standby over `count` runtime entries, the standby holding every entry;
+    the leader killed (SIGKILL): from the kill to the standby's lease, its first publish and
+    every entry adopted; no run published twice, and each second's slot of the probe entry
+    (every second, in the file) published once across the kill."""
+    from beatd import Client
+
+    if not seeded:
+        with Client(url, by="bench", timeout=120) as client:
+            for at in range(0, count, STOCK_CHUNK):
+                client.add_many(runtime_mix(min(STOCK_CHUNK, count - at), start=at))
+    probe = {"name": "probe", "every": 1, "offset": 0, "missed": "catch_up"}  # each slot
+    schedule = write_yaml([probe], work / "beatd.yaml")
+    _clear_queues(url)
+    leader_log, standby_log = work / "leader.log", work / "standby.log"
+    leader = daemons.run(schedule, url, leader_log, node="leader")
+    standby = None
+    try:
+        if not wait_until(lambda: ADOPTED in leader_log.read_text(), timeout=900, interval=0.5):
+            raise RuntimeError(f"the leader adopted nothing in stages in 900 s; see {work}")
+        standby = daemons.run(schedule, url, standby_log, node="standby")
+        held = f"read {count} runtime entries"
+        if not wait_until(lambda: held in standby_log.read_text(), timeout=900, interval=0.5):
+            raise RuntimeError(f"the standby did not read every entry in 900 s; see {work}")
+        time.sleep(5)
+        daemons.kill9(leader)
+        killed = time.time()
+        took = wait_until(lambda: "became leader" in standby_log.read_text(), 60, 0.05)
+        led = time.time() if took else None
+        wait_until(lambda: ADOPTED in standby_log.read_text(), timeout=900, interval=0.2)
+        adopted = time.time()
+        time.sleep(10)
+        rss = proc_hwm_mb(standby.pid)
+    finally:
+        daemons.kill9(leader)
+        if standby is not None:
+            daemons.stop(standby)
+    runs = arrivals(url)
+    ids = [a.id for a in runs]
+    first_at = min((a.arrived for a in runs if a.arrived > killed), default=None)
+    slots = sorted(a.slot for a in runs if a.entry == "probe" and killed - 5 <= a.slot <= adopted)
+    expected = set(range(int(killed - 5) + 1, int(adopted)))
+    return {
+        "lease_after_kill_s": None if led is None else round(led - killed, 3),
+        "first_publish_after_kill_s": None if first_at is None else round(first_at - killed, 3),
+        "adopted_after_kill_s": round(adopted - killed, 3),
+        "runs": len(ids),
+        "repeated_runs": len(ids) - len(set(ids)),
+        "probe_slots_missing": len(expected - {int(slot) for slot in slots}),
+        "probe_slots_repeated": len(slots) - len(set(slots)),
+        "standby_peak_rss_mb": round(rss, 1),
+    }
 
 
 def _run_until_adopted(schedule: Path, url: str, log: Path) -> None:
