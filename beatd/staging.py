@@ -130,6 +130,9 @@ class Staging:
             for n in dict.fromkeys(names)
             if n not in files and (e := held.get(n)) is not None and planner.state(n) is None
         ]
+        for entry in entries:  # removed by the feed meanwhile and added again: back in time
+            if self.adoption.removed.discard(entry.name):
+                self.adoption.kept.pop(entry.name, None)
         self.staged += len(entries)
         self._stage(planner, lease, entries)
 

@@ -201,3 +201,29 @@ def test_a_reload_during_the_staging_begins_it_again_with_the_new_files(
     steps_until_adopted(beat)
     assert sorted(beat.planner.entries)[:1] == ["other"] and len(beat.planner) == 1 + RUNTIME
     assert backend.file_entries() == {"other": "/etc/beatd/app.yaml"}
+
+
+def test_an_entry_removed_and_added_again_during_the_staging_is_not_forgotten(
+    backend: Counting, clock: FakeClock
+) -> None:
+    tenants(backend, clock, 60)
+    first = staged(backend, clock, config())
+    run_for(first, 15)
+    first.shutdown()
+    again = staged(backend, clock, config(), node="b")
+    again.runtime.page = 100
+    again.step()
+    assert "tenant-001" in again.planner.entries  # staged in the first stage
+    backend.remove_entry("tenant-001", BY)
+    clock.advance(0.3)  # the feed's next read
+    again.step()
+    assert "tenant-001" not in again.planner.entries and again.stages.staging is not None
+    put(backend, clock, "tenant-001")  # back within the grace, the same schedule
+    clock.advance(0.3)
+    again.step()
+    assert again.stages.staging is not None  # read while staging: into a later stage
+    steps_until_adopted(again)
+    assert "tenant-001" in again.planner.entries and again.adoption.removed.absent == []
+    run_for(again, 3700)  # past the grace: nothing of a live entry is forgotten
+    assert backend.states_of(["tenant-001"]) != {}
+    assert slots(backend, "tenant-001")[-1] == ("tenant-001", "13:02:00")
