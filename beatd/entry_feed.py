@@ -215,6 +215,11 @@ class RuntimeView:
             self._next_at = self.clock.monotonic()
         return FeedRound(tuple(applied), more=more)
 
+    def read_all(self) -> None:
+        """Poll until every entry is held (the first read at once, not a page a round)."""
+        while not self.loaded:
+            self.poll()
+
     def _read_page(self, applied: tuple[EntryApplied, ...]) -> FeedRound:
         """The first read's next page, held as read: an entry the feed brought already is held
         at the newer of the two versions."""

@@ -233,8 +233,7 @@ class EntryIndex:
         view has not read the entries yet: the next call tries again."""
         if self._reader is None:
             self._view = RuntimeView(self.store(), self.clock)
-            while not self._view.loaded:  # the first read of every entry, a page a poll
-                self._view.poll()
+            self._view.read_all()
             self._reader = self._view.reader()
         taken = self._reader.take()
         if taken is None:

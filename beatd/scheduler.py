@@ -239,7 +239,8 @@ class Scheduler:
         if self.lease is not None and self._adopted:
             asked |= self.adoption.forget_expired(self.lease)
             asked |= self.steering.refresh(self.planner)
-        if not followed and self._adopted and self.is_leader and _due(self.planner, self.clock):
+        under = self._adopted or self.stages.staging is not None  # a removal is read first
+        if not followed and under and self.is_leader and _due(self.planner, self.clock):
             self._follow_feed()
         if self.lease is not None:
             asked |= self._publish(self.lease)
@@ -343,7 +344,8 @@ class Scheduler:
                 self._adopted, self._files_before = False, None
             if taken := self.following.taken():
                 self._emit(EntriesChanged(taken))
-            self._good = self._good or self.config  # checked against every runtime entry
+            if self.runtime.loaded:  # checked against every runtime entry
+                self._good = self._good or self.config
         except LeaseLost as exc:
             log.warning("%s; now standby", exc)
             self._step_down()

@@ -37,6 +37,7 @@ from beatd.controls import EntryControl
 from beatd.core import Planner
 from beatd.dataloss import DataLossRecovery
 from beatd.entry_feed import EntryApplied, PlannedEntries, RuntimeView
+from beatd.errors import BackendError
 from beatd.publisher import chunks, horizon
 from beatd.state import EntryState
 
@@ -95,19 +96,20 @@ class Staging:
         )
 
     def later(self, name: str) -> None:
-        """Runtime entry `name` changed before it was staged: stage it as it is then."""
-        self.pending.append(name)
-
-    def holds(self, planner: Planner, name: str) -> bool:
-        """Whether entry `name` is staged (a change to it goes into the plan at once)."""
-        return planner.state(name) is not None
+        """Runtime entry `name` changed before it was staged: stage it as it is then, at the
+        next stage (a change reaches the plan within a second, even while staging)."""
+        self.pending.appendleft(name)
 
     def step(self, planner: Planner, lease: Lease) -> bool:
         """One stage; True when the adoption is done."""
         self.pending.extend(self.view.take_reads())
         if self.pending:
             names = [self.pending.popleft() for _ in range(min(self.stage, len(self.pending)))]
-            self._stage_runtime(planner, lease, names)
+            try:
+                self._stage_runtime(planner, lease, names)
+            except BackendError:
+                self.pending.extendleft(reversed(names))  # staged again at the next step
+                raise
             return False
         if not self.view.loaded:
             return False  # the next page of the first read comes at the loop's next poll
@@ -137,16 +139,22 @@ class Staging:
         self._stage(planner, lease, entries)
 
     def _stage(self, planner: Planner, lease: Lease, entries: Sequence[Entry]) -> None:
-        """Plan `entries` against their persisted states; write the baselines of the new."""
+        """Plan `entries` against their persisted states; write the baselines of the new. A
+        backend error takes them out of the plan again (a baseline may not be written)."""
         self.adoption.keep_alive()
         states = self.store.states_of([e.name for e in entries]) if entries else {}
         baselines = planner.take(entries, states, self.clock.now(), self.controls)
         writes = (StateWrite(s, horizon(states.get(s.entry))) for s in baselines)
-        for batch in chunks(writes, self.adoption.publisher.batch_size):
-            self.adoption.keep_alive()
-            rejected = self.store.commit(lease, batch, [])
-            if rejected:
-                self.adoption.publisher.resync(planner, rejected)
+        try:
+            for batch in chunks(writes, self.adoption.publisher.batch_size):
+                self.adoption.keep_alive()
+                rejected = self.store.commit(lease, batch, [])
+                if rejected:
+                    self.adoption.publisher.resync(planner, rejected)
+        except BackendError:
+            for entry in entries:
+                planner.drop(entry.name)
+            raise
 
     def _pass(self, planner: Planner, lease: Lease) -> bool:
         """One page of the pass over the persisted states; True when it is over and the states
@@ -159,10 +167,14 @@ class Staging:
                 self._absent[name] = state
         if cursor:
             return False
-        self.adoption.absent_found(lease, self._absent, self.clock.now())
+        held, now = self.view.entries, self.clock.now()
+        gone = {n: s for n, s in self._absent.items() if planner.state(n) is None and n not in held}
+        self.adoption.absent_found(lease, gone, now)  # those added again meanwhile left out
         doubts = list(self.adoption.publisher.in_doubt)
         self.adoption.publisher.resolve_doubts(self.store.states_of(doubts), doubts)
-        self.adoption.publisher.readopt = False
+        controls = self.adoption.publisher.controls
+        if controls is not None:  # those read at the beginning, as they are now
+            planner.refresh_controls(controls.load_controls(), now)
         log.info("adopted in stages: %d runtime entries", self.staged)
         return True
 
@@ -184,6 +196,7 @@ class Stages:
         self.data_loss = data_loss
         self.staging: Staging | None = None
         self.stage = STAGE
+        self.state_page = STATE_PAGE
         self.staged_above = STAGED_ABOVE
 
     def wanted(self, planner: Planner, files_before: object) -> bool:
@@ -207,8 +220,9 @@ class Stages:
         the file entries that changed since `before` (a reload while leading), or every entry
         (`Adoption.adopt`)."""
         if self.wanted(planner, before):
-            self.staging = Staging(self.adoption, self.view, planned.files, self.stage)
-            self.staging.begin(planner, lease)
+            staging = Staging(self.adoption, self.view, planned.files, self.stage, self.state_page)
+            staging.begin(planner, lease)  # raises: nothing planned, begun again next time
+            self.staging = staging
         if self.staging is not None:
             if not self.staging.step(planner, lease):
                 return Done.NOT_YET
@@ -239,7 +253,7 @@ def staged_change(
     stage."""
     now_staged = []
     for change in changes:
-        if staging.holds(planner, change.name):
+        if planner.state(change.name) is not None:
             now_staged.append(change)
         else:
             staging.later(change.name)

@@ -4,7 +4,7 @@ that a hundred entries take a dozen steps with the due slots published in betwee
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +12,8 @@ import pytest
 
 from beatd.backends.memory import MemoryBackend, discard
 from beatd.clock import FakeClock
-from beatd.config import Config
+from beatd.config import Config, ConfigError
+from beatd.errors import TransientBackendError
 from beatd.history import HistoryQuery
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.state import EntryState
@@ -28,31 +29,64 @@ def clock() -> FakeClock:
 
 
 class Counting(MemoryBackend):
-    """Counts the reads of every state at once, which a staged adoption never makes."""
+    """Counts the reads of every state at once, which a staged adoption never makes; fails the
+    next read of states naming `fail_for` (a transient error), once."""
 
     whole_reads = 0
+    fail_for: str | None = None
 
     def load_states(self, pace: Callable[[], None] | None = None) -> dict[str, EntryState]:
         Counting.whole_reads += 1
         return super().load_states(pace)
 
+    def states_of(self, names: Sequence[str]) -> dict[str, EntryState]:
+        if Counting.fail_for is not None and Counting.fail_for in names:
+            Counting.fail_for = None
+            raise TransientBackendError("injected at states_of")
+        return super().states_of(names)
+
 
 @pytest.fixture
 def backend(clock: FakeClock) -> Iterator[Counting]:
     discard(NAME)
-    Counting.whole_reads = 0
+    Counting.whole_reads, Counting.fail_for = 0, None
     yield Counting(NAME, wall_clock=lambda: clock.now().timestamp())
     discard(NAME)
 
 
-def staged(backend: MemoryBackend, clock: FakeClock, cfg: Config, node: str = "a") -> Scheduler:
-    """A scheduler reading 10 runtime entries a page and adopting 10 a stage."""
-    settings = SchedulerSettings(node=node, lease_ttl=10, max_clock_skew=3600)
+def staged(
+    backend: MemoryBackend, clock: FakeClock, cfg: Config, node: str = "a", **kw: Any
+) -> Scheduler:
+    """A scheduler reading 10 runtime entries a page, adopting 10 a stage and passing over 10
+    states a round."""
+    settings = SchedulerSettings(node=node, lease_ttl=10, max_clock_skew=3600, **kw)
     beat = Scheduler(backend, lambda: cfg, clock, settings)
     beat.runtime.page = 10
-    beat.stages.stage = 10
+    beat.stages.stage = beat.stages.state_page = 10
     beat.stages.staged_above = 50
     return beat
+
+
+def restarted(
+    backend: MemoryBackend, clock: FakeClock, count: int = RUNTIME, **kw: Any
+) -> Scheduler:
+    """`count` entries adopted and published at 12:01:00 by a leader that then stopped; a new
+    leader (not stepped yet) that reads them all in its first step, then stages them."""
+    tenants(backend, clock, count)
+    first = staged(backend, clock, config())
+    run_for(first, 15)  # 12:01:05
+    first.shutdown()
+    again = staged(backend, clock, config(), node="b", **kw)
+    again.runtime.page = 1000
+    return again
+
+
+def queued_ids(backend: MemoryBackend) -> list[str]:
+    """Every run id in the queue (each claimed once: a run published twice is two)."""
+    ids = []
+    while (delivery := backend.claim(["default"], "w", 3600)) is not None:
+        ids.append(delivery.id)
+    return ids
 
 
 def tenants(backend: MemoryBackend, clock: FakeClock, count: int = RUNTIME, **kw: Any) -> None:
@@ -112,7 +146,8 @@ def test_a_restarted_leader_adopting_in_stages_publishes_each_slot_once(
         clock.advance(2)  # the stages span the 12:03:10 ... 12:03:30 of the fake clock
     run_for(second, 60)  # to about 12:04:30
     published = slots(backend)
-    assert len(published) == len(set(published))
+    ids = queued_ids(backend)
+    assert len(ids) == len(set(ids)) == len(published)
     for name in ["files", *(f"tenant-{i:03}" for i in range(RUNTIME))]:
         mine = [slot for entry, slot in published if entry == name]
         assert mine[0] == "12:01:00" and mine[-1] == "12:04:00", (name, mine)
@@ -227,3 +262,104 @@ def test_an_entry_removed_and_added_again_during_the_staging_is_not_forgotten(
     run_for(again, 3700)  # past the grace: nothing of a live entry is forgotten
     assert backend.states_of(["tenant-001"]) != {}
     assert slots(backend, "tenant-001")[-1] == ("tenant-001", "13:02:00")
+
+
+def test_a_removal_10_ms_before_the_slot_publishes_nothing_during_the_staging(
+    backend: Counting, clock: FakeClock
+) -> None:
+    again = restarted(backend, clock)
+    clock.advance(54.98)  # 12:01:59.98
+    again.step()
+    assert again.stages.staging is not None and "tenant-001" in again.planner.entries
+    clock.advance(0.01)
+    backend.remove_entry("tenant-001", BY)  # acknowledged 10 ms before its slot
+    clock.advance(0.01)  # 12:02:00.00
+    again.step()
+    assert slots(backend, "tenant-001") == [("tenant-001", "12:01:00")]
+    assert again.stages.staging is not None
+
+
+def test_a_refused_commit_whose_resync_fails_during_the_staging_loses_no_entry(
+    backend: Counting, clock: FakeClock
+) -> None:
+    again = restarted(backend, clock)
+    clock.advance(54.98)  # 12:01:59.98
+    again.step()
+    assert again.stages.staging is not None and "tenant-005" in again.planner.entries
+    moved = backend.states_of(["tenant-005"])["tenant-005"]
+    with backend._store.lock:  # another writer moved it: its commit will be refused
+        backend._store.states["tenant-005"] = moved._replace(
+            last_slot=moved.last_slot - timedelta(seconds=1)
+        )
+    Counting.fail_for = "tenant-005"  # and the resync's read fails
+    clock.advance(0.02)  # 12:02:00
+    again.step()
+    assert again.publisher.readopt  # it waits for an adoption of every entry
+    run_for(again, 160)  # to about 12:04:40
+    published = [slot for _, slot in slots(backend, "tenant-005")]
+    assert {"12:03:00", "12:04:00"} <= set(published), published
+
+
+def test_at_start_a_standby_whose_file_names_a_runtime_entry_read_later_stops(
+    backend: Counting, clock: FakeClock
+) -> None:
+    tenants(backend, clock, 30)
+    assert backend.acquire_lease("leader", 60) is not None  # another node leads
+    standby = staged(backend, clock, config(file_entry("tenant-025")), node="b")
+    with pytest.raises(ConfigError):
+        for _ in range(10):  # three pages of 10, then the feed
+            standby.step()
+
+
+def test_an_entry_added_again_during_the_last_pass_keeps_its_state(
+    backend: Counting, clock: FakeClock
+) -> None:
+    tenants(backend, clock, 60)
+    first = staged(backend, clock, config())
+    run_for(first, 15)  # 12:01:05
+    first.shutdown()
+    backend.remove_entry("tenant-042", BY)  # no leader sees it go: its state stays
+    again = staged(backend, clock, config(), node="b", removed_grace=60)
+    for _ in range(50):
+        again.step()
+        staging = again.stages.staging
+        if staging is not None and "tenant-042" in staging._absent:  # its page was read
+            break
+    assert again.stages.staging is not None and again.stages.staging._cursor  # more pages
+    put(backend, clock, "tenant-042")  # added again while the pass goes on
+    clock.advance(0.5)
+    steps_until_adopted(again)
+    assert "tenant-042" in again.planner.entries and again.adoption.removed.absent == []
+    run_for(again, 180)  # past the grace
+    assert "tenant-042" in backend.states_of(["tenant-042"])
+    published = [slot for _, slot in slots(backend, "tenant-042")]
+    assert {"12:02:00", "12:03:00", "12:04:00"} <= set(published), published
+
+
+def test_an_entry_added_during_the_staging_reaches_the_plan_within_a_second(
+    backend: Counting, clock: FakeClock
+) -> None:
+    again = restarted(backend, clock)
+    again.step()
+    assert again.stages.staging is not None and len(again.planner) == 10
+    put(backend, clock, "tenant-new")
+    for _ in range(4):  # 1 s of rounds
+        clock.advance(0.25)
+        again.step()
+    assert "tenant-new" in again.planner.entries and again.stages.staging is not None
+
+
+def test_a_stage_that_fails_loses_no_entry(backend: Counting, clock: FakeClock) -> None:
+    again = restarted(backend, clock, 60)
+    for _ in range(50):
+        again.step()
+        staging = again.stages.staging
+        assert staging is not None
+        if staging._cursor:  # the pass over the states has begun: every entry swept
+            break
+    put(backend, clock, "tenant-new")  # staged after the sweep
+    Counting.fail_for = "tenant-new"  # its stage fails once
+    for _ in range(100):
+        clock.advance(0.5)
+        again.step()
+    assert again._adopted and "tenant-new" in again.planner.entries
