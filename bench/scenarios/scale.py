@@ -192,8 +192,8 @@ def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
         with Client(url, by="bench", timeout=120) as client:
             for at in range(0, count, STOCK_CHUNK):
                 client.add_many(runtime_mix(min(STOCK_CHUNK, count - at), start=at))
-    probe = {"name": "probe", "every": 1, "offset": 0, "missed": "catch_up"}  # each slot
-    schedule = write_yaml([probe], work / "beatd.yaml")
+    probe = {"name": "probe", "every": 1, "offset": 0}
+    schedule = write_yaml([probe], work / "beatd.yaml", missed="catch_up")  # each slot
     _clear_queues(url)
     leader_log, standby_log = work / "leader.log", work / "standby.log"
     leader = daemons.run(schedule, url, leader_log, node="leader")
