@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from beatd.backends.base import StateWrite, to_micros
+from beatd.backends.base import StateWrite, StorageFailed, to_micros
 from beatd.backends.sqlite import SQLiteBackend
 from beatd.clock import FakeClock
 from beatd.config import Config, ConfigError
@@ -700,3 +701,24 @@ def test_while_the_loop_works_a_round_other_threads_wait_and_none_once_it_stops(
     beat.run(stop)
     assert seen == [True]
     assert beat.turns.wait_gap(0.05, 30.0) < 1.0  # stopped: nothing to wait for
+
+
+class StorageGone(SQLiteBackend):
+    """SQLite whose file was replaced under it: the lease cannot be asked for."""
+
+    def acquire_lease(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StorageFailed("the database file was replaced")
+
+
+def test_a_loop_stopped_by_gone_storage_keeps_no_other_thread_waiting(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The API's threads wait for the loop's gaps (beatd.turns): a loop that ended by raising
+    must say it stopped, or each of their waits would last its whole limit."""
+    backend = StorageGone(tmp_path / "beatd.db", wall_clock=lambda: clock.now().timestamp())
+    beat = Scheduler(backend, lambda: Config({}), clock, SchedulerSettings(node="a"))
+    with pytest.raises(StorageFailed):
+        beat.run(threading.Event())
+    began = time.monotonic()
+    beat.turns.wait_gap(need=0.05, limit=5.0)
+    assert time.monotonic() - began < 1.0
