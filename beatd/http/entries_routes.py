@@ -232,6 +232,13 @@ class _Handlers:
         return _written(stored, 201)
 
     def add_many(self, req: Any) -> Reply:
+        """The batch's entries written and answered with the cyclic collector paused (as
+        ops.add_many pauses it) until the handler's values are freed: resumed inside the write,
+        it walked the batch's entries still held for the answer, about 5 % of a request."""
+        with ops.collector_paused():
+            return self._add_many(req)
+
+    def _add_many(self, req: Any) -> Reply:
         body = _object(body_of(req), "")
         items = body.get("entries")
         if not isinstance(items, list):
