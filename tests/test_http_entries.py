@@ -4,6 +4,7 @@ words, the batch all or nothing, and the audit log under the token's name."""
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +195,9 @@ def test_a_batch_is_all_or_nothing_with_pointers_into_it(api: Api) -> None:
     batch["entries"][1]["every"] = "5m"
     status, _, body = send(api, "POST", "/v1/entries/batch", batch)
     assert (status, [e["name"] for e in body["entries"]]) == (201, ["a", "b"])
+    # the answer (each definition's text spliced in) is the entries as read back
+    assert body["entries"] == [api.ask(f"/v1/entries/{n}", READER.token)[2] for n in "ab"]
+    assert gc.isenabled()  # paused for each batch (written or refused), then on again
 
 
 def test_a_batch_of_more_than_10000_entries_is_413_and_writes_nothing(api: Api) -> None:

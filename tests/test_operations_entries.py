@@ -5,6 +5,7 @@ the list with file entries, and export / import back into the same entries."""
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,3 +369,31 @@ def test_a_write_whose_reply_was_lost_is_repeated_and_written_once(store: Backen
         ("entry.add", "nightly"),
         ("entry.set", "nightly"),
     ]
+
+
+def test_entries_text_is_the_entry_objects_as_json_whether_the_put_made_the_text_or_not(
+    store: Backend,
+) -> None:
+    """A batch's answer splices each definition's text, made once for the backend's write
+    (`ResolvedEntry.text`), into its entry object: the same text json.dumps makes of them."""
+    odd = {
+        "task": "reports.odd",
+        "every": "1.5h",
+        "args": ["ünï", 1.25, None, True],
+        "kwargs": {"quote": 'say "hi"\n', "nested": {"x": [1, {"y": "→"}]}},
+        "description": "naïve \u2028 line",
+        "headers": {"h": "v"},
+        "priority": 3,
+        "expires": 0.5,
+    }
+    once = {"task": "a.b", "at": "2099-01-01T00:00:00Z"}
+    definitions = [("nightly", NIGHTLY), ("odd/name", odd), ("once", once)]
+    written = ops.add_many(store, definitions, WRITING)
+    assert all(entry.text is not None for entry in written)
+    read = [store.get_entry(name) for name, _ in definitions]
+    assert read == written  # the text is no part of an entry's value
+    for entries in (written, read, []):
+        expected = json.dumps(
+            {"entries": [shown.entry_object(e) for e in entries]}, ensure_ascii=False
+        )
+        assert shown.entries_text(entries) == expected

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beatd.backends.base import from_micros, to_micros
-from beatd.runtime_entries import RuntimeEntry
+from beatd.runtime_entries import RuntimeEntry, definition_text
 
 ENTRY_COLUMNS = (
     "name, version, definition, created_us, created_by, updated_us, updated_by, request_id"
@@ -30,13 +30,10 @@ def entry_of_row(row: Sequence[Any]) -> RuntimeEntry:
     )
 
 
-# json.dumps(..., ensure_ascii=False) without making an encoder per entry
-_DEFINITION_JSON = json.JSONEncoder(ensure_ascii=False)
-
-
-def definition_json(definition: Mapping[str, Any]) -> str:
-    """A definition's JSON text, as every backend stores it."""
-    return _DEFINITION_JSON.encode(definition if type(definition) is dict else dict(definition))
+def definition_json(definition: Mapping[str, Any], text: str | None = None) -> str:
+    """A definition's JSON text, as every backend stores it: `text` when the writer made it
+    already (`ResolvedEntry.text`), else encoded now."""
+    return definition_text(definition) if text is None else text
 
 
 def entry_row(entry: RuntimeEntry) -> tuple[Any, ...]:
@@ -44,7 +41,7 @@ def entry_row(entry: RuntimeEntry) -> tuple[Any, ...]:
     return (
         entry.name,
         entry.version,
-        definition_json(entry.definition),
+        definition_json(entry.definition, entry.text),
         to_micros(entry.created_at),
         entry.created_by,
         to_micros(entry.updated_at),

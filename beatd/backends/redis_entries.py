@@ -36,7 +36,11 @@ GET_STEP = 1000
 SEPARATOR = "\x1f"  # between a change record's seq, name and version
 
 
-def _entry(name: str, meta: str, definition: str | Mapping[str, Any]) -> RuntimeEntry:
+def _entry(
+    name: str, meta: str, definition: str | Mapping[str, Any], text: str | None = None
+) -> RuntimeEntry:
+    """The entry of a script's reply: `meta` (version, times, writers, request id) and the
+    definition, as stored (JSON text) or as written (with its `text`, if made)."""
     version, created, created_by, updated, updated_by, request_id = json.loads(meta)
     return RuntimeEntry(
         name,
@@ -47,6 +51,7 @@ def _entry(name: str, meta: str, definition: str | Mapping[str, Any]) -> Runtime
         from_micros(int(updated)),
         updated_by,
         request_id or None,
+        text=text,
     )
 
 
@@ -54,7 +59,7 @@ def _put_args(puts: Sequence[EntryPut]) -> list[str]:
     """A put script's arguments for `puts`: name, definition, expected version, audit id."""
     flat: list[str] = []
     for (entry, expected), audit_id in zip(puts, new_audit_ids(len(puts)), strict=True):
-        definition = definition_json(entry.definition)
+        definition = definition_json(entry.definition, entry.text)
         flat += (entry.name, definition, "" if expected is None else str(expected), audit_id)
     return flat
 
@@ -119,7 +124,7 @@ class RedisEntries(RedisLink, EntryWrites):
                     raise
                 raise PartlyWritten(exc, [e.name for e in stored], len(puts)) from None
             stored += [
-                _entry(p.entry.name, meta, p.entry.definition)
+                _entry(p.entry.name, meta, p.entry.definition, p.entry.text)
                 for p, meta in zip(step, reply, strict=True)
             ]
             if following is not None:

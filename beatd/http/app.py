@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
-from beatd.http.routes import ApiError, Reply, Route
+from beatd.http.routes import ApiError, Encoded, Reply, Route
 from beatd.http.tokens import ApiToken, Scope, TokenTable
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,10 @@ def json_response(status: int, body: Any, headers: dict[str, str] | Any = None) 
 
 def json_text(body: Any) -> str:
     """`json.dumps(body, ensure_ascii=False)`, a list longer than JSON_PIECE items (in objects
-    with text keys) encoded JSON_PIECE items at a time, so that other threads run in between."""
+    with text keys) encoded JSON_PIECE items at a time, so that other threads run in between;
+    an Encoded body is its text."""
+    if isinstance(body, Encoded):
+        return body.text
     if isinstance(body, list) and len(body) > JSON_PIECE:
         pieces = (
             json_text(body[at : at + JSON_PIECE])[1:-1] for at in range(0, len(body), JSON_PIECE)

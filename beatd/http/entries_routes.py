@@ -18,7 +18,7 @@ from beatd.errors import BeatdError
 from beatd.http.app import body_of, token_of
 from beatd.http.context import ApiContext
 from beatd.http.queries import query_int, query_text
-from beatd.http.routes import JSON, ApiError, Param, Reply, Route
+from beatd.http.routes import JSON, ApiError, Encoded, Param, Reply, Route
 from beatd.http.tokens import Scope
 from beatd.operations import entries as ops
 from beatd.operations import entry_objects as shown
@@ -232,6 +232,13 @@ class _Handlers:
         return _written(stored, 201)
 
     def add_many(self, req: Any) -> Reply:
+        """The batch's entries written and answered with the cyclic collector paused (as
+        ops.add_many pauses it) until the handler's values are freed: resumed inside the write,
+        it walked the batch's entries still held for the answer, about 5 % of a request."""
+        with ops.collector_paused():
+            return self._add_many(req)
+
+    def _add_many(self, req: Any) -> Reply:
         body = _object(body_of(req), "")
         items = body.get("entries")
         if not isinstance(items, list):
@@ -247,12 +254,11 @@ class _Handlers:
             item = _object(item, f"/entries/{index}")
             name = _name(item.get("name"), f"/entries/{index}/name")
             definitions.append((name, {k: v for k, v in item.items() if k != "name"}))
-        positions = {name: f"/entries/{i}" for i, (name, _) in enumerate(definitions)}
         stored = _answer(
             lambda: ops.add_many(self.context.backend(), definitions, self.writing(req)),
-            positions,
+            lambda: {name: f"/entries/{i}" for i, (name, _) in enumerate(definitions)},
         )
-        return Reply(201, {"entries": [shown.entry_object(e) for e in stored]})
+        return Reply(201, Encoded(shown.entries_text(stored)))
 
     def replace(self, req: Any) -> Reply:
         name = req.view_args["name"]
@@ -319,13 +325,18 @@ def _name(value: Any, pointer: str) -> str:
 
 
 def _answer(
-    write: Callable[[], T], positions: dict[str, str] | None = None, *, conditional: bool = False
+    write: Callable[[], T],
+    positions: Callable[[], dict[str, str]] | None = None,
+    *,
+    conditional: bool = False,
 ) -> T:
-    """`write()`, its refusals answered as every way in words them (ops.refusal)."""
+    """`write()`, its refusals answered as every way in words them (ops.refusal); `positions`
+    makes where each entry is in the body (a batch's), only for a refusal."""
     try:
         return write()
     except BeatdError as exc:
-        refused = ops.refusal(exc, conditional=conditional, positions=positions)
+        where = None if positions is None else positions()
+        refused = ops.refusal(exc, conditional=conditional, positions=where)
         if refused is None:
             raise
         raise ApiError.many(refused.status, refused.errors) from None

@@ -26,9 +26,16 @@ class Param:
 
 
 @dataclass(frozen=True, slots=True)
+class Encoded:
+    """A body encoded already, as `json_text` would have encoded it (answered as it is)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    body: JSON | None  # None: no body (a 304)
+    body: JSON | Encoded | None  # None: no body (a 304)
     headers: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -4,6 +4,8 @@ pages of them by name, and an entry's next slots."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -39,6 +41,36 @@ def entry_object(entry: RuntimeEntry) -> dict[str, Any]:
         "updated_at": _stamp(entry.updated_at),
         "updated_by": entry.updated_by,
     }
+
+
+# json.dumps(..., ensure_ascii=False), as the API answers, without an encoder per value
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def entries_text(entries: Sequence[RuntimeEntry]) -> str:
+    """`{"entries": [entry_object(e), ...]}` as the API's JSON text (json.dumps(...,
+    ensure_ascii=False) of it), each definition the text its put made (`RuntimeEntry.text`)
+    rather than encoded again: 100,000 definitions encoded twice were a twentieth of the CPU
+    of an import over HTTP (docs/design.md, "Bulk imports over HTTP")."""
+    return '{"entries": [' + ", ".join([entry_text(e) for e in entries]) + "]}"
+
+
+def entry_text(entry: RuntimeEntry) -> str:
+    """`entry_object(entry)` as JSON text, in its keys' order."""
+    if entry.text is None:
+        return _ENCODE(entry_object(entry))
+    name, source, by, changed_by = (
+        _ENCODE(entry.name),
+        _ENCODE(entry.source),
+        _ENCODE(entry.created_by),
+        _ENCODE(entry.updated_by),
+    )
+    created, updated = _ENCODE(_stamp(entry.created_at)), _ENCODE(_stamp(entry.updated_at))
+    return (
+        f'{{"name": {name}, "source": {source}, "version": {int(entry.version)}, '
+        f'"definition": {entry.text}, "created_at": {created}, "created_by": {by}, '
+        f'"updated_at": {updated}, "updated_by": {changed_by}}}'
+    )
 
 
 def file_entry_object(entry: Entry) -> dict[str, Any]:
