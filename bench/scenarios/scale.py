@@ -147,7 +147,10 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
     _clear_queues(url)
     spawned = time.time()
     log = work / "beatd.log"
-    process = daemons.run(schedule, url, log)
+    port = free_port()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    extra = ("--metrics-addr", f"127.0.0.1:{port}", "--metrics-entries", "none")
+    process = daemons.run(schedule, url, log, extra=extra)
     try:
         if not wait_until(lambda: queued_count(url) > 0, timeout=300, interval=0.05):
             raise RuntimeError(f"beatd published nothing within 300 s; see {work}")
@@ -158,7 +161,7 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
         adopted = time.time()
         adopted_cpu, adopted_rss = proc_cpu(process.pid), proc_hwm_mb(process.pid)
         late = [a.arrived - a.slot for a in arrivals(url) if spawned <= a.slot <= adopted]
-        to_slot, to_arrival = _changes(url, changes)
+        changed = _changes(url, changes, metrics)
         rss = proc_hwm_mb(process.pid)
     finally:
         daemons.stop(process)
@@ -173,8 +176,9 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
         "daemon_peak_rss_adopted_mb": round(adopted_rss, 1),
         "daemon_peak_rss_mb": round(rss, 1),
         "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
-        "change_to_slot_s": percentiles(to_slot),
-        "change_to_arrival_s": percentiles(to_arrival),
+        "change_applied_lag_s": percentiles(changed.applied),
+        "change_to_slot_s": percentiles(changed.to_slot),
+        "change_to_arrival_s": percentiles(changed.to_arrival),
     }
 
 
@@ -264,19 +268,61 @@ def _clear_queues(url: str) -> None:
         client.close()
 
 
-def _changes(url: str, changes: int) -> tuple[list[float], list[float]]:
+def _changes(url: str, changes: int, metrics: str | None = None) -> Changes:
+    """`changes` entries added one at a time: from each write's acknowledgement to its first
+    slot and its run's arrival, and (`metrics`: the leader's /metrics) the leader's own
+    `beatd_entry_changes_lag_seconds` once it counted the change applied."""
     from beatd import Client
 
-    to_slot, to_arrival = [], []
+    done = Changes([], [], [])
     with Client(url, by="bench", timeout=30) as client:
         for i in range(changes):
-            name = f"change-{i:03d}"
+            name = f"change-{int(time.time())}-{i:03d}"  # a store kept holds earlier runs'
+            applied = _scraped(metrics).get("beatd_entry_changes_applied_total", 0.0)
             client.add(name, task=TASK, every="1s", args=[name])
-            first = _first_run(url, name, time.time())
+            acked = time.time()
+            if metrics is not None:
+                lag = _applied_lag(metrics, applied)
+                if lag is not None:
+                    done.applied.append(lag)
+            first = _first_run(url, name, acked)
             if first is not None:
-                to_slot.append(first.slot - first.acked)
-                to_arrival.append(first.arrived - first.acked)
-    return to_slot, to_arrival
+                done.to_slot.append(first.slot - first.acked)
+                done.to_arrival.append(first.arrived - first.acked)
+    return done
+
+
+class Changes(NamedTuple):
+    to_slot: list[float]
+    to_arrival: list[float]
+    applied: list[float]  # the leader's lag from each write to its application
+
+
+def _scraped(metrics: str | None) -> dict[str, float]:
+    """The unlabelled samples of a /metrics page (none without one)."""
+    if metrics is None:
+        return {}
+    import urllib.request
+
+    with urllib.request.urlopen(metrics, timeout=10) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
+
+
+def _applied_lag(metrics: str, before: float, timeout: float = 30.0) -> float | None:
+    """The leader's change lag once its applied count passed `before` (None: not in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples = _scraped(metrics)
+        if samples.get("beatd_entry_changes_applied_total", 0.0) > before:
+            return samples.get("beatd_entry_changes_lag_seconds")
+        time.sleep(0.02)
+    return None
 
 
 class _FirstRun(NamedTuple):
