@@ -41,7 +41,7 @@ from bench.common import (
 from bench.peers import PYTHON
 from bench.redisserver import free_port
 from bench.tools import DRIVERS
-from bench.workload import TASK, daily, runtime_mix, write_yaml
+from bench.workload import TASK, daily, mixed_intervals, runtime_mix, write_yaml
 
 STOCK_CHUNK = 20_000
 HTTP_CHUNK = 5_000  # about 560 KiB of JSON: under the API's 1 MiB
@@ -60,7 +60,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     if way == "redbeat":
         result = _redbeat(url, count, work)
     elif way == "leader":
-        start = Start(seeded, params.get("restart", False))
+        start = Start(seeded, params.get("restart", False), params.get("steady", 0))
         result = _leader(url, count, work, params.get("changes", 20), start)
     elif way == "takeover":
         result = _takeover(url, count, work, seeded)
@@ -121,11 +121,14 @@ def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -
 
 
 class Start(NamedTuple):
-    """How the leader starts: over entries written already (`seeded`), and after a first run
-    that wrote every entry's state (`restart`: the states are read, not written)."""
+    """How the leader starts: over entries written already (`seeded`), after a first run that
+    wrote every entry's state (`restart`: the states are read, not written), and with the
+    steady-load scenario's `steady` file entries beside the probe (every 1-60 s: about 3,200
+    runs a second for 10,000)."""
 
     seeded: bool = False
     restart: bool = False
+    steady: int = 0
 
 
 def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dict[str, Any]:
@@ -141,7 +144,8 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
         with Client(url, by="bench", timeout=120) as client:
             for at in range(0, count, STOCK_CHUNK):
                 client.add_many(runtime_mix(min(STOCK_CHUNK, count - at), start=at))
-    schedule = write_yaml([{"name": "probe", "every": 1, "offset": 0}], work / "beatd.yaml")
+    probe = {"name": "probe", "every": 1, "offset": 0}
+    schedule = write_yaml([probe, *mixed_intervals(start.steady)], work / "beatd.yaml")
     if start.restart:
         _run_until_adopted(schedule, url, work / "beatd-first.log")
     _clear_queues(url)
@@ -160,19 +164,23 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
             raise RuntimeError(f"beatd adopted nothing in stages within 900 s; see {work}")
         adopted = time.time()
         adopted_cpu, adopted_rss = proc_cpu(process.pid), proc_hwm_mb(process.pid)
-        late = [a.arrived - a.slot for a in arrivals(url) if spawned <= a.slot <= adopted]
+        during = [a for a in arrivals(url) if spawned <= a.slot <= adopted]
+        late = [a.arrived - a.slot for a in during if not _in_file(a.entry)]
+        file_late = [a.arrived - a.slot for a in during if _in_file(a.entry)]
         changed = _changes(url, changes, metrics)
         rss = proc_hwm_mb(process.pid)
     finally:
         daemons.stop(process)
     return {
         "restart": start.restart,
+        "steady_entries": start.steady,
         "first_publish_s": round(first.arrived - spawned, 3),
         "daemon_cpu_to_first_publish_s": round(cpu, 3),
         "adopted_s": round(adopted - spawned, 3),
         "daemon_cpu_to_adopted_s": round(adopted_cpu, 3),
         "daemon_cpu_us_per_entry": round(adopted_cpu / count * 1e6, 1),
         "startup_run_delay_s": percentiles(late),
+        "startup_file_run_delay_s": percentiles(file_late),
         "daemon_peak_rss_adopted_mb": round(adopted_rss, 1),
         "daemon_peak_rss_mb": round(rss, 1),
         "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
@@ -183,6 +191,11 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
 
 
 ADOPTED = "adopted in stages"  # beatd.staging's line when every entry is adopted
+
+
+def _in_file(entry: str) -> bool:
+    """Whether `entry` is one of the leader's file entries (the probe, the steady load's)."""
+    return entry == "probe" or entry.startswith("mixed-")
 
 
 def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
