@@ -81,6 +81,15 @@ def restarted(
     return again
 
 
+def staging_before_the_minute(backend: MemoryBackend, clock: FakeClock, name: str) -> Scheduler:
+    """A restarted leader staging at 12:01:59.98, entry `name` staged already."""
+    again = restarted(backend, clock)
+    clock.advance(54.98)
+    again.step()
+    assert again.stages.staging is not None and name in again.planner.entries
+    return again
+
+
 def queued_ids(backend: MemoryBackend) -> list[str]:
     """Every run id in the queue (each claimed once: a run published twice is two)."""
     ids = []
@@ -181,12 +190,8 @@ def test_changes_during_the_staging_reach_the_plan(backend: Counting, clock: Fak
 def test_a_state_whose_entry_left_while_no_leader_ran_is_found_by_the_last_pass(
     backend: Counting, clock: FakeClock
 ) -> None:
-    tenants(backend, clock, 60)
-    first = staged(backend, clock, config())
-    run_for(first, 15)
-    first.shutdown()
+    again = restarted(backend, clock, 60)
     backend.remove_entry("tenant-042", BY)  # no leader to see it go
-    again = staged(backend, clock, config(), node="b")
     steps_until_adopted(again)
     assert again.adoption.removed.absent == ["tenant-042"]
     assert set(again.adoption.kept) == {"tenant-042"}
@@ -241,12 +246,7 @@ def test_a_reload_during_the_staging_begins_it_again_with_the_new_files(
 def test_an_entry_removed_and_added_again_during_the_staging_is_not_forgotten(
     backend: Counting, clock: FakeClock
 ) -> None:
-    tenants(backend, clock, 60)
-    first = staged(backend, clock, config())
-    run_for(first, 15)
-    first.shutdown()
-    again = staged(backend, clock, config(), node="b")
-    again.runtime.page = 100
+    again = restarted(backend, clock, 60)
     again.step()
     assert "tenant-001" in again.planner.entries  # staged in the first stage
     backend.remove_entry("tenant-001", BY)
@@ -267,10 +267,7 @@ def test_an_entry_removed_and_added_again_during_the_staging_is_not_forgotten(
 def test_a_removal_10_ms_before_the_slot_publishes_nothing_during_the_staging(
     backend: Counting, clock: FakeClock
 ) -> None:
-    again = restarted(backend, clock)
-    clock.advance(54.98)  # 12:01:59.98
-    again.step()
-    assert again.stages.staging is not None and "tenant-001" in again.planner.entries
+    again = staging_before_the_minute(backend, clock, "tenant-001")
     clock.advance(0.01)
     backend.remove_entry("tenant-001", BY)  # acknowledged 10 ms before its slot
     clock.advance(0.01)  # 12:02:00.00
@@ -282,10 +279,7 @@ def test_a_removal_10_ms_before_the_slot_publishes_nothing_during_the_staging(
 def test_a_refused_commit_whose_resync_fails_during_the_staging_loses_no_entry(
     backend: Counting, clock: FakeClock
 ) -> None:
-    again = restarted(backend, clock)
-    clock.advance(54.98)  # 12:01:59.98
-    again.step()
-    assert again.stages.staging is not None and "tenant-005" in again.planner.entries
+    again = staging_before_the_minute(backend, clock, "tenant-005")
     moved = backend.states_of(["tenant-005"])["tenant-005"]
     with backend._store.lock:  # another writer moved it: its commit will be refused
         backend._store.states["tenant-005"] = moved._replace(
@@ -314,12 +308,9 @@ def test_at_start_a_standby_whose_file_names_a_runtime_entry_read_later_stops(
 def test_an_entry_added_again_during_the_last_pass_keeps_its_state(
     backend: Counting, clock: FakeClock
 ) -> None:
-    tenants(backend, clock, 60)
-    first = staged(backend, clock, config())
-    run_for(first, 15)  # 12:01:05
-    first.shutdown()
+    again = restarted(backend, clock, 60, removed_grace=60)
+    again.runtime.page = 10  # a page a step: the pass over the states begins later
     backend.remove_entry("tenant-042", BY)  # no leader sees it go: its state stays
-    again = staged(backend, clock, config(), node="b", removed_grace=60)
     for _ in range(50):
         again.step()
         staging = again.stages.staging
