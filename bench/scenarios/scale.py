@@ -18,6 +18,7 @@ flushed before), or the SQLite file with its WAL after a checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sqlite3
@@ -35,6 +36,7 @@ from bench.common import (
     proc_cpu,
     proc_hwm_mb,
     queued_count,
+    redis_queue_keys,
     reset_backend,
     wait_until,
 )
@@ -75,8 +77,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "entries": count,
         "batch": batch if way != "redbeat" else count,
         **result,
-        "stored_bytes": size,
-        "bytes_per_entry": round(size / count, 1),
+        # on a store kept (seeded) the growth during the run, not the entries' bytes
+        ("grown_bytes" if seeded else "stored_bytes"): size,
+        **({} if seeded else {"bytes_per_entry": round(size / count, 1)}),
     }
 
 
@@ -150,7 +153,7 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
         _run_until_adopted(schedule, url, work / "beatd-first.log")
     _clear_queues(url)
     spawned = time.time()
-    log = work / "beatd.log"
+    log = _fresh(work / "beatd.log")
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     extra = ("--metrics-addr", f"127.0.0.1:{port}", "--metrics-entries", "none")
@@ -158,8 +161,8 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
     try:
         if not wait_until(lambda: queued_count(url) > 0, timeout=300, interval=0.05):
             raise RuntimeError(f"beatd published nothing within 300 s; see {work}")
-        first = min(arrivals(url), key=lambda a: a.arrived)
         cpu = proc_cpu(process.pid)
+        first = min(arrivals(url), key=lambda a: a.arrived)
         if not wait_until(lambda: ADOPTED in log.read_text(), timeout=900, interval=0.2):
             raise RuntimeError(f"beatd adopted nothing in stages within 900 s; see {work}")
         adopted = time.time()
@@ -184,6 +187,7 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
         "daemon_peak_rss_adopted_mb": round(adopted_rss, 1),
         "daemon_peak_rss_mb": round(rss, 1),
         "daemon_bytes_per_entry": round(rss * 2**20 / count, 1),
+        "changes_measured": [len(changed.applied), len(changed.to_slot), changes],
         "change_applied_lag_s": percentiles(changed.applied),
         "change_to_slot_s": percentiles(changed.to_slot),
         "change_to_arrival_s": percentiles(changed.to_arrival),
@@ -191,6 +195,12 @@ def _leader(url: str, count: int, work: Path, changes: int, start: Start) -> dic
 
 
 ADOPTED = "adopted in stages"  # beatd.staging's line when every entry is adopted
+
+
+def _fresh(log: Path) -> Path:
+    """`log` emptied: the waits read it for this run's lines (the daemons append)."""
+    log.unlink(missing_ok=True)
+    return log
 
 
 def _in_file(entry: str) -> bool:
@@ -212,7 +222,7 @@ def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
     probe = {"name": "probe", "every": 1, "offset": 0}
     schedule = write_yaml([probe], work / "beatd.yaml", missed="catch_up")  # each slot
     _clear_queues(url)
-    leader_log, standby_log = work / "leader.log", work / "standby.log"
+    leader_log, standby_log = _fresh(work / "leader.log"), _fresh(work / "standby.log")
     leader = daemons.run(schedule, url, leader_log, node="leader")
     standby = None
     try:
@@ -223,11 +233,15 @@ def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
         if not wait_until(lambda: held.search(standby_log.read_text()), 900, 0.5):
             raise RuntimeError(f"the standby did not read every entry in 900 s; see {work}")
         time.sleep(5)
+        if leader.poll() is not None or standby.poll() is not None:
+            raise RuntimeError(f"a beatd ended before the kill; see {work}")
         daemons.kill9(leader)
         killed = time.time()
-        took = wait_until(lambda: "became leader" in standby_log.read_text(), 60, 0.05)
-        led = time.time() if took else None
-        wait_until(lambda: ADOPTED in standby_log.read_text(), timeout=900, interval=0.2)
+        if not wait_until(lambda: "became leader" in standby_log.read_text(), 60, 0.05):
+            raise RuntimeError(f"the standby did not take the lease within 60 s; see {work}")
+        led = time.time()
+        if not wait_until(lambda: ADOPTED in standby_log.read_text(), 900, 0.2):
+            raise RuntimeError(f"the standby adopted nothing in stages in 900 s; see {work}")
         adopted = time.time()
         time.sleep(10)
         rss = proc_hwm_mb(standby.pid)
@@ -239,9 +253,9 @@ def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
     ids = [a.id for a in runs]
     first_at = min((a.arrived for a in runs if a.arrived > killed), default=None)
     slots = sorted(a.slot for a in runs if a.entry == "probe" and killed - 5 <= a.slot <= adopted)
-    expected = set(range(int(killed - 5) + 1, int(adopted)))
+    expected = set(range(math.ceil(killed - 5), math.floor(adopted) + 1))
     return {
-        "lease_after_kill_s": None if led is None else round(led - killed, 3),
+        "lease_after_kill_s": round(led - killed, 3),
         "first_publish_after_kill_s": None if first_at is None else round(first_at - killed, 3),
         "adopted_after_kill_s": round(adopted - killed, 3),
         "runs": len(ids),
@@ -254,7 +268,7 @@ def _takeover(url: str, count: int, work: Path, seeded: bool) -> dict[str, Any]:
 
 def _run_until_adopted(schedule: Path, url: str, log: Path) -> None:
     """A first `beatd run` that adopts every entry (writing their states), then stops."""
-    process = daemons.run(schedule, url, log)
+    process = daemons.run(schedule, url, _fresh(log))
     try:
         if not wait_until(lambda: ADOPTED in log.read_text(), timeout=900, interval=0.5):
             raise RuntimeError(f"the first beatd adopted nothing in stages in 900 s; see {log}")
@@ -275,8 +289,8 @@ def _clear_queues(url: str) -> None:
         finally:
             db.close()
     elif url.startswith("redis"):
-        client = redis.Redis.from_url(url, socket_timeout=120)
-        for key in client.scan_iter("beatd:queue:*"):
+        client = redis.Redis.from_url(url, socket_timeout=120, decode_responses=True)
+        for key in redis_queue_keys(client):
             client.delete(key)
         client.close()
 
