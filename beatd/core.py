@@ -363,7 +363,7 @@ class Planner:
     def paused(self, now: datetime | None = None) -> list[str]:
         """The entries with a pause as the planner knows (for `beatd_entry_paused`): in force
         at `now`, if given."""
-        return [n for n, s in self._slots.items() if _in_force(s.control.pause, now)]
+        return [n for n, s in self._slots.items() if pause_in_force(s.control.pause, now)]
 
     def refresh_controls(
         self, controls: Mapping[str, EntryControl], now: datetime, lifts: LiftsByEntry = NO_LIFTS
@@ -778,7 +778,7 @@ class _Walk:
             self.first_dropped = slot
 
 
-def _in_force(pause: Pause | None, now: datetime | None) -> bool:
+def pause_in_force(pause: Pause | None, now: datetime | None) -> bool:
     """Whether there is a pause, in force at `now` if given."""
     if pause is None or now is None:
         return pause is not None
@@ -865,8 +865,12 @@ class RunCounts:
         counts = self._by_entry.get(entry, [0] * len(COUNT_FIELDS))
         return dict(zip(COUNT_FIELDS, counts, strict=True))
 
-    def items(self) -> Iterable[tuple[str, list[int]]]:
-        return self._by_entry.items()
+    def items(self, names: Iterable[str] | None = None) -> Iterable[tuple[str, list[int]]]:
+        """Each entry's counts (COUNT_FIELDS' order); only those of `names`, if given."""
+        if names is None:
+            return self._by_entry.items()
+        counts = self._by_entry
+        return [(n, c) for n in names if (c := counts.get(n)) is not None]
 
     def totals(self) -> dict[str, int]:
         return dict(zip(COUNT_FIELDS, self._totals, strict=True))

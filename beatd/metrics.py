@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -84,7 +84,7 @@ class SchedulerView(Protocol):
     def busy_marks_dropped(self) -> Mapping[str, int]: ...
     @property
     def commands_counted(self) -> tuple[Mapping[str, int], Mapping[str, int]]: ...
-    def paused_entries(self) -> list[str]: ...
+    def paused_entries(self, names: Iterable[str] | None = None) -> list[str]: ...
 
 
 class WorkerSettingsView(Protocol):
@@ -168,14 +168,17 @@ class SchedulerCollector(Collector):
             int(s.totals.last_reload_ok),
         )
         shown = self.entries.shown(s.config, len(s.runtime.entries))
-        yield from self._run_counts(shown)
-        yield from self._entry_times(shown)
-        yield from self._controls(shown)
+        only = self.entries.only(s.config, len(s.runtime.entries))
+        yield from self._run_counts(shown, only)
+        yield from self._entry_times(shown, only)
+        yield from self._controls(shown, only)
         yield from history_metrics(s.lease is not None, s.config, s.deadlines, s.health, shown)
         yield from _connection_metrics(s.backend)
         yield from _replication_metrics(s.backend)
 
-    def _run_counts(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
+    def _run_counts(
+        self, shown: Callable[[str], bool], only: Collection[str] | None
+    ) -> Iterator[Metric]:
         due = CounterMetricFamily("beatd_runs_due", "Slots that came due.", labels=["entry"])
         published = CounterMetricFamily("beatd_runs_published", "Runs published.", labels=["entry"])
         late = CounterMetricFamily(
@@ -187,7 +190,7 @@ class SchedulerCollector(Collector):
             labels=["entry", "reason"],
         )
         reasons = [(COUNT_FIELDS.index(f"missed_{r.value}"), r.value) for r in MissReason]
-        for entry, counts in self.scheduler.counts.items():
+        for entry, counts in self.scheduler.counts.items(only):
             if not shown(entry):
                 continue
             due.add_metric([entry], counts[0])
@@ -198,14 +201,16 @@ class SchedulerCollector(Collector):
                     missed.add_metric([entry, reason], counts[index])
         yield from (due, published, late, missed)
 
-    def _controls(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
+    def _controls(
+        self, shown: Callable[[str], bool], only: Collection[str] | None
+    ) -> Iterator[Metric]:
         s = self.scheduler
         paused = GaugeMetricFamily(
             "beatd_entry_paused",
             "1 while the entry is paused (beatd pause); only paused entries, only on the leader.",
             labels=["entry"],
         )
-        for name in sorted(s.paused_entries()):
+        for name in sorted(s.paused_entries(only)):
             if shown(name):
                 paused.add_metric([name], 1)
         dropped = CounterMetricFamily(
@@ -237,7 +242,9 @@ class SchedulerCollector(Collector):
                 backfills.add_metric([name], backfill_counts.get(name, 0))
         yield from (triggered, backfills)
 
-    def _entry_times(self, shown: Callable[[str], bool]) -> Iterator[Metric]:
+    def _entry_times(
+        self, shown: Callable[[str], bool], only: Collection[str] | None
+    ) -> Iterator[Metric]:
         s = self.scheduler
         next_due = GaugeMetricFamily(
             "beatd_next_due_timestamp_seconds",
@@ -254,7 +261,8 @@ class SchedulerCollector(Collector):
         # The loop's thread changes the runtime entries while a scrape runs: their names are
         # copied first (one step: no other thread runs while a dict of str keys is copied), and
         # an entry removed since is passed over.
-        runtime = ((n, held.get(n)) for n in list(held) if n not in files)
+        names = list(held) if only is None else [n for n in only if n not in files]
+        runtime = ((n, held.get(n)) for n in names if n not in files)
         entries = [(n, e) for n, e in chain(files.items(), runtime) if e is not None and shown(n)]
         states = {} if leading else self._persisted_states([n for n, _ in entries])
         for name, entry in entries:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from beatd.adoption import Adoption
@@ -26,7 +26,7 @@ from beatd.backends.base import Backend, Lease, StorageFailed
 from beatd.clock import Clock
 from beatd.config import Config
 from beatd.config.model import Entry
-from beatd.core import Planner, RunCounts
+from beatd.core import Planner, RunCounts, pause_in_force
 from beatd.dataloss import DataLossRecovery
 from beatd.deadlines import Deadlines
 from beatd.entry_feed import (
@@ -163,9 +163,13 @@ class Scheduler:
     def counts(self) -> RunCounts:
         return self.publisher.counts
 
-    def paused_entries(self) -> list[str]:
-        """The entries a pause covers now, as the leader knows (empty on a standby)."""
-        return self.planner.paused(self.clock.now()) if self.is_leader else []
+    def paused_entries(self, names: Iterable[str] | None = None) -> list[str]:
+        """The entries a pause covers now, as the leader knows (empty on a standby); only among
+        `names`, if given (a scrape showing a few entries of a million)."""
+        now, planner = self.clock.now(), self.planner
+        if not self.is_leader or names is None:
+            return planner.paused(now) if self.is_leader else []
+        return [n for n in names if (c := planner.control(n)) and pause_in_force(c.pause, now)]
 
     @property
     def busy_marks_dropped(self) -> Mapping[str, int]:

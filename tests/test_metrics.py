@@ -36,6 +36,7 @@ from beatd.metrics import (
 from beatd.node_reports import NodeIdentity
 from beatd.nodes import TzDatabase
 from beatd.outcomes import WorkerStats
+from beatd.runtime_entries import resolve_entry
 from beatd.scheduler import Scheduler, SchedulerSettings, run_for
 from beatd.schedules import IntervalSchedule
 from beatd.state import EntryState
@@ -455,3 +456,43 @@ def test_the_scrape_counts_dead_letters_per_queue_without_reading_them(clock: Fa
         "reports": 1,
     }
     discard("counts-only")
+
+
+class CountedRuntime(dict[str, Entry]):
+    """The runtime entries held, counting the walks over every one of them."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        CountedRuntime.walks += 1
+        return super().__iter__()
+
+
+def test_a_scrape_showing_the_files_entries_or_none_walks_no_runtime_entry(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """At a million runtime entries, a walk over them all cost a scrape seconds of the loop's
+    interpreter: showing the files' entries (or none), a scrape looks at those only."""
+    backend = SQLiteBackend(tmp_path / "db", wall_clock=lambda: clock.now().timestamp())
+    for i in range(300):
+        backend.put_entry(resolve_entry(f"rt-{i:03}", {"task": "t", "every": "10s"}, now=T0), "t")
+    cfg = Config({"a": every("a", 10), "b": every("b", 10)})
+    beat, _, _ = observed(backend, clock, cfg)
+    files, nothing = CollectorRegistry(), CollectorRegistry()
+    register_scheduler(files, beat, EntryFilter(EntrySeries.FILE))
+    register_scheduler(nothing, beat, EntryFilter(EntrySeries.NONE))
+    backend.pause(["a", "rt-007"], "maintenance", None, "ops")
+    for _ in range(25):
+        beat.step()
+        clock.advance(1)
+    beat.runtime.entries = CountedRuntime(beat.runtime.entries)
+    walks = CountedRuntime.walks
+    shown, hidden = scrape(files), scrape(nothing)
+    assert CountedRuntime.walks == walks
+    entries = {dict(labels).get("entry") for _, labels in shown} - {None}
+    assert entries == {"a", "b"}
+    assert value(shown, "beatd_entry_paused", entry="a") == 1
+    assert value(shown, "beatd_runs_published_total", entry="b") == 2
+    assert not [k for k in hidden if dict(k[1]).get("entry")]
+    assert beat.paused_entries() == ["a", "rt-007"]
+    assert beat.paused_entries(["rt-007", "b"]) == ["rt-007"]

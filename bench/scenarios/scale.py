@@ -348,7 +348,7 @@ def _applied_lag(metrics: str, before: float, timeout: float = 30.0) -> float | 
         samples = _scraped(metrics)
         if samples.get("beatd_entry_changes_applied_total", 0.0) > before:
             return samples.get("beatd_entry_changes_lag_seconds")
-        time.sleep(0.02)
+        time.sleep(0.1)  # a scrape takes the daemon's interpreter too
     return None
 
 
