@@ -3,9 +3,11 @@ the run history's reads are indexed."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -602,3 +604,38 @@ def test_the_leaders_read_of_new_control_records_costs_the_same_however_long_the
         backend.close()
     small, large = costs
     assert large <= small * 1.5 + 10, (small, large)
+
+
+def open_files(path: Path) -> int:
+    """This process's open descriptors of the database file `path`."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _target(fd) == str(path))
+
+
+def _target(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed meanwhile (the listing's own descriptor)
+        return None
+
+
+def test_a_threads_connection_is_closed_when_the_thread_ends(tmp_path: Path) -> None:
+    """The metrics server answers each scrape in a thread of its own: a connection is in a
+    reference cycle with its statement cache, so it lived on, its page cache held (2 MB after
+    counting a big queue), until the collector's full pass, which beatd run makes rare: 2 MB
+    more a scrape, 500 MB in 4 minutes of scrapes at a million entries."""
+    backend = SQLiteBackend(tmp_path / "beatd.db")
+    backend.queue_depths()  # this thread's
+    path = tmp_path / "beatd.db"
+    before = open_files(path)
+    gc.disable()
+    try:
+        for _ in range(5):
+            scrape = threading.Thread(target=backend.queue_depths)
+            scrape.start()
+            scrape.join()
+        # the last thread's locals may be dropped a little later: one more at most, not five
+        assert open_files(path) <= before + 1
+    finally:
+        gc.enable()
+        backend.close()
