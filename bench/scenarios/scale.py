@@ -95,7 +95,7 @@ def _beatd(url: str, count: int, batch: int, way: str, work: Path, chunk: int) -
     entries = runtime_mix(batch, start=stock)
     redis_cpu = _redis_cpu(url)
     if way == "http":
-        timed = _through_api(url, entries, work, chunk)
+        timed = _through_api(url, entries, work, chunk, held=stock)
     else:
         with Client(url, by="bench", timeout=120) as client:
             cpu, started = time.process_time(), time.perf_counter()
@@ -372,20 +372,26 @@ def _first_run(url: str, name: str, acked: float, timeout: float = 30.0) -> _Fir
 
 
 def _through_api(
-    url: str, entries: dict[str, dict[str, Any]], work: Path, chunk: int
+    url: str, entries: dict[str, dict[str, Any]], work: Path, chunk: int, held: int = 0
 ) -> dict[str, Any]:
-    """`entries` through the API of a `beatd run` on `url`, `chunk` a request."""
+    """`entries` through the API of a `beatd run` on `url`, `chunk` a request, once its leader
+    has adopted the `held` entries there already (an import into a running deployment, not
+    into one starting: with more than STAGED_ABOVE held, its log's `adopted in stages`)."""
     from beatd import Client
+    from beatd.staging import STAGED_ABOVE
 
     token, tokens = _token(work)
     port = free_port()
     schedule = write_yaml(daily(1, avoid=_now(), window=600), work / "beatd.yaml")
     extra = ("--api-addr", f"127.0.0.1:{port}", "--api-tokens", str(tokens))
-    process = daemons.run(schedule, url, work / "beatd.log", extra=extra)
+    log = _fresh(work / "beatd.log")
+    process = daemons.run(schedule, url, log, extra=extra)
     api = f"http://127.0.0.1:{port}"
     try:
         if not wait_until(lambda: _answers(api, token), timeout=60, interval=0.1):
             raise RuntimeError(f"the API at {api} did not answer within 60 s; see {work}")
+        if held > STAGED_ABOVE and not wait_until(lambda: ADOPTED in log.read_text(), 600, 0.2):
+            raise RuntimeError(f"the leader did not adopt the {held} entries held; see {work}")
         cpu0 = proc_cpu(process.pid)
         cpu = time.process_time()
         with Client(api, token=token, timeout=120) as client:
