@@ -100,13 +100,17 @@ class Wakeup:
                 os.write(self._write_fd, b"!")
 
     def clear(self) -> None:
-        os.read(self.fd, 4096)
+        if self.fd >= 0:
+            os.read(self.fd, 4096)
 
     def close(self) -> None:
+        """Close both ends, once: a second close would close whatever descriptor has reused
+        the number since (another thread's socket or pipe)."""
         with self._lock:
-            os.close(self.fd)
-            os.close(self._write_fd)
-            self._write_fd = -1
+            if self.fd >= 0:
+                os.close(self.fd)
+                os.close(self._write_fd)
+            self.fd = self._write_fd = -1
 
 
 class Worker:

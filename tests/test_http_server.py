@@ -37,7 +37,7 @@ def thread_cpu_s(thread: threading.Thread) -> float:
 def test_an_idle_server_waits_for_its_sockets_instead_of_spinning(server: ApiServer) -> None:
     # every `beatd run` serves the API by default: a loop that polled its sockets without
     # waiting took most of a core, and the GIL from the scheduling loop, doing nothing
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/") as reply:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10) as reply:
         assert reply.read() == b"hello"
     thread = server.thread
     before = thread_cpu_s(thread)
@@ -48,7 +48,7 @@ def test_an_idle_server_waits_for_its_sockets_instead_of_spinning(server: ApiSer
 def test_stop_ends_the_serving_thread_and_closes_the_port() -> None:
     served = ApiServer(hello, ServerSettings("127.0.0.1", 0, threads=1)).start()
     thread = served.thread
-    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/") as reply:
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=10) as reply:
         assert reply.status == 200
     served.stop()
     served.stop()  # a second stop finds nothing left to close

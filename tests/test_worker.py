@@ -30,7 +30,7 @@ from beatd.history import Ending
 from beatd.message import RunMessage
 from beatd.pool import PoolKind
 from beatd.tasks import Registry, Task, registry
-from beatd.worker import Outcome, Worker, WorkerSettings
+from beatd.worker import Outcome, Wakeup, Worker, WorkerSettings
 from tests import worker_tasks
 from tests.waiting import wait_for
 from tests.worker_tasks import events
@@ -815,3 +815,19 @@ def test_a_worker_on_a_corrupt_database_stops_with_status_3(
         worker.text()
     )
     assert "unavailable, retrying" not in worker.text()
+
+
+def test_a_wakeup_closed_twice_closes_no_descriptor_another_opened_since() -> None:
+    """Its second close closed the read end's number again: another thread's pipe or socket
+    that had reused it (the API server's trigger, in the suite: its stop found it gone)."""
+    wakeup = Wakeup()
+    wakeup.close()
+    read, write = os.pipe()  # most likely the numbers the wakeup just gave back
+    try:
+        wakeup.close()
+        wakeup.set()  # closed: nothing written anywhere
+        os.write(write, b"x")
+        assert os.read(read, 1) == b"x"
+    finally:
+        os.close(read)
+        os.close(write)

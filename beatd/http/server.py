@@ -68,6 +68,7 @@ class ApiServer:
             raise TypeError("waitress made a server without a socket")
         self.port = int(listening.getsockname()[1])
         self.thread = threading.Thread(target=self._serve, name="beatd-api", daemon=True)
+        self._stopping = False
 
     def start(self) -> ApiServer:
         self.thread.start()
@@ -76,14 +77,20 @@ class ApiServer:
     def _serve(self) -> None:
         try:
             self._server.run()
-        except OSError as exc:  # closed under the loop by stop(): nothing left to serve
-            log.debug("API server loop ended: %s", exc)
+        except OSError as exc:  # closed under the loop: by stop(), or (said) by a fault
+            level = logging.DEBUG if self._stopping else logging.ERROR
+            log.log(level, "API server loop ended: %s", exc)
 
     def stop(self) -> None:
+        self._stopping = True
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
         if self.thread.is_alive():  # closed by the loop's own thread, woken by its trigger
-            self._trigger.pull_trigger(self._close)
-            self.thread.join(timeout=5)
+            try:
+                self._trigger.pull_trigger(self._close)
+            except OSError as exc:  # the trigger's pipe is gone: closed below, from here
+                log.warning("API server: its loop could not be woken to stop: %s", exc)
+            else:
+                self.thread.join(timeout=5)
         if self._channels:  # never started, or its loop did not answer
             self._close()
 
