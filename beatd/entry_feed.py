@@ -145,7 +145,9 @@ class RuntimeView:
 
     def take_reads(self) -> list[str]:
         """The names the first read brought since the last call (see `follow_reads`)."""
-        reads, self._reads = self._reads or [], ([] if self._reads is not None else None)
+        if self._reads is None:
+            return []
+        reads, self._reads = self._reads, []
         return reads
 
     def stop_reads(self) -> None:

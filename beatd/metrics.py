@@ -261,7 +261,7 @@ class SchedulerCollector(Collector):
         # The loop's thread changes the runtime entries while a scrape runs: their names are
         # copied first (one step: no other thread runs while a dict of str keys is copied), and
         # an entry removed since is passed over.
-        names = list(held) if only is None else [n for n in only if n not in files]
+        names = list(held) if only is None else only
         runtime = ((n, held.get(n)) for n in names if n not in files)
         entries = [(n, e) for n, e in chain(files.items(), runtime) if e is not None and shown(n)]
         states = {} if leading else self._persisted_states([n for n, _ in entries])

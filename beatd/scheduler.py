@@ -268,7 +268,8 @@ class Scheduler:
         if self.stages.stale:
             self._unstage()  # every entry read again meanwhile: begin again
         stages = self.stages.staging is not None
-        if not stages and not self.runtime.loaded and not self.stages.wanted(self.planner, None):
+        wanted = self.stages.wanted(self.planner, self._files_before)
+        if not stages and not self.runtime.loaded and not wanted:
             return  # the runtime entries first: a plan without them would be adopted twice
         try:
             if not self.leadership.announce(self.config.fingerprint, self.planner):

@@ -30,15 +30,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 
 from beatd.adoption import Adoption
-from beatd.backends.base import Lease, StateStore, StateWrite
+from beatd.backends.base import Lease, StateStore
 from beatd.clock import Clock
 from beatd.config.model import Entry
 from beatd.controls import EntryControl
-from beatd.core import Planner
+from beatd.core import Baseline, Planner
 from beatd.dataloss import DataLossRecovery
 from beatd.entry_feed import EntryApplied, PlannedEntries, RuntimeView
 from beatd.errors import BackendError
-from beatd.publisher import chunks, horizon
 from beatd.state import EntryState
 
 # the loop's log lines keep the logger name operators filter on
@@ -143,14 +142,10 @@ class Staging:
         backend error takes them out of the plan again (a baseline may not be written)."""
         self.adoption.keep_alive()
         states = self.store.states_of([e.name for e in entries]) if entries else {}
-        baselines = planner.take(entries, states, self.clock.now(), self.controls)
-        writes = (StateWrite(s, horizon(states.get(s.entry))) for s in baselines)
+        fresh = planner.take(entries, states, self.clock.now(), self.controls)
         try:
-            for batch in chunks(writes, self.adoption.publisher.batch_size):
-                self.adoption.keep_alive()
-                rejected = self.store.commit(lease, batch, [])
-                if rejected:
-                    self.adoption.publisher.resync(planner, rejected)
+            baselines = [Baseline(state, states.get(state.entry)) for state in fresh]
+            self.adoption.baseline(planner, lease, baselines)
         except BackendError:
             for entry in entries:
                 planner.drop(entry.name)
